@@ -1,0 +1,1 @@
+"""Backends: one file per device kind, all behind the protocol in protocol.py."""

@@ -1,0 +1,356 @@
+"""The numpy backend: the readable reference for every kernel.
+
+Kernels take backend arrays (possibly strided views, any dtype) and return a new pooled array.
+16-bit floats are computed in float32 and rounded once into the output, as torch does on the CPU.
+The cupy backend subclasses this one, swapping `xp` and overriding what cupy does differently.
+"""
+from __future__ import annotations
+
+import math
+
+import ml_dtypes
+import numpy as np
+
+from engine import dtype as D
+from engine.backends.numpy_nn import NnKernels
+from engine.storage import StoragePool
+
+_REDUCED = (np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16))
+
+
+def _erf_f64(x):
+    """erf in float64 from numpy alone: a Taylor series below |x| = 2.5, a continued fraction for
+    erfc above (both converge to ~1e-15 with the term counts used)."""
+    x = np.asarray(x, np.float64)
+    a = np.abs(x)
+    out = np.empty_like(a)
+    small = a < 2.5
+    z = a[small]
+    z2 = z * z
+    term, acc = z.copy(), z.copy()
+    for n in range(1, 60):
+        term = term * (-z2) / n
+        acc = acc + term / (2 * n + 1)
+    out[small] = acc * (2.0 / math.sqrt(math.pi))
+    z = a[~small]
+    k = z.copy()
+    for n in range(80, 0, -1):
+        k = z + (n / 2.0) / k
+    out[~small] = 1.0 - np.exp(-z * z) / (math.sqrt(math.pi) * k)
+    return np.copysign(out, x)
+
+
+class NumpyBackend(NnKernels):
+    name = "numpy"
+    available = True
+    xp = np
+
+    def __init__(self, device):
+        self.device = device
+        self.pool = StoragePool(self)
+
+    # ---- raw memory (used by the pool) --------------------------------------------------------
+    def raw_alloc(self, nbytes: int):
+        return np.empty(nbytes, np.uint8)
+
+    def raw_free(self, raw) -> None:
+        pass  # dropping the last reference returns it to the C allocator
+
+    def free_bytes(self):
+        try:
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            return None
+        return None
+
+    def wrap(self, lease):
+        lease.__array_interface__ = {"shape": (lease.nbytes,), "typestr": "|u1", "version": 3,
+                                     "data": (lease.raw.ctypes.data, False)}
+        return np.asarray(lease)
+
+    # ---- arrays -------------------------------------------------------------------------------------
+    def empty(self, shape, dtype: D.DType):
+        shape = tuple(shape)
+        flat = self.pool.alloc(math.prod(shape) * dtype.itemsize)
+        return flat.view(dtype.np_dtype).reshape(shape)
+
+    def strided(self, flat, layout):
+        """The array that `layout` describes over the flat storage array (a view, no copy)."""
+        isz = flat.itemsize
+        return np.ndarray(layout.shape, flat.dtype, buffer=flat, offset=layout.offset * isz,
+                          strides=tuple(s * isz for s in layout.strides))
+
+    def from_numpy(self, arr: np.ndarray, dtype: D.DType):
+        out = self.empty(arr.shape, dtype)
+        np.copyto(out, arr, casting="unsafe")
+        return out
+
+    def to_numpy(self, arr) -> np.ndarray:
+        return arr
+
+    def from_dlpack(self, obj):
+        return np.from_dlpack(obj)
+
+    def synchronize(self) -> None:
+        pass
+
+    def _c(self, x, dt=None):
+        """The array to compute on: 16-bit floats as float32, or cast to numpy dtype `dt`."""
+        if dt is not None:
+            return x.astype(dt, copy=False) if isinstance(x, np.ndarray) else np.asarray(x, dt)
+        if isinstance(x, np.ndarray) and x.dtype in _REDUCED:
+            return x.astype(np.float32)
+        return x
+
+    def _out(self, r, dtype: D.DType):
+        out = self.empty(np.shape(r), dtype)
+        np.copyto(out, r, casting="unsafe")
+        return out
+
+    def copy_(self, dst, src) -> None:
+        """dst[...] = src, with broadcasting and casting (16-bit floats round once)."""
+        self.xp.copyto(dst, src, casting="unsafe")
+
+    def cast(self, x, dtype: D.DType):
+        return self._out(x, dtype)
+
+    def contiguous(self, x, dtype: D.DType):
+        return self._out(x, dtype)
+
+    # ---- elementwise ------------------------------------------------------------------------------
+    def unary(self, op: str, x, out_dtype: D.DType):
+        """Float ops compute in the output's compute dtype; others keep the input dtype."""
+        cd = D.compute_dtype(out_dtype)
+        if out_dtype.is_floating_point and op not in ("isnan", "isinf", "isfinite", "signbit"):
+            x = self._c(x, cd)
+        else:
+            x = self._c(x)
+        with np.errstate(all="ignore"):
+            r = self._unary(op, x)
+        return self._out(r, out_dtype)
+
+    def _unary(self, op, x):
+        xp = self.xp
+        if op == "rsqrt":
+            return 1.0 / xp.sqrt(x)
+        if op == "sigmoid":
+            return 1.0 / (1.0 + xp.exp(-x))
+        if op == "relu":
+            return xp.maximum(x, x.dtype.type(0))
+        if op == "silu":
+            return x / (1.0 + xp.exp(-x))
+        if op == "gelu":
+            return 0.5 * x * (1.0 + self._erf(x / math.sqrt(2.0)))
+        if op == "gelu_tanh":
+            return 0.5 * x * (1.0 + xp.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x * x * x)))
+        if op == "erf":
+            return self._erf(x)
+        if op == "reciprocal":
+            return 1.0 / x
+        if op == "round":
+            return xp.round(x)
+        if op in ("logical_not", "bitwise_not"):
+            return xp.logical_not(x) if op == "logical_not" or x.dtype == np.bool_ else xp.invert(x)
+        return getattr(xp, {"neg": "negative", "abs": "abs"}.get(op, op))(x)
+
+    def _erf(self, x):
+        return _erf_f64(x).astype(x.dtype)
+
+    _BINARY = {"add": "add", "sub": "subtract", "mul": "multiply", "div": "true_divide",
+               "floor_divide": "floor_divide", "remainder": "remainder", "pow": "power",
+               "maximum": "maximum", "minimum": "minimum", "atan2": "arctan2",
+               "eq": "equal", "ne": "not_equal", "lt": "less", "le": "less_equal", "gt": "greater",
+               "ge": "greater_equal", "logical_and": "logical_and", "logical_or": "logical_or",
+               "logical_xor": "logical_xor", "bitwise_and": "bitwise_and", "bitwise_or": "bitwise_or",
+               "bitwise_xor": "bitwise_xor"}
+
+    def binary(self, op: str, a, b, compute: D.DType, out_dtype: D.DType):
+        """a, b: arrays or Python scalars; both are cast to `compute` (16-bit floats to float32)."""
+        cd = D.compute_dtype(compute)
+        a, b = self._c(a, cd), self._c(b, cd)
+        fn = getattr(self.xp, self._BINARY[op])
+        with np.errstate(all="ignore"):
+            if cd == out_dtype.np_dtype:  # hot path: write straight into pooled memory
+                out = self.empty(np.broadcast_shapes(np.shape(a), np.shape(b)), out_dtype)
+                fn(a, b, out=out)
+                return out
+            return self._out(fn(a, b), out_dtype)
+
+    def where(self, cond, a, b, out_dtype: D.DType):
+        cd = D.compute_dtype(out_dtype)
+        return self._out(self.xp.where(cond, self._c(a, cd), self._c(b, cd)), out_dtype)
+
+    def clamp(self, x, lo, hi, out_dtype: D.DType):
+        cd = D.compute_dtype(out_dtype)
+        x = self._c(x, cd)
+        if lo is not None:
+            x = self.xp.maximum(x, self._c(lo, cd))
+        if hi is not None:
+            x = self.xp.minimum(x, self._c(hi, cd))
+        return self._out(x, out_dtype)
+
+    # ---- reductions ---------------------------------------------------------------------------------
+    def reduce(self, op: str, x, dims: tuple, keepdim: bool, out_dtype: D.DType, correction: int = 1):
+        xp = self.xp
+        cd = D.compute_dtype(out_dtype) if op not in ("all", "any", "amax", "amin") else None
+        x = self._c(x, cd) if cd is not None else self._c(x)
+        with np.errstate(all="ignore"):
+            if op == "sum":
+                r = xp.sum(x, axis=dims, keepdims=keepdim)
+            elif op == "mean":
+                r = xp.mean(x, axis=dims, keepdims=keepdim)
+            elif op == "prod":
+                r = xp.prod(x, axis=dims, keepdims=keepdim)
+            elif op in ("amax", "amin"):
+                if x.size == 0:
+                    raise ValueError(f"{op}(): cannot reduce an empty dim (shape {x.shape}, dims {dims})")
+                r = (xp.max if op == "amax" else xp.min)(x, axis=dims, keepdims=keepdim)
+            elif op == "all":
+                r = xp.all(x, axis=dims, keepdims=keepdim)
+            elif op == "any":
+                r = xp.any(x, axis=dims, keepdims=keepdim)
+            elif op == "var":
+                r = xp.var(x, axis=dims, keepdims=keepdim, ddof=correction)
+            elif op == "logsumexp":
+                m = xp.max(x, axis=dims, keepdims=True) if x.size else xp.zeros((), x.dtype)
+                m = xp.where(xp.isfinite(m), m, 0)
+                r = xp.log(xp.sum(xp.exp(x - m), axis=dims, keepdims=True)) + m
+                if not keepdim:
+                    r = xp.squeeze(r, axis=dims)
+            else:
+                raise ValueError(f"unknown reduction {op!r}")
+        return self._out(r, out_dtype)
+
+    def arg_reduce(self, op: str, x, dim, keepdim: bool):
+        x = self._c(x)
+        if x.size == 0:
+            raise ValueError(f"{op}(): cannot take {op} of an empty tensor (shape {x.shape})")
+        fn = self.xp.argmax if op == "argmax" else self.xp.argmin
+        if dim is None:
+            r = fn(x.reshape(-1))
+            if keepdim:
+                r = r.reshape((1,) * x.ndim)
+        else:
+            r = fn(x, axis=dim, keepdims=keepdim)
+        return self._out(r, D.int64)
+
+    def cumulative(self, op: str, x, dim: int, out_dtype: D.DType):
+        x = self._c(x, D.compute_dtype(out_dtype))
+        fn = self.xp.cumsum if op == "cumsum" else self.xp.cumprod
+        return self._out(fn(x, axis=dim), out_dtype)
+
+    # ---- linear algebra ----------------------------------------------------------------------------
+    def matmul(self, a, b, out_dtype: D.DType):
+        cd = D.compute_dtype(out_dtype)
+        a, b = self._c(a, cd), self._c(b, cd)
+        if cd == out_dtype.np_dtype and a.ndim >= 2 and b.ndim >= 2:
+            shape = np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1])
+            out = self.empty(shape, out_dtype)
+            self.xp.matmul(a, b, out=out)
+            return out
+        return self._out(self.xp.matmul(a, b), out_dtype)
+
+    # ---- shape and indexing -------------------------------------------------------------------------
+    def concat(self, arrays, dim: int, out_dtype: D.DType):
+        cd = D.compute_dtype(out_dtype)
+        return self._out(self.xp.concatenate([self._c(a, cd) for a in arrays], axis=dim), out_dtype)
+
+    def getitem(self, x, key):
+        return self._out(x[key], D.get(x.dtype))
+
+    def setitem(self, x, key, value) -> None:
+        if isinstance(value, self.xp.ndarray) and value.dtype != x.dtype:
+            value = self._c(value).astype(x.dtype)
+        x[key] = value
+
+    def take(self, x, index, dim: int):
+        return self._out(self.xp.take(x, index, axis=dim), D.get(x.dtype))
+
+    def gather(self, x, dim: int, index):
+        # torch allows index smaller than x in the other dims: cut x to index's extent there
+        sl = tuple(slice(None) if d == dim else slice(0, n) for d, n in enumerate(index.shape))
+        return self._out(self.xp.take_along_axis(x[sl], index, axis=dim), D.get(x.dtype))
+
+    def scatter(self, x, dim: int, index, src, reduce=None):
+        out = self._out(x, D.get(x.dtype))
+        idx = list(self.xp.indices(index.shape, sparse=True))
+        idx[dim] = index
+        src = src[tuple(slice(0, n) for n in index.shape)] if hasattr(src, "shape") and src.ndim else src
+        if reduce is None:
+            out[tuple(idx)] = src
+        elif reduce == "add":
+            self.xp.add.at(out, tuple(idx), src)
+        elif reduce == "multiply":
+            self.xp.multiply.at(out, tuple(idx), src)
+        else:
+            raise ValueError(f"scatter: unknown reduce {reduce!r} (expected None, 'add' or 'multiply')")
+        return out
+
+    def index_bounds(self, index, size: int):
+        """(min, max) of an integer index array, for a clear out-of-range error."""
+        if index.size == 0:
+            return 0, 0
+        return int(index.min()), int(index.max())
+
+    def sort(self, x, dim: int, descending: bool, stable: bool):
+        xp = self.xp
+        key = self._c(x)
+        if key.dtype == np.bool_:
+            key = key.astype(np.int8)
+        idx = xp.argsort(-key if descending else key, axis=dim, kind="stable")
+        return self._out(xp.take_along_axis(x, idx, axis=dim), D.get(x.dtype)), self._out(idx, D.int64)
+
+    def topk(self, x, k: int, dim: int, largest: bool):
+        vals, idx = self.sort(x, dim, descending=largest, stable=True)
+        sl = tuple(slice(0, k) if d == dim else slice(None) for d in range(x.ndim))
+        return self._out(vals[sl], D.get(x.dtype)), self._out(idx[sl], D.int64)
+
+    def flip(self, x, dims):
+        return self._out(self.xp.flip(x, axis=dims), D.get(x.dtype))
+
+    def roll(self, x, shifts, dims):
+        return self._out(self.xp.roll(x, shifts, axis=dims), D.get(x.dtype))
+
+    def tile(self, x, reps):
+        return self._out(self.xp.tile(x, reps), D.get(x.dtype))
+
+    def repeat_interleave(self, x, repeats, dim):
+        return self._out(self.xp.repeat(x, repeats, axis=dim), D.get(x.dtype))
+
+    def pad(self, x, widths, mode: str, value):
+        if mode == "constant":
+            return self._out(self.xp.pad(x, widths, mode="constant", constant_values=value), D.get(x.dtype))
+        np_mode = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}[mode]
+        return self._out(self.xp.pad(self._c(x), widths, mode=np_mode), D.get(x.dtype))
+
+    def tri(self, x, k: int, upper: bool):
+        return self._out((self.xp.triu if upper else self.xp.tril)(x, k), D.get(x.dtype))
+
+    def nonzero(self, x):
+        return self._out(self.xp.stack(self.xp.nonzero(x), axis=-1), D.int64)
+
+    # ---- creation ------------------------------------------------------------------------------------
+    def full(self, shape, value, dtype: D.DType):
+        out = self.empty(shape, dtype)
+        out.fill(value)
+        return out
+
+    def arange(self, start, end, step, dtype: D.DType):
+        cd = np.float64 if dtype.is_floating_point else np.int64
+        return self._out(self.xp.arange(start, end, step, dtype=cd), dtype)
+
+    def linspace(self, start, end, steps: int, dtype: D.DType):
+        return self._out(self.xp.linspace(start, end, steps, dtype=np.float64), dtype)
+
+    def eye(self, n: int, m: int, dtype: D.DType):
+        return self._out(self.xp.eye(n, m), dtype)
+
+    def random(self, kind: str, shape, dtype: D.DType, generator):
+        """Random numbers come from the engine's host generator on every device, so a seed gives the
+        same values on CPU and GPU."""
+        rng = generator.rng
+        r = rng.standard_normal(shape) if kind == "randn" else rng.random(shape)
+        return self.from_numpy(np.asarray(r), dtype)

@@ -1,0 +1,162 @@
+"""Storage and the StoragePool.
+
+A Storage is a flat 1-D backend array of one dtype. Its memory comes from its device's StoragePool,
+which hands out blocks in size classes and takes them back when the last array over a block dies.
+
+How a block comes back: the pool wraps each raw block in a `_Lease` and builds the typed array *over
+the lease* (numpy: through `__array_interface__`; cupy: as the owner of an UnownedMemory). Every view
+of that array keeps the lease alive, so a block is reused only once nothing can still read it.
+"""
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+
+
+class OutOfMemoryError(MemoryError):
+    """The device could not provide `requested` bytes even after the pool emptied its cache."""
+
+    def __init__(self, device: str, requested: int, free: int | None, detail: str = ""):
+        self.device, self.requested, self.free = device, requested, free
+        free_txt = "unknown" if free is None else f"{free:,} bytes"
+        super().__init__(f"out of memory on {device}: requested {requested:,} bytes, {free_txt} free"
+                         + (f" ({detail})" if detail else ""))
+
+
+SMALL = 512
+LARGE_STEP = 2 << 20  # above 1 MiB, round up to 2 MiB (the CUDA allocation granularity)
+
+
+def size_class(nbytes: int) -> int:
+    """Small blocks round up to a power of two (>= 512 B); large ones to a multiple of 2 MiB, so a
+    large tensor wastes under 2 MiB."""
+    if nbytes <= SMALL:
+        return SMALL
+    if nbytes <= (1 << 20):
+        return 1 << (nbytes - 1).bit_length()
+    return -(-nbytes // LARGE_STEP) * LARGE_STEP
+
+
+class _Lease:
+    """Owns one raw block while any array over it lives; gives it back to the pool when collected."""
+
+    __slots__ = ("pool", "raw", "nbytes", "requested", "__array_interface__", "__weakref__")
+
+    def __init__(self, pool, raw, nbytes, requested, array_interface=None):
+        self.pool, self.raw, self.nbytes, self.requested = pool, raw, nbytes, requested
+        if array_interface is not None:
+            self.__array_interface__ = array_interface
+
+    def __del__(self):
+        try:
+            self.pool._release(self)
+        except Exception:  # interpreter shutdown: modules may already be gone
+            pass
+
+
+class StoragePool:
+    """Caching allocator for one device. `backend` supplies raw_alloc(n), raw_free(raw),
+    wrap(lease) -> flat uint8 array over the lease, and free_bytes() (None when unknown)."""
+
+    def __init__(self, backend, limit_bytes: int | None = None):
+        self.backend = backend
+        self.limit_bytes = limit_bytes
+        self._free: dict[int, list] = defaultdict(list)
+        self._lock = threading.Lock()
+        self.allocated = 0  # bytes in blocks handed out and still alive
+        self.requested = 0  # bytes callers asked for, of those blocks
+        self.reserved = 0  # bytes held from the device: allocated + cached
+        self.peak = 0
+        self.hits = 0
+        self.misses = 0
+        self.oom_retries = 0
+
+    # ---- public --------------------------------------------------------------------------------
+    def alloc(self, nbytes: int):
+        """A flat uint8 backend array of at least `nbytes` bytes (exactly nbytes long)."""
+        nbytes = int(nbytes)
+        cls = size_class(nbytes)
+        with self._lock:
+            raw = self._free[cls].pop() if self._free[cls] else None
+            if raw is not None:
+                self.hits += 1
+            else:
+                self.misses += 1
+                raw = self._alloc_raw(cls, nbytes)
+            self.allocated += cls
+            self.requested += nbytes
+            self.peak = max(self.peak, self.allocated)
+        lease = _Lease(self, raw, cls, nbytes)
+        return self.backend.wrap(lease)[:nbytes]
+
+    def empty_cache(self) -> int:
+        """Give every cached block back to the device; returns the bytes freed."""
+        with self._lock:
+            return self._empty_cache_locked()
+
+    def stats(self) -> dict:
+        with self._lock:
+            return {"allocated_bytes": self.allocated, "requested_bytes": self.requested,
+                    "reserved_bytes": self.reserved, "cached_bytes": self.reserved - self.allocated,
+                    "peak_bytes": self.peak, "hits": self.hits, "misses": self.misses,
+                    "oom_retries": self.oom_retries, "limit_bytes": self.limit_bytes}
+
+    def reset_peak(self) -> None:
+        with self._lock:
+            self.peak = self.allocated
+
+    # ---- internals -------------------------------------------------------------------------------
+    def _alloc_raw(self, cls: int, nbytes: int):
+        for attempt in (0, 1):
+            over_limit = self.limit_bytes is not None and self.reserved + cls > self.limit_bytes
+            if not over_limit:
+                try:
+                    raw = self.backend.raw_alloc(cls)
+                    self.reserved += cls
+                    return raw
+                except MemoryError:
+                    pass
+            if attempt == 0:  # empty the cache and retry once
+                self.oom_retries += 1
+                self._empty_cache_locked()
+        free = self.backend.free_bytes()
+        if self.limit_bytes is not None:
+            cap_free = self.limit_bytes - self.reserved
+            free = cap_free if free is None else min(free, cap_free)
+        raise OutOfMemoryError(str(self.backend.device), nbytes, free,
+                               f"pool reserves {self.reserved:,} bytes, {self.allocated:,} in use"
+                               + (f", limit {self.limit_bytes:,}" if self.limit_bytes is not None else ""))
+
+    def _empty_cache_locked(self) -> int:
+        freed = 0
+        for cls, raws in self._free.items():
+            for raw in raws:
+                self.backend.raw_free(raw)
+                freed += cls
+            raws.clear()
+        self.reserved -= freed
+        return freed
+
+    def _release(self, lease: _Lease) -> None:
+        with self._lock:
+            self.allocated -= lease.nbytes
+            self.requested -= lease.requested
+            self._free[lease.nbytes].append(lease.raw)
+
+
+class Storage:
+    """A flat 1-D backend array and the backend that owns it. Pooled storages return their block
+    to the pool when the last array over it dies; external ones (an mmap, a DLPack import) do not."""
+
+    __slots__ = ("data", "backend")
+
+    def __init__(self, data, backend):
+        self.data = data
+        self.backend = backend
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.nbytes
+
+    def __repr__(self) -> str:
+        return f"Storage({self.data.size} x {self.data.dtype} on {self.backend.device})"

@@ -1,0 +1,447 @@
+"""Tensor: a handle on (Storage, Layout, dtype, device) with torch-named methods.
+
+Views (transpose, permute, narrow, slicing, reshape of contiguous data, expand) build a new Layout
+over the same Storage. Every op validates shapes, dtypes and devices here and then calls one backend
+kernel; kernels return pooled arrays.
+"""
+from __future__ import annotations
+
+import math
+from collections import namedtuple
+
+import numpy as np
+
+from engine import device as _dev
+from engine import dtype as D
+from engine.layout import Layout, ShapeError, broadcast_shapes, norm_dim
+from engine.storage import Storage
+
+
+class DTypeError(TypeError):
+    """An op got a dtype it does not accept; the message names the op and the dtypes."""
+
+
+class DeviceMismatchError(RuntimeError):
+    """Operands live on different devices; the message names them."""
+
+
+MinMax = namedtuple("MinMax", "values indices")
+Sorted = namedtuple("Sorted", "values indices")
+
+
+class Tensor:
+    __slots__ = ("storage", "layout", "dtype", "_arr", "__weakref__")
+    __hash__ = object.__hash__
+    __array_priority__ = 1000  # numpy scalars defer to our reflected operators
+
+    def __init__(self, storage: Storage, layout: Layout, dtype: D.DType):
+        self.storage, self.layout, self.dtype = storage, layout, dtype
+        self._arr = None
+
+    # ---- construction helpers ------------------------------------------------------------------
+    @staticmethod
+    def _wrap(arr, backend, dtype: D.DType | None = None) -> "Tensor":
+        """A Tensor over a contiguous backend array (normally a pooled kernel output)."""
+        dtype = dtype or D.get(arr.dtype)
+        t = Tensor(Storage(arr.reshape(-1), backend), Layout.contiguous(arr.shape), dtype)
+        t._arr = arr
+        return t
+
+    def _view(self, layout: Layout) -> "Tensor":
+        return Tensor(self.storage, layout, self.dtype)
+
+    @property
+    def backend(self):
+        return self.storage.backend
+
+    @property
+    def array(self):
+        """The backend array (numpy or cupy) this tensor describes: a view, never a copy."""
+        if self._arr is None:
+            self._arr = self.backend.strided(self.storage.data, self.layout)
+        return self._arr
+
+    # ---- metadata --------------------------------------------------------------------------------
+    shape = property(lambda self: self.layout.shape)
+    ndim = property(lambda self: len(self.layout.shape))
+    device = property(lambda self: self.storage.backend.device)
+    is_cuda = property(lambda self: self.device.type == "cuda")
+    T = property(lambda self: self.permute(tuple(reversed(range(self.ndim)))))
+    mT = property(lambda self: self.transpose(-2, -1))
+
+    def dim(self) -> int:
+        return self.ndim
+
+    def size(self, dim=None):
+        return self.shape if dim is None else self.shape[norm_dim(dim, self.ndim)]
+
+    def stride(self, dim=None):
+        return self.layout.strides if dim is None else self.layout.strides[norm_dim(dim, self.ndim)]
+
+    def numel(self) -> int:
+        return self.layout.numel
+
+    def element_size(self) -> int:
+        return self.dtype.itemsize
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel() * self.dtype.itemsize
+
+    def is_contiguous(self) -> bool:
+        return self.layout.is_contiguous()
+
+    def is_floating_point(self) -> bool:
+        return self.dtype.is_floating_point
+
+    def data_ptr(self) -> int:
+        data = self.storage.data
+        base = data.ctypes.data if hasattr(data, "ctypes") else data.data.ptr
+        return base + self.layout.offset * self.dtype.itemsize
+
+    def __len__(self) -> int:
+        if not self.ndim:
+            raise TypeError("len() of a 0-d tensor")
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        extra = "" if self.dtype is D.float32 else f", dtype={self.dtype!r}"
+        dev = "" if self.device.type == "cpu" else f", device='{self.device}'"
+        body = np.array2string(self.numpy().astype(np.float32) if self.dtype.is_reduced else self.numpy(),
+                               separator=", ", threshold=64, prefix="tensor(")
+        return f"tensor({body}{extra}{dev})"
+
+    # ---- host interop ------------------------------------------------------------------------------
+    def numpy(self) -> np.ndarray:
+        """A numpy array: a view on the CPU, a host copy from other devices."""
+        return self.backend.to_numpy(self.array)
+
+    def tolist(self):
+        a = self.numpy()
+        return (a.astype(np.float32) if self.dtype.is_reduced else a).tolist()
+
+    def item(self):
+        if self.numel() != 1:
+            raise ValueError(f"item() needs a tensor with one element, got shape {self.shape}")
+        return self.tolist() if self.ndim == 0 else self.reshape(()).tolist()
+
+    def __float__(self):
+        return float(self.item())
+
+    def __int__(self):
+        return int(self.item())
+
+    def __bool__(self):
+        if self.numel() != 1:
+            raise ValueError(f"the truth value of a tensor with {self.numel()} elements is ambiguous")
+        return bool(self.item())
+
+    def __index__(self):
+        if self.dtype.category != 1 or self.numel() != 1:
+            raise TypeError(f"only integer tensors of one element can be used as an index (got {self.dtype}, "
+                            f"shape {self.shape})")
+        return int(self.item())
+
+    def __dlpack__(self, *args, **kwargs):
+        try:
+            return self.array.__dlpack__(*args, **kwargs)
+        except (BufferError, TypeError) as e:
+            raise TypeError(f"cannot export a {self.dtype.name} tensor through DLPack from {self.device}: {e}. "
+                            "For bfloat16 on the CPU, export .view(engine.int16) or convert with .float().") from e
+
+    def __dlpack_device__(self):
+        return self.array.__dlpack_device__()
+
+    # ---- device and dtype ----------------------------------------------------------------------------
+    def to(self, *args, dtype=None, device=None, copy=False) -> "Tensor":
+        for a in args:
+            if isinstance(a, (D.DType, np.dtype)) or (isinstance(a, str) and a.removeprefix("torch.") in D._BY_NAME):
+                dtype = a
+            else:
+                device = a
+        dtype = D.get(dtype) if dtype is not None else self.dtype
+        dev = _dev.parse(device) if device is not None else self.device
+        if dev != self.device:
+            host = self.numpy()
+            target = _dev.backend(dev)
+            return Tensor._wrap(target.from_numpy(host, dtype), target, dtype)
+        if dtype is self.dtype and not copy:
+            return self
+        return Tensor._wrap(self.backend.cast(self.array, dtype), self.backend, dtype)
+
+    def cpu(self):
+        return self.to("cpu")
+
+    def cuda(self, index: int = 0):
+        return self.to(f"cuda:{index}")
+
+    def float(self):
+        return self.to(D.float32)
+
+    def half(self):
+        return self.to(D.float16)
+
+    def bfloat16(self):
+        return self.to(D.bfloat16)
+
+    def double(self):
+        return self.to(D.float64)
+
+    def long(self):
+        return self.to(D.int64)
+
+    def int(self):
+        return self.to(D.int32)
+
+    def bool(self):
+        return self.to(D.bool_)
+
+    def type_as(self, other):
+        return self.to(other.dtype)
+
+    def contiguous(self) -> "Tensor":
+        if self.is_contiguous():
+            return self
+        return Tensor._wrap(self.backend.contiguous(self.array, self.dtype), self.backend, self.dtype)
+
+    def clone(self) -> "Tensor":
+        return Tensor._wrap(self.backend.contiguous(self.array, self.dtype), self.backend, self.dtype)
+
+    def detach(self):
+        return self
+
+    # ---- views ------------------------------------------------------------------------------------------
+    def view(self, *shape) -> "Tensor":
+        if len(shape) == 1 and isinstance(shape[0], (D.DType, str)):
+            return self._view_dtype(D.get(shape[0]))
+        shape = _shape_arg(shape)
+        lay = self.layout.view(shape)
+        if lay is None:
+            raise ShapeError(f"view size {shape} is not compatible with input size {self.shape} and strides "
+                             f"{self.layout.strides}; use reshape() (which copies) instead")
+        return self._view(lay)
+
+    def _view_dtype(self, dt: D.DType) -> "Tensor":
+        if dt.itemsize != self.dtype.itemsize:
+            raise DTypeError(f"view({dt.name}) needs the same element size as {self.dtype.name}")
+        data = self.storage.data.view(dt.np_dtype)
+        return Tensor(Storage(data, self.backend), self.layout, dt)
+
+    def reshape(self, *shape) -> "Tensor":
+        shape = _shape_arg(shape)
+        lay = self.layout.view(shape)
+        return self._view(lay) if lay is not None else self.contiguous().view(shape)
+
+    def flatten(self, start_dim: int = 0, end_dim: int = -1) -> "Tensor":
+        if self.ndim == 0:
+            return self.reshape(1)
+        s, e = norm_dim(start_dim, self.ndim), norm_dim(end_dim, self.ndim)
+        return self.reshape(self.shape[:s] + (-1 if self.numel() else 0,) + self.shape[e + 1:]) if s <= e else self
+
+    def unflatten(self, dim: int, sizes) -> "Tensor":
+        d = norm_dim(dim, self.ndim)
+        return self.reshape(self.shape[:d] + tuple(sizes) + self.shape[d + 1:])
+
+    def transpose(self, d0: int, d1: int) -> "Tensor":
+        return self._view(self.layout.transpose(d0, d1))
+
+    def t(self) -> "Tensor":
+        if self.ndim > 2:
+            raise ShapeError(f"t() expects a tensor with <= 2 dims, got shape {self.shape}")
+        return self.transpose(0, 1) if self.ndim == 2 else self
+
+    def permute(self, *dims) -> "Tensor":
+        return self._view(self.layout.permute(_shape_arg(dims)))
+
+    def movedim(self, src: int, dst: int) -> "Tensor":
+        src, dst = norm_dim(src, self.ndim), norm_dim(dst, self.ndim)
+        order = [d for d in range(self.ndim) if d != src]
+        order.insert(dst, src)
+        return self.permute(order)
+
+    def narrow(self, dim: int, start: int, length: int) -> "Tensor":
+        return self._view(self.layout.narrow(dim, int(start), int(length)))
+
+    def select(self, dim: int, index: int) -> "Tensor":
+        return self._view(self.layout.select(dim, int(index)))
+
+    def unsqueeze(self, dim: int) -> "Tensor":
+        return self._view(self.layout.unsqueeze(dim))
+
+    def squeeze(self, dim=None) -> "Tensor":
+        return self._view(self.layout.squeeze(dim))
+
+    def expand(self, *shape) -> "Tensor":
+        return self._view(self.layout.expand(_shape_arg(shape)))
+
+    def expand_as(self, other) -> "Tensor":
+        return self.expand(other.shape)
+
+    def broadcast_to(self, shape) -> "Tensor":
+        return self.expand(shape)
+
+    def split(self, split_size, dim: int = 0):
+        d = norm_dim(dim, self.ndim)
+        n = self.shape[d]
+        if isinstance(split_size, int):
+            if split_size <= 0:
+                raise ValueError(f"split_size must be positive, got {split_size}")
+            sizes = [min(split_size, n - i) for i in range(0, n, split_size)] or [0]
+        else:
+            sizes = list(split_size)
+            if sum(sizes) != n:
+                raise ShapeError(f"split sizes {sizes} do not sum to dim {d} of size {n} (shape {self.shape})")
+        out, start = [], 0
+        for s in sizes:
+            out.append(self.narrow(d, start, s))
+            start += s
+        return tuple(out)
+
+    def chunk(self, chunks: int, dim: int = 0):
+        n = self.shape[norm_dim(dim, self.ndim)]
+        return self.split(max(1, -(-n // chunks)), dim)
+
+    def unbind(self, dim: int = 0):
+        return tuple(self.select(dim, i) for i in range(self.shape[norm_dim(dim, self.ndim)]))
+
+    # ---- indexing -------------------------------------------------------------------------------------
+    def __getitem__(self, key):
+        key = key if isinstance(key, tuple) else (key,)
+        if any(_is_advanced(k) for k in key):
+            return Tensor._wrap(self.backend.getitem(self.array, self._array_key(key)), self.backend, self.dtype)
+        return self._view(self._basic_layout(key))
+
+    def __setitem__(self, key, value):
+        key = key if isinstance(key, tuple) else (key,)
+        val = self._value_array(value)
+        if any(_is_advanced(k) for k in key):
+            self.backend.setitem(self.array, self._array_key(key), val)
+        else:
+            target = self._view(self._basic_layout(key))
+            _check_broadcast(np.shape(val), target.shape, "setitem")
+            self.backend.copy_(target.array, val)
+
+    def _basic_layout(self, key) -> Layout:
+        if sum(k is Ellipsis for k in key) > 1:
+            raise IndexError("an index can only have a single ellipsis ('...')")
+        used = sum(1 for k in key if k is not None and k is not Ellipsis)
+        if used > self.ndim:
+            raise IndexError(f"too many indices for tensor of dimension {self.ndim} (got {used}, shape {self.shape})")
+        lay, d = self.layout, 0
+        for k in key:
+            if k is Ellipsis:
+                d += self.ndim - used
+            elif k is None:
+                lay = lay.unsqueeze(d)
+                d += 1
+            elif isinstance(k, slice):
+                lay = lay.slice(d, k.start, k.stop, k.step)
+                d += 1
+            else:
+                i = int(k)
+                n = lay.shape[d]
+                if not -n <= i < n:
+                    raise IndexError(f"index {i} is out of bounds for dimension {d} with size {n} (shape {self.shape})")
+                lay = lay.select(d, i)
+        return lay
+
+    def _array_key(self, key):
+        out, d = [], 0
+        for k in key:
+            if isinstance(k, Tensor):
+                if k.device != self.device:
+                    raise DeviceMismatchError(f"index on {k.device} for a tensor on {self.device}")
+                if k.dtype.category == 1:
+                    self._check_bounds(k.array, d)
+                out.append(k.array)
+                d += k.ndim if k.dtype is D.bool_ else 1
+            elif isinstance(k, (list, np.ndarray)):
+                a = np.asarray(k)
+                if a.dtype.kind in "iu":
+                    self._check_bounds(a, d)
+                out.append(self.backend.from_numpy(a, D.get(a.dtype) if a.dtype != np.bool_ else D.bool_))
+                d += a.ndim if a.dtype == np.bool_ else 1
+            else:
+                out.append(k)
+                d += 0 if k is None else (self.ndim - sum(1 for x in key if x is not None and x is not Ellipsis)
+                                         if k is Ellipsis else 1)
+        return tuple(out)
+
+    def _check_bounds(self, index, d: int):
+        if d >= self.ndim:
+            raise IndexError(f"too many indices for tensor of dimension {self.ndim} (shape {self.shape})")
+        n = self.shape[d]
+        lo, hi = self.backend.index_bounds(index, n)
+        if lo < -n or hi >= n:
+            bad = lo if lo < -n else hi
+            raise IndexError(f"index {bad} is out of bounds for dimension {d} with size {n} (shape {self.shape})")
+
+    def _value_array(self, value):
+        if isinstance(value, Tensor):
+            if value.device != self.device:
+                raise DeviceMismatchError(f"value on {value.device} for a tensor on {self.device}")
+            return value.array
+        if isinstance(value, (list, tuple, np.ndarray)):
+            return self.backend.from_numpy(np.asarray(value), self.dtype)
+        D.scalar_category(value)
+        return value
+
+    # ---- in-place ---------------------------------------------------------------------------------------
+    def copy_(self, src) -> "Tensor":
+        val = self._value_array(src)
+        _check_broadcast(np.shape(val), self.shape, "copy_")
+        self.backend.copy_(self.array, val)
+        return self
+
+    def fill_(self, value) -> "Tensor":
+        self.backend.copy_(self.array, value.item() if isinstance(value, Tensor) else value)
+        return self
+
+    def zero_(self) -> "Tensor":
+        return self.fill_(0)
+
+    def _inplace(self, op, other):
+        r = getattr(self, op)(other)
+        if r.shape != self.shape:
+            raise ShapeError(f"in-place {op}: result shape {r.shape} differs from the tensor's {self.shape}")
+        return self.copy_(r)
+
+    def add_(self, other, alpha=1):
+        return self._inplace("add", other if alpha == 1 else other * alpha)
+
+    def sub_(self, other):
+        return self._inplace("sub", other)
+
+    def mul_(self, other):
+        return self._inplace("mul", other)
+
+    def div_(self, other):
+        return self._inplace("div", other)
+
+    def masked_fill_(self, mask, value):
+        return self.copy_(self.masked_fill(mask, value))
+
+    def clamp_(self, min=None, max=None):
+        return self.copy_(self.clamp(min, max))
+
+
+def _shape_arg(shape) -> tuple:
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+        shape = shape[0]
+    return tuple(int(s) for s in shape)
+
+
+def _is_advanced(k) -> bool:
+    return isinstance(k, (Tensor, list, np.ndarray)) or (hasattr(k, "__cuda_array_interface__"))
+
+
+def _check_broadcast(src_shape, dst_shape, what: str):
+    try:
+        if broadcast_shapes(tuple(src_shape), tuple(dst_shape)) != tuple(dst_shape):
+            raise ShapeError("")
+    except ShapeError:
+        raise ShapeError(f"{what}: a value of shape {tuple(src_shape)} cannot be broadcast to "
+                         f"shape {tuple(dst_shape)}") from None
+
+
+from engine import tensor_ops  # noqa: E402,F401  (attaches the math methods to Tensor)
