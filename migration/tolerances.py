@@ -33,6 +33,3 @@ def get(dtype, scale: float = 1.0) -> tuple[float, float]:
     rtol, atol = DEFAULTS[name]
     return rtol * scale, atol * scale
 
-
-def passes(max_abs_err, max_ref, rtol, atol) -> bool:
-    return max_abs_err <= atol + rtol * max_ref
