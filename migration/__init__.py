@@ -1,0 +1,1 @@
+"""Migration from PyTorch to the engine: checkpoint conversion, module maps, porting and verification."""
