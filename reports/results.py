@@ -27,7 +27,7 @@ SIDECAR = "taper-env.json"
 SIDECAR_KEYS = ("card", "driver", "clocks", "cpu")
 CORE_COLUMNS = [
     "machine", "commit", "date", "env", "python", "benchmark", "suite", "name", "kind",
-    "params_repr", "value", "unit", "status", "q25", "q75", "ci_lo", "ci_hi", "number", "repeat",
+    "params_repr", "value", "unit", "status", "started_at", "q25", "q75", "ci_lo", "ci_hi", "number", "repeat",
     "samples", "cpu", "ram", "num_cpu", "card", "driver", "clocks",
 ]
 _STAT_FIELDS = {"stats_q_25": "q25", "stats_q_75": "q75", "stats_ci_99_a": "ci_lo",
@@ -124,6 +124,8 @@ def _load_result_file(path: Path, meta: dict, machine_info: dict, sidecar: dict)
         stats = {out: _field_list(path, bench, f, row.get(f), n) for f, out in _STAT_FIELDS.items()}
         suite, _, name = bench.partition(".")
         kind = info.get("type") or name.rpartition(".")[2].split("_")[0]
+        started = row.get("started_at")
+        started = pd.to_datetime(started, unit="ms", utc=True) if started else pd.NaT
         for i, combo in enumerate(combos):
             value = values[i]
             status = "failed" if value is None else ("skipped" if math.isnan(value) else "ok")
@@ -132,6 +134,7 @@ def _load_result_file(path: Path, meta: dict, machine_info: dict, sidecar: dict)
                 "env": data["env_name"], "python": data.get("python"), "benchmark": bench,
                 "suite": suite, "name": name, "kind": kind, "params_repr": ", ".join(combo),
                 "value": _number(value), "unit": info.get("unit"), "status": status,
+                "started_at": started,
                 "samples": samples[i] if status == "ok" else None,
                 "cpu": sidecar.get("cpu") or machine_info.get("cpu"),
                 "ram": machine_info.get("ram"), "num_cpu": machine_info.get("num_cpu"),
