@@ -281,22 +281,25 @@ def _flatten_state(obj, path, described: bool):
     if not isinstance(obj, dict):
         raise ConvertError(f"{path}: holds a {describe(obj)}, not a state dict of named tensors")
     tensors = {}
-
-    def walk(x, name):
-        if isinstance(x, torch.Tensor):
-            tensors[name] = x
-        elif isinstance(x, dict) and x:
-            for k, v in x.items():
-                walk(v, f"{name}.{k}" if name else str(k))
-        elif isinstance(x, (list, tuple)) and x and all(isinstance(v, (torch.Tensor, dict, list, tuple)) for v in x):
-            for j, v in enumerate(x):
-                walk(v, f"{name}.{j}")
-        else:
-            skipped.append((name, say(x)))
-    walk(obj, "")
+    _walk(obj, "", tensors, skipped, say)
     while tensors and all(k.startswith("module.") for k in tensors):  # DataParallel / DDP prefix
         tensors = {k[len("module."):]: v for k, v in tensors.items()}
     return tensors, skipped
+
+
+def _walk(x, name: str, tensors: dict, skipped: list, say) -> None:
+    """Collect tensors under dotted names and describe everything else. (A plain function, not a
+    recursive closure: that would be a reference cycle keeping a whole mmap'd shard alive until gc.)"""
+    if isinstance(x, torch.Tensor):
+        tensors[name] = x
+    elif isinstance(x, dict) and x:
+        for k, v in x.items():
+            _walk(v, f"{name}.{k}" if name else str(k), tensors, skipped, say)
+    elif isinstance(x, (list, tuple)) and x and all(isinstance(v, (torch.Tensor, dict, list, tuple)) for v in x):
+        for j, v in enumerate(x):
+            _walk(v, f"{name}.{j}", tensors, skipped, say)
+    else:
+        skipped.append((name, say(x)))
 
 
 # ---------------------------------------------------------------- converting
