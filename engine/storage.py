@@ -73,7 +73,11 @@ class StoragePool:
 
     # ---- public --------------------------------------------------------------------------------
     def alloc(self, nbytes: int):
-        """A flat uint8 backend array of at least `nbytes` bytes (exactly nbytes long)."""
+        """A flat uint8 backend array of exactly `nbytes` bytes over a pooled block."""
+        return self.backend.wrap(self.alloc_lease(nbytes))[:int(nbytes)]
+
+    def alloc_lease(self, nbytes: int) -> "_Lease":
+        """A pooled block of at least `nbytes` bytes, returned to the pool when the lease dies."""
         nbytes = int(nbytes)
         cls = size_class(nbytes)
         with self._lock:
@@ -86,8 +90,7 @@ class StoragePool:
             self.allocated += cls
             self.requested += nbytes
             self.peak = max(self.peak, self.allocated)
-        lease = _Lease(self, raw, cls, nbytes)
-        return self.backend.wrap(lease)[:nbytes]
+        return _Lease(self, raw, cls, nbytes)
 
     def empty_cache(self) -> int:
         """Give every cached block back to the device; returns the bytes freed."""

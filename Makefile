@@ -1,0 +1,15 @@
+# The two README commands. PY picks the interpreter (default python3).
+PY ?= python3
+
+.PHONY: install run test
+
+install:
+	$(PY) -m pip install -q -e '.[test]'
+
+# the main job on built-in defaults
+run: install
+	$(PY) -m taper.cli demo
+
+# the whole test suite (GPU tests skip without ENGINE_DEVICE=cuda and a GPU)
+test: install
+	$(PY) -m pytest -q -p no:cacheprovider

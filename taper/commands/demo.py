@@ -1,0 +1,89 @@
+"""`taper demo`: build tensors on every available device and print a parity table against torch.
+
+This is the main job on built-in defaults: it needs no model files. Each row runs one op on seeded
+random inputs in the engine and in torch (CPU, float64 reference) and reports the engine's max
+error next to the tolerance of its dtype.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+
+def add_arguments(parser):
+    parser.add_argument("--devices", default=None, help="comma list (default: every available device)")
+    parser.add_argument("--dtypes", default="float32,float16,bfloat16")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def _cases(E, F, tF):
+    """(name, input shapes, engine fn, torch fn, tolerance scale)"""
+    return [
+        ("add (broadcast)", [(64, 128), (128,)], lambda a, b: a + b, lambda a, b: a + b, 1),
+        ("matmul", [(64, 128), (128, 96)], lambda a, b: a @ b, lambda a, b: a @ b, 8),
+        ("softmax", [(32, 256)], lambda a: F.softmax(a, -1), lambda a: tF.softmax(a, -1), 2),
+        ("layer_norm", [(32, 256)], lambda a: F.layer_norm(a, (256,)), lambda a: tF.layer_norm(a, (256,)), 4),
+        ("rms_norm", [(32, 256)], lambda a: F.rms_norm(a, (256,), eps=1e-6),
+         lambda a: tF.rms_norm(a, (256,), eps=1e-6), 4),
+        ("gelu", [(64, 256)], lambda a: F.gelu(a), lambda a: tF.gelu(a), 2),
+        ("silu", [(64, 256)], lambda a: F.silu(a), lambda a: tF.silu(a), 2),
+        ("conv2d 3x3", [(2, 8, 16, 16), (16, 8, 3, 3)], lambda a, w: F.conv2d(a, w, padding=1),
+         lambda a, w: tF.conv2d(a, w, padding=1), 8),
+        ("sdpa causal GQA", [(1, 8, 16, 32), (1, 2, 16, 32), (1, 2, 16, 32)],
+         lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True),
+         lambda q, k, v: tF.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True), 4),
+        ("sum(dim=-1)", [(64, 256)], lambda a: a.sum(-1), lambda a: a.sum(-1), 8),
+    ]
+
+
+def run(args) -> int:
+    import engine as E
+    import engine.functional as F
+    from migration import tolerances
+
+    try:
+        import torch
+        import torch.nn.functional as tF
+    except ImportError:
+        print("taper demo: torch is not installed; install the test extra (pip install -e '.[test]')")
+        return 2
+    devices = args.devices.split(",") if args.devices else [str(d) for d in E.available_devices()]
+    dtypes = args.dtypes.split(",")
+    rng = np.random.default_rng(args.seed)
+    print(f"engine parity against torch {torch.__version__} (float64 reference), devices: {', '.join(devices)}")
+    header = f"{'device':8} {'dtype':9} {'op':18} {'max abs err':>12} {'tolerance':>12} {'ms':>8}  result"
+    print(header)
+    print("-" * len(header))
+    failures = 0
+    for dev in devices:
+        for dt in dtypes:
+            rtol, atol = tolerances.get(dt)
+            for name, shapes, efn, tfn, scale in _cases(E, F, tF):
+                xs = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+                ins = [E.tensor(x, device=dev).to(dt) for x in xs]
+                # reference: the same rounded inputs, in float64 through torch
+                ref_in = [torch.from_numpy(t.float().numpy().astype(np.float64)) for t in ins]
+                ref = tfn(*ref_in).numpy()
+                t0 = time.perf_counter()
+                out = efn(*ins)
+                E.synchronize(dev)
+                ms = (time.perf_counter() - t0) * 1e3
+                got = out.float().numpy().astype(np.float64)
+                err = float(np.max(np.abs(got - ref))) if ref.size else 0.0
+                tol = atol * scale + rtol * scale * float(np.max(np.abs(ref)))
+                # 16-bit outputs are judged by the dtype's own rounding of the reference
+                ok = bool(err <= tol) or _within_rounding(got, ref, dt, scale)
+                failures += not ok
+                print(f"{dev:8} {dt:9} {name:18} {err:12.3e} {tol:12.3e} {ms:8.2f}  {'ok' if ok else 'FAIL'}")
+    print(f"\n{'all rows pass' if not failures else f'{failures} rows FAIL'}; pool stats: "
+          + ", ".join(f"{d}: peak {E.memory_stats(d)['peak_bytes']:,} B, hits {E.memory_stats(d)['hits']}"
+                      for d in devices))
+    return 1 if failures else 0
+
+
+def _within_rounding(got, ref, dt, scale) -> bool:
+    eps = {"float16": 2.0 ** -10, "bfloat16": 2.0 ** -7}.get(dt)
+    if eps is None:
+        return False
+    return bool(np.all(np.abs(got - ref) <= scale * eps * (np.abs(ref) + 1e-2)))
