@@ -43,10 +43,12 @@ def test_engine_file_read_bitwise_by_safetensors_torch(tmp_path, dtype):
 
 
 @pytest.mark.parametrize("dtype", ["F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL"])
-def test_engine_file_read_by_safetensors_numpy(tmp_path, dtype):
+def test_both_ways_with_safetensors_numpy(tmp_path, dtype):
     save_file({"x": sample(dtype)}, tmp_path / "a.safetensors")
     back = safetensors.numpy.load_file(tmp_path / "a.safetensors")["x"]
     assert back.tobytes() == sample(dtype).tobytes() and back.shape == (3, 5)
+    safetensors.numpy.save_file({"y": sample(dtype, seed=2)}, tmp_path / "b.safetensors")
+    assert load_file(tmp_path / "b.safetensors")["y"].tobytes() == sample(dtype, seed=2).tobytes()
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES))
