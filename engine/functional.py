@@ -81,15 +81,20 @@ def log_softmax(x: Tensor, dim: int, dtype=None) -> Tensor:
 # ---- linear and embedding ---------------------------------------------------------------------------
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """y = x @ weight.T + bias; weight (out_features, in_features) as in torch."""
-    if weight.ndim != 2 or x.shape[-1] != weight.shape[1]:
+    if x.ndim == 0 or weight.ndim != 2 or x.shape[-1] != weight.shape[1]:
         raise ShapeError(f"linear(): input {x.shape} and weight {weight.shape} do not fit "
                          f"(input's last dim must equal weight's dim 1)")
-    y = x.matmul(weight.t())
-    if bias is not None:
-        if bias.shape != (weight.shape[0],):
-            raise ShapeError(f"linear(): bias {bias.shape} does not match weight {weight.shape}")
-        y = y + bias
-    return y
+    if bias is None:
+        return x.matmul(weight.t())
+    if bias.shape != (weight.shape[0],):
+        raise ShapeError(f"linear(): bias {bias.shape} does not match weight {weight.shape}")
+    if not (x.dtype is weight.dtype is bias.dtype):
+        raise DTypeError(f"linear(): input, weight and bias dtypes differ ({x.dtype.name}, {weight.dtype.name}, "
+                         f"{bias.dtype.name})")
+    if weight.device != x.device:
+        raise DeviceMismatchError(f"linear(): weight is on {weight.device}, input on {x.device}")
+    # one kernel so that 16-bit floats round once, after the bias (as torch's addmm does)
+    return _run(x, "linear", x.array, weight.array, _arr(bias, x, "bias"))
 
 
 def embedding(ids: Tensor, weight: Tensor) -> Tensor:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import builtins
 
+import numpy as np
+
 from engine import dtype as D
 from engine.layout import ShapeError, broadcast_shapes, norm_dim
 from engine.tensor import DeviceMismatchError, DTypeError, MinMax, Sorted, Tensor
@@ -25,9 +27,9 @@ def _unary(x: Tensor, op: str) -> Tensor:
     elif op in BOOL_UNARY:
         out = D.bool_
     else:
-        if x.dtype is D.bool_ and op in ("neg", "sign"):
+        if x.dtype is D.bool_ and op in ("neg", "sign", "abs", "relu"):
             raise DTypeError(f"{op}() is not defined for bool tensors")
-        out = x.dtype
+        out = D.int64 if (x.dtype is D.bool_ and op == "square") else x.dtype  # torch: square(bool) -> int64
     if op in ("floor", "ceil", "round") and x.dtype.category < 2:
         return x.clone()
     return Tensor._wrap(x.backend.unary(op, x.array, out), x.backend, out)
@@ -109,8 +111,17 @@ def masked_fill(x: Tensor, mask: Tensor, value) -> Tensor:
         raise ShapeError(f"masked_fill(): mask of shape {mask.shape} does not broadcast to {x.shape}")
     if isinstance(value, Tensor):
         value = value.item()
+    D.scalar_category(value)
+    if x.dtype.category == 1 and not _fits(value, x.dtype):
+        raise ValueError(f"masked_fill(): value {value!r} cannot be converted to {x.dtype.name} without overflow")
     out = Tensor._wrap(x.backend.where(mask.array, value, x.array, x.dtype), x.backend, x.dtype)
     return out
+
+
+def _fits(value, dt: D.DType) -> bool:
+    """Whether a Python number converts to integer dtype dt without overflow (torch's check)."""
+    info = np.iinfo(dt.np_dtype)
+    return bool(info.min <= value <= info.max)  # False for nan and inf too
 
 
 def clamp(x: Tensor, min=None, max=None) -> Tensor:
@@ -124,14 +135,16 @@ def clamp(x: Tensor, min=None, max=None) -> Tensor:
 
 
 # ---- reductions ---------------------------------------------------------------------------------------
-def _dims(x: Tensor, dim) -> tuple:
-    if dim is None:
+def _dims(x: Tensor, dim, empty_means_all: bool = False) -> tuple:
+    """Normalised dims. A 0-d tensor accepts dim 0 and -1 (as torch does) and has nothing to reduce.
+    `empty_means_all`: torch's sum/mean/amax/amin/var reduce every dim for dim=() (all/any reduce none)."""
+    if dim is None or (empty_means_all and isinstance(dim, (tuple, list)) and not dim):
         return tuple(range(x.ndim))
     dims = dim if isinstance(dim, (tuple, list)) else (dim,)
     dims = tuple(norm_dim(d, x.ndim) for d in dims)
     if len(set(dims)) != len(dims):
         raise ShapeError(f"dim {tuple(dim)} appears more than once")
-    return dims
+    return dims if x.ndim else ()
 
 
 def _reduce(x: Tensor, op: str, dim=None, keepdim=False, dtype=None, **kw) -> Tensor:
@@ -139,16 +152,21 @@ def _reduce(x: Tensor, op: str, dim=None, keepdim=False, dtype=None, **kw) -> Te
         out = D.get(dtype)
     elif op in ("sum", "prod"):
         out = D.int64 if x.dtype.category < 2 else x.dtype
-    elif op in ("mean", "var", "logsumexp"):
+    elif op in ("mean", "var"):
         if x.dtype.category < 2:
             raise DTypeError(f"{op}(): input dtype must be floating point, got {x.dtype.name}")
         out = x.dtype
+    elif op == "logsumexp":  # torch promotes integer inputs to the default float
+        out = D.to_float(x.dtype)
     elif op in ("all", "any"):
-        out = D.bool_
+        out = D.uint8 if x.dtype is D.uint8 else D.bool_  # torch keeps uint8 here (a legacy rule)
     else:
         out = x.dtype
     b = x.backend
-    return Tensor._wrap(b.reduce(op, x.array, _dims(x, dim), keepdim, out, **kw), b, out)
+    dims = _dims(x, dim, empty_means_all=op not in ("all", "any"))
+    if op in ("amax", "amin"):
+        _check_nonempty(x, op, dims)
+    return Tensor._wrap(b.reduce(op, x.array, dims, keepdim, out, **kw), b, out)
 
 
 def sum(x, dim=None, keepdim=False, dtype=None):
@@ -193,8 +211,19 @@ def logsumexp(x, dim, keepdim=False):
     return _reduce(x, "logsumexp", dim, keepdim)
 
 
+def _check_nonempty(x: Tensor, op: str, dims) -> None:
+    """max/min/argmax/argmin have no identity: an empty reduced dim is an error (as in torch)."""
+    if x.numel() == 0:
+        empty = [d for d in (range(x.ndim) if dims is None else dims) if x.shape[d] == 0]
+        if empty or not x.ndim:
+            raise ShapeError(f"{op}(): cannot reduce over dim {empty[0] if empty else 0} of size 0 "
+                             f"(input shape {x.shape}); give a dim whose size is not 0")
+
+
 def _arg(x: Tensor, op: str, dim=None, keepdim=False) -> Tensor:
     d = None if dim is None else norm_dim(dim, x.ndim)
+    d = None if (d is not None and x.ndim == 0) else d
+    _check_nonempty(x, op, None if d is None else (d,))
     return Tensor._wrap(x.backend.arg_reduce(op, x.array, d, keepdim), x.backend, D.int64)
 
 
@@ -225,6 +254,8 @@ def min(x, dim=None, keepdim=False):
 
 def _cumulative(x: Tensor, op: str, dim: int, dtype=None) -> Tensor:
     out = D.get(dtype) if dtype is not None else (D.int64 if x.dtype.category < 2 else x.dtype)
+    if x.ndim == 0:  # torch: dim 0 or -1 of a 0-d tensor, result 0-d
+        return _cumulative(x.reshape(1), op, norm_dim(dim, 0), dtype=out).reshape(())
     return Tensor._wrap(x.backend.cumulative(op, x.array, norm_dim(dim, x.ndim), out), x.backend, out)
 
 

@@ -100,7 +100,10 @@ class NumpyBackend(NnKernels):
     def _c(self, x, dt=None):
         """The array to compute on: 16-bit floats as float32, or cast to numpy dtype `dt`."""
         if dt is not None:
-            return x.astype(dt, copy=False) if isinstance(x, np.ndarray) else np.asarray(x, dt)
+            if isinstance(x, np.ndarray):
+                return x.astype(dt, copy=False)
+            # a Python scalar: ints wrap into unsigned/narrow dtypes as torch's do (uint8 - 3 -> 253)
+            return np.asarray(x).astype(dt) if isinstance(x, int) else np.asarray(x, dt)
         if isinstance(x, np.ndarray) and x.dtype in _REDUCED:
             return x.astype(np.float32)
         return x
@@ -200,20 +203,20 @@ class NumpyBackend(NnKernels):
         with np.errstate(all="ignore"):
             if op == "sum":
                 r = xp.sum(x, axis=dims, keepdims=keepdim)
-            elif op == "mean":
-                r = xp.mean(x, axis=dims, keepdims=keepdim)
+            elif op == "mean":  # sum / n: an empty reduction gives nan without numpy's warning
+                r = xp.sum(x, axis=dims, keepdims=keepdim) / x.dtype.type(math.prod(x.shape[d] for d in dims))
             elif op == "prod":
                 r = xp.prod(x, axis=dims, keepdims=keepdim)
-            elif op in ("amax", "amin"):
-                if x.size == 0:
-                    raise ValueError(f"{op}(): cannot reduce an empty dim (shape {x.shape}, dims {dims})")
+            elif op in ("amax", "amin"):  # the tensor layer refuses empty reduced dims
                 r = (xp.max if op == "amax" else xp.min)(x, axis=dims, keepdims=keepdim)
             elif op == "all":
                 r = xp.all(x, axis=dims, keepdims=keepdim)
             elif op == "any":
                 r = xp.any(x, axis=dims, keepdims=keepdim)
-            elif op == "var":
-                r = xp.var(x, axis=dims, keepdims=keepdim, ddof=correction)
+            elif op == "var":  # torch divides by max(n - correction, 0): nan or inf, no warning
+                n = math.prod(x.shape[d] for d in dims)
+                mean = xp.sum(x, axis=dims, keepdims=True) / x.dtype.type(n)
+                r = xp.sum(xp.square(x - mean), axis=dims, keepdims=keepdim) / x.dtype.type(max(n - correction, 0))
             elif op == "logsumexp":
                 m = xp.max(x, axis=dims, keepdims=True) if x.size else xp.zeros((), x.dtype)
                 m = xp.where(xp.isfinite(m), m, 0)
@@ -226,8 +229,6 @@ class NumpyBackend(NnKernels):
 
     def arg_reduce(self, op: str, x, dim, keepdim: bool):
         x = self._c(x)
-        if x.size == 0:
-            raise ValueError(f"{op}(): cannot take {op} of an empty tensor (shape {x.shape})")
         fn = self.xp.argmax if op == "argmax" else self.xp.argmin
         if dim is None:
             r = fn(x.reshape(-1))

@@ -16,6 +16,15 @@ class NnKernels:
     def _f(self, x, out_dtype):
         return self._c(x, D.compute_dtype(out_dtype))
 
+    # ---- linear ---------------------------------------------------------------------------------------
+    def linear(self, x, w, b, out_dtype):
+        """x @ w.T + b in the compute dtype, rounded once (torch's fused addmm does the same)."""
+        x, w = self._f(x, out_dtype), self._f(w, out_dtype)
+        y = self.xp.matmul(x, w.T)
+        if b is not None:
+            y = y + self._f(b, out_dtype)
+        return self._out(y, out_dtype)
+
     # ---- normalisation and softmax --------------------------------------------------------------
     def softmax(self, x, dim: int, log: bool, out_dtype):
         xp = self.xp
