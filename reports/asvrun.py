@@ -89,18 +89,14 @@ class AsvRunner:
         return env
 
     def ensure_machine(self) -> None:
-        """Register the machine with asv (`asv machine --yes`) when asv does not know it yet."""
-        import socket
+        """Register the machine in ~/.asv-machine.json with this box's facts (os, arch, cpu,
+        num_cpu, ram, as `asv machine --yes` finds them) when asv does not know it yet."""
+        from asv.machine import Machine, MachineCollection
 
-        name = self.machine or socket.gethostname()
-        if name in known_machines():
-            return
-        cmd = [sys.executable, "-m", "asv", "machine", "--yes"]
-        if self.machine:
-            cmd += ["--machine", self.machine]
-        proc = _run(cmd, cwd=self.root, env=self._env())
-        if proc.returncode != 0:
-            raise AsvRunError(f"{' '.join(cmd)} failed:\n{proc.stdout}{proc.stderr}")
+        facts = Machine.get_defaults()
+        name = self.machine or facts["machine"]
+        if name not in known_machines():
+            MachineCollection.save(name, dict(facts, machine=name))
 
     def run(self, commit: str, bench: str | None = None) -> Path:
         """Benchmark the checkout, recording the results under `commit`; returns results_dir."""
