@@ -102,8 +102,8 @@ class AsvRunner:
         """Benchmark the checkout, recording the results under `commit`; returns results_dir."""
         with tempfile.TemporaryDirectory(prefix="taper-asv-") as tmp:
             cmd = [sys.executable, "-m", "asv", "--config", str(self._config(tmp)), "run",
-                   "-E", f"existing:{os.path.realpath(sys.executable)}", "--set-commit-hash", commit, "--record-samples",
-                   "--show-stderr"]
+                   "-E", f"existing:{os.path.realpath(sys.executable)}",
+                   "--set-commit-hash", commit, "--record-samples", "--show-stderr"]
             if self.machine:
                 cmd += ["--machine", self.machine]
             if bench:

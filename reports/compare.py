@@ -38,9 +38,11 @@ def compare(df: pd.DataFrame, candidate: str = "engine", baseline: str = "torch"
     table = sides[0].merge(sides[1], on=keys, how="outer")
     table = table[table[[candidate, baseline]].notna().any(axis=1)]
     up = table["unit"].map(higher_is_better)
-    table["ratio"] = (table[candidate] / table[baseline]).where(up, table[baseline] / table[candidate])
+    ratio_up, ratio_down = table[candidate] / table[baseline], table[baseline] / table[candidate]
+    table["ratio"] = ratio_up.where(up, ratio_down)
     used = [c for c in keys if c in KEY or (table[c] != "").any()]
-    return table[used + [candidate, baseline, "ratio"]].sort_values(used, key=lambda c: c.astype(str)).reset_index(drop=True)
+    table = table[used + [candidate, baseline, "ratio"]]
+    return table.sort_values(used, key=lambda c: c.astype(str)).reset_index(drop=True)
 
 
 def display_table(table: pd.DataFrame, candidate: str = "engine", baseline: str = "torch"):

@@ -81,7 +81,8 @@ def _html_table(table) -> str:
     for row in table.itertuples(index=False):
         cells = []
         for col, v in zip(table.columns, row):
-            cls = ' class="num"' if col not in ("benchmark",) and re.match(r"^[\d.—]", str(v)) else ""
+            numeric = col != "benchmark" and re.match(r"^[\d.—]", str(v))
+            cls = ' class="num"' if numeric else ""
             cells.append(f"<td{cls}>{html.escape(str(v))}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"

@@ -55,7 +55,8 @@ def load_verify(path) -> dict:
         for key in ("max_abs", "max_rel", "cosine"):
             v = layer.get(key)
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
-                raise VerifyFileError(f"{path}: layer {layer['name']!r} {key} is not a number: {v!r}")
+                raise VerifyFileError(
+                    f"{path}: layer {layer['name']!r} {key} is not a number: {v!r}")
         layers[layer["name"]] = layer
     summary = data.get("summary")
     if summary is not None and not isinstance(summary, dict):

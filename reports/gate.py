@@ -153,7 +153,8 @@ def _align(base: pd.DataFrame, head: pd.DataFrame):
             envs = ", ".join(sorted(set(side["env"])))
             note += f"{'; ' if note else ''}{name} has several asv environments ({envs}): the " \
                     "newest measurement of each benchmark is used"
-    base, head = (s.sort_values("started_at").drop_duplicates(KEY, keep="last") for s in (base, head))
+    base, head = (side.sort_values("started_at").drop_duplicates(KEY, keep="last")
+                  for side in (base, head))
     merged = base.merge(head, on=KEY, how="outer", suffixes=("_base", "_head"), indicator=True)
     return merged, note, base, head
 

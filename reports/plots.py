@@ -42,7 +42,7 @@ def _save(fig, path) -> Path:
 
 
 def plot_ratios(table: pd.DataFrame, path, title="engine vs torch") -> Path | None:
-    """Horizontal bars of compare()'s ratio per benchmark, coloured by device, log scale around 1."""
+    """Horizontal bars of compare()'s ratio per benchmark, coloured by device, log scale."""
     t = table[table["ratio"].notna() & (table["ratio"] > 0)]
     if t.empty:
         return None
@@ -131,7 +131,8 @@ def memory_rows(df: pd.DataFrame) -> pd.DataFrame:
     return df[mask & (df["status"] == "ok") & ~df["name"].map(is_roofline)]
 
 
-def plot_memory(df: pd.DataFrame, path, impls=("engine", "torch"), title="peak memory") -> Path | None:
+def plot_memory(df: pd.DataFrame, path, impls=("engine", "torch"),
+                title="peak memory") -> Path | None:
     """Grouped bars of peak bytes (MiB) per benchmark and parameters, one bar per impl."""
     rows = memory_rows(df)
     rows = rows[rows["impl"].isin(impls)] if "impl" in rows else rows.iloc[0:0]

@@ -27,7 +27,8 @@ SIDECAR = "taper-env.json"
 SIDECAR_KEYS = ("card", "driver", "clocks", "cpu")
 CORE_COLUMNS = [
     "machine", "commit", "date", "env", "python", "benchmark", "suite", "name", "kind",
-    "params_repr", "value", "unit", "status", "started_at", "q25", "q75", "ci_lo", "ci_hi", "number", "repeat",
+    "params_repr", "value", "unit", "status", "started_at", "q25", "q75", "ci_lo", "ci_hi",
+    "number", "repeat",
     "samples", "cpu", "ram", "num_cpu", "card", "driver", "clocks",
 ]
 _STAT_FIELDS = {"stats_q_25": "q25", "stats_q_75": "q75", "stats_ci_99_a": "ci_lo",

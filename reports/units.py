@@ -53,7 +53,7 @@ def scale_for(values, unit):
 
 
 def fmt(value, divisor=1.0, label="") -> str:
-    """One number with three significant digits and its unit label ("2.08 ms", "—" for missing)."""
+    """One number to three significant digits with its unit label ("2.08 ms"; "—" if missing)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
     x = value / divisor

@@ -94,7 +94,8 @@ def test_copy_of_asv_rule_matches_asv():
 
     rng = random.Random(1)
     for _ in range(200):
-        x = [rng.choice(range(6)) + rng.random() * rng.randint(0, 1) for _ in range(rng.randint(1, 24))]
+        x = [rng.choice(range(6)) + rng.random() * rng.randint(0, 1)
+             for _ in range(rng.randint(1, 24))]
         y = [rng.choice(range(6)) for _ in range(rng.randint(1, 24))]
         assert stats.mann_whitney_u(x, y) == mann_whitney_u(x, y)
         sa, sb = {"ci_99_a": min(x), "ci_99_b": max(x)}, {"ci_99_a": min(y), "ci_99_b": max(y)}

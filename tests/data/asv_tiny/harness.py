@@ -47,7 +47,8 @@ def make_repo(dst) -> Path:
 def commit_slowdown(repo, slowdown: float) -> str:
     """Commit a change of the tiny engine's default slowdown; returns the new commit hash."""
     path = Path(repo) / "tinyengine.py"
-    text = path.read_text().replace('"TAPER_TINY_SLOWDOWN", "1"', f'"TAPER_TINY_SLOWDOWN", "{slowdown}"')
+    text = path.read_text().replace('"TAPER_TINY_SLOWDOWN", "1"',
+                                    f'"TAPER_TINY_SLOWDOWN", "{slowdown}"')
     path.write_text(text)
     _git(repo, "commit", "-qam", f"engine {slowdown}x slower")
     return head(repo)
@@ -99,7 +100,8 @@ def run(repo, home, results_dir, machine, *, slowdown=None, bench=None) -> Path:
     # forkserver: one import of the suite, a fork per parameter set (asv's default for an
     # existing environment, spawn, starts a fresh interpreter per parameter set: 5x slower here).
     args = ["run", "-E", "existing", "--machine", machine, "--set-commit-hash", head(repo),
-            "--record-samples", "--launch-method", "forkserver"] + (["--bench", bench] if bench else [])
+            "--record-samples", "--launch-method", "forkserver"]
+    args += ["--bench", bench] if bench else []
     asv(repo, home, *args, slowdown=slowdown, config=conf_path)
     return Path(results_dir)
 
