@@ -1,0 +1,65 @@
+"""Linear and Embedding, with torch's parameter names and shapes (weight (out, in); embedding (num, dim)).
+
+Both take their tensors from a VarBuilder when one is given (the usual way a model is built, candle
+style) and otherwise start from zeros, to be filled by `load_state_dict`.
+"""
+from __future__ import annotations
+
+from engine import ops
+from engine.layout import ShapeError
+from engine.nn.module import Module
+
+
+def _param(vb, name, shape, dtype, device):
+    return vb.get(name, shape) if vb is not None else ops.zeros(*shape, dtype=dtype, device=device)
+
+
+class Linear(Module):
+    """y = x @ W.T (+ b). W keeps torch's (out_features, in_features) layout; W.T is a strided view,
+    so BLAS reads the stored rows directly (a GEMV per row at decode) and nothing is transposed in
+    memory."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, vb=None, dtype=None, device=None):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = _param(vb, "weight", (out_features, in_features), dtype, device)
+        self.bias = _param(vb, "bias", (out_features,), dtype, device) if bias else None
+
+    @classmethod
+    def from_weight(cls, weight, bias=None) -> "Linear":
+        """A Linear over existing tensors (tied embeddings share the embedding matrix this way)."""
+        m = cls.__new__(cls)
+        Module.__init__(m)
+        m.out_features, m.in_features = weight.shape
+        m.weight, m.bias = weight, bias
+        return m
+
+    def forward(self, x):
+        if x.shape[-1] != self.in_features:
+            raise ShapeError(f"Linear({self.in_features}, {self.out_features}): input of shape {x.shape} "
+                             f"has last dim {x.shape[-1]}")
+        lead = x.shape[:-1]
+        # (..., in) -> (N, in): one GEMM over all rows instead of one per leading index
+        y = x.reshape(-1, self.in_features) @ self.weight.t()  # (N, out)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*lead, self.out_features)
+
+    def extra_repr(self):
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class Embedding(Module):
+    """Row lookup: ids (...) -> (..., embedding_dim)."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, vb=None, dtype=None, device=None):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.weight = _param(vb, "weight", (num_embeddings, embedding_dim), dtype, device)
+
+    def forward(self, ids):
+        flat = ids.reshape(-1)
+        return self.weight.index_select(0, flat).reshape(*ids.shape, self.embedding_dim)
+
+    def extra_repr(self):
+        return f"{self.num_embeddings}, {self.embedding_dim}"
