@@ -17,10 +17,15 @@ Running the benchmarks
 Quick run in the current interpreter (no virtualenv build), results saved under results/::
 
     asv machine --yes                  # once per box: writes ~/.asv-machine.json
-    asv run -E existing --python=same --set-commit-hash $(git rev-parse HEAD) --record-samples
+    asv run -E existing --set-commit-hash $(git rev-parse HEAD) --record-samples
 
-(asv 0.6 saves nothing for ``--python=same`` without ``--set-commit-hash``.) ``--quick`` runs each
-benchmark once, which is enough for a report but gives the gate no samples to test.
+asv 0.6 saves nothing from an existing environment without ``--set-commit-hash``. Adding
+``--python=same`` to this command makes asv 0.6.6 run every benchmark twice with this config (a
+second environment of the same name; the second run overwrites the first). ``--record-samples``
+keeps the raw samples the gate's U test needs; ``--quick`` runs each benchmark once, enough for a
+report but not for the gate. ``--launch-method forkserver`` imports the suite once and forks per
+parameter set (about 5x faster than asv's default spawn for small benchmarks), so it must not touch
+the GPU at import time.
 Nightly history over git commits uses the virtualenv matrix of asv.conf.json::
 
     asv run NEW --record-samples       # or a range: asv run main~20..main

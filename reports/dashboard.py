@@ -35,8 +35,11 @@ def _slug(name) -> str:
 
 def _machine_facts(rows) -> dict:
     first = rows.iloc[0]
+    ram = first["ram"]
+    if isinstance(ram, str) and ram.isdigit():  # asv's default: bytes as a string
+        ram = f"{int(ram) / 2**30:.1f} GiB"
     facts = {"commit": first["commit"][:10], "date": str(first["date"])[:19],
-             "cpu": first["cpu"], "ram": first["ram"], "card": first["card"],
+             "cpu": first["cpu"], "ram": ram, "card": first["card"],
              "driver": first["driver"], "clocks": first["clocks"]}
     return {k: v for k, v in facts.items() if v not in (None, "") and v == v}
 
