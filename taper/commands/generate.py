@@ -1,0 +1,85 @@
+"""`taper generate --model DIR --prompt TEXT`: generate with an engine language model, streaming.
+
+    taper generate --model ./TinyLlama-1.1B --prompt "The capital of France is" --max-new-tokens 32
+    taper generate --model ./tiny-random --ids 1,2,3 --temperature 0.8 --top-p 0.9 --seed 0
+    taper generate --model preset:llama:tinyllama-1.1b --ids 1,2,3        # random weights, for timing
+
+Tokens are printed as they come (text when the directory has tokenizer.json, else ids), then one
+line with prefill ms, decode tokens/s and peak memory (engine.memory_stats()).
+Exit codes: 0 done, 2 bad usage or an unreadable model.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True,
+                        help="a HF model directory (config.json + safetensors), or preset:MODEL_TYPE:NAME for "
+                             "random weights (e.g. preset:llama:tiny)")
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", help="prompt text (needs tokenizer.json in the model directory)")
+    src.add_argument("--ids", help="prompt token ids, comma-separated (for tokenizer-less directories)")
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy")
+    parser.add_argument("--top-k", type=int, default=None)
+    parser.add_argument("--top-p", type=float, default=None)
+    parser.add_argument("--repetition-penalty", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--stop-ids", default=None,
+                        help="comma-separated stop token ids (default: the config's eos_token_id; '' for none)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: ENGINE_DEVICE or cpu)")
+    parser.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
+                        help="cast weights on load (default: as stored)")
+
+
+def _ints(text: str, what: str) -> list:
+    try:
+        return [int(t) for t in text.replace(" ", "").split(",") if t]
+    except ValueError:
+        raise ValueError(f"{what} must be comma-separated integers, got {text!r}") from None
+
+
+def run(args) -> int:
+    import engine
+    from engine import models
+    from engine.generation import TextStreamer, generate, load_tokenizer
+
+    dtype = getattr(engine, args.dtype) if args.dtype else None
+    try:
+        if args.model.startswith("preset:"):
+            mt, preset = models.find_preset(args.model[len("preset:"):])
+            model, tokenizer = models.from_preset(mt, preset, dtype=dtype, device=args.device), None
+        else:
+            model = models.from_pretrained(args.model, dtype=dtype, device=args.device)
+            tokenizer = load_tokenizer(args.model)
+        if args.prompt is not None:
+            if tokenizer is None:
+                raise ValueError(f"{args.model} has no tokenizer.json; pass --ids instead of --prompt")
+            prompt = tokenizer.encode(args.prompt).ids
+        else:
+            prompt = _ints(args.ids, "--ids")
+        stop = _ints(args.stop_ids, "--stop-ids") if args.stop_ids is not None else None
+    except (OSError, ValueError, KeyError, NotImplementedError) as e:
+        print(f"taper generate: {e}", file=sys.stderr)
+        return 2
+
+    streamer = TextStreamer(tokenizer) if tokenizer is not None else None
+    if streamer is not None:
+        print(args.prompt, end="", flush=True)
+
+    def show(tokens):
+        t = tokens[0]
+        print(streamer.put(t) if streamer is not None else f"{t} ", end="", flush=True)
+
+    res = generate(model, prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                   top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty,
+                   seed=args.seed, stop_token_ids=stop, callback=show)
+    stats = engine.memory_stats(model.device)
+    weights = sum(p.nbytes for p in {id(p): p for p in model.parameters()}.values())
+    print()
+    print(f"prefill {res.prefill_ms:.1f} ms ({len(prompt)} tokens), decode {res.decode_tokens_per_s:.2f} tokens/s "
+          f"({res.decode_steps} steps), peak memory {stats['peak_bytes']:,} bytes "
+          f"(engine pool; weights {weights:,} bytes), stop: {res.stop_reasons[0]}")
+    return 0
