@@ -34,6 +34,8 @@ def model_class(model_type: str):
 def read_config(path) -> dict:
     """config.json of a model directory (or the file itself) as a dict."""
     path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"model directory not found: {path} (looked for {path / 'config.json'})")
     file = path / "config.json" if path.is_dir() else path
     if not file.is_file():
         raise FileNotFoundError(f"model config not found: {file}")
