@@ -98,12 +98,14 @@ def build(cfg: dict, dtype: str, seed: int = 0):
 
 def engine_decoder(cfg, sd, fused, max_seq):
     import cupy
+    from engine.backends import cupy_kernels as K
     from engine.models.llama_graph import GraphDecoder, Shape, rope_tables
     shape = Shape.from_config(cfg)
     layers = []
     for i, (qkv, gu) in enumerate(fused):
         p = f"model.layers.{i}."
-        layers.append({"qkv": qkv, "gate_up": gu, "o": sd[p + "self_attn.o_proj.weight"],
+        layers.append({"qkv": qkv, "gate_up": K.interleave_glu(gu[:shape.intermediate_size], gu[shape.intermediate_size:]),
+                       "o": sd[p + "self_attn.o_proj.weight"],
                        "down": sd[p + "mlp.down_proj.weight"], "ln1": sd[p + "input_layernorm.weight"],
                        "ln2": sd[p + "post_attention_layernorm.weight"]})
     glob = {"embed": sd["model.embed_tokens.weight"], "norm": sd["model.norm.weight"],
@@ -179,7 +181,7 @@ def time_hf(model, prompt, new_tokens):
     return (tn - t1) / new_tokens * 1e3
 
 
-def time_hf_loop(model, prompt, new_tokens):
+def time_hf_loop(model, prompt, new_tokens, reps=2):
     """transformers eager as a hand-written greedy loop (DynamicCache, argmax on the GPU, no host
     sync per token): ms per decoded token. Reported beside generate() so the baseline is fair."""
     import torch
@@ -187,7 +189,7 @@ def time_hf_loop(model, prompt, new_tokens):
     ids = torch.tensor(prompt)[None].cuda()
     best = None
     with torch.no_grad():
-        for _ in range(2):
+        for _ in range(reps):
             cache = DynamicCache()
             out = model(input_ids=ids, past_key_values=cache, use_cache=True)
             tok = out.logits[:, -1:].argmax(-1)
@@ -217,6 +219,93 @@ def time_prefill_hf(model, ids, reps=3):
     return min(ts)
 
 
+def run_memory(cfg, dtype, impl, prompt_len=64, total=4096):
+    """Peak device memory while decoding from a `prompt_len` prompt to `total` tokens, one
+    implementation per process. engine: the engine pool's peak (every cupy allocation goes through
+    it); torch: torch.cuda.max_memory_allocated."""
+    import cupy
+    prompt = np.random.default_rng(2).integers(0, cfg["vocab_size"], prompt_len).tolist()
+    hq, hkv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    d = cfg["hidden_size"] // hq
+    item = 2
+    kv_bytes = 2 * cfg["num_hidden_layers"] * hkv * total * d * item
+    out = {"impl": impl, "prompt": prompt_len, "total_tokens": total, "kv_bytes": kv_bytes}
+    if impl == "engine":
+        import engine
+        engine.backend("cuda")  # routes cupy's allocations through the engine pool
+        sd, fused = build(cfg, dtype)
+        dec = engine_decoder(cfg, sd, fused, max_seq=total)
+        for k in [k for k in sd if ".mlp.gate_proj" in k or ".mlp.up_proj" in k]:
+            del sd[k]  # the interleaved gate_up copy is the engine's; HF's views go
+        fused.clear()
+        cupy.get_default_memory_pool().free_all_blocks()
+        weights = sum(v.nbytes for v in sd.values()) + sum(L["gate_up"].nbytes for L in dec.layers)
+        engine.empty_cache("cuda")
+        engine.backend("cuda").pool.reset_peak()
+        dec.generate(prompt, total - prompt_len, captured=True)
+        st = engine.memory_stats("cuda")
+        out.update(weight_bytes=weights, peak_bytes=st["peak_bytes"], floor_bytes=weights + kv_bytes,
+                   over_floor=st["peak_bytes"] / (weights + kv_bytes) - 1)
+    else:
+        import torch
+        sd, _ = build(cfg, dtype)
+        model = hf_model(cfg, sd, dtype)
+        weights = sum(v.nbytes for v in sd.values())
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        time_hf_loop(model, prompt, total - prompt_len, reps=1)
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated()
+        # weights live in cupy memory shared through DLPack, outside torch's allocator: add them
+        out.update(weight_bytes=weights, torch_allocator_peak=peak - base, peak_bytes=weights + peak - base,
+                   floor_bytes=weights + kv_bytes, over_floor=(weights + peak - base) / (weights + kv_bytes) - 1)
+    return out
+
+
+def run_load(cfg, dtype, path):
+    """Seconds to get a checkpoint ready on the GPU from a warm page cache: engine's threaded pinned
+    upload vs safetensors.torch.load_file(device='cuda')."""
+    import cupy
+    import torch
+    from safetensors.torch import load_file
+
+    from engine.io.device_load import load_to_device
+    from engine.io.safetensors import SafetensorsWriter
+    sd, _ = build(cfg, dtype)
+    specs = [(k, v.dtype, v.shape) for k, v in sd.items()]
+    with SafetensorsWriter(path, specs, {"format": "pt"}) as w:
+        for k, v in sd.items():
+            w.write(k, cupy.asnumpy(v))
+    nbytes = sum(v.nbytes for v in sd.values())
+    del sd
+    cupy.get_default_memory_pool().free_all_blocks()
+    subprocess.run(["cat", path], stdout=subprocess.DEVNULL, check=True)  # warm the page cache
+    out = {"checkpoint_bytes": nbytes}
+    for rep in range(2):
+        cupy.cuda.Device().synchronize()
+        t = time.perf_counter()
+        ts = load_to_device(path, "cuda")
+        cupy.cuda.Device().synchronize()
+        out[f"engine_load_s_{rep}"] = time.perf_counter() - t
+        del ts
+        cupy.get_default_memory_pool().free_all_blocks()
+        import engine
+        engine.empty_cache("cuda")
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        tt = load_file(path, device="cuda")
+        torch.cuda.synchronize()
+        out[f"safetensors_load_s_{rep}"] = time.perf_counter() - t
+        del tt
+        torch.cuda.empty_cache()
+    out["engine_load_s"] = min(out["engine_load_s_0"], out["engine_load_s_1"])
+    out["safetensors_load_s"] = min(out["safetensors_load_s_0"], out["safetensors_load_s_1"])
+    out["engine_load_gb_per_s"] = nbytes / out["engine_load_s"] / 1e9
+    os.remove(path)
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--shape", default="llama-2-7b", choices=sorted(SHAPES))
@@ -226,9 +315,21 @@ def main(argv=None):
     ap.add_argument("--prefill", type=int, default=512)
     ap.add_argument("--no-hf", action="store_true")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--memory", choices=["engine", "torch"], default=None,
+                    help="only measure peak memory of one implementation for a 4096-token decode")
+    ap.add_argument("--load", default=None, metavar="PATH", help="only measure checkpoint load time via PATH")
     a = ap.parse_args(argv)
     import cupy
     import torch
+    if a.memory or a.load:
+        cfg = SHAPES[a.shape]
+        res = run_memory(cfg, a.dtype, a.memory) if a.memory else run_load(cfg, a.dtype, a.load)
+        res.update(shape=a.shape, dtype=a.dtype, card=card_info())
+        print(json.dumps(res))
+        if a.out:
+            with open(a.out, "a") as f:
+                f.write(json.dumps(res) + "\n")
+        return res
     res = {"shape": a.shape, "dtype": a.dtype, "card": card_info(), "torch": torch.__version__,
            "cupy": cupy.__version__, "prompt_tokens": a.prompt, "new_tokens": a.new}
     res["copy_gb_per_s"] = copy_bandwidth(cupy) / 1e9

@@ -55,7 +55,7 @@ def test_prefill_and_steps_match_transformers(dtype):
     with torch.no_grad():
         ref64 = hf64(tid).logits[0]
         reft = hft(tid).logits[0].double()
-    got = torch.from_dlpack(dec.prefill(ids)).double()
+    got = torch.from_dlpack(dec.prefill(ids, all_logits=True)).double()
     e, t = _errors(got, reft, ref64)
     assert e <= REDUCED_ERROR_RATIO * t + 1e-6, f"prefill: engine err {e:.3e} vs torch err {t:.3e}"
     # 16 decode steps, each compared with the full forward over the tokens so far

@@ -57,14 +57,22 @@ def test_gemv_rmsnorm_f32_out(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_gemv_silu_gate_residual(dtype):
+def test_gemv_residual(dtype):
+    W, x, res = _rand((256, 688), dtype, 0.02), _rand(688, dtype, seed=1), _rand(256, dtype, seed=2)
+    out = cupy.empty(256, W.dtype)
+    K.gemv(W, x, out, residual=res)
+    assert _rel(out, _f(res) + _f(W) @ _f(x)) < TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows,k_split", [v for v in K.GEMV_VARIANTS if v[0] % 2 == 0])
+def test_gemv_glu(dtype, rows, k_split):
     I, H = 688, 256
-    W, gu, res = _rand((H, I), dtype, 0.02), _rand(2 * I, dtype, seed=1), _rand(H, dtype, seed=2)
-    out = cupy.empty(H, W.dtype)
-    K.gemv(W, gu, out, mode=2, residual=res)
-    g, u = _f(gu[:I]), _f(gu[I:])
-    ref = _f(res) + _f(W) @ (g / (1 + cupy.exp(-g)) * u)
-    assert _rel(out, ref) < TOL[dtype]
+    gate, up, x = _rand((I, H), dtype, 0.05), _rand((I, H), dtype, 0.05, seed=1), _rand(H, dtype, seed=2)
+    out = cupy.empty(I, gate.dtype)
+    K.gemv(K.interleave_glu(gate, up), x, out, glu=True, rows=rows, k_split=k_split)
+    g, u = _f(gate) @ _f(x), _f(up) @ _f(x)
+    assert _rel(out, g / (1 + cupy.exp(-g)) * u) < TOL[dtype]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -113,3 +121,65 @@ def test_argmax_advance_ties_take_first_index():
                            cupy.asarray([9], cupy.int32))
     K.argmax_advance(logits, tok, out, step, pos)
     assert int(tok[0]) == 5000 and int(out[0]) == 5000 and int(step[0]) == 1 and int(pos[0]) == 10
+
+
+# ---- prefill kernels (engine/backends/cupy_prefill.py) -------------------------------------------
+from engine.backends import cupy_prefill as P  # noqa: E402
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_prefill_rms_rows(dtype):
+    x, w = _rand((5, 256), dtype), _rand(256, dtype, seed=1)
+    xf = _f(x)
+    ref = _f(w) * (xf / cupy.sqrt((xf * xf).mean(-1, keepdims=True) + 1e-5))
+    assert _rel(P.rms_rows(x, w, 1e-5), ref) < TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_prefill_linear_accumulate(dtype):
+    x, W, res = _rand((7, 64), dtype), _rand((48, 64), dtype, seed=1), _rand((7, 48), dtype, seed=2)
+    ref = _f(res) + _f(x) @ _f(W).T
+    P.linear(x, W, out=res, accumulate=True)
+    assert _rel(res, ref) < TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("Hq,Hkv,window", [(4, 4, 0), (8, 2, 0), (8, 2, 5)])
+def test_prefill_rope_and_attention(dtype, Hq, Hkv, window):
+    T, D, S = 12, 64, 64
+    qkv = _rand((T, (Hq + 2 * Hkv) * D), dtype)
+    inv = 1.0 / (10000 ** (np.arange(0, D, 2) / D))
+    ang = np.arange(S)[:, None] * inv[None]
+    cos, sin = cupy.asarray(np.cos(ang), cupy.float32), cupy.asarray(np.sin(ang), cupy.float32)
+    kc, vc = cupy.zeros((Hkv, S, D), qkv.dtype), cupy.zeros((Hkv, S, D), qkv.dtype)
+    q = P.rope_rows(qkv, cos, sin, kc, vc, 0, Hq, Hkv, D)
+    out = P.attention(q, kc, vc, 0, window, D ** -0.5)
+
+    def rot(v):  # (T, H, D)
+        a, b = v[..., :D // 2], v[..., D // 2:]
+        c, s = cos[:T, None], sin[:T, None]
+        return cupy.concatenate([a * c - b * s, b * c + a * s], -1)
+    x = _f(qkv)
+    qr = rot(x[:, :Hq * D].reshape(T, Hq, D))
+    kr = rot(x[:, Hq * D:(Hq + Hkv) * D].reshape(T, Hkv, D))
+    v = x[:, (Hq + Hkv) * D:].reshape(T, Hkv, D)
+    assert _rel(q, qr.transpose(1, 0, 2)) < TOL[dtype]
+    assert _rel(kc[:, :T], kr.transpose(1, 0, 2)) < TOL[dtype]
+    k = cupy.repeat(kr.transpose(1, 0, 2), Hq // Hkv, 0)
+    vv = cupy.repeat(v.transpose(1, 0, 2), Hq // Hkv, 0)
+    sc = qr.transpose(1, 0, 2) @ k.transpose(0, 2, 1) / np.sqrt(D)
+    i, j = np.arange(T)[:, None], np.arange(T)[None]
+    keep = (j <= i) & ((j > i - window) if window else True)
+    sc = cupy.where(cupy.asarray(keep), sc, -cupy.inf)
+    p = cupy.exp(sc - sc.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    ref = (p @ vv).transpose(1, 0, 2).reshape(T, Hq * D)
+    assert _rel(out, ref) < 2 * TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_prefill_glu_rows(dtype):
+    gate, up = _rand((6, 40), dtype), _rand((6, 40), dtype, seed=1)
+    gu = cupy.stack([gate, up], axis=-1).reshape(6, 80)
+    g = _f(gate)
+    assert _rel(P.glu_rows(gu), g / (1 + cupy.exp(-g)) * _f(up)) < TOL[dtype]

@@ -54,11 +54,12 @@ __device__ __forceinline__ uint4 ld_stream(const uint4 *p) {
     return r;
 }
 
-// y[n] = sum_k W[n, k] * xin[k] (+ res[n]).  MODE 0: xin = x.  MODE 1: xin = rmsnorm(x) * nw.
-// MODE 2: xin[k] = silu(x[k]) * x[K + k] (x is the gate_up output).  OUT_F32: y is float.
+// y[n] = sum_k W[n, k] * xin[k].  MODE 0: xin = x.  MODE 1: xin = rmsnorm(x) * nw.
+// EPI 0: y (T) = acc (+ res).  EPI 1: y (float) = acc.  EPI 2 (GLU): W's rows interleave gate and up
+// (row 2j = gate_j, row 2j+1 = up_j) and y[j] = silu(gate_j) * up_j, rounded as HF does step by step.
 // A block of 8 warps = (8 / S) row groups x S slices of K; each warp streams 16-byte chunks of its R
 // rows over its K slice, so short-N GEMVs still put enough loads in flight to fill the chip.
-template <typename T, int R, int S, int MODE, bool OUT_F32>
+template <typename T, int R, int S, int MODE, int EPI>
 __global__ void __launch_bounds__(256) gemv(const T *__restrict__ W, const T *__restrict__ x,
         const T *__restrict__ nw, const T *__restrict__ res, void *__restrict__ y, int N, int K, float eps) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -79,11 +80,8 @@ __global__ void __launch_bounds__(256) gemv(const T *__restrict__ W, const T *__
         __syncthreads();
     }
     for (int k = tid; k < K; k += blockDim.x) {
-        float v;
-        if (MODE == 0) v = to_f<T>(x[k]);
-        else if (MODE == 1) v = to_f<T>(from_f<T>(to_f<T>(x[k]) * scale)) * to_f<T>(nw[k]);
-        else { float g = to_f<T>(x[k]); v = to_f<T>(from_f<T>(g / (1.f + __expf(-g)))) * to_f<T>(x[K + k]); }
-        xs[k] = from_f<T>(v);
+        if (MODE == 0) xs[k] = x[k];
+        else xs[k] = from_f<T>(to_f<T>(from_f<T>(to_f<T>(x[k]) * scale)) * to_f<T>(nw[k]));
     }
     __syncthreads();
     const int group = warp / S, slice = warp % S;
@@ -125,8 +123,15 @@ __global__ void __launch_bounds__(256) gemv(const T *__restrict__ W, const T *__
         float v = 0.f;
         #pragma unroll
         for (int j = 0; j < S; j++) v += red[(warp + j) * R + r];
-        if (row < N) {
-            if (OUT_F32) reinterpret_cast<float *>(y)[row] = v;
+        if (EPI == 2) {  // lane r even holds gate_j, lane r + 1 holds up_j
+            const float up = __shfl_down_sync((1u << R) - 1, v, 1);
+            if ((r & 1) == 0 && row < N) {
+                const float g = to_f<T>(from_f<T>(v));
+                const float act = to_f<T>(from_f<T>(g / (1.f + __expf(-g))));
+                reinterpret_cast<T *>(y)[row >> 1] = from_f<T>(act * to_f<T>(from_f<T>(up)));
+            }
+        } else if (row < N) {
+            if (EPI == 1) reinterpret_cast<float *>(y)[row] = v;
             else {
                 if (res != nullptr) v = to_f<T>(res[row]) + to_f<T>(from_f<T>(v));
                 reinterpret_cast<T *>(y)[row] = from_f<T>(v);
@@ -176,6 +181,7 @@ __global__ void __launch_bounds__(128) attn_partial(const T *__restrict__ q, con
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int p = *pos;
     const int lo = window > 0 ? max(0, p - window + 1) : 0;
+    if (c * CHUNK > p || (c + 1) * CHUNK <= lo) return;  // chunk outside the window: combine skips it
     float *out = part + ((size_t)h * n_chunks + c) * (D + 2);
     __shared__ float qs[D];
     __shared__ float sm[4], sl[4], sacc[4][D];
@@ -231,20 +237,37 @@ __global__ void __launch_bounds__(128) attn_partial(const T *__restrict__ q, con
     }
 }
 
-// Combine the chunk partials of one head: grid Hq, block D.
+// Combine the chunk partials of one head: grid Hq, block D threads. Only the chunks that hold
+// positions in [lo, p] are read; their maxima are reduced in parallel.
 template <typename T>
-__global__ void attn_combine(const float *__restrict__ part, T *__restrict__ o, int D, int n_chunks) {
-    const int h = blockIdx.x, d = threadIdx.x;
+__global__ void attn_combine(const float *__restrict__ part, const int *__restrict__ pos, T *__restrict__ o,
+                             int D, int n_chunks, int window) {
+    constexpr int CHUNK = 128;
+    __shared__ float wts[1024];
+    __shared__ float red[8];
+    const int h = blockIdx.x, d = threadIdx.x, lane = d & 31, warp = d >> 5;
+    const int p = *pos;
+    const int lo = window > 0 ? max(0, p - window + 1) : 0;
+    const int c0 = lo / CHUNK, c1 = min(p / CHUNK, n_chunks - 1), n = c1 - c0 + 1;
     const float *ph = part + (size_t)h * n_chunks * (D + 2);
+    float m = -INFINITY;
+    for (int i = d; i < n; i += blockDim.x) m = fmaxf(m, ph[(size_t)(c0 + i) * (D + 2)]);
+    m = warp_max(m);
+    if (lane == 0) red[warp] = m;
+    __syncthreads();
     float M = -INFINITY;
-    for (int c = 0; c < n_chunks; c++) M = fmaxf(M, ph[(size_t)c * (D + 2)]);
+    for (int w = 0; w < (int)(blockDim.x >> 5); w++) M = fmaxf(M, red[w]);
+    for (int i = d; i < n; i += blockDim.x) {
+        const float mc = ph[(size_t)(c0 + i) * (D + 2)];
+        wts[i] = mc == -INFINITY ? 0.f : __expf(mc - M);
+    }
+    __syncthreads();
     float L = 0.f, a = 0.f;
-    for (int c = 0; c < n_chunks; c++) {
-        const float *pc = ph + (size_t)c * (D + 2);
-        if (pc[0] == -INFINITY) continue;
-        float w = __expf(pc[0] - M);
-        L += pc[1] * w;
-        a += pc[2 + d] * w;
+    #pragma unroll 4
+    for (int i = 0; i < n; i++) {
+        const float *pc = ph + (size_t)(c0 + i) * (D + 2);
+        L += pc[1] * wts[i];
+        a += pc[2 + d] * wts[i];
     }
     o[(size_t)h * D + d] = from_f<T>(a / L);
 }
@@ -296,7 +319,7 @@ __global__ void argmax_advance(const float *__restrict__ logits, int V, int *__r
 
 _TYPES = {"float16": "__half", "bfloat16": "__nv_bfloat16"}
 # (rows per warp, warps splitting K) variants compiled; the choice per shape is gemv_config()
-GEMV_VARIANTS = ((1, 1), (2, 1), (4, 1), (1, 4), (2, 4), (4, 4), (2, 8), (4, 8), (1, 8))
+GEMV_VARIANTS = ((1, 1), (2, 1), (4, 1), (2, 4), (4, 4), (2, 8))
 ATTN_CHUNK = 128  # positions per attention block (fixed by the kernel: 4 warps x 32 lanes)
 
 
@@ -312,11 +335,11 @@ def _names():
     out = []
     for t in _TYPES.values():
         for r, sk in GEMV_VARIANTS:
-            for mode in (0, 1, 2):
-                for f32 in ("false", "true"):
-                    out.append(f"gemv<{t},{r},{sk},{mode},{f32}>")
+            for mode in (0, 1):
+                for epi in ((0, 1, 2) if r % 2 == 0 else (0, 1)):
+                    out.append(f"gemv<{t},{r},{sk},{mode},{epi}>")
         out += [f"rope_kv<{t}>", f"attn_combine<{t}>", f"embed<{t}>"]
-        out += [f"attn_partial<{t},{per}>" for per in (2, 4, 8)]
+        out += [f"attn_partial<{t},{per}>" for per in (1, 2, 4, 8)]
     return out + ["argmax_advance"]
 
 
@@ -342,18 +365,25 @@ def _opt(a):
     return cupy.uint64(0) if a is None else a
 
 
-def gemv(W, x, out, *, mode: int = 0, norm_weight=None, residual=None, eps: float = 1e-6, rows: int | None = None,
-         k_split: int | None = None, stream=None):
-    """out = W @ xin (+ residual). W [N, K] row-major; x [K] ([2K] for mode 2); out [N] of W's dtype or
-    float32. mode 0: xin = x; 1: xin = rmsnorm(x) * norm_weight; 2: xin = silu(x[:K]) * x[K:]."""
+def gemv(W, x, out, *, mode: int = 0, norm_weight=None, residual=None, eps: float = 1e-6, glu: bool = False,
+         rows: int | None = None, k_split: int | None = None, stream=None):
+    """out = W @ xin (+ residual). W [N, K] row-major, x [K]. mode 0: xin = x; 1: xin = rmsnorm(x) *
+    norm_weight. out float32: raw sums (logits). glu: W's rows interleave gate and up (see
+    interleave_glu) and out [N/2] = silu(gate) * up."""
     N, K = W.shape
     if K % 8:
         raise ValueError(f"gemv: K={K} must be a multiple of 8 (16-byte loads)")
-    f32 = out.dtype == cupy.float32
+    if x.shape[-1] != K or (mode == 1 and norm_weight is None):
+        raise ValueError(f"gemv: x of shape {x.shape} (mode {mode}) does not fit W {W.shape}")
+    epi = 2 if glu else (1 if out.dtype == cupy.float32 else 0)
+    if out.shape[0] != (N // 2 if glu else N):
+        raise ValueError(f"gemv: out of shape {out.shape} does not fit W {W.shape} (glu={glu})")
     t = type_name(W.dtype)
     if rows is None or k_split is None:
         rows, k_split = gemv_config(N, K)
-    fn = kernel(f"gemv<{t},{rows},{k_split},{mode},{'true' if f32 else 'false'}>")
+    if glu and rows % 2:
+        raise ValueError("gemv: glu needs an even number of rows per warp")
+    fn = kernel(f"gemv<{t},{rows},{k_split},{mode},{epi}>")
     warps = 8
     grid = (-(-N // ((warps // k_split) * rows)),)
     smem = K * W.dtype.itemsize
@@ -361,6 +391,11 @@ def gemv(W, x, out, *, mode: int = 0, norm_weight=None, residual=None, eps: floa
         fn.max_dynamic_shared_size_bytes = smem
     fn(grid, (32 * warps,), (W, x, _opt(norm_weight), _opt(residual), out,
                              cupy.int32(N), cupy.int32(K), cupy.float32(eps)), shared_mem=smem, stream=stream)
+
+
+def interleave_glu(gate, up):
+    """[I, H] gate and up -> [2I, H] with rows gate_0, up_0, gate_1, up_1, ... for gemv(glu=True)."""
+    return cupy.ascontiguousarray(cupy.stack([gate, up], axis=1).reshape(2 * gate.shape[0], gate.shape[1]))
 
 
 def rope_kv(qkv, pos, cos_t, sin_t, q_out, k_cache, v_cache, n_heads: int, n_kv: int, head_dim: int):
@@ -374,8 +409,8 @@ def rope_kv(qkv, pos, cos_t, sin_t, q_out, k_cache, v_cache, n_heads: int, n_kv:
 def attention(q, k_cache, v_cache, pos, part, out, n_heads: int, n_kv: int, head_dim: int, chunk: int = ATTN_CHUNK,
               window: int = 0, scale: float | None = None):
     """out[Hq*D] = softmax(q k^T * scale) v over cache positions 0..*pos (or the last `window`)."""
-    if head_dim not in (64, 128, 256):
-        raise ValueError(f"attention kernel supports head_dim 64, 128 or 256, got {head_dim}")
+    if head_dim not in (32, 64, 128, 256):
+        raise ValueError(f"attention kernel supports head_dim 32, 64, 128 or 256, got {head_dim}")
     if chunk != ATTN_CHUNK:
         raise ValueError(f"attention kernel works in chunks of {ATTN_CHUNK} positions, got {chunk}")
     max_seq = k_cache.shape[1]
@@ -385,7 +420,10 @@ def attention(q, k_cache, v_cache, pos, part, out, n_heads: int, n_kv: int, head
     kernel(f"attn_partial<{t},{head_dim // 32}>")((n_heads, n_chunks), (128,), (
         q, k_cache, v_cache, pos, part, cupy.int32(n_heads), cupy.int32(n_kv),
         cupy.int32(max_seq), cupy.int32(window), cupy.float32(scale)))
-    kernel(f"attn_combine<{t}>")((n_heads,), (head_dim,), (part, out, cupy.int32(head_dim), cupy.int32(n_chunks)))
+    if n_chunks > 1024:
+        raise ValueError(f"attention: {max_seq} positions need more than 1024 chunks")
+    kernel(f"attn_combine<{t}>")((n_heads,), (head_dim,), (part, pos, out, cupy.int32(head_dim), cupy.int32(n_chunks),
+                                                        cupy.int32(window)))
 
 
 def embed(E, tok, x):

@@ -12,13 +12,13 @@ token for token (tests/test_cuda_graph.py).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import cupy
 import numpy as np
 
 from engine.backends import cupy_kernels as K
+from engine.backends import cupy_prefill as P
 
 
 @dataclass
@@ -42,15 +42,15 @@ class Shape:
 
 
 def fuse_weights(get, shape: Shape, n_layers: int | None = None):
-    """Per layer: qkv [(Hq + 2Hkv) * D, H] and gate_up [2I, H] as single buffers (the decode GEMVs
-    read each once). `get(name)` returns a cupy array for an HF key. Returns (layers, globals)."""
+    """Per layer: qkv [(Hq + 2Hkv) * D, H] and gate_up [2I, H] (gate and up rows interleaved, so one
+    GEMV epilogue applies silu(gate) * up) as single buffers: each decode GEMV reads them once. `get(name)` returns a cupy array for an HF key. Returns (layers, globals)."""
     layers = []
     for i in range(shape.num_hidden_layers if n_layers is None else n_layers):
         p = f"model.layers.{i}."
         layers.append({
             "qkv": cupy.concatenate([get(p + f"self_attn.{n}_proj.weight") for n in "qkv"]),
             "o": get(p + "self_attn.o_proj.weight"),
-            "gate_up": cupy.concatenate([get(p + "mlp.gate_proj.weight"), get(p + "mlp.up_proj.weight")]),
+            "gate_up": K.interleave_glu(get(p + "mlp.gate_proj.weight"), get(p + "mlp.up_proj.weight")),
             "down": get(p + "mlp.down_proj.weight"),
             "ln1": get(p + "input_layernorm.weight"),
             "ln2": get(p + "post_attention_layernorm.weight"),
@@ -88,7 +88,7 @@ class GraphDecoder:
         self.q = cupy.zeros(hq * d, dt)
         self.attn = cupy.zeros(hq * d, dt)
         self.part = cupy.zeros((hq, -(-max_seq // chunk), d + 2), cupy.float32)
-        self.gu = cupy.zeros(2 * s.intermediate_size, dt)
+        self.act = cupy.zeros(s.intermediate_size, dt)
         self.logits = cupy.zeros(s.vocab_size, cupy.float32)
         self.out_tokens = cupy.zeros(max_seq, cupy.int32)
         self.graph = None
@@ -105,8 +105,8 @@ class GraphDecoder:
             K.attention(self.q, self.k_cache[i], self.v_cache[i], self.pos, self.part, self.attn,
                         s.num_attention_heads, s.num_key_value_heads, s.head_dim, self.chunk, s.sliding_window)
             K.gemv(L["o"], self.attn, self.x2, residual=self.x)  # x2 = x + o_proj(attn)
-            K.gemv(L["gate_up"], self.x2, self.gu, mode=1, norm_weight=L["ln2"], eps=eps)
-            K.gemv(L["down"], self.gu, self.x, mode=2, residual=self.x2)  # x = x2 + down(silu(g) * u)
+            K.gemv(L["gate_up"], self.x2, self.act, mode=1, norm_weight=L["ln2"], eps=eps, glu=True)
+            K.gemv(L["down"], self.act, self.x, residual=self.x2)  # x = x2 + down(silu(gate) * up)
         K.gemv(self.g["lm_head"], self.x, self.logits, mode=1, norm_weight=self.g["norm"], eps=eps)
         K.argmax_advance(self.logits, self.tok, self.out_tokens, self.step_i, self.pos)
 
@@ -130,49 +130,29 @@ class GraphDecoder:
                 self._step()
 
     # ---- prefill (uncaptured, cuBLAS) -------------------------------------------------------------
-    def prefill(self, ids) -> cupy.ndarray:
-        """Run the prompt, fill the caches, set token/position for decoding; returns the prompt's
-        logits [T, V] in float32 (teacher-forced, for parity checks)."""
-        s, dt = self.s, self.dtype
+    def prefill(self, ids, all_logits: bool = False) -> cupy.ndarray:
+        """Run the prompt, fill the caches and set token/position for decoding. Returns float32
+        logits of the last position [V], or of every position [T, V] with all_logits (for parity)."""
+        s = self.s
         ids = cupy.asarray(np.asarray(ids, dtype=np.int64))
         T = ids.shape[0]
-        if T > self.max_seq:
-            raise ValueError(f"prompt of {T} tokens exceeds the cache of {self.max_seq}")
+        if not 0 < T <= self.max_seq:
+            raise ValueError(f"prompt of {T} tokens does not fit the cache of {self.max_seq}")
         hq, hkv, d = s.num_attention_heads, s.num_key_value_heads, s.head_dim
-        x = self.g["embed"][ids]  # (T, H)
-        cos, sin = self.cos[:T], self.sin[:T]
-        causal = cupy.tril(cupy.ones((T, T), dtype=bool))
-        if s.sliding_window:
-            causal &= ~cupy.tril(cupy.ones((T, T), dtype=bool), -s.sliding_window)
+        x = self.g["embed"][ids]  # (T, H): the residual stream, updated in place by the GEMMs
         for i, L in enumerate(self.layers):
-            h = _rms(x, L["ln1"], s.rms_norm_eps)
-            qkv = _linear(h, L["qkv"])  # (T, (Hq + 2Hkv) * D)
-            q = qkv[:, :hq * d].reshape(T, hq, d)
-            k = qkv[:, hq * d:(hq + hkv) * d].reshape(T, hkv, d)
-            v = qkv[:, (hq + hkv) * d:].reshape(T, hkv, d)
-            q, k = _rope(q, cos, sin).astype(dt), _rope(k, cos, sin).astype(dt)
-            self.k_cache[i][:, :T] = k.transpose(1, 0, 2)
-            self.v_cache[i][:, :T] = v.transpose(1, 0, 2)
-            rep = hq // hkv
-            kh = cupy.repeat(k.transpose(1, 0, 2), rep, axis=0)  # (Hq, T, D)
-            vh = cupy.repeat(v.transpose(1, 0, 2), rep, axis=0)
-            sc = (q.transpose(1, 0, 2).astype(cupy.float32) @ kh.transpose(0, 2, 1).astype(cupy.float32))
-            sc = cupy.where(causal, sc / math.sqrt(d), -cupy.inf)
-            p = cupy.exp(sc - sc.max(-1, keepdims=True))
-            p = (p / p.sum(-1, keepdims=True)).astype(dt)
-            o = (p.astype(cupy.float32) @ vh.astype(cupy.float32)).astype(dt)
-            o = o.transpose(1, 0, 2).reshape(T, hq * d)  # (T, Hq * D)
-            x = x + _linear(o, L["o"])
-            h = _rms(x, L["ln2"], s.rms_norm_eps)
-            gu = _linear(h, L["gate_up"])
-            g, u = gu[:, :s.intermediate_size], gu[:, s.intermediate_size:]
-            act = (g.astype(cupy.float32) / (1 + cupy.exp(-g.astype(cupy.float32)))).astype(dt) * u
-            x = x + _linear(act, L["down"])
-        logits = _linear(_rms(x, self.g["norm"], s.rms_norm_eps), self.g["lm_head"], out_dtype=cupy.float32)
-        self.tok[0] = int(cupy.argmax(logits[-1]))
+            qkv = P.linear(P.rms_rows(x, L["ln1"], s.rms_norm_eps), L["qkv"])  # (T, (Hq + 2Hkv) * D)
+            q = P.rope_rows(qkv, self.cos, self.sin, self.k_cache[i], self.v_cache[i], 0, hq, hkv, d)  # (Hq, T, D)
+            o = P.attention(q, self.k_cache[i], self.v_cache[i], 0, s.sliding_window, d ** -0.5)  # (T, Hq * D)
+            P.linear(o, L["o"], out=x, accumulate=True)  # x += o_proj(o)
+            gu = P.linear(P.rms_rows(x, L["ln2"], s.rms_norm_eps), L["gate_up"])  # (T, 2I) interleaved
+            P.linear(P.glu_rows(gu), L["down"], out=x, accumulate=True)  # x += down(silu(gate) * up)
+        last = x if all_logits else x[-1:]
+        logits = P.linear(P.rms_rows(last, self.g["norm"], s.rms_norm_eps), self.g["lm_head"], out_dtype=cupy.float32)
+        self.tok[0] = cupy.argmax(logits[-1]).astype(cupy.int32)
         self.pos[0] = T
         self.step_i[0] = 0
-        return logits
+        return logits if all_logits else logits[0]
 
     def generate(self, ids, max_new_tokens: int, captured: bool = True) -> list:
         """Greedy tokens after the prompt: the first from prefill, the rest from replayed steps."""
@@ -189,42 +169,6 @@ class GraphDecoder:
             self.run_step(captured)
         self.stream.synchronize()
         return [first] + self.out_tokens[:max_new_tokens - 1].get().tolist()
-
-
-_CUDA_TYPE = {"float16": 2, "bfloat16": 14, "float32": 0}
-
-
-def _linear(x, W, out_dtype=None):
-    """x (T, K) @ W(N, K).T through cublasGemmEx with float32 accumulation: cupy's matmul has no
-    bfloat16 path, and this also keeps fp16 on the tensor cores."""
-    from cupy_backends.cuda.libs import cublas
-    T, Kd = x.shape
-    N = W.shape[0]
-    x = cupy.ascontiguousarray(x)
-    out = cupy.empty((T, N), out_dtype or x.dtype)
-    alpha, beta = np.ones(1, np.float32), np.zeros(1, np.float32)
-    handle = cupy.cuda.device.get_cublas_handle()
-    cublas.setPointerMode(handle, cublas.CUBLAS_POINTER_MODE_HOST)
-    cublas.gemmEx(handle, cublas.CUBLAS_OP_T, cublas.CUBLAS_OP_N, N, T, Kd, alpha.ctypes.data,
-                  W.data.ptr, _CUDA_TYPE[W.dtype.name], Kd, x.data.ptr, _CUDA_TYPE[x.dtype.name], Kd,
-                  beta.ctypes.data, out.data.ptr, _CUDA_TYPE[out.dtype.name], N, 68, -1)  # 68: COMPUTE_32F
-    return out
-
-
-def _rms(x, w, eps):
-    """HF LlamaRMSNorm: normalise in float32, round to the model dtype, then scale by the weight."""
-    xf = x.astype(cupy.float32)
-    y = (xf * cupy.reciprocal(cupy.sqrt((xf * xf).mean(-1, keepdims=True) + eps))).astype(x.dtype)
-    return w * y
-
-
-def _rope(x, cos, sin):
-    """x (T, H, D), cos/sin (T, D/2): HF rotate_half layout, computed in float32."""
-    half = x.shape[-1] // 2
-    xf = x.astype(cupy.float32)
-    a, b = xf[..., :half], xf[..., half:]
-    c, s = cos[:, None, :], sin[:, None, :]
-    return cupy.concatenate([a * c - b * s, b * c + a * s], axis=-1)
 
 
 def rope_tables(inv_freq: np.ndarray, max_seq: int, attention_scaling: float = 1.0):
