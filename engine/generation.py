@@ -192,11 +192,15 @@ def load_tokenizer(model_dir):
 
 class TextStreamer:
     """Decodes a growing token list and yields only the new text (keeps multi-byte characters whole
-    by holding back text that ends in the replacement character)."""
+    by holding back text that ends in the replacement character). The prompt ids give the context,
+    so spaces between the prompt and the first new token come out right; `prompt_text` is the
+    prompt as decoded."""
 
-    def __init__(self, tokenizer, skip_special_tokens: bool = True):
+    def __init__(self, tokenizer, prompt_ids=(), skip_special_tokens: bool = True):
         self.tok, self.skip = tokenizer, skip_special_tokens
-        self.ids, self.printed = [], 0
+        self.ids = [int(i) for i in prompt_ids]
+        self.prompt_text = tokenizer.decode(self.ids, skip_special_tokens=self.skip) if self.ids else ""
+        self.printed = len(self.prompt_text)
 
     def put(self, token_id: int) -> str:
         self.ids.append(int(token_id))

@@ -65,9 +65,9 @@ def run(args) -> int:
         print(f"taper generate: {e}", file=sys.stderr)
         return 2
 
-    streamer = TextStreamer(tokenizer) if tokenizer is not None else None
-    if streamer is not None:
-        print(args.prompt, end="", flush=True)
+    streamer = TextStreamer(tokenizer, prompt) if tokenizer is not None else None
+    if streamer is not None:  # echo the prompt as text, then stream the continuation
+        print(streamer.prompt_text, end="", flush=True)
 
     def show(tokens):
         t = tokens[0]
