@@ -67,9 +67,16 @@ __global__ void __launch_bounds__(256) gemv(const T *__restrict__ W, const T *__
     __shared__ float red[8 * R];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     float scale = 1.f;
+    const int K8 = K >> 3;
+    const uint4 *x4 = reinterpret_cast<const uint4 *>(x);
     if (MODE == 1) {
         float ss = 0.f;
-        for (int k = tid; k < K; k += blockDim.x) { float v = to_f<T>(x[k]); ss += v * v; }
+        for (int k = tid; k < K8; k += blockDim.x) {
+            float f[8];
+            unpack8<T>(x4[k], f);
+            #pragma unroll
+            for (int i = 0; i < 8; i++) ss += f[i] * f[i];
+        }
         ss = warp_sum(ss);
         if (lane == 0) red[warp] = ss;
         __syncthreads();
@@ -79,14 +86,22 @@ __global__ void __launch_bounds__(256) gemv(const T *__restrict__ W, const T *__
         scale = rsqrtf(tot / K + eps);
         __syncthreads();
     }
-    for (int k = tid; k < K; k += blockDim.x) {
-        if (MODE == 0) xs[k] = x[k];
-        else xs[k] = from_f<T>(to_f<T>(from_f<T>(to_f<T>(x[k]) * scale)) * to_f<T>(nw[k]));
+    uint4 *xs4 = reinterpret_cast<uint4 *>(xs);
+    for (int k = tid; k < K8; k += blockDim.x) {
+        if (MODE == 0) xs4[k] = x4[k];
+        else {
+            float f[8], g[8];
+            unpack8<T>(x4[k], f);
+            unpack8<T>(reinterpret_cast<const uint4 *>(nw)[k], g);
+            T o[8];
+            #pragma unroll
+            for (int i = 0; i < 8; i++) o[i] = from_f<T>(to_f<T>(from_f<T>(f[i] * scale)) * g[i]);
+            xs4[k] = *reinterpret_cast<uint4 *>(o);
+        }
     }
     __syncthreads();
     const int group = warp / S, slice = warp % S;
     const int row0 = (blockIdx.x * (8 / S) + group) * R;
-    const int K8 = K >> 3;
     const int per = (K8 + S - 1) / S, k_lo = slice * per, k_hi = min(K8, k_lo + per);
     const uint4 *xv = reinterpret_cast<const uint4 *>(xs);
     float acc[R];
@@ -319,7 +334,7 @@ __global__ void argmax_advance(const float *__restrict__ logits, int V, int *__r
 
 _TYPES = {"float16": "__half", "bfloat16": "__nv_bfloat16"}
 # (rows per warp, warps splitting K) variants compiled; the choice per shape is gemv_config()
-GEMV_VARIANTS = ((1, 1), (2, 1), (4, 1), (2, 4), (4, 4), (2, 8))
+GEMV_VARIANTS = ((1, 1), (2, 1), (4, 1), (2, 2), (4, 2), (2, 4), (4, 4), (2, 8), (4, 8))
 ATTN_CHUNK = 128  # positions per attention block (fixed by the kernel: 4 warps x 32 lanes)
 
 
