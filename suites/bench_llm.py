@@ -14,6 +14,12 @@ As a script, engine and transformers are timed in the same process, interleaved 
 (the box may be shared), and one JSON line per measurement is printed, then the ratios:
 
     python suites/bench_llm.py --model tinyllama-1.1b --impl engine,torch [--steps 16 --rounds 3]
+    python suites/bench_llm.py --model tinyllama-1.1b --isolate      # one process per implementation
+
+In one process, torch's OpenMP workers busy-wait after each parallel region and take the cores from
+numpy's BLAS threads (seen here: engine decode 12 -> 9 tokens/s, a 13 s first prefill). So the script
+sets OMP_WAIT_POLICY=PASSIVE unless it is set already (torch alone measured the same either way, within
+noise); --isolate instead runs each implementation alone in a child process with library defaults.
 """
 from __future__ import annotations
 
@@ -29,6 +35,10 @@ import numpy as np
 
 if __package__ in (None, ""):  # run as a script: make `suites` and `engine` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __name__ == "__main__":  # before torch is imported (suites.common imports it)
+    USER_OMP_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY")
+    if not os.environ.get("TAPER_BENCH_LLM_CHILD"):  # --isolate children keep the library defaults
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import engine  # noqa: E402
 from engine import models  # noqa: E402
@@ -214,14 +224,23 @@ def main(argv=None) -> int:
     p.add_argument("--prompt-len", type=int, default=PROMPT_LEN)
     p.add_argument("--steps", type=int, default=16, help="decode steps per round")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (one prefill + steps each)")
+    p.add_argument("--isolate", action="store_true",
+                   help="time each implementation alone in a child process (library defaults)")
     a = p.parse_args(argv)
     mt, preset = models.find_preset(a.model)
     name = f"{mt}:{preset}"
     impls = [s for s in a.impl.split(",") if s]
-    llms, base = {}, {"model": name, "device": a.device, "dtype": a.dtype, **_machine()}
+    import torch
+    base = {"model": name, "device": a.device, "dtype": a.dtype, **_machine(),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "torch_threads": torch.get_num_threads(),
+            "mode": "isolated" if a.isolate else "interleaved"}
 
     def emit(**kw):
         print(json.dumps({**base, **kw}), flush=True)
+
+    if a.isolate:
+        return _isolated(a, argv, impls, emit)
+    llms = {}
 
     for impl in impls:
         try:
@@ -261,9 +280,41 @@ def main(argv=None) -> int:
         if stats.get("peak_bytes") is not None:
             emit(impl=k, metric="peak_bytes", value=int(stats["peak_bytes"]) + llm.weight_bytes,
                  source=stats.get("source"), note="allocator peak over the run plus weight bytes")
+    _ratios(res, lambda **kw: emit(**kw, omp_wait_policy="each child: library default"))
+    return 0
+
+
+def _ratios(res: dict, emit) -> None:
     if "engine" in res and "torch" in res:
         emit(impl="engine/torch", metric="decode_tokens_per_s_ratio", value=round(res["engine"][0] / res["torch"][0], 3))
         emit(impl="engine/torch", metric="prefill_ms_ratio", value=round(res["engine"][1] / res["torch"][1], 3))
+
+
+def _isolated(a, argv, impls, emit) -> int:
+    """Each implementation in its own process, one after the other; ratios from their lines."""
+    import subprocess
+    env = dict(os.environ)
+    if USER_OMP_WAIT_POLICY is None:
+        env.pop("OMP_WAIT_POLICY", None)
+    env["TAPER_BENCH_LLM_CHILD"] = "1"
+    args = [x for x in (argv if argv is not None else sys.argv[1:]) if x != "--isolate"]
+    res = {}
+    for impl in impls:
+        i = args.index("--impl") if "--impl" in args else None
+        child = (args[:i] + args[i + 2:] if i is not None else args) + ["--impl", impl]
+        out = subprocess.run([sys.executable, os.path.abspath(__file__), *child], env=env, capture_output=True,
+                             text=True)
+        vals = {}
+        for line in out.stdout.splitlines():
+            rec = json.loads(line)
+            rec["mode"] = "isolated"
+            print(json.dumps(rec), flush=True)
+            vals[rec["metric"]] = rec.get("value")
+        if out.returncode:
+            emit(impl=impl, metric="failed", reason=out.stderr[-2000:])
+        elif "decode_tokens_per_s" in vals:
+            res[impl] = (vals["decode_tokens_per_s"], vals["prefill_ms"])
+    _ratios(res, emit)
     return 0
 
 

@@ -14,7 +14,7 @@ from engine.nn.attention import attention, causal_mask, min_value, positions, re
 from engine.nn.kv_cache import CacheFullError, KVCache, SlidingWindowCache
 from engine.nn.linear import Embedding, Linear
 from engine.nn.norm import LayerNorm, RmsNorm
-from engine.nn.rotary import RotaryEmbedding, apply_rotary, inv_freq, rope_parameters
+from engine.nn.rotary import RotaryEmbedding, apply_rotary, inv_freq, rope_parameters, signed_sin
 from engine.nn.varbuilder import VarBuilder
 from helpers import DEVICE
 
@@ -138,8 +138,8 @@ def test_rotary_rotation_matches_transformers():
     cos, sin = rot(t(pos), engine.float32)
     close(cos, cos_t)
     close(sin, sin_t)
-    close(apply_rotary(t(q), cos, sin), want_q)
-    close(apply_rotary(t(k), cos, sin), want_k)
+    close(apply_rotary(t(q), cos, signed_sin(sin)), want_q)
+    close(apply_rotary(t(k), cos, signed_sin(sin)), want_k)
     assert not list(rot.state_dict())  # frequencies are not state
 
 
@@ -149,7 +149,7 @@ def test_partial_rotary_passes_the_tail_through():
     assert rot.rot_dim == 32
     x = rand(1, 2, 3, 64)
     cos, sin = rot(t(np.arange(3)[None]), engine.float32)
-    y = apply_rotary(t(x), cos, sin).numpy()
+    y = apply_rotary(t(x), cos, signed_sin(sin)).numpy()
     np.testing.assert_array_equal(y[..., 32:], x[..., 32:])
     assert np.abs(y[..., :32] - x[..., :32]).max() > 1e-3
 

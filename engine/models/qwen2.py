@@ -13,7 +13,7 @@ from engine.nn.attention import attention, causal_mask, positions
 from engine.nn.kv_cache import KVCache
 from engine.nn.linear import Embedding, Linear
 from engine.nn.norm import RmsNorm
-from engine.nn.rotary import RotaryEmbedding, apply_rotary, rope_parameters
+from engine.nn.rotary import RotaryEmbedding, apply_rotary, rope_parameters, signed_sin
 from engine.models import config_from_dict, load_pretrained, load_preset
 
 
@@ -145,6 +145,7 @@ class Qwen2Model(Module):
             k_pos = step.key_pos if step is not None else q_pos
             masks["sliding_attention"] = causal_mask(q_pos, k_pos, attention_mask, self.config.sliding_window, x.dtype)
         cos, sin = self.rotary_emb(position_ids, x.dtype)  # (B|1, L, head_dim) each
+        sin = signed_sin(sin)  # (-s1, s2): the sign of rotate_half folded in once for all layers
         for layer, kind in zip(self.layers, self.config.layer_types):
             x = layer(x, cos, sin, masks[kind], cache, step)
         return self.norm(x)

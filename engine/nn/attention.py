@@ -12,6 +12,7 @@ import numpy as np
 from engine import dtype as D
 from engine import functional as F
 from engine import ops
+from engine.nn.kv_cache import KVCache
 from engine.tensor import Tensor
 
 
@@ -97,5 +98,9 @@ def positions(input_ids: Tensor, cache=None, attention_mask: Tensor | None = Non
             position_ids = pos.masked_fill(attention_mask == 0, 1)[:, -L:]  # (B, L)
         else:
             position_ids = query_pos.unsqueeze(0)  # (1, L)
-    mask = causal_mask(query_pos, key_pos, attention_mask, sliding_window, dtype)
+    if L == 1 and attention_mask is None and sliding_window is None and isinstance(cache, KVCache) \
+            and not cache.full_length:
+        mask = None  # one new token reading exactly the filled prefix of a plain cache: nothing to mask
+    else:
+        mask = causal_mask(query_pos, key_pos, attention_mask, sliding_window, dtype)
     return position_ids, mask, step

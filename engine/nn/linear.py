@@ -38,12 +38,11 @@ class Linear(Module):
         if x.shape[-1] != self.in_features:
             raise ShapeError(f"Linear({self.in_features}, {self.out_features}): input of shape {x.shape} "
                              f"has last dim {x.shape[-1]}")
-        lead = x.shape[:-1]
-        # (..., in) -> (N, in): one GEMM over all rows instead of one per leading index
-        y = x.reshape(-1, self.in_features) @ self.weight.t()  # (N, out)
-        if self.bias is not None:
-            y = y + self.bias
-        return y.reshape(*lead, self.out_features)
+        if x.ndim <= 2 or (x.ndim == 3 and x.shape[0] == 1):
+            y = x @ self.weight.t()  # a single GEMM (GEMV for one row) already
+        else:  # (..., in) -> (N, in): one GEMM over all rows, so the weight is read once, not per batch row
+            y = (x.reshape(-1, self.in_features) @ self.weight.t()).reshape(*x.shape[:-1], self.out_features)
+        return y + self.bias if self.bias is not None else y
 
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"

@@ -37,9 +37,12 @@ class RmsNorm(Module):
         self.weight = vb.get("weight", (dim,)) if vb is not None else ops.ones(dim, dtype=dtype, device=device)
 
     def forward(self, x):
+        if x.dtype.itemsize >= 4 and x.dtype is self.weight.dtype:
+            # fp32/fp64: one fused kernel; it divides by sqrt instead of multiplying by rsqrt (an ulp)
+            return F.rms_norm(x, (self.dim,), self.weight, self.eps)
         h = x.float()  # fp32 upcast: squares of fp16 activations overflow, and bf16 sums lose digits
         h = h * (h.square().mean(-1, keepdim=True) + self.eps).rsqrt()
-        return self.weight * h.to(x.dtype)
+        return self.weight * h.to(x.dtype)  # rounded to the input dtype before the weight, as in HF
 
     def extra_repr(self):
         return f"({self.dim},), eps={self.eps}"

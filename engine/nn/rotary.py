@@ -117,16 +117,26 @@ class RotaryEmbedding(Module):
 
 
 def rotate_half(x):
+    """cat(-x2, x1) over the last dim."""
     half = x.shape[-1] // 2
     return ops.cat([-x[..., half:], x[..., :half]], -1)
 
 
-def apply_rotary(x, cos, sin):
-    """x (B, H, L, d), cos/sin (B, L, rot) with rot <= d: rotate the first `rot` dims of every head
-    (partial rotary, as Phi-3 mini-4k's successors use), pass the rest through."""
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B, 1, L, rot): broadcast over heads
+def signed_sin(sin):
+    """cat(-s1, s2) for sin = cat(s1, s2): rotate_half(x) * sin == swap_halves(x) * signed_sin(sin)
+    exactly (a sign flip rounds nothing), one op less per rotation. Compute once per forward."""
+    half = sin.shape[-1] // 2
+    return ops.cat([-sin[..., :half], sin[..., half:]], -1)
+
+
+def apply_rotary(x, cos, sin_signed):
+    """x (B, H, L, d), cos and signed_sin(sin) (B, L, rot) with rot <= d: rotate the first `rot`
+    dims of every head (partial rotary, as Phi-3 mini-4k's successors use), pass the rest through.
+    Same arithmetic as transformers' x * cos + rotate_half(x) * sin."""
+    cos, sin_signed = cos.unsqueeze(1), sin_signed.unsqueeze(1)  # (B, 1, L, rot): broadcast over heads
     rot = cos.shape[-1]
-    if rot == x.shape[-1]:
-        return x * cos + rotate_half(x) * sin
-    x_rot, x_pass = x[..., :rot], x[..., rot:]
-    return ops.cat([x_rot * cos + rotate_half(x_rot) * sin, x_pass], -1)
+    x_rot = x if rot == x.shape[-1] else x[..., :rot]
+    half = rot // 2
+    swapped = ops.cat([x_rot[..., half:], x_rot[..., :half]], -1)  # (x2, x1)
+    out = x_rot * cos + swapped * sin_signed
+    return out if rot == x.shape[-1] else ops.cat([out, x[..., rot:]], -1)
