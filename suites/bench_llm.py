@@ -280,7 +280,7 @@ def main(argv=None) -> int:
         if stats.get("peak_bytes") is not None:
             emit(impl=k, metric="peak_bytes", value=int(stats["peak_bytes"]) + llm.weight_bytes,
                  source=stats.get("source"), note="allocator peak over the run plus weight bytes")
-    _ratios(res, lambda **kw: emit(**kw, omp_wait_policy="each child: library default"))
+    _ratios(res, emit)
     return 0
 
 
@@ -314,7 +314,7 @@ def _isolated(a, argv, impls, emit) -> int:
             emit(impl=impl, metric="failed", reason=out.stderr[-2000:])
         elif "decode_tokens_per_s" in vals:
             res[impl] = (vals["decode_tokens_per_s"], vals["prefill_ms"])
-    _ratios(res, emit)
+    _ratios(res, lambda **kw: emit(**kw, omp_wait_policy="each child: library default"))
     return 0
 
 
