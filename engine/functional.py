@@ -271,12 +271,18 @@ def pad(x: Tensor, pad, mode: str = "constant", value=0.0) -> Tensor:
     widths = [(0, 0)] * x.ndim
     for i in range(len(pad) // 2):
         widths[x.ndim - 1 - i] = (int(pad[2 * i]), int(pad[2 * i + 1]))
+    # negative widths crop (as in torch): a narrow view first, then pad the positive parts
+    for d, (lo, hi) in enumerate(widths):
+        if lo < 0 or hi < 0:
+            keep = x.shape[d] + min(lo, 0) + min(hi, 0)
+            if keep < 0:
+                raise ShapeError(f"pad(): padding {(lo, hi)} crops more than dim {d} of size {x.shape[d]}")
+            x = x.narrow(d, -min(lo, 0), keep)
+            widths[d] = (max(lo, 0), max(hi, 0))
     if mode == "reflect":
         for d, (lo, hi) in enumerate(widths):
             if max(lo, hi) >= x.shape[d] and (lo or hi):
                 raise ShapeError(f"pad(): reflect padding {(lo, hi)} must be smaller than dim {d} of size {x.shape[d]}")
-    if any(lo < 0 or hi < 0 for lo, hi in widths):
-        raise ValueError(f"pad(): negative padding {pad} is not supported")
     return Tensor._wrap(x.backend.pad(x.array, widths, mode, value), x.backend, x.dtype)
 
 

@@ -298,8 +298,13 @@ class Tensor:
         return tuple(out)
 
     def chunk(self, chunks: int, dim: int = 0):
-        n = self.shape[norm_dim(dim, self.ndim)]
-        return self.split(max(1, -(-n // chunks)), dim)
+        if chunks <= 0:
+            raise ValueError(f"chunk(): chunks must be positive, got {chunks}")
+        d = norm_dim(dim, self.ndim)
+        n = self.shape[d]
+        if n == 0:  # torch returns `chunks` empty pieces for an empty dim
+            return tuple(self.narrow(d, 0, 0) for _ in range(chunks))
+        return self.split(-(-n // chunks), d)
 
     def unbind(self, dim: int = 0):
         return tuple(self.select(dim, i) for i in range(self.shape[norm_dim(dim, self.ndim)]))
@@ -357,6 +362,8 @@ class Tensor:
                 d += k.ndim if k.dtype is D.bool_ else 1
             elif isinstance(k, (list, np.ndarray)):
                 a = np.asarray(k)
+                if a.size == 0 and a.dtype.kind == "f":  # x[[]]: an empty integer index, as in torch
+                    a = a.astype(np.int64)
                 if a.dtype.kind in "iu":
                     self._check_bounds(a, d)
                 out.append(self.backend.from_numpy(a, D.get(a.dtype) if a.dtype != np.bool_ else D.bool_))
@@ -367,13 +374,16 @@ class Tensor:
                                          if k is Ellipsis else 1)
         return tuple(out)
 
-    def _check_bounds(self, index, d: int):
+    def _check_bounds(self, index, d: int, negative: bool = True):
+        """IndexError unless every index fits dim d; `negative=False` for index_select/gather/scatter,
+        which torch refuses negative indices for."""
         if d >= self.ndim:
             raise IndexError(f"too many indices for tensor of dimension {self.ndim} (shape {self.shape})")
         n = self.shape[d]
         lo, hi = self.backend.index_bounds(index, n)
-        if lo < -n or hi >= n:
-            bad = lo if lo < -n else hi
+        low = -n if negative else 0
+        if lo < low or hi >= n:
+            bad = lo if lo < low else hi
             raise IndexError(f"index {bad} is out of bounds for dimension {d} with size {n} (shape {self.shape})")
 
     def _value_array(self, value):

@@ -323,7 +323,7 @@ def index_select(x: Tensor, dim: int, index: Tensor) -> Tensor:
     d = norm_dim(dim, x.ndim)
     if index.ndim > 1:
         raise ShapeError(f"index_select(): index must be 1-d, got shape {index.shape}")
-    x._check_bounds(index.array, d)
+    x._check_bounds(index.array, d, negative=False)
     return Tensor._wrap(x.backend.take(x.array, index.array, d), x.backend, x.dtype)
 
 
@@ -332,7 +332,7 @@ def gather(x: Tensor, dim: int, index: Tensor) -> Tensor:
     d = norm_dim(dim, x.ndim)
     if index.ndim != x.ndim or builtins.any(i > n for k, (i, n) in enumerate(zip(index.shape, x.shape)) if k != d):
         raise ShapeError(f"gather(): index shape {index.shape} does not fit input shape {x.shape} at dim {d}")
-    x._check_bounds(index.array, d)
+    x._check_bounds(index.array, d, negative=False)
     return Tensor._wrap(x.backend.gather(x.array, d, index.array), x.backend, x.dtype)
 
 
@@ -343,7 +343,7 @@ def scatter(x: Tensor, dim: int, index: Tensor, src, reduce=None) -> Tensor:
         raise ShapeError(f"scatter(): index has {index.ndim} dims, input has {x.ndim} ({index.shape} vs {x.shape})")
     if isinstance(src, Tensor) and builtins.any(i > s for i, s in zip(index.shape, src.shape)):
         raise ShapeError(f"scatter(): index shape {index.shape} is larger than src shape {src.shape}")
-    x._check_bounds(index.array, d)
+    x._check_bounds(index.array, d, negative=False)
     src_v = src.to(x.dtype).array if isinstance(src, Tensor) else src
     return Tensor._wrap(x.backend.scatter(x.array, d, index.array, src_v, reduce), x.backend, x.dtype)
 

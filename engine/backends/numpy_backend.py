@@ -299,8 +299,8 @@ class NumpyBackend(NnKernels):
     def sort(self, x, dim: int, descending: bool, stable: bool):
         xp = self.xp
         key = self._c(x)
-        if key.dtype == np.bool_:
-            key = key.astype(np.int8)
+        if descending and key.dtype.kind in "bu":  # negating would wrap: widen to a signed type first
+            key = key.astype(np.int64)
         idx = xp.argsort(-key if descending else key, axis=dim, kind="stable")
         return self._out(xp.take_along_axis(x, idx, axis=dim), D.get(x.dtype)), self._out(idx, D.int64)
 
