@@ -240,8 +240,12 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode: bool = False, 
 
 def adaptive_avg_pool2d(x, output_size) -> Tensor:
     _float_input(x, "adaptive_avg_pool2d")
-    o = _pair(output_size)
-    o = tuple(x.shape[-2 + i] if v is None else v for i, v in enumerate(o))
+    if x.ndim not in (3, 4):
+        raise ShapeError(f"adaptive_avg_pool2d(): expected 3-d or 4-d input, got {x.shape}")
+    o = tuple(output_size) if isinstance(output_size, (tuple, list)) else (output_size,) * 2
+    if len(o) != 2:
+        raise ValueError(f"adaptive_avg_pool2d(): output_size must be an int or a pair, got {output_size!r}")
+    o = tuple(x.shape[-2 + i] if v is None else int(v) for i, v in enumerate(o))  # None keeps that size
     return _run(x, "adaptive_avg_pool2d", x.array, o)
 
 

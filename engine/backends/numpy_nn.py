@@ -231,7 +231,7 @@ class NnKernels:
         mask: bool (True keeps) or additive float, broadcastable to (..., Hq, L, S)."""
         xp = self.xp
         q, k, v = self._f(q, out_dtype), self._f(k, out_dtype), self._f(v, out_dtype)
-        rep = q.shape[-3] // k.shape[-3]
+        rep = q.shape[-3] // k.shape[-3] if q.ndim >= 3 else 1
         if rep > 1:
             k = xp.repeat(k, rep, axis=-3)
             v = xp.repeat(v, rep, axis=-3)
@@ -241,8 +241,10 @@ class NnKernels:
             s = xp.where(xp.tril(xp.ones((L, S), dtype=bool)), s, -np.inf)
         if mask is not None:
             s = xp.where(mask, s, -np.inf) if mask.dtype == np.bool_ else s + self._f(mask, out_dtype)
-        m = xp.max(s, axis=-1, keepdims=True)
+        m = xp.max(s, axis=-1, keepdims=True) if S else xp.zeros(s.shape[:-1] + (1,), s.dtype)
+        m = xp.where(xp.isfinite(m), m, 0)
         with np.errstate(all="ignore"):
             e = xp.exp(s - m)
-            p = e / xp.sum(e, axis=-1, keepdims=True)
+            tot = xp.sum(e, axis=-1, keepdims=True)
+            p = e / xp.where(tot == 0, 1, tot)  # a fully masked row attends to nothing: output 0, as torch
         return self._out(p @ v, out_dtype)
