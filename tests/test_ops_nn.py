@@ -1,0 +1,186 @@
+"""Parity rows against torch.nn.functional: softmax, norms, convolutions, pooling, interpolate, attention.
+
+Accumulating ops (norms, convs, attention) take a documented tolerance scale: their sums run in a
+different order than torch's (im2col + one GEMM per group here, oneDNN there).
+"""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import engine
+import engine.functional as EF
+from helpers import FLOATS, INTS, VIEWS, helper_test_op, needs_device
+
+pytestmark = needs_device
+ACC = 8  # tolerance scale for rows that accumulate (dot products, windows, statistics)
+# ref64=True on a row: torch's CPU kernel rounds intermediates in float16/bfloat16 (seen for
+# log_softmax, conv_transpose and sdpa), so 16-bit rows are judged against an fp64 run (DESIGN.md)
+
+
+def _id(v):
+    return repr(v).replace(" ", "")
+
+
+# ---- softmax --------------------------------------------------------------------------------------------
+SM = [((3, 5), -1), ((3, 5), 0), ((2, 3, 4), 1), ((7,), 0), ((), 0), ((0, 4), 1), ((1, 5), 0)]
+
+
+@pytest.mark.parametrize("dt", FLOATS)
+@pytest.mark.parametrize("shape,dim", SM, ids=_id)
+def test_softmax(shape, dim, dt): helper_test_op([shape], lambda x: F.softmax(x, dim), lambda x: EF.softmax(x, dim), dt, low=-8, high=8, scale=2, ref64=True)
+@pytest.mark.parametrize("dt", FLOATS)
+@pytest.mark.parametrize("shape,dim", SM, ids=_id)
+def test_log_softmax(shape, dim, dt): helper_test_op([shape], lambda x: F.log_softmax(x, dim), lambda x: EF.log_softmax(x, dim), dt, low=-8, high=8, scale=2, ref64=True)
+@pytest.mark.parametrize("view", VIEWS)
+def test_softmax_views(view): helper_test_op([(4, 6)], lambda x: (F.softmax(x, -1), F.log_softmax(x, 0)), lambda x: (EF.softmax(x, -1), EF.log_softmax(x, 0)), noncontig=view, scale=2)
+def test_softmax_dtype_arg(): helper_test_op([(3, 5)], lambda x: F.softmax(x, -1, dtype=torch.float32), lambda x: EF.softmax(x, -1, dtype=engine.float32), "float16")
+def test_softmax_inf(): helper_test_op([(2, 4)], lambda x: (F.softmax(x, -1), F.log_softmax(x, -1)), lambda x: (EF.softmax(x, -1), EF.log_softmax(x, -1)), vals=[[[-np.inf, 0, 1, -np.inf], [-np.inf] * 4]])
+
+
+# ---- normalisation ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dt", FLOATS)
+@pytest.mark.parametrize("shape,ns,affine", [((3, 8), (8,), True), ((2, 3, 8), (8,), False), ((2, 3, 4), (3, 4), True),
+                                             ((2, 0, 8), (8,), True), ((4, 1), (1,), True)], ids=_id)
+def test_layer_norm(shape, ns, affine, dt): helper_test_op([shape, ns, ns], lambda x, w, b: F.layer_norm(x, ns, w if affine else None, b if affine else None), lambda x, w, b: EF.layer_norm(x, ns, w if affine else None, b if affine else None), dt, scale=ACC)
+@pytest.mark.parametrize("dt", FLOATS)
+@pytest.mark.parametrize("shape,ns,affine,eps", [((3, 8), (8,), True, None), ((2, 3, 8), (8,), False, 1e-6), ((2, 3, 4), (3, 4), True, 1e-5),
+                                                 ((2, 0, 8), (8,), True, None)], ids=_id)
+def test_rms_norm(shape, ns, affine, eps, dt): helper_test_op([shape, ns], lambda x, w: F.rms_norm(x, ns, w if affine else None, eps), lambda x, w: EF.rms_norm(x, ns, w if affine else None, eps), dt, scale=ACC)
+@pytest.mark.parametrize("dt", FLOATS)
+@pytest.mark.parametrize("shape,groups,affine", [((2, 6, 5), 3, True), ((2, 6, 4, 4), 2, True), ((1, 4, 3, 2), 4, False),
+                                                 ((3, 4), 1, True), ((2, 6, 1, 1), 6, True)], ids=_id)
+def test_group_norm(shape, groups, affine, dt): helper_test_op([shape, shape[1:2], shape[1:2]], lambda x, w, b: F.group_norm(x, groups, w if affine else None, b if affine else None), lambda x, w, b: EF.group_norm(x, groups, w if affine else None, b if affine else None), dt, scale=ACC)
+@pytest.mark.parametrize("dt", FLOATS)
+@pytest.mark.parametrize("shape,affine", [((4, 3), True), ((2, 3, 5), False), ((2, 3, 4, 4), True)], ids=_id)
+def test_batch_norm(shape, affine, dt): helper_test_op([shape, (3,), (3,), (3,), (3,)], lambda x, m, v, w, b: F.batch_norm(x, m, v, w if affine else None, b if affine else None, training=False), lambda x, m, v, w, b: EF.batch_norm(x, m, v, w if affine else None, b if affine else None, training=False), dt, low=[-2, -1, 0.2, -2, -2], high=[2, 1, 3, 2, 2], scale=ACC)
+@pytest.mark.parametrize("view", VIEWS)
+def test_norms_views(view): helper_test_op([(4, 6), (6,), (6,)], lambda x, w, b: (F.layer_norm(x, (6,), w, b), F.rms_norm(x, (6,), w)), lambda x, w, b: (EF.layer_norm(x, (6,), w, b), EF.rms_norm(x, (6,), w)), noncontig=[view, None, None], scale=ACC)
+
+
+# ---- convolution ---------------------------------------------------------------------------------------------
+CONV2D = [dict(), dict(stride=2), dict(stride=(2, 1)), dict(padding=1), dict(padding=(1, 2)), dict(padding="same"),
+          dict(padding="valid"), dict(dilation=2), dict(dilation=(1, 2), padding=2), dict(groups=2), dict(groups=4),
+          dict(stride=2, padding=1, dilation=2, groups=2), dict(padding="same", dilation=2)]
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("kw", CONV2D, ids=_id)
+def test_conv2d(kw, bias): helper_test_op([(2, 4, 7, 8), (8, 4 // kw.get("groups", 1), 3, 3), (8,)], lambda x, w, b: F.conv2d(x, w, b if bias else None, **kw), lambda x, w, b: EF.conv2d(x, w, b if bias else None, **kw), scale=ACC)
+@pytest.mark.parametrize("dt", FLOATS)
+@pytest.mark.parametrize("wshape", [(6, 4, 3, 3), (3, 4, 1, 1), (4, 1, 2, 3)], ids=_id)
+def test_conv2d_dtypes(wshape, dt): helper_test_op([(1, 4, 6, 5), wshape, wshape[:1]], lambda x, w, b: F.conv2d(x, w, b, groups=4 // wshape[1]), lambda x, w, b: EF.conv2d(x, w, b, groups=4 // wshape[1]), dt, scale=ACC)
+@pytest.mark.parametrize("view", VIEWS)
+def test_conv2d_views(view): helper_test_op([(2, 4, 6, 6), (3, 4, 3, 3)], F.conv2d, EF.conv2d, noncontig=[view, view], scale=ACC)
+@pytest.mark.parametrize("dt", FLOATS)
+@pytest.mark.parametrize("kw", [dict(), dict(stride=2), dict(padding=2), dict(dilation=3), dict(groups=2), dict(padding="same"),
+                                dict(stride=3, padding=1, dilation=2, groups=4)], ids=_id)
+def test_conv1d(kw, dt): helper_test_op([(2, 4, 11), (8, 4 // kw.get("groups", 1), 3), (8,)], lambda x, w, b: F.conv1d(x, w, b, **kw), lambda x, w, b: EF.conv1d(x, w, b, **kw), dt, scale=ACC)
+
+
+CONVT2D = [dict(), dict(stride=2), dict(stride=(2, 3)), dict(padding=1), dict(stride=2, padding=1, output_padding=1),
+           dict(dilation=2), dict(groups=2), dict(stride=2, output_padding=(1, 0)), dict(stride=3, padding=2, dilation=2, groups=2),
+           dict(padding=(2, 1)), dict(dilation=2, output_padding=1, stride=2)]
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("kw", CONVT2D, ids=_id)
+def test_conv_transpose2d(kw, bias): helper_test_op([(2, 4, 5, 6), (4, 6 // kw.get("groups", 1), 3, 3), (6,)], lambda x, w, b: F.conv_transpose2d(x, w, b if bias else None, **kw), lambda x, w, b: EF.conv_transpose2d(x, w, b if bias else None, **kw), scale=ACC)
+@pytest.mark.parametrize("dt", FLOATS)
+@pytest.mark.parametrize("kw", [dict(), dict(stride=2), dict(padding=1), dict(stride=2, padding=1, output_padding=1), dict(dilation=2),
+                                dict(groups=4), dict(stride=3, padding=2, dilation=2, groups=2, output_padding=2)], ids=_id)
+def test_conv_transpose1d(kw, dt): helper_test_op([(2, 4, 7), (4, 8 // kw.get("groups", 1), 3), (8,)], lambda x, w, b: F.conv_transpose1d(x, w, b, **kw), lambda x, w, b: EF.conv_transpose1d(x, w, b, **kw), dt, scale=ACC, ref64=True)
+@pytest.mark.parametrize("dt", FLOATS)
+def test_conv_transpose2d_dtypes(dt): helper_test_op([(1, 4, 3, 4), (4, 2, 2, 2), (2,)], lambda x, w, b: F.conv_transpose2d(x, w, b, stride=2), lambda x, w, b: EF.conv_transpose2d(x, w, b, stride=2), dt, scale=ACC, ref64=True)
+
+
+# ---- pooling and resampling -----------------------------------------------------------------------------------
+MAXPOOL = [(2, None, 0, 1, False), (3, 1, 1, 1, False), (3, 2, 1, 1, True), ((2, 3), (1, 2), (1, 0), 1, False),
+           (2, 2, 0, 1, True), (3, 2, 0, 2, False), (3, 3, 1, 1, True), (2, 1, 1, (2, 1), False)]
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 7, 8), (3, 5, 5)], ids=_id)
+@pytest.mark.parametrize("k,s,p,d,ceil", MAXPOOL, ids=_id)
+def test_max_pool2d(k, s, p, d, ceil, shape): helper_test_op([shape], lambda x: F.max_pool2d(x, k, s, p, d, ceil_mode=ceil), lambda x: EF.max_pool2d(x, k, s, p, d, ceil_mode=ceil))
+@pytest.mark.parametrize("dt", FLOATS)
+def test_max_pool2d_dtypes(dt): helper_test_op([(1, 2, 6, 6)], lambda x: F.max_pool2d(x, 2), lambda x: EF.max_pool2d(x, 2), dt)
+
+
+AVGPOOL = [(2, None, 0, False, True, None), (3, 1, 1, False, True, None), (3, 1, 1, False, False, None), (3, 2, 1, True, True, None),
+           (3, 2, 1, True, False, None), ((2, 3), (1, 2), (1, 0), False, True, None), (2, 2, 0, True, True, None),
+           (3, 2, 1, False, True, 4), (2, 3, 1, True, False, None)]
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 7, 8), (3, 5, 5)], ids=_id)
+@pytest.mark.parametrize("k,s,p,ceil,cip,div", AVGPOOL, ids=_id)
+def test_avg_pool2d(k, s, p, ceil, cip, div, shape): helper_test_op([shape], lambda x: F.avg_pool2d(x, k, s, p, ceil, cip, div), lambda x: EF.avg_pool2d(x, k, s, p, ceil, cip, div), scale=2)
+@pytest.mark.parametrize("dt", FLOATS)
+def test_avg_pool2d_dtypes(dt): helper_test_op([(1, 2, 6, 6)], lambda x: F.avg_pool2d(x, 3, 2, 1), lambda x: EF.avg_pool2d(x, 3, 2, 1), dt, scale=2)
+@pytest.mark.parametrize("dt", FLOATS)
+@pytest.mark.parametrize("shape,out", [((2, 3, 7, 8), (1, 1)), ((2, 3, 7, 8), (3, 2)), ((1, 2, 5, 4), (5, 7)), ((2, 6, 6), (None, 2)),
+                                       ((1, 1, 6, 6), 3), ((1, 2, 5, 5), (5, 5))], ids=_id)
+def test_adaptive_avg_pool2d(shape, out, dt): helper_test_op([shape], lambda x: F.adaptive_avg_pool2d(x, out), lambda x: EF.adaptive_avg_pool2d(x, out), dt, scale=2)
+
+
+INTERP = [dict(size=(6, 10)), dict(size=(3, 2)), dict(scale_factor=2), dict(scale_factor=1.5), dict(scale_factor=0.5),
+          dict(scale_factor=(2, 0.75)), dict(size=7)]
+
+
+@pytest.mark.parametrize("kw", INTERP, ids=_id)
+def test_interpolate_nearest(kw): helper_test_op([(2, 3, 4, 5)], lambda x: F.interpolate(x, mode="nearest", **kw), lambda x: EF.interpolate(x, mode="nearest", **kw))
+@pytest.mark.parametrize("kw", [dict(size=9), dict(scale_factor=2), dict(scale_factor=0.6), dict(size=2)], ids=_id)
+def test_interpolate_nearest_1d(kw): helper_test_op([(2, 3, 5)], lambda x: F.interpolate(x, mode="nearest", **kw), lambda x: EF.interpolate(x, mode="nearest", **kw))
+@pytest.mark.parametrize("align", [False, True])
+@pytest.mark.parametrize("kw", INTERP + [dict(size=(1, 1))], ids=_id)
+def test_interpolate_bilinear(kw, align): helper_test_op([(2, 3, 4, 5)], lambda x: F.interpolate(x, mode="bilinear", align_corners=align, **kw), lambda x: EF.interpolate(x, mode="bilinear", align_corners=align, **kw), scale=2)
+@pytest.mark.parametrize("dt", FLOATS)
+@pytest.mark.parametrize("mode,align", [("nearest", None), ("bilinear", False), ("bilinear", True)])
+def test_interpolate_dtypes(mode, align, dt): helper_test_op([(1, 2, 3, 4)], lambda x: F.interpolate(x, scale_factor=2, mode=mode, align_corners=align), lambda x: EF.interpolate(x, scale_factor=2, mode=mode, align_corners=align), dt, scale=2)
+
+
+# ---- attention --------------------------------------------------------------------------------------------------
+def sdpa_row(shapes, dt="float32", mask_dt=None, **kw):
+    """q, k, v (+ mask) built like every other row; the mask is bool (True keeps) or additive float."""
+    if mask_dt == "bool":  # keep the diagonal so that no row is fully masked
+        keep = np.random.default_rng(3).random(shapes[3]) < 0.6
+        keep |= np.eye(*shapes[3][-2:], dtype=bool)
+        vals = [None, None, None, keep]
+    else:
+        vals = None
+    dts = [dt] * 3 + ([mask_dt if mask_dt == "bool" else dt] if len(shapes) > 3 else [])
+    helper_test_op(shapes, lambda q, k, v, *m: F.scaled_dot_product_attention(q, k, v, *m, **kw),
+                   lambda q, k, v, *m: EF.scaled_dot_product_attention(q, k, v, *m, **kw), dts, vals=vals, scale=ACC, ref64=True)
+
+
+QKV = [(2, 4, 5, 8), (2, 4, 6, 8), (2, 4, 6, 8)]
+
+
+@pytest.mark.parametrize("dt", FLOATS)
+@pytest.mark.parametrize("causal", [False, True])
+def test_sdpa(causal, dt): sdpa_row(QKV, dt, is_causal=causal)
+@pytest.mark.parametrize("shapes", [[(5, 8), (6, 8), (6, 3)], [(3, 5, 8), (3, 6, 8), (3, 6, 4)], [(1, 2, 1, 8), (1, 2, 7, 8), (1, 2, 7, 8)],
+                                    [(2, 2, 6, 4), (2, 2, 6, 4), (2, 2, 6, 4)], [(2, 2, 0, 4), (2, 2, 3, 4), (2, 2, 3, 4)]], ids=_id)
+@pytest.mark.parametrize("causal", [False, True])
+def test_sdpa_shapes(shapes, causal): sdpa_row(shapes, is_causal=causal)
+@pytest.mark.parametrize("mshape", [(5, 6), (2, 1, 5, 6), (2, 4, 5, 6), (1, 6)], ids=_id)
+@pytest.mark.parametrize("mask_dt", ["bool", "float32"])
+def test_sdpa_mask(mask_dt, mshape): sdpa_row(QKV + [mshape], mask_dt=mask_dt)
+@pytest.mark.parametrize("dt", FLOATS)
+@pytest.mark.parametrize("causal", [False, True])
+def test_sdpa_gqa(causal, dt): sdpa_row([(2, 6, 5, 8), (2, 2, 5, 8), (2, 2, 5, 8)], dt, is_causal=causal, enable_gqa=True)
+@pytest.mark.parametrize("mask_dt", ["bool", "float32"])
+def test_sdpa_fully_masked_row(mask_dt): helper_test_op([(1, 3, 4), (1, 5, 4), (1, 5, 4), (3, 5)], F.scaled_dot_product_attention, EF.scaled_dot_product_attention, ["float32"] * 3 + [mask_dt], vals=[None, None, None, [[1, 0, 1, 1, 0], [0] * 5, [1] * 5] if mask_dt == "bool" else [[0, -np.inf, 0, 1, 0], [-np.inf] * 5, [0.5] * 5]], scale=ACC)
+@pytest.mark.parametrize("L,S", [(6, 4), (4, 6), (1, 5)])
+def test_sdpa_causal_rect(L, S): sdpa_row([(2, L, 8), (2, S, 8), (2, S, 8)], is_causal=True)
+def test_sdpa_gqa_mask(): sdpa_row([(1, 4, 5, 8), (1, 2, 5, 8), (1, 2, 5, 8), (1, 4, 5, 5)], mask_dt="bool", enable_gqa=True)
+@pytest.mark.parametrize("scale", [0.1, 1.0])
+def test_sdpa_scale(scale): sdpa_row(QKV, scale=scale)
+@pytest.mark.parametrize("view", VIEWS[:2])
+def test_sdpa_views(view): helper_test_op([(2, 5, 8), (2, 6, 8), (2, 6, 8)], F.scaled_dot_product_attention, EF.scaled_dot_product_attention, noncontig=view, scale=ACC)
+
+
+# ---- identity in inference ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("p", [0.0, 0.5, 0.9])
+def test_dropout(p): helper_test_op([(3, 4)], lambda x: F.dropout(x, p, training=False), lambda x: EF.dropout(x, p, training=False))
+@pytest.mark.parametrize("dt", INTS[:1])
+def test_one_hot(dt): helper_test_op([(2, 3)], lambda i: F.one_hot(i, 5), lambda i: EF.one_hot(i, 5), dt, low=0, high=5)
