@@ -47,9 +47,14 @@ def _machine_facts(rows) -> dict:
 def _section(machine, rows, out, roofline, candidate, baseline) -> dict:
     table = compare(rows, candidate, baseline)
     slug = _slug(machine)
-    charts = [
-        ("speedup", plots.plot_ratios(table, out / f"speedup_{slug}.png",
-                                      title=f"{candidate} vs {baseline} on {machine}")),
+    suites = sorted(set(table["suite"]))
+    charts = [  # one speedup chart per suite keeps each readable
+        (f"speedup {suite}", plots.plot_ratios(
+            table[table["suite"] == suite],
+            out / (f"speedup_{slug}.png" if len(suites) == 1 else f"speedup_{slug}_{suite}.png"),
+            title=f"{candidate} vs {baseline} on {machine}: {suite}"))
+        for suite in suites
+    ] + [
         ("tokens/s", plots.plot_tokens(rows, out / f"tokens_{slug}.png", roofline=roofline,
                                        title=f"decode speed on {machine}")),
         ("memory", plots.plot_memory(rows, out / f"memory_{slug}.png", (candidate, baseline),

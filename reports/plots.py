@@ -52,18 +52,20 @@ def plot_ratios(table: pd.DataFrame, path, title="engine vs torch") -> Path | No
     fig, ax = plt.subplots(figsize=(8, 1.2 + 0.35 * len(t)))
     labels = [_label(r, [p for p in params if p != "device"]) for _, r in t.iterrows()]
     colors = [DEVICE_COLORS[devices.index(str(d)) % 4] for d in t.get("device", [""] * len(t))]
-    ax.barh(range(len(t)), t["ratio"], color=colors)
+    # Bars grow from 1x: right when the engine wins, left when torch does.
+    ax.barh(range(len(t)), t["ratio"] - 1.0, left=1.0, color=colors)
     ax.set_yticks(range(len(t)), labels, fontsize=8)
-    ax.invert_yaxis()
+    ax.set_ylim(len(t) - 0.5, -0.5)
     ax.set_xscale("log", base=2)
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
-    ax.set_xlim(min(0.5, t["ratio"].min() / 1.3), max(2.0, t["ratio"].max() * 1.3))
+    ax.set_xlim(min(0.5, t["ratio"].min() / 2.5), max(2.0, t["ratio"].max() * 2.5))
     ax.axvline(1.0, color="black", linewidth=1)
     ax.set_xlabel("speedup (above 1: engine better)")
     ax.set_title(title)
     for i, v in enumerate(t["ratio"]):
-        ax.annotate(f"{v:.2f}x", (v, i), xytext=(3, 0), textcoords="offset points",
-                    va="center", fontsize=7)
+        ax.annotate(f"{v:.2f}x", (v, i), xytext=(3 if v >= 1 else -3, 0),
+                    textcoords="offset points", va="center", ha="left" if v >= 1 else "right",
+                    fontsize=7)
     handles = [plt.Rectangle((0, 0), 1, 1, color=DEVICE_COLORS[i % 4]) for i in range(len(devices))]
     ax.legend(handles, devices, title="device", fontsize=8, loc="lower right")
     return _save(fig, path)

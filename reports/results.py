@@ -182,6 +182,8 @@ def load_results(paths) -> pd.DataFrame:
     if not rows:
         raise ResultsError(f"no benchmark results found under {', '.join(map(str, paths))}")
     df = pd.DataFrame(rows)
+    for col in [c for c in df.columns if c not in CORE_COLUMNS]:  # keep 4 as 4, not 4.0
+        df[col] = pd.Series([r.get(col) for r in rows], dtype=object, index=df.index)
     return df[CORE_COLUMNS + [c for c in df.columns if c not in CORE_COLUMNS]]
 
 

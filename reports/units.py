@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 _TIME_SCALES = [(1e-9, "ns"), (1e-6, "µs"), (1e-3, "ms"), (1.0, "s")]
+_BYTE_SCALES = [(1, "B"), (1 << 10, "KiB"), (1 << 20, "MiB"), (1 << 30, "GiB")]
 _RATE_NAMES = {"tokens_per_s": "tokens/s", "gb_per_s": "GB/s", "achieved_gb_per_s": "GB/s",
                "items_per_s": "items/s", "images_per_s": "images/s"}
 
@@ -48,7 +49,7 @@ def scale_for(values, unit):
     if is_time(unit):
         return _pick(_TIME_SCALES, magnitude)
     if is_bytes(unit):
-        return (1 << 20, "MiB") if magnitude < (1 << 30) else (1 << 30, "GiB")
+        return _pick(_BYTE_SCALES, magnitude)
     return 1.0, _RATE_NAMES.get(unit, str(unit).replace("_", " "))
 
 
@@ -57,7 +58,7 @@ def fmt(value, divisor=1.0, label="") -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
     x = value / divisor
-    text = f"{x:.3g}" if abs(x) < 1e4 else f"{x:,.0f}"
+    text = f"{x:.3g}" if abs(x) < 1000 else f"{x:,.0f}"
     return f"{text} {label}".strip()
 
 

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 HARNESS = ROOT / "tests" / "data" / "asv_tiny" / "harness.py"
 ENGINE_SLOW = {("bench_tiny.Ops.time_matmul", "'engine', 'cpu', 'float32'"),
                ("bench_tiny.Ops.time_matmul", "'engine', 'cpu', 'float16'"),
-               ("bench_tiny.Decode.track_ms_per_token", "'engine', 'cpu', 'tiny-llama'")}
+               ("bench_tiny.Decode.track_ms_per_token", "'engine', 'cpu', 'tiny-llama', 1")}
 
 CONFIG = """
 [perf]

@@ -63,8 +63,9 @@ def test_frame_has_one_row_per_parameter_set(base, tiny):
     # Ops: impl x device x dtype = 8 per benchmark; Decode: impl x device x model = 4.
     assert base.groupby("benchmark").size().to_dict() == {
         b: (8 if ".Ops." in b else 4) for b in BENCHES}
-    for col in ("impl", "device", "dtype", "model"):
+    for col in ("impl", "device", "dtype", "model", "batch"):
         assert col in base.columns
+    assert set(base["batch"].dropna()) == {1} and all(type(b) is int for b in base["batch"].dropna())
     assert base.loc[base["device"] == "cuda", "status"].eq("skipped").all()
     assert base.loc[base["device"] == "cuda", "value"].isna().all()
     assert base.loc[base["device"] == "cpu", "status"].eq("ok").all()
@@ -177,6 +178,8 @@ def test_units():
     assert human(1.5, "seconds") == "1.5 s"
     assert human(20.0, "ms_per_token") == "50 tokens/s"
     assert human(64 * 2**20, "bytes") == "64 MiB"
+    assert human(1536, "bytes") == "1.5 KiB" and human(3 * 2**30, "bytes") == "3 GiB"
+    assert human(0.00425 * 1000, "seconds") == "4.25 s" and human(4250e-6, "seconds") == "4.25 ms"
     assert human(float("nan"), "seconds") == "—"
     assert higher_is_better("tokens_per_s") and higher_is_better("achieved_gb_per_s")
     assert not higher_is_better("ms_per_token") and not higher_is_better("seconds")
@@ -202,7 +205,8 @@ def test_compare_pairs_engine_with_torch(base):
     md = to_markdown(shown)
     header = [c.strip() for c in md.splitlines()[0].strip("|").split("|")]
     assert header[0] == "benchmark" and header[-3:] == ["engine", "torch", "speedup"]
-    assert set(header[1:-3]) == {"device", "dtype", "model"}
+    assert set(header[1:-3]) == {"device", "dtype", "model", "batch"}
+    assert set(shown["batch"]) == {1, ""}  # an int parameter stays an int (not 1.0)
     assert len(md.splitlines()) == 2 + len(shown)
 
 

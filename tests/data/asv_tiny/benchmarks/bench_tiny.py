@@ -39,23 +39,23 @@ class Ops:
 
 
 class Decode:
-    params = (["engine", "torch"], ["cpu", "cuda"], ["tiny-llama"])
-    param_names = ["impl", "device", "model"]
+    params = (["engine", "torch"], ["cpu", "cuda"], ["tiny-llama"], [1])
+    param_names = ["impl", "device", "model", "batch"]
 
-    def setup(self, impl, device, model):
+    def setup(self, impl, device, model, batch):
         _skip_unavailable(impl, device)
 
-    def track_ms_per_token(self, impl, device, model):
+    def track_ms_per_token(self, impl, device, model, batch):
         return (20.0 * SLOWDOWN) if impl == "engine" else 40.0
 
     track_ms_per_token.unit = "ms_per_token"
 
-    def track_peak_device_bytes(self, impl, device, model):
+    def track_peak_device_bytes(self, impl, device, model, batch):
         return float((64 if impl == "engine" else 96) * MIB)
 
     track_peak_device_bytes.unit = "bytes"
 
-    def track_roofline_tokens_per_s(self, impl, device, model):
+    def track_roofline_tokens_per_s(self, impl, device, model, batch):
         return 100.0
 
     track_roofline_tokens_per_s.unit = "tokens_per_s"
