@@ -250,6 +250,16 @@ def test_cli_directories(tiny, cli_env, tmp_path, capsys):
     assert "bad.json: not valid JSON" in capsys.readouterr().err
 
 
+def test_cli_default_config_is_the_shipped_gate_toml(tiny, cli_env, tmp_path, monkeypatch,
+                                                     capsys):
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")  # no ./gate.toml here: reports/gate.toml is used
+    assert main(["gate", str(tiny["base"]), str(tiny["slow"]), "--no-rerun"]) == 1
+    out = capsys.readouterr().out
+    assert "| 1.10x |" in out  # the shipped factor
+    assert "ignored" not in out and "track_roofline" not in out.split("<details>")[0]
+
+
 def test_cli_default_rerun_in_this_checkout(tiny, cli_env, tmp_path, monkeypatch):
     head = tmp_path / "head"
     shutil.copytree(tiny["slow"], head)

@@ -65,7 +65,8 @@ def test_frame_has_one_row_per_parameter_set(base, tiny):
         b: (8 if ".Ops." in b else 4) for b in BENCHES}
     for col in ("impl", "device", "dtype", "model", "batch"):
         assert col in base.columns
-    assert set(base["batch"].dropna()) == {1} and all(type(b) is int for b in base["batch"].dropna())
+    batches = base["batch"].dropna()
+    assert set(batches) == {1} and all(type(b) is int for b in batches)
     assert base.loc[base["device"] == "cuda", "status"].eq("skipped").all()
     assert base.loc[base["device"] == "cuda", "value"].isna().all()
     assert base.loc[base["device"] == "cpu", "status"].eq("ok").all()

@@ -42,8 +42,10 @@ def add_arguments(parser) -> None:
 def _config_path(arg) -> Path:
     if arg:
         return Path(arg)
+    import reports
+
     local = Path("gate.toml")
-    return local if local.exists() else Path(__file__).resolve().parents[2] / "reports/gate.toml"
+    return local if local.exists() else Path(reports.__file__).parent / "gate.toml"
 
 
 class _Side:
