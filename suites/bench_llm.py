@@ -113,7 +113,9 @@ class TorchLLM(LLM):
         return int(out.logits[0, -1].argmax())
 
     def reset_decode(self):
-        self.cache.crop(self.prompt_len)
+        extra = self.cache.get_seq_length() - self.prompt_len
+        if extra:
+            self.cache.crop(-extra)  # transformers 5: a negative count of tokens to drop
 
     def decode_step(self, token: int) -> int:
         t = self.torch.tensor([[token]], device=self.im.tdevice)
