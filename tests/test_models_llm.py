@@ -175,16 +175,21 @@ def test_rope_theta_and_llama3_preset_config(tmp_path):
                                          num_attention_heads=4, num_key_value_heads=1))
 
 
-def test_mistral_sequence_longer_than_window(tmp_path):
-    m = hf_model("mistral", dict(sliding_window=8))
+@pytest.mark.parametrize("model_type", ["mistral", "mixtral", "phi3"])
+def test_sequence_longer_than_sliding_window(tmp_path, model_type):
+    m = hf_model(model_type, dict(sliding_window=8))
     em = from_pretrained(save(m, tmp_path), device=DEVICE)
     assert em.config.sliding_window == 8
     ids = ids_for(m)  # 32 tokens, window 8
     ref = hf_run(m, ids)
     assert_fp32_close(*ref, *engine_run(em, ids))
     # the window matters: without it the logits differ
-    full = from_pretrained(save(hf_model("mistral", dict(sliding_window=None)), tmp_path, "nowin"), device=DEVICE)
+    full = from_pretrained(save(hf_model(model_type, dict(sliding_window=None)), tmp_path, "nowin"), device=DEVICE)
     assert np.abs(engine_run(full, ids)[0] - ref[0]).max() > 1e-2
+    # and a ring cache of 8 slots reproduces it over a 16-token prefill and 16 decode steps
+    got, cache = cached_logits(em, ids, prefill=16)
+    assert type(cache).__name__ == "SlidingWindowCache"
+    assert np.abs(got - ref[0]).max() <= FP32_REL * np.ptp(ref[0])
 
 
 def test_qwen2_sliding_window_layers(tmp_path):
