@@ -83,6 +83,8 @@ class Layout:
         return math.prod(self.shape)
 
     def is_contiguous(self) -> bool:
+        if self.numel == 0:  # torch: an empty tensor is contiguous whatever its strides
+            return True
         expected = 1
         for n, s in zip(reversed(self.shape), reversed(self.strides)):
             if n != 1 and s != expected:

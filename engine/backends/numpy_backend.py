@@ -80,6 +80,8 @@ class NumpyBackend(NnKernels):
     def strided(self, flat, layout):
         """The array that `layout` describes over the flat storage array (a view, no copy)."""
         isz = flat.itemsize
+        if layout.numel == 0:  # an empty view may sit past the end of its storage (select on a size-0 dim)
+            return flat[:0].reshape(layout.shape)
         return np.ndarray(layout.shape, flat.dtype, buffer=flat, offset=layout.offset * isz,
                           strides=tuple(s * isz for s in layout.strides))
 
