@@ -15,6 +15,11 @@ import os
 import sys
 
 import pytest
+from hypothesis import settings
+
+settings.register_profile("engine", max_examples=150, deadline=None)
+settings.register_profile("engine-deep", max_examples=3000, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "engine"))
 
 sys.path.insert(0, os.path.dirname(__file__))
 
