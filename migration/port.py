@@ -308,16 +308,12 @@ def port_hf(source, dtype=None, device=None, build: bool = True) -> HFPort:
 
     build=True: strict; a PortError lists every leftover, missing and mis-shaped key.
     build=False: plan only; `.keys` says what would be leftover or missing."""
-    if isinstance(source, (str, Path)):
-        config = read_config(source)
-        state = checkpoint_state(source)
-    else:
-        config = source.config.to_dict()
-        state = state_numpy(source, copy=True)
+    config = read_config(source) if isinstance(source, (str, Path)) else source.config.to_dict()
     model_type = config.get("model_type")
     if model_type is None:
         raise PortError("config.json has no model_type")
     spec, path, cls = engine_model_class(model_type)
+    state = checkpoint_state(source) if isinstance(source, (str, Path)) else state_numpy(source, copy=True)
     res = apply_rules(state, spec.rules, config=config)
     new_state = _ignored(cls, res.state, res.steps)
     try:
@@ -344,16 +340,27 @@ def format_hf(p: HFPort) -> str:
     for s in p.steps:
         for src in s.sources:
             by_source.setdefault(src, []).append(s)
+
+    def chains(key, seen=()):
+        """(final key or None if dropped, [rule, ...]) for every path a checkpoint key takes."""
+        steps = [s for s in by_source.get(key, []) if s not in seen]
+        if not steps:
+            return [(key, [])]
+        out = []
+        for s in steps:
+            if s.rule == "tie":
+                out.append((key, []))  # the key itself stays; the tie adds another name for it
+                out += [(t, ["tie (shared tensor)"] + r) for t, r in chains(s.target, seen + (s,))]
+            elif s.target is None:
+                out.append((None, [s.rule]))
+            else:
+                out += [(t, [s.rule] + r) for t, r in chains(s.target, seen + (s,))]
+        return out
+
     rows = [("checkpoint key", "engine key", "transform")]
     for k in p.source_keys:
-        for s in by_source.get(k, [None]):
-            if s is None:
-                rows.append((k, k, "identity"))
-            elif s.rule == "tie":
-                rows.append((k, k, "identity"))
-                rows.append((k, s.target, "tie (shared tensor)"))
-            else:
-                rows.append((k, s.target or "(dropped)", s.rule))
+        for target, rules in chains(k):
+            rows.append((k, target or "(dropped)", "; ".join(rules) or "identity"))
     w0 = max(len(r[0]) for r in rows)
     w1 = max(len(r[1]) for r in rows)
     for i, r in enumerate(rows):
@@ -370,3 +377,48 @@ def format_hf(p: HFPort) -> str:
                      f"{len(p.keys.shape_mismatch)} shape mismatch(es)")
         lines.append(p.keys.format())
     return "\n".join(lines)
+
+
+# ---- `module:factory` targets ---------------------------------------------------------------------------------
+def load_factory(spec: str):
+    """'package.module:factory' or 'path/to/file.py:factory' -> (torch module, example inputs or None).
+
+    The factory returns an nn.Module, or (module, inputs); a module's `example_inputs` attribute
+    (a tuple, or a callable returning one) also gives inputs. Importing the factory's module is also
+    where custom classes get registered (migration.module_map.register)."""
+    import importlib
+    import importlib.util
+    import sys
+    mod_name, sep, attr = spec.partition(":")
+    if not sep or not mod_name or not attr:
+        raise PortError(f"{spec!r}: expected module:factory (e.g. mypkg.nets:make_mlp) or file.py:factory")
+    try:
+        if mod_name.endswith(".py"):
+            path = Path(mod_name).resolve()
+            s = importlib.util.spec_from_file_location(path.stem, path)
+            if s is None or not path.exists():
+                raise PortError(f"{mod_name}: no such file")
+            module = importlib.util.module_from_spec(s)
+            sys.modules[path.stem] = module
+            s.loader.exec_module(module)
+        else:
+            if "" not in sys.path and "." not in sys.path:
+                sys.path.insert(0, "")
+            module = importlib.import_module(mod_name)
+        factory = getattr(module, attr)
+    except PortError:
+        raise
+    except (ImportError, AttributeError, SyntaxError) as e:
+        raise PortError(f"cannot load {spec}: {type(e).__name__}: {e}") from None
+    out = factory() if callable(factory) else factory
+    inputs = None
+    if isinstance(out, tuple) and len(out) == 2:
+        out, inputs = out
+    import torch
+    if not isinstance(out, torch.nn.Module):
+        raise PortError(f"{spec} returned {type(out).__name__}, not a torch.nn.Module")
+    if inputs is None and hasattr(out, "example_inputs"):
+        inputs = out.example_inputs() if callable(out.example_inputs) else out.example_inputs
+    if inputs is not None and not isinstance(inputs, (tuple, list)):
+        inputs = (inputs,)
+    return out, inputs

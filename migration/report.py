@@ -182,7 +182,7 @@ def _rows(rep: VerifyReport, only_failed: bool, max_rows: int | None):
     return rows, cut
 
 
-def _summary_lines(rep: VerifyReport) -> list:
+def summary_lines(rep: VerifyReport) -> list:
     n, f = len(rep.layers), len(rep.failed)
     lines = [f"verdict: {'PASS' if rep.passed else 'FAIL'}  ({n - f}/{n} outputs within tolerance; "
              f"reference: {rep.reference})"]
@@ -206,13 +206,16 @@ HEAD = ("#", "layer", "shape", "max_abs", "max_rel", "mean_abs", "cosine", "nan/
 
 
 def format_table(rep: VerifyReport, only_failed: bool = False, max_rows: int | None = None) -> str:
+    """The terminal table; with a torch noise run, `torch_err` is torch's own max error against it."""
     rows, cut = _rows(rep, only_failed, max_rows)
     index = {id(r): i for i, r in enumerate(rep.layers)}
-    body = [HEAD] + [(str(index[id(r)]), r.name, "x".join(map(str, r.shape)) or "()", _g(r.max_abs), _g(r.max_rel),
-                      _g(r.mean_abs), _cos(r.cosine), f"{r.nan}/{r.inf}", _g(r.min_passing_atol), _g(r.atol),
-                      _status(rep, r)) for r in rows]
-    widths = [max(len(row[i]) for row in body) for i in range(len(HEAD))]
-    right = {0, 3, 4, 5, 6, 7, 8, 9}
+    te = rep.torch_errors_present()
+    head = HEAD[:-1] + ("torch_err",) + HEAD[-1:] if te else HEAD
+    body = [head] + [(str(index[id(r)]), r.name, "x".join(map(str, r.shape)) or "()", _g(r.max_abs), _g(r.max_rel),
+                      _g(r.mean_abs), _cos(r.cosine), f"{r.nan}/{r.inf}", _g(r.min_passing_atol), _g(r.atol))
+                     + ((_g(r.torch_max_abs),) if te else ()) + (_status(rep, r),) for r in rows]
+    widths = [max(len(row[i]) for row in body) for i in range(len(head))]
+    right = set(range(len(head) - 1)) - {1, 2}
     out = [f"taper verify: {rep.model}  dtype={rep.dtype}  device={rep.device}"]
     for j, row in enumerate(body):
         out.append("  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip())
@@ -221,13 +224,13 @@ def format_table(rep: VerifyReport, only_failed: bool = False, max_rows: int | N
     if cut:
         out.append(f"... {cut} more row(s) not shown")
     out.append("")
-    out += _summary_lines(rep)
+    out += summary_lines(rep)
     return "\n".join(out)
 
 
 def to_markdown(rep: VerifyReport) -> str:
     lines = [f"# taper verify: {rep.model}", "", f"dtype `{rep.dtype}`, device `{rep.device}`", ""]
-    lines += [f"- {x}" for x in _summary_lines(rep)]
+    lines += [f"- {x}" for x in summary_lines(rep)]
     lines += ["", "| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
     for i, r in enumerate(rep.layers):
         name = f"**{r.name}**" if r.name == rep.first_divergence else f"`{r.name}`"
@@ -291,7 +294,7 @@ def to_html(rep: VerifyReport, plot_path=None) -> str:
         cells = [str(i), html.escape(r.name), "x".join(map(str, r.shape)), _g(r.max_abs), _g(r.max_rel), _g(r.mean_abs),
                  _cos(r.cosine), f"{r.nan}/{r.inf}", _g(r.min_passing_atol), _g(r.atol), html.escape(_status(rep, r))]
         rows.append(f'<tr class="{cls}">' + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    summary = "".join(f"<li>{html.escape(x)}</li>" for x in _summary_lines(rep))
+    summary = "".join(f"<li>{html.escape(x)}</li>" for x in summary_lines(rep))
     title = html.escape(f"taper verify: {rep.model}")
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{title}</title>

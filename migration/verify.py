@@ -717,7 +717,7 @@ def verify_golden(engine_model, golden_dir, *, device=None, tol=None, tol_scale:
     try:
         rep = _engine_side(engine_model, inputs, dict(engine_kwargs or {}), emap, meta, d / "reference.safetensors",
                            noise if noise.exists() else None, tol, device, confirm, wd, unmatched)
-        rep.reference = f"golden {d.name} ({meta['reference']})"
+        rep.reference = f"golden {d} ({meta['reference']})"
         return rep
     finally:
         if own:
