@@ -27,7 +27,7 @@ class Config:
     intermediate_size: int = 24576
     num_hidden_layers: int = 28
     num_attention_heads: int = 16
-    num_key_value_heads: int | None = None
+    num_key_value_heads: int | None = 16
     head_dim: int | None = 256
     hidden_act: str = "gelu_pytorch_tanh"
     hidden_activation: str | None = None  # older configs name the activation here

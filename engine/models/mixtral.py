@@ -32,15 +32,15 @@ from engine.models import config_from_dict, load_pretrained, load_preset
 class Config:
     vocab_size: int = 32000
     hidden_size: int = 4096
-    intermediate_size: int = 11008
+    intermediate_size: int = 14336
     num_hidden_layers: int = 32
     num_attention_heads: int = 32
-    num_key_value_heads: int | None = None
+    num_key_value_heads: int | None = 8
     head_dim: int | None = None
     hidden_act: str = "silu"
-    max_position_embeddings: int = 2048
-    rms_norm_eps: float = 1e-6
-    rope_theta: float = 10000.0
+    max_position_embeddings: int = 131072
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 1000000.0  # Mixtral's default_theta
     rope_scaling: dict | None = None
     rope_parameters: dict | None = None  # transformers >= 5 writes rope_theta and scaling here
     sliding_window: int | None = None

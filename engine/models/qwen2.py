@@ -19,15 +19,15 @@ from engine.models import config_from_dict, load_pretrained, load_preset
 
 @dataclass
 class Config:
-    vocab_size: int = 32000
+    vocab_size: int = 151936
     hidden_size: int = 4096
-    intermediate_size: int = 11008
+    intermediate_size: int = 22016
     num_hidden_layers: int = 32
     num_attention_heads: int = 32
-    num_key_value_heads: int | None = None
+    num_key_value_heads: int | None = 32
     head_dim: int | None = None
     hidden_act: str = "silu"
-    max_position_embeddings: int = 2048
+    max_position_embeddings: int = 32768
     rms_norm_eps: float = 1e-6
     rope_theta: float = 10000.0
     rope_scaling: dict | None = None
