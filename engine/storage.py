@@ -3,12 +3,18 @@
 A Storage is a flat 1-D backend array of one dtype. Its memory comes from its device's StoragePool,
 which hands out blocks in size classes and takes them back when the last array over a block dies.
 
+A pool may be capped: `StoragePool(backend, limit_bytes=N)`, `pool.limit_bytes = N` at any time, or
+the ENGINE_POOL_LIMIT environment variable (bytes, or with a K/M/G suffix in powers of 1024, e.g.
+"512M"), read when a device's pool is created. Past the cap, or when the device itself refuses, the
+pool empties its cache and retries once, then raises OutOfMemoryError(requested, free).
+
 How a block comes back: the pool wraps each raw block in a `_Lease` and builds the typed array *over
 the lease* (numpy: through `__array_interface__`; cupy: as the owner of an UnownedMemory). Every view
 of that array keeps the lease alive, so a block is reused only once nothing can still read it.
 """
 from __future__ import annotations
 
+import os
 import threading
 from collections import defaultdict
 
@@ -37,6 +43,21 @@ def size_class(nbytes: int) -> int:
     return -(-nbytes // LARGE_STEP) * LARGE_STEP
 
 
+def parse_limit(text) -> int | None:
+    """ENGINE_POOL_LIMIT's value in bytes: "1048576", "512M", "2G", "64k"; empty or unset -> None."""
+    if text is None or not str(text).strip():
+        return None
+    t = str(text).strip().upper().removesuffix("B")
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(t[-1:], 1)
+    try:
+        n = int(float(t[:-1] if mult > 1 else t) * mult)
+    except ValueError:
+        raise ValueError(f"ENGINE_POOL_LIMIT={text!r}: expected bytes, optionally with K, M or G") from None
+    if n < 0:
+        raise ValueError(f"ENGINE_POOL_LIMIT={text!r} is negative")
+    return n
+
+
 class _Lease:
     """Owns one raw block while any array over it lives; gives it back to the pool when collected."""
 
@@ -60,9 +81,10 @@ class StoragePool:
 
     def __init__(self, backend, limit_bytes: int | None = None):
         self.backend = backend
-        self.limit_bytes = limit_bytes
+        self.limit_bytes = limit_bytes if limit_bytes is not None else parse_limit(os.environ.get("ENGINE_POOL_LIMIT"))
         self._free: dict[int, list] = defaultdict(list)
-        self._lock = threading.Lock()
+        # re-entrant: a garbage collection that runs inside alloc() may release a lease on this thread
+        self._lock = threading.RLock()
         self.allocated = 0  # bytes in blocks handed out and still alive
         self.requested = 0  # bytes callers asked for, of those blocks
         self.reserved = 0  # bytes held from the device: allocated + cached
@@ -132,12 +154,12 @@ class StoragePool:
 
     def _empty_cache_locked(self) -> int:
         freed = 0
-        for cls, raws in self._free.items():
-            for raw in raws:
-                self.backend.raw_free(raw)
+        for cls in list(self._free):  # a release during raw_free (GC) may add blocks: loop on a snapshot
+            raws = self._free[cls]
+            while raws:
+                self.backend.raw_free(raws.pop())
                 freed += cls
-            raws.clear()
-        self.reserved -= freed
+                self.reserved -= cls
         return freed
 
     def _release(self, lease: _Lease) -> None:
