@@ -175,6 +175,14 @@ def test_rope_theta_and_llama3_preset_config(tmp_path):
                                          num_attention_heads=4, num_key_value_heads=1))
 
 
+def test_phi3_partial_rotary(tmp_path):
+    m = hf_model("phi3", dict(partial_rotary_factor=0.5))
+    em = from_pretrained(save(m, tmp_path), device=DEVICE)
+    assert (em.model.rotary_emb.rot_dim, em.config.head_dim) == (40, 80)
+    ids = ids_for(m)
+    assert_fp32_close(*hf_run(m, ids), *engine_run(em, ids))
+
+
 @pytest.mark.parametrize("model_type", ["mistral", "mixtral", "phi3"])
 def test_sequence_longer_than_sliding_window(tmp_path, model_type):
     m = hf_model(model_type, dict(sliding_window=8))
