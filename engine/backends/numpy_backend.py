@@ -102,11 +102,12 @@ class NumpyBackend(NnKernels):
     def _c(self, x, dt=None):
         """The array to compute on: 16-bit floats as float32, or cast to numpy dtype `dt`."""
         if dt is not None:
-            if isinstance(x, np.ndarray):
+            if isinstance(x, self.xp.ndarray):
                 return x.astype(dt, copy=False)
-            # a Python scalar: ints wrap into unsigned/narrow dtypes as torch's do (uint8 - 3 -> 253)
-            return np.asarray(x).astype(dt) if isinstance(x, int) else np.asarray(x, dt)
-        if isinstance(x, np.ndarray) and x.dtype in _REDUCED:
+            # a Python scalar becomes a numpy scalar (cupy takes those too); ints wrap into unsigned and
+            # narrow dtypes as torch's do (uint8 - 3 -> 253)
+            return (np.asarray(x).astype(dt) if isinstance(x, int) else np.asarray(x, dt))[()]
+        if isinstance(x, self.xp.ndarray) and x.dtype in _REDUCED:
             return x.astype(np.float32)
         return x
 
