@@ -163,6 +163,8 @@ def _conv_check(x, w, nd, groups, op, transposed=False):
                          f"with groups={groups}")
     if x.dtype is not w.dtype:
         raise DTypeError(f"{op}(): input {x.dtype.name} and weight {w.dtype.name} must have the same dtype")
+    if w.device != x.device:
+        raise DeviceMismatchError(f"{op}(): weight is on {w.device}, input on {x.device}")
 
 
 def _conv_padding(padding, k, dilation, stride, nd):
@@ -306,5 +308,7 @@ def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p: float = 0.0
     if not (q.dtype is k.dtype is v.dtype):
         raise DTypeError(f"scaled_dot_product_attention(): q, k, v dtypes differ ({q.dtype.name}, {k.dtype.name}, "
                          f"{v.dtype.name})")
+    if not (q.device == k.device == v.device):
+        raise DeviceMismatchError(f"scaled_dot_product_attention(): q on {q.device}, k on {k.device}, v on {v.device}")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     return _run(q, "sdpa", q.array, k.array, v.array, _arr(attn_mask, q, "attn_mask"), is_causal, scale)

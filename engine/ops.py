@@ -56,7 +56,10 @@ def tensor(data, dtype=None, device=None) -> Tensor:
         arr = data
         dtype = dtype or D.get(arr.dtype)
     else:  # Python data: bools -> bool, ints -> int64, floats -> float32 (torch's default dtype)
-        arr = np.asarray(data)
+        try:
+            arr = np.asarray(data)
+        except ValueError:  # numpy 2 refuses ragged nesting itself
+            arr = np.empty(0, object)
         if arr.dtype == object:
             raise TypeError(f"tensor(): cannot build a tensor from ragged or non-numeric data {data!r:.80}")
         kinds = {"b": D.bool_, "i": D.int64, "u": D.int64, "f": D.float32}

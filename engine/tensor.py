@@ -263,7 +263,11 @@ class Tensor:
         return self._view(self.layout.narrow(dim, int(start), int(length)))
 
     def select(self, dim: int, index: int) -> "Tensor":
-        return self._view(self.layout.select(dim, int(index)))
+        d = norm_dim(dim, self.ndim)
+        n = self.shape[d]
+        if not -n <= int(index) < n:  # torch raises IndexError here, like x[..., i]
+            raise IndexError(f"index {int(index)} is out of bounds for dimension {d} with size {n} (shape {self.shape})")
+        return self._view(self.layout.select(d, int(index)))
 
     def unsqueeze(self, dim: int) -> "Tensor":
         return self._view(self.layout.unsqueeze(dim))
@@ -332,22 +336,28 @@ class Tensor:
         used = sum(1 for k in key if k is not None and k is not Ellipsis)
         if used > self.ndim:
             raise IndexError(f"too many indices for tensor of dimension {self.ndim} (got {used}, shape {self.shape})")
-        lay, d = self.layout, 0
+        lay, d, src = self.layout, 0, 0  # d: dim in the layout being built; src: dim of self
         for k in key:
             if k is Ellipsis:
                 d += self.ndim - used
+                src += self.ndim - used
             elif k is None:
                 lay = lay.unsqueeze(d)
                 d += 1
             elif isinstance(k, slice):
                 lay = lay.slice(d, k.start, k.stop, k.step)
                 d += 1
+                src += 1
             else:
+                if isinstance(k, (float, np.floating)) or (isinstance(k, Tensor) and k.dtype.category != 1):
+                    raise IndexError(f"only integers, slices, None, ..., and integer or bool tensors are valid "
+                                     f"indices (got {k!r})")
                 i = int(k)
                 n = lay.shape[d]
                 if not -n <= i < n:
-                    raise IndexError(f"index {i} is out of bounds for dimension {d} with size {n} (shape {self.shape})")
+                    raise IndexError(f"index {i} is out of bounds for dimension {src} with size {n} (shape {self.shape})")
                 lay = lay.select(d, i)
+                src += 1
         return lay
 
     def _array_key(self, key):
@@ -358,6 +368,8 @@ class Tensor:
                     raise DeviceMismatchError(f"index on {k.device} for a tensor on {self.device}")
                 if k.dtype.category == 1:
                     self._check_bounds(k.array, d)
+                elif k.dtype is D.bool_:
+                    self._check_mask(k.shape, d)
                 out.append(k.array)
                 d += k.ndim if k.dtype is D.bool_ else 1
             elif isinstance(k, (list, np.ndarray)):
@@ -366,13 +378,26 @@ class Tensor:
                     a = a.astype(np.int64)
                 if a.dtype.kind in "iu":
                     self._check_bounds(a, d)
+                elif a.dtype == np.bool_:
+                    self._check_mask(a.shape, d)
                 out.append(self.backend.from_numpy(a, D.get(a.dtype) if a.dtype != np.bool_ else D.bool_))
                 d += a.ndim if a.dtype == np.bool_ else 1
             else:
+                if isinstance(k, (int, np.integer)) and not isinstance(k, (bool, np.bool_)):
+                    self._check_bounds(np.asarray([k]), d)  # numpy would name its own axis; cupy may wrap
                 out.append(k)
-                d += 0 if k is None else (self.ndim - sum(1 for x in key if x is not None and x is not Ellipsis)
-                                         if k is Ellipsis else 1)
+                if k is Ellipsis:
+                    d += self.ndim - sum(1 for x in key if x is not None and x is not Ellipsis
+                                         and not isinstance(x, (bool, np.bool_)))
+                elif k is not None and not isinstance(k, (bool, np.bool_)):
+                    d += 1
         return tuple(out)
+
+    def _check_mask(self, mshape, d: int):
+        want = self.shape[d:d + len(mshape)]
+        if tuple(mshape) != want:
+            raise IndexError(f"boolean mask of shape {tuple(mshape)} does not match shape {want} at dim {d} of a "
+                             f"tensor of shape {self.shape}")
 
     def _check_bounds(self, index, d: int, negative: bool = True):
         """IndexError unless every index fits dim d; `negative=False` for index_select/gather/scatter,
@@ -380,7 +405,10 @@ class Tensor:
         if d >= self.ndim:
             raise IndexError(f"too many indices for tensor of dimension {self.ndim} (shape {self.shape})")
         n = self.shape[d]
-        lo, hi = self.backend.index_bounds(index, n)
+        if isinstance(index, np.ndarray):  # host indices (lists, ints) are checked here, on any device
+            lo, hi = (int(index.min()), int(index.max())) if index.size else (0, 0)
+        else:
+            lo, hi = self.backend.index_bounds(index, n)
         low = -n if negative else 0
         if lo < low or hi >= n:
             bad = lo if lo < low else hi
@@ -442,7 +470,8 @@ def _shape_arg(shape) -> tuple:
 
 
 def _is_advanced(k) -> bool:
-    return isinstance(k, (Tensor, list, np.ndarray)) or (hasattr(k, "__cuda_array_interface__"))
+    # a Python bool is a 0-d mask (x[True] adds a dim, x[False] an empty one), not the integer 1 or 0
+    return isinstance(k, (Tensor, list, np.ndarray, bool, np.bool_)) or (hasattr(k, "__cuda_array_interface__"))
 
 
 def _check_broadcast(src_shape, dst_shape, what: str):

@@ -64,8 +64,8 @@ def _binary(x: Tensor, other, op: str, kind: str = "arith") -> Tensor:
         out, compute = D.bool_, D.bool_
     elif kind == "bitwise":
         if res.category == 2:
-            raise DTypeError(f"{op}() is not defined for floating tensors ({x.dtype.name}, "
-                             f"{getattr(other, 'dtype', type(other).__name__)})")
+            other_name = other.dtype.name if isinstance(other, Tensor) else type(other).__name__
+            raise DTypeError(f"{op}() is not defined for floating tensors ({x.dtype.name}, {other_name})")
     elif op == "div":
         compute = out = D.to_float(res)
     b = x.backend
@@ -107,7 +107,13 @@ def where(cond: Tensor, x, y) -> Tensor:
 def masked_fill(x: Tensor, mask: Tensor, value) -> Tensor:
     if mask.dtype is not D.bool_:
         raise DTypeError(f"masked_fill(): mask must be bool, got {mask.dtype.name}")
-    if broadcast_shapes(x.shape, mask.shape) != x.shape:
+    if mask.device != x.device:
+        raise DeviceMismatchError(f"masked_fill(): mask on {mask.device}, tensor on {x.device}")
+    try:
+        fits = broadcast_shapes(x.shape, mask.shape) == x.shape
+    except ShapeError:
+        fits = False
+    if not fits:
         raise ShapeError(f"masked_fill(): mask of shape {mask.shape} does not broadcast to {x.shape}")
     if isinstance(value, Tensor):
         value = value.item()
@@ -344,6 +350,8 @@ def scatter(x: Tensor, dim: int, index: Tensor, src, reduce=None) -> Tensor:
     if isinstance(src, Tensor) and builtins.any(i > s for i, s in zip(index.shape, src.shape)):
         raise ShapeError(f"scatter(): index shape {index.shape} is larger than src shape {src.shape}")
     x._check_bounds(index.array, d, negative=False)
+    if isinstance(src, Tensor) and src.device != x.device:
+        raise DeviceMismatchError(f"scatter(): src on {src.device}, tensor on {x.device}")
     src_v = src.to(x.dtype).array if isinstance(src, Tensor) else src
     return Tensor._wrap(x.backend.scatter(x.array, d, index.array, src_v, reduce), x.backend, x.dtype)
 
