@@ -135,7 +135,7 @@ KEYS = [1, -1, (1, 2), (2, -1, 0), S(1, 3), S(None, None, 2), (Ellipsis, 1), (No
         (Ellipsis, None), (S(-3, None), 0, S(None, None, 3)), S(10, 20), S(3, 1), (S(None), S(1, 4, 2)), Ellipsis, (),
         (None,), (0, Ellipsis, None, 2), (S(-100, 100),), [0, 2], ([0, 2], [1, 3]), (S(None), [0, 4]), (Ellipsis, [1, 0]),
         ([[0, 1], [2, 3]],), ([-1, 0],), ([0, 1], S(None), [2, 3]), (None, [0, 1]), (1, [0, 2], S(1, 3)), ([3, 3, 3],),
-        ([],)]
+        ([],), True, False, (0, True), (Ellipsis, None, False)]
 
 
 @pytest.mark.parametrize("key", KEYS, ids=_id)
