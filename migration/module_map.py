@@ -17,7 +17,7 @@ Torch is imported lazily (`registry()`), so HF_MODELS and the rules are usable w
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 from migration.rules import Drop, FoldWeightNorm, Rename, Split, Tie, Unstack

@@ -257,12 +257,12 @@ def plot_png(rep: VerifyReport) -> bytes:
     ax.step(xs, atol, where="mid", color="tab:blue", lw=0.8, label="atol")
     if rep.torch_errors_present():
         te = [max(r.torch_max_abs, floor) if r.torch_max_abs is not None else math.nan for r in rep.layers]
-        ax.semilogy(xs, te, ":", color="tab:orange", lw=1.0, label="torch's own error vs fp64")
+        ax.semilogy(xs, te, ":", color="tab:orange", lw=1.0, label="torch's own rounding error")
     if rep.first_divergence is not None:
         i = next(i for i, r in enumerate(rep.layers) if r.name == rep.first_divergence)
         ax.axvline(i, color="tab:red", ls="--", lw=1.0)
-        ax.annotate(f"first divergence\n{rep.first_divergence}", (i, err[i]), textcoords="offset points",
-                    xytext=(6, 8), fontsize=8, color="tab:red")
+        ax.text(i, 0.5, f" first divergence\n {rep.first_divergence}", transform=ax.get_xaxis_transform(),
+                fontsize=8, color="tab:red", ha="left" if i < 0.7 * n else "right", va="center")
     ax.set_xlabel("layer (execution order)")
     ax.set_ylabel("max abs error")
     ax.set_title(f"{rep.model} ({rep.dtype}, {rep.device})", fontsize=10)
