@@ -8,7 +8,8 @@ import numpy as np
 from engine import device as _dev
 from engine import dtype as D
 from engine import tensor_ops as T
-from engine.layout import ShapeError, norm_dim
+from engine.layout import Layout, ShapeError, norm_dim
+from engine.storage import Storage
 from engine.tensor import DeviceMismatchError, Tensor
 
 # ---- random numbers -----------------------------------------------------------------------------
@@ -70,15 +71,35 @@ def tensor(data, dtype=None, device=None) -> Tensor:
     return _new(lambda b: b.from_numpy(arr, dtype), device, dtype)
 
 
+def _over(arr, b, what: str) -> Tensor:
+    """A Tensor over an existing backend array, no copy: the storage is a flat 1-D view from the
+    array's first element over its whole span, and the layout carries the array's strides."""
+    isz = arr.itemsize
+    if builtins.any(s % isz or s < 0 for s in arr.strides):
+        raise ValueError(f"{what}: strides {arr.strides} (bytes) are not whole, non-negative elements; "
+                         "copy it first (engine.tensor)")
+    try:
+        dt = D.get(arr.dtype)
+    except TypeError as e:
+        raise TypeError(f"{what}: {e}") from None
+    if arr.size == 0:
+        lay = Layout.contiguous(arr.shape)
+        flat = arr.reshape(-1)
+    else:
+        lay = Layout(tuple(arr.shape), tuple(s // isz for s in arr.strides), 0)
+        flat = b.xp.lib.stride_tricks.as_strided(arr, (lay.span(),), (isz,))  # keeps `arr` (the producer) alive
+    t = Tensor(Storage(flat, b), lay, dt)
+    t._arr = arr
+    return t
+
+
 def from_numpy(arr: np.ndarray, device=None) -> Tensor:
-    """Zero-copy on the CPU for contiguous arrays (like torch.from_numpy); a copy elsewhere."""
+    """Zero-copy on the CPU, strided arrays included (like torch.from_numpy); a copy elsewhere."""
     arr = np.asarray(arr)
-    dt = D.get(arr.dtype)
     b = _dev.backend(device or "cpu")
-    if b.device.type == "cpu" and arr.flags.c_contiguous:
-        from engine.storage import Storage
-        from engine.layout import Layout
-        return Tensor(Storage(arr.reshape(-1), b), Layout.contiguous(arr.shape), dt)
+    if b.device.type == "cpu":
+        return _over(arr, b, "from_numpy")
+    dt = D.get(arr.dtype)
     return Tensor._wrap(b.from_numpy(arr, dt), b, dt)
 
 
@@ -86,23 +107,18 @@ as_tensor = tensor
 
 
 def from_dlpack(obj) -> Tensor:
-    """Zero-copy import of a DLPack producer (torch, cupy, numpy) on its own device."""
+    """Zero-copy import of a DLPack producer (torch, cupy, numpy) on its own device, strided views too."""
     dev_type, index = obj.__dlpack_device__()
     kind = {1: "cpu", 2: "cuda"}.get(int(dev_type))
     if kind is None:
         raise ValueError(f"from_dlpack: unsupported DLPack device type {dev_type}")
     b = _dev.backend("cpu" if kind == "cpu" else f"cuda:{index}")
-    arr = b.from_dlpack(obj)
-    from engine.layout import Layout
-    from engine.storage import Storage
-    isz = arr.itemsize
-    if builtins.any(s % isz or s < 0 for s in arr.strides):
-        raise ValueError(f"from_dlpack: strides {arr.strides} are not whole elements")
-    flat = arr if arr.ndim == 0 else arr  # keep the producer's memory alive through `arr`
-    lay = Layout(tuple(arr.shape), tuple(s // isz for s in arr.strides), 0)
-    t = Tensor(Storage(flat, b), lay, D.get(arr.dtype))
-    t._arr = arr
-    return t
+    try:
+        arr = b.from_dlpack(obj)
+    except (RuntimeError, BufferError, TypeError) as e:
+        raise TypeError(f"from_dlpack: cannot import {getattr(obj, 'dtype', type(obj).__name__)} on {kind}: {e}. "
+                        "numpy has no DLPack bfloat16: convert on the producer's side (t.float()) first") from e
+    return _over(arr, b, "from_dlpack")
 
 
 def empty(*size, dtype=None, device=None) -> Tensor:

@@ -147,7 +147,7 @@ class Tensor:
             return self.array.__dlpack__(*args, **kwargs)
         except (BufferError, TypeError) as e:
             raise TypeError(f"cannot export a {self.dtype.name} tensor through DLPack from {self.device}: {e}. "
-                            "For bfloat16 on the CPU, export .view(engine.int16) or convert with .float().") from e
+                            "numpy cannot export ml_dtypes' bfloat16: convert with .float() first.") from e
 
     def __dlpack_device__(self):
         return self.array.__dlpack_device__()
