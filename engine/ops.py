@@ -222,7 +222,7 @@ def cat(tensors, dim: int = 0) -> Tensor:
     for i, t in enumerate(parts):
         if t.ndim != len(ref) or builtins.any(a != b for k, (a, b) in enumerate(zip(t.shape, ref)) if k != d):
             raise ShapeError(f"cat(): tensor {i} has shape {t.shape}, expected {ref} except at dim {d}")
-    dt = D.result_type(*[t for t in parts if t.numel()] or parts)
+    dt = D.result_type(*tensors)  # torch promotes over every input, empty ones included
     b = parts[0].backend
     return Tensor._wrap(b.concat([t.array for t in parts], d, dt), b, dt)
 

@@ -440,6 +440,8 @@ class Tensor:
 
     def _inplace(self, op, other):
         r = getattr(self, op)(other)
+        if r.dtype.category > self.dtype.category:  # torch's can_cast: never float -> int or int -> bool
+            raise DTypeError(f"in-place {op}: result type {r.dtype.name} can't be cast to the tensor's {self.dtype.name}")
         if r.shape != self.shape:
             raise ShapeError(f"in-place {op}: result shape {r.shape} differs from the tensor's {self.shape}")
         return self.copy_(r)

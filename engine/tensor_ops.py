@@ -452,6 +452,7 @@ def _attach():
     Tensor.__floordiv__ = lambda s, o: _binary(s, o, "floor_divide")
     Tensor.__rfloordiv__ = lambda s, o: _binary_swapped(s, o, "floor_divide", "arith")
     Tensor.__mod__ = lambda s, o: _binary(s, o, "remainder")
+    Tensor.__rmod__ = lambda s, o: _binary_swapped(s, o, "remainder", "arith")
     Tensor.__pow__ = pow
     Tensor.__rpow__ = lambda s, o: _binary_swapped(s, o, "pow", "arith")
     Tensor.__matmul__ = matmul

@@ -158,6 +158,8 @@ class NumpyBackend(NnKernels):
             return 1.0 / x
         if op == "round":
             return xp.round(x)
+        if op == "sign" and x.dtype.kind == "f":  # torch: sign(nan) is 0
+            return xp.where(xp.isnan(x), x.dtype.type(0), xp.sign(x))
         if op in ("logical_not", "bitwise_not"):
             return xp.logical_not(x) if op == "logical_not" or x.dtype == np.bool_ else xp.invert(x)
         return getattr(xp, {"neg": "negative", "abs": "abs"}.get(op, op))(x)
@@ -305,6 +307,9 @@ class NumpyBackend(NnKernels):
         if descending and key.dtype.kind in "bu":  # negating would wrap: widen to a signed type first
             key = key.astype(np.int64)
         idx = xp.argsort(-key if descending else key, axis=dim, kind="stable")
+        if descending and key.dtype.kind == "f":  # torch ranks nan above inf: a second stable pass puts nans first
+            not_nan = xp.take_along_axis(~xp.isnan(key), idx, axis=dim)
+            idx = xp.take_along_axis(idx, xp.argsort(not_nan, axis=dim, kind="stable"), axis=dim)
         return self._out(xp.take_along_axis(x, idx, axis=dim), D.get(x.dtype)), self._out(idx, D.int64)
 
     def topk(self, x, k: int, dim: int, largest: bool):
