@@ -111,6 +111,9 @@ DTYPE_CASES = [
     (lambda: EF.linear(t(2, 3), t(4, 3, dtype=F16), t(4)), "linear(): input, weight and bias dtypes differ (float32, float16, float32)"),
     (lambda: EF.scaled_dot_product_attention(t(1, 2, 4), t(1, 2, 4, dtype=F16), t(1, 2, 4)), "q, k, v dtypes differ (float32, float16, float32)"),
     (lambda: t(4).view(F16), "view(float16) needs the same element size as float32"),
+    (lambda: t(3, dtype=I64).div_(2), "in-place div: result type float32 can't be cast to the tensor's int64"),
+    (lambda: t(3, dtype=BOOL).add_(1), "in-place add: result type int64 can't be cast to the tensor's bool"),
+    (lambda: t(3, dtype=I64).__iadd__(t(3)), "in-place add: result type float32 can't be cast to the tensor's int64"),
 ]
 
 

@@ -331,3 +331,36 @@ def test_bmm(dt): helper_test_op([(3, 2, 4), (3, 4, 5)], torch.bmm, engine.bmm, 
 def test_linear(xs, dt): helper_test_op([xs, (4, 5), (4,)], F.linear, engine.functional.linear, dt, scale=4)
 @pytest.mark.parametrize("view", VIEWS)
 def test_linear_nobias(view): helper_test_op([(3, 5), (4, 5)], F.linear, engine.functional.linear, noncontig=view, scale=4)
+
+
+# ---- special values and in-place forms ------------------------------------------------------------------------
+NAN_VALS = [[0.5, np.nan, -1.0, 2.0], [np.inf, -np.inf, 0.0, np.nan], [1.0, 3.0, -2.0, 0.0]]
+
+
+@pytest.mark.parametrize("dt", ("float32", "float16", "bfloat16", "float64"))
+def test_nan_reductions(dt): helper_test_op([(3, 4)], lambda x: (x.max(), x.min(), x.amax(1), x.max(dim=1), x.argmax(1), x.argmin(0), x.sum(1), x.mean(0)), dtypes=dt, vals=[NAN_VALS])
+@pytest.mark.parametrize("dt", ("float32", "float16", "float64"))
+def test_nan_elementwise(dt): helper_test_op([(3, 4), (3, 4)], lambda x, y: (torch.maximum(x, y), torch.minimum(x, y), x.clamp(-1, 1), x.relu(), x.sign(), x == x, x != y, x < y), lambda x, y: (engine.maximum(x, y), engine.minimum(x, y), x.clamp(-1, 1), x.relu(), x.sign(), x == x, x != y, x < y), dt, vals=[NAN_VALS, None])
+@pytest.mark.parametrize("desc", [False, True])
+def test_nan_sort_topk(desc): helper_test_op([(3, 4)], lambda x: (x.sort(dim=1, descending=desc, stable=True), x.topk(2, largest=not desc), x.argsort(dim=0, descending=desc, stable=True)), vals=[NAN_VALS])
+def test_round_half_even(): helper_test_op([(8,)], lambda x: (x.round(), x.floor(), x.ceil(), x.sign()), vals=[[-2.5, -1.5, -0.5, -0.0, 0.5, 1.5, 2.5, 3.5]])
+@pytest.mark.parametrize("dt", NUMERIC)
+def test_rfloordiv_rmod(dt): helper_test_op([(3, 4)], lambda x: (7 // x, 7 % x, x // -2, x % -3), dtypes=dt, low=1, high=5)
+def test_where_two_scalars(): helper_test_op([(3, 4)], lambda c: torch.where(c, 1.0, 0), lambda c: engine.where(c, 1.0, 0), "bool")
+@pytest.mark.parametrize("dts", [("float64", "float32"), ("int64", "float16"), ("float32", "bool")], ids="-".join)
+def test_cat_promotes_over_empty(dts): helper_test_op([(0, 3), (2, 3)], lambda *xs: torch.cat(xs), lambda *xs: engine.cat(xs), list(dts))
+
+
+def _inplace(op, y):
+    return lambda x, o: getattr(x.clone(), op)(o if y == "t" else y)
+
+
+@pytest.mark.parametrize("op", ["add_", "sub_", "mul_", "div_"])
+@pytest.mark.parametrize("dt,other", [("float32", "t"), ("float16", "t"), ("float32", 2.5), ("float32", 2), ("bfloat16", "t")])
+def test_inplace(op, dt, other): helper_test_op([(3, 4), (4,)], _inplace(op, other), dtypes=dt)
+@pytest.mark.parametrize("op", ["add_", "sub_", "mul_"])
+@pytest.mark.parametrize("dts", [("int64", "int64"), ("uint8", "int64"), ("float16", "float64"), ("int32", "uint8")], ids="-".join)
+def test_inplace_narrowing(op, dts): helper_test_op([(3, 4), (4,)], lambda x, y: getattr(x.clone(), op)(y), dtypes=list(dts), low=0, high=5)
+@pytest.mark.parametrize("view", VIEWS[:2])
+def test_inplace_through_view(view): helper_test_op([(4, 6), (6,)], lambda x, y: (lambda b: (b[1:3].add_(y), b.T[0].mul_(2), b)[-1])(x.clone()), noncontig=[view, None])
+def test_inplace_fill_zero_clamp_masked(): helper_test_op([(3, 4), (4,)], lambda x, m: (x.clone().fill_(2.5), x.clone().zero_(), x.clone().clamp_(-0.5, 0.5), x.clone().masked_fill_(m, 9)), dtypes=["float32", "bool"])
