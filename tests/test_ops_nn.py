@@ -184,3 +184,18 @@ def test_sdpa_views(view): helper_test_op([(2, 5, 8), (2, 6, 8), (2, 6, 8)], F.s
 def test_dropout(p): helper_test_op([(3, 4)], lambda x: F.dropout(x, p, training=False), lambda x: EF.dropout(x, p, training=False))
 @pytest.mark.parametrize("dt", INTS[:1])
 def test_one_hot(dt): helper_test_op([(2, 3)], lambda i: F.one_hot(i, 5), lambda i: EF.one_hot(i, 5), dt, low=0, high=5)
+
+
+# ---- edge cases ------------------------------------------------------------------------------------------------
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel:UserWarning")  # torch's performance note
+@pytest.mark.parametrize("k,d", [(2, 1), (4, 1), (2, 3), (3, 2)], ids=_id)
+def test_conv_same_even_kernels(k, d): helper_test_op([(1, 2, 7, 6), (3, 2, k, k + 1), (3,)], lambda x, w, b: F.conv2d(x, w, b, padding="same", dilation=d), lambda x, w, b: EF.conv2d(x, w, b, padding="same", dilation=d), scale=ACC)
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel:UserWarning")
+@pytest.mark.parametrize("k", [2, 4])
+def test_conv1d_same_even(k): helper_test_op([(2, 3, 9), (4, 3, k)], lambda x, w: F.conv1d(x, w, padding="same"), lambda x, w: EF.conv1d(x, w, padding="same"), scale=ACC)
+def test_conv2d_1x1_and_full_kernel(): helper_test_op([(2, 3, 4, 5), (6, 3, 1, 1), (2, 3, 4, 5)], lambda x, w, v: (F.conv2d(x, w), F.conv2d(x, v)), lambda x, w, v: (EF.conv2d(x, w), EF.conv2d(x, v)), scale=ACC)
+def test_layer_norm_bias_only(): helper_test_op([(3, 6), (6,)], lambda x, b: F.layer_norm(x, (6,), None, b), lambda x, b: EF.layer_norm(x, (6,), None, b), scale=ACC)
+def test_max_pool2d_negative_padding_values(): helper_test_op([(1, 2, 5, 5)], lambda x: F.max_pool2d(x, 3, 2, 1), lambda x: EF.max_pool2d(x, 3, 2, 1), low=-9, high=-1)
+@pytest.mark.parametrize("dt", ["float16", "bfloat16"])
+def test_sdpa_float_mask_reduced(dt): sdpa_row(QKV + [(5, 6)], dt, mask_dt=dt)
+def test_softmax_large_values(): helper_test_op([(2, 5)], lambda x: (F.softmax(x, -1), F.log_softmax(x, -1)), lambda x: (EF.softmax(x, -1), EF.log_softmax(x, -1)), low=-1e4, high=1e4, scale=2)
