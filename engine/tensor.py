@@ -6,7 +6,6 @@ kernel; kernels return pooled arrays.
 """
 from __future__ import annotations
 
-import math
 from collections import namedtuple
 
 import numpy as np

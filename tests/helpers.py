@@ -11,7 +11,6 @@ to torch (CPU) and to the engine (on the device under test, `DEVICE`). Outputs (
 from __future__ import annotations
 
 import importlib.util
-import os
 
 import ml_dtypes
 import numpy as np
@@ -224,14 +223,6 @@ def helper_test_op(shapes, torch_fn, engine_fn=None, dtypes=MAIN, low=-2.0, high
     else:
         compare(out_e, out_t, scale, atol, rtol, check_dtype=check_dtype)
     return out_e, out_t
-
-
-def expect_same_error(fn_t, fn_e, *inputs_np):
-    """torch raises for these inputs; the engine must raise too (used for invalid-argument rows)."""
-    with pytest.raises(Exception):
-        fn_t(*[to_torch(a) for a in inputs_np])
-    with pytest.raises(Exception):
-        fn_e(*[to_engine(a) for a in inputs_np])
 
 
 def compare_meta(out_e, out_t):

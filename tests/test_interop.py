@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import engine
-from helpers import DEVICE, NP, ON_CPU, TORCH, cpu_only, needs_device
+from helpers import DEVICE, NP, TORCH, cpu_only, needs_device
 
 pytestmark = needs_device
 DL_DTYPES = ("float32", "float16", "float64", "int64", "int32", "uint8", "bool")  # numpy has no DLPack bfloat16

@@ -4,8 +4,6 @@ One row per op; the parametrisation sweeps dtypes (at one shape), shapes (scalar
 and size-1 dims) and non-contiguous views (transposed, stepped, expanded) through `cases()`.
 Shape/indexing ops live in test_ops_shape.py, torch.nn.functional ops in test_ops_nn.py.
 """
-import math
-
 import numpy as np
 import pytest
 import torch

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import engine
-from helpers import ALL, FLOATS, INTS, MAIN, NUMERIC, VIEWS, helper_test_op, needs_device
+from helpers import ALL, FLOATS, NUMERIC, VIEWS, helper_test_op, needs_device
 
 pytestmark = needs_device
 SHAPE_DT = ("float32", "bfloat16", "int64", "uint8", "bool")  # data movement only: one of each kind

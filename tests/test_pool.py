@@ -12,7 +12,7 @@ import pytest
 import engine
 from engine.storage import OutOfMemoryError, StoragePool, parse_limit, size_class
 from engine.tensor import Tensor
-from helpers import DEVICE, ON_CPU, cpu_only, needs_device
+from helpers import DEVICE, cpu_only, needs_device
 
 pytestmark = needs_device
 MiB = 1 << 20

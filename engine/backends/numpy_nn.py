@@ -5,8 +5,6 @@ Convolutions are im2col over a strided window view followed by one GEMM per grou
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from engine import dtype as D
