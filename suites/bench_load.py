@@ -45,13 +45,7 @@ class Load:
         if fmt not in paths[dtype]:
             raise NotImplementedError(f"no {fmt} checkpoint was written (torch missing in setup_cache)")
         path = paths[dtype][fmt]
-        if impl == "engine" and fmt != "safetensors":
-            raise NotImplementedError("engine reads safetensors only (it never unpickles); convert .pt first")
-        if impl == "torch" and fmt == "safetensors":
-            try:
-                import safetensors.torch  # noqa: F401
-            except ImportError:
-                raise NotImplementedError("torch: the safetensors package is not installed") from None
+        im.can_load(path)
         if cache == "cold":
             reason = drop_page_cache([path])
             if reason:

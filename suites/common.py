@@ -260,7 +260,12 @@ class Impl:
         buf.fill(0)
         return buf
 
+    def can_load(self, path) -> None:
+        """Raise NotImplementedError (a skip) when this implementation cannot read `path`'s format."""
+        raise NotImplementedError(f"{self.name} loads no checkpoints")
+
     def load_checkpoint(self, path):
+        """{name: tensor} of a checkpoint, ready on the device (see bench_load)."""
         raise NotImplementedError(f"{self.name} loads no checkpoints")
 
     # ---- device ----------------------------------------------------------------------------------------
@@ -395,11 +400,14 @@ class EngineImpl(Impl):
     def fill_zero(self, buf):
         return buf.fill_(0)
 
-    def load_checkpoint(self, path):
-        path = str(path)
-        if not path.endswith(".safetensors"):
+    def can_load(self, path):
+        if not str(path).endswith(".safetensors"):
             raise NotImplementedError("engine reads safetensors only (it never unpickles); "
                                       "convert .pt checkpoints with `taper convert`")
+
+    def load_checkpoint(self, path):
+        path = str(path)
+        self.can_load(path)
         import engine.io
         out = {}
         with engine.io.safe_open(path) as f:
@@ -486,13 +494,18 @@ class TorchImpl(Impl):
     def fill_zero(self, buf):
         return buf.zero_()
 
-    def load_checkpoint(self, path):
-        path = str(path)
-        if path.endswith(".safetensors"):
+    def can_load(self, path):
+        if str(path).endswith(".safetensors"):
             try:
-                import safetensors.torch
+                import safetensors.torch  # noqa: F401
             except ImportError:
                 raise NotImplementedError("torch: the safetensors package is not installed") from None
+
+    def load_checkpoint(self, path):
+        path = str(path)
+        self.can_load(path)
+        if path.endswith(".safetensors"):
+            import safetensors.torch
             out = safetensors.torch.load_file(path, device=str(self.tdevice))
         else:
             out = torch.load(path, map_location=self.tdevice, weights_only=True)

@@ -74,6 +74,8 @@ def add_arguments(parser) -> None:
 def selection_regex(args) -> str | None:
     """One regex for asv's --bench (matched with re.search against 'name(param reprs)')."""
     parts = []
+    if not args.bench and not args.suite:
+        parts.append(r"(?=bench_)")  # suites/bench_<area>.py only: other files in suites/ are scripts
     if args.suite:
         unknown = [s for s in args.suite if s not in SUITES]
         if unknown:
@@ -87,7 +89,7 @@ def selection_regex(args) -> str | None:
         if values:
             alts = "|".join(re.escape(repr(v)) for v in values)
             parts.append(r"(?=.*[( ](?:%s)[,)])" % alts)
-    return "^" + "".join(parts) if parts else None
+    return "^" + "".join(parts)
 
 
 def machine_name(args) -> str:

@@ -1,0 +1,220 @@
+"""The asv suites: every file imports, every benchmark is parameterised with impl and device, the
+adapters keep implementation names out of benchmark bodies, and one quick setup + timed call works for
+the engine and torch on the cpu (tiny sizes: TAPER_BENCH_QUICK=1, through the fallback runner's own
+discovery and timing code, so what runs here is what `taper bench` runs without asv)."""
+from __future__ import annotations
+
+import ast
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from taper.commands import bench as B
+
+ROOT = Path(__file__).resolve().parents[1]
+MINE = ["bench_ops.py", "bench_pool.py", "bench_load.py"]
+
+
+@pytest.fixture(scope="module")
+def discovered():
+    old = os.environ.get("TAPER_BENCH_QUICK")
+    benches, errors = B.discover(tiny=True)
+    yield benches, errors
+    if old is None:
+        os.environ.pop("TAPER_BENCH_QUICK", None)
+    else:
+        os.environ["TAPER_BENCH_QUICK"] = old
+
+
+def test_every_suite_file_imports(discovered):
+    benches, errors = discovered
+    assert errors == {}
+    files = {p.stem for p in (ROOT / "suites").glob("bench_*.py")}
+    modules = {b.name.split(".")[0] for b in benches}
+    assert files <= modules, f"suite files without benchmarks: {files - modules}"
+    import suites.common as common
+    assert common.QUICK, "the suites must have been imported with TAPER_BENCH_QUICK=1"
+
+
+def test_every_benchmark_has_params_with_impl_and_device(discovered):
+    benches, _ = discovered
+    benches = [b for b in benches if b.name.startswith("bench_")]  # suites/bench_<area>.py (DESIGN.md)
+    assert len(benches) > 10
+    for b in benches:
+        assert b.klass is not None, f"{b.name}: benchmarks are methods of parameterised classes"
+        assert "params" in vars(b.klass) and "param_names" in vars(b.klass), f"{b.name}: params/param_names unset"
+        assert len(b.params) == len(b.param_names), b.name
+        assert b.param_names[:2] == ["impl", "device"], f"{b.name}: {b.param_names}"
+        assert {"engine", "torch"} <= set(b.params[0]) and {"cpu", "cuda"} <= set(b.params[1]), b.name
+        if b.kind == "track":
+            assert getattr(b.get_func(), "unit", None), f"{b.name}: a track_ value needs a unit"
+
+
+def test_metadata_is_asv_shaped(discovered):
+    benches, _ = discovered
+    for b in benches:
+        if not b.name.startswith("bench_"):
+            continue
+        m = b.meta()
+        assert m["name"] == b.name and m["params"] == [[repr(v) for v in p] for p in b.params]
+        assert m["type"] in ("time", "track", "peakmem") and m["unit"]
+        assert len(m["version"]) == 64
+
+
+def test_benchmark_bodies_never_name_an_implementation():
+    for name in MINE:
+        tree = ast.parse((ROOT / "suites" / name).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and node.value in ("engine", "torch", "numpy", "cupy"):
+                pytest.fail(f"{name}:{node.lineno} names implementation {node.value!r}")
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                mods = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
+                assert not any(m and m.split(".")[0] in ("torch", "cupy", "engine") for m in mods), \
+                    f"{name}:{node.lineno} imports an implementation; go through suites.common"
+
+
+def _run_cpu(benches, impls):
+    """Run every (impl in impls, cpu) combination of each benchmark once (asv --quick rules)."""
+    import suites.common as common
+    results = {}
+    caches = {}
+    cwd = os.getcwd()
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chdir(tmp)
+        try:
+            for b in benches:
+                cache = None
+                if b.setup_cache is not None:
+                    key = b.meta()["setup_cache_key"]
+                    if key not in caches:
+                        caches[key] = b.setup_cache(b.klass())
+                    cache = caches[key]
+                for combo in b.combos():
+                    if combo[0] not in impls or combo[1] != "cpu":
+                        continue
+                    args = ((cache,) if cache is not None else ()) + tuple(combo)
+                    r = B._run_combo(b, args, B._attrs(b, quick=True))
+                    common.reset()
+                    results[(b.name, combo)] = r
+        finally:
+            os.chdir(cwd)
+    return results
+
+
+@pytest.fixture(scope="module")
+def cpu_runs(discovered):
+    benches, _ = discovered
+    mine = [b for b in benches if b.name.split(".")[0] + ".py" in MINE]
+    return _run_cpu(mine, ("engine", "torch", "numpy"))
+
+
+def test_one_quick_call_per_benchmark_engine_and_torch_cpu(cpu_runs):
+    failed = {k: r["error"].strip().splitlines()[-1] for k, r in cpu_runs.items() if r["error"]}
+    assert not failed, failed
+    by_bench = {}
+    for (name, combo), r in cpu_runs.items():
+        if r["skip"] is None:
+            by_bench.setdefault(name, set()).add(combo[0])
+    for name in {n for n, _ in cpu_runs}:
+        assert {"engine", "torch"} <= by_bench.get(name, set()), f"{name}: ran for {by_bench.get(name)}"
+
+
+def test_values_are_sane(cpu_runs):
+    for (name, combo), r in cpu_runs.items():
+        if r["skip"] is not None:
+            continue
+        if ".time_" in name:
+            assert 0 < r["result"] < 5, (name, combo, r["result"])
+            assert r["number"] == 1 and len(r["samples"]) == 1
+        elif "peak_device_bytes" in name or "reserved_bytes" in name:
+            # the engine's pool keeps statistics on the cpu too; torch and numpy keep none there
+            assert (r["result"] >= 0) if combo[0] == "engine" else math.isnan(r["result"]), (name, combo)
+
+
+def test_skips_say_why(cpu_runs):
+    skips = {k: r["skip"] for k, r in cpu_runs.items() if r["skip"] is not None}
+    assert all(isinstance(v, str) and len(v) > 10 for v in skips.values()), skips
+    # the engine never unpickles: (engine, pt) is a skip with that reason
+    assert any("never unpickles" in v for (n, c), v in skips.items() if n.endswith("Load.time_load")), skips
+
+
+def test_llm_suite_runs_tiny_on_cpu(discovered):
+    """bench_llm.py is another engineer's; check only that taper bench can run it here."""
+    benches, _ = discovered
+    llm = [b for b in benches if b.name.startswith("bench_llm.") and b.kind == "time"]
+    assert llm, "bench_llm has time_ benchmarks"
+    runs = _run_cpu(llm[:1], ("engine",))
+    assert runs and not any(r["error"] for r in runs.values()), runs
+
+
+# ---- the adapters ------------------------------------------------------------------------------------------
+def test_adapters_agree_on_ops():
+    from suites.common import get_impl
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 8), dtype=np.float32)
+    w = rng.standard_normal((8,), dtype=np.float32)
+    impls = [get_impl(n, "cpu", "float32") for n in ("engine", "torch", "numpy")]
+    for op, args, kw in [("softmax", (x,), {"dim": -1}), ("rms_norm", (x, (8,), w), {"eps": 1e-6}),
+                         ("layer_norm", (x, (8,), w, w), {"eps": 1e-5}), ("silu", (x,), {}),
+                         ("matmul", (x, x.transpose(0, 2, 1)), {})]:
+        outs = []
+        for im in impls:
+            native = [im.tensor(a) if isinstance(a, np.ndarray) else a for a in args]
+            outs.append(im.to_numpy(im.build(im.op(op), *native, **kw)()))
+        for o in outs[1:]:
+            np.testing.assert_allclose(o, outs[0], rtol=1e-5, atol=1e-5, err_msg=op)
+    q = rng.standard_normal((1, 4, 5, 8), dtype=np.float32)
+    kv = rng.standard_normal((1, 2, 5, 8), dtype=np.float32)
+    outs = [im.to_numpy(im.op("sdpa")(im.tensor(q), im.tensor(kv), im.tensor(kv), is_causal=True, enable_gqa=True))
+            for im in impls]
+    for o in outs[1:]:
+        np.testing.assert_allclose(o, outs[0], rtol=1e-5, atol=1e-5)
+
+
+def test_missing_things_are_skips_with_reasons():
+    from suites.common import get_impl
+    for impl, device, dtype in [("numpy", "cuda", "float32"), ("cupy", "cpu", "float32"),
+                                ("numpy", "cpu", "bfloat16"), ("nope", "cpu", "float32")]:
+        with pytest.raises(NotImplementedError, match=r"\w"):
+            get_impl(impl, device, dtype)
+    with pytest.raises(NotImplementedError, match="conv2d"):
+        get_impl("numpy", "cpu", "float32").op("conv2d")
+
+
+def test_functional_decoder_same_work_on_both_sides():
+    from suites.common import DECODERS, Decoder, decoder_arrays, get_impl
+    shape = DECODERS["tiny"]
+    arrays = decoder_arrays(shape, "float32")
+    outs = []
+    for name in ("engine", "torch"):
+        im = get_impl(name, "cpu", "float32")
+        dec = Decoder(im, shape, {k: im.tensor(v) for k, v in arrays.items()})
+        toks, prefill, steps = dec.generate([1, 2, 3, 4, 5], 4)
+        assert len(toks) == 4 and len(steps) == 3 and prefill > 0
+        outs.append(toks)
+    assert outs[0] == outs[1]
+
+
+def test_checkpoint_round_trip_and_page_cache(tmp_path):
+    from suites.common import drop_page_cache, get_impl, resident_fraction, warm_page_cache, write_checkpoint
+    arrays = {"a": np.arange(50_000, dtype=np.float32).reshape(500, 100), "b": np.ones(7, np.float32)}
+    paths = write_checkpoint(tmp_path, arrays)
+    assert set(paths) == {"pt", "safetensors"}
+    for impl, fmt in (("engine", "safetensors"), ("torch", "pt"), ("torch", "safetensors")):
+        im = get_impl(impl, "cpu")
+        out = im.load_checkpoint(paths[fmt])
+        np.testing.assert_array_equal(im.to_numpy(out["a"]), arrays["a"])
+    with pytest.raises(NotImplementedError, match="never unpickles"):
+        get_impl("engine", "cpu").can_load(paths["pt"])
+    warm_page_cache([paths["safetensors"]])
+    frac = resident_fraction(paths["safetensors"])
+    reason = drop_page_cache([paths["safetensors"]])
+    if reason is None:
+        assert resident_fraction(paths["safetensors"]) <= 0.05
+    else:
+        assert "cold page cache" in reason
+    assert frac is None or 0 <= frac <= 1
