@@ -70,7 +70,7 @@ def step(data, e, t, a):
                   data.draw(st.integers(1, 3)))
         key = (slice(None),) * d + (s,)
         return e[key], t[key], a[key]
-    if op == "select" and nd and e.shape[dim() % nd if False else 0] >= 0:
+    if op == "select" and nd:
         d = dim() % nd
         n = e.shape[d]
         if n == 0:
