@@ -53,8 +53,8 @@ def tensor(data, dtype=None, device=None) -> Tensor:
     """Copy Python data, a numpy array or a Tensor into a new tensor (torch.tensor)."""
     if isinstance(data, Tensor):
         return data.to(dtype=dtype or data.dtype, device=device or data.device, copy=True)
-    if isinstance(data, np.ndarray):
-        arr = data
+    if isinstance(data, (np.ndarray, np.generic)):  # numpy arrays and scalars keep their dtype, as in torch
+        arr = np.asarray(data)
         dtype = dtype or D.get(arr.dtype)
     else:  # Python data: bools -> bool, ints -> int64, floats -> float32 (torch's default dtype)
         try:

@@ -67,7 +67,8 @@ def create(name, *args, **kw):
     compare(e, t)
 
 
-DATA = [1.5, [1, 2, 3], [[True, False]], [[1.0, 2.0], [3.0, 4.5]], [], 7, [[1, 2], [3, 4]]]
+DATA = [1.5, [1, 2, 3], [[True, False]], [[1.0, 2.0], [3.0, 4.5]], [], 7, [[1, 2], [3, 4]], True, [1, 2.5],
+        np.int32(3), np.float64(2.5), np.array([1, 2], np.uint8), np.array([[0.5]], np.float16), np.bool_(True)]
 
 
 @pytest.mark.parametrize("data", DATA, ids=repr)
