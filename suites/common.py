@@ -17,7 +17,8 @@ Adapters
 Each adapter has: ``name``, ``device``, ``dtype``, ``op(name)`` (torch-named callables: matmul, add,
 mul, silu, softmax, layer_norm, rms_norm, conv2d, sdpa, linear, embedding), ``F`` (a
 torch.nn.functional-like namespace), ``tensor``/``randn``/``ids``/``cat``/``to_numpy``,
-``alloc``/``fill_zero`` (pool suite), ``load_checkpoint`` (load suite), ``build(fn, *args)`` (a
+``alloc``/``fill_zero`` (pool suite), ``load_checkpoint`` (load suite), ``load_model`` (a Hugging Face
+model directory, ready on the device: models suite), ``build(fn, *args)`` (a
 zero-argument callable that runs fn and synchronises on a GPU), ``synchronize``, ``events()`` (a
 device timer: CUDA events on cuda), ``memory_stats``/``reset_peak``/``empty_cache``.
 
@@ -268,6 +269,11 @@ class Impl:
         """{name: tensor} of a checkpoint, ready on the device (see bench_load)."""
         raise NotImplementedError(f"{self.name} loads no checkpoints")
 
+    def load_model(self, path):
+        """The model of a Hugging Face model directory (config.json + safetensors), in the adapter's
+        dtype, ready on its device (on the cpu: every weight page read once)."""
+        raise NotImplementedError(f"{self.name} loads no models")
+
     # ---- device ----------------------------------------------------------------------------------------
     def synchronize(self) -> None:
         pass
@@ -381,9 +387,16 @@ class EngineImpl(Impl):
     def randn(self, *shape, scale=1.0, seed=0):
         if not self.is_cuda:
             return super().randn(*shape, scale=scale, seed=seed)
-        g = engine.Generator(seed)
-        x = engine.randn(*shape, generator=g, dtype=self.edtype, device=self.device)
-        return x * scale if scale != 1.0 else x
+        # engine.randn draws on the host (float64) for reproducibility across devices: far too slow
+        # and too big for 7B weights. Draw with cupy on the device instead; with the engine's cupy
+        # backend loaded, cupy's allocations come from the engine's pool, so its stats stay exact.
+        import cupy
+        with cupy.cuda.Device(self.backend.device.index):
+            a = cupy.random.RandomState(seed).standard_normal(size=shape, dtype=cupy.float32)
+            if scale != 1.0:
+                a *= np.float32(scale)
+        x = engine.from_dlpack(a)  # float32, zero-copy; the cast below makes the pooled copy
+        return x if self.edtype is engine.float32 else x.to(self.edtype)
 
     def ids(self, values):
         return engine.tensor(np.asarray(values, dtype=np.int64), dtype=engine.int64, device=self.device)
@@ -419,6 +432,18 @@ class EngineImpl(Impl):
         if not self.is_cuda:
             touch({k: v.storage.data for k, v in out.items()})
         return out
+
+    def load_model(self, path):
+        try:
+            from engine import models
+        except ImportError:
+            raise NotImplementedError("engine.models is not available") from None
+        model = models.from_pretrained(path, dtype=self.edtype, device=self.device)
+        if self.is_cuda:
+            self.synchronize()
+        else:
+            touch({k: v.storage.data for k, v in model.state_dict().items()})
+        return model
 
     def synchronize(self):
         self.backend.synchronize()
@@ -514,6 +539,20 @@ class TorchImpl(Impl):
         else:
             touch({k: _torch_bytes(v) for k, v in out.items()})
         return out
+
+    def load_model(self, path):
+        try:
+            from transformers import AutoModelForCausalLM
+            from transformers.utils import logging as hf_logging
+        except ImportError:
+            raise NotImplementedError("torch: transformers is not installed") from None
+        hf_logging.disable_progress_bar()
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=self.tdtype).to(self.tdevice).eval()
+        if self.is_cuda:
+            self.synchronize()
+        else:
+            touch({k: _torch_bytes(v) for k, v in model.state_dict().items()})
+        return model
 
     def synchronize(self):
         if self.is_cuda:
@@ -842,6 +881,35 @@ def write_checkpoint(directory, arrays: dict, formats=("pt", "safetensors"), ste
         finally:
             os.close(fd)
     return paths
+
+
+def llama_shape(preset: str) -> DecoderShape:
+    """The DecoderShape of an engine.models llama preset (its state-dict names are the HF ones)."""
+    from engine.models.llama import PRESETS, Config
+    c = Config.from_dict(dict(PRESETS[preset]))
+    if c.head_dim != c.hidden_size // c.num_attention_heads or c.tie_word_embeddings or c.attention_bias \
+            or c.mlp_bias:
+        raise NotImplementedError(f"llama preset {preset!r} is not a plain Llama layout")
+    return DecoderShape(f"llama:{preset}", c.vocab_size, c.hidden_size, c.num_hidden_layers,
+                        c.num_attention_heads, c.num_key_value_heads, c.intermediate_size)
+
+
+def write_model_dir(directory, preset: str, dtype: str, seed: int = 0) -> str:
+    """A Hugging Face llama model directory (config.json + model.safetensors, random weights) that both
+    engine.models.from_pretrained and transformers' from_pretrained read."""
+    import dataclasses
+    import json
+
+    import engine.io
+    from engine.models.llama import PRESETS, Config
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    cfg = {k: v for k, v in dataclasses.asdict(Config.from_dict(dict(PRESETS[preset]))).items() if v is not None}
+    cfg.update(model_type="llama", architectures=["LlamaForCausalLM"], torch_dtype=dtype)
+    (directory / "config.json").write_text(json.dumps(cfg, indent=2), encoding="utf-8")
+    engine.io.save_file(decoder_arrays(llama_shape(preset), dtype, seed), directory / "model.safetensors",
+                        metadata={"format": "pt"})
+    return str(directory)
 
 
 class Decoder:
