@@ -339,11 +339,11 @@ ATTN_CHUNK = 128  # positions per attention block (fixed by the kernel: 4 warps 
 
 
 def gemv_config(N: int, K: int) -> tuple:
-    """(rows, k_split) for a GEMV shape: enough warps in flight to cover the chip (132 SMs x 64
-    warps on an H100), preferring more rows per warp (reuse of x) when N is large."""
-    if N >= 16384:
-        return (2, 1) if K <= 8192 else (2, 4)
-    return (2, 4) if K <= 8192 else (2, 8)
+    """(rows per warp, warps splitting K) for a GEMV shape, from suites/gpu_kernel_profile.py on the
+    lent H100 (2026-11-25, every variant timed at the Llama-2-7B and Llama-3-8B shapes): two rows per
+    warp always won; short outputs (N <= 4096: o_proj, down_proj) want K split over 2 warps, the
+    rest over 4, which keeps enough 16-byte loads in flight to cover the chip."""
+    return (2, 2) if N <= 4096 else (2, 4)
 
 
 def _names():
