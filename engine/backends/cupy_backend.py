@@ -67,6 +67,8 @@ class CupyBackend(NumpyBackend):
     # ---- arrays ----------------------------------------------------------------------------------
     def strided(self, flat, layout):
         isz = flat.itemsize
+        if layout.numel == 0:  # an empty view may sit past the end of its storage
+            return flat[:0].reshape(layout.shape)
         return cupy.ndarray(layout.shape, flat.dtype, flat.data + layout.offset * isz,
                             strides=tuple(s * isz for s in layout.strides))
 
@@ -166,3 +168,16 @@ class CupyBackend(NumpyBackend):
         finally:
             os.close(fd)
         return outs
+
+    # ---- 16-bit linear on the tensor cores --------------------------------------------------------
+    def linear(self, x, w, b, out_dtype: D.DType):
+        """16-bit x @ w.T (+ b) through cublasGemmEx with float32 accumulation, rounded once; the
+        reference path (numpy backend) would upcast the whole weight to float32 on every call."""
+        if out_dtype.is_reduced and x.dtype == w.dtype == out_dtype.np_dtype and x.size and w.ndim == 2:
+            from engine.backends import cupy_prefill
+            x2 = cupy.ascontiguousarray(x.reshape(-1, x.shape[-1]))
+            y = cupy_prefill.linear(x2, cupy.ascontiguousarray(w), out_dtype=cupy.float32)
+            if b is not None:
+                y += b.astype(cupy.float32)
+            return self._out(y.reshape(x.shape[:-1] + (w.shape[0],)), out_dtype)
+        return super().linear(x, w, b, out_dtype)
