@@ -790,6 +790,11 @@ def run(args) -> int:
         print(f"taper bench: note: engine/ or suites/ have uncommitted changes; results are recorded under "
               f"HEAD {commit[:10]} but measure the working tree", file=sys.stderr)
     env = {"TAPER_BENCH_QUICK": "1" if args.tiny else ""}
+    if runner == "fallback" and "OMP_WAIT_POLICY" not in os.environ and "torch" not in sys.modules:
+        # one process runs every implementation: torch's OpenMP workers would otherwise busy-wait after
+        # each parallel region and take the cores from numpy's BLAS threads (seen by bench_llm)
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+        print("taper bench: fallback runner: OMP_WAIT_POLICY=PASSIVE (set it yourself to override)", file=sys.stderr)
     t0 = time.time()
     try:
         if runner == "asv":
