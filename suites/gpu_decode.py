@@ -131,7 +131,7 @@ def hf_model(cfg, sd, dtype):
     return model.eval()
 
 
-def time_engine(dec, prompt, new_tokens, reps=3):
+def measure_engine_decode(dec, prompt, new_tokens, reps=3):
     import cupy
     dec.generate(prompt, 8, captured=True)  # compile + capture
     best = None
@@ -150,7 +150,7 @@ def time_engine(dec, prompt, new_tokens, reps=3):
     return best
 
 
-def time_prefill_engine(dec, ids, reps=3):
+def measure_engine_prefill(dec, ids, reps=3):
     import cupy
     dec.prefill(ids)
     ts = []
@@ -163,7 +163,7 @@ def time_prefill_engine(dec, ids, reps=3):
     return min(ts)
 
 
-def time_hf(model, prompt, new_tokens):
+def measure_torch_generate(model, prompt, new_tokens):
     """transformers eager, DynamicCache: ms per decoded token (prefill excluded) and prefill ms."""
     import torch
     ids = torch.tensor(prompt)[None].cuda()
@@ -181,7 +181,7 @@ def time_hf(model, prompt, new_tokens):
     return (tn - t1) / new_tokens * 1e3
 
 
-def time_hf_loop(model, prompt, new_tokens, reps=2):
+def measure_torch_loop(model, prompt, new_tokens, reps=2):
     """transformers eager as a hand-written greedy loop (DynamicCache, argmax on the GPU, no host
     sync per token): ms per decoded token. Reported beside generate() so the baseline is fair."""
     import torch
@@ -204,7 +204,7 @@ def time_hf_loop(model, prompt, new_tokens, reps=2):
     return best
 
 
-def time_prefill_hf(model, ids, reps=3):
+def measure_torch_prefill(model, ids, reps=3):
     import torch
     x = torch.tensor(ids)[None].cuda()
     ts = []
@@ -254,7 +254,7 @@ def run_memory(cfg, dtype, impl, prompt_len=64, total=4096):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-        time_hf_loop(model, prompt, total - prompt_len, reps=1)
+        measure_torch_loop(model, prompt, total - prompt_len, reps=1)
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated()
         # weights live in cupy memory shared through DLPack, outside torch's allocator: add them
@@ -340,12 +340,12 @@ def main(argv=None):
     res["roofline_tokens_per_s"] = res["copy_gb_per_s"] * 1e9 / weight_bytes
     dec = engine_decoder(cfg, sd, fused, max_seq=max(a.prompt + a.new + 8, a.prefill + 8))
     prompt = np.random.default_rng(0).integers(0, cfg["vocab_size"], a.prompt).tolist()
-    ms = time_engine(dec, prompt, a.new)
+    ms = measure_engine_decode(dec, prompt, a.new)
     res["engine_ms_per_token"] = ms
     res["engine_tokens_per_s"] = 1e3 / ms
     res["engine_achieved_gb_per_s"] = weight_bytes * res["engine_tokens_per_s"] / 1e9
     pre = np.random.default_rng(1).integers(0, cfg["vocab_size"], a.prefill).tolist()
-    res["engine_prefill_ms"] = time_prefill_engine(dec, pre)
+    res["engine_prefill_ms"] = measure_engine_prefill(dec, pre)
     # the graph path equals the same kernels run eagerly, token for token
     g = dec.generate(prompt[:32], 24, captured=True)
     e = dec.generate(prompt[:32], 24, captured=False)
@@ -353,12 +353,12 @@ def main(argv=None):
     del dec
     if not a.no_hf:
         model = hf_model(cfg, sd, a.dtype)
-        res["torch_generate_ms_per_token"] = time_hf(model, prompt, a.new)
-        res["torch_loop_ms_per_token"] = time_hf_loop(model, prompt, a.new)
+        res["torch_generate_ms_per_token"] = measure_torch_generate(model, prompt, a.new)
+        res["torch_loop_ms_per_token"] = measure_torch_loop(model, prompt, a.new)
         hms = min(res["torch_generate_ms_per_token"], res["torch_loop_ms_per_token"])
         res["torch_ms_per_token"] = hms
         res["torch_tokens_per_s"] = 1e3 / hms
-        res["torch_prefill_ms"] = time_prefill_hf(model, pre)
+        res["torch_prefill_ms"] = measure_torch_prefill(model, pre)
         res["decode_speedup"] = res["engine_tokens_per_s"] / res["torch_tokens_per_s"]
         res["prefill_ratio_engine_over_torch"] = res["engine_prefill_ms"] / res["torch_prefill_ms"]
     print(json.dumps(res))

@@ -148,9 +148,11 @@ def other():
     """A second device: cpu <-> cuda when both work, else a second numpy device 'fake:0' registered
     the documented way (a line in engine.device.BACKENDS)."""
     if DEVICE.type == "cuda":
-        return engine.device.parse("cpu")
+        yield engine.device.parse("cpu")
+        return
     if engine.is_available("cuda"):
-        return engine.device.parse("cuda")
+        yield engine.device.parse("cuda")
+        return
     engine.device.BACKENDS["fake"] = "engine.backends.numpy_backend:NumpyBackend"
     yield engine.device.parse("fake")
     del engine.device.BACKENDS["fake"]

@@ -38,7 +38,7 @@ class CupyBackend(NumpyBackend):
         self.device = device
         self.pool = StoragePool(self)
         with cupy.cuda.Device(device.index):
-            _BY_DEVICE[device.index] = self
+            _BY_DEVICE.setdefault(device.index, self)  # the registry's backend owns cupy's allocations
             cupy.cuda.set_allocator(_cupy_alloc)
             cupy.cuda.set_pinned_memory_allocator(None)
         self._special = None
@@ -73,7 +73,8 @@ class CupyBackend(NumpyBackend):
                             strides=tuple(s * isz for s in layout.strides))
 
     def from_numpy(self, arr: np.ndarray, dtype: D.DType):
-        host = np.ascontiguousarray(np.asarray(arr).astype(dtype.np_dtype, copy=False))
+        arr = np.asarray(arr)
+        host = np.ascontiguousarray(arr.astype(dtype.np_dtype, copy=False)).reshape(arr.shape)  # keeps 0-d
         out = self.empty(host.shape, dtype)
         with cupy.cuda.Device(self.device.index):
             out.set(host)

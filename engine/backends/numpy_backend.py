@@ -282,7 +282,8 @@ class NumpyBackend(NnKernels):
 
     def scatter(self, x, dim: int, index, src, reduce=None):
         out = self._out(x, D.get(x.dtype))
-        idx = list(self.xp.indices(index.shape, sparse=True))
+        nd = index.ndim  # open-grid indices (like np.indices(sparse=True), which cupy lacks)
+        idx = [self.xp.arange(n).reshape((1,) * d + (n,) + (1,) * (nd - d - 1)) for d, n in enumerate(index.shape)]
         idx[dim] = index
         src = src[tuple(slice(0, n) for n in index.shape)] if hasattr(src, "shape") and src.ndim else src
         if reduce is None:

@@ -26,6 +26,8 @@ class NnKernels:
     # ---- normalisation and softmax --------------------------------------------------------------
     def softmax(self, x, dim: int, log: bool, out_dtype):
         xp = self.xp
+        if x.ndim == 0:  # cupy refuses axis=0 on a 0-d array
+            return self.softmax(x.reshape(1), 0, log, out_dtype).reshape(())
         x = self._f(x, out_dtype)
         m = xp.max(x, axis=dim, keepdims=True)
         m = xp.where(xp.isfinite(m), m, 0)
