@@ -282,7 +282,7 @@ def run_load(cfg, dtype, path):
     cupy.get_default_memory_pool().free_all_blocks()
     subprocess.run(["cat", path], stdout=subprocess.DEVNULL, check=True)  # warm the page cache
     out = {"checkpoint_bytes": nbytes}
-    for rep in range(2):
+    for rep in range(3):
         cupy.cuda.Device().synchronize()
         t = time.perf_counter()
         ts = load_to_device(path, "cuda")
@@ -299,8 +299,10 @@ def run_load(cfg, dtype, path):
         out[f"safetensors_load_s_{rep}"] = time.perf_counter() - t
         del tt
         torch.cuda.empty_cache()
-    out["engine_load_s"] = min(out["engine_load_s_0"], out["engine_load_s_1"])
-    out["safetensors_load_s"] = min(out["safetensors_load_s_0"], out["safetensors_load_s_1"])
+    # run 0 also pins the staging buffers (kept by the backend); later runs reuse them
+    out["engine_first_load_s"] = out["engine_load_s_0"]
+    out["engine_load_s"] = min(out["engine_load_s_1"], out["engine_load_s_2"])
+    out["safetensors_load_s"] = min(out[f"safetensors_load_s_{i}"] for i in range(3))
     out["engine_load_gb_per_s"] = nbytes / out["engine_load_s"] / 1e9
     os.remove(path)
     return out

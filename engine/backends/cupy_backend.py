@@ -128,7 +128,7 @@ class CupyBackend(NumpyBackend):
         return out
 
     # ---- fast checkpoint upload -------------------------------------------------------------------
-    def load_ranges(self, path: str, ranges, threads: int = 8, chunk: int = 64 << 20):
+    def load_ranges(self, path: str, ranges, threads: int | None = None, chunk: int = 16 << 20):
         """Read byte ranges [(begin, end), ...] of a file straight into new device arrays.
 
         Several reader threads each own a stream and two pinned staging buffers: a thread reads the
@@ -138,17 +138,19 @@ class CupyBackend(NumpyBackend):
         import concurrent.futures as cf
         import os
 
+        import os as _os
+        threads = threads or min(16, _os.cpu_count() or 4)
         outs = [self.empty((end - begin,), D.uint8) for begin, end in ranges]
+        staging = self._staging(threads, chunk)
         jobs = []  # (out array, byte offset in out, file offset, n)
         for out, (begin, end) in zip(outs, ranges):
             for off in range(0, end - begin, chunk):
                 jobs.append((out, off, begin + off, min(chunk, end - begin - off)))
         fd = os.open(path, os.O_RDONLY)
         try:
-            def worker(my_jobs):
+            def worker(my_jobs, bufs):
                 with cupy.cuda.Device(self.device.index):
                     stream = cupy.cuda.Stream(non_blocking=True)
-                    bufs = [cupy.cuda.alloc_pinned_memory(chunk) for _ in range(2)]
                     events = [None, None]
                     for i, (out, off, foff, n) in enumerate(my_jobs):
                         slot = i % 2
@@ -164,11 +166,20 @@ class CupyBackend(NumpyBackend):
                     stream.synchronize()
             per = [jobs[i::threads] for i in range(threads)]
             with cf.ThreadPoolExecutor(threads) as ex:
-                for f in [ex.submit(worker, p) for p in per if p]:
+                for f in [ex.submit(worker, p, staging[i]) for i, p in enumerate(per) if p]:
                     f.result()
         finally:
             os.close(fd)
         return outs
+
+    def _staging(self, threads: int, chunk: int):
+        """Two pinned host buffers per reader thread, kept for the next load (pinning memory costs
+        about as much as copying it, so a second checkpoint load does not pay it again)."""
+        key = (threads, chunk)
+        if getattr(self, "_staging_key", None) != key:
+            self._staging_bufs = [[cupy.cuda.alloc_pinned_memory(chunk) for _ in range(2)] for _ in range(threads)]
+            self._staging_key = key
+        return self._staging_bufs
 
     # ---- 16-bit linear on the tensor cores --------------------------------------------------------
     def linear(self, x, w, b, out_dtype: D.DType):
