@@ -1,8 +1,10 @@
-"""`taper demo`: build tensors on every available device and print a parity table against torch.
+"""`taper demo`: the main job on built-in defaults, needing no model files.
 
-This is the main job on built-in defaults: it needs no model files. Each row runs one op on seeded
-random inputs in the engine and in torch (CPU, float64 reference) and reports the engine's max
-error next to the tolerance of its dtype.
+1. Op parity: build tensors on every available device; each row runs one op on seeded random
+   inputs in the engine and in torch (float64 reference) and reports the engine's max error next to
+   the tolerance of its dtype.
+2. Port and verify: a tiny Llama built by transformers from a config (random weights) is saved as
+   safetensors, loaded by the engine and verified layer by layer (`taper verify`'s report).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ def add_arguments(parser):
     parser.add_argument("--devices", default=None, help="comma list (default: every available device)")
     parser.add_argument("--dtypes", default="float32,float16,bfloat16")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-verify", action="store_true", help="skip the tiny-Llama port and verify step")
 
 
 def _cases(E, F, tF):
@@ -79,7 +82,29 @@ def run(args) -> int:
     print(f"\n{'all rows pass' if not failures else f'{failures} rows FAIL'}; pool stats: "
           + ", ".join(f"{d}: peak {E.memory_stats(d)['peak_bytes']:,} B, hits {E.memory_stats(d)['hits']}"
                       for d in devices))
+    if not args.no_verify:
+        failures += _verify_tiny_llama(args.seed)
     return 1 if failures else 0
+
+
+def _verify_tiny_llama(seed: int) -> int:
+    """Port a tiny random Llama from transformers and verify it; returns 1 on a numerical failure."""
+    import tempfile
+
+    import torch
+    import transformers
+
+    from migration.verify import verify_hf
+    torch.manual_seed(seed)
+    cfg = transformers.LlamaConfig(hidden_size=64, intermediate_size=172, num_hidden_layers=2, num_attention_heads=4,
+                                   num_key_value_heads=2, vocab_size=256, max_position_embeddings=128)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    with tempfile.TemporaryDirectory() as d:
+        model.save_pretrained(d)
+        print(f"\nport + verify: tiny Llama (transformers {transformers.__version__}, random weights) from {d}")
+        report = verify_hf(d, dtype="float32", batch=1, seq_len=16, seed=seed, workdir=d)
+        print(report.table(max_rows=12))
+    return 0 if report.passed else 1
 
 
 def _within_rounding(got, ref, dt, scale) -> bool:
