@@ -13,7 +13,8 @@ import functools
 
 import cupy
 
-_SRC = r"""
+PRELUDE = r"""
+
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
 
@@ -27,7 +28,9 @@ template <> __device__ __forceinline__ float to_f<__nv_bfloat16>(__nv_bfloat16 v
 template <typename T> __device__ __forceinline__ T from_f(float v);
 template <> __device__ __forceinline__ __half from_f<__half>(float v) { return __float2half_rn(v); }
 template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+"""
 
+_SRC = PRELUDE + r"""
 __device__ __forceinline__ float warp_sum(float v) {
     #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);

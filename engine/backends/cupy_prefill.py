@@ -13,21 +13,9 @@ import cupy
 import numpy as np
 from cupy_backends.cuda.libs import cublas
 
-from engine.backends.cupy_kernels import type_name
+from engine.backends.cupy_kernels import PRELUDE, type_name
 
-_SRC = r"""
-#include <cuda_fp16.h>
-#include <cuda_bf16.h>
-#ifndef INFINITY
-#define INFINITY __int_as_float(0x7f800000)
-#endif
-template <typename T> __device__ __forceinline__ float to_f(T v);
-template <> __device__ __forceinline__ float to_f<__half>(__half v) { return __half2float(v); }
-template <> __device__ __forceinline__ float to_f<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <typename T> __device__ __forceinline__ T from_f(float v);
-template <> __device__ __forceinline__ __half from_f<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-
+_SRC = PRELUDE + r"""
 __device__ float block_sum(float v, float *red) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
