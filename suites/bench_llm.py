@@ -99,7 +99,8 @@ class TorchLLM(LLM):
         hf_cfg = CONFIG_MAPPING[self.model_type](**fields)
         hf_cfg._attn_implementation = "eager"
         torch.manual_seed(0)
-        self.model = AutoModelForCausalLM.from_config(hf_cfg, dtype=self.im.tdtype).to(self.im.tdevice).eval()
+        with torch.device(self.im.tdevice):  # initialise on the device: a 7B random init on the host takes minutes
+            self.model = AutoModelForCausalLM.from_config(hf_cfg, dtype=self.im.tdtype).eval()
         self.weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
         self.ids = torch.as_tensor(self.prompt, device=self.im.tdevice)
         self.cache = None
