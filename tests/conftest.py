@@ -61,3 +61,11 @@ def device():
     if reason:
         pytest.skip(reason)
     return DEVICE
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """Real asv results of the tiny suite (several runs in a temp git repo), shared by the report,
+    gate and dashboard tests."""
+    from helpers import asv_tiny_harness
+    return asv_tiny_harness().runs()

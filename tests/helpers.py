@@ -230,3 +230,16 @@ def compare_meta(out_e, out_t):
     assert tuple(out_e.shape) == tuple(out_t.shape), f"shape {tuple(out_e.shape)} != torch {tuple(out_t.shape)}"
     assert out_e.dtype.name == tname(out_t.dtype), f"dtype {out_e.dtype.name} != torch {tname(out_t.dtype)}"
     assert out_e.device == DEVICE
+
+
+def asv_tiny_harness():
+    """The tiny asv suite's harness (tests/data/asv_tiny/harness.py), loaded once per session."""
+    import sys
+    from pathlib import Path
+    name = "taper_asv_tiny_harness"
+    if name not in sys.modules:
+        path = Path(__file__).parent / "data" / "asv_tiny" / "harness.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        sys.modules[name] = module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    return sys.modules[name]

@@ -5,14 +5,12 @@ needed. A page with a deleted chart proves the checks can fail.
 """
 import base64
 import fcntl
-import importlib.util
 import json
 import os
 import select
 import shutil
 import struct
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -27,8 +25,8 @@ pytest.importorskip("pandas")
 pytest.importorskip("matplotlib")
 
 from reports.dashboard import build_report  # noqa: E402
+from helpers import asv_tiny_harness as harness  # noqa: E402
 
-HARNESS = Path(__file__).parent / "data" / "asv_tiny" / "harness.py"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--remote-debugging-pipe"]
@@ -40,15 +38,6 @@ PROBE = """JSON.stringify({
                                            complete: i.complete})),
   links: [...document.links].map(a => a.getAttribute('href')),
 })"""
-
-
-def harness():
-    name = "taper_asv_tiny_harness"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, HARNESS)
-        sys.modules[name] = module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 class Browser:

@@ -3,7 +3,6 @@ the confirming re-run, numerical drift in `taper verify` JSON, and the command's
 
 Performance data comes from real asv runs of tests/data/asv_tiny (see its harness.py).
 """
-import importlib.util
 import json
 import math
 import random
@@ -22,9 +21,9 @@ from reports.drift import VerifyFileError, compare_verify  # noqa: E402
 from reports.gate import GateUsageError, load_config, run_gate  # noqa: E402
 from reports.results import load_results  # noqa: E402
 from taper.cli import main  # noqa: E402
+from helpers import asv_tiny_harness as harness  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-HARNESS = ROOT / "tests" / "data" / "asv_tiny" / "harness.py"
 ENGINE_SLOW = {("bench_tiny.Ops.time_matmul", "'engine', 'cpu', 'float32'"),
                ("bench_tiny.Ops.time_matmul", "'engine', 'cpu', 'float16'"),
                ("bench_tiny.Decode.track_ms_per_token", "'engine', 'cpu', 'tiny-llama', 1")}
@@ -45,20 +44,6 @@ max_rel_slack = 1e-6
 cosine_drop = 1e-6
 fail_on_missing_layer = true
 """
-
-
-def harness():
-    name = "taper_asv_tiny_harness"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, HARNESS)
-        sys.modules[name] = module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-@pytest.fixture(scope="session")
-def tiny():
-    return harness().runs()
 
 
 def write_config(path, factor=1.3, override=""):

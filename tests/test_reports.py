@@ -4,7 +4,6 @@ The data comes from real `asv run` invocations of tests/data/asv_tiny (see its h
 once per session: tiny-cpu (torch/engine time 1.5x, tokens/s 2x, peak device bytes 1.5x) and a
 second machine name, tiny-gpu, with a taper-env.json sidecar.
 """
-import importlib.util
 import json
 import math
 import shutil
@@ -23,25 +22,11 @@ from reports.compare import compare, display_table, to_markdown  # noqa: E402
 from reports.dashboard import build_report  # noqa: E402
 from reports.results import ResultsError, latest, load_results, write_env_sidecar  # noqa: E402
 from reports.units import higher_is_better, human  # noqa: E402
+from helpers import asv_tiny_harness as harness  # noqa: E402
 
-HARNESS = Path(__file__).parent / "data" / "asv_tiny" / "harness.py"
 BENCHES = {"bench_tiny.Ops.time_matmul", "bench_tiny.Ops.peakmem_alloc",
            "bench_tiny.Decode.track_ms_per_token", "bench_tiny.Decode.track_peak_device_bytes",
            "bench_tiny.Decode.track_roofline_tokens_per_s"}
-
-
-def harness():
-    name = "taper_asv_tiny_harness"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, HARNESS)
-        sys.modules[name] = module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-@pytest.fixture(scope="session")
-def tiny():
-    return harness().runs()
 
 
 @pytest.fixture(scope="session")
