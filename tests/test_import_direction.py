@@ -18,6 +18,7 @@ TORCH_LIKE = {"torch", "torchvision", "torchaudio", "transformers", "diffusers",
 RULES = {
     "engine": TORCH_LIKE | {"migration", "suites", "reports", "taper"},
     "migration": {"suites", "reports", "taper"},
+    "impls": {"migration", "suites", "reports", "taper"},
 }
 
 
