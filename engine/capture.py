@@ -5,8 +5,8 @@ tinygrad's TinyJit and torch's CUDA graphs).
     out = step(x)                        # every call is one real step:
                                          #   call 1 runs fn eagerly (kernels compile, caches fill)
                                          #   call 2 runs it eagerly and records its backend calls
-                                         #   call 3 captures it as a CUDA graph (with the fusion plan)
-                                         #   and launches the graph; later calls replay it
+                                         #   call 3 runs it with the fusion plan, then captures that
+                                         #   as a CUDA graph (not run); later calls replay the graph
 
 Inputs are copied into static buffers (same shapes and dtypes every call: a different shape is an
 error, capture again); the returned tensors are the graph's own outputs, overwritten by the next
@@ -524,8 +524,12 @@ class Captured:
             return self.fn(*self.inputs)
 
     def _capture(self):
-        if not self._has_graphs():  # the CPU: run with the plan, eagerly, from now on
-            return self._run_planned()
+        """Call 3: the step with the fusion plan, eagerly (a real step, which also compiles the fused
+        kernels and leaves their blocks in the pool's cache), then, where the device has graphs, the
+        same step captured (recorded, not run); later calls replay the graph."""
+        out = self._run_planned()
+        if not self._has_graphs():  # the CPU: the plan runs eagerly from now on
+            return out
         b = self.backend
         planned = _Planned(self.trace, self.the_plan)
         self.memory = GraphMemory(b.pool)
@@ -545,7 +549,7 @@ class Captured:
             where = f"backend call {i} ({rec.signature()} at {rec.where})" if rec else "the step"
             raise CaptureError(f"{where} cannot run inside a CUDA graph: {type(e).__name__}: {e}") from e
         self.outputs = holder["out"]
-        return self.replay()
+        return out
 
     def replay(self):
         if self.graph is None:

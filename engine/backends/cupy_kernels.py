@@ -578,11 +578,29 @@ MAX_ROWS = 8  # gemv takes at most this many rows of x (decode batches); more ro
 SMEM_LIMIT = 227 * 1024  # dynamic shared memory per block on sm_80 and sm_90 (opt-in above 48 KiB)
 
 
+def _bundle(expr: str) -> tuple:
+    """The instantiations compiled together with `expr` (one NVRTC run each: a model's decode needs
+    only a few bundles per dtype, so the first step compiles in seconds, and cupy keeps them on disk)."""
+    name, _, args = expr.partition("<")
+    t = args.split(",")[0].rstrip(">")
+    u = GEMV_CONFIG["unroll"]
+    if name == "gemv" and expr in {f"gemv<{t},{r},{k},{m},{u}>" for r, k in _DEFAULT_RS for m in (1, 2, 4, 8)}:
+        return tuple(f"gemv<{t},{r},{k},{m},{u}>" for r, k in _DEFAULT_RS for m in (1, 2, 4, 8))
+    if name in ("attn_partial", "attn_combine"):
+        return tuple(f"attn_partial<{t},{per}>" for per in (1, 2, 3, 4, 8)) + (f"attn_combine<{t}>",)
+    if name in ("rms_norm_rows", "rotary", "moe_combine", "sample_rows"):
+        return tuple(f"{n}<{t}>" for n in ("rms_norm_rows", "rotary", "moe_combine", "sample_rows"))
+    return (expr,)
+
+
 @functools.lru_cache(maxsize=None)
+def _module(bundle: tuple):
+    return cupy.RawModule(code=_SRC, options=("-std=c++17",), name_expressions=list(bundle))
+
+
 def _fn(expr: str):
-    """One kernel instantiation, compiled on first use (cupy keeps compiled modules on disk)."""
-    mod = cupy.RawModule(code=_SRC, options=("-std=c++17",), name_expressions=[expr])
-    return mod.get_function(expr)
+    """A kernel instantiation, compiled with its bundle on first use."""
+    return _module(_bundle(expr)).get_function(expr)
 
 
 def type_name(dtype) -> str:
@@ -611,6 +629,7 @@ def _aligned(a) -> bool:
 # over 2 warps, the rest over 4, which keeps enough 16-byte loads in flight to cover the chip.
 GEMV_VARIANTS = ((2, 1), (2, 2), (4, 2), (2, 4), (4, 4), (2, 8))
 GEMV_CONFIG = {"small_n": (2, 2), "large_n": (2, 4), "unroll": 4}
+_DEFAULT_RS = (GEMV_CONFIG["small_n"], GEMV_CONFIG["large_n"])
 
 
 def gemv_config(N: int, K: int) -> tuple:
