@@ -199,6 +199,14 @@ class CupyBackend(NumpyBackend):
         return cupy.ndarray(shape, dtype.np_dtype, cupy.cuda.MemoryPointer(mem, 0))
 
     def matmul(self, a, b, out_dtype: D.DType):
+        if self.capturing() and a.ndim >= 2 and b.ndim >= 2 and a.dtype == b.dtype == out_dtype.np_dtype \
+                and out_dtype.name in K.TYPES:  # cupy refuses cuBLAS inside a capture: the plain kernel
+            batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+            a3 = cupy.broadcast_to(a, batch + a.shape[-2:]).reshape((-1,) + a.shape[-2:])
+            b3 = cupy.broadcast_to(b, batch + b.shape[-2:]).reshape((-1,) + b.shape[-2:])
+            out = self.empty((a3.shape[0], a.shape[-2], b.shape[-1]), out_dtype)
+            K.gemm(a3, b3, out)
+            return out.reshape(batch + (a.shape[-2], b.shape[-1]))
         if out_dtype.is_reduced and a.dtype == b.dtype == out_dtype.np_dtype and cupy_blas.matmul_ok(a, b):
             shape = np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1])
             if a.shape[:-2] == shape[:-2] and (b.ndim == 2 or b.shape[:-2] == shape[:-2]) and 0 not in shape:
@@ -216,6 +224,10 @@ class CupyBackend(NumpyBackend):
             if K.gemv_ok(x2, w) and (b is None or b.flags.c_contiguous):
                 out = self.empty((x2.shape[0], w.shape[0]), out_dtype)
                 K.gemv(x2, w, out, bias=b)
+                return out.reshape(lead + (w.shape[0],))
+            if self.capturing() and out_dtype.name in K.TYPES:  # no cuBLAS inside a capture
+                out = self.empty((1, x2.shape[0], w.shape[0]), out_dtype)
+                K.gemm(x2[None], w.T[None], out, bias=b)
                 return out.reshape(lead + (w.shape[0],))
             if out_dtype.is_reduced:
                 out = self.empty((x2.shape[0], w.shape[0]), out_dtype)

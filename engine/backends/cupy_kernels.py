@@ -243,13 +243,59 @@ __global__ void __launch_bounds__(256) gemv(const T *__restrict__ W, const T *__
             const int j = row >> 1;
             const float g = rnd<T>(bias != nullptr ? __fadd_rn(v, to_f<T>(bias[j])) : v);
             const float u = rnd<T>(bias2 != nullptr ? __fadd_rn(up, to_f<T>(bias2[j])) : up);
-            y[(size_t)m * y_row + j] = from_f<T>(__fmul_rn(rnd<T>(act_fn(g, act)), u));
+            float o = rnd<T>(__fmul_rn(rnd<T>(act_fn(g, act)), u));
+            if (res != nullptr) o = __fadd_rn(to_f<T>(res[(size_t)m * res_row + j]), o);
+            y[(size_t)m * y_row + j] = from_f<T>(o);
         }
     } else if (lane < M * R && m < rows && row < N) {
         float o = rnd<T>(bias != nullptr ? __fadd_rn(v, to_f<T>(bias[row])) : v);
         if (res != nullptr) o = __fadd_rn(to_f<T>(res[(size_t)m * res_row + row]), o);
         y[(size_t)m * y_row + row] = from_f<T>(o);
     }
+}
+
+// ---- batched GEMM without cuBLAS (what runs inside a capture where cuBLAS cannot) -------------------------------
+// C[b, m, n] = sum_k A[b, m, k] B[b, k, n] (+ bias[n]) in float32, rounded once to T; element strides for A
+// and B, C contiguous (batch, M, N). 64 x 64 tiles, 256 threads, 4 x 4 outputs per thread.
+template <typename T>
+__global__ void __launch_bounds__(256) gemm_tiled(const T *__restrict__ A, long sab, long sam, long sak,
+        const T *__restrict__ B, long sbb, long sbk, long sbn, const T *__restrict__ bias, T *__restrict__ C,
+        int M, int N, int K) {
+    __shared__ float As[16][65], Bs[16][65];
+    const int b = blockIdx.z, m0 = blockIdx.y * 64, n0 = blockIdx.x * 64;
+    const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+    const T *a = A + b * sab, *bb = B + b * sbb;
+    float acc[4][4] = {};
+    for (int k0 = 0; k0 < K; k0 += 16) {
+        for (int i = threadIdx.x; i < 16 * 64; i += 256) {
+            const int kk = i / 64, mm = i % 64;
+            const int m = m0 + mm, n = n0 + mm, k = k0 + kk;
+            As[kk][mm] = (m < M && k < K) ? to_f<T>(a[m * sam + k * sak]) : 0.f;
+            Bs[kk][mm] = (n < N && k < K) ? to_f<T>(bb[k * sbk + n * sbn]) : 0.f;
+        }
+        __syncthreads();
+        #pragma unroll
+        for (int kk = 0; kk < 16; kk++) {
+            float av[4], bv[4];
+            #pragma unroll
+            for (int i = 0; i < 4; i++) { av[i] = As[kk][ty + 16 * i]; bv[i] = Bs[kk][tx + 16 * i]; }
+            #pragma unroll
+            for (int i = 0; i < 4; i++)
+                #pragma unroll
+                for (int j = 0; j < 4; j++) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
+        }
+        __syncthreads();
+    }
+    #pragma unroll
+    for (int i = 0; i < 4; i++)
+        #pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const int m = m0 + ty + 16 * i, n = n0 + tx + 16 * j;
+            if (m < M && n < N) {
+                const float v = bias != nullptr ? __fadd_rn(acc[i][j], to_f<T>(bias[n])) : acc[i][j];
+                C[((size_t)b * M + m) * N + n] = from_f<T>(v);
+            }
+        }
 }
 
 // ---- mixture of experts: out[t] = sum over its k slots, in ascending expert order, of round(y[slot] * w[slot])
@@ -588,8 +634,8 @@ def _bundle(expr: str) -> tuple:
         return tuple(f"gemv<{t},{r},{k},{m},{u}>" for r, k in _DEFAULT_RS for m in (1, 2, 4, 8))
     if name in ("attn_partial", "attn_combine"):
         return tuple(f"attn_partial<{t},{per}>" for per in (1, 2, 3, 4, 8)) + (f"attn_combine<{t}>",)
-    if name in ("rms_norm_rows", "rotary", "moe_combine", "sample_rows"):
-        return tuple(f"{n}<{t}>" for n in ("rms_norm_rows", "rotary", "moe_combine", "sample_rows"))
+    if name in ("rms_norm_rows", "rotary", "moe_combine", "sample_rows", "gemm_tiled"):
+        return tuple(f"{n}<{t}>" for n in ("rms_norm_rows", "rotary", "moe_combine", "sample_rows", "gemm_tiled"))
     return (expr,)
 
 
@@ -776,3 +822,16 @@ def sample(logits, seen, penalty: float, temperature: float, top_k, top_p, seed:
         logits, cupy.int64(logits.strides[0] // logits.itemsize), _opt(seen), cupy.float32(penalty),
         cupy.float32(temperature), cupy.int32(top_k or 0), cupy.float32(1.0 if top_p is None else top_p),
         cupy.uint64(seed & ((1 << 64) - 1)), counter, scratch, out, cupy.int32(V)))
+
+
+def gemm(a3, b3, out, bias=None):
+    """out (batch, M, N) = a3 (batch, M, K) @ b3 (batch, K, N) (+ bias (N,)) with any element strides;
+    the capture-safe product (no cuBLAS), a plain tiled kernel."""
+    batch, M, K = a3.shape
+    N = b3.shape[-1]
+    isz = a3.itemsize
+    sa = [s // isz for s in a3.strides]
+    sb = [s // isz for s in b3.strides]
+    _fn(f"gemm_tiled<{type_name(out.dtype)}>")((-(-N // 64), -(-M // 64), batch), (256,), (
+        a3, cupy.int64(sa[0]), cupy.int64(sa[1]), cupy.int64(sa[2]), b3, cupy.int64(sb[0]), cupy.int64(sb[1]),
+        cupy.int64(sb[2]), _opt(bias), out, cupy.int32(M), cupy.int32(N), cupy.int32(K)))
