@@ -14,7 +14,9 @@ machines are matched by name, or the single machine of each side is paired):
    BASE and HEAD interleaved (A/B/A/B for rerun_rounds = 2) by the same `measure` callback, each
    round into a fresh empty directory that must then hold a new result (started after the round
    began) of every suspect; the rounds' samples are pooled per side and judged again. Only a
-   suspect still a regression on the fresh, pooled numbers fails the gate.
+   suspect still a regression on the fresh, pooled numbers, and slower than the factor in every
+   round on its own (HEAD against the BASE run just before it), fails the gate: the box's load
+   changes from one run to the next, and one unlucky run must not confirm a regression.
 
 The gate fails on a regression, on a benchmark that ran on BASE and fails on HEAD (fail_on_broken),
 on one that ran on BASE and is missing or skipped on HEAD (fail_on_missing), on a value that cannot
@@ -74,6 +76,7 @@ class Comparison:
     test: str
     factor: float = math.nan
     samples: tuple = (0, 0)  # samples on (BASE, HEAD)
+    rounds: list = field(default_factory=list)  # the re-run's change in each B/H round
 
 
 def _samples(row, side, min_samples):
@@ -351,8 +354,16 @@ def confirm(suspects: list, measure, perf: dict, workdir=None) -> tuple[dict, di
         pooled = {side: pool(frames) for side, frames in sides.items()}
     again, _ = compare_runs(pooled["base"], pooled["head"], perf)
     found = {(c.benchmark, c.params): c for c in again}
-    record = {"rounds": rounds, "order": order, "samples": {
-        f"{b}({p})": list(found[(b, p)].samples) for _, b, p in keys if (b, p) in found}}
+    per_round = {}  # each round's HEAD against the BASE measured just before it
+    for b_frame, h_frame in zip(sides["base"], sides["head"]):
+        for c in compare_runs(pool([b_frame]), pool([h_frame]), perf)[0]:
+            per_round.setdefault((c.benchmark, c.params), []).append(c.change)
+    for key, c in found.items():
+        c.rounds = per_round.get(key, [])
+    record = {"rounds": rounds, "order": order,
+              "samples": {f"{b}({p})": list(found[(b, p)].samples) for _, b, p in keys},
+              "round_changes": {f"{b}({p})": [round(x, 4) for x in found[(b, p)].rounds]
+                                for _, b, p in keys}}
     return found, record
 
 
@@ -369,10 +380,12 @@ def run_gate(base: pd.DataFrame, head: pd.DataFrame, config: dict, *, measure=No
         again, result.rerun = confirm(suspects, measure, perf, workdir)
         for c in suspects:
             new = again[(c.benchmark, c.params)]
-            summary = (f"; re-run {'/'.join(s[0].upper() for s in result.rerun['order'])}: "
-                       f"{_change(new.change)}, {new.test}")
-            c.test += summary
-            if new.verdict != "regression":
+            each = ", ".join(f"{x:.2f}x" for x in new.rounds)
+            c.test += (f"; re-run {'/'.join(s[0].upper() for s in result.rerun['order'])}: "
+                       f"{_change(new.change)}, {new.test}, rounds {each}")
+            # Confirmed only when the pooled samples say so and so does every round on its
+            # own: a load change that hit one run cannot confirm a regression by itself.
+            if new.verdict != "regression" or not all(x > c.factor for x in new.rounds):
                 c.verdict = "unconfirmed"
         result.notes.append(f"{len(suspects)} suspects re-measured, BASE and HEAD interleaved "
                             f"({result.rerun['rounds']} rounds); "

@@ -150,6 +150,24 @@ def test_load_change_between_the_sides_does_not_confirm_itself(tiny, config):
     assert "not confirmed by the re-run" in result.markdown()
 
 
+def test_one_unlucky_round_does_not_confirm(tiny, config):
+    # Round 1's HEAD run met a busy box (2x), round 2 did not: the pooled samples may still look
+    # slower, but a regression must show in every round on its own.
+    slow = iter([1, 2, 1, 1])
+
+    def measure(side, keys, results_dir):
+        regex = bench_regex([(b, p) for _, b, p in keys])
+        harness().run(tiny["repo"], tiny["home"], results_dir, "tiny-cpu", slowdown=next(slow),
+                      bench=regex)
+
+    result = run_gate(load_results(tiny["base"]), load_results(tiny["slow"]), config,
+                      measure=measure)
+    assert not result.by("regression") and result.exit_code == 0
+    matmul = [c for c in result.by("unconfirmed") if "time_matmul" in c.benchmark]
+    rounds = result.rerun["round_changes"][f"{matmul[0].benchmark}({matmul[0].params})"]
+    assert rounds[0] > 1.7 and rounds[1] < 1.3
+
+
 @pytest.mark.parametrize("writes", ["nothing", "elsewhere", "old results"])
 def test_rerun_that_measures_nothing_new_is_an_error(tiny, config, tmp_path, writes):
     def measure(side, keys, results_dir):
