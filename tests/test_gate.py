@@ -8,7 +8,6 @@ import json
 import math
 import random
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
