@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import plots, roles, summary
-from .compare import KEY, to_markdown, wide
+from .compare import to_markdown, wide
 from .results import latest, load_results, write_text_atomic
 from .units import as_display, fmt, scale_for
 
@@ -110,8 +110,7 @@ def _n(row) -> str:
 
 def _suite_table(rows: pd.DataFrame, candidate) -> dict:
     """Cells of one suite's table: only the parameters that vary; constant ones in the caption."""
-    params = [c for c in rows.columns if c not in KEY and c not in summary_cols()]
-    params = [p for p in params if (rows[p] != "").any()]
+    params = [p for p in summary.params_of(rows) if (rows[p] != "").any()]
     varying = [p for p in params if rows[p].astype(str).nunique() > 1]
     constant = {p: rows[p].iloc[0] for p in params if p not in varying}
     impls = roles.ordered([i for r in rows["impls"] for i in r], candidate)
@@ -133,16 +132,11 @@ def _suite_table(rows: pd.DataFrame, candidate) -> dict:
                                                              constant.items())}
 
 
-def summary_cols():
-    return ("impls", "value", "n", "ci", "ratios", "best", "ratio", "ratio_lo", "ratio_hi",
-            "quick")
-
-
 def _section(machine, rows, table, out, roofline, candidate) -> dict:
     slug = _slug(machine)
     suites = []
     for suite, part in table.groupby("suite", sort=True):
-        params = [c for c in part.columns if c not in KEY and c not in summary_cols()]
+        params = summary.params_of(part)
         chart = plots.plot_ratios(part, out / f"ratio_{slug}_{suite}.png", params, candidate,
                                   title=f"{candidate} vs the best other on {machine}: {suite}")
         suites.append({"suite": suite, "table": _suite_table(part, candidate),
@@ -163,12 +157,16 @@ def _section(machine, rows, table, out, roofline, candidate) -> dict:
 def _summary(table, results, candidate) -> dict:
     m = summary.models(table)
     impls = roles.ordered([i for r in m["impls"] for i in r], candidate) if len(m) else []
-    head = ["machine", "model", "device", "dtype", "metric", *impls, "n",
+    fixed = ("model", "device", "dtype")
+    others = [p for p in summary.params_of(m) if p not in fixed and (m[p] != "").any()]
+    head = ["machine", *fixed, *(["case"] if others else []), "metric", *impls, "n",
             f"{candidate} vs best other"]
     body = []
     for _, r in m.iterrows():
-        cells = [("", r["machine"], None), ("", r["model"], None), ("", r.get("device", ""), None),
-                 ("", r.get("dtype", ""), None), ("", r["metric"], None)]
+        cells = [("", r["machine"], None)] + [("", r.get(p, ""), None) for p in fixed]
+        if others:
+            cells.append(("", ", ".join(f"{p} {r[p]}" for p in others if r[p] != ""), None))
+        cells.append(("", r["metric"], None))
         cells += [("num", _value(r, i) if i in r["impls"] else "", None) for i in impls]
         cells += [("num", _n(r), None), ("num " + _cls(r["ratio"]), _ratio(r), _marks(r))]
         body.append(cells)

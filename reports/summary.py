@@ -16,7 +16,8 @@ from . import roles
 from .units import known
 
 # The headline metric of a model row: the first pattern (fnmatch on the benchmark name) that fits.
-HEADLINES = [("*.Decode.track_ms_per_token", "decode tokens/s"),
+HEADLINES = [("*.Decode.track_tokens_per_s", "decode tokens/s"),
+             ("*.Decode.track_ms_per_token", "decode tokens/s"),
              ("*.track_tokens_per_s", "tokens/s")]
 # Test-size model presets: their speed says little about real models, and the dashboard says so.
 TINY_MODELS = ["*:tiny", "tiny-*"]
@@ -30,19 +31,38 @@ def is_tiny(model) -> bool:
     return isinstance(model, str) and any(fnmatch.fnmatchcase(model, p) for p in TINY_MODELS)
 
 
-def headline(benchmark: str) -> str | None:
-    for pattern, label in HEADLINES:
+def _rank(benchmark: str) -> int | None:
+    for i, (pattern, _) in enumerate(HEADLINES):
         if fnmatch.fnmatchcase(benchmark, pattern):
-            return label
+            return i
     return None
 
 
+def headline(benchmark: str) -> str | None:
+    i = _rank(benchmark)
+    return None if i is None else HEADLINES[i][1]
+
+
 def models(table: pd.DataFrame) -> pd.DataFrame:
-    """Rows of the wide table that are a model's headline metric, one per model and device."""
+    """Rows of the wide table that are a model's headline metric: per machine, suite and
+    parameter set (model, device, dtype, ...) the benchmark of the first HEADLINES pattern."""
     if "model" not in table.columns:
         return table.iloc[0:0]
-    rows = table[(table["model"] != "") & table["benchmark"].map(headline).notna()]
-    return rows.assign(metric=rows["benchmark"].map(headline)).reset_index(drop=True)
+    rows = table[(table["model"] != "") & table["benchmark"].map(_rank).notna()]
+    rows = rows.assign(metric=rows["benchmark"].map(headline), rank=rows["benchmark"].map(_rank))
+    group = ["machine", "suite"] + params_of(rows)
+    rows = rows.sort_values("rank", kind="stable").drop_duplicates(group, keep="first")
+    return rows.drop(columns="rank").sort_index().reset_index(drop=True)
+
+
+WIDE_COLS = ("machine", "commit", "env", "benchmark", "suite", "name", "kind", "unit", "impls",
+             "value", "n", "ci", "ratios", "best", "ratio", "ratio_lo", "ratio_hi", "quick",
+             "metric", "rank")
+
+
+def params_of(table: pd.DataFrame) -> list[str]:
+    """The parameter columns of a wide table (impl is folded into its dicts)."""
+    return [c for c in table.columns if c not in WIDE_COLS]
 
 
 def geomean(values) -> float:
@@ -68,9 +88,7 @@ def suites(table: pd.DataFrame) -> pd.DataFrame:
 
 def disagreements(table: pd.DataFrame) -> list[str]:
     """SAME_WORK pairs whose ratios for one machine and parameter set point opposite ways."""
-    params = [c for c in table.columns if c not in
-              ("machine", "commit", "env", "benchmark", "suite", "name", "kind", "unit", "impls",
-               "value", "n", "ci", "ratios", "best", "ratio", "ratio_lo", "ratio_hi", "quick")]
+    params = params_of(table)
     notes = []
     for pat_a, pat_b in SAME_WORK:
         a_rows = table[table["benchmark"].map(lambda b: fnmatch.fnmatchcase(b, pat_a))]

@@ -16,6 +16,7 @@ LOWER, HIGHER = "lower", "higher"
 UNITS = {
     "seconds": LOWER, "s": LOWER, "ms": LOWER, "ms_per_token": LOWER,
     "bytes": LOWER, "peak_device_bytes": LOWER, "peak_bytes": LOWER,
+    "percent_over_floor": LOWER,  # overhead above a measured floor
     "tokens_per_s": HIGHER, "gb_per_s": HIGHER, "achieved_gb_per_s": HIGHER,
     "items_per_s": HIGHER, "images_per_s": HIGHER,
     "utilization_percent": HIGHER, "gpu_utilization_percent": HIGHER,
@@ -25,7 +26,8 @@ _TIME_SCALES = [(1e-9, "ns"), (1e-6, "µs"), (1e-3, "ms"), (1.0, "s")]
 _BYTE_SCALES = [(1, "B"), (1 << 10, "KiB"), (1 << 20, "MiB"), (1 << 30, "GiB")]
 _NAMES = {"tokens_per_s": "tokens/s", "gb_per_s": "GB/s", "achieved_gb_per_s": "GB/s",
           "items_per_s": "items/s", "images_per_s": "images/s", "utilization_percent": "%",
-          "gpu_utilization_percent": "%", "percent": "%"}
+          "gpu_utilization_percent": "%", "percent": "%",
+          "percent_over_floor": "% over floor"}
 
 
 class UnitError(ValueError):

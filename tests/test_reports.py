@@ -351,3 +351,15 @@ def test_cli_report(tiny, tmp_path, capsys):
     assert (tmp_path / "r" / "index.html").exists() and (tmp_path / "r" / "report.md").exists()
     assert main(["report", "--results", str(tmp_path / "missing")]) == 2
     assert "not a results directory" in capsys.readouterr().err
+
+
+def test_one_headline_per_model_case(base):
+    # A suite with tokens/s and ms per token of one decode (as suites/bench_llm records both):
+    # the summary shows one headline for it, tokens/s first.
+    rate = base[base["name"] == "Decode.track_ms_per_token"]
+    rate = rate.assign(benchmark="bench_tiny.Decode.track_tokens_per_s",
+                       name="Decode.track_tokens_per_s", unit="tokens_per_s",
+                       value=1000.0 / rate["value"])
+    models = summary.models(wide(latest(pd.concat([base, rate], ignore_index=True))))
+    assert list(models["benchmark"]) == ["bench_tiny.Decode.track_tokens_per_s"]
+    assert models["ratio"].iloc[0] == 2.0
