@@ -88,4 +88,4 @@ class DecodeUtilization:
                 lm.generate(self.ids, 64)
         return u.mean
 
-    track_gpu_utilization_percent.unit = "percent"
+    track_gpu_utilization_percent.unit = "utilization_percent"

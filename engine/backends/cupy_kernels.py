@@ -254,6 +254,48 @@ __global__ void __launch_bounds__(256) gemv(const T *__restrict__ W, const T *__
     }
 }
 
+// ---- attention rows for prefill: p = round(softmax_f32(round(round(s * scale) + mask))) ---------------------------
+// s (rows, S) scores in T (rows = B * Hkv * rep * L, as GQA groups the query heads of a kv head); mask (B|1, 1, L, S)
+// additive in T with element strides (mb, ml, ms) or null. One block of 256 threads per row.
+template <typename T>
+__global__ void __launch_bounds__(256) softmax_mask_rows(const T *__restrict__ s, const T *__restrict__ mask, long mb,
+        long ml, long ms, T *__restrict__ p, int S, int L, int per_batch, float scale) {
+    __shared__ float red[8];
+    const size_t row = blockIdx.x;
+    const int b = (int)(row / per_batch), l = (int)(row % L);
+    const T *sr = s + row * S;
+    const T *mr = mask != nullptr ? mask + b * mb + (long)l * ml : nullptr;
+    float m = -INFINITY;
+    for (int j = threadIdx.x; j < S; j += 256) {
+        float v = rnd<T>(__fmul_rn(to_f<T>(sr[j]), scale));
+        if (mr != nullptr) v = rnd<T>(__fadd_rn(v, to_f<T>(mr[(long)j * ms])));
+        m = fmaxf(m, v);
+    }
+    m = warp_max(m);
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = m;
+    __syncthreads();
+    float M = -INFINITY;
+    for (int w = 0; w < 8; w++) M = fmaxf(M, red[w]);
+    if (!(M > -INFINITY && M < INFINITY)) M = 0.f;  // as the reference: a non-finite max subtracts 0
+    __syncthreads();
+    float z = 0.f;
+    for (int j = threadIdx.x; j < S; j += 256) {
+        float v = rnd<T>(__fmul_rn(to_f<T>(sr[j]), scale));
+        if (mr != nullptr) v = rnd<T>(__fadd_rn(v, to_f<T>(mr[(long)j * ms])));
+        z += expf(v - M);
+    }
+    z = warp_sum(z);
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = z;
+    __syncthreads();
+    float Z = 0.f;
+    for (int w = 0; w < 8; w++) Z += red[w];
+    for (int j = threadIdx.x; j < S; j += 256) {
+        float v = rnd<T>(__fmul_rn(to_f<T>(sr[j]), scale));
+        if (mr != nullptr) v = rnd<T>(__fadd_rn(v, to_f<T>(mr[(long)j * ms])));
+        p[row * S + j] = from_f<T>(expf(v - M) / Z);
+    }
+}
+
 // ---- batched GEMM without cuBLAS (what runs inside a capture where cuBLAS cannot) -------------------------------
 // C[b, m, n] = sum_k A[b, m, k] B[b, k, n] (+ bias[n]) in float32, rounded once to T; element strides for A
 // and B, C contiguous (batch, M, N). 64 x 64 tiles, 256 threads, 4 x 4 outputs per thread.
@@ -634,8 +676,9 @@ def _bundle(expr: str) -> tuple:
         return tuple(f"gemv<{t},{r},{k},{m},{u}>" for r, k in _DEFAULT_RS for m in (1, 2, 4, 8))
     if name in ("attn_partial", "attn_combine"):
         return tuple(f"attn_partial<{t},{per}>" for per in (1, 2, 3, 4, 8)) + (f"attn_combine<{t}>",)
-    if name in ("rms_norm_rows", "rotary", "moe_combine", "sample_rows", "gemm_tiled"):
-        return tuple(f"{n}<{t}>" for n in ("rms_norm_rows", "rotary", "moe_combine", "sample_rows", "gemm_tiled"))
+    misc = ("rms_norm_rows", "rotary", "moe_combine", "sample_rows", "gemm_tiled", "softmax_mask_rows")
+    if name in misc:
+        return tuple(f"{n}<{t}>" for n in misc)
     return (expr,)
 
 
@@ -835,3 +878,18 @@ def gemm(a3, b3, out, bias=None):
     _fn(f"gemm_tiled<{type_name(out.dtype)}>")((-(-N // 64), -(-M // 64), batch), (256,), (
         a3, cupy.int64(sa[0]), cupy.int64(sa[1]), cupy.int64(sa[2]), b3, cupy.int64(sb[0]), cupy.int64(sb[1]),
         cupy.int64(sb[2]), _opt(bias), out, cupy.int32(M), cupy.int32(N), cupy.int32(K)))
+
+
+def softmax_mask_rows(s, mask, scale: float, L: int, per_batch: int, p):
+    """p (rows, S) = the rounded float32 softmax of round(round(s * scale) + mask) per row; rows of
+    one batch element are `per_batch` consecutive rows whose query position is row % L."""
+    rows, S = s.shape
+    isz = s.itemsize
+    if mask is not None:
+        mb = 0 if mask.shape[0] == 1 else mask.strides[0] // isz
+        ml, ms = mask.strides[2] // isz, mask.strides[3] // isz
+    else:
+        mb = ml = ms = 0
+    _fn(f"softmax_mask_rows<{type_name(s.dtype)}>")((rows,), (256,), (
+        s, _opt(mask), cupy.int64(mb), cupy.int64(ml), cupy.int64(ms), p, cupy.int32(S), cupy.int32(L),
+        cupy.int32(per_batch), cupy.float32(scale)))
