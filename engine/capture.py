@@ -25,6 +25,8 @@ backend's fused ops (engine/backends/fused.py), reached by dataflow, not by mode
   linear -> add(residual)            the residual add runs in the GEMV's epilogue
   act(linear_g(x)) * linear_u(x)     one GEMV over both weights with the GLU epilogue (also one
                                      linear whose output is split in halves, as Phi-3's gate_up_proj)
+  linear(x), linear(x), linear(x)    linears sharing an input (q, k, v): one GEMV over the stacked
+                                     weights; each output is a view of the result
 Each fused op rounds exactly as the ops it replaces, so a captured step equals the eager one.
 On a device without CUDA graphs (the CPU) calls after the record run fn with the plan, eagerly.
 """
@@ -250,6 +252,14 @@ class Fused:
     act: str | None = None
     residual: tuple | None = None  # (call, position) of the residual operand
     elided: list = field(default_factory=list)
+    group: list = field(default_factory=list)  # linears sharing this input: [(call, weight, bias)] after the first
+
+
+@dataclass
+class Member:
+    """A linear of a group whose output the group's first call already computed (segment `seg`)."""
+    first: int
+    seg: int
 
 
 def plan(calls: list[Call], escaping=()) -> dict:
@@ -369,6 +379,33 @@ def plan(calls: list[Call], escaping=()) -> dict:
                 fused[lc.index] = f
             f.norm = c.index
         out[c.index] = "elide"
+    # linears sharing one input (q, k and v): one launch over the stacked weights, from the first
+    by_input: dict = {}
+    for c in calls:
+        if not is_linear(c):
+            continue
+        f = fused.get(c.index)
+        if f is not None and (f.act is not None or f.residual is not None or f.at != c.index):
+            continue  # part of a GLU or residual group
+        x = c.args[0]
+        key = ("norm", f.norm) if f is not None and f.norm is not None else \
+            ("x", _ptr(x), tuple(x.shape), x.strides, str(x.dtype))
+        by_input.setdefault(key + (str(c.args[3]), c.args[1].shape[1]), []).append(c)
+    for key, members in by_input.items():
+        for i in range(0, len(members) - 1, 3):
+            chunk = members[i:i + 3]
+            if len(chunk) < 2:
+                continue
+            src = by[key[1]].args[0] if key[0] == "norm" else chunk[0].args[0]
+            if g.written_between(src, chunk[0].index, chunk[-1].index):
+                continue
+            first = chunk[0]
+            f = fused.get(first.index) or Fused(at=first.index, linear=first.index)
+            fused[first.index] = f
+            f.group = [(c.index, c.args[1], c.args[2]) for c in chunk[1:]]
+            for seg, c in enumerate(chunk[1:], 1):
+                fused.pop(c.index, None)
+                out[c.index] = Member(first.index, seg)
     for f in {id(f): f for f in fused.values()}.values():
         for e in f.elided:
             if e != f.at:
@@ -388,6 +425,7 @@ class _Planned:
     def __init__(self, trace: list[Call], the_plan: dict):
         self.trace, self.plan = trace, the_plan
         self.live: dict[int, tuple] = {}  # call index -> (args, kwargs) of this run
+        self.group_out: dict[int, list] = {}  # a group's first call -> every member's output
         self.i = 0
 
     def __call__(self, name, orig, args, kwargs):
@@ -409,6 +447,8 @@ class _Planned:
         if act == "elide":
             o = rec.out
             return backend.empty(o.shape, _dtype(o))
+        if isinstance(act, Member):
+            return self.group_out[act.first][act.seg]
         return self._fused(backend, act)
 
     def _fused(self, backend, f: Fused):
@@ -430,6 +470,11 @@ class _Planned:
         if f.residual is not None:
             ci, pos = f.residual
             residual = self.live[ci][0][pos]
+        if f.group:
+            outs = backend.linear_group(x, [w] + [m[1] for m in f.group], [b] + [m[2] for m in f.group], dt,
+                                        norm=norm)
+            self.group_out[f.at] = outs
+            return outs[0]
         return backend.linear_fused(x, w, b, dt, norm=norm, glu=glu, residual=residual)
 
 
@@ -440,10 +485,12 @@ def _dtype(arr):
 
 # ---- the captured step --------------------------------------------------------------------------------------
 class Captured:
-    """See the module docstring. fuse=False captures without the fusion plan."""
+    """See the module docstring. fuse=False captures without the fusion plan; graphs=False runs the
+    planned step eagerly from call 3 on (the same kernels, launched one by one from the host: for
+    debugging, and the engine's uncaptured decode)."""
 
-    def __init__(self, fn, fuse: bool = True, device=None):
-        self.fn, self.fuse = fn, fuse
+    def __init__(self, fn, fuse: bool = True, device=None, graphs: bool = True):
+        self.fn, self.fuse, self.graphs = fn, fuse, graphs
         self.device = device  # where the step runs (default: its inputs', else its outputs')
         self.calls = 0
         self.inputs = None  # static input tensors
@@ -522,7 +569,7 @@ class Captured:
         return out
 
     def _has_graphs(self) -> bool:
-        return type(self.backend).graph_capture is not _no_graphs()
+        return self.graphs and type(self.backend).graph_capture is not _no_graphs()
 
     def _run_planned(self):
         with _Patched(self.backend, _Planned(self.trace, self.the_plan)):

@@ -17,8 +17,9 @@ and `model.config`. The prompt runs once (prefill) into a StaticCache; each deco
 per row, computes only the last position's logits, chooses the next token on the device (the
 backend's `sample` op: engine/sampling.py's processors, in transformers' order) and writes it into
 the device buffer of generated tokens. On CUDA the step is captured as a CUDA graph after two eager
-steps (engine.capture), so a token costs one graph launch; capture=False runs the same step eagerly
-(for debugging; it equals the captured step token for token). The host reads tokens only to stream
+steps (engine.capture), so a token costs one graph launch; capture=False launches the same fused
+kernels one by one from the host and capture="plain" runs the model's ops as written (both for
+debugging: all three give the same tokens). The host reads tokens only to stream
 them or to look for stop tokens, every `read_every` steps.
 """
 from __future__ import annotations
@@ -80,7 +81,9 @@ class Decoder:
         self.device = dev
         self.max_len = max_len
         self.cache = model.new_cache(batch_size, max_len, static=True)
-        self.capture = (dev.type == "cuda") if capture is None else bool(capture)
+        if capture not in (None, True, False, "plain"):
+            raise ValueError(f"capture must be True, False, 'plain' or None, got {capture!r}")
+        self.capture = (dev.type == "cuda") if capture is None else capture
         i64 = D.int64
         self.tok = engine.zeros(batch_size, 1, dtype=i64, device=dev)  # the token each row feeds next
         self.out = engine.zeros(batch_size, max_len, dtype=i64, device=dev)  # tokens chosen so far
@@ -97,7 +100,9 @@ class Decoder:
         vocab = model.config.vocab_size
         self.seen = engine.zeros(batch_size, vocab, dtype=D.bool_, device=dev) if repetition_penalty != 1.0 else None
         self.counter = engine.zeros(1, dtype=i64, device=dev)  # draws so far (the generator's counter)
-        self.step_fn = Captured(self._step, device=dev) if self.capture else None
+        # True: a CUDA graph; False: the same planned (fused) step launched from the host; "plain":
+        # the model's ops as written, no plan (to debug the plan itself)
+        self.step_fn = None if self.capture == "plain" else Captured(self._step, device=dev, graphs=bool(self.capture))
         self.prompt_len = 0
 
     @property

@@ -1,7 +1,8 @@
 """torch.compile: what a PyTorch user would pick for speed. The same transformers models as `torch`;
 on CUDA the decode step runs over a StaticCache under torch.compile(mode="reduce-overhead",
 fullgraph=True) (CUDA graphs, the recipe of transformers' and gpt-fast's docs); on the CPU the
-default mode. Compile time is kept apart (Model.warmup_s) from the timed runs."""
+default mode. The prefill runs eagerly (it allocates the static cache's tensors, which a captured
+graph must not own). Compile time is kept apart (Model.warmup_s) from the timed runs."""
 from __future__ import annotations
 
 import inspect
@@ -57,7 +58,7 @@ class CompiledModel(TorchModel):
     def __init__(self, impl, source, module, config, weight_bytes, inputs=None):
         super().__init__(impl, source, module, config, weight_bytes, inputs)
         self._forward = torch.compile(module, mode=impl.mode, dynamic=False)
-        self._step_fn = self._prefill = None
+        self._step_fn = None
         self._cache_position = _accepts(module.forward, "cache_position")
 
     def forward(self, *arrays):
@@ -100,10 +101,8 @@ class CompiledModel(TorchModel):
         else:
             self.cache, self._cache_shape = self.new_cache(*shape), shape
         pos = torch.arange(L, device=self.impl.tdevice)[None]
-        if self._prefill is None:
-            self._prefill = torch.compile(self._prefill_logits, mode=self.impl.mode, dynamic=False)
-        with torch.inference_mode():
-            tok = self._prefill(ids, pos)
+        with torch.inference_mode():  # prefill runs eagerly: it also allocates the static cache's tensors
+            tok = self._prefill_logits(ids, pos)
         self._pos = torch.full((1, 1), L, dtype=torch.long, device=self.impl.tdevice)
         self._toks = [tok.clone()]
         if self._step_fn is None:

@@ -8,7 +8,7 @@ import pytest
 
 import engine
 from engine import models
-from engine.capture import CaptureError, Captured
+from engine.capture import CaptureError, Captured, Fused
 from engine.generation import Decoder, generate
 from engine.storage import GraphMemory
 from helpers import DEVICE, needs_device
@@ -36,9 +36,9 @@ PROMPTS = [[5, 9, 33, 2, 71, 100, 3], [17, 4, 250]]
 def test_captured_equals_eager(mt, dtype):
     m = model(mt, dtype)
     for prompts in (PROMPTS[:1], PROMPTS):  # batch 1, and batch 2 with left padding
-        eager = generate(m, prompts, max_new_tokens=10, stop_token_ids=[], capture=False).tokens
-        captured = generate(m, prompts, max_new_tokens=10, stop_token_ids=[], capture=True).tokens
-        assert captured == eager
+        plain = generate(m, prompts, max_new_tokens=10, stop_token_ids=[], capture="plain").tokens
+        for mode in (False, True):  # the fused kernels launched from the host, and as a graph
+            assert generate(m, prompts, max_new_tokens=10, stop_token_ids=[], capture=mode).tokens == plain
 
 
 @pytest.mark.parametrize("mt", FAMILIES)
@@ -46,7 +46,7 @@ def test_captured_sampling_equals_eager(mt):
     m = model(mt, "float32")
     kw = dict(max_new_tokens=8, stop_token_ids=[], temperature=0.9, top_k=40, top_p=0.9, repetition_penalty=1.2,
               seed=5)
-    assert generate(m, PROMPTS[0], capture=True, **kw).tokens == generate(m, PROMPTS[0], capture=False, **kw).tokens
+    assert generate(m, PROMPTS[0], capture=True, **kw).tokens == generate(m, PROMPTS[0], capture="plain", **kw).tokens
 
 
 def _groups(m, batch=1):
@@ -55,15 +55,18 @@ def _groups(m, batch=1):
     for _ in range(3):
         dec.step()
     plan = dec.step_fn.the_plan
-    fused = [f for f in plan.values() if f != "elide"]
+    fused = [f for f in plan.values() if isinstance(f, Fused)]
     return {"norm": sum(f.norm is not None for f in fused), "glu": sum(f.act is not None for f in fused),
-            "residual": sum(f.residual is not None for f in fused)}
+            "residual": sum(f.residual is not None for f in fused),
+            "grouped": sum(len(f.group) + 1 for f in fused if f.group)}
 
 
 @pytest.mark.parametrize("mt,want", [
-    ("llama", {"norm": 9, "glu": 2, "residual": 4}),  # per layer q, k, v and gate/up take the norm; + lm_head
-    ("phi3", {"norm": 5, "glu": 2, "residual": 4}),  # fused qkv_proj; gate_up_proj split in halves
-    ("gemma", {"norm": 9, "glu": 2, "residual": 4}),  # gelu_tanh GLU, (1 + w) norm
+    # per layer: q, k, v grouped into one launch that takes the norm, gate/up with the norm and the GLU,
+    # o_proj and down_proj with the residual; + lm_head with the final norm
+    ("llama", {"norm": 5, "glu": 2, "residual": 4, "grouped": 6}),
+    ("phi3", {"norm": 5, "glu": 2, "residual": 4, "grouped": 0}),  # fused qkv_proj; gate_up_proj in halves
+    ("gemma", {"norm": 5, "glu": 2, "residual": 4, "grouped": 6}),  # gelu_tanh GLU, (1 + w) norm
 ])
 def test_fusion_plan_groups(mt, want):
     assert _groups(model(mt, "float32")) == want
@@ -108,7 +111,7 @@ def test_capture_under_pool_pressure_and_recapture():
     in the cache), and a second decoder with a longer cache captures its own graph."""
     m = model("llama", "float16")
     b = engine.backend(DEVICE)
-    eager = generate(m, PROMPTS[0], max_new_tokens=40, stop_token_ids=[], capture=False).tokens
+    eager = generate(m, PROMPTS[0], max_new_tokens=40, stop_token_ids=[], capture="plain").tokens
     gc.collect()
     b.pool.empty_cache()
     old = b.pool.limit_bytes

@@ -218,3 +218,22 @@ def test_moe(dtype, T_, E_, k):
         comp = FusedOps.moe(b, E(x).array, E(w).array, E(experts).array,
                             *[[E(a).array for a in ws] for ws in (wg, wu, wd)], "silu", engine.dtype.get(dtype))
         same(got, engine.Tensor._wrap(comp, b, engine.dtype.get(dtype)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows,ns,K,bias,style", [(1, (64, 32, 32), 128, False, "llama"), (3, (96, 48), 64, True, None),
+                                                  (8, (32, 64, 32), 256, True, "gemma")])
+def test_linear_group(dtype, rows, ns, K, bias, style):
+    x = arr((rows, K), dtype)
+    ws = [arr((n, K), dtype, 0.1, i + 1) for i, n in enumerate(ns)]
+    bs = [arr((n,), dtype, 0.1, 10 + i) if bias else None for i, n in enumerate(ns)]
+    nw = arr((K,), dtype, 0.5, 9) if style else None
+    b = E(x).backend
+    norm = (E(nw).array, 1e-5, style) if style else None
+    outs = b.linear_group(E(x).array, [E(w).array for w in ws], [None if v is None else E(v).array for v in bs],
+                          engine.dtype.get(dtype), norm=norm)
+    for o, w, bb in zip(outs, ws, bs):
+        got = engine.Tensor._wrap(o, b, engine.dtype.get(dtype)) if o.flags.c_contiguous else \
+            engine.Tensor._wrap(o.copy(), b, engine.dtype.get(dtype))
+        one = run("linear_fused", E(x), E(w), None if bb is None else E(bb), norm=norm)
+        same(got, one)  # each member equals its own linear, bit for bit

@@ -269,6 +269,23 @@ class CupyBackend(NumpyBackend):
                 return out.reshape(lead + (n,))
         return super().linear_fused(x, w, b, out_dtype, norm=norm, glu=glu, residual=residual)
 
+    def linear_group(self, x, ws, bs, out_dtype, norm=None):
+        """Up to three linears of one input in one GEMV launch over the stacked weights; the outputs
+        are views of one (rows, sum of N) result."""
+        if 1 < len(ws) <= 3 and x.dtype == out_dtype.np_dtype and x.size and all(
+                w.ndim == 2 and w.dtype == x.dtype and w.shape[1] == ws[0].shape[1] for w in ws):
+            lead, k = x.shape[:-1], x.shape[-1]
+            x2 = x.reshape(-1, k)
+            ok = all(K.gemv_ok(x2, w) for w in ws) and all(b is None or b.flags.c_contiguous for b in bs)
+            ok = ok and (norm is None or norm[0] is None or norm[0].flags.c_contiguous)
+            if ok:
+                ns = [w.shape[0] for w in ws]
+                out = self.empty((x2.shape[0], sum(ns)), out_dtype)
+                K.gemv(x2, ws[0], out, bias=bs[0], norm=norm, segments=list(zip(ws[1:], bs[1:])))
+                cuts = np.cumsum([0] + ns)
+                return [out[:, a:b].reshape(lead + (b - a,)) for a, b in zip(cuts[:-1], cuts[1:])]
+        return super().linear_group(x, ws, bs, out_dtype, norm=norm)
+
     def rms_norm(self, x, nd: int, weight, eps: float, out_dtype, style: str = "torch"):
         if nd == 1 and x.dtype == out_dtype.np_dtype and out_dtype.name in K.TYPES and x.size:
             k = x.shape[-1]

@@ -35,9 +35,10 @@ def _unary_kernel(op: str):
 
 
 @functools.lru_cache(maxsize=None)
-def _binary_kernel(op: str):
+def _binary_kernel(op: str, a_scalar: bool, b_scalar: bool):
     expr = BINARY.get(op) or COMPARE[op]
-    return cupy.ElementwiseKernel("A a0, B b0", "Y y", f"float a = (float)a0; float b = (float)b0; y = (Y)({expr});",
+    params = ", ".join(("float32 " if sc else f"{t} ") + n for sc, t, n in ((a_scalar, "A", "a0"), (b_scalar, "B", "b0")))
+    return cupy.ElementwiseKernel(params, "Y y", f"float a = (float)a0; float b = (float)b0; y = (Y)({expr});",
                                   f"engine_binary_{op}", options=("-fmad=false",))
 
 
@@ -60,7 +61,6 @@ def binary(op: str, a, b, out):
     arrays = [v for v in (a, b) if isinstance(v, cupy.ndarray)]
     if not arrays or not any(v.dtype.name in _CT for v in arrays) or not all(_ok(v) for v in arrays):
         return False
-    a = np.float32(a) if not isinstance(a, cupy.ndarray) else a
-    b = np.float32(b) if not isinstance(b, cupy.ndarray) else b
-    _binary_kernel(op)(a, b, out)
+    sa, sb = not isinstance(a, cupy.ndarray), not isinstance(b, cupy.ndarray)
+    _binary_kernel(op, sa, sb)(np.float32(a) if sa else a, np.float32(b) if sb else b, out)
     return True

@@ -160,7 +160,9 @@ __global__ void __launch_bounds__(256) gemv(const T *__restrict__ W, const T *__
         const T *__restrict__ bias, const T *__restrict__ bias2, const T *__restrict__ res, long res_row,
         T *__restrict__ y, long y_row, int N, int K, int rows, int act,
         const unsigned long long *__restrict__ Wt, const unsigned long long *__restrict__ W2t,
-        const long long *__restrict__ ids, int x_div, long y_prob) {
+        const long long *__restrict__ ids, int x_div, long y_prob,
+        const T *__restrict__ Wb, const T *__restrict__ Wc, const T *__restrict__ biasb,
+        const T *__restrict__ biasc, int n0, int n1) {
     constexpr int V = Vec<T>::N;
     if (Wt != nullptr) {  // routed experts: problem blockIdx.y reads the weights of expert ids[problem]
         const long long e = ids[blockIdx.y];
@@ -196,7 +198,11 @@ __global__ void __launch_bounds__(256) gemv(const T *__restrict__ W, const T *__
         #pragma unroll
         for (int m = 0; m < M; m++) acc[m][r] = 0.f;
         const int row = min(row0 + r, N - 1);
-        const T *base = W2 == nullptr ? W + (size_t)row * K : ((row & 1) ? W2 : W) + (size_t)(row >> 1) * K;
+        const T *base;
+        if (W2 != nullptr) base = ((row & 1) ? W2 : W) + (size_t)(row >> 1) * K;
+        else if (Wb == nullptr || row < n0) base = W + (size_t)row * K;  // segments: [W; Wb; Wc] by rows
+        else if (row < n0 + n1) base = Wb + (size_t)(row - n0) * K;
+        else base = Wc + (size_t)(row - n0 - n1) * K;
         wv[r] = reinterpret_cast<const uint4 *>(base);
     }
     const uint4 *xv = reinterpret_cast<const uint4 *>(xs);
@@ -248,7 +254,12 @@ __global__ void __launch_bounds__(256) gemv(const T *__restrict__ W, const T *__
             y[(size_t)m * y_row + j] = from_f<T>(o);
         }
     } else if (lane < M * R && m < rows && row < N) {
-        float o = rnd<T>(bias != nullptr ? __fadd_rn(v, to_f<T>(bias[row])) : v);
+        const T *bp = bias;
+        int br = row;
+        if (Wb != nullptr && row >= n0) {
+            if (row < n0 + n1) { bp = biasb; br = row - n0; } else { bp = biasc; br = row - n0 - n1; }
+        }
+        float o = rnd<T>(bp != nullptr ? __fadd_rn(v, to_f<T>(bp[br])) : v);
         if (res != nullptr) o = __fadd_rn(to_f<T>(res[(size_t)m * res_row + row]), o);
         y[(size_t)m * y_row + row] = from_f<T>(o);
     }
@@ -687,16 +698,36 @@ def _module(bundle: tuple):
     return cupy.RawModule(code=_SRC, options=("-std=c++17",), name_expressions=list(bundle))
 
 
+_FNS: dict = {}
+
+
 def _fn(expr: str):
     """A kernel instantiation, compiled with its bundle on first use."""
-    return _module(_bundle(expr)).get_function(expr)
+    f = _FNS.get(expr)
+    if f is None:
+        f = _FNS[expr] = _module(_bundle(expr)).get_function(expr)
+    return f
+
+
+_BY_DTYPE = {}  # numpy dtype -> C type (dtype.name is slow on the launch path)
 
 
 def type_name(dtype) -> str:
-    name = getattr(dtype, "name", str(dtype))
-    if name not in TYPES:
-        raise TypeError(f"CUDA kernels support float16, bfloat16 and float32, got {name}")
-    return TYPES[name]
+    t = _BY_DTYPE.get(dtype)
+    if t is None:
+        name = getattr(dtype, "name", str(dtype))
+        if name not in TYPES:
+            raise TypeError(f"CUDA kernels support float16, bfloat16 and float32, got {name}")
+        t = _BY_DTYPE[dtype] = TYPES[name]
+    return t
+
+
+def _kernel_dtype(dtype) -> bool:
+    try:
+        type_name(dtype)
+        return True
+    except TypeError:
+        return False
 
 
 def _opt(a):
@@ -713,16 +744,18 @@ def _aligned(a) -> bool:
 
 
 # ---- gemv ----------------------------------------------------------------------------------------------------
-# (rows per warp, warps splitting K) per shape: from the profile of every variant at the Llama shapes
-# (suites/ and measurements/ hold the runs); two rows per warp always won; short outputs want K split
-# over 2 warps, the rest over 4, which keeps enough 16-byte loads in flight to cover the chip.
+# (rows per warp, warps splitting K): from bench/kernel_profile.py on the H200 (graph replays, Llama-2-7B
+# shapes, measurements/h200/): four rows per warp always won; K split over 2 warps for K <= 8192 and
+# over 4 for longer rows (down_proj) keeps enough 16-byte loads in flight; unroll mattered by < 2%.
 GEMV_VARIANTS = ((2, 1), (2, 2), (4, 2), (2, 4), (4, 4), (2, 8))
-GEMV_CONFIG = {"small_n": (2, 2), "large_n": (2, 4), "unroll": 4}
-_DEFAULT_RS = (GEMV_CONFIG["small_n"], GEMV_CONFIG["large_n"])
+GEMV_CONFIG = {"short_k": (4, 2), "long_k": (4, 4), "unroll": 4}
+_DEFAULT_RS = (GEMV_CONFIG["short_k"], GEMV_CONFIG["long_k"])
 
 
 def gemv_config(N: int, K: int) -> tuple:
-    return GEMV_CONFIG["small_n"] if N <= 4096 else GEMV_CONFIG["large_n"]
+    """By K alone, so every GEMV over the same K sums each row in the same order (grouped and batched
+    launches then equal separate ones bit for bit)."""
+    return GEMV_CONFIG["short_k"] if K <= 8192 else GEMV_CONFIG["long_k"]
 
 
 NORM_STYLES = {None: 0, "llama": 1, "gemma": 2, "torch": 3}
@@ -733,7 +766,7 @@ def gemv_ok(x2, W, W2=None) -> bool:
     """Whether gemv takes these operands: at most MAX_ROWS rows, 16-byte aligned contiguous rows."""
     if x2.ndim != 2 or W.ndim != 2 or not 0 < x2.shape[0] <= MAX_ROWS or x2.dtype != W.dtype:
         return False
-    if W.dtype.name not in TYPES or x2.shape[1] != W.shape[1] or W.shape[0] == 0:
+    if not _kernel_dtype(W.dtype) or x2.shape[1] != W.shape[1] or W.shape[0] == 0:
         return False
     v = _vec(W.dtype)
     K = W.shape[1]
@@ -746,13 +779,19 @@ def gemv_ok(x2, W, W2=None) -> bool:
 
 
 def gemv(x2, W, out, bias=None, W2=None, bias2=None, act=None, norm=None, residual=None,
-         rows_k=None, unroll=None):
+         rows_k=None, unroll=None, segments=None):
     """out (m, N) = x2 (m, K) @ W.T (+ bias) [GLU: act(.) * (x2 @ W2.T + bias2), out (m, N)];
     norm = (weight, eps, style) applies rms_norm to each x row first; residual (m, N) is added last.
     Check gemv_ok first."""
     m, K = x2.shape
     N = W.shape[0]
     n_virtual = 2 * N if W2 is not None else N
+    seg = (None, None, None, None, 0, 0)
+    if segments:  # more weights stacked under W: out (m, N + ...) holds each one's rows in turn
+        (wb, bb), rest = segments[0], segments[1:]
+        wc, bc = rest[0] if rest else (None, None)
+        seg = (wb, wc, bb, bc, N, wb.shape[0])
+        n_virtual = N + wb.shape[0] + (wc.shape[0] if wc is not None else 0)
     t = type_name(W.dtype)
     R, S = rows_k or gemv_config(n_virtual, K)
     U = unroll or GEMV_CONFIG["unroll"]
@@ -769,7 +808,8 @@ def gemv(x2, W, out, bias=None, W2=None, bias2=None, act=None, norm=None, residu
                       cupy.int32(NORM_STYLES[style]), _opt(bias), _opt(bias2), _opt(residual), cupy.int64(res_row),
                       out, cupy.int64(out.strides[0] // isz), cupy.int32(n_virtual), cupy.int32(K), cupy.int32(m),
                       cupy.int32(ACTS.get(act, 0)), cupy.uint64(0), cupy.uint64(0), cupy.uint64(0), cupy.int32(1),
-                      cupy.int64(0)), shared_mem=smem)
+                      cupy.int64(0), _opt(seg[0]), _opt(seg[1]), _opt(seg[2]), _opt(seg[3]), cupy.int32(seg[4]),
+                      cupy.int32(seg[5])), shared_mem=smem)
 
 
 def gemv_routed(x2, table, ids, x_div: int, out, table2=None, act=None, n: int = 0, k_dim: int = 0):
@@ -790,7 +830,8 @@ def gemv_routed(x2, table, ids, x_div: int, out, table2=None, act=None, n: int =
                       cupy.float32(0), cupy.int32(0), cupy.uint64(0), cupy.uint64(0), cupy.uint64(0), cupy.int64(0),
                       out, cupy.int64(0), cupy.int32(n_virtual), cupy.int32(k_dim), cupy.int32(1),
                       cupy.int32(ACTS.get(act, 0)), table, _opt(table2), ids, cupy.int32(x_div),
-                      cupy.int64(out.strides[0] // isz)), shared_mem=smem)
+                      cupy.int64(out.strides[0] // isz), cupy.uint64(0), cupy.uint64(0), cupy.uint64(0),
+                      cupy.uint64(0), cupy.int32(0), cupy.int32(0)), shared_mem=smem)
 
 
 def moe_combine(y, weights, ids, out):

@@ -9,6 +9,7 @@ Rounding follows the eager ops op by op, so a fused kernel can equal the ops it 
 (16-bit floats compute in float32 and round once per op, as the eager kernels do).
 
   linear_fused(x, w, b, out, norm=, glu=, residual=)   [rms_norm ->] linear [-> act(.) * up] [-> + residual]
+  linear_group(x, ws, bs, out, norm=)                  several linears of one input (q, k, v)
   moe(x, weights, experts, w_gate, w_up, w_down, act)  routed experts (Mixtral), summed in expert order
   rotary(x, cos, sin_signed, out)                      x * cos + swap_halves(x) * sin_signed on the first
                                                        cos.shape[-1] dims of each head (HF rotate_half)
@@ -44,6 +45,10 @@ class FusedOps:
         if residual is not None:
             y = self.binary("add", residual, y, out_dtype, out_dtype)
         return y
+
+    def linear_group(self, x, ws: list, bs: list, out_dtype, norm=None) -> list:
+        """[linear_fused(x, w, b, norm=norm) for each (w, b)]: linears sharing one input (q, k, v)."""
+        return [self.linear_fused(x, w, b, out_dtype, norm=norm) for w, b in zip(ws, bs)]
 
     # ---- mixture of experts --------------------------------------------------------------------------------
     def moe(self, x, weights, experts, w_gate: list, w_up: list, w_down: list, act: str, out_dtype):
