@@ -61,9 +61,9 @@ def _is_array(a) -> bool:
 
 
 def _ptr(a) -> int:
-    if hasattr(a, "data") and hasattr(a.data, "ptr"):  # cupy
+    if hasattr(a, "__cuda_array_interface__"):  # cupy
         return int(a.data.ptr)
-    return int(a.__array_interface__["data"][0])
+    return int(a.__array_interface__["data"][0])  # numpy (a.data would build a buffer: not for bfloat16)
 
 
 def _extent(a) -> tuple[int, int] | None:

@@ -15,7 +15,10 @@ Model (what load returns):
   ``forward(*arrays)`` -> list of host arrays; for causal LMs ``logits(ids)`` (B, L, V) float32,
   and the decode loop of this implementation: ``start(ids, max_new_tokens)`` (prefill into a fresh
   cache; returns the first greedy tokens (B,)), ``step()`` (one greedy step, the token stays on the
-  device), ``tokens()`` (B, n) and ``generate(ids, n)``. ``tap(names, callback)`` is a context manager
+  device), ``tokens()`` (B, n), ``generate(ids, n)`` and ``prefill(ids)`` (to the first token).
+  ``load(source, loop=...)`` picks a decode loop where an implementation has several (the engine:
+  "default" captures the step as a CUDA graph on a GPU, "eager" launches its kernels from the host).
+  ``tap(names, callback)`` is a context manager
   that reports named layer outputs during forward; implementations that cannot tap raise
   TapsUnsupported (verify then compares outputs only and says so).
 
@@ -193,6 +196,11 @@ class Impl:
     def empty_cache(self) -> None:
         pass
 
+    def copy_gb_per_s(self) -> float | None:
+        """Device-to-device copy rate (bytes read + written per second / 1e9): the memory roofline of
+        decode on this device; None where not measured (the cpu)."""
+        return None
+
 
 class Model:
     """A model loaded by one implementation (see the module docstring)."""
@@ -222,6 +230,10 @@ class Model:
 
     def tokens(self) -> np.ndarray:
         raise Unavailable(f"{self.impl.name} has no decode loop for {self.source}")
+
+    def prefill(self, ids) -> np.ndarray:
+        """The prompt to its first greedy tokens (B,): the time to first token."""
+        return self.start(ids, 1)
 
     def generate(self, ids, max_new_tokens: int) -> np.ndarray:
         """Greedy tokens after each prompt row: (B, max_new_tokens)."""

@@ -85,11 +85,17 @@ class EngineImpl(Impl):
             touch({k: v.storage.data for k, v in out.items()})
         return out
 
-    def load(self, source, module=None, seed: int = 0, capture=None, **options) -> "EngineModel":
+    def load(self, source, module=None, seed: int = 0, capture=None, loop: str = "default",
+             **options) -> "EngineModel":
         """A preset (random weights, seeded), a HF directory, or an engine Module built elsewhere
         (`module=`, e.g. the port of a torch model by migration). capture: decode through a captured
-        CUDA graph (default: on cuda)."""
+        CUDA graph (default: on cuda); loop="eager" is capture=False (the same kernels launched from
+        the host)."""
         from engine import models
+        if loop not in ("default", "eager"):
+            raise Unavailable(f"engine: unknown decode loop {loop!r} (default, eager)")
+        if loop == "eager":
+            capture = False
         src = sources.parse(source, **options) if source is not None else None
         if module is None:
             if src is None or src.kind == "factory":
@@ -125,6 +131,23 @@ class EngineImpl(Impl):
     def reset_peak(self):
         self.backend.pool.reset_peak()
 
+    def copy_gb_per_s(self):
+        """A 2 GiB device-to-device copy through the backend, timed with CUDA events."""
+        if not self.is_cuda:
+            return None
+        import cupy
+        n = 1 << 30
+        a, b = engine.empty(n, dtype=engine.uint8, device=self.device), engine.empty(n, dtype=engine.uint8,
+                                                                                     device=self.device)
+        b.copy_(a)
+        s, e = cupy.cuda.Event(), cupy.cuda.Event()
+        s.record()
+        for _ in range(10):
+            b.copy_(a)
+        e.record()
+        e.synchronize()
+        return 2 * n / (cupy.cuda.get_elapsed_time(s, e) / 10 / 1e3) / 1e9
+
     def empty_cache(self):
         self.backend.pool.empty_cache()
 
@@ -153,7 +176,10 @@ class EngineModel(Model):
     def start(self, ids, max_new_tokens: int):
         from engine.generation import Decoder
         ids = as_ids(ids)
-        self.decoder = Decoder(self.module, ids.shape[0], ids.shape[1] + max_new_tokens, capture=self.capture)
+        shape = (ids.shape[0], ids.shape[1] + max_new_tokens)
+        if self.decoder is None or (self.decoder.cache.batch_size, self.decoder.max_len) != shape:
+            # a decoder (its static cache and captured step) serves every run of the same shape
+            self.decoder = Decoder(self.module, *shape, capture=self.capture)
         first = self.decoder.prefill(engine.tensor(ids, device=self.impl.device))
         return first.numpy().astype(np.int64)
 

@@ -79,7 +79,9 @@ class OnnxRuntimeImpl(TorchImpl):
     def to_numpy(self, x):
         return np.asarray(x.numpy(), dtype=np.float32)
 
-    def load(self, source, seed: int = 0, weights=None, module=None, **options):
+    def load(self, source, seed: int = 0, weights=None, module=None, loop: str = "default", **options):
+        if loop != "default":
+            raise Unavailable(f"{self.name} has one decode loop (loop={loop!r} is the engine's)")
         module, src, inputs = self.build_module(source, seed, weights, module, **options)
         wb = sum(p.numel() * p.element_size() for p in module.parameters())
         return OrtModel(self, src, module, model_config(src, module), wb, inputs)
@@ -148,6 +150,10 @@ class OrtModel(Model):
         ids = as_ids(ids)
         key = ("logits", ids.shape)
         return self._run(key, _Logits(self.module), [ids])[0].astype(np.float32)
+
+    def prefill(self, ids):
+        """The prompt's logits through the exported graph (it has no cache): the same work as a prefill."""
+        return self.logits(ids)[:, -1].argmax(-1)
 
     def start(self, ids, max_new_tokens: int):
         raise Unavailable("onnxruntime: no decode loop (the KV cache must be exported as graph inputs and "

@@ -32,7 +32,9 @@ class TorchCompileImpl(TorchImpl):
     def _ops(self):
         return {k: _compiled(fn, self.mode) for k, fn in super()._ops().items()}
 
-    def load(self, source, seed: int = 0, weights=None, module=None, **options):
+    def load(self, source, seed: int = 0, weights=None, module=None, loop: str = "default", **options):
+        if loop != "default":
+            raise Unavailable(f"{self.name} has one decode loop (loop={loop!r} is the engine's)")
         module, src, inputs = self.build_module(source, seed, weights, module, **options)
         wb = sum(p.numel() * p.element_size() for p in module.parameters())
         self.synchronize()

@@ -136,10 +136,12 @@ class TorchImpl(Impl):
                 _assign(module, weights, self.tdevice, self.tdtype)
         return module.eval(), src, inputs
 
-    def load(self, source, seed: int = 0, weights=None, module=None, **options) -> "TorchModel":
+    def load(self, source, seed: int = 0, weights=None, module=None, loop: str = "default", **options) -> "TorchModel":
         """weights: {state-dict name: array} to use instead of a random init (DLPack-able arrays are
         shared zero-copy, so an engine model and its torch twin can hold one copy of a 7B model).
         module: an already built torch module to run (source may then be None)."""
+        if loop != "default":
+            raise Unavailable(f"{self.name} has one decode loop (loop={loop!r} is the engine's)")
         module, src, inputs = self.build_module(source, seed, weights, module, **options)
         wb = sum(p.numel() * p.element_size() for p in module.parameters())
         self.synchronize()

@@ -28,6 +28,7 @@ import time
 
 import numpy as np
 
+from impls import ALTERNATIVES, CANDIDATE
 from suites.common import DEVICES, IMPLS, QUICK, get_impl, prepared, reset, sizes
 
 PROMPT = 128
@@ -43,8 +44,8 @@ BATCHES = [1, 8]
 
 def check(impl: str, device: str, dtype: str, model: str, batch: int = 1, loop: str = "default") -> None:
     """NotImplementedError (a skip) for combinations not measured: 7B-class models on the cpu, tiny
-    ones on a GPU (except under TAPER_BENCH_QUICK), 16-bit on the cpu beyond tiny, the eager loop for
-    anything but the engine."""
+    ones on a GPU (except under TAPER_BENCH_QUICK), 16-bit on the cpu beyond tiny. (A loop an
+    implementation does not have is its own Unavailable, from load.)"""
     tiny = model.endswith(":tiny")
     if device == "cpu" and model not in CPU_MODELS:
         raise NotImplementedError(f"{model} is measured on a GPU")
@@ -52,8 +53,6 @@ def check(impl: str, device: str, dtype: str, model: str, batch: int = 1, loop: 
         raise NotImplementedError(f"{model} is measured on the cpu")
     if device == "cpu" and dtype != "float32" and not tiny:
         raise NotImplementedError(f"{dtype} on the cpu is only measured for tiny models (16-bit matmuls upcast)")
-    if loop == "eager" and impl != "engine":
-        raise NotImplementedError(f"loop=eager is the engine's uncaptured decode; {impl} has one loop")
     if batch > 1 and device == "cpu" and not tiny:
         raise NotImplementedError("batched decode is measured on a GPU")
 
@@ -61,9 +60,7 @@ def check(impl: str, device: str, dtype: str, model: str, batch: int = 1, loop: 
 def load(impl: str, device: str, dtype: str, model: str, loop: str = "default"):
     """The loaded model (memoised per process)."""
     def build():
-        im = get_impl(impl, device, dtype)
-        kw = {"capture": False} if loop == "eager" else {}
-        return im.load(model, **kw)
+        return get_impl(impl, device, dtype).load(model, loop=loop)
     return prepared(("llm", impl, device, dtype, model, loop), build)
 
 
@@ -100,7 +97,7 @@ def prefill_seconds(lm, length: int) -> float:
     ids = prompt_ids(lm.config["vocab_size"], 1, length)
     lm.impl.synchronize()
     t0 = time.perf_counter()
-    lm.start(ids, 1)
+    lm.prefill(ids)
     lm.impl.synchronize()
     return time.perf_counter() - t0
 
@@ -167,29 +164,21 @@ class Prefill:
         check(impl, device, dtype, model)
         self.lm = load(impl, device, dtype, model)
         self.n = PREFILL[device] if not QUICK else 16
-        if impl == "onnxruntime":  # ONNX Runtime runs the prompt's logits (it has no cache): the same work
-            self.run = lambda: self.lm.logits(prompt_ids(self.lm.config["vocab_size"], 1, self.n))
-        else:
-            self.run = lambda: prefill_seconds(self.lm, self.n)
-        self.run()  # warm-up (compilation, export)
+        prefill_seconds(self.lm, self.n)  # warm-up (compilation, export)
 
     def track_prefill_ms(self, impl, device, dtype, model):
-        ts = []
-        for _ in range(3):
-            t0 = time.perf_counter()
-            self.run()
-            self.lm.impl.synchronize()
-            ts.append(time.perf_counter() - t0)
-        return float(np.median(ts) * 1e3)
+        return float(np.median([prefill_seconds(self.lm, self.n) for _ in range(3)]) * 1e3)
     track_prefill_ms.unit = "ms"
 
 
 class Memory:
-    params = (IMPLS, ["cuda"], ["float16"], MODELS)
+    params = (IMPLS, DEVICES, ["float16"], MODELS)
     param_names = ["impl", "device", "dtype", "model"]
     timeout = 1800
 
     def setup(self, impl, device, dtype, model):
+        if device != "cuda":
+            raise NotImplementedError("GPU-only: peak device memory is measured on a GPU")
         check(impl, device, dtype, model)
         self.lm = load(impl, device, dtype, model)
         self.m = prepared(("llm-mem", impl, device, dtype, model), lambda: memory_peak(self.lm, LONG if not QUICK else 64))
@@ -205,25 +194,6 @@ class Memory:
 
 
 # ---- script ----------------------------------------------------------------------------------------------------
-def copy_gb_per_s(device: str) -> float | None:
-    """Device-to-device copy of 2 GiB, bytes read + written per second (the decode roofline's ceiling)."""
-    if device != "cuda":
-        return None
-    import cupy
-    n = 1 << 30
-    a, b = cupy.empty(n, cupy.uint8), cupy.empty(n, cupy.uint8)
-    b[...] = a
-    s, e = cupy.cuda.Event(), cupy.cuda.Event()
-    s.record()
-    for _ in range(10):
-        b[...] = a
-    e.record()
-    e.synchronize()
-    ms = cupy.cuda.get_elapsed_time(s, e) / 10
-    del a, b
-    return 2 * n / (ms / 1e3) / 1e9
-
-
 def _env(device: str) -> dict:
     from reports.envinfo import cpu_name, gpu_info
     out = {"cpu": cpu_name(), "cores": os.cpu_count()}
@@ -249,7 +219,8 @@ def main(argv=None) -> int:
                    help="one implementation at a time, freed before the next (models too big for two copies)")
     p.add_argument("--out", help="append the JSON lines to this file too")
     a = p.parse_args(argv)
-    variants = [(i, "default") for i in a.impl.split(",") if i] + ([("engine", "eager")] if a.eager else [])
+    variants = [(i, "default") for i in a.impl.split(",") if i]
+    variants += [(i, "eager") for i in a.impl.split(",") if i and a.eager]
     base = {"model": a.model, "device": a.device, "dtype": a.dtype, **_env(a.device)}
     out = open(a.out, "a") if a.out else None
 
@@ -260,12 +231,12 @@ def main(argv=None) -> int:
             out.write(line + "\n")
             out.flush()
 
-    bw = copy_gb_per_s(a.device)
+    bw = get_impl(CANDIDATE, a.device, a.dtype).copy_gb_per_s()
     if bw:
         emit(metric="copy_gb_per_s", value=round(bw, 1))
 
     def label(impl, loop):
-        return impl if loop == "default" else f"{impl}-{loop}"
+        return impl if loop == "default" else f"{impl} ({loop} loop)"
 
     def measure(group):
         lms = {}
@@ -300,8 +271,6 @@ def main(argv=None) -> int:
                 if batch != 1 or loop != "default":
                     continue
                 try:
-                    if impl == "onnxruntime":
-                        raise NotImplementedError("onnxruntime: see Prefill")
                     prefill_seconds(lm, a.prefill)
                     ts = [prefill_seconds(lm, a.prefill) for _ in range(3)]
                     emit(impl=impl, metric="prefill_ms", value=round(float(np.median(ts)) * 1e3, 2), tokens=a.prefill)
@@ -328,11 +297,11 @@ def main(argv=None) -> int:
             reset()
             gc.collect()
     for batch in map(int, a.batch.split(",")):
-        e = res.get(("engine", batch))
-        others = {k: v for (k, b), v in res.items() if b == batch and not k.startswith("engine")}
+        e = res.get((CANDIDATE, batch))
+        others = {k: v for (k, b), v in res.items() if b == batch and k in ALTERNATIVES}
         if e and others:
             best = max(others, key=others.get)
-            emit(impl="engine", batch=batch, metric="ratio_to_best_other", value=round(e / others[best], 3),
+            emit(impl=CANDIDATE, batch=batch, metric="ratio_to_best_other", value=round(e / others[best], 3),
                  best_other=best, **{f"vs_{k}": round(e / v, 3) for k, v in others.items()})
     if out:
         out.close()

@@ -66,7 +66,7 @@ class DecodeUtilization:
 
     def setup(self, impl, device, dtype, model):
         if device != "cuda":
-            raise NotImplementedError("GPU utilisation needs a GPU")
+            raise NotImplementedError("GPU-only: GPU utilisation needs a GPU")
         from reports.envinfo import UtilizationSampler
         from suites.bench_llm import check, load, prompt_ids
         check(impl, device, dtype, model)

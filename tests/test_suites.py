@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import impls
 from taper.commands import bench as B
 
 ROOT = Path(__file__).resolve().parents[1]
-MINE = ["bench_ops.py", "bench_pool.py", "bench_load.py", "bench_models.py"]
+MINE = sorted(p.name for p in (ROOT / "suites").glob("bench_*.py"))  # every suite file
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +70,7 @@ def test_benchmark_bodies_never_name_an_implementation():
     for name in MINE:
         tree = ast.parse((ROOT / "suites" / name).read_text())
         for node in ast.walk(tree):
-            if isinstance(node, ast.Constant) and node.value in ("engine", "torch", "numpy", "cupy"):
+            if isinstance(node, ast.Constant) and node.value in impls.NAMES:
                 pytest.fail(f"{name}:{node.lineno} names implementation {node.value!r}")
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 mods = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
@@ -121,7 +122,7 @@ def test_one_quick_call_per_benchmark_engine_and_torch_cpu(cpu_runs):
             by_bench.setdefault(name, set()).add(combo[0])
     for name in {n for n, _ in cpu_runs}:
         reasons = {r["skip"] for (n, _), r in cpu_runs.items() if n == name}
-        if reasons == {"GPU utilisation needs a GPU"}:
+        if all(str(r).startswith("GPU-only") for r in reasons):
             continue  # a GPU-only measurement
         assert {"engine", "torch"} <= by_bench.get(name, set()), f"{name}: ran for {by_bench.get(name)}"
 
@@ -145,13 +146,27 @@ def test_skips_say_why(cpu_runs):
     assert any("never unpickles" in v for (n, c), v in skips.items() if n.endswith("Load.time_load")), skips
 
 
-def test_llm_suite_runs_tiny_on_cpu(discovered):
-    """bench_llm.py is another engineer's; check only that taper bench can run it here."""
+def test_llm_suite_runs_tiny_on_cpu_with_every_implementation(discovered):
+    """bench_llm's decode and prefill through every implementation present (tiny, float32, batch 1):
+    each runs, or skips with its reason (ONNX Runtime has no decode loop)."""
     benches, _ = discovered
-    llm = [b for b in benches if b.name.startswith("bench_llm.") and b.kind == "time"]
-    assert llm, "bench_llm has time_ benchmarks"
-    runs = _run_cpu(llm[:1], ("engine",))
-    assert runs and not any(r["error"] for r in runs.values()), runs
+    llm = [b for b in benches if b.name in ("bench_llm.Decode.track_tokens_per_s", "bench_llm.Prefill.track_prefill_ms")]
+    assert len(llm) == 2
+    import suites.common as common
+    ran = {}
+    for b in llm:
+        for combo in b.combos():
+            if combo[1] != "cpu" or combo[2] != "float32" or (len(combo) > 4 and (combo[4] != 1 or combo[5] != "default")):
+                continue
+            r = B._run_combo(b, tuple(combo), B._attrs(b, quick=True))
+            common.reset()
+            assert not r["error"], (b.name, combo, r["error"])
+            ran[(b.name, combo[0])] = r["skip"] or r["result"]
+    present = [n for n in impls.MODEL_IMPLS if impls.available(n)]
+    for name in present:
+        assert isinstance(ran[("bench_llm.Prefill.track_prefill_ms", name)], float), (name, ran)
+        dec = ran[("bench_llm.Decode.track_tokens_per_s", name)]
+        assert isinstance(dec, float) and dec > 0 or "no decode loop" in str(dec), (name, dec)
 
 
 # ---- the adapters ------------------------------------------------------------------------------------------

@@ -732,7 +732,7 @@ def _kernel_dtype(dtype) -> bool:
 
 def _opt(a):
     """An optional array argument: a null pointer when absent."""
-    return cupy.uint64(0) if a is None else a
+    return _NULL if a is None else a
 
 
 def _vec(dtype) -> int:
@@ -778,38 +778,46 @@ def gemv_ok(x2, W, W2=None) -> bool:
     return x2.shape[0] * K * W.dtype.itemsize <= SMEM_LIMIT - 8 * 1024
 
 
+_GEMV_LAUNCH: dict = {}  # launch plan by shape: kernel, grid, shared memory and the scalar arguments
+_NULL = cupy.uint64(0)
+
+
 def gemv(x2, W, out, bias=None, W2=None, bias2=None, act=None, norm=None, residual=None,
          rows_k=None, unroll=None, segments=None):
     """out (m, N) = x2 (m, K) @ W.T (+ bias) [GLU: act(.) * (x2 @ W2.T + bias2), out (m, N)];
-    norm = (weight, eps, style) applies rms_norm to each x row first; residual (m, N) is added last.
-    Check gemv_ok first."""
+    norm = (weight, eps, style) applies rms_norm to each x row first; residual (m, N) is added last;
+    segments [(W_b, bias_b), (W_c, bias_c)] stack more weights under W (out holds each one's rows).
+    Check gemv_ok first. The launch plan of a shape is kept, so a call costs little host time."""
     m, K = x2.shape
-    N = W.shape[0]
-    n_virtual = 2 * N if W2 is not None else N
-    seg = (None, None, None, None, 0, 0)
-    if segments:  # more weights stacked under W: out (m, N + ...) holds each one's rows in turn
-        (wb, bb), rest = segments[0], segments[1:]
-        wc, bc = rest[0] if rest else (None, None)
-        seg = (wb, wc, bb, bc, N, wb.shape[0])
-        n_virtual = N + wb.shape[0] + (wc.shape[0] if wc is not None else 0)
-    t = type_name(W.dtype)
-    R, S = rows_k or gemv_config(n_virtual, K)
-    U = unroll or GEMV_CONFIG["unroll"]
-    M = 1 if m == 1 else 2 if m <= 2 else 4 if m <= 4 else 8
-    fn = _fn(f"gemv<{t},{R},{S},{M},{U}>")
-    smem = M * K * W.dtype.itemsize
-    if smem > 48 * 1024:
-        fn.max_dynamic_shared_size_bytes = smem
-    nw, eps, style = (norm or (None, 0.0, None))
+    nw, eps, style = norm or (None, 0.0, None)
+    segs = tuple(w.shape[0] for w, _ in segments) if segments else ()
     isz = W.dtype.itemsize
     res_row = residual.strides[0] // isz if residual is not None else 0
-    grid = (-(-n_virtual // ((8 // S) * R)),)
-    fn(grid, (256,), (W, _opt(W2), x2, cupy.int64(x2.strides[0] // isz), _opt(nw), cupy.float32(eps),
-                      cupy.int32(NORM_STYLES[style]), _opt(bias), _opt(bias2), _opt(residual), cupy.int64(res_row),
-                      out, cupy.int64(out.strides[0] // isz), cupy.int32(n_virtual), cupy.int32(K), cupy.int32(m),
-                      cupy.int32(ACTS.get(act, 0)), cupy.uint64(0), cupy.uint64(0), cupy.uint64(0), cupy.int32(1),
-                      cupy.int64(0), _opt(seg[0]), _opt(seg[1]), _opt(seg[2]), _opt(seg[3]), cupy.int32(seg[4]),
-                      cupy.int32(seg[5])), shared_mem=smem)
+    key = (W.dtype, m, W.shape[0], K, W2 is not None, segs, rows_k, unroll, act, style, eps,
+           x2.strides[0], out.strides[0], res_row)
+    plan = _GEMV_LAUNCH.get(key)
+    if plan is None:
+        N = W.shape[0]
+        n_virtual = 2 * N if W2 is not None else N + sum(segs)
+        R, S = rows_k or gemv_config(n_virtual, K)
+        U = unroll or GEMV_CONFIG["unroll"]
+        M = 1 if m == 1 else 2 if m <= 2 else 4 if m <= 4 else 8
+        fn = _fn(f"gemv<{type_name(W.dtype)},{R},{S},{M},{U}>")
+        smem = M * K * isz
+        if smem > 48 * 1024:
+            fn.max_dynamic_shared_size_bytes = smem
+        i32, i64 = cupy.int32, cupy.int64
+        scalars = (i64(x2.strides[0] // isz), cupy.float32(eps), i32(NORM_STYLES[style]), i64(res_row),
+                   i64(out.strides[0] // isz), i32(n_virtual), i32(K), i32(m), i32(ACTS.get(act, 0)), i32(1), i64(0),
+                   i32(N), i32(segs[0] if segs else 0))
+        plan = _GEMV_LAUNCH[key] = (fn, (-(-n_virtual // ((8 // S) * R)),), smem, scalars)
+    fn, grid, smem, sc = plan
+    wb, bb = segments[0] if segments else (None, None)
+    wc, bc = segments[1] if segments and len(segments) > 1 else (None, None)
+    o = _opt
+    fn(grid, (256,), (W, o(W2), x2, sc[0], o(nw), sc[1], sc[2], o(bias), o(bias2), o(residual), sc[3], out, sc[4],
+                      sc[5], sc[6], sc[7], sc[8], _NULL, _NULL, _NULL, sc[9], sc[10], o(wb), o(wc), o(bb), o(bc),
+                      sc[11], sc[12]), shared_mem=smem)
 
 
 def gemv_routed(x2, table, ids, x_div: int, out, table2=None, act=None, n: int = 0, k_dim: int = 0):
