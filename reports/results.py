@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from engine.io.atomic import atomic_write_text
+
 SIDECAR = "taper-env.json"
 SIDECAR_KEYS = ("card", "driver", "clocks", "cpu")
 CORE_COLUMNS = [
@@ -73,12 +75,9 @@ def read_env_sidecar(machine_dir: Path) -> dict:
 
 
 def write_env_sidecar(results_dir, machine: str, *, card=None, driver=None, clocks=None, cpu=None):
-    """Write ``<results_dir>/<machine>/taper-env.json``; returns its path."""
-    path = Path(results_dir) / machine / SIDECAR
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``<results_dir>/<machine>/taper-env.json`` (atomically); returns its path."""
     data = {"card": card, "driver": driver, "clocks": clocks, "cpu": cpu}
-    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    return path
+    return atomic_write_text(Path(results_dir) / machine / SIDECAR, json.dumps(data, indent=2) + "\n")
 
 
 def _field_list(path, bench, field, value, n):

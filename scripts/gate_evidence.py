@@ -52,7 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from reports import stats  # noqa: E402
-from reports.asvrun import bench_regex  # noqa: E402
+from bench.asv import bench_regex  # noqa: E402
 from reports.gate import load_config, run_gate, settings_for  # noqa: E402
 from reports.results import load_results  # noqa: E402
 

@@ -67,7 +67,7 @@ class DecodeUtilization:
     def setup(self, impl, device, dtype, model):
         if device != "cuda":
             raise NotImplementedError("GPU utilisation needs a GPU")
-        from reports.envinfo import UtilizationSampler
+        from bench.probes import UtilizationSampler
         from suites.bench_llm import load_llm
         probe = UtilizationSampler()
         with probe:

@@ -1,5 +1,6 @@
 """The import direction of DESIGN.md: engine imports nothing from the other packages and never torch;
-migration never imports suites or reports.
+migration never imports suites or reports; bench (the runner) may import engine, suites, reports and
+impls, never migration or the CLI; reports reads result files and imports none of the others (engine.io.atomic for its writes).
 
 Every .py file is parsed (ast), so imports inside functions and importlib/__import__ calls with a
 literal name count too; a subprocess then imports every engine module and checks sys.modules.
@@ -17,7 +18,9 @@ ROOT = Path(__file__).resolve().parents[1]
 TORCH_LIKE = {"torch", "torchvision", "torchaudio", "transformers", "diffusers", "ultralytics", "safetensors.torch"}
 RULES = {
     "engine": TORCH_LIKE | {"migration", "suites", "reports", "taper"},
-    "migration": {"suites", "reports", "taper"},
+    "migration": {"suites", "reports", "taper", "bench"},
+    "bench": {"migration", "taper"},
+    "reports": TORCH_LIKE | {"engine.models", "engine.nn", "migration", "suites", "taper", "bench", "impls"},
 }
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from taper.commands import bench as B
+from bench.discovery import discover
+from bench.measure import run_attrs, run_combo
 
 ROOT = Path(__file__).resolve().parents[1]
 MINE = ["bench_ops.py", "bench_pool.py", "bench_load.py", "bench_models.py"]
@@ -22,7 +23,7 @@ MINE = ["bench_ops.py", "bench_pool.py", "bench_load.py", "bench_models.py"]
 @pytest.fixture(scope="module")
 def discovered():
     old = os.environ.get("TAPER_BENCH_QUICK")
-    benches, errors = B.discover(tiny=True)
+    benches, errors = discover(tiny=True)
     yield benches, errors
     if old is None:
         os.environ.pop("TAPER_BENCH_QUICK", None)
@@ -97,7 +98,7 @@ def _run_cpu(benches, impls):
                     if combo[0] not in impls or combo[1] != "cpu":
                         continue
                     args = ((cache,) if cache is not None else ()) + tuple(combo)
-                    r = B._run_combo(b, args, B._attrs(b, quick=True))
+                    r = run_combo(b, args, run_attrs(b, quick=True))
                     common.reset()
                     results[(b.name, combo)] = r
         finally:

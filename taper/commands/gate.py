@@ -52,7 +52,7 @@ class _Side:
     """One side of the gate: its results directory, and how to re-measure it."""
 
     def __init__(self, spec, args, stack):
-        from reports.asvrun import AsvRunner, worktree
+        from bench.asv import AsvRunner, worktree
         from reports.results import load_results
 
         self.spec, self.runner, self.commit = spec, None, None
@@ -75,7 +75,7 @@ class _Side:
 
 
 def _rerun_hook(head: _Side, args):
-    from reports.asvrun import AsvRunError, AsvRunner, bench_regex, git, known_machines
+    from bench.asv import AsvRunError, AsvRunner, bench_regex, git, known_machines
     from reports.results import latest, load_results
 
     def rerun(suspects):
@@ -114,7 +114,7 @@ def _rerun_hook(head: _Side, args):
 
 
 def run(args) -> int:
-    from reports.asvrun import AsvRunError
+    from bench.asv import AsvRunError
     from reports.drift import VerifyFileError, compare_verify
     from reports.gate import GateUsageError, load_config, run_gate
     from reports.results import ResultsError

@@ -1,4 +1,6 @@
-"""What a benchmark ran on: cpu, card, driver and clocks (NVML through pynvml, else nvidia-smi).
+"""Machine and card probes, in one place: cpu, RAM, card, driver and clocks (NVML through pynvml,
+else nvidia-smi), whether CUDA is usable, the device copy bandwidth (the decode roofline) and NVML
+utilisation.
 
 ``capture()`` returns exactly the keys of the results sidecar (see :mod:`reports`): card, driver,
 clocks, cpu; ``write_sidecar`` writes it beside asv's machine.json. ``describe()`` adds what a
@@ -184,6 +186,42 @@ def write_sidecar(results_dir, machine: str, info: dict | None = None) -> tuple[
                        "earlier results of this machine directory will be shown with the new values; "
                        "give this box a new asv machine name (--machine) to keep them apart")
     return write_env_sidecar(results_dir, machine, **{k: info.get(k) for k in ("card", "driver", "clocks", "cpu")}), warning
+
+
+def cuda_status() -> tuple[bool, str]:
+    """(usable, why not): whether the engine or torch can run on a CUDA device here. Imports torch
+    only when it is installed; the engine's reason names what is missing (cupy, a GPU, a driver)."""
+    import engine.device
+
+    if engine.device.is_available("cuda"):
+        return True, ""
+    cause = getattr(engine.device.backend("cuda"), "cause", None)
+    why = [f"engine: {type(cause).__name__}: {cause}" if cause else "engine: the cuda backend did not load"]
+    try:
+        import torch
+        if torch.cuda.is_available():
+            return True, ""
+        why.append(f"torch {torch.__version__}: torch.cuda.is_available() is False")
+    except ImportError:
+        why.append("torch: not installed")
+    return False, "no usable CUDA device (" + "; ".join(why) + ")"
+
+
+def copy_bandwidth(cupy, nbytes: int = 1 << 31, repeats: int = 10) -> float:
+    """Device-to-device copy of `nbytes`, bytes read + written per second: the decode roofline."""
+    a = cupy.empty(nbytes, cupy.uint8)
+    b = cupy.empty(nbytes, cupy.uint8)
+    b[...] = a
+    cupy.cuda.Device().synchronize()
+    s, e = cupy.cuda.Event(), cupy.cuda.Event()
+    s.record()
+    for _ in range(repeats):
+        b[...] = a
+    e.record()
+    e.synchronize()
+    ms = cupy.cuda.get_elapsed_time(s, e) / repeats
+    del a, b
+    return 2 * nbytes / (ms / 1e3)
 
 
 class UtilizationSampler:
