@@ -1,16 +1,19 @@
-"""Atomic file writes: a temp file beside the target, then one rename; and the cleaning of temps that
-killed processes left behind. Used for checkpoints (engine.io), conversions (migration) and benchmark
-results (reports, bench), so that no reader, crash or full disk ever sees a half-written file.
+"""Atomic file writes: a temp file beside the target, then one rename; a whole directory replaced by
+another in one step; and the cleaning of temps that killed processes left behind. Used for
+checkpoints (engine.io), conversions (migration) and benchmark results (reports, bench), so that no
+reader, crash or full disk ever sees a half-written file or a checkpoint mixed from two writes.
 
 Temp names are ``.<target name>.<pid>.<random>.tmp`` in the target's directory (same filesystem, so
-os.replace is atomic). A temp whose process is gone (on this host) is stale: `remove_stale_temps`
-deletes it; the writer's own failures delete theirs at once.
+renames are atomic), for files and staging directories alike. A temp whose process is gone (on this
+host) is stale: `remove_stale_temps` deletes it; the writer's own failures delete theirs at once.
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import secrets
+import shutil
 from pathlib import Path
 
 _TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]+\.tmp$")
@@ -92,8 +95,62 @@ def remove_stale_temps(directory, name: str | None = None) -> list[Path]:
         m = _TEMP.match(p.name)
         if m and (name is None or m["name"] == name) and not pid_alive(int(m["pid"])):
             try:
-                p.unlink()
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
                 removed.append(p)
             except OSError:
                 pass
     return removed
+
+
+def remove(path) -> None:
+    """Remove a file or a directory tree, if it is there."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (22, 38, 95):  # EINVAL, ENOSYS, EOPNOTSUPP: this filesystem or kernel cannot
+        return False
+    raise OSError(err, f"cannot swap {a} and {b}: {os.strerror(err)}")
+
+
+def replace_dir(staging, final, keep=lambda name: True) -> None:
+    """Put the complete directory `staging` at `final` as a whole. Entries of an existing `final`
+    that `staging` lacks and for which keep(name) is true are carried over (hard links, else copies).
+    Readers see the old directory or the new one: on Linux the two are swapped in one step; elsewhere
+    the old one is renamed aside first (``.<name>.<pid>.<random>.old``) and removed after."""
+    staging, final = Path(staging), Path(final)
+    if not final.exists():
+        os.rename(staging, final)
+        return
+    for entry in final.iterdir():
+        if not (staging / entry.name).exists() and keep(entry.name) and not _TEMP.match(entry.name):
+            if entry.is_dir():
+                shutil.copytree(entry, staging / entry.name, symlinks=True)
+            else:
+                try:
+                    os.link(entry, staging / entry.name, follow_symlinks=False)
+                except OSError:
+                    shutil.copy2(entry, staging / entry.name, follow_symlinks=False)
+    if _exchange(staging, final):
+        shutil.rmtree(staging)  # now the old directory
+        return
+    old = final.with_name(f".{final.name}.{os.getpid()}.{secrets.token_hex(4)}.old")
+    os.rename(final, old)
+    os.rename(staging, final)
+    shutil.rmtree(old)
