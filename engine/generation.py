@@ -16,6 +16,8 @@ argmax (temperature 0) or a draw from the softmax with a seeded generator.
 """
 from __future__ import annotations
 
+import math
+import numbers
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +26,23 @@ import numpy as np
 
 import engine
 from engine import dtype as D
+
+
+def validate_sampling(temperature=0.0, top_k=None, top_p=None, repetition_penalty=1.0) -> None:
+    """Refuse sampling settings transformers' logits processors refuse (ValueError naming the value):
+    temperature finite and >= 0 (0: greedy); top_k None or an int >= 0 (0: off); top_p None or in
+    (0, 1]; repetition_penalty finite and > 0."""
+    def bad(name, value, rule):
+        raise ValueError(f"`{name}` (={value!r}) {rule}")
+    if not isinstance(temperature, numbers.Real) or not math.isfinite(temperature) or temperature < 0:
+        bad("temperature", temperature, "has to be a finite float >= 0 (0 is greedy decoding)")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 0):
+        bad("top_k", top_k, "has to be an integer >= 0 (0 or None: no top-k filtering)")
+    if top_p is not None and (not isinstance(top_p, numbers.Real) or not 0 < top_p <= 1):
+        bad("top_p", top_p, "has to be a float in (0, 1] (None or 1: no nucleus filtering)")
+    if not isinstance(repetition_penalty, numbers.Real) or not math.isfinite(repetition_penalty) \
+            or repetition_penalty <= 0:
+        bad("repetition_penalty", repetition_penalty, "has to be a strictly positive float (1: no penalty)")
 
 
 @dataclass
@@ -120,6 +139,7 @@ def generate(model, prompts, max_new_tokens: int = 32, temperature: float = 0.0,
     stopped. callback(tokens) is called with the list of this step's tokens (one per row) as soon
     as they are chosen. The device's peak-memory counter is reset at the start.
     """
+    validate_sampling(temperature, top_k, top_p, repetition_penalty)
     if prompts and isinstance(prompts[0], (int, np.integer)):
         prompts = [prompts]
     prompts = [list(map(int, p)) for p in prompts]
