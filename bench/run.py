@@ -158,12 +158,12 @@ def _check_devices(args) -> str | None:
 def _measure(runner, root, results, machine, commit, regex, args, env) -> tuple[dict, int]:
     """Run the benchmarks; (failure reasons by label, number of failed sets or -1 when unknown)."""
     if runner == "asv":
-        from bench.asv import AsvRunner
+        from bench.asv import AsvRunner, python
 
         asv = AsvRunner(root, results, machine=machine, extra_env=env, quick=args.quick,
                         launch_method=args.launch_method, progress=lambda line: print(line, file=sys.stderr, flush=True))
         asv.ensure_machine()
-        say(f"asv run -E existing:{sys.executable} --bench {regex!r} (full output: {results / 'taper-asv.log'})")
+        say(f"asv run -E existing:{python()} --bench {regex!r} (full output: {results / 'taper-asv.log'})")
         run = asv.run(commit, regex)
         return {name: f"asv: failed (details in {run.log})" for name in run.failed}, len(run.failed)
     from bench.fallback import run_fallback
