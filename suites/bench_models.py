@@ -50,7 +50,7 @@ class ModelLoad:
         _cpu_16bit_skip(device, dtype, model)
         im = get_impl(impl, device, dtype)
         path = dirs[f"{model}/{dtype}"]
-        self.run = im.build(im.load_model, path)
+        self.run = im.build(im.load, path)
         # one untimed load per process first: lazy imports (transformers' model code) are not load time
         prepared(("model-load-warmup", impl, device, dtype, model), lambda: self.run() is None)
         warm_page_cache([os.path.join(path, f) for f in os.listdir(path)])

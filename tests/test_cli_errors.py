@@ -21,12 +21,12 @@ CASES = [  # (argv, what stderr must say)
     (TINY + ["--ids", "1,2,999"], r"--ids: token id\(s\) \[999\] outside the model's vocabulary \(0 to 255\)"),
     (TINY + ["--ids", "1,-2"], r"--ids: token id\(s\) \[-2\] outside"),
     (TINY + ["--ids", "1,x"], r"--ids must be comma-separated integers, got '1,x'"),
-    (TINY + ["--ids", "1", "--temperature", "nan"], r"`temperature` \(=nan\) has to be a finite float >= 0"),
+    (TINY + ["--ids", "1", "--temperature", "nan"], r"`temperature` \(=nan\) has to be a finite number >= 0"),
     (TINY + ["--ids", "1", "--temperature", "-1"], r"`temperature` \(=-1.0\)"),
     (TINY + ["--ids", "1", "--top-k", "-1"], r"`top_k` \(=-1\) has to be an integer >= 0"),
-    (TINY + ["--ids", "1", "--top-p", "-0.5"], r"`top_p` \(=-0.5\) has to be a float in \(0, 1\]"),
+    (TINY + ["--ids", "1", "--top-p", "-0.5"], r"`top_p` \(=-0.5\) has to be in \(0, 1\]"),
     (TINY + ["--ids", "1", "--top-p", "1.5"], r"`top_p` \(=1.5\)"),
-    (TINY + ["--ids", "1", "--repetition-penalty", "0"], r"`repetition_penalty` \(=0.0\) has to be a strictly positive"),
+    (TINY + ["--ids", "1", "--repetition-penalty", "0"], r"`repetition_penalty` \(=0.0\) has to be a finite number > 0"),
     (["generate", "--model", "preset:nope:tiny", "--ids", "1"], r"no engine model for model_type 'nope'"),
 ]
 

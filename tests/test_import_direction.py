@@ -19,6 +19,7 @@ TORCH_LIKE = {"torch", "torchvision", "torchaudio", "transformers", "diffusers",
 RULES = {
     "engine": TORCH_LIKE | {"migration", "suites", "reports", "taper"},
     "migration": {"suites", "reports", "taper", "bench"},
+    "impls": {"migration", "suites", "reports", "taper", "bench"},
     "bench": {"migration", "taper"},
     "reports": TORCH_LIKE | {"engine.models", "engine.nn", "migration", "suites", "taper", "bench", "impls"},
 }

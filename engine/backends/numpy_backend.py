@@ -12,6 +12,7 @@ import ml_dtypes
 import numpy as np
 
 from engine import dtype as D
+from engine.backends.fused import FusedOps
 from engine.backends.numpy_nn import NnKernels
 from engine.storage import StoragePool
 
@@ -40,7 +41,7 @@ def _erf_f64(x):
     return np.copysign(out, x)
 
 
-class NumpyBackend(NnKernels):
+class NumpyBackend(NnKernels, FusedOps):
     name = "numpy"
     available = True
     xp = np
