@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.asv import clean_stale, env_name, python
+from bench.asv import check_results_dir, clean_stale, env_name, python
 from bench.discovery import ROOT, discover
 from bench.measure import run_attrs
 from bench.worker import Worker, WorkerError
@@ -117,9 +117,12 @@ def _last_line(text: str) -> str:
 
 
 def run_fallback(results: Path, machine: str, commit: str, regex, quick: bool, tiny: bool,
-                 log=sys.stderr, root: Path = ROOT) -> dict:
+                 log=None, root: Path = ROOT) -> dict:
     """Discover the benchmarks of the checkout at `root`, select, run and write asv-format results;
     returns a summary dict."""
+    log = log or sys.stderr
+    clean_stale(results)
+    check_results_dir(results)  # a damaged file stops the run before anything is measured
     benches, errors = discover(tiny, root)
     for mod, err in errors.items():
         print(f"taper bench: cannot import {mod}: {err}", file=log)
@@ -133,8 +136,7 @@ def run_fallback(results: Path, machine: str, commit: str, regex, quick: bool, t
     mdir = results / machine
     bench_file = results / "benchmarks.json"
     result_path = mdir / f"{commit[:8]}-{env_name()}.json"
-    clean_stale(results)
-    # read (and check) everything there before measuring anything
+    # read (and check) what is there before measuring anything
     meta_all = _read(bench_file, lambda d: None if isinstance(d, dict) else "not a JSON object") or {}
     data = _read(result_path, _result_file_fault)
     metas = {b.name: b.meta() for b in benches}
