@@ -391,3 +391,13 @@ def test_load_to_device_copy_on_load_and_a_truncated_file(tmp_path, monkeypatch)
     with pytest.raises(SafetensorsError, match="is now .* bytes") as e:
         dl.load_to_device(tmp_path, "cpu")
     assert (e.value.path, e.value.tensor, e.value.offset) == (str(shard), "b", begin)
+
+
+def test_a_new_writer_removes_the_temps_of_killed_writers(tmp_path):
+    dead = 2**22 + 4321  # above the default pid_max: no such process
+    stale = tmp_path / f".a.safetensors.{dead}.0badc0de.tmp"
+    stale.write_bytes(b"\0" * 4096)
+    alive = tmp_path / f".a.safetensors.{os.getpid()}.00c0ffee.tmp"  # this process: not stale
+    alive.write_bytes(b"")
+    save_file({"x": np.ones(2, np.float32)}, tmp_path / "a.safetensors")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["a.safetensors", alive.name])

@@ -218,7 +218,8 @@ class SafetensorsWriter:
     """Stream tensors into a safetensors file: header first, then `write(name, array)` in spec order.
 
     specs: [(name, dtype, shape)], dtype a safetensors name ('BF16') or a numpy dtype. Data goes to a
-    temp file beside `path`, renamed into place by a successful close(); on error nothing is left.
+    temp file beside `path`, renamed into place by a successful close(); on error nothing is left, and
+    the temps of writers to the same path that were killed are removed when a new one starts.
     """
 
     def __init__(self, path, specs, metadata: Mapping[str, str] | None = None):
@@ -241,6 +242,7 @@ class SafetensorsWriter:
         raw += b" " * (-len(raw) % 8)  # pad so the data section starts 8-byte aligned
         self.header_bytes = 8 + len(raw)
         self.nbytes = self.header_bytes + pos
+        remove_stale_temps(Path(self.path).parent, Path(self.path).name)  # what killed writers left
         self._f, self._tmp = open_temp(self.path, "wb")
         self._next = 0
         self._io(self._f.write, struct.pack("<Q", len(raw)) + raw)
