@@ -25,7 +25,7 @@ from pathlib import Path
 from bench.discovery import ROOT
 
 SUITES = {"ops": "bench_ops", "pool": "bench_pool", "load": "bench_load", "llm": "bench_llm",
-          "models": "bench_models", "decode": "bench_decode"}
+          "models": "bench_models"}
 
 
 def say(msg: str) -> None:

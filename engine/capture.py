@@ -5,8 +5,8 @@ tinygrad's TinyJit and torch's CUDA graphs).
     out = step(x)                        # every call is one real step:
                                          #   call 1 runs fn eagerly (kernels compile, caches fill)
                                          #   call 2 runs it eagerly and records its backend calls
-                                         #   call 3 captures it as a CUDA graph (with the fusion plan)
-                                         #   and launches the graph; later calls replay it
+                                         #   call 3 runs it with the fusion plan, then captures that
+                                         #   as a CUDA graph (not run); later calls replay the graph
 
 Inputs are copied into static buffers (same shapes and dtypes every call: a different shape is an
 error, capture again); the returned tensors are the graph's own outputs, overwritten by the next
@@ -94,14 +94,16 @@ def _arrays(args, kwargs):
 
 
 def _caller() -> str:
-    """The first frame outside the engine's own op layers: the model line that made the call."""
-    for fr in reversed(traceback.extract_stack()[:-2]):
-        d = os.path.dirname(os.path.abspath(fr.filename))
-        if not d.startswith(_ENGINE_DIR) or d.endswith(os.sep + "models") or "/engine/models/" in fr.filename:
-            if not fr.filename.endswith(("capture.py",)):
-                return f"{os.path.relpath(fr.filename)}:{fr.lineno} in {fr.name}"
-    fr = traceback.extract_stack()[-3]
-    return f"{os.path.relpath(fr.filename)}:{fr.lineno} in {fr.name}"
+    """The first frame outside the engine's op layers (engine/models and engine/generation count as
+    callers): the model or user line that made the call."""
+    models = os.path.join(_ENGINE_DIR, "models") + os.sep
+    for fr in reversed(traceback.extract_stack()):
+        f = os.path.abspath(fr.filename)
+        internal = f.startswith(_ENGINE_DIR + os.sep) and not f.startswith(models) \
+            and f != os.path.join(_ENGINE_DIR, "generation.py")
+        if not internal:
+            return f"{os.path.relpath(f)}:{fr.lineno} in {fr.name}"
+    return "<unknown>"
 
 
 @dataclass
@@ -440,8 +442,9 @@ def _dtype(arr):
 class Captured:
     """See the module docstring. fuse=False captures without the fusion plan."""
 
-    def __init__(self, fn, fuse: bool = True):
+    def __init__(self, fn, fuse: bool = True, device=None):
         self.fn, self.fuse = fn, fuse
+        self.device = device  # where the step runs (default: its inputs', else its outputs')
         self.calls = 0
         self.inputs = None  # static input tensors
         self.trace: list[Call] | None = None
@@ -474,12 +477,14 @@ class Captured:
                 s.copy_(a)
 
     def _device_backend(self, out):
+        import engine
+        if self.device is not None:
+            return engine.backend(self.device)
         if self.inputs:
             return self.inputs[0].backend
         ts = [o for o in (out if isinstance(out, tuple) else (out,)) if isinstance(o, Tensor)]
         if ts:
             return ts[0].backend
-        import engine
         return engine.backend()
 
     # ---- calls ---------------------------------------------------------------------------------------------
@@ -524,8 +529,12 @@ class Captured:
             return self.fn(*self.inputs)
 
     def _capture(self):
-        if not self._has_graphs():  # the CPU: run with the plan, eagerly, from now on
-            return self._run_planned()
+        """Call 3: the step with the fusion plan, eagerly (a real step, which also compiles the fused
+        kernels and leaves their blocks in the pool's cache), then, where the device has graphs, the
+        same step captured (recorded, not run); later calls replay the graph."""
+        out = self._run_planned()
+        if not self._has_graphs():  # the CPU: the plan runs eagerly from now on
+            return out
         b = self.backend
         planned = _Planned(self.trace, self.the_plan)
         self.memory = GraphMemory(b.pool)
@@ -545,7 +554,7 @@ class Captured:
             where = f"backend call {i} ({rec.signature()} at {rec.where})" if rec else "the step"
             raise CaptureError(f"{where} cannot run inside a CUDA graph: {type(e).__name__}: {e}") from e
         self.outputs = holder["out"]
-        return self.replay()
+        return out
 
     def replay(self):
         if self.graph is None:

@@ -102,7 +102,7 @@ class Decoder:
         vocab = model.config.vocab_size
         self.seen = engine.zeros(batch_size, vocab, dtype=D.bool_, device=dev) if repetition_penalty != 1.0 else None
         self.counter = engine.zeros(1, dtype=i64, device=dev)  # draws so far (the generator's counter)
-        self.step_fn = Captured(self._step) if self.capture else None
+        self.step_fn = Captured(self._step, device=dev) if self.capture else None
         self.prompt_len = 0
 
     @property

@@ -57,7 +57,7 @@ class CompiledModel(TorchModel):
     def __init__(self, impl, source, module, config, weight_bytes, inputs=None):
         super().__init__(impl, source, module, config, weight_bytes, inputs)
         self._forward = torch.compile(module, mode=impl.mode, dynamic=False)
-        self._step_fn = None
+        self._step_fn = self._prefill = None
         self._cache_position = _accepts(module.forward, "cache_position")
 
     def forward(self, *arrays):
@@ -93,17 +93,26 @@ class CompiledModel(TorchModel):
     def start(self, ids, max_new_tokens: int):
         ids = torch.as_tensor(as_ids(ids), device=self.impl.tdevice)
         b, L = ids.shape
-        self.cache = self.new_cache(b, L + max_new_tokens)
+        shape = (b, L + max_new_tokens)
+        if getattr(self, "_cache_shape", None) == shape:
+            with torch.inference_mode():
+                self.cache.reset()  # the same buffers: the compiled graphs keep their addresses
+        else:
+            self.cache, self._cache_shape = self.new_cache(*shape), shape
         pos = torch.arange(L, device=self.impl.tdevice)[None]
+        if self._prefill is None:
+            self._prefill = torch.compile(self._prefill_logits, mode=self.impl.mode, dynamic=False)
         with torch.inference_mode():
-            out = self.module(ids, use_cache=True, logits_to_keep=1, **{self._cache_kw: self.cache},
-                              **self._positions(pos))
-        tok = out.logits[:, -1].argmax(-1)
+            tok = self._prefill(ids, pos)
         self._pos = torch.full((1, 1), L, dtype=torch.long, device=self.impl.tdevice)
-        self._toks = [tok]
+        self._toks = [tok.clone()]
         if self._step_fn is None:
             self._step_fn = torch.compile(self._decode, mode=self.impl.mode, fullgraph=True, dynamic=False)
-        return tok.cpu().numpy()
+        return self._toks[0].cpu().numpy()
+
+    def _prefill_logits(self, ids, pos):
+        out = self.module(ids, use_cache=True, logits_to_keep=1, **{self._cache_kw: self.cache}, **self._positions(pos))
+        return out.logits[:, -1].argmax(-1)
 
     def step(self):
         first = self.warmup_s is None

@@ -23,7 +23,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from engine.io.atomic import atomic_write_text
+# the one atomic write (temp + fsync + rename; stale temps of killed writers cleanable), under reports' names
+from engine.io.atomic import atomic_write_bytes as write_bytes_atomic  # noqa: F401
+from engine.io.atomic import atomic_write_text as write_text_atomic
 
 SIDECAR = "taper-env.json"
 SIDECAR_KEYS = ("card", "driver", "clocks", "cpu")
@@ -75,9 +77,9 @@ def read_env_sidecar(machine_dir: Path) -> dict:
 
 
 def write_env_sidecar(results_dir, machine: str, *, card=None, driver=None, clocks=None, cpu=None):
-    """Write ``<results_dir>/<machine>/taper-env.json`` (atomically); returns its path."""
+    """Write ``<results_dir>/<machine>/taper-env.json``; returns its path."""
     data = {"card": card, "driver": driver, "clocks": clocks, "cpu": cpu}
-    return atomic_write_text(Path(results_dir) / machine / SIDECAR, json.dumps(data, indent=2) + "\n")
+    return write_text_atomic(Path(results_dir) / machine / SIDECAR, json.dumps(data, indent=2) + "\n")
 
 
 def _field_list(path, bench, field, value, n):

@@ -74,6 +74,7 @@ def t_linear_fused(x, w, b, norm=None, glu=None, residual=None):
 
 
 CASES = [  # (rows, N, K, norm style, act, bias, residual)
+    (2, 64, 64, None, "silu", False, True), (1, 32, 64, None, None, True, False),
     (1, 96, 64, None, None, False, False), (1, 200, 128, "llama", None, False, False),
     (3, 96, 64, None, None, True, True), (1, 64, 256, "gemma", "gelu_tanh", False, False),
     (2, 128, 64, "llama", "silu", True, False), (8, 64, 128, "torch", None, False, True),
@@ -98,7 +99,7 @@ def test_linear_fused(dtype, rows, N, K, style, act, bias, res):
             t(r)]
     d = lambda a: a.double() if isinstance(a, torch.Tensor) else a  # noqa: E731
     ref = t_linear_fused(*[tuple(d(v) for v in a) if isinstance(a, tuple) else d(a) for a in args])
-    compare_reduced(got, t_linear_fused(*args), ref, scale=2)
+    compare_reduced(got, t_linear_fused(*args), ref, scale=4)
     if ON_CUDA:  # the kernel equals the ops it replaces, rounding for rounding
         same(got, composition("linear_fused", E(x), E(w), e(b), **kw))
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from engine import dtype as D
 from engine.backends import cupy_blas
+from engine.backends import cupy_elementwise as EW
 from engine.backends import cupy_kernels as K
 from engine.backends.numpy_backend import NumpyBackend
 from engine.storage import StoragePool
@@ -95,6 +96,21 @@ class CupyBackend(NumpyBackend):
     def synchronize(self) -> None:
         with cupy.cuda.Device(self.device.index):
             cupy.cuda.get_current_stream().synchronize()
+
+    def unary(self, op: str, x, out_dtype: D.DType):
+        if out_dtype.is_reduced and isinstance(x, cupy.ndarray) and x.dtype == out_dtype.np_dtype:
+            out = self.empty(x.shape, out_dtype)
+            if EW.unary(op, x, out):  # one launch for the float32 arithmetic of the reference
+                return out
+        return super().unary(op, x, out_dtype)
+
+    def binary(self, op: str, a, b, compute: D.DType, out_dtype: D.DType):
+        if compute.is_reduced and (out_dtype is compute or out_dtype is D.bool_):
+            shape = np.broadcast_shapes(np.shape(a), np.shape(b))
+            out = self.empty(shape, out_dtype)
+            if EW.binary(op, a, b, out):
+                return out
+        return super().binary(op, a, b, compute, out_dtype)
 
     def _out(self, r, dtype: D.DType):
         out = self.empty(r.shape if hasattr(r, "shape") else (), dtype)
@@ -199,6 +215,14 @@ class CupyBackend(NumpyBackend):
         return cupy.ndarray(shape, dtype.np_dtype, cupy.cuda.MemoryPointer(mem, 0))
 
     def matmul(self, a, b, out_dtype: D.DType):
+        if self.capturing() and a.ndim >= 2 and b.ndim >= 2 and a.dtype == b.dtype == out_dtype.np_dtype \
+                and out_dtype.name in K.TYPES:  # cupy refuses cuBLAS inside a capture: the plain kernel
+            batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+            a3 = cupy.broadcast_to(a, batch + a.shape[-2:]).reshape((-1,) + a.shape[-2:])
+            b3 = cupy.broadcast_to(b, batch + b.shape[-2:]).reshape((-1,) + b.shape[-2:])
+            out = self.empty((a3.shape[0], a.shape[-2], b.shape[-1]), out_dtype)
+            K.gemm(a3, b3, out)
+            return out.reshape(batch + (a.shape[-2], b.shape[-1]))
         if out_dtype.is_reduced and a.dtype == b.dtype == out_dtype.np_dtype and cupy_blas.matmul_ok(a, b):
             shape = np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1])
             if a.shape[:-2] == shape[:-2] and (b.ndim == 2 or b.shape[:-2] == shape[:-2]) and 0 not in shape:
@@ -216,6 +240,10 @@ class CupyBackend(NumpyBackend):
             if K.gemv_ok(x2, w) and (b is None or b.flags.c_contiguous):
                 out = self.empty((x2.shape[0], w.shape[0]), out_dtype)
                 K.gemv(x2, w, out, bias=b)
+                return out.reshape(lead + (w.shape[0],))
+            if self.capturing() and out_dtype.name in K.TYPES:  # no cuBLAS inside a capture
+                out = self.empty((1, x2.shape[0], w.shape[0]), out_dtype)
+                K.gemm(x2[None], w.T[None], out, bias=b)
                 return out.reshape(lead + (w.shape[0],))
             if out_dtype.is_reduced:
                 out = self.empty((x2.shape[0], w.shape[0]), out_dtype)
@@ -312,12 +340,29 @@ class CupyBackend(NumpyBackend):
         return super().rotary(x, cos, sin_signed, out_dtype)
 
     def attention(self, q, k, v, mask, scale: float, out_dtype):
+        """One query row: the split-K decode kernel (capturable). More rows of 16-bit floats (prefill):
+        cuBLAS for the two products around one fused scale + mask + softmax + rounding kernel."""
         if q.dtype == out_dtype.np_dtype and K.attention_ok(q, k, v, mask) and all(
                 s % 16 == 0 for s in k.strides[:3]):
             b, hq, _, d = q.shape
             out = self.empty((b, 1, hq * d), out_dtype)
             K.attention(q, k, v, mask, scale, out)
             return out
+        if (out_dtype.is_reduced and q.dtype == k.dtype == v.dtype == out_dtype.np_dtype and not self.capturing()
+                and (mask is None or mask.dtype == q.dtype) and q.size and k.shape[2]):
+            b, hq, L, d = q.shape
+            hkv, S, dv = k.shape[1], k.shape[2], v.shape[-1]
+            rep = hq // hkv
+            qg = cupy.ascontiguousarray(q).reshape(b, hkv, rep * L, d)
+            s = self.empty((b, hkv, rep * L, S), out_dtype)
+            if cupy_blas.matmul_ok(qg, k.swapaxes(-1, -2)) and cupy_blas.matmul(qg, k.swapaxes(-1, -2), s) is not None:
+                p = self.empty(s.shape, out_dtype)
+                K.softmax_mask_rows(s.reshape(-1, S), mask, scale, L, hkv * rep * L, p.reshape(-1, S))
+                o = self.empty((b, hkv, rep * L, dv), out_dtype)
+                if cupy_blas.matmul_ok(p, v) and cupy_blas.matmul(p, v, o) is not None:
+                    out = self.empty((b, L, hq * dv), out_dtype)
+                    out.reshape(b, L, hq, dv)[...] = o.reshape(b, hq, L, dv).transpose(0, 2, 1, 3)
+                    return out
         return super().attention(q, k, v, mask, scale, out_dtype)
 
     def sample(self, logits, seen, penalty: float, temperature: float, top_k, top_p, seed: int, counter):

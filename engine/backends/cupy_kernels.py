@@ -243,13 +243,101 @@ __global__ void __launch_bounds__(256) gemv(const T *__restrict__ W, const T *__
             const int j = row >> 1;
             const float g = rnd<T>(bias != nullptr ? __fadd_rn(v, to_f<T>(bias[j])) : v);
             const float u = rnd<T>(bias2 != nullptr ? __fadd_rn(up, to_f<T>(bias2[j])) : up);
-            y[(size_t)m * y_row + j] = from_f<T>(__fmul_rn(rnd<T>(act_fn(g, act)), u));
+            float o = rnd<T>(__fmul_rn(rnd<T>(act_fn(g, act)), u));
+            if (res != nullptr) o = __fadd_rn(to_f<T>(res[(size_t)m * res_row + j]), o);
+            y[(size_t)m * y_row + j] = from_f<T>(o);
         }
     } else if (lane < M * R && m < rows && row < N) {
         float o = rnd<T>(bias != nullptr ? __fadd_rn(v, to_f<T>(bias[row])) : v);
         if (res != nullptr) o = __fadd_rn(to_f<T>(res[(size_t)m * res_row + row]), o);
         y[(size_t)m * y_row + row] = from_f<T>(o);
     }
+}
+
+// ---- attention rows for prefill: p = round(softmax_f32(round(round(s * scale) + mask))) ---------------------------
+// s (rows, S) scores in T (rows = B * Hkv * rep * L, as GQA groups the query heads of a kv head); mask (B|1, 1, L, S)
+// additive in T with element strides (mb, ml, ms) or null. One block of 256 threads per row.
+template <typename T>
+__global__ void __launch_bounds__(256) softmax_mask_rows(const T *__restrict__ s, const T *__restrict__ mask, long mb,
+        long ml, long ms, T *__restrict__ p, int S, int L, int per_batch, float scale) {
+    __shared__ float red[8];
+    const size_t row = blockIdx.x;
+    const int b = (int)(row / per_batch), l = (int)(row % L);
+    const T *sr = s + row * S;
+    const T *mr = mask != nullptr ? mask + b * mb + (long)l * ml : nullptr;
+    float m = -INFINITY;
+    for (int j = threadIdx.x; j < S; j += 256) {
+        float v = rnd<T>(__fmul_rn(to_f<T>(sr[j]), scale));
+        if (mr != nullptr) v = rnd<T>(__fadd_rn(v, to_f<T>(mr[(long)j * ms])));
+        m = fmaxf(m, v);
+    }
+    m = warp_max(m);
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = m;
+    __syncthreads();
+    float M = -INFINITY;
+    for (int w = 0; w < 8; w++) M = fmaxf(M, red[w]);
+    if (!(M > -INFINITY && M < INFINITY)) M = 0.f;  // as the reference: a non-finite max subtracts 0
+    __syncthreads();
+    float z = 0.f;
+    for (int j = threadIdx.x; j < S; j += 256) {
+        float v = rnd<T>(__fmul_rn(to_f<T>(sr[j]), scale));
+        if (mr != nullptr) v = rnd<T>(__fadd_rn(v, to_f<T>(mr[(long)j * ms])));
+        z += expf(v - M);
+    }
+    z = warp_sum(z);
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = z;
+    __syncthreads();
+    float Z = 0.f;
+    for (int w = 0; w < 8; w++) Z += red[w];
+    for (int j = threadIdx.x; j < S; j += 256) {
+        float v = rnd<T>(__fmul_rn(to_f<T>(sr[j]), scale));
+        if (mr != nullptr) v = rnd<T>(__fadd_rn(v, to_f<T>(mr[(long)j * ms])));
+        p[row * S + j] = from_f<T>(expf(v - M) / Z);
+    }
+}
+
+// ---- batched GEMM without cuBLAS (what runs inside a capture where cuBLAS cannot) -------------------------------
+// C[b, m, n] = sum_k A[b, m, k] B[b, k, n] (+ bias[n]) in float32, rounded once to T; element strides for A
+// and B, C contiguous (batch, M, N). 64 x 64 tiles, 256 threads, 4 x 4 outputs per thread.
+template <typename T>
+__global__ void __launch_bounds__(256) gemm_tiled(const T *__restrict__ A, long sab, long sam, long sak,
+        const T *__restrict__ B, long sbb, long sbk, long sbn, const T *__restrict__ bias, T *__restrict__ C,
+        int M, int N, int K) {
+    __shared__ float As[16][65], Bs[16][65];
+    const int b = blockIdx.z, m0 = blockIdx.y * 64, n0 = blockIdx.x * 64;
+    const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+    const T *a = A + b * sab, *bb = B + b * sbb;
+    float acc[4][4] = {};
+    for (int k0 = 0; k0 < K; k0 += 16) {
+        for (int i = threadIdx.x; i < 16 * 64; i += 256) {
+            const int kk = i / 64, mm = i % 64;
+            const int m = m0 + mm, n = n0 + mm, k = k0 + kk;
+            As[kk][mm] = (m < M && k < K) ? to_f<T>(a[m * sam + k * sak]) : 0.f;
+            Bs[kk][mm] = (n < N && k < K) ? to_f<T>(bb[k * sbk + n * sbn]) : 0.f;
+        }
+        __syncthreads();
+        #pragma unroll
+        for (int kk = 0; kk < 16; kk++) {
+            float av[4], bv[4];
+            #pragma unroll
+            for (int i = 0; i < 4; i++) { av[i] = As[kk][ty + 16 * i]; bv[i] = Bs[kk][tx + 16 * i]; }
+            #pragma unroll
+            for (int i = 0; i < 4; i++)
+                #pragma unroll
+                for (int j = 0; j < 4; j++) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
+        }
+        __syncthreads();
+    }
+    #pragma unroll
+    for (int i = 0; i < 4; i++)
+        #pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const int m = m0 + ty + 16 * i, n = n0 + tx + 16 * j;
+            if (m < M && n < N) {
+                const float v = bias != nullptr ? __fadd_rn(acc[i][j], to_f<T>(bias[n])) : acc[i][j];
+                C[((size_t)b * M + m) * N + n] = from_f<T>(v);
+            }
+        }
 }
 
 // ---- mixture of experts: out[t] = sum over its k slots, in ascending expert order, of round(y[slot] * w[slot])
@@ -578,11 +666,30 @@ MAX_ROWS = 8  # gemv takes at most this many rows of x (decode batches); more ro
 SMEM_LIMIT = 227 * 1024  # dynamic shared memory per block on sm_80 and sm_90 (opt-in above 48 KiB)
 
 
+def _bundle(expr: str) -> tuple:
+    """The instantiations compiled together with `expr` (one NVRTC run each: a model's decode needs
+    only a few bundles per dtype, so the first step compiles in seconds, and cupy keeps them on disk)."""
+    name, _, args = expr.partition("<")
+    t = args.split(",")[0].rstrip(">")
+    u = GEMV_CONFIG["unroll"]
+    if name == "gemv" and expr in {f"gemv<{t},{r},{k},{m},{u}>" for r, k in _DEFAULT_RS for m in (1, 2, 4, 8)}:
+        return tuple(f"gemv<{t},{r},{k},{m},{u}>" for r, k in _DEFAULT_RS for m in (1, 2, 4, 8))
+    if name in ("attn_partial", "attn_combine"):
+        return tuple(f"attn_partial<{t},{per}>" for per in (1, 2, 3, 4, 8)) + (f"attn_combine<{t}>",)
+    misc = ("rms_norm_rows", "rotary", "moe_combine", "sample_rows", "gemm_tiled", "softmax_mask_rows")
+    if name in misc:
+        return tuple(f"{n}<{t}>" for n in misc)
+    return (expr,)
+
+
 @functools.lru_cache(maxsize=None)
+def _module(bundle: tuple):
+    return cupy.RawModule(code=_SRC, options=("-std=c++17",), name_expressions=list(bundle))
+
+
 def _fn(expr: str):
-    """One kernel instantiation, compiled on first use (cupy keeps compiled modules on disk)."""
-    mod = cupy.RawModule(code=_SRC, options=("-std=c++17",), name_expressions=[expr])
-    return mod.get_function(expr)
+    """A kernel instantiation, compiled with its bundle on first use."""
+    return _module(_bundle(expr)).get_function(expr)
 
 
 def type_name(dtype) -> str:
@@ -611,6 +718,7 @@ def _aligned(a) -> bool:
 # over 2 warps, the rest over 4, which keeps enough 16-byte loads in flight to cover the chip.
 GEMV_VARIANTS = ((2, 1), (2, 2), (4, 2), (2, 4), (4, 4), (2, 8))
 GEMV_CONFIG = {"small_n": (2, 2), "large_n": (2, 4), "unroll": 4}
+_DEFAULT_RS = (GEMV_CONFIG["small_n"], GEMV_CONFIG["large_n"])
 
 
 def gemv_config(N: int, K: int) -> tuple:
@@ -757,3 +865,31 @@ def sample(logits, seen, penalty: float, temperature: float, top_k, top_p, seed:
         logits, cupy.int64(logits.strides[0] // logits.itemsize), _opt(seen), cupy.float32(penalty),
         cupy.float32(temperature), cupy.int32(top_k or 0), cupy.float32(1.0 if top_p is None else top_p),
         cupy.uint64(seed & ((1 << 64) - 1)), counter, scratch, out, cupy.int32(V)))
+
+
+def gemm(a3, b3, out, bias=None):
+    """out (batch, M, N) = a3 (batch, M, K) @ b3 (batch, K, N) (+ bias (N,)) with any element strides;
+    the capture-safe product (no cuBLAS), a plain tiled kernel."""
+    batch, M, K = a3.shape
+    N = b3.shape[-1]
+    isz = a3.itemsize
+    sa = [s // isz for s in a3.strides]
+    sb = [s // isz for s in b3.strides]
+    _fn(f"gemm_tiled<{type_name(out.dtype)}>")((-(-N // 64), -(-M // 64), batch), (256,), (
+        a3, cupy.int64(sa[0]), cupy.int64(sa[1]), cupy.int64(sa[2]), b3, cupy.int64(sb[0]), cupy.int64(sb[1]),
+        cupy.int64(sb[2]), _opt(bias), out, cupy.int32(M), cupy.int32(N), cupy.int32(K)))
+
+
+def softmax_mask_rows(s, mask, scale: float, L: int, per_batch: int, p):
+    """p (rows, S) = the rounded float32 softmax of round(round(s * scale) + mask) per row; rows of
+    one batch element are `per_batch` consecutive rows whose query position is row % L."""
+    rows, S = s.shape
+    isz = s.itemsize
+    if mask is not None:
+        mb = 0 if mask.shape[0] == 1 else mask.strides[0] // isz
+        ml, ms = mask.strides[2] // isz, mask.strides[3] // isz
+    else:
+        mb = ml = ms = 0
+    _fn(f"softmax_mask_rows<{type_name(s.dtype)}>")((rows,), (256,), (
+        s, _opt(mask), cupy.int64(mb), cupy.int64(ml), cupy.int64(ms), p, cupy.int32(S), cupy.int32(L),
+        cupy.int32(per_batch), cupy.float32(scale)))
