@@ -11,9 +11,10 @@ fallback   the runner without asv: asv's discovery and timing rules, asv-format 
 discovery  benchmark discovery as asv_runner does it, benchmarks.json entries
 measure    one parameter set timed in this process (asv_runner's rules), peak RSS
 worker     the killable child process the fallback runner runs each parameter set in
-probes     machine and card facts: cpu, RAM, card, driver, clocks, CUDA usability, copy bandwidth,
-           NVML utilisation; the environment sidecar
+probes     machine and card facts, in one place: cpu, RAM, card, driver, clocks, CUDA usability,
+           device copy bandwidth (copy_gb_per_s), NVML utilisation; the environment sidecar
 claims     `taper claims`: the claims re-measured in child processes, one per implementation
+kernel_profile, eager_profile   GPU scripts: GEMV variants against bytes moved; host time of eager ops
 
 Import direction: bench imports engine, suites, reports (and impls); nothing imports bench except
 taper/, the tests, scripts, and suites for bench.probes (a leaf module).

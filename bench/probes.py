@@ -207,12 +207,14 @@ def cuda_status() -> tuple[bool, str]:
     return False, "no usable CUDA device (" + "; ".join(why) + ")"
 
 
-def copy_bandwidth(cupy, nbytes: int = 1 << 31, repeats: int = 10) -> float:
-    """Device-to-device copy of `nbytes`, bytes read + written per second: the decode roofline."""
-    a = cupy.empty(nbytes, cupy.uint8)
-    b = cupy.empty(nbytes, cupy.uint8)
+def copy_gb_per_s(device: str = "cuda", nbytes: int = 1 << 30, repeats: int = 10) -> float | None:
+    """Device-to-device copy of `nbytes` (1 GiB), GB read + written per second: the decode roofline's
+    ceiling. None off CUDA."""
+    if not str(device).startswith("cuda"):
+        return None
+    import cupy
+    a, b = cupy.empty(nbytes, cupy.uint8), cupy.empty(nbytes, cupy.uint8)
     b[...] = a
-    cupy.cuda.Device().synchronize()
     s, e = cupy.cuda.Event(), cupy.cuda.Event()
     s.record()
     for _ in range(repeats):
@@ -221,7 +223,7 @@ def copy_bandwidth(cupy, nbytes: int = 1 << 31, repeats: int = 10) -> float:
     e.synchronize()
     ms = cupy.cuda.get_elapsed_time(s, e) / repeats
     del a, b
-    return 2 * nbytes / (ms / 1e3)
+    return 2 * nbytes / (ms / 1e3) / 1e9
 
 
 class UtilizationSampler:

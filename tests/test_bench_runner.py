@@ -167,3 +167,10 @@ def test_runs_killed_at_random_moments_lose_nothing(repo, runner):
     leftovers += list(repo.glob(".results.taper-staging-*"))
     assert not leftovers, leftovers
     assert json.loads((repo / "results" / "benchmarks.json").read_text())["version"] == 2
+
+
+def test_copy_bandwidth_probe():
+    from bench.probes import copy_gb_per_s, cuda_status
+    assert copy_gb_per_s("cpu") is None
+    if cuda_status()[0] and __import__("importlib").util.find_spec("cupy"):
+        assert copy_gb_per_s("cuda", nbytes=1 << 26, repeats=3) > 10  # GB/s; any GPU copies faster than this
