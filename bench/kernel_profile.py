@@ -105,17 +105,8 @@ def main(argv=None) -> int:
         print(f"{name:16s} N={N:6d} K={Kd:6d} best R={best['rows']} S={best['k_split']} U={best['unroll']} "
               f"{best['us']:8.2f} us {best['gb_per_s']:7.1f} GB/s", flush=True)
         del Ws, W2s
-    n = 1 << 30
-    a1, b1 = cupy.empty(n, cupy.uint8), cupy.empty(n, cupy.uint8)
-    ev0, ev1 = cupy.cuda.Event(), cupy.cuda.Event()
-    b1[...] = a1
-    ev0.record()
-    for _ in range(10):
-        b1[...] = a1
-    ev1.record()
-    ev1.synchronize()
-    us = cupy.cuda.get_elapsed_time(ev0, ev1) * 1e3 / 10
-    copy = 2 * n / (us * 1e-6) / 1e9
+    from bench.probes import copy_gb_per_s
+    copy = copy_gb_per_s("cuda")
     print(f"device copy {copy:.0f} GB/s (read + write)")
     card = cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
     res = {"card": card, "model": a.model, "dtype": a.dtype, "copy_gb_per_s": round(copy, 1), "rows": rows}

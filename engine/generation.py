@@ -55,16 +55,21 @@ class GenerationResult:
 
 
 def validate_sampling(temperature=0.0, top_k=None, top_p=None, repetition_penalty=1.0) -> None:
-    """ValueError for arguments transformers refuses too."""
+    """ValueError naming the value for sampling settings transformers' logits processors refuse:
+    temperature finite and >= 0 (0: greedy); top_k None or an int >= 0 (0: off); top_p None or in
+    (0, 1]; repetition_penalty finite and > 0. (transformers lets an infinite temperature or penalty
+    and a nan top_p through; they turn logits into nan here, so they are refused too.)"""
     import math
-    if not isinstance(temperature, (int, float)) or math.isnan(temperature) or temperature < 0:
-        raise ValueError(f"temperature must be a number >= 0 (0 is greedy), got {temperature!r}")
-    if top_k is not None and (not isinstance(top_k, int) or top_k < 0):
-        raise ValueError(f"top_k must be an integer >= 0, got {top_k!r}")
-    if top_p is not None and (not isinstance(top_p, (int, float)) or not 0.0 < top_p <= 1.0):
-        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
-    if not isinstance(repetition_penalty, (int, float)) or not repetition_penalty > 0:
-        raise ValueError(f"repetition_penalty must be > 0, got {repetition_penalty!r}")
+    import numbers
+    if not isinstance(temperature, numbers.Real) or not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"`temperature` (={temperature!r}) has to be a finite number >= 0 (0 is greedy)")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 0):
+        raise ValueError(f"`top_k` (={top_k!r}) has to be an integer >= 0 (0 or None: no top-k filtering)")
+    if top_p is not None and (not isinstance(top_p, numbers.Real) or not 0.0 < top_p <= 1.0):
+        raise ValueError(f"`top_p` (={top_p!r}) has to be in (0, 1] (None or 1: no nucleus filtering)")
+    if not isinstance(repetition_penalty, numbers.Real) or not math.isfinite(repetition_penalty) \
+            or not repetition_penalty > 0:
+        raise ValueError(f"`repetition_penalty` (={repetition_penalty!r}) has to be a finite number > 0 (1: none)")
 
 
 class Decoder:

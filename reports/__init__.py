@@ -11,13 +11,12 @@ plots      PNG charts: ratio bars with intervals, tokens/s against a roofline, m
 dashboard  report.md + index.html (+ optional asv publish), used by `taper report`
 stats      asv's Mann-Whitney U rule (asv's own code when importable, an exact copy otherwise)
 drift      compare two `taper verify` parity JSON files layer by layer
-asvrun     run asv in the current checkout or a temporary git worktree of a ref
 gateconfig read and check gate.toml
 gate       the regression gate behind `taper gate`; thresholds come from gate.toml
 
 Running the benchmarks
 ----------------------
-Quick run in the current interpreter (no virtualenv build), results saved under results/::
+`taper bench` (the bench package: bench/run.py, bench/asv.py) does this for you. By hand, a quick run in the current interpreter (no virtualenv build), results saved under results/::
 
     asv machine --yes                  # once per box: writes ~/.asv-machine.json
     asv run -E existing --set-commit-hash $(git rev-parse HEAD) --record-samples
@@ -40,7 +39,7 @@ Environment sidecar
 -------------------
 asv's machine.json knows the machine name, cpu, ram, os and arch but not the accelerator. A
 benchmark run may write ``results/<machine>/taper-env.json`` beside machine.json (see
-results.write_env_sidecar)::
+results.write_env_sidecar; bench.probes.write_sidecar fills it in)::
 
     {"card": "NVIDIA H100 80GB HBM3", "driver": "550.54.15",
      "clocks": "sm 1980 MHz, mem 2619 MHz", "cpu": "AMD EPYC 9454 48-Core"}

@@ -10,7 +10,7 @@ second), set beside the claimed change:
     "does not hold"               anything less, including a change the other way
     "not measurable here (...)"   with the reason (no GPU, not enough memory, no NVML, ...)
 
-This module only decides and formats; the measuring is in taper/commands/claims.py.
+This module only decides and formats; the measuring is in bench/claims.py.
 """
 from __future__ import annotations
 

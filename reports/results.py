@@ -19,11 +19,13 @@ import ast
 import itertools
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import pandas as pd
+
+# the one atomic write (temp + fsync + rename; stale temps of killed writers cleanable), under reports' names
+from engine.io.atomic import atomic_write_bytes as write_bytes_atomic  # noqa: F401
+from engine.io.atomic import atomic_write_text as write_text_atomic
 
 SIDECAR = "taper-env.json"
 SIDECAR_KEYS = ("card", "driver", "clocks", "cpu")
@@ -52,26 +54,6 @@ def _read_json(path: Path) -> dict:
     if not isinstance(data, dict):
         raise ResultsError(f"{path}: expected a JSON object, found {type(data).__name__}")
     return data
-
-
-def write_bytes_atomic(path, data: bytes) -> Path:
-    """Write `data` to `path` through a temp file beside it and a rename: never half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def write_text_atomic(path, text: str) -> Path:
-    return write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def param_value(text):

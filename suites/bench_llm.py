@@ -195,7 +195,7 @@ class Memory:
 
 # ---- script ----------------------------------------------------------------------------------------------------
 def _env(device: str) -> dict:
-    from reports.envinfo import cpu_name, gpu_info
+    from bench.probes import cpu_name, gpu_info
     out = {"cpu": cpu_name(), "cores": os.cpu_count()}
     if device == "cuda":
         g = gpu_info() or {}

@@ -67,7 +67,7 @@ class DecodeUtilization:
     def setup(self, impl, device, dtype, model):
         if device != "cuda":
             raise NotImplementedError("GPU-only: GPU utilisation needs a GPU")
-        from reports.envinfo import UtilizationSampler
+        from bench.probes import UtilizationSampler
         from suites.bench_llm import check, load, prompt_ids
         check(impl, device, dtype, model)
         probe = UtilizationSampler()

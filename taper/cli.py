@@ -3,6 +3,10 @@
 Each command lives in taper/commands/<name>.py with `add_arguments(parser)` and `run(args) -> int`.
 Commands import lazily so that `taper --help` stays fast and a missing optional dependency (torch,
 asv, pandas) only affects the commands that need it.
+
+An error a command does not handle itself is printed as one line, `taper COMMAND: message`, with exit
+code 2; `taper --debug COMMAND ...` shows the traceback instead (and commands that report their own
+errors re-raise them under --debug).
 """
 from __future__ import annotations
 
@@ -27,11 +31,22 @@ def _load(name):
     return importlib.import_module(f"taper.commands.{name}")
 
 
+# an error of one of these types is the user's to fix: its message is enough
+USER_ERRORS = (ValueError, LookupError, OSError, NotImplementedError, RuntimeError)
+
+
+def describe(e: BaseException) -> str:
+    """One line for an error: the message of a user error, the type too for anything else."""
+    msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+    return str(msg) if isinstance(e, USER_ERRORS) else f"{type(e).__name__}: {msg}"
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="taper", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    wanted = argv[0] if argv and not argv[0].startswith("-") else None
+    wanted = next((a for a in argv if not a.startswith("-")), None)
     for name, help_text in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         if name == wanted:
@@ -44,7 +59,19 @@ def main(argv=None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    return int(_load(args.command).run(args) or 0)
+    try:
+        return int(_load(args.command).run(args) or 0)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"taper {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - one line instead of a traceback; --debug shows it
+        if args.debug:
+            raise
+        print(f"taper {args.command}: {describe(e)}", file=sys.stderr)
+        print(f"taper {args.command}: (run `taper --debug {args.command} ...` for the traceback)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

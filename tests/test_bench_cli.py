@@ -15,7 +15,7 @@ import pytest
 
 from reports.compare import compare
 from reports.results import load_results
-from taper.commands.bench import selection_regex
+from bench.run import selection_regex
 
 ROOT = Path(__file__).resolve().parents[1]
 REGEX = r"Softmax\.time_softmax\('(engine|torch)', 'cpu', 'float32'"
@@ -92,7 +92,7 @@ def test_selection_regex():
 
 
 def test_envinfo_without_gpu():
-    from reports.envinfo import UtilizationSampler, capture, describe
+    from bench.probes import UtilizationSampler, capture, describe
     info = capture()
     assert set(info) == {"card", "driver", "clocks", "cpu"}
     d = describe()

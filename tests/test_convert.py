@@ -14,7 +14,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 import migration.convert
 from engine.io.safetensors import SafetensorsWriter, aliases, open_checkpoint, restore_aliases
-from migration.convert import ConvertError, UnsafeCheckpointError, convert, parse_size
+from migration.convert import ConvertError, UnsafeCheckpointError, UnsafePickleWarning, convert, parse_size
 from taper.cli import main
 
 TIED = "lm_head.weight"
@@ -175,7 +175,8 @@ def test_unsafe_pickle_of_trusted_checkpoint_runs_in_a_subprocess(llama, tmp_pat
     torch.save({"model": sd, "args": argparse.Namespace(lr=0.1), "step": 3}, tmp_path / "train.pt")
     with pytest.raises(UnsafeCheckpointError, match="argparse.Namespace"):
         convert(tmp_path / "train.pt", tmp_path / "o.safetensors", progress=False)
-    report = convert(tmp_path / "train.pt", tmp_path / "o.safetensors", unsafe_pickle=True, progress=False)
+    with pytest.warns(UnsafePickleWarning, match="train.pt: --unsafe-pickle: running the code in this pickle"):
+        report = convert(tmp_path / "train.pt", tmp_path / "o.safetensors", unsafe_pickle=True, progress=False)
     assert report.skipped == [("args", "argparse.Namespace Namespace(lr=0.1)"), ("step", "int 3")]
     assert report.aliases == {TIED: EMBED}  # storage sharing survives the trip through the subprocess
     assert_bitwise(tmp_path / "o.safetensors", sd)
@@ -186,7 +187,8 @@ def test_whole_pickled_module_gives_its_state_dict_under_unsafe_pickle(tmp_path)
     torch.save(layer, tmp_path / "layer.pt")
     with pytest.raises(UnsafeCheckpointError, match="torch.nn.modules.linear.Linear"):
         convert(tmp_path / "layer.pt", tmp_path / "o.safetensors", progress=False)
-    convert(tmp_path / "layer.pt", tmp_path / "o.safetensors", unsafe_pickle=True, progress=False)
+    with pytest.warns(UnsafePickleWarning):
+        convert(tmp_path / "layer.pt", tmp_path / "o.safetensors", unsafe_pickle=True, progress=False)
     assert_bitwise(tmp_path / "o.safetensors", layer.state_dict())
 
 

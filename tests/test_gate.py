@@ -16,7 +16,7 @@ pytest.importorskip("asv")
 pytest.importorskip("pandas")
 
 from reports import stats  # noqa: E402
-from reports.asvrun import bench_regex  # noqa: E402
+from bench.asv import bench_regex  # noqa: E402
 from reports.drift import COUNTS, VerifyFileError, compare_verify  # noqa: E402
 from reports.gate import GateUsageError, RerunError, load_config, run_gate  # noqa: E402
 from reports.results import load_results  # noqa: E402

@@ -106,43 +106,130 @@ def file_bytes(header, data=b"", n=None) -> bytes:
 
 
 W = {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}
-CORRUPT = [  # (file contents, what the message must say)
-    (b"\x01\x00", r"2 bytes, too short"),
-    (file_bytes({"w": W}, b"\0" * 12), r"'w': data_offsets \[0, 16\] run past the data section of 12 bytes"),
-    (file_bytes({"w": W}, b"\0" * 16, n=200_000_000), r"header length 200000000 exceeds"),
-    (file_bytes({"w": W}, b"\0" * 16, n=4096), r"header length 4096 runs past the end of the file \(\d+ bytes\)"),
-    (file_bytes(b'{"w": {"dtype": "F32",', b"\0" * 16), r"not valid UTF-8 JSON"),
-    (file_bytes(b"[1, 2]"), r"header is a JSON list"),
-    (file_bytes(b'{"w": {}, "w": {}}'), r"duplicate key 'w'"),
-    (file_bytes({"w": W, "v": {**W, "data_offsets": [8, 24]}}, b"\0" * 24),
-     r"'v' at \[8, 24\] overlaps tensor 'w' which ends at 16"),
-    (file_bytes({"w": W, "v": {**W, "data_offsets": [20, 36]}}, b"\0" * 36),
-     r"gap of 4 bytes .* before tensor 'v' at \[20, 36\] \(previous data ends at 16\)"),
-    (file_bytes({"w": W}, b"\0" * 20), r"tensors cover 16 bytes but the data section has 20 .* last tensor 'w'"),
-    (file_bytes({"w": {**W, "data_offsets": [0, 12]}}, b"\0" * 12), r"'w': data_offsets \[0, 12\] hold 12 bytes but F32 \[2, 2\] needs 16"),
-    (file_bytes({"w": {**W, "dtype": "F7"}}, b"\0" * 16), r"'w': unknown dtype 'F7'"),
-    (file_bytes({"w": {**W, "shape": [2, -2]}}, b"\0" * 16), r"'w': shape must be a list of ints >= 0"),
-    (file_bytes({"w": {**W, "data_offsets": [16, 0]}}, b"\0" * 16), r"'w': data_offsets must be \[begin, end\]"),
-    (file_bytes({"w": {"dtype": "F32", "shape": [4]}}, b"\0" * 16), r"'w': entry must have exactly"),
-    (file_bytes({"__metadata__": {"a": 1}}), r"__metadata__ must map strings to strings"),
+WJ = json.dumps(W)
+
+
+def h(text: str) -> bytes:
+    return text.encode()
+
+
+def data(contents: bytes, begin: int) -> int:
+    """The file offset of byte `begin` of the data section."""
+    return 8 + struct.unpack("<Q", contents[:8])[0] + begin
+
+
+F = file_bytes
+DEEP = h('{"w": ' + "[" * 3000 + "]" * 3000 + "}")
+CORRUPT = [  # (file contents, tensor named, byte offset named (or the bytes found there), message)
+    (b"\x01\x00", None, None, r"2 bytes, too short"),
+    (F({"w": W}, b"\0" * 12), "w", ("data", 0), r"data_offsets \[0, 16\] run past the data section of 12 bytes"),
+    (F({"w": W}, b"\0" * 16, n=200_000_000), None, 0, r"header length 200000000 exceeds"),
+    (F({"w": W}, b"\0" * 16, n=4096), None, 0, r"header length 4096 runs past the end of the file \(\d+ bytes\)"),
+    (F(b'{"w": {"dtype": "F32",', b"\0" * 16), "w", ("data", 0), r"expected a key of the entry \(a JSON string\), found the end"),
+    (F(b"[1, 2]"), None, b"[1, 2]", r"the header must be a JSON object, found '\[1, 2\]'"),
+    (F(h('{"w": ' + WJ + ', "w": ' + WJ + "}"), b"\0" * 16), None, b'"w": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}}',
+     r"duplicate key 'w' in the header"),
+    (F({"w": W, "v": {**W, "data_offsets": [8, 24]}}, b"\0" * 24), "v", ("data", 8), r"data at \[8, 24\] overlaps tensor 'w', which ends at 16"),
+    (F({"w": W, "v": {**W, "data_offsets": [20, 36]}}, b"\0" * 36), "v", ("data", 16),
+     r"gap of 4 bytes .* at \[20, 36\] \(previous data ends at 16\)"),
+    (F({"w": W}, b"\0" * 20), None, ("data", 16), r"tensors cover 16 bytes but the data section has 20 .* last tensor 'w'"),
+    (F({"w": {**W, "data_offsets": [0, 12]}}, b"\0" * 12), "w", ("data", 0), r"data_offsets \[0, 12\] hold 12 bytes but F32 \[2, 2\] needs 16"),
+    (F({"w": {**W, "dtype": "F7"}}, b"\0" * 16), "w", b'{"dtype": "F7"', r"unknown dtype 'F7'"),
+    (F({"w": {**W, "shape": [2, -2]}}, b"\0" * 16), "w", b"-2]", r"shape entry must be a non-negative integer, found '-2'"),
+    (F({"w": {**W, "data_offsets": [16, 0]}}, b"\0" * 16), "w", b'{"dtype"', r"data_offsets must be \[begin, end\]"),
+    (F({"w": {"dtype": "F32", "shape": [4]}}, b"\0" * 16), "w", b"}\0", r"entry lacks data_offsets"),
+    (F({"w": {**W, "x": 1}}, b"\0" * 16), "w", b'"x"', r"unknown field 'x'"),
+    (F({"__metadata__": {"a": 1}}), None, b"1}}", r"__metadata__\['a'\] \(strings only\)"),
+    # issue 11: each of these gave TypeError, RecursionError, a ValueError without the file, or passed
+    (F({"w": {**W, "dtype": ["F32"]}}, b"\0" * 16), "w", b'["F32"]', r"expected dtype \(a JSON string\), found '\[\"F32\"\]"),
+    (F({"w": {**W, "dtype": {"a": 1}}}, b"\0" * 16), "w", b'{"a": 1}', r"expected dtype \(a JSON string\)"),
+    (F(DEEP), "w", b"[[[", r"expected the entry \('\{'\), found '\[\[\["),
+    (F(h('{"w": {"dtype": "F32", "shape": [' + "9" * 5000 + '], "data_offsets": [0, 0]}}')), "w", b"999",
+     r"shape entry 9{30}\.\.\. \(5000 digits\) is too large"),
+    (F({"w": {**W, "shape": [0, 2**70], "data_offsets": [0, 0]}}), "w", b"1180", r"shape entry 1180591620717411303424 \(22 digits\) is too large"),
+    (F({"w": {**W, "shape": [0, 2**63], "data_offsets": [0, 0]}}), "w", b"9223", r"shape entry 9223372036854775808 \(19 digits\) is too large"),
+    (F({"w": {**W, "shape": [1] * 65, "data_offsets": [0, 4]}}, b"\0" * 4), "w", b' 1], "data', r"shape has more than 64 entries"),
+    (F({"__metadata__": False, "w": W}, b"\0" * 16), None, b"false", r"expected __metadata__ \('\{'\), found 'false"),
+    (F({"w": {**W, "data_offsets": [0, 16.0]}}, b"\0" * 16), "w", b"16.0", r"data_offsets entry must be a non-negative integer, found '16.0'"),
+    (F(h('{"\\ud800": ' + WJ + "}"), b"\0" * 16), None, b'"\\ud800"', r"unpaired UTF-16 surrogate"),
+    (F(b'{"w": ' + WJ.encode() + b"} x", b"\0" * 16), None, b"x\0", r"unexpected 'x' after the header object"),
+    (F(b'{"\xff": ' + WJ.encode() + b"}", b"\0" * 16), None, b"\xff", r"header is not valid UTF-8"),
 ]
 
 
-@pytest.mark.parametrize("contents,message", CORRUPT, ids=[m[:30] for _, m in CORRUPT])
-def test_corrupt_file_raises_with_file_key_and_numbers(tmp_path, contents, message):
+@pytest.mark.parametrize("contents,tensor,offset,message", CORRUPT, ids=[m[:30] for *_, m in CORRUPT])
+def test_corrupt_file_raises_naming_file_tensor_and_offset(tmp_path, contents, tensor, offset, message):
+    if isinstance(offset, bytes):
+        offset = contents.index(offset)
+    elif isinstance(offset, tuple):
+        offset = data(contents, offset[1])
     path = tmp_path / "bad.safetensors"
     path.write_bytes(contents)
     with pytest.raises(SafetensorsError, match=message) as e:
         safe_open(path)
-    assert str(path) in str(e.value) and isinstance(e.value, ValueError)
+    assert (e.value.path, e.value.tensor, e.value.offset) == (str(path), tensor, offset), str(e.value)
+    assert str(e.value).startswith(f"{path}, " if tensor or offset is not None else f"{path}: ")
+    assert isinstance(e.value, ValueError)
+
+
+def test_header_parser_accepts_what_the_format_allows(tmp_path):
+    """Whitespace around the object, trailing padding, null metadata, an empty file, unicode names."""
+    for header in [b'  {"w": ' + WJ.encode() + b'}\n  ', b'{"__metadata__": null, "w": ' + WJ.encode() + b"}",
+                   b'{"\\u00e9": ' + WJ.encode() + b"}"]:
+        (tmp_path / "ok.safetensors").write_bytes(file_bytes(header, np.arange(4, dtype=np.float32).tobytes()))
+        with safe_open(tmp_path / "ok.safetensors") as f:
+            assert f.get_numpy(f.keys()[0]).tolist() == [[0, 1], [2, 3]] and f.metadata == {}
+    (tmp_path / "empty.safetensors").write_bytes(file_bytes(b"{}"))
+    assert load_file(tmp_path / "empty.safetensors") == {}
+
+
+def test_a_hostile_header_costs_no_more_memory_than_its_size(tmp_path):
+    """30 MB of `[{},{},...]` once cost 753 MB before it was refused; now it is refused at its first byte."""
+    import tracemalloc
+    header = b"[" + b"{}," * 10_000_000 + b"{}]"
+    path = tmp_path / "hostile.safetensors"
+    path.write_bytes(file_bytes(header))
+    tracemalloc.start()
+    try:
+        with pytest.raises(SafetensorsError, match="must be a JSON object") as e:
+            safe_open(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert e.value.offset == 8 and peak < 2.5 * len(header), peak
 
 
 def test_truncated_real_file(tmp_path):
     path = tmp_path / "a.safetensors"
     save_file({"a": np.zeros(4, np.float32), "b": np.zeros(8, np.float32)}, path)
     path.write_bytes(path.read_bytes()[:-5])
-    with pytest.raises(SafetensorsError, match=r"'b': data_offsets \[16, 48\] run past the data section of 43"):
+    with pytest.raises(SafetensorsError, match=r"data_offsets \[16, 48\] run past the data section of 43") as e:
         safe_open(path)
+    assert e.value.tensor == "b"
+
+
+def test_a_file_truncated_while_open_raises_instead_of_sigbus(tmp_path):
+    """mmap: views are checked against the file's current size; copy-on-load reads and checks."""
+    path = tmp_path / "a.safetensors"
+    save_file({"a": np.arange(1024, dtype=np.float32), "b": np.arange(1024, dtype=np.float32)}, path)
+    for mmap_mode in (True, False):
+        with safe_open(path, mmap=mmap_mode) as f:
+            begin = f.info("b")[2][0]
+            kept = f.get_numpy("a").copy()
+            os.truncate(path, begin + 100)
+            with pytest.raises(SafetensorsError, match="file") as e:
+                f.get_numpy("b")
+            assert (e.value.tensor, e.value.offset) == ("b", begin)
+            assert kept[-1] == 1023
+        save_file({"a": np.arange(1024, dtype=np.float32), "b": np.arange(1024, dtype=np.float32)}, path)
+
+
+def test_copy_on_load_gives_writable_copies_that_outlive_the_file(tmp_path):
+    path = tmp_path / "a.safetensors"
+    save_file({"a": sample("BF16", (4, 4))}, path)
+    arrays = load_file(path, mmap=False)
+    os.truncate(path, 0)  # a server swapping files: the copies do not care
+    assert arrays["a"].flags.writeable and arrays["a"].tobytes() == sample("BF16", (4, 4)).tobytes()
 
 
 # ---------------------------------------------------------------- streaming writer
@@ -152,7 +239,7 @@ def test_writer_streams_in_spec_order_and_checks_each_tensor(tmp_path):
     with SafetensorsWriter(path, [("a", "BF16", (2, 3)), ("b", np.int32, (4,))], {"k": "v"}) as w:
         with pytest.raises(SafetensorsError, match="expected tensor 'a'"):
             w.write("b", np.zeros(4, np.int32))
-        with pytest.raises(SafetensorsError, match=r"'a' is F32 \(2, 3\), spec says BF16 \(2, 3\)"):
+        with pytest.raises(SafetensorsError, match=r"tensor 'a': is F32 \(2, 3\), spec says BF16 \(2, 3\)"):
             w.write("a", np.zeros((2, 3), np.float32))
         w.write("a", np.ones((3, 2), ml_dtypes.bfloat16).T)  # non-contiguous: made contiguous
         assert not path.exists()  # nothing in place until close
@@ -226,6 +313,55 @@ def test_missing_shard_names_the_shard_and_its_keys(tmp_path):
         open_checkpoint(tmp_path)
 
 
+BAD_INDEX = [  # (index file contents, message); each gave AttributeError, UnicodeDecodeError or followed the path
+    (b'{"metadata": [1], "weight_map": {"a": "model.safetensors"}}', r"index 'metadata' must be an object"),
+    (b'{"weight_map": {"a": "model.safetensors"}, "x": "\xff"}', r"index is not valid UTF-8"),
+    (b'{"weight_map": {"a": "../outside/x.safetensors"}}', r"names shard '../outside/x.safetensors', which is not a file name"),
+    (b'{"weight_map": {"a": "/etc/x.safetensors"}}', r"names shard '/etc/x.safetensors'"),
+    (b'{"weight_map": {"a": ".."}}', r"names shard '..'"),
+    (b'{"weight_map": ' + b"[" * 20000 + b"]" * 20000 + b"}", r"more than 10000 JSON objects or lists"),
+    (b'{"weight_map": ' + b"[" * 5000 + b"]" * 5000 + b"}", r"index must hold a 'weight_map'|nests too deeply"),
+    (b'{"weight_map": {"a": 3}}', r"index must hold a 'weight_map' of tensor name -> shard file name"),
+    (b'[]', r"index is a JSON list, expected an object"),
+]
+
+
+@pytest.mark.parametrize("contents,message", BAD_INDEX, ids=[m[:30] for _, m in BAD_INDEX])
+def test_bad_index_files_name_the_index(tmp_path, contents, message):
+    (tmp_path / "outside").mkdir()
+    save_file({"a": np.zeros(2, np.float32)}, tmp_path / "outside" / "x.safetensors")
+    (tmp_path / "m").mkdir()
+    save_file({"a": np.zeros(2, np.float32)}, tmp_path / "m" / "model.safetensors")
+    index = tmp_path / "m" / "model.safetensors.index.json"
+    index.write_bytes(contents)
+    with pytest.raises(SafetensorsError, match=message) as e:
+        open_checkpoint(tmp_path / "m")
+    assert e.value.path == index
+
+
+def test_a_sharded_write_replaces_the_checkpoint_as_a_whole(tmp_path, monkeypatch):
+    """Killed (here: failing) half-way through the second write, the first checkpoint stays whole;
+    the directory's other files are kept, and a finished write leaves no old shard behind."""
+    old = {f"t{i}": np.full(10, i, np.float32) for i in range(6)}
+    save_sharded(old, tmp_path / "ck", 40)
+    (tmp_path / "ck" / "config.json").write_text("{}")
+    calls = []
+
+    def get(name):
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        calls.append(name)
+        return np.full(10, 100, np.float32)
+    with pytest.raises(OSError, match="No space left"):
+        save_sharded([(k, "F32", (10,)) for k in old], tmp_path / "ck", 40, get=get)
+    with open_checkpoint(tmp_path / "ck") as ck:
+        assert {k: ck.get_numpy(k)[0] for k in ck.keys()} == {k: a[0] for k, a in old.items()}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]  # no staging left
+    save_sharded({"only": np.zeros(3, np.float32)}, tmp_path / "ck", 1000)
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["config.json", "model-00001-of-00001.safetensors",
+                                                                   "model.safetensors.index.json"]
+
+
 def test_open_checkpoint_single_file_and_directory(tmp_path):
     save_file({"a": np.ones(2, np.float32)}, tmp_path / "model.safetensors")
     for p in (tmp_path, tmp_path / "model.safetensors"):
@@ -234,3 +370,34 @@ def test_open_checkpoint_single_file_and_directory(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SafetensorsError, match="no model.safetensors.index.json or model.safetensors, and 0"):
         open_checkpoint(tmp_path / "empty")
+
+
+def test_load_to_device_copy_on_load_and_a_truncated_file(tmp_path, monkeypatch):
+    import engine.io.device_load as dl
+    arrays = {"a": sample("F32", (4, 5)), "b": sample("BF16", (3,), seed=1)}
+    save_sharded(arrays, tmp_path, max_shard_size=40)
+    for mmap_mode in (True, False):
+        got = dl.load_to_device(tmp_path, "cpu", mmap=mmap_mode)
+        assert {k: t.numpy().tobytes() for k, t in got.items()} == {k: a.tobytes() for k, a in arrays.items()}
+    shard = tmp_path / "model-00002-of-00002.safetensors"
+    with safe_open(shard) as f:
+        begin = f.info("b")[2][0]
+    check = dl._check_covers
+
+    def shrink_first(path, items):  # the file shrinks between the header read and the load
+        os.truncate(path, begin + 1) if path == str(shard) else None
+        check(path, items)
+    monkeypatch.setattr(dl, "_check_covers", shrink_first)
+    with pytest.raises(SafetensorsError, match="is now .* bytes") as e:
+        dl.load_to_device(tmp_path, "cpu")
+    assert (e.value.path, e.value.tensor, e.value.offset) == (str(shard), "b", begin)
+
+
+def test_a_new_writer_removes_the_temps_of_killed_writers(tmp_path):
+    dead = 2**22 + 4321  # above the default pid_max: no such process
+    stale = tmp_path / f".a.safetensors.{dead}.0badc0de.tmp"
+    stale.write_bytes(b"\0" * 4096)
+    alive = tmp_path / f".a.safetensors.{os.getpid()}.00c0ffee.tmp"  # this process: not stale
+    alive.write_bytes(b"")
+    save_file({"x": np.ones(2, np.float32)}, tmp_path / "a.safetensors")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["a.safetensors", alive.name])

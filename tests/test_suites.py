@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 import impls
-from taper.commands import bench as B
+from bench.discovery import discover
+from bench.measure import run_attrs, run_combo
 
 ROOT = Path(__file__).resolve().parents[1]
 MINE = sorted(p.name for p in (ROOT / "suites").glob("bench_*.py"))  # every suite file
@@ -23,7 +24,7 @@ MINE = sorted(p.name for p in (ROOT / "suites").glob("bench_*.py"))  # every sui
 @pytest.fixture(scope="module")
 def discovered():
     old = os.environ.get("TAPER_BENCH_QUICK")
-    benches, errors = B.discover(tiny=True)
+    benches, errors = discover(tiny=True)
     yield benches, errors
     if old is None:
         os.environ.pop("TAPER_BENCH_QUICK", None)
@@ -98,7 +99,7 @@ def _run_cpu(benches, impls):
                     if combo[0] not in impls or combo[1] != "cpu":
                         continue
                     args = ((cache,) if cache is not None else ()) + tuple(combo)
-                    r = B._run_combo(b, args, B._attrs(b, quick=True))
+                    r = run_combo(b, args, run_attrs(b, quick=True))
                     common.reset()
                     results[(b.name, combo)] = r
         finally:
@@ -158,7 +159,7 @@ def test_llm_suite_runs_tiny_on_cpu_with_every_implementation(discovered):
         for combo in b.combos():
             if combo[1] != "cpu" or combo[2] != "float32" or (len(combo) > 4 and (combo[4] != 1 or combo[5] != "default")):
                 continue
-            r = B._run_combo(b, tuple(combo), B._attrs(b, quick=True))
+            r = run_combo(b, tuple(combo), run_attrs(b, quick=True))
             common.reset()
             assert not r["error"], (b.name, combo, r["error"])
             ran[(b.name, combo[0])] = r["skip"] or r["result"]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import engine
-from engine.io import save_file, save_sharded
+from engine.io import SafetensorsError, save_file, save_sharded
 from engine.nn import Module, ModuleList, StateDictError
 from engine.nn.linear import Linear
 from engine.nn.varbuilder import VarBuilder
@@ -132,8 +132,29 @@ def test_missing_files_are_named(tmp_path):
     save_sharded(arrays(), shard_dir, max_shard_size=60)
     victim = sorted(shard_dir.glob("model-*.safetensors"))[-1]
     victim.unlink()
-    with pytest.raises(FileNotFoundError, match=victim.name):
+    with pytest.raises(SafetensorsError, match=f"missing shard files: {victim.name}"):
         VarBuilder.from_pretrained(shard_dir)
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda b: b[:-3], "run past the data section"),
+    (lambda b: b[:8] + b"[" + b[9:], "the header must be a JSON object"),
+    (lambda b: b"\xff" * 8 + b[8:], "exceeds the 100000000-byte limit"),
+])
+def test_a_damaged_file_is_a_safetensors_error_not_file_not_found(tmp_path, damage, message):
+    save_file(arrays(), tmp_path / "model.safetensors")
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(SafetensorsError, match=message) as e:
+        VarBuilder.from_pretrained(tmp_path)
+    assert e.value.path == str(path) and not isinstance(e.value, FileNotFoundError)
+
+
+def test_copy_on_load_reads_the_same_weights_into_memory(ckpt):
+    vb = VarBuilder.from_pretrained(ckpt, device=DEVICE, mmap=False)
+    w = vb.get("model.layers.1.proj.weight", (4, 3))
+    np.testing.assert_array_equal(w.numpy(), arrays()["model.layers.1.proj.weight"])
+    assert vb._s.source.checkpoint.copy_on_load
 
 
 def test_from_tensors_and_random():

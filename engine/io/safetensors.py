@@ -1,15 +1,21 @@
 """Read and write the safetensors format on numpy arrays, with the header validated before any use.
 
-File layout (https://github.com/huggingface/safetensors): 8 bytes little-endian header length N,
-N bytes of JSON {name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {str: str}}
-padded with spaces, then the data section. Offsets are relative to the data section; the tensors
-must tile it exactly, without gaps or overlaps. All data is little-endian (this module assumes a
-little-endian host, as numpy, torch and safetensors do in practice).
+The format and the header parser are in engine/io/safetensors_header.py; every problem with a file
+or an index raises SafetensorsError naming the file, the tensor and the byte offset.
 
 Reading maps the file once and hands out read-only zero-copy views over that mapping, so a 13 GB
-checkpoint costs no RAM until its pages are touched. Writing streams tensor by tensor into a temp
-file that is renamed into place only when everything was written, so a failed write never leaves a
-truncated file behind. Sharded checkpoints follow the Hugging Face index format.
+checkpoint costs no RAM until its pages are touched. Caveat of every memory map: if the file is
+truncated in place while it is mapped, touching a page past the new end kills the process with
+SIGBUS (Python cannot catch it). Replacing a file by rename is safe (the mapping keeps the old
+one); truncating or rewriting it in place is not. Views are only handed out after checking that
+the file still covers them, but an array handed out earlier can still fault. Servers that swap
+files under a running process should open with `mmap=False` (copy-on-load): each tensor is then
+read into memory with ordinary reads, and a file that shrank raises SafetensorsError instead.
+
+Writing streams tensor by tensor into a temp file that is renamed into place only when everything
+was written (engine/io/atomic.py), so a failed write, a full disk or a killed process never leaves
+a truncated file behind, and a full disk names the file. Sharded checkpoints follow the Hugging
+Face index format; an index may only name shard files in its own directory.
 
 This module imports numpy and ml_dtypes only (engine rule: never torch).
 """
@@ -18,33 +24,24 @@ from __future__ import annotations
 import difflib
 import json
 import math
-import mmap
+import mmap as _mmap
 import os
-import secrets
 import struct
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
-import ml_dtypes
 import numpy as np
 
-MAX_HEADER_BYTES = 100_000_000  # the limit safetensors itself enforces
+from engine.io.atomic import (atomic_write_text, discard, open_temp, remove, remove_stale_temps, replace_dir,
+                              temp_path)
+from engine.io.safetensors_header import DTYPES, MAX_HEADER_BYTES, SafetensorsError, parse_header, validate
+
 INDEX_NAME = "model.safetensors.index.json"
 ALIASES_KEY = "taper.aliases"  # metadata key: JSON {alias name: name of the tensor actually stored}
-
-DTYPES: dict[str, np.dtype] = {
-    "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
-    "BF16": np.dtype(ml_dtypes.bfloat16),
-    "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn), "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2),
-    "I64": np.dtype("<i8"), "I32": np.dtype("<i4"), "I16": np.dtype("<i2"), "I8": np.dtype("i1"),
-    "U64": np.dtype("<u8"), "U32": np.dtype("<u4"), "U16": np.dtype("<u2"), "U8": np.dtype("u1"),
-    "BOOL": np.dtype(np.bool_),
-}
+MAX_INDEX_BYTES = MAX_HEADER_BYTES
+MAX_INDEX_CONTAINERS = 10_000  # JSON objects and lists in an index (a real one holds a handful)
 _NAMES = {dt: name for name, dt in DTYPES.items()}
-
-
-class SafetensorsError(ValueError):
-    """A malformed safetensors file or a misuse of the writer; the message names file, key and numbers."""
+__all__ = ["DTYPES", "MAX_HEADER_BYTES", "SafetensorsError"]  # re-exported from safetensors_header
 
 
 def dtype_to_str(dtype) -> str:
@@ -74,94 +71,45 @@ def _close_keys(name: str, keys: Iterable[str]) -> str:
     return f"{name!r} not found ({len(keys)} tensors); close keys: {', '.join(near) or 'none'}"
 
 
-def _no_duplicates(pairs):
-    out = {}
-    for k, v in pairs:
-        if k in out:
-            raise SafetensorsError(f"duplicate key {k!r} in header")
-        out[k] = v
-    return out
-
-
-def _parse_header(path: str, file_size: int) -> tuple[dict, dict, int]:
-    """Validate the header; returns ({name: (dtype, shape, (begin, end) absolute)}, metadata, data_start)."""
-    where = f"{path}:"
+def _read_header(path: str, fd: int, file_size: int) -> tuple[dict, dict, int]:
+    """({name: (dtype, shape, (begin, end) absolute)}, metadata, data_start) of an open file."""
     if file_size < 8:
-        raise SafetensorsError(f"{where} file is {file_size} bytes, too short for the 8-byte header length")
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        if n > MAX_HEADER_BYTES:
-            raise SafetensorsError(f"{where} header length {n} exceeds the {MAX_HEADER_BYTES}-byte limit")
-        if 8 + n > file_size:
-            raise SafetensorsError(f"{where} header length {n} runs past the end of the file ({file_size} bytes)")
-        raw = f.read(n)
-    try:
-        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise SafetensorsError(f"{where} header ({n} bytes) is not valid UTF-8 JSON: {e}") from None
-    except SafetensorsError as e:
-        raise SafetensorsError(f"{where} {e}") from None
-    if not isinstance(header, dict):
-        raise SafetensorsError(f"{where} header is a JSON {type(header).__name__}, expected an object")
-
-    metadata = header.pop("__metadata__", None) or {}
-    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
-        raise SafetensorsError(f"{where} __metadata__ must map strings to strings, got {metadata!r:.200}")
-
-    data_start, data_size = 8 + n, file_size - 8 - n
-    entries = {}
-    for key, e in header.items():
-        if not isinstance(e, dict) or set(e) != {"dtype", "shape", "data_offsets"}:
-            raise SafetensorsError(f"{where} tensor {key!r}: entry must have exactly dtype, shape, "
-                                   f"data_offsets; got {e!r:.200}")
-        dtype, shape, offsets = e["dtype"], e["shape"], e["data_offsets"]
-        if dtype not in DTYPES:
-            raise SafetensorsError(f"{where} tensor {key!r}: unknown dtype {dtype!r}; known: {', '.join(DTYPES)}")
-        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
-            raise SafetensorsError(f"{where} tensor {key!r}: shape must be a list of ints >= 0, got {shape!r}")
-        if (not isinstance(offsets, list) or len(offsets) != 2 or not all(type(o) is int for o in offsets)
-                or not 0 <= offsets[0] <= offsets[1]):
-            raise SafetensorsError(f"{where} tensor {key!r}: data_offsets must be [begin, end] with "
-                                   f"0 <= begin <= end, got {offsets!r}")
-        begin, end = offsets
-        if end > data_size:
-            raise SafetensorsError(f"{where} tensor {key!r}: data_offsets [{begin}, {end}] run past the data "
-                                   f"section of {data_size} bytes (file size {file_size})")
-        expected = math.prod(shape) * DTYPES[dtype].itemsize
-        if end - begin != expected:
-            raise SafetensorsError(f"{where} tensor {key!r}: data_offsets [{begin}, {end}] hold {end - begin} "
-                                   f"bytes but {dtype} {shape} needs {expected}")
-        entries[key] = (dtype, tuple(shape), (begin, end))
-
-    # The tensors must tile the data section exactly: sorted by offset, each starts where the last ended.
-    ordered = sorted(entries.items(), key=lambda kv: kv[1][2])
-    pos, prev = 0, None
-    for key, (_, _, (begin, end)) in ordered:
-        if begin < pos:
-            raise SafetensorsError(f"{where} tensor {key!r} at [{begin}, {end}] overlaps tensor {prev!r} "
-                                   f"which ends at {pos}")
-        if begin > pos:
-            raise SafetensorsError(f"{where} gap of {begin - pos} bytes in the data section before tensor "
-                                   f"{key!r} at [{begin}, {end}] (previous data ends at {pos})")
-        pos, prev = end, key
-    if pos != data_size:
-        raise SafetensorsError(f"{where} tensors cover {pos} bytes but the data section has {data_size} "
-                               f"(file size {file_size}, header {n}); last tensor {prev!r}")
-    absolute = {k: (d, s, (b + data_start, e + data_start)) for k, (d, s, (b, e)) in ordered}
-    return absolute, metadata, data_start
+        raise SafetensorsError(f"file is {file_size} bytes, too short for the 8-byte header length", path)
+    (n,) = struct.unpack("<Q", os.pread(fd, 8, 0))
+    if n > MAX_HEADER_BYTES:
+        raise SafetensorsError(f"header length {n} exceeds the {MAX_HEADER_BYTES}-byte limit", path, offset=0)
+    if 8 + n > file_size:
+        raise SafetensorsError(f"header length {n} runs past the end of the file ({file_size} bytes)", path, offset=0)
+    raw = os.pread(fd, n, 8)
+    if len(raw) != n:
+        raise SafetensorsError(f"file shrank while its header was read ({len(raw)} of {n} bytes)", path, offset=8)
+    entries, metadata = parse_header(path, raw)
+    del raw
+    return validate(path, entries, 8 + n, file_size), metadata, 8 + n
 
 
 class SafetensorsFile:
-    """One validated safetensors file, mapped once; tensors come out as read-only zero-copy numpy views."""
+    """One validated safetensors file. With mmap=True (default) it is mapped once and tensors come out
+    as read-only zero-copy numpy views; with mmap=False (copy-on-load) each tensor is read into a
+    new array when asked for, so a file changed on disk later cannot crash the process."""
 
-    def __init__(self, path):
+    def __init__(self, path, mmap: bool = True):
         self.path = str(path)
-        size = os.path.getsize(self.path)
-        self._entries, self.metadata, self.data_start = _parse_header(self.path, size)
-        self._mmap = None
-        if size:
-            with open(self.path, "rb") as f:  # mmap keeps its own handle on the file
-                self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        self._mmap = self._fd = None
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except IsADirectoryError:
+            raise SafetensorsError("is a directory, not a .safetensors file", self.path) from None
+        try:
+            size = os.fstat(fd).st_size
+            self._entries, self.metadata, self.data_start = _read_header(self.path, fd, size)
+            self._size = size
+            self._mmap = _mmap.mmap(fd, 0, access=_mmap.ACCESS_READ) if (mmap and size) else None
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        self.copy_on_load = not mmap
 
     def keys(self) -> list[str]:
         """Tensor names in file (data offset) order."""
@@ -180,12 +128,33 @@ class SafetensorsFile:
         except KeyError:
             raise KeyError(f"{self.path}: {_close_keys(name, self._entries)}") from None
 
+    def _check_size(self, name: str, begin: int, end: int) -> None:
+        size = os.fstat(self._fd).st_size
+        if size < end:
+            raise SafetensorsError(f"the file is now {size} bytes, it was {self._size} when opened: it was truncated "
+                                   f"or rewritten in place; this tensor's data [{begin}, {end}) is gone (reading it "
+                                   "through the memory map would kill the process with SIGBUS)", self.path, name, begin)
+
     def get_numpy(self, name: str) -> np.ndarray:
-        """A read-only view of tensor `name` straight over the file mapping (no copy)."""
+        """Tensor `name`: a read-only view over the file mapping (no copy), or with mmap=False a new
+        writable array read from the file."""
         dtype, shape, (begin, end) = self.info(name)
-        if self._mmap is None:
-            raise SafetensorsError(f"{self.path}: file is closed")
+        if self._fd is None:
+            raise SafetensorsError("file is closed", self.path, name)
         dt = DTYPES[dtype]
+        if self.copy_on_load:
+            buf = bytearray(end - begin)
+            got = os.preadv(self._fd, [buf], begin) if end > begin else 0
+            if got != end - begin:
+                raise SafetensorsError(f"read {got} of {end - begin} bytes: the file shrank to "
+                                       f"{os.fstat(self._fd).st_size} bytes since it was opened ({self._size})",
+                                       self.path, name, begin)
+            return np.frombuffer(buf, dtype=dt).reshape(shape)
+        if end == begin:  # no bytes: nothing to map
+            out = np.empty(shape, dt)
+            out.flags.writeable = False
+            return out
+        self._check_size(name, begin, end)
         return np.frombuffer(self._mmap, dtype=dt, count=(end - begin) // dt.itemsize, offset=begin).reshape(shape)
 
     def close(self) -> None:
@@ -196,6 +165,13 @@ class SafetensorsFile:
                 mm.close()
             except BufferError:  # views still alive; the mapping goes when the last one does
                 pass
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def __del__(self):
+        if getattr(self, "_fd", None) is not None:
+            self.close()
 
     def __enter__(self):
         return self
@@ -207,14 +183,14 @@ class SafetensorsFile:
         return f"SafetensorsFile({self.path!r}, {len(self)} tensors)"
 
 
-def safe_open(path) -> SafetensorsFile:
-    """Open and validate one safetensors file."""
-    return SafetensorsFile(path)
+def safe_open(path, mmap: bool = True) -> SafetensorsFile:
+    """Open and validate one safetensors file (mmap=False: copy-on-load, see SafetensorsFile)."""
+    return SafetensorsFile(path, mmap=mmap)
 
 
-def load_file(path) -> dict[str, np.ndarray]:
-    """All tensors of a file as read-only mmap-backed arrays, in file order."""
-    with safe_open(path) as f:
+def load_file(path, mmap: bool = True) -> dict[str, np.ndarray]:
+    """All tensors of a file as arrays (read-only over the mapping, or copies with mmap=False), in file order."""
+    with safe_open(path, mmap=mmap) as f:
         return {k: f.get_numpy(k) for k in f.keys()}
 
 
@@ -233,13 +209,6 @@ def restore_aliases(tensors: dict, metadata: Mapping[str, str]) -> dict:
     return tensors
 
 
-def _open_temp(final: Path, mode: str):
-    """A new temp file beside `final` (same filesystem, so os.replace is atomic), honouring the umask."""
-    tmp = final.with_name(f".{final.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    return os.fdopen(fd, mode), tmp
-
-
 def _as_spec(spec) -> tuple[str, str, tuple[int, ...]]:
     name, dtype, shape = spec
     return str(name), dtype_to_str(dtype), tuple(int(d) for d in shape)
@@ -249,7 +218,8 @@ class SafetensorsWriter:
     """Stream tensors into a safetensors file: header first, then `write(name, array)` in spec order.
 
     specs: [(name, dtype, shape)], dtype a safetensors name ('BF16') or a numpy dtype. Data goes to a
-    temp file beside `path`, renamed into place by a successful close(); on error nothing is left.
+    temp file beside `path`, renamed into place by a successful close(); on error nothing is left, and
+    the temps of writers to the same path that were killed are removed when a new one starts.
     """
 
     def __init__(self, path, specs, metadata: Mapping[str, str] | None = None):
@@ -258,9 +228,9 @@ class SafetensorsWriter:
         names = [s[0] for s in self.specs]
         if len(set(names)) != len(names):
             dup = sorted({n for n in names if names.count(n) > 1})
-            raise SafetensorsError(f"{self.path}: duplicate tensor names {dup}")
+            raise SafetensorsError(f"duplicate tensor names {dup}", self.path)
         if metadata and not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
-            raise SafetensorsError(f"{self.path}: metadata must map str to str, got {dict(metadata)!r:.200}")
+            raise SafetensorsError(f"metadata must map str to str, got {dict(metadata)!r:.200}", self.path)
         header, pos = {}, 0
         if metadata:
             header["__metadata__"] = dict(metadata)
@@ -272,10 +242,18 @@ class SafetensorsWriter:
         raw += b" " * (-len(raw) % 8)  # pad so the data section starts 8-byte aligned
         self.header_bytes = 8 + len(raw)
         self.nbytes = self.header_bytes + pos
-        self._f, self._tmp = _open_temp(Path(self.path), "wb")
+        remove_stale_temps(Path(self.path).parent, Path(self.path).name)  # what killed writers left
+        self._f, self._tmp = open_temp(self.path, "wb")
         self._next = 0
+        self._io(self._f.write, struct.pack("<Q", len(raw)) + raw)
+
+    def _io(self, fn, *args):
+        """One write/flush; on failure (a full disk) the partial file goes and the error names the file."""
         try:
-            self._f.write(struct.pack("<Q", len(raw)) + raw)
+            return fn(*args)
+        except OSError as e:
+            self.abort()
+            raise OSError(e.errno, f"cannot write {self.path}: {e.strerror or e}; nothing was left behind") from e
         except BaseException:
             self.abort()
             raise
@@ -283,18 +261,18 @@ class SafetensorsWriter:
     def write(self, name: str, array) -> None:
         """Append the next tensor; its name, dtype and shape must match the next spec."""
         if self._f is None:
-            raise SafetensorsError(f"{self.path}: writer is closed")
+            raise SafetensorsError("writer is closed", self.path)
         if self._next >= len(self.specs):
-            raise SafetensorsError(f"{self.path}: all {len(self.specs)} tensors already written; got {name!r}")
+            raise SafetensorsError(f"all {len(self.specs)} tensors already written; got {name!r}", self.path)
         want, dtype, shape = self.specs[self._next]
         if name != want:
-            raise SafetensorsError(f"{self.path}: expected tensor {want!r} (#{self._next}), got {name!r}")
+            raise SafetensorsError(f"expected tensor {want!r} (#{self._next}), got {name!r}", self.path)
         array = np.asarray(array)
         if dtype_to_str(array.dtype) != dtype or array.shape != shape:
-            raise SafetensorsError(f"{self.path}: tensor {name!r} is {dtype_to_str(array.dtype)} "
-                                   f"{array.shape}, spec says {dtype} {shape}")
+            raise SafetensorsError(f"is {dtype_to_str(array.dtype)} {array.shape}, spec says {dtype} {shape}",
+                                   self.path, name)
         array = np.ascontiguousarray(array, dtype=DTYPES[dtype])  # also fixes big-endian input
-        self._f.write(array.reshape(-1).view(np.uint8))
+        self._io(self._f.write, array.reshape(-1).view(np.uint8))
         self._next += 1
 
     def close(self) -> None:
@@ -304,19 +282,18 @@ class SafetensorsWriter:
         if self._next != len(self.specs):
             missing = [s[0] for s in self.specs[self._next:]]
             self.abort()
-            raise SafetensorsError(f"{self.path}: closed after {self._next} of {len(self.specs)} tensors; "
-                                   f"missing {missing[:5]}")
-        self._f.close()
+            raise SafetensorsError(f"closed after {self._next} of {len(self.specs)} tensors; missing {missing[:5]}",
+                                   self.path)
+        self._io(self._f.flush)
+        self._io(os.fsync, self._f.fileno())
+        self._io(self._f.close)
         self._f = None
         os.replace(self._tmp, self.path)
 
     def abort(self) -> None:
-        """Discard the partial file."""
-        if self._f is not None:
-            self._f.close()
-            self._f = None
-        if os.path.exists(self._tmp):
-            os.remove(self._tmp)
+        """Discard the partial file (even when closing it fails again, as on a full disk)."""
+        f, self._f = self._f, None
+        discard(f, self._tmp)
 
     def __enter__(self):
         return self
@@ -338,31 +315,72 @@ def save_file(tensors: Mapping[str, np.ndarray], path, metadata: Mapping[str, st
 
 # ---------------------------------------------------------------- sharded checkpoints
 
+def is_checkpoint_file(name: str) -> bool:
+    """Whether a file name in a model directory is part of a safetensors checkpoint."""
+    return name.endswith(".safetensors") or name == INDEX_NAME
+
+
+def check_shard_name(index_path, shard) -> str:
+    """An index may only name files in its own directory: 'model-00001-of-00002.safetensors', never
+    '../outside/x.safetensors', a sub-directory or an absolute path."""
+    if not isinstance(shard, str) or not shard or shard in (".", "..") or Path(shard).name != shard \
+            or "/" in shard or "\\" in shard or "\0" in shard:
+        raise SafetensorsError(f"index names shard {shard!r}, which is not a file name in the index's directory "
+                               f"{Path(index_path).parent}; refused", index_path)
+    return shard
+
+
+def read_index(path) -> dict:
+    """The JSON object of an index file (a HF *.index.json), checked: size, UTF-8, nesting, object."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise SafetensorsError("index file not found", path) from None
+    except IsADirectoryError:
+        raise SafetensorsError("is a directory, not an index file", path) from None
+    if len(raw) > MAX_INDEX_BYTES:
+        raise SafetensorsError(f"index is {len(raw)} bytes; the limit is {MAX_INDEX_BYTES}", path)
+    if raw.count(b"{") + raw.count(b"[") > MAX_INDEX_CONTAINERS:
+        raise SafetensorsError(f"index holds more than {MAX_INDEX_CONTAINERS} JSON objects or lists; a "
+                               "checkpoint index holds a handful", path)
+    try:
+        index = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise SafetensorsError(f"index is not valid UTF-8 ({e.reason})", path, offset=e.start) from None
+    except json.JSONDecodeError as e:
+        raise SafetensorsError(f"index is not valid JSON: {e.msg}", path, offset=e.pos) from None
+    except RecursionError:
+        raise SafetensorsError("index JSON nests too deeply", path) from None
+    if not isinstance(index, dict):
+        raise SafetensorsError(f"index is a JSON {type(index).__name__}, expected an object", path)
+    if not isinstance(index.get("metadata", {}), (dict, type(None))):
+        raise SafetensorsError(f"index 'metadata' must be an object, got {index['metadata']!r:.100}", path)
+    return index
+
+
 def load_index(path) -> dict[str, str]:
     """weight_map {tensor name: shard file name} of a HF index (a directory or the .index.json itself)."""
     path = Path(path)
     if path.is_dir():
         path = path / INDEX_NAME
-    try:
-        index = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise SafetensorsError(f"{path}: index file not found") from None
-    except json.JSONDecodeError as e:
-        raise SafetensorsError(f"{path}: index is not valid JSON: {e}") from None
-    wm = index.get("weight_map") if isinstance(index, dict) else None
+    wm = read_index(path).get("weight_map")
     if not isinstance(wm, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in wm.items()):
-        raise SafetensorsError(f"{path}: index must hold a 'weight_map' of tensor name -> shard file name")
+        raise SafetensorsError("index must hold a 'weight_map' of tensor name -> shard file name", path)
+    for shard in set(wm.values()):
+        check_shard_name(path, shard)
     return wm
 
 
 class ShardedCheckpoint:
     """Many shards behind one index, read like one SafetensorsFile; shards are opened on first use."""
 
-    def __init__(self, index_path):
+    def __init__(self, index_path, mmap: bool = True):
         self.index_path = Path(index_path)
         self.directory = self.index_path.parent
+        self.mmap = mmap
         self.weight_map = load_index(self.index_path)
-        index_meta = json.loads(self.index_path.read_text()).get("metadata") or {}
+        index_meta = read_index(self.index_path).get("metadata") or {}
         self.total_size = index_meta.get("total_size")
         self._index_meta = {k: v for k, v in index_meta.items() if isinstance(v, str)}
         self._shards: dict[str, SafetensorsFile] = {}
@@ -373,7 +391,7 @@ class ShardedCheckpoint:
         if missing:
             lines = [f"{s} (needed by {len(k)} tensors: {', '.join(k[:3])}{', ...' if len(k) > 3 else ''})"
                      for s, k in missing.items()]
-            raise SafetensorsError(f"{self.index_path}: missing shard files: " + "; ".join(lines))
+            raise SafetensorsError("missing shard files: " + "; ".join(lines), self.index_path)
 
     def _shard(self, name: str) -> SafetensorsFile:
         try:
@@ -381,12 +399,11 @@ class ShardedCheckpoint:
         except KeyError:
             raise KeyError(f"{self.index_path}: {_close_keys(name, self.weight_map)}") from None
         if shard not in self._shards:
-            self._shards[shard] = SafetensorsFile(self.directory / shard)
+            self._shards[shard] = SafetensorsFile(self.directory / shard, mmap=self.mmap)
         f = self._shards[shard]
         if name not in f:
-            raise SafetensorsError(f"{self.index_path}: index puts {name!r} in {shard}, which does not hold it")
+            raise SafetensorsError(f"index puts this tensor in {shard}, which does not hold it", self.index_path, name)
         return f
-
     @property
     def metadata(self) -> dict[str, str]:
         """The first shard's metadata, updated with the string entries of the index's metadata."""
@@ -425,22 +442,23 @@ class ShardedCheckpoint:
         self.close()
 
 
-def open_checkpoint(path) -> SafetensorsFile | ShardedCheckpoint:
-    """A .safetensors file, an index .json, or a directory holding either (index preferred)."""
+def open_checkpoint(path, mmap: bool = True) -> SafetensorsFile | ShardedCheckpoint:
+    """A .safetensors file, an index .json, or a directory holding either (index preferred).
+    mmap=False: copy-on-load (see SafetensorsFile)."""
     path = Path(path)
     if path.is_dir():
         if (path / INDEX_NAME).is_file():
-            return ShardedCheckpoint(path / INDEX_NAME)
+            return ShardedCheckpoint(path / INDEX_NAME, mmap=mmap)
         if (path / "model.safetensors").is_file():
-            return SafetensorsFile(path / "model.safetensors")
+            return SafetensorsFile(path / "model.safetensors", mmap=mmap)
         found = sorted(path.glob("*.safetensors"))
         if len(found) == 1:
-            return SafetensorsFile(found[0])
-        raise SafetensorsError(f"{path}: no {INDEX_NAME} or model.safetensors, and {len(found)} other "
-                               f".safetensors files ({', '.join(p.name for p in found[:5])})")
+            return SafetensorsFile(found[0], mmap=mmap)
+        raise SafetensorsError(f"no {INDEX_NAME} or model.safetensors, and {len(found)} other "
+                               f".safetensors files ({', '.join(p.name for p in found[:5])})", path)
     if path.suffix == ".json":
-        return ShardedCheckpoint(path)
-    return SafetensorsFile(path)
+        return ShardedCheckpoint(path, mmap=mmap)
+    return SafetensorsFile(path, mmap=mmap)
 
 
 def save_sharded(source, directory, max_shard_size: int, *, get: Callable[[str], np.ndarray] | None = None,
@@ -450,6 +468,10 @@ def save_sharded(source, directory, max_shard_size: int, *, get: Callable[[str],
     source: a dict {name: array}, or a list of (name, dtype, shape) specs together with `get(name)`
     returning each array on demand, so the caller never needs every tensor in RAM at once. A tensor
     larger than max_shard_size gets a shard of its own. `metadata` goes into every shard and the index.
+    The checkpoint in `directory` is replaced as a whole or not at all: everything is written into a
+    staging directory beside it, which then takes its place in one step (engine.io.atomic.replace_dir);
+    the directory's other files (config.json, tokenizer files) are kept, earlier checkpoint files
+    (shards, index, model.safetensors) go. A killed or failed write leaves the old checkpoint as it was.
     Returns the index dict.
     """
     if isinstance(source, Mapping):
@@ -471,19 +493,23 @@ def save_sharded(source, directory, max_shard_size: int, *, get: Callable[[str],
         groups[-1].append(spec)
         size += nbytes
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    weight_map, total = {}, 0
-    for i, group in enumerate(groups, 1):
-        fname = f"{prefix}-{i:05d}-of-{len(groups):05d}.safetensors"
-        with SafetensorsWriter(directory / fname, group, metadata) as w:
-            for name, _, _ in group:
-                w.write(name, get(name))
-                weight_map[name] = fname
-            total += w.nbytes - w.header_bytes
-    index = {"metadata": {"total_size": total, **(metadata or {})}, "weight_map": weight_map}
-    final = directory / f"{prefix}.safetensors.index.json"
-    f, tmp = _open_temp(final, "w")
-    with f:
-        json.dump(index, f, indent=2)
-    os.replace(tmp, final)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(directory.parent, directory.name)
+    staging = temp_path(directory)
+    staging.mkdir()
+    try:
+        weight_map, total = {}, 0
+        for i, group in enumerate(groups, 1):
+            fname = f"{prefix}-{i:05d}-of-{len(groups):05d}.safetensors"
+            with SafetensorsWriter(staging / fname, group, metadata) as w:
+                for name, _, _ in group:
+                    w.write(name, get(name))
+                    weight_map[name] = fname
+                total += w.nbytes - w.header_bytes
+        index = {"metadata": {"total_size": total, **(metadata or {})}, "weight_map": weight_map}
+        atomic_write_text(staging / f"{prefix}.safetensors.index.json", json.dumps(index, indent=2))
+        replace_dir(staging, directory, keep=lambda name: not is_checkpoint_file(name))
+    except BaseException:
+        remove(staging)
+        raise
     return index

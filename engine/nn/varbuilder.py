@@ -6,7 +6,8 @@
 
 Weights come from engine.io's memory-mapped safetensors (one file or an index of shards). On the CPU
 without a dtype cast a weight is the mapped bytes themselves (zero-copy, read-only); a cast or another
-device makes one copy at load time.
+device makes one copy at load time. With mmap=False every weight is read into memory instead
+(copy-on-load), for servers that swap checkpoint files under a running process.
 
 Key accounting is strict: outside `collect()`, `get` raises at once for a missing key or a wrong
 shape; inside it, problems are gathered and, on exit, one StateDictError lists the missing keys (with
@@ -26,7 +27,7 @@ import numpy as np
 from engine import device as _dev
 from engine import dtype as D
 from engine import ops
-from engine.io.safetensors import INDEX_NAME, SafetensorsError, open_checkpoint
+from engine.io.safetensors import INDEX_NAME, open_checkpoint
 from engine.nn.module import StateDictError
 from engine.tensor import Tensor
 
@@ -56,9 +57,15 @@ class VarBuilder:
 
     # ---- construction -----------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, path, dtype=None, device=None) -> "VarBuilder":
+    def from_pretrained(cls, path, dtype=None, device=None, mmap: bool = True) -> "VarBuilder":
         """A model directory (model.safetensors or model.safetensors.index.json), a .safetensors file or
-        an index. dtype None keeps each tensor's stored dtype."""
+        an index. dtype None keeps each tensor's stored dtype. mmap=False reads each weight with
+        ordinary reads instead of mapping the files (copy-on-load: a file truncated or rewritten in
+        place later cannot kill the process with SIGBUS; see engine.io.safetensors).
+
+        Raises FileNotFoundError when there is no checkpoint at `path`, and SafetensorsError (a
+        ValueError naming the file, tensor and byte offset) when a file there is damaged or a shard
+        the index names is missing."""
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -66,10 +73,7 @@ class VarBuilder:
             present = ", ".join(sorted(p.name for p in path.iterdir())[:10]) or "nothing"
             raise FileNotFoundError(f"no model.safetensors or {INDEX_NAME} in {path} (found: {present}); "
                                     "convert .bin/.pt checkpoints first with `taper convert`")
-        try:
-            ckpt = open_checkpoint(path)
-        except SafetensorsError as e:  # e.g. a shard named by the index is missing
-            raise FileNotFoundError(str(e)) from None
+        ckpt = open_checkpoint(path, mmap=mmap)
         keys = list(ckpt.keys())
         src = _Source(keys, lambda k: tuple(ckpt.info(k)[1]), ckpt.get_numpy, str(path))
         src.checkpoint = ckpt

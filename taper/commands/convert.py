@@ -1,18 +1,22 @@
 """`taper convert SRC DST`: a PyTorch checkpoint to safetensors, safe by default, verified bitwise.
 
-Exit codes: 0 converted and verified, 1 the output failed verification, 2 bad usage or an unreadable
-or refused (unsafe) source. Errors go to stderr; the summary goes to stdout unless --quiet.
+DST is a .safetensors file, or a model directory (created when missing) that gets model.safetensors
+or shards + index and the source directory's config and tokenizer files. An existing output is only
+replaced with --overwrite, and then as a whole.
+
+Exit codes: 0 converted and verified, 1 the output failed verification (it is not put in place),
+2 bad usage, an unreadable or refused (unsafe) source, an existing output, or a write that failed
+(a full disk). Errors go to stderr; the summary goes to stdout unless --quiet.
 """
 from __future__ import annotations
 
 import argparse
 import sys
-
-from engine.io.safetensors import SafetensorsError
-from migration.convert import CASTS, ConvertError, VerificationError, convert, parse_size
+import warnings
 
 
 def _size(text: str) -> int:
+    from migration.convert import parse_size
     try:
         return parse_size(text)
     except ValueError as e:
@@ -20,29 +24,43 @@ def _size(text: str) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from migration.convert import CASTS, UNSAFE_TIMEOUT_S
+
     parser.add_argument("src", help="a .pt/.pth/.bin/.ckpt file, a directory, or a pytorch_model.bin.index.json")
-    parser.add_argument("dst", help="a .safetensors file, or a directory (model.safetensors, or shards with "
-                                    "--shard-size)")
+    parser.add_argument("dst", help="a .safetensors file, or a model directory (model.safetensors, or shards with "
+                                    "--shard-size, plus the source's config and tokenizer files)")
     parser.add_argument("--dtype", choices=list(CASTS), help="cast floating tensors (fp8 kept as is)")
     parser.add_argument("--shard-size", type=_size, metavar="SIZE",
                         help="write shards of at most SIZE (e.g. 2GB, 500MB, 1GiB) plus model.safetensors.index.json")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output (as a whole)")
     parser.add_argument("--unsafe-pickle", action="store_true",
                         help="unpickle a source that weights_only loading refuses, in a separate process; "
                              "only for sources you trust")
+    parser.add_argument("--unsafe-timeout", type=float, default=UNSAFE_TIMEOUT_S, metavar="SECONDS",
+                        help=f"kill the --unsafe-pickle process after this long (default {UNSAFE_TIMEOUT_S:g})")
     parser.add_argument("--no-verify", action="store_true", help="skip the bitwise comparison with the source")
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
 
 
 def run(args) -> int:
-    try:
-        report = convert(args.src, args.dst, dtype=args.dtype, shard_size=args.shard_size,
-                         unsafe_pickle=args.unsafe_pickle, progress=not args.quiet, verify=not args.no_verify)
-    except VerificationError as e:
-        print(f"taper convert: {e}", file=sys.stderr)
-        return 1
-    except (ConvertError, SafetensorsError, OSError) as e:
-        print(f"taper convert: {e}", file=sys.stderr)
-        return 2
+    from engine.io.safetensors import SafetensorsError
+    from migration.convert import ConvertError, UnsafePickleWarning, VerificationError, convert
+
+    def show(message, category, *rest, **kw):
+        print(f"taper convert: WARNING: {message}", file=sys.stderr, flush=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", UnsafePickleWarning)
+        warnings.showwarning = show
+        try:
+            report = convert(args.src, args.dst, dtype=args.dtype, shard_size=args.shard_size,
+                             unsafe_pickle=args.unsafe_pickle, progress=not args.quiet, verify=not args.no_verify,
+                             overwrite=args.overwrite, unsafe_timeout=args.unsafe_timeout)
+        except VerificationError as e:
+            print(f"taper convert: {e}", file=sys.stderr)
+            return 1
+        except (ConvertError, SafetensorsError, OSError) as e:
+            print(f"taper convert: {e}", file=sys.stderr)
+            return 2
     if not args.quiet:
         print(report)
     return 0

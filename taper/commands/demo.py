@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import sys
 import time
 
 import numpy as np
@@ -40,6 +41,27 @@ def _cases(E, F, tF):
     ]
 
 
+FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")
+
+
+def _check_args(devices, dtypes) -> str | None:
+    """Why --devices or --dtypes cannot run here (None when they can)."""
+    from engine import device as D
+    for d in devices:
+        try:
+            D.parse(d)
+        except ValueError as e:
+            return f"--devices {d}: {e}"
+        if not D.is_available(d):
+            cause = getattr(D.backend(d), 'cause', None)
+            return (f"--devices {d}: not available here ({type(cause).__name__}: {cause}); available: "
+                    f"{', '.join(str(x) for x in D.available_devices())}")
+    bad = [t for t in dtypes if t not in FLOAT_DTYPES]
+    if bad:
+        return f"--dtypes {','.join(bad)}: the demo compares floating-point ops; choose from {', '.join(FLOAT_DTYPES)}"
+    return None
+
+
 def run(args) -> int:
     import engine as E
     import engine.functional as F
@@ -53,6 +75,10 @@ def run(args) -> int:
         return 2
     devices = args.devices.split(",") if args.devices else [str(d) for d in E.available_devices()]
     dtypes = args.dtypes.split(",")
+    why = _check_args(devices, dtypes)
+    if why:
+        print(f"taper demo: {why}", file=sys.stderr)
+        return 2
     rng = np.random.default_rng(args.seed)
     print(f"engine parity against torch {torch.__version__} (float64 reference), devices: {', '.join(devices)}")
     header = f"{'device':8} {'dtype':9} {'op':18} {'max abs err':>12} {'tolerance':>12} {'ms':>8}  result"

@@ -73,7 +73,7 @@ class _Side:
     """One side of the gate: its results, and the code (commit, checkout) they measured."""
 
     def __init__(self, name, spec, args, stack):
-        from reports.asvrun import AsvRunner, resolve_ref, worktree
+        from bench.asv import AsvRunner, resolve_ref, worktree
         from reports.gate import GateUsageError
         from reports.results import load_results
 
@@ -123,7 +123,7 @@ class _Remeasure:
         self.sides, self.args, self.stack, self.checkouts = sides, args, stack, {}
 
     def checkout(self, side, commit) -> Path:
-        from reports.asvrun import resolve_ref, worktree
+        from bench.asv import resolve_ref, worktree
         from reports.gate import RerunError
 
         if side.root is not None:
@@ -140,7 +140,7 @@ class _Remeasure:
         return self.checkouts[commit]
 
     def __call__(self, side_name, keys, results_dir) -> None:
-        from reports.asvrun import AsvRunner, bench_regex
+        from bench.asv import AsvRunner, bench_regex
         from reports.gate import RerunError
 
         side = self.sides[side_name]
@@ -165,7 +165,7 @@ class _Remeasure:
 
 
 def run(args) -> int:
-    from reports.asvrun import AsvRunError
+    from bench.asv import AsvRunError
     from reports.drift import VerifyFileError, compare_verify
     from reports.gate import GateUsageError, RerunError, load_config, run_gate
     from reports.results import ResultsError

@@ -5,8 +5,10 @@
     taper generate --model preset:llama:tinyllama-1.1b --ids 1,2,3        # random weights, for timing
 
 Tokens are printed as they come (text when the directory has tokenizer.json, else ids), then one
-line with prefill ms, decode tokens/s and peak memory (engine.memory_stats()).
-Exit codes: 0 done, 2 bad usage or an unreadable model.
+line with prefill ms, decode tokens/s and peak memory (engine.memory_stats()). Sampling settings are
+checked as transformers checks them (engine.generation.validate_sampling); prompt ids must lie in the
+model's vocabulary; a tokenizer's padding is never fed to the model.
+Exit codes: 0 done, 2 bad usage, an unreadable model or an unusable device.
 """
 from __future__ import annotations
 
@@ -41,13 +43,33 @@ def _ints(text: str, what: str) -> list:
         raise ValueError(f"{what} must be comma-separated integers, got {text!r}") from None
 
 
+def _prompt_ids(tokenizer, text: str) -> list:
+    """The prompt's token ids without padding: a tokenizer.json may pad every encoding to a fixed
+    length (its "padding" section); those positions have attention_mask 0 and are not fed."""
+    enc = tokenizer.encode(text)
+    return [i for i, m in zip(enc.ids, enc.attention_mask) if m]
+
+
+def _check_ids(ids: list, model, what: str) -> None:
+    vocab = getattr(model.config, "vocab_size", None)
+    bad = [i for i in ids if i < 0 or (vocab is not None and i >= vocab)]
+    if bad:
+        raise ValueError(f"{what}: token id(s) {bad[:5]} outside the model's vocabulary (0 to {vocab - 1})"
+                         if vocab is not None else f"{what}: negative token id(s) {bad[:5]}")
+    if not ids:
+        raise ValueError(f"{what}: the prompt has no tokens")
+
+
 def run(args) -> int:
     import engine
     from engine import models
-    from engine.generation import TextStreamer, generate, load_tokenizer
+    from engine.generation import TextStreamer, generate, load_tokenizer, validate_sampling
 
-    dtype = getattr(engine, args.dtype) if args.dtype else None
     try:
+        validate_sampling(args.temperature, args.top_k, args.top_p, args.repetition_penalty)
+        if args.max_new_tokens < 1:
+            raise ValueError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+        dtype = getattr(engine, args.dtype) if args.dtype else None
         if args.model.startswith("preset:"):
             mt, preset = models.find_preset(args.model[len("preset:"):])
             model, tokenizer = models.from_preset(mt, preset, dtype=dtype, device=args.device), None
@@ -57,12 +79,15 @@ def run(args) -> int:
         if args.prompt is not None:
             if tokenizer is None:
                 raise ValueError(f"{args.model} has no tokenizer.json; pass --ids instead of --prompt")
-            prompt = tokenizer.encode(args.prompt).ids
+            prompt = _prompt_ids(tokenizer, args.prompt)
         else:
             prompt = _ints(args.ids, "--ids")
+        _check_ids(prompt, model, "--ids" if args.prompt is None else "--prompt")
         stop = _ints(args.stop_ids, "--stop-ids") if args.stop_ids is not None else None
-    except (OSError, ValueError, KeyError, NotImplementedError) as e:
-        print(f"taper generate: {e}", file=sys.stderr)
+    except (OSError, ValueError, KeyError, NotImplementedError, RuntimeError) as e:
+        if getattr(args, "debug", False):
+            raise
+        print(f"taper generate: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
         return 2
 
     streamer = TextStreamer(tokenizer, prompt) if tokenizer is not None else None

@@ -117,9 +117,13 @@ def _verify(args):
             from migration.port import port
             tm, _ = load_factory(target)
             em = port(tm)
-        return verify_golden(em, args.golden, device=args.device, **common)
+        try:
+            return verify_golden(em, args.golden, device=args.device, **common)
+        except (ValueError, IndexError, KeyError) as e:  # shapes that do not fit: another model's golden
+            raise _Usage(_golden_misfit(args.golden, target, e)) from e
     common.update(skip=tuple(args.skip), noise_floor=not args.no_noise_floor, save_golden=args.save_golden)
     if is_dir:
+        _check_shapes(target)
         return verify_hf(target, dtype=args.dtype, batch=args.batch, seq_len=args.seq_len, seed=args.seed,
                          device=args.device, **common)
     tm, inputs = load_factory(target)
@@ -139,6 +143,32 @@ class _Usage(Exception):
     pass
 
 
+def _golden_misfit(golden, target, error) -> str:
+    """Say that a golden directory belongs to another model, when its outputs do not fit this one."""
+    import json
+    try:
+        meta = json.loads((Path(golden) / "meta.json").read_text())
+    except (OSError, ValueError):
+        meta = {}
+    return (f"the golden directory {golden} does not fit {target}: it was saved from model "
+            f"{meta.get('model', '?')!r} ({len(meta.get('names', []))} modules), and its outputs do not have this "
+            f"model's shapes ({type(error).__name__}: {error}); a golden directory only fits the model it was "
+            "saved from")
+
+
+def _check_shapes(target) -> None:
+    """config.json against the checkpoint's shapes, before transformers loads it (it would re-initialise
+    the mismatched weights, print a table and suggest `ignore_mismatched_sizes`, a from_pretrained flag)."""
+    from migration.port import port_hf
+    keys = port_hf(target, build=False).keys
+    bad = getattr(keys, "shape_mismatch", None)
+    if bad:
+        key, have, want = bad[0]
+        raise _Usage(f"{target}: config.json does not match the checkpoint: {len(bad)} weight shape(s) differ, e.g. "
+                     f"{key}: checkpoint {tuple(have)} vs config {tuple(want)}; was the checkpoint saved with another "
+                     f"config? (`taper port {target}` lists them all)")
+
+
 def run(args) -> int:
     from migration.port import PortError
     from migration.verify import VerifyError
@@ -151,10 +181,14 @@ def run(args) -> int:
         print(f"taper verify: needs the missing package {e.name!r}", file=sys.stderr)
         return 2
     except (PortError, VerifyError, OSError, ValueError, KeyError) as e:
+        if getattr(args, "debug", False):
+            raise
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"taper verify: {msg}", file=sys.stderr)
         return 2
     except Exception as e:  # noqa: BLE001  (e.g. a StateDictError while loading: a load error)
+        if getattr(args, "debug", False):
+            raise
         print(f"taper verify: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
     if args.quiet:

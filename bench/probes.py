@@ -1,4 +1,6 @@
-"""What a benchmark ran on: cpu, card, driver and clocks (NVML through pynvml, else nvidia-smi).
+"""Machine and card probes, in one place: cpu, RAM, card, driver and clocks (NVML through pynvml,
+else nvidia-smi), whether CUDA is usable, the device copy bandwidth (the decode roofline) and NVML
+utilisation.
 
 ``capture()`` returns exactly the keys of the results sidecar (see :mod:`reports`): card, driver,
 clocks, cpu; ``write_sidecar`` writes it beside asv's machine.json. ``describe()`` adds what a
@@ -184,6 +186,34 @@ def write_sidecar(results_dir, machine: str, info: dict | None = None) -> tuple[
                        "earlier results of this machine directory will be shown with the new values; "
                        "give this box a new asv machine name (--machine) to keep them apart")
     return write_env_sidecar(results_dir, machine, **{k: info.get(k) for k in ("card", "driver", "clocks", "cpu")}), warning
+
+
+def cuda_status() -> tuple[bool, str]:
+    """(usable, why not): whether the engine or torch can run on a CUDA device here. Imports torch
+    only when it is installed; the engine's reason names what is missing (cupy, a GPU, a driver)."""
+    import engine.device
+
+    if engine.device.is_available("cuda"):
+        return True, ""
+    cause = getattr(engine.device.backend("cuda"), "cause", None)
+    why = [f"engine: {type(cause).__name__}: {cause}" if cause else "engine: the cuda backend did not load"]
+    try:
+        import torch
+        if torch.cuda.is_available():
+            return True, ""
+        why.append(f"torch {torch.__version__}: torch.cuda.is_available() is False")
+    except ImportError:
+        why.append("torch: not installed")
+    return False, "no usable CUDA device (" + "; ".join(why) + ")"
+
+
+def copy_gb_per_s(device: str = "cuda") -> float | None:
+    """Device-to-device copy rate, GB read + written per second: the decode roofline's ceiling. None
+    off CUDA. The one measurement is the engine implementation's (impls/engine.py)."""
+    if not str(device).startswith("cuda"):
+        return None
+    import impls
+    return impls.get("engine", "cuda").copy_gb_per_s()
 
 
 class UtilizationSampler:
