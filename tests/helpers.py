@@ -183,8 +183,15 @@ def compare_reduced(out_e, out_t, ref, scale=1.0):
     """DESIGN.md's rule for reduced precision: the engine passes when it is within the table's
     tolerance of an fp64 run of torch on the same (rounded) inputs, or when its error against that
     run is at most REDUCED_ERROR_RATIO times torch's own error. Shapes and dtypes must still match."""
-    for i, (e, t, r) in enumerate(zip(_flat(out_e), _flat(out_t), _flat(ref))):
-        compare(e, t, scale, atol=float("inf"), rtol=float("inf"), what=f"output[{i}]")  # shape and dtype only
+    flat_e, flat_t, flat_r = _flat(out_e), _flat(out_t), _flat(ref)
+    assert len(flat_e) == len(flat_t), f"{len(flat_e)} outputs vs torch's {len(flat_t)}"
+    for i, (e, t, r) in enumerate(zip(flat_e, flat_t, flat_r)):
+        if not isinstance(t, torch.Tensor):  # a Python number (item(), allclose()): exact, as torch's own
+            compare(e, t, what=f"output[{i}]")
+            continue
+        assert isinstance(e, engine.Tensor), f"output[{i}]: expected an engine Tensor, got {type(e).__name__}"
+        assert tuple(e.shape) == tuple(t.shape), f"output[{i}]: shape {tuple(e.shape)} != torch {tuple(t.shape)}"
+        assert e.dtype.name == tname(t.dtype), f"output[{i}]: dtype {e.dtype.name} != torch {tname(t.dtype)}"
         if not t.is_floating_point():
             compare(e, t, what=f"output[{i}]")
             continue

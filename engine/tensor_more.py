@@ -1,0 +1,422 @@
+"""More torch-named Tensor ops: pointwise ops with parameters, scans, linear-algebra helpers, and
+the indexing / set ops (index_add, scatter_reduce, unique, searchsorted, ...).
+
+Same contract as engine/tensor_ops.py: validate (errors name shapes, dtypes, dims and arguments),
+work out torch's result dtype, call one backend kernel or compose existing ops. Every function is a
+Tensor method of the same name and is exported as engine.<name> (engine/ops.py imports __all__).
+"""
+from __future__ import annotations
+
+import builtins
+from collections import namedtuple
+
+import numpy as np
+
+from engine import dtype as D
+from engine import tensor_ops as T
+from engine.layout import ShapeError, broadcast_shapes, norm_dim
+from engine.tensor import DeviceMismatchError, DTypeError, Tensor
+
+CumResult = namedtuple("CumResult", "values indices")  # torch.return_types.cummax / cummin
+VarMean = namedtuple("VarMean", "var mean")
+
+
+def _wrap(like: Tensor, arr, dt) -> Tensor:
+    return Tensor._wrap(arr, like.backend, dt)
+
+
+def _device(x: Tensor, *others, what: str):
+    for o in others:
+        if isinstance(o, Tensor) and o.device != x.device:
+            raise DeviceMismatchError(f"{what}: tensors on {x.device} and {o.device}")
+
+
+def _pointwise(op: str, operands: tuple, params: tuple, out: D.DType, what: str) -> Tensor:
+    x = next(v for v in operands if isinstance(v, Tensor))
+    _device(x, *operands, what=what)
+    broadcast_shapes(*[v.shape for v in operands if isinstance(v, Tensor)])
+    arrs = tuple(v.array if isinstance(v, Tensor) else v for v in operands)
+    return _wrap(x, x.backend.pointwise(op, arrs, params, out), out)
+
+
+# ---- pointwise ----------------------------------------------------------------------------------------
+def nan_to_num(x: Tensor, nan: float = 0.0, posinf=None, neginf=None) -> Tensor:
+    """nan -> nan, +inf -> posinf (default: the dtype's max), -inf -> neginf (default: its lowest)."""
+    if not x.dtype.is_floating_point:
+        return x.clone()
+    return _pointwise("nan_to_num", (x,), (nan, posinf, neginf), x.dtype, "nan_to_num()")
+
+
+def lerp(x: Tensor, end: Tensor, weight) -> Tensor:
+    """x + weight * (end - x), with torch's two-sided formula (exact at weight 0 and 1)."""
+    if not isinstance(end, Tensor) or end.dtype is not x.dtype or not x.dtype.is_floating_point:
+        raise DTypeError(f"lerp(): start and end must be floating tensors of one dtype, got {x.dtype.name} and "
+                         f"{getattr(end, 'dtype', type(end).__name__)}")
+    if isinstance(weight, Tensor) and weight.dtype is not x.dtype:
+        raise DTypeError(f"lerp(): weight dtype {weight.dtype.name} differs from the tensors' {x.dtype.name}")
+    return _pointwise("lerp", (x, end, weight), (), x.dtype, "lerp()")
+
+
+def addcmul(x: Tensor, tensor1: Tensor, tensor2: Tensor, *, value=1) -> Tensor:
+    out = D.result_type(x, tensor1, tensor2)
+    return _pointwise("addcmul", (x, tensor1, tensor2), (value,), out, "addcmul()")
+
+
+def addcdiv(x: Tensor, tensor1: Tensor, tensor2: Tensor, *, value=1) -> Tensor:
+    out = D.result_type(x, tensor1, tensor2)
+    if out.category < 2:
+        raise DTypeError("addcdiv(): integer division is not supported; use floating tensors (as torch requires)")
+    return _pointwise("addcdiv", (x, tensor1, tensor2), (value,), out, "addcdiv()")
+
+
+def isclose(a: Tensor, b, rtol: float = 1e-05, atol: float = 1e-08, equal_nan: bool = False) -> Tensor:
+    if isinstance(b, Tensor) and b.dtype is not a.dtype:
+        raise DTypeError(f"isclose(): both tensors must have one dtype, got {a.dtype.name} and {b.dtype.name}")
+    if rtol < 0 or atol < 0:
+        raise ValueError(f"isclose(): rtol and atol must be non-negative, got {rtol} and {atol}")
+    return _pointwise("isclose", (a, b), (rtol, atol, equal_nan), D.bool_, "isclose()")
+
+
+def allclose(a: Tensor, b, rtol: float = 1e-05, atol: float = 1e-08, equal_nan: bool = False) -> bool:
+    return bool(isclose(a, b, rtol, atol, equal_nan).all().item())
+
+
+# ---- reductions and scans ------------------------------------------------------------------------------
+def var_mean(x: Tensor, dim=None, unbiased=None, keepdim=False, *, correction=None):
+    mean_dim = None if isinstance(dim, (bool, np.bool_)) else dim  # var_mean(x, True): the bool is unbiased
+    return VarMean(T.var(x, dim, unbiased, keepdim, correction=correction), T.mean(x, mean_dim, keepdim))
+
+
+def std_mean(x: Tensor, dim=None, unbiased=None, keepdim=False, *, correction=None):
+    v, m = var_mean(x, dim, unbiased, keepdim, correction=correction)
+    return VarMean(v.sqrt(), m)
+
+
+def _cum_extreme(x: Tensor, dim: int, largest: bool) -> CumResult:
+    if x.ndim == 0:
+        norm_dim(dim, 0)
+        return CumResult(x.clone(), T.argmax(x))
+    v, i = x.backend.cum_extreme(x.array, norm_dim(dim, x.ndim), largest)
+    return CumResult(_wrap(x, v, x.dtype), _wrap(x, i, D.int64))
+
+
+def cummax(x: Tensor, dim: int) -> CumResult:
+    return _cum_extreme(x, dim, True)
+
+
+def cummin(x: Tensor, dim: int) -> CumResult:
+    return _cum_extreme(x, dim, False)
+
+
+def logcumsumexp(x: Tensor, dim: int) -> Tensor:
+    out = D.to_float(x.dtype)
+    if x.ndim == 0:
+        norm_dim(dim, 0)
+        return x.to(out, copy=True)
+    return _wrap(x, x.backend.logcumsumexp(x.array, norm_dim(dim, x.ndim), out), out)
+
+
+# ---- linear algebra ------------------------------------------------------------------------------------
+def einsum(equation: str, *operands) -> Tensor:
+    """torch.einsum(equation, *operands) or einsum(equation, [operands]); one dtype for all."""
+    if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
+        operands = tuple(operands[0])
+    if not operands or not builtins.all(isinstance(o, Tensor) for o in operands):
+        raise TypeError(f"einsum(): expected tensors after the equation, got {[type(o).__name__ for o in operands]}")
+    dts = {o.dtype for o in operands}
+    if len(dts) > 1:
+        raise DTypeError(f"einsum(): operands must share one dtype, got {sorted(d.name for d in dts)}")
+    _device(operands[0], *operands, what="einsum()")
+    x = operands[0]
+    try:
+        arr = x.backend.einsum(equation.replace(" ", ""), [o.array for o in operands], x.dtype)
+    except ValueError as e:  # numpy names the subscript problem; add the shapes
+        raise ShapeError(f"einsum({equation!r}) with shapes {[o.shape for o in operands]}: {e}") from None
+    return _wrap(x, arr, x.dtype)
+
+
+def tensordot(a: Tensor, b: Tensor, dims=2) -> Tensor:
+    """Contract the last `dims` dims of a with the first of b, or the dims listed in a pair of lists."""
+    if isinstance(dims, Tensor):
+        dims = dims.tolist()
+    if isinstance(dims, int):
+        if dims < 0 or dims > builtins.min(a.ndim, b.ndim):
+            raise ShapeError(f"tensordot(): dims={dims} out of range for shapes {a.shape} and {b.shape}")
+        da, db = list(range(a.ndim - dims, a.ndim)), list(range(dims))
+    else:
+        da, db = ([d] if isinstance(d, int) else list(d) for d in dims)
+    da, db = [norm_dim(d, a.ndim) for d in da], [norm_dim(d, b.ndim) for d in db]
+    if len(da) != len(db) or builtins.any(a.shape[i] != b.shape[j] for i, j in zip(da, db)):
+        raise ShapeError(f"tensordot(): dims {da} of {a.shape} and {db} of {b.shape} do not match")
+    ra, rb = [d for d in range(a.ndim) if d not in da], [d for d in range(b.ndim) if d not in db]
+    k = int(np.prod([a.shape[d] for d in da]))
+    am = a.permute(ra + da).reshape(-1, k)
+    bm = b.permute(db + rb).reshape(k, -1)
+    return T.matmul(am, bm).reshape([a.shape[d] for d in ra] + [b.shape[d] for d in rb])
+
+
+def outer(a: Tensor, b: Tensor) -> Tensor:
+    if a.ndim != 1 or b.ndim != 1:
+        raise ShapeError(f"outer(): expected two 1-d tensors, got {a.shape} and {b.shape}")
+    return a.reshape(-1, 1) * b.reshape(1, -1)
+
+
+def _add_scaled(x: Tensor, prod: Tensor, beta, alpha) -> Tensor:
+    """beta * x + alpha * prod; torch ignores x (nan and inf included) when beta is 0."""
+    shape = broadcast_shapes(x.shape, prod.shape)
+    if alpha != 1:
+        prod = prod * alpha
+    if beta == 0:
+        return prod.expand(shape).contiguous()
+    return prod + (x if beta == 1 else x * beta)
+
+
+def addmm(x: Tensor, mat1: Tensor, mat2: Tensor, *, beta=1, alpha=1) -> Tensor:
+    return _add_scaled(x, T.mm(mat1, mat2), beta, alpha)
+
+
+def addmv(x: Tensor, mat: Tensor, vec: Tensor, *, beta=1, alpha=1) -> Tensor:
+    if mat.ndim != 2 or vec.ndim != 1:
+        raise ShapeError(f"addmv(): expected a matrix and a vector, got {mat.shape} and {vec.shape}")
+    return _add_scaled(x, T.matmul(mat, vec), beta, alpha)
+
+
+def addr(x: Tensor, vec1: Tensor, vec2: Tensor, *, beta=1, alpha=1) -> Tensor:
+    return _add_scaled(x, outer(vec1, vec2), beta, alpha)
+
+
+def baddbmm(x: Tensor, batch1: Tensor, batch2: Tensor, *, beta=1, alpha=1) -> Tensor:
+    return _add_scaled(x, T.bmm(batch1, batch2), beta, alpha)
+
+
+def addbmm(x: Tensor, batch1: Tensor, batch2: Tensor, *, beta=1, alpha=1) -> Tensor:
+    return _add_scaled(x, T.bmm(batch1, batch2).sum(0), beta, alpha)
+
+
+def dot(a: Tensor, b: Tensor) -> Tensor:
+    if a.ndim != 1 or b.ndim != 1 or a.shape != b.shape:
+        raise ShapeError(f"dot(): expected two 1-d tensors of one size, got {a.shape} and {b.shape}")
+    return T.matmul(a, b)
+
+
+def mv(mat: Tensor, vec: Tensor) -> Tensor:
+    if mat.ndim != 2 or vec.ndim != 1:
+        raise ShapeError(f"mv(): expected a matrix and a vector, got {mat.shape} and {vec.shape}")
+    return T.matmul(mat, vec)
+
+
+def diagonal(x: Tensor, offset: int = 0, dim1: int = 0, dim2: int = 1) -> Tensor:
+    """A view of the diagonal over dims dim1 and dim2, as the last dim."""
+    return x._view(x.layout.diagonal(int(offset), dim1, dim2))
+
+
+def diag(x: Tensor, diagonal: int = 0) -> Tensor:
+    """1-d -> a square matrix with x on the given diagonal; 2-d -> that diagonal (a copy)."""
+    if x.ndim == 2:
+        return globals()["diagonal"](x, diagonal).contiguous()
+    if x.ndim != 1:
+        raise ShapeError(f"diag(): expected a 1-d or 2-d tensor, got shape {x.shape}")
+    from engine.ops import arange, zeros
+    n = x.shape[0] + builtins.abs(diagonal)
+    out = zeros(n, n, dtype=x.dtype, device=x.device)
+    i = arange(x.shape[0], device=x.device)
+    out[i + builtins.max(-diagonal, 0), i + builtins.max(diagonal, 0)] = x
+    return out
+
+
+def trace(x: Tensor) -> Tensor:
+    if x.ndim != 2:
+        raise ShapeError(f"trace(): expected a matrix, got shape {x.shape}")
+    return diagonal(x).sum()
+
+
+# ---- shape -------------------------------------------------------------------------------------------------
+def tile(x: Tensor, *dims) -> Tensor:
+    dims = tuple(dims[0]) if len(dims) == 1 and isinstance(dims[0], (tuple, list)) else dims
+    dims = (1,) * (x.ndim - len(dims)) + tuple(dims)
+    return T.repeat(x, *dims)
+
+
+def rot90(x: Tensor, k: int = 1, dims=(0, 1)) -> Tensor:
+    if len(dims) != 2:
+        raise ShapeError(f"rot90(): dims must have 2 entries, got {dims!r}")
+    d0, d1 = norm_dim(dims[0], x.ndim), norm_dim(dims[1], x.ndim)
+    if d0 == d1:
+        raise ShapeError(f"rot90(): dims must differ, got {dims!r}")
+    k %= 4
+    if k == 1:
+        return T.flip(x, d1).transpose(d0, d1)
+    if k == 2:
+        return T.flip(x, (d0, d1))
+    if k == 3:
+        return T.flip(x, d0).transpose(d0, d1)
+    return x.clone()
+
+
+# ---- indexing -------------------------------------------------------------------------------------------
+def _index_1d(x: Tensor, dim: int, index: Tensor, what: str):
+    T._index_tensor(x, index, what)
+    d = norm_dim(dim, x.ndim)
+    if index.ndim > 1:
+        raise ShapeError(f"{what}: index must be 0-d or 1-d, got shape {index.shape}")
+    if x.ndim:
+        x._check_bounds(index.array, d, negative=False)
+    elif index.numel():
+        x.reshape(1)._check_bounds(index.array, 0, negative=False)
+    return d, index.reshape(-1)
+
+
+def _put_along(x: Tensor, dim: int, index: Tensor, values, accumulate: bool, what: str) -> Tensor:
+    d, index = _index_1d(x, dim, index, what)
+    if x.ndim == 0:
+        vals = values.reshape(-1) if isinstance(values, Tensor) else values
+        return _put_along(x.reshape(1), 0, index, vals, accumulate, what).reshape(())
+    if isinstance(values, Tensor):
+        want = x.shape[:d] + (index.shape[0],) + x.shape[d + 1:]
+        if values.ndim and values.shape != want:
+            raise ShapeError(f"{what}: source shape {values.shape} must be {want} (input {x.shape}, "
+                             f"{index.shape[0]} indices at dim {d})")
+        _device(x, values, what=what)
+        values = values.to(x.dtype).array
+    key = (slice(None),) * d + (index.array,)
+    return _wrap(x, x.backend.index_put(x.array, key, values, accumulate), x.dtype)
+
+
+def index_add(x: Tensor, dim: int, index: Tensor, source: Tensor, *, alpha=1) -> Tensor:
+    return _put_along(x, dim, index, source if alpha == 1 else source * alpha, True, "index_add()")
+
+
+def index_copy(x: Tensor, dim: int, index: Tensor, source: Tensor) -> Tensor:
+    return _put_along(x, dim, index, source, False, "index_copy()")
+
+
+def index_fill(x: Tensor, dim: int, index: Tensor, value) -> Tensor:
+    if isinstance(value, Tensor):
+        if value.ndim:
+            raise ShapeError(f"index_fill(): value must be a number or a 0-d tensor, got shape {value.shape}")
+        value = value.item()
+    return _put_along(x, dim, index, value, False, "index_fill()")
+
+
+def index_put(x: Tensor, indices, values, accumulate: bool = False) -> Tensor:
+    """x[indices] = values (or += with accumulate, repeated indices adding up), out of place."""
+    key = x._array_key(tuple(indices))
+    if isinstance(values, Tensor):
+        _device(x, values, what="index_put()")
+        values = values.to(x.dtype).array
+    return _wrap(x, x.backend.index_put(x.array, key, values, bool(accumulate)), x.dtype)
+
+
+def masked_select(x: Tensor, mask: Tensor) -> Tensor:
+    if not isinstance(mask, Tensor) or mask.dtype is not D.bool_:
+        raise DTypeError(f"masked_select(): mask must be a bool tensor, got {getattr(mask, 'dtype', type(mask))}")
+    shape = broadcast_shapes(x.shape, mask.shape)
+    return x.expand(shape)[mask.expand(shape)]
+
+
+def take(x: Tensor, index: Tensor) -> Tensor:
+    T._index_tensor(x, index, "take()")
+    return x.reshape(-1)[index]
+
+
+def take_along_dim(x: Tensor, indices: Tensor, dim=None) -> Tensor:
+    T._index_tensor(x, indices, "take_along_dim()")
+    if dim is None:
+        return take(x, indices.reshape(-1))
+    d = norm_dim(dim, x.ndim)
+    if x.ndim != indices.ndim:
+        raise ShapeError(f"take_along_dim(): input {x.shape} and indices {indices.shape} need the same number of dims")
+    shape = broadcast_shapes(x.shape[:d] + (1,) + x.shape[d + 1:], indices.shape[:d] + (1,) + indices.shape[d + 1:])
+    xs = x.expand(shape[:d] + (x.shape[d],) + shape[d + 1:])
+    ix = indices.expand(shape[:d] + (indices.shape[d],) + shape[d + 1:])
+    n = x.shape[d]
+    xs._check_bounds(ix.array, d)  # negative indices count from the end, as in torch
+    ix = T.where(ix < 0, ix + n, ix) if n else ix
+    return T.gather(xs, d, ix)
+
+
+SCATTER_REDUCE = ("sum", "prod", "mean", "amax", "amin")
+
+
+def scatter_reduce(x: Tensor, dim: int, index: Tensor, src: Tensor, reduce: str, *, include_self: bool = True):
+    if reduce not in SCATTER_REDUCE:
+        raise ValueError(f"scatter_reduce(): reduce must be one of {', '.join(SCATTER_REDUCE)}, got {reduce!r}")
+    T._index_tensor(x, index, "scatter_reduce()")
+    if x.ndim == 0 or index.ndim == 0:
+        return scatter_reduce(x.reshape(-1), 0, index.reshape(-1), src.reshape(-1), reduce,
+                              include_self=include_self).reshape(x.shape)
+    d = norm_dim(dim, x.ndim)
+    if index.numel() == 0:
+        return x.clone()
+    if index.ndim != x.ndim or src.ndim != x.ndim or builtins.any(i > s for i, s in zip(index.shape, src.shape)):
+        raise ShapeError(f"scatter_reduce(): index {index.shape}, src {src.shape} and input {x.shape} do not fit")
+    x._check_bounds(index.array, d, negative=False)
+    _device(x, src, what="scatter_reduce()")
+    arr = x.backend.scatter_reduce(x.array, d, index.array, src.to(x.dtype).array, reduce, bool(include_self))
+    return _wrap(x, arr, x.dtype)
+
+
+def unique(x: Tensor, sorted: bool = True, return_inverse: bool = False, return_counts: bool = False, dim=None):
+    """Sorted unique values (torch sorts on every device whatever `sorted` says), with the inverse
+    indices and the counts when asked."""
+    d = None if dim is None else norm_dim(dim, x.ndim)
+    v, inv, cnt = x.backend.unique(x.array, d, return_inverse, return_counts)
+    out = [_wrap(x, v, x.dtype)]
+    if return_inverse:
+        out.append(_wrap(x, inv, D.int64))
+    if return_counts:
+        out.append(_wrap(x, cnt, D.int64))
+    return out[0] if len(out) == 1 else tuple(out)
+
+
+def searchsorted(sorted_sequence: Tensor, values, *, out_int32: bool = False, right: bool = False, side=None,
+                 sorter=None) -> Tensor:
+    if side not in (None, "left", "right"):
+        raise ValueError(f"searchsorted(): side must be 'left' or 'right', got {side!r}")
+    if side is not None:
+        if right and side == "left":
+            raise ValueError("searchsorted(): side='left' contradicts right=True")
+        right = side == "right"
+    seq = sorted_sequence
+    if sorter is not None:
+        seq = T.gather(seq, -1, sorter)
+    scalar = not isinstance(values, Tensor)
+    from engine.ops import tensor
+    vals = tensor(values, dtype=seq.dtype, device=seq.device) if scalar else values
+    if seq.ndim > 1 and seq.shape[:-1] != vals.shape[:-1]:
+        raise ShapeError(f"searchsorted(): sorted_sequence {seq.shape} and values {vals.shape} must share the "
+                         "leading dims (or the sequence must be 1-d)")
+    out = D.int32 if out_int32 else D.int64
+    v = vals.reshape(1) if vals.ndim == 0 else vals
+    r = _wrap(seq, seq.backend.searchsorted(seq.array, v.array, bool(right), out), out)
+    return r.reshape(()) if vals.ndim == 0 else r
+
+
+def bucketize(x, boundaries: Tensor, *, out_int32: bool = False, right: bool = False) -> Tensor:
+    if boundaries.ndim != 1:
+        raise ShapeError(f"bucketize(): boundaries must be 1-d, got shape {boundaries.shape}")
+    return searchsorted(boundaries, x, out_int32=out_int32, right=right)
+
+
+def bincount(x: Tensor, weights=None, minlength: int = 0) -> Tensor:
+    if x.ndim != 1 or x.dtype.category != 1 or x.dtype is D.bool_:
+        raise DTypeError(f"bincount(): input must be a 1-d integer tensor, got {x.dtype.name} of shape {x.shape}")
+    if minlength < 0:
+        raise ValueError(f"bincount(): minlength must be non-negative, got {minlength}")
+    if x.numel() and int(x.min().item()) < 0:
+        raise ValueError("bincount(): input must be non-negative")
+    if weights is not None and weights.shape != x.shape:
+        raise ShapeError(f"bincount(): weights {weights.shape} must match input {x.shape}")
+    out = D.int64 if weights is None else (weights.dtype if weights.dtype.is_floating_point else D.float64)
+    return _wrap(x, x.backend.bincount(x.array, None if weights is None else weights.array, minlength, out), out)
+
+
+__all__ = ["nan_to_num", "lerp", "addcmul", "addcdiv", "isclose", "allclose", "var_mean", "std_mean", "cummax",
+           "cummin", "logcumsumexp", "einsum", "tensordot", "outer", "addmm", "addmv", "addr", "baddbmm", "addbmm",
+           "dot", "mv", "diagonal", "diag", "trace", "tile", "rot90", "index_add", "index_copy", "index_fill",
+           "index_put", "masked_select", "take", "take_along_dim", "scatter_reduce", "unique", "searchsorted",
+           "bucketize", "bincount"]
+for _name in __all__:
+    if _name != "einsum":
+        setattr(Tensor, _name, globals()[_name])
+Tensor.ger = outer
