@@ -25,13 +25,14 @@ def _float_input(x: Tensor, op: str):
 
 
 # ---- activations ------------------------------------------------------------------------------------
-def _act(x: Tensor, op: str, *params, inplace: bool = False, floating: bool = True) -> Tensor:
-    """One pointwise kernel (computed in float32 for 16-bit inputs, rounded once); inplace as torch."""
-    if floating:
+def _act(x: Tensor, op: str, *params, inplace: bool = False, floating: bool = True, promote: bool = False) -> Tensor:
+    """One pointwise kernel (computed in float32 for 16-bit inputs, rounded once); inplace as torch.
+    floating: refuse non-float inputs; promote: integer inputs give float32 (as torch's do)."""
+    if floating and not promote:
         _float_input(x, op)
     elif x.dtype is D.bool_:
         raise DTypeError(f"{op}(): bool input is not supported")
-    y = _run(x, "pointwise", op, (x.array,), tuple(params))
+    y = _run(x, "pointwise", op, (x.array,), tuple(params), dtype=D.to_float(x.dtype) if promote else None)
     return x.copy_(y) if inplace else y
 
 
@@ -99,7 +100,7 @@ def softplus(x, beta: float = 1.0, threshold: float = 20.0):
 
 
 def softsign(x):
-    return _act(x, "softsign")
+    return _act(x, "softsign", promote=True)
 
 
 def logsigmoid(x):
@@ -107,7 +108,7 @@ def logsigmoid(x):
 
 
 def tanhshrink(x):
-    return _act(x, "tanhshrink")
+    return _act(x, "tanhshrink", promote=True)
 
 
 def hardshrink(x, lambd: float = 0.5):
@@ -156,8 +157,8 @@ def tanh(x):
     return x.tanh()
 
 
-def _dropout(name):
-    def fn(x, p: float = 0.5, training: bool = True, inplace: bool = False):
+def _dropout(name, training_default=True):
+    def fn(x, p: float = 0.5, training: bool = training_default, inplace: bool = False):
         """Identity at inference; training with p > 0 draws a random mask, which the engine refuses."""
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"{name}(): p must be between 0 and 1, got {p}")
@@ -171,7 +172,8 @@ def _dropout(name):
 
 dropout, dropout1d, dropout2d, dropout3d = _dropout("dropout"), _dropout("dropout1d"), _dropout("dropout2d"), \
     _dropout("dropout3d")
-alpha_dropout, feature_alpha_dropout = _dropout("alpha_dropout"), _dropout("feature_alpha_dropout")
+# torch's alpha variants default to training=False, the others to True
+alpha_dropout, feature_alpha_dropout = _dropout("alpha_dropout", False), _dropout("feature_alpha_dropout", False)
 
 
 def _softmax_dim(x: Tensor, dim, op: str) -> int:
@@ -193,8 +195,7 @@ def log_softmax(x: Tensor, dim=None, _stacklevel: int = 3, dtype=None) -> Tensor
 
 
 def softmin(x: Tensor, dim=None, _stacklevel: int = 3, dtype=None) -> Tensor:
-    x = x.to(dtype) if dtype is not None else x
-    return softmax(-x, dim)
+    return softmax(-x, dim, dtype=dtype)  # torch negates first, in the input's dtype
 
 
 # ---- linear and embedding ---------------------------------------------------------------------------
@@ -288,21 +289,36 @@ def group_norm(x, num_groups: int, weight=None, bias=None, eps: float = 1e-5) ->
 
 def batch_norm(x, running_mean, running_var, weight=None, bias=None, training: bool = False,
                momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
-    """Inference batch norm with running statistics; training=True (batch statistics and running-stat
-    updates) is refused."""
-    if training:
-        raise NotImplementedError("batch_norm(training=True): the engine runs inference only; pass training=False "
-                                  "with running_mean and running_var")
+    """Normalise each channel (dim 1) by the running statistics, or with training=True by the batch's
+    own (biased variance), updating given running statistics in place as torch does:
+    running = (1 - momentum) * running + momentum * batch (the unbiased variance)."""
     _float_input(x, "batch_norm")
     c = x.shape[1] if x.ndim > 1 else (x.shape[0] if x.ndim == 1 else 1)
-    if running_mean is None or running_var is None:
-        raise ValueError("batch_norm(training=False) needs running_mean and running_var")
-    if running_mean.shape != (c,) or running_var.shape != (c,):
-        raise ShapeError(f"batch_norm(): running_mean {running_mean.shape} and running_var {running_var.shape} must "
-                         f"have one entry per channel of input {x.shape}")
+    for name, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight),
+                    ("bias", bias)):
+        if t is not None and t.shape != (c,):
+            raise ShapeError(f"batch_norm(): {name} {t.shape} must have one entry per channel of input {x.shape}")
     if x.ndim < 2:  # torch treats a 1-d input as one sample of C channels
-        return batch_norm(x.reshape(1, -1), running_mean, running_var, weight, bias, False, momentum, eps).reshape(x.shape)
-    return _run(x, "batch_norm", x.array, _arr(running_mean, x, "running_mean"), _arr(running_var, x, "running_var"),
+        return batch_norm(x.reshape(1, -1), running_mean, running_var, weight, bias, training, momentum,
+                          eps).reshape(x.shape)
+    if training:
+        dims = (0,) + tuple(range(2, x.ndim))
+        n = x.numel() // max(c, 1)
+        if x.numel() == 0:
+            return x.clone()
+        if n == 1:
+            raise ValueError(f"batch_norm(training=True): expected more than 1 value per channel, got input {x.shape}")
+        xs = x.float() if x.dtype.is_reduced else x
+        mean, var = xs.mean(dims), xs.var(dims, correction=0)
+        if running_mean is not None:
+            running_mean.copy_(running_mean * (1 - momentum) + mean * momentum)
+        if running_var is not None:
+            running_var.copy_(running_var * (1 - momentum) + var * (momentum * n / (n - 1)))
+    else:
+        if running_mean is None or running_var is None:
+            raise ValueError("batch_norm(training=False) needs running_mean and running_var")
+        mean, var = running_mean, running_var
+    return _run(x, "batch_norm", x.array, _arr(mean, x, "running_mean"), _arr(var, x, "running_var"),
                 _arr(weight, x, "weight"), _arr(bias, x, "bias"), eps)
 
 

@@ -342,6 +342,15 @@ def pad(x: Tensor, pad, mode: str = "constant", value=None) -> Tensor:
     widths = [(0, 0)] * x.ndim
     for i in range(len(pad) // 2):
         widths[x.ndim - 1 - i] = (int(pad[2 * i]), int(pad[2 * i + 1]))
+    if mode == "replicate":  # torch maps each output to the clamped input index, so crops may empty a dim first
+        for d, (lo, hi) in enumerate(widths):
+            if lo or hi:
+                if x.shape[d] == 0 or x.shape[d] + lo + hi < 0:
+                    raise ShapeError(f"pad(): replicate padding {(lo, hi)} does not fit dim {d} of size {x.shape[d]}")
+                from engine.ops import arange
+                idx = (arange(x.shape[d] + lo + hi, device=x.device) - lo).clamp(0, x.shape[d] - 1)
+                x = x.index_select(d, idx)
+        return x.clone() if not any(lo or hi for lo, hi in widths) else x
     for d, (lo, hi) in enumerate(widths):  # negative widths crop (as in torch): a narrow view first
         if lo < 0 or hi < 0:
             keep = x.shape[d] + min(lo, 0) + min(hi, 0)
@@ -354,6 +363,4 @@ def pad(x: Tensor, pad, mode: str = "constant", value=None) -> Tensor:
             raise ShapeError(f"pad(): reflect padding {(lo, hi)} must be smaller than dim {d} of size {x.shape[d]}")
         if mode == "circular" and max(lo, hi) > x.shape[d]:
             raise ShapeError(f"pad(): circular padding {(lo, hi)} must be at most dim {d} of size {x.shape[d]}")
-        if mode == "replicate" and (lo or hi) and x.shape[d] == 0:
-            raise ShapeError(f"pad(): replicate padding of dim {d}, which has size 0")
     return Tensor._wrap(x.backend.pad(x.array, widths, mode, 0 if value is None else value), x.backend, x.dtype)

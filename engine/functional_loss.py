@@ -34,6 +34,12 @@ def _float_pair(a: Tensor, b: Tensor, op: str):
     broadcast_shapes(a.shape, b.shape)
 
 
+def _pointwise_loss(op: str, input: Tensor, target: Tensor, param: float) -> Tensor:
+    """An elementwise loss term in one kernel (16-bit floats computed in float32, rounded once)."""
+    from engine.tensor_more import _pointwise
+    return _pointwise(op, (input, target), (param,), D.result_type(input, target), f"{op}_loss()")
+
+
 # ---- regression losses ------------------------------------------------------------------------------
 def mse_loss(input: Tensor, target: Tensor, size_average=None, reduce=None, reduction: str = "mean", weight=None):
     _float_pair(input, target, "mse_loss")
@@ -53,8 +59,7 @@ def smooth_l1_loss(input: Tensor, target: Tensor, size_average=None, reduce=None
     _float_pair(input, target, "smooth_l1_loss")
     if beta < 0:
         raise ValueError(f"smooth_l1_loss(): beta must be non-negative, got {beta}")
-    d = (input - target).abs()
-    loss = d if beta == 0 else T.where(d < beta, d * d * (0.5 / beta), d - 0.5 * beta)
+    loss = _pointwise_loss("smooth_l1", input, target, beta)
     return _apply(loss, _reduction(reduction, size_average, reduce))
 
 
@@ -62,8 +67,7 @@ def huber_loss(input: Tensor, target: Tensor, reduction: str = "mean", delta: fl
     _float_pair(input, target, "huber_loss")
     if delta <= 0:
         raise ValueError(f"huber_loss(): delta must be positive, got {delta}")
-    d = (input - target).abs()
-    loss = T.where(d < delta, d * d * 0.5, (d - 0.5 * delta) * delta)
+    loss = _pointwise_loss("huber", input, target, delta)
     return _apply(loss if weight is None else weight * loss, _reduction(reduction))
 
 

@@ -154,7 +154,9 @@ def _fill_value(value, dt: D.DType, wrap: bool):
     value = _number(value, "fill_value")
     if dt.category == 1 and isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         info = np.iinfo(dt.np_dtype)
-        if not wrap and not info.min <= value <= info.max:
+        # c10's overflow rule: unsigned dtypes also take negatives down to -max (they wrap, -5 -> 251)
+        low = -info.max if info.min == 0 else info.min
+        if not wrap and not low <= value <= info.max:
             raise ValueError(f"full(): fill_value {value} cannot be converted to {dt.name} without overflow")
         return np.asarray(value).astype(dt.np_dtype)[()].item()
     return value
@@ -236,11 +238,29 @@ def linspace(start, end, steps: int, dtype=None, device=None, requires_grad=Fals
 
 
 def logspace(start, end, steps: int, base: float = 10.0, dtype=None, device=None, requires_grad=False) -> Tensor:
-    """base ** linspace(start, end, steps), computed in float64 and rounded once into dtype."""
+    """base ** (start + i * step), torch's kernel: start and end converted to the dtype first, the
+    step and the power in float64, the first half counted from start and the second from end."""
     _grad_free(requires_grad, "logspace")
+    start, end, steps = _number(start, "start"), _number(end, "end"), operator.index(steps)
+    if steps < 0:
+        raise ValueError(f"logspace(): steps must be non-negative, got {steps}")
     dt = D.get(dtype or D.float32)
-    exps = linspace(_number(start, "start"), _number(end, "end"), steps, dtype=D.float64, device=device)
-    return (float(base) ** exps).to(dt)
+    if steps == 1:
+        vals = np.array([float(base) ** float(start)])
+    else:
+        # C++ arithmetic on the converted bounds: integers subtract as ints, float32 in float32, 16-bit
+        # floats (converted to float32) and float64 in their own precision
+        if dt.category < 2:
+            s0, s1 = int(np.asarray(start).astype(dt.np_dtype)), int(np.asarray(end).astype(dt.np_dtype))
+        else:
+            c = D.compute_dtype(dt).type
+            s0, s1 = c(dt.np_dtype.type(start)), c(dt.np_dtype.type(end))
+        with np.errstate(all="ignore"):
+            step = float(s1 - s0) / (steps - 1)
+            i = np.arange(steps, dtype=np.float64)
+            exps = np.where(i < steps // 2, float(s0) + step * i, float(s1) - step * (steps - i - 1))
+            vals = np.power(float(base), exps)
+    return _new(lambda b: b.from_numpy(vals, dt), device, dt)
 
 
 def eye(n: int, m: int | None = None, dtype=None, device=None, requires_grad=False) -> Tensor:

@@ -433,6 +433,8 @@ class Tensor:
         if d >= self.ndim:
             raise IndexError(f"too many indices for tensor of dimension {self.ndim} (shape {self.shape})")
         n = self.shape[d]
+        if index.size == 0:
+            return
         if isinstance(index, np.ndarray):  # host indices (lists, ints) are checked here, on any device
             lo, hi = (int(index.min()), int(index.max())) if index.size else (0, 0)
         else:

@@ -128,11 +128,39 @@ def einsum(equation: str, *operands) -> Tensor:
         raise DTypeError(f"einsum(): operands must share one dtype, got {sorted(d.name for d in dts)}")
     _device(operands[0], *operands, what="einsum()")
     x = operands[0]
+    eq = _explicit_ellipsis(equation.replace(" ", ""), [o.ndim for o in operands])
+    out = x.dtype
+    lhs, rhs = eq.split("->")
+    if out.category < 2 and out is not D.int64:
+        terms = lhs.split(",")
+        # torch sums a label found in one operand only (and not in the output) first; sum widens to int64
+        if builtins.any(sum(c in t for t in terms) == 1 and c not in rhs for c in set(lhs) - {","}):
+            out = D.int64
     try:
-        arr = x.backend.einsum(equation.replace(" ", ""), [o.array for o in operands], x.dtype)
+        arr = x.backend.einsum(eq, [o.array for o in operands], out)
     except ValueError as e:  # numpy names the subscript problem; add the shapes
         raise ShapeError(f"einsum({equation!r}) with shapes {[o.shape for o in operands]}: {e}") from None
-    return _wrap(x, arr, x.dtype)
+    return _wrap(x, arr, out)
+
+
+def _explicit_ellipsis(eq: str, ndims) -> str:
+    """The equation with '...' spelled out in free letters and an explicit output, as torch reads it:
+    broadcast dims of '...' lead the output only where the output names '...' (implicit mode: always)."""
+    lhs, arrow, rhs = eq.partition("->")
+    terms = lhs.split(",")
+    if len(terms) != len(ndims):
+        raise ShapeError(f"einsum({eq!r}): {len(terms)} operand terms for {len(ndims)} operands")
+    if not arrow:  # implicit: labels seen once, sorted, after the broadcast dims
+        once = sorted(c for c in set(lhs.replace(",", "").replace(".", ""))
+                      if lhs.replace(".", "").count(c) == 1)
+        rhs = ("..." if "..." in lhs else "") + "".join(once)
+    if "..." not in lhs:
+        return f"{lhs}->{rhs}"
+    free = [c for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ" if c not in eq]
+    width = builtins.max(n - len(t.replace("...", "")) for t, n in zip(terms, ndims) if "..." in t)
+    letters = "".join(free[:width])
+    terms = [t.replace("...", letters[width - (n - len(t.replace("...", ""))):]) for t, n in zip(terms, ndims)]
+    return ",".join(terms) + "->" + rhs.replace("...", letters)
 
 
 def tensordot(a: Tensor, b: Tensor, dims=2) -> Tensor:
@@ -146,8 +174,16 @@ def tensordot(a: Tensor, b: Tensor, dims=2) -> Tensor:
     else:
         da, db = ([d] if isinstance(d, int) else list(d) for d in dims)
     da, db = [norm_dim(d, a.ndim) for d in da], [norm_dim(d, b.ndim) for d in db]
-    if len(da) != len(db) or builtins.any(a.shape[i] != b.shape[j] for i, j in zip(da, db)):
-        raise ShapeError(f"tensordot(): dims {da} of {a.shape} and {db} of {b.shape} do not match")
+    if len(da) != len(db):
+        raise ShapeError(f"tensordot(): {len(da)} dims of a and {len(db)} dims of b to contract")
+    for i, j in zip(da, db):  # torch: a contracted size 1 against n sums the other side first
+        if a.shape[i] != b.shape[j]:
+            if a.shape[i] == 1:
+                b = b.sum(j, keepdim=True, dtype=b.dtype)
+            elif b.shape[j] == 1:
+                a = a.sum(i, keepdim=True, dtype=a.dtype)
+            else:
+                raise ShapeError(f"tensordot(): dim {i} of {a.shape} and dim {j} of {b.shape} do not match")
     ra, rb = [d for d in range(a.ndim) if d not in da], [d for d in range(b.ndim) if d not in db]
     k = int(np.prod([a.shape[d] for d in da]))
     am = a.permute(ra + da).reshape(-1, k)
@@ -161,36 +197,47 @@ def outer(a: Tensor, b: Tensor) -> Tensor:
     return a.reshape(-1, 1) * b.reshape(1, -1)
 
 
-def _add_scaled(x: Tensor, prod: Tensor, beta, alpha) -> Tensor:
-    """beta * x + alpha * prod; torch ignores x (nan and inf included) when beta is 0."""
-    shape = broadcast_shapes(x.shape, prod.shape)
+def _add_scaled(x: Tensor, a: Tensor, b: Tensor, beta, alpha, product) -> Tensor:
+    """beta * x + alpha * product(a, b), as torch's addmm family: 16-bit floats keep the product in
+    float32 and round once; integer dtypes truncate alpha and beta to integers; bool is logical; a beta
+    of 0 ignores x (nan and inf included)."""
+    dt = D.result_type(x, a, b)
+    if dt is D.bool_:
+        p = product(a, b)
+        out = p if alpha else p & False
+        return out.expand(broadcast_shapes(x.shape, p.shape)) | (x & bool(beta))
+    if dt.category == 1:
+        alpha, beta = int(alpha), int(beta)
+    wide = dt.is_reduced
+    p = product(a.float(), b.float()) if wide else product(a, b)
+    shape = broadcast_shapes(x.shape, p.shape)
     if alpha != 1:
-        prod = prod * alpha
-    if beta == 0:
-        return prod.expand(shape).contiguous()
-    return prod + (x if beta == 1 else x * beta)
+        p = p * alpha
+    if beta != 0:
+        p = p + ((x.float() if wide else x) if beta == 1 else (x.float() if wide else x) * beta)
+    return p.expand(shape).to(dt).contiguous()
 
 
 def addmm(x: Tensor, mat1: Tensor, mat2: Tensor, *, beta=1, alpha=1) -> Tensor:
-    return _add_scaled(x, T.mm(mat1, mat2), beta, alpha)
+    return _add_scaled(x, mat1, mat2, beta, alpha, T.mm)
 
 
 def addmv(x: Tensor, mat: Tensor, vec: Tensor, *, beta=1, alpha=1) -> Tensor:
     if mat.ndim != 2 or vec.ndim != 1:
         raise ShapeError(f"addmv(): expected a matrix and a vector, got {mat.shape} and {vec.shape}")
-    return _add_scaled(x, T.matmul(mat, vec), beta, alpha)
+    return _add_scaled(x, mat, vec, beta, alpha, T.matmul)
 
 
 def addr(x: Tensor, vec1: Tensor, vec2: Tensor, *, beta=1, alpha=1) -> Tensor:
-    return _add_scaled(x, outer(vec1, vec2), beta, alpha)
+    return _add_scaled(x, vec1, vec2, beta, alpha, outer)
 
 
 def baddbmm(x: Tensor, batch1: Tensor, batch2: Tensor, *, beta=1, alpha=1) -> Tensor:
-    return _add_scaled(x, T.bmm(batch1, batch2), beta, alpha)
+    return _add_scaled(x, batch1, batch2, beta, alpha, T.bmm)
 
 
 def addbmm(x: Tensor, batch1: Tensor, batch2: Tensor, *, beta=1, alpha=1) -> Tensor:
-    return _add_scaled(x, T.bmm(batch1, batch2).sum(0), beta, alpha)
+    return _add_scaled(x, batch1, batch2, beta, alpha, lambda a, b: T.bmm(a, b).sum(0, dtype=a.dtype))
 
 
 def dot(a: Tensor, b: Tensor) -> Tensor:
@@ -316,6 +363,8 @@ def masked_select(x: Tensor, mask: Tensor) -> Tensor:
 
 def take(x: Tensor, index: Tensor) -> Tensor:
     T._index_tensor(x, index, "take()")
+    if index.numel() == 0:
+        return Tensor._wrap(x.backend.empty(index.shape, x.dtype), x.backend, x.dtype)
     return x.reshape(-1)[index]
 
 

@@ -331,6 +331,8 @@ def norm(x, p="fro", dim=None, keepdim=False, dtype=None):
         x = x.to(dtype)
     if x.dtype.category < 2:
         raise DTypeError(f"norm(): expected a floating tensor, got {x.dtype.name}")
+    if x.dtype.is_reduced:  # torch accumulates 16-bit norms in float32 (x**p would overflow float16)
+        return norm(x.float(), p, dim, keepdim).to(x.dtype)
     if p == "nuc":
         dims = _dims(x, dim)
         if len(dims) != 2:
@@ -460,7 +462,11 @@ def scatter(x: Tensor, dim: int, index: Tensor, src=None, reduce=None, *, value=
     x._check_bounds(index.array, d, negative=False)
     if isinstance(src, Tensor) and src.device != x.device:
         raise DeviceMismatchError(f"scatter(): src on {src.device}, tensor on {x.device}")
-    src_v = src.to(x.dtype).array if isinstance(src, Tensor) else src
+    if isinstance(src, Tensor):
+        src_v = src.to(x.dtype).array
+    else:  # torch converts the number to the tensor's dtype first (2.5 -> 2 for integers)
+        D.scalar_category(src)
+        src_v = int(src) if x.dtype.category == 1 else (bool(src) if x.dtype is D.bool_ else src)
     return Tensor._wrap(x.backend.scatter(x.array, d, index.array, src_v, reduce), x.backend, x.dtype)
 
 
@@ -491,7 +497,12 @@ def topk(x: Tensor, k: int, dim=-1, largest=True, sorted=True):
     return Sorted(Tensor._wrap(v, x.backend, x.dtype), Tensor._wrap(i, x.backend, D.int64))
 
 
-def flip(x: Tensor, *dims) -> Tensor:
+def flip(x: Tensor, *dims, **kw) -> Tensor:
+    """flip(x, dims), flip(x, 0, 1) or flip(x, dims=...)."""
+    if "dims" in kw:
+        dims = (kw.pop("dims"),)
+    if kw or not dims:
+        raise TypeError(f"flip(): expected dims, got {tuple(kw) or 'none'}")
     dims = _dims(x, dims[0] if len(dims) == 1 else dims)
     return Tensor._wrap(x.backend.flip(x.array, dims), x.backend, x.dtype)
 

@@ -77,6 +77,8 @@ class IndexKernels:
         xp = self.xp
         side = "right" if right else "left"
         seq, values = self._c(seq), self._c(values)
+        if values.size == 0 or seq.shape[-1] == 0:
+            return self._out(xp.zeros(values.shape, np.int64), out_dtype)
         if seq.ndim == 1:
             return self._out(xp.searchsorted(seq, values, side=side), out_dtype)
         rows_s, rows_v = seq.reshape(-1, seq.shape[-1]), values.reshape(-1, values.shape[-1])

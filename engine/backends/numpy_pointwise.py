@@ -164,6 +164,18 @@ class PointwiseKernels:
     def _pw_prelu(self, x, w):
         return self.xp.where(x > 0, x, w * x)
 
+    def _pw_huber(self, x, y, delta):
+        t = x.dtype.type
+        d = self.xp.abs(x - y)
+        return self.xp.where(d < t(delta), t(0.5) * d * d, t(delta) * (d - t(0.5) * t(delta)))
+
+    def _pw_smooth_l1(self, x, y, beta):
+        t = x.dtype.type
+        d = self.xp.abs(x - y)
+        if beta == 0:
+            return d
+        return self.xp.where(d < t(beta), t(0.5) * d * d / t(beta), d - t(0.5) * t(beta))
+
     def _pw_round(self, x, decimals):
         """torch's round(decimals=d): nearbyint(x * 10^d) / 10^d, or nearbyint(x / 10^-d) * 10^-d."""
         xp, t = self.xp, x.dtype.type
