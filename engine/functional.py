@@ -51,6 +51,8 @@ def relu6(x, inplace: bool = False):
 def hardtanh(x, min_val: float = -1.0, max_val: float = 1.0, inplace: bool = False):
     if min_val > max_val:
         raise ValueError(f"hardtanh(): min_val {min_val} must not exceed max_val {max_val}")
+    if x.dtype is D.uint8 and (min_val < 0 or max_val < 0):
+        raise ValueError(f"hardtanh(): negative limits ({min_val}, {max_val}) for an unsigned (uint8) input")
     return _act(x, "hardtanh", min_val, max_val, inplace=inplace, floating=False)
 
 

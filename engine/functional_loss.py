@@ -152,7 +152,7 @@ def cross_entropy(input: Tensor, target: Tensor, weight=None, size_average=None,
     smooth = smooth.masked_fill(~keep, 0.0)
     if red == "mean":
         if weight is not None:
-            smooth = smooth.sum() / T.index_select(weight, 0, T.masked_select(target, keep)).sum()
+            smooth = smooth.sum() / T.index_select(weight, 0, target[keep]).sum()
         else:
             smooth = smooth.sum() / keep.sum()
     elif red == "sum":

@@ -372,6 +372,83 @@ def stack(tensors, dim: int = 0) -> Tensor:
     return cat([t.unsqueeze(d) for t in tensors], d)
 
 
+def atleast_1d(*tensors):
+    out = tuple(t.reshape(1) if t.ndim == 0 else t for t in _seq(tensors))
+    return out[0] if len(out) == 1 else out
+
+
+def atleast_2d(*tensors):
+    out = tuple(t.reshape(1, -1) if t.ndim < 2 else t for t in _seq(tensors))
+    return out[0] if len(out) == 1 else out
+
+
+def atleast_3d(*tensors):
+    def up(t):  # torch: (n,) -> (1, n, 1); (m, n) -> (m, n, 1)
+        return t.reshape(1, 1, 1) if t.ndim == 0 else (t.reshape(1, -1, 1) if t.ndim == 1 else
+                                                         (t.unsqueeze(-1) if t.ndim == 2 else t))
+    out = tuple(up(t) for t in _seq(tensors))
+    return out[0] if len(out) == 1 else out
+
+
+def _seq(tensors):
+    return tuple(tensors[0]) if len(tensors) == 1 and isinstance(tensors[0], (list, tuple)) else tensors
+
+
+def hstack(tensors) -> Tensor:
+    """cat along dim 1, or dim 0 for 1-d inputs (after atleast_1d)."""
+    ts = [atleast_1d(t) for t in tensors]
+    return cat(ts, 0 if ts and ts[0].ndim == 1 else 1)
+
+
+def vstack(tensors) -> Tensor:
+    return cat([atleast_2d(t) for t in tensors], 0)
+
+
+def dstack(tensors) -> Tensor:
+    return cat([atleast_3d(t) for t in tensors], 2)
+
+
+def column_stack(tensors) -> Tensor:
+    return hstack([t.reshape(-1, 1) if t.ndim <= 1 else t for t in tensors])
+
+
+row_stack = vstack
+
+
+def meshgrid(*tensors, indexing: str = "ij"):
+    """Coordinate grids from 0-d or 1-d tensors: views (expand), as torch returns them."""
+    ts = _seq(tensors)
+    if indexing not in ("ij", "xy"):
+        raise ValueError(f"meshgrid(): indexing must be 'ij' or 'xy', got {indexing!r}")
+    if builtins.any(t.ndim > 1 for t in ts):
+        raise ShapeError(f"meshgrid(): expects 0-d or 1-d tensors, got shapes {[t.shape for t in ts]}")
+    _same_device(ts, "meshgrid()")
+    if len({t.dtype for t in ts}) > 1:
+        raise TypeError(f"meshgrid(): expects tensors of one dtype, got {sorted(t.dtype.name for t in ts)}")
+    flat = [t.reshape(-1) for t in ts]
+    swap = indexing == "xy" and len(flat) >= 2
+    if swap:
+        flat[0], flat[1] = flat[1], flat[0]
+    shape = tuple(t.shape[0] for t in flat)
+    grids = [t.reshape((1,) * i + (-1,) + (1,) * (len(flat) - i - 1)).expand(shape) for i, t in enumerate(flat)]
+    if swap:  # torch: 'xy' is 'ij' with the first two inputs (and outputs) swapped
+        grids[0], grids[1] = grids[1], grids[0]
+    return tuple(grids)
+
+
+def softmax(x, dim=None, dtype=None):
+    from engine.functional import softmax as _softmax
+    return _softmax(x, dim, dtype=dtype)
+
+
+def log_softmax(x, dim=None, dtype=None):
+    from engine.functional import log_softmax as _log_softmax
+    return _log_softmax(x, dim, dtype=dtype)
+
+
+Tensor.softmax, Tensor.log_softmax = softmax, log_softmax
+
+
 def split(x, split_size, dim=0):
     return x.split(split_size, dim)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import builtins
 from collections import namedtuple
 
+import ml_dtypes
 import numpy as np
 
 from engine import dtype as D
@@ -44,6 +45,9 @@ def nan_to_num(x: Tensor, nan: float = 0.0, posinf=None, neginf=None) -> Tensor:
     """nan -> nan, +inf -> posinf (default: the dtype's max), -inf -> neginf (default: its lowest)."""
     if not x.dtype.is_floating_point:
         return x.clone()
+    info = ml_dtypes.finfo(x.dtype.np_dtype)
+    posinf = float(info.max) if posinf is None else posinf
+    neginf = float(info.min) if neginf is None else neginf
     return _pointwise("nan_to_num", (x,), (nan, posinf, neginf), x.dtype, "nan_to_num()")
 
 
@@ -229,6 +233,10 @@ def addmv(x: Tensor, mat: Tensor, vec: Tensor, *, beta=1, alpha=1) -> Tensor:
 
 
 def addr(x: Tensor, vec1: Tensor, vec2: Tensor, *, beta=1, alpha=1) -> Tensor:
+    if D.result_type(x, vec1, vec2).category < 2:  # torch refuses here what addmm truncates
+        for name, v in (("beta", beta), ("alpha", alpha)):
+            if isinstance(v, float):
+                raise TypeError(f"addr(): for integer or bool tensors, {name} must not be a float (got {v})")
     return _add_scaled(x, vec1, vec2, beta, alpha, outer)
 
 

@@ -396,7 +396,7 @@ class NumpyBackend(NnKernels, PoolKernels, PointwiseKernels, IndexKernels):
         """torch's linspace: start and end in the dtype, the step in float64 for integer dtypes (else the
         compute dtype), the first half counted up from start and the second half down from end."""
         xp = self.xp
-        st = np.dtype(np.float64) if not dtype.is_floating_point else D.compute_dtype(dtype)
+        st = np.dtype(np.float64) if not dtype.is_floating_point else dtype.np_dtype  # 16-bit: rounds per op, as torch's Half
         s0, s1 = (int(start), int(end)) if not dtype.is_floating_point else (start, end)
         s0, s1 = st.type(s0), st.type(s1)
         if steps == 1:

@@ -52,12 +52,14 @@ class NnKernels:
             return self._out(x, out_dtype)
         with np.errstate(all="ignore"):
             big = xp.max(xp.abs(x), axis=axes, keepdims=True)
-            shift = xp.where(xp.isfinite(big) & (big >= 2.0 ** 64), xp.floor(xp.log2(big)), 0).astype(x.dtype)
+            scaled = xp.isfinite(big) & (big >= 2.0 ** 64)  # such rows are brought to about 2^40
+            shift = xp.where(scaled, xp.floor(xp.log2(big)) - 40, 0).astype(x.dtype)
             scale = xp.exp2(-shift)
             xs = x * scale
             mean = xp.mean(xs, axis=axes, keepdims=True)
             var = xp.mean(xp.square(xs - mean), axis=axes, keepdims=True)
-            y = (xs - mean) / xp.sqrt(var + x.dtype.type(eps) * scale * scale)
+            den = xp.sqrt(var + x.dtype.type(eps) * scale * scale)  # eps may underflow for scaled rows
+            y = xp.where(scaled & (den == 0), x.dtype.type(0), (xs - mean) / den)
         if weight is not None:
             y = y * self._f(weight, out_dtype)
         if bias is not None:

@@ -19,6 +19,13 @@ _GILES_LO = (2.81022636e-08, 3.43273939e-07, -3.5233877e-06, -4.39150654e-06, 0.
              -0.00417768164, 0.246640727, 1.50140941)
 _GILES_HI = (-0.000200214257, 0.000100950558, 0.00134934322, -0.00367342844, 0.00573950773, -0.0076224613,
              0.00943887047, 1.00167406, 2.83297682)
+
+
+class IntegerDivisionByZero(ZeroDivisionError, RuntimeError):
+    """Integer division or remainder by zero. A ZeroDivisionError, and a RuntimeError like torch's
+    (torch raises RuntimeError("ZeroDivisionError") on the CPU), so ported `except` clauses still work."""
+
+
 SELU_ALPHA, SELU_SCALE = 1.6732632423543772848170429916717, 1.0507009873554804934193349852946
 
 
@@ -38,26 +45,41 @@ class PointwiseKernels:
         return xp.where(x64 < 0, 2.0 - pos, pos).astype(x.dtype)
 
     def _erfinv(self, y):
+        """Giles' approximation (or, deep in the tails, the asymptote of erfc), then Newton steps in
+        float64: on erf(r) = |y| in the middle, on log(erfc(r)) = log(1 - |y|) for |y| >= 0.5, where
+        1 - |y| is exact and the log makes the tail nearly linear."""
         xp = self.xp
         y64 = y.astype(np.float64)
         with np.errstate(all="ignore"):
-            w = -xp.log((1.0 - y64) * (1.0 + y64))
+            a = xp.abs(y64)
+            q = 1.0 - a
+            w = -xp.log(q * (1.0 + a))
             lo, hi = w - 2.5, xp.sqrt(w) - 3.0
             p_lo, p_hi = xp.zeros_like(y64), xp.zeros_like(y64)
             for c_lo, c_hi in zip(_GILES_LO, _GILES_HI):
                 p_lo, p_hi = c_lo + p_lo * lo, c_hi + p_hi * hi
-            r = xp.where(w < 5.0, p_lo, p_hi) * y64
-            for _ in range(2):  # Newton on erf(r) = y, in float64
-                r = r - (self._erf(r) - y64) / (2.0 / math.sqrt(math.pi) * xp.exp(-r * r))
-            r = xp.where(xp.abs(y64) == 1.0, xp.copysign(np.inf, y64), r)
-            r = xp.where(xp.abs(y64) > 1.0, np.nan, r)
+            r = xp.abs(xp.where(w < 5.0, p_lo, p_hi) * y64)
+            deep = q < 1e-6  # erfc(r) ~ exp(-r^2) / (r sqrt(pi)): two fixed-point steps from sqrt(-log q)
+            t = xp.sqrt(-xp.log(xp.where(deep, q, 0.5)))
+            for _ in range(2):
+                t = xp.sqrt(-xp.log(xp.where(deep, q, 0.5) * t * math.sqrt(math.pi)))
+            r = xp.where(deep, t, r)
+            tail = a >= 0.5
+            for _ in range(4):
+                g = 2.0 / math.sqrt(math.pi) * xp.exp(-r * r)
+                c = self._erfc(r)
+                step = xp.where(tail, (xp.log(q) - xp.log(c)) * c / g, (self._erf(r) - a) / g)  # d/dr log erfc = -g/c
+                r = r - xp.where(xp.isfinite(step), step, 0.0)
+            r = xp.copysign(r, y64)
+            r = xp.where(a == 1.0, xp.copysign(np.inf, y64), r)
+            r = xp.where(a > 1.0, np.nan, r)
         return r.astype(y.dtype)
 
     # ---- binary ops without a single ufunc --------------------------------------------------------------
     def _check_divisor(self, b, op: str):
         """torch raises on integer division by zero (on the CPU); a host check here."""
         if bool(self.xp.any(self.xp.asarray(b) == 0)):
-            raise ZeroDivisionError(f"{op}(): integer division by zero")
+            raise IntegerDivisionByZero(f"{op}(): integer division by zero")
 
     def _binary_extra(self, op: str, a, b):
         xp = self.xp
@@ -189,10 +211,8 @@ class PointwiseKernels:
         xp = self.xp
         if x.dtype.kind not in "fc":
             return x
-        t = x.dtype.type
-        info = np.finfo(x.dtype)
-        hi = t(info.max if posinf is None else posinf)
-        lo = t(info.min if neginf is None else neginf)
+        t = x.dtype.type  # the tensor layer passes the output dtype's limits as the defaults
+        hi, lo = t(posinf), t(neginf)
         return xp.where(xp.isnan(x), t(nan), xp.where(x == np.inf, hi, xp.where(x == -np.inf, lo, x)))
 
     def _pw_lerp(self, start, end, weight):
