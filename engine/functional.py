@@ -299,7 +299,7 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training: b
     for name, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight),
                     ("bias", bias)):
         if t is not None and t.shape != (c,):
-            raise ShapeError(f"batch_norm(): {name} {t.shape} must have one entry per channel of input {x.shape}")
+            raise ShapeError(f"batch_norm(): {name} {t.shape} does not match channels of {x.shape}")
     if x.ndim < 2:  # torch treats a 1-d input as one sample of C channels
         return batch_norm(x.reshape(1, -1), running_mean, running_var, weight, bias, training, momentum,
                           eps).reshape(x.shape)

@@ -47,7 +47,7 @@ def _batched(x: Tensor, nd: int, op: str):
         return x, False
     if x.ndim == nd + 1:
         return x.unsqueeze(0), True
-    raise ShapeError(f"{op}(): expected a {nd + 1}-d (unbatched) or {nd + 2}-d (batched) input, got shape {x.shape}")
+    raise ShapeError(f"{op}(): expected {nd + 1}-d or {nd + 2}-d input, got {x.shape}")
 
 
 def _numeric_input(x: Tensor, op: str):
@@ -79,9 +79,10 @@ def _conv(x, weight, bias, stride, padding, dilation, groups, nd, op):
     if xb.shape[1] != weight.shape[1] * groups or weight.shape[0] % groups:
         raise ShapeError(f"{op}(): input {x.shape} with {xb.shape[1]} channels does not fit weight {weight.shape} "
                          f"with groups={groups}")
-    if x.dtype is not weight.dtype or (bias is not None and bias.dtype is not x.dtype):
-        raise DTypeError(f"{op}(): input {x.dtype.name}, weight {weight.dtype.name}"
-                         f"{'' if bias is None else ', bias ' + bias.dtype.name} must have one dtype")
+    if x.dtype is not weight.dtype:
+        raise DTypeError(f"{op}(): input {x.dtype.name} and weight {weight.dtype.name} must have the same dtype")
+    if bias is not None and bias.dtype is not x.dtype:
+        raise DTypeError(f"{op}(): bias {bias.dtype.name} and input {x.dtype.name} must have the same dtype")
     if weight.device != x.device:
         raise DeviceMismatchError(f"{op}(): weight is on {weight.device}, input on {x.device}")
     if bias is not None and bias.shape != (weight.shape[0],):
@@ -263,8 +264,9 @@ def interpolate(x, size=None, scale_factor=None, mode: str = "nearest", align_co
         raise ValueError(f"interpolate(): unknown mode {mode!r}; expected one of {', '.join(MODES)}")
     nsp = x.ndim - 2
     if nsp not in MODES[mode]:
-        raise ShapeError(f"interpolate(): mode {mode!r} takes a {'-d or '.join(str(n + 2) for n in MODES[mode])}-d "
-                         f"input, got shape {x.shape}")
+        dims = [f"{n + 2}-d" for n in MODES[mode]]
+        dims = dims[0] if len(dims) == 1 else ", ".join(dims[:-1]) + " or " + dims[-1]
+        raise ShapeError(f"interpolate(): expected {dims} input for mode {mode!r}, got {x.shape}")
     if (size is None) == (scale_factor is None):
         raise ValueError("interpolate(): give exactly one of size and scale_factor")
     linear = mode in ("linear", "bilinear", "bicubic", "trilinear")

@@ -187,30 +187,6 @@ class Tensor:
     def cuda(self, index: int = 0):
         return self.to(f"cuda:{index}")
 
-    def float(self, memory_format=None):
-        return self.to(D.float32, memory_format=memory_format)
-
-    def half(self, memory_format=None):
-        return self.to(D.float16, memory_format=memory_format)
-
-    def bfloat16(self, memory_format=None):
-        return self.to(D.bfloat16, memory_format=memory_format)
-
-    def double(self, memory_format=None):
-        return self.to(D.float64, memory_format=memory_format)
-
-    def long(self, memory_format=None):
-        return self.to(D.int64, memory_format=memory_format)
-
-    def int(self, memory_format=None):
-        return self.to(D.int32, memory_format=memory_format)
-
-    def bool(self, memory_format=None):
-        return self.to(D.bool_, memory_format=memory_format)
-
-    def byte(self, memory_format=None):
-        return self.to(D.uint8, memory_format=memory_format)
-
     def type_as(self, other):
         return self.to(other.dtype)
 
@@ -493,6 +469,19 @@ class Tensor:
 
     def clamp_(self, min=None, max=None):
         return self.copy_(self.clamp(min, max))
+
+
+def _dtype_method(name: str, dt: D.DType):
+    def method(self, memory_format=None) -> "Tensor":
+        return self.to(dt, memory_format=memory_format)
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = f"self.to({dt!r})"
+    return method
+
+
+for _name, _dt in (("float", D.float32), ("half", D.float16), ("bfloat16", D.bfloat16), ("double", D.float64),
+                   ("long", D.int64), ("int", D.int32), ("bool", D.bool_), ("byte", D.uint8)):
+    setattr(Tensor, _name, _dtype_method(_name, _dt))
 
 
 MEMORY_FORMATS = ("preserve_format", "contiguous_format", "channels_last", "channels_last_3d")

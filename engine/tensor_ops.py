@@ -31,13 +31,13 @@ def _unary(x: Tensor, op: str) -> Tensor:
     elif op in BOOL_UNARY:
         out = D.bool_
     else:
-        if x.dtype is D.bool_ and op in ("neg", "relu"):
+        if x.dtype is D.bool_ and op in ("neg", "relu", "abs", "positive"):
             raise DTypeError(f"{op}() is not defined for bool tensors")
         if op == "frac" and x.dtype.category < 2:
             raise DTypeError(f"frac() needs a floating tensor, got {x.dtype.name}")
         out = D.int64 if (x.dtype is D.bool_ and op == "square") else x.dtype  # torch: square(bool) -> int64
     if op in ("floor", "ceil", "round", "trunc", "positive") and x.dtype.category < 2 or (
-            op in ("sign", "abs") and x.dtype is D.bool_):
+            op == "sign" and x.dtype is D.bool_):
         return x.clone()
     return Tensor._wrap(x.backend.unary(op, x.array, out), x.backend, out)
 
@@ -153,7 +153,7 @@ def masked_fill(x: Tensor, mask: Tensor, value) -> Tensor:
     try:
         broadcast_shapes(x.shape, mask.shape)
     except ShapeError:
-        raise ShapeError(f"masked_fill(): mask of shape {mask.shape} does not broadcast with {x.shape}") from None
+        raise ShapeError(f"masked_fill(): mask of shape {mask.shape} does not broadcast to {x.shape}") from None
     if isinstance(value, Tensor):
         if value.ndim:
             raise ShapeError(f"masked_fill(): value must be a 0-dim tensor or a number, got shape {value.shape}")
@@ -414,7 +414,7 @@ def index_select(x: Tensor, dim: int, index: Tensor) -> Tensor:
     _index_tensor(x, index, "index_select()")
     d = norm_dim(dim, x.ndim)
     if index.ndim > 1:
-        raise ShapeError(f"index_select(): index must be 0-d or 1-d, got shape {index.shape}")
+        raise ShapeError(f"index_select(): index must be 1-d, got shape {index.shape}")
     if x.ndim == 0:
         return index_select(x.reshape(1), 0, index).reshape(())
     x._check_bounds(index.array, d, negative=False)

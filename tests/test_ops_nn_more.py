@@ -85,6 +85,7 @@ def test_batch_norm_training(momentum):
                                      ("huber_loss", dict(delta=0.7))], ids=_id)
 @pytest.mark.parametrize("dt", FLOATS)
 def test_regression_loss(name, kw, reduction, dt): helper_test_op([(4, 5), (4, 5)], *both(name, reduction=reduction, **kw), dt, scale=ACC, ref64=True)
+@pytest.mark.filterwarnings("ignore:reduction. 'mean' divides")  # torch's own deprecation notice
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none", "batchmean"])
 @pytest.mark.parametrize("log_target", [False, True])
 def test_kl_div(reduction, log_target): helper_test_op([(4, 5), (4, 5)], lambda a, b: F.kl_div(a.log_softmax(-1), b.softmax(-1).log() if log_target else b.softmax(-1), reduction=reduction, log_target=log_target), lambda a, b: EF.kl_div(EF.log_softmax(a, -1), EF.softmax(b, -1).log() if log_target else EF.softmax(b, -1), reduction=reduction, log_target=log_target), scale=ACC)
@@ -170,6 +171,7 @@ def test_interpolate_scale_factor(mode, sf, recompute): helper_test_op([(2, 3, 5
 def test_interpolate_uint8(mode, size, align): helper_test_op([(2, 3, 17, 13)], lambda x: F.interpolate(x, size, mode=mode, align_corners=align if mode != "nearest" else None), lambda x: EF.interpolate(x, size, mode=mode, align_corners=align if mode != "nearest" else None), "uint8", low=0, high=256)
 @pytest.mark.parametrize("dt", ["float16", "bfloat16", "float64"])
 def test_interpolate_dtypes(dt): helper_test_op([(2, 3, 5, 6)], lambda x: (F.interpolate(x, (7, 4), mode="bilinear"), F.interpolate(x, (3, 9), mode="bicubic")), lambda x: (EF.interpolate(x, (7, 4), mode="bilinear"), EF.interpolate(x, (3, 9), mode="bicubic")), dt, scale=ACC, ref64=True)
+@pytest.mark.filterwarnings("ignore:`nn.functional.upsample")  # deprecated in torch, still torch-named
 def test_upsample(): helper_test_op([(2, 3, 4, 5)], lambda x: (F.upsample(x, scale_factor=2), F.upsample_nearest(x, (6, 7)), F.upsample_bilinear(x, scale_factor=2)), lambda x: (EF.upsample(x, scale_factor=2), EF.upsample_nearest(x, (6, 7)), EF.upsample_bilinear(x, scale_factor=2)), scale=ACC)
 @pytest.mark.parametrize("pads", [(-4, 5, 0, 0), (0, 0, 2, -4), (5, -4, -4, 3), (1, 1, 1, 1), (-1, -1, 0, 0)], ids=_id)
 def test_pad_replicate_negative(pads): helper_test_op([(2, 3, 4, 4)], lambda x: F.pad(x, pads, "replicate"), lambda x: EF.pad(x, pads, "replicate"))
