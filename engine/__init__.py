@@ -17,6 +17,7 @@ from engine.backends.unavailable import DeviceUnavailableError
 from engine.ops import *  # noqa: F401,F403
 from engine.ops import Generator, _export_methods, manual_seed
 from engine import functional  # noqa: F401
+from engine import capture  # noqa: F401
 
 half, double, long = float16, float64, int64
 int16 = None  # not a supported dtype; kept out of the promotion table on purpose

@@ -202,20 +202,19 @@ def softmin(x: Tensor, dim=None, _stacklevel: int = 3, dtype=None) -> Tensor:
 
 # ---- linear and embedding ---------------------------------------------------------------------------
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """y = x @ weight.T + bias; weight (out_features, in_features) as in torch."""
+    """y = x @ weight.T + bias; weight (out_features, in_features) as in torch. One backend kernel
+    (16-bit floats round once, after the bias, as torch's addmm does; the backend picks a GEMV for
+    a few rows)."""
     if x.ndim == 0 or weight.ndim != 2 or x.shape[-1] != weight.shape[1]:
         raise ShapeError(f"linear(): input {x.shape} and weight {weight.shape} do not fit "
                          f"(input's last dim must equal weight's dim 1)")
-    if bias is None:
-        return x.matmul(weight.t())
-    if bias.shape != (weight.shape[0],):
+    if bias is not None and bias.shape != (weight.shape[0],):
         raise ShapeError(f"linear(): bias {bias.shape} does not match weight {weight.shape}")
-    if not (x.dtype is weight.dtype is bias.dtype):
-        raise DTypeError(f"linear(): input, weight and bias dtypes differ ({x.dtype.name}, {weight.dtype.name}, "
-                         f"{bias.dtype.name})")
+    if not (x.dtype is weight.dtype and (bias is None or bias.dtype is x.dtype)):
+        raise DTypeError(f"linear(): input, weight and bias dtypes differ ({x.dtype.name}, {weight.dtype.name}"
+                         + (f", {bias.dtype.name})" if bias is not None else ")"))
     if weight.device != x.device:
         raise DeviceMismatchError(f"linear(): weight is on {weight.device}, input on {x.device}")
-    # one kernel so that 16-bit floats round once, after the bias (as torch's addmm does)
     return _run(x, "linear", x.array, weight.array, _arr(bias, x, "bias"))
 
 
@@ -269,14 +268,20 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps: float = 1e-5) -
     return _run(x, "layer_norm", x.array, nd, _arr(weight, x, "weight"), _arr(bias, x, "bias"), eps)
 
 
-def rms_norm(x, normalized_shape, weight=None, eps: float | None = None) -> Tensor:
-    """torch.nn.functional.rms_norm: eps defaults to the dtype's machine epsilon, as in torch."""
+def rms_norm(x, normalized_shape, weight=None, eps: float | None = None, style: str = "torch") -> Tensor:
+    """torch.nn.functional.rms_norm: eps defaults to the dtype's machine epsilon, as in torch.
+    style (an engine extension): "torch" (all in float32, rounded once), "llama" (transformers'
+    LlamaRMSNorm: rounded to the input dtype before the weight multiplies), "gemma" (times 1 + w)."""
     _float_input(x, "rms_norm")
     nd = _norm_shape(x, normalized_shape, "rms_norm")
+    if style not in ("torch", "llama", "gemma"):
+        raise ValueError(f"rms_norm(): style must be 'torch', 'llama' or 'gemma', got {style!r}")
     if eps is None:
         eps = {"float16": 0.0009765625, "bfloat16": 0.0078125, "float32": 1.1920928955078125e-07,
                "float64": 2.220446049250313e-16}[x.dtype.name]
-    return _run(x, "rms_norm", x.array, nd, _arr(weight, x, "weight"), eps)
+    if weight is not None and weight.dtype is not x.dtype and style != "torch":
+        raise DTypeError(f"rms_norm(style={style!r}): weight {weight.dtype.name} and input {x.dtype.name} differ")
+    return _run(x, "rms_norm", x.array, nd, _arr(weight, x, "weight"), eps, style=style)
 
 
 def group_norm(x, num_groups: int, weight=None, bias=None, eps: float = 1e-5) -> Tensor:

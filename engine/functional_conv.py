@@ -13,9 +13,9 @@ from engine.layout import ShapeError
 from engine.tensor import DeviceMismatchError, DTypeError, Tensor
 
 
-def _run(x: Tensor, kernel: str, *args, dtype=None) -> Tensor:
+def _run(x: Tensor, kernel: str, *args, dtype=None, **kw) -> Tensor:
     dt = dtype or x.dtype
-    return Tensor._wrap(getattr(x.backend, kernel)(*args, dt), x.backend, dt)
+    return Tensor._wrap(getattr(x.backend, kernel)(*args, dt, **kw), x.backend, dt)
 
 
 def _arr(t, x: Tensor, name: str):

@@ -5,14 +5,21 @@
     result.tokens          # new tokens per row
     result.prefill_ms, result.decode_tokens_per_s, result.peak_bytes
 
-The model needs the family interface: `model.model(ids, cache, attention_mask, position_ids)` ->
-hidden states, `model.lm_head`, `model.new_cache(batch, max_len)` and `model.config`. The prompt
-runs once through the model (prefill) into a preallocated KV cache; each decode step feeds one
-token per row. Only the last position's logits are computed. Sampling runs on the host in numpy
-(after the step's logits are read back, so it never sits inside a layer forward).
+    dec = Decoder(model, batch_size=1, max_len=160)     # the loop underneath, tokens on the device
+    first = dec.prefill(ids)                            # (B,) device tensor
+    for _ in range(31):
+        dec.step()                                      # a CUDA-graph replay on a GPU
+    dec.tokens()                                        # (B, 32) host ids, one read
 
-Processing order is transformers': repetition penalty, then temperature, top-k, top-p, then greedy
-argmax (temperature 0) or a draw from the softmax with a seeded generator.
+The model needs the family interface (engine.models.base.CausalLM): `model.model(ids, cache,
+attention_mask, position_ids)` -> hidden states, `model.lm_head`, `model.new_cache(..., static=True)`
+and `model.config`. The prompt runs once (prefill) into a StaticCache; each decode step feeds one token
+per row, computes only the last position's logits, chooses the next token on the device (the
+backend's `sample` op: engine/sampling.py's processors, in transformers' order) and writes it into
+the device buffer of generated tokens. On CUDA the step is captured as a CUDA graph after two eager
+steps (engine.capture), so a token costs one graph launch; capture=False runs the same step eagerly
+(for debugging; it equals the captured step token for token). The host reads tokens only to stream
+them or to look for stop tokens, every `read_every` steps.
 """
 from __future__ import annotations
 
@@ -24,6 +31,9 @@ import numpy as np
 
 import engine
 from engine import dtype as D
+from engine.capture import Captured
+from engine.nn.kv_cache import CacheFullError, _write
+from engine.sampling import apply_repetition_penalty, next_tokens, top_k_filter, top_p_filter  # noqa: F401
 
 
 @dataclass
@@ -35,6 +45,7 @@ class GenerationResult:
     decode_steps: int
     peak_bytes: int
     stop_reasons: list = field(default_factory=list)  # per row: "stop_token" or "max_new_tokens"
+    capture_ms: float = 0.0  # recording and capturing the decode step (part of decode_ms)
 
     @property
     def decode_tokens_per_s(self) -> float:
@@ -42,65 +53,193 @@ class GenerationResult:
         return self.decode_steps / (self.decode_ms / 1e3) if self.decode_ms > 0 else float("nan")
 
 
-# ---- logits processing (numpy, float32 logits (B, V)) ------------------------------------------------
-def apply_repetition_penalty(logits: np.ndarray, seen: list, penalty: float) -> np.ndarray:
-    """transformers' RepetitionPenaltyLogitsProcessor: every token already in the row (prompt
-    included) has its logit divided by `penalty` when positive, multiplied when negative."""
-    if penalty == 1.0:
-        return logits
-    out = logits.copy()
-    for b, toks in enumerate(seen):
-        idx = np.unique(np.asarray(toks, dtype=np.int64))
-        s = out[b, idx]
-        out[b, idx] = np.where(s < 0, s * penalty, s / penalty)
-    return out
+def validate_sampling(temperature=0.0, top_k=None, top_p=None, repetition_penalty=1.0) -> None:
+    """ValueError for arguments transformers refuses too."""
+    import math
+    if not isinstance(temperature, (int, float)) or math.isnan(temperature) or temperature < 0:
+        raise ValueError(f"temperature must be a number >= 0 (0 is greedy), got {temperature!r}")
+    if top_k is not None and (not isinstance(top_k, int) or top_k < 0):
+        raise ValueError(f"top_k must be an integer >= 0, got {top_k!r}")
+    if top_p is not None and (not isinstance(top_p, (int, float)) or not 0.0 < top_p <= 1.0):
+        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+    if not isinstance(repetition_penalty, (int, float)) or not repetition_penalty > 0:
+        raise ValueError(f"repetition_penalty must be > 0, got {repetition_penalty!r}")
 
 
-def top_k_filter(logits: np.ndarray, k: int) -> np.ndarray:
-    """Keep the k largest logits per row (ties at the k-th value kept too, as transformers does)."""
-    if not k or k >= logits.shape[-1]:
-        return logits
-    kth = np.partition(logits, -k, axis=-1)[:, -k][:, None]
-    return np.where(logits < kth, -np.inf, logits)
+class Decoder:
+    """One batch decoding on the model's device with the tokens on the device (module docstring).
+
+    attention_mask: (B, max_len) host ints, 0 at left padding (every slot after the prompt 1)."""
+
+    def __init__(self, model, batch_size: int, max_len: int, capture=None, temperature: float = 0.0,
+                 top_k: int | None = None, top_p: float | None = None, repetition_penalty: float = 1.0,
+                 seed: int | None = None, attention_mask=None):
+        validate_sampling(temperature, top_k, top_p, repetition_penalty)
+        self.model = model
+        dev = model.device
+        self.device = dev
+        self.max_len = max_len
+        self.cache = model.new_cache(batch_size, max_len, static=True)
+        self.capture = (dev.type == "cuda") if capture is None else bool(capture)
+        i64 = D.int64
+        self.tok = engine.zeros(batch_size, 1, dtype=i64, device=dev)  # the token each row feeds next
+        self.out = engine.zeros(batch_size, max_len, dtype=i64, device=dev)  # tokens chosen so far
+        self.n = engine.zeros(1, dtype=i64, device=dev)  # how many: the column the next one goes to
+        self.count = 0  # the same count on the host
+        self.mask = None
+        if attention_mask is not None:
+            m = np.asarray(attention_mask, np.int64)
+            if m.shape != (batch_size, max_len):
+                raise ValueError(f"attention_mask must be (batch, max_len) = {(batch_size, max_len)}, got {m.shape}")
+            self.mask = engine.tensor(m, device=dev)
+        self.sampling = (float(temperature), top_k, top_p, float(repetition_penalty),
+                         int(seed if seed is not None else np.random.SeedSequence().entropy % (1 << 63)))
+        vocab = model.config.vocab_size
+        self.seen = engine.zeros(batch_size, vocab, dtype=D.bool_, device=dev) if repetition_penalty != 1.0 else None
+        self.counter = engine.zeros(1, dtype=i64, device=dev)  # draws so far (the generator's counter)
+        self.step_fn = Captured(self._step, device=dev) if self.capture else None
+        self.prompt_len = 0
+
+    @property
+    def capture_s(self):
+        return self.step_fn.capture_s if self.step_fn is not None else None
+
+    def _choose(self, logits):
+        """(B, V) logits -> (B,) int64 tokens, on the device; the token goes into out and tok."""
+        t, k, p, pen, seed = self.sampling
+        b = logits.backend
+        s = self.seen.array if self.seen is not None else None
+        nxt = engine.Tensor._wrap(b.sample(logits.array, s, pen, t, k, p, seed, self.counter.array), b, D.int64)
+        self.tok.copy_(nxt.unsqueeze(1))
+        _write(self.out, self.n, nxt.unsqueeze(1), dim=1)  # out[:, n] = nxt at a device column
+        self.n.add_(1)
+        if self.seen is not None:
+            self._mark_seen(nxt.unsqueeze(1))
+        return nxt
+
+    def _mark_seen(self, ids):
+        rows = engine.arange(ids.shape[0], dtype=D.int64, device=self.device).unsqueeze(1).expand(*ids.shape)
+        self.seen.backend.setitem(self.seen.array, (rows.array, ids.array), True)
+
+    def prefill(self, ids):
+        """ids (B, L) int64 tensor on the device -> the first new token of each row, (B,)."""
+        if ids.shape[0] != self.cache.batch_size:
+            raise ValueError(f"prefill: batch {ids.shape[0]} for a decoder of batch {self.cache.batch_size}")
+        if ids.shape[1] >= self.max_len:
+            raise ValueError(f"prefill: a prompt of {ids.shape[1]} tokens leaves no room in max_len={self.max_len}")
+        self.cache.reset()
+        self.n.zero_()
+        self.counter.zero_()
+        self.count, self.prompt_len = 0, ids.shape[1]
+        if self.seen is not None:
+            self.seen.fill_(False)
+            self._mark_seen(ids)
+        h = self.model.model(ids, self.cache, self.mask, None)  # (B, L, hidden)
+        logits = self.model.lm_head(h[:, -1:])[:, -1]  # (B, V): only the last position
+        nxt = self._choose(logits)
+        self.count = 1
+        return nxt
+
+    def _step(self):
+        h = self.model.model(self.tok, self.cache, self.mask, None)  # (B, 1, hidden)
+        self._choose(self.model.lm_head(h)[:, -1])
+
+    def step(self) -> None:
+        """One token per row (the host does not wait for it)."""
+        if self.prompt_len + self.count >= self.max_len:
+            raise CacheFullError(
+                f"Decoder: {self.prompt_len} prompt + {self.count} new tokens fill max_len={self.max_len}")
+        if self.step_fn is not None:
+            self.step_fn()
+        else:
+            self._step()
+        self.count += 1
+
+    def tokens(self, start: int = 0) -> np.ndarray:
+        """(B, count - start) host ids of the tokens chosen so far (one read)."""
+        return self.out[:, start:self.count].numpy()
 
 
-def top_p_filter(logits: np.ndarray, p: float) -> np.ndarray:
-    """Nucleus filtering: keep the smallest set of most likely tokens whose probability reaches p
-    (at least one token)."""
-    if p is None or p >= 1.0:
-        return logits
-    order = np.argsort(-logits, axis=-1, kind="stable")
-    sorted_logits = np.take_along_axis(logits, order, -1)
-    probs = _softmax(sorted_logits)
-    cum = np.cumsum(probs, -1)
-    remove = (cum - probs) >= p  # tokens whose predecessors already reach p
-    remove[:, 0] = False
-    out = logits.copy()
-    np.put_along_axis(out, order, np.where(remove, -np.inf, sorted_logits), -1)
-    return out
+def generate(model, prompts, max_new_tokens: int = 32, temperature: float = 0.0, top_k: int | None = None,
+             top_p: float | None = None, repetition_penalty: float = 1.0, seed: int | None = None,
+             stop_token_ids=None, callback=None, pad_token_id: int | None = None, capture=None,
+             read_every: int | None = None) -> GenerationResult:
+    """Generate up to max_new_tokens for each prompt (a list of token lists, or one list).
+
+    Prompts of different lengths are left-padded and masked. A row stops at its first stop token
+    (default: the config's eos_token_id; pass [] for none); the loop ends when every row has
+    stopped. callback(tokens) is called with each step's tokens (one per row), read from the device
+    every `read_every` steps (default: 1 with a callback or stop tokens, else once at the end). The
+    device's peak-memory counter is reset at the start. capture: see Decoder.
+    """
+    validate_sampling(temperature, top_k, top_p, repetition_penalty)
+    if prompts and isinstance(prompts[0], (int, np.integer)):
+        prompts = [prompts]
+    prompts = [list(map(int, p)) for p in prompts]
+    if not prompts or any(not p for p in prompts):
+        raise ValueError("generate(): every prompt needs at least one token")
+    if max_new_tokens < 1:
+        raise ValueError(f"generate(): max_new_tokens must be >= 1, got {max_new_tokens}")
+    vocab = model.config.vocab_size
+    bad = [t for p in prompts for t in p if not 0 <= t < vocab]
+    if bad:
+        raise ValueError(f"generate(): token id {bad[0]} is outside the vocabulary of {vocab}")
+    b = len(prompts)
+    plen = max(len(p) for p in prompts)
+    pad = pad_token_id if pad_token_id is not None else (getattr(model.config, "pad_token_id", None) or 0)
+    stops = _stop_ids(model, stop_token_ids)
+    device = model.device
+    pool = engine.backend(device).pool
+    pool.reset_peak()
+    max_len = plen + max_new_tokens
+    ids = np.full((b, plen), pad, np.int64)
+    mask = np.ones((b, max_len), np.int64)  # all slots; future ones are hidden by causality
+    for i, p in enumerate(prompts):
+        ids[i, plen - len(p):] = p
+        mask[i, :plen - len(p)] = 0
+    padded = any(len(p) != plen for p in prompts)
+    dec = Decoder(model, b, max_len, capture=capture, temperature=temperature, top_k=top_k, top_p=top_p,
+                  repetition_penalty=repetition_penalty, seed=seed, attention_mask=mask if padded else None)
+    every = read_every or (1 if (callback is not None or stops) else max_new_tokens)
+
+    out = [[] for _ in range(b)]
+    done = np.zeros(b, bool)
+    reasons = ["max_new_tokens"] * b
+
+    def take(new: np.ndarray) -> None:  # (B, n) tokens, in order
+        for col in new.T:
+            col = np.where(done, pad, col)
+            for i in range(b):
+                if not done[i]:
+                    out[i].append(int(col[i]))
+                    if int(col[i]) in stops:
+                        done[i], reasons[i] = True, "stop_token"
+            if callback is not None:
+                callback([int(t) for t in col])
+            if done.all():
+                return
+
+    t0 = time.perf_counter()
+    dec.prefill(engine.tensor(ids, device=device))
+    first = dec.tokens()
+    prefill_ms = (time.perf_counter() - t0) * 1e3
+    take(first)
+    read, steps = 1, 0
+    t_dec = time.perf_counter()
+    while dec.count < max_new_tokens and not done.all():
+        dec.step()
+        steps += 1
+        if dec.count - read >= every or dec.count == max_new_tokens:
+            take(dec.tokens(read))
+            read = dec.count
+    if steps:
+        engine.synchronize(device)
+    decode_ms = (time.perf_counter() - t_dec) * 1e3 if steps else 0.0
+    cap = dec.capture_s
+    return GenerationResult(out, [len(p) for p in prompts], prefill_ms, decode_ms, steps,
+                            int(pool.stats()["peak_bytes"]), reasons, (cap or 0.0) * 1e3)
 
 
-def _softmax(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64)
-    m = np.max(x, -1, keepdims=True)
-    e = np.exp(x - m)
-    return e / e.sum(-1, keepdims=True)
-
-
-def next_tokens(logits: np.ndarray, seen: list, temperature: float = 0.0, top_k: int | None = None,
-                top_p: float | None = None, repetition_penalty: float = 1.0, rng=None) -> np.ndarray:
-    """(B, V) logits -> (B,) token ids."""
-    logits = apply_repetition_penalty(logits.astype(np.float32), seen, repetition_penalty)
-    if not temperature:  # greedy
-        return np.argmax(logits, -1)
-    logits = top_p_filter(top_k_filter(logits / np.float32(temperature), top_k), top_p)
-    probs = _softmax(logits)
-    rng = rng if rng is not None else np.random.default_rng()
-    u = rng.random((probs.shape[0], 1))
-    return np.minimum((np.cumsum(probs, -1) < u).sum(-1), probs.shape[-1] - 1)
-
-
-# ---- the loop ----------------------------------------------------------------------------------------------
 def _stop_ids(model, stop_token_ids):
     if stop_token_ids is not None:
         return set(int(t) for t in stop_token_ids)
@@ -108,76 +247,6 @@ def _stop_ids(model, stop_token_ids):
     if eos is None:
         return set()
     return set(eos) if isinstance(eos, (list, tuple)) else {int(eos)}
-
-
-def generate(model, prompts, max_new_tokens: int = 32, temperature: float = 0.0, top_k: int | None = None,
-             top_p: float | None = None, repetition_penalty: float = 1.0, seed: int | None = None,
-             stop_token_ids=None, callback=None, pad_token_id: int | None = None) -> GenerationResult:
-    """Generate up to max_new_tokens for each prompt (a list of token lists, or one list).
-
-    Prompts of different lengths are left-padded and masked. A row stops at its first stop token
-    (default: the config's eos_token_id; pass [] for none); the loop ends when every row has
-    stopped. callback(tokens) is called with the list of this step's tokens (one per row) as soon
-    as they are chosen. The device's peak-memory counter is reset at the start.
-    """
-    if prompts and isinstance(prompts[0], (int, np.integer)):
-        prompts = [prompts]
-    prompts = [list(map(int, p)) for p in prompts]
-    if not prompts or any(not p for p in prompts):
-        raise ValueError("generate(): every prompt needs at least one token")
-    b = len(prompts)
-    plen = max(len(p) for p in prompts)
-    pad = pad_token_id if pad_token_id is not None else (getattr(model.config, "pad_token_id", None) or 0)
-    stops = _stop_ids(model, stop_token_ids)
-    rng = np.random.default_rng(seed)
-    device = model.device
-    pool = engine.backend(device).pool
-    pool.reset_peak()
-
-    ids = np.full((b, plen), pad, np.int64)
-    full_mask = np.zeros((b, plen + max_new_tokens), np.int64)  # grows by a column per step: preallocated
-    for i, p in enumerate(prompts):
-        ids[i, plen - len(p):] = p
-        full_mask[i, plen - len(p):] = 1
-    full_mask[:, plen:] = 1
-    padded = any(len(p) != plen for p in prompts)
-    mask_t = engine.tensor(full_mask, device=device) if padded else None
-
-    cache = model.new_cache(b, plen + max_new_tokens)
-    seen = [list(p) for p in prompts]
-    out = [[] for _ in range(b)]
-    done = np.zeros(b, bool)
-    reasons = ["max_new_tokens"] * b
-
-    def step(tokens_in, total):
-        h = model.model(engine.tensor(tokens_in, device=device), cache,
-                        mask_t[:, :total] if mask_t is not None else None, None)
-        logits = model.lm_head(h[:, -1:])  # (B, 1, V): only the last position
-        return logits.float().numpy()[:, -1]
-
-    t0 = time.perf_counter()
-    logits = step(ids, plen)
-    prefill_ms = (time.perf_counter() - t0) * 1e3
-    t_dec, steps = time.perf_counter(), 0
-    for n in range(max_new_tokens):
-        if n:
-            logits = step(tok[:, None], plen + n)
-            steps += 1
-        tok = next_tokens(logits, seen, temperature, top_k, top_p, repetition_penalty, rng)
-        tok = np.where(done, pad, tok)
-        for i in range(b):
-            if not done[i]:
-                out[i].append(int(tok[i]))
-                seen[i].append(int(tok[i]))
-                if int(tok[i]) in stops:
-                    done[i], reasons[i] = True, "stop_token"
-        if callback is not None:
-            callback([int(t) for t in tok])
-        if done.all():
-            break
-    decode_ms = (time.perf_counter() - t_dec) * 1e3 if steps else 0.0
-    return GenerationResult(out, [len(p) for p in prompts], prefill_ms, decode_ms, steps,
-                            int(pool.stats()["peak_bytes"]), reasons)
 
 
 # ---- tokenizers ------------------------------------------------------------------------------------------

@@ -11,11 +11,20 @@ pool empties its cache and retries once, then raises OutOfMemoryError(requested,
 How a block comes back: the pool wraps each raw block in a `_Lease` and builds the typed array *over
 the lease* (numpy: through `__array_interface__`; cupy: as the owner of an UnownedMemory). Every view
 of that array keeps the lease alive, so a block is reused only once nothing can still read it.
+
+Graph-safe leases (engine.capture): while a CUDA graph is captured, the pool is in private mode for a
+`GraphMemory` owner. Blocks handed out then come from the owner's own free list first, then from the
+pool's cache, then from the device; every block released while capturing (whoever allocated it) goes
+to the owner's list, not back to the pool, because the graph's replays write and read those addresses.
+The owner keeps its blocks until it is released (the captured graph is dropped): only then do they
+return to the pool's cache. Statistics stay exact: blocks a graph holds count as allocated (and are
+reported apart as graph_bytes) until the graph lets them go.
 """
 from __future__ import annotations
 
 import os
 import threading
+import weakref
 from collections import defaultdict
 
 
@@ -92,6 +101,8 @@ class StoragePool:
         self.hits = 0
         self.misses = 0
         self.oom_retries = 0
+        self.private = None  # the GraphMemory capturing now, if any
+        self.graph_bytes = 0  # bytes held by live graphs' private lists (counted in `allocated`)
 
     # ---- public --------------------------------------------------------------------------------
     def alloc(self, nbytes: int):
@@ -103,7 +114,14 @@ class StoragePool:
         nbytes = int(nbytes)
         cls = size_class(nbytes)
         with self._lock:
-            raw = self._free[cls].pop() if self._free[cls] else None
+            raw = None
+            own = self.private
+            if own is not None and own.free[cls]:  # a block this graph already holds
+                raw = own.free[cls].pop()
+                self.graph_bytes -= cls
+                self.allocated -= cls  # counted again below
+            elif self._free[cls]:
+                raw = self._free[cls].pop()
             if raw is not None:
                 self.hits += 1
             else:
@@ -112,7 +130,10 @@ class StoragePool:
             self.allocated += cls
             self.requested += nbytes
             self.peak = max(self.peak, self.allocated)
-        return _Lease(self, raw, cls, nbytes)
+        lease = _Lease(self, raw, cls, nbytes)
+        if own is not None:
+            own.leases.add(lease)
+        return lease
 
     def empty_cache(self) -> int:
         """Give every cached block back to the device; returns the bytes freed."""
@@ -124,7 +145,28 @@ class StoragePool:
             return {"allocated_bytes": self.allocated, "requested_bytes": self.requested,
                     "reserved_bytes": self.reserved, "cached_bytes": self.reserved - self.allocated,
                     "peak_bytes": self.peak, "hits": self.hits, "misses": self.misses,
-                    "oom_retries": self.oom_retries, "limit_bytes": self.limit_bytes}
+                    "oom_retries": self.oom_retries, "limit_bytes": self.limit_bytes,
+                    "graph_bytes": self.graph_bytes}
+
+    # ---- graph-safe leases (see the module docstring) ---------------------------------------------------
+    def begin_private(self, owner: "GraphMemory") -> None:
+        with self._lock:
+            if self.private is not None:
+                raise RuntimeError("the pool is already capturing for another graph (captures do not nest)")
+            self.private = owner
+
+    def end_private(self) -> None:
+        with self._lock:
+            self.private = None
+
+    def _return_private(self, owner: "GraphMemory") -> None:
+        """A graph is gone: its blocks go back to the pool's cache."""
+        with self._lock:
+            for cls, raws in owner.free.items():
+                self._free[cls].extend(raws)
+                self.allocated -= cls * len(raws)
+                self.graph_bytes -= cls * len(raws)
+                raws.clear()
 
     def reset_peak(self) -> None:
         with self._lock:
@@ -164,9 +206,53 @@ class StoragePool:
 
     def _release(self, lease: _Lease) -> None:
         with self._lock:
-            self.allocated -= lease.nbytes
             self.requested -= lease.requested
+            own = self.private
+            if own is not None:  # released while a graph captures: the graph keeps the block
+                own.free[lease.nbytes].append(lease.raw)
+                self.graph_bytes += lease.nbytes
+                return
+            self.allocated -= lease.nbytes
             self._free[lease.nbytes].append(lease.raw)
+
+
+class GraphMemory:
+    """The blocks one captured graph owns (see the module docstring). Blocks still referenced by
+    tensors (the graph's static outputs) come back through the normal release once those tensors die
+    and the graph is gone."""
+
+    def __init__(self, pool: StoragePool):
+        self.pool = pool
+        self.free: dict[int, list] = defaultdict(list)
+        self.leases = weakref.WeakSet()  # blocks handed out while capturing
+        self.pinned: list = []  # those still alive when the capture ended: held while the graph lives
+        self.released = False
+
+    def __enter__(self):
+        self.pool.begin_private(self)
+        return self
+
+    def __exit__(self, *exc):
+        self.pool.end_private()
+        # a block the graph writes must not reach anyone else while the graph can replay, even once
+        # the tensors over it are dropped: hold every lease that outlived the capture
+        self.pinned = list(self.leases)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(cls * len(v) for cls, v in self.free.items())
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.pinned = []
+            self.pool._return_private(self)
+
+    def __del__(self):
+        try:
+            self.release()
+        except Exception:  # interpreter shutdown
+            pass
 
 
 class Storage:

@@ -381,44 +381,11 @@ def format_hf(p: HFPort) -> str:
 
 # ---- `module:factory` targets ---------------------------------------------------------------------------------
 def load_factory(spec: str):
-    """'package.module:factory' or 'path/to/file.py:factory' -> (torch module, example inputs or None).
-
-    The factory returns an nn.Module, or (module, inputs); a module's `example_inputs` attribute
-    (a tuple, or a callable returning one) also gives inputs. Importing the factory's module is also
-    where custom classes get registered (migration.module_map.register)."""
-    import importlib
-    import importlib.util
-    import sys
-    mod_name, sep, attr = spec.partition(":")
-    if not sep or not mod_name or not attr:
-        raise PortError(f"{spec!r}: expected module:factory (e.g. mypkg.nets:make_mlp) or file.py:factory")
+    """'package.module:factory' or 'path/to/file.py:factory' -> (torch module, example inputs or None);
+    impls.sources.load_factory, with its errors as PortError."""
+    from impls.sources import SourceError
+    from impls.sources import load_factory as _load
     try:
-        if mod_name.endswith(".py"):
-            path = Path(mod_name).resolve()
-            s = importlib.util.spec_from_file_location(path.stem, path)
-            if s is None or not path.exists():
-                raise PortError(f"{mod_name}: no such file")
-            module = importlib.util.module_from_spec(s)
-            sys.modules[path.stem] = module
-            s.loader.exec_module(module)
-        else:
-            if "" not in sys.path and "." not in sys.path:
-                sys.path.insert(0, "")
-            module = importlib.import_module(mod_name)
-        factory = getattr(module, attr)
-    except PortError:
-        raise
-    except (ImportError, AttributeError, SyntaxError) as e:
-        raise PortError(f"cannot load {spec}: {type(e).__name__}: {e}") from None
-    out = factory() if callable(factory) else factory
-    inputs = None
-    if isinstance(out, tuple) and len(out) == 2:
-        out, inputs = out
-    import torch
-    if not isinstance(out, torch.nn.Module):
-        raise PortError(f"{spec} returned {type(out).__name__}, not a torch.nn.Module")
-    if inputs is None and hasattr(out, "example_inputs"):
-        inputs = out.example_inputs() if callable(out.example_inputs) else out.example_inputs
-    if inputs is not None and not isinstance(inputs, (tuple, list)):
-        inputs = (inputs,)
-    return out, inputs
+        return _load(spec)
+    except SourceError as e:
+        raise PortError(str(e)) from None

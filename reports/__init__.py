@@ -3,13 +3,16 @@
 Modules
 -------
 results    load asv results directories (one or many machines) into one tidy DataFrame
-units      which way is better per unit; human units (ms, µs, MiB, tokens/s)
-compare    engine vs torch side by side, with a speedup ratio (above 1: engine better)
-plots      PNG charts: speedup bars, tokens/s against a roofline, peak memory
+units      the one table of units and their direction (unknown: an error); human units
+roles      which implementation is the candidate and which are raw-array baselines
+compare    every implementation side by side; the candidate's ratio to the best other and each
+summary    headline per model, verdict per suite, regressions between commits, contradictions
+plots      PNG charts: ratio bars with intervals, tokens/s against a roofline, memory, history
 dashboard  report.md + index.html (+ optional asv publish), used by `taper report`
 stats      asv's Mann-Whitney U rule (asv's own code when importable, an exact copy otherwise)
 drift      compare two `taper verify` parity JSON files layer by layer
 asvrun     run asv in the current checkout or a temporary git worktree of a ref
+gateconfig read and check gate.toml
 gate       the regression gate behind `taper gate`; thresholds come from gate.toml
 
 Running the benchmarks
@@ -50,7 +53,8 @@ should get a new asv machine name.
 Conventions relied on
 ---------------------
 Benchmarks have ``params``/``param_names`` including ``impl`` and ``device``. Times are seconds;
-track_ values carry a ``unit``; a unit ending in ``_per_s`` is higher-is-better everywhere here
-(asv itself calls every value lower-is-better); ``ms_per_token`` is shown as tokens/s; a benchmark
-whose name contains "roofline" is a reference line (tokens/s or ms per token) and is not compared.
+track_ values carry a ``unit`` whose direction is written in units.UNITS (asv itself calls every
+value lower-is-better; a unit not in the table is an error for the gate and has no ratio in the
+dashboard); ``ms_per_token`` is shown as tokens/s; a benchmark whose name contains "roofline" is a
+reference line (tokens/s or ms per token) and is not compared.
 """

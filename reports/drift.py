@@ -6,21 +6,26 @@ A parity report is JSON::
                  "cosine": 0.9999999, "passed": true}, ...],
      "summary": {"max_abs": ..., "max_rel": ..., "cosine": ..., "passed": true, ...}}
 
-Each metric may be missing or null (then it is not compared). A layer, or the summary, is worse
-when HEAD's max_abs exceeds BASE's x max_abs_factor + max_abs_slack (same for max_rel), when its
-cosine falls more than cosine_drop below BASE's, when it passed on BASE and fails on HEAD, or when a
-BASE layer is gone from HEAD (fail_on_missing_layer). Tolerances come from gate.toml's [drift].
+A metric that is absent is not compared. `taper verify` writes a non-finite error (an infinite
+max_abs, a NaN cosine) as null, so null, NaN or infinity in a HEAD metric is always a failure,
+whatever BASE had: an error that is no longer a number cannot pass. A layer, or the summary, is
+also worse when HEAD's max_abs exceeds BASE's x max_abs_factor + max_abs_slack (same for max_rel),
+when its cosine falls more than cosine_drop below BASE's, when it holds more NaN or infinite values
+("nan", "inf" counts) than on BASE, when it passed on BASE and fails on HEAD, or when a BASE layer
+is gone from HEAD (fail_on_missing_layer). Tolerances come from gate.toml's [drift] and the first
+matching [[drift.override]].
 """
 from __future__ import annotations
 
-import fnmatch
 import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
-DRIFT_KEYS = {"max_abs_factor", "max_abs_slack", "max_rel_factor", "max_rel_slack",
-              "cosine_drop", "fail_on_missing_layer"}
+from .gateconfig import DRIFT_KEYS, first_match
+
+METRICS = ("max_abs", "max_rel", "cosine")
+COUNTS = ("nan", "inf")
 
 
 class VerifyFileError(ValueError):
@@ -52,7 +57,7 @@ def load_verify(path) -> dict:
     for i, layer in enumerate(data["layers"]):
         if not isinstance(layer, dict) or not isinstance(layer.get("name"), str):
             raise VerifyFileError(f"{path}: layers[{i}] has no string 'name'")
-        for key in ("max_abs", "max_rel", "cosine"):
+        for key in METRICS + COUNTS:
             v = layer.get(key)
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
                 raise VerifyFileError(
@@ -67,15 +72,11 @@ def load_verify(path) -> dict:
 
 
 def _tolerances(tol: dict, layer: str) -> dict:
-    out = {k: tol[k] for k in DRIFT_KEYS}
-    for override in tol.get("override", []):
-        if fnmatch.fnmatchcase(layer, override["match"]):
-            out.update({k: v for k, v in override.items() if k != "match"})
-    return out
+    return {k: tol[k] for k in DRIFT_KEYS} | first_match(tol.get("override", []), layer)
 
 
-def _number(x):
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and not math.isnan(x)
+def _finite(x):
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def compare_layers(base: dict, head: dict, tol: dict, report: str = "") -> list[Drift]:
@@ -88,12 +89,19 @@ def compare_layers(base: dict, head: dict, tol: dict, report: str = "") -> list[
             if t["fail_on_missing_layer"]:
                 found.append(Drift(report, name, "layer", "present", "missing", "present"))
             continue
+        for metric in METRICS:
+            if metric in h and not _finite(h[metric]):
+                found.append(Drift(report, name, metric, b.get(metric), h[metric], "finite"))
         for metric in ("max_abs", "max_rel"):
-            if _number(b.get(metric)) and _number(h.get(metric)):
+            if _finite(b.get(metric)) and _finite(h.get(metric)):
                 limit = b[metric] * t[f"{metric}_factor"] + t[f"{metric}_slack"]
                 if h[metric] > limit:
                     found.append(Drift(report, name, metric, b[metric], h[metric], limit))
-        if _number(b.get("cosine")) and _number(h.get("cosine")):
+        for count in COUNTS:
+            if _finite(h.get(count)) and h[count] > (b.get(count) or 0):
+                found.append(Drift(report, name, count, b.get(count) or 0, h[count],
+                                   b.get(count) or 0))
+        if _finite(b.get("cosine")) and _finite(h.get("cosine")):
             limit = b["cosine"] - t["cosine_drop"]
             if h["cosine"] < limit:
                 found.append(Drift(report, name, "cosine", b["cosine"], h["cosine"], limit))

@@ -19,6 +19,8 @@ import ast
 import itertools
 import json
 import math
+import os
+import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -52,6 +54,26 @@ def _read_json(path: Path) -> dict:
     return data
 
 
+def write_bytes_atomic(path, data: bytes) -> Path:
+    """Write `data` to `path` through a temp file beside it and a rename: never half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text_atomic(path, text: str) -> Path:
+    return write_bytes_atomic(path, text.encode("utf-8"))
+
+
 def param_value(text):
     """Turn an asv parameter repr ("'cuda'", "4", "None") back into its Python value when it can."""
     try:
@@ -74,11 +96,8 @@ def read_env_sidecar(machine_dir: Path) -> dict:
 
 def write_env_sidecar(results_dir, machine: str, *, card=None, driver=None, clocks=None, cpu=None):
     """Write ``<results_dir>/<machine>/taper-env.json``; returns its path."""
-    path = Path(results_dir) / machine / SIDECAR
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = {"card": card, "driver": driver, "clocks": clocks, "cpu": cpu}
-    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    return path
+    return write_text_atomic(Path(results_dir) / machine / SIDECAR, json.dumps(data, indent=2) + "\n")
 
 
 def _field_list(path, bench, field, value, n):

@@ -1,332 +1,341 @@
-"""LLM decode and prefill: engine models (engine.models) beside transformers eager, same preset shape,
-random weights (N(0, 0.02), norms 1).
+"""LLM decode and prefill through impls/: the engine beside torch eager, torch.compile and ONNX Runtime,
+the same preset shape (engine.models' presets, the one table of model shapes) with random weights.
 
-- decode: one token per step at batch 1 with a KV cache holding a 128-token prompt (the cache is cut
-  back to 128 before each timed step, so every sample sees the same context length);
-- prefill: a 128-token prompt into a fresh cache, logits of the last position only (what generation
-  needs; transformers with logits_to_keep=1).
+- ``Decode``: greedy decode at batch B from a PROMPT-token prompt through each implementation's own
+  loop (engine: engine.generation.Decoder, a captured CUDA graph on a GPU; ``loop="eager"`` runs the
+  engine's same step uncaptured; torch: transformers with a DynamicCache; torch-compile: a StaticCache
+  under torch.compile(mode="reduce-overhead") on CUDA; ONNX Runtime has no decode loop: skipped).
+  An untimed warm-up run compiles or captures first (track_warmup_s); the timed run is N steps.
+  Units: tokens_per_s (per row), ms_per_token, achieved_gb_per_s (weight bytes x steps/s).
+- ``Prefill``: PROMPT tokens to the first token (track_prefill_ms).
+- ``Memory`` (cuda): peak allocator bytes of a LONG-token decode at batch 1 beside the floor of
+  weights + KV cache (track_peak_device_bytes, track_overhead_percent).
 
-asv: classes Decode, Prefill, Memory with params impl x device x dtype x model. An implementation or
-device that is missing is skipped (NotImplementedError in setup); so are 16-bit dtypes on the CPU
-for the non-tiny models (both sides upcast per matmul there; not a configuration anyone runs).
+As a script: every implementation in one process, interleaved round by round (the box may be shared);
+one JSON line per measurement, then the engine's ratio to the best other:
 
-As a script, engine and transformers are timed in the same process, interleaved round by round
-(the box may be shared), and one JSON line per measurement is printed, then the ratios:
-
-    python suites/bench_llm.py --model tinyllama-1.1b --impl engine,torch [--steps 16 --rounds 3]
-    python suites/bench_llm.py --model tinyllama-1.1b --isolate      # one process per implementation
-
-In one process, torch's OpenMP workers busy-wait after each parallel region and take the cores from
-numpy's BLAS threads (seen here: engine decode 12 -> 9 tokens/s, a 13 s first prefill). So the script
-sets OMP_WAIT_POLICY=PASSIVE unless it is set already (torch alone measured the same either way, within
-noise); --isolate instead runs each implementation alone in a child process with library defaults.
+    python -m suites.bench_llm --model llama:llama-2-7b --device cuda --dtype float16 \\
+        --impl engine,torch,torch-compile [--batch 1,8] [--prefill 512] [--memory 4096] [--out FILE]
 """
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
-import platform
 import sys
 import time
-from dataclasses import asdict
 
 import numpy as np
 
-if __package__ in (None, ""):  # run as a script: make `suites` and `engine` importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if __name__ == "__main__":  # before torch is imported (suites.common imports it)
-    USER_OMP_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY")
-    if not os.environ.get("TAPER_BENCH_LLM_CHILD"):  # --isolate children keep the library defaults
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from suites.common import DEVICES, IMPLS, QUICK, get_impl, prepared, reset, sizes
 
-import engine  # noqa: E402
-from engine import models  # noqa: E402
-from suites.common import DEVICES, DTYPES, IMPLS, get_impl, prepared, sizes  # noqa: E402
-
-PROMPT_LEN = 128
-MODELS = sizes(["llama:tiny", "llama:tinyllama-1.1b"], ["llama:tiny"])
+PROMPT = 128
+STEPS = sizes([128], [8])[0]
+PREFILL = {"cpu": 128, "cuda": 512}
+LONG = 4096
+MODELS = sizes(["llama:tiny", "llama:tinyllama-1.1b", "llama:llama-2-7b", "mistral:mistral-7b", "qwen2:qwen2-7b",
+                "gemma:gemma-7b", "phi3:phi-3-mini-4k", "mixtral:mixtral-8x7b"], ["llama:tiny"])
+CPU_MODELS = ("llama:tiny", "llama:tinyllama-1.1b")
+LOOPS = ["default", "eager"]
+BATCHES = [1, 8]
 
 
-# ---- adapters: one LLM interface over each implementation ---------------------------------------------
-class LLM:
-    """build(); prefill() -> next token; decode_step(token) -> next token; reset_decode();
-    memory_stats(). Weights are random; greedy argmax is read on the host after each step."""
-
-    def __init__(self, im, model: str, prompt_len: int = PROMPT_LEN, max_new: int = 64):
-        self.im, self.name = im, model
-        self.model_type, self.preset = models.find_preset(model)
-        cls = models.model_class(self.model_type)
-        self.config = cls.Config.from_dict(dict(cls.PRESETS[self.preset]))
-        self.prompt_len, self.max_new = prompt_len, max_new
-        rng = np.random.default_rng(0)
-        self.prompt = rng.integers(0, self.config.vocab_size, (1, prompt_len))
-        self.weight_bytes = 0
-
-    def memory_stats(self) -> dict:
-        return self.im.memory_stats()
+def check(impl: str, device: str, dtype: str, model: str, batch: int = 1, loop: str = "default") -> None:
+    """NotImplementedError (a skip) for combinations not measured: 7B-class models on the cpu, tiny
+    ones on a GPU (except under TAPER_BENCH_QUICK), 16-bit on the cpu beyond tiny, the eager loop for
+    anything but the engine."""
+    tiny = model.endswith(":tiny")
+    if device == "cpu" and model not in CPU_MODELS:
+        raise NotImplementedError(f"{model} is measured on a GPU")
+    if device == "cuda" and model in CPU_MODELS and not (QUICK and tiny):
+        raise NotImplementedError(f"{model} is measured on the cpu")
+    if device == "cpu" and dtype != "float32" and not tiny:
+        raise NotImplementedError(f"{dtype} on the cpu is only measured for tiny models (16-bit matmuls upcast)")
+    if loop == "eager" and impl != "engine":
+        raise NotImplementedError(f"loop=eager is the engine's uncaptured decode; {impl} has one loop")
+    if batch > 1 and device == "cpu" and not tiny:
+        raise NotImplementedError("batched decode is measured on a GPU")
 
 
-class EngineLLM(LLM):
-    def build(self):
-        self.model = models.from_preset(self.model_type, self.preset, dtype=self.im.edtype, device=self.im.device)
-        self.weight_bytes = sum({id(p): p.nbytes for p in self.model.parameters()}.values())
-        self.cache = self.model.new_cache(1, self.prompt_len + self.max_new)
-        self.ids = engine.tensor(self.prompt, device=self.im.device)
-        return self
-
-    def prefill(self) -> int:
-        self.cache.reset()
-        h = self.model.model(self.ids, self.cache)  # (1, L, hidden)
-        logits = self.model.lm_head(h[:, -1:])  # (1, 1, V): last position only
-        return int(logits.float().numpy().reshape(-1).argmax())
-
-    def reset_decode(self):
-        self.cache.seen = self.prompt_len
-
-    def decode_step(self, token: int) -> int:
-        logits = self.model(engine.tensor([[token]], device=self.im.device), self.cache)
-        return int(logits.float().numpy().reshape(-1).argmax())
+def load(impl: str, device: str, dtype: str, model: str, loop: str = "default"):
+    """The loaded model (memoised per process)."""
+    def build():
+        im = get_impl(impl, device, dtype)
+        kw = {"capture": False} if loop == "eager" else {}
+        return im.load(model, **kw)
+    return prepared(("llm", impl, device, dtype, model, loop), build)
 
 
-class TorchLLM(LLM):
-    def build(self):
-        import torch
-        from transformers import AutoModelForCausalLM
-        from transformers.models.auto.configuration_auto import CONFIG_MAPPING
-        self.torch = torch
-        fields = {k: v for k, v in asdict(self.config).items() if v is not None and k != "model_type"}
-        hf_cfg = CONFIG_MAPPING[self.model_type](**fields)
-        hf_cfg._attn_implementation = "eager"
-        torch.manual_seed(0)
-        with torch.device(self.im.tdevice):  # initialise on the device: a 7B random init on the host takes minutes
-            self.model = AutoModelForCausalLM.from_config(hf_cfg, dtype=self.im.tdtype).eval()
-        self.weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
-        self.ids = torch.as_tensor(self.prompt, device=self.im.tdevice)
-        self.cache = None
-        return self
-
-    def prefill(self) -> int:
-        from transformers import DynamicCache
-        self.cache = DynamicCache(config=self.model.config)
-        with self.torch.inference_mode():
-            out = self.model(self.ids, cache=self.cache, use_cache=True, logits_to_keep=1)
-        return int(out.logits[0, -1].argmax())
-
-    def reset_decode(self):
-        extra = self.cache.get_seq_length() - self.prompt_len
-        if extra:
-            self.cache.crop(-extra)  # transformers 5: a negative count of tokens to drop
-
-    def decode_step(self, token: int) -> int:
-        t = self.torch.tensor([[token]], device=self.im.tdevice)
-        with self.torch.inference_mode():
-            out = self.model(t, cache=self.cache, use_cache=True)
-        return int(out.logits[0, -1].argmax())
+def prompt_ids(vocab: int, batch: int, length: int) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, vocab, (batch, length))
 
 
-LLMS = {"engine": EngineLLM, "torch": TorchLLM}
+# ---- measurements (the asv classes and the script share them) ------------------------------------------------
+def warm_up(lm, batch: int, steps: int = STEPS) -> float:
+    """Untimed runs of the timed loop itself (they compile / capture everything it uses); seconds."""
+    ids = prompt_ids(lm.config["vocab_size"], batch, PROMPT)
+    t0 = time.perf_counter()
+    lm.generate(ids, min(steps, 8))
+    decode_seconds(lm, batch, steps)
+    lm.impl.synchronize()
+    return time.perf_counter() - t0
 
 
-def load_llm(impl: str, device: str, dtype: str, model: str) -> LLM:
-    """The built model for a parameter set (memoised: asv re-runs setup before every timed call)."""
-    im = get_impl(impl, device, dtype)
-    if device == "cpu" and dtype != "float32" and not model.endswith(":tiny"):
-        raise NotImplementedError(f"{dtype} on the cpu is only benchmarked for tiny models (16-bit matmuls "
-                                  "upcast per call on both sides)")
-    return prepared(("llm", impl, device, dtype, model), lambda: LLMS[impl](im, model).build())
+def decode_seconds(lm, batch: int, steps: int = STEPS) -> float:
+    """Seconds per step over `steps` decode steps after a prefill (the host reads no token between)."""
+    ids = prompt_ids(lm.config["vocab_size"], batch, PROMPT)
+    lm.start(ids, steps + 1)
+    lm.impl.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        lm.step()
+    lm.impl.synchronize()
+    dt = (time.perf_counter() - t0) / steps
+    lm.tokens()
+    return dt
 
 
-# ---- asv ------------------------------------------------------------------------------------------------
+def prefill_seconds(lm, length: int) -> float:
+    ids = prompt_ids(lm.config["vocab_size"], 1, length)
+    lm.impl.synchronize()
+    t0 = time.perf_counter()
+    lm.start(ids, 1)
+    lm.impl.synchronize()
+    return time.perf_counter() - t0
+
+
+def kv_bytes(config: dict, batch: int, length: int, itemsize: int) -> int:
+    heads = config.get("num_key_value_heads") or config["num_attention_heads"]
+    hd = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    return 2 * config["num_hidden_layers"] * batch * heads * length * hd * itemsize
+
+
+def memory_peak(lm, length: int = LONG) -> dict:
+    """Peak allocator bytes over a decode to `length` tokens (weights included) and the floor."""
+    im = lm.impl
+    im.reset_peak()
+    before = im.memory_stats().get("allocated_bytes")
+    if before is None:
+        raise NotImplementedError(f"{im.name} keeps no allocator statistics on {im.device}")
+    ids = prompt_ids(lm.config["vocab_size"], 1, PROMPT)
+    lm.generate(ids, length - PROMPT)
+    im.synchronize()
+    peak = im.memory_stats()["peak_bytes"]
+    floor = lm.weight_bytes + kv_bytes(lm.config, 1, length, np.dtype(im.np_dtype).itemsize)
+    return {"peak_bytes": float(peak - before + lm.weight_bytes), "floor_bytes": float(floor)}
+
+
+# ---- asv ----------------------------------------------------------------------------------------------------------
 class Decode:
-    params = (IMPLS, DEVICES, DTYPES, MODELS)
-    param_names = ["impl", "device", "dtype", "model"]
-    number = 1
-    repeat = (3, 10, 60.0)
-    warmup_time = 0.0
-    timeout = 900
+    params = (IMPLS, DEVICES, ["float16", "bfloat16", "float32"], MODELS, BATCHES, LOOPS)
+    param_names = ["impl", "device", "dtype", "model", "batch", "loop"]
+    timeout = 1800
 
-    def setup(self, impl, device, dtype, model):
-        self.llm = load_llm(impl, device, dtype, model)
-        self.token = self.llm.prefill()
+    def setup(self, impl, device, dtype, model, batch, loop):
+        check(impl, device, dtype, model, batch, loop)
+        self.lm = load(impl, device, dtype, model, loop)
+        self.warmup = prepared(("llm-warm", impl, device, dtype, model, loop, batch),
+                               lambda: warm_up(self.lm, batch))
+        self.s = prepared(("llm-decode", impl, device, dtype, model, loop, batch),
+                          lambda: float(np.median([decode_seconds(self.lm, batch) for _ in range(3)])))
 
-    def time_decode_step(self, impl, device, dtype, model):
-        self.llm.reset_decode()
-        self.llm.decode_step(self.token)
+    def track_tokens_per_s(self, impl, device, dtype, model, batch, loop):
+        return 1.0 / self.s
+    track_tokens_per_s.unit = "tokens_per_s"
 
-    def track_ms_per_token(self, impl, device, dtype, model):
-        times = []
-        for _ in range(8):
-            self.llm.reset_decode()
-            t0 = time.perf_counter()
-            self.llm.decode_step(self.token)
-            times.append(time.perf_counter() - t0)
-        return float(np.median(times) * 1e3)
-
+    def track_ms_per_token(self, impl, device, dtype, model, batch, loop):
+        return self.s * 1e3
     track_ms_per_token.unit = "ms_per_token"
+
+    def track_achieved_gb_per_s(self, impl, device, dtype, model, batch, loop):
+        return self.lm.weight_bytes / self.s / 1e9
+    track_achieved_gb_per_s.unit = "gb_per_s"
+
+    def track_warmup_s(self, impl, device, dtype, model, batch, loop):
+        """Compile or capture time of the first run (kept apart from the timed steps)."""
+        return self.warmup
+    track_warmup_s.unit = "s"
 
 
 class Prefill:
-    params = (IMPLS, DEVICES, DTYPES, MODELS)
+    params = (IMPLS, DEVICES, ["float16", "bfloat16", "float32"], MODELS)
     param_names = ["impl", "device", "dtype", "model"]
-    number = 1
-    repeat = (2, 5, 60.0)
-    warmup_time = 0.0
-    timeout = 900
+    timeout = 1800
 
     def setup(self, impl, device, dtype, model):
-        self.llm = load_llm(impl, device, dtype, model)
-        self.llm.prefill()  # warm-up
+        check(impl, device, dtype, model)
+        self.lm = load(impl, device, dtype, model)
+        self.n = PREFILL[device] if not QUICK else 16
+        if impl == "onnxruntime":  # ONNX Runtime runs the prompt's logits (it has no cache): the same work
+            self.run = lambda: self.lm.logits(prompt_ids(self.lm.config["vocab_size"], 1, self.n))
+        else:
+            self.run = lambda: prefill_seconds(self.lm, self.n)
+        self.run()  # warm-up (compilation, export)
 
-    def time_prefill_128(self, impl, device, dtype, model):
-        self.llm.prefill()
+    def track_prefill_ms(self, impl, device, dtype, model):
+        ts = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            self.run()
+            self.lm.impl.synchronize()
+            ts.append(time.perf_counter() - t0)
+        return float(np.median(ts) * 1e3)
+    track_prefill_ms.unit = "ms"
 
 
 class Memory:
-    params = (IMPLS, DEVICES, DTYPES, MODELS)
+    params = (IMPLS, ["cuda"], ["float16"], MODELS)
     param_names = ["impl", "device", "dtype", "model"]
-    timeout = 900
+    timeout = 1800
 
     def setup(self, impl, device, dtype, model):
-        self.llm = load_llm(impl, device, dtype, model)
-        if self.llm.memory_stats().get("peak_bytes") is None and self.llm.memory_stats().get("allocated_bytes") is None:
-            raise NotImplementedError(f"{impl} keeps no allocator statistics on {device}")
+        check(impl, device, dtype, model)
+        self.lm = load(impl, device, dtype, model)
+        self.m = prepared(("llm-mem", impl, device, dtype, model), lambda: memory_peak(self.lm, LONG if not QUICK else 64))
 
-    def track_peak_bytes(self, impl, device, dtype, model):
-        """Peak allocator bytes over a 128-token prefill and 16 decode steps, weights included."""
-        im = self.llm.im
-        im.reset_peak()
-        before = im.memory_stats()["allocated_bytes"] or 0
-        tok = self.llm.prefill()
-        for _ in range(16):
-            tok = self.llm.decode_step(tok)
-        peak = im.memory_stats()["peak_bytes"]
-        # zero-copy (mmapped or host-made) weights are not pool allocations: count them explicitly
-        return float(peak - before + self.llm.weight_bytes)
+    def track_peak_device_bytes(self, impl, device, dtype, model):
+        return self.m["peak_bytes"]
+    track_peak_device_bytes.unit = "bytes"
 
-    track_peak_bytes.unit = "bytes"
+    def track_overhead_percent(self, impl, device, dtype, model):
+        """Peak over the floor of weights + KV cache, in percent (lower is better)."""
+        return 100.0 * (self.m["peak_bytes"] / self.m["floor_bytes"] - 1.0)
+    track_overhead_percent.unit = "percent_over_floor"
 
 
-# ---- script ------------------------------------------------------------------------------------------------
-def _machine() -> dict:
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return {"machine": platform.node(), "cpu": cpu, "cores": os.cpu_count()}
+# ---- script ----------------------------------------------------------------------------------------------------
+def copy_gb_per_s(device: str) -> float | None:
+    """Device-to-device copy of 2 GiB, bytes read + written per second (the decode roofline's ceiling)."""
+    if device != "cuda":
+        return None
+    import cupy
+    n = 1 << 30
+    a, b = cupy.empty(n, cupy.uint8), cupy.empty(n, cupy.uint8)
+    b[...] = a
+    s, e = cupy.cuda.Event(), cupy.cuda.Event()
+    s.record()
+    for _ in range(10):
+        b[...] = a
+    e.record()
+    e.synchronize()
+    ms = cupy.cuda.get_elapsed_time(s, e) / 10
+    del a, b
+    return 2 * n / (ms / 1e3) / 1e9
+
+
+def _env(device: str) -> dict:
+    from reports.envinfo import cpu_name, gpu_info
+    out = {"cpu": cpu_name(), "cores": os.cpu_count()}
+    if device == "cuda":
+        g = gpu_info() or {}
+        out.update(card=g.get("card") or g.get("name"), driver=g.get("driver"))
+    return out
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="tinyllama-1.1b", help="preset name (unique) or model_type:preset")
-    p.add_argument("--impl", default="engine,torch")
+    p.add_argument("--model", default="llama:tinyllama-1.1b", help="a preset, model_type:preset")
+    p.add_argument("--impl", default="engine,torch,torch-compile")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32")
-    p.add_argument("--prompt-len", type=int, default=PROMPT_LEN)
-    p.add_argument("--steps", type=int, default=16, help="decode steps per round")
-    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (one prefill + steps each)")
-    p.add_argument("--isolate", action="store_true",
-                   help="time each implementation alone in a child process (library defaults)")
+    p.add_argument("--batch", default="1", help="comma-separated batch sizes")
+    p.add_argument("--steps", type=int, default=STEPS)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--eager", action="store_true", help="also the engine's uncaptured decode (loop=eager)")
+    p.add_argument("--prefill", type=int, default=0, help="also time a prefill of this many tokens")
+    p.add_argument("--memory", type=int, default=0, help="also the peak memory of a decode to this length")
+    p.add_argument("--sequential", action="store_true",
+                   help="one implementation at a time, freed before the next (models too big for two copies)")
+    p.add_argument("--out", help="append the JSON lines to this file too")
     a = p.parse_args(argv)
-    mt, preset = models.find_preset(a.model)
-    name = f"{mt}:{preset}"
-    impls = [s for s in a.impl.split(",") if s]
-    import torch
-    base = {"model": name, "device": a.device, "dtype": a.dtype, **_machine(),
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "torch_threads": torch.get_num_threads(),
-            "mode": "isolated" if a.isolate else "interleaved"}
+    variants = [(i, "default") for i in a.impl.split(",") if i] + ([("engine", "eager")] if a.eager else [])
+    base = {"model": a.model, "device": a.device, "dtype": a.dtype, **_env(a.device)}
+    out = open(a.out, "a") if a.out else None
 
     def emit(**kw):
-        print(json.dumps({**base, **kw}), flush=True)
+        line = json.dumps({**base, **kw})
+        print(line, flush=True)
+        if out:
+            out.write(line + "\n")
+            out.flush()
 
-    if a.isolate:
-        return _isolated(a, argv, impls, emit)
-    llms = {}
+    bw = copy_gb_per_s(a.device)
+    if bw:
+        emit(metric="copy_gb_per_s", value=round(bw, 1))
 
-    for impl in impls:
-        try:
-            t0 = time.perf_counter()
-            llms[impl] = LLMS[impl](get_impl(impl, a.device, a.dtype), name, a.prompt_len, a.steps + 1).build()
-            emit(impl=impl, metric="build_s", value=round(time.perf_counter() - t0, 2),
-                 weight_bytes=llms[impl].weight_bytes)
-        except NotImplementedError as e:
-            emit(impl=impl, metric="skipped", reason=str(e))
-    prefill = {k: [] for k in llms}
-    decode = {k: [] for k in llms}
-    for k, llm in llms.items():  # warm-up, reported apart
-        t0 = time.perf_counter()
-        tok = llm.prefill()
-        llm.decode_step(tok)
-        emit(impl=k, metric="warmup_s", value=round(time.perf_counter() - t0, 3))
-    for _ in range(a.rounds):
-        for k, llm in llms.items():
-            t0 = time.perf_counter()
-            tok = llm.prefill()
-            prefill[k].append(time.perf_counter() - t0)
-            for _ in range(a.steps):
-                t0 = time.perf_counter()
-                tok = llm.decode_step(tok)
-                decode[k].append(time.perf_counter() - t0)
+    def label(impl, loop):
+        return impl if loop == "default" else f"{impl}-{loop}"
+
+    def measure(group):
+        lms = {}
+        for impl, loop in group:
+            for batch in map(int, a.batch.split(",")):
+                try:
+                    check(impl, a.device, a.dtype, a.model, batch, loop)
+                    t0 = time.perf_counter()
+                    lm = load(impl, a.device, a.dtype, a.model, loop)
+                    if (impl, loop) not in {k[:2] for k in lms}:
+                        emit(impl=label(impl, loop), metric="load_s", value=round(time.perf_counter() - t0, 2),
+                             weight_bytes=lm.weight_bytes)
+                    emit(impl=label(impl, loop), batch=batch, metric="warmup_s", value=round(warm_up(lm, batch), 2))
+                    lms[(impl, loop, batch)] = lm
+                except NotImplementedError as e:
+                    emit(impl=label(impl, loop), batch=batch, metric="skipped", reason=str(e)[:300])
+        samples = {k: [] for k in lms}
+        for _ in range(a.rounds):
+            for k, lm in lms.items():
+                samples[k].append(decode_seconds(lm, k[2], a.steps))
+        res = {}
+        for (impl, loop, batch), lm in lms.items():
+            s = float(np.median(samples[(impl, loop, batch)]))
+            res[(label(impl, loop), batch)] = 1 / s
+            extra = {"roofline_tokens_per_s": round(bw * 1e9 / lm.weight_bytes, 1)} if bw else {}
+            emit(impl=label(impl, loop), batch=batch, metric="decode_tokens_per_s", value=round(1 / s, 2),
+                 best=round(1 / min(samples[(impl, loop, batch)]), 2), ms_per_token=round(s * 1e3, 3),
+                 achieved_gb_per_s=round(lm.weight_bytes / s / 1e9, 1), steps=a.steps, rounds=a.rounds,
+                 context=f"{PROMPT}..{PROMPT + a.steps}", **extra)
+        if a.prefill:
+            for (impl, loop, batch), lm in lms.items():
+                if batch != 1 or loop != "default":
+                    continue
+                try:
+                    if impl == "onnxruntime":
+                        raise NotImplementedError("onnxruntime: see Prefill")
+                    prefill_seconds(lm, a.prefill)
+                    ts = [prefill_seconds(lm, a.prefill) for _ in range(3)]
+                    emit(impl=impl, metric="prefill_ms", value=round(float(np.median(ts)) * 1e3, 2), tokens=a.prefill)
+                except NotImplementedError as e:
+                    emit(impl=impl, metric="prefill_ms", skipped=str(e)[:300])
+        if a.memory:
+            for (impl, loop, batch), lm in lms.items():
+                if batch != 1 or loop != "default":
+                    continue
+                try:
+                    m = memory_peak(lm, a.memory)
+                    emit(impl=impl, metric="peak_device_bytes", value=int(m["peak_bytes"]),
+                         floor_bytes=int(m["floor_bytes"]), over_floor_percent=round(100 * (m["peak_bytes"] /
+                                                                                          m["floor_bytes"] - 1), 3),
+                         tokens=a.memory)
+                except NotImplementedError as e:
+                    emit(impl=impl, metric="peak_device_bytes", skipped=str(e)[:300])
+        return res
+
     res = {}
-    for k, llm in llms.items():
-        ms_tok = float(np.median(decode[k]) * 1e3)
-        tps = 1e3 / ms_tok
-        pre = float(np.median(prefill[k]) * 1e3)
-        res[k] = (tps, pre, float(np.min(prefill[k]) * 1e3), 1e3 / float(np.min(decode[k]) * 1e3))
-        emit(impl=k, metric="decode_tokens_per_s", value=round(tps, 3), ms_per_token=round(ms_tok, 2),
-             best_tokens_per_s=round(res[k][3], 3),
-             achieved_gb_per_s=round(llm.weight_bytes * tps / 1e9, 2), batch=1, steps=len(decode[k]),
-             context=f"{a.prompt_len}..{a.prompt_len + a.steps}")
-        emit(impl=k, metric="prefill_ms", value=round(pre, 1), min_ms=round(res[k][2], 1), tokens=a.prompt_len,
-             samples=len(prefill[k]))
-        stats = llm.memory_stats()
-        if stats.get("peak_bytes") is not None:
-            emit(impl=k, metric="peak_bytes", value=int(stats["peak_bytes"]) + llm.weight_bytes,
-                 source=stats.get("source"), note="allocator peak over the run plus weight bytes")
-    _ratios(res, emit)
-    return 0
-
-
-def _ratios(res: dict, emit) -> None:
-    """Medians are the headline; the ratio of the best samples is printed beside (a shared box adds
-    noise that only ever slows a sample down)."""
-    if "engine" in res and "torch" in res:
-        e, t = res["engine"], res["torch"]
-        emit(impl="engine/torch", metric="decode_tokens_per_s_ratio", value=round(e[0] / t[0], 3),
-             best_ratio=round(e[3] / t[3], 3) if len(e) > 3 else None)
-        emit(impl="engine/torch", metric="prefill_ms_ratio", value=round(e[1] / t[1], 3),
-             best_ratio=round(e[2] / t[2], 3) if len(e) > 2 else None)
-
-
-def _isolated(a, argv, impls, emit) -> int:
-    """Each implementation in its own process, one after the other; ratios from their lines."""
-    import subprocess
-    env = dict(os.environ)
-    if USER_OMP_WAIT_POLICY is None:
-        env.pop("OMP_WAIT_POLICY", None)
-    env["TAPER_BENCH_LLM_CHILD"] = "1"
-    args = [x for x in (argv if argv is not None else sys.argv[1:]) if x != "--isolate"]
-    res = {}
-    for impl in impls:
-        i = args.index("--impl") if "--impl" in args else None
-        child = (args[:i] + args[i + 2:] if i is not None else args) + ["--impl", impl]
-        out = subprocess.run([sys.executable, os.path.abspath(__file__), *child], env=env, capture_output=True,
-                             text=True)
-        vals, extra = {}, {}
-        for line in out.stdout.splitlines():
-            rec = json.loads(line)
-            rec["mode"] = "isolated"
-            print(json.dumps(rec), flush=True)
-            vals[rec["metric"]] = rec.get("value")
-            extra.update({(rec["metric"], k): v for k, v in rec.items()})
-        if out.returncode:
-            emit(impl=impl, metric="failed", reason=out.stderr[-2000:])
-        elif "decode_tokens_per_s" in vals:
-            res[impl] = (vals["decode_tokens_per_s"], vals["prefill_ms"], extra[("prefill_ms", "min_ms")],
-                         extra[("decode_tokens_per_s", "best_tokens_per_s")])
-    _ratios(res, lambda **kw: emit(**kw, omp_wait_policy="each child: library default"))
+    for group in ([[v] for v in variants] if a.sequential else [variants]):
+        res.update(measure(group))
+        if a.sequential:
+            reset()
+            gc.collect()
+    for batch in map(int, a.batch.split(",")):
+        e = res.get(("engine", batch))
+        others = {k: v for (k, b), v in res.items() if b == batch and not k.startswith("engine")}
+        if e and others:
+            best = max(others, key=others.get)
+            emit(impl="engine", batch=batch, metric="ratio_to_best_other", value=round(e / others[best], 3),
+                 best_other=best, **{f"vs_{k}": round(e / v, 3) for k, v in others.items()})
+    if out:
+        out.close()
     return 0
 
 

@@ -50,7 +50,7 @@ class ModelLoad:
         _cpu_16bit_skip(device, dtype, model)
         im = get_impl(impl, device, dtype)
         path = dirs[f"{model}/{dtype}"]
-        self.run = im.build(im.load_model, path)
+        self.run = im.build(im.load, path)
         # one untimed load per process first: lazy imports (transformers' model code) are not load time
         prepared(("model-load-warmup", impl, device, dtype, model), lambda: self.run() is None)
         warm_page_cache([os.path.join(path, f) for f in os.listdir(path)])
@@ -68,27 +68,24 @@ class DecodeUtilization:
         if device != "cuda":
             raise NotImplementedError("GPU utilisation needs a GPU")
         from reports.envinfo import UtilizationSampler
-        from suites.bench_llm import load_llm
+        from suites.bench_llm import check, load, prompt_ids
+        check(impl, device, dtype, model)
         probe = UtilizationSampler()
         with probe:
             pass
         if probe.error:
             raise NotImplementedError(probe.error)
         self.sampler_cls = UtilizationSampler
-        self.llm = load_llm(impl, device, dtype, model)
-        self.token = self.llm.prefill()
+        self.lm = load(impl, device, dtype, model)
+        self.ids = prompt_ids(self.lm.config["vocab_size"], 1, 128)
+        self.lm.generate(self.ids, 8)  # compile / capture first
 
     def track_gpu_utilization_percent(self, impl, device, dtype, model):
-        llm, tok = self.llm, self.token
-        llm.reset_decode()
-        steps = 0
+        lm = self.lm
         with self.sampler_cls(interval_s=0.05) as u:
             t_end = time.perf_counter() + 3.0
             while time.perf_counter() < t_end:
-                tok = llm.decode_step(tok)
-                steps += 1
-                if steps % (llm.max_new - 1) == 0:
-                    llm.reset_decode()
+                lm.generate(self.ids, 64)
         return u.mean
 
-    track_gpu_utilization_percent.unit = "percent"
+    track_gpu_utilization_percent.unit = "utilization_percent"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
-import ml_dtypes
-import numpy as np
+import impls
+from impls.base import NP_DTYPES  # noqa: F401  (the one name -> numpy dtype table of the suites)
 
 try:  # guarded: the suites run (engine rows only) without torch
     import torch
@@ -19,13 +19,11 @@ def _flag(name: str) -> bool:
 
 QUICK = _flag("TAPER_BENCH_QUICK")
 
-IMPLS = ["engine", "torch"]  # the contenders; reports pair these two
-RAW_IMPLS = ["numpy", "cupy"]  # the arrays under the engine, for its overhead
+IMPLS = list(impls.MODEL_IMPLS)  # the candidate and the alternatives a user would pick
+RAW_IMPLS = list(impls.RAW)  # the arrays under the engine, for its overhead
 ALL_IMPLS = IMPLS + RAW_IMPLS
-DEVICES = ["cpu", "cuda"]
-DTYPES = ["float32", "float16", "bfloat16"]
-NP_DTYPES = {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16),
-             "bfloat16": np.dtype(ml_dtypes.bfloat16)}
+DEVICES = list(impls.DEVICES)
+DTYPES = list(impls.DTYPES)
 MIB = 1 << 20
 
 

@@ -9,48 +9,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from impls.base import CudaEvents, WallEvents
 from suites.config import QUICK
 
 if TYPE_CHECKING:
-    from suites.common import Impl
+    from impls.base import Impl
 
 
-class _WallEvents:
-    """perf_counter pairs, for the cpu."""
-
-    def start(self):
-        self._t0 = time.perf_counter()
-
-    def stop(self) -> float:
-        return time.perf_counter() - self._t0
-
-
-class _CudaEvents:
-    """CUDA events recorded on the stream the implementation uses; stop() waits and returns seconds."""
-
-    def __init__(self, make_event, stream=None):
-        self._make, self._stream = make_event, stream
-
-    def start(self):
-        self._a, self._b = self._make(), self._make()
-        self._record(self._a)
-
-    def _record(self, ev):
-        if self._stream is None:
-            ev.record()
-        else:
-            ev.record(self._stream)
-
-    def stop(self) -> float:
-        self._record(self._b)
-        self._b.synchronize()
-        return self._a_elapsed()
-
-    def _a_elapsed(self) -> float:
-        if hasattr(self._a, "elapsed_time"):  # torch.cuda.Event: ms
-            return self._a.elapsed_time(self._b) / 1e3
-        import cupy  # cupy.cuda.Event: module-level get_elapsed_time, ms
-        return cupy.cuda.get_elapsed_time(self._a, self._b) / 1e3
+_WallEvents, _CudaEvents = WallEvents, CudaEvents
 
 
 @dataclass

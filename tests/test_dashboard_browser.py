@@ -1,7 +1,9 @@
-"""The HTML dashboard in a real headless Chromium: it renders, every chart image loads, and the
-console stays free of errors. Chromium is driven through the DevTools protocol over
---remote-debugging-pipe (file descriptors 3 and 4, NUL-separated JSON), so no extra package is
-needed. A page with a deleted chart proves the checks can fail.
+"""The HTML dashboard in a real headless Chromium at 1280 x 900 px: it renders, the summary's
+headline row is on the first screen (checked in the DOM and in the screenshot's pixels), nothing
+overflows horizontally, every chart image loads, and the console stays free of errors. Chromium is
+driven through the DevTools protocol over --remote-debugging-pipe (file descriptors 3 and 4,
+NUL-separated JSON), so no extra package is needed. A page with a deleted chart and a page made
+too wide prove the checks can fail.
 """
 import base64
 import fcntl
@@ -9,7 +11,6 @@ import json
 import os
 import select
 import shutil
-import struct
 import subprocess
 import time
 from pathlib import Path
@@ -25,19 +26,31 @@ pytest.importorskip("pandas")
 pytest.importorskip("matplotlib")
 
 from reports.dashboard import build_report  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
 from helpers import asv_tiny_harness as harness  # noqa: E402
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--remote-debugging-pipe"]
-PROBE = """JSON.stringify({
-  title: document.title,
-  sections: [...document.querySelectorAll('h2')].map(h => h.textContent),
-  rows: document.querySelectorAll('tbody tr').length,
-  images: [...document.images].map(i => ({src: i.getAttribute('src'), width: i.naturalWidth,
-                                           complete: i.complete})),
-  links: [...document.links].map(a => a.getAttribute('href')),
-})"""
+VIEW = {"width": 1280, "height": 900}
+PROBE = """(() => {
+  const row = document.querySelector('#summary table tbody tr');
+  const box = row ? row.getBoundingClientRect() : null;
+  const cell = row ? row.cells[row.cells.length - 1].getBoundingClientRect() : null;
+  const hit = cell ? document.elementFromPoint(cell.x + 4, cell.y + cell.height / 2) : null;
+  return JSON.stringify({
+    title: document.title,
+    sections: [...document.querySelectorAll('h2')].map(h => h.textContent),
+    rows: document.querySelectorAll('tbody tr').length,
+    images: [...document.images].map(i => ({src: i.getAttribute('src'), width: i.naturalWidth,
+                                             complete: i.complete})),
+    links: [...document.links].map(a => a.getAttribute('href')),
+    scrollWidth: document.documentElement.scrollWidth, innerWidth: window.innerWidth,
+    headline: row ? {text: row.innerText, top: box.top, bottom: box.bottom, left: box.left,
+                     right: box.right, visible: !!hit && row.contains(hit)} : null,
+  });
+})()"""
 
 
 class Browser:
@@ -119,6 +132,8 @@ def load_page(path, tmp_path):
             "sessionId"]
         for domain in ("Page", "Runtime", "Log"):
             browser.call(f"{domain}.enable", session=session)
+        browser.call("Emulation.setDeviceMetricsOverride", dict(VIEW, deviceScaleFactor=1,
+                                                                 mobile=False), session=session)
         browser.call("Page.navigate", {"url": path.resolve().as_uri()}, session=session)
         browser.wait_for("Page.loadEventFired")
         probe = browser.call("Runtime.evaluate", {"expression": PROBE, "returnByValue": True},
@@ -149,26 +164,57 @@ def report(tmp_path_factory):
     return out
 
 
+def headline_in_pixels(screenshot, box) -> int:
+    """Dark (text) pixels of the screenshot inside the headline row's box."""
+    from matplotlib.image import imread
+
+    img = imread(screenshot)[..., :3]
+    assert img.shape[1] == VIEW["width"]
+    y0, y1 = int(box["top"]), int(min(box["bottom"], img.shape[0]))
+    x0, x1 = int(box["left"]), int(box["right"])
+    return int((img[y0:y1, x0:x1].mean(axis=2) < 0.4).sum())
+
+
+def check_page(page, errors, screenshot):
+    assert page["title"] == "Taper benchmark report"
+    assert page["scrollWidth"] <= page["innerWidth"] == VIEW["width"], "horizontal overflow"
+    head = page["headline"]
+    assert head and head["visible"], "the summary's first row is hidden"
+    assert 0 < head["top"] and head["bottom"] < VIEW["height"], "headline below the first screen"
+    assert "tokens/s" in head["text"] and "x vs torch" in head["text"]
+    assert headline_in_pixels(screenshot, head) > 200  # its text is really drawn there
+    assert errors == []
+
+
 def test_dashboard_renders_with_all_charts_and_no_errors(report, tmp_path):
     page, errors, screenshot = load_page(report / "index.html", tmp_path)
-    assert page["title"] == "Taper benchmark report"
-    assert page["sections"] == ["tiny-cpu", "tiny-gpu"]
-    assert page["rows"] == 12  # 6 engine/torch pairs per machine
-    assert len(page["images"]) == 6
+    check_page(page, errors, screenshot)
+    assert page["sections"] == ["Summary", "tiny-cpu", "tiny-gpu"]
+    assert len(page["images"]) == 6  # per machine: ratio bars of its one suite, tokens, memory
     for img in page["images"]:
         assert img["complete"] and img["width"] > 0, f"chart {img['src']} did not load"
     assert "asv/index.html" in page["links"]
-    assert errors == []
-    width, height = struct.unpack(">II", screenshot.read_bytes()[16:24])
-    assert width > 300 and height > 300
+    assert "asv/index.html#bench_tiny.Ops.time_matmul" in page["links"]
 
 
-def test_a_missing_chart_is_detected(report, tmp_path):
+def test_the_committed_dashboard(tmp_path):
+    page, errors, screenshot = load_page(ROOT / "measurements" / "report" / "index.html",
+                                         tmp_path)
+    check_page(page, errors, screenshot)
+    assert {"cpu-2core", "h100"} <= set(page["sections"])
+    assert all(img["complete"] and img["width"] > 0 for img in page["images"])
+
+
+def test_a_missing_chart_and_an_overflow_are_detected(report, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(report, broken)
-    (broken / "speedup_tiny-gpu.png").unlink()
+    (broken / "ratio_tiny-gpu_bench_tiny.png").unlink()
     page, errors, _ = load_page(broken / "index.html", tmp_path)
     widths = {img["src"]: img["width"] for img in page["images"]}
-    assert widths["speedup_tiny-gpu.png"] == 0
-    assert all(w > 0 for src, w in widths.items() if src != "speedup_tiny-gpu.png")
-    assert any("speedup_tiny-gpu.png" in e or "ERR_FILE_NOT_FOUND" in e for e in errors)
+    assert widths["ratio_tiny-gpu_bench_tiny.png"] == 0
+    assert all(w > 0 for src, w in widths.items() if src != "ratio_tiny-gpu_bench_tiny.png")
+    assert any("ratio_tiny-gpu_bench_tiny.png" in e or "ERR_FILE_NOT_FOUND" in e for e in errors)
+    wide = broken / "index.html"
+    wide.write_text(wide.read_text().replace("</body>", '<div style="width:1500px">x</div></body>'))
+    page, _, _ = load_page(wide, tmp_path)
+    assert page["scrollWidth"] > VIEW["width"]

@@ -1,5 +1,5 @@
 """The import direction of DESIGN.md: engine imports nothing from the other packages and never torch;
-migration never imports suites or reports.
+migration never imports suites or reports; reports reads result files and imports none of them.
 
 Every .py file is parsed (ast), so imports inside functions and importlib/__import__ calls with a
 literal name count too; a subprocess then imports every engine module and checks sys.modules.
@@ -18,6 +18,8 @@ TORCH_LIKE = {"torch", "torchvision", "torchaudio", "transformers", "diffusers",
 RULES = {
     "engine": TORCH_LIKE | {"migration", "suites", "reports", "taper"},
     "migration": {"suites", "reports", "taper"},
+    "impls": {"migration", "suites", "reports", "taper"},
+    "reports": TORCH_LIKE | {"engine", "migration", "suites", "impls", "taper"},  # result files only
 }
 
 

@@ -1,4 +1,5 @@
-"""reports/: loading real asv output, engine vs torch tables, charts, report.md and index.html.
+"""reports/: loading real asv output, units, implementations side by side, the summary, charts,
+report.md and index.html.
 
 The data comes from real `asv run` invocations of tests/data/asv_tiny (see its harness.py), made
 once per session: tiny-cpu (torch/engine time 1.5x, tokens/s 2x, peak device bytes 1.5x) and a
@@ -8,7 +9,6 @@ import json
 import math
 import shutil
 import struct
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,11 +17,13 @@ pytest.importorskip("asv")
 pytest.importorskip("pandas")
 pytest.importorskip("matplotlib")
 
-from reports import plots  # noqa: E402
-from reports.compare import compare, display_table, to_markdown  # noqa: E402
-from reports.dashboard import build_report  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from reports import plots, summary  # noqa: E402
+from reports.compare import compare, display_table, wide  # noqa: E402
+from reports.dashboard import PublishSetupError, build_report  # noqa: E402
 from reports.results import ResultsError, latest, load_results, write_env_sidecar  # noqa: E402
-from reports.units import higher_is_better, human  # noqa: E402
+from reports.units import UnitError, higher_is_better, human, worse_by  # noqa: E402
 from helpers import asv_tiny_harness as harness  # noqa: E402
 
 BENCHES = {"bench_tiny.Ops.time_matmul", "bench_tiny.Ops.peakmem_alloc",
@@ -168,7 +170,26 @@ def test_units():
     assert human(0.00425 * 1000, "seconds") == "4.25 s" and human(4250e-6, "seconds") == "4.25 ms"
     assert human(float("nan"), "seconds") == "—"
     assert higher_is_better("tokens_per_s") and higher_is_better("achieved_gb_per_s")
+    assert higher_is_better("utilization_percent") and higher_is_better("gb_per_s")
     assert not higher_is_better("ms_per_token") and not higher_is_better("seconds")
+    assert not higher_is_better("ms") and not higher_is_better("bytes")
+
+
+@pytest.mark.parametrize("unit", ["percent", "unit", "things_per_s", "", None])
+def test_a_unit_without_direction_is_an_error(unit):
+    with pytest.raises(UnitError, match="has no direction"):
+        higher_is_better(unit)
+
+
+@pytest.mark.parametrize("base, head, unit, worse", [
+    (2.0, 3.0, "seconds", 1.5), (3.0, 2.0, "tokens_per_s", 1.5), (92, 40, "utilization_percent",
+                                                                   2.3),
+    (0.0, 0.0, "ms", 1.0), (0.0, 1.0, "ms", math.inf), (5.0, 0.0, "tokens_per_s", math.inf),
+    (0.0, 5.0, "tokens_per_s", 0.0), (1.0, -1.0, "bytes", math.nan), (math.nan, 1.0, "s", math.nan),
+])
+def test_worse_by(base, head, unit, worse):
+    got = worse_by(base, head, unit)
+    assert (math.isnan(got) and math.isnan(worse)) or got == pytest.approx(worse)
 
 
 def test_compare_pairs_engine_with_torch(base):
@@ -181,30 +202,75 @@ def test_compare_pairs_engine_with_torch(base):
         assert 1.3 < ratios[("Ops.time_matmul", dtype)] < 1.6  # sleeps of 3 ms vs 2 ms
         assert ratios[("Ops.peakmem_alloc", dtype)] > 1.0  # 8 MiB vs 32 MiB buffers
     assert set(table["device"]) == {"cpu"}  # cuda was skipped on both sides
-
     shown = display_table(table)
     row = shown[shown["benchmark"] == "Decode.track_ms_per_token"].iloc[0]
     assert (row["engine"], row["torch"], row["speedup"]) == ("50 tokens/s", "25 tokens/s", "2.00x")
-    row = shown[shown["benchmark"] == "Decode.track_peak_device_bytes"].iloc[0]
-    assert (row["engine"], row["torch"]) == ("64 MiB", "96 MiB")
-    assert shown.loc[shown["benchmark"] == "Ops.time_matmul", "engine"].str.endswith(" ms").all()
-    md = to_markdown(shown)
-    header = [c.strip() for c in md.splitlines()[0].strip("|").split("|")]
-    assert header[0] == "benchmark" and header[-3:] == ["engine", "torch", "speedup"]
-    assert set(header[1:-3]) == {"device", "dtype", "model", "batch"}
     assert set(shown["batch"]) == {1, ""}  # an int parameter stays an int (not 1.0)
-    assert len(md.splitlines()) == 2 + len(shown)
 
 
-def test_compare_needs_an_impl_parameter(base):
-    with pytest.raises(ValueError, match="no 'impl' parameter"):
-        compare(base.drop(columns=["impl"]))
+def as_impl(rows, impl, factor):
+    """Real torch rows relabelled as another implementation whose numbers are `factor` times."""
+    out = rows.assign(impl=impl, params_repr=rows["params_repr"].str.replace("'torch'",
+                                                                             f"'{impl}'"))
+    for col in ("value", "ci_lo", "ci_hi", "q25", "q75"):
+        out[col] = out[col] * factor
+    out["samples"] = out["samples"].map(lambda s: [x * factor for x in s]
+                                        if isinstance(s, list) else s)
+    return out
+
+
+def with_impls(frame):
+    """The real rows plus two implementations made from torch's: an alternative with half of
+    torch's numbers (1.5 ms against the engine's 2 ms matmul), and a raw-array baseline at a
+    tenth of them that must never count as "the best other"."""
+    t = frame[frame["impl"] == "torch"]
+    return pd.concat([frame, as_impl(t, "onnxruntime", 0.5), as_impl(t, "numpy", 0.1)],
+                     ignore_index=True)
+
+
+def test_wide_table_every_impl_and_the_best_other(base):
+    table = wide(latest(with_impls(base)))
+    matmul = table[(table["name"] == "Ops.time_matmul") & (table["dtype"] == "float32")].iloc[0]
+    assert matmul["impls"] == ["engine", "torch", "onnxruntime", "numpy"]
+    assert matmul["best"] == "onnxruntime"  # numpy is faster still, but a raw baseline
+    assert matmul["ratio"] == pytest.approx(matmul["ratios"]["onnxruntime"])
+    assert 0.6 < matmul["ratio"] < 0.8 and 1.3 < matmul["ratios"]["torch"] < 1.6
+    assert matmul["ratios"]["numpy"] < 0.2
+    assert matmul["n"] == {"engine": 12, "torch": 12, "onnxruntime": 12, "numpy": 12}
+    assert matmul["ratio_lo"] <= matmul["ratio"] <= matmul["ratio_hi"]  # from asv's 99% CIs
+    assert not matmul["quick"]
+    track = table[table["name"] == "Decode.track_ms_per_token"].iloc[0]
+    assert track["best"] == "onnxruntime" and track["ratio"] == 1.0  # 20 ms vs 40/2 ms
+    assert math.isnan(track["ratio_lo"]) and track["quick"]  # a track value: one number
+    assert "roofline" not in " ".join(table["name"])
+    assert "impl" not in table.columns and "device" in table.columns
+
+
+def test_summary_models_suites_and_notes(base):
+    table = wide(latest(base))
+    models = summary.models(table)
+    assert list(models["metric"]) == ["decode tokens/s"] and list(models["model"]) == \
+        ["tiny-llama"]
+    suites = summary.suites(table)
+    row = suites.iloc[0]
+    assert (row["suite"], row["device"], row["compared"], row["wins"], row["losses"]) == \
+        ("bench_tiny", "cpu", 6, 6, 0)
+    assert row["geomean"] > 1.4
+    assert summary.is_tiny("llama:tiny") and not summary.is_tiny("llama:tinyllama-1.1b")
+    # A decode step timed two ways, pointing opposite ways: the dashboard says so.
+    steps = base[base["name"] == "Decode.track_ms_per_token"]
+    steps = steps.assign(benchmark="bench_tiny.Decode.time_decode_step",
+                         name="Decode.time_decode_step", unit="seconds",
+                         value=steps["impl"].map({"engine": 0.08, "torch": 0.02}))
+    notes = summary.disagreements(wide(latest(pd.concat([base, steps], ignore_index=True))))
+    assert len(notes) == 1 and "Decode.time_decode_step says 0.25x" in notes[0]
+    assert "Decode.track_ms_per_token says 2.00x" in notes[0] and "one sample" in notes[0]
 
 
 def test_charts_are_written(base, tmp_path):
     rows = latest(base)
-    table = compare(rows)
-    for path in (plots.plot_ratios(table, tmp_path / "r.png"),
+    table = wide(rows)
+    for path in (plots.plot_ratios(table, tmp_path / "r.png", ["device", "dtype"]),
                  plots.plot_tokens(rows, tmp_path / "t.png"),
                  plots.plot_tokens(rows, tmp_path / "t2.png", roofline={"cpu": 80.0}),
                  plots.plot_memory(rows, tmp_path / "m.png")):
@@ -213,23 +279,69 @@ def test_charts_are_written(base, tmp_path):
     times = rows[rows["name"] == "Ops.time_matmul"]
     assert plots.plot_tokens(times, tmp_path / "none.png") is None
     assert not (tmp_path / "none.png").exists()
+    assert plots.plot_history(rows, tmp_path / "h.png") is None  # one commit: no history
 
 
 def test_report_for_two_machines_with_asv_publish(tiny, tmp_path):
     out = tmp_path / "report"
     paths = build_report([tiny["base"], tiny["gpu"]], out, asv=True,
                          asv_config=tiny["repo"] / "asv.conf.json")
-    md = paths["markdown"].read_text()
-    page = paths["html"].read_text()
+    md, page = paths["markdown"].read_text(), paths["html"].read_text()
+    assert md.index("## Summary") < md.index("## tiny-cpu") < md.index("## tiny-gpu")
+    assert page.index("<h2>Summary</h2>") < page.index("<h2>tiny-cpu</h2>")
     for machine in ("tiny-cpu", "tiny-gpu"):
-        assert f"## {machine}" in md and f"<h2>{machine}</h2>" in page
-        for chart in ("speedup", "tokens", "memory"):
-            assert f"{chart}_{machine}.png" in page and (out / f"{chart}_{machine}.png").exists()
+        for chart in (f"ratio_{machine}_bench_tiny", f"tokens_{machine}", f"memory_{machine}"):
+            assert f"{chart}.png" in page and (out / f"{chart}.png").exists()
     assert harness().GPU_ENV["card"] in md and "50 tokens/s" in page
     assert "http://" not in page and "https://" not in page and "<script" not in page
     assert len(paths["charts"]) == 6
     assert paths["asv"] == out / "asv" / "index.html" and paths["asv"].exists()
-    assert 'href="asv/index.html"' in page and "(asv/index.html)" in md
+    assert 'href="asv/index.html#bench_tiny.Ops.time_matmul"' in page
+    assert "(asv/index.html)" in md
+    # The tiny suite's table: only the columns that apply, constants in the caption.
+    assert "<caption>device cpu</caption>" in page
+    header = next(line for line in md.splitlines() if line.startswith("| benchmark"))
+    cols = [c.strip() for c in header.strip("|").split("|")]
+    assert cols[0] == "benchmark" and set(cols[1:4]) == {"dtype", "model", "batch"}
+    assert cols[4:] == ["engine", "torch", "n", "engine vs best other"]
+    assert "±" in page and "x vs torch (" in page  # values with intervals, ratios with theirs
+    assert 'class="badge quick">n=1' in page  # track values are single numbers
+    # The run's dates, not the commit's.
+    started = load_results(tiny["base"])["started_at"].min().strftime("%Y-%m-%d %H:%M")
+    assert f"run: {started}" in md
+
+
+def test_history_and_regressions_over_two_commits(tiny, tmp_path):
+    repo = tmp_path / "repo"
+    shutil.copytree(tiny["repo"], repo)
+    harness().commit_slowdown(repo, 2)
+    results = tmp_path / "results"
+    shutil.copytree(tiny["base"], results)
+    harness().run(repo, tiny["home"], results, "tiny-cpu")  # the second commit, 2x slower engine
+    out = tmp_path / "report"
+    paths = build_report(results, out)
+    md, page = paths["markdown"].read_text(), paths["html"].read_text()
+    assert (out / "history_tiny-cpu.png").exists() and "history_tiny-cpu.png" in page
+    line = next(x for x in md.splitlines() if x.startswith("- tiny-cpu: "))
+    assert "3 suspect regressions (not re-measured)" in line
+    assert "bench_tiny.Ops.time_matmul('engine', 'cpu', 'float32')" in line
+    assert "torch" not in line  # only the implementation under test is flagged
+    assert 'class="badge reg"' in page
+
+
+def test_asv_publish_outside_a_checkout_fails_before_writing(tiny, tmp_path, capsys):
+    from taper.cli import main
+
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    shutil.copy(tiny["repo"] / "asv.conf.json", lone / "asv.conf.json")  # no git here
+    out = tmp_path / "report"
+    with pytest.raises(PublishSetupError, match="is not a git checkout"):
+        build_report(tiny["base"], out, asv=True, asv_config=lone / "asv.conf.json")
+    assert not out.exists()
+    assert main(["report", "--results", str(tiny["base"]), "--out", str(out), "--asv-publish",
+                 "--asv-config", str(tmp_path / "none.json")]) == 2
+    assert "asv config not found" in capsys.readouterr().err and not out.exists()
 
 
 def test_cli_report(tiny, tmp_path, capsys):
@@ -239,3 +351,15 @@ def test_cli_report(tiny, tmp_path, capsys):
     assert (tmp_path / "r" / "index.html").exists() and (tmp_path / "r" / "report.md").exists()
     assert main(["report", "--results", str(tmp_path / "missing")]) == 2
     assert "not a results directory" in capsys.readouterr().err
+
+
+def test_one_headline_per_model_case(base):
+    # A suite with tokens/s and ms per token of one decode (as suites/bench_llm records both):
+    # the summary shows one headline for it, tokens/s first.
+    rate = base[base["name"] == "Decode.track_ms_per_token"]
+    rate = rate.assign(benchmark="bench_tiny.Decode.track_tokens_per_s",
+                       name="Decode.track_tokens_per_s", unit="tokens_per_s",
+                       value=1000.0 / rate["value"])
+    models = summary.models(wide(latest(pd.concat([base, rate], ignore_index=True))))
+    assert list(models["benchmark"]) == ["bench_tiny.Decode.track_tokens_per_s"]
+    assert models["ratio"].iloc[0] == 2.0

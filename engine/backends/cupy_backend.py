@@ -3,9 +3,13 @@
 - Memory: every cupy allocation in the process goes through the engine's StoragePool (cupy's
   allocator hook), so the pool's stats are exact for engine tensors and for cupy's temporaries.
 - bfloat16 works natively (cupy 14 with ml_dtypes; seen on the lent H100).
-- Capturable decode: kernels take no host syncs except where a result is read on the host (bounds
-  checks of index tensors, .item()); the graph path of issue 6 uses its own GEMV kernels because cupy
-  refuses cuBLAS calls during stream capture.
+- Kernels by shape: linear with up to 8 rows runs the GEMV kernel (and linear_fused adds the rms_norm
+  prologue, GLU and residual epilogues), rms_norm, rotary and one-row attention have kernels
+  (cupy_kernels); more rows of 16-bit floats go to cuBLAS (cupy_blas). Everything else is the numpy
+  backend's reference code over cupy arrays.
+- Capturable: the kernels read positions and tokens from device memory and never sync with the host;
+  inside a capture index bounds are not checked on the host. cupy refuses cuBLAS during stream capture,
+  which is why decode shapes never reach it.
 """
 from __future__ import annotations
 
@@ -13,6 +17,9 @@ import cupy
 import numpy as np
 
 from engine import dtype as D
+from engine.backends import cupy_blas
+from engine.backends import cupy_elementwise as EW
+from engine.backends import cupy_kernels as K
 from engine.backends.numpy_backend import NumpyBackend
 from engine.storage import StoragePool
 
@@ -90,6 +97,21 @@ class CupyBackend(NumpyBackend):
         with cupy.cuda.Device(self.device.index):
             cupy.cuda.get_current_stream().synchronize()
 
+    def unary(self, op: str, x, out_dtype: D.DType):
+        if out_dtype.is_reduced and isinstance(x, cupy.ndarray) and x.dtype == out_dtype.np_dtype:
+            out = self.empty(x.shape, out_dtype)
+            if EW.unary(op, x, out):  # one launch for the float32 arithmetic of the reference
+                return out
+        return super().unary(op, x, out_dtype)
+
+    def binary(self, op: str, a, b, compute: D.DType, out_dtype: D.DType):
+        if compute.is_reduced and (out_dtype is compute or out_dtype is D.bool_):
+            shape = np.broadcast_shapes(np.shape(a), np.shape(b))
+            out = self.empty(shape, out_dtype)
+            if EW.binary(op, a, b, out):
+                return out
+        return super().binary(op, a, b, compute, out_dtype)
+
     def _out(self, r, dtype: D.DType):
         out = self.empty(r.shape if hasattr(r, "shape") else (), dtype)
         cupy.copyto(out, r, casting="unsafe")
@@ -112,7 +134,7 @@ class CupyBackend(NumpyBackend):
         return self._special.erf(x)
 
     def index_bounds(self, index, size: int):
-        if index.size == 0:
+        if index.size == 0 or self.capturing():  # no host read inside a capture (engine.capture)
             return 0, 0
         lo_hi = cupy.stack([index.min(), index.max()]).get()  # one host sync for an eager bounds check
         return int(lo_hi[0]), int(lo_hi[1])
@@ -181,15 +203,211 @@ class CupyBackend(NumpyBackend):
             self._staging_key = key
         return self._staging_bufs
 
-    # ---- 16-bit linear on the tensor cores --------------------------------------------------------
+    # ---- kernels chosen by shape (cupy_kernels: GEMV and decode kernels, capturable; cupy_blas: cuBLAS) ----
+    def empty(self, shape, dtype: D.DType):
+        """A typed array straight over a pooled block (one ndarray, not a byte view reshaped)."""
+        shape = tuple(shape)
+        n = 1
+        for d in shape:
+            n *= d
+        lease = self.pool.alloc_lease(n * dtype.itemsize)
+        mem = cupy.cuda.UnownedMemory(lease.raw.ptr, lease.nbytes, lease, self.device.index)
+        return cupy.ndarray(shape, dtype.np_dtype, cupy.cuda.MemoryPointer(mem, 0))
+
+    def matmul(self, a, b, out_dtype: D.DType):
+        if self.capturing() and a.ndim >= 2 and b.ndim >= 2 and a.dtype == b.dtype == out_dtype.np_dtype \
+                and out_dtype.name in K.TYPES:  # cupy refuses cuBLAS inside a capture: the plain kernel
+            batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+            a3 = cupy.broadcast_to(a, batch + a.shape[-2:]).reshape((-1,) + a.shape[-2:])
+            b3 = cupy.broadcast_to(b, batch + b.shape[-2:]).reshape((-1,) + b.shape[-2:])
+            out = self.empty((a3.shape[0], a.shape[-2], b.shape[-1]), out_dtype)
+            K.gemm(a3, b3, out)
+            return out.reshape(batch + (a.shape[-2], b.shape[-1]))
+        if out_dtype.is_reduced and a.dtype == b.dtype == out_dtype.np_dtype and cupy_blas.matmul_ok(a, b):
+            shape = np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1])
+            if a.shape[:-2] == shape[:-2] and (b.ndim == 2 or b.shape[:-2] == shape[:-2]) and 0 not in shape:
+                out = self.empty(shape, out_dtype)
+                if cupy_blas.matmul(a, b, out) is not None:
+                    return out
+        return super().matmul(a, b, out_dtype)
+
     def linear(self, x, w, b, out_dtype: D.DType):
-        """16-bit x @ w.T (+ b) through cublasGemmEx with float32 accumulation, rounded once; the
-        reference path (numpy backend) would upcast the whole weight to float32 on every call."""
-        if out_dtype.is_reduced and x.dtype == w.dtype == out_dtype.np_dtype and x.size and w.ndim == 2:
-            from engine.backends import cupy_prefill
-            x2 = cupy.ascontiguousarray(x.reshape(-1, x.shape[-1]))
-            y = cupy_prefill.linear(x2, cupy.ascontiguousarray(w), out_dtype=cupy.float32)
-            if b is not None:
-                y += b.astype(cupy.float32)
-            return self._out(y.reshape(x.shape[:-1] + (w.shape[0],)), out_dtype)
+        """x @ w.T (+ b), rounded once: the GEMV kernel for up to 8 rows (decode; capturable), cuBLAS
+        GemmEx with float32 accumulation for more rows of 16-bit floats, else the reference path."""
+        if x.dtype == w.dtype == out_dtype.np_dtype and x.size and w.ndim == 2:
+            lead, k = x.shape[:-1], x.shape[-1]
+            x2 = x.reshape(-1, k)
+            if K.gemv_ok(x2, w) and (b is None or b.flags.c_contiguous):
+                out = self.empty((x2.shape[0], w.shape[0]), out_dtype)
+                K.gemv(x2, w, out, bias=b)
+                return out.reshape(lead + (w.shape[0],))
+            if self.capturing() and out_dtype.name in K.TYPES:  # no cuBLAS inside a capture
+                out = self.empty((1, x2.shape[0], w.shape[0]), out_dtype)
+                K.gemm(x2[None], w.T[None], out, bias=b)
+                return out.reshape(lead + (w.shape[0],))
+            if out_dtype.is_reduced:
+                out = self.empty((x2.shape[0], w.shape[0]), out_dtype)
+                cupy_blas.linear(x2, w, out, bias=b)
+                return out.reshape(lead + (w.shape[0],))
         return super().linear(x, w, b, out_dtype)
+
+    def linear_fused(self, x, w, b, out_dtype, norm=None, glu=None, residual=None):
+        """One GEMV launch for rms_norm -> linear [-> GLU] [-> + residual] when the shapes fit."""
+        if x.dtype == w.dtype == out_dtype.np_dtype and x.size and w.ndim == 2:
+            lead, k = x.shape[:-1], x.shape[-1]
+            x2 = x.reshape(-1, k)
+            w2, b2, act = glu if glu is not None else (None, None, None)
+            n = w.shape[0]
+            res2 = residual.reshape(-1, n) if residual is not None else None
+            ok = K.gemv_ok(x2, w, w2) and all(a is None or a.flags.c_contiguous for a in (b, b2))
+            ok = ok and (w2 is None or w2.shape == w.shape) and (norm is None or norm[0] is None
+                                                                 or norm[0].flags.c_contiguous)
+            ok = ok and (res2 is None or (res2.dtype == w.dtype and res2.strides[1] == res2.itemsize))
+            if ok:
+                out = self.empty((x2.shape[0], n), out_dtype)
+                K.gemv(x2, w, out, bias=b, W2=w2, bias2=b2, act=act, norm=norm, residual=res2)
+                return out.reshape(lead + (n,))
+        return super().linear_fused(x, w, b, out_dtype, norm=norm, glu=glu, residual=residual)
+
+    def rms_norm(self, x, nd: int, weight, eps: float, out_dtype, style: str = "torch"):
+        if nd == 1 and x.dtype == out_dtype.np_dtype and out_dtype.name in K.TYPES and x.size:
+            k = x.shape[-1]
+            x2 = x.reshape(-1, k)
+            if (k % (16 // x.itemsize) == 0 and x2.strides[1] == x.itemsize and x2.strides[0] % 16 == 0
+                    and x2.data.ptr % 16 == 0 and (weight is None or (weight.flags.c_contiguous
+                                                                      and weight.dtype == x.dtype))):
+                out = self.empty(x2.shape, out_dtype)
+                K.rms_norm(x2, weight, eps, style, out)
+                return out.reshape(x.shape)
+        return super().rms_norm(x, nd, weight, eps, out_dtype, style)
+
+    def moe(self, x, weights, experts, w_gate, w_up, w_down, act, out_dtype):
+        """Routed experts on the device (capturable): a GLU GEMV per (token, slot) reading its expert's
+        weights through a pointer table, the down GEMV likewise, then the weighted sum in expert order."""
+        ws = list(w_gate) + list(w_up) + list(w_down)
+        T_, H = x.shape
+        k = experts.shape[1]
+        n_i = w_gate[0].shape[0]
+        ok = (x.dtype == out_dtype.np_dtype and out_dtype.name in K.TYPES and k <= 8 and T_ * k <= 65535
+              and all(w.dtype == x.dtype and w.flags.c_contiguous and w.data.ptr % 16 == 0 for w in ws)
+              and all(w.shape == (n_i, H) for w in list(w_gate) + list(w_up))
+              and all(w.shape == (H, n_i) for w in w_down)
+              and K.gemv_ok(x.reshape(-1, H)[:1], w_gate[0]) and H % (16 // x.itemsize) == 0
+              and n_i % (16 // x.itemsize) == 0 and x.strides[1] == x.itemsize and x.strides[0] % 16 == 0)
+        if not ok:
+            return super().moe(x, weights, experts, w_gate, w_up, w_down, act, out_dtype)
+        gate, up, down = (self._pointer_table(w) for w in (w_gate, w_up, w_down))
+        ids = cupy.ascontiguousarray(experts.reshape(-1))
+        h = self.empty((T_ * k, n_i), out_dtype)
+        K.gemv_routed(x, gate, ids, k, h, table2=up, act=act, n=n_i, k_dim=H)
+        y = self.empty((T_ * k, H), out_dtype)
+        K.gemv_routed(h, down, ids, 1, y, n=H, k_dim=n_i)
+        out = self.empty((T_, H), out_dtype)
+        K.moe_combine(y, cupy.ascontiguousarray(weights.astype(cupy.float32, copy=False)),
+                      cupy.ascontiguousarray(experts), out)
+        return out
+
+    def _pointer_table(self, arrays):
+        """A device array of the arrays' addresses, made once (an upload cannot happen inside a capture)."""
+        key = tuple(a.data.ptr for a in arrays)
+        tables = self.__dict__.setdefault("_tables", {})
+        if key not in tables:
+            tables[key] = (cupy.asarray(np.array(key, np.uint64)), list(arrays))  # keeps the weights alive
+        return tables[key][0]
+
+    def topk(self, x, k: int, dim: int, largest: bool):
+        """Small k over the last dim by k argmax passes (capturable; the sort-based path is not)."""
+        if k <= 8 and dim == x.ndim - 1 and x.ndim >= 1 and largest and x.shape[-1] and x.dtype.kind == "f":
+            cur = x.astype(cupy.float32)
+            ar = cupy.arange(x.shape[-1])
+            vals, idxs = [], []
+            for _ in range(k):
+                i = cupy.argmax(cur, axis=-1)
+                idxs.append(i)
+                vals.append(cupy.take_along_axis(x, i[..., None], axis=-1)[..., 0])
+                cur = cupy.where(ar == i[..., None], -cupy.inf, cur)
+            return self._out(cupy.stack(vals, -1), D.get(x.dtype)), self._out(cupy.stack(idxs, -1), D.int64)
+        return super().topk(x, k, dim, largest)
+
+    def rotary(self, x, cos, sin_signed, out_dtype):
+        isz = x.itemsize
+        if (x.dtype == cos.dtype == sin_signed.dtype == out_dtype.np_dtype and out_dtype.name in K.TYPES
+                and x.strides[-1] == isz and cos.strides == sin_signed.strides and cos.strides[-1] == isz
+                and x.size):
+            out = self.empty(x.shape, out_dtype)
+            K.rotary(x, cos, sin_signed, out)
+            return out
+        return super().rotary(x, cos, sin_signed, out_dtype)
+
+    def attention(self, q, k, v, mask, scale: float, out_dtype):
+        """One query row: the split-K decode kernel (capturable). More rows of 16-bit floats (prefill):
+        cuBLAS for the two products around one fused scale + mask + softmax + rounding kernel."""
+        if q.dtype == out_dtype.np_dtype and K.attention_ok(q, k, v, mask) and all(
+                s % 16 == 0 for s in k.strides[:3]):
+            b, hq, _, d = q.shape
+            out = self.empty((b, 1, hq * d), out_dtype)
+            K.attention(q, k, v, mask, scale, out)
+            return out
+        if (out_dtype.is_reduced and q.dtype == k.dtype == v.dtype == out_dtype.np_dtype and not self.capturing()
+                and (mask is None or mask.dtype == q.dtype) and q.size and k.shape[2]):
+            b, hq, L, d = q.shape
+            hkv, S, dv = k.shape[1], k.shape[2], v.shape[-1]
+            rep = hq // hkv
+            qg = cupy.ascontiguousarray(q).reshape(b, hkv, rep * L, d)
+            s = self.empty((b, hkv, rep * L, S), out_dtype)
+            if cupy_blas.matmul_ok(qg, k.swapaxes(-1, -2)) and cupy_blas.matmul(qg, k.swapaxes(-1, -2), s) is not None:
+                p = self.empty(s.shape, out_dtype)
+                K.softmax_mask_rows(s.reshape(-1, S), mask, scale, L, hkv * rep * L, p.reshape(-1, S))
+                o = self.empty((b, hkv, rep * L, dv), out_dtype)
+                if cupy_blas.matmul_ok(p, v) and cupy_blas.matmul(p, v, o) is not None:
+                    out = self.empty((b, L, hq * dv), out_dtype)
+                    out.reshape(b, L, hq, dv)[...] = o.reshape(b, hq, L, dv).transpose(0, 2, 1, 3)
+                    return out
+        return super().attention(q, k, v, mask, scale, out_dtype)
+
+    def sample(self, logits, seen, penalty: float, temperature: float, top_k, top_p, seed: int, counter):
+        """The next tokens on the device (one kernel; capturable): engine/sampling.py's steps."""
+        if logits.ndim == 2 and logits.dtype.name in K.TYPES and counter.dtype == np.int64:
+            out = self.empty((logits.shape[0],), D.int64)
+            K.sample(logits, seen, penalty, temperature, top_k, top_p, seed, counter, out)
+            counter += 1
+            return out
+        return super().sample(logits, seen, penalty, temperature, top_k, top_p, seed, counter)
+
+    def random_normal(self, shape, dtype, seed: int, std: float = 1.0):
+        """N(0, std) drawn on the device (cupy's generator): seconds for 7B weights, where the host
+        draw takes minutes. Values differ from the CPU's draw for the same seed."""
+        with cupy.cuda.Device(self.device.index):
+            a = cupy.random.RandomState(seed).standard_normal(size=tuple(shape), dtype=cupy.float32)
+            if std != 1.0:
+                a *= np.float32(std)
+            return self._out(a, D.get(dtype))
+
+    # ---- CUDA graphs (engine.capture) ----------------------------------------------------------------------
+    def graph_capture(self, fn, memory):
+        """Run fn() under stream capture on a side stream; returns the graph (its blocks are leased to
+        `memory` by the caller)."""
+        with cupy.cuda.Device(self.device.index):
+            if getattr(self, "_capture_stream", None) is None:
+                self._capture_stream = cupy.cuda.Stream(non_blocking=False)
+            stream = self._capture_stream
+            cupy.cuda.get_current_stream().synchronize()
+            with stream:
+                stream.begin_capture()
+                try:
+                    fn()
+                except BaseException:
+                    try:  # end the broken capture so the stream is usable again; keep fn's error
+                        stream.end_capture()
+                    except Exception:
+                        pass
+                    raise
+                graph = stream.end_capture()
+            stream.synchronize()
+            return graph
+
+    def graph_launch(self, graph) -> None:
+        graph.launch(cupy.cuda.get_current_stream())
+
+    def capturing(self) -> bool:
+        return cupy.cuda.get_current_stream().is_capturing()

@@ -12,6 +12,7 @@ import ml_dtypes
 import numpy as np
 
 from engine import dtype as D
+from engine.backends.fused import FusedOps
 from engine.backends.numpy_nn import NnKernels
 from engine.backends.numpy_index import IndexKernels
 from engine.backends.numpy_pointwise import PointwiseKernels
@@ -43,7 +44,7 @@ def _erf_f64(x):
     return np.copysign(out, x)
 
 
-class NumpyBackend(NnKernels, PoolKernels, PointwiseKernels, IndexKernels):
+class NumpyBackend(NnKernels, PoolKernels, PointwiseKernels, IndexKernels, FusedOps):
     name = "numpy"
     available = True
     xp = np

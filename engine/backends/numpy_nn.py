@@ -18,12 +18,18 @@ class NnKernels:
 
     # ---- linear ---------------------------------------------------------------------------------------
     def linear(self, x, w, b, out_dtype):
-        """x @ w.T + b in the compute dtype, rounded once (torch's fused addmm does the same)."""
-        x, w = self._f(x, out_dtype), self._f(w, out_dtype)
-        y = self.xp.matmul(x, w.T)
+        """x @ w.T + b in the compute dtype, rounded once (torch's fused addmm does the same). Rows of
+        every leading dim go through one GEMM, so the weight is read once."""
+        lead, k = x.shape[:-1], x.shape[-1]
+        x2, w = self._f(x, out_dtype).reshape(-1, k), self._f(w, out_dtype)
+        if b is None and x2.dtype == out_dtype.np_dtype:  # straight into pooled memory
+            out = self.empty((x2.shape[0], w.shape[0]), out_dtype)
+            self.xp.matmul(x2, w.T, out=out)
+            return out.reshape(lead + (w.shape[0],))
+        y = self.xp.matmul(x2, w.T)
         if b is not None:
             y = y + self._f(b, out_dtype)
-        return self._out(y, out_dtype)
+        return self._out(y.reshape(lead + (w.shape[0],)), out_dtype)
 
     # ---- normalisation and softmax --------------------------------------------------------------
     def softmax(self, x, dim: int, log: bool, out_dtype):
@@ -66,14 +72,26 @@ class NnKernels:
             y = y + self._f(bias, out_dtype)
         return self._out(y, out_dtype)
 
-    def rms_norm(self, x, nd: int, weight, eps: float, out_dtype):
+    def rms_norm(self, x, nd: int, weight, eps: float, out_dtype, style: str = "torch"):
+        """style "torch": x / sqrt(mean(x^2) + eps) * w in float32, rounded once (F.rms_norm).
+        "llama" (transformers' LlamaRMSNorm and kin): x * rsqrt(mean(x^2) + eps) rounded to the output
+        dtype first, then times w in that dtype. "gemma": x * rsqrt(...) * (1 + w), rounded once."""
         xp = self.xp
         x = self._f(x, out_dtype)
         axes = tuple(range(x.ndim - nd, x.ndim))
-        y = x / xp.sqrt(xp.mean(xp.square(x), axis=axes, keepdims=True) + eps)
-        if weight is not None:
-            y = y * self._f(weight, out_dtype)
-        return self._out(y, out_dtype)
+        if style == "torch":
+            y = x / xp.sqrt(xp.mean(xp.square(x), axis=axes, keepdims=True) + eps)
+            if weight is not None:
+                y = y * self._f(weight, out_dtype)
+            return self._out(y, out_dtype)
+        n = x.dtype.type(np.prod([x.shape[a] for a in axes]))
+        r = x.dtype.type(1.0) / xp.sqrt(xp.sum(xp.square(x), axis=axes, keepdims=True) / n + x.dtype.type(eps))
+        if style == "gemma":
+            return self._out(x * r * (self._f(weight, out_dtype) + x.dtype.type(1.0)), out_dtype)
+        if style != "llama":
+            raise ValueError(f"rms_norm: unknown style {style!r} (torch, llama, gemma)")
+        y = self._out(x * r, out_dtype)
+        return y if weight is None else self.binary("mul", weight, y, out_dtype, out_dtype)
 
     def group_norm(self, x, groups: int, weight, bias, eps: float, out_dtype):
         xp = self.xp

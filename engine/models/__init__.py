@@ -50,9 +50,10 @@ def from_pretrained(path, dtype=None, device=None):
     return model_class(cfg["model_type"]).from_pretrained(path, dtype=dtype, device=device)
 
 
-def from_preset(model_type: str, preset: str, dtype=None, device=None, seed: int = 0):
-    """A model of a named preset size with random weights (N(0, 0.02), norms 1)."""
-    return model_class(model_type).from_preset(preset, dtype=dtype, device=device, seed=seed)
+def from_preset(model_type: str, preset: str, dtype=None, device=None, seed: int = 0, **overrides):
+    """A model of a named preset size with random weights (N(0, 0.02), norms 1); overrides replace
+    config fields (e.g. num_hidden_layers=2)."""
+    return model_class(model_type).from_preset(preset, dtype=dtype, device=device, seed=seed, **overrides)
 
 
 def presets() -> dict:

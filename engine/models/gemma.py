@@ -9,15 +9,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from engine import dtype as D
 from engine import ops
 from engine.nn import Module, ModuleList
 from engine.nn.attention import attention, positions
-from engine.nn.kv_cache import KVCache
 from engine.nn.linear import Embedding, Linear
 from engine.nn.norm import RmsNorm
 from engine.nn.rotary import RotaryEmbedding, apply_rotary, rope_parameters, signed_sin
-from engine.models import config_from_dict, load_pretrained, load_preset
+from engine.models import config_from_dict
+from engine.models.base import CausalLM
 
 
 @dataclass
@@ -84,10 +83,7 @@ class GemmaRmsNorm(RmsNorm):
     """Gemma stores w with the identity at 0: out = (x_normed * (1 + w)) in fp32, rounded once at the
     end (LLaMA instead rounds x_normed first, then multiplies by w)."""
 
-    def forward(self, x):
-        h = x.float()
-        h = h * (h.square().mean(-1, keepdim=True) + self.eps).rsqrt()
-        return (h * (self.weight.float() + 1.0)).to(x.dtype)
+    style = "gemma"
 
 
 class GemmaScaledEmbedding(Embedding):
@@ -161,47 +157,7 @@ class GemmaModel(Module):
         return self.norm(x)
 
 
-class GemmaForCausalLM(Module):
+class GemmaForCausalLM(CausalLM):
     Config = Config
     PRESETS = PRESETS
-    IGNORED_KEYS = (r"\.rotary_emb\.inv_freq$",)  # saved by some 2023 conversions; recomputed here
-
-    def __init__(self, cfg: Config, vb):
-        super().__init__()
-        self.config = cfg
-        self.model = GemmaModel(cfg, vb.pp("model"))
-        if cfg.tie_word_embeddings:  # LM head reads the (unscaled) embedding matrix itself
-            self.lm_head = Linear.from_weight(self.model.embed_tokens.weight)
-            vb.skip("lm_head.weight")
-        else:
-            self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, False, vb=vb.pp("lm_head"))
-
-    @classmethod
-    def from_pretrained(cls, path, dtype=None, device=None):
-        return load_pretrained(cls, path, dtype, device)
-
-    @classmethod
-    def from_preset(cls, preset: str, dtype=None, device=None, seed: int = 0, **overrides):
-        return load_preset(cls, preset, dtype, device, seed, **overrides)
-
-    @property
-    def dtype(self):
-        return self.model.embed_tokens.weight.dtype
-
-    @property
-    def device(self):
-        return self.model.embed_tokens.weight.device
-
-    def new_cache(self, batch_size: int, max_len: int, full_length: bool = False) -> KVCache:
-        c = self.config
-        return KVCache(c.num_hidden_layers, batch_size, c.num_key_value_heads, c.head_dim, max_len,
-                       dtype=self.dtype, device=self.device, full_length=full_length)
-
-    def forward(self, input_ids, cache=None, attention_mask=None, position_ids=None):
-        """input_ids (B, L) int64 -> logits (B, L, vocab). With a cache, only the new tokens are passed;
-        attention_mask (B, all positions so far) marks left padding with 0."""
-        return self.lm_head(self.model(_ids(input_ids), cache, attention_mask, position_ids))
-
-
-def _ids(x):
-    return x if hasattr(x, "storage") else ops.tensor(x, dtype=D.int64)
+    Model = GemmaModel

@@ -14,18 +14,16 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-import numpy as np
-
 from engine import dtype as D
 from engine import functional as F
-from engine import ops
 from engine.nn import Module, ModuleList
 from engine.nn.attention import attention, positions
-from engine.nn.kv_cache import KVCache, SlidingWindowCache
 from engine.nn.linear import Embedding, Linear
+from engine.nn.moe import moe
 from engine.nn.norm import RmsNorm
 from engine.nn.rotary import RotaryEmbedding, apply_rotary, rope_parameters, signed_sin
-from engine.models import config_from_dict, load_pretrained, load_preset
+from engine.models import config_from_dict
+from engine.models.base import CausalLM
 
 
 @dataclass
@@ -106,17 +104,10 @@ class MixtralSparseMoeBlock(Module):
     def forward(self, x):
         b, L, h = x.shape
         x = x.reshape(b * L, h)  # (T, hidden)
-        weights, experts = self.route(x)
-        out = ops.zeros(b * L, h, dtype=x.dtype, device=x.device)
-        chosen = experts.numpy()  # dispatch happens on the host: the one host read of a MoE layer
-        for e in range(self.num_experts):  # ascending expert order, as transformers accumulates
-            tok, slot = np.nonzero(chosen == e)  # tokens routed to e, and where e sits in their top-k
-            if not len(tok):
-                continue
-            tok_t = ops.tensor(tok, dtype=D.int64, device=x.device)
-            y = self.experts[e](x.index_select(0, tok_t))  # (n, hidden)
-            y = (y * weights[tok, slot].unsqueeze(-1)).to(x.dtype)  # times fp32 weight, rounded once
-            out[tok] = out[tok] + y  # each token meets expert e at most once: no duplicate indices
+        weights, experts = self.route(x)  # (T, k) each
+        ex = self.experts
+        out = moe(x, weights, experts, [e.w1.weight for e in ex], [e.w3.weight for e in ex],
+                  [e.w2.weight for e in ex], act="silu")  # ascending expert order, as transformers sums
         return out.reshape(b, L, h)
 
 
@@ -179,51 +170,7 @@ class MixtralModel(Module):
         return self.norm(x)
 
 
-class MixtralForCausalLM(Module):
+class MixtralForCausalLM(CausalLM):
     Config = Config
     PRESETS = PRESETS
-    IGNORED_KEYS = (r"\.rotary_emb\.inv_freq$",)  # saved by some 2023 conversions; recomputed here
-
-    def __init__(self, cfg: Config, vb):
-        super().__init__()
-        self.config = cfg
-        self.model = MixtralModel(cfg, vb.pp("model"))
-        if cfg.tie_word_embeddings:  # LM head reads the embedding matrix itself
-            self.lm_head = Linear.from_weight(self.model.embed_tokens.weight)
-            vb.skip("lm_head.weight")
-        else:
-            self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, False, vb=vb.pp("lm_head"))
-
-    @classmethod
-    def from_pretrained(cls, path, dtype=None, device=None):
-        return load_pretrained(cls, path, dtype, device)
-
-    @classmethod
-    def from_preset(cls, preset: str, dtype=None, device=None, seed: int = 0, **overrides):
-        return load_preset(cls, preset, dtype, device, seed, **overrides)
-
-    @property
-    def dtype(self):
-        return self.model.embed_tokens.weight.dtype
-
-    @property
-    def device(self):
-        return self.model.embed_tokens.weight.device
-
-    def new_cache(self, batch_size: int, max_len: int, full_length: bool = False):
-        """A KVCache, or a ring of sliding_window slots when max_len is longer than the window."""
-        c = self.config
-        if c.sliding_window is not None and max_len > c.sliding_window and not full_length:
-            return SlidingWindowCache(c.num_hidden_layers, batch_size, c.num_key_value_heads, c.head_dim,
-                                      c.sliding_window, dtype=self.dtype, device=self.device)
-        return KVCache(c.num_hidden_layers, batch_size, c.num_key_value_heads, c.head_dim, max_len,
-                       dtype=self.dtype, device=self.device, full_length=full_length)
-
-    def forward(self, input_ids, cache=None, attention_mask=None, position_ids=None):
-        """input_ids (B, L) int64 -> logits (B, L, vocab). With a cache, only the new tokens are passed;
-        attention_mask (B, all positions so far) marks left padding with 0."""
-        return self.lm_head(self.model(_ids(input_ids), cache, attention_mask, position_ids))
-
-
-def _ids(x):
-    return x if hasattr(x, "storage") else ops.tensor(x, dtype=D.int64)
+    Model = MixtralModel

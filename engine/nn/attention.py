@@ -10,10 +10,10 @@ import ml_dtypes
 import numpy as np
 
 from engine import dtype as D
-from engine import functional as F
 from engine import ops
-from engine.nn.kv_cache import KVCache
-from engine.tensor import Tensor
+from engine.layout import ShapeError
+from engine.nn.kv_cache import KVCache, StaticCache
+from engine.tensor import DTypeError, Tensor
 
 
 def repeat_kv(x: Tensor, n_rep: int) -> Tensor:
@@ -27,20 +27,21 @@ def repeat_kv(x: Tensor, n_rep: int) -> Tensor:
 
 def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float) -> Tensor:
     """Eager attention in transformers' order of operations: scores in the activations' dtype, times
-    scale, plus the additive mask, softmax in fp32, rounded back, times V.
+    scale, plus the additive mask, softmax in fp32, rounded back, times V. One backend op
+    (backends/fused.py has the composition; a backend may run a decode kernel for one query row).
     q (B, Hq, L, D), k/v (B, Hkv, S, D), mask (B|1, 1, L, S) additive -> (B, L, Hq * D)."""
     b, hq, L, d = q.shape
     hkv, S = k.shape[1], k.shape[2]
-    rep = hq // hkv
-    # GQA: the rep query heads of one kv head become rows of one matrix, so K and V are read once
-    qg = q.reshape(b, hkv, rep * L, d)  # (B, Hkv, rep*L, D)
-    s = (qg @ k.transpose(-1, -2)) * scale  # (B, Hkv, rep*L, S)
-    if mask is not None:
-        s = s.reshape(b, hkv, rep, L, S) + mask.unsqueeze(2)  # mask (B|1, 1, 1, L, S)
-    p = F.softmax(s, -1, dtype=D.float32).to(q.dtype).reshape(b, hkv, rep * L, S)
-    o = p @ v  # (B, Hkv, rep*L, Dv)
-    dv = v.shape[-1]
-    return o.reshape(b, hq, L, dv).transpose(1, 2).reshape(b, L, hq * dv)
+    if k.shape[0] != b or v.shape[:3] != k.shape[:3] or k.shape[-1] != d or hq % hkv:
+        raise ShapeError(f"attention(): q {q.shape}, k {k.shape}, v {v.shape} do not fit (GQA needs Hq % Hkv == 0)")
+    if mask is not None and (mask.ndim != 4 or mask.shape[1] != 1 or mask.shape[2:] != (L, S)
+                             or mask.shape[0] not in (1, b)):
+        raise ShapeError(f"attention(): mask {mask.shape} must be (B|1, 1, {L}, {S})")
+    if not (q.dtype is k.dtype is v.dtype) or (mask is not None and mask.dtype is not q.dtype):
+        raise DTypeError(f"attention(): q, k, v (and mask) dtypes differ ({q.dtype.name}, {k.dtype.name}, "
+                         f"{v.dtype.name}{', ' + mask.dtype.name if mask is not None else ''})")
+    m = mask.array if mask is not None else None
+    return Tensor._wrap(q.backend.attention(q.array, k.array, v.array, m, scale, q.dtype), q.backend, q.dtype)
 
 
 def min_value(dtype) -> float:
@@ -75,8 +76,9 @@ def positions(input_ids: Tensor, cache=None, attention_mask: Tensor | None = Non
 
     Without a cache the keys are the L inputs themselves. With one, `cache.step(L)` places the new
     tokens. attention_mask (B, T) covers every position so far (past and new, T = cache.seen + L), as
-    in transformers. Default position_ids: with a mask, cumsum(mask) - 1 (so left padding does not
-    shift positions, as transformers' generate does); else the cache positions.
+    in transformers; with a StaticCache it covers all max_len slots (future ones 1), so its shape never
+    changes. Default position_ids: with a mask, cumsum(mask) - 1 (so left padding does not shift
+    positions, as transformers' generate does); else the cache positions.
     """
     b, L = input_ids.shape
     if cache is not None:
@@ -87,15 +89,18 @@ def positions(input_ids: Tensor, cache=None, attention_mask: Tensor | None = Non
     else:
         step = None
         query_pos = key_pos = ops.arange(L, dtype=D.int64, device=input_ids.device)
+    static = isinstance(cache, StaticCache)
     if attention_mask is not None:
-        total = (cache.seen if cache is not None else L)
+        total = cache.max_len if static else (cache.seen if cache is not None else L)
         if attention_mask.shape != (b, total):
-            raise ValueError(f"attention_mask must be (batch, all positions so far) = {(b, total)}, got "
-                             f"{attention_mask.shape}")
+            what = "all cache slots" if static else "all positions so far"
+            raise ValueError(f"attention_mask must be (batch, {what}) = {(b, total)}, got {attention_mask.shape}")
     if position_ids is None:
         if attention_mask is not None:
             pos = attention_mask.long().cumsum(-1) - 1
-            position_ids = pos.masked_fill(attention_mask == 0, 1)[:, -L:]  # (B, L)
+            pos = pos.masked_fill(attention_mask == 0, 1)
+            # static: the query slots are device positions (gathered there); else the last L columns
+            position_ids = pos.index_select(1, query_pos) if static else pos[:, -L:]  # (B, L)
         else:
             position_ids = query_pos.unsqueeze(0)  # (1, L)
     if L == 1 and attention_mask is None and sliding_window is None and isinstance(cache, KVCache) \

@@ -9,10 +9,14 @@ SlidingWindowCache: a ring of `window` slots per layer (Mistral-style models kee
 keys in view). A new token at position p goes to slot p % window; `slot_pos` records which position
 each slot holds (-1 while empty), and the attention mask is built from it.
 
-Toward CUDA graphs: positions are tensors (slots, query_pos, key_pos) and the layers never read
-them on the host. The host only counts tokens (`seen`, from input shapes). With
-`full_length=True` a KVCache exposes all max_len slots to attention every step (masked by
-position), so the shapes of a decode step never change.
+StaticCache: for captured decoding (engine.capture). The write position lives on the device and
+advances there, attention always reads all max_len slots (the mask hides the ones past the position
+and outside a sliding window), so every decode step has the same shapes and addresses and a graph
+of it replays without the host. The decode kernels skip the hidden slots' chunks.
+
+Positions are tensors (slots, query_pos, key_pos) and the layers never read them on the host. The
+host only counts tokens (`seen`, from input shapes); with `full_length=True` a KVCache exposes all
+max_len slots to attention every step (masked by position).
 """
 from __future__ import annotations
 
@@ -130,6 +134,52 @@ class SlidingWindowCache:
             _write(kb, step.slots, k[:, :, step.keep_from:])
             _write(vb, step.slots, v[:, :, step.keep_from:])
             return k_all, v_all
+        _write(kb, step.slots, k)
+        _write(vb, step.slots, v)
+        return kb, vb
+
+
+class StaticCache:
+    """(B, Hkv, max_len, D) keys and values per layer, and the next write position `pos` (int64, on
+    the device). A step of n tokens writes slots pos .. pos + n - 1 and advances pos on the device;
+    attention reads all max_len slots with a mask built from the positions. Nothing a step does
+    depends on host state, so a captured step replays exactly (see the module docstring).
+
+    `seen` still counts positions on the host for callers that run eagerly; a captured replay does
+    not update it (engine.generation.Decoder keeps its own count)."""
+
+    full_length = True
+
+    def __init__(self, num_layers: int, batch_size: int, num_kv_heads: int, head_dim: int, max_len: int,
+                 dtype=D.float32, device=None):
+        shape = (batch_size, num_kv_heads, max_len, head_dim)
+        self.keys = [ops.zeros(*shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.values = [ops.zeros(*shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.batch_size, self.max_len = batch_size, max_len
+        self.dtype = D.get(dtype)
+        self.pos = ops.zeros(1, dtype=D.int64, device=device)
+        self._arange = ops.arange(max_len, dtype=D.int64, device=device)
+        self.seen = 0
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.keys + self.values)
+
+    def reset(self) -> None:
+        self.seen = 0
+        self.pos.zero_()
+
+    def step(self, n: int) -> CacheStep:
+        if self.seen + n > self.max_len:
+            raise CacheFullError(f"StaticCache holds {self.max_len} positions; {self.seen} are used and {n} more "
+                                 f"were asked for (allocate a larger max_len)")
+        slots = self._arange[:n] + self.pos  # (n,) on the device
+        self.pos.add_(n)
+        self.seen += n
+        return CacheStep(query_pos=slots, key_pos=self._arange, slots=slots, kv_len=self.max_len)
+
+    def update(self, layer: int, k: Tensor, v: Tensor, step: CacheStep):
+        kb, vb = self.keys[layer], self.values[layer]
         _write(kb, step.slots, k)
         _write(vb, step.slots, v)
         return kb, vb

@@ -5,6 +5,7 @@ style) and otherwise start from zeros, to be filled by `load_state_dict`.
 """
 from __future__ import annotations
 
+from engine import functional as F
 from engine import ops
 from engine.layout import ShapeError
 from engine.nn.module import Module
@@ -16,8 +17,8 @@ def _param(vb, name, shape, dtype, device):
 
 class Linear(Module):
     """y = x @ W.T (+ b). W keeps torch's (out_features, in_features) layout; W.T is a strided view,
-    so BLAS reads the stored rows directly (a GEMV per row at decode) and nothing is transposed in
-    memory."""
+    so BLAS reads the stored rows directly and nothing is transposed in memory; the backend runs a
+    GEMV kernel when there are only a few rows (decode)."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, vb=None, dtype=None, device=None):
         super().__init__()
@@ -38,11 +39,7 @@ class Linear(Module):
         if x.shape[-1] != self.in_features:
             raise ShapeError(f"Linear({self.in_features}, {self.out_features}): input of shape {x.shape} "
                              f"has last dim {x.shape[-1]}")
-        if x.ndim <= 2 or (x.ndim == 3 and x.shape[0] == 1):
-            y = x @ self.weight.t()  # a single GEMM (GEMV for one row) already
-        else:  # (..., in) -> (N, in): one GEMM over all rows, so the weight is read once, not per batch row
-            y = (x.reshape(-1, self.in_features) @ self.weight.t()).reshape(*x.shape[:-1], self.out_features)
-        return y + self.bias if self.bias is not None else y
+        return F.linear(x, self.weight, self.bias)  # one GEMM over all rows (a GEMV for a few)
 
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"

@@ -29,7 +29,10 @@ class LayerNorm(Module):
 class RmsNorm(Module):
     """LLaMA's RMSNorm exactly as transformers computes it: the statistic and the scaling run in fp32,
     the result is rounded back to the input dtype, and only then multiplied by the weight (in the
-    weight's dtype). Gemma differs (it multiplies by (1 + w) before rounding); see models/gemma.py."""
+    weight's dtype): F.rms_norm(style="llama"), one backend kernel. Gemma differs (it multiplies by
+    (1 + w) before rounding: style="gemma", see models/gemma.py)."""
+
+    style = "llama"
 
     def __init__(self, dim: int, eps: float = 1e-6, vb=None, dtype=None, device=None):
         super().__init__()
@@ -37,12 +40,7 @@ class RmsNorm(Module):
         self.weight = vb.get("weight", (dim,)) if vb is not None else ops.ones(dim, dtype=dtype, device=device)
 
     def forward(self, x):
-        if x.dtype.itemsize >= 4 and x.dtype is self.weight.dtype:
-            # fp32/fp64: one fused kernel; it divides by sqrt instead of multiplying by rsqrt (an ulp)
-            return F.rms_norm(x, (self.dim,), self.weight, self.eps)
-        h = x.float()  # fp32 upcast: squares of fp16 activations overflow, and bf16 sums lose digits
-        h = h * (h.square().mean(-1, keepdim=True) + self.eps).rsqrt()
-        return self.weight * h.to(x.dtype)  # rounded to the input dtype before the weight, as in HF
+        return F.rms_norm(x, (self.dim,), self.weight, self.eps, style=self.style)
 
     def extra_repr(self):
         return f"({self.dim},), eps={self.eps}"

@@ -19,7 +19,9 @@ import math
 import numpy as np
 
 from engine import ops
+from engine.layout import ShapeError
 from engine.nn.module import Module
+from engine.tensor import DTypeError, Tensor
 
 ROPE_TYPES = ("default", "linear", "dynamic", "llama3")
 
@@ -130,13 +132,16 @@ def signed_sin(sin):
 
 
 def apply_rotary(x, cos, sin_signed):
-    """x (B, H, L, d), cos and signed_sin(sin) (B, L, rot) with rot <= d: rotate the first `rot`
+    """x (B, H, L, d), cos and signed_sin(sin) (B|1, L, rot) with rot <= d: rotate the first `rot`
     dims of every head (partial rotary, as Phi-3 mini-4k's successors use), pass the rest through.
-    Same arithmetic as transformers' x * cos + rotate_half(x) * sin."""
-    cos, sin_signed = cos.unsqueeze(1), sin_signed.unsqueeze(1)  # (B, 1, L, rot): broadcast over heads
+    Same arithmetic as transformers' x * cos + rotate_half(x) * sin, op by op; one backend kernel
+    (backends/fused.py has the composition)."""
+    if cos.dtype is not x.dtype or sin_signed.dtype is not x.dtype:
+        raise DTypeError(f"apply_rotary(): cos/sin ({cos.dtype.name}, {sin_signed.dtype.name}) must be in the "
+                         f"activations' dtype {x.dtype.name}")
     rot = cos.shape[-1]
-    x_rot = x if rot == x.shape[-1] else x[..., :rot]
-    half = rot // 2
-    swapped = ops.cat([x_rot[..., half:], x_rot[..., :half]], -1)  # (x2, x1)
-    out = x_rot * cos + swapped * sin_signed
-    return out if rot == x.shape[-1] else ops.cat([out, x[..., rot:]], -1)
+    if x.ndim != 4 or cos.shape != sin_signed.shape or cos.ndim != 3 or rot > x.shape[-1] or rot % 2 \
+            or cos.shape[1] != x.shape[2] or cos.shape[0] not in (1, x.shape[0]):
+        raise ShapeError(f"apply_rotary(): x {x.shape} (B, H, L, d) and cos/sin {cos.shape}, {sin_signed.shape} "
+                         f"(B|1, L, rot <= d, rot even) do not fit")
+    return Tensor._wrap(x.backend.rotary(x.array, cos.array, sin_signed.array, x.dtype), x.backend, x.dtype)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import hashlib
 import re
 from pathlib import Path
 
@@ -87,8 +88,12 @@ class VarBuilder:
     def random(cls, seed: int = 0, std: float = 0.02, dtype=D.float32, device=None) -> "VarBuilder":
         """Random weights for any requested name and shape: N(0, std) for matrices, 1 for vectors named
         like norm weights, 0 for biases. For benchmarks and contract tests from a preset; nothing is
-        missing or unused."""
+        missing or unused. On the CPU the draws come from one host generator in request order; on other
+        devices each weight is drawn on the device (backend.random_normal, seeded by seed and name), so
+        a 7B model is ready in seconds rather than minutes."""
         rng = np.random.default_rng(seed)
+        dev = _dev.parse(device)
+        dt = D.get(dtype)
 
         def make(name, shape):
             leaf = name.rsplit(".", 1)[-1]
@@ -96,11 +101,15 @@ class VarBuilder:
                 return np.ones(shape, np.float32)
             if leaf == "bias":
                 return np.zeros(shape, np.float32)
+            if dev.type != "cpu":
+                b = _dev.backend(dev)
+                name_seed = int.from_bytes(hashlib.blake2b(name.encode(), digest_size=4).digest(), "little")
+                return Tensor._wrap(b.random_normal(shape, dt, (seed << 32) ^ name_seed, std), b, dt)
             a = rng.standard_normal(shape, dtype=np.float32)
             a *= np.float32(std)
             return a
         src = _Source(None, None, make, f"random weights (seed {seed})")
-        return cls(_State(src, D.get(dtype), _dev.parse(device)))
+        return cls(_State(src, dt, dev))
 
     # ---- naming ---------------------------------------------------------------------------------------
     def pp(self, prefix) -> "VarBuilder":
@@ -203,8 +212,11 @@ def _close(key: str, keys) -> str:
     return f"; close matches: {', '.join(near)}" if near else ""
 
 
-def _to_tensor(arr: np.ndarray, dtype, device) -> Tensor:
-    """Zero-copy over the mapped array when it stays on the CPU in its own dtype; else one copy."""
+def _to_tensor(arr, dtype, device) -> Tensor:
+    """Zero-copy over the mapped array when it stays on the CPU in its own dtype; else one copy. A
+    Tensor (drawn on its device) is taken as it is when it already has the dtype."""
+    if isinstance(arr, Tensor):
+        return arr if dtype is None or arr.dtype is dtype else arr.to(dtype)
     have = D.get(arr.dtype)
     target = dtype or have
     if device.type == "cpu" and target is have and arr.flags.c_contiguous:

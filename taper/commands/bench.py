@@ -40,7 +40,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 SUITES = {"ops": "bench_ops", "pool": "bench_pool", "load": "bench_load", "llm": "bench_llm",
-          "models": "bench_models", "decode": "bench_decode"}
+          "models": "bench_models"}
 RESULT_COLUMNS = ["result", "params", "version", "started_at", "duration", "stats_ci_99_a", "stats_ci_99_b",
                   "stats_q_25", "stats_q_75", "stats_number", "stats_repeat", "samples", "profile"]
 

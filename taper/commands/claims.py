@@ -137,43 +137,27 @@ def _decode_functional(im, spec):
 
 
 def _decode_models(im, spec):
-    from suites.bench_llm import LLMS
-
-    t0 = time.perf_counter()
-    llm = LLMS[spec["impl"]](im, spec["model"], spec["prompt_len"], spec["new_tokens"] + 1).build()
-    im.synchronize()
-    build = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    tok = llm.prefill()
-    prefill = time.perf_counter() - t0
-    return build, prefill, tok, llm.decode_step, llm.reset_decode
-
-
-def _decode_graph(im, spec):
-    """The engine's CUDA-graph decoder (engine/models/llama_graph.py) on random weights."""
+    """The implementation's own decode loop (impls: the engine's captured Decoder on a GPU,
+    transformers' cache loop for torch) on a preset with random weights."""
     import numpy as np
 
-    from suites import gpu_decode
-
-    cfg = gpu_decode.SHAPES[spec["model"]]
     t0 = time.perf_counter()
-    sd, fused = gpu_decode.build(cfg, spec["dtype"])
-    P = spec["prompt_len"]
-    dec = gpu_decode.engine_decoder(cfg, sd, fused, max_seq=P + spec["new_tokens"] + 8)
+    lm = im.load(spec["model"])
+    im.synchronize()
     build = time.perf_counter() - t0
-    prompt = np.random.default_rng(0).integers(0, cfg["vocab_size"], P).tolist()
-    dec.generate(prompt, 2, captured=True)  # compile the kernels and capture the step
+    P, n = spec["prompt_len"], spec["new_tokens"]
+    prompt = np.random.default_rng(0).integers(0, lm.config["vocab_size"], (1, P))
+    lm.generate(prompt, 3)  # compile / capture outside the timed steps
     t0 = time.perf_counter()
-    dec.prefill(prompt)
-    tok = int(dec.tok[0])
+    tok = int(lm.start(prompt, n + 1)[0])
     prefill = time.perf_counter() - t0
 
     def step(t):
-        dec.run_step(captured=True)
-        return int(dec.tok[0])  # reads the token on the host: each step is synchronised
+        lm.step()
+        return int(lm.tokens()[0, -1])  # reads the token on the host: each step is synchronised
 
     def crop():
-        dec.prefill(prompt)
+        lm.start(prompt, n + 1)
     return build, prefill, tok, step, crop
 
 
@@ -181,7 +165,7 @@ def _child_decode(spec):
     from suites.common import get_impl
 
     im = get_impl(spec["impl"], spec["device"], spec["dtype"])
-    kind = {"models": _decode_models, "graph": _decode_graph}.get(spec["workload"], _decode_functional)
+    kind = {"models": _decode_models, "graph": _decode_models}.get(spec["workload"], _decode_functional)
     build, prefill, tok, step, crop = kind(im, spec)
     step(tok)  # warm-up step, not timed
     crop()
@@ -415,10 +399,10 @@ def measure(args) -> list:
             model = ("llama-2-7b-4l" if quick else ("llama:llama-2-7b" if wl == "models" else "llama-2-7b"))
             specs = decode_specs("cuda", "float16", model, util=True, min_tokens=8 if quick else 32,
                                  min_seconds=2.0 if quick else 5.0, new_tokens=8 if quick else 32, wl=wl)
-            # the engine's GPU decode path is the CUDA-graph decoder (its eager ops are not the fast path)
-            specs["engine"].update(workload="graph", model="tiny" if quick else "llama-2-7b")
+            # the engine's GPU decode path: engine.models through the captured Decoder (impls)
+            specs["engine"].update(workload="models", model="llama:tiny" if quick else "llama:llama-2-7b")
             r, why = _pair(specs)
-            desc = ("engine CUDA-graph decoder vs " + ("transformers LlamaForCausalLM (eager, DynamicCache)"
+            desc = ("engine captured decode vs " + ("transformers LlamaForCausalLM (eager, DynamicCache)"
                     if wl == "models" else "the functional Llama-style decoder in torch"))
             card = (gpu or {}).get("card") or "GPU"
             what = f"{model}, float16, batch 1, greedy decode, random weights, {desc}; {card}"

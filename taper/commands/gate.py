@@ -2,10 +2,12 @@
 
 BASE and HEAD are asv results directories, or git refs: a ref is checked out into a temporary git
 worktree and benchmarked there with `asv run -E existing:<python>` (this interpreter, with the
-ref's own suites and engine on ASV_PYTHONPATH). Suspect regressions are re-measured once before
-failing: by --rerun-cmd when given, else by asv in HEAD's worktree (ref) or in this checkout, which
-must then be at HEAD's commit (directory). Thresholds come from gate.toml (see reports/gate.py).
-Exit code 0: pass; 1: regression, broken benchmark or drift; 2: usage error.
+ref's own suites and engine on ASV_PYTHONPATH). Suspect regressions are re-measured before failing,
+BASE and HEAD interleaved (A/B/A/B) by the same harness: by --rerun-cmd when given, else by asv in
+a temporary worktree of each side's commit (the commit its results were recorded under), which
+--repo must hold. Thresholds come from gate.toml (see reports/gate.py).
+Exit code 0: pass; 1: regression, broken or missing benchmark, nothing compared, or drift; 2: usage
+error.
 """
 from __future__ import annotations
 
@@ -23,9 +25,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--config", default=None,
                         help="gate thresholds (default: ./gate.toml, else reports/gate.toml)")
     parser.add_argument("--rerun-cmd", metavar="CMD",
-                        help="shell command re-measuring the suspects into HEAD's results; "
-                             "{bench} becomes a shell-quoted asv --bench regex and {results} "
-                             "HEAD's results directory")
+                        help="shell command measuring one side of the confirming re-run; it runs "
+                             "once per side and round (BASE, HEAD, BASE, HEAD, ...) with {side} "
+                             "(base or head), {commit} (that side's commit), {bench} (a "
+                             "shell-quoted asv --bench regex of the suspects) and {results} (an "
+                             "absolute, fresh, empty directory it must write asv results into; "
+                             "the gate checks that it did)")
     parser.add_argument("--no-rerun", action="store_true",
                         help="fail on suspects without re-measuring them")
     parser.add_argument("--markdown", metavar="FILE", help="also write the summary here")
@@ -33,7 +38,7 @@ def add_arguments(parser) -> None:
                         help="`taper verify` parity JSON files (or directories of them) to check "
                              "for numerical drift")
     parser.add_argument("--bench", metavar="REGEX", help="asv --bench filter for git-ref runs")
-    parser.add_argument("--machine", help="asv machine name for git-ref runs (default: asv's)")
+    parser.add_argument("--machine", help="asv machine name for runs here (default: asv's)")
     parser.add_argument("--asv-config", default="asv.conf.json",
                         help="asv config, relative to the checkout (default: asv.conf.json)")
     parser.add_argument("--repo", default=".", help="git repository of the refs (default: .)")
@@ -48,91 +53,140 @@ def _config_path(arg) -> Path:
     return local if local.exists() else Path(reports.__file__).parent / "gate.toml"
 
 
-class _Side:
-    """One side of the gate: its results directory, and how to re-measure it."""
+def _checkout_root(repo) -> str | None:
+    proc = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=repo, capture_output=True,
+                          text=True, stdin=subprocess.DEVNULL)
+    return proc.stdout.strip() if proc.returncode == 0 else None
 
-    def __init__(self, spec, args, stack):
-        from reports.asvrun import AsvRunner, worktree
+
+def _need_checkout(repo, what: str) -> None:
+    from reports.gate import GateUsageError
+
+    if not Path(repo).is_dir() or _checkout_root(repo) is None:
+        raise GateUsageError(f"{what}, and {Path(repo).resolve()} is not inside a git checkout: "
+                             "run taper gate from your repository's checkout or pass --repo "
+                             "PATH, or give two asv results directories (and --no-rerun outside "
+                             "a checkout)")
+
+
+class _Side:
+    """One side of the gate: its results, and the code (commit, checkout) they measured."""
+
+    def __init__(self, name, spec, args, stack):
+        from reports.asvrun import AsvRunner, resolve_ref, worktree
+        from reports.gate import GateUsageError
         from reports.results import load_results
 
-        self.spec, self.runner, self.commit = spec, None, None
+        self.name, self.spec, self.root, self.commit = name, spec, None, None
         if Path(spec).is_dir():
             self.results = Path(spec)
             self.label = f"`{spec}`"
         else:
-            root, self.commit = stack.enter_context(worktree(args.repo, spec))
+            _need_checkout(args.repo, f"{name} {spec!r} is not a results directory")
+            if resolve_ref(args.repo, spec) is None:
+                raise GateUsageError(f"{name} {spec!r} is neither a results directory nor a git "
+                                     f"ref of {Path(args.repo).resolve()}")
+            self.root, self.commit = stack.enter_context(worktree(args.repo, spec))
             self.results = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "results"
-            self.runner = AsvRunner(root, self.results, machine=args.machine,
-                                    asv_config=args.asv_config)
-            self.runner.ensure_machine()
+            runner = AsvRunner(self.root, self.results, machine=args.machine,
+                               asv_config=args.asv_config)
+            runner.ensure_machine()
             print(f"taper gate: benchmarking {spec} ({self.commit[:10]})", file=sys.stderr)
-            self.runner.run(self.commit, args.bench)
+            runner.run(self.commit, args.bench)
             self.label = f"`{spec}` ({self.commit[:10]})"
         self.frame = load_results(self.results)
         if self.commit is None:
             commits = sorted({c[:10] for c in self.frame["commit"]})
             self.label += f" ({', '.join(commits[:3])}{', ...' if len(commits) > 3 else ''})"
 
+    def commit_of(self, keys) -> str:
+        """The commit the suspects were measured at on this side."""
+        from reports.gate import RerunError
+        from reports.results import latest
 
-def _rerun_hook(head: _Side, args):
-    from reports.asvrun import AsvRunError, AsvRunner, bench_regex, git, known_machines
-    from reports.results import latest, load_results
+        if self.commit:
+            return self.commit
+        rows = latest(self.frame)
+        wanted = {(b, p) for _, b, p in keys}
+        hit = rows[[(b, p) in wanted for b, p in zip(rows["benchmark"], rows["params_repr"])]]
+        commits = sorted(set(hit["commit"]))
+        if len(commits) != 1:
+            raise RerunError(f"{self.name} results hold the suspects under commits {commits}: "
+                             "re-measure them one machine at a time, or pass --no-rerun")
+        return commits[0]
 
-    def rerun(suspects):
-        regex = bench_regex([(b, p) for _, b, p in suspects])
-        if args.rerun_cmd:
-            cmd = args.rerun_cmd.replace("{bench}", shlex.quote(regex)).replace(
-                "{results}", shlex.quote(str(head.results)))
+
+class _Remeasure:
+    """The confirming re-run's `measure(side, keys, results_dir)`: the same harness for both."""
+
+    def __init__(self, sides, args, stack):
+        self.sides, self.args, self.stack, self.checkouts = sides, args, stack, {}
+
+    def checkout(self, side, commit) -> Path:
+        from reports.asvrun import resolve_ref, worktree
+        from reports.gate import RerunError
+
+        if side.root is not None:
+            return side.root
+        if commit not in self.checkouts:
+            repo = self.args.repo
+            if not Path(repo).is_dir() or _checkout_root(repo) is None \
+                    or resolve_ref(repo, commit) is None:
+                raise RerunError(f"{side.name} results were measured at commit {commit[:10]}, "
+                                 f"which {Path(repo).resolve()} does not hold: re-measuring "
+                                 "needs that code; pass --repo CHECKOUT, --rerun-cmd, or "
+                                 "--no-rerun")
+            self.checkouts[commit] = self.stack.enter_context(worktree(repo, commit))[0]
+        return self.checkouts[commit]
+
+    def __call__(self, side_name, keys, results_dir) -> None:
+        from reports.asvrun import AsvRunner, bench_regex
+        from reports.gate import RerunError
+
+        side = self.sides[side_name]
+        regex = bench_regex([(b, p) for _, b, p in keys])
+        commit = side.commit_of(keys)
+        print(f"taper gate: re-measuring {len(keys)} suspects on {side.name} ({commit[:10]})",
+              file=sys.stderr)
+        if self.args.rerun_cmd:
+            fields = {"{bench}": shlex.quote(regex), "{results}": shlex.quote(str(results_dir)),
+                      "{side}": side_name, "{commit}": commit}
+            cmd = self.args.rerun_cmd
+            for k, v in fields.items():
+                cmd = cmd.replace(k, v)
             proc = subprocess.run(cmd, shell=True, stdin=subprocess.DEVNULL)
             if proc.returncode != 0:
-                raise AsvRunError(f"--rerun-cmd exited {proc.returncode}: {cmd}")
-        elif head.runner is not None:
-            head.runner.run(head.commit, regex)
-        else:
-            newest = latest(head.frame)
-            here = git(args.repo, "rev-parse", "HEAD")
-            for machine in sorted({m for m, _, _ in suspects}):
-                rows = newest[newest["machine"] == machine]
-                commit = rows["commit"].iloc[0] if len(rows) else newest["commit"].iloc[0]
-                machine = machine if len(rows) else newest["machine"].iloc[0]
-                if commit != here:
-                    raise AsvRunError(f"HEAD results are for commit {commit[:10]} but this "
-                                      f"checkout is at {here[:10]}: a re-run would measure other "
-                                      "code; check that commit out, or pass --rerun-cmd or "
-                                      "--no-rerun")
-                if machine not in known_machines():
-                    raise AsvRunError(f"asv on this box does not know machine {machine!r} of the "
-                                      "HEAD results; re-run there, or pass --rerun-cmd or "
-                                      "--no-rerun")
-                root = git(args.repo, "rev-parse", "--show-toplevel")
-                AsvRunner(root, head.results, machine=machine,
-                          asv_config=args.asv_config).run(commit, regex)
-        print(f"taper gate: re-ran {len(suspects)} suspects", file=sys.stderr)
-        return load_results(head.results)
-
-    return rerun
+                raise RerunError(f"--rerun-cmd exited {proc.returncode}: {cmd}")
+            return
+        runner = AsvRunner(self.checkout(side, commit), results_dir, machine=self.args.machine,
+                           asv_config=self.args.asv_config)
+        runner.ensure_machine()
+        runner.run(commit, regex)
 
 
 def run(args) -> int:
     from reports.asvrun import AsvRunError
     from reports.drift import VerifyFileError, compare_verify
-    from reports.gate import GateUsageError, load_config, run_gate
+    from reports.gate import GateUsageError, RerunError, load_config, run_gate
     from reports.results import ResultsError
 
     try:
         config = load_config(_config_path(args.config))
         drift = compare_verify(*args.verify, config["drift"]) if args.verify else []
         with contextlib.ExitStack() as stack:
-            base = _Side(args.base, args, stack)
-            head = _Side(args.head, args, stack)
-            rerun = None if args.no_rerun else _rerun_hook(head, args)
-            result = run_gate(base.frame, head.frame, config, rerun=rerun, drift=drift,
+            base = _Side("BASE", args.base, args, stack)
+            head = _Side("HEAD", args.head, args, stack)
+            measure = None if args.no_rerun else _Remeasure({"base": base, "head": head}, args,
+                                                            stack)
+            result = run_gate(base.frame, head.frame, config, measure=measure, drift=drift,
                               labels=(f"BASE {base.label}", f"HEAD {head.label}"))
-    except (GateUsageError, ResultsError, VerifyFileError, AsvRunError) as e:
+    except (GateUsageError, ResultsError, VerifyFileError, AsvRunError, RerunError) as e:
         print(f"taper gate: {e}", file=sys.stderr)
         return 2
     text = result.markdown()
     print(text)
     if args.markdown:
-        Path(args.markdown).write_text(text + "\n", encoding="utf-8")
+        from reports.results import write_text_atomic
+
+        write_text_atomic(args.markdown, text + "\n")
     return result.exit_code

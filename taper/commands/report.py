@@ -12,24 +12,27 @@ def add_arguments(parser) -> None:
                         help="where report.md, index.html and the PNG charts go "
                              "(default: html-report)")
     parser.add_argument("--asv-publish", action="store_true",
-                        help="also run asv publish into OUT/asv and link it")
+                        help="also run asv publish into OUT/asv and link every benchmark to its "
+                             "history there (needs the checkout's asv.conf.json)")
     parser.add_argument("--asv-config", default="asv.conf.json",
                         help="asv config used by --asv-publish (default: asv.conf.json)")
     parser.add_argument("--roofline", type=float, default=None, metavar="TOKENS_PER_S",
                         help="decode roofline to draw; default: track_*roofline* benchmark values")
-    parser.add_argument("--candidate", default="engine", help="impl compared (default: engine)")
-    parser.add_argument("--baseline", default="torch", help="impl compared to (default: torch)")
+    parser.add_argument("--candidate", default=None,
+                        help="the implementation under test, compared with the best other "
+                             "(default: reports/roles.py CANDIDATE, engine)")
 
 
 def run(args) -> int:
-    from reports.dashboard import PublishError, build_report
+    from reports import roles
+    from reports.dashboard import PublishError, PublishSetupError, build_report
     from reports.results import ResultsError
 
     try:
         paths = build_report(args.results, args.out, asv=args.asv_publish,
                              asv_config=args.asv_config, roofline=args.roofline,
-                             candidate=args.candidate, baseline=args.baseline)
-    except (ResultsError, ValueError) as e:
+                             candidate=args.candidate or roles.CANDIDATE)
+    except (ResultsError, ValueError, PublishSetupError) as e:
         print(f"taper report: {e}", file=sys.stderr)
         return 2
     except PublishError as e:

@@ -1,0 +1,136 @@
+"""Optional fused ops of the backend protocol, each with its plain composition as the default.
+
+A backend inherits these (NumpyBackend does) and overrides one when it has a faster kernel for some
+shapes; every override has a test against the composition here (tests/test_fused.py). Nothing else in
+the engine checks which backend it runs on: models reach these ops through the ordinary paths
+(F.linear, RmsNorm, apply_rotary, nn.attention.attention) and through engine.capture's fusion pass.
+
+Rounding follows the eager ops op by op, so a fused kernel can equal the ops it replaces bit for bit
+(16-bit floats compute in float32 and round once per op, as the eager kernels do).
+
+  linear_fused(x, w, b, out, norm=, glu=, residual=)   [rms_norm ->] linear [-> act(.) * up] [-> + residual]
+  moe(x, weights, experts, w_gate, w_up, w_down, act)  routed experts (Mixtral), summed in expert order
+  rotary(x, cos, sin_signed, out)                      x * cos + swap_halves(x) * sin_signed on the first
+                                                       cos.shape[-1] dims of each head (HF rotate_half)
+  attention(q, k, v, mask, scale, out)                 transformers' eager attention (scores in the
+                                                       activations' dtype, softmax in float32)
+  sample(logits, seen, penalty, temperature, top_k, top_p, seed, counter)
+                                                       the next tokens (engine/sampling.py)
+  random_normal(shape, dtype, seed, std)               N(0, std) weights for presets
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from engine import dtype as D
+
+ACTIVATIONS = ("silu", "gelu_tanh", "gelu")  # the GLU activations (LLaMA family: silu; Gemma: gelu_tanh)
+NORM_STYLES = ("torch", "llama", "gemma")
+
+
+class FusedOps:
+    # ---- linear with its neighbours ------------------------------------------------------------------
+    def linear_fused(self, x, w, b, out_dtype, norm=None, glu=None, residual=None):
+        """norm: (weight, eps, style): x = rms_norm(x) over the last dim first (see rms_norm's styles).
+        glu: (w_up, b_up, act): y = act(linear(x, w, b)) * linear(x, w_up, b_up), each op rounded.
+        residual: y = residual + y (rounded once, as add)."""
+        if norm is not None:
+            x = self.rms_norm(x, 1, norm[0], norm[1], out_dtype, norm[2])
+        y = self.linear(x, w, b, out_dtype)
+        if glu is not None:
+            w_up, b_up, act = glu
+            up = self.linear(x, w_up, b_up, out_dtype)
+            y = self.binary("mul", self.unary(act, y, out_dtype), up, out_dtype, out_dtype)
+        if residual is not None:
+            y = self.binary("add", residual, y, out_dtype, out_dtype)
+        return y
+
+    # ---- mixture of experts --------------------------------------------------------------------------------
+    def moe(self, x, weights, experts, w_gate: list, w_up: list, w_down: list, act: str, out_dtype):
+        """Each token through its routed experts (transformers' Mixtral order): for every expert e in
+        ascending order, out[t] += round(down_e(act(gate_e x) * up_e x) * weight[t, slot]), each op
+        rounded. x (T, H); weights (T, k) float32; experts (T, k) int64; w_* one weight per expert.
+        The dispatch reads the routing on the host (one backend call, so a captured step still makes
+        the same calls every time; the cupy backend routes on the device)."""
+        chosen = np.asarray(self.to_numpy(experts))
+        w_host = np.asarray(self.to_numpy(weights))
+        out = self.full(x.shape, 0, out_dtype)
+        for e in range(len(w_gate)):
+            tok, slot = np.nonzero(chosen == e)  # tokens routed to e, and where e sits in their top-k
+            if not len(tok):
+                continue
+            idx = self.from_numpy(tok.astype(np.int64), D.int64)
+            xe = self.take(x, idx, 0)
+            h = self.binary("mul", self.unary(act, self.linear(xe, w_gate[e], None, out_dtype), out_dtype),
+                            self.linear(xe, w_up[e], None, out_dtype), out_dtype, out_dtype)
+            y = self.linear(h, w_down[e], None, out_dtype)
+            wt = self.from_numpy(w_host[tok, slot][:, None].astype(np.float32), D.float32)
+            y = self.cast(self.binary("mul", y, wt, D.float32, D.float32), out_dtype)  # times fp32, rounded once
+            cur = self.take(out, idx, 0)
+            self.setitem(out, (idx,), self.binary("add", cur, y, out_dtype, out_dtype))
+        return out
+
+    # ---- rotary positions ---------------------------------------------------------------------------------
+    def rotary(self, x, cos, sin_signed, out_dtype):
+        """x (B, H, L, D); cos and sin_signed (B|1, L, rot), rot <= D, in out_dtype. The first rot dims
+        of each head rotate (x1, x2) -> (x1 c1 - x2 s1, x2 c2 + x1 s2); the rest pass through."""
+        xp = self.xp
+        rot, d = cos.shape[-1], x.shape[-1]
+        half = rot // 2
+        c, s = cos[:, None], sin_signed[:, None]  # (B|1, 1, L, rot): broadcast over heads
+        xr = x[..., :rot]
+        swapped = self.concat([xr[..., half:], xr[..., :half]], -1, out_dtype)
+        out = self.binary("add", self.binary("mul", xr, c, out_dtype, out_dtype),
+                          self.binary("mul", swapped, s, out_dtype, out_dtype), out_dtype, out_dtype)
+        if rot == d:
+            return out
+        return self.concat([out, xp.broadcast_to(x[..., rot:], out.shape[:-1] + (d - rot,))], -1, out_dtype)
+
+    # ---- attention -------------------------------------------------------------------------------------------
+    def attention(self, q, k, v, mask, scale: float, out_dtype):
+        """transformers' eager attention: scores in the activations' dtype, times scale, plus the
+        additive mask, softmax in float32, rounded back, times V.
+        q (B, Hq, L, D), k/v (B, Hkv, S, D|Dv), mask (B|1, 1, L, S) additive or None -> (B, L, Hq * Dv).
+        The rep = Hq / Hkv query heads of one kv head become rows of one matrix, so K and V are read once."""
+        b, hq, L, d = q.shape
+        hkv, S = k.shape[1], k.shape[2]
+        rep = hq // hkv
+        qg = self.contiguous(q, out_dtype).reshape(b, hkv, rep * L, d)
+        s = self.matmul(qg, k.swapaxes(-1, -2), out_dtype)  # (B, Hkv, rep*L, S)
+        s = self.binary("mul", s, scale, out_dtype, out_dtype)
+        if mask is not None:
+            s = self.binary("add", s.reshape(b, hkv, rep, L, S), mask[:, :, None], out_dtype, out_dtype)
+        p = self.softmax(s.reshape(b, hkv, rep * L, S), -1, False, D.float32)
+        o = self.matmul(self.cast(p, out_dtype), v, out_dtype)  # (B, Hkv, rep*L, Dv)
+        dv = v.shape[-1]
+        return self.contiguous(o.reshape(b, hq, L, dv).swapaxes(1, 2), out_dtype).reshape(b, L, hq * dv)
+
+    # ---- choosing tokens ----------------------------------------------------------------------------------
+    def sample(self, logits, seen, penalty: float, temperature: float, top_k, top_p, seed: int, counter):
+        """(B, V) logits -> (B,) int64 tokens (engine/sampling.py's processors and draw); seen: (B, V)
+        bool or None; counter: the generator's (1,) int64 counter, advanced in place by one draw."""
+        from engine import sampling
+        x = self.to_numpy(logits)
+        c = int(self.to_numpy(counter).reshape(-1)[0])
+        s = self.to_numpy(seen) if seen is not None else None
+        toks = sampling.sample(np.asarray(x, np.float32), s, penalty, temperature, top_k, top_p, seed, c)
+        self.copy_(counter, c + 1)
+        return self.from_numpy(toks, D.int64)
+
+    # ---- CUDA graphs: none by default (engine.capture then runs steps eagerly) ----------------------------
+    def graph_capture(self, fn, memory):
+        return None
+
+    def graph_launch(self, graph) -> None:
+        raise RuntimeError(f"{self.device} has no CUDA graphs")
+
+    def capturing(self) -> bool:
+        return False
+
+    # ---- random weights ----------------------------------------------------------------------------------------
+    def random_normal(self, shape, dtype, seed: int, std: float = 1.0):
+        """N(0, std) in `dtype`, drawn on the host with numpy's PCG64 (same values on every device)."""
+        a = np.random.default_rng(seed).standard_normal(tuple(shape), dtype=np.float32)
+        if std != 1.0:
+            a *= np.float32(std)
+        return self.from_numpy(a, D.get(dtype))

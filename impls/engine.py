@@ -1,0 +1,188 @@
+"""The engine: numpy backend on the cpu, cupy on cuda. Decode goes through engine.generation's
+Decoder, which captures the step as a CUDA graph on a GPU (the engine's normal path)."""
+from __future__ import annotations
+
+import contextlib
+import operator
+
+import numpy as np
+
+import engine
+from impls.base import CudaEvents, Impl, Model, Unavailable, WallEvents, as_ids
+from impls import sources
+
+
+class EngineImpl(Impl):
+    name = "engine"
+
+    def __init__(self, device, dtype):
+        super().__init__(device, dtype)
+        backend = engine.backend(device)
+        if not getattr(backend, "available", False):
+            try:
+                backend.synchronize()
+            except Exception as e:  # the UnavailableBackend's one clear error
+                raise Unavailable(f"engine: {e}") from None
+            raise Unavailable(f"engine: device {device} is not available")
+        self.backend = backend
+        self.edtype = getattr(engine, dtype)
+        self.functional = engine.functional
+
+    @property
+    def label(self):
+        return f"engine ({self.backend.name} backend)"
+
+    def _ops(self):
+        F = engine.functional
+        return {"matmul": engine.matmul, "add": operator.add, "mul": operator.mul, "silu": F.silu,
+                "softmax": F.softmax, "layer_norm": F.layer_norm, "rms_norm": F.rms_norm,
+                "conv2d": F.conv2d, "sdpa": F.scaled_dot_product_attention, "linear": F.linear,
+                "embedding": F.embedding}
+
+    # ---- data -----------------------------------------------------------------------------------------
+    def tensor(self, array):
+        return engine.tensor(np.ascontiguousarray(array), dtype=self.edtype, device=self.device)
+
+    def randn(self, *shape, scale=1.0, seed=0):
+        if not self.is_cuda:
+            return super().randn(*shape, scale=scale, seed=seed)
+        # drawn on the device (engine.randn draws on the host, for the same values on every device:
+        # minutes for 7B weights); with the cupy backend loaded, the pool's stats stay exact
+        return engine.Tensor._wrap(self.backend.random_normal(shape, self.edtype, seed, scale), self.backend,
+                                   self.edtype)
+
+    def ids(self, values):
+        return engine.tensor(np.asarray(values, dtype=np.int64), dtype=engine.int64, device=self.device)
+
+    def cat(self, tensors, dim):
+        return engine.cat(tensors, dim=dim)
+
+    def to_numpy(self, x):
+        return np.asarray(x.float().numpy())
+
+    def alloc(self, nbytes):
+        return engine.empty(nbytes, dtype=engine.uint8, device=self.device)
+
+    def fill_zero(self, buf):
+        return buf.fill_(0)
+
+    # ---- checkpoints and models ---------------------------------------------------------------------------
+    def can_load(self, path):
+        if not str(path).endswith(".safetensors"):
+            raise Unavailable("engine reads safetensors only (it never unpickles); "
+                              "convert .pt checkpoints with `taper convert`")
+
+    def load_checkpoint(self, path):
+        path = str(path)
+        self.can_load(path)
+        import engine.io
+        out = {}
+        with engine.io.safe_open(path) as f:
+            for name in f.keys():
+                arr = f.get_numpy(name)  # a zero-copy view of the mapping
+                out[name] = engine.from_numpy(arr) if not self.is_cuda else engine.tensor(arr, device=self.device)
+        if not self.is_cuda:  # the mapping stays alive through the views after close()
+            touch({k: v.storage.data for k, v in out.items()})
+        return out
+
+    def load(self, source, module=None, seed: int = 0, capture=None, **options) -> "EngineModel":
+        """A preset (random weights, seeded), a HF directory, or an engine Module built elsewhere
+        (`module=`, e.g. the port of a torch model by migration). capture: decode through a captured
+        CUDA graph (default: on cuda)."""
+        from engine import models
+        src = sources.parse(source, **options) if source is not None else None
+        if module is None:
+            if src is None or src.kind == "factory":
+                raise Unavailable(f"engine: {source} is a torch factory; port it first (taper port / taper verify)")
+            if src.kind == "preset":
+                module = models.from_preset(src.model_type, src.preset, dtype=self.edtype, device=self.device,
+                                            seed=seed, **src.overrides)
+            else:
+                module = models.from_pretrained(src.path, dtype=self.edtype, device=self.device)
+        elif getattr(module, "dtype", None) not in (None, self.edtype):
+            module.to(dtype=self.edtype)
+        config = src.config if src is not None else dict(getattr(getattr(module, "config", None), "__dict__", {}))
+        wb = sum({id(p): p.nbytes for p in module.parameters()}.values())
+        if self.is_cuda:
+            self.synchronize()
+        return EngineModel(self, src or "<module>", module, config, wb, capture)
+
+    # ---- device --------------------------------------------------------------------------------------------
+    def synchronize(self):
+        self.backend.synchronize()
+
+    def events(self):
+        if not self.is_cuda:
+            return WallEvents()
+        import cupy
+        return CudaEvents(lambda: cupy.cuda.Event(), None)
+
+    def memory_stats(self):
+        s = dict(self.backend.pool.stats())
+        s["source"] = "engine StoragePool"
+        return s
+
+    def reset_peak(self):
+        self.backend.pool.reset_peak()
+
+    def empty_cache(self):
+        self.backend.pool.empty_cache()
+
+
+class EngineModel(Model):
+    def __init__(self, impl, source, module, config, weight_bytes, capture=None):
+        super().__init__(impl, source, config, weight_bytes)
+        self.module = module
+        self.capture = capture
+        self.decoder = None
+
+    def state_arrays(self) -> dict:
+        """{name: backend array} of every weight (zero-copy; torch takes them through DLPack)."""
+        return {k: v.array for k, v in self.module.state_dict().items()}
+
+    def forward(self, *arrays):
+        args = [engine.tensor(a, device=self.impl.device) if isinstance(a, np.ndarray) else a for a in arrays]
+        out = self.module(*args)
+        outs = out if isinstance(out, (tuple, list)) else [out]
+        return [o.float().numpy() if o.dtype.is_reduced else o.numpy() for o in outs]
+
+    def logits(self, ids):
+        ids = engine.tensor(as_ids(ids), device=self.impl.device)
+        return self.module(ids).float().numpy()
+
+    def start(self, ids, max_new_tokens: int):
+        from engine.generation import Decoder
+        ids = as_ids(ids)
+        self.decoder = Decoder(self.module, ids.shape[0], ids.shape[1] + max_new_tokens, capture=self.capture)
+        first = self.decoder.prefill(engine.tensor(ids, device=self.impl.device))
+        return first.numpy().astype(np.int64)
+
+    def step(self):
+        self.decoder.step()
+        if self.warmup_s is None:
+            self.warmup_s = self.decoder.capture_s
+
+    def tokens(self):
+        return self.decoder.tokens()
+
+    @contextlib.contextmanager
+    def tap(self, names, callback):
+        """callback(name, host array) for each named module output (all modules when names is None)."""
+        def on(name, out):
+            callback(name, out.float().numpy() if out.dtype.is_reduced else out.numpy())
+        self.module.set_taps(on, names)
+        try:
+            yield self
+        finally:
+            self.module.set_taps(None)
+
+
+def touch(arrays: dict) -> int:
+    """Read one byte of every 4 KiB page of each host array (so that mmap'd weights are resident,
+    exactly as copied ones already are); the same code for every implementation."""
+    total = 0
+    for a in arrays.values():
+        flat = np.asarray(a).reshape(-1).view(np.uint8)
+        if flat.size:
+            total += int(flat[::4096].sum(dtype=np.uint64))
+    return total

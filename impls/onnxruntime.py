@@ -1,0 +1,173 @@
+"""ONNX Runtime: the torch model exported with torch.onnx (the dynamo exporter), run by an
+InferenceSession on the CPU execution provider, or the CUDA one where onnxruntime has it. Inputs and
+outputs stay OrtValues on the session's device, so a timed call is the session's own work. Each
+distinct set of input shapes is exported once (fixed shapes: what ONNX Runtime optimises best).
+
+Decoding is not offered: it needs the KV cache as graph inputs and outputs (an export with
+past_key_values, as optimum's exporter makes); a decode without a cache would misstate ONNX Runtime.
+"""
+from __future__ import annotations
+
+import io
+import os
+import time
+import warnings
+
+import numpy as np
+
+from impls.base import Model, TapsUnsupported, Unavailable, as_ids
+from impls.torch_eager import TorchImpl, model_config, torch
+
+try:
+    import onnxruntime as ort
+except ImportError:
+    ort = None
+
+
+class OnnxRuntimeImpl(TorchImpl):
+    name = "onnxruntime"
+
+    def __init__(self, device, dtype):
+        if ort is None:
+            raise Unavailable("onnxruntime is not installed (pip install onnxruntime, or onnxruntime-gpu)")
+        try:
+            import onnxscript  # noqa: F401  (torch.onnx's dynamo exporter needs it)
+        except ImportError:
+            raise Unavailable("onnxruntime: torch.onnx's exporter needs onnxscript (pip install onnxscript)") from None
+        if device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise Unavailable(f"onnxruntime {ort.__version__} has no CUDA execution provider here "
+                              f"(providers: {', '.join(ort.get_available_providers())}); install onnxruntime-gpu")
+        if dtype == "bfloat16":
+            raise Unavailable("onnxruntime: bfloat16 kernels are missing for most ops")
+        super().__init__(device, dtype)
+        self.providers = ["CUDAExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+        self.ort_device = "cuda" if device == "cuda" else "cpu"
+
+    @property
+    def label(self):
+        return f"onnxruntime {ort.__version__} ({self.providers[0]})"
+
+    # ---- sessions -------------------------------------------------------------------------------------------
+    def session(self, module, example: tuple):
+        """An InferenceSession for `module` exported at the shapes of `example` (torch tensors)."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            prog = torch.onnx.export(module, example, dynamo=True, verbose=False)
+        buf = io.BytesIO(prog.model_proto.SerializeToString()) if prog is not None else None
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        threads = os.environ.get("OMP_NUM_THREADS")
+        if threads and threads.isdigit():
+            opts.intra_op_num_threads = int(threads)
+        return ort.InferenceSession(buf.getvalue(), opts, providers=self.providers)
+
+    # ---- ops: each op exported as a one-node module, per input shapes --------------------------------------
+    def _ops(self):
+        out = {}
+        for name, fn in super()._ops().items():
+            out[name] = _OrtOp(self, name, fn)
+        return out
+
+    def tensor(self, array):
+        a = np.ascontiguousarray(np.asarray(array), dtype=self.np_dtype if np.asarray(array).dtype.kind == "f"
+                                 else None)
+        return ort.OrtValue.ortvalue_from_numpy(a, self.ort_device, 0)
+
+    def ids(self, values):
+        return ort.OrtValue.ortvalue_from_numpy(np.asarray(values, np.int64), self.ort_device, 0)
+
+    def to_numpy(self, x):
+        return np.asarray(x.numpy(), dtype=np.float32)
+
+    def load(self, source, seed: int = 0, weights=None, module=None, **options):
+        module, src, inputs = self.build_module(source, seed, weights, module, **options)
+        wb = sum(p.numel() * p.element_size() for p in module.parameters())
+        return OrtModel(self, src, module, model_config(src, module), wb, inputs)
+
+    def load_checkpoint(self, path):
+        raise Unavailable("onnxruntime loads exported graphs, not checkpoints")
+
+    def memory_stats(self):
+        return {"allocated_bytes": None, "peak_bytes": None, "reserved_bytes": None, "source": None}
+
+    def synchronize(self):
+        pass  # session.run returns when its outputs are ready
+
+
+class _Wrap(torch.nn.Module if torch is not None else object):
+    def __init__(self, fn, kwargs):
+        super().__init__()
+        self.fn, self.kwargs = fn, kwargs
+
+    def forward(self, *args):
+        return self.fn(*args, **self.kwargs)
+
+
+class _OrtOp:
+    """op(*OrtValues or scalars, **kwargs) -> OrtValue; exported on first use per shapes."""
+
+    def __init__(self, impl, name, fn):
+        self.impl, self.name, self.fn, self.sessions = impl, name, fn, {}
+
+    def __call__(self, *args, **kwargs):
+        vals = [a for a in args if isinstance(a, ort.OrtValue)]
+        if len(vals) != len(args):
+            raise Unavailable(f"onnxruntime: {self.name} with Python scalars is not exported")
+        key = (tuple((tuple(v.shape()), v.data_type()) for v in vals), tuple(sorted(kwargs.items())))
+        if key not in self.sessions:
+            example = tuple(torch.from_numpy(v.numpy()) for v in vals)
+            sess = self.impl.session(_Wrap(self.fn, kwargs), example)
+            self.sessions[key] = (sess, [i.name for i in sess.get_inputs()])
+        sess, names = self.sessions[key]
+        return sess.run_with_ort_values(None, dict(zip(names, vals)))[0]
+
+
+class OrtModel(Model):
+    def __init__(self, impl, source, module, config, weight_bytes, inputs=None):
+        super().__init__(impl, source, config, weight_bytes)
+        self.module, self.example_inputs, self.sessions = module, inputs, {}
+        self.export_s = 0.0
+
+    def _run(self, key, wrapper, host_inputs):
+        if key not in self.sessions:
+            t0 = time.perf_counter()
+            example = tuple(self.impl.as_input(a) for a in host_inputs)
+            sess = self.impl.session(wrapper, example)
+            self.sessions[key] = (sess, [i.name for i in sess.get_inputs()])
+            self.export_s += time.perf_counter() - t0
+        sess, names = self.sessions[key]
+        feeds = {n: _feed(self.impl, a) for n, a in zip(names, host_inputs)}
+        return [np.asarray(o) for o in sess.run(None, feeds)]
+
+    def forward(self, *arrays):
+        arrays = [np.asarray(a) for a in arrays]
+        key = ("forward",) + tuple((a.shape, a.dtype.str) for a in arrays)
+        return [o.astype(np.float32) if o.dtype.kind == "f" else o for o in self._run(key, self.module, arrays)]
+
+    def logits(self, ids):
+        ids = as_ids(ids)
+        key = ("logits", ids.shape)
+        return self._run(key, _Logits(self.module), [ids])[0].astype(np.float32)
+
+    def start(self, ids, max_new_tokens: int):
+        raise Unavailable("onnxruntime: no decode loop (the KV cache must be exported as graph inputs and "
+                          "outputs, as optimum does; a decode without a cache would misstate ONNX Runtime)")
+
+    def tap(self, names, callback):
+        raise TapsUnsupported("onnxruntime runs the exported graph as one program: outputs only")
+
+
+class _Logits(torch.nn.Module if torch is not None else object):
+    def __init__(self, lm):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, ids):
+        return self.lm(ids, use_cache=False).logits
+
+
+def _feed(impl, a):
+    a = np.asarray(a)
+    if a.dtype.kind == "f":
+        a = a.astype(impl.np_dtype)
+    return np.ascontiguousarray(a)

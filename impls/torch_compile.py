@@ -1,0 +1,129 @@
+"""torch.compile: what a PyTorch user would pick for speed. The same transformers models as `torch`;
+on CUDA the decode step runs over a StaticCache under torch.compile(mode="reduce-overhead",
+fullgraph=True) (CUDA graphs, the recipe of transformers' and gpt-fast's docs); on the CPU the
+default mode. Compile time is kept apart (Model.warmup_s) from the timed runs."""
+from __future__ import annotations
+
+import inspect
+import time
+
+import numpy as np
+
+from impls.base import Unavailable, as_ids
+from impls.torch_eager import TorchImpl, TorchModel, _host, model_config, torch
+
+
+class TorchCompileImpl(TorchImpl):
+    name = "torch-compile"
+
+    def __init__(self, device, dtype):
+        super().__init__(device, dtype)
+        self.mode = "reduce-overhead" if device == "cuda" else None
+        try:
+            import torch._dynamo  # noqa: F401
+        except ImportError as e:  # pragma: no cover
+            raise Unavailable(f"torch-compile: {e}") from None
+
+    @property
+    def label(self):
+        return f"torch {torch.__version__} compile ({self.mode or 'default'} mode)"
+
+    def _ops(self):
+        return {k: _compiled(fn, self.mode) for k, fn in super()._ops().items()}
+
+    def load(self, source, seed: int = 0, weights=None, module=None, **options):
+        module, src, inputs = self.build_module(source, seed, weights, module, **options)
+        wb = sum(p.numel() * p.element_size() for p in module.parameters())
+        self.synchronize()
+        return CompiledModel(self, src, module, model_config(src, module), wb, inputs)
+
+
+def _compiled(fn, mode):
+    cache = {}
+
+    def run(*args, **kwargs):
+        if "f" not in cache:
+            cache["f"] = torch.compile(fn, mode=mode, dynamic=False)
+        return cache["f"](*args, **kwargs)
+    return run
+
+
+def _accepts(fn, name: str) -> bool:
+    params = inspect.signature(fn).parameters
+    return name in params
+
+
+class CompiledModel(TorchModel):
+    def __init__(self, impl, source, module, config, weight_bytes, inputs=None):
+        super().__init__(impl, source, module, config, weight_bytes, inputs)
+        self._forward = torch.compile(module, mode=impl.mode, dynamic=False)
+        self._step_fn = self._prefill = None
+        self._cache_position = _accepts(module.forward, "cache_position")
+
+    def forward(self, *arrays):
+        with torch.inference_mode():
+            out = self._forward(*[self.impl.as_input(a) for a in arrays])
+        return _host(out)
+
+    def logits(self, ids):
+        ids = torch.as_tensor(as_ids(ids), device=self.impl.tdevice)
+        with torch.inference_mode():
+            return self._forward(ids, use_cache=False).logits.float().cpu().numpy()
+
+    # ---- greedy decode over a static cache ----------------------------------------------------------------
+    def new_cache(self, batch: int, max_len: int):
+        from transformers import StaticCache
+        kw = {"config": self.module.config, "max_cache_len": max_len}
+        params = inspect.signature(StaticCache.__init__).parameters
+        for k, v in (("max_batch_size", batch), ("device", self.impl.tdevice), ("dtype", self.impl.tdtype)):
+            if k in params:
+                kw[k] = v
+        return StaticCache(**kw)
+
+    def _positions(self, pos):
+        kw = {"position_ids": pos}
+        if self._cache_position:
+            kw["cache_position"] = pos[0]
+        return kw
+
+    def _decode(self, tok, pos):
+        out = self.module(tok, use_cache=True, **{self._cache_kw: self.cache}, **self._positions(pos))
+        return out.logits[:, -1].argmax(-1)
+
+    def start(self, ids, max_new_tokens: int):
+        ids = torch.as_tensor(as_ids(ids), device=self.impl.tdevice)
+        b, L = ids.shape
+        shape = (b, L + max_new_tokens)
+        if getattr(self, "_cache_shape", None) == shape:
+            with torch.inference_mode():
+                self.cache.reset()  # the same buffers: the compiled graphs keep their addresses
+        else:
+            self.cache, self._cache_shape = self.new_cache(*shape), shape
+        pos = torch.arange(L, device=self.impl.tdevice)[None]
+        if self._prefill is None:
+            self._prefill = torch.compile(self._prefill_logits, mode=self.impl.mode, dynamic=False)
+        with torch.inference_mode():
+            tok = self._prefill(ids, pos)
+        self._pos = torch.full((1, 1), L, dtype=torch.long, device=self.impl.tdevice)
+        self._toks = [tok.clone()]
+        if self._step_fn is None:
+            self._step_fn = torch.compile(self._decode, mode=self.impl.mode, fullgraph=True, dynamic=False)
+        return self._toks[0].cpu().numpy()
+
+    def _prefill_logits(self, ids, pos):
+        out = self.module(ids, use_cache=True, logits_to_keep=1, **{self._cache_kw: self.cache}, **self._positions(pos))
+        return out.logits[:, -1].argmax(-1)
+
+    def step(self):
+        first = self.warmup_s is None
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            tok = self._step_fn(self._toks[-1][:, None], self._pos)
+            self._toks.append(tok.clone())  # a CUDA-graph output is overwritten by the next replay
+            self._pos.add_(1)
+        if first:
+            self.impl.synchronize()
+            self.warmup_s = time.perf_counter() - t0
+
+    def tokens(self):
+        return torch.stack(self._toks, 1).cpu().numpy().astype(np.int64)

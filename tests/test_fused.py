@@ -1,0 +1,220 @@
+"""The fused backend ops (engine/backends/fused.py) against torch with transformers' rounding, on the
+device under test; on CUDA also each kernel against the plain composition it replaces, bit for bit
+(that equality is what lets a captured decode step equal the eager one)."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as TF
+
+import engine
+from engine import sampling
+from engine.backends.fused import FusedOps
+from helpers import DEVICE, NP, TORCH, compare, compare_reduced, needs_device
+
+pytestmark = needs_device
+RNG = np.random.default_rng(0)
+ON_CUDA = DEVICE.type == "cuda"
+DTYPES = ["float32", "float16", "bfloat16"]
+
+
+def arr(shape, dtype, scale=1.0, seed=0):
+    a = (np.random.default_rng(seed).standard_normal(shape) * scale).astype(np.float32)
+    return a.astype(NP[dtype])
+
+
+def E(a):
+    return engine.tensor(a, device=DEVICE)
+
+
+def T(a):
+    return torch.from_numpy(np.asarray(a, np.float32)).to(TORCH[str(a.dtype) if a.dtype != NP["bfloat16"]
+                                                               else "bfloat16"])
+
+
+def run(name, *args, **kw):
+    """backend.<name>(arrays..., out_dtype, **kw) on engine tensors; the result as an engine tensor."""
+    x = next(a for a in args if isinstance(a, engine.Tensor))
+    b = x.backend
+    out = getattr(b, name)(*[a.array if isinstance(a, engine.Tensor) else a for a in args], x.dtype, **kw)
+    return engine.Tensor._wrap(out, b, engine.dtype.get(out.dtype))
+
+
+def composition(name, *args, **kw):
+    """The same op through FusedOps' plain composition on the same backend."""
+    x = next(a for a in args if isinstance(a, engine.Tensor))
+    b = x.backend
+    fn = getattr(FusedOps, name)
+    out = fn(b, *[a.array if isinstance(a, engine.Tensor) else a for a in args], x.dtype, **kw)
+    return engine.Tensor._wrap(out, b, engine.dtype.get(out.dtype))
+
+
+def same(a, b):
+    np.testing.assert_array_equal(a.float().numpy(), b.float().numpy())
+
+
+# ---- torch references with transformers' rounding ------------------------------------------------------------
+def t_norm(x, w, eps, style):
+    h = x.float()
+    if style == "torch":
+        return TF.rms_norm(h, (x.shape[-1],), w.float(), eps).to(x.dtype)
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return (h * (1.0 + w.float())).to(x.dtype) if style == "gemma" else w * h.to(x.dtype)
+
+
+ACT = {"silu": TF.silu, "gelu_tanh": lambda t: TF.gelu(t, approximate="tanh"), "gelu": TF.gelu}
+
+
+def t_linear_fused(x, w, b, norm=None, glu=None, residual=None):
+    if norm is not None:
+        x = t_norm(x, *norm)
+    y = TF.linear(x, w, b)
+    if glu is not None:
+        y = ACT[glu[2]](y) * TF.linear(x, glu[0], glu[1])
+    return residual + y if residual is not None else y
+
+
+CASES = [  # (rows, N, K, norm style, act, bias, residual)
+    (2, 64, 64, None, "silu", False, True), (1, 32, 64, None, None, True, False),
+    (1, 96, 64, None, None, False, False), (1, 200, 128, "llama", None, False, False),
+    (3, 96, 64, None, None, True, True), (1, 64, 256, "gemma", "gelu_tanh", False, False),
+    (2, 128, 64, "llama", "silu", True, False), (8, 64, 128, "torch", None, False, True),
+    (5, 48, 64, "llama", "silu", False, True), (1, 64, 512, None, "gelu", False, False),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows,N,K,style,act,bias,res", CASES)
+def test_linear_fused(dtype, rows, N, K, style, act, bias, res):
+    x, w = arr((rows, K), dtype), arr((N, K), dtype, 0.1, 1)
+    b = arr((N,), dtype, 0.1, 2) if bias else None
+    nw = arr((K,), dtype, 0.5, 3) + NP[dtype](1) if style else None
+    up = (arr((N, K), dtype, 0.1, 4), arr((N,), dtype, 0.1, 5) if bias else None, act) if act else None
+    r = arr((rows, N), dtype, 1.0, 6) if res else None
+    e = lambda a: None if a is None else E(a)  # noqa: E731
+    kw = dict(norm=(e(nw).array, 1e-5, style) if style else None, glu=(e(up[0]).array, None if up[1] is None else
+              e(up[1]).array, act) if act else None, residual=e(r).array if res else None)
+    got = run("linear_fused", E(x), E(w), e(b), **kw)
+    t = lambda a: None if a is None else T(a)  # noqa: E731
+    args = [T(x), T(w), t(b), (T(nw), 1e-5, style) if style else None, (T(up[0]), t(up[1]), act) if act else None,
+            t(r)]
+    d = lambda a: a.double() if isinstance(a, torch.Tensor) else a  # noqa: E731
+    ref = t_linear_fused(*[tuple(d(v) for v in a) if isinstance(a, tuple) else d(a) for a in args])
+    compare_reduced(got, t_linear_fused(*args), ref, scale=4)
+    if ON_CUDA:  # the kernel equals the ops it replaces, rounding for rounding
+        same(got, composition("linear_fused", E(x), E(w), e(b), **kw))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows,K,style", [(1, 64, "llama"), (7, 256, "gemma"), (3, 128, "torch"), (2, 4096, "llama")])
+def test_rms_norm_styles(dtype, rows, K, style):
+    x, w = arr((rows, K), dtype), arr((K,), dtype, 0.3, 1)
+    got = run("rms_norm", E(x), 1, E(w), 1e-6, style=style)
+    ref = t_norm(T(x).double(), T(w).double(), 1e-6, style)
+    compare_reduced(got, t_norm(T(x), T(w), 1e-6, style), ref, scale=2)
+
+
+def t_rotary(x, cos, sin_signed):
+    rot = cos.shape[-1]
+    half = rot // 2
+    c, s = cos[:, None], sin_signed[:, None]
+    xr = x[..., :rot]
+    out = xr * c + torch.cat([xr[..., half:], xr[..., :half]], -1) * s
+    return torch.cat([out, x[..., rot:]], -1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("B,H,L,D,rot,cb", [(1, 4, 1, 64, 64, 1), (2, 3, 5, 96, 64, 2), (1, 2, 3, 128, 128, 1)])
+def test_rotary(dtype, B, H, L, D, rot, cb):
+    xs = arr((B, L, H, D), dtype)  # (B, L, H, D) then a transposed view, as the models make it
+    cos, sin = arr((cb, L, rot), dtype, 1.0, 1), arr((cb, L, rot), dtype, 1.0, 2)
+    got = run("rotary", E(xs).transpose(1, 2), E(cos), E(sin))
+    compare(got, t_rotary(T(xs).transpose(1, 2), T(cos), T(sin)), scale=1)
+    if ON_CUDA:
+        same(got, composition("rotary", E(xs).transpose(1, 2), E(cos), E(sin)))
+
+
+def t_attention(q, k, v, mask, scale):
+    rep = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
+    s = (q @ k.transpose(-1, -2)) * scale
+    if mask is not None:
+        s = s + mask
+    p = torch.softmax(s, -1, dtype=torch.float32).to(q.dtype)
+    o = p @ v
+    b, h, L, d = o.shape
+    return o.transpose(1, 2).reshape(b, L, h * d)
+
+
+def _mask(B, S, pos, window, dtype):
+    kp = np.arange(S)[None, :]
+    ok = (kp <= pos[:, None]) & ((kp > pos[:, None] - window) if window else True)
+    m = np.where(ok, 0.0, np.finfo(np.float32).min if dtype == "float32" else -65504.0 if dtype == "float16"
+                 else float(np.finfo(np.float32).min))
+    return m.astype(NP[dtype]).reshape(B, 1, 1, S)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("B,Hq,Hkv,S,D,masked", [(1, 4, 2, 20, 64, True), (2, 8, 8, 300, 128, True),
+                                                 (1, 4, 4, 77, 32, False), (2, 6, 2, 129, 96, True)])
+def test_decode_attention(dtype, B, Hq, Hkv, S, D, masked):
+    q, k, v = arr((B, Hq, 1, D), dtype), arr((B, Hkv, S, D), dtype, 1, 1), arr((B, Hkv, S, D), dtype, 1, 2)
+    mask = _mask(B, S, np.array([S // 2 + 3 * b for b in range(B)]), 64 if S > 200 else 0, dtype) if masked else None
+    got = run("attention", E(q), E(k), E(v), E(mask) if masked else None, D ** -0.5)
+    args = [T(q), T(k), T(v), None if mask is None else T(mask)]
+    ref = t_attention(*[a.double() if a is not None else None for a in args], D ** -0.5)
+    compare_reduced(got, t_attention(*args, D ** -0.5), ref, scale=2)
+
+
+# ---- choosing tokens: the backend's `sample` against engine.sampling on the host ----------------------------------
+def _sample(logits, temperature, top_k=None, top_p=None, seen=None, penalty=1.0, seed=3, counter=0):
+    x = E(logits)
+    c = engine.tensor(np.array([counter], np.int64), device=DEVICE)
+    s = E(seen) if seen is not None else None
+    out = x.backend.sample(x.array, None if s is None else s.array, penalty, temperature, top_k, top_p, seed, c.array)
+    assert int(c.item()) == counter + 1  # one draw advances the counter once
+    return engine.Tensor._wrap(out, x.backend, engine.int64).numpy()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sample_greedy_and_penalty(dtype):
+    logits = arr((3, 500), dtype, 2.0)
+    np.testing.assert_array_equal(_sample(logits, 0.0), logits.astype(np.float32).argmax(-1))
+    seen = RNG.random((3, 500)) < 0.3
+    want = sampling.sample(logits.astype(np.float32), seen, 1.7)
+    np.testing.assert_array_equal(_sample(logits, 0.0, seen=seen, penalty=1.7), want)
+
+
+@pytest.mark.parametrize("k,p,t", [(None, None, 1.0), (20, None, 0.7), (None, 0.8, 1.3), (50, 0.9, 0.9), (1, None, 2.0)])
+def test_sample_draws_as_the_host(k, p, t):
+    logits = arr((4, 300), "float32", 3.0, 7)
+    for counter in range(6):
+        want = sampling.sample(logits, None, 1.0, t, k, p, seed=11, counter=counter)
+        np.testing.assert_array_equal(_sample(logits, t, k, p, seed=11, counter=counter), want)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("T_,E_,k", [(1, 4, 2), (3, 8, 2), (2, 4, 3)])
+def test_moe(dtype, T_, E_, k):
+    H, I = 64, 96
+    x = arr((T_, H), dtype)
+    wg, wu, wd = ([arr(s, dtype, 0.1, seed=10 * j + e) for e in range(E_)] for j, s in enumerate([(I, H), (I, H), (H, I)]))
+    experts = np.stack([RNG.choice(E_, k, replace=False) for _ in range(T_)]).astype(np.int64)
+    w = RNG.random((T_, k)).astype(np.float32)
+    w /= w.sum(-1, keepdims=True)
+    b = E(x).backend
+    out = b.moe(E(x).array, E(w).array, E(experts).array, *[[E(a).array for a in ws] for ws in (wg, wu, wd)], "silu",
+                engine.dtype.get(dtype))
+    got = engine.Tensor._wrap(out, b, engine.dtype.get(dtype))
+    ref = torch.zeros(T_, H, dtype=TORCH[dtype])
+    for e in range(E_):  # transformers' order: experts ascending, each token's weighted output added
+        for t in range(T_):
+            for j in range(k):
+                if experts[t, j] == e:
+                    xt = T(x)[t:t + 1]
+                    y = TF.linear(TF.silu(TF.linear(xt, T(wg[e]))) * TF.linear(xt, T(wu[e])), T(wd[e]))
+                    ref[t] = ref[t] + (y[0] * float(w[t, j])).to(TORCH[dtype])
+    compare(got, ref, scale=4)
+    if ON_CUDA:
+        comp = FusedOps.moe(b, E(x).array, E(w).array, E(experts).array,
+                            *[[E(a).array for a in ws] for ws in (wg, wu, wd)], "silu", engine.dtype.get(dtype))
+        same(got, engine.Tensor._wrap(comp, b, engine.dtype.get(dtype)))
