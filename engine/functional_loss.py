@@ -6,6 +6,7 @@ Each is a composition of engine ops written in the order torch's own implementat
 from __future__ import annotations
 
 from engine import dtype as D
+from engine import tensor_index as I
 from engine import tensor_ops as T
 from engine.layout import ShapeError, broadcast_shapes, norm_dim
 from engine.tensor import DTypeError, Tensor
@@ -108,8 +109,8 @@ def nll_loss(input: Tensor, target: Tensor, weight=None, size_average=None, igno
         raise ShapeError(f"nll_loss(): weight {weight.shape} must have one entry per class ({n_classes})")
     keep = target != ignore_index
     t = T.where(keep, target, 0)
-    picked = T.gather(input, cdim, t.unsqueeze(cdim)).squeeze(cdim)
-    w = (T.index_select(weight, 0, t.reshape(-1)).reshape(t.shape) if weight is not None
+    picked = I.gather(input, cdim, t.unsqueeze(cdim)).squeeze(cdim)
+    w = (I.index_select(weight, 0, t.reshape(-1)).reshape(t.shape) if weight is not None
          else T.where(keep, 1.0, 0.0).to(input.dtype))
     w = T.where(keep, w, 0.0).to(input.dtype)
     loss = -(picked * w)
@@ -152,7 +153,7 @@ def cross_entropy(input: Tensor, target: Tensor, weight=None, size_average=None,
     smooth = smooth.masked_fill(~keep, 0.0)
     if red == "mean":
         if weight is not None:
-            smooth = smooth.sum() / T.index_select(weight, 0, target[keep]).sum()
+            smooth = smooth.sum() / I.index_select(weight, 0, target[keep]).sum()
         else:
             smooth = smooth.sum() / keep.sum()
     elif red == "sum":

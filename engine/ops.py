@@ -12,7 +12,8 @@ from engine import tensor_ops as T
 from engine.layout import Layout, ShapeError, norm_dim
 from engine.storage import Storage
 from engine.tensor import DeviceMismatchError, Tensor
-from engine.tensor_more import *  # noqa: F401,F403  (einsum, unique, ... as engine.<name>)
+from engine.tensor_index import *  # noqa: F401,F403  (unique, searchsorted, ... as engine.<name>)
+from engine.tensor_more import *  # noqa: F401,F403  (einsum, tensordot, ... as engine.<name>)
 
 # ---- random numbers -----------------------------------------------------------------------------
 

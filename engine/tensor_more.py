@@ -1,5 +1,5 @@
-"""More torch-named Tensor ops: pointwise ops with parameters, scans, linear-algebra helpers, and
-the indexing / set ops (index_add, scatter_reduce, unique, searchsorted, ...).
+"""More torch-named Tensor ops: pointwise ops with parameters, scans and linear-algebra helpers
+(the indexing and set ops live in engine/tensor_index.py).
 
 Same contract as engine/tensor_ops.py: validate (errors name shapes, dtypes, dims and arguments),
 work out torch's result dtype, call one backend kernel or compose existing ops. Every function is a
@@ -14,6 +14,7 @@ import ml_dtypes
 import numpy as np
 
 from engine import dtype as D
+from engine import tensor_index as I
 from engine import tensor_ops as T
 from engine.layout import ShapeError, broadcast_shapes, norm_dim
 from engine.tensor import DeviceMismatchError, DTypeError, Tensor
@@ -289,7 +290,7 @@ def trace(x: Tensor) -> Tensor:
 def tile(x: Tensor, *dims) -> Tensor:
     dims = tuple(dims[0]) if len(dims) == 1 and isinstance(dims[0], (tuple, list)) else dims
     dims = (1,) * (x.ndim - len(dims)) + tuple(dims)
-    return T.repeat(x, *dims)
+    return I.repeat(x, *dims)
 
 
 def rot90(x: Tensor, k: int = 1, dims=(0, 1)) -> Tensor:
@@ -300,179 +301,17 @@ def rot90(x: Tensor, k: int = 1, dims=(0, 1)) -> Tensor:
         raise ShapeError(f"rot90(): dims must differ, got {dims!r}")
     k %= 4
     if k == 1:
-        return T.flip(x, d1).transpose(d0, d1)
+        return I.flip(x, d1).transpose(d0, d1)
     if k == 2:
-        return T.flip(x, (d0, d1))
+        return I.flip(x, (d0, d1))
     if k == 3:
-        return T.flip(x, d0).transpose(d0, d1)
+        return I.flip(x, d0).transpose(d0, d1)
     return x.clone()
-
-
-# ---- indexing -------------------------------------------------------------------------------------------
-def _index_1d(x: Tensor, dim: int, index: Tensor, what: str):
-    T._index_tensor(x, index, what)
-    d = norm_dim(dim, x.ndim)
-    if index.ndim > 1:
-        raise ShapeError(f"{what}: index must be 0-d or 1-d, got shape {index.shape}")
-    if x.ndim:
-        x._check_bounds(index.array, d, negative=False)
-    elif index.numel():
-        x.reshape(1)._check_bounds(index.array, 0, negative=False)
-    return d, index.reshape(-1)
-
-
-def _put_along(x: Tensor, dim: int, index: Tensor, values, accumulate: bool, what: str) -> Tensor:
-    d, index = _index_1d(x, dim, index, what)
-    if x.ndim == 0:
-        vals = values.reshape(-1) if isinstance(values, Tensor) else values
-        return _put_along(x.reshape(1), 0, index, vals, accumulate, what).reshape(())
-    if isinstance(values, Tensor):
-        want = x.shape[:d] + (index.shape[0],) + x.shape[d + 1:]
-        if values.ndim and values.shape != want:
-            raise ShapeError(f"{what}: source shape {values.shape} must be {want} (input {x.shape}, "
-                             f"{index.shape[0]} indices at dim {d})")
-        _device(x, values, what=what)
-        values = values.to(x.dtype).array
-    key = (slice(None),) * d + (index.array,)
-    return _wrap(x, x.backend.index_put(x.array, key, values, accumulate), x.dtype)
-
-
-def index_add(x: Tensor, dim: int, index: Tensor, source: Tensor, *, alpha=1) -> Tensor:
-    return _put_along(x, dim, index, source if alpha == 1 else source * alpha, True, "index_add()")
-
-
-def index_copy(x: Tensor, dim: int, index: Tensor, source: Tensor) -> Tensor:
-    return _put_along(x, dim, index, source, False, "index_copy()")
-
-
-def index_fill(x: Tensor, dim: int, index: Tensor, value) -> Tensor:
-    if isinstance(value, Tensor):
-        if value.ndim:
-            raise ShapeError(f"index_fill(): value must be a number or a 0-d tensor, got shape {value.shape}")
-        value = value.item()
-    return _put_along(x, dim, index, value, False, "index_fill()")
-
-
-def index_put(x: Tensor, indices, values, accumulate: bool = False) -> Tensor:
-    """x[indices] = values (or += with accumulate, repeated indices adding up), out of place."""
-    key = x._array_key(tuple(indices))
-    if isinstance(values, Tensor):
-        _device(x, values, what="index_put()")
-        values = values.to(x.dtype).array
-    return _wrap(x, x.backend.index_put(x.array, key, values, bool(accumulate)), x.dtype)
-
-
-def masked_select(x: Tensor, mask: Tensor) -> Tensor:
-    if not isinstance(mask, Tensor) or mask.dtype is not D.bool_:
-        raise DTypeError(f"masked_select(): mask must be a bool tensor, got {getattr(mask, 'dtype', type(mask))}")
-    shape = broadcast_shapes(x.shape, mask.shape)
-    return x.expand(shape)[mask.expand(shape)]
-
-
-def take(x: Tensor, index: Tensor) -> Tensor:
-    T._index_tensor(x, index, "take()")
-    if index.numel() == 0:
-        return Tensor._wrap(x.backend.empty(index.shape, x.dtype), x.backend, x.dtype)
-    return x.reshape(-1)[index]
-
-
-def take_along_dim(x: Tensor, indices: Tensor, dim=None) -> Tensor:
-    T._index_tensor(x, indices, "take_along_dim()")
-    if dim is None:
-        return take(x, indices.reshape(-1))
-    d = norm_dim(dim, x.ndim)
-    if x.ndim != indices.ndim:
-        raise ShapeError(f"take_along_dim(): input {x.shape} and indices {indices.shape} need the same number of dims")
-    shape = broadcast_shapes(x.shape[:d] + (1,) + x.shape[d + 1:], indices.shape[:d] + (1,) + indices.shape[d + 1:])
-    xs = x.expand(shape[:d] + (x.shape[d],) + shape[d + 1:])
-    ix = indices.expand(shape[:d] + (indices.shape[d],) + shape[d + 1:])
-    n = x.shape[d]
-    xs._check_bounds(ix.array, d)  # negative indices count from the end, as in torch
-    ix = T.where(ix < 0, ix + n, ix) if n else ix
-    return T.gather(xs, d, ix)
-
-
-SCATTER_REDUCE = ("sum", "prod", "mean", "amax", "amin")
-
-
-def scatter_reduce(x: Tensor, dim: int, index: Tensor, src: Tensor, reduce: str, *, include_self: bool = True):
-    if reduce not in SCATTER_REDUCE:
-        raise ValueError(f"scatter_reduce(): reduce must be one of {', '.join(SCATTER_REDUCE)}, got {reduce!r}")
-    T._index_tensor(x, index, "scatter_reduce()")
-    if x.ndim == 0 or index.ndim == 0:
-        return scatter_reduce(x.reshape(-1), 0, index.reshape(-1), src.reshape(-1), reduce,
-                              include_self=include_self).reshape(x.shape)
-    d = norm_dim(dim, x.ndim)
-    if index.numel() == 0:
-        return x.clone()
-    if index.ndim != x.ndim or src.ndim != x.ndim or builtins.any(i > s for i, s in zip(index.shape, src.shape)):
-        raise ShapeError(f"scatter_reduce(): index {index.shape}, src {src.shape} and input {x.shape} do not fit")
-    x._check_bounds(index.array, d, negative=False)
-    _device(x, src, what="scatter_reduce()")
-    arr = x.backend.scatter_reduce(x.array, d, index.array, src.to(x.dtype).array, reduce, bool(include_self))
-    return _wrap(x, arr, x.dtype)
-
-
-def unique(x: Tensor, sorted: bool = True, return_inverse: bool = False, return_counts: bool = False, dim=None):
-    """Sorted unique values (torch sorts on every device whatever `sorted` says), with the inverse
-    indices and the counts when asked."""
-    d = None if dim is None else norm_dim(dim, x.ndim)
-    v, inv, cnt = x.backend.unique(x.array, d, return_inverse, return_counts)
-    out = [_wrap(x, v, x.dtype)]
-    if return_inverse:
-        out.append(_wrap(x, inv, D.int64))
-    if return_counts:
-        out.append(_wrap(x, cnt, D.int64))
-    return out[0] if len(out) == 1 else tuple(out)
-
-
-def searchsorted(sorted_sequence: Tensor, values, *, out_int32: bool = False, right: bool = False, side=None,
-                 sorter=None) -> Tensor:
-    if side not in (None, "left", "right"):
-        raise ValueError(f"searchsorted(): side must be 'left' or 'right', got {side!r}")
-    if side is not None:
-        if right and side == "left":
-            raise ValueError("searchsorted(): side='left' contradicts right=True")
-        right = side == "right"
-    seq = sorted_sequence
-    if sorter is not None:
-        seq = T.gather(seq, -1, sorter)
-    scalar = not isinstance(values, Tensor)
-    from engine.ops import tensor
-    vals = tensor(values, dtype=seq.dtype, device=seq.device) if scalar else values
-    if seq.ndim > 1 and seq.shape[:-1] != vals.shape[:-1]:
-        raise ShapeError(f"searchsorted(): sorted_sequence {seq.shape} and values {vals.shape} must share the "
-                         "leading dims (or the sequence must be 1-d)")
-    out = D.int32 if out_int32 else D.int64
-    v = vals.reshape(1) if vals.ndim == 0 else vals
-    r = _wrap(seq, seq.backend.searchsorted(seq.array, v.array, bool(right), out), out)
-    return r.reshape(()) if vals.ndim == 0 else r
-
-
-def bucketize(x, boundaries: Tensor, *, out_int32: bool = False, right: bool = False) -> Tensor:
-    if boundaries.ndim != 1:
-        raise ShapeError(f"bucketize(): boundaries must be 1-d, got shape {boundaries.shape}")
-    return searchsorted(boundaries, x, out_int32=out_int32, right=right)
-
-
-def bincount(x: Tensor, weights=None, minlength: int = 0) -> Tensor:
-    if x.ndim != 1 or x.dtype.category != 1 or x.dtype is D.bool_:
-        raise DTypeError(f"bincount(): input must be a 1-d integer tensor, got {x.dtype.name} of shape {x.shape}")
-    if minlength < 0:
-        raise ValueError(f"bincount(): minlength must be non-negative, got {minlength}")
-    if x.numel() and int(x.min().item()) < 0:
-        raise ValueError("bincount(): input must be non-negative")
-    if weights is not None and weights.shape != x.shape:
-        raise ShapeError(f"bincount(): weights {weights.shape} must match input {x.shape}")
-    out = D.int64 if weights is None else (weights.dtype if weights.dtype.is_floating_point else D.float64)
-    return _wrap(x, x.backend.bincount(x.array, None if weights is None else weights.array, minlength, out), out)
 
 
 __all__ = ["nan_to_num", "lerp", "addcmul", "addcdiv", "isclose", "allclose", "var_mean", "std_mean", "cummax",
            "cummin", "logcumsumexp", "einsum", "tensordot", "outer", "addmm", "addmv", "addr", "baddbmm", "addbmm",
-           "dot", "mv", "diagonal", "diag", "trace", "tile", "rot90", "index_add", "index_copy", "index_fill",
-           "index_put", "masked_select", "take", "take_along_dim", "scatter_reduce", "unique", "searchsorted",
-           "bucketize", "bincount"]
+           "dot", "mv", "diagonal", "diag", "trace", "tile", "rot90"]
 for _name in __all__:
     if _name != "einsum":
         setattr(Tensor, _name, globals()[_name])

@@ -6,13 +6,11 @@ as methods at the bottom of this file and exported as engine.<name> functions by
 """
 from __future__ import annotations
 
-import builtins
-
 import numpy as np
 
 from engine import dtype as D
 from engine.layout import ShapeError, broadcast_shapes, norm_dim
-from engine.tensor import DeviceMismatchError, DTypeError, MinMax, Sorted, Tensor
+from engine.tensor import DeviceMismatchError, DTypeError, MinMax, Tensor
 
 # ---- elementwise --------------------------------------------------------------------------------
 FLOAT_UNARY = ("exp", "exp2", "log", "log2", "log10", "log1p", "expm1", "sqrt", "rsqrt", "sin", "cos", "tan", "asin",
@@ -396,185 +394,6 @@ def mm(a, b):
     return matmul(a, b)
 
 
-# ---- indexing ops ---------------------------------------------------------------------------------
-def _index_tensor(x: Tensor, index, what: str) -> Tensor:
-    if not isinstance(index, Tensor) or index.dtype.category != 1 or index.dtype is D.bool_:
-        raise DTypeError(f"{what}: index must be an integer tensor, got {getattr(index, 'dtype', type(index).__name__)}")
-    if index.device != x.device:
-        raise DeviceMismatchError(f"{what}: index on {index.device}, tensor on {x.device}")
-    return index
-
-
-def _as_1d(x: Tensor, index: Tensor | None = None):
-    """torch treats a 0-d tensor as one element along dim 0 in the indexing ops."""
-    return (x.reshape(1), None if index is None else index.reshape(-1)) if x.ndim == 0 else (x, index)
-
-
-def index_select(x: Tensor, dim: int, index: Tensor) -> Tensor:
-    _index_tensor(x, index, "index_select()")
-    d = norm_dim(dim, x.ndim)
-    if index.ndim > 1:
-        raise ShapeError(f"index_select(): index must be 1-d, got shape {index.shape}")
-    if x.ndim == 0:
-        return index_select(x.reshape(1), 0, index).reshape(())
-    x._check_bounds(index.array, d, negative=False)
-    return Tensor._wrap(x.backend.take(x.array, index.reshape(-1).array, d), x.backend, x.dtype)
-
-
-def gather(x: Tensor, dim: int, index: Tensor) -> Tensor:
-    _index_tensor(x, index, "gather()")
-    d = norm_dim(dim, x.ndim)
-    if index.numel() == 0:  # torch skips the shape checks for an empty index
-        return Tensor._wrap(x.backend.empty(index.shape, x.dtype), x.backend, x.dtype)
-    if x.ndim == 0 or index.ndim == 0:
-        if x.ndim > 1 or index.ndim > 1:
-            raise ShapeError(f"gather(): index shape {index.shape} does not fit input shape {x.shape} at dim {d}")
-        x1, i1 = x.reshape(-1), index.reshape(-1)
-        return gather(x1, 0, i1).reshape(index.shape)
-    if index.ndim != x.ndim or builtins.any(i > n for k, (i, n) in enumerate(zip(index.shape, x.shape)) if k != d):
-        raise ShapeError(f"gather(): index shape {index.shape} does not fit input shape {x.shape} at dim {d}")
-    x._check_bounds(index.array, d, negative=False)
-    return Tensor._wrap(x.backend.gather(x.array, d, index.array), x.backend, x.dtype)
-
-
-def scatter(x: Tensor, dim: int, index: Tensor, src=None, reduce=None, *, value=None) -> Tensor:
-    """torch.scatter: src a tensor or a number (or `value=`); reduce None, 'add' or 'multiply'."""
-    _index_tensor(x, index, "scatter()")
-    if src is None:
-        src = value
-    if src is None:
-        raise TypeError("scatter(): give src (a tensor or a number) or value=")
-    d = norm_dim(dim, x.ndim)
-    if reduce not in (None, "add", "multiply"):
-        raise ValueError(f"scatter(): reduce must be None, 'add' or 'multiply', got {reduce!r}")
-    if index.numel() == 0:
-        return x.clone()
-    if x.ndim == 0 or index.ndim == 0:
-        src1 = src.reshape(-1) if isinstance(src, Tensor) else src
-        return scatter(x.reshape(-1), 0, index.reshape(-1), src1, reduce).reshape(x.shape)
-    if index.ndim != x.ndim:
-        raise ShapeError(f"scatter(): index has {index.ndim} dims, input has {x.ndim} ({index.shape} vs {x.shape})")
-    if isinstance(src, Tensor) and (src.ndim != index.ndim
-                                    or builtins.any(i > s for i, s in zip(index.shape, src.shape))):
-        raise ShapeError(f"scatter(): index shape {index.shape} is larger than src shape {src.shape}")
-    if builtins.any(i > n for k, (i, n) in enumerate(zip(index.shape, x.shape)) if k != d):
-        raise ShapeError(f"scatter(): index shape {index.shape} is larger than input shape {x.shape} outside dim {d}")
-    x._check_bounds(index.array, d, negative=False)
-    if isinstance(src, Tensor) and src.device != x.device:
-        raise DeviceMismatchError(f"scatter(): src on {src.device}, tensor on {x.device}")
-    if isinstance(src, Tensor):
-        src_v = src.to(x.dtype).array
-    else:  # torch converts the number to the tensor's dtype first (2.5 -> 2 for integers)
-        D.scalar_category(src)
-        src_v = int(src) if x.dtype.category == 1 else (bool(src) if x.dtype is D.bool_ else src)
-    return Tensor._wrap(x.backend.scatter(x.array, d, index.array, src_v, reduce), x.backend, x.dtype)
-
-
-def scatter_add(x, dim, index, src):
-    return scatter(x, dim, index, src, reduce="add")
-
-
-def sort(x: Tensor, dim=-1, descending=False, stable=False):
-    if x.ndim == 0:
-        norm_dim(dim, 0)
-        return Sorted(x.clone(), Tensor._wrap(x.backend.full((), 0, D.int64), x.backend, D.int64))
-    v, i = x.backend.sort(x.array, norm_dim(dim, x.ndim), descending, bool(stable))
-    return Sorted(Tensor._wrap(v, x.backend, x.dtype), Tensor._wrap(i, x.backend, D.int64))
-
-
-def argsort(x, dim=-1, descending=False, stable=False):
-    return sort(x, dim, descending, stable).indices
-
-
-def topk(x: Tensor, k: int, dim=-1, largest=True, sorted=True):
-    d = norm_dim(dim, x.ndim)
-    n = x.shape[d] if x.ndim else 1
-    if not 0 <= k <= n:
-        raise ShapeError(f"topk(): k={k} out of range for dim {d} of size {n} (shape {x.shape})")
-    if x.ndim == 0:  # torch returns the element itself, for k 0 or 1
-        return sort(x)
-    v, i = x.backend.topk(x.array, k, d, largest)
-    return Sorted(Tensor._wrap(v, x.backend, x.dtype), Tensor._wrap(i, x.backend, D.int64))
-
-
-def flip(x: Tensor, *dims, **kw) -> Tensor:
-    """flip(x, dims), flip(x, 0, 1) or flip(x, dims=...)."""
-    if "dims" in kw:
-        dims = (kw.pop("dims"),)
-    if kw or not dims:
-        raise TypeError(f"flip(): expected dims, got {tuple(kw) or 'none'}")
-    dims = _dims(x, dims[0] if len(dims) == 1 else dims)
-    return Tensor._wrap(x.backend.flip(x.array, dims), x.backend, x.dtype)
-
-
-def roll(x: Tensor, shifts, dims=None) -> Tensor:
-    if dims is None:
-        return roll(x.flatten(), shifts, 0).reshape(x.shape)
-    dims = _dims(x, dims)
-    return Tensor._wrap(x.backend.roll(x.array, shifts, dims), x.backend, x.dtype)
-
-
-def repeat(x: Tensor, *sizes) -> Tensor:
-    sizes = sizes[0] if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)) else sizes
-    if len(sizes) < x.ndim:
-        raise ShapeError(f"repeat(): {len(sizes)} repeat sizes for a tensor of {x.ndim} dims (shape {x.shape})")
-    return Tensor._wrap(x.backend.tile(x.array, tuple(sizes)), x.backend, x.dtype)
-
-
-def repeat_interleave(x, repeats=None, dim=None, *, output_size=None) -> Tensor:
-    """torch.repeat_interleave(x, repeats, dim, output_size); repeat_interleave(repeats) gives
-    each index i repeats[i] times. output_size, when given, must equal the result's length."""
-    if repeats is None:  # the one-argument form: x holds the repeats
-        from engine.ops import arange
-        x, repeats = arange(x.shape[0] if x.ndim else 1, device=x.device), x
-    if dim is None:
-        x, dim = x.flatten(), 0
-    d = norm_dim(dim, x.ndim)
-    if isinstance(repeats, Tensor):
-        if repeats.dtype.category != 1 or repeats.dtype is D.bool_ or repeats.ndim > 1:
-            raise DTypeError(f"repeat_interleave(): repeats must be an int or a 0-d/1-d integer tensor, got "
-                             f"{repeats.dtype.name} of shape {repeats.shape}")
-        if repeats.ndim and repeats.shape[0] not in (1, x.shape[d]):
-            raise ShapeError(f"repeat_interleave(): {repeats.shape[0]} repeats for dim {d} of size {x.shape[d]}")
-        # the output's length depends on the values, so they come to the host (lists suit cupy too)
-        r = repeats.tolist() if repeats.ndim and repeats.shape[0] != 1 else int(repeats.reshape(-1)[0].item())
-        if isinstance(r, list) and r and builtins.min(r) < 0:
-            raise ValueError(f"repeat_interleave(): repeats must be non-negative, got {builtins.min(r)}")
-    else:
-        r = int(repeats)
-    total = (x.shape[d] * r) if isinstance(r, int) else None
-    if isinstance(r, int) and r < 0:
-        raise ValueError(f"repeat_interleave(): repeats must be non-negative, got {r}")
-    out = Tensor._wrap(x.backend.repeat_interleave(x.array, r, d), x.backend, x.dtype)
-    total = out.shape[d] if total is None else total
-    if output_size is not None and output_size != total:
-        raise ValueError(f"repeat_interleave(): output_size={output_size} but the repeats give {total}")
-    return out
-
-
-def _tri(x: Tensor, diagonal: int, upper: bool) -> Tensor:
-    if x.ndim < 2:
-        raise ShapeError(f"{'triu' if upper else 'tril'}(): needs at least 2 dims, got shape {x.shape}")
-    return Tensor._wrap(x.backend.tri(x.array, diagonal, upper), x.backend, x.dtype)
-
-
-def triu(x, diagonal=0):
-    return _tri(x, diagonal, True)
-
-
-def tril(x, diagonal=0):
-    return _tri(x, diagonal, False)
-
-
-def nonzero(x: Tensor, *, as_tuple=False):
-    """(n, ndim) int64 indices of the nonzero elements; as_tuple: one 1-d tensor per dim (a 0-d
-    input counts as 1-d, as in torch)."""
-    idx = Tensor._wrap(x.backend.nonzero(x.array.reshape(x.shape or (1,))), x.backend, D.int64)
-    if not x.ndim and not as_tuple:
-        return idx[:, :0]
-    return tuple(idx[:, i].contiguous() for i in range(idx.shape[1])) if as_tuple else idx
-
-
 # ---- attach as methods ------------------------------------------------------------------------------
 def _attach():
     for op in FLOAT_UNARY + KEEP_UNARY + BOOL_UNARY:
@@ -588,9 +407,7 @@ def _attach():
     for op in BITWISE_BINARY:
         setattr(Tensor, op, (lambda o: lambda self, other: _binary(self, other, o, "bitwise"))(op))
     for fn in (add, sub, pow, masked_fill, clamp, sum, mean, prod, amax, amin, all, any, var, std, logsumexp,
-               argmax, argmin, max, min, cumsum, cumprod, norm, matmul, bmm, mm, index_select, gather,
-               scatter, scatter_add, sort, argsort, topk, flip, roll, repeat, repeat_interleave, triu, tril,
-               nonzero, div, round, bitwise_not):
+               argmax, argmin, max, min, cumsum, cumprod, norm, matmul, bmm, mm, div, round, bitwise_not):
         setattr(Tensor, fn.__name__, fn)
     Tensor.true_divide = div
     Tensor.where = lambda self, cond, other: where(cond, self, other)
@@ -629,3 +446,4 @@ def _attach():
 
 
 _attach()
+from engine import tensor_index  # noqa: E402,F401  (indexing and sorting ops, attached there)

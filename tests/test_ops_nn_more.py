@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import engine
 import engine.functional as EF
-from helpers import DEVICE, FLOATS, INTS, VIEWS, helper_test_op, needs_device
+from helpers import FLOATS, INTS, VIEWS, helper_test_op, needs_device
 
 pytestmark = needs_device
 ACC = 8  # tolerance scale for rows that accumulate (dot products, windows, statistics), as in test_ops_nn.py
