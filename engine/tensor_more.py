@@ -15,22 +15,13 @@ import numpy as np
 
 from engine import dtype as D
 from engine import tensor_index as I
+from engine.tensor_index import _device, _wrap
 from engine import tensor_ops as T
 from engine.layout import ShapeError, broadcast_shapes, norm_dim
-from engine.tensor import DeviceMismatchError, DTypeError, Tensor
+from engine.tensor import DTypeError, Tensor
 
 CumResult = namedtuple("CumResult", "values indices")  # torch.return_types.cummax / cummin
 VarMean = namedtuple("VarMean", "var mean")
-
-
-def _wrap(like: Tensor, arr, dt) -> Tensor:
-    return Tensor._wrap(arr, like.backend, dt)
-
-
-def _device(x: Tensor, *others, what: str):
-    for o in others:
-        if isinstance(o, Tensor) and o.device != x.device:
-            raise DeviceMismatchError(f"{what}: tensors on {x.device} and {o.device}")
 
 
 def _pointwise(op: str, operands: tuple, params: tuple, out: D.DType, what: str) -> Tensor:
