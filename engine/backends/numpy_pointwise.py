@@ -21,6 +21,11 @@ _GILES_HI = (-0.000200214257, 0.000100950558, 0.00134934322, -0.00367342844, 0.0
              0.00943887047, 1.00167406, 2.83297682)
 
 
+def _dtype_of(*values) -> np.dtype:
+    """numpy's result dtype from the dtypes alone (np.result_type would convert a cupy array)."""
+    return np.result_type(*[v.dtype if hasattr(v, "dtype") else v for v in values])
+
+
 class IntegerDivisionByZero(ZeroDivisionError, RuntimeError):
     """Integer division or remainder by zero. A ZeroDivisionError, and a RuntimeError like torch's
     (torch raises RuntimeError("ZeroDivisionError") on the CPU), so ported `except` clauses still work."""
@@ -83,7 +88,7 @@ class PointwiseKernels:
 
     def _binary_extra(self, op: str, a, b):
         xp = self.xp
-        integer = np.dtype(np.result_type(a, b)).kind in "iub"
+        integer = _dtype_of(a, b).kind in "iub"
         if op == "div_trunc":
             if not integer:
                 return xp.trunc(a / b)
@@ -118,7 +123,7 @@ class PointwiseKernels:
         xp = self.xp
         a, b = xp.asarray(a), xp.asarray(b)
         neg = b < 0
-        r = xp.power(a, xp.where(neg, 0, b).astype(np.result_type(a, b)))
+        r = xp.power(a, xp.where(neg, 0, b).astype(_dtype_of(a, b)))
         odd = (b % 2) != 0
         special = xp.where(a == 1, 1, xp.where(a == -1, xp.where(odd, -1, 1), 0))
         return xp.where(neg, special, r)
@@ -230,7 +235,7 @@ class PointwiseKernels:
         """torch.isclose: |a - b| <= atol + rtol * |b|, exact equality for infinities, nan by equal_nan."""
         xp = self.xp
         eq = a == b
-        if np.result_type(a, b).kind not in "fc":
+        if _dtype_of(a, b).kind not in "fc":
             diff = xp.abs(a.astype(np.float64) - b.astype(np.float64)) if hasattr(a, "astype") else abs(a - b)
             return eq | (diff <= atol + rtol * xp.abs(xp.asarray(b, np.float64)))
         finite = xp.isfinite(a) & xp.isfinite(b)
