@@ -31,6 +31,7 @@ def norm_dim(dim: int, ndim: int, *, extra: int = 0) -> int:
 
 
 def broadcast_shapes(*shapes) -> tuple:
+    shapes = [(s,) if isinstance(s, int) else tuple(s) for s in shapes]  # torch takes an int as a 1-d shape
     ndim = max((len(s) for s in shapes), default=0)
     out = []
     for i in range(-ndim, 0):
@@ -101,6 +102,8 @@ class Layout:
     # ---- views -------------------------------------------------------------------------------
     def transpose(self, d0: int, d1: int) -> "Layout":
         d0, d1 = norm_dim(d0, self.ndim), norm_dim(d1, self.ndim)
+        if self.ndim == 0:  # torch: transpose(0, 0) of a 0-d tensor is itself
+            return self
         perm = list(range(self.ndim))
         perm[d0], perm[d1] = perm[d1], perm[d0]
         return self.permute(perm)
@@ -146,6 +149,18 @@ class Layout:
         return Layout(self.shape[:dim] + self.shape[dim + 1:], self.strides[:dim] + self.strides[dim + 1:],
                       self.offset + index * self.strides[dim])
 
+    def diagonal(self, offset: int, dim1: int, dim2: int) -> "Layout":
+        """torch.diagonal: dims dim1 and dim2 replaced by one last dim walking their diagonal."""
+        d1, d2 = norm_dim(dim1, self.ndim), norm_dim(dim2, self.ndim)
+        if d1 == d2:
+            raise ShapeError(f"diagonal dimensions cannot be identical ({dim1}, {dim2})")
+        n1, n2 = self.shape[d1], self.shape[d2]
+        size = max(0, min(n1, n2 - offset) if offset >= 0 else min(n1 + offset, n2))
+        start = (offset * self.strides[d2] if offset >= 0 else -offset * self.strides[d1]) if size else 0
+        keep = [i for i in range(self.ndim) if i not in (d1, d2)]
+        return Layout(tuple(self.shape[i] for i in keep) + (size,),
+                      tuple(self.strides[i] for i in keep) + (self.strides[d1] + self.strides[d2],), self.offset + start)
+
     def unsqueeze(self, dim: int) -> "Layout":
         dim = norm_dim(dim, self.ndim, extra=1)
         stride = self.strides[dim] * self.shape[dim] if dim < self.ndim else 1
@@ -157,7 +172,7 @@ class Layout:
             dims = [i for i, n in enumerate(self.shape) if n == 1]
         else:
             dims = [norm_dim(d, self.ndim) for d in (dim if isinstance(dim, (tuple, list)) else (dim,))]
-            dims = [d for d in dims if self.shape[d] == 1]  # torch ignores dims that are not 1
+            dims = [d for d in dims if self.ndim and self.shape[d] == 1]  # torch ignores dims that are not 1
         keep = [i for i in range(self.ndim) if i not in dims]
         return Layout(tuple(self.shape[i] for i in keep), tuple(self.strides[i] for i in keep), self.offset)
 

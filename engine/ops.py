@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import builtins
+import operator
 
 import numpy as np
 
@@ -11,6 +12,8 @@ from engine import tensor_ops as T
 from engine.layout import Layout, ShapeError, norm_dim
 from engine.storage import Storage
 from engine.tensor import DeviceMismatchError, Tensor
+from engine.tensor_index import *  # noqa: F401,F403  (unique, searchsorted, ... as engine.<name>)
+from engine.tensor_more import *  # noqa: F401,F403  (einsum, tensordot, ... as engine.<name>)
 
 # ---- random numbers -----------------------------------------------------------------------------
 
@@ -38,10 +41,29 @@ def manual_seed(seed: int) -> Generator:
 def _shape(size) -> tuple:
     if len(size) == 1 and isinstance(size[0], (tuple, list)):
         size = size[0]
-    shape = tuple(int(s) for s in size)
+    try:
+        shape = tuple(operator.index(s) for s in size)
+    except TypeError:
+        raise TypeError(f"size must be a sequence of integers, got {tuple(size)!r}") from None
     if builtins.any(s < 0 for s in shape):
         raise ShapeError(f"negative dimension in size {shape}")
     return shape
+
+
+def _grad_free(requires_grad, what):
+    """Factories accept torch's requires_grad=False; True is a training feature the engine lacks."""
+    if requires_grad:
+        raise NotImplementedError(f"{what}(requires_grad=True): the engine runs inference only (no autograd)")
+
+
+def _number(v, what):
+    """A Python number from a number or a one-element tensor (torch's Scalar-or-Tensor overloads)."""
+    if isinstance(v, Tensor):
+        if v.numel() != 1:
+            raise ValueError(f"{what} must be a number or a one-element tensor, got shape {v.shape}")
+        return v.item()
+    D.scalar_category(v)
+    return v
 
 
 def _new(arr, device, dtype) -> Tensor:
@@ -121,29 +143,47 @@ def from_dlpack(obj) -> Tensor:
     return _over(arr, b, "from_dlpack")
 
 
-def empty(*size, dtype=None, device=None) -> Tensor:
+def empty(*size, dtype=None, device=None, requires_grad=False, memory_format=None) -> Tensor:
+    _grad_free(requires_grad, "empty")
     dt = D.get(dtype or D.float32)
     return _new(lambda b: b.empty(_shape(size), dt), device, dt)
 
 
-def full(size, fill_value, dtype=None, device=None) -> Tensor:
-    dt = D.get(dtype) if dtype is not None else D.result_type(fill_value)
-    return _new(lambda b: b.full(_shape((size,)), fill_value, dt), device, dt)
+def _fill_value(value, dt: D.DType, wrap: bool):
+    """The fill value in dt: full() refuses an integer that does not fit an integer dtype (as torch
+    does); full_like() wraps it (-9 -> 247 in uint8), as torch does too."""
+    value = _number(value, "fill_value")
+    if dt.category == 1 and isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        info = np.iinfo(dt.np_dtype)
+        # c10's overflow rule: unsigned dtypes also take negatives down to -max (they wrap, -5 -> 251)
+        low = -info.max if info.min == 0 else info.min
+        if not wrap and not low <= value <= info.max:
+            raise ValueError(f"full(): fill_value {value} cannot be converted to {dt.name} without overflow")
+        return np.asarray(value).astype(dt.np_dtype)[()].item()
+    return value
 
 
-def zeros(*size, dtype=None, device=None) -> Tensor:
+def full(size, fill_value, dtype=None, device=None, requires_grad=False, _wrap=False) -> Tensor:
+    _grad_free(requires_grad, "full")
+    dt = D.get(dtype) if dtype is not None else D.result_type(_number(fill_value, "fill_value"))
+    return _new(lambda b: b.full(_shape((size,)), _fill_value(fill_value, dt, _wrap), dt), device, dt)
+
+
+def zeros(*size, dtype=None, device=None, requires_grad=False) -> Tensor:
+    _grad_free(requires_grad, "zeros")
     dt = D.get(dtype or D.float32)
     return _new(lambda b: b.full(_shape(size), 0, dt), device, dt)
 
 
-def ones(*size, dtype=None, device=None) -> Tensor:
+def ones(*size, dtype=None, device=None, requires_grad=False) -> Tensor:
+    _grad_free(requires_grad, "ones")
     dt = D.get(dtype or D.float32)
     return _new(lambda b: b.full(_shape(size), 1, dt), device, dt)
 
 
 def _like(fn):
-    def like(x: Tensor, *args, dtype=None, device=None):
-        return fn(x.shape, *args, dtype=dtype or x.dtype, device=device or x.device)
+    def like(x: Tensor, *args, dtype=None, device=None, requires_grad=False, memory_format=None, **kw):
+        return fn(x.shape, *args, dtype=dtype or x.dtype, device=device or x.device, requires_grad=requires_grad, **kw)
     like.__name__ = fn.__name__ + "_like"
     return like
 
@@ -151,33 +191,91 @@ def _like(fn):
 zeros_like, ones_like, empty_like = _like(zeros), _like(ones), _like(empty)
 
 
-def full_like(x, fill_value, dtype=None, device=None):
-    return full(x.shape, fill_value, dtype=dtype or x.dtype, device=device or x.device)
+def full_like(x, fill_value, dtype=None, device=None, requires_grad=False, memory_format=None):
+    return full(x.shape, fill_value, dtype=dtype or x.dtype, device=device or x.device, requires_grad=requires_grad,
+                _wrap=True)
 
 
-def arange(start, end=None, step=1, dtype=None, device=None) -> Tensor:
+def _new_of(fn):
+    """Tensor.new_zeros / new_ones / new_empty / new_full: the tensor's dtype and device by default."""
+    def new(x: Tensor, *args, dtype=None, device=None, requires_grad=False, **kw):
+        size = args[0] if len(args) >= 1 and isinstance(args[0], (tuple, list)) else None
+        if fn is full:  # new_full(size, fill_value)
+            return full(args[0], args[1] if len(args) > 1 else kw.pop("fill_value"), dtype=dtype or x.dtype,
+                        device=device or x.device, requires_grad=requires_grad)
+        return fn(*(args if size is None else (size,)), dtype=dtype or x.dtype, device=device or x.device,
+                  requires_grad=requires_grad, **kw)
+    new.__name__ = "new_" + fn.__name__
+    return new
+
+
+Tensor.new_zeros, Tensor.new_ones, Tensor.new_empty, Tensor.new_full = (_new_of(zeros), _new_of(ones), _new_of(empty),
+                                                                        _new_of(full))
+
+
+def arange(start, end=None, step=1, dtype=None, device=None, requires_grad=False) -> Tensor:
+    _grad_free(requires_grad, "arange")
+    start, step = _number(start, "start"), _number(step, "step")
+    end = None if end is None else _number(end, "end")
     if end is None:
         start, end = 0, start
     if step == 0:
         raise ValueError("arange(): step must be nonzero")
+    if (end - start) * step < 0:
+        raise ValueError(f"arange(): the bounds ({start}, {end}) are inconsistent with step {step}")
     dt = D.get(dtype) if dtype is not None else D.result_type(start, end, step)
     if dt is D.bool_:
         dt = D.int64
     return _new(lambda b: b.arange(start, end, step, dt), device, dt)
 
 
-def linspace(start, end, steps: int, dtype=None, device=None) -> Tensor:
+def linspace(start, end, steps: int, dtype=None, device=None, requires_grad=False) -> Tensor:
+    _grad_free(requires_grad, "linspace")
+    start, end, steps = _number(start, "start"), _number(end, "end"), operator.index(steps)
+    if steps < 0:
+        raise ValueError(f"linspace(): steps must be non-negative, got {steps}")
     dt = D.get(dtype or D.float32)
-    return _new(lambda b: b.linspace(start, end, int(steps), dt), device, dt)
+    return _new(lambda b: b.linspace(start, end, steps, dt), device, dt)
 
 
-def eye(n: int, m: int | None = None, dtype=None, device=None) -> Tensor:
+def logspace(start, end, steps: int, base: float = 10.0, dtype=None, device=None, requires_grad=False) -> Tensor:
+    """base ** (start + i * step), torch's kernel: start and end converted to the dtype first, the
+    step and the power in float64, the first half counted from start and the second from end."""
+    _grad_free(requires_grad, "logspace")
+    start, end, steps = _number(start, "start"), _number(end, "end"), operator.index(steps)
+    if steps < 0:
+        raise ValueError(f"logspace(): steps must be non-negative, got {steps}")
     dt = D.get(dtype or D.float32)
-    return _new(lambda b: b.eye(n, n if m is None else m, dt), device, dt)
+    if steps == 1:
+        vals = np.array([float(base) ** float(start)])
+    else:
+        # C++ arithmetic on the converted bounds: integers subtract as ints, float32 in float32, 16-bit
+        # floats (converted to float32) and float64 in their own precision
+        if dt.category < 2:
+            s0, s1 = int(np.asarray(start).astype(dt.np_dtype)), int(np.asarray(end).astype(dt.np_dtype))
+        else:
+            c = D.compute_dtype(dt).type
+            s0, s1 = c(dt.np_dtype.type(start)), c(dt.np_dtype.type(end))
+        with np.errstate(all="ignore"):
+            step = float(s1 - s0) / (steps - 1)
+            i = np.arange(steps, dtype=np.float64)
+            exps = np.where(i < steps // 2, float(s0) + step * i, float(s1) - step * (steps - i - 1))
+            vals = np.power(float(base), exps)
+    return _new(lambda b: b.from_numpy(vals, dt), device, dt)
+
+
+def eye(n: int, m: int | None = None, dtype=None, device=None, requires_grad=False) -> Tensor:
+    _grad_free(requires_grad, "eye")
+    n, m = operator.index(n), operator.index(n if m is None else m)
+    if n < 0 or m < 0:
+        raise ShapeError(f"eye(): n and m must be non-negative, got {n} and {m}")
+    dt = D.get(dtype or D.float32)
+    return _new(lambda b: b.eye(n, m, dt), device, dt)
 
 
 def _random(kind):
-    def fn(*size, generator=None, dtype=None, device=None):
+    def fn(*size, generator=None, dtype=None, device=None, requires_grad=False):
+        _grad_free(requires_grad, kind)
         dt = D.get(dtype or D.float32)
         if not dt.is_floating_point:
             raise TypeError(f"{kind}(): dtype must be floating, got {dt.name}")
@@ -189,19 +287,53 @@ def _random(kind):
 rand, randn = _random("rand"), _random("randn")
 
 
-def rand_like(x, generator=None):
-    return rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+def rand_like(x, generator=None, dtype=None, device=None, requires_grad=False, memory_format=None):
+    return rand(x.shape, generator=generator, dtype=dtype or x.dtype, device=device or x.device,
+                requires_grad=requires_grad)
 
 
-def randn_like(x, generator=None):
-    return randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+def randn_like(x, generator=None, dtype=None, device=None, requires_grad=False, memory_format=None):
+    return randn(x.shape, generator=generator, dtype=dtype or x.dtype, device=device or x.device,
+                 requires_grad=requires_grad)
 
 
-def randint(low, high, size, generator=None, dtype=None, device=None) -> Tensor:
+def randint(*args, size=None, generator=None, dtype=None, device=None, requires_grad=False) -> Tensor:
+    """randint(high, size) or randint(low, high, size): integers in [low, high)."""
+    _grad_free(requires_grad, "randint")
+    if size is None:
+        if not args or not isinstance(args[-1], (tuple, list)):
+            raise TypeError("randint(): expected randint(high, size) or randint(low, high, size)")
+        args, size = args[:-1], args[-1]
+    if len(args) not in (1, 2):
+        raise TypeError(f"randint(): expected one or two bounds before size, got {args!r}")
+    low, high = (0, args[0]) if len(args) == 1 else args
+    if high <= low:
+        raise ValueError(f"randint(): high ({high}) must be greater than low ({low})")
     g = generator or default_generator
     dt = D.get(dtype or D.int64)
     arr = g.rng.integers(low, high, size=_shape((size,)))
     return _new(lambda b: b.from_numpy(arr, dt), device, dt)
+
+
+def randint_like(x, low=0, high=None, dtype=None, device=None, generator=None, requires_grad=False,
+                 memory_format=None):
+    if high is None:
+        low, high = 0, low
+    return randint(low, high, x.shape, generator=generator, dtype=dtype or x.dtype, device=device or x.device,
+                   requires_grad=requires_grad)
+
+
+def tril_indices(row: int, col: int, offset: int = 0, dtype=None, device=None) -> Tensor:
+    """(2, n) int64 indices of the lower triangle of a row x col matrix, row-major."""
+    r, c = np.tril_indices(row, offset, col)
+    dt = D.get(dtype or D.int64)
+    return _new(lambda b: b.from_numpy(np.stack([r, c]).reshape(2, -1), dt), device, dt)
+
+
+def triu_indices(row: int, col: int, offset: int = 0, dtype=None, device=None) -> Tensor:
+    r, c = np.triu_indices(row, offset, col)
+    dt = D.get(dtype or D.int64)
+    return _new(lambda b: b.from_numpy(np.stack([r, c]).reshape(2, -1), dt), device, dt)
 
 
 # ---- combination --------------------------------------------------------------------------------
@@ -241,6 +373,83 @@ def stack(tensors, dim: int = 0) -> Tensor:
     return cat([t.unsqueeze(d) for t in tensors], d)
 
 
+def atleast_1d(*tensors):
+    out = tuple(t.reshape(1) if t.ndim == 0 else t for t in _seq(tensors))
+    return out[0] if len(out) == 1 else out
+
+
+def atleast_2d(*tensors):
+    out = tuple(t.reshape(1, -1) if t.ndim < 2 else t for t in _seq(tensors))
+    return out[0] if len(out) == 1 else out
+
+
+def atleast_3d(*tensors):
+    def up(t):  # torch: (n,) -> (1, n, 1); (m, n) -> (m, n, 1)
+        return t.reshape(1, 1, 1) if t.ndim == 0 else (t.reshape(1, -1, 1) if t.ndim == 1 else
+                                                         (t.unsqueeze(-1) if t.ndim == 2 else t))
+    out = tuple(up(t) for t in _seq(tensors))
+    return out[0] if len(out) == 1 else out
+
+
+def _seq(tensors):
+    return tuple(tensors[0]) if len(tensors) == 1 and isinstance(tensors[0], (list, tuple)) else tensors
+
+
+def hstack(tensors) -> Tensor:
+    """cat along dim 1, or dim 0 for 1-d inputs (after atleast_1d)."""
+    ts = [atleast_1d(t) for t in tensors]
+    return cat(ts, 0 if ts and ts[0].ndim == 1 else 1)
+
+
+def vstack(tensors) -> Tensor:
+    return cat([atleast_2d(t) for t in tensors], 0)
+
+
+def dstack(tensors) -> Tensor:
+    return cat([atleast_3d(t) for t in tensors], 2)
+
+
+def column_stack(tensors) -> Tensor:
+    return hstack([t.reshape(-1, 1) if t.ndim <= 1 else t for t in tensors])
+
+
+row_stack = vstack
+
+
+def meshgrid(*tensors, indexing: str = "ij"):
+    """Coordinate grids from 0-d or 1-d tensors: views (expand), as torch returns them."""
+    ts = _seq(tensors)
+    if indexing not in ("ij", "xy"):
+        raise ValueError(f"meshgrid(): indexing must be 'ij' or 'xy', got {indexing!r}")
+    if builtins.any(t.ndim > 1 for t in ts):
+        raise ShapeError(f"meshgrid(): expects 0-d or 1-d tensors, got shapes {[t.shape for t in ts]}")
+    _same_device(ts, "meshgrid()")
+    if len({t.dtype for t in ts}) > 1:
+        raise TypeError(f"meshgrid(): expects tensors of one dtype, got {sorted(t.dtype.name for t in ts)}")
+    flat = [t.reshape(-1) for t in ts]
+    swap = indexing == "xy" and len(flat) >= 2
+    if swap:
+        flat[0], flat[1] = flat[1], flat[0]
+    shape = tuple(t.shape[0] for t in flat)
+    grids = [t.reshape((1,) * i + (-1,) + (1,) * (len(flat) - i - 1)).expand(shape) for i, t in enumerate(flat)]
+    if swap:  # torch: 'xy' is 'ij' with the first two inputs (and outputs) swapped
+        grids[0], grids[1] = grids[1], grids[0]
+    return tuple(grids)
+
+
+def softmax(x, dim=None, dtype=None):
+    from engine.functional import softmax as _softmax
+    return _softmax(x, dim, dtype=dtype)
+
+
+def log_softmax(x, dim=None, dtype=None):
+    from engine.functional import log_softmax as _log_softmax
+    return _log_softmax(x, dim, dtype=dtype)
+
+
+Tensor.softmax, Tensor.log_softmax = softmax, log_softmax
+
+
 def split(x, split_size, dim=0):
     return x.split(split_size, dim)
 
@@ -270,14 +479,13 @@ minimum = lambda a, b: a.minimum(b)  # noqa: E731
 
 def _export_methods(namespace: dict):
     """engine.exp(x), engine.sum(x, dim), ... call the Tensor method of the same name."""
-    names = list(T.FLOAT_UNARY + T.KEEP_UNARY + T.BOOL_UNARY) + [
-        "add", "sub", "mul", "div", "pow", "floor_divide", "remainder", "atan2", "eq", "ne", "lt", "le",
-        "gt", "ge", "logical_and", "logical_or", "logical_xor", "bitwise_and", "bitwise_or", "bitwise_xor",
-        "masked_fill", "clamp", "clip", "sum", "mean", "prod", "amax", "amin", "all", "any", "var", "std",
-        "logsumexp", "argmax", "argmin", "max", "min", "cumsum", "cumprod", "norm", "index_select", "gather",
-        "scatter", "scatter_add", "sort", "argsort", "topk", "flip", "roll", "repeat_interleave", "triu",
-        "tril", "nonzero", "reshape", "transpose", "permute", "narrow", "select", "squeeze", "unsqueeze",
-        "flatten", "unflatten", "movedim", "unbind", "t"]
+    names = list(T.FLOAT_UNARY + T.KEEP_UNARY + T.BOOL_UNARY + T.ARITH_BINARY + T.BITWISE_BINARY) + [
+        "add", "sub", "div", "true_divide", "pow", "eq", "ne", "lt", "le", "gt", "ge", "logical_and", "logical_or",
+        "logical_xor", "bitwise_not", "masked_fill", "clamp", "clip", "sum", "mean", "prod", "amax", "amin", "all",
+        "any", "var", "std", "logsumexp", "argmax", "argmin", "max", "min", "cumsum", "cumprod", "norm",
+        "index_select", "gather", "scatter", "scatter_add", "sort", "argsort", "topk", "flip", "roll",
+        "repeat_interleave", "triu", "tril", "nonzero", "reshape", "transpose", "permute", "narrow", "select",
+        "squeeze", "unsqueeze", "flatten", "unflatten", "movedim", "moveaxis", "unbind", "t", "round", "clone"]
     for name in names:
         if name not in namespace:
             namespace[name] = (lambda n: lambda x, *a, **k: getattr(x, n)(*a, **k))(name)

@@ -6,6 +6,7 @@ kernel; kernels return pooled arrays.
 """
 from __future__ import annotations
 
+import math
 from collections import namedtuple
 
 import numpy as np
@@ -152,9 +153,21 @@ class Tensor:
         return self.array.__dlpack_device__()
 
     # ---- device and dtype ----------------------------------------------------------------------------
-    def to(self, *args, dtype=None, device=None, copy=False) -> "Tensor":
+    def to(self, *args, dtype=None, device=None, non_blocking=False, copy=False, memory_format=None) -> "Tensor":
+        """torch's three forms: to(dtype, non_blocking, copy), to(device, dtype, non_blocking, copy) and
+        to(other, non_blocking, copy); non_blocking is accepted (copies here are synchronous)."""
+        _memory_format(memory_format)
+        args, flags = list(args), []
+        while args and isinstance(args[-1], (bool, np.bool_)):
+            flags.insert(0, bool(args.pop()))
+        if len(flags) > 2 or len(args) > 2:
+            raise TypeError(f"to(): too many positional arguments {tuple(args) + tuple(flags)}; expected "
+                            "(dtype | device | tensor[, dtype], non_blocking, copy)")
+        copy = flags[1] if len(flags) == 2 else copy
         for a in args:
-            if isinstance(a, (D.DType, np.dtype)) or (isinstance(a, str) and a.removeprefix("torch.") in D._BY_NAME):
+            if isinstance(a, Tensor):
+                dtype, device = a.dtype, a.device
+            elif isinstance(a, (D.DType, np.dtype)) or (isinstance(a, str) and a.removeprefix("torch.") in D._BY_NAME):
                 dtype = a
             else:
                 device = a
@@ -174,36 +187,17 @@ class Tensor:
     def cuda(self, index: int = 0):
         return self.to(f"cuda:{index}")
 
-    def float(self):
-        return self.to(D.float32)
-
-    def half(self):
-        return self.to(D.float16)
-
-    def bfloat16(self):
-        return self.to(D.bfloat16)
-
-    def double(self):
-        return self.to(D.float64)
-
-    def long(self):
-        return self.to(D.int64)
-
-    def int(self):
-        return self.to(D.int32)
-
-    def bool(self):
-        return self.to(D.bool_)
-
     def type_as(self, other):
         return self.to(other.dtype)
 
-    def contiguous(self) -> "Tensor":
+    def contiguous(self, memory_format=None) -> "Tensor":
+        _memory_format(memory_format)
         if self.is_contiguous():
             return self
         return Tensor._wrap(self.backend.contiguous(self.array, self.dtype), self.backend, self.dtype)
 
-    def clone(self) -> "Tensor":
+    def clone(self, memory_format=None) -> "Tensor":
+        _memory_format(memory_format)
         return Tensor._wrap(self.backend.contiguous(self.array, self.dtype), self.backend, self.dtype)
 
     def detach(self):
@@ -235,7 +229,9 @@ class Tensor:
         if self.ndim == 0:
             return self.reshape(1)
         s, e = norm_dim(start_dim, self.ndim), norm_dim(end_dim, self.ndim)
-        return self.reshape(self.shape[:s] + (-1 if self.numel() else 0,) + self.shape[e + 1:]) if s <= e else self
+        if s > e:
+            raise ShapeError(f"flatten(): start_dim {start_dim} comes after end_dim {end_dim} (shape {self.shape})")
+        return self.reshape(self.shape[:s] + (math.prod(self.shape[s:e + 1]),) + self.shape[e + 1:])
 
     def unflatten(self, dim: int, sizes) -> "Tensor":
         d = norm_dim(dim, self.ndim)
@@ -252,11 +248,20 @@ class Tensor:
     def permute(self, *dims) -> "Tensor":
         return self._view(self.layout.permute(_shape_arg(dims)))
 
-    def movedim(self, src: int, dst: int) -> "Tensor":
-        src, dst = norm_dim(src, self.ndim), norm_dim(dst, self.ndim)
-        order = [d for d in range(self.ndim) if d != src]
-        order.insert(dst, src)
-        return self.permute(order)
+    def movedim(self, source, destination) -> "Tensor":
+        """source and destination: ints or sequences of the same length (torch.movedim)."""
+        src = [norm_dim(d, self.ndim) for d in (source if isinstance(source, (tuple, list)) else (source,))]
+        dst = [norm_dim(d, self.ndim) for d in (destination if isinstance(destination, (tuple, list)) else (destination,))]
+        if len(src) != len(dst) or len(set(src)) != len(src) or len(set(dst)) != len(dst):
+            raise ShapeError(f"movedim(): source {source!r} and destination {destination!r} must be sequences of "
+                             "the same length without repeated dims")
+        order = [None] * self.ndim
+        for s_, d_ in zip(src, dst):
+            order[d_] = s_
+        rest = iter(d for d in range(self.ndim) if d not in src)
+        return self.permute([o if o is not None else next(rest) for o in order])
+
+    moveaxis = movedim
 
     def narrow(self, dim: int, start: int, length: int) -> "Tensor":
         return self._view(self.layout.narrow(dim, int(start), int(length)))
@@ -404,6 +409,8 @@ class Tensor:
         if d >= self.ndim:
             raise IndexError(f"too many indices for tensor of dimension {self.ndim} (shape {self.shape})")
         n = self.shape[d]
+        if index.size == 0:
+            return
         if isinstance(index, np.ndarray):  # host indices (lists, ints) are checked here, on any device
             lo, hi = (int(index.min()), int(index.max())) if index.size else (0, 0)
         else:
@@ -462,6 +469,29 @@ class Tensor:
 
     def clamp_(self, min=None, max=None):
         return self.copy_(self.clamp(min, max))
+
+
+def _dtype_method(name: str, dt: D.DType):
+    def method(self, memory_format=None) -> "Tensor":
+        return self.to(dt, memory_format=memory_format)
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = f"self.to({dt!r})"
+    return method
+
+
+for _name, _dt in (("float", D.float32), ("half", D.float16), ("bfloat16", D.bfloat16), ("double", D.float64),
+                   ("long", D.int64), ("int", D.int32), ("bool", D.bool_), ("byte", D.uint8)):
+    setattr(Tensor, _name, _dtype_method(_name, _dt))
+
+
+MEMORY_FORMATS = ("preserve_format", "contiguous_format", "channels_last", "channels_last_3d")
+
+
+def _memory_format(fmt):
+    """torch's memory_format (a torch.memory_format or its name): accepted, and without effect on
+    values; engine tensors made by an op are always row-major (which is what contiguous() means here)."""
+    if fmt is not None and str(fmt).removeprefix("torch.") not in MEMORY_FORMATS:
+        raise ValueError(f"memory_format={fmt!r} is not one of {', '.join(MEMORY_FORMATS)}")
 
 
 def _shape_arg(shape) -> tuple:

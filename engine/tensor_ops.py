@@ -6,19 +6,21 @@ as methods at the bottom of this file and exported as engine.<name> functions by
 """
 from __future__ import annotations
 
-import builtins
-
 import numpy as np
 
 from engine import dtype as D
 from engine.layout import ShapeError, broadcast_shapes, norm_dim
-from engine.tensor import DeviceMismatchError, DTypeError, MinMax, Sorted, Tensor
+from engine.tensor import DeviceMismatchError, DTypeError, MinMax, Tensor
 
 # ---- elementwise --------------------------------------------------------------------------------
-FLOAT_UNARY = ("exp", "log", "log2", "log1p", "expm1", "sqrt", "rsqrt", "sin", "cos", "tan", "tanh",
-               "sigmoid", "erf", "gelu", "gelu_tanh", "silu", "reciprocal")
-KEEP_UNARY = ("neg", "abs", "relu", "floor", "ceil", "round", "sign", "square")
-BOOL_UNARY = ("isnan", "isinf", "isfinite", "logical_not")
+FLOAT_UNARY = ("exp", "exp2", "log", "log2", "log10", "log1p", "expm1", "sqrt", "rsqrt", "sin", "cos", "tan", "asin",
+               "acos", "atan", "sinh", "cosh", "tanh", "asinh", "acosh", "atanh", "sigmoid", "erf", "erfc", "erfinv",
+               "gelu", "gelu_tanh", "silu", "reciprocal")
+KEEP_UNARY = ("neg", "abs", "relu", "floor", "ceil", "trunc", "frac", "round", "sign", "square", "positive")
+BOOL_UNARY = ("isnan", "isinf", "isfinite", "logical_not", "signbit")
+# binary ops whose result is floating even for integer inputs (torch promotes them like true division)
+FLOAT_BINARY = ("div", "atan2", "hypot", "logaddexp", "xlogy", "copysign")
+INT_DIVISION = ("floor_divide", "remainder", "fmod", "div_trunc", "div_floor")  # ZeroDivisionError on ints
 
 
 def _unary(x: Tensor, op: str) -> Tensor:
@@ -27,10 +29,13 @@ def _unary(x: Tensor, op: str) -> Tensor:
     elif op in BOOL_UNARY:
         out = D.bool_
     else:
-        if x.dtype is D.bool_ and op in ("neg", "sign", "abs", "relu"):
+        if x.dtype is D.bool_ and op in ("neg", "relu", "abs", "positive"):
             raise DTypeError(f"{op}() is not defined for bool tensors")
+        if op == "frac" and x.dtype.category < 2:
+            raise DTypeError(f"frac() needs a floating tensor, got {x.dtype.name}")
         out = D.int64 if (x.dtype is D.bool_ and op == "square") else x.dtype  # torch: square(bool) -> int64
-    if op in ("floor", "ceil", "round") and x.dtype.category < 2:
+    if op in ("floor", "ceil", "round", "trunc", "positive") and x.dtype.category < 2 or (
+            op == "sign" and x.dtype is D.bool_):
         return x.clone()
     return Tensor._wrap(x.backend.unary(op, x.array, out), x.backend, out)
 
@@ -47,37 +52,67 @@ def _operand(x: Tensor, other):
     return other
 
 
+def _binary_types(a, b, op: str, kind: str):
+    """(compute dtype, result dtype) of a binary op, torch's promotion plus the op's kind."""
+    res = D.result_type(a, b)
+    if kind == "cmp":
+        return res, D.bool_
+    if kind == "logical":
+        return D.bool_, D.bool_
+    if kind == "bitwise" and res.category == 2:
+        names = [v.dtype.name if isinstance(v, Tensor) else type(v).__name__ for v in (a, b)]
+        raise DTypeError(f"{op}() is not defined for floating tensors ({', '.join(names)})")
+    if op in FLOAT_BINARY:
+        res = D.to_float(res)
+    return res, res
+
+
 def _binary(x: Tensor, other, op: str, kind: str = "arith") -> Tensor:
     if not isinstance(x, Tensor):  # reflected call with a scalar on the left: engine.add(2, t)
-        x, other = other, x
-        return _binary_swapped(x, other, op, kind)
-    res = D.result_type(x, other)
+        return _binary_swapped(other, x, op, kind)
     if isinstance(other, Tensor):
-        shape = broadcast_shapes(x.shape, other.shape)
-    else:
-        shape = x.shape
-    del shape  # validated above: ShapeError names both shapes
-    compute, out = res, res
-    if kind == "cmp":
-        out = D.bool_
-    elif kind == "logical":
-        out, compute = D.bool_, D.bool_
-    elif kind == "bitwise":
-        if res.category == 2:
-            other_name = other.dtype.name if isinstance(other, Tensor) else type(other).__name__
-            raise DTypeError(f"{op}() is not defined for floating tensors ({x.dtype.name}, {other_name})")
-    elif op == "div":
-        compute = out = D.to_float(res)
+        broadcast_shapes(x.shape, other.shape)  # ShapeError names both shapes
+    compute, out = _binary_types(x, other, op, kind)
     b = x.backend
     return Tensor._wrap(b.binary(op, x.array, _operand(x, other), compute, out), b, out)
 
 
-def _binary_swapped(t: Tensor, scalar, op: str, kind: str) -> Tensor:
-    res = D.result_type(t, scalar)
-    compute = out = D.to_float(res) if op == "div" else res
-    if kind == "cmp":
-        out = D.bool_
-    return Tensor._wrap(t.backend.binary(op, scalar, t.array, compute, out), t.backend, out)
+def _binary_swapped(t: Tensor, left, op: str, kind: str) -> Tensor:
+    """left <op> t, where `left` came first (a reflected operator or engine.sub(2, t))."""
+    if isinstance(left, Tensor):
+        return _binary(left, t, op, kind)
+    compute, out = _binary_types(left, t, op, kind)
+    return Tensor._wrap(t.backend.binary(op, _operand(t, left), t.array, compute, out), t.backend, out)
+
+
+def div(x, other, rounding_mode=None):
+    """True division, or torch's rounding_mode 'trunc' / 'floor' (which keep integer dtypes)."""
+    if rounding_mode is None:
+        return _binary(x, other, "div")
+    if rounding_mode not in ("trunc", "floor"):
+        raise ValueError(f"div(): rounding_mode must be None, 'trunc' or 'floor', got {rounding_mode!r}")
+    return _binary(x, other, "div_" + rounding_mode)
+
+
+ARITH_BINARY = ("mul", "floor_divide", "remainder", "fmod", "maximum", "minimum", "fmax", "fmin") + FLOAT_BINARY[1:]
+BITWISE_BINARY = ("bitwise_and", "bitwise_or", "bitwise_xor", "bitwise_left_shift", "bitwise_right_shift")
+
+
+def round(x: Tensor, decimals: int = 0) -> Tensor:
+    """Round half to even; with decimals, torch's scaled rounding (floating tensors only)."""
+    if not decimals:
+        return _unary(x, "round")
+    if x.dtype.category < 2:
+        raise DTypeError(f"round(decimals={decimals}): needs a floating tensor, got {x.dtype.name}")
+    return Tensor._wrap(x.backend.pointwise("round", (x.array,), (int(decimals),), x.dtype), x.backend, x.dtype)
+
+
+def bitwise_not(x: Tensor) -> Tensor:
+    if x.dtype.category == 2:
+        raise DTypeError(f"bitwise_not() is not defined for floating tensors ({x.dtype.name})")
+    if x.dtype is D.bool_:
+        return _unary(x, "logical_not")
+    return Tensor._wrap(x.backend.unary("bitwise_not", x.array, x.dtype), x.backend, x.dtype)
 
 
 def add(x, other, alpha=1):
@@ -91,6 +126,10 @@ def sub(x, other, alpha=1):
 def pow(x, exponent):
     if isinstance(exponent, (int, float)) and isinstance(x, Tensor) and exponent == 2:
         return _unary(x, "square") if x.dtype.category else _binary(x, exponent, "pow")
+    if (isinstance(x, Tensor) and x.dtype.category < 2 and isinstance(exponent, (int, np.integer))
+            and not isinstance(exponent, bool) and exponent < 0):
+        raise ValueError(f"pow(): integers to negative integer powers are not allowed ({x.dtype.name} tensor "
+                         f"** {exponent}), as in torch")
     return _binary(x, exponent, "pow")
 
 
@@ -110,12 +149,12 @@ def masked_fill(x: Tensor, mask: Tensor, value) -> Tensor:
     if mask.device != x.device:
         raise DeviceMismatchError(f"masked_fill(): mask on {mask.device}, tensor on {x.device}")
     try:
-        fits = broadcast_shapes(x.shape, mask.shape) == x.shape
+        broadcast_shapes(x.shape, mask.shape)
     except ShapeError:
-        fits = False
-    if not fits:
-        raise ShapeError(f"masked_fill(): mask of shape {mask.shape} does not broadcast to {x.shape}")
+        raise ShapeError(f"masked_fill(): mask of shape {mask.shape} does not broadcast to {x.shape}") from None
     if isinstance(value, Tensor):
+        if value.ndim:
+            raise ShapeError(f"masked_fill(): value must be a 0-dim tensor or a number, got shape {value.shape}")
         value = value.item()
     D.scalar_category(value)
     if x.dtype.category == 1 and not _fits(value, x.dtype):
@@ -203,14 +242,24 @@ def any(x, dim=None, keepdim=False):
     return _reduce(x, "any", dim, keepdim)
 
 
-def var(x, dim=None, keepdim=False, correction=1, unbiased=None):
+def _correction(dim, unbiased, correction):
+    """torch's var/std forms: var(dim, unbiased, keepdim), var(unbiased) and var(dim, *, correction)."""
+    if isinstance(dim, (bool, np.bool_)):  # var(x, True): the bool is `unbiased`, not dim 1
+        dim, unbiased = None, bool(dim)
+    if unbiased is not None and correction is not None:
+        raise ValueError("var()/std(): give only one of unbiased and correction")
     if unbiased is not None:
-        correction = int(unbiased)
-    return _reduce(x, "var", dim, keepdim, correction=correction)
+        return dim, int(unbiased)
+    return dim, 1 if correction is None else correction
 
 
-def std(x, dim=None, keepdim=False, correction=1, unbiased=None):
-    return var(x, dim, keepdim, correction, unbiased).sqrt()
+def var(x, dim=None, unbiased=None, keepdim=False, *, correction=None):
+    dim, c = _correction(dim, unbiased, correction)
+    return _reduce(x, "var", dim, keepdim, correction=c)
+
+
+def std(x, dim=None, unbiased=None, keepdim=False, *, correction=None):
+    return var(x, dim, unbiased, keepdim, correction=correction).sqrt()
 
 
 def logsumexp(x, dim, keepdim=False):
@@ -273,14 +322,44 @@ def cumprod(x, dim, dtype=None):
     return _cumulative(x, "cumprod", dim, dtype)
 
 
-def norm(x, p=2, dim=None, keepdim=False):
-    if p == 2:
-        return (x * x).sum(dim, keepdim).sqrt()
-    if p == 1:
-        return x.abs().sum(dim, keepdim)
+def norm(x, p="fro", dim=None, keepdim=False, dtype=None):
+    """torch.norm: a vector p-norm over `dim` (all elements when None); 'fro' is the 2-norm over
+    one or two dims; 'nuc' the sum of singular values over two dims (a matrix without dim)."""
+    if dtype is not None:
+        x = x.to(dtype)
+    if x.dtype.category < 2:
+        raise DTypeError(f"norm(): expected a floating tensor, got {x.dtype.name}")
+    if x.dtype.is_reduced:  # torch accumulates 16-bit norms in float32 (x**p would overflow float16)
+        return norm(x.float(), p, dim, keepdim).to(x.dtype)
+    if p == "nuc":
+        dims = _dims(x, dim)
+        if len(dims) != 2:
+            raise ShapeError(f"norm(p='nuc'): needs two dims, got dim={dim!r} for shape {x.shape}")
+        rest = [d for d in range(x.ndim) if d not in dims]
+        xm = x.permute(rest + list(dims))
+        out = Tensor._wrap(x.backend.svdvals(xm.array, x.dtype), x.backend, x.dtype).sum(-1)
+        if keepdim:
+            for d in sorted(dims):
+                out = out.unsqueeze(d)
+        return out
+    if p == "fro":
+        p = 2
+    if not isinstance(p, (int, float)) or isinstance(p, bool):
+        raise ValueError(f"norm(): p must be a number, 'fro' or 'nuc', got {p!r}")
+    if dim is not None and not isinstance(dim, (tuple, list)):
+        dim = (dim,)
+    a = x.abs()
     if p == float("inf"):
-        return x.abs().amax(dim, keepdim)
-    return (x.abs() ** p).sum(dim, keepdim) ** (1.0 / p)
+        return a.amax(dim, keepdim)
+    if p == float("-inf"):
+        return a.amin(dim, keepdim)
+    if p == 0:
+        return (a != 0).to(x.dtype).sum(dim, keepdim)
+    if p == 1:
+        return a.sum(dim, keepdim)
+    if p == 2:
+        return _reduce(x, "sumsq", dim, keepdim).sqrt()
+    return (a ** p).sum(dim, keepdim) ** (1.0 / p)
 
 
 # ---- linear algebra ----------------------------------------------------------------------------
@@ -315,131 +394,22 @@ def mm(a, b):
     return matmul(a, b)
 
 
-# ---- indexing ops ---------------------------------------------------------------------------------
-def _index_tensor(x: Tensor, index, what: str) -> Tensor:
-    if not isinstance(index, Tensor) or index.dtype.category != 1 or index.dtype is D.bool_:
-        raise DTypeError(f"{what}: index must be an integer tensor, got {getattr(index, 'dtype', type(index).__name__)}")
-    if index.device != x.device:
-        raise DeviceMismatchError(f"{what}: index on {index.device}, tensor on {x.device}")
-    return index
-
-
-def index_select(x: Tensor, dim: int, index: Tensor) -> Tensor:
-    _index_tensor(x, index, "index_select()")
-    d = norm_dim(dim, x.ndim)
-    if index.ndim > 1:
-        raise ShapeError(f"index_select(): index must be 1-d, got shape {index.shape}")
-    x._check_bounds(index.array, d, negative=False)
-    return Tensor._wrap(x.backend.take(x.array, index.array, d), x.backend, x.dtype)
-
-
-def gather(x: Tensor, dim: int, index: Tensor) -> Tensor:
-    _index_tensor(x, index, "gather()")
-    d = norm_dim(dim, x.ndim)
-    if index.ndim != x.ndim or builtins.any(i > n for k, (i, n) in enumerate(zip(index.shape, x.shape)) if k != d):
-        raise ShapeError(f"gather(): index shape {index.shape} does not fit input shape {x.shape} at dim {d}")
-    x._check_bounds(index.array, d, negative=False)
-    return Tensor._wrap(x.backend.gather(x.array, d, index.array), x.backend, x.dtype)
-
-
-def scatter(x: Tensor, dim: int, index: Tensor, src, reduce=None) -> Tensor:
-    _index_tensor(x, index, "scatter()")
-    d = norm_dim(dim, x.ndim)
-    if index.ndim != x.ndim:
-        raise ShapeError(f"scatter(): index has {index.ndim} dims, input has {x.ndim} ({index.shape} vs {x.shape})")
-    if isinstance(src, Tensor) and builtins.any(i > s for i, s in zip(index.shape, src.shape)):
-        raise ShapeError(f"scatter(): index shape {index.shape} is larger than src shape {src.shape}")
-    x._check_bounds(index.array, d, negative=False)
-    if isinstance(src, Tensor) and src.device != x.device:
-        raise DeviceMismatchError(f"scatter(): src on {src.device}, tensor on {x.device}")
-    src_v = src.to(x.dtype).array if isinstance(src, Tensor) else src
-    return Tensor._wrap(x.backend.scatter(x.array, d, index.array, src_v, reduce), x.backend, x.dtype)
-
-
-def scatter_add(x, dim, index, src):
-    return scatter(x, dim, index, src, reduce="add")
-
-
-def sort(x: Tensor, dim=-1, descending=False, stable=False):
-    v, i = x.backend.sort(x.array, norm_dim(dim, x.ndim), descending, stable)
-    return Sorted(Tensor._wrap(v, x.backend, x.dtype), Tensor._wrap(i, x.backend, D.int64))
-
-
-def argsort(x, dim=-1, descending=False, stable=False):
-    return sort(x, dim, descending, stable).indices
-
-
-def topk(x: Tensor, k: int, dim=-1, largest=True, sorted=True):
-    d = norm_dim(dim, x.ndim)
-    if not 0 <= k <= x.shape[d]:
-        raise ShapeError(f"topk(): k={k} out of range for dim {d} of size {x.shape[d]} (shape {x.shape})")
-    v, i = x.backend.topk(x.array, k, d, largest)
-    return Sorted(Tensor._wrap(v, x.backend, x.dtype), Tensor._wrap(i, x.backend, D.int64))
-
-
-def flip(x: Tensor, dims) -> Tensor:
-    dims = _dims(x, dims)
-    return Tensor._wrap(x.backend.flip(x.array, dims), x.backend, x.dtype)
-
-
-def roll(x: Tensor, shifts, dims=None) -> Tensor:
-    if dims is None:
-        return roll(x.flatten(), shifts, 0).reshape(x.shape)
-    dims = _dims(x, dims)
-    return Tensor._wrap(x.backend.roll(x.array, shifts, dims), x.backend, x.dtype)
-
-
-def repeat(x: Tensor, *sizes) -> Tensor:
-    sizes = sizes[0] if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)) else sizes
-    if len(sizes) < x.ndim:
-        raise ShapeError(f"repeat(): {len(sizes)} repeat sizes for a tensor of {x.ndim} dims (shape {x.shape})")
-    return Tensor._wrap(x.backend.tile(x.array, tuple(sizes)), x.backend, x.dtype)
-
-
-def repeat_interleave(x: Tensor, repeats, dim=None) -> Tensor:
-    if dim is None:
-        x, dim = x.flatten(), 0
-    r = repeats.array if isinstance(repeats, Tensor) else repeats
-    return Tensor._wrap(x.backend.repeat_interleave(x.array, r, norm_dim(dim, x.ndim)), x.backend, x.dtype)
-
-
-def _tri(x: Tensor, diagonal: int, upper: bool) -> Tensor:
-    if x.ndim < 2:
-        raise ShapeError(f"{'triu' if upper else 'tril'}(): needs at least 2 dims, got shape {x.shape}")
-    return Tensor._wrap(x.backend.tri(x.array, diagonal, upper), x.backend, x.dtype)
-
-
-def triu(x, diagonal=0):
-    return _tri(x, diagonal, True)
-
-
-def tril(x, diagonal=0):
-    return _tri(x, diagonal, False)
-
-
-def nonzero(x: Tensor) -> Tensor:
-    return Tensor._wrap(x.backend.nonzero(x.array), x.backend, D.int64)
-
-
 # ---- attach as methods ------------------------------------------------------------------------------
 def _attach():
     for op in FLOAT_UNARY + KEEP_UNARY + BOOL_UNARY:
         setattr(Tensor, op, (lambda o: lambda self: _unary(self, o))(op))
-    arith = {"mul": "mul", "div": "div", "floor_divide": "floor_divide", "remainder": "remainder",
-             "maximum": "maximum", "minimum": "minimum", "atan2": "atan2"}
-    for name, op in arith.items():
-        setattr(Tensor, name, (lambda o: lambda self, other: _binary(self, other, o))(op))
+    for op in ARITH_BINARY:
+        setattr(Tensor, op, (lambda o: lambda self, other: _binary(self, other, o))(op))
     for op in ("eq", "ne", "lt", "le", "gt", "ge"):
         setattr(Tensor, op, (lambda o: lambda self, other: _binary(self, other, o, "cmp"))(op))
     for op in ("logical_and", "logical_or", "logical_xor"):
         setattr(Tensor, op, (lambda o: lambda self, other: _binary(self, other, o, "logical"))(op))
-    for op in ("bitwise_and", "bitwise_or", "bitwise_xor"):
+    for op in BITWISE_BINARY:
         setattr(Tensor, op, (lambda o: lambda self, other: _binary(self, other, o, "bitwise"))(op))
     for fn in (add, sub, pow, masked_fill, clamp, sum, mean, prod, amax, amin, all, any, var, std, logsumexp,
-               argmax, argmin, max, min, cumsum, cumprod, norm, matmul, bmm, mm, index_select, gather,
-               scatter, scatter_add, sort, argsort, topk, flip, roll, repeat, repeat_interleave, triu, tril,
-               nonzero):
+               argmax, argmin, max, min, cumsum, cumprod, norm, matmul, bmm, mm, div, round, bitwise_not):
         setattr(Tensor, fn.__name__, fn)
+    Tensor.true_divide = div
     Tensor.where = lambda self, cond, other: where(cond, self, other)
     Tensor.clip = clamp
     Tensor.multiply, Tensor.divide, Tensor.subtract = Tensor.mul, Tensor.div, Tensor.sub
@@ -458,8 +428,11 @@ def _attach():
     Tensor.__matmul__ = matmul
     Tensor.__neg__ = lambda s: _unary(s, "neg")
     Tensor.__abs__ = lambda s: _unary(s, "abs")
-    Tensor.__invert__ = lambda s: (_unary(s, "logical_not") if s.dtype is D.bool_
-                                   else Tensor._wrap(s.backend.unary("bitwise_not", s.array, s.dtype), s.backend, s.dtype))
+    Tensor.__invert__ = bitwise_not
+    Tensor.__lshift__ = lambda s, o: _binary(s, o, "bitwise_left_shift", "bitwise")
+    Tensor.__rshift__ = lambda s, o: _binary(s, o, "bitwise_right_shift", "bitwise")
+    Tensor.__rlshift__ = lambda s, o: _binary_swapped(s, o, "bitwise_left_shift", "bitwise")
+    Tensor.__rrshift__ = lambda s, o: _binary_swapped(s, o, "bitwise_right_shift", "bitwise")
     for dunder, op in (("eq", "eq"), ("ne", "ne"), ("lt", "lt"), ("le", "le"), ("gt", "gt"), ("ge", "ge")):
         setattr(Tensor, f"__{dunder}__", (lambda o: lambda s, other: _binary(s, other, o, "cmp"))(op))
     for dunder, op in (("and", "bitwise_and"), ("or", "bitwise_or"), ("xor", "bitwise_xor")):
@@ -473,3 +446,4 @@ def _attach():
 
 
 _attach()
+from engine import tensor_index  # noqa: E402,F401  (indexing and sorting ops, attached there)

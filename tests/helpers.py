@@ -183,8 +183,15 @@ def compare_reduced(out_e, out_t, ref, scale=1.0):
     """DESIGN.md's rule for reduced precision: the engine passes when it is within the table's
     tolerance of an fp64 run of torch on the same (rounded) inputs, or when its error against that
     run is at most REDUCED_ERROR_RATIO times torch's own error. Shapes and dtypes must still match."""
-    for i, (e, t, r) in enumerate(zip(_flat(out_e), _flat(out_t), _flat(ref))):
-        compare(e, t, scale, atol=float("inf"), rtol=float("inf"), what=f"output[{i}]")  # shape and dtype only
+    flat_e, flat_t, flat_r = _flat(out_e), _flat(out_t), _flat(ref)
+    assert len(flat_e) == len(flat_t), f"{len(flat_e)} outputs vs torch's {len(flat_t)}"
+    for i, (e, t, r) in enumerate(zip(flat_e, flat_t, flat_r)):
+        if not isinstance(t, torch.Tensor):  # a Python number (item(), allclose()): exact, as torch's own
+            compare(e, t, what=f"output[{i}]")
+            continue
+        assert isinstance(e, engine.Tensor), f"output[{i}]: expected an engine Tensor, got {type(e).__name__}"
+        assert tuple(e.shape) == tuple(t.shape), f"output[{i}]: shape {tuple(e.shape)} != torch {tuple(t.shape)}"
+        assert e.dtype.name == tname(t.dtype), f"output[{i}]: dtype {e.dtype.name} != torch {tname(t.dtype)}"
         if not t.is_floating_point():
             compare(e, t, what=f"output[{i}]")
             continue
@@ -198,6 +205,51 @@ def compare_reduced(out_e, out_t, ref, scale=1.0):
             assert worst_e <= tolerances.REDUCED_ERROR_RATIO * worst_t, (
                 f"output[{i}]: engine error vs fp64 {worst_e:.3g} > {tolerances.REDUCED_ERROR_RATIO} x torch's "
                 f"{worst_t:.3g}")
+
+
+# ---- parametrisations shared by the parity rows (tests/test_ops*.py) --------------------------------------
+SHAPES = [(), (7,), (2, 3, 4), (0, 4), (1, 5)]
+
+
+def _id(shape):
+    return "x".join(map(str, shape)) or "scalar"
+
+
+def cases(dtypes=ALL, shape=(3, 5), shapes=SHAPES, views=VIEWS):
+    """Each dtype at `shape`; then, in float32 (or the op's first dtype), every shape and view."""
+    main = MAIN if MAIN in dtypes else dtypes[0]
+    out = [pytest.param(dt, shape, None, id=dt) for dt in dtypes]
+    out += [pytest.param(main, s, None, id=f"{main}-{_id(s)}") for s in shapes]
+    out += [pytest.param(main, (4, 6), v, id=f"{main}-{v}") for v in views]
+    return out
+
+
+U = "dt,shape,view"
+MIXED = [("float32", "float16"), ("float16", "bfloat16"), ("int64", "float16"), ("uint8", "int32"),
+         ("bool", "int64"), ("int32", "bfloat16"), ("uint8", "bool"), ("float64", "float32"), ("int64", "uint8"),
+         ("bool", "float32")]
+BSHAPES = [((3, 5), (3, 5)), ((3, 1), (1, 5)), ((5,), (2, 3, 5)), ((), (3, 4)), ((3, 4), ()), ((0, 4), (1, 4)),
+           ((2, 1, 4), (3, 1)), ((1,), (0,))]
+
+
+def bcases(dtypes=ALL, mixed=True):
+    """Binary rows: each dtype (both operands), mixed-dtype pairs, broadcast shapes, views."""
+    main = MAIN if MAIN in dtypes else dtypes[0]
+    out = [pytest.param((dt, dt), ((3, 5), (3, 5)), None, id=dt) for dt in dtypes]
+    if mixed:
+        out += [pytest.param(p, ((3, 5), (5,)), None, id="-".join(p)) for p in MIXED
+                if p[0] in dtypes and p[1] in dtypes]
+    out += [pytest.param((main, main), s, None, id=f"{_id(s[0])}-{_id(s[1])}") for s in BSHAPES]
+    out += [pytest.param((main, main), ((4, 6), (4, 6)), v, id=v) for v in VIEWS]
+    return out
+
+
+B = "dts,shapes,view"
+SCALARS = [2, -3, 2.5, True]
+
+
+def scases(dtypes=ALL, scalars=SCALARS):
+    return [pytest.param(dt, s, id=f"{dt}-{s!r}") for dt in dtypes for s in scalars]
 
 
 def helper_test_op(shapes, torch_fn, engine_fn=None, dtypes=MAIN, low=-2.0, high=2.0, grad=False,

@@ -63,7 +63,7 @@ SHAPE_CASES = [
     (lambda: EF.linear(t(2, 3), t(4, 5)), "linear(): input (2, 3) and weight (4, 5) do not fit"),
     (lambda: EF.linear(t(2, 5), t(4, 5), t(3)), "linear(): bias (3,) does not match weight (4, 5)"),
     (lambda: EF.conv2d(t(1, 3, 5, 5), t(4, 2, 3, 3)), "conv2d(): input (1, 3, 5, 5) with 3 channels does not fit weight (4, 2, 3, 3) with groups=1"),
-    (lambda: EF.conv2d(t(3, 5, 5), t(4, 3, 3, 3)), "conv2d(): expected input and weight of 4 dims, got (3, 5, 5) and (4, 3, 3, 3)"),
+    (lambda: EF.conv2d(t(5, 5), t(4, 3, 3, 3)), "conv2d(): expected 3-d or 4-d input, got (5, 5)"),
     (lambda: EF.conv1d(t(1, 4, 5), t(6, 2, 3), groups=4), "conv1d(): input (1, 4, 5) with 4 channels does not fit weight (6, 2, 3) with groups=4"),
     (lambda: EF.layer_norm(t(2, 3), (4,)), "layer_norm(): normalized_shape (4,) does not match the input's trailing dims (2, 3)"),
     (lambda: EF.rms_norm(t(2, 3), (2, 3, 1)), "rms_norm(): normalized_shape (2, 3, 1) does not match"),
@@ -74,7 +74,7 @@ SHAPE_CASES = [
     (lambda: EF.pad(t(2, 3), (1, 1, 1, 1, 1, 1)), "pad(): 6 pad values do not fit input of 2 dims"),
     (lambda: EF.pad(t(1, 2, 3), (3, 0), mode="reflect"), "pad(): reflect padding (3, 0) must be smaller than dim 2 of size 3"),
     (lambda: EF.max_pool2d(t(5, 5), 2), "max_pool2d(): expected 3-d or 4-d input, got (5, 5)"),
-    (lambda: EF.interpolate(t(5, 5), size=3), "interpolate(): expected 3-d or 4-d input, got (5, 5)"),
+    (lambda: EF.interpolate(t(5, 5), size=3), "interpolate(): expected 3-d, 4-d or 5-d input for mode 'nearest', got (5, 5)"),
     (lambda: engine.zeros(2, -1, device=DEVICE), "negative dimension in size (2, -1)"),
     (lambda: t(2, 3).unflatten(1, (2, 2)), "shape (2, 2, 2) is invalid for input of size 6"),
 ]

@@ -2,7 +2,7 @@
 
 Random shapes and chains of views (transpose, permute, narrow, stepped slices, select, unsqueeze,
 squeeze, expand, view) must equal numpy's views elementwise, keep torch's strides, and never copy
-(same Storage, shared memory). Layout.view returns None exactly when torch's .view raises, and
+(same Storage, shared memory); diagonal and movedim are views too. Layout.view returns None exactly when torch's .view raises, and
 broadcast_shapes agrees with numpy and torch.
 """
 import math
@@ -22,7 +22,8 @@ pytestmark = needs_device
 # examples; `--hypothesis-profile=engine-deep` for 3000)
 SETTINGS = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 shapes = st.lists(st.integers(0, 4) | st.integers(1, 4), min_size=0, max_size=4).map(tuple)
-OPS = ("transpose", "permute", "narrow", "slice", "select", "unsqueeze", "squeeze", "expand", "view", "flatten")
+OPS = ("transpose", "permute", "narrow", "slice", "select", "unsqueeze", "squeeze", "expand", "view", "flatten",
+       "diagonal", "movedim")
 
 
 def _factor(data, n, max_dims=4):
@@ -99,6 +100,15 @@ def step(data, e, t, a):
             return e, t, a
         assert lay is not None, f"torch views {tuple(t.shape)} strides {t.stride()} as {shape}; engine refuses"
         return e.view(shape), tv, a.reshape(shape)
+    if op == "diagonal" and nd >= 2:
+        d0, d1 = data.draw(st.lists(st.integers(-nd, nd - 1), min_size=2, max_size=2, unique_by=lambda d: d % nd))
+        off = data.draw(st.integers(-3, 3))
+        return e.diagonal(off, d0, d1), t.diagonal(off, d0, d1), np.diagonal(a, off, d0, d1)
+    if op == "movedim" and nd:
+        k = data.draw(st.integers(1, nd))
+        src = data.draw(st.permutations(range(nd)))[:k]
+        dst = data.draw(st.permutations(range(nd)))[:k]
+        return e.movedim(src, dst), t.movedim(src, dst), np.moveaxis(a, src, dst)
     if op == "flatten" and nd and e.is_contiguous():
         return e.flatten(), t.flatten(), a.reshape(-1)
     return e, t, a

@@ -10,52 +10,10 @@ import torch
 import torch.nn.functional as F
 
 import engine
-from helpers import (ALL, DEVICE, FLOATS, INTS, MAIN, NUMERIC, VIEWS, E, TORCH, compare, compare_meta, helper_test_op,
-                     needs_device)
+from helpers import (ALL, DEVICE, FLOATS, INTS, MAIN, NUMERIC, VIEWS, B, E, TORCH, U, _id, bcases, cases, compare, compare_meta,
+                     helper_test_op, needs_device, scases)
 
 pytestmark = needs_device
-SHAPES = [(), (7,), (2, 3, 4), (0, 4), (1, 5)]
-
-
-def _id(shape):
-    return "x".join(map(str, shape)) or "scalar"
-
-
-def cases(dtypes=ALL, shape=(3, 5), shapes=SHAPES, views=VIEWS):
-    """Each dtype at `shape`; then, in float32 (or the op's first dtype), every shape and view."""
-    main = MAIN if MAIN in dtypes else dtypes[0]
-    out = [pytest.param(dt, shape, None, id=dt) for dt in dtypes]
-    out += [pytest.param(main, s, None, id=f"{main}-{_id(s)}") for s in shapes]
-    out += [pytest.param(main, (4, 6), v, id=f"{main}-{v}") for v in views]
-    return out
-
-
-U = "dt,shape,view"
-MIXED = [("float32", "float16"), ("float16", "bfloat16"), ("int64", "float16"), ("uint8", "int32"),
-         ("bool", "int64"), ("int32", "bfloat16"), ("uint8", "bool"), ("float64", "float32"), ("int64", "uint8"),
-         ("bool", "float32")]
-BSHAPES = [((3, 5), (3, 5)), ((3, 1), (1, 5)), ((5,), (2, 3, 5)), ((), (3, 4)), ((3, 4), ()), ((0, 4), (1, 4)),
-           ((2, 1, 4), (3, 1)), ((1,), (0,))]
-
-
-def bcases(dtypes=ALL, mixed=True):
-    """Binary rows: each dtype (both operands), mixed-dtype pairs, broadcast shapes, views."""
-    main = MAIN if MAIN in dtypes else dtypes[0]
-    out = [pytest.param((dt, dt), ((3, 5), (3, 5)), None, id=dt) for dt in dtypes]
-    if mixed:
-        out += [pytest.param(p, ((3, 5), (5,)), None, id="-".join(p)) for p in MIXED
-                if p[0] in dtypes and p[1] in dtypes]
-    out += [pytest.param((main, main), s, None, id=f"{_id(s[0])}-{_id(s[1])}") for s in BSHAPES]
-    out += [pytest.param((main, main), ((4, 6), (4, 6)), v, id=v) for v in VIEWS]
-    return out
-
-
-B = "dts,shapes,view"
-SCALARS = [2, -3, 2.5, True]
-
-
-def scases(dtypes=ALL, scalars=SCALARS):
-    return [pytest.param(dt, s, id=f"{dt}-{s!r}") for dt in dtypes for s in scalars]
 
 
 # ---- creation ---------------------------------------------------------------------------------------------

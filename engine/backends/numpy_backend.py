@@ -14,6 +14,9 @@ import numpy as np
 from engine import dtype as D
 from engine.backends.fused import FusedOps
 from engine.backends.numpy_nn import NnKernels
+from engine.backends.numpy_index import IndexKernels
+from engine.backends.numpy_pointwise import PointwiseKernels
+from engine.backends.numpy_pool import PoolKernels
 from engine.storage import StoragePool
 
 _REDUCED = (np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16))
@@ -41,7 +44,7 @@ def _erf_f64(x):
     return np.copysign(out, x)
 
 
-class NumpyBackend(NnKernels, FusedOps):
+class NumpyBackend(NnKernels, PoolKernels, PointwiseKernels, IndexKernels, FusedOps):
     name = "numpy"
     available = True
     xp = np
@@ -155,6 +158,12 @@ class NumpyBackend(NnKernels, FusedOps):
             return 0.5 * x * (1.0 + xp.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x * x * x)))
         if op == "erf":
             return self._erf(x)
+        if op in ("erfc", "erfinv"):
+            return getattr(self, "_" + op)(x)
+        if op == "frac":
+            return x - xp.trunc(x)
+        if op == "positive":
+            return x
         if op == "reciprocal":
             return 1.0 / x
         if op == "round":
@@ -163,7 +172,10 @@ class NumpyBackend(NnKernels, FusedOps):
             return xp.where(xp.isnan(x), x.dtype.type(0), xp.sign(x))
         if op in ("logical_not", "bitwise_not"):
             return xp.logical_not(x) if op == "logical_not" or x.dtype == np.bool_ else xp.invert(x)
-        return getattr(xp, {"neg": "negative", "abs": "abs"}.get(op, op))(x)
+        return getattr(xp, self._UNARY.get(op, op))(x)
+
+    _UNARY = {"neg": "negative", "asin": "arcsin", "acos": "arccos", "atan": "arctan", "asinh": "arcsinh",
+              "acosh": "arccosh", "atanh": "arctanh"}
 
     def _erf(self, x):
         return _erf_f64(x).astype(x.dtype)
@@ -176,10 +188,17 @@ class NumpyBackend(NnKernels, FusedOps):
                "logical_xor": "logical_xor", "bitwise_and": "bitwise_and", "bitwise_or": "bitwise_or",
                "bitwise_xor": "bitwise_xor"}
 
+    _INT_DIVISION = ("floor_divide", "remainder", "fmod", "div_trunc", "div_floor")
+
     def binary(self, op: str, a, b, compute: D.DType, out_dtype: D.DType):
         """a, b: arrays or Python scalars; both are cast to `compute` (16-bit floats to float32)."""
         cd = D.compute_dtype(compute)
         a, b = self._c(a, cd), self._c(b, cd)
+        if cd.kind in "iub" and op in self._INT_DIVISION:
+            self._check_divisor(b, op)
+        if op not in self._BINARY or (op == "pow" and cd.kind in "iu"):
+            with np.errstate(all="ignore"):
+                return self._out(self._binary_extra(op, a, b), out_dtype)
         fn = getattr(self.xp, self._BINARY[op])
         with np.errstate(all="ignore"):
             if cd == out_dtype.np_dtype:  # hot path: write straight into pooled memory
@@ -209,6 +228,8 @@ class NumpyBackend(NnKernels, FusedOps):
         with np.errstate(all="ignore"):
             if op == "sum":
                 r = xp.sum(x, axis=dims, keepdims=keepdim)
+            elif op == "sumsq":  # the 2-norm's sum of squares, rounded once
+                r = xp.sum(xp.square(xp.abs(x)), axis=dims, keepdims=keepdim)
             elif op == "mean":  # sum / n: an empty reduction gives nan without numpy's warning
                 r = xp.sum(x, axis=dims, keepdims=keepdim) / x.dtype.type(math.prod(x.shape[d] for d in dims))
             elif op == "prod":
@@ -259,6 +280,10 @@ class NumpyBackend(NnKernels, FusedOps):
             self.xp.matmul(a, b, out=out)
             return out
         return self._out(self.xp.matmul(a, b), out_dtype)
+
+    def svdvals(self, x, out_dtype: D.DType):
+        """Singular values over the last two dims (in float64 for float64 inputs, else float32)."""
+        return self._out(self.xp.linalg.svd(self._c(x, D.compute_dtype(out_dtype)), compute_uv=False), out_dtype)
 
     # ---- shape and indexing -------------------------------------------------------------------------
     def concat(self, arrays, dim: int, out_dtype: D.DType):
@@ -350,11 +375,37 @@ class NumpyBackend(NnKernels, FusedOps):
         return out
 
     def arange(self, start, end, step, dtype: D.DType):
-        cd = np.float64 if dtype.is_floating_point else np.int64
-        return self._out(self.xp.arange(start, end, step, dtype=cd), dtype)
+        """torch's arange: for integer dtypes start and step are truncated to integers first (and
+        int64 sizes the result in integer arithmetic); floats accumulate in float64."""
+        xp = self.xp
+        if dtype.is_floating_point:
+            n = math.ceil((end - start) / step)
+            r = start + xp.arange(max(n, 0), dtype=np.float64) * step
+        else:
+            s0, s1, st = int(start), int(end), int(step)
+            if st == 0:
+                raise ValueError(f"arange(): step {step!r} truncates to 0 for {dtype.name}")
+            if dtype is D.int64:
+                num = s1 - s0 + st - (1 if st > 0 else -1)
+                n = abs(num) // abs(st) * (1 if (num >= 0) == (st > 0) else -1)  # C division truncates
+            else:
+                n = math.ceil((end - start) / step)
+            r = s0 + xp.arange(max(n, 0), dtype=np.int64) * st
+        return self._out(r, dtype)
 
     def linspace(self, start, end, steps: int, dtype: D.DType):
-        return self._out(self.xp.linspace(start, end, steps, dtype=np.float64), dtype)
+        """torch's linspace: start and end in the dtype, the step in float64 for integer dtypes (else the
+        compute dtype), the first half counted up from start and the second half down from end."""
+        xp = self.xp
+        st = np.dtype(np.float64) if not dtype.is_floating_point else dtype.np_dtype  # 16-bit: rounds per op, as torch's Half
+        s0, s1 = (int(start), int(end)) if not dtype.is_floating_point else (start, end)
+        s0, s1 = st.type(s0), st.type(s1)
+        if steps == 1:
+            return self._out(xp.full((1,), s0, dtype=st), dtype)
+        step = (s1 - s0) / st.type(max(steps - 1, 1))
+        i = xp.arange(steps, dtype=st)
+        r = xp.where(xp.arange(steps) < steps // 2, s0 + step * i, s1 - step * (steps - 1 - i))
+        return self._out(r.astype(st) if dtype.is_floating_point else xp.trunc(r), dtype)
 
     def eye(self, n: int, m: int, dtype: D.DType):
         return self._out(self.xp.eye(n, m), dtype)
