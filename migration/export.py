@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from migration import aten_ops
-from migration.port import PortError, to_numpy
+from migration.port import PortError, is_float, to_numpy, to_torch
 
 FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<fn>\S+)')
 
@@ -223,8 +223,7 @@ def _as_tensors(inputs, dtype):
     import torch
     out = []
     for x in inputs:
-        t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(
-            np.asarray(x, np.float32) if np.asarray(x).dtype.kind == "f" and np.asarray(x).dtype.itemsize == 2 else x))
+        t = x if isinstance(x, torch.Tensor) else to_torch(np.asarray(x))
         if t.is_floating_point() and dtype is not None:
             t = t.to(dtype)
         out.append(t)
@@ -395,9 +394,8 @@ def translate(ex: Exported, name: str = "model") -> tuple[dict, dict]:
     flat = list(out_node.args[0])
     outs = [flat[i] for i, s in enumerate(sig.output_specs) if s.kind.name == "USER_OUTPUT"]
     outputs = [encode(Ref(o.name)) if isinstance(o, torch.fx.Node) else encode(o) for o in outs]
-    floats = [a.dtype for a in arrays.values() if a.dtype.kind == "f"]
-    import torch as _t
-    graph = {"format": "taper.program", "version": 1, "source": name, "torch": _t.__version__,
+    floats = [a.dtype for a in arrays.values() if is_float(a)]
+    graph = {"format": "taper.program", "version": 1, "source": name, "torch": torch.__version__,
              "dtype": dtype_name(_module_dtype(ex.module)) if _module_dtype(ex.module) is not None
              else (str(floats[0]) if floats else None),
              "dynamic": ex.dynamic, "note": ex.note, "inputs": inputs, "weights": weights, "nodes": e.nodes,

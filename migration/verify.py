@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from migration import tolerances
+from migration.port import is_float, to_torch
 from migration.capture import (Capture, CaptureFile, VerifyError, _EngineHooks, _flatten, _primary,  # noqa: F401
                                _torch_np, capture_engine, capture_torch, in_key, out_key, split_key)
 from migration.report import LayerResult, VerifyReport
@@ -208,6 +209,43 @@ def compare_captures(eng_path, ref_path, order, tol: Tolerance, noise_path=None)
     return results
 
 
+def _skipped_call(rep, order, missing, produced) -> str | None:
+    """The reference output, nearest before the first failure, of a module call the engine never made
+    (no output of that call at all), when the divergence found otherwise is weak (its input already
+    fails, or none was found)."""
+    failed = [r.name for r in rep.layers if not r.passed]
+    if not failed or not missing:
+        return None
+    first = rep.layer(rep.first_divergence) if rep.first_divergence else None
+    if first is not None and first.input_passed is not False and not rep.note:
+        return None
+    limit = order.index(failed[0])
+    calls = [k for k in missing if order.index(k) < limit and split_key(k)[2] == 0
+             and out_key(*split_key(k)[:2]) not in produced]
+    return calls[-1] if calls else None
+
+
+def with_missing(results, order, missing, ref_path, tol) -> list:
+    """The results with a failing row, in execution order, for every reference output the engine did
+    not produce (a module it never called), so the first divergence points at it."""
+    if not missing:
+        return results
+    gone = set(missing)
+    by = {r.name: r for r in results}
+    out = []
+    with _open(ref_path) as ref:
+        for key in order:
+            if key in by:
+                out.append(by[key])
+            elif key in gone:
+                r = ref.get_numpy(key)
+                rtol, atol = tol(key, r.dtype)
+                out.append(LayerResult(key, split_key(key)[0], tuple(r.shape), math.inf, math.inf, math.inf, math.nan,
+                                       0, 0, math.inf, False, rtol, atol, None, None,
+                                       "not produced: the engine model never called this module"))
+    return out
+
+
 def first_divergence(results) -> tuple[str | None, str]:
     """(key, note): the first failing output whose primary input passes (or was not captured)."""
     for r in results:
@@ -223,7 +261,7 @@ def first_divergence(results) -> tuple[str | None, str]:
 def _to_engine(arr, dtype, device):
     import engine
     a = np.asarray(arr)
-    if a.dtype.kind == "f":
+    if is_float(a):
         return engine.tensor(np.ascontiguousarray(a), device=device).to(dtype)
     return engine.tensor(np.ascontiguousarray(a), device=device)
 
@@ -318,18 +356,15 @@ def round_inputs(inputs, dtype: str) -> list:
     out = []
     for x in inputs:
         a = np.asarray(x)
-        out.append(a.astype(_np_dtype(dtype)) if a.dtype.kind == "f" else a)
+        out.append(a.astype(_np_dtype(dtype)) if is_float(a) else a)
     return out
 
 
 def _as_torch(a: np.ndarray, dtype: str | None):
     """numpy -> torch; floating arrays go to `dtype` (exactly: they were rounded to it before)."""
     import torch
-    a = np.asarray(a)
-    if a.dtype.kind == "f":
-        t = torch.from_numpy(np.ascontiguousarray(a.astype(np.float64) if a.dtype.itemsize == 2 else a).copy())
-        return t.to(getattr(torch, dtype or "float32"))
-    return torch.from_numpy(np.ascontiguousarray(a).copy())
+    t = to_torch(np.asarray(a))
+    return t.to(getattr(torch, dtype or "float32")) if t.is_floating_point() else t
 
 
 def _engine_dtype(em):
@@ -457,11 +492,20 @@ def _engine_side(engine_model, inputs, ek, emap, meta, ref_path, noise_path, tol
     except Exception as e:  # noqa: BLE001  (an engine that raises is a verification failure to report)
         raise VerifyError(f"the engine model raised on the verification inputs: {type(e).__name__}: {e}") from e
     results = compare_captures(cap.path, ref_path, meta["order"], tol, noise_path)
-    rep = VerifyReport(meta["model"], dtype, device, results, reference=meta["reference"], unmatched=unmatched)
-    missing = [k for k in meta["order"] if k not in set(cap.order)]
+    produced = set(cap.order)
+    missing = [k for k in meta["order"] if k not in produced]
+    rep = VerifyReport(meta["model"], dtype, device, results, reference=meta["reference"], unmatched=unmatched,
+                       route="hand")
     if missing:
         rep.unmatched["reference_outputs_not_produced"] = missing
     rep.first_divergence, rep.note = first_divergence(results)
+    skipped = _skipped_call(rep, meta["order"], missing, produced)
+    if skipped:  # the engine never called a module, and the first failure comes after it
+        rep.layers = with_missing(rep.layers, meta["order"], [skipped], ref_path, tol)
+        rep.first_divergence = skipped
+        rep.note = (f"{skipped} produced no output on the engine side (the engine model never called it) and every "
+                    "failure comes after it")
+        confirm = False
     if rep.first_divergence and confirm:
         rep.confirmed = confirm_layer(engine_model, args, ek, rep.first_divergence, emap, ref_path, tol, dtype,
                                       device, noise_path)
