@@ -337,8 +337,16 @@ def _sort(e, x, dim=-1, descending=False, stable=None):
 
 
 # ---- linear algebra and nn --------------------------------------------------------------------------------
-@aten("addmm", "baddbmm")
+@aten("addmm")
 def _addmm(e, bias, a, b, beta=1, alpha=1):
+    if beta == 1 and alpha == 1 and bias.meta is not None and bias.meta.ndim == 1:
+        # x @ W.T + b as one engine linear: 16-bit floats round once, after the bias, as torch's addmm
+        return e.call("F.linear", a, e.call("Tensor.t", b), bias)
+    return _baddbmm(e, bias, a, b, beta, alpha)
+
+
+@aten("baddbmm")
+def _baddbmm(e, bias, a, b, beta=1, alpha=1):
     return e.call("engine.add", _scaled(e, e.call("engine.matmul", a, b), alpha), _scaled(e, bias, beta))
 
 

@@ -21,6 +21,7 @@ import copy
 import inspect
 import os
 import re
+import warnings
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -251,6 +252,13 @@ def export_module(module, inputs, kwargs=None, dynamic: bool = True, dtype=None)
     params = inspect.signature(module.forward).parameters
     if "use_cache" in params and "use_cache" not in kwargs:
         kwargs["use_cache"] = False  # a KV cache object is not an exportable output
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)  # torch's own pytree deprecations
+        return _export(module, args, kwargs, dynamic)
+
+
+def _export(module, args, kwargs, dynamic) -> Exported:
+    import torch
     note, ep = "", None
     if dynamic:
         try:
@@ -468,6 +476,25 @@ def load_checkpoint(program, state: dict, rules=()) -> None:
             setattr(m, leaf, t)
         else:
             m.register_buffer(leaf, t, m._buffers[leaf][1])
+
+
+INPUT_DTYPES = ("float32", "float64", "float16", "bfloat16", "int64", "int32")
+
+
+def input_spec(text: str) -> tuple:
+    """'2,3,32,32' or '2,16:int64:100' -> ((2, 16), 'int64', 100); ValueError naming the text."""
+    shape, _, rest = str(text).partition(":")
+    dtype, _, high = rest.partition(":")
+    try:
+        dims = tuple(int(d) for d in shape.replace("x", ",").split(",") if d)
+        high = int(high) if high else None
+    except ValueError:
+        raise ValueError(f"expected SHAPE[:DTYPE[:HIGH]] like 2,3,32,32 or 2,16:int64:100, got {text!r}") from None
+    if not dims:
+        raise ValueError(f"expected SHAPE[:DTYPE[:HIGH]] like 2,3,32,32 or 2,16:int64:100, got {text!r}")
+    if dtype and dtype not in INPUT_DTYPES:
+        raise ValueError(f"unsupported input dtype {dtype!r} in {text!r} (known: {', '.join(INPUT_DTYPES)})")
+    return dims, dtype or "float32", high
 
 
 def example_inputs(specs, seed: int = 0) -> list:

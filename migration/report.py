@@ -216,7 +216,7 @@ def summary_lines(rep: VerifyReport) -> list:
         lines.append(f"reference outputs not produced: {shown} (the {rep.candidate} model never called "
                      f"{'it' if len(missing) == 1 else 'them'}; look there first)")
     if um.get("outputs_only"):
-        lines.append(f"outputs only: {um['outputs_only'][0]}")
+        lines.append(f"outputs only, no layer taps: {um['outputs_only'][0].removesuffix(': outputs only')}")
     if um.get("torch_only") or um.get("engine_only"):
         lines.append(f"not compared: {len(um.get('torch_only', []))} torch-only and "
                      f"{len(um.get('engine_only', []))} engine-only module(s)")

@@ -220,8 +220,7 @@ def _skipped_call(rep, order, missing, produced) -> str | None:
     if first is not None and first.input_passed is not False and not rep.note:
         return None
     limit = order.index(failed[0])
-    calls = [k for k in missing if order.index(k) < limit and split_key(k)[2] == 0
-             and out_key(*split_key(k)[:2]) not in produced]
+    calls = [k for k in missing if order.index(k) < limit and out_key(*split_key(k)[:2]) not in produced]
     return calls[-1] if calls else None
 
 
@@ -496,8 +495,11 @@ def _engine_side(engine_model, inputs, ek, emap, meta, ref_path, noise_path, tol
     missing = [k for k in meta["order"] if k not in produced]
     rep = VerifyReport(meta["model"], dtype, device, results, reference=meta["reference"], unmatched=unmatched,
                        route="hand")
-    if missing:
-        rep.unmatched["reference_outputs_not_produced"] = missing
+    calls = [k for k in missing if out_key(*split_key(k)[:2]) not in produced]  # no output of that call at all
+    if calls:
+        rep.unmatched["reference_outputs_not_produced"] = calls
+    if len(calls) < len(missing):  # the call ran but returned fewer tensors (e.g. attention weights)
+        rep.unmatched["reference_extra_outputs"] = [k for k in missing if k not in set(calls)]
     rep.first_divergence, rep.note = first_divergence(results)
     skipped = _skipped_call(rep, meta["order"], missing, produced)
     if skipped:  # the engine never called a module, and the first failure comes after it
@@ -565,14 +567,17 @@ def lm_inputs(vocab_size: int, batch: int = 2, seq_len: int = 16, seed: int = 0)
 
 
 def load_hf_torch(model_dir, dtype: str = "float32"):
-    """The transformers reference for a model dir (eager attention: the plain reference math)."""
+    """The transformers reference for a model dir (eager attention: the plain reference math): the
+    class of HF_MODELS for model types the engine implements, else config.json's `architectures`
+    (AutoModel when it names none transformers has)."""
     import torch
     import transformers
-    from migration.module_map import hf_model
+    from migration.module_map import HF_MODELS
     from migration.port import read_config
     cfg = read_config(model_dir)
-    spec = hf_model(cfg.get("model_type"))
-    auto = getattr(transformers, spec.hf_class)
+    spec = HF_MODELS.get(cfg.get("model_type"))
+    names = [spec.hf_class] if spec else list(cfg.get("architectures") or [])
+    auto = next((getattr(transformers, n) for n in names if hasattr(transformers, n)), transformers.AutoModel)
     return auto.from_pretrained(model_dir, dtype=getattr(torch, dtype), attn_implementation="eager").eval()
 
 

@@ -114,7 +114,9 @@ def _capture(model, lm, ids, inputs, names: dict, path):
         try:
             return _run(model, lm, ids, inputs, names, path), ""
         except Exception as e:  # noqa: BLE001  (TapsUnsupported, or a tap that cannot read an output)
-            reason = str(e) if type(e).__name__ == "TapsUnsupported" else f"{model.impl.name} taps failed ({e})"
+            first = (str(e).strip().splitlines() or [""])[0][:160]
+            reason = str(e) if type(e).__name__ == "TapsUnsupported" else \
+                f"{model.impl.name} cannot tap here ({type(e).__name__}: {first}): outputs only"
     try:
         return _run(model, lm, ids, inputs, {}, path), reason
     except Exception as e:  # noqa: BLE001  (an implementation that raises is a verification failure)
