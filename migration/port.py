@@ -235,8 +235,9 @@ def port(tm, dtype=None, strict: bool = True, return_plan: bool = False):
         raise UnmappedError(p.unmapped, p.root)
     if p.exported:
         raise PortError(f"cannot port {p.root} by hand: the forward of {', '.join(n or '<root>' for n in p.exported)} "
-                        "has no engine twin (register one with migration.module_map.register(..., children=True)), "
-                        "or export the model: migration.export.port_program / taper port --example-input")
+                        "has no engine twin (register one with migration.module_map.register(..., children=True)), or "
+                        "export the whole model through torch.export: migration.export.port_program / taper port "
+                        "--example-input")
     tm_was_training = tm.training
     tm.eval()
     try:

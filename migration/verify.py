@@ -217,7 +217,7 @@ def _skipped_call(rep, order, missing, produced) -> str | None:
     if not failed or not missing:
         return None
     first = rep.layer(rep.first_divergence) if rep.first_divergence else None
-    if first is not None and first.input_passed is not False and not rep.note:
+    if first is not None and first.input_passed is not False and not rep.note and first.name != ROOT:
         return None
     limit = order.index(failed[0])
     calls = [k for k in missing if order.index(k) < limit and out_key(*split_key(k)[:2]) not in produced]

@@ -16,6 +16,7 @@ own float16/bfloat16 run is the yardstick (an output passes within REDUCED_ERROR
 """
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 from collections import defaultdict
@@ -92,7 +93,7 @@ def _run(model, lm, ids, inputs, names, path):
         order.append(k)
     try:
         if names:
-            with model.tap(list(names), on):
+            with _tap(model, list(names), on):
                 outs = [model.logits(ids)] if lm else model.forward(*inputs)
         else:
             outs = [model.logits(ids)] if lm else model.forward(*inputs)
@@ -104,6 +105,30 @@ def _run(model, lm, ids, inputs, names, path):
         raise
     cap.close({"order": order})
     return order
+
+
+@contextlib.contextmanager
+def _tap(model, names, callback):
+    """model.tap, except for models over an engine Module, whose modules may return tuples: those report
+    their first tensor here (as torch's taps do); impls' engine tap reads a single tensor only."""
+    from engine.nn.module import Module
+    from engine.tensor import Tensor
+    from migration.capture import _flatten
+    em = getattr(model, "module", None)
+    if not isinstance(em, Module):
+        with model.tap(names, callback):
+            yield
+        return
+
+    def on(name, out):
+        ts = _flatten(out, lambda x: isinstance(x, Tensor))
+        if ts:
+            callback(name, ts[0].float().numpy() if ts[0].dtype.is_reduced else ts[0].numpy())
+    em.set_taps(on, names)
+    try:
+        yield
+    finally:
+        em.set_taps(None)
 
 
 def _capture(model, lm, ids, inputs, names: dict, path):
