@@ -168,6 +168,14 @@ def lm_metrics(eng_logits, ref_logits, chunk_rows: int = 256) -> dict:
     return {"top1_agreement": top1 / n, "top5_overlap": top5 / n, "kl": max(0.0, kl / n)}
 
 
+def add_lm_metrics(rep, cand_path, ref_path) -> None:
+    """Teacher-forced logit agreement of the model outputs ("<output>") of two capture files."""
+    with _open(cand_path) as e, _open(ref_path) as r:
+        if ROOT in e and ROOT in r and e.get_numpy(ROOT).shape == r.get_numpy(ROOT).shape:
+            m = lm_metrics(e.get_numpy(ROOT), r.get_numpy(ROOT))
+            rep.top1_agreement, rep.top5_overlap, rep.kl = m["top1_agreement"], m["top5_overlap"], m["kl"]
+
+
 # ---- the comparison ---------------------------------------------------------------------------------------
 def _open(path):
     from engine.io.safetensors import safe_open
@@ -512,14 +520,7 @@ def _engine_side(engine_model, inputs, ek, emap, meta, ref_path, noise_path, tol
         rep.confirmed = confirm_layer(engine_model, args, ek, rep.first_divergence, emap, ref_path, tol, dtype,
                                       device, noise_path)
     if meta.get("lm"):
-        e, r = _open(cap.path), _open(ref_path)
-        try:
-            if ROOT in e and ROOT in r and e.get_numpy(ROOT).shape == r.get_numpy(ROOT).shape:
-                m = lm_metrics(e.get_numpy(ROOT), r.get_numpy(ROOT))
-                rep.top1_agreement, rep.top5_overlap, rep.kl = m["top1_agreement"], m["top5_overlap"], m["kl"]
-        finally:
-            e.close()
-            r.close()
+        add_lm_metrics(rep, cap.path, ref_path)
     return rep
 
 

@@ -26,7 +26,8 @@ import numpy as np
 
 from migration.capture import CaptureFile, VerifyError, out_key
 from migration.report import VerifyReport
-from migration.verify import REDUCED, ROOT, Tolerance, compare_captures, first_divergence, lm_inputs, lm_metrics
+from migration.verify import (REDUCED, ROOT, Tolerance, add_lm_metrics, compare_captures, first_divergence,
+                              lm_inputs)
 
 
 def _impl(name: str, device: str, dtype: str):
@@ -145,7 +146,8 @@ def _capture(model, lm, ids, inputs, names: dict, path):
     try:
         return _run(model, lm, ids, inputs, {}, path), reason
     except Exception as e:  # noqa: BLE001  (an implementation that raises is a verification failure)
-        raise VerifyError(f"{model.impl.name} raised on the verification inputs: {type(e).__name__}: {e}") from e
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        raise VerifyError(f"{model.impl.name} raised on the verification inputs: {type(e).__name__}: {first}") from e
 
 
 def _tap_names(tm, model) -> dict:
@@ -230,11 +232,7 @@ def verify_impls(source, *, reference: str = "torch", candidate: str = "engine",
             rep.unmatched["outputs_only"] = [reason]
         rep.first_divergence, rep.note = first_divergence(results)
         if lm:
-            from engine.io.safetensors import safe_open
-            with safe_open(wd / "candidate.safetensors") as c, safe_open(wd / "reference.safetensors") as r:
-                if ROOT in c and ROOT in r and c.get_numpy(ROOT).shape == r.get_numpy(ROOT).shape:
-                    m = lm_metrics(c.get_numpy(ROOT), r.get_numpy(ROOT))
-                    rep.top1_agreement, rep.top5_overlap, rep.kl = m["top1_agreement"], m["top5_overlap"], m["kl"]
+            add_lm_metrics(rep, wd / "candidate.safetensors", wd / "reference.safetensors")
         return rep
     finally:
         if own:

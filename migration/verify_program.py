@@ -30,7 +30,7 @@ import numpy as np
 
 from migration.capture import CaptureFile, VerifyError
 from migration.verify import (REDUCED, ROOT, Tolerance, _as_torch, _model_dtype, compare_captures, first_divergence,
-                              judge, lm_metrics, round_inputs)
+                              add_lm_metrics, judge, round_inputs)
 from migration.report import VerifyReport
 
 
@@ -258,11 +258,7 @@ def verify_exported(torch_module, inputs, *, name: str | None = None, dtype: str
             rep.confirmed = confirm_node(program, args, rep.first_divergence, wd / "reference.safetensors", deps,
                                          by, tol, noise_path)
         if lm:
-            from engine.io.safetensors import safe_open
-            with safe_open(wd / "engine.safetensors") as e, safe_open(wd / "reference.safetensors") as r:
-                if ROOT in e and ROOT in r and e.get_numpy(ROOT).shape == r.get_numpy(ROOT).shape:
-                    m = lm_metrics(e.get_numpy(ROOT), r.get_numpy(ROOT))
-                    rep.top1_agreement, rep.top5_overlap, rep.kl = m["top1_agreement"], m["top5_overlap"], m["kl"]
+            add_lm_metrics(rep, wd / "engine.safetensors", wd / "reference.safetensors")
         return rep
     finally:
         if own:

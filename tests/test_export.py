@@ -27,7 +27,7 @@ from helpers import DEVICE
 from migration import aten_ops
 from migration.export import UnsupportedOpsError, load_checkpoint, port_program
 from migration.port import PortError
-from migration.rules import Rename, Transpose
+from migration.rules import Fuse, Rename, Transpose
 from migration.verify_program import verify_exported
 
 ROOT_DIR = Path(__file__).resolve().parents[1]
@@ -298,6 +298,18 @@ def test_checkpoint_with_other_names_through_rules(tmp_path):
     np.testing.assert_allclose(prog(engine.tensor(x, device=DEVICE)).numpy(), want, rtol=1e-5, atol=1e-6)
     with pytest.raises(PortError, match=r"leftover   model\.layers\.0\.bias[\s\S]*missing    layers\.0\.bias"):
         load_checkpoint(prog, ck, rules=(Rename(r"^model\.layers\.[1-3]", "layers"),))
+    # a checkpoint with separate q, k, v where the module keeps them fused
+    torch.manual_seed(0)
+    net, other = Net().eval(), randomize(Net(), seed=2)
+    prog = port_program(net, [rnd(2, 5, 16)]).program
+    ck = {k: v.detach().numpy() for k, v in other.state_dict().items() if not k.startswith("attn.qkv")}
+    for part, w, b in zip("qkv", other.attn.qkv.weight.detach().chunk(3), other.attn.qkv.bias.detach().chunk(3)):
+        ck[f"attn.{part}_proj.weight"], ck[f"attn.{part}_proj.bias"] = w.numpy(), b.numpy()
+    load_checkpoint(prog, ck, rules=(Fuse(("{p}.q_proj.{t}", "{p}.k_proj.{t}", "{p}.v_proj.{t}"), "{p}.qkv.{t}"),))
+    x = rnd(3, 5, 16)
+    with torch.no_grad():
+        want = other(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(prog(engine.tensor(x, device=DEVICE)).numpy(), want, rtol=1e-5, atol=1e-6)
 
 
 # ---- localisation and unsupported ops ------------------------------------------------------------------------
