@@ -39,12 +39,16 @@ def aten(*names):
     return deco
 
 
+class Dt(str):
+    """An engine dtype name as an argument (encoded as {"dtype": name} in the program)."""
+
+
 def _dt(dtype):
-    """torch dtype -> engine dtype name (Unsupported for dtypes the engine lacks)."""
+    """torch dtype (or engine dtype name) -> Dt (Unsupported for dtypes the engine lacks)."""
     if dtype is None:
         return None
     from migration.export import dtype_name
-    return dtype_name(dtype)
+    return Dt(dtype_name(dtype))
 
 
 def _meta_dtype(x):
@@ -220,8 +224,8 @@ def _full(e, size, value, dtype=None, layout=None, device=None, pin_memory=None)
 
 def _default_dtype(value):
     if isinstance(value, bool):
-        return "bool"
-    return "int64" if isinstance(value, int) else "float32"
+        return Dt("bool")
+    return Dt("int64" if isinstance(value, int) else "float32")
 
 
 @aten("full_like")
@@ -232,7 +236,7 @@ def _full_like(e, x, value, dtype=None, layout=None, device=None, pin_memory=Non
 for _n, _v in (("zeros_like", 0), ("ones_like", 1), ("empty_like", 0)):
     aten(_n)((lambda v: lambda e, x, dtype=None, **k: e.call("engine.full_like", x, v, dtype=_dt(dtype)))(_v))
 for _n, _v in (("zeros", 0), ("ones", 1), ("empty", 0)):
-    aten(_n)((lambda v: lambda e, size, dtype=None, **k: e.call("engine.full", size, v, dtype=_dt(dtype) or "float32",
+    aten(_n)((lambda v: lambda e, size, dtype=None, **k: e.call("engine.full", size, v, dtype=_dt(dtype) or Dt("float32"),
                                                                   device=DEV))(_v))
 
 
@@ -248,7 +252,7 @@ TABLE.update({"new_zeros": _new(0), "new_ones": _new(1), "new_empty": _new(0), "
 
 @aten("scalar_tensor")
 def _scalar_tensor(e, value, dtype=None, layout=None, device=None, pin_memory=None):
-    return e.call("engine.tensor", value, dtype=_dt(dtype) or "float32", device=DEV)
+    return e.call("engine.tensor", value, dtype=_dt(dtype) or Dt("float32"), device=DEV)
 
 
 @aten("arange")

@@ -161,6 +161,8 @@ def encode(v):
         return {"device": None}
     if isinstance(v, torch.dtype):
         return {"dtype": dtype_name(v)}
+    if isinstance(v, aten_ops.Dt):
+        return {"dtype": str(v)}
     if isinstance(v, bool) or v is None or isinstance(v, (int, str)):
         return v
     if isinstance(v, float):

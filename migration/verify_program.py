@@ -144,9 +144,16 @@ def select_nodes(program, globs) -> set | None:
 
 
 def _deps(ex) -> dict:
-    """{node name: [names of the call_function nodes it reads]}"""
-    return {n.name: [a.name for a in n.all_input_nodes if a.op == "call_function"]
-            for n in ex.ep.graph.nodes if n.op == "call_function"}
+    """{node name or output key: [names of the call_function nodes it reads]}"""
+    import torch
+    nodes = ex.ep.graph.nodes
+    out = {n.name: [a.name for a in n.all_input_nodes if a.op == "call_function"]
+           for n in nodes if n.op == "call_function"}
+    flat = list(next(n for n in nodes if n.op == "output").args[0])
+    user = [o for o, s in zip(flat, ex.ep.graph_signature.output_specs) if s.kind.name == "USER_OUTPUT"]
+    tensors = [o for o in user if isinstance(o, torch.fx.Node) and isinstance(o.meta.get("val"), torch.Tensor)]
+    out.update({_out_key(i): [o.name] if o.op == "call_function" else [] for i, o in enumerate(tensors)})
+    return out
 
 
 def _annotate(results, program, deps):
@@ -156,8 +163,8 @@ def _annotate(results, program, deps):
         n = info.get(r.name)
         if n is not None:
             r.op, r.module, r.source = n.get("aten", ""), n.get("module", ""), n.get("source", "")
-            checked = [by[d].passed for d in _tensor_deps(r.name, deps, by)]
-            r.input_passed = all(checked) if checked else None
+        checked = [by[d].passed for d in _tensor_deps(r.name, deps, by)]
+        r.input_passed = all(checked) if checked else None
 
 
 def _tensor_deps(name, deps, by, depth: int = 50) -> list:
