@@ -20,7 +20,7 @@ A program directory holds `program.json` and `weights.safetensors`. program.json
 Weights are keyed in the safetensors file by the torch module's own state-dict names ("fc.weight"),
 so `Program.state_dict()` has torch's keys. A node's `op` names one engine callable: `engine.<fn>`,
 `F.<fn>` (engine.functional), `Tensor.<method>` (called on the first argument) or `py.<helper>` (the
-structural helpers below: getitem, size, slicing, integer arithmetic on sizes); nothing else can be
+structural helpers below: getitem, size, slicing and indexed writes, integer arithmetic on sizes); nothing else can be
 named, so loading a program runs no foreign code. Arguments are JSON values plus tagged objects:
 {"ref": name} a value computed earlier (or an input or weight), {"dtype": "float32"}, {"device": null}
 (the program's device), {"float": "inf"|"-inf"|"nan"}, {"slice": [start, stop, step]}.
@@ -60,9 +60,29 @@ def _index(x, indices):
     return x[key]
 
 
+def _put(x, key, value):
+    """A copy of x with x[key] = value (the functional form of an in-place write)."""
+    out = x.clone()
+    out[key] = value
+    return out
+
+
+def _index_put(x, indices, values):
+    return _put(x, tuple(slice(None) if i is None else i for i in indices), values)
+
+
+def _slice_scatter(x, src, dim=0, start=None, stop=None, step=1):
+    return _put(x, (slice(None),) * (dim % x.ndim) + (slice(start, stop, step),), src)
+
+
+def _select_scatter(x, src, dim, index):
+    return _put(x, (slice(None),) * (dim % x.ndim) + (index,), src)
+
+
 HELPERS = {
     "getitem": operator.getitem, "size": lambda x, dim: x.shape[dim], "numel": lambda x: x.numel(),
     "slice": _slice, "index": _index, "tuple": lambda *a: tuple(a), "identity": lambda x: x,
+    "index_put": _index_put, "slice_scatter": _slice_scatter, "select_scatter": _select_scatter,
     "add": operator.add, "sub": operator.sub, "mul": operator.mul, "floordiv": operator.floordiv,
     "truediv": operator.truediv, "mod": operator.mod, "neg": operator.neg, "pow": operator.pow,
     "eq": operator.eq, "ne": operator.ne, "lt": operator.lt, "le": operator.le, "gt": operator.gt,

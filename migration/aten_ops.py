@@ -22,9 +22,12 @@ TABLE: dict = {}
 SKIP = {"_assert_scalar", "_assert_tensor_metadata", "sym_constrain_range", "sym_constrain_range_for_size",
         "_assert_async"}
 # entries written as compositions of existing engine ops (candidates for a direct engine op later)
-COMPOSED = ("addmm", "baddbmm", "rsub", "div(rounding_mode)", "native_layer_norm(multi-dim)", "leaky_relu", "elu",
-            "celu", "selu", "hardtanh", "relu6", "hardswish", "hardsigmoid", "softplus", "mish", "_prelu_kernel",
-            "pow(scalar base)", "trunc", "var(correction)", "logit", "glu", "new_zeros/new_ones/new_full")
+COMPOSED = ("addmm (alpha/beta != 1)", "baddbmm", "rsub", "sub/add/div with a number on the left",
+            "div (rounding_mode)", "fmod", "trunc", "round (decimals)", "native_layer_norm (several dims)",
+            "_native_batch_norm_legit (batch statistics: training mode, instance_norm)", "leaky_relu", "elu",
+            "hardtanh", "hardsigmoid", "hardswish", "softplus", "mish", "_prelu_kernel", "glu", "var_mean",
+            "pow (a number to a tensor)", "new_zeros/new_ones/new_empty/new_full",
+            "index_put/slice_scatter/select_scatter (py helpers: a clone and an indexed write)")
 
 
 class Unsupported(NotImplementedError):
@@ -76,7 +79,7 @@ for _n in ("relu", "sigmoid", "tanh", "exp", "log", "log2", "log1p", "expm1", "s
 for _n in ("eq", "ne", "lt", "le", "gt", "ge", "maximum", "minimum", "remainder", "atan2", "logical_and",
            "logical_or", "logical_xor", "bitwise_and", "bitwise_or", "bitwise_xor"):
     aten(_n)((lambda n: lambda e, a, b: e.call(f"engine.{n}", a, b))(_n))
-aten("mul")(lambda e, a, b: e.call("engine.mul", a, b))
+aten("mul")(lambda e, a, b: e.call("engine.mul", a, b) if _is_ref(a) else e.call("engine.mul", b, a))
 aten("floor_divide")(lambda e, a, b: e.call("engine.floor_divide", a, b))
 
 
@@ -92,14 +95,37 @@ def _trunc(e, x):
     return e.call("engine.where", e.call("engine.lt", x, 0), e.call("Tensor.ceil", x), e.call("Tensor.floor", x))
 
 
+def _is_ref(x) -> bool:
+    return hasattr(x, "name")
+
+
+def _as_tensor_like(e, scalar, other):
+    """A Python number on the left of a binary op, as a tensor shaped like `other` (torch's promotion:
+    a float number with an integer tensor gives float32)."""
+    dt = None if isinstance(scalar, bool) or not isinstance(scalar, float) or _is_float(other) else Dt("float32")
+    return e.call("engine.full_like", other, scalar, dtype=dt)
+
+
 @aten("add")
 def _add(e, a, b, alpha=1):
+    if not _is_ref(a):
+        return e.call("engine.add", _scaled(e, b, alpha), a)
     return e.call("engine.add", a, _scaled(e, b, alpha))
 
 
 @aten("sub")
 def _sub(e, a, b, alpha=1):
+    if not _is_ref(a):  # number - tensor
+        return e.call("engine.add", e.call("engine.mul", b, -alpha), a)
     return e.call("engine.sub", a, _scaled(e, b, alpha))
+
+
+@aten("fmod")
+def _fmod(e, a, b):  # C's fmod: the sign of the dividend (engine.remainder has the divisor's)
+    r = e.call("engine.remainder", a, b)
+    wrong = e.call("engine.logical_and", e.call("engine.ne", r, 0),
+                   e.call("engine.ne", e.call("engine.lt", r, 0), e.call("engine.lt", a, 0)))
+    return e.call("engine.where", wrong, e.call("engine.sub", r, b), r)
 
 
 @aten("rsub")
@@ -109,7 +135,7 @@ def _rsub(e, a, b, alpha=1):  # b - alpha * a
 
 @aten("div")
 def _div(e, a, b, rounding_mode=None):
-    q = e.call("engine.div", a, b)
+    q = e.call("engine.div", a if _is_ref(a) else _as_tensor_like(e, a, b), b)
     if rounding_mode is None:
         return q
     q = e.call("Tensor.floor", q) if rounding_mode == "floor" else _trunc(e, q)
@@ -280,6 +306,36 @@ aten("triu")(lambda e, x, diagonal=0: e.call("engine.triu", x, diagonal))
 aten("tril")(lambda e, x, diagonal=0: e.call("engine.tril", x, diagonal))
 aten("embedding")(lambda e, w, ids, padding_idx=-1, scale_grad_by_freq=False, sparse=False:
                   e.call("F.embedding", ids, w))
+aten("scatter")(lambda e, x, dim, index, src, reduce=None: e.call("engine.scatter", x, dim, index, src, reduce))
+aten("scatter_add")(lambda e, x, dim, index, src: e.call("engine.scatter_add", x, dim, index, src))
+aten("slice_scatter")(lambda e, x, src, dim=0, start=None, end=None, step=1:
+                      e.call("py.slice_scatter", x, src, dim, start, end, step))
+aten("select_scatter")(lambda e, x, src, dim, index: e.call("py.select_scatter", x, src, dim, index))
+aten("nonzero")(lambda e, x: e.call("engine.nonzero", x))
+for _n, _mode in (("reflection_pad1d", "reflect"), ("reflection_pad2d", "reflect"), ("replication_pad1d", "replicate"),
+                  ("replication_pad2d", "replicate")):
+    aten(_n)((lambda m: lambda e, x, pad: e.call("F.pad", x, pad, m))(_mode))
+
+
+@aten("index_put")
+def _index_put(e, x, indices, values, accumulate=False):
+    if accumulate:
+        raise Unsupported("index_put with accumulate=True (repeated indices add up)")
+    return e.call("py.index_put", x, indices, values)
+
+
+@aten("glu")
+def _glu(e, x, dim=-1):
+    halves = e.call("Tensor.chunk", x, 2, dim)
+    return e.call("engine.mul", e.call("py.getitem", halves, 0), e.call("Tensor.sigmoid", e.call("py.getitem", halves, 1)))
+
+
+@aten("var_mean")
+def _var_mean(e, x, dim=None, *, correction=None, keepdim=False):
+    return (_var_fn("var")(e, x, dim, correction=correction, keepdim=keepdim),
+            _reduction("mean")(e, x, dim, keepdim))
+
+
 aten("constant_pad_nd")(lambda e, x, pad, value=0: e.call("F.pad", x, pad, "constant", value))
 
 
@@ -379,6 +435,38 @@ def _layer_norm(e, x, shape, w, b, eps):
 @aten("_native_batch_norm_legit_no_training")
 def _batch_norm(e, x, w, b, mean, var, momentum, eps):
     return (e.call("F.batch_norm", x, mean, var, w, b, False, momentum, eps), None, None)
+
+
+@aten("_native_batch_norm_legit")
+def _batch_norm_stats(e, x, w, b, *rest):
+    """Batch statistics (training-mode batch norm, and instance_norm, which torch runs as one): the
+    overload with running stats (x, w, b, mean, var, training, momentum, eps) or without (x, w, b,
+    training, momentum, eps). The running-stat updates are not computed."""
+    if len(rest) == 5:
+        mean, var, training, momentum, eps = rest
+        if not training:
+            return _batch_norm(e, x, w, b, mean, var, momentum, eps)
+    else:
+        training, momentum, eps = rest
+    nd = len(x.meta.shape)
+    dims = [0] + list(range(2, nd))
+    mu = e.call("Tensor.mean", x, dim=dims, keepdim=True)
+    xc = e.call("engine.sub", x, mu)
+    var = e.call("Tensor.mean", e.call("engine.mul", xc, xc), dim=dims, keepdim=True)
+    y = e.call("engine.mul", xc, e.call("Tensor.rsqrt", e.call("engine.add", var, eps)))
+    shape = [-1] + [1] * (nd - 2)
+    if w is not None:
+        y = e.call("engine.mul", y, e.call("Tensor.reshape", w, shape))
+    if b is not None:
+        y = e.call("engine.add", y, e.call("Tensor.reshape", b, shape))
+    return (y, None, None)
+
+
+@aten("linalg_vector_norm")
+def _vector_norm(e, x, ord=2, dim=None, keepdim=False, *, dtype=None):
+    if ord not in (1, 2, float("inf")) and not isinstance(ord, (int, float)):
+        raise Unsupported(f"vector norm of order {ord!r}")
+    return e.call("Tensor.norm", x, ord, dim, keepdim)
 
 
 @aten("native_group_norm")

@@ -402,3 +402,61 @@ def test_cli_port_and_verify_exported(tmp_path, capsys, monkeypatch):
     assert "input_ids ('s" in capsys.readouterr().out
     assert main(["verify", str(tmp_path / "bert"), "--seq-len", "8", "--quiet"]) == 0
     assert "verdict: PASS" in capsys.readouterr().out
+
+
+# ---- the translation table, one row per op (torch is the oracle) ------------------------------------------------
+class Fn(nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, *xs):
+        return self.fn(*xs)
+
+
+F_ = nn.functional
+ROWS = {
+    "elementwise": (lambda x: (x.exp() - x.abs().sqrt() * x.sin()).clamp(-2, 3) / (1 + x.square()), [(3, 5)]),
+    "compare_where": (lambda x: torch.where(x > 0.2, x, -x) + (x <= 0).float() + x.masked_fill(x < -1, 7.0), [(4, 6)]),
+    "activations": (lambda x: F_.leaky_relu(x, 0.1) + F_.elu(x) + F_.hardswish(x) + F_.mish(x) + F_.softplus(x)
+                    + F_.relu6(x) + F_.selu(x) + F_.hardsigmoid(x) + F_.silu(x), [(3, 8)]),
+    "glu_prelu": (lambda x: F_.glu(x, -1) + F_.prelu(x[..., :4], torch.tensor([0.1, 0.2, 0.3, 0.4]).reshape(4)), [(2, 4, 8)]),
+    "reductions": (lambda x: torch.cat([x.sum(1), x.mean(1), x.amax(1), x.var(1), x.std(1), x.logsumexp(1),
+                                        x.max(1).values, x.min(-1)[0], x.norm(dim=1)]), [(4, 6)]),
+    "arg_sort_topk": (lambda x: (x.argmax(-1), x.sort(-1).values, x.topk(2, -1).indices, x.cumsum(-1)), [(3, 7)]),
+    "shapes": (lambda x: torch.cat([x.transpose(0, 1).reshape(6, 4), x.flip(0).t(), x.roll(1, 1).T], 0), [(4, 6)]),
+    "index": (lambda x, i: (x[i], x.gather(1, i[:, None].clamp(max=3)), x.index_select(0, i), x[1:, ::2]),
+              [(4, 6), "i4"]),
+    "scatter_writes": (lambda x: (x.clone().index_put_((torch.tensor([0, 2]),), torch.ones(6)),
+                                  torch.zeros(4, 6).scatter_add(0, torch.tensor([[0, 1, 2, 3, 0, 1]]), x[:1])), [(4, 6)]),
+    "creation": (lambda x: x + torch.arange(6.0) + torch.ones_like(x) * torch.full((6,), 2.0) + x.new_zeros(4, 6),
+                 [(4, 6)]),
+    "pool_pad_upsample": (lambda x: (F_.avg_pool2d(F_.pad(x, (1, 1, 1, 1), mode="reflect"), 2),
+                                     F_.interpolate(x, scale_factor=2, mode="bilinear"), F_.max_pool2d(x, 2, 1)),
+                          [(2, 3, 6, 6)]),
+    "norms": (lambda x: (F_.group_norm(x, 3, torch.ones(6), torch.zeros(6)), F_.layer_norm(x, (4, 4)),
+                         F_.instance_norm(x)), [(2, 6, 4, 4)]),
+    "conv1d_transposed": (lambda x: F_.conv_transpose1d(F_.conv1d(x, torch.ones(4, 3, 3) / 9), torch.ones(4, 2, 2) / 4,
+                                                        stride=2), [(2, 3, 10)]),
+    "matmuls": (lambda a: (torch.baddbmm(a, a, a.transpose(1, 2), beta=0.5, alpha=2.0), a @ a.mT,
+                           torch.addmm(a[0, :, 0], a[0], a[1], alpha=0.5)), [(2, 4, 4)]),
+    "softmaxes": (lambda x: (x.softmax(-1), x.log_softmax(0), F_.scaled_dot_product_attention(x, x, x, is_causal=True)),
+                  [(2, 5, 8)]),
+}
+
+
+@pytest.mark.parametrize("row", list(ROWS))
+def test_translation_rows(row):
+    fn, specs = ROWS[row]
+    xs = [torch.randint(0, 4, (3,)) if s == "i4" else torch.randn(*s, generator=torch.Generator().manual_seed(i))
+          for i, s in enumerate(specs)]
+    prog = port_program(Fn(fn).eval(), xs, dynamic=False).program
+    with torch.no_grad():
+        want = fn(*xs)
+    want = want if isinstance(want, tuple) else (want,)
+    got = prog(*[engine.tensor(x.numpy(), device=DEVICE) for x in xs])
+    got = got if isinstance(got, tuple) else (got,)
+    flat = [t for w in want for t in (w if isinstance(w, (tuple, list)) else [w])]
+    assert len(got) == len(flat)
+    for g, w in zip(got, flat):
+        np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=1e-5, atol=1e-5, err_msg=row)
