@@ -24,7 +24,6 @@ import re
 import warnings
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -278,6 +277,8 @@ def _export(module, args, kwargs, dynamic) -> Exported:
                               f"{_first_lines(e)}") from e
     dyn = any(not isinstance(s, int) for n in ep.graph.nodes if n.op == "placeholder"
               and hasattr(n.meta.get("val"), "shape") for s in n.meta["val"].shape)
+    if dynamic and not dyn and not note:
+        note = "the batch dim was specialised to the example's size (an example batch of 2 or more exports it dynamic)"
     return Exported(ep, module, args, kwargs, dyn, note)
 
 
@@ -510,6 +511,3 @@ def example_inputs(specs, seed: int = 0) -> list:
             out.append(rng.standard_normal(dims).astype(np.float32))
     return out
 
-
-def save(ported: Ported, directory) -> Path:
-    return ported.program.save(directory)

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import copy
 import fnmatch
-import json
 import math
 import shutil
 import tempfile
@@ -50,7 +49,6 @@ from migration.report import LayerResult, VerifyReport
 
 ROOT = "<output>"
 REDUCED = ("float16", "bfloat16")
-GOLDEN_VERSION = 1
 
 
 # ---- metrics -------------------------------------------------------------------------------------------
@@ -404,32 +402,6 @@ def _skipped(qn, skip):
     return any(fnmatch.fnmatchcase(qn, p) for p in skip)
 
 
-# ---- golden -----------------------------------------------------------------------------------------------
-def _save_golden(directory, meta: dict, ref_path, noise_path, inputs) -> None:
-    from engine.io.safetensors import save_file
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(ref_path, d / "reference.safetensors")
-    if noise_path:
-        shutil.copyfile(noise_path, d / "torch_noise.safetensors")
-    save_file({f"input_{i}": np.ascontiguousarray(a) for i, a in enumerate(inputs)}, d / "inputs.safetensors")
-    (d / "meta.json").write_text(json.dumps({**meta, "version": GOLDEN_VERSION}, indent=1))
-
-
-def load_golden(directory) -> tuple[dict, list]:
-    from engine.io.safetensors import load_file
-    d = Path(directory)
-    try:
-        meta = json.loads((d / "meta.json").read_text())
-    except OSError as e:
-        raise VerifyError(f"{d}: not a golden directory (meta.json: {e.strerror})") from None
-    if meta.get("version") != GOLDEN_VERSION:
-        raise VerifyError(f"{d}: golden format version {meta.get('version')} (this taper reads {GOLDEN_VERSION})")
-    arrays = load_file(d / "inputs.safetensors")
-    inputs = [np.array(arrays[f"input_{i}"]) for i in range(len(arrays))]
-    return meta, inputs
-
-
 # ---- the entry points ---------------------------------------------------------------------------------------
 def verify(torch_model, engine_model, inputs, *, name: str | None = None, dtype: str | None = None,
            device=None, tol=None, tol_scale: float = 1.0, lm: bool = False, rename=None, skip=(),
@@ -482,7 +454,8 @@ def verify(torch_model, engine_model, inputs, *, name: str | None = None, dtype:
                 "order": ref.order, "names": sorted(set(emap)), "base": emap, "lm": lm,
                 "tolerance": tol.describe()}
         if save_golden:
-            _save_golden(save_golden, meta, ref.path, noise_path, inputs)
+            from migration.golden import save_golden as _save
+            _save(save_golden, meta, ref.path, noise_path, inputs)
         return _engine_side(engine_model, inputs, ek, emap, meta, ref.path, noise_path, tol, device, confirm, wd,
                             unmatched)
     finally:
@@ -522,36 +495,6 @@ def _engine_side(engine_model, inputs, ek, emap, meta, ref_path, noise_path, tol
     if meta.get("lm"):
         add_lm_metrics(rep, cap.path, ref_path)
     return rep
-
-
-def verify_golden(engine_model, golden_dir, *, device=None, tol=None, tol_scale: float = 1.0, confirm: bool = True,
-                  engine_kwargs: dict | None = None, workdir=None) -> VerifyReport:
-    """Compare an engine model with reference outputs saved by verify(save_golden=DIR). Needs no torch."""
-    import engine
-    meta, inputs = load_golden(golden_dir)
-    dtype = meta["dtype"]
-    device = str(engine.device.parse(device)) if device is not None else str(engine.default_device())
-    if not isinstance(tol, Tolerance):  # the golden's own overrides first, then the caller's
-        saved = meta.get("tolerance", {})
-        scale = tol_scale if tol_scale != 1.0 else saved.get("scale", 1.0)
-        tol = Tolerance(dtype, parse_overrides(saved.get("overrides", [])) + parse_overrides(tol), scale)
-    if _engine_dtype(engine_model) not in (None, dtype):
-        engine_model.to(dtype=engine.dtype.get(dtype))
-    e_names = {qn for qn, _ in engine_model.named_modules()}
-    emap = {qn: base for qn, base in meta["base"].items() if qn in e_names}
-    unmatched = {"golden_only": sorted(qn for qn in meta["base"] if qn not in e_names)}
-    d = Path(golden_dir)
-    noise = d / "torch_noise.safetensors"
-    own = workdir is None
-    wd = Path(tempfile.mkdtemp(prefix="taper-verify-") if own else workdir)
-    try:
-        rep = _engine_side(engine_model, inputs, dict(engine_kwargs or {}), emap, meta, d / "reference.safetensors",
-                           noise if noise.exists() else None, tol, device, confirm, wd, unmatched)
-        rep.reference = f"golden {d} ({meta['reference']})"
-        return rep
-    finally:
-        if own:
-            shutil.rmtree(wd, ignore_errors=True)
 
 
 def verify_module(torch_model, inputs, *, dtype: str | None = None, **kw) -> VerifyReport:
@@ -605,3 +548,6 @@ def verify_hf(source, *, dtype: str | None = None, batch: int = 2, seq_len: int 
     kw.setdefault("skip", spec.skip)
     return verify(tm, engine_model, inputs, name=kw.pop("name", name), dtype=dtype, lm=True,
                   rename=lambda qn: rename_name(qn, spec.rules), torch_kwargs={"use_cache": False}, **kw)
+
+
+from migration.golden import load_golden, verify_golden  # noqa: E402,F401  (the torch-free half, re-exported)
