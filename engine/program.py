@@ -10,7 +10,7 @@ A program directory holds `program.json` and `weights.safetensors`. program.json
 
     {"format": "taper.program", "version": 1, "source": ..., "dtype": "float32",
      "inputs":  [{"name": "x", "shape": ["s0", 8], "dtype": "float32"}],     # str: a symbolic size
-     "weights": [{"name": "p_fc_weight", "key": "fc.weight", "kind": "parameter"}, ...],
+     "weights": [{"name": "p_fc_weight", "key": "fc.weight", "kind": "parameter", "shape": [8, 4]}, ...],
      "nodes":   [{"name": "addmm", "op": "engine.matmul", "args": [{"ref": "x"}, {"ref": "permute"}],
                   "kwargs": {}, "of": "addmm"?, "aten": "aten.addmm.default", "module": "fc",
                   "module_type": "torch.nn.modules.linear.Linear", "source": "model.py:7 in forward",
@@ -156,10 +156,14 @@ class Program(Module):
         object.__setattr__(self, "_node_taps", None)
         missing = sorted(w["key"] for w in graph["weights"] if w["key"] not in weights)
         extra = sorted(set(weights) - {w["key"] for w in graph["weights"]})
-        if missing or extra:
+        shapes = sorted(f"{w['key']} {tuple(weights[w['key']].shape)} (program: {tuple(w['shape'])})"
+                        for w in graph["weights"] if w["key"] in weights and "shape" in w
+                        and tuple(weights[w["key"]].shape) != tuple(w["shape"]))
+        if missing or extra or shapes:
             raise ProgramError("the weights do not fit the program: "
                                + "; ".join(filter(None, [missing and f"missing {', '.join(missing)}",
-                                                         extra and f"unexpected {', '.join(extra)}"])))
+                                                         extra and f"unexpected {', '.join(extra)}",
+                                                         shapes and f"shape {', '.join(shapes)}"])))
         for w in graph["weights"]:
             *path, leaf = w["key"].split(".")
             m = self
@@ -317,8 +321,17 @@ def check(graph: dict) -> None:
     for key in ("inputs", "weights", "nodes", "outputs"):
         if not isinstance(graph.get(key), list):
             raise ProgramError(f"program graph: {key!r} must be a list")
-    known = {s["name"] for s in graph["inputs"]} | {w["name"] for w in graph["weights"]}
     problems = []
+    for what, items, fields in (("input", graph["inputs"], {"name": str, "shape": list, "dtype": str}),
+                                ("weight", graph["weights"], {"name": str, "key": str, "kind": str}),
+                                ("node", graph["nodes"], {"name": str, "op": str, "args": list, "kwargs": dict})):
+        for i, item in enumerate(items):
+            bad = [k for k, t in fields.items() if not isinstance(item, dict) or not isinstance(item.get(k), t)]
+            if bad:
+                problems.append(f"{what} {i}: needs {', '.join(f'{k} ({fields[k].__name__})' for k in bad)}")
+    if problems:
+        raise ProgramError(f"invalid program ({len(problems)} problem(s)):\n  " + "\n  ".join(problems))
+    known = {s["name"] for s in graph["inputs"]} | {w["name"] for w in graph["weights"]}
     for n in graph["nodes"]:
         try:
             resolve(n["op"])

@@ -342,7 +342,8 @@ def translate(ex: Exported, name: str = "model") -> tuple[dict, dict]:
         if kind not in ("PARAMETER", "BUFFER", "CONSTANT_TENSOR"):
             raise PortError(f"{name}: an exported input of kind {kind} ({spec.arg.name}) cannot be ported")
         t = state[spec.target] if spec.target in state else consts[spec.target]
-        w = {"name": spec.arg.name, "key": spec.target, "kind": kind.lower().replace("constant_tensor", "constant")}
+        w = {"name": spec.arg.name, "key": spec.target, "kind": kind.lower().replace("constant_tensor", "constant"),
+             "shape": list(t.shape)}
         if kind == "BUFFER":
             w["persistent"] = bool(spec.persistent)
         weights.append(w)

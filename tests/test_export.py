@@ -278,11 +278,18 @@ def test_program_errors_name_what_is_wrong(tmp_path):
     with pytest.raises(ProgramError) as e:
         engine.program.load(d)
     assert "2 problem(s)" in str(e.value) and "os.system" in str(e.value) and "'nowhere'" in str(e.value)
+    del graph["nodes"][4]["kwargs"]
+    graph["weights"][0]["key"] = 3
+    (d / "program.json").write_text(json.dumps(graph))
+    with pytest.raises(ProgramError, match=r"weight 0: needs key \(str\)\n  node 4: needs kwargs \(dict\)"):
+        engine.program.load(d)
     (d / "program.json").write_text("{oops")
     with pytest.raises(ProgramError, match="not valid JSON"):
         engine.program.load(d)
     with pytest.raises(ProgramError, match="missing layers.0.bias"):
         engine.program.Program(prog.graph, {k: v for k, v in prog.state_dict().items() if k != "layers.0.bias"})
+    with pytest.raises(ProgramError, match=r"shape layers.1.bias \(3,\) \(program: \(32,\)\)"):
+        engine.program.Program(prog.graph, {**prog.state_dict(), "layers.1.bias": engine.zeros(3)})
 
 
 def test_checkpoint_with_other_names_through_rules(tmp_path):
