@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from migration import aten_ops
-from migration.port import PortError, is_float, to_numpy, to_torch
+from migration.port import PortError, _c, is_float, to_numpy, to_torch
 
 FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<fn>\S+)')
 
@@ -432,7 +432,7 @@ def port_program(module, inputs, kwargs=None, *, name: str | None = None, dtype=
     ex = export_module(module, inputs, kwargs, dynamic=dynamic, dtype=dtype)
     graph, arrays = translate(ex, name or type(module).__name__)
     dev = device if device is not None else engine.default_device()
-    prog = Program(graph, {k: engine.tensor(np.ascontiguousarray(a), device=dev) for k, a in arrays.items()})
+    prog = Program(graph, {k: engine.tensor(_c(a), device=dev) for k, a in arrays.items()})
     return Ported(prog, ex)
 
 
@@ -467,7 +467,7 @@ def load_checkpoint(program, state: dict, rules=()) -> None:
     rep = match_keys({k: np.shape(v) for k, v in res.state.items()}, own)
     if not rep.ok:
         raise PortError(f"the checkpoint does not fit the program after the rules:\n{rep.format()}")
-    tensors = {k: engine.tensor(np.ascontiguousarray(v)) for k, v in res.state.items()}
+    tensors = {k: engine.tensor(_c(v)) for k, v in res.state.items()}
     names = {w["key"]: w for w in program.graph["weights"]}
     for key, t in tensors.items():
         *path, leaf = key.split(".")

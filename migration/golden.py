@@ -6,12 +6,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from migration.capture import VerifyError
+from migration.capture import VerifyError, scratch
 from migration.report import VerifyReport
 from migration.verify import Tolerance, _engine_dtype, _engine_side, parse_overrides
 
@@ -63,13 +62,8 @@ def verify_golden(engine_model, golden_dir, *, device=None, tol=None, tol_scale:
     unmatched = {"golden_only": sorted(qn for qn in meta["base"] if qn not in e_names)}
     d = Path(golden_dir)
     noise = d / "torch_noise.safetensors"
-    own = workdir is None
-    wd = Path(tempfile.mkdtemp(prefix="taper-verify-") if own else workdir)
-    try:
+    with scratch(workdir) as wd:
         rep = _engine_side(engine_model, inputs, dict(engine_kwargs or {}), emap, meta, d / "reference.safetensors",
                            noise if noise.exists() else None, tol, device, confirm, wd, unmatched)
         rep.reference = f"golden {d} ({meta['reference']})"
         return rep
-    finally:
-        if own:
-            shutil.rmtree(wd, ignore_errors=True)

@@ -35,15 +35,13 @@ from __future__ import annotations
 import copy
 import fnmatch
 import math
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from migration import tolerances
 from migration.port import is_float, to_torch
-from migration.capture import (Capture, CaptureFile, VerifyError, _EngineHooks, _flatten, _primary,  # noqa: F401
+from migration.capture import (Capture, CaptureFile, VerifyError, scratch, _EngineHooks, _flatten, _primary,  # noqa: F401
                                _torch_np, capture_engine, capture_torch, in_key, out_key, split_key)
 from migration.report import LayerResult, VerifyReport
 
@@ -431,10 +429,7 @@ def verify(torch_model, engine_model, inputs, *, name: str | None = None, dtype:
     tol = tol if isinstance(tol, Tolerance) else Tolerance(dtype, tol, tol_scale)
     if _engine_dtype(engine_model) not in (None, dtype):
         engine_model.to(dtype=engine.dtype.get(dtype))
-    own = workdir is None
-    wd = Path(tempfile.mkdtemp(prefix="taper-verify-") if own else workdir)
-    wd.mkdir(parents=True, exist_ok=True)
-    try:
+    with scratch(workdir) as wd:
         def torch_run(dt, path):
             tm = torch_model if _model_dtype(torch_model) == dt else copy.deepcopy(torch_model).to(getattr(torch, dt))
             return capture_torch(tm, [_as_torch(a, dt) for a in inputs], tk, tmap, path)
@@ -458,9 +453,6 @@ def verify(torch_model, engine_model, inputs, *, name: str | None = None, dtype:
             _save(save_golden, meta, ref.path, noise_path, inputs)
         return _engine_side(engine_model, inputs, ek, emap, meta, ref.path, noise_path, tol, device, confirm, wd,
                             unmatched)
-    finally:
-        if own:
-            shutil.rmtree(wd, ignore_errors=True)
 
 
 def _engine_side(engine_model, inputs, ek, emap, meta, ref_path, noise_path, tol, device, confirm, wd,

@@ -17,14 +17,11 @@ own float16/bfloat16 run is the yardstick (an output passes within REDUCED_ERROR
 from __future__ import annotations
 
 import contextlib
-import shutil
-import tempfile
 from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
 
-from migration.capture import CaptureFile, VerifyError, out_key
+from migration.capture import CaptureFile, VerifyError, out_key, scratch
 from migration.report import VerifyReport
 from migration.verify import (REDUCED, ROOT, Tolerance, add_lm_metrics, compare_captures, first_divergence,
                               lm_inputs)
@@ -197,10 +194,7 @@ def verify_impls(source, *, reference: str = "torch", candidate: str = "engine",
     if not (r_names and c_names):
         r_names = c_names = {}
     tol = tol if isinstance(tol, Tolerance) else Tolerance(dtype, tol, tol_scale)
-    own = workdir is None
-    wd = Path(tempfile.mkdtemp(prefix="taper-verify-") if own else workdir)
-    wd.mkdir(parents=True, exist_ok=True)
-    try:
+    with scratch(workdir) as wd:
         truth = None
         if dtype in REDUCED:  # the reference in float32 is the truth; its own reduced run the yardstick
             truth = _load(reference, tm, device, "float32", ex_inputs, route)[0]
@@ -234,6 +228,3 @@ def verify_impls(source, *, reference: str = "torch", candidate: str = "engine",
         if lm:
             add_lm_metrics(rep, wd / "candidate.safetensors", wd / "reference.safetensors")
         return rep
-    finally:
-        if own:
-            shutil.rmtree(wd, ignore_errors=True)

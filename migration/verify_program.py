@@ -22,13 +22,11 @@ shows up as a note.
 from __future__ import annotations
 
 import fnmatch
-import shutil
-import tempfile
-from pathlib import Path
 
 import numpy as np
 
-from migration.capture import CaptureFile, VerifyError
+from migration.capture import CaptureFile, VerifyError, scratch
+from migration.port import _c
 from migration.verify import (REDUCED, ROOT, Tolerance, _as_torch, _model_dtype, compare_captures, first_divergence,
                               add_lm_metrics, judge, round_inputs)
 from migration.report import VerifyReport
@@ -230,10 +228,7 @@ def verify_exported(torch_module, inputs, *, name: str | None = None, dtype: str
     wanted = select_nodes(program, nodes)
     tol = tol if isinstance(tol, Tolerance) else Tolerance(dtype, tol, tol_scale)
     orig = {k: v.detach() for k, v in list(torch_module.named_parameters()) + list(torch_module.named_buffers())}
-    own = workdir is None
-    wd = Path(tempfile.mkdtemp(prefix="taper-verify-") if own else workdir)
-    wd.mkdir(parents=True, exist_ok=True)
-    try:
+    with scratch(workdir) as wd:
         noise_path, note = None, ex.note
         if dtype in REDUCED:
             order, outs = _capture_torch(ex, t_inputs, wd / "reference.safetensors", wanted, orig, promote=True)
@@ -247,7 +242,7 @@ def verify_exported(torch_module, inputs, *, name: str | None = None, dtype: str
                 noise_path = wd / "torch_noise.safetensors"
                 reference += " (noise floor: float64 run)"
         note = _fidelity(ex, t_inputs, dtype, note)
-        args = [engine.tensor(np.ascontiguousarray(a), device=device) for a in inputs]
+        args = [engine.tensor(_c(a), device=device) for a in inputs]
         _capture_engine(program, args, wd / "engine.safetensors", wanted)
         results = compare_captures(wd / "engine.safetensors", wd / "reference.safetensors", order, tol, noise_path)
         deps = _deps(ex)
@@ -267,9 +262,6 @@ def verify_exported(torch_module, inputs, *, name: str | None = None, dtype: str
         if lm:
             add_lm_metrics(rep, wd / "engine.safetensors", wd / "reference.safetensors")
         return rep
-    finally:
-        if own:
-            shutil.rmtree(wd, ignore_errors=True)
 
 
 def _fidelity(ex, t_inputs, dtype, note: str) -> str:
