@@ -23,7 +23,7 @@ from torch import nn
 import engine
 import engine.program
 from engine.program import ProgramError
-from helpers import DEVICE
+from helpers import DEVICE, needs_device
 from migration import aten_ops
 from migration.export import UnsupportedOpsError, load_checkpoint, port_program
 from migration.port import PortError
@@ -31,6 +31,7 @@ from migration.rules import Fuse, Rename, Transpose
 from migration.verify_program import verify_exported
 
 ROOT_DIR = Path(__file__).resolve().parents[1]
+pytestmark = needs_device  # the programs run on ENGINE_DEVICE
 
 
 def rnd(*shape, seed=0):
