@@ -435,6 +435,7 @@ def test_none_and_plain_attributes_reach_the_engine_twin(block2):
 
 
 def test_a_call_the_engine_skips_is_named_and_pointed_at(block2):
+    import types
     em = port(block2)
     object.__setattr__(em, "forward", types.MethodType(EngineBlock2NoBN.forward, em))
     rep = verify(block2, em, [rnd(2, 4, 6, 6)])
