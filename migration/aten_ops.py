@@ -176,7 +176,8 @@ def _bool_only(e, x, op, name):
     return e.call(op, x)
 
 
-# activations the engine has no op for yet: compositions (F.<name> is used once the engine has it)
+# activations the engine has no op for yet: compositions; F.<name> is called instead once the engine has
+# it (these ATen signatures are torch.nn.functional's, so the arguments pass through unchanged)
 def _engine_has(name: str) -> bool:
     import engine.functional as F
     return callable(getattr(F, name, None))
@@ -198,8 +199,10 @@ def _leaky(e, x, slope=0.01):
     return e.call("engine.where", e.call("engine.gt", x, 0), x, e.call("engine.mul", x, slope))
 
 
-@_act("elu")
-def _elu(e, x, alpha=1.0, scale=1.0, input_scale=1.0):
+@aten("elu")
+def _elu(e, x, alpha=1.0, scale=1.0, input_scale=1.0):  # aten's elu also carries selu's scales
+    if scale == 1 and input_scale == 1 and _engine_has("elu"):
+        return e.call("F.elu", x, alpha)
     neg = e.call("engine.mul", e.call("Tensor.expm1", e.call("engine.mul", x, input_scale)), alpha)
     return _scaled(e, e.call("engine.where", e.call("engine.gt", x, 0), x, neg), scale)
 
