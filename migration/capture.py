@@ -7,8 +7,11 @@ calls, "<module>:<i>" for the i-th tensor of a tuple/dict output; "<module>#in" 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import tempfile
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +21,19 @@ import numpy as np
 
 class VerifyError(RuntimeError):
     """A verification could not run (bad inputs, a model that raises, an unreadable golden dir)."""
+
+
+@contextlib.contextmanager
+def scratch(workdir=None):
+    """The directory capture files go to: `workdir` (created, kept), or a temp dir removed afterwards."""
+    own = workdir is None
+    wd = Path(tempfile.mkdtemp(prefix="taper-verify-") if own else workdir)
+    wd.mkdir(parents=True, exist_ok=True)
+    try:
+        yield wd
+    finally:
+        if own:
+            shutil.rmtree(wd, ignore_errors=True)
 
 
 # ---- keys -------------------------------------------------------------------------------------------

@@ -58,6 +58,21 @@ def to_numpy(t) -> np.ndarray:
     return t.numpy()
 
 
+def is_float(a) -> bool:
+    """A floating numpy array (or dtype), bfloat16 included (ml_dtypes' bfloat16 has kind 'V')."""
+    dt = a if isinstance(a, np.dtype) else np.asarray(a).dtype
+    return dt.kind == "f" or dt.name == "bfloat16"
+
+
+def to_torch(a):
+    """A numpy array as a torch tensor (a copy), exactly: bfloat16 through its bits."""
+    import torch
+    a = np.ascontiguousarray(a)
+    if a.dtype.name == "bfloat16":
+        return torch.from_numpy(a.view(np.int16).copy()).view(torch.bfloat16)
+    return torch.from_numpy(a.copy())
+
+
 def state_numpy(tm, copy: bool = True) -> "OrderedDict[str, np.ndarray]":
     """torch state_dict -> {key: numpy array}; copies by default so engine and torch never share memory."""
     out = OrderedDict()
@@ -73,7 +88,7 @@ class Row:
     name: str            # qualified torch name ("" for the root)
     torch_cls: str
     engine_cls: str
-    kind: str            # leaf / container / composite / unmapped
+    kind: str            # leaf / container / composite / export / unmapped
     transform: str
     params: int
     note: str = ""
@@ -85,10 +100,18 @@ class Plan:
     rows: list = field(default_factory=list)
     unmapped: "OrderedDict[str, list]" = field(default_factory=OrderedDict)  # class name -> qualified names
     entries: dict = field(default_factory=dict)  # qualified name -> Entry (mapped modules only)
+    exported: list = field(default_factory=list)  # modules with mapped children but no twin of their forward
 
     @property
     def ok(self) -> bool:
+        """Nothing is unmapped: the hand-written route ports every leaf (a forward without a twin, see
+        `exported`, goes through torch.export)."""
         return not self.unmapped
+
+    @property
+    def hand_ok(self) -> bool:
+        """`port` builds the whole engine twin by hand-written classes alone."""
+        return not self.unmapped and not self.exported
 
     def format(self) -> str:
         return format_rows(self.rows, self.unmapped, self.root)
@@ -102,24 +125,40 @@ def plan(tm, root: str | None = None) -> Plan:
     """Walk a torch module tree and decide each module's engine twin, without building anything."""
     p = Plan(root or type(tm).__name__)
 
-    def visit(name: str, m):
+    pending: list = []  # [(class, name) or None], in visiting order (parents before children)
+
+    def visit(name: str, m) -> bool:
+        """Visit m's subtree; True if something in it is unmapped."""
         e = mm.lookup(m)
         n_params = sum(t.numel() for t in m.parameters())
         if e is None:
-            p.unmapped.setdefault(_qual(type(m)), []).append(name)
-            p.rows.append(Row(name, type(m).__name__, "-", "unmapped", "-", n_params))
+            children = list(m.named_children())
+            row = Row(name, type(m).__name__, "-", "unmapped", "-", n_params)
+            p.rows.append(row)
+            mark = len(pending)
+            pending.append((_qual(type(m)), name))
             # keep looking below so one pass finds every unmapped class
-            for cn, c in m.named_children():
-                visit(f"{name}.{cn}" if name else cn, c)
-            return
+            bad = [visit(f"{name}.{cn}" if name else cn, c) for cn, c in children]
+            if children and not any(bad):
+                # every child maps: only this forward has no twin, and torch.export captures it
+                row.kind, row.engine_cls, row.note = "export", "(torch.export)", "forward traced by torch.export"
+                p.exported.append(name)
+                pending[mark] = None
+                return False
+            return True
         p.entries[name] = e
         p.rows.append(Row(name, type(m).__name__, e.engine_name, e.kind,
                           e.describe_transform() if e.kind != "container" else "-", n_params, e.note))
+        bad = False
         if e.kind in ("container", "composite"):
             for cn, c in m.named_children():
-                visit(f"{name}.{cn}" if name else cn, c)
+                bad |= visit(f"{name}.{cn}" if name else cn, c)
+        return bad
 
     visit("", tm)
+    for item in pending:
+        if item is not None:
+            p.unmapped.setdefault(item[0], []).append(item[1])
     return p
 
 
@@ -133,14 +172,22 @@ def format_rows(rows, unmapped, root: str) -> str:
         lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1])
         if i == 0:
             lines.append("  ".join("-" * w for w in widths) + "  " + "-" * len(head[-1]))
+    exported = [r.name or "<root>" for r in rows if r.kind == "export"]
     if unmapped:
         lines.append("")
         lines.append(f"UNMAPPED: {len(unmapped)} class(es), {sum(len(v) for v in unmapped.values())} module(s)")
         for cls, names in unmapped.items():
             lines.append(f"  {cls}  x{len(names)}: " + ", ".join(n or "<root>" for n in names))
+    elif exported:
+        lines.append("")
+        lines.append(f"every leaf module is mapped; the forward of {', '.join(exported)} has no engine twin and "
+                     "goes through torch.export")
     else:
         lines.append("")
         lines.append("every module is mapped")
+    if unmapped or exported:
+        lines.append(f"export the whole model instead (no engine code needed): taper port {root} "
+                     "--example-input SHAPE[:DTYPE] -o OUT")
     return "\n".join(lines)
 
 
@@ -158,6 +205,22 @@ def _local(sd: dict, prefix: str, exclude_children=()) -> dict:
     return out
 
 
+_PLAIN = (type(None), bool, int, float, str)
+
+
+def _copy_plain_attributes(m, em) -> None:
+    """Attributes of a torch composite that its engine twin lacks: children that are None
+    (`self.downsample = None`) and plain settings (ints, floats, bools, strings, None, tuples of them)."""
+    names = {k: None for k, v in m._modules.items() if v is None}
+    for k, v in vars(m).items():
+        if not k.startswith("_") and k != "training" and (isinstance(v, _PLAIN) or (
+                isinstance(v, tuple) and all(isinstance(x, _PLAIN) for x in v))):
+            names[k] = v
+    for k, v in names.items():
+        if k not in em.__dict__ and k not in em._modules and not hasattr(type(em), k):
+            setattr(em, k, v)
+
+
 def port(tm, dtype=None, strict: bool = True, return_plan: bool = False):
     """Build the engine twin of a torch module tree and copy its weights.
 
@@ -170,6 +233,11 @@ def port(tm, dtype=None, strict: bool = True, return_plan: bool = False):
     p = plan(tm)
     if not p.ok:
         raise UnmappedError(p.unmapped, p.root)
+    if p.exported:
+        raise PortError(f"cannot port {p.root} by hand: the forward of {', '.join(n or '<root>' for n in p.exported)} "
+                        "has no engine twin (register one with migration.module_map.register(..., children=True)), or "
+                        "export the whole model through torch.export: migration.export.port_program / taper port "
+                        "--example-input")
     tm_was_training = tm.training
     tm.eval()
     try:
@@ -194,6 +262,8 @@ def port(tm, dtype=None, strict: bool = True, return_plan: bool = False):
             local = _local(sd, name, exclude_children=children)
         res = apply_rules(local, e.rules)
         local = e.transform(m, res.state) if e.transform is not None else res.state
+        if e.kind == "composite":
+            _copy_plain_attributes(m, em)
         if e.kind == "composite":  # the torch module's own tensors become attributes of the twin
             for k, v in local.items():
                 if "." not in k and k not in em._params and k not in em._buffers:

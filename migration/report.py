@@ -44,6 +44,8 @@ class LayerResult:
     input_passed: bool | None = None   # the layer's primary input, judged the same way (None: not captured)
     torch_max_abs: float | None = None  # reduced precision: torch's own error against the fp64 run
     note: str = ""
+    op: str = ""                       # exported route: the node's ATen op (aten.addmm.default)
+    source: str = ""                   # exported route: the Python source line (model.py:42 in forward)
 
 
 @dataclass
@@ -60,6 +62,8 @@ class VerifyReport:
     reference: str = "torch"          # "torch" or "torch float64" (reduced precision), or "golden ..."
     note: str = ""
     unmatched: dict = field(default_factory=dict)  # {"torch_only": [...], "engine_only": [...]}
+    route: str = ""                   # "hand" (engine model code), "export" (torch.export program), "impls"
+    candidate: str = "engine"         # the implementation compared with the reference
 
     @property
     def passed(self) -> bool:
@@ -74,6 +78,10 @@ class VerifyReport:
             if r.name == name:
                 return r
         raise KeyError(name)
+
+    def has_nodes(self) -> bool:
+        """Rows carry ATen ops and source lines (the exported route)."""
+        return any(r.op for r in self.layers)
 
     def torch_errors_present(self) -> bool:
         return any(r.torch_max_abs is not None for r in self.layers)
@@ -98,6 +106,7 @@ class VerifyReport:
             "max_abs": _num(fin.max_abs) if fin else None, "max_rel": _num(fin.max_rel) if fin else None,
             "cosine": _num(fin.cosine) if fin else None, "confirmed": self.confirmed,
             "compared": len(self.layers), "failed": len(self.failed), "reference": self.reference, "note": self.note,
+            "route": self.route, "candidate": self.candidate,
         }
         return {"model": self.model, "dtype": self.dtype, "device": self.device, "layers": layers,
                 "summary": summary, "unmatched": self.unmatched}
@@ -115,14 +124,15 @@ class VerifyReport:
         for x in d["layers"]:
             kw = {k: x.get(k) for k in LayerResult.__dataclass_fields__}
             kw["shape"] = tuple(kw["shape"] or ())
-            kw["note"] = kw["note"] or ""
+            for k in ("note", "op", "source"):
+                kw[k] = kw[k] or ""
             for k in ("max_abs", "max_rel", "mean_abs", "min_passing_atol"):
                 kw[k] = math.inf if kw[k] is None else kw[k]
             kw["cosine"] = math.nan if kw["cosine"] is None else kw["cosine"]
             layers.append(LayerResult(**kw))
         return cls(d["model"], d["dtype"], d["device"], layers, s.get("first_divergence"), s.get("confirmed"),
                    s.get("top1_agreement"), s.get("top5_overlap"), s.get("kl"), s.get("reference", "torch"),
-                   s.get("note", ""), d.get("unmatched", {}))
+                   s.get("note", ""), d.get("unmatched", {}), s.get("route", ""), s.get("candidate", "engine"))
 
     # ---- renderings ----------------------------------------------------------------------------------
     def table(self, only_failed: bool = False, max_rows: int | None = None) -> str:
@@ -190,19 +200,43 @@ def summary_lines(rep: VerifyReport) -> list:
         c = {True: "confirmed: re-run on the reference inputs it still fails",
              False: "not confirmed: on the reference inputs it matches", None: "not re-run"}[rep.confirmed]
         lines.append(f"first divergence: {rep.first_divergence}  ({c})")
+        where = where_text(rep.layer(rep.first_divergence)) if any(r.name == rep.first_divergence
+                                                                    for r in rep.layers) else ""
+        if where:
+            lines.append(f"  at {where}")
     if rep.top1_agreement is not None:
         lines.append(f"teacher-forced logits: top-1 agreement {rep.top1_agreement:.4f}, top-5 overlap "
                      f"{rep.top5_overlap:.4f}, KL(ref || engine) {_g(rep.kl)}")
     if rep.note:
         lines.append(f"note: {rep.note}")
     um = rep.unmatched or {}
+    missing = um.get("reference_outputs_not_produced")
+    if missing:
+        shown = ", ".join(missing[:8]) + (f", ... ({len(missing)} in all)" if len(missing) > 8 else "")
+        lines.append(f"reference outputs not produced: {shown} (the {rep.candidate} model never called "
+                     f"{'it' if len(missing) == 1 else 'them'}; look there first)")
+    if um.get("outputs_only"):
+        lines.append(f"outputs only, no layer taps: {um['outputs_only'][0].removesuffix(': outputs only')}")
     if um.get("torch_only") or um.get("engine_only"):
         lines.append(f"not compared: {len(um.get('torch_only', []))} torch-only and "
                      f"{len(um.get('engine_only', []))} engine-only module(s)")
     return lines
 
 
+def where_text(r: LayerResult) -> str:
+    """'aten.addmm.default in encoder.layer.0.attention.self.query, model.py:42 in forward' (exported
+    route), or the module name."""
+    parts = [r.op, f"in {r.module}" if r.module and r.module != r.name else "", r.source and f"at {r.source}"]
+    return " ".join(p for p in parts if p)
+
+
 HEAD = ("#", "layer", "shape", "max_abs", "max_rel", "mean_abs", "cosine", "nan/inf", "min_atol", "atol", "status")
+NODE_HEAD = ("op", "module", "source")
+
+
+def _node_cells(r: LayerResult) -> tuple:
+    op = r.op.removeprefix("aten.").removesuffix(".default")
+    return (op or "-", r.module if r.module and r.module != r.name else "-", r.source or "-")
 
 
 def format_table(rep: VerifyReport, only_failed: bool = False, max_rows: int | None = None) -> str:
@@ -210,13 +244,17 @@ def format_table(rep: VerifyReport, only_failed: bool = False, max_rows: int | N
     rows, cut = _rows(rep, only_failed, max_rows)
     index = {id(r): i for i, r in enumerate(rep.layers)}
     te = rep.torch_errors_present()
-    head = HEAD[:-1] + ("torch_err",) + HEAD[-1:] if te else HEAD
+    nodes = rep.has_nodes()
+    head = (HEAD[:-1] + ("torch_err",) + HEAD[-1:] if te else HEAD) + (NODE_HEAD if nodes else ())
     body = [head] + [(str(index[id(r)]), r.name, "x".join(map(str, r.shape)) or "()", _g(r.max_abs), _g(r.max_rel),
                       _g(r.mean_abs), _cos(r.cosine), f"{r.nan}/{r.inf}", _g(r.min_passing_atol), _g(r.atol))
-                     + ((_g(r.torch_max_abs),) if te else ()) + (_status(rep, r),) for r in rows]
+                     + ((_g(r.torch_max_abs),) if te else ()) + (_status(rep, r),) + (_node_cells(r) if nodes else ())
+                     for r in rows]
     widths = [max(len(row[i]) for row in body) for i in range(len(head))]
-    right = set(range(len(head) - 1)) - {1, 2}
-    out = [f"taper verify: {rep.model}  dtype={rep.dtype}  device={rep.device}"]
+    right = set(range(len(head) - 1 - (len(NODE_HEAD) if nodes else 0))) - {1, 2}
+    out = [f"taper verify: {rep.model}  dtype={rep.dtype}  device={rep.device}"
+           + (f"  candidate={rep.candidate}" if rep.candidate != "engine" else "")
+           + (f"  route={rep.route}" if rep.route else "")]
     for j, row in enumerate(body):
         out.append("  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip())
         if j == 0:
@@ -231,12 +269,15 @@ def format_table(rep: VerifyReport, only_failed: bool = False, max_rows: int | N
 def to_markdown(rep: VerifyReport) -> str:
     lines = [f"# taper verify: {rep.model}", "", f"dtype `{rep.dtype}`, device `{rep.device}`", ""]
     lines += [f"- {x}" for x in summary_lines(rep)]
-    lines += ["", "| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
+    head = HEAD + (NODE_HEAD if rep.has_nodes() else ())
+    lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for i, r in enumerate(rep.layers):
         name = f"**{r.name}**" if r.name == rep.first_divergence else f"`{r.name}`"
         lines.append("| " + " | ".join([str(i), name, "x".join(map(str, r.shape)), _g(r.max_abs), _g(r.max_rel),
                                          _g(r.mean_abs), _cos(r.cosine), f"{r.nan}/{r.inf}", _g(r.min_passing_atol),
-                                         _g(r.atol), _status(rep, r)]) + " |")
+                                         _g(r.atol), _status(rep, r)]
+                                        + [c.replace("|", "\\|") for c in (_node_cells(r) if rep.has_nodes() else ())])
+                     + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -293,6 +334,7 @@ def to_html(rep: VerifyReport, plot_path=None) -> str:
         cls = "first" if r.name == rep.first_divergence else ("ok" if r.passed else "fail")
         cells = [str(i), html.escape(r.name), "x".join(map(str, r.shape)), _g(r.max_abs), _g(r.max_rel), _g(r.mean_abs),
                  _cos(r.cosine), f"{r.nan}/{r.inf}", _g(r.min_passing_atol), _g(r.atol), html.escape(_status(rep, r))]
+        cells += [html.escape(c) for c in (_node_cells(r) if rep.has_nodes() else ())]
         rows.append(f'<tr class="{cls}">' + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     summary = "".join(f"<li>{html.escape(x)}</li>" for x in summary_lines(rep))
     title = html.escape(f"taper verify: {rep.model}")
@@ -311,7 +353,7 @@ img {{ max-width: 100%; }}
 <p>dtype <code>{html.escape(rep.dtype)}</code>, device <code>{html.escape(rep.device)}</code></p>
 <ul>{summary}</ul>
 {img}
-<table><thead><tr>{''.join(f'<th>{h}</th>' for h in HEAD)}</tr></thead>
+<table><thead><tr>{''.join(f'<th>{h}</th>' for h in HEAD + (NODE_HEAD if rep.has_nodes() else ()))}</tr></thead>
 <tbody>{''.join(rows)}</tbody></table>
 </body></html>
 """

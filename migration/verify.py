@@ -34,22 +34,19 @@ from __future__ import annotations
 
 import copy
 import fnmatch
-import json
 import math
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from migration import tolerances
-from migration.capture import (Capture, CaptureFile, VerifyError, _EngineHooks, _flatten, _primary,  # noqa: F401
+from migration.port import is_float, to_torch
+from migration.capture import (Capture, CaptureFile, VerifyError, scratch, _EngineHooks, _flatten, _primary,  # noqa: F401
                                _torch_np, capture_engine, capture_torch, in_key, out_key, split_key)
 from migration.report import LayerResult, VerifyReport
 
 ROOT = "<output>"
 REDUCED = ("float16", "bfloat16")
-GOLDEN_VERSION = 1
 
 
 # ---- metrics -------------------------------------------------------------------------------------------
@@ -167,6 +164,14 @@ def lm_metrics(eng_logits, ref_logits, chunk_rows: int = 256) -> dict:
     return {"top1_agreement": top1 / n, "top5_overlap": top5 / n, "kl": max(0.0, kl / n)}
 
 
+def add_lm_metrics(rep, cand_path, ref_path) -> None:
+    """Teacher-forced logit agreement of the model outputs ("<output>") of two capture files."""
+    with _open(cand_path) as e, _open(ref_path) as r:
+        if ROOT in e and ROOT in r and e.get_numpy(ROOT).shape == r.get_numpy(ROOT).shape:
+            m = lm_metrics(e.get_numpy(ROOT), r.get_numpy(ROOT))
+            rep.top1_agreement, rep.top5_overlap, rep.kl = m["top1_agreement"], m["top5_overlap"], m["kl"]
+
+
 # ---- the comparison ---------------------------------------------------------------------------------------
 def _open(path):
     from engine.io.safetensors import safe_open
@@ -208,6 +213,42 @@ def compare_captures(eng_path, ref_path, order, tol: Tolerance, noise_path=None)
     return results
 
 
+def _skipped_call(rep, order, missing, produced) -> str | None:
+    """The reference output, nearest before the first failure, of a module call the engine never made
+    (no output of that call at all), when the divergence found otherwise is weak (its input already
+    fails, or none was found)."""
+    failed = [r.name for r in rep.layers if not r.passed]
+    if not failed or not missing:
+        return None
+    first = rep.layer(rep.first_divergence) if rep.first_divergence else None
+    if first is not None and first.input_passed is not False and not rep.note and first.name != ROOT:
+        return None
+    limit = order.index(failed[0])
+    calls = [k for k in missing if order.index(k) < limit and out_key(*split_key(k)[:2]) not in produced]
+    return calls[-1] if calls else None
+
+
+def with_missing(results, order, missing, ref_path, tol) -> list:
+    """The results with a failing row, in execution order, for every reference output the engine did
+    not produce (a module it never called), so the first divergence points at it."""
+    if not missing:
+        return results
+    gone = set(missing)
+    by = {r.name: r for r in results}
+    out = []
+    with _open(ref_path) as ref:
+        for key in order:
+            if key in by:
+                out.append(by[key])
+            elif key in gone:
+                r = ref.get_numpy(key)
+                rtol, atol = tol(key, r.dtype)
+                out.append(LayerResult(key, split_key(key)[0], tuple(r.shape), math.inf, math.inf, math.inf, math.nan,
+                                       0, 0, math.inf, False, rtol, atol, None, None,
+                                       "not produced: the engine model never called this module"))
+    return out
+
+
 def first_divergence(results) -> tuple[str | None, str]:
     """(key, note): the first failing output whose primary input passes (or was not captured)."""
     for r in results:
@@ -223,7 +264,7 @@ def first_divergence(results) -> tuple[str | None, str]:
 def _to_engine(arr, dtype, device):
     import engine
     a = np.asarray(arr)
-    if a.dtype.kind == "f":
+    if is_float(a):
         return engine.tensor(np.ascontiguousarray(a), device=device).to(dtype)
     return engine.tensor(np.ascontiguousarray(a), device=device)
 
@@ -318,18 +359,15 @@ def round_inputs(inputs, dtype: str) -> list:
     out = []
     for x in inputs:
         a = np.asarray(x)
-        out.append(a.astype(_np_dtype(dtype)) if a.dtype.kind == "f" else a)
+        out.append(a.astype(_np_dtype(dtype)) if is_float(a) else a)
     return out
 
 
 def _as_torch(a: np.ndarray, dtype: str | None):
     """numpy -> torch; floating arrays go to `dtype` (exactly: they were rounded to it before)."""
     import torch
-    a = np.asarray(a)
-    if a.dtype.kind == "f":
-        t = torch.from_numpy(np.ascontiguousarray(a.astype(np.float64) if a.dtype.itemsize == 2 else a).copy())
-        return t.to(getattr(torch, dtype or "float32"))
-    return torch.from_numpy(np.ascontiguousarray(a).copy())
+    t = to_torch(np.asarray(a))
+    return t.to(getattr(torch, dtype or "float32")) if t.is_floating_point() else t
 
 
 def _engine_dtype(em):
@@ -362,32 +400,6 @@ def _skipped(qn, skip):
     return any(fnmatch.fnmatchcase(qn, p) for p in skip)
 
 
-# ---- golden -----------------------------------------------------------------------------------------------
-def _save_golden(directory, meta: dict, ref_path, noise_path, inputs) -> None:
-    from engine.io.safetensors import save_file
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(ref_path, d / "reference.safetensors")
-    if noise_path:
-        shutil.copyfile(noise_path, d / "torch_noise.safetensors")
-    save_file({f"input_{i}": np.ascontiguousarray(a) for i, a in enumerate(inputs)}, d / "inputs.safetensors")
-    (d / "meta.json").write_text(json.dumps({**meta, "version": GOLDEN_VERSION}, indent=1))
-
-
-def load_golden(directory) -> tuple[dict, list]:
-    from engine.io.safetensors import load_file
-    d = Path(directory)
-    try:
-        meta = json.loads((d / "meta.json").read_text())
-    except OSError as e:
-        raise VerifyError(f"{d}: not a golden directory (meta.json: {e.strerror})") from None
-    if meta.get("version") != GOLDEN_VERSION:
-        raise VerifyError(f"{d}: golden format version {meta.get('version')} (this taper reads {GOLDEN_VERSION})")
-    arrays = load_file(d / "inputs.safetensors")
-    inputs = [np.array(arrays[f"input_{i}"]) for i in range(len(arrays))]
-    return meta, inputs
-
-
 # ---- the entry points ---------------------------------------------------------------------------------------
 def verify(torch_model, engine_model, inputs, *, name: str | None = None, dtype: str | None = None,
            device=None, tol=None, tol_scale: float = 1.0, lm: bool = False, rename=None, skip=(),
@@ -417,10 +429,7 @@ def verify(torch_model, engine_model, inputs, *, name: str | None = None, dtype:
     tol = tol if isinstance(tol, Tolerance) else Tolerance(dtype, tol, tol_scale)
     if _engine_dtype(engine_model) not in (None, dtype):
         engine_model.to(dtype=engine.dtype.get(dtype))
-    own = workdir is None
-    wd = Path(tempfile.mkdtemp(prefix="taper-verify-") if own else workdir)
-    wd.mkdir(parents=True, exist_ok=True)
-    try:
+    with scratch(workdir) as wd:
         def torch_run(dt, path):
             tm = torch_model if _model_dtype(torch_model) == dt else copy.deepcopy(torch_model).to(getattr(torch, dt))
             return capture_torch(tm, [_as_torch(a, dt) for a in inputs], tk, tmap, path)
@@ -440,12 +449,10 @@ def verify(torch_model, engine_model, inputs, *, name: str | None = None, dtype:
                 "order": ref.order, "names": sorted(set(emap)), "base": emap, "lm": lm,
                 "tolerance": tol.describe()}
         if save_golden:
-            _save_golden(save_golden, meta, ref.path, noise_path, inputs)
+            from migration.golden import save_golden as _save
+            _save(save_golden, meta, ref.path, noise_path, inputs)
         return _engine_side(engine_model, inputs, ek, emap, meta, ref.path, noise_path, tol, device, confirm, wd,
                             unmatched)
-    finally:
-        if own:
-            shutil.rmtree(wd, ignore_errors=True)
 
 
 def _engine_side(engine_model, inputs, ek, emap, meta, ref_path, noise_path, tol, device, confirm, wd,
@@ -457,54 +464,29 @@ def _engine_side(engine_model, inputs, ek, emap, meta, ref_path, noise_path, tol
     except Exception as e:  # noqa: BLE001  (an engine that raises is a verification failure to report)
         raise VerifyError(f"the engine model raised on the verification inputs: {type(e).__name__}: {e}") from e
     results = compare_captures(cap.path, ref_path, meta["order"], tol, noise_path)
-    rep = VerifyReport(meta["model"], dtype, device, results, reference=meta["reference"], unmatched=unmatched)
-    missing = [k for k in meta["order"] if k not in set(cap.order)]
-    if missing:
-        rep.unmatched["reference_outputs_not_produced"] = missing
+    produced = set(cap.order)
+    missing = [k for k in meta["order"] if k not in produced]
+    rep = VerifyReport(meta["model"], dtype, device, results, reference=meta["reference"], unmatched=unmatched,
+                       route="hand")
+    calls = [k for k in missing if out_key(*split_key(k)[:2]) not in produced]  # no output of that call at all
+    if calls:
+        rep.unmatched["reference_outputs_not_produced"] = calls
+    if len(calls) < len(missing):  # the call ran but returned fewer tensors (e.g. attention weights)
+        rep.unmatched["reference_extra_outputs"] = [k for k in missing if k not in set(calls)]
     rep.first_divergence, rep.note = first_divergence(results)
+    skipped = _skipped_call(rep, meta["order"], missing, produced)
+    if skipped:  # the engine never called a module, and the first failure comes after it
+        rep.layers = with_missing(rep.layers, meta["order"], [skipped], ref_path, tol)
+        rep.first_divergence = skipped
+        rep.note = (f"{skipped} produced no output on the engine side (the engine model never called it) and every "
+                    "failure comes after it")
+        confirm = False
     if rep.first_divergence and confirm:
         rep.confirmed = confirm_layer(engine_model, args, ek, rep.first_divergence, emap, ref_path, tol, dtype,
                                       device, noise_path)
     if meta.get("lm"):
-        e, r = _open(cap.path), _open(ref_path)
-        try:
-            if ROOT in e and ROOT in r and e.get_numpy(ROOT).shape == r.get_numpy(ROOT).shape:
-                m = lm_metrics(e.get_numpy(ROOT), r.get_numpy(ROOT))
-                rep.top1_agreement, rep.top5_overlap, rep.kl = m["top1_agreement"], m["top5_overlap"], m["kl"]
-        finally:
-            e.close()
-            r.close()
+        add_lm_metrics(rep, cap.path, ref_path)
     return rep
-
-
-def verify_golden(engine_model, golden_dir, *, device=None, tol=None, tol_scale: float = 1.0, confirm: bool = True,
-                  engine_kwargs: dict | None = None, workdir=None) -> VerifyReport:
-    """Compare an engine model with reference outputs saved by verify(save_golden=DIR). Needs no torch."""
-    import engine
-    meta, inputs = load_golden(golden_dir)
-    dtype = meta["dtype"]
-    device = str(engine.device.parse(device)) if device is not None else str(engine.default_device())
-    if not isinstance(tol, Tolerance):  # the golden's own overrides first, then the caller's
-        saved = meta.get("tolerance", {})
-        scale = tol_scale if tol_scale != 1.0 else saved.get("scale", 1.0)
-        tol = Tolerance(dtype, parse_overrides(saved.get("overrides", [])) + parse_overrides(tol), scale)
-    if _engine_dtype(engine_model) not in (None, dtype):
-        engine_model.to(dtype=engine.dtype.get(dtype))
-    e_names = {qn for qn, _ in engine_model.named_modules()}
-    emap = {qn: base for qn, base in meta["base"].items() if qn in e_names}
-    unmatched = {"golden_only": sorted(qn for qn in meta["base"] if qn not in e_names)}
-    d = Path(golden_dir)
-    noise = d / "torch_noise.safetensors"
-    own = workdir is None
-    wd = Path(tempfile.mkdtemp(prefix="taper-verify-") if own else workdir)
-    try:
-        rep = _engine_side(engine_model, inputs, dict(engine_kwargs or {}), emap, meta, d / "reference.safetensors",
-                           noise if noise.exists() else None, tol, device, confirm, wd, unmatched)
-        rep.reference = f"golden {d} ({meta['reference']})"
-        return rep
-    finally:
-        if own:
-            shutil.rmtree(wd, ignore_errors=True)
 
 
 def verify_module(torch_model, inputs, *, dtype: str | None = None, **kw) -> VerifyReport:
@@ -521,14 +503,17 @@ def lm_inputs(vocab_size: int, batch: int = 2, seq_len: int = 16, seed: int = 0)
 
 
 def load_hf_torch(model_dir, dtype: str = "float32"):
-    """The transformers reference for a model dir (eager attention: the plain reference math)."""
+    """The transformers reference for a model dir (eager attention: the plain reference math): the
+    class of HF_MODELS for model types the engine implements, else config.json's `architectures`
+    (AutoModel when it names none transformers has)."""
     import torch
     import transformers
-    from migration.module_map import hf_model
+    from migration.module_map import HF_MODELS
     from migration.port import read_config
     cfg = read_config(model_dir)
-    spec = hf_model(cfg.get("model_type"))
-    auto = getattr(transformers, spec.hf_class)
+    spec = HF_MODELS.get(cfg.get("model_type"))
+    names = [spec.hf_class] if spec else list(cfg.get("architectures") or [])
+    auto = next((getattr(transformers, n) for n in names if hasattr(transformers, n)), transformers.AutoModel)
     return auto.from_pretrained(model_dir, dtype=getattr(torch, dtype), attn_implementation="eager").eval()
 
 
@@ -555,3 +540,6 @@ def verify_hf(source, *, dtype: str | None = None, batch: int = 2, seq_len: int 
     kw.setdefault("skip", spec.skip)
     return verify(tm, engine_model, inputs, name=kw.pop("name", name), dtype=dtype, lm=True,
                   rename=lambda qn: rename_name(qn, spec.rules), torch_kwargs={"use_cache": False}, **kw)
+
+
+from migration.golden import load_golden, verify_golden  # noqa: E402,F401  (the torch-free half, re-exported)

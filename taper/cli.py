@@ -17,8 +17,8 @@ import sys
 COMMANDS = {
     "demo": "build tensors on every available device and print a parity table against torch",
     "convert": "convert a PyTorch checkpoint (.pt/.pth/.bin/.ckpt, sharded) to safetensors, safely",
-    "port": "print the torch-to-engine mapping table for a model and what is unmapped",
-    "verify": "run torch and engine side by side and report per-layer numerical errors",
+    "port": "port a torch model: an engine program through torch.export, or the hand-written mapping table",
+    "verify": "run a reference and a candidate implementation side by side; per-layer errors, first divergence",
     "generate": "generate text with an engine language model",
     "bench": "run asv benchmarks in the current environment and print engine vs torch",
     "report": "build Markdown and an HTML dashboard from benchmark results",

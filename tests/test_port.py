@@ -259,6 +259,32 @@ def test_unmapped_reports_everything_and_builds_nothing(monkeypatch):
     assert not p.ok and "UNMAPPED: 3 class(es), 4 module(s)" in p.format()
 
 
+def test_a_root_whose_children_all_map_is_not_unmapped():
+    class Four(nn.Module):  # a plain 4-layer MLP: no registration, no engine code
+        def __init__(self):
+            super().__init__()
+            self.layers = nn.ModuleList([nn.Linear(4, 8), nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 2)])
+
+        def forward(self, x):
+            for layer in self.layers:
+                x = torch.relu(layer(x))
+            return x
+
+    p = plan(Four())
+    assert p.ok and not p.hand_ok and p.exported == [""] and not p.unmapped
+    assert p.rows[0].kind == "export" and "goes through torch.export" in p.format() and "UNMAPPED" not in p.format()
+    with pytest.raises(PortError, match="torch.export"):
+        port(Four())
+
+    class Mixed(nn.Module):  # an unmapped leaf still makes its parents unmapped
+        def __init__(self):
+            super().__init__()
+            self.inner = nn.Sequential(nn.Linear(2, 2), nn.PReLU())
+
+    p = plan(Mixed())
+    assert not p.ok and list(p.unmapped.values()) == [[""], ["inner.1"]] and p.exported == []
+
+
 def test_user_leaf_hook_with_rules_and_unsupported_options():
     class Scale(nn.Module):
         def __init__(self):
@@ -374,6 +400,17 @@ def mlp():
 
 def odd():
     return nn.Sequential(nn.Linear(4, 4), nn.PReLU(), nn.Sequential(nn.Mish()))
+
+class Two(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 8), nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+def two():
+    return Two()
 '''
 
 
@@ -386,6 +423,14 @@ def test_cli_port(tmp_path, capsys):
     assert main(["port", f"{f}:odd"]) == 1
     out = capsys.readouterr().out
     assert "UNMAPPED: 2 class(es), 2 module(s)" in out and "PReLU  x1: 1" in out and "Mish  x1: 2.0" in out
+    assert "--example-input" in out  # the export route is offered
+    assert main(["port", f"{f}:two"]) == 0  # a custom root over mapped layers is not unmapped
+    assert "the forward of <root> has no engine twin and goes through torch.export" in capsys.readouterr().out
+    assert main(["port", f"{f}:two", "--example-input", "3,4", "-o", str(tmp_path / "two.program")]) == 0
+    assert (tmp_path / "two.program" / "program.json").exists() and "aten.addmm" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:  # argparse names the bad spec
+        main(["port", f"{f}:two", "--example-input", "3,a"])
+    assert e.value.code == 2 and "SHAPE[:DTYPE[:HIGH]]" in capsys.readouterr().err
     tiny_hf("qwen2").save_pretrained(tmp_path / "qwen")
     assert main(["port", str(tmp_path / "qwen")]) == 0
     assert "tie (shared tensor)" in capsys.readouterr().out

@@ -332,8 +332,10 @@ def test_cli_verify_factories(tmp_path, capsys):
     assert "dtype=float64" in capsys.readouterr().out
     assert main(["verify", f"{f}:bare"]) == 2  # no inputs
     assert "--input" in capsys.readouterr().err
-    assert main(["verify", f"{f}:odd", "--input", "2,3"]) == 2  # unmapped
+    assert main(["verify", f"{f}:odd", "--input", "2,3", "--route", "hand"]) == 2  # no hand-written twin
     assert "PReLU" in capsys.readouterr().err
+    assert main(["verify", f"{f}:odd", "--input", "2,3"]) == 0  # ported through torch.export instead
+    assert "route=export" in capsys.readouterr().out
     assert main(["verify", "nothing-here"]) == 2
     with pytest.raises(SystemExit) as e:
         main(["verify", f"{f}:mlp", "--tol", "oops"])
@@ -389,3 +391,98 @@ def test_verify_golden_api_roundtrip(tmp_path):
     em[2].weight = em[2].weight * 2
     rep3 = verify_golden(em, tmp_path / "g")
     assert rep3.first_divergence == "2" and rep3.confirmed is True
+
+
+# ---- the hand-written route: skipped calls, None attributes, bfloat16 -----------------------------------------
+class Block2(nn.Module):
+    """A residual block whose `downsample` is None (a plain attribute, as in torchvision's ResNet)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.downsample = None
+        self.scale = 0.5
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        return torch.relu(self.bn(self.conv(x)) * self.scale + identity)
+
+
+class EngineBlock2(engine.nn.Module):
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        return (self.bn(self.conv(x)) * self.scale + identity).relu()
+
+
+class EngineBlock2NoBN(engine.nn.Module):  # forgets to call bn
+    def forward(self, x):
+        return (self.conv(x) * self.scale + x).relu()
+
+
+@pytest.fixture
+def block2():
+    from migration import module_map as mm
+    mm.register(Block2, EngineBlock2, children=True)
+    yield randomize(Block2())
+    mm.unregister(Block2)
+
+
+def test_none_and_plain_attributes_reach_the_engine_twin(block2):
+    em = port(block2)
+    assert em.downsample is None and em.scale == 0.5
+    assert verify_module(block2, [rnd(2, 4, 6, 6)]).passed
+
+
+def test_a_call_the_engine_skips_is_named_and_pointed_at(block2):
+    import types
+    em = port(block2)
+    object.__setattr__(em, "forward", types.MethodType(EngineBlock2NoBN.forward, em))
+    rep = verify(block2, em, [rnd(2, 4, 6, 6)])
+    assert not rep.passed and rep.first_divergence == "bn"
+    assert rep.unmatched["reference_outputs_not_produced"] == ["bn"]
+    line = "reference outputs not produced: bn"
+    assert line in rep.table() and line in rep.markdown() and line in rep.html()
+    assert "never called" in rep.layer("bn").note and "FIRST" in rep.table()
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_verify_module_reduced_precision(dtype):
+    rep = verify_module(make_cnn(), [rnd(2, 3, 16, 16)], dtype=dtype)
+    assert rep.passed, rep.table(only_failed=True)
+    assert rep.reference == "torch float64" and rep.dtype == dtype
+
+
+def test_cli_verify_bfloat16_factory(tmp_path, capsys):
+    f = tmp_path / "nets_bf16.py"
+    f.write_text(NETS)
+    assert main(["verify", f"{f}:mlp", "--dtype", "bfloat16", "--quiet"]) == 0
+    assert "verdict: PASS" in capsys.readouterr().out
+
+
+# ---- any candidate against any reference (impls) -------------------------------------------------------------
+def _candidates():
+    import impls
+    return [n for n in impls.MODEL_IMPLS]
+
+
+@pytest.mark.parametrize("candidate", _candidates())
+def test_tiny_llama_with_every_candidate(candidate, capsys):
+    import impls
+    if not impls.available(candidate):
+        pytest.skip(f"{candidate} is not available here")
+    assert main(["verify", "llama:tiny", "--candidate", candidate, "--seq-len", "8", "--json", os.devnull]) == 0
+    out = capsys.readouterr().out
+    assert "verdict: PASS" in out and "top-1 agreement 1.0000" in out
+    if candidate == "onnxruntime":
+        assert "outputs only, no layer taps: onnxruntime runs the exported graph as one program" in out
+    if candidate in ("engine", "torch"):
+        assert "model.layers.1.mlp" in out  # per-layer rows
+
+
+def test_verify_impls_api_reduced_precision_and_errors():
+    from migration.verify_impls import verify_impls
+    rep = verify_impls("llama:tiny", candidate="engine", dtype="bfloat16", seq_len=8)
+    assert rep.passed and rep.route.startswith("impls") and "float32 truth" in rep.reference
+    assert rep.layer("model.layers.0.mlp").torch_max_abs is not None
+    with pytest.raises(Exception, match="unknown implementation 'nope'"):
+        verify_impls("llama:tiny", candidate="nope")

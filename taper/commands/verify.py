@@ -1,11 +1,22 @@
-"""`taper verify MODEL`: run the PyTorch reference and the engine port on identical seeded inputs and
+"""`taper verify MODEL`: run a reference implementation and a candidate on identical seeded inputs and
 report per-layer numerical errors, the first divergence and (for language models) logit agreement.
 
-MODEL is a Hugging Face model directory (config.json + model.safetensors) or `module:factory` (also
-`file.py:factory`) returning a torch.nn.Module, or (module, inputs). Factories without inputs take
-`--input SHAPE[:DTYPE[:HIGH]]`, e.g. `--input 2,3,32,32` or `--input 2,16:int64:100`.
+MODEL is a Hugging Face model directory (config.json + model.safetensors), an engine preset
+(`llama:tiny`) or `module:factory` (also `file.py:factory`) returning a torch.nn.Module, or (module,
+inputs). Factories without inputs take `--input SHAPE[:DTYPE[:HIGH]]`, e.g. `--input 2,3,32,32` or
+`--input 2,16:int64:100`.
+
+The default, `--reference torch --candidate engine`, uses the engine's hand-written model where one
+exists (HF model types in engine/models, module trees that map class by class) and compares module
+by module; otherwise it ports the model through torch.export and compares every graph node (or those
+`--nodes GLOB` picks), naming the ATen op, the nn.Module path and the source line of the first
+divergence. `--route hand|export` forces one. Any other pair (`--candidate torch-compile`,
+`--candidate onnxruntime`, `--reference onnxruntime --candidate engine`) goes through impls: outputs,
+plus every shared module's output where both implementations can tap (the report says when not).
 
     taper verify models/tiny-llama --dtype bfloat16 --json parity.json --html parity.html
+    taper verify nets.py:make_cnn --input 2,3,32,32                 # any exportable model, no engine code
+    taper verify llama:tiny --candidate onnxruntime                 # validate an ONNX export the same way
     taper verify models/tiny-llama --save-golden golden/            # keep the reference
     taper verify models/tiny-llama --golden golden/                 # later, without torch
 
@@ -33,28 +44,22 @@ def _tol(text: str):
                                          f"got {text!r}") from None
 
 
-def _input(text: str):
-    shape, _, rest = text.partition(":")
-    dtype, _, high = rest.partition(":")
-    try:
-        dims = tuple(int(d) for d in shape.replace("x", ",").split(",") if d)
-        high = int(high) if high else None
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected SHAPE[:DTYPE[:HIGH]] like 2,3,32,32 or 2,16:int64:100, "
-                                         f"got {text!r}") from None
-    if dtype and dtype not in ("float32", "float64", "float16", "bfloat16", "int64", "int32"):
-        raise argparse.ArgumentTypeError(f"unsupported input dtype {dtype!r}")
-    return dims, dtype or "float32", high
-
-
 def add_arguments(parser) -> None:
-    parser.add_argument("model", help="a HF model directory, or module:factory returning a torch.nn.Module")
+    from taper.commands.port import input_arg
+    parser.add_argument("model", help="a HF model directory, a preset (llama:tiny), or module:factory")
+    parser.add_argument("--reference", default="torch", help="the reference implementation (default torch)")
+    parser.add_argument("--candidate", default="engine", help="the implementation under test (default engine; "
+                                                               "torch-compile, onnxruntime, ... see `taper impls`)")
+    parser.add_argument("--route", choices=("auto", "hand", "export"), default="auto",
+                        help="engine candidate: hand-written model, torch.export program, or auto (default)")
+    parser.add_argument("--nodes", action="append", default=[], metavar="GLOB",
+                        help="exported route: compare only nodes whose name, ATen op or module path matches")
     parser.add_argument("--dtype", choices=DTYPES, help="dtype under test (default: the torch model's)")
     parser.add_argument("--device", help="engine device (default: ENGINE_DEVICE or cpu)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
     parser.add_argument("--batch", type=int, default=2, help="LLM inputs: batch size (default 2)")
     parser.add_argument("--seq-len", type=int, default=16, help="LLM inputs: sequence length (default 16)")
-    parser.add_argument("--input", type=_input, action="append", default=[], metavar="SHAPE[:DTYPE[:HIGH]]",
+    parser.add_argument("--input", type=input_arg, action="append", default=[], metavar="SHAPE[:DTYPE[:HIGH]]",
                         help="an input for a module:factory model (repeat for several positional inputs)")
     parser.add_argument("--tol", type=_tol, action="append", default=[], metavar="GLOB=RTOL,ATOL",
                         help="tolerance override for outputs or modules matching GLOB (repeatable; last wins)")
@@ -77,66 +82,108 @@ def add_arguments(parser) -> None:
     parser.add_argument("--quiet", action="store_true", help="print the verdict lines only")
 
 
-def _make_inputs(specs, seed: int):
-    import numpy as np
-    rng = np.random.default_rng(seed)
-    out = []
-    for dims, dtype, high in specs:
-        if dtype.startswith("int"):
-            out.append(rng.integers(0, high or 100, size=dims).astype(dtype))
-        else:
-            out.append(rng.standard_normal(dims).astype(np.float32))  # rounded to --dtype by verify
-    return out
-
-
 def _to_numpy(inputs):
-    out = []
-    for x in inputs:
-        if hasattr(x, "detach"):
-            from migration.port import to_numpy
-            x = to_numpy(x)
-        out.append(x)
-    return out
+    from migration.port import to_numpy
+    return [to_numpy(x) if hasattr(x, "detach") else x for x in inputs]
 
 
 def _verify(args):
-    from migration.port import load_factory
+    from impls import sources
+    from migration.export import example_inputs
+    from migration.port import load_factory, plan
     from migration.verify import verify_golden, verify_hf, verify_module
-    common = dict(tol=args.tol, tol_scale=args.tol_scale, confirm=not args.no_confirm, workdir=args.workdir)
+    from migration.verify_impls import build_reference, verify_impls
+    common = dict(tol=args.tol, tol_scale=args.tol_scale, workdir=args.workdir)
     target = args.model
-    is_dir = Path(target).is_dir()
-    if not is_dir and ":" not in target:
-        raise _Usage(f"{target!r} is neither a model directory nor module:factory")
+    try:
+        src = sources.parse(target)
+    except sources.SourceError as e:
+        raise _Usage(str(e)) from None
+    given = example_inputs(args.input, args.seed) if args.input else None
     if args.golden:
         if args.save_golden:
             raise _Usage("--golden and --save-golden exclude each other")
-        if is_dir:  # the engine model straight from config.json + safetensors: no torch anywhere
-            from migration.port import port_hf
-            em = port_hf(target).model
-        else:
-            from migration.port import port
-            tm, _ = load_factory(target)
-            em = port(tm)
         try:
-            return verify_golden(em, args.golden, device=args.device, **common)
+            return verify_golden(_hand_engine_model(src), args.golden, device=args.device,
+                                 confirm=not args.no_confirm, **common)
         except (ValueError, IndexError, KeyError) as e:  # shapes that do not fit: another model's golden
             raise _Usage(_golden_misfit(args.golden, target, e)) from e
-    common.update(skip=tuple(args.skip), noise_floor=not args.no_noise_floor, save_golden=args.save_golden)
-    if is_dir:
+    if (args.reference, args.candidate) != ("torch", "engine"):
+        if args.save_golden or args.nodes:
+            raise _Usage("--save-golden and --nodes apply to --reference torch --candidate engine only")
+        return verify_impls(src, reference=args.reference, candidate=args.candidate, inputs=given,
+                            dtype=args.dtype or "float32", device=args.device or "cpu", seed=args.seed,
+                            batch=args.batch, seq_len=args.seq_len, route=args.route, **common)
+    common.update(confirm=not args.no_confirm, noise_floor=not args.no_noise_floor)
+    hand = dict(skip=tuple(args.skip), save_golden=args.save_golden)
+    if src.kind == "dir":
         _check_shapes(target)
-        return verify_hf(target, dtype=args.dtype, batch=args.batch, seq_len=args.seq_len, seed=args.seed,
-                         device=args.device, **common)
+        from migration.module_map import HF_MODELS
+        if src.model_type in HF_MODELS and args.route != "export" and not args.nodes:
+            return verify_hf(target, dtype=args.dtype, batch=args.batch, seq_len=args.seq_len, seed=args.seed,
+                             device=args.device, **common, **hand)
+        if args.route == "hand":
+            raise _Usage(f"model_type {src.model_type!r} has no hand-written engine model (use --route export)")
+        from migration.verify import load_hf_torch
+        return _exported(args, load_hf_torch(target), None, Path(target).resolve().name, common)
+    if src.kind == "preset":
+        tm = build_reference(src, args.seed)[0]
+        if args.route == "export" or args.nodes:
+            return _exported(args, tm, None, target, common)
+        return verify_hf(tm, dtype=args.dtype, batch=args.batch, seq_len=args.seq_len, seed=args.seed,
+                         device=args.device, name=target, **common, **hand)
     tm, inputs = load_factory(target)
-    from migration.port import UnmappedError, plan
+    inputs = given or inputs
     p = plan(tm, root=target)
-    if not p.ok:  # say what blocks the port before asking for inputs
-        raise UnmappedError(p.unmapped, target)
-    if args.input:
-        inputs = _make_inputs(args.input, args.seed)
+    if args.route == "hand" or (args.route == "auto" and p.hand_ok and not args.nodes):
+        if not p.hand_ok:
+            from migration.port import UnmappedError, port
+            raise UnmappedError(p.unmapped, target) if p.unmapped else _Usage(f"{target}: {_no_twin(port, tm)}")
+        if not inputs:
+            raise _Usage(_no_inputs(target))
+        return verify_module(tm, _to_numpy(inputs), dtype=args.dtype, device=args.device, name=target, **common,
+                             **hand)
+    return _exported(args, tm, inputs, target, common)
+
+
+def _exported(args, tm, inputs, name, common):
+    import numpy as np
+    from migration.verify_impls import _is_lm
+    from migration.verify_program import verify_exported
+    if args.skip or args.save_golden:
+        raise _Usage("--skip and --save-golden apply to the hand-written route (use --nodes to pick graph nodes)")
+    lm = _is_lm(tm) or hasattr(getattr(tm, "config", None), "vocab_size")
+    if inputs is None and lm:
+        from migration.verify import lm_inputs
+        inputs = lm_inputs(tm.config.vocab_size, args.batch, args.seq_len, args.seed)
     if not inputs:
-        raise _Usage(f"{target} gives no inputs: pass --input SHAPE[:DTYPE[:HIGH]] (or return (module, inputs), "
-                     "or give the module an example_inputs attribute)")
-    return verify_module(tm, _to_numpy(inputs), dtype=args.dtype, device=args.device, name=target, **common)
+        raise _Usage(_no_inputs(name))
+    return verify_exported(tm, [np.asarray(x) for x in _to_numpy(inputs)], name=name, dtype=args.dtype,
+                           device=args.device, nodes=args.nodes, lm=_is_lm(tm), **common)
+
+
+def _no_inputs(target) -> str:
+    return (f"{target} gives no inputs: pass --input SHAPE[:DTYPE[:HIGH]] (or return (module, inputs), or give the "
+            "module an example_inputs attribute)")
+
+
+def _no_twin(port, tm) -> str:
+    try:
+        port(tm)
+    except Exception as e:  # noqa: BLE001  (the PortError that explains the missing twin)
+        return str(e)
+    return "no hand-written engine twin"
+
+
+def _hand_engine_model(src):
+    """The hand-written engine model, built without torch where possible (a HF dir)."""
+    if src.kind == "dir":
+        from migration.port import port_hf
+        return port_hf(src.path).model
+    if src.kind == "preset":
+        raise _Usage("--golden needs the model directory or module:factory the golden was saved from")
+    from migration.port import load_factory, port
+    return port(load_factory(src.text)[0])
 
 
 class _Usage(Exception):
