@@ -98,6 +98,8 @@ class Namespace:
 # ---- the implementation ---------------------------------------------------------------------------------
 class Impl:
     name = "?"
+    # what load(module=...) takes: "torch" (an nn.Module) or "engine" (an engine Module, e.g. a port)
+    module_kind = "torch"
 
     def __init__(self, device: str, dtype: str):
         if dtype not in NP_DTYPES:

@@ -14,6 +14,7 @@ from impls import sources
 
 class EngineImpl(Impl):
     name = "engine"
+    module_kind = "engine"
 
     def __init__(self, device, dtype):
         super().__init__(device, dtype)
@@ -195,7 +196,10 @@ class EngineModel(Model):
     def tap(self, names, callback):
         """callback(name, host array) for each named module output (all modules when names is None)."""
         def on(name, out):
-            callback(name, out.float().numpy() if out.dtype.is_reduced else out.numpy())
+            while isinstance(out, (tuple, list)) and out:  # a module returning several: its first tensor
+                out = out[0]
+            if isinstance(out, engine.Tensor):
+                callback(name, out.float().numpy() if out.dtype.is_reduced else out.numpy())
         self.module.set_taps(on, names)
         try:
             yield self

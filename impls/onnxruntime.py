@@ -73,6 +73,13 @@ class OnnxRuntimeImpl(TorchImpl):
                                  else None)
         return ort.OrtValue.ortvalue_from_numpy(a, self.ort_device, 0)
 
+    def as_input(self, a):
+        """A host array as a torch tensor (the export's example input; ops take OrtValues)."""
+        a = np.asarray(a)
+        if a.dtype.kind == "f":
+            return TorchImpl.tensor(self, a)
+        return torch.from_numpy(np.ascontiguousarray(a)).to(self.tdevice)
+
     def ids(self, values):
         return ort.OrtValue.ortvalue_from_numpy(np.asarray(values, np.int64), self.ort_device, 0)
 

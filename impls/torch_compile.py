@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from impls.base import Unavailable, as_ids
+from impls.base import TapsUnsupported, Unavailable, as_ids
 from impls.torch_eager import TorchImpl, TorchModel, _host, model_config, torch
 
 
@@ -128,3 +128,7 @@ class CompiledModel(TorchModel):
 
     def tokens(self):
         return torch.stack(self._toks, 1).cpu().numpy().astype(np.int64)
+
+    def tap(self, names, callback):
+        """Hooks added after compilation fire nothing or break dynamo's guards: outputs only."""
+        raise TapsUnsupported("torch-compile runs the model as compiled graphs: outputs only, no layer taps")

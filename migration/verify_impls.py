@@ -74,7 +74,7 @@ def _load(name, tm, device, dtype, inputs, route):
     is copied for another dtype or device (TorchImpl converts the module it is given in place)."""
     import copy
     im = _impl(name, device, dtype)
-    if name == "engine":
+    if im.module_kind == "engine":  # a port of the torch module
         em, how = engine_module(tm, inputs, dtype=dtype, device=device, route=route)
         return im.load(None, module=em), how
     return im.load(None, module=tm if (dtype, device) == ("float32", "cpu") else copy.deepcopy(tm)), ""

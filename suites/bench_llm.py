@@ -29,7 +29,7 @@ import time
 import numpy as np
 
 from impls import ALTERNATIVES, CANDIDATE
-from suites.common import DEVICES, IMPLS, QUICK, get_impl, prepared, reset, sizes
+from suites.common import DEVICES, IMPLS, QUICK, get_impl, measured, prepared, reset, sizes
 
 PROMPT = 128
 STEPS = sizes([128], [8])[0]
@@ -124,6 +124,13 @@ def memory_peak(lm, length: int = LONG) -> dict:
 
 
 # ---- asv ----------------------------------------------------------------------------------------------------------
+def measure_decode(impl, device, dtype, model, batch, loop) -> dict:
+    lm = load(impl, device, dtype, model, loop)
+    w = warm_up(lm, batch)
+    s = float(np.median([decode_seconds(lm, batch) for _ in range(3)]))
+    return {"tokens_per_s": 1.0 / s, "ms_per_token": s * 1e3, "gb_per_s": lm.weight_bytes / s / 1e9, "warmup_s": w}
+
+
 class Decode:
     params = (IMPLS, DEVICES, ["float16", "bfloat16", "float32"], MODELS, BATCHES, LOOPS)
     param_names = ["impl", "device", "dtype", "model", "batch", "loop"]
@@ -131,27 +138,25 @@ class Decode:
 
     def setup(self, impl, device, dtype, model, batch, loop):
         check(impl, device, dtype, model, batch, loop)
-        self.lm = load(impl, device, dtype, model, loop)
-        self.warmup = prepared(("llm-warm", impl, device, dtype, model, loop, batch),
-                               lambda: warm_up(self.lm, batch))
-        self.s = prepared(("llm-decode", impl, device, dtype, model, loop, batch),
-                          lambda: float(np.median([decode_seconds(self.lm, batch) for _ in range(3)])))
+        self.r = measured(("decode", impl, device, dtype, model, batch, loop),
+                          lambda: measure_decode(impl, device, dtype, model, batch, loop))
 
     def track_tokens_per_s(self, impl, device, dtype, model, batch, loop):
-        return 1.0 / self.s
+        return self.r["tokens_per_s"]
     track_tokens_per_s.unit = "tokens_per_s"
 
     def track_ms_per_token(self, impl, device, dtype, model, batch, loop):
-        return self.s * 1e3
+        return self.r["ms_per_token"]
     track_ms_per_token.unit = "ms_per_token"
 
     def track_achieved_gb_per_s(self, impl, device, dtype, model, batch, loop):
-        return self.lm.weight_bytes / self.s / 1e9
+        """Weight bytes x decode steps per second."""
+        return self.r["gb_per_s"]
     track_achieved_gb_per_s.unit = "gb_per_s"
 
     def track_warmup_s(self, impl, device, dtype, model, batch, loop):
-        """Compile or capture time of the first run (kept apart from the timed steps)."""
-        return self.warmup
+        """Compile or capture time of the first runs (kept apart from the timed steps)."""
+        return self.r["warmup_s"]
     track_warmup_s.unit = "s"
 
 
@@ -162,12 +167,16 @@ class Prefill:
 
     def setup(self, impl, device, dtype, model):
         check(impl, device, dtype, model)
-        self.lm = load(impl, device, dtype, model)
-        self.n = PREFILL[device] if not QUICK else 16
-        prefill_seconds(self.lm, self.n)  # warm-up (compilation, export)
+        n = PREFILL[device] if not QUICK else 16
+
+        def run():
+            lm = load(impl, device, dtype, model)
+            prefill_seconds(lm, n)  # warm-up (compilation, export)
+            return float(np.median([prefill_seconds(lm, n) for _ in range(3)]) * 1e3)
+        self.ms = measured(("prefill", impl, device, dtype, model), run)
 
     def track_prefill_ms(self, impl, device, dtype, model):
-        return float(np.median([prefill_seconds(self.lm, self.n) for _ in range(3)]) * 1e3)
+        return self.ms
     track_prefill_ms.unit = "ms"
 
 
@@ -180,8 +189,8 @@ class Memory:
         if device != "cuda":
             raise NotImplementedError("GPU-only: peak device memory is measured on a GPU")
         check(impl, device, dtype, model)
-        self.lm = load(impl, device, dtype, model)
-        self.m = prepared(("llm-mem", impl, device, dtype, model), lambda: memory_peak(self.lm, LONG if not QUICK else 64))
+        self.m = measured(("mem", impl, device, dtype, model),
+                          lambda: memory_peak(load(impl, device, dtype, model), LONG if not QUICK else 64))
 
     def track_peak_device_bytes(self, impl, device, dtype, model):
         return self.m["peak_bytes"]

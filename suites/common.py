@@ -43,6 +43,18 @@ from suites.workloads import (DECODERS, Decoder, DecoderShape, decoder_arrays, d
 _MEMO: dict = {}
 
 
+_MEASURED: dict = {}
+
+
+def measured(key, factory):
+    """A measurement made once per process and kept across reset(): a suite whose setup is costly
+    (an LLM loaded and compiled) measures every metric of a parameter set in one go, and each track_
+    method reports its part. (asv proper, with a process per benchmark, measures again.)"""
+    if key not in _MEASURED:
+        _MEASURED[key] = factory()
+    return _MEASURED[key]
+
+
 def prepared(key, factory):
     """Build once per process (asv re-runs setup before every timed call), then reuse."""
     if key not in _MEMO:

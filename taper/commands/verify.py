@@ -117,9 +117,9 @@ def _verify(args):
     common.update(confirm=not args.no_confirm, noise_floor=not args.no_noise_floor)
     hand = dict(skip=tuple(args.skip), save_golden=args.save_golden)
     if src.kind == "dir":
-        _check_shapes(target)
         from migration.module_map import HF_MODELS
         if src.model_type in HF_MODELS and args.route != "export" and not args.nodes:
+            _check_shapes(target)
             return verify_hf(target, dtype=args.dtype, batch=args.batch, seq_len=args.seq_len, seed=args.seed,
                              device=args.device, **common, **hand)
         if args.route == "hand":
