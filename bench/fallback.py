@@ -6,7 +6,7 @@ reports.results loads.
 Nothing earlier is lost: existing files are read first, and a file that does not parse (or is not
 an asv result file) stops the run with its name before anything is measured; every write is
 atomic (temp + rename, reports.results.atomic_write_text), and the result file is written after
-each benchmark, so a run killed at any point keeps what it had measured and what was there before.
+each parameter set, so a run killed at any point keeps what it had measured and what was there before.
 A parameter set that fails, times out, or kills its process is recorded as failed (asv's null) with
 the reason, and the run goes on.
 """
@@ -219,6 +219,8 @@ def run_fallback(results: Path, machine: str, commit: str, regex, quick: bool, t
                 res["result"][i] = r.get("result")
                 res["samples"][i], res["number"][i], res["stats"][i] = r.get("samples"), r.get("number"), r.get("stats")
                 record(labels[i], r)
+                data["results"][b.name] = _row(res, b, version, started)
+                atomic_write_text(result_path, json.dumps(data) + "\n")  # after each parameter set: a kill keeps it
             data["results"][b.name] = _row(res, b, version, started)
             data["durations"][f"<{b.name}>"] = round(time.time() - started, 3)
             atomic_write_text(result_path, json.dumps(data) + "\n")  # after each benchmark

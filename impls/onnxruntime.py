@@ -104,28 +104,35 @@ class OnnxRuntimeImpl(TorchImpl):
 
 
 class _Wrap(torch.nn.Module if torch is not None else object):
-    def __init__(self, fn, kwargs):
-        super().__init__()
-        self.fn, self.kwargs = fn, kwargs
+    """fn with its non-tensor arguments (shapes, dims, eps) baked in: the graph takes the tensors."""
 
-    def forward(self, *args):
-        return self.fn(*args, **self.kwargs)
+    def __init__(self, fn, args, kwargs):
+        super().__init__()
+        self.fn, self.args, self.kwargs = fn, args, kwargs
+
+    def forward(self, *tensors):
+        it = iter(tensors)
+        return self.fn(*[next(it) if a is _TENSOR else a for a in self.args], **self.kwargs)
+
+
+_TENSOR = object()  # marks where a tensor argument goes
 
 
 class _OrtOp:
-    """op(*OrtValues or scalars, **kwargs) -> OrtValue; exported on first use per shapes."""
+    """op(*args, **kwargs) -> OrtValue, OrtValue arguments feeding the graph and the others baked in;
+    exported on first use per shapes and arguments."""
 
     def __init__(self, impl, name, fn):
         self.impl, self.name, self.fn, self.sessions = impl, name, fn, {}
 
     def __call__(self, *args, **kwargs):
         vals = [a for a in args if isinstance(a, ort.OrtValue)]
-        if len(vals) != len(args):
-            raise Unavailable(f"onnxruntime: {self.name} with Python scalars is not exported")
-        key = (tuple((tuple(v.shape()), v.data_type()) for v in vals), tuple(sorted(kwargs.items())))
+        spec = tuple(_TENSOR if isinstance(a, ort.OrtValue) else a for a in args)
+        key = (tuple((tuple(v.shape()), v.data_type()) for v in vals),
+               tuple("T" if a is _TENSOR else repr(a) for a in spec), tuple(sorted(kwargs.items())))
         if key not in self.sessions:
             example = tuple(torch.from_numpy(v.numpy()) for v in vals)
-            sess = self.impl.session(_Wrap(self.fn, kwargs), example)
+            sess = self.impl.session(_Wrap(self.fn, spec, kwargs), example)
             self.sessions[key] = (sess, [i.name for i in sess.get_inputs()])
         sess, names = self.sessions[key]
         return sess.run_with_ort_values(None, dict(zip(names, vals)))[0]

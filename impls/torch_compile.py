@@ -11,7 +11,7 @@ import time
 import numpy as np
 
 from impls.base import TapsUnsupported, Unavailable, as_ids
-from impls.torch_eager import TorchImpl, TorchModel, _host, model_config, torch
+from impls.torch_eager import TorchImpl, TorchModel, model_config, torch
 
 
 class TorchCompileImpl(TorchImpl):
@@ -59,19 +59,9 @@ def _accepts(fn, name: str) -> bool:
 class CompiledModel(TorchModel):
     def __init__(self, impl, source, module, config, weight_bytes, inputs=None):
         super().__init__(impl, source, module, config, weight_bytes, inputs)
-        self._forward = torch.compile(module, mode=impl.mode, dynamic=False)
+        self.run_module = torch.compile(module, mode=impl.mode, dynamic=False)
         self._step_fn = None
         self._cache_position = _accepts(module.forward, "cache_position")
-
-    def forward(self, *arrays):
-        with torch.inference_mode():
-            out = self._forward(*[self.impl.as_input(a) for a in arrays])
-        return _host(out)
-
-    def logits(self, ids):
-        ids = torch.as_tensor(as_ids(ids), device=self.impl.tdevice)
-        with torch.inference_mode():
-            return self._forward(ids, use_cache=False).logits.float().cpu().numpy()
 
     # ---- greedy decode over a static cache ----------------------------------------------------------------
     def new_cache(self, batch: int, max_len: int):

@@ -224,19 +224,20 @@ class TorchModel(Model):
     def __init__(self, impl, source, module, config, weight_bytes, inputs=None):
         super().__init__(impl, source, config, weight_bytes)
         self.module, self.example_inputs = module, inputs
+        self.run_module = module  # what forward and logits call (torch-compile: the compiled module)
         self._cache_kw = "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
         self._toks = []
 
     # ---- forward -------------------------------------------------------------------------------------------
     def forward(self, *arrays):
         with torch.inference_mode():
-            out = self.module(*[self.impl.as_input(a) for a in arrays])
+            out = self.run_module(*[self.impl.as_input(a) for a in arrays])
         return _host(out)
 
     def logits(self, ids):
         ids = torch.as_tensor(as_ids(ids), device=self.impl.tdevice)
         with torch.inference_mode():
-            return self.module(ids, use_cache=False).logits.float().cpu().numpy()
+            return self.run_module(ids, use_cache=False).logits.float().cpu().numpy()
 
     # ---- greedy decode, tokens on the device -----------------------------------------------------------------
     def new_cache(self, batch: int, max_len: int):

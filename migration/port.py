@@ -287,13 +287,14 @@ def port(tm, dtype=None, strict: bool = True, return_plan: bool = False):
 
 # ---- Hugging Face models ------------------------------------------------------------------------------------
 def read_config(model_dir) -> dict:
-    path = Path(model_dir) / "config.json"
+    """engine.models.read_config, with its errors as PortError."""
+    from engine.models import read_config as _read
     try:
-        return json.loads(path.read_text())
+        return _read(model_dir)
     except OSError as e:
-        raise PortError(f"{path}: cannot read ({e.strerror})") from None
-    except json.JSONDecodeError as e:
-        raise PortError(f"{path}: not valid JSON ({e.msg})") from None
+        raise PortError(f"{Path(model_dir) / 'config.json'}: cannot read ({e.strerror or e})") from None
+    except ValueError as e:
+        raise PortError(str(e)) from None
 
 
 def checkpoint_state(model_dir) -> dict:

@@ -128,14 +128,23 @@ class DecoderShape:
         return sum(math.prod(s) for s in self.weight_shapes().values())
 
 
-DECODERS = {
-    "tiny": DecoderShape("tiny", 256, 64, 2, 4, 2, 172),
-    "small": DecoderShape("small", 8192, 1024, 4, 16, 4, 2816),
-    "tinyllama-4l": DecoderShape("tinyllama-4l", 32000, 2048, 4, 32, 4, 5632),
-    "tinyllama-1.1b": DecoderShape("tinyllama-1.1b", 32000, 2048, 22, 32, 4, 5632),
-    "llama-2-7b-4l": DecoderShape("llama-2-7b-4l", 32000, 4096, 4, 32, 32, 11008),
-    "llama-2-7b": DecoderShape("llama-2-7b", 32000, 4096, 32, 32, 32, 11008),
-}
+def llama_shape(preset: str, name: str | None = None, **overrides) -> DecoderShape:
+    """The DecoderShape of an engine.models llama preset (the one table of model shapes; its state-dict
+    names are the HF ones), with config overrides (e.g. fewer layers)."""
+    from engine.models.llama import PRESETS, Config
+    c = Config.from_dict({**PRESETS[preset], **overrides})
+    if c.head_dim != c.hidden_size // c.num_attention_heads or c.tie_word_embeddings or c.attention_bias \
+            or c.mlp_bias:
+        raise NotImplementedError(f"llama preset {preset!r} is not a plain Llama layout")
+    return DecoderShape(name or f"llama:{preset}", c.vocab_size, c.hidden_size, c.num_hidden_layers,
+                        c.num_attention_heads, c.num_key_value_heads, c.intermediate_size)
+
+
+# the functional workload's sizes: engine presets, some cut to 4 layers for quick runs
+DECODERS = {name: llama_shape(preset, name, **over) for name, preset, over in [
+    ("tiny", "tiny", {}), ("small", "small", {}), ("tinyllama-4l", "tinyllama-1.1b", {"num_hidden_layers": 4}),
+    ("tinyllama-1.1b", "tinyllama-1.1b", {}), ("llama-2-7b-4l", "llama-2-7b", {"num_hidden_layers": 4}),
+    ("llama-2-7b", "llama-2-7b", {})]}
 
 
 def decoder_arrays(shape: DecoderShape, dtype: str, seed: int = 0) -> dict:
@@ -175,17 +184,6 @@ def write_checkpoint(directory, arrays: dict, formats=("pt", "safetensors"), ste
         finally:
             os.close(fd)
     return paths
-
-
-def llama_shape(preset: str) -> DecoderShape:
-    """The DecoderShape of an engine.models llama preset (its state-dict names are the HF ones)."""
-    from engine.models.llama import PRESETS, Config
-    c = Config.from_dict(dict(PRESETS[preset]))
-    if c.head_dim != c.hidden_size // c.num_attention_heads or c.tie_word_embeddings or c.attention_bias \
-            or c.mlp_bias:
-        raise NotImplementedError(f"llama preset {preset!r} is not a plain Llama layout")
-    return DecoderShape(f"llama:{preset}", c.vocab_size, c.hidden_size, c.num_hidden_layers,
-                        c.num_attention_heads, c.num_key_value_heads, c.intermediate_size)
 
 
 def write_model_dir(directory, preset: str, dtype: str, seed: int = 0) -> str:

@@ -16,6 +16,7 @@ import sys
 
 COMMANDS = {
     "demo": "build tensors on every available device and print a parity table against torch",
+    "impls": "list the implementations (engine, torch, torch-compile, onnxruntime, ...) and which run here",
     "convert": "convert a PyTorch checkpoint (.pt/.pth/.bin/.ckpt, sharded) to safetensors, safely",
     "port": "port a torch model: an engine program through torch.export, or the hand-written mapping table",
     "verify": "run a reference and a candidate implementation side by side; per-layer errors, first divergence",

@@ -237,3 +237,26 @@ def test_checkpoint_round_trip_and_page_cache(tmp_path):
     else:
         assert "cold page cache" in reason
     assert frac is None or 0 <= frac <= 1
+
+
+def test_ops_suite_runs_with_every_implementation(discovered):
+    """Each op benchmark (tiny, float32, its first size) through torch-compile and onnxruntime too: it
+    runs or skips with its reason, never fails."""
+    benches, _ = discovered
+    ops = [b for b in benches if b.name.startswith("bench_ops.")]
+    import suites.common as common
+    ran = {}
+    for b in ops:
+        seen = set()
+        for combo in b.combos():
+            if combo[1] != "cpu" or combo[2] != "float32" or combo[0] not in ("torch-compile", "onnxruntime") \
+                    or combo[0] in seen:
+                continue
+            seen.add(combo[0])
+            r = run_combo(b, tuple(combo), run_attrs(b, quick=True))
+            common.reset()
+            assert not r["error"], (b.name, combo, r["error"])
+            ran[(b.name, combo[0])] = r["skip"] or r["result"]
+    for n in ("torch-compile", "onnxruntime"):
+        if impls.available(n):
+            assert any(isinstance(v, float) for (name, i), v in ran.items() if i == n), (n, ran)

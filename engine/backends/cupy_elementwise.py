@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 
 import cupy
+import ml_dtypes
 import numpy as np
 
 # the numpy backend's formulas (engine/backends/numpy_backend.py _unary), in float32
@@ -24,7 +25,8 @@ UNARY = {
 }
 BINARY = {"add": "a + b", "sub": "a - b", "mul": "a * b", "div": "a / b"}
 COMPARE = {"eq": "a == b", "ne": "a != b", "lt": "a < b", "le": "a <= b", "gt": "a > b", "ge": "a >= b"}
-_CT = {"float16": "half", "bfloat16": "bfloat16"}
+_16 = {np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16)}  # dtype objects: dtype.name is slow on the hot path
+_OK = _16 | {np.dtype(np.float32)}
 
 
 @functools.lru_cache(maxsize=None)
@@ -43,12 +45,12 @@ def _binary_kernel(op: str, a_scalar: bool, b_scalar: bool):
 
 
 def _ok(a) -> bool:
-    return isinstance(a, cupy.ndarray) and a.dtype.name in _CT or (isinstance(a, cupy.ndarray) and a.dtype == np.float32)
+    return isinstance(a, cupy.ndarray) and a.dtype in _OK
 
 
 def unary(op: str, x, out):
     """out = op(x) computed in float32 from 16-bit x; False when this op has no kernel here."""
-    if op not in UNARY or not (isinstance(x, cupy.ndarray) and x.dtype.name in _CT):
+    if op not in UNARY or not (isinstance(x, cupy.ndarray) and x.dtype in _16):
         return False
     _unary_kernel(op)(x, out)
     return True
@@ -59,7 +61,7 @@ def binary(op: str, a, b, out):
     if op not in BINARY and op not in COMPARE:
         return False
     arrays = [v for v in (a, b) if isinstance(v, cupy.ndarray)]
-    if not arrays or not any(v.dtype.name in _CT for v in arrays) or not all(_ok(v) for v in arrays):
+    if not arrays or not any(v.dtype in _16 for v in arrays) or not all(_ok(v) for v in arrays):
         return False
     sa, sb = not isinstance(a, cupy.ndarray), not isinstance(b, cupy.ndarray)
     _binary_kernel(op, sa, sb)(np.float32(a) if sa else a, np.float32(b) if sb else b, out)

@@ -32,14 +32,21 @@ def model_class(model_type: str):
 
 
 def read_config(path) -> dict:
-    """config.json of a model directory (or the file itself) as a dict."""
+    """config.json of a model directory (or the file itself) as a dict. FileNotFoundError when it is
+    missing; ValueError naming the file when it is not a JSON object. (The one reader of config.json.)"""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"model directory not found: {path} (looked for {path / 'config.json'})")
     file = path / "config.json" if path.is_dir() else path
     if not file.is_file():
         raise FileNotFoundError(f"model config not found: {file}")
-    return json.loads(file.read_text())
+    try:
+        cfg = json.loads(file.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{file}: not valid JSON ({getattr(e, 'msg', e)})") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{file}: a model config must be a JSON object, got {type(cfg).__name__}")
+    return cfg
 
 
 def from_pretrained(path, dtype=None, device=None):

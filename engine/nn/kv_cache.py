@@ -51,7 +51,18 @@ def _write(buf: Tensor, slots: Tensor, x: Tensor, dim: int = 2) -> None:
     buf.backend.setitem(buf.array, key, x.to(buf.dtype).array)
 
 
-class KVCache:
+class _Buffers:
+    """What every cache has: per-layer key and value buffers."""
+
+    keys: list
+    values: list
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.keys + self.values)
+
+
+class KVCache(_Buffers):
     def __init__(self, num_layers: int, batch_size: int, num_kv_heads: int, head_dim: int, max_len: int,
                  dtype=D.float32, device=None, full_length: bool = False):
         shape = (batch_size, num_kv_heads, max_len, head_dim)
@@ -61,10 +72,6 @@ class KVCache:
         self.dtype, self.device = D.get(dtype), self.keys[0].device if num_layers else device
         self._arange = ops.arange(max_len, dtype=D.int64, device=device)
         self.seen = 0  # positions written so far: host bookkeeping from input shapes, never a device read
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.nbytes for t in self.keys + self.values)
 
     def reset(self) -> None:
         self.seen = 0
@@ -87,7 +94,7 @@ class KVCache:
         return kb[:, :, :step.kv_len], vb[:, :, :step.kv_len]
 
 
-class SlidingWindowCache:
+class SlidingWindowCache(_Buffers):
     """A ring of `window` slots per layer. Exact for attention that sees at most `window` positions
     (key position > query position - window), which is what Mistral's sliding window means."""
 
@@ -101,10 +108,6 @@ class SlidingWindowCache:
         self.slot_pos = ops.full((window,), -1, dtype=D.int64, device=device)  # position held by each slot
         self.max_len = None  # unbounded: old positions fall out of the window
         self.seen = 0
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.nbytes for t in self.keys + self.values)
 
     def reset(self) -> None:
         self.seen = 0
@@ -139,7 +142,7 @@ class SlidingWindowCache:
         return kb, vb
 
 
-class StaticCache:
+class StaticCache(_Buffers):
     """(B, Hkv, max_len, D) keys and values per layer, and the next write position `pos` (int64, on
     the device). A step of n tokens writes slots pos .. pos + n - 1 and advances pos on the device;
     attention reads all max_len slots with a mask built from the positions. Nothing a step does
@@ -160,10 +163,6 @@ class StaticCache:
         self.pos = ops.zeros(1, dtype=D.int64, device=device)
         self._arange = ops.arange(max_len, dtype=D.int64, device=device)
         self.seen = 0
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.nbytes for t in self.keys + self.values)
 
     def reset(self) -> None:
         self.seen = 0

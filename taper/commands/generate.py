@@ -5,7 +5,8 @@
     taper generate --model preset:llama:tinyllama-1.1b --ids 1,2,3        # random weights, for timing
 
 Tokens are printed as they come (text when the directory has tokenizer.json, else ids), then one
-line with prefill ms, decode tokens/s and peak memory (engine.memory_stats()). Sampling settings are
+line with prefill ms, decode tokens/s and peak memory (engine.memory_stats()). On CUDA each decode
+step replays a captured CUDA graph (--no-capture launches the same kernels from the host). Sampling settings are
 checked as transformers checks them (engine.generation.validate_sampling); prompt ids must lie in the
 model's vocabulary; a tokenizer's padding is never fed to the model.
 Exit codes: 0 done, 2 bad usage, an unreadable model or an unusable device.
@@ -34,6 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: ENGINE_DEVICE or cpu)")
     parser.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
                         help="cast weights on load (default: as stored)")
+    parser.add_argument("--no-capture", dest="capture", action="store_const", const=False, default=None,
+                        help="launch the decode step's kernels from the host instead of replaying a captured "
+                             "CUDA graph (for debugging; the tokens are the same)")
+    parser.add_argument("--read-every", type=int, default=None, metavar="N",
+                        help="read tokens from the device every N steps (default 1: stream each one)")
 
 
 def _ints(text: str, what: str) -> list:
@@ -100,7 +106,8 @@ def run(args) -> int:
 
     res = generate(model, prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                    top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty,
-                   seed=args.seed, stop_token_ids=stop, callback=show)
+                   seed=args.seed, stop_token_ids=stop, callback=show, capture=args.capture,
+                   read_every=args.read_every)
     stats = engine.memory_stats(model.device)
     weights = sum(p.nbytes for p in {id(p): p for p in model.parameters()}.values())
     print()

@@ -1,0 +1,71 @@
+"""impls/: one registry, the same interface for every implementation (ops, models, decode loops), each
+unavailable one skipped with its reason, and `taper impls`."""
+import json
+
+import numpy as np
+import pytest
+
+import impls
+from taper.cli import main as taper_main
+
+RNG = np.random.default_rng(0)
+
+
+def test_registry_and_availability_here():
+    rows = impls.availability(devices=("cpu",))
+    assert [r["impl"] for r in rows] == list(impls.NAMES)
+    assert {r["impl"]: r["kind"] for r in rows}["engine"] == "candidate"
+    for r in rows:  # every row says why it cannot run, or what it is
+        assert r["detail"]
+    with pytest.raises(impls.Unavailable, match="unknown implementation 'bogus'"):
+        impls.get("bogus")
+
+
+def test_taper_impls(capsys):
+    assert taper_main(["impls", "--device", "cpu", "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert {r["impl"] for r in rows} == set(impls.NAMES) and all(r["device"] == "cpu" for r in rows)
+
+
+OPS = [("softmax", lambda im, x, w, v: im.op("softmax")(x, dim=-1)),
+       ("linear", lambda im, x, w, v: im.op("linear")(x, w)),
+       ("rms_norm", lambda im, x, w, v: im.op("rms_norm")(x, (8,), v, eps=1e-6)),
+       ("silu", lambda im, x, w, v: im.op("silu")(x))]
+
+
+@pytest.mark.parametrize("name,fn", OPS)
+def test_every_available_implementation_computes_the_same_op(name, fn):
+    x, w = RNG.standard_normal((3, 8)).astype(np.float32), RNG.standard_normal((8, 8)).astype(np.float32)
+    v = RNG.standard_normal(8).astype(np.float32)
+    outs = {}
+    for n in impls.NAMES:
+        try:
+            im = impls.get(n, "cpu")
+        except impls.Unavailable:
+            continue
+        outs[n] = im.to_numpy(fn(im, im.tensor(x), im.tensor(w), im.tensor(v)))
+    assert {"engine", "torch", "numpy"} <= set(outs)
+    for n, o in outs.items():
+        np.testing.assert_allclose(o, outs["torch"], rtol=2e-5, atol=2e-5, err_msg=f"{name} on {n}")
+
+
+def test_decode_loops_agree_on_greedy_tokens():
+    """The same preset weights through every implementation's own decode loop."""
+    eng = impls.get("engine").load("llama:tiny")
+    weights = {k: np.asarray(v) for k, v in eng.state_arrays().items()}
+    ids = RNG.integers(0, 256, (2, 6))
+    want = eng.generate(ids, 6)
+    for n in ("torch", "torch-compile"):
+        if impls.available(n):
+            got = impls.get(n).load("llama:tiny", weights=weights).generate(ids, 6)
+            np.testing.assert_array_equal(got, want, err_msg=n)
+    if impls.available("onnxruntime"):
+        ort = impls.get("onnxruntime").load("llama:tiny", weights=weights)
+        np.testing.assert_allclose(ort.logits(ids), eng.logits(ids), rtol=1e-4, atol=1e-4)
+        with pytest.raises(impls.Unavailable, match="no decode loop"):
+            ort.start(ids, 4)
+
+
+def test_a_loop_an_implementation_lacks_is_its_reason():
+    with pytest.raises(impls.Unavailable, match="one decode loop"):
+        impls.get("torch").load("llama:tiny", loop="eager")
