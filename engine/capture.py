@@ -35,8 +35,8 @@ from __future__ import annotations
 import os
 import time
 import traceback
-from dataclasses import dataclass, field
 
+from engine.capture_plan import Call, Fused, Member, _arrays, _is_array, plan
 from engine.storage import GraphMemory
 from engine.tensor import Tensor
 
@@ -46,53 +46,12 @@ _NOT_OPS = {"raw_alloc", "raw_free", "free_bytes", "wrap", "empty", "strided", "
 _HOST = {"to_numpy": "reads a tensor on the host", "synchronize": "waits for the device on the host",
          "from_numpy": "uploads host data", "from_dlpack": "imports a foreign array",
          "random": "draws random numbers on the host"}
-_WRITES = {"copy_": 0, "setitem": 0}  # in-place ops: the argument they write
 _ENGINE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 class CaptureError(RuntimeError):
     """A step cannot be captured (or took another path than the one captured); the message names the
     backend op and the source line that called it."""
-
-
-# ---- recording backend calls -------------------------------------------------------------------------------
-def _is_array(a) -> bool:
-    return hasattr(a, "__array_interface__") or hasattr(a, "__cuda_array_interface__")
-
-
-def _ptr(a) -> int:
-    if hasattr(a, "__cuda_array_interface__"):  # cupy
-        return int(a.data.ptr)
-    return int(a.__array_interface__["data"][0])  # numpy (a.data would build a buffer: not for bfloat16)
-
-
-def _extent(a) -> tuple[int, int] | None:
-    """[lo, hi) bytes an array touches; None when empty."""
-    if a.size == 0:
-        return None
-    p = _ptr(a)
-    lo = hi = p
-    for n, s in zip(a.shape, a.strides):
-        if s < 0:
-            lo += s * (n - 1)
-        else:
-            hi += s * (n - 1)
-    return lo, hi + a.itemsize
-
-
-def _arrays(args, kwargs):
-    """(position, array) for every array argument, lists and tuples included."""
-    out = []
-    for i, a in list(enumerate(args)) + list(kwargs.items()):
-        if _is_array(a):
-            out.append((i, a))
-        elif isinstance(a, (list, tuple)):
-            for j, b in enumerate(a):
-                if _is_array(b):
-                    out.append(((i, j), b))
-                elif isinstance(b, (list, tuple)):  # linear_fused's norm/glu tuples
-                    out += [((i, j, k), c) for k, c in enumerate(b) if _is_array(c)]
-    return out
 
 
 def _caller() -> str:
@@ -106,21 +65,6 @@ def _caller() -> str:
         if not internal:
             return f"{os.path.relpath(f)}:{fr.lineno} in {fr.name}"
     return "<unknown>"
-
-
-@dataclass
-class Call:
-    index: int
-    name: str
-    args: tuple
-    kwargs: dict
-    out: object = None
-    where: str = ""
-    inputs: list = field(default_factory=list)  # (position, array)
-
-    def signature(self) -> str:
-        shapes = ", ".join(f"{tuple(a.shape)}" for _, a in self.inputs)
-        return f"{self.name}({shapes})"
 
 
 class _Patched:
@@ -172,250 +116,6 @@ class Recorder:
         call.out = orig(*args, **kwargs)
         self.calls.append(call)
         return call.out
-
-
-# ---- the fusion plan ---------------------------------------------------------------------------------------
-ACTIVATIONS = ("silu", "gelu_tanh", "gelu")
-
-
-class _Graph:
-    """Producers and consumers of each recorded call's output, by memory ranges."""
-
-    def __init__(self, calls: list[Call], escaping: list):
-        self.calls = calls
-        self.ranges = []  # (lo, hi, call index)
-        for c in calls:
-            for o in (c.out if isinstance(c.out, tuple) else (c.out,)):
-                if _is_array(o):
-                    e = _extent(o)
-                    if e is not None:
-                        self.ranges.append((e[0], e[1], c.index))
-        self.ranges.sort()
-        self.consumers: dict[int, list] = {}  # producer -> [(consumer index, position, array)]
-        self.writes: dict[int, list] = {}  # call index -> [(lo, hi)] it writes in place
-        for c in calls:
-            for pos, a in c.inputs:
-                p = self.producer(a)
-                if p is not None:
-                    self.consumers.setdefault(p, []).append((c.index, pos, a))
-            if c.name in _WRITES and c.inputs:
-                e = _extent(c.args[_WRITES[c.name]])
-                if e is not None:
-                    self.writes[c.index] = [e]
-        for a in escaping:  # the step's outputs: consumed after the step
-            p = self.producer(a)
-            if p is not None:
-                self.consumers.setdefault(p, []).append((len(calls), "out", a))
-
-    def producer(self, a):
-        e = _extent(a)
-        if e is None:
-            return None
-        import bisect
-        i = bisect.bisect_right(self.ranges, (e[0], float("inf"), 0)) - 1
-        if i >= 0 and self.ranges[i][0] <= e[0] and e[1] <= self.ranges[i][1]:
-            return self.ranges[i][2]
-        return None
-
-    def only_consumers(self, i) -> list:
-        return self.consumers.get(i, [])
-
-    def written_between(self, a, lo: int, hi: int) -> bool:
-        """Whether array a's memory is written in place by a call strictly between lo and hi."""
-        e = _extent(a)
-        if e is None:
-            return False
-        for k, ranges in self.writes.items():
-            if lo < k < hi and any(r[0] < e[1] and e[0] < r[1] for r in ranges):
-                return True
-        return False
-
-
-def _full(out, a) -> bool:
-    """a views all of `out` in the same element order (the output itself, or a reshape of it)."""
-    return a.size == out.size and _ptr(a) == _ptr(out) and a.dtype == out.dtype and _contig(a)
-
-
-def _contig(a) -> bool:
-    return a.flags.c_contiguous
-
-
-@dataclass
-class Fused:
-    """At call `at`, run backend.linear_fused with arguments taken from calls of this run:
-    x from (call, position), w/b from the linear call, optional norm, glu, residual."""
-    at: int
-    linear: int  # the (gate) linear call
-    norm: int | None = None  # the elided rms_norm call
-    up: int | None = None  # the up linear call (GLU from two linears)
-    split: bool = False  # GLU from one linear whose output halves are gate and up
-    act: str | None = None
-    residual: tuple | None = None  # (call, position) of the residual operand
-    elided: list = field(default_factory=list)
-    group: list = field(default_factory=list)  # linears sharing this input: [(call, weight, bias)] after the first
-
-
-@dataclass
-class Member:
-    """A linear of a group whose output the group's first call already computed (segment `seg`)."""
-    first: int
-    seg: int
-
-
-def plan(calls: list[Call], escaping=()) -> dict:
-    """{call index: Fused or "elide"} for the groups described in the module docstring."""
-    g = _Graph(calls, list(escaping))
-    out: dict = {}
-    by = {c.index: c for c in calls}
-    taken: set = set()
-
-    def single(i):
-        cons = g.only_consumers(i)
-        return cons[0] if len(cons) == 1 else None
-
-    def is_linear(c):
-        return c.name == "linear" and len(c.args) >= 4 and _is_array(c.args[0]) and _is_array(c.args[1])
-
-    fused: dict[int, Fused] = {}  # linear index -> its group
-    # GLU from two linears: act(linear_g(x)) * linear_u(x)
-    for a in calls:
-        if a.name != "unary" or a.args[0] not in ACTIVATIONS or a.index in taken:
-            continue
-        gi = g.producer(a.args[1])
-        if gi is None or not is_linear(by[gi]) or gi in taken or single(gi) is None or single(gi)[0] != a.index:
-            continue
-        lg = by[gi]
-        if not _full(lg.out, a.args[1]) or a.args[2] != lg.args[3]:
-            continue
-        m = single(a.index)
-        if m is None or by[m[0]].name != "binary" or by[m[0]].args[0] != "mul":
-            continue
-        mc = by[m[0]]
-        other = mc.args[2] if m[1] == 1 else mc.args[1]
-        ui = g.producer(other) if _is_array(other) else None
-        if ui is None or not is_linear(by[ui]) or ui in taken or single(ui) is None or single(ui)[0] != mc.index:
-            continue
-        lu = by[ui]
-        if not (_full(lu.out, other) and _same(lu.args[0], lg.args[0]) and lu.args[3] == lg.args[3]
-                and other.shape == a.args[1].shape and mc.args[3] == mc.args[4] == lg.args[3]):
-            continue
-        if g.written_between(lg.args[0], min(gi, ui), mc.index):
-            continue
-        f = Fused(at=mc.index, linear=gi, up=ui, act=a.args[0], elided=[gi, ui, a.index])
-        taken.update([gi, ui, a.index, mc.index])
-        fused[gi] = fused[ui] = f
-    # GLU from one linear split in halves (Phi-3's gate_up_proj)
-    for a in calls:
-        if a.name != "unary" or a.args[0] not in ACTIVATIONS or a.index in taken:
-            continue
-        li = g.producer(a.args[1])
-        if li is None or not is_linear(by[li]) or li in taken:
-            continue
-        lin = by[li]
-        cons = g.only_consumers(li)
-        n2 = lin.out.shape[-1]
-        if len(cons) != 2 or n2 % 2 or lin.out.size == 0 or not _contig(lin.out):
-            continue
-        gate_view = a.args[1]
-        m = single(a.index)
-        if m is None or by[m[0]].name != "binary" or by[m[0]].args[0] != "mul":
-            continue
-        mc = by[m[0]]
-        up_view = mc.args[2] if m[1] == 1 else mc.args[1]
-        if not _is_array(up_view) or {c[0] for c in cons} != {a.index, mc.index}:
-            continue
-        half = n2 // 2 * lin.out.itemsize
-        if not (_ptr(gate_view) == _ptr(lin.out) and _ptr(up_view) == _ptr(lin.out) + half
-                and gate_view.shape == up_view.shape == lin.out.shape[:-1] + (n2 // 2,)
-                and a.args[2] == lin.args[3] and mc.args[3] == mc.args[4] == lin.args[3]):
-            continue
-        f = Fused(at=mc.index, linear=li, split=True, act=a.args[0], elided=[li, a.index])
-        taken.update([li, a.index, mc.index])
-        fused[li] = f
-    # residual epilogue: linear -> add
-    for c in calls:
-        if not is_linear(c) or (c.index in taken and c.index not in fused):
-            continue
-        f = fused.get(c.index)
-        src = f.at if f is not None else c.index  # the call whose result goes to the add
-        if f is not None and f.up is not None and c.index != f.linear:
-            continue
-        s = single(src)
-        if s is None or by[s[0]].name != "binary" or by[s[0]].args[0] != "add" or s[1] not in (1, 2):
-            continue
-        ad = by[s[0]]
-        res_pos = 2 if s[1] == 1 else 1
-        res = ad.args[res_pos]
-        src_out = by[src].out
-        if not (_is_array(res) and res.shape == src_out.shape and res.dtype == src_out.dtype
-                and _full(src_out, ad.args[s[1]]) and ad.args[3] == ad.args[4] == c.args[3]):
-            continue
-        if g.written_between(res, src, ad.index) or g.written_between(c.args[0], c.index, ad.index):
-            continue
-        if f is None:
-            f = Fused(at=ad.index, linear=c.index, elided=[c.index])
-            fused[c.index] = f
-        else:
-            f.elided.append(f.at)
-            f.at = ad.index
-        f.residual = (ad.index, res_pos)
-        taken.update([c.index, ad.index])
-    # norm prologue: rms_norm whose every consumer is a linear's input
-    for c in calls:
-        if c.name != "rms_norm" or c.args[1] != 1 or not _is_array(c.args[0]):
-            continue
-        cons = g.only_consumers(c.index)
-        lins = [by[j] for j, pos, a in cons if j < len(calls)]
-        if not cons or len(lins) != len(cons) or not all(is_linear(lc) and pos == 0 and _full(c.out, a)
-                                                        for lc, (j, pos, a) in zip(lins, cons)):
-            continue
-        if any(g.written_between(c.args[0], c.index, fused[lc.index].at if lc.index in fused else lc.index)
-               for lc in lins):
-            continue
-        for lc in lins:
-            f = fused.get(lc.index)
-            if f is None:
-                f = Fused(at=lc.index, linear=lc.index)
-                fused[lc.index] = f
-            f.norm = c.index
-        out[c.index] = "elide"
-    # linears sharing one input (q, k and v): one launch over the stacked weights, from the first
-    by_input: dict = {}
-    for c in calls:
-        if not is_linear(c):
-            continue
-        f = fused.get(c.index)
-        if f is not None and (f.act is not None or f.residual is not None or f.at != c.index):
-            continue  # part of a GLU or residual group
-        x = c.args[0]
-        key = ("norm", f.norm) if f is not None and f.norm is not None else \
-            ("x", _ptr(x), tuple(x.shape), x.strides, str(x.dtype))
-        by_input.setdefault(key + (str(c.args[3]), c.args[1].shape[1]), []).append(c)
-    for key, members in by_input.items():
-        for i in range(0, len(members) - 1, 3):
-            chunk = members[i:i + 3]
-            if len(chunk) < 2:
-                continue
-            src = by[key[1]].args[0] if key[0] == "norm" else chunk[0].args[0]
-            if g.written_between(src, chunk[0].index, chunk[-1].index):
-                continue
-            first = chunk[0]
-            f = fused.get(first.index) or Fused(at=first.index, linear=first.index)
-            fused[first.index] = f
-            f.group = [(c.index, c.args[1], c.args[2]) for c in chunk[1:]]
-            for seg, c in enumerate(chunk[1:], 1):
-                fused.pop(c.index, None)
-                out[c.index] = Member(first.index, seg)
-    for f in {id(f): f for f in fused.values()}.values():
-        for e in f.elided:
-            if e != f.at:
-                out[e] = "elide"
-        out[f.at] = f
-    return out
-
-
-def _same(a, b) -> bool:
-    return a is b or (_ptr(a) == _ptr(b) and a.shape == b.shape and a.strides == b.strides and a.dtype == b.dtype)
 
 
 class _Planned:

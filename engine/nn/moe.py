@@ -4,10 +4,9 @@ experts can be captured)."""
 from __future__ import annotations
 
 from engine import dtype as D
+from engine.backends.fused import ACTIVATIONS
 from engine.layout import ShapeError
 from engine.tensor import DTypeError, Tensor
-
-ACTIVATIONS = ("silu", "gelu_tanh", "gelu")
 
 
 def moe(x: Tensor, weights: Tensor, experts: Tensor, w_gate: list, w_up: list, w_down: list,

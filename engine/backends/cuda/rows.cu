@@ -1,0 +1,130 @@
+// rows.cu: CUDA sources of engine/backends/cupy_kernels.py (compiled by cupy's NVRTC, not on their own).
+// ---- attention rows for prefill: p = round(softmax_f32(round(round(s * scale) + mask))) ---------------------------
+// s (rows, S) scores in T (rows = B * Hkv * rep * L, as GQA groups the query heads of a kv head); mask (B|1, 1, L, S)
+// additive in T with element strides (mb, ml, ms) or null. One block of 256 threads per row.
+template <typename T>
+__global__ void __launch_bounds__(256) softmax_mask_rows(const T *__restrict__ s, const T *__restrict__ mask, long mb,
+        long ml, long ms, T *__restrict__ p, int S, int L, int per_batch, float scale) {
+    __shared__ float red[8];
+    const size_t row = blockIdx.x;
+    const int b = (int)(row / per_batch), l = (int)(row % L);
+    const T *sr = s + row * S;
+    const T *mr = mask != nullptr ? mask + b * mb + (long)l * ml : nullptr;
+    float m = -INFINITY;
+    for (int j = threadIdx.x; j < S; j += 256) {
+        float v = rnd<T>(__fmul_rn(to_f<T>(sr[j]), scale));
+        if (mr != nullptr) v = rnd<T>(__fadd_rn(v, to_f<T>(mr[(long)j * ms])));
+        m = fmaxf(m, v);
+    }
+    m = warp_max(m);
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = m;
+    __syncthreads();
+    float M = -INFINITY;
+    for (int w = 0; w < 8; w++) M = fmaxf(M, red[w]);
+    if (!(M > -INFINITY && M < INFINITY)) M = 0.f;  // as the reference: a non-finite max subtracts 0
+    __syncthreads();
+    float z = 0.f;
+    for (int j = threadIdx.x; j < S; j += 256) {
+        float v = rnd<T>(__fmul_rn(to_f<T>(sr[j]), scale));
+        if (mr != nullptr) v = rnd<T>(__fadd_rn(v, to_f<T>(mr[(long)j * ms])));
+        z += expf(v - M);
+    }
+    z = warp_sum(z);
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = z;
+    __syncthreads();
+    float Z = 0.f;
+    for (int w = 0; w < 8; w++) Z += red[w];
+    for (int j = threadIdx.x; j < S; j += 256) {
+        float v = rnd<T>(__fmul_rn(to_f<T>(sr[j]), scale));
+        if (mr != nullptr) v = rnd<T>(__fadd_rn(v, to_f<T>(mr[(long)j * ms])));
+        p[row * S + j] = from_f<T>(expf(v - M) / Z);
+    }
+}
+
+// ---- batched GEMM without cuBLAS (what runs inside a capture where cuBLAS cannot) -------------------------------
+// C[b, m, n] = sum_k A[b, m, k] B[b, k, n] (+ bias[n]) in float32, rounded once to T; element strides for A
+// and B, C contiguous (batch, M, N). 64 x 64 tiles, 256 threads, 4 x 4 outputs per thread.
+template <typename T>
+__global__ void __launch_bounds__(256) gemm_tiled(const T *__restrict__ A, long sab, long sam, long sak,
+        const T *__restrict__ B, long sbb, long sbk, long sbn, const T *__restrict__ bias, T *__restrict__ C,
+        int M, int N, int K) {
+    __shared__ float As[16][65], Bs[16][65];
+    const int b = blockIdx.z, m0 = blockIdx.y * 64, n0 = blockIdx.x * 64;
+    const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+    const T *a = A + b * sab, *bb = B + b * sbb;
+    float acc[4][4] = {};
+    for (int k0 = 0; k0 < K; k0 += 16) {
+        for (int i = threadIdx.x; i < 16 * 64; i += 256) {
+            const int kk = i / 64, mm = i % 64;
+            const int m = m0 + mm, n = n0 + mm, k = k0 + kk;
+            As[kk][mm] = (m < M && k < K) ? to_f<T>(a[m * sam + k * sak]) : 0.f;
+            Bs[kk][mm] = (n < N && k < K) ? to_f<T>(bb[k * sbk + n * sbn]) : 0.f;
+        }
+        __syncthreads();
+        #pragma unroll
+        for (int kk = 0; kk < 16; kk++) {
+            float av[4], bv[4];
+            #pragma unroll
+            for (int i = 0; i < 4; i++) { av[i] = As[kk][ty + 16 * i]; bv[i] = Bs[kk][tx + 16 * i]; }
+            #pragma unroll
+            for (int i = 0; i < 4; i++)
+                #pragma unroll
+                for (int j = 0; j < 4; j++) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
+        }
+        __syncthreads();
+    }
+    #pragma unroll
+    for (int i = 0; i < 4; i++)
+        #pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const int m = m0 + ty + 16 * i, n = n0 + tx + 16 * j;
+            if (m < M && n < N) {
+                const float v = bias != nullptr ? __fadd_rn(acc[i][j], to_f<T>(bias[n])) : acc[i][j];
+                C[((size_t)b * M + m) * N + n] = from_f<T>(v);
+            }
+        }
+}
+
+// ---- mixture of experts: out[t] = sum over its k slots, in ascending expert order, of round(y[slot] * w[slot])
+template <typename T>
+__global__ void moe_combine(const T *__restrict__ y, const float *__restrict__ w, const long long *__restrict__ ids,
+                            T *__restrict__ out, int H, int k) {
+    const int t = blockIdx.x;
+    int order[8];
+    for (int j = 0; j < k; j++) order[j] = j;
+    for (int a = 1; a < k; a++)  // insertion sort of the slots by expert id (k <= 8)
+        for (int b = a; b > 0 && ids[(size_t)t * k + order[b]] < ids[(size_t)t * k + order[b - 1]]; b--) {
+            const int tmp = order[b]; order[b] = order[b - 1]; order[b - 1] = tmp;
+        }
+    for (int i = threadIdx.x; i < H; i += blockDim.x) {
+        float acc = 0.f;
+        for (int j = 0; j < k; j++) {
+            const int s = t * k + order[j];
+            acc = rnd<T>(__fadd_rn(acc, rnd<T>(__fmul_rn(to_f<T>(y[(size_t)s * H + i]), w[s]))));
+        }
+        out[(size_t)t * H + i] = from_f<T>(acc);
+    }
+}
+
+// ---- rotary (transformers' rotate_half) -------------------------------------------------------------------------
+// x (B, H, L, D) with element strides (sb, sh, sl, 1); cos/sin (B|1, L, rot) with strides (cb, cl, 1)
+// (cb 0: shared by the batch); out contiguous (B, H, L, D). out[i] = round(round(x_i c_i) + round(x_sw s_i))
+// for i < rot (x_sw: the other half), x_i past rot. One block per (b, h, l).
+template <typename T>
+__global__ void rotary(const T *__restrict__ x, long sb, long sh, long sl, const T *__restrict__ cos_t,
+                       const T *__restrict__ sin_t, long cb, long cl, T *__restrict__ out, int H, int L, int D,
+                       int rot) {
+    const int l = blockIdx.x % L, h = (blockIdx.x / L) % H, b = blockIdx.x / (L * H);
+    const T *xr = x + b * sb + h * sh + l * sl;
+    const T *c = cos_t + b * cb + l * cl, *s = sin_t + b * cb + l * cl;
+    T *o = out + (size_t)blockIdx.x * D;
+    const int half = rot >> 1;
+    for (int i = threadIdx.x; i < D; i += blockDim.x) {
+        if (i < rot) {
+            const float xi = to_f<T>(xr[i]), xs = to_f<T>(xr[i < half ? i + half : i - half]);
+            o[i] = from_f<T>(__fadd_rn(rnd<T>(__fmul_rn(xi, to_f<T>(c[i]))), rnd<T>(__fmul_rn(xs, to_f<T>(s[i])))));
+        } else {
+            o[i] = xr[i];
+        }
+    }
+}
