@@ -8,8 +8,8 @@ past_key_values, as optimum's exporter makes); a decode without a cache would mi
 """
 from __future__ import annotations
 
-import io
 import os
+import tempfile
 import time
 import warnings
 
@@ -41,6 +41,7 @@ class OnnxRuntimeImpl(TorchImpl):
             raise Unavailable("onnxruntime: bfloat16 kernels are missing for most ops")
         super().__init__(device, dtype)
         self.providers = ["CUDAExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+        self._dirs = []
         self.ort_device = "cuda" if device == "cuda" else "cpu"
 
     @property
@@ -53,13 +54,18 @@ class OnnxRuntimeImpl(TorchImpl):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             prog = torch.onnx.export(module, example, dynamo=True, verbose=False)
-        buf = io.BytesIO(prog.model_proto.SerializeToString()) if prog is not None else None
+        # a protobuf holds at most 2 GB: larger models go through a file with external weights
+        d = tempfile.TemporaryDirectory(prefix="taper-onnx-")
+        path = os.path.join(d.name, "model.onnx")
+        prog.save(path, external_data=True)
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         threads = os.environ.get("OMP_NUM_THREADS")
         if threads and threads.isdigit():
             opts.intra_op_num_threads = int(threads)
-        return ort.InferenceSession(buf.getvalue(), opts, providers=self.providers)
+        sess = ort.InferenceSession(path, opts, providers=self.providers)
+        self._dirs.append(d)  # the external weights stay on disk as long as this implementation
+        return sess
 
     # ---- ops: each op exported as a one-node module, per input shapes --------------------------------------
     def _ops(self):
