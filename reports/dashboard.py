@@ -374,6 +374,7 @@ def build_report(results, out, *, asv=False, asv_config="asv.conf.json", rooflin
     dirs = [results] if isinstance(results, (str, Path)) else list(results)
     out = Path(out)
     every = load_results(dirs)
+    stale = every.attrs.get("stale", [])
     if asv:
         check_publish(asv_config)
     newest = latest(every)
@@ -395,4 +396,4 @@ def build_report(results, out, *, asv=False, asv_config="asv.conf.json", rooflin
     charts = [out / s_["chart"] for s in sections for s_ in s["suites"] if s_["chart"]]
     charts += [out / name for s in sections for _, name in s["charts"]]
     charts += [out / name for name in history.values()]
-    return {"markdown": md, "html": page, "charts": charts, "asv": asv_index}
+    return {"markdown": md, "html": page, "charts": charts, "asv": asv_index, "stale": stale}

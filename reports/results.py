@@ -96,7 +96,7 @@ def _number(x):
     return float("nan") if x is None else float(x)
 
 
-def _load_result_file(path: Path, meta: dict, machine_info: dict, sidecar: dict) -> list[dict]:
+def _load_result_file(path: Path, meta: dict, machine_info: dict, sidecar: dict, stale: list) -> list[dict]:
     data = _read_json(path)
     for key in ("commit_hash", "env_name", "date", "params", "result_columns", "results"):
         if key not in data:
@@ -117,9 +117,10 @@ def _load_result_file(path: Path, meta: dict, machine_info: dict, sidecar: dict)
         params = row.get("params") or []
         combos = list(itertools.product(*params)) if params else [()]
         names = info.get("param_names") or []
-        if len(names) != len(params):
-            raise ResultsError(f"{path}: benchmark {bench!r} has {len(params)} parameter lists but "
-                               f"benchmarks.json names {len(names)}: {names}")
+        if len(names) != len(params):  # measured before the benchmark's parameters changed
+            stale.append(f"{path.name}: {bench} ({len(params)} parameter lists, now {len(names)}: "
+                         f"{', '.join(names)})")
+            continue
         n = len(combos)
         values = _field_list(path, bench, "result", row.get("result"), n)
         samples = _field_list(path, bench, "samples", row.get("samples"), n)
@@ -159,7 +160,7 @@ def load_results(paths) -> pd.DataFrame:
     """
     if isinstance(paths, (str, Path)):
         paths = [paths]
-    rows = []
+    rows, stale = [], []
     for root in map(Path, paths):
         if not root.is_dir():
             raise ResultsError(f"{root}: not a results directory")
@@ -179,13 +180,16 @@ def load_results(paths) -> pd.DataFrame:
             machine_info = _read_json(machine_file)
             sidecar = read_env_sidecar(machine_dir)
             for path in result_files:
-                rows += _load_result_file(path, meta, machine_info, sidecar)
+                rows += _load_result_file(path, meta, machine_info, sidecar, stale)
     if not rows:
         raise ResultsError(f"no benchmark results found under {', '.join(map(str, paths))}")
     df = pd.DataFrame(rows)
+    df.attrs["stale"] = stale
     for col in [c for c in df.columns if c not in CORE_COLUMNS]:  # keep 4 as 4, not 4.0
         df[col] = pd.Series([r.get(col) for r in rows], dtype=object, index=df.index)
-    return df[CORE_COLUMNS + [c for c in df.columns if c not in CORE_COLUMNS]]
+    df = df[CORE_COLUMNS + [c for c in df.columns if c not in CORE_COLUMNS]]
+    df.attrs["stale"] = stale
+    return df
 
 
 def param_columns(df: pd.DataFrame) -> list[str]:

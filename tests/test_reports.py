@@ -154,6 +154,24 @@ def test_malformed_result_files_name_the_file_and_fault(tiny, tmp_path):
         load_results(tmp_path / "nowhere")
 
 
+def test_results_of_an_older_parameter_list_are_left_out_and_named(tiny, tmp_path):
+    """A benchmark that gained a parameter since a result was written: that result cannot be read
+    against today's names, so it is left out (asv publish drops it too) and named, never misread."""
+    def drop_a_param(p):
+        data = json.loads(p.read_text())
+        row = data["results"]["bench_tiny.Ops.time_matmul"]
+        row[1] = row[1][:-1]
+        p.write_text(json.dumps(data))
+
+    full = load_results(tiny["base"])
+    dst, path = corrupt(tiny["base"], tmp_path, drop_a_param)
+    df = load_results(dst)
+    assert "bench_tiny.Ops.time_matmul" not in set(df["benchmark"])
+    assert len(df) == (full["benchmark"] != "bench_tiny.Ops.time_matmul").sum()
+    [stale] = df.attrs["stale"]
+    assert stale.startswith(f"{path.name}: bench_tiny.Ops.time_matmul")
+
+
 def test_sidecar_round_trip(tmp_path):
     path = write_env_sidecar(tmp_path, "box", card="NVIDIA H100 80GB HBM3", driver="550.54")
     assert json.loads(path.read_text()) == {"card": "NVIDIA H100 80GB HBM3", "driver": "550.54",

@@ -38,6 +38,9 @@ def run(args) -> int:
     except PublishError as e:
         print(f"taper report: {e}", file=sys.stderr)
         return 1
+    if paths["stale"]:
+        print(f"taper report: left out {len(paths['stale'])} results measured before their benchmark's "
+              f"parameters changed, e.g. {paths['stale'][0]}", file=sys.stderr)
     print(f"wrote {paths['markdown']} and {paths['html']} with {len(paths['charts'])} charts")
     if paths["asv"]:
         print(f"asv dashboard: {paths['asv']}")
