@@ -85,19 +85,20 @@ def _row(res, b, version, started):
     return row
 
 
-def _earlier(old, b, version, selected, n):
-    """The per-combination results of an earlier run of `b`, for the combinations not selected now."""
+def _earlier(old, b, version, n):
+    """The per-combination results of an earlier run of `b` (this commit's file); the combinations
+    selected now replace theirs one by one as they are measured, so a run killed half-way leaves
+    the earlier values of those it did not reach, never a blank."""
     res = {"result": [math.nan] * n, "samples": [None] * n, "stats": [None] * n}
     if old is None or old[1] != b.param_reprs() or old[2] != version:
         return res
     row = dict(zip(RESULT_COLUMNS, old))
     for i in range(n):
-        if i not in selected:
-            res["result"][i] = row["result"][i] if row.get("result") else math.nan
-            res["samples"][i] = (row.get("samples") or [None] * n)[i]
-            if row.get("stats_q_25"):
-                res["stats"][i] = {k: (row.get(f"stats_{k}") or [None] * n)[i]
-                                   for k in ("ci_99_a", "ci_99_b", "q_25", "q_75", "number", "repeat")}
+        res["result"][i] = row["result"][i] if row.get("result") else math.nan
+        res["samples"][i] = (row.get("samples") or [None] * n)[i]
+        if row.get("stats_q_25"):
+            res["stats"][i] = {k: (row.get(f"stats_{k}") or [None] * n)[i]
+                               for k in ("ci_99_a", "ci_99_b", "q_25", "q_75", "number", "repeat")}
     return res
 
 
@@ -180,7 +181,7 @@ def run_fallback(results: Path, machine: str, commit: str, regex, quick: bool, t
             attrs = run_attrs(b, quick)
             n = len(b.combos())
             version = metas[b.name]["version"]
-            res = _earlier(data["results"].get(b.name), b, version, selected[b.name], n)
+            res = _earlier(data["results"].get(b.name), b, version, n)
             res["number"] = [None] * n
             started = time.time()
             module = b.module.__name__

@@ -72,6 +72,8 @@ def parse(spec, **overrides) -> Source:
         return Source("preset", text, model_type=left, preset=right, overrides=overrides)
     if sep:
         return Source("factory", text)
+    if "/" in text or text.startswith((".", "~")):
+        raise SourceError(f"{text}: no such model directory")
     try:
         mt, preset = models.find_preset(text)
     except ValueError as e:

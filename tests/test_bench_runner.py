@@ -50,7 +50,23 @@ def repo(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("TAPER_BENCH_QUICK", "")
     monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
-    return path
+    yield path
+    _kill_servers_of(path)
+
+
+def _kill_servers_of(path):
+    """asv's fork server runs in a process group of its own, so a SIGKILL of the runner's group
+    leaves it waiting on its socket; the tests that kill runs end those servers here."""
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"run_server" in args and any(str(path).encode() in a for a in args):
+            try:
+                os.kill(int(proc.name), signal.SIGKILL)
+            except OSError:
+                pass
 
 
 def bench(repo, *argv):

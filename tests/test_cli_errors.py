@@ -12,7 +12,7 @@ from engine.generation import validate_sampling
 from taper.cli import main
 
 NO_CUDA = pytest.mark.skipif(D.is_available("cuda"), reason="a CUDA device is usable here")
-TINY = ["generate", "--model", "preset:llama:tiny", "--max-new-tokens", "2"]
+TINY = ["generate", "--model", "llama:tiny", "--max-new-tokens", "2"]
 CASES = [  # (argv, what stderr must say)
     pytest.param(["demo", "--devices", "cuda"], r"--devices cuda: not available here \(.*\); available: cpu", marks=NO_CUDA),
     (["demo", "--devices", "bogus"], r"--devices bogus: unknown device 'bogus'"),
@@ -27,7 +27,9 @@ CASES = [  # (argv, what stderr must say)
     (TINY + ["--ids", "1", "--top-p", "-0.5"], r"`top_p` \(=-0.5\) has to be in \(0, 1\]"),
     (TINY + ["--ids", "1", "--top-p", "1.5"], r"`top_p` \(=1.5\)"),
     (TINY + ["--ids", "1", "--repetition-penalty", "0"], r"`repetition_penalty` \(=0.0\) has to be a finite number > 0"),
-    (["generate", "--model", "preset:nope:tiny", "--ids", "1"], r"no engine model for model_type 'nope'"),
+    (["generate", "--model", "preset:nope:tiny", "--ids", "1"], r"not a model directory or a preset .*model types: llama"),
+    (["generate", "--model", "./no/such/dir", "--ids", "1"], r"\./no/such/dir: no such model directory"),
+    (["generate", "--model", "llama:huge", "--ids", "1"], r"no preset 'huge' for llama \(known: tiny"),
 ]
 
 

@@ -2,7 +2,7 @@
 
     taper generate --model ./TinyLlama-1.1B --prompt "The capital of France is" --max-new-tokens 32
     taper generate --model ./tiny-random --ids 1,2,3 --temperature 0.8 --top-p 0.9 --seed 0
-    taper generate --model preset:llama:tinyllama-1.1b --ids 1,2,3        # random weights, for timing
+    taper generate --model llama:tinyllama-1.1b --ids 1,2,3        # random weights, for timing
 
 Tokens are printed as they come (text when the directory has tokenizer.json, else ids), then one
 line with prefill ms, decode tokens/s and peak memory (engine.memory_stats()). On CUDA each decode
@@ -19,8 +19,8 @@ import sys
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True,
-                        help="a HF model directory (config.json + safetensors), or preset:MODEL_TYPE:NAME for "
-                             "random weights (e.g. preset:llama:tiny)")
+                        help="a HF model directory (config.json + safetensors), or a preset MODEL_TYPE:NAME "
+                             "with random weights (e.g. llama:tiny), as every taper command spells it")
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="prompt text (needs tokenizer.json in the model directory)")
     src.add_argument("--ids", help="prompt token ids, comma-separated (for tokenizer-less directories)")
@@ -70,15 +70,20 @@ def run(args) -> int:
     import engine
     from engine import models
     from engine.generation import TextStreamer, generate, load_tokenizer, validate_sampling
+    from impls import sources
 
     try:
         validate_sampling(args.temperature, args.top_k, args.top_p, args.repetition_penalty)
         if args.max_new_tokens < 1:
             raise ValueError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
         dtype = getattr(engine, args.dtype) if args.dtype else None
-        if args.model.startswith("preset:"):
-            mt, preset = models.find_preset(args.model[len("preset:"):])
-            model, tokenizer = models.from_preset(mt, preset, dtype=dtype, device=args.device), None
+        source = sources.parse(args.model.removeprefix("preset:"))  # the older spelling still works
+        if source.kind == "factory":
+            raise ValueError(f"{args.model}: not a model directory or a preset MODEL_TYPE:NAME (model types: "
+                             f"{', '.join(models.REGISTRY)}); a torch module:factory ports first (taper port)")
+        if source.kind == "preset":
+            model = models.from_preset(source.model_type, source.preset, dtype=dtype, device=args.device)
+            tokenizer = None
         else:
             model = models.from_pretrained(args.model, dtype=dtype, device=args.device)
             tokenizer = load_tokenizer(args.model)
