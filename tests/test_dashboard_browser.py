@@ -201,7 +201,7 @@ def test_the_committed_dashboard(tmp_path):
     page, errors, screenshot = load_page(ROOT / "measurements" / "report" / "index.html",
                                          tmp_path)
     check_page(page, errors, screenshot)
-    assert {"cpu-2core", "h100"} <= set(page["sections"])
+    assert {"cpu-2core", "h200"} <= set(page["sections"])
     assert all(img["complete"] and img["width"] > 0 for img in page["images"])
 
 
