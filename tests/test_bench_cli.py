@@ -57,7 +57,7 @@ def test_fallback_runner_end_to_end(tmp_path):
     assert (df["status"] == "skipped").any() and not (df["status"] == "failed").any()
 
 
-@pytest.mark.skipif(not __import__("importlib").util.find_spec("asv"), reason="asv is not installed")
+@pytest.mark.skipif(not __import__("importlib").util.find_spec("asv"), reason="asv is not installed (pip install -e '.[test]' brings it)")
 def test_asv_runner_end_to_end_and_mixed_results(tmp_path):
     proc = _bench(tmp_path, "--runner", "asv")
     assert "asv run" in proc.stderr or "run -E existing" in proc.stderr, proc.stderr[-2000:]

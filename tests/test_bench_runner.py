@@ -29,7 +29,7 @@ from taper.commands.bench import add_arguments
 ROOT = Path(__file__).resolve().parents[1]
 FAULTS = ROOT / "tests" / "data" / "bench_faults"
 HAS_ASV = all(__import__("importlib").util.find_spec(m) for m in ("asv", "asv_runner"))
-RUNNERS = ["fallback", pytest.param("asv", marks=pytest.mark.skipif(not HAS_ASV, reason="asv is not installed"))]
+RUNNERS = ["fallback", pytest.param("asv", marks=pytest.mark.skipif(not HAS_ASV, reason="asv is not installed (pip install -e '.[test]' brings it)"))]
 MODES = "bench_faults.Faults.time_mode"
 
 
@@ -125,7 +125,7 @@ def test_damaged_file_message_names_the_file(tmp_path):
 def test_cuda_without_a_gpu_says_so_and_fails(tmp_path, capsys):
     from bench.probes import cuda_status
     if cuda_status()[0]:
-        pytest.skip("a CUDA device is usable here")
+        pytest.skip("checks the error a machine without CUDA gets; this machine has a usable CUDA device")
     p = argparse.ArgumentParser()
     add_arguments(p)
     assert main(p.parse_args(["--device", "cuda", "--results", str(tmp_path / "r")])) == 2

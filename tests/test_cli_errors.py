@@ -11,7 +11,7 @@ from engine import device as D
 from engine.generation import validate_sampling
 from taper.cli import main
 
-NO_CUDA = pytest.mark.skipif(D.is_available("cuda"), reason="a CUDA device is usable here")
+NO_CUDA = pytest.mark.skipif(D.is_available("cuda"), reason="checks the error a machine without CUDA gets; this machine has a usable CUDA device")
 TINY = ["generate", "--model", "llama:tiny", "--max-new-tokens", "2"]
 CASES = [  # (argv, what stderr must say)
     pytest.param(["demo", "--devices", "cuda"], r"--devices cuda: not available here \(.*\); available: cpu", marks=NO_CUDA),

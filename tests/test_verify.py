@@ -469,7 +469,8 @@ def _candidates():
 def test_tiny_llama_with_every_candidate(candidate, capsys):
     import impls
     if not impls.available(candidate):
-        pytest.skip(f"{candidate} is not available here")
+        [row] = impls.availability([candidate], ["cpu"])
+        pytest.skip(f"{candidate} cannot run here: {row['detail']}")
     assert main(["verify", "llama:tiny", "--candidate", candidate, "--seq-len", "8", "--json", os.devnull]) == 0
     out = capsys.readouterr().out
     assert "verdict: PASS" in out and "top-1 agreement 1.0000" in out
