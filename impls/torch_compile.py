@@ -11,7 +11,7 @@ import time
 import numpy as np
 
 from impls.base import TapsUnsupported, Unavailable, as_ids
-from impls.torch_eager import TorchImpl, TorchModel, model_config, torch
+from impls.torch_eager import TorchImpl, TorchModel, torch
 
 
 class TorchCompileImpl(TorchImpl):
@@ -32,13 +32,9 @@ class TorchCompileImpl(TorchImpl):
     def _ops(self):
         return {k: _compiled(fn, self.mode) for k, fn in super()._ops().items()}
 
-    def load(self, source, seed: int = 0, weights=None, module=None, loop: str = "default", **options):
-        if loop != "default":
-            raise Unavailable(f"{self.name} has one decode loop (loop={loop!r} is the engine's)")
-        module, src, inputs = self.build_module(source, seed, weights, module, **options)
-        wb = sum(p.numel() * p.element_size() for p in module.parameters())
-        self.synchronize()
-        return CompiledModel(self, src, module, model_config(src, module), wb, inputs)
+    @property
+    def model_class(self):
+        return CompiledModel
 
 
 def _compiled(fn, mode):

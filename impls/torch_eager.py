@@ -32,6 +32,11 @@ class TorchImpl(Impl):
         self.functional = torch.nn.functional
 
     @property
+    def model_class(self):
+        """What load() returns (torch-compile's loop differs)."""
+        return TorchModel
+
+    @property
     def label(self):
         return f"torch {torch.__version__}"
 
@@ -145,7 +150,7 @@ class TorchImpl(Impl):
         module, src, inputs = self.build_module(source, seed, weights, module, **options)
         wb = sum(p.numel() * p.element_size() for p in module.parameters())
         self.synchronize()
-        return TorchModel(self, src, module, model_config(src, module), wb, inputs)
+        return self.model_class(self, src, module, model_config(src, module), wb, inputs)
 
     # ---- device --------------------------------------------------------------------------------------------
     def synchronize(self):

@@ -57,6 +57,12 @@ class _Buffers:
     keys: list
     values: list
 
+    def _alloc(self, num_layers: int, shape: tuple, dtype, device) -> None:
+        """Zeroed key and value buffers of `shape` for each layer, and the cache's dtype."""
+        self.keys = [ops.zeros(*shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.values = [ops.zeros(*shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.dtype = D.get(dtype)
+
     @property
     def nbytes(self) -> int:
         return sum(t.nbytes for t in self.keys + self.values)
@@ -65,11 +71,9 @@ class _Buffers:
 class KVCache(_Buffers):
     def __init__(self, num_layers: int, batch_size: int, num_kv_heads: int, head_dim: int, max_len: int,
                  dtype=D.float32, device=None, full_length: bool = False):
-        shape = (batch_size, num_kv_heads, max_len, head_dim)
-        self.keys = [ops.zeros(*shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.values = [ops.zeros(*shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self._alloc(num_layers, (batch_size, num_kv_heads, max_len, head_dim), dtype, device)
         self.batch_size, self.max_len, self.full_length = batch_size, max_len, full_length
-        self.dtype, self.device = D.get(dtype), self.keys[0].device if num_layers else device
+        self.device = self.keys[0].device if num_layers else device
         self._arange = ops.arange(max_len, dtype=D.int64, device=device)
         self.seen = 0  # positions written so far: host bookkeeping from input shapes, never a device read
 
@@ -100,11 +104,8 @@ class SlidingWindowCache(_Buffers):
 
     def __init__(self, num_layers: int, batch_size: int, num_kv_heads: int, head_dim: int, window: int,
                  dtype=D.float32, device=None):
-        shape = (batch_size, num_kv_heads, window, head_dim)
-        self.keys = [ops.zeros(*shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.values = [ops.zeros(*shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self._alloc(num_layers, (batch_size, num_kv_heads, window, head_dim), dtype, device)
         self.batch_size, self.window = batch_size, window
-        self.dtype = D.get(dtype)
         self.slot_pos = ops.full((window,), -1, dtype=D.int64, device=device)  # position held by each slot
         self.max_len = None  # unbounded: old positions fall out of the window
         self.seen = 0
@@ -155,11 +156,8 @@ class StaticCache(_Buffers):
 
     def __init__(self, num_layers: int, batch_size: int, num_kv_heads: int, head_dim: int, max_len: int,
                  dtype=D.float32, device=None):
-        shape = (batch_size, num_kv_heads, max_len, head_dim)
-        self.keys = [ops.zeros(*shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.values = [ops.zeros(*shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self._alloc(num_layers, (batch_size, num_kv_heads, max_len, head_dim), dtype, device)
         self.batch_size, self.max_len = batch_size, max_len
-        self.dtype = D.get(dtype)
         self.pos = ops.zeros(1, dtype=D.int64, device=device)
         self._arange = ops.arange(max_len, dtype=D.int64, device=device)
         self.seen = 0
