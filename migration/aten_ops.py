@@ -23,9 +23,8 @@ SKIP = {"_assert_scalar", "_assert_tensor_metadata", "sym_constrain_range", "sym
         "_assert_async"}
 # entries written as compositions of existing engine ops (candidates for a direct engine op later)
 COMPOSED = ("addmm (alpha/beta != 1)", "baddbmm", "rsub", "sub/add/div with a number on the left",
-            "div (rounding_mode)", "fmod", "trunc", "round (decimals)", "native_layer_norm (several dims)",
-            "_native_batch_norm_legit (batch statistics: training mode, instance_norm)", "leaky_relu", "elu",
-            "hardtanh", "hardsigmoid", "hardswish", "softplus", "mish", "_prelu_kernel", "glu", "var_mean",
+            "_native_batch_norm_legit (batch statistics: training mode, instance_norm)",
+            "elu (with selu's scales)", "_prelu_kernel", "var_mean",
             "pow (a number to a tensor)", "new_zeros/new_ones/new_empty/new_full",
             "index_put/slice_scatter/select_scatter (py helpers: a clone and an indexed write)")
 
@@ -74,25 +73,15 @@ def _method(name):
 # ---- elementwise ----------------------------------------------------------------------------------------
 for _n in ("relu", "sigmoid", "tanh", "exp", "log", "log2", "log1p", "expm1", "sqrt", "rsqrt", "sin", "cos", "tan",
            "erf", "reciprocal", "neg", "abs", "floor", "ceil", "sign", "logical_not", "isnan", "isinf", "isfinite",
-           "silu"):
+           "silu", "trunc", "bitwise_not"):
     aten(_n)(_method(_n))
 for _n in ("eq", "ne", "lt", "le", "gt", "ge", "maximum", "minimum", "remainder", "atan2", "logical_and",
-           "logical_or", "logical_xor", "bitwise_and", "bitwise_or", "bitwise_xor"):
+           "logical_or", "logical_xor", "bitwise_and", "bitwise_or", "bitwise_xor", "fmod"):
     aten(_n)((lambda n: lambda e, a, b: e.call(f"engine.{n}", a, b))(_n))
 aten("mul")(lambda e, a, b: e.call("engine.mul", a, b) if _is_ref(a) else e.call("engine.mul", b, a))
 aten("floor_divide")(lambda e, a, b: e.call("engine.floor_divide", a, b))
-
-
-@aten("round")
-def _round(e, x, decimals=0):
-    if decimals:
-        return e.call("Tensor.div", e.call("Tensor.round", e.call("engine.mul", x, 10.0 ** decimals)), 10.0 ** decimals)
-    return e.call("Tensor.round", x)
-
-
-@aten("trunc")
-def _trunc(e, x):
-    return e.call("engine.where", e.call("engine.lt", x, 0), e.call("Tensor.ceil", x), e.call("Tensor.floor", x))
+aten("round")(lambda e, x, decimals=0: e.call("Tensor.round", x, decimals=decimals) if decimals
+              else e.call("Tensor.round", x))
 
 
 def _is_ref(x) -> bool:
@@ -120,14 +109,6 @@ def _sub(e, a, b, alpha=1):
     return e.call("engine.sub", a, _scaled(e, b, alpha))
 
 
-@aten("fmod")
-def _fmod(e, a, b):  # C's fmod: the sign of the dividend (engine.remainder has the divisor's)
-    r = e.call("engine.remainder", a, b)
-    wrong = e.call("engine.logical_and", e.call("engine.ne", r, 0),
-                   e.call("engine.ne", e.call("engine.lt", r, 0), e.call("engine.lt", a, 0)))
-    return e.call("engine.where", wrong, e.call("engine.sub", r, b), r)
-
-
 @aten("rsub")
 def _rsub(e, a, b, alpha=1):  # b - alpha * a
     return e.call("engine.add", e.call("engine.mul", a, -alpha), b)
@@ -135,13 +116,10 @@ def _rsub(e, a, b, alpha=1):  # b - alpha * a
 
 @aten("div")
 def _div(e, a, b, rounding_mode=None):
-    q = e.call("engine.div", a if _is_ref(a) else _as_tensor_like(e, a, b), b)
+    a = a if _is_ref(a) else _as_tensor_like(e, a, b)
     if rounding_mode is None:
-        return q
-    q = e.call("Tensor.floor", q) if rounding_mode == "floor" else _trunc(e, q)
-    if not (_is_float(a) or (b is not None and _is_float(b))) and _meta_dtype(a) is not None:
-        q = e.call("Tensor.to", q, dtype=_dt(_meta_dtype(a)))
-    return q
+        return e.call("engine.div", a, b)
+    return e.call("engine.div", a, b, rounding_mode=rounding_mode)  # integers stay exact (not via float32)
 
 
 @aten("pow")
@@ -164,74 +142,22 @@ def _clamp(e, x, min=None, max=None):
 aten("clamp_min")(lambda e, x, v: e.call("engine.clamp", x, v, None))
 aten("clamp_max")(lambda e, x, v: e.call("engine.clamp", x, None, v))
 aten("masked_fill")(lambda e, x, mask, v: e.call("engine.masked_fill", x, mask, v))
-aten("bitwise_not")(lambda e, x: _bool_only(e, x, "Tensor.logical_not", "bitwise_not"))
 aten("gelu")(lambda e, x, approximate="none": e.call("F.gelu", x, approximate=approximate))
 aten("_softmax")(lambda e, x, dim, half_to_float=False: e.call("F.softmax", x, dim))
 aten("_log_softmax")(lambda e, x, dim, half_to_float=False: e.call("F.log_softmax", x, dim))
 
 
-def _bool_only(e, x, op, name):
-    if str(_meta_dtype(x)) != "torch.bool":
-        raise Unsupported(f"{name} on {_meta_dtype(x)} tensors (the engine has it for bool only)")
-    return e.call(op, x)
-
-
-# activations the engine has no op for yet: compositions; F.<name> is called instead once the engine has
-# it (these ATen signatures are torch.nn.functional's, so the arguments pass through unchanged)
-def _engine_has(name: str) -> bool:
-    import engine.functional as F
-    return callable(getattr(F, name, None))
-
-
-def _act(name):
-    def deco(compose):
-        def fn(e, x, *a, **k):
-            if _engine_has(name):
-                return e.call(f"F.{name}", x, *a, **k)
-            return compose(e, x, *a, **k)
-        TABLE[name] = fn
-        return compose
-    return deco
-
-
-@_act("leaky_relu")
-def _leaky(e, x, slope=0.01):
-    return e.call("engine.where", e.call("engine.gt", x, 0), x, e.call("engine.mul", x, slope))
+# activations: these ATen signatures are torch.nn.functional's, so the arguments pass through unchanged
+for _n in ("leaky_relu", "hardtanh", "hardsigmoid", "hardswish", "softplus", "mish"):
+    aten(_n)((lambda n: lambda e, x, *a, **k: e.call(f"F.{n}", x, *a, **k))(_n))
 
 
 @aten("elu")
 def _elu(e, x, alpha=1.0, scale=1.0, input_scale=1.0):  # aten's elu also carries selu's scales
-    if scale == 1 and input_scale == 1 and _engine_has("elu"):
+    if scale == 1 and input_scale == 1:
         return e.call("F.elu", x, alpha)
     neg = e.call("engine.mul", e.call("Tensor.expm1", e.call("engine.mul", x, input_scale)), alpha)
     return _scaled(e, e.call("engine.where", e.call("engine.gt", x, 0), x, neg), scale)
-
-
-@_act("hardtanh")
-def _hardtanh(e, x, min_val=-1.0, max_val=1.0):
-    return e.call("engine.clamp", x, min_val, max_val)
-
-
-@_act("hardsigmoid")
-def _hardsigmoid(e, x):
-    return e.call("engine.div", e.call("engine.clamp", e.call("engine.add", x, 3.0), 0.0, 6.0), 6.0)
-
-
-@_act("hardswish")
-def _hardswish(e, x):
-    return e.call("engine.mul", x, _hardsigmoid(e, x))
-
-
-@_act("softplus")
-def _softplus(e, x, beta=1.0, threshold=20.0):
-    bx = e.call("engine.mul", x, beta)
-    soft = e.call("engine.div", e.call("Tensor.log1p", e.call("Tensor.exp", bx)), beta)
-    return e.call("engine.where", e.call("engine.gt", bx, threshold), x, soft)
-
-
-@_act("mish")
-def _mish(e, x):
-    return e.call("engine.mul", x, e.call("Tensor.tanh", _softplus(e, x)))
 
 
 @aten("_prelu_kernel")
@@ -327,10 +253,7 @@ def _index_put(e, x, indices, values, accumulate=False):
     return e.call("py.index_put", x, indices, values)
 
 
-@aten("glu")
-def _glu(e, x, dim=-1):
-    halves = e.call("Tensor.chunk", x, 2, dim)
-    return e.call("engine.mul", e.call("py.getitem", halves, 0), e.call("Tensor.sigmoid", e.call("py.getitem", halves, 1)))
+aten("glu")(lambda e, x, dim=-1: e.call("F.glu", x, dim))
 
 
 @aten("var_mean")
@@ -424,15 +347,7 @@ def _sdpa(e, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, *, scale=N
 
 @aten("native_layer_norm")
 def _layer_norm(e, x, shape, w, b, eps):
-    if len(shape) == 1:
-        return (e.call("F.layer_norm", x, shape, w, b, eps), None, None)
-    dims = list(range(-len(shape), 0))  # normalise over several trailing dims: a composition
-    mean = e.call("Tensor.mean", x, dim=dims, keepdim=True)
-    xc = e.call("engine.sub", x, mean)
-    var = e.call("Tensor.mean", e.call("engine.mul", xc, xc), dim=dims, keepdim=True)
-    y = e.call("engine.mul", xc, e.call("Tensor.rsqrt", e.call("engine.add", var, eps)))
-    y = y if w is None else e.call("engine.mul", y, w)
-    return (y if b is None else e.call("engine.add", y, b), None, None)
+    return (e.call("F.layer_norm", x, shape, w, b, eps), None, None)
 
 
 @aten("_native_batch_norm_legit_no_training")
@@ -475,6 +390,11 @@ def _vector_norm(e, x, ord=2, dim=None, keepdim=False, *, dtype=None):
 @aten("native_group_norm")
 def _group_norm(e, x, w, b, n, c, hw, groups, eps):
     return (e.call("F.group_norm", x, groups, w, b, eps), None, None)
+
+
+def _engine_has(name: str) -> bool:
+    import engine.functional as F
+    return callable(getattr(F, name, None))
 
 
 @aten("convolution")

@@ -448,6 +448,9 @@ ROWS = {
                                                         stride=2), [(2, 3, 10)]),
     "matmuls": (lambda a: (torch.baddbmm(a, a, a.transpose(1, 2), beta=0.5, alpha=2.0), a @ a.mT,
                            torch.addmm(a[0, :, 0], a[0], a[1], alpha=0.5)), [(2, 4, 4)]),
+    "integer_division": (lambda i: (i // 3, torch.div(i, -4, rounding_mode="trunc"), torch.fmod(i, 5), ~i,
+                                    i.float().fmod(1.5), i.float().trunc(), (i.float() / 7).round(decimals=2),
+                                    (i.float() * 3).round(decimals=-1)), ["big"]),
     "softmaxes": (lambda x: (x.softmax(-1), x.log_softmax(0), F_.scaled_dot_product_attention(x, x, x, is_causal=True)),
                   [(2, 5, 8)]),
 }
@@ -456,8 +459,9 @@ ROWS = {
 @pytest.mark.parametrize("row", list(ROWS))
 def test_translation_rows(row):
     fn, specs = ROWS[row]
-    xs = [torch.randint(0, 4, (3,)) if s == "i4" else torch.randn(*s, generator=torch.Generator().manual_seed(i))
-          for i, s in enumerate(specs)]
+    big = torch.tensor([3 * 2 ** 26 + 3, -7, 7, 0, -(2 ** 40) - 1])  # integers float32 cannot hold exactly
+    xs = [torch.randint(0, 4, (3,)) if s == "i4" else big if s == "big" else
+          torch.randn(*s, generator=torch.Generator().manual_seed(i)) for i, s in enumerate(specs)]
     prog = port_program(Fn(fn).eval(), xs, dynamic=False).program
     with torch.no_grad():
         want = fn(*xs)
