@@ -32,10 +32,12 @@ On a device without CUDA graphs (the CPU) calls after the record run fn with the
 """
 from __future__ import annotations
 
+import functools
 import os
 import time
 import traceback
 
+from engine import dtype as D
 from engine.capture_plan import Call, Fused, Member, _arrays, _is_array, plan
 from engine.storage import GraphMemory
 from engine.tensor import Tensor
@@ -77,10 +79,8 @@ class _Patched:
 
     def __enter__(self):
         b = self.backend
-        names = [n for n in dir(type(b)) if not n.startswith("_") and n not in _NOT_OPS
-                 and callable(getattr(type(b), n, None))]
-        self.names = names
-        for n in names:
+        self.names = _op_names(type(b))
+        for n in self.names:
             orig = getattr(b, n)
 
             def wrapper(*args, _orig=orig, _name=n, **kwargs):
@@ -97,6 +97,13 @@ class _Patched:
     def __exit__(self, *exc):
         for n in self.names:
             self.backend.__dict__.pop(n, None)
+
+
+@functools.lru_cache(maxsize=None)
+def _op_names(cls) -> tuple:
+    """The op methods of a backend class (every public callable but _NOT_OPS)."""
+    return tuple(n for n in dir(cls) if not n.startswith("_") and n not in _NOT_OPS
+                 and callable(getattr(cls, n, None)))
 
 
 class Recorder:
@@ -135,7 +142,7 @@ class _Planned:
             raise CaptureError(f"the step made more backend calls than when it was recorded ({name} at {_caller()})")
         rec = self.trace[i]
         now = _arrays(args, kwargs)
-        if rec.name != name or [tuple(a.shape) for _, a in rec.inputs] != [tuple(a.shape) for _, a in now]:
+        if rec.name != name or rec.shapes != [tuple(a.shape) for _, a in now]:
             raise CaptureError(f"the step took another path at backend call {i}: recorded {rec.signature()} at "
                                f"{rec.where}, now {name}({', '.join(str(tuple(a.shape)) for _, a in now)}) at "
                                f"{_caller()}; a captured step must make the same calls with the same shapes")
@@ -146,7 +153,7 @@ class _Planned:
         backend = orig.__self__
         if act == "elide":
             o = rec.out
-            return backend.empty(o.shape, _dtype(o))
+            return backend.empty(o.shape, D.get(o.dtype))
         if isinstance(act, Member):
             return self.group_out[act.first][act.seg]
         return self._fused(backend, act)
@@ -178,19 +185,13 @@ class _Planned:
         return backend.linear_fused(x, w, b, dt, norm=norm, glu=glu, residual=residual)
 
 
-def _dtype(arr):
-    from engine import dtype as D
-    return D.get(arr.dtype)
-
-
 # ---- the captured step --------------------------------------------------------------------------------------
 class Captured:
-    """See the module docstring. fuse=False captures without the fusion plan; graphs=False runs the
-    planned step eagerly from call 3 on (the same kernels, launched one by one from the host: for
-    debugging, and the engine's uncaptured decode)."""
+    """See the module docstring. graphs=False runs the planned step eagerly from call 3 on (the same
+    kernels, launched one by one from the host: for debugging, and the engine's uncaptured decode)."""
 
-    def __init__(self, fn, fuse: bool = True, device=None, graphs: bool = True):
-        self.fn, self.fuse, self.graphs = fn, fuse, graphs
+    def __init__(self, fn, device=None, graphs: bool = True):
+        self.fn, self.graphs = fn, graphs
         self.device = device  # where the step runs (default: its inputs', else its outputs')
         self.calls = 0
         self.inputs = None  # static input tensors
@@ -261,11 +262,11 @@ class Captured:
             out = self.fn(*self.inputs)
         outs = [o.array for o in (out if isinstance(out, tuple) else (out,)) if isinstance(o, Tensor)]
         self.trace = rec.calls
-        self.the_plan = plan(self.trace, outs) if self.fuse else {}
+        self.the_plan = plan(self.trace, outs)
         for c in self.trace:  # the outputs may go back to the pool now; the record keeps shapes only
             c.out = _Shape(c.out) if _is_array(c.out) else None
-            c.args = tuple(_Shape(a) if _is_array(a) else a for a in c.args)
-            c.kwargs, c.inputs = {}, [(p, _Shape(a)) for p, a in c.inputs]
+            c.args, c.kwargs, c.inputs = (), {}, [(p, _Shape(a)) for p, a in c.inputs]
+            c.shapes = [s.shape for _, s in c.inputs]
         return out
 
     def _has_graphs(self) -> bool:
@@ -309,20 +310,12 @@ class Captured:
         self.backend.graph_launch(self.graph)
         return self.outputs
 
-    def release(self) -> None:
-        """Drop the graph; its memory goes back to the pool once its outputs are dropped too."""
-        self.graph = None
-        if self.memory is not None:
-            self.memory.release()
-            self.memory = None
-
 
 class _Shape:
-    """What the plan keeps of a recorded array once the record is analysed: shape, dtype, strides."""
+    """What the record keeps of an array once the plan is made: shape and dtype."""
 
     def __init__(self, a):
-        self.shape, self.dtype, self.strides, self.size = tuple(a.shape), a.dtype, a.strides, a.size
-        self.itemsize = a.itemsize
+        self.shape, self.dtype = tuple(a.shape), a.dtype
 
 
 def _no_graphs():

@@ -62,6 +62,7 @@ class Call:
     out: object = None
     where: str = ""
     inputs: list = field(default_factory=list)  # (position, array)
+    shapes: list = field(default_factory=list)  # the inputs' shapes, kept once the record is analysed
 
     def signature(self) -> str:
         shapes = ", ".join(f"{tuple(a.shape)}" for _, a in self.inputs)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 from engine import dtype as D
+from engine.backends.fused import NORM_STYLES
 from engine.functional_conv import (_arr, _run, adaptive_avg_pool1d, adaptive_avg_pool2d,  # noqa: F401
                                     adaptive_avg_pool3d, adaptive_max_pool1d, adaptive_max_pool2d,
                                     adaptive_max_pool3d, avg_pool1d, avg_pool2d, avg_pool3d, conv1d, conv2d, conv3d,
@@ -274,8 +275,8 @@ def rms_norm(x, normalized_shape, weight=None, eps: float | None = None, style: 
     LlamaRMSNorm: rounded to the input dtype before the weight multiplies), "gemma" (times 1 + w)."""
     _float_input(x, "rms_norm")
     nd = _norm_shape(x, normalized_shape, "rms_norm")
-    if style not in ("torch", "llama", "gemma"):
-        raise ValueError(f"rms_norm(): style must be 'torch', 'llama' or 'gemma', got {style!r}")
+    if style not in NORM_STYLES:
+        raise ValueError(f"rms_norm(): style must be one of {NORM_STYLES}, got {style!r}")
     if eps is None:
         eps = {"float16": 0.0009765625, "bfloat16": 0.0078125, "float32": 1.1920928955078125e-07,
                "float64": 2.220446049250313e-16}[x.dtype.name]

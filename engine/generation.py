@@ -104,6 +104,7 @@ class Decoder:
                          int(seed if seed is not None else np.random.SeedSequence().entropy % (1 << 63)))
         vocab = model.config.vocab_size
         self.seen = engine.zeros(batch_size, vocab, dtype=D.bool_, device=dev) if repetition_penalty != 1.0 else None
+        self._rows = engine.arange(batch_size, dtype=D.int64, device=dev).unsqueeze(1)  # (B, 1): seen's rows
         self.counter = engine.zeros(1, dtype=i64, device=dev)  # draws so far (the generator's counter)
         # True: a CUDA graph; False: the same planned (fused) step launched from the host; "plain":
         # the model's ops as written, no plan (to debug the plan itself)
@@ -128,7 +129,7 @@ class Decoder:
         return nxt
 
     def _mark_seen(self, ids):
-        rows = engine.arange(ids.shape[0], dtype=D.int64, device=self.device).unsqueeze(1).expand(*ids.shape)
+        rows = self._rows.expand(*ids.shape)
         self.seen.backend.setitem(self.seen.array, (rows.array, ids.array), True)
 
     def prefill(self, ids):

@@ -47,8 +47,11 @@ class FusedOps:
         return y
 
     def linear_group(self, x, ws: list, bs: list, out_dtype, norm=None) -> list:
-        """[linear_fused(x, w, b, norm=norm) for each (w, b)]: linears sharing one input (q, k, v)."""
-        return [self.linear_fused(x, w, b, out_dtype, norm=norm) for w, b in zip(ws, bs)]
+        """[linear_fused(x, w, b, norm=norm) for each (w, b)]: linears sharing one input (q, k, v);
+        the norm is computed once for all of them."""
+        if norm is not None:
+            x = self.rms_norm(x, 1, norm[0], norm[1], out_dtype, norm[2])
+        return [self.linear(x, w, b, out_dtype) for w, b in zip(ws, bs)]
 
     # ---- mixture of experts --------------------------------------------------------------------------------
     def moe(self, x, weights, experts, w_gate: list, w_up: list, w_down: list, act: str, out_dtype):

@@ -143,7 +143,7 @@ class SlidingWindowCache(_Buffers):
         return kb, vb
 
 
-class StaticCache(_Buffers):
+class StaticCache(KVCache):
     """(B, Hkv, max_len, D) keys and values per layer, and the next write position `pos` (int64, on
     the device). A step of n tokens writes slots pos .. pos + n - 1 and advances pos on the device;
     attention reads all max_len slots with a mask built from the positions. Nothing a step does
@@ -152,18 +152,13 @@ class StaticCache(_Buffers):
     `seen` still counts positions on the host for callers that run eagerly; a captured replay does
     not update it (engine.generation.Decoder keeps its own count)."""
 
-    full_length = True
-
     def __init__(self, num_layers: int, batch_size: int, num_kv_heads: int, head_dim: int, max_len: int,
                  dtype=D.float32, device=None):
-        self._alloc(num_layers, (batch_size, num_kv_heads, max_len, head_dim), dtype, device)
-        self.batch_size, self.max_len = batch_size, max_len
+        super().__init__(num_layers, batch_size, num_kv_heads, head_dim, max_len, dtype, device, full_length=True)
         self.pos = ops.zeros(1, dtype=D.int64, device=device)
-        self._arange = ops.arange(max_len, dtype=D.int64, device=device)
-        self.seen = 0
 
     def reset(self) -> None:
-        self.seen = 0
+        super().reset()
         self.pos.zero_()
 
     def step(self, n: int) -> CacheStep:
@@ -174,9 +169,3 @@ class StaticCache(_Buffers):
         self.pos.add_(n)
         self.seen += n
         return CacheStep(query_pos=slots, key_pos=self._arange, slots=slots, kv_len=self.max_len)
-
-    def update(self, layer: int, k: Tensor, v: Tensor, step: CacheStep):
-        kb, vb = self.keys[layer], self.values[layer]
-        _write(kb, step.slots, k)
-        _write(vb, step.slots, v)
-        return kb, vb
