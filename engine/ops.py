@@ -477,6 +477,11 @@ maximum = lambda a, b: a.maximum(b)  # noqa: E731
 minimum = lambda a, b: a.minimum(b)  # noqa: E731
 
 
+# binaries that take a Python number first in torch (torch.add(2, t), torch.sub(2, t, alpha=2), torch.div(2, t)):
+# exported as Tensor's own function, which handles a number on the left (tensor_ops._binary)
+_NUMBER_FIRST = ("add", "sub", "mul", "div", "true_divide", "pow", "floor_divide", "remainder", "xlogy") + T.BITWISE_BINARY
+
+
 def _export_methods(namespace: dict):
     """engine.exp(x), engine.sum(x, dim), ... call the Tensor method of the same name."""
     names = list(T.FLOAT_UNARY + T.KEEP_UNARY + T.BOOL_UNARY + T.ARITH_BINARY + T.BITWISE_BINARY) + [
@@ -487,5 +492,9 @@ def _export_methods(namespace: dict):
         "repeat_interleave", "triu", "tril", "nonzero", "reshape", "transpose", "permute", "narrow", "select",
         "squeeze", "unsqueeze", "flatten", "unflatten", "movedim", "moveaxis", "unbind", "t", "round", "clone"]
     for name in names:
-        if name not in namespace:
+        if name in namespace:
+            continue
+        if name in _NUMBER_FIRST:
+            namespace[name] = getattr(Tensor, name)
+        else:
             namespace[name] = (lambda n: lambda x, *a, **k: getattr(x, n)(*a, **k))(name)

@@ -33,7 +33,6 @@ from __future__ import annotations
 import json
 import math
 import operator
-import os
 from pathlib import Path
 
 import engine
@@ -165,14 +164,7 @@ class Program(Module):
                                                          extra and f"unexpected {', '.join(extra)}",
                                                          shapes and f"shape {', '.join(shapes)}"])))
         for w in graph["weights"]:
-            *path, leaf = w["key"].split(".")
-            m = self
-            for p in path:
-                if p not in m._modules:
-                    if p in self.__dict__ or hasattr(Program, p):
-                        raise ProgramError(f"weight key {w['key']!r} clashes with the program attribute {p!r}")
-                    setattr(m, p, _Scope())
-                m = m._modules[p]
+            m, leaf = self._owner(w["key"], create=True)
             t = weights[w["key"]]
             if w["kind"] == "parameter":
                 setattr(m, leaf, t)
@@ -183,13 +175,15 @@ class Program(Module):
     # ---- info -------------------------------------------------------------------------------------
     @property
     def device(self):
-        for t in self._weights().values():
-            return t.device
+        """The device of the first weight (the engine's default device for a program without weights)."""
+        for w in self.graph["weights"]:
+            m, leaf = self._owner(w["key"])
+            return getattr(m, leaf).device
         return engine.default_device()
 
-    def nodes(self, all_steps: bool = False) -> list:
-        """The node records (dicts); by default only the torch graph's values (no intermediate steps)."""
-        return [n for n in self.graph["nodes"] if all_steps or "of" not in n]
+    def nodes(self) -> list:
+        """The node records (dicts) of the torch graph's values (no intermediate steps)."""
+        return [n for n in self.graph["nodes"] if "of" not in n]
 
     def node(self, name: str) -> dict:
         for n in self.graph["nodes"]:
@@ -197,23 +191,44 @@ class Program(Module):
                 return n
         raise KeyError(f"no node {name!r} in the program")
 
+    def _owner(self, key: str, create: bool = False) -> tuple:
+        """(module, attribute name) holding the weight with state-dict key `key` ("fc.weight" -> (the
+        "fc" scope, "weight")); create=True adds the missing scopes on the way."""
+        *path, leaf = key.split(".")
+        m = self
+        for p in path:
+            if create and p not in m._modules:
+                if p in self.__dict__ or hasattr(Program, p):
+                    raise ProgramError(f"weight key {key!r} clashes with the program attribute {p!r}")
+                setattr(m, p, _Scope())
+            m = m._modules[p]
+        return m, leaf
+
     def _weights(self) -> dict:
+        """{value name: Tensor} of every weight, by the graph's names (p_fc_weight)."""
         out = {}
         for w in self.graph["weights"]:
-            m = self
-            *path, leaf = w["key"].split(".")
-            for p in path:
-                m = m._modules[p]
+            m, leaf = self._owner(w["key"])
             out[w["name"]] = getattr(m, leaf)
         return out
 
+    @staticmethod
+    def _device_of(ws: dict):
+        """The device of the first of the weights `ws` (the default device for none)."""
+        for t in ws.values():
+            return t.device
+        return engine.default_device()
+
     # ---- running ----------------------------------------------------------------------------------
-    def _inputs(self, args) -> dict:
+    def _inputs(self, args, dev=None) -> dict:
+        """{input name: Tensor} of the call's arguments, checked against the input specs and moved to
+        `dev` (by default the program's device)."""
         specs = self.graph["inputs"]
         if len(args) != len(specs):
             raise ProgramError(f"the program takes {len(specs)} input(s) "
                                f"({', '.join(s['name'] for s in specs)}), got {len(args)}")
-        env, sizes, dev = {}, {}, self.device
+        env, sizes = {}, {}
+        dev = self.device if dev is None else dev
         for spec, x in zip(specs, args):
             if not isinstance(x, Tensor):
                 x = engine.tensor(x, device=dev)
@@ -236,15 +251,19 @@ class Program(Module):
         return env
 
     def forward(self, *args):
-        env = {**self._weights(), **self._inputs(args)}
-        self.run(env)
-        outs = [_decode(o, env, self.device) for o in self.graph["outputs"]]
+        ws = self._weights()  # once per call: the device comes from it too
+        dev = self._device_of(ws)
+        env = {**ws, **self._inputs(args, dev)}
+        self.run(env, dev=dev)
+        outs = [_decode(o, env, dev) for o in self.graph["outputs"]]
         return outs[0] if len(outs) == 1 else tuple(outs)
 
-    def run(self, env: dict, names=None) -> dict:
+    def run(self, env: dict, names=None, dev=None) -> dict:
         """Run every node (or only `names`, in program order) on `env`, a {value name: value} dict that
-        is updated in place; values are dropped after their last use unless they are outputs."""
-        taps, dev, last = self._node_taps, self.device, self._last_use
+        is updated in place; values are dropped after their last use unless they are outputs. `dev`:
+        the device {"device": null} arguments name (by default the program's)."""
+        taps, last = self._node_taps, self._last_use
+        dev = self.device if dev is None else dev
         only = None if names is None else set(names)
         for i, (n, fn) in enumerate(zip(self.graph["nodes"], self._fns)):
             if only is not None and n["name"] not in only:
@@ -271,6 +290,7 @@ class Program(Module):
     # ---- files ------------------------------------------------------------------------------------
     def save(self, directory) -> Path:
         """Write program.json and weights.safetensors into `directory` (each file atomically)."""
+        from engine.io.atomic import atomic_write_text
         from engine.io.safetensors import save_file
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
@@ -280,9 +300,7 @@ class Program(Module):
             t = ws[w["name"]]
             arrays[w["key"]] = t.numpy()
         save_file(arrays, d / WEIGHTS_FILE, {"format": FORMAT})
-        tmp = d / f".{GRAPH_FILE}.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(self.graph, indent=1, allow_nan=False))
-        os.replace(tmp, d / GRAPH_FILE)
+        atomic_write_text(d / GRAPH_FILE, json.dumps(self.graph, indent=1, allow_nan=False))
         return d
 
 

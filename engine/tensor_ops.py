@@ -20,7 +20,6 @@ KEEP_UNARY = ("neg", "abs", "relu", "floor", "ceil", "trunc", "frac", "round", "
 BOOL_UNARY = ("isnan", "isinf", "isfinite", "logical_not", "signbit")
 # binary ops whose result is floating even for integer inputs (torch promotes them like true division)
 FLOAT_BINARY = ("div", "atan2", "hypot", "logaddexp", "xlogy", "copysign")
-INT_DIVISION = ("floor_divide", "remainder", "fmod", "div_trunc", "div_floor")  # ZeroDivisionError on ints
 
 
 def _unary(x: Tensor, op: str) -> Tensor:

@@ -22,7 +22,7 @@ TABLE: dict = {}
 SKIP = {"_assert_scalar", "_assert_tensor_metadata", "sym_constrain_range", "sym_constrain_range_for_size",
         "_assert_async"}
 # entries written as compositions of existing engine ops (candidates for a direct engine op later)
-COMPOSED = ("addmm (alpha/beta != 1)", "baddbmm", "rsub", "sub/add/div with a number on the left",
+COMPOSED = ("addmm (alpha/beta != 1)", "baddbmm", "rsub", "div with a number on the left",
             "_native_batch_norm_legit (batch statistics: training mode, instance_norm)",
             "elu (with selu's scales)", "_prelu_kernel", "var_mean",
             "pow (a number to a tensor)", "new_zeros/new_ones/new_empty/new_full",
@@ -78,7 +78,7 @@ for _n in ("relu", "sigmoid", "tanh", "exp", "log", "log2", "log1p", "expm1", "s
 for _n in ("eq", "ne", "lt", "le", "gt", "ge", "maximum", "minimum", "remainder", "atan2", "logical_and",
            "logical_or", "logical_xor", "bitwise_and", "bitwise_or", "bitwise_xor", "fmod"):
     aten(_n)((lambda n: lambda e, a, b: e.call(f"engine.{n}", a, b))(_n))
-aten("mul")(lambda e, a, b: e.call("engine.mul", a, b) if _is_ref(a) else e.call("engine.mul", b, a))
+aten("mul")(lambda e, a, b: e.call("engine.mul", a, b))
 aten("floor_divide")(lambda e, a, b: e.call("engine.floor_divide", a, b))
 aten("round")(lambda e, x, decimals=0: e.call("Tensor.round", x, decimals=decimals) if decimals
               else e.call("Tensor.round", x))
@@ -95,17 +95,14 @@ def _as_tensor_like(e, scalar, other):
     return e.call("engine.full_like", other, scalar, dtype=dt)
 
 
+# add, sub and mul take a Python number on the left as torch does (engine.sub(2, t, alpha=2))
 @aten("add")
 def _add(e, a, b, alpha=1):
-    if not _is_ref(a):
-        return e.call("engine.add", _scaled(e, b, alpha), a)
     return e.call("engine.add", a, _scaled(e, b, alpha))
 
 
 @aten("sub")
 def _sub(e, a, b, alpha=1):
-    if not _is_ref(a):  # number - tensor
-        return e.call("engine.add", e.call("engine.mul", b, -alpha), a)
     return e.call("engine.sub", a, _scaled(e, b, alpha))
 
 
@@ -116,6 +113,7 @@ def _rsub(e, a, b, alpha=1):  # b - alpha * a
 
 @aten("div")
 def _div(e, a, b, rounding_mode=None):
+    # torch.div(0.1, t) rounds the number to t's dtype first (bf16, f16); engine.div(0.1, t) would not
     a = a if _is_ref(a) else _as_tensor_like(e, a, b)
     if rounding_mode is None:
         return e.call("engine.div", a, b)

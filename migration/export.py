@@ -348,7 +348,7 @@ def translate(ex: Exported, name: str = "model") -> tuple[dict, dict]:
             w["persistent"] = bool(spec.persistent)
         weights.append(w)
         if spec.target not in arrays:
-            arrays[spec.target] = np.array(to_numpy(t), copy=True)
+            arrays[spec.target] = np.asarray(to_numpy(t))  # a view: port_program's engine.tensor copies it
     user = [s.arg.name for s in sig.input_specs if s.kind.name == "USER_INPUT"]
     e, structure, unsupported = Emitter(), {}, OrderedDict()
     metas = {}
@@ -463,19 +463,16 @@ def load_checkpoint(program, state: dict, rules=()) -> None:
     from migration.rules import apply_rules, match_keys
     res = apply_rules(dict(state), rules)
     own = {k: tuple(v.shape) for k, v in program.state_dict().items()}
-    own.update({w["key"]: tuple(program._weights()[w["name"]].shape) for w in program.graph["weights"]})
+    ws = program._weights()
+    own.update({w["key"]: tuple(ws[w["name"]].shape) for w in program.graph["weights"]})
     rep = match_keys({k: np.shape(v) for k, v in res.state.items()}, own)
     if not rep.ok:
         raise PortError(f"the checkpoint does not fit the program after the rules:\n{rep.format()}")
-    tensors = {k: engine.tensor(_c(v)) for k, v in res.state.items()}
     names = {w["key"]: w for w in program.graph["weights"]}
-    for key, t in tensors.items():
-        *path, leaf = key.split(".")
-        m = program
-        for p in path:
-            m = m._modules[p]
+    for key, v in res.state.items():
+        m, leaf = program._owner(key)
         old = getattr(m, leaf)
-        t = t.to(device=old.device, dtype=old.dtype)
+        t = engine.tensor(_c(v), dtype=old.dtype, device=old.device)
         if names[key]["kind"] == "parameter":
             setattr(m, leaf, t)
         else:

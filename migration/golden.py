@@ -4,12 +4,12 @@ model with them later without importing torch."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 
+from engine.io.atomic import atomic_write_text
 from migration.capture import VerifyError, scratch
 from migration.report import VerifyReport
 from migration.verify import Tolerance, _engine_dtype, _engine_side, parse_overrides
@@ -25,9 +25,8 @@ def save_golden(directory, meta: dict, ref_path, noise_path, inputs) -> None:
     if noise_path:
         shutil.copyfile(noise_path, d / "torch_noise.safetensors")
     save_file({f"input_{i}": np.ascontiguousarray(a) for i, a in enumerate(inputs)}, d / "inputs.safetensors")
-    tmp = d / f".meta.json.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps({**meta, "version": GOLDEN_VERSION}, indent=1))
-    os.replace(tmp, d / "meta.json")  # written last: a directory with meta.json is complete
+    # written last: a directory with meta.json is complete
+    atomic_write_text(d / "meta.json", json.dumps({**meta, "version": GOLDEN_VERSION}, indent=1))
 
 
 def load_golden(directory) -> tuple[dict, list]:

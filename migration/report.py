@@ -269,14 +269,15 @@ def format_table(rep: VerifyReport, only_failed: bool = False, max_rows: int | N
 def to_markdown(rep: VerifyReport) -> str:
     lines = [f"# taper verify: {rep.model}", "", f"dtype `{rep.dtype}`, device `{rep.device}`", ""]
     lines += [f"- {x}" for x in summary_lines(rep)]
-    head = HEAD + (NODE_HEAD if rep.has_nodes() else ())
+    nodes = rep.has_nodes()
+    head = HEAD + (NODE_HEAD if nodes else ())
     lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for i, r in enumerate(rep.layers):
         name = f"**{r.name}**" if r.name == rep.first_divergence else f"`{r.name}`"
         lines.append("| " + " | ".join([str(i), name, "x".join(map(str, r.shape)), _g(r.max_abs), _g(r.max_rel),
                                          _g(r.mean_abs), _cos(r.cosine), f"{r.nan}/{r.inf}", _g(r.min_passing_atol),
                                          _g(r.atol), _status(rep, r)]
-                                        + [c.replace("|", "\\|") for c in (_node_cells(r) if rep.has_nodes() else ())])
+                                        + [c.replace("|", "\\|") for c in (_node_cells(r) if nodes else ())])
                      + " |")
     return "\n".join(lines) + "\n"
 
@@ -329,12 +330,12 @@ def to_html(rep: VerifyReport, plot_path=None) -> str:
         img = f'<img src="data:image/png;base64,{base64.b64encode(png).decode()}" alt="per-layer error">'
     else:
         img = "<p>no layers compared</p>"
-    rows = []
+    rows, nodes = [], rep.has_nodes()
     for i, r in enumerate(rep.layers):
         cls = "first" if r.name == rep.first_divergence else ("ok" if r.passed else "fail")
         cells = [str(i), html.escape(r.name), "x".join(map(str, r.shape)), _g(r.max_abs), _g(r.max_rel), _g(r.mean_abs),
                  _cos(r.cosine), f"{r.nan}/{r.inf}", _g(r.min_passing_atol), _g(r.atol), html.escape(_status(rep, r))]
-        cells += [html.escape(c) for c in (_node_cells(r) if rep.has_nodes() else ())]
+        cells += [html.escape(c) for c in (_node_cells(r) if nodes else ())]
         rows.append(f'<tr class="{cls}">' + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     summary = "".join(f"<li>{html.escape(x)}</li>" for x in summary_lines(rep))
     title = html.escape(f"taper verify: {rep.model}")
@@ -353,7 +354,7 @@ img {{ max-width: 100%; }}
 <p>dtype <code>{html.escape(rep.dtype)}</code>, device <code>{html.escape(rep.device)}</code></p>
 <ul>{summary}</ul>
 {img}
-<table><thead><tr>{''.join(f'<th>{h}</th>' for h in HEAD + (NODE_HEAD if rep.has_nodes() else ()))}</tr></thead>
+<table><thead><tr>{''.join(f'<th>{h}</th>' for h in HEAD + (NODE_HEAD if nodes else ()))}</tr></thead>
 <tbody>{''.join(rows)}</tbody></table>
 </body></html>
 """

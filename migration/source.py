@@ -15,7 +15,6 @@ so a state dict nested 3000 deep is read like any other.
 from __future__ import annotations
 
 import _compat_pickle
-import json
 import os
 import pickle
 import pickletools
@@ -30,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from engine.io.safetensors import check_shard_name
+from engine.io.safetensors import SafetensorsError, load_index
 
 SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 TORCH_INDEX = "pytorch_model.bin.index.json"
@@ -71,13 +70,10 @@ def source_files(src) -> tuple[list[Path], set[str] | None]:
             return [p / found[0]], None
     if p.suffix == ".json":
         try:
-            weight_map = json.loads(p.read_bytes().decode("utf-8"))["weight_map"]
-            shards = sorted(set(weight_map.values()))
-            for s in shards:
-                check_shard_name(p, s)
-        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
-            raise ConvertError(f"{p}: not a checkpoint index with a 'weight_map' of names to shard files "
-                               f"({type(e).__name__}: {e})") from None
+            weight_map = load_index(p)  # size, nesting and shard names checked (no ../ out of the directory)
+        except SafetensorsError as e:
+            raise ConvertError(str(e)) from None
+        shards = sorted(set(weight_map.values()))
         missing = [s for s in shards if not (p.parent / s).is_file()]
         if missing:
             needed = [k for k, s in weight_map.items() if s == missing[0]]

@@ -147,6 +147,12 @@ def test_an_index_cannot_lead_outside_its_directory(tmp_path):
     (tmp_path / "m" / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": {"w": "../outside/x.bin"}}))
     with pytest.raises(ConvertError, match=r"names shard '../outside/x.bin', which is not a file name"):
         convert(tmp_path / "m", tmp_path / "o.safetensors", progress=False)
+    (tmp_path / "m" / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": {"w": 3}}))
+    with pytest.raises(ConvertError, match=r"index must hold a 'weight_map' of tensor name -> shard file name"):
+        convert(tmp_path / "m", tmp_path / "o.safetensors", progress=False)
+    (tmp_path / "m" / "pytorch_model.bin.index.json").write_text('{"weight_map": ' + "[" * 20000 + "]" * 20000 + "}")
+    with pytest.raises(ConvertError, match=r"more than 10000 JSON objects or lists"):  # read_index's limits
+        convert(tmp_path / "m", tmp_path / "o.safetensors", progress=False)
 
 
 def test_temps_of_killed_runs_are_removed_by_the_next_run(tmp_path):

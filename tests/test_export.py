@@ -320,6 +320,25 @@ def test_checkpoint_with_other_names_through_rules(tmp_path):
     np.testing.assert_allclose(prog(engine.tensor(x, device=DEVICE)).numpy(), want, rtol=1e-5, atol=1e-6)
 
 
+def test_program_call_reads_its_weights_once_and_saves_atomically(tmp_path, monkeypatch):
+    prog = port_program(randomize(MLP()), [rnd(3, 8)]).program
+    reads, real = [], engine.program.Program._weights
+    monkeypatch.setattr(engine.program.Program, "_weights", lambda self: reads.append(1) or real(self))
+    prog(engine.tensor(rnd(3, 8), device=DEVICE))
+    assert len(reads) == 1 and prog.device == prog.state_dict()["layers.0.weight"].device
+    monkeypatch.undo()
+    os_replace = os.replace
+
+    def replace(src, dst, *a, **k):  # the disk fills up as program.json is put in place
+        if os.path.basename(dst) == "program.json":
+            raise OSError(28, "No space left on device")
+        return os_replace(src, dst, *a, **k)
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OSError, match="cannot write .*program.json"):
+        prog.save(tmp_path / "p")
+    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["weights.safetensors"]  # no temp left behind
+
+
 # ---- localisation and unsupported ops ------------------------------------------------------------------------
 def _line(fn, text: str) -> int:
     lines, start = inspect.getsourcelines(fn)
@@ -453,6 +472,9 @@ ROWS = {
                                     (i.float() * 3).round(decimals=-1)), ["big"]),
     "softmaxes": (lambda x: (x.softmax(-1), x.log_softmax(0), F_.scaled_dot_product_attention(x, x, x, is_causal=True)),
                   [(2, 5, 8)]),
+    "number_on_the_left": (lambda x, i: (torch.sub(2, x, alpha=2), torch.add(2, x, alpha=3), torch.mul(3, x),
+                                         torch.div(0.1, x), torch.div(2, i + 1), torch.sub(1.5, i), torch.add(2.5, i),
+                                         torch.mul(3, i)), [(3, 5), "i4"]),
 }
 
 
@@ -472,3 +494,12 @@ def test_translation_rows(row):
     assert len(got) == len(flat)
     for g, w in zip(got, flat):
         np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=1e-5, atol=1e-5, err_msg=row)
+
+
+def test_number_on_the_left_keeps_torch_promotion():
+    """A float number with an integer tensor gives float32, an integer number keeps int64, as in torch."""
+    fn, _ = ROWS["number_on_the_left"]
+    xs = [torch.randn(3, 5, generator=torch.Generator().manual_seed(0)), torch.randint(0, 4, (3,))]
+    got = port_program(Fn(fn).eval(), xs, dynamic=False).program(*[engine.tensor(x.numpy(), device=DEVICE) for x in xs])
+    with torch.no_grad():
+        assert [g.dtype.name for g in got] == [str(w.dtype).removeprefix("torch.") for w in fn(*xs)]

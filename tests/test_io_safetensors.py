@@ -339,6 +339,17 @@ def test_bad_index_files_name_the_index(tmp_path, contents, message):
     assert e.value.path == index
 
 
+def test_a_sharded_checkpoint_reads_its_index_once(tmp_path, monkeypatch):
+    import engine.io.safetensors as st
+    save_sharded({"a": np.zeros(10, np.float32), "b": np.ones(10, np.float32)}, tmp_path, 40)
+    reads = []
+    real = st.read_index
+    monkeypatch.setattr(st, "read_index", lambda path: reads.append(path) or real(path))
+    with open_checkpoint(tmp_path) as ck:
+        assert sorted(ck.keys()) == ["a", "b"] and ck.get_numpy("b")[0] == 1
+    assert len(reads) == 1
+
+
 def test_a_sharded_write_replaces_the_checkpoint_as_a_whole(tmp_path, monkeypatch):
     """Killed (here: failing) half-way through the second write, the first checkpoint stays whole;
     the directory's other files are kept, and a finished write leaves no old shard behind."""

@@ -58,6 +58,23 @@ def test_shift_out_of_range(): helper_test_op([(4,), (4,)], lambda a, b: (a << b
 def test_atan2(dts, shapes, view): helper_test_op(shapes, torch.atan2, engine.atan2, dts, low=-3, high=3, noncontig=view)
 @pytest.mark.parametrize("dt", ["int64", "int32", "uint8"])
 def test_int_pow_negative(dt): helper_test_op([(7,), (7,)], torch.pow, engine.pow, dt, vals=[[-3, -2, -1, 0, 1, 2, 3], [-1, -2, -1, 2, -3, -1, 2]] if dt != "uint8" else None)
+# a Python number first, as torch takes it (torch.add(2, t)); torch's promotion (float number, int tensor: float32)
+@pytest.mark.parametrize("dt", NUMERIC)
+def test_add_number_first(dt): helper_test_op([(3, 4)], lambda t: torch.add(2, t), lambda t: engine.add(2, t), dt, low=-4, high=4)
+@pytest.mark.parametrize("dt", NUMERIC)
+def test_sub_number_first_alpha(dt): helper_test_op([(3, 4)], lambda t: torch.sub(2, t, alpha=2), lambda t: engine.sub(2, t, alpha=2), dt, low=-4, high=4)
+@pytest.mark.parametrize("dt", NUMERIC)
+def test_mul_number_first(dt): helper_test_op([(3, 4)], lambda t: torch.mul(3, t), lambda t: engine.mul(3, t), dt, low=-4, high=4)
+@pytest.mark.parametrize("dt", INTS)
+def test_div_number_first_int(dt): helper_test_op([(3, 4)], lambda t: torch.div(2, t), lambda t: engine.div(2, t), dt, low=1, high=9)
+@pytest.mark.parametrize("dt", INTS)
+def test_float_number_first_int(dt): helper_test_op([(3, 4)], lambda t: (torch.add(2.5, t), torch.div(2.5, t)), lambda t: (engine.add(2.5, t), engine.div(2.5, t)), dt, low=1, high=9)
+def test_int_division_by_zero_check_is_skipped_inside_a_capture(monkeypatch):
+    a, b = engine.tensor([7, 8], device=DEVICE), engine.tensor([0, 3], device=DEVICE)
+    with pytest.raises(ZeroDivisionError):
+        a // b
+    monkeypatch.setattr(a.backend, "capturing", lambda: True)  # no host read while a CUDA graph is captured
+    assert (a // b)[1].item() == 2
 
 
 # ---- pointwise with parameters -------------------------------------------------------------------------------

@@ -393,6 +393,26 @@ def test_verify_golden_api_roundtrip(tmp_path):
     assert rep3.first_divergence == "2" and rep3.confirmed is True
 
 
+def test_golden_meta_is_written_atomically(tmp_path, monkeypatch):
+    """meta.json (written last: it marks a complete golden) goes through engine.io.atomic: a failed write
+    leaves neither meta.json nor a temp file behind."""
+    from migration.golden import save_golden
+    (tmp_path / "ref.safetensors").write_bytes(b"ref")
+    real = os.replace
+
+    def replace(src, dst, *a, **k):  # the disk fills up as meta.json is put in place
+        if os.path.basename(dst) == "meta.json":
+            raise OSError(28, "No space left on device")
+        return real(src, dst, *a, **k)
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OSError, match="cannot write .*meta.json"):
+        save_golden(tmp_path / "g", {"dtype": "float32"}, tmp_path / "ref.safetensors", None, [rnd(2, 3)])
+    assert sorted(p.name for p in (tmp_path / "g").iterdir()) == ["inputs.safetensors", "reference.safetensors"]
+    monkeypatch.undo()
+    save_golden(tmp_path / "g", {"dtype": "float32"}, tmp_path / "ref.safetensors", None, [rnd(2, 3)])
+    assert json.loads((tmp_path / "g" / "meta.json").read_text())["dtype"] == "float32"
+
+
 # ---- the hand-written route: skipped calls, None attributes, bfloat16 -----------------------------------------
 class Block2(nn.Module):
     """A residual block whose `downsample` is None (a plain attribute, as in torchvision's ResNet)."""

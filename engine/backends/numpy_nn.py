@@ -154,9 +154,6 @@ class NnKernels:
             out = out + self._f(b, out_dtype).reshape((1, o) + (1,) * nd)
         return self._out(out, out_dtype)
 
-    def conv2d(self, x, w, b, stride, padding, dilation, groups: int, out_dtype):
-        return self.conv(x, w, b, stride, padding, dilation, groups, out_dtype)
-
     def conv_transpose(self, x, w, b, stride, padding, output_padding, dilation, groups: int, out_dtype):
         """A transposed conv is a stride-1 conv over the input spread out by `stride`, padded by
         dilation*(k-1)-padding, with each group's weight transposed and flipped spatially."""
@@ -176,9 +173,6 @@ class NnKernels:
         wt = xp.swapaxes(w.reshape((groups, cg, og) + tuple(k)), 1, 2)[(Ellipsis,) + (slice(None, None, -1),) * nd]
         wt = wt.reshape((groups * og, cg) + tuple(k))
         return self.conv(spread, wt, b, (1,) * nd, pads, dilation, groups, out_dtype)
-
-    def conv_transpose2d(self, x, w, b, stride, padding, output_padding, dilation, groups: int, out_dtype):
-        return self.conv_transpose(x, w, b, stride, padding, output_padding, dilation, groups, out_dtype)
 
     # ---- attention ------------------------------------------------------------------------------------
     def sdpa(self, q, k, v, mask, causal: bool, scale: float, out_dtype):

@@ -66,9 +66,6 @@ class PoolKernels:
         idx = self._plane_index(xp.unravel_index(arg, tuple(k)), osz, sizes, stride, pads, dilation)
         return self._out(vals, out_dtype), self._out(idx, D.int64)
 
-    def max_pool2d(self, x, k, stride, padding, dilation, ceil_mode: bool, out_dtype):
-        return self.max_pool(x, k, stride, padding, dilation, ceil_mode, out_dtype)[0]
-
     def avg_pool(self, x, k, stride, padding, ceil_mode: bool, count_include_pad: bool, divisor, out_dtype):
         """Window sums over the divisor torch uses: the window clipped to input + padding when
         count_include_pad, else to the input; never the extra padding ceil_mode adds. Integer inputs
@@ -97,9 +94,6 @@ class PoolKernels:
             r = s / cnt
         return self._out(r, out_dtype)
 
-    def avg_pool2d(self, x, k, stride, padding, ceil_mode: bool, count_include_pad: bool, divisor, out_dtype):
-        return self.avg_pool(x, k, stride, padding, ceil_mode, count_include_pad, divisor, out_dtype)
-
     def adaptive_pool(self, x, out_size, kind: str, out_dtype):
         """kind 'avg' or 'max' over torch's adaptive windows [floor(i*n/o), ceil((i+1)*n/o)); returns
         (values, indices into each flattened input plane, or None for 'avg')."""
@@ -126,9 +120,6 @@ class PoolKernels:
                 flat_idx = flat_idx * sizes[i] + coords[i] + lo[i]
             idx[at] = flat_idx
         return self._out(out, out_dtype), (None if idx is None else self._out(idx, D.int64))
-
-    def adaptive_avg_pool2d(self, x, out_hw, out_dtype):
-        return self.adaptive_pool(x, out_hw, "avg", out_dtype)[0]
 
     # ---- resampling ----------------------------------------------------------------------------------
     @staticmethod

@@ -364,7 +364,12 @@ def load_index(path) -> dict[str, str]:
     path = Path(path)
     if path.is_dir():
         path = path / INDEX_NAME
-    wm = read_index(path).get("weight_map")
+    return _weight_map(read_index(path), path)
+
+
+def _weight_map(index: dict, path) -> dict[str, str]:
+    """The checked weight_map of an index already read (read_index) from `path`."""
+    wm = index.get("weight_map")
     if not isinstance(wm, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in wm.items()):
         raise SafetensorsError("index must hold a 'weight_map' of tensor name -> shard file name", path)
     for shard in set(wm.values()):
@@ -379,8 +384,9 @@ class ShardedCheckpoint:
         self.index_path = Path(index_path)
         self.directory = self.index_path.parent
         self.mmap = mmap
-        self.weight_map = load_index(self.index_path)
-        index_meta = read_index(self.index_path).get("metadata") or {}
+        index = read_index(self.index_path)  # read and parsed once
+        self.weight_map = _weight_map(index, self.index_path)
+        index_meta = index.get("metadata") or {}
         self.total_size = index_meta.get("total_size")
         self._index_meta = {k: v for k, v in index_meta.items() if isinstance(v, str)}
         self._shards: dict[str, SafetensorsFile] = {}
