@@ -19,6 +19,7 @@ Workloads (stated in the output):
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
@@ -26,11 +27,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
+from bench.discovery import ROOT
 from bench.measure import peak_rss
 
-ROOT = Path(__file__).resolve().parents[1]
 CHILD_CODE = "import sys; from bench.claims import child_main; sys.exit(child_main(sys.argv[1]))"
 GIB = 1 << 30
 
@@ -122,14 +122,17 @@ def _decode_models(im, spec):
     build = time.perf_counter() - t0
     P, n = spec["prompt_len"], spec["new_tokens"]
     prompt = np.random.default_rng(0).integers(0, lm.config["vocab_size"], (1, P))
-    lm.generate(prompt, 3)  # compile / capture outside the timed steps
+    # compile / capture outside the timed steps, at the timed shape (prompt + n + 1: the decoder, its
+    # static cache and captured step serve every run of one shape) and through n steps, as timed
+    lm.generate(prompt, n + 1)
     t0 = time.perf_counter()
     tok = int(lm.start(prompt, n + 1)[0])
     prefill = time.perf_counter() - t0
 
     def step(t):
         lm.step()
-        return int(lm.tokens()[0, -1])  # reads the token on the host: each step is synchronised
+        lm.impl.synchronize()  # each step is synchronised; the token stays on the device
+        return t
 
     def crop():
         lm.start(prompt, n + 1)
@@ -140,7 +143,7 @@ def _child_decode(spec):
     from suites.common import get_impl
 
     im = get_impl(spec["impl"], spec["device"], spec["dtype"])
-    kind = {"models": _decode_models, "graph": _decode_models}.get(spec["workload"], _decode_functional)
+    kind = _decode_models if spec["workload"] == "models" else _decode_functional
     build, prefill, tok, step, crop = kind(im, spec)
     step(tok)  # warm-up step, not timed
     crop()
@@ -150,13 +153,12 @@ def _child_decode(spec):
         sampler = UtilizationSampler()
     steps = []
     t_start = time.perf_counter()
-    ctx = sampler if sampler is not None else _Null()
-    with ctx:
+    with sampler if sampler is not None else contextlib.nullcontext():
         while len(steps) < spec["min_tokens"] or time.perf_counter() - t_start < spec["min_seconds"]:
             t = tok
             for _ in range(spec["new_tokens"]):
                 t0 = time.perf_counter()
-                t = step(t)  # reads the token on the host: each step is synchronised
+                t = step(t)  # each step is synchronised
                 steps.append(time.perf_counter() - t0)
             crop()
     out = {"tokens_per_s": len(steps) / sum(steps), "ms_per_token_median": sorted(steps)[len(steps) // 2] * 1e3,
@@ -187,14 +189,6 @@ def _child_alloc(spec):
             burst()
         best = max(best, n_bursts * len(sizes) / (time.perf_counter() - t0))
     return {"allocs_per_s": best}
-
-
-class _Null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 CHILDREN = {"load": _child_load, "memory": _child_memory, "decode": _child_decode, "alloc": _child_alloc}
@@ -250,14 +244,13 @@ def _pair(specs: dict) -> tuple[dict, str | None]:
 
 def _cuda_status() -> tuple[bool, str]:
     """(usable, why not) for the engine and torch on cuda."""
-    from suites.common import available, get_impl
+    from suites.common import get_impl
     why = []
     for impl in ("engine", "torch"):
-        if not available(impl, "cuda"):
-            try:
-                get_impl(impl, "cuda")
-            except NotImplementedError as e:
-                why.append(str(e))
+        try:
+            get_impl(impl, "cuda")
+        except NotImplementedError as e:
+            why.append(str(e))
     return (not why), "; ".join(w.split(". ")[0] for w in why)
 
 

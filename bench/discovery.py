@@ -21,6 +21,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# asv's defaults of the benchmark attributes (rounds falls back to the older name, processes)
+DEFAULTS = {"number": 0, "repeat": 0, "processes": 2, "min_run_count": 2, "sample_time": 0.01, "warmup_time": -1,
+            "timeout": 60.0}
+
 _KINDS = [("time", re.compile(r"^(Time[A-Z_].+)|(time_.+)$")), ("track", re.compile(r"^(Track[A-Z_].+)|(track_.+)$")),
           ("peakmem", re.compile(r"^(Peakmem[A-Z_].+)|(peakmem_.+)$")), ("mem", re.compile(r"^(Mem[A-Z_].+)|(mem_.+)$")),
           ("timeraw", re.compile(r"^(Timeraw[A-Z_].+)|(timeraw_.+)$"))]
@@ -94,6 +98,17 @@ class Bench:
             parts.append(src if self.klass is None else f"class {self.klass.__name__}:\n" + textwrap.indent(src, "    "))
         return "\n\n".join(parts)
 
+    def attrs(self) -> dict:
+        """number, repeat, rounds, min_run_count, sample_time, warmup_time, timeout: the benchmark's
+        own, else asv's DEFAULTS."""
+        d = DEFAULTS
+        return {"number": int(self.get("number", d["number"])), "repeat": self.get("repeat", d["repeat"]),
+                "rounds": int(self.get("rounds", self.get("processes", d["processes"]))),
+                "min_run_count": int(self.get("min_run_count", d["min_run_count"])),
+                "sample_time": float(self.get("sample_time", d["sample_time"])),
+                "warmup_time": float(self.get("warmup_time", d["warmup_time"])),
+                "timeout": float(self.get("timeout", d["timeout"]))}
+
     def get_func(self):
         return getattr(self.klass, self.attr) if self.klass else getattr(self.module, self.attr)
 
@@ -101,16 +116,13 @@ class Bench:
         """The benchmarks.json entry asv would write."""
         code = self.code()
         version = self.get("version", None)
+        attrs = self.attrs()
         m = {"code": code, "name": self.name, "param_names": self.param_names, "params": self.param_reprs(),
              "type": self.kind, "unit": self.get("unit", _UNITS.get(self.kind, "unit")),
              "version": str(version) if version is not None else hashlib.sha256(code.encode()).hexdigest(),
-             "timeout": float(self.get("timeout", 60.0))}
+             "timeout": attrs.pop("timeout")}
         if self.kind == "time":
-            m.update({"number": int(self.get("number", 0)), "repeat": self.get("repeat", 0),
-                      "rounds": int(self.get("rounds", self.get("processes", 2))),
-                      "min_run_count": int(self.get("min_run_count", 2)),
-                      "sample_time": float(self.get("sample_time", 0.01)),
-                      "warmup_time": float(self.get("warmup_time", -1))})
+            m.update(attrs)
         if self.setup_cache is not None:
             m["setup_cache_key"] = f"{self.module.__name__.split('.', 1)[-1]}:{self.klass.__name__ if self.klass else ''}"
         return m

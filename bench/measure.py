@@ -209,10 +209,7 @@ def run_combo(bench: Bench, args: tuple, attrs: dict) -> dict:
 
 def run_attrs(bench, quick: bool) -> dict:
     """number, repeat, rounds, min_run_count, sample_time, warmup_time, timeout (asv --quick: one call)."""
-    a = {"number": int(bench.get("number", 0)), "repeat": bench.get("repeat", 0),
-         "rounds": int(bench.get("rounds", bench.get("processes", 2))),
-         "min_run_count": int(bench.get("min_run_count", 2)), "sample_time": float(bench.get("sample_time", 0.01)),
-         "warmup_time": float(bench.get("warmup_time", -1)), "timeout": float(bench.get("timeout", 60.0))}
+    a = bench.attrs()  # the benchmark's own, else asv's defaults (bench.discovery.DEFAULTS)
     if quick:
         a.update(number=1, repeat=1, warmup_time=0.0, rounds=1)
     return a

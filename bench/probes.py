@@ -25,10 +25,6 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-UTILIZATION_CAVEAT = ("NVML utilisation is the share of time in which at least one kernel was running; "
-                      "it says a kernel was running, not how busy the SMs or the memory were")
-
-
 def cpu_name() -> str | None:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
@@ -221,7 +217,7 @@ class UtilizationSampler:
 
         with UtilizationSampler() as u:
             run_workload()
-        u.mean  # None without NVML; read UTILIZATION_CAVEAT before quoting it
+        u.mean  # None without NVML; read reports.claims.UTILIZATION_CAVEAT before quoting it
     """
 
     def __init__(self, index: int = 0, interval_s: float = 0.05):

@@ -29,7 +29,8 @@ import time
 import traceback
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench.discovery import ROOT
+
 CACHE_FILE = "taper-setup-cache.pickle"
 
 

@@ -125,8 +125,14 @@ class Impl:
     def _ops(self) -> dict:
         return {}
 
+    @functools.cached_property
+    def _op_table(self) -> dict:
+        """_ops() built once per instance: an op keeps its state (torch-compile's compiled function,
+        onnxruntime's exported sessions) from one lookup to the next."""
+        return self._ops()
+
     def op(self, name: str):
-        fn = self._ops().get(name)
+        fn = self._op_table.get(name)
         if fn is None:
             raise Unavailable(f"{self.name} has no {name} (on {self.device}, {self.dtype})")
         return fn
@@ -248,6 +254,17 @@ class Model:
     def tap(self, names, callback):
         raise TapsUnsupported(f"{self.impl.name} runs {self.source} as one program: no per-layer outputs")
         yield  # pragma: no cover
+
+
+def touch(arrays: dict) -> int:
+    """Read one byte of every 4 KiB page of each host array (so that mmap'd weights are resident,
+    exactly as copied ones already are); the same code for every implementation."""
+    total = 0
+    for a in arrays.values():
+        flat = np.asarray(a).reshape(-1).view(np.uint8)
+        if flat.size:
+            total += int(flat[::4096].sum(dtype=np.uint64))
+    return total
 
 
 def as_ids(ids) -> np.ndarray:

@@ -8,7 +8,7 @@ import operator
 import numpy as np
 
 import engine
-from impls.base import CudaEvents, Impl, Model, Unavailable, WallEvents, as_ids
+from impls.base import CudaEvents, Impl, Model, Unavailable, WallEvents, as_ids, touch
 from impls import sources
 
 
@@ -27,7 +27,6 @@ class EngineImpl(Impl):
             raise Unavailable(f"engine: device {device} is not available")
         self.backend = backend
         self.edtype = getattr(engine, dtype)
-        self.functional = engine.functional
 
     @property
     def label(self):
@@ -136,18 +135,15 @@ class EngineImpl(Impl):
         """A 2 GiB device-to-device copy through the backend, timed with CUDA events."""
         if not self.is_cuda:
             return None
-        import cupy
         n = 1 << 30
         a, b = engine.empty(n, dtype=engine.uint8, device=self.device), engine.empty(n, dtype=engine.uint8,
                                                                                      device=self.device)
         b.copy_(a)
-        s, e = cupy.cuda.Event(), cupy.cuda.Event()
-        s.record()
+        ev = self.events()
+        ev.start()
         for _ in range(10):
             b.copy_(a)
-        e.record()
-        e.synchronize()
-        return 2 * n / (cupy.cuda.get_elapsed_time(s, e) / 10 / 1e3) / 1e9
+        return 2 * n / (ev.stop() / 10) / 1e9
 
     def empty_cache(self):
         self.backend.pool.empty_cache()
@@ -205,14 +201,3 @@ class EngineModel(Model):
             yield self
         finally:
             self.module.set_taps(None)
-
-
-def touch(arrays: dict) -> int:
-    """Read one byte of every 4 KiB page of each host array (so that mmap'd weights are resident,
-    exactly as copied ones already are); the same code for every implementation."""
-    total = 0
-    for a in arrays.values():
-        flat = np.asarray(a).reshape(-1).view(np.uint8)
-        if flat.size:
-            total += int(flat[::4096].sum(dtype=np.uint64))
-    return total

@@ -15,8 +15,8 @@ import warnings
 
 import numpy as np
 
-from impls.base import Model, TapsUnsupported, Unavailable, as_ids
-from impls.torch_eager import TorchImpl, model_config, torch
+from impls.base import Impl, Model, TapsUnsupported, Unavailable, as_ids
+from impls.torch_eager import TorchImpl, torch
 
 try:
     import onnxruntime as ort
@@ -47,6 +47,11 @@ class OnnxRuntimeImpl(TorchImpl):
     @property
     def label(self):
         return f"onnxruntime {ort.__version__} ({self.providers[0]})"
+
+    @property
+    def model_class(self):
+        """What load() (TorchImpl's: the torch module it builds is what gets exported) returns."""
+        return OrtModel
 
     # ---- sessions -------------------------------------------------------------------------------------------
     def session(self, module, example: tuple):
@@ -92,18 +97,11 @@ class OnnxRuntimeImpl(TorchImpl):
     def to_numpy(self, x):
         return np.asarray(x.numpy(), dtype=np.float32)
 
-    def load(self, source, seed: int = 0, weights=None, module=None, loop: str = "default", **options):
-        if loop != "default":
-            raise Unavailable(f"{self.name} has one decode loop (loop={loop!r} is the engine's)")
-        module, src, inputs = self.build_module(source, seed, weights, module, **options)
-        wb = sum(p.numel() * p.element_size() for p in module.parameters())
-        return OrtModel(self, src, module, model_config(src, module), wb, inputs)
-
     def load_checkpoint(self, path):
         raise Unavailable("onnxruntime loads exported graphs, not checkpoints")
 
     def memory_stats(self):
-        return {"allocated_bytes": None, "peak_bytes": None, "reserved_bytes": None, "source": None}
+        return Impl.memory_stats(self)  # none kept (not torch's allocator: the sessions run the work)
 
     def synchronize(self):
         pass  # session.run returns when its outputs are ready
@@ -124,40 +122,55 @@ class _Wrap(torch.nn.Module if torch is not None else object):
 _TENSOR = object()  # marks where a tensor argument goes
 
 
+class _Sessions(dict):
+    """key -> (InferenceSession, its input names), each exported once, on first use; export_s: the
+    seconds spent exporting so far."""
+
+    def __init__(self, impl):
+        super().__init__()
+        self.impl, self.export_s = impl, 0.0
+
+    def get_or_export(self, key, build) -> tuple:
+        """The session for key; on first use build() gives (module, example torch tensors) and the
+        module is exported at the example's shapes."""
+        if key not in self:
+            t0 = time.perf_counter()
+            sess = self.impl.session(*build())
+            self[key] = (sess, [i.name for i in sess.get_inputs()])
+            self.export_s += time.perf_counter() - t0
+        return self[key]
+
+
 class _OrtOp:
     """op(*args, **kwargs) -> OrtValue, OrtValue arguments feeding the graph and the others baked in;
     exported on first use per shapes and arguments."""
 
     def __init__(self, impl, name, fn):
-        self.impl, self.name, self.fn, self.sessions = impl, name, fn, {}
+        self.impl, self.name, self.fn, self.sessions = impl, name, fn, _Sessions(impl)
 
     def __call__(self, *args, **kwargs):
         vals = [a for a in args if isinstance(a, ort.OrtValue)]
         spec = tuple(_TENSOR if isinstance(a, ort.OrtValue) else a for a in args)
         key = (tuple((tuple(v.shape()), v.data_type()) for v in vals),
                tuple("T" if a is _TENSOR else repr(a) for a in spec), tuple(sorted(kwargs.items())))
-        if key not in self.sessions:
-            example = tuple(torch.from_numpy(v.numpy()) for v in vals)
-            sess = self.impl.session(_Wrap(self.fn, spec, kwargs), example)
-            self.sessions[key] = (sess, [i.name for i in sess.get_inputs()])
-        sess, names = self.sessions[key]
+        sess, names = self.sessions.get_or_export(
+            key, lambda: (_Wrap(self.fn, spec, kwargs), tuple(torch.from_numpy(v.numpy()) for v in vals)))
         return sess.run_with_ort_values(None, dict(zip(names, vals)))[0]
 
 
 class OrtModel(Model):
     def __init__(self, impl, source, module, config, weight_bytes, inputs=None):
         super().__init__(impl, source, config, weight_bytes)
-        self.module, self.example_inputs, self.sessions = module, inputs, {}
-        self.export_s = 0.0
+        self.module, self.example_inputs, self.sessions = module, inputs, _Sessions(impl)
+
+    @property
+    def export_s(self) -> float:
+        """Seconds spent exporting this model's graphs (kept apart from the timed runs)."""
+        return self.sessions.export_s
 
     def _run(self, key, wrapper, host_inputs):
-        if key not in self.sessions:
-            t0 = time.perf_counter()
-            example = tuple(self.impl.as_input(a) for a in host_inputs)
-            sess = self.impl.session(wrapper, example)
-            self.sessions[key] = (sess, [i.name for i in sess.get_inputs()])
-            self.export_s += time.perf_counter() - t0
-        sess, names = self.sessions[key]
+        sess, names = self.sessions.get_or_export(
+            key, lambda: (wrapper, tuple(self.impl.as_input(a) for a in host_inputs)))
         feeds = {n: _feed(self.impl, a) for n, a in zip(names, host_inputs)}
         return [np.asarray(o) for o in sess.run(None, feeds)]
 

@@ -9,7 +9,7 @@ import inspect
 import numpy as np
 
 from impls import sources
-from impls.base import CudaEvents, Impl, Model, Unavailable, WallEvents, as_ids
+from impls.base import CudaEvents, Impl, Model, Unavailable, WallEvents, as_ids, touch
 
 try:
     import torch
@@ -29,7 +29,6 @@ class TorchImpl(Impl):
         torch.set_grad_enabled(False)  # inference: no autograd bookkeeping in any timed call
         self.tdevice = torch.device(device)
         self.tdtype = getattr(torch, dtype)
-        self.functional = torch.nn.functional
 
     @property
     def model_class(self):
@@ -102,7 +101,6 @@ class TorchImpl(Impl):
         if self.is_cuda:
             self.synchronize()
         else:
-            from impls.engine import touch
             touch({k: v.contiguous().reshape(-1).view(torch.uint8).numpy() for k, v in out.items()})
         return out
 

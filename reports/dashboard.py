@@ -22,9 +22,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from engine.io.atomic import atomic_write_text
+
 from . import plots, roles, summary
 from .compare import to_markdown, wide
-from .results import latest, load_results, write_text_atomic
+from .results import latest, load_results
 from .units import as_display, fmt, scale_for
 
 CSS = """body{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:75em;padding:0 1em;
@@ -328,14 +330,15 @@ def check_publish(asv_config) -> Path:
     return conf_path
 
 
-def asv_publish(results_dirs, html_dir, asv_config="asv.conf.json") -> Path:
+def asv_publish(results_dirs, html_dir, asv_config="asv.conf.json", *, checked: Path | None = None) -> Path:
     """Run `asv publish` over the given results directories into html_dir; returns its index.html.
 
     asv reads one results directory named in its config, so this writes a temporary config with
     absolute paths (and, for several directories, a merged copy of their machine folders). asv
-    writes into a temporary folder that replaces html_dir only when it succeeded.
+    writes into a temporary folder that replaces html_dir only when it succeeded. checked: what
+    check_publish(asv_config) returned already (it is not checked again).
     """
-    conf_path = check_publish(asv_config)
+    conf_path = checked if checked is not None else check_publish(asv_config)
     conf = json.loads(conf_path.read_text(encoding="utf-8"))
     html_dir = Path(html_dir)
     with tempfile.TemporaryDirectory(prefix="taper-publish-") as tmp:
@@ -375,11 +378,10 @@ def build_report(results, out, *, asv=False, asv_config="asv.conf.json", rooflin
     out = Path(out)
     every = load_results(dirs)
     stale = every.attrs.get("stale", [])
-    if asv:
-        check_publish(asv_config)
+    checked = check_publish(asv_config) if asv else None
     newest = latest(every)
     table = wide(newest, candidate)
-    asv_index = asv_publish(dirs, out / "asv", asv_config) if asv else None
+    asv_index = asv_publish(dirs, out / "asv", asv_config, checked=checked) if asv else None
     out.mkdir(parents=True, exist_ok=True)
     sections = [_section(m, rows.reset_index(drop=True), table[table["machine"] == m], out,
                          roofline, candidate) for m, rows in newest.groupby("machine", sort=True)]
@@ -391,8 +393,8 @@ def build_report(results, out, *, asv=False, asv_config="asv.conf.json", rooflin
             history[machine] = chart.name
     summ = _summary(table, every, candidate)
     link = asv_index.relative_to(out).as_posix() if asv_index else None
-    md = write_text_atomic(out / "report.md", _markdown(summ, sections, link, candidate))
-    page = write_text_atomic(out / "index.html", _html(summ, sections, link, candidate, history))
+    md = atomic_write_text(out / "report.md", _markdown(summ, sections, link, candidate))
+    page = atomic_write_text(out / "index.html", _html(summ, sections, link, candidate, history))
     charts = [out / s_["chart"] for s in sections for s_ in s["suites"] if s_["chart"]]
     charts += [out / name for s in sections for _, name in s["charts"]]
     charts += [out / name for name in history.values()]

@@ -42,13 +42,14 @@ def label(row, params) -> str:
 
 
 def _save(fig, path) -> Path:
-    from .results import write_bytes_atomic
     import io
+
+    from engine.io.atomic import atomic_write_bytes
 
     buf = io.BytesIO()
     fig.savefig(buf, dpi=100, format="png", bbox_inches="tight")
     plt.close(fig)
-    return write_bytes_atomic(path, buf.getvalue())
+    return atomic_write_bytes(path, buf.getvalue())
 
 
 def _legend_outside(ax, handles=None, labels=None, title=None):

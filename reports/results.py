@@ -23,9 +23,8 @@ from pathlib import Path
 
 import pandas as pd
 
-# the one atomic write (temp + fsync + rename; stale temps of killed writers cleanable), under reports' names
-from engine.io.atomic import atomic_write_bytes as write_bytes_atomic  # noqa: F401
-from engine.io.atomic import atomic_write_text as write_text_atomic
+# the one atomic write (temp + fsync + rename; stale temps of killed writers cleanable)
+from engine.io.atomic import atomic_write_text
 
 SIDECAR = "taper-env.json"
 SIDECAR_KEYS = ("card", "driver", "clocks", "cpu")
@@ -79,7 +78,7 @@ def read_env_sidecar(machine_dir: Path) -> dict:
 def write_env_sidecar(results_dir, machine: str, *, card=None, driver=None, clocks=None, cpu=None):
     """Write ``<results_dir>/<machine>/taper-env.json``; returns its path."""
     data = {"card": card, "driver": driver, "clocks": clocks, "cpu": cpu}
-    return write_text_atomic(Path(results_dir) / machine / SIDECAR, json.dumps(data, indent=2) + "\n")
+    return atomic_write_text(Path(results_dir) / machine / SIDECAR, json.dumps(data, indent=2) + "\n")
 
 
 def _field_list(path, bench, field, value, n):
@@ -184,7 +183,6 @@ def load_results(paths) -> pd.DataFrame:
     if not rows:
         raise ResultsError(f"no benchmark results found under {', '.join(map(str, paths))}")
     df = pd.DataFrame(rows)
-    df.attrs["stale"] = stale
     for col in [c for c in df.columns if c not in CORE_COLUMNS]:  # keep 4 as 4, not 4.0
         df[col] = pd.Series([r.get(col) for r in rows], dtype=object, index=df.index)
     df = df[CORE_COLUMNS + [c for c in df.columns if c not in CORE_COLUMNS]]

@@ -56,7 +56,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from reports import stats  # noqa: E402
 from bench.asv import bench_regex  # noqa: E402
 from reports.gate import load_config, run_gate, settings_for  # noqa: E402
-from reports.results import load_results, write_text_atomic  # noqa: E402
+from engine.io.atomic import atomic_write_text as write_text_atomic  # noqa: E402
+from reports.results import load_results  # noqa: E402
 from gate_evidence_report import PARAMS, TARGETS, headline, readme, summarise  # noqa: E402
 
 HARNESS = ROOT / "tests" / "data" / "asv_tiny" / "harness.py"

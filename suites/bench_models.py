@@ -21,6 +21,7 @@ import time
 from suites.common import DEVICES, DTYPES, IMPLS, get_impl, prepared, sizes, warm_page_cache, write_model_dir
 
 MODELS = sizes(["llama:tiny", "llama:tinyllama-1.1b"], ["llama:tiny"])
+UTIL_TOKENS = 64  # new tokens per sampled generate (the warm-up runs the same length: one decoder shape)
 
 
 def _cpu_16bit_skip(device, dtype, model):
@@ -78,14 +79,14 @@ class DecodeUtilization:
         self.sampler_cls = UtilizationSampler
         self.lm = load(impl, device, dtype, model)
         self.ids = prompt_ids(self.lm.config["vocab_size"], 1, 128)
-        self.lm.generate(self.ids, 8)  # compile / capture first
+        self.lm.generate(self.ids, UTIL_TOKENS)  # compile / capture first, at the sampled shape
 
     def track_gpu_utilization_percent(self, impl, device, dtype, model):
         lm = self.lm
         with self.sampler_cls(interval_s=0.05) as u:
             t_end = time.perf_counter() + 3.0
             while time.perf_counter() < t_end:
-                lm.generate(self.ids, 64)
+                lm.generate(self.ids, UTIL_TOKENS)
         return u.mean
 
     track_gpu_utilization_percent.unit = "utilization_percent"

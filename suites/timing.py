@@ -1,5 +1,5 @@
-"""Device timing for the suites: wall-clock and CUDA-event timers, and the prepared benchmark Case
-with its device time and peak memory per call. suites.common re-exports these names."""
+"""Device timing for the suites: the prepared benchmark Case with its device time (the adapter's
+events(): CUDA events on a GPU) and peak memory per call. suites.common re-exports these names."""
 from __future__ import annotations
 
 import math
@@ -9,14 +9,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from impls.base import CudaEvents, WallEvents
 from suites.config import QUICK
 
 if TYPE_CHECKING:
     from impls.base import Impl
-
-
-_WallEvents, _CudaEvents = WallEvents, CudaEvents
 
 
 @dataclass

@@ -82,3 +82,28 @@ def test_evaluate_fills_unmeasured_claims_and_renders():
     assert all(r["verdict"].startswith("not measurable here (not measured") for r in rows if r["key"] != "alloc")
     md = table(rows, markdown=True)
     assert md.count("\n") == len(CLAIMS) + 1 and "| claim |" in md
+
+
+def test_claims_decode_warms_the_timed_shape(monkeypatch):
+    """The models workload warms up at the shape it times: one decoder (one capture) serves the
+    warm-up, the timed prefill and every timed step."""
+    import engine.generation
+    import impls
+    from bench.claims import _decode_models
+
+    built = []
+
+    class Counted(engine.generation.Decoder):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            built.append(self)
+    monkeypatch.setattr(engine.generation, "Decoder", Counted)
+    build, prefill, tok, step, crop = _decode_models(impls.get("engine"), {"model": "llama:tiny", "prompt_len": 8,
+                                                                           "new_tokens": 4})
+    assert len(built) == 1 and built[0].step_fn.calls >= 3  # captured (planned on the cpu) before timing
+    assert built[0].count == 1 and built[0].max_len == 8 + 4 + 1  # the timed prefill ran at the timed shape
+    step(tok)
+    crop()
+    for _ in range(4):
+        assert step(tok) == tok
+    assert len(built) == 1 and built[0].count == 5

@@ -69,3 +69,20 @@ def test_decode_loops_agree_on_greedy_tokens():
 def test_a_loop_an_implementation_lacks_is_its_reason():
     with pytest.raises(impls.Unavailable, match="one decode loop"):
         impls.get("torch").load("llama:tiny", loop="eager")
+
+
+def test_ops_are_built_once_per_implementation():
+    """op() and F.<op> hand out the same callable each time (torch-compile's keeps its compiled
+    function, onnxruntime's its exported sessions)."""
+    for n in impls.NAMES:
+        if not impls.available(n):
+            continue
+        im = impls.get(n, "cpu")
+        assert im.op("softmax") is im.op("softmax") is im.F.softmax, n
+
+
+def test_touch_reads_one_byte_per_page():
+    from impls.base import touch
+    a = np.zeros(3 * 4096 + 1, np.uint8)
+    a[::4096] = 1
+    assert touch({"a": a, "b": np.ones(0, np.float32)}) == 4

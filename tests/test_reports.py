@@ -329,6 +329,16 @@ def test_report_for_two_machines_with_asv_publish(tiny, tmp_path):
     assert f"run: {started}" in md
 
 
+def test_asv_publish_is_checked_once(tiny, tmp_path, monkeypatch):
+    from reports import dashboard
+
+    calls = []
+    check = dashboard.check_publish
+    monkeypatch.setattr(dashboard, "check_publish", lambda conf: calls.append(conf) or check(conf))
+    paths = build_report(tiny["base"], tmp_path / "report", asv=True, asv_config=tiny["repo"] / "asv.conf.json")
+    assert paths["asv"].exists() and calls == [tiny["repo"] / "asv.conf.json"]
+
+
 def test_history_and_regressions_over_two_commits(tiny, tmp_path):
     repo = tmp_path / "repo"
     shutil.copytree(tiny["repo"], repo)

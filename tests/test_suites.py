@@ -170,6 +170,26 @@ def test_llm_suite_runs_tiny_on_cpu_with_every_implementation(discovered):
         assert isinstance(dec, float) and dec > 0 or "no decode loop" in str(dec), (name, dec)
 
 
+def test_run_attrs_and_metadata_share_asv_defaults():
+    import types
+
+    from bench.discovery import DEFAULTS, Bench
+
+    class T:
+        def time_x(self):
+            pass
+    b = Bench("bench_x.T.time_x", "time", types.ModuleType("bench_x"), T, "time_x")
+    a = run_attrs(b, quick=False)
+    assert a == {"number": 0, "repeat": 0, "rounds": 2, "min_run_count": 2, "sample_time": 0.01,
+                 "warmup_time": -1.0, "timeout": 60.0}
+    assert {k: b.meta()[k] for k in a} == a and a["rounds"] == DEFAULTS["processes"]
+    T.processes, T.timeout = 3, 5
+    assert run_attrs(b, quick=False)["rounds"] == 3 and b.meta()["timeout"] == 5.0
+    T.rounds = 4
+    assert run_attrs(b, quick=True) == {**a, "number": 1, "repeat": 1, "rounds": 1, "warmup_time": 0.0, "timeout": 5.0}
+    assert b.meta()["rounds"] == 4
+
+
 # ---- the adapters ------------------------------------------------------------------------------------------
 def test_adapters_agree_on_ops():
     from suites.common import get_impl
@@ -260,3 +280,48 @@ def test_ops_suite_runs_with_every_implementation(discovered):
     for n in ("torch-compile", "onnxruntime"):
         if impls.available(n):
             assert any(isinstance(v, float) for (name, i), v in ran.items() if i == n), (n, ran)
+
+
+# ---- memoised measurements and warm-ups ------------------------------------------------------------------------
+def test_measured_keeps_results_and_skips():
+    """A skip raised after a costly load (e.g. onnxruntime's start) is kept like a result: later
+    track_ methods of the same parameter set raise the same reason without measuring again."""
+    import suites.common as common
+    calls = []
+
+    def skip():
+        calls.append("skip")
+        raise impls.Unavailable("onnxruntime: no decode loop (test)")
+
+    def value():
+        calls.append("value")
+        return {"x": 1.0}
+    keys = (("test", "skip", object()), ("test", "value", object()))
+    try:
+        for _ in range(3):
+            with pytest.raises(impls.Unavailable, match=r"^onnxruntime: no decode loop \(test\)$"):
+                common.measured(keys[0], skip)
+            assert common.measured(keys[1], value) == {"x": 1.0}
+        assert calls == ["skip", "value"]
+    finally:
+        for k in keys:
+            common._MEASURED.pop(k, None)
+
+
+def test_llm_warm_up_warms_the_timed_shape(monkeypatch):
+    """warm_up runs the timed loop itself: the timed runs reuse its decoder (no second capture)."""
+    import engine.generation
+    from suites import bench_llm
+
+    built = []
+
+    class Counted(engine.generation.Decoder):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            built.append(self)
+    monkeypatch.setattr(engine.generation, "Decoder", Counted)
+    lm = impls.get("engine").load("llama:tiny")
+    bench_llm.warm_up(lm, 1, steps=4)
+    bench_llm.decode_seconds(lm, 1, steps=4)
+    assert len(built) == 1 and lm.decoder is built[0]
+    assert lm.decoder.step_fn.calls == 4 + 4  # one step function: warmed, recorded, planned in the warm-up

@@ -186,7 +186,7 @@ def run(args) -> int:
     text = result.markdown()
     print(text)
     if args.markdown:
-        from reports.results import write_text_atomic
+        from engine.io.atomic import atomic_write_text
 
-        write_text_atomic(args.markdown, text + "\n")
+        atomic_write_text(args.markdown, text + "\n")
     return result.exit_code
