@@ -21,6 +21,7 @@ import copy
 import inspect
 import os
 import re
+import sys
 import warnings
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
@@ -78,13 +79,17 @@ def _torch_dir() -> str:
 
 
 def short_path(path: str) -> str:
-    """A source path as shown in reports: relative to the working directory, or from site-packages on."""
+    """A source path as shown in reports: relative to the working directory, else the module path below
+    the sys.path entry it came from (site-packages, a pip --target folder): transformers/activations.py."""
     try:
         rel = os.path.relpath(path)
         if not rel.startswith(".."):
             return rel
     except ValueError:
         pass
+    roots = [r for r in (os.path.abspath(p) for p in sys.path if p) if path.startswith(r.rstrip(os.sep) + os.sep)]
+    if roots:
+        return os.path.relpath(path, max(roots, key=len))
     m = re.search(r"[/\\](?:site|dist)-packages[/\\](.+)$", path)
     return m.group(1) if m else path
 

@@ -162,6 +162,15 @@ def _meta(out_e, out_t):
     assert out_e.dtype.name == ENGINE_DTYPES[out_t.dtype], f"dtype {out_e.dtype.name} != torch {out_t.dtype}"
 
 
+def _cpu(out):
+    if isinstance(out, torch.Tensor):
+        return out.cpu()
+    if isinstance(out, (list, tuple)):
+        items = [_cpu(o) for o in out]
+        return type(out)(*items) if hasattr(out, "_fields") else type(out)(items)  # namedtuple / structseq
+    return out
+
+
 # ---- one sample ----------------------------------------------------------------------------------------------
 def run_sample(op, fn, sample, dtype, scale: float = 1.0) -> tuple[str, str]:
     """(class, detail) for one OpInfo sample; see the module docstring for the classes. `scale`
@@ -183,6 +192,7 @@ def run_sample(op, fn, sample, dtype, scale: float = 1.0) -> tuple[str, str]:
             ref = op(*r_args, **r_kwargs) if reduced else None
         except Exception:  # noqa: BLE001  no float64 kernel: judge against torch's own 16-bit result
             ref, reduced = None, False
+    out_t = _cpu(out_t)  # a sample may ask torch for device='cuda' (like-functions where torch has CUDA)
     if any(d not in ENGINE_DTYPES for d in _out_dtypes(out_t)):
         return "n/a", "torch's output dtype is outside the engine"
     try:

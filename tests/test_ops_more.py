@@ -329,3 +329,18 @@ def test_addr_refuses_float_scalars_for_ints():
     for mod, i in ((torch, torch.ones), (engine, engine.ones)):
         with pytest.raises((RuntimeError, TypeError), match="beta"):
             mod.addr(i(2, 2, dtype=mod.int64), i(2, dtype=mod.int64), i(2, dtype=mod.int64), beta=0.5)
+
+
+# ---- repeated-index updates without ufunc.at (cupy lacks multiply.at, and add.at for uint8, bool, 16-bit) -------
+@pytest.mark.parametrize("op", ["add", "multiply", "maximum", "minimum"])
+@pytest.mark.parametrize("dt", ["float32", "float16", "int64", "uint8", "bool"])
+def test_at_rounds_equal_ufunc_at(op, dt):
+    rng = np.random.default_rng(0)
+    out, src = rng.integers(0, 4, (6, 4)).astype(dt), rng.integers(0, 4, (10, 4)).astype(dt)
+    key = (rng.integers(0, 6, (10, 4)), np.arange(4)[None, :])
+    want = out.astype(np.float32) if dt == "bool" else out.copy()  # numpy has no add.at for bool: or / and
+    getattr(np, op).at(want, key, src.astype(want.dtype))
+    b = engine.tensor([0], device=DEVICE).backend  # the device's array library (numpy or cupy)
+    got = b.xp.asarray(out)
+    b._at_rounds(op, got, tuple(b.xp.asarray(k) for k in key), b.xp.asarray(src))
+    np.testing.assert_array_equal(got.get() if hasattr(got, "get") else got, want != 0 if dt == "bool" else want)

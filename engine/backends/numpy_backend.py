@@ -189,6 +189,7 @@ class NumpyBackend(NnKernels, PoolKernels, PointwiseKernels, IndexKernels, Fused
                "bitwise_xor": "bitwise_xor"}
 
     _INT_DIVISION = ("floor_divide", "remainder", "fmod", "div_trunc", "div_floor")
+    _FLOOR = ("floor_divide", "remainder")  # of floats: _floor_div_mod, torch's algorithm on every backend
 
     def binary(self, op: str, a, b, compute: D.DType, out_dtype: D.DType):
         """a, b: arrays or Python scalars; both are cast to `compute` (16-bit floats to float32)."""
@@ -196,7 +197,7 @@ class NumpyBackend(NnKernels, PoolKernels, PointwiseKernels, IndexKernels, Fused
         a, b = self._c(a, cd), self._c(b, cd)
         if cd.kind in "iub" and op in self._INT_DIVISION:
             self._check_divisor(b, op)
-        if op not in self._BINARY or (op == "pow" and cd.kind in "iu"):
+        if op not in self._BINARY or (op == "pow" and cd.kind in "iu") or (op in self._FLOOR and cd.kind == "f"):
             with np.errstate(all="ignore"):
                 return self._out(self._binary_extra(op, a, b), out_dtype)
         fn = getattr(self.xp, self._BINARY[op])
@@ -315,9 +316,9 @@ class NumpyBackend(NnKernels, PoolKernels, PointwiseKernels, IndexKernels, Fused
         if reduce is None:
             out[tuple(idx)] = src
         elif reduce == "add":
-            self.xp.add.at(out, tuple(idx), src)
+            self._at("add", out, tuple(idx), src)
         elif reduce == "multiply":
-            self.xp.multiply.at(out, tuple(idx), src)
+            self._at("multiply", out, tuple(idx), src)
         else:
             raise ValueError(f"scatter: unknown reduce {reduce!r} (expected None, 'add' or 'multiply')")
         return out

@@ -19,13 +19,48 @@ class IndexKernels:
         idx[dim] = index
         return tuple(idx)
 
+    def _at(self, op: str, out, key, src) -> None:
+        """out[key] op= src in place, repeated places applying every element (numpy's ufunc.at). cupy
+        has add.at, maximum.at and minimum.at for some dtypes only, and no multiply.at: there the
+        elements go in rounds, the k-th element landing on each place in round k, so no round writes
+        a place twice."""
+        ufunc = getattr(self.xp, op)
+        try:
+            ufunc.at(out, key, src)
+            return
+        except (TypeError, NotImplementedError):  # cupy: this dtype or op has no .at
+            self._at_rounds(op, out, key, src)
+
+    def _at_rounds(self, op: str, out, key, src) -> None:
+        """_at without ufunc.at, in rounds (any array library, any dtype)."""
+        xp, ufunc = self.xp, getattr(self.xp, op)
+        places = xp.arange(out.size).reshape(out.shape)[key]  # the flat place of every element
+        flat = places.reshape(-1)
+        src = xp.broadcast_to(xp.asarray(src, dtype=out.dtype), places.shape).reshape(-1)
+        order = xp.argsort(flat, kind="stable")
+        sf = flat[order]
+        first = xp.ones(sf.shape, bool)
+        first[1:] = sf[1:] != sf[:-1]
+        pos = xp.arange(sf.size)
+        rank = pos - pos[first][xp.cumsum(first) - 1]  # k for the k-th element landing on its place
+        o = out.reshape(-1)  # out is a fresh contiguous copy: a view
+        wide = out.dtype == np.bool_ or D.get(out.dtype).is_reduced
+        for k in range(int(rank.max()) + 1 if rank.size else 0):  # one host read: eager indexing ops only
+            sel = order[rank == k]
+            at, v = flat[sel], src[sel]
+            if wide:  # bool: add is or, multiply is and; 16-bit floats: one rounding per element
+                r = ufunc(o[at].astype(np.float32), v.astype(np.float32))
+                o[at] = (r != 0) if out.dtype == np.bool_ else r.astype(out.dtype)
+            else:
+                o[at] = ufunc(o[at], v)
+
     def index_put(self, x, key: tuple, values, accumulate: bool):
         """A copy of x with x[key] = values, or x[key] += values (repeated indices add up)."""
         cd = D.compute_dtype(D.get(x.dtype))
         out = self._c(x, cd).copy()
         values = self._c(values, cd)
         if accumulate:
-            self.xp.add.at(out, key, values)
+            self._at("add", out, key, values)
         else:
             out[key] = values
         return self._out(out, D.get(x.dtype))
@@ -46,19 +81,19 @@ class IndexKernels:
                 else:
                     info = np.iinfo(out.dtype) if out.dtype != np.bool_ else None
                     out[key] = (info.min if reduce == "amax" else info.max) if info else reduce == "amin"
-            (xp.maximum if reduce == "amax" else xp.minimum).at(out, key, src)
+            self._at("maximum" if reduce == "amax" else "minimum", out, key, src)
             return self._out(out, dt)
         if not include_self:
             out[key] = self._IDENTITY[reduce]
         if reduce == "prod":
-            xp.multiply.at(out, key, src)
+            self._at("multiply", out, key, src)
             return self._out(out, dt)
-        xp.add.at(out, key, src)
+        self._at("add", out, key, src)
         if reduce == "mean":
             count = xp.ones(out.shape, np.int64)
             if not include_self:
                 count[key] = 0
-            xp.add.at(count, key, 1)
+            self._at("add", count, key, 1)
             count = xp.maximum(count, 1)
             out = out // count if out.dtype.kind in "iub" else out / count.astype(out.dtype)
         return self._out(out, dt)
@@ -66,7 +101,10 @@ class IndexKernels:
     def unique(self, x, dim, return_inverse: bool, return_counts: bool):
         """Sorted unique values (over the flattened input, or slices along dim), inverse and counts."""
         xp = self.xp
-        r = xp.unique(x if dim is not None else x.reshape(-1), return_inverse=True, return_counts=True, axis=dim)
+        # sorted on a key every array library sorts (cupy sorts neither bfloat16 nor, here, bool): the
+        # key keeps the order and the equalities (16-bit floats widen exactly, bools become 0/1)
+        key = x.astype(np.uint8) if x.dtype == np.bool_ else self._c(x)
+        r = xp.unique(key if dim is not None else key.reshape(-1), return_inverse=True, return_counts=True, axis=dim)
         vals, inv, cnt = r[0], r[1], r[2]
         inv = inv.reshape(x.shape if dim is None else (x.shape[dim],))
         return self._out(vals, D.get(x.dtype)), self._out(inv, D.int64), self._out(cnt, D.int64)

@@ -97,6 +97,8 @@ class PointwiseKernels:
                 return xp.trunc(a / b)
             q = xp.floor_divide(a, b)
             return xp.where((xp.remainder(a, b) != 0) & ((a < 0) != (b < 0)), q + 1, q)
+        if op in ("div_floor", "floor_divide", "remainder") and not integer:
+            return self._floor_div_mod(a, b)[op == "remainder"]
         if op == "div_floor":
             return xp.floor_divide(a, b)
         if op == "xlogy":  # torch: nan where y is nan, else 0 where x == 0, else x * log(y)
@@ -107,6 +109,18 @@ class PointwiseKernels:
         if op == "pow":
             return self._int_pow(a, b)
         return getattr(xp, op)(a, b)  # hypot, logaddexp, fmod, copysign
+
+    def _floor_div_mod(self, a, b):
+        """(a // b, a % b) of floats as torch computes them, from fmod: a quotient that rounds up to an
+        integer in a / b is not floored one too high (cupy's floor_divide floors a / b)."""
+        xp = self.xp
+        mod = xp.fmod(a, b)
+        off = (mod != 0) & ((b < 0) != (mod < 0))  # fmod takes a's sign, the floor b's
+        div = xp.where(off, (a - mod) / b - 1, (a - mod) / b)
+        q = xp.floor(div)
+        q = xp.where(div - q > 0.5, q + 1, q)
+        q = xp.where(div == 0, xp.copysign(xp.zeros_like(div), a / b), q)
+        return xp.where(b == 0, a / b, q), xp.where(off, mod + b, mod)
 
     def _shift(self, left: bool, a, b):
         """torch's shifts: a shift by a negative amount or by the bit width or more gives 0 (left) or the
