@@ -192,7 +192,7 @@ def run_sample(op, fn, sample, dtype, scale: float = 1.0) -> tuple[str, str]:
             ref = op(*r_args, **r_kwargs) if reduced else None
         except Exception:  # noqa: BLE001  no float64 kernel: judge against torch's own 16-bit result
             ref, reduced = None, False
-    out_t = _cpu(out_t)  # a sample may ask torch for device='cuda' (like-functions where torch has CUDA)
+    out_t, ref = _cpu(out_t), _cpu(ref)  # a sample may ask torch for device='cuda' (like-functions, where torch has CUDA)
     if any(d not in ENGINE_DTYPES for d in _out_dtypes(out_t)):
         return "n/a", "torch's output dtype is outside the engine"
     try:
