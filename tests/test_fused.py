@@ -79,6 +79,9 @@ CASES = [  # (rows, N, K, norm style, act, bias, residual)
     (3, 96, 64, None, None, True, True), (1, 64, 256, "gemma", "gelu_tanh", False, False),
     (2, 128, 64, "llama", "silu", True, False), (8, 64, 128, "torch", None, False, True),
     (5, 48, 64, "llama", "silu", False, True), (1, 64, 512, None, "gelu", False, False),
+    # 5..8 rows of 16-bit x on a GPU: the tensor-core GEMV (N not a multiple of its 16-row tiles; K of 3 chunks
+    # over 4 slices; a long K)
+    (8, 200, 4096, "llama", "silu", True, True), (6, 40, 96, None, None, True, False), (7, 24, 2048, "gemma", None, False, True),
 ]
 
 
@@ -237,3 +240,19 @@ def test_linear_group(dtype, rows, ns, K, bias, style):
             engine.Tensor._wrap(o.copy(), b, engine.dtype.get(dtype))
         one = run("linear_fused", E(x), E(w), None if bb is None else E(bb), norm=norm)
         same(got, one)  # each member equals its own linear, bit for bit
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("rows,N,K", [(8, 200, 4096), (5, 4096, 96), (6, 33, 11008)])
+def test_gemv_tensor_cores_agree_with_the_fma_kernel(dtype, rows, N, K, monkeypatch):
+    """5..8 rows on tensor cores (mma.sync) against the FMA GEMV and torch in float64: the same products,
+    summed in another order."""
+    from engine.backends import cupy_kernels as K_
+    x, w, b = arr((rows, K), dtype), arr((N, K), dtype, 0.05, 1), arr((N,), dtype, 0.1, 2)
+    got = run("linear", E(x), E(w), E(b))
+    monkeypatch.setitem(K_.GEMV_CONFIG, "mma_rows", None)
+    fma = run("linear", E(x), E(w), E(b))
+    ref = TF.linear(T(x).double(), T(w).double(), T(b).double())
+    compare_reduced(got, TF.linear(T(x), T(w), T(b)), ref, scale=4)
+    compare_reduced(fma, TF.linear(T(x), T(w), T(b)), ref, scale=4)

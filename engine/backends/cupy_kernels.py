@@ -107,7 +107,9 @@ def _aligned(a) -> bool:
 # shapes, measurements/h200/): four rows per warp always won; K split over 2 warps for K <= 8192 and
 # over 4 for longer rows (down_proj) keeps enough 16-byte loads in flight; unroll mattered by < 2%.
 GEMV_VARIANTS = ((2, 1), (2, 2), (4, 2), (2, 4), (4, 4), (2, 8))
-GEMV_CONFIG = {"short_k": (4, 2), "long_k": (4, 4), "unroll": 4}
+GEMV_CONFIG = {"short_k": (4, 2), "long_k": (4, 4), "unroll": 4,
+               # 16-bit x with at least mma_rows rows runs on tensor cores (gemv_mma: K slices, unroll); None: never
+               "mma_rows": 5, "mma": (4, 4)}
 _DEFAULT_RS = (GEMV_CONFIG["short_k"], GEMV_CONFIG["long_k"])
 
 
@@ -137,6 +139,14 @@ def gemv_ok(x2, W, W2=None) -> bool:
     return x2.shape[0] * K * W.dtype.itemsize <= SMEM_LIMIT - 8 * 1024
 
 
+def _mma_ok(m: int, K: int, dtype) -> bool:
+    """Whether gemv runs on tensor cores (gemv_mma): 16-bit, enough rows, K in chunks of 32, and the
+    8 staged x rows fit in shared memory."""
+    lo = GEMV_CONFIG["mma_rows"]
+    return (lo is not None and m >= lo and dtype.itemsize == 2 and K % 32 == 0
+            and MAX_ROWS * K * dtype.itemsize <= SMEM_LIMIT - 8 * 1024)
+
+
 _GEMV_LAUNCH: dict = {}  # launch plan by shape: kernel, grid, shared memory and the scalar arguments
 _NULL = cupy.uint64(0)
 
@@ -153,16 +163,20 @@ def gemv(x2, W, out, bias=None, W2=None, bias2=None, act=None, norm=None, residu
     isz = W.dtype.itemsize
     res_row = residual.strides[0] // isz if residual is not None else 0
     key = (W.dtype, m, W.shape[0], K, W2 is not None, segs, rows_k, unroll, act, style, eps,
-           x2.strides[0], out.strides[0], res_row)
+           x2.strides[0], out.strides[0], res_row, GEMV_CONFIG["mma_rows"], GEMV_CONFIG["mma"])
     plan = _GEMV_LAUNCH.get(key)
     if plan is None:
         N = W.shape[0]
         n_virtual = 2 * N if W2 is not None else N + sum(segs)
-        R, S = rows_k or gemv_config(n_virtual, K)
-        U = unroll or GEMV_CONFIG["unroll"]
-        M = 1 if m == 1 else 2 if m <= 2 else 4 if m <= 4 else 8
-        fn = _fn(f"gemv<{type_name(W.dtype)},{R},{S},{M},{U}>")
-        smem = M * K * isz
+        if rows_k is None and _mma_ok(m, K, W.dtype):
+            S, U = GEMV_CONFIG["mma"]
+            fn, R, smem = _fn(f"gemv_mma<{type_name(W.dtype)},{S},{U}>"), 16, MAX_ROWS * K * isz
+        else:
+            R, S = rows_k or gemv_config(n_virtual, K)
+            U = unroll or GEMV_CONFIG["unroll"]
+            M = 1 if m == 1 else 2 if m <= 2 else 4 if m <= 4 else 8
+            fn = _fn(f"gemv<{type_name(W.dtype)},{R},{S},{M},{U}>")
+            smem = M * K * isz
         if smem > 44 * 1024:  # with the static shared memory, past the 48 KiB a launch gets unasked
             fn.max_dynamic_shared_size_bytes = smem
         i32, i64 = cupy.int32, cupy.int64

@@ -1,4 +1,62 @@
 // gemv.cu: CUDA sources of engine/backends/cupy_kernels.py (compiled by cupy's NVRTC, not on their own).
+// ---- shared by the GEMV kernels ------------------------------------------------------------------------------
+// The weight row of virtual row `row`: GLU (W2 != null) interleaves gate (2j = W[j]) and up (2j+1 = W2[j]);
+// segments stack [W; Wb; Wc] by rows (n0 rows of W, n1 of Wb).
+template <typename T>
+__device__ __forceinline__ const T *weight_row(int row, int K, const T *W, const T *W2, const T *Wb, const T *Wc,
+                                               int n0, int n1) {
+    if (W2 != nullptr) return ((row & 1) ? W2 : W) + (size_t)(row >> 1) * K;
+    if (Wb == nullptr || row < n0) return W + (size_t)row * K;
+    if (row < n0 + n1) return Wb + (size_t)(row - n0) * K;
+    return Wc + (size_t)(row - n0 - n1) * K;
+}
+
+// x rows m < rows (or their rms_norm, style != 0) into shared memory as T, one row of K after another;
+// rows rows..pad-1 zero (a tensor-core tile reads them).
+template <typename T>
+__device__ void stage_x(const T *__restrict__ x, long x_row, const T *__restrict__ nw, float eps, int style,
+                        T *xs, int K, int rows, int pad, float *red) {
+    const int KV = K / Vec<T>::N;
+    for (int m = 0; m < rows; m++) {
+        const T *xr = x + (size_t)m * x_row;
+        if (style == 0) {
+            const uint4 *x4 = reinterpret_cast<const uint4 *>(xr);
+            uint4 *d4 = reinterpret_cast<uint4 *>(xs + (size_t)m * K);
+            for (int k = threadIdx.x; k < KV; k += 256) d4[k] = x4[k];
+        } else {
+            norm_row<T>(xr, nw, xs + (size_t)m * K, K, eps, style, red);
+            __syncthreads();
+        }
+    }
+    uint4 *z4 = reinterpret_cast<uint4 *>(xs + (size_t)rows * K);
+    for (int k = threadIdx.x; k < (pad - rows) * KV; k += 256) z4[k] = make_uint4(0u, 0u, 0u, 0u);
+}
+
+// y[m, row] = round(acc + bias of row's segment), then round(res + y) with a residual
+template <typename T>
+__device__ __forceinline__ void store_row(float v, int m, int row, const T *bias, const T *biasb, const T *biasc,
+                                          const T *Wb, int n0, int n1, const T *res, long res_row, T *y, long y_row) {
+    const T *bp = bias;
+    int br = row;
+    if (Wb != nullptr && row >= n0) {
+        if (row < n0 + n1) { bp = biasb; br = row - n0; } else { bp = biasc; br = row - n0 - n1; }
+    }
+    float o = rnd<T>(bp != nullptr ? __fadd_rn(v, to_f<T>(bp[br])) : v);
+    if (res != nullptr) o = __fadd_rn(to_f<T>(res[(size_t)m * res_row + row]), o);
+    y[(size_t)m * y_row + row] = from_f<T>(o);
+}
+
+// GLU: y[m, j] = round(round(act(round(gate + b))) * round(up + b2)), then round(res + y) with a residual
+template <typename T>
+__device__ __forceinline__ void store_glu(float gate, float up, int m, int j, int act, const T *bias, const T *bias2,
+                                          const T *res, long res_row, T *y, long y_row) {
+    const float g = rnd<T>(bias != nullptr ? __fadd_rn(gate, to_f<T>(bias[j])) : gate);
+    const float u = rnd<T>(bias2 != nullptr ? __fadd_rn(up, to_f<T>(bias2[j])) : up);
+    float o = rnd<T>(__fmul_rn(rnd<T>(act_fn(g, act)), u));
+    if (res != nullptr) o = __fadd_rn(to_f<T>(res[(size_t)m * res_row + j]), o);
+    y[(size_t)m * y_row + j] = from_f<T>(o);
+}
+
 // ---- GEMV for up to M rows of x --------------------------------------------------------------------------------
 // y[m, n] = sum_k W[n, k] * xin[m, k] for m < rows. xin = x, or rms_norm(x) (style != 0), staged in
 // shared memory as T. A block of 8 warps = (8 / S) row groups x S slices of K; each warp streams 16-byte
@@ -27,17 +85,7 @@ __global__ void __launch_bounds__(256) gemv(const T *__restrict__ W, const T *__
     __shared__ float red[8 * M * R];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int KV = K / V;
-    for (int m = 0; m < rows; m++) {
-        const T *xr = x + (size_t)m * x_row;
-        if (style == 0) {
-            const uint4 *x4 = reinterpret_cast<const uint4 *>(xr);
-            uint4 *d4 = reinterpret_cast<uint4 *>(xs + (size_t)m * K);
-            for (int k = tid; k < KV; k += 256) d4[k] = x4[k];
-        } else {
-            norm_row<T>(xr, nw, xs + (size_t)m * K, K, eps, style, red);
-            __syncthreads();
-        }
-    }
+    stage_x<T>(x, x_row, nw, eps, style, xs, K, rows, rows, red);
     __syncthreads();
     const int group = warp / S, slice = warp % S;
     const int row0 = (blockIdx.x * (8 / S) + group) * R;
@@ -48,13 +96,7 @@ __global__ void __launch_bounds__(256) gemv(const T *__restrict__ W, const T *__
     for (int r = 0; r < R; r++) {
         #pragma unroll
         for (int m = 0; m < M; m++) acc[m][r] = 0.f;
-        const int row = min(row0 + r, N - 1);
-        const T *base;
-        if (W2 != nullptr) base = ((row & 1) ? W2 : W) + (size_t)(row >> 1) * K;
-        else if (Wb == nullptr || row < n0) base = W + (size_t)row * K;  // segments: [W; Wb; Wc] by rows
-        else if (row < n0 + n1) base = Wb + (size_t)(row - n0) * K;
-        else base = Wc + (size_t)(row - n0 - n1) * K;
-        wv[r] = reinterpret_cast<const uint4 *>(base);
+        wv[r] = reinterpret_cast<const uint4 *>(weight_row<T>(min(row0 + r, N - 1), K, W, W2, Wb, Wc, n0, n1));
     }
     const uint4 *xv = reinterpret_cast<const uint4 *>(xs);
     #pragma unroll U
@@ -96,22 +138,103 @@ __global__ void __launch_bounds__(256) gemv(const T *__restrict__ W, const T *__
     }
     if (W2 != nullptr) {  // lane with r even holds gate_j, lane + 1 holds up_j
         const float up = __shfl_down_sync(0xffffffff, v, 1);
-        if (lane < M * R && (r & 1) == 0 && m < rows && row < N) {
-            const int j = row >> 1;
-            const float g = rnd<T>(bias != nullptr ? __fadd_rn(v, to_f<T>(bias[j])) : v);
-            const float u = rnd<T>(bias2 != nullptr ? __fadd_rn(up, to_f<T>(bias2[j])) : up);
-            float o = rnd<T>(__fmul_rn(rnd<T>(act_fn(g, act)), u));
-            if (res != nullptr) o = __fadd_rn(to_f<T>(res[(size_t)m * res_row + j]), o);
-            y[(size_t)m * y_row + j] = from_f<T>(o);
-        }
+        if (lane < M * R && (r & 1) == 0 && m < rows && row < N)
+            store_glu<T>(v, up, m, row >> 1, act, bias, bias2, res, res_row, y, y_row);
     } else if (lane < M * R && m < rows && row < N) {
-        const T *bp = bias;
-        int br = row;
-        if (Wb != nullptr && row >= n0) {
-            if (row < n0 + n1) { bp = biasb; br = row - n0; } else { bp = biasc; br = row - n0 - n1; }
+        store_row<T>(v, m, row, bias, biasb, biasc, Wb, n0, n1, res, res_row, y, y_row);
+    }
+}
+
+
+// ---- GEMV on tensor cores for up to 8 rows of x (batch decode), f16 / bf16 ------------------------------------
+// The contract of gemv (prologue, GLU, segments, bias, residual; not the routed experts) with the products on
+// mma.sync m16n8k16 (f32 accumulate): x rows are the 8 columns of B (rows past `rows` staged as zeros), a
+// warp computes 16 virtual weight rows over its K slice. K goes in chunks of 32: lane (g, t) = (lane / 4,
+// lane % 4) loads 16 bytes of weight rows g and g + 8 and of x row g at k = 8t; its first 4 values feed the
+// first mma, the last 4 the second (the K order inside a chunk is permuted alike for A and B, so each output
+// is the same sum of products). Block: 8 warps = (8 / S) tiles of 16 rows x S slices of K; partial sums
+// meet in shared memory and add in slice order. Needs K % 32 == 0 and 8 * K values of shared memory.
+template <typename T>
+__device__ __forceinline__ void mma16816(float *c, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0,
+                                         unsigned b1);
+template <>
+__device__ __forceinline__ void mma16816<__half>(float *c, unsigned a0, unsigned a1, unsigned a2, unsigned a3,
+                                                 unsigned b0, unsigned b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};" : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+template <>
+__device__ __forceinline__ void mma16816<__nv_bfloat16>(float *c, unsigned a0, unsigned a1, unsigned a2, unsigned a3,
+                                                        unsigned b0, unsigned b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};" : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+template <typename T, int S, int U>
+__global__ void __launch_bounds__(256) gemv_mma(const T *__restrict__ W, const T *__restrict__ W2,
+        const T *__restrict__ x, long x_row, const T *__restrict__ nw, float eps, int style,
+        const T *__restrict__ bias, const T *__restrict__ bias2, const T *__restrict__ res, long res_row,
+        T *__restrict__ y, long y_row, int N, int K, int rows, int act,
+        const unsigned long long *__restrict__ Wt, const unsigned long long *__restrict__ W2t,
+        const long long *__restrict__ ids, int x_div, long y_prob,
+        const T *__restrict__ Wb, const T *__restrict__ Wc, const T *__restrict__ biasb,
+        const T *__restrict__ biasc, int n0, int n1) {
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    T *xs = reinterpret_cast<T *>(smem_raw);
+    __shared__ float red[8 * 128];  // per warp: 16 rows x 8 x rows of partial sums
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    stage_x<T>(x, x_row, nw, eps, style, xs, K, rows, 8, red);
+    __syncthreads();
+    const int g = lane >> 2, t = lane & 3;
+    const int tile = blockIdx.x * (8 / S) + warp / S, slice = warp % S;
+    const int C = K / 32, per = (C + S - 1) / S, c_lo = slice * per, c_hi = min(C, c_lo + per);
+    const int row_a = tile * 16 + g;
+    const uint4 *wa = reinterpret_cast<const uint4 *>(weight_row<T>(min(row_a, N - 1), K, W, W2, Wb, Wc, n0, n1));
+    const uint4 *wb = reinterpret_cast<const uint4 *>(weight_row<T>(min(row_a + 8, N - 1), K, W, W2, Wb, Wc, n0, n1));
+    const uint4 *xv = reinterpret_cast<const uint4 *>(xs + (size_t)g * K);
+    float c[4] = {0.f, 0.f, 0.f, 0.f};
+    for (int c0 = c_lo; c0 < c_hi; c0 += U) {  // the bound is the same for the whole warp (mma.sync)
+        uint4 a[U], b[U], xb[U];
+        #pragma unroll
+        for (int u = 0; u < U; u++) {
+            if (c0 + u < c_hi) {
+                const int k = (c0 + u) * 4 + t;
+                a[u] = ld_stream(wa + k);
+                b[u] = ld_stream(wb + k);
+                xb[u] = xv[k];
+            }
         }
-        float o = rnd<T>(bp != nullptr ? __fadd_rn(v, to_f<T>(bp[br])) : v);
-        if (res != nullptr) o = __fadd_rn(to_f<T>(res[(size_t)m * res_row + row]), o);
-        y[(size_t)m * y_row + row] = from_f<T>(o);
+        #pragma unroll
+        for (int u = 0; u < U; u++) {
+            if (c0 + u < c_hi) {
+                mma16816<T>(c, a[u].x, b[u].x, a[u].y, b[u].y, xb[u].x, xb[u].y);
+                mma16816<T>(c, a[u].z, b[u].z, a[u].w, b[u].w, xb[u].z, xb[u].w);
+            }
+        }
+    }
+    // c[0], c[1]: row g, x rows 2t and 2t + 1; c[2], c[3]: row g + 8, the same x rows
+    float *rw = red + warp * 128;
+    rw[g * 8 + 2 * t] = c[0];
+    rw[g * 8 + 2 * t + 1] = c[1];
+    rw[(g + 8) * 8 + 2 * t] = c[2];
+    rw[(g + 8) * 8 + 2 * t + 1] = c[3];
+    __syncthreads();
+    if (slice != 0) return;
+    for (int i = lane; i < 128; i += 32) {  // i = rr * 8 + m: row rr of the tile, x row m
+        const int rr = i >> 3, m = i & 7, row = tile * 16 + rr;
+        if (m >= rows || row >= N || (W2 != nullptr && (rr & 1))) continue;
+        float v = 0.f;
+        #pragma unroll
+        for (int j = 0; j < S; j++) v = __fadd_rn(v, rw[j * 128 + i]);
+        if (W2 != nullptr) {  // rows rr (gate) and rr + 1 (up) of one tile
+            float up = 0.f;
+            #pragma unroll
+            for (int j = 0; j < S; j++) up = __fadd_rn(up, rw[j * 128 + i + 8]);
+            store_glu<T>(v, up, m, row >> 1, act, bias, bias2, res, res_row, y, y_row);
+        } else {
+            store_row<T>(v, m, row, bias, biasb, biasc, Wb, n0, n1, res, res_row, y, y_row);
+        }
     }
 }
