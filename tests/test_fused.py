@@ -256,3 +256,13 @@ def test_gemv_tensor_cores_agree_with_the_fma_kernel(dtype, rows, N, K, monkeypa
     ref = TF.linear(T(x).double(), T(w).double(), T(b).double())
     compare_reduced(got, TF.linear(T(x), T(w), T(b)), ref, scale=4)
     compare_reduced(fma, TF.linear(T(x), T(w), T(b)), ref, scale=4)
+
+
+@pytest.mark.cuda
+def test_gemv_shared_memory_limit_survives_a_smaller_k():
+    """One kernel serves several K: a launch at a small K must not lower the shared-memory limit that a
+    larger K set (seen: the 8-row decode's down_proj, K 11008, failed after a K 4096 launch)."""
+    for K in (11008, 4096, 11008):
+        x, w = arr((8, K), "float16"), arr((16, K), "float16", 0.05, 1)
+        got = run("linear", E(x), E(w), None)
+        compare_reduced(got, TF.linear(T(x), T(w)), TF.linear(T(x).double(), T(w).double()), scale=4)

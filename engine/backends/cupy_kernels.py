@@ -139,6 +139,14 @@ def gemv_ok(x2, W, W2=None) -> bool:
     return x2.shape[0] * K * W.dtype.itemsize <= SMEM_LIMIT - 8 * 1024
 
 
+def _allow_smem(fn, smem: int) -> None:
+    """Let fn take `smem` bytes of dynamic shared memory (past 48 KiB with the static part a launch must
+    ask). The limit belongs to the kernel, not the launch: only ever raised, since one instantiation
+    serves several K (a smaller K setting it lower would make the larger one's launch invalid)."""
+    if smem > 44 * 1024 and smem > fn.max_dynamic_shared_size_bytes:
+        fn.max_dynamic_shared_size_bytes = smem
+
+
 def _mma_ok(m: int, K: int, dtype) -> bool:
     """Whether gemv runs on tensor cores (gemv_mma): 16-bit, enough rows, K in chunks of 32, and the
     8 staged x rows fit in shared memory."""
@@ -177,8 +185,7 @@ def gemv(x2, W, out, bias=None, W2=None, bias2=None, act=None, norm=None, residu
             M = 1 if m == 1 else 2 if m <= 2 else 4 if m <= 4 else 8
             fn = _fn(f"gemv<{type_name(W.dtype)},{R},{S},{M},{U}>")
             smem = M * K * isz
-        if smem > 44 * 1024:  # with the static shared memory, past the 48 KiB a launch gets unasked
-            fn.max_dynamic_shared_size_bytes = smem
+        _allow_smem(fn, smem)
         i32, i64 = cupy.int32, cupy.int64
         scalars = (i64(x2.strides[0] // isz), cupy.float32(eps), i32(NORM_STYLES[style]), i64(res_row),
                    i64(out.strides[0] // isz), i32(n_virtual), i32(K), i32(m), i32(ACTS.get(act, 0)), i32(1), i64(0),
@@ -203,8 +210,7 @@ def gemv_routed(x2, table, ids, x_div: int, out, table2=None, act=None, n: int =
     R, S = gemv_config(n_virtual, k_dim)
     fn = _fn(f"gemv<{t},{R},{S},1,{GEMV_CONFIG['unroll']}>")
     smem = k_dim * dt.itemsize
-    if smem > 44 * 1024:  # with the static shared memory, past the 48 KiB a launch gets unasked
-        fn.max_dynamic_shared_size_bytes = smem
+    _allow_smem(fn, smem)
     isz = dt.itemsize
     grid = (-(-n_virtual // ((8 // S) * R)), P)
     fn(grid, (256,), (cupy.uint64(0), cupy.uint64(0), x2, cupy.int64(x2.strides[0] // isz), cupy.uint64(0),
