@@ -72,8 +72,8 @@ class QuantWeight:
         if len(shape) != 2:
             raise ShapeError(f"a {q.name} weight must be 2-d (out_features, in_features), got shape {shape}")
         if not isinstance(data, Tensor) or data.dtype is not D.uint8:
-            raise DTypeError(f"{q.name} weight bytes must be a uint8 Tensor, got "
-                             f"{getattr(data, 'dtype', type(data).__name__)}")
+            got = data.dtype.name if isinstance(data, Tensor) else type(data).__name__
+            raise DTypeError(f"{q.name} weight bytes must be a uint8 Tensor, got {got}")
         want = (shape[0], row_bytes(q, shape[1]))
         if tuple(data.shape) != want:
             raise ShapeError(f"{q.name} weight of shape {shape} needs bytes of shape {want}, got {tuple(data.shape)}")

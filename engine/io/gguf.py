@@ -360,3 +360,90 @@ def diagnose(path) -> str | None:
         except _Bad as e:
             return str(e)
     return None
+
+
+# ---- writing -------------------------------------------------------------------------------------------------
+_WRITE_QTYPES = ("q8_0", "q4_0", "q4_1")  # the block formats gguf-py can quantise to (numpy, bit-exact to ggml)
+
+
+def gguf_name(hf: str) -> str:
+    """The GGUF name of a llama state-dict name (the inverse of hf_name)."""
+    inv_block = {v: k for k, v in _LLAMA_BLOCK.items()}
+    m = re.match(r"model\.layers\.(\d+)\.(.+)\.(weight|bias)$", hf)
+    if m and m.group(2) in inv_block:
+        return f"blk.{m.group(1)}.{inv_block[m.group(2)]}.{m.group(3)}"
+    base, _, leaf = hf.rpartition(".")
+    inv_top = {v: k for k, v in _LLAMA_TOP.items()}
+    if base in inv_top:
+        return f"{inv_top[base]}.{leaf}"
+    raise KeyError(f"{hf}: no GGUF name for this llama tensor")
+
+
+def save_gguf(path, config: dict, tensors: dict, quantize: str | None = None, tokenizer: dict | None = None):
+    """Write a llama model as GGUF, as llama.cpp's converter lays it out: llama.* metadata from the HF
+    `config`, tensors {HF name: numpy float array} renamed, q/k rows permuted into llama.cpp's rotary
+    order, 2-d matrices quantised to `quantize` (q8_0, q4_0, q4_1; None keeps float32), vectors F32.
+    tokenizer: extra tokenizer.ggml.* metadata {key suffix: value} (tokens, merges, token_type, ...).
+    Written to a temp file and renamed (engine.io.atomic)."""
+    import gguf
+    from engine.io.atomic import discard, temp_path
+    if config.get("model_type") != "llama":
+        raise ValueError(f"save_gguf writes llama models, not model_type {config.get('model_type')!r}")
+    if quantize is not None and quantize not in _WRITE_QTYPES:
+        raise ValueError(f"cannot quantise to {quantize!r}: gguf-py quantises to {', '.join(_WRITE_QTYPES)}")
+    heads = config["num_attention_heads"]
+    kv = config.get("num_key_value_heads") or heads
+    head_dim = config.get("head_dim") or config["hidden_size"] // heads
+    path = Path(path)
+    tmp = temp_path(path)
+    w = gguf.GGUFWriter(str(tmp), "llama")
+    try:
+        w.add_context_length(int(config.get("max_position_embeddings", 2048)))
+        w.add_embedding_length(int(config["hidden_size"]))
+        w.add_block_count(int(config["num_hidden_layers"]))
+        w.add_feed_forward_length(int(config["intermediate_size"]))
+        w.add_head_count(int(heads))
+        w.add_head_count_kv(int(kv))
+        w.add_rope_dimension_count(int(head_dim))
+        w.add_rope_freq_base(float(config.get("rope_theta", 10000.0)))
+        w.add_layer_norm_rms_eps(float(config.get("rms_norm_eps", 1e-6)))
+        w.add_vocab_size(int(config["vocab_size"]))
+        if quantize is not None:
+            w.add_file_type({"q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
+                             "q4_1": gguf.LlamaFileType.MOSTLY_Q4_1}[quantize])
+        for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            if isinstance(config.get(key), int):
+                getattr(w, {"pad_token_id": "add_pad_token_id"}.get(key, f"add_{key}"))(config[key])
+        for key, value in (tokenizer or {}).items():
+            if key == "model":
+                w.add_tokenizer_model(value)
+            elif key == "tokens":
+                w.add_token_list(value)
+            elif key == "merges":
+                w.add_token_merges(value)
+            elif key == "token_type":
+                w.add_token_types(value)
+            else:
+                raise ValueError(f"save_gguf: unknown tokenizer metadata {key!r}")
+        tied = config.get("tie_word_embeddings", False)
+        for name in sorted(tensors):
+            if tied and name == "lm_head.weight":
+                continue  # llama.cpp leaves a tied head out
+            a = np.asarray(tensors[name], dtype=np.float32)
+            if name.endswith(("q_proj.weight", "q_proj.bias", "k_proj.weight", "k_proj.bias")):
+                n = heads if ".q_proj." in name else kv
+                a = a.reshape(n, 2, a.shape[0] // n // 2, *a.shape[1:]).swapaxes(1, 2).reshape(a.shape)
+            if quantize is not None and a.ndim == 2 and a.shape[1] % 32 == 0:
+                q = gguf.quants.quantize(np.ascontiguousarray(a), gguf.GGMLQuantizationType[quantize.upper()])
+                w.add_tensor(gguf_name(name), q, raw_shape=q.shape, raw_dtype=gguf.GGMLQuantizationType[quantize.upper()])
+            else:
+                w.add_tensor(gguf_name(name), np.ascontiguousarray(a))
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+        os.replace(tmp, path)
+    except BaseException:
+        discard(None, tmp)
+        raise
+    return path
