@@ -330,3 +330,14 @@ def test_taper_generate_prints_text_from_a_gguf_file(capsys):
     out = capsys.readouterr().out
     assert out.startswith("The capital of France is Paris"), out
     assert "decode" in out and "tokens/s" in out
+
+
+def test_engine_imports_gguf_only_when_a_file_is_opened():
+    import subprocess
+    import sys
+    code = ("import sys, engine, engine.quant, engine.io.gguf, engine.models.llama, engine.nn.varbuilder\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('gguf', 'torch', 'transformers')))")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == "[]"
