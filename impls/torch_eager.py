@@ -129,6 +129,9 @@ class TorchImpl(Impl):
             if src.kind == "dir":
                 module = auto.from_pretrained(src.path, dtype=self.tdtype, attn_implementation="eager")
                 module = module.to(self.tdevice)
+            elif src.kind == "gguf":  # transformers dequantises every tensor to float on load
+                module = auto.from_pretrained(src.path.parent, gguf_file=src.path.name, dtype=self.tdtype,
+                                              attn_implementation="eager").to(self.tdevice)
             else:
                 cfg = sources.hf_config(src)
                 torch.manual_seed(seed)

@@ -204,6 +204,19 @@ def write_model_dir(directory, preset: str, dtype: str, seed: int = 0) -> str:
     return str(directory)
 
 
+def write_gguf(path, preset: str, quantize: str = "q4_1", seed: int = 0) -> str:
+    """A llama GGUF file of a preset shape with random weights, quantised as llama.cpp lays it out
+    (engine.io.gguf.save_gguf through gguf-py's quantisers); both engine.models.from_pretrained and
+    transformers (gguf_file=) read it."""
+    import dataclasses
+
+    from engine.io.gguf import save_gguf
+    from engine.models.llama import PRESETS, Config
+    cfg = {k: v for k, v in dataclasses.asdict(Config.from_dict(dict(PRESETS[preset]))).items() if v is not None}
+    save_gguf(path, cfg, decoder_arrays(llama_shape(preset), "float32", seed), quantize)
+    return str(path)
+
+
 class Decoder:
     """A Llama-style decoder (RMSNorm, GQA attention through sdpa, SwiGLU MLP, no rotary) written
     once against the adapter interface, so engine and torch run exactly the same work. Greedy decode

@@ -17,6 +17,7 @@ from engine.backends.numpy_nn import NnKernels
 from engine.backends.numpy_index import IndexKernels
 from engine.backends.numpy_pointwise import PointwiseKernels
 from engine.backends.numpy_pool import PoolKernels
+from engine.backends.numpy_quant import QuantKernels
 from engine.storage import StoragePool
 
 _REDUCED = (np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16))
@@ -44,7 +45,7 @@ def _erf_f64(x):
     return np.copysign(out, x)
 
 
-class NumpyBackend(NnKernels, PoolKernels, PointwiseKernels, IndexKernels, FusedOps):
+class NumpyBackend(NnKernels, PoolKernels, PointwiseKernels, IndexKernels, QuantKernels, FusedOps):
     name = "numpy"
     available = True
     xp = np

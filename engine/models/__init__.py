@@ -32,9 +32,12 @@ def model_class(model_type: str):
 
 
 def read_config(path) -> dict:
-    """config.json of a model directory (or the file itself) as a dict. FileNotFoundError when it is
+    """config.json of a model directory (or the file itself; a .gguf file's metadata) as a dict. FileNotFoundError when it is
     missing; ValueError naming the file when it is not a JSON object. (The one reader of config.json.)"""
     path = Path(path)
+    if path.suffix == ".gguf":  # the metadata of a GGUF file is its config
+        from engine.io.gguf import open_gguf
+        return dict(open_gguf(path).config)
     if not path.exists():
         raise FileNotFoundError(f"model directory not found: {path} (looked for {path / 'config.json'})")
     file = path / "config.json" if path.is_dir() else path
@@ -50,7 +53,7 @@ def read_config(path) -> dict:
 
 
 def from_pretrained(path, dtype=None, device=None):
-    """The engine model for a HF model directory, chosen by config.json's model_type."""
+    """The engine model for a HF model directory (or a .gguf file), chosen by config.json's model_type."""
     cfg = read_config(path)
     if "model_type" not in cfg:
         raise ValueError(f"{Path(path) / 'config.json'} has no model_type")
@@ -95,7 +98,8 @@ def load_pretrained(model_cls, path, dtype=None, device=None):
     """Read config.json and the safetensors of `path`, build `model_cls(config, vb)` and check keys."""
     from engine.nn.varbuilder import VarBuilder
     config = model_cls.Config.from_dict(read_config(path))
-    vb = VarBuilder.from_pretrained(path, dtype=dtype, device=device)
+    gguf = Path(path).suffix == ".gguf"
+    vb = (VarBuilder.from_gguf if gguf else VarBuilder.from_pretrained)(path, dtype=dtype, device=device)
     vb.ignore(*getattr(model_cls, "IGNORED_KEYS", ()))
     with vb.collect():
         model = model_cls(config, vb)

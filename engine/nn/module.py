@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+from engine.quant import QuantWeight
 from engine.tensor import Tensor
 
 
@@ -33,7 +34,7 @@ class Module:
             d.pop(name, None)
         if isinstance(value, Module):
             self._modules[name] = value
-        elif isinstance(value, Tensor):
+        elif isinstance(value, (Tensor, QuantWeight)):  # a quantized weight is a parameter too
             self._params[name] = value
         object.__setattr__(self, name, value)
 

@@ -29,6 +29,7 @@ from engine import dtype as D
 from engine import ops
 from engine.io.safetensors import INDEX_NAME, open_checkpoint
 from engine.nn.module import StateDictError
+from engine.quant import QuantWeight
 from engine.tensor import Tensor
 
 
@@ -77,6 +78,18 @@ class VarBuilder:
         keys = list(ckpt.keys())
         src = _Source(keys, lambda k: tuple(ckpt.info(k)[1]), ckpt.get_numpy, str(path))
         src.checkpoint = ckpt
+        return cls(_State(src, D.get(dtype) if dtype is not None else None, _dev.parse(device)))
+
+    @classmethod
+    def from_gguf(cls, path, dtype=None, device=None) -> "VarBuilder":
+        """A GGUF file (engine.io.gguf): tensors under their Hugging Face names; quantized matrices
+        come as QuantWeights over the packed bytes (dtype sets the dtype they compute in), float
+        ones as mapped arrays. GGUFError (a ValueError naming the file, tensor and byte offset) for a
+        damaged file or a tensor type the engine does not compute with."""
+        from engine.io.gguf import open_gguf
+        g = open_gguf(path)
+        w = g.weights
+        src = _Source(list(w), lambda k: w[k][1], g.get, str(path))
         return cls(_State(src, D.get(dtype) if dtype is not None else None, _dev.parse(device)))
 
     @classmethod
@@ -221,6 +234,8 @@ def _to_tensor(arr, dtype, device) -> Tensor:
     Tensor (drawn on its device) is taken as it is when it already has the dtype."""
     if isinstance(arr, Tensor):
         return arr if dtype is None or arr.dtype is dtype else arr.to(dtype)
+    if isinstance(arr, QuantWeight):  # stays packed; dtype is what it computes in
+        return arr.to(device=device if arr.device != device else None, dtype=dtype)
     have = D.get(arr.dtype)
     target = dtype or have
     if device.type == "cpu" and target is have and arr.flags.c_contiguous:

@@ -3,6 +3,7 @@
     taper generate --model ./TinyLlama-1.1B --prompt "The capital of France is" --max-new-tokens 32
     taper generate --model ./tiny-random --ids 1,2,3 --temperature 0.8 --top-p 0.9 --seed 0
     taper generate --model llama:tinyllama-1.1b --ids 1,2,3        # random weights, for timing
+    taper generate --model SmolLM2-135M-Instruct.Q4_1.gguf --prompt "The capital of France is"
 
 Tokens are printed as they come (text when the directory has tokenizer.json, else ids), then one
 line with prefill ms, decode tokens/s and peak memory (engine.memory_stats()). On CUDA each decode
@@ -19,10 +20,10 @@ import sys
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True,
-                        help="a HF model directory (config.json + safetensors), or a preset MODEL_TYPE:NAME "
+                        help="a HF model directory (config.json + safetensors), a .gguf file, or a preset MODEL_TYPE:NAME "
                              "with random weights (e.g. llama:tiny), as every taper command spells it")
     src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--prompt", help="prompt text (needs tokenizer.json in the model directory)")
+    src.add_argument("--prompt", help="prompt text (needs tokenizer.json in the model directory, or a .gguf file)")
     src.add_argument("--ids", help="prompt token ids, comma-separated (for tokenizer-less directories)")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy")

@@ -1,0 +1,449 @@
+"""GGUF files (llama.cpp's format): metadata as a Hugging Face config, tensors under their Hugging Face
+names, quantized matrices kept in their blocks (engine.quant.QuantWeight), and the tokenizer.
+
+    model = engine.models.from_pretrained("SmolLM2-135M-Instruct.Q4_1.gguf")   # reads it through here
+    g = engine.io.gguf.open_gguf(path)      # g.config: the HF config dict; g.tokenizer(): tokenizers.Tokenizer
+
+The file is read by gguf-py's GGUFReader (the reference reader, `pip install gguf`), imported here
+only, when a file is opened. What this module adds is the mapping, once, as data:
+  - metadata keys (llama.*) -> config.json keys (_LLAMA_CONFIG; transformers' GGUF_CONFIG_MAPPING);
+  - tensor names (blk.N.attn_q.weight) -> state-dict names (model.layers.N.self_attn.q_proj.weight);
+  - llama.cpp's rotary layout of q and k undone: its converter permutes the rows of each head from
+    HF's (two halves) to interleaved pairs; the inverse is a permutation of whole rows, and a row of a
+    quantized matrix is whole blocks, so it is applied to the packed bytes exactly
+    (transformers' LlamaTensorProcessor._reverse_permute_weights does the same on floats);
+  - the byte-level BPE tokenizer rebuilt with `tokenizers` (as transformers' GGUF converter builds it).
+
+A damaged file gives one GGUFError naming the file and what is wrong where: the key or tensor and
+the byte offset (a truncated file, a corrupt header, a tensor type no reader knows, or one the engine
+does not compute with).
+"""
+from __future__ import annotations
+
+import functools
+import mmap
+import os
+import re
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from engine.quant import BY_GGML_TYPE, QTYPES
+
+
+class GGUFError(ValueError):
+    """A GGUF file that cannot be used; the message names the file, and the key or tensor and byte
+    offset where it goes wrong."""
+
+
+# ---- metadata -> config.json (llama.cpp's llama.* keys; transformers' GGUF_CONFIG_MAPPING["llama"]) ------
+_LLAMA_CONFIG = {
+    "context_length": "max_position_embeddings",
+    "block_count": "num_hidden_layers",
+    "feed_forward_length": "intermediate_size",
+    "embedding_length": "hidden_size",
+    "rope.dimension_count": "head_dim",  # the rotary width, which is the head size in llama
+    "rope.freq_base": "rope_theta",
+    "attention.head_count": "num_attention_heads",
+    "attention.head_count_kv": "num_key_value_heads",
+    "attention.layer_norm_rms_epsilon": "rms_norm_eps",
+    "vocab_size": "vocab_size",
+}
+_TOKEN_IDS = {"bos_token_id": "bos_token_id", "eos_token_id": "eos_token_id", "padding_token_id": "pad_token_id"}
+
+# ---- tensor names: GGUF -> HF (gguf-py's TensorNameMap for LLAMA, inverted; a test checks them) ------
+_LLAMA_TOP = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+_LLAMA_BLOCK = {
+    "attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj", "ffn_norm": "post_attention_layernorm",
+    "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
+}
+_BLOCK_RE = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)$")
+
+
+def hf_name(gguf_name: str) -> str:
+    """The state-dict name of a llama GGUF tensor; a name outside the table comes back unchanged
+    (so the model's strict key check lists it as unexpected, under the name the file uses)."""
+    m = _BLOCK_RE.match(gguf_name)
+    if m and m.group(2) in _LLAMA_BLOCK:
+        return f"model.layers.{m.group(1)}.{_LLAMA_BLOCK[m.group(2)]}.{m.group(3)}"
+    base, dot, leaf = gguf_name.rpartition(".")
+    if dot and base in _LLAMA_TOP:
+        return f"{_LLAMA_TOP[base]}.{leaf}"
+    return gguf_name
+
+
+def unpermute_rows(n_rows: int, n_head: int) -> np.ndarray:
+    """Row order that undoes llama.cpp's rotary permutation of a q or k projection with n_head heads:
+    hf = gguf[perm]. llama.cpp wrote, per head, rows (d, 2) from HF's (2, d) halves."""
+    d = n_rows // n_head // 2
+    return np.arange(n_rows).reshape(n_head, d, 2).swapaxes(1, 2).reshape(-1)
+
+
+# ---- opening ----------------------------------------------------------------------------------------------
+def open_gguf(path) -> "GGUFFile":
+    """The GGUF file at `path` (read once per path and modification time)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"GGUF file not found: {path}")
+    st = path.stat()
+    return _open(str(path.resolve()), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=2)
+def _open(path: str, mtime_ns: int, size: int) -> "GGUFFile":
+    return GGUFFile(path)
+
+
+class GGUFFile:
+    def __init__(self, path):
+        self.path = Path(path)
+        try:
+            from gguf import GGUFReader
+        except ImportError:
+            raise ImportError("reading GGUF files needs the gguf package: pip install gguf "
+                              "(or pip install 'taper[gguf]')") from None
+        try:
+            self.reader = GGUFReader(self.path)
+        except Exception as e:  # noqa: BLE001  (the reader raises bare ValueError/IndexError; say where instead)
+            raise GGUFError(f"{self.path}: {diagnose(self.path) or f'unreadable GGUF ({type(e).__name__}: {e})'}") from None
+        self.metadata = {k: _value(f) for k, f in self.reader.fields.items() if not k.startswith("GGUF.")}
+        self.tensors = {t.name: t for t in self.reader.tensors}
+        self.architecture = self.metadata.get("general.architecture")
+
+    # ---- config ---------------------------------------------------------------------------------------------
+    @functools.cached_property
+    def config(self) -> dict:
+        """The Hugging Face config dict (config.json's keys) the metadata describes."""
+        arch, md = self.architecture, self.metadata
+        if arch != "llama":
+            raise GGUFError(f"{self.path}: architecture {arch!r} (general.architecture) is not one the engine "
+                            "reads from GGUF (known: llama)")
+        cfg = {"model_type": "llama"}
+        for key, name in _LLAMA_CONFIG.items():
+            if f"llama.{key}" in md:
+                cfg[name] = md[f"llama.{key}"]
+        for key in ("embedding_length", "block_count", "attention.head_count"):
+            if f"llama.{key}" not in md:
+                raise GGUFError(f"{self.path}: metadata key llama.{key} is missing")
+        if "vocab_size" not in cfg and "tokenizer.ggml.tokens" in md:
+            cfg["vocab_size"] = len(md["tokenizer.ggml.tokens"])
+        scaling = md.get("llama.rope.scaling.type")
+        if scaling not in (None, "none"):
+            if scaling != "linear":
+                raise GGUFError(f"{self.path}: llama.rope.scaling.type {scaling!r} is not supported (none, linear)")
+            cfg["rope_scaling"] = {"rope_type": "linear", "factor": float(md["llama.rope.scaling.factor"])}
+        cfg["tie_word_embeddings"] = "output.weight" not in self.tensors  # llama.cpp drops a tied head
+        for key, name in _TOKEN_IDS.items():
+            if f"tokenizer.ggml.{key}" in md:
+                cfg[name] = int(md[f"tokenizer.ggml.{key}"])
+        for k, v in list(cfg.items()):
+            if isinstance(v, (np.integer, np.floating)):
+                cfg[k] = v.item()
+        return cfg
+
+    # ---- tensors --------------------------------------------------------------------------------------------
+    @functools.cached_property
+    def weights(self) -> dict:
+        """{HF name: (GGUF tensor, logical shape (numpy order))}; every tensor's type checked."""
+        out = {}
+        for name, t in self.tensors.items():
+            self._check_type(t)
+            out[hf_name(name)] = (t, tuple(int(s) for s in reversed(t.shape.tolist())))
+        return out
+
+    def _check_type(self, t):
+        tt = int(t.tensor_type)
+        if tt in (0, 1, 30) or tt in BY_GGML_TYPE:  # F32, F16, BF16, or a block format the engine computes with
+            return
+        raise GGUFError(f"{self.path}: tensor {t.name} (data at byte offset {t.data_offset}) has type "
+                        f"{t.tensor_type.name}, which the engine does not compute with (supported: F32, F16, "
+                        f"BF16, {', '.join(q.upper() for q in QTYPES)})")
+
+    def _heads(self, key):
+        cfg = self.config
+        return cfg["num_attention_heads"] if key.endswith(("q_proj.weight", "q_proj.bias")) else \
+            cfg.get("num_key_value_heads") or cfg["num_attention_heads"]
+
+    def get(self, key: str):
+        """The weight `key` (HF name): a numpy array (float types, zero-copy over the file where no
+        permutation applies) or a host QuantWeight over the packed bytes."""
+        from engine import ops
+        from engine.quant import QuantWeight
+        t, shape = self.weights[key]
+        tt = int(t.tensor_type)
+        arr = t.data
+        if tt == 30:  # BF16 comes as bytes
+            import ml_dtypes
+            arr = arr.view(ml_dtypes.bfloat16)
+        if ".self_attn.q_proj." in key or ".self_attn.k_proj." in key:
+            arr = arr[unpermute_rows(shape[0], self._heads(key))]
+        if tt in BY_GGML_TYPE:
+            return QuantWeight(ops.from_numpy(np.ascontiguousarray(arr)), BY_GGML_TYPE[tt], shape)
+        return arr.reshape(shape)
+
+    # ---- tokenizer -------------------------------------------------------------------------------------------
+    def tokenizer(self):
+        """A tokenizers.Tokenizer from the metadata (byte-level BPE: tokenizer.ggml.model 'gpt2')."""
+        return build_tokenizer(self.metadata, self.path)
+
+
+def _value(field):
+    """A metadata value: a scalar, a string, or a list."""
+    v = field.contents()
+    return v.item() if isinstance(v, np.generic) else v
+
+
+# ---- tokenizer ---------------------------------------------------------------------------------------------
+_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+# tokenizer.ggml.pre -> the split regex its merges were learned with (transformers'
+# GGUF_PRE_TOKENIZER_SPLITS, the llama3 family); any other keeps GPT-2's ByteLevel regex, as there
+_PRE_SPLITS = {name: _LLAMA3_SPLIT for name in ("llama3", "llama-v3", "llama-bpe", "falcon3", "smaug-bpe", "dbrx")}
+_CONTROL, _USER_DEFINED = 3, 4  # tokenizer.ggml.token_type values
+
+
+@functools.lru_cache(maxsize=1)
+def _bytes_to_unicode() -> dict:
+    """GPT-2's reversible byte -> printable character table."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+def build_tokenizer(md: dict, where="GGUF metadata"):
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+    kind = md.get("tokenizer.ggml.model")
+    if kind != "gpt2":
+        raise NotImplementedError(f"{where}: tokenizer.ggml.model {kind!r}; the engine builds byte-level BPE "
+                                  "('gpt2') tokenizers from GGUF")
+    tokens, merges = md["tokenizer.ggml.tokens"], md.get("tokenizer.ggml.merges")
+    if merges is None:
+        raise GGUFError(f"{where}: a 'gpt2' tokenizer without tokenizer.ggml.merges")
+    spelling = _bytes_to_unicode()
+    alphabet = set(spelling.values())
+    vocab = {(t if set(t) <= alphabet else "".join(spelling[b] for b in t.encode("utf-8"))): i
+             for i, t in enumerate(tokens)}
+    tok = Tokenizer(models.BPE(vocab, [tuple(m.split(" ")) for m in merges], continuing_subword_prefix="",
+                               end_of_word_suffix="", fuse_unk=False, byte_fallback=False))
+    split = _PRE_SPLITS.get(md.get("tokenizer.ggml.pre"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True) if split is None else \
+        pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(split), behavior="isolated"),
+                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.TemplateProcessing(single="$A", pair="$A $B:1")
+    types = md.get("tokenizer.ggml.token_type") or ()
+    # control tokens (<|im_start|>) stay whole and are special; one spelled outside the byte alphabet
+    # is a llama.cpp mislabel and is left out (as transformers does)
+    tok.add_special_tokens([AddedToken(t, normalized=False, special=True) for t, k in zip(tokens, types)
+                            if k == _CONTROL and set(t) <= alphabet])
+    user = [AddedToken(t, normalized=False, special=False) for t, k in zip(tokens, types) if k == _USER_DEFINED]
+    if user:
+        tok.add_tokens(user)
+    return tok
+
+
+# ---- diagnosis of a file the reader refused -------------------------------------------------------------------
+_SCALAR = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_STRING, _ARRAY = 8, 9
+
+
+class _Bad(Exception):
+    pass
+
+
+def diagnose(path) -> str | None:
+    """What is wrong with a GGUF file and at which byte, by walking its header (magic, key/value
+    pairs, tensor infos) and checking every tensor's data lies inside the file; None if the walk
+    finds nothing (then the reader's own message is used)."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+    size = os.path.getsize(path)
+    if size == 0:
+        return "the file is empty (0 bytes)"
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        pos = 0
+
+        def take(fmt, what):
+            nonlocal pos
+            n = struct.calcsize(fmt)
+            if pos + n > size:
+                raise _Bad(f"{what} at byte offset {pos} needs {n} bytes, but the file ends at byte {size} (truncated?)")
+            v = struct.unpack_from(fmt, m, pos)[0]
+            pos += n
+            return v
+
+        def string(what):
+            nonlocal pos
+            n = take("<Q", f"the length of {what}")
+            if pos + n > size:
+                raise _Bad(f"{what} at byte offset {pos} claims {n} bytes, but the file ends at byte {size} "
+                           "(truncated or corrupt)")
+            s = bytes(m[pos:pos + n])
+            pos += n
+            try:
+                return s.decode("utf-8")
+            except UnicodeDecodeError:
+                raise _Bad(f"{what} at byte offset {pos - n} is not UTF-8 (corrupt header)") from None
+
+        def skip(n, what, at):
+            nonlocal pos
+            if pos + n > size:
+                raise _Bad(f"{what} at byte offset {at} needs {n} bytes of elements, but the file ends at byte "
+                           f"{size} (truncated?)")
+            pos += n
+
+        def value(vt, what):
+            if vt in _SCALAR:
+                return take(_SCALAR[vt], what)
+            if vt == _STRING:
+                return string(what)
+            if vt == _ARRAY:
+                at = pos
+                sub, n = take("<I", f"the element type of {what}"), take("<Q", f"the length of {what}")
+                if sub not in _SCALAR and sub not in (_STRING, _ARRAY):
+                    raise _Bad(f"{what} at byte offset {at} has unknown element type {sub} (corrupt header)")
+                if sub in _SCALAR:  # skip fixed-size elements in one step
+                    skip(n * struct.calcsize(_SCALAR[sub]), what, at)
+                    return None
+                for i in range(n):
+                    value(sub, f"{what}[{i}]")
+                return None
+            raise _Bad(f"{what} at byte offset {pos - 4} has unknown value type {vt} (corrupt header)")
+
+        try:
+            magic = bytes(m[:4])
+            if magic != b"GGUF":
+                return f"not a GGUF file: the first 4 bytes are {magic!r}, not b'GGUF'"
+            pos = 4
+            version = take("<I", "the version")
+            if version not in (2, 3):
+                return f"GGUF version {version} at byte offset 4 is not one the reader knows (2, 3)"
+            n_tensors, n_kv = take("<Q", "the tensor count"), take("<Q", "the key count")
+            alignment = 32
+            for i in range(n_kv):
+                key = string(f"key {i}")
+                v = value(take("<I", f"the value type of {key}"), f"the value of {key}")
+                if key == "general.alignment":
+                    alignment = v or 32
+            infos = []
+            known = {int(t) for t in GGMLQuantizationType}
+            for i in range(n_tensors):
+                name = string(f"the name of tensor {i}")
+                nd = take("<I", f"the rank of tensor {name}")
+                if nd > 4:
+                    raise _Bad(f"tensor {name}: rank {nd} at byte offset {pos - 4} (at most 4; corrupt header)")
+                dims = [take("<Q", f"dim {d} of tensor {name}") for d in range(nd)]
+                at = pos
+                tt = take("<I", f"the type of tensor {name}")
+                if tt not in known:
+                    raise _Bad(f"tensor {name}: unknown ggml type {tt} at byte offset {at} (no GGUF reader knows it; "
+                               "corrupt header, or a newer format)")
+                infos.append((name, dims, GGMLQuantizationType(tt), take("<Q", f"the data offset of tensor {name}")))
+            start = -(-pos // alignment) * alignment
+            for name, dims, tt, off in infos:
+                block, tsize = GGML_QUANT_SIZES[tt]
+                n = int(np.prod(dims)) if dims else 1
+                if dims and dims[0] % block:
+                    return (f"tensor {name}: {tt.name} shape {list(reversed(dims))} has rows of {dims[0]} weights, "
+                            f"not a whole number of {block}-weight blocks")
+                lo, hi = start + off, start + off + n // block * tsize
+                if hi > size:
+                    return (f"tensor {name} ({tt.name}, shape {list(reversed(dims))}) needs bytes {lo} to {hi}, but "
+                            f"the file ends at byte {size} (truncated?)")
+        except _Bad as e:
+            return str(e)
+    return None
+
+
+# ---- writing -------------------------------------------------------------------------------------------------
+_WRITE_QTYPES = ("q8_0", "q4_0", "q4_1")  # the block formats gguf-py can quantise to (numpy, bit-exact to ggml)
+
+
+def gguf_name(hf: str) -> str:
+    """The GGUF name of a llama state-dict name (the inverse of hf_name)."""
+    inv_block = {v: k for k, v in _LLAMA_BLOCK.items()}
+    m = re.match(r"model\.layers\.(\d+)\.(.+)\.(weight|bias)$", hf)
+    if m and m.group(2) in inv_block:
+        return f"blk.{m.group(1)}.{inv_block[m.group(2)]}.{m.group(3)}"
+    base, _, leaf = hf.rpartition(".")
+    inv_top = {v: k for k, v in _LLAMA_TOP.items()}
+    if base in inv_top:
+        return f"{inv_top[base]}.{leaf}"
+    raise KeyError(f"{hf}: no GGUF name for this llama tensor")
+
+
+def save_gguf(path, config: dict, tensors: dict, quantize: str | None = None, tokenizer: dict | None = None):
+    """Write a llama model as GGUF, as llama.cpp's converter lays it out: llama.* metadata from the HF
+    `config`, tensors {HF name: numpy float array} renamed, q/k rows permuted into llama.cpp's rotary
+    order, 2-d matrices quantised to `quantize` (q8_0, q4_0, q4_1; None keeps float32), vectors F32.
+    tokenizer: extra tokenizer.ggml.* metadata {key suffix: value} (tokens, merges, token_type, ...).
+    Written to a temp file and renamed (engine.io.atomic)."""
+    import gguf
+    from engine.io.atomic import discard, temp_path
+    if config.get("model_type") != "llama":
+        raise ValueError(f"save_gguf writes llama models, not model_type {config.get('model_type')!r}")
+    if quantize is not None and quantize not in _WRITE_QTYPES:
+        raise ValueError(f"cannot quantise to {quantize!r}: gguf-py quantises to {', '.join(_WRITE_QTYPES)}")
+    heads = config["num_attention_heads"]
+    kv = config.get("num_key_value_heads") or heads
+    head_dim = config.get("head_dim") or config["hidden_size"] // heads
+    path = Path(path)
+    tmp = temp_path(path)
+    w = gguf.GGUFWriter(str(tmp), "llama")
+    try:
+        w.add_context_length(int(config.get("max_position_embeddings", 2048)))
+        w.add_embedding_length(int(config["hidden_size"]))
+        w.add_block_count(int(config["num_hidden_layers"]))
+        w.add_feed_forward_length(int(config["intermediate_size"]))
+        w.add_head_count(int(heads))
+        w.add_head_count_kv(int(kv))
+        w.add_rope_dimension_count(int(head_dim))
+        w.add_rope_freq_base(float(config.get("rope_theta", 10000.0)))
+        w.add_layer_norm_rms_eps(float(config.get("rms_norm_eps", 1e-6)))
+        w.add_vocab_size(int(config["vocab_size"]))
+        if quantize is not None:
+            w.add_file_type({"q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
+                             "q4_1": gguf.LlamaFileType.MOSTLY_Q4_1}[quantize])
+        for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            if isinstance(config.get(key), int):
+                getattr(w, {"pad_token_id": "add_pad_token_id"}.get(key, f"add_{key}"))(config[key])
+        for key, value in (tokenizer or {}).items():
+            if key == "model":
+                w.add_tokenizer_model(value)
+            elif key == "tokens":
+                w.add_token_list(value)
+            elif key == "merges":
+                w.add_token_merges(value)
+            elif key == "token_type":
+                w.add_token_types(value)
+            else:
+                raise ValueError(f"save_gguf: unknown tokenizer metadata {key!r}")
+        tied = config.get("tie_word_embeddings", False)
+        for name in sorted(tensors):
+            if tied and name == "lm_head.weight":
+                continue  # llama.cpp leaves a tied head out
+            a = np.asarray(tensors[name], dtype=np.float32)
+            if name.endswith(("q_proj.weight", "q_proj.bias", "k_proj.weight", "k_proj.bias")):
+                n = heads if ".q_proj." in name else kv
+                a = a.reshape(n, 2, a.shape[0] // n // 2, *a.shape[1:]).swapaxes(1, 2).reshape(a.shape)
+            if quantize is not None and a.ndim == 2 and a.shape[1] % 32 == 0:
+                q = gguf.quants.quantize(np.ascontiguousarray(a), gguf.GGMLQuantizationType[quantize.upper()])
+                w.add_tensor(gguf_name(name), q, raw_shape=q.shape, raw_dtype=gguf.GGMLQuantizationType[quantize.upper()])
+            else:
+                w.add_tensor(gguf_name(name), np.ascontiguousarray(a))
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+        os.replace(tmp, path)
+    except BaseException:
+        discard(None, tmp)
+        raise
+    return path

