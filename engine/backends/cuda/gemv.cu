@@ -11,11 +11,10 @@ __device__ __forceinline__ const T *weight_row(int row, int K, const T *W, const
     return Wc + (size_t)(row - n0 - n1) * K;
 }
 
-// x rows m < rows (or their rms_norm, style != 0) into shared memory as T, one row of K after another;
-// rows rows..pad-1 zero (a tensor-core tile reads them).
+// x rows m < rows (or their rms_norm, style != 0) into shared memory as T, one row of K after another
 template <typename T>
 __device__ void stage_x(const T *__restrict__ x, long x_row, const T *__restrict__ nw, float eps, int style,
-                        T *xs, int K, int rows, int pad, float *red) {
+                        T *xs, int K, int rows, float *red) {
     const int KV = K / Vec<T>::N;
     for (int m = 0; m < rows; m++) {
         const T *xr = x + (size_t)m * x_row;
@@ -28,8 +27,54 @@ __device__ void stage_x(const T *__restrict__ x, long x_row, const T *__restrict
             __syncthreads();
         }
     }
-    uint4 *z4 = reinterpret_cast<uint4 *>(xs + (size_t)rows * K);
-    for (int k = threadIdx.x; k < (pad - rows) * KV; k += 256) z4[k] = make_uint4(0u, 0u, 0u, 0u);
+}
+
+// stage_x for up to 8 rows at once (rows <= 8, zeros to 8): warp w takes row w's statistic in row_sumsq's
+// order (lane l stands for thread 32 j + l of its 256, the warp sums in warp order j), so it equals
+// rms_norm_rows' bit for bit; two barriers in all instead of two a row.
+template <typename T>
+__device__ void stage_x8(const T *__restrict__ x, long x_row, const T *__restrict__ nw, float eps, int style,
+                         T *xs, int K, int rows, float *stat) {
+    constexpr int V = Vec<T>::N;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, KV = K / V;
+    if (style != 0 && warp < rows) {
+        const uint4 *x4 = reinterpret_cast<const uint4 *>(x + (size_t)warp * x_row);
+        float tot = 0.f;
+        for (int j = 0; j < 8; j++) {
+            float ss = 0.f;
+            for (int k = j * 32 + lane; k < KV; k += 256) {
+                float f[V];
+                unpack<T>(x4[k], f);
+                #pragma unroll
+                for (int i = 0; i < V; i++) ss = __fadd_rn(ss, __fmul_rn(f[i], f[i]));
+            }
+            tot = __fadd_rn(tot, warp_sum(ss));
+        }
+        if (lane == 0) stat[warp] = tot;
+    }
+    __syncthreads();
+    uint4 *o4 = reinterpret_cast<uint4 *>(xs);
+    const uint4 *w4 = reinterpret_cast<const uint4 *>(nw);
+    for (int i = threadIdx.x; i < 8 * KV; i += 256) {
+        const int m = i / KV, k = i - m * KV;
+        if (m >= rows) {
+            o4[i] = make_uint4(0u, 0u, 0u, 0u);
+            continue;
+        }
+        const uint4 v = reinterpret_cast<const uint4 *>(x + (size_t)m * x_row)[k];
+        if (style == 0) {
+            o4[i] = v;
+            continue;
+        }
+        const float sd = __fsqrt_rn(__fadd_rn(__fdiv_rn(stat[m], (float)K), eps));
+        const float r = __fdiv_rn(1.f, sd);
+        float f[V], gw[V];
+        unpack<T>(v, f);
+        if (nw != nullptr) unpack<T>(w4[k], gw);
+        #pragma unroll
+        for (int e = 0; e < V; e++) f[e] = norm_apply<T>(f[e], r, sd, nw != nullptr ? gw[e] : 1.f, style);
+        o4[i] = pack<T>(f);
+    }
 }
 
 // y[m, row] = round(acc + bias of row's segment), then round(res + y) with a residual
@@ -85,7 +130,7 @@ __global__ void __launch_bounds__(256) gemv(const T *__restrict__ W, const T *__
     __shared__ float red[8 * M * R];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int KV = K / V;
-    stage_x<T>(x, x_row, nw, eps, style, xs, K, rows, rows, red);
+    stage_x<T>(x, x_row, nw, eps, style, xs, K, rows, red);
     __syncthreads();
     const int group = warp / S, slice = warp % S;
     const int row0 = (blockIdx.x * (8 / S) + group) * R;
@@ -153,7 +198,9 @@ __global__ void __launch_bounds__(256) gemv(const T *__restrict__ W, const T *__
 // lane % 4) loads 16 bytes of weight rows g and g + 8 and of x row g at k = 8t; its first 4 values feed the
 // first mma, the last 4 the second (the K order inside a chunk is permuted alike for A and B, so each output
 // is the same sum of products). Block: 8 warps = (8 / S) tiles of 16 rows x S slices of K; partial sums
-// meet in shared memory and add in slice order. Needs K % 32 == 0 and 8 * K values of shared memory.
+// meet in shared memory and add in slice order. Each warp keeps U chunks of weights in flight ahead of
+// the products (the first ones load during the prologue, stage_x8). Needs K % 32 == 0 and 8 * K values of
+// shared memory.
 template <typename T>
 __device__ __forceinline__ void mma16816(float *c, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0,
                                          unsigned b1);
@@ -185,25 +232,33 @@ __global__ void __launch_bounds__(256) gemv_mma(const T *__restrict__ W, const T
     T *xs = reinterpret_cast<T *>(smem_raw);
     __shared__ float red[8 * 128];  // per warp: 16 rows x 8 x rows of partial sums
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    stage_x<T>(x, x_row, nw, eps, style, xs, K, rows, 8, red);
-    __syncthreads();
     const int g = lane >> 2, t = lane & 3;
     const int tile = blockIdx.x * (8 / S) + warp / S, slice = warp % S;
     const int C = K / 32, per = (C + S - 1) / S, c_lo = slice * per, c_hi = min(C, c_lo + per);
     const int row_a = tile * 16 + g;
     const uint4 *wa = reinterpret_cast<const uint4 *>(weight_row<T>(min(row_a, N - 1), K, W, W2, Wb, Wc, n0, n1));
     const uint4 *wb = reinterpret_cast<const uint4 *>(weight_row<T>(min(row_a + 8, N - 1), K, W, W2, Wb, Wc, n0, n1));
+    // weights in registers, U chunks ahead: the first ones load while x is staged
+    uint4 a[U], b[U];
+    #pragma unroll
+    for (int u = 0; u < U; u++) {
+        if (c_lo + u < c_hi) {
+            a[u] = ld_stream(wa + (c_lo + u) * 4 + t);
+            b[u] = ld_stream(wb + (c_lo + u) * 4 + t);
+        }
+    }
+    stage_x8<T>(x, x_row, nw, eps, style, xs, K, rows, red);
+    __syncthreads();
     const uint4 *xv = reinterpret_cast<const uint4 *>(xs + (size_t)g * K);
     float c[4] = {0.f, 0.f, 0.f, 0.f};
-    for (int c0 = c_lo; c0 < c_hi; c0 += U) {  // the bound is the same for the whole warp (mma.sync)
-        uint4 a[U], b[U], xb[U];
+    for (int c0 = c_lo; c0 < c_hi; c0 += U) {  // the bounds are the same for the whole warp (mma.sync)
+        uint4 xb[U], na[U], nb[U];
         #pragma unroll
         for (int u = 0; u < U; u++) {
-            if (c0 + u < c_hi) {
-                const int k = (c0 + u) * 4 + t;
-                a[u] = ld_stream(wa + k);
-                b[u] = ld_stream(wb + k);
-                xb[u] = xv[k];
+            if (c0 + u < c_hi) xb[u] = xv[(c0 + u) * 4 + t];
+            if (c0 + U + u < c_hi) {
+                na[u] = ld_stream(wa + (c0 + U + u) * 4 + t);
+                nb[u] = ld_stream(wb + (c0 + U + u) * 4 + t);
             }
         }
         #pragma unroll
@@ -212,6 +267,11 @@ __global__ void __launch_bounds__(256) gemv_mma(const T *__restrict__ W, const T
                 mma16816<T>(c, a[u].x, b[u].x, a[u].y, b[u].y, xb[u].x, xb[u].y);
                 mma16816<T>(c, a[u].z, b[u].z, a[u].w, b[u].w, xb[u].z, xb[u].w);
             }
+        }
+        #pragma unroll
+        for (int u = 0; u < U; u++) {
+            a[u] = na[u];
+            b[u] = nb[u];
         }
     }
     // c[0], c[1]: row g, x rows 2t and 2t + 1; c[2], c[3]: row g + 8, the same x rows
