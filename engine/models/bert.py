@@ -92,11 +92,11 @@ class BertEmbeddings(Module):
         self.LayerNorm = LayerNorm(h, cfg.layer_norm_eps, vb=vb.pp("LayerNorm"))
 
     def forward(self, input_ids, token_type_ids=None, position_ids=None):
-        L = input_ids.shape[1]
+        b, L = input_ids.shape
         if position_ids is None:
             position_ids = ops.arange(L, dtype=D.int64, device=input_ids.device).unsqueeze(0)  # (1, L)
-        if token_type_ids is None:  # type 0 everywhere, as transformers' zero buffer
-            token_type_ids = ops.zeros(1, L, dtype=D.int64, device=input_ids.device)
+        if token_type_ids is None:  # type 0 everywhere, as transformers' zero buffer (expanded to (B, L))
+            token_type_ids = ops.zeros(b, L, dtype=D.int64, device=input_ids.device)
         x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)  # (B, L, hidden)
         x = x + self.position_embeddings(position_ids)
         return self.LayerNorm(x)
