@@ -40,12 +40,16 @@ def token_batch(vocab: int, batch: int, length: int, pad: bool = True):
     return ids, mask
 
 
-def _bind(impl, device, dtype, model, arrays):
-    """The loaded model (memoised per process) and a zero-argument timed call over device inputs,
-    called once untimed."""
-    m = prepared(("encoder", impl, device, dtype, model), lambda: get_impl(impl, device, dtype).load(model))
+def _load(impl, device, dtype, model):
+    """The loaded model (memoised per process)."""
+    return prepared(("encoder", impl, device, dtype, model), lambda: get_impl(impl, device, dtype).load(model))
+
+
+def _bind(m, arrays):
+    """A zero-argument timed call of model m over device inputs, called once untimed first."""
     run = m.impl.build(m.run, m.device_inputs(*arrays))
-    prepared(("encoder-warm", impl, device, dtype, model, tuple(a.shape for a in arrays)), lambda: run() is None)
+    prepared(("encoder-warm", m.impl.name, m.impl.device, m.impl.dtype, str(m.source),
+              tuple(a.shape for a in arrays)), lambda: run() is None)
     return run
 
 
@@ -56,10 +60,8 @@ class BertBatch:
 
     def setup(self, impl, device, dtype, model, batch):
         _check(device, dtype, model)
-        from engine.models import find_preset, model_class
-        mt, preset = find_preset(model)
-        vocab = model_class(mt).PRESETS[preset]["vocab_size"]
-        self.run = _bind(impl, device, dtype, model, token_batch(vocab, batch, SEQ))
+        m = _load(impl, device, dtype, model)
+        self.run = _bind(m, token_batch(m.config["vocab_size"], batch, SEQ))
 
     def time_forward(self, impl, device, dtype, model, batch):
         self.run()
@@ -72,11 +74,9 @@ class ClipEncode:
 
     def setup(self, impl, device, dtype, model, batch):
         _check(device, dtype, model)
-        from engine.models import find_preset, model_class
-        mt, preset = find_preset(model)
-        vocab = model_class(mt).PRESETS[preset]["vocab_size"]
-        ids, _ = token_batch(vocab, batch, CLIP_SEQ, pad=False)  # SD pads with the end token, no mask
-        self.run = _bind(impl, device, dtype, model, (ids,))
+        m = _load(impl, device, dtype, model)
+        ids, _ = token_batch(m.config["vocab_size"], batch, CLIP_SEQ, pad=False)  # SD pads with the end token
+        self.run = _bind(m, (ids,))
 
     def time_forward(self, impl, device, dtype, model, batch):
         self.run()
