@@ -466,3 +466,13 @@ def test_impls_engine_and_torch_agree_on_one_set_of_weights(model):
         assert_close(a, b)
     ran = e.run(e.device_inputs(*args))
     np.testing.assert_array_equal(ran.last_hidden_state.numpy(), eo[0])
+
+
+@pytest.mark.parametrize("model", ["bert:tiny", "clip_text_model:tiny"])
+def test_verify_impls_gives_token_encoders_token_inputs(model):
+    """verify_impls (any reference/candidate pair) feeds an encoder with a vocabulary seeded token ids,
+    as it does LMs, and compares every shared layer through the taps."""
+    from migration.verify_impls import verify_impls
+    rep = verify_impls(model, reference="torch", candidate="engine", seq_len=12)
+    assert rep.passed, rep.table(only_failed=True, max_rows=20)
+    assert len(rep.layers) > 10 and "outputs_only" not in rep.unmatched
