@@ -315,7 +315,9 @@ HF_MODELS: dict[str, HFModel] = {
     "mixtral": HFModel(_ROTARY + _TIED + _MIXTRAL, notes="router softmax in fp32; per-expert SwiGLU w1/w3/w2"),
     "phi3": HFModel(_ROTARY + _TIED, notes="fused qkv_proj and gate_up_proj kept fused (same keys as HF)"),
     # encoders: the position_ids buffer older transformers saved is rebuilt by the engine
-    "bert": HFModel((Drop("embeddings.position_ids"), Drop("embeddings.token_type_ids")), hf_class="BertModel",
+    # BertFor* checkpoints (bert-base-uncased) hold the encoder under bert. beside task heads: as BertModel loads them
+    "bert": HFModel((Drop("*embeddings.position_ids"), Drop("*embeddings.token_type_ids"), Drop("cls.*"),
+                     Drop("classifier.*"), Drop("qa_outputs.*"), Rename(r"^bert\.", "")), hf_class="BertModel",
                     lm=False, notes="post-norm encoder; exact (erf) GELU; pooler tanh(dense([CLS]))"),
     # released CLIP checkpoints (SD's text_encoder, transformers 4 saves) prefix keys with text_model.;
     # transformers 5 drops the prefix on load, as this rule does

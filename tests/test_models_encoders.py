@@ -156,6 +156,25 @@ def test_bert_without_pooler(tmp_path):
     assert_close(out.last_hidden_state.numpy(), ref.last_hidden_state, "last_hidden_state")
 
 
+@pytest.mark.parametrize("head", ["BertForPreTraining", "BertForSequenceClassification"])
+def test_bert_task_checkpoints_load_their_encoder(tmp_path, head):
+    """bert-base-uncased ships as BertForPreTraining: the encoder under bert., heads (cls.*, classifier.*)
+    beside it. The engine BertModel loads the encoder as transformers' BertModel.from_pretrained does."""
+    from migration.port import port_hf
+    from migration.verify import verify_hf
+    cfg = T.BertConfig(**model_class("bert").PRESETS["tiny"])
+    cfg._attn_implementation = "eager"
+    torch.manual_seed(0)
+    d = save(randomize(getattr(T, head)(cfg)), tmp_path)
+    tm = T.BertModel.from_pretrained(d, attn_implementation="eager").eval()
+    em = from_pretrained(d, device=DEVICE)
+    ref, out = run_both(tm, em, ids_for(256, 2, 12))
+    assert_close(out.last_hidden_state.numpy(), ref.last_hidden_state, "last_hidden_state")
+    assert_close(out.pooler_output.numpy(), ref.pooler_output, "pooler_output")
+    assert port_hf(d).keys.ok
+    assert verify_hf(d, device=str(DEVICE)).passed
+
+
 def test_bert_save_load_round_trip(tmp_path):
     """Engine weights written with engine.io and config.json, read back: bitwise the same outputs."""
     from engine.io import save_file

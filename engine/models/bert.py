@@ -74,6 +74,10 @@ PRESETS = {
 }
 
 
+TASK_PREFIX = "bert"
+TASK_HEADS = (r"^cls\.", r"^classifier\.", r"^qa_outputs\.")  # pretraining / classification / QA heads
+
+
 def padding_mask(attention_mask, L: int, dtype):
     """attention_mask (B, S), 0 at padding -> additive (B, 1, L, S): 0 where a key is readable, the
     dtype's minimum at padded keys (transformers' bidirectional mask; a stride-0 view over L)."""
@@ -203,11 +207,16 @@ class BertModel(Pretrained):
     Config = Config
     PRESETS = PRESETS
     # transformers saved the position_ids buffer until 4.31 (all-MiniLM-L6-v2 carries it); rebuilt here
-    IGNORED_KEYS = (r"^embeddings\.position_ids$", r"^embeddings\.token_type_ids$")
+    IGNORED_KEYS = (r"(^|\.)embeddings\.position_ids$", r"(^|\.)embeddings\.token_type_ids$")
 
     def __init__(self, cfg: Config, vb):
         super().__init__()
         self.config = cfg
+        if f"{TASK_PREFIX}.embeddings.word_embeddings.weight" in vb.keys():
+            # saved from a BertFor* model (bert-base-uncased is BertForPreTraining): the encoder under bert.,
+            # task heads beside it, which a BertModel does not have (transformers' AutoModel drops them too)
+            vb.ignore(*TASK_HEADS)
+            vb = vb.pp(TASK_PREFIX)
         self.embeddings = BertEmbeddings(cfg, vb.pp("embeddings"))
         self.encoder = BertEncoder(cfg, vb.pp("encoder"))
         # checkpoints saved with add_pooling_layer=False have no pooler: then no pooler_output
