@@ -1,7 +1,9 @@
 """BERT (HF model_type "bert"): post-norm encoder. Embeddings (word + token type + absolute position,
 then LayerNorm), layers of bidirectional self-attention over a padding mask and a GELU MLP, each
 sub-block followed by LayerNorm(x + residual), and the pooler (tanh(dense(first token))).
-Attribute paths equal transformers' BertModel state-dict keys (MiniLM, all-MiniLM-L6-v2, bert-base).
+Attribute paths equal transformers' BertModel state-dict keys (MiniLM, all-MiniLM-L6-v2, bert-base);
+checkpoints of BertFor* models (bert-base-uncased: BertForPreTraining) hold them under "bert." beside
+task heads, and load the same way (heads ignored, as BertModel.from_pretrained drops them).
 
     model = engine.models.from_pretrained("all-MiniLM-L6-v2")   # a BertModel directory
     out = model(input_ids, attention_mask)                     # EncoderOutput
