@@ -520,7 +520,8 @@ def load_hf_torch(model_dir, dtype: str = "float32"):
 def verify_hf(source, *, dtype: str | None = None, batch: int = 2, seq_len: int = 16, seed: int = 0,
               engine_model=None, torch_model=None, **kw) -> VerifyReport:
     """Verify the engine model of a HF model (a model dir, or a transformers model instance) against
-    transformers on seeded token ids, with LM metrics for causal LMs (HF_MODELS[...].lm). The engine model comes from port_hf unless given."""
+    transformers on seeded token ids, with LM metrics for causal LMs (HF_MODELS[...].lm). The engine model
+    comes from port_hf unless given."""
     from migration.module_map import hf_model
     from migration.port import port_hf
     from migration.rules import rename_name
