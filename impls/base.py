@@ -12,7 +12,9 @@ Impl (one per implementation, device and dtype):
             ``empty_cache``
 
 Model (what load returns):
-  ``forward(*arrays)`` -> list of host arrays; for causal LMs ``logits(ids)`` (B, L, V) float32,
+  ``forward(*arrays)`` -> list of host arrays; ``device_inputs(*arrays)`` then ``run(inputs)``: the same
+  forward with inputs placed on the device once and outputs left there (what encoder suites time);
+  for causal LMs ``logits(ids)`` (B, L, V) float32,
   and the decode loop of this implementation: ``start(ids, max_new_tokens)`` (prefill into a fresh
   cache; returns the first greedy tokens (B,)), ``step()`` (one greedy step, the token stays on the
   device), ``tokens()`` (B, n), ``generate(ids, n)`` and ``prefill(ids)`` (to the first token).
@@ -226,6 +228,14 @@ class Model:
 
     def forward(self, *arrays) -> list:
         raise Unavailable(f"{self.impl.name} cannot run {self.source}")
+
+    def device_inputs(self, *arrays):
+        """The host arrays as this implementation's inputs on its device (for `run`)."""
+        raise Unavailable(f"{self.impl.name} cannot run {self.source} on device inputs")
+
+    def run(self, inputs):
+        """The forward over `device_inputs`, outputs left on the device (no host copy)."""
+        raise Unavailable(f"{self.impl.name} cannot run {self.source} on device inputs")
 
     def logits(self, ids) -> np.ndarray:
         raise Unavailable(f"{self.impl.name} has no language-model logits for {self.source}")

@@ -161,10 +161,15 @@ class EngineModel(Model):
         return {k: v.array for k, v in self.module.state_dict().items()}
 
     def forward(self, *arrays):
-        args = [engine.tensor(a, device=self.impl.device) if isinstance(a, np.ndarray) else a for a in arrays]
-        out = self.module(*args)
+        out = self.run(self.device_inputs(*arrays))
         outs = out if isinstance(out, (tuple, list)) else [out]
-        return [o.float().numpy() if o.dtype.is_reduced else o.numpy() for o in outs]
+        return [o.float().numpy() if o.dtype.is_reduced else o.numpy() for o in outs if o is not None]
+
+    def device_inputs(self, *arrays):
+        return [engine.tensor(a, device=self.impl.device) if isinstance(a, np.ndarray) else a for a in arrays]
+
+    def run(self, inputs):
+        return self.module(*inputs)
 
     def logits(self, ids):
         ids = engine.tensor(as_ids(ids), device=self.impl.device)

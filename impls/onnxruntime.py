@@ -179,6 +179,12 @@ class OrtModel(Model):
         key = ("forward",) + tuple((a.shape, a.dtype.str) for a in arrays)
         return [o.astype(np.float32) if o.dtype.kind == "f" else o for o in self._run(key, self.module, arrays)]
 
+    def device_inputs(self, *arrays):
+        return [np.asarray(a) for a in arrays]  # session.run feeds host arrays (zero-copy on the cpu)
+
+    def run(self, inputs):
+        return self.forward(*inputs)
+
     def logits(self, ids):
         ids = as_ids(ids)
         key = ("logits", ids.shape)

@@ -199,8 +199,10 @@ def _device_of(module):
 
 
 def _engine_lms() -> set:
+    """The model types the engine runs as causal LMs (its encoders load through AutoModel)."""
     from engine import models
-    return set(models.REGISTRY)
+    from engine.models.base import CausalLM
+    return {mt for mt in models.REGISTRY if issubclass(models.model_class(mt), CausalLM)}
 
 
 def _assign(module, weights: dict, device, dtype) -> None:
@@ -236,9 +238,14 @@ class TorchModel(Model):
 
     # ---- forward -------------------------------------------------------------------------------------------
     def forward(self, *arrays):
+        return _host(self.run(self.device_inputs(*arrays)))
+
+    def device_inputs(self, *arrays):
+        return [self.impl.as_input(a) for a in arrays]
+
+    def run(self, inputs):
         with torch.inference_mode():
-            out = self.run_module(*[self.impl.as_input(a) for a in arrays])
-        return _host(out)
+            return self.run_module(*inputs)
 
     def logits(self, ids):
         ids = torch.as_tensor(as_ids(ids), device=self.impl.tdevice)

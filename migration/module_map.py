@@ -281,6 +281,7 @@ class HFModel:
     hf_class: str = "AutoModelForCausalLM"
     notes: str = ""
     skip: tuple = ()                  # verify: globs of layer names not compared (different contracts)
+    lm: bool = True                   # verify: a causal LM (teacher-forced logit metrics); False: an encoder
 
     def engine_path(self, model_type: str) -> str:
         if self.engine:
@@ -313,6 +314,16 @@ HF_MODELS: dict[str, HFModel] = {
     "gemma": HFModel(_ROTARY + _TIED, notes="RMSNorm scales by (1 + w); embeddings scaled by sqrt(hidden)"),
     "mixtral": HFModel(_ROTARY + _TIED + _MIXTRAL, notes="router softmax in fp32; per-expert SwiGLU w1/w3/w2"),
     "phi3": HFModel(_ROTARY + _TIED, notes="fused qkv_proj and gate_up_proj kept fused (same keys as HF)"),
+    # encoders: the position_ids buffer older transformers saved is rebuilt by the engine
+    # BertFor* checkpoints (bert-base-uncased) hold the encoder under bert. beside task heads: as BertModel loads them
+    "bert": HFModel((Drop("*embeddings.position_ids"), Drop("*embeddings.token_type_ids"), Drop("cls.*"),
+                     Drop("classifier.*"), Drop("qa_outputs.*"), Rename(r"^bert\.", "")), hf_class="BertModel",
+                    lm=False, notes="post-norm encoder; exact (erf) GELU; pooler tanh(dense([CLS]))"),
+    # released CLIP checkpoints (SD's text_encoder, transformers 4 saves) prefix keys with text_model.;
+    # transformers 5 drops the prefix on load, as this rule does
+    "clip_text_model": HFModel((Rename(r"^text_model\.", ""), Drop("embeddings.position_ids")),
+                               hf_class="CLIPTextModel", lm=False,
+                               notes="pre-norm causal encoder; quick_gelu; pooled at the end-of-text token"),
 }
 
 

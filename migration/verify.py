@@ -520,7 +520,8 @@ def load_hf_torch(model_dir, dtype: str = "float32"):
 def verify_hf(source, *, dtype: str | None = None, batch: int = 2, seq_len: int = 16, seed: int = 0,
               engine_model=None, torch_model=None, **kw) -> VerifyReport:
     """Verify the engine model of a HF model (a model dir, or a transformers model instance) against
-    transformers on seeded token ids, with LM metrics. The engine model comes from port_hf unless given."""
+    transformers on seeded token ids, with LM metrics for causal LMs (HF_MODELS[...].lm). The engine model
+    comes from port_hf unless given."""
     from migration.module_map import hf_model
     from migration.port import port_hf
     from migration.rules import rename_name
@@ -538,8 +539,9 @@ def verify_hf(source, *, dtype: str | None = None, batch: int = 2, seq_len: int 
         engine_model = port_hf(source if isinstance(source, (str, Path)) else tm, dtype=dtype).model
     inputs = lm_inputs(tm.config.vocab_size, batch, seq_len, seed)
     kw.setdefault("skip", spec.skip)
-    return verify(tm, engine_model, inputs, name=kw.pop("name", name), dtype=dtype, lm=True,
-                  rename=lambda qn: rename_name(qn, spec.rules), torch_kwargs={"use_cache": False}, **kw)
+    return verify(tm, engine_model, inputs, name=kw.pop("name", name), dtype=dtype, lm=spec.lm,
+                  rename=lambda qn: rename_name(qn, spec.rules),
+                  torch_kwargs={"use_cache": False} if spec.lm else {}, **kw)
 
 
 from migration.golden import load_golden, verify_golden  # noqa: E402,F401  (the torch-free half, re-exported)

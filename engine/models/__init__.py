@@ -21,6 +21,8 @@ REGISTRY = {
     "qwen2": "engine.models.qwen2:Qwen2ForCausalLM",
     "mixtral": "engine.models.mixtral:MixtralForCausalLM",
     "phi3": "engine.models.phi3:Phi3ForCausalLM",
+    "bert": "engine.models.bert:BertModel",
+    "clip_text_model": "engine.models.clip_text:CLIPTextModel",
 }
 
 

@@ -7,6 +7,8 @@ caches, the tied or separate LM head and the one narrow forward. A model file ho
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from engine import dtype as D
 from engine import ops
 from engine.models import load_pretrained, load_preset
@@ -64,3 +66,34 @@ class CausalLM(Module):
         attention_mask (B, all positions so far) marks left padding with 0."""
         ids = input_ids if hasattr(input_ids, "storage") else ops.tensor(input_ids, dtype=D.int64)
         return self.lm_head(self.model(ids, cache, attention_mask, position_ids))
+
+
+class EncoderOutput(NamedTuple):
+    """What an encoder's forward returns, in transformers' order (BaseModelOutputWithPooling)."""
+    last_hidden_state: object  # (B, L, hidden)
+    pooler_output: object  # (B, hidden), or None for a model without a pooler
+
+
+class Pretrained(Module):
+    """The loading plumbing of models without a decode loop (encoders: BERT, CLIP's text tower):
+    from_pretrained, presets, dtype and device, once. A model file names its Config and PRESETS and
+    holds the math."""
+    Config = None
+    PRESETS: dict = {}
+    IGNORED_KEYS: tuple = ()
+
+    @classmethod
+    def from_pretrained(cls, path, dtype=None, device=None):
+        return load_pretrained(cls, path, dtype, device)
+
+    @classmethod
+    def from_preset(cls, preset: str, dtype=None, device=None, seed: int = 0, **overrides):
+        return load_preset(cls, preset, dtype, device, seed, **overrides)
+
+    @property
+    def dtype(self):
+        return next(iter(self.parameters())).dtype
+
+    @property
+    def device(self):
+        return next(iter(self.parameters())).device

@@ -99,3 +99,27 @@ class Flatten(Module):
 
     def extra_repr(self):
         return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
+
+
+# ---- Hugging Face config.json activation names (transformers' ACT2FN keys) ---------------------------------
+def quick_gelu(x):
+    """x * sigmoid(1.702 x): CLIP's GELU approximation, in transformers' order of operations."""
+    return x * (x * 1.702).sigmoid()
+
+
+HF_ACTIVATIONS = {
+    "gelu": F.gelu,  # exact (erf) GELU: BERT's
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),  # the tanh approximation (GPT-2's name for it)
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "quick_gelu": quick_gelu,  # CLIP (SD 1.x text encoders)
+    "relu": lambda x: x.relu(),
+    "silu": lambda x: x.silu(),
+    "swish": lambda x: x.silu(),
+}
+
+
+def hf_activation(name: str):
+    """The function behind a config.json `hidden_act` name; NotImplementedError names the known ones."""
+    if name not in HF_ACTIVATIONS:
+        raise NotImplementedError(f"hidden_act {name!r} is not supported (known: {', '.join(HF_ACTIVATIONS)})")
+    return HF_ACTIVATIONS[name]

@@ -88,6 +88,10 @@ def run(args) -> int:
         else:
             model = models.from_pretrained(args.model, dtype=dtype, device=args.device)
             tokenizer = load_tokenizer(args.model)
+        from engine.models.base import CausalLM
+        if not isinstance(model, CausalLM):  # an encoder (bert: taper embed) has no decode loop
+            raise ValueError(f"{args.model}: model_type {model.config.model_type!r} is an encoder, not a language "
+                             "model; taper generate needs a causal LM")
         if args.prompt is not None:
             if tokenizer is None:
                 raise ValueError(f"{args.model} has no tokenizer.json; pass --ids instead of --prompt")
