@@ -21,6 +21,7 @@ REGISTRY = {
     "qwen2": "engine.models.qwen2:Qwen2ForCausalLM",
     "mixtral": "engine.models.mixtral:MixtralForCausalLM",
     "phi3": "engine.models.phi3:Phi3ForCausalLM",
+    "yolov8": "engine.models.yolov8:YOLOv8",
 }
 
 
