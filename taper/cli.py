@@ -21,6 +21,7 @@ COMMANDS = {
     "port": "port a torch model: an engine program through torch.export, or the hand-written mapping table",
     "verify": "run a reference and a candidate implementation side by side; per-layer errors, first divergence",
     "generate": "generate text with an engine language model",
+    "detect": "detect objects in an image with an engine YOLOv8 model; print them and draw the boxes",
     "bench": "run asv benchmarks in the current environment and print engine vs torch",
     "report": "build Markdown and an HTML dashboard from benchmark results",
     "claims": "re-measure the published performance claims on this machine",

@@ -91,7 +91,7 @@ class VarBuilder:
     @classmethod
     def random(cls, seed: int = 0, std: float = 0.02, dtype=D.float32, device=None) -> "VarBuilder":
         """Random weights for any requested name and shape: N(0, std) for matrices, 1 for vectors named
-        like norm weights, 0 for biases. For benchmarks and contract tests from a preset; nothing is
+        like norm weights and for BatchNorm running_var, 0 for biases and running_mean. For benchmarks and contract tests from a preset; nothing is
         missing or unused. On the CPU the draws come from one host generator in request order; on other
         devices each weight is drawn on the device (backend.random_normal, seeded by seed and name), so
         a 7B model is ready in seconds rather than minutes."""
@@ -101,6 +101,10 @@ class VarBuilder:
 
         def make(name, shape):
             leaf = name.rsplit(".", 1)[-1]
+            if leaf == "running_var":  # BatchNorm statistics start as torch's (a random variance may be < 0)
+                return np.ones(shape, np.float32)
+            if leaf == "running_mean":
+                return np.zeros(shape, np.float32)
             if len(shape) == 1 and ("norm" in name or leaf == "weight") and leaf != "bias":
                 return np.ones(shape, np.float32)
             if leaf == "bias":
