@@ -156,12 +156,14 @@ class NnKernels:
             perm = (0, 1) + tuple(range(2 + nd, 2 + 2 * nd)) + tuple(range(2, 2 + nd))  # (N, C, *K, *O)
             cols = xp.ascontiguousarray(win.transpose(perm)).reshape(n, groups * cg * kk, math.prod(osz))
         w2 = w.reshape(o, cg * kk)
+        cdt = D.get(x.dtype)  # the backend's matmul: pooled output; on cupy its capture-safe kernel in a graph
         if groups == 1:
-            out = xp.matmul(w2, cols)  # (N, O, M)
+            out = self.matmul(w2, cols, cdt)  # (N, O, M)
         else:
             out = xp.empty((n, o, cols.shape[2]), x.dtype)
             for g in range(groups):
-                out[:, g * og:(g + 1) * og] = xp.matmul(w2[g * og:(g + 1) * og], cols[:, g * cg * kk:(g + 1) * cg * kk])
+                out[:, g * og:(g + 1) * og] = self.matmul(w2[g * og:(g + 1) * og],
+                                                          cols[:, g * cg * kk:(g + 1) * cg * kk], cdt)
         out = out.reshape((n, o) + tuple(osz))
         if b is not None:
             out += self._f(b, out_dtype).reshape((1, o) + (1,) * nd)
