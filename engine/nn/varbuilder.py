@@ -139,6 +139,15 @@ class VarBuilder:
     def keys(self) -> list:
         return list(self._s.source.keys or [])
 
+    @property
+    def description(self) -> str:
+        """Where the tensors come from (a path, 'random weights (seed 0)', ...)."""
+        return self._s.source.description
+
+    def shape_of(self, name: str) -> tuple:
+        """The stored shape of `prefix.name` (a checkpoint key), without loading it."""
+        return tuple(self._s.source.shape_of(self._name(name)))
+
     def contains(self, name: str) -> bool:
         ks = self._s.source.keys
         return ks is None or self._name(name) in set(ks)

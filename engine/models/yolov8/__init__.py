@@ -61,9 +61,9 @@ class Config:
         return max(round(n * SCALES[self.scale][0]), 1) if n > 1 else n
 
     def name(self, i: int) -> str:
-        if self.names is None:
-            return f"class {i}"
-        return str(self.names[i]) if i in range(len(self.names)) or isinstance(self.names, dict) else f"class {i}"
+        """The name of class i ("class i" when the config has none for it)."""
+        names = dict(enumerate(self.names)) if isinstance(self.names, list) else self.names or {}
+        return str(names.get(i, f"class {i}"))
 
 
 PRESETS = {
@@ -334,14 +334,14 @@ def infer_config(vb) -> Config:
     need = ("model.0.conv.weight", "model.22.cv3.0.2.weight", "model.22.dfl.conv.weight")
     missing = [k for k in need if k not in keys]
     if missing:
-        raise StateDictError(f"{vb._s.source.description}: not a YOLOv8 detection checkpoint (no {', '.join(missing)}; "
+        raise StateDictError(f"{vb.description}: not a YOLOv8 detection checkpoint (no {', '.join(missing)}; "
                              f"it has {len(keys)} tensors, e.g. {', '.join(sorted(keys)[:3])})")
-    shape = vb._s.source.shape_of
+    shape = vb.shape_of
     width = shape("model.0.conv.weight")[0] / 64  # the first Conv has 64 * width channels
     depth = len({m[1] for k in keys if (m := re.match(r"model\.4\.m\.(\d+)\.", k))})  # C2f of 6 bottlenecks
     scale = next((s for s, (d, w, _) in SCALES.items() if math.isclose(w, width) and max(round(6 * d), 1) == depth),
                  None)
     if scale is None:
-        raise StateDictError(f"{vb._s.source.description}: YOLOv8 shapes of width {width:g} and depth {depth} match "
+        raise StateDictError(f"{vb.description}: YOLOv8 shapes of width {width:g} and depth {depth} match "
                              f"no scale of {', '.join(SCALES)}")
     return Config(nc=shape("model.22.cv3.0.2.weight")[0], scale=scale, reg_max=shape("model.22.dfl.conv.weight")[1])
