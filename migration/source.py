@@ -241,7 +241,7 @@ class Source:
         """The weights_only unpickler again, with `names` allowlisted as inert stubs; modules -> state dicts."""
         stubs = [(stub_class(n), n) for n in names]
         try:
-            if not stubs:
+            if not stubs or not hasattr(torch.serialization, "safe_globals"):  # torch < 2.5: no stubs, refuse
                 raise error
             with torch.serialization.safe_globals(stubs):
                 obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
