@@ -89,6 +89,12 @@ def test_matches_ultralytics_random_weights(ultra, scale, nc, shape):
         t.numel() for k, t in model.state_dict().items() if not k.endswith("running_mean") and "running_var" not in k)
 
 
+def test_taper_verify_layer_by_layer(ultra, capsys):
+    assert main(["verify", "yolov8:yolov8n", "--batch", "1", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "verdict: PASS  (97/97 outputs within tolerance" in out, out
+
+
 def test_letterbox_matches_ultralytics(ultra, images):
     from ultralytics.data.augment import LetterBox
     for name, img in images.items():
