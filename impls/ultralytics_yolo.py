@@ -1,6 +1,7 @@
 """The PyTorch reference of engine.models.yolov8: ultralytics' DetectionModel built offline from its
 yolov8{scale}.yaml, and its own inference path (LetterBox, non_max_suppression, scale_boxes) as its
-DetectionPredictor runs it. ultralytics is AGPL and optional (the test extra): Unavailable without it.
+DetectionPredictor runs it. ultralytics is AGPL and optional (the yolo-test extra, in a venv of its
+own: see pyproject.toml): Unavailable without it.
 
 ultralytics writes a settings file at import and checks whether it is online: YOLO_CONFIG_DIR (a
 temp dir unless set) and YOLO_OFFLINE=1 are set before the first import. torchvision is never
@@ -22,7 +23,8 @@ def _ultralytics():
     try:
         import ultralytics
     except ImportError:
-        raise Unavailable("torch: the YOLOv8 reference needs ultralytics (pip install -e '.[test]')") from None
+        raise Unavailable("torch: the YOLOv8 reference needs ultralytics, in a venv of its own "
+                          "(pip install -e '.[yolo-test]'; see the Makefile's test-yolo)") from None
     return ultralytics
 
 

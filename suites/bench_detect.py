@@ -10,6 +10,8 @@ IoU 0.7), boxes scaled back to the photo.
   threshold and NMS dominates; the parameter value says which). The photo is ultralytics' bus.jpg,
   or noise without ultralytics (the torch rows are skipped then anyway).
 - 16-bit dtypes run on CUDA only; TAPER_BENCH_QUICK=1 uses imgsz 320.
+- ultralytics lives in the yolo-test venv (pyproject.toml says why): run `taper bench --suite detect`
+  from there (`make test-yolo` builds it) to get the torch rows; elsewhere they are skips.
 """
 import os
 

