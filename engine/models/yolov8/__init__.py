@@ -38,7 +38,6 @@ class Config:
     scale: str = "n"
     reg_max: int = 16
     bn_eps: float = 1e-3  # ultralytics' initialize_weights sets every BatchNorm2d to eps=1e-3
-    imgsz: int = 640
     names: dict | list | None = None  # class names (index -> name); None: "class i"
     model_type: str = "yolov8"
 
