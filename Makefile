@@ -1,7 +1,8 @@
 # The two README commands. PY picks the interpreter (default python3).
 PY ?= python3
 
-.PHONY: install run test
+.PHONY: install run test test-yolo
+YOLO_VENV ?= .venv-yolo
 
 install:
 	$(PY) -m pip install -q -e '.[test]'
@@ -14,3 +15,10 @@ run: install
 # the whole test suite (GPU tests skip without ENGINE_DEVICE=cuda and a GPU)
 test: install
 	$(PY) -m pytest -q -p no:cacheprovider
+	$(MAKE) test-yolo PY=$(PY)
+
+# the YOLOv8 tests against ultralytics and the real checkpoint, in a venv of their own (pyproject: yolo-test)
+test-yolo:
+	$(PY) -m venv $(YOLO_VENV)
+	$(YOLO_VENV)/bin/python -m pip install -q -e '.[yolo-test]'
+	$(YOLO_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_models_yolov8.py

@@ -25,7 +25,8 @@ from pathlib import Path
 from bench.discovery import ROOT
 
 SUITES = {"ops": "bench_ops", "pool": "bench_pool", "load": "bench_load", "llm": "bench_llm",
-          "models": "bench_models", "encoders": "bench_encoders"}
+          "models": "bench_models", "encoders": "bench_encoders",
+          "detect": "bench_detect"}
 
 
 def say(msg: str) -> None:

@@ -249,6 +249,11 @@ class Model:
     def tokens(self) -> np.ndarray:
         raise Unavailable(f"{self.impl.name} has no decode loop for {self.source}")
 
+    def detect(self, image, imgsz: int = 640, conf: float = 0.25, iou: float = 0.7) -> np.ndarray:
+        """Object detection of one uint8 (H, W, 3) RGB image, end to end (letterbox, forward, NMS, boxes
+        scaled back): (n, 6) rows x1 y1 x2 y2 score class in the image's pixels."""
+        raise Unavailable(f"{self.impl.name} has no detection pipeline for {self.source}")
+
     def prefill(self, ids) -> np.ndarray:
         """The prompt to its first greedy tokens (B,): the time to first token."""
         return self.start(ids, 1)

@@ -171,6 +171,13 @@ class EngineModel(Model):
     def run(self, inputs):
         return self.module(*inputs)
 
+    def detect(self, image, imgsz: int = 640, conf: float = 0.25, iou: float = 0.7):
+        from engine.models.yolov8 import YOLOv8, detect
+        if not isinstance(self.module, YOLOv8):
+            return super().detect(image, imgsz, conf, iou)
+        d = detect.detect(self.module, image, imgsz, conf, iou)
+        return np.concatenate([d.boxes, d.scores[:, None], d.classes[:, None].astype(d.boxes.dtype)], 1)
+
     def logits(self, ids):
         ids = engine.tensor(as_ids(ids), device=self.impl.device)
         return self.module(ids).float().numpy()

@@ -20,6 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
+# model types whose PyTorch reference is not a transformers class: model_type -> "module:builder", where
+# builder(config dict) returns the torch module (random weights) for that engine config
+TORCH_REFERENCES = {"yolov8": "impls.ultralytics_yolo:build"}
+
+
 class SourceError(ValueError):
     """A model source that cannot be parsed or loaded; the message says which and why."""
 
@@ -138,3 +143,12 @@ def load_factory(spec: str):
     if inputs is not None and not isinstance(inputs, (tuple, list)):
         inputs = (inputs,)
     return out, inputs
+
+
+def torch_reference(source: Source):
+    """The torch module of a preset or directory whose model type is in TORCH_REFERENCES (else None)."""
+    spec = TORCH_REFERENCES.get(source.model_type or "")
+    if spec is None:
+        return None
+    module, _, fn = spec.partition(":")
+    return getattr(importlib.import_module(module), fn)(source.config)

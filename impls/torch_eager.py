@@ -117,6 +117,14 @@ class TorchImpl(Impl):
         elif src.kind == "factory":
             module, inputs = sources.load_factory(src.text)
             module = module.to(device=self.tdevice, dtype=self.tdtype)
+        elif src.model_type in sources.TORCH_REFERENCES:  # not a transformers model (ultralytics' YOLOv8)
+            torch.manual_seed(seed)
+            module = sources.torch_reference(src).to(device=self.tdevice, dtype=self.tdtype)
+            if weights is None and src.kind == "dir":  # the directory's own weights, as the engine reads them
+                from engine.io.safetensors import load_file
+                weights = load_file(src.path / "model.safetensors")
+            if weights is not None:
+                _assign(module, weights, self.tdevice, self.tdtype)
         else:
             try:
                 import transformers
@@ -246,6 +254,12 @@ class TorchModel(Model):
     def run(self, inputs):
         with torch.inference_mode():
             return self.run_module(*inputs)
+
+    def detect(self, image, imgsz: int = 640, conf: float = 0.25, iou: float = 0.7):
+        if sources.TORCH_REFERENCES.get(getattr(self.source, "model_type", None) or "") is None:
+            return super().detect(image, imgsz, conf, iou)
+        from impls import ultralytics_yolo
+        return ultralytics_yolo.detect(self.run_module, image, imgsz, conf, iou)
 
     def logits(self, ids):
         ids = torch.as_tensor(as_ids(ids), device=self.impl.tdevice)

@@ -88,6 +88,7 @@ class ConvertReport:
     tensors: list[str] = field(default_factory=list)        # names stored (aliases excluded)
     aliases: dict[str, str] = field(default_factory=dict)   # alias -> stored name
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (key, what it was)
+    stubbed: list[str] = field(default_factory=list)        # globals read as inert stubs (no code run)
     bytes_in: int = 0
     bytes_out: int = 0
     seconds: float = 0.0
@@ -101,6 +102,9 @@ class ConvertReport:
                  f"{_fmt_bytes(self.bytes_in)} -> {_fmt_bytes(self.bytes_out)} in {self.seconds:.1f} s"]
         if self.aliases:
             lines.append("aliases (stored once): " + ", ".join(f"{a} -> {t}" for a, t in self.aliases.items()))
+        if self.stubbed:
+            lines.append("read without running code; these globals were not imported but stubbed (modules kept as "
+                         "their state dicts): " + ", ".join(self.stubbed))
         if self.skipped:
             lines.append("skipped non-tensor entries: " + ", ".join(f"{k} ({d})" for k, d in self.skipped))
         lines += [f"PROBLEM: {p}" for p in self.problems]
@@ -215,6 +219,7 @@ def convert(src, dst, *, dtype=None, shard_size=None, unsafe_pickle=False, progr
         except RecursionError:
             raise ConvertError(f"{src}: nests too deeply to read") from None
         report.tensors = list(plan)
+        report.stubbed = sorted(source.stubbed)
 
         out.parent.mkdir(parents=True, exist_ok=True)
         staging = temp_path(out)

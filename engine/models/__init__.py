@@ -23,6 +23,7 @@ REGISTRY = {
     "phi3": "engine.models.phi3:Phi3ForCausalLM",
     "bert": "engine.models.bert:BertModel",
     "clip_text_model": "engine.models.clip_text:CLIPTextModel",
+    "yolov8": "engine.models.yolov8:YOLOv8",
 }
 
 

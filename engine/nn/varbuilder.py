@@ -104,7 +104,7 @@ class VarBuilder:
     @classmethod
     def random(cls, seed: int = 0, std: float = 0.02, dtype=D.float32, device=None) -> "VarBuilder":
         """Random weights for any requested name and shape: N(0, std) for matrices, 1 for vectors named
-        like norm weights, 0 for biases. For benchmarks and contract tests from a preset; nothing is
+        like norm weights and for BatchNorm running_var, 0 for biases and running_mean. For benchmarks and contract tests from a preset; nothing is
         missing or unused. On the CPU the draws come from one host generator in request order; on other
         devices each weight is drawn on the device (backend.random_normal, seeded by seed and name), so
         a 7B model is ready in seconds rather than minutes."""
@@ -114,6 +114,10 @@ class VarBuilder:
 
         def make(name, shape):
             leaf = name.rsplit(".", 1)[-1]
+            if leaf == "running_var":  # BatchNorm statistics start as torch's (a random variance may be < 0)
+                return np.ones(shape, np.float32)
+            if leaf == "running_mean":
+                return np.zeros(shape, np.float32)
             if len(shape) == 1 and ("norm" in name or leaf == "weight") and leaf != "bias":
                 return np.ones(shape, np.float32)
             if leaf == "bias":
@@ -147,6 +151,15 @@ class VarBuilder:
 
     def keys(self) -> list:
         return list(self._s.source.keys or [])
+
+    @property
+    def description(self) -> str:
+        """Where the tensors come from (a path, 'random weights (seed 0)', ...)."""
+        return self._s.source.description
+
+    def shape_of(self, name: str) -> tuple:
+        """The stored shape of `prefix.name` (a checkpoint key), without loading it."""
+        return tuple(self._s.source.shape_of(self._name(name)))
 
     def contains(self, name: str) -> bool:
         ks = self._s.source.keys

@@ -87,6 +87,33 @@ def _to_numpy(inputs):
     return [to_numpy(x) if hasattr(x, "detach") else x for x in inputs]
 
 
+def _verify_reference(src, given, args, common, hand):
+    """A model type whose torch reference is not transformers (sources.TORCH_REFERENCES: ultralytics'
+    YOLOv8): the reference built from the config, the engine model over the same weights (a
+    directory's own, else the reference's random init), compared layer by layer on a seeded input
+    (--input, default (batch, 3, 64, 64) in [0, 1))."""
+    import numpy as np
+    import torch
+
+    from engine import models
+    from engine.nn.varbuilder import VarBuilder
+    from impls import sources
+    from migration.verify import verify
+    torch.manual_seed(args.seed)
+    tm = sources.torch_reference(src)
+    cls = models.model_class(src.model_type)
+    if src.kind == "dir":
+        em = cls.from_pretrained(src.path)
+        tm.load_state_dict({k: torch.from_numpy(v.float().numpy()) for k, v in em.state_dict().items()}, strict=False)
+    else:
+        vb = VarBuilder.from_tensors({k: v.detach().float().numpy() for k, v in tm.state_dict().items()})
+        vb.ignore(*getattr(cls, "IGNORED_KEYS", ()))
+        with vb.collect():
+            em = cls(cls.Config.from_dict(src.config), vb)
+    inputs = given or [np.random.default_rng(args.seed).random((args.batch, 3, 64, 64), dtype=np.float32)]
+    return verify(tm, em, inputs, name=str(src), dtype=args.dtype, device=args.device, **common, **hand)
+
+
 def _verify(args):
     from impls import sources
     from migration.export import example_inputs
@@ -116,6 +143,8 @@ def _verify(args):
                             batch=args.batch, seq_len=args.seq_len, route=args.route, **common)
     common.update(confirm=not args.no_confirm, noise_floor=not args.no_noise_floor)
     hand = dict(skip=tuple(args.skip), save_golden=args.save_golden)
+    if src.kind in ("preset", "dir") and src.model_type in sources.TORCH_REFERENCES and not args.nodes:
+        return _verify_reference(src, given, args, common, hand)
     if src.kind == "dir":
         from migration.module_map import HF_MODELS
         if src.model_type in HF_MODELS and args.route != "export" and not args.nodes:
