@@ -24,6 +24,9 @@ REGISTRY = {
     "bert": "engine.models.bert:BertModel",
     "clip_text_model": "engine.models.clip_text:CLIPTextModel",
     "yolov8": "engine.models.yolov8:YOLOv8",
+    # diffusers components: their config.json names the class (_class_name), not a model_type
+    "AutoencoderKL": "engine.models.stable_diffusion.autoencoder_kl:AutoencoderKL",
+    "UNet2DConditionModel": "engine.models.stable_diffusion.unet_2d_condition:UNet2DConditionModel",
 }
 
 
@@ -56,11 +59,13 @@ def read_config(path) -> dict:
 
 
 def from_pretrained(path, dtype=None, device=None):
-    """The engine model for a HF model directory (or a .gguf file), chosen by config.json's model_type."""
+    """The engine model for a HF model directory (or a .gguf file), chosen by config.json's model_type
+    (diffusers components: by its _class_name)."""
     cfg = read_config(path)
-    if "model_type" not in cfg:
-        raise ValueError(f"{Path(path) / 'config.json'} has no model_type")
-    return model_class(cfg["model_type"]).from_pretrained(path, dtype=dtype, device=device)
+    kind = cfg.get("model_type") or cfg.get("_class_name")
+    if not kind:
+        raise ValueError(f"{Path(path) / 'config.json'} has no model_type (nor a diffusers _class_name)")
+    return model_class(kind).from_pretrained(path, dtype=dtype, device=device)
 
 
 def from_preset(model_type: str, preset: str, dtype=None, device=None, seed: int = 0, **overrides):
