@@ -10,6 +10,7 @@ import engine  # noqa: E402
 from engine.nn.module import StateDictError  # noqa: E402
 from engine.nn.varbuilder import VarBuilder  # noqa: E402
 from engine.models.stable_diffusion.autoencoder_kl import AutoencoderKL  # noqa: E402
+from engine.models.stable_diffusion.unet_2d_condition import UNet2DConditionModel  # noqa: E402
 
 
 def _randomised(ref, seed=0):
@@ -103,10 +104,95 @@ def test_vae_errors(vae_pair):
         AutoencoderKL.Config.from_dict({**VAE_TINY, "down_block_types": ["DownBlock2D"] * 2})
 
 
-def test_vae_sd15_preset_shapes():
-    cfg = AutoencoderKL.Config.from_dict(AutoencoderKL.PRESETS["sd-1.5"])
-    ref = diffusers.AutoencoderKL(**{k: v for k, v in AutoencoderKL.PRESETS["sd-1.5"].items()})
+def _sd15_keys_match(cls, ref_cls):
+    """The SD-1.5 preset builds exactly diffusers' state dict (names and shapes): diffusers on the meta
+    device, the engine over lazily zeroed arrays (calloc: no memory touched)."""
+    preset = cls.PRESETS["sd-1.5"]
+    with torch.device("meta"):
+        ref = ref_cls(**preset)
     want = {k: tuple(v.shape) for k, v in ref.state_dict().items()}
-    with VarBuilder.random(0).collect() as vb:  # shapes only: the random source records every request
-        m = AutoencoderKL(cfg, vb)
+    with VarBuilder.from_tensors({k: np.zeros(s, np.float32) for k, s in want.items()}).collect() as vb:
+        m = cls(cls.Config.from_dict(preset), vb)  # strict: any missing or unused key raises
     assert {k: tuple(v.shape) for k, v in m.state_dict().items()} == want
+    return sum(int(np.prod(s)) for s in want.values())
+
+
+def test_vae_sd15_preset_shapes():
+    assert _sd15_keys_match(AutoencoderKL, diffusers.AutoencoderKL) == 83_653_863
+
+
+# ---- UNet2DConditionModel ---------------------------------------------------------------------------------
+UNET_TINY = dict(UNet2DConditionModel.PRESETS["tiny"])
+
+
+def _unet_pair(cfg):
+    ref = _randomised(diffusers.UNet2DConditionModel(**cfg))
+    return ref, _build(UNet2DConditionModel, cfg, ref)
+
+
+@pytest.fixture(scope="module")
+def unet_pair():
+    return _unet_pair(UNET_TINY)
+
+
+def _unet_close(pair, batch, hw, t, ctx_len=7, ctx_dim=32, atol=2e-5):
+    ref, ours = pair
+    rng = np.random.default_rng(batch)
+    x = rng.standard_normal((batch, 4) + hw).astype(np.float32)
+    c = rng.standard_normal((batch, ctx_len, ctx_dim)).astype(np.float32)
+    tt = torch.tensor(t) if isinstance(t, np.ndarray) else t
+    with torch.no_grad():
+        want = ref(torch.from_numpy(x), tt, torch.from_numpy(c)).sample
+    te = engine.tensor(t) if isinstance(t, np.ndarray) else t
+    return _close(ours(engine.tensor(x), te, engine.tensor(c)), want, atol)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_unet(unet_pair, batch):
+    _unet_close(unet_pair, batch, (16, 16), 981)
+
+
+@pytest.mark.parametrize("t", [0, 1.0, 999, np.array([5.0, 700.0], np.float32), np.array([37], np.int64)])
+def test_unet_timesteps(unet_pair, t):
+    _unet_close(unet_pair, 2, (8, 8), t)
+
+
+def test_unet_odd_size(unet_pair):
+    _unet_close(unet_pair, 1, (9, 7), 500)  # the upsampler meets the skip's size, as diffusers' upsample_size
+
+
+def test_unet_variants():
+    """use_linear_projection (SD 2.x), heads per block, two transformer layers, three levels."""
+    cfg = dict(UNET_TINY, use_linear_projection=True, attention_head_dim=(4, 8), transformer_layers_per_block=2)
+    _unet_close(_unet_pair(cfg), 1, (8, 8), 250)
+    cfg = dict(UNET_TINY, block_out_channels=(32, 32, 64), down_block_types=("CrossAttnDownBlock2D",) * 2 + ("DownBlock2D",),
+               up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 2, cross_attention_dim=24)
+    _unet_close(_unet_pair(cfg), 1, (8, 8), 10, ctx_dim=24)
+
+
+def test_unet_errors(unet_pair):
+    _, ours = unet_pair
+    x, c = engine.zeros(1, 4, 8, 8), engine.zeros(1, 7, 32)
+    with pytest.raises(ValueError, match=r"sample must be \(B, 4, h, w\), got \(1, 3, 8, 8\)"):
+        ours(engine.zeros(1, 3, 8, 8), 1, c)
+    with pytest.raises(ValueError, match=r"encoder_hidden_states must be \(1, S, 32\), got \(1, 7, 16\)"):
+        ours(x, 1, engine.zeros(1, 7, 16))
+    with pytest.raises(ValueError, match="3 timesteps for a batch of 1"):
+        ours(x, engine.tensor([1.0, 2.0, 3.0]), c)
+    with pytest.raises(NotImplementedError, match="class_embed_type='timestep'"):
+        UNet2DConditionModel.Config.from_dict({**UNET_TINY, "class_embed_type": "timestep"})
+    with pytest.raises(NotImplementedError, match="UpBlock2D, CrossAttnUpBlock2D|CrossAttnUpBlock2D, UpBlock2D"):
+        UNet2DConditionModel.Config.from_dict({**UNET_TINY, "up_block_types": ["AttnUpBlock2D", "UpBlock2D"]})
+
+
+def test_unet_sd15_preset_shapes():
+    assert _sd15_keys_match(UNet2DConditionModel, diffusers.UNet2DConditionModel) == 859_520_964
+
+
+def test_registry_picks_by_class_name(tmp_path, unet_pair):
+    from engine import models
+    ref, _ = unet_pair
+    ref.save_pretrained(tmp_path / "unet", safe_serialization=True)
+    m = models.from_pretrained(tmp_path / "unet")
+    assert isinstance(m, UNet2DConditionModel)
+    assert models.presets()["UNet2DConditionModel"] == ["tiny", "sd-1.5"]
