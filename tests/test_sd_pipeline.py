@@ -1,0 +1,107 @@
+"""txt2img on the engine against diffusers' own StableDiffusionPipeline over the same components (tiny
+UNet and VAE with the same random weights, SD 1.5's scheduler config), the same text embeddings and
+the same initial latents: the final images must agree."""
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+diffusers = pytest.importorskip("diffusers", reason="pip install diffusers==0.42.1 (the test extra)")
+
+import engine  # noqa: E402
+from engine.models.stable_diffusion import schedulers as S  # noqa: E402
+from engine.models.stable_diffusion.autoencoder_kl import AutoencoderKL  # noqa: E402
+from engine.models.stable_diffusion.pipeline import StableDiffusionPipeline  # noqa: E402
+from engine.models.stable_diffusion.unet_2d_condition import UNet2DConditionModel  # noqa: E402
+from test_sd_models import _build, _randomised  # noqa: E402
+
+UNET, VAE = dict(UNet2DConditionModel.PRESETS["tiny"]), dict(AutoencoderKL.PRESETS["tiny"])
+REF_SCHEDULERS = {
+    "ddim": lambda: diffusers.DDIMScheduler(**S.PRESETS["sd-1.5"]),
+    "euler": lambda: diffusers.EulerDiscreteScheduler(**{k: v for k, v in S.PRESETS["sd-1.5"].items()
+                                                          if k not in ("clip_sample", "set_alpha_to_one")}),
+}
+
+
+@pytest.fixture(scope="module")
+def components():
+    ru, rv = _randomised(diffusers.UNet2DConditionModel(**UNET), 1), _randomised(diffusers.AutoencoderKL(**VAE), 2)
+    return ru, rv, _build(UNet2DConditionModel, UNET, ru), _build(AutoencoderKL, VAE, rv)
+
+
+def _inputs(batch=1, hw=8, seed=0):
+    rng = np.random.default_rng(seed)
+    pe = rng.standard_normal((batch, 7, 32)).astype(np.float32)
+    ne = rng.standard_normal((batch, 7, 32)).astype(np.float32)
+    lat = rng.standard_normal((batch, 4, hw, hw)).astype(np.float32)
+    return pe, ne, lat
+
+
+@pytest.mark.parametrize("kind", ["ddim", "euler"])
+def test_txt2img_matches_diffusers(components, kind):
+    ru, rv, eu, ev = components
+    ref = diffusers.StableDiffusionPipeline(vae=rv, text_encoder=None, tokenizer=None, unet=ru,
+                                            scheduler=REF_SCHEDULERS[kind](), safety_checker=None,
+                                            feature_extractor=None, requires_safety_checker=False)
+    ref.set_progress_bar_config(disable=True)
+    pipe = StableDiffusionPipeline(eu, ev, S.scheduler_from_config(S.PRESETS["sd-1.5"], kind))
+    pe, ne, lat = _inputs()
+    with torch.no_grad():
+        want = ref(prompt_embeds=torch.from_numpy(pe), negative_prompt_embeds=torch.from_numpy(ne),
+                   latents=torch.from_numpy(lat), num_inference_steps=4, guidance_scale=7.5, height=16, width=16,
+                   output_type="np").images
+    got = pipe(pe, ne, num_inference_steps=4, guidance_scale=7.5, latents=lat, output_type="float",
+               show_progress=False)
+    assert got.shape == want.shape == (1, 16, 16, 3)
+    assert np.abs(got - want).max() < 1e-4  # seen: 2.4e-6 (ddim), 2.5e-6 (euler)
+    u8 = pipe(pe, ne, num_inference_steps=4, latents=lat, show_progress=False)
+    assert u8.dtype == np.uint8 and np.abs(u8.astype(int) - np.round(want * 255)).max() <= 1
+
+
+def test_no_guidance_and_seed(components):
+    _, _, eu, ev = components
+    pipe = StableDiffusionPipeline(eu, ev, S.DDIMScheduler.from_preset("sd-1.5"))
+    pe, _, _ = _inputs(batch=2)
+    a = pipe(pe, num_inference_steps=1, guidance_scale=1.0, seed=3, height=16, width=16, show_progress=False)
+    b = pipe(pe, num_inference_steps=1, guidance_scale=1.0, seed=3, height=16, width=16, show_progress=False)
+    assert a.shape == (2, 16, 16, 3) and np.array_equal(a, b)
+
+
+def test_progress_bar(components, capsys):
+    pytest.importorskip("tqdm")
+    _, _, eu, ev = components
+    pipe = StableDiffusionPipeline(eu, ev, S.EulerDiscreteScheduler.from_preset("sd-1.5"))
+    pe, ne, lat = _inputs()
+    pipe.denoise(pe, ne, num_inference_steps=2, latents=lat)
+    err = capsys.readouterr().err
+    assert "denoise" in err and "2/2" in err
+
+
+def test_pipeline_errors(components, tmp_path):
+    _, _, eu, ev = components
+    pipe = StableDiffusionPipeline(eu, ev, S.DDIMScheduler.from_preset("sd-1.5"))
+    pe, ne, lat = _inputs()
+    with pytest.raises(ValueError, match="needs negative_prompt_embeds"):
+        pipe.denoise(pe, num_inference_steps=1, latents=lat)
+    with pytest.raises(ValueError, match=r"prompt_embeds must be \(batch, tokens, 32\)"):
+        pipe.denoise(np.zeros((1, 7, 16), np.float32), num_inference_steps=1)
+    with pytest.raises(ValueError, match=r"latents must be \(1, 4, 8, 8\)"):
+        pipe.denoise(pe, ne, num_inference_steps=1, latents=np.zeros((1, 4, 4, 4), np.float32), height=16, width=16)
+    with pytest.raises(ValueError, match="multiples of 2"):
+        pipe.denoise(pe, ne, num_inference_steps=1, height=15, width=16)
+    with pytest.raises(FileNotFoundError, match="missing unet, vae, scheduler/scheduler_config.json"):
+        StableDiffusionPipeline.from_pretrained(tmp_path)
+
+
+def test_from_pretrained_dir(components, tmp_path):
+    """A diffusers directory written by diffusers itself loads into the engine pipeline."""
+    ru, rv, _, _ = components
+    ref = diffusers.StableDiffusionPipeline(vae=rv, text_encoder=None, tokenizer=None, unet=ru,
+                                            scheduler=diffusers.PNDMScheduler(skip_prk_steps=True, **{
+                                                k: v for k, v in S.PRESETS["sd-1.5"].items() if k != "clip_sample"}),
+                                            safety_checker=None, feature_extractor=None,
+                                            requires_safety_checker=False)
+    ref.save_pretrained(tmp_path, safe_serialization=True)
+    pipe = StableDiffusionPipeline.from_pretrained(tmp_path, scheduler="euler")
+    assert isinstance(pipe.scheduler, S.EulerDiscreteScheduler) and pipe.scheduler.config.steps_offset == 1
+    pe, ne, lat = _inputs()
+    assert pipe(pe, ne, num_inference_steps=1, latents=lat, show_progress=False).shape == (1, 16, 16, 3)
