@@ -23,6 +23,7 @@ COMMANDS = {
     "generate": "generate text with an engine language model",
     "embed": "sentence embeddings and their cosine similarities with an engine BERT (e.g. all-MiniLM-L6-v2)",
     "detect": "detect objects in an image with an engine YOLOv8 model; print them and draw the boxes",
+    "txt2img": "Stable Diffusion on the engine: text embeddings to a PNG (progress bar on the denoising loop)",
     "bench": "run asv benchmarks in the current environment and print engine vs torch",
     "report": "build Markdown and an HTML dashboard from benchmark results",
     "claims": "re-measure the published performance claims on this machine",

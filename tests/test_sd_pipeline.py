@@ -105,3 +105,53 @@ def test_from_pretrained_dir(components, tmp_path):
     assert isinstance(pipe.scheduler, S.EulerDiscreteScheduler) and pipe.scheduler.config.steps_offset == 1
     pe, ne, lat = _inputs()
     assert pipe(pe, ne, num_inference_steps=1, latents=lat, show_progress=False).shape == (1, 16, 16, 3)
+
+
+# ---- taper txt2img ------------------------------------------------------------------------------------------
+def _cli(*argv):
+    from taper.cli import main
+    return main(["txt2img", *map(str, argv)])
+
+
+def test_cli_writes_png(tmp_path, capsys):
+    PIL = pytest.importorskip("PIL.Image")
+    out = tmp_path / "a.png"
+    assert _cli("--model", "sd:tiny", "--random-embeds", "--steps", 1, "--out", out, "--no-progress") == 0
+    img = np.asarray(PIL.open(out))
+    assert img.shape == (32, 32, 3) and img.dtype == np.uint8 and img.std() > 0
+    assert "wrote" in capsys.readouterr().out
+    # the same seed, embeddings from files (.npy, and .safetensors with the negative inside): same image
+    from engine.io.safetensors import save_file
+    rng = np.random.default_rng(0)
+    pe, ne = (rng.standard_normal((1, 77, 32)).astype(np.float32) for _ in range(2))
+    np.save(tmp_path / "p.npy", pe)
+    np.save(tmp_path / "n.npy", ne)
+    save_file({"prompt_embeds": pe, "negative_prompt_embeds": ne}, tmp_path / "e.safetensors")
+    for extra in (["--prompt-embeds", tmp_path / "p.npy", "--negative-embeds", tmp_path / "n.npy"],
+                  ["--prompt-embeds", tmp_path / "e.safetensors"]):
+        out2 = tmp_path / "b.png"
+        assert _cli("--model", "sd:tiny", *extra, "--steps", 1, "--out", out2, "--no-progress") == 0
+        assert np.array_equal(np.asarray(PIL.open(out2)), img)
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["--model", "sd:tiny", "--prompt", "a cat"], "need the CLIP text encoder"),
+    (["--model", "sd:huge", "--random-embeds"], "no Stable Diffusion preset 'huge'"),
+    (["--model", "{tmp}/missing", "--random-embeds"], "model directory not found"),
+    (["--model", "{tmp}", "--random-embeds"], "missing unet, vae, scheduler/scheduler_config.json"),
+    (["--model", "sd:tiny", "--prompt-embeds", "{tmp}/none.npy"], "embeddings file not found"),
+    (["--model", "sd:tiny", "--prompt-embeds", "{tmp}/p.npy"], "guidance needs negative embeddings"),
+    (["--model", "sd:tiny", "--prompt-embeds", "{tmp}/bad.npy", "--guidance-scale", "1"],
+     r"prompt_embeds must be \(batch, tokens, 32\)"),
+    (["--model", "sd:tiny", "--random-embeds", "--steps", "0"], "--steps must be at least 1"),
+])
+def test_cli_errors(tmp_path, capsys, argv, msg):
+    np.save(tmp_path / "p.npy", np.zeros((1, 7, 32), np.float32))
+    np.save(tmp_path / "bad.npy", np.zeros((1, 7, 16), np.float32))
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    assert _cli(*argv, "--out", tmp_path / "x.png", "--no-progress") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("taper txt2img: ") and len(err.strip().splitlines()) == 1
+    import re
+    assert re.search(msg, err), err
+    assert not (tmp_path / "x.png").exists()
