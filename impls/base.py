@@ -226,15 +226,16 @@ class Model:
     def is_lm(self) -> bool:
         return "vocab_size" in self.config
 
-    def forward(self, *arrays) -> list:
+    def forward(self, *arrays, method: str | None = None) -> list:
+        """The model (or its `method`, e.g. a VAE's "decode") on host arrays -> list of host arrays."""
         raise Unavailable(f"{self.impl.name} cannot run {self.source}")
 
     def device_inputs(self, *arrays):
         """The host arrays as this implementation's inputs on its device (for `run`)."""
         raise Unavailable(f"{self.impl.name} cannot run {self.source} on device inputs")
 
-    def run(self, inputs):
-        """The forward over `device_inputs`, outputs left on the device (no host copy)."""
+    def run(self, inputs, method: str | None = None):
+        """The forward (or `method`) over `device_inputs`, outputs left on the device (no host copy)."""
         raise Unavailable(f"{self.impl.name} cannot run {self.source} on device inputs")
 
     def logits(self, ids) -> np.ndarray:

@@ -160,16 +160,16 @@ class EngineModel(Model):
         """{name: backend array} of every weight (zero-copy; torch takes them through DLPack)."""
         return {k: v.array for k, v in self.module.state_dict().items()}
 
-    def forward(self, *arrays):
-        out = self.run(self.device_inputs(*arrays))
+    def forward(self, *arrays, method=None):
+        out = self.run(self.device_inputs(*arrays), method)
         outs = out if isinstance(out, (tuple, list)) else [out]
         return [o.float().numpy() if o.dtype.is_reduced else o.numpy() for o in outs if o is not None]
 
     def device_inputs(self, *arrays):
         return [engine.tensor(a, device=self.impl.device) if isinstance(a, np.ndarray) else a for a in arrays]
 
-    def run(self, inputs):
-        return self.module(*inputs)
+    def run(self, inputs, method=None):
+        return (self.module if method is None else getattr(self.module, method))(*inputs)
 
     def detect(self, image, imgsz: int = 640, conf: float = 0.25, iou: float = 0.7):
         from engine.models.yolov8 import YOLOv8, detect

@@ -174,16 +174,17 @@ class OrtModel(Model):
         feeds = {n: _feed(self.impl, a) for n, a in zip(names, host_inputs)}
         return [np.asarray(o) for o in sess.run(None, feeds)]
 
-    def forward(self, *arrays):
+    def forward(self, *arrays, method=None):
         arrays = [np.asarray(a) for a in arrays]
-        key = ("forward",) + tuple((a.shape, a.dtype.str) for a in arrays)
-        return [o.astype(np.float32) if o.dtype.kind == "f" else o for o in self._run(key, self.module, arrays)]
+        key = ("forward", method) + tuple((a.shape, a.dtype.str) for a in arrays)
+        wrapper = self.module if method is None else _Wrap(getattr(self.module, method), (_TENSOR,) * len(arrays), {})
+        return [o.astype(np.float32) if o.dtype.kind == "f" else o for o in self._run(key, wrapper, arrays)]
 
     def device_inputs(self, *arrays):
         return [np.asarray(a) for a in arrays]  # session.run feeds host arrays (zero-copy on the cpu)
 
-    def run(self, inputs):
-        return self.forward(*inputs)
+    def run(self, inputs, method=None):
+        return self.forward(*inputs, method=method)
 
     def logits(self, ids):
         ids = as_ids(ids)

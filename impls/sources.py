@@ -23,6 +23,8 @@ from pathlib import Path
 # model types whose PyTorch reference is not a transformers class: model_type -> "module:builder", where
 # builder(config dict) returns the torch module (random weights) for that engine config
 TORCH_REFERENCES = {"yolov8": "impls.ultralytics_yolo:build"}
+# diffusers components in engine.models' registry: their config.json names the class (_class_name)
+DIFFUSERS = ("UNet2DConditionModel", "AutoencoderKL")
 
 
 class SourceError(ValueError):
@@ -74,7 +76,8 @@ def parse(spec, **overrides) -> Source:
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise SourceError(f"{path}: a model directory needs config.json (Hugging Face layout)")
-        return Source("dir", text, model_type=models.read_config(path).get("model_type"), path=path)
+        cfg = models.read_config(path)
+        return Source("dir", text, model_type=cfg.get("model_type") or cfg.get("_class_name"), path=path)
     left, sep, right = text.partition(":")
     if sep and left in models.REGISTRY:
         if right not in models.model_class(left).PRESETS:

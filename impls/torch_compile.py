@@ -115,6 +115,13 @@ class CompiledModel(TorchModel):
     def tokens(self):
         return torch.stack(self._toks, 1).cpu().numpy().astype(np.int64)
 
+    def method(self, name: str):
+        """getattr on the compiled module reaches the eager method: compile the bound method itself, once."""
+        cache = self.__dict__.setdefault("_methods", {})
+        if name not in cache:
+            cache[name] = torch.compile(getattr(self.module, name), mode=self.impl.mode, dynamic=False)
+        return cache[name]
+
     def tap(self, names, callback):
         """Hooks added after compilation fire nothing or break dynamo's guards: outputs only."""
         raise TapsUnsupported("torch-compile runs the model as compiled graphs: outputs only, no layer taps")

@@ -125,6 +125,10 @@ class TorchImpl(Impl):
                 weights = load_file(src.path / "model.safetensors")
             if weights is not None:
                 _assign(module, weights, self.tdevice, self.tdtype)
+        elif src.model_type in sources.DIFFUSERS:
+            module = self._diffusers(src, seed)
+            if weights is not None:
+                _assign(module, weights, self.tdevice, self.tdtype)
         else:
             try:
                 import transformers
@@ -149,6 +153,22 @@ class TorchImpl(Impl):
             if weights is not None:
                 _assign(module, weights, self.tdevice, self.tdtype)
         return module.eval(), src, inputs
+
+    def _diffusers(self, src, seed: int):
+        """A diffusers component (UNet2DConditionModel, AutoencoderKL): from its directory, or built from
+        the preset's config with a random init on the device."""
+        try:
+            import diffusers
+        except ImportError:
+            raise Unavailable("torch: diffusers is not installed (pip install diffusers)") from None
+        diffusers.utils.logging.set_verbosity_error()  # its notes on config keys and dtype casts
+        cls = getattr(diffusers, src.model_type)
+        if src.kind == "dir":
+            return cls.from_pretrained(src.path, torch_dtype=self.tdtype).to(self.tdevice)
+        torch.manual_seed(seed)
+        with self.tdevice:
+            cfg = {k: v for k, v in src.config.items() if k != "model_type"}
+            return cls.from_config(cfg).to(dtype=self.tdtype)
 
     def load(self, source, seed: int = 0, weights=None, module=None, loop: str = "default", **options) -> "TorchModel":
         """weights: {state-dict name: array} to use instead of a random init (DLPack-able arrays are
@@ -245,15 +265,20 @@ class TorchModel(Model):
         self._toks = []
 
     # ---- forward -------------------------------------------------------------------------------------------
-    def forward(self, *arrays):
-        return _host(self.run(self.device_inputs(*arrays)))
+    def forward(self, *arrays, method=None):
+        return _host(self.run(self.device_inputs(*arrays), method))
 
     def device_inputs(self, *arrays):
         return [self.impl.as_input(a) for a in arrays]
 
-    def run(self, inputs):
+    def run(self, inputs, method=None):
+        fn = self.run_module if method is None else self.method(method)
         with torch.inference_mode():
-            return self.run_module(*inputs)
+            return fn(*inputs)
+
+    def method(self, name: str):
+        """The module's method `name` as forward runs it (torch-compile: compiled)."""
+        return getattr(self.module, name)
 
     def detect(self, image, imgsz: int = 640, conf: float = 0.25, iou: float = 0.7):
         if sources.TORCH_REFERENCES.get(getattr(self.source, "model_type", None) or "") is None:
