@@ -166,7 +166,10 @@ class EngineModel(Model):
         return [o.float().numpy() if o.dtype.is_reduced else o.numpy() for o in outs if o is not None]
 
     def device_inputs(self, *arrays):
-        return [engine.tensor(a, device=self.impl.device) if isinstance(a, np.ndarray) else a for a in arrays]
+        """Host arrays on the device: floating ones in this implementation's dtype (as torch's
+        as_input), others as they are."""
+        return [(engine.tensor(a, dtype=self.impl.edtype if a.dtype.kind == "f" else None, device=self.impl.device)
+                 if isinstance(a, np.ndarray) else a) for a in arrays]
 
     def run(self, inputs, method=None):
         return (self.module if method is None else getattr(self.module, method))(*inputs)

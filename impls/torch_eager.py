@@ -127,6 +127,7 @@ class TorchImpl(Impl):
                 _assign(module, weights, self.tdevice, self.tdtype)
         elif src.model_type in sources.DIFFUSERS:
             module = self._diffusers(src, seed)
+            inputs = _diffusers_inputs(module, seed)
             if weights is not None:
                 _assign(module, weights, self.tdevice, self.tdtype)
         else:
@@ -224,6 +225,17 @@ def _dtype_of(module):
 def _device_of(module):
     p = next(iter(module.parameters()), None)
     return None if p is None else p.device
+
+
+def _diffusers_inputs(module, seed: int) -> tuple:
+    """Example inputs of a diffusers component at its config's sample size (host arrays): a UNet's
+    (latents (2, C, s, s), timesteps (2,), text states (2, 77, D)); a VAE's image (1, 3, s, s) in [-1, 1]."""
+    cfg, rng = module.config, np.random.default_rng(seed)
+    s = cfg.sample_size
+    if type(module).__name__ == "AutoencoderKL":
+        return (rng.uniform(-1, 1, (1, cfg.in_channels, s, s)).astype(np.float32),)
+    return (rng.standard_normal((2, cfg.in_channels, s, s)).astype(np.float32), np.array([981, 20]),
+            rng.standard_normal((2, 77, cfg.cross_attention_dim)).astype(np.float32))
 
 
 def _engine_lms() -> set:

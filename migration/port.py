@@ -373,6 +373,15 @@ def build_engine_model(cls, config: dict, state: dict, dtype=None, device=None, 
     return model, err
 
 
+def port_diffusers(tm, dtype=None, device=None):
+    """The engine model of a diffusers component instance (UNet2DConditionModel, AutoencoderKL): the
+    class of the same name in engine.models' registry, its config, the state dict as it is (the
+    engine's attribute paths are diffusers' keys: no rules)."""
+    from engine import models
+    cls = models.model_class(type(tm).__name__)
+    return build_engine_model(cls, dict(tm.config), state_numpy(tm, copy=True), dtype, device)
+
+
 def port_hf(source, dtype=None, device=None, build: bool = True) -> HFPort:
     """An engine model from a HF model dir (config.json + safetensors; no torch needed) or from a
     transformers model instance (its state dict), through module_map.HF_MODELS' rules.

@@ -48,8 +48,12 @@ def engine_module(tm, inputs=None, dtype=None, device=None, route: str = "auto")
     (engine Module, route)."""
     from migration import module_map as mm
     from migration.port import plan, port, port_hf
+    from impls.sources import DIFFUSERS
     cfg = getattr(tm, "config", None)
     if route in ("auto", "hand"):
+        if type(tm).__name__ in DIFFUSERS:
+            from migration.port import port_diffusers
+            return port_diffusers(tm, dtype=dtype, device=device), "hand"
         if cfg is not None and getattr(cfg, "model_type", None) in mm.HF_MODELS:
             return port_hf(tm, dtype=dtype, device=device).model, "hand"
         if cfg is None and plan(tm).hand_ok:

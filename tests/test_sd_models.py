@@ -196,3 +196,20 @@ def test_registry_picks_by_class_name(tmp_path, unet_pair):
     m = models.from_pretrained(tmp_path / "unet")
     assert isinstance(m, UNet2DConditionModel)
     assert models.presets()["UNet2DConditionModel"] == ["tiny", "sd-1.5"]
+
+
+# ---- taper verify: per-layer reports through impls ----------------------------------------------------------
+@pytest.mark.parametrize("source, layers", [("UNet2DConditionModel:tiny", 150), ("AutoencoderKL:tiny", 80)])
+def test_verify_per_layer(source, layers):
+    from migration.verify_impls import verify_impls
+    rep = verify_impls(source, tol_scale=2.0)  # GroupNorm after random convs amplifies fp32 rounding ~2x
+    assert rep.passed, rep.first_divergence
+    assert len(rep.layers) > layers  # every module diffusers and the engine share, tapped
+    assert "engine hand route" in rep.route
+
+
+def test_verify_cli_float16(capsys):
+    from taper.cli import main
+    assert main(["verify", "UNet2DConditionModel:tiny", "--dtype", "float16"]) == 0
+    out = capsys.readouterr().out
+    assert "verdict: PASS" in out and "float32 truth; torch float16 as yardstick" in out

@@ -135,7 +135,8 @@ def _verify(args):
                                  confirm=not args.no_confirm, **common)
         except (ValueError, IndexError, KeyError) as e:  # shapes that do not fit: another model's golden
             raise _Usage(_golden_misfit(args.golden, target, e)) from e
-    if (args.reference, args.candidate) != ("torch", "engine"):
+    if (args.reference, args.candidate) != ("torch", "engine") or src.model_type in sources.DIFFUSERS:
+        # diffusers components (no LM logits, no HF port rules) go through impls: forward outputs + taps
         if args.save_golden or args.nodes:
             raise _Usage("--save-golden and --nodes apply to --reference torch --candidate engine only")
         return verify_impls(src, reference=args.reference, candidate=args.candidate, inputs=given,
