@@ -155,3 +155,9 @@ def test_cli_errors(tmp_path, capsys, argv, msg):
     import re
     assert re.search(msg, err), err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_generate_refuses_a_unet(capsys):
+    from taper.cli import main
+    assert main(["generate", "--model", "UNet2DConditionModel:tiny", "--ids", "1,2"]) == 2
+    assert "is a UNet2DConditionModel, not a language model" in capsys.readouterr().err

@@ -90,7 +90,10 @@ def run(args) -> int:
             tokenizer = load_tokenizer(args.model)
         from engine.models.base import CausalLM
         if not isinstance(model, CausalLM):  # an encoder (bert: taper embed) has no decode loop
-            raise ValueError(f"{args.model}: model_type {model.config.model_type!r} is an encoder, not a language "
+            mt = getattr(model.config, "model_type", None)
+            if mt is None:  # a diffusers component (taper txt2img runs those)
+                raise ValueError(f"{args.model} is a {type(model).__name__}, not a language model")
+            raise ValueError(f"{args.model}: model_type {mt!r} is an encoder, not a language "
                              "model; taper generate needs a causal LM")
         if args.prompt is not None:
             if tokenizer is None:

@@ -1,6 +1,6 @@
-"""DDIM and Euler discrete schedulers with diffusers' exact timestep and sigma tables.
+"""DDIM and Euler discrete schedulers with diffusers' timestep and sigma tables.
 
-    s = DDIMScheduler.from_config(read_config("sd/scheduler"))    # scheduler_config.json keys
+    s = DDIMScheduler.from_config(read_config("sd/scheduler/scheduler_config.json"))
     s.set_timesteps(50)
     x = randn(...) * s.init_noise_sigma
     for t in s.timesteps:
@@ -9,10 +9,13 @@
 
 The tables are host numpy (1000 entries); step() is plain arithmetic on the sample with host scalars,
 so it works on engine Tensors (any device) and numpy arrays alike. Numerical quirks copied from
-diffusers + torch on purpose, so the tables are bit-equal:
+diffusers + torch:
 - betas: torch.linspace in fp32 (torch's two-sided formula, `_linspace32`), squared for scaled_linear;
 - alphas_cumprod: torch's CPU cumprod accumulates in fp64 and rounds each entry to fp32;
 - every per-step scalar (sqrt(alpha_prod), sigma_hat, dt...) is an fp32 0-d value, as in diffusers.
+Timesteps are exact. torch's vectorised CPU linspace and sqrt (AVX2/AVX-512) are not always correctly
+rounded, so betas and sigmas agree with diffusers' to a few fp32 ulps (bit-equal alphas_cumprod and
+one-ulp sigmas given the same betas); step() on the same inputs has matched bit for bit in the tests.
 """
 from __future__ import annotations
 
@@ -26,8 +29,9 @@ f32 = np.float32
 
 
 def _linspace32(start: float, end: float, steps: int) -> np.ndarray:
-    """torch.linspace(start, end, steps, dtype=float32) on the CPU: the first half counts up from
-    start, the second half down from end (both in fp32), so both ends are exact."""
+    """torch.linspace(start, end, steps, dtype=float32)'s scalar formula: the first half counts up from
+    start, the second half down from end (both in fp32), so both ends are exact. (torch's vectorised
+    loop differs from it by an ulp at some entries.)"""
     if steps == 1:
         return np.array([start], f32)
     step = (f32(end) - f32(start)) / f32(steps - 1)
