@@ -6,10 +6,10 @@ weights.
   batch of classifier-free guidance for one image), timestep 981, text states (2, 77, 768).
 - ``VAEDecode.time_vae_decode``: latents (1, 4, 64, 64) to the (1, 3, 512, 512) image.
 
-Inputs go from the host (float32, cast by each implementation) and outputs come back through
-``Model.forward`` for every implementation alike (about 0.3 MB in and 0.1 MB / 3 MB out). An untimed call at the timed shape runs first (compile,
-export, capture). 16-bit on the cpu is measured for the tiny presets only; TAPER_BENCH_QUICK=1 swaps
-in the tiny presets (32x32 images).
+Inputs are placed on the device once (``Model.device_inputs``: float32 host arrays, cast by each
+implementation) and the outputs stay there (``Model.run``); a GPU call synchronises before it returns.
+An untimed call at the timed shape runs first (compile, export, capture). 16-bit on the cpu is
+measured for the tiny presets only; TAPER_BENCH_QUICK=1 swaps in the tiny presets (32x32 images).
 """
 import numpy as np
 
@@ -45,7 +45,7 @@ class UNetStep:
         rng = np.random.default_rng(0)  # float32 host arrays: each implementation casts them to its dtype
         x = rng.standard_normal((2, cfg["in_channels"]) + hw, dtype=np.float32)
         ctx = rng.standard_normal((2, 77, cfg["cross_attention_dim"]), dtype=np.float32)
-        self.call = model.impl.build(model.forward, x, np.array(981), ctx)
+        self.call = model.impl.build(model.run, model.device_inputs(x, np.array(981), ctx))
         prepared(("unet-warm", impl, device, dtype, size), lambda: self.call() is None)
 
     def time_unet_step(self, impl, device, dtype, size):
@@ -67,7 +67,7 @@ class VAEDecode:
         f = 2 ** (len(cfg["block_out_channels"]) - 1)
         n = cfg["sample_size"] // f  # latents of a sample_size image (SD 1.5: 512 -> 64)
         z = np.random.default_rng(0).standard_normal((1, cfg["latent_channels"], n, n), dtype=np.float32)
-        self.call = model.impl.build(model.forward, z, method="decode")
+        self.call = model.impl.build(model.run, model.device_inputs(z), method="decode")
         prepared(("vae-warm", impl, device, dtype, size), lambda: self.call() is None)
 
     def time_vae_decode(self, impl, device, dtype, size):
