@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 from engine import functional as F
 from engine import ops
-from engine.models import config_from_dict, load_pretrained, load_preset
+from engine.models import config_from_dict
+from engine.models.base import Pretrained
 from engine.models.stable_diffusion.layers import (Attention, Downsample2D, GroupNorm, ResnetBlock2D, Upsample2D,
                                                    conv2d)
 from engine.nn import Module, ModuleList
@@ -148,7 +149,7 @@ class Decoder(Module):
         return self.conv_out(F.silu(self.conv_norm_out(x)))  # (B, 3, f*h, f*w)
 
 
-class AutoencoderKL(Module):
+class AutoencoderKL(Pretrained):
     Config = Config
     PRESETS = PRESETS
 
@@ -160,23 +161,6 @@ class AutoencoderKL(Module):
         lc = cfg.latent_channels
         self.quant_conv = conv2d(vb.pp("quant_conv"), 2 * lc, 2 * lc, 1) if cfg.use_quant_conv else None
         self.post_quant_conv = conv2d(vb.pp("post_quant_conv"), lc, lc, 1) if cfg.use_post_quant_conv else None
-
-    @classmethod
-    def from_pretrained(cls, path, dtype=None, device=None):
-        """A diffusers `vae/` directory: config.json + diffusion_pytorch_model.safetensors."""
-        return load_pretrained(cls, path, dtype, device)
-
-    @classmethod
-    def from_preset(cls, preset: str, dtype=None, device=None, seed: int = 0, **overrides):
-        return load_preset(cls, preset, dtype, device, seed, **overrides)
-
-    @property
-    def dtype(self):
-        return self.decoder.conv_in.weight.dtype
-
-    @property
-    def device(self):
-        return self.decoder.conv_in.weight.device
 
     def _check(self, x, channels: int, what: str):
         if x.ndim != 4 or x.shape[1] != channels:

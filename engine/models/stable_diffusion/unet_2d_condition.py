@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from engine import dtype as D
 from engine import functional as F
 from engine import ops
-from engine.models import config_from_dict, load_pretrained, load_preset
+from engine.models import config_from_dict
+from engine.models.base import Pretrained
 from engine.models.stable_diffusion.layers import (Attention, Downsample2D, GroupNorm, ResnetBlock2D, Upsample2D,
                                                    conv2d)
 from engine.nn import Identity, Module, ModuleList
@@ -258,7 +259,7 @@ class UNetMidBlock2DCrossAttn(Module):
         return self.resnets[1](self.attentions[0](x, context), temb)
 
 
-class UNet2DConditionModel(Module):
+class UNet2DConditionModel(Pretrained):
     Config = Config
     PRESETS = PRESETS
 
@@ -282,23 +283,6 @@ class UNet2DConditionModel(Module):
         self.conv_norm_out = GroupNorm(cfg.norm_num_groups, ch[0], cfg.norm_eps, vb.pp("conv_norm_out"))
         self.conv_out = conv2d(vb.pp("conv_out"), ch[0], cfg.out_channels, cfg.conv_out_kernel,
                                padding=cfg.conv_out_kernel // 2)
-
-    @classmethod
-    def from_pretrained(cls, path, dtype=None, device=None):
-        """A diffusers `unet/` directory: config.json + diffusion_pytorch_model.safetensors."""
-        return load_pretrained(cls, path, dtype, device)
-
-    @classmethod
-    def from_preset(cls, preset: str, dtype=None, device=None, seed: int = 0, **overrides):
-        return load_preset(cls, preset, dtype, device, seed, **overrides)
-
-    @property
-    def dtype(self):
-        return self.conv_in.weight.dtype
-
-    @property
-    def device(self):
-        return self.conv_in.weight.device
 
     def _timesteps(self, t, batch: int):
         """A number, a (1,) or a (B,) tensor -> (B,) on the model's device."""
