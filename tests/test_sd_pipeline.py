@@ -135,7 +135,7 @@ def test_cli_writes_png(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, msg", [
-    (["--model", "sd:tiny", "--prompt", "a cat"], "need the CLIP text encoder"),
+    (["--model", "sd:tiny", "--prompt", "a cat"], "text prompts need text_encoder/ and tokenizer/tokenizer.json"),
     (["--model", "sd:huge", "--random-embeds"], "no Stable Diffusion preset 'huge'"),
     (["--model", "{tmp}/missing", "--random-embeds"], "model directory not found"),
     (["--model", "{tmp}", "--random-embeds"], "missing unet, vae, scheduler/scheduler_config.json"),
@@ -161,3 +161,67 @@ def test_generate_refuses_a_unet(capsys):
     from taper.cli import main
     assert main(["generate", "--model", "UNet2DConditionModel:tiny", "--ids", "1,2"]) == 2
     assert "is a UNet2DConditionModel, not a language model" in capsys.readouterr().err
+
+
+# ---- text: CLIP's text tower and the tokenizer, end to end from a diffusers directory -------------------------
+WORDS = ["a", "red", "cat", "on", "the", "moon", "photo", "of", "blue", "dog"]
+
+
+def _clip_parts():
+    """A word-level tokenizer (tokenizers) with CLIP's special tokens and template, and a tiny
+    transformers CLIPTextModel with random weights."""
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, "[UNK]": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="<|startoftext|> $A <|endoftext|>",
+                                                       special_tokens=[("<|startoftext|>", 0), ("<|endoftext|>", 1)])
+    hf_tok = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=77, pad_token="<|endoftext|>",
+                                                  bos_token="<|startoftext|>", eos_token="<|endoftext|>")
+    torch.manual_seed(3)
+    cfg = transformers.CLIPTextConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, max_position_embeddings=77, bos_token_id=0, eos_token_id=1,
+                                      pad_token_id=1)
+    return hf_tok, _randomised(transformers.CLIPTextModel(cfg), 4)
+
+
+@pytest.mark.parametrize("kind", ["ddim", "euler"])
+def test_txt2img_from_text_matches_diffusers(components, tmp_path, kind):
+    ru, rv, _, _ = components
+    hf_tok, hf_clip = _clip_parts()
+    ref = diffusers.StableDiffusionPipeline(vae=rv, text_encoder=hf_clip, tokenizer=hf_tok, unet=ru,
+                                            scheduler=REF_SCHEDULERS[kind](), safety_checker=None,
+                                            feature_extractor=None, requires_safety_checker=False)
+    ref.set_progress_bar_config(disable=True)
+    ref.save_pretrained(tmp_path, safe_serialization=True)  # unet/ vae/ text_encoder/ tokenizer/ scheduler/
+    pipe = StableDiffusionPipeline.from_pretrained(tmp_path, scheduler=kind)
+    assert pipe.text_encoder is not None and pipe.tokenizer is not None
+    _, _, lat = _inputs()
+    prompts, negs = ["a red cat on the moon", "photo of a blue dog"], ["", "moon"]
+    lat2 = np.concatenate([lat, lat[:, ::-1]])
+    with torch.no_grad():
+        want_e = ref.encode_prompt(prompts, "cpu", 1, True, negs)
+        want = ref(prompts, negative_prompt=negs, latents=torch.from_numpy(lat2.copy()), num_inference_steps=3,
+                   guidance_scale=7.5, output_type="np").images
+    emb = pipe.encode_prompt(prompts).numpy()
+    assert emb.shape == (2, 77, 32) and np.abs(emb - want_e[0].numpy()).max() < 1e-5
+    assert np.abs(pipe.encode_prompt(negs).numpy() - want_e[1].numpy()).max() < 1e-5
+    got = pipe.txt2img(prompts, negs, num_inference_steps=3, guidance_scale=7.5, latents=lat2, output_type="float",
+                       show_progress=False)
+    assert got.shape == want.shape == (2, 16, 16, 3)
+    assert np.abs(got - want).max() < 1e-4
+
+
+def test_cli_prompt(components, tmp_path, capsys):
+    PIL = pytest.importorskip("PIL.Image")
+    ru, rv, _, _ = components
+    hf_tok, hf_clip = _clip_parts()
+    diffusers.StableDiffusionPipeline(vae=rv, text_encoder=hf_clip, tokenizer=hf_tok, unet=ru,
+                                      scheduler=REF_SCHEDULERS["ddim"](), safety_checker=None, feature_extractor=None,
+                                      requires_safety_checker=False).save_pretrained(tmp_path / "sd")
+    out = tmp_path / "cat.png"
+    assert _cli("--model", tmp_path / "sd", "--prompt", "a red cat", "--steps", 1, "--out", out, "--no-progress") == 0
+    assert np.asarray(PIL.open(out)).shape == (32, 32, 3)  # unet sample_size 16 x the VAE scale 2
+    assert _cli("--model", "sd:tiny", "--prompt", "a red cat", "--steps", 1, "--out", out, "--no-progress") == 2
+    assert "text prompts need text_encoder/ and tokenizer/tokenizer.json" in capsys.readouterr().err

@@ -1,14 +1,16 @@
-"""`taper txt2img --model DIR --prompt-embeds FILE --out image.png`: Stable Diffusion on the engine.
+"""`taper txt2img --model DIR --prompt TEXT --out image.png`: Stable Diffusion on the engine.
 
-    taper txt2img --model ./sd-1.5 --prompt-embeds cat.safetensors --steps 25 --seed 0 --out cat.png
+    taper txt2img --model ./sd-1.5 --prompt "a photo of a cat" --steps 25 --seed 0 --out cat.png
+    taper txt2img --model ./sd-1.5 --prompt-embeds cat.safetensors --out cat.png   # CLIP states given
     taper txt2img --model sd:tiny --random-embeds --steps 4 --out noise.png      # random weights
 
 --model is a diffusers directory (unet/, vae/, scheduler/scheduler_config.json) or a preset
-sd:tiny / sd:sd-1.5 with random weights. Text enters as embeddings (what CLIP's text encoder gives:
-(batch, tokens, cross_attention_dim)) from a .npy file or a .safetensors file holding prompt_embeds
-and optionally negative_prompt_embeds; --random-embeds draws both from the seed (to try a preset or
-time the loop). Text prompts need the CLIP text encoder (engine/models/clip_text.py), which this
-command does not load yet. The denoising loop shows a progress bar; the PNG is written atomically.
+sd:tiny / sd:sd-1.5 with random weights. --prompt (and --negative-prompt, "" by default) needs the
+directory's text_encoder/ (CLIP's text tower, engine/models/clip_text.py) and tokenizer/tokenizer.json.
+Text may also enter as embeddings (CLIP's last hidden state: (batch, tokens, cross_attention_dim)) from
+a .npy file or a .safetensors file holding prompt_embeds and optionally negative_prompt_embeds;
+--random-embeds draws both from the seed (to try a preset or time the loop). The denoising loop shows
+a progress bar; the PNG is written atomically.
 Exit codes: 0 done, 2 bad usage, an unreadable model or input file.
 """
 from __future__ import annotations
@@ -26,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--prompt-embeds", help="text embeddings: .npy (batch, tokens, dim) or .safetensors "
                                               "with prompt_embeds [and negative_prompt_embeds]")
     src.add_argument("--random-embeds", action="store_true", help="random text embeddings from --seed")
-    src.add_argument("--prompt", help="prompt text (needs the CLIP text encoder; not loaded by this command yet)")
+    src.add_argument("--prompt", help="prompt text (needs text_encoder/ and tokenizer/tokenizer.json in --model)")
+    parser.add_argument("--negative-prompt", default="", help="the unconditional prompt of guidance (default '')")
     parser.add_argument("--negative-embeds", help=".npy embeddings of the negative (usually empty) prompt")
     parser.add_argument("--out", required=True, help="PNG file to write (several images: NAME-0.png, NAME-1.png...)")
     parser.add_argument("--steps", type=int, default=25)
@@ -92,10 +95,6 @@ def run(args) -> int:
 
     import engine
     try:
-        if args.prompt is not None:
-            raise NotImplementedError("text prompts need the CLIP text encoder (engine/models/clip_text.py, "
-                                      "model_type clip_text_model), which taper txt2img does not load yet; "
-                                      "pass --prompt-embeds FILE (.npy or .safetensors) or --random-embeds")
         if args.steps < 1:
             raise ValueError(f"--steps must be at least 1, got {args.steps}")
         out = Path(args.out)
@@ -109,7 +108,10 @@ def run(args) -> int:
             raise ImportError("taper txt2img writes PNGs with Pillow: pip install pillow") from None
         pipe = _pipeline(args, getattr(engine, args.dtype) if args.dtype else None)
         dim = pipe.unet.config.cross_attention_dim
-        if args.random_embeds:
+        if args.prompt is not None:
+            pe = pipe.encode_prompt([args.prompt])
+            ne = pipe.encode_prompt([args.negative_prompt]) if args.guidance_scale > 1 else None
+        elif args.random_embeds:
             rng = np.random.default_rng(args.seed)
             pe, ne = (rng.standard_normal((1, 77, dim)).astype(np.float32) for _ in range(2))
         else:

@@ -7,9 +7,9 @@ The loop is diffusers' StableDiffusionPipeline.__call__: latents * init_noise_si
 [uncond; cond] latents through the UNet in one batch, noise = uncond + scale * (cond - uncond),
 scheduler step; then vae.decode(latents / scaling_factor), (x / 2 + 0.5).clamp(0, 1).
 
-Text: the pipeline takes text embeddings (B, S, cross_attention_dim), what CLIP's last hidden state
-gives. The CLIP text encoder is a separate model (engine/models/clip_text.py, model_type
-clip_text_model); until it is in this tree, embeddings come from the caller.
+Text: `txt2img(prompt, negative_prompt)` tokenizes (tokenizer/tokenizer.json, padded to 77 tokens as
+diffusers does) and encodes with CLIP's text tower (engine/models/clip_text.py, text_encoder/) into
+(B, 77, cross_attention_dim), the last hidden state; `__call__` takes such embeddings directly.
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ import numpy as np
 from engine import dtype as D
 from engine import ops
 from engine.models import read_config
+from engine.models.clip_text import CLIPTextModel
 from engine.models.stable_diffusion.autoencoder_kl import AutoencoderKL
 from engine.models.stable_diffusion.schedulers import PRESETS as SCHEDULER_PRESETS
 from engine.models.stable_diffusion.schedulers import scheduler_from_config
@@ -37,15 +38,49 @@ def progress(iterable, enabled: bool = True, desc: str = "denoise"):
     return tqdm(iterable, desc=desc, total=len(iterable))
 
 
+class PromptTokenizer:
+    """A tokenizers.Tokenizer (tokenizer/tokenizer.json) that pads and truncates every prompt to
+    model_max_length tokens with the pad token of tokenizer_config.json, as diffusers' encode_prompt
+    calls its tokenizer (padding="max_length", truncation=True)."""
+
+    def __init__(self, tokenizer, max_length: int = 77, pad_token: str = "<|endoftext|>"):
+        pad_id = tokenizer.token_to_id(pad_token)
+        if pad_id is None:
+            raise ValueError(f"the tokenizer has no pad token {pad_token!r}")
+        self.tok, self.max_length = tokenizer, max_length
+        tokenizer.enable_truncation(max_length)
+        tokenizer.enable_padding(length=max_length, pad_id=pad_id, pad_token=pad_token)
+
+    @classmethod
+    def from_dir(cls, path) -> "PromptTokenizer":
+        from tokenizers import Tokenizer
+        path = Path(path)
+        if not (path / "tokenizer.json").is_file():
+            raise FileNotFoundError(f"{path} has no tokenizer.json (a slow CLIPTokenizer's vocab.json + merges.txt "
+                                    "can be saved as one with transformers' CLIPTokenizerFast.save_pretrained)")
+        cfg = read_config(path / "tokenizer_config.json") if (path / "tokenizer_config.json").is_file() else {}
+        pad = cfg.get("pad_token") or "<|endoftext|>"
+        pad = pad.get("content") if isinstance(pad, dict) else pad
+        length = cfg.get("model_max_length") or 77
+        return cls(Tokenizer.from_file(str(path / "tokenizer.json")), min(int(length), 77), pad)
+
+    def __call__(self, prompts) -> np.ndarray:
+        """list of str -> (B, max_length) int64 ids."""
+        return np.array([e.ids for e in self.tok.encode_batch(list(prompts))], dtype=np.int64)
+
+
 class StableDiffusionPipeline:
-    def __init__(self, unet: UNet2DConditionModel, vae: AutoencoderKL, scheduler):
+    def __init__(self, unet: UNet2DConditionModel, vae: AutoencoderKL, scheduler, text_encoder=None,
+                 tokenizer: PromptTokenizer | None = None):
         self.unet, self.vae, self.scheduler = unet, vae, scheduler
+        self.text_encoder, self.tokenizer = text_encoder, tokenizer
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
 
     @classmethod
     def from_pretrained(cls, path, scheduler: str = "ddim", dtype=None, device=None):
         """A diffusers model directory: unet/, vae/ and scheduler/scheduler_config.json (SD 1.5 ships a
-        PNDM config; `scheduler` picks the algorithm that reads it: ddim or euler)."""
+        PNDM config; `scheduler` picks the algorithm that reads it: ddim or euler); text_encoder/ and
+        tokenizer/tokenizer.json when present (else text enters as embeddings only)."""
         path = Path(path)
         if not path.is_dir():
             raise FileNotFoundError(f"model directory not found: {path}")
@@ -55,7 +90,11 @@ class StableDiffusionPipeline:
                                     f"{', '.join(missing)}")
         unet = UNet2DConditionModel.from_pretrained(path / "unet", dtype=dtype, device=device)
         vae = AutoencoderKL.from_pretrained(path / "vae", dtype=dtype, device=device)
-        return cls(unet, vae, scheduler_from_config(read_config(path / "scheduler/scheduler_config.json"), scheduler))
+        te = CLIPTextModel.from_pretrained(path / "text_encoder", dtype=dtype, device=device) \
+            if (path / "text_encoder" / "config.json").is_file() else None
+        tok = PromptTokenizer.from_dir(path / "tokenizer") if (path / "tokenizer" / "tokenizer.json").is_file() else None
+        sched = scheduler_from_config(read_config(path / "scheduler/scheduler_config.json"), scheduler)
+        return cls(unet, vae, sched, te, tok)
 
     @classmethod
     def from_preset(cls, preset: str = "tiny", scheduler: str = "ddim", dtype=None, device=None, seed: int = 0):
@@ -133,6 +172,24 @@ class StableDiffusionPipeline:
                 noise = unc_n + guidance_scale * (cond_n - unc_n)
             x = s.step(noise, t, x)
         return x
+
+    def encode_prompt(self, prompts):
+        """Prompts (a str or a list) -> CLIP's last hidden state (B, 77, hidden) in the UNet's dtype."""
+        if self.text_encoder is None or self.tokenizer is None:
+            raise ValueError("text prompts need text_encoder/ and tokenizer/tokenizer.json in the model directory; "
+                             "pass text embeddings instead")
+        ids = self.tokenizer([prompts] if isinstance(prompts, str) else prompts)
+        out = self.text_encoder(ops.tensor(ids, dtype=D.int64, device=self.device))
+        return out.last_hidden_state.to(self.dtype)
+
+    def txt2img(self, prompt, negative_prompt="", **kwargs):
+        """__call__ from text: the negative prompt ("" by default, as diffusers) is the unconditional half
+        of classifier-free guidance."""
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        neg = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
+        if len(neg) != len(prompts):
+            raise ValueError(f"{len(neg)} negative prompts for {len(prompts)} prompts")
+        return self(self.encode_prompt(prompts), self.encode_prompt(neg), **kwargs)
 
     def decode(self, latents):
         """Latents -> image (B, 3, H, W) in [0, 1]."""
