@@ -27,6 +27,7 @@ REGISTRY = {
     # diffusers components: their config.json names the class (_class_name), not a model_type
     "AutoencoderKL": "engine.models.stable_diffusion.autoencoder_kl:AutoencoderKL",
     "UNet2DConditionModel": "engine.models.stable_diffusion.unet_2d_condition:UNet2DConditionModel",
+    "whisper": "engine.models.whisper:WhisperForConditionalGeneration",
 }
 
 

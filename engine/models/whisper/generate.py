@@ -1,0 +1,209 @@
+"""Whisper decoding: the special-token prompt, suppressed tokens, language detection and greedy
+decoding whose step is engine.generation's Decoder step (a StaticCache with device positions and the
+token chosen on the device), so on a GPU each token is one CUDA-graph replay.
+
+    gen = GenerationSettings.from_dir(model_dir)           # generation_config.json (or config.json)
+    out = greedy(model, features, gen, language="en", task="transcribe", max_new_tokens=64)
+    out.tokens        # per row: prompt + new tokens (eos included when reached), as transformers returns
+
+The prompt is transformers' (and openai-whisper's): <|startoftranscript|>, then for multilingual models
+the language token (given, or detected: the most likely language token after <|startoftranscript|>)
+and the task token, then <|notimestamps|> (timestamps are not generated here). Logits get -inf at
+`suppress_tokens` on every step and also at `begin_suppress_tokens` on the first generated token.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from engine import dtype as D
+from engine import ops
+from engine.generation import Decoder
+
+
+@dataclass
+class GenerationSettings:
+    """The generation_config.json keys Whisper's decoding reads (transformers' names)."""
+    decoder_start_token_id: int
+    eos_token_id: int | list | None = None
+    pad_token_id: int | None = None
+    no_timestamps_token_id: int | None = None
+    lang_to_id: dict = field(default_factory=dict)
+    task_to_id: dict = field(default_factory=dict)
+    is_multilingual: bool = False
+    suppress_tokens: list = field(default_factory=list)
+    begin_suppress_tokens: list = field(default_factory=list)
+    max_length: int | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GenerationSettings":
+        names = set(cls.__dataclass_fields__)
+        kw = {k: v for k, v in d.items() if k in names and v is not None}
+        if "decoder_start_token_id" not in kw:
+            raise ValueError("whisper generation settings need decoder_start_token_id (<|startoftranscript|>)")
+        return cls(**kw)
+
+    @classmethod
+    def from_config(cls, config) -> "GenerationSettings":
+        """From the model config alone (no generation_config.json): start token, eos and suppressions."""
+        c = config if isinstance(config, dict) else config.__dict__
+        return cls.from_dict({k: c.get(k) for k in ("decoder_start_token_id", "eos_token_id", "pad_token_id",
+                                                     "suppress_tokens", "begin_suppress_tokens")})
+
+    @classmethod
+    def from_dir(cls, path, config=None) -> "GenerationSettings":
+        """generation_config.json of a model directory, with config.json's values for keys it lacks."""
+        from engine.models import read_config
+        base = read_config(path) if config is None else (config if isinstance(config, dict) else config.__dict__)
+        file = Path(path) / "generation_config.json"
+        gen = {}
+        if file.is_file():
+            try:
+                gen = json.loads(file.read_text())
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{file}: not valid JSON ({e.msg})") from None
+        merged = {k: base.get(k) for k in ("decoder_start_token_id", "eos_token_id", "pad_token_id",
+                                           "suppress_tokens", "begin_suppress_tokens")}
+        merged.update({k: v for k, v in gen.items() if v is not None})
+        return cls.from_dict(merged)
+
+    @property
+    def stop_ids(self) -> set:
+        e = self.eos_token_id
+        return set() if e is None else set(e) if isinstance(e, (list, tuple)) else {int(e)}
+
+    def language_id(self, language: str) -> int:
+        """'en' or '<|en|>' -> its token id (ValueError listing the known ones)."""
+        if not self.lang_to_id:
+            raise ValueError("this model has no language tokens (generation_config.json lacks lang_to_id)")
+        lang = language.strip().lower()
+        key = lang if lang.startswith("<|") else f"<|{lang}|>"
+        if key not in self.lang_to_id:
+            known = ", ".join(k.strip("<|>") for k in sorted(self.lang_to_id))
+            raise ValueError(f"unknown language {language!r} (this model knows: {known})")
+        return int(self.lang_to_id[key])
+
+    def prompt(self, language_id: int | None = None, task: str | None = None) -> list:
+        """[<|startoftranscript|>, <|lang|>, <|task|>, <|notimestamps|>] as the model has them."""
+        ids = [int(self.decoder_start_token_id)]
+        if self.is_multilingual or self.lang_to_id:
+            if language_id is not None:
+                ids.append(int(language_id))
+            t = task or "transcribe"
+            if t not in self.task_to_id:
+                raise ValueError(f"unknown task {t!r} (known: {', '.join(sorted(self.task_to_id)) or 'none'})")
+            ids.append(int(self.task_to_id[t]))
+        elif task not in (None, "transcribe"):
+            raise ValueError(f"task {task!r} needs a multilingual model; this one only transcribes")
+        if self.no_timestamps_token_id is not None:
+            ids.append(int(self.no_timestamps_token_id))
+        return ids
+
+
+@dataclass
+class WhisperOutput:
+    tokens: list  # per row: the prompt then the new tokens (eos included when reached)
+    prompt: list
+    encode_ms: float
+    decode_ms: float
+    decode_steps: int
+
+    @property
+    def new_tokens(self) -> list:
+        return [t[len(self.prompt):] for t in self.tokens]
+
+
+class _DecoderView:
+    """What engine.generation.Decoder needs of a model (`model(ids, cache, mask, pos)` -> hidden,
+    `lm_head`, `new_cache`, config, device), over Whisper's decoder and one audio's cross K/V. The
+    logits get the suppression bias: the first-token one during the prefill (an empty cache), the
+    every-step one after (fixed tensors: a captured step reads the same buffer every replay)."""
+
+    def __init__(self, whisper, cross, bias_first, bias):
+        self.whisper, self.cross = whisper, cross
+        self.config, self.device = whisper.config, whisper.device
+        self.bias_first, self.bias = bias_first, bias
+        self._first = True
+
+    def new_cache(self, batch_size, max_len, static=False):
+        return self.whisper.new_cache(batch_size, max_len, static=static)
+
+    def model(self, ids, cache, mask=None, position_ids=None):
+        self._first = cache.seen == 0  # host bookkeeping: the prefill is the first call on a fresh cache
+        return self.whisper.model.decoder(ids, self.cross, cache)
+
+    def lm_head(self, h):
+        logits = self.whisper.proj_out(h)
+        bias = self.bias_first if self._first else self.bias
+        return logits if bias is None else logits + bias
+
+
+def _bias(vocab: int, ids, dtype, device):
+    ids = [int(i) for i in ids or () if 0 <= int(i) < vocab]
+    if not ids:
+        return None
+    b = np.zeros(vocab, np.float32)
+    b[ids] = -np.inf
+    return ops.tensor(b, dtype=dtype, device=device)
+
+
+def detect_language(model, cross, gen: GenerationSettings) -> list:
+    """Per row, the id of the most likely language token after <|startoftranscript|>."""
+    b = cross[0][0].shape[0]
+    ids = ops.tensor(np.full((b, 1), gen.decoder_start_token_id, np.int64), dtype=D.int64, device=model.device)
+    logits = model.decode(ids, cross)[:, -1].float().numpy()  # (B, V)
+    lang = np.array(sorted(int(v) for v in gen.lang_to_id.values()))
+    return [int(lang[np.argmax(row[lang])]) for row in logits]
+
+
+def greedy(model, features, gen: GenerationSettings | None = None, language: str | None = None,
+           task: str | None = None, max_new_tokens: int = 64, capture=None, encoder_out=None) -> WhisperOutput:
+    """Greedy transcription of log-mel features (B, n_mels, 3000) (or a given encoder output): the
+    prompt of the module docstring, tokens until eos or max_new_tokens. capture: engine.generation.Decoder's."""
+    gen = gen or GenerationSettings.from_config(model.config)
+    t0 = time.perf_counter()
+    enc = encoder_out if encoder_out is not None else model.encode(features)
+    cross = model.cross_cache(enc)
+    b = enc.shape[0]
+    if language is not None:
+        lang = [gen.language_id(language)] * b
+    elif gen.is_multilingual and gen.lang_to_id:
+        lang = detect_language(model, cross, gen)
+    else:
+        lang = [None] * b
+    prompts = [gen.prompt(lang_id, task) for lang_id in lang]
+    plen = len(prompts[0])
+    encode_ms = (time.perf_counter() - t0) * 1e3
+    max_len = plen + max_new_tokens
+    limit = model.config.max_target_positions
+    if max_len > limit:
+        raise ValueError(f"whisper: a prompt of {plen} tokens + max_new_tokens={max_new_tokens} exceeds "
+                         f"max_target_positions={limit}")
+    vocab = model.config.vocab_size
+    every = list(gen.suppress_tokens or [])
+    view = _DecoderView(model, cross, _bias(vocab, every + list(gen.begin_suppress_tokens or []), model.dtype,
+                                            model.device), _bias(vocab, every, model.dtype, model.device))
+    dec = Decoder(view, b, max_len, capture=capture)
+    stops = gen.stop_ids
+    t1 = time.perf_counter()
+    dec.prefill(ops.tensor(np.array(prompts, np.int64), dtype=D.int64, device=model.device))
+    steps = 0
+    done = np.zeros(b, bool)
+    while True:
+        new = dec.tokens(dec.count - 1)[:, 0]  # the token just chosen (one host read per step)
+        done |= np.isin(new, list(stops)) if stops else False
+        if done.all() or dec.count >= max_new_tokens:
+            break
+        dec.step()
+        steps += 1
+    toks = dec.tokens()
+    out = []
+    for i in range(b):
+        row = [int(t) for t in toks[i]]
+        hit = [j for j, t in enumerate(row) if t in stops]
+        out.append(prompts[i] + (row[:hit[0] + 1] if hit else row))
+    return WhisperOutput(out, prompts[0], encode_ms, (time.perf_counter() - t1) * 1e3, steps)
