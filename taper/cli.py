@@ -24,6 +24,7 @@ COMMANDS = {
     "embed": "sentence embeddings and their cosine similarities with an engine BERT (e.g. all-MiniLM-L6-v2)",
     "detect": "detect objects in an image with an engine YOLOv8 model; print them and draw the boxes",
     "txt2img": "Stable Diffusion on the engine: text embeddings to a PNG (progress bar on the denoising loop)",
+    "transcribe": "speech to text (a WAV file) with the engine's Whisper",
     "bench": "run asv benchmarks in the current environment and print engine vs torch",
     "report": "build Markdown and an HTML dashboard from benchmark results",
     "claims": "re-measure the published performance claims on this machine",

@@ -82,6 +82,8 @@ def run(args) -> int:
         if source.kind == "factory":
             raise ValueError(f"{args.model}: not a model directory or a preset MODEL_TYPE:NAME (model types: "
                              f"{', '.join(models.REGISTRY)}); a torch module:factory ports first (taper port)")
+        if source.model_type == "whisper":
+            raise ValueError(f"{args.model} is a Whisper model (speech to text): use `taper transcribe`")
         if source.kind == "preset":
             model = models.from_preset(source.model_type, source.preset, dtype=dtype, device=args.device)
             tokenizer = None

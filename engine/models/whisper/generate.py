@@ -207,3 +207,19 @@ def greedy(model, features, gen: GenerationSettings | None = None, language: str
         hit = [j for j, t in enumerate(row) if t in stops]
         out.append(prompts[i] + (row[:hit[0] + 1] if hit else row))
     return WhisperOutput(out, prompts[0], encode_ms, (time.perf_counter() - t1) * 1e3, steps)
+
+
+def transcribe(model, samples, gen: GenerationSettings | None = None, language: str | None = None,
+               task: str | None = None, max_new_tokens: int = 96, capture=None) -> list:
+    """16 kHz mono samples of any length -> one WhisperOutput per 30 s window, in order (long-form audio
+    is cut into consecutive 30 s windows, each decoded on its own; the last one is zero-padded)."""
+    from engine import audio
+    x = np.asarray(samples, np.float32)
+    if x.ndim != 1 or len(x) == 0:
+        raise ValueError(f"transcribe(): mono (n,) samples expected, got shape {x.shape}")
+    n = audio.N_SAMPLES
+    out = []
+    for start in range(0, len(x), n):
+        feats = audio.log_mel_spectrogram(x[start:start + n], model.config.num_mel_bins)[None]  # (1, n_mels, 3000)
+        out.append(greedy(model, feats, gen, language, task, max_new_tokens, capture))
+    return out
