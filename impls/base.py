@@ -20,6 +20,9 @@ Model (what load returns):
   device), ``tokens()`` (B, n), ``generate(ids, n)`` and ``prefill(ids)`` (to the first token).
   ``load(source, loop=...)`` picks a decode loop where an implementation has several (the engine:
   "default" captures the step as a CUDA graph on a GPU, "eager" launches its kernels from the host).
+  Encoder-decoder models (Whisper): ``encode(features)`` runs the encoder on (B, n_mels, frames) log-mel
+  features and keeps its output on the device; ``start``/``step``/``tokens`` then decode greedily
+  against the last encoded audio (``ids`` are the decoder's prompt, e.g. <|startoftranscript|> ...).
   ``tap(names, callback)`` is a context manager
   that reports named layer outputs during forward; implementations that cannot tap raise
   TapsUnsupported (verify then compares outputs only and says so).
@@ -240,6 +243,11 @@ class Model:
 
     def logits(self, ids) -> np.ndarray:
         raise Unavailable(f"{self.impl.name} has no language-model logits for {self.source}")
+
+    def encode(self, features):
+        """Encoder-decoder models: run the encoder on host features and keep its output (returned, on
+        the device) for the decode loop."""
+        raise Unavailable(f"{self.impl.name} has no encoder for {self.source}")
 
     def start(self, ids, max_new_tokens: int) -> np.ndarray:
         raise Unavailable(f"{self.impl.name} has no decode loop for {self.source}")

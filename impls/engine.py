@@ -111,7 +111,8 @@ class EngineImpl(Impl):
         wb = sum({id(p): p.nbytes for p in module.parameters()}.values())
         if self.is_cuda:
             self.synchronize()
-        return EngineModel(self, src or "<module>", module, config, wb, capture)
+        cls = EngineSeq2SeqModel if hasattr(module, "encode") and hasattr(module, "cross_cache") else EngineModel
+        return cls(self, src or "<module>", module, config, wb, capture)
 
     # ---- device --------------------------------------------------------------------------------------------
     def synchronize(self):
@@ -216,3 +217,40 @@ class EngineModel(Model):
             yield self
         finally:
             self.module.set_taps(None)
+
+
+class EngineSeq2SeqModel(EngineModel):
+    """Whisper: encode() keeps the encoder output; the decode loop is engine.generation's Decoder over
+    engine.models.whisper.generate.DecoderView (greedy, raw logits; a captured step on a GPU). A new
+    audio of the same shape is copied into the view's cross K/V buffers, so one captured step serves
+    every audio and prompt of one shape."""
+
+    encoder_out = None
+
+    def encode(self, features):
+        x = engine.tensor(np.ascontiguousarray(features), dtype=self.impl.edtype, device=self.impl.device)
+        self.encoder_out = self.module.encode(x)
+        return self.encoder_out
+
+    def logits(self, ids):
+        if self.encoder_out is None:
+            raise Unavailable("engine: call encode(features) before decoding a Whisper model")
+        ids = engine.tensor(as_ids(ids), device=self.impl.device)
+        return self.module.decode(ids, self.module.cross_cache(self.encoder_out)).float().numpy()
+
+    def start(self, ids, max_new_tokens: int):
+        from engine.generation import Decoder
+        from engine.models.whisper.generate import DecoderView
+        if self.encoder_out is None:
+            raise Unavailable("engine: call encode(features) before decoding a Whisper model")
+        ids = as_ids(ids)
+        shape = (ids.shape[0], ids.shape[1] + max_new_tokens)
+        cross = self.module.cross_cache(self.encoder_out)
+        if self.decoder is None or (self.decoder.cache.batch_size, self.decoder.max_len) != shape \
+                or tuple(self.view.cross[0][0].shape) != tuple(cross[0][0].shape):
+            self.view = DecoderView(self.module, cross)
+            self.decoder = Decoder(self.view, *shape, capture=self.capture)
+        else:
+            self.view.set_cross(cross)
+        first = self.decoder.prefill(engine.tensor(ids, device=self.impl.device))
+        return first.numpy().astype(np.int64)

@@ -53,6 +53,10 @@ class OnnxRuntimeImpl(TorchImpl):
         """What load() (TorchImpl's: the torch module it builds is what gets exported) returns."""
         return OrtModel
 
+    @property
+    def seq2seq_class(self):
+        return OrtSeq2SeqModel
+
     # ---- sessions -------------------------------------------------------------------------------------------
     def session(self, module, example: tuple):
         """An InferenceSession for `module` exported at the shapes of `example` (torch tensors)."""
@@ -201,6 +205,30 @@ class OrtModel(Model):
 
     def tap(self, names, callback):
         raise TapsUnsupported("onnxruntime runs the exported graph as one program: outputs only")
+
+
+class OrtSeq2SeqModel(OrtModel):
+    """Whisper: the encoder exported and run by ONNX Runtime (per input shape); no decode loop (as OrtModel)."""
+
+    def encode(self, features):
+        f = np.asarray(features)
+        self.encoder_out = self._run(("encode", f.shape), _Encoder(self.module), [f])[0]
+        return self.encoder_out
+
+    def logits(self, ids):
+        raise Unavailable("onnxruntime: Whisper's decoder is not exported (the encoder is)")
+
+    def prefill(self, ids):
+        raise Unavailable("onnxruntime: Whisper's decoder is not exported (the encoder is)")
+
+
+class _Encoder(torch.nn.Module if torch is not None else object):
+    def __init__(self, whisper):
+        super().__init__()
+        self.encoder = whisper.model.encoder
+
+    def forward(self, features):
+        return self.encoder(features).last_hidden_state
 
 
 class _Logits(torch.nn.Module if torch is not None else object):

@@ -11,7 +11,7 @@ import time
 import numpy as np
 
 from impls.base import TapsUnsupported, Unavailable, as_ids
-from impls.torch_eager import TorchImpl, TorchModel, torch
+from impls.torch_eager import TorchImpl, TorchModel, TorchSeq2SeqModel, torch
 
 
 class TorchCompileImpl(TorchImpl):
@@ -35,6 +35,10 @@ class TorchCompileImpl(TorchImpl):
     @property
     def model_class(self):
         return CompiledModel
+
+    @property
+    def seq2seq_class(self):
+        return CompiledSeq2SeqModel
 
 
 def _compiled(fn, mode):
@@ -124,4 +128,70 @@ class CompiledModel(TorchModel):
 
     def tap(self, names, callback):
         """Hooks added after compilation fire nothing or break dynamo's guards: outputs only."""
+        raise TapsUnsupported("torch-compile runs the model as compiled graphs: outputs only, no layer taps")
+
+
+class CompiledSeq2SeqModel(TorchSeq2SeqModel):
+    """Whisper under torch.compile: the encoder compiled as a whole; the decode step over an
+    EncoderDecoderCache of two StaticCaches (self-attention of max_len, cross-attention of the encoder
+    length; transformers' cache_implementation="static" recipe) compiled with fullgraph, as the causal
+    LMs' step. The prefill runs eagerly and fills the cross K/V; a new audio is copied into one encoder
+    buffer and the caches are reset, so the compiled step serves every run of one shape."""
+
+    def __init__(self, impl, source, module, config, weight_bytes, inputs=None):
+        super().__init__(impl, source, module, config, weight_bytes, inputs)
+        self._encoder = torch.compile(module.model.encoder, mode=impl.mode, dynamic=False)
+        self._step_fn = None
+        self._shape = None
+
+    def encode(self, features):
+        with torch.inference_mode():
+            self.encoder_out = self._encoder(self.impl.tensor(features)).last_hidden_state
+        return self.encoder_out
+
+    def _decode(self, tok, pos):
+        out = self.module(decoder_input_ids=tok, encoder_outputs=(self._enc_buf,), use_cache=True,
+                          decoder_position_ids=pos, **{self._cache_kw: self.cache})
+        return out.logits[:, -1].argmax(-1)
+
+    def start(self, ids, max_new_tokens: int):
+        from transformers import EncoderDecoderCache, StaticCache
+        enc = self._enc()[0]
+        ids = torch.as_tensor(as_ids(ids), device=self.impl.tdevice)
+        b, L = ids.shape
+        shape = (b, L + max_new_tokens, tuple(enc.shape))
+        with torch.inference_mode():
+            if self._shape == shape:
+                self.cache.reset()
+                self._enc_buf.copy_(enc)
+            else:
+                cfg = self.module.config
+                self.cache = EncoderDecoderCache(StaticCache(config=cfg, max_cache_len=shape[1]),
+                                                 StaticCache(config=cfg, max_cache_len=enc.shape[1]))
+                self._enc_buf, self._shape = enc.clone(), shape
+            out = self.module(decoder_input_ids=ids, encoder_outputs=(self._enc_buf,), use_cache=True,
+                              decoder_position_ids=torch.arange(L, device=self.impl.tdevice)[None],
+                              **{self._cache_kw: self.cache})
+            tok = out.logits[:, -1].argmax(-1)
+        self._pos = torch.full((1, 1), L, dtype=torch.long, device=self.impl.tdevice)
+        self._toks = [tok.clone()]
+        if self._step_fn is None:
+            self._step_fn = torch.compile(self._decode, mode=self.impl.mode, fullgraph=True, dynamic=False)
+        return self._toks[0].cpu().numpy()
+
+    def step(self):
+        first = self.warmup_s is None
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            tok = self._step_fn(self._toks[-1][:, None], self._pos)
+            self._toks.append(tok.clone())  # a CUDA-graph output is overwritten by the next replay
+            self._pos.add_(1)
+        if first:
+            self.impl.synchronize()
+            self.warmup_s = time.perf_counter() - t0
+
+    def tokens(self):
+        return torch.stack(self._toks, 1).cpu().numpy().astype(np.int64)
+
+    def tap(self, names, callback):
         raise TapsUnsupported("torch-compile runs the model as compiled graphs: outputs only, no layer taps")

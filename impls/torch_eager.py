@@ -36,6 +36,11 @@ class TorchImpl(Impl):
         return TorchModel
 
     @property
+    def seq2seq_class(self):
+        """What load() returns for encoder-decoder models (SEQ2SEQ)."""
+        return TorchSeq2SeqModel
+
+    @property
     def label(self):
         return f"torch {torch.__version__}"
 
@@ -139,6 +144,8 @@ class TorchImpl(Impl):
             hf_logging.disable_progress_bar()
             causal = src.model_type in _engine_lms()
             auto = transformers.AutoModelForCausalLM if causal else transformers.AutoModel
+            if src.model_type in SEQ2SEQ:
+                auto = getattr(transformers, SEQ2SEQ[src.model_type])
             if src.kind == "dir":
                 module = auto.from_pretrained(src.path, dtype=self.tdtype, attn_implementation="eager")
                 module = module.to(self.tdevice)
@@ -180,7 +187,8 @@ class TorchImpl(Impl):
         module, src, inputs = self.build_module(source, seed, weights, module, **options)
         wb = sum(p.numel() * p.element_size() for p in module.parameters())
         self.synchronize()
-        return self.model_class(self, src, module, model_config(src, module), wb, inputs)
+        cls = self.seq2seq_class if src.model_type in SEQ2SEQ else self.model_class
+        return cls(self, src, module, model_config(src, module), wb, inputs)
 
     # ---- device --------------------------------------------------------------------------------------------
     def synchronize(self):
@@ -207,6 +215,10 @@ class TorchImpl(Impl):
     def empty_cache(self):
         if self.is_cuda:
             torch.cuda.empty_cache()
+
+
+# encoder-decoder model types -> the transformers auto class that builds them with their head
+SEQ2SEQ = {"whisper": "AutoModelForSpeechSeq2Seq"}
 
 
 def model_config(src, module) -> dict:
@@ -353,3 +365,37 @@ def _host(out) -> list:
     if isinstance(out, (list, tuple)):
         return [a for o in out for a in _host(o)]
     return []
+
+
+class TorchSeq2SeqModel(TorchModel):
+    """Whisper in transformers: encode() runs model.encoder; the greedy loop calls the whole model with
+    the kept encoder output and an EncoderDecoderCache (self-attention DynamicCache; cross-attention
+    K/V computed on the first call and reused), argmax on the device."""
+
+    encoder_out = None
+
+    def encode(self, features):
+        with torch.inference_mode():
+            self.encoder_out = self.module.model.encoder(self.impl.tensor(features)).last_hidden_state
+        return self.encoder_out
+
+    def _enc(self):
+        if self.encoder_out is None:
+            raise Unavailable(f"{self.impl.name}: call encode(features) before decoding a Whisper model")
+        return (self.encoder_out,)
+
+    def logits(self, ids):
+        ids = torch.as_tensor(as_ids(ids), device=self.impl.tdevice)
+        with torch.inference_mode():
+            out = self.run_module(decoder_input_ids=ids, encoder_outputs=self._enc(), use_cache=False)
+        return out.logits.float().cpu().numpy()
+
+    def new_cache(self, batch: int, max_len: int):
+        from transformers import DynamicCache, EncoderDecoderCache
+        return EncoderDecoderCache(DynamicCache(), DynamicCache())
+
+    def _call(self, ids, **kw):
+        kw[self._cache_kw] = self.cache
+        kw.pop("logits_to_keep", None)
+        with torch.inference_mode():
+            return self.module(decoder_input_ids=ids, encoder_outputs=self._enc(), use_cache=True, **kw)

@@ -238,3 +238,21 @@ def test_tiny_preset_runs(features):
     em = from_preset("whisper", "tiny", device=DEVICE)
     out = greedy(em, features[:1], max_new_tokens=4)
     assert out.prompt == [251] and len(out.new_tokens[0]) <= 4
+
+
+def test_impls_adapters_encode_and_decode_alike(pair, features):
+    """impls' engine and torch adapters on the same directory: the encoder outputs agree and the greedy
+    loops (engine.generation's Decoder over DecoderView; transformers with an EncoderDecoderCache)
+    choose the same tokens; a second audio reuses the engine's decoder (cross K/V copied in place)."""
+    import impls
+    _, _, d = pair
+    e = impls.get("engine", "cpu" if DEVICE.type == "cpu" else "cuda").load(str(d))
+    t = impls.get("torch", "cpu").load(str(d))
+    prompt = [[251, 252, 254, 249]]
+    for row in (0, 1):
+        f = features[row:row + 1]
+        ref = t.encode(f).numpy()
+        close(ref, e.encode(f).float().numpy(), np.abs(ref).max(), "impls encode")
+        assert (e.generate(prompt, 10) == t.generate(prompt, 10)).all()
+    with pytest.raises(NotImplementedError, match="call encode"):
+        impls.get("engine", "cpu").load("whisper:tiny").start(prompt, 2)

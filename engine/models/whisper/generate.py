@@ -117,17 +117,27 @@ class WhisperOutput:
         return [t[len(self.prompt):] for t in self.tokens]
 
 
-class _DecoderView:
+class DecoderView:
     """What engine.generation.Decoder needs of a model (`model(ids, cache, mask, pos)` -> hidden,
     `lm_head`, `new_cache`, config, device), over Whisper's decoder and one audio's cross K/V. The
     logits get the suppression bias: the first-token one during the prefill (an empty cache), the
-    every-step one after (fixed tensors: a captured step reads the same buffer every replay)."""
+    every-step one after (fixed tensors: a captured step reads the same buffer every replay).
+    `set_cross` puts another audio's cross K/V into the same buffers, so a captured step serves it."""
 
-    def __init__(self, whisper, cross, bias_first, bias):
+    def __init__(self, whisper, cross, bias_first=None, bias=None):
         self.whisper, self.cross = whisper, cross
         self.config, self.device = whisper.config, whisper.device
         self.bias_first, self.bias = bias_first, bias
         self._first = True
+
+    def set_cross(self, cross) -> None:
+        """Copy cross = model.cross_cache(encoder output) of the same shape into this view's buffers."""
+        if [tuple(k.shape) for k, _ in cross] != [tuple(k.shape) for k, _ in self.cross]:
+            raise ValueError(f"set_cross: cross K/V of shape {tuple(cross[0][0].shape)} for a view of "
+                             f"{tuple(self.cross[0][0].shape)} (make a new DecoderView)")
+        for (k0, v0), (k, v) in zip(self.cross, cross):
+            k0.copy_(k)
+            v0.copy_(v)
 
     def new_cache(self, batch_size, max_len, static=False):
         return self.whisper.new_cache(batch_size, max_len, static=static)
@@ -185,7 +195,7 @@ def greedy(model, features, gen: GenerationSettings | None = None, language: str
                          f"max_target_positions={limit}")
     vocab = model.config.vocab_size
     every = list(gen.suppress_tokens or [])
-    view = _DecoderView(model, cross, _bias(vocab, every + list(gen.begin_suppress_tokens or []), model.dtype,
+    view = DecoderView(model, cross, _bias(vocab, every + list(gen.begin_suppress_tokens or []), model.dtype,
                                             model.device), _bias(vocab, every, model.dtype, model.device))
     dec = Decoder(view, b, max_len, capture=capture)
     stops = gen.stop_ids
