@@ -3,7 +3,7 @@ WhisperForConditionalGeneration), the same preset shapes (engine.models' whisper
 whisper-base) with random weights.
 
 - ``Encoder.time_encode_30s``: the encoder over 30 s of audio, (1, n_mels, 3000) log-mel features made
-  by engine.audio from a synthetic signal; synchronised on a GPU.
+  by engine.audio from a synthetic signal (suites.workloads.speech_features); synchronised on a GPU.
 - ``Decode``: greedy decode of STEPS tokens after a 4-token prompt against one encoded audio, through
   each implementation's own loop (engine: engine.generation's Decoder over Whisper's DecoderView, a
   captured CUDA graph on a GPU, cross-attention K/V computed once; torch: an EncoderDecoderCache of
@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from suites.common import DEVICES, IMPLS, QUICK, get_impl, measured, prepared, sizes
+from suites.common import DEVICES, IMPLS, QUICK, get_impl, measured, prepared, sizes, speech_features
 
 MODELS = sizes(["whisper:whisper-tiny", "whisper:whisper-base"], ["whisper:tiny"])
 STEPS = sizes([128], [8])[0]
@@ -33,15 +33,6 @@ def check(device: str, dtype: str, model: str) -> None:
 
 def load(impl: str, device: str, dtype: str, model: str):
     return prepared(("whisper", impl, device, dtype, model), lambda: get_impl(impl, device, dtype).load(model))
-
-
-def features(n_mels: int) -> np.ndarray:
-    """(1, n_mels, 3000) float32: 30 s of a chirp in noise through Whisper's front end."""
-    from engine import audio
-    t = np.arange(audio.N_SAMPLES) / audio.SAMPLE_RATE
-    rng = np.random.default_rng(0)
-    x = 0.3 * np.sin(2 * np.pi * (200 + 40 * t) * t) + 0.05 * rng.standard_normal(t.shape)
-    return audio.log_mel_spectrogram(x, n_mels)[None]
 
 
 def prompt_ids(config: dict) -> np.ndarray:
@@ -65,7 +56,7 @@ def decode_seconds(lm, steps: int = STEPS) -> float:
 
 def measure_decode(impl, device, dtype, model) -> dict:
     lm = load(impl, device, dtype, model)
-    lm.encode(features(lm.config["num_mel_bins"]))
+    lm.encode(speech_features(lm.config["num_mel_bins"]))
     t0 = time.perf_counter()
     decode_seconds(lm)  # compile / capture at the timed shape
     warm = time.perf_counter() - t0
@@ -83,7 +74,7 @@ class Encoder:
     def setup(self, impl, device, dtype, model):
         check(device, dtype, model)
         lm = load(impl, device, dtype, model)
-        f = features(lm.config["num_mel_bins"])
+        f = speech_features(lm.config["num_mel_bins"])
         self.run = lm.impl.build(lm.encode, f)
         prepared(("whisper-encode-warmup", impl, device, dtype, model), lambda: self.run() is None)
 

@@ -321,3 +321,11 @@ def detection_photo():
         return np.asarray(Image.open(asset("bus.jpg")).convert("RGB"))
     except (ImportError, Unavailable):
         return np.random.default_rng(0).integers(0, 256, (1080, 810, 3), dtype=np.uint8)
+def speech_features(n_mels: int = 80) -> np.ndarray:
+    """(1, n_mels, 3000) float32: 30 s of a chirp in noise through Whisper's log-mel front end
+    (engine.audio, host numpy: the same input for every implementation)."""
+    from engine import audio
+    t = np.arange(audio.N_SAMPLES) / audio.SAMPLE_RATE
+    rng = np.random.default_rng(0)
+    x = 0.3 * np.sin(2 * np.pi * (200 + 40 * t) * t) + 0.05 * rng.standard_normal(t.shape)
+    return audio.log_mel_spectrogram(x, n_mels)[None]

@@ -17,18 +17,19 @@ from test_models_whisper import SPEECH, hf_whisper
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """The tiny Whisper of test_models_whisper, with a word-level tokenizer.json whose special tokens
-    (249..255) are marked special, as Whisper's are."""
+    (200..205, 255) are marked special, as Whisper's are."""
     from tokenizers import Tokenizer, models
     d = tmp_path_factory.mktemp("whisper") / "model"
-    hf_whisper(seed=1).save_pretrained(d)
-    vocab = {f"w{i}": i for i in range(249)}
-    specials = ["<|notimestamps|>", "<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|de|>",
-                "<|transcribe|>", "<|translate|>"]
-    vocab.update({t: 249 + i for i, t in enumerate(specials)})
+    hf_whisper(seed=3).save_pretrained(d)
+    vocab = {f"w{i}": i for i in list(range(200)) + list(range(206, 255))}
+    specials = ["<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|de|>", "<|transcribe|>", "<|translate|>"]
+    vocab.update({t: 200 + i for i, t in enumerate(specials)})
+    vocab["<|notimestamps|>"] = 255
+    specials.append("<|notimestamps|>")
     tok = Tokenizer(models.WordLevel(vocab, unk_token="w0"))
     tok.add_special_tokens(specials)
     notok = tmp_path_factory.mktemp("notok") / "model"
-    hf_whisper(seed=1).save_pretrained(notok)
+    hf_whisper(seed=3).save_pretrained(notok)
     tok.save(str(d / "tokenizer.json"))
     return d, notok, tok
 

@@ -73,8 +73,8 @@ class Config:
 PRESETS = {
     "tiny": dict(vocab_size=256, num_mel_bins=80, d_model=64, encoder_layers=2, encoder_attention_heads=4,
                  encoder_ffn_dim=128, decoder_layers=2, decoder_attention_heads=4, decoder_ffn_dim=128,
-                 max_source_positions=1500, max_target_positions=64, pad_token_id=250, bos_token_id=250,
-                 eos_token_id=250, decoder_start_token_id=251),
+                 max_source_positions=1500, max_target_positions=64, pad_token_id=200, bos_token_id=200,
+                 eos_token_id=200, decoder_start_token_id=201),  # specials 200-206, timestamps 207-255
     "whisper-tiny": dict(d_model=384, encoder_layers=4, encoder_attention_heads=6, encoder_ffn_dim=1536,
                          decoder_layers=4, decoder_attention_heads=6, decoder_ffn_dim=1536),
     "whisper-base": dict(d_model=512, encoder_layers=6, encoder_attention_heads=8, encoder_ffn_dim=2048,
@@ -281,8 +281,9 @@ class WhisperForConditionalGeneration(Module):
         return self.model.encoder(self._features(features))
 
     def cross_cache(self, encoder_out) -> list:
-        """Per decoder layer, the cross-attention (k, v) of the encoder output: (B, H, 1500, D) each."""
-        return [layer.encoder_attn.kv(encoder_out) for layer in self.model.decoder.layers]
+        """Per decoder layer, the cross-attention (k, v) of the encoder output: (B, H, 1500, D) each,
+        contiguous (every decode step reads them; a copy here once, not a strided read per step)."""
+        return [tuple(t.contiguous() for t in layer.encoder_attn.kv(encoder_out)) for layer in self.model.decoder.layers]
 
     def new_cache(self, batch_size: int, max_len: int, static: bool = False):
         """The decoder's self-attention cache (static: device positions, for a captured decode step)."""
