@@ -17,7 +17,8 @@ from transformers.modeling_outputs import BaseModelOutput
 import engine
 from engine import audio
 from engine.models import from_pretrained, from_preset, model_class
-from engine.models.whisper.generate import GenerationSettings, greedy
+from engine.models.whisper.generate import (GenerationSettings, greedy, greedy_with_timestamps, segments,
+                                           timestamp_rules)
 from engine.nn import StateDictError
 from helpers import DEVICE
 
@@ -259,3 +260,59 @@ def test_impls_adapters_encode_and_decode_alike(pair, features):
         assert (e.generate(prompt, 10) == t.generate(prompt, 10)).all()
     with pytest.raises(NotImplementedError, match="call encode"):
         impls.get("engine", "cpu").load("whisper:tiny").start(prompt, 2)
+
+
+# ---- timestamps -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("max_initial", [None, 5])
+def test_timestamp_rules_match_transformers_processor(max_initial):
+    """timestamp_rules against transformers' WhisperTimeStampLogitsProcessor on random logits and token
+    histories (text, single and paired timestamps, decreasing ones, the first step)."""
+    from transformers.generation.logits_process import WhisperTimeStampLogitsProcessor
+    gen = GenerationSettings.from_dict({**GEN_TS, "max_initial_timestamp_index": max_initial})
+    hf = WhisperTimeStampLogitsProcessor(GenerationConfig(**GEN_TS, max_initial_timestamp_index=max_initial),
+                                         begin_index=4)
+    rng = np.random.default_rng(0)
+    histories = [[], [210], [10, 230], [211, 12], [12, 220, 221], [215, 40, 212], [5, 6], [230, 231, 7, 240]]
+    for hist in histories:
+        for bias in (0.0, 4.0):  # 4: timestamps likely enough to win over text
+            scores = rng.standard_normal((2, 256)).astype(np.float32)
+            scores[:, 207:] += bias
+            rows = [[201, 202, 204, 30] + hist] * 2
+            ref = hf(torch.tensor(rows), torch.from_numpy(scores.copy())).numpy()
+            got = timestamp_rules(scores, [hist, hist], gen)
+            np.testing.assert_array_equal(np.isinf(got), np.isinf(ref), err_msg=str(hist))
+            assert got.argmax(-1).tolist() == ref.argmax(-1).tolist()
+
+
+@pytest.fixture(scope="module")
+def pair_ts(pair):
+    m, em, d = pair
+    m.generation_config = GenerationConfig(**GEN_TS, max_length=64)  # restored below
+    yield m, em, GenerationSettings.from_dict(GEN_TS)
+    m.generation_config = GenerationConfig(**GEN, max_length=64)
+
+
+def test_timestamp_decoding_matches_transformers(pair_ts, encoded):
+    """One window with timestamps against transformers' generation loop with its Whisper processors in
+    its order (begin-suppress, suppress, timestamps) on the same prompt (no <|notimestamps|>)."""
+    from transformers.generation.logits_process import (LogitsProcessorList, SuppressTokensAtBeginLogitsProcessor,
+                                                        SuppressTokensLogitsProcessor,
+                                                        WhisperTimeStampLogitsProcessor)
+    from transformers.generation.utils import GenerationMixin
+    m, em, gen = pair_ts
+    out = greedy_with_timestamps(em, None, gen, language="en", max_new_tokens=24, encoder_out=encoded[1])
+    assert out.prompt == [201, 202, 204]
+    procs = LogitsProcessorList([SuppressTokensAtBeginLogitsProcessor(GEN["begin_suppress_tokens"], 3),
+                                 SuppressTokensLogitsProcessor(GEN["suppress_tokens"]),
+                                 WhisperTimeStampLogitsProcessor(m.generation_config, begin_index=3)])
+    with torch.no_grad():
+        ref = GenerationMixin.generate(m, encoder_outputs=BaseModelOutput(last_hidden_state=encoded[0]),
+                                       decoder_input_ids=torch.tensor([out.prompt] * 2), logits_processor=procs,
+                                       max_new_tokens=24, do_sample=False, num_beams=1, suppress_tokens=None,
+                                       begin_suppress_tokens=None).numpy()
+    assert [new_of(r[3:]) for r in ref] == out.new_tokens
+    stamps = [t for row in out.new_tokens for t in row if t >= 207]
+    assert stamps and out.new_tokens[0][0] >= 207  # it does emit timestamps, starting with one
+    for row in out.new_tokens:
+        for start, end, _ in segments(row, gen):
+            assert 0.0 <= start <= end <= 0.96

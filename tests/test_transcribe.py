@@ -112,3 +112,16 @@ def test_generate_points_whisper_to_transcribe(capsys):
 def test_language_settings_unknown(model_dir, capsys):
     assert main(["transcribe", "--model", str(model_dir[0]), SPEECH, "--language", "xx"]) == 2
     assert "unknown language 'xx' (this model knows: de, en)" in capsys.readouterr().err
+
+
+def test_timestamps_print_segments(model_dir, tmp_path, capsys):
+    import shutil
+    from test_models_whisper import GEN_TS
+    d = tmp_path / "ts"
+    shutil.copytree(model_dir[1], d)
+    gen = json.loads((d / "generation_config.json").read_text())
+    (d / "generation_config.json").write_text(json.dumps({**gen, **GEN_TS}))
+    assert main(["transcribe", "--model", str(d), SPEECH, "--language", "en", "--max-new-tokens", "24",
+                 "--timestamps"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines and all(re.fullmatch(r"\[\d+\.\d\d -> \d+\.\d\d\]( \d+)*", ln) for ln in lines), lines

@@ -8,7 +8,8 @@ The WAV (PCM, any rate: resampled to 16 kHz; channels averaged) becomes log-mel 
 (engine.audio), 30 s per window; each window is decoded greedily with the model's special-token
 prompt (generation_config.json: language, task, <|notimestamps|>, suppressed tokens; without a language
 a multilingual model detects it). Prints the text when the directory has tokenizer.json, else the new
-token ids of each window, then one line of timings on stderr.
+token ids of each window, then one line of timings on stderr. --timestamps decodes timestamp tokens
+(a host loop per step) and prints "[start -> end] text" per segment.
 Exit codes: 0 done, 2 bad usage (missing or unreadable audio, a model directory that is not Whisper).
 """
 from __future__ import annotations
@@ -29,6 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: ENGINE_DEVICE or cpu)")
     parser.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
                         help="cast weights on load (default: as stored)")
+    parser.add_argument("--timestamps", action="store_true",
+                        help="decode timestamp tokens and print one '[start -> end] text' line per segment")
     parser.add_argument("--no-capture", dest="capture", action="store_const", const=False, default=None,
                         help="launch the decode step's kernels from the host instead of a captured CUDA graph")
 
@@ -56,7 +59,7 @@ def load(model_arg: str, dtype=None, device=None):
 def run(args) -> int:
     import engine
     from engine import audio
-    from engine.models.whisper.generate import transcribe
+    from engine.models.whisper.generate import segments, transcribe
 
     if args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
@@ -64,13 +67,19 @@ def run(args) -> int:
         raise FileNotFoundError(f"audio file not found: {args.audio}")
     samples = audio.load_audio(args.audio)  # AudioError (a ValueError) names a file that is not a PCM WAV
     model, gen, tokenizer = load(args.model, getattr(engine, args.dtype) if args.dtype else None, args.device)
-    windows = transcribe(model, samples, gen, args.language, args.task, args.max_new_tokens, args.capture)
-    for w in windows:
-        ids = w.new_tokens[0]
+    windows = transcribe(model, samples, gen, args.language, args.task, args.max_new_tokens, args.capture,
+                         args.timestamps)
+
+    def show(ids):
         if tokenizer is not None:
-            print(tokenizer.decode(ids, skip_special_tokens=True).strip())
+            return tokenizer.decode(ids, skip_special_tokens=True).strip()
+        return " ".join(str(t) for t in ids)
+    for i, w in enumerate(windows):
+        if args.timestamps:
+            for start, end, ids in segments(w.new_tokens[0], gen, offset_s=30.0 * i):
+                print(f"[{start:.2f} -> {end:.2f}] {show(ids)}")
         else:
-            print(" ".join(str(t) for t in ids))
+            print(show(w.new_tokens[0]))
     enc = sum(w.encode_ms for w in windows)
     dec = sum(w.decode_ms for w in windows)
     steps = sum(w.decode_steps for w in windows)

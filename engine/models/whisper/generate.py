@@ -38,6 +38,7 @@ class GenerationSettings:
     suppress_tokens: list = field(default_factory=list)
     begin_suppress_tokens: list = field(default_factory=list)
     max_length: int | None = None
+    max_initial_timestamp_index: int | None = None
 
     @classmethod
     def from_dict(cls, d: dict) -> "GenerationSettings":
@@ -87,8 +88,16 @@ class GenerationSettings:
             raise ValueError(f"unknown language {language!r} (this model knows: {known})")
         return int(self.lang_to_id[key])
 
-    def prompt(self, language_id: int | None = None, task: str | None = None) -> list:
-        """[<|startoftranscript|>, <|lang|>, <|task|>, <|notimestamps|>] as the model has them."""
+    @property
+    def timestamp_begin(self) -> int:
+        """The first timestamp token (<|0.00|>): right after <|notimestamps|>."""
+        if self.no_timestamps_token_id is None:
+            raise ValueError("this model has no timestamp tokens (generation_config.json lacks no_timestamps_token_id)")
+        return int(self.no_timestamps_token_id) + 1
+
+    def prompt(self, language_id: int | None = None, task: str | None = None, timestamps: bool = False) -> list:
+        """[<|startoftranscript|>, <|lang|>, <|task|>, <|notimestamps|>] as the model has them (without
+        <|notimestamps|> when decoding timestamps)."""
         ids = [int(self.decoder_start_token_id)]
         if self.is_multilingual or self.lang_to_id:
             if language_id is not None:
@@ -99,7 +108,7 @@ class GenerationSettings:
             ids.append(int(self.task_to_id[t]))
         elif task not in (None, "transcribe"):
             raise ValueError(f"task {task!r} needs a multilingual model; this one only transcribes")
-        if self.no_timestamps_token_id is not None:
+        if self.no_timestamps_token_id is not None and not timestamps:
             ids.append(int(self.no_timestamps_token_id))
         return ids
 
@@ -220,9 +229,11 @@ def greedy(model, features, gen: GenerationSettings | None = None, language: str
 
 
 def transcribe(model, samples, gen: GenerationSettings | None = None, language: str | None = None,
-               task: str | None = None, max_new_tokens: int = 96, capture=None) -> list:
+               task: str | None = None, max_new_tokens: int = 96, capture=None, timestamps: bool = False) -> list:
     """16 kHz mono samples of any length -> one WhisperOutput per 30 s window, in order (long-form audio
-    is cut into consecutive 30 s windows, each decoded on its own; the last one is zero-padded)."""
+    is cut into consecutive 30 s windows, each decoded on its own; the last one is zero-padded).
+    timestamps: greedy_with_timestamps per window (openai-whisper's seek to the last timestamp is not
+    done: windows stay at fixed 30 s offsets)."""
     from engine import audio
     x = np.asarray(samples, np.float32)
     if x.ndim != 1 or len(x) == 0:
@@ -231,5 +242,114 @@ def transcribe(model, samples, gen: GenerationSettings | None = None, language: 
     out = []
     for start in range(0, len(x), n):
         feats = audio.log_mel_spectrogram(x[start:start + n], model.config.num_mel_bins)[None]  # (1, n_mels, 3000)
-        out.append(greedy(model, feats, gen, language, task, max_new_tokens, capture))
+        if timestamps:
+            out.append(greedy_with_timestamps(model, feats, gen or GenerationSettings.from_config(model.config),
+                                              language, task, max_new_tokens))
+        else:
+            out.append(greedy(model, feats, gen, language, task, max_new_tokens, capture))
+    return out
+
+
+# ---- timestamps (a host loop: each step's rules read the tokens so far) -------------------------------------
+TIME_PRECISION = 0.02  # seconds per timestamp token
+
+
+def timestamp_rules(scores: np.ndarray, generated: list, gen: GenerationSettings) -> np.ndarray:
+    """transformers' WhisperTimeStampLogitsProcessor on (B, V) host logits; generated: per row, the
+    tokens after the prompt. -inf at: <|notimestamps|>; after one timestamp, text (a pair must close)
+    and after a closed pair, timestamps; timestamps before the last one; on the first token anything but
+    a timestamp up to max_initial_timestamp_index; text, when the timestamps' total probability beats
+    the likeliest text token."""
+    s = np.array(scores, dtype=np.float32)
+    tb, eos = gen.timestamp_begin, min(gen.stop_ids) if gen.stop_ids else gen.timestamp_begin - 1
+    s[:, gen.no_timestamps_token_id] = -np.inf
+    for k, seq in enumerate(generated):
+        last = len(seq) >= 1 and seq[-1] >= tb
+        penultimate = len(seq) < 2 or seq[-2] >= tb
+        if last:
+            if penultimate:
+                s[k, tb:] = -np.inf
+            else:
+                s[k, :eos] = -np.inf
+        stamps = [t for t in seq if t >= tb]
+        lowest = tb if not stamps else (stamps[-1] if last and not penultimate else stamps[-1] + 1)
+        s[k, tb:lowest] = -np.inf
+    if not generated[0]:  # the first token: a timestamp
+        s[:, :tb] = -np.inf
+        if gen.max_initial_timestamp_index is not None:
+            s[:, tb + gen.max_initial_timestamp_index + 1:] = -np.inf
+    with np.errstate(invalid="ignore", divide="ignore"):
+        m = s.max(axis=-1, keepdims=True)
+        logp = s - m - np.log(np.exp(s - m).sum(axis=-1, keepdims=True))  # log_softmax
+        mt = logp[:, tb:].max(axis=-1, keepdims=True)
+        ts_logp = (mt + np.log(np.exp(logp[:, tb:] - mt).sum(axis=-1, keepdims=True)))[:, 0]  # logsumexp
+    text_max = logp[:, :tb].max(axis=-1)
+    s[ts_logp > text_max, :tb] = -np.inf
+    return s
+
+
+def greedy_with_timestamps(model, features, gen: GenerationSettings, language: str | None = None,
+                           task: str | None = None, max_new_tokens: int = 64, encoder_out=None) -> WhisperOutput:
+    """Greedy decoding of one 30 s window with timestamp tokens (the prompt without <|notimestamps|>;
+    processors in transformers' order: begin_suppress_tokens, suppress_tokens, timestamp_rules). The
+    rules run on the host every step, so this loop is eager (KVCache, logits read per step);
+    `segments` of the output turn the tokens into (start s, end s, tokens)."""
+    t0 = time.perf_counter()
+    enc = encoder_out if encoder_out is not None else model.encode(features)
+    cross = model.cross_cache(enc)
+    b = enc.shape[0]
+    if language is not None:
+        lang = [gen.language_id(language)] * b
+    elif gen.is_multilingual and gen.lang_to_id:
+        lang = detect_language(model, cross, gen)
+    else:
+        lang = [None] * b
+    prompts = [gen.prompt(lang_id, task, timestamps=True) for lang_id in lang]
+    plen = len(prompts[0])
+    if plen + max_new_tokens > model.config.max_target_positions:
+        raise ValueError(f"whisper: a prompt of {plen} tokens + max_new_tokens={max_new_tokens} exceeds "
+                         f"max_target_positions={model.config.max_target_positions}")
+    encode_ms = (time.perf_counter() - t0) * 1e3
+    t1 = time.perf_counter()
+    cache = model.new_cache(b, plen + max_new_tokens)
+    ids = np.array(prompts, np.int64)
+    stops, pad = gen.stop_ids, gen.pad_token_id if gen.pad_token_id is not None else 0
+    new = [[] for _ in range(b)]
+    done = np.zeros(b, bool)
+    every = [int(t) for t in gen.suppress_tokens or ()]
+    first = every + [int(t) for t in gen.begin_suppress_tokens or ()]
+    steps = 0
+    while True:
+        scores = model.decode(ids, cross, cache)[:, -1].float().numpy()  # (B, V)
+        scores[:, first if not new[0] else every] = -np.inf
+        tok = timestamp_rules(scores, new, gen).argmax(-1)
+        tok = np.where(done, pad, tok)
+        for i in range(b):
+            if not done[i]:
+                new[i].append(int(tok[i]))
+                done[i] = int(tok[i]) in stops
+        steps += 1
+        if done.all() or steps >= max_new_tokens:
+            break
+        ids = tok[:, None].astype(np.int64)
+    return WhisperOutput([p + n for p, n in zip(prompts, new)], prompts[0], encode_ms,
+                         (time.perf_counter() - t1) * 1e3, steps - 1)
+
+
+def segments(tokens: list, gen: GenerationSettings, offset_s: float = 0.0) -> list:
+    """(start s, end s, text tokens) for each pair of timestamps in one row's new tokens; text after
+    an unclosed timestamp runs to the last timestamp seen."""
+    tb = gen.timestamp_begin
+    out, start, text = [], None, []
+    for t in tokens:
+        if t >= tb:
+            if start is None:
+                start = (t - tb) * TIME_PRECISION
+            else:
+                out.append((offset_s + start, offset_s + (t - tb) * TIME_PRECISION, text))
+                start, text = None, []
+        elif t not in gen.stop_ids:
+            text.append(t)
+    if text:
+        out.append((offset_s + (start or 0.0), offset_s + (start or 0.0), text))
     return out
