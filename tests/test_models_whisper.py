@@ -316,3 +316,29 @@ def test_timestamp_decoding_matches_transformers(pair_ts, encoded):
     for row in out.new_tokens:
         for start, end, _ in segments(row, gen):
             assert 0.0 <= start <= end <= 0.96
+
+
+# ---- reduced precision ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_reduced_precision_error_within_ratio_of_torch(tmp_path, features, dtype):
+    """Saved in `dtype`, loaded by transformers in fp64 (the reference) and in `dtype`, and by the
+    engine in `dtype`: the engine's max abs error from the fp64 run is at most REDUCED_ERROR_RATIO x
+    torch's own, for the encoder output and the teacher-forced logits."""
+    from migration.tolerances import REDUCED_ERROR_RATIO
+    tdt = {"float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
+    hf_whisper(seed=3).to(tdt).save_pretrained(tmp_path)
+    m64 = HFWhisper.from_pretrained(tmp_path, dtype=torch.float64, attn_implementation="eager").eval()
+    m16 = HFWhisper.from_pretrained(tmp_path, dtype=tdt, attn_implementation="eager").eval()
+    em = from_pretrained(tmp_path, device=DEVICE)
+    assert em.dtype.name == dtype
+    f, ids = features[:1], ids_for(1)
+    with torch.no_grad():
+        ref = m64(input_features=torch.from_numpy(f).double(), decoder_input_ids=ids)
+        tor = m16(input_features=torch.from_numpy(f).to(tdt), decoder_input_ids=ids)
+    enc = em.encode(engine.tensor(f, device=DEVICE))
+    got = {"encoder": enc.float().numpy(), "logits": em.decode(ids.numpy(), em.cross_cache(enc)).float().numpy()}
+    refs = {"encoder": (ref.encoder_last_hidden_state, tor.encoder_last_hidden_state), "logits": (ref.logits, tor.logits)}
+    for k, (r, t) in refs.items():
+        r, t = r.double().numpy(), t.double().numpy()
+        torch_err, engine_err = np.abs(r - t).max(), np.abs(r - got[k]).max()
+        assert torch_err > 0 and engine_err <= REDUCED_ERROR_RATIO * torch_err, (k, engine_err, torch_err)
