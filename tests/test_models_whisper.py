@@ -342,3 +342,17 @@ def test_reduced_precision_error_within_ratio_of_torch(tmp_path, features, dtype
         r, t = r.double().numpy(), t.double().numpy()
         torch_err, engine_err = np.abs(r - t).max(), np.abs(r - got[k]).max()
         assert torch_err > 0 and engine_err <= REDUCED_ERROR_RATIO * torch_err, (k, engine_err, torch_err)
+
+
+@pytest.mark.parametrize("num_beams,n", [(2, 12), (4, 16)])
+def test_beam_search_matches_transformers(pair, encoded, num_beams, n):
+    """The best beam against transformers' generate(num_beams=...) on the same encoder output."""
+    from engine.models.whisper.generate import beam_search
+    m, em, d = pair
+    ref = hf_generate(m, encoded[0], n=n, language="en", num_beams=num_beams)
+    out = beam_search(em, None, GenerationSettings.from_dir(d), language="en", num_beams=num_beams,
+                      max_new_tokens=n, encoder_out=encoded[1])
+    assert [new_of(r) for r in ref] == out.new_tokens
+    greedy_out = greedy(em, None, GenerationSettings.from_dir(d), language="en", max_new_tokens=n,
+                        encoder_out=encoded[1])
+    assert greedy_out.new_tokens != out.new_tokens  # the beams found another answer than greedy

@@ -8,8 +8,13 @@ token chosen on the device), so on a GPU each token is one CUDA-graph replay.
 
 The prompt is transformers' (and openai-whisper's): <|startoftranscript|>, then for multilingual models
 the language token (given, or detected: the most likely language token after <|startoftranscript|>)
-and the task token, then <|notimestamps|> (timestamps are not generated here). Logits get -inf at
-`suppress_tokens` on every step and also at `begin_suppress_tokens` on the first generated token.
+and the task token, then <|notimestamps|>. Logits get -inf at `suppress_tokens` on every step and also
+at `begin_suppress_tokens` on the first generated token.
+
+Also here, as host loops (eager steps, logits read each step): `greedy_with_timestamps` (no
+<|notimestamps|>; transformers' timestamp rules) with `segments`, and `beam_search` (transformers'
+beam search, early_stopping=False). `transcribe` cuts long audio into fixed 30 s windows (openai's
+seek to the last timestamp, temperature fallback and conditioning on previous text are not done).
 """
 from __future__ import annotations
 
@@ -353,3 +358,100 @@ def segments(tokens: list, gen: GenerationSettings, offset_s: float = 0.0) -> li
     if text:
         out.append((offset_s + (start or 0.0), offset_s + (start or 0.0), text))
     return out
+
+
+# ---- beam search (a host loop over the beams' log-probabilities) -----------------------------------------------
+def beam_search(model, features, gen: GenerationSettings | None = None, language: str | None = None,
+                task: str | None = None, num_beams: int = 5, max_new_tokens: int = 64, length_penalty: float = 1.0,
+                encoder_out=None) -> WhisperOutput:
+    """Beam search over one 30 s window per row, as transformers' `_beam_search` with early_stopping=False:
+    each step takes the log-softmax of the logits (suppressions applied to it), adds the running beam
+    scores and keeps the top 2 * num_beams continuations (more with several eos ids); a continuation
+    ending in eos (or at max length) among the first num_beams is a finished hypothesis scored
+    sum_logprobs / new_len ** length_penalty; the num_beams best unfinished ones run on (their KV cache
+    rows gathered); the loop stops when no running beam can beat the worst finished one. Returns the best
+    hypothesis per row (prompt + new tokens, eos included). Host bookkeeping, eager steps."""
+    gen = gen or GenerationSettings.from_config(model.config)
+    t0 = time.perf_counter()
+    enc = encoder_out if encoder_out is not None else model.encode(features)
+    b = enc.shape[0]
+    cross = model.cross_cache(enc)
+    if language is not None:
+        lang = [gen.language_id(language)] * b
+    elif gen.is_multilingual and gen.lang_to_id:
+        lang = detect_language(model, cross, gen)
+    else:
+        lang = [None] * b
+    prompts = [gen.prompt(lang_id, task) for lang_id in lang]
+    plen = len(prompts[0])
+    max_len = plen + max_new_tokens
+    if max_len > model.config.max_target_positions:
+        raise ValueError(f"whisper: a prompt of {plen} tokens + max_new_tokens={max_new_tokens} exceeds "
+                         f"max_target_positions={model.config.max_target_positions}")
+    nb = num_beams
+    rows = ops.tensor(np.repeat(np.arange(b), nb), dtype=D.int64, device=model.device)  # (B*nb,) -> row
+    cross = [(k.index_select(0, rows), v.index_select(0, rows)) for k, v in cross]  # each row's K/V per beam
+    encode_ms = (time.perf_counter() - t0) * 1e3
+    t1 = time.perf_counter()
+    cache = model.new_cache(b * nb, max_len)
+    stops = sorted(gen.stop_ids)
+    keep = max(2, 1 + len(stops)) * nb
+    pad = gen.pad_token_id if gen.pad_token_id is not None else (stops[0] if stops else -1)
+    run_seq = np.full((b, nb, max_len), pad, np.int64)
+    run_seq[:, :, :plen] = np.array(prompts)[:, None, :]
+    run_score = np.zeros((b, nb), np.float32)
+    run_score[:, 1:] = -1e9
+    fin_seq, fin_score = run_seq.copy(), np.full((b, nb), -1e9, np.float32)
+    fin = np.zeros((b, nb), bool)
+    unsatisfied = np.ones((b, 1), bool)
+    every = [int(t) for t in gen.suppress_tokens or ()]
+    first = every + [int(t) for t in gen.begin_suppress_tokens or ()]
+    ids = run_seq[:, :, :plen].reshape(b * nb, plen)
+    cur, steps = plen, 0
+    while True:
+        logits = model.decode(ids, cross, cache)[:, -1].float().numpy().astype(np.float32)  # (B*nb, V)
+        m = logits.max(-1, keepdims=True)
+        logp = logits - m - np.log(np.exp(logits - m).sum(-1, keepdims=True))
+        logp[:, first if cur == plen else every] = -np.inf
+        v = logp.shape[-1]
+        acc = (logp.reshape(b, nb, v) + run_score[:, :, None]).reshape(b, nb * v)
+        top = np.argsort(-acc, axis=-1, kind="stable")[:, :keep]  # (B, K), best first
+        top_lp = np.take_along_axis(acc, top, -1)
+        src, tok = top // v, top % v
+        cand = np.take_along_axis(run_seq, src[:, :, None], 1)  # (B, K, max_len)
+        cand[:, :, cur] = tok
+        hits = np.isin(tok, stops) | (cur + 1 >= max_len)
+        # finished hypotheses: among the first nb candidates, length-normalised, merged with the kept ones
+        just = hits & (np.arange(keep) < nb)[None, :]
+        norm = top_lp / float(cur + 1 - plen) ** length_penalty
+        norm = norm + (~unsatisfied) * -1e9 + (~just) * -1e9
+        all_seq, all_sc = np.concatenate([fin_seq, cand], 1), np.concatenate([fin_score, norm], 1)
+        all_fin = np.concatenate([fin, just], 1)
+        best = np.argsort(-all_sc, axis=-1, kind="stable")[:, :nb]
+        fin_seq = np.take_along_axis(all_seq, best[:, :, None], 1)
+        fin_score = np.take_along_axis(all_sc, best, -1)
+        fin = np.take_along_axis(all_fin, best, -1)
+        # running beams: the nb best candidates that did not stop
+        live = top_lp + hits * -1e9
+        nxt = np.argsort(-live, axis=-1, kind="stable")[:, :nb]
+        run_seq = np.take_along_axis(cand, nxt[:, :, None], 1)
+        run_score = np.take_along_axis(live, nxt, -1).astype(np.float32)
+        beam_src = np.take_along_axis(src, nxt, -1) + np.arange(b)[:, None] * nb  # (B, nb) flat source beams
+        cur += 1
+        steps += 1
+        best_run = run_score[:, :1] / float(cur - plen) ** length_penalty
+        worst_fin = np.where(fin, fin_score.min(-1, keepdims=True), -1e9)
+        unsatisfied = unsatisfied & (best_run > worst_fin).any(-1, keepdims=True)
+        if not unsatisfied.any() or hits.all() or cur >= max_len:
+            break
+        idx = ops.tensor(beam_src.reshape(-1), dtype=D.int64, device=model.device)
+        for layer in range(len(cache.keys)):  # the chosen beams' histories, in place
+            for buf in (cache.keys[layer], cache.values[layer]):
+                buf.copy_(buf.index_select(0, idx))
+        ids = run_seq[:, :, cur - 1].reshape(b * nb, 1)
+    out = []
+    for i in range(b):
+        row = [int(t) for t in fin_seq[i, 0, plen:cur]]
+        hit = [j for j, t in enumerate(row) if t in gen.stop_ids]
+        out.append(prompts[i] + (row[:hit[0] + 1] if hit else row))
+    return WhisperOutput(out, prompts[0], encode_ms, (time.perf_counter() - t1) * 1e3, steps)
