@@ -284,7 +284,7 @@ def test_timestamp_rules_match_transformers_processor(max_initial):
             assert got.argmax(-1).tolist() == ref.argmax(-1).tolist()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def pair_ts(pair):
     m, em, d = pair
     m.generation_config = GenerationConfig(**GEN_TS, max_length=64)  # restored below
