@@ -321,6 +321,8 @@ def detection_photo():
         return np.asarray(Image.open(asset("bus.jpg")).convert("RGB"))
     except (ImportError, Unavailable):
         return np.random.default_rng(0).integers(0, 256, (1080, 810, 3), dtype=np.uint8)
+
+
 def speech_features(n_mels: int = 80) -> np.ndarray:
     """(1, n_mels, 3000) float32: 30 s of a chirp in noise through Whisper's log-mel front end
     (engine.audio, host numpy: the same input for every implementation)."""

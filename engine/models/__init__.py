@@ -24,10 +24,10 @@ REGISTRY = {
     "bert": "engine.models.bert:BertModel",
     "clip_text_model": "engine.models.clip_text:CLIPTextModel",
     "yolov8": "engine.models.yolov8:YOLOv8",
+    "whisper": "engine.models.whisper:WhisperForConditionalGeneration",
     # diffusers components: their config.json names the class (_class_name), not a model_type
     "AutoencoderKL": "engine.models.stable_diffusion.autoencoder_kl:AutoencoderKL",
     "UNet2DConditionModel": "engine.models.stable_diffusion.unet_2d_condition:UNet2DConditionModel",
-    "whisper": "engine.models.whisper:WhisperForConditionalGeneration",
 }
 
 

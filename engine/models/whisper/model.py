@@ -26,7 +26,8 @@ from engine import dtype as D
 from engine import functional as F
 from engine import ops
 from engine.layout import ShapeError
-from engine.models import config_from_dict, load_pretrained, load_preset
+from engine.models import config_from_dict
+from engine.models.base import Pretrained
 from engine.nn import Module, ModuleList
 from engine.nn.attention import attention, positions
 from engine.nn.kv_cache import KVCache, StaticCache
@@ -242,7 +243,7 @@ class WhisperModel(Module):
         self.decoder = WhisperDecoder(cfg, vb.pp("decoder"))
 
 
-class WhisperForConditionalGeneration(Module):
+class WhisperForConditionalGeneration(Pretrained):
     Config = Config
     PRESETS = PRESETS
 
@@ -255,22 +256,6 @@ class WhisperForConditionalGeneration(Module):
             vb.skip("proj_out.weight")
         else:
             self.proj_out = Linear(cfg.d_model, cfg.vocab_size, False, vb=vb.pp("proj_out"))
-
-    @classmethod
-    def from_pretrained(cls, path, dtype=None, device=None):
-        return load_pretrained(cls, path, dtype, device)
-
-    @classmethod
-    def from_preset(cls, preset: str, dtype=None, device=None, seed: int = 0, **overrides):
-        return load_preset(cls, preset, dtype, device, seed, **overrides)
-
-    @property
-    def dtype(self):
-        return self.model.decoder.embed_tokens.weight.dtype
-
-    @property
-    def device(self):
-        return self.model.decoder.embed_tokens.weight.device
 
     def _features(self, features):
         if not hasattr(features, "storage"):
