@@ -27,6 +27,11 @@ class TorchImpl(Impl):
         if device == "cuda" and not torch.cuda.is_available():
             raise Unavailable("torch: no CUDA device (torch.cuda.is_available() is False)")
         torch.set_grad_enabled(False)  # inference: no autograd bookkeeping in any timed call
+        # float32 means float32: cuDNN convolutions default to TF32 on CUDA (10-bit mantissa products), which
+        # made torch the less exact side of fp32 comparisons (the H200's SD UNet/VAE verify diverged at the
+        # first convolution) and would time torch at another precision than the engine's
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
         self.tdevice = torch.device(device)
         self.tdtype = getattr(torch, dtype)
 

@@ -86,3 +86,10 @@ def test_touch_reads_one_byte_per_page():
     a = np.zeros(3 * 4096 + 1, np.uint8)
     a[::4096] = 1
     assert touch({"a": a, "b": np.ones(0, np.float32)}) == 4
+
+
+def test_torch_float32_is_not_tf32():
+    """Verify references and benchmarks run torch's float32 as float32 (cuDNN defaults to TF32 on CUDA)."""
+    import torch
+    impls.get("torch", "cpu")
+    assert torch.backends.cudnn.allow_tf32 is False and torch.backends.cuda.matmul.allow_tf32 is False
