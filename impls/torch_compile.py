@@ -56,7 +56,26 @@ def _accepts(fn, name: str) -> bool:
     return name in params
 
 
-class CompiledModel(TorchModel):
+class _CompiledSteps:
+    """The compiled decode loop both model kinds share: one compiled step per token, the tokens kept on
+    the device (warmup_s: the first step, which compiles)."""
+
+    def step(self):
+        first = self.warmup_s is None
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            tok = self._step_fn(self._toks[-1][:, None], self._pos)
+            self._toks.append(tok.clone())  # a CUDA-graph output is overwritten by the next replay
+            self._pos.add_(1)
+        if first:
+            self.impl.synchronize()
+            self.warmup_s = time.perf_counter() - t0
+
+    def tokens(self):
+        return torch.stack(self._toks, 1).cpu().numpy().astype(np.int64)
+
+
+class CompiledModel(_CompiledSteps, TorchModel):
     def __init__(self, impl, source, module, config, weight_bytes, inputs=None):
         super().__init__(impl, source, module, config, weight_bytes, inputs)
         self.run_module = torch.compile(module, mode=impl.mode, dynamic=False)
@@ -105,20 +124,6 @@ class CompiledModel(TorchModel):
         out = self.module(ids, use_cache=True, logits_to_keep=1, **{self._cache_kw: self.cache}, **self._positions(pos))
         return out.logits[:, -1].argmax(-1)
 
-    def step(self):
-        first = self.warmup_s is None
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            tok = self._step_fn(self._toks[-1][:, None], self._pos)
-            self._toks.append(tok.clone())  # a CUDA-graph output is overwritten by the next replay
-            self._pos.add_(1)
-        if first:
-            self.impl.synchronize()
-            self.warmup_s = time.perf_counter() - t0
-
-    def tokens(self):
-        return torch.stack(self._toks, 1).cpu().numpy().astype(np.int64)
-
     def method(self, name: str):
         """getattr on the compiled module reaches the eager method: compile the bound method itself, once."""
         cache = self.__dict__.setdefault("_methods", {})
@@ -131,7 +136,7 @@ class CompiledModel(TorchModel):
         raise TapsUnsupported("torch-compile runs the model as compiled graphs: outputs only, no layer taps")
 
 
-class CompiledSeq2SeqModel(TorchSeq2SeqModel):
+class CompiledSeq2SeqModel(_CompiledSteps, TorchSeq2SeqModel):
     """Whisper under torch.compile: the encoder compiled as a whole; the decode step over an
     EncoderDecoderCache of two StaticCaches (self-attention of max_len, cross-attention of the encoder
     length; transformers' cache_implementation="static" recipe) compiled with fullgraph, as the causal
@@ -178,20 +183,6 @@ class CompiledSeq2SeqModel(TorchSeq2SeqModel):
         if self._step_fn is None:
             self._step_fn = torch.compile(self._decode, mode=self.impl.mode, fullgraph=True, dynamic=False)
         return self._toks[0].cpu().numpy()
-
-    def step(self):
-        first = self.warmup_s is None
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            tok = self._step_fn(self._toks[-1][:, None], self._pos)
-            self._toks.append(tok.clone())  # a CUDA-graph output is overwritten by the next replay
-            self._pos.add_(1)
-        if first:
-            self.impl.synchronize()
-            self.warmup_s = time.perf_counter() - t0
-
-    def tokens(self):
-        return torch.stack(self._toks, 1).cpu().numpy().astype(np.int64)
 
     def tap(self, names, callback):
         raise TapsUnsupported("torch-compile runs the model as compiled graphs: outputs only, no layer taps")

@@ -184,12 +184,9 @@ def detect_language(model, cross, gen: GenerationSettings) -> list:
     return [int(lang[np.argmax(row[lang])]) for row in logits]
 
 
-def greedy(model, features, gen: GenerationSettings | None = None, language: str | None = None,
-           task: str | None = None, max_new_tokens: int = 64, capture=None, encoder_out=None) -> WhisperOutput:
-    """Greedy transcription of log-mel features (B, n_mels, 3000) (or a given encoder output): the
-    prompt of the module docstring, tokens until eos or max_new_tokens. capture: engine.generation.Decoder's."""
-    gen = gen or GenerationSettings.from_config(model.config)
-    t0 = time.perf_counter()
+def _start(model, features, encoder_out, gen: GenerationSettings, language, task, timestamps: bool = False):
+    """(encoder output, cross-attention cache, one prompt per row): the language given, detected (a
+    multilingual model) or none."""
     enc = encoder_out if encoder_out is not None else model.encode(features)
     cross = model.cross_cache(enc)
     b = enc.shape[0]
@@ -199,7 +196,17 @@ def greedy(model, features, gen: GenerationSettings | None = None, language: str
         lang = detect_language(model, cross, gen)
     else:
         lang = [None] * b
-    prompts = [gen.prompt(lang_id, task) for lang_id in lang]
+    return enc, cross, [gen.prompt(lang_id, task, timestamps=timestamps) for lang_id in lang]
+
+
+def greedy(model, features, gen: GenerationSettings | None = None, language: str | None = None,
+           task: str | None = None, max_new_tokens: int = 64, capture=None, encoder_out=None) -> WhisperOutput:
+    """Greedy transcription of log-mel features (B, n_mels, 3000) (or a given encoder output): the
+    prompt of the module docstring, tokens until eos or max_new_tokens. capture: engine.generation.Decoder's."""
+    gen = gen or GenerationSettings.from_config(model.config)
+    t0 = time.perf_counter()
+    enc, cross, prompts = _start(model, features, encoder_out, gen, language, task)
+    b = enc.shape[0]
     plen = len(prompts[0])
     encode_ms = (time.perf_counter() - t0) * 1e3
     max_len = plen + max_new_tokens
@@ -300,16 +307,8 @@ def greedy_with_timestamps(model, features, gen: GenerationSettings, language: s
     rules run on the host every step, so this loop is eager (KVCache, logits read per step);
     `segments` of the output turn the tokens into (start s, end s, tokens)."""
     t0 = time.perf_counter()
-    enc = encoder_out if encoder_out is not None else model.encode(features)
-    cross = model.cross_cache(enc)
+    enc, cross, prompts = _start(model, features, encoder_out, gen, language, task, timestamps=True)
     b = enc.shape[0]
-    if language is not None:
-        lang = [gen.language_id(language)] * b
-    elif gen.is_multilingual and gen.lang_to_id:
-        lang = detect_language(model, cross, gen)
-    else:
-        lang = [None] * b
-    prompts = [gen.prompt(lang_id, task, timestamps=True) for lang_id in lang]
     plen = len(prompts[0])
     if plen + max_new_tokens > model.config.max_target_positions:
         raise ValueError(f"whisper: a prompt of {plen} tokens + max_new_tokens={max_new_tokens} exceeds "
@@ -373,16 +372,8 @@ def beam_search(model, features, gen: GenerationSettings | None = None, language
     hypothesis per row (prompt + new tokens, eos included). Host bookkeeping, eager steps."""
     gen = gen or GenerationSettings.from_config(model.config)
     t0 = time.perf_counter()
-    enc = encoder_out if encoder_out is not None else model.encode(features)
+    enc, cross, prompts = _start(model, features, encoder_out, gen, language, task)
     b = enc.shape[0]
-    cross = model.cross_cache(enc)
-    if language is not None:
-        lang = [gen.language_id(language)] * b
-    elif gen.is_multilingual and gen.lang_to_id:
-        lang = detect_language(model, cross, gen)
-    else:
-        lang = [None] * b
-    prompts = [gen.prompt(lang_id, task) for lang_id in lang]
     plen = len(prompts[0])
     max_len = plen + max_new_tokens
     if max_len > model.config.max_target_positions:
