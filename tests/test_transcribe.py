@@ -125,3 +125,11 @@ def test_timestamps_print_segments(model_dir, tmp_path, capsys):
                  "--timestamps"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines and all(re.fullmatch(r"\[\d+\.\d\d -> \d+\.\d\d\]( \d+)*", ln) for ln in lines), lines
+
+
+def test_a_preset_transcribes_with_the_default_length(capsys):
+    """No --max-new-tokens: as many tokens as the decoder's positions leave (the tiny preset has 64)."""
+    from engine.models import from_preset
+    assert main(["transcribe", "--model", "whisper:tiny", SPEECH]) == 0
+    ids = capsys.readouterr().out.splitlines()[0].split()
+    assert 0 < len(ids) <= from_preset("whisper", "tiny").config.max_target_positions and all(i.isdigit() for i in ids)

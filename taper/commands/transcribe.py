@@ -26,7 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "generation_config.json]) or a preset whisper:NAME with random weights")
     parser.add_argument("--language", default=None, help="language code (e.g. en); default: detected")
     parser.add_argument("--task", default=None, choices=["transcribe", "translate"])
-    parser.add_argument("--max-new-tokens", type=int, default=96, help="per 30 s window")
+    parser.add_argument("--max-new-tokens", type=int, default=None,
+                        help="per 30 s window (default: as many as the decoder's positions allow, 448 less the "
+                             "prompt for released Whisper models)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: ENGINE_DEVICE or cpu)")
     parser.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
                         help="cast weights on load (default: as stored)")
@@ -61,7 +63,7 @@ def run(args) -> int:
     from engine import audio
     from engine.models.whisper.generate import segments, transcribe
 
-    if args.max_new_tokens < 1:
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     if not Path(args.audio).is_file():
         raise FileNotFoundError(f"audio file not found: {args.audio}")

@@ -184,6 +184,18 @@ def detect_language(model, cross, gen: GenerationSettings) -> list:
     return [int(lang[np.argmax(row[lang])]) for row in logits]
 
 
+def _room(model, plen: int, max_new_tokens) -> int:
+    """max_new_tokens, or (None) all the decoder's positions leave after the prompt of plen tokens; a
+    clear error past them."""
+    room = model.config.max_target_positions - plen
+    if max_new_tokens is None:
+        return room
+    if max_new_tokens > room:
+        raise ValueError(f"whisper: a prompt of {plen} tokens + max_new_tokens={max_new_tokens} exceeds "
+                         f"max_target_positions={model.config.max_target_positions}")
+    return max_new_tokens
+
+
 def _start(model, features, encoder_out, gen: GenerationSettings, language, task, timestamps: bool = False):
     """(encoder output, cross-attention cache, one prompt per row): the language given, detected (a
     multilingual model) or none."""
@@ -209,11 +221,8 @@ def greedy(model, features, gen: GenerationSettings | None = None, language: str
     b = enc.shape[0]
     plen = len(prompts[0])
     encode_ms = (time.perf_counter() - t0) * 1e3
+    max_new_tokens = _room(model, plen, max_new_tokens)
     max_len = plen + max_new_tokens
-    limit = model.config.max_target_positions
-    if max_len > limit:
-        raise ValueError(f"whisper: a prompt of {plen} tokens + max_new_tokens={max_new_tokens} exceeds "
-                         f"max_target_positions={limit}")
     vocab = model.config.vocab_size
     every = list(gen.suppress_tokens or [])
     view = DecoderView(model, cross, _bias(vocab, every + list(gen.begin_suppress_tokens or []), model.dtype,
@@ -241,7 +250,7 @@ def greedy(model, features, gen: GenerationSettings | None = None, language: str
 
 
 def transcribe(model, samples, gen: GenerationSettings | None = None, language: str | None = None,
-               task: str | None = None, max_new_tokens: int = 96, capture=None, timestamps: bool = False) -> list:
+               task: str | None = None, max_new_tokens: int | None = None, capture=None, timestamps: bool = False) -> list:
     """16 kHz mono samples of any length -> one WhisperOutput per 30 s window, in order (long-form audio
     is cut into consecutive 30 s windows, each decoded on its own; the last one is zero-padded).
     timestamps: greedy_with_timestamps per window (openai-whisper's seek to the last timestamp is not
@@ -310,9 +319,7 @@ def greedy_with_timestamps(model, features, gen: GenerationSettings, language: s
     enc, cross, prompts = _start(model, features, encoder_out, gen, language, task, timestamps=True)
     b = enc.shape[0]
     plen = len(prompts[0])
-    if plen + max_new_tokens > model.config.max_target_positions:
-        raise ValueError(f"whisper: a prompt of {plen} tokens + max_new_tokens={max_new_tokens} exceeds "
-                         f"max_target_positions={model.config.max_target_positions}")
+    max_new_tokens = _room(model, plen, max_new_tokens)
     encode_ms = (time.perf_counter() - t0) * 1e3
     t1 = time.perf_counter()
     cache = model.new_cache(b, plen + max_new_tokens)
@@ -375,10 +382,8 @@ def beam_search(model, features, gen: GenerationSettings | None = None, language
     enc, cross, prompts = _start(model, features, encoder_out, gen, language, task)
     b = enc.shape[0]
     plen = len(prompts[0])
+    max_new_tokens = _room(model, plen, max_new_tokens)
     max_len = plen + max_new_tokens
-    if max_len > model.config.max_target_positions:
-        raise ValueError(f"whisper: a prompt of {plen} tokens + max_new_tokens={max_new_tokens} exceeds "
-                         f"max_target_positions={model.config.max_target_positions}")
     nb = num_beams
     rows = ops.tensor(np.repeat(np.arange(b), nb), dtype=D.int64, device=model.device)  # (B*nb,) -> row
     cross = [(k.index_select(0, rows), v.index_select(0, rows)) for k, v in cross]  # each row's K/V per beam
