@@ -17,6 +17,19 @@ except ImportError:  # pragma: no cover - torch is installed wherever the tests 
     torch = None
 
 
+def exact_float32() -> None:
+    """float32 means float32 on CUDA: no TF32 in cuBLAS matmuls or cuDNN convolutions. cuDNN's default is
+    TF32 (10-bit mantissa products), which made torch the less exact side of float32 comparisons (the
+    H200's SD UNet/VAE verify diverged at the first convolution) and would time torch at another precision
+    than the engine's."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    # torch's own test harness (imported by the OpInfo tests) freezes the cudnn flags: set them through
+    # the mutation guard it provides
+    allow = getattr(torch.backends, "__allow_nonbracketed_mutation", contextlib.nullcontext)
+    with allow():
+        torch.backends.cudnn.allow_tf32 = False
+
+
 class TorchImpl(Impl):
     name = "torch"
 
@@ -27,11 +40,8 @@ class TorchImpl(Impl):
         if device == "cuda" and not torch.cuda.is_available():
             raise Unavailable("torch: no CUDA device (torch.cuda.is_available() is False)")
         torch.set_grad_enabled(False)  # inference: no autograd bookkeeping in any timed call
-        # float32 means float32: cuDNN convolutions default to TF32 on CUDA (10-bit mantissa products), which
-        # made torch the less exact side of fp32 comparisons (the H200's SD UNet/VAE verify diverged at the
-        # first convolution) and would time torch at another precision than the engine's
-        torch.backends.cudnn.allow_tf32 = False
-        torch.backends.cuda.matmul.allow_tf32 = False
+        if device == "cuda":
+            exact_float32()
         self.tdevice = torch.device(device)
         self.tdtype = getattr(torch, dtype)
 

@@ -89,7 +89,10 @@ def test_touch_reads_one_byte_per_page():
 
 
 def test_torch_float32_is_not_tf32():
-    """Verify references and benchmarks run torch's float32 as float32 (cuDNN defaults to TF32 on CUDA)."""
+    """Verify references and benchmarks run torch's float32 as float32 on CUDA (cuDNN defaults to TF32),
+    also where torch's test harness froze the cudnn flags."""
     import torch
-    impls.get("torch", "cpu")
+    from impls.torch_eager import exact_float32
+    torch.backends.disable_global_flags()  # what importing torch.testing._internal's OpInfo database does
+    exact_float32()
     assert torch.backends.cudnn.allow_tf32 is False and torch.backends.cuda.matmul.allow_tf32 is False
