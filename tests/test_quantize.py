@@ -89,3 +89,40 @@ def test_convert_quantize_errors(tiny_dir, tmp_path, capsys):
     (other / "config.json").write_text('{"model_type": "gpt2"}')
     assert main(["convert", str(other), str(tmp_path / "y.gguf"), "--quantize", "q8_0"]) == 2
     assert "model_type 'gpt2'" in capsys.readouterr().err and not (tmp_path / "y.gguf").exists()
+
+
+# ---- taper verify --candidate-gguf: the accuracy cost ------------------------------------------------------
+def test_verify_reports_the_cost_of_quantising(tiny_dir, tmp_path, capsys):
+    import json
+    from migration.verify_quant import perplexity, verify_quantized
+    reps = {q: verify_quantized(tiny_dir, quantize(tiny_dir, tmp_path, q)) for q in ("q8_0", "q4_0")}
+    for q, rep in reps.items():
+        assert rep.passed, q
+        figures = [rep.kl, rep.top1_agreement, rep.perplexity["reference"], rep.perplexity["candidate"]]
+        assert all(np.isfinite(figures)), (q, figures)
+        assert 0 < rep.kl and rep.top1_agreement <= 1
+        assert rep.perplexity["reference"] > 1 and rep.perplexity["text"].startswith("64 seeded token ids")
+        layers = {r.name: r for r in rep.layers}
+        assert "model.layers.1.mlp.down_proj" in layers and "<output>" in layers
+        assert 0 < layers["<output>"].max_abs < np.inf
+    a, b = reps["q8_0"], reps["q4_0"]
+    assert a.kl < b.kl and a.layers[-1].cosine >= b.layers[-1].cosine  # 8 bits cost less than 4
+    assert abs(a.perplexity["candidate"] - a.perplexity["reference"]) < abs(b.perplexity["candidate"]
+                                                                            - b.perplexity["reference"])
+    assert a.top1_agreement >= b.top1_agreement
+    # the perplexity is the real next-token cross-entropy of the reference model's logits
+    em = models.from_pretrained(tiny_dir)
+    ids = np.random.default_rng(0).integers(0, em.config.vocab_size, (1, 64))
+    assert perplexity(em(engine.tensor(ids)).numpy(), ids) == pytest.approx(a.perplexity["reference"], rel=1e-6)
+    # the CLI: verdict lines, JSON, --max-kl
+    g4 = tmp_path / "tiny.q4_0.gguf"
+    assert main(["verify", str(tiny_dir), "--candidate-gguf", str(g4), "--quiet", "--json", str(tmp_path / "r.json")]) == 0
+    out = capsys.readouterr().out
+    assert "perplexity on 64 seeded token ids" in out and "top-1 agreement" in out
+    summary = json.loads((tmp_path / "r.json").read_text())["summary"]
+    assert summary["kl"] == pytest.approx(b.kl) and summary["perplexity"]["candidate"] == pytest.approx(
+        b.perplexity["candidate"])
+    assert main(["verify", str(tiny_dir), "--candidate-gguf", str(g4), "--quiet", "--max-kl", str(b.kl / 2)]) == 1
+    assert "exceeds --max-kl" in capsys.readouterr().out
+    assert main(["verify", str(tiny_dir), "--candidate-gguf", str(tmp_path / "none.gguf")]) == 2
+    assert "not a .gguf file" in capsys.readouterr().err
