@@ -126,3 +126,33 @@ def test_verify_reports_the_cost_of_quantising(tiny_dir, tmp_path, capsys):
     assert "exceeds --max-kl" in capsys.readouterr().out
     assert main(["verify", str(tiny_dir), "--candidate-gguf", str(tmp_path / "none.gguf")]) == 2
     assert "not a .gguf file" in capsys.readouterr().err
+
+
+def test_tokenizer_travels_into_the_gguf(tmp_path):
+    """A byte-level BPE tokenizer.json (trained here on a few sentences) goes into tokenizer.ggml.*:
+    the GGUF's tokenizer (the engine's and transformers') encodes the fixed text to the same ids,
+    and verify then measures perplexity on that text."""
+    from tokenizers import Tokenizer, decoders, models as tmodels, pre_tokenizers, trainers
+    from transformers import AutoTokenizer
+    from test_models_llm import hf_model
+    from engine.generation import load_tokenizer
+    from migration.verify_quant import FIXED_TEXT, MAX_TOKENS, verify_quantized
+    tok = Tokenizer(tmodels.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator([FIXED_TEXT, "the keeper and the light, the ships and the water"] * 4,
+                            trainers.BpeTrainer(vocab_size=320, special_tokens=["<|endoftext|>"],
+                                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    d = tmp_path / "tok-llama"
+    hf_model("llama", dict(vocab_size=tok.get_vocab_size())).save_pretrained(d)
+    tok.save(str(d / "tokenizer.json"))
+    out = tmp_path / "t.gguf"
+    assert main(["convert", str(d), str(out), "--quantize", "q8_0", "--quiet"]) == 0
+    want = tok.encode(FIXED_TEXT).ids
+    assert len(want) < len(FIXED_TEXT.encode()) / 2  # merges were learnt and used
+    assert load_tokenizer(out).encode(FIXED_TEXT).ids == want
+    hf_tok = AutoTokenizer.from_pretrained(out.parent, gguf_file=out.name)
+    assert hf_tok(FIXED_TEXT, add_special_tokens=False)["input_ids"] == want
+    rep = verify_quantized(d, out)
+    assert rep.perplexity["text"].startswith("the fixed text") and rep.perplexity["tokens"] == min(len(want), MAX_TOKENS)
+    assert np.isfinite(rep.perplexity["candidate"]) and rep.kl > 0
