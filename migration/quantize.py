@@ -51,9 +51,9 @@ def check_qtype(qtype: str) -> str:
     q = str(qtype).lower()
     if q in _WRITE_QTYPES:
         return q
-    why = f" ({_NOT_OFFERED[q]})" if q in _NOT_OFFERED else ""
-    raise ConvertError(f"cannot quantise to {qtype!r}{why}; supported: {', '.join(_WRITE_QTYPES)} "
-                       f"(q4_k is not offered: gguf-py, the reference quantiser, has no Q4_K quantiser)")
+    why = f" ({_NOT_OFFERED[q]}, the reference quantiser)" if q in _NOT_OFFERED else ""
+    raise ConvertError(f"cannot quantise to {qtype!r}{why}; supported: {', '.join(_WRITE_QTYPES)}"
+                       + ("" if why else " (q4_k is not offered: gguf-py has no Q4_K quantiser)"))
 
 
 def tokenizer_metadata(path: Path) -> tuple[dict | None, str]:
