@@ -64,10 +64,13 @@ class VerifyReport:
     unmatched: dict = field(default_factory=dict)  # {"torch_only": [...], "engine_only": [...]}
     route: str = ""                   # "hand" (engine model code), "export" (torch.export program), "impls"
     candidate: str = "engine"         # the implementation compared with the reference
+    perplexity: dict | None = None     # quantisation cost: {"reference", "candidate", "tokens", "text"}
+    max_kl: float | None = None        # fail when kl exceeds it (taper verify --max-kl)
 
     @property
     def passed(self) -> bool:
-        return all(r.passed for r in self.layers) and bool(self.layers)
+        kl_ok = self.max_kl is None or (self.kl is not None and self.kl <= self.max_kl)
+        return all(r.passed for r in self.layers) and bool(self.layers) and kl_ok
 
     @property
     def failed(self) -> list:
@@ -108,6 +111,10 @@ class VerifyReport:
             "compared": len(self.layers), "failed": len(self.failed), "reference": self.reference, "note": self.note,
             "route": self.route, "candidate": self.candidate,
         }
+        if self.perplexity is not None:
+            summary["perplexity"] = {k: _num(v) if isinstance(v, float) else v for k, v in self.perplexity.items()}
+        if self.max_kl is not None:
+            summary["max_kl"] = self.max_kl
         return {"model": self.model, "dtype": self.dtype, "device": self.device, "layers": layers,
                 "summary": summary, "unmatched": self.unmatched}
 
@@ -132,7 +139,8 @@ class VerifyReport:
             layers.append(LayerResult(**kw))
         return cls(d["model"], d["dtype"], d["device"], layers, s.get("first_divergence"), s.get("confirmed"),
                    s.get("top1_agreement"), s.get("top5_overlap"), s.get("kl"), s.get("reference", "torch"),
-                   s.get("note", ""), d.get("unmatched", {}), s.get("route", ""), s.get("candidate", "engine"))
+                   s.get("note", ""), d.get("unmatched", {}), s.get("route", ""), s.get("candidate", "engine"),
+                   s.get("perplexity"), s.get("max_kl"))
 
     # ---- renderings ----------------------------------------------------------------------------------
     def table(self, only_failed: bool = False, max_rows: int | None = None) -> str:
@@ -207,6 +215,10 @@ def summary_lines(rep: VerifyReport) -> list:
     if rep.top1_agreement is not None:
         lines.append(f"teacher-forced logits: top-1 agreement {rep.top1_agreement:.4f}, top-5 overlap "
                      f"{rep.top5_overlap:.4f}, KL(ref || engine) {_g(rep.kl)}")
+    if rep.perplexity is not None:
+        p = rep.perplexity
+        lines.append(f"perplexity on {p['text']} ({p['tokens']} tokens): reference {p['reference']:.4g}, "
+                     f"candidate {p['candidate']:.4g}")
     if rep.note:
         lines.append(f"note: {rep.note}")
     um = rep.unmatched or {}

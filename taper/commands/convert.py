@@ -4,6 +4,9 @@ DST is a .safetensors file, or a model directory (created when missing) that get
 or shards + index and the source directory's config and tokenizer files. An existing output is only
 replaced with --overwrite, and then as a whole.
 
+With --quantize q8_0|q4_0|q4_1, SRC is a safetensors llama model directory and DST a .gguf file
+(migration/quantize.py: norms stay F32, every matrix is quantised).
+
 Exit codes: 0 converted and verified, 1 the output failed verification (it is not put in place),
 2 bad usage, an unreadable or refused (unsafe) source, an existing output, or a write that failed
 (a full disk). Errors go to stderr; the summary goes to stdout unless --quiet.
@@ -40,11 +43,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"kill the --unsafe-pickle process after this long (default {UNSAFE_TIMEOUT_S:g})")
     parser.add_argument("--no-verify", action="store_true", help="skip the bitwise comparison with the source")
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+    parser.add_argument("--quantize", metavar="TYPE", help="write a GGUF file (DST.gguf) from a safetensors llama "
+                                                         "model directory, matrices quantised to q8_0, q4_0 or q4_1")
 
 
 def run(args) -> int:
     from engine.io.safetensors import SafetensorsError
     from migration.convert import ConvertError, UnsafePickleWarning, VerificationError, convert
+
+    if args.quantize:
+        from migration.quantize import quantize_to_gguf
+        try:
+            report = quantize_to_gguf(args.src, args.dst, args.quantize, overwrite=args.overwrite)
+        except (ConvertError, OSError) as e:
+            print(f"taper convert: {e}", file=sys.stderr)
+            return 2
+        if not args.quiet:
+            print(report)
+        return 0
 
     def show(message, category, *rest, **kw):
         print(f"taper convert: WARNING: {message}", file=sys.stderr, flush=True)

@@ -19,6 +19,7 @@ plus every shared module's output where both implementations can tap (the report
     taper verify llama:tiny --candidate onnxruntime                 # validate an ONNX export the same way
     taper verify models/tiny-llama --save-golden golden/            # keep the reference
     taper verify models/tiny-llama --golden golden/                 # later, without torch
+    taper verify models/tiny-llama --candidate-gguf tiny.q4_0.gguf  # the cost of quantising (--max-kl)
 
 Exit codes: 0 every layer within tolerance, 1 a numerical failure, 2 bad usage or a model or golden
 directory that cannot be loaded (or a model that raises on the inputs).
@@ -80,6 +81,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--max-rows", type=int, help="terminal table: at most this many rows")
     parser.add_argument("--workdir", metavar="DIR", help="keep the capture files (safetensors) here")
     parser.add_argument("--quiet", action="store_true", help="print the verdict lines only")
+    parser.add_argument("--candidate-gguf", metavar="FILE", help="a quantised GGUF of MODEL (a model directory): "
+                        "per-layer errors, logit top-1/KL and perplexity on a fixed text against MODEL")
+    parser.add_argument("--max-kl", type=float, metavar="KL", help="with --candidate-gguf: fail above this KL")
 
 
 def _to_numpy(inputs):
@@ -126,6 +130,14 @@ def _verify(args):
         src = sources.parse(target)
     except sources.SourceError as e:
         raise _Usage(str(e)) from None
+    if args.candidate_gguf:
+        if src.kind != "dir":
+            raise _Usage("--candidate-gguf compares a GGUF with the model directory it was quantised from")
+        from migration.verify_quant import verify_quantized
+        return verify_quantized(target, args.candidate_gguf, tol=args.tol, max_kl=args.max_kl, seed=args.seed,
+                                device=args.device, workdir=args.workdir)
+    if args.max_kl is not None:
+        raise _Usage("--max-kl applies to --candidate-gguf")
     given = example_inputs(args.input, args.seed) if args.input else None
     if args.golden:
         if args.save_golden:

@@ -1,0 +1,129 @@
+"""Quantise a safetensors LLaMA model directory to a GGUF file (`taper convert --quantize q8_0 SRC DST.gguf`).
+
+The file is written by engine.io.gguf.save_gguf (llama.cpp's layout, gguf-py's quantisers, atomic).
+What stays float: every 1-d tensor (the RMSNorm weights, biases) as F32, and any matrix whose rows are
+not whole 32-wide blocks. Every 2-d matrix is quantised, the token embedding and lm_head included:
+that is what llama.cpp's own converter does with `--outtype q8_0` (convert_hf_to_gguf.py quantises
+every 2-d weight but the norms). `llama-quantize` would instead put output.weight in Q6_K for the
+4-bit types, but gguf-py has no Q6_K (or Q4_K) quantiser, so the choice here is uniform and says so.
+
+The tokenizer (tokenizer.json, byte-level BPE: GPT-2, LLaMA-3, SmolLM2 style) goes into the
+tokenizer.ggml.* metadata when the directory has one; other tokenizers are left out (the report says).
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from engine.io.gguf import _WRITE_QTYPES, save_gguf
+from migration.source import ConvertError
+
+# what is not offered, and why (asked for by users who know llama.cpp's names)
+_NOT_OFFERED = {"q4_k": "gguf-py has no Q4_K quantiser", "q6_k": "gguf-py has no Q6_K quantiser",
+                "q5_k": "gguf-py has no Q5_K quantiser", "q4_k_m": "gguf-py has no Q4_K/Q6_K quantiser"}
+_CONTROL, _USER_DEFINED, _NORMAL = 3, 4, 1  # llama.cpp token types
+
+
+@dataclass
+class QuantizeReport:
+    src: str
+    dst: str
+    qtype: str
+    quantized: list[str] = field(default_factory=list)  # HF names stored in blocks
+    kept_float: list[str] = field(default_factory=list)  # HF names stored as F32
+    tokenizer: str = "none"
+    bytes_in: int = 0
+    bytes_out: int = 0
+    seconds: float = 0.0
+
+    def __str__(self):
+        return (f"{self.src} -> {self.dst}: {len(self.quantized)} matrices quantised to {self.qtype}, "
+                f"{len(self.kept_float)} tensors kept F32 ({', '.join(self.kept_float[:3])}"
+                f"{' ...' if len(self.kept_float) > 3 else ''}); tokenizer: {self.tokenizer}; "
+                f"{self.bytes_in / 1e6:.1f} MB -> {self.bytes_out / 1e6:.1f} MB in {self.seconds:.1f} s")
+
+
+def check_qtype(qtype: str) -> str:
+    q = str(qtype).lower()
+    if q in _WRITE_QTYPES:
+        return q
+    why = f" ({_NOT_OFFERED[q]}, the reference quantiser)" if q in _NOT_OFFERED else ""
+    raise ConvertError(f"cannot quantise to {qtype!r}{why}; supported: {', '.join(_WRITE_QTYPES)}"
+                       + ("" if why else " (q4_k is not offered: gguf-py has no Q4_K quantiser)"))
+
+
+def tokenizer_metadata(path: Path) -> tuple[dict | None, str]:
+    """tokenizer.ggml.* metadata from a tokenizer.json (byte-level BPE), and a word on what was done."""
+    f = path / "tokenizer.json"
+    if not f.is_file():
+        return None, "none in the source directory"
+    try:
+        tj = json.loads(f.read_text())
+    except (OSError, ValueError) as e:
+        raise ConvertError(f"{f}: cannot read the tokenizer: {e}") from None
+    model = tj.get("model") or {}
+    if model.get("type") != "BPE" or "ByteLevel" not in json.dumps(tj.get("pre_tokenizer")):
+        return None, f"left out ({f.name} is {model.get('type')!r}, not byte-level BPE)"
+    vocab = dict(model["vocab"])
+    added = {t["content"]: t for t in tj.get("added_tokens", [])}
+    for t in added.values():
+        vocab.setdefault(t["content"], t["id"])
+    n = max(vocab.values()) + 1
+    tokens = [f"[PAD{i}]" for i in range(n)]
+    for t, i in vocab.items():
+        tokens[i] = t
+    types = [(_CONTROL if added[t]["special"] else _USER_DEFINED) if t in added else _NORMAL for t in tokens]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+    return {"model": "gpt2", "tokens": tokens, "merges": merges, "token_type": types}, f"byte-level BPE, {n} tokens"
+
+
+def quantize_to_gguf(src, dst, qtype: str, *, overwrite: bool = False) -> QuantizeReport:
+    """Quantise the safetensors LLaMA model directory `src` (config.json + weights) to the GGUF file `dst`.
+    Raises ConvertError for a non-llama model, an unsupported type or an existing output without overwrite."""
+    from engine.io.safetensors import SafetensorsError, open_checkpoint
+    start = time.perf_counter()
+    q = check_qtype(qtype)
+    src, dst = Path(src), Path(dst)
+    if dst.suffix != ".gguf":
+        raise ConvertError(f"{dst}: with --quantize the destination is a .gguf file")
+    if dst.exists() and not overwrite:
+        raise ConvertError(f"{dst}: already exists; pass --overwrite (overwrite=True) to replace it")
+    if dst.is_dir():
+        raise ConvertError(f"{dst}: is a directory; give a .gguf file name")
+    if not (src / "config.json").is_file():
+        raise ConvertError(f"{src}: not a model directory with config.json (--quantize reads a safetensors "
+                           "model directory, e.g. one `taper convert` wrote)")
+    try:
+        config = json.loads((src / "config.json").read_text())
+    except ValueError as e:
+        raise ConvertError(f"{src / 'config.json'}: not valid JSON: {e}") from None
+    if config.get("model_type") != "llama":
+        raise ConvertError(f"{src}: model_type {config.get('model_type')!r}; --quantize writes GGUF for "
+                           "llama models only (llama.cpp's 'llama' architecture)")
+    try:
+        ck = open_checkpoint(src)
+    except SafetensorsError as e:
+        raise ConvertError(f"{src}: {e}") from None
+    with ck:
+        tensors = {k: np.asarray(ck.get_numpy(k), dtype=np.float32) for k in ck.keys()
+                   if not k.endswith("rotary_emb.inv_freq")}
+    tok, tok_note = tokenizer_metadata(src)
+    report = QuantizeReport(str(src), str(dst), q, tokenizer=tok_note)
+    report.bytes_in = sum(a.nbytes for a in tensors.values())
+    tied = config.get("tie_word_embeddings", False)
+    for k, a in sorted(tensors.items()):
+        if tied and k == "lm_head.weight":
+            continue
+        (report.quantized if a.ndim == 2 and a.shape[1] % 32 == 0 else report.kept_float).append(k)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        save_gguf(dst, config, tensors, q, tok)
+    except KeyError as e:
+        raise ConvertError(f"{src}: {e.args[0]}") from None
+    report.bytes_out = dst.stat().st_size
+    report.seconds = time.perf_counter() - start
+    return report

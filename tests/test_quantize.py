@@ -1,0 +1,158 @@
+"""`taper convert --quantize` (safetensors llama directory -> GGUF) and `taper verify --candidate-gguf`
+(the accuracy cost of quantisation against the unquantised reference).
+
+Oracles: transformers loading the written GGUF (`gguf_file=`, its own dequantiser and q/k unpermute);
+gguf-py's numpy dequantiser on the file's raw blocks; the float model the file was quantised from.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import pytest
+
+gguf = pytest.importorskip("gguf", reason="pip install gguf (the test extra brings it)")
+
+import engine  # noqa: E402
+from engine import models  # noqa: E402
+from engine.quant import QuantWeight  # noqa: E402
+from taper.cli import main  # noqa: E402
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+FP32_REL = 1e-4  # as tests/test_gguf.py: max abs error <= 1e-4 x the reference logits' range
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    """A tiny random transformers llama (GQA, so q and k permute apart) saved as safetensors."""
+    from test_gguf import tiny_hf
+    m = tiny_hf()
+    d = tmp_path_factory.mktemp("q") / "tiny-llama"
+    m.save_pretrained(d, safe_serialization=True)
+    return d
+
+
+def quantize(tiny_dir, tmp_path, q, *extra):
+    out = tmp_path / f"tiny.{q}.gguf"
+    assert main(["convert", str(tiny_dir), str(out), "--quantize", q, "--quiet", *extra]) == 0
+    return out
+
+
+def module(m, key):
+    for part in key.split(".")[:-1]:
+        m = m[int(part)] if part.isdigit() else getattr(m, part)
+    return getattr(m, key.rsplit(".", 1)[1])
+
+
+@pytest.mark.parametrize("q", ["q8_0", "q4_0", "q4_1"])
+def test_convert_quantize_loads_in_engine_and_transformers(tiny_dir, tmp_path, q):
+    import torch
+    from test_gguf import hf_from_gguf
+    path = quantize(tiny_dir, tmp_path, q)
+    em = models.from_pretrained(path)
+    ref = hf_from_gguf(path)
+    sd = ref.state_dict()
+    reader = gguf.GGUFReader(str(path))
+    raw = {t.name: t for t in reader.tensors}
+    # norms stay F32, every matrix (embedding and lm_head included) is quantised
+    assert raw["blk.0.attn_norm.weight"].tensor_type == gguf.GGMLQuantizationType.F32
+    for name in ("token_embd.weight", "output.weight", "blk.1.ffn_down.weight", "blk.0.attn_q.weight"):
+        assert raw[name].tensor_type == gguf.GGMLQuantizationType[q.upper()], name
+    # the engine's dequantised weights: equal to gguf-py's dequantiser and to transformers'
+    w = module(em, "model.layers.1.mlp.down_proj.weight")
+    assert isinstance(w, QuantWeight)
+    t = raw["blk.1.ffn_down.weight"]
+    np.testing.assert_array_equal(w.dequantize().numpy(), gguf.quants.dequantize(t.data, t.tensor_type))
+    for key in ("model.layers.1.self_attn.q_proj.weight", "model.layers.0.self_attn.k_proj.weight",
+                "model.embed_tokens.weight", "lm_head.weight"):
+        np.testing.assert_array_equal(module(em, key).dequantize().numpy(), sd[key].numpy(), err_msg=key)
+    ids = np.random.default_rng(0).integers(0, 256, (2, 12))
+    with torch.no_grad():
+        want = ref(torch.tensor(ids)).logits.double().numpy()
+    got = em(engine.tensor(ids)).numpy()
+    assert np.abs(got - want).max() <= FP32_REL * np.ptp(want)
+
+
+def test_convert_quantize_errors(tiny_dir, tmp_path, capsys):
+    out = quantize(tiny_dir, tmp_path, "q8_0")
+    assert main(["convert", str(tiny_dir), str(out), "--quantize", "q8_0"]) == 2
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    assert main(["convert", str(tiny_dir), str(out), "--quantize", "q8_0", "--overwrite", "--quiet"]) == 0
+    assert main(["convert", str(tiny_dir), str(tmp_path / "x.gguf"), "--quantize", "q4_k"]) == 2
+    err = capsys.readouterr().err
+    assert "q4_k" in err and "no Q4_K quantiser" in err and "q8_0, q4_0, q4_1" in err
+    assert main(["convert", str(tiny_dir), str(tmp_path / "x.gguf"), "--quantize", "int3"]) == 2
+    assert "supported: q8_0, q4_0, q4_1" in capsys.readouterr().err
+    other = tmp_path / "gpt2"
+    other.mkdir()
+    (other / "config.json").write_text('{"model_type": "gpt2"}')
+    assert main(["convert", str(other), str(tmp_path / "y.gguf"), "--quantize", "q8_0"]) == 2
+    assert "model_type 'gpt2'" in capsys.readouterr().err and not (tmp_path / "y.gguf").exists()
+
+
+# ---- taper verify --candidate-gguf: the accuracy cost ------------------------------------------------------
+def test_verify_reports_the_cost_of_quantising(tiny_dir, tmp_path, capsys):
+    import json
+    from migration.verify_quant import perplexity, verify_quantized
+    reps = {q: verify_quantized(tiny_dir, quantize(tiny_dir, tmp_path, q)) for q in ("q8_0", "q4_0")}
+    for q, rep in reps.items():
+        assert rep.passed, q
+        figures = [rep.kl, rep.top1_agreement, rep.perplexity["reference"], rep.perplexity["candidate"]]
+        assert all(np.isfinite(figures)), (q, figures)
+        assert 0 < rep.kl and rep.top1_agreement <= 1
+        assert rep.perplexity["reference"] > 1 and rep.perplexity["text"].startswith("64 seeded token ids")
+        layers = {r.name: r for r in rep.layers}
+        assert "model.layers.1.mlp.down_proj" in layers and "<output>" in layers
+        assert 0 < layers["<output>"].max_abs < np.inf
+    a, b = reps["q8_0"], reps["q4_0"]
+    assert a.kl < b.kl and a.layers[-1].cosine >= b.layers[-1].cosine  # 8 bits cost less than 4
+    assert abs(a.perplexity["candidate"] - a.perplexity["reference"]) < abs(b.perplexity["candidate"]
+                                                                            - b.perplexity["reference"])
+    assert a.top1_agreement >= b.top1_agreement
+    # the perplexity is the real next-token cross-entropy of the reference model's logits
+    em = models.from_pretrained(tiny_dir)
+    ids = np.random.default_rng(0).integers(0, em.config.vocab_size, (1, 64))
+    assert perplexity(em(engine.tensor(ids)).numpy(), ids) == pytest.approx(a.perplexity["reference"], rel=1e-6)
+    # the CLI: verdict lines, JSON, --max-kl
+    g4 = tmp_path / "tiny.q4_0.gguf"
+    assert main(["verify", str(tiny_dir), "--candidate-gguf", str(g4), "--quiet", "--json", str(tmp_path / "r.json")]) == 0
+    out = capsys.readouterr().out
+    assert "perplexity on 64 seeded token ids" in out and "top-1 agreement" in out
+    summary = json.loads((tmp_path / "r.json").read_text())["summary"]
+    assert summary["kl"] == pytest.approx(b.kl) and summary["perplexity"]["candidate"] == pytest.approx(
+        b.perplexity["candidate"])
+    assert main(["verify", str(tiny_dir), "--candidate-gguf", str(g4), "--quiet", "--max-kl", str(b.kl / 2)]) == 1
+    assert "exceeds --max-kl" in capsys.readouterr().out
+    assert main(["verify", str(tiny_dir), "--candidate-gguf", str(tmp_path / "none.gguf")]) == 2
+    assert "not a .gguf file" in capsys.readouterr().err
+
+
+def test_tokenizer_travels_into_the_gguf(tmp_path):
+    """A byte-level BPE tokenizer.json (trained here on a few sentences) goes into tokenizer.ggml.*:
+    the GGUF's tokenizer (the engine's and transformers') encodes the fixed text to the same ids,
+    and verify then measures perplexity on that text."""
+    from tokenizers import Tokenizer, decoders, models as tmodels, pre_tokenizers, trainers
+    from transformers import AutoTokenizer
+    from test_models_llm import hf_model
+    from engine.generation import load_tokenizer
+    from migration.verify_quant import FIXED_TEXT, MAX_TOKENS, verify_quantized
+    tok = Tokenizer(tmodels.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator([FIXED_TEXT, "the keeper and the light, the ships and the water"] * 4,
+                            trainers.BpeTrainer(vocab_size=320, special_tokens=["<|endoftext|>"],
+                                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    d = tmp_path / "tok-llama"
+    hf_model("llama", dict(vocab_size=tok.get_vocab_size())).save_pretrained(d)
+    tok.save(str(d / "tokenizer.json"))
+    out = tmp_path / "t.gguf"
+    assert main(["convert", str(d), str(out), "--quantize", "q8_0", "--quiet"]) == 0
+    want = tok.encode(FIXED_TEXT).ids
+    assert len(want) < len(FIXED_TEXT.encode()) / 2  # merges were learnt and used
+    assert load_tokenizer(out).encode(FIXED_TEXT).ids == want
+    hf_tok = AutoTokenizer.from_pretrained(out.parent, gguf_file=out.name)
+    assert hf_tok(FIXED_TEXT, add_special_tokens=False)["input_ids"] == want
+    rep = verify_quantized(d, out)
+    assert rep.perplexity["text"].startswith("the fixed text") and rep.perplexity["tokens"] == min(len(want), MAX_TOKENS)
+    assert np.isfinite(rep.perplexity["candidate"]) and rep.kl > 0
