@@ -11,27 +11,12 @@ sides' plain forward encodes at it and decodes the codes).
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
-import numpy as np
-
-from suites.common import DEVICES, IMPLS, get_impl, prepared, sizes
+from suites.common import DEVICES, IMPLS, get_impl, prepared, sizes, speech_audio
 
 MODELS = sizes(["encodec:encodec_24khz"], ["encodec:tiny"])
 SECONDS = sizes([10.0], [0.02])[0]
 BANDWIDTH = {"encodec:encodec_24khz": 6.0, "encodec:tiny": 60.0}  # kbps: 8 codebooks / 2 codebooks
-SPEECH = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "speech_16k.wav"
-
-
-def speech(sample_rate: int, seconds: float) -> np.ndarray:
-    """(1, 1, n) float32: the speech fixture at `sample_rate`, tiled to `seconds`."""
-    from engine import audio
-    x, sr = audio.read_wav(SPEECH)
-    x = audio.resample(x, sr, sample_rate)
-    n = int(seconds * sample_rate)
-    return np.ascontiguousarray(np.resize(x, n).reshape(1, 1, n), dtype=np.float32)
-
-
 def load(impl: str, device: str, dtype: str, model: str):
     return prepared(("encodec", impl, device, dtype, model),
                     lambda: get_impl(impl, device, dtype).load(model, target_bandwidths=[BANDWIDTH[model]]))
@@ -46,7 +31,7 @@ class Codec:
 
     def setup(self, impl, device, dtype, model):
         m = load(impl, device, dtype, model)
-        x = speech(m.config["sampling_rate"], SECONDS)
+        x = speech_audio(m.config["sampling_rate"], SECONDS)
         self.run = m.impl.build(m.run, m.device_inputs(x))
 
         def rtf():

@@ -108,13 +108,9 @@ PRESETS = {
 }
 
 
-def _elu(x):
-    return F.elu(x)
-
-
 class ELU(Module):
     def forward(self, x):
-        return _elu(x)
+        return F.elu(x)
 
 
 class EncodecConv1d(Module):
