@@ -324,6 +324,10 @@ HF_MODELS: dict[str, HFModel] = {
     "clip_text_model": HFModel((Rename(r"^text_model\.", ""), Drop("embeddings.position_ids")),
                                hf_class="CLIPTextModel", lm=False,
                                notes="pre-norm causal encoder; quick_gelu; pooled at the end-of-text token"),
+    # EnCodec: weight-normalised convs folded to weight; the codebooks' k-means training buffers dropped
+    "encodec": HFModel((FoldWeightNorm(), Drop("*.codebook.embed_avg"), Drop("*.codebook.cluster_size"),
+                        Drop("*.codebook.inited")), hf_class="EncodecModel", lm=False,
+                       notes="SEANet conv/LSTM codec; residual vector quantiser (nearest codeword per stage)"),
 }
 
 

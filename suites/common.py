@@ -34,8 +34,8 @@ from suites.config import (ALL_IMPLS, DEVICES, DTYPES, IMPLS, MIB, NP_DTYPES, QU
                            _flag, sizes, torch)
 from suites.timing import Case, case  # noqa: F401
 from suites.workloads import (DECODERS, Decoder, DecoderShape, decoder_arrays, drop_page_cache,  # noqa: F401
-                              llama_shape, resident_fraction, speech_features, warm_page_cache, write_checkpoint,
-                              write_gguf, write_model_dir)
+                              llama_shape, resident_fraction, speech_audio, speech_features, warm_page_cache,
+                              write_checkpoint, write_gguf, write_model_dir)
 
 
 # ---- memoised setup -------------------------------------------------------------------------------

@@ -323,6 +323,18 @@ def detection_photo():
         return np.random.default_rng(0).integers(0, 256, (1080, 810, 3), dtype=np.uint8)
 
 
+def speech_audio(sample_rate: int, seconds: float) -> np.ndarray:
+    """(1, 1, n) float32: the espeak-ng speech fixture (tests/fixtures/speech_16k.wav) resampled to
+    `sample_rate` by engine.audio and tiled to `seconds` (host numpy: the same input for every implementation)."""
+    from pathlib import Path
+
+    from engine import audio
+    x, sr = audio.read_wav(Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "speech_16k.wav")
+    x = audio.resample(x, sr, sample_rate)
+    n = int(seconds * sample_rate)
+    return np.ascontiguousarray(np.resize(x, n).reshape(1, 1, n), dtype=np.float32)
+
+
 def speech_features(n_mels: int = 80) -> np.ndarray:
     """(1, n_mels, 3000) float32: 30 s of a chirp in noise through Whisper's log-mel front end
     (engine.audio, host numpy: the same input for every implementation)."""

@@ -25,6 +25,7 @@ REGISTRY = {
     "clip_text_model": "engine.models.clip_text:CLIPTextModel",
     "yolov8": "engine.models.yolov8:YOLOv8",
     "whisper": "engine.models.whisper:WhisperForConditionalGeneration",
+    "encodec": "engine.models.encodec:EncodecModel",
     # diffusers components: their config.json names the class (_class_name), not a model_type
     "AutoencoderKL": "engine.models.stable_diffusion.autoencoder_kl:AutoencoderKL",
     "UNet2DConditionModel": "engine.models.stable_diffusion.unet_2d_condition:UNet2DConditionModel",
