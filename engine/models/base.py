@@ -17,9 +17,37 @@ from engine.nn.linear import Linear
 from engine.nn.module import Module
 
 
-class CausalLM(Module):
+class EncoderOutput(NamedTuple):
+    """What an encoder's forward returns, in transformers' order (BaseModelOutputWithPooling)."""
+    last_hidden_state: object  # (B, L, hidden)
+    pooler_output: object  # (B, hidden), or None for a model without a pooler
+
+
+class Pretrained(Module):
+    """The loading plumbing of every engine model (from_pretrained, presets, dtype and device), once;
+    CausalLM adds the decode side. A model file names its Config and PRESETS and holds the math."""
     Config = None
     PRESETS: dict = {}
+    IGNORED_KEYS: tuple = ()
+
+    @classmethod
+    def from_pretrained(cls, path, dtype=None, device=None):
+        return load_pretrained(cls, path, dtype, device)
+
+    @classmethod
+    def from_preset(cls, preset: str, dtype=None, device=None, seed: int = 0, **overrides):
+        return load_preset(cls, preset, dtype, device, seed, **overrides)
+
+    @property
+    def dtype(self):
+        return next(iter(self.parameters())).dtype
+
+    @property
+    def device(self):
+        return next(iter(self.parameters())).device
+
+
+class CausalLM(Pretrained):
     Model = None  # the decoder: Model(cfg, vb) with embed_tokens, and forward(ids, cache, mask, positions)
     IGNORED_KEYS = (r"\.rotary_emb\.inv_freq$",)  # saved by some 2023 conversions; recomputed here
 
@@ -32,14 +60,6 @@ class CausalLM(Module):
             vb.skip("lm_head.weight")
         else:
             self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, False, vb=vb.pp("lm_head"))
-
-    @classmethod
-    def from_pretrained(cls, path, dtype=None, device=None):
-        return load_pretrained(cls, path, dtype, device)
-
-    @classmethod
-    def from_preset(cls, preset: str, dtype=None, device=None, seed: int = 0, **overrides):
-        return load_preset(cls, preset, dtype, device, seed, **overrides)
 
     @property
     def dtype(self):
@@ -66,34 +86,3 @@ class CausalLM(Module):
         attention_mask (B, all positions so far) marks left padding with 0."""
         ids = input_ids if hasattr(input_ids, "storage") else ops.tensor(input_ids, dtype=D.int64)
         return self.lm_head(self.model(ids, cache, attention_mask, position_ids))
-
-
-class EncoderOutput(NamedTuple):
-    """What an encoder's forward returns, in transformers' order (BaseModelOutputWithPooling)."""
-    last_hidden_state: object  # (B, L, hidden)
-    pooler_output: object  # (B, hidden), or None for a model without a pooler
-
-
-class Pretrained(Module):
-    """The loading plumbing of models without a decode loop (encoders: BERT, CLIP's text tower):
-    from_pretrained, presets, dtype and device, once. A model file names its Config and PRESETS and
-    holds the math."""
-    Config = None
-    PRESETS: dict = {}
-    IGNORED_KEYS: tuple = ()
-
-    @classmethod
-    def from_pretrained(cls, path, dtype=None, device=None):
-        return load_pretrained(cls, path, dtype, device)
-
-    @classmethod
-    def from_preset(cls, preset: str, dtype=None, device=None, seed: int = 0, **overrides):
-        return load_preset(cls, preset, dtype, device, seed, **overrides)
-
-    @property
-    def dtype(self):
-        return next(iter(self.parameters())).dtype
-
-    @property
-    def device(self):
-        return next(iter(self.parameters())).device
