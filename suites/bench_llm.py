@@ -30,6 +30,7 @@ import numpy as np
 
 from impls import ALTERNATIVES, CANDIDATE
 from suites.common import DEVICES, IMPLS, QUICK, get_impl, measured, prepared, reset, sizes
+from suites.timing import step_seconds
 
 PROMPT = 128
 STEPS = sizes([128], [8])[0]
@@ -80,16 +81,7 @@ def warm_up(lm, batch: int, steps: int = STEPS) -> float:
 
 def decode_seconds(lm, batch: int, steps: int = STEPS) -> float:
     """Seconds per step over `steps` decode steps after a prefill (the host reads no token between)."""
-    ids = prompt_ids(lm.config["vocab_size"], batch, PROMPT)
-    lm.start(ids, steps + 1)
-    lm.impl.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        lm.step()
-    lm.impl.synchronize()
-    dt = (time.perf_counter() - t0) / steps
-    lm.tokens()
-    return dt
+    return step_seconds(lm, prompt_ids(lm.config["vocab_size"], batch, PROMPT), steps)
 
 
 def prefill_seconds(lm, length: int) -> float:

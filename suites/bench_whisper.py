@@ -17,6 +17,7 @@ import time
 import numpy as np
 
 from suites.common import DEVICES, IMPLS, QUICK, get_impl, measured, prepared, sizes, speech_features
+from suites.timing import step_seconds
 
 MODELS = sizes(["whisper:whisper-tiny", "whisper:whisper-base"], ["whisper:tiny"])
 STEPS = sizes([128], [8])[0]
@@ -43,15 +44,7 @@ def prompt_ids(config: dict) -> np.ndarray:
 
 def decode_seconds(lm, steps: int = STEPS) -> float:
     """Seconds per step over `steps` greedy steps after the prompt (no token read in between)."""
-    lm.start(prompt_ids(lm.config), steps + 1)
-    lm.impl.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        lm.step()
-    lm.impl.synchronize()
-    dt = (time.perf_counter() - t0) / steps
-    lm.tokens()
-    return dt
+    return step_seconds(lm, prompt_ids(lm.config), steps)
 
 
 def measure_decode(impl, device, dtype, model) -> dict:

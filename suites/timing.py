@@ -66,3 +66,17 @@ def case(impl: "Impl", fn, *args, warmup: int = 2, **kwargs) -> Case:
     for _ in range(warmup):
         run()
     return Case(impl, run, launch, first)
+
+
+def step_seconds(lm, ids, steps: int) -> float:
+    """Seconds per decode step of a loaded model (impls' start/step/tokens) over `steps` steps after
+    starting on `ids`; the host reads no token in between (the tokens are read once at the end)."""
+    lm.start(ids, steps + 1)
+    lm.impl.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        lm.step()
+    lm.impl.synchronize()
+    dt = (time.perf_counter() - t0) / steps
+    lm.tokens()
+    return dt
