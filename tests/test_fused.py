@@ -249,6 +249,8 @@ def test_gemv_tensor_cores_agree_with_the_fma_kernel(dtype, rows, N, K, monkeypa
     """5..8 rows on tensor cores (mma.sync) against the FMA GEMV and torch in float64: the same products,
     summed in another order."""
     from engine.backends import cupy_kernels as K_
+    from engine.backends import cupy_lt
+    monkeypatch.setitem(cupy_lt.LT_CONFIG, "enabled", False)  # these rows would go to cuBLASLt
     x, w, b = arr((rows, K), dtype), arr((N, K), dtype, 0.05, 1), arr((N,), dtype, 0.1, 2)
     got = run("linear", E(x), E(w), E(b))
     monkeypatch.setitem(K_.GEMV_CONFIG, "mma_rows", None)
@@ -266,3 +268,36 @@ def test_gemv_shared_memory_limit_survives_a_smaller_k():
         x, w = arr((8, K), "float16"), arr((16, K), "float16", 0.05, 1)
         got = run("linear", E(x), E(w), None)
         compare_reduced(got, TF.linear(T(x), T(w)), TF.linear(T(x).double(), T(w).double()), scale=4)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("rows,N,K,bias", [(4, 200, 4096, True), (8, 4096, 96, False), (16, 33, 11008, True),
+                                           (5, 11008, 4096, False)])
+def test_cublaslt_rows_agree_with_torch_and_replay_in_a_graph(dtype, rows, N, K, bias):
+    """2..16 rows through cuBLASLt (nvmath-python) against torch in float64, and the same call captured
+    in a CUDA graph and replayed equals the eager launch bit for bit."""
+    import cupy
+
+    from engine.backends import cupy_lt
+    if not cupy_lt.available():
+        pytest.skip(cupy_lt.why_not())
+    x, w, b = arr((rows, K), dtype), arr((N, K), dtype, 0.05, 1), arr((N,), dtype, 0.1, 2) if bias else None
+    got = run("linear", E(x), E(w), None if b is None else E(b))
+    tb = None if b is None else T(b)
+    compare_reduced(got, TF.linear(T(x), T(w), tb), TF.linear(T(x).double(), T(w).double(),
+                                                                None if tb is None else tb.double()), scale=4)
+    xa, wa = E(x).array, E(w).array
+    ba = None if b is None else E(b).array
+    out = cupy.empty((rows, N), xa.dtype)
+    poison = out.view(cupy.uint16)  # 0xFFFF is a NaN in float16 and bfloat16 alike
+    stream = cupy.cuda.Stream(non_blocking=True)
+    with stream:
+        cupy_lt.linear(xa, wa, out, bias=ba)  # planned eagerly first, as a decode step's warm-up does
+        poison.fill(0xFFFF)
+        stream.begin_capture()
+        cupy_lt.linear(xa, wa, out, bias=ba)
+        graph = stream.end_capture()
+        graph.launch(stream)
+    stream.synchronize()
+    np.testing.assert_array_equal(cupy.asnumpy(out).view(np.uint16), cupy.asnumpy(got.array).view(np.uint16))

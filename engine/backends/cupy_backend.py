@@ -17,7 +17,7 @@ import cupy
 import numpy as np
 
 from engine import dtype as D
-from engine.backends import cupy_blas
+from engine.backends import cupy_blas, cupy_lt
 from engine.backends import cupy_elementwise as EW
 from engine.backends import cupy_kernels as K
 from engine.backends.numpy_backend import NumpyBackend
@@ -232,11 +232,16 @@ class CupyBackend(NumpyBackend):
         return super().matmul(a, b, out_dtype)
 
     def linear(self, x, w, b, out_dtype: D.DType):
-        """x @ w.T (+ b), rounded once: the GEMV kernel for up to 8 rows (decode; capturable), cuBLAS
+        """x @ w.T (+ b), rounded once: cuBLASLt for 4 to 16 rows of 16-bit floats where nvmath-python is
+        installed (batch decode; capturable), the GEMV kernel for up to 8 rows (decode; capturable), cuBLAS
         GemmEx with float32 accumulation for more rows of 16-bit floats, else the reference path."""
         if x.dtype == w.dtype == out_dtype.np_dtype and x.size and w.ndim == 2:
             lead, k = x.shape[:-1], x.shape[-1]
             x2 = x.reshape(-1, k)
+            if cupy_lt.takes(x2, w) and (b is None or b.ndim == 1):  # a few rows: cuBLASLt (capturable)
+                out = self.empty((x2.shape[0], w.shape[0]), out_dtype)
+                cupy_lt.linear(x2, w, out, bias=b)
+                return out.reshape(lead + (w.shape[0],))
             if K.gemv_ok(x2, w) and (b is None or b.flags.c_contiguous):
                 out = self.empty((x2.shape[0], w.shape[0]), out_dtype)
                 K.gemv(x2, w, out, bias=b)
@@ -259,7 +264,8 @@ class CupyBackend(NumpyBackend):
             w2, b2, act = glu if glu is not None else (None, None, None)
             n = w.shape[0]
             res2 = residual.reshape(-1, n) if residual is not None else None
-            ok = K.gemv_ok(x2, w, w2) and all(a is None or a.flags.c_contiguous for a in (b, b2))
+            ok = K.gemv_ok(x2, w, w2) and not cupy_lt.takes(x2, w)  # cuBLASLt's rows: the composition
+            ok = ok and all(a is None or a.flags.c_contiguous for a in (b, b2))
             ok = ok and (w2 is None or w2.shape == w.shape) and (norm is None or norm[0] is None
                                                                  or norm[0].flags.c_contiguous)
             ok = ok and (res2 is None or (res2.dtype == w.dtype and res2.strides[1] == res2.itemsize))
@@ -276,7 +282,8 @@ class CupyBackend(NumpyBackend):
                 w.ndim == 2 and w.dtype == x.dtype and w.shape[1] == ws[0].shape[1] for w in ws):
             lead, k = x.shape[:-1], x.shape[-1]
             x2 = x.reshape(-1, k)
-            ok = all(K.gemv_ok(x2, w) for w in ws) and all(b is None or b.flags.c_contiguous for b in bs)
+            ok = all(K.gemv_ok(x2, w) and not cupy_lt.takes(x2, w) for w in ws)
+            ok = ok and all(b is None or b.flags.c_contiguous for b in bs)
             ok = ok and (norm is None or norm[0] is None or norm[0].flags.c_contiguous)
             if ok:
                 ns = [w.shape[0] for w in ws]
