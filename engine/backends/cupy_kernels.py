@@ -31,7 +31,7 @@ PRELUDE = (_DIR / "prelude.cuh").read_text()
 _SRC = "\n".join((_DIR / f).read_text() for f in _FILES)
 
 TYPES = {"float16": "__half", "bfloat16": "__nv_bfloat16", "float32": "float"}
-ATTN_CHUNK = 128  # positions per attention block (fixed by the kernel: 4 warps x 32 lanes)
+ATTN_CHUNK = 32  # positions per attention block (the kernel's CHUNK)
 MAX_ROWS = 8  # gemv takes at most this many rows of x (decode batches); more rows go to cuBLAS
 SMEM_LIMIT = 227 * 1024  # dynamic shared memory per block on sm_80 and sm_90 (opt-in above 48 KiB)
 

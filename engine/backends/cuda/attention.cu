@@ -2,68 +2,76 @@
 // ---- decode attention: one query row per (b, h) over S cached positions ------------------------------------------
 // Scores follow transformers' eager rounding: s = round(round(round(q.k) * scale) + mask) (float32 when T
 // is float32); a position whose mask is <= -1e4 contributes exp(.) = 0 exactly and is skipped. Grid
-// (B * Hq, n_chunks), 4 warps; lane i of warp w owns position c*128 + 32w + i for the scores, then
-// lanes split the head dim (PER = D / 32 each) for the values. Partials: (m, l, acc[D]) per chunk.
+// (B * Hq, n_chunks) over chunks of ATTN_CHUNK positions, 4 warps: warp w takes positions w, w + 4, ...
+// of the chunk, all U = 8 of them loaded before any is used (one memory round trip a chunk); the lanes split the head dim
+// (PER = D / 32 each), so each row is one coalesced load, the dot a warp sum. Each warp keeps an online
+// softmax (m, l, acc); the block merges its 4 into one partial (m, l, acc[D]) per chunk.
+template <typename T, int PER>
+__device__ __forceinline__ void load_part(const T *__restrict__ p, float *f) {
+    if constexpr (sizeof(T) == 2 && PER % 4 == 0) {  // 8-byte loads (4 16-bit values)
+        #pragma unroll
+        for (int j = 0; j < PER / 4; j++) {
+            const uint2 u = reinterpret_cast<const uint2 *>(p)[j];
+            const T *e = reinterpret_cast<const T *>(&u);
+            #pragma unroll
+            for (int i = 0; i < 4; i++) f[4 * j + i] = to_f<T>(e[i]);
+        }
+    } else {
+        #pragma unroll
+        for (int i = 0; i < PER; i++) f[i] = to_f<T>(p[i]);
+    }
+}
+
 template <typename T, int PER>
 __global__ void __launch_bounds__(128) attn_partial(const T *__restrict__ q, long qb, long qh,
         const T *__restrict__ k, long kb, long kh, long ks, const T *__restrict__ v, long vb, long vh, long vs,
         const T *__restrict__ mask, long mb, long ms, float *__restrict__ part, int Hq, int Hkv, int S,
         float scale) {
-    constexpr int D = PER * 32, CHUNK = 128, V = Vec<T>::N;
+    constexpr int D = PER * 32, CHUNK = 32, NW = 4, U = CHUNK / NW;
     const int bh = blockIdx.x, c = blockIdx.y, n_chunks = gridDim.y;
     const int b = bh / Hq, h = bh % Hq, kvh = h / (Hq / Hkv);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     float *out = part + ((size_t)bh * n_chunks + c) * (D + 2);
-    __shared__ float qs[D];
-    __shared__ float sm[4], sl[4], sacc[4][D];
-    __shared__ int any_live;
-    const T *qr = q + b * qb + h * qh;
-    for (int d = threadIdx.x; d < D; d += blockDim.x) qs[d] = to_f<T>(qr[d]);
-    if (threadIdx.x == 0) any_live = 0;
-    __syncthreads();
-    const int t = c * CHUNK + warp * 32 + lane;
-    float mval = 0.f;
-    bool live = t < S;
-    if (live && mask != nullptr) {
-        mval = to_f<T>(mask[b * mb + (long)t * ms]);
-        live = mval > -1e4f;
-    }
-    if (live) any_live = 1;
-    __syncthreads();
-    if (!any_live) {  // every position of the chunk is masked or past the end
-        if (threadIdx.x == 0) { out[0] = -INFINITY; out[1] = 0.f; }
-        for (int d = threadIdx.x; d < D; d += blockDim.x) out[2 + d] = 0.f;
-        return;
-    }
-    const T *kbase = k + b * kb + kvh * kh, *vbase = v + b * vb + kvh * vh;
-    float s = -INFINITY;
-    if (live) {
-        const uint4 *kr = reinterpret_cast<const uint4 *>(kbase + (long)t * ks);
-        float dot = 0.f;
-        #pragma unroll
-        for (int j = 0; j < D / V; j++) {
-            float kf[V];
-            unpack<T>(kr[j], kf);
-            #pragma unroll
-            for (int i = 0; i < V; i++) dot = fmaf(qs[j * V + i], kf[i], dot);
-        }
-        s = rnd<T>(__fmul_rn(rnd<T>(dot), scale));
-        if (mask != nullptr) s = rnd<T>(__fadd_rn(s, mval));
-    }
-    const float m = warp_max(s);
-    const float e = m == -INFINITY ? 0.f : expf(s - m);
-    const float l = warp_sum(e);
-    float acc[PER];
+    __shared__ float sm[NW], sl[NW], sacc[NW][D];
+    float qv[PER];
+    load_part<T, PER>(q + b * qb + h * qh + lane * PER, qv);
+    const T *kbase = k + b * kb + kvh * kh + lane * PER, *vbase = v + b * vb + kvh * vh + lane * PER;
+    const int t0 = c * CHUNK, t1 = min(S, t0 + CHUNK);
+    float m = -INFINITY, l = 0.f, acc[PER];
     #pragma unroll
     for (int i = 0; i < PER; i++) acc[i] = 0.f;
-    const int base = c * CHUNK + warp * 32;
-    #pragma unroll 4
-    for (int j = 0; j < 32; j++) {
-        const float pj = __shfl_sync(0xffffffff, e, j);
-        if (pj != 0.f) {
-            const T *vr = vbase + (long)(base + j) * vs + lane * PER;
+    for (int base = t0 + warp; base < t1; base += NW * U) {
+        float kf[U][PER], vf[U][PER], mval[U];
+        bool live[U];
+        #pragma unroll
+        for (int u = 0; u < U; u++) {  // every load of the group issued before the first use
+            const int t = base + u * NW;
+            live[u] = t < t1;
+            mval[u] = 0.f;
+            if (live[u] && mask != nullptr) {
+                mval[u] = to_f<T>(mask[b * mb + (long)t * ms]);
+                live[u] = mval[u] > -1e4f;
+            }
+            if (live[u]) {
+                load_part<T, PER>(kbase + (long)t * ks, kf[u]);
+                load_part<T, PER>(vbase + (long)t * vs, vf[u]);
+            }
+        }
+        #pragma unroll
+        for (int u = 0; u < U; u++) {
+            if (!live[u]) continue;  // the same t on every lane: the warp stays converged
+            float dot = 0.f;
             #pragma unroll
-            for (int i = 0; i < PER; i++) acc[i] = fmaf(pj, to_f<T>(vr[i]), acc[i]);
+            for (int i = 0; i < PER; i++) dot = fmaf(qv[i], kf[u][i], dot);
+            dot = warp_sum(dot);
+            float s = rnd<T>(__fmul_rn(rnd<T>(dot), scale));
+            if (mask != nullptr) s = rnd<T>(__fadd_rn(s, mval[u]));
+            const float mn = fmaxf(m, s);
+            const float corr = m == -INFINITY ? 0.f : expf(m - mn), p = expf(s - mn);
+            l = l * corr + p;
+            #pragma unroll
+            for (int i = 0; i < PER; i++) acc[i] = fmaf(p, vf[u][i], acc[i] * corr);
+            m = mn;
         }
     }
     if (lane == 0) { sm[warp] = m; sl[warp] = l; }
@@ -71,16 +79,20 @@ __global__ void __launch_bounds__(128) attn_partial(const T *__restrict__ q, lon
     for (int i = 0; i < PER; i++) sacc[warp][lane * PER + i] = acc[i];
     __syncthreads();
     if (warp == 0) {
-        const float M = fmaxf(fmaxf(sm[0], sm[1]), fmaxf(sm[2], sm[3]));
-        float wgt[4], L = 0.f;
+        float M = -INFINITY, L = 0.f, wgt[NW];
         #pragma unroll
-        for (int w = 0; w < 4; w++) { wgt[w] = sm[w] == -INFINITY ? 0.f : expf(sm[w] - M); L += sl[w] * wgt[w]; }
+        for (int w = 0; w < NW; w++) M = fmaxf(M, sm[w]);
+        #pragma unroll
+        for (int w = 0; w < NW; w++) { wgt[w] = sm[w] == -INFINITY ? 0.f : expf(sm[w] - M); L += sl[w] * wgt[w]; }
         #pragma unroll
         for (int i = 0; i < PER; i++) {
             const int d = lane * PER + i;
-            out[2 + d] = sacc[0][d] * wgt[0] + sacc[1][d] * wgt[1] + sacc[2][d] * wgt[2] + sacc[3][d] * wgt[3];
+            float a = 0.f;
+            #pragma unroll
+            for (int w = 0; w < NW; w++) a += sacc[w][d] * wgt[w];
+            out[2 + d] = a;
         }
-        if (lane == 0) { out[0] = M; out[1] = L; }
+        if (lane == 0) { out[0] = M; out[1] = L; }  // M = -inf, L = 0: nothing live in the chunk
     }
 }
 
