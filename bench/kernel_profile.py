@@ -35,6 +35,8 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", default="float16")
     p.add_argument("--iters", type=int, default=40)
     p.add_argument("--out")
+    p.add_argument("--rows", help="comma-separated row counts: time the default GEMV against cuBLASLt "
+                                  "(nvmath-python) at each instead of the variant sweep")
     a = p.parse_args(argv)
     import cupy
 
@@ -65,6 +67,8 @@ def main(argv=None) -> int:
         e.synchronize()
         return cupy.cuda.get_elapsed_time(s, e) * 1e3 / (3 * n)
 
+    if a.rows:
+        return rows_table(a, timed, dt, rng, l2)
     for name, (N, Kd, glu) in shapes(a.model).items():
         nbytes = N * Kd * 2 * (2 if glu else 1)
         copies = max(2, int(np.ceil(3 * l2 / nbytes)))
@@ -113,6 +117,51 @@ def main(argv=None) -> int:
     if a.out:
         with open(a.out, "w") as f:
             json.dump(res, f, indent=1)
+    return 0
+
+
+def rows_table(a, timed, dt, rng, l2) -> int:
+    """Microseconds per product at each row count: the engine's GEMV kernel (FMA, or tensor cores from
+    GEMV_CONFIG['mma_rows'] rows) against cuBLASLt through nvmath-python, both inside captured graphs."""
+    import cupy
+
+    from engine.backends import cupy_kernels as K
+    from engine.backends import cupy_lt
+    res = []
+    print(f"{'shape':14s} {'N':>6s} {'K':>6s} {'rows':>4s} {'gemv us':>9s} {'cuBLASLt us':>11s}  GB/s (best)")
+    for name, (N, Kd, _glu) in shapes(a.model).items():
+        nbytes = N * Kd * 2
+        copies = max(2, int(np.ceil(3 * l2 / nbytes)))
+        Ws = [(rng.standard_normal((N, Kd), dtype=cupy.float32) * 0.02).astype(dt) for _ in range(copies)]
+        for m in [int(r) for r in a.rows.split(",")]:
+            x = rng.standard_normal((m, Kd), dtype=cupy.float32).astype(dt)
+            outs = [cupy.empty((m, N), dt) for _ in range(2)]
+            row = {"shape": name, "N": N, "K": Kd, "rows": m}
+            ref = (x.astype(cupy.float32) @ Ws[0].T.astype(cupy.float32))
+            if K.gemv_ok(x, Ws[0]):
+                row["gemv_us"] = round(timed(lambda i: K.gemv(x, Ws[i % copies], outs[0]), a.iters), 2)
+                K.gemv(x, Ws[0], outs[0])
+                row["gemv_rel_err"] = float(cupy.linalg.norm(outs[0].astype(cupy.float32) - ref) / cupy.linalg.norm(ref))
+            if cupy_lt.available():
+                try:
+                    cupy_lt.LT_CONFIG.update(min_rows=1)
+                    row["lt_us"] = round(timed(lambda i: cupy_lt.linear(x, Ws[i % copies], outs[1]), a.iters), 2)
+                    cupy_lt.linear(x, Ws[0], outs[1])
+                    row["lt_rel_err"] = float(cupy.linalg.norm(outs[1].astype(cupy.float32) - ref) / cupy.linalg.norm(ref))
+                except Exception as e:  # noqa: BLE001  (reported, the table goes on)
+                    row["lt_error"] = f"{type(e).__name__}: {e}"[:300]
+            else:
+                row["lt_error"] = cupy_lt.why_not()
+            best = min(v for k, v in row.items() if k.endswith("_us"))
+            print(f"{name:14s} {N:6d} {Kd:6d} {m:4d} {row.get('gemv_us', float('nan')):9.2f} "
+                  f"{row.get('lt_us', float('nan')):11.2f}  {nbytes / best / 1e3:7.0f}  {row.get('lt_error', '')}",
+                  flush=True)
+            res.append(row)
+        del Ws
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump({"card": cupy.cuda.runtime.getDeviceProperties(0)["name"].decode(), "model": a.model,
+                       "dtype": a.dtype, "rows": res}, f, indent=1)
     return 0
 
 

@@ -1,0 +1,112 @@
+"""Per-kernel time of one engine decode step on the GPU at hand: every kernel the step launches, from
+CUPTI (through torch.profiler, which records any CUDA kernel of the process, cupy's included), grouped
+by kernel name, as microseconds per step; beside the step's wall time from CUDA events.
+
+    python -m bench.step_profile --model llama:llama-2-7b --batch 1,8 --out step_profile.json
+
+Two runs per batch size: the captured step (graph replays: the kernels' own time, the gaps between
+them are the difference to the step's time) and the same planned step launched from the host
+(capture=False: each kernel's time is the same work, the host's launch time shows in the wall time).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections import defaultdict
+
+import numpy as np
+
+
+def _short(name: str) -> str:
+    """A readable kernel name: templates kept, argument lists and cupy's prefixes dropped."""
+    name = re.sub(r"\(.*$", "", name)
+    name = re.sub(r"^void ", "", name)
+    return name[:90]
+
+
+def profile(model, batch: int, steps: int, prompt: int, capture: bool) -> dict:
+    import torch
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as tprofile
+
+    import engine
+    from engine.generation import Decoder
+    dec = Decoder(model, batch, prompt + steps * 3 + 8, capture=capture)
+    ids = np.random.default_rng(0).integers(0, model.config.vocab_size, (batch, prompt))
+    dec.prefill(engine.tensor(ids, device=model.device))
+    import cupy
+    for _ in range(3):  # warm-up: record, plan, capture
+        dec.step()
+    cupy.cuda.runtime.deviceSynchronize()
+    s, e = cupy.cuda.Event(), cupy.cuda.Event()
+    s.record()
+    for _ in range(steps):
+        dec.step()
+    e.record()
+    e.synchronize()
+    step_us = cupy.cuda.get_elapsed_time(s, e) * 1e3 / steps
+    with tprofile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            dec.step()
+        cupy.cuda.runtime.deviceSynchronize()
+        torch.cuda.synchronize()
+    per = defaultdict(lambda: [0.0, 0])
+    for ev in prof.events():
+        if ev.device_type == torch.autograd.DeviceType.CUDA and ev.device_time > 0:
+            k = _short(ev.name)
+            if k.startswith("Memcpy") or k.startswith("Memset"):
+                k = k.split(" ")[0]
+            per[k][0] += ev.device_time  # microseconds
+            per[k][1] += 1
+    rows = sorted(((k, v[0] / steps, v[1] / steps) for k, v in per.items()), key=lambda r: -r[1])
+    kernel_us = sum(r[1] for r in rows)
+    return {"batch": batch, "captured": capture, "step_us": step_us, "kernel_us": kernel_us,
+            "launches": sum(r[2] for r in rows),
+            "kernels": [{"name": k, "us_per_step": round(us, 2), "launches_per_step": round(n, 2)} for k, us, n in rows]}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="llama:llama-2-7b")
+    p.add_argument("--dtype", default="float16")
+    p.add_argument("--batch", default="1")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--prompt", type=int, default=128)
+    p.add_argument("--eager", action="store_true", help="also the uncaptured planned step")
+    p.add_argument("--compare-lt", action="store_true",
+                   help="batches > 1 also with cuBLASLt off (the GEMV kernels for every row count)")
+    p.add_argument("--out")
+    a = p.parse_args(argv)
+    from engine import dtype as D
+    from engine import models
+    from engine.backends import cupy_lt
+    from impls.sources import parse
+    src = parse(a.model)
+    model = models.from_preset(src.model_type, src.preset, dtype=D.get(a.dtype), device="cuda", seed=0,
+                               **src.overrides)
+    results = []
+    for b in [int(x) for x in a.batch.split(",")]:
+        variants = [(cap, True) for cap in ((True, False) if a.eager else (True,))]
+        if a.compare_lt and b > 1:
+            variants.append((True, False))
+        for cap, lt in variants:
+            cupy_lt.LT_CONFIG["enabled"] = lt
+            r = profile(model, b, a.steps, a.prompt, cap)
+            r.update(model=a.model, cublaslt=cupy_lt.available() and b >= cupy_lt.LT_CONFIG["min_rows"])
+            results.append(r)
+            print(f"\n{a.model} batch {b} {'captured' if cap else 'uncaptured'} (cuBLASLt {r['cublaslt']}): "
+                  f"step {r['step_us']:.0f} us, "
+                  f"kernels {r['kernel_us']:.0f} us, {r['launches']:.0f} launches a step")
+            for k in r["kernels"][:25]:
+                print(f"  {k['us_per_step']:9.1f} us {k['launches_per_step']:6.1f}x  {k['name']}")
+            sys.stdout.flush()
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump(results, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
