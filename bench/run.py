@@ -1,4 +1,4 @@
-"""`taper bench`: run a chosen part of the asv suites here and print engine vs torch side by side.
+"""`taper bench`: run a chosen part of the asv suites here and print every implementation side by side.
 
 With asv importable (and a git checkout), the run is asv's own, in this interpreter, through
 bench.asv (one environment, one progress line per benchmark, results published atomically).
@@ -106,23 +106,22 @@ def _this_run(results: Path, machine: str, commit: str, regex):
 
 
 def tables(df) -> list[tuple[str, object]]:
-    """(title, display frame) pairs for this run: engine vs torch, then engine vs the raw arrays."""
-    from reports.compare import KEY, compare, display_table
+    """(title, display frame) pairs for this run, one per suite and benchmark class: every
+    implementation measured side by side, and the engine against the best other one."""
+    from reports.compare import display_wide, wide
 
     df = df[df["status"] == "ok"]
     out = []
-    if df.empty or "impl" not in df.columns:
+    if df.empty or "impl" not in df.columns or not (df["impl"] == "engine").any():
         return out
-    for base in ("torch", "numpy", "cupy"):
-        if not ((df["impl"] == "engine").any() and (df["impl"] == base).any()):
+    groups = df["suite"].str.removeprefix("bench_") + "." + df["name"].str.split(".").str[0]
+    for group, part in df.groupby(groups, sort=True):
+        w = wide(part)
+        w = w[w["impls"].map(lambda i: "engine" in i and len(i) > 1)]
+        if w.empty:
             continue
-        t = compare(df, "engine", base)
-        if base != "torch":  # the raw arrays: only where they ran
-            t = t[t[base].notna()]
-        groups = t["suite"].str.removeprefix("bench_") + "." + t["name"].str.split(".").str[0]
-        for group, part in t.groupby(groups, sort=True):
-            keep = [c for c in part.columns if c in KEY or c in ("engine", base, "ratio") or (part[c] != "").any()]
-            out.append((f"{group}: engine vs {base}", display_table(part[keep].reset_index(drop=True), "engine", base)))
+        others = [i for i in dict.fromkeys(i for row in w["impls"] for i in row) if i != "engine"]
+        out.append((f"{group}: engine vs {', '.join(others)}", display_wide(w.reset_index(drop=True))))
     return out
 
 

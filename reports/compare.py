@@ -139,6 +139,25 @@ def display_table(table: pd.DataFrame, candidate: str = roles.CANDIDATE, baselin
     return pd.DataFrame(rows, columns=["benchmark", *params, candidate, baseline, "speedup"])
 
 
+def display_wide(table: pd.DataFrame, candidate: str = roles.CANDIDATE) -> pd.DataFrame:
+    """wide()'s rows as strings for people: every implementation measured, each in its own column
+    (candidate first, the raw-array baselines last), then the candidate against the best other."""
+    params = [c for c in table.columns if c not in KEY and c not in WIDE_COLUMNS]
+    impls = roles.ordered(list(dict.fromkeys(i for row in table["impls"] for i in row)), candidate)
+    rows = []
+    for _, r in table.iterrows():
+        shown = {i: as_display(r["value"].get(i, math.nan), r["unit"]) for i in impls}
+        divisor, label = scale_for([v for v, _ in shown.values()], shown[impls[0]][1])
+        row = {"benchmark": r["name"], **{p: r[p] for p in params}}
+        row.update({i: fmt(v, divisor, label) for i, (v, _) in shown.items()})
+        row[f"{candidate} vs best other"] = ("—" if math.isnan(r["ratio"])
+                                             else f"{r['ratio']:.2f}x vs {r['best']}")
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["benchmark", *params, *impls, f"{candidate} vs best other"])
+
+
+WIDE_COLUMNS = ("impls", "value", "n", "ci", "ratios", "best", "ratio", "ratio_lo", "ratio_hi", "quick")
+
 LEGEND = ("speedup: how many times better the engine does than the other implementation "
           "(other/engine for times and memory, engine/other for tokens/s); above 1 the engine "
           "wins. ms per token is shown as tokens/s.")

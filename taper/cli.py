@@ -26,7 +26,7 @@ COMMANDS = {
     "txt2img": "Stable Diffusion on the engine: text embeddings to a PNG (progress bar on the denoising loop)",
     "transcribe": "speech to text (a WAV file) with the engine's Whisper",
     "codec": "EnCodec on the engine: a WAV to codes at a bandwidth and back to a WAV, with the bitrate",
-    "bench": "run asv benchmarks in the current environment and print engine vs torch",
+    "bench": "run asv benchmarks in the current environment and print every implementation side by side",
     "report": "build Markdown and an HTML dashboard from benchmark results",
     "claims": "re-measure the published performance claims on this machine",
     "gate": "fail on a significant performance regression or numerical drift between two runs",

@@ -1,4 +1,4 @@
-"""`taper bench`: run a chosen part of the asv suites here and print engine vs torch side by side.
+"""`taper bench`: run a chosen part of the asv suites here and print every implementation side by side.
 
 The runner (asv invocation, the fallback runner's killable workers, results files, tables) is the
 `bench` package; see bench/run.py.
