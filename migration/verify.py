@@ -261,6 +261,27 @@ def first_divergence(results) -> tuple[str | None, str]:
     return None, ""
 
 
+def explain_inherited(rep, confirm, max_roots: int = 16) -> None:
+    """Set rep.inherited when every failing output is explained by rounding carried in from upstream:
+    each failing output whose input passes (a root) matches when re-run on the reference inputs
+    (`confirm(name)` is False), and the model outputs ("<output>", "<output>:i") all pass. A failing
+    output whose input already fails follows from a root. More than `max_roots` roots, a root that
+    cannot be re-run (None) or one that still fails leave the report as it is (FAIL)."""
+    failing = [r for r in rep.layers if not r.passed]
+    if not failing or any(split_key(r.name)[0] == ROOT for r in failing):
+        return
+    roots = [r.name for r in failing if r.input_passed is not False]
+    if not roots or len(roots) > max_roots:
+        return
+    for name in roots:
+        c = rep.confirmed if name == rep.first_divergence and rep.confirmed is not None else confirm(name)
+        if name == rep.first_divergence:
+            rep.confirmed = c
+        if c is not False:
+            return
+    rep.inherited = [r.name for r in failing]
+
+
 def _to_engine(arr, dtype, device):
     import engine
     a = np.asarray(arr)
@@ -482,8 +503,10 @@ def _engine_side(engine_model, inputs, ek, emap, meta, ref_path, noise_path, tol
                     "failure comes after it")
         confirm = False
     if rep.first_divergence and confirm:
-        rep.confirmed = confirm_layer(engine_model, args, ek, rep.first_divergence, emap, ref_path, tol, dtype,
-                                      device, noise_path)
+        def again(key):
+            return confirm_layer(engine_model, args, ek, key, emap, ref_path, tol, dtype, device, noise_path)
+        rep.confirmed = again(rep.first_divergence)
+        explain_inherited(rep, again)
     if meta.get("lm"):
         add_lm_metrics(rep, cap.path, ref_path)
     return rep

@@ -28,7 +28,7 @@ import numpy as np
 from migration.capture import CaptureFile, VerifyError, scratch
 from migration.port import _c
 from migration.verify import (REDUCED, ROOT, Tolerance, _as_torch, _model_dtype, compare_captures, first_divergence,
-                              add_lm_metrics, judge, round_inputs)
+                              add_lm_metrics, explain_inherited, judge, round_inputs)
 from migration.report import VerifyReport
 
 
@@ -257,8 +257,14 @@ def verify_exported(torch_module, inputs, *, name: str | None = None, dtype: str
         rep.note = "; ".join(x for x in (note, extra) if x)
         if rep.first_divergence and confirm and rep.first_divergence in {n["name"] for n in program.nodes()}:
             by = {r.name: r for r in results}
-            rep.confirmed = confirm_node(program, args, rep.first_divergence, wd / "reference.safetensors", deps,
-                                         by, tol, noise_path)
+            nodes_ = {n["name"] for n in program.nodes()}
+
+            def again(name):
+                if name not in nodes_:
+                    return None
+                return confirm_node(program, args, name, wd / "reference.safetensors", deps, by, tol, noise_path)
+            rep.confirmed = again(rep.first_divergence)
+            explain_inherited(rep, again)
         if lm:
             add_lm_metrics(rep, wd / "engine.safetensors", wd / "reference.safetensors")
         return rep
