@@ -52,6 +52,48 @@ def profile(model, batch: int, steps: int, prompt: int, capture: bool) -> dict:
             dec.step()
         cupy.cuda.runtime.deviceSynchronize()
         torch.cuda.synchronize()
+    rows = _kernels(prof, steps)
+    kernel_us = sum(r[1] for r in rows)
+    return {"batch": batch, "captured": capture, "step_us": step_us, "kernel_us": kernel_us,
+            "launches": sum(r[2] for r in rows),
+            "kernels": [{"name": k, "us_per_step": round(us, 2), "launches_per_step": round(n, 2)} for k, us, n in rows]}
+
+
+def profile_prefill(model, length: int, rounds: int = 3) -> dict:
+    """Per-kernel time of one prefill of `length` tokens at batch 1 (eager launches: a prefill is not
+    captured), beside its wall time from CUDA events."""
+    import cupy
+    import torch
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as tprofile
+
+    import engine
+    from engine.generation import Decoder
+    dec = Decoder(model, 1, length + 8, capture=True)
+    ids = engine.tensor(np.random.default_rng(0).integers(0, model.config.vocab_size, (1, length)), device=model.device)
+    dec.prefill(ids)  # warm-up: kernels compiled, cuBLAS planned
+    cupy.cuda.runtime.deviceSynchronize()
+    s, e = cupy.cuda.Event(), cupy.cuda.Event()
+    s.record()
+    for _ in range(rounds):
+        dec.prefill(ids)
+    e.record()
+    e.synchronize()
+    wall_us = cupy.cuda.get_elapsed_time(s, e) * 1e3 / rounds
+    with tprofile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(rounds):
+            dec.prefill(ids)
+        cupy.cuda.runtime.deviceSynchronize()
+        torch.cuda.synchronize()
+    rows = _kernels(prof, rounds)
+    return {"prefill": length, "step_us": wall_us, "kernel_us": sum(r[1] for r in rows),
+            "launches": sum(r[2] for r in rows),
+            "kernels": [{"name": k, "us_per_step": round(us, 2), "launches_per_step": round(n, 2)} for k, us, n in rows]}
+
+
+def _kernels(prof, steps: int) -> list:
+    """(kernel name, microseconds per step, launches per step), largest first."""
+    import torch
     per = defaultdict(lambda: [0.0, 0])
     for ev in prof.events():
         if ev.device_type == torch.autograd.DeviceType.CUDA and ev.device_time > 0:
@@ -60,11 +102,14 @@ def profile(model, batch: int, steps: int, prompt: int, capture: bool) -> dict:
                 k = k.split(" ")[0]
             per[k][0] += ev.device_time  # microseconds
             per[k][1] += 1
-    rows = sorted(((k, v[0] / steps, v[1] / steps) for k, v in per.items()), key=lambda r: -r[1])
-    kernel_us = sum(r[1] for r in rows)
-    return {"batch": batch, "captured": capture, "step_us": step_us, "kernel_us": kernel_us,
-            "launches": sum(r[2] for r in rows),
-            "kernels": [{"name": k, "us_per_step": round(us, 2), "launches_per_step": round(n, 2)} for k, us, n in rows]}
+    return sorted(((k, v[0] / steps, v[1] / steps) for k, v in per.items()), key=lambda r: -r[1])
+
+
+def _show(title: str, r: dict) -> None:
+    print(f"\n{title}: wall {r['step_us']:.0f} us, kernels {r['kernel_us']:.0f} us, {r['launches']:.0f} launches")
+    for k in r["kernels"][:25]:
+        print(f"  {k['us_per_step']:9.1f} us {k['launches_per_step']:6.1f}x  {k['name']}")
+    sys.stdout.flush()
 
 
 def main(argv=None) -> int:
@@ -75,6 +120,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--prompt", type=int, default=128)
     p.add_argument("--eager", action="store_true", help="also the uncaptured planned step")
+    p.add_argument("--prefill", type=int, default=0, help="also a prefill of this many tokens (batch 1)")
     p.add_argument("--compare-lt", action="store_true",
                    help="batches > 1 also with cuBLASLt off (the GEMV kernels for every row count)")
     p.add_argument("--out")
@@ -96,12 +142,12 @@ def main(argv=None) -> int:
             r = profile(model, b, a.steps, a.prompt, cap)
             r.update(model=a.model, cublaslt=cupy_lt.available() and b >= cupy_lt.LT_CONFIG["min_rows"])
             results.append(r)
-            print(f"\n{a.model} batch {b} {'captured' if cap else 'uncaptured'} (cuBLASLt {r['cublaslt']}): "
-                  f"step {r['step_us']:.0f} us, "
-                  f"kernels {r['kernel_us']:.0f} us, {r['launches']:.0f} launches a step")
-            for k in r["kernels"][:25]:
-                print(f"  {k['us_per_step']:9.1f} us {k['launches_per_step']:6.1f}x  {k['name']}")
-            sys.stdout.flush()
+            _show(f"{a.model} batch {b} {'captured' if cap else 'uncaptured'} decode step (cuBLASLt {r['cublaslt']})", r)
+    if a.prefill:
+        r = profile_prefill(model, a.prefill)
+        r["model"] = a.model
+        results.append(r)
+        _show(f"{a.model} prefill {a.prefill} tokens", r)
     if a.out:
         with open(a.out, "w") as f:
             json.dump(results, f, indent=1)
