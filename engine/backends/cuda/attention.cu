@@ -44,22 +44,19 @@ __global__ void __launch_bounds__(128) attn_partial(const T *__restrict__ q, lon
         float kf[U][PER], vf[U][PER], mval[U];
         bool live[U];
         #pragma unroll
-        for (int u = 0; u < U; u++) {  // every load of the group issued before the first use
+        for (int u = 0; u < U; u++) {  // every load of the group (mask, K, V) issued before the first use
             const int t = base + u * NW;
             live[u] = t < t1;
             mval[u] = 0.f;
-            if (live[u] && mask != nullptr) {
-                mval[u] = to_f<T>(mask[b * mb + (long)t * ms]);
-                live[u] = mval[u] > -1e4f;
-            }
             if (live[u]) {
+                if (mask != nullptr) mval[u] = to_f<T>(mask[b * mb + (long)t * ms]);
                 load_part<T, PER>(kbase + (long)t * ks, kf[u]);
                 load_part<T, PER>(vbase + (long)t * vs, vf[u]);
             }
         }
         #pragma unroll
         for (int u = 0; u < U; u++) {
-            if (!live[u]) continue;  // the same t on every lane: the warp stays converged
+            if (!live[u] || !(mval[u] > -1e4f)) continue;  // the same t on every lane: the warp stays converged
             float dot = 0.f;
             #pragma unroll
             for (int i = 0; i < PER; i++) dot = fmaf(qv[i], kf[u][i], dot);
