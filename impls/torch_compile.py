@@ -51,6 +51,22 @@ def _compiled(fn, mode):
     return run
 
 
+def _full_attention_config(config, max_len: int):
+    """The config a static cache of max_len is built from. A sliding window at least max_len wide never
+    slides, so its cache layers are plain static ones: transformers' sliding static layers keep a host
+    int of the length seen that dynamo guards on, which recompiles the step at every token (Mistral-7B:
+    ~30 s each on the H200). Same attention, same outputs; a narrower window keeps its sliding layers."""
+    window = getattr(config, "sliding_window", None)
+    if window is None or window < max_len:
+        return config
+    import copy
+    cfg = copy.deepcopy(config)
+    cfg.sliding_window = None
+    if getattr(cfg, "layer_types", None):
+        cfg.layer_types = ["full_attention" for _ in cfg.layer_types]
+    return cfg
+
+
 def _accepts(fn, name: str) -> bool:
     params = inspect.signature(fn).parameters
     return name in params
@@ -85,7 +101,7 @@ class CompiledModel(_CompiledSteps, TorchModel):
     # ---- greedy decode over a static cache ----------------------------------------------------------------
     def new_cache(self, batch: int, max_len: int):
         from transformers import StaticCache
-        kw = {"config": self.module.config, "max_cache_len": max_len}
+        kw = {"config": _full_attention_config(self.module.config, max_len), "max_cache_len": max_len}
         params = inspect.signature(StaticCache.__init__).parameters
         for k, v in (("max_batch_size", batch), ("device", self.impl.tdevice), ("dtype", self.impl.tdtype)):
             if k in params:
@@ -114,8 +130,8 @@ class CompiledModel(_CompiledSteps, TorchModel):
         pos = torch.arange(L, device=self.impl.tdevice)[None]
         with torch.inference_mode():  # prefill runs eagerly: it also allocates the static cache's tensors
             tok = self._prefill_logits(ids, pos)
-        self._pos = torch.full((1, 1), L, dtype=torch.long, device=self.impl.tdevice)
-        self._toks = [tok.clone()]
+            self._pos = torch.full((1, 1), L, dtype=torch.long, device=self.impl.tdevice)
+            self._toks = [tok.clone()]  # inference tensors, as every later step's: no recompile on the 2nd step
         if self._step_fn is None:
             self._step_fn = torch.compile(self._decode, mode=self.impl.mode, fullgraph=True, dynamic=False)
         return self._toks[0].cpu().numpy()

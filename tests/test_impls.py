@@ -96,3 +96,18 @@ def test_torch_float32_is_not_tf32():
     torch.backends.disable_global_flags()  # what importing torch.testing._internal's OpInfo database does
     exact_float32()
     assert torch.backends.cudnn.allow_tf32 is False and torch.backends.cuda.matmul.allow_tf32 is False
+
+
+def test_torch_compile_static_cache_of_a_window_that_never_slides():
+    """A sliding window at least as wide as the cache never slides: its StaticCache is built from a
+    full-attention copy of the config (transformers' sliding static layers recompile the compiled step
+    at every token); a narrower window is kept as it is, and the model's own config never changes."""
+    from transformers import MistralConfig
+
+    from impls.torch_compile import _full_attention_config
+    cfg = MistralConfig(sliding_window=4096, num_hidden_layers=2, layer_types=["sliding_attention"] * 2)
+    wide = _full_attention_config(cfg, 256)
+    assert wide.sliding_window is None and set(wide.layer_types) == {"full_attention"}
+    assert cfg.sliding_window == 4096 and set(cfg.layer_types) == {"sliding_attention"}
+    assert _full_attention_config(cfg, 8192) is cfg
+    assert _full_attention_config(MistralConfig(sliding_window=None), 256).sliding_window is None
