@@ -108,6 +108,28 @@ __device__ __forceinline__ void store_glu(float gate, float up, int m, int j, in
 // chunks of its R rows over its K slice. GLU (W2 != null): virtual rows 2j = W[j] (gate) and 2j+1 =
 // W2[j] (up); y[m, j] = round(round(act(round(gate + b))) * round(up + b2)). Else y = round(acc + b),
 // then round(res + y) with a residual.
+// acc[m][r] += w_r . x_m over one 16-byte chunk k of each row (the products in the order every variant uses)
+template <typename T, int R, int M>
+__device__ __forceinline__ void gemv_chunk(const uint4 (&wr)[R], const uint4 *xv, int KV, int k, int rows,
+                                           float (&acc)[M][R]) {
+    constexpr int V = Vec<T>::N;
+    float wf[R][V];
+    #pragma unroll
+    for (int r = 0; r < R; r++) unpack<T>(wr[r], wf[r]);
+    #pragma unroll
+    for (int m = 0; m < M; m++) {
+        if (m < rows) {
+            float xf[V];
+            unpack<T>(xv[(size_t)m * KV + k], xf);
+            #pragma unroll
+            for (int r = 0; r < R; r++) {
+                #pragma unroll
+                for (int i = 0; i < V; i++) acc[m][r] = fmaf(wf[r][i], xf[i], acc[m][r]);
+            }
+        }
+    }
+}
+
 template <typename T, int R, int S, int M, int U>
 __global__ void __launch_bounds__(256) gemv(const T *__restrict__ W, const T *__restrict__ W2,
         const T *__restrict__ x, long x_row, const T *__restrict__ nw, float eps, int style,
@@ -130,8 +152,6 @@ __global__ void __launch_bounds__(256) gemv(const T *__restrict__ W, const T *__
     __shared__ float red[8 * M * R];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int KV = K / V;
-    stage_x<T>(x, x_row, nw, eps, style, xs, K, rows, red);
-    __syncthreads();
     const int group = warp / S, slice = warp % S;
     const int row0 = (blockIdx.x * (8 / S) + group) * R;
     const int per = (KV + S - 1) / S, k_lo = slice * per, k_hi = min(KV, k_lo + per);
@@ -143,27 +163,23 @@ __global__ void __launch_bounds__(256) gemv(const T *__restrict__ W, const T *__
         for (int m = 0; m < M; m++) acc[m][r] = 0.f;
         wv[r] = reinterpret_cast<const uint4 *>(weight_row<T>(min(row0 + r, N - 1), K, W, W2, Wb, Wc, n0, n1));
     }
+    // the first chunk of weights is in flight while x is staged (and normalised)
+    const int k0 = k_lo + lane;
+    uint4 pre[R];
+    if (k0 < k_hi) {
+        #pragma unroll
+        for (int r = 0; r < R; r++) pre[r] = ld_stream(wv[r] + k0);
+    }
+    stage_x<T>(x, x_row, nw, eps, style, xs, K, rows, red);
+    __syncthreads();
     const uint4 *xv = reinterpret_cast<const uint4 *>(xs);
+    if (k0 < k_hi) gemv_chunk<T, R, M>(pre, xv, KV, k0, rows, acc);
     #pragma unroll U
-    for (int k = k_lo + lane; k < k_hi; k += 32) {
+    for (int k = k0 + 32; k < k_hi; k += 32) {
         uint4 wr[R];
         #pragma unroll
         for (int r = 0; r < R; r++) wr[r] = ld_stream(wv[r] + k);
-        float wf[R][V];
-        #pragma unroll
-        for (int r = 0; r < R; r++) unpack<T>(wr[r], wf[r]);
-        #pragma unroll
-        for (int m = 0; m < M; m++) {
-            if (m < rows) {
-                float xf[V];
-                unpack<T>(xv[(size_t)m * KV + k], xf);
-                #pragma unroll
-                for (int r = 0; r < R; r++) {
-                    #pragma unroll
-                    for (int i = 0; i < V; i++) acc[m][r] = fmaf(wf[r][i], xf[i], acc[m][r]);
-                }
-            }
-        }
+        gemv_chunk<T, R, M>(wr, xv, KV, k, rows, acc);
     }
     #pragma unroll
     for (int m = 0; m < M; m++) {
