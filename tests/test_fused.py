@@ -168,6 +168,26 @@ def test_decode_attention(dtype, B, Hq, Hkv, S, D, masked):
     compare_reduced(got, t_attention(*args, D ** -0.5), ref, scale=2)
 
 
+def _causal(B, L, S, dtype):
+    """(B, 1, L, S) additive causal mask: query l (at position S - L + l) reads keys up to itself."""
+    low = -65504.0 if dtype == "float16" else float(np.finfo(np.float32).min)
+    ok = np.arange(S)[None, :] <= (S - L + np.arange(L))[:, None]
+    return np.broadcast_to(np.where(ok, 0.0, low), (B, 1, L, S)).astype(NP[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("B,Hq,Hkv,L,S,D", [(1, 4, 2, 7, 7, 64), (2, 4, 4, 33, 40, 32), (1, 2, 1, 16, 1100, 64)])
+def test_prefill_attention(dtype, B, Hq, Hkv, L, S, D):
+    """Several query rows (prefill): on CUDA cuBLAS around the fused scale + mask + softmax kernel
+    (a warp a row up to 1024 positions, a block a row beyond)."""
+    q, k, v = arr((B, Hq, L, D), dtype), arr((B, Hkv, S, D), dtype, 1, 1), arr((B, Hkv, S, D), dtype, 1, 2)
+    mask = _causal(B, L, S, dtype)
+    got = run("attention", E(q), E(k), E(v), E(mask), D ** -0.5)
+    args = [T(q), T(k), T(v), T(mask)]
+    ref = t_attention(*[a.double() for a in args], D ** -0.5)
+    compare_reduced(got, t_attention(*args, D ** -0.5), ref, scale=2)
+
+
 # ---- choosing tokens: the backend's `sample` against engine.sampling on the host ----------------------------------
 def _sample(logits, temperature, top_k=None, top_p=None, seen=None, penalty=1.0, seed=3, counter=0):
     x = E(logits)

@@ -32,6 +32,7 @@ _SRC = "\n".join((_DIR / f).read_text() for f in _FILES)
 
 TYPES = {"float16": "__half", "bfloat16": "__nv_bfloat16", "float32": "float"}
 ATTN_CHUNK = 32  # positions per attention block (the kernel's CHUNK)
+SOFTMAX_WARP_E = (1, 2, 4, 8, 16, 32)  # softmax_mask_warp instantiations: up to 32 * E positions a row
 MAX_ROWS = 8  # gemv takes at most this many rows of x (decode batches); more rows go to cuBLAS
 SMEM_LIMIT = 227 * 1024  # dynamic shared memory per block on sm_80 and sm_90 (opt-in above 48 KiB)
 
@@ -47,8 +48,8 @@ def _bundle(expr: str) -> tuple:
     if name in ("attn_partial", "attn_combine"):
         return tuple(f"attn_partial<{t},{per}>" for per in (1, 2, 3, 4, 8)) + (f"attn_combine<{t}>",)
     misc = ("rms_norm_rows", "rotary", "moe_combine", "sample_rows", "gemm_tiled", "softmax_mask_rows")
-    if name in misc:
-        return tuple(f"{n}<{t}>" for n in misc)
+    if name in misc or name == "softmax_mask_warp":
+        return tuple(f"{n}<{t}>" for n in misc) + tuple(f"softmax_mask_warp<{t},{e}>" for e in SOFTMAX_WARP_E)
     return (expr,)
 
 
@@ -318,6 +319,11 @@ def softmax_mask_rows(s, mask, scale: float, L: int, per_batch: int, p):
         ml, ms = mask.strides[2] // isz, mask.strides[3] // isz
     else:
         mb = ml = ms = 0
-    _fn(f"softmax_mask_rows<{type_name(s.dtype)}>")((rows,), (256,), (
-        s, _opt(mask), cupy.int64(mb), cupy.int64(ml), cupy.int64(ms), p, cupy.int32(S), cupy.int32(L),
-        cupy.int32(per_batch), cupy.float32(scale)))
+    args = (s, _opt(mask), cupy.int64(mb), cupy.int64(ml), cupy.int64(ms), p, cupy.int32(S), cupy.int32(L),
+            cupy.int32(per_batch), cupy.float32(scale))
+    t = type_name(s.dtype)
+    e = next((e for e in SOFTMAX_WARP_E if 32 * e >= S), None)
+    if e is None:  # long rows: a block of 256 threads per row, three passes over it
+        _fn(f"softmax_mask_rows<{t}>")((rows,), (256,), args)
+    else:  # a warp per row, its values in registers
+        _fn(f"softmax_mask_warp<{t},{e}>")((-(-rows // 8),), (256,), args + (cupy.int64(rows),))

@@ -41,6 +41,44 @@ __global__ void __launch_bounds__(256) softmax_mask_rows(const T *__restrict__ s
     }
 }
 
+// The same softmax with one warp per row for rows of at most 32 * E positions: the row's values stay in
+// registers (one read of s and mask, one write of p) and the reductions are warp shuffles; 8 rows a block.
+template <typename T, int E>
+__global__ void __launch_bounds__(256) softmax_mask_warp(const T *__restrict__ s, const T *__restrict__ mask, long mb,
+        long ml, long ms, T *__restrict__ p, int S, int L, int per_batch, float scale, long rows) {
+    const size_t row = (size_t)blockIdx.x * 8 + (threadIdx.x >> 5);
+    const int lane = threadIdx.x & 31;
+    if (row >= (size_t)rows) return;
+    const int b = (int)(row / per_batch), l = (int)(row % L);
+    const T *sr = s + row * S;
+    const T *mr = mask != nullptr ? mask + b * mb + (long)l * ml : nullptr;
+    float v[E];
+    float m = -INFINITY;
+    #pragma unroll
+    for (int e = 0; e < E; e++) {
+        const int j = e * 32 + lane;
+        v[e] = -INFINITY;
+        if (j < S) {
+            float x = rnd<T>(__fmul_rn(to_f<T>(sr[j]), scale));
+            if (mr != nullptr) x = rnd<T>(__fadd_rn(x, to_f<T>(mr[(long)j * ms])));
+            v[e] = x;
+            m = fmaxf(m, x);
+        }
+    }
+    float M = warp_max(m);
+    if (!(M > -INFINITY && M < INFINITY)) M = 0.f;  // as the reference: a non-finite max subtracts 0
+    float z = 0.f;
+    #pragma unroll
+    for (int e = 0; e < E; e++)
+        if (e * 32 + lane < S) z += expf(v[e] - M);
+    const float Z = warp_sum(z);
+    #pragma unroll
+    for (int e = 0; e < E; e++) {
+        const int j = e * 32 + lane;
+        if (j < S) p[row * S + j] = from_f<T>(expf(v[e] - M) / Z);
+    }
+}
+
 // ---- batched GEMM without cuBLAS (what runs inside a capture where cuBLAS cannot) -------------------------------
 // C[b, m, n] = sum_k A[b, m, k] B[b, k, n] (+ bias[n]) in float32, rounded once to T; element strides for A
 // and B, C contiguous (batch, M, N). 64 x 64 tiles, 256 threads, 4 x 4 outputs per thread.
