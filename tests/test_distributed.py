@@ -121,22 +121,26 @@ def test_phi3_fused_qkv_and_gate_up_split_per_part():
     np.testing.assert_array_equal(s[:, 0], np.concatenate([np.arange(i // 2), np.arange(i, i + i // 2)]))
 
 
-def _reduce_work(comm, dtype: str):
+def _reduce_work(comm, dtypes):
     from engine.distributed.cpu import CpuCommunicator
     assert isinstance(comm, CpuCommunicator)
     comm.slot_bytes = 64  # force several chunks
-    x = engine.tensor(np.arange(37, dtype=np.float64) * (comm.rank + 1) + comm.rank, dtype=getattr(engine, dtype))
-    comm.all_reduce(x)
+    out = {}
+    for dtype in dtypes:
+        x = engine.tensor(np.arange(37, dtype=np.float64) * (comm.rank + 1) + comm.rank, dtype=getattr(engine, dtype))
+        comm.all_reduce(x)
+        out[dtype] = x.numpy()
     comm.barrier()
-    return x.numpy()
+    return out
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float16", "int64"])
-def test_cpu_all_reduce_sums_in_chunks(dtype):
-    outs = launch(_reduce_work, 3, "cpu", args=(dtype,), timeout=120)
-    want = (np.arange(37) * 6 + 3).astype(outs[0].dtype)
-    for o in outs:
-        np.testing.assert_array_equal(o, want)
+def test_cpu_all_reduce_sums_in_chunks():
+    dtypes = ["float32", "float16", "bfloat16", "int64"]
+    outs = launch(_reduce_work, 3, "cpu", args=(dtypes,), timeout=120)
+    for dtype in dtypes:
+        want = (np.arange(37) * 6 + 3).astype(outs[0][dtype].dtype)  # 0..36 * (1+2+3) + (0+1+2)
+        for o in outs:
+            np.testing.assert_array_equal(o[dtype], want)
 
 
 def _fail_work(comm):
@@ -204,3 +208,43 @@ def test_cli_tp_errors_are_one_line(capfd):
     err = capfd.readouterr().err
     assert err.strip() == ("taper generate: tensor parallel size 3 does not divide llama's num_attention_heads=4 "
                            "(each rank holds whole attention heads); use a size that divides 4")
+
+
+def test_bench_tp_decode_cpu_path(tmp_path):
+    """bench/tp_decode.py's jobs on tiny shapes through the CPU communicator (its GPU run is the lead's)."""
+    from bench import tp_decode
+    out = tmp_path / "tp.json"
+    assert tp_decode.main(["--device", "cpu", "--equal", "llama:tiny", "--scale", "llama:tiny", "--speed", "",
+                           "--new-tokens", "4", "--time-steps", "3", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    c = r["equal"][0]["compare"]
+    assert c["float32"]["greedy_tokens_equal"] and c["float32"]["logits_max_abs_err"] < 1e-5
+    assert c["float16"]["logits_cosine"] > 0.9999
+    assert r["equal"][0]["scaling"]["tp1_tokens_per_s"] > 0 and all("error" not in x for x in r["equal"][0]["runs"])
+
+
+# ---- on GPUs (ENGINE_DEVICE=cuda, two or more GPUs): NCCL, collectives inside CUDA graphs ----------------------
+def _nccl_work(comm):
+    from engine.capture import Captured
+    x = engine.zeros(4, 1024, dtype=engine.float16, device=comm.device)
+    step = Captured(lambda: comm.all_reduce(x), device=comm.device)
+    sums = []
+    for _ in range(6):  # eager, record, capture (+ one planned run), then replays of the graph
+        x.fill_(comm.rank + 1)
+        step()
+        sums.append(float(x.float().sum().item()) / x.numel())
+    model = tp_from_preset("llama", "tiny", comm, seed=5)
+    return {"sums": sums, "graph": step.graph is not None, **_outputs(model)}
+
+
+@pytest.mark.cuda
+def test_nccl_tp2_on_gpus_equals_tp1():
+    from engine.distributed.launch import cuda_device_count
+    if cuda_device_count()[0] < 2:
+        pytest.skip("needs 2 GPUs")
+    ranks = launch(_nccl_work, 2, "cuda", timeout=600)
+    for r in ranks:
+        assert r["graph"] and r["sums"] == [3.0] * 6  # 1 + 2 on every element, replays included
+    one = _outputs(models.from_preset("llama", "tiny", seed=5, device="cuda"))
+    assert ranks[0]["tokens"] == one["tokens"] == ranks[1]["tokens"]
+    assert np.abs(ranks[0]["logits"] - one["logits"]).max() < 1e-4

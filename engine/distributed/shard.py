@@ -166,6 +166,12 @@ class TensorParallel:
 def build(model_cls, config, vb: VarBuilder, comm):
     """model_cls built from this rank's config and slices, with its all-reduce hooks."""
     plan = RankPlan(config, comm.world_size, comm.rank, getattr(config, "model_type", None))
+    if comm.world_size == 1:  # the plain model: nothing to slice or reduce
+        vb.ignore(*getattr(model_cls, "IGNORED_KEYS", ()))
+        with vb.collect():
+            model = model_cls(config, vb)
+        model.tensor_parallel = TensorParallel(comm, plan, 0)
+        return model
     svb = plan.builder(vb)
     svb.ignore(*getattr(model_cls, "IGNORED_KEYS", ()))
     with svb.collect():
