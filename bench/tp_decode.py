@@ -81,6 +81,20 @@ def _job_rank(comm, job: dict) -> dict:
     return out
 
 
+def _smoke_rank(comm) -> dict:
+    """One all-reduce eager and one replayed from a captured graph: the sum of rank + 1 over the ranks."""
+    import engine
+    from engine.capture import Captured
+    x = engine.zeros(8, 256, dtype=engine.float16, device=comm.device)
+    step = Captured(lambda: comm.all_reduce(x), device=comm.device)
+    sums = []
+    for _ in range(5):
+        x.fill_(comm.rank + 1)
+        step()
+        sums.append(float(x.float().mean().item()))
+    return {"sums": sums, "graph": step.graph is not None, "card": _card(comm.device)}
+
+
 def _allreduce_cost(comm, model) -> dict:
     """2 x layers all-reduces of one (1, 1, hidden) vector, as a decode step makes them: eager, and
     replayed as one captured graph."""
@@ -145,11 +159,39 @@ def _copy_bandwidth(dev: str, nbytes: int = 2 << 30) -> float | None:
 
 
 # ---- the jobs ------------------------------------------------------------------------------------------------
+ISOLATE = {"on": False}  # set by the smoke test when NCCL works only with one GPU visible per rank
+
+
+def smoke(tp: int, device: str, log) -> dict:
+    """The collective alone, first with every GPU visible (rank r on cuda:r), else with each rank seeing
+    only its own GPU; the jobs then run the way that worked."""
+    from engine.distributed import LaunchError, launch
+    out = {}
+    for isolate in ((False, True) if device == "cuda" else (False,)):
+        t = time.perf_counter()
+        try:
+            ranks = launch(_smoke_rank, tp, device, timeout=180, grace=5.0, isolate=isolate)
+        except LaunchError as e:
+            out[f"isolate={isolate}"] = {"error": str(e), "tracebacks": {str(k): v for k, v in e.tracebacks.items()}}
+            log(f"smoke (isolate={isolate}) FAILED: {e}")
+            continue
+        ok = all(r["sums"] == [tp * (tp + 1) / 2] * 5 for r in ranks)
+        out[f"isolate={isolate}"] = {"ranks": ranks, "correct": ok, "wall_s": time.perf_counter() - t}
+        log(f"smoke (isolate={isolate}): all-reduce {'correct' if ok else 'WRONG'}, in graph {ranks[0]['graph']}, "
+            f"cards {[r['card'] for r in ranks]}")
+        if ok:
+            ISOLATE["on"] = isolate
+            out["isolate"] = isolate
+            break
+    return out
+
+
 def _run(job: dict, device: str, log) -> dict:
     from engine.distributed import LaunchError, launch
     t = time.perf_counter()
     try:
-        ranks = launch(_job_rank, job["tp"], device, args=(job,), timeout=job.get("timeout", 420), grace=5.0)
+        ranks = launch(_job_rank, job["tp"], device, args=(job,), timeout=job.get("timeout", 420), grace=5.0,
+                       isolate=ISOLATE["on"])
     except LaunchError as e:
         log(f"  FAILED: {e}")
         return {**_public(job), "error": str(e), "tracebacks": {str(k): v for k, v in e.tracebacks.items()},
@@ -252,9 +294,14 @@ def main(argv=None) -> int:
     def budget_ok():
         return time.perf_counter() - t_start < args.budget_s
 
+    import os
     from engine.distributed import SAFE_ENV
+    os.environ.setdefault("NCCL_DEBUG", "WARN")
     result = {"bench": "tp_decode", "device": args.device, "tp": args.tp, "env": SAFE_ENV, "versions": _versions(),
               "equal": [], "speed": None}
+    if args.tp > 1:
+        result["smoke"] = smoke(args.tp, args.device, log)
+        _write(args.out, result)
     scale = set(filter(None, args.scale.split(",")))
     # the big speed job first after the tiny check (it is what the run is for), then the 7B comparisons
     shapes = [s for s in args.equal.split(",") if s]

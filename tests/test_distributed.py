@@ -35,7 +35,7 @@ NEW = 6
 
 
 def _outputs(model) -> dict:
-    logits = model(engine.tensor(np.array(IDS, np.int64))).numpy()  # (2, 6, vocab): prefill, no cache
+    logits = model(engine.tensor(np.array(IDS, np.int64), device=model.device)).numpy()  # (2, 6, vocab): prefill
     tokens = generate(model, IDS[0], max_new_tokens=NEW, stop_token_ids=[]).tokens[0]
     return {"logits": logits, "tokens": tokens}
 
@@ -57,14 +57,14 @@ def tp_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("tp")
     dirs, ref = {}, {}
     for mt, over in FAMILIES.items():
-        m = models.from_preset(mt, "tiny", seed=1, **over)
+        m = models.from_preset(mt, "tiny", seed=1, device="cpu", **over)
         d = root / mt
         d.mkdir()
         (d / "config.json").write_text(json.dumps(dataclasses.asdict(m.config)))
         save_file({k: v.numpy() for k, v in m.state_dict().items()}, d / "model.safetensors")
         dirs[mt] = str(d)
-        ref[mt] = _outputs(models.from_pretrained(d))
-        ref[mt + ":preset"] = _outputs(models.from_preset(mt, "tiny", seed=3, **over))
+        ref[mt] = _outputs(models.from_pretrained(d, device="cpu"))
+        ref[mt + ":preset"] = _outputs(models.from_preset(mt, "tiny", seed=3, device="cpu", **over))
     ranks = launch(_rank_work, 2, "cpu", args=(dirs,), timeout=600)
     return ref, ranks
 
@@ -195,16 +195,17 @@ def test_forward_hook_replaces_the_output_and_comes_off():
 
 def test_cli_generate_tp2_prints_rank0_tokens(capfd):
     from taper.cli import main
-    assert main(["generate", "--model", "llama:tiny", "--ids", "1,2,3", "--max-new-tokens", "8", "--tp", "2"]) == 0
+    assert main(["generate", "--model", "llama:tiny", "--ids", "1,2,3", "--max-new-tokens", "8", "--tp", "2",
+                 "--device", "cpu"]) == 0
     out = capfd.readouterr().out
-    want = generate(models.from_preset("llama", "tiny"), [1, 2, 3], 8).tokens[0]
+    want = generate(models.from_preset("llama", "tiny", device="cpu"), [1, 2, 3], 8).tokens[0]
     assert out.splitlines()[0].split() == [str(t) for t in want]
     assert "tp 2 on cpu" in out
 
 
 def test_cli_tp_errors_are_one_line(capfd):
     from taper.cli import main
-    assert main(["generate", "--model", "llama:tiny", "--ids", "1,2", "--tp", "3"]) == 2
+    assert main(["generate", "--model", "llama:tiny", "--ids", "1,2", "--tp", "3", "--device", "cpu"]) == 2
     err = capfd.readouterr().err
     assert err.strip() == ("taper generate: tensor parallel size 3 does not divide llama's num_attention_heads=4 "
                            "(each rank holds whole attention heads); use a size that divides 4")
