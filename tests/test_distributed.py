@@ -174,14 +174,18 @@ def test_more_ranks_than_gpus_is_refused():
 
 
 def test_models_without_a_plan_are_refused(tmp_path):
-    with pytest.raises(TensorParallelError, match="'bert' .* is not a decoder LM"):
-        tp_from_preset("bert", "tiny", _FakeComm())
-    with pytest.raises(TensorParallelError, match="not GGUF"):
-        tp_from_pretrained(tmp_path / "m.gguf", _FakeComm())
-
-
-class _FakeComm:  # only rank and size are read before the refusal
-    rank, world_size, device = 0, 2, "cpu"
+    from engine.distributed.cpu import CpuCommunicator
+    block = CpuCommunicator.create_block(2)
+    try:
+        comm = CpuCommunicator(0, 2, block.name, barrier=None)  # refused before any collective
+        with pytest.raises(TensorParallelError, match="'bert' .* is not a decoder LM"):
+            tp_from_preset("bert", "tiny", comm)
+        with pytest.raises(TensorParallelError, match="not GGUF"):
+            tp_from_pretrained(tmp_path / "m.gguf", comm)
+        comm.close()
+    finally:
+        block.close()
+        block.unlink()
 
 
 def test_forward_hook_replaces_the_output_and_comes_off():
