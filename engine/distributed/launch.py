@@ -13,6 +13,7 @@ TensorParallelError naming the rank and its error (the traces are in `.traceback
 """
 from __future__ import annotations
 
+import gc
 import multiprocessing as mp
 import os
 import queue
@@ -168,6 +169,7 @@ def _rank_main(rank: int, tp: int, spec, fn, args, results) -> None:
     finally:
         if comm is not None:
             try:
+                gc.collect()  # captured graphs (Decoder <-> Captured cycles) go before the communicator
                 comm.close()
             except Exception:
                 pass
