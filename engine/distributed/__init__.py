@@ -12,7 +12,7 @@ captured decode step, with the collectives inside the CUDA graph).
 
 comm.py: the Communicator interface; cpu.py, nccl.py: its implementations; plan.py: the plan (HF
 parameter names -> column / row split; where to all-reduce); shard.py: sharded loading; launch.py:
-the launcher; run.py: generation in every rank (the launcher's and `taper generate --tp`'s).
+the launcher; run.py: generation in every rank and its driver (`python -m engine.distributed`, `taper generate --tp`).
 """
 from engine.distributed.comm import Communicator, CommunicatorError  # noqa: F401
 from engine.distributed.launch import SAFE_ENV, LaunchError, check_world, launch  # noqa: F401

@@ -8,6 +8,7 @@ each token as it comes. Every rank returns the same tokens (the launcher's calle
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 
 def load(spec: dict, comm):
@@ -66,3 +67,60 @@ def summary(results: list, prompt_len: int) -> str:
             f"decode {r0['decode_tokens_per_s']:.2f} tokens/s ({r0['decode_steps']} steps), peak memory per rank "
             f"{max(r['peak_bytes'] for r in results):,} bytes (weights {r0['weight_bytes']:,} bytes on rank 0), "
             f"stop: {r0['stop_reason']}")
+
+
+def fixed_seed(seed):
+    """One seed for every rank (sampling must draw the same token everywhere)."""
+    import numpy as np
+    return int(seed if seed is not None else np.random.SeedSequence().entropy % (1 << 63))
+
+
+def make_spec(model: str, ids: str | None, prompt: str | None, dtype: str | None) -> dict:
+    """The ranks' spec for a model directory or MODEL_TYPE:PRESET; checks the plan here, before any
+    process starts (so a bad size is one clear line)."""
+    from engine.generation import load_tokenizer
+    spec: dict = {"dtype": dtype}
+    if Path(model).exists():
+        spec["path"] = str(model)
+        tok = load_tokenizer(model)
+        spec["tokenizer"] = str(model) if tok is not None else None
+    elif ":" in model:
+        mt, _, preset = model.partition(":")
+        spec.update(model_type=mt, preset=preset)
+        tok = None
+    else:
+        raise ValueError(f"{model}: not a model directory, nor MODEL_TYPE:PRESET (e.g. llama:tiny)")
+    if prompt is not None:
+        if tok is None:
+            raise ValueError(f"{model} has no tokenizer.json; pass --ids instead of --prompt")
+        enc = tok.encode(prompt)
+        spec["ids"] = [i for i, m in zip(enc.ids, enc.attention_mask) if m]
+    else:
+        try:
+            spec["ids"] = [int(t) for t in ids.replace(" ", "").split(",") if t]
+        except ValueError:
+            raise ValueError(f"--ids must be comma-separated integers, got {ids!r}") from None
+    if not spec["ids"]:
+        raise ValueError("the prompt has no tokens")
+    return spec
+
+
+def generate_tp(spec: dict, tp: int, device: str, isolate: bool = False) -> list:
+    """Check the plan and the prompt against the config here, then generate in tp ranks; every rank's
+    result (they agree on the tokens, or RuntimeError)."""
+    from engine.distributed.launch import check_world, launch
+    from engine.distributed.shard import RankPlan, preset_config
+    check_world(tp, device)
+    if spec.get("path"):
+        from engine.models import model_class, read_config
+        raw = read_config(spec["path"])
+        config = model_class(raw.get("model_type") or "").Config.from_dict(raw)
+    else:
+        config = preset_config(spec["model_type"], spec["preset"], **spec.get("overrides", {}))
+    RankPlan(config, tp)
+    bad = [i for i in spec["ids"] if not 0 <= i < config.vocab_size]
+    if bad:
+        raise ValueError(f"token id(s) {bad[:5]} outside the model's vocabulary (0 to {config.vocab_size - 1})")
+    results = launch(generate_rank, tp, device, args=(spec,), isolate=isolate)
+    check_agree(results)
+    return results

@@ -73,8 +73,7 @@ def _check_ids(ids: list, model, what: str) -> None:
 def run_tp(args) -> int:
     """--tp N: the model split over N ranks (engine.distributed); rank 0 streams, then one stats line."""
     import engine
-    from engine.distributed import __main__ as dist
-    from engine.distributed.run import summary
+    from engine.distributed import run as dist
     from engine.generation import validate_sampling
     try:
         validate_sampling(args.temperature, args.top_k, args.top_p, args.repetition_penalty)
@@ -85,13 +84,13 @@ def run_tp(args) -> int:
                     top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=dist.fixed_seed(args.seed),
                     stop_token_ids=_ints(args.stop_ids, "--stop-ids") if args.stop_ids is not None else None,
                     capture=args.capture, read_every=args.read_every, stream=True)
-        results = dist.run(spec, args.tp, args.device or engine.default_device().type)
+        results = dist.generate_tp(spec, args.tp, args.device or engine.default_device().type)
     except (OSError, ValueError, KeyError, NotImplementedError, RuntimeError) as e:
         if getattr(args, "debug", False):
             raise
         print(f"taper generate: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
         return 2
-    print(summary(results, len(spec["ids"])))
+    print(dist.summary(results, len(spec["ids"])))
     return 0
 
 
