@@ -2,6 +2,7 @@
 
     python3 -m bench.tp_decode --out $OUT/tp_decode.json                 # nvidia-h200-x2 (defaults)
     python -m bench.tp_decode --device cpu --equal llama:tiny --speed llama:small --out /tmp/tp.json
+    python3 -m bench.tp_decode --one-gpu --out $OUT/tp_decode.json       # nvidia-h200: correctness only
 
 Random weights drawn on each rank's device at full size and sliced (engine.distributed.from_preset),
 so every world size holds the same model; nothing is read from disk. Jobs, each one launch:
@@ -19,7 +20,8 @@ so every world size holds the same model; nothing is read from disk. Jobs, each 
   scale   the equal jobs' fp16 shape timed at TP=1 and TP=N (from the equal jobs themselves).
 
 A job that fails is recorded with its error and the next one runs; --budget-s skips jobs that would
-start after that many seconds.
+start after that many seconds. --one-gpu (a machine with one GPU): every rank on cuda:0 through the
+shared-memory communicator, steps launched eagerly (no graphs, no speed job): the equal jobs only.
 """
 from __future__ import annotations
 
@@ -50,7 +52,7 @@ def _job_rank(comm, job: dict) -> dict:
            "card": _card(dev)}
     prompt = [t % model.config.vocab_size for t in job.get("prompt", PROMPT)]  # tiny vocabularies too
     if job.get("new_tokens"):
-        res = generate(model, prompt, max_new_tokens=job["new_tokens"], stop_token_ids=[])
+        res = generate(model, prompt, max_new_tokens=job["new_tokens"], stop_token_ids=[], capture=job.get("capture"))
         out["tokens"] = res.tokens[0]
     teacher = out.get("tokens") if job.get("teacher") == "self" else job.get("teacher")
     if teacher is not None:
@@ -81,12 +83,12 @@ def _job_rank(comm, job: dict) -> dict:
     return out
 
 
-def _smoke_rank(comm) -> dict:
+def _smoke_rank(comm, graphs: bool = True) -> dict:
     """One all-reduce eager and one replayed from a captured graph: the sum of rank + 1 over the ranks."""
     import engine
     from engine.capture import Captured
     x = engine.zeros(8, 256, dtype=engine.float16, device=comm.device)
-    step = Captured(lambda: comm.all_reduce(x), device=comm.device)
+    step = Captured(lambda: comm.all_reduce(x), device=comm.device, graphs=graphs)
     sums = []
     for _ in range(5):
         x.fill_(comm.rank + 1)
@@ -160,19 +162,22 @@ def _copy_bandwidth(dev: str, nbytes: int = 2 << 30) -> float | None:
 
 # ---- the jobs ------------------------------------------------------------------------------------------------
 ISOLATE = {"on": False}  # set by the smoke test when NCCL works only with one GPU visible per rank
+SHARED = {"on": False}  # --one-gpu: every rank on cuda:0, shared-memory communicator, no graphs
 
 
 def smoke(tp: int, device: str, log) -> dict:
     """The collective alone, first with every GPU visible (rank r on cuda:r), else with each rank seeing
     only its own GPU; the jobs then run the way that worked."""
-    from engine.distributed import LaunchError, launch
+    from engine.distributed import TensorParallelError, launch
     out = {}
-    for isolate in ((False, True) if device == "cuda" else (False,)):
+    for isolate in ((False, True) if device == "cuda" and not SHARED["on"] else (False,)):
         t = time.perf_counter()
         try:
-            ranks = launch(_smoke_rank, tp, device, timeout=180, grace=5.0, isolate=isolate)
-        except LaunchError as e:
-            out[f"isolate={isolate}"] = {"error": str(e), "tracebacks": {str(k): v for k, v in e.tracebacks.items()}}
+            ranks = launch(_smoke_rank, tp, device, args=(not SHARED["on"],), timeout=180, grace=5.0,
+                           isolate=isolate, shared_gpu=SHARED["on"])
+        except TensorParallelError as e:  # a LaunchError (a rank failed), or too few GPUs
+            tbs = getattr(e, "tracebacks", {})
+            out[f"isolate={isolate}"] = {"error": str(e), "tracebacks": {str(k): v for k, v in tbs.items()}}
             log(f"smoke (isolate={isolate}) FAILED: {e}")
             continue
         ok = all(r["sums"] == [tp * (tp + 1) / 2] * 5 for r in ranks)
@@ -187,14 +192,15 @@ def smoke(tp: int, device: str, log) -> dict:
 
 
 def _run(job: dict, device: str, log) -> dict:
-    from engine.distributed import LaunchError, launch
+    from engine.distributed import TensorParallelError, launch
     t = time.perf_counter()
     try:
         ranks = launch(_job_rank, job["tp"], device, args=(job,), timeout=job.get("timeout", 420), grace=5.0,
-                       isolate=ISOLATE["on"])
-    except LaunchError as e:
+                       isolate=ISOLATE["on"], shared_gpu=SHARED["on"] and job["tp"] > 1)
+    except TensorParallelError as e:  # a LaunchError (a rank failed), or too few GPUs
         log(f"  FAILED: {e}")
-        return {**_public(job), "error": str(e), "tracebacks": {str(k): v for k, v in e.tracebacks.items()},
+        return {**_public(job), "error": str(e),
+                "tracebacks": {str(k): v for k, v in getattr(e, "tracebacks", {}).items()},
                 "wall_s": time.perf_counter() - t}
     r0 = ranks[0]
     res = {**_public(job), **{k: v for k, v in r0.items() if k != "teacher_logits"}, "wall_s": time.perf_counter() - t}
@@ -224,7 +230,8 @@ def _first_diff(x: list, y: list):
 
 def equal_jobs(model: str, tp: int, new: int, budget_ok, log, device: str, overrides=None, time_steps=0) -> dict:
     """fp16 TP=1, fp16 TP=N, fp32 TP=1, fp32 TP=N on one shape; the comparison."""
-    base = {"model": model, "new_tokens": new, "overrides": overrides or {}, "copy_bandwidth": bool(time_steps)}
+    base = {"model": model, "new_tokens": new, "overrides": overrides or {}, "copy_bandwidth": bool(time_steps),
+            "capture": False if SHARED["on"] else None}
     out = {"model": model, "tp": tp, "runs": []}
     teacher = None
     got = {}
@@ -285,7 +292,12 @@ def main(argv=None) -> int:
     p.add_argument("--speed", default="llama:llama-2-70b", help="fp16 decode speed at TP=N")
     p.add_argument("--time-steps", type=int, default=128)
     p.add_argument("--budget-s", type=float, default=440.0)
+    p.add_argument("--one-gpu", action="store_true",
+                   help="all ranks on cuda:0 (shared memory, eager steps): TP=N vs TP=1 on a one-GPU machine")
     args = p.parse_args(argv)
+    SHARED["on"] = args.one_gpu
+    if args.one_gpu:
+        args.device, args.speed, args.scale = "cuda", "", ""
     t_start = time.perf_counter()
 
     def log(msg):
@@ -298,7 +310,7 @@ def main(argv=None) -> int:
     from engine.distributed import SAFE_ENV
     os.environ.setdefault("NCCL_DEBUG", "WARN")
     result = {"bench": "tp_decode", "device": args.device, "tp": args.tp, "env": SAFE_ENV, "versions": _versions(),
-              "equal": [], "speed": None}
+              "one_gpu": args.one_gpu, "equal": [], "speed": None}
     if args.tp > 1:
         result["smoke"] = smoke(args.tp, args.device, log)
         _write(args.out, result)

@@ -6,6 +6,10 @@ waits at the barrier, sums all slots in rank order (in float32 for 16-bit floats
 every rank computes bit-identical results), waits again (no slot is overwritten while a peer reads),
 and writes the sum back. A peer that does not arrive within `timeout` seconds raises
 CommunicatorError naming the rank, instead of hanging.
+
+With device="cuda:0" the ranks share one GPU and the communicator stages CUDA arrays through host
+memory (NCCL refuses two ranks on one GPU): for checking tensor parallelism on a machine with one GPU,
+eagerly only, since a host copy cannot sit inside a captured CUDA graph (decode with capture=False).
 """
 from __future__ import annotations
 
@@ -21,10 +25,10 @@ SLOT_BYTES = 4 << 20  # per rank; larger tensors go in chunks
 
 class CpuCommunicator(Communicator):
     def __init__(self, rank: int, world_size: int, shm_name: str, barrier, slot_bytes: int = SLOT_BYTES,
-                 timeout: float = 300.0):
+                 timeout: float = 300.0, device: str = "cpu"):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside a world of {world_size}")
-        self.rank, self.world_size, self.device = rank, world_size, "cpu"
+        self.rank, self.world_size, self.device = rank, world_size, device
         self.slot_bytes, self.timeout = slot_bytes, timeout
         self._barrier = barrier
         self._shm = shared_memory.SharedMemory(name=shm_name)
@@ -44,6 +48,8 @@ class CpuCommunicator(Communicator):
                                     "(it failed or exited)") from None
 
     def all_reduce_array(self, a) -> None:
+        if hasattr(a, "__cuda_array_interface__") and self.device != "cpu":
+            return self._staged(a)
         if not isinstance(a, np.ndarray):
             raise TypeError(f"CpuCommunicator reduces host (numpy) arrays, got {type(a).__module__}.{type(a).__name__}"
                             " (a CUDA tensor needs the NCCL communicator: launch with --device cuda)")
@@ -64,6 +70,15 @@ class CpuCommunicator(Communicator):
             self._wait("all_reduce")
             part[...] = total.astype(a.dtype)
             del slots  # views of the shared block must go before it is closed
+
+    def _staged(self, a) -> None:
+        import cupy
+        if cupy.cuda.get_current_stream().is_capturing():
+            raise CommunicatorError(f"rank {self.rank}: the shared-memory communicator copies through the host, "
+                                    "which a captured CUDA graph cannot hold; decode with capture=False, or use NCCL")
+        host = cupy.asnumpy(a)  # waits for the stream
+        self.all_reduce_array(host)
+        a.set(host)
 
     def barrier(self) -> None:
         self._wait("barrier")

@@ -42,8 +42,9 @@ def cuda_device_count() -> tuple[int, str]:
         return 0, f"{type(e).__name__}: {e}".splitlines()[0]
 
 
-def check_world(tp, device: str, available: int | None = None, why: str = "") -> str:
-    """The device kind ("cpu" or "cuda") for `tp` ranks; ValueError naming the numbers when it cannot be."""
+def check_world(tp, device: str, available: int | None = None, why: str = "", shared_gpu: bool = False) -> str:
+    """The device kind ("cpu" or "cuda") for `tp` ranks; ValueError naming the numbers when it cannot be.
+    shared_gpu: every rank on cuda:0 (the shared-memory communicator), so one GPU is enough."""
     if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:
         raise TensorParallelError(f"--tp must be a positive integer, got {tp!r}")
     kind, _, index = str(device or "cpu").strip().lower().partition(":")
@@ -54,26 +55,30 @@ def check_world(tp, device: str, available: int | None = None, why: str = "") ->
     if kind == "cuda":
         if available is None:
             available, why = cuda_device_count()
-        if tp > available:
+        need = 1 if shared_gpu else tp
+        if need > available:
             more = f" ({why})" if why and not available else ""
-            raise TensorParallelError(f"--tp {tp} needs {tp} GPUs (one per rank) but {available} "
+            raise TensorParallelError(f"--tp {tp} needs {need} GPU{'s' if need > 1 else ''} "
+                                      f"({'shared by the ranks' if shared_gpu else 'one per rank'}) but {available} "
                                       f"{'is' if available == 1 else 'are'} visible{more}")
     return kind
 
 
 def launch(fn, tp: int, device: str = "cpu", args: tuple = (), timeout: float = 3600.0, isolate: bool = False,
-           comm_timeout: float = 300.0, grace: float = 10.0) -> list:
+           comm_timeout: float = 300.0, grace: float = 10.0, shared_gpu: bool = False) -> list:
     """fn(comm, *args) in tp processes; returns the ranks' results in rank order (see module docstring).
-    After a rank fails, its peers get `grace` seconds to report before they are stopped."""
-    kind = check_world(tp, device)
+    After a rank fails, its peers get `grace` seconds to report before they are stopped. shared_gpu
+    (device cuda): every rank on cuda:0 through the shared-memory communicator, eager steps only (a
+    correctness check on a machine with one GPU; NCCL refuses two ranks on one GPU)."""
+    kind = check_world(tp, device, shared_gpu=shared_gpu)
     os.environ.update(SAFE_ENV)
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     block = None
-    if kind == "cpu":
+    if kind == "cpu" or shared_gpu or tp == 1:  # one rank needs no NCCL: its all-reduces are no-ops
         from engine.distributed.cpu import CpuCommunicator
         block = CpuCommunicator.create_block(tp)
-        spec = ("cpu", block.name, ctx.Barrier(tp), comm_timeout)
+        spec = ("cpu", block.name, ctx.Barrier(tp), comm_timeout, "cpu" if kind == "cpu" else "cuda:0")
     else:
         spec = ("cuda", ctx.Queue(), isolate, comm_timeout)
     procs = [ctx.Process(target=_rank_main, args=(r, tp, spec, fn, args, results), name=f"taper-tp-rank{r}")
@@ -142,7 +147,7 @@ def _rank_main(rank: int, tp: int, spec, fn, args, results) -> None:
     try:
         if spec[0] == "cpu":
             from engine.distributed.cpu import CpuCommunicator
-            comm = CpuCommunicator(rank, tp, spec[1], spec[2], timeout=spec[3])
+            comm = CpuCommunicator(rank, tp, spec[1], spec[2], timeout=spec[3], device=spec[4])
         else:
             ids, isolate, wait = spec[1], spec[2], spec[3]
             if isolate:
