@@ -34,9 +34,9 @@ IDS = [[3, 17, 42, 5, 99, 7], [11, 2, 250, 64, 8, 1]]  # batch 2
 NEW = 6
 
 
-def _outputs(model) -> dict:
+def _outputs(model, capture=None) -> dict:
     logits = model(engine.tensor(np.array(IDS, np.int64), device=model.device)).numpy()  # (2, 6, vocab): prefill
-    tokens = generate(model, IDS[0], max_new_tokens=NEW, stop_token_ids=[]).tokens[0]
+    tokens = generate(model, IDS[0], max_new_tokens=NEW, stop_token_ids=[], capture=capture).tokens[0]
     return {"logits": logits, "tokens": tokens}
 
 
@@ -254,5 +254,19 @@ def test_nccl_tp2_on_gpus_equals_tp1():
     for r in ranks:
         assert r["graph"] and r["sums"] == [3.0] * 6  # 1 + 2 on every element, replays included
     one = _outputs(models.from_preset("llama", "tiny", seed=5, device="cuda"))
+    assert ranks[0]["tokens"] == one["tokens"] == ranks[1]["tokens"]
+    assert np.abs(ranks[0]["logits"] - one["logits"]).max() < 1e-4
+
+
+def _shared_gpu_work(comm):
+    assert comm.device == "cuda:0"
+    return _outputs(tp_from_preset("llama", "tiny", comm, seed=5), capture=False)
+
+
+@pytest.mark.cuda
+def test_two_ranks_sharing_one_gpu_equal_tp1():
+    """The one-GPU check: both ranks on cuda:0, all-reduces staged through shared host memory, eager."""
+    ranks = launch(_shared_gpu_work, 2, "cuda", timeout=600, shared_gpu=True)
+    one = _outputs(models.from_preset("llama", "tiny", seed=5, device="cuda"), capture=False)
     assert ranks[0]["tokens"] == one["tokens"] == ranks[1]["tokens"]
     assert np.abs(ranks[0]["logits"] - one["logits"]).max() < 1e-4
