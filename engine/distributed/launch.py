@@ -17,6 +17,7 @@ import gc
 import multiprocessing as mp
 import os
 import queue
+import threading
 import time
 import traceback
 
@@ -81,7 +82,7 @@ def launch(fn, tp: int, device: str = "cpu", args: tuple = (), timeout: float = 
         spec = ("cpu", block.name, ctx.Barrier(tp), comm_timeout, "cpu" if kind == "cpu" else "cuda:0")
     else:
         spec = ("cuda", ctx.Queue(), isolate, comm_timeout)
-    procs = [ctx.Process(target=_rank_main, args=(r, tp, spec, fn, args, results), name=f"taper-tp-rank{r}")
+    procs = [ctx.Process(target=_rank_main, args=(r, tp, spec, fn, args, results, os.getpid()), name=f"taper-tp-rank{r}")
              for r in range(tp)]
     try:
         for p in procs:
@@ -141,8 +142,17 @@ def _collect(procs, results, timeout: float, grace: float = 10.0) -> list:
     return [out[r] for r in range(tp)]
 
 
-def _rank_main(rank: int, tp: int, spec, fn, args, results) -> None:
+def _orphan_watch(parent: int) -> None:
+    """Exit when the launcher is gone (killed by a timeout, say): a rank must not hold its GPU for ever."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(3)
+
+
+def _rank_main(rank: int, tp: int, spec, fn, args, results, parent: int | None = None) -> None:
     os.environ.update(SAFE_ENV)
+    if parent is not None:
+        threading.Thread(target=_orphan_watch, args=(parent,), daemon=True, name="orphan-watch").start()
     comm = None
     try:
         if spec[0] == "cpu":
