@@ -25,16 +25,7 @@ def load(spec: dict, comm):
 def generate_rank(comm, spec: dict) -> dict:
     from engine.generation import TextStreamer, generate, load_tokenizer
     model = load(spec, comm)
-    show = None
-    if spec.get("stream") and comm.rank == 0:
-        tok = load_tokenizer(spec["tokenizer"]) if spec.get("tokenizer") else None
-        streamer = TextStreamer(tok, spec["ids"]) if tok is not None else None
-        if streamer is not None:
-            print(streamer.prompt_text, end="", flush=True)
-
-        def show(tokens):
-            t = tokens[0]
-            print(streamer.put(t) if streamer is not None else f"{t} ", end="", flush=True)
+    show = _printer(spec, load_tokenizer, TextStreamer) if spec.get("stream") and comm.rank == 0 else None
     comm.barrier()  # every rank loaded: the prefill's collectives start together
     res = generate(model, spec["ids"], max_new_tokens=spec.get("max_new_tokens", 32),
                    temperature=spec.get("temperature", 0.0), top_k=spec.get("top_k"), top_p=spec.get("top_p"),
@@ -49,6 +40,19 @@ def generate_rank(comm, spec: dict) -> dict:
             "stop_reason": res.stop_reasons[0], "prefill_ms": res.prefill_ms,
             "decode_tokens_per_s": res.decode_tokens_per_s, "decode_steps": res.decode_steps,
             "capture_ms": res.capture_ms, "peak_bytes": res.peak_bytes, "weight_bytes": weights}
+
+
+def _printer(spec: dict, load_tokenizer, TextStreamer):
+    """Rank 0's token callback: text through the tokenizer when there is one (the prompt echoed first), else ids."""
+    tok = load_tokenizer(spec["tokenizer"]) if spec.get("tokenizer") else None
+    streamer = TextStreamer(tok, spec["ids"]) if tok is not None else None
+    if streamer is not None:
+        print(streamer.prompt_text, end="", flush=True)
+
+    def show(tokens):
+        t = tokens[0]
+        print(streamer.put(t) if streamer is not None else f"{t} ", end="", flush=True)
+    return show
 
 
 def check_agree(results: list) -> list:
