@@ -15,6 +15,7 @@ probes     machine and card facts, in one place: cpu, RAM, card, driver, clocks,
            device copy bandwidth (copy_gb_per_s), NVML utilisation; the environment sidecar
 claims     `taper claims`: the claims re-measured in child processes, one per implementation
 kernel_profile, eager_profile   GPU scripts: GEMV variants against bytes moved; host time of eager ops
+tp_decode  tensor-parallel decode (engine.distributed): TP=N against TP=1, 70B decode speed, all-reduce cost
 
 Import direction: bench imports engine, suites, reports (and impls); nothing imports bench except
 taper/, the tests, scripts, and suites for bench.probes (a leaf module).

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from engine.backends.fused import ACTIVATIONS
 
-_WRITES = {"copy_": 0, "setitem": 0}  # in-place ops: the argument they write
+_WRITES = {"copy_": 0, "setitem": 0, "all_reduce": 0}  # in-place ops: the argument they write
 
 
 def _is_array(a) -> bool:

@@ -125,6 +125,12 @@ class FusedOps:
         self.copy_(counter, c + 1)
         return self.from_numpy(toks, D.int64)
 
+    # ---- collectives --------------------------------------------------------------------------------------------
+    def all_reduce(self, x, comm) -> None:
+        """x (contiguous) becomes the sum of every rank's x, in place: the communicator moves the bytes
+        (engine.distributed: shared memory between processes on the CPU, NCCL on the current stream on CUDA)."""
+        comm.all_reduce_array(x)
+
     # ---- CUDA graphs: none by default (engine.capture then runs steps eagerly) ----------------------------
     def graph_capture(self, fn, memory):
         return None

@@ -25,6 +25,7 @@ class Module:
         object.__setattr__(self, "_buffers", OrderedDict())
         object.__setattr__(self, "_modules", OrderedDict())
         object.__setattr__(self, "_taps", None)
+        object.__setattr__(self, "_hooks", None)
 
     # ---- registration ---------------------------------------------------------------------------
     def __setattr__(self, name, value):
@@ -141,10 +142,21 @@ class Module:
 
     def __call__(self, *args, **kwargs):
         out = self.forward(*args, **kwargs)
+        if self._hooks:
+            for hook in self._hooks:
+                r = hook(self, args, out)
+                out = out if r is None else r
         taps = self._taps
         if taps is not None:
             taps[0](taps[1], out)
         return out
+
+    def register_forward_hook(self, hook) -> "HookHandle":
+        """hook(module, args, output) runs after forward; a value it returns replaces the output (torch's
+        forward hooks). Tensor parallelism adds its all-reduce after row-parallel layers this way."""
+        hooks = list(self._hooks or ()) + [hook]
+        object.__setattr__(self, "_hooks", hooks)
+        return HookHandle(self, hook)
 
     def set_taps(self, callback, names=None):
         """Call callback(qualified_name, output) after each named module runs (None to clear). This is
@@ -166,6 +178,17 @@ class Module:
             sub = repr(m).replace("\n", "\n  ")
             lines.append(f"  ({name}): {sub}")
         return "\n".join(lines) + ("\n)" if len(lines) > 1 else ")")
+
+
+class HookHandle:
+    """What register_forward_hook returns: remove() takes the hook off again."""
+
+    def __init__(self, module: Module, hook):
+        self.module, self.hook = module, hook
+
+    def remove(self) -> None:
+        hooks = [h for h in (self.module._hooks or ()) if h is not self.hook]
+        object.__setattr__(self.module, "_hooks", hooks or None)
 
 
 class ModuleList(Module):

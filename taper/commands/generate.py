@@ -41,6 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "CUDA graph (for debugging; the tokens are the same)")
     parser.add_argument("--read-every", type=int, default=None, metavar="N",
                         help="read tokens from the device every N steps (default 1: stream each one)")
+    parser.add_argument("--tp", type=int, default=1, metavar="N",
+                        help="tensor parallel over N processes (one GPU each with --device cuda; rank 0 prints); "
+                             "engine.distributed")
 
 
 def _ints(text: str, what: str) -> list:
@@ -67,7 +70,33 @@ def _check_ids(ids: list, model, what: str) -> None:
         raise ValueError(f"{what}: the prompt has no tokens")
 
 
+def run_tp(args) -> int:
+    """--tp N: the model split over N ranks (engine.distributed); rank 0 streams, then one stats line."""
+    import engine
+    from engine.distributed import run as dist
+    from engine.generation import validate_sampling
+    try:
+        validate_sampling(args.temperature, args.top_k, args.top_p, args.repetition_penalty)
+        if args.max_new_tokens < 1:
+            raise ValueError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+        spec = dist.make_spec(args.model.removeprefix("preset:"), args.ids, args.prompt, args.dtype)
+        spec.update(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                    top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=dist.fixed_seed(args.seed),
+                    stop_token_ids=_ints(args.stop_ids, "--stop-ids") if args.stop_ids is not None else None,
+                    capture=args.capture, read_every=args.read_every, stream=True)
+        results = dist.generate_tp(spec, args.tp, args.device or engine.default_device().type)
+    except (OSError, ValueError, KeyError, NotImplementedError, RuntimeError) as e:
+        if getattr(args, "debug", False):
+            raise
+        print(f"taper generate: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
+        return 2
+    print(dist.summary(results, len(spec["ids"])))
+    return 0
+
+
 def run(args) -> int:
+    if getattr(args, "tp", 1) != 1:
+        return run_tp(args)
     import engine
     from engine import models
     from engine.generation import TextStreamer, generate, load_tokenizer, validate_sampling
