@@ -308,8 +308,10 @@ def main(argv=None) -> int:
 
     import os
     from engine.distributed import SAFE_ENV
+    from engine.distributed.launch import TUNING_ENV, apply_env
+    apply_env()
     os.environ.setdefault("NCCL_DEBUG", "WARN")
-    result = {"bench": "tp_decode", "device": args.device, "tp": args.tp, "env": SAFE_ENV, "versions": _versions(),
+    result = {"bench": "tp_decode", "device": args.device, "tp": args.tp, "env": {k: os.environ[k] for k in {**SAFE_ENV, **TUNING_ENV}}, "versions": _versions(),
               "one_gpu": args.one_gpu, "equal": [], "speed": None}
     if args.tp > 1:
         result["smoke"] = smoke(args.tp, args.device, log)

@@ -93,9 +93,12 @@ class CupyBackend(NumpyBackend):
     def from_dlpack(self, obj):
         return cupy.from_dlpack(obj)
 
+    replayed = False  # a CUDA graph was launched since the last synchronize (NcclCommunicator reads it)
+
     def synchronize(self) -> None:
         with cupy.cuda.Device(self.device.index):
             cupy.cuda.get_current_stream().synchronize()
+        self.replayed = False
 
     def unary(self, op: str, x, out_dtype: D.DType):
         if out_dtype.is_reduced and isinstance(x, cupy.ndarray) and x.dtype == out_dtype.np_dtype:
@@ -432,6 +435,7 @@ class CupyBackend(NumpyBackend):
 
     def graph_launch(self, graph) -> None:
         graph.launch(cupy.cuda.get_current_stream())
+        self.replayed = True
 
     def capturing(self) -> bool:
         return cupy.cuda.get_current_stream().is_capturing()

@@ -26,6 +26,18 @@ from engine.distributed.shard import TensorParallelError
 # NVLink multicast (NVLS) off in NCCL, PyTorch and NVSHMEM: on shared hosts a program using it can put
 # the host's GPUs out of service (the device notes of the lent machines); kept in every child process
 SAFE_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+# Defaults a user may override: without graph-mixing support an all-reduce inside a replayed CUDA graph
+# costs 5.5 us instead of 22 us (two H200s, 16 KiB; 70B decode 49.0 -> 49.5 tok/s). NCCL then needs that
+# no captured launch is outstanding when a non-captured one starts: NcclCommunicator synchronises once
+# before the first eager all-reduce after a replay.
+TUNING_ENV = {"NCCL_GRAPH_MIXING_SUPPORT": "0"}
+
+
+def apply_env() -> None:
+    """SAFE_ENV (always) and TUNING_ENV (unless already set) in this process, before NCCL loads."""
+    os.environ.update(SAFE_ENV)
+    for k, v in TUNING_ENV.items():
+        os.environ.setdefault(k, v)
 
 
 class LaunchError(TensorParallelError):
@@ -72,7 +84,7 @@ def launch(fn, tp: int, device: str = "cpu", args: tuple = (), timeout: float = 
     (device cuda): every rank on cuda:0 through the shared-memory communicator, eager steps only (a
     correctness check on a machine with one GPU; NCCL refuses two ranks on one GPU)."""
     kind = check_world(tp, device, shared_gpu=shared_gpu)
-    os.environ.update(SAFE_ENV)
+    apply_env()
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     block = None
@@ -150,7 +162,7 @@ def _orphan_watch(parent: int) -> None:
 
 
 def _rank_main(rank: int, tp: int, spec, fn, args, results, parent: int | None = None) -> None:
-    os.environ.update(SAFE_ENV)
+    apply_env()
     if parent is not None:
         threading.Thread(target=_orphan_watch, args=(parent,), daemon=True, name="orphan-watch").start()
     comm = None

@@ -9,7 +9,8 @@ the CUDA graph and every rank's replay runs it (all ranks capture and replay the
 destroys the communicator: a process that exits with one alive can hang at exit.
 
 Environment (set by the launcher in every rank before cupy loads NCCL): NCCL_NVLS_ENABLE=0 (NVLink
-multicast off), see launch.SAFE_ENV.
+multicast off), see launch.SAFE_ENV; NCCL_GRAPH_MIXING_SUPPORT=0 unless set (launch.TUNING_ENV), with the
+one synchronisation it asks for (_settle).
 """
 from __future__ import annotations
 
@@ -52,6 +53,17 @@ class NcclCommunicator(Communicator):
         self._cupy, self._nccl, self._types = cupy, nccl, _dtypes(nccl)
         self._comm = nccl.NcclCommunicator(world_size, uid, rank)
         self._one = None
+        import os
+        self._graphs_unmixed = os.environ.get("NCCL_GRAPH_MIXING_SUPPORT") == "0"
+
+    def _settle(self) -> None:
+        """With NCCL_GRAPH_MIXING_SUPPORT=0 a non-captured collective must not start while a replayed graph
+        holding collectives may still run: wait for the device once after any replay."""
+        import engine
+        b = engine.backend(self.device)
+        if b.replayed:
+            self._cupy.cuda.runtime.deviceSynchronize()
+            b.replayed = False
 
     def all_reduce_array(self, a) -> None:
         cupy = self._cupy
@@ -63,6 +75,8 @@ class NcclCommunicator(Communicator):
         if dt is None:
             raise TypeError(f"NCCL all_reduce: no NCCL type for {a.dtype.name} (have {', '.join(self._types)})")
         stream = cupy.cuda.get_current_stream()  # the capture stream while engine.capture records a graph
+        if not stream.is_capturing() and self._graphs_unmixed:
+            self._settle()
         self._comm.allReduce(a.data.ptr, a.data.ptr, a.size, dt, self._nccl.NCCL_SUM, stream.ptr)
 
     def barrier(self) -> None:
