@@ -24,7 +24,7 @@ import pandas as pd
 
 from engine.io.atomic import atomic_write_text
 
-from . import plots, roles, summary
+from . import plots, roles, summary, tensor_parallel
 from .compare import to_markdown, wide
 from .results import latest, load_results
 from .units import as_display, fmt, scale_for
@@ -224,6 +224,9 @@ def _markdown(summ, sections, asv_link, candidate) -> str:
     out += [f"- {x}" for x in _regression_lines(summ["regressions"])] + [""]
     out += [f"- Note: {x}" for x in summ["notes"]] + ([""] if summ["notes"] else [])
     out += [LEGEND.format(", ".join(roles.RAW_BASELINES)), ""]
+    if summ.get("tensor_parallel"):
+        out += ["### Tensor parallel", "", summ["tensor_parallel"]["caption"], "",
+                _md_table(summ["tensor_parallel"]), ""]
     for s in sections:
         out += [f"## {s['machine']}", ""] + [f"- {k}: {v}" for k, v in s["facts"].items()] + [""]
         if s["quick"]:
@@ -283,7 +286,10 @@ def _html(summ, sections, asv_link, candidate, history) -> str:
         p.append(f"<li><span{cls}>{e(line)}</span></li>")
     p.append("</ul>")
     p += [f'<p class="note">Note: {e(n)}</p>' for n in summ["notes"]]
-    p.append(f'<p class="note">{e(LEGEND.format(", ".join(roles.RAW_BASELINES)))}</p></section>')
+    p.append(f'<p class="note">{e(LEGEND.format(", ".join(roles.RAW_BASELINES)))}</p>')
+    if summ.get("tensor_parallel"):
+        p.append("<h3>Tensor parallel</h3>" + _html_table(summ["tensor_parallel"]))
+    p.append("</section>")
     for s in sections:
         p.append(f'<section id="{e(_slug(s["machine"]))}"><h2>{e(s["machine"])}</h2><ul>')
         p += [f"<li>{e(k)}: {e(str(v))}</li>" for k, v in s["facts"].items()] + ["</ul>"]
@@ -392,6 +398,7 @@ def build_report(results, out, *, asv=False, asv_config="asv.conf.json", rooflin
         if chart:
             history[machine] = chart.name
     summ = _summary(table, every, candidate)
+    summ["tensor_parallel"] = tensor_parallel.table(dirs)
     link = asv_index.relative_to(out).as_posix() if asv_index else None
     md = atomic_write_text(out / "report.md", _markdown(summ, sections, link, candidate))
     page = atomic_write_text(out / "index.html", _html(summ, sections, link, candidate, history))

@@ -391,3 +391,19 @@ def test_one_headline_per_model_case(base):
     models = summary.models(wide(latest(pd.concat([base, rate], ignore_index=True))))
     assert list(models["benchmark"]) == ["bench_tiny.Decode.track_tokens_per_s"]
     assert models["ratio"].iloc[0] == 2.0
+
+
+def test_tensor_parallel_results_appear_in_the_report(tiny, tmp_path):
+    """bench/tp_decode.py's JSON beside a results directory's benchmarks.json becomes the report's
+    tensor-parallel table (the committed two-H200 run as the input); other JSON there is left alone."""
+    res = tmp_path / "results"
+    shutil.copytree(tiny["base"], res)
+    real = Path(__file__).resolve().parents[1] / "measurements" / "h2x200" / "tp_decode.json"
+    shutil.copy(real, res / "tp_decode_x2.json")
+    (res / "tp_decode_other.json").write_text('{"bench": "something else"}')
+    paths = build_report(res, tmp_path / "report")
+    md = Path(paths["markdown"]).read_text()
+    assert "### Tensor parallel" in md and "llama:llama-2-70b" in md and "tok/s on NVIDIA H200 x2" in md
+    assert md.count("tp_decode_x2.json") == 6 and "tp_decode_other.json" not in md
+    assert "greedy tokens identical" in md and "TP=2 / TP=1 decode | 1.34x" in md
+    assert "<h3>Tensor parallel</h3>" in Path(paths["html"]).read_text()
