@@ -76,11 +76,11 @@ class _Patched:
     def __init__(self, backend, on_call):
         self.backend, self.on_call = backend, on_call
         self.depth = 0
+        self.wrappers = None  # name -> wrapper, built at the first __enter__ (a _Patched may be re-entered)
 
-    def __enter__(self):
-        b = self.backend
-        self.names = _op_names(type(b))
-        for n in self.names:
+    def _wrappers(self) -> dict:
+        b, out = self.backend, {}
+        for n in _op_names(type(b)):
             orig = getattr(b, n)
 
             def wrapper(*args, _orig=orig, _name=n, **kwargs):
@@ -91,12 +91,19 @@ class _Patched:
                     return self.on_call(_name, _orig, args, kwargs)
                 finally:
                     self.depth -= 1
-            setattr(b, n, wrapper)
+            out[n] = wrapper
+        return out
+
+    def __enter__(self):
+        if self.wrappers is None:
+            self.wrappers = self._wrappers()
+        self.backend.__dict__.update(self.wrappers)
         return self
 
     def __exit__(self, *exc):
-        for n in self.names:
-            self.backend.__dict__.pop(n, None)
+        d = self.backend.__dict__
+        for n in self.wrappers:
+            d.pop(n, None)
 
 
 @functools.lru_cache(maxsize=None)
@@ -131,6 +138,10 @@ class _Planned:
 
     def __init__(self, trace: list[Call], the_plan: dict):
         self.trace, self.plan = trace, the_plan
+        self.reset()
+
+    def reset(self) -> None:
+        """Ready for another run of the step (the uncaptured planned step reuses one _Planned)."""
         self.live: dict[int, tuple] = {}  # call index -> (args, kwargs) of this run
         self.group_out: dict[int, list] = {}  # a group's first call -> every member's output
         self.i = 0
@@ -202,6 +213,7 @@ class Captured:
         self.outputs = None
         self.backend = None
         self.capture_s = None  # seconds spent recording and capturing
+        self._patched = None  # the reusable _Patched(_Planned) of the uncaptured planned step
 
     # ---- inputs ------------------------------------------------------------------------------------------
     def _bind(self, args):
@@ -273,8 +285,18 @@ class Captured:
         return self.graphs and type(self.backend).graph_capture is not _no_graphs()
 
     def _run_planned(self):
-        with _Patched(self.backend, _Planned(self.trace, self.the_plan)):
-            return self.fn(*self.inputs)
+        """One run of the step under the plan, eagerly. The _Planned and the backend's wrappers are
+        made once and reused by every run (they cost a closure per backend op to build)."""
+        patched = self._patched
+        if patched is None or patched.on_call.trace is not self.trace:
+            patched = self._patched = _Patched(self.backend, _Planned(self.trace, self.the_plan))
+        patched.on_call.reset()
+        try:
+            with patched:
+                return self.fn(*self.inputs)
+        finally:
+            patched.on_call.live = {}  # drop this run's arguments (and the arrays they hold)
+            patched.on_call.group_out = {}
 
     def _capture(self):
         """Call 3: the step with the fusion plan, eagerly (a real step, which also compiles the fused

@@ -8,13 +8,29 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from engine.backends.fused import ACTIVATIONS
+from engine.dtype import DType
 
 _WRITES = {"copy_": 0, "setitem": 0}  # in-place ops: the argument they write
 
 
+# argument types a backend call takes most: answered without attribute lookups (a failed hasattr
+# raises inside, which costs microseconds per argument); array types are added as they are met
+_KNOWN = {int: False, float: False, bool: False, str: False, type(None): False, tuple: False, list: False,
+          dict: False, np.ndarray: True, DType: False}
+
+
 def _is_array(a) -> bool:
-    return hasattr(a, "__array_interface__") or hasattr(a, "__cuda_array_interface__")
+    t = type(a)
+    known = _KNOWN.get(t)
+    if known is not None:
+        return known
+    found = hasattr(a, "__cuda_array_interface__") or hasattr(a, "__array_interface__")
+    if found and t.__module__.split(".")[0] in ("numpy", "cupy"):  # their arrays always have it
+        _KNOWN[t] = True
+    return found
 
 
 def _ptr(a) -> int:
@@ -40,7 +56,7 @@ def _extent(a) -> tuple[int, int] | None:
 def _arrays(args, kwargs):
     """(position, array) for every array argument, lists and tuples included."""
     out = []
-    for i, a in list(enumerate(args)) + list(kwargs.items()):
+    for i, a in (enumerate(args) if not kwargs else list(enumerate(args)) + list(kwargs.items())):
         if _is_array(a):
             out.append((i, a))
         elif isinstance(a, (list, tuple)):

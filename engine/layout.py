@@ -5,6 +5,7 @@ never negative (torch has none either): flip copies.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -31,6 +32,8 @@ def norm_dim(dim: int, ndim: int, *, extra: int = 0) -> int:
 
 
 def broadcast_shapes(*shapes) -> tuple:
+    if len(shapes) == 2 and shapes[0] == shapes[1] and type(shapes[0]) is tuple:  # the common case
+        return shapes[0]
     shapes = [(s,) if isinstance(s, int) else tuple(s) for s in shapes]  # torch takes an int as a 1-d shape
     ndim = max((len(s) for s in shapes), default=0)
     out = []
@@ -49,6 +52,8 @@ def broadcast_shapes(*shapes) -> tuple:
 
 def infer_shape(shape, numel: int) -> tuple:
     """Resolve one -1 in a reshape target."""
+    if type(shape) is tuple and -1 not in shape and shape in _CONTIGUOUS and _CONTIGUOUS[shape].numel == numel:
+        return shape  # a shape seen before (ints, none negative): only the count to check
     shape = tuple(int(s) for s in shape)
     if shape.count(-1) > 1:
         raise ShapeError(f"only one dim can be -1 in {shape}")
@@ -62,28 +67,51 @@ def infer_shape(shape, numel: int) -> tuple:
     return shape
 
 
+_CONTIGUOUS: dict = {}  # shape -> the contiguous Layout at offset 0 (see Layout.contiguous)
+_CONTIGUOUS_MAX = 4096
+
+
 @dataclass(frozen=True)
 class Layout:
+    """Immutable: derived values (numel, contiguity) are computed once per object, and the contiguous
+    layouts at offset 0 are shared, one per shape (_CONTIGUOUS), so an op's output costs no new Layout."""
+
     shape: tuple
     strides: tuple
     offset: int = 0
 
     @staticmethod
     def contiguous(shape, offset: int = 0) -> "Layout":
+        if not offset:
+            lay = _CONTIGUOUS.get(shape) if type(shape) is tuple else None
+            if lay is not None:
+                return lay
         shape = tuple(int(s) for s in shape)
         if any(s < 0 for s in shape):
             raise ShapeError(f"negative size in shape {shape}")
-        return Layout(shape, contiguous_strides(shape), offset)
+        lay = Layout(shape, contiguous_strides(shape), offset)
+        lay.__dict__["_contiguous"] = True
+        if not offset:
+            if len(_CONTIGUOUS) >= _CONTIGUOUS_MAX:  # a bounded cache: many distinct shapes start it afresh
+                _CONTIGUOUS.clear()
+            _CONTIGUOUS[shape] = lay
+        return lay
 
     @property
     def ndim(self) -> int:
         return len(self.shape)
 
-    @property
+    @functools.cached_property
     def numel(self) -> int:
         return math.prod(self.shape)
 
     def is_contiguous(self) -> bool:
+        c = self.__dict__.get("_contiguous")
+        if c is None:
+            c = self.__dict__["_contiguous"] = self._contiguous_now()
+        return c
+
+    def _contiguous_now(self) -> bool:
         if self.numel == 0:  # torch: an empty tensor is contiguous whatever its strides
             return True
         expected = 1

@@ -67,6 +67,13 @@ def _binary_types(a, b, op: str, kind: str):
 
 
 def _binary(x: Tensor, other, op: str, kind: str = "arith") -> Tensor:
+    if type(other) is Tensor and type(x) is Tensor and kind == "arith" and op not in FLOAT_BINARY:
+        # the common case first: two tensors of one dtype, shape and backend (so one device). The
+        # general path below gives the same dtype and shape; it only costs more to find them.
+        dt = x.dtype
+        if other.dtype is dt and other.layout.shape == x.layout.shape and other.storage.backend is x.storage.backend:
+            b = x.storage.backend
+            return Tensor._wrap(b.binary(op, x.array, other.array, dt, dt), b, dt)
     if not isinstance(x, Tensor):  # reflected call with a scalar on the left: engine.add(2, t)
         return _binary_swapped(other, x, op, kind)
     if isinstance(other, Tensor):
