@@ -24,6 +24,7 @@ from engine.backends.numpy_backend import NumpyBackend
 from engine.storage import StoragePool
 
 _BY_DEVICE: dict = {}
+_Unowned, _Pointer = cupy.cuda.UnownedMemory, cupy.cuda.MemoryPointer  # looked up once, not per allocation
 
 
 def _cupy_alloc(nbytes: int):
@@ -37,6 +38,7 @@ def _cupy_alloc(nbytes: int):
 class CupyBackend(NumpyBackend):
     name = "cupy"
     xp = cupy
+    _WARNS = False  # cupy raises no floating-point warnings: binary's fast path needs no np.errstate
 
     def __init__(self, device):
         n = cupy.cuda.runtime.getDeviceCount()
@@ -76,8 +78,10 @@ class CupyBackend(NumpyBackend):
         isz = flat.itemsize
         if layout.numel == 0:  # an empty view may sit past the end of its storage
             return flat[:0].reshape(layout.shape)
-        return cupy.ndarray(layout.shape, flat.dtype, flat.data + layout.offset * isz,
-                            strides=tuple(s * isz for s in layout.strides))
+        mem = flat.data + layout.offset * isz if layout.offset else flat.data
+        if layout.is_contiguous():  # cupy builds a C-order array faster when given no strides
+            return cupy.ndarray(layout.shape, flat.dtype, mem)
+        return cupy.ndarray(layout.shape, flat.dtype, mem, strides=tuple(s * isz for s in layout.strides))
 
     def from_numpy(self, arr: np.ndarray, dtype: D.DType):
         arr = np.asarray(arr)
@@ -106,7 +110,9 @@ class CupyBackend(NumpyBackend):
 
     def binary(self, op: str, a, b, compute: D.DType, out_dtype: D.DType):
         if compute.is_reduced and (out_dtype is compute or out_dtype is D.bool_):
-            shape = np.broadcast_shapes(np.shape(a), np.shape(b))
+            sa = a.shape if type(a) is cupy.ndarray else np.shape(a)
+            sb = b.shape if type(b) is cupy.ndarray else np.shape(b)
+            shape = sa if sa == sb or not sb else np.broadcast_shapes(sa, sb)
             out = self.empty(shape, out_dtype)
             if EW.binary(op, a, b, out):
                 return out
@@ -206,13 +212,14 @@ class CupyBackend(NumpyBackend):
     # ---- kernels chosen by shape (cupy_kernels: GEMV and decode kernels, capturable; cupy_blas: cuBLAS) ----
     def empty(self, shape, dtype: D.DType):
         """A typed array straight over a pooled block (one ndarray, not a byte view reshaped)."""
-        shape = tuple(shape)
+        if type(shape) is not tuple:
+            shape = tuple(shape)
         n = 1
         for d in shape:
             n *= d
         lease = self.pool.alloc_lease(n * dtype.itemsize)
-        mem = cupy.cuda.UnownedMemory(lease.raw.ptr, lease.nbytes, lease, self.device.index)
-        return cupy.ndarray(shape, dtype.np_dtype, cupy.cuda.MemoryPointer(mem, 0))
+        mem = _Unowned(lease.raw.ptr, lease.nbytes, lease, self.device.index)
+        return cupy.ndarray(shape, dtype.np_dtype, _Pointer(mem, 0))
 
     def matmul(self, a, b, out_dtype: D.DType):
         if self.capturing() and a.ndim >= 2 and b.ndim >= 2 and a.dtype == b.dtype == out_dtype.np_dtype \

@@ -35,6 +35,29 @@ class _HostBlock:
         self.array, self.ptr = array, array.ctypes.data
 
 
+# np.errstate(all="ignore") costs microseconds per op (its Python __enter__/__exit__ build the error
+# state each time); the hot paths set numpy's error-state context variable to one state built once.
+# Private numpy names (numpy >= 2): without them, the public context manager does the same.
+try:
+    from numpy._core._ufunc_config import _extobj_contextvar as _ERR_VAR
+    from numpy._core._ufunc_config import _make_extobj
+    _ERR_IGNORE = _make_extobj(all="ignore")
+except (ImportError, AttributeError, TypeError):
+    _ERR_VAR = None
+
+
+def _quiet(fn, *args, **kwargs):
+    """fn(*args, **kwargs) under np.errstate(all="ignore")."""
+    if _ERR_VAR is None:
+        with np.errstate(all="ignore"):
+            return fn(*args, **kwargs)
+    token = _ERR_VAR.set(_ERR_IGNORE)
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        _ERR_VAR.reset(token)
+
+
 def _block_ptr(raw) -> int:
     """A raw block's address: ours carry it; a bare array (another raw allocator's) is asked."""
     return raw.ptr if type(raw) is _HostBlock else raw.ctypes.data
@@ -191,8 +214,7 @@ class NumpyBackend(NnKernels, PoolKernels, PointwiseKernels, IndexKernels, Quant
             x = self._c(x, cd)
         else:
             x = self._c(x)
-        with np.errstate(all="ignore"):
-            r = self._unary(op, x)
+        r = _quiet(self._unary, op, x)
         return self._out(r, out_dtype)
 
     def _unary(self, op, x):
@@ -274,8 +296,7 @@ class NumpyBackend(NnKernels, PoolKernels, PointwiseKernels, IndexKernels, Quant
                 if type(b) is float:
                     b = self._c(b, cd)
                 if self._WARNS:
-                    with np.errstate(all="ignore"):
-                        fn(a, b, out=out)
+                    _quiet(fn, a, b, out=out)
                 else:
                     fn(a, b, out=out)
                 return out
