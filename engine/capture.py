@@ -38,7 +38,7 @@ import time
 import traceback
 
 from engine import dtype as D
-from engine.capture_plan import Call, Fused, Member, _arrays, _is_array, plan
+from engine.capture_plan import Call, Fused, Member, _arrays, _is_array, _shapes_match, plan
 from engine.storage import GraphMemory
 from engine.tensor import Tensor
 
@@ -152,8 +152,8 @@ class _Planned:
         if i >= len(self.trace):
             raise CaptureError(f"the step made more backend calls than when it was recorded ({name} at {_caller()})")
         rec = self.trace[i]
-        now = _arrays(args, kwargs)
-        if rec.name != name or rec.shapes != [tuple(a.shape) for _, a in now]:
+        if rec.name != name or not _shapes_match(args, kwargs, rec.shapes):
+            now = _arrays(args, kwargs)
             raise CaptureError(f"the step took another path at backend call {i}: recorded {rec.signature()} at "
                                f"{rec.where}, now {name}({', '.join(str(tuple(a.shape)) for _, a in now)}) at "
                                f"{_caller()}; a captured step must make the same calls with the same shapes")

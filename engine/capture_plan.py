@@ -56,8 +56,12 @@ def _extent(a) -> tuple[int, int] | None:
 def _arrays(args, kwargs):
     """(position, array) for every array argument, lists and tuples included."""
     out = []
+    known = _KNOWN
     for i, a in (enumerate(args) if not kwargs else list(enumerate(args)) + list(kwargs.items())):
-        if _is_array(a):
+        k = known.get(type(a))  # _is_array inlined: this runs for every argument of every call
+        if k is None:
+            k = _is_array(a)
+        if k:
             out.append((i, a))
         elif isinstance(a, (list, tuple)):
             for j, b in enumerate(a):
@@ -67,6 +71,24 @@ def _arrays(args, kwargs):
                     out += [((i, j, k), c) for k, c in enumerate(b) if _is_array(c)]
     return out
 
+
+def _shapes_match(args, kwargs, shapes) -> bool:
+    """Whether the array arguments (as _arrays finds them) have exactly these shapes, in order: the
+    check of every call of a planned step, so it builds no list for flat argument lists."""
+    j, n, known = 0, len(shapes), _KNOWN
+    for a in (args if not kwargs else list(args) + list(kwargs.values())):
+        k = known.get(type(a))
+        if k is None:
+            if isinstance(a, (list, tuple)):  # nested arrays (concat's list, fused ops' tuples): the long way
+                return [tuple(b.shape) for _, b in _arrays(args, kwargs)] == list(shapes)
+            k = _is_array(a)
+        if k:
+            if j >= n or a.shape != shapes[j]:
+                return False
+            j += 1
+        elif type(a) is tuple or type(a) is list:
+            return [tuple(b.shape) for _, b in _arrays(args, kwargs)] == list(shapes)
+    return j == n
 
 
 @dataclass

@@ -25,6 +25,8 @@ def contiguous_strides(shape) -> tuple:
 def norm_dim(dim: int, ndim: int, *, extra: int = 0) -> int:
     """Wrap a negative dim like torch; `extra` allows one past the end (unsqueeze)."""
     n = ndim + extra
+    if type(dim) is int and -n <= dim < n:  # the common case (n >= 1), without the general checks
+        return dim + n if dim < 0 else dim
     lo, hi = -max(n, 1), max(n, 1) - 1
     if not isinstance(dim, int) or not lo <= dim <= hi:
         raise ShapeError(f"dim {dim} out of range for a tensor of {ndim} dims (expected [{lo}, {hi}])")

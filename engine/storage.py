@@ -79,7 +79,16 @@ class _Lease:
 
     def __del__(self):
         try:
-            self.pool._release(self)
+            pool = self.pool
+            with pool._lock:  # the pool's side of a release, here: this runs once per op output
+                pool.requested -= self.requested
+                own = pool.private
+                if own is not None:  # released while a graph captures: the graph keeps the block
+                    own.free[self.nbytes].append(self.raw)
+                    pool.graph_bytes += self.nbytes
+                    return
+                pool.allocated -= self.nbytes
+                pool._free[self.nbytes].append(self.raw)
         except Exception:  # interpreter shutdown: modules may already be gone
             pass
 
@@ -175,7 +184,7 @@ class StoragePool:
         with self._lock:
             self.peak = self.allocated
 
-    # ---- internals -------------------------------------------------------------------------------
+    # ---- internals (a block comes back in _Lease.__del__) -------------------------------------------------------------------------------
     def _alloc_raw(self, cls: int, nbytes: int):
         for attempt in (0, 1):
             over_limit = self.limit_bytes is not None and self.reserved + cls > self.limit_bytes
@@ -206,17 +215,6 @@ class StoragePool:
                 freed += cls
                 self.reserved -= cls
         return freed
-
-    def _release(self, lease: _Lease) -> None:
-        with self._lock:
-            self.requested -= lease.requested
-            own = self.private
-            if own is not None:  # released while a graph captures: the graph keeps the block
-                own.free[lease.nbytes].append(lease.raw)
-                self.graph_bytes += lease.nbytes
-                return
-            self.allocated -= lease.nbytes
-            self._free[lease.nbytes].append(lease.raw)
 
 
 class GraphMemory:

@@ -22,7 +22,13 @@ BOOL_UNARY = ("isnan", "isinf", "isfinite", "logical_not", "signbit")
 FLOAT_BINARY = ("div", "atan2", "hypot", "logaddexp", "xlogy", "copysign")
 
 
+_FLOAT_UNARY = frozenset(FLOAT_UNARY)
+
+
 def _unary(x: Tensor, op: str) -> Tensor:
+    if op in _FLOAT_UNARY and x.dtype.category == 2:  # the common case: a float op of a float tensor
+        b = x.storage.backend
+        return Tensor._wrap(b.unary(op, x.array, x.dtype), b, x.dtype)
     if op in FLOAT_UNARY:
         out = D.to_float(x.dtype)
     elif op in BOOL_UNARY:

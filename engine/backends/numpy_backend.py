@@ -148,13 +148,14 @@ class NumpyBackend(NnKernels, PoolKernels, PointwiseKernels, IndexKernels, Quant
         for d in shape:
             n *= d
         lease = self.pool.alloc_lease(n * dtype.itemsize)
+        raw = lease.raw
+        ptr = raw.ptr if type(raw) is _HostBlock else _block_ptr(raw)
         typestr = _TYPESTR.get(dtype.np_dtype)
         if typestr is None:  # ml_dtypes' bfloat16 has no typestr of its own: its bits, viewed
             lease.__array_interface__ = {"shape": shape + (dtype.itemsize,), "typestr": "|u1", "version": 3,
-                                         "data": (_block_ptr(lease.raw), False)}
+                                         "data": (ptr, False)}
             return np.asarray(lease).view(dtype.np_dtype).reshape(shape)
-        lease.__array_interface__ = {"shape": shape, "typestr": typestr, "version": 3,
-                                     "data": (_block_ptr(lease.raw), False)}
+        lease.__array_interface__ = {"shape": shape, "typestr": typestr, "version": 3, "data": (ptr, False)}
         return np.asarray(lease)
 
     def strided(self, flat, layout):
