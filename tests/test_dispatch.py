@@ -18,7 +18,6 @@ from engine import layout as L
 from engine.capture import Captured
 from engine.capture_plan import _is_array
 from engine.storage import _Lease
-from engine.tensor import Tensor
 from helpers import DEVICE
 
 FLOATS = [engine.float16, engine.bfloat16, engine.float32, engine.float64]

@@ -398,7 +398,7 @@ class CupyBackend(NumpyBackend):
 
     def sample(self, logits, seen, penalty: float, temperature: float, top_k, top_p, seed: int, counter):
         """The next tokens on the device (one kernel; capturable): engine/sampling.py's steps."""
-        if logits.ndim == 2 and logits.dtype.name in K.TYPES and counter.dtype == np.int64:
+        if logits.ndim == 2 and K._kernel_dtype(logits.dtype) and counter.dtype == np.int64:
             out = self.empty((logits.shape[0],), D.int64)
             K.sample(logits, seen, penalty, temperature, top_k, top_p, seed, counter, out)
             counter += 1
