@@ -184,7 +184,7 @@ class StoragePool:
         with self._lock:
             self.peak = self.allocated
 
-    # ---- internals (a block comes back in _Lease.__del__) -------------------------------------------------------------------------------
+    # ---- internals (a block comes back in _Lease.__del__) ---------------------------------------------------------
     def _alloc_raw(self, cls: int, nbytes: int):
         for attempt in (0, 1):
             over_limit = self.limit_bytes is not None and self.reserved + cls > self.limit_bytes

@@ -120,7 +120,8 @@ def test_pool_stats_stay_exact_through_the_fast_paths():
     assert mid["requested_bytes"] - before["requested_bytes"] == 4 * 4000
     del outs
     after = pool.stats()
-    assert after["allocated_bytes"] == before["allocated_bytes"] and after["requested_bytes"] == before["requested_bytes"]
+    assert after["allocated_bytes"] == before["allocated_bytes"]
+    assert after["requested_bytes"] == before["requested_bytes"]
 
 
 # ---- the same-shape binary path --------------------------------------------------------------------------------
