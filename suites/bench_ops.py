@@ -6,6 +6,9 @@ step pays per op). On cuda, ``track_device_seconds`` is the per-call time of 20 
 launches between CUDA events, ``track_first_call_seconds`` the first call (kernel compilation,
 cuBLAS handles) timed apart from the warm runs, and ``track_peak_device_bytes`` the memory one
 call allocates beyond its inputs (engine pool peak beside torch.cuda.max_memory_allocated).
+``Dispatch`` measures the eager per-op host cost on small tensors (``track_host_seconds``: back-to-back
+launches, the device not waited for); ``python -m bench.dispatch`` prints it as a table with the
+engine's ratio to the raw numpy/cupy call.
 """
 from suites.common import ALL_IMPLS, DEVICES, DTYPES, QUICK, case, get_impl, prepared, sizes
 

@@ -35,6 +35,16 @@ def _cupy_alloc(nbytes: int):
     return cupy.cuda.MemoryPointer(cupy.cuda.UnownedMemory(lease.raw.ptr, lease.nbytes, lease, dev), 0)
 
 
+def _rows(a, k: int):
+    """a as (rows, k): itself when already 2-d (a cupy reshape builds a new array: microseconds)."""
+    return a if a.ndim == 2 else a.reshape(-1, k)
+
+
+def _unrows(out, lead: tuple):
+    """A (rows, n) result in the input's leading shape: itself when that is one dim."""
+    return out if len(lead) == 1 else out.reshape(lead + (out.shape[1],))
+
+
 class CupyBackend(NumpyBackend):
     name = "cupy"
     xp = cupy
@@ -244,33 +254,33 @@ class CupyBackend(NumpyBackend):
         GemmEx with float32 accumulation for more rows of 16-bit floats, else the reference path."""
         if x.dtype == w.dtype == out_dtype.np_dtype and x.size and w.ndim == 2:
             lead, k = x.shape[:-1], x.shape[-1]
-            x2 = x.reshape(-1, k)
+            x2 = _rows(x, k)
             if cupy_lt.takes(x2, w) and (b is None or b.ndim == 1):  # a few rows: cuBLASLt (capturable)
                 out = self.empty((x2.shape[0], w.shape[0]), out_dtype)
                 cupy_lt.linear(x2, w, out, bias=b)
-                return out.reshape(lead + (w.shape[0],))
+                return _unrows(out, lead)
             if K.gemv_ok(x2, w) and (b is None or b.flags.c_contiguous):
                 out = self.empty((x2.shape[0], w.shape[0]), out_dtype)
                 K.gemv(x2, w, out, bias=b)
-                return out.reshape(lead + (w.shape[0],))
+                return _unrows(out, lead)
             if self.capturing() and out_dtype.name in K.TYPES:  # no cuBLAS inside a capture
                 out = self.empty((1, x2.shape[0], w.shape[0]), out_dtype)
                 K.gemm(x2[None], w.T[None], out, bias=b)
-                return out.reshape(lead + (w.shape[0],))
+                return _unrows(out, lead)
             if out_dtype.is_reduced:
                 out = self.empty((x2.shape[0], w.shape[0]), out_dtype)
                 cupy_blas.linear(x2, w, out, bias=b)
-                return out.reshape(lead + (w.shape[0],))
+                return _unrows(out, lead)
         return super().linear(x, w, b, out_dtype)
 
     def linear_fused(self, x, w, b, out_dtype, norm=None, glu=None, residual=None):
         """One GEMV launch for rms_norm -> linear [-> GLU] [-> + residual] when the shapes fit."""
         if x.dtype == w.dtype == out_dtype.np_dtype and x.size and w.ndim == 2:
             lead, k = x.shape[:-1], x.shape[-1]
-            x2 = x.reshape(-1, k)
+            x2 = _rows(x, k)
             w2, b2, act = glu if glu is not None else (None, None, None)
             n = w.shape[0]
-            res2 = residual.reshape(-1, n) if residual is not None else None
+            res2 = _rows(residual, n) if residual is not None else None
             ok = K.gemv_ok(x2, w, w2) and not cupy_lt.takes(x2, w)  # cuBLASLt's rows: the composition
             ok = ok and all(a is None or a.flags.c_contiguous for a in (b, b2))
             ok = ok and (w2 is None or w2.shape == w.shape) and (norm is None or norm[0] is None
@@ -279,7 +289,7 @@ class CupyBackend(NumpyBackend):
             if ok:
                 out = self.empty((x2.shape[0], n), out_dtype)
                 K.gemv(x2, w, out, bias=b, W2=w2, bias2=b2, act=act, norm=norm, residual=res2)
-                return out.reshape(lead + (n,))
+                return _unrows(out, lead)
         return super().linear_fused(x, w, b, out_dtype, norm=norm, glu=glu, residual=residual)
 
     def linear_group(self, x, ws, bs, out_dtype, norm=None):
@@ -288,7 +298,7 @@ class CupyBackend(NumpyBackend):
         if 1 < len(ws) <= 3 and x.dtype == out_dtype.np_dtype and x.size and all(
                 w.ndim == 2 and w.dtype == x.dtype and w.shape[1] == ws[0].shape[1] for w in ws):
             lead, k = x.shape[:-1], x.shape[-1]
-            x2 = x.reshape(-1, k)
+            x2 = _rows(x, k)
             ok = all(K.gemv_ok(x2, w) and not cupy_lt.takes(x2, w) for w in ws)
             ok = ok and all(b is None or b.flags.c_contiguous for b in bs)
             ok = ok and (norm is None or norm[0] is None or norm[0].flags.c_contiguous)
@@ -303,13 +313,13 @@ class CupyBackend(NumpyBackend):
     def rms_norm(self, x, nd: int, weight, eps: float, out_dtype, style: str = "torch"):
         if nd == 1 and x.dtype == out_dtype.np_dtype and out_dtype.name in K.TYPES and x.size:
             k = x.shape[-1]
-            x2 = x.reshape(-1, k)
+            x2 = _rows(x, k)
             if (k % (16 // x.itemsize) == 0 and x2.strides[1] == x.itemsize and x2.strides[0] % 16 == 0
                     and x2.data.ptr % 16 == 0 and (weight is None or (weight.flags.c_contiguous
                                                                       and weight.dtype == x.dtype))):
                 out = self.empty(x2.shape, out_dtype)
                 K.rms_norm(x2, weight, eps, style, out)
-                return out.reshape(x.shape)
+                return out if x.ndim == 2 else out.reshape(x.shape)
         return super().rms_norm(x, nd, weight, eps, out_dtype, style)
 
     def moe(self, x, weights, experts, w_gate, w_up, w_down, act, out_dtype):
