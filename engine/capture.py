@@ -138,6 +138,10 @@ class _Planned:
 
     def __init__(self, trace: list[Call], the_plan: dict):
         self.trace, self.plan = trace, the_plan
+        # the calls whose arguments a fused group reads (_fused): only those are kept during a run, so
+        # every other call's arrays go back to the pool as soon as the step is done with them
+        self.needed = {i for f in the_plan.values() if isinstance(f, Fused)
+                       for i in (f.linear, f.norm, f.up, f.residual[0] if f.residual else None) if i is not None}
         self.reset()
 
     def reset(self) -> None:
@@ -157,7 +161,8 @@ class _Planned:
             raise CaptureError(f"the step took another path at backend call {i}: recorded {rec.signature()} at "
                                f"{rec.where}, now {name}({', '.join(str(tuple(a.shape)) for _, a in now)}) at "
                                f"{_caller()}; a captured step must make the same calls with the same shapes")
-        self.live[i] = (args, kwargs)
+        if i in self.needed:
+            self.live[i] = (args, kwargs)
         act = self.plan.get(i)
         if act is None:
             return orig(*args, **kwargs)
