@@ -142,6 +142,7 @@ class _Planned:
         # every other call's arrays go back to the pool as soon as the step is done with them
         self.needed = {i for f in the_plan.values() if isinstance(f, Fused)
                        for i in (f.linear, f.norm, f.up, f.residual[0] if f.residual else None) if i is not None}
+        self.placeholders: dict = {}  # (shape, dtype) -> the unwritten output of elided calls
         self.reset()
 
     def reset(self) -> None:
@@ -167,9 +168,13 @@ class _Planned:
         if act is None:
             return orig(*args, **kwargs)
         backend = orig.__self__
-        if act == "elide":
+        if act == "elide":  # nothing reads or writes the placeholder: one per shape and dtype serves every run
             o = rec.out
-            return backend.empty(o.shape, D.get(o.dtype))
+            key = (o.shape, o.dtype)
+            ph = self.placeholders.get(key)
+            if ph is None:
+                ph = self.placeholders[key] = backend.empty(o.shape, D.get(o.dtype))
+            return ph
         if isinstance(act, Member):
             return self.group_out[act.first][act.seg]
         return self._fused(backend, act)
