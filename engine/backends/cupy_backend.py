@@ -41,7 +41,7 @@ def _rows(a, k: int):
 
 
 def _unrows(out, lead: tuple):
-    """A (rows, n) result in the input's leading shape: itself when that is one dim."""
+    """A 2-d (rows, n) result in the input's leading shape: itself when that is one dim."""
     return out if len(lead) == 1 else out.reshape(lead + (out.shape[1],))
 
 
@@ -266,7 +266,7 @@ class CupyBackend(NumpyBackend):
             if self.capturing() and out_dtype.name in K.TYPES:  # no cuBLAS inside a capture
                 out = self.empty((1, x2.shape[0], w.shape[0]), out_dtype)
                 K.gemm(x2[None], w.T[None], out, bias=b)
-                return _unrows(out, lead)
+                return out.reshape(lead + (w.shape[0],))
             if out_dtype.is_reduced:
                 out = self.empty((x2.shape[0], w.shape[0]), out_dtype)
                 cupy_blas.linear(x2, w, out, bias=b)
