@@ -54,8 +54,9 @@ def broadcast_shapes(*shapes) -> tuple:
 
 def infer_shape(shape, numel: int) -> tuple:
     """Resolve one -1 in a reshape target."""
-    if type(shape) is tuple and -1 not in shape and shape in _CONTIGUOUS and _CONTIGUOUS[shape].numel == numel:
-        return shape  # a shape seen before (ints, none negative): only the count to check
+    known = _CONTIGUOUS.get(shape) if type(shape) is tuple and -1 not in shape else None
+    if known is not None and known.numel == numel:
+        return known.shape  # a shape seen before (Python ints, none negative): only the count to check
     shape = tuple(int(s) for s in shape)
     if shape.count(-1) > 1:
         raise ShapeError(f"only one dim can be -1 in {shape}")
