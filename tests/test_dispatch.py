@@ -79,8 +79,7 @@ def test_contiguous_layout_cache_is_bounded(monkeypatch):
 def test_reshape_of_a_known_shape_still_checks_the_element_count():
     x = engine.arange(24.0)
     x.reshape(2, 3, 4)  # the shape is now known to the cache
-    v = x.reshape(4, 6).t().contiguous().t()  # (4, 6), not contiguous: reshape goes through Layout.view
-    assert all(type(s) is int for s in v.view(np.int64(4), 6).shape + x.reshape((np.int64(2), 3, 4)).shape)
+    assert all(type(s) is int for s in L.infer_shape((np.int64(2), 3, 4), 24))
     with pytest.raises(L.ShapeError, match=r"shape \(2, 3, 4\) is invalid for input of size 12"):
         engine.arange(12.0).reshape(2, 3, 4)
     assert L.broadcast_shapes((2, 3), (2, 3)) == (2, 3) and L.broadcast_shapes((2, 1), (2, 3)) == (2, 3)
