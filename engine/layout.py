@@ -133,11 +133,11 @@ class Layout:
     # ---- views -------------------------------------------------------------------------------
     def transpose(self, d0: int, d1: int) -> "Layout":
         d0, d1 = norm_dim(d0, self.ndim), norm_dim(d1, self.ndim)
-        if self.ndim == 0:  # torch: transpose(0, 0) of a 0-d tensor is itself
+        if self.ndim == 0 or d0 == d1:  # torch: transpose(0, 0) of a 0-d tensor is itself
             return self
-        perm = list(range(self.ndim))
-        perm[d0], perm[d1] = perm[d1], perm[d0]
-        return self.permute(perm)
+        shape, strides = list(self.shape), list(self.strides)  # the permutation that swaps d0 and d1
+        shape[d0], shape[d1], strides[d0], strides[d1] = shape[d1], shape[d0], strides[d1], strides[d0]
+        return Layout(tuple(shape), tuple(strides), self.offset)
 
     def permute(self, dims) -> "Layout":
         dims = [norm_dim(d, self.ndim) for d in dims]
