@@ -165,6 +165,9 @@ class Tensor:
     def to(self, *args, dtype=None, device=None, non_blocking=False, copy=False, memory_format=None) -> "Tensor":
         """torch's three forms: to(dtype, non_blocking, copy), to(device, dtype, non_blocking, copy) and
         to(other, non_blocking, copy); non_blocking is accepted (copies here are synchronous)."""
+        if (len(args) == 1 and args[0] is self.dtype and dtype is None and device is None and not copy
+                and memory_format is None):
+            return self  # to(own dtype): the common no-op, without parsing the forms below
         _memory_format(memory_format)
         args, flags = list(args), []
         while args and isinstance(args[-1], (bool, np.bool_)):
@@ -506,7 +509,7 @@ def _memory_format(fmt):
 def _shape_arg(shape) -> tuple:
     if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
         shape = shape[0]
-    return tuple(int(s) for s in shape)
+    return tuple(map(int, shape))
 
 
 def _is_advanced(k) -> bool:
