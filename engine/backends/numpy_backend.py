@@ -308,12 +308,11 @@ class NumpyBackend(NnKernels, PoolKernels, PointwiseKernels, IndexKernels, Quant
             with np.errstate(all="ignore"):
                 return self._out(self._binary_extra(op, a, b), out_dtype)
         fn = getattr(self.xp, self._BINARY[op])
-        with np.errstate(all="ignore"):
-            if cd == out_dtype.np_dtype:  # hot path: write straight into pooled memory
-                out = self.empty(np.broadcast_shapes(np.shape(a), np.shape(b)), out_dtype)
-                fn(a, b, out=out)
-                return out
-            return self._out(fn(a, b), out_dtype)
+        if cd == out_dtype.np_dtype:  # write straight into pooled memory
+            out = self.empty(np.broadcast_shapes(np.shape(a), np.shape(b)), out_dtype)
+            _quiet(fn, a, b, out=out)
+            return out
+        return self._out(_quiet(fn, a, b), out_dtype)
 
     def where(self, cond, a, b, out_dtype: D.DType):
         cd = D.compute_dtype(out_dtype)
