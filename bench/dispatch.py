@@ -40,13 +40,14 @@ def measure(device: str, dtype: str, impls=("engine", "numpy", "cupy", "torch"),
 def table(rows: list[dict]) -> str:
     raw = {r["case"]: r["host_seconds"] for r in rows if r["impl"] in ("numpy", "cupy") and "host_seconds" in r}
     out = [f"{'case':24s} {'impl':8s} {'host us/op':>11s} {'synced us':>10s} {'x raw':>6s}"]
+    skipped = sorted({f"{r['impl']}: {r['skipped']}" for r in rows if "skipped" in r})
     for r in rows:
         if "skipped" in r:
             continue
         ratio = r["host_seconds"] / raw[r["case"]] if raw.get(r["case"]) else math.nan
         out.append(f"{r['case']:24s} {r['impl']:8s} {r['host_seconds'] * 1e6:11.2f} {r['synced_seconds'] * 1e6:10.2f} "
                    f"{ratio:6.2f}")
-    return "\n".join(out)
+    return "\n".join(out + [f"skipped {s}" for s in skipped])
 
 
 def main(argv=None) -> int:
