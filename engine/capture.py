@@ -38,7 +38,7 @@ import time
 import traceback
 
 from engine import dtype as D
-from engine.capture_plan import Call, Fused, Member, _arrays, _is_array, plan
+from engine.capture_plan import Call, Fused, Member, _arrays, _is_array, _shapes_match, plan
 from engine.storage import GraphMemory
 from engine.tensor import Tensor
 
@@ -76,11 +76,11 @@ class _Patched:
     def __init__(self, backend, on_call):
         self.backend, self.on_call = backend, on_call
         self.depth = 0
+        self.wrappers = None  # name -> wrapper, built at the first __enter__ (a _Patched may be re-entered)
 
-    def __enter__(self):
-        b = self.backend
-        self.names = _op_names(type(b))
-        for n in self.names:
+    def _wrappers(self) -> dict:
+        b, out = self.backend, {}
+        for n in _op_names(type(b)):
             orig = getattr(b, n)
 
             def wrapper(*args, _orig=orig, _name=n, **kwargs):
@@ -91,12 +91,19 @@ class _Patched:
                     return self.on_call(_name, _orig, args, kwargs)
                 finally:
                     self.depth -= 1
-            setattr(b, n, wrapper)
+            out[n] = wrapper
+        return out
+
+    def __enter__(self):
+        if self.wrappers is None:
+            self.wrappers = self._wrappers()
+        self.backend.__dict__.update(self.wrappers)
         return self
 
     def __exit__(self, *exc):
-        for n in self.names:
-            self.backend.__dict__.pop(n, None)
+        d = self.backend.__dict__
+        for n in self.wrappers:
+            d.pop(n, None)
 
 
 @functools.lru_cache(maxsize=None)
@@ -131,6 +138,15 @@ class _Planned:
 
     def __init__(self, trace: list[Call], the_plan: dict):
         self.trace, self.plan = trace, the_plan
+        # the calls whose arguments a fused group reads (_fused): only those are kept during a run, so
+        # every other call's arrays go back to the pool as soon as the step is done with them
+        self.needed = {i for f in the_plan.values() if isinstance(f, Fused)
+                       for i in (f.linear, f.norm, f.up, f.residual[0] if f.residual else None) if i is not None}
+        self.placeholders: dict = {}  # (shape, dtype) -> the unwritten output of elided calls
+        self.reset()
+
+    def reset(self) -> None:
+        """Ready for another run of the step (the uncaptured planned step reuses one _Planned)."""
         self.live: dict[int, tuple] = {}  # call index -> (args, kwargs) of this run
         self.group_out: dict[int, list] = {}  # a group's first call -> every member's output
         self.i = 0
@@ -141,19 +157,24 @@ class _Planned:
         if i >= len(self.trace):
             raise CaptureError(f"the step made more backend calls than when it was recorded ({name} at {_caller()})")
         rec = self.trace[i]
-        now = _arrays(args, kwargs)
-        if rec.name != name or rec.shapes != [tuple(a.shape) for _, a in now]:
+        if rec.name != name or not _shapes_match(args, kwargs, rec.shapes):
+            now = _arrays(args, kwargs)
             raise CaptureError(f"the step took another path at backend call {i}: recorded {rec.signature()} at "
                                f"{rec.where}, now {name}({', '.join(str(tuple(a.shape)) for _, a in now)}) at "
                                f"{_caller()}; a captured step must make the same calls with the same shapes")
-        self.live[i] = (args, kwargs)
+        if i in self.needed:
+            self.live[i] = (args, kwargs)
         act = self.plan.get(i)
         if act is None:
             return orig(*args, **kwargs)
         backend = orig.__self__
-        if act == "elide":
+        if act == "elide":  # nothing reads or writes the placeholder: one per shape and dtype serves every run
             o = rec.out
-            return backend.empty(o.shape, D.get(o.dtype))
+            key = (o.shape, o.dtype)
+            ph = self.placeholders.get(key)
+            if ph is None:
+                ph = self.placeholders[key] = backend.empty(o.shape, D.get(o.dtype))
+            return ph
         if isinstance(act, Member):
             return self.group_out[act.first][act.seg]
         return self._fused(backend, act)
@@ -202,6 +223,7 @@ class Captured:
         self.outputs = None
         self.backend = None
         self.capture_s = None  # seconds spent recording and capturing
+        self._patched = None  # the reusable _Patched(_Planned) of the uncaptured planned step
 
     # ---- inputs ------------------------------------------------------------------------------------------
     def _bind(self, args):
@@ -273,8 +295,18 @@ class Captured:
         return self.graphs and type(self.backend).graph_capture is not _no_graphs()
 
     def _run_planned(self):
-        with _Patched(self.backend, _Planned(self.trace, self.the_plan)):
-            return self.fn(*self.inputs)
+        """One run of the step under the plan, eagerly. The _Planned and the backend's wrappers are
+        made once and reused by every run (they cost a closure per backend op to build)."""
+        patched = self._patched
+        if patched is None or patched.on_call.trace is not self.trace:
+            patched = self._patched = _Patched(self.backend, _Planned(self.trace, self.the_plan))
+        patched.on_call.reset()
+        try:
+            with patched:
+                return self.fn(*self.inputs)
+        finally:
+            patched.on_call.live = {}  # drop this run's arguments (and the arrays they hold)
+            patched.on_call.group_out = {}
 
     def _capture(self):
         """Call 3: the step with the fusion plan, eagerly (a real step, which also compiles the fused

@@ -8,13 +8,29 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from engine.backends.fused import ACTIVATIONS
+from engine.dtype import DType
 
 _WRITES = {"copy_": 0, "setitem": 0, "all_reduce": 0}  # in-place ops: the argument they write
 
 
+# argument types a backend call takes most: answered without attribute lookups (a failed hasattr
+# raises inside, which costs microseconds per argument); array types are added as they are met
+_KNOWN = {int: False, float: False, bool: False, str: False, type(None): False, tuple: False, list: False,
+          dict: False, np.ndarray: True, DType: False}
+
+
 def _is_array(a) -> bool:
-    return hasattr(a, "__array_interface__") or hasattr(a, "__cuda_array_interface__")
+    t = type(a)
+    known = _KNOWN.get(t)
+    if known is not None:
+        return known
+    found = hasattr(a, "__cuda_array_interface__") or hasattr(a, "__array_interface__")
+    if found and t.__module__.split(".")[0] in ("numpy", "cupy"):  # their arrays always have it
+        _KNOWN[t] = True
+    return found
 
 
 def _ptr(a) -> int:
@@ -40,8 +56,12 @@ def _extent(a) -> tuple[int, int] | None:
 def _arrays(args, kwargs):
     """(position, array) for every array argument, lists and tuples included."""
     out = []
-    for i, a in list(enumerate(args)) + list(kwargs.items()):
-        if _is_array(a):
+    known = _KNOWN
+    for i, a in (enumerate(args) if not kwargs else list(enumerate(args)) + list(kwargs.items())):
+        k = known.get(type(a))  # _is_array inlined: this runs for every argument of every call
+        if k is None:
+            k = _is_array(a)
+        if k:
             out.append((i, a))
         elif isinstance(a, (list, tuple)):
             for j, b in enumerate(a):
@@ -51,6 +71,24 @@ def _arrays(args, kwargs):
                     out += [((i, j, k), c) for k, c in enumerate(b) if _is_array(c)]
     return out
 
+
+def _shapes_match(args, kwargs, shapes) -> bool:
+    """Whether the array arguments (as _arrays finds them) have exactly these shapes, in order: the
+    check of every call of a planned step, so it builds no list for flat argument lists."""
+    j, n, known = 0, len(shapes), _KNOWN
+    for a in (args if not kwargs else list(args) + list(kwargs.values())):
+        k = known.get(type(a))
+        if k is None:
+            if isinstance(a, (list, tuple)):  # nested arrays (concat's list, fused ops' tuples): the long way
+                return [tuple(b.shape) for _, b in _arrays(args, kwargs)] == list(shapes)
+            k = _is_array(a)
+        if k:
+            if j >= n or a.shape != shapes[j]:
+                return False
+            j += 1
+        elif type(a) is tuple or type(a) is list:
+            return [tuple(b.shape) for _, b in _arrays(args, kwargs)] == list(shapes)
+    return j == n
 
 
 @dataclass

@@ -21,6 +21,16 @@ class Device:
     type: str
     index: int = 0
 
+    def __eq__(self, other):  # tensors of one backend share its Device object: identity first (ops compare devices)
+        if self is other:
+            return True
+        if type(other) is not Device:
+            return NotImplemented
+        return self.type == other.type and self.index == other.index
+
+    def __hash__(self) -> int:
+        return hash((self.type, self.index))
+
     def __str__(self) -> str:
         return self.type if self.type == "cpu" else f"{self.type}:{self.index}"
 

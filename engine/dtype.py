@@ -12,24 +12,25 @@ import ml_dtypes
 import numpy as np
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class DType:
+    """One engine dtype. Each exists once (the table below): compared and hashed by identity, and
+    copies or unpickled values come back as the same object. The derived attributes (itemsize,
+    is_floating_point, is_reduced, compute) are plain attributes, set once: ops read them per call."""
+
     name: str
     np_dtype: np.dtype
     category: int  # 0 bool, 1 integer, 2 floating: promotion only ever moves up
 
-    @property
-    def itemsize(self) -> int:
-        return self.np_dtype.itemsize
+    def __post_init__(self):
+        reduced = self.name in ("float16", "bfloat16")
+        for k, v in (("itemsize", self.np_dtype.itemsize), ("is_floating_point", self.category == 2),
+                     ("is_reduced", reduced),  # the 16-bit floats that compute in float32
+                     ("compute", np.dtype(np.float32) if reduced else self.np_dtype)):  # see compute_dtype
+            object.__setattr__(self, k, v)
 
-    @property
-    def is_floating_point(self) -> bool:
-        return self.category == 2
-
-    @property
-    def is_reduced(self) -> bool:
-        """True for the 16-bit floats that compute in float32."""
-        return self.name in ("float16", "bfloat16")
+    def __reduce__(self):
+        return get, (self.name,)
 
     def __repr__(self) -> str:
         return f"engine.{self.name}"
@@ -98,8 +99,13 @@ def get(d) -> DType:
     raise TypeError(f"unsupported dtype {d!r}; supported: {', '.join(x.name for x in ALL)}")
 
 
+# PROMOTION keyed by the DType objects themselves (identity hashing: one dict lookup per op)
+_PROMOTE = {(_BY_NAME[a], _BY_NAME[b]): _BY_NAME[c] for (a, b), c in PROMOTION.items()}
+
+
 def promote_types(a, b) -> DType:
-    return _BY_NAME[PROMOTION[(get(a).name, get(b).name)]]
+    r = _PROMOTE.get((a, b))
+    return r if r is not None else _PROMOTE[(get(a), get(b))]
 
 
 def scalar_category(x) -> int:
@@ -119,6 +125,14 @@ def result_type(*operands) -> DType:
     group only changes the result when its category (bool < int < float) is higher; zero-dim tensors
     then bring their own dtype, scalars the default dtype of their category.
     """
+    if len(operands) == 2:  # the common cases of a binary op, without the general walk below
+        a, b = operands
+        da, db = getattr(a, "dtype", None), getattr(b, "dtype", None)
+        if type(da) is DType and a.ndim:
+            if db is da and b.ndim:
+                return da
+            if type(b) is float and da.category == 2:
+                return da
     dims, zero, scalars = None, None, None
     for x in operands:
         dt = getattr(x, "dtype", None)
@@ -147,4 +161,4 @@ def to_float(d: DType) -> DType:
 
 def compute_dtype(d: DType) -> np.dtype:
     """numpy dtype that arithmetic runs in: reduced floats compute in float32."""
-    return np.dtype(np.float32) if d.is_reduced else d.np_dtype
+    return d.compute

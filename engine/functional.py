@@ -208,14 +208,20 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     (16-bit floats round once, after the bias, as torch's addmm does; the backend picks a GEMV for
     a few rows). A QuantWeight (engine/quant.py) runs the backend's qlinear, which dequantises a
     bounded tile of rows at a time."""
-    if x.ndim == 0 or weight.ndim != 2 or x.shape[-1] != weight.shape[1]:
+    xs, ws = x.shape, weight.shape
+    if not xs or len(ws) != 2 or xs[-1] != ws[1]:
         raise ShapeError(f"linear(): input {x.shape} and weight {weight.shape} do not fit "
                          f"(input's last dim must equal weight's dim 1)")
-    if bias is not None and bias.shape != (weight.shape[0],):
+    if bias is not None and bias.shape != (ws[0],):
         raise ShapeError(f"linear(): bias {bias.shape} does not match weight {weight.shape}")
     if not (x.dtype is weight.dtype and (bias is None or bias.dtype is x.dtype)):
         raise DTypeError(f"linear(): input, weight and bias dtypes differ ({x.dtype.name}, {weight.dtype.name}"
                          + (f", {bias.dtype.name})" if bias is not None else ")"))
+    if type(weight) is Tensor:  # the common case, without QuantWeight's check
+        b = x.storage.backend
+        if weight.storage.backend is not b and weight.device != x.device:
+            raise DeviceMismatchError(f"linear(): weight is on {weight.device}, input on {x.device}")
+        return Tensor._wrap(b.linear(x.array, weight.array, _arr(bias, x, "bias"), x.dtype), b, x.dtype)
     if weight.device != x.device:
         raise DeviceMismatchError(f"linear(): weight is on {weight.device}, input on {x.device}")
     if isinstance(weight, QuantWeight):

@@ -23,7 +23,7 @@ def _arr(t, x: Tensor, name: str):
         return None
     if not isinstance(t, Tensor):
         raise TypeError(f"{name} must be a Tensor or None, got {type(t).__name__}")
-    if t.device != x.device:
+    if t.storage.backend is not x.storage.backend and t.device != x.device:
         raise DeviceMismatchError(f"{name} is on {t.device}, input on {x.device}")
     return t.array
 

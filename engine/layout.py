@@ -5,6 +5,7 @@ never negative (torch has none either): flip copies.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -24,6 +25,8 @@ def contiguous_strides(shape) -> tuple:
 def norm_dim(dim: int, ndim: int, *, extra: int = 0) -> int:
     """Wrap a negative dim like torch; `extra` allows one past the end (unsqueeze)."""
     n = ndim + extra
+    if type(dim) is int and -n <= dim < n:  # the common case (n >= 1), without the general checks
+        return dim + n if dim < 0 else dim
     lo, hi = -max(n, 1), max(n, 1) - 1
     if not isinstance(dim, int) or not lo <= dim <= hi:
         raise ShapeError(f"dim {dim} out of range for a tensor of {ndim} dims (expected [{lo}, {hi}])")
@@ -31,6 +34,8 @@ def norm_dim(dim: int, ndim: int, *, extra: int = 0) -> int:
 
 
 def broadcast_shapes(*shapes) -> tuple:
+    if len(shapes) == 2 and shapes[0] == shapes[1] and type(shapes[0]) is tuple:  # the common case
+        return shapes[0]
     shapes = [(s,) if isinstance(s, int) else tuple(s) for s in shapes]  # torch takes an int as a 1-d shape
     ndim = max((len(s) for s in shapes), default=0)
     out = []
@@ -49,6 +54,9 @@ def broadcast_shapes(*shapes) -> tuple:
 
 def infer_shape(shape, numel: int) -> tuple:
     """Resolve one -1 in a reshape target."""
+    known = _CONTIGUOUS.get(shape) if type(shape) is tuple and -1 not in shape else None
+    if known is not None and known.numel == numel:
+        return known.shape  # a shape seen before (Python ints, none negative): only the count to check
     shape = tuple(int(s) for s in shape)
     if shape.count(-1) > 1:
         raise ShapeError(f"only one dim can be -1 in {shape}")
@@ -62,28 +70,51 @@ def infer_shape(shape, numel: int) -> tuple:
     return shape
 
 
+_CONTIGUOUS: dict = {}  # shape -> the contiguous Layout at offset 0 (see Layout.contiguous)
+_CONTIGUOUS_MAX = 4096
+
+
 @dataclass(frozen=True)
 class Layout:
+    """Immutable: derived values (numel, contiguity) are computed once per object, and the contiguous
+    layouts at offset 0 are shared, one per shape (_CONTIGUOUS), so an op's output costs no new Layout."""
+
     shape: tuple
     strides: tuple
     offset: int = 0
 
     @staticmethod
     def contiguous(shape, offset: int = 0) -> "Layout":
+        if not offset:
+            lay = _CONTIGUOUS.get(shape) if type(shape) is tuple else None
+            if lay is not None:
+                return lay
         shape = tuple(int(s) for s in shape)
         if any(s < 0 for s in shape):
             raise ShapeError(f"negative size in shape {shape}")
-        return Layout(shape, contiguous_strides(shape), offset)
+        lay = Layout(shape, contiguous_strides(shape), offset)
+        lay.__dict__["_contiguous"] = True
+        if not offset:
+            if len(_CONTIGUOUS) >= _CONTIGUOUS_MAX:  # a bounded cache: many distinct shapes start it afresh
+                _CONTIGUOUS.clear()
+            _CONTIGUOUS[shape] = lay
+        return lay
 
     @property
     def ndim(self) -> int:
         return len(self.shape)
 
-    @property
+    @functools.cached_property
     def numel(self) -> int:
         return math.prod(self.shape)
 
     def is_contiguous(self) -> bool:
+        c = self.__dict__.get("_contiguous")
+        if c is None:
+            c = self.__dict__["_contiguous"] = self._contiguous_now()
+        return c
+
+    def _contiguous_now(self) -> bool:
         if self.numel == 0:  # torch: an empty tensor is contiguous whatever its strides
             return True
         expected = 1
@@ -102,11 +133,11 @@ class Layout:
     # ---- views -------------------------------------------------------------------------------
     def transpose(self, d0: int, d1: int) -> "Layout":
         d0, d1 = norm_dim(d0, self.ndim), norm_dim(d1, self.ndim)
-        if self.ndim == 0:  # torch: transpose(0, 0) of a 0-d tensor is itself
+        if self.ndim == 0 or d0 == d1:  # torch: transpose(0, 0) of a 0-d tensor is itself
             return self
-        perm = list(range(self.ndim))
-        perm[d0], perm[d1] = perm[d1], perm[d0]
-        return self.permute(perm)
+        shape, strides = list(self.shape), list(self.strides)  # the permutation that swaps d0 and d1
+        shape[d0], shape[d1], strides[d0], strides[d1] = shape[d1], shape[d0], strides[d1], strides[d0]
+        return Layout(tuple(shape), tuple(strides), self.offset)
 
     def permute(self, dims) -> "Layout":
         dims = [norm_dim(d, self.ndim) for d in dims]

@@ -79,7 +79,16 @@ class _Lease:
 
     def __del__(self):
         try:
-            self.pool._release(self)
+            pool = self.pool
+            with pool._lock:  # the pool's side of a release, here: this runs once per op output
+                pool.requested -= self.requested
+                own = pool.private
+                if own is not None:  # released while a graph captures: the graph keeps the block
+                    own.free[self.nbytes].append(self.raw)
+                    pool.graph_bytes += self.nbytes
+                    return
+                pool.allocated -= self.nbytes
+                pool._free[self.nbytes].append(self.raw)
         except Exception:  # interpreter shutdown: modules may already be gone
             pass
 
@@ -112,7 +121,7 @@ class StoragePool:
     def alloc_lease(self, nbytes: int) -> "_Lease":
         """A pooled block of at least `nbytes` bytes, returned to the pool when the lease dies."""
         nbytes = int(nbytes)
-        cls = size_class(nbytes)
+        cls = SMALL if nbytes <= SMALL else size_class(nbytes)
         with self._lock:
             raw = None
             own = self.private
@@ -120,8 +129,10 @@ class StoragePool:
                 raw = own.free[cls].pop()
                 self.graph_bytes -= cls
                 self.allocated -= cls  # counted again below
-            elif self._free[cls]:
-                raw = self._free[cls].pop()
+            else:
+                free = self._free[cls]
+                if free:
+                    raw = free.pop()
             if raw is not None:
                 self.hits += 1
             else:
@@ -129,7 +140,8 @@ class StoragePool:
                 raw = self._alloc_raw(cls, nbytes)
             self.allocated += cls
             self.requested += nbytes
-            self.peak = max(self.peak, self.allocated)
+            if self.allocated > self.peak:
+                self.peak = self.allocated
         lease = _Lease(self, raw, cls, nbytes)
         if own is not None:
             own.leases.add(lease)
@@ -172,7 +184,7 @@ class StoragePool:
         with self._lock:
             self.peak = self.allocated
 
-    # ---- internals -------------------------------------------------------------------------------
+    # ---- internals (a block comes back in _Lease.__del__) ---------------------------------------------------------
     def _alloc_raw(self, cls: int, nbytes: int):
         for attempt in (0, 1):
             over_limit = self.limit_bytes is not None and self.reserved + cls > self.limit_bytes
@@ -203,17 +215,6 @@ class StoragePool:
                 freed += cls
                 self.reserved -= cls
         return freed
-
-    def _release(self, lease: _Lease) -> None:
-        with self._lock:
-            self.requested -= lease.requested
-            own = self.private
-            if own is not None:  # released while a graph captures: the graph keeps the block
-                own.free[lease.nbytes].append(lease.raw)
-                self.graph_bytes += lease.nbytes
-                return
-            self.allocated -= lease.nbytes
-            self._free[lease.nbytes].append(lease.raw)
 
 
 class GraphMemory:
@@ -257,13 +258,31 @@ class GraphMemory:
 
 class Storage:
     """A flat 1-D backend array and the backend that owns it. Pooled storages return their block
-    to the pool when the last array over it dies; external ones (an mmap, a DLPack import) do not."""
+    to the pool when the last array over it dies; external ones (an mmap, a DLPack import) do not.
 
-    __slots__ = ("data", "backend")
+    `Storage.over(arr, backend)` describes a contiguous array of any shape (an op's output): the flat
+    view is made only when something asks for `data` (most outputs are only ever read whole, through
+    the array their Tensor keeps)."""
+
+    __slots__ = ("_data", "_shaped", "backend")
 
     def __init__(self, data, backend):
-        self.data = data
+        self._data, self._shaped = data, None
         self.backend = backend
+
+    @classmethod
+    def over(cls, arr, backend) -> "Storage":
+        s = cls.__new__(cls)
+        s._data, s._shaped, s.backend = None, arr, backend
+        return s
+
+    @property
+    def data(self):
+        d = self._data
+        if d is None:
+            d = self._data = self._shaped.reshape(-1)
+            self._shaped = None
+        return d
 
     @property
     def nbytes(self) -> int:

@@ -42,8 +42,10 @@ class Tensor:
     @staticmethod
     def _wrap(arr, backend, dtype: D.DType | None = None) -> "Tensor":
         """A Tensor over a contiguous backend array (normally a pooled kernel output)."""
-        dtype = dtype or D.get(arr.dtype)
-        t = Tensor(Storage(arr.reshape(-1), backend), Layout.contiguous(arr.shape), dtype)
+        t = Tensor.__new__(Tensor)
+        t.storage = Storage.over(arr, backend)  # the flat view is made when a view of t needs it
+        t.layout = Layout.contiguous(arr.shape)  # shared per shape
+        t.dtype = dtype or D.get(arr.dtype)
         t._arr = arr
         return t
 
@@ -57,9 +59,16 @@ class Tensor:
     @property
     def array(self):
         """The backend array (numpy or cupy) this tensor describes: a view, never a copy."""
-        if self._arr is None:
-            self._arr = self.backend.strided(self.storage.data, self.layout)
-        return self._arr
+        a = self._arr
+        if a is None:
+            st, lay = self.storage, self.layout
+            src = st._shaped  # the whole op output this storage was made over, not flattened yet
+            if src is not None and not lay.offset and lay.is_contiguous() and lay.numel == src.size:
+                a = src.reshape(lay.shape)  # one reshape, not a flat view and then a strided one
+            else:
+                a = st.backend.strided(st.data, lay)
+            self._arr = a
+        return a
 
     # ---- metadata --------------------------------------------------------------------------------
     shape = property(lambda self: self.layout.shape)
@@ -156,6 +165,9 @@ class Tensor:
     def to(self, *args, dtype=None, device=None, non_blocking=False, copy=False, memory_format=None) -> "Tensor":
         """torch's three forms: to(dtype, non_blocking, copy), to(device, dtype, non_blocking, copy) and
         to(other, non_blocking, copy); non_blocking is accepted (copies here are synchronous)."""
+        if (len(args) == 1 and args[0] is self.dtype and dtype is None and device is None and not copy
+                and memory_format is None):
+            return self  # to(own dtype): the common no-op, without parsing the forms below
         _memory_format(memory_format)
         args, flags = list(args), []
         while args and isinstance(args[-1], (bool, np.bool_)):
@@ -497,7 +509,7 @@ def _memory_format(fmt):
 def _shape_arg(shape) -> tuple:
     if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
         shape = shape[0]
-    return tuple(int(s) for s in shape)
+    return tuple(map(int, shape))
 
 
 def _is_advanced(k) -> bool:

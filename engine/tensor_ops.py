@@ -22,7 +22,13 @@ BOOL_UNARY = ("isnan", "isinf", "isfinite", "logical_not", "signbit")
 FLOAT_BINARY = ("div", "atan2", "hypot", "logaddexp", "xlogy", "copysign")
 
 
+_FLOAT_UNARY = frozenset(FLOAT_UNARY)
+
+
 def _unary(x: Tensor, op: str) -> Tensor:
+    if op in _FLOAT_UNARY and x.dtype.category == 2:  # the common case: a float op of a float tensor
+        b = x.storage.backend
+        return Tensor._wrap(b.unary(op, x.array, x.dtype), b, x.dtype)
     if op in FLOAT_UNARY:
         out = D.to_float(x.dtype)
     elif op in BOOL_UNARY:
@@ -67,6 +73,13 @@ def _binary_types(a, b, op: str, kind: str):
 
 
 def _binary(x: Tensor, other, op: str, kind: str = "arith") -> Tensor:
+    if type(other) is Tensor and type(x) is Tensor and kind == "arith" and op not in FLOAT_BINARY:
+        # the common case first: two tensors of one dtype, shape and backend (so one device). The
+        # general path below gives the same dtype and shape; it only costs more to find them.
+        dt = x.dtype
+        if other.dtype is dt and other.layout.shape == x.layout.shape and other.storage.backend is x.storage.backend:
+            b = x.storage.backend
+            return Tensor._wrap(b.binary(op, x.array, other.array, dt, dt), b, dt)
     if not isinstance(x, Tensor):  # reflected call with a scalar on the left: engine.add(2, t)
         return _binary_swapped(other, x, op, kind)
     if isinstance(other, Tensor):

@@ -37,7 +37,7 @@ class EngineImpl(Impl):
         return {"matmul": engine.matmul, "add": operator.add, "mul": operator.mul, "silu": F.silu,
                 "softmax": F.softmax, "layer_norm": F.layer_norm, "rms_norm": F.rms_norm,
                 "conv2d": F.conv2d, "sdpa": F.scaled_dot_product_attention, "linear": F.linear,
-                "embedding": F.embedding}
+                "embedding": F.embedding, "reshape": lambda x, shape: x.reshape(shape)}
 
     # ---- data -----------------------------------------------------------------------------------------
     def tensor(self, array):

@@ -55,7 +55,7 @@ def raw_ops(xp) -> dict:
 
     return {"matmul": xp.matmul, "add": operator.add, "mul": operator.mul, "silu": silu,
             "softmax": softmax, "layer_norm": layer_norm, "rms_norm": rms_norm, "sdpa": sdpa,
-            "linear": linear, "embedding": embedding}
+            "linear": linear, "embedding": embedding, "reshape": lambda x, shape: x.reshape(shape)}
 
 
 class NumpyImpl(Impl):

@@ -64,7 +64,7 @@ class TorchImpl(Impl):
         return {"matmul": torch.matmul, "add": torch.add, "mul": torch.mul, "silu": F.silu,
                 "softmax": F.softmax, "layer_norm": F.layer_norm, "rms_norm": F.rms_norm,
                 "conv2d": F.conv2d, "sdpa": F.scaled_dot_product_attention, "linear": F.linear,
-                "embedding": F.embedding}
+                "embedding": F.embedding, "reshape": lambda x, shape: x.reshape(shape)}
 
     # ---- data -----------------------------------------------------------------------------------------
     def tensor(self, array):

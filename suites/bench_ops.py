@@ -6,6 +6,9 @@ step pays per op). On cuda, ``track_device_seconds`` is the per-call time of 20 
 launches between CUDA events, ``track_first_call_seconds`` the first call (kernel compilation,
 cuBLAS handles) timed apart from the warm runs, and ``track_peak_device_bytes`` the memory one
 call allocates beyond its inputs (engine pool peak beside torch.cuda.max_memory_allocated).
+``Dispatch`` measures the eager per-op host cost on small tensors (``track_host_seconds``: back-to-back
+launches, the device not waited for); ``python -m bench.dispatch`` prints it as a table with the
+engine's ratio to the raw numpy/cupy call.
 """
 from suites.common import ALL_IMPLS, DEVICES, DTYPES, QUICK, case, get_impl, prepared, sizes
 
@@ -29,6 +32,15 @@ ATTENTION = {  # name -> (q shape, k/v shape, causal)
     "decode S16 h4/kv2 d16": ((1, 4, 1, 16), (1, 2, 16, 16), False),
 }
 ELEMENTWISE_OPS = ["add", "mul", "silu"]
+# eager dispatch: small ops whose array work is negligible, so the time is what one call costs the host
+DISPATCH = {  # name -> (op, input shapes, extra positional args, keyword args)
+    "add 4096": ("add", [(4096,), (4096,)], (), {}),
+    "mul 4096": ("mul", [(4096,), (4096,)], (), {}),
+    "silu 4096": ("silu", [(4096,)], (), {}),
+    "rms_norm 1x4096": ("rms_norm", [(1, 4096), (4096,)], (), {"eps": 1e-6}),
+    "linear 1x64@64x64": ("linear", [(1, 64), (64, 64)], (), {}),
+    "reshape 1x4096->64x64": ("reshape", [(1, 4096)], ((64, 64),), {}),
+}
 ELEMENTWISE_N = sizes([16, 65536], [16, 256])
 
 timeout = 300  # module-wide asv timeout (s): raw numpy fp16 GEMM takes seconds per call
@@ -78,6 +90,16 @@ def _elementwise(impl, device, dtype, op, n):
     x = im.randn(n, seed=10)
     args = (x,) if op == "silu" else (x, im.randn(n, seed=11))
     return case(im, im.op(op), *args, warmup=10)
+
+
+def _dispatch(impl, device, dtype, name):
+    op, shapes, extra, kw = DISPATCH[name]
+    im = get_impl(impl, device, dtype)
+    arrays = [im.randn(*sh, seed=20 + i, scale=0.1 if len(sh) == 2 and op == "linear" else 1.0)
+              for i, sh in enumerate(shapes)]
+    if op == "rms_norm":  # F.rms_norm(x, normalized_shape, weight, eps=)
+        arrays.insert(1, (shapes[0][-1],))
+    return case(im, im.op(op), *arrays, *extra, warmup=20, **kw)
 
 
 class Matmul:
@@ -192,3 +214,24 @@ class Elementwise:
 
     def time_op(self, impl, device, dtype, op, n):
         self.case.run()
+
+
+class Dispatch:
+    """Eager per-op cost on small tensors, where the array work is negligible: the engine against the
+    raw arrays under it (numpy, cupy) and torch. ``track_host_seconds`` is the host time per call of
+    back-to-back launches (the issue's target: an engine op on CUDA at most 1.2x raw cupy's);
+    ``time_op`` is one synchronised call."""
+
+    params = (ALL_IMPLS, DEVICES, DTYPES, list(DISPATCH))
+    param_names = ["impl", "device", "dtype", "case"]
+
+    def setup(self, impl, device, dtype, name):
+        self.case = prepared(("dispatch", impl, device, dtype, name), lambda: _dispatch(impl, device, dtype, name))
+
+    def time_op(self, impl, device, dtype, name):
+        self.case.run()
+
+    def track_host_seconds(self, impl, device, dtype, name):
+        return self.case.host_seconds()
+
+    track_host_seconds.unit = "seconds"

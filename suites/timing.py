@@ -40,6 +40,22 @@ class Case:
             out.append(ev.stop() / n)
         return float(np.median(out))
 
+    def host_seconds(self, n: int = 50, repeats: int = 20) -> float:
+        """Host time per call of `n` back-to-back launches, stopped when the last call returns, before
+        the device is waited for: what dispatch costs per op (for a small op on a GPU the launches
+        outrun the kernels, so this is the Python and driver time of one call). The best of `repeats`
+        short batches: a cost floor, robust to a loaded machine taking the CPU away mid-batch."""
+        n, repeats = (10, 3) if QUICK else (n, repeats)
+        out = []
+        for _ in range(repeats):
+            self.impl.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(n):
+                self.launch()
+            out.append((time.perf_counter() - t0) / n)
+        self.impl.synchronize()
+        return float(min(out))
+
     def peak_bytes(self) -> float:
         """Peak bytes allocated during one call, over what was allocated before it (inputs are
         excluded): the engine pool's peak beside torch.cuda.max_memory_allocated; NaN when the

@@ -201,7 +201,7 @@ def test_adapters_agree_on_ops():
     impls = [get_impl(n, "cpu", "float32") for n in ("engine", "torch", "numpy")]
     for op, args, kw in [("softmax", (x,), {"dim": -1}), ("rms_norm", (x, (8,), w), {"eps": 1e-6}),
                          ("layer_norm", (x, (8,), w, w), {"eps": 1e-5}), ("silu", (x,), {}),
-                         ("matmul", (x, x.transpose(0, 2, 1)), {})]:
+                         ("matmul", (x, x.transpose(0, 2, 1)), {}), ("reshape", (x, (6, 8)), {})]:
         outs = []
         for im in impls:
             native = [im.tensor(a) if isinstance(a, np.ndarray) else a for a in args]

@@ -24,6 +24,7 @@ from engine.backends.numpy_backend import NumpyBackend
 from engine.storage import StoragePool
 
 _BY_DEVICE: dict = {}
+_Unowned, _Pointer = cupy.cuda.UnownedMemory, cupy.cuda.MemoryPointer  # looked up once, not per allocation
 
 
 def _cupy_alloc(nbytes: int):
@@ -34,9 +35,20 @@ def _cupy_alloc(nbytes: int):
     return cupy.cuda.MemoryPointer(cupy.cuda.UnownedMemory(lease.raw.ptr, lease.nbytes, lease, dev), 0)
 
 
+def _rows(a, k: int):
+    """a as (rows, k): itself when already 2-d (a cupy reshape builds a new array: microseconds)."""
+    return a if a.ndim == 2 else a.reshape(-1, k)
+
+
+def _unrows(out, lead: tuple):
+    """A 2-d (rows, n) result in the input's leading shape: itself when that is one dim."""
+    return out if len(lead) == 1 else out.reshape(lead + (out.shape[1],))
+
+
 class CupyBackend(NumpyBackend):
     name = "cupy"
     xp = cupy
+    _WARNS = False  # cupy raises no floating-point warnings: binary's fast path needs no np.errstate
 
     def __init__(self, device):
         n = cupy.cuda.runtime.getDeviceCount()
@@ -76,8 +88,10 @@ class CupyBackend(NumpyBackend):
         isz = flat.itemsize
         if layout.numel == 0:  # an empty view may sit past the end of its storage
             return flat[:0].reshape(layout.shape)
-        return cupy.ndarray(layout.shape, flat.dtype, flat.data + layout.offset * isz,
-                            strides=tuple(s * isz for s in layout.strides))
+        mem = flat.data + layout.offset * isz if layout.offset else flat.data
+        if layout.is_contiguous():  # cupy builds a C-order array faster when given no strides
+            return cupy.ndarray(layout.shape, flat.dtype, mem)
+        return cupy.ndarray(layout.shape, flat.dtype, mem, strides=tuple(s * isz for s in layout.strides))
 
     def from_numpy(self, arr: np.ndarray, dtype: D.DType):
         arr = np.asarray(arr)
@@ -109,7 +123,9 @@ class CupyBackend(NumpyBackend):
 
     def binary(self, op: str, a, b, compute: D.DType, out_dtype: D.DType):
         if compute.is_reduced and (out_dtype is compute or out_dtype is D.bool_):
-            shape = np.broadcast_shapes(np.shape(a), np.shape(b))
+            sa = a.shape if type(a) is cupy.ndarray else np.shape(a)
+            sb = b.shape if type(b) is cupy.ndarray else np.shape(b)
+            shape = sa if sa == sb or not sb else np.broadcast_shapes(sa, sb)
             out = self.empty(shape, out_dtype)
             if EW.binary(op, a, b, out):
                 return out
@@ -209,13 +225,14 @@ class CupyBackend(NumpyBackend):
     # ---- kernels chosen by shape (cupy_kernels: GEMV and decode kernels, capturable; cupy_blas: cuBLAS) ----
     def empty(self, shape, dtype: D.DType):
         """A typed array straight over a pooled block (one ndarray, not a byte view reshaped)."""
-        shape = tuple(shape)
+        if type(shape) is not tuple:
+            shape = tuple(shape)
         n = 1
         for d in shape:
             n *= d
         lease = self.pool.alloc_lease(n * dtype.itemsize)
-        mem = cupy.cuda.UnownedMemory(lease.raw.ptr, lease.nbytes, lease, self.device.index)
-        return cupy.ndarray(shape, dtype.np_dtype, cupy.cuda.MemoryPointer(mem, 0))
+        mem = _Unowned(lease.raw.ptr, lease.nbytes, lease, self.device.index)
+        return cupy.ndarray(shape, dtype.np_dtype, _Pointer(mem, 0))
 
     def matmul(self, a, b, out_dtype: D.DType):
         if self.capturing() and a.ndim >= 2 and b.ndim >= 2 and a.dtype == b.dtype == out_dtype.np_dtype \
@@ -240,15 +257,15 @@ class CupyBackend(NumpyBackend):
         GemmEx with float32 accumulation for more rows of 16-bit floats, else the reference path."""
         if x.dtype == w.dtype == out_dtype.np_dtype and x.size and w.ndim == 2:
             lead, k = x.shape[:-1], x.shape[-1]
-            x2 = x.reshape(-1, k)
+            x2 = _rows(x, k)
             if cupy_lt.takes(x2, w) and (b is None or b.ndim == 1):  # a few rows: cuBLASLt (capturable)
                 out = self.empty((x2.shape[0], w.shape[0]), out_dtype)
                 cupy_lt.linear(x2, w, out, bias=b)
-                return out.reshape(lead + (w.shape[0],))
+                return _unrows(out, lead)
             if K.gemv_ok(x2, w) and (b is None or b.flags.c_contiguous):
                 out = self.empty((x2.shape[0], w.shape[0]), out_dtype)
                 K.gemv(x2, w, out, bias=b)
-                return out.reshape(lead + (w.shape[0],))
+                return _unrows(out, lead)
             if self.capturing() and out_dtype.name in K.TYPES:  # no cuBLAS inside a capture
                 out = self.empty((1, x2.shape[0], w.shape[0]), out_dtype)
                 K.gemm(x2[None], w.T[None], out, bias=b)
@@ -256,17 +273,17 @@ class CupyBackend(NumpyBackend):
             if out_dtype.is_reduced:
                 out = self.empty((x2.shape[0], w.shape[0]), out_dtype)
                 cupy_blas.linear(x2, w, out, bias=b)
-                return out.reshape(lead + (w.shape[0],))
+                return _unrows(out, lead)
         return super().linear(x, w, b, out_dtype)
 
     def linear_fused(self, x, w, b, out_dtype, norm=None, glu=None, residual=None):
         """One GEMV launch for rms_norm -> linear [-> GLU] [-> + residual] when the shapes fit."""
         if x.dtype == w.dtype == out_dtype.np_dtype and x.size and w.ndim == 2:
             lead, k = x.shape[:-1], x.shape[-1]
-            x2 = x.reshape(-1, k)
+            x2 = _rows(x, k)
             w2, b2, act = glu if glu is not None else (None, None, None)
             n = w.shape[0]
-            res2 = residual.reshape(-1, n) if residual is not None else None
+            res2 = _rows(residual, n) if residual is not None else None
             ok = K.gemv_ok(x2, w, w2) and not cupy_lt.takes(x2, w)  # cuBLASLt's rows: the composition
             ok = ok and all(a is None or a.flags.c_contiguous for a in (b, b2))
             ok = ok and (w2 is None or w2.shape == w.shape) and (norm is None or norm[0] is None
@@ -275,7 +292,7 @@ class CupyBackend(NumpyBackend):
             if ok:
                 out = self.empty((x2.shape[0], n), out_dtype)
                 K.gemv(x2, w, out, bias=b, W2=w2, bias2=b2, act=act, norm=norm, residual=res2)
-                return out.reshape(lead + (n,))
+                return _unrows(out, lead)
         return super().linear_fused(x, w, b, out_dtype, norm=norm, glu=glu, residual=residual)
 
     def linear_group(self, x, ws, bs, out_dtype, norm=None):
@@ -284,7 +301,7 @@ class CupyBackend(NumpyBackend):
         if 1 < len(ws) <= 3 and x.dtype == out_dtype.np_dtype and x.size and all(
                 w.ndim == 2 and w.dtype == x.dtype and w.shape[1] == ws[0].shape[1] for w in ws):
             lead, k = x.shape[:-1], x.shape[-1]
-            x2 = x.reshape(-1, k)
+            x2 = _rows(x, k)
             ok = all(K.gemv_ok(x2, w) and not cupy_lt.takes(x2, w) for w in ws)
             ok = ok and all(b is None or b.flags.c_contiguous for b in bs)
             ok = ok and (norm is None or norm[0] is None or norm[0].flags.c_contiguous)
@@ -299,13 +316,13 @@ class CupyBackend(NumpyBackend):
     def rms_norm(self, x, nd: int, weight, eps: float, out_dtype, style: str = "torch"):
         if nd == 1 and x.dtype == out_dtype.np_dtype and out_dtype.name in K.TYPES and x.size:
             k = x.shape[-1]
-            x2 = x.reshape(-1, k)
+            x2 = _rows(x, k)
             if (k % (16 // x.itemsize) == 0 and x2.strides[1] == x.itemsize and x2.strides[0] % 16 == 0
                     and x2.data.ptr % 16 == 0 and (weight is None or (weight.flags.c_contiguous
                                                                       and weight.dtype == x.dtype))):
                 out = self.empty(x2.shape, out_dtype)
                 K.rms_norm(x2, weight, eps, style, out)
-                return out.reshape(x.shape)
+                return out if x.ndim == 2 else out.reshape(x.shape)
         return super().rms_norm(x, nd, weight, eps, out_dtype, style)
 
     def moe(self, x, weights, experts, w_gate, w_up, w_down, act, out_dtype):
@@ -394,7 +411,7 @@ class CupyBackend(NumpyBackend):
 
     def sample(self, logits, seen, penalty: float, temperature: float, top_k, top_p, seed: int, counter):
         """The next tokens on the device (one kernel; capturable): engine/sampling.py's steps."""
-        if logits.ndim == 2 and logits.dtype.name in K.TYPES and counter.dtype == np.int64:
+        if logits.ndim == 2 and K._kernel_dtype(logits.dtype) and counter.dtype == np.int64:
             out = self.empty((logits.shape[0],), D.int64)
             K.sample(logits, seen, penalty, temperature, top_k, top_p, seed, counter, out)
             counter += 1

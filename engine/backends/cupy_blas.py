@@ -5,6 +5,8 @@ eagerly only (prefill, large batches); decode shapes go to the GEMV kernels of c
 """
 from __future__ import annotations
 
+import math
+
 import cupy
 import numpy as np
 from cupy_backends.cuda.libs import cublas
@@ -12,6 +14,16 @@ from cupy_backends.cuda.libs import cublas
 _CUDA_TYPE = {"float16": 2, "bfloat16": 14, "float32": 0}
 _COMPUTE_32F = 68
 _ONE, _ZERO = np.ones(1, np.float32), np.zeros(1, np.float32)
+# their host addresses, read once (ndarray.ctypes.data builds a ctypes object: microseconds per call)
+_ONE_PTR, _ZERO_PTR = _ONE.ctypes.data, _ZERO.ctypes.data
+_TYPE_OF: dict = {}  # numpy dtype -> cudaDataType (dtype.name is slow on the launch path)
+
+
+def _cuda_type(dtype) -> int:
+    t = _TYPE_OF.get(dtype)
+    if t is None:
+        t = _TYPE_OF[dtype] = _CUDA_TYPE[dtype.name]
+    return t
 
 
 def _handle():
@@ -27,13 +39,13 @@ def linear(x2, W, out, bias=None):
     N = W.shape[0]
     x2 = cupy.ascontiguousarray(x2)
     W = cupy.ascontiguousarray(W)
-    beta = _ZERO
+    beta = _ZERO_PTR
     if bias is not None:  # C = broadcast bias, D = A B + 1 * C, accumulated in float32, one rounding
         out[...] = bias
-        beta = _ONE
-    cublas.gemmEx(_handle(), cublas.CUBLAS_OP_T, cublas.CUBLAS_OP_N, N, T_, K, _ONE.ctypes.data,
-                  W.data.ptr, _CUDA_TYPE[W.dtype.name], K, x2.data.ptr, _CUDA_TYPE[x2.dtype.name], K,
-                  beta.ctypes.data, out.data.ptr, _CUDA_TYPE[out.dtype.name], N, _COMPUTE_32F, -1)
+        beta = _ONE_PTR
+    cublas.gemmEx(_handle(), cublas.CUBLAS_OP_T, cublas.CUBLAS_OP_N, N, T_, K, _ONE_PTR,
+                  W.data.ptr, _cuda_type(W.dtype), K, x2.data.ptr, _cuda_type(x2.dtype), K,
+                  beta, out.data.ptr, _cuda_type(out.dtype), N, _COMPUTE_32F, -1)
     return out
 
 
@@ -74,14 +86,14 @@ def matmul(a, b, out):
     one matrix) and collapsible. Returns None when the operands do not fit (the caller falls back)."""
     M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
     batch_shape = out.shape[:-2]
-    batch = int(np.prod(batch_shape)) if batch_shape else 1
+    batch = math.prod(batch_shape)
     sa, sb = _batch_stride(a, batch_shape), _batch_stride(b, batch_shape)
     oa, ob = _operand(a), _operand(b)
     if sa is None or sb is None or oa is None or ob is None or (a.ndim == 2 and batch > 1):
         return None
-    dt = _CUDA_TYPE[a.dtype.name]
+    dt = _cuda_type(a.dtype)
     # row-major C = A B is column-major C^T = B^T A^T: cuBLAS's A is b, its B is a
-    cublas.gemmStridedBatchedEx(_handle(), ob[0], oa[0], N, M, K, _ONE.ctypes.data, b.data.ptr, dt, ob[1], sb,
-                                a.data.ptr, dt, oa[1], sa, _ZERO.ctypes.data, out.data.ptr,
-                                _CUDA_TYPE[out.dtype.name], N, M * N, batch, _COMPUTE_32F, -1)
+    cublas.gemmStridedBatchedEx(_handle(), ob[0], oa[0], N, M, K, _ONE_PTR, b.data.ptr, dt, ob[1], sb,
+                                a.data.ptr, dt, oa[1], sa, _ZERO_PTR, out.data.ptr,
+                                _cuda_type(out.dtype), N, M * N, batch, _COMPUTE_32F, -1)
     return out

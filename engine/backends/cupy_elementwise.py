@@ -44,10 +44,6 @@ def _binary_kernel(op: str, a_scalar: bool, b_scalar: bool):
                                   f"engine_binary_{op}", options=("-fmad=false",))
 
 
-def _ok(a) -> bool:
-    return isinstance(a, cupy.ndarray) and a.dtype in _OK
-
-
 def unary(op: str, x, out):
     """out = op(x) computed in float32 from 16-bit x; False when this op has no kernel here."""
     if op not in UNARY or not (isinstance(x, cupy.ndarray) and x.dtype in _16):
@@ -60,9 +56,9 @@ def binary(op: str, a, b, out):
     """out = a op b in float32 (16-bit array operands; Python scalars as float32); False otherwise."""
     if op not in BINARY and op not in COMPARE:
         return False
-    arrays = [v for v in (a, b) if isinstance(v, cupy.ndarray)]
-    if not arrays or not any(v.dtype in _16 for v in arrays) or not all(_ok(v) for v in arrays):
-        return False
     sa, sb = not isinstance(a, cupy.ndarray), not isinstance(b, cupy.ndarray)
+    da, db = (None if sa else a.dtype), (None if sb else b.dtype)  # one of them 16-bit, both float
+    if (sa and sb) or not (da in _16 or db in _16) or not (sa or da in _OK) or not (sb or db in _OK):
+        return False
     _binary_kernel(op, sa, sb)(np.float32(a) if sa else a, np.float32(b) if sb else b, out)
     return True

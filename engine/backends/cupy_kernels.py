@@ -83,11 +83,7 @@ def type_name(dtype) -> str:
 
 
 def _kernel_dtype(dtype) -> bool:
-    try:
-        type_name(dtype)
-        return True
-    except TypeError:
-        return False
+    return dtype in _BY_DTYPE or getattr(dtype, "name", str(dtype)) in TYPES
 
 
 def _opt(a):
@@ -249,7 +245,7 @@ def rotary(x, cos, sin, out):
 
 
 def attention_ok(q, k, v, mask) -> bool:
-    if q.ndim != 4 or q.shape[2] != 1 or q.dtype.name not in TYPES or not (q.dtype == k.dtype == v.dtype):
+    if q.ndim != 4 or q.shape[2] != 1 or not _kernel_dtype(q.dtype) or not (q.dtype == k.dtype == v.dtype):
         return False
     D = q.shape[-1]
     if D % 32 or D // 32 not in (1, 2, 3, 4, 8) or v.shape[-1] != D or k.shape[2] == 0:

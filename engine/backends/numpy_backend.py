@@ -21,6 +21,46 @@ from engine.backends.numpy_quant import QuantKernels
 from engine.storage import StoragePool
 
 _REDUCED = (np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16))
+# numpy's own dtypes by their array-interface typestr (bfloat16's '<V2' would read back as void)
+_TYPESTR = {d.np_dtype: d.np_dtype.str for d in D.ALL if d.np_dtype.kind != "V"}
+
+
+class _HostBlock:
+    """A raw host block of the pool: the array that owns the memory, and its address (read once:
+    `ndarray.ctypes.data` costs microseconds)."""
+
+    __slots__ = ("array", "ptr")
+
+    def __init__(self, array: np.ndarray):
+        self.array, self.ptr = array, array.ctypes.data
+
+
+# np.errstate(all="ignore") costs microseconds per op (its Python __enter__/__exit__ build the error
+# state each time); the hot paths set numpy's error-state context variable to one state built once.
+# Private numpy names (numpy >= 2): without them, the public context manager does the same.
+try:
+    from numpy._core._ufunc_config import _extobj_contextvar as _ERR_VAR
+    from numpy._core._ufunc_config import _make_extobj
+    _ERR_IGNORE = _make_extobj(all="ignore")
+except (ImportError, AttributeError, TypeError):
+    _ERR_VAR = None
+
+
+def _quiet(fn, *args, **kwargs):
+    """fn(*args, **kwargs) under np.errstate(all="ignore")."""
+    if _ERR_VAR is None:
+        with np.errstate(all="ignore"):
+            return fn(*args, **kwargs)
+    token = _ERR_VAR.set(_ERR_IGNORE)
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        _ERR_VAR.reset(token)
+
+
+def _block_ptr(raw) -> int:
+    """A raw block's address: ours carry it; a bare array (another raw allocator's) is asked."""
+    return raw.ptr if type(raw) is _HostBlock else raw.ctypes.data
 
 
 def _erf_fits():
@@ -78,7 +118,7 @@ class NumpyBackend(NnKernels, PoolKernels, PointwiseKernels, IndexKernels, Quant
 
     # ---- raw memory (used by the pool) --------------------------------------------------------
     def raw_alloc(self, nbytes: int):
-        return np.empty(nbytes, np.uint8)
+        return _HostBlock(np.empty(nbytes, np.uint8))
 
     def raw_free(self, raw) -> None:
         pass  # dropping the last reference returns it to the C allocator
@@ -95,14 +135,28 @@ class NumpyBackend(NnKernels, PoolKernels, PointwiseKernels, IndexKernels, Quant
 
     def wrap(self, lease):
         lease.__array_interface__ = {"shape": (lease.nbytes,), "typestr": "|u1", "version": 3,
-                                     "data": (lease.raw.ctypes.data, False)}
+                                     "data": (_block_ptr(lease.raw), False)}
         return np.asarray(lease)
 
     # ---- arrays -------------------------------------------------------------------------------------
     def empty(self, shape, dtype: D.DType):
-        shape = tuple(shape)
-        flat = self.pool.alloc(math.prod(shape) * dtype.itemsize)
-        return flat.view(dtype.np_dtype).reshape(shape)
+        """A typed array straight over a pooled block: one array built over the lease (its base), so
+        every view keeps the block's lease alive."""
+        if type(shape) is not tuple:
+            shape = tuple(shape)
+        n = 1
+        for d in shape:
+            n *= d
+        lease = self.pool.alloc_lease(n * dtype.itemsize)
+        raw = lease.raw
+        ptr = raw.ptr if type(raw) is _HostBlock else _block_ptr(raw)
+        typestr = _TYPESTR.get(dtype.np_dtype)
+        if typestr is None:  # ml_dtypes' bfloat16 has no typestr of its own: its bits, viewed
+            lease.__array_interface__ = {"shape": shape + (dtype.itemsize,), "typestr": "|u1", "version": 3,
+                                         "data": (ptr, False)}
+            return np.asarray(lease).view(dtype.np_dtype).reshape(shape)
+        lease.__array_interface__ = {"shape": shape, "typestr": typestr, "version": 3, "data": (ptr, False)}
+        return np.asarray(lease)
 
     def strided(self, flat, layout):
         """The array that `layout` describes over the flat storage array (a view, no copy)."""
@@ -161,8 +215,7 @@ class NumpyBackend(NnKernels, PoolKernels, PointwiseKernels, IndexKernels, Quant
             x = self._c(x, cd)
         else:
             x = self._c(x)
-        with np.errstate(all="ignore"):
-            r = self._unary(op, x)
+        r = _quiet(self._unary, op, x)
         return self._out(r, out_dtype)
 
     def _unary(self, op, x):
@@ -214,9 +267,40 @@ class NumpyBackend(NnKernels, PoolKernels, PointwiseKernels, IndexKernels, Quant
     _INT_DIVISION = ("floor_divide", "remainder", "fmod", "div_trunc", "div_floor")
     _FLOOR = ("floor_divide", "remainder")  # of floats: _floor_div_mod, torch's algorithm on every backend
 
+    _WARNS = True  # numpy ufuncs warn on overflow and invalid values: binary runs them under errstate
+
+    def _fast_ufunc(self, op: str, cd):
+        """The ufunc binary() calls for `op` in compute dtype cd when no special path applies (None
+        otherwise); memoised per class, the fast path's one lookup."""
+        key = (op, cd)
+        fast = type(self).__dict__.get("_FAST_BINARY")
+        if fast is None:
+            fast = {}
+            setattr(type(self), "_FAST_BINARY", fast)
+        if key not in fast:
+            special = (op not in self._BINARY or (cd.kind in "iub" and op in self._INT_DIVISION)
+                       or (op == "pow" and cd.kind in "iu") or (op in self._FLOOR and cd.kind == "f"))
+            fast[key] = None if special else getattr(self.xp, self._BINARY[op])
+        return fast[key]
+
     def binary(self, op: str, a, b, compute: D.DType, out_dtype: D.DType):
         """a, b: arrays or Python scalars; both are cast to `compute` (16-bit floats to float32)."""
-        cd = D.compute_dtype(compute)
+        cd = compute.compute
+        if compute is out_dtype and type(a) is self.xp.ndarray and a.dtype == cd and (
+                (type(b) is type(a) and b.shape == a.shape and b.dtype == cd)
+                or (type(b) is float and cd.kind == "f")):
+            # hot path (same-shape arrays of the result dtype, or an array and a float): one ufunc into
+            # pooled memory, exactly what the general path below does for these operands
+            fn = self._fast_ufunc(op, cd)
+            if fn is not None:
+                out = self.empty(a.shape, out_dtype)
+                if type(b) is float:
+                    b = self._c(b, cd)
+                if self._WARNS:
+                    _quiet(fn, a, b, out=out)
+                else:
+                    fn(a, b, out=out)
+                return out
         a, b = self._c(a, cd), self._c(b, cd)
         if cd.kind in "iub" and op in self._INT_DIVISION:
             self._check_divisor(b, op)
@@ -224,12 +308,11 @@ class NumpyBackend(NnKernels, PoolKernels, PointwiseKernels, IndexKernels, Quant
             with np.errstate(all="ignore"):
                 return self._out(self._binary_extra(op, a, b), out_dtype)
         fn = getattr(self.xp, self._BINARY[op])
-        with np.errstate(all="ignore"):
-            if cd == out_dtype.np_dtype:  # hot path: write straight into pooled memory
-                out = self.empty(np.broadcast_shapes(np.shape(a), np.shape(b)), out_dtype)
-                fn(a, b, out=out)
-                return out
-            return self._out(fn(a, b), out_dtype)
+        if cd == out_dtype.np_dtype:  # write straight into pooled memory
+            out = self.empty(np.broadcast_shapes(np.shape(a), np.shape(b)), out_dtype)
+            _quiet(fn, a, b, out=out)
+            return out
+        return self._out(_quiet(fn, a, b), out_dtype)
 
     def where(self, cond, a, b, out_dtype: D.DType):
         cd = D.compute_dtype(out_dtype)
