@@ -1,11 +1,17 @@
 """Quantise a safetensors LLaMA model directory to a GGUF file (`taper convert --quantize q8_0 SRC DST.gguf`).
 
-The file is written by engine.io.gguf.save_gguf (llama.cpp's layout, gguf-py's quantisers, atomic).
-What stays float: every 1-d tensor (the RMSNorm weights, biases) as F32, and any matrix whose rows are
-not whole 32-wide blocks. Every 2-d matrix is quantised, the token embedding and lm_head included:
-that is what llama.cpp's own converter does with `--outtype q8_0` (convert_hf_to_gguf.py quantises
-every 2-d weight but the norms). `llama-quantize` would instead put output.weight in Q6_K for the
-4-bit types, but gguf-py has no Q6_K (or Q4_K) quantiser, so the choice here is uniform and says so.
+The file is written by engine.io.gguf.save_gguf (llama.cpp's layout, atomic): q8_0, q4_0 and q4_1
+through gguf-py's quantisers, q4_k and q6_k through engine/quant_k.py (llama.cpp's reference
+quantize_row_q4_K_ref / q6_K_ref), and q4_k_m, llama-quantize's Q4_K_M recipe (Q6_K for lm_head and
+for v_proj / down_proj in the first and last eighth of the layers and every third one between, Q4_K
+elsewhere; engine.io.gguf.mix_qtype). What stays float: every 1-d tensor (the RMSNorm weights,
+biases) as F32, and any matrix whose rows are not whole 32-wide blocks; a k-quant matrix whose rows
+are not whole 256-wide super-blocks falls back to q4_1 (for q4_k) or q8_0 (for q6_k). Every 2-d
+matrix is quantised, the token embedding and lm_head included, as llama.cpp's converter does.
+
+Streaming: tensors are read one at a time from the checkpoint (copy-on-load reads, so pages of a
+memory map never pile up in the resident set) and written out before the next is read, so the
+peak memory is about one tensor, not the model (a 7B model does not need 28 GB).
 
 The tokenizer (tokenizer.json, byte-level BPE: GPT-2, LLaMA-3, SmolLM2 style) goes into the
 tokenizer.ggml.* metadata when the directory has one; other tokenizers are left out (the report says).
@@ -19,12 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.io.gguf import _WRITE_QTYPES, save_gguf
+from engine.io.gguf import _WRITE_QTYPES, mix_qtype, save_gguf
 from migration.source import ConvertError
 
 # what is not offered, and why (asked for by users who know llama.cpp's names)
-_NOT_OFFERED = {"q4_k": "gguf-py has no Q4_K quantiser", "q6_k": "gguf-py has no Q6_K quantiser",
-                "q5_k": "gguf-py has no Q5_K quantiser", "q4_k_m": "gguf-py has no Q4_K/Q6_K quantiser"}
+_NOT_OFFERED = {"q5_k": "the engine does not compute with Q5_K", "q5_k_m": "the engine does not compute with Q5_K",
+                "q5_0": "the engine does not compute with Q5_0", "q4_k_s": "use q4_k (all Q4_K) or q4_k_m"}
 _CONTROL, _USER_DEFINED, _NORMAL = 3, 4, 1  # llama.cpp token types
 
 
@@ -34,6 +40,7 @@ class QuantizeReport:
     dst: str
     qtype: str
     quantized: list[str] = field(default_factory=list)  # HF names stored in blocks
+    formats: dict = field(default_factory=dict)  # HF name -> the block format it got (q4_k_m mixes two)
     kept_float: list[str] = field(default_factory=list)  # HF names stored as F32
     tokenizer: str = "none"
     bytes_in: int = 0
@@ -41,7 +48,9 @@ class QuantizeReport:
     seconds: float = 0.0
 
     def __str__(self):
-        return (f"{self.src} -> {self.dst}: {len(self.quantized)} matrices quantised to {self.qtype}, "
+        mix = sorted(set(self.formats.values()))
+        return (f"{self.src} -> {self.dst}: {len(self.quantized)} matrices quantised to {self.qtype}"
+                f"{' (' + ', '.join(f'{sum(v == q for v in self.formats.values())} {q}' for q in mix) + ')' if len(mix) > 1 else ''}, "
                 f"{len(self.kept_float)} tensors kept F32 ({', '.join(self.kept_float[:3])}"
                 f"{' ...' if len(self.kept_float) > 3 else ''}); tokenizer: {self.tokenizer}; "
                 f"{self.bytes_in / 1e6:.1f} MB -> {self.bytes_out / 1e6:.1f} MB in {self.seconds:.1f} s")
@@ -51,9 +60,8 @@ def check_qtype(qtype: str) -> str:
     q = str(qtype).lower()
     if q in _WRITE_QTYPES:
         return q
-    why = f" ({_NOT_OFFERED[q]}, the reference quantiser)" if q in _NOT_OFFERED else ""
-    raise ConvertError(f"cannot quantise to {qtype!r}{why}; supported: {', '.join(_WRITE_QTYPES)}"
-                       + ("" if why else " (q4_k is not offered: gguf-py has no Q4_K quantiser)"))
+    why = f" ({_NOT_OFFERED[q]})" if q in _NOT_OFFERED else ""
+    raise ConvertError(f"cannot quantise to {qtype!r}{why}; supported: {', '.join(_WRITE_QTYPES)}")
 
 
 def tokenizer_metadata(path: Path) -> tuple[dict | None, str]:
@@ -105,25 +113,32 @@ def quantize_to_gguf(src, dst, qtype: str, *, overwrite: bool = False) -> Quanti
         raise ConvertError(f"{src}: model_type {config.get('model_type')!r}; --quantize writes GGUF for "
                            "llama models only (llama.cpp's 'llama' architecture)")
     try:
-        ck = open_checkpoint(src)
+        ck = open_checkpoint(src, mmap=False)  # copy-on-load: one tensor read at a time, when written
     except SafetensorsError as e:
         raise ConvertError(f"{src}: {e}") from None
-    with ck:
-        tensors = {k: np.asarray(ck.get_numpy(k), dtype=np.float32) for k in ck.keys()
-                   if not k.endswith("rotary_emb.inv_freq")}
     tok, tok_note = tokenizer_metadata(src)
     report = QuantizeReport(str(src), str(dst), q, tokenizer=tok_note)
-    report.bytes_in = sum(a.nbytes for a in tensors.values())
-    tied = config.get("tie_word_embeddings", False)
-    for k, a in sorted(tensors.items()):
-        if tied and k == "lm_head.weight":
-            continue
-        (report.quantized if a.ndim == 2 and a.shape[1] % 32 == 0 else report.kept_float).append(k)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        save_gguf(dst, config, tensors, q, tok)
-    except KeyError as e:
-        raise ConvertError(f"{src}: {e.args[0]}") from None
+    with ck:
+        names = [k for k in ck.keys() if not k.endswith("rotary_emb.inv_freq")]
+        shapes = {k: tuple(ck.info(k)[1]) for k in names}
+        report.bytes_in = sum(ck.info(k)[2][1] - ck.info(k)[2][0] for k in names)
+        tied = config.get("tie_word_embeddings", False)
+        n_layers = int(config.get("num_hidden_layers", 0))
+        for k in sorted(names):
+            if tied and k == "lm_head.weight":
+                continue
+            fmt = mix_qtype(k, shapes[k], q, n_layers)
+            if fmt is None:
+                report.kept_float.append(k)
+            else:
+                report.quantized.append(k)
+                report.formats[k] = fmt
+        tensors = {k: (lambda k=k: ck.get_numpy(k)) for k in names}
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            save_gguf(dst, config, tensors, q, tok, shapes=shapes)
+        except KeyError as e:
+            raise ConvertError(f"{src}: {e.args[0]}") from None
     report.bytes_out = dst.stat().st_size
     report.seconds = time.perf_counter() - start
     return report

@@ -74,16 +74,54 @@ def test_convert_quantize_loads_in_engine_and_transformers(tiny_dir, tmp_path, q
     assert np.abs(got - want).max() <= FP32_REL * np.ptp(want)
 
 
+@pytest.fixture(scope="module")
+def tiny_k_dir(tmp_path_factory):
+    """A tiny llama whose rows are whole 256-weight super-blocks (hidden 256, intermediate 512), so the
+    k-quants apply to every matrix."""
+    from test_models_llm import hf_model
+    m = hf_model("llama", dict(hidden_size=256, intermediate_size=512, num_attention_heads=4, num_key_value_heads=2))
+    d = tmp_path_factory.mktemp("qk") / "tiny-llama-k"
+    m.save_pretrained(d, safe_serialization=True)
+    return d
+
+
+@pytest.mark.parametrize("q", ["q4_k", "q6_k", "q4_k_m"])
+def test_convert_k_quants_load_in_engine_and_transformers(tiny_k_dir, tmp_path, q):
+    """Our Q4_K / Q6_K blocks: read by transformers through gguf-py's dequantiser, equal to the engine's
+    dequantisation, logits alike; q4_k_m puts Q6_K where llama-quantize's recipe does (2 layers: the last)."""
+    import torch
+    from test_gguf import hf_from_gguf
+    path = quantize(tiny_k_dir, tmp_path, q)
+    reader = gguf.GGUFReader(str(path))
+    raw = {t.name: t for t in reader.tensors}
+    want = {"q4_k": dict.fromkeys(("blk.0.ffn_down", "blk.1.ffn_down", "blk.1.attn_v", "output", "blk.0.attn_q"), "Q4_K"),
+            "q6_k": dict.fromkeys(("blk.0.ffn_down", "blk.1.ffn_down", "blk.1.attn_v", "output", "blk.0.attn_q"), "Q6_K"),
+            "q4_k_m": {"blk.0.ffn_down": "Q4_K", "blk.1.ffn_down": "Q6_K", "blk.1.attn_v": "Q6_K", "blk.0.attn_v": "Q4_K",
+                       "output": "Q6_K", "blk.0.attn_q": "Q4_K", "token_embd": "Q4_K"}}[q]
+    for name, t in want.items():
+        assert raw[name + ".weight"].tensor_type.name == t, name
+    em = models.from_pretrained(path)
+    ref = hf_from_gguf(path)
+    sd = ref.state_dict()
+    for key in ("model.layers.1.self_attn.q_proj.weight", "model.layers.1.mlp.down_proj.weight", "lm_head.weight"):
+        np.testing.assert_array_equal(module(em, key).dequantize().numpy(), sd[key].numpy(), err_msg=key)
+    ids = np.random.default_rng(0).integers(0, 256, (2, 12))
+    with torch.no_grad():
+        want_logits = ref(torch.tensor(ids)).logits.double().numpy()
+    got = em(engine.tensor(ids)).numpy()
+    assert np.abs(got - want_logits).max() <= FP32_REL * np.ptp(want_logits)
+
+
 def test_convert_quantize_errors(tiny_dir, tmp_path, capsys):
     out = quantize(tiny_dir, tmp_path, "q8_0")
     assert main(["convert", str(tiny_dir), str(out), "--quantize", "q8_0"]) == 2
     assert "already exists; pass --overwrite" in capsys.readouterr().err
     assert main(["convert", str(tiny_dir), str(out), "--quantize", "q8_0", "--overwrite", "--quiet"]) == 0
-    assert main(["convert", str(tiny_dir), str(tmp_path / "x.gguf"), "--quantize", "q4_k"]) == 2
+    assert main(["convert", str(tiny_dir), str(tmp_path / "x.gguf"), "--quantize", "q5_k"]) == 2
     err = capsys.readouterr().err
-    assert "q4_k" in err and "no Q4_K quantiser" in err and "q8_0, q4_0, q4_1" in err
+    assert "'q5_k' (the engine does not compute with Q5_K)" in err and "q8_0, q4_0, q4_1, q4_k, q6_k, q4_k_m" in err
     assert main(["convert", str(tiny_dir), str(tmp_path / "x.gguf"), "--quantize", "int3"]) == 2
-    assert "supported: q8_0, q4_0, q4_1" in capsys.readouterr().err
+    assert "supported: q8_0, q4_0, q4_1, q4_k, q6_k, q4_k_m" in capsys.readouterr().err
     other = tmp_path / "gpt2"
     other.mkdir()
     (other / "config.json").write_text('{"model_type": "gpt2"}')

@@ -363,7 +363,52 @@ def diagnose(path) -> str | None:
 
 
 # ---- writing -------------------------------------------------------------------------------------------------
-_WRITE_QTYPES = ("q8_0", "q4_0", "q4_1")  # the block formats gguf-py can quantise to (numpy, bit-exact to ggml)
+# the block formats save_gguf quantises to: gguf-py's numpy quantisers (bit-exact to ggml) for the legacy
+# ones, engine/quant_k.py (ggml's reference algorithm) for the k-quants; q4_k_m is llama.cpp's mix (mix_qtype)
+_WRITE_QTYPES = ("q8_0", "q4_0", "q4_1", "q4_k", "q6_k", "q4_k_m")
+_FILE_TYPES = {"q8_0": "MOSTLY_Q8_0", "q4_0": "MOSTLY_Q4_0", "q4_1": "MOSTLY_Q4_1", "q4_k": "MOSTLY_Q4_K_S",
+               "q6_k": "MOSTLY_Q6_K", "q4_k_m": "MOSTLY_Q4_K_M"}
+# a k-quant needs rows of whole 256-weight super-blocks; a matrix whose rows are not falls back (as
+# llama-quantize does: it takes Q5_0 for Q4_K and Q8_0 for Q6_K; the engine has no Q5_0, so Q4_1)
+_FALLBACK = {"q4_k": "q4_1", "q6_k": "q8_0"}
+
+
+def _more_bits(layer: int, n_layers: int) -> bool:
+    """llama.cpp's use_more_bits: the first and last eighth of the layers and every third one between."""
+    return layer < n_layers // 8 or layer >= 7 * n_layers // 8 or (layer - n_layers // 8) % 3 == 2
+
+
+def mix_qtype(name: str, shape, quantize: str | None, n_layers: int) -> str | None:
+    """The block format of HF tensor `name` (shape in numpy order) when a model is written as `quantize`;
+    None keeps it F32 (vectors, and rows that are not whole 32-weight blocks).
+    q4_k_m is llama-quantize's Q4_K_M recipe (llama_tensor_get_type, no importance matrix): Q6_K for
+    lm_head (output.weight) and for v_proj (attn_v) and down_proj (ffn_down) in the layers _more_bits
+    picks, Q4_K for every other matrix, the token embedding included."""
+    if quantize is None or len(shape) != 2 or shape[1] % 32:
+        return None
+    q = quantize
+    if q == "q4_k_m":
+        m = re.match(r"model\.layers\.(\d+)\.(self_attn\.v_proj|mlp\.down_proj)\.weight$", name)
+        q = "q6_k" if name == "lm_head.weight" or (m and _more_bits(int(m.group(1)), n_layers)) else "q4_k"
+    if q in _FALLBACK and shape[1] % 256:
+        q = _FALLBACK[q]
+    return q
+
+
+def quantize_matrix(a, q: str) -> np.ndarray:
+    """A (rows, cols) float matrix as (rows, row_bytes) uint8 blocks of `q`, a tile of rows at a time
+    (so a memory-mapped source is read, converted and quantised in bounded memory)."""
+    from engine.quant_k import TILE_WEIGHTS, quantize_k
+    if q in ("q4_k", "q6_k"):
+        return quantize_k(a, q)
+    import gguf
+    rows, cols = a.shape
+    out = np.empty((rows, cols // 32 * QTYPES[q].type_size), np.uint8)
+    step = max(1, TILE_WEIGHTS // cols)
+    for r0 in range(0, rows, step):
+        tile = np.ascontiguousarray(a[r0:r0 + step], dtype=np.float32)
+        out[r0:r0 + tile.shape[0]] = gguf.quants.quantize(tile, gguf.GGMLQuantizationType[q.upper()])
+    return out
 
 
 def gguf_name(hf: str) -> str:
@@ -379,10 +424,15 @@ def gguf_name(hf: str) -> str:
     raise KeyError(f"{hf}: no GGUF name for this llama tensor")
 
 
-def save_gguf(path, config: dict, tensors: dict, quantize: str | None = None, tokenizer: dict | None = None):
+def save_gguf(path, config: dict, tensors: dict, quantize: str | None = None, tokenizer: dict | None = None,
+              shapes: dict | None = None) -> Path:
     """Write a llama model as GGUF, as llama.cpp's converter lays it out: llama.* metadata from the HF
     `config`, tensors {HF name: numpy float array} renamed, q/k rows permuted into llama.cpp's rotary
-    order, 2-d matrices quantised to `quantize` (q8_0, q4_0, q4_1; None keeps float32), vectors F32.
+    order, 2-d matrices quantised to `quantize` (q8_0, q4_0, q4_1, q4_k, q6_k, or the q4_k_m mix:
+    mix_qtype; None keeps float32), vectors F32.
+    Streaming: a value may also be a zero-argument callable that returns the array (then `shapes`
+    gives its shape), and it is called only when that tensor is written, so at most one tensor (and a
+    tile of its float32 copy) is in memory at a time, whatever the model size.
     tokenizer: extra tokenizer.ggml.* metadata {key suffix: value} (tokens, merges, token_type, ...).
     Written to a temp file and renamed (engine.io.atomic)."""
     import gguf
@@ -390,17 +440,26 @@ def save_gguf(path, config: dict, tensors: dict, quantize: str | None = None, to
     if config.get("model_type") != "llama":
         raise ValueError(f"save_gguf writes llama models, not model_type {config.get('model_type')!r}")
     if quantize is not None and quantize not in _WRITE_QTYPES:
-        raise ValueError(f"cannot quantise to {quantize!r}: gguf-py quantises to {', '.join(_WRITE_QTYPES)}")
+        raise ValueError(f"cannot quantise to {quantize!r}: save_gguf quantises to {', '.join(_WRITE_QTYPES)}")
     heads = config["num_attention_heads"]
     kv = config.get("num_key_value_heads") or heads
     head_dim = config.get("head_dim") or config["hidden_size"] // heads
+    n_layers = int(config["num_hidden_layers"])
+    tied = config.get("tie_word_embeddings", False)
+    plan = []  # (HF name, numpy shape, block format or None)
+    for name in sorted(tensors):
+        if tied and name == "lm_head.weight":
+            continue  # llama.cpp leaves a tied head out
+        v = tensors[name]
+        shape = tuple(int(d) for d in (shapes[name] if callable(v) else np.shape(v)))
+        plan.append((name, shape, mix_qtype(name, shape, quantize, n_layers)))
     path = Path(path)
     tmp = temp_path(path)
     w = gguf.GGUFWriter(str(tmp), "llama")
     try:
         w.add_context_length(int(config.get("max_position_embeddings", 2048)))
         w.add_embedding_length(int(config["hidden_size"]))
-        w.add_block_count(int(config["num_hidden_layers"]))
+        w.add_block_count(n_layers)
         w.add_feed_forward_length(int(config["intermediate_size"]))
         w.add_head_count(int(heads))
         w.add_head_count_kv(int(kv))
@@ -409,8 +468,7 @@ def save_gguf(path, config: dict, tensors: dict, quantize: str | None = None, to
         w.add_layer_norm_rms_eps(float(config.get("rms_norm_eps", 1e-6)))
         w.add_vocab_size(int(config["vocab_size"]))
         if quantize is not None:
-            w.add_file_type({"q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
-                             "q4_1": gguf.LlamaFileType.MOSTLY_Q4_1}[quantize])
+            w.add_file_type(gguf.LlamaFileType[_FILE_TYPES[quantize]])
         for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
             if isinstance(config.get(key), int):
                 getattr(w, {"pad_token_id": "add_pad_token_id"}.get(key, f"add_{key}"))(config[key])
@@ -425,25 +483,36 @@ def save_gguf(path, config: dict, tensors: dict, quantize: str | None = None, to
                 w.add_token_types(value)
             else:
                 raise ValueError(f"save_gguf: unknown tokenizer metadata {key!r}")
-        tied = config.get("tie_word_embeddings", False)
-        for name in sorted(tensors):
-            if tied and name == "lm_head.weight":
-                continue  # llama.cpp leaves a tied head out
-            a = np.asarray(tensors[name], dtype=np.float32)
+        for name, shape, q in plan:  # every tensor's header first; the data follows one tensor at a time
+            if q is None:
+                w.add_tensor_info(gguf_name(name), shape, np.dtype(np.float32), 4 * int(np.prod(shape)))
+            else:
+                qt = QTYPES[q]
+                nb = shape[0] * shape[1] // qt.block_size * qt.type_size
+                w.add_tensor_info(gguf_name(name), (shape[0], nb // shape[0]), np.dtype(np.uint8), nb,
+                                  raw_dtype=gguf.GGMLQuantizationType[q.upper()])
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_ti_data_to_file()
+        for name, shape, q in plan:
+            v = tensors[name]
+            a = v() if callable(v) else v
+            if tuple(a.shape) != shape:
+                raise ValueError(f"save_gguf: tensor {name} has shape {tuple(a.shape)}, expected {shape}")
             if name.endswith(("q_proj.weight", "q_proj.bias", "k_proj.weight", "k_proj.bias")):
                 n = heads if ".q_proj." in name else kv
                 a = a.reshape(n, 2, a.shape[0] // n // 2, *a.shape[1:]).swapaxes(1, 2).reshape(a.shape)
-            if quantize is not None and a.ndim == 2 and a.shape[1] % 32 == 0:
-                q = gguf.quants.quantize(np.ascontiguousarray(a), gguf.GGMLQuantizationType[quantize.upper()])
-                w.add_tensor(gguf_name(name), q, raw_shape=q.shape, raw_dtype=gguf.GGMLQuantizationType[quantize.upper()])
-            else:
-                w.add_tensor(gguf_name(name), np.ascontiguousarray(a))
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_tensors_to_file()
+            data = quantize_matrix(a, q) if q is not None else np.ascontiguousarray(a, dtype=np.float32)
+            del a
+            w.write_tensor_data(data)
+            del data
         w.close()
         os.replace(tmp, path)
     except BaseException:
+        try:
+            w.close()
+        except Exception:  # noqa: BLE001  (the original error matters, not a failed close)
+            pass
         discard(None, tmp)
         raise
     return path

@@ -1,0 +1,190 @@
+"""Quantisers to ggml's k-quant formats Q4_K and Q6_K (numpy), the algorithm of llama.cpp's reference
+quantize_row_q4_K_ref / quantize_row_q6_K_ref (ggml-quants.c, no importance matrix), vectorised over
+all blocks of a tile at once. gguf-py (the package the rest of the GGUF code leans on) has no
+quantiser for these; engine/quant.py holds the block layouts, engine/backends/numpy_quant.py their
+dequantisers (bit-exact to gguf-py's).
+
+Q4_K, a super-block of 256 weights = 8 sub-blocks of 32:
+  1. per sub-block, weights w = rms(x) + |x| and a search of (scale, min) over 21 candidate grids
+     (make_qkx2_quants: nmax 15, rmin -1, rdelta 0.1, 20 steps, weighted squared error);
+  2. the 8 scales and 8 mins quantised to 6 bits against the largest of each (d = max / 63,
+     dmin = max_min / 63, both float16), packed into 12 bytes;
+  3. every weight requantised against its sub-block's final (rounded) scale and min, 4 bits.
+Q6_K, a super-block of 256 = 16 sub-blocks of 16:
+  1. per sub-block, the scale of a symmetric 6-bit grid (-32..31) from a search of 19 candidate
+     grids weighted by x^2 (make_qx_quants, rmse_type 1);
+  2. the 16 scales quantised to int8 against the one of largest magnitude (d = -max / 128, float16);
+  3. every weight requantised against d * scale, 6 bits split into 4 low + 2 high bits.
+Rounding is ggml's nearest_int (to nearest, ties to even: np.rint) on float32 values; sums run in
+float32 in numpy's order (ggml sums sequentially), so a block can differ from llama.cpp's in the last
+bit of a scale, never in the format: the dequantiser reads either the same way.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+QK_K = 256
+_F = np.float32
+TILE_WEIGHTS = 1 << 18  # weights quantised per tile in numpy (temporaries stay near 16 MiB)
+
+
+def _rint(xp, a):
+    return xp.rint(a).astype(np.int32)
+
+
+def _f16(xp, a):
+    """float32 (n,) -> float16 bytes (n, 2)."""
+    return a.astype(np.float16).view(np.uint8).reshape(-1, 2)
+
+
+# ---- Q4_K ----------------------------------------------------------------------------------------------
+def _qkx2(xp, x, w, nmax=15, rmin=-1.0, rdelta=0.1, nstep=20):
+    """make_qkx2_quants over rows of x (n, 32) with weights w: (scale (n,), the_min (n,) = -min, L (n, 32))."""
+    mn = xp.minimum(x.min(1), _F(0))
+    mx = x.max(1)
+    sum_w = w.sum(1, dtype=_F)
+    sum_x = (w * x).sum(1, dtype=_F)
+    flat = mx == mn
+    span = xp.where(flat, _F(1), mx - mn)
+    iscale = _F(nmax) / span
+    scale = _F(1) / iscale
+    xm = x - mn[:, None]
+    L = xp.clip(_rint(xp, iscale[:, None] * xm), 0, nmax)
+    best = (w * xp.square(scale[:, None] * L + mn[:, None] - x)).sum(1, dtype=_F)
+    for step in range(nstep + 1):
+        isc = (_F(rmin) + _F(rdelta) * _F(step) + _F(nmax)) / span
+        la = xp.clip(_rint(xp, isc[:, None] * xm), 0, nmax).astype(_F)
+        wl = w * la
+        sl, sl2, sxl = wl.sum(1, dtype=_F), (wl * la).sum(1, dtype=_F), (wl * x).sum(1, dtype=_F)
+        D = sum_w * sl2 - sl * sl
+        ok = D > 0
+        Ds = xp.where(ok, D, _F(1))
+        ts = (sum_w * sxl - sum_x * sl) / Ds
+        tm = (sl2 * sum_x - sl * sxl) / Ds
+        pos = tm > 0
+        tm = xp.where(pos, _F(0), tm)
+        ts = xp.where(pos, sxl / xp.where(sl2 > 0, sl2, _F(1)), ts)
+        err = (w * xp.square(ts[:, None] * la + tm[:, None] - x)).sum(1, dtype=_F)
+        better = ok & (err < best)
+        L = xp.where(better[:, None], la.astype(np.int32), L)
+        best = xp.where(better, err, best)
+        scale = xp.where(better, ts, scale)
+        mn = xp.where(better, tm, mn)
+    scale = xp.where(flat, _F(0), scale)
+    L = xp.where(flat[:, None], 0, L)
+    return scale.astype(_F), (-mn).astype(_F), L
+
+
+def _q4_k_blocks(xp, x):
+    """(n, 256) float32 -> (n, 144) uint8 Q4_K blocks."""
+    n = x.shape[0]
+    sub = x.reshape(n * 8, 32)
+    av = xp.sqrt((sub * sub).sum(1, dtype=_F) / _F(32))
+    scales, mins, L = _qkx2(xp, sub, av[:, None] + xp.abs(sub))
+    scales, mins, L = scales.reshape(n, 8), mins.reshape(n, 8), L.reshape(n, 8, 32)
+    max_scale = xp.maximum(scales.max(1), _F(0))
+    max_min = xp.maximum(mins.max(1), _F(0))
+    inv_s = xp.where(max_scale > 0, _F(63) / xp.where(max_scale > 0, max_scale, _F(1)), _F(0))
+    inv_m = xp.where(max_min > 0, _F(63) / xp.where(max_min > 0, max_min, _F(1)), _F(0))
+    # uint8_t ls = nearest_int(...); MIN(63, ls): a negative value wraps to a large one, then 63
+    ls = xp.minimum(_rint(xp, inv_s[:, None] * scales) & 0xFF, 63).astype(np.uint8)
+    lm = xp.minimum(_rint(xp, inv_m[:, None] * mins) & 0xFF, 63).astype(np.uint8)
+    packed = xp.zeros((n, 12), np.uint8)
+    packed[:, 0:4] = ls[:, :4] | ((ls[:, 4:] >> 4) << 6)
+    packed[:, 4:8] = lm[:, :4] | ((lm[:, 4:] >> 4) << 6)
+    packed[:, 8:12] = (ls[:, 4:] & 0xF) | ((lm[:, 4:] & 0xF) << 4)
+    d16, dmin16 = _f16(xp, max_scale / _F(63)), _f16(xp, max_min / _F(63))
+    d = d16.view(np.float16).astype(_F)  # (n, 1): the stored, rounded values
+    dmin = dmin16.view(np.float16).astype(_F)
+    dl = d * ls.astype(_F)  # (n, 8)
+    ml = dmin * lm.astype(_F)
+    xs = x.reshape(n, 8, 32)
+    keep = dl == 0  # ggml skips these sub-blocks and keeps the search's L
+    req = xp.clip(_rint(xp, (xs + ml[..., None]) / xp.where(keep, _F(1), dl)[..., None]), 0, 15)
+    L = xp.where(keep[..., None], L, req).astype(np.uint8).reshape(n, 4, 2, 32)
+    qs = (L[:, :, 0] | (L[:, :, 1] << 4)).reshape(n, 128)
+    return xp.concatenate([d16, dmin16, packed, qs], axis=1)
+
+
+# ---- Q6_K ----------------------------------------------------------------------------------------------
+def _qx(xp, x, nmax=32):
+    """make_qx_quants(n=16, nmax, rmse_type=1, no weights) over rows of x (n, 16): (scale (n,), L (n, 16) in 0..63)."""
+    idx = xp.argmax(xp.abs(x), axis=1)
+    mx = x[xp.arange(x.shape[0]), idx]
+    zero = xp.abs(mx) < _F(1e-15)
+    mxs = xp.where(zero, _F(1), mx)
+    w = x * x
+    wx = w * x
+
+    def grid(iscale):
+        q = xp.clip(_rint(xp, iscale[:, None] * x), -nmax, nmax - 1)
+        qf = q.astype(_F)
+        return q, (wx * qf).sum(1, dtype=_F), (w * qf * qf).sum(1, dtype=_F)
+
+    q, sumlx, suml2 = grid(_F(-nmax) / mxs)
+    scale = xp.where(suml2 > 0, sumlx / xp.where(suml2 > 0, suml2, _F(1)), _F(0))
+    best = scale * sumlx
+    L = q + nmax
+    for step in range(-9, 10):
+        if step == 0:
+            continue
+        q, slx, sl2 = grid(-(_F(nmax) + _F(0.1) * _F(step)) / mxs)
+        better = (sl2 > 0) & (slx * slx > best * sl2)
+        sc = slx / xp.where(sl2 > 0, sl2, _F(1))
+        L = xp.where(better[:, None], q + nmax, L)
+        scale = xp.where(better, sc, scale)
+        best = xp.where(better, sc * slx, best)
+    return xp.where(zero, _F(0), scale).astype(_F), xp.where(zero[:, None], 0, L)
+
+
+def _q6_k_blocks(xp, x):
+    """(n, 256) float32 -> (n, 210) uint8 Q6_K blocks."""
+    n = x.shape[0]
+    scales, L = _qx(xp, x.reshape(n * 16, 16))
+    scales, L = scales.reshape(n, 16), L.reshape(n, 16, 16)
+    i = xp.argmax(xp.abs(scales), axis=1)
+    max_scale = scales[xp.arange(n), i]
+    zero = xp.abs(max_scale) < _F(1e-15)
+    iscale = _F(-128) / xp.where(zero, _F(1), max_scale)
+    d16 = _f16(xp, xp.where(zero, _F(0), _F(1) / iscale))
+    sc = xp.minimum(_rint(xp, iscale[:, None] * scales), 127).astype(np.int8)
+    sc = xp.where(zero[:, None], np.int8(0), sc)
+    dl = d16.view(np.float16).astype(_F) * sc.astype(_F)  # (n, 16)
+    keep = dl == 0
+    req = xp.clip(_rint(xp, x.reshape(n, 16, 16) / xp.where(keep, _F(1), dl)[..., None]), -32, 31) + 32
+    L = xp.where(keep[..., None], L, req).astype(np.uint8).reshape(n, 2, 4, 32)  # (n, half, quarter, 32)
+    ql = xp.concatenate([L[:, :, 0] & 0xF | ((L[:, :, 2] & 0xF) << 4),
+                         L[:, :, 1] & 0xF | ((L[:, :, 3] & 0xF) << 4)], axis=2).reshape(n, 128)
+    qh = ((L[:, :, 0] >> 4) | ((L[:, :, 1] >> 4) << 2) | ((L[:, :, 2] >> 4) << 4)
+          | ((L[:, :, 3] >> 4) << 6)).reshape(n, 64)
+    out = xp.concatenate([ql, qh, sc.view(np.uint8), d16], axis=1)
+    out[zero] = 0
+    return out
+
+
+_BLOCKS = {"q4_k": (_q4_k_blocks, 144), "q6_k": (_q6_k_blocks, 210)}
+
+
+def array_module(a):
+    """numpy, or cupy for a cupy array (the quantisers run on the GPU too: a 7B model in seconds)."""
+    if type(a).__module__.split(".")[0] == "cupy":
+        import cupy
+        return cupy
+    return np
+
+
+def quantize_k(a, qtype: str):
+    """A (rows, cols) float matrix -> (rows, cols / 256 * type_size) uint8 of `qtype` blocks (q4_k or q6_k),
+    a tile of whole rows at a time. A numpy array (or a memory map) is quantised in numpy, a cupy
+    array on its GPU. cols must be a multiple of 256 (ValueError otherwise)."""
+    fn, size = _BLOCKS[qtype]
+    xp = array_module(a)
+    if a.ndim != 2 or a.shape[1] % QK_K:
+        raise ValueError(f"{qtype}: needs a 2-d matrix with rows of a multiple of {QK_K} weights, got shape {a.shape}")
+    rows, cols = a.shape
+    out = xp.empty((rows, cols // QK_K * size), np.uint8)
+    step = max(1, (TILE_WEIGHTS if xp is np else 64 * TILE_WEIGHTS) // cols)
+    for r0 in range(0, rows, step):
+        tile = xp.ascontiguousarray(xp.asarray(a[r0:r0 + step], dtype=_F))
+        out[r0:r0 + tile.shape[0]] = fn(xp, tile.reshape(-1, QK_K)).reshape(tile.shape[0], -1)
+    return out
