@@ -4,7 +4,7 @@
   allocator hook), so the pool's stats are exact for engine tensors and for cupy's temporaries.
 - bfloat16 works natively (cupy 14 with ml_dtypes; seen on the lent H100).
 - Kernels by shape: linear with up to 8 rows runs the GEMV kernel (and linear_fused adds the rms_norm
-  prologue, GLU and residual epilogues), rms_norm, rotary and one-row attention have kernels
+  prologue, GLU and residual epilogues), a quantized weight's linear the fused dequant-GEMV (qgemv), rms_norm, rotary and one-row attention have kernels
   (cupy_kernels); more rows of 16-bit floats go to cuBLAS (cupy_blas). Everything else is the numpy
   backend's reference code over cupy arrays.
 - Capturable: the kernels read positions and tokens from device memory and never sync with the host;
@@ -426,6 +426,46 @@ class CupyBackend(NumpyBackend):
             if std != 1.0:
                 a *= np.float32(std)
             return self._out(a, D.get(dtype))
+
+    # ---- quantized weights (engine/quant.py): the fused kernels of cupy_kernels (quant.cu), capturable ----
+    qtile_scale = 64  # more than 8 rows (prefill): tiles of 16 M dequantised weights, 64 times the CPU's
+
+    def qlinear(self, x, data, qtype: str, cols: int, b, out_dtype):
+        """Up to 8 rows: the fused dequant-GEMV kernel (packed blocks in, fp32 sums, one rounding; capturable).
+        More rows: the reference's tiles, each dequantised by the kernel, times x in float32."""
+        if (out_dtype.name in K.TYPES and x.dtype == out_dtype.np_dtype and x.size
+                and (b is None or (b.dtype == x.dtype and b.flags.c_contiguous))):
+            lead = x.shape[:-1]
+            x2 = x.reshape(-1, cols)
+            if K.qgemv_ok(x2, data, qtype):
+                out = self.empty((x2.shape[0], data.shape[0]), out_dtype)
+                K.qgemv(x2, data, qtype, out, bias=b)
+                return out.reshape(lead + (data.shape[0],))
+        return super().qlinear(x, data, qtype, cols, b, out_dtype)
+
+    def _dequant_rows(self, raw, q, cols: int):
+        if K.qdata_ok(raw, q.name):
+            out = self.empty((raw.shape[0], cols), D.float32)
+            K.qdequant(raw, q.name, cols, out)
+            return out
+        return super()._dequant_rows(raw, q, cols)
+
+    def qtake(self, data, index, qtype: str, cols: int, out_dtype):
+        """Rows `index` dequantised by the kernel straight into out_dtype (no gathered copy; capturable)."""
+        if out_dtype.name in K.TYPES and index.ndim == 1 and K.qdata_ok(data, qtype):
+            idx = index if index.dtype == cupy.int64 and index.flags.c_contiguous else \
+                cupy.ascontiguousarray(index.astype(cupy.int64))
+            out = self.empty((index.shape[0], cols), out_dtype)
+            K.qdequant(data, qtype, cols, out, idx=idx)
+            return out
+        return super().qtake(data, index, qtype, cols, out_dtype)
+
+    def dequantize(self, data, qtype: str, cols: int, out_dtype):
+        if out_dtype.name in K.TYPES and K.qdata_ok(data, qtype):
+            out = self.empty((data.shape[0], cols), out_dtype)
+            K.qdequant(data, qtype, cols, out)
+            return out
+        return super().dequantize(data, qtype, cols, out_dtype)
 
     # ---- CUDA graphs (engine.capture) ----------------------------------------------------------------------
     def graph_capture(self, fn, memory):

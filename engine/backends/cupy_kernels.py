@@ -15,6 +15,9 @@ replaces bit for bit where the reduction order is the same.
   rotary     HF rotate_half rotary on (B, H, L, D) strided views
   attention  one query row per (batch, head) over a KV cache, split over chunks of 128 positions
              (flash-decoding), additive mask; a chunk whose mask hides every position is skipped
+  qgemv      y[m] = x[m] @ W.T (+ b) for m <= 8 rows with W in a ggml block format (engine/quant.py):
+             the packed blocks read from device memory and dequantised in registers, fp32 sums
+  qdequant   rows of such a W (gathered by an index, for embeddings), dequantised exactly as gguf-py
 Layouts: weights row-major [N, K] (torch's Linear layout); element strides are passed for views.
 """
 from __future__ import annotations
@@ -26,7 +29,7 @@ import cupy
 
 _DIR = Path(__file__).resolve().parent / "cuda"
 # the sources, in include order (each .cu file relies on the two headers before it)
-_FILES = ("prelude.cuh", "common.cuh", "gemv.cu", "rows.cu", "attention.cu", "sample.cu")
+_FILES = ("prelude.cuh", "common.cuh", "gemv.cu", "rows.cu", "attention.cu", "sample.cu", "quant_formats.cuh", "quant.cu")
 PRELUDE = (_DIR / "prelude.cuh").read_text()
 _SRC = "\n".join((_DIR / f).read_text() for f in _FILES)
 
@@ -47,6 +50,9 @@ def _bundle(expr: str) -> tuple:
         return tuple(f"gemv<{t},{r},{k},{m},{u}>" for r, k in _DEFAULT_RS for m in (1, 2, 4, 8))
     if name in ("attn_partial", "attn_combine"):
         return tuple(f"attn_partial<{t},{per}>" for per in (1, 2, 3, 4, 8)) + (f"attn_combine<{t}>",)
+    if name in ("qgemv", "qdequant_rows"):  # one bundle per (dtype, format): every row count and the dequantiser
+        f = args.split(",")[1]
+        return tuple(f"qgemv<{t},{f},{m}>" for m in (1, 2, 4, 8)) + (f"qdequant_rows<{t},{f}>",)
     misc = ("rms_norm_rows", "rotary", "moe_combine", "sample_rows", "gemm_tiled", "softmax_mask_rows")
     if name in misc or name == "softmax_mask_warp":
         return tuple(f"{n}<{t}>" for n in misc) + tuple(f"softmax_mask_warp<{t},{e}>" for e in SOFTMAX_WARP_E)
@@ -323,3 +329,54 @@ def softmax_mask_rows(s, mask, scale: float, L: int, per_batch: int, p):
         _fn(f"softmax_mask_rows<{t}>")((rows,), (256,), args)
     else:  # a warp per row, its values in registers
         _fn(f"softmax_mask_warp<{t},{e}>")((-(-rows // 8),), (256,), args + (cupy.int64(rows),))
+
+
+# ---- quantized weights (engine/quant.py): fused dequant-GEMV and dequantisation ------------------------------
+QFORMATS = {"q4_0": 0, "q4_1": 1, "q8_0": 2, "q4_k": 3, "q6_k": 4}  # the F of quant.cu's templates
+_QALIGN = {"q4_0": 2, "q4_1": 4, "q8_0": 2, "q4_k": 16, "q6_k": 2}  # the widest load each format makes
+
+
+def qdata_ok(data, qtype: str) -> bool:
+    """Whether the kernels read these blocks: (rows, row_bytes) uint8, C-contiguous, aligned for the format's loads."""
+    return (qtype in QFORMATS and data.ndim == 2 and data.dtype == cupy.uint8 and data.flags.c_contiguous
+            and data.data.ptr % _QALIGN[qtype] == 0 and data.strides[0] % _QALIGN[qtype] == 0)
+
+
+def qgemv_ok(x2, data, qtype: str) -> bool:
+    """Whether qgemv takes these operands: 1..MAX_ROWS rows of a kernel dtype, 16-byte aligned rows."""
+    if x2.ndim != 2 or not 0 < x2.shape[0] <= MAX_ROWS or not _kernel_dtype(x2.dtype) or data.shape[0] == 0:
+        return False
+    if x2.strides[1] != x2.itemsize or x2.strides[0] % 16 or not _aligned(x2):
+        return False
+    return qdata_ok(data, qtype)
+
+
+_QGEMV_LAUNCH: dict = {}
+
+
+def qgemv(x2, data, qtype: str, out, bias=None):
+    """out (m, N) = x2 (m, K) @ W.T (+ bias), W (N, K) the ggml blocks `data` (N, row_bytes); check qgemv_ok.
+    One warp per weight row; the launch plan of a shape is kept."""
+    m, K = x2.shape
+    isz = x2.itemsize
+    key = (x2.dtype, qtype, m, data.shape[0], K, data.strides[0], x2.strides[0], out.strides[0])
+    plan = _QGEMV_LAUNCH.get(key)
+    if plan is None:
+        N = data.shape[0]
+        M = 1 if m == 1 else 2 if m <= 2 else 4 if m <= 4 else 8
+        fn = _fn(f"qgemv<{type_name(x2.dtype)},{QFORMATS[qtype]},{M}>")
+        i32, i64 = cupy.int32, cupy.int64
+        plan = _QGEMV_LAUNCH[key] = (fn, (-(-N // 8),), (i64(data.strides[0]), i64(x2.strides[0] // isz),
+                                                        i64(out.strides[0] // isz), i32(N), i32(K), i32(m)))
+    fn, grid, sc = plan
+    fn(grid, (256,), (data, sc[0], x2, sc[1], _opt(bias), out, sc[2], sc[3], sc[4], sc[5]))
+
+
+def qdequant(data, qtype: str, K: int, out, idx=None):
+    """out (r, K) = rows idx (int64, on the device; None: all rows in order) of W dequantised into out's dtype
+    (float32: bit-identical to gguf-py's dequantiser; 16-bit: that value rounded once). Check qdata_ok."""
+    rows = out.shape[0]
+    if rows == 0:
+        return
+    _fn(f"qdequant_rows<{type_name(out.dtype)},{QFORMATS[qtype]}>")((rows,), (256,), (
+        data, cupy.int64(data.strides[0]), _opt(idx), out, cupy.int32(K)))

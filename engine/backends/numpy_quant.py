@@ -1,5 +1,5 @@
-"""Kernels over quantized weights (engine/quant.py), a mixin of NumpyBackend (cupy inherits them,
-with xp = cupy, until it has fused dequant-GEMV kernels of its own).
+"""Kernels over quantized weights (engine/quant.py), a mixin of NumpyBackend (the cupy backend overrides
+them with fused CUDA kernels where the operands fit, and inherits them, with xp = cupy, elsewhere).
 
   qlinear(x, data, qtype, cols, b, out)   x @ W.T + b, W dequantised a tile of rows at a time
   qtake(data, index, qtype, cols, out)    rows of W, dequantised (embedding lookups)
@@ -25,6 +25,7 @@ def tile_rows(cols: int) -> int:
 
 
 class QuantKernels:
+    qtile_scale = 1  # a backend may take tiles of this many times TILE_WEIGHTS (the GPU: more memory, fewer launches)
     # ---- block formats: blocks (n, type_size) uint8 -> (n, block_size) float32 -------------------------
     def _f16(self, b):
         """Two bytes per block as float16 -> float32 (n, 1)."""
@@ -94,7 +95,7 @@ class QuantKernels:
         x2 = self._f(x, out_dtype).reshape(-1, cols)
         rows = data.shape[0]
         y = xp.empty((x2.shape[0], rows), ct)
-        step = tile_rows(cols)
+        step = tile_rows(cols) * self.qtile_scale
         for r0 in range(0, rows, step):
             w = self._dequant_rows(data[r0:r0 + step], q, cols)
             y[:, r0:r0 + w.shape[0]] = x2 @ w.T.astype(ct, copy=False)
@@ -110,7 +111,7 @@ class QuantKernels:
         """All of W (rows, cols) in out_dtype, written a tile at a time."""
         q = _qtype(qtype)
         out = self.empty((data.shape[0], cols), out_dtype)
-        step = tile_rows(cols)
+        step = tile_rows(cols) * self.qtile_scale
         for r0 in range(0, data.shape[0], step):
             w = self._dequant_rows(data[r0:r0 + step], q, cols)
             self.copy_(out[r0:r0 + w.shape[0]], w)

@@ -1,0 +1,220 @@
+"""The CUDA path of quantized weights: the fused dequant-GEMV (qgemv) and dequantiser (qdequant_rows)
+kernels of engine/backends/cuda/quant.cu, reached from the cupy backend's qlinear / qtake / dequantize,
+and a GGUF model's captured decode.
+
+Oracles: gguf-py's numpy dequantiser (the weights, bit for bit) and the plain composition (dequantise,
+then a float64 matmul) for the products, within fp32 tolerance. Without a GPU, the block decoders of
+quant_formats.cuh (the code every kernel goes through) are compiled for the host with g++ and checked
+against gguf-py the same way, together with the GEMV's walk over units and runs.
+"""
+from __future__ import annotations
+
+import ctypes
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+gguf = pytest.importorskip("gguf", reason="pip install gguf (the test extra brings it)")
+from gguf import GGMLQuantizationType as G  # noqa: E402
+
+import engine  # noqa: E402
+from engine import functional as F  # noqa: E402
+from engine.quant import QTYPES, QuantWeight  # noqa: E402
+from helpers import DEVICE  # noqa: E402
+from test_gguf import blocks  # noqa: E402
+
+FORMATS = list(QTYPES)
+CUDA_DIR = Path(__file__).resolve().parents[1] / "engine" / "backends" / "cuda"
+FMT_ID = {"q4_0": 0, "q4_1": 1, "q8_0": 2, "q4_k": 3, "q6_k": 4}  # cupy_kernels.QFORMATS (no cupy import here)
+
+# ---- host build of the decoders --------------------------------------------------------------------------------
+_HOST = r"""
+#define Q_HOST
+#define __device__
+#define __forceinline__ inline
+#include <cstring>
+#include <cmath>
+static inline float __fmul_rn(float a, float b) { return a * b; }
+static inline float __fadd_rn(float a, float b) { return a + b; }
+static inline float __fsub_rn(float a, float b) { return a - b; }
+static inline float q_h2f(unsigned h) {  // IEEE half -> float
+    const unsigned s = (h >> 15) & 1, e = (h >> 10) & 31, m = h & 1023;
+    float v = e == 0 ? std::ldexp((float)m, -24) : e == 31 ? (m ? NAN : INFINITY) : std::ldexp((float)(m | 1024), (int)e - 25);
+    return s ? -v : v;
+}
+static inline void q_u128(const unsigned char *p, unsigned *q) { std::memcpy(q, p, 16); }
+#include "quant_formats.cuh"
+
+template <class Q> static void rows(const unsigned char *W, long row_bytes, int R, int K, const float *x, float *y, float *wout) {
+    for (int r = 0; r < R; r++) {
+        const unsigned char *wr = W + (long)r * row_bytes;
+        float acc = 0.f;
+        for (int u = 0; u < K / Q::BS * Q::U; u++) {  // the units of one row, as qgemv's lanes take them
+            const int b = u / Q::U, s = u % Q::U;
+            float w[Q::NR * Q::RL];
+            int off[Q::NR];
+            Q::decode(wr + (long)b * Q::TS, s, w, off);
+            for (int k = 0; k < Q::NR; k++)
+                for (int i = 0; i < Q::RL; i++) {
+                    const long at = (long)b * Q::BS + off[k] + i;
+                    wout[(long)r * K + at] = w[k * Q::RL + i];
+                    acc = std::fma(w[k * Q::RL + i], x[at], acc);
+                }
+        }
+        y[r] = acc;
+    }
+}
+extern "C" void run(int fmt, const unsigned char *W, long row_bytes, int R, int K, const float *x, float *y, float *w) {
+    switch (fmt) {
+        case 0: rows<QF_q4_0>(W, row_bytes, R, K, x, y, w); break;
+        case 1: rows<QF_q4_1>(W, row_bytes, R, K, x, y, w); break;
+        case 2: rows<QF_q8_0>(W, row_bytes, R, K, x, y, w); break;
+        case 3: rows<QF_q4_k>(W, row_bytes, R, K, x, y, w); break;
+        case 4: rows<QF_q6_k>(W, row_bytes, R, K, x, y, w); break;
+    }
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def host_lib(tmp_path_factory):
+    if shutil.which("g++") is None:
+        pytest.skip("g++ is needed to run the CUDA block decoders on the host")
+    d = tmp_path_factory.mktemp("qhost")
+    (d / "h.cpp").write_text(_HOST)
+    so = d / "h.so"
+    subprocess.run(["g++", "-std=c++17", "-O1", "-ffp-contract=off", "-shared", "-fPIC", "-I", str(CUDA_DIR),
+                    str(d / "h.cpp"), "-o", str(so)], check=True, capture_output=True)
+    lib = ctypes.CDLL(str(so))
+    lib.run.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_int, ctypes.c_void_p,
+                        ctypes.c_void_p, ctypes.c_void_p]
+    return lib
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_cuda_block_decoders_on_the_host(host_lib, fmt):
+    """quant_formats.cuh's decoders give gguf-py's weights bit for bit, every position of a row covered
+    once; the GEMV's walk (units -> runs -> x positions) equals the composition to fp32 rounding."""
+    R, K = 6, 768
+    raw = np.ascontiguousarray(blocks(fmt, R, K, seed=5))
+    x = np.random.default_rng(6).standard_normal(K).astype(np.float32)
+    y, w = np.zeros(R, np.float32), np.full((R, K), np.nan, np.float32)
+    host_lib.run(FMT_ID[fmt], raw.ctypes.data, raw.shape[1], R, K, x.ctypes.data, y.ctypes.data, w.ctypes.data)
+    ref = gguf.quants.dequantize(raw, G[fmt.upper()])
+    np.testing.assert_array_equal(w, ref)
+    want = ref.astype(np.float64) @ x.astype(np.float64)
+    np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+# ---- on the GPU --------------------------------------------------------------------------------------------------
+cuda = pytest.mark.cuda
+DTYPES = {"float32": (1e-5, 1e-5), "float16": (2e-3, 2e-3), "bfloat16": (1.6e-2, 1.6e-2)}
+
+
+def gpu_weight(raw, fmt, cols, dtype="float32"):
+    return QuantWeight(engine.tensor(raw, device=DEVICE), fmt, (raw.shape[0], cols), dtype=getattr(engine, dtype))
+
+
+@cuda
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("m", [1, 2, 3, 5, 8])
+def test_qgemv_equals_the_composition(fmt, dtype, m):
+    """The fused kernel (qlinear, m <= 8 rows) against dequantise-then-matmul in float64, rounded once."""
+    from engine.backends import cupy_kernels as K
+    N, cols = 72, 512
+    raw = blocks(fmt, N, cols, seed=m)
+    ref_w = gguf.quants.dequantize(raw, G[fmt.upper()]).astype(np.float64)
+    rng = np.random.default_rng(m)
+    dt = getattr(engine, dtype)
+    x = engine.tensor(rng.standard_normal((m, cols)).astype(np.float32), device=DEVICE).to(dt)
+    b = engine.tensor(rng.standard_normal(N).astype(np.float32), device=DEVICE).to(dt)
+    w = gpu_weight(raw, fmt, cols, dtype)
+    assert K.qgemv_ok(x.array, w.data.array, fmt)
+    y = F.linear(x, w, b)
+    assert y.shape == (m, N) and y.dtype is dt
+    want = x.float().numpy().astype(np.float64) @ ref_w.T + b.float().numpy()
+    rtol, atol = DTYPES[dtype]
+    np.testing.assert_allclose(y.float().numpy(), want, rtol=rtol, atol=atol * np.abs(want).max())
+    y3 = F.linear(x.reshape(1, m, cols), w)  # leading dims, no bias
+    np.testing.assert_allclose(y3.float().numpy()[0], want - b.float().numpy(), rtol=rtol,
+                               atol=atol * np.abs(want).max())
+
+
+@cuda
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_qgemv_on_llama_shapes(fmt):
+    """Rows of 4096 and 11008 weights (43 super-blocks: not a multiple of 8), one row of x in float16."""
+    for n, cols in ((40, 4096), (24, 11008)):
+        raw = blocks(fmt, n, cols, seed=cols)
+        x = np.random.default_rng(1).standard_normal((1, cols)).astype(np.float16)
+        y = F.linear(engine.tensor(x, device=DEVICE), gpu_weight(raw, fmt, cols, "float16")).float().numpy()
+        want = x.astype(np.float64) @ gguf.quants.dequantize(raw, G[fmt.upper()]).astype(np.float64).T
+        np.testing.assert_allclose(y, want, rtol=2e-3, atol=2e-3 * np.abs(want).max())
+
+
+@cuda
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_qdequant_is_gguf_exact(fmt, dtype):
+    """dequantize() and index_select (embedding rows) on the GPU: float32 equals gguf-py bit for bit, the
+    16-bit dtypes that value rounded once."""
+    raw = blocks(fmt, 9, 512, seed=2)
+    ref = gguf.quants.dequantize(raw, G[fmt.upper()])
+    w = gpu_weight(raw, fmt, 512, dtype)
+    dt = getattr(engine, dtype)
+    want = engine.tensor(ref).to(dt).float().numpy()
+    np.testing.assert_array_equal(w.dequantize().float().numpy(), want)
+    ids = engine.tensor(np.array([8, 0, 3, 3], np.int64), device=DEVICE)
+    np.testing.assert_array_equal(w.index_select(0, ids).float().numpy(), want[[8, 0, 3, 3]])
+
+
+@cuda
+@pytest.mark.parametrize("fmt", ["q8_0", "q4_k"])
+def test_prefill_rows_take_the_tiled_path(fmt):
+    """More than 8 rows: dequantised tiles (the kernel) and a float32 product."""
+    raw = blocks(fmt, 64, 512, seed=3)
+    x = np.random.default_rng(2).standard_normal((2, 9, 512)).astype(np.float32)
+    y = F.linear(engine.tensor(x, device=DEVICE), gpu_weight(raw, fmt, 512)).numpy()
+    want = x.astype(np.float64) @ gguf.quants.dequantize(raw, G[fmt.upper()]).astype(np.float64).T
+    np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+@cuda
+@pytest.mark.parametrize("fmt", ["q4_k", "q6_k"])
+def test_quantising_on_the_gpu(fmt):
+    """engine.quant_k on a cupy array: blocks as good as the numpy quantiser's (sums may round apart)."""
+    import cupy
+    from engine.quant_k import quantize_k
+    a = (np.random.default_rng(0).standard_normal((64, 1024)) * 0.02).astype(np.float32)
+    on_gpu = cupy.asnumpy(quantize_k(cupy.asarray(a), fmt))
+    on_cpu = quantize_k(a, fmt)
+    err = [np.sqrt(np.mean((gguf.quants.dequantize(r, G[fmt.upper()]) - a) ** 2)) for r in (on_gpu, on_cpu)]
+    assert abs(err[0] - err[1]) <= 0.01 * err[1], err
+    assert (on_gpu == on_cpu).mean() > 0.99
+
+
+@cuda
+@pytest.mark.parametrize("quantize", ["q8_0", "q4_k_m"])
+def test_captured_decode_of_a_gguf_model(tmp_path, quantize):
+    """A GGUF llama on CUDA in float16: the captured decode (CUDA graph over qgemv, qdequant and the
+    rest) gives the tokens of the uncaptured one, and the first step's logits match the CPU's."""
+    from engine import models
+    from engine.generation import generate
+    from test_models_llm import hf_model
+    from test_gguf import write_tiny
+    m = hf_model("llama", dict(hidden_size=256, intermediate_size=512, num_attention_heads=4, num_key_value_heads=2))
+    path = write_tiny(tmp_path, m, quantize)
+    gm = models.from_pretrained(path, device=DEVICE, dtype=engine.float16)
+    ids = np.random.default_rng(0).integers(0, 256, (1, 7))
+    kw = dict(max_new_tokens=12, stop_token_ids=[])
+    eager = generate(gm, ids[0].tolist(), capture=False, **kw).tokens
+    graph = generate(gm, ids[0].tolist(), capture=True, **kw).tokens
+    assert graph == eager and len(graph[0]) == 12
+    cpu = models.from_pretrained(path)
+    got = gm(engine.tensor(ids, device=DEVICE)).float().numpy()
+    want = cpu(engine.tensor(ids)).numpy()
+    assert np.abs(got - want).max() <= 2e-2 * np.ptp(want)
