@@ -133,3 +133,37 @@ class QuantWeight:
     def __repr__(self):
         return (f"QuantWeight({self.qtype.name}, shape={self.shape}, dtype={self.dtype.name}, "
                 f"device={self.device}, {self.nbytes:,} bytes)")
+
+
+def quantize_module(module, qtype_: str, n_layers: int | None = None) -> dict:
+    """Quantise a llama-style model in memory, as `taper convert --quantize` would write it and loading
+    the file would give: every 2-d weight (HF names) becomes a QuantWeight of the format
+    engine.io.gguf.mix_qtype picks for it (q4_k_m mixes Q4_K and Q6_K), quantised on the weight's own
+    device by the converter's quantiser (engine.io.gguf.quantize_matrix: a GPU model quantises on the
+    GPU), one weight at a time so the float copy of each is dropped as it goes. A tied weight is
+    quantised once (its first name decides the format). Returns {name: format} of what changed."""
+    import numpy as np
+    from engine import ops
+    from engine.io.gguf import mix_qtype, quantize_matrix
+    cfg = getattr(module, "config", None)
+    n_layers = n_layers if n_layers is not None else int(getattr(cfg, "num_hidden_layers", 0) or 0)
+    done: dict = {}  # id(float weight) -> its QuantWeight
+    out = {}
+    for name, p in list(module.named_parameters()):
+        if not isinstance(p, Tensor) or p.ndim != 2:
+            continue
+        q = done.get(id(p))
+        if q is None:
+            fmt = mix_qtype(name, tuple(p.shape), qtype_ if qtype_ == "q4_k_m" else qtype(qtype_).name, n_layers)
+            if fmt is None:
+                continue
+            raw = quantize_matrix(p.contiguous().array, fmt)  # numpy, or cupy (its allocator is the engine's pool)
+            data = ops.from_numpy(raw) if isinstance(raw, np.ndarray) else Tensor._wrap(raw, p.backend, D.uint8)
+            q = done[id(p)] = QuantWeight(data, fmt, p.shape, p.dtype)
+        *path, leaf = name.split(".")
+        m = module
+        for part in path:
+            m = m._modules[part]
+        setattr(m, leaf, q)
+        out[name] = q.qtype.name
+    return out

@@ -1,7 +1,7 @@
 """Quantise a safetensors LLaMA model directory to a GGUF file (`taper convert --quantize q8_0 SRC DST.gguf`).
 
 The file is written by engine.io.gguf.save_gguf (llama.cpp's layout, atomic): q8_0, q4_0 and q4_1
-through gguf-py's quantisers, q4_k and q6_k through engine/quant_k.py (llama.cpp's reference
+through gguf-py's quantisers, q4_k and q6_k through engine/quantizers.py (llama.cpp's reference
 quantize_row_q4_K_ref / q6_K_ref), and q4_k_m, llama-quantize's Q4_K_M recipe (Q6_K for lm_head and
 for v_proj / down_proj in the first and last eighth of the layers and every third one between, Q4_K
 elsewhere; engine.io.gguf.mix_qtype). What stays float: every 1-d tensor (the RMSNorm weights,

@@ -186,9 +186,9 @@ def test_prefill_rows_take_the_tiled_path(fmt):
 @cuda
 @pytest.mark.parametrize("fmt", ["q4_k", "q6_k"])
 def test_quantising_on_the_gpu(fmt):
-    """engine.quant_k on a cupy array: blocks as good as the numpy quantiser's (sums may round apart)."""
+    """engine.quantizers on a cupy array: blocks as good as the numpy quantiser's (sums may round apart)."""
     import cupy
-    from engine.quant_k import quantize_k
+    from engine.quantizers import quantize as quantize_k
     a = (np.random.default_rng(0).standard_normal((64, 1024)) * 0.02).astype(np.float32)
     on_gpu = cupy.asnumpy(quantize_k(cupy.asarray(a), fmt))
     on_cpu = quantize_k(a, fmt)

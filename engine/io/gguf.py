@@ -364,7 +364,7 @@ def diagnose(path) -> str | None:
 
 # ---- writing -------------------------------------------------------------------------------------------------
 # the block formats save_gguf quantises to: gguf-py's numpy quantisers (bit-exact to ggml) for the legacy
-# ones, engine/quant_k.py (ggml's reference algorithm) for the k-quants; q4_k_m is llama.cpp's mix (mix_qtype)
+# ones, engine/quantizers.py (ggml's reference algorithm) for the k-quants; q4_k_m is llama.cpp's mix (mix_qtype)
 _WRITE_QTYPES = ("q8_0", "q4_0", "q4_1", "q4_k", "q6_k", "q4_k_m")
 _FILE_TYPES = {"q8_0": "MOSTLY_Q8_0", "q4_0": "MOSTLY_Q4_0", "q4_1": "MOSTLY_Q4_1", "q4_k": "MOSTLY_Q4_K_S",
                "q6_k": "MOSTLY_Q6_K", "q4_k_m": "MOSTLY_Q4_K_M"}
@@ -395,12 +395,14 @@ def mix_qtype(name: str, shape, quantize: str | None, n_layers: int) -> str | No
     return q
 
 
-def quantize_matrix(a, q: str) -> np.ndarray:
+def quantize_matrix(a, q: str):
     """A (rows, cols) float matrix as (rows, row_bytes) uint8 blocks of `q`, a tile of rows at a time
-    (so a memory-mapped source is read, converted and quantised in bounded memory)."""
-    from engine.quant_k import TILE_WEIGHTS, quantize_k
-    if q in ("q4_k", "q6_k"):
-        return quantize_k(a, q)
+    (so a memory-mapped source is read, converted and quantised in bounded memory): the converter's
+    quantiser. The k-quants, and any format of a cupy array, through engine/quantizers.py; the legacy
+    formats of host arrays through gguf-py's own quantisers."""
+    from engine.quantizers import TILE_WEIGHTS, array_module, quantize
+    if q in ("q4_k", "q6_k") or array_module(a) is not np:
+        return quantize(a, q)
     import gguf
     rows, cols = a.shape
     out = np.empty((rows, cols // 32 * QTYPES[q].type_size), np.uint8)

@@ -1,8 +1,13 @@
-"""Quantisers to ggml's k-quant formats Q4_K and Q6_K (numpy), the algorithm of llama.cpp's reference
-quantize_row_q4_K_ref / quantize_row_q6_K_ref (ggml-quants.c, no importance matrix), vectorised over
-all blocks of a tile at once. gguf-py (the package the rest of the GGUF code leans on) has no
-quantiser for these; engine/quant.py holds the block layouts, engine/backends/numpy_quant.py their
-dequantisers (bit-exact to gguf-py's).
+"""Quantisers to ggml's block formats, written once over an array module (numpy, or cupy: a 7B model
+quantises on the GPU in seconds): `quantize(a, qtype)`.
+
+- Q4_K and Q6_K: the algorithm of llama.cpp's reference quantize_row_q4_K_ref / quantize_row_q6_K_ref
+  (ggml-quants.c, no importance matrix), vectorised over all blocks of a tile at once. gguf-py has no
+  quantiser for these.
+- Q8_0, Q4_0, Q4_1: gguf-py's numpy quantisers (bit-exact to ggml's reference), op for op, so that they
+  run on cupy arrays too (a test checks them against gguf-py bit for bit); engine.io.gguf writes files
+  through gguf-py's own on the CPU.
+engine/quant.py holds the block layouts, engine/backends/numpy_quant.py the dequantisers.
 
 Q4_K, a super-block of 256 weights = 8 sub-blocks of 32:
   1. per sub-block, weights w = rms(x) + |x| and a search of (scale, min) over 21 candidate grids
@@ -162,7 +167,50 @@ def _q6_k_blocks(xp, x):
     return out
 
 
-_BLOCKS = {"q4_k": (_q4_k_blocks, 144), "q6_k": (_q6_k_blocks, 210)}
+# ---- Q8_0, Q4_0, Q4_1 (gguf-py's quantize_blocks, op for op) ----------------------------------------------
+def _roundf(xp, n):
+    """Round half away from zero, as gguf-py's np_roundf (C's roundf)."""
+    a = xp.abs(n)
+    floored = xp.floor(a)
+    return xp.sign(n) * (floored + xp.floor(_F(2) * (a - floored)))
+
+
+def _inv(xp, d):
+    return xp.where(d == 0, _F(0), _F(1) / xp.where(d == 0, _F(1), d))
+
+
+def _q8_0_blocks(xp, x):
+    """(n, 32) float32 -> (n, 34) uint8: f16 d = amax / 127, q = roundf(x / d)."""
+    d = xp.abs(x).max(axis=1, keepdims=True) / _F(127)
+    qs = _roundf(xp, x * _inv(xp, d))
+    return xp.concatenate([d.astype(np.float16).view(np.uint8), qs.astype(np.int8).view(np.uint8)], axis=1)
+
+
+def _pack_nibbles(xp, qs):
+    n = qs.shape[0]
+    qs = qs.reshape(n, 2, 16)
+    return qs[:, 0] | (qs[:, 1] << np.uint8(4))
+
+
+def _q4_0_blocks(xp, x):
+    """(n, 32) -> (n, 18): d = the value of largest magnitude / -8, q = trunc(x / d + 8.5) in 0..15."""
+    imax = xp.abs(x).argmax(axis=-1)[:, None]
+    d = xp.take_along_axis(x, imax, axis=-1) / _F(-8)
+    qs = xp.clip(xp.trunc(x * _inv(xp, d) + _F(8.5)).astype(np.uint8), 0, 15)
+    return xp.concatenate([d.astype(np.float16).view(np.uint8), _pack_nibbles(xp, qs)], axis=-1)
+
+
+def _q4_1_blocks(xp, x):
+    """(n, 32) -> (n, 20): d = (max - min) / 15, m = min, q = trunc((x - min) / d + 0.5) in 0..15."""
+    mx, mn = x.max(axis=-1, keepdims=True), x.min(axis=-1, keepdims=True)
+    d = (mx - mn) / _F(15)
+    qs = xp.clip(xp.trunc((x - mn) * _inv(xp, d) + _F(0.5)).astype(np.uint8), 0, 15)
+    return xp.concatenate([d.astype(np.float16).view(np.uint8), mn.astype(np.float16).view(np.uint8),
+                           _pack_nibbles(xp, qs)], axis=-1)
+
+
+_BLOCKS = {"q4_k": (_q4_k_blocks, 256, 144), "q6_k": (_q6_k_blocks, 256, 210),
+           "q8_0": (_q8_0_blocks, 32, 34), "q4_0": (_q4_0_blocks, 32, 18), "q4_1": (_q4_1_blocks, 32, 20)}
 
 
 def array_module(a):
@@ -173,18 +221,18 @@ def array_module(a):
     return np
 
 
-def quantize_k(a, qtype: str):
-    """A (rows, cols) float matrix -> (rows, cols / 256 * type_size) uint8 of `qtype` blocks (q4_k or q6_k),
-    a tile of whole rows at a time. A numpy array (or a memory map) is quantised in numpy, a cupy
-    array on its GPU. cols must be a multiple of 256 (ValueError otherwise)."""
-    fn, size = _BLOCKS[qtype]
+def quantize(a, qtype: str):
+    """A (rows, cols) float matrix -> (rows, cols / block_size * type_size) uint8 blocks of `qtype` (q4_k,
+    q6_k, q8_0, q4_0, q4_1), a tile of whole rows at a time. A numpy array (or a memory map) is quantised
+    in numpy, a cupy array on its GPU. ValueError when cols is not a whole number of blocks."""
+    fn, bs, size = _BLOCKS[qtype]
     xp = array_module(a)
-    if a.ndim != 2 or a.shape[1] % QK_K:
-        raise ValueError(f"{qtype}: needs a 2-d matrix with rows of a multiple of {QK_K} weights, got shape {a.shape}")
+    if a.ndim != 2 or a.shape[1] % bs:
+        raise ValueError(f"{qtype}: needs a 2-d matrix with rows of a multiple of {bs} weights, got shape {a.shape}")
     rows, cols = a.shape
-    out = xp.empty((rows, cols // QK_K * size), np.uint8)
+    out = xp.empty((rows, cols // bs * size), np.uint8)
     step = max(1, (TILE_WEIGHTS if xp is np else 64 * TILE_WEIGHTS) // cols)
     for r0 in range(0, rows, step):
         tile = xp.ascontiguousarray(xp.asarray(a[r0:r0 + step], dtype=_F))
-        out[r0:r0 + tile.shape[0]] = fn(xp, tile.reshape(-1, QK_K)).reshape(tile.shape[0], -1)
+        out[r0:r0 + tile.shape[0]] = fn(xp, tile.reshape(-1, bs)).reshape(tile.shape[0], -1)
     return out

@@ -1,4 +1,4 @@
-"""The Q4_K / Q6_K quantisers (engine/quant_k.py, llama.cpp's reference algorithm) and the streaming GGUF writer.
+"""The Q4_K / Q6_K quantisers (engine/quantizers.py, llama.cpp's reference algorithm) and the streaming GGUF writer.
 
 Oracles: gguf-py's own numpy dequantiser (gguf.quants.dequantize) reads back what we wrote; the error
 is judged against the float weights and against gguf-py's own Q4_0 / Q4_1 / Q8_0 quantisers on the
@@ -17,7 +17,7 @@ gguf = pytest.importorskip("gguf", reason="pip install gguf (the test extra brin
 from gguf import GGMLQuantizationType as G  # noqa: E402
 
 from engine.io.gguf import mix_qtype, quantize_matrix  # noqa: E402
-from engine.quant_k import quantize_k  # noqa: E402
+from engine.quantizers import quantize as quantize_k  # noqa: E402
 
 
 def rel_rms(q: str, a: np.ndarray) -> float:
@@ -47,6 +47,14 @@ def test_q6_k_round_trips_through_gguf_py_between_q4_and_q8(weights):
     assert e["q6_k"] < 0.02, e
 
 
+@pytest.mark.parametrize("q", ["q8_0", "q4_0", "q4_1"])
+def test_legacy_quantisers_equal_gguf_py_bit_for_bit(weights, q):
+    """The array-module versions (what runs on a cupy array) against gguf-py's numpy quantisers."""
+    a = np.concatenate([weights, np.zeros((2, 1024), np.float32), np.full((1, 1024), -0.3, np.float32)])
+    a[-4, 5] = 0.5  # a tie for roundf
+    np.testing.assert_array_equal(quantize_k(a, q), gguf.quants.quantize(a, G[q.upper()]))
+
+
 @pytest.mark.parametrize("q", ["q4_k", "q6_k"])
 def test_degenerate_blocks(q):
     """All-zero super-blocks, constant sub-blocks (positive, negative) and a lone spike come back
@@ -67,7 +75,7 @@ def test_degenerate_blocks(q):
 
 
 def test_quantize_k_is_tiled_and_checks_shapes(monkeypatch):
-    import engine.quant_k as qk
+    import engine.quantizers as qk
     a = (np.random.default_rng(1).standard_normal((37, 512)) * 0.1).astype(np.float32)
     whole = quantize_k(a, "q4_k")
     monkeypatch.setattr(qk, "TILE_WEIGHTS", 512 * 5)  # 5 rows a tile: the blocks do not depend on the tiling
@@ -131,3 +139,27 @@ def test_quantising_streams_one_tensor_at_a_time(tmp_path):
     got = json.loads(r.stdout.strip().splitlines()[-1])
     grew_mib = (got["peak_kib"] - got["base_kib"]) / 1024
     assert model_mib > 90 and grew_mib < 30, (model_mib, grew_mib)  # one tensor is 8 MiB
+
+
+@pytest.mark.parametrize("q", ["q8_0", "q4_k_m"])
+def test_quantize_module_equals_writing_and_loading_the_gguf(tmp_path, q):
+    """engine.quant.quantize_module (the benchmark's in-memory path) gives the blocks a GGUF file written
+    by the converter gives after loading: the same logits, bit for bit."""
+    import dataclasses
+
+    import engine
+    from engine import models
+    from engine.io.gguf import save_gguf
+    from engine.quant import QuantWeight, quantize_module
+    m = models.from_preset("llama", "tiny", hidden_size=256, intermediate_size=512, seed=3)
+    sd = {k: v.numpy() for k, v in m.state_dict().items()}
+    cfg = {**dataclasses.asdict(m.config), "model_type": "llama"}
+    path = save_gguf(tmp_path / "m.gguf", cfg, sd, q)
+    formats = quantize_module(m, q)
+    assert set(formats) == {k for k, v in sd.items() if v.ndim == 2}
+    assert isinstance(m.model.layers[1].mlp.down_proj.weight, QuantWeight)
+    if q == "q4_k_m":
+        assert formats["model.layers.1.mlp.down_proj.weight"] == "q6_k" and formats["lm_head.weight"] == "q6_k"
+        assert formats["model.layers.0.mlp.down_proj.weight"] == "q4_k"
+    ids = engine.tensor(np.random.default_rng(0).integers(0, 256, (1, 9)))
+    np.testing.assert_array_equal(m(ids).numpy(), models.from_pretrained(path)(ids).numpy())
