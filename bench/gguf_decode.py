@@ -1,0 +1,180 @@
+"""Quantized decode on the GPU: a Llama-2-7B-shaped model with random weights, quantised by the converter's
+own quantisers (engine.quant.quantize_module -> engine.io.gguf.quantize_matrix, on the GPU), decoded
+through the captured CUDA graph beside the same model in fp16, batch 1.
+
+    python -m bench.gguf_decode --out $OUT/gguf_decode.json                 # the H200 run (a few minutes)
+    python -m bench.gguf_decode --preset tiny --device cpu --steps 4        # a smoke run anywhere
+
+For each format (fp16, q8_0, q4_k; --formats to choose, q4_k_m and q6_k too): tokens/s and ms/token
+(median of --repeats timed runs of --steps steps after a --prompt-token prefill), the weight bytes one
+token reads (packed blocks for the quantized formats), achieved GB/s = bytes x tokens/s, the roofline
+(device copy rate, read + write, over those bytes) and the speed-up over fp16 against the targets
+(Q8_0 1.7x, Q4_K 2.8x). Also the logits' agreement with fp16 on the prompt (cosine, top-1), a check
+that the quantized model is the same model, and a kernel profile: qgemv per format at the model's
+GEMV shapes (launches captured in a graph, weights rotating over more copies than L2 holds) beside
+the fp16 gemv kernel. Warm-up (record + capture) and quantisation time are reported apart.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+
+import numpy as np
+
+TARGETS = {"q8_0": 1.7, "q4_k": 2.8}
+
+
+def build(preset: str, device: str, seed: int):
+    import engine
+    from engine import models
+    return models.from_preset("llama", preset, dtype=engine.float16 if device == "cuda" else engine.float32,
+                              device=device, seed=seed)
+
+
+def measure_decode(module, device: str, prompt: int, steps: int, repeats: int) -> dict:
+    import impls
+    from suites.timing import step_seconds
+    impl = impls.get("engine", device, "float16" if device == "cuda" else "float32")
+    lm = impl.load(None, module=module)
+    vocab = module.config.vocab_size
+    ids = np.random.default_rng(0).integers(0, vocab, (1, prompt))
+    t0 = time.perf_counter()
+    step_seconds(lm, ids, steps)  # warm-up: eager steps, record, plan, capture
+    warm = time.perf_counter() - t0
+    s = float(np.median([step_seconds(lm, ids, steps) for _ in range(repeats)]))
+    logits = lm.logits(ids)[0]  # (prompt, vocab), float32 on the host
+    lm.decoder = None
+    return {"tokens_per_s": 1.0 / s, "ms_per_token": s * 1e3, "weight_bytes": int(lm.weight_bytes),
+            "achieved_gb_per_s": lm.weight_bytes / s / 1e9, "warmup_s": warm, "_logits": logits}
+
+
+def kernel_profile(preset: str, formats, iters: int = 40) -> list:
+    """qgemv per format (and the fp16 gemv) at one layer's GEMV shapes and the LM head: microseconds per
+    launch inside a captured graph, GB/s of the bytes read."""
+    import cupy
+
+    import engine  # noqa: F401  (the engine's pool owns cupy's memory)
+    from bench.kernel_profile import shapes
+    from engine.backends import cupy_kernels as K
+    from engine.io.gguf import quantize_matrix
+    l2 = cupy.cuda.runtime.getDeviceProperties(0)["l2CacheSize"]
+    rng = cupy.random.default_rng(0)
+    rows = []
+
+    def timed(fn, n):
+        fn(0)
+        stream = cupy.cuda.Stream(non_blocking=True)
+        with stream:
+            stream.begin_capture()
+            for i in range(n):
+                fn(i)
+            graph = stream.end_capture()
+        graph.launch(stream)
+        stream.synchronize()
+        s, e = cupy.cuda.Event(), cupy.cuda.Event()
+        s.record(stream)
+        for _ in range(3):
+            graph.launch(stream)
+        e.record(stream)
+        e.synchronize()
+        return cupy.cuda.get_elapsed_time(s, e) * 1e3 / (3 * n)
+
+    for name, (N, Kd, glu) in shapes(f"llama:{preset}").items():
+        if glu:
+            name = "gate_proj / up_proj"
+        x = rng.standard_normal((1, Kd), dtype=cupy.float32).astype(cupy.float16)
+        out = cupy.empty((1, N), cupy.float16)
+        for fmt in formats:
+            w = (rng.standard_normal((N, Kd), dtype=cupy.float32) * 0.02)
+            if fmt == "fp16":
+                one = w.astype(cupy.float16)
+                run = lambda W, i: K.gemv(x, W, out)  # noqa: E731
+            else:
+                if not K.qdata_ok(one := quantize_matrix(w, fmt), fmt):
+                    continue
+                run = lambda W, i, f=fmt: K.qgemv(x, W, f, out)  # noqa: E731
+            del w
+            copies = max(2, int(np.ceil(3 * l2 / one.nbytes)))
+            Ws = [one] + [one.copy() for _ in range(copies - 1)]
+            us = timed(lambda i: run(Ws[i % copies], i), iters)
+            rows.append({"shape": name, "N": N, "K": Kd, "format": fmt, "bytes": int(one.nbytes), "us": round(us, 2),
+                         "gb_per_s": round(one.nbytes / (us * 1e-6) / 1e9, 1)})
+            print(f"  {name:20s} {N:6d} x {Kd:6d} {fmt:5s} {us:8.2f} us {rows[-1]['gb_per_s']:7.1f} GB/s", flush=True)
+            del Ws, one
+    return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="llama-2-7b")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--formats", default="q8_0,q4_k", help="quantized formats beside fp16 (q8_0, q4_k, q6_k, q4_0, "
+                                                          "q4_1, q4_k_m)")
+    p.add_argument("--prompt", type=int, default=128)
+    p.add_argument("--steps", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--no-profile", action="store_true", help="skip the per-kernel profile")
+    p.add_argument("--out")
+    a = p.parse_args(argv)
+    import engine
+    from engine.quant import quantize_module
+    formats = [f for f in a.formats.split(",") if f]
+    res = {"preset": a.preset, "device": a.device, "batch": 1, "prompt": a.prompt, "steps": a.steps,
+           "repeats": a.repeats, "machine": platform.node(), "formats": {}}
+    if a.device == "cuda":
+        import cupy
+        from bench.probes import copy_gb_per_s
+        res["card"] = cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
+        res["copy_gb_per_s"] = copy_gb_per_s("cuda")
+        print(f"{res['card']}: device copy {res['copy_gb_per_s']:.0f} GB/s (read + write)", flush=True)
+    base_logits = None
+    for fmt in ["fp16"] + formats:
+        t0 = time.perf_counter()
+        m = build(a.preset, a.device, seed=0)  # the same weights every time
+        built = time.perf_counter() - t0
+        q_s, mix = 0.0, {}
+        if fmt != "fp16":
+            t0 = time.perf_counter()
+            mix = quantize_module(m, fmt)
+            engine.backend(a.device).synchronize()
+            q_s = time.perf_counter() - t0
+        r = measure_decode(m, a.device, a.prompt, a.steps, a.repeats)
+        logits = r.pop("_logits")
+        if base_logits is None:
+            base_logits = logits
+        else:
+            cos = np.sum(logits * base_logits, -1) / (np.linalg.norm(logits, axis=-1) * np.linalg.norm(base_logits, axis=-1))
+            r["logits_cosine_vs_fp16"] = {"min": float(cos.min()), "mean": float(cos.mean())}
+            r["top1_agreement_vs_fp16"] = float(np.mean(logits.argmax(-1) == base_logits.argmax(-1)))
+        r.update(build_s=built, quantize_s=q_s, formats_used={f: sum(v == f for v in mix.values()) for f in set(mix.values())})
+        if "copy_gb_per_s" in res:
+            r["roofline_tokens_per_s"] = res["copy_gb_per_s"] * 1e9 / r["weight_bytes"]
+            r["fraction_of_roofline"] = r["tokens_per_s"] / r["roofline_tokens_per_s"]
+        if fmt != "fp16":
+            r["speedup_vs_fp16"] = r["tokens_per_s"] / res["formats"]["fp16"]["tokens_per_s"]
+            if fmt in TARGETS:
+                r["target_speedup"] = TARGETS[fmt]
+                r["meets_target"] = r["speedup_vs_fp16"] >= TARGETS[fmt]
+        res["formats"][fmt] = r
+        print(f"{fmt:6s} {r['tokens_per_s']:8.1f} tok/s {r['ms_per_token']:7.3f} ms/token "
+              f"{r['weight_bytes'] / 1e9:6.2f} GB {r['achieved_gb_per_s']:7.1f} GB/s"
+              + (f" x{r['speedup_vs_fp16']:.2f} vs fp16" if "speedup_vs_fp16" in r else "")
+              + (f" cos {r['logits_cosine_vs_fp16']['mean']:.4f} top1 {r['top1_agreement_vs_fp16']:.2f}"
+                 if "logits_cosine_vs_fp16" in r else "")
+              + f" (build {built:.1f} s, quantise {q_s:.1f} s, warm-up {r['warmup_s']:.1f} s)", flush=True)
+        del m
+        engine.backend(a.device).pool.empty_cache()
+    if a.device == "cuda" and not a.no_profile:
+        print("kernel profile (graph replays):", flush=True)
+        res["kernel_profile"] = kernel_profile(a.preset, ["fp16"] + [f for f in formats if f != "q4_k_m"])
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump(res, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
