@@ -82,12 +82,13 @@ def test_linear_on_quantized_weight(fmt):
 
 
 def test_linear_dequantises_a_bounded_tile_at_a_time(monkeypatch):
-    """Never the whole matrix: each dequantised tile holds at most TILE_WEIGHTS weights (whole rows),
-    and the tiled result equals the one-tile result (to fp32 rounding: BLAS sums each shape its own way)."""
+    """More rows than the block-dot path takes (prefill): never the whole matrix; each dequantised tile
+    holds at most TILE_WEIGHTS weights (whole rows), and the tiled result equals the one-tile result
+    (to fp32 rounding: BLAS sums each shape its own way)."""
     if DEVICE.type == "cuda":
-        pytest.skip("on CUDA one row runs the fused dequant-GEMV kernel (tests/test_gguf_cuda.py), not tiles")
+        pytest.skip("on CUDA the tiles are the kernel's (tests/test_gguf_cuda.py)")
     raw = blocks("q4_1", 100, 64, seed=3)
-    x = engine.tensor(np.random.default_rng(4).standard_normal((1, 64)).astype(np.float32), device=DEVICE)
+    x = engine.tensor(np.random.default_rng(4).standard_normal((numpy_quant.DOT_ROWS + 1, 64)).astype(np.float32))
     w = qweight(raw, "q4_1", 64)
     whole = F.linear(x, w).numpy()
     seen = []
@@ -98,6 +99,26 @@ def test_linear_dequantises_a_bounded_tile_at_a_time(monkeypatch):
     tiled = F.linear(x, w).numpy()
     assert max(seen) == 7 and sum(seen) == 100
     np.testing.assert_allclose(tiled, whole, rtol=1.3e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("m", [1, 3, 8])
+def test_block_dot_path_equals_the_composition(monkeypatch, fmt, m):
+    """Decode rows on the CPU (numpy_quant._qdot: per-block dots of the quants, scaled per block; the
+    weights never formed), in tiles of DOT_TILE weights, against gguf-py's dequantised matrix times x."""
+    if DEVICE.type == "cuda":
+        pytest.skip("the CPU path")
+    raw = blocks(fmt, 37, 512, seed=m)
+    x = np.random.default_rng(m).standard_normal((m, 512)).astype(np.float32)
+    want = x.astype(np.float64) @ gguf.quants.dequantize(raw, G[fmt.upper()]).astype(np.float64).T
+    w = qweight(raw, fmt, 512)
+    calls = []
+    orig = numpy_quant.QuantKernels._qdot
+    monkeypatch.setattr(numpy_quant, "DOT_TILE", 512 * 5)  # 8 tiles of 5 rows (the last one 2)
+    monkeypatch.setattr(numpy_quant.QuantKernels, "_qdot", lambda self, *a: calls.append(1) or orig(self, *a))
+    y = F.linear(engine.tensor(x), w).numpy()
+    assert calls and y.shape == (m, 37)
+    np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
 def test_quantized_weight_errors():

@@ -1,7 +1,9 @@
 """Kernels over quantized weights (engine/quant.py), a mixin of NumpyBackend (the cupy backend overrides
 them with fused CUDA kernels where the operands fit, and inherits them, with xp = cupy, elsewhere).
 
-  qlinear(x, data, qtype, cols, b, out)   x @ W.T + b, W dequantised a tile of rows at a time
+  qlinear(x, data, qtype, cols, b, out)   x @ W.T + b: for up to DOT_ROWS rows of x (decode), per-block
+                                          dot products of the quants with x, scaled per block (_qdot);
+                                          for more rows, W dequantised a tile of rows at a time
   qtake(data, index, qtype, cols, out)    rows of W, dequantised (embedding lookups)
   dequantize(data, qtype, cols, out)      the whole of W (explicit callers only)
 
@@ -18,6 +20,8 @@ from engine import dtype as D
 from engine.quant import qtype as _qtype
 
 TILE_WEIGHTS = 1 << 18  # weights dequantised per tile (1 MiB of float32)
+DOT_ROWS = 8  # up to this many rows of x take the block-dot path (numpy, float32)
+DOT_TILE = 1 << 18  # weights per tile of the block-dot path (1 MiB of float32 quants: stays in cache)
 
 
 def tile_rows(cols: int) -> int:
@@ -84,16 +88,120 @@ class QuantKernels:
         blocks = self.xp.ascontiguousarray(raw).reshape((-1, q.type_size))
         return getattr(self, "_dq_" + q.name)(blocks).reshape((r, cols))
 
+    # ---- block dot products (decode rows on the CPU) ------------------------------------------------------------
+    # W x = sum over blocks of scale * (q . x_block) (+ min * sum(x_block)): the integer quants go into float32
+    # once, a cache-sized tile at a time, one batched product per tile gives every (row, block) dot, and the
+    # block scales weigh them; the weights themselves (scale * q + min) are never formed. Cache-friendly:
+    # the bit operations and the float conversion run over whole contiguous tiles of block bytes (header
+    # bytes included), and x is laid out like the bytes with zeros under the headers (_xlay), so nothing
+    # is gathered. Each _dot_* takes blocks (r, nb, type_size), xb (m, nb, block_size) and the layout
+    # of x, and returns y (m, r).
+    @staticmethod
+    def _halves(blk, at: int):
+        """The float16 at byte `at` (even) of each block, as float32: (r, nb, type_size) -> (r, nb)."""
+        return blk.view(np.float16)[..., at // 2].astype(np.float32)
+
+    @staticmethod
+    def _nibbles_f32(b):
+        """Bytes (..., n) -> (2, ..., n) float32: every byte's low nibble, then its high nibble."""
+        u = np.empty((2,) + b.shape, np.uint8)
+        np.bitwise_and(b, np.uint8(15), out=u[0])
+        np.right_shift(b, np.uint8(4), out=u[1])
+        return u.astype(np.float32)
+
+    def _xlay(self, xb, q):
+        """x as the block bytes lie, (H, nb * k, L, m), zeros under header bytes: q8_0 (1, nb, 34, m); q4_0 and
+        q4_1 (2, nb, 18 | 20, m) for the low and high nibbles; q4_k (2, nb * 4, 32, m) for the low and high
+        nibbles of each 32-byte group (sub-blocks 2g and 2g + 1)."""
+        m, nb, _ = xb.shape
+        xt = xb.transpose(1, 2, 0)  # (nb, block_size, m)
+        if q.name == "q8_0":
+            out = np.zeros((1, nb, 34, m), np.float32)
+            out[0, :, 2:] = xt
+        elif q.name in ("q4_0", "q4_1"):
+            h = q.type_size - 16
+            out = np.zeros((2, nb, q.type_size, m), np.float32)
+            out[0, :, h:], out[1, :, h:] = xt[:, :16], xt[:, 16:]
+        elif q.name == "q4_k":
+            out = np.ascontiguousarray(xt.reshape(nb, 4, 2, 32, m).transpose(2, 0, 1, 3, 4).reshape(2, nb * 4, 32, m))
+        else:
+            return None
+        return out
+
+    @staticmethod
+    def _dots(f, xl):
+        """f (H, r, n, L) float32 quants, xl (H, n, L, m) -> (n, r, m): the dots summed over H."""
+        return np.matmul(f.transpose(0, 2, 1, 3), xl).sum(0)
+
+    def _dot_q8_0(self, blk, xb, xl):
+        s = self._dots(blk.view(np.int8).astype(np.float32)[None], xl)  # (nb, r, m); header bytes meet zeros
+        return np.einsum("brm,rb->mr", s, self._halves(blk, 0))
+
+    def _dot_q4_0(self, blk, xb, xl):
+        s = self._dots(self._nibbles_f32(blk), xl) - 8 * xb.sum(-1).T[:, None, :]
+        return np.einsum("brm,rb->mr", s, self._halves(blk, 0))
+
+    def _dot_q4_1(self, blk, xb, xl):
+        s = self._dots(self._nibbles_f32(blk), xl)
+        return np.einsum("brm,rb->mr", s, self._halves(blk, 0)) + xb.sum(-1) @ self._halves(blk, 2).T
+
+    def _dot_q4_k(self, blk, xb, xl):
+        r, nb, _ = blk.shape
+        d, dmin = self._halves(blk, 0), self._halves(blk, 2)
+        sc = blk[..., 4:16].reshape(r, nb, 3, 4)  # 8 six-bit scales and 8 six-bit mins, packed (as _dq_q4_k)
+        s0, s1, s2 = sc[..., 0, :], sc[..., 1, :], sc[..., 2, :]
+        scale = np.concatenate([s0 & 0x3F, (s2 & 0x0F) | ((s0 >> 2) & 0x30)], axis=-1).astype(np.float32)
+        mins = np.concatenate([s1 & 0x3F, (s2 >> 4) | ((s1 >> 2) & 0x30)], axis=-1).astype(np.float32)
+        f = self._nibbles_f32(blk[..., 16:]).reshape(2, r, nb * 4, 32)  # [h, r, (b, g)]: sub-block 2g + h
+        s = np.matmul(f.transpose(0, 2, 1, 3), xl)  # (2, nb * 4, r, m)
+
+        def by_h(v):  # (r, nb, 8) per sub-block j = 2g + h -> (2, nb * 4, r)
+            return v.reshape(r, nb, 4, 2).transpose(3, 1, 2, 0).reshape(2, nb * 4, r)
+        ds, dm = by_h(d[..., None] * scale), by_h(dmin[..., None] * mins)
+        return np.einsum("hkrm,hkr->mr", s, ds) - np.einsum("hkm,hkr->mr", xl.sum(2), dm)
+
+    def _dot_q6_k(self, blk, xb, xl):
+        r, nb, _ = blk.shape
+        ql = blk[..., :128].reshape(r, nb, 2, 2, 32)  # (half, low 32 / high 32 bytes, l)
+        qh = blk[..., 128:192].reshape(r, nb, 2, 1, 32) >> np.array([0, 2, 4, 6], np.uint8).reshape(4, 1)
+        lo = np.concatenate([ql & 0x0F, ql >> 4], axis=3)  # (r, nb, 2, 4, 32): runs k = 0..3 of each half
+        qf = np.empty((r, nb, 2, 4, 32), np.float32)
+        np.bitwise_or(lo, (qh & 0x03) << 4, out=qf, casting="unsafe")
+        xs = xb.reshape(xb.shape[0], nb * 16, 16)
+        s = np.matmul(qf.reshape(r, nb * 16, 16).transpose(1, 0, 2), xs.transpose(1, 2, 0)).transpose(2, 1, 0)
+        s = s - 32 * xs.sum(-1)[:, None, :]
+        ds = self._halves(blk, 208)[..., None] * blk[..., 192:208].view(np.int8).astype(np.float32)
+        return np.einsum("mrj,rj->mr", s, ds.reshape(r, -1))
+
+    def _qdot(self, x2, data, q, cols):
+        """x2 (m, cols) float32 @ W.T for W the blocks `data` (rows, row_bytes): (m, rows) float32."""
+        m, rows, nb = x2.shape[0], data.shape[0], cols // q.block_size
+        xb = np.ascontiguousarray(x2, dtype=np.float32).reshape(m, nb, q.block_size)
+        y = np.empty((m, rows), np.float32)
+        blocks = data.reshape(rows, nb, q.type_size)
+        dot = getattr(self, "_dot_" + q.name)
+        xl = self._xlay(xb, q)
+        step = max(1, DOT_TILE // cols)
+        for r0 in range(0, rows, step):
+            y[:, r0:r0 + step] = dot(blocks[r0:r0 + step], xb, xl)
+        return y
+
     # ---- ops --------------------------------------------------------------------------------------------------
     def qlinear(self, x, data, qtype: str, cols: int, b, out_dtype):
         """x (..., cols) @ W.T + b, W (rows, cols) in ggml blocks; computed in float32 (float64 for a
-        float64 input), rounded once into out_dtype. Each tile of whole rows is dequantised, multiplied
-        and dropped before the next."""
+        float64 input), rounded once into out_dtype. Up to DOT_ROWS rows of x (numpy, float32): per-block
+        dot products (_qdot); more rows: each tile of whole rows is dequantised, multiplied and dropped
+        before the next."""
         xp, q = self.xp, _qtype(qtype)
         ct = D.compute_dtype(out_dtype)
         lead = x.shape[:-1]
         x2 = self._f(x, out_dtype).reshape(-1, cols)
         rows = data.shape[0]
+        if xp is np and ct == np.float32 and x2.shape[0] <= DOT_ROWS and data.flags.c_contiguous:
+            y = self._qdot(x2, data, q, cols)
+            if b is not None:
+                y = y + self._f(b, out_dtype)
+            return self._out(y.reshape(lead + (rows,)), out_dtype)
         y = xp.empty((x2.shape[0], rows), ct)
         step = tile_rows(cols) * self.qtile_scale
         for r0 in range(0, rows, step):
