@@ -21,6 +21,7 @@ cannot be captured (cuBLAS, through cupy) raises CaptureError naming the op and 
 
 The fusion plan (made from call 2's record, see `plan`) replaces groups of backend calls by the
 backend's fused ops (engine/backends/fused.py), reached by dataflow, not by model code:
+  (linear here is a linear or a qlinear call: a quantized weight's linears fuse alike, as QOperands)
   rms_norm -> linear                 the norm runs as the GEMV's prologue
   linear -> add(residual)            the residual add runs in the GEMV's epilogue
   act(linear_g(x)) * linear_u(x)     one GEMV over both weights with the GLU epilogue (also one
@@ -38,7 +39,8 @@ import time
 import traceback
 
 from engine import dtype as D
-from engine.capture_plan import Call, Fused, Member, _arrays, _is_array, _shapes_match, plan
+from engine.capture_plan import (Call, Fused, Member, _arrays, _is_array, _shapes_match, lin_bias, lin_dtype,
+                                  lin_weight, plan)
 from engine.storage import GraphMemory
 from engine.tensor import Tensor
 
@@ -180,8 +182,8 @@ class _Planned:
         return self._fused(backend, act)
 
     def _fused(self, backend, f: Fused):
-        lin_args = self.live[f.linear][0]
-        x, w, b, dt = lin_args[0], lin_args[1], lin_args[2], lin_args[3]
+        name, lin_args = self.trace[f.linear].name, self.live[f.linear][0]  # linear or qlinear
+        x, w, b, dt = lin_args[0], lin_weight(name, lin_args), lin_bias(name, lin_args), lin_dtype(name, lin_args)
         norm = glu = residual = None
         if f.norm is not None:
             na = self.live[f.norm][0]  # rms_norm(x, nd, weight, eps, out_dtype, style)
@@ -190,7 +192,8 @@ class _Planned:
             norm = (na[2], na[3], nkw.get("style", na[5] if len(na) > 5 else "torch"))
         if f.up is not None:
             ua = self.live[f.up][0]
-            glu = (ua[1], ua[2], f.act)
+            up_name = self.trace[f.up].name
+            glu = (lin_weight(up_name, ua), lin_bias(up_name, ua), f.act)
         elif f.split:
             n = w.shape[0] // 2
             glu = (w[n:], b[n:] if b is not None else None, f.act)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from engine.backends.fused import ACTIVATIONS
+from engine.backends.fused import ACTIVATIONS, QOperand
 from engine.dtype import DType
 
 _WRITES = {"copy_": 0, "setitem": 0, "all_reduce": 0}  # in-place ops: the argument they write
@@ -20,6 +20,23 @@ _WRITES = {"copy_": 0, "setitem": 0, "all_reduce": 0}  # in-place ops: the argum
 # raises inside, which costs microseconds per argument); array types are added as they are met
 _KNOWN = {int: False, float: False, bool: False, str: False, type(None): False, tuple: False, list: False,
           dict: False, np.ndarray: True, DType: False}
+
+
+# linear(x, w, b, out_dtype) and qlinear(x, data, qtype, cols, b, out_dtype) read alike through these
+LINEARS = ("linear", "qlinear")
+
+
+def lin_weight(name: str, args):
+    """The weight operand of a linear / qlinear call: the array, or a QOperand."""
+    return QOperand(args[1], args[2], args[3]) if name == "qlinear" else args[1]
+
+
+def lin_bias(name: str, args):
+    return args[4] if name == "qlinear" else args[2]
+
+
+def lin_dtype(name: str, args):
+    return args[5] if name == "qlinear" else args[3]
 
 
 def _is_array(a) -> bool:
@@ -204,7 +221,13 @@ def plan(calls: list[Call], escaping=()) -> dict:
         return cons[0] if len(cons) == 1 else None
 
     def is_linear(c):
-        return c.name == "linear" and len(c.args) >= 4 and _is_array(c.args[0]) and _is_array(c.args[1])
+        return c.name in LINEARS and len(c.args) >= 4 and _is_array(c.args[0]) and _is_array(c.args[1])
+
+    def dt(c):
+        return lin_dtype(c.name, c.args)
+
+    def kind(c):  # linears fuse with their own kind: float weights, or one block format
+        return c.args[2] if c.name == "qlinear" else None
 
     fused: dict[int, Fused] = {}  # linear index -> its group
     # GLU from two linears: act(linear_g(x)) * linear_u(x)
@@ -215,7 +238,7 @@ def plan(calls: list[Call], escaping=()) -> dict:
         if gi is None or not is_linear(by[gi]) or gi in taken or single(gi) is None or single(gi)[0] != a.index:
             continue
         lg = by[gi]
-        if not _full(lg.out, a.args[1]) or a.args[2] != lg.args[3]:
+        if not _full(lg.out, a.args[1]) or a.args[2] != dt(lg):
             continue
         m = single(a.index)
         if m is None or by[m[0]].name != "binary" or by[m[0]].args[0] != "mul":
@@ -226,8 +249,9 @@ def plan(calls: list[Call], escaping=()) -> dict:
         if ui is None or not is_linear(by[ui]) or ui in taken or single(ui) is None or single(ui)[0] != mc.index:
             continue
         lu = by[ui]
-        if not (_full(lu.out, other) and _same(lu.args[0], lg.args[0]) and lu.args[3] == lg.args[3]
-                and other.shape == a.args[1].shape and mc.args[3] == mc.args[4] == lg.args[3]):
+        if not (_full(lu.out, other) and _same(lu.args[0], lg.args[0]) and dt(lu) == dt(lg)
+                and lu.name == lg.name and kind(lu) == kind(lg) and lin_weight(lu.name, lu.args).shape ==
+                lin_weight(lg.name, lg.args).shape and other.shape == a.args[1].shape and mc.args[3] == mc.args[4] == dt(lg)):
             continue
         if g.written_between(lg.args[0], min(gi, ui), mc.index):
             continue
@@ -239,7 +263,7 @@ def plan(calls: list[Call], escaping=()) -> dict:
         if a.name != "unary" or a.args[0] not in ACTIVATIONS or a.index in taken:
             continue
         li = g.producer(a.args[1])
-        if li is None or not is_linear(by[li]) or li in taken:
+        if li is None or not is_linear(by[li]) or by[li].name != "linear" or li in taken:
             continue
         lin = by[li]
         cons = g.only_consumers(li)
@@ -278,7 +302,7 @@ def plan(calls: list[Call], escaping=()) -> dict:
         res = ad.args[res_pos]
         src_out = by[src].out
         if not (_is_array(res) and res.shape == src_out.shape and res.dtype == src_out.dtype
-                and _full(src_out, ad.args[s[1]]) and ad.args[3] == ad.args[4] == c.args[3]):
+                and _full(src_out, ad.args[s[1]]) and ad.args[3] == ad.args[4] == dt(c)):
             continue
         if g.written_between(res, src, ad.index) or g.written_between(c.args[0], c.index, ad.index):
             continue
@@ -320,7 +344,7 @@ def plan(calls: list[Call], escaping=()) -> dict:
         x = c.args[0]
         key = ("norm", f.norm) if f is not None and f.norm is not None else \
             ("x", _ptr(x), tuple(x.shape), x.strides, str(x.dtype))
-        by_input.setdefault(key + (str(c.args[3]), c.args[1].shape[1]), []).append(c)
+        by_input.setdefault(key + (str(dt(c)), lin_weight(c.name, c.args).shape[1], c.name, kind(c)), []).append(c)
     for key, members in by_input.items():
         for i in range(0, len(members) - 1, 3):
             chunk = members[i:i + 3]
@@ -332,7 +356,7 @@ def plan(calls: list[Call], escaping=()) -> dict:
             first = chunk[0]
             f = fused.get(first.index) or Fused(at=first.index, linear=first.index)
             fused[first.index] = f
-            f.group = [(c.index, c.args[1], c.args[2]) for c in chunk[1:]]
+            f.group = [(c.index, lin_weight(c.name, c.args), lin_bias(c.name, c.args)) for c in chunk[1:]]
             for seg, c in enumerate(chunk[1:], 1):
                 fused.pop(c.index, None)
                 out[c.index] = Member(first.index, seg)

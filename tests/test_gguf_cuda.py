@@ -159,6 +159,49 @@ def test_qgemv_on_llama_shapes(fmt):
 @cuda
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("m", [1, 3, 8])
+def test_qgemv_fused_equals_the_composition(fmt, dtype, m):
+    """qgemv_fused (linear_fused / linear_group over QOperands: the captured decode's launches) against the
+    backend's own composition (fused.FusedOps: rms_norm, qlinear, act, mul, add op by op), which rounds
+    the same way: equal within fp32 tolerance of the sums."""
+    from engine.backends import cupy_kernels as K
+    from engine.backends.fused import FusedOps, QOperand
+    be = engine.backend(DEVICE)
+    dt = getattr(engine, dtype)
+    cols, n = 512, 40
+    rng = np.random.default_rng(m)
+
+    def arr(a):
+        return engine.tensor(a.astype(np.float32), device=DEVICE).to(dt).array
+
+    def qop(seed, rows=n):
+        raw = blocks(fmt, rows, cols, seed=seed)
+        return QOperand(engine.tensor(raw, device=DEVICE).array, fmt, cols)
+    x = arr(rng.standard_normal((m, cols)))
+    nw, b, b2 = arr(1 + 0.1 * rng.standard_normal(cols)), arr(rng.standard_normal(n)), arr(rng.standard_normal(n))
+    res = arr(rng.standard_normal((m, n)))
+    w, w2, wb, wc = qop(1), qop(2), qop(3, 24), qop(4, 16)
+    assert K.qgemv_fused_ok(x, w.data, fmt, [w2.data])
+    rtol, atol = DTYPES[dtype]
+
+    def close(got, want):
+        g, r = [engine.Tensor._wrap(a, be).float().numpy() for a in (got, want)]
+        np.testing.assert_allclose(g, r, rtol=rtol, atol=atol * max(1.0, np.abs(r).max()))
+    for norm in (None, (nw, 1e-5, "llama")):
+        for glu in (None, (w2, b2, "silu")):
+            for residual in (None, res):
+                close(be.linear_fused(x, w, b, dt, norm=norm, glu=glu, residual=residual),
+                      FusedOps.linear_fused(be, x, w, b, dt, norm=norm, glu=glu, residual=residual))
+        outs = be.linear_group(x, [w, wb, wc], [b, None, None], dt, norm=norm)
+        want = FusedOps.linear_group(be, x, [w, wb, wc], [b, None, None], dt, norm=norm)
+        assert [o.shape for o in outs] == [(m, 40), (m, 24), (m, 16)]
+        for o, r in zip(outs, want):
+            close(o, r)
+
+
+@cuda
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("dtype", list(DTYPES))
 def test_qdequant_is_gguf_exact(fmt, dtype):
     """dequantize() and index_select (embedding rows) on the GPU: float32 equals gguf-py bit for bit, the
     16-bit dtypes that value rounded once."""
@@ -195,6 +238,53 @@ def test_quantising_on_the_gpu(fmt):
     err = [np.sqrt(np.mean((gguf.quants.dequantize(r, G[fmt.upper()]) - a) ** 2)) for r in (on_gpu, on_cpu)]
     assert abs(err[0] - err[1]) <= 0.01 * err[1], err
     assert (on_gpu == on_cpu).mean() > 0.99
+
+
+# ---- the captured decode of a quantized model (any device: on the CPU the plan runs eagerly) ----------------
+def quantized_llama(q, dtype="float32"):
+    from engine import models
+    from engine.quant import quantize_module
+    m = models.from_preset("llama", "tiny", hidden_size=256, intermediate_size=512, num_attention_heads=4,
+                           num_key_value_heads=2, num_hidden_layers=2, seed=1)
+    quantize_module(m, q)  # on the CPU, then moved: the same blocks on every device
+    return m.to(device=DEVICE, dtype=getattr(engine, dtype))
+
+
+@pytest.mark.parametrize("q", ["q8_0", "q4_k_m"])
+def test_fusion_plan_takes_quantized_linears(q):
+    """qlinear calls fuse as linear ones do: per layer q/k/v in one group with the norm, gate/up with the
+    norm and the GLU, o_proj and down_proj with the residual, lm_head with the final norm; q4_k_m's
+    Q6_K v_proj (layer 1) stays out of the Q4_K q/k group, and its Q6_K down_proj fuses alone."""
+    from engine.capture import Fused
+    from engine.generation import Decoder
+    m = quantized_llama(q)
+    dec = Decoder(m, 1, 24, capture=True)
+    dec.prefill(engine.tensor([[1, 2, 3]], device=DEVICE))
+    for _ in range(3):
+        dec.step()
+    fused = [f for f in dec.step_fn.the_plan.values() if isinstance(f, Fused)]
+    got = {"norm": sum(f.norm is not None for f in fused), "glu": sum(f.act is not None for f in fused),
+           "residual": sum(f.residual is not None for f in fused), "grouped": sum(len(f.group) + 1 for f in fused if f.group)}
+    grouped = 6 if q == "q8_0" else 5  # layer 1's v_proj is Q6_K (llama-quantize's recipe), q and k Q4_K
+    norms = 5 if q == "q8_0" else 6  # ... so it takes the norm on its own
+    assert got == {"norm": norms, "glu": 2, "residual": 4, "grouped": grouped}
+
+
+@pytest.mark.parametrize("q", ["q8_0", "q4_k_m"])
+def test_captured_decode_of_a_quantized_model(q):
+    """The planned step (fused ops; on CUDA a graph over the fused qgemv kernels) gives the tokens of the
+    plain step, greedy and sampled, batch 1 and 2."""
+    from engine.generation import generate
+    dtypes = ["float32", "float16"] if DEVICE.type == "cuda" else ["float32"]
+    for dtype in dtypes:
+        m = quantized_llama(q, dtype)
+        for prompts in ([[5, 9, 33, 2, 71, 100, 3]], [[5, 9, 33, 2, 71, 100, 3], [17, 4, 250]]):
+            kw = dict(max_new_tokens=10, stop_token_ids=[])
+            plain = generate(m, prompts, capture="plain", **kw).tokens
+            for mode in (False, True):
+                assert generate(m, prompts, capture=mode, **kw).tokens == plain, (dtype, mode)
+        kw = dict(max_new_tokens=8, stop_token_ids=[], temperature=0.9, top_k=40, seed=5)
+        assert generate(m, [3, 1, 4], capture=True, **kw).tokens == generate(m, [3, 1, 4], capture="plain", **kw).tokens
 
 
 @cuda

@@ -20,6 +20,7 @@ from engine import dtype as D
 from engine.backends import cupy_blas, cupy_lt
 from engine.backends import cupy_elementwise as EW
 from engine.backends import cupy_kernels as K
+from engine.backends.fused import QOperand
 from engine.backends.numpy_backend import NumpyBackend
 from engine.storage import StoragePool
 
@@ -277,7 +278,12 @@ class CupyBackend(NumpyBackend):
         return super().linear(x, w, b, out_dtype)
 
     def linear_fused(self, x, w, b, out_dtype, norm=None, glu=None, residual=None):
-        """One GEMV launch for rms_norm -> linear [-> GLU] [-> + residual] when the shapes fit."""
+        """One GEMV launch for rms_norm -> linear [-> GLU] [-> + residual] when the shapes fit (qgemv_fused
+        for a quantized weight, a QOperand)."""
+        if isinstance(w, QOperand):
+            out = self._qfused(x, w, b, out_dtype, norm=norm, glu=glu, residual=residual)
+            return out if out is not None else super().linear_fused(x, w, b, out_dtype, norm=norm, glu=glu,
+                                                                    residual=residual)
         if x.dtype == w.dtype == out_dtype.np_dtype and x.size and w.ndim == 2:
             lead, k = x.shape[:-1], x.shape[-1]
             x2 = _rows(x, k)
@@ -297,7 +303,13 @@ class CupyBackend(NumpyBackend):
 
     def linear_group(self, x, ws, bs, out_dtype, norm=None):
         """Up to three linears of one input in one GEMV launch over the stacked weights; the outputs
-        are views of one (rows, sum of N) result."""
+        are views of one (rows, sum of N) result (quantized weights of one format: qgemv_fused)."""
+        if 1 < len(ws) <= 3 and all(isinstance(w, QOperand) for w in ws):
+            out = self._qfused(x, ws[0], bs[0], out_dtype, norm=norm, segments=list(zip(ws[1:], bs[1:])))
+            if out is not None:
+                cuts = np.cumsum([0] + [w.shape[0] for w in ws])
+                return [out[..., a:b] for a, b in zip(cuts[:-1], cuts[1:])]
+            return super().linear_group(x, ws, bs, out_dtype, norm=norm)
         if 1 < len(ws) <= 3 and x.dtype == out_dtype.np_dtype and x.size and all(
                 w.ndim == 2 and w.dtype == x.dtype and w.shape[1] == ws[0].shape[1] for w in ws):
             lead, k = x.shape[:-1], x.shape[-1]
@@ -442,6 +454,35 @@ class CupyBackend(NumpyBackend):
                 K.qgemv(x2, data, qtype, out, bias=b)
                 return out.reshape(lead + (data.shape[0],))
         return super().qlinear(x, data, qtype, cols, b, out_dtype)
+
+    def _qfused(self, x, w, b, out_dtype, norm=None, glu=None, residual=None, segments=None):
+        """linear_fused / linear_group over quantized weights (QOperands) as one qgemv_fused launch; None when
+        the operands do not fit (the caller runs the composition)."""
+        if out_dtype.name not in K.TYPES or x.dtype != out_dtype.np_dtype or not x.size:
+            return None
+        w2, b2, act = glu if glu is not None else (None, None, None)
+        segments = segments or []
+        if w2 is not None and not (isinstance(w2, QOperand) and w2.qtype == w.qtype and w2.shape == w.shape):
+            return None
+        if any(not isinstance(sw, QOperand) or sw.qtype != w.qtype or sw.cols != w.cols for sw, _ in segments):
+            return None
+        if not all(a is None or (a.dtype == x.dtype and a.flags.c_contiguous) for a in [b, b2] + [sb for _, sb in segments]):
+            return None
+        if norm is not None and norm[0] is not None and not (norm[0].flags.c_contiguous and norm[0].dtype == x.dtype):
+            return None
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, w.cols)
+        n = w.shape[0] + sum(sw.shape[0] for sw, _ in segments)
+        res2 = residual.reshape(-1, n) if residual is not None else None
+        if res2 is not None and not (res2.dtype == x.dtype and res2.strides[1] == res2.itemsize):
+            return None
+        others = ([w2.data] if w2 is not None else []) + [sw.data for sw, _ in segments]
+        if not K.qgemv_fused_ok(x2, w.data, w.qtype, others):
+            return None
+        out = self.empty((x2.shape[0], n), out_dtype)
+        K.qgemv_fused(x2, w.data, w.qtype, out, bias=b, W2=w2.data if w2 is not None else None, bias2=b2, act=act,
+                      norm=norm, residual=res2, segments=[(sw.data, sb) for sw, sb in segments])
+        return out.reshape(lead + (n,))
 
     def _dequant_rows(self, raw, q, cols: int):
         if K.qdata_ok(raw, q.name):

@@ -53,6 +53,9 @@ def _bundle(expr: str) -> tuple:
     if name in ("qgemv", "qdequant_rows"):  # one bundle per (dtype, format): every row count and the dequantiser
         f = args.split(",")[1]
         return tuple(f"qgemv<{t},{f},{m}>" for m in (1, 2, 4, 8)) + (f"qdequant_rows<{t},{f}>",)
+    if name == "qgemv_fused":
+        f = args.split(",")[1]
+        return tuple(f"qgemv_fused<{t},{f},{m}>" for m in (1, 2, 4, 8))
     misc = ("rms_norm_rows", "rotary", "moe_combine", "sample_rows", "gemm_tiled", "softmax_mask_rows")
     if name in misc or name == "softmax_mask_warp":
         return tuple(f"{n}<{t}>" for n in misc) + tuple(f"softmax_mask_warp<{t},{e}>" for e in SOFTMAX_WARP_E)
@@ -380,3 +383,45 @@ def qdequant(data, qtype: str, K: int, out, idx=None):
         return
     _fn(f"qdequant_rows<{type_name(out.dtype)},{QFORMATS[qtype]}>")((rows,), (256,), (
         data, cupy.int64(data.strides[0]), _opt(idx), out, cupy.int32(K)))
+
+
+def qgemv_fused_ok(x2, data, qtype: str, others=()) -> bool:
+    """Whether qgemv_fused takes these operands: qgemv's conditions, the other weights (GLU's up, the group's
+    segments) alike in format and aligned, and the x rows staged in shared memory."""
+    if not qgemv_ok(x2, data, qtype) or any(not qdata_ok(o, qtype) or o.strides[0] != data.strides[0] for o in others):
+        return False
+    return x2.shape[0] * x2.shape[1] * x2.itemsize <= SMEM_LIMIT - 8 * 1024
+
+
+_QFUSED_LAUNCH: dict = {}
+
+
+def qgemv_fused(x2, data, qtype: str, out, bias=None, W2=None, bias2=None, act=None, norm=None, residual=None,
+                segments=None):
+    """gemv's contract (norm prologue, GLU over data and W2, segments, bias, residual) over quantized weights:
+    out (m, N) = [rms_norm](x2) @ W.T ... with W the blocks `data` (N, row_bytes). Check qgemv_fused_ok."""
+    m, K = x2.shape
+    nw, eps, style = norm or (None, 0.0, None)
+    segs = tuple(w.shape[0] for w, _ in segments) if segments else ()
+    isz = x2.itemsize
+    res_row = residual.strides[0] // isz if residual is not None else 0
+    key = (x2.dtype, qtype, m, data.shape[0], K, data.strides[0], W2 is not None, segs, act, style, eps,
+           x2.strides[0], out.strides[0], res_row)
+    plan = _QFUSED_LAUNCH.get(key)
+    if plan is None:
+        N = data.shape[0] + sum(segs)
+        M = 1 if m == 1 else 2 if m <= 2 else 4 if m <= 4 else 8
+        fn = _fn(f"qgemv_fused<{type_name(x2.dtype)},{QFORMATS[qtype]},{M}>")
+        smem = m * K * isz
+        _allow_smem(fn, smem)
+        i32, i64 = cupy.int32, cupy.int64
+        scalars = (i64(data.strides[0]), i64(x2.strides[0] // isz), cupy.float32(eps), i32(NORM_STYLES[style]),
+                   i64(res_row), i64(out.strides[0] // isz), i32(N), i32(K), i32(m), i32(ACTS.get(act, 0)),
+                   i32(data.shape[0]), i32(segs[0] if segs else 0))
+        plan = _QFUSED_LAUNCH[key] = (fn, (-(-N // 8),), smem, scalars)
+    fn, grid, smem, sc = plan
+    wb, bb = segments[0] if segments else (None, None)
+    wc, bc = segments[1] if segments and len(segments) > 1 else (None, None)
+    o = _opt
+    fn(grid, (256,), (data, o(W2), sc[0], x2, sc[1], o(nw), sc[2], sc[3], o(bias), o(bias2), o(residual), sc[4], out,
+                      sc[5], sc[6], sc[7], sc[8], sc[9], o(wb), o(wc), o(bb), o(bc), sc[10], sc[11]), shared_mem=smem)

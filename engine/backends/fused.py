@@ -9,6 +9,7 @@ Rounding follows the eager ops op by op, so a fused kernel can equal the ops it 
 (16-bit floats compute in float32 and round once per op, as the eager kernels do).
 
   linear_fused(x, w, b, out, norm=, glu=, residual=)   [rms_norm ->] linear [-> act(.) * up] [-> + residual]
+                                                       (w a weight array, or a QOperand: qlinear)
   linear_group(x, ws, bs, out, norm=)                  several linears of one input (q, k, v)
   moe(x, weights, experts, w_gate, w_up, w_down, act)  routed experts (Mixtral), summed in expert order
   rotary(x, cos, sin_signed, out)                      x * cos + swap_halves(x) * sin_signed on the first
@@ -21,6 +22,8 @@ Rounding follows the eager ops op by op, so a fused kernel can equal the ops it 
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from engine import dtype as D
@@ -29,18 +32,37 @@ ACTIVATIONS = ("silu", "gelu_tanh", "gelu")  # the GLU activations (LLaMA family
 NORM_STYLES = ("torch", "llama", "gemma")
 
 
+class QOperand(NamedTuple):
+    """A quantized weight as the fused linear ops take it: qlinear's arguments (engine/quant.py's blocks
+    (rows, row_bytes), their format, in_features). engine.capture's plan hands one to linear_fused /
+    linear_group in place of a weight array when the linears it fuses are qlinear calls."""
+    data: object
+    qtype: str
+    cols: int
+
+    @property
+    def shape(self) -> tuple:
+        return (self.data.shape[0], self.cols)
+
+
 class FusedOps:
     # ---- linear with its neighbours ------------------------------------------------------------------
+    def _lin(self, x, w, b, out_dtype):
+        """linear, or qlinear for a QOperand weight."""
+        if isinstance(w, QOperand):
+            return self.qlinear(x, w.data, w.qtype, w.cols, b, out_dtype)
+        return self.linear(x, w, b, out_dtype)
+
     def linear_fused(self, x, w, b, out_dtype, norm=None, glu=None, residual=None):
         """norm: (weight, eps, style): x = rms_norm(x) over the last dim first (see rms_norm's styles).
         glu: (w_up, b_up, act): y = act(linear(x, w, b)) * linear(x, w_up, b_up), each op rounded.
         residual: y = residual + y (rounded once, as add)."""
         if norm is not None:
             x = self.rms_norm(x, 1, norm[0], norm[1], out_dtype, norm[2])
-        y = self.linear(x, w, b, out_dtype)
+        y = self._lin(x, w, b, out_dtype)
         if glu is not None:
             w_up, b_up, act = glu
-            up = self.linear(x, w_up, b_up, out_dtype)
+            up = self._lin(x, w_up, b_up, out_dtype)
             y = self.binary("mul", self.unary(act, y, out_dtype), up, out_dtype, out_dtype)
         if residual is not None:
             y = self.binary("add", residual, y, out_dtype, out_dtype)
@@ -51,7 +73,7 @@ class FusedOps:
         the norm is computed once for all of them."""
         if norm is not None:
             x = self.rms_norm(x, 1, norm[0], norm[1], out_dtype, norm[2])
-        return [self.linear(x, w, b, out_dtype) for w, b in zip(ws, bs)]
+        return [self._lin(x, w, b, out_dtype) for w, b in zip(ws, bs)]
 
     # ---- mixture of experts --------------------------------------------------------------------------------
     def moe(self, x, weights, experts, w_gate: list, w_up: list, w_down: list, act: str, out_dtype):

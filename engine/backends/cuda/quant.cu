@@ -94,3 +94,77 @@ __global__ void __launch_bounds__(256) qdequant_rows(const unsigned char *__rest
         }
     }
 }
+
+// ---- qgemv with the fused ops of gemv (engine/backends/fused.py's linear_fused / linear_group) ------------------
+// The contract of gemv over quantized weights: x (or its rms_norm, style != 0) staged in shared memory as T
+// (stage_x: the rounding of rms_norm_rows), then one warp per output row j:
+//   GLU (W2 != null): gate = W[j] . x and up = W2[j] . x in the same warp, y[m, j] = store_glu's rounding;
+//   segments (Wb != null): rows [0, n0) of W, [n0, n0 + n1) of Wb, the rest of Wc (q, k, v; one format);
+//   else y = round(acc + b); then round(res + y) with a residual. All weights share one format and K.
+template <typename T, int F, int M>
+__global__ void __launch_bounds__(256) qgemv_fused(const unsigned char *__restrict__ W,
+        const unsigned char *__restrict__ W2, long row_bytes, const T *__restrict__ x, long x_row,
+        const T *__restrict__ nw, float eps, int style, const T *__restrict__ bias, const T *__restrict__ bias2,
+        const T *__restrict__ res, long res_row, T *__restrict__ y, long y_row, int N, int K, int rows, int act,
+        const unsigned char *__restrict__ Wb, const unsigned char *__restrict__ Wc, const T *__restrict__ biasb,
+        const T *__restrict__ biasc, int n0, int n1) {
+    using Q = typename QFmt<F>::Q;
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    T *xs = reinterpret_cast<T *>(smem_raw);
+    __shared__ float red[8];
+    stage_x<T>(x, x_row, nw, eps, style, xs, K, rows, red);
+    __syncthreads();
+    const int lane = threadIdx.x & 31;
+    const int row = blockIdx.x * 8 + (threadIdx.x >> 5);
+    if (row >= N) return;  // after the block's barriers: a whole warp leaves
+    const unsigned char *w0;
+    if (Wb == nullptr || row < n0) w0 = W + (size_t)row * row_bytes;
+    else if (row < n0 + n1) w0 = Wb + (size_t)(row - n0) * row_bytes;
+    else w0 = Wc + (size_t)(row - n0 - n1) * row_bytes;
+    const unsigned char *w1 = W2 != nullptr ? W2 + (size_t)row * row_bytes : nullptr;
+    const int nt = W2 != nullptr ? 2 : 1;
+    const int units = (K / Q::BS) * Q::U;
+    float acc[2][M];
+    #pragma unroll
+    for (int t = 0; t < 2; t++) {
+        #pragma unroll
+        for (int m = 0; m < M; m++) acc[t][m] = 0.f;
+    }
+    #pragma unroll 2
+    for (int u = lane; u < units; u += 32) {
+        const int b = u / Q::U, s = u % Q::U;
+        #pragma unroll
+        for (int t = 0; t < 2; t++) {
+            if (t < nt) {
+                float w[Q::NR * Q::RL];
+                int off[Q::NR];
+                Q::decode((t == 0 ? w0 : w1) + (size_t)b * Q::TS, s, w, off);
+                #pragma unroll
+                for (int m = 0; m < M; m++) {
+                    if (m < rows) {
+                        const T *xb = xs + (size_t)m * K + (size_t)b * Q::BS;
+                        #pragma unroll
+                        for (int k = 0; k < Q::NR; k++) {
+                            float xf[Q::RL];
+                            load_run<T, Q::RL>(xb + off[k], xf);
+                            #pragma unroll
+                            for (int i = 0; i < Q::RL; i++) acc[t][m] = fmaf(w[k * Q::RL + i], xf[i], acc[t][m]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    #pragma unroll
+    for (int m = 0; m < M; m++) {
+        const float g = warp_sum(acc[0][m]);
+        const float up = warp_sum(acc[1][m]);
+        if (lane == 0 && m < rows) {
+            if (W2 != nullptr)
+                store_glu<T>(g, up, m, row, act, bias, bias2, res, res_row, y, y_row);
+            else
+                store_row<T>(g, m, row, bias, biasb, biasc, reinterpret_cast<const T *>(Wb), n0, n1, res, res_row,
+                             y, y_row);
+        }
+    }
+}
