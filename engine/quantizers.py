@@ -21,8 +21,9 @@ Q6_K, a super-block of 256 = 16 sub-blocks of 16:
   2. the 16 scales quantised to int8 against the one of largest magnitude (d = -max / 128, float16);
   3. every weight requantised against d * scale, 6 bits split into 4 low + 2 high bits.
 Rounding is ggml's nearest_int (to nearest, ties to even: np.rint) on float32 values; sums run in
-float32 in numpy's order (ggml sums sequentially), so a block can differ from llama.cpp's in the last
-bit of a scale, never in the format: the dequantiser reads either the same way.
+float32 in numpy's order (ggml sums sequentially), and the candidates' errors come from sums rather
+than a pass over the block, so a block can differ from llama.cpp's in the last bit of a scale (or the
+pick between two near-equal candidates), never in the format: the dequantiser reads either the same way.
 """
 from __future__ import annotations
 
@@ -44,23 +45,40 @@ def _f16(xp, a):
 
 # ---- Q4_K ----------------------------------------------------------------------------------------------
 def _qkx2(xp, x, w, nmax=15, rmin=-1.0, rdelta=0.1, nstep=20):
-    """make_qkx2_quants over rows of x (n, 32) with weights w: (scale (n,), the_min (n,) = -min, L (n, 32))."""
+    """make_qkx2_quants over rows of x (n, 32) with weights w: (scale (n,), the_min (n,) = -min, L (n, 32)).
+    As ggml: each candidate grid is taken against the min of the best fit so far. Each candidate's weighted
+    squared error comes from the sums the fit already needs (sum w (a l + b - x)^2 expanded, in float64),
+    and L is formed once, for the winning grid: fewer passes over the block than ggml's loop, same choice
+    up to float rounding of near-ties."""
+    f64 = np.float64
     mn = xp.minimum(x.min(1), _F(0))
     mx = x.max(1)
-    sum_w = w.sum(1, dtype=_F)
-    sum_x = (w * x).sum(1, dtype=_F)
+    wx = w * x
+    sum_w, sum_x = w.sum(1, dtype=_F), wx.sum(1, dtype=_F)
+    W, X, XX = sum_w.astype(f64), sum_x.astype(f64), xp.einsum("ij,ij->i", wx, x).astype(f64)
     flat = mx == mn
-    span = xp.where(flat, _F(1), mx - mn)
-    iscale = _F(nmax) / span
-    scale = _F(1) / iscale
-    xm = x - mn[:, None]
-    L = xp.clip(_rint(xp, iscale[:, None] * xm), 0, nmax)
-    best = (w * xp.square(scale[:, None] * L + mn[:, None] - x)).sum(1, dtype=_F)
-    for step in range(nstep + 1):
-        isc = (_F(rmin) + _F(rdelta) * _F(step) + _F(nmax)) / span
-        la = xp.clip(_rint(xp, isc[:, None] * xm), 0, nmax).astype(_F)
+
+    def grid(isc, m):
+        """the candidate L for iscale isc against min m, and its sums: sum w l, sum w l^2, sum w l x."""
+        la = xp.clip(xp.rint(isc[:, None] * (x - m[:, None])), _F(0), _F(nmax))
         wl = w * la
-        sl, sl2, sxl = wl.sum(1, dtype=_F), (wl * la).sum(1, dtype=_F), (wl * x).sum(1, dtype=_F)
+        return wl.sum(1, dtype=_F), xp.einsum("ij,ij->i", wl, la), xp.einsum("ij,ij->i", wl, x)
+
+    def error(a, b, sl, sl2, sxl):
+        a, b, sl, sl2, sxl = (v.astype(f64) for v in (a, b, sl, sl2, sxl))
+        return a * a * sl2 + b * b * W + XX + 2 * a * b * sl - 2 * a * sxl - 2 * b * X
+
+    def span(m):
+        d = mx - m
+        return xp.where(d > 0, d, _F(1))
+
+    iscale = _F(nmax) / span(mn)
+    scale = _F(1) / iscale
+    best = error(scale, mn, *grid(iscale, mn))
+    best_isc, best_mn = iscale, mn  # the grid L comes from
+    for step in range(nstep + 1):
+        isc = (_F(rmin) + _F(rdelta) * _F(step) + _F(nmax)) / span(mn)
+        sl, sl2, sxl = grid(isc, mn)
         D = sum_w * sl2 - sl * sl
         ok = D > 0
         Ds = xp.where(ok, D, _F(1))
@@ -69,12 +87,12 @@ def _qkx2(xp, x, w, nmax=15, rmin=-1.0, rdelta=0.1, nstep=20):
         pos = tm > 0
         tm = xp.where(pos, _F(0), tm)
         ts = xp.where(pos, sxl / xp.where(sl2 > 0, sl2, _F(1)), ts)
-        err = (w * xp.square(ts[:, None] * la + tm[:, None] - x)).sum(1, dtype=_F)
-        better = ok & (err < best)
-        L = xp.where(better[:, None], la.astype(np.int32), L)
-        best = xp.where(better, err, best)
+        better = ok & (error(ts, tm, sl, sl2, sxl) < best)
+        best = xp.where(better, error(ts, tm, sl, sl2, sxl), best)
+        best_isc, best_mn = xp.where(better, isc, best_isc), xp.where(better, mn, best_mn)
         scale = xp.where(better, ts, scale)
         mn = xp.where(better, tm, mn)
+    L = xp.clip(xp.rint(best_isc[:, None] * (x - best_mn[:, None])), _F(0), _F(nmax)).astype(np.int32)
     scale = xp.where(flat, _F(0), scale)
     L = xp.where(flat[:, None], 0, L)
     return scale.astype(_F), (-mn).astype(_F), L
@@ -113,7 +131,8 @@ def _q4_k_blocks(xp, x):
 
 # ---- Q6_K ----------------------------------------------------------------------------------------------
 def _qx(xp, x, nmax=32):
-    """make_qx_quants(n=16, nmax, rmse_type=1, no weights) over rows of x (n, 16): (scale (n,), L (n, 16) in 0..63)."""
+    """make_qx_quants(n=16, nmax, rmse_type=1, no weights) over rows of x (n, 16): (scale (n,), L (n, 16) in 0..63).
+    L is formed once, for the winning grid."""
     idx = xp.argmax(xp.abs(x), axis=1)
     mx = x[xp.arange(x.shape[0]), idx]
     zero = xp.abs(mx) < _F(1e-15)
@@ -122,23 +141,25 @@ def _qx(xp, x, nmax=32):
     wx = w * x
 
     def grid(iscale):
-        q = xp.clip(_rint(xp, iscale[:, None] * x), -nmax, nmax - 1)
-        qf = q.astype(_F)
-        return q, (wx * qf).sum(1, dtype=_F), (w * qf * qf).sum(1, dtype=_F)
+        """sum w x l and sum w l^2 of the candidate l = clip(round(iscale x))."""
+        q = xp.clip(xp.rint(iscale[:, None] * x), _F(-nmax), _F(nmax - 1))
+        return xp.einsum("ij,ij->i", wx, q), xp.einsum("ij,ij->i", w * q, q)
 
-    q, sumlx, suml2 = grid(_F(-nmax) / mxs)
+    best_isc = _F(-nmax) / mxs
+    sumlx, suml2 = grid(best_isc)
     scale = xp.where(suml2 > 0, sumlx / xp.where(suml2 > 0, suml2, _F(1)), _F(0))
     best = scale * sumlx
-    L = q + nmax
     for step in range(-9, 10):
         if step == 0:
             continue
-        q, slx, sl2 = grid(-(_F(nmax) + _F(0.1) * _F(step)) / mxs)
+        isc = -(_F(nmax) + _F(0.1) * _F(step)) / mxs
+        slx, sl2 = grid(isc)
         better = (sl2 > 0) & (slx * slx > best * sl2)
         sc = slx / xp.where(sl2 > 0, sl2, _F(1))
-        L = xp.where(better[:, None], q + nmax, L)
+        best_isc = xp.where(better, isc, best_isc)
         scale = xp.where(better, sc, scale)
         best = xp.where(better, sc * slx, best)
+    L = xp.clip(xp.rint(best_isc[:, None] * x), _F(-nmax), _F(nmax - 1)).astype(np.int32) + nmax
     return xp.where(zero, _F(0), scale).astype(_F), xp.where(zero[:, None], 0, L)
 
 
