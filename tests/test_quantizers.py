@@ -108,7 +108,11 @@ from migration.quantize import quantize_to_gguf
 src = Path(sys.argv[1])
 def status(key):
     return int(next(l for l in open("/proc/self/status") if l.startswith(key)).split()[1])
-open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to now: the imports' peak is not ours
+try:
+    open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to now: the imports' peak is not ours
+except OSError as e:
+    print(json.dumps({"skip": f"cannot reset the peak resident set here: {e}"}))
+    sys.exit(0)
 base = status("VmRSS:")
 quantize_to_gguf(src, Path(tempfile.mkdtemp()) / "m.gguf", sys.argv[2])
 print(json.dumps({"base_kib": base, "peak_kib": status("VmHWM:")}))
@@ -137,6 +141,8 @@ def test_quantising_streams_one_tensor_at_a_time(tmp_path):
     del sd
     r = subprocess.run([sys.executable, "-c", _PEAK, str(tmp_path), "q8_0"], capture_output=True, text=True, check=True)
     got = json.loads(r.stdout.strip().splitlines()[-1])
+    if "skip" in got:
+        pytest.skip(got["skip"])
     grew_mib = (got["peak_kib"] - got["base_kib"]) / 1024
     assert model_mib > 90 and grew_mib < 30, (model_mib, grew_mib)  # one tensor is 8 MiB
 
