@@ -20,6 +20,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Callable
 
+from engine.models.encodec import CHECKPOINT_RULES as _ENCODEC_RULES
 from migration.rules import Drop, FoldWeightNorm, Rename, Split, Tie, Unstack
 
 
@@ -327,8 +328,8 @@ HF_MODELS: dict[str, HFModel] = {
                                hf_class="CLIPTextModel", lm=False,
                                notes="pre-norm causal encoder; quick_gelu; pooled at the end-of-text token"),
     # EnCodec: weight-normalised convs folded to weight; the codebooks' k-means training buffers dropped
-    "encodec": HFModel((FoldWeightNorm(), Drop("*.codebook.embed_avg"), Drop("*.codebook.cluster_size"),
-                        Drop("*.codebook.inited")), hf_class="EncodecModel", lm=False, inputs="waveform",
+    # (declared beside the model, engine.models.encodec.CHECKPOINT_RULES, as from_pretrained applies them too)
+    "encodec": HFModel(_ENCODEC_RULES, hf_class="EncodecModel", lm=False, inputs="waveform",
                        notes="SEANet conv/LSTM codec; residual vector quantiser (nearest codeword per stage)"),
     # Whisper: the checkpoint's names are the engine's; proj_out is tied to the token embeddings. Not
     # compared: `model` (the engine's forward calls encoder and decoder itself), the position tables

@@ -2,7 +2,8 @@
 downsampling convs, a 2-layer LSTM with a skip, a last conv), a residual vector quantiser (per stage the
 nearest codeword to what is left; decoding sums the chosen codewords) and the mirrored SEANet decoder
 (transposed convs upsample). Attribute paths equal the HF state-dict keys of EncodecModel after the
-rules declared in migration.module_map.HF_MODELS["encodec"]: weight-normalised convs folded to `weight`
+rules declared once below (CHECKPOINT_RULES, which from_pretrained applies and
+migration.module_map.HF_MODELS["encodec"] names): weight-normalised convs folded to `weight`
 (g * v / ||v||), codebook training buffers (embed_avg, cluster_size, inited) dropped. The 48 kHz model
 normalises every conv output with GroupNorm(1, C) (norm_type "time_group_norm": `norm.weight/bias`,
 no weight norm) and codes stereo audio in chunks.
@@ -40,6 +41,7 @@ from engine.models.base import Pretrained
 from engine.nn import LSTM, Module, ModuleList
 from engine.nn.batchnorm import GroupNorm
 from engine.nn.conv import Conv1d, ConvTranspose1d
+from engine.nn.rules import Drop, FoldWeightNorm
 
 
 @dataclass
@@ -344,8 +346,15 @@ class ResidualVectorQuantizer(Module):
         return out.permute(0, 2, 1)
 
 
+# transformers saves weight-normalised convs (weight_g/weight_v, or parametrizations.weight.original0/1)
+# and the codebooks' k-means training buffers; from_pretrained and port_hf (HF_MODELS["encodec"]) both
+# apply these rules: fold weight = g * v / ||v||, drop embed_avg, cluster_size and inited
+CHECKPOINT_RULES = (FoldWeightNorm(), Drop("*.codebook.embed_avg"), Drop("*.codebook.cluster_size"),
+                    Drop("*.codebook.inited"))
+
+
 class EncodecModel(Pretrained):
-    Config, PRESETS = Config, PRESETS
+    Config, PRESETS, CHECKPOINT_RULES = Config, PRESETS, CHECKPOINT_RULES
 
     def __init__(self, cfg: Config, vb):
         super().__init__()

@@ -45,8 +45,7 @@ def load(model_arg: str, device=None):
                          "codec needs model_type 'encodec'")
     if source.kind == "preset":
         return models.from_preset("encodec", source.preset, device=device)
-    from migration.port import port_hf
-    return port_hf(source.path, device=device).model
+    return models.from_pretrained(source.path, device=device)  # weight norm folded at load (CHECKPOINT_RULES)
 
 
 def run(args) -> int:
