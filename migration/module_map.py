@@ -335,7 +335,8 @@ HF_MODELS: dict[str, HFModel] = {
     # compared: `model` (the engine's forward calls encoder and decoder itself), the position tables
     # (the encoder's is read as a weight; the decoder's is looked up by (1, L) positions in the engine,
     # by ids and (B, L) positions in transformers: a contract, not a number)
-    "whisper": HFModel(hf_class="WhisperForConditionalGeneration", inputs="speech",
+    "whisper": HFModel((Tie("proj_out.weight", "model.decoder.embed_tokens.weight"),),
+                       hf_class="WhisperForConditionalGeneration", inputs="speech",
                        skip=("model", "model.encoder.embed_positions", "model.decoder.embed_positions"),
                        notes="conv stem + sinusoidal positions; q scaled before the scores; tied proj_out"),
 }

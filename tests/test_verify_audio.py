@@ -165,3 +165,11 @@ def test_codec_chunked_stereo_matches_transformers(dirs, tmp_path, capsys):
     codes = np.load(tmp_path / "codes.npy")
     t = [30, 30, 13]
     np.testing.assert_array_equal(codes, np.concatenate([ref.audio_codes[i, ..., :n].numpy() for i, n in enumerate(t)], -1))
+
+
+# ---- the port plans behind them ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["whisper", "encodec", "encodec48"])
+def test_port_plan_maps_every_key(dirs, name):
+    """`taper port DIR`: every checkpoint key maps (Whisper's tied proj_out, EnCodec's folds and drops)."""
+    p = port_hf(dirs / name, build=False)
+    assert p.keys.ok, p.keys.format()
