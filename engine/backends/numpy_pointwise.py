@@ -165,7 +165,7 @@ class PointwiseKernels:
         t = x.dtype.type
         xp = self.xp
         if alpha == 1.0 and scale == 1.0 and input_scale == 1.0:  # plain ELU: the products by 1 are exact, skipped
-            out = xp.expm1(xp.minimum(x, t(0)))
+            out = xp.asarray(xp.expm1(xp.minimum(x, t(0))))  # 0-d inputs give a scalar: an array again
             xp.copyto(out, x, where=x > 0)
             return out
         neg = t(alpha) * xp.expm1(xp.minimum(x, t(0)) * t(input_scale))
