@@ -37,8 +37,9 @@ class NnKernels:
         """FusedOps.lstm_recurrence as one loop over the raw arrays (float32/float64): the same ops in the
         same order (h W_hh^T then + b_hh, then + xw[t]; sigmoid as 1 / (1 + exp(-x)); f c + i g), so the
         result equals the composition bit for bit, without a pooled allocation or a dispatch per op.
-        16-bit dtypes take the composition (it rounds after every op)."""
-        if out_dtype.np_dtype not in (np.float32, np.float64):
+        16-bit dtypes take the composition (it rounds after every op), and so does cupy (its linear is its
+        own GEMM/GEMV kernels, which the composition uses)."""
+        if out_dtype.np_dtype not in (np.float32, np.float64) or self.xp is not np:
             return super().lstm_recurrence(xw, h, c, w_hh, b_hh, w_hr, reverse, out_dtype)
         xp = self.xp
         n_steps, hid = xw.shape[0], c.shape[-1]
