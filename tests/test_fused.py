@@ -267,24 +267,3 @@ def test_gemv_shared_memory_limit_survives_a_smaller_k():
         got = run("linear", E(x), E(w), None)
         compare_reduced(got, TF.linear(T(x), T(w)), TF.linear(T(x).double(), T(w).double()), scale=4)
 
-
-# ---- LSTM recurrence: the backend's loop against the plain composition -------------------------------------
-@pytest.mark.parametrize("dtype,reverse,proj,bias", [("float32", False, 0, True), ("float32", True, 0, True),
-                                                     ("float32", False, 3, False), ("float64", True, 3, True),
-                                                     ("float16", False, 0, True)])
-def test_lstm_recurrence_equals_composition(dtype, reverse, proj, bias):
-    """xw (L, N, 4H), h (N, P), c (N, H): the backend's lstm_recurrence (one loop over raw arrays for
-    float32/float64) equals FusedOps' op-by-op composition bit for bit, outputs and final state."""
-    L, N, H = 7, 2, 5
-    P = proj or H
-    xs = [arr((L, N, 4 * H), dtype, seed=1), arr((N, P), dtype, seed=2), arr((N, H), dtype, seed=3),
-          arr((4 * H, P), dtype, 0.5, seed=4), arr((4 * H,), dtype, seed=5) if bias else None,
-          arr((P, H), dtype, 0.5, seed=6) if proj else None]
-    es = [E(a).array if a is not None else None for a in xs]
-    b = E(xs[0]).backend
-    dt = engine.dtype.get(dtype)
-    got = b.lstm_recurrence(*es, reverse, dt)
-    ref = FusedOps.lstm_recurrence(b, *es, reverse, dt)
-    for g, r in zip(got, ref):
-        assert g.shape == r.shape
-        np.testing.assert_array_equal(b.to_numpy(g), b.to_numpy(r))
