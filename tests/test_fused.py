@@ -266,4 +266,3 @@ def test_gemv_shared_memory_limit_survives_a_smaller_k():
         x, w = arr((8, K), "float16"), arr((16, K), "float16", 0.05, 1)
         got = run("linear", E(x), E(w), None)
         compare_reduced(got, TF.linear(T(x), T(w)), TF.linear(T(x).double(), T(w).double()), scale=4)
-
