@@ -62,7 +62,8 @@ def verify_golden(engine_model, golden_dir, *, device=None, tol=None, tol_scale:
     d = Path(golden_dir)
     noise = d / "torch_noise.safetensors"
     with scratch(workdir) as wd:
-        rep = _engine_side(engine_model, inputs, dict(engine_kwargs or {}), emap, meta, d / "reference.safetensors",
+        ek = {**meta.get("engine_kwargs", {}), **(engine_kwargs or {})}  # saved ones (bandwidth), then the caller's
+        rep = _engine_side(engine_model, inputs, ek, emap, meta, d / "reference.safetensors",
                            noise if noise.exists() else None, tol, device, confirm, wd, unmatched)
         rep.reference = f"golden {d} ({meta['reference']})"
         return rep

@@ -20,6 +20,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Callable
 
+from engine.models.encodec import CHECKPOINT_RULES as _ENCODEC_RULES
 from migration.rules import Drop, FoldWeightNorm, Rename, Split, Tie, Unstack
 
 
@@ -282,6 +283,8 @@ class HFModel:
     notes: str = ""
     skip: tuple = ()                  # verify: globs of layer names not compared (different contracts)
     lm: bool = True                   # verify: a causal LM (teacher-forced logit metrics); False: an encoder
+    inputs: str = "ids"               # verify: what the forward takes (migration.verify.INPUTS): token ids,
+                                      # "speech" (log-mel features + decoder ids) or "waveform" (audio + bandwidth)
 
     def engine_path(self, model_type: str) -> str:
         if self.engine:
@@ -325,9 +328,17 @@ HF_MODELS: dict[str, HFModel] = {
                                hf_class="CLIPTextModel", lm=False,
                                notes="pre-norm causal encoder; quick_gelu; pooled at the end-of-text token"),
     # EnCodec: weight-normalised convs folded to weight; the codebooks' k-means training buffers dropped
-    "encodec": HFModel((FoldWeightNorm(), Drop("*.codebook.embed_avg"), Drop("*.codebook.cluster_size"),
-                        Drop("*.codebook.inited")), hf_class="EncodecModel", lm=False,
+    # (declared beside the model, engine.models.encodec.CHECKPOINT_RULES, as from_pretrained applies them too)
+    "encodec": HFModel(_ENCODEC_RULES, hf_class="EncodecModel", lm=False, inputs="waveform",
                        notes="SEANet conv/LSTM codec; residual vector quantiser (nearest codeword per stage)"),
+    # Whisper: the checkpoint's names are the engine's; proj_out is tied to the token embeddings. Not
+    # compared: `model` (the engine's forward calls encoder and decoder itself), the position tables
+    # (the encoder's is read as a weight; the decoder's is looked up by (1, L) positions in the engine,
+    # by ids and (B, L) positions in transformers: a contract, not a number)
+    "whisper": HFModel((Tie("proj_out.weight", "model.decoder.embed_tokens.weight"),),
+                       hf_class="WhisperForConditionalGeneration", inputs="speech",
+                       skip=("model", "model.encoder.embed_positions", "model.decoder.embed_positions"),
+                       notes="conv stem + sinusoidal positions; q scaled before the scores; tied proj_out"),
 }
 
 

@@ -425,7 +425,7 @@ def _skipped(qn, skip):
 def verify(torch_model, engine_model, inputs, *, name: str | None = None, dtype: str | None = None,
            device=None, tol=None, tol_scale: float = 1.0, lm: bool = False, rename=None, skip=(),
            torch_kwargs: dict | None = None, engine_kwargs: dict | None = None, confirm: bool = True,
-           noise_floor: bool = True, workdir=None, save_golden=None) -> VerifyReport:
+           noise_floor: bool = True, workdir=None, save_golden=None, torch_names=None) -> VerifyReport:
     """Compare `engine_model` with `torch_model` layer by layer on `inputs` (numpy arrays, positional).
 
     dtype: float32 / float64 / float16 / bfloat16 (default: the torch model's). The torch model is
@@ -435,7 +435,9 @@ def verify(torch_model, engine_model, inputs, *, name: str | None = None, dtype:
     there (default: a temp dir, removed). save_golden: also store the reference for verify_golden.
     noise_floor (float32): also run torch in float64, so an output within REDUCED_ERROR_RATIO x torch's
     own float32 rounding error passes even where the table's elementwise tolerance is too tight for
-    errors accumulated over many layers (float16/bfloat16 always judge this way)."""
+    errors accumulated over many layers (float16/bfloat16 always judge this way). torch_names: the
+    torch forward's keyword for each input, where its positional order differs from the engine's
+    (transformers' Whisper takes attention_mask second)."""
     import torch
     import engine
     dtype = dtype or _model_dtype(torch_model)
@@ -453,7 +455,10 @@ def verify(torch_model, engine_model, inputs, *, name: str | None = None, dtype:
     with scratch(workdir) as wd:
         def torch_run(dt, path):
             tm = torch_model if _model_dtype(torch_model) == dt else copy.deepcopy(torch_model).to(getattr(torch, dt))
-            return capture_torch(tm, [_as_torch(a, dt) for a in inputs], tk, tmap, path)
+            args = [_as_torch(a, dt) for a in inputs]
+            if torch_names:
+                return capture_torch(tm, [], {**dict(zip(torch_names, args)), **tk}, tmap, path)
+            return capture_torch(tm, args, tk, tmap, path)
 
         noise_path = None
         if dtype in REDUCED:
@@ -469,6 +474,8 @@ def verify(torch_model, engine_model, inputs, *, name: str | None = None, dtype:
         meta = {"model": name or type(torch_model).__name__, "dtype": dtype, "reference": reference,
                 "order": ref.order, "names": sorted(set(emap)), "base": emap, "lm": lm,
                 "tolerance": tol.describe()}
+        if ek and all(isinstance(v, (int, float, str, bool)) for v in ek.values()):
+            meta["engine_kwargs"] = ek  # e.g. EnCodec's bandwidth: the golden run needs it too
         if save_golden:
             from migration.golden import save_golden as _save
             _save(save_golden, meta, ref.path, noise_path, inputs)
@@ -540,11 +547,82 @@ def load_hf_torch(model_dir, dtype: str = "float32"):
     return auto.from_pretrained(model_dir, dtype=getattr(torch, dtype), attn_implementation="eager").eval()
 
 
+# ---- inputs per kind of model (HF_MODELS[...].inputs) -----------------------------------------------------
+def seeded_signal(seconds: float, sample_rate: int, seed: int = 0, channels: int | None = None) -> np.ndarray:
+    """A speech-like test signal: a few seeded harmonics under a syllable-rate envelope plus a little
+    noise, peak about 0.5: (n,) or (channels, n) float32 (channels: the same signal, scaled per channel)."""
+    rng = np.random.default_rng(seed)
+    n = max(1, int(round(seconds * sample_rate)))
+    t = np.arange(n) / sample_rate
+    f0 = rng.uniform(90, 220)
+    x = sum(rng.uniform(0.2, 1.0) / k * np.sin(2 * np.pi * f0 * k * t + rng.uniform(0, 2 * np.pi)) for k in range(1, 9))
+    x = x * (0.6 + 0.4 * np.sin(2 * np.pi * rng.uniform(3, 6) * t)) + 0.02 * rng.standard_normal(n)
+    x = (0.5 * x / np.abs(x).max()).astype(np.float32)
+    return x if channels is None else np.stack([x * (1.0 - 0.3 * c) for c in range(channels)]).astype(np.float32)
+
+
+def _audio_at(audio, sample_rate: int) -> np.ndarray:
+    """A WAV path or (samples, rate) -> (channels, n) float32 at sample_rate."""
+    from engine import audio as A
+    if isinstance(audio, (str, Path)):
+        x, sr = A.read_wav(audio, mono=False)
+    else:
+        x, sr = audio
+    x = np.asarray(x, np.float32)
+    x = x[:, None] if x.ndim == 1 else x  # (n, channels)
+    if len(x) == 0:
+        raise VerifyError(f"{audio}: the audio has no samples")
+    if sr != sample_rate:
+        x = np.stack([A.resample(x[:, c], sr, sample_rate) for c in range(x.shape[1])], axis=1)
+    return np.ascontiguousarray(x.T, dtype=np.float32)
+
+
+def _ids_inputs(cfg, batch, seq_len, seed, audio):
+    if audio is not None:
+        raise VerifyError(f"--audio: a {cfg.model_type} model takes token ids, not audio")
+    return lm_inputs(cfg.vocab_size, batch, seq_len, seed), None, {}
+
+
+def _speech_inputs(cfg, batch, seq_len, seed, audio):
+    """Whisper: log-mel features (B, n_mels, 3000) of 30 s windows (the audio given, else a seeded
+    signal; row b scaled by 1 - 0.3 b and shifted by b x 0.25 s) and seeded decoder ids (B, seq_len)."""
+    from engine import audio as A
+    x = _audio_at(audio, A.SAMPLE_RATE).mean(0) if audio is not None else seeded_signal(8.0, A.SAMPLE_RATE, seed)
+    rows = [A.pad_or_trim(np.r_[np.zeros(4000 * b, np.float32), (1 - 0.3 * b) * x]) for b in range(batch)]
+    feats = A.log_mel_spectrogram(np.stack(rows), cfg.num_mel_bins).astype(np.float32)
+    ids = lm_inputs(cfg.vocab_size, batch, seq_len, seed)[0]
+    return [feats, ids], ("input_features", "decoder_input_ids"), {}
+
+
+def _waveform_inputs(cfg, batch, seq_len, seed, audio):
+    """EnCodec: audio (B, channels, L) at the model's rate (the audio given, else a seeded signal of
+    one chunk and a half for chunked models, 1 s otherwise, 0.02 s for a hop under 64 samples), encoded
+    at the largest bandwidth (every codebook)."""
+    sr, ch = cfg.sampling_rate, cfg.audio_channels
+    if audio is not None:
+        x = _audio_at(audio, sr)
+        x = x.mean(0, keepdims=True) if ch == 1 else (np.repeat(x, ch, 0) if x.shape[0] == 1 else x)
+        if x.shape[0] != ch:
+            raise VerifyError(f"--audio has {x.shape[0]} channels; the model takes {ch}")
+    else:
+        chunk = getattr(cfg, "chunk_length_s", None)
+        hop = int(np.prod(cfg.upsampling_ratios))
+        seconds = 1.5 * chunk if chunk else (1.0 if hop >= 64 else 0.02)
+        x = seeded_signal(seconds, sr, seed, channels=ch)
+    rows = np.stack([x * (1 - 0.3 * b) for b in range(batch)]).astype(np.float32)
+    return [rows], None, {"bandwidth": float(max(cfg.target_bandwidths))}
+
+
+INPUTS = {"ids": _ids_inputs, "speech": _speech_inputs, "waveform": _waveform_inputs}
+
+
 def verify_hf(source, *, dtype: str | None = None, batch: int = 2, seq_len: int = 16, seed: int = 0,
-              engine_model=None, torch_model=None, **kw) -> VerifyReport:
+              engine_model=None, torch_model=None, audio=None, **kw) -> VerifyReport:
     """Verify the engine model of a HF model (a model dir, or a transformers model instance) against
-    transformers on seeded token ids, with LM metrics for causal LMs (HF_MODELS[...].lm). The engine model
-    comes from port_hf unless given."""
+    transformers on seeded inputs of its kind (HF_MODELS[...].inputs: token ids; Whisper's log-mel
+    features and decoder ids; EnCodec's waveform; `audio`, a WAV path or (samples, rate), replaces
+    the seeded signal), with LM metrics for causal LMs and Whisper's decoder (HF_MODELS[...].lm). The
+    engine model comes from port_hf unless given."""
     from migration.module_map import hf_model
     from migration.port import port_hf
     from migration.rules import rename_name
@@ -560,11 +638,12 @@ def verify_hf(source, *, dtype: str | None = None, batch: int = 2, seq_len: int 
         tm.config._experts_implementation = "eager"
     if engine_model is None:
         engine_model = port_hf(source if isinstance(source, (str, Path)) else tm, dtype=dtype).model
-    inputs = lm_inputs(tm.config.vocab_size, batch, seq_len, seed)
-    kw.setdefault("skip", spec.skip)
+    inputs, torch_names, call_kw = INPUTS[spec.inputs](tm.config, batch, seq_len, seed, audio)
+    kw["skip"] = tuple(spec.skip) + tuple(kw.get("skip") or ())  # the model's own, plus any asked for
     return verify(tm, engine_model, inputs, name=kw.pop("name", name), dtype=dtype, lm=spec.lm,
-                  rename=lambda qn: rename_name(qn, spec.rules),
-                  torch_kwargs={"use_cache": False} if spec.lm else {}, **kw)
+                  rename=lambda qn: rename_name(qn, spec.rules), torch_names=torch_names,
+                  torch_kwargs={**call_kw, **({"use_cache": False} if spec.lm else {})},
+                  engine_kwargs=call_kw, **kw)
 
 
 from migration.golden import load_golden, verify_golden  # noqa: E402,F401  (the torch-free half, re-exported)

@@ -19,6 +19,8 @@ Rounding follows the eager ops op by op, so a fused kernel can equal the ops it 
   sample(logits, seen, penalty, temperature, top_k, top_p, seed, counter)
                                                        the next tokens (engine/sampling.py)
   random_normal(shape, dtype, seed, std)               N(0, std) weights for presets
+  lstm_recurrence(xw, h, c, w_hh, b_hh, w_hr, reverse, out)
+                                                       one LSTM layer direction over time (nn.LSTM)
 """
 from __future__ import annotations
 
@@ -134,6 +136,27 @@ class FusedOps:
         o = self.matmul(self.cast(p, out_dtype), v, out_dtype)  # (B, Hkv, rep*L, Dv)
         dv = v.shape[-1]
         return self.contiguous(o.reshape(b, hq, L, dv).swapaxes(1, 2), out_dtype).reshape(b, L, hq * dv)
+
+    # ---- recurrence -------------------------------------------------------------------------------------------
+    def lstm_recurrence(self, xw, h, c, w_hh, b_hh, w_hr, reverse: bool, out_dtype):
+        """One LSTM layer direction over time: xw (L, N, 4H) is the input half of every step (x W_ih^T +
+        b_ih, computed at once), h (N, P), c (N, H) the initial state -> (outputs (L, N, P), h, c). Per
+        step, gates in torch's order i, f, g, o: gates = xw[t] + (h W_hh^T + b_hh); c = sigmoid(f) c +
+        sigmoid(i) tanh(g); h = sigmoid(o) tanh(c) [then h W_hr^T]; each op rounded as the eager ops."""
+        n_steps, hid = xw.shape[0], c.shape[-1]
+        outs = [None] * n_steps
+        for t in (range(n_steps - 1, -1, -1) if reverse else range(n_steps)):
+            gates = self.binary("add", xw[t], self.linear(h, w_hh, b_hh, out_dtype), out_dtype, out_dtype)
+            i, f, g, o = (gates[..., k * hid:(k + 1) * hid] for k in range(4))
+            sig = lambda a: self.unary("sigmoid", a, out_dtype)  # noqa: E731
+            fc = self.binary("mul", sig(f), c, out_dtype, out_dtype)
+            ig = self.binary("mul", sig(i), self.unary("tanh", g, out_dtype), out_dtype, out_dtype)
+            c = self.binary("add", fc, ig, out_dtype, out_dtype)
+            h = self.binary("mul", sig(o), self.unary("tanh", c, out_dtype), out_dtype, out_dtype)
+            if w_hr is not None:
+                h = self.linear(h, w_hr, None, out_dtype)
+            outs[t] = h.reshape((1,) + h.shape)
+        return self.concat(outs, 0, out_dtype), h, c
 
     # ---- choosing tokens ----------------------------------------------------------------------------------
     def sample(self, logits, seen, penalty: float, temperature: float, top_k, top_p, seed: int, counter):

@@ -32,6 +32,37 @@ class NnKernels:
             y = y + self._f(b, out_dtype)
         return self._out(y.reshape(lead + (w.shape[0],)), out_dtype)
 
+    # ---- recurrence ------------------------------------------------------------------------------
+    def lstm_recurrence(self, xw, h, c, w_hh, b_hh, w_hr, reverse: bool, out_dtype):
+        """FusedOps.lstm_recurrence as one loop over the raw arrays (float32/float64): the same ops in the
+        same order (h W_hh^T then + b_hh, then + xw[t]; sigmoid as 1 / (1 + exp(-x)); f c + i g), so the
+        result equals the composition bit for bit, without a pooled allocation or a dispatch per op.
+        16-bit dtypes take the composition (it rounds after every op), and so does cupy (its linear is its
+        own GEMM/GEMV kernels, which the composition uses)."""
+        if out_dtype.np_dtype not in (np.float32, np.float64) or self.xp is not np:
+            return super().lstm_recurrence(xw, h, c, w_hh, b_hh, w_hr, reverse, out_dtype)
+        xp = self.xp
+        n_steps, hid = xw.shape[0], c.shape[-1]
+        whT = self._f(w_hh, out_dtype).T
+        b = None if b_hh is None else self._f(b_hh, out_dtype)
+        hrT = None if w_hr is None else self._f(w_hr, out_dtype).T
+        xw, h, c = self._f(xw, out_dtype), self._f(h, out_dtype), self._f(c, out_dtype)
+        out = self.empty((n_steps,) + h.shape, out_dtype)
+        one = out.dtype.type(1)
+        with np.errstate(over="ignore"):
+            for t in (range(n_steps - 1, -1, -1) if reverse else range(n_steps)):
+                g = xp.matmul(h, whT)
+                if b is not None:
+                    g = g + b
+                g = xw[t] + g
+                s = one / (one + xp.exp(-g))  # sigmoid of every gate (g's own is not used)
+                c = s[:, hid:2 * hid] * c + s[:, :hid] * xp.tanh(g[:, 2 * hid:3 * hid])
+                h = s[:, 3 * hid:] * xp.tanh(c)
+                if hrT is not None:
+                    h = xp.matmul(h, hrT)
+                out[t] = h
+        return out, self._out(h, out_dtype), self._out(c, out_dtype)
+
     # ---- normalisation and softmax --------------------------------------------------------------
     def softmax(self, x, dim: int, log: bool, out_dtype):
         """torch's formula: exp(x - max) / sum, so a row holding +inf gives nan (as torch does) and a

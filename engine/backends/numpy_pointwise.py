@@ -163,8 +163,13 @@ class PointwiseKernels:
     def _pw_elu(self, x, alpha, scale, input_scale):
         """torch's elu family: scale * (x if x > 0 else alpha * expm1(x * input_scale))."""
         t = x.dtype.type
-        neg = t(alpha) * self.xp.expm1(self.xp.minimum(x, t(0)) * t(input_scale))
-        return self.xp.where(x > 0, x * t(scale), neg * t(scale))
+        xp = self.xp
+        if alpha == 1.0 and scale == 1.0 and input_scale == 1.0:  # plain ELU: the products by 1 are exact, skipped
+            out = xp.asarray(xp.expm1(xp.minimum(x, t(0))))  # 0-d inputs give a scalar: an array again
+            xp.copyto(out, x, where=x > 0)
+            return out
+        neg = t(alpha) * xp.expm1(xp.minimum(x, t(0)) * t(input_scale))
+        return xp.where(x > 0, x * t(scale), neg * t(scale))
 
     def _pw_softplus(self, x, beta, threshold):
         t = x.dtype.type

@@ -110,6 +110,8 @@ def load_pretrained(model_cls, path, dtype=None, device=None):
     config = model_cls.Config.from_dict(read_config(path))
     gguf = Path(path).suffix == ".gguf"
     vb = (VarBuilder.from_gguf if gguf else VarBuilder.from_pretrained)(path, dtype=dtype, device=device)
+    if getattr(model_cls, "CHECKPOINT_RULES", ()):  # declared differences (weight-norm folds, dropped buffers)
+        vb = vb.with_rules(model_cls.CHECKPOINT_RULES)
     vb.ignore(*getattr(model_cls, "IGNORED_KEYS", ()))
     with vb.collect():
         model = model_cls(config, vb)

@@ -29,6 +29,9 @@ class Pretrained(Module):
     Config = None
     PRESETS: dict = {}
     IGNORED_KEYS: tuple = ()
+    # engine.nn.rules applied to a checkpoint at load (from_pretrained), for differences between HF's
+    # state dict and the model's attribute paths; migration.module_map.HF_MODELS names the same tuple
+    CHECKPOINT_RULES: tuple = ()
 
     @classmethod
     def from_pretrained(cls, path, dtype=None, device=None):

@@ -2,17 +2,28 @@
 downsampling convs, a 2-layer LSTM with a skip, a last conv), a residual vector quantiser (per stage the
 nearest codeword to what is left; decoding sums the chosen codewords) and the mirrored SEANet decoder
 (transposed convs upsample). Attribute paths equal the HF state-dict keys of EncodecModel after the
-rules declared in migration.module_map.HF_MODELS["encodec"]: weight-normalised convs folded to `weight`
-(g * v / ||v||), codebook training buffers (embed_avg, cluster_size, inited) dropped.
+rules declared once below (CHECKPOINT_RULES, which from_pretrained applies and
+migration.module_map.HF_MODELS["encodec"] names): weight-normalised convs folded to `weight`
+(g * v / ||v||), codebook training buffers (embed_avg, cluster_size, inited) dropped. The 48 kHz model
+normalises every conv output with GroupNorm(1, C) (norm_type "time_group_norm": `norm.weight/bias`,
+no weight norm) and codes stereo audio in chunks.
 
     model = migration.port.port_hf(dir).model            # or EncodecModel.from_preset("encodec_24khz")
     codes, scale = model.encode(audio, bandwidth=6.0)    # (B, C, L) -> (B, n_q, ceil(L / hop)) int64
     audio = model.decode(codes, scale)                   # (B, C, >= L)
+    codes, audio = model(audio, bandwidth=6.0)           # transformers' EncodecOutput: codes (chunks, B, n_q, T)
+
+Chunked models (chunk_length_s, overlap: encodec_48khz): transformers' loop. Chunks of chunk_length
+samples start every chunk_stride = int((1 - overlap) * chunk_length) samples (the last one shorter);
+each is normalised on its own (scale = rms of its channel mean + 1e-8, per row), encoded and
+quantised; encode returns the per-chunk lists [codes (B, n_q, T_i)], [scale (B, 1)]. Decoding decodes
+each chunk and overlap-adds them with triangular weights (0.5 - |t - 0.5| over the chunk, divided by
+their sum at every sample).
 
 Padding quirks kept from transformers: each conv pads (causal: all left; else right gets the smaller
 half) by kernel - stride plus the extra right padding that makes the last window whole; reflect padding
 on inputs shorter than the pad first appends zeros. Transposed convs trim kernel - stride afterwards
-(causal: ceil(total * trim_right_ratio) on the right). Only the unchunked (24 kHz) layout is built.
+(causal: ceil(total * trim_right_ratio) on the right).
 """
 from __future__ import annotations
 
@@ -28,6 +39,9 @@ from engine.layout import ShapeError
 from engine.models import config_from_dict
 from engine.models.base import Pretrained
 from engine.nn import LSTM, Module, ModuleList
+from engine.nn.batchnorm import GroupNorm
+from engine.nn.conv import Conv1d, ConvTranspose1d
+from engine.nn.rules import Drop, FoldWeightNorm
 
 
 @dataclass
@@ -60,10 +74,12 @@ class Config:
     def __post_init__(self):
         if self.codebook_dim is None:
             self.codebook_dim = self.hidden_size
-        if self.norm_type != "weight_norm":
-            raise NotImplementedError(f"encodec with norm_type={self.norm_type!r} (weight_norm only: the 24 kHz model)")
-        if self.chunk_length_s is not None:
-            raise NotImplementedError("encodec with chunk_length_s (chunked overlap-add, the 48 kHz model) is not built")
+        if self.norm_type not in ("weight_norm", "time_group_norm"):
+            raise ValueError(f"encodec: norm_type must be 'weight_norm' or 'time_group_norm', got {self.norm_type!r}")
+        if self.audio_channels not in (1, 2):
+            raise ValueError(f"encodec: audio_channels must be 1 or 2, got {self.audio_channels}")
+        if (self.chunk_length_s is None) != (self.overlap is None):
+            raise ValueError("encodec: chunk_length_s and overlap go together (both set: a chunked model)")
         if self.pad_mode not in ("reflect", "constant"):
             raise ValueError(f"encodec: pad_mode must be 'reflect' or 'constant', got {self.pad_mode!r}")
         if 2 ** int(math.log2(self.codebook_size)) != self.codebook_size:
@@ -78,6 +94,15 @@ class Config:
     @property
     def hop_length(self) -> int:
         return int(np.prod(self.upsampling_ratios))
+
+    @property
+    def chunk_length(self) -> int | None:
+        """Samples per chunk (None: the whole input is one chunk)."""
+        return None if self.chunk_length_s is None else int(self.chunk_length_s * self.sampling_rate)
+
+    @property
+    def chunk_stride(self) -> int | None:
+        return None if self.chunk_length is None else max(1, int((1.0 - self.overlap) * self.chunk_length))
 
     @property
     def frame_rate(self) -> int:
@@ -105,6 +130,11 @@ PRESETS = {
     "tiny": dict(hidden_size=16, num_filters=4, upsampling_ratios=[2, 2], codebook_size=32,
                  target_bandwidths=[30.0, 60.0, 120.0], num_lstm_layers=2),
     "encodec_24khz": dict(),  # facebook/encodec_24khz: transformers' defaults
+    # facebook/encodec_48khz: stereo, 1 s chunks with 1% overlap, per-chunk normalisation, non-causal
+    # convs with GroupNorm(1, C) instead of weight norm; 150 frames/s -> 2 to 16 codebooks
+    "encodec_48khz": dict(sampling_rate=48_000, audio_channels=2, normalize=True, chunk_length_s=1.0, overlap=0.01,
+                          target_bandwidths=[3.0, 6.0, 12.0, 24.0], norm_type="time_group_norm",
+                          use_causal_conv=False),
 }
 
 
@@ -113,8 +143,25 @@ class ELU(Module):
         return F.elu(x)
 
 
+def _conv(cls, cin: int, cout: int, k: int, vb, **kw):
+    """An engine conv layer holding the checkpoint's `weight` (folded, when weight-normalised) and `bias`."""
+    conv = cls(cin, cout, k, dtype=vb.dtype, device=vb.device, **kw)
+    conv.weight = vb.get("weight", tuple(conv.weight.shape))  # conv (out, in, k); transposed (in, out, k)
+    conv.bias = vb.get("bias", (cout,))
+    return conv
+
+
+def _norm(cfg: Config, cout: int, vb):
+    """GroupNorm(1, cout) after the conv for time_group_norm (the 48 kHz model), else None."""
+    if cfg.norm_type != "time_group_norm":
+        return None
+    norm = GroupNorm(1, cout, dtype=vb.dtype, device=vb.device)
+    norm.weight, norm.bias = vb.get("weight", (cout,)), vb.get("bias", (cout,))
+    return norm
+
+
 class EncodecConv1d(Module):
-    """conv1d with transformers' padding (see the module docstring); `conv.weight` (out, in, k) is folded."""
+    """conv1d with transformers' padding (see the module docstring), then the time group norm if any."""
 
     def __init__(self, cfg: Config, cin: int, cout: int, k: int, vb, stride: int = 1, dilation: int = 1):
         super().__init__()
@@ -122,9 +169,8 @@ class EncodecConv1d(Module):
         self.stride, self.dilation = stride, dilation
         self.k_eff = (k - 1) * dilation + 1
         self.pad_total = self.k_eff - stride
-        self.conv = Module()
-        self.conv.weight = vb.pp("conv").get("weight", (cout, cin, k))
-        self.conv.bias = vb.pp("conv").get("bias", (cout,))
+        self.conv = _conv(Conv1d, cin, cout, k, vb.pp("conv"), stride=stride, dilation=dilation)
+        self.norm = _norm(cfg, cout, vb.pp("norm"))
 
     def forward(self, x):  # (B, cin, L) -> (B, cout, ceil(L / stride))
         length = x.shape[-1]
@@ -135,8 +181,8 @@ class EncodecConv1d(Module):
         else:
             right = self.pad_total // 2
             left, right = self.pad_total - right, right + extra
-        x = _pad1d(x, left, right, self.pad_mode)
-        return F.conv1d(x, self.conv.weight, self.conv.bias, stride=self.stride, dilation=self.dilation)
+        x = self.conv(_pad1d(x, left, right, self.pad_mode))
+        return self.norm(x) if self.norm is not None else x
 
 
 def _pad1d(x, left: int, right: int, mode: str):
@@ -157,12 +203,13 @@ class EncodecConvTranspose1d(Module):
         total = k - stride
         right = math.ceil(total * cfg.trim_right_ratio) if cfg.use_causal_conv else total // 2
         self.trim = (total - right, right)
-        self.conv = Module()
-        self.conv.weight = vb.pp("conv").get("weight", (cin, cout, k))  # torch's transposed layout (in, out, k)
-        self.conv.bias = vb.pp("conv").get("bias", (cout,))
+        self.conv = _conv(ConvTranspose1d, cin, cout, k, vb.pp("conv"), stride=stride)
+        self.norm = _norm(cfg, cout, vb.pp("norm"))
 
     def forward(self, x):  # (B, cin, L) -> (B, cout, L * stride)
-        y = F.conv_transpose1d(x, self.conv.weight, self.conv.bias, stride=self.stride)
+        y = self.conv(x)
+        if self.norm is not None:
+            y = self.norm(y)
         left, right = self.trim
         return y[..., left:y.shape[-1] - right]
 
@@ -299,8 +346,15 @@ class ResidualVectorQuantizer(Module):
         return out.permute(0, 2, 1)
 
 
+# transformers saves weight-normalised convs (weight_g/weight_v, or parametrizations.weight.original0/1)
+# and the codebooks' k-means training buffers; from_pretrained and port_hf (HF_MODELS["encodec"]) both
+# apply these rules: fold weight = g * v / ||v||, drop embed_avg, cluster_size and inited
+CHECKPOINT_RULES = (FoldWeightNorm(), Drop("*.codebook.embed_avg"), Drop("*.codebook.cluster_size"),
+                    Drop("*.codebook.inited"))
+
+
 class EncodecModel(Pretrained):
-    Config, PRESETS = Config, PRESETS
+    Config, PRESETS, CHECKPOINT_RULES = Config, PRESETS, CHECKPOINT_RULES
 
     def __init__(self, cfg: Config, vb):
         super().__init__()
@@ -320,9 +374,8 @@ class EncodecModel(Pretrained):
             raise ShapeError("encodec: audio is empty (0 samples)")
         return x.to(self.dtype)
 
-    def embed(self, audio):
-        """(B, C, L) -> (encoder output (B, hidden, T), scale (B, 1) or None when not normalising)."""
-        x = self._audio(audio)
+    def _frame(self, x):
+        """One chunk (B, C, l) -> (encoder output (B, hidden, T), scale (B, 1) or None)."""
         scale = None
         if self.config.normalize:
             mono = x.sum(1, keepdim=True) / x.shape[1]
@@ -331,22 +384,81 @@ class EncodecModel(Pretrained):
             scale = scale.reshape(-1, 1)
         return self.encoder(x), scale
 
-    def encode(self, audio, bandwidth: float | None = None):
-        """(B, C, L) -> (codes (B, n_q, ceil(L / hop)) int64, scale or None); n_q from the bandwidth."""
-        n_q = self.config.quantizers_for(bandwidth)
-        emb, scale = self.embed(audio)
-        return self.quantizer.encode(emb, n_q), scale
+    def _chunks(self, length: int) -> list:
+        """(offset, end) of every chunk of an input of `length` samples (one for unchunked models)."""
+        cl, stride = self.config.chunk_length, self.config.chunk_stride
+        if cl is None:
+            return [(0, length)]
+        return [(o, min(o + cl, length)) for o in range(0, length, stride)]
 
-    def decode(self, codes, scale=None):
-        """codes (B, n_q, T) -> audio (B, C, T * hop)."""
+    def embed(self, audio):
+        """(B, C, L) -> (encoder output (B, hidden, T), scale (B, 1) or None when not normalising);
+        for chunked models, lists of both, one entry per chunk."""
+        x = self._audio(audio)
+        out = [self._frame(x[..., a:b]) for a, b in self._chunks(x.shape[-1])]
+        if self.config.chunk_length is None:
+            return out[0]
+        return [e for e, _ in out], [s for _, s in out]
+
+    def encode(self, audio, bandwidth: float | None = None):
+        """(B, C, L) -> (codes (B, n_q, ceil(L / hop)) int64, scale (B, 1) or None); n_q from the
+        bandwidth. Chunked models: ([codes (B, n_q, T_i)], [scale (B, 1)]), one entry per chunk."""
+        n_q = self.config.quantizers_for(bandwidth)
+        x = self._audio(audio)
+        out = []
+        for a, b in self._chunks(x.shape[-1]):
+            emb, scale = self._frame(x[..., a:b])
+            out.append((self.quantizer.encode(emb, n_q), scale))
+        if self.config.chunk_length is None:
+            return out[0]
+        return [c for c, _ in out], [s for _, s in out]
+
+    def _decode_frame(self, codes, scale):
         c = codes if hasattr(codes, "storage") else ops.tensor(np.asarray(codes), dtype=D.int64, device=self.device)
         if c.ndim != 3:
             raise ShapeError(f"encodec: codes must be (B, n_q, T), got {tuple(c.shape)}")
         out = self.decoder(self.quantizer.decode(c))
-        return out * scale.reshape(-1, 1, 1) if scale is not None else out
+        if scale is None:
+            return out
+        s = scale if hasattr(scale, "storage") else ops.tensor(np.asarray(scale, np.float32), device=self.device)
+        return out * s.to(out.dtype).reshape(-1, 1, 1)
+
+    def decode(self, codes, scale=None):
+        """codes (B, n_q, T) -> audio (B, C, T * hop). Chunked models: the per-chunk lists of encode
+        (or codes (chunks, B, n_q, T) and scales (chunks, B, 1)), overlap-added."""
+        if self.config.chunk_length is None:
+            return self._decode_frame(codes, scale)
+        scales = [None] * len(codes) if scale is None else list(scale)
+        if len(scales) != len(codes):
+            raise ShapeError(f"encodec: {len(codes)} chunks of codes but {len(scales)} scales")
+        return self._overlap_add([self._decode_frame(c, s) for c, s in zip(codes, scales)])
+
+    def _overlap_add(self, frames):
+        """transformers' _linear_overlap_add: frames (B, C, l_i) starting every chunk_stride samples,
+        weighted by a triangle over the first frame's length, divided by the summed weights."""
+        stride = self.config.chunk_stride
+        n = frames[0].shape[-1]
+        total = stride * (len(frames) - 1) + frames[-1].shape[-1]
+        t = np.linspace(0, 1, n + 2, dtype=np.float32)[1:-1]
+        w = (0.5 - np.abs(t - 0.5)).astype(np.float32)  # (n,)
+        wsum = np.zeros(total, np.float32)
+        out = None
+        for i, f in enumerate(frames):
+            off, ln = i * stride, f.shape[-1]
+            wsum[off:off + ln] += w[:ln]
+            part = F.pad(f * ops.tensor(w[:ln], dtype=f.dtype, device=f.device), (off, total - off - ln))
+            out = part if out is None else out + part
+        if wsum.min() == 0:
+            raise ShapeError(f"encodec: chunk stride {stride} leaves samples no chunk covers")
+        return out / ops.tensor(wsum, dtype=out.dtype, device=out.device)
 
     def forward(self, audio, bandwidth: float | None = None):
-        """Encode then decode, trimmed to the input length: (B, C, L) -> (B, C, L)."""
+        """Encode then decode, as transformers' EncodecModel.forward: (B, C, L) -> (codes (chunks, B,
+        n_q, T) int64, the last chunk's codes zero-padded to T; audio (B, C, L))."""
         x = self._audio(audio)
         codes, scale = self.encode(x, bandwidth)
-        return self.decode(codes, scale)[..., :x.shape[-1]]
+        if self.config.chunk_length is None:
+            return codes.unsqueeze(0), self.decode(codes, scale)[..., :x.shape[-1]]
+        t = codes[0].shape[-1]
+        padded = [c if c.shape[-1] == t else F.pad(c, (0, t - c.shape[-1])) for c in codes]
+        return ops.stack(padded, dim=0), self.decode(codes, scale)[..., :x.shape[-1]]

@@ -17,6 +17,7 @@ from engine import functional as F
 from engine import ops
 from engine.layout import ShapeError
 from engine.nn.module import Module
+from engine.tensor import Tensor
 
 
 class LSTM(Module):
@@ -56,17 +57,13 @@ class LSTM(Module):
         """x (L, N, in); h (N, P); c (N, H) -> (outputs (L, N, P), h, c)."""
         w_ih, w_hh, b_ih, b_hh, w_hr = params
         xw = F.linear(x, w_ih, b_ih)                   # (L, N, 4H): the input half of every step at once
-        steps = range(x.shape[0] - 1, -1, -1) if reverse else range(x.shape[0])
-        outs = [None] * x.shape[0]
-        for t in steps:
-            gates = xw[t] + F.linear(h, w_hh, b_hh)    # (N, 4H) in torch's order i, f, g, o
-            i, f, g, o = gates.chunk(4, dim=-1)
-            c = f.sigmoid() * c + i.sigmoid() * g.tanh()
-            h = o.sigmoid() * c.tanh()
-            if w_hr is not None:
-                h = F.linear(h, w_hr)
-            outs[t] = h
-        return ops.stack(outs, dim=0), h, c
+        dt = xw.dtype
+        arr = lambda t: None if t is None else t.to(dt).array  # noqa: E731
+        # the step loop is the backend's (a plain composition of its ops by default, engine/backends/fused.py)
+        outs, h, c = xw.backend.lstm_recurrence(xw.array, arr(h), arr(c), arr(w_hh), arr(b_hh), arr(w_hr),
+                                                reverse, dt)
+        wrap = lambda a: Tensor._wrap(a, xw.backend, dt)  # noqa: E731
+        return wrap(outs), wrap(h), wrap(c)
 
     def forward(self, x, hx=None):
         unbatched = x.ndim == 2

@@ -101,6 +101,23 @@ class VarBuilder:
         src = _Source(list(tensors), lambda k: tuple(tensors[k].shape), get, "a dict of tensors")
         return cls(_State(src, D.get(dtype) if dtype is not None else None, _dev.parse(device)))
 
+    def with_rules(self, rules) -> "VarBuilder":
+        """The same weights with state-dict rules (engine.nn.rules: weight-norm folds, drops, renames)
+        applied, for a model whose checkpoint differs from its attribute paths in declared ways
+        (CHECKPOINT_RULES). Keys no rule touches stay the arrays they were (mapped: no copy)."""
+        from engine.nn.rules import apply_rules
+        src = self._s.source
+        if src.keys is None:
+            return self
+        res = apply_rules({k: src.get(k) for k in src.keys}, rules)
+        vb = VarBuilder.from_tensors(res.state, self._s.dtype, self._s.device)
+        if res.steps:
+            vb._s.source.description = f"{src.description} (after {len(res.steps)} declared rule steps)"
+        else:
+            vb._s.source.description = src.description
+        vb._s.ignored = list(self._s.ignored)
+        return vb
+
     @classmethod
     def random(cls, seed: int = 0, std: float = 0.02, dtype=D.float32, device=None) -> "VarBuilder":
         """Random weights for any requested name and shape: N(0, std) for matrices, 1 for vectors named

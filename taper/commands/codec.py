@@ -45,8 +45,7 @@ def load(model_arg: str, device=None):
                          "codec needs model_type 'encodec'")
     if source.kind == "preset":
         return models.from_preset("encodec", source.preset, device=device)
-    from migration.port import port_hf
-    return port_hf(source.path, device=device).model
+    return models.from_pretrained(source.path, device=device)  # weight norm folded at load (CHECKPOINT_RULES)
 
 
 def run(args) -> int:
@@ -77,15 +76,17 @@ def run(args) -> int:
     t1 = time.perf_counter()
     out = model.decode(codes, scale)[..., :batch.shape[-1]].numpy()[0]  # (C, L)
     t2 = time.perf_counter()
-    n_q = codes.shape[1]
+    chunks = codes if isinstance(codes, list) else [codes]  # chunked models (48 kHz): one entry per chunk
+    n_q, frames = chunks[0].shape[1], sum(c.shape[2] for c in chunks)
     kbps = n_q * cfg.codebook_nbits * cfg.frame_rate / 1000
     audio.write_wav(args.out, out.T, cfg.sampling_rate)  # (L, C); PCM clipped to 16 bits there
-    if args.codes:
+    if args.codes:  # (B, n_q, frames); chunked: the chunks' frames one after another
         buf = io.BytesIO()
-        np.save(buf, codes.numpy())
+        np.save(buf, np.concatenate([c.numpy() for c in chunks], axis=-1))
         atomic_write_bytes(args.codes, buf.getvalue())
     seconds = batch.shape[-1] / cfg.sampling_rate
-    print(f"codes {tuple(codes.shape)} int64: {n_q} codebooks x {codes.shape[2]} frames at {cfg.frame_rate} Hz, "
+    per = f" in {len(chunks)} chunks" if isinstance(codes, list) else ""
+    print(f"codes (1, {n_q}, {frames}) int64{per}: {n_q} codebooks x {frames} frames at {cfg.frame_rate} Hz, "
           f"{cfg.codebook_nbits} bits each -> {kbps:g} kbps")
     print(f"wrote {args.out} ({seconds:.2f} s at {cfg.sampling_rate} Hz, {ch} channel(s))")
     print(f"encode {1e3 * (t1 - t0):.0f} ms, decode {1e3 * (t2 - t1):.0f} ms "

@@ -9,7 +9,8 @@ The WAV (PCM, any rate: resampled to 16 kHz; channels averaged) becomes log-mel 
 prompt (generation_config.json: language, task, <|notimestamps|>, suppressed tokens; without a language
 a multilingual model detects it). Prints the text when the directory has tokenizer.json, else the new
 token ids of each window, then one line of timings on stderr. --timestamps decodes timestamp tokens
-(a host loop per step) and prints "[start -> end] text" per segment.
+(a host loop per step) window after window, each window starting at the previous one's last timestamp
+pair (transformers' and openai-whisper's long-form seek), and prints "[start -> end] text" per segment.
 Exit codes: 0 done, 2 bad usage (missing or unreadable audio, a model directory that is not Whisper).
 """
 from __future__ import annotations
@@ -61,7 +62,7 @@ def load(model_arg: str, dtype=None, device=None):
 def run(args) -> int:
     import engine
     from engine import audio
-    from engine.models.whisper.generate import segments, transcribe
+    from engine.models.whisper.generate import transcribe, transcribe_long
 
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
@@ -69,22 +70,23 @@ def run(args) -> int:
         raise FileNotFoundError(f"audio file not found: {args.audio}")
     samples = audio.load_audio(args.audio)  # AudioError (a ValueError) names a file that is not a PCM WAV
     model, gen, tokenizer = load(args.model, getattr(engine, args.dtype) if args.dtype else None, args.device)
-    windows = transcribe(model, samples, gen, args.language, args.task, args.max_new_tokens, args.capture,
-                         args.timestamps)
-
     def show(ids):
         if tokenizer is not None:
             return tokenizer.decode(ids, skip_special_tokens=True).strip()
         return " ".join(str(t) for t in ids)
-    for i, w in enumerate(windows):
-        if args.timestamps:
-            for start, end, ids in segments(w.new_tokens[0], gen, offset_s=30.0 * i):
-                print(f"[{start:.2f} -> {end:.2f}] {show(ids)}")
-        else:
+    if args.timestamps:  # sequential windows, each seeking to its last timestamp (transformers' long-form)
+        out = transcribe_long(model, samples, gen, args.language, args.task, args.max_new_tokens)
+        tb = gen.timestamp_begin
+        for s in out.segments:
+            print(f"[{s.start:.2f} -> {s.end:.2f}] {show([t for t in s.tokens if t < tb])}")
+        windows, enc, dec, steps = out.windows, out.encode_ms, out.decode_ms, len(out.tokens)
+    else:
+        windows = transcribe(model, samples, gen, args.language, args.task, args.max_new_tokens, args.capture)
+        for w in windows:
             print(show(w.new_tokens[0]))
-    enc = sum(w.encode_ms for w in windows)
-    dec = sum(w.decode_ms for w in windows)
-    steps = sum(w.decode_steps for w in windows)
+        enc = sum(w.encode_ms for w in windows)
+        dec = sum(w.decode_ms for w in windows)
+        steps = sum(w.decode_steps for w in windows)
     print(f"{len(samples) / audio.SAMPLE_RATE:.1f} s of audio in {len(windows)} window(s): encoder {enc:.0f} ms, "
           f"decoder {dec:.0f} ms ({steps / (dec / 1e3) if dec > 0 else float('nan'):.1f} steps/s)", file=sys.stderr)
     return 0

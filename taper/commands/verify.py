@@ -20,6 +20,8 @@ plus every shared module's output where both implementations can tap (the report
     taper verify models/tiny-llama --save-golden golden/            # keep the reference
     taper verify models/tiny-llama --golden golden/                 # later, without torch
     taper verify models/tiny-llama --candidate-gguf tiny.q4_0.gguf  # the cost of quantising (--max-kl)
+    taper verify whisper-tiny/ --audio speech.wav                   # Whisper: log-mel of the audio + decoder ids
+    taper verify encodec:encodec_48khz --markdown enc.md            # EnCodec: codes and every conv/LSTM layer
 
 Exit codes: 0 every layer within tolerance, 1 a numerical failure, 2 bad usage or a model or golden
 directory that cannot be loaded (or a model that raises on the inputs).
@@ -60,6 +62,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
     parser.add_argument("--batch", type=int, default=2, help="LLM inputs: batch size (default 2)")
     parser.add_argument("--seq-len", type=int, default=16, help="LLM inputs: sequence length (default 16)")
+    parser.add_argument("--audio", metavar="WAV", help="Whisper and EnCodec: inputs from this audio (resampled to the "
+                                                        "model's rate) instead of a seeded signal")
     parser.add_argument("--input", type=input_arg, action="append", default=[], metavar="SHAPE[:DTYPE[:HIGH]]",
                         help="an input for a module:factory model (repeat for several positional inputs)")
     parser.add_argument("--tol", type=_tol, action="append", default=[], metavar="GLOB=RTOL,ATOL",
@@ -139,6 +143,13 @@ def _verify(args):
     if args.max_kl is not None:
         raise _Usage("--max-kl applies to --candidate-gguf")
     given = example_inputs(args.input, args.seed) if args.input else None
+    if args.audio is not None:
+        from migration.module_map import HF_MODELS
+        spec = HF_MODELS.get(src.model_type)
+        if spec is None or spec.inputs == "ids" or src.kind not in ("dir", "preset"):
+            raise _Usage(f"--audio applies to Whisper and EnCodec models (a directory or preset), not {target}")
+        if not Path(args.audio).is_file():
+            raise _Usage(f"--audio {args.audio}: no such file")
     if args.golden:
         if args.save_golden:
             raise _Usage("--golden and --save-golden exclude each other")
@@ -163,7 +174,7 @@ def _verify(args):
         if src.model_type in HF_MODELS and args.route != "export" and not args.nodes:
             _check_shapes(target)
             return verify_hf(target, dtype=args.dtype, batch=args.batch, seq_len=args.seq_len, seed=args.seed,
-                             device=args.device, **common, **hand)
+                             device=args.device, audio=args.audio, **common, **hand)
         if args.route == "hand":
             raise _Usage(f"model_type {src.model_type!r} has no hand-written engine model (use --route export)")
         from migration.verify import load_hf_torch
@@ -173,7 +184,7 @@ def _verify(args):
         if args.route == "export" or args.nodes:
             return _exported(args, tm, None, target, common)
         return verify_hf(tm, dtype=args.dtype, batch=args.batch, seq_len=args.seq_len, seed=args.seed,
-                         device=args.device, name=target, **common, **hand)
+                         device=args.device, name=target, audio=args.audio, **common, **hand)
     tm, inputs = load_factory(target)
     inputs = given or inputs
     p = plan(tm, root=target)
