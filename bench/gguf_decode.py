@@ -57,30 +57,14 @@ def kernel_profile(preset: str, formats, iters: int = 40) -> list:
     import cupy
 
     import engine  # noqa: F401  (the engine's pool owns cupy's memory)
-    from bench.kernel_profile import shapes
+    from bench.kernel_profile import graph_timed, shapes
     from engine.backends import cupy_kernels as K
     from engine.io.gguf import quantize_matrix
     l2 = cupy.cuda.runtime.getDeviceProperties(0)["l2CacheSize"]
     rng = cupy.random.default_rng(0)
     rows = []
 
-    def timed(fn, n):
-        fn(0)
-        stream = cupy.cuda.Stream(non_blocking=True)
-        with stream:
-            stream.begin_capture()
-            for i in range(n):
-                fn(i)
-            graph = stream.end_capture()
-        graph.launch(stream)
-        stream.synchronize()
-        s, e = cupy.cuda.Event(), cupy.cuda.Event()
-        s.record(stream)
-        for _ in range(3):
-            graph.launch(stream)
-        e.record(stream)
-        e.synchronize()
-        return cupy.cuda.get_elapsed_time(s, e) * 1e3 / (3 * n)
+    timed = graph_timed
 
     for name, (N, Kd, glu) in shapes(f"llama:{preset}").items():
         if glu:

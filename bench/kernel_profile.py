@@ -29,6 +29,29 @@ def shapes(model: str) -> dict:
             "gate_up (GLU)": (I, H, True), "down_proj": (H, I, False), "lm_head": (V, H, False)}
 
 
+def graph_timed(fn, n: int) -> float:
+    """Microseconds per launch: fn(0) once eagerly, then fn(0..n-1) captured in one CUDA graph and the
+    graph replayed 3 times, so the host's launch overhead (tens of microseconds from Python) stays out,
+    as in a captured decode step."""
+    import cupy
+    fn(0)
+    stream = cupy.cuda.Stream(non_blocking=True)
+    with stream:
+        stream.begin_capture()
+        for i in range(n):
+            fn(i)
+        graph = stream.end_capture()
+    graph.launch(stream)
+    stream.synchronize()
+    s, e = cupy.cuda.Event(), cupy.cuda.Event()
+    s.record(stream)
+    for _ in range(3):
+        graph.launch(stream)
+    e.record(stream)
+    e.synchronize()
+    return cupy.cuda.get_elapsed_time(s, e) * 1e3 / (3 * n)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="llama:llama-2-7b")
@@ -47,25 +70,7 @@ def main(argv=None) -> int:
     l2 = cupy.cuda.runtime.getDeviceProperties(0)["l2CacheSize"]
     rows = []
 
-    def timed(fn, n):
-        """Microseconds per launch: n launches captured in one CUDA graph and replayed, so the host's
-        launch overhead (tens of microseconds from Python) stays out, as in a captured decode step."""
-        fn(0)
-        stream = cupy.cuda.Stream(non_blocking=True)
-        with stream:
-            stream.begin_capture()
-            for i in range(n):
-                fn(i)
-            graph = stream.end_capture()
-        graph.launch(stream)
-        stream.synchronize()
-        s, e = cupy.cuda.Event(), cupy.cuda.Event()
-        s.record(stream)
-        for _ in range(3):
-            graph.launch(stream)
-        e.record(stream)
-        e.synchronize()
-        return cupy.cuda.get_elapsed_time(s, e) * 1e3 / (3 * n)
+    timed = graph_timed
 
     if a.rows:
         return rows_table(a, timed, dt, rng, l2)
