@@ -26,7 +26,8 @@ from bench.discovery import ROOT
 
 SUITES = {"ops": "bench_ops", "pool": "bench_pool", "load": "bench_load", "llm": "bench_llm",
           "models": "bench_models", "encoders": "bench_encoders",
-          "detect": "bench_detect", "whisper": "bench_whisper", "encodec": "bench_encodec"}
+          "detect": "bench_detect", "whisper": "bench_whisper", "encodec": "bench_encodec",
+          "diffusion": "bench_diffusion", "gguf": "bench_gguf"}
 
 
 def say(msg: str) -> None:
