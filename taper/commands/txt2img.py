@@ -42,6 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: ENGINE_DEVICE or cpu)")
     parser.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
                         help="cast weights on load (default: as stored)")
+    parser.add_argument("--variant", default=None, help="weight files variant of --model, e.g. fp16 "
+                        "(diffusion_pytorch_model.fp16.safetensors), as diffusers' variant=")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
@@ -77,7 +79,8 @@ def _pipeline(args, dtype):
         if preset not in PRESETS:
             raise ValueError(f"no Stable Diffusion preset {preset!r} (known: {', '.join('sd:' + p for p in PRESETS)})")
         return StableDiffusionPipeline.from_preset(preset, args.scheduler, dtype=dtype, device=args.device)
-    return StableDiffusionPipeline.from_pretrained(model, args.scheduler, dtype=dtype, device=args.device)
+    return StableDiffusionPipeline.from_pretrained(model, args.scheduler, dtype=dtype, device=args.device,
+                                                   variant=args.variant)
 
 
 def _write_png(image, path: Path) -> None:

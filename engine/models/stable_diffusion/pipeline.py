@@ -89,11 +89,12 @@ class StableDiffusionPipeline:
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
 
     @classmethod
-    def from_pretrained(cls, path, scheduler: str = "ddim", dtype=None, device=None):
+    def from_pretrained(cls, path, scheduler: str = "ddim", dtype=None, device=None, variant=None):
         """A diffusers model directory: unet/, vae/ and scheduler/scheduler_config.json (SD 1.5 ships a
         PNDM config; `scheduler` picks the algorithm that reads it: ddim or euler); text_encoder/ and
         tokenizer/ (tokenizer.json, or CLIP's vocab.json + merges.txt) when present (else text enters as
-        embeddings only)."""
+        embeddings only). Weights: diffusers' names, one file or sharded (an index), and `variant` ("fp16")
+        picks the *.fp16.* files as diffusers' variant= does."""
         path = Path(path)
         if not path.is_dir():
             raise FileNotFoundError(f"model directory not found: {path}")
@@ -101,9 +102,9 @@ class StableDiffusionPipeline:
         if missing:
             raise FileNotFoundError(f"{path} is not a diffusers Stable Diffusion directory: missing "
                                     f"{', '.join(missing)}")
-        unet = UNet2DConditionModel.from_pretrained(path / "unet", dtype=dtype, device=device)
-        vae = AutoencoderKL.from_pretrained(path / "vae", dtype=dtype, device=device)
-        te = CLIPTextModel.from_pretrained(path / "text_encoder", dtype=dtype, device=device) \
+        unet = UNet2DConditionModel.from_pretrained(path / "unet", dtype=dtype, device=device, variant=variant)
+        vae = AutoencoderKL.from_pretrained(path / "vae", dtype=dtype, device=device, variant=variant)
+        te = CLIPTextModel.from_pretrained(path / "text_encoder", dtype=dtype, device=device, variant=variant) \
             if (path / "text_encoder" / "config.json").is_file() else None
         tok = PromptTokenizer.from_dir(path / "tokenizer") if PromptTokenizer.present(path / "tokenizer") else None
         sched = scheduler_from_config(read_config(path / "scheduler/scheduler_config.json"), scheduler)
