@@ -67,6 +67,58 @@ def _erf_f64(x, chunk: int = 1 << 16):
     return np.copysign(out, x)
 
 
+# erf(x) / x = P(x^2) / Q(x^2) on |x| <= 4 (erf(4) = 1 - 1.5e-8 rounds to 1 in float32): a (6, 6) rational
+# fitted to math.erf by Sanathanan-Koerner iteration (weighted least squares for relative error on 400
+# Chebyshev nodes of [0, 4]). Evaluated in float64, its error is below 1.7e-8, so the float32 result is
+# the correctly rounded erf or its neighbour (at most 1 ulp off; tests/test_ops.py checks this against
+# math.erf on a dense grid). For float32 inputs, about 6x faster than _erf_f64's pieces.
+_ERF32_P = (1.1283791674793193, 0.16650074472993412, 0.05084586158065998, 0.0029339034636108076,
+            0.0003032690250804615, -4.3446920482454774e-07, -4.5574708844690315e-08)
+_ERF32_Q = (1.0, 0.48089080317143434, 0.10535769448609288, 0.013440392001363618, 0.0010323661073647985,
+            4.026583458413907e-05, -6.361248951568942e-07)
+_CHUNK32 = 8192  # float32 elements per chunk: its float64 temporaries stay in L2
+
+
+def _erf_rational(z, out) -> None:
+    """out[...] = erf(z) for a float32 chunk z (float64 inside, rounded once into out)."""
+    x = z.astype(np.float64)
+    np.clip(x, -4.0, 4.0, out=x)
+    s = x * x
+    p = s * _ERF32_P[-1]
+    p += _ERF32_P[-2]
+    for c in _ERF32_P[-3::-1]:
+        p *= s
+        p += c
+    q = s * _ERF32_Q[-1]
+    q += _ERF32_Q[-2]
+    for c in _ERF32_Q[-3::-1]:
+        q *= s
+        q += c
+    p *= x
+    p /= q
+    np.copyto(out, p, casting="unsafe")
+    if np.isnan(z).any():  # clip keeps nan; say so explicitly (erf(nan) = nan)
+        out[np.isnan(z)] = np.nan
+
+
+def _erf_f32(x, gelu: bool = False):
+    """erf of a float32 array through _erf_rational in cache-sized chunks; gelu=True returns
+    0.5 * x * (1 + erf(x / sqrt(2))) (the exact GELU, torch's formula) in the same pass."""
+    flat = np.ascontiguousarray(x).reshape(-1)
+    out = np.empty(flat.size, np.float32)
+    r2 = np.float32(math.sqrt(2.0))
+    for i in range(0, flat.size, _CHUNK32):
+        xc, oc = flat[i:i + _CHUNK32], out[i:i + _CHUNK32]
+        if not gelu:
+            _erf_rational(xc, oc)
+            continue
+        _erf_rational(xc / r2, oc)
+        oc += np.float32(1.0)
+        oc *= xc
+        oc *= np.float32(0.5)
+    return out.reshape(np.shape(x))
+
+
 class NumpyBackend(NnKernels, PoolKernels, PointwiseKernels, IndexKernels, QuantKernels, FusedOps):
     name = "numpy"
     available = True
@@ -176,6 +228,8 @@ class NumpyBackend(NnKernels, PoolKernels, PointwiseKernels, IndexKernels, Quant
         if op == "silu":
             return x / (1.0 + xp.exp(-x))
         if op == "gelu":
+            if xp is np and x.dtype == np.float32:
+                return _erf_f32(x, gelu=True)
             return 0.5 * x * (1.0 + self._erf(x / math.sqrt(2.0)))
         if op == "gelu_tanh":
             return 0.5 * x * (1.0 + xp.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x * x * x)))
@@ -201,6 +255,8 @@ class NumpyBackend(NnKernels, PoolKernels, PointwiseKernels, IndexKernels, Quant
               "acosh": "arccosh", "atanh": "arctanh"}
 
     def _erf(self, x):
+        if x.dtype == np.float32:
+            return _erf_f32(x)
         return _erf_f64(x).astype(x.dtype)
 
     _BINARY = {"add": "add", "sub": "subtract", "mul": "multiply", "div": "true_divide",
