@@ -190,15 +190,31 @@ class NnKernels:
         return self.conv(spread, wt, b, (1,) * nd, pads, dilation, groups, out_dtype)
 
     # ---- attention ------------------------------------------------------------------------------------
+    # the blocked path: when all scores exceed SDPA_FULL_SCORES elements (4 MiB of float32) and one
+    # head's (L, S) scores exceed SDPA_HEAD_SCORES (so the Python loop over heads is amortised); its
+    # query-row blocks hold about SDPA_BLOCK scores (2 MiB: they stay in cache)
+    SDPA_FULL_SCORES = 1 << 20
+    SDPA_HEAD_SCORES = 1 << 18
+    SDPA_BLOCK = 1 << 19
+
     def sdpa(self, q, k, v, mask, causal: bool, scale: float, out_dtype):
         """q (..., Hq, L, E), k/v (..., Hkv, S, E); Hq a multiple of Hkv (GQA by repeating k/v).
-        mask: bool (True keeps) or additive float, broadcastable to (..., Hq, L, S)."""
+        mask: bool (True keeps) or additive float, broadcastable to (..., Hq, L, S).
+        On numpy, long sequences go through _sdpa_blocked: the same per-row math over blocks of query
+        rows, so the (..., L, S) score matrix never exists whole (SD 1.5's 4096-token self-attention:
+        1 GiB of scores otherwise)."""
         xp = self.xp
         q, k, v = self._f(q, out_dtype), self._f(k, out_dtype), self._f(v, out_dtype)
         rep = q.shape[-3] // k.shape[-3] if q.ndim >= 3 else 1
         if rep > 1:
             k = xp.repeat(k, rep, axis=-3)
             v = xp.repeat(v, rep, axis=-3)
+        L, S = q.shape[-2], k.shape[-2]
+        if xp is np and L > 1 and S > 0 and q.ndim >= 2:
+            lead = np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2],
+                                       *(() if mask is None else (mask.shape[:-2],)))
+            if math.prod(lead) * L * S > self.SDPA_FULL_SCORES and L * S >= self.SDPA_HEAD_SCORES:
+                return self._sdpa_blocked(q, k, v, mask, causal, scale, out_dtype, lead)
         s = (q @ xp.swapaxes(k, -1, -2)) * q.dtype.type(scale)
         L, S = s.shape[-2:]
         if causal:
@@ -212,3 +228,47 @@ class NnKernels:
             tot = xp.sum(e, axis=-1, keepdims=True)
             p = e / xp.where(tot == 0, 1, tot)  # a fully masked row attends to nothing: output 0, as torch
         return self._out(p @ v, out_dtype)
+
+    def _sdpa_blocked(self, q, k, v, mask, causal: bool, scale: float, out_dtype, lead):
+        """sdpa's formula row block by row block, for every index of the leading dims: scores
+        (n, S) = q_rows @ k^T * scale, causal/mask applied, softmax along S as above (max, exp, sum,
+        divide), then @ v into the output rows. Each row sees the same operations as in the one-pass
+        path but the normalisation, which divides the (n, E) output rows rather than the (n, S)
+        probabilities (as flash attention does): results agree to fp32 rounding."""
+        L, S, E = q.shape[-2], k.shape[-2], v.shape[-1]
+        dt = q.dtype
+        q = np.broadcast_to(q, lead + q.shape[-2:])
+        kt = np.swapaxes(np.broadcast_to(k, lead + k.shape[-2:]), -1, -2)
+        v = np.broadcast_to(v, lead + v.shape[-2:])
+        if mask is not None:
+            mask = np.broadcast_to(mask if mask.dtype == np.bool_ else self._f(mask, out_dtype), lead + (L, S))
+        out = self.empty(lead + (L, E), D.get(dt))
+        n = max(1, min(L, self.SDPA_BLOCK // S))
+        cols = np.arange(S)
+        sc = dt.type(scale)
+        with np.errstate(all="ignore"):
+            for idx in np.ndindex(*lead):
+                qi, vi, oi = q[idx], v[idx], out[idx]
+                kti = np.ascontiguousarray(kt[idx])  # (E, S): one copy per head, read by every row block
+                mi = mask[idx] if mask is not None else None
+                for r0 in range(0, L, n):
+                    r1 = min(L, r0 + n)
+                    s = np.matmul(qi[r0:r1], kti)  # (n, S)
+                    s *= sc
+                    if causal:
+                        np.copyto(s, -np.inf, where=cols[None, :] > np.arange(r0, r1)[:, None])
+                    if mi is not None:
+                        if mi.dtype == np.bool_:
+                            np.copyto(s, -np.inf, where=~mi[r0:r1])
+                        else:
+                            s += mi[r0:r1]
+                    m = s.max(axis=-1, keepdims=True)
+                    m[~np.isfinite(m)] = 0
+                    s -= m
+                    np.exp(s, out=s)
+                    tot = s.sum(axis=-1, keepdims=True)
+                    tot[tot == 0] = 1  # a fully masked row attends to nothing: output 0, as torch
+                    o = oi[r0:r1]
+                    np.matmul(s, vi, out=o)
+                    o /= tot  # (e @ v) / sum: n x E divisions instead of n x S (flash attention's order)
+        return out if D.get(dt) == out_dtype else self._out(out, out_dtype)
