@@ -101,11 +101,13 @@ def _erf_rational(z, out) -> None:
         out[np.isnan(z)] = np.nan
 
 
-def _erf_f32(x, gelu: bool = False):
+def _erf_f32(x, gelu: bool = False, out=None):
     """erf of a float32 array through _erf_rational in cache-sized chunks; gelu=True returns
-    0.5 * x * (1 + erf(x / sqrt(2))) (the exact GELU, torch's formula) in the same pass."""
+    0.5 * x * (1 + erf(x / sqrt(2))) (the exact GELU, torch's formula) in the same pass. out: a
+    C-contiguous float32 array of x's shape to write into."""
     flat = np.ascontiguousarray(x).reshape(-1)
-    out = np.empty(flat.size, np.float32)
+    res = out if out is not None else np.empty(np.shape(x), np.float32)
+    out = res.reshape(-1)
     r2 = np.float32(math.sqrt(2.0))
     for i in range(0, flat.size, _CHUNK32):
         xc, oc = flat[i:i + _CHUNK32], out[i:i + _CHUNK32]
@@ -116,7 +118,37 @@ def _erf_f32(x, gelu: bool = False):
         oc += np.float32(1.0)
         oc *= xc
         oc *= np.float32(0.5)
-    return out.reshape(np.shape(x))
+    return res
+
+
+def _silu_into(x, out) -> None:  # x / (1 + exp(-x)), as _unary's formula, in place in out
+    np.negative(x, out=out)
+    np.exp(out, out=out)
+    out += x.dtype.type(1.0)
+    np.divide(x, out, out=out)
+
+
+def _sigmoid_into(x, out) -> None:  # 1 / (1 + exp(-x))
+    np.negative(x, out=out)
+    np.exp(out, out=out)
+    out += x.dtype.type(1.0)
+    np.divide(x.dtype.type(1.0), out, out=out)
+
+
+_IN_PLACE = {"silu": _silu_into, "sigmoid": _sigmoid_into,  # unary ops written straight into pooled output
+             "gelu": lambda x, out: _erf_f32(x, gelu=True, out=out)}  # float32 only (unary checks)
+_CHUNK = 1 << 16  # elements per chunk of an in-place chain: its passes stay in L2
+
+
+def _chunked(fn, x, out) -> None:
+    """fn(x_chunk, out_chunk) over cache-sized pieces of a C-ordered x (views when contiguous)."""
+    if out.size <= _CHUNK:
+        fn(x, out)
+        return
+    xf = np.ascontiguousarray(x).reshape(-1)
+    of = out.reshape(-1)
+    for i in range(0, xf.size, _CHUNK):
+        fn(xf[i:i + _CHUNK], of[i:i + _CHUNK])
 
 
 class NumpyBackend(NnKernels, PoolKernels, PointwiseKernels, IndexKernels, QuantKernels, FusedOps):
@@ -214,6 +246,11 @@ class NumpyBackend(NnKernels, PoolKernels, PointwiseKernels, IndexKernels, Quant
         else:
             x = self._c(x)
         with np.errstate(all="ignore"):
+            if op in _IN_PLACE and self.xp is np and x.dtype == cd == out_dtype.np_dtype and (
+                    op != "gelu" or cd == np.float32):
+                out = self.empty(x.shape, out_dtype)
+                _chunked(_IN_PLACE[op], x, out)
+                return out
             r = self._unary(op, x)
         return self._out(r, out_dtype)
 

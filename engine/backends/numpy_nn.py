@@ -27,6 +27,11 @@ class NnKernels:
             out = self.empty((x2.shape[0], w.shape[0]), out_dtype)
             self.xp.matmul(x2, w.T, out=out)
             return out.reshape(lead + (w.shape[0],))
+        if x2.dtype == out_dtype.np_dtype:  # the bias added in place, in pooled memory (same rounding)
+            out = self.empty((x2.shape[0], w.shape[0]), out_dtype)
+            self.xp.matmul(x2, w.T, out=out)
+            out += self._f(b, out_dtype)
+            return out.reshape(lead + (w.shape[0],))
         y = self.xp.matmul(x2, w.T)
         if b is not None:
             y = y + self._f(b, out_dtype)
@@ -51,15 +56,27 @@ class NnKernels:
 
     def layer_norm(self, x, nd: int, weight, bias, eps: float, out_dtype):
         """Rows whose values reach 2^64 are first scaled by a power of two (exact), so the variance does
-        not overflow; torch's float32 kernel returns nan for rows of ~1e38 where float64 is finite."""
+        not overflow; torch's float32 kernel returns nan for rows of ~1e38 where float64 is finite.
+        When no row needs that (the usual case), the same formula runs in place in the output."""
         xp = self.xp
         x = self._f(x, out_dtype)
         axes = tuple(range(x.ndim - nd, x.ndim))
         if x.size == 0:
             return self._out(x, out_dtype)
         with np.errstate(all="ignore"):
-            big = xp.max(xp.abs(x), axis=axes, keepdims=True)
+            big = xp.maximum(xp.max(x, axis=axes, keepdims=True), -xp.min(x, axis=axes, keepdims=True))  # max |x|
             scaled = xp.isfinite(big) & (big >= 2.0 ** 64)  # such rows are brought to about 2^40
+            if xp is np and x.dtype == out_dtype.np_dtype and not scaled.any():
+                out = self.empty(x.shape, out_dtype)
+                mean = xp.mean(x, axis=axes, keepdims=True)
+                xp.subtract(x, mean, out=out)
+                var = xp.mean(xp.square(out), axis=axes, keepdims=True)
+                out /= xp.sqrt(var + x.dtype.type(eps))
+                if weight is not None:
+                    out *= self._f(weight, out_dtype)
+                if bias is not None:
+                    out += self._f(bias, out_dtype)
+                return out
             shift = xp.where(scaled, xp.floor(xp.log2(big)) - 40, 0).astype(x.dtype)
             scale = xp.exp2(-shift)
             xs = x * scale
@@ -95,16 +112,29 @@ class NnKernels:
         return y if weight is None else self.binary("mul", weight, y, out_dtype, out_dtype)
 
     def group_norm(self, x, groups: int, weight, bias, eps: float, out_dtype):
+        """(x - mean) / sqrt(var + eps) per (sample, group), then the per-channel affine; on numpy in
+        place in the output (the same operations in the same order)."""
         xp = self.xp
         x = self._f(x, out_dtype)
         n, c = x.shape[:2]
         if x.size == 0:
             return self._out(x, out_dtype)
         g = x.reshape(n, groups, -1)
+        bshape = (1, c) + (1,) * (x.ndim - 2)
         mean = xp.mean(g, axis=-1, keepdims=True)
+        if xp is np and x.dtype == out_dtype.np_dtype:
+            out = self.empty(g.shape, out_dtype)
+            xp.subtract(g, mean, out=out)
+            var = xp.mean(xp.square(out), axis=-1, keepdims=True)
+            out /= xp.sqrt(var + eps)
+            y = out.reshape(x.shape)
+            if weight is not None:
+                y *= self._f(weight, out_dtype).reshape(bshape)
+            if bias is not None:
+                y += self._f(bias, out_dtype).reshape(bshape)
+            return y
         var = xp.mean(xp.square(g - mean), axis=-1, keepdims=True)
         y = ((g - mean) / xp.sqrt(var + eps)).reshape(x.shape)
-        bshape = (1, c) + (1,) * (x.ndim - 2)
         if weight is not None:
             y = y * self._f(weight, out_dtype).reshape(bshape)
         if bias is not None:
@@ -167,6 +197,8 @@ class NnKernels:
         out = out.reshape((n, o) + tuple(osz))
         if b is not None:
             out += self._f(b, out_dtype).reshape((1, o) + (1,) * nd)
+        if groups == 1 and out.dtype == out_dtype.np_dtype:  # already pooled (self.matmul's output)
+            return out
         return self._out(out, out_dtype)
 
     def conv_transpose(self, x, w, b, stride, padding, output_padding, dilation, groups: int, out_dtype):
