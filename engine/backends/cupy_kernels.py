@@ -15,6 +15,9 @@ replaces bit for bit where the reduction order is the same.
   rotary     HF rotate_half rotary on (B, H, L, D) strided views
   attention  one query row per (batch, head) over a KV cache, split over chunks of 128 positions
              (flash-decoding), additive mask; a chunk whose mask hides every position is skipped
+  group_norm_act  one block per (sample, group): GroupNorm, optionally followed by an activation
+  conv2d     16-bit 2-d convolution as an implicit GEMM on tensor cores (wmma), the im2col tile gathered
+             into shared memory (no cuBLAS, no column matrix: capturable)
 Layouts: weights row-major [N, K] (torch's Linear layout); element strides are passed for views.
 """
 from __future__ import annotations
@@ -26,7 +29,7 @@ import cupy
 
 _DIR = Path(__file__).resolve().parent / "cuda"
 # the sources, in include order (each .cu file relies on the two headers before it)
-_FILES = ("prelude.cuh", "common.cuh", "gemv.cu", "rows.cu", "attention.cu", "sample.cu")
+_FILES = ("prelude.cuh", "common.cuh", "gemv.cu", "rows.cu", "attention.cu", "sample.cu", "conv.cu")
 PRELUDE = (_DIR / "prelude.cuh").read_text()
 _SRC = "\n".join((_DIR / f).read_text() for f in _FILES)
 
@@ -46,6 +49,8 @@ def _bundle(expr: str) -> tuple:
         return tuple(f"gemv<{t},{r},{k},{m},{u}>" for r, k in _DEFAULT_RS for m in (1, 2, 4, 8))
     if name in ("attn_partial", "attn_combine"):
         return tuple(f"attn_partial<{t},{per}>" for per in (1, 2, 3, 4, 8)) + (f"attn_combine<{t}>",)
+    if name == "conv2d_igemm":
+        return ("conv2d_igemm<__half>", "conv2d_igemm<__nv_bfloat16>")
     misc = ("rms_norm_rows", "rotary", "moe_combine", "sample_rows", "gemm_tiled", "softmax_mask_rows")
     if name in misc:
         return tuple(f"{n}<{t}>" for n in misc)
@@ -321,3 +326,42 @@ def softmax_mask_rows(s, mask, scale: float, L: int, per_batch: int, p):
     _fn(f"softmax_mask_rows<{type_name(s.dtype)}>")((rows,), (256,), (
         s, _opt(mask), cupy.int64(mb), cupy.int64(ml), cupy.int64(ms), p, cupy.int32(S), cupy.int32(L),
         cupy.int32(per_batch), cupy.float32(scale)))
+
+
+def group_norm_ok(x, weight, bias, groups: int) -> bool:
+    return (x.ndim >= 2 and x.flags.c_contiguous and x.size > 0 and _kernel_dtype(x.dtype)
+            and all(a is None or (a.flags.c_contiguous and a.dtype == x.dtype and a.size == x.shape[1])
+                    for a in (weight, bias)))
+
+
+def group_norm_act(x, weight, bias, groups: int, eps: float, act, out):
+    """out = act(group_norm(x)) for contiguous x (N, C, *S) (check group_norm_ok); act None, silu,
+    gelu_tanh or gelu."""
+    n, c = x.shape[:2]
+    hw = x.size // (n * c)
+    _fn(f"group_norm_act<{type_name(x.dtype)}>")((n * groups,), (256,), (
+        x, _opt(weight), _opt(bias), out, cupy.int32(c), cupy.int32(groups), cupy.int64(hw), cupy.float32(eps),
+        cupy.int32(ACTS.get(act, 0) if act else 0)))
+
+
+CONV_TILE = (64, 64)  # (output channels, positions) per block of conv2d_igemm (CV_BM, CV_BN in conv.cu)
+
+
+def conv2d_ok(x, w, groups: int) -> bool:
+    """conv2d takes 16-bit NCHW x and OIHW w of one dtype, contiguous, groups 1."""
+    return (groups == 1 and x.ndim == 4 and w.ndim == 4 and x.dtype == w.dtype and x.dtype.itemsize == 2
+            and _kernel_dtype(x.dtype) and x.flags.c_contiguous and w.flags.c_contiguous and x.size > 0
+            and x.shape[1] == w.shape[1] and x.size < 2 ** 31 and w.size < 2 ** 31)
+
+
+def conv2d(x, w, bias, stride, padding, dilation, out):
+    """out (N, O, OH, OW) = conv2d(x, w) + bias (check conv2d_ok); padding ((top, bottom), (left, right))
+    with top == bottom handled by the kernel's offsets (the output size comes from out)."""
+    n, c, h, wd = x.shape
+    o, _, kh, kw = w.shape
+    oh, ow = out.shape[2:]
+    grid = (-(-(n * oh * ow) // CONV_TILE[1]), -(-o // CONV_TILE[0]))
+    i32 = cupy.int32
+    _fn(f"conv2d_igemm<{type_name(x.dtype)}>")(grid, (128,), (
+        x, w, _opt(bias), out, i32(n), i32(c), i32(h), i32(wd), i32(o), i32(kh), i32(kw), i32(oh), i32(ow),
+        i32(stride[0]), i32(stride[1]), i32(padding[0][0]), i32(padding[1][0]), i32(dilation[0]), i32(dilation[1])))

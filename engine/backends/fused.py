@@ -13,6 +13,7 @@ Rounding follows the eager ops op by op, so a fused kernel can equal the ops it 
   moe(x, weights, experts, w_gate, w_up, w_down, act)  routed experts (Mixtral), summed in expert order
   rotary(x, cos, sin_signed, out)                      x * cos + swap_halves(x) * sin_signed on the first
                                                        cos.shape[-1] dims of each head (HF rotate_half)
+  group_norm_act(x, groups, w, b, eps, act, out)       group_norm [-> act] (diffusers' norm -> SiLU)
   attention(q, k, v, mask, scale, out)                 transformers' eager attention (scores in the
                                                        activations' dtype, softmax in float32)
   sample(logits, seen, penalty, temperature, top_k, top_p, seed, counter)
@@ -45,6 +46,11 @@ class FusedOps:
         if residual is not None:
             y = self.binary("add", residual, y, out_dtype, out_dtype)
         return y
+
+    def group_norm_act(self, x, groups: int, weight, bias, eps: float, act, out_dtype):
+        """act(group_norm(x)), each op rounded (act None: the norm alone)."""
+        y = self.group_norm(x, groups, weight, bias, eps, out_dtype)
+        return y if act is None else self.unary(act, y, out_dtype)
 
     def linear_group(self, x, ws: list, bs: list, out_dtype, norm=None) -> list:
         """[linear_fused(x, w, b, norm=norm) for each (w, b)]: linears sharing one input (q, k, v);

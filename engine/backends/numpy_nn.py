@@ -141,6 +141,24 @@ class NnKernels:
             y = y + self._f(bias, out_dtype).reshape(bshape)
         return self._out(y, out_dtype)
 
+    def group_norm_act(self, x, groups: int, weight, bias, eps: float, act, out_dtype):
+        """FusedOps' composition, with SiLU applied in place in cache-sized chunks of the norm's output on
+        numpy (the same operations: x / (1 + exp(-x)) of each rounded value)."""
+        y = self.group_norm(x, groups, weight, bias, eps, out_dtype)
+        if act is None:
+            return y
+        if act != "silu" or self.xp is not np or y.dtype != D.compute_dtype(out_dtype) or not y.flags.c_contiguous:
+            return self.unary(act, y, out_dtype)
+        flat = y.reshape(-1)
+        one = y.dtype.type(1.0)
+        for i in range(0, flat.size, 1 << 16):
+            c = flat[i:i + (1 << 16)]
+            t = np.negative(c)
+            np.exp(t, out=t)
+            t += one
+            np.divide(c, t, out=c)
+        return y
+
     def batch_norm(self, x, mean, var, weight, bias, eps: float, out_dtype):
         xp = self.xp
         x = self._f(x, out_dtype)
@@ -213,9 +231,9 @@ class NnKernels:
     def _conv_chunked(self, win, w2, b, out_dtype):
         """win (N, C, *O, *K) window view, w2 (O, C*K): im2col + GEMM per band of rows of the first output
         dim, straight into the pooled (N, O, *O) output."""
-        n, c = win.shape[:2]
+        n = win.shape[0]
         nd = (win.ndim - 2) // 2
-        osz, k = win.shape[2:2 + nd], win.shape[2 + nd:]
+        osz = win.shape[2:2 + nd]
         ck, inner = w2.shape[1], math.prod(osz[1:])
         out = self.empty((n, w2.shape[0], math.prod(osz)), D.get(w2.dtype))
         rows = max(-(-256 // inner), self.CONV_BLOCK // (ck * inner))  # at least 256 columns per GEMM
