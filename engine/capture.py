@@ -27,6 +27,7 @@ backend's fused ops (engine/backends/fused.py), reached by dataflow, not by mode
                                      linear whose output is split in halves, as Phi-3's gate_up_proj)
   linear(x), linear(x), linear(x)    linears sharing an input (q, k, v): one GEMV over the stacked
                                      weights; each output is a view of the result
+  act(group_norm(x))                 one group_norm_act launch (diffusers' GroupNorm -> SiLU)
 Each fused op rounds exactly as the ops it replaces, so a captured step equals the eager one.
 On a device without CUDA graphs (the CPU) calls after the record run fn with the plan, eagerly.
 """
@@ -38,7 +39,7 @@ import time
 import traceback
 
 from engine import dtype as D
-from engine.capture_plan import Call, Fused, Member, _arrays, _is_array, plan
+from engine.capture_plan import Call, Fused, Member, NormAct, _arrays, _is_array, plan
 from engine.storage import GraphMemory
 from engine.tensor import Tensor
 
@@ -158,7 +159,10 @@ class _Planned:
             return self.group_out[act.first][act.seg]
         return self._fused(backend, act)
 
-    def _fused(self, backend, f: Fused):
+    def _fused(self, backend, f: Fused | NormAct):
+        if isinstance(f, NormAct):  # group_norm(x, groups, weight, bias, eps, out_dtype) -> act
+            x, groups, w, b, eps, dt = self.live[f.norm][0][:6]
+            return backend.group_norm_act(x, groups, w, b, eps, f.act, dt)
         lin_args = self.live[f.linear][0]
         x, w, b, dt = lin_args[0], lin_args[1], lin_args[2], lin_args[3]
         norm = glu = residual = None

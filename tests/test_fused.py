@@ -354,3 +354,26 @@ def test_conv2d_implicit_gemm_in_a_captured_graph():
     finally:
         CupyBackend.CONV_IGEMM = old
     np.testing.assert_array_equal(replay.float().numpy(), eager.float().numpy())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_capture_fuses_group_norm_and_silu(dtype):
+    """engine.capture's plan runs group_norm -> silu as one group_norm_act (where the activation is the
+    norm's only consumer; a norm read twice stays unfused), and the planned step equals the eager one."""
+    from engine.capture import Captured
+    from engine.capture_plan import NormAct
+    x, w, b = E(arr((2, 16, 6, 6), dtype)), E(arr((16,), dtype, 0.5, 1)), E(arr((16,), dtype, 0.5, 2))
+    F_ = engine.functional
+
+    def step(x):
+        h = F_.silu(F_.group_norm(x, 4, w, b, 1e-5))  # fused
+        n = F_.group_norm(h, 4, w, b, 1e-5)  # read by silu and by the add: not fused
+        return F_.silu(n) + n
+
+    eager = step(x).float().numpy()
+    cap = Captured(step)
+    outs = [cap(x).float().numpy() for _ in range(4)]
+    kinds = [type(v).__name__ for v in cap.the_plan.values()]
+    assert kinds.count("NormAct") == 1 and sum(isinstance(v, NormAct) for v in cap.the_plan.values()) == 1
+    for o in outs:
+        np.testing.assert_array_equal(o, eager)
