@@ -48,6 +48,15 @@ class NnKernels:
         if x.size == 0:
             return self._out(x, out_dtype)
         with np.errstate(all="ignore"):
+            if xp is np and x.dtype == out_dtype.np_dtype:  # the same steps, in place in the output
+                out = self.empty(x.shape, out_dtype)
+                np.subtract(x, np.max(x, axis=dim, keepdims=True), out=out)
+                if log:
+                    out -= np.log(np.sum(np.exp(out), axis=dim, keepdims=True))
+                else:
+                    np.exp(out, out=out)
+                    out /= np.sum(out, axis=dim, keepdims=True)
+                return out
             z = x - xp.max(x, axis=dim, keepdims=True)
             e = xp.exp(z)
             s = xp.sum(e, axis=dim, keepdims=True)
