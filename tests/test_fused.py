@@ -304,6 +304,26 @@ CONV_CASES = [((2, 16, 12, 10), (24, 16, 3, 3), 1, 1, 1), ((1, 8, 17, 9), (8, 8,
               ((1, 64, 33, 31), (130, 64, 3, 3), 1, 1, 1), ((1, 3, 20, 20), (16, 3, 3, 3), 2, 1, 1)]
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("xs,ws,stride,pad,dil", CONV_CASES[:4] + [((1, 8, 130, 128), (8, 8, 3, 3), 1, 1, 1)])
+def test_conv_act(dtype, xs, ws, stride, pad, dil):
+    """conv_act (F.conv2d(act="silu")) against torch's conv2d then SiLU and against the composition:
+    equal to it on numpy (the SiLU runs in place, band by band in the banded conv: the last case)."""
+    x, w, b = arr(xs, dtype), arr(ws, dtype, 0.2, 1), arr((ws[0],), dtype, 0.1, 2)
+    got = engine.functional.conv2d(E(x), E(w), E(b), stride, pad, dil, act="silu")
+    ref = composition("conv_act", E(x), E(w), E(b), (stride,) * 2, [(pad, pad)] * 2, (dil,) * 2, 1, "silu")
+    want = TF.silu(TF.conv2d(T(x), T(w), T(b), stride, pad, dil))
+    want64 = TF.silu(TF.conv2d(T(x).double(), T(w).double(), T(b).double(), stride, pad, dil))
+    if dtype == "float32":
+        compare(got, want, scale=4)
+    else:
+        compare_reduced(got, want, want64, scale=4)
+    if not ON_CUDA:
+        same(got, ref)
+    with pytest.raises(ValueError, match="act must be None or one of silu, gelu_tanh, gelu, got 'tanh'"):
+        engine.functional.conv2d(E(x), E(w), act="tanh")
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize("xs,ws,stride,pad,dil", CONV_CASES)
@@ -326,6 +346,8 @@ def test_conv2d_implicit_gemm(dtype, xs, ws, stride, pad, dil, bias, monkeypatch
     assert got.shape == plain.shape == tuple(want.shape) and got.dtype is plain.dtype
     compare_reduced(got, want, want64, scale=4)
     compare_reduced(plain, want, want64, scale=4)
+    fused = engine.functional.conv2d(E(x), E(w), None if b is None else E(b), stride, pad, dil, act="silu")
+    same(fused, got.silu())  # the epilogue's SiLU rounds as the eager op does
 
 
 @pytest.mark.cuda

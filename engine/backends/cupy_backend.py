@@ -304,6 +304,16 @@ class CupyBackend(NumpyBackend):
     CONV_IGEMM = "capture"
 
     def conv(self, x, w, b, stride, padding, dilation, groups: int, out_dtype):
+        out = self._igemm(x, w, b, stride, padding, dilation, groups, None, out_dtype)
+        return out if out is not None else super().conv(x, w, b, stride, padding, dilation, groups, out_dtype)
+
+    def conv_act(self, x, w, b, stride, padding, dilation, groups: int, act, out_dtype):
+        """The implicit-GEMM kernel with the activation in its epilogue, where it runs (CONV_IGEMM)."""
+        out = self._igemm(x, w, b, stride, padding, dilation, groups, act, out_dtype)
+        return out if out is not None else super().conv_act(x, w, b, stride, padding, dilation, groups, act,
+                                                            out_dtype)
+
+    def _igemm(self, x, w, b, stride, padding, dilation, groups, act, out_dtype):
         mode = self.CONV_IGEMM
         if (mode == "always" or (mode == "capture" and self.capturing())) and x.dtype == out_dtype.np_dtype \
                 and len(stride) == 2 and K.conv2d_ok(x, w, groups) \
@@ -314,9 +324,9 @@ class CupyBackend(NumpyBackend):
             ow = (wd + sum(padding[1]) - dilation[1] * (kw - 1) - 1) // stride[1] + 1
             if oh > 0 and ow > 0 and all(lo >= 0 and hi >= 0 for lo, hi in padding):
                 out = self.empty((n, o, oh, ow), out_dtype)
-                K.conv2d(x, w, b, stride, padding, dilation, out)
+                K.conv2d(x, w, b, stride, padding, dilation, out, act)
                 return out
-        return super().conv(x, w, b, stride, padding, dilation, groups, out_dtype)
+        return None
 
     def rms_norm(self, x, nd: int, weight, eps: float, out_dtype, style: str = "torch"):
         if nd == 1 and x.dtype == out_dtype.np_dtype and out_dtype.name in K.TYPES and x.size:

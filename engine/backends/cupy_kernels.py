@@ -354,8 +354,8 @@ def conv2d_ok(x, w, groups: int) -> bool:
             and x.shape[1] == w.shape[1] and x.size < 2 ** 31 and w.size < 2 ** 31)
 
 
-def conv2d(x, w, bias, stride, padding, dilation, out):
-    """out (N, O, OH, OW) = conv2d(x, w) + bias (check conv2d_ok); padding ((top, bottom), (left, right))
+def conv2d(x, w, bias, stride, padding, dilation, out, act=None):
+    """out (N, O, OH, OW) = act(conv2d(x, w) + bias) (check conv2d_ok); padding ((top, bottom), (left, right))
     with top == bottom handled by the kernel's offsets (the output size comes from out)."""
     n, c, h, wd = x.shape
     o, _, kh, kw = w.shape
@@ -364,4 +364,5 @@ def conv2d(x, w, bias, stride, padding, dilation, out):
     i32 = cupy.int32
     _fn(f"conv2d_igemm<{type_name(x.dtype)}>")(grid, (128,), (
         x, w, _opt(bias), out, i32(n), i32(c), i32(h), i32(wd), i32(o), i32(kh), i32(kw), i32(oh), i32(ow),
-        i32(stride[0]), i32(stride[1]), i32(padding[0][0]), i32(padding[1][0]), i32(dilation[0]), i32(dilation[1])))
+        i32(stride[0]), i32(stride[1]), i32(padding[0][0]), i32(padding[1][0]), i32(dilation[0]), i32(dilation[1]),
+        i32(ACTS.get(act, 0) if act else 0)))

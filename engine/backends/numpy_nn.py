@@ -158,14 +158,7 @@ class NnKernels:
             return y
         if act != "silu" or self.xp is not np or y.dtype != D.compute_dtype(out_dtype) or not y.flags.c_contiguous:
             return self.unary(act, y, out_dtype)
-        flat = y.reshape(-1)
-        one = y.dtype.type(1.0)
-        for i in range(0, flat.size, 1 << 16):
-            c = flat[i:i + (1 << 16)]
-            t = np.negative(c)
-            np.exp(t, out=t)
-            t += one
-            np.divide(c, t, out=c)
+        self._silu_inplace(y)
         return y
 
     def batch_norm(self, x, mean, var, weight, bias, eps: float, out_dtype):
@@ -189,7 +182,35 @@ class NnKernels:
             x, x.shape[:2] + o + tuple(k),
             s[:2] + tuple(s[2 + i] * stride[i] for i in range(nd)) + tuple(s[2 + i] * dilation[i] for i in range(nd)))
 
-    def conv(self, x, w, b, stride, padding, dilation, groups: int, out_dtype):
+    def conv_act(self, x, w, b, stride, padding, dilation, groups: int, act, out_dtype):
+        """conv then act; on numpy a SiLU runs in place on the conv's output, band by band while it is
+        in cache where the conv goes in bands (the same operations as the composition)."""
+        if act != "silu" or self.xp is not np or D.compute_dtype(out_dtype) != out_dtype.np_dtype:
+            return super().conv_act(x, w, b, stride, padding, dilation, groups, act, out_dtype)
+        return self.conv(x, w, b, stride, padding, dilation, groups, out_dtype, _silu=True)
+
+    @staticmethod
+    def _silu_inplace(a) -> None:
+        """a = a / (1 + exp(-a)) in cache-sized pieces of a contiguous array (unary silu's formula)."""
+        flat = a.reshape(-1)
+        one = a.dtype.type(1.0)
+        with np.errstate(all="ignore"):  # exp(-x) overflows to inf for x < -88: x / inf = -0, as unary's
+            for i in range(0, flat.size, 1 << 16):
+                c = flat[i:i + (1 << 16)]
+                t = np.negative(c)
+                np.exp(t, out=t)
+                t += one
+                np.divide(c, t, out=c)
+
+    @staticmethod
+    def _silu_band(a) -> None:  # _silu_inplace for a strided band of the banded conv, in one piece
+        with np.errstate(all="ignore"):
+            t = np.negative(a)
+            np.exp(t, out=t)
+            t += a.dtype.type(1.0)
+            np.divide(a, t, out=a)
+
+    def conv(self, x, w, b, stride, padding, dilation, groups: int, out_dtype, _silu: bool = False):
         """x (N, C, *S), w (O, C/groups, *K); padding is ((lo, hi), ...) per spatial dim. im2col in the
         (N, C*K, positions) order, then one batched GEMM per group, w (O/g, C/g*K) @ cols, which lands
         in (N, O, positions) = NCHW with no transpose of the output. The column copy reads the input
@@ -211,7 +232,7 @@ class NnKernels:
             win = self._windows(x, k, stride, dilation)  # (N, C, *O, *K) view
             osz = win.shape[2:2 + nd]
             if xp is np and groups == 1 and cg * kk <= self.CONV_CHUNK_K and cg * kk * math.prod(osz) > self.CONV_BLOCK:
-                return self._conv_chunked(win, w.reshape(o, cg * kk), b, out_dtype)
+                return self._conv_chunked(win, w.reshape(o, cg * kk), b, out_dtype, _silu)
             perm = (0, 1) + tuple(range(2 + nd, 2 + 2 * nd)) + tuple(range(2, 2 + nd))  # (N, C, *K, *O)
             cols = xp.ascontiguousarray(win.transpose(perm)).reshape(n, groups * cg * kk, math.prod(osz))
         w2 = w.reshape(o, cg * kk)
@@ -227,8 +248,13 @@ class NnKernels:
         if b is not None:
             out += self._f(b, out_dtype).reshape((1, o) + (1,) * nd)
         if groups == 1 and out.dtype == out_dtype.np_dtype:  # already pooled (self.matmul's output)
+            if _silu:
+                self._silu_inplace(out)
             return out
-        return self._out(out, out_dtype)
+        out = self._out(out, out_dtype)
+        if _silu:
+            self._silu_inplace(out)
+        return out
 
     # numpy: a conv whose columns (C*K, positions) exceed CONV_BLOCK elements, with C*K at most CONV_CHUNK_K
     # (few channels at a high resolution: YOLO's first stages), builds and multiplies them a band of output
@@ -237,7 +263,7 @@ class NnKernels:
     CONV_BLOCK = 1 << 19
     CONV_CHUNK_K = 1152
 
-    def _conv_chunked(self, win, w2, b, out_dtype):
+    def _conv_chunked(self, win, w2, b, out_dtype, silu: bool = False):
         """win (N, C, *O, *K) window view, w2 (O, C*K): im2col + GEMM per band of rows of the first output
         dim, straight into the pooled (N, O, *O) output."""
         n = win.shape[0]
@@ -245,16 +271,20 @@ class NnKernels:
         osz = win.shape[2:2 + nd]
         ck, inner = w2.shape[1], math.prod(osz[1:])
         out = self.empty((n, w2.shape[0], math.prod(osz)), D.get(w2.dtype))
+        bias = None if b is None else self._f(b, out_dtype).reshape(-1, 1)
         rows = max(-(-256 // inner), self.CONV_BLOCK // (ck * inner))  # at least 256 columns per GEMM
         perm = (0,) + tuple(range(1 + nd, 1 + 2 * nd)) + tuple(range(1, 1 + nd))  # (C, *K, *O) of one sample
         for i in range(n):
             for r0 in range(0, osz[0], rows):
                 r1 = min(osz[0], r0 + rows)
                 cols = np.ascontiguousarray(win[i, :, r0:r1].transpose(perm)).reshape(ck, (r1 - r0) * inner)
-                np.matmul(w2, cols, out=out[i, :, r0 * inner:r1 * inner])
+                band = out[i, :, r0 * inner:r1 * inner]
+                np.matmul(w2, cols, out=band)
+                if bias is not None:
+                    band += bias
+                if silu:  # while the band is in cache (x / (1 + exp(-x)), as unary silu)
+                    self._silu_band(band)
         out = out.reshape((n, w2.shape[0]) + tuple(osz))
-        if b is not None:
-            out += self._f(b, out_dtype).reshape((1, -1) + (1,) * nd)
         return out if out.dtype == out_dtype.np_dtype else self._out(out, out_dtype)
 
     def conv_transpose(self, x, w, b, stride, padding, output_padding, dilation, groups: int, out_dtype):

@@ -52,13 +52,14 @@ __global__ void __launch_bounds__(256) group_norm_act(const T *__restrict__ x, c
 // out (N, O, OH, OW) = W (O, K) @ cols (K, N*OH*OW), K = C*KH*KW, where cols is never stored: each K x 64 tile is
 // gathered from x (N, C, H, W) (zero outside the padding) into shared memory. x, W contiguous; out contiguous.
 // Tiles: 64 output channels x 64 positions x 32 of K per step, 4 warps of 2 x 2 wmma 16x16x16 fragments. The sum
-// is rounded once to T, then the bias is added and rounded again (as the composition: matmul, then out += bias).
+// is rounded once to T, then the bias is added and rounded again (as the composition: matmul, then out += bias);
+// act (1 silu, 2 gelu_tanh, 3 gelu; 0 none) then computes in float32 from that and rounds (conv_act).
 constexpr int CV_BM = 64, CV_BN = 64, CV_BK = 32;
 
 template <typename T>
 __global__ void __launch_bounds__(128) conv2d_igemm(const T *__restrict__ x, const T *__restrict__ W,
         const T *__restrict__ bias, T *__restrict__ out, int N, int C, int H, int Wd, int O, int KH, int KW,
-        int OH, int OW, int sh, int sw, int ph, int pw, int dh, int dw) {
+        int OH, int OW, int sh, int sw, int ph, int pw, int dh, int dw, int act) {
     using namespace nvcuda;
     __shared__ __align__(32) T As[CV_BM][CV_BK + 8];
     __shared__ __align__(32) T Bs[CV_BK][CV_BN + 8];
@@ -125,6 +126,7 @@ __global__ void __launch_bounds__(128) conv2d_igemm(const T *__restrict__ x, con
         if (m >= O || c2 >= cols) continue;
         float v = rnd<T>(Cs[mm][nn]);
         if (bias != nullptr) v = __fadd_rn(v, to_f<T>(bias[m]));
+        if (act) v = act_fn(rnd<T>(v), act);
         out[((size_t)(c2 / P) * O + m) * P + c2 % P] = from_f<T>(v);
     }
 }
