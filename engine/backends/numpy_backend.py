@@ -109,15 +109,16 @@ def _erf_f32(x, gelu: bool = False, out=None):
     res = out if out is not None else np.empty(np.shape(x), np.float32)
     out = res.reshape(-1)
     r2 = np.float32(math.sqrt(2.0))
-    for i in range(0, flat.size, _CHUNK32):
-        xc, oc = flat[i:i + _CHUNK32], out[i:i + _CHUNK32]
-        if not gelu:
-            _erf_rational(xc, oc)
-            continue
-        _erf_rational(xc / r2, oc)
-        oc += np.float32(1.0)
-        oc *= xc
-        oc *= np.float32(0.5)
+    with np.errstate(all="ignore"):  # gelu(-inf) = -inf * 0 = nan, as the unfused formula gives
+        for i in range(0, flat.size, _CHUNK32):
+            xc, oc = flat[i:i + _CHUNK32], out[i:i + _CHUNK32]
+            if not gelu:
+                _erf_rational(xc, oc)
+                continue
+            _erf_rational(xc / r2, oc)
+            oc += np.float32(1.0)
+            oc *= xc
+            oc *= np.float32(0.5)
     return res
 
 
