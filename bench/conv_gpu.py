@@ -45,11 +45,14 @@ def _engine_rows(name, model, inputs, iters, rows):
     CupyBackend.CONV_IGEMM = "capture"
     step = Captured(lambda *a: model(*a))
     t = time.perf_counter()
-    for _ in range(3):  # eager, recorded, captured
-        step(*inputs)
-    sync()
-    rows.append({"model": name, "impl": "engine captured graph", "capture_s": time.perf_counter() - t,
-                 **_time(lambda: step(*inputs), sync, iters, warmup=1)})
+    try:
+        for _ in range(3):  # eager, recorded, captured
+            step(*inputs)
+        sync()
+        rows.append({"model": name, "impl": "engine captured graph", "capture_s": time.perf_counter() - t,
+                     **_time(lambda: step(*inputs), sync, iters, warmup=1)})
+    except Exception as e:  # a step that cannot be captured: say why, keep measuring the rest
+        rows.append({"model": name, "impl": "engine captured graph", "failed": f"{type(e).__name__}: {e}"})
     print(rows[-1], flush=True)
 
 
