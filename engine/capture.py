@@ -28,6 +28,7 @@ backend's fused ops (engine/backends/fused.py), reached by dataflow, not by mode
                                      linear whose output is split in halves, as Phi-3's gate_up_proj)
   linear(x), linear(x), linear(x)    linears sharing an input (q, k, v): one GEMV over the stacked
                                      weights; each output is a view of the result
+  act(group_norm(x))                 one group_norm_act launch (diffusers' GroupNorm -> SiLU)
 Each fused op rounds exactly as the ops it replaces, so a captured step equals the eager one.
 On a device without CUDA graphs (the CPU) calls after the record run fn with the plan, eagerly.
 """
@@ -39,7 +40,7 @@ import time
 import traceback
 
 from engine import dtype as D
-from engine.capture_plan import (Call, Fused, Member, _arrays, _is_array, _shapes_match, lin_bias, lin_dtype,
+from engine.capture_plan import (Call, Fused, Member, NormAct, _arrays, _is_array, _shapes_match, lin_bias, lin_dtype,
                                   lin_weight, plan)
 from engine.storage import GraphMemory
 from engine.tensor import Tensor
@@ -144,6 +145,7 @@ class _Planned:
         # every other call's arrays go back to the pool as soon as the step is done with them
         self.needed = {i for f in the_plan.values() if isinstance(f, Fused)
                        for i in (f.linear, f.norm, f.up, f.residual[0] if f.residual else None) if i is not None}
+        self.needed |= {f.norm for f in the_plan.values() if isinstance(f, NormAct)}
         self.placeholders: dict = {}  # (shape, dtype) -> the unwritten output of elided calls
         self.reset()
 
@@ -181,7 +183,10 @@ class _Planned:
             return self.group_out[act.first][act.seg]
         return self._fused(backend, act)
 
-    def _fused(self, backend, f: Fused):
+    def _fused(self, backend, f: Fused | NormAct):
+        if isinstance(f, NormAct):  # group_norm(x, groups, weight, bias, eps, out_dtype) -> act
+            x, groups, w, b, eps, dt = self.live[f.norm][0][:6]
+            return backend.group_norm_act(x, groups, w, b, eps, f.act, dt)
         name, lin_args = self.trace[f.linear].name, self.live[f.linear][0]  # linear or qlinear
         x, w, b, dt = lin_args[0], lin_weight(name, lin_args), lin_bias(name, lin_args), lin_dtype(name, lin_args)
         norm = glu = residual = None

@@ -1,6 +1,6 @@
 """The fusion plan of engine.capture: from the backend calls one run of a step made (their
 arguments and outputs, related by the memory they read and write), groups that the backend's fused
-ops (engine/backends/fused.py) can run in one launch. See engine/capture.py for the groups and for
+ops (engine/backends/fused.py) can run in one launch (linear groups; group_norm -> activation). See engine/capture.py for the groups and for
 how a planned step is run; this module only reads the record.
 """
 from __future__ import annotations
@@ -203,6 +203,15 @@ class Fused:
 
 
 @dataclass
+class NormAct:
+    """At the activation call `at`, run backend.group_norm_act with the arguments of the elided
+    group_norm call `norm` (diffusers' GroupNorm -> SiLU)."""
+    at: int
+    norm: int
+    act: str
+
+
+@dataclass
 class Member:
     """A linear of a group whose output the group's first call already computed (segment `seg`)."""
     first: int
@@ -360,6 +369,19 @@ def plan(calls: list[Call], escaping=()) -> dict:
             for seg, c in enumerate(chunk[1:], 1):
                 fused.pop(c.index, None)
                 out[c.index] = Member(first.index, seg)
+    # group_norm -> activation: one launch when the activation is the norm's only consumer
+    for a in calls:
+        if a.name != "unary" or a.args[0] not in ACTIVATIONS or a.index in taken or not _is_array(a.args[1]):
+            continue
+        ni = g.producer(a.args[1])
+        if ni is None or by[ni].name != "group_norm" or ni in taken or single(ni) is None:
+            continue
+        gn = by[ni]
+        if single(ni)[0] != a.index or not _full(gn.out, a.args[1]) or a.args[2] != gn.args[-1]:
+            continue
+        taken.update([ni, a.index])
+        out[ni] = "elide"
+        out[a.index] = NormAct(at=a.index, norm=ni, act=a.args[0])
     for f in {id(f): f for f in fused.values()}.values():
         for e in f.elided:
             if e != f.at:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 
 from engine import dtype as D
-from engine.backends.fused import NORM_STYLES
+from engine.backends.fused import ACTIVATIONS, NORM_STYLES
 from engine.functional_conv import (_arr, _run, adaptive_avg_pool1d, adaptive_avg_pool2d,  # noqa: F401
                                     adaptive_avg_pool3d, adaptive_max_pool1d, adaptive_max_pool2d,
                                     adaptive_max_pool3d, avg_pool1d, avg_pool2d, avg_pool3d, conv1d, conv2d, conv3d,
@@ -295,13 +295,21 @@ def rms_norm(x, normalized_shape, weight=None, eps: float | None = None, style: 
     return _run(x, "rms_norm", x.array, nd, _arr(weight, x, "weight"), eps, style=style)
 
 
-def group_norm(x, num_groups: int, weight=None, bias=None, eps: float = 1e-5) -> Tensor:
+def group_norm(x, num_groups: int, weight=None, bias=None, eps: float = 1e-5, act: str | None = None) -> Tensor:
+    """torch's group_norm; act ("silu", "gelu_tanh", "gelu"; an engine extension) applies that
+    activation to the result as one fused backend op (diffusers' GroupNorm -> SiLU), rounded as the two
+    ops would be."""
     _float_input(x, "group_norm")
+    if act is not None and act not in ACTIVATIONS:
+        raise ValueError(f"group_norm(): act must be None or one of {', '.join(ACTIVATIONS)}, got {act!r}")
     if not isinstance(num_groups, int) or num_groups < 1:
         raise ValueError(f"group_norm(): num_groups must be a positive int, got {num_groups!r}")
     if x.ndim < 2 or x.shape[1] % num_groups:
         raise ShapeError(f"group_norm(): {num_groups} groups do not divide the {x.shape[1] if x.ndim > 1 else '?'} "
                          f"channels of input {x.shape}")
+    if act is not None:
+        return _run(x, "group_norm_act", x.array, num_groups, _arr(weight, x, "weight"), _arr(bias, x, "bias"), eps,
+                    act)
     return _run(x, "group_norm", x.array, num_groups, _arr(weight, x, "weight"), _arr(bias, x, "bias"), eps)
 
 

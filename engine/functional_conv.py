@@ -69,8 +69,12 @@ def _conv_padding(padding, k, dilation, stride, nd, op):
     return [(p, p) for p in _ntuple(padding, nd, "padding", op)]
 
 
-def _conv(x, weight, bias, stride, padding, dilation, groups, nd, op):
+def _conv(x, weight, bias, stride, padding, dilation, groups, nd, op, act=None):
     _numeric_input(x, op)
+    if act is not None:
+        from engine.backends.fused import ACTIVATIONS
+        if act not in ACTIVATIONS:
+            raise ValueError(f"{op}(): act must be None or one of {', '.join(ACTIVATIONS)}, got {act!r}")
     if not isinstance(groups, int) or groups < 1:
         raise ValueError(f"{op}(): groups must be a positive int, got {groups!r}")
     xb, unbatched = _batched(x, nd, op)
@@ -94,7 +98,10 @@ def _conv(x, weight, bias, stride, padding, dilation, groups, nd, op):
         if xb.shape[2 + i] + sum(pads[i]) < span:
             raise ShapeError(f"{op}(): input {x.shape} (padded {pads}) is smaller than the dilated kernel "
                              f"{tuple(weight.shape[2:])} with dilation {dilation}")
-    y = _run(xb, "conv", xb.array, weight.array, _arr(bias, x, "bias"), stride, pads, dilation, groups)
+    if act is not None:
+        y = _run(xb, "conv_act", xb.array, weight.array, _arr(bias, x, "bias"), stride, pads, dilation, groups, act)
+    else:
+        y = _run(xb, "conv", xb.array, weight.array, _arr(bias, x, "bias"), stride, pads, dilation, groups)
     return y.squeeze(0) if unbatched else y
 
 
@@ -102,8 +109,10 @@ def conv1d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups: int = 
     return _conv(x, weight, bias, stride, padding, dilation, groups, 1, "conv1d")
 
 
-def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups: int = 1) -> Tensor:
-    return _conv(x, weight, bias, stride, padding, dilation, groups, 2, "conv2d")
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups: int = 1, act: str | None = None) -> Tensor:
+    """torch's conv2d; act ("silu", "gelu_tanh", "gelu"; an engine extension) applies that activation to
+    the result as one fused backend op (YOLO's Conv-BN-SiLU), rounded as the two ops would be."""
+    return _conv(x, weight, bias, stride, padding, dilation, groups, 2, "conv2d", act)
 
 
 def conv3d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups: int = 1) -> Tensor:

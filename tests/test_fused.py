@@ -321,3 +321,136 @@ def test_cublaslt_rows_agree_with_torch_and_replay_in_a_graph(dtype, rows, N, K,
         graph.launch(stream)
     stream.synchronize()
     np.testing.assert_array_equal(cupy.asnumpy(out).view(np.uint16), cupy.asnumpy(got.array).view(np.uint16))
+
+
+# ---- group_norm (+ activation) and convolution (Stable Diffusion's ResnetBlock2D, YOLO) ------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,groups,act", [((2, 64, 8, 8), 32, "silu"), ((1, 6, 5, 7), 3, None),
+                                              ((2, 32, 300), 8, "silu"), ((1, 16, 4, 4), 16, "gelu")])
+def test_group_norm_act(dtype, shape, groups, act):
+    """group_norm_act against torch (group_norm then the activation, each rounded), and against the plain
+    composition: equal on numpy (the same ops in place); within a few ulp on CUDA (one block reduces each
+    group in another order)."""
+    x, w, b = arr(shape, dtype, 2.0), arr((shape[1],), dtype, 0.5, 1), arr((shape[1],), dtype, 0.5, 2)
+    got = run("group_norm_act", E(x), groups, E(w), E(b), 1e-5, act)
+    ref = composition("group_norm_act", E(x), groups, E(w), E(b), 1e-5, act)
+    t_act = {None: lambda y: y, "silu": TF.silu, "gelu": TF.gelu}[act]
+    want = t_act(TF.group_norm(T(x), groups, T(w), T(b), 1e-5))
+    want64 = t_act(TF.group_norm(T(x).double(), groups, T(w).double(), T(b).double(), 1e-5))
+    if dtype == "float32":
+        compare(got, want, scale=4)
+    else:
+        compare_reduced(got, want, want64, scale=4)
+    if not ON_CUDA:
+        same(got, ref)
+    else:
+        compare(got.float(), ref.float(), scale=4 if dtype == "float32" else 2 ** 8)
+    y = engine.functional.group_norm(E(x), groups, E(w), E(b), 1e-5, act=act)
+    np.testing.assert_array_equal(y.float().numpy(), got.float().numpy())
+
+
+def test_group_norm_act_refuses_an_unknown_activation():
+    with pytest.raises(ValueError, match="act must be None or one of silu, gelu_tanh, gelu, got 'relu'"):
+        engine.functional.group_norm(E(arr((1, 4, 2), "float32")), 2, act="relu")
+
+
+CONV_CASES = [((2, 16, 12, 10), (24, 16, 3, 3), 1, 1, 1), ((1, 8, 17, 9), (8, 8, 3, 3), 2, 1, 1),
+              ((1, 40, 9, 9), (70, 40, 1, 1), 1, 0, 1), ((2, 5, 11, 13), (3, 5, 5, 3), 1, 2, 2),
+              ((1, 64, 33, 31), (130, 64, 3, 3), 1, 1, 1), ((1, 3, 20, 20), (16, 3, 3, 3), 2, 1, 1)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("xs,ws,stride,pad,dil", CONV_CASES[:4] + [((1, 8, 130, 128), (8, 8, 3, 3), 1, 1, 1)])
+def test_conv_act(dtype, xs, ws, stride, pad, dil):
+    """conv_act (F.conv2d(act="silu")) against torch's conv2d then SiLU and against the composition:
+    equal to it on numpy (the SiLU runs in place, band by band in the banded conv: the last case)."""
+    x, w, b = arr(xs, dtype), arr(ws, dtype, 0.2, 1), arr((ws[0],), dtype, 0.1, 2)
+    got = engine.functional.conv2d(E(x), E(w), E(b), stride, pad, dil, act="silu")
+    ref = composition("conv_act", E(x), E(w), E(b), (stride,) * 2, [(pad, pad)] * 2, (dil,) * 2, 1, "silu")
+    want = TF.silu(TF.conv2d(T(x), T(w), T(b), stride, pad, dil))
+    want64 = TF.silu(TF.conv2d(T(x).double(), T(w).double(), T(b).double(), stride, pad, dil))
+    if dtype == "float32":
+        compare(got, want, scale=4)
+    else:
+        compare_reduced(got, want, want64, scale=4)
+    if not ON_CUDA:
+        same(got, ref)
+    with pytest.raises(ValueError, match="act must be None or one of silu, gelu_tanh, gelu, got 'tanh'"):
+        engine.functional.conv2d(E(x), E(w), act="tanh")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("xs,ws,stride,pad,dil", CONV_CASES)
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv2d_implicit_gemm(dtype, xs, ws, stride, pad, dil, bias, monkeypatch):
+    """The tensor-core implicit-GEMM conv (cupy backend, CONV_IGEMM "always") against the im2col +
+    cuBLAS composition and torch in float64: the same products summed in another order."""
+    if not ON_CUDA:
+        pytest.skip("a CUDA kernel")
+    from engine.backends.cupy_backend import CupyBackend
+    x, w, b = arr(xs, dtype), arr(ws, dtype, 0.1, 1), arr((ws[0],), dtype, 0.1, 2) if bias else None
+    conv = lambda: engine.functional.conv2d(E(x), E(w), None if b is None else E(b), stride, pad, dil)  # noqa: E731
+    monkeypatch.setattr(CupyBackend, "CONV_IGEMM", "never")
+    plain = conv()
+    monkeypatch.setattr(CupyBackend, "CONV_IGEMM", "always")
+    got = conv()
+    tb = None if b is None else T(b)
+    want = TF.conv2d(T(x), T(w), tb, stride, pad, dil)
+    want64 = TF.conv2d(T(x).double(), T(w).double(), None if b is None else tb.double(), stride, pad, dil)
+    assert got.shape == plain.shape == tuple(want.shape) and got.dtype is plain.dtype
+    compare_reduced(got, want, want64, scale=4)
+    compare_reduced(plain, want, want64, scale=4)
+    fused = engine.functional.conv2d(E(x), E(w), None if b is None else E(b), stride, pad, dil, act="silu")
+    same(fused, got.silu())  # the epilogue's SiLU rounds as the eager op does
+
+
+@pytest.mark.cuda
+def test_conv2d_implicit_gemm_in_a_captured_graph():
+    """Inside a capture (CONV_IGEMM "capture", the default) a ResnetBlock-like step of group_norm + SiLU
+    and a 3x3 conv replays equal to its eager run with the kernel forced."""
+    if not ON_CUDA:
+        pytest.skip("a CUDA graph")
+    from engine.backends.cupy_backend import CupyBackend
+    from engine.capture import Captured
+    x, w, b = E(arr((2, 32, 16, 16), "float16")), E(arr((32, 32, 3, 3), "float16", 0.1, 1)), E(arr((32,), "float16"))
+    gw, gb = E(arr((32,), "float16", 0.5, 2)), E(arr((32,), "float16", 0.5, 3))
+
+    def step(x):
+        return engine.functional.conv2d(engine.functional.group_norm(x, 8, gw, gb, 1e-5, act="silu"), w, b, 1, 1)
+
+    old = CupyBackend.CONV_IGEMM
+    try:
+        CupyBackend.CONV_IGEMM = "always"
+        eager = step(x)
+        CupyBackend.CONV_IGEMM = "capture"
+        graph = Captured(step)
+        for _ in range(3):  # eager, recorded, captured
+            graph(x)
+        replay = graph(x)  # a graph replay
+    finally:
+        CupyBackend.CONV_IGEMM = old
+    np.testing.assert_array_equal(replay.float().numpy(), eager.float().numpy())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_capture_fuses_group_norm_and_silu(dtype):
+    """engine.capture's plan runs group_norm -> silu as one group_norm_act (where the activation is the
+    norm's only consumer; a norm read twice stays unfused), and the planned step equals the eager one."""
+    from engine.capture import Captured
+    from engine.capture_plan import NormAct
+    x, w, b = E(arr((2, 16, 6, 6), dtype)), E(arr((16,), dtype, 0.5, 1)), E(arr((16,), dtype, 0.5, 2))
+    F_ = engine.functional
+
+    def step(x):
+        h = F_.silu(F_.group_norm(x, 4, w, b, 1e-5))  # fused
+        n = F_.group_norm(h, 4, w, b, 1e-5)  # read by silu and by the add: not fused
+        return F_.silu(n) + n
+
+    eager = step(x).float().numpy()
+    cap = Captured(step)
+    outs = [cap(x).float().numpy() for _ in range(4)]
+    kinds = [type(v).__name__ for v in cap.the_plan.values()]
+    assert kinds.count("NormAct") == 1 and sum(isinstance(v, NormAct) for v in cap.the_plan.values()) == 1
+    for o in outs:
+        np.testing.assert_array_equal(o, eager)

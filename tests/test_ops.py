@@ -141,6 +141,18 @@ def test_numpy_erf_f64_against_math_erf():  # the numpy backend's fitted erf ove
     got = _erf_f64(xs)
     assert (np.abs(got - ref) <= 4e-15 * np.abs(ref)).all() and np.signbit(_erf_f64(np.array([-0.0])))[0]
     assert np.isnan(_erf_f64(np.array([np.nan]))).all()
+def test_numpy_erf_f32_within_one_ulp():  # float32's rational erf (and the GELU built on it) against math.erf
+    import math
+    from engine.backends.numpy_backend import _erf_f32
+    xs = np.concatenate([np.linspace(-6, 6, 240001), np.linspace(-1e-3, 1e-3, 20001), [0.0, -0.0, 1e-30, 1e-45, 4.0,
+                         3.9999, 4.0001, 1e30, np.inf, -np.inf, -5e-38]]).astype(np.float32)
+    ref = np.array([math.erf(float(v)) for v in xs]).astype(np.float32)  # correctly rounded
+    got = _erf_f32(xs)
+    assert got.dtype == np.float32 and (np.abs(got.astype(np.float64) - ref) <= np.spacing(np.abs(ref))).all()
+    assert np.signbit(_erf_f32(np.array([-0.0], np.float32)))[0] and np.isnan(_erf_f32(np.array([1, np.nan], np.float32))[1])
+    g, x64 = _erf_f32(xs, gelu=True), xs.astype(np.float64)
+    want = np.array([0.5 * v * (1 + math.erf(v / math.sqrt(2))) for v in x64[np.isfinite(x64)]])
+    assert np.allclose(g[np.isfinite(xs)], want, rtol=1e-6, atol=1e-6)
 @pytest.mark.parametrize(U, cases(NUMERIC + ("bool",)))
 def test_square(dt, shape, view): helper_test_op([shape], torch.square, engine.square, dt, noncontig=view)
 @pytest.mark.parametrize(U, cases(NUMERIC, views=()))

@@ -179,6 +179,36 @@ def test_sdpa_scale(scale): sdpa_row(QKV, scale=scale)
 def test_sdpa_views(view): helper_test_op([(2, 5, 8), (2, 6, 8), (2, 6, 8)], F.scaled_dot_product_attention, EF.scaled_dot_product_attention, noncontig=view, scale=ACC)
 
 
+
+@pytest.fixture(params=[1, 12], ids=["row-blocks", "two-row-blocks"])
+def sdpa_blocked(request, monkeypatch):
+    """The numpy backend's blocked sdpa (long sequences) forced on the small rows: one or two query rows
+    per block, so several blocks run, against the same torch oracle."""
+    from engine.backends.numpy_nn import NnKernels
+    monkeypatch.setattr(NnKernels, "SDPA_FULL_SCORES", 0)
+    monkeypatch.setattr(NnKernels, "SDPA_HEAD_SCORES", 0)
+    monkeypatch.setattr(NnKernels, "SDPA_BLOCK", request.param)
+
+
+SDPA_BLOCKED = {"plain": lambda: sdpa_row(QKV), "causal": lambda: sdpa_row(QKV, is_causal=True),
+                "causal-rect": lambda: sdpa_row([(2, 4, 8), (2, 6, 8), (2, 6, 8)], is_causal=True),
+                "causal-tall": lambda: sdpa_row([(2, 6, 8), (2, 4, 8), (2, 4, 8)], is_causal=True),
+                "3d": lambda: sdpa_row([(3, 5, 8), (3, 6, 8), (3, 6, 4)]),
+                "bool-mask": lambda: sdpa_row(QKV + [(2, 1, 5, 6)], mask_dt="bool"),
+                "float-mask": lambda: sdpa_row(QKV + [(1, 6)], mask_dt="float32"),
+                "gqa-causal": lambda: sdpa_row([(2, 6, 5, 8), (2, 2, 5, 8), (2, 2, 5, 8)], is_causal=True, enable_gqa=True),
+                "gqa-mask": lambda: sdpa_row([(1, 4, 5, 8), (1, 2, 5, 8), (1, 2, 5, 8), (1, 4, 5, 5)], mask_dt="bool", enable_gqa=True),
+                "float16": lambda: sdpa_row(QKV, "float16", is_causal=True),
+                "bfloat16-mask": lambda: sdpa_row(QKV + [(5, 6)], "bfloat16", mask_dt="bfloat16"),
+                "scale": lambda: sdpa_row(QKV, scale=0.1),
+                "fully-masked": lambda: test_sdpa_fully_masked_row("bool"),
+                "fully-masked-float": lambda: test_sdpa_fully_masked_row("float32"),
+                "views": lambda: test_sdpa_views(VIEWS[1])}
+
+
+@pytest.mark.parametrize("case", list(SDPA_BLOCKED))
+def test_sdpa_blocked(sdpa_blocked, case): SDPA_BLOCKED[case]()
+
 # ---- identity in inference ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("p", [0.0, 0.5, 0.9])
 def test_dropout(p): helper_test_op([(3, 4)], lambda x: F.dropout(x, p, training=False), lambda x: EF.dropout(x, p, training=False))

@@ -135,7 +135,7 @@ def test_cli_writes_png(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, msg", [
-    (["--model", "sd:tiny", "--prompt", "a cat"], "text prompts need text_encoder/ and tokenizer/tokenizer.json"),
+    (["--model", "sd:tiny", "--prompt", "a cat"], r"text prompts need text_encoder/ and tokenizer/ \(tokenizer.json, or vocab.json"),
     (["--model", "sd:huge", "--random-embeds"], "no Stable Diffusion preset 'huge'"),
     (["--model", "{tmp}/missing", "--random-embeds"], "model directory not found"),
     (["--model", "{tmp}", "--random-embeds"], "missing unet, vae, scheduler/scheduler_config.json"),
@@ -224,4 +224,4 @@ def test_cli_prompt(components, tmp_path, capsys):
     assert _cli("--model", tmp_path / "sd", "--prompt", "a red cat", "--steps", 1, "--out", out, "--no-progress") == 0
     assert np.asarray(PIL.open(out)).shape == (32, 32, 3)  # unet sample_size 16 x the VAE scale 2
     assert _cli("--model", "sd:tiny", "--prompt", "a red cat", "--steps", 1, "--out", out, "--no-progress") == 2
-    assert "text prompts need text_encoder/ and tokenizer/tokenizer.json" in capsys.readouterr().err
+    assert "text prompts need text_encoder/ and tokenizer/ (tokenizer.json, or vocab.json" in capsys.readouterr().err

@@ -5,7 +5,8 @@
 - bfloat16 works natively (cupy 14 with ml_dtypes; seen on the lent H100).
 - Kernels by shape: linear with up to 8 rows runs the GEMV kernel (and linear_fused adds the rms_norm
   prologue, GLU and residual epilogues), a quantized weight's linear the fused dequant-GEMV (qgemv), rms_norm, rotary and one-row attention have kernels
-  (cupy_kernels); more rows of 16-bit floats go to cuBLAS (cupy_blas). Everything else is the numpy
+  (cupy_kernels); more rows of 16-bit floats go to cuBLAS (cupy_blas). group_norm (+ activation) is one
+  kernel; 16-bit 2-d convs run an implicit-GEMM tensor-core kernel inside captures (CONV_IGEMM). Everything else is the numpy
   backend's reference code over cupy arrays.
 - Capturable: the kernels read positions and tokens from device memory and never sync with the host;
   inside a capture index bounds are not checked on the host. cupy refuses cuBLAS during stream capture,
@@ -324,6 +325,47 @@ class CupyBackend(NumpyBackend):
                 cuts = np.cumsum([0] + ns)
                 return [out[:, a:b].reshape(lead + (b - a,)) for a, b in zip(cuts[:-1], cuts[1:])]
         return super().linear_group(x, ws, bs, out_dtype, norm=norm)
+
+    def group_norm(self, x, groups: int, weight, bias, eps: float, out_dtype):
+        return self.group_norm_act(x, groups, weight, bias, eps, None, out_dtype)
+
+    def group_norm_act(self, x, groups: int, weight, bias, eps: float, act, out_dtype):
+        """One launch (a block per sample and group) for contiguous x in the output dtype."""
+        if x.dtype == out_dtype.np_dtype and K.group_norm_ok(x, weight, bias, groups):
+            out = self.empty(x.shape, out_dtype)
+            K.group_norm_act(x, weight, bias, groups, eps, act, out)
+            return out
+        y = super().group_norm(x, groups, weight, bias, eps, out_dtype)
+        return y if act is None else self.unary(act, y, out_dtype)
+
+    # when the implicit-GEMM conv kernel runs (16-bit, groups 1, 2-d): "capture" (inside CUDA graphs only,
+    # where cuBLAS is refused; eager convs keep im2col + cuBLAS), "always", or "never"
+    CONV_IGEMM = "capture"
+
+    def conv(self, x, w, b, stride, padding, dilation, groups: int, out_dtype):
+        out = self._igemm(x, w, b, stride, padding, dilation, groups, None, out_dtype)
+        return out if out is not None else super().conv(x, w, b, stride, padding, dilation, groups, out_dtype)
+
+    def conv_act(self, x, w, b, stride, padding, dilation, groups: int, act, out_dtype):
+        """The implicit-GEMM kernel with the activation in its epilogue, where it runs (CONV_IGEMM)."""
+        out = self._igemm(x, w, b, stride, padding, dilation, groups, act, out_dtype)
+        return out if out is not None else super().conv_act(x, w, b, stride, padding, dilation, groups, act,
+                                                            out_dtype)
+
+    def _igemm(self, x, w, b, stride, padding, dilation, groups, act, out_dtype):
+        mode = self.CONV_IGEMM
+        if (mode == "always" or (mode == "capture" and self.capturing())) and x.dtype == out_dtype.np_dtype \
+                and len(stride) == 2 and K.conv2d_ok(x, w, groups) \
+                and (b is None or (b.flags.c_contiguous and b.dtype == x.dtype)):
+            n, _, h, wd = x.shape
+            o, _, kh, kw = w.shape
+            oh = (h + sum(padding[0]) - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+            ow = (wd + sum(padding[1]) - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+            if oh > 0 and ow > 0 and all(lo >= 0 and hi >= 0 for lo, hi in padding):
+                out = self.empty((n, o, oh, ow), out_dtype)
+                K.conv2d(x, w, b, stride, padding, dilation, out, act)
+                return out
+        return None
 
     def rms_norm(self, x, nd: int, weight, eps: float, out_dtype, style: str = "torch"):
         if nd == 1 and x.dtype == out_dtype.np_dtype and out_dtype.name in K.TYPES and x.size:

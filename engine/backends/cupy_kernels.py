@@ -18,6 +18,9 @@ replaces bit for bit where the reduction order is the same.
   qgemv      y[m] = x[m] @ W.T (+ b) for m <= 8 rows with W in a ggml block format (engine/quant.py):
              the packed blocks read from device memory and dequantised in registers, fp32 sums
   qdequant   rows of such a W (gathered by an index, for embeddings), dequantised exactly as gguf-py
+  group_norm_act  one block per (sample, group): GroupNorm, optionally followed by an activation
+  conv2d     16-bit 2-d convolution as an implicit GEMM on tensor cores (wmma), the im2col tile gathered
+             into shared memory (no cuBLAS, no column matrix: capturable)
 Layouts: weights row-major [N, K] (torch's Linear layout); element strides are passed for views.
 """
 from __future__ import annotations
@@ -29,7 +32,8 @@ import cupy
 
 _DIR = Path(__file__).resolve().parent / "cuda"
 # the sources, in include order (each .cu file relies on the two headers before it)
-_FILES = ("prelude.cuh", "common.cuh", "gemv.cu", "rows.cu", "attention.cu", "sample.cu", "quant_formats.cuh", "quant.cu")
+_FILES = ("prelude.cuh", "common.cuh", "gemv.cu", "rows.cu", "attention.cu", "sample.cu", "quant_formats.cuh",
+          "quant.cu", "conv.cu")
 PRELUDE = (_DIR / "prelude.cuh").read_text()
 _SRC = "\n".join((_DIR / f).read_text() for f in _FILES)
 
@@ -56,6 +60,8 @@ def _bundle(expr: str) -> tuple:
     if name == "qgemv_fused":
         f = args.split(",")[1]
         return tuple(f"qgemv_fused<{t},{f},{m}>" for m in (1, 2, 4, 8))
+    if name == "conv2d_igemm":
+        return ("conv2d_igemm<__half>", "conv2d_igemm<__nv_bfloat16>")
     misc = ("rms_norm_rows", "rotary", "moe_combine", "sample_rows", "gemm_tiled", "softmax_mask_rows")
     if name in misc or name == "softmax_mask_warp":
         return tuple(f"{n}<{t}>" for n in misc) + tuple(f"softmax_mask_warp<{t},{e}>" for e in SOFTMAX_WARP_E)
@@ -425,3 +431,43 @@ def qgemv_fused(x2, data, qtype: str, out, bias=None, W2=None, bias2=None, act=N
     o = _opt
     fn(grid, (256,), (data, o(W2), sc[0], x2, sc[1], o(nw), sc[2], sc[3], o(bias), o(bias2), o(residual), sc[4], out,
                       sc[5], sc[6], sc[7], sc[8], sc[9], o(wb), o(wc), o(bb), o(bc), sc[10], sc[11]), shared_mem=smem)
+
+
+def group_norm_ok(x, weight, bias, groups: int) -> bool:
+    return (x.ndim >= 2 and x.flags.c_contiguous and x.size > 0 and _kernel_dtype(x.dtype)
+            and all(a is None or (a.flags.c_contiguous and a.dtype == x.dtype and a.size == x.shape[1])
+                    for a in (weight, bias)))
+
+
+def group_norm_act(x, weight, bias, groups: int, eps: float, act, out):
+    """out = act(group_norm(x)) for contiguous x (N, C, *S) (check group_norm_ok); act None, silu,
+    gelu_tanh or gelu."""
+    n, c = x.shape[:2]
+    hw = x.size // (n * c)
+    _fn(f"group_norm_act<{type_name(x.dtype)}>")((n * groups,), (256,), (
+        x, _opt(weight), _opt(bias), out, cupy.int32(c), cupy.int32(groups), cupy.int64(hw), cupy.float32(eps),
+        cupy.int32(ACTS.get(act, 0) if act else 0)))
+
+
+CONV_TILE = (64, 64)  # (output channels, positions) per block of conv2d_igemm (CV_BM, CV_BN in conv.cu)
+
+
+def conv2d_ok(x, w, groups: int) -> bool:
+    """conv2d takes 16-bit NCHW x and OIHW w of one dtype, contiguous, groups 1."""
+    return (groups == 1 and x.ndim == 4 and w.ndim == 4 and x.dtype == w.dtype and x.dtype.itemsize == 2
+            and _kernel_dtype(x.dtype) and x.flags.c_contiguous and w.flags.c_contiguous and x.size > 0
+            and x.shape[1] == w.shape[1] and x.size < 2 ** 31 and w.size < 2 ** 31)
+
+
+def conv2d(x, w, bias, stride, padding, dilation, out, act=None):
+    """out (N, O, OH, OW) = act(conv2d(x, w) + bias) (check conv2d_ok); padding ((top, bottom), (left, right))
+    with top == bottom handled by the kernel's offsets (the output size comes from out)."""
+    n, c, h, wd = x.shape
+    o, _, kh, kw = w.shape
+    oh, ow = out.shape[2:]
+    grid = (-(-(n * oh * ow) // CONV_TILE[1]), -(-o // CONV_TILE[0]))
+    i32 = cupy.int32
+    _fn(f"conv2d_igemm<{type_name(x.dtype)}>")(grid, (128,), (
+        x, w, _opt(bias), out, i32(n), i32(c), i32(h), i32(wd), i32(o), i32(kh), i32(kw), i32(oh), i32(ow),
+        i32(stride[0]), i32(stride[1]), i32(padding[0][0]), i32(padding[1][0]), i32(dilation[0]), i32(dilation[1]),
+        i32(ACTS.get(act, 0) if act else 0)))

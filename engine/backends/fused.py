@@ -14,6 +14,9 @@ Rounding follows the eager ops op by op, so a fused kernel can equal the ops it 
   moe(x, weights, experts, w_gate, w_up, w_down, act)  routed experts (Mixtral), summed in expert order
   rotary(x, cos, sin_signed, out)                      x * cos + swap_halves(x) * sin_signed on the first
                                                        cos.shape[-1] dims of each head (HF rotate_half)
+  group_norm_act(x, groups, w, b, eps, act, out)       group_norm [-> act] (diffusers' norm -> SiLU)
+  conv_act(x, w, b, stride, padding, dilation, groups, act, out)
+                                                       conv [-> act] (YOLO's Conv-BN-SiLU, BN folded)
   attention(q, k, v, mask, scale, out)                 transformers' eager attention (scores in the
                                                        activations' dtype, softmax in float32)
   sample(logits, seen, penalty, temperature, top_k, top_p, seed, counter)
@@ -69,6 +72,16 @@ class FusedOps:
         if residual is not None:
             y = self.binary("add", residual, y, out_dtype, out_dtype)
         return y
+
+    def group_norm_act(self, x, groups: int, weight, bias, eps: float, act, out_dtype):
+        """act(group_norm(x)), each op rounded (act None: the norm alone)."""
+        y = self.group_norm(x, groups, weight, bias, eps, out_dtype)
+        return y if act is None else self.unary(act, y, out_dtype)
+
+    def conv_act(self, x, w, b, stride, padding, dilation, groups: int, act, out_dtype):
+        """act(conv(x)), each op rounded (act None: the conv alone)."""
+        y = self.conv(x, w, b, stride, padding, dilation, groups, out_dtype)
+        return y if act is None else self.unary(act, y, out_dtype)
 
     def linear_group(self, x, ws: list, bs: list, out_dtype, norm=None) -> list:
         """[linear_fused(x, w, b, norm=norm) for each (w, b)]: linears sharing one input (q, k, v);

@@ -107,6 +107,91 @@ def _erf_f64(x, chunk: int = 1 << 16):
     return np.copysign(out, x)
 
 
+# erf(x) / x = P(x^2) / Q(x^2) on |x| <= 4 (erf(4) = 1 - 1.5e-8 rounds to 1 in float32): a (6, 6) rational
+# fitted to math.erf by Sanathanan-Koerner iteration (weighted least squares for relative error on 400
+# Chebyshev nodes of [0, 4]). Evaluated in float64, its error is below 1.7e-8, so the float32 result is
+# the correctly rounded erf or its neighbour (at most 1 ulp off; tests/test_ops.py checks this against
+# math.erf on a dense grid). For float32 inputs, about 6x faster than _erf_f64's pieces.
+_ERF32_P = (1.1283791674793193, 0.16650074472993412, 0.05084586158065998, 0.0029339034636108076,
+            0.0003032690250804615, -4.3446920482454774e-07, -4.5574708844690315e-08)
+_ERF32_Q = (1.0, 0.48089080317143434, 0.10535769448609288, 0.013440392001363618, 0.0010323661073647985,
+            4.026583458413907e-05, -6.361248951568942e-07)
+_CHUNK32 = 32768  # float32 elements per chunk: its float64 temporaries (256 KiB each) stay in L2
+
+
+def _erf_rational(z, out) -> None:
+    """out[...] = erf(z) for a float32 chunk z (float64 inside, rounded once into out)."""
+    x = z.astype(np.float64)
+    np.clip(x, -4.0, 4.0, out=x)
+    s = x * x
+    p = s * _ERF32_P[-1]
+    p += _ERF32_P[-2]
+    for c in _ERF32_P[-3::-1]:
+        p *= s
+        p += c
+    q = s * _ERF32_Q[-1]
+    q += _ERF32_Q[-2]
+    for c in _ERF32_Q[-3::-1]:
+        q *= s
+        q += c
+    p *= x
+    p /= q
+    np.copyto(out, p, casting="unsafe")
+    if np.isnan(z).any():  # clip keeps nan; say so explicitly (erf(nan) = nan)
+        out[np.isnan(z)] = np.nan
+
+
+def _erf_f32(x, gelu: bool = False, out=None):
+    """erf of a float32 array through _erf_rational in cache-sized chunks; gelu=True returns
+    0.5 * x * (1 + erf(x / sqrt(2))) (the exact GELU, torch's formula) in the same pass. out: a
+    C-contiguous float32 array of x's shape to write into."""
+    flat = np.ascontiguousarray(x).reshape(-1)
+    res = out if out is not None else np.empty(np.shape(x), np.float32)
+    out = res.reshape(-1)
+    r2 = np.float32(math.sqrt(2.0))
+    with np.errstate(all="ignore"):  # gelu(-inf) = -inf * 0 = nan, as the unfused formula gives
+        for i in range(0, flat.size, _CHUNK32):
+            xc, oc = flat[i:i + _CHUNK32], out[i:i + _CHUNK32]
+            if not gelu:
+                _erf_rational(xc, oc)
+                continue
+            _erf_rational(xc / r2, oc)
+            oc += np.float32(1.0)
+            oc *= xc
+            oc *= np.float32(0.5)
+    return res
+
+
+def _silu_into(x, out) -> None:  # x / (1 + exp(-x)), as _unary's formula, in place in out
+    np.negative(x, out=out)
+    np.exp(out, out=out)
+    out += x.dtype.type(1.0)
+    np.divide(x, out, out=out)
+
+
+def _sigmoid_into(x, out) -> None:  # 1 / (1 + exp(-x))
+    np.negative(x, out=out)
+    np.exp(out, out=out)
+    out += x.dtype.type(1.0)
+    np.divide(x.dtype.type(1.0), out, out=out)
+
+
+_IN_PLACE = {"silu": _silu_into, "sigmoid": _sigmoid_into,  # unary ops written straight into pooled output
+             "gelu": lambda x, out: _erf_f32(x, gelu=True, out=out)}  # float32 only (unary checks)
+_CHUNK = 1 << 16  # elements per chunk of an in-place chain: its passes stay in L2
+
+
+def _chunked(fn, x, out) -> None:
+    """fn(x_chunk, out_chunk) over cache-sized pieces of a C-ordered x (views when contiguous)."""
+    if out.size <= _CHUNK:
+        fn(x, out)
+        return
+    xf = np.ascontiguousarray(x).reshape(-1)
+    of = out.reshape(-1)
+    for i in range(0, xf.size, _CHUNK):
+        fn(xf[i:i + _CHUNK], of[i:i + _CHUNK])
+
+
 class NumpyBackend(NnKernels, PoolKernels, PointwiseKernels, IndexKernels, QuantKernels, FusedOps):
     name = "numpy"
     available = True
@@ -215,6 +300,11 @@ class NumpyBackend(NnKernels, PoolKernels, PointwiseKernels, IndexKernels, Quant
             x = self._c(x, cd)
         else:
             x = self._c(x)
+        if op in _IN_PLACE and self.xp is np and x.dtype == cd == out_dtype.np_dtype and (
+                op != "gelu" or cd == np.float32):
+            out = self.empty(x.shape, out_dtype)
+            _quiet(_chunked, _IN_PLACE[op], x, out)
+            return out
         r = _quiet(self._unary, op, x)
         return self._out(r, out_dtype)
 
@@ -229,6 +319,8 @@ class NumpyBackend(NnKernels, PoolKernels, PointwiseKernels, IndexKernels, Quant
         if op == "silu":
             return x / (1.0 + xp.exp(-x))
         if op == "gelu":
+            if xp is np and x.dtype == np.float32:
+                return _erf_f32(x, gelu=True)
             return 0.5 * x * (1.0 + self._erf(x / math.sqrt(2.0)))
         if op == "gelu_tanh":
             return 0.5 * x * (1.0 + xp.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x * x * x)))
@@ -254,6 +346,8 @@ class NumpyBackend(NnKernels, PoolKernels, PointwiseKernels, IndexKernels, Quant
               "acosh": "arccosh", "atanh": "arctanh"}
 
     def _erf(self, x):
+        if x.dtype == np.float32:
+            return _erf_f32(x)
         return _erf_f64(x).astype(x.dtype)
 
     _BINARY = {"add": "add", "sub": "subtract", "mul": "multiply", "div": "true_divide",

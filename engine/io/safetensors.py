@@ -448,16 +448,35 @@ class ShardedCheckpoint:
         self.close()
 
 
-def open_checkpoint(path, mmap: bool = True) -> SafetensorsFile | ShardedCheckpoint:
-    """A .safetensors file, an index .json, or a directory holding either (index preferred).
-    mmap=False: copy-on-load (see SafetensorsFile)."""
+WEIGHT_PREFIXES = ("model", "diffusion_pytorch_model")  # transformers' and diffusers' weight file names
+
+
+def checkpoint_names(prefix: str = "model", variant: str | None = None) -> tuple[str, str]:
+    """(index name, single-file name) of a HF directory, with a variant as transformers and diffusers
+    spell it: model.safetensors.index.fp16.json, diffusion_pytorch_model.fp16.safetensors."""
+    v = f".{variant}" if variant else ""
+    return f"{prefix}.safetensors.index{v}.json", f"{prefix}{v}.safetensors"
+
+
+def open_checkpoint(path, mmap: bool = True, variant: str | None = None) -> SafetensorsFile | ShardedCheckpoint:
+    """A .safetensors file, an index .json, or a directory holding either: transformers' model.* or
+    diffusers' diffusion_pytorch_model.* names (index preferred), or else its one .safetensors file.
+    variant (e.g. "fp16") picks model.fp16.safetensors / *.safetensors.index.fp16.json; without one,
+    the plain names win over variants, as in transformers and diffusers. mmap=False: copy-on-load (see
+    SafetensorsFile)."""
     path = Path(path)
     if path.is_dir():
-        if (path / INDEX_NAME).is_file():
-            return ShardedCheckpoint(path / INDEX_NAME, mmap=mmap)
-        if (path / "model.safetensors").is_file():
-            return SafetensorsFile(path / "model.safetensors", mmap=mmap)
+        for prefix in WEIGHT_PREFIXES:
+            index, single = checkpoint_names(prefix, variant)
+            if (path / index).is_file():
+                return ShardedCheckpoint(path / index, mmap=mmap)
+            if (path / single).is_file():
+                return SafetensorsFile(path / single, mmap=mmap)
         found = sorted(path.glob("*.safetensors"))
+        if variant:
+            names = [n for p in WEIGHT_PREFIXES for n in checkpoint_names(p, variant)]
+            raise SafetensorsError(f"no {variant!r} variant: none of {', '.join(names)} (.safetensors files here: "
+                                   f"{', '.join(p.name for p in found[:8]) or 'none'})", path)
         if len(found) == 1:
             return SafetensorsFile(found[0], mmap=mmap)
         raise SafetensorsError(f"no {INDEX_NAME} or model.safetensors, and {len(found)} other "

@@ -104,12 +104,16 @@ def config_from_dict(cls, d: dict):
     return cls(**{k: v for k, v in d.items() if k in names})
 
 
-def load_pretrained(model_cls, path, dtype=None, device=None):
-    """Read config.json and the safetensors of `path`, build `model_cls(config, vb)` and check keys."""
+def load_pretrained(model_cls, path, dtype=None, device=None, variant=None):
+    """Read config.json and the safetensors of `path` (variant: "fp16" picks *.fp16.* weight files),
+    build `model_cls(config, vb)` and check keys."""
     from engine.nn.varbuilder import VarBuilder
     config = model_cls.Config.from_dict(read_config(path))
     gguf = Path(path).suffix == ".gguf"
-    vb = (VarBuilder.from_gguf if gguf else VarBuilder.from_pretrained)(path, dtype=dtype, device=device)
+    if gguf:
+        vb = VarBuilder.from_gguf(path, dtype=dtype, device=device)
+    else:
+        vb = VarBuilder.from_pretrained(path, dtype=dtype, device=device, variant=variant)
     if getattr(model_cls, "CHECKPOINT_RULES", ()):  # declared differences (weight-norm folds, dropped buffers)
         vb = vb.with_rules(model_cls.CHECKPOINT_RULES)
     vb.ignore(*getattr(model_cls, "IGNORED_KEYS", ()))

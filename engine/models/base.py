@@ -34,8 +34,8 @@ class Pretrained(Module):
     CHECKPOINT_RULES: tuple = ()
 
     @classmethod
-    def from_pretrained(cls, path, dtype=None, device=None):
-        return load_pretrained(cls, path, dtype, device)
+    def from_pretrained(cls, path, dtype=None, device=None, variant=None):
+        return load_pretrained(cls, path, dtype, device, variant)
 
     @classmethod
     def from_preset(cls, preset: str, dtype=None, device=None, seed: int = 0, **overrides):

@@ -58,8 +58,10 @@ class VarBuilder:
 
     # ---- construction -----------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, path, dtype=None, device=None, mmap: bool = True) -> "VarBuilder":
-        """A model directory (model.safetensors or model.safetensors.index.json), a .safetensors file or
+    def from_pretrained(cls, path, dtype=None, device=None, mmap: bool = True,
+                        variant: str | None = None) -> "VarBuilder":
+        """A model directory (model.safetensors or model.safetensors.index.json, or diffusers'
+        diffusion_pytorch_model.* names; variant "fp16" picks *.fp16.* files), a .safetensors file or
         an index. dtype None keeps each tensor's stored dtype. mmap=False reads each weight with
         ordinary reads instead of mapping the files (copy-on-load: a file truncated or rewritten in
         place later cannot kill the process with SIGBUS; see engine.io.safetensors).
@@ -70,11 +72,11 @@ class VarBuilder:
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"checkpoint not found: {path}")
-        if path.is_dir() and not (path / INDEX_NAME).is_file() and not any(path.glob("*.safetensors")):
+        if path.is_dir() and not any(path.glob("*.safetensors.index*.json")) and not any(path.glob("*.safetensors")):
             present = ", ".join(sorted(p.name for p in path.iterdir())[:10]) or "nothing"
             raise FileNotFoundError(f"no model.safetensors or {INDEX_NAME} in {path} (found: {present}); "
                                     "convert .bin/.pt checkpoints first with `taper convert`")
-        ckpt = open_checkpoint(path, mmap=mmap)
+        ckpt = open_checkpoint(path, mmap=mmap, variant=variant)
         keys = list(ckpt.keys())
         src = _Source(keys, lambda k: tuple(ckpt.info(k)[1]), ckpt.get_numpy, str(path))
         src.checkpoint = ckpt

@@ -6,7 +6,8 @@
 
 --model is a diffusers directory (unet/, vae/, scheduler/scheduler_config.json) or a preset
 sd:tiny / sd:sd-1.5 with random weights. --prompt (and --negative-prompt, "" by default) needs the
-directory's text_encoder/ (CLIP's text tower, engine/models/clip_text.py) and tokenizer/tokenizer.json.
+directory's text_encoder/ (CLIP's text tower, engine/models/clip_text.py) and tokenizer/ (tokenizer.json,
+or CLIP's vocab.json + merges.txt).
 Text may also enter as embeddings (CLIP's last hidden state: (batch, tokens, cross_attention_dim)) from
 a .npy file or a .safetensors file holding prompt_embeds and optionally negative_prompt_embeds;
 --random-embeds draws both from the seed (to try a preset or time the loop). The denoising loop shows
@@ -28,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--prompt-embeds", help="text embeddings: .npy (batch, tokens, dim) or .safetensors "
                                               "with prompt_embeds [and negative_prompt_embeds]")
     src.add_argument("--random-embeds", action="store_true", help="random text embeddings from --seed")
-    src.add_argument("--prompt", help="prompt text (needs text_encoder/ and tokenizer/tokenizer.json in --model)")
+    src.add_argument("--prompt", help="prompt text (needs text_encoder/ and tokenizer/ in --model)")
     parser.add_argument("--negative-prompt", default="", help="the unconditional prompt of guidance (default '')")
     parser.add_argument("--negative-embeds", help=".npy embeddings of the negative (usually empty) prompt")
     parser.add_argument("--out", required=True, help="PNG file to write (several images: NAME-0.png, NAME-1.png...)")
@@ -41,6 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: ENGINE_DEVICE or cpu)")
     parser.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
                         help="cast weights on load (default: as stored)")
+    parser.add_argument("--variant", default=None, help="weight files variant of --model, e.g. fp16 "
+                        "(diffusion_pytorch_model.fp16.safetensors), as diffusers' variant=")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
@@ -76,7 +79,8 @@ def _pipeline(args, dtype):
         if preset not in PRESETS:
             raise ValueError(f"no Stable Diffusion preset {preset!r} (known: {', '.join('sd:' + p for p in PRESETS)})")
         return StableDiffusionPipeline.from_preset(preset, args.scheduler, dtype=dtype, device=args.device)
-    return StableDiffusionPipeline.from_pretrained(model, args.scheduler, dtype=dtype, device=args.device)
+    return StableDiffusionPipeline.from_pretrained(model, args.scheduler, dtype=dtype, device=args.device,
+                                                   variant=args.variant)
 
 
 def _write_png(image, path: Path) -> None:

@@ -7,9 +7,9 @@ The loop is diffusers' StableDiffusionPipeline.__call__: latents * init_noise_si
 [uncond; cond] latents through the UNet in one batch, noise = uncond + scale * (cond - uncond),
 scheduler step; then vae.decode(latents / scaling_factor), (x / 2 + 0.5).clamp(0, 1).
 
-Text: `txt2img(prompt, negative_prompt)` tokenizes (tokenizer/tokenizer.json, padded to 77 tokens as
-diffusers does) and encodes with CLIP's text tower (engine/models/clip_text.py, text_encoder/) into
-(B, 77, cross_attention_dim), the last hidden state; `__call__` takes such embeddings directly.
+Text: `txt2img(prompt, negative_prompt)` tokenizes (tokenizer/: tokenizer.json, or CLIP's vocab.json +
+merges.txt; padded to 77 tokens as diffusers does) and encodes with CLIP's text tower
+(engine/models/clip_text.py, text_encoder/) into (B, 77, cross_attention_dim), the last hidden state; `__call__` takes such embeddings directly.
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def progress(iterable, enabled: bool = True, desc: str = "denoise"):
 
 
 class PromptTokenizer:
-    """A tokenizers.Tokenizer (tokenizer/tokenizer.json) that pads and truncates every prompt to
+    """A tokenizers.Tokenizer (tokenizer/tokenizer.json or CLIP's BPE files) that pads and truncates every prompt to
     model_max_length tokens with the pad token of tokenizer_config.json, as diffusers' encode_prompt
     calls its tokenizer (padding="max_length", truncation=True)."""
 
@@ -53,16 +53,28 @@ class PromptTokenizer:
 
     @classmethod
     def from_dir(cls, path) -> "PromptTokenizer":
+        """tokenizer/tokenizer.json when present, else CLIP's BPE from vocab.json + merges.txt (what SD
+        checkpoints ship; engine/models/clip_tokenizer.py builds it as transformers' CLIPTokenizer)."""
         from tokenizers import Tokenizer
+
+        from engine.models.clip_tokenizer import clip_tokenizer
         path = Path(path)
-        if not (path / "tokenizer.json").is_file():
-            raise FileNotFoundError(f"{path} has no tokenizer.json (a slow CLIPTokenizer's vocab.json + merges.txt "
-                                    "can be saved as one with transformers' CLIPTokenizerFast.save_pretrained)")
+        if (path / "tokenizer.json").is_file():
+            tok = Tokenizer.from_file(str(path / "tokenizer.json"))
+        elif (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
+            tok = clip_tokenizer(path)
+        else:
+            raise FileNotFoundError(f"{path} has neither tokenizer.json nor vocab.json + merges.txt (CLIP's tokenizer)")
         cfg = read_config(path / "tokenizer_config.json") if (path / "tokenizer_config.json").is_file() else {}
         pad = cfg.get("pad_token") or "<|endoftext|>"
         pad = pad.get("content") if isinstance(pad, dict) else pad
         length = cfg.get("model_max_length") or 77
-        return cls(Tokenizer.from_file(str(path / "tokenizer.json")), min(int(length), 77), pad)
+        return cls(tok, min(int(length), 77), pad)
+
+    @staticmethod
+    def present(path) -> bool:
+        path = Path(path)
+        return (path / "tokenizer.json").is_file() or ((path / "vocab.json").is_file() and (path / "merges.txt").is_file())
 
     def __call__(self, prompts) -> np.ndarray:
         """list of str -> (B, max_length) int64 ids."""
@@ -77,10 +89,12 @@ class StableDiffusionPipeline:
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
 
     @classmethod
-    def from_pretrained(cls, path, scheduler: str = "ddim", dtype=None, device=None):
+    def from_pretrained(cls, path, scheduler: str = "ddim", dtype=None, device=None, variant=None):
         """A diffusers model directory: unet/, vae/ and scheduler/scheduler_config.json (SD 1.5 ships a
         PNDM config; `scheduler` picks the algorithm that reads it: ddim or euler); text_encoder/ and
-        tokenizer/tokenizer.json when present (else text enters as embeddings only)."""
+        tokenizer/ (tokenizer.json, or CLIP's vocab.json + merges.txt) when present (else text enters as
+        embeddings only). Weights: diffusers' names, one file or sharded (an index), and `variant` ("fp16")
+        picks the *.fp16.* files as diffusers' variant= does."""
         path = Path(path)
         if not path.is_dir():
             raise FileNotFoundError(f"model directory not found: {path}")
@@ -88,11 +102,11 @@ class StableDiffusionPipeline:
         if missing:
             raise FileNotFoundError(f"{path} is not a diffusers Stable Diffusion directory: missing "
                                     f"{', '.join(missing)}")
-        unet = UNet2DConditionModel.from_pretrained(path / "unet", dtype=dtype, device=device)
-        vae = AutoencoderKL.from_pretrained(path / "vae", dtype=dtype, device=device)
-        te = CLIPTextModel.from_pretrained(path / "text_encoder", dtype=dtype, device=device) \
+        unet = UNet2DConditionModel.from_pretrained(path / "unet", dtype=dtype, device=device, variant=variant)
+        vae = AutoencoderKL.from_pretrained(path / "vae", dtype=dtype, device=device, variant=variant)
+        te = CLIPTextModel.from_pretrained(path / "text_encoder", dtype=dtype, device=device, variant=variant) \
             if (path / "text_encoder" / "config.json").is_file() else None
-        tok = PromptTokenizer.from_dir(path / "tokenizer") if (path / "tokenizer" / "tokenizer.json").is_file() else None
+        tok = PromptTokenizer.from_dir(path / "tokenizer") if PromptTokenizer.present(path / "tokenizer") else None
         sched = scheduler_from_config(read_config(path / "scheduler/scheduler_config.json"), scheduler)
         return cls(unet, vae, sched, te, tok)
 
@@ -176,7 +190,8 @@ class StableDiffusionPipeline:
     def encode_prompt(self, prompts):
         """Prompts (a str or a list) -> CLIP's last hidden state (B, 77, hidden) in the UNet's dtype."""
         if self.text_encoder is None or self.tokenizer is None:
-            raise ValueError("text prompts need text_encoder/ and tokenizer/tokenizer.json in the model directory; "
+            raise ValueError("text prompts need text_encoder/ and tokenizer/ (tokenizer.json, or vocab.json + "
+                             "merges.txt) in the model directory; "
                              "pass text embeddings instead")
         ids = self.tokenizer([prompts] if isinstance(prompts, str) else prompts)
         out = self.text_encoder(ops.tensor(ids, dtype=D.int64, device=self.device))

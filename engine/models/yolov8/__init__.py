@@ -106,8 +106,7 @@ class Conv(Module):
 
     def forward(self, x):
         w, b = self.folded()
-        y = F.conv2d(x, w, b, self.s, self.k // 2)
-        return y.silu() if self.act else y
+        return F.conv2d(x, w, b, self.s, self.k // 2, act="silu" if self.act else None)  # one fused op
 
 
 class Bottleneck(Module):
