@@ -25,6 +25,10 @@ gpu0() {
         -b "bench_llm\.Decode\.track_.*\('(engine|torch-compile)', $f16, '(mistral:mistral-7b|gemma:gemma-7b|phi3:phi-3-mini-4k|mixtral:mixtral-8x7b)', 1, 'default'\)" \
         > "$R/bench.log" 2>&1
     echo "gpu0 done rc=$?" >> "$R/bench.log"
+    if [ -n "${GPU0_EXTRA:-}" ]; then
+        bash -c "$GPU0_EXTRA" > "$R/extra0.log" 2>&1
+        echo "extra rc=$?" >> "$R/extra0.log"
+    fi
 }
 
 gpu1() {
@@ -35,8 +39,8 @@ gpu1() {
     timeout 120 python3 -m bench.step_profile --model llama:llama-2-7b --batch 1,8 --eager --prefill 512 \
         --out "$R/step_profile.json" > "$R/step_profile.log" 2>&1
     if [ -n "${GPU1_EXTRA:-}" ]; then
-        bash -c "$GPU1_EXTRA" > "$R/extra.log" 2>&1
-        echo "extra rc=$?" >> "$R/extra.log"
+        bash -c "$GPU1_EXTRA" > "$R/extra1.log" 2>&1
+        echo "extra rc=$?" >> "$R/extra1.log"
     fi
 }
 
