@@ -33,9 +33,12 @@ import cupy
 _DIR = Path(__file__).resolve().parent / "cuda"
 # the sources, in include order (each .cu file relies on the two headers before it)
 _FILES = ("prelude.cuh", "common.cuh", "gemv.cu", "rows.cu", "attention.cu", "sample.cu", "quant_formats.cuh",
-          "quant.cu", "conv.cu")
+          "quant.cu", "group_norm.cu")
 PRELUDE = (_DIR / "prelude.cuh").read_text()
 _SRC = "\n".join((_DIR / f).read_text() for f in _FILES)
+# the tensor-core conv includes <mma.h>: its own program, so an install without CUDA's crt/ headers loses
+# only conv2d_igemm (conv2d_ok is then False), not every kernel
+_CONV_SRC = "\n".join((_DIR / f).read_text() for f in ("prelude.cuh", "common.cuh", "conv.cu"))
 
 TYPES = {"float16": "__half", "bfloat16": "__nv_bfloat16", "float32": "float"}
 ATTN_CHUNK = 32  # positions per attention block (the kernel's CHUNK)
@@ -70,7 +73,8 @@ def _bundle(expr: str) -> tuple:
 
 @functools.lru_cache(maxsize=None)
 def _module(bundle: tuple):
-    return cupy.RawModule(code=_SRC, options=("-std=c++17",), name_expressions=list(bundle))
+    src = _CONV_SRC if bundle[0].startswith("conv2d_igemm") else _SRC
+    return cupy.RawModule(code=src, options=("-std=c++17",), name_expressions=list(bundle))
 
 
 _FNS: dict = {}
@@ -452,11 +456,21 @@ def group_norm_act(x, weight, bias, groups: int, eps: float, act, out):
 CONV_TILE = (64, 64)  # (output channels, positions) per block of conv2d_igemm (CV_BM, CV_BN in conv.cu)
 
 
+@functools.lru_cache(maxsize=None)
+def conv_compiles() -> bool:
+    """Whether conv2d_igemm compiles here (it needs <mma.h> and CUDA's crt/ headers beside it)."""
+    try:
+        _fn("conv2d_igemm<__half>")
+        return True
+    except cupy.cuda.compiler.CompileException:
+        return False
+
+
 def conv2d_ok(x, w, groups: int) -> bool:
-    """conv2d takes 16-bit NCHW x and OIHW w of one dtype, contiguous, groups 1."""
+    """conv2d takes 16-bit NCHW x and OIHW w of one dtype, contiguous, groups 1 (and the kernel compiles)."""
     return (groups == 1 and x.ndim == 4 and w.ndim == 4 and x.dtype == w.dtype and x.dtype.itemsize == 2
             and _kernel_dtype(x.dtype) and x.flags.c_contiguous and w.flags.c_contiguous and x.size > 0
-            and x.shape[1] == w.shape[1] and x.size < 2 ** 31 and w.size < 2 ** 31)
+            and x.shape[1] == w.shape[1] and x.size < 2 ** 31 and w.size < 2 ** 31 and conv_compiles())
 
 
 def conv2d(x, w, bias, stride, padding, dilation, out, act=None):
