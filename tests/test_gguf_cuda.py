@@ -28,6 +28,15 @@ from test_gguf import blocks  # noqa: E402
 
 FORMATS = list(QTYPES)
 CUDA_DIR = Path(__file__).resolve().parents[1] / "engine" / "backends" / "cuda"
+
+
+@pytest.fixture(autouse=True)
+def _quant_kernels_on(monkeypatch):
+    """These tests are what verifies the kernels on a device, so they run with them on (the engine keeps
+    them off by default until such a run passes: cupy_kernels.QUANT_KERNELS)."""
+    if DEVICE.type == "cuda":
+        from engine.backends import cupy_kernels as K
+        monkeypatch.setitem(K.QUANT_KERNELS, "enabled", True)
 FMT_ID = {"q4_0": 0, "q4_1": 1, "q8_0": 2, "q4_k": 3, "q6_k": 4}  # cupy_kernels.QFORMATS (no cupy import here)
 
 # ---- host build of the decoders --------------------------------------------------------------------------------

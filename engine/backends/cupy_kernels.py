@@ -26,6 +26,7 @@ Layouts: weights row-major [N, K] (torch's Linear layout); element strides are p
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 
 import cupy
@@ -349,9 +350,16 @@ QFORMATS = {"q4_0": 0, "q4_1": 1, "q8_0": 2, "q4_k": 3, "q6_k": 4}  # the F of q
 _QALIGN = {"q4_0": 2, "q4_1": 4, "q8_0": 2, "q4_k": 16, "q6_k": 2}  # the widest load each format makes
 
 
+# The quantized kernels (qgemv, qgemv_fused, qdequant) compile under NVRTC and their block decoders equal
+# gguf-py's on the host, but they have not run on a GPU yet (their CUDA tests: tests/test_gguf_cuda.py):
+# off by default, so CUDA GGUF models take the reference path (dequantised tiles) until a device run
+# passes. TAPER_QUANT_KERNELS=1 (or QUANT_KERNELS["enabled"] = True) turns them on.
+QUANT_KERNELS = {"enabled": os.environ.get("TAPER_QUANT_KERNELS") == "1"}
+
+
 def qdata_ok(data, qtype: str) -> bool:
     """Whether the kernels read these blocks: (rows, row_bytes) uint8, C-contiguous, aligned for the format's loads."""
-    return (qtype in QFORMATS and data.ndim == 2 and data.dtype == cupy.uint8 and data.flags.c_contiguous
+    return (QUANT_KERNELS["enabled"] and qtype in QFORMATS and data.ndim == 2 and data.dtype == cupy.uint8 and data.flags.c_contiguous
             and data.data.ptr % _QALIGN[qtype] == 0 and data.strides[0] % _QALIGN[qtype] == 0)
 
 
