@@ -103,6 +103,9 @@ def main(argv=None) -> int:
     p.add_argument("--no-profile", action="store_true", help="skip the per-kernel profile")
     p.add_argument("--out")
     a = p.parse_args(argv)
+    if a.device == "cuda":  # what this benchmark measures: the quantized kernels (off by default until verified)
+        from engine.backends import cupy_kernels as K
+        K.QUANT_KERNELS["enabled"] = True
     import engine
     from engine.quant import quantize_module
     formats = [f for f in a.formats.split(",") if f]
