@@ -13,6 +13,7 @@ regex = pytest.importorskip("regex")
 
 from engine.models.clip_tokenizer import SPLIT, clip_tokenizer  # noqa: E402
 from engine.models.stable_diffusion.pipeline import PromptTokenizer  # noqa: E402
+from engine.io.gguf import _bytes_to_unicode  # noqa: E402  (GPT-2's byte alphabet: the test vocabulary's symbols)
 
 CORPUS = """a photo of a cat sitting on the moon, highly detailed, 4k, trending on artstation.
 an oil painting of a red fox in the snow by claude monet; soft light, golden hour!
@@ -28,22 +29,10 @@ TEXTS = ["a photo of a cat", "A Photo Of A CAT", "  a   photo\tof\n a cat  ", ""
          "Ünïcödé ÀÉÎÕÜ ß ﬁ", "a\u00a0non-breaking\u2003space", "tab\tand\r\nnewlines", "x" * 300]
 
 
-def bytes_to_unicode():
-    """GPT-2's map of the 256 bytes to printable characters (the byte-level BPE alphabet)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
-
-
 def learn_bpe(text: str, n_merges: int):
     """CLIP-style vocabulary: the 256 byte symbols, the same with </w>, then n_merges merges learned
     greedily (most frequent pair, ties by the pair itself), then the two specials."""
-    b2u = bytes_to_unicode()
+    b2u = _bytes_to_unicode()
     words = Counter("".join(b2u[b] for b in w.encode()) for w in regex.findall(SPLIT, text.lower()))
     split = {w: tuple(w[:-1]) + (w[-1] + "</w>",) for w in words}
     merges = []
