@@ -67,6 +67,14 @@ def engine_module(tm, inputs=None, dtype=None, device=None, route: str = "auto")
     return port_program(tm, inputs, dtype=dtype, device=device).program, "export"
 
 
+def _input_kind(tm):
+    """HF_MODELS' input kind of a transformers model ("ids", "speech", "waveform"); None when unknown."""
+    from migration import module_map as mm
+    mt = getattr(getattr(tm, "config", None), "model_type", None)
+    spec = mm.HF_MODELS.get(mt) if mt else None
+    return getattr(spec, "inputs", None)
+
+
 def _is_lm(tm) -> bool:
     cfg = getattr(tm, "config", None)
     head = getattr(tm, "get_output_embeddings", None)
@@ -185,6 +193,12 @@ def verify_impls(source, *, reference: str = "torch", candidate: str = "engine",
         tm, given = module.float().eval(), None
     else:
         tm, _, given = build_reference(source, seed)
+    kind = _input_kind(tm)
+    if kind not in (None, "ids"):
+        raise VerifyError(f"{source}: comparing {candidate} with {reference} takes token ids or --input tensors; "
+                          f"a {tm.config.model_type} model takes {kind} (log-mel features and decoder ids, or a "
+                          "waveform): verify it torch against engine (the default --reference/--candidate), "
+                          "which builds those inputs")
     inputs = [np.asarray(x.numpy() if hasattr(x, "numpy") else x) for x in (inputs if inputs is not None else
                                                                              (given or []))]
     lm = _is_lm(tm)

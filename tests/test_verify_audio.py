@@ -173,3 +173,12 @@ def test_port_plan_maps_every_key(dirs, name):
     """`taper port DIR`: every checkpoint key maps (Whisper's tied proj_out, EnCodec's folds and drops)."""
     p = port_hf(dirs / name, build=False)
     assert p.keys.ok, p.keys.format()
+
+
+@pytest.mark.parametrize("model", ["whisper:tiny", "encodec:tiny"])
+def test_impls_route_names_what_audio_models_take(model, capsys):
+    """Comparing two implementations feeds token ids: an audio model gets one line saying what it takes
+    and which route builds those inputs (torch raised 'expects mel input features of length 3000')."""
+    assert main(["verify", model, "--candidate", "torch-compile"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "torch against engine" in err and ("speech" in err or "waveform" in err)
