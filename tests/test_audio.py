@@ -72,7 +72,7 @@ def test_wav_errors(tmp_path):
 # ---- resampling -----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("orig,new", [(22050, 16000), (16000, 8000), (44100, 16000), (8000, 16000)])
 def test_resample_matches_scipy_resample_poly(speech, orig, new):
-    signal = pytest.importorskip("scipy.signal")
+    signal = pytest.importorskip("scipy.signal", reason="scipy's resample_poly is the oracle (pip install scipy)")
     x = speech[: orig // 2]  # half a second of speech as if it were at `orig`
     got = audio.resample(x, orig, new)
     import math

@@ -8,8 +8,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-transformers = pytest.importorskip("transformers")
-regex = pytest.importorskip("regex")
+transformers = pytest.importorskip("transformers", reason="transformers' CLIPTokenizer is the oracle (pip install -e '.[test]')")
+regex = pytest.importorskip("regex", reason="CLIPTokenizer (the oracle) needs regex (pip install -e '.[test]')")
 
 from engine.models.clip_tokenizer import SPLIT, clip_tokenizer  # noqa: E402
 from engine.models.stable_diffusion.pipeline import PromptTokenizer  # noqa: E402
@@ -123,8 +123,8 @@ def test_txt2img_dir_with_clip_bpe_files(tokdir, tmp_path, capsys):
     """A diffusers directory whose tokenizer/ holds vocab.json + merges.txt only (as SD 1.5 ships it):
     the engine pipeline's prompt embeddings equal diffusers' encode_prompt, and `taper txt2img --prompt`
     runs from it."""
-    torch = pytest.importorskip("torch")
-    diffusers = pytest.importorskip("diffusers")
+    torch = pytest.importorskip("torch", reason="diffusers' encode_prompt (the oracle) needs torch")
+    diffusers = pytest.importorskip("diffusers", reason="diffusers' pipeline is the oracle (pip install -e '.[test]')")
     from test_sd_pipeline import REF_SCHEDULERS, _randomised
     from engine.models.stable_diffusion.pipeline import StableDiffusionPipeline
     from engine.models.stable_diffusion.unet_2d_condition import UNet2DConditionModel as EU
@@ -152,7 +152,7 @@ def test_txt2img_dir_with_clip_bpe_files(tokdir, tmp_path, capsys):
     got_c, got_n = pipe.encode_prompt(prompts).numpy(), pipe.encode_prompt(negs).numpy()
     assert got_c.shape == (2, 77, 32)
     assert np.abs(got_c - want[0].numpy()).max() < 1e-5 and np.abs(got_n - want[1].numpy()).max() < 1e-5
-    pytest.importorskip("PIL")
+    pytest.importorskip("PIL", reason="taper txt2img writes a PNG with Pillow (pip install pillow)")
     from taper.cli import main
     out = tmp_path / "cat.png"
     assert main(["txt2img", "--model", str(tmp_path / "sd"), "--prompt", "a cat", "--steps", "1", "--out", str(out),

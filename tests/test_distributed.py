@@ -249,7 +249,7 @@ def _nccl_work(comm):
 def test_nccl_tp2_on_gpus_equals_tp1():
     from engine.distributed.launch import cuda_device_count
     if cuda_device_count()[0] < 2:
-        pytest.skip("needs 2 GPUs")
+        pytest.skip(f"NCCL tensor parallel needs 2 GPUs, this machine has {cuda_device_count()[0]}")
     ranks = launch(_nccl_work, 2, "cuda", timeout=600)
     for r in ranks:
         assert r["graph"] and r["sums"] == [3.0] * 6  # 1 + 2 on every element, replays included

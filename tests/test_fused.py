@@ -388,7 +388,7 @@ def test_conv2d_implicit_gemm(dtype, xs, ws, stride, pad, dil, bias, monkeypatch
     """The tensor-core implicit-GEMM conv (cupy backend, CONV_IGEMM "always") against the im2col +
     cuBLAS composition and torch in float64: the same products summed in another order."""
     if not ON_CUDA:
-        pytest.skip("a CUDA kernel")
+        pytest.skip("the tensor-core conv kernel runs on CUDA only (ENGINE_DEVICE=cuda)")
     from engine.backends.cupy_backend import CupyBackend
     x, w, b = arr(xs, dtype), arr(ws, dtype, 0.1, 1), arr((ws[0],), dtype, 0.1, 2) if bias else None
     conv = lambda: engine.functional.conv2d(E(x), E(w), None if b is None else E(b), stride, pad, dil)  # noqa: E731
@@ -411,7 +411,7 @@ def test_conv2d_implicit_gemm_in_a_captured_graph():
     """Inside a capture (CONV_IGEMM "capture", the default) a ResnetBlock-like step of group_norm + SiLU
     and a 3x3 conv replays equal to its eager run with the kernel forced."""
     if not ON_CUDA:
-        pytest.skip("a CUDA graph")
+        pytest.skip("CUDA graph capture needs a GPU (ENGINE_DEVICE=cuda)")
     from engine.backends.cupy_backend import CupyBackend
     from engine.capture import Captured
     x, w, b = E(arr((2, 32, 16, 16), "float16")), E(arr((32, 32, 3, 3), "float16", 0.1, 1)), E(arr((32,), "float16"))

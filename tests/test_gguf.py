@@ -107,7 +107,7 @@ def test_block_dot_path_equals_the_composition(monkeypatch, fmt, m):
     """Decode rows on the CPU (numpy_quant._qdot: per-block dots of the quants, scaled per block; the
     weights never formed), in tiles of DOT_TILE weights, against gguf-py's dequantised matrix times x."""
     if DEVICE.type == "cuda":
-        pytest.skip("the CPU path")
+        pytest.skip("tests the numpy block-dot path; on CUDA the kernels serve these rows (tests/test_gguf_cuda.py)")
     raw = blocks(fmt, 37, 512, seed=m)
     x = np.random.default_rng(m).standard_normal((m, 512)).astype(np.float32)
     want = x.astype(np.float64) @ gguf.quants.dequantize(raw, G[fmt.upper()]).astype(np.float64).T

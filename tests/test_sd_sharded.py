@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+torch = pytest.importorskip("torch", reason="diffusers (the oracle) needs torch")
 diffusers = pytest.importorskip("diffusers", reason="pip install diffusers==0.42.1 (the test extra)")
 
 import engine  # noqa: E402
