@@ -135,7 +135,7 @@ def test_silu(dt, shape, view): helper_test_op([shape], F.silu, engine.functiona
 def test_erf(dt, shape, view): helper_test_op([shape], torch.erf, engine.erf, dt, low=-4, high=4, noncontig=view)
 def test_numpy_erf_f64_against_math_erf():  # the numpy backend's fitted erf over the line (cupy uses its own)
     import math
-    from engine.backends.numpy_backend import _erf_f64
+    from engine.backends.numpy_special import _erf_f64
     xs = np.concatenate([np.linspace(-8, 8, 160001), [0.0, -0.0, 1e-300, 5e-324, 1.0, 2.0, 3.5, 6.0, 40.0, np.inf, -np.inf]])
     ref = np.array([math.erf(v) for v in xs])
     got = _erf_f64(xs)
@@ -143,7 +143,7 @@ def test_numpy_erf_f64_against_math_erf():  # the numpy backend's fitted erf ove
     assert np.isnan(_erf_f64(np.array([np.nan]))).all()
 def test_numpy_erf_f32_within_one_ulp():  # float32's rational erf (and the GELU built on it) against math.erf
     import math
-    from engine.backends.numpy_backend import _erf_f32
+    from engine.backends.numpy_special import _erf_f32
     xs = np.concatenate([np.linspace(-6, 6, 240001), np.linspace(-1e-3, 1e-3, 20001), [0.0, -0.0, 1e-30, 1e-45, 4.0,
                          3.9999, 4.0001, 1e30, np.inf, -np.inf, -5e-38]]).astype(np.float32)
     ref = np.array([math.erf(float(v)) for v in xs]).astype(np.float32)  # correctly rounded
