@@ -1,4 +1,4 @@
-"""Whisper long-form (engine.models.whisper.generate.transcribe_long) against transformers'
+"""Whisper long-form (engine.models.whisper.longform.transcribe_long) against transformers'
 WhisperForConditionalGeneration.generate on more than 3000 mel frames: sequential 30 s windows with
 timestamps, each seeking to its last timestamp pair, optional conditioning on the previous text, and the
 temperature fallback's decisions (compression ratio, average log-probability).
@@ -21,7 +21,8 @@ from transformers import WhisperForConditionalGeneration as HFWhisper
 
 from engine import audio
 from engine.models import from_pretrained
-from engine.models.whisper.generate import GenerationSettings, compression_ratio, greedy, transcribe_long
+from engine.models.whisper.generate import GenerationSettings, greedy
+from engine.models.whisper.longform import compression_ratio, transcribe_long
 from helpers import DEVICE
 from taper.cli import main
 from test_models_whisper import GEN, hf_whisper

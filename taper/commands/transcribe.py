@@ -62,7 +62,8 @@ def load(model_arg: str, dtype=None, device=None):
 def run(args) -> int:
     import engine
     from engine import audio
-    from engine.models.whisper.generate import transcribe, transcribe_long
+    from engine.models.whisper.generate import transcribe
+    from engine.models.whisper.longform import transcribe_long
 
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
