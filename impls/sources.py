@@ -94,6 +94,19 @@ def parse(spec, **overrides) -> Source:
     return Source("preset", f"{mt}:{preset}", model_type=mt, preset=preset, overrides=overrides)
 
 
+def parse_of_type(spec, model_type: str, command: str, what: str) -> Source:
+    """parse(spec) for a command that takes one model type: a directory or a preset of `model_type`,
+    else ValueError naming what it is (what: the model's name for people, "a Whisper model")."""
+    source = parse(spec)
+    if source.kind not in ("dir", "preset"):
+        raise ValueError(f"{spec}: not a model directory or a preset {model_type}:NAME")
+    if source.model_type != model_type:
+        where = "config.json has" if source.kind == "dir" else "the preset is"
+        raise ValueError(f"{spec}: not {what} ({where} model_type {source.model_type!r}); "
+                         f"{command} needs model_type {model_type!r}")
+    return source
+
+
 def hf_config(source: Source):
     """A transformers PretrainedConfig for a preset or model directory (eager attention: the plain
     reference math)."""

@@ -36,13 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def load(model_arg: str, device=None):
     from engine import models
     from impls import sources
-    source = sources.parse(model_arg)
-    if source.kind not in ("dir", "preset"):
-        raise ValueError(f"{model_arg}: not a model directory or a preset encodec:NAME")
-    if source.model_type != "encodec":
-        where = "config.json has" if source.kind == "dir" else "the preset is"
-        raise ValueError(f"{model_arg}: not an EnCodec model ({where} model_type {source.model_type!r}); "
-                         "codec needs model_type 'encodec'")
+    source = sources.parse_of_type(model_arg, "encodec", "codec", "an EnCodec model")
     if source.kind == "preset":
         return models.from_preset("encodec", source.preset, device=device)
     return models.from_pretrained(source.path, device=device)  # weight norm folded at load (CHECKPOINT_RULES)

@@ -45,13 +45,7 @@ def load(model_arg: str, dtype=None, device=None):
     from engine.generation import load_tokenizer
     from engine.models.whisper.generate import GenerationSettings
     from impls import sources
-    source = sources.parse(model_arg)
-    if source.kind == "factory":
-        raise ValueError(f"{model_arg}: not a model directory or a preset whisper:NAME")
-    if source.model_type != "whisper":
-        where = "config.json has" if source.kind == "dir" else "the preset is"
-        raise ValueError(f"{model_arg}: not a Whisper model ({where} model_type {source.model_type!r}); "
-                         "transcribe needs model_type 'whisper'")
+    source = sources.parse_of_type(model_arg, "whisper", "transcribe", "a Whisper model")
     if source.kind == "preset":
         model = models.from_preset("whisper", source.preset, dtype=dtype, device=device)
         return model, GenerationSettings.from_config(model.config), None
