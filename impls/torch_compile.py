@@ -167,7 +167,9 @@ class CompiledSeq2SeqModel(_CompiledSteps, TorchSeq2SeqModel):
 
     def encode(self, features):
         with torch.inference_mode():
-            self.encoder_out = self._encoder(self.impl.tensor(features)).last_hidden_state
+            # a CUDA-graph output: the decode step's replays reuse its memory, and start() reads it
+            # again for every run of the same audio, so keep a copy (torch's advice for cudagraph trees)
+            self.encoder_out = self._encoder(self.impl.tensor(features)).last_hidden_state.clone()
         return self.encoder_out
 
     def _decode(self, tok, pos):

@@ -59,10 +59,10 @@ def _bundle(expr: str) -> tuple:
     if name in ("attn_partial", "attn_combine"):
         return tuple(f"attn_partial<{t},{per}>" for per in (1, 2, 3, 4, 8)) + (f"attn_combine<{t}>",)
     if name in ("qgemv", "qdequant_rows"):  # one bundle per (dtype, format): every row count and the dequantiser
-        f = args.split(",")[1]
+        f = args.split(",")[1].rstrip(">")
         return tuple(f"qgemv<{t},{f},{m}>" for m in (1, 2, 4, 8)) + (f"qdequant_rows<{t},{f}>",)
     if name == "qgemv_fused":
-        f = args.split(",")[1]
+        f = args.split(",")[1].rstrip(">")
         return tuple(f"qgemv_fused<{t},{f},{m}>" for m in (1, 2, 4, 8))
     if name == "conv2d_igemm":
         return ("conv2d_igemm<__half>", "conv2d_igemm<__nv_bfloat16>")
