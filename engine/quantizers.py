@@ -20,8 +20,9 @@ Q6_K, a super-block of 256 = 16 sub-blocks of 16:
      grids weighted by x^2 (make_qx_quants, rmse_type 1);
   2. the 16 scales quantised to int8 against the one of largest magnitude (d = -max / 128, float16);
   3. every weight requantised against d * scale, 6 bits split into 4 low + 2 high bits.
-Rounding is ggml's nearest_int (to nearest, ties to even: np.rint) on float32 values; sums run in
-float32 in numpy's order (ggml sums sequentially), and the candidates' errors come from sums rather
+Rounding is ggml's nearest_int (to nearest, ties to even: np.rint) on float32 values; sums accumulate
+in float64 and round once to float32 (ggml sums sequentially in float32; this way numpy and cupy give
+the same blocks whatever their reduction order), and the candidates' errors come from sums rather
 than a pass over the block, so a block can differ from llama.cpp's in the last bit of a scale (or the
 pick between two near-equal candidates), never in the format: the dequantiser reads either the same way.
 """
@@ -36,6 +37,18 @@ TILE_WEIGHTS = 1 << 18  # weights quantised per tile in numpy (temporaries stay 
 
 def _rint(xp, a):
     return xp.rint(a).astype(np.int32)
+
+
+def _sum(a):
+    """Row sums of a float32 (n, k) block, accumulated in float64 and rounded once to float32: the same
+    value in any summation order (numpy's pairwise sum, cupy's tree reduction), so the quantiser picks
+    the same grid on the CPU and on the GPU."""
+    return a.sum(1, dtype=np.float64).astype(_F)
+
+
+def _dot(a, b):
+    """Row dot products of two float32 (n, k) blocks, as _sum (the float64 products are exact)."""
+    return _sum(a.astype(np.float64) * b)
 
 
 def _f16(xp, a):
@@ -54,15 +67,15 @@ def _qkx2(xp, x, w, nmax=15, rmin=-1.0, rdelta=0.1, nstep=20):
     mn = xp.minimum(x.min(1), _F(0))
     mx = x.max(1)
     wx = w * x
-    sum_w, sum_x = w.sum(1, dtype=_F), wx.sum(1, dtype=_F)
-    W, X, XX = sum_w.astype(f64), sum_x.astype(f64), xp.einsum("ij,ij->i", wx, x).astype(f64)
+    sum_w, sum_x = _sum(w), _sum(wx)
+    W, X, XX = sum_w.astype(f64), sum_x.astype(f64), _dot(wx, x).astype(f64)
     flat = mx == mn
 
     def grid(isc, m):
         """the candidate L for iscale isc against min m, and its sums: sum w l, sum w l^2, sum w l x."""
         la = xp.clip(xp.rint(isc[:, None] * (x - m[:, None])), _F(0), _F(nmax))
         wl = w * la
-        return wl.sum(1, dtype=_F), xp.einsum("ij,ij->i", wl, la), xp.einsum("ij,ij->i", wl, x)
+        return _sum(wl), _dot(wl, la), _dot(wl, x)
 
     def error(a, b, sl, sl2, sxl):
         a, b, sl, sl2, sxl = (v.astype(f64) for v in (a, b, sl, sl2, sxl))
@@ -102,7 +115,7 @@ def _q4_k_blocks(xp, x):
     """(n, 256) float32 -> (n, 144) uint8 Q4_K blocks."""
     n = x.shape[0]
     sub = x.reshape(n * 8, 32)
-    av = xp.sqrt((sub * sub).sum(1, dtype=_F) / _F(32))
+    av = xp.sqrt(_sum(sub * sub) / _F(32))
     scales, mins, L = _qkx2(xp, sub, av[:, None] + xp.abs(sub))
     scales, mins, L = scales.reshape(n, 8), mins.reshape(n, 8), L.reshape(n, 8, 32)
     max_scale = xp.maximum(scales.max(1), _F(0))
@@ -143,7 +156,7 @@ def _qx(xp, x, nmax=32):
     def grid(iscale):
         """sum w x l and sum w l^2 of the candidate l = clip(round(iscale x))."""
         q = xp.clip(xp.rint(iscale[:, None] * x), _F(-nmax), _F(nmax - 1))
-        return xp.einsum("ij,ij->i", wx, q), xp.einsum("ij,ij->i", w * q, q)
+        return _dot(wx, q), _dot(w * q, q)
 
     best_isc = _F(-nmax) / mxs
     sumlx, suml2 = grid(best_isc)
