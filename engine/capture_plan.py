@@ -297,9 +297,9 @@ def plan(calls: list[Call], escaping=()) -> dict:
     by = {c.index: c for c in calls}
     taken: set = set()
 
-    def single(i):
+    def single(i):  # the one call that reads i's output (None also when the step returns that output)
         cons = g.only_consumers(i)
-        return cons[0] if len(cons) == 1 else None
+        return cons[0] if len(cons) == 1 and cons[0][0] < len(calls) else None
 
     def is_linear(c):
         return c.name in LINEARS and len(c.args) >= 4 and _is_array(c.args[0]) and _is_array(c.args[1])
