@@ -252,10 +252,15 @@ def _cache_slots(c: Call):
     return slots
 
 
+ROTARY_CACHE = {"enabled": True}  # False: plans keep the four calls (A/B runs: bench/decode_fuse.py)
+
+
 def _rotary_cache(calls, g, by, taken, single) -> dict:
     """rotary(q), rotary(k) -> k cache write, v cache write (the models' apply_rotary twice, then
     cache.update): {call: RotaryCache | QOut | "elide"}."""
     out = {}
+    if not ROTARY_CACHE["enabled"]:
+        return out
     for kw in calls:
         slots = _cache_slots(kw)
         vw = by.get(kw.index + 1)

@@ -51,7 +51,8 @@ def rotary_cache_ok(q, k, v, cos, sin, k_cache, v_cache, slots, dtype, q_out=Non
     arrays = [a for a in (q, k, v, cos, sin, k_cache, v_cache, q_out) if a is not None]
     if not K._kernel_dtype(dtype) or any(a.dtype != dtype for a in arrays) or not k.size:
         return False
-    if any(a.strides[-1] != a.itemsize for a in arrays) or cos.strides != sin.strides or cos.ndim != 3:
+    if any(a.strides[-1] != a.itemsize for a in arrays) or cos.strides != sin.strides or cos.shape != sin.shape \
+            or cos.ndim != 3:
         return False
     B, Hkv, L, D = k.shape
     rot = cos.shape[-1]
@@ -83,6 +84,7 @@ def rotary_cache(q, k, v, cos, sin, k_cache, v_cache, slots, q_out):
 
 
 # ---- decode attention with the combine folded in ------------------------------------------------------------
+ONE_LAUNCH_ATTENTION = {"enabled": True}  # False: attn_partial + attn_combine (A/B runs: bench/decode_fuse.py)
 _COUNTERS: dict = {}  # device id -> zeroed uint32 tickets (attn_fused resets each one it uses)
 _OUTGROWN: list = []  # replaced ticket arrays, kept: graphs captured with them still read them
 MIN_COUNTERS = 4096  # tickets allocated at least (batch x query heads of any decode here)
@@ -105,7 +107,7 @@ def counters(n: int, capturing: bool):
 def attention(q, k, v, mask, scale: float, out, capturing: bool = False) -> None:
     """cupy_kernels.attention's contract (check K.attention_ok) in one launch where the tickets exist."""
     B, Hq, _, D = q.shape
-    tickets = counters(B * Hq, capturing)
+    tickets = counters(B * Hq, capturing) if ONE_LAUNCH_ATTENTION["enabled"] else None
     if tickets is None:
         return K.attention(q, k, v, mask, scale, out)
     Hkv, S = k.shape[1], k.shape[2]
