@@ -148,7 +148,8 @@ class _Planned:
         self.needed = {i for f in the_plan.values() if isinstance(f, Fused)
                        for i in (f.linear, f.norm, f.up, f.residual[0] if f.residual else None) if i is not None}
         self.needed |= {f.norm for f in the_plan.values() if isinstance(f, NormAct)}
-        self.needed |= {i for f in the_plan.values() if isinstance(f, RotaryCache) for i in (f.q, f.k, f.kw, f.at) if i is not None}
+        self.needed |= {i for f in the_plan.values() if isinstance(f, RotaryCache)
+                        for i in (f.q, f.k, f.kw, f.at) if i is not None}
         self.placeholders: dict = {}  # (shape, dtype) -> the unwritten output of elided calls
         self.reset()
 

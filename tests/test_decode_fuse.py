@@ -25,7 +25,8 @@ def arr(shape, dtype, seed=0):
 
 
 def T(a):
-    return torch.from_numpy(np.asarray(a, np.float32)).to(TORCH[str(a.dtype) if a.dtype != NP["bfloat16"] else "bfloat16"])
+    name = "bfloat16" if a.dtype == NP["bfloat16"] else str(a.dtype)
+    return torch.from_numpy(np.asarray(a, np.float32)).to(TORCH[name])
 
 
 def t_rotary(x, cos, sin_signed):  # transformers' x * cos + rotate_half(x) * sin, sin's sign folded in
@@ -84,6 +85,18 @@ def test_rotary_cache_equals_composition(dtype, B, Hq, Hkv, L, D, rot, cb, S, sl
             np.testing.assert_array_equal(g, w)
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("B,Hq,Hkv,L,D,rot,cb,S,slots,with_q", ROTARY_CASES)
+def test_rotary_cache_kernel_takes_the_cases(B, Hq, Hkv, L, D, rot, cb, S, slots, with_q):
+    """The equality above is the one-launch kernel's, not the composition's (the fallback)."""
+    from engine.backends import cupy_decode
+
+    def ok(b, q, k, v, cos, sin, kc, vc, idx, dt):
+        assert cupy_decode.rotary_cache_ok(q, k, v, cos, sin, kc, vc, idx, dt.np_dtype)
+        return b.rotary_cache(q, k, v, cos, sin, kc, vc, idx, dt)
+    rotary_cache_case("float16", B, Hq, Hkv, L, D, rot, cb, S, slots, with_q, ok)
+
+
 def test_rotary_cache_writes_into_q_out():
     b = engine.backend(DEVICE)
     q, k = engine.randn(1, 2, 1, 32, device=DEVICE), engine.randn(1, 1, 1, 32, device=DEVICE)
@@ -108,7 +121,6 @@ def _mask(B, S, pos, window, dtype):
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not ON_CUDA, reason="the one-launch decode attention is a CUDA kernel")
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("B,Hq,Hkv,S,D,window", [(1, 4, 2, 20, 64, None), (2, 8, 8, 300, 128, 64),
                                                   (1, 4, 4, 77, 32, 0), (2, 6, 2, 129, 96, None),

@@ -109,7 +109,8 @@ __device__ __forceinline__ float combine_value(const float *__restrict__ ph, int
     float L = 0.f, a = 0.f;
     for (int i = 0; i < n_chunks; i++) {
         const float *pc = ph + (size_t)i * (D + 2);
-        const float m = CG ? __ldcg(pc) : pc[0], l = CG ? __ldcg(pc + 1) : pc[1], x = CG ? __ldcg(pc + 2 + d) : pc[2 + d];
+        const float m = CG ? __ldcg(pc) : pc[0], l = CG ? __ldcg(pc + 1) : pc[1];
+        const float x = CG ? __ldcg(pc + 2 + d) : pc[2 + d];
         const float wt = m == -INFINITY ? 0.f : expf(m - M);
         L += l * wt;
         a += x * wt;
@@ -160,6 +161,7 @@ __global__ void __launch_bounds__(128) attn_fused(const T *__restrict__ q, long 
     if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = m;
     __syncthreads();
     const float M = fmaxf(fmaxf(red[0], red[1]), fmaxf(red[2], red[3]));
-    for (int d = threadIdx.x; d < D; d += 128) o[(size_t)bh * D + d] = from_f<T>(combine_value<true>(ph, n_chunks, D, d, M));
+    for (int d = threadIdx.x; d < D; d += 128)
+        o[(size_t)bh * D + d] = from_f<T>(combine_value<true>(ph, n_chunks, D, d, M));
     if (threadIdx.x == 0) counters[bh] = 0u;
 }
