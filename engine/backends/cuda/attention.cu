@@ -107,7 +107,8 @@ __global__ void __launch_bounds__(128) attn_partial(const T *__restrict__ q, lon
 template <bool CG>
 __device__ __forceinline__ float combine_value(const float *__restrict__ ph, int n_chunks, int D, int d, float M) {
     float L = 0.f, a = 0.f;
-    for (int i = 0; i < n_chunks; i++) {
+    #pragma unroll 4
+    for (int i = 0; i < n_chunks; i++) {  // unrolled: the loads of 4 chunks in flight at once
         const float *pc = ph + (size_t)i * (D + 2);
         const float m = CG ? __ldcg(pc) : pc[0], l = CG ? __ldcg(pc + 1) : pc[1];
         const float x = CG ? __ldcg(pc + 2 + d) : pc[2 + d];
