@@ -155,9 +155,9 @@ def model(mt, dtype="float32", **over):
     return models.from_preset(mt, "tiny", dtype=getattr(engine, dtype), device=DEVICE, **kw)
 
 
-@pytest.mark.parametrize("mt", FAMILIES)
-def test_plan_fuses_rotary_and_cache_writes_of_every_layer(mt):
-    dec = Decoder(model(mt), 2, 24, capture=True)
+@pytest.mark.parametrize("mt,over", [(mt, {}) for mt in FAMILIES] + [("phi3", dict(partial_rotary_factor=0.5))])
+def test_plan_fuses_rotary_and_cache_writes_of_every_layer(mt, over):
+    dec = Decoder(model(mt, **over), 2, 24, capture=True)
     dec.prefill(engine.tensor([[1, 2, 3]] * 2, device=DEVICE))
     for _ in range(3):
         dec.step()
