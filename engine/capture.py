@@ -29,6 +29,8 @@ backend's fused ops (engine/backends/fused.py), reached by dataflow, not by mode
   linear(x), linear(x), linear(x)    linears sharing an input (q, k, v): one GEMV over the stacked
                                      weights; each output is a view of the result
   act(group_norm(x))                 one group_norm_act launch (diffusers' GroupNorm -> SiLU)
+  rotary(q), rotary(k),              one rotary_cache launch: both rotations and the writes of rotated k
+  cache[k][:, :, slots] = k, ...v    and v at the step's device slots (every LLM family's attention)
 Each fused op rounds exactly as the ops it replaces, so a captured step equals the eager one.
 On a device without CUDA graphs (the CPU) calls after the record run fn with the plan, eagerly.
 """
@@ -40,8 +42,8 @@ import time
 import traceback
 
 from engine import dtype as D
-from engine.capture_plan import (Call, Fused, Member, NormAct, _arrays, _is_array, _shapes_match, lin_bias, lin_dtype,
-                                  lin_weight, plan)
+from engine.capture_plan import (Call, Fused, Member, NormAct, QOut, RotaryCache, _arrays, _is_array, _shapes_match,
+                                  lin_bias, lin_dtype, lin_weight, plan)
 from engine.storage import GraphMemory
 from engine.tensor import Tensor
 
@@ -146,6 +148,8 @@ class _Planned:
         self.needed = {i for f in the_plan.values() if isinstance(f, Fused)
                        for i in (f.linear, f.norm, f.up, f.residual[0] if f.residual else None) if i is not None}
         self.needed |= {f.norm for f in the_plan.values() if isinstance(f, NormAct)}
+        self.needed |= {i for f in the_plan.values() if isinstance(f, RotaryCache)
+                        for i in (f.q, f.k, f.kw, f.at) if i is not None}
         self.placeholders: dict = {}  # (shape, dtype) -> the unwritten output of elided calls
         self.reset()
 
@@ -153,6 +157,7 @@ class _Planned:
         """Ready for another run of the step (the uncaptured planned step reuses one _Planned)."""
         self.live: dict[int, tuple] = {}  # call index -> (args, kwargs) of this run
         self.group_out: dict[int, list] = {}  # a group's first call -> every member's output
+        self.q_out: dict[int, object] = {}  # a RotaryCache's call -> the q buffer its QOut call returned
         self.i = 0
 
     def __call__(self, name, orig, args, kwargs):
@@ -174,6 +179,8 @@ class _Planned:
         backend = orig.__self__
         if act == "elide":  # nothing reads or writes the placeholder: one per shape and dtype serves every run
             o = rec.out
+            if o is None:  # an elided in-place write (a RotaryCache's k cache write)
+                return None
             key = (o.shape, o.dtype)
             ph = self.placeholders.get(key)
             if ph is None:
@@ -181,9 +188,20 @@ class _Planned:
             return ph
         if isinstance(act, Member):
             return self.group_out[act.first][act.seg]
+        if isinstance(act, QOut):  # written by the fused op at act.at, before anything reads it
+            o = rec.out
+            buf = self.q_out[act.at] = backend.empty(o.shape, D.get(o.dtype))
+            return buf
         return self._fused(backend, act)
 
-    def _fused(self, backend, f: Fused | NormAct):
+    def _fused(self, backend, f: Fused | NormAct | RotaryCache):
+        if isinstance(f, RotaryCache):  # rotary(x, cos, sin, dt); setitem(cache, (:, :, slots), value)
+            x, cos, sin, dt = self.live[f.k][0]
+            kc, key, _ = self.live[f.kw][0]
+            vc, _, v = self.live[f.at][0]
+            q = self.live[f.q][0][0] if f.q is not None else None
+            backend.rotary_cache(q, x, v, cos, sin, kc, vc, key[2], dt, q_out=self.q_out.pop(f.at, None))
+            return None  # what the v write (setitem) returns
         if isinstance(f, NormAct):  # group_norm(x, groups, weight, bias, eps, out_dtype) -> act
             x, groups, w, b, eps, dt = self.live[f.norm][0][:6]
             return backend.group_norm_act(x, groups, w, b, eps, f.act, dt)
@@ -315,6 +333,7 @@ class Captured:
         finally:
             patched.on_call.live = {}  # drop this run's arguments (and the arrays they hold)
             patched.on_call.group_out = {}
+            patched.on_call.q_out = {}
 
     def _capture(self):
         """Call 3: the step with the fusion plan, eagerly (a real step, which also compiles the fused

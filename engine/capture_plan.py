@@ -1,7 +1,8 @@
 """The fusion plan of engine.capture: from the backend calls one run of a step made (their
 arguments and outputs, related by the memory they read and write), groups that the backend's fused
-ops (engine/backends/fused.py) can run in one launch (linear groups; group_norm -> activation). See engine/capture.py for the groups and for
-how a planned step is run; this module only reads the record.
+ops (engine/backends/fused.py) can run in one launch (linear groups; group_norm -> activation; rotary and
+KV-cache writes). See engine/capture.py for the groups and for how a planned step is run; this module only
+reads the record.
 """
 from __future__ import annotations
 
@@ -218,6 +219,82 @@ class Member:
     seg: int
 
 
+@dataclass
+class RotaryCache:
+    """At the v cache write `at`, run backend.rotary_cache with the arguments of rotary(q) `q` (None:
+    no q rotary joined), rotary(k) `k` and the k cache write `kw` (both elided). The q rotary's call
+    returns a fresh buffer (QOut) that the fused op writes: its readers all come after `at`."""
+    at: int
+    q: int | None
+    k: int
+    kw: int
+
+
+@dataclass
+class QOut:
+    """The q rotary of a RotaryCache group: an unwritten output buffer, filled at call `at`."""
+    at: int
+
+
+def _cache_slots(c: Call):
+    """The slots array of a KV-cache write setitem(buf (B, H, S, D), (:, :, slots), value (B, H, n, D)) of
+    one dtype (engine.nn.kv_cache._write along dim 2), else None."""
+    if c.name != "setitem" or len(c.args) != 3 or c.kwargs or not _is_array(c.args[0]) or not _is_array(c.args[2]):
+        return None
+    buf, key, val = c.args
+    if not (type(key) is tuple and len(key) == 3 and key[0] == key[1] == slice(None) and _is_array(key[2])):
+        return None
+    slots = key[2]
+    if buf.ndim != 4 or val.ndim != 4 or slots.ndim != 1 or slots.dtype.kind != "i" or val.dtype != buf.dtype:
+        return None
+    if val.shape != buf.shape[:2] + (slots.shape[0], buf.shape[3]):
+        return None
+    return slots
+
+
+ROTARY_CACHE = {"enabled": True}  # False: plans keep the four calls (A/B runs: bench/decode_fuse.py)
+
+
+def _rotary_cache(calls, g, by, taken, single) -> dict:
+    """rotary(q), rotary(k) -> k cache write, v cache write (the models' apply_rotary twice, then
+    cache.update): {call: RotaryCache | QOut | "elide"}."""
+    out = {}
+    if not ROTARY_CACHE["enabled"]:
+        return out
+    for kw in calls:
+        slots = _cache_slots(kw)
+        vw = by.get(kw.index + 1)
+        if slots is None or vw is None or kw.index in taken:
+            continue
+        vslots = _cache_slots(vw)
+        val = kw.args[2]
+        ki = g.producer(val)
+        if vslots is None or ki is None or ki in taken or by[ki].name != "rotary" or len(by[ki].args) != 4:
+            continue
+        kr = by[ki]
+        s = single(ki)
+        if s is None or s[0] != kw.index or not _full(kr.out, val):
+            continue
+        if not (_same(vslots, slots) and vw.args[0].shape == kw.args[0].shape and vw.args[0].dtype == val.dtype
+                and vw.args[2].shape == val.shape) or _ptr(vw.args[0]) == _ptr(kw.args[0]):
+            continue
+        if any(g.written_between(a, ki, vw.index) for a in (kr.args[0], kr.args[1], kr.args[2], slots)):
+            continue
+        qi, q = ki - 1, by.get(ki - 1)
+        x = q.args[0] if q is not None and q.name == "rotary" and len(q.args) == 4 else None
+        if not (x is not None and qi not in taken and _same(q.args[1], kr.args[1]) and _same(q.args[2], kr.args[2])
+                and q.args[3] == kr.args[3] and x.ndim == 4 and x.shape[0] == val.shape[0]
+                and x.shape[2:] == val.shape[2:] and all(j > vw.index for j, _, _ in g.only_consumers(qi))
+                and not g.written_between(x, qi, vw.index)):
+            qi = None
+        out[vw.index] = RotaryCache(at=vw.index, q=qi, k=ki, kw=kw.index)
+        out[ki] = out[kw.index] = "elide"
+        if qi is not None:
+            out[qi] = QOut(at=vw.index)
+        taken.update(i for i in (qi, ki, kw.index, vw.index) if i is not None)
+    return out
+
+
 def plan(calls: list[Call], escaping=()) -> dict:
     """{call index: Fused or "elide"} for the groups described in the module docstring."""
     g = _Graph(calls, list(escaping))
@@ -225,9 +302,9 @@ def plan(calls: list[Call], escaping=()) -> dict:
     by = {c.index: c for c in calls}
     taken: set = set()
 
-    def single(i):
+    def single(i):  # the one call that reads i's output (None also when the step returns that output)
         cons = g.only_consumers(i)
-        return cons[0] if len(cons) == 1 else None
+        return cons[0] if len(cons) == 1 and cons[0][0] < len(calls) else None
 
     def is_linear(c):
         return c.name in LINEARS and len(c.args) >= 4 and _is_array(c.args[0]) and _is_array(c.args[1])
@@ -382,6 +459,7 @@ def plan(calls: list[Call], escaping=()) -> dict:
         taken.update([ni, a.index])
         out[ni] = "elide"
         out[a.index] = NormAct(at=a.index, norm=ni, act=a.args[0])
+    out.update(_rotary_cache(calls, g, by, taken, single))
     for f in {id(f): f for f in fused.values()}.values():
         for e in f.elided:
             if e != f.at:

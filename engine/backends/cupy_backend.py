@@ -18,7 +18,7 @@ import cupy
 import numpy as np
 
 from engine import dtype as D
-from engine.backends import cupy_blas, cupy_lt
+from engine.backends import cupy_blas, cupy_decode, cupy_lt
 from engine.backends import cupy_elementwise as EW
 from engine.backends import cupy_kernels as K
 from engine.backends.fused import QOperand
@@ -437,6 +437,12 @@ class CupyBackend(NumpyBackend):
             return out
         return super().rotary(x, cos, sin_signed, out_dtype)
 
+    def rotary_cache(self, q, k, v, cos, sin_signed, k_cache, v_cache, slots, out_dtype, q_out=None):  # one launch
+        if cupy_decode.rotary_cache_ok(q, k, v, cos, sin_signed, k_cache, v_cache, slots, out_dtype.np_dtype, q_out):
+            q_out = self.empty(q.shape, out_dtype) if q is not None and q_out is None else q_out
+            return cupy_decode.rotary_cache(q, k, v, cos, sin_signed, k_cache, v_cache, slots, q_out)
+        return super().rotary_cache(q, k, v, cos, sin_signed, k_cache, v_cache, slots, out_dtype, q_out)
+
     def attention(self, q, k, v, mask, scale: float, out_dtype):
         """One query row: the split-K decode kernel (capturable). More rows of 16-bit floats (prefill):
         cuBLAS for the two products around one fused scale + mask + softmax + rounding kernel."""
@@ -444,7 +450,7 @@ class CupyBackend(NumpyBackend):
                 s % 16 == 0 for s in k.strides[:3]):
             b, hq, _, d = q.shape
             out = self.empty((b, 1, hq * d), out_dtype)
-            K.attention(q, k, v, mask, scale, out)
+            cupy_decode.attention(q, k, v, mask, scale, out, self.capturing())  # attn_partial with the combine
             return out
         if (out_dtype.is_reduced and q.dtype == k.dtype == v.dtype == out_dtype.np_dtype and not self.capturing()
                 and (mask is None or mask.dtype == q.dtype) and q.size and k.shape[2]):

@@ -14,6 +14,9 @@ Rounding follows the eager ops op by op, so a fused kernel can equal the ops it 
   moe(x, weights, experts, w_gate, w_up, w_down, act)  routed experts (Mixtral), summed in expert order
   rotary(x, cos, sin_signed, out)                      x * cos + swap_halves(x) * sin_signed on the first
                                                        cos.shape[-1] dims of each head (HF rotate_half)
+  rotary_cache(q, k, v, cos, sin_signed, k_cache, v_cache, slots, out, q_out=)
+                                                       a decode step's rotary of q and k and its cache writes
+                                                       (k_cache[:, :, slots] = rotary(k), v likewise)
   group_norm_act(x, groups, w, b, eps, act, out)       group_norm [-> act] (diffusers' norm -> SiLU)
   conv_act(x, w, b, stride, padding, dilation, groups, act, out)
                                                        conv [-> act] (YOLO's Conv-BN-SiLU, BN folded)
@@ -130,6 +133,23 @@ class FusedOps:
         if rot == d:
             return out
         return self.concat([out, xp.broadcast_to(x[..., rot:], out.shape[:-1] + (d - rot,))], -1, out_dtype)
+
+    def rotary_cache(self, q, k, v, cos, sin_signed, k_cache, v_cache, slots, out_dtype, q_out=None):
+        """The rotary and KV-cache writes of one attention layer's step (engine.capture's plan fuses the
+        model's rotary(q), rotary(k), cache.update into this): k_cache[:, :, slots] = rotary(k) and
+        v_cache[:, :, slots] = v in place, -> rotary(q) (written into q_out when given; q None: the
+        writes alone). q (B, Hq, L, D), k/v (B, Hkv, L, D), caches (B, Hkv, S, D) in out_dtype, slots (L,)
+        int64 on the device (the step's cache positions: a captured step replays with new ones)."""
+        key = (slice(None), slice(None), slots)
+        self.setitem(k_cache, key, self.rotary(k, cos, sin_signed, out_dtype))
+        self.setitem(v_cache, key, v)
+        if q is None:
+            return None
+        qr = self.rotary(q, cos, sin_signed, out_dtype)
+        if q_out is None:
+            return qr
+        self.copy_(q_out, qr)
+        return q_out
 
     # ---- attention -------------------------------------------------------------------------------------------
     def attention(self, q, k, v, mask, scale: float, out_dtype):

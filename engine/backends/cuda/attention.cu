@@ -23,7 +23,7 @@ __device__ __forceinline__ void load_part(const T *__restrict__ p, float *f) {
 }
 
 template <typename T, int PER>
-__global__ void __launch_bounds__(128) attn_partial(const T *__restrict__ q, long qb, long qh,
+__device__ __forceinline__ void attn_chunk(const T *__restrict__ q, long qb, long qh,
         const T *__restrict__ k, long kb, long kh, long ks, const T *__restrict__ v, long vb, long vh, long vs,
         const T *__restrict__ mask, long mb, long ms, float *__restrict__ part, int Hq, int Hkv, int S,
         float scale) {
@@ -93,6 +93,32 @@ __global__ void __launch_bounds__(128) attn_partial(const T *__restrict__ q, lon
     }
 }
 
+template <typename T, int PER>
+__global__ void __launch_bounds__(128) attn_partial(const T *__restrict__ q, long qb, long qh,
+        const T *__restrict__ k, long kb, long kh, long ks, const T *__restrict__ v, long vb, long vh, long vs,
+        const T *__restrict__ mask, long mb, long ms, float *__restrict__ part, int Hq, int Hkv, int S,
+        float scale) {
+    attn_chunk<T, PER>(q, qb, qh, k, kb, kh, ks, v, vb, vh, vs, mask, mb, ms, part, Hq, Hkv, S, scale);
+}
+
+// One output value of the combine of (b, h)'s n_chunks partials ph (each (m, l, acc[D])) with M their largest m:
+// the chunks summed in order (shared by attn_combine and attn_fused, so both round alike). CG: loads that
+// bypass L1 (partials another block of the same launch wrote).
+template <bool CG>
+__device__ __forceinline__ float combine_value(const float *__restrict__ ph, int n_chunks, int D, int d, float M) {
+    float L = 0.f, a = 0.f;
+    #pragma unroll 4
+    for (int i = 0; i < n_chunks; i++) {  // unrolled: the loads of 4 chunks in flight at once
+        const float *pc = ph + (size_t)i * (D + 2);
+        const float m = CG ? __ldcg(pc) : pc[0], l = CG ? __ldcg(pc + 1) : pc[1];
+        const float x = CG ? __ldcg(pc + 2 + d) : pc[2 + d];
+        const float wt = m == -INFINITY ? 0.f : expf(m - M);
+        L += l * wt;
+        a += x * wt;
+    }
+    return L > 0.f ? a / L : 0.f;
+}
+
 // Combine the chunk partials of one (b, h): grid B * Hq, block D threads; o (B, 1, Hq * D) contiguous.
 template <typename T>
 __global__ void attn_combine(const float *__restrict__ part, T *__restrict__ o, int D, int n_chunks) {
@@ -106,12 +132,37 @@ __global__ void attn_combine(const float *__restrict__ part, T *__restrict__ o, 
     __syncthreads();
     float M = -INFINITY;
     for (int w = 0; w < nw; w++) M = fmaxf(M, red[w]);
-    float L = 0.f, a = 0.f;
-    for (int i = 0; i < n_chunks; i++) {
-        const float *pc = ph + (size_t)i * (D + 2);
-        const float wt = pc[0] == -INFINITY ? 0.f : expf(pc[0] - M);
-        L += pc[1] * wt;
-        a += pc[2 + d] * wt;
-    }
-    o[(size_t)bh * D + d] = from_f<T>(L > 0.f ? a / L : 0.f);
+    o[(size_t)bh * D + d] = from_f<T>(combine_value<false>(ph, n_chunks, D, d, M));
+}
+
+// attn_partial and attn_combine in one launch (grid and partials as attn_partial's): each block writes its
+// chunk's partial and takes a ticket from counters[b * Hq + h]; the last block of (b, h) to finish combines
+// all chunks into o (B, 1, Hq * D) and sets the counter back to 0, so the next launch (the next layer, the
+// next graph replay) starts from zero. counters: B * Hq zeroed uints that no other stream uses meanwhile.
+template <typename T, int PER>
+__global__ void __launch_bounds__(128) attn_fused(const T *__restrict__ q, long qb, long qh,
+        const T *__restrict__ k, long kb, long kh, long ks, const T *__restrict__ v, long vb, long vh, long vs,
+        const T *__restrict__ mask, long mb, long ms, float *__restrict__ part, int Hq, int Hkv, int S,
+        float scale, T *__restrict__ o, unsigned int *__restrict__ counters) {
+    constexpr int D = PER * 32;
+    __shared__ float red[4];
+    __shared__ bool last;
+    attn_chunk<T, PER>(q, qb, qh, k, kb, kh, ks, v, vb, vh, vs, mask, mb, ms, part, Hq, Hkv, S, scale);
+    __threadfence();  // this block's partial is visible device-wide before its ticket is
+    __syncthreads();
+    const int bh = blockIdx.x, n_chunks = gridDim.y;
+    if (threadIdx.x == 0) last = atomicAdd(counters + bh, 1u) == (unsigned int)(n_chunks - 1);
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    const float *ph = part + (size_t)bh * n_chunks * (D + 2);
+    float m = -INFINITY;
+    for (int i = threadIdx.x; i < n_chunks; i += 128) m = fmaxf(m, __ldcg(ph + (size_t)i * (D + 2)));
+    m = warp_max(m);
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = m;
+    __syncthreads();
+    const float M = fmaxf(fmaxf(red[0], red[1]), fmaxf(red[2], red[3]));
+    for (int d = threadIdx.x; d < D; d += 128)
+        o[(size_t)bh * D + d] = from_f<T>(combine_value<true>(ph, n_chunks, D, d, M));
+    if (threadIdx.x == 0) counters[bh] = 0u;
 }
