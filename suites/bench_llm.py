@@ -6,7 +6,8 @@ the same preset shape (engine.models' presets, the one table of model shapes) wi
   engine's same step uncaptured; torch: transformers with a DynamicCache; torch-compile: a StaticCache
   under torch.compile(mode="reduce-overhead") on CUDA; ONNX Runtime has no decode loop: skipped).
   An untimed warm-up run compiles or captures first (track_warmup_s); the timed run is N steps.
-  Units: tokens_per_s (per row), ms_per_token, achieved_gb_per_s (weight bytes x steps/s).
+  Units: tokens_per_s (per row), ms_per_token, achieved_gb_per_s (weight bytes a step reads x steps/s;
+  a mixture of experts reads only its routed experts: step_bytes).
 - ``Prefill``: PROMPT tokens to the first token (track_prefill_ms).
 - ``Memory`` (cuda): peak allocator bytes of a LONG-token decode at batch 1 beside the floor of
   weights + KV cache (track_peak_device_bytes, track_overhead_percent).
@@ -99,6 +100,16 @@ def kv_bytes(config: dict, batch: int, length: int, itemsize: int) -> int:
     return 2 * config["num_hidden_layers"] * batch * heads * length * hd * itemsize
 
 
+def step_bytes(config: dict, weight_bytes: int, itemsize: int, batch: int) -> int:
+    """The weight bytes one decode step reads: all of them, except a mixture of experts' experts that no
+    row routes to (batch rows pick at most batch * num_experts_per_tok of num_local_experts)."""
+    n_exp, k = config.get("num_local_experts") or 0, config.get("num_experts_per_tok") or 0
+    if not n_exp or not k:
+        return weight_bytes
+    expert = 3 * config["hidden_size"] * config["intermediate_size"] * itemsize  # w1, w3 (gate, up), w2 (down)
+    return weight_bytes - config["num_hidden_layers"] * (n_exp - min(n_exp, k * batch)) * expert
+
+
 def memory_peak(lm, length: int = LONG) -> dict:
     """Peak allocator bytes over a decode to `length` tokens (weights included) and the floor."""
     im = lm.impl
@@ -119,7 +130,8 @@ def measure_decode(impl, device, dtype, model, batch, loop) -> dict:
     lm = load(impl, device, dtype, model, loop)
     w = warm_up(lm, batch)
     s = float(np.median([decode_seconds(lm, batch) for _ in range(3)]))
-    return {"tokens_per_s": 1.0 / s, "ms_per_token": s * 1e3, "gb_per_s": lm.weight_bytes / s / 1e9, "warmup_s": w}
+    read = step_bytes(lm.config, lm.weight_bytes, np.dtype(lm.impl.np_dtype).itemsize, batch)
+    return {"tokens_per_s": 1.0 / s, "ms_per_token": s * 1e3, "gb_per_s": read / s / 1e9, "warmup_s": w}
 
 
 class Decode:

@@ -327,3 +327,19 @@ def test_llm_warm_up_warms_the_timed_shape(monkeypatch):
     bench_llm.decode_seconds(lm, 1, steps=4)
     assert len(built) == 1 and lm.decoder is built[0]
     assert lm.decoder.step_fn.calls == 4 + 4  # one step function: warmed, recorded, planned in the warm-up
+
+
+def test_step_bytes_counts_only_routed_experts():
+    """achieved_gb_per_s of a mixture of experts: the experts no row routes to are not read."""
+    from engine import models
+    from suites.bench_llm import step_bytes
+    m = models.from_preset("mixtral", "tiny")
+    c = {"num_local_experts": m.config.num_local_experts, "num_experts_per_tok": m.config.num_experts_per_tok,
+         "hidden_size": m.config.hidden_size, "intermediate_size": m.config.intermediate_size,
+         "num_hidden_layers": m.config.num_hidden_layers}
+    total = sum(p.numel() * 4 for p in m.parameters())
+    experts = sum(p.numel() * 4 for n, p in m.named_parameters() if ".experts." in n)
+    n_exp, k = c["num_local_experts"], c["num_experts_per_tok"]
+    assert step_bytes(c, total, 4, 1) == total - experts * (n_exp - k) // n_exp
+    assert step_bytes(c, total, 4, n_exp) == total
+    assert step_bytes({"hidden_size": 8}, total, 4, 1) == total
