@@ -102,7 +102,8 @@ def test_lstm_vs_torch_cuda(H, steps, N, reverse, init):
     h0, c0 = (rnd((nd, N, H), 2), rnd((nd, N, H), 3)) if init == "random" else (np.zeros((nd, N, H), np.float32),) * 2
     with torch.no_grad():
         ref = tm(torch.from_numpy(x).cuda(), (torch.from_numpy(h0).cuda(), torch.from_numpy(c0).cuda()))
-    out, (h, c) = em(engine.tensor(x, device=DEVICE), (engine.tensor(h0, device=DEVICE), engine.tensor(c0, device=DEVICE)))
+    dev = lambda a: engine.tensor(a, device=DEVICE)  # noqa: E731
+    out, (h, c) = em(dev(x), (dev(h0), dev(c0)))
     assert cupy_lstm.barrier_timeouts(DEVICE.index or 0) == 0
     rtol, atol = tolerances.get("float32", scale_for(steps))
     for g, r in zip((out, h, c), (ref[0], ref[1][0], ref[1][1])):

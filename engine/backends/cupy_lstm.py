@@ -128,7 +128,8 @@ def lstm(backend, xw, h, c, w_hh, b_hh, reverse: bool, out_dtype) -> tuple:
     smem = smem_bytes(H, N, units, out_dtype.itemsize)
     fn = _fn(xw.dtype)
     K._allow_smem(fn, smem)
-    outs, h_n, c_n = backend.empty((L, N, H), out_dtype), backend.empty((N, H), out_dtype), backend.empty((N, H), out_dtype)
+    outs = backend.empty((L, N, H), out_dtype)
+    h_n, c_n = backend.empty((N, H), out_dtype), backend.empty((N, H), out_dtype)
     ws = backend.empty((2,), D.int32)  # [barrier counter, give-up flag], zeroed on the stream before the launch
     stream = cupy.cuda.get_current_stream()
     cupy.cuda.runtime.memsetAsync(ws.data.ptr, 0, 8, stream.ptr)
