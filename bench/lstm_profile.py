@@ -1,5 +1,5 @@
 """One LSTM layer direction over a sequence on the GPU at hand: the persistent kernel (engine/backends/cupy_lstm.py)
-beside the plain composition (FusedOps.lstm_recurrence over the cupy backend's ops) and torch's cuDNN LSTM (the
+in both of its handovers (cupy_lstm.MODES: barrier, flags) beside the plain composition (FusedOps.lstm_recurrence over the cupy backend's ops) and torch's cuDNN LSTM (the
 recurrence alone: torch.nn.LSTM with a 1-wide input, so its input product is negligible), in milliseconds per
 sequence and microseconds per step. EnCodec's shape by default (hidden 512, 750 steps = 10 s at 75 frames/s).
 
@@ -47,7 +47,12 @@ def main(argv=None) -> int:
     args = [b.from_numpy(x, engine.float32) for x in host]
     f32 = engine.float32
     res = {"hidden": H, "steps": L, "batch": N, "kernel_taken": cupy_lstm.lstm_ok(*args, None, f32)}
-    res["kernel_ms"] = timed(lambda: b.lstm_recurrence(*args, None, False, f32), b.synchronize, a.repeat)
+    ref = b.to_numpy(FusedOps.lstm_recurrence(b, *args, None, False, f32)[0])
+    for mode in cupy_lstm.MODES:
+        cupy_lstm.LSTM_KERNEL["mode"] = mode
+        res[f"kernel_{mode}_ms"] = timed(lambda: b.lstm_recurrence(*args, None, False, f32), b.synchronize, a.repeat)
+        got = b.to_numpy(b.lstm_recurrence(*args, None, False, f32)[0])
+        res[f"kernel_{mode}_max_abs_err_vs_composition"] = float(np.abs(got - ref).max())
     res["composition_ms"] = timed(lambda: FusedOps.lstm_recurrence(b, *args, None, False, f32), b.synchronize,
                                   max(1, a.repeat // 2))
     res["barrier_timeouts"] = cupy_lstm.barrier_timeouts(0)
@@ -61,7 +66,7 @@ def main(argv=None) -> int:
     except Exception as e:  # noqa: BLE001  (no torch with CUDA here: the engine's figures still stand)
         res["torch_cudnn_ms"] = None
         res["torch_error"] = f"{type(e).__name__}: {e}"
-    for k in ("kernel_ms", "composition_ms", "torch_cudnn_ms"):
+    for k in [f"kernel_{m}_ms" for m in cupy_lstm.MODES] + ["composition_ms", "torch_cudnn_ms"]:
         if res.get(k) is not None:
             res[k.replace("_ms", "_us_per_step")] = res[k] * 1e3 / L
     print(json.dumps(res, indent=1))

@@ -10,7 +10,9 @@ initial state):
     direction through a bidirectional LSTM);
   - EnCodec 24 kHz (two LSTM layers in the encoder and in the decoder) on CUDA against the CPU engine on real
     speech: codes identical, decoded audio within fp32 (test_models_encodec's rule).
-Every case also checks that the kernel took the call (lstm_ok) and that no block gave up at a barrier.
+The kernel's two handovers of h between steps (cupy_lstm.MODES: a grid barrier, or tagged words) both run the
+kernel cases, a captured graph and EnCodec. Every case also checks that the kernel took the call (lstm_ok) and
+that no block gave up waiting.
 Run on a GPU: ENGINE_DEVICE=cuda python -m pytest tests/test_lstm_cuda.py
 """
 from __future__ import annotations
@@ -66,11 +68,20 @@ def scale_for(steps: int) -> float:
 
 
 CASES = list(itertools.product((32, 512), (1, 7, 750), (1, 2), (False, True), ("zero", "random")))
+MODES = ("barrier", "flags")  # cupy_lstm.MODES (cupy is not imported without a GPU)
+
+
+@pytest.fixture
+def mode(request, monkeypatch):
+    """Runs the test with the kernel's handover set to request.param."""
+    monkeypatch.setitem(cupy_lstm.LSTM_KERNEL, "mode", request.param)
+    return request.param
 
 
 # ---- the kernel against the composition and a float64 loop ------------------------------------------------
+@pytest.mark.parametrize("mode", MODES, indirect=True)
 @pytest.mark.parametrize("H,steps,N,reverse,init", CASES, ids=lambda v: str(v))
-def test_kernel_vs_composition(H, steps, N, reverse, init):
+def test_kernel_vs_composition(H, steps, N, reverse, init, mode):
     b = engine.zeros(1, device=DEVICE).backend
     bound = 1 / np.sqrt(H)  # torch's LSTM init: U(-1/sqrt(H), 1/sqrt(H)); rnd * bound is of that size
     xw = rnd((steps, N, 4 * H), 1)
@@ -140,7 +151,8 @@ def test_16bit_vs_composition(dtype):
 
 
 # ---- inside a captured CUDA graph: replays start from a zeroed barrier ----------------------------------------
-def test_captured_replays():
+@pytest.mark.parametrize("mode", MODES, indirect=True)
+def test_captured_replays(mode):
     from engine.capture import Captured
     from engine.nn.rnn import LSTM
     torch.manual_seed(0)
@@ -158,7 +170,8 @@ def test_captured_replays():
 
 
 # ---- EnCodec 24 kHz on CUDA against the CPU engine ---------------------------------------------------------------
-def test_encodec_24khz_cuda_equals_cpu(monkeypatch):
+@pytest.mark.parametrize("mode", MODES, indirect=True)
+def test_encodec_24khz_cuda_equals_cpu(monkeypatch, mode):
     from migration.port import port_hf
     from test_models_encodec import FP32_REL, hf_encodec, mono
     calls = []

@@ -8,13 +8,19 @@
 // count and the kernel's occupancy), each owning U consecutive hidden units j0 .. j0+U-1:
 //   - its 4U rows of W_hh (gate g, unit u -> W_hh row g*H + j0 + u) sit in shared memory for the whole launch;
 //   - the cell state c of (unit, batch row) lives in a register of one thread for the whole launch;
-//   - each step stages h_{t-1} (N x H) from global memory (the previous step's output row, written by every
-//     block; read with ld.global.cg, through L2, since L1 is not coherent across SMs) into shared memory,
-//     one warp per (row, batch) dot product, then one thread per (unit, batch) does the cell update and writes
-//     out[t]; a grid-wide barrier separates the steps.
-// The barrier is a counter in global memory (ws[0]) that only grows within a launch: step s waits until it
-// reaches (s + 1) * gridDim.x. The launcher zeroes ws before every launch (a memset node inside a captured
-// graph, so replays start from zero too). Hangs are impossible by construction: a wait gives up after
+//   - each step stages h_{t-1} (N x H, written by every block) from global memory into shared memory (through
+//     L2: L1 is not coherent across SMs), one warp per (row, batch) dot product, then one thread per (unit,
+//     batch) does the cell update and writes out[t].
+// Two ways to hand h from step to step (the template's FLAGS):
+//   FLAGS = 0, a grid barrier: a counter in global memory (ws[0]) that only grows within a launch: step s waits
+//     until it reaches (s + 1) * gridDim.x; blocks then read h_{t-1} from out.
+//   FLAGS = 1, no barrier (NCCL's LL protocol): each cell also stores (tag = s + 1, h as float bits) as ONE 64-bit
+//     word into an exchange buffer xb (2 x N x H words, slot s & 1); step s + 1 polls the words of slot s & 1 until
+//     each carries tag s + 1. The value and its tag travel in one single-copy-atomic store, so no fence is needed,
+//     and a block waits only for the values it reads. Two slots suffice: a block writes step s + 2 into slot s & 1
+//     only after reading all of step s + 1, which every block wrote after it had read all of step s.
+// The launcher zeroes ws (and xb) before every launch (a memset node inside a captured graph, so replays start
+// from zero too: tag 0 is never a step's). Hangs are impossible by construction: a wait gives up after
 // LSTM_TIMEOUT_NS of the GPU's global timer (or LSTM_MAX_SPINS polls), sets ws[1], and every block that sees
 // ws[1] gives up as well; a block that gave up writes NaN over all its outputs and counts itself in *timeouts
 // (a persistent counter cupy_lstm.barrier_timeouts() reads), so a failed launch is loud, never silent.
@@ -43,6 +49,18 @@ __device__ bool lstm_wait(unsigned *ws, unsigned target) {
     return true;
 }
 
+// Poll one exchange word until it carries `tag`; false on timeout or when another block gave up.
+__device__ bool lstm_poll(const volatile unsigned long long *p, unsigned tag, unsigned *ws, unsigned long long *v) {
+    volatile unsigned *abort = ws + 1;
+    const unsigned long long t0 = lstm_now();
+    for (unsigned spin = 0;; spin++) {
+        *v = *p;
+        if ((unsigned)(*v >> 32) == tag) return true;
+        if (*abort) return false;
+        if (spin >= LSTM_MAX_SPINS || ((spin & 255) == 255 && lstm_now() - t0 > LSTM_TIMEOUT_NS)) return false;
+    }
+}
+
 // The grid-wide barrier after step s (target = (s + 1) * gridDim.x), in cooperative_groups' pattern: every
 // thread's writes are ordered before thread 0's fence and arrival by __syncthreads; the fence after the wait
 // orders the following reads. Returns false (in every thread of the block) when the block must give up.
@@ -61,22 +79,24 @@ __device__ bool lstm_barrier(unsigned *ws, unsigned target, int *ok_s) {
 }
 
 // xw (L, N, 4H), h0 (N, H), c0 (N, H), w_hh (4H, H), b_hh (4H,) or null, all contiguous; out (L, N, H), h_n and
-// c_n (N, H) contiguous. Dynamic shared memory: W rows (4U x H of T, padded to 16 bytes), h (N x H floats),
-// dot products (4U x N floats): lstm_smem_bytes in cupy_lstm.py.
-template <typename T>
+// c_n (N, H) contiguous; ws [counter, give-up flag] and (FLAGS) xb (2, N, H) zeroed by the launcher. Dynamic
+// shared memory: W rows (4U x H of T, padded to 16 bytes), h (N x H floats), dot products (4U x N floats):
+// smem_bytes in cupy_lstm.py.
+template <typename T, int FLAGS>
 __global__ void __launch_bounds__(LSTM_THREADS) lstm_layer(
         const T *__restrict__ xw, const T *__restrict__ h0, const T *__restrict__ c0, const T *__restrict__ w_hh,
         const T *__restrict__ b_hh, T *out, T *__restrict__ h_n, T *__restrict__ c_n, unsigned *ws,
-        unsigned *timeouts, int L, int N, int H, int U, int reverse) {
+        unsigned long long *xb, unsigned *timeouts, int L, int N, int H, int U, int reverse) {
     extern __shared__ __align__(16) unsigned char lstm_smem[];
-    __shared__ int ok_s;
+    __shared__ int ok_s, give_s;
     const int R = 4 * U;  // weight rows of this block
     T *w_s = reinterpret_cast<T *>(lstm_smem);
     float *h_s = reinterpret_cast<float *>(lstm_smem + (((size_t)R * H * sizeof(T) + 15) & ~(size_t)15));
     float *g_s = h_s + (size_t)N * H;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int j0 = blockIdx.x * U;
-    const size_t H4 = (size_t)4 * H;
+    const size_t H4 = (size_t)4 * H, NH = (size_t)N * H;
+    if (tid == 0) give_s = 0;  // seen after step 0's first __syncthreads, written only from step 1 on
 
     for (int i = tid; i < R * H; i += LSTM_THREADS) {  // row r = g*U + u <- W_hh row g*H + j0 + u (zero past H)
         const int r = i / H, k = i - r * H, g = r / U, u = r - g * U;
@@ -93,8 +113,21 @@ __global__ void __launch_bounds__(LSTM_THREADS) lstm_layer(
     bool alive = true;
     for (int s = 0; s < L; s++) {
         const int t = reverse ? L - 1 - s : s;
-        const T *hp = s == 0 ? h0 : out + (size_t)(reverse ? t + 1 : t - 1) * N * H;
-        for (int i = tid; i < N * H; i += LSTM_THREADS) h_s[i] = to_f<T>(__ldcg(hp + i));
+        if (FLAGS && s > 0) {  // h_{t-1} from the exchange words of step s - 1 (tag s)
+            const volatile unsigned long long *src = xb + (size_t)((s - 1) & 1) * NH;
+            for (int i = tid; i < N * H; i += LSTM_THREADS) {
+                unsigned long long v;
+                if (!lstm_poll(src + i, (unsigned)s, ws, &v)) {
+                    atomicExch(ws + 1, 1u);
+                    give_s = 1;
+                    break;
+                }
+                h_s[i] = __uint_as_float((unsigned)v);
+            }
+        } else {
+            const T *hp = s == 0 ? h0 : out + (size_t)(reverse ? t + 1 : t - 1) * NH;
+            for (int i = tid; i < N * H; i += LSTM_THREADS) h_s[i] = to_f<T>(__ldcg(hp + i));
+        }
         float xg[4];
         if (cell) {
             const T *xr = xw + ((size_t)t * N + cn) * H4 + j;
@@ -102,6 +135,10 @@ __global__ void __launch_bounds__(LSTM_THREADS) lstm_layer(
             for (int g = 0; g < 4; g++) xg[g] = to_f<T>(xr[(size_t)g * H]);
         }
         __syncthreads();  // h_s staged (and, at s = 0, w_s)
+        if (FLAGS && give_s) {
+            alive = false;
+            break;
+        }
         for (int p = warp; p < R * N; p += LSTM_WARPS) {  // pair p = (row r, batch row n): g_s[p] = W_r . h_n
             const int r = p / N, n = p - r * N;
             const T *wr = w_s + (size_t)r * H;
@@ -127,8 +164,12 @@ __global__ void __launch_bounds__(LSTM_THREADS) lstm_layer(
             c = rnd<T>(__fadd_rn(fc, ig));
             h = rnd<T>(__fmul_rn(so, rnd<T>(tanhf(c))));
             out[((size_t)t * N + cn) * H + j] = from_f<T>(h);
+            if (FLAGS) {  // (tag, value) in one 64-bit store
+                volatile unsigned long long *dst = xb + (size_t)(s & 1) * NH + (size_t)cn * H + j;
+                *dst = ((unsigned long long)(s + 1) << 32) | __float_as_uint(h);
+            }
         }
-        if (s + 1 < L && !lstm_barrier(ws, (unsigned)(s + 1) * gridDim.x, &ok_s)) {
+        if (!FLAGS && s + 1 < L && !lstm_barrier(ws, (unsigned)(s + 1) * gridDim.x, &ok_s)) {
             alive = false;
             break;
         }
