@@ -115,14 +115,23 @@ __global__ void __launch_bounds__(LSTM_THREADS) lstm_layer(
         const int t = reverse ? L - 1 - s : s;
         if (FLAGS && s > 0) {  // h_{t-1} from the exchange words of step s - 1 (tag s)
             const volatile unsigned long long *src = xb + (size_t)((s - 1) & 1) * NH;
-            for (int i = tid; i < N * H; i += LSTM_THREADS) {
-                unsigned long long v;
-                if (!lstm_poll(src + i, (unsigned)s, ws, &v)) {
-                    atomicExch(ws + 1, 1u);
-                    give_s = 1;
-                    break;
+            bool ok = true;
+            for (int i0 = tid; ok && i0 < N * H; i0 += 4 * LSTM_THREADS) {
+                unsigned long long v[4];  // four loads in flight, then a poll only where a word was not ready
+                #pragma unroll
+                for (int q = 0; q < 4; q++)
+                    if (i0 + q * LSTM_THREADS < N * H) v[q] = src[i0 + q * LSTM_THREADS];
+                #pragma unroll
+                for (int q = 0; q < 4; q++) {
+                    const int i = i0 + q * LSTM_THREADS;
+                    if (!ok || i >= N * H) continue;
+                    if ((unsigned)(v[q] >> 32) != (unsigned)s) ok = lstm_poll(src + i, (unsigned)s, ws, &v[q]);
+                    h_s[i] = __uint_as_float((unsigned)v[q]);
                 }
-                h_s[i] = __uint_as_float((unsigned)v);
+            }
+            if (!ok) {
+                atomicExch(ws + 1, 1u);
+                give_s = 1;
             }
         } else {
             const T *hp = s == 0 ? h0 : out + (size_t)(reverse ? t + 1 : t - 1) * NH;
