@@ -18,7 +18,7 @@ import cupy
 import numpy as np
 
 from engine import dtype as D
-from engine.backends import cupy_blas, cupy_decode, cupy_lt
+from engine.backends import cupy_blas, cupy_decode, cupy_lstm, cupy_lt
 from engine.backends import cupy_elementwise as EW
 from engine.backends import cupy_kernels as K
 from engine.backends.fused import QOperand
@@ -426,6 +426,12 @@ class CupyBackend(NumpyBackend):
                 cur = cupy.where(ar == i[..., None], -cupy.inf, cur)
             return self._out(cupy.stack(vals, -1), D.get(x.dtype)), self._out(cupy.stack(idxs, -1), D.int64)
         return super().topk(x, k, dim, largest)
+
+    def lstm_recurrence(self, xw, h, c, w_hh, b_hh, w_hr, reverse: bool, out_dtype):
+        """One persistent kernel for every step where it fits (cupy_lstm: capturable), else the composition."""
+        if cupy_lstm.lstm_ok(xw, h, c, w_hh, b_hh, w_hr, out_dtype):
+            return cupy_lstm.lstm(self, xw, h, c, w_hh, b_hh, reverse, out_dtype)
+        return super().lstm_recurrence(xw, h, c, w_hh, b_hh, w_hr, reverse, out_dtype)
 
     def rotary(self, x, cos, sin_signed, out_dtype):
         isz = x.itemsize
