@@ -18,7 +18,7 @@ import cupy
 import numpy as np
 
 from engine import dtype as D
-from engine.backends import cupy_blas, cupy_lt
+from engine.backends import cupy_blas, cupy_flash, cupy_lt
 from engine.backends import cupy_elementwise as EW
 from engine.backends import cupy_kernels as K
 from engine.backends.fused import QOperand
@@ -436,6 +436,14 @@ class CupyBackend(NumpyBackend):
             K.rotary(x, cos, sin_signed, out)
             return out
         return super().rotary(x, cos, sin_signed, out_dtype)
+
+    def sdpa(self, q, k, v, mask, causal: bool, scale: float, out_dtype):
+        """16-bit q/k/v: flash attention (engine/backends/cupy_flash.py; no score matrix, capturable)."""
+        if q.dtype == out_dtype.np_dtype and cupy_flash.flash_ok(q, k, v, mask):
+            out = self.empty(q.shape[:-1] + (v.shape[-1],), out_dtype)
+            cupy_flash.sdpa(q, k, v, mask, causal, scale, out)
+            return out
+        return super().sdpa(q, k, v, mask, causal, scale, out_dtype)
 
     def attention(self, q, k, v, mask, scale: float, out_dtype):
         """One query row: the split-K decode kernel (capturable). More rows of 16-bit floats (prefill):
