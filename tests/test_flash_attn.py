@@ -143,21 +143,27 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("pipe", [True, False], ids=["pipe", "plain"])
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize("B,Hq,Hkv,L,S,E,mask,layout", CASES)
-def test_flash_sdpa_matches_torch(dtype, B, Hq, Hkv, L, S, E, mask, layout, flash_calls):
+def test_flash_sdpa_matches_torch(dtype, B, Hq, Hkv, L, S, E, mask, layout, pipe, flash_calls, monkeypatch):
+    """Both kernel variants: cp.async double buffering + ldmatrix (pipe, the default) and plain loads."""
+    from engine.backends import cupy_flash
+    monkeypatch.setitem(cupy_flash.FLASH, "pipe", pipe)
     check(dtype, B, Hq, Hkv, L, S, E, mask, layout, flash_calls)
 
 
-@pytest.mark.parametrize("what", ["float32", "head_dim_36", "head_dim_192", "mask_int"])
-def test_unsupported_operands_take_the_composition(what, flash_calls):
-    """Operands the kernel refuses (float32, E % 8 != 0, E > 160, an integer mask) go to the generic sdpa,
-    which still matches torch."""
+@pytest.mark.parametrize("what", ["float32", "head_dim_36", "head_dim_192", "mask_int", "disabled"])
+def test_unsupported_operands_take_the_composition(what, flash_calls, monkeypatch):
+    """Operands the kernel refuses (float32, E % 8 != 0, E > 160, an integer mask; any with FLASH disabled) go
+    to the generic sdpa, which still matches torch."""
+    from engine.backends import cupy_flash
+    if what == "disabled":
+        monkeypatch.setitem(cupy_flash.FLASH, "enabled", False)
     dtype = "float32" if what == "float32" else "float16"
     E = {"head_dim_36": 36, "head_dim_192": 192}.get(what, 64)
     q, k, v = qkv(1, 2, 2, 40, 50, E, dtype, "bhle")
     m = np.ones((1, 1, 40, 50), np.int32) if what == "mask_int" else None
-    from engine.backends import cupy_flash
     em = None if m is None else engine.tensor(m, device=DEVICE)
     assert not cupy_flash.flash_ok(q.array, k.array, v.array, None if em is None else em.array)
     if what == "mask_int":

@@ -8,7 +8,7 @@ activations' dtype before P @ V as FlashAttention does); it is not bit-equal to 
 """
 from __future__ import annotations
 
-import functools
+import os
 
 import cupy
 import numpy as np
@@ -19,6 +19,10 @@ _SRC = "\n".join((K._DIR / f).read_text() for f in ("prelude.cuh", "mma.cuh", "f
 HEAD_DIMS = (32, 48, 64, 80, 96, 128, 160)  # EP, the padded head dims instantiated (E % 8 == 0, E <= 160)
 BLOCK_ROWS = 64  # query rows per block (FA_BM); key tiles of 64 (FA_BN)
 _MASK_KINDS = {"bool": 1, "float32": 3}  # else 2: an additive mask of q's dtype
+# enabled: sdpa takes the kernel where flash_ok (TAPER_FLASH=0: the composition, for comparisons);
+# pipe: the kernel variant with cp.async double-buffered K/V tiles and ldmatrix.trans for V (TAPER_FLASH_PIPE=0:
+# the plain one, loads then products)
+FLASH = {"enabled": os.environ.get("TAPER_FLASH", "1") != "0", "pipe": os.environ.get("TAPER_FLASH_PIPE", "1") != "0"}
 
 
 def padded_head_dim(E: int) -> int:
@@ -26,31 +30,27 @@ def padded_head_dim(E: int) -> int:
     return next(ep for ep in HEAD_DIMS if ep >= E)
 
 
-@functools.lru_cache(maxsize=None)
-def _module(t: str):
-    """One program per dtype with every head-dim instantiation (a few seconds of NVRTC, kept on disk by cupy)."""
-    names = [f"flash_fwd<{t},{ep}>" for ep in HEAD_DIMS]
-    return cupy.RawModule(code=_SRC, options=("-std=c++17",), name_expressions=names)
-
-
 _FNS: dict = {}
 
 
-def _fn(t: str, ep: int):
-    f = _FNS.get((t, ep))
+def _fn(t: str, ep: int, pipe: bool):
+    """One instantiation, compiled on first use (under a second of NVRTC; cupy keeps it on disk)."""
+    key = (t, ep, pipe)
+    f = _FNS.get(key)
     if f is None:
-        f = _FNS[(t, ep)] = _module(t).get_function(f"flash_fwd<{t},{ep}>")
+        name = f"flash_fwd<{t},{ep},{'true' if pipe else 'false'}>"
+        f = _FNS[key] = cupy.RawModule(code=_SRC, options=("-std=c++17",), name_expressions=[name]).get_function(name)
     return f
 
 
-def smem_bytes(ep: int) -> int:
-    """Q, K and V tiles of 64 rows, row stride EP + 8 values of 2 bytes."""
-    return 3 * BLOCK_ROWS * (ep + 8) * 2
+def smem_bytes(ep: int, pipe: bool) -> int:
+    """Q, K and V tiles of 64 rows (K and V twice with pipe), row stride EP + 8 values of 2 bytes."""
+    return (5 if pipe else 3) * BLOCK_ROWS * (ep + 8) * 2
 
 
 def _as4(a):
     """A view of a with 4 dims (leading 1s), or None past 4 dims."""
-    return a.reshape((1,) * (4 - a.ndim) + a.shape) if a.ndim <= 4 else None
+    return a[(None,) * (4 - a.ndim)] if a.ndim <= 4 else None
 
 
 def _rows_ok(a) -> bool:
@@ -64,7 +64,9 @@ def flash_ok(q, k, v, mask) -> bool:
     (B, Hq, L, E) / (B|1, Hkv, S, E) with Hq a multiple of Hkv, Ev == E, E % 8 == 0 and E <= 160, L and
     S > 0, unit last strides and 16-byte aligned rows; mask None, bool, q's dtype or float32, broadcastable
     to (B, Hq, L, S) without widening the output."""
-    if not (type(q) is type(k) is type(v) is cupy.ndarray) or not (q.dtype == k.dtype == v.dtype):
+    if not FLASH["enabled"] or not (type(q) is type(k) is type(v) is cupy.ndarray):
+        return False
+    if not q.dtype == k.dtype == v.dtype:
         return False
     if q.dtype.itemsize != 2 or not K._kernel_dtype(q.dtype) or not (2 <= q.ndim <= 4 and q.ndim == k.ndim == v.ndim):
         return False
@@ -93,9 +95,9 @@ def _strides(a4, isz) -> list:
     return [0 if n == 1 else s // isz for n, s in zip(a4.shape, a4.strides)]
 
 
-def sdpa(q, k, v, mask, causal: bool, scale: float, out) -> None:
+def sdpa(q, k, v, mask, causal: bool, scale: float, out, pipe=None) -> None:
     """out (q.shape[:-1] + (E,), contiguous, q's dtype) = softmax(scale * q @ k^T [+ mask | causal]) @ v.
-    Check flash_ok first."""
+    Check flash_ok first. pipe: the kernel variant (None: FLASH["pipe"])."""
     q4, k4, v4 = _as4(q), _as4(k), _as4(v)
     B, Hq, L, E = q4.shape
     Hkv, S = k4.shape[1], k4.shape[2]
@@ -109,8 +111,9 @@ def sdpa(q, k, v, mask, causal: bool, scale: float, out) -> None:
         kind = _MASK_KINDS.get(mask.dtype.name, 2)
         ms = _strides(m4, mask.itemsize)
     ep = padded_head_dim(E)
-    fn = _fn(K.type_name(q.dtype), ep)
-    smem = smem_bytes(ep)
+    pipe = FLASH["pipe"] if pipe is None else pipe
+    fn = _fn(K.type_name(q.dtype), ep, pipe)
+    smem = smem_bytes(ep, pipe)
     K._allow_smem(fn, smem)
     grid = (-(-L // BLOCK_ROWS), Hq, B)
     fn(grid, (128,), (q, i64(qs[0]), i64(qs[1]), i64(qs[2]), k, i64(ks_[0]), i64(ks_[1]), i64(ks_[2]),
