@@ -18,14 +18,15 @@
 // ldmatrix.trans (one instruction for 2 x 2 fragments instead of 8 16-bit loads).
 constexpr int FA_BM = 64, FA_BN = 64, FA_THREADS = 128;
 
-template <typename T> __device__ __forceinline__ unsigned short fa_bits(T v);
-template <> __device__ __forceinline__ unsigned short fa_bits<__half>(__half v) { return __half_as_ushort(v); }
-template <> __device__ __forceinline__ unsigned short fa_bits<__nv_bfloat16>(__nv_bfloat16 v) {
-    return __bfloat16_as_ushort(v);
+// two floats rounded to T, packed as one mma register (lo in the low half): one cvt.rn.{f16,bf16}x2.f32
+template <typename T> __device__ __forceinline__ unsigned fa_pack(float lo, float hi);
+template <> __device__ __forceinline__ unsigned fa_pack<__half>(float lo, float hi) {
+    const __half2 v = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<const unsigned *>(&v);
 }
-// two floats rounded to T, packed as one mma register (lo in the low half)
-template <typename T> __device__ __forceinline__ unsigned fa_pack(float lo, float hi) {
-    return (unsigned)fa_bits<T>(from_f<T>(lo)) | ((unsigned)fa_bits<T>(from_f<T>(hi)) << 16);
+template <> __device__ __forceinline__ unsigned fa_pack<__nv_bfloat16>(float lo, float hi) {
+    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<const unsigned *>(&v);
 }
 __device__ __forceinline__ unsigned fa_ld32(const void *p) { return *reinterpret_cast<const unsigned *>(p); }
 
