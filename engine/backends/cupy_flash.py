@@ -8,6 +8,7 @@ activations' dtype before P @ V as FlashAttention does); it is not bit-equal to 
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import cupy
@@ -48,6 +49,12 @@ def smem_bytes(ep: int, pipe: bool) -> int:
     return (5 if pipe else 3) * BLOCK_ROWS * (ep + 8) * 2
 
 
+@functools.lru_cache(maxsize=None)
+def arch_ok(device_id: int) -> bool:
+    """The kernel needs sm_80 or newer (mma.sync with bf16, cp.async)."""
+    return int(cupy.cuda.Device(device_id).compute_capability) >= 80
+
+
 def _as4(a):
     """A view of a with 4 dims (leading 1s), or None past 4 dims."""
     return a[(None,) * (4 - a.ndim)] if a.ndim <= 4 else None
@@ -60,10 +67,10 @@ def _rows_ok(a) -> bool:
 
 
 def flash_ok(q, k, v, mask) -> bool:
-    """Whether the flash kernel takes sdpa's operands: cupy arrays of one 16-bit dtype with 2 to 4 dims,
-    (B, Hq, L, E) / (B|1, Hkv, S, E) with Hq a multiple of Hkv, Ev == E, E % 8 == 0 and E <= 160, L and
-    S > 0, unit last strides and 16-byte aligned rows; mask None, bool, q's dtype or float32, broadcastable
-    to (B, Hq, L, S) without widening the output."""
+    """Whether the flash kernel takes sdpa's operands (on an sm_80+ GPU): cupy arrays of one 16-bit dtype
+    with 2 to 4 dims, (B, Hq, L, E) / (B|1, Hkv, S, E) with Hq a multiple of Hkv, Ev == E, E % 8 == 0 and
+    E <= 160, L and S > 0, unit last strides and 16-byte aligned rows; mask None, bool, q's dtype or float32,
+    broadcastable to (B, Hq, L, S) without widening the output."""
     if not FLASH["enabled"] or not (type(q) is type(k) is type(v) is cupy.ndarray):
         return False
     if not q.dtype == k.dtype == v.dtype:
@@ -77,9 +84,7 @@ def flash_ok(q, k, v, mask) -> bool:
     B, Hq = q4.shape[:2]
     if k4.shape[:2] != v4.shape[:2] or k4.shape[0] not in (1, B) or Hq % k4.shape[1]:
         return False
-    if B >= 65536 or Hq >= 65536 or not all(_rows_ok(a) for a in (q, k, v)):
-        return False
-    if max(a.size for a in (q, k, v)) >= 2 ** 62:
+    if B >= 65536 or Hq >= 65536 or not all(_rows_ok(a) for a in (q, k, v)) or not arch_ok(q.device.id):
         return False
     if mask is None:
         return True
