@@ -3,11 +3,11 @@
 - Memory: every cupy allocation in the process goes through the engine's StoragePool (cupy's
   allocator hook), so the pool's stats are exact for engine tensors and for cupy's temporaries.
 - bfloat16 works natively (cupy 14 with ml_dtypes; seen on the lent H100).
-- Kernels by shape: linear with up to 8 rows runs the GEMV kernel (and linear_fused adds the rms_norm
-  prologue, GLU and residual epilogues), a quantized weight's linear the fused dequant-GEMV (qgemv), rms_norm, rotary and one-row attention have kernels
-  (cupy_kernels); more rows of 16-bit floats go to cuBLAS (cupy_blas). group_norm (+ activation) is one
-  kernel; 16-bit 2-d convs run an implicit-GEMM tensor-core kernel inside captures (CONV_IGEMM). Everything else is the numpy
-  backend's reference code over cupy arrays.
+- Kernels by shape (cupy_kernels unless named): linear with up to 8 rows runs the GEMV kernel (linear_fused
+  adds the rms_norm prologue, GLU and residual epilogues), a quantized weight's linear the dequant-GEMV
+  (qgemv); rms_norm, rotary, group_norm (+ act), decode attention and rotary + KV writes (cupy_decode),
+  16-bit sdpa (flash attention: cupy_flash), an LSTM layer (cupy_lstm), 16-bit 2-d convs in captures
+  (CONV_IGEMM); more rows of 16-bit floats go to cuBLAS (cupy_blas). The rest: the numpy backend's code.
 - Capturable: the kernels read positions and tokens from device memory and never sync with the host;
   inside a capture index bounds are not checked on the host. cupy refuses cuBLAS during stream capture,
   which is why decode shapes never reach it.
@@ -18,7 +18,7 @@ import cupy
 import numpy as np
 
 from engine import dtype as D
-from engine.backends import cupy_blas, cupy_decode, cupy_lstm, cupy_lt
+from engine.backends import cupy_blas, cupy_decode, cupy_flash, cupy_lstm, cupy_lt
 from engine.backends import cupy_elementwise as EW
 from engine.backends import cupy_kernels as K
 from engine.backends.fused import QOperand
@@ -448,6 +448,14 @@ class CupyBackend(NumpyBackend):
             q_out = self.empty(q.shape, out_dtype) if q is not None and q_out is None else q_out
             return cupy_decode.rotary_cache(q, k, v, cos, sin_signed, k_cache, v_cache, slots, q_out)
         return super().rotary_cache(q, k, v, cos, sin_signed, k_cache, v_cache, slots, out_dtype, q_out)
+
+    def sdpa(self, q, k, v, mask, causal: bool, scale: float, out_dtype):
+        """16-bit q/k/v: flash attention (engine/backends/cupy_flash.py; no score matrix, capturable)."""
+        if q.dtype == out_dtype.np_dtype and cupy_flash.flash_ok(q, k, v, mask):
+            out = self.empty(q.shape[:-1] + (v.shape[-1],), out_dtype)
+            cupy_flash.sdpa(q, k, v, mask, causal, scale, out)
+            return out
+        return super().sdpa(q, k, v, mask, causal, scale, out_dtype)
 
     def attention(self, q, k, v, mask, scale: float, out_dtype):
         """One query row: the split-K decode kernel (capturable). More rows of 16-bit floats (prefill):

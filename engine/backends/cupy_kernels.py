@@ -32,9 +32,9 @@ from pathlib import Path
 import cupy
 
 _DIR = Path(__file__).resolve().parent / "cuda"
-# the sources, in include order (each .cu file relies on the two headers before it)
-_FILES = ("prelude.cuh", "common.cuh", "gemv.cu", "rows.cu", "attention.cu", "sample.cu", "quant_formats.cuh",
-          "quant.cu", "group_norm.cu")
+# the sources, in include order (each .cu file relies on the headers before it)
+_FILES = ("prelude.cuh", "common.cuh", "mma.cuh", "gemv.cu", "rows.cu", "attention.cu", "sample.cu",
+          "quant_formats.cuh", "quant.cu", "group_norm.cu")
 PRELUDE = (_DIR / "prelude.cuh").read_text()
 _SRC = "\n".join((_DIR / f).read_text() for f in _FILES)
 # the tensor-core conv includes <mma.h>: its own program, so an install without CUDA's crt/ headers loses

@@ -217,24 +217,6 @@ __global__ void __launch_bounds__(256) gemv(const T *__restrict__ W, const T *__
 // meet in shared memory and add in slice order. Each warp keeps U chunks of weights in flight ahead of
 // the products (the first ones load during the prologue, stage_x8). Needs K % 32 == 0 and 8 * K values of
 // shared memory.
-template <typename T>
-__device__ __forceinline__ void mma16816(float *c, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0,
-                                         unsigned b1);
-template <>
-__device__ __forceinline__ void mma16816<__half>(float *c, unsigned a0, unsigned a1, unsigned a2, unsigned a3,
-                                                 unsigned b0, unsigned b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};" : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-template <>
-__device__ __forceinline__ void mma16816<__nv_bfloat16>(float *c, unsigned a0, unsigned a1, unsigned a2, unsigned a3,
-                                                        unsigned b0, unsigned b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};" : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
 template <typename T, int S, int U>
 __global__ void __launch_bounds__(256) gemv_mma(const T *__restrict__ W, const T *__restrict__ W2,
         const T *__restrict__ x, long x_row, const T *__restrict__ nw, float eps, int style,
