@@ -427,8 +427,7 @@ class CupyBackend(NumpyBackend):
             return self._out(cupy.stack(vals, -1), D.get(x.dtype)), self._out(cupy.stack(idxs, -1), D.int64)
         return super().topk(x, k, dim, largest)
 
-    def lstm_recurrence(self, xw, h, c, w_hh, b_hh, w_hr, reverse: bool, out_dtype):
-        """One persistent kernel for every step where it fits (cupy_lstm: capturable), else the composition."""
+    def lstm_recurrence(self, xw, h, c, w_hh, b_hh, w_hr, reverse: bool, out_dtype):  # one launch: cupy_lstm
         if cupy_lstm.lstm_ok(xw, h, c, w_hh, b_hh, w_hr, out_dtype):
             return cupy_lstm.lstm(self, xw, h, c, w_hh, b_hh, reverse, out_dtype)
         return super().lstm_recurrence(xw, h, c, w_hh, b_hh, w_hr, reverse, out_dtype)
