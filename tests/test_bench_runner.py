@@ -190,3 +190,24 @@ def test_copy_bandwidth_probe():
     assert copy_gb_per_s("cpu") is None
     if cuda_status()[0] and __import__("importlib").util.find_spec("cupy"):
         assert copy_gb_per_s("cuda") > 10  # GB/s; any GPU copies faster than this
+
+
+def test_merge_results_fills_each_combination_from_the_run_that_measured_it(tmp_path):
+    """bench.merge_results: two runs of one benchmark over disjoint combinations -> one file, relabelled."""
+    import json
+    from bench.merge_results import main, merge
+    cols = ["result", "params", "version", "started_at", "duration", "stats_q_25"]
+    doc = lambda r, q: {"commit_hash": "a" * 40, "version": 2, "result_columns": cols, "durations": {},  # noqa: E731
+                        "results": {"b.T.time_x": [r, [["'engine'", "'torch'"]], "v", 1, 2.0, q]}}
+    a, b = doc([1.0, None], [0.9, None]), doc([None, 2.0], None)
+    merged, clashes = merge([a, b], "c" * 40)
+    assert merged["results"]["b.T.time_x"][0] == [1.0, 2.0] and merged["commit_hash"] == "c" * 40
+    assert merged["results"]["b.T.time_x"][5] == [0.9, None] and clashes == []
+    assert merge([a, doc([3.0, None], None)])[1] == ["b.T.time_x combination 0"]
+    for i, d in enumerate((a, b)):
+        (tmp_path / f"{i}.json").write_text(json.dumps(d))
+    assert main([str(tmp_path / "m.json"), str(tmp_path / "0.json"), str(tmp_path / "1.json")]) == 0
+    assert json.loads((tmp_path / "m.json").read_text())["results"]["b.T.time_x"][0] == [1.0, 2.0]
+    (tmp_path / "bad.json").write_text("{")
+    assert main([str(tmp_path / "m.json"), str(tmp_path / "bad.json")]) == 2
+    assert main([str(tmp_path / "m.json"), str(tmp_path / "0.json"), "--commit", "xyz"]) == 2
