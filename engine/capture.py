@@ -322,11 +322,18 @@ class Captured:
     def _capture(self):
         """Call 3: the step with the fusion plan, eagerly (a real step, which also compiles the fused
         kernels and leaves their blocks in the pool's cache), then, where the device has graphs, the
-        same step captured (recorded, not run); later calls replay the graph."""
-        out = self._run_planned()
+        same step captured (recorded, not run); later calls replay the graph. Before a capture that
+        eager run is a rehearsal (backend.rehearsing): the backend takes its capture-time paths (the
+        products' capture-safe kernels, no host-side checks), so nothing compiles or grows the pool
+        inside the capture and this call's output equals the replays'."""
         if not self._has_graphs():  # the CPU: the plan runs eagerly from now on
-            return out
+            return self._run_planned()
         b = self.backend
+        b.rehearsing = True
+        try:
+            out = self._run_planned()
+        finally:
+            b.rehearsing = False
         planned = _Planned(self.trace, self.the_plan)
         self.memory = GraphMemory(b.pool)
         holder = {}

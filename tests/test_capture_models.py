@@ -113,6 +113,20 @@ def test_yolov8_forward_before_nms():
     check(m, lambda rng: (t(rng.uniform(0, 1, (1, 3, 64, 96)).astype(np.float32), DT),))
 
 
+# ---- the ops those forwards use that once read the device from the host or called cuBLAS inside a capture (the
+# GPU rows say which op broke when a model row fails; on the CPU they check the plain composition) ---------------
+F = engine.functional
+W1D = t(np.random.default_rng(9).standard_normal((8, 4, 3)).astype(np.float32), DT)
+
+
+def test_max_pool2d_with_padding():     check(lambda x: F.max_pool2d(x, 5, 1, 2), normal(1, 4, 10, 10))
+def test_sdpa_multi_head():             check(lambda q: F.scaled_dot_product_attention(q, q * 0.5, q), normal(2, 3, 40, 16))
+def test_sdpa_float32():                check(lambda q: F.scaled_dot_product_attention(q, q, q), normal(1, 2, 33, 8, dtype=engine.float32))
+def test_interpolate_nearest_2x():      check(lambda x: F.interpolate(x, scale_factor=2.0, mode="nearest"), normal(1, 3, 5, 7))
+def test_conv1d_stride_2():             check(lambda x: F.conv1d(x, W1D, None, stride=2, padding=1), normal(1, 4, 50))
+def test_reflect_pad_1d():              check(lambda x: F.pad(x, (3, 2), mode="reflect"), normal(1, 2, 20, dtype=engine.float32))
+
+
 # ---- what a captured forward refuses, and the callers ------------------------------------------------------------
 def test_a_number_timestep_inside_a_captured_unet_names_the_upload():
     x, _, c = unet_inputs(np.random.default_rng(0))

@@ -578,4 +578,4 @@ class CupyBackend(NumpyBackend):
         self.replayed = True
 
     def capturing(self) -> bool:
-        return cupy.cuda.get_current_stream().is_capturing()
+        return self.rehearsing or cupy.cuda.get_current_stream().is_capturing()
