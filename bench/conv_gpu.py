@@ -5,7 +5,8 @@
 
 Engine rows: eager with the convs as im2col + cuBLAS (CONV_IGEMM "never"), eager with the tensor-core
 implicit-GEMM kernel (CONV_IGEMM "always"), and the captured CUDA graph (engine.capture.Captured; its
-convs run the implicit-GEMM kernel, since cuBLAS cannot be captured). Torch rows: diffusers'
+convs run the implicit-GEMM kernel and its 16-bit linears cuBLASLt where nvmath-python is installed, since
+cupy's cuBLAS cannot be captured; the UNet's timestep enters as a device tensor). Torch rows: diffusers'
 UNet2DConditionModel and ultralytics' DetectionModel (skipped when not installed), eager and
 torch.compile (compile time reported apart). Random weights; median of the timed calls, each call
 synchronised; warm-up calls first.
