@@ -397,11 +397,15 @@ class CapturedForward:
     while it records and captures: right for a loop whose every call is real work, as a denoising
     loop). prime=True: a new signature's first call runs all three phases at once, so every later call
     replays (what a benchmark times). Outputs are the graph's buffers, overwritten by the next call of
-    the same signature; copy=True returns copies instead (for callers that keep results)."""
+    the same signature; copy=True returns copies instead (for callers that keep results).
+    fallback=True (user-facing commands): a signature whose capture fails (CaptureError) warns once with
+    the reason and runs as written from then on; False (benchmarks, tests) raises. check_host: Captured's."""
 
-    def __init__(self, fn, capture=None, prime: bool = False, copy: bool = False, keep: int = 4):
+    def __init__(self, fn, capture=None, prime: bool = False, copy: bool = False, keep: int = 4,
+                 fallback: bool = False, check_host: bool | None = None):
         self.fn, self.capture, self.prime, self.copy, self.keep = fn, capture, prime, copy, keep
-        self.steps: dict = {}  # signature -> Captured, oldest first
+        self.fallback, self.check_host = fallback, check_host
+        self.steps: dict = {}  # signature -> Captured (None: its capture failed, it runs as written), oldest first
 
     def mode(self, args) -> bool | str:
         import engine
@@ -411,7 +415,7 @@ class CapturedForward:
     @property
     def capture_s(self) -> float:
         """Seconds spent recording and capturing, over every signature."""
-        return sum(s.capture_s or 0.0 for s in self.steps.values())
+        return sum(s.capture_s or 0.0 for s in self.steps.values() if s is not None)
 
     def __call__(self, *args):
         mode = self.mode(args)
@@ -422,15 +426,27 @@ class CapturedForward:
             raise TypeError(f"a captured forward takes tensors only, got {', '.join(bad)} (a constant belongs in "
                             "the function; a value that changes per call must be a tensor)")
         key = tuple((tuple(a.shape), a.dtype.name, str(a.device)) for a in args)
+        known = key in self.steps
         step = self.steps.pop(key, None)  # re-inserted: the dict's order is the order of last use
-        if step is None:
+        if step is None and not known:
             while len(self.steps) >= self.keep:
                 self.steps.pop(next(iter(self.steps)))
-            step = Captured(self.fn, graphs=bool(mode))
+            step = Captured(self.fn, graphs=bool(mode), check_host=self.check_host)
         self.steps[key] = step
-        out = step(*args)
-        while self.prime and step.calls < 3:
+        if step is None:  # its capture failed before: as written
+            return self.fn(*args)
+        try:
             out = step(*args)
+            while self.prime and step.calls < 3:
+                out = step(*args)
+        except CaptureError as e:
+            if not self.fallback:
+                raise
+            import warnings
+            warnings.warn(f"engine.capture: a forward of input shapes {[k[0] for k in key]} runs uncaptured: {e}",
+                          RuntimeWarning, stacklevel=2)
+            self.steps[key] = None
+            return self.fn(*args)
         if not self.copy:
             return out
         if isinstance(out, Tensor):

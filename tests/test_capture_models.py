@@ -136,6 +136,20 @@ def test_a_number_timestep_inside_a_captured_unet_names_the_upload():
         step(x, c)
 
 
+def test_a_user_facing_forward_that_cannot_be_captured_warns_and_runs_as_written():
+    x, _, c = unet_inputs(np.random.default_rng(0))
+    ref = arrays(UNET(x, 981.0, c))
+    f = CapturedForward(lambda x, c: UNET(x, 981.0, c), capture=True, fallback=True, check_host=True)
+    close(arrays(f(x, c)), ref)  # warm-up
+    with pytest.warns(RuntimeWarning, match=r"runs uncaptured: from_numpy uploads host data .*_timesteps"):
+        close(arrays(f(x, c)), ref)
+    close(arrays(f(x, c)), ref)  # as written from now on, no second warning
+    assert list(f.steps.values()) == [None]
+    with pytest.raises(CaptureError, match="from_numpy"):  # a benchmark's (fallback=False) raises
+        g = CapturedForward(lambda x, c: UNET(x, 981.0, c), capture=True, prime=True, check_host=True)
+        g(x, c)
+
+
 def test_captured_forward_one_graph_per_shape_and_copies():
     f = CapturedForward(BERT, capture=True, copy=True, keep=2)
     a, b, c = (ids_mask(256, 2, L)(np.random.default_rng(L)) for L in (8, 12, 16))

@@ -254,9 +254,9 @@ class CupyBackend(NumpyBackend):
         return super().matmul(a, b, out_dtype)
 
     def linear(self, x, w, b, out_dtype: D.DType):
-        """x @ w.T (+ b), rounded once: cuBLASLt for 4 to 16 rows of 16-bit floats where nvmath-python is
-        installed (batch decode; inside a capture any count from 4: capturable), the GEMV kernel for up to 8 rows (decode; capturable), cuBLAS
-        GemmEx with float32 accumulation for more rows of 16-bit floats, else the reference path."""
+        """x @ w.T (+ b), rounded once: cuBLASLt for 4 to 16 rows of 16-bit floats (any count from 4 inside a
+        capture) where nvmath-python is installed, the GEMV kernel for up to 8 rows (decode; both capturable),
+        cuBLAS GemmEx with float32 accumulation for more rows of 16-bit floats, else the reference path."""
         if x.dtype == w.dtype == out_dtype.np_dtype and x.size and w.ndim == 2:
             lead, k = x.shape[:-1], x.shape[-1]
             x2 = _rows(x, k)

@@ -93,7 +93,7 @@ class SentenceEmbedder:
         # encode(): on CUDA one CUDA graph per (batch, length), captured when that shape comes back
         # (engine.capture.CapturedForward; capture False / "plain" as Decoder's); results are copies
         from engine.capture import CapturedForward
-        self.forward = CapturedForward(self, capture, copy=True)
+        self.forward = CapturedForward(self, capture, copy=True, fallback=True)
         self.max_seq_length = max_seq_length or model.config.max_position_embeddings
         self.source = source
         if tokenizer is not None:

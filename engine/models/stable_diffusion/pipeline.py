@@ -152,7 +152,7 @@ class StableDiffusionPipeline:
         launches the same fused kernels from the host, "plain" runs the UNet's ops as written."""
         from engine.capture import CapturedForward
         if capture not in self._unet_fwd:
-            self._unet_fwd[capture] = CapturedForward(self.unet, capture, keep=2)
+            self._unet_fwd[capture] = CapturedForward(self.unet, capture, keep=2, fallback=True)
         return self._unet_fwd[capture]
 
     def denoise(self, prompt_embeds, negative_prompt_embeds=None, num_inference_steps: int = 50,

@@ -267,7 +267,7 @@ def transcribe(model, samples, gen: GenerationSettings | None = None, language: 
         raise ValueError(f"transcribe(): mono (n,) samples expected, got shape {x.shape}")
     from engine.capture import CapturedForward
     n = audio.N_SAMPLES
-    encoder = CapturedForward(model.encode, capture)  # every window has one shape: on CUDA one graph serves all
+    encoder = CapturedForward(model.encode, capture, fallback=True)  # one shape for every window: one graph
     out = []
     for start in range(0, len(x), n):
         feats = audio.log_mel_spectrogram(x[start:start + n], model.config.num_mel_bins)[None]  # (1, n_mels, 3000)
