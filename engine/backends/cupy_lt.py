@@ -11,6 +11,8 @@ so a capture records launches only. out = x2 @ W.T in float32 accumulation, roun
 """
 from __future__ import annotations
 
+import os
+
 import cupy
 
 try:  # an optional dependency: its absence only means the GEMV kernels serve every row count
@@ -22,8 +24,9 @@ else:
 
 LT_CONFIG = {"min_rows": 4, "max_rows": 16, "enabled": True}  # rows served by cuBLASLt (bench/kernel_profile.py --rows)
 # inside a capture (and the eager rehearsal before it, which plans the products) every row count from min_rows:
-# cupy's cuBLAS is refused there, and cuBLASLt's tensor cores beat the plain tiled kernel (a captured forward)
-LT_CONFIG["in_capture"] = True
+# cupy's cuBLAS is refused there, and cuBLASLt's tensor cores beat the plain tiled kernel (a captured forward);
+# ENGINE_LT_IN_CAPTURE=0 leaves those rows to the tiled kernel (for an A/B run)
+LT_CONFIG["in_capture"] = os.environ.get("ENGINE_LT_IN_CAPTURE", "1").strip() not in ("0", "false", "off", "no")
 _PLANS: dict = {}  # problem shape -> planned Matmul
 
 
