@@ -5,7 +5,8 @@
 
 Engine rows: eager with the convs as im2col + cuBLAS (CONV_IGEMM "never"), eager with the tensor-core
 implicit-GEMM kernel (CONV_IGEMM "always"), and the captured CUDA graph (engine.capture.Captured; its
-convs run the implicit-GEMM kernel, since cuBLAS cannot be captured). Torch rows: diffusers'
+convs run the implicit-GEMM kernel and its 16-bit linears cuBLASLt where nvmath-python is installed, since
+cupy's cuBLAS cannot be captured; the UNet's timestep enters as a device tensor). Torch rows: diffusers'
 UNet2DConditionModel and ultralytics' DetectionModel (skipped when not installed), eager and
 torch.compile (compile time reported apart). Random weights; median of the timed calls, each call
 synchronised; warm-up calls first.
@@ -43,7 +44,7 @@ def _engine_rows(name, model, inputs, iters, rows):
                      **_time(lambda: model(*inputs), sync, iters)})
         print(rows[-1], flush=True)
     CupyBackend.CONV_IGEMM = "capture"
-    step = Captured(lambda *a: model(*a))
+    step = Captured(model)
     t = time.perf_counter()
     try:
         for _ in range(3):  # eager, recorded, captured
@@ -103,7 +104,9 @@ def main(argv=None) -> int:
         lat = rng.standard_normal((2, 4, 64, 64)).astype(np.float32)
         ctx = rng.standard_normal((2, 77, 768)).astype(np.float32)
         el, ec = (engine.tensor(v, device=dev).to(engine.float16) for v in (lat, ctx))
-        _engine_rows("sd15-unet-step", lambda x, c: u(x, 981.0, c), (el, ec), a.iters, rows)
+        # the timestep as a device tensor: a number would be uploaded inside the step (engine.capture refuses that)
+        et = engine.tensor(np.array([981.0], np.float32), device=dev)
+        _engine_rows("sd15-unet-step", u, (el, et, ec), a.iters, rows)
         try:
             import diffusers
             tu = diffusers.UNet2DConditionModel(**UNet2DConditionModel.PRESETS["sd-1.5"]).eval().half().to(dev)

@@ -235,10 +235,13 @@ class _Planned:
 # ---- the captured step --------------------------------------------------------------------------------------
 class Captured:
     """See the module docstring. graphs=False runs the planned step eagerly from call 3 on (the same
-    kernels, launched one by one from the host: for debugging, and the engine's uncaptured decode)."""
+    kernels, launched one by one from the host: for debugging, and the engine's uncaptured decode).
+    check_host: refuse host reads and uploads in the recorded call (CaptureError naming the op and the
+    line) even where the device has no graphs, so a CPU run finds what a GPU capture would refuse
+    (default: only where the step is captured as a graph)."""
 
-    def __init__(self, fn, device=None, graphs: bool = True):
-        self.fn, self.graphs = fn, graphs
+    def __init__(self, fn, device=None, graphs: bool = True, check_host: bool | None = None):
+        self.fn, self.graphs, self.check_host = fn, graphs, check_host
         self.device = device  # where the step runs (default: its inputs', else its outputs')
         self.calls = 0
         self.inputs = None  # static input tensors
@@ -305,7 +308,7 @@ class Captured:
 
     def _record(self):
         b = self.backend
-        rec = Recorder(allow_host=not self._has_graphs())
+        rec = Recorder(allow_host=not (self._has_graphs() if self.check_host is None else self.check_host))
         with _Patched(b, rec):
             out = self.fn(*self.inputs)
         outs = [o.array for o in (out if isinstance(out, tuple) else (out,)) if isinstance(o, Tensor)]
@@ -338,11 +341,18 @@ class Captured:
     def _capture(self):
         """Call 3: the step with the fusion plan, eagerly (a real step, which also compiles the fused
         kernels and leaves their blocks in the pool's cache), then, where the device has graphs, the
-        same step captured (recorded, not run); later calls replay the graph."""
-        out = self._run_planned()
+        same step captured (recorded, not run); later calls replay the graph. Before a capture that
+        eager run is a rehearsal (backend.rehearsing): the backend takes its capture-time paths (the
+        products' capture-safe kernels, no host-side checks), so nothing compiles or grows the pool
+        inside the capture and this call's output equals the replays'."""
         if not self._has_graphs():  # the CPU: the plan runs eagerly from now on
-            return out
+            return self._run_planned()
         b = self.backend
+        b.rehearsing = True
+        try:
+            out = self._run_planned()
+        finally:
+            b.rehearsing = False
         planned = _Planned(self.trace, self.the_plan)
         self.memory = GraphMemory(b.pool)
         holder = {}
@@ -380,3 +390,85 @@ class _Shape:
 def _no_graphs():
     from engine.backends.fused import FusedOps
     return FusedOps.graph_capture
+
+
+# ---- fixed-shape forwards ------------------------------------------------------------------------------------
+def capture_mode(capture, device) -> bool | str:
+    """What a forward runs as, from the `capture` option every engine entry point takes (as
+    engine.generation.Decoder's): True a captured CUDA graph (the CPU runs the fusion plan eagerly),
+    False the same planned kernels launched from the host, "plain" the model's ops as written; None
+    (the default) True on CUDA and "plain" elsewhere (a forward gains nothing from the plan there)."""
+    if capture is None:
+        return True if getattr(device, "type", str(device).split(":")[0]) == "cuda" else "plain"
+    if capture not in (True, False, "plain"):
+        raise ValueError(f"capture must be True, False, 'plain' or None, got {capture!r}")
+    return capture
+
+
+class CapturedForward:
+    """A forward captured once per input signature (the shapes, dtypes and device of its tensor
+    arguments), each a Captured: fn(*tensors) -> a Tensor or a tuple (a NamedTuple too) of Tensors.
+    Arguments that are not tensors are constants of the graph: pass what changes from call to call
+    (a timestep, a mask) as a tensor. At most `keep` signatures are held (the oldest graph and its
+    memory go first).
+
+    prime=False: each call is one call of its Captured (the first calls of a signature run eagerly
+    while it records and captures: right for a loop whose every call is real work, as a denoising
+    loop). prime=True: a new signature's first call runs all three phases at once, so every later call
+    replays (what a benchmark times). Outputs are the graph's buffers, overwritten by the next call of
+    the same signature; copy=True returns copies instead (for callers that keep results).
+    fallback=True (user-facing commands): a signature whose capture fails (CaptureError) warns once with
+    the reason and runs as written from then on; False (benchmarks, tests) raises. check_host: Captured's."""
+
+    def __init__(self, fn, capture=None, prime: bool = False, copy: bool = False, keep: int = 4,
+                 fallback: bool = False, check_host: bool | None = None):
+        self.fn, self.capture, self.prime, self.copy, self.keep = fn, capture, prime, copy, keep
+        self.fallback, self.check_host = fallback, check_host
+        self.steps: dict = {}  # signature -> Captured (None: its capture failed, it runs as written), oldest first
+
+    def mode(self, args) -> bool | str:
+        import engine
+        dev = next((a.device for a in args if isinstance(a, Tensor)), None) or engine.default_device()
+        return capture_mode(self.capture, dev)
+
+    @property
+    def capture_s(self) -> float:
+        """Seconds spent recording and capturing, over every signature."""
+        return sum(s.capture_s or 0.0 for s in self.steps.values() if s is not None)
+
+    def __call__(self, *args):
+        mode = self.mode(args)
+        if mode == "plain":
+            return self.fn(*args)
+        bad = [type(a).__name__ for a in args if not isinstance(a, Tensor)]
+        if bad:
+            raise TypeError(f"a captured forward takes tensors only, got {', '.join(bad)} (a constant belongs in "
+                            "the function; a value that changes per call must be a tensor)")
+        key = tuple((tuple(a.shape), a.dtype.name, str(a.device)) for a in args)
+        known = key in self.steps
+        step = self.steps.pop(key, None)  # re-inserted: the dict's order is the order of last use
+        if step is None and not known:
+            while len(self.steps) >= self.keep:
+                self.steps.pop(next(iter(self.steps)))
+            step = Captured(self.fn, graphs=bool(mode), check_host=self.check_host)
+        self.steps[key] = step
+        if step is None:  # its capture failed before: as written
+            return self.fn(*args)
+        try:
+            out = step(*args)
+            while self.prime and step.calls < 3:
+                out = step(*args)
+        except CaptureError as e:
+            if not self.fallback:
+                raise
+            import warnings
+            warnings.warn(f"engine.capture: a forward of input shapes {[k[0] for k in key]} runs uncaptured: {e}",
+                          RuntimeWarning, stacklevel=2)
+            self.steps[key] = None
+            return self.fn(*args)
+        if not self.copy:
+            return out
+        if isinstance(out, Tensor):
+            return out.clone()
+        return type(out)(*(o.clone() if isinstance(o, Tensor) else o for o in out)) if hasattr(out, "_fields") \
+            else type(out)(o.clone() if isinstance(o, Tensor) else o for o in out)

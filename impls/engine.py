@@ -1,9 +1,18 @@
 """The engine: numpy backend on the cpu, cupy on cuda. Decode goes through engine.generation's
-Decoder, which captures the step as a CUDA graph on a GPU (the engine's normal path)."""
+Decoder, which captures the step as a CUDA graph on a GPU (the engine's normal path); so do the
+fixed-shape forwards the suites time (`Model.run`: encoders, the UNet step, the VAE, EnCodec, Whisper's
+encoder, YOLOv8's forward before NMS), one graph per input shape (engine.capture.CapturedForward).
+
+`load(capture=...)` picks the path for both: None (default) captured on cuda, False the same fused
+kernels launched from the host, "plain" the model's ops as written; loop="eager" is capture=False.
+TAPER_ENGINE_CAPTURE in the environment sets the default for every load (0/false/off: False, plain:
+"plain", 1/true/on: True), e.g. `TAPER_ENGINE_CAPTURE=0 taper bench --suite encoders` times the
+uncaptured engine."""
 from __future__ import annotations
 
 import contextlib
 import operator
+import os
 
 import numpy as np
 
@@ -96,6 +105,8 @@ class EngineImpl(Impl):
             raise Unavailable(f"engine: unknown decode loop {loop!r} (default, eager)")
         if loop == "eager":
             capture = False
+        if capture is None:
+            capture = env_capture()
         src = sources.parse(source, **options) if source is not None else None
         if module is None:
             if src is None or src.kind == "factory":
@@ -150,19 +161,32 @@ class EngineImpl(Impl):
         self.backend.pool.empty_cache()
 
 
+def env_capture():
+    """The default `capture` of load() from TAPER_ENGINE_CAPTURE (unset: None, the engine's own default)."""
+    v = os.environ.get("TAPER_ENGINE_CAPTURE", "").strip().lower()
+    if not v:
+        return None
+    table = {"0": False, "false": False, "off": False, "no": False, "plain": "plain", "1": True, "true": True,
+             "on": True, "yes": True}
+    if v not in table:
+        raise Unavailable(f"engine: TAPER_ENGINE_CAPTURE={v!r} (known: 0/false/off, plain, 1/true/on)")
+    return table[v]
+
+
 class EngineModel(Model):
     def __init__(self, impl, source, module, config, weight_bytes, capture=None):
         super().__init__(impl, source, config, weight_bytes)
         self.module = module
         self.capture = capture
         self.decoder = None
+        self.forwards: dict = {}  # method -> CapturedForward (run's fixed-shape forwards)
 
     def state_arrays(self) -> dict:
         """{name: backend array} of every weight (zero-copy; torch takes them through DLPack)."""
         return {k: v.array for k, v in self.module.state_dict().items()}
 
     def forward(self, *arrays, method=None):
-        out = self.run(self.device_inputs(*arrays), method)
+        out = self._fn(method)(*self.device_inputs(*arrays))  # once per input (verify): never captured
         outs = out if isinstance(out, (tuple, list)) else [out]
         return [o.float().numpy() if o.dtype.is_reduced else o.numpy() for o in outs if o is not None]
 
@@ -172,15 +196,38 @@ class EngineModel(Model):
         return [(engine.tensor(a, dtype=self.impl.edtype if a.dtype.kind == "f" else None, device=self.impl.device)
                  if isinstance(a, np.ndarray) else a) for a in arrays]
 
+    def _fn(self, method=None):
+        return self.module if method is None else getattr(self.module, method)
+
     def run(self, inputs, method=None):
-        return (self.module if method is None else getattr(self.module, method))(*inputs)
+        """The forward over device inputs; on cuda (see load's capture) a CUDA graph per input shape,
+        captured at the first call of that shape (three real forwards: eager, recorded, captured; the
+        seconds go to warmup_s), replayed after. Outputs are the graph's buffers until the next run."""
+        from engine.capture import CapturedForward
+        fwd = self.forwards.get(method)
+        if fwd is None:
+            fwd = self.forwards[method] = CapturedForward(self._fn(method), self.capture, prime=True)
+        if fwd.mode(inputs) == "plain" or not all(isinstance(a, engine.Tensor) for a in inputs):
+            return self._fn(method)(*inputs)
+        out = fwd(*inputs)
+        self.warmup_s = fwd.capture_s
+        return out
 
     def detect(self, image, imgsz: int = 640, conf: float = 0.25, iou: float = 0.7):
         from engine.models.yolov8 import YOLOv8, detect
         if not isinstance(self.module, YOLOv8):
             return super().detect(image, imgsz, conf, iou)
-        d = detect.detect(self.module, image, imgsz, conf, iou)
+        d = detect.detect(self.module, image, imgsz, conf, iou, forward=self._detector())
         return np.concatenate([d.boxes, d.scores[:, None], d.classes[:, None].astype(d.boxes.dtype)], 1)
+
+    def _detector(self):
+        """YOLOv8's forward up to the raw head output, captured per image size (NMS stays eager: its
+        output size depends on the data)."""
+        from engine.capture import CapturedForward
+        fwd = self.forwards.get("detect")
+        if fwd is None:
+            fwd = self.forwards["detect"] = CapturedForward(self.module, self.capture, prime=True)
+        return fwd
 
     def logits(self, ids):
         ids = engine.tensor(as_ids(ids), device=self.impl.device)
@@ -229,7 +276,9 @@ class EngineSeq2SeqModel(EngineModel):
 
     def encode(self, features):
         x = engine.tensor(np.ascontiguousarray(features), dtype=self.impl.edtype, device=self.impl.device)
-        self.encoder_out = self.module.encode(x)
+        # captured on cuda (run): the graph's output buffer, which the next encode of this shape overwrites;
+        # encoder_out always names the latest encoding, and start() reads it into the decoder's own cross K/V
+        self.encoder_out = self.run([x], "encode")
         return self.encoder_out
 
     def logits(self, ids):

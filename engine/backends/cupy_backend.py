@@ -254,13 +254,13 @@ class CupyBackend(NumpyBackend):
         return super().matmul(a, b, out_dtype)
 
     def linear(self, x, w, b, out_dtype: D.DType):
-        """x @ w.T (+ b), rounded once: cuBLASLt for 4 to 16 rows of 16-bit floats where nvmath-python is
-        installed (batch decode; capturable), the GEMV kernel for up to 8 rows (decode; capturable), cuBLAS
-        GemmEx with float32 accumulation for more rows of 16-bit floats, else the reference path."""
+        """x @ w.T (+ b), rounded once: cuBLASLt for 4 to 16 rows of 16-bit floats (any count from 4 inside a
+        capture) where nvmath-python is installed, the GEMV kernel for up to 8 rows (decode; both capturable),
+        cuBLAS GemmEx with float32 accumulation for more rows of 16-bit floats, else the reference path."""
         if x.dtype == w.dtype == out_dtype.np_dtype and x.size and w.ndim == 2:
             lead, k = x.shape[:-1], x.shape[-1]
             x2 = _rows(x, k)
-            if cupy_lt.takes(x2, w) and (b is None or b.ndim == 1):  # a few rows: cuBLASLt (capturable)
+            if cupy_lt.takes(x2, w, self.capturing()) and (b is None or b.ndim == 1):  # cuBLASLt (capturable)
                 out = self.empty((x2.shape[0], w.shape[0]), out_dtype)
                 cupy_lt.linear(x2, w, out, bias=b)
                 return _unrows(out, lead)
@@ -597,4 +597,4 @@ class CupyBackend(NumpyBackend):
         self.replayed = True
 
     def capturing(self) -> bool:
-        return cupy.cuda.get_current_stream().is_capturing()
+        return self.rehearsing or cupy.cuda.get_current_stream().is_capturing()

@@ -11,6 +11,8 @@ so a capture records launches only. out = x2 @ W.T in float32 accumulation, roun
 """
 from __future__ import annotations
 
+import os
+
 import cupy
 
 try:  # an optional dependency: its absence only means the GEMV kernels serve every row count
@@ -21,6 +23,10 @@ else:
     _WHY = ""
 
 LT_CONFIG = {"min_rows": 4, "max_rows": 16, "enabled": True}  # rows served by cuBLASLt (bench/kernel_profile.py --rows)
+# inside a capture (and the eager rehearsal before it, which plans the products) every row count from min_rows:
+# cupy's cuBLAS is refused there, and cuBLASLt's tensor cores beat the plain tiled kernel (a captured forward);
+# ENGINE_LT_IN_CAPTURE=0 leaves those rows to the tiled kernel (for an A/B run)
+LT_CONFIG["in_capture"] = os.environ.get("ENGINE_LT_IN_CAPTURE", "1").strip() not in ("0", "false", "off", "no")
 _PLANS: dict = {}  # problem shape -> planned Matmul
 
 
@@ -32,12 +38,13 @@ def why_not() -> str:
     return _WHY or ("cuBLASLt disabled (cupy_lt.LT_CONFIG['enabled'])" if not LT_CONFIG["enabled"] else "")
 
 
-def takes(x2, W) -> bool:
-    """Whether linear() serves x2 (m, K) @ W (N, K).T: nvmath present, 16-bit, m in the configured rows,
-    row-major unit-stride operands."""
-    return (available() and x2.ndim == 2 and W.ndim == 2 and x2.dtype == W.dtype and W.dtype.itemsize == 2
-            and LT_CONFIG["min_rows"] <= x2.shape[0] <= LT_CONFIG["max_rows"] and x2.shape[1] == W.shape[1]
-            and x2.strides[1] == x2.itemsize and W.flags.c_contiguous and W.shape[0] > 0)
+def takes(x2, W, capturing: bool = False) -> bool:
+    """Whether linear() serves x2 (m, K) @ W (N, K).T: nvmath present, 16-bit, m in the configured rows
+    (any m from min_rows when capturing and LT_CONFIG["in_capture"]), row-major unit-stride operands."""
+    m = x2.shape[0] if x2.ndim == 2 else 0
+    rows = LT_CONFIG["min_rows"] <= m and (m <= LT_CONFIG["max_rows"] or (capturing and LT_CONFIG["in_capture"]))
+    return (available() and rows and W.ndim == 2 and x2.dtype == W.dtype and W.dtype.itemsize == 2
+            and x2.shape[1] == W.shape[1] and x2.strides[1] == x2.itemsize and W.flags.c_contiguous and W.shape[0] > 0)
 
 
 def linear(x2, W, out, bias=None):

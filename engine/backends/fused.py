@@ -216,8 +216,13 @@ class FusedOps:
     def graph_launch(self, graph) -> None:
         raise RuntimeError(f"{self.device} has no CUDA graphs")
 
+    # engine.capture sets `rehearsing` while it runs a step eagerly just before capturing it: capturing() is
+    # then True, so that run takes the capture-time paths (their kernels compile and their blocks reach
+    # the pool's cache before the capture, and the step's output equals the graph's)
+    rehearsing = False
+
     def capturing(self) -> bool:
-        return False
+        return self.rehearsing
 
     # ---- random weights ----------------------------------------------------------------------------------------
     def random_normal(self, shape, dtype, seed: int, std: float = 1.0):

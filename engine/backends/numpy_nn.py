@@ -364,7 +364,8 @@ class NnKernels:
                                        *(() if mask is None else (mask.shape[:-2],)))
             if math.prod(lead) * L * S > self.SDPA_FULL_SCORES and L * S >= self.SDPA_HEAD_SCORES:
                 return self._sdpa_blocked(q, k, v, mask, causal, scale, out_dtype, lead)
-        s = (q @ xp.swapaxes(k, -1, -2)) * q.dtype.type(scale)
+        # the backend's matmul (not `@`): on cupy its capture-safe kernel inside a CUDA graph, where cuBLAS is refused
+        s = self.matmul(q, xp.swapaxes(k, -1, -2), D.get(q.dtype)) * q.dtype.type(scale)
         L, S = s.shape[-2:]
         if causal:
             s = xp.where(xp.tril(xp.ones((L, S), dtype=bool)), s, -np.inf)
@@ -376,7 +377,7 @@ class NnKernels:
             e = xp.exp(s - m)
             tot = xp.sum(e, axis=-1, keepdims=True)
             p = e / xp.where(tot == 0, 1, tot)  # a fully masked row attends to nothing: output 0, as torch
-        return self._out(p @ v, out_dtype)
+        return self._out(self.matmul(p, v, D.get(p.dtype)), out_dtype)
 
     def _sdpa_blocked(self, q, k, v, mask, causal: bool, scale: float, out_dtype, lead):
         """sdpa's formula row block by row block, for every index of the leading dims: scores

@@ -21,6 +21,16 @@ def _cubic2(x, a):
     return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
 
 
+def _unravel(flat, dims: tuple) -> tuple:
+    """unravel_index for indices known to lie in range (window positions): cupy's checks them with
+    two host reads, which a CUDA-graph capture refuses."""
+    coords = []
+    for d in reversed(dims):
+        coords.append(flat % d)
+        flat = flat // d
+    return tuple(reversed(coords))
+
+
 class PoolKernels:
     @staticmethod
     def _pool_pads(size, k, s, p, d, ceil_mode):
@@ -63,7 +73,7 @@ class PoolKernels:
         ok = xp.take_along_axis(xp.broadcast_to(valid, flat.shape), arg[..., None], axis=-1)[..., 0] > 0
         arg = xp.where(ok, arg, first)
         vals = xp.take_along_axis(flat, arg[..., None], axis=-1)[..., 0]
-        idx = self._plane_index(xp.unravel_index(arg, tuple(k)), osz, sizes, stride, pads, dilation)
+        idx = self._plane_index(_unravel(arg, tuple(k)), osz, sizes, stride, pads, dilation)
         return self._out(vals, out_dtype), self._out(idx, D.int64)
 
     def avg_pool(self, x, k, stride, padding, ceil_mode: bool, count_include_pad: bool, divisor, out_dtype):

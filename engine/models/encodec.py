@@ -433,24 +433,37 @@ class EncodecModel(Pretrained):
             raise ShapeError(f"encodec: {len(codes)} chunks of codes but {len(scales)} scales")
         return self._overlap_add([self._decode_frame(c, s) for c, s in zip(codes, scales)])
 
+    def _overlap_weights(self, lengths: tuple, dtype, device):
+        """The triangle weights of each frame and their sum over the output, on the device: uploaded at
+        the first call of these frame lengths and kept (a captured forward then uploads nothing)."""
+        cache = self.__dict__.setdefault("_ola", {})  # not state: rebuilt from the config
+        key = (lengths, dtype, device)
+        if key not in cache:
+            stride, n = self.config.chunk_stride, lengths[0]
+            total = stride * (len(lengths) - 1) + lengths[-1]
+            t = np.linspace(0, 1, n + 2, dtype=np.float32)[1:-1]
+            w = (0.5 - np.abs(t - 0.5)).astype(np.float32)  # (n,)
+            wsum = np.zeros(total, np.float32)
+            for i, ln in enumerate(lengths):
+                wsum[i * stride:i * stride + ln] += w[:ln]
+            if wsum.min() == 0:
+                raise ShapeError(f"encodec: chunk stride {stride} leaves samples no chunk covers")
+            cache[key] = ([ops.tensor(w[:ln], dtype=dtype, device=device) for ln in lengths],
+                          ops.tensor(wsum, dtype=dtype, device=device))
+        return cache[key]
+
     def _overlap_add(self, frames):
         """transformers' _linear_overlap_add: frames (B, C, l_i) starting every chunk_stride samples,
         weighted by a triangle over the first frame's length, divided by the summed weights."""
         stride = self.config.chunk_stride
-        n = frames[0].shape[-1]
         total = stride * (len(frames) - 1) + frames[-1].shape[-1]
-        t = np.linspace(0, 1, n + 2, dtype=np.float32)[1:-1]
-        w = (0.5 - np.abs(t - 0.5)).astype(np.float32)  # (n,)
-        wsum = np.zeros(total, np.float32)
+        ws, wsum = self._overlap_weights(tuple(f.shape[-1] for f in frames), frames[0].dtype, frames[0].device)
         out = None
-        for i, f in enumerate(frames):
+        for i, (f, w) in enumerate(zip(frames, ws)):
             off, ln = i * stride, f.shape[-1]
-            wsum[off:off + ln] += w[:ln]
-            part = F.pad(f * ops.tensor(w[:ln], dtype=f.dtype, device=f.device), (off, total - off - ln))
+            part = F.pad(f * w, (off, total - off - ln))
             out = part if out is None else out + part
-        if wsum.min() == 0:
-            raise ShapeError(f"encodec: chunk stride {stride} leaves samples no chunk covers")
-        return out / ops.tensor(wsum, dtype=out.dtype, device=out.device)
+        return out / wsum
 
     def forward(self, audio, bandwidth: float | None = None):
         """Encode then decode, as transformers' EncodecModel.forward: (B, C, L) -> (codes (chunks, B,

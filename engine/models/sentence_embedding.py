@@ -88,8 +88,12 @@ class SentenceEmbedder:
     """tokenizer + engine encoder + pooling (+ L2 normalisation): sentences -> (N, dim) embeddings."""
 
     def __init__(self, model, tokenizer=None, modes=("mean",), normalize: bool = False, max_seq_length=None,
-                 source: str = "?"):
+                 source: str = "?", capture=None):
         self.model, self.tokenizer, self.modes, self.normalize = model, tokenizer, tuple(modes), normalize
+        # encode(): on CUDA one CUDA graph per (batch, length), captured when that shape comes back
+        # (engine.capture.CapturedForward; capture False / "plain" as Decoder's); results are copies
+        from engine.capture import CapturedForward
+        self.forward = CapturedForward(self, capture, copy=True, fallback=True)
         self.max_seq_length = max_seq_length or model.config.max_position_embeddings
         self.source = source
         if tokenizer is not None:
@@ -99,7 +103,7 @@ class SentenceEmbedder:
                                      pad_token=pad.get("pad_token", "[PAD]"))  # to the longest, no fixed length
 
     @classmethod
-    def from_dir(cls, path, dtype=None, device=None) -> "SentenceEmbedder":
+    def from_dir(cls, path, dtype=None, device=None, capture=None) -> "SentenceEmbedder":
         """A sentence-transformers or plain HF directory with tokenizer.json (see the module docstring)."""
         from engine import models
         from engine.generation import load_tokenizer
@@ -127,7 +131,7 @@ class SentenceEmbedder:
             raise FileNotFoundError(f"{root} has no tokenizer.json: sentences cannot be tokenised (pass token ids "
                                     "to the model instead)")
         model = models.from_pretrained(root, dtype=dtype, device=device)
-        return cls(model, tokenizer, modes, normalize, max_len, str(path))
+        return cls(model, tokenizer, modes, normalize, max_len, str(path), capture)
 
     def describe(self) -> str:
         return (f"{'+'.join(self.modes)} pooling{', L2-normalised' if self.normalize else ''}, "
@@ -155,4 +159,4 @@ class SentenceEmbedder:
         enc = self.tokenize(sentences)
         dev = self.model.device
         t = {k: ops.tensor(v, device=dev) for k, v in enc.items()}
-        return self(t["input_ids"], t["attention_mask"], t["token_type_ids"])
+        return self.forward(t["input_ids"], t["attention_mask"], t["token_type_ids"])

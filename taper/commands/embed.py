@@ -28,6 +28,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: ENGINE_DEVICE or cpu)")
     parser.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
                         help="cast weights on load (default: as stored)")
+    parser.add_argument("--no-capture", dest="capture", action="store_const", const=False, default=None,
+                        help="launch the encoder's kernels from the host instead of a captured CUDA graph per "
+                             "input shape (as taper generate's; the embeddings agree to rounding)")
 
 
 def resolve(name: str) -> Path:
@@ -67,7 +70,7 @@ def run(args) -> int:
         if mt not in ENCODERS:
             raise ValueError(f"{path}: model_type {mt!r}; taper embed runs {', '.join(ENCODERS)} encoders")
         dtype = getattr(engine, args.dtype) if args.dtype else None
-        emb = SentenceEmbedder.from_dir(path, dtype=dtype, device=args.device)
+        emb = SentenceEmbedder.from_dir(path, dtype=dtype, device=args.device, capture=args.capture)
         sentences = [s for s in args.sentences]
         if any(not s.strip() for s in sentences):
             raise ValueError("empty sentence given; every SENTENCE needs some text")

@@ -11,7 +11,8 @@ or CLIP's vocab.json + merges.txt).
 Text may also enter as embeddings (CLIP's last hidden state: (batch, tokens, cross_attention_dim)) from
 a .npy file or a .safetensors file holding prompt_embeds and optionally negative_prompt_embeds;
 --random-embeds draws both from the seed (to try a preset or time the loop). The denoising loop shows
-a progress bar; the PNG is written atomically.
+a progress bar; the PNG is written atomically. On CUDA the UNet is captured as a CUDA graph once per
+(batch, latent size) during the first steps and the other steps replay it (--no-capture: eager kernels).
 Exit codes: 0 done, 2 bad usage, an unreadable model or input file.
 """
 from __future__ import annotations
@@ -45,6 +46,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variant", default=None, help="weight files variant of --model, e.g. fp16 "
                         "(diffusion_pytorch_model.fp16.safetensors), as diffusers' variant=")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    parser.add_argument("--no-capture", dest="capture", action="store_const", const=False, default=None,
+                        help="launch the UNet's kernels from the host instead of replaying a CUDA graph captured "
+                             "once per (batch, latent size) (as taper generate's; a graph's products run other "
+                             "kernels than cuBLAS: the image agrees to rounding)")
 
 
 def _load_embeds(path: str, key: str, required: bool = True):
@@ -128,7 +133,8 @@ def run(args) -> int:
                                  "negative_prompt_embeds tensor in the .safetensors, or --guidance-scale 1")
         t0 = time.perf_counter()
         images = pipe(pe, ne, num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
-                      height=args.height, width=args.width, seed=args.seed, show_progress=args.progress)
+                      height=args.height, width=args.width, seed=args.seed, show_progress=args.progress,
+                      capture=args.capture)
         dt = time.perf_counter() - t0
     except (OSError, ValueError, KeyError, NotImplementedError, RuntimeError, ImportError) as e:
         if getattr(args, "debug", False):

@@ -87,6 +87,7 @@ class StableDiffusionPipeline:
         self.unet, self.vae, self.scheduler = unet, vae, scheduler
         self.text_encoder, self.tokenizer = text_encoder, tokenizer
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self._unet_fwd: dict = {}  # capture option -> the UNet's CapturedForward (unet_forward)
 
     @classmethod
     def from_pretrained(cls, path, scheduler: str = "ddim", dtype=None, device=None, variant=None):
@@ -144,12 +145,23 @@ class StableDiffusionPipeline:
                              f"got {tuple(e.shape)}")
         return e.to(self.dtype) if e.dtype is not self.dtype else e
 
+    def unet_forward(self, capture=None):
+        """The UNet as the loop calls it: (latents, timestep (1,) float32 tensor, text states) -> noise.
+        On CUDA (capture None or True) one CUDA graph per (batch, latent size), captured during the first
+        steps and replayed by the others and by later calls (engine.capture.CapturedForward); capture=False
+        launches the same fused kernels from the host, "plain" runs the UNet's ops as written."""
+        from engine.capture import CapturedForward
+        if capture not in self._unet_fwd:
+            self._unet_fwd[capture] = CapturedForward(self.unet, capture, keep=2, fallback=True)
+        return self._unet_fwd[capture]
+
     def denoise(self, prompt_embeds, negative_prompt_embeds=None, num_inference_steps: int = 50,
                 guidance_scale: float = 7.5, latents=None, height=None, width=None, seed: int | None = None,
-                show_progress: bool = True):
+                show_progress: bool = True, capture=None):
         """The sampling loop -> final latents (B, 4, h, w). latents: the initial noise N(0, 1) (before
         init_noise_sigma), drawn from `seed` when not given; given latents set the size unless height
-        and width are given too (then they must agree)."""
+        and width are given too (then they must agree). capture: see unet_forward (the scheduler must
+        not keep a step's noise past the next UNet call: DDIM and Euler do not)."""
         cond = self._embeds(prompt_embeds, "prompt_embeds")
         if cond is None:
             raise ValueError("prompt_embeds is required (text embeddings: the CLIP text encoder's last hidden state)")
@@ -177,10 +189,14 @@ class StableDiffusionPipeline:
         s = self.scheduler
         s.set_timesteps(num_inference_steps)
         x = latents * s.init_noise_sigma
-        for t in progress(list(s.timesteps), show_progress):
+        unet = self.unet_forward(capture)
+        # every timestep uploaded once, as the float32 the UNet takes: a step passes a (1,) view (a captured
+        # step copies it into its graph's input; a number would be a constant of the graph)
+        ts = ops.tensor(np.asarray([float(t) for t in s.timesteps], np.float32), dtype=D.float32, device=self.device)
+        for i, t in enumerate(progress(list(s.timesteps), show_progress)):
             inp = ops.cat([x, x], dim=0) if cfg else x
             inp = s.scale_model_input(inp, t)
-            noise = self.unet(inp, float(t), ctx)  # (2B | B, 4, h, w)
+            noise = unet(inp, ts[i:i + 1], ctx)  # (2B | B, 4, h, w)
             if cfg:
                 unc_n, cond_n = noise.chunk(2, dim=0)
                 noise = unc_n + guidance_scale * (cond_n - unc_n)
@@ -213,12 +229,12 @@ class StableDiffusionPipeline:
 
     def __call__(self, prompt_embeds, negative_prompt_embeds=None, num_inference_steps: int = 50,
                  guidance_scale: float = 7.5, latents=None, height=None, width=None, seed: int | None = None,
-                 output_type: str = "uint8", show_progress: bool = True):
+                 output_type: str = "uint8", show_progress: bool = True, capture=None):
         """Text embeddings -> images: (B, H, W, 3) uint8 (output_type "uint8", what a PNG holds) or float
-        in [0, 1] ("float", diffusers' output_type "np")."""
+        in [0, 1] ("float", diffusers' output_type "np"). capture: the UNet loop's (see unet_forward)."""
         if output_type not in ("uint8", "float"):
             raise ValueError(f"output_type must be 'uint8' or 'float', got {output_type!r}")
         x = self.denoise(prompt_embeds, negative_prompt_embeds, num_inference_steps, guidance_scale, latents,
-                         height, width, seed, show_progress)
+                         height, width, seed, show_progress, capture)
         img = self.decode(x).permute(0, 2, 3, 1).to(D.float32).numpy()  # (B, H, W, 3)
         return img if output_type == "float" else (img * 255).round().astype(np.uint8)

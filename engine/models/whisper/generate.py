@@ -265,15 +265,22 @@ def transcribe(model, samples, gen: GenerationSettings | None = None, language: 
     x = np.asarray(samples, np.float32)
     if x.ndim != 1 or len(x) == 0:
         raise ValueError(f"transcribe(): mono (n,) samples expected, got shape {x.shape}")
+    from engine.capture import CapturedForward
     n = audio.N_SAMPLES
+    encoder = CapturedForward(model.encode, capture, fallback=True)  # one shape for every window: one graph
     out = []
     for start in range(0, len(x), n):
         feats = audio.log_mel_spectrogram(x[start:start + n], model.config.num_mel_bins)[None]  # (1, n_mels, 3000)
         if timestamps:
             out.append(greedy_with_timestamps(model, feats, gen or GenerationSettings.from_config(model.config),
                                               language, task, max_new_tokens))
-        else:
-            out.append(greedy(model, feats, gen, language, task, max_new_tokens, capture))
+        else:  # the encoder output is read into the cross K/V before the next window's encode overwrites it
+            t0 = time.perf_counter()
+            enc = encoder(ops.tensor(feats, dtype=D.float32, device=model.device))  # cast to the model's in encode
+            enc_ms = (time.perf_counter() - t0) * 1e3
+            w = greedy(model, None, gen, language, task, max_new_tokens, capture, encoder_out=enc)
+            w.encode_ms += enc_ms
+            out.append(w)
     return out
 
 

@@ -150,10 +150,12 @@ class Detections:
 
 
 def detect(model, image, imgsz: int = 640, conf: float = 0.25, iou: float = 0.7, max_det: int = 300,
-           agnostic: bool = False) -> Detections:
-    """One uint8 (H, W, 3) RGB image through letterbox, the model, NMS and scale_boxes."""
+           agnostic: bool = False, forward=None) -> Detections:
+    """One uint8 (H, W, 3) RGB image through letterbox, the model, NMS and scale_boxes. forward: what runs
+    the model on the letterboxed batch (default the model itself; e.g. an engine.capture.CapturedForward
+    of it, a CUDA graph per input size: NMS stays outside, its output size depends on the data)."""
     x, lb = letterbox(image, imgsz, device=model.device, dtype=model.dtype)
-    det = non_max_suppression(model(x).float(), conf, iou, max_det, agnostic)[0]
+    det = non_max_suppression((forward or model)(x).float(), conf, iou, max_det, agnostic)[0]
     boxes = scale_boxes(det[:, :4], lb).numpy()
     classes = det[:, 5].numpy().astype(np.int64)
     return Detections(boxes, det[:, 4].numpy(), classes, [model.config.name(int(c)) for c in classes])
