@@ -193,3 +193,31 @@ def test_flash_sdpa_in_a_captured_graph(flash_calls):
     replay = graph(q)
     np.testing.assert_array_equal(replay.float().numpy(), eager.float().numpy())
     assert flash_calls
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("B,Hq,Hkv,L,S,E,masked", [
+    (2, 8, 2, 128, 128, 128, True),  # an LLM prefill: GQA, causal additive mask
+    (32, 12, 12, 128, 128, 64, True),  # BERT batch 32 with a padding mask
+    (1, 6, 6, 1500, 1500, 64, False),  # Whisper's encoder
+])
+def test_attention_op_rows_take_flash(dtype, B, Hq, Hkv, L, S, E, masked, flash_calls):
+    """engine.nn.attention.attention (LLM prefill, BERT, CLIP, Whisper) with more than one 16-bit query row
+    runs the kernel: (B, L, Hq * E) within the reduced-precision rule of torch's sdpa."""
+    from engine.nn.attention import attention
+    q, k, v = qkv(B, Hq, Hkv, L, S, E, dtype, "bhle")
+    m = None
+    if masked:
+        m = np.where(np.tril(np.ones((L, S), bool), S - L), 0, -30000).astype(np.float32)[None, None]
+        m = np.broadcast_to(m, (B, 1, L, S)).copy()
+        m[-1, ..., S // 2:] = -30000  # the last row padded too
+        m = m.astype(NP[dtype])
+    got = attention(q, k, v, None if m is None else engine.tensor(m, device=DEVICE), E ** -0.5)
+    assert flash_calls and got.shape == (B, L, Hq * E)
+    tq, tk, tv = (t_of(a).to(TORCH[dtype]) for a in (q, k, v))
+    tm = None if m is None else torch.from_numpy(m.astype(np.float32)).to(TDEV)
+    want = TF.scaled_dot_product_attention(tq, tk, tv, attn_mask=None if tm is None else tm.to(TORCH[dtype]),
+                                           enable_gqa=Hq != Hkv)
+    want64 = reference64(tq, tk, tv, tm, False)
+    flat = lambda t: t.transpose(1, 2).reshape(B, L, Hq * E).cpu()  # noqa: E731
+    compare_reduced(got, flat(want), flat(want64), scale=4)

@@ -448,8 +448,7 @@ class CupyBackend(NumpyBackend):
             return cupy_decode.rotary_cache(q, k, v, cos, sin_signed, k_cache, v_cache, slots, q_out)
         return super().rotary_cache(q, k, v, cos, sin_signed, k_cache, v_cache, slots, out_dtype, q_out)
 
-    def sdpa(self, q, k, v, mask, causal: bool, scale: float, out_dtype):
-        """16-bit q/k/v: flash attention (engine/backends/cupy_flash.py; no score matrix, capturable)."""
+    def sdpa(self, q, k, v, mask, causal: bool, scale: float, out_dtype):  # 16-bit: flash attention (cupy_flash)
         if q.dtype == out_dtype.np_dtype and cupy_flash.flash_ok(q, k, v, mask):
             out = self.empty(q.shape[:-1] + (v.shape[-1],), out_dtype)
             cupy_flash.sdpa(q, k, v, mask, causal, scale, out)
@@ -457,13 +456,14 @@ class CupyBackend(NumpyBackend):
         return super().sdpa(q, k, v, mask, causal, scale, out_dtype)
 
     def attention(self, q, k, v, mask, scale: float, out_dtype):
-        """One query row: the split-K decode kernel (capturable). More rows of 16-bit floats (prefill):
-        cuBLAS for the two products around one fused scale + mask + softmax + rounding kernel."""
+        """One query row: split-K decode (cupy_decode); more 16-bit rows: flash (cupy_flash), else cuBLAS + softmax."""
         if q.dtype == out_dtype.np_dtype and K.attention_ok(q, k, v, mask) and all(
                 s % 16 == 0 for s in k.strides[:3]):
             b, hq, _, d = q.shape
             out = self.empty((b, 1, hq * d), out_dtype)
             cupy_decode.attention(q, k, v, mask, scale, out, self.capturing())  # attn_partial with the combine
+            return out
+        if (out := cupy_flash.attention(self, q, k, v, mask, scale, out_dtype)) is not None:
             return out
         if (out_dtype.is_reduced and q.dtype == k.dtype == v.dtype == out_dtype.np_dtype and not self.capturing()
                 and (mask is None or mask.dtype == q.dtype) and q.size and k.shape[2]):

@@ -22,8 +22,10 @@ BLOCK_ROWS = 64  # query rows per block (FA_BM); key tiles of 64 (FA_BN)
 _MASK_KINDS = {"bool": 1, "float32": 3}  # else 2: an additive mask of q's dtype
 # enabled: sdpa takes the kernel where flash_ok (TAPER_FLASH=0: the composition, for comparisons);
 # pipe: the kernel variant with cp.async double-buffered K/V tiles and ldmatrix.trans for V (TAPER_FLASH_PIPE=0:
-# the plain one, loads then products)
-FLASH = {"enabled": os.environ.get("TAPER_FLASH", "1") != "0", "pipe": os.environ.get("TAPER_FLASH_PIPE", "1") != "0"}
+# the plain one, loads then products); attention: the attention op's 16-bit rows too (TAPER_FLASH_ATTENTION=0:
+# they keep transformers' eager rounding)
+FLASH = {"enabled": os.environ.get("TAPER_FLASH", "1") != "0", "pipe": os.environ.get("TAPER_FLASH_PIPE", "1") != "0",
+         "attention": os.environ.get("TAPER_FLASH_ATTENTION", "1") != "0"}
 
 
 def padded_head_dim(E: int) -> int:
@@ -126,3 +128,19 @@ def sdpa(q, k, v, mask, causal: bool, scale: float, out, pipe=None) -> None:
                       i64(ms[2]), i64(ms[3]), out, i32(Hq), i32(Hq // Hkv), i32(L), i32(S), i32(E),
                       cupy.float32(scale), i32(1 if causal else 0)), shared_mem=smem)
 
+
+
+def attention(backend, q, k, v, mask, scale: float, out_dtype):
+    """The backend's attention op (engine.nn.attention: LLM prefill, BERT, CLIP, Whisper) for more than one
+    16-bit query row through the kernel: q (B, Hq, L, D), k/v (B, Hkv, S, D), additive mask (B|1, 1, L, S)
+    -> (B, L, Hq * D); None where the kernel does not take them. Scores and softmax stay in float32 (torch's
+    sdpa, transformers' default attn_implementation) rather than rounded as transformers' eager attention."""
+    b, hq, L, _ = q.shape
+    if not (FLASH["attention"] and L > 1 and q.dtype == out_dtype.np_dtype and flash_ok(q, k, v, mask)):
+        return None
+    dv = v.shape[-1]
+    o = backend.empty((b, hq, L, dv), out_dtype)
+    sdpa(q, k, v, mask, False, scale, o)
+    out = backend.empty((b, L, hq * dv), out_dtype)
+    out.reshape(b, L, hq, dv)[...] = o.transpose(0, 2, 1, 3)
+    return out
