@@ -59,6 +59,7 @@ def kernel_profile(preset: str, formats, iters: int = 40) -> list:
     import engine  # noqa: F401  (the engine's pool owns cupy's memory)
     from bench.kernel_profile import graph_timed, shapes
     from engine.backends import cupy_kernels as K
+    from engine.backends import cupy_quant as Q
     from engine.io.gguf import quantize_matrix
     l2 = cupy.cuda.runtime.getDeviceProperties(0)["l2CacheSize"]
     rng = cupy.random.default_rng(0)
@@ -79,7 +80,7 @@ def kernel_profile(preset: str, formats, iters: int = 40) -> list:
             else:
                 if not K.qdata_ok(one := quantize_matrix(w, fmt), fmt):
                     continue
-                run = lambda W, i, f=fmt: K.qgemv(x, W, f, out)  # noqa: E731
+                run = lambda W, i, f=fmt: Q.qgemv(x, W, f, out)  # noqa: E731  (qgemv_span where it applies)
             del w
             copies = max(2, int(np.ceil(3 * l2 / one.nbytes)))
             Ws = [one] + [one.copy() for _ in range(copies - 1)]

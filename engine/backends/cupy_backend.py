@@ -21,6 +21,7 @@ from engine import dtype as D
 from engine.backends import cupy_blas, cupy_lt
 from engine.backends import cupy_elementwise as EW
 from engine.backends import cupy_kernels as K
+from engine.backends import cupy_quant as Q
 from engine.backends.fused import QOperand
 from engine.backends.numpy_backend import NumpyBackend
 from engine.storage import StoragePool
@@ -493,7 +494,7 @@ class CupyBackend(NumpyBackend):
             x2 = x.reshape(-1, cols)
             if K.qgemv_ok(x2, data, qtype):
                 out = self.empty((x2.shape[0], data.shape[0]), out_dtype)
-                K.qgemv(x2, data, qtype, out, bias=b)
+                Q.qgemv(x2, data, qtype, out, bias=b)  # qgemv_span for Q8_0 / Q4_K / Q6_K
                 return out.reshape(lead + (data.shape[0],))
         return super().qlinear(x, data, qtype, cols, b, out_dtype)
 
@@ -522,7 +523,7 @@ class CupyBackend(NumpyBackend):
         if not K.qgemv_fused_ok(x2, w.data, w.qtype, others):
             return None
         out = self.empty((x2.shape[0], n), out_dtype)
-        K.qgemv_fused(x2, w.data, w.qtype, out, bias=b, W2=w2.data if w2 is not None else None, bias2=b2, act=act,
+        Q.qgemv_fused(x2, w.data, w.qtype, out, bias=b, W2=w2.data if w2 is not None else None, bias2=b2, act=act,
                       norm=norm, residual=res2, segments=[(sw.data, sb) for sw, sb in segments])
         return out.reshape(lead + (n,))
 
