@@ -64,6 +64,8 @@ static inline unsigned q_perm(unsigned x, unsigned y, unsigned s) {  // CUDA's _
     return r;
 }
 static inline float q_bits(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }
+static inline void q_u64(const unsigned char *p, unsigned &lo, unsigned &hi) { std::memcpy(&lo, p, 4); std::memcpy(&hi, p + 4, 4); }
+static inline unsigned q_funnel(unsigned lo, unsigned hi, unsigned sh) { return (unsigned)((((unsigned long long)hi << 32) | lo) >> sh); }
 template <typename T> static inline void q_x8(const T *p, float *f) { for (int i = 0; i < 8; i++) f[i] = p[i]; }
 #include "quant_formats.cuh"
 #include "quant_span.cuh"
@@ -87,26 +89,37 @@ template <class Q> static void rows(const unsigned char *W, long row_bytes, int 
         y[r] = acc;
     }
 }
-// qgemv_span's walk over R rows of row_bytes each (one warp, its 32 lanes in turn between the __syncwarp()s)
+// qgemv_span's walk over R rows of row_bytes each, two at a time as a warp takes them (its 32 lanes in turn
+// between the __syncwarp()s)
 template <class L> static void span_rows(const unsigned char *W, long row_bytes, int R, int K, const float *x, float *y,
                                          float *wout) {
-    alignas(16) static unsigned char wb[L::CPL * 512];
+    alignas(16) static unsigned char bufs[2][L::CPL * 512];
     const int nblk = K / L::BS, nspan = (nblk + L::SB - 1) / L::SB;
     const long used = (long)nblk * L::TS;
-    for (int r = 0; r < R; r++) {
-        const unsigned char *wr = W + (long)r * row_bytes;
-        uint4 buf[32][L::CPL];
-        float acc[32][1] = {};
-        for (int l = 0; l < 32; l++) span_load<L>(wr, used, 0, l, buf[l]);
+    for (int r0 = 0; r0 < R; r0 += 2) {
+        const int nr = r0 + 1 < R ? 2 : 1;
+        const unsigned char *wr[2] = {W + (long)r0 * row_bytes, W + (long)(r0 + nr - 1) * row_bytes};
+        unsigned char *wb[2] = {bufs[0], bufs[1]};
+        const int mis[2] = {(int)((unsigned long long)wr[0] & 15), (int)((unsigned long long)wr[1] & 15)};
+        static uint4 buf[32][2][L::CPL];
+        float acc[32][2][1] = {};
+        for (int l = 0; l < 32; l++)
+            for (int r = 0; r < nr; r++) span_load<L>(wr[r], used, 0, l, buf[l][r]);
         for (int s = 0; s < nspan; s++) {
-            std::memset(wb, 0xFF, sizeof wb);  // stale bytes would show
-            for (int l = 0; l < 32; l++) span_store<L>(wr, used, s, l, buf[l], wb);
-            if (s + 1 < nspan) for (int l = 0; l < 32; l++) span_load<L>(wr, used, s + 1, l, buf[l]);
-            for (int l = 0; l < 32; l++) span_dot<L, float, 1>(wb, (int)((unsigned long long)wr & 15), s, nblk, l, x, K, 1, acc[l], wout + (long)r * K);
+            std::memset(bufs, 0xFF, sizeof bufs);  // stale bytes would show
+            for (int l = 0; l < 32; l++)
+                for (int r = 0; r < nr; r++) span_store<L>(wr[r], used, s, l, buf[l][r], wb[r]);
+            if (s + 1 < nspan)
+                for (int l = 0; l < 32; l++)
+                    for (int r = 0; r < nr; r++) span_load<L>(wr[r], used, s + 1, l, buf[l][r]);
+            for (int l = 0; l < 32; l++)
+                span_dot<L, float, 1, 2>(wb, mis, nr, s, nblk, l, x, K, 1, acc[l], wout + (long)r0 * K);
         }
-        float v = 0.f;
-        for (int l = 0; l < 32; l++) v += acc[l][0];
-        y[r] = v;
+        for (int r = 0; r < nr; r++) {
+            float v = 0.f;
+            for (int l = 0; l < 32; l++) v += acc[l][r][0];
+            y[r0 + r] = v;
+        }
     }
 }
 extern "C" void span_run(int fmt, const unsigned char *W, long row_bytes, int R, int K, const float *x, float *y, float *w) {
@@ -161,7 +174,7 @@ def test_cuda_block_decoders_on_the_host(host_lib, fmt):
 
 @pytest.mark.parametrize("fmt,R,K", [
     ("q8_0", 5, 768), ("q8_0", 3, 96), ("q8_0", 4, 4128), ("q8_0", 3, 11008),  # K / 32: 24, 3, 129, 344 blocks
-    ("q4_k", 5, 768), ("q4_k", 3, 17 * 256), ("q4_k", 2, 11008),  # 3, 17 (past a span of 16), 43 blocks
+    ("q4_k", 5, 768), ("q4_k", 3, 17 * 256), ("q4_k", 2, 11008),  # 3, 17 (past two spans of 8), 43 blocks
     ("q6_k", 5, 768), ("q6_k", 3, 9 * 256), ("q6_k", 4, 11008)])  # rows of 630, 1890, 9030 bytes: not 16k
 def test_span_walk_on_the_host(host_lib, fmt, R, K):
     """qgemv_span's indexing (quant_span.cuh), 32 lanes emulated: which chunks each lane loads (16-byte
@@ -234,7 +247,7 @@ def test_qgemv_on_llama_shapes(fmt):
 @cuda
 @pytest.mark.parametrize("fmt,n,cols,m", [
     ("q8_0", 13, 96, 1), ("q8_0", 9, 4128, 3), ("q8_0", 5, 11008, 4),  # 3 blocks; 129 (past a span of 32); 344
-    ("q4_k", 11, 17 * 256, 2), ("q4_k", 3, 11008, 4), ("q4_k", 21, 4096, 1),  # 17 blocks (a span is 16); 43
+    ("q4_k", 11, 17 * 256, 2), ("q4_k", 3, 11008, 4), ("q4_k", 21, 4096, 1),  # 17 blocks (a span is 8); 43
     ("q6_k", 7, 11008, 3), ("q6_k", 17, 9 * 256, 8), ("q6_k", 6, 768, 1)])  # rows of 9030 / 1890 / 630 bytes
 def test_qgemv_span_edge_shapes(fmt, n, cols, m):
     """qgemv_span (cupy_quant.py) where its walk has edges: rows not a multiple of 8 a block, K not a multiple

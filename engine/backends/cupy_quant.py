@@ -14,7 +14,7 @@ import cupy
 
 from . import cupy_kernels as K
 
-SPAN_FORMATS = {"q8_0": 3, "q4_k": 5, "q6_k": 4}  # the kernel's L::CPL: 8 warps x CPL x 512 bytes of row buffers
+SPAN_FORMATS = {"q8_0": 3, "q4_k": 3, "q6_k": 4}  # the kernel's L::CPL: 8 warps x 2 rows x CPL x 512 bytes of buffers
 _SPAN_LAUNCH: dict = {}
 
 
@@ -23,13 +23,13 @@ def span_ok(x2, qtype: str, datas) -> bool:
     cpl = SPAN_FORMATS.get(qtype)
     if cpl is None or any(d.data.ptr % 16 for d in datas):
         return False
-    return x2.shape[0] * x2.shape[1] * x2.itemsize <= K.SMEM_LIMIT - 8 * 512 * cpl - 1024
+    return x2.shape[0] * x2.shape[1] * x2.itemsize <= K.SMEM_LIMIT - 16 * 512 * cpl - 1024
 
 
 def _span_fn(dtype, qtype: str, m: int, smem: int):
     M = 1 if m == 1 else 2 if m <= 2 else 4 if m <= 4 else 8
     fn = K._fn(f"qgemv_span<{K.type_name(dtype)},{K.QFORMATS[qtype]},{M}>")
-    if smem + 8 * 512 * SPAN_FORMATS[qtype] + 64 > 48 * 1024 and smem > fn.max_dynamic_shared_size_bytes:
+    if smem + 16 * 512 * SPAN_FORMATS[qtype] + 64 > 48 * 1024 and smem > fn.max_dynamic_shared_size_bytes:
         fn.max_dynamic_shared_size_bytes = smem  # past 48 KiB with the static buffers: only ever raised
     return fn
 
@@ -64,7 +64,8 @@ def qgemv_fused(x2, data, qtype: str, out, bias=None, W2=None, bias2=None, act=N
         scalars = (i64(data.strides[0]), i64(x2.strides[0] // isz), cupy.float32(eps), i32(K.NORM_STYLES[style]),
                    i64(res_row), i64(out.strides[0] // isz), i32(N), i32(Kd), i32(m), i32(K.ACTS.get(act, 0)),
                    i32(data.shape[0]), i32(segs[0] if segs else 0))
-        plan = _SPAN_LAUNCH[key] = (fn, (-(-N // 8),), smem, scalars)
+        per_block = 8 if W2 is not None else 16  # a warp: GLU's gate and up rows of one output, else two outputs
+        plan = _SPAN_LAUNCH[key] = (fn, (-(-N // per_block),), smem, scalars)
     fn, grid, smem, sc = plan
     wb, bb = segments[0] if segments else (None, None)
     wc, bc = segments[1] if segments and len(segments) > 1 else (None, None)

@@ -20,7 +20,26 @@
 __device__ __forceinline__ unsigned q_perm(unsigned x, unsigned y, unsigned s) { return __byte_perm(x, y, s); }
 __device__ __forceinline__ float q_bits(unsigned u) { return __int_as_float((int)u); }
 template <typename T> __device__ __forceinline__ void q_x8(const T *p, float *f) { load_run<T, 8>(p, f); }
+__device__ __forceinline__ void q_u64(const unsigned char *p, unsigned &lo, unsigned &hi) {  // 8-byte aligned
+    const uint2 v = *reinterpret_cast<const uint2 *>(p);
+    lo = v.x;
+    hi = v.y;
+}
+__device__ __forceinline__ unsigned q_funnel(unsigned lo, unsigned hi, unsigned sh) { return __funnelshift_r(lo, hi, sh); }
 #endif
+
+// 8 bytes from a 2-byte aligned address as two words, through two aligned 8-byte reads (shared memory: two
+// accesses instead of four 2-byte ones)
+__device__ __forceinline__ void q_u64_2(const unsigned char *p, unsigned &lo, unsigned &hi) {
+    const unsigned o = (unsigned)((unsigned long long)p & 7);
+    unsigned w0, w1, w2, w3;
+    q_u64(p - o, w0, w1);
+    q_u64(p - o + 8, w2, w3);
+    const unsigned sh = 8 * (o & 3);
+    const bool k = o >= 4;
+    lo = q_funnel(k ? w1 : w0, k ? w2 : w1, sh);
+    hi = q_funnel(k ? w2 : w1, k ? w3 : w2, sh);
+}
 
 // (float)(byte i of v) - bias, exactly (bias an integer < 256)
 __device__ __forceinline__ float q_byte_f(unsigned v, int i, float bias) {
@@ -31,41 +50,46 @@ __device__ __forceinline__ float q_byte_f(unsigned v, int i, float bias) {
 struct QL_q8_0 {
     static constexpr int BS = 32, TS = 34, STEP = 8, SB = 32, CPL = 3;
     static constexpr bool MINS = false;
-    static __device__ __forceinline__ bool lane_q(const unsigned char *b, int nb, int lane, float *q, float &a, float &c) {
-        if ((lane >> 2) >= nb) return false;  // past the row's last block (K / 32 not a multiple of 8)
+    static __device__ __forceinline__ void lane_q(const unsigned char *b, int lane, float *q, float &a, float &c) {
         b += TS * (lane >> 2);
         a = q_h2f(q_u16(b));
         c = 0.f;
-        const unsigned lo = q_u32_2(b + 2 + 8 * (lane & 3)) ^ 0x80808080u, hi = q_u32_2(b + 6 + 8 * (lane & 3)) ^ 0x80808080u;
+        unsigned lo, hi;
+        q_u64_2(b + 2 + 8 * (lane & 3), lo, hi);
+        lo ^= 0x80808080u;
+        hi ^= 0x80808080u;
         #pragma unroll
         for (int i = 0; i < 4; i++) {
             q[i] = q_byte_f(lo, i, 128.f);
             q[4 + i] = q_byte_f(hi, i, 128.f);
         }
-        return true;
     }
 };
 
 // Q4_K: weight 8l + i is in group g = l / 8, the low (l % 8 < 4) or high nibble of quant byte 32g + 8 (l % 4) + i,
 // sub-block l / 4. w = (d * sc) * q - dmin * m
 struct QL_q4_k {
-    static constexpr int BS = 256, TS = 144, STEP = 1, SB = 16, CPL = 5;
+    static constexpr int BS = 256, TS = 144, STEP = 1, SB = 8, CPL = 3;
     static constexpr bool MINS = true;
-    static __device__ __forceinline__ bool lane_q(const unsigned char *b, int, int lane, float *q, float &a, float &c) {
-        const unsigned dd = q_u32(b);
+    static __device__ __forceinline__ void lane_q(const unsigned char *b, int lane, float *q, float &a, float &c) {
+        unsigned hd[4];  // d, dmin; the 12 bytes of scales and mins (one 16-byte read: blocks are 16-byte aligned)
+        q_u128(b, hd);
+        const unsigned dd = hd[0];
         int sc, m;
-        QF_q4_k::scale_min(lane >> 2, q_u32(b + 4), q_u32(b + 8), q_u32(b + 12), &sc, &m);
+        QF_q4_k::scale_min(lane >> 2, hd[1], hd[2], hd[3], &sc, &m);
         a = __fmul_rn(q_h2f(dd & 0xFFFF), (float)sc);
         c = __fmul_rn(q_h2f(dd >> 16), (float)m);
         const unsigned char *p = b + 16 + 32 * (lane >> 3) + 8 * (lane & 3);  // 8-byte aligned (blocks: 16)
         const int sh = (lane & 4) ? 4 : 0;
-        const unsigned lo = (q_u32(p) >> sh) & 0x0F0F0F0Fu, hi = (q_u32(p + 4) >> sh) & 0x0F0F0F0Fu;
+        unsigned lo, hi;
+        q_u64(p, lo, hi);
+        lo = (lo >> sh) & 0x0F0F0F0Fu;
+        hi = (hi >> sh) & 0x0F0F0F0Fu;
         #pragma unroll
         for (int i = 0; i < 4; i++) {
             q[i] = q_byte_f(lo, i, 0.f);
             q[4 + i] = q_byte_f(hi, i, 0.f);
         }
-        return true;
     }
 };
 
@@ -75,21 +99,23 @@ struct QL_q4_k {
 struct QL_q6_k {
     static constexpr int BS = 256, TS = 210, STEP = 1, SB = 8, CPL = 4;
     static constexpr bool MINS = false;
-    static __device__ __forceinline__ bool lane_q(const unsigned char *b, int, int lane, float *q, float &a, float &c) {
+    static __device__ __forceinline__ void lane_q(const unsigned char *b, int lane, float *q, float &a, float &c) {
         const int h = lane >> 4, j = (lane >> 2) & 3, e = 8 * (lane & 3);
         const int sc = (signed char)b[192 + 8 * h + 2 * j + ((lane & 3) >> 1)];
         a = __fmul_rn(q_h2f(q_u16(b + 208)), (float)sc);
         c = 0.f;
         const unsigned char *pl = b + 64 * h + 32 * (j & 1) + e, *ph = b + 128 + 32 * h + e;
         const int sl = (j >> 1) * 4, sh = 2 * j;
-        const unsigned lo = ((q_u32_2(pl) >> sl) & 0x0F0F0F0Fu) | (((q_u32_2(ph) >> sh) & 0x03030303u) << 4);
-        const unsigned hi = ((q_u32_2(pl + 4) >> sl) & 0x0F0F0F0Fu) | (((q_u32_2(ph + 4) >> sh) & 0x03030303u) << 4);
+        unsigned l0, l1, h0, h1;
+        q_u64_2(pl, l0, l1);
+        q_u64_2(ph, h0, h1);
+        const unsigned lo = ((l0 >> sl) & 0x0F0F0F0Fu) | (((h0 >> sh) & 0x03030303u) << 4);
+        const unsigned hi = ((l1 >> sl) & 0x0F0F0F0Fu) | (((h1 >> sh) & 0x03030303u) << 4);
         #pragma unroll
         for (int i = 0; i < 4; i++) {
             q[i] = q_byte_f(lo, i, 32.f);
             q[4 + i] = q_byte_f(hi, i, 32.f);
         }
-        return true;
     }
 };
 
@@ -153,35 +179,45 @@ __device__ __forceinline__ void span_store(const unsigned char *wr, long used, i
     }
 }
 
-// lane's share of span s (staged in wb) against rows m < rows of xs (K values a row): acc[m] += its w . x.
-// wout (host checks only; null in the kernel): the lane's weights w_i = a * q_i - c at their positions.
-template <class L, typename T, int M>
-__device__ __forceinline__ void span_dot(const unsigned char *wb, int mis, int s, int nblk, int lane, const T *xs,
-                                         int K, int rows, float (&acc)[M], float *wout) {
+// lane's share of span s of R weight rows (row r staged in wb[r], mis[r] past its chunk grid; rows r >= nr
+// absent) against rows m < rows of xs (K values a row; each x value read once for all R rows):
+// acc[r][m] += its w . x. wout (host checks only; null in the kernel): row r's weights w_i = a * q_i - c at
+// their positions, K apart.
+template <class L, typename T, int M, int R>
+__device__ __forceinline__ void span_dot(unsigned char *const *wb, const int *mis, int nr, int s, int nblk, int lane,
+                                         const T *xs, int K, int rows, float (&acc)[R][M], float *wout) {
     const int nb = nblk - s * L::SB < L::SB ? nblk - s * L::SB : L::SB;
     const int steps = (nb + L::STEP - 1) / L::STEP;
     for (int t = 0; t < steps; t++) {
-        float q[8], a, c;
-        if (!L::lane_q(wb + mis + (long)L::TS * L::STEP * t, nb - L::STEP * t, lane, q, a, c)) continue;
+        if (L::STEP * t + (lane >> 2) * (L::STEP > 1) >= nb) continue;  // Q8_0: past the row's last block
+        float q[R][8], a[R], c[R];
+        #pragma unroll
+        for (int r = 0; r < R; r++)
+            if (r < nr) L::lane_q(wb[r] + mis[r] + (long)L::TS * L::STEP * t, lane, q[r], a[r], c[r]);
         const long xo = (long)(s * L::SB + L::STEP * t) * L::BS + 8 * lane;
         if (wout != nullptr) {
-            for (int i = 0; i < 8; i++) wout[xo + i] = __fsub_rn(__fmul_rn(a, q[i]), c);
+            for (int r = 0; r < nr; r++)
+                for (int i = 0; i < 8; i++) wout[(long)r * K + xo + i] = __fsub_rn(__fmul_rn(a[r], q[r][i]), c[r]);
         }
         #pragma unroll
         for (int m = 0; m < M; m++) {
             if (m < rows) {
                 float xf[8];
                 q_x8<T>(xs + (long)m * K + xo, xf);
-                float d = 0.f;
-                #pragma unroll
-                for (int i = 0; i < 8; i++) d = fmaf(q[i], xf[i], d);
-                if constexpr (L::MINS) {  // Q4_K's mins
-                    float sx = 0.f;
+                float sx = 0.f;
+                if constexpr (L::MINS) {  // Q4_K's mins: - c * sum(x)
                     #pragma unroll
                     for (int i = 0; i < 8; i++) sx = __fadd_rn(sx, xf[i]);
-                    acc[m] = fmaf(-c, sx, fmaf(a, d, acc[m]));
-                } else {
-                    acc[m] = fmaf(a, d, acc[m]);
+                }
+                #pragma unroll
+                for (int r = 0; r < R; r++) {
+                    if (r < nr) {
+                        float d = 0.f;
+                        #pragma unroll
+                        for (int i = 0; i < 8; i++) d = fmaf(q[r][i], xf[i], d);
+                        acc[r][m] = fmaf(a[r], d, acc[r][m]);
+                        if constexpr (L::MINS) acc[r][m] = fmaf(-c[r], sx, acc[r][m]);
+                    }
                 }
             }
         }
