@@ -64,8 +64,13 @@ static inline unsigned q_perm(unsigned x, unsigned y, unsigned s) {  // CUDA's _
     return r;
 }
 static inline float q_bits(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }
-static inline void q_u64(const unsigned char *p, unsigned &lo, unsigned &hi) { std::memcpy(&lo, p, 4); std::memcpy(&hi, p + 4, 4); }
-static inline unsigned q_funnel(unsigned lo, unsigned hi, unsigned sh) { return (unsigned)((((unsigned long long)hi << 32) | lo) >> sh); }
+static inline void q_u64(const unsigned char *p, unsigned &lo, unsigned &hi) {
+    std::memcpy(&lo, p, 4);
+    std::memcpy(&hi, p + 4, 4);
+}
+static inline unsigned q_funnel(unsigned lo, unsigned hi, unsigned sh) {
+    return (unsigned)((((unsigned long long)hi << 32) | lo) >> sh);
+}
 template <typename T> static inline void q_x8(const T *p, float *f) { for (int i = 0; i < 8; i++) f[i] = p[i]; }
 #include "quant_formats.cuh"
 #include "quant_span.cuh"

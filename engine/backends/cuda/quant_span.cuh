@@ -25,7 +25,9 @@ __device__ __forceinline__ void q_u64(const unsigned char *p, unsigned &lo, unsi
     lo = v.x;
     hi = v.y;
 }
-__device__ __forceinline__ unsigned q_funnel(unsigned lo, unsigned hi, unsigned sh) { return __funnelshift_r(lo, hi, sh); }
+__device__ __forceinline__ unsigned q_funnel(unsigned lo, unsigned hi, unsigned sh) {
+    return __funnelshift_r(lo, hi, sh);
+}
 #endif
 
 // 8 bytes from a 2-byte aligned address as two words, through two aligned 8-byte reads (shared memory: two
