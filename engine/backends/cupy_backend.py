@@ -482,7 +482,7 @@ class CupyBackend(NumpyBackend):
                 a *= np.float32(std)
             return self._out(a, D.get(dtype))
 
-    # ---- quantized weights (engine/quant.py): the fused kernels of cupy_kernels (quant.cu), capturable ----
+    # ---- quantized weights (engine/quant.py): fused kernels (quant.cu, quant_span.cu; cupy_quant), capturable ----
     qtile_scale = 64  # more than 8 rows (prefill): tiles of 16 M dequantised weights, 64 times the CPU's
 
     def qlinear(self, x, data, qtype: str, cols: int, b, out_dtype):

@@ -14,7 +14,7 @@ import cupy
 
 from . import cupy_kernels as K
 
-SPAN_FORMATS = {"q8_0": 3, "q4_k": 3, "q6_k": 4}  # the kernel's L::CPL: 8 warps x 2 rows x CPL x 512 bytes of buffers
+SPAN_FORMATS = {"q8_0": 5, "q4_k": 5, "q6_k": 4}  # the kernel's L::CPL: 8 warps x 2 rows x CPL x 512 bytes of buffers
 _SPAN_LAUNCH: dict = {}
 
 
@@ -29,8 +29,9 @@ def span_ok(x2, qtype: str, datas) -> bool:
 def _span_fn(dtype, qtype: str, m: int, smem: int):
     M = 1 if m == 1 else 2 if m <= 2 else 4 if m <= 4 else 8
     fn = K._fn(f"qgemv_span<{K.type_name(dtype)},{K.QFORMATS[qtype]},{M}>")
-    if smem + 16 * 512 * SPAN_FORMATS[qtype] + 64 > 48 * 1024 and smem > fn.max_dynamic_shared_size_bytes:
-        fn.max_dynamic_shared_size_bytes = smem  # past 48 KiB with the static buffers: only ever raised
+    static = 16 * 512 * SPAN_FORMATS[qtype] + 64  # the row buffers and the norm's reduction slots
+    if smem + static > 48 * 1024 and fn.max_dynamic_shared_size_bytes < K.SMEM_LIMIT - static:
+        fn.max_dynamic_shared_size_bytes = K.SMEM_LIMIT - static  # past 48 KiB with them: the opt-in, once
     return fn
 
 

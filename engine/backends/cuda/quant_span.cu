@@ -15,7 +15,7 @@ __device__ __forceinline__ const unsigned char *qrow(int row, long row_bytes, co
 }
 
 template <typename T, int F, int M>
-__global__ void __launch_bounds__(256, M <= 2 && F != 4 ? 3 : 2) qgemv_span(const unsigned char *__restrict__ W,
+__global__ void __launch_bounds__(256, 2) qgemv_span(const unsigned char *__restrict__ W,
         const unsigned char *__restrict__ W2, long row_bytes, const T *__restrict__ x, long x_row,
         const T *__restrict__ nw, float eps, int style, const T *__restrict__ bias, const T *__restrict__ bias2,
         const T *__restrict__ res, long res_row, T *__restrict__ y, long y_row, int N, int K, int rows, int act,
@@ -26,28 +26,31 @@ __global__ void __launch_bounds__(256, M <= 2 && F != 4 ? 3 : 2) qgemv_span(cons
     T *xs = reinterpret_cast<T *>(smem_raw);
     __shared__ __align__(16) unsigned char wbuf[8][2][L::CPL * 512];
     __shared__ float red[8];
-    stage_x<T>(x, x_row, nw, eps, style, xs, K, rows, red);
-    __syncthreads();
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const bool glu = W2 != nullptr;
     const int row = glu ? blockIdx.x * 8 + warp : 2 * (blockIdx.x * 8 + warp);  // output row (the first of two)
-    if (row >= N) return;  // after the block's barriers: a whole warp leaves
-    const unsigned char *wr[2];
-    wr[0] = qrow<T>(row, row_bytes, W, Wb, Wc, n0, n1);
-    wr[1] = glu ? W2 + (size_t)row * row_bytes : row + 1 < N ? qrow<T>(row + 1, row_bytes, W, Wb, Wc, n0, n1) : nullptr;
-    const int nr = wr[1] != nullptr ? 2 : 1;
-    unsigned char *wb[2] = {wbuf[warp][0], wbuf[warp][1]};
-    const int mis[2] = {(int)((unsigned long long)wr[0] & 15), (int)((unsigned long long)wr[1] & 15)};
+    const unsigned char *wr[2] = {nullptr, nullptr};
+    if (row < N) {
+        wr[0] = qrow<T>(row, row_bytes, W, Wb, Wc, n0, n1);
+        if (glu) wr[1] = W2 + (size_t)row * row_bytes;
+        else if (row + 1 < N) wr[1] = qrow<T>(row + 1, row_bytes, W, Wb, Wc, n0, n1);
+    }
+    const int nr = wr[0] == nullptr ? 0 : wr[1] != nullptr ? 2 : 1;
     const int nblk = K / L::BS;
     const long used = (long)nblk * L::TS;
     const int nspan = (nblk + L::SB - 1) / L::SB;
+    uint4 buf[2][L::CPL];
+    #pragma unroll
+    for (int r = 0; r < 2; r++)  // the first span's loads fly while x is staged
+        if (r < nr) span_load<L>(wr[r], used, 0, lane, buf[r]);
+    stage_x<T>(x, x_row, nw, eps, style, xs, K, rows, red);
+    __syncthreads();
+    if (nr == 0) return;  // after the block's barriers: a whole warp leaves
+    unsigned char *wb[2] = {wbuf[warp][0], wbuf[warp][1]};
+    const int mis[2] = {(int)((unsigned long long)wr[0] & 15), (int)((unsigned long long)wr[1] & 15)};
     float acc[2][M];
     #pragma unroll
     for (int m = 0; m < M; m++) acc[0][m] = acc[1][m] = 0.f;
-    uint4 buf[2][L::CPL];
-    #pragma unroll
-    for (int r = 0; r < 2; r++)
-        if (r < nr) span_load<L>(wr[r], used, 0, lane, buf[r]);
     for (int s = 0; s < nspan; s++) {
         #pragma unroll
         for (int r = 0; r < 2; r++)

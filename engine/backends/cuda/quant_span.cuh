@@ -50,7 +50,7 @@ __device__ __forceinline__ float q_byte_f(unsigned v, int i, float bias) {
 
 // Q8_0: a step is blocks 0..7 from `b`; lane l reads block l / 4, quants 8 (l % 4) .. + 7. w = d * q
 struct QL_q8_0 {
-    static constexpr int BS = 32, TS = 34, STEP = 8, SB = 32, CPL = 3;
+    static constexpr int BS = 32, TS = 34, STEP = 8, SB = 64, CPL = 5;
     static constexpr bool MINS = false;
     static __device__ __forceinline__ void lane_q(const unsigned char *b, int lane, float *q, float &a, float &c) {
         b += TS * (lane >> 2);
@@ -71,7 +71,7 @@ struct QL_q8_0 {
 // Q4_K: weight 8l + i is in group g = l / 8, the low (l % 8 < 4) or high nibble of quant byte 32g + 8 (l % 4) + i,
 // sub-block l / 4. w = (d * sc) * q - dmin * m
 struct QL_q4_k {
-    static constexpr int BS = 256, TS = 144, STEP = 1, SB = 8, CPL = 3;
+    static constexpr int BS = 256, TS = 144, STEP = 1, SB = 16, CPL = 5;
     static constexpr bool MINS = true;
     static __device__ __forceinline__ void lane_q(const unsigned char *b, int lane, float *q, float &a, float &c) {
         unsigned hd[4];  // d, dmin; the 12 bytes of scales and mins (one 16-byte read: blocks are 16-byte aligned)
@@ -136,6 +136,7 @@ struct SpanGeom {
 };
 template <class L>
 __device__ __forceinline__ SpanGeom span_geom(const unsigned char *wr, long used, int s) {
+    static_assert((L::SB * L::TS) % 16 == 0 && L::SB * L::TS / 16 + 1 <= 32 * L::CPL, "a span: whole chunks, CPL a lane");
     SpanGeom g;
     g.mis = (int)((unsigned long long)wr & 15);
     g.end = g.mis + used;
