@@ -3,11 +3,11 @@
 // row as it lies in memory. Like quant_formats.cuh, everything here but the Q_HOST-guarded helpers runs on the
 // host too (tests/test_gguf_cuda.py compiles it with g++ and walks 32 emulated lanes through a row).
 //
-// A warp owns one weight row at a time and reads it in spans of SB whole blocks (SPANB bytes, a multiple of
-// 16): lane l loads the 16-byte chunks l, l + 32, .. of the span (coalesced, counted from the row's start
+// A warp streams its weight rows (two at a time: quant_span.cu) in spans of SB whole blocks (SB * TS bytes, a
+// multiple of 16): lane l loads the 16-byte chunks l, l + 32, .. of the span (coalesced, counted from the row's start
 // rounded down to 16 bytes, so a row whose byte length is not a multiple of 16 still gets aligned loads; the
 // chunk that crosses the row's end is read 2 bytes at a time), keeps them in registers while the warp works on
-// the previous span, then stores them to its shared-memory buffer. Decoding from there, a step is 256
+// the previous span, then stores them to the row's shared-memory buffer. Decoding from there, a step is 256
 // consecutive weights (one Q4_K or Q6_K block, eight Q8_0 blocks): lane l takes weights 8l .. 8l + 7 of it, so
 // its x values are 8 consecutive T in shared memory (conflict-free 16-byte reads), and lane_q gives them as
 // w_i = a * q_i - c with q_i small integers, exact as floats (c = 0 but for Q4_K's mins): each w_i equals
@@ -136,7 +136,7 @@ struct SpanGeom {
 };
 template <class L>
 __device__ __forceinline__ SpanGeom span_geom(const unsigned char *wr, long used, int s) {
-    static_assert((L::SB * L::TS) % 16 == 0 && L::SB * L::TS / 16 + 1 <= 32 * L::CPL, "a span: whole chunks, CPL a lane");
+    static_assert((L::SB * L::TS) % 16 == 0 && L::SB * L::TS / 16 + 1 <= 32 * L::CPL, "span: 16k bytes, CPL a lane");
     SpanGeom g;
     g.mis = (int)((unsigned long long)wr & 15);
     g.end = g.mis + used;
