@@ -68,6 +68,7 @@ static inline void q_u64(const unsigned char *p, unsigned &lo, unsigned &hi) {
     std::memcpy(&lo, p, 4);
     std::memcpy(&hi, p + 4, 4);
 }
+static inline uint4 q_ld16(const unsigned char *p) { uint4 v; std::memcpy(&v, p, 16); return v; }
 static inline unsigned q_funnel(unsigned lo, unsigned hi, unsigned sh) {
     return (unsigned)((((unsigned long long)hi << 32) | lo) >> sh);
 }

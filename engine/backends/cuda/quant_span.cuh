@@ -25,6 +25,8 @@ __device__ __forceinline__ void q_u64(const unsigned char *p, unsigned &lo, unsi
     lo = v.x;
     hi = v.y;
 }
+// 16 bytes of a weight row (global memory, read once: the non-coherent path)
+__device__ __forceinline__ uint4 q_ld16(const unsigned char *p) { return __ldg(reinterpret_cast<const uint4 *>(p)); }
 __device__ __forceinline__ unsigned q_funnel(unsigned lo, unsigned hi, unsigned sh) {
     return __funnelshift_r(lo, hi, sh);
 }
@@ -159,7 +161,7 @@ __device__ __forceinline__ void span_load(const unsigned char *wr, long used, in
         if (c < g.nch) {
             const long at = 16 * (g.c0 + c);
             if (at + 16 <= g.end) {
-                buf[j] = *reinterpret_cast<const uint4 *>(base + at);
+                buf[j] = q_ld16(base + at);
             } else {
                 unsigned v[8];  // the 2-byte halves before the row's end (even: its blocks are), zeros after
                 #pragma unroll
