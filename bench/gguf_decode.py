@@ -11,8 +11,9 @@ token reads (packed blocks for the quantized formats), achieved GB/s = bytes x t
 (device copy rate, read + write, over those bytes) and the speed-up over fp16 against the targets
 (Q8_0 1.7x, Q4_K 2.8x). Also the logits' agreement with fp16 on the prompt (cosine, top-1), a check
 that the quantized model is the same model, and a kernel profile: qgemv per format at the model's
-GEMV shapes (launches captured in a graph, weights rotating over more copies than L2 holds) beside
-the fp16 gemv kernel. Warm-up (record + capture) and quantisation time are reported apart.
+GEMV shapes (gate/up: the decode's fused GLU launch over both weights; launches captured in a graph,
+weights rotating over more copies than L2 holds, the device idle before each) beside the fp16 gemv kernel.
+Warm-up (record + capture) and quantisation time are reported apart.
 """
 from __future__ import annotations
 
@@ -59,6 +60,7 @@ def kernel_profile(preset: str, formats, iters: int = 40) -> list:
     import engine  # noqa: F401  (the engine's pool owns cupy's memory)
     from bench.kernel_profile import graph_timed, shapes
     from engine.backends import cupy_kernels as K
+    from engine.backends import cupy_quant as Q
     from engine.io.gguf import quantize_matrix
     l2 = cupy.cuda.runtime.getDeviceProperties(0)["l2CacheSize"]
     rng = cupy.random.default_rng(0)
@@ -73,19 +75,24 @@ def kernel_profile(preset: str, formats, iters: int = 40) -> list:
         out = cupy.empty((1, N), cupy.float16)
         for fmt in formats:
             w = (rng.standard_normal((N, Kd), dtype=cupy.float32) * 0.02)
+            # GLU: the decode's launch, gate and up (two copies of the weight, rotating) into one output
             if fmt == "fp16":
                 one = w.astype(cupy.float16)
-                run = lambda W, i: K.gemv(x, W, out)  # noqa: E731
+                run = lambda W, W2: K.gemv(x, W, out, W2=W2, act="silu" if W2 is not None else None)  # noqa: E731
             else:
                 if not K.qdata_ok(one := quantize_matrix(w, fmt), fmt):
                     continue
-                run = lambda W, i, f=fmt: K.qgemv(x, W, f, out)  # noqa: E731
+                run = lambda W, W2, f=fmt: Q.qgemv_fused(  # noqa: E731
+                    x, W, f, out, W2=W2, act="silu" if W2 is not None else None)
             del w
-            copies = max(2, int(np.ceil(3 * l2 / one.nbytes)))
+            per = 2 if glu else 1  # weights a launch reads
+            copies = per * max(2, int(np.ceil(3 * l2 / (per * one.nbytes))))
             Ws = [one] + [one.copy() for _ in range(copies - 1)]
-            us = timed(lambda i: run(Ws[i % copies], i), iters)
-            rows.append({"shape": name, "N": N, "K": Kd, "format": fmt, "bytes": int(one.nbytes), "us": round(us, 2),
-                         "gb_per_s": round(one.nbytes / (us * 1e-6) / 1e9, 1)})
+            cupy.cuda.Device().synchronize()
+            us = timed(lambda i: run(Ws[(per * i) % copies], Ws[(per * i + 1) % copies] if glu else None), iters)
+            nbytes = per * one.nbytes
+            rows.append({"shape": name, "N": N, "K": Kd, "format": fmt, "bytes": int(nbytes), "us": round(us, 2),
+                         "gb_per_s": round(nbytes / (us * 1e-6) / 1e9, 1)})
             print(f"  {name:20s} {N:6d} x {Kd:6d} {fmt:5s} {us:8.2f} us {rows[-1]['gb_per_s']:7.1f} GB/s", flush=True)
             del Ws, one
     return rows

@@ -34,7 +34,9 @@ def graph_timed(fn, n: int) -> float:
     graph replayed 3 times, so the host's launch overhead (tens of microseconds from Python) stays out,
     as in a captured decode step."""
     import cupy
-    fn(0)
+    cupy.cuda.Device().synchronize()  # the timing stream does not wait for the legacy stream's queued work
+    fn(0)  # (weights just quantised or copied there would run beside the graph and slow it)
+    cupy.cuda.Device().synchronize()
     stream = cupy.cuda.Stream(non_blocking=True)
     with stream:
         stream.begin_capture()

@@ -55,7 +55,26 @@ static inline float q_h2f(unsigned h) {  // IEEE half -> float
     return s ? -v : v;
 }
 static inline void q_u128(const unsigned char *p, unsigned *q) { std::memcpy(q, p, 16); }
+struct uint4 { unsigned x, y, z, w; };
+static inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return {x, y, z, w}; }
+static inline unsigned q_perm(unsigned x, unsigned y, unsigned s) {  // CUDA's __byte_perm
+    const unsigned long long v = ((unsigned long long)y << 32) | x;
+    unsigned r = 0;
+    for (int j = 0; j < 4; j++) r |= (unsigned)((v >> (8 * ((s >> (4 * j)) & 7))) & 0xFF) << (8 * j);
+    return r;
+}
+static inline float q_bits(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }
+static inline void q_u64(const unsigned char *p, unsigned &lo, unsigned &hi) {
+    std::memcpy(&lo, p, 4);
+    std::memcpy(&hi, p + 4, 4);
+}
+static inline uint4 q_ld16(const unsigned char *p) { uint4 v; std::memcpy(&v, p, 16); return v; }
+static inline unsigned q_funnel(unsigned lo, unsigned hi, unsigned sh) {
+    return (unsigned)((((unsigned long long)hi << 32) | lo) >> sh);
+}
+template <typename T> static inline void q_x8(const T *p, float *f) { for (int i = 0; i < 8; i++) f[i] = p[i]; }
 #include "quant_formats.cuh"
+#include "quant_span.cuh"
 
 template <class Q> static void rows(const unsigned char *W, long row_bytes, int R, int K, const float *x, float *y, float *wout) {
     for (int r = 0; r < R; r++) {
@@ -74,6 +93,46 @@ template <class Q> static void rows(const unsigned char *W, long row_bytes, int 
                 }
         }
         y[r] = acc;
+    }
+}
+// qgemv_span's walk over R rows of row_bytes each, two at a time as a warp takes them (its 32 lanes in turn
+// between the __syncwarp()s)
+template <class L> static void span_rows(const unsigned char *W, long row_bytes, int R, int K, const float *x, float *y,
+                                         float *wout) {
+    alignas(16) static unsigned char bufs[2][L::CPL * 512];
+    const int nblk = K / L::BS, nspan = (nblk + L::SB - 1) / L::SB;
+    const long used = (long)nblk * L::TS;
+    for (int r0 = 0; r0 < R; r0 += 2) {
+        const int nr = r0 + 1 < R ? 2 : 1;
+        const unsigned char *wr[2] = {W + (long)r0 * row_bytes, W + (long)(r0 + nr - 1) * row_bytes};
+        unsigned char *wb[2] = {bufs[0], bufs[1]};
+        const int mis[2] = {(int)((unsigned long long)wr[0] & 15), (int)((unsigned long long)wr[1] & 15)};
+        static uint4 buf[32][2][L::CPL];
+        float acc[32][2][1] = {};
+        for (int l = 0; l < 32; l++)
+            for (int r = 0; r < nr; r++) span_load<L>(wr[r], used, 0, l, buf[l][r]);
+        for (int s = 0; s < nspan; s++) {
+            std::memset(bufs, 0xFF, sizeof bufs);  // stale bytes would show
+            for (int l = 0; l < 32; l++)
+                for (int r = 0; r < nr; r++) span_store<L>(wr[r], used, s, l, buf[l][r], wb[r]);
+            if (s + 1 < nspan)
+                for (int l = 0; l < 32; l++)
+                    for (int r = 0; r < nr; r++) span_load<L>(wr[r], used, s + 1, l, buf[l][r]);
+            for (int l = 0; l < 32; l++)
+                span_dot<L, float, 1, 2>(wb, mis, nr, s, nblk, l, x, K, 1, acc[l], wout + (long)r0 * K);
+        }
+        for (int r = 0; r < nr; r++) {
+            float v = 0.f;
+            for (int l = 0; l < 32; l++) v += acc[l][r][0];
+            y[r0 + r] = v;
+        }
+    }
+}
+extern "C" void span_run(int fmt, const unsigned char *W, long row_bytes, int R, int K, const float *x, float *y, float *w) {
+    switch (fmt) {
+        case 2: span_rows<QL_q8_0>(W, row_bytes, R, K, x, y, w); break;
+        case 3: span_rows<QL_q4_k>(W, row_bytes, R, K, x, y, w); break;
+        case 4: span_rows<QL_q6_k>(W, row_bytes, R, K, x, y, w); break;
     }
 }
 extern "C" void run(int fmt, const unsigned char *W, long row_bytes, int R, int K, const float *x, float *y, float *w) {
@@ -98,8 +157,9 @@ def host_lib(tmp_path_factory):
     subprocess.run(["g++", "-std=c++17", "-O1", "-ffp-contract=off", "-shared", "-fPIC", "-I", str(CUDA_DIR),
                     str(d / "h.cpp"), "-o", str(so)], check=True, capture_output=True)
     lib = ctypes.CDLL(str(so))
-    lib.run.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_int, ctypes.c_void_p,
-                        ctypes.c_void_p, ctypes.c_void_p]
+    for f in (lib.run, lib.span_run):
+        f.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_int, ctypes.c_void_p,
+                      ctypes.c_void_p, ctypes.c_void_p]
     return lib
 
 
@@ -112,6 +172,31 @@ def test_cuda_block_decoders_on_the_host(host_lib, fmt):
     x = np.random.default_rng(6).standard_normal(K).astype(np.float32)
     y, w = np.zeros(R, np.float32), np.full((R, K), np.nan, np.float32)
     host_lib.run(FMT_ID[fmt], raw.ctypes.data, raw.shape[1], R, K, x.ctypes.data, y.ctypes.data, w.ctypes.data)
+    ref = gguf.quants.dequantize(raw, G[fmt.upper()])
+    np.testing.assert_array_equal(w, ref)
+    want = ref.astype(np.float64) @ x.astype(np.float64)
+    np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("fmt,R,K", [
+    ("q8_0", 5, 768), ("q8_0", 3, 96), ("q8_0", 4, 4128), ("q8_0", 3, 11008),  # K / 32: 24, 3, 129, 344 blocks
+    ("q4_k", 5, 768), ("q4_k", 3, 17 * 256), ("q4_k", 2, 11008),  # 3, 17 (past two spans of 8), 43 blocks
+    ("q6_k", 5, 768), ("q6_k", 3, 9 * 256), ("q6_k", 4, 11008)])  # rows of 630, 1890, 9030 bytes: not 16k
+def test_span_walk_on_the_host(host_lib, fmt, R, K):
+    """qgemv_span's indexing (quant_span.cuh), 32 lanes emulated: which chunks each lane loads (16-byte
+    aligned from a row's start rounded down; rows whose length is not a multiple of 16 start mid-chunk), where
+    they land in the warp's buffer, which weights lane_q decodes against which x: every weight of a row bit
+    for bit gguf-py's, each position once, the sum the composition's within fp32 rounding."""
+    raw = np.ascontiguousarray(blocks(fmt, R, K, seed=K + R))
+    n = raw.size
+    store = np.zeros(n + 64, np.uint8)  # the rows from a 16-byte aligned address, then bytes that must not count
+    at = (-store.ctypes.data) % 16
+    store[at:at + n] = raw.reshape(-1)
+    store[at + n:] = 0xAB
+    x = np.random.default_rng(K).standard_normal(K).astype(np.float32)
+    y, w = np.zeros(R, np.float32), np.full((R, K), np.nan, np.float32)
+    host_lib.span_run(FMT_ID[fmt], store.ctypes.data + at, raw.shape[1], R, K, x.ctypes.data, y.ctypes.data,
+                      w.ctypes.data)
     ref = gguf.quants.dequantize(raw, G[fmt.upper()])
     np.testing.assert_array_equal(w, ref)
     want = ref.astype(np.float64) @ x.astype(np.float64)
@@ -163,6 +248,35 @@ def test_qgemv_on_llama_shapes(fmt):
         y = F.linear(engine.tensor(x, device=DEVICE), gpu_weight(raw, fmt, cols, "float16")).float().numpy()
         want = x.astype(np.float64) @ gguf.quants.dequantize(raw, G[fmt.upper()]).astype(np.float64).T
         np.testing.assert_allclose(y, want, rtol=2e-3, atol=2e-3 * np.abs(want).max())
+
+
+@cuda
+@pytest.mark.parametrize("fmt,n,cols,m", [
+    ("q8_0", 13, 96, 1), ("q8_0", 9, 4128, 3), ("q8_0", 5, 11008, 4),  # 3 blocks; 129 (past a span of 32); 344
+    ("q4_k", 11, 17 * 256, 2), ("q4_k", 3, 11008, 4), ("q4_k", 21, 4096, 1),  # 17 blocks (a span is 8); 43
+    ("q6_k", 7, 11008, 3), ("q6_k", 17, 9 * 256, 8), ("q6_k", 6, 768, 1)])  # rows of 9030 / 1890 / 630 bytes
+def test_qgemv_span_edge_shapes(fmt, n, cols, m):
+    """qgemv_span (cupy_quant.py) where its walk has edges: rows not a multiple of 8 a block, K not a multiple
+    of a span, row lengths not a multiple of 16 bytes, a GLU whose gate and up rows stream back to back;
+    plain and fused against the composition in float32, and the plain launch equal to the fused one."""
+    from engine.backends import cupy_quant as Q
+    from engine.backends.fused import FusedOps, QOperand
+    be = engine.backend(DEVICE)
+    rng = np.random.default_rng(n)
+    raw, raw2 = blocks(fmt, n, cols, seed=n), blocks(fmt, n, cols, seed=n + 1)
+    x = engine.tensor(rng.standard_normal((m, cols)).astype(np.float32), device=DEVICE)
+    assert Q.span_ok(x.array, fmt, (engine.tensor(raw, device=DEVICE).array,))
+    want = x.numpy().astype(np.float64) @ gguf.quants.dequantize(raw, G[fmt.upper()]).astype(np.float64).T
+    y = F.linear(x, gpu_weight(raw, fmt, cols))
+    np.testing.assert_allclose(y.numpy(), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    w, w2 = [QOperand(engine.tensor(r, device=DEVICE).array, fmt, cols) for r in (raw, raw2)]
+    assert (be.linear_fused(x.array, w, None, engine.float32) == y.array).all()
+    nw = engine.tensor((1 + 0.1 * rng.standard_normal(cols)).astype(np.float32), device=DEVICE).array
+    res = engine.tensor(rng.standard_normal((m, n)).astype(np.float32), device=DEVICE).array
+    kw = dict(norm=(nw, 1e-5, "llama"), glu=(w2, None, "silu"), residual=res)
+    got = be.linear_fused(x.array, w, None, engine.float32, **kw)
+    ref = FusedOps.linear_fused(be, x.array, w, None, engine.float32, **kw)
+    np.testing.assert_allclose(got.get(), ref.get(), rtol=1e-5, atol=1e-5 * np.abs(ref.get()).max())
 
 
 @cuda

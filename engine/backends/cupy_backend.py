@@ -18,7 +18,7 @@ import cupy
 import numpy as np
 
 from engine import dtype as D
-from engine.backends import cupy_blas, cupy_decode, cupy_flash, cupy_lstm, cupy_lt
+from engine.backends import cupy_blas, cupy_decode, cupy_flash, cupy_lstm, cupy_lt, cupy_quant
 from engine.backends import cupy_elementwise as EW
 from engine.backends import cupy_kernels as K
 from engine.backends.fused import QOperand
@@ -500,7 +500,7 @@ class CupyBackend(NumpyBackend):
                 a *= np.float32(std)
             return self._out(a, D.get(dtype))
 
-    # ---- quantized weights (engine/quant.py): the fused kernels of cupy_kernels (quant.cu), capturable ----
+    # ---- quantized weights (engine/quant.py): fused kernels (quant.cu, quant_span.cu; cupy_quant), capturable ----
     qtile_scale = 64  # more than 8 rows (prefill): tiles of 16 M dequantised weights, 64 times the CPU's
 
     def qlinear(self, x, data, qtype: str, cols: int, b, out_dtype):
@@ -512,7 +512,7 @@ class CupyBackend(NumpyBackend):
             x2 = x.reshape(-1, cols)
             if K.qgemv_ok(x2, data, qtype):
                 out = self.empty((x2.shape[0], data.shape[0]), out_dtype)
-                K.qgemv(x2, data, qtype, out, bias=b)
+                cupy_quant.qgemv(x2, data, qtype, out, bias=b)  # qgemv_span for Q8_0 / Q4_K / Q6_K
                 return out.reshape(lead + (data.shape[0],))
         return super().qlinear(x, data, qtype, cols, b, out_dtype)
 
@@ -541,8 +541,8 @@ class CupyBackend(NumpyBackend):
         if not K.qgemv_fused_ok(x2, w.data, w.qtype, others):
             return None
         out = self.empty((x2.shape[0], n), out_dtype)
-        K.qgemv_fused(x2, w.data, w.qtype, out, bias=b, W2=w2.data if w2 is not None else None, bias2=b2, act=act,
-                      norm=norm, residual=res2, segments=[(sw.data, sb) for sw, sb in segments])
+        cupy_quant.qgemv_fused(x2, w.data, w.qtype, out, bias=b, W2=w2.data if w2 is not None else None, bias2=b2,
+                               act=act, norm=norm, residual=res2, segments=[(sw.data, sb) for sw, sb in segments])
         return out.reshape(lead + (n,))
 
     def _dequant_rows(self, raw, q, cols: int):

@@ -34,7 +34,7 @@ import cupy
 _DIR = Path(__file__).resolve().parent / "cuda"
 # the sources, in include order (each .cu file relies on the headers before it)
 _FILES = ("prelude.cuh", "common.cuh", "mma.cuh", "gemv.cu", "rows.cu", "attention.cu", "sample.cu",
-          "quant_formats.cuh", "quant.cu", "group_norm.cu")
+          "quant_formats.cuh", "quant.cu", "quant_span.cuh", "quant_span.cu", "group_norm.cu")
 PRELUDE = (_DIR / "prelude.cuh").read_text()
 _SRC = "\n".join((_DIR / f).read_text() for f in _FILES)
 # the tensor-core conv includes <mma.h>: its own program, so an install without CUDA's crt/ headers loses
@@ -61,9 +61,9 @@ def _bundle(expr: str) -> tuple:
     if name in ("qgemv", "qdequant_rows"):  # one bundle per (dtype, format): every row count and the dequantiser
         f = args.split(",")[1].rstrip(">")
         return tuple(f"qgemv<{t},{f},{m}>" for m in (1, 2, 4, 8)) + (f"qdequant_rows<{t},{f}>",)
-    if name == "qgemv_fused":
+    if name in ("qgemv_fused", "qgemv_span"):  # qgemv_span: cupy_quant.py's
         f = args.split(",")[1].rstrip(">")
-        return tuple(f"qgemv_fused<{t},{f},{m}>" for m in (1, 2, 4, 8))
+        return tuple(f"{name}<{t},{f},{m}>" for m in (1, 2, 4, 8))
     if name == "conv2d_igemm":
         return ("conv2d_igemm<__half>", "conv2d_igemm<__nv_bfloat16>")
     misc = ("rms_norm_rows", "rotary", "moe_combine", "sample_rows", "gemm_tiled", "softmax_mask_rows")

@@ -1,0 +1,83 @@
+// quant_span.cu: CUDA sources of engine/backends/cupy_kernels.py (compiled by cupy's NVRTC, not on their own).
+// qgemv_span: qgemv and qgemv_fused (quant.cu: the same arguments, the same contract) for Q8_0, Q4_K and Q6_K
+// (F = 2, 3, 4), streaming weight rows in coalesced 16-byte chunks through shared memory (quant_span.cuh).
+// x (or its rms_norm, stage_x: rounded into T as rms_norm_rows rounds) is staged once per block. A warp takes
+// two weight rows at once, so each x value it reads from shared memory serves both: output rows 2w and 2w + 1
+// (16 a block), or with GLU (W2) output row w's gate and up rows (8 a block). The next span's loads are in
+// flight while the warp decodes the current one. fp32 sums, one rounding into T (store_row / store_glu).
+// W (and W2, Wb, Wc) must be 16-byte aligned; row_bytes need not be a multiple of 16.
+template <typename T>
+__device__ __forceinline__ const unsigned char *qrow(int row, long row_bytes, const unsigned char *W,
+        const unsigned char *Wb, const unsigned char *Wc, int n0, int n1) {
+    if (Wb == nullptr || row < n0) return W + (size_t)row * row_bytes;
+    if (row < n0 + n1) return Wb + (size_t)(row - n0) * row_bytes;
+    return Wc + (size_t)(row - n0 - n1) * row_bytes;
+}
+
+template <typename T, int F, int M>
+__global__ void __launch_bounds__(256, 2) qgemv_span(const unsigned char *__restrict__ W,
+        const unsigned char *__restrict__ W2, long row_bytes, const T *__restrict__ x, long x_row,
+        const T *__restrict__ nw, float eps, int style, const T *__restrict__ bias, const T *__restrict__ bias2,
+        const T *__restrict__ res, long res_row, T *__restrict__ y, long y_row, int N, int K, int rows, int act,
+        const unsigned char *__restrict__ Wb, const unsigned char *__restrict__ Wc, const T *__restrict__ biasb,
+        const T *__restrict__ biasc, int n0, int n1) {
+    using L = typename QSpan<F>::L;
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    T *xs = reinterpret_cast<T *>(smem_raw);
+    __shared__ __align__(16) unsigned char wbuf[8][2][L::CPL * 512];
+    __shared__ float red[8];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const bool glu = W2 != nullptr;
+    const int row = glu ? blockIdx.x * 8 + warp : 2 * (blockIdx.x * 8 + warp);  // output row (the first of two)
+    const unsigned char *wr[2] = {nullptr, nullptr};
+    if (row < N) {
+        wr[0] = qrow<T>(row, row_bytes, W, Wb, Wc, n0, n1);
+        if (glu) wr[1] = W2 + (size_t)row * row_bytes;
+        else if (row + 1 < N) wr[1] = qrow<T>(row + 1, row_bytes, W, Wb, Wc, n0, n1);
+    }
+    const int nr = wr[0] == nullptr ? 0 : wr[1] != nullptr ? 2 : 1;
+    const int nblk = K / L::BS;
+    const long used = (long)nblk * L::TS;
+    const int nspan = (nblk + L::SB - 1) / L::SB;
+    uint4 buf[2][L::CPL];
+    #pragma unroll
+    for (int r = 0; r < 2; r++)  // the first span's loads fly while x is staged
+        if (r < nr) span_load<L>(wr[r], used, 0, lane, buf[r]);
+    stage_x<T>(x, x_row, nw, eps, style, xs, K, rows, red);
+    __syncthreads();
+    if (nr == 0) return;  // after the block's barriers: a whole warp leaves
+    unsigned char *wb[2] = {wbuf[warp][0], wbuf[warp][1]};
+    const int mis[2] = {(int)((unsigned long long)wr[0] & 15), (int)((unsigned long long)wr[1] & 15)};
+    float acc[2][M];
+    #pragma unroll
+    for (int m = 0; m < M; m++) acc[0][m] = acc[1][m] = 0.f;
+    for (int s = 0; s < nspan; s++) {
+        #pragma unroll
+        for (int r = 0; r < 2; r++)
+            if (r < nr) span_store<L>(wr[r], used, s, lane, buf[r], wb[r]);
+        __syncwarp();
+        if (s + 1 < nspan) {  // the next span's loads fly while this one is decoded
+            #pragma unroll
+            for (int r = 0; r < 2; r++)
+                if (r < nr) span_load<L>(wr[r], used, s + 1, lane, buf[r]);
+        }
+        span_dot<L, T, M, 2>(wb, mis, nr, s, nblk, lane, xs, K, rows, acc, nullptr);
+        __syncwarp();
+    }
+    #pragma unroll
+    for (int m = 0; m < M; m++) {
+        const float g = warp_sum(acc[0][m]);
+        const float u = warp_sum(acc[1][m]);
+        if (lane == 0 && m < rows) {
+            if (glu) {
+                store_glu<T>(g, u, m, row, act, bias, bias2, res, res_row, y, y_row);
+            } else {
+                store_row<T>(g, m, row, bias, biasb, biasc, reinterpret_cast<const T *>(Wb), n0, n1, res, res_row,
+                             y, y_row);
+                if (nr > 1)
+                    store_row<T>(u, m, row + 1, bias, biasb, biasc, reinterpret_cast<const T *>(Wb), n0, n1, res,
+                                 res_row, y, y_row);
+            }
+        }
+    }
+}

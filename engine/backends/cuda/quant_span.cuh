@@ -1,0 +1,230 @@
+// quant_span.cuh: CUDA sources of engine/backends/cupy_kernels.py (compiled by cupy's NVRTC, not on their own).
+// The pieces of qgemv_span (quant_span.cu), the GEMV over Q8_0, Q4_K and Q6_K blocks that streams each weight
+// row as it lies in memory. Like quant_formats.cuh, everything here but the Q_HOST-guarded helpers runs on the
+// host too (tests/test_gguf_cuda.py compiles it with g++ and walks 32 emulated lanes through a row).
+//
+// A warp streams its weight rows (two at a time: quant_span.cu) in spans of SB whole blocks (SB * TS bytes, a
+// multiple of 16): lane l loads the 16-byte chunks l, l + 32, .. of the span (coalesced, counted from the row's start
+// rounded down to 16 bytes, so a row whose byte length is not a multiple of 16 still gets aligned loads; the
+// chunk that crosses the row's end is read 2 bytes at a time), keeps them in registers while the warp works on
+// the previous span, then stores them to the row's shared-memory buffer. Decoding from there, a step is 256
+// consecutive weights (one Q4_K or Q6_K block, eight Q8_0 blocks): lane l takes weights 8l .. 8l + 7 of it, so
+// its x values are 8 consecutive T in shared memory (conflict-free 16-byte reads), and lane_q gives them as
+// w_i = a * q_i - c with q_i small integers, exact as floats (c = 0 but for Q4_K's mins): each w_i equals
+// decode()'s weight bit for bit (__fsub_rn(__fmul_rn(a, q_i), c)). The GEMV sums a * (q . x) - c * sum(x)
+// per lane and step (fp32 throughout; not the composition's order, so equal to it within fp32 rounding).
+// Integers become floats through the exponent trick (byte | 0x4B000000 is 2^23 + byte), not I2F, which
+// runs at an eighth of the FMA rate and would bound the kernel.
+
+#ifndef Q_HOST
+__device__ __forceinline__ unsigned q_perm(unsigned x, unsigned y, unsigned s) { return __byte_perm(x, y, s); }
+__device__ __forceinline__ float q_bits(unsigned u) { return __int_as_float((int)u); }
+template <typename T> __device__ __forceinline__ void q_x8(const T *p, float *f) { load_run<T, 8>(p, f); }
+__device__ __forceinline__ void q_u64(const unsigned char *p, unsigned &lo, unsigned &hi) {  // 8-byte aligned
+    const uint2 v = *reinterpret_cast<const uint2 *>(p);
+    lo = v.x;
+    hi = v.y;
+}
+// 16 bytes of a weight row (global memory, read once: the non-coherent path)
+__device__ __forceinline__ uint4 q_ld16(const unsigned char *p) { return __ldg(reinterpret_cast<const uint4 *>(p)); }
+__device__ __forceinline__ unsigned q_funnel(unsigned lo, unsigned hi, unsigned sh) {
+    return __funnelshift_r(lo, hi, sh);
+}
+#endif
+
+// 8 bytes from a 2-byte aligned address as two words, through two aligned 8-byte reads (shared memory: two
+// accesses instead of four 2-byte ones)
+__device__ __forceinline__ void q_u64_2(const unsigned char *p, unsigned &lo, unsigned &hi) {
+    const unsigned o = (unsigned)((unsigned long long)p & 7);
+    unsigned w0, w1, w2, w3;
+    q_u64(p - o, w0, w1);
+    q_u64(p - o + 8, w2, w3);
+    const unsigned sh = 8 * (o & 3);
+    const bool k = o >= 4;
+    lo = q_funnel(k ? w1 : w0, k ? w2 : w1, sh);
+    hi = q_funnel(k ? w2 : w1, k ? w3 : w2, sh);
+}
+
+// (float)(byte i of v) - bias, exactly (bias an integer < 256)
+__device__ __forceinline__ float q_byte_f(unsigned v, int i, float bias) {
+    return __fsub_rn(q_bits(q_perm(v, 0x4B000000u, 0x7540u | (unsigned)i)), __fadd_rn(8388608.f, bias));
+}
+
+// Q8_0: a step is blocks 0..7 from `b`; lane l reads block l / 4, quants 8 (l % 4) .. + 7. w = d * q
+struct QL_q8_0 {
+    static constexpr int BS = 32, TS = 34, STEP = 8, SB = 64, CPL = 5;
+    static constexpr bool MINS = false;
+    static __device__ __forceinline__ void lane_q(const unsigned char *b, int lane, float *q, float &a, float &c) {
+        b += TS * (lane >> 2);
+        a = q_h2f(q_u16(b));
+        c = 0.f;
+        unsigned lo, hi;
+        q_u64_2(b + 2 + 8 * (lane & 3), lo, hi);
+        lo ^= 0x80808080u;
+        hi ^= 0x80808080u;
+        #pragma unroll
+        for (int i = 0; i < 4; i++) {
+            q[i] = q_byte_f(lo, i, 128.f);
+            q[4 + i] = q_byte_f(hi, i, 128.f);
+        }
+    }
+};
+
+// Q4_K: weight 8l + i is in group g = l / 8, the low (l % 8 < 4) or high nibble of quant byte 32g + 8 (l % 4) + i,
+// sub-block l / 4. w = (d * sc) * q - dmin * m
+struct QL_q4_k {
+    static constexpr int BS = 256, TS = 144, STEP = 1, SB = 16, CPL = 5;
+    static constexpr bool MINS = true;
+    static __device__ __forceinline__ void lane_q(const unsigned char *b, int lane, float *q, float &a, float &c) {
+        unsigned hd[4];  // d, dmin; the 12 bytes of scales and mins (one 16-byte read: blocks are 16-byte aligned)
+        q_u128(b, hd);
+        const unsigned dd = hd[0];
+        int sc, m;
+        QF_q4_k::scale_min(lane >> 2, hd[1], hd[2], hd[3], &sc, &m);
+        a = __fmul_rn(q_h2f(dd & 0xFFFF), (float)sc);
+        c = __fmul_rn(q_h2f(dd >> 16), (float)m);
+        const unsigned char *p = b + 16 + 32 * (lane >> 3) + 8 * (lane & 3);  // 8-byte aligned (blocks: 16)
+        const int sh = (lane & 4) ? 4 : 0;
+        unsigned lo, hi;
+        q_u64(p, lo, hi);
+        lo = (lo >> sh) & 0x0F0F0F0Fu;
+        hi = (hi >> sh) & 0x0F0F0F0Fu;
+        #pragma unroll
+        for (int i = 0; i < 4; i++) {
+            q[i] = q_byte_f(lo, i, 0.f);
+            q[4 + i] = q_byte_f(hi, i, 0.f);
+        }
+    }
+};
+
+// Q6_K: weight 8l + i = 128h + 32j + e (h = l / 16, j = l / 4 % 4, e = 8 (l % 4) + i): low 4 bits the low
+// (j < 2) or high nibble of ql byte 64h + 32 (j % 2) + e, high 2 bits bits 2j of qh byte 32h + e, scale
+// 8h + 2j + e / 16. w = (d * sc) * (q - 32)
+struct QL_q6_k {
+    static constexpr int BS = 256, TS = 210, STEP = 1, SB = 8, CPL = 4;
+    static constexpr bool MINS = false;
+    static __device__ __forceinline__ void lane_q(const unsigned char *b, int lane, float *q, float &a, float &c) {
+        const int h = lane >> 4, j = (lane >> 2) & 3, e = 8 * (lane & 3);
+        const int sc = (signed char)b[192 + 8 * h + 2 * j + ((lane & 3) >> 1)];
+        a = __fmul_rn(q_h2f(q_u16(b + 208)), (float)sc);
+        c = 0.f;
+        const unsigned char *pl = b + 64 * h + 32 * (j & 1) + e, *ph = b + 128 + 32 * h + e;
+        const int sl = (j >> 1) * 4, sh = 2 * j;
+        unsigned l0, l1, h0, h1;
+        q_u64_2(pl, l0, l1);
+        q_u64_2(ph, h0, h1);
+        const unsigned lo = ((l0 >> sl) & 0x0F0F0F0Fu) | (((h0 >> sh) & 0x03030303u) << 4);
+        const unsigned hi = ((l1 >> sl) & 0x0F0F0F0Fu) | (((h1 >> sh) & 0x03030303u) << 4);
+        #pragma unroll
+        for (int i = 0; i < 4; i++) {
+            q[i] = q_byte_f(lo, i, 32.f);
+            q[4 + i] = q_byte_f(hi, i, 32.f);
+        }
+    }
+};
+
+template <int F> struct QSpan;
+template <> struct QSpan<2> { using L = QL_q8_0; };
+template <> struct QSpan<3> { using L = QL_q4_k; };
+template <> struct QSpan<4> { using L = QL_q6_k; };
+
+// The chunks of span s of a row at `wr` (used = its blocks' bytes): counted from the row's start rounded down
+// to 16 bytes (mis = how far it is past), chunks [c0, c0 + nch) of that base, the last one ending at or
+// before `end` unless it is the row's last (then partial).
+struct SpanGeom {
+    long c0;
+    int nch, mis;
+    long end;  // the row's end, in bytes from the base
+};
+template <class L>
+__device__ __forceinline__ SpanGeom span_geom(const unsigned char *wr, long used, int s) {
+    static_assert((L::SB * L::TS) % 16 == 0 && L::SB * L::TS / 16 + 1 <= 32 * L::CPL, "span: 16k bytes, CPL a lane");
+    SpanGeom g;
+    g.mis = (int)((unsigned long long)wr & 15);
+    g.end = g.mis + used;
+    const long lo = (long)s * (L::SB * L::TS);  // a multiple of 16: the span starts mis past chunk lo / 16
+    long hi = lo + g.mis + L::SB * L::TS;
+    if (hi > g.end) hi = g.end;
+    g.c0 = lo / 16;
+    g.nch = (int)((hi + 15) / 16 - g.c0);
+    return g;
+}
+
+// lane's chunks of span s into buf (16-byte loads; the row's last chunk 2 bytes at a time when it is partial)
+template <class L>
+__device__ __forceinline__ void span_load(const unsigned char *wr, long used, int s, int lane, uint4 *buf) {
+    const SpanGeom g = span_geom<L>(wr, used, s);
+    const unsigned char *base = wr - g.mis;
+    #pragma unroll
+    for (int j = 0; j < L::CPL; j++) {
+        const int c = 32 * j + lane;
+        if (c < g.nch) {
+            const long at = 16 * (g.c0 + c);
+            if (at + 16 <= g.end) {
+                buf[j] = q_ld16(base + at);
+            } else {
+                unsigned v[8];  // the 2-byte halves before the row's end (even: its blocks are), zeros after
+                #pragma unroll
+                for (int k = 0; k < 8; k++) v[k] = at + 2 * k + 2 <= g.end ? q_u16(base + at + 2 * k) : 0u;
+                buf[j] = make_uint4(v[0] | v[1] << 16, v[2] | v[3] << 16, v[4] | v[5] << 16, v[6] | v[7] << 16);
+            }
+        }
+    }
+}
+
+// buf into the warp's buffer wb: chunk c of the span at wb + 16c, so block i of the span starts at wb + mis + TS i
+template <class L>
+__device__ __forceinline__ void span_store(const unsigned char *wr, long used, int s, int lane, const uint4 *buf,
+                                           unsigned char *wb) {
+    const SpanGeom g = span_geom<L>(wr, used, s);
+    #pragma unroll
+    for (int j = 0; j < L::CPL; j++) {
+        const int c = 32 * j + lane;
+        if (c < g.nch) reinterpret_cast<uint4 *>(wb)[c] = buf[j];
+    }
+}
+
+// lane's share of span s of R weight rows (row r staged in wb[r], mis[r] past its chunk grid; rows r >= nr
+// absent) against rows m < rows of xs (K values a row; each x value read once for all R rows):
+// acc[r][m] += its w . x. wout (host checks only; null in the kernel): row r's weights w_i = a * q_i - c at
+// their positions, K apart.
+template <class L, typename T, int M, int R>
+__device__ __forceinline__ void span_dot(unsigned char *const *wb, const int *mis, int nr, int s, int nblk, int lane,
+                                         const T *xs, int K, int rows, float (&acc)[R][M], float *wout) {
+    const int nb = nblk - s * L::SB < L::SB ? nblk - s * L::SB : L::SB;
+    const int steps = (nb + L::STEP - 1) / L::STEP;
+    for (int t = 0; t < steps; t++) {
+        if (L::STEP * t + (lane >> 2) * (L::STEP > 1) >= nb) continue;  // Q8_0: past the row's last block
+        float q[R][8], a[R], c[R];
+        #pragma unroll
+        for (int r = 0; r < R; r++)
+            if (r < nr) L::lane_q(wb[r] + mis[r] + (long)L::TS * L::STEP * t, lane, q[r], a[r], c[r]);
+        const long xo = (long)(s * L::SB + L::STEP * t) * L::BS + 8 * lane;
+        if (wout != nullptr) {
+            for (int r = 0; r < nr; r++)
+                for (int i = 0; i < 8; i++) wout[(long)r * K + xo + i] = __fsub_rn(__fmul_rn(a[r], q[r][i]), c[r]);
+        }
+        #pragma unroll
+        for (int m = 0; m < M; m++) {
+            if (m < rows) {
+                float xf[8];
+                q_x8<T>(xs + (long)m * K + xo, xf);
+                float sx = 0.f;
+                if constexpr (L::MINS) {  // Q4_K's mins: - c * sum(x)
+                    #pragma unroll
+                    for (int i = 0; i < 8; i++) sx = __fadd_rn(sx, xf[i]);
+                }
+                #pragma unroll
+                for (int r = 0; r < R; r++) {
+                    if (r < nr) {
+                        float d = 0.f;
+                        #pragma unroll
+                        for (int i = 0; i < 8; i++) d = fmaf(q[r][i], xf[i], d);
+                        acc[r][m] = fmaf(a[r], d, acc[r][m]);
+                        if constexpr (L::MINS) acc[r][m] = fmaf(-c[r], sx, acc[r][m]);
+                    }
+                }
+            }
+        }
+    }
+}
