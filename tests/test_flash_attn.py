@@ -201,10 +201,13 @@ def test_flash_sdpa_in_a_captured_graph(flash_calls):
     (32, 12, 12, 128, 128, 64, True),  # BERT batch 32 with a padding mask
     (1, 6, 6, 1500, 1500, 64, False),  # Whisper's encoder
 ])
-def test_attention_op_rows_take_flash(dtype, B, Hq, Hkv, L, S, E, masked, flash_calls):
+def test_attention_op_rows_take_flash(dtype, B, Hq, Hkv, L, S, E, masked, flash_calls, monkeypatch):
     """engine.nn.attention.attention (LLM prefill, BERT, CLIP, Whisper) with more than one 16-bit query row
-    runs the kernel: (B, L, Hq * E) within the reduced-precision rule of torch's sdpa."""
+    runs the kernel (FLASH["attention"] "always"; by default only in captures): (B, L, Hq * E) within the
+    reduced-precision rule of torch's sdpa."""
+    from engine.backends import cupy_flash
     from engine.nn.attention import attention
+    monkeypatch.setitem(cupy_flash.FLASH, "attention", "always")
     q, k, v = qkv(B, Hq, Hkv, L, S, E, dtype, "bhle")
     m = None
     if masked:
@@ -221,3 +224,23 @@ def test_attention_op_rows_take_flash(dtype, B, Hq, Hkv, L, S, E, masked, flash_
     want64 = reference64(tq, tk, tv, tm, False)
     flat = lambda t: t.transpose(1, 2).reshape(B, L, Hq * E).cpu()  # noqa: E731
     compare_reduced(got, flat(want), flat(want64), scale=4)
+
+
+def test_attention_op_takes_flash_in_captures_only_by_default(flash_calls):
+    """Default ("capture"): an eager attention op keeps cuBLAS + the softmax kernel (faster for an LLM
+    prefill over a long cache); inside a captured forward (no cuBLAS there) it runs the kernel."""
+    from engine.capture import Captured
+    from engine.nn.attention import attention
+    q, k, v = qkv(2, 4, 4, 128, 128, 64, "float16", "bhle")
+    eager = attention(q, k, v, None, 0.125)
+    assert not flash_calls
+    step = Captured(lambda q: attention(q, k, v, None, 0.125))
+    for _ in range(4):
+        got = step(q)
+    assert flash_calls
+    tq, tk, tv = (t_of(a).to(TORCH["float16"]) for a in (q, k, v))
+    flat = lambda t: t.transpose(1, 2).reshape(2, 128, 256).cpu()  # noqa: E731
+    compare_reduced(got, flat(TF.scaled_dot_product_attention(tq, tk, tv)),
+                    flat(reference64(tq, tk, tv, None, False)), scale=4)
+    compare_reduced(eager, flat(TF.scaled_dot_product_attention(tq, tk, tv)),
+                    flat(reference64(tq, tk, tv, None, False)), scale=4)

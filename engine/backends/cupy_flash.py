@@ -22,10 +22,15 @@ BLOCK_ROWS = 64  # query rows per block (FA_BM); key tiles of 64 (FA_BN)
 _MASK_KINDS = {"bool": 1, "float32": 3}  # else 2: an additive mask of q's dtype
 # enabled: sdpa takes the kernel where flash_ok (TAPER_FLASH=0: the composition, for comparisons);
 # pipe: the kernel variant with cp.async double-buffered K/V tiles and ldmatrix.trans for V (TAPER_FLASH_PIPE=0:
-# the plain one, loads then products); attention: the attention op's 16-bit rows too (TAPER_FLASH_ATTENTION=0:
-# they keep transformers' eager rounding)
+# the plain one, loads then products); attention: when the attention op's 16-bit rows take the kernel
+# (TAPER_FLASH_ATTENTION): "capture" (default) inside captured forwards, where cuBLAS cannot run and the
+# composition is slower (H200: BERT batch 32 2.9 against 5.1 ms, Whisper-base encoder 3.6 against 11.1);
+# "always" (also eager: slower for an LLM prefill over a long static cache, 50 against 28.5 ms for
+# Llama-2-7B's 512 tokens, where cuBLAS + the softmax kernel serve); "never" (transformers' eager rounding)
+_ATTN = {"0": "never", "1": "always"}
 FLASH = {"enabled": os.environ.get("TAPER_FLASH", "1") != "0", "pipe": os.environ.get("TAPER_FLASH_PIPE", "1") != "0",
-         "attention": os.environ.get("TAPER_FLASH_ATTENTION", "1") != "0"}
+         "attention": _ATTN.get(os.environ.get("TAPER_FLASH_ATTENTION", ""), os.environ.get("TAPER_FLASH_ATTENTION")
+                                or "capture")}
 
 
 def padded_head_dim(E: int) -> int:
@@ -132,11 +137,16 @@ def sdpa(q, k, v, mask, causal: bool, scale: float, out, pipe=None) -> None:
 
 def attention(backend, q, k, v, mask, scale: float, out_dtype):
     """The backend's attention op (engine.nn.attention: LLM prefill, BERT, CLIP, Whisper) for more than one
-    16-bit query row through the kernel: q (B, Hq, L, D), k/v (B, Hkv, S, D), additive mask (B|1, 1, L, S)
+    16-bit query row through the kernel (where FLASH["attention"] says): q (B, Hq, L, D), k/v (B, Hkv, S, D), additive mask (B|1, 1, L, S)
     -> (B, L, Hq * D); None where the kernel does not take them. Scores and softmax stay in float32 (torch's
     sdpa, transformers' default attn_implementation) rather than rounded as transformers' eager attention."""
     b, hq, L, _ = q.shape
-    if not (FLASH["attention"] and L > 1 and q.dtype == out_dtype.np_dtype and flash_ok(q, k, v, mask)):
+    mode = FLASH["attention"]
+    if mode not in ("always", "capture", "never"):
+        raise ValueError(f"TAPER_FLASH_ATTENTION={mode!r}: use capture, always or never (1 / 0)")
+    if mode == "never" or (mode == "capture" and not backend.capturing()):
+        return None
+    if not (L > 1 and q.dtype == out_dtype.np_dtype and flash_ok(q, k, v, mask)):
         return None
     dv = v.shape[-1]
     o = backend.empty((b, hq, L, dv), out_dtype)
