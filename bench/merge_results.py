@@ -24,8 +24,16 @@ def _missing(v) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v))
 
 
-def merge(docs: list[dict], commit: str | None = None) -> tuple[dict, list[str]]:
-    """One asv results document from several of one machine; (merged, clashes)."""
+def commit_date_ms(commit: str, repo=".") -> int | None:
+    """The commit's date as asv records it (ms since the epoch), from git; None where git cannot say."""
+    import subprocess
+    r = subprocess.run(["git", "show", "-s", "--format=%ct", commit], cwd=repo, capture_output=True, text=True)
+    return int(r.stdout.strip()) * 1000 if r.returncode == 0 and r.stdout.strip().isdigit() else None
+
+
+def merge(docs: list[dict], commit: str | None = None, date: int | None = None) -> tuple[dict, list[str]]:
+    """One asv results document from several of one machine, relabelled to commit (and its date, which
+    orders runs in reports) when given; (merged, clashes)."""
     out = json.loads(json.dumps(docs[0]))
     cols = out["result_columns"]
     clashes = []
@@ -57,6 +65,8 @@ def merge(docs: list[dict], commit: str | None = None) -> tuple[dict, list[str]]
         out["durations"] = {**doc.get("durations", {}), **out.get("durations", {})}
     if commit:
         out["commit_hash"] = commit
+    if date is not None:
+        out["date"] = date
     return out, clashes
 
 
@@ -76,8 +86,13 @@ def main(argv=None) -> int:
     if a.commit is not None and (len(a.commit) != 40 or any(c not in "0123456789abcdef" for c in a.commit)):
         print(f"merge_results: --commit {a.commit!r} is not a 40-hex commit", file=sys.stderr)
         return 2
+    date = None
+    if a.commit is not None:
+        date = commit_date_ms(a.commit)
+        if date is None:
+            print(f"merge_results: git does not know commit {a.commit} here: the result keeps its date", file=sys.stderr)
     try:
-        merged, clashes = merge(docs, a.commit)
+        merged, clashes = merge(docs, a.commit, date)
     except (KeyError, ValueError) as e:
         print(f"merge_results: {e}", file=sys.stderr)
         return 2

@@ -26,7 +26,7 @@ from engine.io.atomic import atomic_write_text
 
 from . import plots, roles, summary, tensor_parallel
 from .compare import to_markdown, wide
-from .results import latest, load_results
+from .results import latest_per_row, load_results
 from .units import as_display, fmt, scale_for
 
 CSS = """body{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:75em;padding:0 1em;
@@ -385,7 +385,7 @@ def build_report(results, out, *, asv=False, asv_config="asv.conf.json", rooflin
     every = load_results(dirs)
     stale = every.attrs.get("stale", [])
     checked = check_publish(asv_config) if asv else None
-    newest = latest(every)
+    newest = latest_per_row(every)
     table = wide(newest, candidate)
     asv_index = asv_publish(dirs, out / "asv", asv_config, checked=checked) if asv else None
     out.mkdir(parents=True, exist_ok=True)

@@ -199,3 +199,18 @@ def latest(df: pd.DataFrame) -> pd.DataFrame:
     """Only the rows of the newest commit (by commit date, then run) of each machine."""
     newest = df.sort_values("date").groupby("machine")["commit"].last()
     return df[df["commit"] == df["machine"].map(newest)].reset_index(drop=True)
+
+
+def latest_per_row(df: pd.DataFrame) -> pd.DataFrame:
+    """Each benchmark row at its newest measurement: for every (machine, benchmark, parameters other than
+    impl), the rows of the newest commit that measured it (any implementation), every implementation from
+    that one commit (so a ratio never mixes runs). A GPU box measured piecemeal (one family per run)
+    shows all it has."""
+    if df.empty:
+        return df
+    key = ["machine", "name"] + [c for c in param_columns(df) if c != "impl"]
+    group = df[key].map(str).agg("\x1f".join, axis=1)
+    by_date = df.assign(_g=group).sort_values("date")
+    newest = by_date.groupby("_g")["commit"].last()  # every file lists every combination (NaN: not run)
+    newest.update(by_date[by_date["value"].notna()].groupby("_g")["commit"].last())  # the newest that measured it
+    return df[df["commit"].to_numpy() == group.map(newest).to_numpy()].reset_index(drop=True)

@@ -407,3 +407,20 @@ def test_tensor_parallel_results_appear_in_the_report(tiny, tmp_path):
     assert md.count("tp_decode_x2.json") == 6 and "tp_decode_other.json" not in md
     assert "greedy tokens identical" in md and "TP=2 / TP=1 decode | 1.34x" in md
     assert "<h3>Tensor parallel</h3>" in Path(paths["html"]).read_text()
+
+
+def test_latest_per_row_takes_each_row_from_the_newest_run_that_measured_it():
+    """A GPU box measured piecemeal: family A in run 1, family B in run 2 (A not run there: NaN). The
+    dashboard shows both, each with every implementation from its own run, never a mix."""
+    import pandas as pd
+
+    from reports.results import latest_per_row
+    nan = float("nan")
+    rows = [("c1", 1, "a", "engine", 10.0), ("c1", 1, "a", "torch", 5.0), ("c1", 1, "b", "engine", 7.0),
+            ("c2", 2, "a", "engine", nan), ("c2", 2, "a", "torch", nan), ("c2", 2, "b", "engine", 8.0),
+            ("c2", 2, "b", "torch", 4.0)]
+    df = pd.DataFrame([{"machine": "m", "commit": c, "date": pd.Timestamp(d, unit="s"), "name": "T.x",
+                        "model": mod, "impl": i, "value": v} for c, d, mod, i, v in rows])
+    got = latest_per_row(df)
+    assert sorted(zip(got["model"], got["impl"], got["commit"])) == [
+        ("a", "engine", "c1"), ("a", "torch", "c1"), ("b", "engine", "c2"), ("b", "torch", "c2")]
