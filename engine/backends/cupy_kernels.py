@@ -350,11 +350,10 @@ QFORMATS = {"q4_0": 0, "q4_1": 1, "q8_0": 2, "q4_k": 3, "q6_k": 4}  # the F of q
 _QALIGN = {"q4_0": 2, "q4_1": 4, "q8_0": 2, "q4_k": 16, "q6_k": 2}  # the widest load each format makes
 
 
-# The quantized kernels (qgemv, qgemv_fused, qdequant) compile under NVRTC and their block decoders equal
-# gguf-py's on the host, but they have not run on a GPU yet (their CUDA tests: tests/test_gguf_cuda.py):
-# off by default, so CUDA GGUF models take the reference path (dequantised tiles) until a device run
-# passes. TAPER_QUANT_KERNELS=1 (or QUANT_KERNELS["enabled"] = True) turns them on.
-QUANT_KERNELS = {"enabled": os.environ.get("TAPER_QUANT_KERNELS") == "1"}
+# The quantized kernels (qgemv, qgemv_span, qgemv_fused, qdequant): their CUDA tests (tests/test_gguf_cuda.py)
+# pass on the H200 (measurements/h200/session5/). TAPER_QUANT_KERNELS=0 (or QUANT_KERNELS["enabled"] = False)
+# sends CUDA GGUF models to the reference path (dequantised tiles, cuBLAS).
+QUANT_KERNELS = {"enabled": os.environ.get("TAPER_QUANT_KERNELS", "1") != "0"}
 
 
 def qdata_ok(data, qtype: str) -> bool:
