@@ -32,8 +32,8 @@ CUDA_DIR = Path(__file__).resolve().parents[1] / "engine" / "backends" / "cuda"
 
 @pytest.fixture(autouse=True)
 def _quant_kernels_on(monkeypatch):
-    """These tests are what verifies the kernels on a device, so they run with them on (the engine keeps
-    them off by default until such a run passes: cupy_kernels.QUANT_KERNELS)."""
+    """These tests verify the kernels on a device, so they run with them on whatever TAPER_QUANT_KERNELS
+    says (cupy_kernels.QUANT_KERNELS)."""
     if DEVICE.type == "cuda":
         from engine.backends import cupy_kernels as K
         monkeypatch.setitem(K.QUANT_KERNELS, "enabled", True)
