@@ -14,7 +14,6 @@ synchronised; warm-up calls first.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -116,12 +115,8 @@ def main(argv=None) -> int:
                         not a.no_compile)
         except ImportError as e:
             rows.append({"model": "sd15-unet-step", "impl": "torch", "skipped": f"diffusers not importable: {e}"})
-    out = {"device": torch.cuda.get_device_name(0), "dtype": "float16", "rows": rows}
-    text = json.dumps(out, indent=2)
-    if a.out:
-        from engine.io.atomic import atomic_write_text
-        atomic_write_text(a.out, text)
-    print(text)
+    from bench.probes import emit_rows
+    emit_rows(a.out, rows, dtype="float16")
     return 0
 
 

@@ -46,11 +46,8 @@ def main(argv=None) -> int:
     p.add_argument("--out")
     a = p.parse_args(argv)
     from engine import dtype as D
-    from engine import models
     from impls.sources import parse
-    src = parse(a.model)
-    model = models.from_preset(src.model_type, src.preset, dtype=D.get(a.dtype), device="cuda", seed=0,
-                               **src.overrides)
+    model = parse(a.model).engine_model(D.get(a.dtype), "cuda")
     results = []
     for b in [int(x) for x in a.batch.split(",")]:
         toks = {}

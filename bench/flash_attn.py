@@ -117,12 +117,8 @@ def main(argv=None) -> int:
             row["speed_vs_torch"] = row["torch_ms"] / row["kernel_ms"]
         rows.append(row)
         print(json.dumps(row), flush=True)
-    out = {"device": torch.cuda.get_device_name(0), "dtype": "float16", "iters": a.iters, "rows": rows}
-    text = json.dumps(out, indent=2)
-    if a.out:
-        from engine.io.atomic import atomic_write_text
-        atomic_write_text(a.out, text)
-    print(text)
+    from bench.probes import emit_rows
+    emit_rows(a.out, rows, dtype="float16", iters=a.iters)
     return 0
 
 

@@ -267,3 +267,16 @@ class UtilizationSampler:
     @property
     def mean(self) -> float | None:
         return sum(self.samples) / len(self.samples) if self.samples else None
+
+
+def emit_rows(path, rows: list, **meta) -> str:
+    """What a GPU script reports: {"device": this card's name, **meta, "rows": rows} as JSON, printed and,
+    when path is given, written there atomically. Returns the text."""
+    import json
+    info = gpu_info(0) or {}
+    text = json.dumps({"device": info.get("card"), **meta, "rows": rows}, indent=2)
+    if path:
+        from engine.io.atomic import atomic_write_text
+        atomic_write_text(path, text)
+    print(text)
+    return text

@@ -100,7 +100,6 @@ class EngineImpl(Impl):
         (`module=`, e.g. the port of a torch model by migration). capture: decode through a captured
         CUDA graph (default: on cuda); loop="eager" is capture=False (the same kernels launched from
         the host)."""
-        from engine import models
         if loop not in ("default", "eager"):
             raise Unavailable(f"engine: unknown decode loop {loop!r} (default, eager)")
         if loop == "eager":
@@ -111,11 +110,7 @@ class EngineImpl(Impl):
         if module is None:
             if src is None or src.kind == "factory":
                 raise Unavailable(f"engine: {source} is a torch factory; port it first (taper port / taper verify)")
-            if src.kind == "preset":
-                module = models.from_preset(src.model_type, src.preset, dtype=self.edtype, device=self.device,
-                                            seed=seed, **src.overrides)
-            else:
-                module = models.from_pretrained(src.path, dtype=self.edtype, device=self.device)
+            module = src.engine_model(self.edtype, self.device, seed)
         elif getattr(module, "dtype", None) not in (None, self.edtype):
             module.to(dtype=self.edtype)
         config = src.config if src is not None else dict(getattr(getattr(module, "config", None), "__dict__", {}))

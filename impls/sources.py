@@ -58,6 +58,17 @@ class Source:
             return models.read_config(self.path)
         return {}
 
+    def engine_model(self, dtype, device, seed: int = 0):
+        """The engine model this source names: a preset built with random weights (seed), a directory or a
+        GGUF file loaded; a torch factory has none (SourceError: port it first)."""
+        from engine import models
+        if self.kind == "preset":
+            return models.from_preset(self.model_type, self.preset, dtype=dtype, device=device, seed=seed,
+                                      **self.overrides)
+        if self.kind in ("dir", "gguf"):
+            return models.from_pretrained(self.path, dtype=dtype, device=device)
+        raise SourceError(f"{self.text} is a torch factory: port it first (taper port / taper verify)")
+
 
 def parse(spec, **overrides) -> Source:
     """A Source from text (or a Source, returned as is). Preset overrides (e.g. num_hidden_layers=2)
