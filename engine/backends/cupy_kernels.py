@@ -62,8 +62,8 @@ def _bundle(expr: str) -> tuple:
         f = args.split(",")[1].rstrip(">")
         return tuple(f"qgemv<{t},{f},{m}>" for m in (1, 2, 4, 8)) + (f"qdequant_rows<{t},{f}>",)
     if name in ("qgemv_fused", "qgemv_span"):  # qgemv_span: cupy_quant.py's
-        f = args.split(",")[1].rstrip(">")
-        return tuple(f"{name}<{t},{f},{m}>" for m in (1, 2, 4, 8))
+        f, d = args.split(",")[1].rstrip(">"), "".join("," + a.rstrip(">") for a in args.split(",")[3:])
+        return tuple(f"{name}<{t},{f},{m}{d}>" for m in (1, 2, 4, 8))  # d: qgemv_span's D (the dp4a route)
     if name == "conv2d_igemm":
         return ("conv2d_igemm<__half>", "conv2d_igemm<__nv_bfloat16>")
     misc = ("rms_norm_rows", "rotary", "moe_combine", "sample_rows", "gemm_tiled", "softmax_mask_rows")

@@ -6,6 +6,10 @@
 // (16 a block), or with GLU (W2) output row w's gate and up rows (8 a block). The next span's loads are in
 // flight while the warp decodes the current one. fp32 sums, one rounding into T (store_row / store_glu).
 // W (and W2, Wb, Wc) must be 16-byte aligned; row_bytes need not be a multiple of 16.
+// D = 1: the integer-dot route (llama.cpp's mmvq): the staged x (after the norm, rounded into T) is quantised
+// once more into int8 blocks of 32 with an fp32 scale (quantise_x), behind xs in shared memory (rows * K bytes,
+// then rows * K / 32 floats), and each lane sums its 8 weights with __dp4a (span_dot_i): one fp32 FMA per lane
+// and step instead of eight. D = 0: x as T, the weights decoded to fp32 (span_dot).
 template <typename T>
 __device__ __forceinline__ const unsigned char *qrow(int row, long row_bytes, const unsigned char *W,
         const unsigned char *Wb, const unsigned char *Wc, int n0, int n1) {
@@ -14,7 +18,7 @@ __device__ __forceinline__ const unsigned char *qrow(int row, long row_bytes, co
     return Wc + (size_t)(row - n0 - n1) * row_bytes;
 }
 
-template <typename T, int F, int M>
+template <typename T, int F, int M, int D = 0>
 __global__ void __launch_bounds__(256, 2) qgemv_span(const unsigned char *__restrict__ W,
         const unsigned char *__restrict__ W2, long row_bytes, const T *__restrict__ x, long x_row,
         const T *__restrict__ nw, float eps, int style, const T *__restrict__ bias, const T *__restrict__ bias2,
@@ -45,6 +49,12 @@ __global__ void __launch_bounds__(256, 2) qgemv_span(const unsigned char *__rest
         if (r < nr) span_load<L>(wr[r], used, 0, lane, buf[r]);
     stage_x<T>(x, x_row, nw, eps, style, xs, K, rows, red);
     __syncthreads();
+    signed char *xq = reinterpret_cast<signed char *>(xs + (long)rows * K);
+    float *dxs = reinterpret_cast<float *>(xq + (long)rows * K);
+    if constexpr (D == 1) {
+        quantise_x<T>(xs, K, rows, xq, dxs);
+        __syncthreads();
+    }
     if (nr == 0) return;  // after the block's barriers: a whole warp leaves
     unsigned char *wb[2] = {wbuf[warp][0], wbuf[warp][1]};
     const int mis[2] = {(int)((unsigned long long)wr[0] & 15), (int)((unsigned long long)wr[1] & 15)};
@@ -61,7 +71,11 @@ __global__ void __launch_bounds__(256, 2) qgemv_span(const unsigned char *__rest
             for (int r = 0; r < 2; r++)
                 if (r < nr) span_load<L>(wr[r], used, s + 1, lane, buf[r]);
         }
-        span_dot<L, T, M, 2>(wb, mis, nr, s, nblk, lane, xs, K, rows, acc, nullptr);
+        if constexpr (D == 1)
+            span_dot_i<L, M, 2>(wb, mis, nr, s, nblk, lane, reinterpret_cast<const unsigned char *>(xq), dxs, K, rows,
+                                acc, nullptr);
+        else
+            span_dot<L, T, M, 2>(wb, mis, nr, s, nblk, lane, xs, K, rows, acc, nullptr);
         __syncwarp();
     }
     #pragma unroll

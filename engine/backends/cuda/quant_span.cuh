@@ -30,6 +30,8 @@ __device__ __forceinline__ uint4 q_ld16(const unsigned char *p) { return __ldg(r
 __device__ __forceinline__ unsigned q_funnel(unsigned lo, unsigned hi, unsigned sh) {
     return __funnelshift_r(lo, hi, sh);
 }
+// the signed int8x4 dot product of a and b, plus c
+__device__ __forceinline__ int q_dp4a(unsigned a, unsigned b, int c) { return __dp4a((int)a, (int)b, c); }
 #endif
 
 // 8 bytes from a 2-byte aligned address as two words, through two aligned 8-byte reads (shared memory: two
@@ -50,32 +52,49 @@ __device__ __forceinline__ float q_byte_f(unsigned v, int i, float bias) {
     return __fsub_rn(q_bits(q_perm(v, 0x4B000000u, 0x7540u | (unsigned)i)), __fadd_rn(8388608.f, bias));
 }
 
+// lane_i (each format): the lane's 8 quants as two words of bytes (weight 8l + i: byte i % 4 of word i / 4) with
+// w_i = a * (byte_i - Z) - c, bytes read as int8 (the dp4a route, quant_span.cu's D = 1); lane_q: the same as
+// floats q_i = byte_i - Z, exact (Q8_0's signed bytes through ^ 0x80 and a bias of 128)
+template <class L> __device__ __forceinline__ void lane_f(const unsigned char *b, int lane, float *q, float &a, float &c) {
+    unsigned lo, hi;
+    L::lane_i(b, lane, lo, hi, a, c);
+    #pragma unroll
+    for (int i = 0; i < 4; i++) {
+        q[i] = q_byte_f(lo ^ L::FLIP, i, L::BIAS);
+        q[4 + i] = q_byte_f(hi ^ L::FLIP, i, L::BIAS);
+    }
+}
+
 // Q8_0: a step is blocks 0..7 from `b`; lane l reads block l / 4, quants 8 (l % 4) .. + 7. w = d * q
 struct QL_q8_0 {
-    static constexpr int BS = 32, TS = 34, STEP = 8, SB = 64, CPL = 5;
+    static constexpr int BS = 32, TS = 34, STEP = 8, SB = 64, CPL = 5, Z = 0;
+    static constexpr unsigned FLIP = 0x80808080u;
+    static constexpr float BIAS = 128.f;
     static constexpr bool MINS = false;
-    static __device__ __forceinline__ void lane_q(const unsigned char *b, int lane, float *q, float &a, float &c) {
+    static __device__ __forceinline__ void lane_i(const unsigned char *b, int lane, unsigned &lo, unsigned &hi,
+                                                  float &a, float &c) {
         b += TS * (lane >> 2);
         a = q_h2f(q_u16(b));
         c = 0.f;
-        unsigned lo, hi;
         q_u64_2(b + 2 + 8 * (lane & 3), lo, hi);
-        lo ^= 0x80808080u;
-        hi ^= 0x80808080u;
-        #pragma unroll
-        for (int i = 0; i < 4; i++) {
-            q[i] = q_byte_f(lo, i, 128.f);
-            q[4 + i] = q_byte_f(hi, i, 128.f);
-        }
+    }
+    static __device__ __forceinline__ void lane_q(const unsigned char *b, int lane, float *q, float &a, float &c) {
+        lane_f<QL_q8_0>(b, lane, q, a, c);
     }
 };
 
 // Q4_K: weight 8l + i is in group g = l / 8, the low (l % 8 < 4) or high nibble of quant byte 32g + 8 (l % 4) + i,
 // sub-block l / 4. w = (d * sc) * q - dmin * m
 struct QL_q4_k {
-    static constexpr int BS = 256, TS = 144, STEP = 1, SB = 16, CPL = 5;
+    static constexpr int BS = 256, TS = 144, STEP = 1, SB = 16, CPL = 5, Z = 0;
+    static constexpr unsigned FLIP = 0u;
+    static constexpr float BIAS = 0.f;
     static constexpr bool MINS = true;
     static __device__ __forceinline__ void lane_q(const unsigned char *b, int lane, float *q, float &a, float &c) {
+        lane_f<QL_q4_k>(b, lane, q, a, c);
+    }
+    static __device__ __forceinline__ void lane_i(const unsigned char *b, int lane, unsigned &lo, unsigned &hi,
+                                                  float &a, float &c) {
         unsigned hd[4];  // d, dmin; the 12 bytes of scales and mins (one 16-byte read: blocks are 16-byte aligned)
         q_u128(b, hd);
         const unsigned dd = hd[0];
@@ -85,15 +104,9 @@ struct QL_q4_k {
         c = __fmul_rn(q_h2f(dd >> 16), (float)m);
         const unsigned char *p = b + 16 + 32 * (lane >> 3) + 8 * (lane & 3);  // 8-byte aligned (blocks: 16)
         const int sh = (lane & 4) ? 4 : 0;
-        unsigned lo, hi;
         q_u64(p, lo, hi);
         lo = (lo >> sh) & 0x0F0F0F0Fu;
         hi = (hi >> sh) & 0x0F0F0F0Fu;
-        #pragma unroll
-        for (int i = 0; i < 4; i++) {
-            q[i] = q_byte_f(lo, i, 0.f);
-            q[4 + i] = q_byte_f(hi, i, 0.f);
-        }
     }
 };
 
@@ -101,9 +114,15 @@ struct QL_q4_k {
 // (j < 2) or high nibble of ql byte 64h + 32 (j % 2) + e, high 2 bits bits 2j of qh byte 32h + e, scale
 // 8h + 2j + e / 16. w = (d * sc) * (q - 32)
 struct QL_q6_k {
-    static constexpr int BS = 256, TS = 210, STEP = 1, SB = 8, CPL = 4;
+    static constexpr int BS = 256, TS = 210, STEP = 1, SB = 8, CPL = 4, Z = 32;
+    static constexpr unsigned FLIP = 0u;
+    static constexpr float BIAS = 32.f;
     static constexpr bool MINS = false;
     static __device__ __forceinline__ void lane_q(const unsigned char *b, int lane, float *q, float &a, float &c) {
+        lane_f<QL_q6_k>(b, lane, q, a, c);
+    }
+    static __device__ __forceinline__ void lane_i(const unsigned char *b, int lane, unsigned &lo, unsigned &hi,
+                                                  float &a, float &c) {
         const int h = lane >> 4, j = (lane >> 2) & 3, e = 8 * (lane & 3);
         const int sc = (signed char)b[192 + 8 * h + 2 * j + ((lane & 3) >> 1)];
         a = __fmul_rn(q_h2f(q_u16(b + 208)), (float)sc);
@@ -113,13 +132,8 @@ struct QL_q6_k {
         unsigned l0, l1, h0, h1;
         q_u64_2(pl, l0, l1);
         q_u64_2(ph, h0, h1);
-        const unsigned lo = ((l0 >> sl) & 0x0F0F0F0Fu) | (((h0 >> sh) & 0x03030303u) << 4);
-        const unsigned hi = ((l1 >> sl) & 0x0F0F0F0Fu) | (((h1 >> sh) & 0x03030303u) << 4);
-        #pragma unroll
-        for (int i = 0; i < 4; i++) {
-            q[i] = q_byte_f(lo, i, 32.f);
-            q[4 + i] = q_byte_f(hi, i, 32.f);
-        }
+        lo = ((l0 >> sl) & 0x0F0F0F0Fu) | (((h0 >> sh) & 0x03030303u) << 4);
+        hi = ((l1 >> sl) & 0x0F0F0F0Fu) | (((h1 >> sh) & 0x03030303u) << 4);
     }
 };
 
@@ -228,3 +242,64 @@ __device__ __forceinline__ void span_dot(unsigned char *const *wb, const int *mi
         }
     }
 }
+
+// span_dot's dp4a route (quant_span.cu's D = 1): x as int8 blocks of 32, xq (rows of K bytes) with scales dx (rows
+// of K / 32 floats; xq_i * dx stands for x_i: quantise_x). Per lane and step, the lane's 8 weights (one scale
+// group of every format) against its 8 xq: isum = sum(byte * xq) - Z * sum(xq) and sx = sum(xq) exactly in
+// int32 (__dp4a), then acc += (a * dx) * isum - (c * dx) * sx in fp32 (Q4_K's mins; c = 0 elsewhere).
+// iout (host checks only; null in the kernel): row r's isum of lane `lane`'s weights at (r * K + xo) / 8.
+template <class L, int M, int R>
+__device__ __forceinline__ void span_dot_i(unsigned char *const *wb, const int *mis, int nr, int s, int nblk, int lane,
+                                           const unsigned char *xq, const float *dxs, int K, int rows,
+                                           float (&acc)[R][M], int *iout) {
+    const int nb = nblk - s * L::SB < L::SB ? nblk - s * L::SB : L::SB;
+    const int steps = (nb + L::STEP - 1) / L::STEP;
+    for (int t = 0; t < steps; t++) {
+        if (L::STEP * t + (lane >> 2) * (L::STEP > 1) >= nb) continue;  // Q8_0: past the row's last block
+        unsigned lo[R], hi[R];
+        float a[R], c[R];
+        #pragma unroll
+        for (int r = 0; r < R; r++)
+            if (r < nr) L::lane_i(wb[r] + mis[r] + (long)L::TS * L::STEP * t, lane, lo[r], hi[r], a[r], c[r]);
+        const long xo = (long)(s * L::SB + L::STEP * t) * L::BS + 8 * lane;
+        #pragma unroll
+        for (int m = 0; m < M; m++) {
+            if (m < rows) {
+                unsigned xl, xh;
+                q_u64(xq + (long)m * K + xo, xl, xh);
+                const float dx = dxs[((long)m * K + xo) >> 5];
+                int sx = 0;
+                if constexpr (L::MINS || L::Z != 0) sx = q_dp4a(xl, 0x01010101u, q_dp4a(xh, 0x01010101u, 0));
+                #pragma unroll
+                for (int r = 0; r < R; r++) {
+                    if (r < nr) {
+                        const int isum = q_dp4a(lo[r], xl, q_dp4a(hi[r], xh, 0)) - L::Z * sx;
+                        if (iout != nullptr && m == 0) iout[((long)r * K + xo) >> 3] = isum;
+                        acc[r][m] = fmaf(__fmul_rn(a[r], dx), (float)isum, acc[r][m]);
+                        if constexpr (L::MINS) acc[r][m] = fmaf(-__fmul_rn(c[r], dx), (float)sx, acc[r][m]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+// x's rows (staged in xs, K values a row) as int8 blocks of 32 (all 256 threads; barriers around it are the
+// caller's): block b of row m: dx = max|x| / 127 (fp32, rounded to nearest), xq_i = rint(x_i / dx) (fp32
+// division rounded to nearest, then to the nearest integer, ties to even: |xq_i| <= 127), 0 where max|x| = 0.
+// numpy_quant.quantize_x_q8 is the same arithmetic.
+#ifndef Q_HOST
+template <typename T>
+__device__ __forceinline__ void quantise_x(const T *xs, int K, int rows, signed char *xq, float *dxs) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nb = K / 32;
+    for (int b = warp; b < rows * nb; b += 8) {
+        const float v = to_f<T>(xs[(long)b * 32 + lane]);
+        float amax = fabsf(v);
+        #pragma unroll
+        for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+        const float dx = __fdiv_rn(amax, 127.f);
+        xq[(long)b * 32 + lane] = (signed char)(amax > 0.f ? __float2int_rn(__fdiv_rn(v, dx)) : 0);
+        if (lane == 0) dxs[b] = dx;
+    }
+}
+#endif
