@@ -4,11 +4,16 @@ through quant_span.cu's qgemv_span for Q8_0, Q4_K and Q6_K, else through quant.c
 qgemv_span streams each weight row (ggml's bytes as they lie, no repacked copy) in coalesced 16-byte chunks
 through shared memory and decodes 8 consecutive weights per lane against x staged once per block (numerics:
 fp32 sums of a * (q . x) - c * sum(x) per 8 weights, within fp32 rounding of the dequantise-then-matmul
-composition; quant_span.cuh). It needs the weight pointers 16-byte aligned and the staged x rows to fit in
+composition; quant_span.cuh). QUANT_DOT["route"] = "int8" (env TAPER_QUANT_DOT=int8|float) takes its D = 1
+route instead: x (after the norm, rounded into T) quantised into int8 blocks of 32 with an fp32 scale, __dp4a
+integer sums per 8 weights, one fp32 FMA each (numerics: numpy_quant.qdot_int8, exactly but for fp32 sum
+order; within the quantisation error of x of the composition, numpy_quant.int8_bound). It needs the weight pointers 16-byte aligned and the staged x rows to fit in
 shared memory beside its row buffers. Plain and fused launches of one format take the same kernel, so a
 captured step (qgemv_fused) and the eager one (qgemv) sum in the same order.
 """
 from __future__ import annotations
+
+import os
 
 import cupy
 
@@ -16,6 +21,21 @@ from . import cupy_kernels as K
 
 SPAN_FORMATS = {"q8_0": 5, "q4_k": 5, "q6_k": 4}  # the kernel's L::CPL: 8 warps x 2 rows x CPL x 512 bytes of buffers
 _SPAN_LAUNCH: dict = {}
+# the dot route of qgemv_span: "float" (decode to fp32, FMA with x as T) or "int8" (x quantised, __dp4a). float by
+# default until the int8 route's CUDA tests have passed on the H200
+QUANT_DOT = {"route": os.environ.get("TAPER_QUANT_DOT", "float")}
+if QUANT_DOT["route"] not in ("int8", "float"):
+    raise ValueError(f"TAPER_QUANT_DOT={QUANT_DOT['route']!r}: expected int8 or float")
+
+
+def dot_route() -> str:
+    """Which route qgemv_span takes now ("int8" or "float")."""
+    return QUANT_DOT["route"]
+
+
+def _x_smem(m: int, k: int, itemsize: int) -> int:
+    """Dynamic shared memory of qgemv_span: x staged in T, then (int8 route) its int8 blocks and their scales."""
+    return m * k * itemsize + (m * k + m * k // 32 * 4 if dot_route() == "int8" else 0)
 
 
 def span_ok(x2, qtype: str, datas) -> bool:
@@ -23,12 +43,13 @@ def span_ok(x2, qtype: str, datas) -> bool:
     cpl = SPAN_FORMATS.get(qtype)
     if cpl is None or any(d.data.ptr % 16 for d in datas):
         return False
-    return x2.shape[0] * x2.shape[1] * x2.itemsize <= K.SMEM_LIMIT - 16 * 512 * cpl - 1024
+    return _x_smem(x2.shape[0], x2.shape[1], x2.itemsize) <= K.SMEM_LIMIT - 16 * 512 * cpl - 1024
 
 
 def _span_fn(dtype, qtype: str, m: int, smem: int):
     M = 1 if m == 1 else 2 if m <= 2 else 4 if m <= 4 else 8
-    fn = K._fn(f"qgemv_span<{K.type_name(dtype)},{K.QFORMATS[qtype]},{M}>")
+    d = ",1" if dot_route() == "int8" else ""
+    fn = K._fn(f"qgemv_span<{K.type_name(dtype)},{K.QFORMATS[qtype]},{M}{d}>")
     static = 16 * 512 * SPAN_FORMATS[qtype] + 64  # the row buffers and the norm's reduction slots
     if smem + static > 48 * 1024 and fn.max_dynamic_shared_size_bytes < K.SMEM_LIMIT - static:
         fn.max_dynamic_shared_size_bytes = K.SMEM_LIMIT - static  # past 48 KiB with them: the opt-in, once
@@ -54,12 +75,12 @@ def qgemv_fused(x2, data, qtype: str, out, bias=None, W2=None, bias2=None, act=N
     segs = tuple(w.shape[0] for w, _ in segments) if segments else ()
     isz = x2.itemsize
     res_row = residual.strides[0] // isz if residual is not None else 0
-    key = (x2.dtype, qtype, m, data.shape[0], Kd, data.strides[0], W2 is not None, segs, act, style, eps,
+    key = (dot_route(), x2.dtype, qtype, m, data.shape[0], Kd, data.strides[0], W2 is not None, segs, act, style, eps,
            x2.strides[0], out.strides[0], res_row)
     plan = _SPAN_LAUNCH.get(key)
     if plan is None:
         N = data.shape[0] + sum(segs)
-        smem = m * Kd * isz
+        smem = _x_smem(m, Kd, isz)
         fn = _span_fn(x2.dtype, qtype, m, smem)
         i32, i64 = cupy.int32, cupy.int64
         scalars = (i64(data.strides[0]), i64(x2.strides[0] // isz), cupy.float32(eps), i32(K.NORM_STYLES[style]),

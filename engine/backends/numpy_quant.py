@@ -224,3 +224,88 @@ class QuantKernels:
             w = self._dequant_rows(data[r0:r0 + step], q, cols)
             self.copy_(out[r0:r0 + w.shape[0]], w)
         return out
+
+
+# ---- the integer-dot route of the CUDA GEMV (cupy_quant.QUANT_DOT "int8"): its exact reference ---------------
+INT8_FORMATS = ("q8_0", "q4_k", "q6_k")
+
+
+def quantize_x_q8(x):
+    """x (m, K) float (K a multiple of 32) -> (xq (m, K) int8, dx (m, K / 32) float32), ggml's q8_1-style
+    quantisation of the activations as quant_span.cuh's quantise_x does it: per block of 32, dx = max|x| / 127
+    (float32, rounded to nearest), xq = rint(x / dx) (float32 division rounded to nearest, then to the nearest
+    integer, ties to even; |xq| <= 127), xq = 0 where max|x| = 0. So |x - dx * xq| <= dx / 2 (1 + 2^-16)."""
+    x = np.asarray(x, np.float32)
+    m, k = x.shape
+    if k % 32:
+        raise ValueError(f"quantize_x_q8: K = {k} is not a multiple of 32")
+    xb = x.reshape(m, k // 32, 32)
+    amax = np.abs(xb).max(axis=2)
+    dx = (amax / np.float32(127)).astype(np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = np.rint((xb / dx[..., None]).astype(np.float32))
+    q = np.where(amax[..., None] > 0, q, 0).astype(np.int8)
+    return q.reshape(m, k), dx
+
+
+def int_groups(data, qtype: str, cols: int):
+    """The integer form of W (rows, row_bytes) ggml blocks: (q (rows, cols) int64, a (rows, cols / G) float32,
+    c (rows, cols / G) float32, G, Z) with every weight w = a * (q - Z) - c of its group of G (a, c rounded as
+    gguf-py rounds them: float32(d) * scale, float32(dmin) * min). G: the groups quant_span.cuh's lanes see
+    (Q8_0 32, Q4_K 32, Q6_K 16)."""
+    if qtype not in INT8_FORMATS:
+        raise ValueError(f"int_groups: {qtype!r} has no integer route (only {', '.join(INT8_FORMATS)})")
+    q_ = _qtype(qtype)
+    rows, nb = data.shape[0], cols // q_.block_size
+    b = np.ascontiguousarray(data).reshape(rows * nb, q_.type_size)
+    f16 = lambda v: np.ascontiguousarray(v).view(np.float16).astype(np.float32)  # noqa: E731
+    if qtype == "q8_0":
+        q = b[:, 2:].view(np.int8).astype(np.int64)
+        a, c, G, Z = f16(b[:, :2]), np.zeros((rows * nb, 1), np.float32), 32, 0
+    elif qtype == "q4_k":
+        d, dmin, s = f16(b[:, :2]), f16(b[:, 2:4]), b[:, 4:16].astype(np.int64)
+        sc = np.concatenate([s[:, 0:4] & 63, (s[:, 8:12] & 15) | ((s[:, 0:4] >> 6) << 4)], axis=1)
+        mn = np.concatenate([s[:, 4:8] & 63, (s[:, 8:12] >> 4) | ((s[:, 4:8] >> 6) << 4)], axis=1)
+        qs = b[:, 16:].reshape(-1, 4, 1, 32).astype(np.int64)
+        q = ((qs >> np.array([0, 4]).reshape(1, 1, 2, 1)) & 15).reshape(-1, 256)  # sub-block 2g: low nibbles
+        a, c, G, Z = d * sc.astype(np.float32), dmin * mn.astype(np.float32), 32, 0
+    else:  # q6_k: weight 128h + 32j + e
+        ql, qh = b[:, :128].astype(np.int64).reshape(-1, 2, 2, 32), b[:, 128:192].astype(np.int64).reshape(-1, 2, 1, 32)
+        lo = np.concatenate([ql & 15, ql >> 4], axis=2)  # (n, h, j, e): j = 0, 1 low nibbles of ql 64h + 32j + e
+        hi = (qh >> (2 * np.arange(4)).reshape(1, 1, 4, 1)) & 3
+        q = (lo | (hi << 4)).reshape(-1, 256)
+        sc = b[:, 192:208].view(np.int8).astype(np.float32)
+        a, c, G, Z = f16(b[:, 208:210]) * sc, np.zeros((rows * nb, 16), np.float32), 16, 32
+    ng = cols // G
+    return (q.reshape(rows, cols), a.astype(np.float32).reshape(rows, ng),
+            np.broadcast_to(c, a.shape).astype(np.float32).reshape(rows, ng), G, Z)
+
+
+def qdot_int8(x, data, qtype: str, cols: int):
+    """The CUDA int8 route's y (m, rows) = x (m, cols) @ W.T in float64 from its exact parts: x quantised
+    (quantize_x_q8), per group g of G weights the integer sums isum = sum((q - Z) * xq) and sx = sum(xq)
+    (int64, exact), combined as float32(a * dx) * isum - float32(c * dx) * sx and summed exactly (the kernel
+    sums these terms in fp32, in its order: it equals this within fp32 rounding of the sum). Returns
+    (y float64, isum (m, rows, cols / G) int64)."""
+    xq, dx = quantize_x_q8(x)
+    q, a, c, G, Z = int_groups(data, qtype, cols)
+    m, rows, ng = xq.shape[0], q.shape[0], cols // G
+    xg = xq.astype(np.int64).reshape(m, 1, ng, G)
+    isum = ((q - Z).reshape(1, rows, ng, G) * xg).sum(axis=3)
+    sx = xg.sum(axis=3)
+    dxg = np.repeat(dx, 32 // G, axis=1).reshape(m, 1, ng)
+    ad = (a[None] * dxg).astype(np.float32).astype(np.float64)
+    cd = (c[None] * dxg).astype(np.float32).astype(np.float64)
+    y = (ad * isum - cd * sx).sum(axis=2)
+    return y, isum
+
+
+def int8_bound(x, w):
+    """How far the int8 route's y = x @ w.T (qdot_int8) may be from the float composition (w the dequantised
+    weights (rows, cols), x (m, cols)): the quantisation error of x, sum_i |w_i| dx_i / 2 (1 + 2^-16), plus
+    float32 rounding of the per-group scales a * dx and of w itself (2^-22 of sum |w_i x_i|)."""
+    x = np.asarray(x, np.float32)
+    _, dx = quantize_x_q8(x)
+    dxe = np.repeat(dx, 32, axis=1).astype(np.float64)
+    aw = np.abs(np.asarray(w, np.float64))
+    return 0.5 * (1 + 2.0 ** -16) * dxe @ aw.T + 2.0 ** -22 * np.abs(x.astype(np.float64)) @ aw.T + 1e-30
