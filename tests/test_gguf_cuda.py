@@ -73,6 +73,10 @@ static inline unsigned q_funnel(unsigned lo, unsigned hi, unsigned sh) {
     return (unsigned)((((unsigned long long)hi << 32) | lo) >> sh);
 }
 template <typename T> static inline void q_x8(const T *p, float *f) { for (int i = 0; i < 8; i++) f[i] = p[i]; }
+static inline int q_dp4a(unsigned a, unsigned b, int c) {  // CUDA's __dp4a (signed bytes)
+    for (int i = 0; i < 4; i++) c += (int)(signed char)(a >> (8 * i)) * (int)(signed char)(b >> (8 * i));
+    return c;
+}
 #include "quant_formats.cuh"
 #include "quant_span.cuh"
 
@@ -97,8 +101,9 @@ template <class Q> static void rows(const unsigned char *W, long row_bytes, int 
 }
 // qgemv_span's walk over R rows of row_bytes each, two at a time as a warp takes them (its 32 lanes in turn
 // between the __syncwarp()s)
-template <class L> static void span_rows(const unsigned char *W, long row_bytes, int R, int K, const float *x, float *y,
-                                         float *wout) {
+template <class L, bool I> static void span_rows(const unsigned char *W, long row_bytes, int R, int K, const float *x,
+                                                 float *y, float *wout, const unsigned char *xq = nullptr,
+                                                 const float *dx = nullptr, int *iout = nullptr) {
     alignas(16) static unsigned char bufs[2][L::CPL * 512];
     const int nblk = K / L::BS, nspan = (nblk + L::SB - 1) / L::SB;
     const long used = (long)nblk * L::TS;
@@ -118,8 +123,12 @@ template <class L> static void span_rows(const unsigned char *W, long row_bytes,
             if (s + 1 < nspan)
                 for (int l = 0; l < 32; l++)
                     for (int r = 0; r < nr; r++) span_load<L>(wr[r], used, s + 1, l, buf[l][r]);
-            for (int l = 0; l < 32; l++)
-                span_dot<L, float, 1, 2>(wb, mis, nr, s, nblk, l, x, K, 1, acc[l], wout + (long)r0 * K);
+            for (int l = 0; l < 32; l++) {
+                if constexpr (I)
+                    span_dot_i<L, 1, 2>(wb, mis, nr, s, nblk, l, xq, dx, K, 1, acc[l], iout + (long)r0 * K / 8);
+                else
+                    span_dot<L, float, 1, 2>(wb, mis, nr, s, nblk, l, x, K, 1, acc[l], wout + (long)r0 * K);
+            }
         }
         for (int r = 0; r < nr; r++) {
             float v = 0.f;
@@ -130,9 +139,18 @@ template <class L> static void span_rows(const unsigned char *W, long row_bytes,
 }
 extern "C" void span_run(int fmt, const unsigned char *W, long row_bytes, int R, int K, const float *x, float *y, float *w) {
     switch (fmt) {
-        case 2: span_rows<QL_q8_0>(W, row_bytes, R, K, x, y, w); break;
-        case 3: span_rows<QL_q4_k>(W, row_bytes, R, K, x, y, w); break;
-        case 4: span_rows<QL_q6_k>(W, row_bytes, R, K, x, y, w); break;
+        case 2: span_rows<QL_q8_0, false>(W, row_bytes, R, K, x, y, w); break;
+        case 3: span_rows<QL_q4_k, false>(W, row_bytes, R, K, x, y, w); break;
+        case 4: span_rows<QL_q6_k, false>(W, row_bytes, R, K, x, y, w); break;
+    }
+}
+// the dp4a route (span_dot_i) over x quantised (xq, dx: numpy_quant.quantize_x_q8); iout: each lane's isum
+extern "C" void span_run_i(int fmt, const unsigned char *W, long row_bytes, int R, int K, const unsigned char *xq,
+                           const float *dx, float *y, int *iout) {
+    switch (fmt) {
+        case 2: span_rows<QL_q8_0, true>(W, row_bytes, R, K, nullptr, y, nullptr, xq, dx, iout); break;
+        case 3: span_rows<QL_q4_k, true>(W, row_bytes, R, K, nullptr, y, nullptr, xq, dx, iout); break;
+        case 4: span_rows<QL_q6_k, true>(W, row_bytes, R, K, nullptr, y, nullptr, xq, dx, iout); break;
     }
 }
 extern "C" void run(int fmt, const unsigned char *W, long row_bytes, int R, int K, const float *x, float *y, float *w) {
@@ -160,6 +178,8 @@ def host_lib(tmp_path_factory):
     for f in (lib.run, lib.span_run):
         f.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_int, ctypes.c_void_p,
                       ctypes.c_void_p, ctypes.c_void_p]
+    lib.span_run_i.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_int] + [
+        ctypes.c_void_p] * 4
     return lib
 
 
@@ -201,6 +221,35 @@ def test_span_walk_on_the_host(host_lib, fmt, R, K):
     np.testing.assert_array_equal(w, ref)
     want = ref.astype(np.float64) @ x.astype(np.float64)
     np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+SPAN_CASES = [
+    ("q8_0", 5, 768), ("q8_0", 3, 96), ("q8_0", 4, 4128), ("q8_0", 3, 11008),
+    ("q4_k", 5, 768), ("q4_k", 3, 17 * 256), ("q4_k", 2, 11008),
+    ("q6_k", 5, 768), ("q6_k", 3, 9 * 256), ("q6_k", 4, 11008)]
+
+
+@pytest.mark.parametrize("fmt,R,K", SPAN_CASES)
+def test_dp4a_span_walk_on_the_host(host_lib, fmt, R, K):
+    """qgemv_span's int8 route (span_dot_i, lane_i and a host __dp4a), 32 lanes emulated over the same walk:
+    each lane's integer sum, added up per scale group, equals numpy_quant.qdot_int8's exact int64 sums; y its
+    float64 combination within fp32 rounding of the sum."""
+    from engine.backends.numpy_quant import int_groups, qdot_int8, quantize_x_q8
+    raw = np.ascontiguousarray(blocks(fmt, R, K, seed=K + R))
+    n = raw.size
+    store = np.zeros(n + 64, np.uint8)
+    at = (-store.ctypes.data) % 16
+    store[at:at + n] = raw.reshape(-1)
+    store[at + n:] = 0xAB
+    x = np.random.default_rng(K).standard_normal((1, K)).astype(np.float32)
+    xq, dx = quantize_x_q8(x)
+    y, iout = np.zeros(R, np.float32), np.full(R * K // 8, -(1 << 30), np.int32)
+    host_lib.span_run_i(FMT_ID[fmt], store.ctypes.data + at, raw.shape[1], R, K, xq.ctypes.data, dx.ctypes.data,
+                        y.ctypes.data, iout.ctypes.data)
+    want, isum = qdot_int8(x, raw, fmt, K)
+    G = int_groups(raw, fmt, K)[3]
+    np.testing.assert_array_equal(iout.astype(np.int64).reshape(R, K // G, G // 8).sum(axis=2), isum[0])
+    np.testing.assert_allclose(y, want[0], rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
 # ---- on the GPU --------------------------------------------------------------------------------------------------
