@@ -121,6 +121,31 @@ def test_block_dot_path_equals_the_composition(monkeypatch, fmt, m):
     np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
+@pytest.mark.parametrize("fmt,m,K", [(f, m, k) for f in numpy_quant.INT8_FORMATS for m, k in ((1, 256), (3, 4096), (8, 512))])
+def test_int8_route_reference(fmt, m, K):
+    """numpy_quant.qdot_int8 (the CUDA int8 route's reference): x quantised as documented (|x - dx xq| <= dx / 2,
+    |xq| <= 127), its integer part equal to a plain int64 computation from gguf-py's weights (w = a (q - Z) - c
+    recovered per group), and y within int8_bound of the float composition."""
+    raw = blocks(fmt, 9, K, seed=K + m)
+    w = gguf.quants.dequantize(raw, G[fmt.upper()])
+    x = np.random.default_rng(m).standard_normal((m, K)).astype(np.float32)
+    x[0, :32] = 0  # an all-zero block: dx = 0, xq = 0
+    xq, dx = numpy_quant.quantize_x_q8(x)
+    assert np.abs(xq.astype(int)).max() <= 127 and dx[0, 0] == 0 and not xq[0, :32].any()
+    assert (np.abs(x - np.repeat(dx, 32, 1) * xq) <= np.repeat(dx, 32, 1) * 0.5 * (1 + 2.0 ** -16)).all()
+    q, a, c, g, z = numpy_quant.int_groups(raw, fmt, K)
+    ae, ce = np.repeat(a, g, 1).astype(np.float64), np.repeat(c, g, 1).astype(np.float64)
+    qr = np.rint(np.where(ae != 0, (w + ce) / np.where(ae != 0, ae, 1), 0)) + z  # the quants, from the floats
+    assert np.array_equal(qr[ae != 0], q[ae != 0])
+    a32, c32 = np.repeat(a, g, 1), np.repeat(c, g, 1)  # and w = a (q - Z) - c, float32 as gguf-py rounds it
+    np.testing.assert_array_equal(a32 * (q - z).astype(np.float32) - c32, w)
+    y, isum = numpy_quant.qdot_int8(x, raw, fmt, K)
+    plain = np.einsum("rgi,mgi->mrg", (q - z).reshape(9, K // g, g), xq.astype(np.int64).reshape(m, K // g, g))
+    np.testing.assert_array_equal(isum, plain)
+    err = np.abs(y - x.astype(np.float64) @ w.T.astype(np.float64))
+    assert (err <= numpy_quant.int8_bound(x, w)).all()
+
+
 def test_quantized_weight_errors():
     raw = blocks("q8_0", 4, 64)
     t = engine.tensor(raw)
