@@ -52,7 +52,7 @@ def measure_decode(module, device: str, prompt: int, steps: int, repeats: int) -
             "achieved_gb_per_s": lm.weight_bytes / s / 1e9, "warmup_s": warm, "_logits": logits}
 
 
-def kernel_profile(preset: str, formats, iters: int = 40) -> list:
+def kernel_profile(preset: str, formats, iters: int = 40, dots=("float",)) -> list:
     """qgemv per format (and the fp16 gemv) at one layer's GEMV shapes and the LM head: microseconds per
     launch inside a captured graph, GB/s of the bytes read."""
     import cupy
@@ -88,12 +88,16 @@ def kernel_profile(preset: str, formats, iters: int = 40) -> list:
             per = 2 if glu else 1  # weights a launch reads
             copies = per * max(2, int(np.ceil(3 * l2 / (per * one.nbytes))))
             Ws = [one] + [one.copy() for _ in range(copies - 1)]
-            cupy.cuda.Device().synchronize()
-            us = timed(lambda i: run(Ws[(per * i) % copies], Ws[(per * i + 1) % copies] if glu else None), iters)
-            nbytes = per * one.nbytes
-            rows.append({"shape": name, "N": N, "K": Kd, "format": fmt, "bytes": int(nbytes), "us": round(us, 2),
-                         "gb_per_s": round(nbytes / (us * 1e-6) / 1e9, 1)})
-            print(f"  {name:20s} {N:6d} x {Kd:6d} {fmt:5s} {us:8.2f} us {rows[-1]['gb_per_s']:7.1f} GB/s", flush=True)
+            for dot in (("-",) if fmt == "fp16" else dots):  # the quantized kernels: each dot route (cupy_quant)
+                if dot != "-":
+                    Q.QUANT_DOT["route"] = dot
+                cupy.cuda.Device().synchronize()
+                us = timed(lambda i: run(Ws[(per * i) % copies], Ws[(per * i + 1) % copies] if glu else None), iters)
+                nbytes = per * one.nbytes
+                rows.append({"shape": name, "N": N, "K": Kd, "format": fmt, "dot": dot, "bytes": int(nbytes),
+                             "us": round(us, 2), "gb_per_s": round(nbytes / (us * 1e-6) / 1e9, 1)})
+                print(f"  {name:20s} {N:6d} x {Kd:6d} {fmt:5s} {dot:5s} {us:8.2f} us {rows[-1]['gb_per_s']:7.1f} GB/s",
+                      flush=True)
             del Ws, one
     return rows
 
@@ -108,8 +112,14 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--no-profile", action="store_true", help="skip the per-kernel profile")
+    p.add_argument("--dots", default="int8,float", help="qgemv_span's dot routes to measure (cupy_quant.QUANT_DOT): "
+                                                       "int8 (x quantised, __dp4a), float; a format's decode runs "
+                                                       "once per route, keyed FORMAT@ROUTE when there are several")
     p.add_argument("--out")
     a = p.parse_args(argv)
+    dots = [d for d in a.dots.split(",") if d]
+    if not dots or any(d not in ("int8", "float") for d in dots):
+        p.error(f"--dots {a.dots!r}: a comma-separated list of int8, float")
     if a.device == "cuda":  # what this benchmark measures: the quantized kernels (off by default until verified)
         from engine.backends import cupy_kernels as K
         K.QUANT_KERNELS["enabled"] = True
@@ -117,7 +127,7 @@ def main(argv=None) -> int:
     from engine.quant import quantize_module
     formats = [f for f in a.formats.split(",") if f]
     res = {"preset": a.preset, "device": a.device, "batch": 1, "prompt": a.prompt, "steps": a.steps,
-           "repeats": a.repeats, "machine": platform.node(), "formats": {}}
+           "repeats": a.repeats, "machine": platform.node(), "quant_dots": dots, "formats": {}}
     if a.device == "cuda":
         import cupy
         from bench.probes import copy_gb_per_s
@@ -125,7 +135,12 @@ def main(argv=None) -> int:
         res["copy_gb_per_s"] = copy_gb_per_s("cuda")
         print(f"{res['card']}: device copy {res['copy_gb_per_s']:.0f} GB/s (read + write)", flush=True)
     base_logits = None
-    for fmt in ["fp16"] + formats:
+    runs = [("fp16", None)] + [(f, d) for f in formats for d in dots]
+    for fmt, dot in runs:
+        key = fmt if dot is None or len(dots) == 1 else f"{fmt}@{dot}"
+        if dot is not None and a.device == "cuda":
+            from engine.backends import cupy_quant
+            cupy_quant.QUANT_DOT["route"] = dot
         t0 = time.perf_counter()
         m = build(a.preset, a.device, seed=0)  # the same weights every time
         built = time.perf_counter() - t0
@@ -143,6 +158,8 @@ def main(argv=None) -> int:
             cos = np.sum(logits * base_logits, -1) / (np.linalg.norm(logits, axis=-1) * np.linalg.norm(base_logits, axis=-1))
             r["logits_cosine_vs_fp16"] = {"min": float(cos.min()), "mean": float(cos.mean())}
             r["top1_agreement_vs_fp16"] = float(np.mean(logits.argmax(-1) == base_logits.argmax(-1)))
+        if dot is not None:
+            r["quant_dot"] = dot if a.device == "cuda" else "numpy"  # the route qgemv_span took
         r.update(build_s=built, quantize_s=q_s, formats_used={f: sum(v == f for v in mix.values()) for f in set(mix.values())})
         if "copy_gb_per_s" in res:
             r["roofline_tokens_per_s"] = res["copy_gb_per_s"] * 1e9 / r["weight_bytes"]
@@ -152,8 +169,8 @@ def main(argv=None) -> int:
             if fmt in TARGETS:
                 r["target_speedup"] = TARGETS[fmt]
                 r["meets_target"] = r["speedup_vs_fp16"] >= TARGETS[fmt]
-        res["formats"][fmt] = r
-        print(f"{fmt:6s} {r['tokens_per_s']:8.1f} tok/s {r['ms_per_token']:7.3f} ms/token "
+        res["formats"][key] = r
+        print(f"{key:11s} {r['tokens_per_s']:8.1f} tok/s {r['ms_per_token']:7.3f} ms/token "
               f"{r['weight_bytes'] / 1e9:6.2f} GB {r['achieved_gb_per_s']:7.1f} GB/s"
               + (f" x{r['speedup_vs_fp16']:.2f} vs fp16" if "speedup_vs_fp16" in r else "")
               + (f" cos {r['logits_cosine_vs_fp16']['mean']:.4f} top1 {r['top1_agreement_vs_fp16']:.2f}"
@@ -163,7 +180,7 @@ def main(argv=None) -> int:
         engine.backend(a.device).pool.empty_cache()
     if a.device == "cuda" and not a.no_profile:
         print("kernel profile (graph replays):", flush=True)
-        res["kernel_profile"] = kernel_profile(a.preset, ["fp16"] + [f for f in formats if f != "q4_k_m"])
+        res["kernel_profile"] = kernel_profile(a.preset, ["fp16"] + [f for f in formats if f != "q4_k_m"], dots=dots)
         for r in res["kernel_profile"]:  # the issue's bar: >= 0.8 of the device copy rate
             r["fraction_of_copy"] = round(r["gb_per_s"] / res["copy_gb_per_s"], 3)
     if a.out:
