@@ -36,7 +36,11 @@ def _quant_kernels_on(monkeypatch):
     says (cupy_kernels.QUANT_KERNELS)."""
     if DEVICE.type == "cuda":
         from engine.backends import cupy_kernels as K
+        from engine.backends import cupy_quant as Q
         monkeypatch.setitem(K.QUANT_KERNELS, "enabled", True)
+        # the float dot route unless a test asks for int8 (whose results differ from the composition by the
+        # quantisation of x: the tests that compare with the composition in fp32 tolerance take float)
+        monkeypatch.setitem(Q.QUANT_DOT, "route", "float")
 FMT_ID = {"q4_0": 0, "q4_1": 1, "q8_0": 2, "q4_k": 3, "q6_k": 4}  # cupy_kernels.QFORMATS (no cupy import here)
 
 # ---- host build of the decoders --------------------------------------------------------------------------------
@@ -304,18 +308,23 @@ def test_qgemv_on_llama_shapes(fmt):
     ("q8_0", 13, 96, 1), ("q8_0", 9, 4128, 3), ("q8_0", 5, 11008, 4),  # 3 blocks; 129 (past a span of 32); 344
     ("q4_k", 11, 17 * 256, 2), ("q4_k", 3, 11008, 4), ("q4_k", 21, 4096, 1),  # 17 blocks (a span is 8); 43
     ("q6_k", 7, 11008, 3), ("q6_k", 17, 9 * 256, 8), ("q6_k", 6, 768, 1)])  # rows of 9030 / 1890 / 630 bytes
-def test_qgemv_span_edge_shapes(fmt, n, cols, m):
+@pytest.mark.parametrize("dot", ["float", "int8"])
+def test_qgemv_span_edge_shapes(monkeypatch, fmt, n, cols, m, dot):
     """qgemv_span (cupy_quant.py) where its walk has edges: rows not a multiple of 8 a block, K not a multiple
     of a span, row lengths not a multiple of 16 bytes, a GLU whose gate and up rows stream back to back;
-    plain and fused against the composition in float32, and the plain launch equal to the fused one."""
+    plain and fused against the composition in float32 (the int8 route: against numpy_quant.qdot_int8), and
+    the plain launch equal to the fused one."""
     from engine.backends import cupy_quant as Q
     from engine.backends.fused import FusedOps, QOperand
+    from engine.backends.numpy_quant import qdot_int8
+    monkeypatch.setitem(Q.QUANT_DOT, "route", dot)
     be = engine.backend(DEVICE)
     rng = np.random.default_rng(n)
     raw, raw2 = blocks(fmt, n, cols, seed=n), blocks(fmt, n, cols, seed=n + 1)
     x = engine.tensor(rng.standard_normal((m, cols)).astype(np.float32), device=DEVICE)
     assert Q.span_ok(x.array, fmt, (engine.tensor(raw, device=DEVICE).array,))
-    want = x.numpy().astype(np.float64) @ gguf.quants.dequantize(raw, G[fmt.upper()]).astype(np.float64).T
+    want = (x.numpy().astype(np.float64) @ gguf.quants.dequantize(raw, G[fmt.upper()]).astype(np.float64).T
+            if dot == "float" else qdot_int8(x.numpy(), raw, fmt, cols)[0])
     y = F.linear(x, gpu_weight(raw, fmt, cols))
     np.testing.assert_allclose(y.numpy(), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
     w, w2 = [QOperand(engine.tensor(r, device=DEVICE).array, fmt, cols) for r in (raw, raw2)]
@@ -328,16 +337,49 @@ def test_qgemv_span_edge_shapes(fmt, n, cols, m):
     np.testing.assert_allclose(got.get(), ref.get(), rtol=1e-5, atol=1e-5 * np.abs(ref.get()).max())
 
 
+INT8_CASES = [(f, m, k) for f in ("q8_0", "q4_k", "q6_k") for k, ms in ((256, (1, 3, 8)), (4096, (1, 2, 8)),
+                                                                        (11008, (1, 3))) for m in ms]
+
+
+@cuda
+@pytest.mark.parametrize("fmt,m,K", INT8_CASES)
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_qgemv_int8_route_equals_its_reference(monkeypatch, fmt, m, K, dtype):
+    """qgemv_span's int8 route (cupy_quant.QUANT_DOT: x quantised in shared memory, __dp4a) against
+    numpy_quant.qdot_int8 (the same quantisation of x, exact integer sums, float64 combination), rounded once:
+    equal within fp32 rounding of the sums (that reference is within int8_bound of the composition: test_gguf)."""
+    from engine.backends import cupy_quant as Q
+    from engine.backends.numpy_quant import qdot_int8
+    monkeypatch.setitem(Q.QUANT_DOT, "route", "int8")
+    N = 40
+    raw = blocks(fmt, N, K, seed=K + m)
+    rng = np.random.default_rng(K + m)
+    dt = getattr(engine, dtype)
+    x = engine.tensor(rng.standard_normal((m, K)).astype(np.float32), device=DEVICE).to(dt)
+    b = engine.tensor(rng.standard_normal(N).astype(np.float32), device=DEVICE).to(dt)
+    w = gpu_weight(raw, fmt, K, dtype)
+    assert Q.span_ok(x.array, fmt, (w.data.array,))
+    y = F.linear(x, w, b)
+    assert y.shape == (m, N) and y.dtype is dt
+    want = qdot_int8(x.float().numpy(), raw, fmt, K)[0] + b.float().numpy().astype(np.float64)
+    rtol, atol = DTYPES[dtype]
+    np.testing.assert_allclose(y.float().numpy(), want, rtol=rtol, atol=atol * np.abs(want).max())
+
+
 @cuda
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("dtype", list(DTYPES))
 @pytest.mark.parametrize("m", [1, 3, 8])
-def test_qgemv_fused_equals_the_composition(fmt, dtype, m):
+@pytest.mark.parametrize("dot", ["float", "int8"])
+def test_qgemv_fused_equals_the_composition(monkeypatch, fmt, dtype, m, dot):
     """qgemv_fused (linear_fused / linear_group over QOperands: the captured decode's launches) against the
     backend's own composition (fused.FusedOps: rms_norm, qlinear, act, mul, add op by op), which rounds
-    the same way: equal within fp32 tolerance of the sums."""
+    the same way: equal within fp32 tolerance of the sums. Both dot routes of qgemv_span (cupy_quant.QUANT_DOT:
+    with int8 the composition's qlinear quantises the same normed x the fused prologue does)."""
     from engine.backends import cupy_kernels as K
+    from engine.backends import cupy_quant as Q
     from engine.backends.fused import FusedOps, QOperand
+    monkeypatch.setitem(Q.QUANT_DOT, "route", dot)
     be = engine.backend(DEVICE)
     dt = getattr(engine, dtype)
     cols, n = 512, 40
@@ -446,10 +488,16 @@ def test_fusion_plan_takes_quantized_linears(q):
 
 
 @pytest.mark.parametrize("q", ["q8_0", "q4_k_m"])
-def test_captured_decode_of_a_quantized_model(q):
-    """The planned step (fused ops; on CUDA a graph over the fused qgemv kernels) gives the tokens of the
-    plain step, greedy and sampled, batch 1 and 2."""
+@pytest.mark.parametrize("dot", ["float", "int8"])
+def test_captured_decode_of_a_quantized_model(monkeypatch, q, dot):
+    """The planned step (fused ops; on CUDA a graph over the fused qgemv kernels, each dot route of
+    cupy_quant.QUANT_DOT) gives the tokens of the plain step, greedy and sampled, batch 1 and 2."""
     from engine.generation import generate
+    if DEVICE.type == "cuda":
+        from engine.backends import cupy_quant as Q
+        monkeypatch.setitem(Q.QUANT_DOT, "route", dot)
+    elif dot == "int8":
+        pytest.skip("the int8 dot route is the CUDA kernels' (numpy: one route)")
     dtypes = ["float32", "float16"] if DEVICE.type == "cuda" else ["float32"]
     for dtype in dtypes:
         m = quantized_llama(q, dtype)
