@@ -121,7 +121,8 @@ def test_block_dot_path_equals_the_composition(monkeypatch, fmt, m):
     np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
-@pytest.mark.parametrize("fmt,m,K", [(f, m, k) for f in numpy_quant.INT8_FORMATS for m, k in ((1, 256), (3, 4096), (8, 512))])
+@pytest.mark.parametrize("fmt,m,K", [(f, m, k) for f in numpy_quant.INT8_FORMATS
+                                     for m, k in ((1, 256), (3, 4096), (8, 512))])
 def test_int8_route_reference(fmt, m, K):
     """numpy_quant.qdot_int8 (the CUDA int8 route's reference): x quantised as documented (|x - dx xq| <= dx / 2,
     |xq| <= 127), its integer part equal to a plain int64 computation from gguf-py's weights (w = a (q - Z) - c

@@ -7,8 +7,9 @@ fp32 sums of a * (q . x) - c * sum(x) per 8 weights, within fp32 rounding of the
 composition; quant_span.cuh). QUANT_DOT["route"] = "int8" (env TAPER_QUANT_DOT=int8|float) takes its D = 1
 route instead: x (after the norm, rounded into T) quantised into int8 blocks of 32 with an fp32 scale, __dp4a
 integer sums per 8 weights, one fp32 FMA each (numerics: numpy_quant.qdot_int8, exactly but for fp32 sum
-order; within the quantisation error of x of the composition, numpy_quant.int8_bound). It needs the weight pointers 16-byte aligned and the staged x rows to fit in
-shared memory beside its row buffers. Plain and fused launches of one format take the same kernel, so a
+order; within the quantisation error of x of the composition, numpy_quant.int8_bound). It needs the weight
+pointers 16-byte aligned and the staged x rows (int8 route: and their int8 blocks) to fit in shared memory
+beside its row buffers. Plain and fused launches of one format take the same kernel, so a
 captured step (qgemv_fused) and the eager one (qgemv) sum in the same order.
 """
 from __future__ import annotations

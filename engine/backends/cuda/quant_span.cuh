@@ -55,7 +55,8 @@ __device__ __forceinline__ float q_byte_f(unsigned v, int i, float bias) {
 // lane_i (each format): the lane's 8 quants as two words of bytes (weight 8l + i: byte i % 4 of word i / 4) with
 // w_i = a * (byte_i - Z) - c, bytes read as int8 (the dp4a route, quant_span.cu's D = 1); lane_q: the same as
 // floats q_i = byte_i - Z, exact (Q8_0's signed bytes through ^ 0x80 and a bias of 128)
-template <class L> __device__ __forceinline__ void lane_f(const unsigned char *b, int lane, float *q, float &a, float &c) {
+template <class L>
+__device__ __forceinline__ void lane_f(const unsigned char *b, int lane, float *q, float &a, float &c) {
     unsigned lo, hi;
     L::lane_i(b, lane, lo, hi, a, c);
     #pragma unroll
