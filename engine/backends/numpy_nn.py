@@ -320,10 +320,16 @@ class NnKernels:
 
     def conv_transpose(self, x, w, b, stride, padding, output_padding, dilation, groups: int, out_dtype):
         """A transposed conv is a stride-1 conv over the input spread out by `stride`, padded by
-        dilation*(k-1)-padding, with each group's weight transposed and flipped spatially."""
+        dilation*(k-1)-padding, with each group's weight transposed and flipped spatially. On numpy a 1-d
+        one with groups 1 is instead one GEMM, w^T (Cout*K, Cin) @ x (Cin, L), whose K column blocks are
+        added into the output at stride `stride` (col2im): the spread input's zeros are never multiplied
+        (EnCodec's decoder: stride 8 with K 16 is 8x fewer FLOPs)."""
         xp = self.xp
         x, w = self._f(x, out_dtype), self._f(w, out_dtype)
         nd = x.ndim - 2
+        if xp is np and nd == 1 and groups == 1 and x.dtype == out_dtype.np_dtype == np.float32 and x.size:
+            return self._conv_transpose1d_gemm(x, w, b, stride[0], padding[0], output_padding[0], dilation[0],
+                                               out_dtype)
         n, cin = x.shape[:2]
         og, k = w.shape[1], w.shape[2:]
         spread = xp.zeros((n, cin) + tuple((x.shape[2 + i] - 1) * stride[i] + 1 for i in range(nd)), x.dtype)
@@ -338,7 +344,86 @@ class NnKernels:
         wt = wt.reshape((groups * og, cg) + tuple(k))
         return self.conv(spread, wt, b, (1,) * nd, pads, dilation, groups, out_dtype)
 
+    def _conv_transpose1d_gemm(self, x, w, b, stride: int, padding: int, output_padding: int, dilation: int,
+                               out_dtype):
+        """conv_transpose for (N, Cin, L) float32, w (Cin, Cout, K): y[n, o, t*stride + k*dilation] +=
+        sum_c x[n, c, t] w[c, o, k] over the full length (L-1)*stride + dilation*(K-1) + 1, then the
+        output window [padding, padding + out_len) (zeros past the full length: output_padding)."""
+        n, cin, length = x.shape
+        cout, kk = w.shape[1], w.shape[2]
+        full = (length - 1) * stride + dilation * (kk - 1) + 1
+        out_len = full - 2 * padding + output_padding
+        wt = np.ascontiguousarray(w.reshape(cin, cout * kk).T)  # (Cout*K, Cin)
+        cols = np.matmul(wt, x).reshape(n, cout, kk, length)  # (N, Cout, K, L)
+        y = np.zeros((n, cout, max(full, padding + out_len)), np.float32)
+        span = (length - 1) * stride + 1
+        for j in range(kk):
+            y[:, :, j * dilation:j * dilation + span:stride] += cols[:, :, j]
+        out = self.empty((n, cout, out_len), out_dtype)
+        np.copyto(out, y[:, :, padding:padding + out_len])
+        if b is not None:
+            out += self._f(b, out_dtype).reshape(1, cout, 1)
+        return out
+
     # ---- attention ------------------------------------------------------------------------------------
+    def attention(self, q, k, v, mask, scale: float, out_dtype):
+        """FusedOps.attention's formula on numpy in float32, without its copies: the scores are scaled
+        (not at all for scale 1: x * 1 is x), masked and softmaxed in place in one pooled buffer, which
+        the composition copies three times (mul, softmax, cast to the float32 it already is). When one
+        head's scores exceed SDPA_HEAD_SCORES (Whisper's encoder: 1500 x 1500) the same steps go a block
+        of query rows at a time, each block in cache from its GEMM to its GEMM with V, straight into the
+        output. Other dtypes (and cupy) take the composition."""
+        if out_dtype.np_dtype != np.float32 or self.xp is not np or not (
+                q.dtype == k.dtype == v.dtype == np.float32) or (mask is not None and mask.dtype != np.float32):
+            return super().attention(q, k, v, mask, scale, out_dtype)
+        b, hq, L, d = q.shape
+        hkv, S, dv = k.shape[1], k.shape[2], v.shape[-1]
+        rep = hq // hkv
+        sc = None if scale == 1.0 else np.float32(scale)
+        with np.errstate(all="ignore"):
+            if L * S < self.SDPA_HEAD_SCORES or S == 0:
+                qg = q.reshape(b, hkv, rep * L, d)  # a view when q is contiguous (else numpy copies)
+                s = self.empty((b, hkv, rep * L, S), out_dtype)
+                np.matmul(qg, k.swapaxes(-1, -2), out=s)
+                if sc is not None:
+                    s *= sc
+                if mask is not None:
+                    s.reshape(b, hkv, rep, L, S)[...] += mask[:, :, None]
+                self._softmax_rows(s)
+                o = np.matmul(s, v)  # (B, Hkv, rep*L, Dv)
+                out = self.empty((b, L, hq, dv), out_dtype)
+                np.copyto(out, o.reshape(b, hq, L, dv).swapaxes(1, 2))
+                return out.reshape(b, L, hq * dv)
+            out = self.empty((b, L, hq, dv), out_dtype)
+            n = max(1, min(L, self.SDPA_BLOCK // S))
+            buf = np.empty((n, S), np.float32)
+            for bi in range(b):
+                for hk in range(hkv):
+                    kt = np.ascontiguousarray(k[bi, hk].T)  # (D, S): read by every row block of rep heads
+                    vh = v[bi, hk]
+                    for r in range(rep):
+                        h = hk * rep + r
+                        qh = q[bi, h]
+                        mh = None if mask is None else mask[min(bi, mask.shape[0] - 1), 0]
+                        for r0 in range(0, L, n):
+                            r1 = min(L, r0 + n)
+                            s = buf[:r1 - r0]
+                            np.matmul(qh[r0:r1], kt, out=s)
+                            if sc is not None:
+                                s *= sc
+                            if mh is not None:
+                                s += mh[r0:r1]
+                            self._softmax_rows(s)
+                            out[bi, r0:r1, h] = s @ vh
+            return out.reshape(b, L, hq * dv)
+
+    @staticmethod
+    def _softmax_rows(s) -> None:
+        """softmax over the last dim of a float32 array in place (softmax()'s steps: x - max, exp, / sum)."""
+        s -= np.max(s, axis=-1, keepdims=True)
+        np.exp(s, out=s)
+        s /= np.sum(s, axis=-1, keepdims=True)
+
     # the blocked path: when all scores exceed SDPA_FULL_SCORES elements (4 MiB of float32) and one
     # head's (L, S) scores exceed SDPA_HEAD_SCORES (so the Python loop over heads is amortised); its
     # query-row blocks hold about SDPA_BLOCK scores (2 MiB: they stay in cache)
