@@ -369,10 +369,9 @@ class NnKernels:
     def attention(self, q, k, v, mask, scale: float, out_dtype):
         """FusedOps.attention's formula on numpy in float32, without its copies: the scores are scaled
         (not at all for scale 1: x * 1 is x), masked and softmaxed in place in one pooled buffer, which
-        the composition copies three times (mul, softmax, cast to the float32 it already is). When one
-        head's scores exceed SDPA_HEAD_SCORES (Whisper's encoder: 1500 x 1500) the same steps go a block
-        of query rows at a time, each block in cache from its GEMM to its GEMM with V, straight into the
-        output. Other dtypes (and cupy) take the composition."""
+        the composition copies three times (mul, softmax, cast to the float32 it already is). When all
+        scores exceed ATTENTION_WHOLE the same steps go a block of query rows of one head at a time, each
+        block in cache from its GEMM to its GEMM with V, straight into the output. Other dtypes (and cupy) take the composition."""
         if out_dtype.np_dtype != np.float32 or self.xp is not np or not (
                 q.dtype == k.dtype == v.dtype == np.float32) or (mask is not None and mask.dtype != np.float32):
             return super().attention(q, k, v, mask, scale, out_dtype)
@@ -381,7 +380,7 @@ class NnKernels:
         rep = hq // hkv
         sc = None if scale == 1.0 else np.float32(scale)
         with np.errstate(all="ignore"):
-            if L * S < self.SDPA_HEAD_SCORES or S == 0:
+            if b * hq * L * S <= self.ATTENTION_WHOLE or S == 0:
                 qg = q.reshape(b, hkv, rep * L, d)  # a view when q is contiguous (else numpy copies)
                 s = self.empty((b, hkv, rep * L, S), out_dtype)
                 np.matmul(qg, k.swapaxes(-1, -2), out=s)
@@ -395,15 +394,15 @@ class NnKernels:
                 np.copyto(out, o.reshape(b, hq, L, dv).swapaxes(1, 2))
                 return out.reshape(b, L, hq * dv)
             out = self.empty((b, L, hq, dv), out_dtype)
-            n = max(1, min(L, self.SDPA_BLOCK // S))
+            n = max(1, min(L, self.ATTENTION_BLOCK // S))
             buf = np.empty((n, S), np.float32)
             for bi in range(b):
                 for hk in range(hkv):
                     kt = np.ascontiguousarray(k[bi, hk].T)  # (D, S): read by every row block of rep heads
-                    vh = v[bi, hk]
+                    vh = np.ascontiguousarray(v[bi, hk])
                     for r in range(rep):
                         h = hk * rep + r
-                        qh = q[bi, h]
+                        qh = np.ascontiguousarray(q[bi, h])
                         mh = None if mask is None else mask[min(bi, mask.shape[0] - 1), 0]
                         for r0 in range(0, L, n):
                             r1 = min(L, r0 + n)
@@ -416,6 +415,13 @@ class NnKernels:
                             self._softmax_rows(s)
                             out[bi, r0:r1, h] = s @ vh
             return out.reshape(b, L, hq * dv)
+
+    # attention: all scores in one buffer up to ATTENTION_WHOLE elements (256 MiB of float32: Whisper's encoder,
+    # 6 x 1500 x 1500, is 54 MiB), beyond that row blocks of about ATTENTION_BLOCK scores per head. Blocks of
+    # 128-256 rows are as fast as one pass with one BLAS thread, but with OpenBLAS's threads on a loaded
+    # 2-core machine their many small GEMMs were 3x slower than a few large ones (Whisper's encoder)
+    ATTENTION_WHOLE = 1 << 26
+    ATTENTION_BLOCK = 1 << 18
 
     @staticmethod
     def _softmax_rows(s) -> None:
