@@ -13,6 +13,54 @@ import numpy as np
 from engine import dtype as D
 
 
+class _BlasThreads:
+    """OpenBLAS (numpy's BLAS) on one thread for small products: a GEMM/GEMV of under SMALL_GEMM multiply-adds
+    (a decode step's linears, 1 x 384 x 1536) takes tens of microseconds, and waking OpenBLAS's other threads
+    for it costs as much; on a loaded machine (cores shared with other processes) the wake-ups made the
+    median of such a call 4x and its mean 100x slower than one thread (Whisper-tiny's decode step on 2
+    shared cores: 177 ms with OpenBLAS's 2 threads, 89 ms with one). Large products keep every thread.
+    The thread count goes through OpenBLAS's own openblas_set_num_threads (found once by threadpoolctl when
+    it is installed; without it, or with another BLAS, nothing changes)."""
+
+    SMALL_GEMM = 1 << 21
+
+    def __init__(self):
+        self._set = None
+        self.threads = 1
+
+    def _find(self):
+        self._set = False
+        try:
+            from threadpoolctl import ThreadpoolController
+            libs = [c for c in ThreadpoolController().select(internal_api="openblas").lib_controllers
+                    if c.threading_layer == "pthreads"]  # OpenMP builds have per-thread limits of their own
+        except Exception:  # noqa: BLE001 - no threadpoolctl, or it cannot inspect this process: leave BLAS alone
+            return
+        fns = [c._get_symbol("openblas_set_num_threads") for c in libs]
+        if libs and all(fns):
+            self._fns, self.threads = fns, max(c.num_threads for c in libs)
+            self._set = True
+
+    def one(self, macs: int) -> bool:
+        """Set one thread when a product of `macs` multiply-adds is small (then call restore())."""
+        if macs >= self.SMALL_GEMM:
+            return False
+        if self._set is None:
+            self._find()
+        if not self._set or self.threads == 1:
+            return False
+        for f in self._fns:
+            f(1)
+        return True
+
+    def restore(self) -> None:
+        for f in self._fns:
+            f(self.threads)
+
+
+BLAS_THREADS = _BlasThreads()
+
+
 class NnKernels:
     def _f(self, x, out_dtype):
         return self._c(x, D.compute_dtype(out_dtype))
@@ -22,6 +70,14 @@ class NnKernels:
         """x @ w.T + b in the compute dtype, rounded once (torch's fused addmm does the same). Rows of
         every leading dim go through one GEMM, so the weight is read once."""
         lead, k = x.shape[:-1], x.shape[-1]
+        if self.xp is np and BLAS_THREADS.one(math.prod(x.shape) * w.shape[0]):
+            try:
+                return self._linear(x, w, b, out_dtype, lead, k)
+            finally:
+                BLAS_THREADS.restore()
+        return self._linear(x, w, b, out_dtype, lead, k)
+
+    def _linear(self, x, w, b, out_dtype, lead, k):
         x2, w = self._f(x, out_dtype).reshape(-1, k), self._f(w, out_dtype)
         if b is None and x2.dtype == out_dtype.np_dtype:  # straight into pooled memory
             out = self.empty((x2.shape[0], w.shape[0]), out_dtype)
@@ -54,6 +110,15 @@ class NnKernels:
         xw, h, c = self._f(xw, out_dtype), self._f(h, out_dtype), self._f(c, out_dtype)
         out = self.empty((n_steps,) + h.shape, out_dtype)
         one = out.dtype.type(1)
+        single = BLAS_THREADS.one(math.prod(h.shape) * whT.shape[1])  # each step's h W_hh^T is small
+        try:
+            h, c = self._lstm_loop(xp, xw, h, c, whT, b, hrT, reverse, out, one, hid, n_steps)
+        finally:
+            if single:
+                BLAS_THREADS.restore()
+        return out, self._out(h, out_dtype), self._out(c, out_dtype)
+
+    def _lstm_loop(self, xp, xw, h, c, whT, b, hrT, reverse, out, one, hid, n_steps):
         with np.errstate(over="ignore"):
             for t in (range(n_steps - 1, -1, -1) if reverse else range(n_steps)):
                 g = xp.matmul(h, whT)
@@ -66,7 +131,7 @@ class NnKernels:
                 if hrT is not None:
                     h = xp.matmul(h, hrT)
                 out[t] = h
-        return out, self._out(h, out_dtype), self._out(c, out_dtype)
+        return h, c
 
     # ---- normalisation and softmax --------------------------------------------------------------
     def softmax(self, x, dim: int, log: bool, out_dtype):
@@ -375,6 +440,14 @@ class NnKernels:
         if out_dtype.np_dtype != np.float32 or self.xp is not np or not (
                 q.dtype == k.dtype == v.dtype == np.float32) or (mask is not None and mask.dtype != np.float32):
             return super().attention(q, k, v, mask, scale, out_dtype)
+        if BLAS_THREADS.one(math.prod(q.shape) * k.shape[2]):  # a decode step's: one BLAS thread
+            try:
+                return self._attention(q, k, v, mask, scale, out_dtype)
+            finally:
+                BLAS_THREADS.restore()
+        return self._attention(q, k, v, mask, scale, out_dtype)
+
+    def _attention(self, q, k, v, mask, scale: float, out_dtype):
         b, hq, L, d = q.shape
         hkv, S, dv = k.shape[1], k.shape[2], v.shape[-1]
         rep = hq // hkv
