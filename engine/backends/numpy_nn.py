@@ -34,9 +34,9 @@ class _BlasThreads:
             from threadpoolctl import ThreadpoolController
             libs = [c for c in ThreadpoolController().select(internal_api="openblas").lib_controllers
                     if c.threading_layer == "pthreads"]  # OpenMP builds have per-thread limits of their own
-        except Exception:  # noqa: BLE001 - no threadpoolctl, or it cannot inspect this process: leave BLAS alone
+            fns = [c._get_symbol("openblas_set_num_threads") for c in libs]  # a private threadpoolctl helper
+        except Exception:  # noqa: BLE001 - no threadpoolctl (or one without _get_symbol): leave BLAS alone
             return
-        fns = [c._get_symbol("openblas_set_num_threads") for c in libs]
         if libs and all(fns):
             self._fns, self.threads = fns, max(c.num_threads for c in libs)
             self._set = True
