@@ -229,3 +229,11 @@ def test_max_pool2d_negative_padding_values(): helper_test_op([(1, 2, 5, 5)], la
 @pytest.mark.parametrize("dt", ["float16", "bfloat16"])
 def test_sdpa_float_mask_reduced(dt): sdpa_row(QKV + [(5, 6)], dt, mask_dt=dt)
 def test_softmax_large_values(): helper_test_op([(2, 5)], lambda x: (F.softmax(x, -1), F.log_softmax(x, -1)), lambda x: (EF.softmax(x, -1), EF.log_softmax(x, -1)), low=-1e4, high=1e4, scale=2)
+@pytest.mark.parametrize("kw", [dict(stride=8), dict(stride=5, padding=2, output_padding=3), dict(stride=2, dilation=3, padding=1)])
+def test_conv_transpose1d_long_strides(kw): helper_test_op([(2, 6, 9), (6, 4, 10), (4,)], lambda x, w, b: F.conv_transpose1d(x, w, b, **kw), lambda x, w, b: EF.conv_transpose1d(x, w, b, **kw), scale=ACC)  # EnCodec's upsampling shapes (numpy: GEMM + col2im)
+def test_small_products_restore_blas_threads():  # numpy: a small linear runs on one OpenBLAS thread, then the count is restored
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    before = [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["internal_api"] == "openblas"]
+    helper_test_op([(1, 64), (96, 64), (96,)], F.linear, EF.linear, scale=ACC)
+    helper_test_op([(1, 3, 1, 16), (1, 3, 16, 40)], torch.matmul, engine.matmul, scale=ACC)
+    assert [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["internal_api"] == "openblas"] == before

@@ -13,7 +13,7 @@ import numpy as np
 
 from engine import dtype as D
 from engine.backends.fused import FusedOps
-from engine.backends.numpy_nn import NnKernels
+from engine.backends.numpy_nn import BLAS_THREADS, NnKernels
 from engine.backends.numpy_index import IndexKernels
 from engine.backends.numpy_pointwise import PointwiseKernels
 from engine.backends.numpy_pool import PoolKernels
@@ -345,6 +345,15 @@ class NumpyBackend(NnKernels, PoolKernels, PointwiseKernels, IndexKernels, Quant
 
     # ---- linear algebra ----------------------------------------------------------------------------
     def matmul(self, a, b, out_dtype: D.DType):
+        if self.xp is np and a.ndim >= 2 and b.ndim >= 2 and BLAS_THREADS.one(
+                math.prod(np.broadcast_shapes(a.shape[:-2], b.shape[:-2])) * a.shape[-2] * a.shape[-1] * b.shape[-1]):
+            try:
+                return self._matmul(a, b, out_dtype)
+            finally:
+                BLAS_THREADS.restore()
+        return self._matmul(a, b, out_dtype)
+
+    def _matmul(self, a, b, out_dtype: D.DType):
         cd = D.compute_dtype(out_dtype)
         a, b = self._c(a, cd), self._c(b, cd)
         if cd == out_dtype.np_dtype and a.ndim >= 2 and b.ndim >= 2:

@@ -7,10 +7,75 @@ per group, whose result is already NCHW.
 from __future__ import annotations
 
 import math
+import os
+import time
 
 import numpy as np
 
 from engine import dtype as D
+
+
+class _BlasThreads:
+    """OpenBLAS (numpy's BLAS) on one thread for small products on a busy machine: a GEMM/GEMV of under SMALL_GEMM multiply-adds
+    (a decode step's linears, 1 x 384 x 1536) takes tens of microseconds, and waking OpenBLAS's other threads
+    for it costs as much; on a loaded machine (cores shared with other processes) the wake-ups made the
+    median of such a call 4x and its mean 100x slower than one thread (Whisper-tiny's decode step on 2
+    shared cores: 177 ms with OpenBLAS's 2 threads, 89 ms with one). Large products keep every thread.
+    The thread count goes through OpenBLAS's own openblas_set_num_threads (found once by threadpoolctl when
+    it is installed; without it, or with another BLAS, nothing changes)."""
+
+    SMALL_GEMM = 1 << 21
+    # only while the machine is busy: a 1-minute load average of at least its core count (re-read every
+    # BUSY_EVERY s). On an idle machine OpenBLAS's threads win even for these (each core's cache and memory
+    # bandwidth: Whisper-tiny's decode step 13.2 ms with them, 14.5 ms on one thread)
+    BUSY_EVERY = 0.5
+
+    def __init__(self):
+        self._set = None
+        self.threads = 1
+        self._busy, self._checked = False, -1.0
+
+    def busy(self) -> bool:
+        now = time.monotonic()
+        if now - self._checked > self.BUSY_EVERY:
+            self._checked = now
+            try:
+                self._busy = os.getloadavg()[0] >= (os.cpu_count() or 1)
+            except OSError:  # no load average on this system: assume a shared machine
+                self._busy = True
+        return self._busy
+
+    def _find(self):
+        self._set = False
+        try:
+            from threadpoolctl import ThreadpoolController
+            libs = [c for c in ThreadpoolController().select(internal_api="openblas").lib_controllers
+                    if c.threading_layer == "pthreads"]  # OpenMP builds have per-thread limits of their own
+            fns = [c._get_symbol("openblas_set_num_threads") for c in libs]  # a private threadpoolctl helper
+        except Exception:  # noqa: BLE001 - no threadpoolctl (or one without _get_symbol): leave BLAS alone
+            return
+        if libs and all(fns):
+            self._fns, self.threads = fns, max(c.num_threads for c in libs)
+            self._set = True
+
+    def one(self, macs: int) -> bool:
+        """Set one thread when a product of `macs` multiply-adds is small (then call restore())."""
+        if macs >= self.SMALL_GEMM:
+            return False
+        if self._set is None:
+            self._find()
+        if not self._set or self.threads == 1 or not self.busy():
+            return False
+        for f in self._fns:
+            f(1)
+        return True
+
+    def restore(self) -> None:
+        for f in self._fns:
+            f(self.threads)
+
+
+BLAS_THREADS = _BlasThreads()
 
 
 class NnKernels:
@@ -22,6 +87,14 @@ class NnKernels:
         """x @ w.T + b in the compute dtype, rounded once (torch's fused addmm does the same). Rows of
         every leading dim go through one GEMM, so the weight is read once."""
         lead, k = x.shape[:-1], x.shape[-1]
+        if self.xp is np and BLAS_THREADS.one(math.prod(x.shape) * w.shape[0]):
+            try:
+                return self._linear(x, w, b, out_dtype, lead, k)
+            finally:
+                BLAS_THREADS.restore()
+        return self._linear(x, w, b, out_dtype, lead, k)
+
+    def _linear(self, x, w, b, out_dtype, lead, k):
         x2, w = self._f(x, out_dtype).reshape(-1, k), self._f(w, out_dtype)
         if b is None and x2.dtype == out_dtype.np_dtype:  # straight into pooled memory
             out = self.empty((x2.shape[0], w.shape[0]), out_dtype)
@@ -54,6 +127,15 @@ class NnKernels:
         xw, h, c = self._f(xw, out_dtype), self._f(h, out_dtype), self._f(c, out_dtype)
         out = self.empty((n_steps,) + h.shape, out_dtype)
         one = out.dtype.type(1)
+        single = BLAS_THREADS.one(math.prod(h.shape) * whT.shape[1])  # each step's h W_hh^T is small
+        try:
+            h, c = self._lstm_loop(xp, xw, h, c, whT, b, hrT, reverse, out, one, hid, n_steps)
+        finally:
+            if single:
+                BLAS_THREADS.restore()
+        return out, self._out(h, out_dtype), self._out(c, out_dtype)
+
+    def _lstm_loop(self, xp, xw, h, c, whT, b, hrT, reverse, out, one, hid, n_steps):
         with np.errstate(over="ignore"):
             for t in (range(n_steps - 1, -1, -1) if reverse else range(n_steps)):
                 g = xp.matmul(h, whT)
@@ -66,7 +148,7 @@ class NnKernels:
                 if hrT is not None:
                     h = xp.matmul(h, hrT)
                 out[t] = h
-        return out, self._out(h, out_dtype), self._out(c, out_dtype)
+        return h, c
 
     # ---- normalisation and softmax --------------------------------------------------------------
     def softmax(self, x, dim: int, log: bool, out_dtype):
@@ -320,10 +402,16 @@ class NnKernels:
 
     def conv_transpose(self, x, w, b, stride, padding, output_padding, dilation, groups: int, out_dtype):
         """A transposed conv is a stride-1 conv over the input spread out by `stride`, padded by
-        dilation*(k-1)-padding, with each group's weight transposed and flipped spatially."""
+        dilation*(k-1)-padding, with each group's weight transposed and flipped spatially. On numpy a 1-d
+        one with groups 1 is instead one GEMM, w^T (Cout*K, Cin) @ x (Cin, L), whose K column blocks are
+        added into the output at stride `stride` (col2im): the spread input's zeros are never multiplied
+        (EnCodec's decoder: stride 8 with K 16 is 8x fewer FLOPs)."""
         xp = self.xp
         x, w = self._f(x, out_dtype), self._f(w, out_dtype)
         nd = x.ndim - 2
+        if xp is np and nd == 1 and groups == 1 and x.dtype == out_dtype.np_dtype == np.float32 and x.size:
+            return self._conv_transpose1d_gemm(x, w, b, stride[0], padding[0], output_padding[0], dilation[0],
+                                               out_dtype)
         n, cin = x.shape[:2]
         og, k = w.shape[1], w.shape[2:]
         spread = xp.zeros((n, cin) + tuple((x.shape[2 + i] - 1) * stride[i] + 1 for i in range(nd)), x.dtype)
@@ -338,7 +426,100 @@ class NnKernels:
         wt = wt.reshape((groups * og, cg) + tuple(k))
         return self.conv(spread, wt, b, (1,) * nd, pads, dilation, groups, out_dtype)
 
+    def _conv_transpose1d_gemm(self, x, w, b, stride: int, padding: int, output_padding: int, dilation: int,
+                               out_dtype):
+        """conv_transpose for (N, Cin, L) float32, w (Cin, Cout, K): y[n, o, t*stride + k*dilation] +=
+        sum_c x[n, c, t] w[c, o, k] over the full length (L-1)*stride + dilation*(K-1) + 1, then the
+        output window [padding, padding + out_len) (zeros past the full length: output_padding)."""
+        n, cin, length = x.shape
+        cout, kk = w.shape[1], w.shape[2]
+        full = (length - 1) * stride + dilation * (kk - 1) + 1
+        out_len = full - 2 * padding + output_padding
+        wt = np.ascontiguousarray(w.reshape(cin, cout * kk).T)  # (Cout*K, Cin)
+        cols = np.matmul(wt, x).reshape(n, cout, kk, length)  # (N, Cout, K, L)
+        y = np.zeros((n, cout, max(full, padding + out_len)), np.float32)
+        span = (length - 1) * stride + 1
+        for j in range(kk):
+            y[:, :, j * dilation:j * dilation + span:stride] += cols[:, :, j]
+        out = self.empty((n, cout, out_len), out_dtype)
+        np.copyto(out, y[:, :, padding:padding + out_len])
+        if b is not None:
+            out += self._f(b, out_dtype).reshape(1, cout, 1)
+        return out
+
     # ---- attention ------------------------------------------------------------------------------------
+    def attention(self, q, k, v, mask, scale: float, out_dtype):
+        """FusedOps.attention's formula on numpy in float32, without its copies: the scores are scaled
+        (not at all for scale 1: x * 1 is x), masked and softmaxed in place in one pooled buffer, which
+        the composition copies three times (mul, softmax, cast to the float32 it already is). When all
+        scores exceed ATTENTION_WHOLE the same steps go a block of query rows of one head at a time, each
+        block in cache from its GEMM to its GEMM with V, straight into the output. Other dtypes (and cupy) take the composition."""
+        if out_dtype.np_dtype != np.float32 or self.xp is not np or not (
+                q.dtype == k.dtype == v.dtype == np.float32) or (mask is not None and mask.dtype != np.float32):
+            return super().attention(q, k, v, mask, scale, out_dtype)
+        if BLAS_THREADS.one(math.prod(q.shape) * k.shape[2]):  # a decode step's: one BLAS thread
+            try:
+                return self._attention(q, k, v, mask, scale, out_dtype)
+            finally:
+                BLAS_THREADS.restore()
+        return self._attention(q, k, v, mask, scale, out_dtype)
+
+    def _attention(self, q, k, v, mask, scale: float, out_dtype):
+        b, hq, L, d = q.shape
+        hkv, S, dv = k.shape[1], k.shape[2], v.shape[-1]
+        rep = hq // hkv
+        sc = None if scale == 1.0 else np.float32(scale)
+        with np.errstate(all="ignore"):
+            if b * hq * L * S <= self.ATTENTION_WHOLE or S == 0:
+                qg = q.reshape(b, hkv, rep * L, d)  # a view when q is contiguous (else numpy copies)
+                s = self.empty((b, hkv, rep * L, S), out_dtype)
+                np.matmul(qg, k.swapaxes(-1, -2), out=s)
+                if sc is not None:
+                    s *= sc
+                if mask is not None:
+                    s.reshape(b, hkv, rep, L, S)[...] += mask[:, :, None]
+                self._softmax_rows(s)
+                o = np.matmul(s, v)  # (B, Hkv, rep*L, Dv)
+                out = self.empty((b, L, hq, dv), out_dtype)
+                np.copyto(out, o.reshape(b, hq, L, dv).swapaxes(1, 2))
+                return out.reshape(b, L, hq * dv)
+            out = self.empty((b, L, hq, dv), out_dtype)
+            n = max(1, min(L, self.ATTENTION_BLOCK // S))
+            buf = np.empty((n, S), np.float32)
+            for bi in range(b):
+                for hk in range(hkv):
+                    kt = np.ascontiguousarray(k[bi, hk].T)  # (D, S): read by every row block of rep heads
+                    vh = np.ascontiguousarray(v[bi, hk])
+                    for r in range(rep):
+                        h = hk * rep + r
+                        qh = np.ascontiguousarray(q[bi, h])
+                        mh = None if mask is None else mask[min(bi, mask.shape[0] - 1), 0]
+                        for r0 in range(0, L, n):
+                            r1 = min(L, r0 + n)
+                            s = buf[:r1 - r0]
+                            np.matmul(qh[r0:r1], kt, out=s)
+                            if sc is not None:
+                                s *= sc
+                            if mh is not None:
+                                s += mh[r0:r1]
+                            self._softmax_rows(s)
+                            out[bi, r0:r1, h] = s @ vh
+            return out.reshape(b, L, hq * dv)
+
+    # attention: all scores in one buffer up to ATTENTION_WHOLE elements (256 MiB of float32: Whisper's encoder,
+    # 6 x 1500 x 1500, is 54 MiB), beyond that row blocks of about ATTENTION_BLOCK scores per head. Blocks of
+    # 128-256 rows are as fast as one pass with one BLAS thread, but with OpenBLAS's threads on a loaded
+    # 2-core machine their many small GEMMs were 3x slower than a few large ones (Whisper's encoder)
+    ATTENTION_WHOLE = 1 << 26
+    ATTENTION_BLOCK = 1 << 18
+
+    @staticmethod
+    def _softmax_rows(s) -> None:
+        """softmax over the last dim of a float32 array in place (softmax()'s steps: x - max, exp, / sum)."""
+        s -= np.max(s, axis=-1, keepdims=True)
+        np.exp(s, out=s)
+        s /= np.sum(s, axis=-1, keepdims=True)
+
     # the blocked path: when all scores exceed SDPA_FULL_SCORES elements (4 MiB of float32) and one
     # head's (L, S) scores exceed SDPA_HEAD_SCORES (so the Python loop over heads is amortised); its
     # query-row blocks hold about SDPA_BLOCK scores (2 MiB: they stay in cache)

@@ -13,6 +13,7 @@ import math
 import numpy as np
 
 from engine import dtype as D
+from engine.backends.numpy_special import _chunked
 
 # Giles (2010), "Approximating the erfinv function": single-precision coefficients, refined by Newton
 _GILES_LO = (2.81022636e-08, 3.43273939e-07, -3.5233877e-06, -4.39150654e-06, 0.00021858087, -0.00125372503,
@@ -150,6 +151,12 @@ class PointwiseKernels:
         """op over `operands` (arrays or Python numbers, broadcast together) with float `params`."""
         cd = D.compute_dtype(out_dtype) if out_dtype is not D.bool_ else None
         ops = [self._c(v, cd) if cd is not None else self._c(v) for v in operands]
+        if op == "elu" and params == (1.0, 1.0, 1.0) and self.xp is np and type(ops[0]) is np.ndarray \
+                and ops[0].ndim and ops[0].dtype == out_dtype.np_dtype:
+            out = self.empty(ops[0].shape, out_dtype)  # plain ELU in cache-sized chunks of the pooled output
+            with np.errstate(all="ignore"):
+                _chunked(_elu_into, ops[0], out)
+            return out
         with np.errstate(all="ignore"):
             r = getattr(self, "_pw_" + op)(*ops, *params)
         return self._out(r, out_dtype)
@@ -270,3 +277,12 @@ class PointwiseKernels:
     def _scalar(v, like):
         """A Python number in the dtype of `like` (integers stay integers)."""
         return like.dtype.type(v) if hasattr(like, "dtype") else v
+
+
+def _elu_into(x, out) -> None:
+    """Plain ELU, x if x > 0 else expm1(x), as max(expm1(min(x, 0)), x): for x > 0 that is max(0, x) = x;
+    for x <= 0, expm1(x) >= x (e^x - 1 >= x, and rounding to nearest keeps it >= the representable x), so
+    it is expm1(x); nan propagates. Three fast passes (a masked copyto of x was 10x slower than expm1)."""
+    np.minimum(x, x.dtype.type(0), out=out)
+    np.expm1(out, out=out)
+    np.maximum(out, x, out=out)
