@@ -13,7 +13,8 @@ import numpy as np
 
 from engine import dtype as D
 from engine.backends.fused import FusedOps
-from engine.backends.numpy_nn import BLAS_THREADS, NnKernels
+from engine.backends.blas_threads import BLAS_THREADS
+from engine.backends.numpy_nn import NnKernels
 from engine.backends.numpy_index import IndexKernels
 from engine.backends.numpy_pointwise import PointwiseKernels
 from engine.backends.numpy_pool import PoolKernels
