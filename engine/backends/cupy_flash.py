@@ -25,8 +25,8 @@ _MASK_KINDS = {"bool": 1, "float32": 3}  # else 2: an additive mask of q's dtype
 # the plain one, loads then products); attention: when the attention op's 16-bit rows take the kernel
 # (TAPER_FLASH_ATTENTION): "capture" (default) inside captured forwards, where cuBLAS cannot run and the
 # composition is slower (H200: BERT batch 32 2.9 against 5.1 ms, Whisper-base encoder 3.6 against 11.1);
-# "always" (also eager: slower for an LLM prefill over a long static cache, 50 against 28.5 ms for
-# Llama-2-7B's 512 tokens, where cuBLAS + the softmax kernel serve); "never" (transformers' eager rounding)
+# "always" (also eager: Llama-2-7B's 512-token prefill through the decoder took 50 against 28.5 ms with
+# cuBLAS + the softmax kernel, not yet explained); "never" (transformers' eager rounding)
 _ATTN = {"0": "never", "1": "always"}
 FLASH = {"enabled": os.environ.get("TAPER_FLASH", "1") != "0", "pipe": os.environ.get("TAPER_FLASH_PIPE", "1") != "0",
          "attention": _ATTN.get(os.environ.get("TAPER_FLASH_ATTENTION", ""), os.environ.get("TAPER_FLASH_ATTENTION")
