@@ -8,7 +8,6 @@ the same op for op).
 """
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
@@ -37,12 +36,8 @@ def _tokens(model, batch: int, prompt: int, steps: int) -> list:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="llama:llama-2-7b")
-    p.add_argument("--dtype", default="float16")
-    p.add_argument("--batch", default="1")
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--prompt", type=int, default=128)
+    from bench.step_profile import step_args
+    p = step_args(__doc__.splitlines()[0])
     p.add_argument("--out")
     a = p.parse_args(argv)
     from engine import dtype as D

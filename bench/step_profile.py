@@ -112,13 +112,20 @@ def _show(title: str, r: dict) -> None:
     sys.stdout.flush()
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def step_args(description: str) -> argparse.ArgumentParser:
+    """The arguments of the decode-step scripts (this one, bench/decode_fuse.py): model, dtype, batch sizes,
+    timed steps, prompt length."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--model", default="llama:llama-2-7b")
     p.add_argument("--dtype", default="float16")
-    p.add_argument("--batch", default="1")
+    p.add_argument("--batch", default="1", help="batch sizes, comma-separated")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--prompt", type=int, default=128)
+    return p
+
+
+def main(argv=None) -> int:
+    p = step_args(__doc__.splitlines()[0])
     p.add_argument("--eager", action="store_true", help="also the uncaptured planned step")
     p.add_argument("--prefill", type=int, default=0, help="also a prefill of this many tokens (batch 1)")
     p.add_argument("--compare-lt", action="store_true",

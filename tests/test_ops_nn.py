@@ -232,7 +232,7 @@ def test_softmax_large_values(): helper_test_op([(2, 5)], lambda x: (F.softmax(x
 @pytest.mark.parametrize("kw", [dict(stride=8), dict(stride=5, padding=2, output_padding=3), dict(stride=2, dilation=3, padding=1)])
 def test_conv_transpose1d_long_strides(kw): helper_test_op([(2, 6, 9), (6, 4, 10), (4,)], lambda x, w, b: F.conv_transpose1d(x, w, b, **kw), lambda x, w, b: EF.conv_transpose1d(x, w, b, **kw), scale=ACC)  # EnCodec's upsampling shapes (numpy: GEMM + col2im)
 def test_small_products_restore_blas_threads():  # numpy: a small linear runs on one OpenBLAS thread, then the count is restored
-    threadpoolctl = pytest.importorskip("threadpoolctl")
+    threadpoolctl = pytest.importorskip("threadpoolctl", reason="the OpenBLAS thread switch needs threadpoolctl (pip install -e '.[cpu]')")
     before = [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["internal_api"] == "openblas"]
     helper_test_op([(1, 64), (96, 64), (96,)], F.linear, EF.linear, scale=ACC)
     helper_test_op([(1, 3, 1, 16), (1, 3, 16, 40)], torch.matmul, engine.matmul, scale=ACC)

@@ -227,12 +227,7 @@ class CupyBackend(NumpyBackend):
     # ---- kernels chosen by shape (cupy_kernels: GEMV and decode kernels, capturable; cupy_blas: cuBLAS) ----
     def empty(self, shape, dtype: D.DType):
         """A typed array straight over a pooled block (one ndarray, not a byte view reshaped)."""
-        if type(shape) is not tuple:
-            shape = tuple(shape)
-        n = 1
-        for d in shape:
-            n *= d
-        lease = self.pool.alloc_lease(n * dtype.itemsize)
+        shape, lease = self._lease(shape, dtype)
         mem = _Unowned(lease.raw.ptr, lease.nbytes, lease, self.device.index)
         return cupy.ndarray(shape, dtype.np_dtype, _Pointer(mem, 0))
 

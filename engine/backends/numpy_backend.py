@@ -97,15 +97,19 @@ class NumpyBackend(NnKernels, PoolKernels, PointwiseKernels, IndexKernels, Quant
         return np.asarray(lease)
 
     # ---- arrays -------------------------------------------------------------------------------------
-    def empty(self, shape, dtype: D.DType):
-        """A typed array straight over a pooled block: one array built over the lease (its base), so
-        every view keeps the block's lease alive."""
+    def _lease(self, shape, dtype: D.DType) -> tuple:
+        """(shape as a tuple, a pooled lease of its bytes): what every backend's empty() starts from."""
         if type(shape) is not tuple:
             shape = tuple(shape)
         n = 1
         for d in shape:
             n *= d
-        lease = self.pool.alloc_lease(n * dtype.itemsize)
+        return shape, self.pool.alloc_lease(n * dtype.itemsize)
+
+    def empty(self, shape, dtype: D.DType):
+        """A typed array straight over a pooled block: one array built over the lease (its base), so
+        every view keeps the block's lease alive."""
+        shape, lease = self._lease(shape, dtype)
         raw = lease.raw
         ptr = raw.ptr if type(raw) is _HostBlock else _block_ptr(raw)
         typestr = _TYPESTR.get(dtype.np_dtype)
