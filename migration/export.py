@@ -79,8 +79,13 @@ def _torch_dir() -> str:
 
 
 def short_path(path: str) -> str:
-    """A source path as shown in reports: relative to the working directory, else the module path below
-    the sys.path entry it came from (site-packages, a pip --target folder): transformers/activations.py."""
+    """A source path as shown in reports: an installed package's file as its module path below
+    site-packages (transformers/activations.py, also when the venv lives inside the working directory),
+    else relative to the working directory, else below the sys.path entry it came from (a pip --target
+    folder)."""
+    m = re.search(r"[/\\](?:site|dist)-packages[/\\](.+)$", path)
+    if m:
+        return m.group(1)
     try:
         rel = os.path.relpath(path)
         if not rel.startswith(".."):
@@ -88,10 +93,7 @@ def short_path(path: str) -> str:
     except ValueError:
         pass
     roots = [r for r in (os.path.abspath(p) for p in sys.path if p) if path.startswith(r.rstrip(os.sep) + os.sep)]
-    if roots:
-        return os.path.relpath(path, max(roots, key=len))
-    m = re.search(r"[/\\](?:site|dist)-packages[/\\](.+)$", path)
-    return m.group(1) if m else path
+    return os.path.relpath(path, max(roots, key=len)) if roots else path
 
 
 def frames(node) -> list:

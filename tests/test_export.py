@@ -503,3 +503,12 @@ def test_number_on_the_left_keeps_torch_promotion():
     got = port_program(Fn(fn).eval(), xs, dynamic=False).program(*[engine.tensor(x.numpy(), device=DEVICE) for x in xs])
     with torch.no_grad():
         assert [g.dtype.name for g in got] == [str(w.dtype).removeprefix("torch.") for w in fn(*xs)]
+
+
+def test_short_path_of_an_installed_file_is_its_module_path(tmp_path, monkeypatch):
+    """A venv inside the project (./venv, ./.venv): transformers' file still reads transformers/activations.py."""
+    from migration.export import short_path
+    monkeypatch.chdir(tmp_path)
+    inside = tmp_path / "venv" / "lib" / "python3.11" / "site-packages" / "transformers" / "activations.py"
+    assert short_path(str(inside)) == os.path.join("transformers", "activations.py")
+    assert short_path(str(tmp_path / "models" / "net.py")) == os.path.join("models", "net.py")
