@@ -3,10 +3,11 @@
 
     python -m bench.conv_gpu --out $OUT/conv_gpu.json          # about 2 minutes on an H200
 
-Engine rows: eager with the convs as im2col + cuBLAS (CONV_IGEMM "never"), eager with the tensor-core
-implicit-GEMM kernel (CONV_IGEMM "always"), and the captured CUDA graph (engine.capture.Captured; its
-convs run the implicit-GEMM kernel and its 16-bit linears cuBLASLt where nvmath-python is installed, since
-cupy's cuBLAS cannot be captured; the UNet's timestep enters as a device tensor). Torch rows: diffusers'
+Engine rows: eager with the convs through cuDNN (cupy_cudnn, where installed), as im2col + cuBLAS
+(CONV_IGEMM "never"), with the tensor-core implicit-GEMM kernel (CONV_IGEMM "always"), and the captured
+CUDA graph (engine.capture.Captured) with cuDNN's convs and with the implicit-GEMM kernel (its 16-bit
+linears cuBLASLt where nvmath-python is installed, since cupy's cuBLAS cannot be captured; the UNet's
+timestep enters as a device tensor). Torch rows: diffusers'
 UNet2DConditionModel and ultralytics' DetectionModel (skipped when not installed), eager and
 torch.compile (compile time reported apart). Random weights; median of the timed calls, each call
 synchronised; warm-up calls first.
@@ -34,26 +35,38 @@ def _time(fn, sync, iters: int, warmup: int = 3) -> dict:
 
 def _engine_rows(name, model, inputs, iters, rows):
     import engine
+    from engine.backends import cupy_cudnn
     from engine.backends.cupy_backend import CupyBackend
     from engine.capture import Captured
     sync = engine.synchronize
-    for mode in ("never", "always"):
-        CupyBackend.CONV_IGEMM = mode
-        rows.append({"model": name, "impl": f"engine eager (conv {'im2col+cuBLAS' if mode == 'never' else 'igemm'})",
+    have = cupy_cudnn.available()
+    modes = (("cuDNN", True, "capture"), ("im2col+cuBLAS", False, "never"), ("igemm", False, "always"))
+    for label, cudnn, mode in modes:
+        if cudnn and not have:
+            rows.append({"model": name, "impl": "engine eager (conv cuDNN)", "failed": cupy_cudnn.why_not()})
+            continue
+        cupy_cudnn.CONFIG["enabled"], CupyBackend.CONV_IGEMM = cudnn and have, mode
+        rows.append({"model": name, "impl": f"engine eager (conv {label})",
                      **_time(lambda: model(*inputs), sync, iters)})
         print(rows[-1], flush=True)
-    CupyBackend.CONV_IGEMM = "capture"
-    step = Captured(model)
-    t = time.perf_counter()
-    try:
-        for _ in range(3):  # eager, recorded, captured
-            step(*inputs)
-        sync()
-        rows.append({"model": name, "impl": "engine captured graph", "capture_s": time.perf_counter() - t,
-                     **_time(lambda: step(*inputs), sync, iters, warmup=1)})
-    except Exception as e:  # a step that cannot be captured: say why, keep measuring the rest
-        rows.append({"model": name, "impl": "engine captured graph", "failed": f"{type(e).__name__}: {e}"})
-    print(rows[-1], flush=True)
+    for label, cudnn in (("cuDNN", True), ("igemm", False)):
+        if cudnn and not have:
+            continue
+        cupy_cudnn.CONFIG["enabled"], CupyBackend.CONV_IGEMM = cudnn, "capture"
+        step = Captured(model)
+        t = time.perf_counter()
+        try:
+            for _ in range(3):  # eager, recorded, captured
+                step(*inputs)
+            sync()
+            rows.append({"model": name, "impl": f"engine captured graph (conv {label})",
+                         "capture_s": time.perf_counter() - t, **_time(lambda: step(*inputs), sync, iters, warmup=1)})
+        except Exception as e:  # a step that cannot be captured: say why, keep measuring the rest
+            rows.append({"model": name, "impl": f"engine captured graph (conv {label})",
+                         "failed": f"{type(e).__name__}: {e}"})
+        print(rows[-1], flush=True)
+        step = None  # its graph and buffers go back to the pool before the next
+    cupy_cudnn.CONFIG["enabled"] = have
 
 
 def _torch_rows(name, module, inputs, iters, rows, compile_: bool):

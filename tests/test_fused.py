@@ -392,7 +392,9 @@ def test_conv2d_implicit_gemm(dtype, xs, ws, stride, pad, dil, bias, monkeypatch
     cuBLAS composition and torch in float64: the same products summed in another order."""
     if not ON_CUDA:
         pytest.skip("the tensor-core conv kernel runs on CUDA only (ENGINE_DEVICE=cuda)")
+    from engine.backends import cupy_cudnn
     from engine.backends.cupy_backend import CupyBackend
+    monkeypatch.setitem(cupy_cudnn.CONFIG, "enabled", False)  # the engine's own convs (cuDNN has its test file)
     x, w, b = arr(xs, dtype), arr(ws, dtype, 0.1, 1), arr((ws[0],), dtype, 0.1, 2) if bias else None
     conv = lambda: engine.functional.conv2d(E(x), E(w), None if b is None else E(b), stride, pad, dil)  # noqa: E731
     monkeypatch.setattr(CupyBackend, "CONV_IGEMM", "never")
@@ -410,12 +412,14 @@ def test_conv2d_implicit_gemm(dtype, xs, ws, stride, pad, dil, bias, monkeypatch
 
 
 @pytest.mark.cuda
-def test_conv2d_implicit_gemm_in_a_captured_graph():
+def test_conv2d_implicit_gemm_in_a_captured_graph(monkeypatch):
     """Inside a capture (CONV_IGEMM "capture", the default) a ResnetBlock-like step of group_norm + SiLU
     and a 3x3 conv replays equal to its eager run with the kernel forced."""
     if not ON_CUDA:
         pytest.skip("CUDA graph capture needs a GPU (ENGINE_DEVICE=cuda)")
+    from engine.backends import cupy_cudnn
     from engine.backends.cupy_backend import CupyBackend
+    monkeypatch.setitem(cupy_cudnn.CONFIG, "enabled", False)
     from engine.capture import Captured
     x, w, b = E(arr((2, 32, 16, 16), "float16")), E(arr((32, 32, 3, 3), "float16", 0.1, 1)), E(arr((32,), "float16"))
     gw, gb = E(arr((32,), "float16", 0.5, 2)), E(arr((32,), "float16", 0.5, 3))

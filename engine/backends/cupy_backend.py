@@ -6,8 +6,8 @@
 - Kernels by shape (cupy_kernels unless named): linear with up to 8 rows runs the GEMV kernel (linear_fused
   adds the rms_norm prologue, GLU and residual epilogues), a quantized weight's linear the dequant-GEMV
   (qgemv); rms_norm, rotary, group_norm (+ act), decode attention and rotary + KV writes (cupy_decode),
-  16-bit sdpa (flash attention: cupy_flash), an LSTM layer (cupy_lstm), 16-bit 2-d convs in captures
-  (CONV_IGEMM); more rows of 16-bit floats go to cuBLAS (cupy_blas). The rest: the numpy backend's code.
+  16-bit sdpa (flash attention: cupy_flash), an LSTM layer (cupy_lstm), convs through cuDNN where it is
+  installed (cupy_cudnn), else 16-bit 2-d convs in captures (CONV_IGEMM); more rows of 16-bit floats go to cuBLAS (cupy_blas). The rest: the numpy backend's code.
 - Capturable: the kernels read positions and tokens from device memory and never sync with the host;
   inside a capture index bounds are not checked on the host. cupy refuses cuBLAS during stream capture,
   which is why decode shapes never reach it.
@@ -18,7 +18,7 @@ import cupy
 import numpy as np
 
 from engine import dtype as D
-from engine.backends import cupy_blas, cupy_decode, cupy_flash, cupy_lstm, cupy_lt, cupy_quant
+from engine.backends import cupy_blas, cupy_cudnn, cupy_decode, cupy_flash, cupy_lstm, cupy_lt, cupy_quant
 from engine.backends import cupy_elementwise as EW
 from engine.backends import cupy_kernels as K
 from engine.backends.fused import QOperand
@@ -338,12 +338,16 @@ class CupyBackend(NumpyBackend):
     CONV_IGEMM = "capture"
 
     def conv(self, x, w, b, stride, padding, dilation, groups: int, out_dtype):
+        if cupy_cudnn.takes(x, w, b, stride, padding, groups, out_dtype):  # cuDNN first, where installed
+            return cupy_cudnn.conv(self, x, w, b, stride, padding, dilation, groups, out_dtype)
         out = self._igemm(x, w, b, stride, padding, dilation, groups, None, out_dtype)
         return out if out is not None else super().conv(x, w, b, stride, padding, dilation, groups, out_dtype)
 
     def conv_act(self, x, w, b, stride, padding, dilation, groups: int, act, out_dtype):
-        """The implicit-GEMM kernel with the activation in its epilogue, where it runs (CONV_IGEMM)."""
-        out = self._igemm(x, w, b, stride, padding, dilation, groups, act, out_dtype)
+        """The implicit-GEMM kernel with the activation in its epilogue, where it runs (CONV_IGEMM) and cuDNN
+        does not (its conv, then the activation)."""
+        out = None if cupy_cudnn.takes(x, w, b, stride, padding, groups, out_dtype) else \
+            self._igemm(x, w, b, stride, padding, dilation, groups, act, out_dtype)
         return out if out is not None else super().conv_act(x, w, b, stride, padding, dilation, groups, act,
                                                             out_dtype)
 
