@@ -335,11 +335,12 @@ def test_cublaslt_rows_agree_with_torch_and_replay_in_a_graph(dtype, rows, N, K,
 # ---- group_norm (+ activation) and convolution (Stable Diffusion's ResnetBlock2D, YOLO) ------------------------
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape,groups,act", [((2, 64, 8, 8), 32, "silu"), ((1, 6, 5, 7), 3, None),
-                                              ((2, 32, 300), 8, "silu"), ((1, 16, 4, 4), 16, "gelu")])
+                                              ((2, 32, 300), 8, "silu"), ((1, 16, 4, 4), 16, "gelu"),
+                                              ((1, 256, 96, 96), 32, "silu"), ((1, 64, 128, 128), 32, None)])
 def test_group_norm_act(dtype, shape, groups, act):
     """group_norm_act against torch (group_norm then the activation, each rounded), and against the plain
     composition: equal on numpy (the same ops in place); within a few ulp on CUDA (one block reduces each
-    group in another order)."""
+    group in another order; the last two shapes have few groups of many elements: chunked statistics)."""
     x, w, b = arr(shape, dtype, 2.0), arr((shape[1],), dtype, 0.5, 1), arr((shape[1],), dtype, 0.5, 2)
     got = run("group_norm_act", E(x), groups, E(w), E(b), 1e-5, act)
     ref = composition("group_norm_act", E(x), groups, E(w), E(b), 1e-5, act)

@@ -18,7 +18,8 @@ replaces bit for bit where the reduction order is the same.
   qgemv      y[m] = x[m] @ W.T (+ b) for m <= 8 rows with W in a ggml block format (engine/quant.py):
              the packed blocks read from device memory and dequantised in registers, fp32 sums
   qdequant   rows of such a W (gathered by an index, for embeddings), dequantised exactly as gguf-py
-  group_norm_act  one block per (sample, group): GroupNorm, optionally followed by an activation
+  group_norm_act  one block per (sample, group): GroupNorm, optionally followed by an activation; a large
+             group (few groups for the card) in chunks: statistics per chunk, then Chan's combine per block
   conv2d     16-bit 2-d convolution as an implicit GEMM on tensor cores (wmma), the im2col tile gathered
              into shared memory (no cuBLAS, no column matrix: capturable)
 Layouts: weights row-major [N, K] (torch's Linear layout); element strides are passed for views.
@@ -66,6 +67,8 @@ def _bundle(expr: str) -> tuple:
         return tuple(f"{name}<{t},{f},{m}{d}>" for m in (1, 2, 4, 8))  # d: qgemv_span's D (the dp4a route)
     if name == "conv2d_igemm":
         return ("conv2d_igemm<__half>", "conv2d_igemm<__nv_bfloat16>")
+    if name.startswith("group_norm_"):
+        return tuple(f"{n}<{t}>" for n in ("group_norm_act", "group_norm_stats", "group_norm_apply"))
     misc = ("rms_norm_rows", "rotary", "moe_combine", "sample_rows", "gemm_tiled", "softmax_mask_rows")
     if name in misc or name == "softmax_mask_warp":
         return tuple(f"{n}<{t}>" for n in misc) + tuple(f"softmax_mask_warp<{t},{e}>" for e in SOFTMAX_WARP_E)
@@ -455,9 +458,24 @@ def group_norm_act(x, weight, bias, groups: int, eps: float, act, out):
     gelu_tanh or gelu."""
     n, c = x.shape[:2]
     hw = x.size // (n * c)
-    _fn(f"group_norm_act<{type_name(x.dtype)}>")((n * groups,), (256,), (
-        x, _opt(weight), _opt(bias), out, cupy.int32(c), cupy.int32(groups), cupy.int64(hw), cupy.float32(eps),
-        cupy.int32(ACTS.get(act, 0) if act else 0)))
+    t, a = type_name(x.dtype), cupy.int32(ACTS.get(act, 0) if act else 0)
+    length = c // groups * hw
+    chunks = min(GN_MAX_CHUNKS, -(-length // GN_CHUNK)) if n * groups < GN_SPLIT_BELOW else 1
+    if chunks == 1:
+        _fn(f"group_norm_act<{t}>")((n * groups,), (256,), (x, _opt(weight), _opt(bias), out, cupy.int32(c),
+                                                            cupy.int32(groups), cupy.int64(hw), cupy.float32(eps), a))
+        return
+    chunk = -(-length // chunks)
+    st = cupy.empty((n * groups * chunks * 3,), cupy.float32)  # pooled: a capture keeps the block
+    grid, dims = (n * groups * chunks,), (cupy.int32(c), cupy.int32(groups), cupy.int64(hw), cupy.int32(chunks),
+                                          cupy.int64(chunk))
+    _fn(f"group_norm_stats<{t}>")(grid, (256,), (x, st) + dims)
+    _fn(f"group_norm_apply<{t}>")(grid, (256,), (x, _opt(weight), _opt(bias), out, st) + dims + (cupy.float32(eps), a))
+
+
+# group_norm_act splits a group into chunks of about GN_CHUNK elements (at most GN_MAX_CHUNKS) when the
+# (sample, group) blocks are fewer than GN_SPLIT_BELOW (a VAE's 32 groups of 1M elements at 512 x 512)
+GN_CHUNK, GN_MAX_CHUNKS, GN_SPLIT_BELOW = 16384, 64, 264
 
 
 CONV_TILE = (64, 64)  # (output channels, positions) per block of conv2d_igemm (CV_BM, CV_BN in conv.cu)

@@ -46,3 +46,81 @@ __global__ void __launch_bounds__(256) group_norm_act(const T *__restrict__ x, c
     }
 }
 
+
+// ---- group_norm split over chunks (a large group: few (sample, group) blocks for the card) ------------------------
+// group_norm_stats: one block per (sample, group, chunk) of the group's contiguous range: the chunk's count, mean
+// and sum of squared deviations (two passes over the chunk, which the second reads from cache) into st[3 * block].
+// group_norm_apply: one block per (sample, group, chunk): Chan's combine of the group's chunk statistics in chunk
+// order (the same in every block, so every block agrees), then the chunk normalised as group_norm_act does.
+template <typename T>
+__global__ void __launch_bounds__(256) group_norm_stats(const T *__restrict__ x, float *__restrict__ st, int C,
+        int G, long HW, int chunks, long chunk) {
+    __shared__ float red[8];
+    const int grp = blockIdx.x / chunks, k = blockIdx.x % chunks;
+    const int n = grp / G, g = grp % G, cg = C / G;
+    const long len = (long)cg * HW, lo = (long)k * chunk, hi = min(len, lo + chunk);
+    const T *xg = x + ((size_t)n * C + (size_t)g * cg) * HW;
+    float s = 0.f;
+    for (long i = lo + threadIdx.x; i < hi; i += 256) s = __fadd_rn(s, to_f<T>(xg[i]));
+    s = warp_sum(s);
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = s;
+    __syncthreads();
+    float tot = 0.f;
+    #pragma unroll
+    for (int i = 0; i < 8; i++) tot = __fadd_rn(tot, red[i]);
+    const float cnt = (float)(hi - lo), mean = __fdiv_rn(tot, cnt);
+    __syncthreads();
+    float v = 0.f;
+    for (long i = lo + threadIdx.x; i < hi; i += 256) {
+        const float d = __fsub_rn(to_f<T>(xg[i]), mean);
+        v = __fadd_rn(v, __fmul_rn(d, d));
+    }
+    v = warp_sum(v);
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        float m2 = 0.f;
+        #pragma unroll
+        for (int i = 0; i < 8; i++) m2 = __fadd_rn(m2, red[i]);
+        st[3 * blockIdx.x] = cnt;
+        st[3 * blockIdx.x + 1] = mean;
+        st[3 * blockIdx.x + 2] = m2;
+    }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(256) group_norm_apply(const T *__restrict__ x, const T *__restrict__ w,
+        const T *__restrict__ b, T *__restrict__ y, const float *__restrict__ st, int C, int G, long HW, int chunks,
+        long chunk, float eps, int act) {
+    __shared__ float mv[2];
+    const int grp = blockIdx.x / chunks, k = blockIdx.x % chunks;
+    const int n = grp / G, g = grp % G, cg = C / G;
+    const long len = (long)cg * HW, lo = (long)k * chunk, hi = min(len, lo + chunk);
+    if (threadIdx.x == 0) {
+        const float *s = st + 3 * (size_t)grp * chunks;
+        float cnt = s[0], mean = s[1], m2 = s[2];
+        for (int j = 1; j < chunks; j++) {  // Chan et al.: merge (cnt, mean, m2) with chunk j's
+            const float cj = s[3 * j], mj = s[3 * j + 1], tot = __fadd_rn(cnt, cj);
+            const float d = __fsub_rn(mj, mean);
+            mean = __fadd_rn(mean, __fmul_rn(d, __fdiv_rn(cj, tot)));
+            m2 = __fadd_rn(__fadd_rn(m2, s[3 * j + 2]), __fmul_rn(__fmul_rn(d, d), __fdiv_rn(__fmul_rn(cnt, cj), tot)));
+            cnt = tot;
+        }
+        mv[0] = mean;
+        mv[1] = __fsqrt_rn(__fadd_rn(__fdiv_rn(m2, cnt), eps));
+    }
+    __syncthreads();
+    const float mean = mv[0], den = mv[1];
+    const size_t base = ((size_t)n * C + (size_t)g * cg) * HW;
+    const T *xg = x + base;
+    T *yg = y + base;
+    for (long i = lo + threadIdx.x; i < hi; i += 256) {
+        const int c = g * cg + (int)(i / HW);
+        float o = __fdiv_rn(__fsub_rn(to_f<T>(xg[i]), mean), den);
+        if (w != nullptr) o = __fmul_rn(o, to_f<T>(w[c]));
+        if (b != nullptr) o = __fadd_rn(o, to_f<T>(b[c]));
+        o = rnd<T>(o);
+        if (act) o = act_fn(o, act);
+        yg[i] = from_f<T>(o);
+    }
+}
