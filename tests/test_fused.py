@@ -125,6 +125,34 @@ def test_rms_norm_styles(dtype, rows, K, style):
     compare_reduced(got, t_norm(T(x), T(w), 1e-6, style), ref, scale=2)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows,K,affine,big", [(5, 768, True, False), (3, 320, False, False), (2, 1280, True, True),
+                                               (4, 8, True, False)])
+def test_layer_norm_rows(dtype, rows, K, affine, big):
+    """backend.layer_norm over the last dim (on CUDA one kernel a row) against torch and float64; on CUDA
+    also against the numpy backend's composition on the same device. big: a row of values past 2^64
+    (bfloat16 and float32 reach them: the row is scaled first) and rows holding nan and inf."""
+    from engine.backends.numpy_nn import NnKernels
+    x, w, b = arr((rows, K), dtype), arr((K,), dtype, 0.3, 1), arr((K,), dtype, 0.3, 2)
+    if big and dtype != "float16":
+        x[0] *= np.asarray(2.0 ** 80, x.dtype)
+        x[1, 3], x[1, 5] = np.nan, np.inf
+    args = (E(w), E(b)) if affine else (None, None)
+    got = run("layer_norm", E(x), 1, *args, 1e-5)
+    tw, tb = (T(w), T(b)) if affine else (None, None)
+    want = TF.layer_norm(T(x), (K,), tw, tb, 1e-5)
+    d = lambda a: None if a is None else a.double()  # noqa: E731
+    ref = TF.layer_norm(T(x).double(), (K,), d(tw), d(tb), 1e-5)
+    if big and dtype != "float16":  # torch's float32 kernel gives nan for the huge row: the fp64 one is the oracle
+        want = ref.to(want.dtype)
+    compare_reduced(got, want, ref, scale=2)
+    if ON_CUDA:
+        be = got.backend
+        plain = NnKernels.layer_norm(be, E(x).array, 1, *(a.array if a is not None else None for a in args), 1e-5,
+                                   got.dtype)
+        compare(got.float(), torch.from_numpy(be.to_numpy(plain).astype(np.float32)), scale=4)
+
+
 def t_rotary(x, cos, sin_signed):
     rot = cos.shape[-1]
     half = rot // 2

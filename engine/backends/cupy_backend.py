@@ -5,9 +5,10 @@
 - bfloat16 works natively (cupy 14 with ml_dtypes; seen on the lent H100).
 - Kernels by shape (cupy_kernels unless named): linear with up to 8 rows runs the GEMV kernel (linear_fused
   adds the rms_norm prologue, GLU and residual epilogues), a quantized weight's linear the dequant-GEMV
-  (qgemv); rms_norm, rotary, group_norm (+ act), decode attention and rotary + KV writes (cupy_decode),
-  16-bit sdpa (flash attention: cupy_flash), an LSTM layer (cupy_lstm), convs through cuDNN where it is
-  installed (cupy_cudnn), else 16-bit 2-d convs in captures (CONV_IGEMM); more rows of 16-bit floats go to cuBLAS (cupy_blas). The rest: the numpy backend's code.
+  (qgemv); layer_norm, rms_norm, rotary, group_norm (+ act), decode attention and rotary + KV writes
+  (cupy_decode), 16-bit sdpa (flash attention: cupy_flash), an LSTM layer (cupy_lstm), convs through cuDNN
+  where it is installed (cupy_cudnn), else 16-bit 2-d convs in captures (CONV_IGEMM); more rows of 16-bit
+  floats go to cuBLAS (cupy_blas). The rest: the numpy backend's code.
 - Capturable: the kernels read positions and tokens from device memory and never sync with the host;
   inside a capture index bounds are not checked on the host. cupy refuses cuBLAS during stream capture,
   which is why decode shapes never reach it.
@@ -18,7 +19,7 @@ import cupy
 import numpy as np
 
 from engine import dtype as D
-from engine.backends import cupy_blas, cupy_cudnn, cupy_decode, cupy_flash, cupy_lstm, cupy_lt, cupy_quant
+from engine.backends import cupy_blas, cupy_cudnn, cupy_decode, cupy_flash, cupy_lstm, cupy_lt, cupy_quant, cupy_upload
 from engine.backends import cupy_elementwise as EW
 from engine.backends import cupy_kernels as K
 from engine.backends.fused import QOperand
@@ -170,59 +171,10 @@ class CupyBackend(NumpyBackend):
         out.fill(value)
         return out
 
-    # ---- fast checkpoint upload -------------------------------------------------------------------
+    # ---- fast checkpoint upload (cupy_upload) -------------------------------------------------------
     def load_ranges(self, path: str, ranges, threads: int | None = None, chunk: int = 16 << 20):
-        """Read byte ranges [(begin, end), ...] of a file straight into new device arrays.
-
-        Several reader threads each own a stream and two pinned staging buffers: a thread reads the
-        next chunk from the page cache with pread (no mmap page faults) while its previous chunk's
-        host-to-device copy runs, so reading and copying overlap across threads and streams.
-        """
-        import concurrent.futures as cf
-        import os
-
-        import os as _os
-        threads = threads or min(16, _os.cpu_count() or 4)
-        outs = [self.empty((end - begin,), D.uint8) for begin, end in ranges]
-        staging = self._staging(threads, chunk)
-        jobs = []  # (out array, byte offset in out, file offset, n)
-        for out, (begin, end) in zip(outs, ranges):
-            for off in range(0, end - begin, chunk):
-                jobs.append((out, off, begin + off, min(chunk, end - begin - off)))
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            def worker(my_jobs, bufs):
-                with cupy.cuda.Device(self.device.index):
-                    stream = cupy.cuda.Stream(non_blocking=True)
-                    events = [None, None]
-                    for i, (out, off, foff, n) in enumerate(my_jobs):
-                        slot = i % 2
-                        if events[slot] is not None:
-                            events[slot].synchronize()  # the copy out of this buffer has finished
-                        view = memoryview(np.frombuffer(bufs[slot], np.uint8, n))
-                        got = os.preadv(fd, [view], foff)
-                        if got != n:
-                            raise OSError(f"{path}: short read at offset {foff}: {got} of {n} bytes")
-                        cupy.cuda.runtime.memcpyAsync(out.data.ptr + off, bufs[slot].ptr, n,
-                                                      cupy.cuda.runtime.memcpyHostToDevice, stream.ptr)
-                        events[slot] = stream.record()
-                    stream.synchronize()
-            per = [jobs[i::threads] for i in range(threads)]
-            with cf.ThreadPoolExecutor(threads) as ex:
-                for f in [ex.submit(worker, p, staging[i]) for i, p in enumerate(per) if p]:
-                    f.result()
-        finally:
-            os.close(fd)
-        return outs
-
-    def _staging(self, threads: int, chunk: int):
-        """Two pinned host buffers per reader thread, kept for the next load (pinning memory costs
-        about as much as copying it, so a second checkpoint load does not pay it again)."""
-        key = (threads, chunk)
-        if getattr(self, "_staging_key", None) != key:
-            self._staging_bufs = [[cupy.cuda.alloc_pinned_memory(chunk) for _ in range(2)] for _ in range(threads)]
-            self._staging_key = key
-        return self._staging_bufs
+        """Read byte ranges [(begin, end), ...] of a file straight into new device arrays (cupy_upload)."""
+        return cupy_upload.load_ranges(self, path, ranges, threads, chunk)
 
     # ---- kernels chosen by shape (cupy_kernels: GEMV and decode kernels, capturable; cupy_blas: cuBLAS) ----
     def empty(self, shape, dtype: D.DType):
@@ -365,6 +317,16 @@ class CupyBackend(NumpyBackend):
                 K.conv2d(x, w, b, stride, padding, dilation, out, act)
                 return out
         return None
+
+    def layer_norm(self, x, nd: int, weight, bias, eps: float, out_dtype):
+        """One kernel a row (cupy_kernels.layer_norm) where the last dim is the normalised one."""
+        if nd == 1 and x.ndim and x.dtype == out_dtype.np_dtype and x.size and out_dtype.name in K.TYPES:
+            x2 = _rows(x, x.shape[-1])
+            if K.layer_norm_ok(x2, weight, bias):
+                out = self.empty(x2.shape, out_dtype)
+                K.layer_norm(x2, weight, bias, eps, out)
+                return out if x.ndim == 2 else out.reshape(x.shape)
+        return super().layer_norm(x, nd, weight, bias, eps, out_dtype)
 
     def rms_norm(self, x, nd: int, weight, eps: float, out_dtype, style: str = "torch"):
         if nd == 1 and x.dtype == out_dtype.np_dtype and out_dtype.name in K.TYPES and x.size:

@@ -11,6 +11,7 @@ replaces bit for bit where the reduction order is the same.
   gemv       y[m] = x[m] @ W.T (+ b) for m < 8 rows, with optional rms_norm prologue (the norm of each
              x row, styles llama / gemma / torch), GLU epilogue over two weights (act(gate) * up) and
              residual epilogue; 16-byte loads, rows x K-split warps per block (gemv_config)
+  layer_norm one block a row: LayerNorm over the last dim in float32 (rows of huge values scaled first)
   rms_norm   one block per row, the same prologue code as gemv
   rotary     HF rotate_half rotary on (B, H, L, D) strided views
   attention  one query row per (batch, head) over a KV cache, split over chunks of 128 positions
@@ -69,7 +70,8 @@ def _bundle(expr: str) -> tuple:
         return ("conv2d_igemm<__half>", "conv2d_igemm<__nv_bfloat16>")
     if name.startswith("group_norm_"):
         return tuple(f"{n}<{t}>" for n in ("group_norm_act", "group_norm_stats", "group_norm_apply"))
-    misc = ("rms_norm_rows", "rotary", "moe_combine", "sample_rows", "gemm_tiled", "softmax_mask_rows")
+    misc = ("rms_norm_rows", "rotary", "moe_combine", "sample_rows", "gemm_tiled", "softmax_mask_rows",
+            "layer_norm_rows")
     if name in misc or name == "softmax_mask_warp":
         return tuple(f"{n}<{t}>" for n in misc) + tuple(f"softmax_mask_warp<{t},{e}>" for e in SOFTMAX_WARP_E)
     return (expr,)
@@ -253,6 +255,23 @@ def rms_norm(x2, weight, eps: float, style: str, out):
     _fn(f"rms_norm_rows<{type_name(x2.dtype)}>")((rows,), (256,), (
         x2, cupy.int64(x2.strides[0] // x2.itemsize), _opt(weight), out, cupy.int32(K), cupy.float32(eps),
         cupy.int32(NORM_STYLES[style])))
+
+
+def layer_norm_ok(x2, weight, bias) -> bool:
+    """layer_norm takes rows (R, K) of a kernel dtype with unit element stride, K a multiple of 16 bytes,
+    16-byte aligned rows, and contiguous weight and bias of x's dtype (or none)."""
+    k = x2.shape[1]
+    return (_kernel_dtype(x2.dtype) and k > 0 and k % (16 // x2.itemsize) == 0 and x2.strides[1] == x2.itemsize
+            and x2.strides[0] % 16 == 0 and x2.data.ptr % 16 == 0 and x2.shape[0] > 0
+            and all(a is None or (a.dtype == x2.dtype and a.flags.c_contiguous and a.size == k
+                                  and a.data.ptr % 16 == 0) for a in (weight, bias)))
+
+
+def layer_norm(x2, weight, bias, eps: float, out):
+    """out (rows, K) = layer_norm of each x2 row over its K values (check layer_norm_ok)."""
+    rows, K = x2.shape
+    _fn(f"layer_norm_rows<{type_name(x2.dtype)}>")((rows,), (256,), (
+        x2, cupy.int64(x2.strides[0] // x2.itemsize), _opt(weight), _opt(bias), out, cupy.int32(K), cupy.float32(eps)))
 
 
 def rotary(x, cos, sin, out):

@@ -166,3 +166,69 @@ __global__ void rotary(const T *__restrict__ x, long sb, long sh, long sl, const
         }
     }
 }
+
+// ---- layer_norm over rows: numpy_nn.layer_norm in float32, one block of 256 threads a row (16-byte vectors) ----
+// big = max |x| of the row; a finite big >= 2^64 scales the row by 2^-(floor(log2 big) - 40) first (exact), so
+// the variance cannot overflow; mean, then the mean of squared deviations, y = (x - mean) / sqrt(var + eps) (* w)
+// (+ b), each step rounded in float32 as the composition's, then once to T.
+__device__ __forceinline__ float block_reduce(float v, float *red, bool is_max) {
+    v = is_max ? warp_max(v) : warp_sum(v);
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
+    __syncthreads();
+    float t = red[0];
+    #pragma unroll
+    for (int i = 1; i < 8; i++) t = is_max ? fmaxf(t, red[i]) : __fadd_rn(t, red[i]);
+    return t;
+}
+
+template <typename T>
+__global__ void __launch_bounds__(256) layer_norm_rows(const T *__restrict__ x, long x_row, const T *__restrict__ w,
+        const T *__restrict__ b, T *__restrict__ y, int K, float eps) {
+    __shared__ float red[8];
+    constexpr int V = Vec<T>::N;
+    const uint4 *x4 = reinterpret_cast<const uint4 *>(x + (size_t)blockIdx.x * x_row);
+    const uint4 *w4 = reinterpret_cast<const uint4 *>(w), *b4 = reinterpret_cast<const uint4 *>(b);
+    uint4 *y4 = reinterpret_cast<uint4 *>(y + (size_t)blockIdx.x * K);
+    float f[V], g[V], m = 0.f;
+    for (int k = threadIdx.x; k < K / V; k += 256) {
+        unpack<T>(x4[k], f);
+        #pragma unroll
+        for (int i = 0; i < V; i++) m = fmaxf(m, fabsf(f[i]));
+    }
+    const float big = block_reduce(m, red, true);
+    const bool scaled = isfinite(big) && big >= 18446744073709551616.f;  // 2^64
+    const float scale = scaled ? exp2f(-(floorf(log2f(big)) - 40.f)) : 1.f;
+    float s = 0.f;
+    for (int k = threadIdx.x; k < K / V; k += 256) {
+        unpack<T>(x4[k], f);
+        #pragma unroll
+        for (int i = 0; i < V; i++) s = __fadd_rn(s, __fmul_rn(f[i], scale));
+    }
+    const float mean = __fdiv_rn(block_reduce(s, red, false), (float)K);
+    float v = 0.f;
+    for (int k = threadIdx.x; k < K / V; k += 256) {
+        unpack<T>(x4[k], f);
+        #pragma unroll
+        for (int i = 0; i < V; i++) {
+            const float d = __fsub_rn(__fmul_rn(f[i], scale), mean);
+            v = __fadd_rn(v, __fmul_rn(d, d));
+        }
+    }
+    const float var = __fdiv_rn(block_reduce(v, red, false), (float)K);
+    const float den = __fsqrt_rn(__fadd_rn(var, __fmul_rn(__fmul_rn(eps, scale), scale)));
+    for (int k = threadIdx.x; k < K / V; k += 256) {
+        unpack<T>(x4[k], f);
+        if (w != nullptr) unpack<T>(w4[k], g);
+        float h[V];
+        if (b != nullptr) unpack<T>(b4[k], h);
+        #pragma unroll
+        for (int i = 0; i < V; i++) {
+            float o = (scaled && den == 0.f) ? 0.f : __fdiv_rn(__fsub_rn(__fmul_rn(f[i], scale), mean), den);
+            if (w != nullptr) o = __fmul_rn(o, g[i]);
+            if (b != nullptr) o = __fadd_rn(o, h[i]);
+            f[i] = o;
+        }
+        y4[k] = pack<T>(f);
+    }
+}
