@@ -8,7 +8,9 @@ One call is cuDNN 9's cudnnConvolutionForward on NCHW tensors (1-d convs as heig
 the algorithm from cuDNN's heuristics (cudnnGetConvolutionForwardAlgorithm_v7: no kernel runs, so a
 capture can choose too; the choice is cached per problem), the workspace from the engine's pool (a
 graph keeps its blocks), float32 accumulation (16-bit data on tensor cores; float32 data without TF32,
-as the composition), then the bias with cudnnAddTensor. Launches on the current stream: capturable.
+as the composition); a bias is written into y first and blended in with beta = 1, so it is added in float32
+before the one rounding (as the composition; torch adds it after, rounding twice). Launches on the current
+stream: capturable.
 """
 from __future__ import annotations
 
@@ -76,7 +78,7 @@ _LIB, _WHY = (None, "") if not ENABLED else _load()
 if not ENABLED:
     _WHY = "disabled (TAPER_CUDNN=0)"
 _HANDLES: dict = {}  # device -> cudnnHandle_t
-_PLANS: dict = {}  # problem -> (x desc, w desc, conv desc, y desc, bias desc, algo, workspace bytes)
+_PLANS: dict = {}  # problem -> (x desc, w desc, conv desc, y desc, algo, workspace bytes, y shape)
 
 
 def available() -> bool:
@@ -123,8 +125,8 @@ def takes(x, w, b, stride, padding, groups: int, out_dtype) -> bool:
             and (b is None or (b.dtype == x.dtype and b.flags.c_contiguous and b.size == w.shape[0])))
 
 
-def _plan(x4, w4, stride, pad, dilation, groups: int, bias: bool):
-    key = (x4.shape, w4.shape, x4.dtype.str, stride, pad, dilation, groups, bias)
+def _plan(x4, w4, stride, pad, dilation, groups: int):
+    key = (x4.shape, w4.shape, x4.dtype.str, stride, pad, dilation, groups)
     plan = _PLANS.get(key)
     if plan is not None:
         return plan
@@ -143,7 +145,6 @@ def _plan(x4, w4, stride, pad, dilation, groups: int, bias: bool):
            "cudnnGetConvolution2dForwardOutputDim")
     out_shape = tuple(dims)
     yd = _desc("Tensor", "cudnnSetTensor4dDescriptor", _NCHW, data, *out_shape)
-    bd = _desc("Tensor", "cudnnSetTensor4dDescriptor", _NCHW, data, 1, out_shape[1], 1, 1) if bias else None
     perf, n = (_AlgoPerf * 8)(), ctypes.c_int()
     _check(_LIB.cudnnGetConvolutionForwardAlgorithm_v7(_handle(), xd, wd, cd, yd, ctypes.c_int(8), ctypes.byref(n),
                                                        perf), "cudnnGetConvolutionForwardAlgorithm_v7")
@@ -155,7 +156,7 @@ def _plan(x4, w4, stride, pad, dilation, groups: int, bias: bool):
     ws = ctypes.c_size_t()
     _check(_LIB.cudnnGetConvolutionForwardWorkspaceSize(_handle(), xd, wd, cd, yd, ctypes.c_int(algo),
                                                         ctypes.byref(ws)), "cudnnGetConvolutionForwardWorkspaceSize")
-    plan = _PLANS[key] = (xd, wd, cd, yd, bd, algo, ws.value, out_shape)
+    plan = _PLANS[key] = (xd, wd, cd, yd, algo, ws.value, out_shape)
     return plan
 
 
@@ -167,19 +168,18 @@ def conv(backend, x, w, b, stride, padding, dilation, groups: int, out_dtype):
     st = (1,) + tuple(stride) if one_d else tuple(stride)
     pad = (0, padding[0][0]) if one_d else (padding[0][0], padding[1][0])
     dil = (1,) + tuple(dilation) if one_d else tuple(dilation)
-    xd, wd, cd, yd, bd, algo, ws_bytes, out_shape = _plan(x4, w4, st, pad, dil, groups, b is not None)
+    xd, wd, cd, yd, algo, ws_bytes, out_shape = _plan(x4, w4, st, pad, dil, groups)
     out = backend.empty(out_shape if not one_d else out_shape[:2] + out_shape[3:], out_dtype)
     ws = backend.empty((ws_bytes,), D.uint8) if ws_bytes else None
+    if b is not None:  # y = conv + 1 * y: cuDNN adds the bias in float32 before its one rounding
+        out[...] = b.reshape((1, -1) + (1,) * (out.ndim - 2))
     h = _handle()
     _check(_LIB.cudnnSetStream(h, ctypes.c_void_p(cupy.cuda.get_current_stream().ptr)), "cudnnSetStream")
     scale = ctypes.c_double if x.dtype.name == "float64" else ctypes.c_float
-    one, zero = scale(1.0), scale(0.0)
+    one, beta = scale(1.0), scale(1.0 if b is not None else 0.0)
     _check(_LIB.cudnnConvolutionForward(h, ctypes.byref(one), xd, ctypes.c_void_p(x4.data.ptr), wd,
                                         ctypes.c_void_p(w4.data.ptr), cd, ctypes.c_int(algo),
                                         ctypes.c_void_p(ws.data.ptr if ws is not None else 0),
-                                        ctypes.c_size_t(ws_bytes), ctypes.byref(zero), yd,
+                                        ctypes.c_size_t(ws_bytes), ctypes.byref(beta), yd,
                                         ctypes.c_void_p(out.data.ptr)), "cudnnConvolutionForward")
-    if b is not None:
-        _check(_LIB.cudnnAddTensor(h, ctypes.byref(one), bd, ctypes.c_void_p(b.data.ptr), ctypes.byref(one), yd,
-                                   ctypes.c_void_p(out.data.ptr)), "cudnnAddTensor")
     return out
