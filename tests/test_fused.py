@@ -491,3 +491,23 @@ def test_capture_fuses_group_norm_and_silu(dtype):
     assert kinds.count("NormAct") == 1 and sum(isinstance(v, NormAct) for v in cap.the_plan.values()) == 1
     for o in outs:
         np.testing.assert_array_equal(o, eager)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,axis,fits", [((37, 768), -1, True), ((2, 320, 64, 64), 1, True), ((3, 5, 16), 1, True),
+                                             ((4, 13), -1, False), ((2, 6, 3, 3), 1, False)])
+def test_bias_fill(dtype, shape, axis, fits):
+    """cupy_kernels.bias_fill (a bias preloaded for cuBLASLt and cuDNN to add with beta = 1) against the
+    broadcast it replaces; a layout it does not take is refused and left untouched."""
+    if not ON_CUDA:
+        pytest.skip("a CUDA kernel (ENGINE_DEVICE=cuda)")
+    import cupy
+
+    from engine.backends import cupy_kernels as K
+    b = E(arr((shape[axis],), dtype, seed=3)).array
+    out = cupy.zeros(shape, b.dtype)
+    assert K.bias_fill(out, b, axis) is fits
+    want = np.broadcast_to(cupy.asnumpy(b).reshape([-1 if i == axis % len(shape) else 1 for i in range(len(shape))]),
+                           shape) if fits else np.zeros(shape, cupy.asnumpy(b).dtype)
+    np.testing.assert_array_equal(cupy.asnumpy(out), want)

@@ -22,6 +22,7 @@ import sys
 import cupy
 
 from engine import dtype as D
+from engine.backends import cupy_kernels as K
 
 _FLOAT, _DOUBLE, _HALF, _BF16 = 0, 1, 2, 9  # cudnnDataType_t
 _DTYPES = {"float16": (_HALF, _FLOAT, 1), "bfloat16": (_BF16, _FLOAT, 1),  # (data, compute, math type)
@@ -172,7 +173,8 @@ def conv(backend, x, w, b, stride, padding, dilation, groups: int, out_dtype):
     out = backend.empty(out_shape if not one_d else out_shape[:2] + out_shape[3:], out_dtype)
     ws = backend.empty((ws_bytes,), D.uint8) if ws_bytes else None
     if b is not None:  # y = conv + 1 * y: cuDNN adds the bias in float32 before its one rounding
-        out[...] = b.reshape((1, -1) + (1,) * (out.ndim - 2))
+        if not K.bias_fill(out, b, 1):
+            out[...] = b.reshape((1, -1) + (1,) * (out.ndim - 2))
     h = _handle()
     _check(_LIB.cudnnSetStream(h, ctypes.c_void_p(cupy.cuda.get_current_stream().ptr)), "cudnnSetStream")
     scale = ctypes.c_double if x.dtype.name == "float64" else ctypes.c_float

@@ -71,7 +71,7 @@ def _bundle(expr: str) -> tuple:
     if name.startswith("group_norm_"):
         return tuple(f"{n}<{t}>" for n in ("group_norm_act", "group_norm_stats", "group_norm_apply"))
     misc = ("rms_norm_rows", "rotary", "moe_combine", "sample_rows", "gemm_tiled", "softmax_mask_rows",
-            "layer_norm_rows")
+            "layer_norm_rows", "bias_fill")
     if name in misc or name == "softmax_mask_warp":
         return tuple(f"{n}<{t}>" for n in misc) + tuple(f"softmax_mask_warp<{t},{e}>" for e in SOFTMAX_WARP_E)
     return (expr,)
@@ -272,6 +272,29 @@ def layer_norm(x2, weight, bias, eps: float, out):
     rows, K = x2.shape
     _fn(f"layer_norm_rows<{type_name(x2.dtype)}>")((rows,), (256,), (
         x2, cupy.int64(x2.strides[0] // x2.itemsize), _opt(weight), _opt(bias), out, cupy.int32(K), cupy.float32(eps)))
+
+
+def bias_fill(out, b, axis: int) -> bool:
+    """out (..., C, *inner) contiguous = b (C,) along `axis`, broadcast over the other dims, in one vectorised
+    launch; False (nothing written) where the layout does not fit: out[...] = b's broadcast is then the caller's."""
+    if not (_kernel_dtype(out.dtype) and out.flags.c_contiguous and b.flags.c_contiguous and b.dtype == out.dtype
+            and out.size and b.ndim == 1 and out.shape[axis] == b.size and out.data.ptr % 16 == 0
+            and b.data.ptr % 16 == 0):
+        return False
+    v = 16 // out.itemsize
+    inner = 1
+    for n in out.shape[axis % out.ndim + 1:]:
+        inner *= n
+    if inner == 1 and b.size % v == 0:
+        inner_v = 0
+    elif inner > 1 and inner % v == 0:
+        inner_v = inner // v
+    else:
+        return False
+    total_v = out.size // v
+    _fn(f"bias_fill<{type_name(out.dtype)}>")((min(-(-total_v // 256), 2048),), (256,), (
+        b, out, cupy.int64(total_v), cupy.int32(b.size), cupy.int64(inner_v)))
+    return True
 
 
 def rotary(x, cos, sin, out):

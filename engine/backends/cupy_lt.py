@@ -15,6 +15,8 @@ import os
 
 import cupy
 
+from engine.backends import cupy_kernels as K
+
 try:  # an optional dependency: its absence only means the GEMV kernels serve every row count
     from nvmath.linalg import advanced as _lt
 except Exception as e:  # noqa: BLE001  (ImportError, or a CUDA library it could not load)
@@ -51,7 +53,7 @@ def linear(x2, W, out, bias=None):
     """out (m, N) = x2 (m, K) @ W.T (+ bias (N,), added in float32 before the one rounding: out is
     preloaded with it and cuBLASLt's beta is 1). Check takes() first; out row-major (m, N)."""
     key = (x2.dtype.str, x2.shape, x2.strides, W.shape, out.strides, bias is not None)
-    if bias is not None:
+    if bias is not None and not K.bias_fill(out, bias, -1):
         out[...] = bias
     stream = cupy.cuda.get_current_stream()
     mm = _PLANS.get(key)

@@ -232,3 +232,27 @@ __global__ void __launch_bounds__(256) layer_norm_rows(const T *__restrict__ x, 
         y4[k] = pack<T>(f);
     }
 }
+
+// ---- bias_fill: out (outer, C, inner) contiguous = b[c] broadcast, in 16-byte vectors (a bias preloaded for a
+// GEMM or conv that adds it with beta = 1). inner_v == 0: inner is 1 and C a multiple of the vector (a linear's
+// rows); else inner is inner_v vectors (a conv's positions), each vector within one channel.
+template <typename T>
+__global__ void __launch_bounds__(256) bias_fill(const T *__restrict__ b, T *__restrict__ out, long total_v, int C,
+                                                 long inner_v) {
+    constexpr int V = Vec<T>::N;
+    const uint4 *b4 = reinterpret_cast<const uint4 *>(b);
+    uint4 *o4 = reinterpret_cast<uint4 *>(out);
+    const long cv = C / V;
+    for (long i = blockIdx.x * 256L + threadIdx.x; i < total_v; i += (long)gridDim.x * 256L) {
+        if (inner_v == 0) {
+            o4[i] = b4[i % cv];
+        } else {
+            const T val = b[(i / inner_v) % C];
+            uint4 u;
+            T *h = reinterpret_cast<T *>(&u);
+            #pragma unroll
+            for (int j = 0; j < V; j++) h[j] = val;
+            o4[i] = u;
+        }
+    }
+}
