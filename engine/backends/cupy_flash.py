@@ -108,14 +108,15 @@ def _strides(a4, isz) -> list:
 
 
 def sdpa(q, k, v, mask, causal: bool, scale: float, out, pipe=None) -> None:
-    """out (q.shape[:-1] + (E,), contiguous, q's dtype) = softmax(scale * q @ k^T [+ mask | causal]) @ v.
-    Check flash_ok first. pipe: the kernel variant (None: FLASH["pipe"])."""
+    """out (q.shape[:-1] + (E,), q's dtype) = softmax(scale * q @ k^T [+ mask | causal]) @ v. Check flash_ok
+    first. out: contiguous, or any view with a unit last stride and 4-byte aligned rows (the attention op's
+    (B, L, Hq, E) output seen as (B, Hq, L, E)). pipe: the kernel variant (None: FLASH["pipe"])."""
     q4, k4, v4 = _as4(q), _as4(k), _as4(v)
     B, Hq, L, E = q4.shape
     Hkv, S = k4.shape[1], k4.shape[2]
     isz = q.itemsize
     i64, i32 = cupy.int64, cupy.int32
-    qs, ks_, vs = _strides(q4, isz), _strides(k4, isz), _strides(v4, isz)
+    qs, ks_, vs, os_ = _strides(q4, isz), _strides(k4, isz), _strides(v4, isz), _strides(_as4(out), isz)
     if mask is None:
         kind, ms = 0, [0, 0, 0, 0]
     else:
@@ -130,7 +131,8 @@ def sdpa(q, k, v, mask, causal: bool, scale: float, out, pipe=None) -> None:
     grid = (-(-L // BLOCK_ROWS), Hq, B)
     fn(grid, (128,), (q, i64(qs[0]), i64(qs[1]), i64(qs[2]), k, i64(ks_[0]), i64(ks_[1]), i64(ks_[2]),
                       v, i64(vs[0]), i64(vs[1]), i64(vs[2]), K._opt(mask), i32(kind), i64(ms[0]), i64(ms[1]),
-                      i64(ms[2]), i64(ms[3]), out, i32(Hq), i32(Hq // Hkv), i32(L), i32(S), i32(E),
+                      i64(ms[2]), i64(ms[3]), out, i64(os_[0]), i64(os_[1]), i64(os_[2]), i32(Hq), i32(Hq // Hkv),
+                      i32(L), i32(S), i32(E),
                       cupy.float32(scale), i32(1 if causal else 0)), shared_mem=smem)
 
 
@@ -149,8 +151,6 @@ def attention(backend, q, k, v, mask, scale: float, out_dtype):
     if not (L > 1 and q.dtype == out_dtype.np_dtype and flash_ok(q, k, v, mask)):
         return None
     dv = v.shape[-1]
-    o = backend.empty((b, hq, L, dv), out_dtype)
-    sdpa(q, k, v, mask, False, scale, o)
     out = backend.empty((b, L, hq * dv), out_dtype)
-    out.reshape(b, L, hq, dv)[...] = o.transpose(0, 2, 1, 3)
+    sdpa(q, k, v, mask, False, scale, out.reshape(b, L, hq, dv).transpose(0, 2, 1, 3))  # written in place: no copy
     return out

@@ -71,8 +71,8 @@ template <typename T, int EP, bool PIPE>
 __global__ void __launch_bounds__(FA_THREADS) flash_fwd(
         const T *__restrict__ q, long qb, long qh, long ql, const T *__restrict__ k, long kb, long kh, long ks,
         const T *__restrict__ v, long vb, long vh, long vs, const void *__restrict__ mask, int mask_kind, long mb,
-        long mh, long ml, long ms, T *__restrict__ out, int Hq, int rep, int L, int S, int E, float scale,
-        int causal) {
+        long mh, long ml, long ms, T *__restrict__ out, long ob, long oh, long ol, int Hq, int rep, int L, int S,
+        int E, float scale, int causal) {
     constexpr int LD = EP + 8, NT = EP / 8, KT = EP / 16;
     constexpr float LOG2E = 1.4426950408889634f;
     constexpr int NBUF = PIPE ? 2 : 1;
@@ -221,7 +221,7 @@ __global__ void __launch_bounds__(FA_THREADS) flash_fwd(
         l += __shfl_xor_sync(0xffffffff, l, 2);
         const float inv = l > 0.f ? 1.f / l : 0.f;
         if (row[r] < L) {
-            T *op = out + (((long)b * Hq + h) * L + row[r]) * E;
+            T *op = out + (long)b * ob + (long)h * oh + (long)row[r] * ol;
             #pragma unroll
             for (int n = 0; n < NT; n++) {
                 const int col = n * 8 + 2 * t;
