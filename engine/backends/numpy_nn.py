@@ -124,19 +124,23 @@ class NnKernels:
         if x.size == 0:
             return self._out(x, out_dtype)
         with np.errstate(all="ignore"):
-            big = xp.maximum(xp.max(x, axis=axes, keepdims=True), -xp.min(x, axis=axes, keepdims=True))  # max |x|
-            scaled = xp.isfinite(big) & (big >= 2.0 ** 64)  # such rows are brought to about 2^40
-            if xp is np and x.dtype == out_dtype.np_dtype and not scaled.any():
+            if xp is np and x.dtype == out_dtype.np_dtype:
+                # in place in the output; a row needing the scaling below has an infinite (or nan) variance
+                # here (its squares overflow), and then everything is done again below, so the usual case
+                # skips the max |x| pass
                 out = self.empty(x.shape, out_dtype)
                 mean = xp.mean(x, axis=axes, keepdims=True)
                 xp.subtract(x, mean, out=out)
                 var = xp.mean(xp.square(out), axis=axes, keepdims=True)
-                out /= xp.sqrt(var + x.dtype.type(eps))
-                if weight is not None:
-                    out *= self._f(weight, out_dtype)
-                if bias is not None:
-                    out += self._f(bias, out_dtype)
-                return out
+                if np.isfinite(var).all():
+                    out /= xp.sqrt(var + x.dtype.type(eps))
+                    if weight is not None:
+                        out *= self._f(weight, out_dtype)
+                    if bias is not None:
+                        out += self._f(bias, out_dtype)
+                    return out
+            big = xp.maximum(xp.max(x, axis=axes, keepdims=True), -xp.min(x, axis=axes, keepdims=True))  # max |x|
+            scaled = xp.isfinite(big) & (big >= 2.0 ** 64)  # such rows are brought to about 2^40
             shift = xp.where(scaled, xp.floor(xp.log2(big)) - 40, 0).astype(x.dtype)
             scale = xp.exp2(-shift)
             xs = x * scale
@@ -389,13 +393,16 @@ class NnKernels:
     def attention(self, q, k, v, mask, scale: float, out_dtype):
         """FusedOps.attention's formula on numpy in float32, without its copies: the scores are scaled
         (not at all for scale 1: x * 1 is x), masked and softmaxed in place in one pooled buffer, which
-        the composition copies three times (mul, softmax, cast to the float32 it already is). When all
-        scores exceed ATTENTION_WHOLE the same steps go a block of query rows of one head at a time, each
-        block in cache from its GEMM to its GEMM with V, straight into the output. Other dtypes (and cupy) take the composition."""
+        the composition copies three times (mul, softmax, cast to the float32 it already is). The batch
+        goes in blocks of whole rows of about ATTENTION_ROWS scores, each block in cache from its GEMM with
+        K to its GEMM with V (BERT at batch 32: 25 MiB of scores otherwise, every pass from memory); when
+        one batch row's scores exceed ATTENTION_WHOLE the same steps go a block of query rows of one head
+        at a time. Other dtypes (and cupy) take the composition."""
         if out_dtype.np_dtype != np.float32 or self.xp is not np or not (
                 q.dtype == k.dtype == v.dtype == np.float32) or (mask is not None and mask.dtype != np.float32):
             return super().attention(q, k, v, mask, scale, out_dtype)
-        if BLAS_THREADS.one(math.prod(q.shape) * k.shape[2]):  # a decode step's: one BLAS thread
+        # the thread count by one head's product: a batched matmul is a BLAS call per head
+        if BLAS_THREADS.one(q.shape[2] * q.shape[3] * k.shape[2]):
             try:
                 return self._attention(q, k, v, mask, scale, out_dtype)
             finally:
@@ -408,18 +415,24 @@ class NnKernels:
         rep = hq // hkv
         sc = None if scale == 1.0 else np.float32(scale)
         with np.errstate(all="ignore"):
-            if b * hq * L * S <= self.ATTENTION_WHOLE or S == 0:
-                qg = q.reshape(b, hkv, rep * L, d)  # a view when q is contiguous (else numpy copies)
-                s = self.empty((b, hkv, rep * L, S), out_dtype)
-                np.matmul(qg, k.swapaxes(-1, -2), out=s)
-                if sc is not None:
-                    s *= sc
-                if mask is not None:
-                    s.reshape(b, hkv, rep, L, S)[...] += mask[:, :, None]
-                self._softmax_rows(s)
-                o = np.matmul(s, v)  # (B, Hkv, rep*L, Dv)
+            if hq * L * S <= self.ATTENTION_WHOLE or S == 0:
                 out = self.empty((b, L, hq, dv), out_dtype)
-                np.copyto(out, o.reshape(b, hq, L, dv).swapaxes(1, 2))
+                nb = max(1, min(b, self.ATTENTION_ROWS // max(1, hq * L * S)))
+                s_buf = self.empty((nb, hkv, rep * L, S), out_dtype)
+                o_buf = self.empty((nb, hkv, rep * L, dv), out_dtype)
+                for b0 in range(0, b, nb):
+                    b1 = min(b, b0 + nb)
+                    s, o = s_buf[:b1 - b0], o_buf[:b1 - b0]
+                    qg = q[b0:b1].reshape(b1 - b0, hkv, rep * L, d)  # a view for rep 1 or contiguous q
+                    np.matmul(qg, k[b0:b1].swapaxes(-1, -2), out=s)
+                    if sc is not None:
+                        s *= sc
+                    if mask is not None:
+                        mb = mask[b0:b1] if mask.shape[0] == b else mask
+                        s.reshape(b1 - b0, hkv, rep, L, S)[...] += mb[:, :, None]
+                    self._softmax_rows(s)
+                    np.matmul(s, v[b0:b1], out=o)  # (nb, Hkv, rep*L, Dv)
+                    np.copyto(out[b0:b1], o.reshape(b1 - b0, hq, L, dv).swapaxes(1, 2))
                 return out.reshape(b, L, hq * dv)
             out = self.empty((b, L, hq, dv), out_dtype)
             n = max(1, min(L, self.ATTENTION_BLOCK // S))
@@ -450,6 +463,7 @@ class NnKernels:
     # 2-core machine their many small GEMMs were 3x slower than a few large ones (Whisper's encoder)
     ATTENTION_WHOLE = 1 << 26
     ATTENTION_BLOCK = 1 << 18
+    ATTENTION_ROWS = 1 << 18  # scores per batch block of the whole-row path (1 MiB of float32: in L2)
 
     @staticmethod
     def _softmax_rows(s) -> None:
