@@ -321,13 +321,25 @@ class NnKernels:
     def _conv_chunked(self, win, w2, b, out_dtype, silu: bool = False):
         """win (N, C, *O, *K) window view, w2 (O, C*K): im2col + GEMM per band of rows of the first output
         dim, straight into the pooled (N, O, *O) output."""
+        nd = (win.ndim - 2) // 2
+        osz = win.shape[2:2 + nd]
+        ck, inner = w2.shape[1], math.prod(osz[1:])
+        rows = max(-(-256 // inner), self.CONV_BLOCK // (ck * inner))  # at least 256 columns per GEMM
+        # the thread count by one band's GEMM (a loaded machine: each of its many GEMMs on one thread)
+        if BLAS_THREADS.one(w2.shape[0] * ck * min(rows, osz[0]) * inner):
+            try:
+                return self._conv_bands(win, w2, b, out_dtype, silu, rows)
+            finally:
+                BLAS_THREADS.restore()
+        return self._conv_bands(win, w2, b, out_dtype, silu, rows)
+
+    def _conv_bands(self, win, w2, b, out_dtype, silu: bool, rows: int):
         n = win.shape[0]
         nd = (win.ndim - 2) // 2
         osz = win.shape[2:2 + nd]
         ck, inner = w2.shape[1], math.prod(osz[1:])
         out = self.empty((n, w2.shape[0], math.prod(osz)), D.get(w2.dtype))
         bias = None if b is None else self._f(b, out_dtype).reshape(-1, 1)
-        rows = max(-(-256 // inner), self.CONV_BLOCK // (ck * inner))  # at least 256 columns per GEMM
         perm = (0,) + tuple(range(1 + nd, 1 + 2 * nd)) + tuple(range(1, 1 + nd))  # (C, *K, *O) of one sample
         for i in range(n):
             for r0 in range(0, osz[0], rows):
