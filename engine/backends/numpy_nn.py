@@ -286,7 +286,9 @@ class NnKernels:
         else:
             win = self._windows(x, k, stride, dilation)  # (N, C, *O, *K) view
             osz = win.shape[2:2 + nd]
-            if xp is np and groups == 1 and cg * kk <= self.CONV_CHUNK_K and cg * kk * math.prod(osz) > self.CONV_BLOCK:
+            ncols = cg * kk * math.prod(osz)  # one sample's column matrix
+            if xp is np and groups == 1 and ncols > self.CONV_BLOCK and (cg * kk <= self.CONV_CHUNK_K
+                                                                         or ncols > self.CONV_WIDE):
                 return self._conv_chunked(win, w.reshape(o, cg * kk), b, out_dtype, _silu)
             perm = (0, 1) + tuple(range(2 + nd, 2 + 2 * nd)) + tuple(range(2, 2 + nd))  # (N, C, *K, *O)
             cols = xp.ascontiguousarray(win.transpose(perm)).reshape(n, groups * cg * kk, math.prod(osz))
@@ -314,9 +316,13 @@ class NnKernels:
     # numpy: a conv whose columns (C*K, positions) exceed CONV_BLOCK elements, with C*K at most CONV_CHUNK_K
     # (few channels at a high resolution: YOLO's first stages), builds and multiplies them a band of output
     # rows at a time, so each band is still in cache when the GEMM reads it (bitwise the same result here;
-    # 30% faster for 32-64 channels at 160-320 px). Wider K is GEMM-bound and goes in one piece.
+    # 30% faster for 32-64 channels at 160-320 px). Wider K is GEMM-bound and goes in one piece, unless its
+    # columns pass CONV_WIDE elements (SD's VAE decoder: 256 channels at 256x256 make 600 MiB of columns;
+    # in bands of one output row, 256 x 2304 columns each, 16% faster on one thread; 512 channels at 128x128
+    # 10%; at 64x64, 19M elements, one piece stays 7% faster)
     CONV_BLOCK = 1 << 19
     CONV_CHUNK_K = 1152
+    CONV_WIDE = 1 << 25
 
     def _conv_chunked(self, win, w2, b, out_dtype, silu: bool = False):
         """win (N, C, *O, *K) window view, w2 (O, C*K): im2col + GEMM per band of rows of the first output
