@@ -225,6 +225,25 @@ def test_prefill_attention(dtype, B, Hq, Hkv, L, S, D):
     compare_reduced(got, t_attention(*args, D ** -0.5), ref, scale=2)
 
 
+@pytest.mark.parametrize("Hq,Hkv,mask_b", [(4, 4, 5), (4, 2, 5), (4, 4, 1), (2, 1, None)])
+def test_attention_batch_blocks(Hq, Hkv, mask_b, monkeypatch):
+    """numpy: the batch in blocks of whole rows (2 of 5 rows a block here, the last block short), q as the
+    models' transposed view, a per-row padding mask or one mask for every row."""
+    from engine.backends.numpy_nn import NnKernels
+    B, L, S, D = 5, 6, 7, 8
+    monkeypatch.setattr(NnKernels, "ATTENTION_ROWS", 2 * Hq * L * S)
+    q = arr((B, L, Hq, D), "float32")
+    k, v = arr((B, Hkv, S, D), "float32", 1, 1), arr((B, Hkv, S, D), "float32", 1, 2)
+    mask = None
+    if mask_b:
+        mask = np.zeros((mask_b, 1, L, S), np.float32)
+        for i in range(mask_b):  # row i: its last 1 + i % 3 keys padded
+            mask[i, ..., S - 1 - i % 3:] = np.finfo(np.float32).min
+    got = run("attention", E(q).transpose(1, 2), E(k), E(v), None if mask is None else E(mask), D ** -0.5)
+    args = [T(q).transpose(1, 2), T(k), T(v), None if mask is None else T(mask)]
+    compare(got, t_attention(*args, D ** -0.5), scale=2)
+
+
 # ---- choosing tokens: the backend's `sample` against engine.sampling on the host ----------------------------------
 def _sample(logits, temperature, top_k=None, top_p=None, seen=None, penalty=1.0, seed=3, counter=0):
     x = E(logits)

@@ -150,9 +150,15 @@ def test_numpy_erf_f32_within_one_ulp():  # float32's rational erf (and the GELU
     got = _erf_f32(xs)
     assert got.dtype == np.float32 and (np.abs(got.astype(np.float64) - ref) <= np.spacing(np.abs(ref))).all()
     assert np.signbit(_erf_f32(np.array([-0.0], np.float32)))[0] and np.isnan(_erf_f32(np.array([1, np.nan], np.float32))[1])
-    g, x64 = _erf_f32(xs, gelu=True), xs.astype(np.float64)
-    want = np.array([0.5 * v * (1 + math.erf(v / math.sqrt(2))) for v in x64[np.isfinite(x64)]])
-    assert np.allclose(g[np.isfinite(xs)], want, rtol=1e-6, atol=1e-6)
+def test_numpy_gelu_f32_against_math_erf():  # float32's GELU fit against the exact GELU in float64, and its edges
+    import math
+    from engine.backends.numpy_special import _gelu_f32
+    xs = np.concatenate([np.linspace(-12, 12, 480001), np.linspace(-1e-3, 1e-3, 20001), np.arange(1, 2001, dtype=np.int32).view(np.float32), [0.0, -0.0, 1e-30, -1e-45, 5.5, -5.5, 5.5001, -5.5001, 1e4, -1e4]]).astype(np.float32)
+    g, x64 = _gelu_f32(xs), xs.astype(np.float64)
+    want = np.array([0.5 * v * math.erfc(-v / math.sqrt(2)) for v in x64])
+    assert g.dtype == np.float32 and np.allclose(g, want, rtol=1e-6, atol=1e-6)
+    big = _gelu_f32(np.array([1e30, -1e30, np.inf, -np.inf, np.nan, -0.0], np.float32))
+    assert big[0] == 1e30 and big[1] == 0 and big[2] == np.inf and np.isnan(big[3:5]).all() and np.signbit(big[5])
 @pytest.mark.parametrize(U, cases(NUMERIC + ("bool",)))
 def test_square(dt, shape, view): helper_test_op([shape], torch.square, engine.square, dt, noncontig=view)
 @pytest.mark.parametrize(U, cases(NUMERIC, views=()))

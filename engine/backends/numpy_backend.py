@@ -19,7 +19,7 @@ from engine.backends.numpy_index import IndexKernels
 from engine.backends.numpy_pointwise import PointwiseKernels
 from engine.backends.numpy_pool import PoolKernels
 from engine.backends.numpy_quant import QuantKernels
-from engine.backends.numpy_special import _IN_PLACE, _chunked, _erf_f32, _erf_f64
+from engine.backends.numpy_special import _IN_PLACE, _chunked, _erf_f32, _erf_f64, _gelu_f32
 from engine.storage import StoragePool
 
 _REDUCED = (np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16))
@@ -177,11 +177,12 @@ class NumpyBackend(NnKernels, PoolKernels, PointwiseKernels, IndexKernels, Quant
             x = self._c(x, cd)
         else:
             x = self._c(x)
-        if op in _IN_PLACE and self.xp is np and x.dtype == cd == out_dtype.np_dtype and (
-                op != "gelu" or cd == np.float32):
+        if op in _IN_PLACE and self.xp is np and x.dtype == cd == out_dtype.np_dtype:
             out = self.empty(x.shape, out_dtype)
             _quiet(_chunked, _IN_PLACE[op], x, out)
             return out
+        if op == "gelu" and self.xp is np and x.dtype == out_dtype.np_dtype == np.float32:
+            return _gelu_f32(x, self.empty(x.shape, out_dtype))  # in cache-sized chunks, into pooled memory
         r = _quiet(self._unary, op, x)
         return self._out(r, out_dtype)
 
@@ -197,7 +198,7 @@ class NumpyBackend(NnKernels, PoolKernels, PointwiseKernels, IndexKernels, Quant
             return x / (1.0 + xp.exp(-x))
         if op == "gelu":
             if xp is np and x.dtype == np.float32:
-                return _erf_f32(x, gelu=True)
+                return _gelu_f32(x)
             return 0.5 * x * (1.0 + self._erf(x / math.sqrt(2.0)))
         if op == "gelu_tanh":
             return 0.5 * x * (1.0 + xp.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x * x * x)))

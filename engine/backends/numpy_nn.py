@@ -124,19 +124,23 @@ class NnKernels:
         if x.size == 0:
             return self._out(x, out_dtype)
         with np.errstate(all="ignore"):
-            big = xp.maximum(xp.max(x, axis=axes, keepdims=True), -xp.min(x, axis=axes, keepdims=True))  # max |x|
-            scaled = xp.isfinite(big) & (big >= 2.0 ** 64)  # such rows are brought to about 2^40
-            if xp is np and x.dtype == out_dtype.np_dtype and not scaled.any():
+            if xp is np and x.dtype == out_dtype.np_dtype:
+                # in place in the output; a row needing the scaling below has an infinite (or nan) variance
+                # here (its squares overflow), and then everything is done again below, so the usual case
+                # skips the max |x| pass
                 out = self.empty(x.shape, out_dtype)
                 mean = xp.mean(x, axis=axes, keepdims=True)
                 xp.subtract(x, mean, out=out)
                 var = xp.mean(xp.square(out), axis=axes, keepdims=True)
-                out /= xp.sqrt(var + x.dtype.type(eps))
-                if weight is not None:
-                    out *= self._f(weight, out_dtype)
-                if bias is not None:
-                    out += self._f(bias, out_dtype)
-                return out
+                if np.isfinite(var).all():
+                    out /= xp.sqrt(var + x.dtype.type(eps))
+                    if weight is not None:
+                        out *= self._f(weight, out_dtype)
+                    if bias is not None:
+                        out += self._f(bias, out_dtype)
+                    return out
+            big = xp.maximum(xp.max(x, axis=axes, keepdims=True), -xp.min(x, axis=axes, keepdims=True))  # max |x|
+            scaled = xp.isfinite(big) & (big >= 2.0 ** 64)  # such rows are brought to about 2^40
             shift = xp.where(scaled, xp.floor(xp.log2(big)) - 40, 0).astype(x.dtype)
             scale = xp.exp2(-shift)
             xs = x * scale
@@ -282,7 +286,9 @@ class NnKernels:
         else:
             win = self._windows(x, k, stride, dilation)  # (N, C, *O, *K) view
             osz = win.shape[2:2 + nd]
-            if xp is np and groups == 1 and cg * kk <= self.CONV_CHUNK_K and cg * kk * math.prod(osz) > self.CONV_BLOCK:
+            ncols = cg * kk * math.prod(osz)  # one sample's column matrix
+            if xp is np and groups == 1 and ncols > self.CONV_BLOCK and (cg * kk <= self.CONV_CHUNK_K
+                                                                         or ncols > self.CONV_WIDE):
                 return self._conv_chunked(win, w.reshape(o, cg * kk), b, out_dtype, _silu)
             perm = (0, 1) + tuple(range(2 + nd, 2 + 2 * nd)) + tuple(range(2, 2 + nd))  # (N, C, *K, *O)
             cols = xp.ascontiguousarray(win.transpose(perm)).reshape(n, groups * cg * kk, math.prod(osz))
@@ -310,20 +316,36 @@ class NnKernels:
     # numpy: a conv whose columns (C*K, positions) exceed CONV_BLOCK elements, with C*K at most CONV_CHUNK_K
     # (few channels at a high resolution: YOLO's first stages), builds and multiplies them a band of output
     # rows at a time, so each band is still in cache when the GEMM reads it (bitwise the same result here;
-    # 30% faster for 32-64 channels at 160-320 px). Wider K is GEMM-bound and goes in one piece.
+    # 30% faster for 32-64 channels at 160-320 px). Wider K is GEMM-bound and goes in one piece, unless its
+    # columns pass CONV_WIDE elements (SD's VAE decoder: 256 channels at 256x256 make 600 MiB of columns;
+    # in bands of one output row, 256 x 2304 columns each, 16% faster on one thread; 512 channels at 128x128
+    # 10%; at 64x64, 19M elements, one piece stays 7% faster)
     CONV_BLOCK = 1 << 19
     CONV_CHUNK_K = 1152
+    CONV_WIDE = 1 << 25
 
     def _conv_chunked(self, win, w2, b, out_dtype, silu: bool = False):
         """win (N, C, *O, *K) window view, w2 (O, C*K): im2col + GEMM per band of rows of the first output
         dim, straight into the pooled (N, O, *O) output."""
+        nd = (win.ndim - 2) // 2
+        osz = win.shape[2:2 + nd]
+        ck, inner = w2.shape[1], math.prod(osz[1:])
+        rows = max(-(-256 // inner), self.CONV_BLOCK // (ck * inner))  # at least 256 columns per GEMM
+        # the thread count by one band's GEMM (a loaded machine: each of its many GEMMs on one thread)
+        if BLAS_THREADS.one(w2.shape[0] * ck * min(rows, osz[0]) * inner):
+            try:
+                return self._conv_bands(win, w2, b, out_dtype, silu, rows)
+            finally:
+                BLAS_THREADS.restore()
+        return self._conv_bands(win, w2, b, out_dtype, silu, rows)
+
+    def _conv_bands(self, win, w2, b, out_dtype, silu: bool, rows: int):
         n = win.shape[0]
         nd = (win.ndim - 2) // 2
         osz = win.shape[2:2 + nd]
         ck, inner = w2.shape[1], math.prod(osz[1:])
         out = self.empty((n, w2.shape[0], math.prod(osz)), D.get(w2.dtype))
         bias = None if b is None else self._f(b, out_dtype).reshape(-1, 1)
-        rows = max(-(-256 // inner), self.CONV_BLOCK // (ck * inner))  # at least 256 columns per GEMM
         perm = (0,) + tuple(range(1 + nd, 1 + 2 * nd)) + tuple(range(1, 1 + nd))  # (C, *K, *O) of one sample
         for i in range(n):
             for r0 in range(0, osz[0], rows):
@@ -389,13 +411,16 @@ class NnKernels:
     def attention(self, q, k, v, mask, scale: float, out_dtype):
         """FusedOps.attention's formula on numpy in float32, without its copies: the scores are scaled
         (not at all for scale 1: x * 1 is x), masked and softmaxed in place in one pooled buffer, which
-        the composition copies three times (mul, softmax, cast to the float32 it already is). When all
-        scores exceed ATTENTION_WHOLE the same steps go a block of query rows of one head at a time, each
-        block in cache from its GEMM to its GEMM with V, straight into the output. Other dtypes (and cupy) take the composition."""
+        the composition copies three times (mul, softmax, cast to the float32 it already is). The batch
+        goes in blocks of whole rows of about ATTENTION_ROWS scores, each block in cache from its GEMM with
+        K to its GEMM with V (BERT at batch 32: 25 MiB of scores otherwise, every pass from memory); when
+        one batch row's scores exceed ATTENTION_WHOLE the same steps go a block of query rows of one head
+        at a time. Other dtypes (and cupy) take the composition."""
         if out_dtype.np_dtype != np.float32 or self.xp is not np or not (
                 q.dtype == k.dtype == v.dtype == np.float32) or (mask is not None and mask.dtype != np.float32):
             return super().attention(q, k, v, mask, scale, out_dtype)
-        if BLAS_THREADS.one(math.prod(q.shape) * k.shape[2]):  # a decode step's: one BLAS thread
+        # the thread count by one head's product: a batched matmul is a BLAS call per head
+        if BLAS_THREADS.one(q.shape[2] * q.shape[3] * k.shape[2]):
             try:
                 return self._attention(q, k, v, mask, scale, out_dtype)
             finally:
@@ -408,18 +433,24 @@ class NnKernels:
         rep = hq // hkv
         sc = None if scale == 1.0 else np.float32(scale)
         with np.errstate(all="ignore"):
-            if b * hq * L * S <= self.ATTENTION_WHOLE or S == 0:
-                qg = q.reshape(b, hkv, rep * L, d)  # a view when q is contiguous (else numpy copies)
-                s = self.empty((b, hkv, rep * L, S), out_dtype)
-                np.matmul(qg, k.swapaxes(-1, -2), out=s)
-                if sc is not None:
-                    s *= sc
-                if mask is not None:
-                    s.reshape(b, hkv, rep, L, S)[...] += mask[:, :, None]
-                self._softmax_rows(s)
-                o = np.matmul(s, v)  # (B, Hkv, rep*L, Dv)
+            if hq * L * S <= self.ATTENTION_WHOLE or S == 0:
                 out = self.empty((b, L, hq, dv), out_dtype)
-                np.copyto(out, o.reshape(b, hq, L, dv).swapaxes(1, 2))
+                nb = max(1, min(b, self.ATTENTION_ROWS // max(1, hq * L * S)))
+                s_buf = self.empty((nb, hkv, rep * L, S), out_dtype)
+                o_buf = self.empty((nb, hkv, rep * L, dv), out_dtype)
+                for b0 in range(0, b, nb):
+                    b1 = min(b, b0 + nb)
+                    s, o = s_buf[:b1 - b0], o_buf[:b1 - b0]
+                    qg = q[b0:b1].reshape(b1 - b0, hkv, rep * L, d)  # a view for rep 1 or contiguous q
+                    np.matmul(qg, k[b0:b1].swapaxes(-1, -2), out=s)
+                    if sc is not None:
+                        s *= sc
+                    if mask is not None:
+                        mb = mask[b0:b1] if mask.shape[0] == b else mask
+                        s.reshape(b1 - b0, hkv, rep, L, S)[...] += mb[:, :, None]
+                    self._softmax_rows(s)
+                    np.matmul(s, v[b0:b1], out=o)  # (nb, Hkv, rep*L, Dv)
+                    np.copyto(out[b0:b1], o.reshape(b1 - b0, hq, L, dv).swapaxes(1, 2))
                 return out.reshape(b, L, hq * dv)
             out = self.empty((b, L, hq, dv), out_dtype)
             n = max(1, min(L, self.ATTENTION_BLOCK // S))
@@ -450,6 +481,7 @@ class NnKernels:
     # 2-core machine their many small GEMMs were 3x slower than a few large ones (Whisper's encoder)
     ATTENTION_WHOLE = 1 << 26
     ATTENTION_BLOCK = 1 << 18
+    ATTENTION_ROWS = 1 << 18  # scores per batch block of the whole-row path (1 MiB of float32: in L2)
 
     @staticmethod
     def _softmax_rows(s) -> None:

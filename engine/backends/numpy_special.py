@@ -86,24 +86,64 @@ def _erf_rational(z, out) -> None:
         out[np.isnan(z)] = np.nan
 
 
-def _erf_f32(x, gelu: bool = False, out=None):
-    """erf of a float32 array through _erf_rational in cache-sized chunks; gelu=True returns
-    0.5 * x * (1 + erf(x / sqrt(2))) (the exact GELU, torch's formula) in the same pass. out: a
-    C-contiguous float32 array of x's shape to write into."""
+def _erf_f32(x, out=None):
+    """erf of a float32 array through _erf_rational in cache-sized chunks. out: a C-contiguous float32
+    array of x's shape to write into."""
     flat = np.ascontiguousarray(x).reshape(-1)
     res = out if out is not None else np.empty(np.shape(x), np.float32)
     out = res.reshape(-1)
-    r2 = np.float32(math.sqrt(2.0))
-    with np.errstate(all="ignore"):  # gelu(-inf) = -inf * 0 = nan, as the unfused formula gives
+    with np.errstate(all="ignore"):
         for i in range(0, flat.size, _CHUNK32):
-            xc, oc = flat[i:i + _CHUNK32], out[i:i + _CHUNK32]
-            if not gelu:
-                _erf_rational(xc, oc)
-                continue
-            _erf_rational(xc / r2, oc)
-            oc += np.float32(1.0)
-            oc *= xc
-            oc *= np.float32(0.5)
+            _erf_rational(flat[i:i + _CHUNK32], out[i:i + _CHUNK32])
+    return res
+
+
+# GELU for float32, x Phi(x) written as x / (1 + exp(e)) with e = -logit(Phi(x)) = -x P(x^2): P a degree-6
+# polynomial in x^2 fitted to log(Phi / (1 - Phi)) / x on [0, 5.5] (weighted least squares, iterated toward the
+# smallest largest error of the GELU itself; logit(Phi) is odd, so one fit serves both signs). Beyond
+# |x| = 5.5 the argument is clipped and e gains (t - x), so exp(e) runs to 0 (gelu = x) or to inf (gelu = -0):
+# e = t (1 - P(t^2)) - x with t = clip(x), the 1 folded into P's constant. Evaluated in float32 (19 passes
+# over cache-sized chunks, against _erf_f32's 30 in float64: about 3x faster); largest error against the
+# exact GELU about 6e-7 over [-12, 12] (half an ulp of 12 is 4.8e-7), and as the formula written with
+# erf, gelu(-inf) is nan. tests/test_ops.py checks it against math.erf on a dense grid.
+_GELU32_X = np.float32(5.5)
+_GELU32_C = tuple(np.float32(c) for c in (1.0 - 1.595768435076929, -0.07266856080438065, 6.62558401175528e-05,
+                                          0.00011048149533919174, -7.938376766780539e-06, 2.669025540674477e-07,
+                                          -3.611453262653922e-09))
+
+
+def _gelu_f32_into(x, out, t=None, s=None) -> None:
+    """out[...] = gelu(x) (the fit above) for float32 x and out of one shape (out must not be x); t, s:
+    scratch arrays of that shape (new ones without)."""
+    t = np.clip(x, -_GELU32_X, _GELU32_X, out=t)
+    s = np.multiply(t, t, out=s)
+    c = _GELU32_C
+    np.multiply(s, c[-1], out=out)
+    out += c[-2]
+    for k in c[-3::-1]:
+        out *= s
+        out += k
+    out *= t
+    out -= x
+    np.exp(out, out=out)
+    out += np.float32(1.0)
+    np.divide(x, out, out=out)
+
+
+_GELU_CHUNK = 1 << 16  # float32 elements per chunk: x, out and two scratch arrays (256 KiB each) stay in L2
+
+
+def _gelu_f32(x, out=None):
+    """gelu of a float32 array into out (C-contiguous, x's shape) or a new array: _gelu_f32_into over
+    cache-sized chunks, its scratch arrays allocated once."""
+    res = out if out is not None else np.empty(np.shape(x), np.float32)
+    flat, of = np.ascontiguousarray(x).reshape(-1), res.reshape(-1)
+    n = min(flat.size, _GELU_CHUNK)
+    t, s = np.empty(n, np.float32), np.empty(n, np.float32)
+    with np.errstate(all="ignore"):  # exp overflows to inf on purpose (gelu = -0 there)
+        for i in range(0, flat.size, _GELU_CHUNK):
+            xc = flat[i:i + _GELU_CHUNK]
+            _gelu_f32_into(xc, of[i:i + _GELU_CHUNK], t[:xc.size], s[:xc.size])
     return res
 
 
@@ -121,8 +161,7 @@ def _sigmoid_into(x, out) -> None:  # 1 / (1 + exp(-x))
     np.divide(x.dtype.type(1.0), out, out=out)
 
 
-_IN_PLACE = {"silu": _silu_into, "sigmoid": _sigmoid_into,  # unary ops written straight into pooled output
-             "gelu": lambda x, out: _erf_f32(x, gelu=True, out=out)}  # float32 only (unary checks)
+_IN_PLACE = {"silu": _silu_into, "sigmoid": _sigmoid_into}  # unary ops written straight into pooled output
 _CHUNK = 1 << 16  # elements per chunk of an in-place chain: its passes stay in L2
 
 
