@@ -3,6 +3,8 @@
 Accumulating ops (norms, convs, attention) take a documented tolerance scale: their sums run in a
 different order than torch's (im2col + one GEMM per group here, oneDNN there).
 """
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -237,3 +239,16 @@ def test_small_products_restore_blas_threads():  # numpy: a small linear runs on
     helper_test_op([(1, 64), (96, 64), (96,)], F.linear, EF.linear, scale=ACC)
     helper_test_op([(1, 3, 1, 16), (1, 3, 16, 40)], torch.matmul, engine.matmul, scale=ACC)
     assert [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["internal_api"] == "openblas"] == before
+def test_blas_busy_counts_other_processes_only():  # numpy: this process's own CPU time is not "busy"
+    import time
+
+    from engine.backends.blas_threads import cpu_seconds, others_cores
+    a = (time.monotonic(),) + cpu_seconds()
+    t_end = time.monotonic() + 0.3
+    while time.monotonic() < t_end:  # this process spins 0.3 s: the machine's busy time grows, ours as much
+        pass
+    b = (time.monotonic(),) + cpu_seconds()
+    assert b[2] - a[2] >= 0.2 and b[1] - a[1] >= b[2] - a[2] - 0.02  # ticks of 10 ms
+    assert 0.0 <= others_cores(a, b) <= (os.cpu_count() or 1)
+    assert others_cores((0.0, 10.0, 4.0), (2.0, 13.0, 5.0)) == 1.0  # 3 s busy, 1 s ours, over 2 s: 1 core
+    assert others_cores((0.0, 10.0, 4.0), (1.0, 10.5, 5.0)) == 0.0  # ours exceeds the machine's: clamped

@@ -74,18 +74,38 @@ class NnKernels:
         return out, self._out(h, out_dtype), self._out(c, out_dtype)
 
     def _lstm_loop(self, xp, xw, h, c, whT, b, hrT, reverse, out, one, hid, n_steps):
+        """Every step's ops write into buffers made once (no allocation in the loop); h is out[t] itself
+        (or the projection's input buffer), which the next step's GEMV reads."""
+        n = c.shape[0]
+        g = np.empty((n, 4 * hid), out.dtype)  # gates
+        s = np.empty_like(g)  # sigmoid of every gate (g's own is not used)
+        tg = np.empty((n, hid), out.dtype)  # tanh(g), then sigmoid(i) tanh(g)
+        c = np.array(c, out.dtype, order="C")  # the cell state, updated in place
+        th = np.empty_like(c)  # tanh(c)
+        hp = None if hrT is None else np.empty((n, hid), out.dtype)  # the projection's input
+        si, sf, so, gg = s[:, :hid], s[:, hid:2 * hid], s[:, 3 * hid:], g[:, 2 * hid:3 * hid]
         with np.errstate(over="ignore"):
             for t in (range(n_steps - 1, -1, -1) if reverse else range(n_steps)):
-                g = xp.matmul(h, whT)
+                np.matmul(h, whT, out=g)
                 if b is not None:
-                    g = g + b
-                g = xw[t] + g
-                s = one / (one + xp.exp(-g))  # sigmoid of every gate (g's own is not used)
-                c = s[:, hid:2 * hid] * c + s[:, :hid] * xp.tanh(g[:, 2 * hid:3 * hid])
-                h = s[:, 3 * hid:] * xp.tanh(c)
-                if hrT is not None:
-                    h = xp.matmul(h, hrT)
-                out[t] = h
+                    g += b
+                np.add(xw[t], g, out=g)
+                np.negative(g, out=s)
+                np.exp(s, out=s)
+                s += one
+                np.divide(one, s, out=s)
+                np.tanh(gg, out=tg)
+                np.multiply(sf, c, out=c)  # c = sigmoid(f) c + sigmoid(i) tanh(g)
+                np.multiply(si, tg, out=tg)
+                c += tg
+                np.tanh(c, out=th)
+                if hrT is None:
+                    h = out[t]
+                    np.multiply(so, th, out=h)  # h = sigmoid(o) tanh(c)
+                else:
+                    np.multiply(so, th, out=hp)
+                    h = out[t]
+                    np.matmul(hp, hrT, out=h)
         return h, c
 
     # ---- normalisation and softmax --------------------------------------------------------------
@@ -262,6 +282,15 @@ class NnKernels:
             np.divide(a, t, out=a)
 
     def conv(self, x, w, b, stride, padding, dilation, groups: int, out_dtype, _silu: bool = False):
+        """See _conv; on numpy its GEMMs run under BLAS_THREADS (one thread on a busy machine)."""
+        if self.xp is np and BLAS_THREADS.one(0):
+            try:
+                return self._conv(x, w, b, stride, padding, dilation, groups, out_dtype, _silu)
+            finally:
+                BLAS_THREADS.restore()
+        return self._conv(x, w, b, stride, padding, dilation, groups, out_dtype, _silu)
+
+    def _conv(self, x, w, b, stride, padding, dilation, groups: int, out_dtype, _silu: bool = False):
         """x (N, C, *S), w (O, C/groups, *K); padding is ((lo, hi), ...) per spatial dim. im2col in the
         (N, C*K, positions) order, then one batched GEMM per group, w (O/g, C/g*K) @ cols, which lands
         in (N, O, positions) = NCHW with no transpose of the output. The column copy reads the input
@@ -339,6 +368,15 @@ class NnKernels:
         return out if out.dtype == out_dtype.np_dtype else self._out(out, out_dtype)
 
     def conv_transpose(self, x, w, b, stride, padding, output_padding, dilation, groups: int, out_dtype):
+        """See _conv_transpose; on numpy its GEMMs run under BLAS_THREADS (one thread on a busy machine)."""
+        if self.xp is np and BLAS_THREADS.one(0):
+            try:
+                return self._conv_transpose(x, w, b, stride, padding, output_padding, dilation, groups, out_dtype)
+            finally:
+                BLAS_THREADS.restore()
+        return self._conv_transpose(x, w, b, stride, padding, output_padding, dilation, groups, out_dtype)
+
+    def _conv_transpose(self, x, w, b, stride, padding, output_padding, dilation, groups: int, out_dtype):
         """A transposed conv is a stride-1 conv over the input spread out by `stride`, padded by
         dilation*(k-1)-padding, with each group's weight transposed and flipped spatially. On numpy a 1-d
         one with groups 1 is instead one GEMM, w^T (Cout*K, Cin) @ x (Cin, L), whose K column blocks are
