@@ -14,6 +14,7 @@ import numpy as np
 from engine import dtype as D
 from engine.backends.fused import FusedOps
 from engine.backends.blas_threads import BLAS_THREADS
+from engine.backends.numpy_errstate import _quiet
 from engine.backends.numpy_nn import NnKernels
 from engine.backends.numpy_index import IndexKernels
 from engine.backends.numpy_pointwise import PointwiseKernels
@@ -35,29 +36,6 @@ class _HostBlock:
 
     def __init__(self, array: np.ndarray):
         self.array, self.ptr = array, array.ctypes.data
-
-
-# np.errstate(all="ignore") costs microseconds per op (its Python __enter__/__exit__ build the error
-# state each time); the hot paths set numpy's error-state context variable to one state built once.
-# Private numpy names (numpy >= 2): without them, the public context manager does the same.
-try:
-    from numpy._core._ufunc_config import _extobj_contextvar as _ERR_VAR
-    from numpy._core._ufunc_config import _make_extobj
-    _ERR_IGNORE = _make_extobj(all="ignore")
-except (ImportError, AttributeError, TypeError):
-    _ERR_VAR = None
-
-
-def _quiet(fn, *args, **kwargs):
-    """fn(*args, **kwargs) under np.errstate(all="ignore")."""
-    if _ERR_VAR is None:
-        with np.errstate(all="ignore"):
-            return fn(*args, **kwargs)
-    token = _ERR_VAR.set(_ERR_IGNORE)
-    try:
-        return fn(*args, **kwargs)
-    finally:
-        _ERR_VAR.reset(token)
 
 
 def _block_ptr(raw) -> int:

@@ -12,6 +12,7 @@ import numpy as np
 
 from engine import dtype as D
 from engine.backends.blas_threads import BLAS_THREADS
+from engine.backends.numpy_errstate import _quiet
 
 
 
@@ -143,20 +144,17 @@ class NnKernels:
         axes = tuple(range(x.ndim - nd, x.ndim))
         if x.size == 0:
             return self._out(x, out_dtype)
+        if xp is np and x.dtype == out_dtype.np_dtype:
+            # no row to scale when every value lies strictly within +-2^64 (two whole-array reductions;
+            # nan and inf fail the test and take the general path, which treats them as before)
+            lim = x.dtype.type(2.0 ** 64)
+            if x.max() < lim and x.min() > -lim:
+                return _quiet(self._layer_norm_plain, x, axes, weight, bias, eps, out_dtype)
         with np.errstate(all="ignore"):
             big = xp.maximum(xp.max(x, axis=axes, keepdims=True), -xp.min(x, axis=axes, keepdims=True))  # max |x|
             scaled = xp.isfinite(big) & (big >= 2.0 ** 64)  # such rows are brought to about 2^40
             if xp is np and x.dtype == out_dtype.np_dtype and not scaled.any():
-                out = self.empty(x.shape, out_dtype)
-                mean = xp.mean(x, axis=axes, keepdims=True)
-                xp.subtract(x, mean, out=out)
-                var = xp.mean(xp.square(out), axis=axes, keepdims=True)
-                out /= xp.sqrt(var + x.dtype.type(eps))
-                if weight is not None:
-                    out *= self._f(weight, out_dtype)
-                if bias is not None:
-                    out += self._f(bias, out_dtype)
-                return out
+                return self._layer_norm_plain(x, axes, weight, bias, eps, out_dtype)
             shift = xp.where(scaled, xp.floor(xp.log2(big)) - 40, 0).astype(x.dtype)
             scale = xp.exp2(-shift)
             xs = x * scale
@@ -169,6 +167,26 @@ class NnKernels:
         if bias is not None:
             y = y + self._f(bias, out_dtype)
         return self._out(y, out_dtype)
+
+    def _layer_norm_plain(self, x, axes, weight, bias, eps: float, out_dtype):
+        """(x - mean) / sqrt(var + eps) [* w] [+ b] in place in the pooled output: np.mean's own steps (a sum,
+        then a division by the count as an intp, which numpy does in float64 and rounds) without its
+        Python wrapper, so the result equals np.mean's bit for bit."""
+        n = np.intp(math.prod(x.shape[a] for a in axes))
+        out = self.empty(x.shape, out_dtype)
+        mean = np.add.reduce(x, axis=axes, keepdims=True)
+        np.true_divide(mean, n, out=mean, casting="unsafe")
+        np.subtract(x, mean, out=out)
+        var = np.add.reduce(np.square(out), axis=axes, keepdims=True)
+        np.true_divide(var, n, out=var, casting="unsafe")
+        var += x.dtype.type(eps)
+        np.sqrt(var, out=var)
+        out /= var
+        if weight is not None:
+            out *= self._f(weight, out_dtype)
+        if bias is not None:
+            out += self._f(bias, out_dtype)
+        return out
 
     def rms_norm(self, x, nd: int, weight, eps: float, out_dtype, style: str = "torch"):
         """style "torch": x / sqrt(mean(x^2) + eps) * w in float32, rounded once (F.rms_norm).
