@@ -35,14 +35,16 @@ class _BlasThreads:
         self.threads = 1
         self._depth = 0  # nested one() calls (a conv's matmul inside the conv's own scope)
         self._busy, self._checked = True, -1.0  # busy (one thread, the safe side) until a window is measured
-        self._sample = None  # (monotonic s, machine busy CPU s, this process's CPU s) of the last check
+        self._sample = None  # (monotonic s, machine busy CPU s, this process's CPU s, pid) of the last check
 
     def busy(self) -> bool:
         now = time.monotonic()
         if now - self._checked > self.BUSY_EVERY:
             self._checked = now
+            if self._sample is not None and self._sample[3] != os.getpid():  # a forked child: its own clock
+                self._sample = None
             try:
-                sample = (now,) + cpu_seconds()
+                sample = (now,) + cpu_seconds() + (os.getpid(),)
             except (OSError, ValueError, IndexError):  # no /proc (not Linux): the load average, as before
                 sample = None
                 try:
@@ -109,7 +111,7 @@ def cpu_seconds() -> tuple[float, float]:
 
 
 def others_cores(before: tuple, after: tuple) -> float:
-    """Cores that other processes kept busy between two (monotonic s, machine CPU s, own CPU s) samples."""
+    """Cores that other processes kept busy between two (monotonic s, machine CPU s, own CPU s, ...) samples."""
     dt = after[0] - before[0]
     if dt <= 0:
         return 0.0
@@ -130,11 +132,14 @@ _POOL = None
 
 
 def _pool():
+    """The worker pool of this process (a forked child, asv's benchmarks, makes its own: the parent's
+    threads do not exist there)."""
     global _POOL
-    if _POOL is None:
+    if _POOL is None or _POOL[0] != os.getpid():
         from concurrent.futures import ThreadPoolExecutor
-        _POOL = ThreadPoolExecutor(max_workers=max(1, (os.cpu_count() or 1) - 1), thread_name_prefix="engine-np")
-    return _POOL
+        _POOL = (os.getpid(), ThreadPoolExecutor(max_workers=max(1, (os.cpu_count() or 1) - 1),
+                                                 thread_name_prefix="engine-np"))
+    return _POOL[1]
 
 
 def in_pieces(fn, total: int, piece: int, elements: int) -> None:
