@@ -1,5 +1,6 @@
-"""OpenBLAS's thread count for small products on a busy machine (numpy backend: linear, matmul, attention,
-the LSTM loop)."""
+"""The numpy backend's threads: OpenBLAS on one thread while other processes keep a core busy (linear,
+matmul, attention, convolutions, the LSTM loop), and numpy's own elementwise passes on every core while
+the machine is idle (in_pieces)."""
 from __future__ import annotations
 
 import os
@@ -20,11 +21,11 @@ class _BlasThreads:
     threadpoolctl when it is installed; without it, or with another BLAS, nothing changes)."""
 
     BUSY_GEMM = float("inf")
-    # only while the machine is busy: other processes (not this one: its own BLAS and OpenMP threads do not
-    # count) used at least BUSY_OTHERS cores over the last BUSY_EVERY s. On an idle machine OpenBLAS's
-    # threads win even for these (each core's cache and memory bandwidth: Whisper-tiny's decode step 13.2 ms
-    # with them, 14.5 ms on one thread; EnCodec's LSTM step, a 4 MiB W_hh, 75 us on two threads (half the
-    # weight in each core's L2) against 195 us on one). The 1-minute load average, used before, counts this
+    # busy: other processes (not this one: its own BLAS and OpenMP threads do not count) used at least
+    # BUSY_OTHERS cores over the last BUSY_EVERY s. On an idle machine OpenBLAS's threads win even for small
+    # products (each core's cache and memory bandwidth: Whisper-tiny's decode step 13.2 ms with them, 14.5 ms
+    # on one thread; EnCodec's LSTM step, a 4 MiB W_hh, 75 us on two threads (half the weight in each core's
+    # L2) against 195 us on one). The 1-minute load average, used before, counts this
     # process's own threads: a benchmark that had just run torch's two OpenMP threads, or OpenBLAS's, saw
     # the machine as busy and ran its small products on one thread on an idle machine.
     BUSY_EVERY = 0.5
