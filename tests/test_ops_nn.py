@@ -252,3 +252,16 @@ def test_blas_busy_counts_other_processes_only():  # numpy: this process's own C
     assert 0.0 <= others_cores(a, b) <= (os.cpu_count() or 1)
     assert others_cores((0.0, 10.0, 4.0), (2.0, 13.0, 5.0)) == 1.0  # 3 s busy, 1 s ours, over 2 s: 1 core
     assert others_cores((0.0, 10.0, 4.0), (1.0, 10.5, 5.0)) == 0.0  # ours exceeds the machine's: clamped
+
+
+def test_blas_busy_at_once_idle_after_a_while():  # the one-thread switch: busy at once, idle after IDLE_FOR s
+    from engine.backends.blas_threads import _BlasThreads
+    b = _BlasThreads()
+    # (monotonic s, machine busy CPU s, own CPU s, pid): another process on one core, then the machine idle
+    states = [b.update((t, 1.0 * t, 0.0, 1)) for t in (0.0, 0.5, 1.0)]
+    assert states == [True, True, True]  # no window yet, then a busy core
+    idle = [b.update((1.0 + 0.5 * k, 1.0, 0.0, 1)) for k in range(1, 9)]  # idle windows from t = 1.0
+    assert idle == [True] * 5 + [False] * 3  # idle once IDLE_FOR (3 s) of idle windows passed
+    assert b.update((5.5, 1.5, 0.0, 1)) is True  # one busy window: busy again at once
+    assert b.update((6.0, 2.0, 0.5, 1)) is True and b._idle_since == 5.5  # our own CPU time: an idle window
+

@@ -30,6 +30,11 @@ class _BlasThreads:
     # the machine as busy and ran its small products on one thread on an idle machine.
     BUSY_EVERY = 0.5
     BUSY_OTHERS = 0.5
+    # busy at once, idle only after IDLE_FOR s without a busy window: other processes come and go (a
+    # benchmark's runs), and a second thread parked behind one that came back costs 2-4x (Whisper-tiny's
+    # encoder 1.7-1.9 s against 0.5-0.9 s, deciding on the last 0.5 s alone), one thread on an idle
+    # machine at most 2x
+    IDLE_FOR = 3.0
 
     def __init__(self):
         self._set = None
@@ -37,13 +42,14 @@ class _BlasThreads:
         self._depth = 0  # nested one() calls (a conv's matmul inside the conv's own scope)
         self._busy, self._checked = True, -1.0  # busy (one thread, the safe side) until a window is measured
         self._sample = None  # (monotonic s, machine busy CPU s, this process's CPU s, pid) of the last check
+        self._idle_since = None  # start of the run of idle windows up to the last check
 
     def busy(self) -> bool:
         now = time.monotonic()
         if now - self._checked > self.BUSY_EVERY:
             self._checked = now
             if self._sample is not None and self._sample[3] != os.getpid():  # a forked child: its own clock
-                self._sample = None
+                self._sample = self._idle_since = None
             try:
                 sample = (now,) + cpu_seconds() + (os.getpid(),)
             except (OSError, ValueError, IndexError):  # no /proc (not Linux): the load average, as before
@@ -53,9 +59,19 @@ class _BlasThreads:
                 except OSError:  # no load average on this system: assume a shared machine
                     self._busy = True
             if sample is not None:
-                if self._sample is not None:
-                    self._busy = others_cores(self._sample, sample) >= self.BUSY_OTHERS
-                self._sample = sample
+                self.update(sample)
+        return self._busy
+
+    def update(self, sample: tuple) -> bool:
+        """Take a (monotonic s, machine busy CPU s, own CPU s, pid) sample: busy when other processes used
+        BUSY_OTHERS cores since the last one, and until IDLE_FOR s of idle windows have passed."""
+        if self._sample is not None:
+            if others_cores(self._sample, sample) >= self.BUSY_OTHERS:
+                self._idle_since = None
+            elif self._idle_since is None:
+                self._idle_since = self._sample[0]
+            self._busy = self._idle_since is None or sample[0] - self._idle_since < self.IDLE_FOR
+        self._sample = sample
         return self._busy
 
     def _find(self):
