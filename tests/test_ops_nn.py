@@ -261,7 +261,7 @@ def test_blas_busy_at_once_idle_after_a_while():  # the one-thread switch: busy 
     states = [b.update((t, 1.0 * t, 0.0, 1)) for t in (0.0, 0.5, 1.0)]
     assert states == [True, True, True]  # no window yet, then a busy core
     idle = [b.update((1.0 + 0.5 * k, 1.0, 0.0, 1)) for k in range(1, 9)]  # idle windows from t = 1.0
-    assert idle == [True] * 5 + [False] * 3  # idle once IDLE_FOR (3 s) of idle windows passed
+    assert b.IDLE_FOR == 1.5 and idle == [True] * 2 + [False] * 6  # idle once 1.5 s of idle windows passed
     assert b.update((5.5, 1.5, 0.0, 1)) is True  # one busy window: busy again at once
     assert b.update((6.0, 2.0, 0.5, 1)) is True and b._idle_since == 5.5  # our own CPU time: an idle window
 

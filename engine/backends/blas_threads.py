@@ -1,6 +1,5 @@
-"""The numpy backend's threads: OpenBLAS on one thread while other processes keep a core busy (linear,
-matmul, attention, convolutions, the LSTM loop), and numpy's own elementwise passes on every core while
-the machine is idle (in_pieces)."""
+"""OpenBLAS's thread count for the numpy backend: one thread while other processes keep a core busy (linear,
+matmul, attention, convolutions, the LSTM loop), every thread while the machine is idle."""
 from __future__ import annotations
 
 import os
@@ -34,7 +33,7 @@ class _BlasThreads:
     # benchmark's runs), and a second thread parked behind one that came back costs 2-4x (Whisper-tiny's
     # encoder 1.7-1.9 s against 0.5-0.9 s, deciding on the last 0.5 s alone), one thread on an idle
     # machine at most 2x
-    IDLE_FOR = 3.0
+    IDLE_FOR = 1.5
 
     def __init__(self):
         self._set = None
@@ -136,51 +135,3 @@ def others_cores(before: tuple, after: tuple) -> float:
 
 
 BLAS_THREADS = _BlasThreads()
-
-
-# ---- numpy's own passes on every core ------------------------------------------------------------------------
-# numpy's ufuncs and reductions release the GIL over large arrays but run on one thread; torch splits its
-# elementwise kernels over its OpenMP threads. in_pieces() runs an op's cache-sized pieces on the machine's
-# cores while it is idle (the same pieces, each computed as alone, so the result is bitwise the one of a
-# serial run), and serially while it is busy (BLAS_THREADS.busy(): a worker parked behind another process
-# would hold the op up, as OpenBLAS's threads do).
-PARALLEL_MIN = 1 << 18  # elements: below this an op stays on the calling thread (a hand-off costs ~20-50 us)
-_POOL = None
-
-
-def _pool():
-    """The worker pool of this process (a forked child, asv's benchmarks, makes its own: the parent's
-    threads do not exist there)."""
-    global _POOL
-    if _POOL is None or _POOL[0] != os.getpid():
-        from concurrent.futures import ThreadPoolExecutor
-        _POOL = (os.getpid(), ThreadPoolExecutor(max_workers=max(1, (os.cpu_count() or 1) - 1),
-                                                 thread_name_prefix="engine-np"))
-    return _POOL[1]
-
-
-def in_pieces(fn, total: int, piece: int, elements: int) -> None:
-    """fn(lo, hi) over [0, total) in pieces of at most `piece` (the last shorter), `elements` the op's size.
-    On an idle machine with several cores and at least PARALLEL_MIN elements, the pieces are dealt in
-    contiguous runs to the calling thread and to pool workers, each run under the caller's context (numpy's
-    error state included); otherwise in order on the calling thread. fn must write disjoint outputs."""
-    starts = range(0, total, piece)
-    cores = os.cpu_count() or 1
-    if cores < 2 or len(starts) < 2 or elements < PARALLEL_MIN or BLAS_THREADS.busy():
-        for lo in starts:
-            fn(lo, min(total, lo + piece))
-        return
-    import contextvars
-    k = min(cores, len(starts))
-    per = -(-len(starts) // k)
-    runs = [starts[i * per:(i + 1) * per] for i in range(k)]
-
-    def run(rs):
-        for lo in rs:
-            fn(lo, min(total, lo + piece))
-    futs = [_pool().submit(contextvars.copy_context().run, run, rs) for rs in runs[1:] if len(rs)]
-    try:
-        run(runs[0])
-    finally:
-        for f in futs:
-            f.result()

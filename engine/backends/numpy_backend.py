@@ -13,14 +13,14 @@ import numpy as np
 
 from engine import dtype as D
 from engine.backends.fused import FusedOps
-from engine.backends.blas_threads import BLAS_THREADS, PARALLEL_MIN, in_pieces
+from engine.backends.blas_threads import BLAS_THREADS
 from engine.backends.numpy_errstate import _quiet
 from engine.backends.numpy_nn import NnKernels
 from engine.backends.numpy_index import IndexKernels
 from engine.backends.numpy_pointwise import PointwiseKernels
 from engine.backends.numpy_pool import PoolKernels
 from engine.backends.numpy_quant import QuantKernels
-from engine.backends.numpy_special import _CHUNK, _IN_PLACE, _chunked, _erf_f32, _erf_f64
+from engine.backends.numpy_special import _IN_PLACE, _chunked, _erf_f32, _erf_f64
 from engine.storage import StoragePool
 
 _REDUCED = (np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16))
@@ -245,12 +245,7 @@ class NumpyBackend(NnKernels, PoolKernels, PointwiseKernels, IndexKernels, Quant
                 out = self.empty(a.shape, out_dtype)
                 if type(b) is float:
                     b = self._c(b, cd)
-                if self._WARNS and out.size >= PARALLEL_MIN and a.flags.c_contiguous and (
-                        type(b) is not type(a) or b.flags.c_contiguous):  # numpy: pieces on every idle core
-                    af, bf, of = a.reshape(-1), (b.reshape(-1) if type(b) is type(a) else None), out.reshape(-1)
-                    _quiet(in_pieces, lambda lo, hi: fn(af[lo:hi], b if bf is None else bf[lo:hi], out=of[lo:hi]),
-                           of.size, _CHUNK, of.size)
-                elif self._WARNS:
+                if self._WARNS:
                     _quiet(fn, a, b, out=out)
                 else:
                     fn(a, b, out=out)

@@ -11,7 +11,7 @@ import math
 import numpy as np
 
 from engine import dtype as D
-from engine.backends.blas_threads import BLAS_THREADS, in_pieces
+from engine.backends.blas_threads import BLAS_THREADS
 from engine.backends.numpy_errstate import _quiet
 
 
@@ -512,8 +512,7 @@ class NnKernels:
     @staticmethod
     def _softmax_rows(s) -> None:
         """softmax over the last dim of a float32 array in place (softmax()'s steps: x - max, exp, / sum),
-        a piece of rows at a time (each row's steps are its own: the same bits in any split), the pieces on
-        every core of an idle machine (blas_threads.in_pieces)."""
+        a piece of rows at a time (each row's steps are its own: the same bits in any split)."""
         def rows(x):
             x -= np.max(x, axis=-1, keepdims=True)
             np.exp(x, out=x)
@@ -523,7 +522,9 @@ class NnKernels:
             rows(s)
             return
         flat = s.reshape(-1, n)
-        in_pieces(lambda lo, hi: rows(flat[lo:hi]), flat.shape[0], max(1, NnKernels.SOFTMAX_PIECE // n), s.size)
+        step = max(1, NnKernels.SOFTMAX_PIECE // n)
+        for lo in range(0, flat.shape[0], step):
+            rows(flat[lo:lo + step])
 
     # the blocked path: when all scores exceed SDPA_FULL_SCORES elements (4 MiB of float32) and one
     # head's (L, S) scores exceed SDPA_HEAD_SCORES (so the Python loop over heads is amortised); its

@@ -7,8 +7,6 @@ import math
 
 import numpy as np
 
-from engine.backends.blas_threads import in_pieces
-
 
 def _erf_fits():
     """Chebyshev fits (degree 14, 64 nodes per piece) of erf(x) / x over x^2 in [0, 1], and of the
@@ -129,11 +127,11 @@ _CHUNK = 1 << 16  # elements per chunk of an in-place chain: its passes stay in 
 
 
 def _chunked(fn, x, out) -> None:
-    """fn(x_chunk, out_chunk) over cache-sized pieces of a C-ordered x (views when contiguous), on every
-    core of an idle machine (blas_threads.in_pieces: elementwise, so the same bits in any split)."""
+    """fn(x_chunk, out_chunk) over cache-sized pieces of a C-ordered x (views when contiguous)."""
     if out.size <= _CHUNK:
         fn(x, out)
         return
     xf = np.ascontiguousarray(x).reshape(-1)
     of = out.reshape(-1)
-    in_pieces(lambda lo, hi: fn(xf[lo:hi], of[lo:hi]), xf.size, _CHUNK, xf.size)
+    for i in range(0, xf.size, _CHUNK):
+        fn(xf[i:i + _CHUNK], of[i:i + _CHUNK])
