@@ -58,6 +58,12 @@ class _BlasThreads:
                 except OSError:  # no load average on this system: assume a shared machine
                     self._busy = True
             if sample is not None:
+                if self._sample is None:  # no window yet: the threads running now, this one aside
+                    try:
+                        self._busy = others_running() >= 1
+                    except (OSError, ValueError, IndexError):
+                        pass
+                    self._idle_since = None if self._busy else now - self.IDLE_FOR
                 self.update(sample)
         return self._busy
 
@@ -124,6 +130,24 @@ def cpu_seconds() -> tuple[float, float]:
         s = f.read()
     fields = s[s.rindex(b")") + 2:].split()  # from field 3 (state) on: utime and stime are fields 14 and 15
     return (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / _HZ, (int(fields[11]) + int(fields[12])) / _HZ
+
+
+def others_running() -> int:
+    """Threads of other processes running or runnable now: /proc/stat's procs_running less this process's
+    own threads in state R (the caller, OpenBLAS's threads spinning after a product)."""
+    with open("/proc/stat", "rb") as f:
+        running = next((int(line.split()[1]) for line in f if line.startswith(b"procs_running")), None)
+    if running is None:
+        raise ValueError("/proc/stat has no procs_running line")
+    own = 0
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat", "rb") as f:
+                s = f.read()
+        except OSError:  # the thread ended meanwhile
+            continue
+        own += s[s.rindex(b")") + 2:s.rindex(b")") + 3] == b"R"
+    return max(0, running - own)
 
 
 def others_cores(before: tuple, after: tuple) -> float:
