@@ -98,6 +98,7 @@ def test_claims_decode_warms_the_timed_shape(monkeypatch):
             super().__init__(*args, **kwargs)
             built.append(self)
     monkeypatch.setattr(engine.generation, "Decoder", Counted)
+    monkeypatch.setenv("TAPER_ENGINE_CAPTURE", "0")  # the planned step (the cpu's default is plain)
     build, prefill, tok, step, crop = _decode_models(impls.get("engine"), {"model": "llama:tiny", "prompt_len": 8,
                                                                            "new_tokens": 4})
     assert len(built) == 1 and built[0].step_fn.calls >= 3  # captured (planned on the cpu) before timing

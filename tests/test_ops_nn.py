@@ -3,6 +3,8 @@
 Accumulating ops (norms, convs, attention) take a documented tolerance scale: their sums run in a
 different order than torch's (im2col + one GEMM per group here, oneDNN there).
 """
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -245,3 +247,31 @@ def test_conv2d_in_bands(wide, monkeypatch):  # numpy: im2col + GEMM a band of o
     monkeypatch.setattr(NnKernels, "CONV_WIDE", 200 if wide else 1 << 25)
     helper_test_op([(2, 3, 9, 7), (5, 3, 3, 3), (5,)], lambda x, w, b: F.conv2d(x, w, b, padding=1), lambda x, w, b: EF.conv2d(x, w, b, padding=1), scale=ACC)
     helper_test_op([(1, 4, 8, 8), (6, 4, 3, 3)], lambda x, w: F.silu(F.conv2d(x, w, stride=2)), lambda x, w: EF.silu(EF.conv2d(x, w, stride=2)), scale=ACC)
+
+
+def test_blas_busy_counts_other_processes_only():  # numpy: this process's own CPU time is not "busy"
+    import time
+
+    from engine.backends.blas_threads import cpu_seconds, others_cores
+    a = (time.monotonic(),) + cpu_seconds()
+    b, t_end = a, time.monotonic() + 10
+    while b[2] - a[2] < 0.2 and time.monotonic() < t_end:  # spin until this process used 0.2 s of CPU
+        b = (time.monotonic(),) + cpu_seconds()
+    assert b[2] - a[2] >= 0.2  # our CPU time is counted
+    assert b[1] - a[1] >= b[2] - a[2] - 0.05  # and the machine's busy time holds it (ticks of 10 ms)
+    assert 0.0 <= others_cores(a, b) <= (os.cpu_count() or 1)
+    assert others_cores((0.0, 10.0, 4.0), (2.0, 13.0, 5.0)) == 1.0  # 3 s busy, 1 s ours, over 2 s: 1 core
+    assert others_cores((0.0, 10.0, 4.0), (1.0, 10.5, 5.0)) == 0.0  # ours exceeds the machine's: clamped
+
+
+def test_blas_busy_at_once_idle_after_a_while():  # the one-thread switch: busy at once, idle after IDLE_FOR s
+    from engine.backends.blas_threads import _BlasThreads
+    b = _BlasThreads()
+    # (monotonic s, machine busy CPU s, own CPU s, pid): another process on one core, then the machine idle
+    states = [b.update((t, 1.0 * t, 0.0, 1)) for t in (0.0, 0.5, 1.0)]
+    assert states == [True, True, True]  # no window yet, then a busy core
+    idle = [b.update((1.0 + 0.5 * k, 1.0, 0.0, 1)) for k in range(1, 9)]  # idle windows from t = 1.0
+    assert b.IDLE_FOR == 1.5 and idle == [True] * 2 + [False] * 6  # idle once 1.5 s of idle windows passed
+    assert b.update((5.5, 1.5, 0.0, 1)) is True  # one busy window: busy again at once
+    assert b.update((6.0, 2.0, 0.5, 1)) is True and b._idle_since == 5.5  # our own CPU time: an idle window
+

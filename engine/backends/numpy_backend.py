@@ -14,6 +14,7 @@ import numpy as np
 from engine import dtype as D
 from engine.backends.fused import FusedOps
 from engine.backends.blas_threads import BLAS_THREADS
+from engine.backends.numpy_errstate import _quiet
 from engine.backends.numpy_nn import NnKernels
 from engine.backends.numpy_index import IndexKernels
 from engine.backends.numpy_pointwise import PointwiseKernels
@@ -35,29 +36,6 @@ class _HostBlock:
 
     def __init__(self, array: np.ndarray):
         self.array, self.ptr = array, array.ctypes.data
-
-
-# np.errstate(all="ignore") costs microseconds per op (its Python __enter__/__exit__ build the error
-# state each time); the hot paths set numpy's error-state context variable to one state built once.
-# Private numpy names (numpy >= 2): without them, the public context manager does the same.
-try:
-    from numpy._core._ufunc_config import _extobj_contextvar as _ERR_VAR
-    from numpy._core._ufunc_config import _make_extobj
-    _ERR_IGNORE = _make_extobj(all="ignore")
-except (ImportError, AttributeError, TypeError):
-    _ERR_VAR = None
-
-
-def _quiet(fn, *args, **kwargs):
-    """fn(*args, **kwargs) under np.errstate(all="ignore")."""
-    if _ERR_VAR is None:
-        with np.errstate(all="ignore"):
-            return fn(*args, **kwargs)
-    token = _ERR_VAR.set(_ERR_IGNORE)
-    try:
-        return fn(*args, **kwargs)
-    finally:
-        _ERR_VAR.reset(token)
 
 
 def _block_ptr(raw) -> int:
@@ -445,10 +423,37 @@ class NumpyBackend(NnKernels, PoolKernels, PointwiseKernels, IndexKernels, Quant
         return self._out(self.xp.repeat(x, repeats, axis=dim), D.get(x.dtype))
 
     def pad(self, x, widths, mode: str, value):
+        """widths: ((lo, hi), ...) per dim, non-negative (engine.functional.pad crops and validates first).
+        On numpy constant, reflect and circular padding are written straight into the pooled output: the
+        input into its middle, then each padded dim's borders from slices along that dim (np.pad's own
+        rule, dim after dim, so corners come out the same), without np.pad's array and the copy of it."""
+        if self.xp is np and mode in ("constant", "reflect", "circular") and x.dtype.kind != "O":
+            return self._pad_into(x, widths, mode, value)
         if mode == "constant":
             return self._out(self.xp.pad(x, widths, mode="constant", constant_values=value), D.get(x.dtype))
         np_mode = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}[mode]
         return self._out(self.xp.pad(self._c(x), widths, mode=np_mode), D.get(x.dtype))
+
+    def _pad_into(self, x, widths, mode: str, value):
+        widths = [tuple(w) for w in widths]
+        out = self.empty(tuple(n + lo + hi for n, (lo, hi) in zip(x.shape, widths)), D.get(x.dtype))
+        mid = tuple(slice(lo, lo + n) for n, (lo, hi) in zip(x.shape, widths))
+        np.copyto(out, x) if out.shape == x.shape else np.copyto(out[mid], x)
+        for d, ((lo, hi), n) in enumerate(zip(widths, x.shape)):
+            if not (lo or hi):
+                continue
+            def at(sl, d=d):
+                return out[(slice(None),) * d + (sl,)]
+            if mode == "constant":
+                at(slice(0, lo))[...] = value
+                at(slice(lo + n, lo + n + hi))[...] = value
+            elif mode == "reflect":  # x[lo - 1 - i] mirrors x[lo + 1 + i] about the first input element
+                np.copyto(at(slice(0, lo)), np.flip(at(slice(lo + 1, 2 * lo + 1)), d))
+                np.copyto(at(slice(lo + n, lo + n + hi)), np.flip(at(slice(lo + n - 1 - hi, lo + n - 1)), d))
+            else:  # circular: the input's last lo elements before it, its first hi after it
+                np.copyto(at(slice(0, lo)), at(slice(n, n + lo)))
+                np.copyto(at(slice(lo + n, lo + n + hi)), at(slice(lo, lo + hi)))
+        return out
 
     def tri(self, x, k: int, upper: bool):
         return self._out((self.xp.triu if upper else self.xp.tril)(x, k), D.get(x.dtype))
