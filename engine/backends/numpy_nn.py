@@ -299,14 +299,18 @@ class NnKernels:
             t += a.dtype.type(1.0)
             np.divide(a, t, out=a)
 
-    def conv(self, x, w, b, stride, padding, dilation, groups: int, out_dtype, _silu: bool = False):
-        """See _conv; on numpy its GEMMs run under BLAS_THREADS (one thread on a busy machine)."""
+    def _blas_scoped(self, fn, *args):
+        """fn(*args), on numpy with its GEMMs under BLAS_THREADS (one thread on a busy machine)."""
         if self.xp is np and BLAS_THREADS.one(0):
             try:
-                return self._conv(x, w, b, stride, padding, dilation, groups, out_dtype, _silu)
+                return fn(*args)
             finally:
                 BLAS_THREADS.restore()
-        return self._conv(x, w, b, stride, padding, dilation, groups, out_dtype, _silu)
+        return fn(*args)
+
+    def conv(self, x, w, b, stride, padding, dilation, groups: int, out_dtype, _silu: bool = False):
+        """See _conv (its GEMMs under BLAS_THREADS)."""
+        return self._blas_scoped(self._conv, x, w, b, stride, padding, dilation, groups, out_dtype, _silu)
 
     def _conv(self, x, w, b, stride, padding, dilation, groups: int, out_dtype, _silu: bool = False):
         """x (N, C, *S), w (O, C/groups, *K); padding is ((lo, hi), ...) per spatial dim. im2col in the
@@ -404,13 +408,9 @@ class NnKernels:
         return out if out.dtype == out_dtype.np_dtype else self._out(out, out_dtype)
 
     def conv_transpose(self, x, w, b, stride, padding, output_padding, dilation, groups: int, out_dtype):
-        """See _conv_transpose; on numpy its GEMMs run under BLAS_THREADS (one thread on a busy machine)."""
-        if self.xp is np and BLAS_THREADS.one(0):
-            try:
-                return self._conv_transpose(x, w, b, stride, padding, output_padding, dilation, groups, out_dtype)
-            finally:
-                BLAS_THREADS.restore()
-        return self._conv_transpose(x, w, b, stride, padding, output_padding, dilation, groups, out_dtype)
+        """See _conv_transpose (its GEMMs under BLAS_THREADS)."""
+        return self._blas_scoped(self._conv_transpose, x, w, b, stride, padding, output_padding, dilation, groups,
+                                 out_dtype)
 
     def _conv_transpose(self, x, w, b, stride, padding, output_padding, dilation, groups: int, out_dtype):
         """A transposed conv is a stride-1 conv over the input spread out by `stride`, padded by

@@ -1,5 +1,21 @@
 // group_norm.cu: CUDA sources of engine/backends/cupy_kernels.py (compiled by cupy's NVRTC, not on their own).
 // ---- group_norm (+ activation) -----------------------------------------------------------------------------------
+// y[i] = act(round((x[i] - mean) / den * w[c] + b[c])) for i in [lo, hi) of one group (c0: its first channel)
+template <typename T>
+__device__ __forceinline__ void gn_store(const T *__restrict__ xg, const T *__restrict__ w, const T *__restrict__ b,
+                                         T *__restrict__ yg, int c0, long HW, long lo, long hi, float mean, float den,
+                                         int act) {
+    for (long i = lo + threadIdx.x; i < hi; i += 256) {
+        const int c = c0 + (int)(i / HW);
+        float o = __fdiv_rn(__fsub_rn(to_f<T>(xg[i]), mean), den);
+        if (w != nullptr) o = __fmul_rn(o, to_f<T>(w[c]));
+        if (b != nullptr) o = __fadd_rn(o, to_f<T>(b[c]));
+        o = rnd<T>(o);
+        if (act) o = act_fn(o, act);
+        yg[i] = from_f<T>(o);
+    }
+}
+
 // x (N, C, HW) contiguous; one block of 256 threads per (sample, group): the group is the contiguous range of
 // C/G channels x HW positions. As the composition (numpy_nn.group_norm, then the eager activation): mean and
 // variance in float32, y = (x - mean) / sqrt(var + eps) * w[c] + b[c] in float32 rounded once to T; act (1 silu,
@@ -35,15 +51,7 @@ __global__ void __launch_bounds__(256) group_norm_act(const T *__restrict__ x, c
     #pragma unroll
     for (int i = 0; i < 8; i++) vt = __fadd_rn(vt, red[i]);
     const float den = __fsqrt_rn(__fadd_rn(__fdiv_rn(vt, (float)len), eps));
-    for (long i = threadIdx.x; i < len; i += 256) {
-        const int c = g * cg + (int)(i / HW);
-        float o = __fdiv_rn(__fsub_rn(to_f<T>(xg[i]), mean), den);
-        if (w != nullptr) o = __fmul_rn(o, to_f<T>(w[c]));
-        if (b != nullptr) o = __fadd_rn(o, to_f<T>(b[c]));
-        o = rnd<T>(o);
-        if (act) o = act_fn(o, act);
-        yg[i] = from_f<T>(o);
-    }
+    gn_store<T>(xg, w, b, yg, g * cg, HW, 0, len, mean, den, act);
 }
 
 
@@ -114,13 +122,5 @@ __global__ void __launch_bounds__(256) group_norm_apply(const T *__restrict__ x,
     const size_t base = ((size_t)n * C + (size_t)g * cg) * HW;
     const T *xg = x + base;
     T *yg = y + base;
-    for (long i = lo + threadIdx.x; i < hi; i += 256) {
-        const int c = g * cg + (int)(i / HW);
-        float o = __fdiv_rn(__fsub_rn(to_f<T>(xg[i]), mean), den);
-        if (w != nullptr) o = __fmul_rn(o, to_f<T>(w[c]));
-        if (b != nullptr) o = __fadd_rn(o, to_f<T>(b[c]));
-        o = rnd<T>(o);
-        if (act) o = act_fn(o, act);
-        yg[i] = from_f<T>(o);
-    }
+    gn_store<T>(xg, w, b, yg, g * cg, HW, lo, hi, mean, den, act);
 }
