@@ -1,5 +1,20 @@
 // group_norm.cu: CUDA sources of engine/backends/cupy_kernels.py (compiled by cupy's NVRTC, not on their own).
 // ---- group_norm (+ activation) -----------------------------------------------------------------------------------
+// (mean, sum of squared deviations) of xg[lo, hi) over a block of 256 threads: two passes in float32, each
+// reduced by rows.cu's block_reduce
+template <typename T>
+__device__ __forceinline__ float2 gn_stats(const T *__restrict__ xg, long lo, long hi, float *red) {
+    float s = 0.f;
+    for (long i = lo + threadIdx.x; i < hi; i += 256) s = __fadd_rn(s, to_f<T>(xg[i]));
+    const float mean = __fdiv_rn(block_reduce(s, red, false), (float)(hi - lo));
+    float v = 0.f;
+    for (long i = lo + threadIdx.x; i < hi; i += 256) {
+        const float d = __fsub_rn(to_f<T>(xg[i]), mean);
+        v = __fadd_rn(v, __fmul_rn(d, d));
+    }
+    return make_float2(mean, block_reduce(v, red, false));
+}
+
 // y[i] = act(round((x[i] - mean) / den * w[c] + b[c])) for i in [lo, hi) of one group (c0: its first channel)
 template <typename T>
 __device__ __forceinline__ void gn_store(const T *__restrict__ xg, const T *__restrict__ w, const T *__restrict__ b,
@@ -29,29 +44,9 @@ __global__ void __launch_bounds__(256) group_norm_act(const T *__restrict__ x, c
     const size_t base = ((size_t)n * C + (size_t)g * cg) * HW;
     const T *xg = x + base;
     T *yg = y + base;
-    float s = 0.f;
-    for (long i = threadIdx.x; i < len; i += 256) s = __fadd_rn(s, to_f<T>(xg[i]));
-    s = warp_sum(s);
-    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = s;
-    __syncthreads();
-    float tot = 0.f;
-    #pragma unroll
-    for (int i = 0; i < 8; i++) tot = __fadd_rn(tot, red[i]);
-    const float mean = __fdiv_rn(tot, (float)len);
-    __syncthreads();
-    float v = 0.f;
-    for (long i = threadIdx.x; i < len; i += 256) {
-        const float d = __fsub_rn(to_f<T>(xg[i]), mean);
-        v = __fadd_rn(v, __fmul_rn(d, d));
-    }
-    v = warp_sum(v);
-    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
-    __syncthreads();
-    float vt = 0.f;
-    #pragma unroll
-    for (int i = 0; i < 8; i++) vt = __fadd_rn(vt, red[i]);
-    const float den = __fsqrt_rn(__fadd_rn(__fdiv_rn(vt, (float)len), eps));
-    gn_store<T>(xg, w, b, yg, g * cg, HW, 0, len, mean, den, act);
+    const float2 mm = gn_stats<T>(xg, 0, len, red);  // (mean, sum of squared deviations)
+    const float den = __fsqrt_rn(__fadd_rn(__fdiv_rn(mm.y, (float)len), eps));
+    gn_store<T>(xg, w, b, yg, g * cg, HW, 0, len, mm.x, den, act);
 }
 
 
@@ -68,31 +63,11 @@ __global__ void __launch_bounds__(256) group_norm_stats(const T *__restrict__ x,
     const int n = grp / G, g = grp % G, cg = C / G;
     const long len = (long)cg * HW, lo = (long)k * chunk, hi = min(len, lo + chunk);
     const T *xg = x + ((size_t)n * C + (size_t)g * cg) * HW;
-    float s = 0.f;
-    for (long i = lo + threadIdx.x; i < hi; i += 256) s = __fadd_rn(s, to_f<T>(xg[i]));
-    s = warp_sum(s);
-    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = s;
-    __syncthreads();
-    float tot = 0.f;
-    #pragma unroll
-    for (int i = 0; i < 8; i++) tot = __fadd_rn(tot, red[i]);
-    const float cnt = (float)(hi - lo), mean = __fdiv_rn(tot, cnt);
-    __syncthreads();
-    float v = 0.f;
-    for (long i = lo + threadIdx.x; i < hi; i += 256) {
-        const float d = __fsub_rn(to_f<T>(xg[i]), mean);
-        v = __fadd_rn(v, __fmul_rn(d, d));
-    }
-    v = warp_sum(v);
-    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
-    __syncthreads();
+    const float2 mm = gn_stats<T>(xg, lo, hi, red);
     if (threadIdx.x == 0) {
-        float m2 = 0.f;
-        #pragma unroll
-        for (int i = 0; i < 8; i++) m2 = __fadd_rn(m2, red[i]);
-        st[3 * blockIdx.x] = cnt;
-        st[3 * blockIdx.x + 1] = mean;
-        st[3 * blockIdx.x + 2] = m2;
+        st[3 * blockIdx.x] = (float)(hi - lo);
+        st[3 * blockIdx.x + 1] = mm.x;
+        st[3 * blockIdx.x + 2] = mm.y;
     }
 }
 
