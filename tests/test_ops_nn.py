@@ -241,10 +241,10 @@ def test_small_products_restore_blas_threads():  # numpy: a small linear runs on
     assert [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["internal_api"] == "openblas"] == before
 @pytest.mark.parametrize("wide", [False, True])
 def test_conv2d_in_bands(wide, monkeypatch):  # numpy: im2col + GEMM a band of output rows at a time (narrow K, or columns past CONV_WIDE)
-    from engine.backends.numpy_nn import NnKernels
-    monkeypatch.setattr(NnKernels, "CONV_BLOCK", 64)
-    monkeypatch.setattr(NnKernels, "CONV_CHUNK_K", 8 if wide else 1152)
-    monkeypatch.setattr(NnKernels, "CONV_WIDE", 200 if wide else 1 << 25)
+    from engine.backends.numpy_conv import ConvKernels
+    monkeypatch.setattr(ConvKernels, "CONV_BLOCK", 64)
+    monkeypatch.setattr(ConvKernels, "CONV_CHUNK_K", 8 if wide else 1152)
+    monkeypatch.setattr(ConvKernels, "CONV_WIDE", 200 if wide else 1 << 25)
     helper_test_op([(2, 3, 9, 7), (5, 3, 3, 3), (5,)], lambda x, w, b: F.conv2d(x, w, b, padding=1), lambda x, w, b: EF.conv2d(x, w, b, padding=1), scale=ACC)
     helper_test_op([(1, 4, 8, 8), (6, 4, 3, 3)], lambda x, w: F.silu(F.conv2d(x, w, stride=2)), lambda x, w: EF.silu(EF.conv2d(x, w, stride=2)), scale=ACC)
 

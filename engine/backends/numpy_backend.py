@@ -15,6 +15,7 @@ from engine import dtype as D
 from engine.backends.fused import FusedOps
 from engine.backends.blas_threads import BLAS_THREADS
 from engine.backends.numpy_errstate import _quiet
+from engine.backends.numpy_conv import ConvKernels
 from engine.backends.numpy_nn import NnKernels
 from engine.backends.numpy_index import IndexKernels
 from engine.backends.numpy_pointwise import PointwiseKernels
@@ -43,7 +44,7 @@ def _block_ptr(raw) -> int:
     return raw.ptr if type(raw) is _HostBlock else raw.ctypes.data
 
 
-class NumpyBackend(NnKernels, PoolKernels, PointwiseKernels, IndexKernels, QuantKernels, FusedOps):
+class NumpyBackend(NnKernels, ConvKernels, PoolKernels, PointwiseKernels, IndexKernels, QuantKernels, FusedOps):
     name = "numpy"
     available = True
     xp = np

@@ -1,0 +1,211 @@
+"""The numpy backend's convolutions (a mixin of NumpyBackend, beside numpy_nn's NnKernels): im2col + one
+GEMM per group (in bands of output rows where the columns would leave the cache or fill memory), a SiLU
+in place, transposed convs as a spread-out stride-1 conv. Shared with the cupy backend (xp)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from engine import dtype as D
+from engine.backends.blas_threads import BLAS_THREADS
+
+
+class ConvKernels:
+    # ---- convolution ------------------------------------------------------------------------------
+    def _windows(self, x, k, stride, dilation):
+        """(N, C, *S) -> strided view (N, C, *O, *K) over every window; no copy."""
+        nd = len(k)
+        o = tuple((x.shape[2 + i] - dilation[i] * (k[i] - 1) - 1) // stride[i] + 1 for i in range(nd))
+        s = x.strides
+        return self.xp.lib.stride_tricks.as_strided(
+            x, x.shape[:2] + o + tuple(k),
+            s[:2] + tuple(s[2 + i] * stride[i] for i in range(nd)) + tuple(s[2 + i] * dilation[i] for i in range(nd)))
+
+    def conv_act(self, x, w, b, stride, padding, dilation, groups: int, act, out_dtype):
+        """conv then act; on numpy a SiLU runs in place on the conv's output, band by band while it is
+        in cache where the conv goes in bands (the same operations as the composition)."""
+        if act != "silu" or self.xp is not np or D.compute_dtype(out_dtype) != out_dtype.np_dtype:
+            return super().conv_act(x, w, b, stride, padding, dilation, groups, act, out_dtype)
+        return self.conv(x, w, b, stride, padding, dilation, groups, out_dtype, _silu=True)
+
+    @staticmethod
+    def _silu_inplace(a) -> None:
+        """a = a / (1 + exp(-a)) in cache-sized pieces of a contiguous array (unary silu's formula)."""
+        flat = a.reshape(-1)
+        one = a.dtype.type(1.0)
+        with np.errstate(all="ignore"):  # exp(-x) overflows to inf for x < -88: x / inf = -0, as unary's
+            for i in range(0, flat.size, 1 << 16):
+                c = flat[i:i + (1 << 16)]
+                t = np.negative(c)
+                np.exp(t, out=t)
+                t += one
+                np.divide(c, t, out=c)
+
+    @staticmethod
+    def _silu_band(a) -> None:  # _silu_inplace for a strided band of the banded conv, in one piece
+        with np.errstate(all="ignore"):
+            t = np.negative(a)
+            np.exp(t, out=t)
+            t += a.dtype.type(1.0)
+            np.divide(a, t, out=a)
+
+    def _blas_scoped(self, fn, *args):
+        """fn(*args), on numpy with its GEMMs under BLAS_THREADS (one thread on a busy machine)."""
+        if self.xp is np and BLAS_THREADS.one(0):
+            try:
+                return fn(*args)
+            finally:
+                BLAS_THREADS.restore()
+        return fn(*args)
+
+    def conv(self, x, w, b, stride, padding, dilation, groups: int, out_dtype, _silu: bool = False):
+        """See _conv (its GEMMs under BLAS_THREADS)."""
+        return self._blas_scoped(self._conv, x, w, b, stride, padding, dilation, groups, out_dtype, _silu)
+
+    def _conv(self, x, w, b, stride, padding, dilation, groups: int, out_dtype, _silu: bool = False):
+        """x (N, C, *S), w (O, C/groups, *K); padding is ((lo, hi), ...) per spatial dim. im2col in the
+        (N, C*K, positions) order, then one batched GEMM per group, w (O/g, C/g*K) @ cols, which lands
+        in (N, O, positions) = NCHW with no transpose of the output. The column copy reads the input
+        along its rows (the positions are innermost); a 1x1 stride-1 conv needs no copy at all. In the
+        compute dtype (integers stay integers)."""
+        xp = self.xp
+        x, w = self._f(x, out_dtype), self._f(w, out_dtype)
+        nd = x.ndim - 2
+        if any(lo or hi for lo, hi in padding):
+            x = xp.pad(x, ((0, 0), (0, 0)) + tuple(tuple(p) for p in padding))
+        x = xp.ascontiguousarray(x)
+        n = x.shape[0]
+        o, cg, k = w.shape[0], w.shape[1], w.shape[2:]
+        og, kk = o // groups, math.prod(k)
+        if kk == 1 and all(s == 1 for s in stride):  # 1x1: the input is already the column matrix
+            osz = x.shape[2:]
+            cols = x.reshape(n, groups * cg, math.prod(osz))
+        else:
+            win = self._windows(x, k, stride, dilation)  # (N, C, *O, *K) view
+            osz = win.shape[2:2 + nd]
+            ncols = cg * kk * math.prod(osz)  # one sample's column matrix
+            if xp is np and groups == 1 and ncols > self.CONV_BLOCK and (cg * kk <= self.CONV_CHUNK_K
+                                                                         or ncols > self.CONV_WIDE):
+                return self._conv_chunked(win, w.reshape(o, cg * kk), b, out_dtype, _silu)
+            perm = (0, 1) + tuple(range(2 + nd, 2 + 2 * nd)) + tuple(range(2, 2 + nd))  # (N, C, *K, *O)
+            cols = xp.ascontiguousarray(win.transpose(perm)).reshape(n, groups * cg * kk, math.prod(osz))
+        w2 = w.reshape(o, cg * kk)
+        cdt = D.get(x.dtype)  # the backend's matmul: pooled output; on cupy its capture-safe kernel in a graph
+        if groups == 1:
+            out = self.matmul(w2, cols, cdt)  # (N, O, M)
+        else:
+            out = xp.empty((n, o, cols.shape[2]), x.dtype)
+            for g in range(groups):
+                out[:, g * og:(g + 1) * og] = self.matmul(w2[g * og:(g + 1) * og],
+                                                          cols[:, g * cg * kk:(g + 1) * cg * kk], cdt)
+        out = out.reshape((n, o) + tuple(osz))
+        if b is not None:
+            out += self._f(b, out_dtype).reshape((1, o) + (1,) * nd)
+        if groups == 1 and out.dtype == out_dtype.np_dtype:  # already pooled (self.matmul's output)
+            if _silu:
+                self._silu_inplace(out)
+            return out
+        out = self._out(out, out_dtype)
+        if _silu:
+            self._silu_inplace(out)
+        return out
+
+    # numpy: a conv whose columns (C*K, positions) exceed CONV_BLOCK elements, with C*K at most CONV_CHUNK_K
+    # (few channels at a high resolution: YOLO's first stages), builds and multiplies them a band of output
+    # rows at a time, so each band is still in cache when the GEMM reads it (bitwise the same result here;
+    # 30% faster for 32-64 channels at 160-320 px). Wider K is GEMM-bound and goes in one piece, unless its
+    # columns pass CONV_WIDE elements (SD's VAE decoder: 256 channels at 256x256 make 600 MiB of columns;
+    # in bands of one output row, 256 x 2304 columns each, 16% faster on one thread; 512 channels at 128x128
+    # 10%; at 64x64, 19M elements, one piece stays 7% faster)
+    CONV_BLOCK = 1 << 19
+    CONV_CHUNK_K = 1152
+    CONV_WIDE = 1 << 25
+
+    def _conv_chunked(self, win, w2, b, out_dtype, silu: bool = False):
+        """win (N, C, *O, *K) window view, w2 (O, C*K): im2col + GEMM per band of rows of the first output
+        dim, straight into the pooled (N, O, *O) output."""
+        nd = (win.ndim - 2) // 2
+        osz = win.shape[2:2 + nd]
+        ck, inner = w2.shape[1], math.prod(osz[1:])
+        rows = max(-(-256 // inner), self.CONV_BLOCK // (ck * inner))  # at least 256 columns per GEMM
+        # the thread count by one band's GEMM (a loaded machine: each of its many GEMMs on one thread)
+        if BLAS_THREADS.one(w2.shape[0] * ck * min(rows, osz[0]) * inner):
+            try:
+                return self._conv_bands(win, w2, b, out_dtype, silu, rows)
+            finally:
+                BLAS_THREADS.restore()
+        return self._conv_bands(win, w2, b, out_dtype, silu, rows)
+
+    def _conv_bands(self, win, w2, b, out_dtype, silu: bool, rows: int):
+        n = win.shape[0]
+        nd = (win.ndim - 2) // 2
+        osz = win.shape[2:2 + nd]
+        ck, inner = w2.shape[1], math.prod(osz[1:])
+        out = self.empty((n, w2.shape[0], math.prod(osz)), D.get(w2.dtype))
+        bias = None if b is None else self._f(b, out_dtype).reshape(-1, 1)
+        perm = (0,) + tuple(range(1 + nd, 1 + 2 * nd)) + tuple(range(1, 1 + nd))  # (C, *K, *O) of one sample
+        for i in range(n):
+            for r0 in range(0, osz[0], rows):
+                r1 = min(osz[0], r0 + rows)
+                cols = np.ascontiguousarray(win[i, :, r0:r1].transpose(perm)).reshape(ck, (r1 - r0) * inner)
+                band = out[i, :, r0 * inner:r1 * inner]
+                np.matmul(w2, cols, out=band)
+                if bias is not None:
+                    band += bias
+                if silu:  # while the band is in cache (x / (1 + exp(-x)), as unary silu)
+                    self._silu_band(band)
+        out = out.reshape((n, w2.shape[0]) + tuple(osz))
+        return out if out.dtype == out_dtype.np_dtype else self._out(out, out_dtype)
+
+    def conv_transpose(self, x, w, b, stride, padding, output_padding, dilation, groups: int, out_dtype):
+        """See _conv_transpose (its GEMMs under BLAS_THREADS)."""
+        return self._blas_scoped(self._conv_transpose, x, w, b, stride, padding, output_padding, dilation, groups,
+                                 out_dtype)
+
+    def _conv_transpose(self, x, w, b, stride, padding, output_padding, dilation, groups: int, out_dtype):
+        """A transposed conv is a stride-1 conv over the input spread out by `stride`, padded by
+        dilation*(k-1)-padding, with each group's weight transposed and flipped spatially. On numpy a 1-d
+        one with groups 1 is instead one GEMM, w^T (Cout*K, Cin) @ x (Cin, L), whose K column blocks are
+        added into the output at stride `stride` (col2im): the spread input's zeros are never multiplied
+        (EnCodec's decoder: stride 8 with K 16 is 8x fewer FLOPs)."""
+        xp = self.xp
+        x, w = self._f(x, out_dtype), self._f(w, out_dtype)
+        nd = x.ndim - 2
+        if xp is np and nd == 1 and groups == 1 and x.dtype == out_dtype.np_dtype == np.float32 and x.size:
+            return self._conv_transpose1d_gemm(x, w, b, stride[0], padding[0], output_padding[0], dilation[0],
+                                               out_dtype)
+        n, cin = x.shape[:2]
+        og, k = w.shape[1], w.shape[2:]
+        spread = xp.zeros((n, cin) + tuple((x.shape[2 + i] - 1) * stride[i] + 1 for i in range(nd)), x.dtype)
+        spread[(slice(None), slice(None)) + tuple(slice(None, None, s) for s in stride)] = x
+        pads = [(dilation[i] * (k[i] - 1) - padding[i],) * 2 for i in range(nd)]
+        pads = [(lo, hi + output_padding[i]) for i, (lo, hi) in enumerate(pads)]
+        crop = tuple(slice(max(0, -lo), spread.shape[2 + i] - max(0, -hi)) for i, (lo, hi) in enumerate(pads))
+        spread = spread[(slice(None), slice(None)) + crop]
+        pads = [(max(0, lo), max(0, hi)) for lo, hi in pads]
+        cg = cin // groups
+        wt = xp.swapaxes(w.reshape((groups, cg, og) + tuple(k)), 1, 2)[(Ellipsis,) + (slice(None, None, -1),) * nd]
+        wt = wt.reshape((groups * og, cg) + tuple(k))
+        return self.conv(spread, wt, b, (1,) * nd, pads, dilation, groups, out_dtype)
+
+    def _conv_transpose1d_gemm(self, x, w, b, stride: int, padding: int, output_padding: int, dilation: int,
+                               out_dtype):
+        """conv_transpose for (N, Cin, L) float32, w (Cin, Cout, K): y[n, o, t*stride + k*dilation] +=
+        sum_c x[n, c, t] w[c, o, k] over the full length (L-1)*stride + dilation*(K-1) + 1, then the
+        output window [padding, padding + out_len) (zeros past the full length: output_padding)."""
+        n, cin, length = x.shape
+        cout, kk = w.shape[1], w.shape[2]
+        full = (length - 1) * stride + dilation * (kk - 1) + 1
+        out_len = full - 2 * padding + output_padding
+        wt = np.ascontiguousarray(w.reshape(cin, cout * kk).T)  # (Cout*K, Cin)
+        cols = np.matmul(wt, x).reshape(n, cout, kk, length)  # (N, Cout, K, L)
+        y = np.zeros((n, cout, max(full, padding + out_len)), np.float32)
+        span = (length - 1) * stride + 1
+        for j in range(kk):
+            y[:, :, j * dilation:j * dilation + span:stride] += cols[:, :, j]
+        out = self.empty((n, cout, out_len), out_dtype)
+        np.copyto(out, y[:, :, padding:padding + out_len])
+        if b is not None:
+            out += self._f(b, out_dtype).reshape(1, cout, 1)
+        return out
