@@ -67,6 +67,9 @@ def main(argv=None) -> int:
     from engine.backends import cupy_flash
     from engine.backends.numpy_backend import NumpyBackend
 
+    def sync():  # the GPU's queue (a bare engine.synchronize() is the default device's: the cpu's)
+        engine.synchronize("cuda")
+
     rows = []
     rng = np.random.default_rng(0)
     for name, B, H, L, S, E in SHAPES:
@@ -81,7 +84,7 @@ def main(argv=None) -> int:
             scale = 1.0 / E ** 0.5
             for pipe in (True, False):  # the two kernel variants (cupy_flash.FLASH["pipe"])
                 ms = _events_ms(lambda p=pipe: cupy_flash.sdpa(qa, ka, va, None, False, scale, obuf, pipe=p),
-                                cupy.cuda.Event(), cupy.cuda.Event(), cupy.cuda.get_elapsed_time, engine.synchronize,
+                                cupy.cuda.Event(), cupy.cuda.Event(), cupy.cuda.get_elapsed_time, sync,
                                 a.iters)
                 tag = "pipe" if pipe else "plain"
                 row[f"kernel_ms_{tag}"] = ms
@@ -89,7 +92,7 @@ def main(argv=None) -> int:
             row["kernel_ms"] = min(row["kernel_ms_pipe"], row["kernel_ms_plain"])
             plain = torch.from_numpy(cupy.asnumpy(obuf).astype(np.float32))  # the plain variant ran last
             F = engine.functional.scaled_dot_product_attention
-            row["engine_ms"] = _wall_ms(lambda: F(eq, ek, ev), engine.synchronize, a.iters)
+            row["engine_ms"] = _wall_ms(lambda: F(eq, ek, ev), sync, a.iters)
             got = torch.from_numpy(np.array(F(eq, ek, ev).float().numpy()))
         except Exception as e:  # keep measuring the other shapes; say why this one failed
             row["engine_failed"] = f"{type(e).__name__}: {e}"
@@ -99,7 +102,7 @@ def main(argv=None) -> int:
                 be = eq.backend
                 row["composition_ms"] = _wall_ms(
                     lambda: NumpyBackend.sdpa(be, eq.array, ek.array, ev.array, None, False, E ** -0.5, eq.dtype),
-                    engine.synchronize, max(3, a.iters // 5))
+                    sync, max(3, a.iters // 5))
             except Exception as e:
                 row["composition_failed"] = f"{type(e).__name__}: {e}"
         with torch.inference_mode():
