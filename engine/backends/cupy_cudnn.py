@@ -117,11 +117,12 @@ def _desc(kind: str, setter: str, *args):
 
 
 def takes(x, w, b, stride, padding, groups: int, out_dtype) -> bool:
-    """A 1-d or 2-d conv of contiguous NCHW x and OIHW w of one float dtype (the output's), symmetric
-    padding, a contiguous bias of that dtype or none."""
+    """A 1-d or 2-d conv of contiguous, 16-byte aligned NCHW x and OIHW w of one float dtype (the output's),
+    symmetric padding, a contiguous bias of that dtype or none (a view at an odd offset goes elsewhere)."""
     return (_LIB is not None and CONFIG["enabled"] and x.ndim in (3, 4) and w.ndim == x.ndim and x.dtype == w.dtype
             and x.dtype == out_dtype.np_dtype and x.dtype.name in _DTYPES and x.flags.c_contiguous
             and w.flags.c_contiguous and x.size > 0 and w.size > 0 and x.shape[1] == w.shape[1] * groups
+            and x.data.ptr % 16 == 0 and w.data.ptr % 16 == 0
             and all(lo == hi >= 0 for lo, hi in padding) and len(stride) == x.ndim - 2
             and (b is None or (b.dtype == x.dtype and b.flags.c_contiguous and b.size == w.shape[0])))
 
