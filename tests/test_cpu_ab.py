@@ -16,7 +16,7 @@ def cpu_ab(*args):
 
 
 def test_cpu_ab_alternates_and_gives_ratios():
-    pytest.importorskip("torch")
+    pytest.importorskip("torch", reason="bench.cpu_ab times torch beside the engine: pip install -e '.[test]'")
     out = cpu_ab("bench_encoders.BertBatch.time_forward", "cpu", "float32", "bert:tiny", "4", "--rounds", "2",
                  "--calls", "2")
     assert out.returncode == 0, out.stderr[-2000:]

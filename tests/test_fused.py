@@ -520,7 +520,7 @@ def test_bias_fill(dtype, shape, axis, fits):
     """cupy_kernels.bias_fill (a bias preloaded for cuBLASLt and cuDNN to add with beta = 1) against the
     broadcast it replaces; a layout it does not take is refused and left untouched."""
     if not ON_CUDA:
-        pytest.skip("a CUDA kernel (ENGINE_DEVICE=cuda)")
+        pytest.skip("bias_fill is a CUDA kernel of the cupy backend: run with ENGINE_DEVICE=cuda on a GPU")
     import cupy
 
     from engine.backends import cupy_kernels as K

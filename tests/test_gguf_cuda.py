@@ -323,7 +323,8 @@ def test_qgemv_span_edge_shapes(monkeypatch, fmt, n, cols, m, dot):
     raw, raw2 = blocks(fmt, n, cols, seed=n), blocks(fmt, n, cols, seed=n + 1)
     x = engine.tensor(rng.standard_normal((m, cols)).astype(np.float32), device=DEVICE)
     if dot == "int8" and not Q.span_ok(x.array, fmt, (engine.tensor(raw, device=DEVICE).array,)):
-        pytest.skip(f"{m} rows of {cols} float32 plus their int8 blocks exceed shared memory: qgemv serves them")
+        pytest.skip(f"{m} x {cols} float32 rows and their int8 blocks exceed shared memory, so the int8 route does "
+                    "not take this shape (the float route's case of the same shape covers the qgemv that serves it)")
     assert Q.span_ok(x.array, fmt, (engine.tensor(raw, device=DEVICE).array,))
     want = (x.numpy().astype(np.float64) @ gguf.quants.dequantize(raw, G[fmt.upper()]).astype(np.float64).T
             if dot == "float" else qdot_int8(x.numpy(), raw, fmt, cols)[0])
@@ -499,7 +500,8 @@ def test_captured_decode_of_a_quantized_model(monkeypatch, q, dot):
         from engine.backends import cupy_quant as Q
         monkeypatch.setitem(Q.QUANT_DOT, "route", dot)
     elif dot == "int8":
-        pytest.skip("the int8 dot route is the CUDA kernels' (numpy: one route)")
+        pytest.skip("the int8 dot route exists only in the CUDA kernels (the numpy backend has one route: the float "
+                    "case covers it)")
     dtypes = ["float32", "float16"] if DEVICE.type == "cuda" else ["float32"]
     for dtype in dtypes:
         m = quantized_llama(q, dtype)
