@@ -22,8 +22,9 @@ import sys
 import time
 
 
-def child(name: str, impl: str, params: list[str], calls: int) -> dict:
-    """In this process: set the benchmark up for (impl, *params) and time `calls` calls of its method."""
+def setup_bench(name: str, impl: str, params: list[str]):
+    """An asv suite benchmark `module.Class.method` set up in this process for (impl, *params), the
+    parameters as printed: (its method, the arguments to call it with)."""
     import importlib
     mod, cls, meth = name.split(".")
     suite = importlib.import_module(f"suites.{mod}")
@@ -32,7 +33,12 @@ def child(name: str, impl: str, params: list[str], calls: int) -> dict:
     values = [impl] + [_typed(p, names[i + 1], getattr(bench, "params")[i + 1]) for i, p in enumerate(params)]
     args = ([bench.setup_cache()] if hasattr(bench, "setup_cache") else []) + values
     bench.setup(*args)
-    fn = getattr(bench, meth)
+    return getattr(bench, meth), args
+
+
+def child(name: str, impl: str, params: list[str], calls: int) -> dict:
+    """In this process: set the benchmark up for (impl, *params) and time `calls` calls of its method."""
+    fn, args = setup_bench(name, impl, params)
     fn(*args)  # one more untimed call
     ts = []
     for _ in range(calls):

@@ -5,21 +5,18 @@ kernel of the process, cupy's and cuDNN's included), grouped by kernel name, mic
     python -m bench.suite_profile bench_diffusion.VAEDecode.time_vae_decode engine,cuda,float16,sd-1.5 \\
         torch,cuda,float16,sd-1.5 --out vae_profile.json
 
-Each parameter set is a comma-separated list of the benchmark's parameters (strings; integers as digits).
+Each parameter set is a comma-separated list of the benchmark's parameters as printed, the implementation first
+(bench.cpu_ab.setup_bench sets it up as asv would, setup_cache included).
 """
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 import time
 
+from bench.cpu_ab import setup_bench
 from bench.step_profile import _kernels
-
-
-def _param(s: str):
-    return int(s) if s.isdigit() else s
 
 
 def profile(bench: str, params: tuple, calls: int, top: int) -> dict:
@@ -28,23 +25,20 @@ def profile(bench: str, params: tuple, calls: int, top: int) -> dict:
     from torch.profiler import profile as tprofile
 
     import engine
-    mod, cls, method = bench.rsplit(".", 2)
-    obj = getattr(importlib.import_module(f"suites.{mod}"), cls)()
-    obj.setup(*params)
-    fn = getattr(obj, method)
+    fn, args = setup_bench(bench, params[0], list(params[1:]))
     for _ in range(3):
-        fn(*params)
+        fn(*args)
     engine.synchronize("cuda")
     torch.cuda.synchronize()
     t = time.perf_counter()
     for _ in range(calls):
-        fn(*params)
+        fn(*args)
     engine.synchronize("cuda")
     torch.cuda.synchronize()
     wall = (time.perf_counter() - t) / calls
     with tprofile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(calls):
-            fn(*params)
+            fn(*args)
         engine.synchronize("cuda")
         torch.cuda.synchronize()
     ks = _kernels(prof, calls)
@@ -67,7 +61,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     rows = []
     for ps in a.params:
-        params = tuple(_param(s) for s in ps.split(","))
+        params = tuple(ps.split(","))
         try:
             rows.append(profile(a.bench, params, a.calls, a.top))
         except Exception as e:  # noqa: BLE001  (a set that does not run: say why, profile the rest)

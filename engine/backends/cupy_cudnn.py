@@ -134,10 +134,7 @@ def _plan(x4, w4, stride, pad, dilation, groups: int):
         return plan
     data, compute, math = _DTYPES[x4.dtype.name]
     xd = _desc("Tensor", "cudnnSetTensor4dDescriptor", _NCHW, data, *x4.shape)
-    wd = d = ctypes.c_void_p()
-    _check(_LIB.cudnnCreateFilterDescriptor(ctypes.byref(d)), "cudnnCreateFilterDescriptor")
-    _check(_LIB.cudnnSetFilter4dDescriptor(d, ctypes.c_int(data), ctypes.c_int(_NCHW),
-                                           *(ctypes.c_int(s) for s in w4.shape)), "cudnnSetFilter4dDescriptor")
+    wd = _desc("Filter", "cudnnSetFilter4dDescriptor", data, _NCHW, *w4.shape)
     cd = _desc("Convolution", "cudnnSetConvolution2dDescriptor", *pad, *stride, *dilation, _CROSS_CORRELATION,
                compute)
     _check(_LIB.cudnnSetConvolutionGroupCount(cd, ctypes.c_int(groups)), "cudnnSetConvolutionGroupCount")
