@@ -49,6 +49,36 @@ def test_captured_sampling_equals_eager(mt):
     assert generate(m, PROMPTS[0], capture=True, **kw).tokens == generate(m, PROMPTS[0], capture="plain", **kw).tokens
 
 
+@pytest.mark.parametrize("mt", FAMILIES)
+def test_a_recurring_prompt_shape_prefills_from_a_graph(mt):
+    """The second prefill of a prompt shape runs a Captured's three calls, later ones replay it; each
+    prefill (new ids, the same shape) and the decode after it give a plain decoder's tokens."""
+    m = model(mt, "float32")
+    rng = np.random.default_rng(1)
+    plain, dec = Decoder(m, 1, 24, capture="plain"), Decoder(m, 1, 24, capture=True)
+    for _ in range(4):
+        ids = engine.tensor(rng.integers(0, 250, (1, 7)), device=DEVICE)
+        for d in (plain, dec):
+            d.prefill(ids)
+            for _ in range(4):
+                d.step()
+        assert dec.tokens().tolist() == plain.tokens().tolist()
+    assert isinstance(dec.prefills[(1, 7)], Captured) and dec.prefills[(1, 7)].calls == 5  # 1 + 2: phases, 2 replays
+
+
+def test_captured_prefills_keep_the_latest_shapes():
+    m = model("llama", "float32")
+    dec = Decoder(m, 1, 24, capture=True)
+    for n in (3, 4, 5, 3, 4, 5):  # each shape seen twice: captured at its second prefill
+        dec.prefill(engine.tensor([list(range(1, n + 1))], device=DEVICE))
+    kept = {k[1] for k, g in dec.prefills.items() if isinstance(g, Captured)}
+    assert kept == {4, 5} and dec.prefills[(1, 3)] is None  # the least recently used graph went
+    ids = engine.tensor([[1, 2, 3]], device=DEVICE)
+    first = dec.prefill(ids).numpy()  # seen before: captured again
+    assert isinstance(dec.prefills[(1, 3)], Captured) and set(dec.prefills) == {(1, 3), (1, 4), (1, 5)}
+    assert first.tolist() == Decoder(m, 1, 24, capture="plain").prefill(ids).numpy().tolist()
+
+
 def _groups(m, batch=1):
     dec = Decoder(m, batch, 24, capture=True)
     dec.prefill(engine.tensor([[1, 2, 3]] * batch, device=DEVICE))
