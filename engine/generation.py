@@ -164,7 +164,9 @@ class Decoder:
         return nxt
 
     def _last_logits(self, ids):
-        """The prompt through the model from an empty cache -> (B, V) logits of its last position."""
+        """The prompt through the model from an empty cache (reset here, so that a captured prefill resets
+        its position too) -> (B, V) logits of its last position."""
+        self.cache.reset()
         h = self.model.model(ids, self.cache, self.mask, None)  # (B, L, hidden)
         return self.model.lm_head(h[:, -1:])[:, -1]  # (B, V): only the last position
 
@@ -177,19 +179,15 @@ class Decoder:
             self.prefills[key] = False if graph is False else None
             while len(self.prefills) > PREFILL_SHAPES:
                 self.prefills.popitem(last=False)
-            self.cache.reset()
             return self._last_logits(ids)
         graph = graph or Captured(self._last_logits, device=self.device)
         try:
-            while True:  # each call a whole prefill from position 0; the first time, all three phases
-                self.cache.reset()
+            logits = graph(ids)
+            while graph.calls < 3:  # the first time, all three phases (each a whole prefill)
                 logits = graph(ids)
-                if graph.calls >= 3:
-                    break
         except CaptureError as e:
             warnings.warn(f"Decoder: prompts of shape {key} prefill eagerly: {e}", RuntimeWarning, stacklevel=3)
             self.prefills[key] = False
-            self.cache.reset()
             return self._last_logits(ids)
         self.prefills[key] = graph
         for k in [k for k, g in self.prefills.items() if g][:-PREFILL_GRAPHS]:
