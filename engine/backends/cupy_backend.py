@@ -185,12 +185,13 @@ class CupyBackend(NumpyBackend):
 
     def matmul(self, a, b, out_dtype: D.DType):
         if self.capturing() and a.ndim >= 2 and b.ndim >= 2 and a.dtype == b.dtype == out_dtype.np_dtype \
-                and out_dtype.name in K.TYPES:  # cupy refuses cuBLAS inside a capture: the plain kernel
+                and out_dtype.name in K.TYPES:  # cupy refuses cuBLAS inside a capture
             batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
             a3 = cupy.broadcast_to(a, batch + a.shape[-2:]).reshape((-1,) + a.shape[-2:])
             b3 = cupy.broadcast_to(b, batch + b.shape[-2:]).reshape((-1,) + b.shape[-2:])
             out = self.empty((a3.shape[0], a.shape[-2], b.shape[-1]), out_dtype)
-            K.gemm(a3, b3, out)
+            if cupy_lt.matmul(a3, b3, out) is None:  # cuBLASLt where nvmath serves it, else the tiled kernel
+                K.gemm(a3, b3, out)
             return out.reshape(batch + (a.shape[-2], b.shape[-1]))
         if out_dtype.is_reduced and a.dtype == b.dtype == out_dtype.np_dtype and cupy_blas.matmul_ok(a, b):
             shape = np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1])

@@ -1,5 +1,6 @@
 """cuBLASLt through NVIDIA's nvmath-python for the few-row products of batch decode (LT_CONFIG rows
-of 16-bit x). cupy refuses its own cuBLAS inside a CUDA-graph capture; a planned nvmath Matmul launches
+of 16-bit x) and, inside a capture, every 16-bit product (linear's, and matmul's batched ones: the
+attention a captured prefill or forward runs where the flash kernel does not take the head size). cupy refuses its own cuBLAS inside a CUDA-graph capture; a planned nvmath Matmul launches
 inside one and replays correctly (measured on the H200: DESIGN.md's anchors). Optional: without
 nvmath-python (`pip install nvmath-python`), `available()` is False and the GEMV kernels of
 cupy_kernels serve every row count.
@@ -66,5 +67,30 @@ def linear(x2, W, out, bias=None):
         _PLANS[key] = mm
     else:
         mm.reset_operands(a=x2, b=W.T, c=out, stream=stream)
+    mm.execute(stream=stream)
+    return out
+
+
+def matmul(a3, b3, out):
+    """out (batch, M, N) = a3 (batch, M, K) @ b3 (batch, K, N), 16-bit, float32 accumulation, one rounding;
+    None where cuBLASLt does not serve it (no nvmath, another dtype, a layout nvmath refuses, or a product
+    first met inside a capture): then the caller's own kernel. Planned on first use, as linear()."""
+    if not (available() and a3.dtype == b3.dtype == out.dtype and a3.dtype.itemsize == 2 and out.flags.c_contiguous):
+        return None
+    key = ("matmul", a3.dtype.str, a3.shape, a3.strides, b3.shape, b3.strides)
+    stream = cupy.cuda.get_current_stream()
+    if key not in _PLANS:
+        if stream.is_capturing():
+            return None
+        try:
+            mm = _lt.Matmul(a3, b3, c=out, beta=0.0, options={"inplace": True}, stream=stream)
+            mm.plan(stream=stream)
+        except Exception:  # noqa: BLE001  (a layout or shape nvmath does not take: the caller's kernel, always)
+            mm = None
+        _PLANS[key] = mm
+    mm = _PLANS[key]
+    if mm is None:
+        return None
+    mm.reset_operands(a=a3, b=b3, c=out, stream=stream)
     mm.execute(stream=stream)
     return out
