@@ -418,7 +418,8 @@ class CupyBackend(NumpyBackend):
         return super().sdpa(q, k, v, mask, causal, scale, out_dtype)
 
     def attention(self, q, k, v, mask, scale: float, out_dtype):
-        """One query row: split-K decode (cupy_decode); more 16-bit rows: flash (cupy_flash), else cuBLAS + softmax."""
+        """One query row: split-K decode (cupy_decode); more 16-bit rows: flash (cupy_flash), else two batched
+        products around one softmax kernel (cuBLAS; cuBLASLt inside a capture), else the composition."""
         if q.dtype == out_dtype.np_dtype and K.attention_ok(q, k, v, mask) and all(
                 s % 16 == 0 for s in k.strides[:3]):
             b, hq, _, d = q.shape
@@ -427,22 +428,30 @@ class CupyBackend(NumpyBackend):
             return out
         if (out := cupy_flash.attention(self, q, k, v, mask, scale, out_dtype)) is not None:
             return out
-        if (out_dtype.is_reduced and q.dtype == k.dtype == v.dtype == out_dtype.np_dtype and not self.capturing()
+        if (out_dtype.is_reduced and q.dtype == k.dtype == v.dtype == out_dtype.np_dtype
                 and (mask is None or mask.dtype == q.dtype) and q.size and k.shape[2]):
             b, hq, L, d = q.shape
             hkv, S, dv = k.shape[1], k.shape[2], v.shape[-1]
             rep = hq // hkv
             qg = cupy.ascontiguousarray(q).reshape(b, hkv, rep * L, d)
             s = self.empty((b, hkv, rep * L, S), out_dtype)
-            if cupy_blas.matmul_ok(qg, k.swapaxes(-1, -2)) and cupy_blas.matmul(qg, k.swapaxes(-1, -2), s) is not None:
+            if self._bmm(qg, k.swapaxes(-1, -2), s) is not None:
                 p = self.empty(s.shape, out_dtype)
                 K.softmax_mask_rows(s.reshape(-1, S), mask, scale, L, hkv * rep * L, p.reshape(-1, S))
                 o = self.empty((b, hkv, rep * L, dv), out_dtype)
-                if cupy_blas.matmul_ok(p, v) and cupy_blas.matmul(p, v, o) is not None:
+                if self._bmm(p, v, o) is not None:
                     out = self.empty((b, L, hq * dv), out_dtype)
                     out.reshape(b, L, hq, dv)[...] = o.reshape(b, hq, L, dv).transpose(0, 2, 1, 3)
                     return out
         return super().attention(q, k, v, mask, scale, out_dtype)
+
+    def _bmm(self, a, b, out):
+        """out (B, H, M, N) = a (B, H, M, K) @ b (B, H, K, N), 16-bit, out contiguous: cuBLAS eagerly, cuBLASLt
+        inside a capture (where cupy refuses cuBLAS); None where neither serves these operands."""
+        if self.capturing():
+            return cupy_lt.matmul(a.reshape((-1,) + a.shape[-2:]), b.reshape((-1,) + b.shape[-2:]),
+                                  out.reshape((-1,) + out.shape[-2:]))
+        return cupy_blas.matmul(a, b, out) if cupy_blas.matmul_ok(a, b) else None
 
     def sample(self, logits, seen, penalty: float, temperature: float, top_k, top_p, seed: int, counter):
         """The next tokens on the device (one kernel; capturable): engine/sampling.py's steps."""
