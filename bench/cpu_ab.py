@@ -14,11 +14,14 @@ torch's two threads here), as `taper bench` runs them.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 
@@ -31,9 +34,22 @@ def setup_bench(name: str, impl: str, params: list[str]):
     bench = getattr(suite, cls)()
     names = bench.param_names
     values = [impl] + [_typed(p, names[i + 1], getattr(bench, "params")[i + 1]) for i, p in enumerate(params)]
-    args = ([bench.setup_cache()] if hasattr(bench, "setup_cache") else []) + values
+    args = ([_setup_cache(bench)] if hasattr(bench, "setup_cache") else []) + values
     bench.setup(*args)
     return getattr(bench, meth), args
+
+
+def _setup_cache(bench):
+    """asv's setup_cache as the fallback runner runs it: in a directory of its own (removed when the process
+    exits), so what it writes (a converted model directory) stays out of the working directory."""
+    d = tempfile.mkdtemp(prefix="taper-setup-cache-")
+    atexit.register(shutil.rmtree, d, True)
+    cwd = os.getcwd()
+    os.chdir(d)
+    try:
+        return bench.setup_cache()
+    finally:
+        os.chdir(cwd)
 
 
 def child(name: str, impl: str, params: list[str], calls: int) -> dict:

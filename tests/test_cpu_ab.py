@@ -30,3 +30,13 @@ def test_cpu_ab_names_a_bad_parameter():
     out = cpu_ab("bench_encoders.BertBatch.time_forward", "cpu", "float32", "bert:nope", "4", "--rounds", "1",
                  "--impl", "engine")
     assert out.returncode == 1 and "model='bert:nope' is not one of the benchmark's values" in out.stderr
+
+
+def test_setup_cache_writes_outside_the_working_directory(tmp_path, monkeypatch):
+    """The detect suite's setup_cache writes a model directory: bench.cpu_ab runs it in a directory of its own."""
+    from bench.cpu_ab import _setup_cache
+    from suites.bench_detect import YoloDetect
+    monkeypatch.chdir(tmp_path)
+    path = _setup_cache(YoloDetect())
+    assert os.path.isfile(os.path.join(path, "config.json")) and os.getcwd() == str(tmp_path)
+    assert not os.listdir(tmp_path)
