@@ -248,6 +248,13 @@ def test_conv2d_in_bands(wide, monkeypatch):  # numpy: im2col + GEMM a band of o
     helper_test_op([(2, 3, 9, 7), (5, 3, 3, 3), (5,)], lambda x, w, b: F.conv2d(x, w, b, padding=1), lambda x, w, b: EF.conv2d(x, w, b, padding=1), scale=ACC)
     helper_test_op([(1, 4, 8, 8), (6, 4, 3, 3)], lambda x, w: F.silu(F.conv2d(x, w, stride=2)), lambda x, w: EF.silu(EF.conv2d(x, w, stride=2)), scale=ACC)
 
+@pytest.mark.parametrize("dt", FLOATS)
+@pytest.mark.parametrize("kw", [dict(), dict(padding=2, dilation=3), dict(padding="same")], ids=_id)
+def test_conv1d_stacked_taps(kw, dt, monkeypatch):  # numpy: stride 1, O <= C: one GEMM of the K stacked taps per band of columns, shifted adds
+    from engine.backends.numpy_conv import ConvKernels
+    monkeypatch.setattr(ConvKernels, "CONV_STACK_MIN", 8)
+    monkeypatch.setattr(ConvKernels, "CONV_BLOCK", 64)
+    helper_test_op([(2, 12, 37), (5, 12, 3), (5,)], lambda x, w, b: F.conv1d(x, w, b, **kw), lambda x, w, b: EF.conv1d(x, w, b, **kw), dt, scale=ACC)
 
 def test_blas_busy_counts_other_processes_only():  # numpy: this process's own CPU time is not "busy"
     import time

