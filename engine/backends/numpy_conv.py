@@ -161,8 +161,9 @@ class ConvKernels:
         out = out.reshape((n, w2.shape[0]) + tuple(osz))
         return out if out.dtype == out_dtype.np_dtype else self._out(out, out_dtype)
 
-    # numpy: columns per band of the stacked 1-d conv, about CONV_BLOCK elements of the (K*O, band) products
-    CONV_STACK_MIN = 1024
+    # numpy: at least this many columns per band of the stacked 1-d conv and the 1-d transposed conv (their
+    # GEMMs' width), else about CONV_BLOCK elements of the (K*O, band) products
+    CONV_BAND_MIN = 1024
 
     def _conv1d_stacked(self, x, w, b, dilation: int, silu: bool = False):
         """A stride-1 1-d conv, x (N, C, L) padded and contiguous, w (O, C, K) with O <= C, without im2col:
@@ -177,7 +178,7 @@ class ConvKernels:
         ws = np.ascontiguousarray(w.transpose(2, 0, 1).reshape(kk * o, c))  # (K*O, C): tap k's rows at k*O
         out = self.empty((n, o, out_len), D.get(x.dtype))
         bias = None if b is None else self._f(b, D.get(x.dtype)).reshape(o, 1)
-        band = max(self.CONV_STACK_MIN, self.CONV_BLOCK // (kk * o))
+        band = max(self.CONV_BAND_MIN, self.CONV_BLOCK // (kk * o))
         prod = np.empty((kk * o, min(band, out_len) + span), x.dtype)
         for i in range(n):
             for t0 in range(0, out_len, band):
@@ -230,19 +231,32 @@ class ConvKernels:
                                out_dtype):
         """conv_transpose for (N, Cin, L) float32, w (Cin, Cout, K): y[n, o, t*stride + k*dilation] +=
         sum_c x[n, c, t] w[c, o, k] over the full length (L-1)*stride + dilation*(K-1) + 1, then the
-        output window [padding, padding + out_len) (zeros past the full length: output_padding)."""
+        output window [padding, padding + out_len) (zeros past the full length: output_padding). y starts
+        as the bias; per band of input columns one GEMM, w^T (Cout*K, Cin) @ x[:, band], whose K rows
+        blocks are added into y while they are in cache (EnCodec's decoder: 64 -> 32 channels at 120k
+        samples 27 ms against 36 ms for one GEMM over the whole input, whose products fill memory; the
+        weight is not copied: 8 ms of its 28 ms for 512 -> 256 channels, K 16)."""
         n, cin, length = x.shape
         cout, kk = w.shape[1], w.shape[2]
         full = (length - 1) * stride + dilation * (kk - 1) + 1
         out_len = full - 2 * padding + output_padding
-        wt = np.ascontiguousarray(w.reshape(cin, cout * kk).T)  # (Cout*K, Cin)
-        cols = np.matmul(wt, x).reshape(n, cout, kk, length)  # (N, Cout, K, L)
-        y = np.zeros((n, cout, max(full, padding + out_len)), np.float32)
-        span = (length - 1) * stride + 1
-        for j in range(kk):
-            y[:, :, j * dilation:j * dilation + span:stride] += cols[:, :, j]
+        ylen = max(full, padding + out_len)
+        wt = w.reshape(cin, cout * kk).T  # (Cout*K, Cin), a transposed view (BLAS reads it as it is)
+        y = self.empty((n, cout, ylen), out_dtype)
+        y[...] = 0 if b is None else self._f(b, out_dtype).reshape(1, cout, 1)
+        band = max(self.CONV_BAND_MIN, self.CONV_BLOCK // (cout * kk))
+        prod = np.empty((cout * kk, min(band, length)), np.float32)
+        for i in range(n):
+            for t0 in range(0, length, band):
+                m = min(length, t0 + band) - t0
+                cols = prod[:, :m]
+                np.matmul(wt, x[i, :, t0:t0 + m], out=cols)
+                cols = cols.reshape(cout, kk, m)
+                for j in range(kk):
+                    at = t0 * stride + j * dilation
+                    y[i, :, at:at + (m - 1) * stride + 1:stride] += cols[:, j]
+        if padding == 0 and ylen == out_len:
+            return y
         out = self.empty((n, cout, out_len), out_dtype)
         np.copyto(out, y[:, :, padding:padding + out_len])
-        if b is not None:
-            out += self._f(b, out_dtype).reshape(1, cout, 1)
         return out
