@@ -25,3 +25,8 @@ def test_binary_split_overflow(): helper_test_op([(4, 40)], lambda a: (a * 1e38,
 @pytest.mark.parametrize("mode", ["constant", "reflect", "circular"])
 def test_pad_split(mode): helper_test_op([(3, 4, 10)], lambda x: F.pad(x, (2, 3), mode=mode), lambda x: EF.pad(x, (2, 3), mode=mode))
 def test_pad_split_2d(): helper_test_op([(2, 5, 6, 7)], lambda x: F.pad(x, (1, 2, 3, 1), mode="reflect"), lambda x: EF.pad(x, (1, 2, 3, 1), mode="reflect"))
+@pytest.mark.parametrize("act", [None, "silu"])
+@pytest.mark.parametrize("wshape,stride", [((6, 4, 3, 3), 1), ((6, 4, 1, 1), 1), ((5, 4, 3, 2), 2)], ids=str)
+def test_conv2d_split(wshape, stride, act):  # im2col rows, bias and SiLU over channel rows on the pieces
+    helper_test_op([(2, 4, 9, 8), wshape, wshape[:1]], lambda x, w, b: (F.silu if act else (lambda y: y))(F.conv2d(x, w, b, stride=stride, padding=1)),
+                   lambda x, w, b: EF.conv2d(x, w, b, stride=stride, padding=1, act=act), scale=8)

@@ -251,6 +251,8 @@ def test_conv2d_in_bands(wide, monkeypatch):  # numpy: im2col + GEMM a band of o
     monkeypatch.setattr(ConvKernels, "CONV_BLOCK", 64)
     monkeypatch.setattr(ConvKernels, "CONV_CHUNK_K", 8 if wide else 1152)
     monkeypatch.setattr(ConvKernels, "CONV_WIDE", 200 if wide else 1 << 25)
+    from engine.backends.blas_threads import BLAS_THREADS
+    monkeypatch.setattr(BLAS_THREADS, "single", lambda: True)  # narrow K goes in bands when OpenBLAS runs one thread
     helper_test_op([(2, 3, 9, 7), (5, 3, 3, 3), (5,)], lambda x, w, b: F.conv2d(x, w, b, padding=1), lambda x, w, b: EF.conv2d(x, w, b, padding=1), scale=ACC)
     helper_test_op([(1, 4, 8, 8), (6, 4, 3, 3)], lambda x, w: F.silu(F.conv2d(x, w, stride=2)), lambda x, w: EF.silu(EF.conv2d(x, w, stride=2)), scale=ACC)
 

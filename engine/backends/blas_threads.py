@@ -109,6 +109,12 @@ class _BlasThreads:
         self._depth = 1
         return True
 
+    def single(self) -> bool:
+        """Whether OpenBLAS runs on one thread now: inside a one() scope, or one thread (or no control) at all."""
+        if self._set is None:
+            self._find()
+        return bool(self._depth) or not self._set or self.threads == 1
+
     def restore(self) -> None:
         """Undo the last one() that returned True (the thread count comes back with the outermost)."""
         self._depth -= 1

@@ -4,11 +4,13 @@ in place, transposed convs as a spread-out stride-1 conv. Shared with the cupy b
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import numpy as np
 
 from engine import dtype as D
 from engine.backends.blas_threads import BLAS_THREADS
+from engine.backends.numpy_split import split
 
 
 class ConvKernels:
@@ -72,8 +74,9 @@ class ConvKernels:
         xp = self.xp
         x, w = self._f(x, out_dtype), self._f(w, out_dtype)
         nd = x.ndim - 2
-        if any(lo or hi for lo, hi in padding):
-            x = xp.pad(x, ((0, 0), (0, 0)) + tuple(tuple(p) for p in padding))
+        if any(lo or hi for lo, hi in padding):  # numpy: into pooled memory (pad's rows on idle cores)
+            widths = ((0, 0), (0, 0)) + tuple(tuple(p) for p in padding)
+            x = self._pad_into(x, widths, "constant", 0) if xp is np else xp.pad(x, widths)
         x = xp.ascontiguousarray(x)
         n = x.shape[0]
         o, cg, k = w.shape[0], w.shape[1], w.shape[2:]
@@ -88,11 +91,11 @@ class ConvKernels:
             win = self._windows(x, k, stride, dilation)  # (N, C, *O, *K) view
             osz = win.shape[2:2 + nd]
             ncols = cg * kk * math.prod(osz)  # one sample's column matrix
-            if xp is np and groups == 1 and ncols > self.CONV_BLOCK and (cg * kk <= self.CONV_CHUNK_K
-                                                                         or ncols > self.CONV_WIDE):
+            if xp is np and groups == 1 and ncols > self.CONV_BLOCK and (
+                    ncols > self.CONV_WIDE or (cg * kk <= self.CONV_CHUNK_K and BLAS_THREADS.single())):
                 return self._conv_chunked(win, w.reshape(o, cg * kk), b, out_dtype, _silu)
             perm = (0, 1) + tuple(range(2 + nd, 2 + 2 * nd)) + tuple(range(2, 2 + nd))  # (N, C, *K, *O)
-            cols = xp.ascontiguousarray(win.transpose(perm)).reshape(n, groups * cg * kk, math.prod(osz))
+            cols = self._im2col(win.transpose(perm)).reshape(n, groups * cg * kk, math.prod(osz))
         w2 = w.reshape(o, cg * kk)
         cdt = D.get(x.dtype)  # the backend's matmul: pooled output; on cupy its capture-safe kernel in a graph
         if groups == 1:
@@ -103,6 +106,9 @@ class ConvKernels:
                 out[:, g * og:(g + 1) * og] = self.matmul(w2[g * og:(g + 1) * og],
                                                           cols[:, g * cg * kk:(g + 1) * cg * kk], cdt)
         out = out.reshape((n, o) + tuple(osz))
+        if xp is np and groups == 1 and out.dtype == out_dtype.np_dtype:  # already pooled (self.matmul's output)
+            self._bias_act(out, None if b is None else self._f(b, out_dtype), _silu)
+            return out
         if b is not None:
             out += self._f(b, out_dtype).reshape((1, o) + (1,) * nd)
         if groups == 1 and out.dtype == out_dtype.np_dtype:  # already pooled (self.matmul's output)
@@ -113,6 +119,28 @@ class ConvKernels:
         if _silu:
             self._silu_inplace(out)
         return out
+
+    def _im2col(self, src):
+        """A contiguous copy of the (N, C, *K, *O) window view; on numpy into pooled memory, its C rows on
+        idle cores."""
+        if self.xp is not np:
+            return self.xp.ascontiguousarray(src)
+        cols = self.empty(src.shape, D.get(src.dtype))
+        for i in range(src.shape[0]):
+            split(np.copyto, cols[i], src[i])
+        return cols
+
+    def _bias_act(self, out, bias, silu: bool) -> None:
+        """out (N, O, *S) contiguous += bias (O,) per channel, then SiLU in place (x / (1 + exp(-x))), in
+        blocks of channel rows while they are in cache; the rows on idle cores."""
+        n, o = out.shape[:2]
+        if bias is None and not silu:
+            return
+        rows = out.reshape(n * o, -1)
+        if bias is None:
+            split(partial(_bias_silu_rows, silu=silu), rows)
+        else:
+            split(partial(_bias_silu_rows, silu=silu), rows, np.broadcast_to(bias.reshape(1, o), (n, o)).reshape(n * o, 1))
 
     # numpy: a conv whose columns (C*K, positions) exceed CONV_BLOCK elements, with C*K at most CONV_CHUNK_K
     # (few channels at a high resolution: YOLO's first stages), builds and multiplies them a band of output
@@ -260,3 +288,14 @@ class ConvKernels:
         out = self.empty((n, cout, out_len), out_dtype)
         np.copyto(out, y[:, :, padding:padding + out_len])
         return out
+
+
+def _bias_silu_rows(rows, bias=None, silu: bool = False) -> None:
+    """rows (R, M) += bias (R, 1), then SiLU in place, a block of about 64k elements at a time."""
+    step = max(1, (1 << 16) // max(1, rows.shape[1]))
+    for r0 in range(0, rows.shape[0], step):
+        blk = rows[r0:r0 + step]
+        if bias is not None:
+            blk += bias[r0:r0 + step]
+        if silu:
+            ConvKernels._silu_band(blk)
