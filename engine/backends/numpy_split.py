@@ -27,20 +27,24 @@ def split(fn, *arrays) -> None:
     rows; fn writes its results into its pieces, e.g. (x, out)): the pieces on threads when the arrays hold
     SPLIT_MIN elements or more and the machine is idle, else fn(*arrays) here. Each piece runs in a copy of
     this thread's context (numpy's error state is a context variable)."""
+    align = _ALIGN if arrays[0].ndim == 1 else 1
+    ranges(lambda lo, hi: fn(*(a[lo:hi] for a in arrays)), arrays[0].shape[0], arrays[0].size, align)
+
+
+def ranges(fn, n: int, work: int, align: int = 1) -> None:
+    """fn(lo, hi) over contiguous ranges of range(n), one per core (bounds multiples of align), on threads when
+    `work` (elements touched) is SPLIT_MIN or more and the machine is idle; else fn(0, n) here."""
     global _pool
-    rows, parts = arrays[0].shape[0], _workers()
-    if arrays[0].size < SPLIT_MIN or parts < 2 or rows < parts or BLAS_THREADS.busy():
-        fn(*arrays)
+    parts = _workers()
+    if work < SPLIT_MIN or parts < 2 or n < parts or BLAS_THREADS.busy():
+        fn(0, n)
         return
     if _pool is None:
         _pool = ThreadPoolExecutor(parts - 1, thread_name_prefix="taper-split")
-    step = -(-rows // parts)
-    if arrays[0].ndim == 1:
-        step = -(-step // _ALIGN) * _ALIGN
-    futures = [_pool.submit(contextvars.copy_context().run, fn, *(a[i:i + step] for a in arrays))
-               for i in range(step, rows, step)]
+    step = -(-(-(-n // parts)) // align) * align
+    futures = [_pool.submit(contextvars.copy_context().run, fn, i, min(n, i + step)) for i in range(step, n, step)]
     try:
-        fn(*(a[:step] for a in arrays))
+        fn(0, min(n, step))
     finally:
         for f in futures:
             f.result()
