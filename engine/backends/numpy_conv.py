@@ -1,6 +1,8 @@
 """The numpy backend's convolutions (a mixin of NumpyBackend, beside numpy_nn's NnKernels): im2col + one
 GEMM per group (in bands of output rows where the columns would leave the cache or fill memory), a SiLU
-in place, transposed convs as a spread-out stride-1 conv. Shared with the cupy backend (xp)."""
+in place, transposed convs as a spread-out stride-1 conv. On numpy, stride-1 1-d convs with O <= C go
+without im2col (one GEMM of the stacked taps per band), 1-d transposed convs as a GEMM + col2im per band,
+and large copies, bias adds and SiLUs on idle cores (numpy_split). Shared with the cupy backend (xp)."""
 from __future__ import annotations
 
 import math
@@ -140,15 +142,18 @@ class ConvKernels:
         if bias is None:
             split(partial(_bias_silu_rows, silu=silu), rows)
         else:
-            split(partial(_bias_silu_rows, silu=silu), rows, np.broadcast_to(bias.reshape(1, o), (n, o)).reshape(n * o, 1))
+            per_row = np.broadcast_to(bias.reshape(1, o), (n, o)).reshape(n * o, 1)  # row (sample, channel)'s bias
+            split(partial(_bias_silu_rows, silu=silu), rows, per_row)
 
     # numpy: a conv whose columns (C*K, positions) exceed CONV_BLOCK elements, with C*K at most CONV_CHUNK_K
     # (few channels at a high resolution: YOLO's first stages), builds and multiplies them a band of output
-    # rows at a time, so each band is still in cache when the GEMM reads it (bitwise the same result here;
-    # 30% faster for 32-64 channels at 160-320 px). Wider K is GEMM-bound and goes in one piece, unless its
-    # columns pass CONV_WIDE elements (SD's VAE decoder: 256 channels at 256x256 make 600 MiB of columns;
-    # in bands of one output row, 256 x 2304 columns each, 16% faster on one thread; 512 channels at 128x128
-    # 10%; at 64x64, 19M elements, one piece stays 7% faster)
+    # rows at a time while OpenBLAS runs one thread, so each band is still in cache when the GEMM reads it
+    # (bitwise the same result here; 30% faster for 32-64 channels at 160-320 px on one thread; with two
+    # threads one piece and one GEMM: 32 -> 32 channels at 160 px 6.3 ms against 8.5 in bands, 128 -> 128
+    # at 80 px 12.2 against 16.9; the whole YOLOv8s the same within noise). Wider K is GEMM-bound and goes in
+    # one piece, unless its columns pass CONV_WIDE elements (SD's VAE decoder: 256 channels at 256x256 make
+    # 600 MiB of columns; in bands of one output row, 256 x 2304 columns each, 16% faster on one thread; 512
+    # channels at 128x128 10%; at 64x64, 19M elements, one piece stays 7% faster)
     CONV_BLOCK = 1 << 19
     CONV_CHUNK_K = 1152
     CONV_WIDE = 1 << 25
