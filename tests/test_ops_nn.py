@@ -233,6 +233,12 @@ def test_sdpa_float_mask_reduced(dt): sdpa_row(QKV + [(5, 6)], dt, mask_dt=dt)
 def test_softmax_large_values(): helper_test_op([(2, 5)], lambda x: (F.softmax(x, -1), F.log_softmax(x, -1)), lambda x: (EF.softmax(x, -1), EF.log_softmax(x, -1)), low=-1e4, high=1e4, scale=2)
 @pytest.mark.parametrize("kw", [dict(stride=8), dict(stride=5, padding=2, output_padding=3), dict(stride=2, dilation=3, padding=1)])
 def test_conv_transpose1d_long_strides(kw): helper_test_op([(2, 6, 9), (6, 4, 10), (4,)], lambda x, w, b: F.conv_transpose1d(x, w, b, **kw), lambda x, w, b: EF.conv_transpose1d(x, w, b, **kw), scale=ACC)  # EnCodec's upsampling shapes (numpy: GEMM + col2im)
+@pytest.mark.parametrize("kw", [dict(stride=4), dict(stride=3, padding=2, output_padding=1, dilation=2)], ids=_id)
+def test_conv_transpose1d_in_bands(kw, monkeypatch):  # numpy: the 1-d GEMM + col2im a band of input columns at a time
+    from engine.backends.numpy_conv import ConvKernels
+    monkeypatch.setattr(ConvKernels, "CONV_BAND_MIN", 4)
+    monkeypatch.setattr(ConvKernels, "CONV_BLOCK", 16)
+    helper_test_op([(2, 6, 23), (6, 4, 8), (4,)], lambda x, w, b: F.conv_transpose1d(x, w, b, **kw), lambda x, w, b: EF.conv_transpose1d(x, w, b, **kw), scale=ACC)
 def test_small_products_restore_blas_threads():  # numpy: a small linear runs on one OpenBLAS thread, then the count is restored
     threadpoolctl = pytest.importorskip("threadpoolctl", reason="the OpenBLAS thread switch needs threadpoolctl (pip install -e '.[cpu]')")
     before = [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["internal_api"] == "openblas"]
@@ -245,9 +251,18 @@ def test_conv2d_in_bands(wide, monkeypatch):  # numpy: im2col + GEMM a band of o
     monkeypatch.setattr(ConvKernels, "CONV_BLOCK", 64)
     monkeypatch.setattr(ConvKernels, "CONV_CHUNK_K", 8 if wide else 1152)
     monkeypatch.setattr(ConvKernels, "CONV_WIDE", 200 if wide else 1 << 25)
+    from engine.backends.blas_threads import BLAS_THREADS
+    monkeypatch.setattr(BLAS_THREADS, "single", lambda: True)  # narrow K goes in bands when OpenBLAS runs one thread
     helper_test_op([(2, 3, 9, 7), (5, 3, 3, 3), (5,)], lambda x, w, b: F.conv2d(x, w, b, padding=1), lambda x, w, b: EF.conv2d(x, w, b, padding=1), scale=ACC)
     helper_test_op([(1, 4, 8, 8), (6, 4, 3, 3)], lambda x, w: F.silu(F.conv2d(x, w, stride=2)), lambda x, w: EF.silu(EF.conv2d(x, w, stride=2)), scale=ACC)
 
+@pytest.mark.parametrize("dt", FLOATS)
+@pytest.mark.parametrize("kw", [dict(), dict(padding=2, dilation=3), dict(padding="same")], ids=_id)
+def test_conv1d_stacked_taps(kw, dt, monkeypatch):  # numpy: stride 1, O <= C: one GEMM of the K stacked taps per band of columns, shifted adds
+    from engine.backends.numpy_conv import ConvKernels
+    monkeypatch.setattr(ConvKernels, "CONV_BAND_MIN", 8)
+    monkeypatch.setattr(ConvKernels, "CONV_BLOCK", 64)
+    helper_test_op([(2, 12, 37), (5, 12, 3), (5,)], lambda x, w, b: F.conv1d(x, w, b, **kw), lambda x, w, b: EF.conv1d(x, w, b, **kw), dt, scale=ACC)
 
 def test_blas_busy_counts_other_processes_only():  # numpy: this process's own CPU time is not "busy"
     import time

@@ -22,6 +22,8 @@ from engine.backends.numpy_pointwise import PointwiseKernels
 from engine.backends.numpy_pool import PoolKernels
 from engine.backends.numpy_quant import QuantKernels
 from engine.backends.numpy_special import _IN_PLACE, _chunked, _erf_f32, _erf_f64, _gelu_f32
+from engine.backends import numpy_split
+from engine.backends.numpy_split import split
 from engine.storage import StoragePool
 
 _REDUCED = (np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16))
@@ -247,7 +249,10 @@ class NumpyBackend(NnKernels, ConvKernels, PoolKernels, PointwiseKernels, IndexK
                 out = self.empty(a.shape, out_dtype)
                 if type(b) is float:
                     b = self._c(b, cd)
-                if self._WARNS:
+                if a.size >= numpy_split.SPLIT_MIN and a.flags.c_contiguous and (type(b) is not np.ndarray
+                                                                                  or b.flags.c_contiguous):
+                    _quiet(_binary_split, fn, a, b, out)  # on idle cores
+                elif self._WARNS:
                     _quiet(fn, a, b, out=out)
                 else:
                     fn(a, b, out=out)
@@ -439,7 +444,13 @@ class NumpyBackend(NnKernels, ConvKernels, PoolKernels, PointwiseKernels, IndexK
         widths = [tuple(w) for w in widths]
         out = self.empty(tuple(n + lo + hi for n, (lo, hi) in zip(x.shape, widths)), D.get(x.dtype))
         mid = tuple(slice(lo, lo + n) for n, (lo, hi) in zip(x.shape, widths))
-        np.copyto(out, x) if out.shape == x.shape else np.copyto(out[mid], x)
+        k = next((d for d, w in enumerate(widths) if w != (0, 0)), x.ndim)  # dims before k are not padded
+        lead = math.prod(x.shape[:k])
+        if 0 < k < x.ndim and lead > 1 and x.flags.c_contiguous:  # rows of the unpadded dims, on idle cores
+            rows = out.reshape((lead,) + out.shape[k:])[(slice(None),) + mid[k:]]
+            split(lambda o, i: np.copyto(o, i), rows, x.reshape((lead,) + x.shape[k:]))
+        else:
+            np.copyto(out, x) if out.shape == x.shape else np.copyto(out[mid], x)
         for d, ((lo, hi), n) in enumerate(zip(widths, x.shape)):
             if not (lo or hi):
                 continue
@@ -515,3 +526,12 @@ class NumpyBackend(NnKernels, ConvKernels, PoolKernels, PointwiseKernels, IndexK
         """Byte ranges of a file as read-only arrays over one memory map (zero-copy on the CPU)."""
         mm = np.memmap(path, dtype=np.uint8, mode="r")
         return [mm[begin:end] for begin, end in ranges]
+
+
+def _binary_split(fn, a, b, out) -> None:
+    """fn(a, b, out=out) for a C-contiguous array a and a same-shape C-contiguous array or a scalar b, in
+    pieces over the idle cores (numpy_split)."""
+    if type(b) is np.ndarray:
+        split(lambda ap, bp, op: fn(ap, bp, out=op), a.reshape(-1), b.reshape(-1), out.reshape(-1))
+    else:
+        split(lambda ap, op: fn(ap, b, out=op), a.reshape(-1), out.reshape(-1))

@@ -1,14 +1,18 @@
 """The numpy backend's convolutions (a mixin of NumpyBackend, beside numpy_nn's NnKernels): im2col + one
 GEMM per group (in bands of output rows where the columns would leave the cache or fill memory), a SiLU
-in place, transposed convs as a spread-out stride-1 conv. Shared with the cupy backend (xp)."""
+in place, transposed convs as a spread-out stride-1 conv. On numpy, stride-1 1-d convs with O <= C go
+without im2col (one GEMM of the stacked taps per band), 1-d transposed convs as a GEMM + col2im per band,
+and large copies, bias adds and SiLUs on idle cores (numpy_split). Shared with the cupy backend (xp)."""
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import numpy as np
 
 from engine import dtype as D
 from engine.backends.blas_threads import BLAS_THREADS
+from engine.backends.numpy_split import ranges, split
 
 
 class ConvKernels:
@@ -72,8 +76,9 @@ class ConvKernels:
         xp = self.xp
         x, w = self._f(x, out_dtype), self._f(w, out_dtype)
         nd = x.ndim - 2
-        if any(lo or hi for lo, hi in padding):
-            x = xp.pad(x, ((0, 0), (0, 0)) + tuple(tuple(p) for p in padding))
+        if any(lo or hi for lo, hi in padding):  # numpy: into pooled memory (pad's rows on idle cores)
+            widths = ((0, 0), (0, 0)) + tuple(tuple(p) for p in padding)
+            x = self._pad_into(x, widths, "constant", 0) if xp is np else xp.pad(x, widths)
         x = xp.ascontiguousarray(x)
         n = x.shape[0]
         o, cg, k = w.shape[0], w.shape[1], w.shape[2:]
@@ -82,14 +87,17 @@ class ConvKernels:
             osz = x.shape[2:]
             cols = x.reshape(n, groups * cg, math.prod(osz))
         else:
+            if (xp is np and nd == 1 and groups == 1 and stride[0] == 1 and 8 <= cg and o <= cg
+                    and x.dtype == out_dtype.np_dtype and x.dtype.kind == "f"):
+                return self._conv1d_stacked(x, w, b, dilation[0], _silu)
             win = self._windows(x, k, stride, dilation)  # (N, C, *O, *K) view
             osz = win.shape[2:2 + nd]
             ncols = cg * kk * math.prod(osz)  # one sample's column matrix
-            if xp is np and groups == 1 and ncols > self.CONV_BLOCK and (cg * kk <= self.CONV_CHUNK_K
-                                                                         or ncols > self.CONV_WIDE):
+            if xp is np and groups == 1 and ncols > self.CONV_BLOCK and (
+                    ncols > self.CONV_WIDE or (cg * kk <= self.CONV_CHUNK_K and BLAS_THREADS.single())):
                 return self._conv_chunked(win, w.reshape(o, cg * kk), b, out_dtype, _silu)
             perm = (0, 1) + tuple(range(2 + nd, 2 + 2 * nd)) + tuple(range(2, 2 + nd))  # (N, C, *K, *O)
-            cols = xp.ascontiguousarray(win.transpose(perm)).reshape(n, groups * cg * kk, math.prod(osz))
+            cols = self._im2col(win.transpose(perm)).reshape(n, groups * cg * kk, math.prod(osz))
         w2 = w.reshape(o, cg * kk)
         cdt = D.get(x.dtype)  # the backend's matmul: pooled output; on cupy its capture-safe kernel in a graph
         if groups == 1:
@@ -100,6 +108,9 @@ class ConvKernels:
                 out[:, g * og:(g + 1) * og] = self.matmul(w2[g * og:(g + 1) * og],
                                                           cols[:, g * cg * kk:(g + 1) * cg * kk], cdt)
         out = out.reshape((n, o) + tuple(osz))
+        if xp is np and groups == 1 and out.dtype == out_dtype.np_dtype:  # already pooled (self.matmul's output)
+            self._bias_act(out, None if b is None else self._f(b, out_dtype), _silu)
+            return out
         if b is not None:
             out += self._f(b, out_dtype).reshape((1, o) + (1,) * nd)
         if groups == 1 and out.dtype == out_dtype.np_dtype:  # already pooled (self.matmul's output)
@@ -111,52 +122,116 @@ class ConvKernels:
             self._silu_inplace(out)
         return out
 
+    def _im2col(self, src):
+        """A contiguous copy of the (N, C, *K, *O) window view; on numpy into pooled memory, its C rows on
+        idle cores."""
+        if self.xp is not np:
+            return self.xp.ascontiguousarray(src)
+        cols = self.empty(src.shape, D.get(src.dtype))
+        for i in range(src.shape[0]):
+            split(np.copyto, cols[i], src[i])
+        return cols
+
+    def _bias_act(self, out, bias, silu: bool) -> None:
+        """out (N, O, *S) contiguous += bias (O,) per channel, then SiLU in place (x / (1 + exp(-x))), in
+        blocks of channel rows while they are in cache; the rows on idle cores."""
+        n, o = out.shape[:2]
+        if bias is None and not silu:
+            return
+        rows = out.reshape(n * o, -1)
+        if bias is None:
+            split(partial(_bias_silu_rows, silu=silu), rows)
+        else:
+            per_row = np.broadcast_to(bias.reshape(1, o), (n, o)).reshape(n * o, 1)  # row (sample, channel)'s bias
+            split(partial(_bias_silu_rows, silu=silu), rows, per_row)
+
     # numpy: a conv whose columns (C*K, positions) exceed CONV_BLOCK elements, with C*K at most CONV_CHUNK_K
     # (few channels at a high resolution: YOLO's first stages), builds and multiplies them a band of output
-    # rows at a time, so each band is still in cache when the GEMM reads it (bitwise the same result here;
-    # 30% faster for 32-64 channels at 160-320 px). Wider K is GEMM-bound and goes in one piece, unless its
-    # columns pass CONV_WIDE elements (SD's VAE decoder: 256 channels at 256x256 make 600 MiB of columns;
-    # in bands of one output row, 256 x 2304 columns each, 16% faster on one thread; 512 channels at 128x128
-    # 10%; at 64x64, 19M elements, one piece stays 7% faster)
+    # rows at a time while OpenBLAS runs one thread, so each band is still in cache when the GEMM reads it
+    # (bitwise the same result here; 30% faster for 32-64 channels at 160-320 px on one thread; with two
+    # threads one piece and one GEMM: 32 -> 32 channels at 160 px 6.3 ms against 8.5 in bands, 128 -> 128
+    # at 80 px 12.2 against 16.9; the whole YOLOv8s the same within noise). Wider K is GEMM-bound and goes in
+    # one piece, unless its columns pass CONV_WIDE elements (SD's VAE decoder: 256 channels at 256x256 make
+    # 600 MiB of columns; in bands of one output row, 256 x 2304 columns each, 16% faster on one thread; 512
+    # channels at 128x128 10%; at 64x64, 19M elements, one piece stays 7% faster)
     CONV_BLOCK = 1 << 19
     CONV_CHUNK_K = 1152
     CONV_WIDE = 1 << 25
 
     def _conv_chunked(self, win, w2, b, out_dtype, silu: bool = False):
         """win (N, C, *O, *K) window view, w2 (O, C*K): im2col + GEMM per band of rows of the first output
-        dim, straight into the pooled (N, O, *O) output."""
+        dim, straight into the pooled (N, O, *O) output. On a busy machine the bands run here, each GEMM on
+        one OpenBLAS thread; on an idle one each core takes a range of bands, its GEMMs on one OpenBLAS
+        thread (column copies, GEMMs and SiLU all in parallel: SD's VAE decoder convs at 256-512 px, ~15%
+        faster than each band's GEMM on two threads)."""
         nd = (win.ndim - 2) // 2
         osz = win.shape[2:2 + nd]
         ck, inner = w2.shape[1], math.prod(osz[1:])
         rows = max(-(-256 // inner), self.CONV_BLOCK // (ck * inner))  # at least 256 columns per GEMM
-        # the thread count by one band's GEMM (a loaded machine: each of its many GEMMs on one thread)
-        if BLAS_THREADS.one(w2.shape[0] * ck * min(rows, osz[0]) * inner):
-            try:
-                return self._conv_bands(win, w2, b, out_dtype, silu, rows)
-            finally:
-                BLAS_THREADS.restore()
-        return self._conv_bands(win, w2, b, out_dtype, silu, rows)
-
-    def _conv_bands(self, win, w2, b, out_dtype, silu: bool, rows: int):
-        n = win.shape[0]
-        nd = (win.ndim - 2) // 2
-        osz = win.shape[2:2 + nd]
-        ck, inner = w2.shape[1], math.prod(osz[1:])
-        out = self.empty((n, w2.shape[0], math.prod(osz)), D.get(w2.dtype))
+        out = self.empty((win.shape[0], w2.shape[0], math.prod(osz)), D.get(w2.dtype))
         bias = None if b is None else self._f(b, out_dtype).reshape(-1, 1)
-        perm = (0,) + tuple(range(1 + nd, 1 + 2 * nd)) + tuple(range(1, 1 + nd))  # (C, *K, *O) of one sample
-        for i in range(n):
-            for r0 in range(0, osz[0], rows):
-                r1 = min(osz[0], r0 + rows)
-                cols = np.ascontiguousarray(win[i, :, r0:r1].transpose(perm)).reshape(ck, (r1 - r0) * inner)
-                band = out[i, :, r0 * inner:r1 * inner]
-                np.matmul(w2, cols, out=band)
-                if bias is not None:
-                    band += bias
-                if silu:  # while the band is in cache (x / (1 + exp(-x)), as unary silu)
-                    self._silu_band(band)
-        out = out.reshape((n, w2.shape[0]) + tuple(osz))
+        single = BLAS_THREADS.one(0, force=True)
+        try:
+            for i in range(win.shape[0]):
+                ranges(lambda lo, hi, i=i: self._conv_bands(win[i], w2, bias, out[i], silu, rows, lo, hi),
+                       -(-osz[0] // rows), ck * math.prod(osz))
+        finally:
+            if single:
+                BLAS_THREADS.restore()
+        out = out.reshape((win.shape[0], w2.shape[0]) + tuple(osz))
         return out if out.dtype == out_dtype.np_dtype else self._out(out, out_dtype)
+
+    @staticmethod
+    def _conv_bands(win, w2, bias, out, silu: bool, rows: int, lo: int, hi: int) -> None:
+        """Bands [lo, hi) of `rows` output rows of one sample: win (C, *O, *K) -> out (O, positions)."""
+        nd = (win.ndim - 1) // 2
+        osz = win.shape[1:1 + nd]
+        ck, inner = w2.shape[1], math.prod(osz[1:])
+        perm = (0,) + tuple(range(1 + nd, 1 + 2 * nd)) + tuple(range(1, 1 + nd))  # (C, *K, *O)
+        for r0 in range(lo * rows, min(osz[0], hi * rows), rows):
+            r1 = min(osz[0], r0 + rows)
+            cols = np.ascontiguousarray(win[:, r0:r1].transpose(perm)).reshape(ck, (r1 - r0) * inner)
+            band = out[:, r0 * inner:r1 * inner]
+            np.matmul(w2, cols, out=band)
+            if bias is not None:
+                band += bias
+            if silu:  # while the band is in cache (x / (1 + exp(-x)), as unary silu)
+                ConvKernels._silu_band(band)
+
+    # numpy: at least this many columns per band of the stacked 1-d conv and the 1-d transposed conv (their
+    # GEMMs' width), else about CONV_BLOCK elements of the (K*O, band) products
+    CONV_BAND_MIN = 1024
+
+    def _conv1d_stacked(self, x, w, b, dilation: int, silu: bool = False):
+        """A stride-1 1-d conv, x (N, C, L) padded and contiguous, w (O, C, K) with O <= C, without im2col:
+        per band of output columns one GEMM of the stacked taps, (K*O, C) @ x[:, band + span], then
+        y[o, t] = sum_k p[k*O + o, t + k*dilation] (K shifted adds while the band is in cache). im2col
+        copies the input K times; this writes K*O <= K*C rows per column instead, and reads x in place
+        (EnCodec's k3 residual convs 30-45% faster, its 32 -> 1 output conv 6x)."""
+        n, c, length = x.shape
+        o, kk = w.shape[0], w.shape[2]
+        span = dilation * (kk - 1)
+        out_len = length - span
+        ws = np.ascontiguousarray(w.transpose(2, 0, 1).reshape(kk * o, c))  # (K*O, C): tap k's rows at k*O
+        out = self.empty((n, o, out_len), D.get(x.dtype))
+        bias = None if b is None else self._f(b, D.get(x.dtype)).reshape(o, 1)
+        band = max(self.CONV_BAND_MIN, self.CONV_BLOCK // (kk * o))
+        prod = np.empty((kk * o, min(band, out_len) + span), x.dtype)
+        for i in range(n):
+            for t0 in range(0, out_len, band):
+                t1 = min(out_len, t0 + band)
+                m = t1 - t0
+                p = prod[:, :m + span]
+                np.matmul(ws, x[i, :, t0:t1 + span], out=p)
+                y = out[i, :, t0:t1]
+                np.copyto(y, p[:o, :m])
+                for j in range(1, kk):
+                    y += p[j * o:(j + 1) * o, j * dilation:j * dilation + m]
+                if bias is not None:
+                    y += bias
+                if silu:
+                    self._silu_band(y)
+        return out
 
     def conv_transpose(self, x, w, b, stride, padding, output_padding, dilation, groups: int, out_dtype):
         """See _conv_transpose (its GEMMs under BLAS_THREADS)."""
@@ -193,19 +268,43 @@ class ConvKernels:
                                out_dtype):
         """conv_transpose for (N, Cin, L) float32, w (Cin, Cout, K): y[n, o, t*stride + k*dilation] +=
         sum_c x[n, c, t] w[c, o, k] over the full length (L-1)*stride + dilation*(K-1) + 1, then the
-        output window [padding, padding + out_len) (zeros past the full length: output_padding)."""
+        output window [padding, padding + out_len) (zeros past the full length: output_padding). y starts
+        as the bias; per band of input columns one GEMM, w^T (Cout*K, Cin) @ x[:, band], whose K rows
+        blocks are added into y while they are in cache (EnCodec's decoder: 64 -> 32 channels at 120k
+        samples 27 ms against 36 ms for one GEMM over the whole input, whose products fill memory; the
+        weight is not copied: 8 ms of its 28 ms for 512 -> 256 channels, K 16)."""
         n, cin, length = x.shape
         cout, kk = w.shape[1], w.shape[2]
         full = (length - 1) * stride + dilation * (kk - 1) + 1
         out_len = full - 2 * padding + output_padding
-        wt = np.ascontiguousarray(w.reshape(cin, cout * kk).T)  # (Cout*K, Cin)
-        cols = np.matmul(wt, x).reshape(n, cout, kk, length)  # (N, Cout, K, L)
-        y = np.zeros((n, cout, max(full, padding + out_len)), np.float32)
-        span = (length - 1) * stride + 1
-        for j in range(kk):
-            y[:, :, j * dilation:j * dilation + span:stride] += cols[:, :, j]
+        ylen = max(full, padding + out_len)
+        wt = w.reshape(cin, cout * kk).T  # (Cout*K, Cin), a transposed view (BLAS reads it as it is)
+        y = self.empty((n, cout, ylen), out_dtype)
+        y[...] = 0 if b is None else self._f(b, out_dtype).reshape(1, cout, 1)
+        band = max(self.CONV_BAND_MIN, self.CONV_BLOCK // (cout * kk))
+        prod = np.empty((cout * kk, min(band, length)), np.float32)
+        for i in range(n):
+            for t0 in range(0, length, band):
+                m = min(length, t0 + band) - t0
+                cols = prod[:, :m]
+                np.matmul(wt, x[i, :, t0:t0 + m], out=cols)
+                cols = cols.reshape(cout, kk, m)
+                for j in range(kk):
+                    at = t0 * stride + j * dilation
+                    y[i, :, at:at + (m - 1) * stride + 1:stride] += cols[:, j]
+        if padding == 0 and ylen == out_len:
+            return y
         out = self.empty((n, cout, out_len), out_dtype)
         np.copyto(out, y[:, :, padding:padding + out_len])
-        if b is not None:
-            out += self._f(b, out_dtype).reshape(1, cout, 1)
         return out
+
+
+def _bias_silu_rows(rows, bias=None, silu: bool = False) -> None:
+    """rows (R, M) += bias (R, 1), then SiLU in place, a block of about 64k elements at a time."""
+    step = max(1, (1 << 16) // max(1, rows.shape[1]))
+    for r0 in range(0, rows.shape[0], step):
+        blk = rows[r0:r0 + step]
+        if bias is not None:
+            blk += bias[r0:r0 + step]
+        if silu:
+            ConvKernels._silu_band(blk)

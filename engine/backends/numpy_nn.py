@@ -7,12 +7,14 @@ per group, whose result is already NCHW.
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import numpy as np
 
 from engine import dtype as D
 from engine.backends.blas_threads import BLAS_THREADS
 from engine.backends.numpy_errstate import _quiet
+from engine.backends.numpy_split import split
 
 
 
@@ -219,18 +221,9 @@ class NnKernels:
             return self._out(x, out_dtype)
         g = x.reshape(n, groups, -1)
         bshape = (1, c) + (1,) * (x.ndim - 2)
-        mean = xp.mean(g, axis=-1, keepdims=True)
         if xp is np and x.dtype == out_dtype.np_dtype:
-            out = self.empty(g.shape, out_dtype)
-            xp.subtract(g, mean, out=out)
-            var = xp.mean(xp.square(out), axis=-1, keepdims=True)
-            out /= xp.sqrt(var + eps)
-            y = out.reshape(x.shape)
-            if weight is not None:
-                y *= self._f(weight, out_dtype).reshape(bshape)
-            if bias is not None:
-                y += self._f(bias, out_dtype).reshape(bshape)
-            return y
+            return self._group_norm_np(x, g, weight, bias, eps, out_dtype, silu=False)
+        mean = xp.mean(g, axis=-1, keepdims=True)
         var = xp.mean(xp.square(g - mean), axis=-1, keepdims=True)
         y = ((g - mean) / xp.sqrt(var + eps)).reshape(x.shape)
         if weight is not None:
@@ -239,9 +232,25 @@ class NnKernels:
             y = y + self._f(bias, out_dtype).reshape(bshape)
         return self._out(y, out_dtype)
 
+    def _group_norm_np(self, x, g, weight, bias, eps: float, out_dtype, silu: bool):
+        """group_norm on numpy for x of the output dtype, g = x as (N, groups, -1): one (sample, group) row at a
+        time, each row's passes (mean, x - mean, variance, scale, affine, SiLU) while it is in cache, the rows
+        on idle cores; per row the same operations in the same order as over the whole array."""
+        n, groups, cpg = g.shape[0], g.shape[1], x.shape[1] // g.shape[1]
+        out = self.empty(g.shape, out_dtype)
+        aff = [None if t is None else  # per row (sample, group): its channels' values, (N * groups, cpg, 1)
+               np.broadcast_to(self._f(t, out_dtype).reshape(1, groups, cpg), (n, groups, cpg)).reshape(-1, cpg, 1)
+               for t in (weight, bias)]
+        fn = partial(_group_norm_rows, eps=eps, silu=silu, cpg=cpg, affine=tuple(a is not None for a in aff))
+        _quiet(split, fn, g.reshape(n * groups, -1), out.reshape(n * groups, -1), *(a for a in aff if a is not None))
+        return out.reshape(x.shape)
+
     def group_norm_act(self, x, groups: int, weight, bias, eps: float, act, out_dtype):
         """FusedOps' composition, with SiLU applied in place in cache-sized chunks of the norm's output on
         numpy (the same operations: x / (1 + exp(-x)) of each rounded value)."""
+        if act == "silu" and self.xp is np and x.size and self._f(x, out_dtype).dtype == out_dtype.np_dtype:
+            x = self._f(x, out_dtype)
+            return self._group_norm_np(x, x.reshape(x.shape[0], groups, -1), weight, bias, eps, out_dtype, silu=True)
         y = self.group_norm(x, groups, weight, bias, eps, out_dtype)
         if act is None:
             return y
@@ -439,3 +448,25 @@ class NnKernels:
                     np.matmul(s, vi, out=o)
                     o /= tot  # (e @ v) / sum: n x E divisions instead of n x S (flash attention's order)
         return out if D.get(dt) == out_dtype else self._out(out, out_dtype)
+
+
+def _group_norm_rows(g, out, *affine_rows, eps: float, silu: bool, cpg: int, affine: tuple) -> None:
+    """GroupNorm of rows g (R, cpg * S) into out, one row at a time: (x - mean) / sqrt(var + eps), then the
+    per-channel weight (R, cpg, 1) and bias, then SiLU (x / (1 + exp(-x))), all in place in out."""
+    it = iter(affine_rows)
+    w, b = (next(it) if affine[0] else None), (next(it) if affine[1] else None)
+    for r in range(g.shape[0]):
+        row, dst = g[r], out[r]
+        np.subtract(row, np.mean(row, keepdims=True), out=dst)
+        var = np.mean(np.square(dst), keepdims=True)
+        dst /= np.sqrt(var + eps)
+        d = dst.reshape(cpg, -1)
+        if w is not None:
+            d *= w[r]
+        if b is not None:
+            d += b[r]
+        if silu:
+            t = np.negative(dst)
+            np.exp(t, out=t)
+            t += dst.dtype.type(1.0)
+            np.divide(dst, t, out=dst)

@@ -4,8 +4,11 @@ cache-sized chunks."""
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import numpy as np
+
+from engine.backends.numpy_split import split
 
 
 def _erf_fits():
@@ -170,7 +173,9 @@ def _chunked(fn, x, out) -> None:
     if out.size <= _CHUNK:
         fn(x, out)
         return
-    xf = np.ascontiguousarray(x).reshape(-1)
-    of = out.reshape(-1)
+    split(partial(_chunk_loop, fn), np.ascontiguousarray(x).reshape(-1), out.reshape(-1))  # on idle cores
+
+
+def _chunk_loop(fn, xf, of) -> None:
     for i in range(0, xf.size, _CHUNK):
         fn(xf[i:i + _CHUNK], of[i:i + _CHUNK])
