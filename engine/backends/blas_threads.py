@@ -92,17 +92,18 @@ class _BlasThreads:
             self._fns, self.threads = fns, max(c.num_threads for c in libs)
             self._set = True
 
-    def one(self, macs: int) -> bool:
+    def one(self, macs: int, force: bool = False) -> bool:
         """Set one thread for a product of `macs` multiply-adds on a busy machine, when it is under
-        BUSY_GEMM (then call restore())."""
-        if macs >= self.BUSY_GEMM:
+        BUSY_GEMM, or whatever the load with force (products run side by side from several threads of
+        numpy_threads); then call restore()."""
+        if macs >= self.BUSY_GEMM and not force:
             return False
         if self._depth:  # inside another op's one-thread scope: stays one thread until the outer restore
             self._depth += 1
             return True
         if self._set is None:
             self._find()
-        if not self._set or self.threads == 1 or not self.busy():
+        if not self._set or self.threads == 1 or not (force or self.busy()):
             return False
         for f in self._fns:
             f(1)

@@ -13,6 +13,7 @@ import numpy as np
 from engine import dtype as D
 from engine.backends.blas_threads import BLAS_THREADS
 from engine.backends.numpy_errstate import _quiet
+from engine.backends.numpy_threads import ROW_THREADS
 
 
 
@@ -145,11 +146,16 @@ class NnKernels:
         if x.size == 0:
             return self._out(x, out_dtype)
         if xp is np and x.dtype == out_dtype.np_dtype:
-            # no row to scale when every value lies strictly within +-2^64 (two whole-array reductions;
-            # nan and inf fail the test and take the general path, which treats them as before)
-            lim = x.dtype.type(2.0 ** 64)
-            if x.max() < lim and x.min() > -lim:
-                return _quiet(self._layer_norm_plain, x, axes, weight, bias, eps, out_dtype)
+            if nd == 1 and x.flags.c_contiguous:  # the usual case: rows of the last dim, chunk by chunk
+                out = _quiet(self._layer_norm_rows, x, weight, bias, eps, out_dtype)
+                if out is not None:
+                    return out
+            else:
+                # no row to scale when every value lies strictly within +-2^64 (two whole-array reductions;
+                # nan and inf fail the test and take the general path, which treats them as before)
+                lim = x.dtype.type(2.0 ** 64)
+                if x.max() < lim and x.min() > -lim:
+                    return _quiet(self._layer_norm_plain, x, axes, weight, bias, eps, out_dtype)
         with np.errstate(all="ignore"):
             big = xp.maximum(xp.max(x, axis=axes, keepdims=True), -xp.min(x, axis=axes, keepdims=True))  # max |x|
             scaled = xp.isfinite(big) & (big >= 2.0 ** 64)  # such rows are brought to about 2^40
@@ -167,6 +173,47 @@ class NnKernels:
         if bias is not None:
             y = y + self._f(bias, out_dtype)
         return self._out(y, out_dtype)
+
+    NORM_CHUNK = 1 << 15  # elements per chunk of _layer_norm_rows: its passes stay in L1/L2
+
+    def _layer_norm_rows(self, x, weight, bias, eps: float, out_dtype):
+        """_layer_norm_plain's steps over the last dim of a C-contiguous x, a chunk of rows at a time (in
+        cache) and the chunks on ROW_THREADS' cores: every row's steps are its own, so the bits equal the
+        whole-array pass. None when a chunk holds a value outside +-2^64 (or nan, inf): the caller takes
+        the general path for the whole array."""
+        n = x.shape[-1]
+        rows = x.size // n
+        x2, out = x.reshape(rows, n), self.empty(x.shape, out_dtype)
+        o2 = out.reshape(rows, n)
+        w = None if weight is None else self._f(weight, out_dtype)
+        b = None if bias is None else self._f(bias, out_dtype)
+        lim, e, cnt = x.dtype.type(2.0 ** 64), x.dtype.type(eps), np.intp(n)
+        step = max(1, self.NORM_CHUNK // n)
+        bad = []
+
+        def run(lo, hi, piece=0):
+            sq = np.empty((min(step, hi - lo), n), x.dtype)
+            for r0 in range(lo, hi, step):
+                r1 = min(hi, r0 + step)
+                xc, oc = x2[r0:r1], o2[r0:r1]
+                if not (xc.max() < lim and xc.min() > -lim):
+                    bad.append(r0)
+                    return
+                mean = np.add.reduce(xc, axis=-1, keepdims=True)
+                np.true_divide(mean, cnt, out=mean, casting="unsafe")
+                np.subtract(xc, mean, out=oc)
+                var = np.add.reduce(np.square(oc, out=sq[:r1 - r0]), axis=-1, keepdims=True)
+                np.true_divide(var, cnt, out=var, casting="unsafe")
+                var += e
+                np.sqrt(var, out=var)
+                oc /= var
+                if w is not None:
+                    oc *= w
+                if b is not None:
+                    oc += b
+
+        ROW_THREADS.run(run, rows, ROW_THREADS.workers(x.size))
+        return None if bad else out
 
     def _layer_norm_plain(self, x, axes, weight, bias, eps: float, out_dtype):
         """(x - mean) / sqrt(var + eps) [* w] [+ b] in place in the pooled output: np.mean's own steps (a sum,
@@ -288,24 +335,7 @@ class NnKernels:
         sc = None if scale == 1.0 else np.float32(scale)
         with np.errstate(all="ignore"):
             if hq * L * S <= self.ATTENTION_WHOLE or S == 0:
-                out = self.empty((b, L, hq, dv), out_dtype)
-                nb = max(1, min(b, self.ATTENTION_ROWS // max(1, hq * L * S)))
-                s_buf = self.empty((nb, hkv, rep * L, S), out_dtype)
-                o_buf = self.empty((nb, hkv, rep * L, dv), out_dtype)
-                for b0 in range(0, b, nb):
-                    b1 = min(b, b0 + nb)
-                    s, o = s_buf[:b1 - b0], o_buf[:b1 - b0]
-                    qg = q[b0:b1].reshape(b1 - b0, hkv, rep * L, d)  # a view for rep 1 or contiguous q
-                    np.matmul(qg, k[b0:b1].swapaxes(-1, -2), out=s)
-                    if sc is not None:
-                        s *= sc
-                    if mask is not None:
-                        mb = mask[b0:b1] if mask.shape[0] == b else mask
-                        s.reshape(b1 - b0, hkv, rep, L, S)[...] += mb[:, :, None]
-                    self._softmax_rows(s)
-                    np.matmul(s, v[b0:b1], out=o)  # (nb, Hkv, rep*L, Dv)
-                    np.copyto(out[b0:b1], o.reshape(b1 - b0, hq, L, dv).swapaxes(1, 2))
-                return out.reshape(b, L, hq * dv)
+                return self._attention_rows(q, k, v, mask, sc, out_dtype)
             out = self.empty((b, L, hq, dv), out_dtype)
             n = max(1, min(L, self.ATTENTION_BLOCK // S))
             buf = np.empty((n, S), np.float32)
@@ -329,6 +359,87 @@ class NnKernels:
                             out[bi, r0:r1, h] = s @ vh
             return out.reshape(b, L, hq * dv)
 
+    def _attention_rows(self, q, k, v, mask, sc, out_dtype):
+        """_attention's whole-row path: blocks of (batch rows, kv heads) of about ATTENTION_ROWS scores, each
+        block's scores from its GEMM with K to its GEMM with V in one buffer. With ROW_THREADS the blocks
+        go to the cores in contiguous runs (heads split when the batch gives fewer blocks than cores), each
+        run with buffers of its own and OpenBLAS on one thread (its GEMMs run side by side).
+        From ATTENTION_COLS query rows on, the scores are held transposed, (S, L) per head (_softmax_cols)."""
+        b, hq, L, d = q.shape
+        hkv, S, dv = k.shape[1], k.shape[2], v.shape[-1]
+        rep = hq // hkv
+        cols = rep * L >= self.ATTENTION_COLS and S > 0
+        out = self.empty((b, L, hq, dv), out_dtype)
+        per_row = hq * L * S  # scores of one batch row
+        nb, nh, nl = max(1, min(b, self.ATTENTION_ROWS // max(1, per_row))), hkv, L
+        if per_row > self.ATTENTION_ROWS:  # one kv head's rep heads and a block of queries a block
+            nh, nl = 1, max(1, min(L, self.ATTENTION_ROWS // max(1, rep * S)))
+        pieces = ROW_THREADS.workers(b * per_row)
+        if pieces > 1 and -(-b // nb) * -(-L // nl) < pieces:  # too few blocks for the cores: split the heads
+            nh = max(1, -(-hkv // pieces))
+        blocks = [(b0, min(b, b0 + nb), h0, min(hkv, h0 + nh), l0, min(L, l0 + nl))
+                  for b0 in range(0, b, nb) for h0 in range(0, hkv, nh) for l0 in range(0, L, nl)]
+        pieces = min(pieces, len(blocks))
+        bufs = [(self.empty((nb, nh) + ((S, rep * nl) if cols else (rep * nl, S)), out_dtype),
+                 self.empty((nb, nh, rep * nl, dv), out_dtype)) for _ in range(pieces)]
+        if mask is not None and cols:  # (B|1, 1, S, L): a view when the mask is one row per batch row (padding)
+            mask = mask.swapaxes(-1, -2) if mask.strides[-2] == 0 else np.ascontiguousarray(mask.swapaxes(-1, -2))
+        ones = np.ones(S, np.float32)
+
+        def run(lo, hi, piece):
+            s_buf, o_buf = bufs[piece]
+            for b0, b1, h0, h1, l0, l1 in blocks[lo:hi]:
+                n = rep * (l1 - l0)  # query rows of the block per kv head
+                o = o_buf[:b1 - b0, :h1 - h0, :n]
+                s = s_buf[:b1 - b0, :h1 - h0, :, :n] if cols else s_buf[:b1 - b0, :h1 - h0, :n]
+                qg = q[b0:b1, h0 * rep:h1 * rep, l0:l1].reshape(o.shape[:3] + (d,))  # a view when rep is 1
+                kb, vb = k[b0:b1, h0:h1], v[b0:b1, h0:h1]
+                if cols:
+                    np.matmul(kb, qg.swapaxes(-1, -2), out=s)  # (nb, nh, S, rep*nl)
+                else:
+                    np.matmul(qg, kb.swapaxes(-1, -2), out=s)  # (nb, nh, rep*nl, S)
+                if sc is not None:
+                    s *= sc
+                if mask is not None:
+                    mb = mask[b0:b1] if mask.shape[0] == b else mask
+                    if cols:
+                        s.reshape(b1 - b0, h1 - h0, S, rep, l1 - l0)[...] += mb[:, :, :, None, l0:l1]
+                    else:
+                        s.reshape(b1 - b0, h1 - h0, rep, l1 - l0, S)[...] += mb[:, :, None, l0:l1]
+                if cols:
+                    self._softmax_cols(s, ones)
+                    np.matmul(s.swapaxes(-1, -2), vb, out=o)  # (nb, nh, rep*nl, Dv)
+                else:
+                    self._softmax_rows(s)
+                    np.matmul(s, vb, out=o)
+                np.copyto(out[b0:b1, l0:l1, h0 * rep:h1 * rep],
+                          o.reshape(b1 - b0, (h1 - h0) * rep, l1 - l0, dv).swapaxes(1, 2))
+
+        if pieces == 1:
+            run(0, len(blocks), 0)
+        else:
+            single = BLAS_THREADS.one(0, force=True)
+            try:
+                ROW_THREADS.run(run, len(blocks), pieces)
+            finally:
+                if single:
+                    BLAS_THREADS.restore()
+        return out.reshape(b, L, hq * dv)
+
+    @staticmethod
+    def _softmax_cols(s, ones) -> None:
+        """softmax over dim -2 of float32 scores held transposed, (..., S, L), in place: the max and the
+        subtraction run along contiguous rows of L queries (numpy's max along the last dim costs 3x as
+        much), the sums are one GEMM with a vector of ones, and each column is multiplied by 1 / sum (as
+        torch's softmax kernel does). The same formula as _softmax_rows up to the order of the sum's
+        additions (fp32 rounding)."""
+        m = np.maximum.reduce(s, axis=-2, keepdims=True)  # (..., 1, L)
+        s -= m
+        np.exp(s, out=s)
+        tot = np.matmul(ones, s)  # (..., L)
+        np.divide(np.float32(1), tot, out=tot)
+        s *= tot[..., None, :]
+
     # attention: all scores in one buffer up to ATTENTION_WHOLE elements (256 MiB of float32: Whisper's encoder,
     # 6 x 1500 x 1500, is 54 MiB), beyond that row blocks of about ATTENTION_BLOCK scores per head. Blocks of
     # 128-256 rows are as fast as one pass with one BLAS thread, but with OpenBLAS's threads on a loaded
@@ -336,6 +447,7 @@ class NnKernels:
     ATTENTION_WHOLE = 1 << 26
     ATTENTION_BLOCK = 1 << 18
     ATTENTION_ROWS = 1 << 18  # scores per batch block of the whole-row path (1 MiB of float32: in L2)
+    ATTENTION_COLS = 16  # query rows (of a kv head) from which the scores are held transposed (_softmax_cols)
 
     SOFTMAX_PIECE = 1 << 17  # scores per piece of _softmax_rows: its five passes run in L2 (20% faster)
 
