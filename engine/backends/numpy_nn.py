@@ -27,6 +27,12 @@ class NnKernels:
         """x @ w.T + b in the compute dtype, rounded once (torch's fused addmm does the same). Rows of
         every leading dim go through one GEMM, so the weight is read once."""
         lead, k = x.shape[:-1], x.shape[-1]
+        m = math.prod(lead)
+        if self.xp is np and m >= self.LINEAR_SPLIT_ROWS and x.dtype == w.dtype == out_dtype.np_dtype == np.float32 \
+                and (b is None or b.dtype == np.float32):
+            pieces = ROW_THREADS.workers(m * w.shape[0])
+            if pieces > 1:
+                return self._linear_rows(x.reshape(m, k), w, b, out_dtype, pieces).reshape(lead + (w.shape[0],))
         if self.xp is np and BLAS_THREADS.one(math.prod(x.shape) * w.shape[0]):
             try:
                 return self._linear(x, w, b, out_dtype, lead, k)
@@ -49,6 +55,30 @@ class NnKernels:
         if b is not None:
             y = y + self._f(b, out_dtype)
         return self._out(y.reshape(lead + (w.shape[0],)), out_dtype)
+
+    # float32 products of at least LINEAR_SPLIT_ROWS rows are cut into row blocks on ROW_THREADS' cores, OpenBLAS
+    # on one thread in each: OpenBLAS's own threads spin for about 0.1 s after every product, and took the
+    # second core from the threaded elementwise work that follows (GELU, layer norm: no faster on two threads)
+    LINEAR_SPLIT_ROWS = 256
+
+    def _linear_rows(self, x2, w, b, out_dtype, pieces):
+        """x2 (M, K) @ w.T (+ b) into pooled memory, a block of rows per piece (a GEMM each, the bias added
+        in place, as _linear does)."""
+        out = self.empty((x2.shape[0], w.shape[0]), out_dtype)
+        bias = None if b is None else self._f(b, out_dtype)
+
+        def run(lo, hi, piece):
+            np.matmul(x2[lo:hi], w.T, out=out[lo:hi])
+            if bias is not None:
+                out[lo:hi] += bias
+
+        single = BLAS_THREADS.one(0, force=True)
+        try:
+            ROW_THREADS.run(run, x2.shape[0], pieces)
+        finally:
+            if single:
+                BLAS_THREADS.restore()
+        return out
 
     # ---- recurrence ------------------------------------------------------------------------------
     def lstm_recurrence(self, xw, h, c, w_hh, b_hh, w_hr, reverse: bool, out_dtype):
@@ -174,20 +204,20 @@ class NnKernels:
             y = y + self._f(bias, out_dtype)
         return self._out(y, out_dtype)
 
-    NORM_CHUNK = 1 << 15  # elements per chunk of _layer_norm_rows: its passes stay in L1/L2
+    NORM_CHUNK = 1 << 17  # elements per chunk of _layer_norm_rows: its passes stay in L2 (1 << 13: 3x slower)
 
     def _layer_norm_rows(self, x, weight, bias, eps: float, out_dtype):
-        """_layer_norm_plain's steps over the last dim of a C-contiguous x, a chunk of rows at a time (in
-        cache) and the chunks on ROW_THREADS' cores: every row's steps are its own, so the bits equal the
-        whole-array pass. None when a chunk holds a value outside +-2^64 (or nan, inf): the caller takes
-        the general path for the whole array."""
+        """_layer_norm_plain's formula over the last dim of a C-contiguous x, a chunk of rows at a time (in
+        cache) and the chunks on ROW_THREADS' cores; the sums are GEMVs with a vector of ones (3x faster
+        than numpy's row reductions; fp32 sums in another order). None when a chunk holds a value outside
+        +-2^64 (or nan, inf): the caller takes the general path for the whole array."""
         n = x.shape[-1]
         rows = x.size // n
         x2, out = x.reshape(rows, n), self.empty(x.shape, out_dtype)
         o2 = out.reshape(rows, n)
         w = None if weight is None else self._f(weight, out_dtype)
         b = None if bias is None else self._f(bias, out_dtype)
-        lim, e, cnt = x.dtype.type(2.0 ** 64), x.dtype.type(eps), np.intp(n)
+        lim, e, cnt, ones = x.dtype.type(2.0 ** 64), x.dtype.type(eps), np.intp(n), np.ones(n, x.dtype)
         step = max(1, self.NORM_CHUNK // n)
         bad = []
 
@@ -199,10 +229,10 @@ class NnKernels:
                 if not (xc.max() < lim and xc.min() > -lim):
                     bad.append(r0)
                     return
-                mean = np.add.reduce(xc, axis=-1, keepdims=True)
+                mean = np.matmul(xc, ones)[:, None]
                 np.true_divide(mean, cnt, out=mean, casting="unsafe")
                 np.subtract(xc, mean, out=oc)
-                var = np.add.reduce(np.square(oc, out=sq[:r1 - r0]), axis=-1, keepdims=True)
+                var = np.matmul(np.square(oc, out=sq[:r1 - r0]), ones)[:, None]
                 np.true_divide(var, cnt, out=var, casting="unsafe")
                 var += e
                 np.sqrt(var, out=var)
@@ -212,7 +242,12 @@ class NnKernels:
                 if b is not None:
                     oc += b
 
-        ROW_THREADS.run(run, rows, ROW_THREADS.workers(x.size))
+        single = BLAS_THREADS.one(0, force=True)  # the GEMVs: OpenBLAS's threads would spin after them
+        try:
+            ROW_THREADS.run(run, rows, ROW_THREADS.workers(x.size))
+        finally:
+            if single:
+                BLAS_THREADS.restore()
         return None if bad else out
 
     def _layer_norm_plain(self, x, axes, weight, bias, eps: float, out_dtype):
