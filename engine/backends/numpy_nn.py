@@ -27,12 +27,12 @@ class NnKernels:
         """x @ w.T + b in the compute dtype, rounded once (torch's fused addmm does the same). Rows of
         every leading dim go through one GEMM, so the weight is read once."""
         lead, k = x.shape[:-1], x.shape[-1]
-        m = math.prod(lead)
-        if self.xp is np and m >= self.LINEAR_SPLIT_ROWS and x.dtype == w.dtype == out_dtype.np_dtype == np.float32 \
-                and (b is None or b.dtype == np.float32):
-            pieces = ROW_THREADS.workers(m * w.shape[0])
+        m, n = math.prod(lead), w.shape[0]
+        if self.xp is np and m >= self.LINEAR_SPLIT_ROWS and (b is None or b.dtype == np.float32) \
+                and x.dtype == w.dtype == out_dtype.np_dtype == np.float32:
+            pieces = ROW_THREADS.workers(m * n)
             if pieces > 1:
-                return self._linear_rows(x.reshape(m, k), w, b, out_dtype, pieces).reshape(lead + (w.shape[0],))
+                return self._linear_split(x.reshape(m, k), w, b, out_dtype, pieces).reshape(lead + (n,))
         if self.xp is np and BLAS_THREADS.one(math.prod(x.shape) * w.shape[0]):
             try:
                 return self._linear(x, w, b, out_dtype, lead, k)
@@ -56,14 +56,16 @@ class NnKernels:
             y = y + self._f(b, out_dtype)
         return self._out(y.reshape(lead + (w.shape[0],)), out_dtype)
 
-    # float32 products of at least LINEAR_SPLIT_ROWS rows are cut into row blocks on ROW_THREADS' cores, OpenBLAS
-    # on one thread in each: OpenBLAS's own threads spin for about 0.1 s after every product, and took the
-    # second core from the threaded elementwise work that follows (GELU, layer norm: no faster on two threads)
+    # float32 products of at least LINEAR_SPLIT_ROWS rows are cut into blocks of rows on ROW_THREADS' cores,
+    # OpenBLAS on one thread in each: OpenBLAS's own threads spin for about 0.1 s after every product and took
+    # the second core from the threaded elementwise work that follows (BERT at batch 32 on 2 cores, per forward:
+    # GELU 148 -> 94 ms, attention 170 -> 82 ms with the split, no faster on two threads without it). Fewer
+    # rows keep OpenBLAS's threads (a split of their columns was not measured faster on the shared machine)
     LINEAR_SPLIT_ROWS = 256
 
-    def _linear_rows(self, x2, w, b, out_dtype, pieces):
-        """x2 (M, K) @ w.T (+ b) into pooled memory, a block of rows per piece (a GEMM each, the bias added
-        in place, as _linear does)."""
+    def _linear_split(self, x2, w, b, out_dtype, pieces):
+        """x2 (M, K) @ w.T (+ b) into pooled memory, a GEMM per block of rows, the bias added in place as
+        _linear does."""
         out = self.empty((x2.shape[0], w.shape[0]), out_dtype)
         bias = None if b is None else self._f(b, out_dtype)
 
