@@ -223,10 +223,10 @@ class NnKernels:
         step = max(1, self.NORM_CHUNK // n)
         bad = []
 
-        def run(lo, hi, piece=0):
-            sq = np.empty((min(step, hi - lo), n), x.dtype)
-            for r0 in range(lo, hi, step):
-                r1 = min(hi, r0 + step)
+        def run(c0, c1, piece=0):  # chunks c0:c1 (the same chunks on any number of threads: the same bits)
+            sq = np.empty((step, n), x.dtype)
+            for r0 in range(c0 * step, min(rows, c1 * step), step):
+                r1 = min(rows, r0 + step)
                 xc, oc = x2[r0:r1], o2[r0:r1]
                 if not (xc.max() < lim and xc.min() > -lim):
                     bad.append(r0)
@@ -246,7 +246,7 @@ class NnKernels:
 
         single = BLAS_THREADS.one(0, force=True)  # the GEMVs: OpenBLAS's threads would spin after them
         try:
-            ROW_THREADS.run(run, rows, ROW_THREADS.workers(x.size))
+            ROW_THREADS.run(run, -(-rows // step), ROW_THREADS.workers(x.size))
         finally:
             if single:
                 BLAS_THREADS.restore()

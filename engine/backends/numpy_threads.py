@@ -6,8 +6,10 @@ softmax and the layer norms were about 60% of the engine's time).
 
 Only while the machine is otherwise idle (BLAS_THREADS.busy(), the test that OpenBLAS's thread count
 follows): on a machine whose other core is taken, the caller would wait at the join for a piece parked
-behind another process. Every piece computes exactly what the one-thread loop computes for its rows, so
-results do not depend on the split."""
+behind another process. Elementwise pieces (GELU, SiLU, layer norm's chunks) compute exactly what the
+one-thread loop computes, so their bits do not depend on the split; products (linear's row blocks, attention's
+blocks) run OpenBLAS on one thread in each piece, whose rounding may differ from OpenBLAS's own threads' in
+the last bit, as any change of its thread count does."""
 from __future__ import annotations
 
 import os
