@@ -229,9 +229,9 @@ def test_prefill_attention(dtype, B, Hq, Hkv, L, S, D):
 def test_attention_batch_blocks(Hq, Hkv, mask_b, monkeypatch):
     """numpy: the batch in blocks of whole rows (2 of 5 rows a block here, the last block short), q as the
     models' transposed view, a per-row padding mask or one mask for every row."""
-    from engine.backends.numpy_nn import NnKernels
+    from engine.backends.numpy_attention import AttentionKernels
     B, L, S, D = 5, 6, 7, 8
-    monkeypatch.setattr(NnKernels, "ATTENTION_ROWS", 2 * Hq * L * S)
+    monkeypatch.setattr(AttentionKernels, "ATTENTION_ROWS", 2 * Hq * L * S)
     q = arr((B, L, Hq, D), "float32")
     k, v = arr((B, Hkv, S, D), "float32", 1, 1), arr((B, Hkv, S, D), "float32", 1, 2)
     mask = None

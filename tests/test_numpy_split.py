@@ -1,7 +1,6 @@
-"""numpy backend: large elementwise passes split over idle cores (engine/backends/numpy_split.py) give the
+"""numpy backend: large elementwise passes split over idle cores (engine/backends/numpy_threads.split) give the
 same results as one pass; here with the thresholds lowered so tiny arrays split, and the machine seen as idle."""
 import pytest
-import torch
 import torch.nn.functional as F
 
 import engine.functional as EF
@@ -10,11 +9,11 @@ from helpers import helper_test_op
 
 @pytest.fixture(autouse=True)
 def split_small(monkeypatch):
-    from engine.backends import numpy_split
+    from engine.backends import numpy_threads
     from engine.backends.blas_threads import BLAS_THREADS
-    monkeypatch.setattr(numpy_split, "SPLIT_MIN", 16)
-    monkeypatch.setattr(numpy_split, "_ALIGN", 1)
-    monkeypatch.setattr(numpy_split, "_workers", lambda: 3)
+    monkeypatch.setattr(numpy_threads, "SPLIT_MIN", 16)
+    monkeypatch.setattr(numpy_threads, "SPLIT_ALIGN", 1)
+    monkeypatch.setattr("os.cpu_count", lambda: 3)
     monkeypatch.setattr(BLAS_THREADS, "busy", lambda: False)
 
 

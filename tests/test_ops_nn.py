@@ -186,10 +186,10 @@ def test_sdpa_views(view): helper_test_op([(2, 5, 8), (2, 6, 8), (2, 6, 8)], F.s
 def sdpa_blocked(request, monkeypatch):
     """The numpy backend's blocked sdpa (long sequences) forced on the small rows: one or two query rows
     per block, so several blocks run, against the same torch oracle."""
-    from engine.backends.numpy_nn import NnKernels
-    monkeypatch.setattr(NnKernels, "SDPA_FULL_SCORES", 0)
-    monkeypatch.setattr(NnKernels, "SDPA_HEAD_SCORES", 0)
-    monkeypatch.setattr(NnKernels, "SDPA_BLOCK", request.param)
+    from engine.backends.numpy_attention import AttentionKernels
+    monkeypatch.setattr(AttentionKernels, "SDPA_FULL_SCORES", 0)
+    monkeypatch.setattr(AttentionKernels, "SDPA_HEAD_SCORES", 0)
+    monkeypatch.setattr(AttentionKernels, "SDPA_BLOCK", request.param)
 
 
 SDPA_BLOCKED = {"plain": lambda: sdpa_row(QKV), "causal": lambda: sdpa_row(QKV, is_causal=True),

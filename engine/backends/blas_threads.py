@@ -94,7 +94,7 @@ class _BlasThreads:
 
     def one(self, macs: int, force: bool = False) -> bool:
         """Set one thread for a product of `macs` multiply-adds on a busy machine, when it is under
-        BUSY_GEMM, or with force (the caller runs its GEMMs on threads of its own) (then call restore())."""
+        BUSY_GEMM, or whatever the load with force (the caller runs its products side by side on threads of its own); then call restore()."""
         if macs >= self.BUSY_GEMM and not force:
             return False
         if self._depth:  # inside another op's one-thread scope: stays one thread until the outer restore

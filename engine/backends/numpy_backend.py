@@ -15,6 +15,7 @@ from engine import dtype as D
 from engine.backends.fused import FusedOps
 from engine.backends.blas_threads import BLAS_THREADS
 from engine.backends.numpy_errstate import _quiet
+from engine.backends.numpy_attention import AttentionKernels
 from engine.backends.numpy_conv import ConvKernels
 from engine.backends.numpy_nn import NnKernels
 from engine.backends.numpy_index import IndexKernels
@@ -22,8 +23,7 @@ from engine.backends.numpy_pointwise import PointwiseKernels
 from engine.backends.numpy_pool import PoolKernels
 from engine.backends.numpy_quant import QuantKernels
 from engine.backends.numpy_special import _IN_PLACE, _chunked, _erf_f32, _erf_f64, _gelu_f32
-from engine.backends import numpy_split
-from engine.backends.numpy_split import split
+from engine.backends.numpy_threads import SPLIT_MIN, split
 from engine.storage import StoragePool
 
 _REDUCED = (np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16))
@@ -46,7 +46,7 @@ def _block_ptr(raw) -> int:
     return raw.ptr if type(raw) is _HostBlock else raw.ctypes.data
 
 
-class NumpyBackend(NnKernels, ConvKernels, PoolKernels, PointwiseKernels, IndexKernels, QuantKernels, FusedOps):
+class NumpyBackend(NnKernels, AttentionKernels, ConvKernels, PoolKernels, PointwiseKernels, IndexKernels, QuantKernels, FusedOps):
     name = "numpy"
     available = True
     xp = np
@@ -249,7 +249,7 @@ class NumpyBackend(NnKernels, ConvKernels, PoolKernels, PointwiseKernels, IndexK
                 out = self.empty(a.shape, out_dtype)
                 if type(b) is float:
                     b = self._c(b, cd)
-                if a.size >= numpy_split.SPLIT_MIN and a.flags.c_contiguous and (type(b) is not np.ndarray
+                if a.size >= SPLIT_MIN and a.flags.c_contiguous and (type(b) is not np.ndarray
                                                                                   or b.flags.c_contiguous):
                     _quiet(_binary_split, fn, a, b, out)  # on idle cores
                 elif self._WARNS:
@@ -530,7 +530,7 @@ class NumpyBackend(NnKernels, ConvKernels, PoolKernels, PointwiseKernels, IndexK
 
 def _binary_split(fn, a, b, out) -> None:
     """fn(a, b, out=out) for a C-contiguous array a and a same-shape C-contiguous array or a scalar b, in
-    pieces over the idle cores (numpy_split)."""
+    pieces over the idle cores (numpy_threads.split)."""
     if type(b) is np.ndarray:
         split(lambda ap, bp, op: fn(ap, bp, out=op), a.reshape(-1), b.reshape(-1), out.reshape(-1))
     else:

@@ -2,7 +2,7 @@
 GEMM per group (in bands of output rows where the columns would leave the cache or fill memory), a SiLU
 in place, transposed convs as a spread-out stride-1 conv. On numpy, stride-1 1-d convs with O <= C go
 without im2col (one GEMM of the stacked taps per band), 1-d transposed convs as a GEMM + col2im per band,
-and large copies, bias adds and SiLUs on idle cores (numpy_split). Shared with the cupy backend (xp)."""
+and large copies, bias adds and SiLUs on idle cores (numpy_threads). Shared with the cupy backend (xp)."""
 from __future__ import annotations
 
 import math
@@ -12,7 +12,7 @@ import numpy as np
 
 from engine import dtype as D
 from engine.backends.blas_threads import BLAS_THREADS
-from engine.backends.numpy_split import ranges, split
+from engine.backends.numpy_threads import ranges, split
 
 
 class ConvKernels:

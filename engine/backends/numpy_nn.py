@@ -1,8 +1,8 @@
-"""Neural-network kernels of the numpy backend (a mixin of NumpyBackend; cupy inherits them too).
+"""Neural-network kernels of the numpy backend (a mixin of NumpyBackend; cupy inherits them too): linear,
+the LSTM recurrence, softmax, the norms. Attention is numpy_attention's AttentionKernels, convolutions
+numpy_conv's ConvKernels.
 
 Everything computes in float32 (float64 stays float64) and rounds once into the output dtype.
-Convolutions are im2col over a strided window view (positions innermost) followed by one batched GEMM
-per group, whose result is already NCHW.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import numpy as np
 from engine import dtype as D
 from engine.backends.blas_threads import BLAS_THREADS
 from engine.backends.numpy_errstate import _quiet
-from engine.backends.numpy_split import split
+from engine.backends.numpy_threads import ROW_THREADS, split
 
 
 
@@ -28,6 +28,12 @@ class NnKernels:
         """x @ w.T + b in the compute dtype, rounded once (torch's fused addmm does the same). Rows of
         every leading dim go through one GEMM, so the weight is read once."""
         lead, k = x.shape[:-1], x.shape[-1]
+        m, n = math.prod(lead), w.shape[0]
+        if self.xp is np and m >= self.LINEAR_SPLIT_ROWS and (b is None or b.dtype == np.float32) \
+                and x.dtype == w.dtype == out_dtype.np_dtype == np.float32:
+            pieces = ROW_THREADS.workers(m * n)
+            if pieces > 1:
+                return self._linear_split(x.reshape(m, k), w, b, out_dtype, pieces).reshape(lead + (n,))
         if self.xp is np and BLAS_THREADS.one(math.prod(x.shape) * w.shape[0]):
             try:
                 return self._linear(x, w, b, out_dtype, lead, k)
@@ -50,6 +56,32 @@ class NnKernels:
         if b is not None:
             y = y + self._f(b, out_dtype)
         return self._out(y.reshape(lead + (w.shape[0],)), out_dtype)
+
+    # float32 products of at least LINEAR_SPLIT_ROWS rows are cut into blocks of rows on ROW_THREADS' cores,
+    # OpenBLAS on one thread in each: OpenBLAS's own threads spin for about 0.1 s after every product and took
+    # the second core from the threaded elementwise work that follows (BERT at batch 32 on 2 cores, per forward:
+    # GELU 148 -> 94 ms, attention 170 -> 82 ms with the split, no faster on two threads without it). Fewer
+    # rows keep OpenBLAS's threads (a split of their columns was not measured faster on the shared machine)
+    LINEAR_SPLIT_ROWS = 256
+
+    def _linear_split(self, x2, w, b, out_dtype, pieces):
+        """x2 (M, K) @ w.T (+ b) into pooled memory, a GEMM per block of rows, the bias added in place as
+        _linear does."""
+        out = self.empty((x2.shape[0], w.shape[0]), out_dtype)
+        bias = None if b is None else self._f(b, out_dtype)
+
+        def run(lo, hi, piece):
+            np.matmul(x2[lo:hi], w.T, out=out[lo:hi])
+            if bias is not None:
+                out[lo:hi] += bias
+
+        single = BLAS_THREADS.one(0, force=True)
+        try:
+            ROW_THREADS.run(run, x2.shape[0], pieces)
+        finally:
+            if single:
+                BLAS_THREADS.restore()
+        return out
 
     # ---- recurrence ------------------------------------------------------------------------------
     def lstm_recurrence(self, xw, h, c, w_hh, b_hh, w_hr, reverse: bool, out_dtype):
@@ -147,11 +179,16 @@ class NnKernels:
         if x.size == 0:
             return self._out(x, out_dtype)
         if xp is np and x.dtype == out_dtype.np_dtype:
-            # no row to scale when every value lies strictly within +-2^64 (two whole-array reductions;
-            # nan and inf fail the test and take the general path, which treats them as before)
-            lim = x.dtype.type(2.0 ** 64)
-            if x.max() < lim and x.min() > -lim:
-                return _quiet(self._layer_norm_plain, x, axes, weight, bias, eps, out_dtype)
+            if nd == 1 and x.flags.c_contiguous:  # the usual case: rows of the last dim, chunk by chunk
+                out = _quiet(self._layer_norm_rows, x, weight, bias, eps, out_dtype)
+                if out is not None:
+                    return out
+            else:
+                # no row to scale when every value lies strictly within +-2^64 (two whole-array reductions;
+                # nan and inf fail the test and take the general path, which treats them as before)
+                lim = x.dtype.type(2.0 ** 64)
+                if x.max() < lim and x.min() > -lim:
+                    return _quiet(self._layer_norm_plain, x, axes, weight, bias, eps, out_dtype)
         with np.errstate(all="ignore"):
             big = xp.maximum(xp.max(x, axis=axes, keepdims=True), -xp.min(x, axis=axes, keepdims=True))  # max |x|
             scaled = xp.isfinite(big) & (big >= 2.0 ** 64)  # such rows are brought to about 2^40
@@ -169,6 +206,52 @@ class NnKernels:
         if bias is not None:
             y = y + self._f(bias, out_dtype)
         return self._out(y, out_dtype)
+
+    NORM_CHUNK = 1 << 17  # elements per chunk of _layer_norm_rows: its passes stay in L2 (1 << 13: 3x slower)
+
+    def _layer_norm_rows(self, x, weight, bias, eps: float, out_dtype):
+        """_layer_norm_plain's formula over the last dim of a C-contiguous x, a chunk of rows at a time (in
+        cache) and the chunks on ROW_THREADS' cores; the sums are GEMVs with a vector of ones (3x faster
+        than numpy's row reductions; fp32 sums in another order). None when a chunk holds a value outside
+        +-2^64 (or nan, inf): the caller takes the general path for the whole array."""
+        n = x.shape[-1]
+        rows = x.size // n
+        x2, out = x.reshape(rows, n), self.empty(x.shape, out_dtype)
+        o2 = out.reshape(rows, n)
+        w = None if weight is None else self._f(weight, out_dtype)
+        b = None if bias is None else self._f(bias, out_dtype)
+        lim, e, cnt, ones = x.dtype.type(2.0 ** 64), x.dtype.type(eps), np.intp(n), np.ones(n, x.dtype)
+        step = max(1, self.NORM_CHUNK // n)
+        bad = []
+
+        def run(c0, c1, piece=0):  # chunks c0:c1 (the same chunks on any number of threads: the same bits)
+            sq = np.empty((step, n), x.dtype)
+            for r0 in range(c0 * step, min(rows, c1 * step), step):
+                r1 = min(rows, r0 + step)
+                xc, oc = x2[r0:r1], o2[r0:r1]
+                if not (xc.max() < lim and xc.min() > -lim):
+                    bad.append(r0)
+                    return
+                mean = np.matmul(xc, ones)[:, None]
+                np.true_divide(mean, cnt, out=mean, casting="unsafe")
+                np.subtract(xc, mean, out=oc)
+                var = np.matmul(np.square(oc, out=sq[:r1 - r0]), ones)[:, None]
+                np.true_divide(var, cnt, out=var, casting="unsafe")
+                var += e
+                np.sqrt(var, out=var)
+                oc /= var
+                if w is not None:
+                    oc *= w
+                if b is not None:
+                    oc += b
+
+        single = BLAS_THREADS.one(0, force=True)  # the GEMVs: OpenBLAS's threads would spin after them
+        try:
+            ROW_THREADS.run(run, -(-rows // step), ROW_THREADS.workers(x.size))
+        finally:
+            if single:
+                BLAS_THREADS.restore()
+        return None if bad else out
 
     def _layer_norm_plain(self, x, axes, weight, bias, eps: float, out_dtype):
         """(x - mean) / sqrt(var + eps) [* w] [+ b] in place in the pooled output: np.mean's own steps (a sum,
@@ -269,185 +352,6 @@ class NnKernels:
         if bias is not None:
             y = y + self._f(bias, out_dtype).reshape(bshape)
         return self._out(y, out_dtype)
-
-    # ---- attention ------------------------------------------------------------------------------------
-    def attention(self, q, k, v, mask, scale: float, out_dtype):
-        """FusedOps.attention's formula on numpy in float32, without its copies: the scores are scaled
-        (not at all for scale 1: x * 1 is x), masked and softmaxed in place in one pooled buffer, which
-        the composition copies three times (mul, softmax, cast to the float32 it already is). The batch
-        goes in blocks of whole rows of about ATTENTION_ROWS scores, each block in cache from its GEMM with
-        K to its GEMM with V (BERT at batch 32: 25 MiB of scores otherwise, every pass from memory); when
-        one batch row's scores exceed ATTENTION_WHOLE the same steps go a block of query rows of one head
-        at a time. Other dtypes (and cupy) take the composition."""
-        if out_dtype.np_dtype != np.float32 or self.xp is not np or not (
-                q.dtype == k.dtype == v.dtype == np.float32) or (mask is not None and mask.dtype != np.float32):
-            return super().attention(q, k, v, mask, scale, out_dtype)
-        # the thread count by one head's product: a batched matmul is a BLAS call per head
-        if BLAS_THREADS.one(q.shape[2] * q.shape[3] * k.shape[2]):
-            try:
-                return self._attention(q, k, v, mask, scale, out_dtype)
-            finally:
-                BLAS_THREADS.restore()
-        return self._attention(q, k, v, mask, scale, out_dtype)
-
-    def _attention(self, q, k, v, mask, scale: float, out_dtype):
-        b, hq, L, d = q.shape
-        hkv, S, dv = k.shape[1], k.shape[2], v.shape[-1]
-        rep = hq // hkv
-        sc = None if scale == 1.0 else np.float32(scale)
-        with np.errstate(all="ignore"):
-            if hq * L * S <= self.ATTENTION_WHOLE or S == 0:
-                out = self.empty((b, L, hq, dv), out_dtype)
-                nb = max(1, min(b, self.ATTENTION_ROWS // max(1, hq * L * S)))
-                s_buf = self.empty((nb, hkv, rep * L, S), out_dtype)
-                o_buf = self.empty((nb, hkv, rep * L, dv), out_dtype)
-                for b0 in range(0, b, nb):
-                    b1 = min(b, b0 + nb)
-                    s, o = s_buf[:b1 - b0], o_buf[:b1 - b0]
-                    qg = q[b0:b1].reshape(b1 - b0, hkv, rep * L, d)  # a view for rep 1 or contiguous q
-                    np.matmul(qg, k[b0:b1].swapaxes(-1, -2), out=s)
-                    if sc is not None:
-                        s *= sc
-                    if mask is not None:
-                        mb = mask[b0:b1] if mask.shape[0] == b else mask
-                        s.reshape(b1 - b0, hkv, rep, L, S)[...] += mb[:, :, None]
-                    self._softmax_rows(s)
-                    np.matmul(s, v[b0:b1], out=o)  # (nb, Hkv, rep*L, Dv)
-                    np.copyto(out[b0:b1], o.reshape(b1 - b0, hq, L, dv).swapaxes(1, 2))
-                return out.reshape(b, L, hq * dv)
-            out = self.empty((b, L, hq, dv), out_dtype)
-            n = max(1, min(L, self.ATTENTION_BLOCK // S))
-            buf = np.empty((n, S), np.float32)
-            for bi in range(b):
-                for hk in range(hkv):
-                    kt = np.ascontiguousarray(k[bi, hk].T)  # (D, S): read by every row block of rep heads
-                    vh = np.ascontiguousarray(v[bi, hk])
-                    for r in range(rep):
-                        h = hk * rep + r
-                        qh = np.ascontiguousarray(q[bi, h])
-                        mh = None if mask is None else mask[min(bi, mask.shape[0] - 1), 0]
-                        for r0 in range(0, L, n):
-                            r1 = min(L, r0 + n)
-                            s = buf[:r1 - r0]
-                            np.matmul(qh[r0:r1], kt, out=s)
-                            if sc is not None:
-                                s *= sc
-                            if mh is not None:
-                                s += mh[r0:r1]
-                            self._softmax_rows(s)
-                            out[bi, r0:r1, h] = s @ vh
-            return out.reshape(b, L, hq * dv)
-
-    # attention: all scores in one buffer up to ATTENTION_WHOLE elements (256 MiB of float32: Whisper's encoder,
-    # 6 x 1500 x 1500, is 54 MiB), beyond that row blocks of about ATTENTION_BLOCK scores per head. Blocks of
-    # 128-256 rows are as fast as one pass with one BLAS thread, but with OpenBLAS's threads on a loaded
-    # 2-core machine their many small GEMMs were 3x slower than a few large ones (Whisper's encoder)
-    ATTENTION_WHOLE = 1 << 26
-    ATTENTION_BLOCK = 1 << 18
-    ATTENTION_ROWS = 1 << 18  # scores per batch block of the whole-row path (1 MiB of float32: in L2)
-
-    SOFTMAX_PIECE = 1 << 17  # scores per piece of _softmax_rows: its five passes run in L2 (20% faster)
-
-    @staticmethod
-    def _softmax_rows(s) -> None:
-        """softmax over the last dim of a float32 array in place (softmax()'s steps: x - max, exp, / sum),
-        a piece of rows at a time (each row's steps are its own: the same bits in any split)."""
-        def rows(x):
-            x -= np.max(x, axis=-1, keepdims=True)
-            np.exp(x, out=x)
-            x /= np.sum(x, axis=-1, keepdims=True)
-        n = s.shape[-1]
-        if s.size <= NnKernels.SOFTMAX_PIECE or n == 0 or not s.flags.c_contiguous:
-            rows(s)
-            return
-        flat = s.reshape(-1, n)
-        step = max(1, NnKernels.SOFTMAX_PIECE // n)
-        for lo in range(0, flat.shape[0], step):
-            rows(flat[lo:lo + step])
-
-    # the blocked path: when all scores exceed SDPA_FULL_SCORES elements (4 MiB of float32) and one
-    # head's (L, S) scores exceed SDPA_HEAD_SCORES (so the Python loop over heads is amortised); its
-    # query-row blocks hold about SDPA_BLOCK scores (2 MiB: they stay in cache)
-    SDPA_FULL_SCORES = 1 << 20
-    SDPA_HEAD_SCORES = 1 << 18
-    SDPA_BLOCK = 1 << 19
-
-    def sdpa(self, q, k, v, mask, causal: bool, scale: float, out_dtype):
-        """q (..., Hq, L, E), k/v (..., Hkv, S, E); Hq a multiple of Hkv (GQA by repeating k/v).
-        mask: bool (True keeps) or additive float, broadcastable to (..., Hq, L, S).
-        On numpy, long sequences go through _sdpa_blocked: the same per-row math over blocks of query
-        rows, so the (..., L, S) score matrix never exists whole (SD 1.5's 4096-token self-attention:
-        1 GiB of scores otherwise)."""
-        xp = self.xp
-        q, k, v = self._f(q, out_dtype), self._f(k, out_dtype), self._f(v, out_dtype)
-        rep = q.shape[-3] // k.shape[-3] if q.ndim >= 3 else 1
-        if rep > 1:
-            k = xp.repeat(k, rep, axis=-3)
-            v = xp.repeat(v, rep, axis=-3)
-        L, S = q.shape[-2], k.shape[-2]
-        if xp is np and L > 1 and S > 0 and q.ndim >= 2:
-            lead = np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2],
-                                       *(() if mask is None else (mask.shape[:-2],)))
-            if math.prod(lead) * L * S > self.SDPA_FULL_SCORES and L * S >= self.SDPA_HEAD_SCORES:
-                return self._sdpa_blocked(q, k, v, mask, causal, scale, out_dtype, lead)
-        # the backend's matmul (not `@`): on cupy its capture-safe kernel inside a CUDA graph, where cuBLAS is refused
-        s = self.matmul(q, xp.swapaxes(k, -1, -2), D.get(q.dtype)) * q.dtype.type(scale)
-        L, S = s.shape[-2:]
-        if causal:
-            s = xp.where(xp.tril(xp.ones((L, S), dtype=bool)), s, -np.inf)
-        if mask is not None:
-            s = xp.where(mask, s, -np.inf) if mask.dtype == np.bool_ else s + self._f(mask, out_dtype)
-        m = xp.max(s, axis=-1, keepdims=True) if S else xp.zeros(s.shape[:-1] + (1,), s.dtype)
-        m = xp.where(xp.isfinite(m), m, 0)
-        with np.errstate(all="ignore"):
-            e = xp.exp(s - m)
-            tot = xp.sum(e, axis=-1, keepdims=True)
-            p = e / xp.where(tot == 0, 1, tot)  # a fully masked row attends to nothing: output 0, as torch
-        return self._out(self.matmul(p, v, D.get(p.dtype)), out_dtype)
-
-    def _sdpa_blocked(self, q, k, v, mask, causal: bool, scale: float, out_dtype, lead):
-        """sdpa's formula row block by row block, for every index of the leading dims: scores
-        (n, S) = q_rows @ k^T * scale, causal/mask applied, softmax along S as above (max, exp, sum,
-        divide), then @ v into the output rows. Each row sees the same operations as in the one-pass
-        path but the normalisation, which divides the (n, E) output rows rather than the (n, S)
-        probabilities (as flash attention does): results agree to fp32 rounding."""
-        L, S, E = q.shape[-2], k.shape[-2], v.shape[-1]
-        dt = q.dtype
-        q = np.broadcast_to(q, lead + q.shape[-2:])
-        kt = np.swapaxes(np.broadcast_to(k, lead + k.shape[-2:]), -1, -2)
-        v = np.broadcast_to(v, lead + v.shape[-2:])
-        if mask is not None:
-            mask = np.broadcast_to(mask if mask.dtype == np.bool_ else self._f(mask, out_dtype), lead + (L, S))
-        out = self.empty(lead + (L, E), D.get(dt))
-        n = max(1, min(L, self.SDPA_BLOCK // S))
-        cols = np.arange(S)
-        sc = dt.type(scale)
-        with np.errstate(all="ignore"):
-            for idx in np.ndindex(*lead):
-                qi, vi, oi = q[idx], v[idx], out[idx]
-                kti = np.ascontiguousarray(kt[idx])  # (E, S): one copy per head, read by every row block
-                mi = mask[idx] if mask is not None else None
-                for r0 in range(0, L, n):
-                    r1 = min(L, r0 + n)
-                    s = np.matmul(qi[r0:r1], kti)  # (n, S)
-                    s *= sc
-                    if causal:
-                        np.copyto(s, -np.inf, where=cols[None, :] > np.arange(r0, r1)[:, None])
-                    if mi is not None:
-                        if mi.dtype == np.bool_:
-                            np.copyto(s, -np.inf, where=~mi[r0:r1])
-                        else:
-                            s += mi[r0:r1]
-                    m = s.max(axis=-1, keepdims=True)
-                    m[~np.isfinite(m)] = 0
-                    s -= m
-                    np.exp(s, out=s)
-                    tot = s.sum(axis=-1, keepdims=True)
-                    tot[tot == 0] = 1  # a fully masked row attends to nothing: output 0, as torch
-                    o = oi[r0:r1]
-                    np.matmul(s, vi, out=o)
-                    o /= tot  # (e @ v) / sum: n x E divisions instead of n x S (flash attention's order)
-        return out if D.get(dt) == out_dtype else self._out(out, out_dtype)
 
 
 def _group_norm_rows(g, out, *affine_rows, eps: float, silu: bool, cpg: int, affine: tuple) -> None:

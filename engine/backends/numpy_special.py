@@ -4,11 +4,10 @@ cache-sized chunks."""
 from __future__ import annotations
 
 import math
-from functools import partial
 
 import numpy as np
 
-from engine.backends.numpy_split import split
+from engine.backends.numpy_threads import ROW_THREADS
 
 
 def _erf_fits():
@@ -138,16 +137,30 @@ _GELU_CHUNK = 1 << 16  # float32 elements per chunk: x, out and two scratch arra
 
 def _gelu_f32(x, out=None):
     """gelu of a float32 array into out (C-contiguous, x's shape) or a new array: _gelu_f32_into over
-    cache-sized chunks, its scratch arrays allocated once."""
+    cache-sized chunks, its scratch arrays allocated once per piece (pieces on ROW_THREADS' cores)."""
     res = out if out is not None else np.empty(np.shape(x), np.float32)
     flat, of = np.ascontiguousarray(x).reshape(-1), res.reshape(-1)
-    n = min(flat.size, _GELU_CHUNK)
-    t, s = np.empty(n, np.float32), np.empty(n, np.float32)
+
+    def run(lo, hi, piece=0):
+        n = min(hi - lo, _GELU_CHUNK)
+        t, s = np.empty(n, np.float32), np.empty(n, np.float32)
+        for i in range(lo, hi, _GELU_CHUNK):
+            xc = flat[i:min(hi, i + _GELU_CHUNK)]
+            _gelu_f32_into(xc, of[i:i + xc.size], t[:xc.size], s[:xc.size])
+
     with np.errstate(all="ignore"):  # exp overflows to inf on purpose (gelu = -0 there)
-        for i in range(0, flat.size, _GELU_CHUNK):
-            xc = flat[i:i + _GELU_CHUNK]
-            _gelu_f32_into(xc, of[i:i + _GELU_CHUNK], t[:xc.size], s[:xc.size])
+        _chunk_pieces(run, flat.size, _GELU_CHUNK)
     return res
+
+
+def _chunk_pieces(run, size: int, chunk: int) -> None:
+    """run(lo, hi, piece) over [0, size) cut at multiples of `chunk` into ROW_THREADS' pieces."""
+    pieces = ROW_THREADS.workers(size)
+    if pieces == 1:
+        run(0, size)
+        return
+    chunks = -(-size // chunk)
+    ROW_THREADS.run(lambda lo, hi, piece: run(lo * chunk, min(size, hi * chunk), piece), chunks, pieces)
 
 
 def _silu_into(x, out) -> None:  # x / (1 + exp(-x)), as _unary's formula, in place in out
@@ -173,9 +186,10 @@ def _chunked(fn, x, out) -> None:
     if out.size <= _CHUNK:
         fn(x, out)
         return
-    split(partial(_chunk_loop, fn), np.ascontiguousarray(x).reshape(-1), out.reshape(-1))  # on idle cores
+    xf = np.ascontiguousarray(x).reshape(-1)
+    of = out.reshape(-1)
 
-
-def _chunk_loop(fn, xf, of) -> None:
-    for i in range(0, xf.size, _CHUNK):
-        fn(xf[i:i + _CHUNK], of[i:i + _CHUNK])
+    def run(lo, hi, piece=0):
+        for i in range(lo, hi, _CHUNK):
+            fn(xf[i:min(hi, i + _CHUNK)], of[i:min(hi, i + _CHUNK)])
+    _chunk_pieces(run, xf.size, _CHUNK)

@@ -1,0 +1,260 @@
+"""Attention kernels of the numpy backend (a mixin of NumpyBackend beside numpy_nn's NnKernels; cupy inherits
+them too): the attention op and scaled_dot_product_attention in float32, scores scaled, masked and
+softmaxed in place in pooled buffers, in batch or query blocks that stay in cache, the blocks on
+ROW_THREADS' cores while the machine is idle, and from ATTENTION_COLS query rows the scores held transposed
+(max along contiguous rows, the sums one GEMM with ones).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from engine import dtype as D
+from engine.backends.blas_threads import BLAS_THREADS
+from engine.backends.numpy_threads import ROW_THREADS
+
+
+class AttentionKernels:
+    def attention(self, q, k, v, mask, scale: float, out_dtype):
+        """FusedOps.attention's formula on numpy in float32, without its copies: the scores are scaled
+        (not at all for scale 1: x * 1 is x), masked and softmaxed in place in one pooled buffer, which
+        the composition copies three times (mul, softmax, cast to the float32 it already is). The batch
+        goes in blocks of whole rows of about ATTENTION_ROWS scores, each block in cache from its GEMM with
+        K to its GEMM with V (BERT at batch 32: 25 MiB of scores otherwise, every pass from memory); when
+        one batch row's scores exceed ATTENTION_WHOLE the same steps go a block of query rows of one head
+        at a time. Other dtypes (and cupy) take the composition."""
+        if out_dtype.np_dtype != np.float32 or self.xp is not np or not (
+                q.dtype == k.dtype == v.dtype == np.float32) or (mask is not None and mask.dtype != np.float32):
+            return super().attention(q, k, v, mask, scale, out_dtype)
+        # the thread count by one head's product: a batched matmul is a BLAS call per head
+        if BLAS_THREADS.one(q.shape[2] * q.shape[3] * k.shape[2]):
+            try:
+                return self._attention(q, k, v, mask, scale, out_dtype)
+            finally:
+                BLAS_THREADS.restore()
+        return self._attention(q, k, v, mask, scale, out_dtype)
+
+    def _attention(self, q, k, v, mask, scale: float, out_dtype):
+        b, hq, L, d = q.shape
+        hkv, S, dv = k.shape[1], k.shape[2], v.shape[-1]
+        rep = hq // hkv
+        sc = None if scale == 1.0 else np.float32(scale)
+        with np.errstate(all="ignore"):
+            if hq * L * S <= self.ATTENTION_WHOLE or S == 0:
+                return self._attention_rows(q, k, v, mask, sc, out_dtype)
+            out = self.empty((b, L, hq, dv), out_dtype)
+            n = max(1, min(L, self.ATTENTION_BLOCK // S))
+            buf = np.empty((n, S), np.float32)
+            for bi in range(b):
+                for hk in range(hkv):
+                    kt = np.ascontiguousarray(k[bi, hk].T)  # (D, S): read by every row block of rep heads
+                    vh = np.ascontiguousarray(v[bi, hk])
+                    for r in range(rep):
+                        h = hk * rep + r
+                        qh = np.ascontiguousarray(q[bi, h])
+                        mh = None if mask is None else mask[min(bi, mask.shape[0] - 1), 0]
+                        for r0 in range(0, L, n):
+                            r1 = min(L, r0 + n)
+                            s = buf[:r1 - r0]
+                            np.matmul(qh[r0:r1], kt, out=s)
+                            if sc is not None:
+                                s *= sc
+                            if mh is not None:
+                                s += mh[r0:r1]
+                            self._softmax_rows(s)
+                            out[bi, r0:r1, h] = s @ vh
+            return out.reshape(b, L, hq * dv)
+
+    def _attention_rows(self, q, k, v, mask, sc, out_dtype):
+        """_attention's whole-row path: blocks of (batch rows, kv heads) of about ATTENTION_ROWS scores, each
+        block's scores from its GEMM with K to its GEMM with V in one buffer. With ROW_THREADS the blocks
+        go to the cores in contiguous runs (heads split when the batch gives fewer blocks than cores), each
+        run with buffers of its own and OpenBLAS on one thread (its GEMMs run side by side).
+        From ATTENTION_COLS query rows on, the scores are held transposed, (S, L) per head (_softmax_cols)."""
+        b, hq, L, d = q.shape
+        hkv, S, dv = k.shape[1], k.shape[2], v.shape[-1]
+        rep = hq // hkv
+        cols = rep * L >= self.ATTENTION_COLS and S > 0
+        out = self.empty((b, L, hq, dv), out_dtype)
+        per_row = hq * L * S  # scores of one batch row
+        nb, nh, nl = max(1, min(b, self.ATTENTION_ROWS // max(1, per_row))), hkv, L
+        if per_row > self.ATTENTION_ROWS:  # one kv head's rep heads and a block of queries a block
+            nh, nl = 1, max(1, min(L, self.ATTENTION_ROWS // max(1, rep * S)))
+        pieces = ROW_THREADS.workers(b * per_row)
+        if pieces > 1 and -(-b // nb) * -(-L // nl) < pieces:  # too few blocks for the cores: split the heads
+            nh = max(1, -(-hkv // pieces))
+        blocks = [(b0, min(b, b0 + nb), h0, min(hkv, h0 + nh), l0, min(L, l0 + nl))
+                  for b0 in range(0, b, nb) for h0 in range(0, hkv, nh) for l0 in range(0, L, nl)]
+        pieces = min(pieces, len(blocks))
+        bufs = [(self.empty((nb, nh) + ((S, rep * nl) if cols else (rep * nl, S)), out_dtype),
+                 self.empty((nb, nh, rep * nl, dv), out_dtype)) for _ in range(pieces)]
+        if mask is not None and cols:  # (B|1, 1, S, L): a view when the mask is one row per batch row (padding)
+            mask = mask.swapaxes(-1, -2) if mask.strides[-2] == 0 else np.ascontiguousarray(mask.swapaxes(-1, -2))
+        ones = np.ones(S, np.float32)
+
+        def run(lo, hi, piece):
+            s_buf, o_buf = bufs[piece]
+            for b0, b1, h0, h1, l0, l1 in blocks[lo:hi]:
+                n = rep * (l1 - l0)  # query rows of the block per kv head
+                o = o_buf[:b1 - b0, :h1 - h0, :n]
+                s = s_buf[:b1 - b0, :h1 - h0, :, :n] if cols else s_buf[:b1 - b0, :h1 - h0, :n]
+                qg = q[b0:b1, h0 * rep:h1 * rep, l0:l1].reshape(o.shape[:3] + (d,))  # a view when rep is 1
+                kb, vb = k[b0:b1, h0:h1], v[b0:b1, h0:h1]
+                if cols:
+                    np.matmul(kb, qg.swapaxes(-1, -2), out=s)  # (nb, nh, S, rep*nl)
+                else:
+                    np.matmul(qg, kb.swapaxes(-1, -2), out=s)  # (nb, nh, rep*nl, S)
+                if sc is not None:
+                    s *= sc
+                if mask is not None:
+                    mb = mask[b0:b1] if mask.shape[0] == b else mask
+                    if cols:
+                        s.reshape(b1 - b0, h1 - h0, S, rep, l1 - l0)[...] += mb[:, :, :, None, l0:l1]
+                    else:
+                        s.reshape(b1 - b0, h1 - h0, rep, l1 - l0, S)[...] += mb[:, :, None, l0:l1]
+                if cols:
+                    self._softmax_cols(s, ones)
+                    np.matmul(s.swapaxes(-1, -2), vb, out=o)  # (nb, nh, rep*nl, Dv)
+                else:
+                    self._softmax_rows(s)
+                    np.matmul(s, vb, out=o)
+                np.copyto(out[b0:b1, l0:l1, h0 * rep:h1 * rep],
+                          o.reshape(b1 - b0, (h1 - h0) * rep, l1 - l0, dv).swapaxes(1, 2))
+
+        if pieces == 1:
+            run(0, len(blocks), 0)
+        else:
+            single = BLAS_THREADS.one(0, force=True)
+            try:
+                ROW_THREADS.run(run, len(blocks), pieces)
+            finally:
+                if single:
+                    BLAS_THREADS.restore()
+        return out.reshape(b, L, hq * dv)
+
+    @staticmethod
+    def _softmax_cols(s, ones) -> None:
+        """softmax over dim -2 of float32 scores held transposed, (..., S, L), in place: the max and the
+        subtraction run along contiguous rows of L queries (numpy's max along the last dim costs 3x as
+        much), the sums are one GEMM with a vector of ones, and each column is multiplied by 1 / sum (as
+        torch's softmax kernel does). The same formula as _softmax_rows up to the order of the sum's
+        additions (fp32 rounding)."""
+        m = np.maximum.reduce(s, axis=-2, keepdims=True)  # (..., 1, L)
+        s -= m
+        np.exp(s, out=s)
+        tot = np.matmul(ones, s)  # (..., L)
+        np.divide(np.float32(1), tot, out=tot)
+        s *= tot[..., None, :]
+
+    # attention: all scores in one buffer up to ATTENTION_WHOLE elements (256 MiB of float32: Whisper's encoder,
+    # 6 x 1500 x 1500, is 54 MiB), beyond that row blocks of about ATTENTION_BLOCK scores per head. Blocks of
+    # 128-256 rows are as fast as one pass with one BLAS thread, but with OpenBLAS's threads on a loaded
+    # 2-core machine their many small GEMMs were 3x slower than a few large ones (Whisper's encoder)
+    ATTENTION_WHOLE = 1 << 26
+    ATTENTION_BLOCK = 1 << 18
+    ATTENTION_ROWS = 1 << 18  # scores per batch block of the whole-row path (1 MiB of float32: in L2)
+    ATTENTION_COLS = 16  # query rows (of a kv head) from which the scores are held transposed (_softmax_cols)
+
+    SOFTMAX_PIECE = 1 << 17  # scores per piece of _softmax_rows: its five passes run in L2 (20% faster)
+
+    @staticmethod
+    def _softmax_rows(s) -> None:
+        """softmax over the last dim of a float32 array in place (softmax()'s steps: x - max, exp, / sum),
+        a piece of rows at a time (each row's steps are its own: the same bits in any split)."""
+        def rows(x):
+            x -= np.max(x, axis=-1, keepdims=True)
+            np.exp(x, out=x)
+            x /= np.sum(x, axis=-1, keepdims=True)
+        n = s.shape[-1]
+        if s.size <= AttentionKernels.SOFTMAX_PIECE or n == 0 or not s.flags.c_contiguous:
+            rows(s)
+            return
+        flat = s.reshape(-1, n)
+        step = max(1, AttentionKernels.SOFTMAX_PIECE // n)
+        for lo in range(0, flat.shape[0], step):
+            rows(flat[lo:lo + step])
+
+    # the blocked path: when all scores exceed SDPA_FULL_SCORES elements (4 MiB of float32) and one
+    # head's (L, S) scores exceed SDPA_HEAD_SCORES (so the Python loop over heads is amortised); its
+    # query-row blocks hold about SDPA_BLOCK scores (2 MiB: they stay in cache)
+    SDPA_FULL_SCORES = 1 << 20
+    SDPA_HEAD_SCORES = 1 << 18
+    SDPA_BLOCK = 1 << 19
+
+    def sdpa(self, q, k, v, mask, causal: bool, scale: float, out_dtype):
+        """q (..., Hq, L, E), k/v (..., Hkv, S, E); Hq a multiple of Hkv (GQA by repeating k/v).
+        mask: bool (True keeps) or additive float, broadcastable to (..., Hq, L, S).
+        On numpy, long sequences go through _sdpa_blocked: the same per-row math over blocks of query
+        rows, so the (..., L, S) score matrix never exists whole (SD 1.5's 4096-token self-attention:
+        1 GiB of scores otherwise)."""
+        xp = self.xp
+        q, k, v = self._f(q, out_dtype), self._f(k, out_dtype), self._f(v, out_dtype)
+        rep = q.shape[-3] // k.shape[-3] if q.ndim >= 3 else 1
+        if rep > 1:
+            k = xp.repeat(k, rep, axis=-3)
+            v = xp.repeat(v, rep, axis=-3)
+        L, S = q.shape[-2], k.shape[-2]
+        if xp is np and L > 1 and S > 0 and q.ndim >= 2:
+            lead = np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2],
+                                       *(() if mask is None else (mask.shape[:-2],)))
+            if math.prod(lead) * L * S > self.SDPA_FULL_SCORES and L * S >= self.SDPA_HEAD_SCORES:
+                return self._sdpa_blocked(q, k, v, mask, causal, scale, out_dtype, lead)
+        # the backend's matmul (not `@`): on cupy its capture-safe kernel inside a CUDA graph, where cuBLAS is refused
+        s = self.matmul(q, xp.swapaxes(k, -1, -2), D.get(q.dtype)) * q.dtype.type(scale)
+        L, S = s.shape[-2:]
+        if causal:
+            s = xp.where(xp.tril(xp.ones((L, S), dtype=bool)), s, -np.inf)
+        if mask is not None:
+            s = xp.where(mask, s, -np.inf) if mask.dtype == np.bool_ else s + self._f(mask, out_dtype)
+        m = xp.max(s, axis=-1, keepdims=True) if S else xp.zeros(s.shape[:-1] + (1,), s.dtype)
+        m = xp.where(xp.isfinite(m), m, 0)
+        with np.errstate(all="ignore"):
+            e = xp.exp(s - m)
+            tot = xp.sum(e, axis=-1, keepdims=True)
+            p = e / xp.where(tot == 0, 1, tot)  # a fully masked row attends to nothing: output 0, as torch
+        return self._out(self.matmul(p, v, D.get(p.dtype)), out_dtype)
+
+    def _sdpa_blocked(self, q, k, v, mask, causal: bool, scale: float, out_dtype, lead):
+        """sdpa's formula row block by row block, for every index of the leading dims: scores
+        (n, S) = q_rows @ k^T * scale, causal/mask applied, softmax along S as above (max, exp, sum,
+        divide), then @ v into the output rows. Each row sees the same operations as in the one-pass
+        path but the normalisation, which divides the (n, E) output rows rather than the (n, S)
+        probabilities (as flash attention does): results agree to fp32 rounding."""
+        L, S, E = q.shape[-2], k.shape[-2], v.shape[-1]
+        dt = q.dtype
+        q = np.broadcast_to(q, lead + q.shape[-2:])
+        kt = np.swapaxes(np.broadcast_to(k, lead + k.shape[-2:]), -1, -2)
+        v = np.broadcast_to(v, lead + v.shape[-2:])
+        if mask is not None:
+            mask = np.broadcast_to(mask if mask.dtype == np.bool_ else self._f(mask, out_dtype), lead + (L, S))
+        out = self.empty(lead + (L, E), D.get(dt))
+        n = max(1, min(L, self.SDPA_BLOCK // S))
+        cols = np.arange(S)
+        sc = dt.type(scale)
+        with np.errstate(all="ignore"):
+            for idx in np.ndindex(*lead):
+                qi, vi, oi = q[idx], v[idx], out[idx]
+                kti = np.ascontiguousarray(kt[idx])  # (E, S): one copy per head, read by every row block
+                mi = mask[idx] if mask is not None else None
+                for r0 in range(0, L, n):
+                    r1 = min(L, r0 + n)
+                    s = np.matmul(qi[r0:r1], kti)  # (n, S)
+                    s *= sc
+                    if causal:
+                        np.copyto(s, -np.inf, where=cols[None, :] > np.arange(r0, r1)[:, None])
+                    if mi is not None:
+                        if mi.dtype == np.bool_:
+                            np.copyto(s, -np.inf, where=~mi[r0:r1])
+                        else:
+                            s += mi[r0:r1]
+                    m = s.max(axis=-1, keepdims=True)
+                    m[~np.isfinite(m)] = 0
+                    s -= m
+                    np.exp(s, out=s)
+                    tot = s.sum(axis=-1, keepdims=True)
+                    tot[tot == 0] = 1  # a fully masked row attends to nothing: output 0, as torch
+                    o = oi[r0:r1]
+                    np.matmul(s, vi, out=o)
+                    o /= tot  # (e @ v) / sum: n x E divisions instead of n x S (flash attention's order)
+        return out if D.get(dt) == out_dtype else self._out(out, out_dtype)
