@@ -10,10 +10,11 @@ from helpers import helper_test_op
 @pytest.fixture(autouse=True)
 def split_small(monkeypatch):
     from engine.backends import numpy_threads
+    from engine.backends.numpy_threads import ROW_THREADS
     from engine.backends.blas_threads import BLAS_THREADS
     monkeypatch.setattr(numpy_threads, "SPLIT_MIN", 16)
     monkeypatch.setattr(numpy_threads, "SPLIT_ALIGN", 1)
-    monkeypatch.setattr("os.cpu_count", lambda: 3)
+    monkeypatch.setattr(ROW_THREADS, "cores", 3)
     monkeypatch.setattr(BLAS_THREADS, "busy", lambda: False)
 
 

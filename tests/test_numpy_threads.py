@@ -17,7 +17,7 @@ def pool(monkeypatch):
     """ROW_THREADS with two pieces for any size, as on an idle 2-core machine."""
     monkeypatch.setattr(BLAS_THREADS, "busy", lambda: False)
     monkeypatch.setattr(ROW_THREADS, "MIN_ELEMENTS", 1)
-    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    monkeypatch.setattr(ROW_THREADS, "cores", 2)
     return engine.device.backend("cpu")
 
 

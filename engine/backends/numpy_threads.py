@@ -30,11 +30,14 @@ class _RowThreads:
     def __init__(self):
         self._pool, self._pid = None, None
         self.enabled = True  # False: everything on the calling thread (A/B measurements, debugging)
+        # the cores to cut work for, read once: os.cpu_count() costs ~18 us a call here, and a Whisper-tiny
+        # decode step on the CPU asks ~25 times
+        self.cores = min(os.cpu_count() or 1, self.MAX_WORKERS)
 
     def workers(self, elements: int, min_elements: int | None = None) -> int:
         """How many pieces to cut work of `elements` elements into: 1 on one core, for small work (below
         min_elements, default MIN_ELEMENTS), or while other processes keep a core busy."""
-        cores = min(os.cpu_count() or 1, self.MAX_WORKERS)
+        cores = self.cores
         least = self.MIN_ELEMENTS if min_elements is None else min_elements
         if not self.enabled or cores < 2 or elements < least or BLAS_THREADS.busy():
             return 1
