@@ -2,6 +2,7 @@
 matmul, attention, convolutions, the LSTM loop), every thread while the machine is idle."""
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 
@@ -108,6 +109,17 @@ class _BlasThreads:
             f(1)
         self._depth = 1
         return True
+
+    @contextlib.contextmanager
+    def forced_one(self):
+        """OpenBLAS on one thread for the block, whatever the load: one(0, force=True) ... restore(), for
+        callers that run their products side by side on threads of their own (numpy_threads)."""
+        single = self.one(0, force=True)
+        try:
+            yield
+        finally:
+            if single:
+                self.restore()
 
     def single(self) -> bool:
         """Whether OpenBLAS runs on one thread now: inside a one() scope, or one thread (or no control) at all."""

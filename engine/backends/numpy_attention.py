@@ -125,12 +125,8 @@ class AttentionKernels:
         if pieces == 1:
             run(0, len(blocks), 0)
         else:
-            single = BLAS_THREADS.one(0, force=True)
-            try:
+            with BLAS_THREADS.forced_one():
                 ROW_THREADS.run(run, len(blocks), pieces)
-            finally:
-                if single:
-                    BLAS_THREADS.restore()
         return out.reshape(b, L, hq * dv)
 
     @staticmethod

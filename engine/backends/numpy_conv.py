@@ -170,14 +170,10 @@ class ConvKernels:
         rows = max(-(-256 // inner), self.CONV_BLOCK // (ck * inner))  # at least 256 columns per GEMM
         out = self.empty((win.shape[0], w2.shape[0], math.prod(osz)), D.get(w2.dtype))
         bias = None if b is None else self._f(b, out_dtype).reshape(-1, 1)
-        single = BLAS_THREADS.one(0, force=True)
-        try:
+        with BLAS_THREADS.forced_one():
             for i in range(win.shape[0]):
                 ranges(lambda lo, hi, i=i: self._conv_bands(win[i], w2, bias, out[i], silu, rows, lo, hi),
                        -(-osz[0] // rows), ck * math.prod(osz))
-        finally:
-            if single:
-                BLAS_THREADS.restore()
         out = out.reshape((win.shape[0], w2.shape[0]) + tuple(osz))
         return out if out.dtype == out_dtype.np_dtype else self._out(out, out_dtype)
 

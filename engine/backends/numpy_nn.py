@@ -75,12 +75,8 @@ class NnKernels:
             if bias is not None:
                 out[lo:hi] += bias
 
-        single = BLAS_THREADS.one(0, force=True)
-        try:
+        with BLAS_THREADS.forced_one():
             ROW_THREADS.run(run, x2.shape[0], pieces)
-        finally:
-            if single:
-                BLAS_THREADS.restore()
         return out
 
     # ---- recurrence ------------------------------------------------------------------------------
@@ -245,12 +241,8 @@ class NnKernels:
                 if b is not None:
                     oc += b
 
-        single = BLAS_THREADS.one(0, force=True)  # the GEMVs: OpenBLAS's threads would spin after them
-        try:
+        with BLAS_THREADS.forced_one():  # the GEMVs: OpenBLAS's threads would spin after them
             ROW_THREADS.run(run, -(-rows // step), ROW_THREADS.workers(x.size))
-        finally:
-            if single:
-                BLAS_THREADS.restore()
         return None if bad else out
 
     def _layer_norm_plain(self, x, axes, weight, bias, eps: float, out_dtype):

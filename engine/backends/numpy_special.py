@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from engine.backends.numpy_threads import ROW_THREADS
+from engine.backends.numpy_threads import ROW_THREADS, ranges
 
 
 def _erf_fits():
@@ -141,7 +141,7 @@ def _gelu_f32(x, out=None):
     res = out if out is not None else np.empty(np.shape(x), np.float32)
     flat, of = np.ascontiguousarray(x).reshape(-1), res.reshape(-1)
 
-    def run(lo, hi, piece=0):
+    def run(lo, hi):
         n = min(hi - lo, _GELU_CHUNK)
         t, s = np.empty(n, np.float32), np.empty(n, np.float32)
         for i in range(lo, hi, _GELU_CHUNK):
@@ -149,18 +149,8 @@ def _gelu_f32(x, out=None):
             _gelu_f32_into(xc, of[i:i + xc.size], t[:xc.size], s[:xc.size])
 
     with np.errstate(all="ignore"):  # exp overflows to inf on purpose (gelu = -0 there)
-        _chunk_pieces(run, flat.size, _GELU_CHUNK)
+        ranges(run, flat.size, flat.size, _GELU_CHUNK, ROW_THREADS.MIN_ELEMENTS)
     return res
-
-
-def _chunk_pieces(run, size: int, chunk: int) -> None:
-    """run(lo, hi, piece) over [0, size) cut at multiples of `chunk` into ROW_THREADS' pieces."""
-    pieces = ROW_THREADS.workers(size)
-    if pieces == 1:
-        run(0, size)
-        return
-    chunks = -(-size // chunk)
-    ROW_THREADS.run(lambda lo, hi, piece: run(lo * chunk, min(size, hi * chunk), piece), chunks, pieces)
 
 
 def _silu_into(x, out) -> None:  # x / (1 + exp(-x)), as _unary's formula, in place in out
@@ -189,7 +179,7 @@ def _chunked(fn, x, out) -> None:
     xf = np.ascontiguousarray(x).reshape(-1)
     of = out.reshape(-1)
 
-    def run(lo, hi, piece=0):
+    def run(lo, hi):
         for i in range(lo, hi, _CHUNK):
             fn(xf[i:min(hi, i + _CHUNK)], of[i:min(hi, i + _CHUNK)])
-    _chunk_pieces(run, xf.size, _CHUNK)
+    ranges(run, xf.size, xf.size, _CHUNK, ROW_THREADS.MIN_ELEMENTS)
