@@ -23,7 +23,8 @@ from engine.backends.numpy_pointwise import PointwiseKernels
 from engine.backends.numpy_pool import PoolKernels
 from engine.backends.numpy_quant import QuantKernels
 from engine.backends.numpy_special import _IN_PLACE, _chunked, _erf_f32, _erf_f64, _gelu_f32
-from engine.backends.numpy_threads import SPLIT_MIN, split
+from engine.backends import numpy_threads
+from engine.backends.numpy_threads import split
 from engine.storage import StoragePool
 
 _REDUCED = (np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16))
@@ -249,9 +250,9 @@ class NumpyBackend(NnKernels, AttentionKernels, ConvKernels, PoolKernels, Pointw
                 out = self.empty(a.shape, out_dtype)
                 if type(b) is float:
                     b = self._c(b, cd)
-                if a.size >= SPLIT_MIN and a.flags.c_contiguous and (type(b) is not np.ndarray
-                                                                                  or b.flags.c_contiguous):
-                    _quiet(_binary_split, fn, a, b, out)  # on idle cores
+                if self.xp is np and a.size >= numpy_threads.SPLIT_MIN and a.flags.c_contiguous and (
+                        type(b) is not np.ndarray or b.flags.c_contiguous):
+                    _quiet(_binary_split, fn, a, b, out)  # on idle cores (the numpy backend's; cupy's one launch)
                 elif self._WARNS:
                     _quiet(fn, a, b, out=out)
                 else:
