@@ -283,11 +283,25 @@ def test_cuda_matches_cpu(tiny_dir, dtype, tol):
     np.testing.assert_allclose(got[:, 4:], want[:, 4:], atol=tol)
 
 
+@pytest.fixture
+def fall_assets(request):
+    """(best.pt, {name: RGB image}): from the installed packages, or from the folder $TAPER_YOLO_ASSETS (best.pt,
+    bus.jpg, zidane.jpg copied out of them: the GPU machine runs this test without ultralytics and torchvision)."""
+    folder = os.environ.get("TAPER_YOLO_ASSETS")
+    if not folder:
+        return best_pt(), request.getfixturevalue("images")
+    from PIL import Image
+    d = Path(folder)
+    return d / "best.pt", {f: np.asarray(Image.open(d / f).convert("RGB")) for f in ("bus.jpg", "zidane.jpg")}
+
+
 @pytest.mark.cuda
-def test_fall_checkpoint_detects_the_same_on_cuda(images, tmp_path):
+@pytest.mark.parametrize("name", ["bus.jpg", "zidane.jpg"])
+def test_fall_checkpoint_detects_the_same_on_cuda(fall_assets, tmp_path, name):
     from migration.convert import convert
-    convert(best_pt(), tmp_path / "best.safetensors", progress=False)
-    img = images["bus.jpg"]
+    best, images = fall_assets
+    convert(best, tmp_path / "best.safetensors", progress=False)
+    img = images[name]
     cpu = D.detect(YOLOv8.from_pretrained(tmp_path / "best.safetensors"), img)
     gpu = D.detect(YOLOv8.from_pretrained(tmp_path / "best.safetensors", device="cuda"), img)
     assert len(gpu) == len(cpu) >= 1 and np.array_equal(gpu.classes, cpu.classes)
