@@ -52,6 +52,18 @@ def measure_decode(module, device: str, prompt: int, steps: int, repeats: int) -
             "achieved_gb_per_s": lm.weight_bytes / s / 1e9, "warmup_s": warm, "_logits": logits}
 
 
+ROUTES = ("float", "int8", "span", "s1", "s2", "s4")
+
+
+def set_route(route: str) -> None:
+    """The quantized kernels' route (cupy_quant): float (qgemv_direct where it applies, S by its rule), int8
+    (qgemv_span's dp4a route), span (qgemv_span's float route alone), s1 / s2 / s4 (qgemv_direct with S fixed)."""
+    from engine.backends import cupy_quant as Q
+    Q.QUANT_DOT["route"] = "int8" if route == "int8" else "float"
+    Q.DIRECT["enabled"] = route not in ("int8", "span")
+    Q.DIRECT["slices"] = int(route[1]) if route in ("s1", "s2", "s4") else None
+
+
 def kernel_profile(preset: str, formats, iters: int = 40, dots=("float",)) -> list:
     """qgemv per format (and the fp16 gemv) at one layer's GEMV shapes and the LM head: microseconds per
     launch inside a captured graph, GB/s of the bytes read."""
@@ -90,7 +102,7 @@ def kernel_profile(preset: str, formats, iters: int = 40, dots=("float",)) -> li
             Ws = [one] + [one.copy() for _ in range(copies - 1)]
             for dot in (("-",) if fmt == "fp16" else dots):  # the quantized kernels: each dot route (cupy_quant)
                 if dot != "-":
-                    Q.QUANT_DOT["route"] = dot
+                    set_route(dot)
                 cupy.cuda.Device().synchronize()
                 us = timed(lambda i: run(Ws[(per * i) % copies], Ws[(per * i + 1) % copies] if glu else None), iters)
                 nbytes = per * one.nbytes
@@ -112,14 +124,18 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--no-profile", action="store_true", help="skip the per-kernel profile")
-    p.add_argument("--dots", default="int8,float", help="qgemv_span's dot routes to measure (cupy_quant.QUANT_DOT): "
-                                                       "int8 (x quantised, __dp4a), float; a format's decode runs "
-                                                       "once per route, keyed FORMAT@ROUTE when there are several")
+    p.add_argument("--dots", default="float,span", help="the quantized kernels' routes to measure (set_route): float "
+                                                       "(qgemv_direct where it applies), int8 (x quantised, __dp4a), "
+                                                       "span (qgemv_span), s1/s2/s4 (qgemv_direct, S fixed); a "
+                                                       "format's decode runs once per route, keyed FORMAT@ROUTE "
+                                                       "when there are several")
+    p.add_argument("--profile-dots", help="routes of the kernel profile (default: --dots)")
     p.add_argument("--out")
     a = p.parse_args(argv)
     dots = [d for d in a.dots.split(",") if d]
-    if not dots or any(d not in ("int8", "float") for d in dots):
-        p.error(f"--dots {a.dots!r}: a comma-separated list of int8, float")
+    pdots = [d for d in (a.profile_dots or a.dots).split(",") if d]
+    if not dots or not pdots or any(d not in ROUTES for d in dots + pdots):
+        p.error(f"--dots {a.dots!r} / --profile-dots {a.profile_dots!r}: comma-separated lists of {', '.join(ROUTES)}")
     if a.device == "cuda":  # what this benchmark measures: the quantized kernels (off by default until verified)
         from engine.backends import cupy_kernels as K
         K.QUANT_KERNELS["enabled"] = True
@@ -139,8 +155,7 @@ def main(argv=None) -> int:
     for fmt, dot in runs:
         key = fmt if dot is None or len(dots) == 1 else f"{fmt}@{dot}"
         if dot is not None and a.device == "cuda":
-            from engine.backends import cupy_quant
-            cupy_quant.QUANT_DOT["route"] = dot
+            set_route(dot)
         t0 = time.perf_counter()
         m = build(a.preset, a.device, seed=0)  # the same weights every time
         built = time.perf_counter() - t0
@@ -159,7 +174,7 @@ def main(argv=None) -> int:
             r["logits_cosine_vs_fp16"] = {"min": float(cos.min()), "mean": float(cos.mean())}
             r["top1_agreement_vs_fp16"] = float(np.mean(logits.argmax(-1) == base_logits.argmax(-1)))
         if dot is not None:
-            r["quant_dot"] = dot if a.device == "cuda" else "numpy"  # the route qgemv_span took
+            r["quant_dot"] = dot if a.device == "cuda" else "numpy"  # the route the quantized kernels took (set_route)
         r.update(build_s=built, quantize_s=q_s, formats_used={f: sum(v == f for v in mix.values()) for f in set(mix.values())})
         if "copy_gb_per_s" in res:
             r["roofline_tokens_per_s"] = res["copy_gb_per_s"] * 1e9 / r["weight_bytes"]
@@ -180,7 +195,7 @@ def main(argv=None) -> int:
         engine.backend(a.device).pool.empty_cache()
     if a.device == "cuda" and not a.no_profile:
         print("kernel profile (graph replays):", flush=True)
-        res["kernel_profile"] = kernel_profile(a.preset, ["fp16"] + [f for f in formats if f != "q4_k_m"], dots=dots)
+        res["kernel_profile"] = kernel_profile(a.preset, ["fp16"] + [f for f in formats if f != "q4_k_m"], dots=pdots)
         for r in res["kernel_profile"]:  # the issue's bar: >= 0.8 of the device copy rate
             r["fraction_of_copy"] = round(r["gb_per_s"] / res["copy_gb_per_s"], 3)
     if a.out:

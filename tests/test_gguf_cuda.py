@@ -310,14 +310,33 @@ def test_qgemv_on_llama_shapes(fmt):
     ("q6_k", 7, 11008, 3), ("q6_k", 17, 9 * 256, 8), ("q6_k", 6, 768, 1)])  # rows of 9030 / 1890 / 630 bytes
 @pytest.mark.parametrize("dot", ["float", "int8"])
 def test_qgemv_span_edge_shapes(monkeypatch, fmt, n, cols, m, dot):
-    """qgemv_span (cupy_quant.py) where its walk has edges: rows not a multiple of 8 a block, K not a multiple
-    of a span, row lengths not a multiple of 16 bytes, a GLU whose gate and up rows stream back to back;
-    plain and fused against the composition in float32 (the int8 route: against numpy_quant.qdot_int8), and
-    the plain launch equal to the fused one."""
+    """qgemv_span (cupy_quant.py; qgemv_direct off) where its walk has edges: rows not a multiple of 8 a block,
+    K not a multiple of a span, row lengths not a multiple of 16 bytes, a GLU whose gate and up rows stream back
+    to back; plain and fused against the composition in float32 (the int8 route: against
+    numpy_quant.qdot_int8), and the plain launch equal to the fused one."""
+    from engine.backends import cupy_quant as Q
+    monkeypatch.setitem(Q.QUANT_DOT, "route", dot)
+    monkeypatch.setitem(Q.DIRECT, "enabled", False)
+    _edge_shapes(fmt, n, cols, m, dot, Q.span_ok)
+
+
+@cuda
+@pytest.mark.parametrize("fmt,n,cols,m", [
+    ("q4_k", 11, 17 * 256, 2), ("q4_k", 3, 11008, 2), ("q4_k", 21, 4096, 1), ("q4_k", 40, 256, 8)])  # 17, 43, 16, 1 blocks
+@pytest.mark.parametrize("slices", [1, 2, 4])
+def test_qgemv_direct_edge_shapes(monkeypatch, fmt, n, cols, m, slices):
+    """qgemv_direct (cupy_quant.py) at each S: odd row counts (a warp's second row absent), K whose units do not
+    fill a lane's U, slices of unequal length; plain and fused against the composition in float32, the plain
+    launch equal to the fused one."""
+    from engine.backends import cupy_quant as Q
+    monkeypatch.setitem(Q.DIRECT, "slices", slices)
+    _edge_shapes(fmt, n, cols, m, "float", Q.direct_ok)
+
+
+def _edge_shapes(fmt, n, cols, m, dot, takes):
     from engine.backends import cupy_quant as Q
     from engine.backends.fused import FusedOps, QOperand
     from engine.backends.numpy_quant import qdot_int8
-    monkeypatch.setitem(Q.QUANT_DOT, "route", dot)
     be = engine.backend(DEVICE)
     rng = np.random.default_rng(n)
     raw, raw2 = blocks(fmt, n, cols, seed=n), blocks(fmt, n, cols, seed=n + 1)
@@ -325,7 +344,8 @@ def test_qgemv_span_edge_shapes(monkeypatch, fmt, n, cols, m, dot):
     if dot == "int8" and not Q.span_ok(x.array, fmt, (engine.tensor(raw, device=DEVICE).array,)):
         pytest.skip(f"{m} x {cols} float32 rows and their int8 blocks exceed shared memory, so the int8 route does "
                     "not take this shape (the float route's case of the same shape covers the qgemv that serves it)")
-    assert Q.span_ok(x.array, fmt, (engine.tensor(raw, device=DEVICE).array,))
+    assert takes(x.array, fmt, (engine.tensor(raw, device=DEVICE).array,))
+    assert Q.direct_ok(x.array, fmt, (engine.tensor(raw, device=DEVICE).array,)) == (takes is Q.direct_ok)
     want = (x.numpy().astype(np.float64) @ gguf.quants.dequantize(raw, G[fmt.upper()]).astype(np.float64).T
             if dot == "float" else qdot_int8(x.numpy(), raw, fmt, cols)[0])
     y = F.linear(x, gpu_weight(raw, fmt, cols))
