@@ -52,16 +52,15 @@ def measure_decode(module, device: str, prompt: int, steps: int, repeats: int) -
             "achieved_gb_per_s": lm.weight_bytes / s / 1e9, "warmup_s": warm, "_logits": logits}
 
 
-ROUTES = ("float", "int8", "span", "s1", "s2", "s4")
+ROUTES = ("float", "int8", "span", "int8span")
 
 
 def set_route(route: str) -> None:
-    """The quantized kernels' route (cupy_quant): float (qgemv_direct where it applies, S by its rule), int8
-    (qgemv_span's dp4a route), span (qgemv_span's float route alone), s1 / s2 / s4 (qgemv_direct with S fixed)."""
+    """The quantized kernels' route (cupy_quant): float and int8 (the dot routes; qgemv_direct where it applies,
+    else qgemv_span), span and int8span (qgemv_span alone, float or int8)."""
     from engine.backends import cupy_quant as Q
-    Q.QUANT_DOT["route"] = "int8" if route == "int8" else "float"
-    Q.DIRECT["enabled"] = route not in ("int8", "span")
-    Q.DIRECT["slices"] = int(route[1]) if route in ("s1", "s2", "s4") else None
+    Q.QUANT_DOT["route"] = "int8" if route.startswith("int8") else "float"
+    Q.DIRECT["enabled"] = route in ("float", "int8")
 
 
 def kernel_profile(preset: str, formats, iters: int = 40, dots=("float",)) -> list:
@@ -126,7 +125,7 @@ def main(argv=None) -> int:
     p.add_argument("--no-profile", action="store_true", help="skip the per-kernel profile")
     p.add_argument("--dots", default="float,span", help="the quantized kernels' routes to measure (set_route): float "
                                                        "(qgemv_direct where it applies), int8 (x quantised, __dp4a), "
-                                                       "span (qgemv_span), s1/s2/s4 (qgemv_direct, S fixed); a "
+                                                       "span / int8span (qgemv_span alone); a "
                                                        "format's decode runs once per route, keyed FORMAT@ROUTE "
                                                        "when there are several")
     p.add_argument("--profile-dots", help="routes of the kernel profile (default: --dots)")

@@ -323,14 +323,17 @@ def test_qgemv_span_edge_shapes(monkeypatch, fmt, n, cols, m, dot):
 @cuda
 @pytest.mark.parametrize("fmt,n,cols,m", [
     ("q4_k", 11, 17 * 256, 2), ("q4_k", 3, 11008, 2), ("q4_k", 21, 4096, 1), ("q4_k", 40, 256, 8)])  # 17, 43, 16, 1 blocks
-@pytest.mark.parametrize("slices", [1, 2, 4])
-def test_qgemv_direct_edge_shapes(monkeypatch, fmt, n, cols, m, slices):
-    """qgemv_direct (cupy_quant.py) at each S: odd row counts (a warp's second row absent), K whose units do not
-    fill a lane's U, slices of unequal length; plain and fused against the composition in float32, the plain
-    launch equal to the fused one."""
+@pytest.mark.parametrize("blocks", [None, 1, 3])
+@pytest.mark.parametrize("dot", ["float", "int8"])
+def test_qgemv_direct_edge_shapes(monkeypatch, fmt, n, cols, m, blocks, dot):
+    """qgemv_direct (cupy_quant.py) with its grid at most `blocks` (a warp then walks several row pairs) and each
+    dot route: odd row counts (a warp's second row absent), K whose units do not fill a lane's U; plain and
+    fused against the composition in float32 (the int8 route: against numpy_quant.qdot_int8), the plain launch
+    equal to the fused one."""
     from engine.backends import cupy_quant as Q
-    monkeypatch.setitem(Q.DIRECT, "slices", slices)
-    _edge_shapes(fmt, n, cols, m, "float", Q.direct_ok)
+    monkeypatch.setitem(Q.DIRECT, "blocks", blocks)
+    monkeypatch.setitem(Q.QUANT_DOT, "route", dot)
+    _edge_shapes(fmt, n, cols, m, dot, Q.direct_ok)
 
 
 def _edge_shapes(fmt, n, cols, m, dot, takes):
@@ -341,7 +344,7 @@ def _edge_shapes(fmt, n, cols, m, dot, takes):
     rng = np.random.default_rng(n)
     raw, raw2 = blocks(fmt, n, cols, seed=n), blocks(fmt, n, cols, seed=n + 1)
     x = engine.tensor(rng.standard_normal((m, cols)).astype(np.float32), device=DEVICE)
-    if dot == "int8" and not Q.span_ok(x.array, fmt, (engine.tensor(raw, device=DEVICE).array,)):
+    if dot == "int8" and not takes(x.array, fmt, (engine.tensor(raw, device=DEVICE).array,)):
         pytest.skip(f"{m} x {cols} float32 rows and their int8 blocks exceed shared memory, so the int8 route does "
                     "not take this shape (the float route's case of the same shape covers the qgemv that serves it)")
     assert takes(x.array, fmt, (engine.tensor(raw, device=DEVICE).array,))

@@ -66,9 +66,9 @@ def _bundle(expr: str) -> tuple:
     if name in ("qgemv_fused", "qgemv_span"):  # qgemv_span: cupy_quant.py's
         f, d = args.split(",")[1].rstrip(">"), "".join("," + a.rstrip(">") for a in args.split(",")[3:])
         return tuple(f"{name}<{t},{f},{m}{d}>" for m in (1, 2, 4, 8))  # d: qgemv_span's D (the dp4a route)
-    if name == "qgemv_direct":  # cupy_quant.py's: every row count of one (dtype, format, S)
-        f, sl = args.split(",")[1], args.split(",")[2]
-        return tuple(f"qgemv_direct<{t},{f},{sl},{m}>" for m in (1, 2, 4, 8))
+    if name == "qgemv_direct":  # cupy_quant.py's: every row count of one (dtype, format, D)
+        f, d = args.split(",")[1], "".join("," + a.rstrip(">") for a in args.split(",")[3:])
+        return tuple(f"qgemv_direct<{t},{f},{m}{d}>" for m in (1, 2, 4, 8))
     if name == "conv2d_igemm":
         return ("conv2d_igemm<__half>", "conv2d_igemm<__nv_bfloat16>")
     if name.startswith("group_norm_"):

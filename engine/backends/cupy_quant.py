@@ -1,9 +1,10 @@
 """The quantized GEMV launchers of the cupy backend: qgemv and qgemv_fused (their contracts: cupy_kernels.py)
-through quant_direct.cu's qgemv_direct for Q4_K rows of whole 16-byte chunks (the float route), else
+through quant_direct.cu's qgemv_direct for Q4_K rows of whole 16-byte chunks (either dot route), else
 quant_span.cu's qgemv_span for Q8_0, Q4_K and Q6_K, else quant.cu's one-warp-per-row kernels.
 
 qgemv_direct loads the weight bytes straight into registers, as the fp16 gemv does, with x widened to fp32 in
-shared memory once per block; a pair of rows is cut into S slices of K (DIRECT["slices"], else direct_slices).
+shared memory once per block; its grid is at most direct_blocks() (DIRECT["blocks"] to fix it), each warp walking
+its row pairs.
 
 qgemv_span streams each weight row (ggml's bytes as they lie, no repacked copy) in coalesced 16-byte chunks
 through shared memory and decodes 8 consecutive weights per lane against x staged once per block (numerics:
@@ -33,8 +34,8 @@ if QUANT_DOT["route"] not in ("int8", "float"):
     raise ValueError(f"TAPER_QUANT_DOT={QUANT_DOT['route']!r}: expected int8 or float")
 
 
-# qgemv_direct (quant_direct.cu): TAPER_QUANT_KERNEL=span keeps every launch on qgemv_span; "slices" fixes S
-DIRECT = {"enabled": os.environ.get("TAPER_QUANT_KERNEL", "direct") != "span", "slices": None}
+# qgemv_direct (quant_direct.cu): TAPER_QUANT_KERNEL=span keeps every launch on qgemv_span; "blocks" caps its grid
+DIRECT = {"enabled": os.environ.get("TAPER_QUANT_KERNEL", "direct") != "span", "blocks": None}
 DIRECT_FORMATS = {"q4_k": 3}  # the F of quant_direct.cu (Q8_0 measured slower there than on qgemv_span)
 _DIRECT_LAUNCH: dict = {}
 
@@ -58,28 +59,36 @@ def span_ok(x2, qtype: str, datas) -> bool:
 
 
 def _direct_smem(m: int, k: int, itemsize: int) -> int:
-    """Dynamic shared memory of qgemv_direct: x staged in T (to 16 bytes), its fp32 copy, the sums of its runs of 16."""
-    return -(-m * k * itemsize // 16) * 16 + m * k * 4 + m * k // 16 * 4
+    """Dynamic shared memory of qgemv_direct: x staged in T (to 16 bytes), then its fp32 copy and the sums of its
+    runs of 16, or (int8 route) its int8 blocks and their scales."""
+    rest = m * k + m * k // 32 * 4 if dot_route() == "int8" else m * k * 4 + m * k // 16 * 4
+    return -(-m * k * itemsize // 16) * 16 + rest
 
 
 def direct_ok(x2, qtype: str, datas) -> bool:
-    """Whether qgemv_direct takes these (already qgemv_ok / qgemv_fused_ok) operands: the float route, Q4_K,
+    """Whether qgemv_direct takes these (already qgemv_ok / qgemv_fused_ok) operands: Q4_K (either dot route),
     16-byte aligned rows of whole 16-byte chunks, x's copies within shared memory."""
-    if not DIRECT["enabled"] or qtype not in DIRECT_FORMATS or dot_route() != "float":
+    if not DIRECT["enabled"] or qtype not in DIRECT_FORMATS:
         return False
     if datas[0].strides[0] % 16 or any(d.data.ptr % 16 for d in datas):
         return False
     return _direct_smem(x2.shape[0], x2.shape[1], x2.itemsize) <= K.SMEM_LIMIT - 1024
 
 
-def direct_slices(pairs: int) -> int:
-    """S of qgemv_direct for `pairs` warps' worth of row pairs: whole rows a warp while that gives 128 blocks or more."""
-    return 1 if pairs >= 1024 else 2 if pairs >= 512 else 4
+def direct_blocks() -> int:
+    """qgemv_direct's most blocks: DIRECT["blocks"], else as many as the GPU holds at once (two an SM: 128 registers
+    a thread), so x is staged once per resident block."""
+    if DIRECT["blocks"]:
+        return DIRECT["blocks"]
+    if "sms" not in DIRECT:
+        DIRECT["sms"] = cupy.cuda.Device().attributes["MultiProcessorCount"]
+    return 2 * DIRECT["sms"]
 
 
-def _direct_fn(dtype, qtype: str, S: int, m: int, smem: int):
+def _direct_fn(dtype, qtype: str, m: int, smem: int):
     M = 1 if m == 1 else 2 if m <= 2 else 4 if m <= 4 else 8
-    fn = K._fn(f"qgemv_direct<{K.type_name(dtype)},{DIRECT_FORMATS[qtype]},{S},{M}>")
+    d = ",1" if dot_route() == "int8" else ""
+    fn = K._fn(f"qgemv_direct<{K.type_name(dtype)},{DIRECT_FORMATS[qtype]},{M}{d}>")
     if smem > 48 * 1024 and fn.max_dynamic_shared_size_bytes < smem:
         fn.max_dynamic_shared_size_bytes = K.SMEM_LIMIT - 1024  # past 48 KiB: the opt-in, once
     return fn
@@ -115,16 +124,15 @@ def qgemv_fused(x2, data, qtype: str, out, bias=None, W2=None, bias2=None, act=N
     segs = tuple(w.shape[0] for w, _ in segments) if segments else ()
     isz = x2.itemsize
     res_row = residual.strides[0] // isz if residual is not None else 0
-    key = (direct, direct and DIRECT["slices"], dot_route(), x2.dtype, qtype, m, data.shape[0], Kd, data.strides[0],
+    key = (direct, direct and DIRECT["blocks"], dot_route(), x2.dtype, qtype, m, data.shape[0], Kd, data.strides[0],
            W2 is not None, segs, act, style, eps, x2.strides[0], out.strides[0], res_row)
     plan = _SPAN_LAUNCH.get(key)
     if plan is None:
         N = data.shape[0] + sum(segs)
         pairs = N if W2 is not None else -(-N // 2)  # a warp's two rows: GLU's gate and up, else two outputs
         if direct:
-            S = DIRECT["slices"] or direct_slices(pairs)
             smem = _direct_smem(m, Kd, isz)
-            fn, grid = _direct_fn(x2.dtype, qtype, S, m, smem), (-(-pairs // (8 // S)),)
+            fn, grid = _direct_fn(x2.dtype, qtype, m, smem), (min(-(-pairs // 8), direct_blocks()),)
         else:
             smem = _x_smem(m, Kd, isz)
             fn, grid = _span_fn(x2.dtype, qtype, m, smem), (-(-pairs // 8),)
