@@ -1,16 +1,17 @@
 // quant_direct.cu: CUDA sources of engine/backends/cupy_kernels.py (compiled by cupy's NVRTC, not on their own).
 // qgemv_direct: qgemv_span's contract and arguments (quant_span.cu) for Q4_K (F = 3), laid out as the fp16 gemv
-// is (gemv.cu): weight bytes go straight from global memory into registers, U units a lane in
-// flight, no shared-memory row buffers; a warp takes two virtual rows at a time (two output rows, or GLU's gate
-// and up rows of one output) over the whole of K. The grid is at most what the GPU holds at once (the launcher:
-// two blocks an SM), each warp walking pairs p, p + 8 x grid, ..., so x (or its rms_norm, stage_x: rounded into T)
-// is staged once per block, not once per 16 rows, then widened to fp32 beside it with the sums of each run of 16
-// values (Q4_K's mins), so a lane reads its x as fp32 and never converts it. Numerics: qgemv_span's, fp32 sums of a * (q . x) - c * sum(x)
-// per run of 16 weights with every w = a * q - c as decode() gives it (within fp32 rounding of the composition).
-// Needs row_bytes % 16 == 0 and W (W2, Wb, Wc) 16-byte aligned (the launcher checks): every unit load is then
-// inside its row. D = 1: qgemv_span's integer route (x quantised into int8 blocks of 32 behind the staged x,
-// quantise_x; __dp4a sums per run of 16; numerics of numpy_quant.qdot_int8). The same layout for Q8_0 (34-byte blocks, so each 16-weight unit shifted out of two aligned chunks) ran at 0.75x
-// qgemv_span's on an H200 and was dropped; Q8_0 stays on qgemv_span.
+// is (gemv.cu): weight bytes go straight from global memory into registers, U units a lane in flight, no
+// shared-memory row buffers; a warp takes two virtual rows at a time (two output rows, or GLU's gate and up rows
+// of one output) over the whole of K. The grid is at most what the GPU holds at once (the launcher: two blocks
+// an SM), each warp walking pairs p, p + 8 x grid, ..., so x (or its rms_norm, stage_x: rounded into T) is
+// staged once per block, not once per 16 rows, then widened to fp32 beside it with the sums of each run of 16
+// values (Q4_K's mins), so a lane reads its x as fp32 and never converts it. Numerics: qgemv_span's, fp32 sums
+// of a * (q . x) - c * sum(x) per run of 16 weights with every w = a * q - c as decode() gives it (within fp32
+// rounding of the composition). Needs row_bytes % 16 == 0 and W (W2, Wb, Wc) 16-byte aligned (the launcher
+// checks): every unit load is then inside its row. D = 1: qgemv_span's integer route (x quantised into int8
+// blocks of 32 behind the staged x, quantise_x; __dp4a sums per run of 16; numerics of numpy_quant.qdot_int8).
+// The same layout for Q8_0 (34-byte blocks, so each 16-weight unit shifted out of two aligned chunks) ran at
+// 0.75x qgemv_span's on an H200 and was dropped; Q8_0 stays on qgemv_span.
 
 // Each format: Unit (what a lane holds of one unit in flight), load (global -> registers) and dot2 (acc[r] += row
 // r's unit . x for both rows at once, each x value read once; xf: fp32 x from the unit's block on, xs16: the sums

@@ -288,19 +288,34 @@ __device__ __forceinline__ void span_dot_i(unsigned char *const *wb, const int *
 // x's rows (staged in xs, K values a row) as int8 blocks of 32 (all 256 threads; barriers around it are the
 // caller's): block b of row m: dx = max|x| / 127 (fp32, rounded to nearest), xq_i = rint(x_i / dx) (fp32
 // division rounded to nearest, then to the nearest integer, ties to even: |xq_i| <= 127), 0 where max|x| = 0.
-// numpy_quant.quantize_x_q8 is the same arithmetic.
+// numpy_quant.quantize_x_q8 is the same arithmetic. A thread takes 8 values, the 4 lanes of a block meet by
+// two shuffles (every thread the same trips: the shuffles need the whole warp).
 #ifndef Q_HOST
 template <typename T>
 __device__ __forceinline__ void quantise_x(const T *xs, int K, int rows, signed char *xq, float *dxs) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nb = K / 32;
-    for (int b = warp; b < rows * nb; b += 8) {
-        const float v = to_f<T>(xs[(long)b * 32 + lane]);
-        float amax = fabsf(v);
-        #pragma unroll
-        for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-        const float dx = __fdiv_rn(amax, 127.f);
-        xq[(long)b * 32 + lane] = (signed char)(amax > 0.f ? __float2int_rn(__fdiv_rn(v, dx)) : 0);
-        if (lane == 0) dxs[b] = dx;
+    const int n8 = rows * K / 8;
+    for (int base = 0; base < n8; base += 256) {
+        const int i = base + threadIdx.x;
+        float v[8];
+        float amax = 0.f;
+        if (i < n8) {
+            q_x8<T>(xs + (long)i * 8, v);
+            #pragma unroll
+            for (int e = 0; e < 8; e++) amax = fmaxf(amax, fabsf(v[e]));
+        }
+        amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
+        amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
+        if (i < n8) {
+            const float dx = __fdiv_rn(amax, 127.f);
+            unsigned w[2] = {0u, 0u};
+            #pragma unroll
+            for (int e = 0; e < 8; e++) {
+                const int q = amax > 0.f ? __float2int_rn(__fdiv_rn(v[e], dx)) : 0;
+                w[e >> 2] |= ((unsigned)q & 0xFFu) << (8 * (e & 3));
+            }
+            *reinterpret_cast<uint2 *>(xq + (long)i * 8) = make_uint2(w[0], w[1]);
+            if ((threadIdx.x & 3) == 0) dxs[i >> 2] = dx;
+        }
     }
 }
 #endif
