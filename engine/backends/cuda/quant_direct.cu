@@ -217,20 +217,7 @@ __global__ void __launch_bounds__(256, 2) qgemv_direct(const unsigned char *__re
             }
         }
         const int row = glu ? p : 2 * p;
-        #pragma unroll
-        for (int m = 0; m < M; m++) {
-            const float g = warp_sum(acc[0][m]), u = warp_sum(acc[1][m]);
-            if (lane == 0 && m < rows) {
-                if (glu) {
-                    store_glu<T>(g, u, m, row, act, bias, bias2, res, res_row, y, y_row);
-                } else {
-                    store_row<T>(g, m, row, bias, biasb, biasc, reinterpret_cast<const T *>(Wb), n0, n1, res, res_row,
-                                 y, y_row);
-                    if (row + 1 < N)
-                        store_row<T>(u, m, row + 1, bias, biasb, biasc, reinterpret_cast<const T *>(Wb), n0, n1, res,
-                                     res_row, y, y_row);
-                }
-            }
-        }
+        store_pairs<T, M>(acc, row, row + 1 < N, rows, lane, act, bias, bias2, biasb, biasc, Wb, n0, n1, res, res_row,
+                          y, y_row, glu);
     }
 }

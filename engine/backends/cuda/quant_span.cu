@@ -18,6 +18,26 @@ __device__ __forceinline__ const unsigned char *qrow(int row, long row_bytes, co
     return Wc + (size_t)(row - n0 - n1) * row_bytes;
 }
 
+// A warp's two sums for each x row m < rows into y (lane 0): GLU's gate and up of output `row`, else output rows
+// `row` and (when `second`) row + 1 (qgemv_span's and qgemv_direct's epilogue)
+template <typename T, int M>
+__device__ __forceinline__ void store_pairs(const float (&acc)[2][M], int row, bool second, int rows, int lane,
+        int act, const T *bias, const T *bias2, const T *biasb, const T *biasc, const unsigned char *Wb, int n0,
+        int n1, const T *res, long res_row, T *y, long y_row, bool glu) {
+    #pragma unroll
+    for (int m = 0; m < M; m++) {
+        const float g = warp_sum(acc[0][m]), u = warp_sum(acc[1][m]);
+        if (lane != 0 || m >= rows) continue;
+        if (glu) {
+            store_glu<T>(g, u, m, row, act, bias, bias2, res, res_row, y, y_row);
+        } else {
+            const T *wb = reinterpret_cast<const T *>(Wb);
+            store_row<T>(g, m, row, bias, biasb, biasc, wb, n0, n1, res, res_row, y, y_row);
+            if (second) store_row<T>(u, m, row + 1, bias, biasb, biasc, wb, n0, n1, res, res_row, y, y_row);
+        }
+    }
+}
+
 template <typename T, int F, int M, int D = 0>
 __global__ void __launch_bounds__(256, 2) qgemv_span(const unsigned char *__restrict__ W,
         const unsigned char *__restrict__ W2, long row_bytes, const T *__restrict__ x, long x_row,
@@ -78,20 +98,6 @@ __global__ void __launch_bounds__(256, 2) qgemv_span(const unsigned char *__rest
             span_dot<L, T, M, 2>(wb, mis, nr, s, nblk, lane, xs, K, rows, acc, nullptr);
         __syncwarp();
     }
-    #pragma unroll
-    for (int m = 0; m < M; m++) {
-        const float g = warp_sum(acc[0][m]);
-        const float u = warp_sum(acc[1][m]);
-        if (lane == 0 && m < rows) {
-            if (glu) {
-                store_glu<T>(g, u, m, row, act, bias, bias2, res, res_row, y, y_row);
-            } else {
-                store_row<T>(g, m, row, bias, biasb, biasc, reinterpret_cast<const T *>(Wb), n0, n1, res, res_row,
-                             y, y_row);
-                if (nr > 1)
-                    store_row<T>(u, m, row + 1, bias, biasb, biasc, reinterpret_cast<const T *>(Wb), n0, n1, res,
-                                 res_row, y, y_row);
-            }
-        }
-    }
+    store_pairs<T, M>(acc, row, nr > 1, rows, lane, act, bias, bias2, biasb, biasc, Wb, n0, n1, res, res_row, y,
+                      y_row, glu);
 }
