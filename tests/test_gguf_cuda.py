@@ -309,16 +309,14 @@ def test_qgemv_on_llama_shapes(fmt):
     ("q4_k", 11, 17 * 256, 2), ("q4_k", 3, 11008, 4), ("q4_k", 21, 4096, 1),  # 17 blocks (a span is 8); 43
     ("q6_k", 7, 11008, 3), ("q6_k", 17, 9 * 256, 8), ("q6_k", 6, 768, 1)])  # rows of 9030 / 1890 / 630 bytes
 @pytest.mark.parametrize("dot", ["float", "int8"])
-@pytest.mark.parametrize("blocks", [None, 1])
-def test_qgemv_span_edge_shapes(monkeypatch, fmt, n, cols, m, dot, blocks):
+def test_qgemv_span_edge_shapes(monkeypatch, fmt, n, cols, m, dot):
     """qgemv_span (cupy_quant.py; qgemv_direct off) where its walk has edges: rows not a multiple of 8 a block,
     K not a multiple of a span, row lengths not a multiple of 16 bytes, a GLU whose gate and up rows stream back
-    to back, one block whose warps walk several row pairs; plain and fused against the composition in float32
-    (the int8 route: against numpy_quant.qdot_int8), and the plain launch equal to the fused one."""
+    to back; plain and fused against the composition in float32 (the int8 route: against
+    numpy_quant.qdot_int8), and the plain launch equal to the fused one."""
     from engine.backends import cupy_quant as Q
     monkeypatch.setitem(Q.QUANT_DOT, "route", dot)
     monkeypatch.setitem(Q.DIRECT, "enabled", False)
-    monkeypatch.setitem(Q.DIRECT, "blocks", blocks)
     _edge_shapes(fmt, n, cols, m, dot, Q.span_ok)
 
 

@@ -3,8 +3,8 @@ through quant_direct.cu's qgemv_direct for Q4_K rows of whole 16-byte chunks (ei
 quant_span.cu's qgemv_span for Q8_0, Q4_K and Q6_K, else quant.cu's one-warp-per-row kernels.
 
 qgemv_direct loads the weight bytes straight into registers, as the fp16 gemv does, with x widened to fp32 in
-shared memory once per block. Both kernels run a grid of at most resident_blocks() (DIRECT["blocks"] to fix it),
-each warp walking its row pairs, so x is staged once per resident block.
+shared memory once per block; its grid is at most direct_blocks() (DIRECT["blocks"] to fix it), each warp walking
+its row pairs.
 
 qgemv_span streams each weight row (ggml's bytes as they lie, no repacked copy) in coalesced 16-byte chunks
 through shared memory and decodes 8 consecutive weights per lane against x staged once per block (numerics:
@@ -34,7 +34,7 @@ if QUANT_DOT["route"] not in ("int8", "float"):
     raise ValueError(f"TAPER_QUANT_DOT={QUANT_DOT['route']!r}: expected int8 or float")
 
 
-# qgemv_direct (quant_direct.cu): TAPER_QUANT_KERNEL=span keeps every launch on qgemv_span; "blocks" caps both grids
+# qgemv_direct (quant_direct.cu): TAPER_QUANT_KERNEL=span keeps every launch on qgemv_span; "blocks" caps its grid
 DIRECT = {"enabled": os.environ.get("TAPER_QUANT_KERNEL", "direct") != "span", "blocks": None}
 DIRECT_FORMATS = {"q4_k": 3}  # the F of quant_direct.cu (Q8_0 measured slower there than on qgemv_span)
 _DIRECT_LAUNCH: dict = {}
@@ -75,9 +75,9 @@ def direct_ok(x2, qtype: str, datas) -> bool:
     return _direct_smem(x2.shape[0], x2.shape[1], x2.itemsize) <= K.SMEM_LIMIT - 1024
 
 
-def resident_blocks() -> int:
-    """The most blocks of qgemv_direct and qgemv_span: DIRECT["blocks"], else as many as the GPU holds at once (two an
-    SM: 128 registers a thread), so x is staged once per resident block."""
+def direct_blocks() -> int:
+    """qgemv_direct's most blocks: DIRECT["blocks"], else as many as the GPU holds at once (two an SM: 128 registers
+    a thread), so x is staged once per resident block."""
     if DIRECT["blocks"]:
         return DIRECT["blocks"]
     if "sms" not in DIRECT:
@@ -124,7 +124,7 @@ def qgemv_fused(x2, data, qtype: str, out, bias=None, W2=None, bias2=None, act=N
     segs = tuple(w.shape[0] for w, _ in segments) if segments else ()
     isz = x2.itemsize
     res_row = residual.strides[0] // isz if residual is not None else 0
-    key = (direct, DIRECT["blocks"], dot_route(), x2.dtype, qtype, m, data.shape[0], Kd, data.strides[0],
+    key = (direct, direct and DIRECT["blocks"], dot_route(), x2.dtype, qtype, m, data.shape[0], Kd, data.strides[0],
            W2 is not None, segs, act, style, eps, x2.strides[0], out.strides[0], res_row)
     plan = _SPAN_LAUNCH.get(key)
     if plan is None:
@@ -132,11 +132,10 @@ def qgemv_fused(x2, data, qtype: str, out, bias=None, W2=None, bias2=None, act=N
         pairs = N if W2 is not None else -(-N // 2)  # a warp's two rows: GLU's gate and up, else two outputs
         if direct:
             smem = _direct_smem(m, Kd, isz)
-            fn = _direct_fn(x2.dtype, qtype, m, smem)
+            fn, grid = _direct_fn(x2.dtype, qtype, m, smem), (min(-(-pairs // 8), direct_blocks()),)
         else:
             smem = _x_smem(m, Kd, isz)
-            fn = _span_fn(x2.dtype, qtype, m, smem)
-        grid = (min(-(-pairs // 8), resident_blocks()),)
+            fn, grid = _span_fn(x2.dtype, qtype, m, smem), (-(-pairs // 8),)
         i32, i64 = cupy.int32, cupy.int64
         scalars = (i64(data.strides[0]), i64(x2.strides[0] // isz), cupy.float32(eps), i32(K.NORM_STYLES[style]),
                    i64(res_row), i64(out.strides[0] // isz), i32(N), i32(Kd), i32(m), i32(K.ACTS.get(act, 0)),

@@ -1,10 +1,9 @@
 // quant_span.cu: CUDA sources of engine/backends/cupy_kernels.py (compiled by cupy's NVRTC, not on their own).
 // qgemv_span: qgemv and qgemv_fused (quant.cu: the same arguments, the same contract) for Q8_0, Q4_K and Q6_K
 // (F = 2, 3, 4), streaming weight rows in coalesced 16-byte chunks through shared memory (quant_span.cuh).
-// x (or its rms_norm, stage_x: rounded into T as rms_norm_rows rounds) is staged once per block, and the grid is
-// at most what the GPU holds at once (the launcher: two blocks an SM), each warp walking its pairs p, p + 8 x
-// grid, ... A warp takes two weight rows at once, so each x value it reads from shared memory serves both:
-// output rows 2p and 2p + 1, or with GLU (W2) output row p's gate and up rows. The next span's loads are in
+// x (or its rms_norm, stage_x: rounded into T as rms_norm_rows rounds) is staged once per block. A warp takes
+// two weight rows at once, so each x value it reads from shared memory serves both: output rows 2w and 2w + 1
+// (16 a block), or with GLU (W2) output row w's gate and up rows (8 a block). The next span's loads are in
 // flight while the warp decodes the current one. fp32 sums, one rounding into T (store_row / store_glu).
 // W (and W2, Wb, Wc) must be 16-byte aligned; row_bytes need not be a multiple of 16.
 // D = 1: the integer-dot route (llama.cpp's mmvq): the staged x (after the norm, rounded into T) is quantised
@@ -53,26 +52,21 @@ __global__ void __launch_bounds__(256, 2) qgemv_span(const unsigned char *__rest
     __shared__ float red[8];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const bool glu = W2 != nullptr;
-    const int pairs = glu ? N : (N + 1) / 2;
-    int p = blockIdx.x * 8 + warp;  // the warp's pair: output rows 2p and 2p + 1, or GLU's gate and up of output p
-    const unsigned char *wr[2];
-    int row = 0, nr = 0;
-    auto rows_of = [&](int q) {  // the pair's weight rows (nr of them)
-        row = glu ? q : 2 * q;
+    const int row = glu ? blockIdx.x * 8 + warp : 2 * (blockIdx.x * 8 + warp);  // output row (the first of two)
+    const unsigned char *wr[2] = {nullptr, nullptr};
+    if (row < N) {
         wr[0] = qrow<T>(row, row_bytes, W, Wb, Wc, n0, n1);
-        wr[1] = glu ? W2 + (size_t)row * row_bytes : qrow<T>(min(row + 1, N - 1), row_bytes, W, Wb, Wc, n0, n1);
-        nr = glu || row + 1 < N ? 2 : 1;
-    };
+        if (glu) wr[1] = W2 + (size_t)row * row_bytes;
+        else if (row + 1 < N) wr[1] = qrow<T>(row + 1, row_bytes, W, Wb, Wc, n0, n1);
+    }
+    const int nr = wr[0] == nullptr ? 0 : wr[1] != nullptr ? 2 : 1;
     const int nblk = K / L::BS;
     const long used = (long)nblk * L::TS;
     const int nspan = (nblk + L::SB - 1) / L::SB;
     uint4 buf[2][L::CPL];
-    if (p < pairs) {  // the first pair's first span loads while x is staged
-        rows_of(p);
-        #pragma unroll
-        for (int r = 0; r < 2; r++)
-            if (r < nr) span_load<L>(wr[r], used, 0, lane, buf[r]);
-    }
+    #pragma unroll
+    for (int r = 0; r < 2; r++)  // the first span's loads fly while x is staged
+        if (r < nr) span_load<L>(wr[r], used, 0, lane, buf[r]);
     stage_x<T>(x, x_row, nw, eps, style, xs, K, rows, red);
     __syncthreads();
     signed char *xq = reinterpret_cast<signed char *>(xs + (long)rows * K);
@@ -81,36 +75,29 @@ __global__ void __launch_bounds__(256, 2) qgemv_span(const unsigned char *__rest
         quantise_x<T>(xs, K, rows, xq, dxs);
         __syncthreads();
     }
+    if (nr == 0) return;  // after the block's barriers: a whole warp leaves
     unsigned char *wb[2] = {wbuf[warp][0], wbuf[warp][1]};
-    for (bool first = true; p < pairs; p += gridDim.x * 8, first = false) {  // no barriers: each warp its own pairs
-        if (!first) {
-            rows_of(p);
-            #pragma unroll
-            for (int r = 0; r < 2; r++)
-                if (r < nr) span_load<L>(wr[r], used, 0, lane, buf[r]);
-        }
-        const int mis[2] = {(int)((unsigned long long)wr[0] & 15), (int)((unsigned long long)wr[1] & 15)};
-        float acc[2][M];
+    const int mis[2] = {(int)((unsigned long long)wr[0] & 15), (int)((unsigned long long)wr[1] & 15)};
+    float acc[2][M];
+    #pragma unroll
+    for (int m = 0; m < M; m++) acc[0][m] = acc[1][m] = 0.f;
+    for (int s = 0; s < nspan; s++) {
         #pragma unroll
-        for (int m = 0; m < M; m++) acc[0][m] = acc[1][m] = 0.f;
-        for (int s = 0; s < nspan; s++) {
+        for (int r = 0; r < 2; r++)
+            if (r < nr) span_store<L>(wr[r], used, s, lane, buf[r], wb[r]);
+        __syncwarp();
+        if (s + 1 < nspan) {  // the next span's loads fly while this one is decoded
             #pragma unroll
             for (int r = 0; r < 2; r++)
-                if (r < nr) span_store<L>(wr[r], used, s, lane, buf[r], wb[r]);
-            __syncwarp();
-            if (s + 1 < nspan) {  // the next span's loads fly while this one is decoded
-                #pragma unroll
-                for (int r = 0; r < 2; r++)
-                    if (r < nr) span_load<L>(wr[r], used, s + 1, lane, buf[r]);
-            }
-            if constexpr (D == 1)
-                span_dot_i<L, M, 2>(wb, mis, nr, s, nblk, lane, reinterpret_cast<const unsigned char *>(xq), dxs, K,
-                                    rows, acc, nullptr);
-            else
-                span_dot<L, T, M, 2>(wb, mis, nr, s, nblk, lane, xs, K, rows, acc, nullptr);
-            __syncwarp();
+                if (r < nr) span_load<L>(wr[r], used, s + 1, lane, buf[r]);
         }
-        store_pairs<T, M>(acc, row, nr > 1, rows, lane, act, bias, bias2, biasb, biasc, Wb, n0, n1, res, res_row, y,
-                          y_row, glu);
+        if constexpr (D == 1)
+            span_dot_i<L, M, 2>(wb, mis, nr, s, nblk, lane, reinterpret_cast<const unsigned char *>(xq), dxs, K, rows,
+                                acc, nullptr);
+        else
+            span_dot<L, T, M, 2>(wb, mis, nr, s, nblk, lane, xs, K, rows, acc, nullptr);
+        __syncwarp();
     }
+    store_pairs<T, M>(acc, row, nr > 1, rows, lane, act, bias, bias2, biasb, biasc, Wb, n0, n1, res, res_row, y,
+                      y_row, glu);
 }
