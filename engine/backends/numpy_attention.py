@@ -89,6 +89,9 @@ class AttentionKernels:
         pieces = min(pieces, len(blocks))
         bufs = [(self.empty((nb, nh) + ((S, rep * nl) if cols else (rep * nl, S)), out_dtype),
                  self.empty((nb, nh, rep * nl, dv), out_dtype)) for _ in range(pieces)]
+        # a mask of one row per batch row (padding: (B|1, 1, L, S) with stride 0 over L) that holds only zeros for
+        # some batch rows: their blocks skip the add (x + 0 is x; -0 becomes +0, which softmax does not see)
+        live = None if mask is None or mask.strides[-2] != 0 else mask[:, 0, 0, :].any(axis=-1)  # (B|1,)
         if mask is not None and cols:  # (B|1, 1, S, L): a view when the mask is one row per batch row (padding)
             mask = mask.swapaxes(-1, -2) if mask.strides[-2] == 0 else np.ascontiguousarray(mask.swapaxes(-1, -2))
         ones = np.ones(S, np.float32)
@@ -107,7 +110,7 @@ class AttentionKernels:
                     np.matmul(qg, kb.swapaxes(-1, -2), out=s)  # (nb, nh, rep*nl, S)
                 if sc is not None:
                     s *= sc
-                if mask is not None:
+                if mask is not None and (live is None or (live[b0:b1] if live.shape[0] == b else live).any()):
                     mb = mask[b0:b1] if mask.shape[0] == b else mask
                     if cols:
                         s.reshape(b1 - b0, h1 - h0, S, rep, l1 - l0)[...] += mb[:, :, :, None, l0:l1]
