@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from engine.backends.numpy_threads import ROW_THREADS, SPLIT_ALIGN, ranges
+from engine.backends.numpy_threads import ROW_THREADS, ranges
 
 
 def _erf_fits():
@@ -148,10 +148,8 @@ def _gelu_f32(x, out=None):
             xc = flat[i:min(hi, i + _GELU_CHUNK)]
             _gelu_f32_into(xc, of[i:i + xc.size], t[:xc.size], s[:xc.size])
 
-    # pieces cut at SPLIT_ALIGN, not at whole chunks: BERT's batch-1 GELU (196k values, three chunks) went 1 + 2
-    # chunks to the two cores; each piece runs its range in chunks of its own
     with np.errstate(all="ignore"):  # exp overflows to inf on purpose (gelu = -0 there)
-        ranges(run, flat.size, flat.size, SPLIT_ALIGN, ROW_THREADS.MIN_ELEMENTS)
+        ranges(run, flat.size, flat.size, _GELU_CHUNK, ROW_THREADS.MIN_ELEMENTS)
     return res
 
 
@@ -184,4 +182,4 @@ def _chunked(fn, x, out) -> None:
     def run(lo, hi):
         for i in range(lo, hi, _CHUNK):
             fn(xf[i:min(hi, i + _CHUNK)], of[i:min(hi, i + _CHUNK)])
-    ranges(run, xf.size, xf.size, SPLIT_ALIGN, ROW_THREADS.MIN_ELEMENTS)  # even pieces (see _gelu_f32)
+    ranges(run, xf.size, xf.size, _CHUNK, ROW_THREADS.MIN_ELEMENTS)
