@@ -244,6 +244,21 @@ def test_attention_batch_blocks(Hq, Hkv, mask_b, monkeypatch):
     compare(got, t_attention(*args, D ** -0.5), scale=2)
 
 
+@pytest.mark.parametrize("Hq,Hkv,L", [(4, 4, 6), (4, 2, 9), (2, 2, 1)])
+def test_attention_padding_mask_rows_without_padding(Hq, Hkv, L, monkeypatch):
+    """numpy: a padding mask as the models pass it, (B, 1, L, S) expanded from (B, 1, 1, S), rows 1 and 3 padded
+    and the others all zero (their blocks skip the add), in blocks of 2 batch rows."""
+    from engine.backends.numpy_attention import AttentionKernels
+    B, S, D = 5, 7, 8
+    monkeypatch.setattr(AttentionKernels, "ATTENTION_ROWS", 2 * Hq * L * S)
+    q = arr((B, L, Hq, D), "float32")
+    k, v = arr((B, Hkv, S, D), "float32", 1, 1), arr((B, Hkv, S, D), "float32", 1, 2)
+    mask = np.zeros((B, 1, 1, S), np.float32)
+    mask[1, ..., 4:] = mask[3, ..., 6:] = np.finfo(np.float32).min
+    got = run("attention", E(q).transpose(1, 2), E(k), E(v), E(mask).expand(B, 1, L, S), D ** -0.5)
+    compare(got, t_attention(T(q).transpose(1, 2), T(k), T(v), T(mask).expand(B, 1, L, S), D ** -0.5), scale=2)
+
+
 # ---- choosing tokens: the backend's `sample` against engine.sampling on the host ----------------------------------
 def _sample(logits, temperature, top_k=None, top_p=None, seen=None, penalty=1.0, seed=3, counter=0):
     x = E(logits)

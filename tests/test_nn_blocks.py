@@ -12,7 +12,7 @@ from transformers.models.llama import modeling_llama as hf_llama
 import engine
 from engine.nn.attention import attention, causal_mask, min_value, positions, repeat_kv
 from engine.nn.kv_cache import CacheFullError, KVCache, SlidingWindowCache
-from engine.nn.linear import Embedding, Linear
+from engine.nn.linear import Embedding, Linear, input_major
 from engine.nn.norm import LayerNorm, RmsNorm
 from engine.nn.rotary import RotaryEmbedding, apply_rotary, inv_freq, rope_parameters, signed_sin
 from engine.nn.varbuilder import VarBuilder
@@ -55,6 +55,22 @@ def test_linear_reads_weight_without_transposing_it():
     close(lin(t(np.eye(5, dtype=np.float32))), w.numpy().T)
     with pytest.raises(engine.ShapeError, match="last dim 4"):
         lin(t(rand(2, 4)))
+
+
+def test_input_major_keeps_names_shapes_and_values():
+    """input_major stores float32 weights as the transpose of an (in, out) copy where the backend says so
+    (numpy: LINEAR_INPUT_MAJOR), and the linears compute what they did; other dtypes stay as they were."""
+    w, b, x = rand(4, 7), rand(4), rand(3, 7)
+    vb = VarBuilder.from_tensors({"a.weight": w, "a.bias": b, "c.weight": w.astype(np.float16)}, device=DEVICE)
+    m = engine.nn.Module()
+    m.a, m.c = Linear(7, 4, vb=vb.pp("a")), Linear(7, 4, False, vb=vb.pp("c"), dtype=engine.float16)
+    before, before16 = m.a(t(x)).numpy(), m.c(t(x, engine.float16)).numpy()
+    assert input_major(m) is m and sorted(m.state_dict()) == ["a.bias", "a.weight", "c.weight"]
+    moved = engine.backend(DEVICE).LINEAR_INPUT_MAJOR
+    assert m.a.weight.shape == (4, 7) and m.a.weight.t().is_contiguous() == moved and m.c.weight.is_contiguous()
+    np.testing.assert_array_equal(m.a.weight.numpy(), w)
+    close(m.a(t(x)), torch.from_numpy(before))
+    np.testing.assert_array_equal(m.c(t(x, engine.float16)).numpy(), before16)
 
 
 def test_embedding_matches_torch():

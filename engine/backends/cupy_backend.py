@@ -52,6 +52,7 @@ class CupyBackend(NumpyBackend):
     name = "cupy"
     xp = cupy
     _WARNS = False  # cupy raises no floating-point warnings: binary's fast path needs no np.errstate
+    LINEAR_INPUT_MAJOR = False  # its GEMV kernels read (out, in) rows
 
     def __init__(self, device):
         n = cupy.cuda.runtime.getDeviceCount()

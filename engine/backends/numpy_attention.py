@@ -89,6 +89,9 @@ class AttentionKernels:
         pieces = min(pieces, len(blocks))
         bufs = [(self.empty((nb, nh) + ((S, rep * nl) if cols else (rep * nl, S)), out_dtype),
                  self.empty((nb, nh, rep * nl, dv), out_dtype)) for _ in range(pieces)]
+        # a mask of one row per batch row (padding: (B|1, 1, L, S) with stride 0 over L) that holds only zeros for
+        # some batch rows: their blocks skip the add (x + 0 is x; -0 becomes +0, which softmax does not see)
+        live = None if mask is None or mask.strides[-2] != 0 else mask[:, 0, 0, :].any(axis=-1)  # (B|1,)
         if mask is not None and cols:  # (B|1, 1, S, L): a view when the mask is one row per batch row (padding)
             mask = mask.swapaxes(-1, -2) if mask.strides[-2] == 0 else np.ascontiguousarray(mask.swapaxes(-1, -2))
         ones = np.ones(S, np.float32)
@@ -107,15 +110,16 @@ class AttentionKernels:
                     np.matmul(qg, kb.swapaxes(-1, -2), out=s)  # (nb, nh, rep*nl, S)
                 if sc is not None:
                     s *= sc
-                if mask is not None:
+                if mask is not None and (live is None or (live[b0:b1] if live.shape[0] == b else live).any()):
                     mb = mask[b0:b1] if mask.shape[0] == b else mask
                     if cols:
                         s.reshape(b1 - b0, h1 - h0, S, rep, l1 - l0)[...] += mb[:, :, :, None, l0:l1]
                     else:
                         s.reshape(b1 - b0, h1 - h0, rep, l1 - l0, S)[...] += mb[:, :, None, l0:l1]
-                if cols:
-                    self._softmax_cols(s, ones)
+                if cols:  # softmax's division after the product with V: Dv values a query row, not S
+                    r = self._softmax_cols(s, ones)  # s = exp(s - max), r = 1 / sums: (nb, nh, rep*nl)
                     np.matmul(s.swapaxes(-1, -2), vb, out=o)  # (nb, nh, rep*nl, Dv)
+                    o *= r[..., None]
                 else:
                     self._softmax_rows(s)
                     np.matmul(s, vb, out=o)
@@ -130,18 +134,19 @@ class AttentionKernels:
         return out.reshape(b, L, hq * dv)
 
     @staticmethod
-    def _softmax_cols(s, ones) -> None:
-        """softmax over dim -2 of float32 scores held transposed, (..., S, L), in place: the max and the
-        subtraction run along contiguous rows of L queries (numpy's max along the last dim costs 3x as
-        much), the sums are one GEMM with a vector of ones, and each column is multiplied by 1 / sum (as
-        torch's softmax kernel does). The same formula as _softmax_rows up to the order of the sum's
-        additions (fp32 rounding)."""
+    def _softmax_cols(s, ones):
+        """softmax over dim -2 of float32 scores held transposed, (..., S, L), in place but for the last step:
+        the max and the subtraction run along contiguous rows of L queries (numpy's max along the last dim
+        costs 3x as much), the sums are one GEMM with a vector of ones; returns 1 / sum (..., L), by which
+        the caller multiplies each column (as torch's softmax kernel does) or the product with V (flash
+        attention's order: one pass over the scores less). The same formula as _softmax_rows up to the
+        order of the sum's additions and of that multiplication (fp32 rounding)."""
         m = np.maximum.reduce(s, axis=-2, keepdims=True)  # (..., 1, L)
         s -= m
         np.exp(s, out=s)
         tot = np.matmul(ones, s)  # (..., L)
         np.divide(np.float32(1), tot, out=tot)
-        s *= tot[..., None, :]
+        return tot
 
     # attention: all scores in one buffer up to ATTENTION_WHOLE elements (256 MiB of float32: Whisper's encoder,
     # 6 x 1500 x 1500, is 54 MiB), beyond that row blocks of about ATTENTION_BLOCK scores per head. Blocks of

@@ -25,7 +25,7 @@ from engine.models.base import EncoderOutput, Pretrained
 from engine.nn import Module, ModuleList
 from engine.nn.activation import Tanh, hf_activation
 from engine.nn.attention import attention, min_value
-from engine.nn.linear import Embedding, Linear
+from engine.nn.linear import Embedding, Linear, input_major
 from engine.nn.norm import LayerNorm
 
 
@@ -223,6 +223,7 @@ class BertModel(Pretrained):
         self.encoder = BertEncoder(cfg, vb.pp("encoder"))
         # checkpoints saved with add_pooling_layer=False have no pooler: then no pooler_output
         self.pooler = BertPooler(cfg, vb.pp("pooler")) if vb.contains("pooler.dense.weight") else None
+        input_major(self)  # the linears' weights in the layout the backend's GEMMs read fastest (same names)
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None) -> EncoderOutput:
         """input_ids (B, L) int64; attention_mask (B, L), 0 at padding; token_type_ids (B, L) (default

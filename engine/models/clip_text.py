@@ -23,7 +23,7 @@ from engine.models.base import EncoderOutput, Pretrained
 from engine.nn import Module, ModuleList
 from engine.nn.activation import hf_activation
 from engine.nn.attention import attention, causal_mask
-from engine.nn.linear import Embedding, Linear
+from engine.nn.linear import Embedding, Linear, input_major
 from engine.nn.norm import LayerNorm
 
 RELEASED_PREFIX = "text_model"
@@ -161,6 +161,7 @@ class CLIPTextModel(Pretrained):
         self.embeddings = CLIPTextEmbeddings(cfg, vb.pp("embeddings"))
         self.encoder = CLIPEncoder(cfg, vb.pp("encoder"))
         self.final_layer_norm = LayerNorm(cfg.hidden_size, cfg.layer_norm_eps, vb=vb.pp("final_layer_norm"))
+        input_major(self)  # the linears' weights in the layout the backend's GEMMs read fastest (same names)
 
     def eos_positions(self, ids):
         """(B,) int64: where each row's pooled output is read. eos_token_id 2 (configs from before

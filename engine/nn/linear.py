@@ -9,6 +9,7 @@ from engine import functional as F
 from engine import ops
 from engine.layout import ShapeError
 from engine.nn.module import Module
+from engine.tensor import Tensor
 
 
 def _param(vb, name, shape, dtype, device):
@@ -43,6 +44,19 @@ class Linear(Module):
 
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+def input_major(module: Module) -> Module:
+    """Hold every float32 Linear weight under `module` input-major where the backend reads that layout faster
+    (its LINEAR_INPUT_MAJOR: the numpy backend): a C-contiguous (in, out) copy seen through its transpose, so
+    the weight keeps its (out, in) shape, values and state-dict name, and F.linear's `x @ W.T` reads the
+    copy's rows. A weight loaded later (load_state_dict) takes the layout it comes with. Returns module."""
+    for m in module.modules():
+        w = m.weight if isinstance(m, Linear) else None
+        if (w is not None and type(w) is Tensor and w.dtype.name == "float32" and w.ndim == 2
+                and getattr(w.storage.backend, "LINEAR_INPUT_MAJOR", False) and w.is_contiguous()):
+            m.weight = w.t().contiguous().t()
+    return module
 
 
 class Embedding(Module):
