@@ -86,7 +86,8 @@ class ConvKernels:
         og, kk = o // groups, math.prod(k)
         if (xp is np and nd == 1 and groups == 1 and x.dtype == out_dtype.np_dtype and x.dtype.kind == "f"
                 and not (kk > 1 and stride[0] == 1 and 8 <= cg and o <= cg)  # those: _conv1d_stacked
-                and self.CONV_SPLIT and ROW_THREADS.workers(cg * kk * (x.shape[2] - dilation[0] * (kk - 1)) // stride[0], numpy_threads.SPLIT_MIN) > 1):
+                and self.CONV_SPLIT and ROW_THREADS.workers(
+                    cg * kk * (x.shape[2] - dilation[0] * (kk - 1)) // stride[0], numpy_threads.SPLIT_MIN) > 1):
             # 1-d on an idle machine (1x1 too): bands of positions on every core, OpenBLAS on one thread in each
             return self._conv_chunked(self._windows(x, k, stride, dilation), w.reshape(o, cg * kk), b, out_dtype, _silu)
         if kk == 1 and all(s == 1 for s in stride):  # 1x1: the input is already the column matrix
@@ -205,6 +206,10 @@ class ConvKernels:
     # numpy: at least this many columns per band of the stacked 1-d conv and the 1-d transposed conv (their
     # GEMMs' width), else about CONV_BLOCK elements of the (K*O, band) products
     CONV_BAND_MIN = 1024
+    # numpy, idle machine: 1-d convs (stacked taps, im2col bands, 1x1, transposed) run their bands on every core
+    # with OpenBLAS on one thread in each, so that OpenBLAS's own threads do not spin beside the pieces of the
+    # elementwise ops that follow (BLAS_THREADS.SPIN_S); False: one piece, its GEMMs on OpenBLAS's threads
+    # (EnCodec 24 kHz encode + decode of 10 s, in-process A/B on the idle box: 1104 -> 980 ms median of 10)
     CONV_SPLIT = True
 
     def _conv1d_stacked(self, x, w, b, dilation: int, silu: bool = False):
