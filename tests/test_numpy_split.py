@@ -16,6 +16,7 @@ def split_small(monkeypatch):
     monkeypatch.setattr(numpy_threads, "SPLIT_ALIGN", 1)
     monkeypatch.setattr(ROW_THREADS, "cores", 3)
     monkeypatch.setattr(BLAS_THREADS, "busy", lambda: False)
+    monkeypatch.setattr(BLAS_THREADS, "spinning", lambda: False)
 
 
 @pytest.mark.parametrize("op", ["elu", "silu", "sigmoid"])
