@@ -1,7 +1,8 @@
 """A/B of implementations on a shared machine: one asv suite benchmark, each implementation in a process of
 its own, taken in turn (engine, torch, engine, torch, ...) for several rounds; per round each child's median
 of N timed calls, then the median over rounds and the engine/other ratio of every round (the two ran side
-by side, so machine drift cancels), with the 1-minute load average.
+by side, so machine drift cancels), with the 1-minute load average and the cores other processes used during
+each child's timed calls (engine.backends.blas_threads.others_cores: 0 on an idle box).
 
     python -m bench.cpu_ab bench_encoders.BertBatch.time_forward cpu float32 bert:all-minilm-l6-v2 32
     python -m bench.cpu_ab bench_detect.YoloDetect.time_detect cpu float32 640 --calls 3
@@ -55,14 +56,17 @@ def _setup_cache(bench):
 def child(name: str, impl: str, params: list[str], calls: int) -> dict:
     """In this process: set the benchmark up for (impl, *params) and time `calls` calls of its method."""
     fn, args = setup_bench(name, impl, params)
+    from engine.backends.blas_threads import cpu_seconds, others_cores
     fn(*args)  # one more untimed call
     ts = []
+    before = (time.monotonic(),) + cpu_seconds()
     for _ in range(calls):
         t = time.perf_counter()
         fn(*args)
         ts.append(time.perf_counter() - t)
+    others = others_cores(before, (time.monotonic(),) + cpu_seconds())  # other processes' cores meanwhile
     return {"impl": impl, "median_ms": statistics.median(ts) * 1e3, "min_ms": min(ts) * 1e3,
-            "load": os.getloadavg()[0]}
+            "load": os.getloadavg()[0], "others_cores": others}
 
 
 def _typed(text: str, name: str, values: list):
@@ -97,7 +101,7 @@ def main(argv=None) -> int:
             res = json.loads(out.stdout.strip().splitlines()[-1])
             rows[impl].append(res)
             print(f"round {r + 1} {impl:12s} median {res['median_ms']:9.1f} ms  min {res['min_ms']:9.1f} ms  "
-                  f"load {res['load']:.2f}", flush=True)
+                  f"load {res['load']:.2f}  other processes {res['others_cores']:.2f} cores", flush=True)
     base = impls[0]
     for impl in impls[1:]:
         ratios = [x["median_ms"] / y["median_ms"] for x, y in zip(rows[base], rows[impl])]

@@ -16,6 +16,7 @@ from engine.backends.numpy_threads import ROW_THREADS
 def pool(monkeypatch):
     """ROW_THREADS with two pieces for any size, as on an idle 2-core machine."""
     monkeypatch.setattr(BLAS_THREADS, "busy", lambda: False)
+    monkeypatch.setattr(BLAS_THREADS, "spinning", lambda: False)  # no LSTM's OpenBLAS threads from a test before
     monkeypatch.setattr(ROW_THREADS, "MIN_ELEMENTS", 1)
     monkeypatch.setattr(ROW_THREADS, "cores", 2)
     return engine.device.backend("cpu")
@@ -98,3 +99,34 @@ def test_attention_blocks_and_layouts(pool, monkeypatch, B, Hq, Hkv, L, S):
         monkeypatch.setattr(AttentionKernels, "ATTENTION_COLS", cols)
         got = pool.attention(q, k, v, mask, d ** -0.5, D.float32)
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-6)
+
+
+def test_one_piece_while_openblas_threads_spin(monkeypatch):
+    """After a caller reports products on OpenBLAS's own threads (the numpy LSTM's GEMVs), work stays in one piece
+    for SPIN_S (a second piece would share a core with a spinning OpenBLAS thread), then splits again."""
+    from engine.backends.blas_threads import _BlasThreads
+    b = _BlasThreads()
+    assert not b.spinning()
+    b.threaded()
+    assert b.spinning()
+    b.SPIN_S = 0.0
+    assert not b.spinning()
+    monkeypatch.setattr(BLAS_THREADS, "busy", lambda: False)
+    monkeypatch.setattr(ROW_THREADS, "cores", 2)
+    monkeypatch.setattr(BLAS_THREADS, "_threaded_at", float("-inf"))
+    assert ROW_THREADS.workers(1 << 30) == 2
+    BLAS_THREADS.threaded()
+    assert ROW_THREADS.workers(1 << 30) == 1
+    monkeypatch.setattr(BLAS_THREADS, "SPIN_S", 0.0)
+    assert ROW_THREADS.workers(1 << 30) == 2
+
+
+def test_lstm_recurrence_reports_openblas_threads(monkeypatch):
+    """The numpy LSTM loop marks OpenBLAS's threads as spinning when its GEMVs ran on several of them."""
+    monkeypatch.setattr(BLAS_THREADS, "_threaded_at", float("-inf"))
+    monkeypatch.setattr(BLAS_THREADS, "single", lambda: False)
+    b = engine.device.backend("cpu")
+    rng = np.random.default_rng(0)
+    f = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
+    b.lstm_recurrence(f(3, 1, 8), f(1, 2), f(1, 2), f(8, 2), f(8), None, False, D.float32)
+    assert BLAS_THREADS.spinning()

@@ -12,7 +12,8 @@ import numpy as np
 
 from engine import dtype as D
 from engine.backends.blas_threads import BLAS_THREADS
-from engine.backends.numpy_threads import ranges, split
+from engine.backends import numpy_threads
+from engine.backends.numpy_threads import ROW_THREADS, ranges, split
 
 
 class ConvKernels:
@@ -83,6 +84,12 @@ class ConvKernels:
         n = x.shape[0]
         o, cg, k = w.shape[0], w.shape[1], w.shape[2:]
         og, kk = o // groups, math.prod(k)
+        if (xp is np and nd == 1 and groups == 1 and x.dtype == out_dtype.np_dtype and x.dtype.kind == "f"
+                and not (kk > 1 and stride[0] == 1 and 8 <= cg and o <= cg)  # those: _conv1d_stacked
+                and self.CONV_SPLIT and ROW_THREADS.workers(
+                    cg * kk * (x.shape[2] - dilation[0] * (kk - 1)) // stride[0], numpy_threads.SPLIT_MIN) > 1):
+            # 1-d on an idle machine (1x1 too): bands of positions on every core, OpenBLAS on one thread in each
+            return self._conv_chunked(self._windows(x, k, stride, dilation), w.reshape(o, cg * kk), b, out_dtype, _silu)
         if kk == 1 and all(s == 1 for s in stride):  # 1x1: the input is already the column matrix
             osz = x.shape[2:]
             cols = x.reshape(n, groups * cg, math.prod(osz))
@@ -173,7 +180,7 @@ class ConvKernels:
         with BLAS_THREADS.forced_one():
             for i in range(win.shape[0]):
                 ranges(lambda lo, hi, i=i: self._conv_bands(win[i], w2, bias, out[i], silu, rows, lo, hi),
-                       -(-osz[0] // rows), ck * math.prod(osz))
+                       -(-osz[0] // rows), ck * math.prod(osz), min_work=numpy_threads.SPLIT_MIN)
         out = out.reshape((win.shape[0], w2.shape[0]) + tuple(osz))
         return out if out.dtype == out_dtype.np_dtype else self._out(out, out_dtype)
 
@@ -186,7 +193,9 @@ class ConvKernels:
         perm = (0,) + tuple(range(1 + nd, 1 + 2 * nd)) + tuple(range(1, 1 + nd))  # (C, *K, *O)
         for r0 in range(lo * rows, min(osz[0], hi * rows), rows):
             r1 = min(osz[0], r0 + rows)
-            cols = np.ascontiguousarray(win[:, r0:r1].transpose(perm)).reshape(ck, (r1 - r0) * inner)
+            cols = win[:, r0:r1].transpose(perm).reshape(ck, (r1 - r0) * inner)  # a view where it can be (1x1)
+            if cols.strides[1] != cols.itemsize:
+                cols = np.ascontiguousarray(cols)
             band = out[:, r0 * inner:r1 * inner]
             np.matmul(w2, cols, out=band)
             if bias is not None:
@@ -197,6 +206,11 @@ class ConvKernels:
     # numpy: at least this many columns per band of the stacked 1-d conv and the 1-d transposed conv (their
     # GEMMs' width), else about CONV_BLOCK elements of the (K*O, band) products
     CONV_BAND_MIN = 1024
+    # numpy, idle machine: 1-d convs (stacked taps, im2col bands, 1x1, transposed) run their bands on every core
+    # with OpenBLAS on one thread in each, so that OpenBLAS's own threads do not spin beside the pieces of the
+    # elementwise ops that follow (BLAS_THREADS.SPIN_S); False: one piece, its GEMMs on OpenBLAS's threads
+    # (EnCodec 24 kHz encode + decode of 10 s, in-process A/B on the idle box: 1104 -> 980 ms median of 10)
+    CONV_SPLIT = True
 
     def _conv1d_stacked(self, x, w, b, dilation: int, silu: bool = False):
         """A stride-1 1-d conv, x (N, C, L) padded and contiguous, w (O, C, K) with O <= C, without im2col:
@@ -212,9 +226,14 @@ class ConvKernels:
         out = self.empty((n, o, out_len), D.get(x.dtype))
         bias = None if b is None else self._f(b, D.get(x.dtype)).reshape(o, 1)
         band = max(self.CONV_BAND_MIN, self.CONV_BLOCK // (kk * o))
-        prod = np.empty((kk * o, min(band, out_len) + span), x.dtype)
-        for i in range(n):
-            for t0 in range(0, out_len, band):
+        pieces = ROW_THREADS.workers(kk * o * out_len, numpy_threads.SPLIT_MIN) if self.CONV_SPLIT else 1
+        if pieces > 1:  # an idle machine: every core a range of bands, OpenBLAS on one thread in each
+            band = min(band, max(self.CONV_BAND_MIN, -(-out_len // pieces)))
+        n_bands = -(-out_len // band)
+
+        def bands(i, lo, hi, piece=0):  # bands [lo, hi) of sample i, through a product buffer of their own
+            prod = np.empty((kk * o, min(band, out_len) + span), x.dtype)
+            for t0 in range(lo * band, min(out_len, hi * band), band):
                 t1 = min(out_len, t0 + band)
                 m = t1 - t0
                 p = prod[:, :m + span]
@@ -227,6 +246,14 @@ class ConvKernels:
                     y += bias
                 if silu:
                     self._silu_band(y)
+
+        if pieces > 1 and n_bands > 1:
+            with BLAS_THREADS.forced_one():
+                for i in range(n):
+                    ROW_THREADS.run(partial(bands, i), n_bands, pieces)
+        else:
+            for i in range(n):
+                bands(i, 0, n_bands)
         return out
 
     def conv_transpose(self, x, w, b, stride, padding, output_padding, dilation, groups: int, out_dtype):
@@ -276,18 +303,33 @@ class ConvKernels:
         ylen = max(full, padding + out_len)
         wt = w.reshape(cin, cout * kk).T  # (Cout*K, Cin), a transposed view (BLAS reads it as it is)
         y = self.empty((n, cout, ylen), out_dtype)
-        y[...] = 0 if b is None else self._f(b, out_dtype).reshape(1, cout, 1)
-        band = max(self.CONV_BAND_MIN, self.CONV_BLOCK // (cout * kk))
-        prod = np.empty((cout * kk, min(band, length)), np.float32)
-        for i in range(n):
-            for t0 in range(0, length, band):
-                m = min(length, t0 + band) - t0
-                cols = prod[:, :m]
-                np.matmul(wt, x[i, :, t0:t0 + m], out=cols)
-                cols = cols.reshape(cout, kk, m)
-                for j in range(kk):
-                    at = t0 * stride + j * dilation
-                    y[i, :, at:at + (m - 1) * stride + 1:stride] += cols[:, j]
+        bias = None if b is None else self._f(b, out_dtype).reshape(cout, 1)
+        pieces = ROW_THREADS.workers(cout * kk * length, numpy_threads.SPLIT_MIN) if self.CONV_SPLIT else 1
+        if pieces > 1:  # an idle machine: every core a block of output channels (their rows of w^T), own bands
+            pieces = min(pieces, cout)
+
+        def channels(lo, hi, piece=0):  # output channels [lo, hi) of every sample, a band of input columns at a time
+            c = hi - lo
+            band = max(self.CONV_BAND_MIN, self.CONV_BLOCK // (c * kk))
+            prod = np.empty((c * kk, min(band, length)), np.float32)
+            w_part = wt[lo * kk:hi * kk]
+            for i in range(n):
+                yi = y[i, lo:hi]
+                yi[...] = 0 if bias is None else bias[lo:hi]
+                for t0 in range(0, length, band):
+                    m = min(length, t0 + band) - t0
+                    cols = prod[:, :m]
+                    np.matmul(w_part, x[i, :, t0:t0 + m], out=cols)
+                    cols = cols.reshape(c, kk, m)
+                    for j in range(kk):
+                        at = t0 * stride + j * dilation
+                        yi[:, at:at + (m - 1) * stride + 1:stride] += cols[:, j]
+
+        if pieces > 1:
+            with BLAS_THREADS.forced_one():
+                ROW_THREADS.run(channels, cout, pieces)
+        else:
+            channels(0, cout)
         if padding == 0 and ylen == out_len:
             return y
         out = self.empty((n, cout, out_len), out_dtype)

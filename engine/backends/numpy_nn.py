@@ -108,6 +108,8 @@ class NnKernels:
         finally:
             if single:
                 BLAS_THREADS.restore()
+        if not BLAS_THREADS.single():  # its GEMVs ran on OpenBLAS's threads, which spin a while now
+            BLAS_THREADS.threaded()
         return out, self._out(h, out_dtype), self._out(c, out_dtype)
 
     def _lstm_loop(self, xp, xw, h, c, whT, b, hrT, reverse, out, one, hid, n_steps):

@@ -36,10 +36,11 @@ class _RowThreads:
 
     def workers(self, elements: int, min_elements: int | None = None) -> int:
         """How many pieces to cut work of `elements` elements into: 1 on one core, for small work (below
-        min_elements, default MIN_ELEMENTS), or while other processes keep a core busy."""
+        min_elements, default MIN_ELEMENTS), while other processes keep a core busy, or while OpenBLAS's own
+        threads still spin after products (BLAS_THREADS.spinning: a piece would share a core with one)."""
         cores = self.cores
         least = self.MIN_ELEMENTS if min_elements is None else min_elements
-        if not self.enabled or cores < 2 or elements < least or BLAS_THREADS.busy():
+        if not self.enabled or cores < 2 or elements < least or BLAS_THREADS.busy() or BLAS_THREADS.spinning():
             return 1
         return cores
 
