@@ -37,7 +37,6 @@ if QUANT_DOT["route"] not in ("int8", "float"):
 # qgemv_direct (quant_direct.cu): TAPER_QUANT_KERNEL=span keeps every launch on qgemv_span; "blocks" caps its grid
 DIRECT = {"enabled": os.environ.get("TAPER_QUANT_KERNEL", "direct") != "span", "blocks": None}
 DIRECT_FORMATS = {"q4_k": 3}  # the F of quant_direct.cu (Q8_0 measured slower there than on qgemv_span)
-_DIRECT_LAUNCH: dict = {}
 
 
 def dot_route() -> str:
@@ -113,7 +112,7 @@ def qgemv(x2, data, qtype: str, out, bias=None):
 
 def qgemv_fused(x2, data, qtype: str, out, bias=None, W2=None, bias2=None, act=None, norm=None, residual=None,
                 segments=None):
-    """cupy_kernels.qgemv_fused's contract (check K.qgemv_fused_ok): qgemv_span where it applies."""
+    """cupy_kernels.qgemv_fused's contract (check K.qgemv_fused_ok): qgemv_direct or qgemv_span where they apply."""
     datas = (data,) + ((W2,) if W2 is not None else ()) + tuple(w for w, _ in segments or ())
     direct = direct_ok(x2, qtype, datas)
     if not direct and not span_ok(x2, qtype, datas):
