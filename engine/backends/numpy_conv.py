@@ -86,8 +86,8 @@ class ConvKernels:
         og, kk = o // groups, math.prod(k)
         if (xp is np and nd == 1 and groups == 1 and x.dtype == out_dtype.np_dtype and x.dtype.kind == "f"
                 and not (kk > 1 and stride[0] == 1 and 8 <= cg and o <= cg)  # those: _conv1d_stacked
-                and self.CONV_SPLIT and ROW_THREADS.workers(
-                    cg * kk * (x.shape[2] - dilation[0] * (kk - 1)) // stride[0], numpy_threads.SPLIT_MIN) > 1):
+                and self.CONV_SPLIT
+                and numpy_threads.pieces(cg * kk * (x.shape[2] - dilation[0] * (kk - 1)) // stride[0]) > 1):
             # 1-d on an idle machine (1x1 too): bands of positions on every core, OpenBLAS on one thread in each
             return self._conv_chunked(self._windows(x, k, stride, dilation), w.reshape(o, cg * kk), b, out_dtype, _silu)
         if kk == 1 and all(s == 1 for s in stride):  # 1x1: the input is already the column matrix
@@ -180,7 +180,7 @@ class ConvKernels:
         with BLAS_THREADS.forced_one():
             for i in range(win.shape[0]):
                 ranges(lambda lo, hi, i=i: self._conv_bands(win[i], w2, bias, out[i], silu, rows, lo, hi),
-                       -(-osz[0] // rows), ck * math.prod(osz), min_work=numpy_threads.SPLIT_MIN)
+                       -(-osz[0] // rows), ck * math.prod(osz))
         out = out.reshape((win.shape[0], w2.shape[0]) + tuple(osz))
         return out if out.dtype == out_dtype.np_dtype else self._out(out, out_dtype)
 
@@ -226,7 +226,7 @@ class ConvKernels:
         out = self.empty((n, o, out_len), D.get(x.dtype))
         bias = None if b is None else self._f(b, D.get(x.dtype)).reshape(o, 1)
         band = max(self.CONV_BAND_MIN, self.CONV_BLOCK // (kk * o))
-        pieces = ROW_THREADS.workers(kk * o * out_len, numpy_threads.SPLIT_MIN) if self.CONV_SPLIT else 1
+        pieces = numpy_threads.pieces(kk * o * out_len) if self.CONV_SPLIT else 1
         if pieces > 1:  # an idle machine: every core a range of bands, OpenBLAS on one thread in each
             band = min(band, max(self.CONV_BAND_MIN, -(-out_len // pieces)))
         n_bands = -(-out_len // band)
@@ -304,7 +304,7 @@ class ConvKernels:
         wt = w.reshape(cin, cout * kk).T  # (Cout*K, Cin), a transposed view (BLAS reads it as it is)
         y = self.empty((n, cout, ylen), out_dtype)
         bias = None if b is None else self._f(b, out_dtype).reshape(cout, 1)
-        pieces = ROW_THREADS.workers(cout * kk * length, numpy_threads.SPLIT_MIN) if self.CONV_SPLIT else 1
+        pieces = numpy_threads.pieces(cout * kk * length) if self.CONV_SPLIT else 1
         if pieces > 1:  # an idle machine: every core a block of output channels (their rows of w^T), own bands
             pieces = min(pieces, cout)
 

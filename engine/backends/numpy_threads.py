@@ -80,13 +80,18 @@ SPLIT_MIN = 1 << 19
 SPLIT_ALIGN = 1 << 12  # elements per piece boundary of a flat split (whole cache lines and SIMD blocks)
 
 
+def pieces(work: int) -> int:
+    """How many pieces ROW_THREADS cuts `work` elements into at the split's threshold (SPLIT_MIN, read now)."""
+    return ROW_THREADS.workers(work, SPLIT_MIN)
+
+
 def ranges(fn, n: int, work: int, align: int = 1, min_work: int | None = None) -> None:
     """fn(lo, hi) over contiguous ranges of range(n) (bounds multiples of align), one per core on ROW_THREADS
     when `work` (elements touched) is min_work (default SPLIT_MIN, read at the call) or more and the machine
     is idle; else fn(0, n) here."""
     blocks = -(-n // align)
     ROW_THREADS.run(lambda lo, hi, piece: fn(lo * align, min(n, hi * align)), blocks,
-                    ROW_THREADS.workers(work, SPLIT_MIN if min_work is None else min_work))
+                    pieces(work) if min_work is None else ROW_THREADS.workers(work, min_work))
 
 
 def split(fn, *arrays) -> None:
