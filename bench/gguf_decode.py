@@ -57,10 +57,20 @@ ROUTES = ("float", "int8", "span", "int8span")
 
 def set_route(route: str) -> None:
     """The quantized kernels' route (cupy_quant): float and int8 (the dot routes; qgemv_direct where it applies,
-    else qgemv_span), span and int8span (qgemv_span alone, float or int8)."""
+    else qgemv_span), span and int8span (qgemv_span alone, float or int8). qgemv_direct's settings follow as
+    +key=value (cupy_quant.DIRECT's u, b, p; e.g. int8+u=2+p=1); those not given take their defaults."""
     from engine.backends import cupy_quant as Q
+    route, *sets = route.split("+")
+    if route not in ROUTES:
+        raise SystemExit(f"unknown route {route!r}: expected one of {', '.join(ROUTES)} (+key=value settings)")
     Q.QUANT_DOT["route"] = "int8" if route.startswith("int8") else "float"
     Q.DIRECT["enabled"] = route in ("float", "int8")
+    Q.DIRECT.update(Q.DIRECT_SETTINGS)
+    for kv in sets:
+        k, _, v = kv.partition("=")
+        if k not in Q.DIRECT_SETTINGS or not v.isdigit():
+            raise SystemExit(f"route setting {kv!r}: expected one of {', '.join(Q.DIRECT_SETTINGS)} = an integer")
+        Q.DIRECT[k] = int(v)
 
 
 def kernel_profile(preset: str, formats, iters: int = 40, dots=("float",)) -> list:
@@ -129,11 +139,12 @@ def main(argv=None) -> int:
                                                        "format's decode runs once per route, keyed FORMAT@ROUTE "
                                                        "when there are several")
     p.add_argument("--profile-dots", help="routes of the kernel profile (default: --dots)")
+    p.add_argument("--profile-only", action="store_true", help="the per-kernel profile alone (no decode runs)")
     p.add_argument("--out")
     a = p.parse_args(argv)
     dots = [d for d in a.dots.split(",") if d]
     pdots = [d for d in (a.profile_dots or a.dots).split(",") if d]
-    if not dots or not pdots or any(d not in ROUTES for d in dots + pdots):
+    if not dots or not pdots or any(d.split("+")[0] not in ROUTES for d in dots + pdots):
         p.error(f"--dots {a.dots!r} / --profile-dots {a.profile_dots!r}: comma-separated lists of {', '.join(ROUTES)}")
     if a.device == "cuda":  # what this benchmark measures: the quantized kernels (off by default until verified)
         from engine.backends import cupy_kernels as K
@@ -150,7 +161,7 @@ def main(argv=None) -> int:
         res["copy_gb_per_s"] = copy_gb_per_s("cuda")
         print(f"{res['card']}: device copy {res['copy_gb_per_s']:.0f} GB/s (read + write)", flush=True)
     base_logits = None
-    runs = [("fp16", None)] + [(f, d) for f in formats for d in dots]
+    runs = [] if a.profile_only else [("fp16", None)] + [(f, d) for f in formats for d in dots]
     for fmt, dot in runs:
         key = fmt if dot is None or len(dots) == 1 else f"{fmt}@{dot}"
         if dot is not None and a.device == "cuda":

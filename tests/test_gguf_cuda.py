@@ -325,13 +325,17 @@ def test_qgemv_span_edge_shapes(monkeypatch, fmt, n, cols, m, dot):
     ("q4_k", 11, 17 * 256, 2), ("q4_k", 3, 11008, 2), ("q4_k", 21, 4096, 1), ("q4_k", 40, 256, 8)])  # 17, 43, 16, 1 blocks
 @pytest.mark.parametrize("blocks", [None, 1, 3])
 @pytest.mark.parametrize("dot", ["float", "int8"])
-def test_qgemv_direct_edge_shapes(monkeypatch, fmt, n, cols, m, blocks, dot):
-    """qgemv_direct (cupy_quant.py) with its grid at most `blocks` (a warp then walks several row pairs) and each
-    dot route: odd row counts (a warp's second row absent), K whose units do not fill a lane's U; plain and
-    fused against the composition in float32 (the int8 route: against numpy_quant.qdot_int8), the plain launch
-    equal to the fused one."""
+@pytest.mark.parametrize("ubp", [(None, None, 0), (2, 2, 1), (1, 4, 1)])
+def test_qgemv_direct_edge_shapes(monkeypatch, fmt, n, cols, m, blocks, dot, ubp):
+    """qgemv_direct (cupy_quant.py) with its grid at most `blocks` (a warp then walks several row pairs), each
+    dot route, and its settings (U units in flight, B blocks an SM, P pipelined: a lane's next batch, within the
+    row pair or the next pair's first, loads while it sums): odd row counts (a warp's second row absent), K whose
+    units do not fill a lane's U; plain and fused against the composition in float32 (the int8 route: against
+    numpy_quant.qdot_int8), the plain launch equal to the fused one."""
     from engine.backends import cupy_quant as Q
     monkeypatch.setitem(Q.DIRECT, "blocks", blocks)
+    for k, v in zip("ubp", ubp):
+        monkeypatch.setitem(Q.DIRECT, k, v)
     monkeypatch.setitem(Q.QUANT_DOT, "route", dot)
     _edge_shapes(fmt, n, cols, m, dot, Q.direct_ok)
 

@@ -34,8 +34,13 @@ if QUANT_DOT["route"] not in ("int8", "float"):
     raise ValueError(f"TAPER_QUANT_DOT={QUANT_DOT['route']!r}: expected int8 or float")
 
 
-# qgemv_direct (quant_direct.cu): TAPER_QUANT_KERNEL=span keeps every launch on qgemv_span; "blocks" caps its grid
-DIRECT = {"enabled": os.environ.get("TAPER_QUANT_KERNEL", "direct") != "span", "blocks": None}
+# qgemv_direct (quant_direct.cu): TAPER_QUANT_KERNEL=span keeps every launch on qgemv_span; "blocks" caps its grid;
+# its U (units a lane has in flight: of 32 weights on the float route, 64 on the int8 one), B (blocks an SM: its
+# launch bounds and the grid) and P (1: pipelined loads); None takes the route's own, the fastest measured on an
+# H200 (measurements/h200/NOTES.md, session 9)
+DIRECT_SETTINGS = {"u": None, "b": None, "p": 0}  # the defaults
+_DIRECT_ROUTE = {"float": {"u": 4, "b": 2}, "int8": {"u": 1, "b": 3}}
+DIRECT = {"enabled": os.environ.get("TAPER_QUANT_KERNEL", "direct") != "span", "blocks": None, **DIRECT_SETTINGS}
 DIRECT_FORMATS = {"q4_k": 3}  # the F of quant_direct.cu (Q8_0 measured slower there than on qgemv_span)
 
 
@@ -59,8 +64,9 @@ def span_ok(x2, qtype: str, datas) -> bool:
 
 def _direct_smem(m: int, k: int, itemsize: int) -> int:
     """Dynamic shared memory of qgemv_direct: x staged in T (to 16 bytes), then its fp32 copy and the sums of its
-    runs of 16, or (int8 route) its int8 blocks and their scales."""
-    rest = m * k + m * k // 32 * 4 if dot_route() == "int8" else m * k * 4 + m * k // 16 * 4
+    runs of 16, or (int8 route) its int8 blocks (16 bytes of padding after every 64 values: quant_direct.cu's XPAD),
+    their scales and their sums."""
+    rest = m * k // 64 * 80 + m * k // 32 * 8 if dot_route() == "int8" else m * k * 4 + m * k // 16 * 4
     return -(-m * k * itemsize // 16) * 16 + rest
 
 
@@ -75,18 +81,24 @@ def direct_ok(x2, qtype: str, datas) -> bool:
 
 
 def direct_blocks() -> int:
-    """qgemv_direct's most blocks: DIRECT["blocks"], else as many as the GPU holds at once (two an SM: 128 registers
-    a thread), so x is staged once per resident block."""
+    """qgemv_direct's most blocks: DIRECT["blocks"], else as many as the GPU holds at once (DIRECT["b"] an SM, its
+    launch bounds), so x is staged once per resident block."""
     if DIRECT["blocks"]:
         return DIRECT["blocks"]
     if "sms" not in DIRECT:
         DIRECT["sms"] = cupy.cuda.Device().attributes["MultiProcessorCount"]
-    return 2 * DIRECT["sms"]
+    return direct_settings()[1] * DIRECT["sms"]
+
+
+def direct_settings() -> tuple:
+    """qgemv_direct's (U, B, P) on the current dot route: DIRECT's where set, else the route's own."""
+    own = _DIRECT_ROUTE[dot_route()]
+    return DIRECT["u"] or own["u"], DIRECT["b"] or own["b"], DIRECT["p"]
 
 
 def _direct_fn(dtype, qtype: str, m: int, smem: int):
     M = 1 if m == 1 else 2 if m <= 2 else 4 if m <= 4 else 8
-    d = ",1" if dot_route() == "int8" else ""
+    d = f",{int(dot_route() == 'int8')}," + ",".join(map(str, direct_settings()))
     fn = K._fn(f"qgemv_direct<{K.type_name(dtype)},{DIRECT_FORMATS[qtype]},{M}{d}>")
     if smem > 48 * 1024 and fn.max_dynamic_shared_size_bytes < smem:
         fn.max_dynamic_shared_size_bytes = K.SMEM_LIMIT - 1024  # past 48 KiB: the opt-in, once
@@ -123,7 +135,7 @@ def qgemv_fused(x2, data, qtype: str, out, bias=None, W2=None, bias2=None, act=N
     segs = tuple(w.shape[0] for w, _ in segments) if segments else ()
     isz = x2.itemsize
     res_row = residual.strides[0] // isz if residual is not None else 0
-    key = (direct, direct and DIRECT["blocks"], dot_route(), x2.dtype, qtype, m, data.shape[0], Kd, data.strides[0],
+    key = (direct, direct and (DIRECT["blocks"], direct_settings()), dot_route(), x2.dtype, qtype, m, data.shape[0], Kd, data.strides[0],
            W2 is not None, segs, act, style, eps, x2.strides[0], out.strides[0], res_row)
     plan = _SPAN_LAUNCH.get(key)
     if plan is None:

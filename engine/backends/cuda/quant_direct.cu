@@ -2,16 +2,18 @@
 // qgemv_direct: qgemv_span's contract and arguments (quant_span.cu) for Q4_K (F = 3), laid out as the fp16 gemv
 // is (gemv.cu): weight bytes go straight from global memory into registers, U units a lane in flight, no
 // shared-memory row buffers; a warp takes two virtual rows at a time (two output rows, or GLU's gate and up rows
-// of one output) over the whole of K. The grid is at most what the GPU holds at once (the launcher: two blocks
+// of one output) over the whole of K. The grid is at most what the GPU holds at once (the launcher: B blocks
 // an SM), each warp walking pairs p, p + 8 x grid, ..., so x (or its rms_norm, stage_x: rounded into T) is
 // staged once per block, not once per 16 rows, then widened to fp32 beside it with the sums of each run of 16
 // values (Q4_K's mins), so a lane reads its x as fp32 and never converts it. Numerics: qgemv_span's, fp32 sums
 // of a * (q . x) - c * sum(x) per run of 16 weights with every w = a * q - c as decode() gives it (within fp32
 // rounding of the composition). Needs row_bytes % 16 == 0 and W (W2, Wb, Wc) 16-byte aligned (the launcher
-// checks): every unit load is then inside its row. D = 1: qgemv_span's integer route (x quantised into int8
-// blocks of 32 behind the staged x, quantise_x; __dp4a sums per run of 16; numerics of numpy_quant.qdot_int8).
-// The same layout for Q8_0 (34-byte blocks, so each 16-weight unit shifted out of two aligned chunks) ran at
-// 0.75x qgemv_span's on an H200 and was dropped; Q8_0 stays on qgemv_span.
+// checks): every unit load is then inside its row. D = 1: the integer route on its own layout (QD_q4_k64: units of
+// 64 weights, so a lane decodes the 6-bit scales once per 64; x quantised into int8 blocks of 32 with their exact
+// sums, quantise_x, padded so a wavefront's reads hit 32 banks; __dp4a sums per sub-block of 32; numerics of
+// numpy_quant.qdot_int8). On an H200 (session 9) it reads gate/up and the LM head at 3.0-3.3 TB/s: the
+// instructions a weight went from 3.9 (32-weight units, scales decoded per 32, x sums by __dp4a) to 2.0. The same layout for Q8_0 (34-byte blocks, so each 16-weight unit shifted out of
+// two aligned chunks) ran at 0.75x qgemv_span's on an H200 and was dropped; Q8_0 stays on qgemv_span.
 
 // Each format: Unit (what a lane holds of one unit in flight), load (global -> registers) and dot2 (acc[r] += row
 // r's unit . x for both rows at once, each x value read once; xf: fp32 x from the unit's block on, xs16: the sums
@@ -42,7 +44,7 @@ __device__ __forceinline__ float dot4(unsigned q, float bias, const float4 &x, f
 // (d, dmin, 12 bytes of 6-bit scales and mins) comes in through the cached path (its 8 units share it).
 // Rotation g: the even (odd) chunks of a block then read 4 different float4 positions of bank groups 0-3 (4-7).
 struct QD_q4_k {
-    static constexpr int UPB = 8, BS = 256, TS = 144, U = 4;
+    static constexpr int UPB = 8, BS = 256, TS = 144;
     struct Unit { uint4 q, h; };
     static __device__ __forceinline__ Unit load(const unsigned char *row, int u) {
         const unsigned char *b = row + (size_t)(u >> 3) * TS;
@@ -80,44 +82,68 @@ struct QD_q4_k {
             acc[r] = fmaf(-__fmul_rn(dmin, (float)m1), sh, t);
         }
     }
-    // dot2's integer route (D = 1, quant_span.cuh's span_dot_i numerics): x as int8 blocks of 32 (xq from the
-    // unit's block on, dx its blocks' scales), per run of 16: isum = sum(q * xq), sx = sum(xq) exactly (__dp4a),
-    // then acc += (a * dx) * isum - (c * dx) * sx in fp32. The low run lies in x block 2g, the high one in 2g + 1.
+};
+
+// dp4a of unsigned bytes a (0..255) with signed bytes b
+__device__ __forceinline__ int q_dp4a_us(unsigned a, unsigned b, int c) {
+    int d;
+    asm("dp4a.u32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+    return d;
+}
+
+// Q4_K for the integer route (D = 1): a unit is 32 quant bytes, chunks 2g and 2g + 1 of a block (g < 4): the low
+// nibbles are sub-block 2g (weights 64g + i, i < 32), the high ones sub-block 2g + 1 (64g + 32 + i), so a lane
+// decodes the header's scales once per 64 weights. Per sub-block j: isum = sum(q * xq) exactly (__dp4a; the high
+// nibbles as bytes & 0xF0, their sum >> 4), then acc += float32(float32(d * sc) * dx) * isum -
+// float32(float32(dmin * m) * dx) * sum(xq) in fp32: qdot_int8's terms (numpy_quant), summed in another order.
+struct QD_q4_k64 {
+    static constexpr int UPB = 4, BS = 256, TS = 144;
+    struct Unit { uint4 q0, q1, h; };
+    static __device__ __forceinline__ Unit load(const unsigned char *row, int u) {
+        const unsigned char *b = row + (size_t)(u >> 2) * TS + 16 + 32 * (u & 3);
+        return {ld_stream(reinterpret_cast<const uint4 *>(b)), ld_stream(reinterpret_cast<const uint4 *>(b + 16)),
+                __ldg(reinterpret_cast<const uint4 *>(row + (size_t)(u >> 2) * TS))};
+    }
+    // xq, dx, sx: x's values (XPAD bytes of padding after every 64: the 8 lanes of a wavefront, blocks b and b + 1
+    // and g = 0..3, then read 8 different 4-bank groups), block scales and sums (int) from the unit's block on
+    static constexpr int XPAD = 16;
     static __device__ __forceinline__ void dot2i(const Unit (&v)[2], int u, const signed char *xq, const float *dx,
-                                                 float (&acc)[2]) {
-        const int j = u & 7, g = j >> 1, o = 64 * g + 16 * (j & 1);
-        const uint4 xl = *reinterpret_cast<const uint4 *>(xq + o), xh = *reinterpret_cast<const uint4 *>(xq + o + 32);
-        const unsigned l[4] = {xl.x, xl.y, xl.z, xl.w}, h[4] = {xh.x, xh.y, xh.z, xh.w};
-        int sl = 0, sh = 0;
-        #pragma unroll
-        for (int i = 0; i < 4; i++) {
-            sl = q_dp4a(l[i], 0x01010101u, sl);
-            sh = q_dp4a(h[i], 0x01010101u, sh);
-        }
-        const float dl = dx[2 * g], dh = dx[2 * g + 1];
+                                                 const int *sx, float (&acc)[2]) {
+        const int g = u & 3;
+        const uint4 *xg = reinterpret_cast<const uint4 *>(xq + (64 + XPAD) * g);
+        const uint4 l0 = xg[0], l1 = xg[1], h0 = xg[2], h1 = xg[3];
+        const unsigned xl[8] = {l0.x, l0.y, l0.z, l0.w, l1.x, l1.y, l1.z, l1.w},
+                       xh[8] = {h0.x, h0.y, h0.z, h0.w, h1.x, h1.y, h1.z, h1.w};
+        const float dl = dx[2 * g], dh = dx[2 * g + 1], sl = (float)sx[2 * g], sh = (float)sx[2 * g + 1];
         #pragma unroll
         for (int r = 0; r < 2; r++) {
-            const unsigned w[4] = {v[r].q.x, v[r].q.y, v[r].q.z, v[r].q.w};
+            const unsigned w[8] = {v[r].q0.x, v[r].q0.y, v[r].q0.z, v[r].q0.w, v[r].q1.x, v[r].q1.y, v[r].q1.z, v[r].q1.w};
             int il = 0, ih = 0;
             #pragma unroll
-            for (int i = 0; i < 4; i++) {
-                il = q_dp4a(w[i] & 0x0F0F0F0Fu, l[i], il);
-                ih = q_dp4a((w[i] >> 4) & 0x0F0F0F0Fu, h[i], ih);
+            for (int i = 0; i < 8; i++) {
+                il = q_dp4a(w[i] & 0x0F0F0F0Fu, xl[i], il);
+                ih = q_dp4a_us(w[i] & 0xF0F0F0F0u, xh[i], ih);
             }
-            int sc0, m0, sc1, m1;
-            QF_q4_k::scale_min(2 * g, v[r].h.y, v[r].h.z, v[r].h.w, &sc0, &m0);
-            QF_q4_k::scale_min(2 * g + 1, v[r].h.y, v[r].h.z, v[r].h.w, &sc1, &m1);
+            ih >>= 4;  // exact: every term was a multiple of 16
+            // the 6-bit scales and mins of sub-blocks 2g, 2g + 1 (ggml's get_scale_min_k4), as bytes (0..3: j < 4)
+            const unsigned s0 = v[r].h.y, s1 = v[r].h.z, s2 = v[r].h.w;
+            const unsigned sc = g < 2 ? s0 & 0x3F3F3F3Fu : (s2 & 0x0F0F0F0Fu) | ((s0 >> 2) & 0x30303030u);
+            const unsigned mn = g < 2 ? s1 & 0x3F3F3F3Fu : ((s2 >> 4) & 0x0F0F0F0Fu) | ((s1 >> 2) & 0x30303030u);
+            const int sh8 = 16 * (g & 1);
             const float d = q_h2f(v[r].h.x & 0xFFFF), dmin = q_h2f(v[r].h.x >> 16);
-            float t = fmaf(__fmul_rn(__fmul_rn(d, (float)sc0), dl), (float)il, acc[r]);
-            t = fmaf(-__fmul_rn(__fmul_rn(dmin, (float)m0), dl), (float)sl, t);
-            t = fmaf(__fmul_rn(__fmul_rn(d, (float)sc1), dh), (float)ih, t);
-            acc[r] = fmaf(-__fmul_rn(__fmul_rn(dmin, (float)m1), dh), (float)sh, t);
+            const float sc0 = (float)((sc >> sh8) & 0xFF), sc1 = (float)((sc >> (sh8 + 8)) & 0xFF),
+                        m0 = (float)((mn >> sh8) & 0xFF), m1 = (float)((mn >> (sh8 + 8)) & 0xFF);
+            float t = fmaf(__fmul_rn(__fmul_rn(d, sc0), dl), (float)il, acc[r]);
+            t = fmaf(-__fmul_rn(__fmul_rn(dmin, m0), dl), sl, t);
+            t = fmaf(__fmul_rn(__fmul_rn(d, sc1), dh), (float)ih, t);
+            acc[r] = fmaf(-__fmul_rn(__fmul_rn(dmin, m1), dh), sh, t);
         }
     }
 };
 
-template <int F> struct QDirect;
-template <> struct QDirect<3> { using L = QD_q4_k; };
+template <int F, int D> struct QDirect;
+template <> struct QDirect<3, 0> { using L = QD_q4_k; };
+template <> struct QDirect<3, 1> { using L = QD_q4_k64; };
 
 // The staged x rows (T, rows x K) widened into xf (fp32, rows x K) with the sums of each run of 16 in x16
 // (rows x K / 16; ((run[0:4] + run[4:8]) + run[8:12]) + run[12:16], each quarter summed in order), all 256
@@ -141,83 +167,117 @@ __device__ __forceinline__ void widen_x(const T *xs, int K, int rows, float *xf,
     }
 }
 
-template <typename T, int F, int M, int D = 0>
-__global__ void __launch_bounds__(256, 2) qgemv_direct(const unsigned char *__restrict__ W,
+// U: units a lane has in flight per row; B: blocks an SM (launch bounds: 65536 / (256 B) registers a thread).
+// P = 1 pipelines: a lane's next batch (the rest of the pair's row, or its next pair) loads into a second set of
+// registers while the current one is summed, so each warp keeps loads in flight through its sums.
+template <typename T, int F, int M, int D = 0, int U = 4, int B = 2, int P = 0>
+__global__ void __launch_bounds__(256, B) qgemv_direct(const unsigned char *__restrict__ W,
         const unsigned char *__restrict__ W2, long row_bytes, const T *__restrict__ x, long x_row,
         const T *__restrict__ nw, float eps, int style, const T *__restrict__ bias, const T *__restrict__ bias2,
         const T *__restrict__ res, long res_row, T *__restrict__ y, long y_row, int N, int K, int rows, int act,
         const unsigned char *__restrict__ Wb, const unsigned char *__restrict__ Wc, const T *__restrict__ biasb,
         const T *__restrict__ biasc, int n0, int n1) {
-    using L = typename QDirect<F>::L;
-    constexpr int U = L::U;  // units a lane has in flight per row
+    using L = typename QDirect<F, D>::L;
+    using Buf = typename L::Unit[U][2];
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    T *xs = reinterpret_cast<T *>(smem_raw);  // then (from 16 bytes on) xf (fp32) and x16, or (D = 1) xq and dxs
+    T *xs = reinterpret_cast<T *>(smem_raw);  // then (from 16 bytes on) xf (fp32) and x16, or (D = 1) xq, dxs, sxs
     float *xf = reinterpret_cast<float *>(smem_raw + (((size_t)rows * K * sizeof(T) + 15) & ~(size_t)15));
     float *x16 = xf + (size_t)rows * K;
     signed char *xq = reinterpret_cast<signed char *>(xf);
-    float *dxs = reinterpret_cast<float *>(xq + (size_t)rows * K);
+    float *dxs = reinterpret_cast<float *>(xq + (size_t)rows * K / 64 * (64 + QD_q4_k64::XPAD));
+    int *sxs = reinterpret_cast<int *>(dxs + (size_t)rows * K / 32);
     __shared__ float red[8];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const bool glu = W2 != nullptr;
-    const int pairs = glu ? N : (N + 1) / 2, units = K / L::BS * L::UPB;
-    int p = blockIdx.x * 8 + warp;  // the warp's pair: rows 2p and 2p + 1, or GLU's gate and up rows of output p
+    const int pairs = glu ? N : (N + 1) / 2, units = K / L::BS * L::UPB, stride = gridDim.x * 8;
+    // the batch a lane loads next: pair lp (rows 2lp and 2lp + 1, or GLU's gate and up rows of output lp), units
+    // from lu on; the batch it sums: pair cp from cu on
+    int lp = blockIdx.x * 8 + warp, lu = 0;
     const unsigned char *wr[2];
-    typename L::Unit pre[U][2];
     auto rows_of = [&](int q) {
         const int row = glu ? q : 2 * q;
         wr[0] = qrow<T>(row, row_bytes, W, Wb, Wc, n0, n1);
         wr[1] = glu ? W2 + (size_t)q * row_bytes : qrow<T>(min(row + 1, N - 1), row_bytes, W, Wb, Wc, n0, n1);
     };
-    auto issue = [&](int u0) {
+    auto issue = [&](Buf &buf) {  // load the batch (lp, lu) into buf, then step (lp, lu) to the next batch
         #pragma unroll
         for (int i = 0; i < U; i++) {
-            const int u = u0 + lane + 32 * i;
+            const int u = lu + lane + 32 * i;
             if (u < units) {
-                pre[i][0] = L::load(wr[0], u);
-                pre[i][1] = L::load(wr[1], u);
+                buf[i][0] = L::load(wr[0], u);
+                buf[i][1] = L::load(wr[1], u);
             }
         }
+        lu += 32 * U;
+        if (lu >= units) {
+            lu = 0;
+            lp += stride;
+            if (lp < pairs) rows_of(lp);
+        }
     };
-    if (p < pairs) {  // the first pair's first units load while x is staged
-        rows_of(p);
-        issue(0);
-    }
-    stage_x<T>(x, x_row, nw, eps, style, xs, K, rows, red);
-    __syncthreads();
-    if constexpr (D == 1) quantise_x<T>(xs, K, rows, xq, dxs);
-    else widen_x<T>(xs, K, rows, xf, x16);
-    __syncthreads();
-    bool loaded = true;
-    for (; p < pairs; p += gridDim.x * 8) {  // no barriers from here on: each warp walks its own pairs
-        if (!loaded) rows_of(p);
-        float acc[2][M];
+    float acc[2][M];
+    #pragma unroll
+    for (int m = 0; m < M; m++) acc[0][m] = acc[1][m] = 0.f;
+    auto sum = [&](Buf &buf, int cp, int cu) {  // sum batch (cp, cu) from buf; at the pair's end store its rows
         #pragma unroll
-        for (int m = 0; m < M; m++) acc[0][m] = acc[1][m] = 0.f;
-        for (int u0 = 0; u0 < units; u0 += 32 * U) {
-            if (!loaded) issue(u0);
-            loaded = false;
-            #pragma unroll
-            for (int i = 0; i < U; i++) {
-                const int u = u0 + lane + 32 * i;
-                if (u < units) {
-                    const int x0 = u / L::UPB * L::BS;  // the unit's block starts at x value x0
-                    #pragma unroll
-                    for (int m = 0; m < M; m++) {
-                        if (m < rows) {
-                            float a2[2] = {acc[0][m], acc[1][m]};
-                            if constexpr (D == 1)
-                                L::dot2i(pre[i], u, xq + (size_t)m * K + x0, dxs + ((size_t)m * K + x0) / 32, a2);
-                            else
-                                L::dot2(pre[i], u, xf + (size_t)m * K + x0, x16 + ((size_t)m * K + x0) / 16, a2);
-                            acc[0][m] = a2[0];
-                            acc[1][m] = a2[1];
-                        }
+        for (int i = 0; i < U; i++) {
+            const int u = cu + lane + 32 * i;
+            if (u < units) {
+                const int x0 = u / L::UPB * L::BS;  // the unit's block starts at x value x0
+                #pragma unroll
+                for (int m = 0; m < M; m++) {
+                    if (m < rows) {
+                        float a2[2] = {acc[0][m], acc[1][m]};
+                        if constexpr (D == 1)
+                            L::dot2i(buf[i], u, xq + ((size_t)m * K + x0) / 64 * (64 + L::XPAD),
+                                     dxs + ((size_t)m * K + x0) / 32, sxs + ((size_t)m * K + x0) / 32, a2);
+                        else
+                            L::dot2(buf[i], u, xf + (size_t)m * K + x0, x16 + ((size_t)m * K + x0) / 16, a2);
+                        acc[0][m] = a2[0];
+                        acc[1][m] = a2[1];
                     }
                 }
             }
         }
-        const int row = glu ? p : 2 * p;
-        store_pairs<T, M>(acc, row, row + 1 < N, rows, lane, act, bias, bias2, biasb, biasc, Wb, n0, n1, res, res_row,
-                          y, y_row, glu);
+        if (cu + 32 * U >= units) {
+            const int row = glu ? cp : 2 * cp;
+            store_pairs<T, M>(acc, row, row + 1 < N, rows, lane, act, bias, bias2, biasb, biasc, Wb, n0, n1, res,
+                              res_row, y, y_row, glu);
+            #pragma unroll
+            for (int m = 0; m < M; m++) acc[0][m] = acc[1][m] = 0.f;
+        }
+    };
+    Buf b0, b1;
+    if (lp < pairs) {  // the first batch loads while x is staged
+        rows_of(lp);
+        issue(b0);
+    }
+    stage_x<T>(x, x_row, nw, eps, style, xs, K, rows, red);
+    __syncthreads();
+    if constexpr (D == 1) quantise_x<T>(xs, K, rows, xq, dxs, sxs, QD_q4_k64::XPAD);
+    else widen_x<T>(xs, K, rows, xf, x16);
+    __syncthreads();
+    // no barriers from here on: each warp walks its own pairs. cp, cu: the batch in b0 (P = 0: loaded at the top)
+    int cp = blockIdx.x * 8 + warp, cu = 0;
+    if constexpr (P == 0) {
+        bool loaded = true;
+        while (cp < pairs) {
+            if (!loaded) issue(b0);
+            loaded = false;
+            sum(b0, cp, cu);
+            cp = lp, cu = lu;
+        }
+    } else {
+        while (cp < pairs) {  // b0 holds (cp, cu); b1 takes the next batch while b0 is summed, then the roles swap
+            int np = lp, nu = lu;
+            if (np < pairs) issue(b1);
+            sum(b0, cp, cu);
+            cp = np, cu = nu;
+            if (cp >= pairs) break;
+            np = lp, nu = lu;
+            if (np < pairs) issue(b0);
+            sum(b1, cp, cu);
+            cp = np, cu = nu;
+        }
     }
 }

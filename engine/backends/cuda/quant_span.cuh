@@ -289,15 +289,18 @@ __device__ __forceinline__ void span_dot_i(unsigned char *const *wb, const int *
 // caller's): block b of row m: dx = max|x| / 127 (fp32, rounded to nearest), xq_i = rint(x_i / dx) (fp32
 // division rounded to nearest, then to the nearest integer, ties to even: |xq_i| <= 127), 0 where max|x| = 0.
 // numpy_quant.quantize_x_q8 is the same arithmetic. A thread takes 8 values, the 4 lanes of a block meet by
-// two shuffles (every thread the same trips: the shuffles need the whole warp).
+// two shuffles (every thread the same trips: the shuffles need the whole warp). sxs (when given): each block's
+// sum(xq), exact. pad: bytes of padding after every 64 values (value v at xq[v + pad * (v / 64)]).
 #ifndef Q_HOST
 template <typename T>
-__device__ __forceinline__ void quantise_x(const T *xs, int K, int rows, signed char *xq, float *dxs) {
+__device__ __forceinline__ void quantise_x(const T *xs, int K, int rows, signed char *xq, float *dxs,
+                                           int *sxs = nullptr, int pad = 0) {
     const int n8 = rows * K / 8;
     for (int base = 0; base < n8; base += 256) {
         const int i = base + threadIdx.x;
         float v[8];
         float amax = 0.f;
+        int s8 = 0;
         if (i < n8) {
             q_x8<T>(xs + (long)i * 8, v);
             #pragma unroll
@@ -313,8 +316,14 @@ __device__ __forceinline__ void quantise_x(const T *xs, int K, int rows, signed 
                 const int q = amax > 0.f ? __float2int_rn(__fdiv_rn(v[e], dx)) : 0;
                 w[e >> 2] |= ((unsigned)q & 0xFFu) << (8 * (e & 3));
             }
-            *reinterpret_cast<uint2 *>(xq + (long)i * 8) = make_uint2(w[0], w[1]);
+            *reinterpret_cast<uint2 *>(xq + (long)i * 8 + (long)pad * (i >> 3)) = make_uint2(w[0], w[1]);
             if ((threadIdx.x & 3) == 0) dxs[i >> 2] = dx;
+            s8 = q_dp4a(w[0], 0x01010101u, q_dp4a(w[1], 0x01010101u, 0));
+        }
+        if (sxs != nullptr) {  // the block's 4 threads are 4 neighbouring lanes (K % 32 == 0)
+            s8 += __shfl_xor_sync(0xffffffffu, s8, 1);
+            s8 += __shfl_xor_sync(0xffffffffu, s8, 2);
+            if (i < n8 && (threadIdx.x & 3) == 0) sxs[i >> 2] = s8;
         }
     }
 }
