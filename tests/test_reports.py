@@ -75,7 +75,7 @@ def test_time_rows_carry_stats_and_samples(base):
         assert len(r["samples"]) == 12
         assert r["q25"] <= r["value"] <= r["q75"]
         assert r["ci_lo"] <= r["value"] <= r["ci_hi"]
-        expected = 0.002 if r["impl"] == "engine" else 0.003
+        expected = 0.010 if r["impl"] == "engine" else 0.015
         assert expected <= r["value"] < expected * 1.3
     track = base[(base["name"] == "Decode.track_ms_per_token") & (base["status"] == "ok")]
     assert track.set_index("impl")["value"].to_dict() == {"engine": 20.0, "torch": 40.0}
@@ -217,7 +217,7 @@ def test_compare_pairs_engine_with_torch(base):
     assert ratios[("Decode.track_ms_per_token", "")] == 2.0  # 40 ms / 20 ms per token
     assert ratios[("Decode.track_peak_device_bytes", "")] == 1.5
     for dtype in ("float32", "float16"):
-        assert 1.3 < ratios[("Ops.time_matmul", dtype)] < 1.6  # sleeps of 3 ms vs 2 ms
+        assert 1.3 < ratios[("Ops.time_matmul", dtype)] < 1.6  # sleeps of 15 ms vs 10 ms
         assert ratios[("Ops.peakmem_alloc", dtype)] > 1.0  # 8 MiB vs 32 MiB buffers
     assert set(table["device"]) == {"cpu"}  # cuda was skipped on both sides
     shown = display_table(table)
@@ -239,7 +239,7 @@ def as_impl(rows, impl, factor):
 
 def with_impls(frame):
     """The real rows plus two implementations made from torch's: an alternative with half of
-    torch's numbers (1.5 ms against the engine's 2 ms matmul), and a raw-array baseline at a
+    torch's numbers (7.5 ms against the engine's 10 ms matmul), and a raw-array baseline at a
     tenth of them that must never count as "the best other"."""
     t = frame[frame["impl"] == "torch"]
     return pd.concat([frame, as_impl(t, "onnxruntime", 0.5), as_impl(t, "numpy", 0.1)],
