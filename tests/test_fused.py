@@ -224,6 +224,36 @@ def test_decode_attention(dtype, B, Hq, Hkv, S, D, masked):
     compare_reduced(got, t_attention(*args, D ** -0.5), ref, scale=2)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("B,Hq,Hkv,S,D,masked", [(1, 6, 6, 1500, 64, False), (2, 4, 2, 1, 8, True), (2, 4, 2, 1, 8, False),
+                                                 (1, 4, 4, 7, 32, True), (2, 6, 3, 33, 16, True)])
+def test_decode_attention_keys_transposed(dtype, B, Hq, Hkv, S, D, masked):
+    """One query row (numpy: _attention_one) against keys laid out by attention_keys (numpy: each head's K^T
+    contiguous), a length-1 cache, masks, a power-of-two scale; float64 takes the composition."""
+    from engine.nn.attention import attention, attention_keys
+    q, k, v = arr((B, Hq, 1, D), dtype), arr((B, Hkv, S, D), dtype, 1, 1), arr((B, Hkv, S, D), dtype, 1, 2)
+    mask = _mask(B, S, np.array([S // 2 + b for b in range(B)]), 0, dtype) if masked else None
+    kt = attention_keys(E(k))
+    np.testing.assert_array_equal(kt.numpy(), k)
+    got = attention(E(q), kt, E(v), None if mask is None else E(mask), 0.125)
+    want = t_attention(T(q).double(), T(k).double(), T(v).double(), None if mask is None else T(mask).double(), 0.125)
+    compare(got.float(), want.float(), scale=2)
+
+
+@pytest.mark.parametrize("L,masked", [(1, False), (1, True), (3, True), (40, False)])
+def test_attention_power_of_two_scale_same_bits(L, masked):
+    """A power-of-two scale (numpy: q scaled in the op when q is smaller than the scores) gives the bits of
+    scaling q first and attending with scale 1 (Whisper's order), one query row or several."""
+    from engine.nn.attention import attention
+    B, Hq, Hkv, S, D = 2, 4, 2, 24, 16
+    q, k, v = arr((B, Hq, L, D), "float32"), arr((B, Hkv, S, D), "float32", 1, 1), arr((B, Hkv, S, D), "float32", 1, 2)
+    mask = E(_causal(B, L, S, "float32")) if masked else None
+    for scale in (0.125, 4.0):
+        got = attention(E(q), E(k), E(v), mask, scale)
+        want = attention(E(q) * scale, E(k), E(v), mask, 1.0)
+        same(got, want)
+
+
 def _causal(B, L, S, dtype):
     """(B, 1, L, S) additive causal mask: query l (at position S - L + l) reads keys up to itself."""
     low = -65504.0 if dtype == "float16" else float(np.finfo(np.float32).min)
