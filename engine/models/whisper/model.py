@@ -32,7 +32,7 @@ from engine.models.base import Pretrained
 from engine.nn import Module, ModuleList
 from engine.nn.attention import attention, attention_keys, positions
 from engine.nn.kv_cache import KVCache, StaticCache
-from engine.nn.linear import Embedding, Linear
+from engine.nn.linear import Embedding, Linear, input_major
 from engine.nn.norm import LayerNorm
 
 
@@ -261,6 +261,13 @@ class WhisperForConditionalGeneration(Pretrained):
             vb.skip("proj_out.weight")
         else:
             self.proj_out = Linear(cfg.d_model, cfg.vocab_size, False, vb=vb.pp("proj_out"))
+        # the decoder's one-row products read their weights in the layout the backend's GEMV reads fastest
+        # (input_major's gemv rule; the LM head: half the time); a tied embedding reads its rows from the same
+        # copy (one token's row: a strided gather of d_model values), so the matrix is held once
+        input_major(self.model.decoder, gemv=True)
+        input_major(self.proj_out, gemv=True)
+        if cfg.tie_word_embeddings:
+            self.model.decoder.embed_tokens.weight = self.proj_out.weight
 
     def _features(self, features):
         if not hasattr(features, "storage"):
