@@ -125,14 +125,18 @@ def test_rms_norm_styles(dtype, rows, K, style):
     compare_reduced(got, t_norm(T(x), T(w), 1e-6, style), ref, scale=2)
 
 
+@pytest.mark.parametrize("small", [True, False], ids=["small-rows", "chunked"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("rows,K,affine,big", [(5, 768, True, False), (3, 320, False, False), (2, 1280, True, True),
                                                (4, 8, True, False)])
-def test_layer_norm_rows(dtype, rows, K, affine, big):
+def test_layer_norm_rows(dtype, rows, K, affine, big, small, monkeypatch):
     """backend.layer_norm over the last dim (on CUDA one kernel a row) against torch and float64; on CUDA
     also against the numpy backend's composition on the same device. big: a row of values past 2^64
-    (bfloat16 and float32 reach them: the row is scaled first) and rows holding nan and inf."""
+    (bfloat16 and float32 reach them: the row is scaled first) and rows holding nan and inf. small: numpy's
+    path for few elements (one chunk on the calling thread), else its chunked path."""
     from engine.backends.numpy_nn import NnKernels
+    if not small:
+        monkeypatch.setattr(NnKernels, "NORM_SMALL", 0)
     x, w, b = arr((rows, K), dtype), arr((K,), dtype, 0.3, 1), arr((K,), dtype, 0.3, 2)
     if big and dtype != "float16":
         x[0] *= np.asarray(2.0 ** 80, x.dtype)
@@ -151,6 +155,21 @@ def test_layer_norm_rows(dtype, rows, K, affine, big):
         plain = NnKernels.layer_norm(be, E(x).array, 1, *(a.array if a is not None else None for a in args), 1e-5,
                                    got.dtype)
         compare(got.float(), torch.from_numpy(be.to_numpy(plain).astype(np.float32)), scale=4)
+
+
+@pytest.mark.skipif(ON_CUDA, reason="the numpy backend's two layer-norm paths")
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", [(1, 1, 384), (1, 1, 512), (10, 384), (1, 8), (3, 1)])
+def test_layer_norm_small_rows_same_bits(shape, dtype, monkeypatch):
+    """numpy: a layer norm of at most NORM_SMALL elements (a decode step's row) on the calling thread gives the
+    chunked path's bits (OpenBLAS runs such GEMVs on one thread whatever its thread count)."""
+    from engine.backends.numpy_nn import NnKernels
+    x, w, b = arr(shape, dtype), arr(shape[-1:], dtype, 0.3, 1), arr(shape[-1:], dtype, 0.3, 2)
+    assert x.size <= NnKernels.NORM_SMALL
+    got = engine.functional.layer_norm(E(x), shape[-1:], E(w), E(b))
+    monkeypatch.setattr(NnKernels, "NORM_SMALL", 0)
+    np.testing.assert_array_equal(got.numpy(), engine.functional.layer_norm(E(x), shape[-1:], E(w), E(b)).numpy())
+    compare(got.float(), TF.layer_norm(T(x).double(), shape[-1:], T(w).double(), T(b).double()).float(), scale=2)
 
 
 def t_rotary(x, cos, sin_signed):
@@ -203,6 +222,36 @@ def test_decode_attention(dtype, B, Hq, Hkv, S, D, masked):
     args = [T(q), T(k), T(v), None if mask is None else T(mask)]
     ref = t_attention(*[a.double() if a is not None else None for a in args], D ** -0.5)
     compare_reduced(got, t_attention(*args, D ** -0.5), ref, scale=2)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("B,Hq,Hkv,S,D,masked", [(1, 6, 6, 1500, 64, False), (2, 4, 2, 1, 8, True), (2, 4, 2, 1, 8, False),
+                                                 (1, 4, 4, 7, 32, True), (2, 6, 3, 33, 16, True)])
+def test_decode_attention_keys_transposed(dtype, B, Hq, Hkv, S, D, masked):
+    """One query row (numpy: _attention_one) against keys laid out by attention_keys (numpy: each head's K^T
+    contiguous), a length-1 cache, masks, a power-of-two scale; float64 takes the composition."""
+    from engine.nn.attention import attention, attention_keys
+    q, k, v = arr((B, Hq, 1, D), dtype), arr((B, Hkv, S, D), dtype, 1, 1), arr((B, Hkv, S, D), dtype, 1, 2)
+    mask = _mask(B, S, np.array([S // 2 + b for b in range(B)]), 0, dtype) if masked else None
+    kt = attention_keys(E(k))
+    np.testing.assert_array_equal(kt.numpy(), k)
+    got = attention(E(q), kt, E(v), None if mask is None else E(mask), 0.125)
+    want = t_attention(T(q).double(), T(k).double(), T(v).double(), None if mask is None else T(mask).double(), 0.125)
+    compare(got.float(), want.float(), scale=2)
+
+
+@pytest.mark.parametrize("L,masked", [(1, False), (1, True), (3, True), (40, False)])
+def test_attention_power_of_two_scale_same_bits(L, masked):
+    """A power-of-two scale (numpy: q scaled in the op when q is smaller than the scores) gives the bits of
+    scaling q first and attending with scale 1 (Whisper's order), one query row or several."""
+    from engine.nn.attention import attention
+    B, Hq, Hkv, S, D = 2, 4, 2, 24, 16
+    q, k, v = arr((B, Hq, L, D), "float32"), arr((B, Hkv, S, D), "float32", 1, 1), arr((B, Hkv, S, D), "float32", 1, 2)
+    mask = E(_causal(B, L, S, "float32")) if masked else None
+    for scale in (0.125, 4.0):
+        got = attention(E(q), E(k), E(v), mask, scale)
+        want = attention(E(q) * scale, E(k), E(v), mask, 1.0)
+        same(got, want)
 
 
 def _causal(B, L, S, dtype):

@@ -92,6 +92,8 @@ def close(ref, got, scale, what):
 def test_loads_with_hf_names_and_tied_projection(pair):
     m, em, d = pair
     assert em.proj_out.weight is em.model.decoder.embed_tokens.weight
+    # held once, input-major where the backend's GEMV reads that faster (input_major(gemv=True))
+    assert em.proj_out.weight.t().is_contiguous() == bool(getattr(em.proj_out.weight.storage.backend, "LINEAR_INPUT_MAJOR", False))
     names = set(em.state_dict())
     hf = set(m.state_dict()) - {"proj_out.weight"}
     assert hf <= names | {"proj_out.weight"}, sorted(hf - names)[:5]

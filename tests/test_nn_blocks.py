@@ -73,6 +73,20 @@ def test_input_major_keeps_names_shapes_and_values():
     np.testing.assert_array_equal(m.c(t(x, engine.float16)).numpy(), before16)
 
 
+def test_input_major_gemv_moves_wide_weights_only():
+    """input_major(gemv=True) moves weights with out >= in (the one-row product reads them faster input-major)
+    and leaves the long ones (out < in) as they are; the values stay."""
+    w1, w2, x = rand(8, 4), rand(4, 8), rand(1, 4)
+    vb = VarBuilder.from_tensors({"a.weight": w1, "b.weight": w2}, device=DEVICE)
+    m = engine.nn.Module()
+    m.a, m.b = Linear(4, 8, False, vb=vb.pp("a")), Linear(8, 4, False, vb=vb.pp("b"))
+    input_major(m, gemv=True)
+    moved = engine.backend(DEVICE).LINEAR_INPUT_MAJOR
+    assert m.a.weight.t().is_contiguous() == moved and m.b.weight.is_contiguous()
+    np.testing.assert_array_equal(m.a.weight.numpy(), w1)
+    close(m.b(m.a(t(x))), torch.from_numpy(x) @ torch.from_numpy(w1).T @ torch.from_numpy(w2).T)
+
+
 def test_embedding_matches_torch():
     w, ids = rand(10, 3), RNG.integers(0, 10, (2, 4))
     emb = Embedding(10, 3, vb=VarBuilder.from_tensors({"weight": w}, device=DEVICE))

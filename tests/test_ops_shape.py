@@ -174,6 +174,8 @@ def test_setitem_writes_base(): helper_test_op([(4, 6)], lambda x: (lambda y: (y
 def test_index_select(dim, idx, dt): helper_test_op([(3, 5), (len(idx),)], lambda x, i: torch.index_select(x, dim, i), lambda x, i: engine.index_select(x, dim, i), [dt, "int64"], vals=[None, idx])
 @pytest.mark.parametrize("view", VIEWS)
 def test_index_select_views(view): helper_test_op([(4, 6), (3,)], lambda x, i: x.index_select(1, i), dtypes=["float32", "int64"], noncontig=[view, None], vals=[None, [5, 0, 1]])
+@pytest.mark.parametrize("view", VIEWS)
+def test_index_select_rows_of_views(view): helper_test_op([(6, 5), (3,)], lambda x, i: x.index_select(0, i), dtypes=["float32", "int64"], noncontig=[view, None], vals=[None, [4, 0, 4]])
 @pytest.mark.parametrize("dt", NUMERIC)
 @pytest.mark.parametrize("dim,ishape", [(0, (2, 4)), (1, (3, 2)), (-1, (2, 6)), (0, (0, 4)), (1, (3, 0))], ids=_id)
 def test_gather(dim, ishape, dt): helper_test_op([(3, 4), ishape], lambda x, i: x.gather(dim, i), dtypes=[dt, "int64"], vals=[None, np.random.default_rng(1).integers(0, (3, 4)[dim], ishape)])

@@ -35,12 +35,27 @@ class AttentionKernels:
                 BLAS_THREADS.restore()
         return self._attention(q, k, v, mask, scale, out_dtype)
 
+    @property
+    def attention_keys_transposed(self) -> bool:
+        """Whether keys that many attention calls read (cross-attention's, computed once per audio) are best
+        stored transposed, each head's (D, S) contiguous (engine.nn.attention.attention_keys): on numpy the
+        one-row product q K^T is then a GEMV down contiguous rows of K^T. Not on cupy (its decode kernel reads
+        K's rows)."""
+        return self.xp is np
+
     def _attention(self, q, k, v, mask, scale: float, out_dtype):
         b, hq, L, d = q.shape
         hkv, S, dv = k.shape[1], k.shape[2], v.shape[-1]
         rep = hq // hkv
         sc = None if scale == 1.0 else np.float32(scale)
+        if sc is not None and math.frexp(scale)[0] == 0.5 and q.size < b * hq * L * S:
+            # a power of two scales q instead of the scores: the same bits (q * 2^k is exact, and so is the
+            # product's scaling, short of overflow and subnormals), one pass over fewer elements; Whisper's
+            # q * head_dim ** -0.5 before its scores is this (0.125), transformers' own order
+            q, sc = np.multiply(q, sc), None
         with np.errstate(all="ignore"):
+            if L == 1 and S > 0:
+                return self._attention_one(q, k, v, mask, sc, out_dtype)
             if hq * L * S <= self.ATTENTION_WHOLE or S == 0:
                 return self._attention_rows(q, k, v, mask, sc, out_dtype)
             out = self.empty((b, L, hq, dv), out_dtype)
@@ -65,6 +80,31 @@ class AttentionKernels:
                             self._softmax_rows(s)
                             out[bi, r0:r1, h] = s @ vh
             return out.reshape(b, L, hq * dv)
+
+    def _attention_one(self, q, k, v, mask, sc, out_dtype):
+        """_attention for one query row (a decode step): every kv head's rep query rows in one batched
+        product with K, the softmax's steps on the (B, Hkv, rep, S) scores in place, the product with V
+        straight into the output (its (B, 1, Hq, Dv) rows are the (B, Hkv, rep, Dv) products) and the division
+        by the sums after it (Dv values a row, not S: _softmax_cols' order). None of _attention_rows'
+        blocks, pooled scratch or copies: they cost more than the arithmetic here (Whisper-tiny's
+        cross-attention, 6 heads x 1500 keys, four a step). K may come transposed, (B, Hkv, D, S) contiguous
+        seen as (B, Hkv, S, D) (ATTENTION_KEYS_TRANSPOSED): the product with it is a contiguous GEMV."""
+        b, hq, _, d = q.shape
+        hkv, S, dv = k.shape[1], k.shape[2], v.shape[-1]
+        rep = hq // hkv
+        s = np.matmul(q.reshape(b, hkv, rep, d), k.swapaxes(-1, -2))  # (B, Hkv, rep, S)
+        if sc is not None:
+            s *= sc
+        if mask is not None:  # (B|1, 1, 1, S)
+            s += mask
+        s -= np.max(s, axis=-1, keepdims=True)
+        np.exp(s, out=s)
+        tot = np.sum(s, axis=-1, keepdims=True)  # (B, Hkv, rep, 1)
+        out = self.empty((b, 1, hq * dv), out_dtype)
+        o = out.reshape(b, hkv, rep, dv)
+        np.matmul(s, v, out=o)
+        o /= tot
+        return out
 
     def _attention_rows(self, q, k, v, mask, sc, out_dtype):
         """_attention's whole-row path: blocks of (batch rows, kv heads) of about ATTENTION_ROWS scores, each

@@ -372,6 +372,8 @@ class NumpyBackend(NnKernels, AttentionKernels, ConvKernels, PoolKernels, Pointw
         x[key] = value
 
     def take(self, x, index, dim: int):
+        if self.xp is np and not x.flags.c_contiguous:  # np.take copies all of x first: a transposed view's few
+            return self._out(x[(slice(None),) * dim + (index,)], D.get(x.dtype))  # rows (an input-major embedding)
         return self._out(self.xp.take(x, index, axis=dim), D.get(x.dtype))
 
     def gather(self, x, dim: int, index):

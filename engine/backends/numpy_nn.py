@@ -227,7 +227,9 @@ class NnKernels:
         o2 = out.reshape(rows, n)
         w = None if weight is None else self._f(weight, out_dtype)
         b = None if bias is None else self._f(bias, out_dtype)
-        e, cnt, ones = x.dtype.type(eps), np.intp(n), np.ones(n, x.dtype)
+        e, ones = x.dtype.type(eps), np.ones(n, x.dtype)
+        if x.size <= self.NORM_SMALL:  # one chunk on this thread: none of the threads' set-up
+            return out if self._layer_norm_chunk(x2, o2, ones, w, b, e) else None
         step = max(1, self.NORM_CHUNK // n)
         bad = []
 
@@ -235,29 +237,43 @@ class NnKernels:
             sq = None if _vecdot is not None else np.empty((step, n), x.dtype)
             for r0 in range(c0 * step, min(rows, c1 * step), step):
                 r1 = min(rows, r0 + step)
-                xc, oc = x2[r0:r1], o2[r0:r1]
-                mean = np.matmul(xc, ones)[:, None]
-                np.true_divide(mean, cnt, out=mean, casting="unsafe")
-                np.subtract(xc, mean, out=oc)
-                if _vecdot is not None:
-                    var = _vecdot(oc, oc)[:, None]
-                else:  # numpy < 2.0
-                    var = np.matmul(np.square(oc, out=sq[:r1 - r0]), ones)[:, None]
-                np.true_divide(var, cnt, out=var, casting="unsafe")
-                if not (np.isfinite(mean).all() and np.isfinite(var).all()):
+                if not self._layer_norm_chunk(x2[r0:r1], o2[r0:r1], ones, w, b, e, sq):
                     bad.append(r0)
                     return
-                var += e
-                np.sqrt(var, out=var)
-                oc /= var
-                if w is not None:
-                    oc *= w
-                if b is not None:
-                    oc += b
 
         with BLAS_THREADS.forced_one():  # the GEMVs: OpenBLAS's threads would spin after them
             ROW_THREADS.run(run, -(-rows // step), ROW_THREADS.workers(x.size))
         return None if bad else out
+
+    # _layer_norm_rows of at most NORM_SMALL elements runs as one chunk on the calling thread, with no thread
+    # count set around it: OpenBLAS runs GEMVs under 9216 multiply-adds on one thread anyway (its own
+    # threshold), so the bits are those of the threaded path. A decode step's rows (1 x 384): 13 norms a step
+    # in Whisper-tiny
+    NORM_SMALL = 4096
+
+    @staticmethod
+    def _layer_norm_chunk(xc, oc, ones, w, b, e, sq=None) -> bool:
+        """_layer_norm_rows' steps on rows xc into oc; False (oc unfinished) when a mean or variance is not
+        finite."""
+        n = np.intp(xc.shape[-1])  # the sums / n in float64, rounded to float32 (a numpy int scalar promotes)
+        mean = np.matmul(xc, ones)[:, None]
+        np.true_divide(mean, n, out=mean, casting="unsafe")
+        np.subtract(xc, mean, out=oc)
+        if _vecdot is not None:
+            var = _vecdot(oc, oc)[:, None]
+        else:  # numpy < 2.0
+            var = np.matmul(np.square(oc, out=sq[:xc.shape[0]] if sq is not None else None), ones)[:, None]
+        np.true_divide(var, n, out=var, casting="unsafe")
+        if not (np.isfinite(mean).all() and np.isfinite(var).all()):
+            return False
+        var += e
+        np.sqrt(var, out=var)
+        oc /= var
+        if w is not None:
+            oc *= w
+        if b is not None:
+            oc += b
+        return True
 
     def _layer_norm_plain(self, x, axes, weight, bias, eps: float, out_dtype):
         """(x - mean) / sqrt(var + eps) [* w] [+ b] in place in the pooled output: np.mean's own steps (a sum,

@@ -44,6 +44,16 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float
     return Tensor._wrap(q.backend.attention(q.array, k.array, v.array, m, scale, q.dtype), q.backend, q.dtype)
 
 
+def attention_keys(k: Tensor) -> Tensor:
+    """Keys (B, H, S, D) that many attention calls will read (Whisper's cross-attention keys, computed once per
+    audio), laid out as the backend's attention reads them best: each head's (D, S) contiguous, seen as
+    (B, H, S, D), where the backend says so (numpy: attention_keys_transposed), else contiguous. A copy in
+    either layout; the values are k's."""
+    if getattr(k.backend, "attention_keys_transposed", False):
+        return k.transpose(-1, -2).contiguous().transpose(-1, -2)
+    return k.contiguous()
+
+
 def min_value(dtype) -> float:
     """The most negative finite value of a float dtype: the additive mask value, as transformers uses
     (finite, so a fully masked row gives a uniform softmax rather than NaN)."""

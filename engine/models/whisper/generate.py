@@ -30,6 +30,7 @@ import numpy as np
 from engine import dtype as D
 from engine import ops
 from engine.generation import Decoder
+from engine.nn.attention import attention_keys
 
 
 @dataclass
@@ -399,7 +400,7 @@ def beam_search(model, features, gen: GenerationSettings | None = None, language
     max_len = plen + max_new_tokens
     nb = num_beams
     rows = ops.tensor(np.repeat(np.arange(b), nb), dtype=D.int64, device=model.device)  # (B*nb,) -> row
-    cross = [(k.index_select(0, rows), v.index_select(0, rows)) for k, v in cross]  # each row's K/V per beam
+    cross = [(attention_keys(k.index_select(0, rows)), v.index_select(0, rows)) for k, v in cross]  # per beam
     encode_ms = (time.perf_counter() - t0) * 1e3
     t1 = time.perf_counter()
     cache = model.new_cache(b * nb, max_len)

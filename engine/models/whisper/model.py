@@ -12,7 +12,8 @@ HF state-dict keys of WhisperForConditionalGeneration.
     logits = model(features, decoder_input_ids)   # teacher forcing in one call
 
 Numerical quirks kept from transformers: the query is multiplied by head_dim ** -0.5 right after
-q_proj (before the scores, which then use scale 1); k_proj has no bias; in fp16 the encoder layers
+q_proj (before the scores, which then use scale 1; a power of two goes to the attention op instead,
+which gives the same bits); k_proj has no bias; in fp16 the encoder layers
 clamp their output to +-(fp16 max - 1000).
 """
 from __future__ import annotations
@@ -29,9 +30,9 @@ from engine.layout import ShapeError
 from engine.models import config_from_dict
 from engine.models.base import Pretrained
 from engine.nn import Module, ModuleList
-from engine.nn.attention import attention, positions
+from engine.nn.attention import attention, attention_keys, positions
 from engine.nn.kv_cache import KVCache, StaticCache
-from engine.nn.linear import Embedding, Linear
+from engine.nn.linear import Embedding, Linear, input_major
 from engine.nn.norm import LayerNorm
 
 
@@ -118,14 +119,18 @@ class WhisperAttention(Module):
     def forward(self, x, kv=None, mask=None, cache=None, step=None):
         """x (B, L, d); kv: precomputed (k, v) for cross-attention, else self-attention over x (through
         the cache when given) -> (B, L, d)."""
-        q = self.heads(self.q_proj(x) * self.scaling)  # (B, H, L, D), scaled before the scores
+        q = self.heads(self.q_proj(x))  # (B, H, L, D)
+        if math.frexp(self.scaling)[0] == 0.5:  # a power of two (head_dim 64: 0.125): the attention op scales,
+            scale = self.scaling  # the same bits as scaling q first (exact), one op less
+        else:
+            q, scale = q * self.scaling, 1.0  # scaled before the scores, as transformers does
         if kv is None:
             k, v = self.kv(x)
             if cache is not None:
                 k, v = cache.update(self.layer_idx, k, v, step)  # (B, H, S, D) views of the cache
         else:
             k, v = kv
-        return self.out_proj(attention(q, k, v, mask, 1.0))  # (B, L, H*D) -> (B, L, d)
+        return self.out_proj(attention(q, k, v, mask, scale))  # (B, L, H*D) -> (B, L, d)
 
 
 class WhisperEncoderLayer(Module):
@@ -256,6 +261,13 @@ class WhisperForConditionalGeneration(Pretrained):
             vb.skip("proj_out.weight")
         else:
             self.proj_out = Linear(cfg.d_model, cfg.vocab_size, False, vb=vb.pp("proj_out"))
+        # the decoder's one-row products read their weights in the layout the backend's GEMV reads fastest
+        # (input_major's gemv rule; the LM head: half the time); a tied embedding reads its rows from the same
+        # copy (one token's row: a strided gather of d_model values), so the matrix is held once
+        input_major(self.model.decoder, gemv=True)
+        input_major(self.proj_out, gemv=True)
+        if cfg.tie_word_embeddings:
+            self.model.decoder.embed_tokens.weight = self.proj_out.weight
 
     def _features(self, features):
         if not hasattr(features, "storage"):
@@ -267,9 +279,14 @@ class WhisperForConditionalGeneration(Pretrained):
         return self.model.encoder(self._features(features))
 
     def cross_cache(self, encoder_out) -> list:
-        """Per decoder layer, the cross-attention (k, v) of the encoder output: (B, H, 1500, D) each,
-        contiguous (every decode step reads them; a copy here once, not a strided read per step)."""
-        return [tuple(t.contiguous() for t in layer.encoder_attn.kv(encoder_out)) for layer in self.model.decoder.layers]
+        """Per decoder layer, the cross-attention (k, v) of the encoder output: (B, H, 1500, D) each, copied
+        once here (every decode step reads them): v contiguous, k as the backend's attention reads it best
+        (attention_keys: each head's K^T contiguous on numpy)."""
+        out = []
+        for layer in self.model.decoder.layers:
+            k, v = layer.encoder_attn.kv(encoder_out)
+            out.append((attention_keys(k), v.contiguous()))
+        return out
 
     def new_cache(self, batch_size: int, max_len: int, static: bool = False):
         """The decoder's self-attention cache (static: device positions, for a captured decode step)."""
