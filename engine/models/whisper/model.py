@@ -120,10 +120,8 @@ class WhisperAttention(Module):
         """x (B, L, d); kv: precomputed (k, v) for cross-attention, else self-attention over x (through
         the cache when given) -> (B, L, d)."""
         q = self.heads(self.q_proj(x))  # (B, H, L, D)
-        # a power of two (head_dim 64: 0.125) on the CPU: the attention op scales, the same bits as scaling q first
-        # (exact), one op less; CUDA keeps scaling q first until this has run in its tests on the device
-        if math.frexp(self.scaling)[0] == 0.5 and not q.is_cuda:
-            scale = self.scaling
+        if math.frexp(self.scaling)[0] == 0.5:  # a power of two (head_dim 64: 0.125): the attention op scales,
+            scale = self.scaling  # the same bits as scaling q first (exact), one op less
         else:
             q, scale = q * self.scaling, 1.0  # scaled before the scores, as transformers does
         if kv is None:
