@@ -88,7 +88,7 @@ class AttentionKernels:
         by the sums after it (Dv values a row, not S: _softmax_cols' order). None of _attention_rows'
         blocks, pooled scratch or copies: they cost more than the arithmetic here (Whisper-tiny's
         cross-attention, 6 heads x 1500 keys, four a step). K may come transposed, (B, Hkv, D, S) contiguous
-        seen as (B, Hkv, S, D) (ATTENTION_KEYS_TRANSPOSED): the product with it is a contiguous GEMV."""
+        seen as (B, Hkv, S, D) (attention_keys_transposed): the product with it is a contiguous GEMV."""
         b, hq, _, d = q.shape
         hkv, S, dv = k.shape[1], k.shape[2], v.shape[-1]
         rep = hq // hkv
