@@ -130,12 +130,23 @@ def main(argv=None) -> int:
     p.add_argument("--prefill", type=int, default=0, help="also a prefill of this many tokens (batch 1)")
     p.add_argument("--compare-lt", action="store_true",
                    help="batches > 1 also with cuBLASLt off (the GEMV kernels for every row count)")
+    p.add_argument("--quantize", help="GGUF block format the model's linears are quantised into first (q8_0, q4_k, "
+                                      "...: engine.quant.quantize_module), through the quantized kernels")
+    p.add_argument("--quant-dot", default="float", help="their route (bench.gguf_decode.set_route: float, int8, ...)")
     p.add_argument("--out")
     a = p.parse_args(argv)
     from engine import dtype as D
     from engine.backends import cupy_lt
     from impls.sources import parse
     model = parse(a.model).engine_model(D.get(a.dtype), "cuda")
+    if a.quantize:
+        from bench.gguf_decode import set_route
+        from engine.backends import cupy_kernels as K
+        from engine.quant import quantize_module
+        K.QUANT_KERNELS["enabled"] = True
+        set_route(a.quant_dot)
+        quantize_module(model, a.quantize)
+        a.model += f"@{a.quantize}/{a.quant_dot}"
     results = []
     for b in [int(x) for x in a.batch.split(",")]:
         variants = [(cap, True) for cap in ((True, False) if a.eager else (True,))]
