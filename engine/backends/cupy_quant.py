@@ -1,6 +1,7 @@
 """The quantized GEMV launchers of the cupy backend: qgemv and qgemv_fused (their contracts: cupy_kernels.py)
-through quant_direct.cu's qgemv_direct for Q4_K rows of whole 16-byte chunks (either dot route), else
-quant_span.cu's qgemv_span for Q8_0, Q4_K and Q6_K, else quant.cu's one-warp-per-row kernels.
+through quant_direct.cu's qgemv_direct for Q4_K rows of whole 16-byte chunks (either dot route) and Q8_0 rows of
+whole 256-weight units (int8 route), else quant_span.cu's qgemv_span for Q8_0, Q4_K and Q6_K, else quant.cu's
+one-warp-per-row kernels.
 
 qgemv_direct loads the weight bytes straight into registers, as the fp16 gemv does, with x widened to fp32 in
 shared memory once per block; its grid is at most direct_blocks() (DIRECT["blocks"] to fix it), each warp walking
@@ -36,12 +37,15 @@ if QUANT_DOT["route"] not in ("int8", "float"):
 
 # qgemv_direct (quant_direct.cu): TAPER_QUANT_KERNEL=span keeps every launch on qgemv_span; "blocks" caps its grid;
 # its U (units a lane has in flight: of 32 weights on the float route, 64 on the int8 one), B (blocks an SM: its
-# launch bounds and the grid) and P (1: pipelined loads); None takes the route's own, the fastest measured on an
-# H200 (measurements/h200/NOTES.md, session 9)
-DIRECT_SETTINGS = {"u": None, "b": None, "p": 0}  # the defaults
-_DIRECT_ROUTE = {"float": {"u": 4, "b": 2}, "int8": {"u": 1, "b": 3}}
+# launch bounds and the grid), P (1: pipelined loads) and L (the weight loads' path, quant_direct.cu's ld_w: 0
+# no-allocate, 1 through L1); None takes the format's or the route's own, the fastest measured on an H200
+# (measurements/h200/NOTES.md, sessions 9 and 11)
+DIRECT_SETTINGS = {"u": None, "b": None, "p": 0, "l": None}  # the defaults
+_DIRECT_ROUTE = {"float": {"u": 4, "b": 2, "l": 0}, "int8": {"u": 1, "b": 3, "l": 0}}
+_DIRECT_OWN = {"q8_0": {"u": 1, "b": 2, "l": 1}}  # a format's own (QD_q8_0: a lane holds 17 chunks of one row)
 DIRECT = {"enabled": os.environ.get("TAPER_QUANT_KERNEL", "direct") != "span", "blocks": None, **DIRECT_SETTINGS}
-DIRECT_FORMATS = {"q4_k": 3}  # the F of quant_direct.cu (Q8_0 measured slower there than on qgemv_span)
+DIRECT_FORMATS = {"q4_k": 3, "q8_0": 2}  # the F of quant_direct.cu
+_DIRECT_INT8_ONLY = {"q8_0"}  # their float route stays on qgemv_span (measured slower in quant_direct.cu's layout)
 
 
 def dot_route() -> str:
@@ -62,43 +66,51 @@ def span_ok(x2, qtype: str, datas) -> bool:
     return _x_smem(x2.shape[0], x2.shape[1], x2.itemsize) <= K.SMEM_LIMIT - 16 * 512 * cpl - 1024
 
 
-def _direct_smem(m: int, k: int, itemsize: int) -> int:
+def _direct_smem(m: int, k: int, itemsize: int, qtype: str) -> int:
     """Dynamic shared memory of qgemv_direct: x staged in T (to 16 bytes), then its fp32 copy and the sums of its
-    runs of 16, or (int8 route) its int8 blocks (16 bytes of padding after every 64 values: quant_direct.cu's XPAD),
-    their scales and their sums."""
-    rest = m * k // 64 * 80 + m * k // 32 * 8 if dot_route() == "int8" else m * k * 4 + m * k // 16 * 4
+    runs of 16, or (int8 route) its int8 blocks (Q4_K: 16 bytes of padding after every 64 values, quant_direct.cu's
+    XPAD; Q8_0: 34 bytes a block of 32, its own layout), their scales and their sums."""
+    if dot_route() == "int8":
+        rest = (m * k // 32 * 34 if qtype == "q8_0" else m * k // 64 * 80) + m * k // 32 * 8
+    else:
+        rest = m * k * 4 + m * k // 16 * 4
     return -(-m * k * itemsize // 16) * 16 + rest
 
 
 def direct_ok(x2, qtype: str, datas) -> bool:
-    """Whether qgemv_direct takes these (already qgemv_ok / qgemv_fused_ok) operands: Q4_K (either dot route),
-    16-byte aligned rows of whole 16-byte chunks, x's copies within shared memory."""
+    """Whether qgemv_direct takes these (already qgemv_ok / qgemv_fused_ok) operands: Q4_K (either dot route) or
+    Q8_0 (int8 route, rows of whole 8-block units: K % 256 == 0), 16-byte aligned rows of whole 16-byte chunks,
+    x's copies within shared memory."""
     if not DIRECT["enabled"] or qtype not in DIRECT_FORMATS:
+        return False
+    if qtype in _DIRECT_INT8_ONLY and (dot_route() != "int8" or x2.shape[1] % 256):
         return False
     if datas[0].strides[0] % 16 or any(d.data.ptr % 16 for d in datas):
         return False
-    return _direct_smem(x2.shape[0], x2.shape[1], x2.itemsize) <= K.SMEM_LIMIT - 1024
+    return _direct_smem(x2.shape[0], x2.shape[1], x2.itemsize, qtype) <= K.SMEM_LIMIT - 1024
 
 
-def direct_blocks() -> int:
+def direct_blocks(qtype: str = "q4_k") -> int:
     """qgemv_direct's most blocks: DIRECT["blocks"], else as many as the GPU holds at once (DIRECT["b"] an SM, its
     launch bounds), so x is staged once per resident block."""
     if DIRECT["blocks"]:
         return DIRECT["blocks"]
     if "sms" not in DIRECT:
         DIRECT["sms"] = cupy.cuda.Device().attributes["MultiProcessorCount"]
-    return direct_settings()[1] * DIRECT["sms"]
+    return direct_settings(qtype)[1] * DIRECT["sms"]
 
 
-def direct_settings() -> tuple:
-    """qgemv_direct's (U, B, P) on the current dot route: DIRECT's where set, else the route's own."""
-    own = _DIRECT_ROUTE[dot_route()]
-    return DIRECT["u"] or own["u"], DIRECT["b"] or own["b"], DIRECT["p"]
+def direct_settings(qtype: str = "q4_k") -> tuple:
+    """qgemv_direct's (U, B, P, LA) for a format on the current dot route: DIRECT's where set, else the format's
+    own, else the route's."""
+    own = _DIRECT_OWN.get(qtype) or _DIRECT_ROUTE[dot_route()]
+    la = DIRECT["l"] if DIRECT["l"] is not None else own["l"]
+    return DIRECT["u"] or own["u"], DIRECT["b"] or own["b"], DIRECT["p"], la
 
 
 def _direct_fn(dtype, qtype: str, m: int, smem: int):
     M = 1 if m == 1 else 2 if m <= 2 else 4 if m <= 4 else 8
-    d = f",{int(dot_route() == 'int8')}," + ",".join(map(str, direct_settings()))
+    d = f",{int(dot_route() == 'int8')}," + ",".join(map(str, direct_settings(qtype)))
     fn = K._fn(f"qgemv_direct<{K.type_name(dtype)},{DIRECT_FORMATS[qtype]},{M}{d}>")
     if smem > 48 * 1024 and fn.max_dynamic_shared_size_bytes < smem:
         fn.max_dynamic_shared_size_bytes = K.SMEM_LIMIT - 1024  # past 48 KiB: the opt-in, once
@@ -135,15 +147,15 @@ def qgemv_fused(x2, data, qtype: str, out, bias=None, W2=None, bias2=None, act=N
     segs = tuple(w.shape[0] for w, _ in segments) if segments else ()
     isz = x2.itemsize
     res_row = residual.strides[0] // isz if residual is not None else 0
-    key = (direct, direct and (DIRECT["blocks"], direct_settings()), dot_route(), x2.dtype, qtype, m, data.shape[0], Kd, data.strides[0],
+    key = (direct, direct and (DIRECT["blocks"], direct_settings(qtype)), dot_route(), x2.dtype, qtype, m, data.shape[0], Kd, data.strides[0],
            W2 is not None, segs, act, style, eps, x2.strides[0], out.strides[0], res_row)
     plan = _SPAN_LAUNCH.get(key)
     if plan is None:
         N = data.shape[0] + sum(segs)
         pairs = N if W2 is not None else -(-N // 2)  # a warp's two rows: GLU's gate and up, else two outputs
         if direct:
-            smem = _direct_smem(m, Kd, isz)
-            fn, grid = _direct_fn(x2.dtype, qtype, m, smem), (min(-(-pairs // 8), direct_blocks()),)
+            smem = _direct_smem(m, Kd, isz, qtype)
+            fn, grid = _direct_fn(x2.dtype, qtype, m, smem), (min(-(-pairs // 8), direct_blocks(qtype)),)
         else:
             smem = _x_smem(m, Kd, isz)
             fn, grid = _span_fn(x2.dtype, qtype, m, smem), (-(-pairs // 8),)

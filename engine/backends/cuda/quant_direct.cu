@@ -12,8 +12,10 @@
 // 64 weights, so a lane decodes the 6-bit scales once per 64; x quantised into int8 blocks of 32 with their exact
 // sums, quantise_x, padded so a wavefront's reads hit 32 banks; __dp4a sums per sub-block of 32; numerics of
 // numpy_quant.qdot_int8). On an H200 (session 9) it reads gate/up and the LM head at 3.0-3.3 TB/s: the
-// instructions a weight went from 3.9 (32-weight units, scales decoded per 32, x sums by __dp4a) to 2.0. The same layout for Q8_0 (34-byte blocks, so each 16-weight unit shifted out of
-// two aligned chunks) ran at 0.75x qgemv_span's on an H200 and was dropped; Q8_0 stays on qgemv_span.
+// instructions a weight went from 3.9 (32-weight units, scales decoded per 32, x sums by __dp4a) to 2.0. Q8_0
+// (F = 2) takes the integer route only (QD_q8_0: 8-block units, x in Q8_0's byte layout); its float route stays
+// on qgemv_span (a float layout of 16-weight units, each shifted out of two aligned chunks, ran at 0.75x
+// qgemv_span's on an H200, session 8).
 
 // Each format: Unit (what a lane holds of one unit in flight), load (global -> registers) and dot2 (acc[r] += row
 // r's unit . x for both rows at once, each x value read once; xf: fp32 x from the unit's block on, xs16: the sums
@@ -31,6 +33,11 @@ __device__ __forceinline__ void rotate4(unsigned (&w)[4], int r) {
     w[3] = (r & 1) ? a0 : a3;
 }
 
+// A unit's weight chunk: LA = 0 through the no-allocate path (ld_stream), LA = 1 allocating in L1 (__ldg). On an
+// H200 (bench/read_patterns.py, session 11) a lane's run of 8 to 17 chunks read 2.2-2.3 TB/s no-allocate and
+// 3.1-3.6 TB/s through L1, whatever the blocks an SM; runs of 2 chunks 3.5-4.0 and 3.6-4.2.
+template <int LA> __device__ __forceinline__ uint4 ld_w(const uint4 *p) { return LA ? __ldg(p) : ld_stream(p); }
+
 // acc += 4 weights (bytes of q, each q_byte_f(q, e, bias)) . x4
 __device__ __forceinline__ float dot4(unsigned q, float bias, const float4 &x, float acc) {
     acc = fmaf(q_byte_f(q, 0, bias), x.x, acc);
@@ -45,10 +52,12 @@ __device__ __forceinline__ float dot4(unsigned q, float bias, const float4 &x, f
 // Rotation g: the even (odd) chunks of a block then read 4 different float4 positions of bank groups 0-3 (4-7).
 struct QD_q4_k {
     static constexpr int UPB = 8, BS = 256, TS = 144;
+    static constexpr bool SPLIT = false;
     struct Unit { uint4 q, h; };
+    template <int LA>
     static __device__ __forceinline__ Unit load(const unsigned char *row, int u) {
         const unsigned char *b = row + (size_t)(u >> 3) * TS;
-        return {ld_stream(reinterpret_cast<const uint4 *>(b + 16 + 16 * (u & 7))),
+        return {ld_w<LA>(reinterpret_cast<const uint4 *>(b + 16 + 16 * (u & 7))),
                 __ldg(reinterpret_cast<const uint4 *>(b))};
     }
     static __device__ __forceinline__ void dot2(const Unit (&v)[2], int u, const float *xf, const float *xs16,
@@ -98,15 +107,18 @@ __device__ __forceinline__ int q_dp4a_us(unsigned a, unsigned b, int c) {
 // float32(float32(dmin * m) * dx) * sum(xq) in fp32: qdot_int8's terms (numpy_quant), summed in another order.
 struct QD_q4_k64 {
     static constexpr int UPB = 4, BS = 256, TS = 144;
+    static constexpr bool SPLIT = false;
     struct Unit { uint4 q0, q1, h; };
+    template <int LA>
     static __device__ __forceinline__ Unit load(const unsigned char *row, int u) {
         const unsigned char *b = row + (size_t)(u >> 2) * TS + 16 + 32 * (u & 3);
-        return {ld_stream(reinterpret_cast<const uint4 *>(b)), ld_stream(reinterpret_cast<const uint4 *>(b + 16)),
+        return {ld_w<LA>(reinterpret_cast<const uint4 *>(b)), ld_w<LA>(reinterpret_cast<const uint4 *>(b + 16)),
                 __ldg(reinterpret_cast<const uint4 *>(row + (size_t)(u >> 2) * TS))};
     }
     // xq, dx, sx: x's values (XPAD bytes of padding after every 64: the 8 lanes of a wavefront, blocks b and b + 1
     // and g = 0..3, then read 8 different 4-bank groups), block scales and sums (int) from the unit's block on
-    static constexpr int XPAD = 16;
+    static constexpr int XPAD = 16, PAD = XPAD;
+    static __device__ __forceinline__ long xbytes(long n) { return n / 64 * (64 + XPAD); }  // x's bytes for n values
     static __device__ __forceinline__ void dot2i(const Unit (&v)[2], int u, const signed char *xq, const float *dx,
                                                  const int *sx, float (&acc)[2]) {
         const int g = u & 3;
@@ -141,9 +153,60 @@ struct QD_q4_k64 {
     }
 };
 
+// Q8_0 for the integer route (D = 1): a unit is 8 blocks (272 bytes, 17 aligned 16-byte chunks: Q8_0 rows of
+// K % 256 == 0 only), loaded as they lie. x is quantised into Q8_0's own layout (quantise_x with pad < 0: each
+// block's 32 int8 values behind two zero bytes), so word t of the unit meets word t of x: __dp4a over all 68
+// words, each into the sum of the block its first byte lies in (a word that runs into the next block carries
+// that block's scale bytes, against x's zeros). Per block j: acc += float32(d_j * dx_j) * isum_j (isum exact):
+// qdot_int8's terms, its groups of 8 summed in the integers first. Lanes read x 272 bytes apart, so a
+// wavefront's 8 lanes hit 8 different 4-bank groups. No byte shuffles: about half an instruction a weight.
+struct QD_q8_0 {
+    static constexpr int UPB = 1, BS = 256, TS = 272, PAD = -1, CH = 17;
+    static constexpr bool SPLIT = true;  // a lane holds one row's unit (17 chunks): the pair's rows side by side
+    static __device__ __forceinline__ long xbytes(long n) { return n / 32 * 34; }  // x's bytes for n values
+    struct Unit { uint4 q[CH]; };
+    template <int LA>
+    static __device__ __forceinline__ Unit load(const unsigned char *row, int u) {
+        const uint4 *b = reinterpret_cast<const uint4 *>(row + (size_t)u * TS);
+        Unit v;
+        #pragma unroll
+        for (int i = 0; i < CH; i++) v.q[i] = ld_w<LA>(b + i);
+        return v;
+    }
+    static __device__ __forceinline__ unsigned word(const uint4 (&q)[CH], int t) {  // t a constant once unrolled
+        const uint4 &c = q[t >> 2];
+        return (t & 3) == 0 ? c.x : (t & 3) == 1 ? c.y : (t & 3) == 2 ? c.z : c.w;
+    }
+    static __device__ __forceinline__ void dot1i(const Unit &v, const signed char *xq, const float *dx, float &acc) {
+        const uint4 *xe = reinterpret_cast<const uint4 *>(xq);
+        int is[8];
+        #pragma unroll
+        for (int j = 0; j < 8; j++) is[j] = 0;
+        #pragma unroll
+        for (int c = 0; c < CH; c++) {
+            const uint4 xv = xe[c];
+            const unsigned xw[4] = {xv.x, xv.y, xv.z, xv.w};
+            #pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int t = 4 * c + e;
+                is[4 * t / 34] = q_dp4a(word(v.q, t), xw[e], is[4 * t / 34]);
+            }
+        }
+        const float4 d0 = reinterpret_cast<const float4 *>(dx)[0], d1 = reinterpret_cast<const float4 *>(dx)[1];
+        const float dxv[8] = {d0.x, d0.y, d0.z, d0.w, d1.x, d1.y, d1.z, d1.w};
+        #pragma unroll
+        for (int j = 0; j < 8; j++) {
+            const unsigned wd = word(v.q, 34 * j / 4);
+            const float d = q_h2f((34 * j) & 2 ? wd >> 16 : wd & 0xFFFFu);
+            acc = fmaf(__fmul_rn(d, dxv[j]), (float)is[j], acc);
+        }
+    }
+};
+
 template <int F, int D> struct QDirect;
 template <> struct QDirect<3, 0> { using L = QD_q4_k; };
 template <> struct QDirect<3, 1> { using L = QD_q4_k64; };
+template <> struct QDirect<2, 1> { using L = QD_q8_0; };
 
 // The staged x rows (T, rows x K) widened into xf (fp32, rows x K) with the sums of each run of 16 in x16
 // (rows x K / 16; ((run[0:4] + run[4:8]) + run[8:12]) + run[12:16], each quarter summed in order), all 256
@@ -170,7 +233,8 @@ __device__ __forceinline__ void widen_x(const T *xs, int K, int rows, float *xf,
 // U: units a lane has in flight per row; B: blocks an SM (launch bounds: 65536 / (256 B) registers a thread).
 // P = 1 pipelines: a lane's next batch (the rest of the pair's row, or its next pair) loads into a second set of
 // registers while the current one is summed, so each warp keeps loads in flight through its sums.
-template <typename T, int F, int M, int D = 0, int U = 4, int B = 2, int P = 0>
+// LA: the weight loads' path (ld_w).
+template <typename T, int F, int M, int D = 0, int U = 4, int B = 2, int P = 0, int LA = 0>
 __global__ void __launch_bounds__(256, B) qgemv_direct(const unsigned char *__restrict__ W,
         const unsigned char *__restrict__ W2, long row_bytes, const T *__restrict__ x, long x_row,
         const T *__restrict__ nw, float eps, int style, const T *__restrict__ bias, const T *__restrict__ bias2,
@@ -178,18 +242,21 @@ __global__ void __launch_bounds__(256, B) qgemv_direct(const unsigned char *__re
         const unsigned char *__restrict__ Wb, const unsigned char *__restrict__ Wc, const T *__restrict__ biasb,
         const T *__restrict__ biasc, int n0, int n1) {
     using L = typename QDirect<F, D>::L;
-    using Buf = typename L::Unit[U][2];
+    using LI = typename QDirect<F, 1>::L;  // the integer route's layout of x
+    constexpr int NR = L::SPLIT ? 1 : 2;  // rows a lane holds of each unit slot (SPLIT: the pair's rows side by side)
+    using Buf = typename L::Unit[U][NR];
     extern __shared__ __align__(16) unsigned char smem_raw[];
     T *xs = reinterpret_cast<T *>(smem_raw);  // then (from 16 bytes on) xf (fp32) and x16, or (D = 1) xq, dxs, sxs
     float *xf = reinterpret_cast<float *>(smem_raw + (((size_t)rows * K * sizeof(T) + 15) & ~(size_t)15));
     float *x16 = xf + (size_t)rows * K;
     signed char *xq = reinterpret_cast<signed char *>(xf);
-    float *dxs = reinterpret_cast<float *>(xq + (size_t)rows * K / 64 * (64 + QD_q4_k64::XPAD));
+    float *dxs = reinterpret_cast<float *>(xq + LI::xbytes((long)rows * K));
     int *sxs = reinterpret_cast<int *>(dxs + (size_t)rows * K / 32);
     __shared__ float red[8];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const bool glu = W2 != nullptr;
     const int pairs = glu ? N : (N + 1) / 2, units = K / L::BS * L::UPB, stride = gridDim.x * 8;
+    const int slots = L::SPLIT ? 2 * units : units;  // a pair's unit slots: SPLIT, row r's unit u at r * units + u
     // the batch a lane loads next: pair lp (rows 2lp and 2lp + 1, or GLU's gate and up rows of output lp), units
     // from lu on; the batch it sums: pair cp from cu on
     int lp = blockIdx.x * 8 + warp, lu = 0;
@@ -203,13 +270,18 @@ __global__ void __launch_bounds__(256, B) qgemv_direct(const unsigned char *__re
         #pragma unroll
         for (int i = 0; i < U; i++) {
             const int u = lu + lane + 32 * i;
-            if (u < units) {
-                buf[i][0] = L::load(wr[0], u);
-                buf[i][1] = L::load(wr[1], u);
+            if (u < slots) {
+                if constexpr (L::SPLIT) {
+                    const int r = u >= units;
+                    buf[i][0] = L::template load<LA>(r ? wr[1] : wr[0], u - r * units);
+                } else {
+                    buf[i][0] = L::template load<LA>(wr[0], u);
+                    buf[i][NR - 1] = L::template load<LA>(wr[1], u);
+                }
             }
         }
         lu += 32 * U;
-        if (lu >= units) {
+        if (lu >= slots) {
             lu = 0;
             lp += stride;
             if (lp < pairs) rows_of(lp);
@@ -221,25 +293,33 @@ __global__ void __launch_bounds__(256, B) qgemv_direct(const unsigned char *__re
     auto sum = [&](Buf &buf, int cp, int cu) {  // sum batch (cp, cu) from buf; at the pair's end store its rows
         #pragma unroll
         for (int i = 0; i < U; i++) {
-            const int u = cu + lane + 32 * i;
-            if (u < units) {
+            const int su = cu + lane + 32 * i;
+            if (su < slots) {
+                const int r = L::SPLIT && su >= units, u = su - r * units;
                 const int x0 = u / L::UPB * L::BS;  // the unit's block starts at x value x0
                 #pragma unroll
                 for (int m = 0; m < M; m++) {
                     if (m < rows) {
-                        float a2[2] = {acc[0][m], acc[1][m]};
-                        if constexpr (D == 1)
-                            L::dot2i(buf[i], u, xq + ((size_t)m * K + x0) / 64 * (64 + L::XPAD),
-                                     dxs + ((size_t)m * K + x0) / 32, sxs + ((size_t)m * K + x0) / 32, a2);
-                        else
-                            L::dot2(buf[i], u, xf + (size_t)m * K + x0, x16 + ((size_t)m * K + x0) / 16, a2);
-                        acc[0][m] = a2[0];
-                        acc[1][m] = a2[1];
+                        const long xo = (long)m * K + x0;
+                        if constexpr (L::SPLIT) {  // one row's unit: its sum goes to row r's accumulator
+                            float a = r ? acc[1][m] : acc[0][m];
+                            L::dot1i(buf[i][0], xq + LI::xbytes(xo), dxs + xo / 32, a);
+                            if (r) acc[1][m] = a;
+                            else acc[0][m] = a;
+                        } else {
+                            float a2[2] = {acc[0][m], acc[1][m]};
+                            if constexpr (D == 1)
+                                L::dot2i(buf[i], u, xq + LI::xbytes(xo), dxs + xo / 32, sxs + xo / 32, a2);
+                            else
+                                L::dot2(buf[i], u, xf + xo, x16 + xo / 16, a2);
+                            acc[0][m] = a2[0];
+                            acc[1][m] = a2[1];
+                        }
                     }
                 }
             }
         }
-        if (cu + 32 * U >= units) {
+        if (cu + 32 * U >= slots) {
             const int row = glu ? cp : 2 * cp;
             store_pairs<T, M>(acc, row, row + 1 < N, rows, lane, act, bias, bias2, biasb, biasc, Wb, n0, n1, res,
                               res_row, y, y_row, glu);
@@ -254,7 +334,7 @@ __global__ void __launch_bounds__(256, B) qgemv_direct(const unsigned char *__re
     }
     stage_x<T>(x, x_row, nw, eps, style, xs, K, rows, red);
     __syncthreads();
-    if constexpr (D == 1) quantise_x<T>(xs, K, rows, xq, dxs, sxs, QD_q4_k64::XPAD);
+    if constexpr (D == 1) quantise_x<T>(xs, K, rows, xq, dxs, LI::PAD < 0 ? nullptr : sxs, LI::PAD);
     else widen_x<T>(xs, K, rows, xf, x16);
     __syncthreads();
     // no barriers from here on: each warp walks its own pairs. cp, cu: the batch in b0 (P = 0: loaded at the top)

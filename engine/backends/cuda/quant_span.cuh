@@ -290,7 +290,9 @@ __device__ __forceinline__ void span_dot_i(unsigned char *const *wb, const int *
 // division rounded to nearest, then to the nearest integer, ties to even: |xq_i| <= 127), 0 where max|x| = 0.
 // numpy_quant.quantize_x_q8 is the same arithmetic. A thread takes 8 values, the 4 lanes of a block meet by
 // two shuffles (every thread the same trips: the shuffles need the whole warp). sxs (when given): each block's
-// sum(xq), exact. pad: bytes of padding after every 64 values (value v at xq[v + pad * (v / 64)]).
+// sum(xq), exact. pad: bytes of padding after every 64 values (value v at xq[v + pad * (v / 64)]); pad < 0:
+// Q8_0's own layout (quant_direct.cu's QD_q8_0): each block of 32 behind two zero bytes, 34 bytes a block as a
+// Q8_0 row lies (value v at xq[34 (v / 32) + 2 + v % 32]).
 #ifndef Q_HOST
 template <typename T>
 __device__ __forceinline__ void quantise_x(const T *xs, int K, int rows, signed char *xq, float *dxs,
@@ -316,7 +318,16 @@ __device__ __forceinline__ void quantise_x(const T *xs, int K, int rows, signed 
                 const int q = amax > 0.f ? __float2int_rn(__fdiv_rn(v[e], dx)) : 0;
                 w[e >> 2] |= ((unsigned)q & 0xFFu) << (8 * (e & 3));
             }
-            *reinterpret_cast<uint2 *>(xq + (long)i * 8 + (long)pad * (i >> 3)) = make_uint2(w[0], w[1]);
+            if (pad >= 0) {
+                *reinterpret_cast<uint2 *>(xq + (long)i * 8 + (long)pad * (i >> 3)) = make_uint2(w[0], w[1]);
+            } else {  // 2-byte aligned: four halves, and the block's two zero bytes from its first thread
+                unsigned short *h = reinterpret_cast<unsigned short *>(xq + 34L * (i >> 2) + 2 + 8 * (i & 3));
+                h[0] = (unsigned short)(w[0] & 0xFFFFu);
+                h[1] = (unsigned short)(w[0] >> 16);
+                h[2] = (unsigned short)(w[1] & 0xFFFFu);
+                h[3] = (unsigned short)(w[1] >> 16);
+                if ((i & 3) == 0) *reinterpret_cast<unsigned short *>(xq + 34L * (i >> 2)) = 0;
+            }
             if ((threadIdx.x & 3) == 0) dxs[i >> 2] = dx;
             s8 = q_dp4a(w[0], 0x01010101u, q_dp4a(w[1], 0x01010101u, 0));
         }
