@@ -177,7 +177,8 @@ struct QD_q8_0 {
         const uint4 &c = q[t >> 2];
         return (t & 3) == 0 ? c.x : (t & 3) == 1 ? c.y : (t & 3) == 2 ? c.z : c.w;
     }
-    static __device__ __forceinline__ void dot1i(const Unit &v, const signed char *xq, const float *dx, float &acc) {
+    static __device__ __forceinline__ void dot1i(const Unit &v, int, const signed char *xq, const float *dx,
+                                                 float &acc) {
         const uint4 *xe = reinterpret_cast<const uint4 *>(xq);
         int is[8];
         #pragma unroll
@@ -203,10 +204,61 @@ struct QD_q8_0 {
     }
 };
 
+// Q8_0 in half units (F = 22, cupy_quant's w = 4): unit u is half h = u & 1 of 8-block group u >> 1, the group's
+// chunks 8h .. 8h + 8 (9 chunks, chunk 8 read by both halves: a lane's run of 9 read 3.6 TB/s on an H200 where 17
+// read 3.1-3.3, bench/read_patterns.py), blocks 4h .. 4h + 3. x as QD_q8_0's; the half's words t = 0..35 (bytes
+// 128h + 4t of the group) meet x's words there. Block J's words are t in [first(h, J), first(h, J + 1)) (its
+// first byte in the block), so one __dp4a chain P over all 36 words gives each block's sum as a difference of
+// two of its prefixes, whichever half the lane holds (a select, not an index). Same sums as QD_q8_0.
+struct QD_q8_0h {
+    static constexpr int UPB = 2, BS = 256, TS = 272, PAD = -1, CH = 9;
+    static constexpr bool SPLIT = true;
+    static __device__ __forceinline__ long xbytes(long n) { return n / 32 * 34; }
+    struct Unit { uint4 q[CH]; };
+    template <int LA>
+    static __device__ __forceinline__ Unit load(const unsigned char *row, int u) {
+        const uint4 *b = reinterpret_cast<const uint4 *>(row + (size_t)(u >> 1) * TS) + 8 * (u & 1);
+        Unit v;
+        #pragma unroll
+        for (int i = 0; i < CH; i++) v.q[i] = ld_w<LA>(b + i);
+        return v;
+    }
+    static __device__ __forceinline__ unsigned word(const uint4 (&q)[CH], int t) {
+        const uint4 &c = q[t >> 2];
+        return (t & 3) == 0 ? c.x : (t & 3) == 1 ? c.y : (t & 3) == 2 ? c.z : c.w;
+    }
+    static constexpr int first(int h, int J) { return (34 * J - 128 * h + 3) / 4; }  // block J's first word
+    // xq, dx: x's bytes and block scales from the group's start
+    static __device__ __forceinline__ void dot1i(const Unit &v, int u, const signed char *xq, const float *dx,
+                                                 float &acc) {
+        const int h = u & 1;
+        const uint4 *xe = reinterpret_cast<const uint4 *>(xq) + 8 * h;
+        int P[4 * CH + 1];
+        P[0] = 0;
+        #pragma unroll
+        for (int c = 0; c < CH; c++) {
+            const uint4 xv = xe[c];
+            const unsigned xw[4] = {xv.x, xv.y, xv.z, xv.w};
+            #pragma unroll
+            for (int e = 0; e < 4; e++) P[4 * c + e + 1] = q_dp4a(word(v.q, 4 * c + e), xw[e], P[4 * c + e]);
+        }
+        const float4 d4 = reinterpret_cast<const float4 *>(dx)[h];
+        const float dxv[4] = {d4.x, d4.y, d4.z, d4.w};
+        #pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const int s = h ? P[first(1, 5 + j)] - P[first(1, 4 + j)] : P[first(0, j + 1)] - P[first(0, j)];
+            const unsigned wd = h ? word(v.q, (34 * (4 + j) - 128) / 4) : word(v.q, 34 * j / 4);
+            const float d = q_h2f((34 * j) & 2 ? wd >> 16 : wd & 0xFFFFu);  // the same half word in both halves
+            acc = fmaf(__fmul_rn(d, dxv[j]), (float)s, acc);
+        }
+    }
+};
+
 template <int F, int D> struct QDirect;
 template <> struct QDirect<3, 0> { using L = QD_q4_k; };
 template <> struct QDirect<3, 1> { using L = QD_q4_k64; };
 template <> struct QDirect<2, 1> { using L = QD_q8_0; };
+template <> struct QDirect<22, 1> { using L = QD_q8_0h; };
 
 // The staged x rows (T, rows x K) widened into xf (fp32, rows x K) with the sums of each run of 16 in x16
 // (rows x K / 16; ((run[0:4] + run[4:8]) + run[8:12]) + run[12:16], each quarter summed in order), all 256
@@ -303,7 +355,7 @@ __global__ void __launch_bounds__(256, B) qgemv_direct(const unsigned char *__re
                         const long xo = (long)m * K + x0;
                         if constexpr (L::SPLIT) {  // one row's unit: its sum goes to row r's accumulator
                             float a = r ? acc[1][m] : acc[0][m];
-                            L::dot1i(buf[i][0], xq + LI::xbytes(xo), dxs + xo / 32, a);
+                            L::dot1i(buf[i][0], u, xq + LI::xbytes(xo), dxs + xo / 32, a);
                             if (r) acc[1][m] = a;
                             else acc[0][m] = a;
                         } else {
