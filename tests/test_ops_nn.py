@@ -106,6 +106,7 @@ MAXPOOL = [(2, None, 0, 1, False), (3, 1, 1, 1, False), (3, 2, 1, 1, True), ((2,
 def test_max_pool2d(k, s, p, d, ceil, shape): helper_test_op([shape], lambda x: F.max_pool2d(x, k, s, p, d, ceil_mode=ceil), lambda x: EF.max_pool2d(x, k, s, p, d, ceil_mode=ceil))
 @pytest.mark.parametrize("dt", FLOATS)
 def test_max_pool2d_dtypes(dt): helper_test_op([(1, 2, 6, 6)], lambda x: F.max_pool2d(x, 2), lambda x: EF.max_pool2d(x, 2), dt)
+def test_max_pool2d_nan(): helper_test_op([(1, 3, 6, 7)], lambda x: F.max_pool2d(x, 5, 1, 2), lambda x: EF.max_pool2d(x, 5, 1, 2), vals=[np.where(np.arange(126).reshape(1, 3, 6, 7) % 17 == 3, np.nan, np.arange(126.0).reshape(1, 3, 6, 7) % 11 - 5)])  # values alone (the windows' max): NaN wins as in torch
 
 
 AVGPOOL = [(2, None, 0, False, True, None), (3, 1, 1, False, True, None), (3, 1, 1, False, False, None), (3, 2, 1, True, True, None),
