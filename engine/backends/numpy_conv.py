@@ -1,6 +1,7 @@
 """The numpy backend's convolutions (a mixin of NumpyBackend, beside numpy_nn's NnKernels): im2col + one
 GEMM per group (in bands of output rows where the columns would leave the cache or fill memory), a SiLU
-in place, transposed convs as a spread-out stride-1 conv. On numpy, stride-1 1-d convs with O <= C go
+in place, transposed convs as a spread-out stride-1 conv. On numpy, float32 3x3 stride-1 convs with many channels
+as Winograd F(2x2, 3x3) (16 GEMMs over the transform points), stride-1 1-d convs with O <= C go
 without im2col (one GEMM of the stacked taps per band), 1-d transposed convs as a GEMM + col2im per band,
 and large copies, bias adds and SiLUs on idle cores (numpy_threads). Shared with the cupy backend (xp)."""
 from __future__ import annotations
