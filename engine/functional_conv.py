@@ -177,11 +177,12 @@ def _pool_args(x, nd, kernel_size, stride, padding, dilation, op):
 def _max_pool(x, nd, kernel_size, stride, padding, dilation, ceil_mode, return_indices, op):
     _numeric_input(x, op)
     xb, unbatched, k, s, p, d = _pool_args(x, nd, kernel_size, stride, padding, dilation, op)
-    v, i = xb.backend.max_pool(xb.array, k, s, p, d, bool(ceil_mode), xb.dtype)
-    v, i = Tensor._wrap(v, xb.backend, xb.dtype), Tensor._wrap(i, xb.backend, D.int64)
-    if unbatched:
-        v, i = v.squeeze(0), i.squeeze(0)
-    return (v, i) if return_indices else v
+    v, i = xb.backend.max_pool(xb.array, k, s, p, d, bool(ceil_mode), xb.dtype, indices=bool(return_indices))
+    v = Tensor._wrap(v, xb.backend, xb.dtype)
+    if not return_indices:
+        return v.squeeze(0) if unbatched else v
+    i = Tensor._wrap(i, xb.backend, D.int64)
+    return (v.squeeze(0), i.squeeze(0)) if unbatched else (v, i)
 
 
 def max_pool1d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):

@@ -106,6 +106,7 @@ MAXPOOL = [(2, None, 0, 1, False), (3, 1, 1, 1, False), (3, 2, 1, 1, True), ((2,
 def test_max_pool2d(k, s, p, d, ceil, shape): helper_test_op([shape], lambda x: F.max_pool2d(x, k, s, p, d, ceil_mode=ceil), lambda x: EF.max_pool2d(x, k, s, p, d, ceil_mode=ceil))
 @pytest.mark.parametrize("dt", FLOATS)
 def test_max_pool2d_dtypes(dt): helper_test_op([(1, 2, 6, 6)], lambda x: F.max_pool2d(x, 2), lambda x: EF.max_pool2d(x, 2), dt)
+def test_max_pool2d_nan(): helper_test_op([(1, 3, 6, 7)], lambda x: F.max_pool2d(x, 5, 1, 2), lambda x: EF.max_pool2d(x, 5, 1, 2), vals=[np.where(np.arange(126).reshape(1, 3, 6, 7) % 17 == 3, np.nan, np.arange(126.0).reshape(1, 3, 6, 7) % 11 - 5)])  # values alone (the windows' max): NaN wins as in torch
 
 
 AVGPOOL = [(2, None, 0, False, True, None), (3, 1, 1, False, True, None), (3, 1, 1, False, False, None), (3, 2, 1, True, True, None),
@@ -255,6 +256,25 @@ def test_conv2d_in_bands(wide, monkeypatch):  # numpy: im2col + GEMM a band of o
     monkeypatch.setattr(BLAS_THREADS, "single", lambda: True)  # narrow K goes in bands when OpenBLAS runs one thread
     helper_test_op([(2, 3, 9, 7), (5, 3, 3, 3), (5,)], lambda x, w, b: F.conv2d(x, w, b, padding=1), lambda x, w, b: EF.conv2d(x, w, b, padding=1), scale=ACC)
     helper_test_op([(1, 4, 8, 8), (6, 4, 3, 3)], lambda x, w: F.silu(F.conv2d(x, w, stride=2)), lambda x, w: EF.silu(EF.conv2d(x, w, stride=2)), scale=ACC)
+
+WINO = [((2, 4, 8, 8), dict(padding=1)), ((2, 4, 7, 9), dict()), ((1, 5, 9, 6), dict(padding=(2, 0))), ((3, 3, 3, 3), dict(padding="same")),
+        ((1, 64, 10, 11), dict(padding=1)), ((1, 3, 5, 5), dict(padding=1, stride=2)), ((1, 4, 6, 6), dict(padding=1, groups=2)), ((1, 2, 7, 7), dict(dilation=2))]
+@pytest.mark.parametrize("shape,kw", WINO, ids=_id)
+def test_conv2d_winograd(shape, kw, monkeypatch):  # numpy, float32: 3x3 stride 1 (groups 1, no dilation) as Winograd F(2x2, 3x3); the others not
+    from engine.backends.numpy_conv import ConvKernels
+    monkeypatch.setattr(ConvKernels, "WINO_MIN_CHANNELS", 1)
+    monkeypatch.setattr(ConvKernels, "WINO_MIN_TILES", 1)
+    helper_test_op([shape, (6, shape[1] // kw.get("groups", 1), 3, 3), (6,)], lambda x, w, b: F.silu(F.conv2d(x, w, b, **kw)), lambda x, w, b: EF.conv2d(x, w, b, act="silu", **kw), scale=ACC)
+    helper_test_op([shape, (4, shape[1] // kw.get("groups", 1), 3, 3)], lambda x, w: F.conv2d(x, w, **kw), lambda x, w: EF.conv2d(x, w, **kw), scale=ACC)
+def test_conv2d_winograd_gate(monkeypatch):  # F(2x2) from WINO_MIN_TILES tiles and WINO_MIN_CHANNELS channels on; 3x3 stride 1 groups 1 only
+    from engine.backends.numpy_conv import ConvKernels
+    monkeypatch.setattr(ConvKernels, "WINO_MIN_TILES", 128)
+    monkeypatch.setattr(ConvKernels, "WINO_MIN_CHANNELS", 64)
+    be, f32, pad, one = engine.backend("cpu"), engine.float32, ((1, 1), (1, 1)), (1, 1)
+    x, w = np.zeros((2, 64, 16, 16), np.float32), np.zeros((64, 64, 3, 3), np.float32)
+    assert [be._winograd_fits(x[:, :, :n, :n], w, one, one, 1, pad, f32) for n in (16, 15, 14)] == [True, True, False]
+    assert not any([be._winograd_fits(x, w[:63], one, one, 1, pad, f32), be._winograd_fits(x, w, (2, 2), one, 1, pad, f32),
+                    be._winograd_fits(x, w, one, (2, 2), 1, pad, f32), be._winograd_fits(x, w[:, :32], one, one, 2, pad, f32)])
 
 @pytest.mark.parametrize("dt", FLOATS)
 @pytest.mark.parametrize("kw", [dict(), dict(padding=2, dilation=3), dict(padding="same")], ids=_id)
