@@ -28,11 +28,14 @@ def test_pad_split(mode): helper_test_op([(3, 4, 10)], lambda x: F.pad(x, (2, 3)
 def test_pad_split_2d(): helper_test_op([(2, 5, 6, 7)], lambda x: F.pad(x, (1, 2, 3, 1), mode="reflect"), lambda x: EF.pad(x, (1, 2, 3, 1), mode="reflect"))
 @pytest.mark.parametrize("act", [None, "silu"])
 @pytest.mark.parametrize("wshape,stride", [((6, 4, 3, 3), 1), ((6, 4, 1, 1), 1), ((5, 4, 3, 2), 2)], ids=str)
-def test_conv2d_split(wshape, stride, act):  # im2col rows, bias and SiLU over channel rows on the pieces
+def test_conv2d_split(wshape, stride, act, monkeypatch):  # im2col rows, bias and SiLU over channel rows on the pieces
+    from engine.backends.numpy_conv import ConvKernels
+    monkeypatch.setattr(ConvKernels, "SHIFTED", False)  # stride 1 would take the per-tap GEMMs
     helper_test_op([(2, 4, 9, 8), wshape, wshape[:1]], lambda x, w, b: (F.silu if act else (lambda y: y))(F.conv2d(x, w, b, stride=stride, padding=1)),
                    lambda x, w, b: EF.conv2d(x, w, b, stride=stride, padding=1, act=act), scale=8)
 def test_conv2d_bands_split(monkeypatch):  # im2col + GEMM in bands, each core a range of bands (its GEMMs on one OpenBLAS thread)
     from engine.backends.numpy_conv import ConvKernels
+    monkeypatch.setattr(ConvKernels, "SHIFTED", False)  # stride 1 would take the per-tap GEMMs
     monkeypatch.setattr(ConvKernels, "CONV_BLOCK", 64)
     monkeypatch.setattr(ConvKernels, "CONV_WIDE", 200)
     helper_test_op([(2, 3, 9, 7), (5, 3, 3, 3), (5,)], lambda x, w, b: F.silu(F.conv2d(x, w, b, padding=1)), lambda x, w, b: EF.conv2d(x, w, b, padding=1, act="silu"), scale=8)

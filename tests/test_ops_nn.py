@@ -249,6 +249,7 @@ def test_small_products_restore_blas_threads():  # numpy: a small linear runs on
 @pytest.mark.parametrize("wide", [False, True])
 def test_conv2d_in_bands(wide, monkeypatch):  # numpy: im2col + GEMM a band of output rows at a time (narrow K, or columns past CONV_WIDE)
     from engine.backends.numpy_conv import ConvKernels
+    monkeypatch.setattr(ConvKernels, "SHIFTED", False)  # stride 1 would take the per-tap GEMMs
     monkeypatch.setattr(ConvKernels, "CONV_BLOCK", 64)
     monkeypatch.setattr(ConvKernels, "CONV_CHUNK_K", 8 if wide else 1152)
     monkeypatch.setattr(ConvKernels, "CONV_WIDE", 200 if wide else 1 << 25)
@@ -275,6 +276,28 @@ def test_conv2d_winograd_gate(monkeypatch):  # F(2x2) from WINO_MIN_TILES tiles 
     assert [be._winograd_fits(x[:, :, :n, :n], w, one, one, 1, pad, f32) for n in (16, 15, 14)] == [True, True, False]
     assert not any([be._winograd_fits(x, w[:63], one, one, 1, pad, f32), be._winograd_fits(x, w, (2, 2), one, 1, pad, f32),
                     be._winograd_fits(x, w, one, (2, 2), 1, pad, f32), be._winograd_fits(x, w[:, :32], one, one, 2, pad, f32)])
+
+@pytest.mark.parametrize("shape,wshape,kw", [
+    ((1, 8, 9, 11), (5, 8, 3, 3), dict(padding=1)), ((2, 3, 10, 7), (4, 3, 2, 3), dict()),
+    ((1, 4, 12, 12), (6, 4, 3, 3), dict(padding=2, dilation=2)), ((2, 5, 6, 9), (3, 5, 5, 1), dict(padding=(2, 0))),
+    ((1, 6, 7, 7), (2, 6, 3, 3), dict(padding="same", dilation=(1, 3))), ((1, 2, 4, 40), (3, 2, 3, 3), dict())], ids=_id)
+def test_conv2d_shifted_taps(shape, wshape, kw, monkeypatch):  # numpy, float32, stride 1, groups 1: a GEMM a tap over strided views of the padded input
+    from engine.backends.numpy_conv import ConvKernels
+    monkeypatch.setattr(ConvKernels, "SHIFTED_MIN_C", 1)
+    helper_test_op([shape, wshape, wshape[:1]], lambda x, w, b: F.silu(F.conv2d(x, w, b, **kw)), lambda x, w, b: EF.conv2d(x, w, b, act="silu", **kw), scale=ACC)
+    helper_test_op([shape, wshape], lambda x, w: F.conv2d(x, w, **kw), lambda x, w: EF.conv2d(x, w, **kw), scale=ACC)
+def test_conv2d_shifted_gate(monkeypatch):  # stride 1, groups 1, float32, more than one tap, a non-empty output, SHIFTED_MIN_C channels, SHIFTED_MAX outputs
+    from engine.backends.numpy_conv import ConvKernels
+    monkeypatch.setattr(ConvKernels, "SHIFTED_MIN_C", 4)
+    monkeypatch.setattr(ConvKernels, "SHIFTED_MAX", 4 * 5 * 7)
+    be, f32, pad, one = engine.backend("cpu"), engine.float32, ((1, 1), (1, 1)), (1, 1)
+    x, w = np.zeros((1, 4, 5, 5), np.float32), np.zeros((4, 4, 3, 3), np.float32)
+    assert be._shifted_fits(x, w, one, 1, pad, one, f32)
+    assert not be._shifted_fits(x[:, :3], w[:, :3], one, 1, pad, one, f32) and not be._shifted_fits(x, w[:3], one, 1, pad, one, f32)  # 3 channels in, out
+    assert not be._shifted_fits(x, w, one, 1, ((1, 1), (1, 2)), one, f32)  # a wide output of 4 x 5 x 8
+    assert not any([be._shifted_fits(x, w, (2, 2), 1, pad, one, f32), be._shifted_fits(x, w[:, :2], one, 2, pad, one, f32),
+                    be._shifted_fits(x, w[:, :, :1, :1], one, 1, pad, one, f32), be._shifted_fits(x, w, one, 1, pad, one, engine.float64),
+                    be._shifted_fits(x, w, one, 1, ((0, 0), (0, 0)), (3, 3), f32)])
 
 @pytest.mark.parametrize("dt", FLOATS)
 @pytest.mark.parametrize("kw", [dict(), dict(padding=2, dilation=3), dict(padding="same")], ids=_id)

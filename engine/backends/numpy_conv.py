@@ -80,6 +80,8 @@ class ConvKernels:
         nd = x.ndim - 2
         if self._winograd_fits(x, w, stride, dilation, groups, padding, out_dtype):
             return self._conv_winograd(x, w, b, padding, _silu)
+        if self._shifted_fits(x, w, stride, groups, padding, dilation, out_dtype):
+            return self._conv2d_shifted(x, w, b, padding, dilation, _silu)
         if any(lo or hi for lo, hi in padding):  # numpy: into pooled memory (pad's rows on idle cores)
             widths = ((0, 0), (0, 0)) + tuple(tuple(p) for p in padding)
             x = self._pad_into(x, widths, "constant", 0) if xp is np else xp.pad(x, widths)
@@ -184,6 +186,54 @@ class ConvKernels:
             split(np.copyto, full, y.transpose(3, 2, 4, 0, 5, 1))
             np.copyto(out, full.reshape(n, o, th * m, tw * m)[:, :, :ho, :wo])
         self._bias_act(out, None if b is None else self._f(b, cdt), silu)
+        return out
+
+    # numpy, float32: a 2-d stride-1 conv (groups 1, more than one tap) that Winograd does not take, as one GEMM a
+    # tap over the padded input itself: with spare rows below it, tap (i, j)'s input is a strided view of the flat
+    # padded planes, (C, Ho * Wp) from (i * Wp + j) * dilation on ("wide" output rows: their last Wp - Wo values
+    # fall past the row and are cropped), so no im2col copy; acc += w[:, :, i, j] @ view per tap. One conv on the
+    # idle 2-core EPYC, ms im2col / taps / torch: 64 channels at 80x80 3.32 / 1.95 / 1.33; 32 at 160x160 6.31 /
+    # 2.42 / 1.38; 128 at 40x40 1.93 / 1.63 / 1.43; 128 at 80x80 9.28 / 5.80 / 5.02 (YOLOv8s' 3x3 convs). Only
+    # while a sample's wide output (O x Ho x Wp) is at most SHIFTED_MAX elements and C and O are at least
+    # SHIFTED_MIN_C: the per-tap adds are passes over the output (SD's VAE decoder, 128-256 channels at 256-512 px,
+    # went 10.5 -> 11.6 s without that bound; with it but its 3-channel conv_out taking the taps 9.9 -> 10.4), and
+    # a few channels make each GEMM too thin.
+    SHIFTED = True
+    SHIFTED_MAX = 1 << 21
+    SHIFTED_MIN_C = 16
+
+    def _shifted_fits(self, x, w, stride, groups, padding, dilation, out_dtype) -> bool:
+        """Whether _conv2d_shifted takes this conv (see SHIFTED)."""
+        if not (self.SHIFTED and self.xp is np and x.ndim == 4 and groups == 1 and tuple(stride) == (1, 1)
+                and w.shape[2] * w.shape[3] > 1 and x.dtype == out_dtype.np_dtype == np.float32):
+            return False
+        ho, wo = (x.shape[2 + i] + sum(padding[i]) - dilation[i] * (w.shape[2 + i] - 1) for i in range(2))
+        wp = x.shape[3] + sum(padding[1])
+        return (ho > 0 and wo > 0 and min(x.shape[1], w.shape[0]) >= self.SHIFTED_MIN_C
+                and w.shape[0] * ho * wp <= self.SHIFTED_MAX)
+
+    def _conv2d_shifted(self, x, w, b, padding, dilation, silu: bool = False):
+        """x (N, C, H, W) float32 conv w (O, C, KH, KW), stride 1, as KH * KW GEMMs over strided views of the
+        padded input (see SHIFTED); bias and SiLU on the output."""
+        n, c, h, wd = x.shape
+        o, _, kh, kw = w.shape
+        (pt, pb), (pl, pr) = padding
+        dh, dw = dilation
+        hp, wp = h + pt + pb, wd + pl + pr
+        ho, wo = hp - dh * (kh - 1), wp - dw * (kw - 1)
+        spare = -(-dw * (kw - 1) // wp)  # rows below, so the last tap's wide view stays inside the buffer
+        flat = self._pad_into(x, ((0, 0), (0, 0), (pt, pb + spare), (pl, pr)), "constant", 0).reshape(n, c, -1)
+        size = ho * wp
+        taps = [(np.ascontiguousarray(w[:, :, i, j]), (i * dh * wp + j * dw)) for i in range(kh) for j in range(kw)]
+        out = self.empty((n, o, ho, wo), D.float32)
+        acc, tmp = np.empty((o, size), np.float32), np.empty((o, size), np.float32)
+        for s in range(n):
+            for t, (wt, off) in enumerate(taps):
+                np.matmul(wt, flat[s, :, off:off + size], out=acc if t == 0 else tmp)
+                if t:
+                    acc += tmp
+            np.copyto(out[s], acc.reshape(o, ho, wp)[:, :, :wo])
+        self._bias_act(out, None if b is None else self._f(b, D.float32), silu)
         return out
 
     def _im2col(self, src):
