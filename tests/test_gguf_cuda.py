@@ -321,24 +321,22 @@ def test_qgemv_span_edge_shapes(monkeypatch, fmt, n, cols, m, dot):
 
 
 DIRECT_SHAPES = [(11, 17 * 256, 2), (3, 11008, 2), (21, 4096, 1), (40, 256, 8)]  # 17, 43, 16, 1 units of 256
-# (format, rows, K, x rows, dot route, Q8_0's unit width in blocks: cupy_quant's w)
-DIRECT_CASES = [(f, *c, d, None) for f in ("q4_k",) for c in DIRECT_SHAPES for d in ("float", "int8")] + [
-    ("q8_0", *c, "int8", w) for c in DIRECT_SHAPES for w in (8, 4)]  # Q8_0's float route: test_qgemv_span_edge_shapes
+DIRECT_CASES = [(f, *c, d) for f in ("q4_k", "q8_0") for c in DIRECT_SHAPES for d in ("float", "int8")
+                if (f, d) != ("q8_0", "float")]  # Q8_0's float route is qgemv_span's (test_qgemv_span_edge_shapes)
 
 
 @cuda
-@pytest.mark.parametrize("fmt,n,cols,m,dot,w", DIRECT_CASES)
+@pytest.mark.parametrize("fmt,n,cols,m,dot", DIRECT_CASES)
 @pytest.mark.parametrize("blocks", [None, 1, 3])
 @pytest.mark.parametrize("ubp", [(None, None, 0), (2, 2, 1), (1, 4, 1)])
-def test_qgemv_direct_edge_shapes(monkeypatch, fmt, n, cols, m, dot, w, blocks, ubp):
+def test_qgemv_direct_edge_shapes(monkeypatch, fmt, n, cols, m, dot, blocks, ubp):
     """qgemv_direct (cupy_quant.py) with its grid at most `blocks` (a warp then walks several row pairs), each
-    dot route (Q8_0: int8 alone, in units of 8 blocks and of half that), and its settings (U units in flight, B blocks an SM, P pipelined: a lane's next batch, within the
+    dot route (Q8_0: int8 alone), and its settings (U units in flight, B blocks an SM, P pipelined: a lane's next batch, within the
     row pair or the next pair's first, loads while it sums): odd row counts (a warp's second row absent), K whose
     units do not fill a lane's U; plain and fused against the composition in float32 (the int8 route: against
     numpy_quant.qdot_int8), the plain launch equal to the fused one."""
     from engine.backends import cupy_quant as Q
     monkeypatch.setitem(Q.DIRECT, "blocks", blocks)
-    monkeypatch.setitem(Q.DIRECT, "w", w)
     for k, v in zip("ubp", ubp):
         monkeypatch.setitem(Q.DIRECT, k, v)
     monkeypatch.setitem(Q.QUANT_DOT, "route", dot)

@@ -38,13 +38,11 @@ if QUANT_DOT["route"] not in ("int8", "float"):
 # qgemv_direct (quant_direct.cu): TAPER_QUANT_KERNEL=span keeps every launch on qgemv_span; "blocks" caps its grid;
 # its U (units a lane has in flight: of 32 weights on the float route, 64 on the int8 one), B (blocks an SM: its
 # launch bounds and the grid), P (1: pipelined loads) and L (the weight loads' path, quant_direct.cu's ld_w: 0
-# no-allocate, 1 through L1) and, for Q8_0, w (its units: 8 blocks a lane, or 4: half of 8); None takes the
-# format's or the route's own, the fastest measured on an H200
+# no-allocate, 1 through L1); None takes the format's or the route's own, the fastest measured on an H200
 # (measurements/h200/NOTES.md, sessions 9 and 11)
-DIRECT_SETTINGS = {"u": None, "b": None, "p": 0, "l": None, "w": None}  # the defaults
+DIRECT_SETTINGS = {"u": None, "b": None, "p": 0, "l": None}  # the defaults
 _DIRECT_ROUTE = {"float": {"u": 4, "b": 2, "l": 0}, "int8": {"u": 1, "b": 3, "l": 0}}
-_DIRECT_OWN = {"q8_0": {"u": 1, "b": 2, "l": 1, "w": 4}}  # a format's own (QD_q8_0h: a lane holds 9 chunks of one row)
-_Q8_0_UNITS = {8: 2, 4: 22}  # Q8_0's unit width in blocks (the w setting) -> quant_direct.cu's F: QD_q8_0, QD_q8_0h
+_DIRECT_OWN = {"q8_0": {"u": 1, "b": 2, "l": 1}}  # a format's own (QD_q8_0h: a lane holds 9 chunks of one row)
 DIRECT = {"enabled": os.environ.get("TAPER_QUANT_KERNEL", "direct") != "span", "blocks": None, **DIRECT_SETTINGS}
 DIRECT_FORMATS = {"q4_k": 3, "q8_0": 2}  # the F of quant_direct.cu
 _DIRECT_INT8_ONLY = {"q8_0"}  # their float route stays on qgemv_span (measured slower in quant_direct.cu's layout)
@@ -110,20 +108,10 @@ def direct_settings(qtype: str = "q4_k") -> tuple:
     return DIRECT["u"] or own["u"], DIRECT["b"] or own["b"], DIRECT["p"], la
 
 
-def direct_format(qtype: str) -> int:
-    """quant_direct.cu's F for this format: DIRECT_FORMATS', Q8_0's by its unit width (DIRECT["w"], else its own)."""
-    if qtype != "q8_0":
-        return DIRECT_FORMATS[qtype]
-    w = DIRECT["w"] or _DIRECT_OWN["q8_0"]["w"]
-    if w not in _Q8_0_UNITS:
-        raise ValueError(f"Q8_0 units of {w} blocks: expected one of {sorted(_Q8_0_UNITS)}")
-    return _Q8_0_UNITS[w]
-
-
 def _direct_fn(dtype, qtype: str, m: int, smem: int):
     M = 1 if m == 1 else 2 if m <= 2 else 4 if m <= 4 else 8
     d = f",{int(dot_route() == 'int8')}," + ",".join(map(str, direct_settings(qtype)))
-    fn = K._fn(f"qgemv_direct<{K.type_name(dtype)},{direct_format(qtype)},{M}{d}>")
+    fn = K._fn(f"qgemv_direct<{K.type_name(dtype)},{DIRECT_FORMATS[qtype]},{M}{d}>")
     if smem > 48 * 1024 and fn.max_dynamic_shared_size_bytes < smem:
         fn.max_dynamic_shared_size_bytes = K.SMEM_LIMIT - 1024  # past 48 KiB: the opt-in, once
     return fn
@@ -159,7 +147,7 @@ def qgemv_fused(x2, data, qtype: str, out, bias=None, W2=None, bias2=None, act=N
     segs = tuple(w.shape[0] for w, _ in segments) if segments else ()
     isz = x2.itemsize
     res_row = residual.strides[0] // isz if residual is not None else 0
-    key = (direct, direct and (DIRECT["blocks"], direct_settings(qtype), direct_format(qtype)), dot_route(), x2.dtype, qtype, m, data.shape[0], Kd, data.strides[0],
+    key = (direct, direct and (DIRECT["blocks"], direct_settings(qtype)), dot_route(), x2.dtype, qtype, m, data.shape[0], Kd, data.strides[0],
            W2 is not None, segs, act, style, eps, x2.strides[0], out.strides[0], res_row)
     plan = _SPAN_LAUNCH.get(key)
     if plan is None:

@@ -13,8 +13,8 @@
 // sums, quantise_x, padded so a wavefront's reads hit 32 banks; __dp4a sums per sub-block of 32; numerics of
 // numpy_quant.qdot_int8). On an H200 (session 9) it reads gate/up and the LM head at 3.0-3.3 TB/s: the
 // instructions a weight went from 3.9 (32-weight units, scales decoded per 32, x sums by __dp4a) to 2.0. Q8_0
-// takes the integer route only (F = 2, QD_q8_0: 8-block units, x in Q8_0's byte layout; F = 22, QD_q8_0h, the
-// default: half of such a unit a lane, 1.06x faster decode on an H200, session 11); its float route stays
+// takes the integer route only (F = 2, QD_q8_0h: half of an 8-block unit a lane, x in Q8_0's byte layout); its
+// float route stays
 // on qgemv_span (a float layout of 16-weight units, each shifted out of two aligned chunks, ran at 0.75x
 // qgemv_span's on an H200, session 8).
 
@@ -154,63 +154,18 @@ struct QD_q4_k64 {
     }
 };
 
-// Q8_0 for the integer route (D = 1): a unit is 8 blocks (272 bytes, 17 aligned 16-byte chunks: Q8_0 rows of
-// K % 256 == 0 only), loaded as they lie. x is quantised into Q8_0's own layout (quantise_x with pad < 0: each
-// block's 32 int8 values behind two zero bytes), so word t of the unit meets word t of x: __dp4a over all 68
-// words, each into the sum of the block its first byte lies in (a word that runs into the next block carries
-// that block's scale bytes, against x's zeros). Per block j: acc += float32(d_j * dx_j) * isum_j (isum exact):
-// qdot_int8's terms, its groups of 8 summed in the integers first. Lanes read x 272 bytes apart, so a
-// wavefront's 8 lanes hit 8 different 4-bank groups. No byte shuffles: about half an instruction a weight.
-struct QD_q8_0 {
-    static constexpr int UPB = 1, BS = 256, TS = 272, PAD = -1, CH = 17;
-    static constexpr bool SPLIT = true;  // a lane holds one row's unit (17 chunks): the pair's rows side by side
-    static __device__ __forceinline__ long xbytes(long n) { return n / 32 * 34; }  // x's bytes for n values
-    struct Unit { uint4 q[CH]; };
-    template <int LA>
-    static __device__ __forceinline__ Unit load(const unsigned char *row, int u) {
-        const uint4 *b = reinterpret_cast<const uint4 *>(row + (size_t)u * TS);
-        Unit v;
-        #pragma unroll
-        for (int i = 0; i < CH; i++) v.q[i] = ld_w<LA>(b + i);
-        return v;
-    }
-    static __device__ __forceinline__ unsigned word(const uint4 (&q)[CH], int t) {  // t a constant once unrolled
-        const uint4 &c = q[t >> 2];
-        return (t & 3) == 0 ? c.x : (t & 3) == 1 ? c.y : (t & 3) == 2 ? c.z : c.w;
-    }
-    static __device__ __forceinline__ void dot1i(const Unit &v, int, const signed char *xq, const float *dx,
-                                                 float &acc) {
-        const uint4 *xe = reinterpret_cast<const uint4 *>(xq);
-        int is[8];
-        #pragma unroll
-        for (int j = 0; j < 8; j++) is[j] = 0;
-        #pragma unroll
-        for (int c = 0; c < CH; c++) {
-            const uint4 xv = xe[c];
-            const unsigned xw[4] = {xv.x, xv.y, xv.z, xv.w};
-            #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int t = 4 * c + e;
-                is[4 * t / 34] = q_dp4a(word(v.q, t), xw[e], is[4 * t / 34]);
-            }
-        }
-        const float4 d0 = reinterpret_cast<const float4 *>(dx)[0], d1 = reinterpret_cast<const float4 *>(dx)[1];
-        const float dxv[8] = {d0.x, d0.y, d0.z, d0.w, d1.x, d1.y, d1.z, d1.w};
-        #pragma unroll
-        for (int j = 0; j < 8; j++) {
-            const unsigned wd = word(v.q, 34 * j / 4);
-            const float d = q_h2f((34 * j) & 2 ? wd >> 16 : wd & 0xFFFFu);
-            acc = fmaf(__fmul_rn(d, dxv[j]), (float)is[j], acc);
-        }
-    }
-};
-
-// Q8_0 in half units (F = 22, cupy_quant's w = 4): unit u is half h = u & 1 of 8-block group u >> 1, the group's
-// chunks 8h .. 8h + 8 (9 chunks, chunk 8 read by both halves: a lane's run of 9 read 3.6 TB/s on an H200 where 17
-// read 3.1-3.3, bench/read_patterns.py), blocks 4h .. 4h + 3. x as QD_q8_0's; the half's words t = 0..35 (bytes
-// 128h + 4t of the group) meet x's words there. Block J's words are t in [first(h, J), first(h, J + 1)) (its
-// first byte in the block), so one __dp4a chain P over all 36 words gives each block's sum as a difference of
-// two of its prefixes, whichever half the lane holds (a select, not an index). Same sums as QD_q8_0.
+// Q8_0 for the integer route (D = 1; rows of K % 256 == 0). x is quantised into Q8_0's own byte layout
+// (quantise_x with pad < 0: each block's 32 int8 values behind two zero bytes), so a word of the weights meets the
+// word of x at the same byte and __dp4a needs no byte shuffles: each word's sum goes to the block its first byte
+// lies in (a word that runs into the next block carries that block's scale bytes, against x's zeros). Per block:
+// acc += float32(d * dx) * isum (isum exact): qdot_int8's terms, its groups of 8 summed in the integers first.
+// Unit u is half h = u & 1 of an 8-block group (272 bytes, 17 aligned 16-byte chunks): the group's chunks 8h ..
+// 8h + 8 (9 chunks, chunk 8 read by both halves), blocks 4h .. 4h + 3. On an H200 (session 11) a lane's run of 9
+// chunks read 3.6 TB/s where 17 (a whole group a lane, the first layout: 1.06x slower decode) read 3.1-3.3, and
+// both 2.2 no-allocate (bench/read_patterns.py). The half's words t = 0..35 (bytes 128h + 4t of the group) meet
+// x's there; block J's words are t in [first(h, J), first(h, J + 1)), so one __dp4a chain P over all 36 words gives
+// each block's sum as a difference of two of its prefixes, whichever half the lane holds (a select, not an
+// index).
 struct QD_q8_0h {
     static constexpr int UPB = 2, BS = 256, TS = 272, PAD = -1, CH = 9;
     static constexpr bool SPLIT = true;
@@ -258,8 +213,7 @@ struct QD_q8_0h {
 template <int F, int D> struct QDirect;
 template <> struct QDirect<3, 0> { using L = QD_q4_k; };
 template <> struct QDirect<3, 1> { using L = QD_q4_k64; };
-template <> struct QDirect<2, 1> { using L = QD_q8_0; };
-template <> struct QDirect<22, 1> { using L = QD_q8_0h; };
+template <> struct QDirect<2, 1> { using L = QD_q8_0h; };
 
 // The staged x rows (T, rows x K) widened into xf (fp32, rows x K) with the sums of each run of 16 in x16
 // (rows x K / 16; ((run[0:4] + run[4:8]) + run[8:12]) + run[12:16], each quarter summed in order), all 256

@@ -291,7 +291,7 @@ __device__ __forceinline__ void span_dot_i(unsigned char *const *wb, const int *
 // numpy_quant.quantize_x_q8 is the same arithmetic. A thread takes 8 values, the 4 lanes of a block meet by
 // two shuffles (every thread the same trips: the shuffles need the whole warp). sxs (when given): each block's
 // sum(xq), exact. pad: bytes of padding after every 64 values (value v at xq[v + pad * (v / 64)]); pad < 0:
-// Q8_0's own layout (quant_direct.cu's QD_q8_0): each block of 32 behind two zero bytes, 34 bytes a block as a
+// Q8_0's own layout (quant_direct.cu's QD_q8_0h): each block of 32 behind two zero bytes, 34 bytes a block as a
 // Q8_0 row lies (value v at xq[34 (v / 32) + 2 + v % 32]).
 #ifndef Q_HOST
 template <typename T>
