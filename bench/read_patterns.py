@@ -47,7 +47,9 @@ def main(argv=None) -> int:
     p.add_argument("--out")
     a = p.parse_args(argv)
     import cupy
+
     from bench.probes import copy_gb_per_s
+    from engine.io.atomic import atomic_write_text
     sms = cupy.cuda.Device().attributes["MultiProcessorCount"]
     l2 = cupy.cuda.runtime.getDeviceProperties(0)["l2CacheSize"]
     nbytes = max(16 * l2, 1 << 30) // (17 * 16) * (17 * 16)
@@ -75,8 +77,7 @@ def main(argv=None) -> int:
             res["rows"].append({"kernel": name, "blocks_per_sm": b, "gb_per_s": round(gbs, 1)})
             print(f"  {name:22s} B={b}  {gbs:8.1f} GB/s", flush=True)
     if a.out:
-        with open(a.out, "w") as f:
-            json.dump(res, f, indent=1)
+        atomic_write_text(a.out, json.dumps(res, indent=1))
     return 0
 
 
