@@ -10,6 +10,7 @@ import time
 
 sys.path.insert(0, ".")
 from bench.cpu_ab import setup_bench  # noqa: E402
+from bench.op_timer import time_backend_ops  # noqa: E402
 
 bench, params = sys.argv[1], sys.argv[2:5]
 calls = int(sys.argv[5]) if len(sys.argv) > 5 else 1
@@ -18,7 +19,6 @@ fn(*args)
 import engine  # noqa: E402
 
 cls = type(engine.backend("cpu"))
-tot, cnt, depth = collections.defaultdict(float), collections.Counter(), [0]
 
 
 def key(name, a):
@@ -30,22 +30,7 @@ def key(name, a):
     return name
 
 
-for n in [m for m in dir(cls) if not m.startswith("_") and callable(getattr(cls, m))]:
-    f = getattr(cls, n)
-
-    def w(self, *a, _f=f, _n=n, **k):
-        if depth[0]:
-            return _f(self, *a, **k)
-        depth[0] += 1
-        t = time.perf_counter()
-        try:
-            return _f(self, *a, **k)
-        finally:
-            depth[0] -= 1
-            kk = key(_n, a)
-            tot[kk] += time.perf_counter() - t
-            cnt[kk] += 1
-    setattr(cls, n, w)
+tot, cnt = time_backend_ops(cls, [m for m in dir(cls) if not m.startswith("_") and callable(getattr(cls, m))], key)
 
 ts = []
 for _ in range(calls):

@@ -18,25 +18,10 @@ if impl == "engine":
     import engine
     be = engine.backend("cpu")
     cls = type(be)
-    tot = collections.defaultdict(float); cnt = collections.Counter()
-    depth = [0]
     names = ["linear", "attention", "layer_norm", "unary", "binary", "take", "where", "cast", "contiguous", "copy_",
              "getitem", "reduce", "matmul", "full", "arange", "empty", "concat", "sdpa", "softmax", "from_numpy", "strided"]
-    for n in names:
-        if not hasattr(cls, n): continue
-        f = getattr(cls, n)
-        def w(self, *a, _f=f, _n=n, **k):
-            if depth[0]:
-                return _f(self, *a, **k)
-            depth[0] += 1
-            t = time.perf_counter()
-            try:
-                return _f(self, *a, **k)
-            finally:
-                depth[0] -= 1
-                key = _n + (":" + a[0] if _n in ("unary", "binary") and isinstance(a[0], str) else "")
-                tot[key] += time.perf_counter() - t; cnt[key] += 1
-        setattr(cls, n, w)
+    from bench.op_timer import time_backend_ops
+    tot, cnt = time_backend_ops(cls, names, lambda _n, a: _n + (":" + a[0] if _n in ("unary", "binary") and isinstance(a[0], str) else ""))
     fn(*args); tot.clear(); cnt.clear()
     t = time.perf_counter()
     for _ in range(N): fn(*args)

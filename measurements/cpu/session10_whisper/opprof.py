@@ -9,26 +9,15 @@ lm.encode(speech_features(lm.config["num_mel_bins"]))
 decode_seconds(lm, 16)
 import engine
 be = engine.backend("cpu"); cls = type(be)
-tot = collections.defaultdict(float); cnt = collections.Counter(); depth = [0]
 names = ["linear", "attention", "layer_norm", "unary", "binary", "take", "where", "cast", "contiguous", "copy_",
          "getitem", "setitem", "reduce", "matmul", "full", "arange", "empty", "concat", "softmax", "sample", "pointwise", "arg_reduce", "index_put"]
-for n in names:
-    if not hasattr(cls, n): continue
-    f = getattr(cls, n)
-    def w(self, *a, _f=f, _n=n, **k):
-        if depth[0]:
-            return _f(self, *a, **k)
-        depth[0] += 1
-        t = time.perf_counter()
-        try:
-            return _f(self, *a, **k)
-        finally:
-            depth[0] -= 1
-            key = _n + (":" + a[0] if _n in ("unary", "binary", "pointwise") and isinstance(a[0], str) else "")
-            if _n == "linear": key += str(tuple(a[1].shape))
-            if _n == "attention": key += "(cross)" if a[1].shape[2] >= 1500 else "(self)"
-            tot[key] += time.perf_counter() - t; cnt[key] += 1
-    setattr(cls, n, w)
+def key(_n, a):
+    k = _n + (":" + a[0] if _n in ("unary", "binary", "pointwise") and isinstance(a[0], str) else "")
+    if _n == "linear": k += str(tuple(a[1].shape))
+    if _n == "attention": k += "(cross)" if a[1].shape[2] >= 1500 else "(self)"
+    return k
+from bench.op_timer import time_backend_ops
+tot, cnt = time_backend_ops(cls, names, key)
 N = 64
 decode_seconds(lm, 8); tot.clear(); cnt.clear()
 wall = decode_seconds(lm, N)
