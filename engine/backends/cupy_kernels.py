@@ -33,6 +33,8 @@ from pathlib import Path
 
 import cupy
 
+from .cupy_launch import launch
+
 _DIR = Path(__file__).resolve().parent / "cuda"
 # the sources, in include order (each .cu file relies on the headers before it)
 _FILES = ("prelude.cuh", "common.cuh", "mma.cuh", "gemv.cu", "rows.cu", "attention.cu", "sample.cu",
@@ -220,9 +222,9 @@ def gemv(x2, W, out, bias=None, W2=None, bias2=None, act=None, norm=None, residu
     wb, bb = segments[0] if segments else (None, None)
     wc, bc = segments[1] if segments and len(segments) > 1 else (None, None)
     o = _opt
-    fn(grid, (256,), (W, o(W2), x2, sc[0], o(nw), sc[1], sc[2], o(bias), o(bias2), o(residual), sc[3], out, sc[4],
-                      sc[5], sc[6], sc[7], sc[8], _NULL, _NULL, _NULL, sc[9], sc[10], o(wb), o(wc), o(bb), o(bc),
-                      sc[11], sc[12]), shared_mem=smem)
+    launch(fn, grid, (256,), (W, o(W2), x2, sc[0], o(nw), sc[1], sc[2], o(bias), o(bias2), o(residual), sc[3], out,
+                              sc[4], sc[5], sc[6], sc[7], sc[8], _NULL, _NULL, _NULL, sc[9], sc[10], o(wb), o(wc),
+                              o(bb), o(bc), sc[11], sc[12]), smem)
 
 
 def gemv_routed(x2, table, ids, x_div: int, out, table2=None, act=None, n: int = 0, k_dim: int = 0):

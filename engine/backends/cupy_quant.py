@@ -25,6 +25,7 @@ import os
 import cupy
 
 from . import cupy_kernels as K
+from .cupy_launch import launch
 
 SPAN_FORMATS = {"q8_0": 5, "q4_k": 5, "q6_k": 4}  # the kernel's L::CPL: 8 warps x 2 rows x CPL x 512 bytes of buffers
 _SPAN_LAUNCH: dict = {}
@@ -168,5 +169,9 @@ def qgemv_fused(x2, data, qtype: str, out, bias=None, W2=None, bias2=None, act=N
     wb, bb = segments[0] if segments else (None, None)
     wc, bc = segments[1] if segments and len(segments) > 1 else (None, None)
     o = K._opt
-    fn(grid, (256,), (data, o(W2), sc[0], x2, sc[1], o(nw), sc[2], sc[3], o(bias), o(bias2), o(residual), sc[4], out,
-                      sc[5], sc[6], sc[7], sc[8], sc[9], o(wb), o(wc), o(bb), o(bc), sc[10], sc[11]), shared_mem=smem)
+    args = (data, o(W2), sc[0], x2, sc[1], o(nw), sc[2], sc[3], o(bias), o(bias2), o(residual), sc[4], out, sc[5],
+            sc[6], sc[7], sc[8], sc[9], o(wb), o(wc), o(bb), o(bc), sc[10], sc[11])
+    if direct:  # qgemv_direct waits for the kernel before it (pdl_wait) after its first weight loads
+        launch(fn, grid, (256,), args, smem)
+    else:
+        fn(grid, (256,), args, shared_mem=smem)

@@ -141,6 +141,7 @@ __global__ void __launch_bounds__(256) gemv(const T *__restrict__ W, const T *__
         const T *__restrict__ biasc, int n0, int n1) {
     constexpr int V = Vec<T>::N;
     if (Wt != nullptr) {  // routed experts: problem blockIdx.y reads the weights of expert ids[problem]
+        pdl_wait();  // ids are an earlier kernel's
         const long long e = ids[blockIdx.y];
         W = reinterpret_cast<const T *>(Wt[e]);
         if (W2t != nullptr) W2 = reinterpret_cast<const T *>(W2t[e]);
@@ -170,6 +171,8 @@ __global__ void __launch_bounds__(256) gemv(const T *__restrict__ W, const T *__
         #pragma unroll
         for (int r = 0; r < R; r++) pre[r] = ld_stream(wv[r] + k0);
     }
+    pdl_wait();
+    pdl_trigger();
     stage_x<T>(x, x_row, nw, eps, style, xs, K, rows, red);
     __syncthreads();
     const uint4 *xv = reinterpret_cast<const uint4 *>(xs);
@@ -245,6 +248,8 @@ __global__ void __launch_bounds__(256) gemv_mma(const T *__restrict__ W, const T
             b[u] = ld_stream(wb + (c_lo + u) * 4 + t);
         }
     }
+    pdl_wait();
+    pdl_trigger();
     stage_x8<T>(x, x_row, nw, eps, style, xs, K, rows, red);
     __syncthreads();
     const uint4 *xv = reinterpret_cast<const uint4 *>(xs + (size_t)g * K);

@@ -339,6 +339,8 @@ __global__ void __launch_bounds__(256, B) qgemv_direct(const unsigned char *__re
         rows_of(lp);
         issue(b0);
     }
+    pdl_wait();
+    pdl_trigger();
     stage_x<T>(x, x_row, nw, eps, style, xs, K, rows, red);
     __syncthreads();
     if constexpr (D == 1) quantise_x<T>(xs, K, rows, xq, dxs, LI::PAD < 0 ? nullptr : sxs, LI::PAD);
