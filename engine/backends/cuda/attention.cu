@@ -160,7 +160,7 @@ __device__ __forceinline__ void attn_chunk(const T *__restrict__ q, long qb, lon
 }
 
 template <typename T, int PER>
-__global__ void __launch_bounds__(128) attn_partial(const T *__restrict__ q, long qb, long qh,
+__global__ void __launch_bounds__(128, 2) attn_partial(const T *__restrict__ q, long qb, long qh,
         const T *__restrict__ k, long kb, long kh, long ks, const T *__restrict__ v, long vb, long vh, long vs,
         const T *__restrict__ mask, long mb, long ms, float *__restrict__ part, int Hq, int Hkv, int S,
         float scale) {
@@ -240,7 +240,7 @@ __global__ void __launch_bounds__(128) attn_combine(const float *__restrict__ pa
 // all chunks into o (B, 1, Hq * D) and sets the counter back to 0, so the next launch (the next layer, the
 // next graph replay) starts from zero. counters: B * Hq zeroed uints that no other stream uses meanwhile.
 template <typename T, int PER>
-__global__ void __launch_bounds__(128) attn_fused(const T *__restrict__ q, long qb, long qh,
+__global__ void __launch_bounds__(128, 2) attn_fused(const T *__restrict__ q, long qb, long qh,
         const T *__restrict__ k, long kb, long kh, long ks, const T *__restrict__ v, long vb, long vh, long vs,
         const T *__restrict__ mask, long mb, long ms, float *__restrict__ part, int Hq, int Hkv, int S,
         float scale, T *__restrict__ o, unsigned int *__restrict__ counters) {
