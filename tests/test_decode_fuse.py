@@ -113,19 +113,29 @@ def test_rotary_cache_writes_into_q_out():
 
 
 # ---- decode attention: the combine in the partial kernel's last block (CUDA) ---------------------------------------
-def _mask(B, S, pos, window, dtype):
+def _mask(B, S, pos, window, dtype, hole=False):
+    """(B, 1, 1, S) additive mask: row b reads positions up to pos[b] (the last `window` of them if window), less
+    the two at pos[b] // 2 when hole."""
     kp = np.arange(S)[None, :]
     ok = (kp <= pos[:, None]) & ((kp > pos[:, None] - window) if window else True)
+    if hole:
+        ok &= (kp != pos[:, None] // 2) & (kp != pos[:, None] // 2 + 1)
     low = -65504.0 if dtype == "float16" else float(np.finfo(np.float32).min)
     return np.where(ok, 0.0, low).astype(NP[dtype]).reshape(B, 1, 1, S)
 
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("B,Hq,Hkv,S,D,window", [(1, 4, 2, 20, 64, None), (2, 8, 8, 300, 128, 64),
-                                                  (1, 4, 4, 77, 32, 0), (2, 6, 2, 129, 96, None),
-                                                  (1, 2, 1, 1000, 256, 40), (3, 4, 1, 4096, 128, None)])
-def test_fused_attention_equals_two_launches(dtype, B, Hq, Hkv, S, D, window):
+@pytest.mark.parametrize("B,Hq,Hkv,S,D,window,hole", [  # window None: no mask; 0: positions up to S // 2 + 3 b
+    (1, 4, 2, 20, 64, None, False), (2, 8, 8, 300, 128, 64, False), (1, 4, 4, 77, 32, 0, False),
+    (2, 6, 2, 129, 96, None, False), (1, 2, 1, 1000, 256, 40, False), (3, 4, 1, 4096, 128, None, False),
+    (1, 4, 1, 1, 128, 0, False),  # one cached position
+    (2, 32, 32, 520, 128, 0, False),  # the Llama-2-7B decode: a static cache of 520, half of it live
+    (1, 8, 2, 127, 256, 0, True),  # fewer positions than a chunk, two dead in the middle
+    (2, 4, 1, 385, 96, 64, True),  # GQA 4:1, S not a multiple of the chunk, window and hole
+    (1, 2, 1, 33000, 64, 300, False),  # 258 chunks: the combine's two pieces of 128, live chunks in both
+])
+def test_fused_attention_equals_two_launches(dtype, B, Hq, Hkv, S, D, window, hole):
     """attn_fused equals attn_partial + attn_combine bit for bit (masked rows, fully masked chunks that are
     skipped, no mask), twice in a row (the tickets reset themselves), and leaves every ticket at 0."""
     import cupy
@@ -133,7 +143,8 @@ def test_fused_attention_equals_two_launches(dtype, B, Hq, Hkv, S, D, window):
     from engine.backends import cupy_decode, cupy_kernels
     q, k, v = (cupy.asarray(arr(s, dtype, i)) for i, s in enumerate([(B, Hq, 1, D), (B, Hkv, S, D), (B, Hkv, S, D)]))
     mask = None if window is None else cupy.asarray(_mask(B, S, np.array([S // 2 + 3 * b for b in range(B)]), window,
-                                                          dtype))
+                                                          dtype, hole))
+    assert cupy_kernels.attention_ok(q, k, v, mask)
     want = cupy.empty((B, 1, Hq * D), q.dtype)
     cupy_kernels.attention(q, k, v, mask, D ** -0.5, want)
     for _ in range(2):

@@ -204,22 +204,46 @@ def t_attention(q, k, v, mask, scale):
     return o.transpose(1, 2).reshape(b, L, h * d)
 
 
-def _mask(B, S, pos, window, dtype):
+def _mask(B, S, pos, window, dtype, hole=False):
+    """(B, 1, 1, S) additive mask: row b reads positions up to pos[b] (the last `window` of them if window), less
+    the two at pos[b] // 2 when hole."""
     kp = np.arange(S)[None, :]
     ok = (kp <= pos[:, None]) & ((kp > pos[:, None] - window) if window else True)
+    if hole:
+        ok &= (kp != pos[:, None] // 2) & (kp != pos[:, None] // 2 + 1)
     m = np.where(ok, 0.0, np.finfo(np.float32).min if dtype == "float32" else -65504.0 if dtype == "float16"
                  else float(np.finfo(np.float32).min))
     return m.astype(NP[dtype]).reshape(B, 1, 1, S)
 
 
+def _decode_mask(B, S, kind, dtype):
+    """A static KV cache's mask, row b holding positions 0 .. S // 2 + 3 b: None; "causal" (those live);
+    "window" (their last 64 live: earlier chunks wholly masked); "hole" (causal less two in the middle)."""
+    if kind is None:
+        return None
+    return _mask(B, S, np.array([S // 2 + 3 * b for b in range(B)]), 64 if kind == "window" else 0, dtype,
+                 hole=kind == "hole")
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("B,Hq,Hkv,S,D,masked", [(1, 4, 2, 20, 64, True), (2, 8, 8, 300, 128, True),
-                                                 (1, 4, 4, 77, 32, False), (2, 6, 2, 129, 96, True)])
-def test_decode_attention(dtype, B, Hq, Hkv, S, D, masked):
+@pytest.mark.parametrize("B,Hq,Hkv,S,D,mask", [
+    (1, 4, 2, 20, 64, "causal"), (2, 8, 8, 300, 128, "window"), (1, 4, 4, 77, 32, None), (2, 6, 2, 129, 96, "causal"),
+    (1, 4, 1, 1, 128, None),  # one cached position, GQA 4:1
+    (2, 8, 2, 1, 32, "causal"),  # one position, masked
+    (1, 8, 2, 100, 256, "hole"),  # fewer positions than a chunk, two dead in the middle of the live ones
+    (2, 4, 1, 520, 128, "causal"),  # the Llama decode's static cache: half of it live, whole chunks masked
+    (1, 4, 1, 1000, 96, "window"),  # chunks before the window wholly masked
+    (2, 4, 4, 385, 256, "hole"),  # S not a multiple of the chunk, D = 256
+    (1, 2, 1, 33000, 64, "window"),  # more chunks (258) than the combine's 128 at a time
+])
+def test_decode_attention(dtype, B, Hq, Hkv, S, D, mask):
     q, k, v = arr((B, Hq, 1, D), dtype), arr((B, Hkv, S, D), dtype, 1, 1), arr((B, Hkv, S, D), dtype, 1, 2)
-    mask = _mask(B, S, np.array([S // 2 + 3 * b for b in range(B)]), 64 if S > 200 else 0, dtype) if masked else None
-    got = run("attention", E(q), E(k), E(v), E(mask) if masked else None, D ** -0.5)
-    args = [T(q), T(k), T(v), None if mask is None else T(mask)]
+    m = _decode_mask(B, S, mask, dtype)
+    if ON_CUDA:  # the rows are the decode kernel's (cupy_kernels.attention_ok), not a fallback's
+        from engine.backends import cupy_kernels
+        assert cupy_kernels.attention_ok(*(E(a).array for a in (q, k, v)), None if m is None else E(m).array)
+    got = run("attention", E(q), E(k), E(v), None if m is None else E(m), D ** -0.5)
+    args = [T(q), T(k), T(v), None if m is None else T(m)]
     ref = t_attention(*[a.double() if a is not None else None for a in args], D ** -0.5)
     compare_reduced(got, t_attention(*args, D ** -0.5), ref, scale=2)
 

@@ -421,8 +421,7 @@ class CupyBackend(NumpyBackend):
     def attention(self, q, k, v, mask, scale: float, out_dtype):
         """One query row: split-K decode (cupy_decode); more 16-bit rows: flash (cupy_flash), else two batched
         products around one softmax kernel (cuBLAS; cuBLASLt inside a capture), else the composition."""
-        if q.dtype == out_dtype.np_dtype and K.attention_ok(q, k, v, mask) and all(
-                s % 16 == 0 for s in k.strides[:3]):
+        if q.dtype == out_dtype.np_dtype and K.attention_ok(q, k, v, mask):
             b, hq, _, d = q.shape
             out = self.empty((b, 1, hq * d), out_dtype)
             cupy_decode.attention(q, k, v, mask, scale, out, self.capturing())  # attn_partial with the combine

@@ -4,9 +4,9 @@ so each runs inside a captured CUDA graph.
 
   rotary_cache  a decode step's rotary of q and k and the writes of rotated k and of v into the KV cache at
                 the step's device slots: one launch for what took four (fused.py's rotary_cache)
-  attention     cupy_kernels' split-K decode attention (attn_partial's chunks of 32 positions, mask and
-                skipped positions alike) with the combine done by the last block of each (batch, head) to
-                finish (attn_fused): one launch instead of attn_partial + attn_combine. The ticket counters
+  attention     cupy_kernels' split-K decode attention (attn_partial's chunks of ATTN_CHUNK positions, the
+                same code) with the combine done by the last block of each (batch, head) to finish
+                (attn_fused, the same combine as attn_combine): one launch instead of two. The ticket counters
                 (B * Hq uints per device) are allocated once outside a capture and reset by the kernel
                 itself, so graph replays start from zero; without them (the first call inside a capture)
                 the two-launch path runs.

@@ -46,7 +46,7 @@ _SRC = "\n".join((_DIR / f).read_text() for f in _FILES)
 _CONV_SRC = "\n".join((_DIR / f).read_text() for f in ("prelude.cuh", "common.cuh", "conv.cu"))
 
 TYPES = {"float16": "__half", "bfloat16": "__nv_bfloat16", "float32": "float"}
-ATTN_CHUNK = 32  # positions per attention block (the kernel's CHUNK)
+ATTN_CHUNK = 128  # positions per attention block (attention.cu's CHUNK)
 SOFTMAX_WARP_E = (1, 2, 4, 8, 16, 32)  # softmax_mask_warp instantiations: up to 32 * E positions a row
 MAX_ROWS = 8  # gemv takes at most this many rows of x (decode batches); more rows go to cuBLAS
 SMEM_LIMIT = 227 * 1024  # dynamic shared memory per block on sm_80 and sm_90 (opt-in above 48 KiB)
@@ -315,6 +315,8 @@ def rotary(x, cos, sin, out):
 
 
 def attention_ok(q, k, v, mask) -> bool:
+    """Whether attn_partial takes these operands: one query row, head dim 32 * (1, 2, 3, 4 or 8), unit last
+    strides, k and v of one layout with 16-byte aligned rows (the kernel reads them 16 bytes at a time)."""
     if q.ndim != 4 or q.shape[2] != 1 or not _kernel_dtype(q.dtype) or not (q.dtype == k.dtype == v.dtype):
         return False
     D = q.shape[-1]
@@ -322,7 +324,7 @@ def attention_ok(q, k, v, mask) -> bool:
         return False
     if any(a.strides[-1] != a.itemsize for a in (q, k, v)):
         return False
-    if k.strides[2] % 16 or not _aligned(k) or k.strides != v.strides:
+    if any(s % 16 for s in k.strides[:3]) or not (_aligned(k) and _aligned(v)) or k.strides != v.strides:
         return False
     return mask is None or (mask.dtype == q.dtype and mask.shape[-2] == 1)
 
@@ -346,7 +348,7 @@ def attention(q, k, v, mask, scale: float, out):
         q, cupy.int64(qs[0]), cupy.int64(qs[1]), k, cupy.int64(ks[0]), cupy.int64(ks[1]), cupy.int64(ks[2]),
         v, cupy.int64(ks[0]), cupy.int64(ks[1]), cupy.int64(ks[2]), _opt(mask), cupy.int64(mb), cupy.int64(mstr),
         part, cupy.int32(Hq), cupy.int32(Hkv), cupy.int32(S), cupy.float32(scale)))
-    _fn(f"attn_combine<{t}>")((B * Hq,), (D,), (part, out, cupy.int32(D), cupy.int32(n_chunks)))
+    _fn(f"attn_combine<{t}>")((B * Hq,), (128,), (part, out, cupy.int32(D), cupy.int32(n_chunks)))
 
 
 def sample(logits, seen, penalty: float, temperature: float, top_k, top_p, seed: int, counter, out):

@@ -1,25 +1,25 @@
 // attention.cu: CUDA sources of engine/backends/cupy_kernels.py (compiled by cupy's NVRTC, not on their own).
 // ---- decode attention: one query row per (b, h) over S cached positions ------------------------------------------
-// Scores follow transformers' eager rounding: s = round(round(round(q.k) * scale) + mask) (float32 when T
-// is float32); a position whose mask is <= -1e4 contributes exp(.) = 0 exactly and is skipped. Grid
-// (B * Hq, n_chunks) over chunks of ATTN_CHUNK positions, 4 warps: warp w takes positions w, w + 4, ...
-// of the chunk, all U = 8 of them loaded before any is used (one memory round trip a chunk); the lanes split the head dim
-// (PER = D / 32 each), so each row is one coalesced load, the dot a warp sum. Each warp keeps an online
-// softmax (m, l, acc); the block merges its 4 into one partial (m, l, acc[D]) per chunk.
-template <typename T, int PER>
-__device__ __forceinline__ void load_part(const T *__restrict__ p, float *f) {
-    if constexpr (sizeof(T) == 2 && PER % 4 == 0) {  // 8-byte loads (4 16-bit values)
-        #pragma unroll
-        for (int j = 0; j < PER / 4; j++) {
-            const uint2 u = reinterpret_cast<const uint2 *>(p)[j];
-            const T *e = reinterpret_cast<const T *>(&u);
-            #pragma unroll
-            for (int i = 0; i < 4; i++) f[4 * j + i] = to_f<T>(e[i]);
-        }
-    } else {
-        #pragma unroll
-        for (int i = 0; i < PER; i++) f[i] = to_f<T>(p[i]);
-    }
+// Scores follow transformers' eager rounding: s = round(round(round(q.k) * scale) + mask) (float32 when T is
+// float32). A position t >= S or whose mask is <= -1e4 is dead: its K and V rows are not read and it contributes
+// exp(.) = 0 exactly. Grid (B * Hq, n_chunks) over chunks of CHUNK = 128 positions, 128 threads, in four phases:
+//   A  thread i reads the mask of position t0 + i (which positions are live, into shared memory); a chunk with
+//      nothing live writes its empty partial and stops.
+//   B  K and V rows are split into NC slices of 16 bytes; thread (g, c) (G = 128 / NC row groups, g = tid / NC)
+//      takes slice c of the rows of positions g, g + G, ... (NJ of them): the NC threads of a group read a row's
+//      contiguous bytes, so each load is coalesced. All its K slices are loaded at once (16 at a time past 16),
+//      and V's too where NJ <= 16 (held in registers until phase D, else loaded there). The dot of q's slice c
+//      with each K slice (fp32 fmaf in d order) goes to shared memory.
+//   C  thread i adds its position's NC slice dots in slice order and rounds the score s_i; M = the largest live
+//      score of the chunk, p_i = exp(s_i - M) (0 when dead), l = sum p_i (warp sums, then warps in order).
+//   D  thread (g, c) accumulates p_i v_i over its positions in order (skipping p_i = 0); the G groups' sums are
+//      added in group order: the chunk's partial (M, l, acc[D]) (M = -inf, l = 0, acc = 0: nothing live).
+// Rows must be 16-byte aligned (cupy_kernels.attention_ok checks base pointers and strides).
+
+// p, held in a register: the compiler cannot recompute it from its terms at each use
+__device__ __forceinline__ const char *pinned(const char *p) {
+    asm volatile("" : "+l"(p));
+    return p;
 }
 
 template <typename T, int PER>
@@ -27,112 +27,212 @@ __device__ __forceinline__ void attn_chunk(const T *__restrict__ q, long qb, lon
         const T *__restrict__ k, long kb, long kh, long ks, const T *__restrict__ v, long vb, long vh, long vs,
         const T *__restrict__ mask, long mb, long ms, float *__restrict__ part, int Hq, int Hkv, int S,
         float scale) {
-    constexpr int D = PER * 32, CHUNK = 32, NW = 4, U = CHUNK / NW;
-    const int bh = blockIdx.x, c = blockIdx.y, n_chunks = gridDim.y;
-    const int b = bh / Hq, h = bh % Hq, kvh = h / (Hq / Hkv);
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    float *out = part + ((size_t)bh * n_chunks + c) * (D + 2);
-    __shared__ float sm[NW], sl[NW], sacc[NW][D];
-    float qv[PER];
-    load_part<T, PER>(q + b * qb + h * qh + lane * PER, qv);
-    const T *kbase = k + b * kb + kvh * kh + lane * PER, *vbase = v + b * vb + kvh * vh + lane * PER;
-    const int t0 = c * CHUNK, t1 = min(S, t0 + CHUNK);
-    float m = -INFINITY, l = 0.f, acc[PER];
+    constexpr int CHUNK = 128, D = PER * 32, VN = Vec<T>::N, NC = D / VN, G = CHUNK / NC;
+    constexpr int NJ = (CHUNK + G - 1) / G, UB = NJ < 16 ? NJ : 16;  // positions a thread; loads issued at once
+    constexpr bool HOLD_V = NJ <= 16;
+    __shared__ float mask_s[CHUNK];  // position i's mask value (0 without a mask), -inf when dead
+    __shared__ float dot_s[CHUNK][NC + 1];  // [position][slice]; + 1: thread i's reads of row i hit distinct banks
+    __shared__ float p_s[CHUNK], red_m[4], red_l[4], acc_s[G][D];
+    const int bh = blockIdx.x, n_chunks = gridDim.y, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int b = bh / Hq, h = bh % Hq, kvh = h / (Hq / Hkv), t0 = blockIdx.y * CHUNK;
+    const int g = tid / NC, sc = tid % NC;  // phases B and D: row group and 16-byte slice
+    const bool active = g < G;  // G * NC < 128 when NC does not divide 128 (D = 96)
+    float *out = part + ((size_t)bh * n_chunks + blockIdx.y) * (D + 2);
+
+    // A: position t0 + tid's mask; thread (g, c)'s slice of q (loads issued together)
+    const int t = t0 + tid;
+    float mval = 0.f;
+    bool live = t < S;
+    if (live && mask != nullptr) {
+        mval = to_f<T>(mask[b * mb + (long)t * ms]);
+        live = mval > -1e4f;
+    }
+    mask_s[tid] = live ? mval : -INFINITY;
+    float qc[VN];
     #pragma unroll
-    for (int i = 0; i < PER; i++) acc[i] = 0.f;
-    for (int base = t0 + warp; base < t1; base += NW * U) {
-        float kf[U][PER], vf[U][PER], mval[U];
-        bool live[U];
+    for (int e = 0; e < VN; e++) qc[e] = active ? to_f<T>(q[b * qb + h * qh + sc * VN + e]) : 0.f;
+    // thread (g, c)'s j-th row is G * j rows after row g: its slice address advances by a fixed step (computed
+    // here, before the barrier, and held: no per-row multiply)
+    const long kstep = G * ks * (long)sizeof(T), vstep = G * vs * (long)sizeof(T);
+    const char *kg = pinned(reinterpret_cast<const char *>(k + b * kb + kvh * kh + (long)(t0 + g) * ks + sc * VN));
+    const char *vg = pinned(reinterpret_cast<const char *>(v + b * vb + kvh * vh + (long)(t0 + g) * vs + sc * VN));
+    if (!__syncthreads_or(live)) {
+        for (int d = tid; d < D; d += CHUNK) out[2 + d] = 0.f;
+        if (tid == 0) { out[0] = -INFINITY; out[1] = 0.f; }
+        return;
+    }
+
+    // B: K slices (and V's where they fit) of the live positions, then the slice dots
+    uint4 vkeep[HOLD_V ? NJ : 1];  // V slices held for phase D (read there only where p_i != 0: the live ones)
+    if (active) {
         #pragma unroll
-        for (int u = 0; u < U; u++) {  // every load of the group (mask, K, V) issued before the first use
-            const int t = base + u * NW;
-            live[u] = t < t1;
-            mval[u] = 0.f;
-            if (live[u]) {
-                if (mask != nullptr) mval[u] = to_f<T>(mask[b * mb + (long)t * ms]);
-                load_part<T, PER>(kbase + (long)t * ks, kf[u]);
-                load_part<T, PER>(vbase + (long)t * vs, vf[u]);
+        for (int j0 = 0; j0 < NJ; j0 += UB) {
+            uint4 kk[UB];
+            unsigned ok = 0u;  // bit u: row j0 + u is live
+            #pragma unroll
+            for (int u = 0; u < UB; u++) {
+                const int j = j0 + u, i = g + G * j;
+                if (j < NJ && i < CHUNK && mask_s[i] != -INFINITY) {
+                    ok |= 1u << u;
+                    kk[u] = __ldg(reinterpret_cast<const uint4 *>(kg));
+                    if constexpr (HOLD_V) vkeep[u] = __ldg(reinterpret_cast<const uint4 *>(vg));
+                }
+                kg = pinned(kg + kstep);
+                if constexpr (HOLD_V) vg = pinned(vg + vstep);
+            }
+            #pragma unroll
+            for (int u = 0; u < UB; u++) {
+                if (!(ok >> u & 1u)) continue;
+                float f[VN], s = 0.f;
+                unpack<T>(kk[u], f);
+                #pragma unroll
+                for (int e = 0; e < VN; e++) s = fmaf(qc[e], f[e], s);
+                dot_s[g + G * (j0 + u)][sc] = s;
+            }
+        }
+    }
+    __syncthreads();
+
+    // C: the score of position tid, the chunk's max M, p = exp(s - M), l
+    const float mv = mask_s[tid];
+    const bool alive = mv != -INFINITY;
+    float s = -INFINITY;
+    if (alive) {
+        float dot = dot_s[tid][0];
+        #pragma unroll
+        for (int j = 1; j < NC; j++) dot = __fadd_rn(dot, dot_s[tid][j]);
+        s = rnd<T>(__fmul_rn(rnd<T>(dot), scale));
+        if (mask != nullptr) s = rnd<T>(__fadd_rn(s, mv));
+    }
+    const float wm = warp_max(s);
+    if (lane == 0) red_m[warp] = wm;
+    __syncthreads();
+    const float M = fmaxf(fmaxf(red_m[0], red_m[1]), fmaxf(red_m[2], red_m[3]));
+    const float p = alive ? expf(s - M) : 0.f;
+    p_s[tid] = p;
+    const float wl = warp_sum(p);
+    if (lane == 0) red_l[warp] = wl;
+    __syncthreads();
+
+    // D: acc = sum p_i v_i, per group, then the groups in order
+    float acc[VN];
+    #pragma unroll
+    for (int e = 0; e < VN; e++) acc[e] = 0.f;
+    if (active) {
+        #pragma unroll
+        for (int j0 = 0; j0 < NJ; j0 += UB) {
+            float pj[UB];
+            uint4 vv[UB];
+            #pragma unroll
+            for (int u = 0; u < UB; u++) {
+                const int i = g + G * (j0 + u);
+                pj[u] = j0 + u < NJ && i < CHUNK ? p_s[i] : 0.f;
+                if constexpr (HOLD_V) {
+                    vv[u] = vkeep[u];
+                } else {
+                    if (pj[u] != 0.f) vv[u] = __ldg(reinterpret_cast<const uint4 *>(vg));
+                    vg = pinned(vg + vstep);
+                }
+            }
+            #pragma unroll
+            for (int u = 0; u < UB; u++) {
+                if (pj[u] == 0.f) continue;
+                float f[VN];
+                unpack<T>(vv[u], f);
+                #pragma unroll
+                for (int e = 0; e < VN; e++) acc[e] = fmaf(pj[u], f[e], acc[e]);
             }
         }
         #pragma unroll
-        for (int u = 0; u < U; u++) {
-            if (!live[u] || !(mval[u] > -1e4f)) continue;  // the same t on every lane: the warp stays converged
-            float dot = 0.f;
-            #pragma unroll
-            for (int i = 0; i < PER; i++) dot = fmaf(qv[i], kf[u][i], dot);
-            dot = warp_sum(dot);
-            float s = rnd<T>(__fmul_rn(rnd<T>(dot), scale));
-            if (mask != nullptr) s = rnd<T>(__fadd_rn(s, mval[u]));
-            const float mn = fmaxf(m, s);
-            const float corr = m == -INFINITY ? 0.f : expf(m - mn), p = expf(s - mn);
-            l = l * corr + p;
-            #pragma unroll
-            for (int i = 0; i < PER; i++) acc[i] = fmaf(p, vf[u][i], acc[i] * corr);
-            m = mn;
-        }
+        for (int e = 0; e < VN; e++) acc_s[g][sc * VN + e] = acc[e];
     }
-    if (lane == 0) { sm[warp] = m; sl[warp] = l; }
-    #pragma unroll
-    for (int i = 0; i < PER; i++) sacc[warp][lane * PER + i] = acc[i];
     __syncthreads();
-    if (warp == 0) {
-        float M = -INFINITY, L = 0.f, wgt[NW];
+    for (int d = tid; d < D; d += CHUNK) {
+        float a = acc_s[0][d];
         #pragma unroll
-        for (int w = 0; w < NW; w++) M = fmaxf(M, sm[w]);
-        #pragma unroll
-        for (int w = 0; w < NW; w++) { wgt[w] = sm[w] == -INFINITY ? 0.f : expf(sm[w] - M); L += sl[w] * wgt[w]; }
-        #pragma unroll
-        for (int i = 0; i < PER; i++) {
-            const int d = lane * PER + i;
-            float a = 0.f;
-            #pragma unroll
-            for (int w = 0; w < NW; w++) a += sacc[w][d] * wgt[w];
-            out[2 + d] = a;
-        }
-        if (lane == 0) { out[0] = M; out[1] = L; }  // M = -inf, L = 0: nothing live in the chunk
+        for (int r = 1; r < G; r++) a = __fadd_rn(a, acc_s[r][d]);
+        out[2 + d] = a;
+    }
+    if (tid == 0) {
+        out[0] = M;
+        out[1] = __fadd_rn(__fadd_rn(red_l[0], red_l[1]), __fadd_rn(red_l[2], red_l[3]));
     }
 }
 
 template <typename T, int PER>
-__global__ void __launch_bounds__(128) attn_partial(const T *__restrict__ q, long qb, long qh,
+__global__ void __launch_bounds__(128, 2) attn_partial(const T *__restrict__ q, long qb, long qh,
         const T *__restrict__ k, long kb, long kh, long ks, const T *__restrict__ v, long vb, long vh, long vs,
         const T *__restrict__ mask, long mb, long ms, float *__restrict__ part, int Hq, int Hkv, int S,
         float scale) {
     attn_chunk<T, PER>(q, qb, qh, k, kb, kh, ks, v, vb, vh, vs, mask, mb, ms, part, Hq, Hkv, S, scale);
 }
 
-// One output value of the combine of (b, h)'s n_chunks partials ph (each (m, l, acc[D])) with M their largest m:
-// the chunks summed in order (shared by attn_combine and attn_fused, so both round alike). CG: loads that
-// bypass L1 (partials another block of the same launch wrote).
-template <bool CG>
-__device__ __forceinline__ float combine_value(const float *__restrict__ ph, int n_chunks, int D, int d, float M) {
-    float L = 0.f, a = 0.f;
-    #pragma unroll 4
-    for (int i = 0; i < n_chunks; i++) {  // unrolled: the loads of 4 chunks in flight at once
-        const float *pc = ph + (size_t)i * (D + 2);
-        const float m = CG ? __ldcg(pc) : pc[0], l = CG ? __ldcg(pc + 1) : pc[1];
-        const float x = CG ? __ldcg(pc + 2 + d) : pc[2 + d];
-        const float wt = m == -INFINITY ? 0.f : expf(m - M);
-        L += l * wt;
-        a += x * wt;
+// The combine of (b, h)'s n_chunks partials ph (each (m, l, acc[D]): D + 2 floats) into o[D] by a block of 128
+// threads, shared by attn_combine and attn_fused's last block (so both round alike). M = max m_i; the weights
+// w_i = exp(m_i - M) (0 for an empty chunk) and l_i w_i are computed once each into shared memory, 128 chunks at a
+// time; then L = sum l_i w_i and a[d] = sum acc_i[d] w_i in chunk order (thread d; d and d + 128 when D = 256),
+// the acc loads of U chunks in flight at once; o[d] = a[d] / L, or 0 when L = 0 (nothing live).
+// CG: loads that bypass L1 (partials that other blocks of the same launch wrote).
+template <typename T, bool CG>
+__device__ __forceinline__ void combine_block(const float *__restrict__ ph, int n_chunks, int D, T *__restrict__ o) {
+    constexpr int NT = 128, U = 16;
+    __shared__ float w_s[NT], lw_s[NT], red[4];
+    const int tid = threadIdx.x, stride = D + 2;
+    auto ld = [](const float *p) {
+        if constexpr (CG) return __ldcg(p);
+        else return *p;
+    };
+    float mi = -INFINITY, li = 0.f;  // chunk tid's m and l
+    if (tid < n_chunks) { mi = ld(ph + (size_t)tid * stride); li = ld(ph + (size_t)tid * stride + 1); }
+    float m = mi;
+    for (int i = tid + NT; i < n_chunks; i += NT) m = fmaxf(m, ld(ph + (size_t)i * stride));
+    m = warp_max(m);
+    if ((tid & 31) == 0) red[tid >> 5] = m;
+    __syncthreads();
+    const float M = fmaxf(fmaxf(red[0], red[1]), fmaxf(red[2], red[3]));
+    float L = 0.f, a[2] = {0.f, 0.f};  // outputs tid and tid + NT
+    for (int base = 0; base < n_chunks; base += NT) {
+        const int cnt = min(NT, n_chunks - base);
+        if (base > 0) {
+            __syncthreads();  // the previous piece's weights are read
+            const int i = base + tid;
+            mi = i < n_chunks ? ld(ph + (size_t)i * stride) : -INFINITY;
+            li = i < n_chunks ? ld(ph + (size_t)i * stride + 1) : 0.f;
+        }
+        const float w = mi == -INFINITY ? 0.f : expf(mi - M);
+        w_s[tid] = w;
+        lw_s[tid] = __fmul_rn(li, w);
+        __syncthreads();
+        for (int j = 0; j < cnt; j++) L = __fadd_rn(L, lw_s[j]);
+        const float *pc = ph + (size_t)base * stride + 2 + tid;
+        for (int j0 = 0; j0 < cnt; j0 += U) {
+            float x[2][U];
+            #pragma unroll
+            for (int r = 0; r < 2; r++) {
+                #pragma unroll
+                for (int u = 0; u < U; u++)
+                    x[r][u] = tid + r * NT < D && j0 + u < cnt ? ld(pc + (size_t)(j0 + u) * stride + r * NT) : 0.f;
+            }
+            #pragma unroll
+            for (int u = 0; u < U; u++) {
+                if (j0 + u >= cnt) break;
+                const float wu = w_s[j0 + u];
+                a[0] = fmaf(x[0][u], wu, a[0]);
+                a[1] = fmaf(x[1][u], wu, a[1]);
+            }
+        }
     }
-    return L > 0.f ? a / L : 0.f;
+    #pragma unroll
+    for (int r = 0; r < 2; r++)
+        if (tid + r * NT < D) o[tid + r * NT] = from_f<T>(L > 0.f ? a[r] / L : 0.f);
 }
 
-// Combine the chunk partials of one (b, h): grid B * Hq, block D threads; o (B, 1, Hq * D) contiguous.
+// Combine the chunk partials of one (b, h): grid B * Hq, 128 threads; o (B, 1, Hq * D) contiguous.
 template <typename T>
-__global__ void attn_combine(const float *__restrict__ part, T *__restrict__ o, int D, int n_chunks) {
-    __shared__ float red[8];
-    const int bh = blockIdx.x, d = threadIdx.x, lane = d & 31, warp = d >> 5, nw = (blockDim.x + 31) >> 5;
-    const float *ph = part + (size_t)bh * n_chunks * (D + 2);
-    float m = -INFINITY;
-    for (int i = d; i < n_chunks; i += blockDim.x) m = fmaxf(m, ph[(size_t)i * (D + 2)]);
-    m = warp_max(m);
-    if (lane == 0) red[warp] = m;
-    __syncthreads();
-    float M = -INFINITY;
-    for (int w = 0; w < nw; w++) M = fmaxf(M, red[w]);
-    o[(size_t)bh * D + d] = from_f<T>(combine_value<false>(ph, n_chunks, D, d, M));
+__global__ void __launch_bounds__(128) attn_combine(const float *__restrict__ part, T *__restrict__ o, int D,
+                                                    int n_chunks) {
+    const int bh = blockIdx.x;
+    combine_block<T, false>(part + (size_t)bh * n_chunks * (D + 2), n_chunks, D, o + (size_t)bh * D);
 }
 
 // attn_partial and attn_combine in one launch (grid and partials as attn_partial's): each block writes its
@@ -140,12 +240,11 @@ __global__ void attn_combine(const float *__restrict__ part, T *__restrict__ o, 
 // all chunks into o (B, 1, Hq * D) and sets the counter back to 0, so the next launch (the next layer, the
 // next graph replay) starts from zero. counters: B * Hq zeroed uints that no other stream uses meanwhile.
 template <typename T, int PER>
-__global__ void __launch_bounds__(128) attn_fused(const T *__restrict__ q, long qb, long qh,
+__global__ void __launch_bounds__(128, 2) attn_fused(const T *__restrict__ q, long qb, long qh,
         const T *__restrict__ k, long kb, long kh, long ks, const T *__restrict__ v, long vb, long vh, long vs,
         const T *__restrict__ mask, long mb, long ms, float *__restrict__ part, int Hq, int Hkv, int S,
         float scale, T *__restrict__ o, unsigned int *__restrict__ counters) {
     constexpr int D = PER * 32;
-    __shared__ float red[4];
     __shared__ bool last;
     attn_chunk<T, PER>(q, qb, qh, k, kb, kh, ks, v, vb, vh, vs, mask, mb, ms, part, Hq, Hkv, S, scale);
     __threadfence();  // this block's partial is visible device-wide before its ticket is
@@ -155,14 +254,6 @@ __global__ void __launch_bounds__(128) attn_fused(const T *__restrict__ q, long 
     __syncthreads();
     if (!last) return;
     __threadfence();
-    const float *ph = part + (size_t)bh * n_chunks * (D + 2);
-    float m = -INFINITY;
-    for (int i = threadIdx.x; i < n_chunks; i += 128) m = fmaxf(m, __ldcg(ph + (size_t)i * (D + 2)));
-    m = warp_max(m);
-    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = m;
-    __syncthreads();
-    const float M = fmaxf(fmaxf(red[0], red[1]), fmaxf(red[2], red[3]));
-    for (int d = threadIdx.x; d < D; d += 128)
-        o[(size_t)bh * D + d] = from_f<T>(combine_value<true>(ph, n_chunks, D, d, M));
+    combine_block<T, true>(part + (size_t)bh * n_chunks * (D + 2), n_chunks, D, o + (size_t)bh * D);
     if (threadIdx.x == 0) counters[bh] = 0u;
 }
