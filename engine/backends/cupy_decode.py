@@ -10,6 +10,8 @@ so each runs inside a captured CUDA graph.
                 (B * Hq uints per device) are allocated once outside a capture and reset by the kernel
                 itself, so graph replays start from zero; without them (the first call inside a capture)
                 the two-launch path runs.
+Inside a capture both launch as programmatic dependent launches (cupy_launch): each waits (pdl_wait) for the
+kernel before it at its start, so only its launch overlaps that kernel's end.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from pathlib import Path
 import cupy
 
 from engine.backends import cupy_kernels as K
+from engine.backends.cupy_launch import launch
 
 _DIR = Path(__file__).resolve().parent / "cuda"
 _SRC = "\n".join((_DIR / f).read_text() for f in ("prelude.cuh", "attention.cu", "decode.cu"))
@@ -75,7 +78,7 @@ def rotary_cache(q, k, v, cos, sin, k_cache, v_cache, slots, q_out):
     isz = k.itemsize
     qs = [s // isz for s in q.strides[:3]] if q is not None else [0, 0, 0]
     cb = 0 if cos.shape[0] == 1 else cos.strides[0] // isz
-    _fn(f"rotary_cache<{K.type_name(k.dtype)}>")((B * L * (Hq + 2 * Hkv),), (min(256, max(32, D)),), (
+    launch(_fn(f"rotary_cache<{K.type_name(k.dtype)}>"), (B * L * (Hq + 2 * Hkv),), (min(256, max(32, D)),), (
         K._opt(q), *_i64(*qs), k, *_i64(*(s // isz for s in k.strides[:3])), v,
         *_i64(*(s // isz for s in v.strides[:3])), cos, sin, *_i64(cb, cos.strides[1] // isz), K._opt(q_out), k_cache,
         v_cache, *_i64(*(s // isz for s in k_cache.strides[:3])), slots, cupy.int64(slots.strides[0] // 8),
@@ -121,6 +124,6 @@ def attention(q, k, v, mask, scale: float, out, capturing: bool = False) -> None
         mb, mstr = (0 if mask.shape[0] == 1 else mask.strides[0] // isz), mask.strides[-1] // isz
     else:
         mb = mstr = 0
-    _fn(f"attn_fused<{K.type_name(q.dtype)},{D // 32}>")((B * Hq, n_chunks), (128,), (
+    launch(_fn(f"attn_fused<{K.type_name(q.dtype)},{D // 32}>"), (B * Hq, n_chunks), (128,), (
         q, *_i64(qs[0], qs[1]), k, *_i64(ks[0], ks[1], ks[2]), v, *_i64(vs[0], vs[1], vs[2]), K._opt(mask),
         *_i64(mb, mstr), part, cupy.int32(Hq), cupy.int32(Hkv), cupy.int32(S), cupy.float32(scale), out, tickets))

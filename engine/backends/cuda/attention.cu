@@ -246,6 +246,8 @@ __global__ void __launch_bounds__(128, 2) attn_fused(const T *__restrict__ q, lo
         float scale, T *__restrict__ o, unsigned int *__restrict__ counters) {
     constexpr int D = PER * 32;
     __shared__ bool last;
+    pdl_wait();  // q and this step's K/V row are the kernel before's (a PDL: cupy_decode)
+    pdl_trigger();
     attn_chunk<T, PER>(q, qb, qh, k, kb, kh, ks, v, vb, vh, vs, mask, mb, ms, part, Hq, Hkv, S, scale);
     __threadfence();  // this block's partial is visible device-wide before its ticket is
     __syncthreads();

@@ -6,22 +6,6 @@ __device__ __forceinline__ uint4 ld_stream(const uint4 *p) {
     return r;
 }
 
-// Programmatic dependent launch (sm_90 on; cupy_launch.launch with pdl): such a kernel may start while the kernel
-// before it in the stream still runs. pdl_wait() returns once that kernel has finished and its writes are visible,
-// so a kernel reads nothing an earlier kernel writes (x, residuals, routing ids), and writes nothing, before it;
-// weights it may load before. pdl_trigger() lets the stream's next such launch start (its blocks take SMs as this
-// kernel's leave). Both are no-ops in a kernel launched the usual way.
-__device__ __forceinline__ void pdl_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void pdl_trigger() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
-
 // ---- activations, exactly as the eager kernels compute them in float32 (engine/backends/numpy_backend.py)
 __device__ __forceinline__ float act_fn(float x, int act) {
     if (act == 1) return __fdiv_rn(x, __fadd_rn(1.f, expf(-x)));  // silu: x / (1 + exp(-x))

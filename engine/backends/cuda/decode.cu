@@ -13,6 +13,8 @@ __global__ void rotary_cache(const T *__restrict__ q, long qb, long qh, long ql,
         const T *__restrict__ sin_t, long cb, long cl, T *__restrict__ q_out, T *__restrict__ k_cache,
         T *__restrict__ v_cache, long cab, long cah, long cas, const long long *__restrict__ slots, long sst, int Hq,
         int Hkv, int L, int D, int rot) {
+    pdl_wait();  // q, k, v are the kernel before's (a PDL: cupy_decode)
+    pdl_trigger();
     const int rows = Hq + 2 * Hkv;
     const int r = blockIdx.x % rows, l = (blockIdx.x / rows) % L, b = blockIdx.x / (rows * L);
     const T *x;

@@ -44,3 +44,19 @@ __device__ __forceinline__ float warp_max(float v) {
     for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffff, v, o));
     return v;
 }
+
+// Programmatic dependent launch (sm_90 on; cupy_launch.launch with pdl): such a kernel may start while the kernel
+// before it in the stream still runs. pdl_wait() returns once that kernel has finished and its writes are visible,
+// so a kernel reads nothing an earlier kernel writes (x, residuals, routing ids), and writes nothing, before it;
+// weights it may load before. pdl_trigger() lets the stream's next such launch start (its blocks take SMs as this
+// kernel's leave). Both are no-ops in a kernel launched the usual way.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
