@@ -226,10 +226,10 @@ class _Planned:
             residual = self.live[ci][0][pos]
         if f.group:
             outs = backend.linear_group(x, [w] + [m[1] for m in f.group], [b] + [m[2] for m in f.group], dt,
-                                        norm=norm)
+                                        norm=norm, frozen=f.frozen)
             self.group_out[f.at] = outs
             return outs[0]
-        return backend.linear_fused(x, w, b, dt, norm=norm, glu=glu, residual=residual)
+        return backend.linear_fused(x, w, b, dt, norm=norm, glu=glu, residual=residual, frozen=f.frozen)
 
 
 # ---- the captured step --------------------------------------------------------------------------------------

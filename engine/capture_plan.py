@@ -201,6 +201,7 @@ class Fused:
     residual: tuple | None = None  # (call, position) of the residual operand
     elided: list = field(default_factory=list)
     group: list = field(default_factory=list)  # linears sharing this input: [(call, weight, bias)] after the first
+    frozen: bool = False  # no call of the step makes or writes any of its weights (the backend may load them early)
 
 
 @dataclass
@@ -461,6 +462,10 @@ def plan(calls: list[Call], escaping=()) -> dict:
         out[a.index] = NormAct(at=a.index, norm=ni, act=a.args[0])
     out.update(_rotary_cache(calls, g, by, taken, single))
     for f in {id(f): f for f in fused.values()}.values():
+        ws = [lin_weight(by[i].name, by[i].args) for i in [f.linear] + ([f.up] if f.up is not None else [])]
+        ws += [w for _, w, _ in f.group]
+        arrays = [w.data if isinstance(w, QOperand) else w for w in ws]
+        f.frozen = all(g.producer(a) is None and not g.written_between(a, -1, len(calls)) for a in arrays)
         for e in f.elided:
             if e != f.at:
                 out[e] = "elide"

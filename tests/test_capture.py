@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import engine
+from engine import functional as F
 from engine import models
 from engine.capture import CaptureError, Captured, Fused
 from engine.generation import Decoder, generate
@@ -80,13 +81,16 @@ def test_captured_prefills_keep_the_latest_shapes():
     assert first.tolist() == Decoder(m, 1, 24, capture="plain").prefill(ids).numpy().tolist()
 
 
-def _groups(m, batch=1):
+def _plan_fused(m, batch=1) -> list:
     dec = Decoder(m, batch, 24, capture=True)
     dec.prefill(engine.tensor([[1, 2, 3]] * batch, device=DEVICE))
     for _ in range(3):
         dec.step()
-    plan = dec.step_fn.the_plan
-    fused = [f for f in plan.values() if isinstance(f, Fused)]
+    return [f for f in dec.step_fn.the_plan.values() if isinstance(f, Fused)]
+
+
+def _groups(m, batch=1):
+    fused = _plan_fused(m, batch)
     return {"norm": sum(f.norm is not None for f in fused), "glu": sum(f.act is not None for f in fused),
             "residual": sum(f.residual is not None for f in fused),
             "grouped": sum(len(f.group) + 1 for f in fused if f.group)}
@@ -101,6 +105,20 @@ def _groups(m, batch=1):
 ])
 def test_fusion_plan_groups(mt, want):
     assert _groups(model(mt, "float32")) == want
+
+
+def test_fusion_plan_marks_frozen_weights():
+    """Fused.frozen (the GPU backend then loads the weights before the kernel before ends, cupy_launch): a
+    decode's weights, parameters, are frozen; a weight the step computes is not, and the step still equals eager."""
+    assert all(f.frozen for f in _plan_fused(model("llama", "float32")))
+    rng = np.random.default_rng(0)
+    w = engine.tensor(rng.standard_normal((32, 32)).astype(np.float32), device=DEVICE)
+    for fn, frozen in ((lambda x: x + F.linear(x, w), True), (lambda x: x + F.linear(x, w * 2.0), False)):
+        step = Captured(fn)
+        for i in range(5):
+            x = engine.tensor(rng.standard_normal((1, 32)).astype(np.float32), device=DEVICE)
+            np.testing.assert_array_equal(step(x).numpy(), fn(x).numpy())
+        assert [f.frozen for f in step.the_plan.values() if isinstance(f, Fused)] == [frozen]
 
 
 def test_static_inputs_and_fixed_shapes():

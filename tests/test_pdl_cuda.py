@@ -63,12 +63,12 @@ def test_pdl_chain_equals_plain_launches(monkeypatch, kind):
         w = rng.standard_normal((n, n), dtype=cupy.float32) * 0.02
         if fmt == "fp16":
             W = w.astype(cupy.float16)
-            steps.append(lambda x, out, W=W: K.gemv(x, W, out, norm=(nw, 1e-5, "llama"), residual=x) or out)
+            steps.append(lambda x, out, W=W: K.gemv(x, W, out, norm=(nw, 1e-5, "llama"), residual=x, pdl=True) or out)
         else:
             W = quantize_matrix(w, fmt)
             assert Q.direct_ok(x0, fmt, (W,))
             steps.append(lambda x, out, W=W, f=fmt: Q.qgemv_fused(x, W, f, out, norm=(nw, 1e-5, "llama"),
-                                                                  residual=x) or out)
+                                                                  residual=x, pdl=True) or out)
         if i % 4 == 3:  # a kernel launched the usual way between PDLs
             steps.append(lambda x, out: K.rms_norm(x, nw, 1e-5, "llama", out) or out)
     plain = _chain(steps, x0, capture=False)

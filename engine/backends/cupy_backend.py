@@ -227,11 +227,12 @@ class CupyBackend(NumpyBackend):
                 return _unrows(out, lead)
         return super().linear(x, w, b, out_dtype)
 
-    def linear_fused(self, x, w, b, out_dtype, norm=None, glu=None, residual=None):
+    def linear_fused(self, x, w, b, out_dtype, norm=None, glu=None, residual=None, frozen: bool = False):
         """One GEMV launch for rms_norm -> linear [-> GLU] [-> + residual] when the shapes fit (qgemv_fused
-        for a quantized weight, a QOperand)."""
+        for a quantized weight, a QOperand); frozen weights: a programmatic dependent launch inside a capture
+        (cupy_launch), its first weight loads before the kernel before it ends."""
         if isinstance(w, QOperand):
-            out = self._qfused(x, w, b, out_dtype, norm=norm, glu=glu, residual=residual)
+            out = self._qfused(x, w, b, out_dtype, norm=norm, glu=glu, residual=residual, pdl=frozen)
             return out if out is not None else super().linear_fused(x, w, b, out_dtype, norm=norm, glu=glu,
                                                                     residual=residual)
         if x.dtype == w.dtype == out_dtype.np_dtype and x.size and w.ndim == 2:
@@ -247,15 +248,16 @@ class CupyBackend(NumpyBackend):
             ok = ok and (res2 is None or (res2.dtype == w.dtype and res2.strides[1] == res2.itemsize))
             if ok:
                 out = self.empty((x2.shape[0], n), out_dtype)
-                K.gemv(x2, w, out, bias=b, W2=w2, bias2=b2, act=act, norm=norm, residual=res2)
+                K.gemv(x2, w, out, bias=b, W2=w2, bias2=b2, act=act, norm=norm, residual=res2, pdl=frozen)
                 return _unrows(out, lead)
         return super().linear_fused(x, w, b, out_dtype, norm=norm, glu=glu, residual=residual)
 
-    def linear_group(self, x, ws, bs, out_dtype, norm=None):
+    def linear_group(self, x, ws, bs, out_dtype, norm=None, frozen: bool = False):
         """Up to three linears of one input in one GEMV launch over the stacked weights; the outputs
         are views of one (rows, sum of N) result (quantized weights of one format: qgemv_fused)."""
         if 1 < len(ws) <= 3 and all(isinstance(w, QOperand) for w in ws):
-            out = self._qfused(x, ws[0], bs[0], out_dtype, norm=norm, segments=list(zip(ws[1:], bs[1:])))
+            out = self._qfused(x, ws[0], bs[0], out_dtype, norm=norm, segments=list(zip(ws[1:], bs[1:])),
+                               pdl=frozen)
             if out is not None:
                 cuts = np.cumsum([0] + [w.shape[0] for w in ws])
                 return [out[..., a:b] for a, b in zip(cuts[:-1], cuts[1:])]
@@ -270,7 +272,7 @@ class CupyBackend(NumpyBackend):
             if ok:
                 ns = [w.shape[0] for w in ws]
                 out = self.empty((x2.shape[0], sum(ns)), out_dtype)
-                K.gemv(x2, ws[0], out, bias=bs[0], norm=norm, segments=list(zip(ws[1:], bs[1:])))
+                K.gemv(x2, ws[0], out, bias=bs[0], norm=norm, segments=list(zip(ws[1:], bs[1:])), pdl=frozen)
                 cuts = np.cumsum([0] + ns)
                 return [out[:, a:b].reshape(lead + (b - a,)) for a, b in zip(cuts[:-1], cuts[1:])]
         return super().linear_group(x, ws, bs, out_dtype, norm=norm)
@@ -487,7 +489,7 @@ class CupyBackend(NumpyBackend):
                 return out.reshape(lead + (data.shape[0],))
         return super().qlinear(x, data, qtype, cols, b, out_dtype)
 
-    def _qfused(self, x, w, b, out_dtype, norm=None, glu=None, residual=None, segments=None):
+    def _qfused(self, x, w, b, out_dtype, norm=None, glu=None, residual=None, segments=None, pdl=False):
         """linear_fused / linear_group over quantized weights (QOperands) as one qgemv_fused launch; None when
         the operands do not fit (the caller runs the composition)."""
         if out_dtype.name not in K.TYPES or x.dtype != out_dtype.np_dtype or not x.size:
@@ -513,7 +515,8 @@ class CupyBackend(NumpyBackend):
             return None
         out = self.empty((x2.shape[0], n), out_dtype)
         cupy_quant.qgemv_fused(x2, w.data, w.qtype, out, bias=b, W2=w2.data if w2 is not None else None, bias2=b2,
-                               act=act, norm=norm, residual=res2, segments=[(sw.data, sb) for sw, sb in segments])
+                               act=act, norm=norm, residual=res2, segments=[(sw.data, sb) for sw, sb in segments],
+                               pdl=pdl)
         return out.reshape(lead + (n,))
 
     def _dequant_rows(self, raw, q, cols: int):

@@ -187,11 +187,12 @@ _NULL = cupy.uint64(0)
 
 
 def gemv(x2, W, out, bias=None, W2=None, bias2=None, act=None, norm=None, residual=None,
-         rows_k=None, unroll=None, segments=None):
+         rows_k=None, unroll=None, segments=None, pdl: bool = False):
     """out (m, N) = x2 (m, K) @ W.T (+ bias) [GLU: act(.) * (x2 @ W2.T + bias2), out (m, N)];
     norm = (weight, eps, style) applies rms_norm to each x row first; residual (m, N) is added last;
     segments [(W_b, bias_b), (W_c, bias_c)] stack more weights under W (out holds each one's rows).
-    Check gemv_ok first. The launch plan of a shape is kept, so a call costs little host time."""
+    Check gemv_ok first. The launch plan of a shape is kept, so a call costs little host time. pdl: W (W2,
+    segments) no earlier kernel still running may write: a programmatic dependent launch inside a capture."""
     m, K = x2.shape
     nw, eps, style = norm or (None, 0.0, None)
     segs = tuple(w.shape[0] for w, _ in segments) if segments else ()
@@ -224,7 +225,7 @@ def gemv(x2, W, out, bias=None, W2=None, bias2=None, act=None, norm=None, residu
     o = _opt
     launch(fn, grid, (256,), (W, o(W2), x2, sc[0], o(nw), sc[1], sc[2], o(bias), o(bias2), o(residual), sc[3], out,
                               sc[4], sc[5], sc[6], sc[7], sc[8], _NULL, _NULL, _NULL, sc[9], sc[10], o(wb), o(wc),
-                              o(bb), o(bc), sc[11], sc[12]), smem)
+                              o(bb), o(bc), sc[11], sc[12]), smem, pdl=pdl)
 
 
 def gemv_routed(x2, table, ids, x_div: int, out, table2=None, act=None, n: int = 0, k_dim: int = 0):

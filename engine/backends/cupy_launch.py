@@ -1,7 +1,9 @@
 """Kernel launches as programmatic dependent launches (PDL): on sm_90 and later a kernel so launched may start
 while the kernel before it in the stream still runs, load what no earlier kernel writes (its weights) and wait in
-pdl_wait() (cuda/common.cuh) for the rest. In a captured decode step, where one GEMV follows another, each GEMV's
-first weight loads then overlap the previous kernel's last blocks instead of starting after its end.
+pdl_wait() (cuda/prelude.cuh) for the rest. In a captured decode step, where one GEMV follows another, each GEMV's
+first weight loads then overlap the previous kernel's last blocks instead of starting after its end. A GEMV
+launches so only when its caller says nothing the step runs writes its weights (capture_plan's Fused.frozen:
+parameters, not a weight computed in the step); the decode's rotary_cache and attn_fused wait at their start.
 
 cupy's RawKernel launches take no launch attributes, so a PDL launch calls the driver's cuLaunchKernelEx
 (ctypes) on cupy's CUfunction and current stream, with the arguments marshalled as cupy marshals them (arrays as
@@ -69,11 +71,11 @@ def _c_arg(a):
     return ct(a)
 
 
-def launch(fn, grid: tuple, block: tuple, args: tuple, shared_mem: int = 0) -> None:
-    """fn(grid, block, args, shared_mem=shared_mem), as a PDL where pdl_ok; fn's kernel must call pdl_wait()
-    before it reads anything an earlier kernel writes."""
+def launch(fn, grid: tuple, block: tuple, args: tuple, shared_mem: int = 0, pdl: bool = True) -> None:
+    """fn(grid, block, args, shared_mem=shared_mem), as a PDL where pdl and pdl_ok: fn's kernel then must call
+    pdl_wait() before it reads anything the kernel before it may write, and before it writes anything."""
     stream = cupy.cuda.get_current_stream()
-    if not pdl_ok(stream):
+    if not (pdl and pdl_ok(stream)):
         fn(grid, block, args, shared_mem=shared_mem)
         return
     vals = [_c_arg(a) for a in args]

@@ -136,8 +136,9 @@ def qgemv(x2, data, qtype: str, out, bias=None):
 
 
 def qgemv_fused(x2, data, qtype: str, out, bias=None, W2=None, bias2=None, act=None, norm=None, residual=None,
-                segments=None):
-    """cupy_kernels.qgemv_fused's contract (check K.qgemv_fused_ok): qgemv_direct or qgemv_span where they apply."""
+                segments=None, pdl: bool = False):
+    """cupy_kernels.qgemv_fused's contract (check K.qgemv_fused_ok): qgemv_direct or qgemv_span where they apply;
+    pdl: as cupy_kernels.gemv's (qgemv_direct only)."""
     datas = (data,) + ((W2,) if W2 is not None else ()) + tuple(w for w, _ in segments or ())
     direct = direct_ok(x2, qtype, datas)
     if not direct and not span_ok(x2, qtype, datas):
@@ -171,7 +172,4 @@ def qgemv_fused(x2, data, qtype: str, out, bias=None, W2=None, bias2=None, act=N
     o = K._opt
     args = (data, o(W2), sc[0], x2, sc[1], o(nw), sc[2], sc[3], o(bias), o(bias2), o(residual), sc[4], out, sc[5],
             sc[6], sc[7], sc[8], sc[9], o(wb), o(wc), o(bb), o(bc), sc[10], sc[11])
-    if direct:  # qgemv_direct waits for the kernel before it (pdl_wait) after its first weight loads
-        launch(fn, grid, (256,), args, smem)
-    else:
-        fn(grid, (256,), args, shared_mem=smem)
+    launch(fn, grid, (256,), args, smem, pdl=pdl and direct)  # qgemv_direct's pdl_wait: after its first weight loads

@@ -61,10 +61,11 @@ class FusedOps:
             return self.qlinear(x, w.data, w.qtype, w.cols, b, out_dtype)
         return self.linear(x, w, b, out_dtype)
 
-    def linear_fused(self, x, w, b, out_dtype, norm=None, glu=None, residual=None):
+    def linear_fused(self, x, w, b, out_dtype, norm=None, glu=None, residual=None, frozen: bool = False):
         """norm: (weight, eps, style): x = rms_norm(x) over the last dim first (see rms_norm's styles).
         glu: (w_up, b_up, act): y = act(linear(x, w, b)) * linear(x, w_up, b_up), each op rounded.
-        residual: y = residual + y (rounded once, as add)."""
+        residual: y = residual + y (rounded once, as add). frozen: no earlier op of the step writes the
+        weights (capture_plan's Fused.frozen), so a GPU backend may load them before the op before ends."""
         if norm is not None:
             x = self.rms_norm(x, 1, norm[0], norm[1], out_dtype, norm[2])
         y = self._lin(x, w, b, out_dtype)
@@ -86,9 +87,9 @@ class FusedOps:
         y = self.conv(x, w, b, stride, padding, dilation, groups, out_dtype)
         return y if act is None else self.unary(act, y, out_dtype)
 
-    def linear_group(self, x, ws: list, bs: list, out_dtype, norm=None) -> list:
+    def linear_group(self, x, ws: list, bs: list, out_dtype, norm=None, frozen: bool = False) -> list:
         """[linear_fused(x, w, b, norm=norm) for each (w, b)]: linears sharing one input (q, k, v);
-        the norm is computed once for all of them."""
+        the norm is computed once for all of them (frozen: linear_fused's)."""
         if norm is not None:
             x = self.rms_norm(x, 1, norm[0], norm[1], out_dtype, norm[2])
         return [self._lin(x, w, b, out_dtype) for w, b in zip(ws, bs)]
