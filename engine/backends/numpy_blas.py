@@ -2,10 +2,11 @@
 as blas_threads finds openblas_set_num_threads): numpy's matmul has no beta, so summing products (a conv's taps)
 costs a temporary and an add pass over the output per product (per-tap GEMMs of YOLOv8s' 3x3 convs: 64 channels
 at 80x80 1.88 -> 1.48 ms, 128 at 40x40 1.62 -> 1.40, on the idle 2-core EPYC). Without threadpoolctl or an
-OpenBLAS (another BLAS), the same sum through np.matmul and an add."""
+OpenBLAS of numpy's own (another BLAS), the same sum through np.matmul and an add."""
 from __future__ import annotations
 
 import ctypes
+import os
 
 import numpy as np
 
@@ -20,7 +21,12 @@ def _find():
         libs = ThreadpoolController().select(internal_api="openblas").lib_controllers
     except Exception:  # noqa: BLE001 - no threadpoolctl: numpy's matmul
         return
-    for c in libs:
+    # numpy's own OpenBLAS, whose kernels and threads numpy's products use: other packages load theirs too (beside
+    # ultralytics, opencv-python's OpenBLAS 0.3.15, 32-bit integers, one thread); a lone other one only when it
+    # is the one loaded (a system OpenBLAS numpy links)
+    here = os.path.dirname(os.path.realpath(np.__file__))
+    own = [c for c in libs if os.path.realpath(c.filepath).startswith((here + os.sep, here + ".libs" + os.sep))]
+    for c in own or (libs if len(libs) == 1 else []):
         fn, config = c._get_symbol("cblas_sgemm"), c._get_symbol("openblas_get_config")  # a private helper
         if fn is None or config is None:
             continue
