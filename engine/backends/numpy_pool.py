@@ -198,7 +198,11 @@ class PoolKernels:
             i1 = i0 + (i0 < n_in - 1)
             l1 = xp.clip(src - i0.astype(t), t(0), t(1))
             l0 = t(1) - l1
-            x = xp.take(x, i0, axis=axis) * l0.reshape(shape) + xp.take(x, i1, axis=axis) * l1.reshape(shape)
+            a, b = xp.take(x, i0, axis=axis), xp.take(x, i1, axis=axis)  # new arrays of x's dtype, which is t's
+            a *= l0.reshape(shape)  # x[i0] * l0 + x[i1] * l1 in place: two temporaries a dim, not five
+            b *= l1.reshape(shape)
+            a += b
+            x = a
         return self._out(x, out_dtype)
 
     def _interp_uint8(self, x, size, scales, mode, align_corners, out_dtype):
