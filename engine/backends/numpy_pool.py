@@ -203,16 +203,16 @@ class PoolKernels:
             b *= l1.reshape(shape)
             a += b
             x = a
-        return x if x.dtype == out_dtype.np_dtype and mode != "bicubic" else self._out(x, out_dtype)
+        pooled = xp is np and mode != "bicubic"  # the takes' pooled arrays (bicubic sums fresh ones)
+        return x if pooled and x.dtype == out_dtype.np_dtype else self._out(x, out_dtype)
 
     def _take_pooled(self, x, index, axis: int):
         """xp.take(x, index, axis) into pooled memory: the letterbox's 6 MB passes, fresh arrays each call, faulted
         in ~2500 new pages per YOLOv8s detect (the whole rest of the model ~1800)."""
+        if self.xp is not np:  # cupy: its own take (the CUDA path as it was; not measured here)
+            return self.xp.take(x, index, axis=axis)
         out = self.empty(x.shape[:axis] + index.shape + x.shape[axis + 1:], D.get(x.dtype))
-        if self.xp is np:  # mode "clip": unbuffered (numpy buffers out= under "raise"); the indices are in range
-            np.take(x, index, axis=axis, out=out, mode="clip")
-        else:
-            self.xp.take(x, index, axis=axis, out=out)
+        np.take(x, index, axis=axis, out=out, mode="clip")  # "clip": unbuffered (numpy buffers out= under "raise")
         return out
 
     def _interp_uint8(self, x, size, scales, mode, align_corners, out_dtype):
