@@ -277,27 +277,50 @@ def test_conv2d_winograd_gate(monkeypatch):  # F(2x2) from WINO_MIN_TILES tiles 
     assert not any([be._winograd_fits(x, w[:63], one, one, 1, pad, f32), be._winograd_fits(x, w, (2, 2), one, 1, pad, f32),
                     be._winograd_fits(x, w, one, (2, 2), 1, pad, f32), be._winograd_fits(x, w[:, :32], one, one, 2, pad, f32)])
 
+@pytest.mark.parametrize("blas", [True, False], ids=["sgemm", "matmul"])
 @pytest.mark.parametrize("shape,wshape,kw", [
     ((1, 8, 9, 11), (5, 8, 3, 3), dict(padding=1)), ((2, 3, 10, 7), (4, 3, 2, 3), dict()),
     ((1, 4, 12, 12), (6, 4, 3, 3), dict(padding=2, dilation=2)), ((2, 5, 6, 9), (3, 5, 5, 1), dict(padding=(2, 0))),
-    ((1, 6, 7, 7), (2, 6, 3, 3), dict(padding="same", dilation=(1, 3))), ((1, 2, 4, 40), (3, 2, 3, 3), dict())], ids=_id)
-def test_conv2d_shifted_taps(shape, wshape, kw, monkeypatch):  # numpy, float32, stride 1, groups 1: a GEMM a tap over strided views of the padded input
+    ((1, 6, 7, 7), (2, 6, 3, 3), dict(padding="same", dilation=(1, 3))), ((1, 2, 4, 40), (3, 2, 3, 3), dict()),
+    ((1, 8, 9, 11), (5, 8, 3, 3), dict(padding=1, stride=2)), ((2, 3, 10, 7), (4, 3, 3, 3), dict(padding=1, stride=2)),
+    ((1, 4, 8, 8), (6, 4, 3, 3), dict(stride=2)), ((2, 5, 7, 12), (3, 5, 2, 3), dict(padding=(0, 2), stride=2)),
+    ((1, 4, 13, 11), (6, 4, 3, 3), dict(padding=2, dilation=2, stride=2)), ((1, 3, 5, 5), (2, 3, 5, 5), dict(padding=2, stride=2)),
+    ((1, 3, 3, 3), (2, 3, 3, 3), dict(padding=1, stride=2)), ((2, 4, 6, 5), (3, 4, 1, 3), dict(padding=(0, 1), stride=2))], ids=_id)
+def test_conv2d_shifted_taps(shape, wshape, kw, blas, monkeypatch):  # numpy, float32, stride 1 or 2, groups 1: a GEMM a tap over strided views of the padded input (its stride phases), summed by sgemm or matmul + add
+    from engine.backends import numpy_blas
     from engine.backends.numpy_conv import ConvKernels
     monkeypatch.setattr(ConvKernels, "SHIFTED_MIN_C", 1)
+    if not blas:
+        monkeypatch.setattr(numpy_blas, "_SGEMM", False)
     helper_test_op([shape, wshape, wshape[:1]], lambda x, w, b: F.silu(F.conv2d(x, w, b, **kw)), lambda x, w, b: EF.conv2d(x, w, b, act="silu", **kw), scale=ACC)
     helper_test_op([shape, wshape], lambda x, w: F.conv2d(x, w, **kw), lambda x, w: EF.conv2d(x, w, **kw), scale=ACC)
-def test_conv2d_shifted_gate(monkeypatch):  # stride 1, groups 1, float32, more than one tap, a non-empty output, SHIFTED_MIN_C channels, SHIFTED_MAX outputs
+def test_conv2d_shifted_gate(monkeypatch):  # stride 1 (or 2 up to SHIFTED_S2_MAX_C channels in), groups 1, float32, more than one tap, a non-empty output, SHIFTED_MIN_C channels, SHIFTED_MAX outputs
     from engine.backends.numpy_conv import ConvKernels
     monkeypatch.setattr(ConvKernels, "SHIFTED_MIN_C", 4)
     monkeypatch.setattr(ConvKernels, "SHIFTED_MAX", 4 * 5 * 7)
-    be, f32, pad, one = engine.backend("cpu"), engine.float32, ((1, 1), (1, 1)), (1, 1)
+    monkeypatch.setattr(ConvKernels, "SHIFTED_S2_MAX_C", 4)
+    be, f32, pad, one, two = engine.backend("cpu"), engine.float32, ((1, 1), (1, 1)), (1, 1), (2, 2)
     x, w = np.zeros((1, 4, 5, 5), np.float32), np.zeros((4, 4, 3, 3), np.float32)
-    assert be._shifted_fits(x, w, one, 1, pad, one, f32)
+    assert be._shifted_fits(x, w, one, 1, pad, one, f32) and be._shifted_fits(x, w, two, 1, pad, one, f32)
     assert not be._shifted_fits(x[:, :3], w[:, :3], one, 1, pad, one, f32) and not be._shifted_fits(x, w[:3], one, 1, pad, one, f32)  # 3 channels in, out
     assert not be._shifted_fits(x, w, one, 1, ((1, 1), (1, 2)), one, f32)  # a wide output of 4 x 5 x 8
-    assert not any([be._shifted_fits(x, w, (2, 2), 1, pad, one, f32), be._shifted_fits(x, w[:, :2], one, 2, pad, one, f32),
+    x5, w5 = np.zeros((1, 5, 5, 5), np.float32), np.zeros((4, 5, 3, 3), np.float32)
+    assert be._shifted_fits(x5, w5, one, 1, pad, one, f32) and not be._shifted_fits(x5, w5, two, 1, pad, one, f32)  # stride 2: 5 channels in
+    assert not any([be._shifted_fits(x, w, (3, 3), 1, pad, one, f32), be._shifted_fits(x, w, (1, 2), 1, pad, one, f32),
+                    be._shifted_fits(x, w[:, :2], one, 2, pad, one, f32),
                     be._shifted_fits(x, w[:, :, :1, :1], one, 1, pad, one, f32), be._shifted_fits(x, w, one, 1, pad, one, engine.float64),
                     be._shifted_fits(x, w, one, 1, ((0, 0), (0, 0)), (3, 3), f32)])
+@pytest.mark.parametrize("beta", [0.0, 1.0])
+def test_sgemm_into(beta):  # numpy_blas: c = a @ b + beta c over row-strided views (a plane's columns), as numpy computes it
+    from engine.backends.numpy_blas import sgemm_into
+    rng = np.random.default_rng(0)
+    a, plane, c = rng.standard_normal((5, 7), np.float32), rng.standard_normal((7, 40), np.float32), rng.standard_normal((9, 30), np.float32)
+    b, out, before = plane[:, 3:32], c[2:7, :29], c.copy()
+    want = a @ b + beta * out
+    sgemm_into(a, b, out, beta)
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+    before[2:7, :29] = out
+    np.testing.assert_array_equal(c, before)  # nothing outside the view written
 
 @pytest.mark.parametrize("dt", FLOATS)
 @pytest.mark.parametrize("kw", [dict(), dict(padding=2, dilation=3), dict(padding="same")], ids=_id)

@@ -361,7 +361,14 @@ class NumpyBackend(NnKernels, AttentionKernels, ConvKernels, PoolKernels, Pointw
     # ---- shape and indexing -------------------------------------------------------------------------
     def concat(self, arrays, dim: int, out_dtype: D.DType):
         cd = D.compute_dtype(out_dtype)
-        return self._out(self.xp.concatenate([self._c(a, cd) for a in arrays], axis=dim), out_dtype)
+        arrays = [self._c(a, cd) for a in arrays]
+        if self.xp is not np:  # cupy: as it was (not measured here)
+            return self._out(self.xp.concatenate(arrays, axis=dim), out_dtype)
+        shape = list(arrays[0].shape)
+        shape[dim] = sum(a.shape[dim] for a in arrays)
+        out = self.empty(tuple(shape), out_dtype)  # straight into pooled memory (no second copy of the result)
+        np.concatenate(arrays, axis=dim, out=out, casting="unsafe")
+        return out
 
     def getitem(self, x, key):
         return self._out(x[key], D.get(x.dtype))

@@ -1,7 +1,8 @@
 """The numpy backend's convolutions (a mixin of NumpyBackend, beside numpy_nn's NnKernels): im2col + one
 GEMM per group (in bands of output rows where the columns would leave the cache or fill memory), a SiLU
 in place, transposed convs as a spread-out stride-1 conv. On numpy, float32 3x3 stride-1 convs with many channels
-as Winograd F(2x2, 3x3) (16 GEMMs over the transform points), stride-1 1-d convs with O <= C go
+as Winograd F(2x2, 3x3) (16 GEMMs over the transform points), 2-d stride-1 and -2 convs with fewer channels
+as a GEMM a tap over strided views of the padded input (its stride phases), summed by BLAS, stride-1 1-d convs with O <= C go
 without im2col (one GEMM of the stacked taps per band), 1-d transposed convs as a GEMM + col2im per band,
 and large copies, bias adds and SiLUs on idle cores (numpy_threads). Shared with the cupy backend (xp)."""
 from __future__ import annotations
@@ -13,6 +14,7 @@ import numpy as np
 
 from engine import dtype as D
 from engine.backends.blas_threads import BLAS_THREADS
+from engine.backends.numpy_blas import sgemm_into
 from engine.backends import numpy_threads
 from engine.backends.numpy_threads import ROW_THREADS, ranges, split
 
@@ -81,7 +83,7 @@ class ConvKernels:
         if self._winograd_fits(x, w, stride, dilation, groups, padding, out_dtype):
             return self._conv_winograd(x, w, b, padding, _silu)
         if self._shifted_fits(x, w, stride, groups, padding, dilation, out_dtype):
-            return self._conv2d_shifted(x, w, b, padding, dilation, _silu)
+            return self._conv2d_shifted(x, w, b, stride, padding, dilation, _silu)
         if any(lo or hi for lo, hi in padding):  # numpy: into pooled memory (pad's rows on idle cores)
             widths = ((0, 0), (0, 0)) + tuple(tuple(p) for p in padding)
             x = self._pad_into(x, widths, "constant", 0) if xp is np else xp.pad(x, widths)
@@ -188,52 +190,87 @@ class ConvKernels:
         self._bias_act(out, None if b is None else self._f(b, cdt), silu)
         return out
 
-    # numpy, float32: a 2-d stride-1 conv (groups 1, more than one tap) that Winograd does not take, as one GEMM a
-    # tap over the padded input itself: with spare rows below it, tap (i, j)'s input is a strided view of the flat
-    # padded planes, (C, Ho * Wp) from (i * Wp + j) * dilation on ("wide" output rows: their last Wp - Wo values
-    # fall past the row and are cropped), so no im2col copy; acc += w[:, :, i, j] @ view per tap. One conv on the
-    # idle 2-core EPYC, ms im2col / taps / torch: 64 channels at 80x80 3.32 / 1.95 / 1.33; 32 at 160x160 6.31 /
-    # 2.42 / 1.38; 128 at 40x40 1.93 / 1.63 / 1.43; 128 at 80x80 9.28 / 5.80 / 5.02 (YOLOv8s' 3x3 convs). Only
-    # while a sample's wide output (O x Ho x Wp) is at most SHIFTED_MAX elements and C and O are at least
-    # SHIFTED_MIN_C: the per-tap adds are passes over the output (SD's VAE decoder, 128-256 channels at 256-512 px,
-    # went 10.5 -> 11.6 s without that bound; with it but its 3-channel conv_out taking the taps 9.9 -> 10.4), and
-    # a few channels make each GEMM too thin.
+    # numpy, float32: a 2-d conv at stride 1 or 2 (groups 1, more than one tap) that Winograd does not take, as one
+    # GEMM a tap over the padded input itself: with spare rows below it, tap (i, j)'s input at stride 1 is a strided
+    # view of the flat padded planes, (C, Ho * Wp) from (i * Wp + j) * dilation on ("wide" output rows: their last
+    # Wp - Wo values fall past the row and are cropped), so no im2col copy; at stride 2 the same over the padded
+    # input's four stride phases (x[2r + p, 2c + q] for p, q in 0, 1: one copy of the input, where im2col makes
+    # 9/4 of it), each tap reading the phase its offset falls in. acc += w[:, :, i, j] @ view per tap, summed by
+    # BLAS itself (numpy_blas.sgemm_into); bias and SiLU as the wide output is cropped. One conv on the idle 2-core
+    # EPYC, ms im2col / taps / torch: 64 channels at 80x80 3.32 / 1.95 / 1.33; 32 at 160x160 6.31 / 2.42 / 1.38;
+    # 128 at 40x40 1.93 / 1.63 / 1.43; 128 at 80x80 9.28 / 5.80 / 5.02 (YOLOv8s' 3x3 convs). Only while a
+    # sample's wide output (O x Ho x Wp) is at most SHIFTED_MAX elements and C and O are at least SHIFTED_MIN_C: the
+    # per-tap sums are passes over the output (SD's VAE decoder, 128-256 channels at 256-512 px, went 10.5 ->
+    # 11.6 s without that bound; with it but its 3-channel conv_out taking the taps 9.9 -> 10.4), and a few
+    # channels make each GEMM too thin.
     SHIFTED = True
     SHIFTED_MAX = 1 << 21
     SHIFTED_MIN_C = 16
+    # stride 2 only up to this many input channels: wider, im2col's one GEMM of K = 9C wins (one conv, ms im2col /
+    # phases / torch: 32 -> 64 at 320 px 12.5 / 9.8 / 7.5; 64 -> 128 at 160 7.7 / 6.0 / 8.2; 128 -> 256 at 80 4.9 /
+    # 4.5 / 7.8; 256 -> 512 at 40 4.4 / 4.8 / 7.1)
+    SHIFTED_S2_MAX_C = 128
 
     def _shifted_fits(self, x, w, stride, groups, padding, dilation, out_dtype) -> bool:
         """Whether _conv2d_shifted takes this conv (see SHIFTED)."""
-        if not (self.SHIFTED and self.xp is np and x.ndim == 4 and groups == 1 and tuple(stride) == (1, 1)
+        if not (self.SHIFTED and self.xp is np and x.ndim == 4 and groups == 1
+                and (tuple(stride) == (1, 1) or tuple(stride) == (2, 2) and x.shape[1] <= self.SHIFTED_S2_MAX_C)
                 and w.shape[2] * w.shape[3] > 1 and x.dtype == out_dtype.np_dtype == np.float32):
             return False
-        ho, wo = (x.shape[2 + i] + sum(padding[i]) - dilation[i] * (w.shape[2 + i] - 1) for i in range(2))
-        wp = x.shape[3] + sum(padding[1])
+        ho, wo = ((x.shape[2 + i] + sum(padding[i]) - dilation[i] * (w.shape[2 + i] - 1) - 1) // stride[i] + 1
+                  for i in range(2))
+        wq = -(-(x.shape[3] + sum(padding[1])) // stride[1])
         return (ho > 0 and wo > 0 and min(x.shape[1], w.shape[0]) >= self.SHIFTED_MIN_C
-                and w.shape[0] * ho * wp <= self.SHIFTED_MAX)
+                and w.shape[0] * ho * wq <= self.SHIFTED_MAX)
 
-    def _conv2d_shifted(self, x, w, b, padding, dilation, silu: bool = False):
-        """x (N, C, H, W) float32 conv w (O, C, KH, KW), stride 1, as KH * KW GEMMs over strided views of the
-        padded input (see SHIFTED); bias and SiLU on the output."""
+    def _conv2d_shifted(self, x, w, b, stride, padding, dilation, silu: bool = False):
+        """x (N, C, H, W) float32 conv w (O, C, KH, KW) as KH * KW GEMMs over strided views of the padded input's
+        stride phases (see SHIFTED); bias and SiLU as the summed wide output is cropped into the output."""
         n, c, h, wd = x.shape
         o, _, kh, kw = w.shape
-        (pt, pb), (pl, pr) = padding
-        dh, dw = dilation
-        hp, wp = h + pt + pb, wd + pl + pr
-        ho, wo = hp - dh * (kh - 1), wp - dw * (kw - 1)
-        spare = -(-dw * (kw - 1) // wp)  # rows below, so the last tap's wide view stays inside the buffer
-        flat = self._pad_into(x, ((0, 0), (0, 0), (pt, pb + spare), (pl, pr)), "constant", 0).reshape(n, c, -1)
-        size = ho * wp
-        taps = [(np.ascontiguousarray(w[:, :, i, j]), (i * dh * wp + j * dw)) for i in range(kh) for j in range(kw)]
+        (sh, sw), (dh, dw) = stride, dilation
+        hp, wp = h + sum(padding[0]), wd + sum(padding[1])
+        ho, wo = (hp - dh * (kh - 1) - 1) // sh + 1, (wp - dw * (kw - 1) - 1) // sw + 1
+        wq = -(-wp // sw)  # a phase's row: padded columns q, q + sw, ...
+        size = ho * wq  # the wide output of one sample
+        taps = [(np.ascontiguousarray(w[:, :, i, j]), (i * dh % sh) * sw + j * dw % sw,
+                 (i * dh // sh) * wq + j * dw // sw) for i in range(kh) for j in range(kw)]  # (weight, phase, offset)
+        rows = -(-(max(off for _, _, off in taps) + size) // wq)  # a phase's rows, the last tap's view inside them
+        planes = self._phases(x, padding, stride, rows, wq).reshape(n, sh * sw, c, rows * wq)
         out = self.empty((n, o, ho, wo), D.float32)
-        acc, tmp = np.empty((o, size), np.float32), np.empty((o, size), np.float32)
+        acc = np.empty((o, size), np.float32)
+        bias = None if b is None else self._f(b, D.float32).reshape(o, 1, 1)
         for s in range(n):
-            for t, (wt, off) in enumerate(taps):
-                np.matmul(wt, flat[s, :, off:off + size], out=acc if t == 0 else tmp)
-                if t:
-                    acc += tmp
-            np.copyto(out[s], acc.reshape(o, ho, wp)[:, :, :wo])
-        self._bias_act(out, None if b is None else self._f(b, D.float32), silu)
+            for t, (wt, ph, off) in enumerate(taps):
+                sgemm_into(wt, planes[s, ph, :, off:off + size], acc, 0.0 if t == 0 else 1.0)
+            wide = acc.reshape(o, ho, wq)[:, :, :wo]
+            if bias is None:
+                split(lambda y, a: _bias_silu_rows(y, None, silu, a), out[s], wide)
+            else:
+                split(lambda y, bb, a: _bias_silu_rows(y, bb, silu, a), out[s], bias, wide)
+        return out
+
+    def _phases(self, x, padding, stride, rows: int, wq: int):
+        """x (N, C, H, W) zero-padded by padding ((top, bottom), (left, right)) and cut into its stride phases:
+        (N, SH * SW, C, rows, wq), phase (p, q)'s [r, c] the padded input's [r * SH + p, c * SW + q] (zeros past
+        it). At stride 1 the padded input itself (with rows - Hp spare rows below)."""
+        n, c, h, wd = x.shape
+        (sh, sw), (pt, _), (pl, _) = stride, padding[0], padding[1]
+        if (sh, sw) == (1, 1):
+            return self._pad_into(x, ((0, 0), (0, 0), (pt, rows - h - pt), (pl, wq - wd - pl)), "constant", 0)
+        out = self.empty((n, sh * sw, c, rows, wq), D.float32)
+        for p in range(sh):
+            r0, r1 = -(-(pt - p) // sh), min(rows, -(-(h + pt - p) // sh))  # phase rows holding input rows
+            for q in range(sw):
+                c0, c1 = -(-(pl - q) // sw), min(wq, -(-(wd + pl - q) // sw))
+                ph = out[:, p * sw + q]
+                ph[:, :, :r0] = 0
+                ph[:, :, r1:] = 0
+                ph[:, :, r0:r1, :c0] = 0
+                ph[:, :, r0:r1, c1:] = 0
+                src = x[:, :, r0 * sh + p - pt::sh, c0 * sw + q - pl::sw][:, :, :r1 - r0, :c1 - c0]
+                for i in range(n):
+                    split(np.copyto, ph[i, :, r0:r1, c0:c1], src[i])
         return out
 
     def _im2col(self, src):
@@ -444,13 +481,16 @@ class ConvKernels:
         return out
 
 
-def _bias_silu_rows(rows, bias=None, silu: bool = False) -> None:
-    """rows (R, M) += bias (R, 1), then SiLU in place, a block of about 64k elements at a time."""
-    step = max(1, (1 << 16) // max(1, rows.shape[1]))
+def _bias_silu_rows(rows, bias=None, silu: bool = False, src=None) -> None:
+    """rows (R, ...) += bias (R, 1, ...), then SiLU in place, a block of about 64k elements at a time; with src
+    (R, ...), rows = src (+ bias) first (the copy and the add one pass)."""
+    step = max(1, (1 << 16) // max(1, math.prod(rows.shape[1:])))
     for r0 in range(0, rows.shape[0], step):
         blk = rows[r0:r0 + step]
-        if bias is not None:
-            blk += bias[r0:r0 + step]
+        if src is not None and bias is None:
+            np.copyto(blk, src[r0:r0 + step])
+        elif bias is not None:
+            np.add(blk if src is None else src[r0:r0 + step], bias[r0:r0 + step], out=blk)
         if silu:
             ConvKernels._silu_band(blk)
 

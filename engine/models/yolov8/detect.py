@@ -61,7 +61,9 @@ def letterbox(image, new_shape=640, auto: bool = False, stride: int = 32, scaleu
     (nw, nh), (top, bottom, left, right) = letterbox_params((h, w), new_shape, auto, stride, scaleup)
     x = img.permute(2, 0, 1).unsqueeze(0).float()  # (1, 3, H, W) 0..255
     if (nh, nw) != (h, w):
-        x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False).round().clamp(0, 255)
+        # no clamp to 0..255: each pixel is a convex combination of two pixels per dim (weights l and 1 - l in
+        # [0, 1], their sum at most 1 + 2^-24), at most 255.0001 before rounding
+        x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False).round()
     x = F.pad(x, (left, right, top, bottom), value=float(PAD_VALUE))  # (1, 3, nh + top + bottom, nw + ...)
     return (x / 255.0).to(dtype=dtype), Letterbox((h, w), tuple(x.shape[2:]), (nh / h, nw / w), (left, top))
 
