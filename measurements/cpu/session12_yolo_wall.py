@@ -5,25 +5,13 @@ session12_yolo.md alternates a baseline tree, the branch and torch with it:
         python BRANCH/measurements/cpu/session12_yolo_wall.py engine 10); done
     (cd BRANCH && env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE PYTHONPATH=. python measurements/cpu/session12_yolo_wall.py torch 10)"""
 import os
-import statistics
 import sys
-import time
 
 sys.path.insert(0, ".")
-from bench.cpu_ab import setup_bench  # noqa: E402
+from bench.cpu_ab import child  # noqa: E402
 
 impl = sys.argv[1]
-calls = int(sys.argv[2]) if len(sys.argv) > 2 else 10
-fn, args = setup_bench("bench_detect.YoloDetect.time_detect", impl, ["cpu", "float32", "640"])
-from engine.backends.blas_threads import cpu_seconds, others_cores  # noqa: E402
-
-fn(*args)
-ts = []
-before = (time.monotonic(),) + cpu_seconds()
-for _ in range(calls):
-    t = time.perf_counter()
-    fn(*args)
-    ts.append(time.perf_counter() - t)
-oc = others_cores(before, (time.monotonic(),) + cpu_seconds())
-print(f"{impl} {os.path.basename(os.getcwd()):10s} median {statistics.median(ts) * 1e3:6.1f} min {min(ts) * 1e3:6.1f} "
-      f"others {oc:.2f}", flush=True)
+r = child("bench_detect.YoloDetect.time_detect", impl, ["cpu", "float32", "640"],
+          int(sys.argv[2]) if len(sys.argv) > 2 else 10)
+print(f"{impl} {os.path.basename(os.getcwd()):10s} median {r['median_ms']:6.1f} min {r['min_ms']:6.1f} "
+      f"others {r['others_cores']:.2f}", flush=True)
