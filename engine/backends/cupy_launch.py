@@ -74,8 +74,8 @@ def _c_arg(a):
 def launch(fn, grid: tuple, block: tuple, args: tuple, shared_mem: int = 0, pdl: bool = True) -> None:
     """fn(grid, block, args, shared_mem=shared_mem), as a PDL where pdl and pdl_ok: fn's kernel then must call
     pdl_wait() before it reads anything the kernel before it may write, and before it writes anything."""
-    stream = cupy.cuda.get_current_stream()
-    if not (pdl and pdl_ok(stream)):
+    stream = cupy.cuda.get_current_stream() if pdl and PDL["enabled"] else None  # none asked: no runtime calls
+    if stream is None or not pdl_ok(stream):
         fn(grid, block, args, shared_mem=shared_mem)
         return
     vals = [_c_arg(a) for a in args]
