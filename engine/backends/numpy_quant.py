@@ -233,8 +233,9 @@ INT8_FORMATS = ("q8_0", "q4_k", "q6_k")
 def quantize_x_q8(x):
     """x (m, K) float (K a multiple of 32) -> (xq (m, K) int8, dx (m, K / 32) float32), ggml's q8_1-style
     quantisation of the activations as quant_span.cuh's quantise_x does it: per block of 32, dx = max|x| / 127
-    (float32, rounded to nearest), xq = rint(x / dx) (float32 division rounded to nearest, then to the nearest
-    integer, ties to even; |xq| <= 127), xq = 0 where max|x| = 0. So |x - dx * xq| <= dx / 2 (1 + 2^-16)."""
+    (float32, rounded to nearest), r = 1 / dx (float32), xq = rint(x * r) (the float32 product, then the nearest
+    integer, ties to even) clamped to [-127, 127]; xq = 0 where max|x| = 0 or x * r is NaN. So
+    |x - dx * xq| <= dx / 2 (1 + 2^-14)."""
     x = np.asarray(x, np.float32)
     m, k = x.shape
     if k % 32:
@@ -242,8 +243,11 @@ def quantize_x_q8(x):
     xb = x.reshape(m, k // 32, 32)
     amax = np.abs(xb).max(axis=2)
     dx = (amax / np.float32(127)).astype(np.float32)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        q = np.rint((xb / dx[..., None]).astype(np.float32))
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        r = (np.float32(1) / dx).astype(np.float32)
+        t = (xb * r[..., None]).astype(np.float32)
+    t = np.where(np.isnan(t), np.float32(0), t)
+    q = np.clip(np.rint(t), -127, 127)
     q = np.where(amax[..., None] > 0, q, 0).astype(np.int8)
     return q.reshape(m, k), dx
 
@@ -302,10 +306,10 @@ def qdot_int8(x, data, qtype: str, cols: int):
 
 def int8_bound(x, w):
     """How far the int8 route's y = x @ w.T (qdot_int8) may be from the float composition (w the dequantised
-    weights (rows, cols), x (m, cols)): the quantisation error of x, sum_i |w_i| dx_i / 2 (1 + 2^-16), plus
+    weights (rows, cols), x (m, cols)): the quantisation error of x, sum_i |w_i| dx_i / 2 (1 + 2^-14), plus
     float32 rounding of the per-group scales a * dx and of w itself (2^-22 of sum |w_i x_i|)."""
     x = np.asarray(x, np.float32)
     _, dx = quantize_x_q8(x)
     dxe = np.repeat(dx, 32, axis=1).astype(np.float64)
     aw = np.abs(np.asarray(w, np.float64))
-    return 0.5 * (1 + 2.0 ** -16) * dxe @ aw.T + 2.0 ** -22 * np.abs(x.astype(np.float64)) @ aw.T + 1e-30
+    return 0.5 * (1 + 2.0 ** -14) * dxe @ aw.T + 2.0 ** -22 * np.abs(x.astype(np.float64)) @ aw.T + 1e-30
