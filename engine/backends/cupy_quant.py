@@ -41,9 +41,15 @@ if QUANT_DOT["route"] not in ("int8", "float"):
 # launch bounds and the grid), P (1: pipelined loads) and L (the weight loads' path, quant_direct.cu's ld_w: 0
 # no-allocate, 1 through L1); None takes the format's or the route's own, the fastest measured on an H200
 # (measurements/h200/NOTES.md, sessions 9 and 11)
-DIRECT_SETTINGS = {"u": None, "b": None, "p": 0, "l": None}  # the defaults
-_DIRECT_ROUTE = {"float": {"u": 4, "b": 2, "l": 0}, "int8": {"u": 1, "b": 3, "l": 0}}
-_DIRECT_OWN = {"q8_0": {"u": 1, "b": 2, "l": 1}}  # a format's own (QD_q8_0h: a lane holds 9 chunks of one row)
+DIRECT_SETTINGS = {"u": None, "b": None, "p": None, "l": None}  # the defaults
+_DIRECT_ROUTE = {"float": {"u": 4, "b": 2, "p": 0, "l": 0}, "int8": {"u": 1, "b": 3, "p": 0, "l": 0}}
+_DIRECT_OWN = {"q8_0": {"u": 1, "b": 2, "p": 0, "l": 1}}  # a format's own (QD_q8_0h: a lane holds 9 chunks of one row)
+# (format, route) -> settings for a launch whose row pairs fit one wave of `b` blocks an SM (a 7B's o_proj and
+# down_proj: 2048 pairs, 256 blocks): two batches a warp in flight from the start, both loading before pdl_wait,
+# so while the kernel before ends and x is staged; where U, B and P are all left to the defaults. On an H200
+# (session 13, call 6, same run): the captured decode Q4_K 538.6 -> 550.4 tok/s, Q8_0 341.2 -> 344.8, though
+# each shape alone in a graph of its own launches is 0.3-0.5 us slower (o_proj 6.19 -> 6.47 us)
+_DIRECT_ONE_WAVE = {("q4_k", "int8"): {"b": 2, "p": 1}, ("q8_0", "int8"): {"b": 2, "p": 1}}
 DIRECT = {"enabled": os.environ.get("TAPER_QUANT_KERNEL", "direct") != "span", "blocks": None, **DIRECT_SETTINGS}
 DIRECT_FORMATS = {"q4_k": 3, "q8_0": 2}  # the F of quant_direct.cu
 _DIRECT_INT8_ONLY = {"q8_0"}  # their float route stays on qgemv_span (measured slower in quant_direct.cu's layout)
@@ -91,27 +97,36 @@ def direct_ok(x2, qtype: str, datas) -> bool:
     return _direct_smem(x2.shape[0], x2.shape[1], x2.itemsize, qtype) <= K.SMEM_LIMIT - 1024
 
 
-def direct_blocks(qtype: str = "q4_k") -> int:
-    """qgemv_direct's most blocks: DIRECT["blocks"], else as many as the GPU holds at once (DIRECT["b"] an SM, its
-    launch bounds), so x is staged once per resident block."""
-    if DIRECT["blocks"]:
-        return DIRECT["blocks"]
+def _sms() -> int:
     if "sms" not in DIRECT:
         DIRECT["sms"] = cupy.cuda.Device().attributes["MultiProcessorCount"]
-    return direct_settings(qtype)[1] * DIRECT["sms"]
+    return DIRECT["sms"]
 
 
-def direct_settings(qtype: str = "q4_k") -> tuple:
-    """qgemv_direct's (U, B, P, LA) for a format on the current dot route: DIRECT's where set, else the format's
-    own, else the route's."""
-    own = _DIRECT_OWN.get(qtype) or _DIRECT_ROUTE[dot_route()]
+def direct_blocks(qtype: str = "q4_k", pairs: int | None = None) -> int:
+    """qgemv_direct's most blocks: DIRECT["blocks"], else as many as the GPU holds at once (B an SM, its launch
+    bounds: direct_settings), so x is staged once per resident block."""
+    if DIRECT["blocks"]:
+        return DIRECT["blocks"]
+    return direct_settings(qtype, pairs)[1] * _sms()
+
+
+def direct_settings(qtype: str = "q4_k", pairs: int | None = None) -> tuple:
+    """qgemv_direct's (U, B, P, LA) for a format on the current dot route and a launch of `pairs` row pairs:
+    DIRECT's where set, else the one-wave settings where they apply, else the format's own, else the route's."""
+    own = dict(_DIRECT_OWN.get(qtype) or _DIRECT_ROUTE[dot_route()])
+    wave = _DIRECT_ONE_WAVE.get((qtype, dot_route()))
+    if (wave and pairs is not None and DIRECT["u"] is None and DIRECT["b"] is None and DIRECT["p"] is None
+            and -(-pairs // 8) <= wave["b"] * _sms()):
+        own.update(wave)
     la = DIRECT["l"] if DIRECT["l"] is not None else own["l"]
-    return DIRECT["u"] or own["u"], DIRECT["b"] or own["b"], DIRECT["p"], la
+    p = DIRECT["p"] if DIRECT["p"] is not None else own["p"]
+    return DIRECT["u"] or own["u"], DIRECT["b"] or own["b"], p, la
 
 
-def _direct_fn(dtype, qtype: str, m: int, smem: int):
+def _direct_fn(dtype, qtype: str, m: int, smem: int, pairs: int | None = None):
     M = 1 if m == 1 else 2 if m <= 2 else 4 if m <= 4 else 8
-    d = f",{int(dot_route() == 'int8')}," + ",".join(map(str, direct_settings(qtype)))
+    d = f",{int(dot_route() == 'int8')}," + ",".join(map(str, direct_settings(qtype, pairs)))
     fn = K._fn(f"qgemv_direct<{K.type_name(dtype)},{DIRECT_FORMATS[qtype]},{M}{d}>")
     if smem > 48 * 1024 and fn.max_dynamic_shared_size_bytes < smem:
         fn.max_dynamic_shared_size_bytes = K.SMEM_LIMIT - 1024  # past 48 KiB: the opt-in, once
@@ -149,15 +164,17 @@ def qgemv_fused(x2, data, qtype: str, out, bias=None, W2=None, bias2=None, act=N
     segs = tuple(w.shape[0] for w, _ in segments) if segments else ()
     isz = x2.itemsize
     res_row = residual.strides[0] // isz if residual is not None else 0
-    key = (direct, direct and (DIRECT["blocks"], direct_settings(qtype)), dot_route(), x2.dtype, qtype, m, data.shape[0], Kd, data.strides[0],
-           W2 is not None, segs, act, style, eps, x2.strides[0], out.strides[0], res_row)
+    N = data.shape[0] + sum(segs)
+    pairs = N if W2 is not None else -(-N // 2)  # a warp's two rows: GLU's gate and up, else two outputs
+    key = (direct, direct and (DIRECT["blocks"], direct_settings(qtype, pairs)), dot_route(), x2.dtype, qtype, m,
+           data.shape[0], Kd, data.strides[0], W2 is not None, segs, act, style, eps, x2.strides[0], out.strides[0],
+           res_row)
     plan = _SPAN_LAUNCH.get(key)
     if plan is None:
-        N = data.shape[0] + sum(segs)
-        pairs = N if W2 is not None else -(-N // 2)  # a warp's two rows: GLU's gate and up, else two outputs
         if direct:
             smem = _direct_smem(m, Kd, isz, qtype)
-            fn, grid = _direct_fn(x2.dtype, qtype, m, smem), (min(-(-pairs // 8), direct_blocks(qtype)),)
+            fn = _direct_fn(x2.dtype, qtype, m, smem, pairs)
+            grid = (min(-(-pairs // 8), direct_blocks(qtype, pairs)),)
         else:
             smem = _x_smem(m, Kd, isz)
             fn, grid = _span_fn(x2.dtype, qtype, m, smem), (-(-pairs // 8),)

@@ -239,7 +239,8 @@ __device__ __forceinline__ void widen_x(const T *xs, int K, int rows, float *xf,
 
 // U: units a lane has in flight per row; B: blocks an SM (launch bounds: 65536 / (256 B) registers a thread).
 // P = 1 pipelines: a lane's next batch (the rest of the pair's row, or its next pair) loads into a second set of
-// registers while the current one is summed, so each warp keeps loads in flight through its sums.
+// registers while the current one is summed, so each warp keeps loads in flight through its sums; the first two
+// batches load while x is staged.
 // LA: the weight loads' path (ld_w).
 template <typename T, int F, int M, int D = 0, int U = 4, int B = 2, int P = 0, int LA = 0>
 __global__ void __launch_bounds__(256, B) qgemv_direct(const unsigned char *__restrict__ W,
@@ -335,9 +336,14 @@ __global__ void __launch_bounds__(256, B) qgemv_direct(const unsigned char *__re
         }
     };
     Buf b0, b1;
-    if (lp < pairs) {  // the first batch loads while x is staged
+    int np = 0, nu = 0;  // P = 1: the batch in b1
+    if (lp < pairs) {  // the first batch loads while x is staged (P = 1: the second too)
         rows_of(lp);
         issue(b0);
+        if constexpr (P == 1) {
+            np = lp, nu = lu;
+            if (np < pairs) issue(b1);
+        }
     }
     pdl_wait();
     pdl_trigger();
@@ -357,9 +363,7 @@ __global__ void __launch_bounds__(256, B) qgemv_direct(const unsigned char *__re
             cp = lp, cu = lu;
         }
     } else {
-        while (cp < pairs) {  // b0 holds (cp, cu); b1 takes the next batch while b0 is summed, then the roles swap
-            int np = lp, nu = lu;
-            if (np < pairs) issue(b1);
+        while (cp < pairs) {  // b0 holds (cp, cu), b1 (np, nu) is in flight; a buffer summed takes the batch after
             sum(b0, cp, cu);
             cp = np, cu = nu;
             if (cp >= pairs) break;
@@ -367,6 +371,9 @@ __global__ void __launch_bounds__(256, B) qgemv_direct(const unsigned char *__re
             if (np < pairs) issue(b0);
             sum(b1, cp, cu);
             cp = np, cu = nu;
+            if (cp >= pairs) break;
+            np = lp, nu = lu;
+            if (np < pairs) issue(b1);
         }
     }
 }
