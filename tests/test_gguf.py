@@ -147,6 +147,19 @@ def test_int8_route_reference(fmt, m, K):
     assert (err <= numpy_quant.int8_bound(x, w)).all()
 
 
+def test_int8_x_quantisation_of_tiny_blocks():
+    """quantize_x_q8 where 1 / dx overflows (a block of bf16-range tiny values: dx subnormal): the products clamp to
+    +-127 and exact zeros stay 0 (NaN products of 0 * inf), as quantise_x's cvt.rni and clamp give them."""
+    x = np.zeros((1, 64), np.float32)
+    x[0, :32] = np.linspace(-1e-39, 1e-39, 32, dtype=np.float32)
+    x[0, 7] = 0
+    xq, dx = numpy_quant.quantize_x_q8(x)
+    with np.errstate(over="ignore"):
+        assert dx[0, 0] > 0 and np.isinf(np.float32(1) / dx[0, 0])
+    np.testing.assert_array_equal(xq[0, :32], np.where(x[0, :32] > 0, 127, np.where(x[0, :32] < 0, -127, 0)))
+    assert not xq[0, 32:].any() and dx[0, 1] == 0
+
+
 def test_quantized_weight_errors():
     raw = blocks("q8_0", 4, 64)
     t = engine.tensor(raw)
