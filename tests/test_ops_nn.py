@@ -307,6 +307,7 @@ def test_conv2d_shifted_gate(monkeypatch):  # stride 1 (or 2 up to SHIFTED_S2_MA
     assert be._shifted_fits(x, w, one, 1, pad, one, f32) and be._shifted_fits(x, w, two, 1, pad, one, f32)
     assert not be._shifted_fits(x[:, :3], w[:, :3], one, 1, pad, one, f32) and not be._shifted_fits(x, w[:3], one, 1, pad, one, f32)  # 3 channels in, out
     assert not be._shifted_fits(x, w, one, 1, ((1, 1), (1, 2)), one, f32)  # a wide output of 4 x 5 x 8
+    assert be._shifted_fits(x[:, :, :1, :2], w, one, 1, pad, one, f32) and not be._shifted_fits(x[:, :, :1, :1], w, one, 1, pad, one, f32)  # O = 4 over 2 and 1 output positions (SHIFTED_O_RATIO 2)
     x5, w5 = np.zeros((1, 5, 5, 5), np.float32), np.zeros((4, 5, 3, 3), np.float32)
     assert be._shifted_fits(x5, w5, one, 1, pad, one, f32) and not be._shifted_fits(x5, w5, two, 1, pad, one, f32)  # stride 2: 5 channels in
     assert not any([be._shifted_fits(x, w, (3, 3), 1, pad, one, f32), be._shifted_fits(x, w, (1, 2), 1, pad, one, f32),

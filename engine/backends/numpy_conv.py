@@ -221,6 +221,12 @@ class ConvKernels:
     # phases / torch: 32 -> 64 at 320 px 12.5 / 9.8 / 7.5; 64 -> 128 at 160 7.7 / 6.0 / 8.2; 128 -> 256 at 80 4.9 /
     # 4.5 / 7.8; 256 -> 512 at 40 4.4 / 4.8 / 7.1)
     SHIFTED_S2_MAX_C = 128
+    # and only while O is at most SHIFTED_O_RATIO x the output positions of the batch: both shifted paths copy the
+    # weight into per-tap (or per-kernel-row) matrices, O x C x KH x KW elements, where im2col copies N x Ho x Wo x C
+    # x KH x KW and multiplies the weight as it is (SD's UNet, 2 x 1280 -> 1280 at 8x8, one conv, ms rows / taps /
+    # im2col / torch: 35.4 / 61.0 / 18.9 / 28.0; 2 x 2560 -> 1280 at 8x8 81.0 / 135.2 / 41.7 / 57.1; at 16x16, O 2.5x
+    # the positions, all three within 2%; YOLOv8s' convs have O at most 1.3x theirs)
+    SHIFTED_O_RATIO = 2
 
     def _shifted_fits(self, x, w, stride, groups, padding, dilation, out_dtype) -> bool:
         """Whether _conv2d_shifted takes this conv (see SHIFTED)."""
@@ -232,7 +238,8 @@ class ConvKernels:
                   for i in range(2))
         wq = -(-(x.shape[3] + sum(padding[1])) // stride[1])
         return (ho > 0 and wo > 0 and min(x.shape[1], w.shape[0]) >= self.SHIFTED_MIN_C
-                and w.shape[0] * ho * wq <= self.SHIFTED_MAX)
+                and w.shape[0] * ho * wq <= self.SHIFTED_MAX
+                and w.shape[0] <= self.SHIFTED_O_RATIO * x.shape[0] * ho * wo)
 
     def _conv2d_shifted(self, x, w, b, stride, padding, dilation, silu: bool = False):
         """x (N, C, H, W) float32 conv w (O, C, KH, KW) as KH * KW GEMMs over strided views of the padded input's
