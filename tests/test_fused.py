@@ -522,10 +522,12 @@ CONV_CASES = [((2, 16, 12, 10), (24, 16, 3, 3), 1, 1, 1), ((1, 8, 17, 9), (8, 8,
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("xs,ws,stride,pad,dil", CONV_CASES[:4] + [((1, 8, 130, 128), (8, 8, 3, 3), 1, 1, 1)])
+@pytest.mark.parametrize("xs,ws,stride,pad,dil", CONV_CASES[:4] + [((1, 8, 130, 128), (8, 8, 3, 3), 1, 1, 1),
+                                                     ((1, 3, 40, 40), (16, 3, 3, 3), 2, 1, 1), ((2, 6, 16, 16), (10, 6, 1, 1), 1, 0, 1)])
 def test_conv_act(dtype, xs, ws, stride, pad, dil):
     """conv_act (F.conv2d(act="silu")) against torch's conv2d then SiLU and against the composition:
-    equal to it on numpy (the SiLU runs in place, band by band in the banded conv: the last case)."""
+    equal to it on numpy (the SiLU runs in place, band by band in the banded conv: the fifth case; over the
+    negated products of im2col and 1x1 convs with many positions, of the 3x3 rows path: the last two, the first)."""
     x, w, b = arr(xs, dtype), arr(ws, dtype, 0.2, 1), arr((ws[0],), dtype, 0.1, 2)
     got = engine.functional.conv2d(E(x), E(w), E(b), stride, pad, dil, act="silu")
     ref = composition("conv_act", E(x), E(w), E(b), (stride,) * 2, [(pad, pad)] * 2, (dil,) * 2, 1, "silu")

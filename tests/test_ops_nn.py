@@ -277,6 +277,7 @@ def test_conv2d_winograd_gate(monkeypatch):  # F(2x2) from WINO_MIN_TILES tiles 
     assert not any([be._winograd_fits(x, w[:63], one, one, 1, pad, f32), be._winograd_fits(x, w, (2, 2), one, 1, pad, f32),
                     be._winograd_fits(x, w, one, (2, 2), 1, pad, f32), be._winograd_fits(x, w[:, :32], one, one, 2, pad, f32)])
 
+@pytest.mark.parametrize("rows", [True, False], ids=["rows", "taps"])
 @pytest.mark.parametrize("blas", [True, False], ids=["sgemm", "matmul"])
 @pytest.mark.parametrize("shape,wshape,kw", [
     ((1, 8, 9, 11), (5, 8, 3, 3), dict(padding=1)), ((2, 3, 10, 7), (4, 3, 2, 3), dict()),
@@ -286,10 +287,12 @@ def test_conv2d_winograd_gate(monkeypatch):  # F(2x2) from WINO_MIN_TILES tiles 
     ((1, 4, 8, 8), (6, 4, 3, 3), dict(stride=2)), ((2, 5, 7, 12), (3, 5, 2, 3), dict(padding=(0, 2), stride=2)),
     ((1, 4, 13, 11), (6, 4, 3, 3), dict(padding=2, dilation=2, stride=2)), ((1, 3, 5, 5), (2, 3, 5, 5), dict(padding=2, stride=2)),
     ((1, 3, 3, 3), (2, 3, 3, 3), dict(padding=1, stride=2)), ((2, 4, 6, 5), (3, 4, 1, 3), dict(padding=(0, 1), stride=2))], ids=_id)
-def test_conv2d_shifted_taps(shape, wshape, kw, blas, monkeypatch):  # numpy, float32, stride 1 or 2, groups 1: a GEMM a tap over strided views of the padded input (its stride phases), summed by sgemm or matmul + add
+def test_conv2d_shifted_taps(shape, wshape, kw, blas, rows, monkeypatch):  # numpy, float32, stride 1 or 2, groups 1: a GEMM a kernel row over the tap-column copies of the input (rows), or a GEMM a tap over strided views of the padded input's stride phases (taps), summed by sgemm or matmul + add
     from engine.backends import numpy_blas
     from engine.backends.numpy_conv import ConvKernels
     monkeypatch.setattr(ConvKernels, "SHIFTED_MIN_C", 1)
+    monkeypatch.setattr(ConvKernels, "SHIFTED_ROWS", rows)
+    monkeypatch.setattr(ConvKernels, "SHIFTED_ROWS_MAX", 1 << 30)
     if not blas:
         monkeypatch.setattr(numpy_blas, "_SGEMM", False)
     helper_test_op([shape, wshape, wshape[:1]], lambda x, w, b: F.silu(F.conv2d(x, w, b, **kw)), lambda x, w, b: EF.conv2d(x, w, b, act="silu", **kw), scale=ACC)
@@ -304,12 +307,32 @@ def test_conv2d_shifted_gate(monkeypatch):  # stride 1 (or 2 up to SHIFTED_S2_MA
     assert be._shifted_fits(x, w, one, 1, pad, one, f32) and be._shifted_fits(x, w, two, 1, pad, one, f32)
     assert not be._shifted_fits(x[:, :3], w[:, :3], one, 1, pad, one, f32) and not be._shifted_fits(x, w[:3], one, 1, pad, one, f32)  # 3 channels in, out
     assert not be._shifted_fits(x, w, one, 1, ((1, 1), (1, 2)), one, f32)  # a wide output of 4 x 5 x 8
+    assert be._shifted_fits(x[:, :, :1, :2], w, one, 1, pad, one, f32) and not be._shifted_fits(x[:, :, :1, :1], w, one, 1, pad, one, f32)  # O = 4 over 2 and 1 output positions (SHIFTED_O_RATIO 2)
     x5, w5 = np.zeros((1, 5, 5, 5), np.float32), np.zeros((4, 5, 3, 3), np.float32)
     assert be._shifted_fits(x5, w5, one, 1, pad, one, f32) and not be._shifted_fits(x5, w5, two, 1, pad, one, f32)  # stride 2: 5 channels in
     assert not any([be._shifted_fits(x, w, (3, 3), 1, pad, one, f32), be._shifted_fits(x, w, (1, 2), 1, pad, one, f32),
                     be._shifted_fits(x, w[:, :2], one, 2, pad, one, f32),
                     be._shifted_fits(x, w[:, :, :1, :1], one, 1, pad, one, f32), be._shifted_fits(x, w, one, 1, pad, one, engine.float64),
                     be._shifted_fits(x, w, one, 1, ((0, 0), (0, 0)), (3, 3), f32)])
+def test_conv2d_rows_gate(monkeypatch):  # the shifted convs with at most SHIFTED_ROWS_MAX output positions a sample take the rows path
+    from engine.backends.numpy_conv import ConvKernels
+    monkeypatch.setattr(ConvKernels, "SHIFTED_MIN_C", 1)
+    monkeypatch.setattr(ConvKernels, "SHIFTED_ROWS_MAX", 4 * 5)
+    seen = []
+    monkeypatch.setattr(ConvKernels, "_conv2d_rows", lambda self, x, *a: seen.append(x.shape) or np.zeros((1, 2, 4, 5), np.float32))
+    E = engine.tensor
+    w = E(np.ones((2, 3, 3, 3), np.float32))
+    EF.conv2d(E(np.ones((1, 3, 4, 5), np.float32)), w, padding=1)
+    EF.conv2d(E(np.ones((1, 3, 5, 5), np.float32)), w, padding=1)
+    EF.conv2d(E(np.ones((1, 3, 8, 10), np.float32)), w, padding=1, stride=2)
+    assert seen == [(1, 3, 4, 5), (1, 3, 8, 10)]
+@pytest.mark.parametrize("silu_neg", [True, False])
+@pytest.mark.parametrize("shape,wshape,kw", [((2, 6, 16, 16), (10, 6, 1, 1), dict()), ((1, 3, 40, 40), (16, 3, 3, 3), dict(padding=1, stride=2)),
+                                             ((1, 16, 12, 10), (24, 16, 3, 3), dict(padding=1)), ((1, 16, 42, 41), (16, 16, 3, 3), dict(padding=1))], ids=_id)
+def test_conv2d_silu_neg(shape, wshape, kw, silu_neg, monkeypatch):  # numpy: the SiLU over the negated products (1x1 and im2col with many positions, rows, taps) and without
+    from engine.backends.numpy_conv import ConvKernels
+    monkeypatch.setattr(ConvKernels, "SILU_NEG", silu_neg)
+    helper_test_op([shape, wshape, wshape[:1]], lambda x, w, b: F.silu(F.conv2d(x, w, b, **kw)), lambda x, w, b: EF.conv2d(x, w, b, act="silu", **kw), scale=ACC)
 @pytest.mark.parametrize("beta", [0.0, 1.0])
 def test_sgemm_into(beta):  # numpy_blas: c = a @ b + beta c over row-strided views (a plane's columns), as numpy computes it
     from engine.backends.numpy_blas import sgemm_into

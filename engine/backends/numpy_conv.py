@@ -30,6 +30,11 @@ class ConvKernels:
             x, x.shape[:2] + o + tuple(k),
             s[:2] + tuple(s[2 + i] * stride[i] for i in range(nd)) + tuple(s[2 + i] * dilation[i] for i in range(nd)))
 
+    # numpy: a SiLU after a conv's GEMMs runs over the negated products (the weights negated as they are copied,
+    # or a negated copy beside a large output), one pass less (_neg_silu_block); False: x / (1 + exp(-x)) over
+    # the products as they are
+    SILU_NEG = True
+
     def conv_act(self, x, w, b, stride, padding, dilation, groups: int, act, out_dtype):
         """conv then act; on numpy a SiLU runs in place on the conv's output, band by band while it is
         in cache where the conv goes in bands (the same operations as the composition)."""
@@ -114,6 +119,12 @@ class ConvKernels:
             cols = self._im2col(win.transpose(perm)).reshape(n, groups * cg * kk, math.prod(osz))
         w2 = w.reshape(o, cg * kk)
         cdt = D.get(x.dtype)  # the backend's matmul: pooled output; on cupy its capture-safe kernel in a graph
+        # a SiLU's epilogue over the negated products (_neg_silu_block) where the weight's negated copy is small
+        # beside the output (the 1x1 and im2col convs of YOLOv8s at 80-640 px)
+        neg = (_silu and self.SILU_NEG and xp is np and groups == 1 and x.dtype == out_dtype.np_dtype
+               and x.dtype.kind == "f" and n * cols.shape[2] >= 8 * w2.shape[1])
+        if neg:
+            w2 = np.negative(w2)
         if groups == 1:
             out = self.matmul(w2, cols, cdt)  # (N, O, M)
         else:
@@ -123,7 +134,7 @@ class ConvKernels:
                                                           cols[:, g * cg * kk:(g + 1) * cg * kk], cdt)
         out = out.reshape((n, o) + tuple(osz))
         if xp is np and groups == 1 and out.dtype == out_dtype.np_dtype:  # already pooled (self.matmul's output)
-            self._bias_act(out, None if b is None else self._f(b, out_dtype), _silu)
+            self._bias_act(out, None if b is None else self._f(b, out_dtype), _silu, neg)
             return out
         if b is not None:
             out += self._f(b, out_dtype).reshape((1, o) + (1,) * nd)
@@ -210,6 +221,12 @@ class ConvKernels:
     # phases / torch: 32 -> 64 at 320 px 12.5 / 9.8 / 7.5; 64 -> 128 at 160 7.7 / 6.0 / 8.2; 128 -> 256 at 80 4.9 /
     # 4.5 / 7.8; 256 -> 512 at 40 4.4 / 4.8 / 7.1)
     SHIFTED_S2_MAX_C = 128
+    # and only while O is at most SHIFTED_O_RATIO x the output positions of the batch: both shifted paths copy the
+    # weight into per-tap (or per-kernel-row) matrices, O x C x KH x KW elements, where im2col copies N x Ho x Wo x C
+    # x KH x KW and multiplies the weight as it is (SD's UNet, 2 x 1280 -> 1280 at 8x8, one conv, ms rows / taps /
+    # im2col / torch: 35.4 / 61.0 / 18.9 / 28.0; 2 x 2560 -> 1280 at 8x8 81.0 / 135.2 / 41.7 / 57.1; at 16x16, O 2.5x
+    # the positions, all three within 2%; YOLOv8s' convs have O at most 1.3x theirs)
+    SHIFTED_O_RATIO = 2
 
     def _shifted_fits(self, x, w, stride, groups, padding, dilation, out_dtype) -> bool:
         """Whether _conv2d_shifted takes this conv (see SHIFTED)."""
@@ -221,7 +238,8 @@ class ConvKernels:
                   for i in range(2))
         wq = -(-(x.shape[3] + sum(padding[1])) // stride[1])
         return (ho > 0 and wo > 0 and min(x.shape[1], w.shape[0]) >= self.SHIFTED_MIN_C
-                and w.shape[0] * ho * wq <= self.SHIFTED_MAX)
+                and w.shape[0] * ho * wq <= self.SHIFTED_MAX
+                and w.shape[0] <= self.SHIFTED_O_RATIO * x.shape[0] * ho * wo)
 
     def _conv2d_shifted(self, x, w, b, stride, padding, dilation, silu: bool = False):
         """x (N, C, H, W) float32 conv w (O, C, KH, KW) as KH * KW GEMMs over strided views of the padded input's
@@ -231,23 +249,79 @@ class ConvKernels:
         (sh, sw), (dh, dw) = stride, dilation
         hp, wp = h + sum(padding[0]), wd + sum(padding[1])
         ho, wo = (hp - dh * (kh - 1) - 1) // sh + 1, (wp - dw * (kw - 1) - 1) // sw + 1
+        if self.SHIFTED_ROWS and ho * wo <= self.SHIFTED_ROWS_MAX:
+            return self._conv2d_rows(x, w, b, stride, padding, dilation, silu)
         wq = -(-wp // sw)  # a phase's row: padded columns q, q + sw, ...
         size = ho * wq  # the wide output of one sample
-        taps = [(np.ascontiguousarray(w[:, :, i, j]), (i * dh % sh) * sw + j * dw % sw,
+        neg = silu and self.SILU_NEG
+        tap = np.negative if neg else np.ascontiguousarray  # negated for the SiLU's epilogue (_neg_silu_block)
+        taps = [(tap(w[:, :, i, j]), (i * dh % sh) * sw + j * dw % sw,
                  (i * dh // sh) * wq + j * dw // sw) for i in range(kh) for j in range(kw)]  # (weight, phase, offset)
         rows = -(-(max(off for _, _, off in taps) + size) // wq)  # a phase's rows, the last tap's view inside them
         planes = self._phases(x, padding, stride, rows, wq).reshape(n, sh * sw, c, rows * wq)
         out = self.empty((n, o, ho, wo), D.float32)
         acc = np.empty((o, size), np.float32)
         bias = None if b is None else self._f(b, D.float32).reshape(o, 1, 1)
+        if bias is not None and neg:
+            bias = np.negative(bias)
         for s in range(n):
             for t, (wt, ph, off) in enumerate(taps):
                 sgemm_into(wt, planes[s, ph, :, off:off + size], acc, 0.0 if t == 0 else 1.0)
             wide = acc.reshape(o, ho, wq)[:, :, :wo]
             if bias is None:
-                split(lambda y, a: _bias_silu_rows(y, None, silu, a), out[s], wide)
+                split(lambda y, a: _bias_silu_rows(y, None, silu, a, neg), out[s], wide)
             else:
-                split(lambda y, bb, a: _bias_silu_rows(y, bb, silu, a), out[s], bias, wide)
+                split(lambda y, bb, a: _bias_silu_rows(y, bb, silu, a, neg), out[s], bias, wide)
+        return out
+
+    # numpy, float32, the convs _shifted_fits takes: one GEMM per kernel row in place of one per tap. The input is
+    # copied once per tap column j (and row stride phase p) into cols[p][j * C + c, r, x] = padded[c, r * SH + p,
+    # x * SW + j * DW], so that kernel row i's taps are one (O, KW * C) @ (KW * C, Ho * Wo) product over rows
+    # [q, q + Ho) of its phase (q = i * DH // SH): the product lands in the output itself (no wide rows to crop) and
+    # the bias and SiLU run over it in place. KW copies of the input (3 at stride 1, 1.5 at stride 2 for 3x3)
+    # against one padded copy, for KH products of K = KW * C in place of KH * KW of K = C (SHIFTED_ROWS; False:
+    # the per-tap sums above). Only up to SHIFTED_ROWS_MAX output positions a sample: the copies grow with the
+    # input, what they save with the weights (one conv + bias + SiLU on the idle 2-core Xeon, ms rows / taps /
+    # torch: 256 at 20x20 2.64 / 2.98 / 1.62; 512 -> 128 at 20 2.90 / 3.18 / 1.65; 128 at 40 2.48 / 2.52 / 1.35;
+    # 128 -> 256 at 80 stride 2 4.98 / 5.16 / 7.03; but 64 at 80 3.09 / 2.82 / 1.78; 32 at 160 5.40 / 4.40 / 2.07;
+    # 128 at 80 8.75 / 8.32 / 5.59; 32 -> 64 at 320 stride 2 10.58 / 9.47 / 4.19)
+    SHIFTED_ROWS = True
+    SHIFTED_ROWS_MAX = 40 * 40
+
+    def _conv2d_rows(self, x, w, b, stride, padding, dilation, silu: bool = False):
+        """x (N, C, H, W) float32 conv w (O, C, KH, KW) as KH GEMMs of K = KW * C over the tap-column copies of the
+        input (see SHIFTED_ROWS), summed by BLAS into the output; then bias and SiLU in place."""
+        n, c, h, wd = x.shape
+        o, _, kh, kw = w.shape
+        (sh, sw), (dh, dw), (pt, pb), (pl, pr) = stride, dilation, padding[0], padding[1]
+        ho, wo = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1, (wd + pl + pr - dw * (kw - 1) - 1) // sw + 1
+        taps = [((i * dh) % sh, (i * dh) // sh) for i in range(kh)]  # kernel row i: (row phase, first row in it)
+        used = sorted({p for p, _ in taps})
+        rows = ho + max(q for _, q in taps)
+        cols = self.empty((n, len(used), kw * c, rows, wo), D.float32)
+        for pi, p in enumerate(used):
+            r0, r1 = max(0, -(-(pt - p) // sh)), min(rows, -(-(h + pt - p) // sh))  # rows holding input rows
+            for j in range(kw):
+                blk = cols[:, pi, j * c:(j + 1) * c]  # (N, C, rows, Wo)
+                c0, c1 = max(0, -(-(pl - j * dw) // sw)), min(wo, -(-(wd + pl - j * dw) // sw))
+                if r1 <= r0 or c1 <= c0:
+                    blk[...] = 0
+                    continue
+                blk[:, :, :r0] = 0
+                blk[:, :, r1:] = 0
+                blk[:, :, r0:r1, :c0] = 0
+                blk[:, :, r0:r1, c1:] = 0
+                src = x[:, :, r0 * sh + p - pt::sh, c0 * sw + j * dw - pl::sw][:, :, :r1 - r0, :c1 - c0]
+                for i in range(n):
+                    split(np.copyto, blk[i, :, r0:r1, c0:c1], src[i])
+        neg = silu and self.SILU_NEG
+        ws = _row_weights(w, neg)  # (KH, O, KW * C), negated for the SiLU's epilogue (_neg_silu_block)
+        out = self.empty((n, o, ho, wo), D.float32)
+        for s in range(n):
+            flat, of = cols[s].reshape(len(used), kw * c, rows * wo), out[s].reshape(o, ho * wo)
+            for i, (p, q) in enumerate(taps):
+                sgemm_into(ws[i], flat[used.index(p), :, q * wo:(q + ho) * wo], of, 0.0 if i == 0 else 1.0)
+        self._bias_act(out, None if b is None else self._f(b, D.float32), silu, neg)
         return out
 
     def _phases(self, x, padding, stride, rows: int, wq: int):
@@ -283,18 +357,20 @@ class ConvKernels:
             split(np.copyto, cols[i], src[i])
         return cols
 
-    def _bias_act(self, out, bias, silu: bool) -> None:
+    def _bias_act(self, out, bias, silu: bool, neg: bool = False) -> None:
         """out (N, O, *S) contiguous += bias (O,) per channel, then SiLU in place (x / (1 + exp(-x))), in
-        blocks of channel rows while they are in cache; the rows on idle cores."""
+        blocks of channel rows while they are in cache; the rows on idle cores. neg (with silu): out holds the
+        negated products (_neg_silu_block)."""
         n, o = out.shape[:2]
         if bias is None and not silu:
             return
         rows = out.reshape(n * o, -1)
         if bias is None:
-            split(partial(_bias_silu_rows, silu=silu), rows)
+            split(partial(_bias_silu_rows, silu=silu, neg=neg), rows)
         else:
+            bias = np.negative(bias) if neg else bias
             per_row = np.broadcast_to(bias.reshape(1, o), (n, o)).reshape(n * o, 1)  # row (sample, channel)'s bias
-            split(partial(_bias_silu_rows, silu=silu), rows, per_row)
+            split(partial(_bias_silu_rows, silu=silu, neg=neg), rows, per_row)
 
     # numpy: a conv whose columns (C*K, positions) exceed CONV_BLOCK elements, with C*K at most CONV_CHUNK_K
     # (few channels at a high resolution: YOLO's first stages), builds and multiplies them a band of output
@@ -481,18 +557,47 @@ class ConvKernels:
         return out
 
 
-def _bias_silu_rows(rows, bias=None, silu: bool = False, src=None) -> None:
+def _row_weights(w, neg: bool = False):
+    """w (O, C, KH, KW) -> (KH, O, KW * C), [i, o, j * C + c] = w[o, c, i, j] (negated with neg): a block of 16 output
+    channels at a time (one transposing copy of a 256 x 256 x 3 x 3 weight: 0.59 ms; in blocks: 0.26)."""
+    o, c, kh, kw = w.shape
+    ws = np.empty((kh, o, kw, c), w.dtype)
+    for o0 in range(0, o, 16):
+        if neg:
+            np.negative(w[o0:o0 + 16].transpose(2, 0, 3, 1), out=ws[:, o0:o0 + 16])
+        else:
+            np.copyto(ws[:, o0:o0 + 16], w[o0:o0 + 16].transpose(2, 0, 3, 1))
+    return ws.reshape(kh, o, kw * c)
+
+
+def _bias_silu_rows(rows, bias=None, silu: bool = False, src=None, neg: bool = False) -> None:
     """rows (R, ...) += bias (R, 1, ...), then SiLU in place, a block of about 64k elements at a time; with src
-    (R, ...), rows = src (+ bias) first (the copy and the add one pass)."""
+    (R, ...), rows = src (+ bias) first (the copy and the add one pass). With neg (and silu) rows (or src) hold
+    the negated products -y and bias is -b (see _neg_silu_block): the same result, one pass less a block."""
     step = max(1, (1 << 16) // max(1, math.prod(rows.shape[1:])))
+    scratch = np.empty(min(rows.shape[0], step) * math.prod(rows.shape[1:]), rows.dtype) if neg else None
     for r0 in range(0, rows.shape[0], step):
         blk = rows[r0:r0 + step]
         if src is not None and bias is None:
             np.copyto(blk, src[r0:r0 + step])
         elif bias is not None:
             np.add(blk if src is None else src[r0:r0 + step], bias[r0:r0 + step], out=blk)
-        if silu:
+        if neg:
+            _neg_silu_block(blk, scratch[:blk.size].reshape(blk.shape))
+        elif silu:
             ConvKernels._silu_band(blk)
+
+
+def _neg_silu_block(m, t) -> None:
+    """m holds -x (a conv's negated products plus the negated bias): m = SiLU(x) = x / (1 + exp(-x)), computed as
+    m / (-1 - exp(m)), bit for bit unary silu's result (negation is exact and sign-symmetric in every step: the
+    products, the sums, the bias add, the quotient), in three passes (exp, subtract, divide) where x / (1 +
+    exp(-x)) from x takes four (negative, exp, add, divide): SiLU over 819k float32 0.84 -> 0.72 ms (the idle
+    box, one thread). t: scratch of m's shape."""
+    with np.errstate(all="ignore"):  # exp(m) overflows to inf for x < -88: m / -inf = -0 / ... = x / inf, as unary's
+        np.exp(m, out=t)
+        np.subtract(m.dtype.type(-1.0), t, out=t)
+        np.divide(m, t, out=m)
 
 
 # Winograd F(2x2, 3x3)'s 1-d transforms B^T, G and A^T (points 0, 1, -1 and infinity); the 2-d ones are their
