@@ -328,11 +328,12 @@ DIRECT_CASES = [(f, *c, d) for f in ("q4_k", "q8_0") for c in DIRECT_SHAPES for 
 @cuda
 @pytest.mark.parametrize("fmt,n,cols,m,dot", DIRECT_CASES)
 @pytest.mark.parametrize("blocks", [None, 1, 3])
-@pytest.mark.parametrize("ubp", [(None, None, 0), (2, 2, 1), (1, 4, 1)])
+@pytest.mark.parametrize("ubp", [(None, None, None), (None, None, 0), (2, 2, 1), (1, 4, 1)])
 def test_qgemv_direct_edge_shapes(monkeypatch, fmt, n, cols, m, dot, blocks, ubp):
     """qgemv_direct (cupy_quant.py) with its grid at most `blocks` (a warp then walks several row pairs), each
     dot route (Q8_0: int8 alone), and its settings (U units in flight, B blocks an SM, P pipelined: a lane's next batch, within the
-    row pair or the next pair's first, loads while it sums): odd row counts (a warp's second row absent), K whose
+    row pair or the next pair's first, loads while it sums; all None: the defaults, with cupy_quant's one-wave
+    settings where the pairs fit; p=0: the route's own everywhere): odd row counts (a warp's second row absent), K whose
     units do not fill a lane's U; plain and fused against the composition in float32 (the int8 route: against
     numpy_quant.qdot_int8), the plain launch equal to the fused one."""
     from engine.backends import cupy_quant as Q
