@@ -332,6 +332,21 @@ def test_attention_padding_mask_rows_without_padding(Hq, Hkv, L, monkeypatch):
     compare(got, t_attention(T(q).transpose(1, 2), T(k), T(v), T(mask).expand(B, 1, L, S), D ** -0.5), scale=2)
 
 
+@pytest.mark.parametrize("Hq,Hkv,L,whole", [(4, 2, 40, 1 << 26), (4, 2, 40, 16), (2, 2, 9, 1 << 26)])
+def test_attention_query_blocks(Hq, Hkv, L, whole, monkeypatch):
+    """numpy: a batch row's scores past ATTENTION_ROWS go a kv head's block of query rows at a time (16 rows a
+    block here, the last short), with a full causal mask: copied transposed for the transposed-scores layout, or
+    (past ATTENTION_WHOLE, or too few rows for it) added to row-major scores."""
+    from engine.backends.numpy_attention import AttentionKernels
+    B, S, D = 2, 50, 8
+    monkeypatch.setattr(AttentionKernels, "ATTENTION_ROWS", (Hq // Hkv) * 16 * S)
+    monkeypatch.setattr(AttentionKernels, "ATTENTION_WHOLE", whole)
+    q, k, v = arr((B, Hq, L, D), "float32"), arr((B, Hkv, S, D), "float32", 1, 1), arr((B, Hkv, S, D), "float32", 1, 2)
+    mask = _causal(B, L, S, "float32")
+    got = run("attention", E(q), E(k), E(v), E(mask), D ** -0.5)
+    compare(got, t_attention(T(q), T(k), T(v), T(mask), D ** -0.5), scale=2)
+
+
 # ---- choosing tokens: the backend's `sample` against engine.sampling on the host ----------------------------------
 def _sample(logits, temperature, top_k=None, top_p=None, seen=None, penalty=1.0, seed=3, counter=0):
     x = E(logits)

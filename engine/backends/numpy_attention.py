@@ -22,8 +22,8 @@ class AttentionKernels:
         the composition copies three times (mul, softmax, cast to the float32 it already is). The batch
         goes in blocks of whole rows of about ATTENTION_ROWS scores, each block in cache from its GEMM with
         K to its GEMM with V (BERT at batch 32: 25 MiB of scores otherwise, every pass from memory); when
-        one batch row's scores exceed ATTENTION_WHOLE the same steps go a block of query rows of one head
-        at a time. Other dtypes (and cupy) take the composition."""
+        one batch row's scores exceed that, a block of query rows of one kv head at a time
+        (_attention_rows). Other dtypes (and cupy) take the composition."""
         if out_dtype.np_dtype != np.float32 or self.xp is not np or not (
                 q.dtype == k.dtype == v.dtype == np.float32) or (mask is not None and mask.dtype != np.float32):
             return super().attention(q, k, v, mask, scale, out_dtype)
@@ -56,30 +56,7 @@ class AttentionKernels:
         with np.errstate(all="ignore"):
             if L == 1 and S > 0:
                 return self._attention_one(q, k, v, mask, sc, out_dtype)
-            if hq * L * S <= self.ATTENTION_WHOLE or S == 0:
-                return self._attention_rows(q, k, v, mask, sc, out_dtype)
-            out = self.empty((b, L, hq, dv), out_dtype)
-            n = max(1, min(L, self.ATTENTION_BLOCK // S))
-            buf = np.empty((n, S), np.float32)
-            for bi in range(b):
-                for hk in range(hkv):
-                    kt = np.ascontiguousarray(k[bi, hk].T)  # (D, S): read by every row block of rep heads
-                    vh = np.ascontiguousarray(v[bi, hk])
-                    for r in range(rep):
-                        h = hk * rep + r
-                        qh = np.ascontiguousarray(q[bi, h])
-                        mh = None if mask is None else mask[min(bi, mask.shape[0] - 1), 0]
-                        for r0 in range(0, L, n):
-                            r1 = min(L, r0 + n)
-                            s = buf[:r1 - r0]
-                            np.matmul(qh[r0:r1], kt, out=s)
-                            if sc is not None:
-                                s *= sc
-                            if mh is not None:
-                                s += mh[r0:r1]
-                            self._softmax_rows(s)
-                            out[bi, r0:r1, h] = s @ vh
-            return out.reshape(b, L, hq * dv)
+            return self._attention_rows(q, k, v, mask, sc, out_dtype)
 
     def _attention_one(self, q, k, v, mask, sc, out_dtype):
         """_attention for one query row (a decode step): every kv head's rep query rows in one batched
@@ -115,7 +92,9 @@ class AttentionKernels:
         b, hq, L, d = q.shape
         hkv, S, dv = k.shape[1], k.shape[2], v.shape[-1]
         rep = hq // hkv
-        cols = rep * L >= self.ATTENTION_COLS and S > 0
+        # (a full mask is copied transposed for the cols layout: only up to ATTENTION_WHOLE elements)
+        cols = rep * L >= self.ATTENTION_COLS and S > 0 and (
+            mask is None or mask.strides[-2] == 0 or L * S <= self.ATTENTION_WHOLE)
         out = self.empty((b, L, hq, dv), out_dtype)
         per_row = hq * L * S  # scores of one batch row
         nb, nh, nl = max(1, min(b, self.ATTENTION_ROWS // max(1, per_row))), hkv, L
@@ -188,12 +167,13 @@ class AttentionKernels:
         np.divide(np.float32(1), tot, out=tot)
         return tot
 
-    # attention: all scores in one buffer up to ATTENTION_WHOLE elements (256 MiB of float32: Whisper's encoder,
-    # 6 x 1500 x 1500, is 54 MiB), beyond that row blocks of about ATTENTION_BLOCK scores per head. Blocks of
-    # 128-256 rows are as fast as one pass with one BLAS thread, but with OpenBLAS's threads on a loaded
-    # 2-core machine their many small GEMMs were 3x slower than a few large ones (Whisper's encoder)
-    ATTENTION_WHOLE = 1 << 26
-    ATTENTION_BLOCK = 1 << 18
+    # attention: past ATTENTION_ROWS scores a batch row, _attention_rows' blocks hold one kv head's block of query
+    # rows. Until session 13 one batch row's scores past ATTENTION_WHOLE went a head at a time through a loop of
+    # its own (blocks of 2^18 scores, OpenBLAS's threads over each small GEMM, no transposed scores): on the
+    # 2-core Xeon, one call of SD-1.5's 64x64 self-attention (2 x 8 x 4096 x 4096, D = 40) 780 ms there, 440 in
+    # _attention_rows (torch 212); 32 heads x 2048 causal (D = 128) 740 -> 490 (torch 296); 8 x 8192 1770 ->
+    # 1040 (torch 425)
+    ATTENTION_WHOLE = 1 << 26  # the largest full mask (L x S) that the cols layout copies transposed
     ATTENTION_ROWS = 1 << 18  # scores per batch block of the whole-row path (1 MiB of float32: in L2)
     ATTENTION_COLS = 16  # query rows (of a kv head) from which the scores are held transposed (_softmax_cols)
 
@@ -231,6 +211,15 @@ class AttentionKernels:
         1 GiB of scores otherwise)."""
         xp = self.xp
         q, k, v = self._f(q, out_dtype), self._f(k, out_dtype), self._f(v, out_dtype)
+        if (xp is np and mask is None and not causal and q.ndim == k.ndim == v.ndim == 4 and q.shape[0] == k.shape[0]
+                == v.shape[0] and q.shape[-2] > 1 and k.shape[-2] > 0 and out_dtype.np_dtype == np.float32
+                and q.dtype == k.dtype == v.dtype == np.float32 and q.shape[1] % k.shape[1] == 0):
+            # no mask (diffusers' self- and cross-attention): the attention op's blocked, threaded kernels (SD 1.5's
+            # 4096-token self-attention, 2 x 8 heads, D = 40, on the 2-core Xeon of session 13: 669 ms a call in
+            # _sdpa_blocked, 450 there, torch 212); its (B, L, Hq * Dv) rows seen as (B, Hq, L, Dv)
+            b, hq, L, _ = q.shape
+            o = self.attention(q, k, v, None, scale, out_dtype)
+            return o.reshape(b, L, hq, v.shape[-1]).transpose(0, 2, 1, 3)
         rep = q.shape[-3] // k.shape[-3] if q.ndim >= 3 else 1
         if rep > 1:
             k = xp.repeat(k, rep, axis=-3)
