@@ -53,17 +53,25 @@ def _setup_cache(bench):
         os.chdir(cwd)
 
 
+def call_seconds(fn, n: int, warm: bool = False) -> list:
+    """Seconds of each of n calls of fn() (after one untimed call with warm)."""
+    if warm:
+        fn()
+    ts = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return ts
+
+
 def child(name: str, impl: str, params: list[str], calls: int) -> dict:
     """In this process: set the benchmark up for (impl, *params) and time `calls` calls of its method."""
     fn, args = setup_bench(name, impl, params)
     from engine.backends.blas_threads import cpu_seconds, others_cores
     fn(*args)  # one more untimed call
-    ts = []
     before = (time.monotonic(),) + cpu_seconds()
-    for _ in range(calls):
-        t = time.perf_counter()
-        fn(*args)
-        ts.append(time.perf_counter() - t)
+    ts = call_seconds(lambda: fn(*args), calls)
     others = others_cores(before, (time.monotonic(),) + cpu_seconds())  # other processes' cores meanwhile
     return {"impl": impl, "median_ms": statistics.median(ts) * 1e3, "min_ms": min(ts) * 1e3,
             "load": os.getloadavg()[0], "others_cores": others}

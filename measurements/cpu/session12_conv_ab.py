@@ -2,24 +2,14 @@
 its defaults, with the per-tap sums through np.matmul + add (numpy_blas._SGEMM = False), with stride 2 left to
 im2col (SHIFTED_S2_MAX_C = 0), and torch's conv2d + silu; variants taken in turn, 4 rounds of 10 calls, medians in
 ms. Run with `env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE` (session11_conv.md says why)."""
-import time
-
 import numpy as np
 import torch
 
 import engine
 import engine.functional as F
+from bench.cpu_ab import call_seconds
 from engine.backends import numpy_blas
 from engine.backends.numpy_conv import ConvKernels
-
-
-def times(f, n=10):
-    ts = []
-    for _ in range(n):
-        t = time.perf_counter()
-        f()
-        ts.append(time.perf_counter() - t)
-    return ts
 
 
 numpy_blas._find()
@@ -39,9 +29,9 @@ for c, h, o, s in ((64, 80, 64, 1), (32, 160, 32, 1), (128, 40, 128, 1), (128, 8
         for name, (sg, s2) in VARIANTS.items():
             numpy_blas._SGEMM, ConvKernels.SHIFTED_S2_MAX_C = sg, s2
             fe()
-            res[name] += times(fe)
+            res[name] += call_seconds(fe, 10)
         ft()
-        res["torch"] += times(ft)
+        res["torch"] += call_seconds(ft, 10)
     numpy_blas._SGEMM, ConvKernels.SHIFTED_S2_MAX_C = SGEMM, 128
     print(f"{c} -> {o} at {h}x{h} stride {s}: " + ", ".join(f"{k} {np.median(v) * 1e3:.2f}" for k, v in res.items()),
           flush=True)

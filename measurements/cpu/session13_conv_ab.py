@@ -4,24 +4,14 @@ False: im2col), and torch's conv2d; YOLO's with bias + SiLU, the UNet's (batch 2
 rounds of 10 calls (5 for the UNet's), medians in ms. Run with `env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE`
 (session11_conv.md says why); `python measurements/cpu/session13_conv_ab.py [yolo|unet]`."""
 import sys
-import time
 
 import numpy as np
 import torch
 
 import engine
 import engine.functional as F
+from bench.cpu_ab import call_seconds
 from engine.backends.numpy_conv import ConvKernels
-
-
-def times(f, n):
-    f()
-    ts = []
-    for _ in range(n):
-        t = time.perf_counter()
-        f()
-        ts.append(time.perf_counter() - t)
-    return ts
 
 
 YOLO = [(1, 64, 80, 64, 1), (1, 32, 160, 32, 1), (1, 128, 40, 128, 1), (1, 256, 20, 256, 1), (1, 128, 80, 128, 1),
@@ -50,9 +40,9 @@ for n, c, h, o, s in YOLO if which == "yolo" else UNET:
         for name, attrs in VARIANTS.items():
             for a, v in attrs.items():
                 setattr(ConvKernels, a, v)
-            res[name] += times(fe, calls)
+            res[name] += call_seconds(fe, calls, warm=True)
             for a in attrs:
                 setattr(ConvKernels, a, True)  # both default to True
-        res["torch"] += times(ft, calls)
+        res["torch"] += call_seconds(ft, calls, warm=True)
     print(f"{n}x{c} -> {o} at {h}x{h} stride {s}: " + ", ".join(f"{k} {np.median(v) * 1e3:.2f}" for k, v in res.items()),
           flush=True)
