@@ -17,6 +17,7 @@ from engine.backends.blas_threads import BLAS_THREADS
 from engine.backends.numpy_errstate import _quiet
 from engine.backends.numpy_attention import AttentionKernels
 from engine.backends.numpy_conv import ConvKernels
+from engine.backends.numpy_conv_transpose import ConvTransposeKernels
 from engine.backends.numpy_nn import NnKernels
 from engine.backends.numpy_index import IndexKernels
 from engine.backends.numpy_pointwise import PointwiseKernels
@@ -47,7 +48,7 @@ def _block_ptr(raw) -> int:
     return raw.ptr if type(raw) is _HostBlock else raw.ctypes.data
 
 
-class NumpyBackend(NnKernels, AttentionKernels, ConvKernels, PoolKernels, PointwiseKernels, IndexKernels, QuantKernels, FusedOps):
+class NumpyBackend(NnKernels, AttentionKernels, ConvKernels, ConvTransposeKernels, PoolKernels, PointwiseKernels, IndexKernels, QuantKernels, FusedOps):
     name = "numpy"
     available = True
     xp = np
