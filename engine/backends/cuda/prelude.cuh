@@ -48,8 +48,9 @@ __device__ __forceinline__ float warp_max(float v) {
 // Programmatic dependent launch (sm_90 on; cupy_launch.launch with pdl): such a kernel may start while the kernel
 // before it in the stream still runs. pdl_wait() returns once that kernel has finished and its writes are visible,
 // so a kernel reads nothing an earlier kernel writes (x, residuals, routing ids), and writes nothing, before it;
-// weights it may load before only where the launcher says no kernel writes them (cupy_launch). pdl_trigger() lets the stream's next such launch start (its blocks take SMs as this
-// kernel's leave). Both are no-ops in a kernel launched the usual way.
+// weights it may load before only where the launcher says no kernel writes them (cupy_launch). pdl_trigger()
+// lets the stream's next such launch start (its blocks take SMs as this kernel's leave). Both are no-ops in a
+// kernel launched the usual way.
 __device__ __forceinline__ void pdl_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;" ::: "memory");
