@@ -114,11 +114,11 @@ def direct_blocks(qtype: str = "q4_k", pairs: int | None = None) -> int:
 def direct_settings(qtype: str = "q4_k", pairs: int | None = None) -> tuple:
     """qgemv_direct's (U, B, P, LA) for a format on the current dot route and a launch of `pairs` row pairs:
     DIRECT's where set, else the one-wave settings where they apply, else the format's own, else the route's."""
-    own = dict(_DIRECT_OWN.get(qtype) or _DIRECT_ROUTE[dot_route()])
+    own = _DIRECT_OWN.get(qtype) or _DIRECT_ROUTE[dot_route()]
     wave = _DIRECT_ONE_WAVE.get((qtype, dot_route()))
     if (wave and pairs is not None and DIRECT["u"] is None and DIRECT["b"] is None and DIRECT["p"] is None
             and -(-pairs // 8) <= wave["b"] * _sms()):
-        own.update(wave)
+        own = {**own, **wave}
     la = DIRECT["l"] if DIRECT["l"] is not None else own["l"]
     p = DIRECT["p"] if DIRECT["p"] is not None else own["p"]
     return DIRECT["u"] or own["u"], DIRECT["b"] or own["b"], p, la
