@@ -1,10 +1,10 @@
 #!/bin/bash
 # Session 14, call 1: the captured decode under prologue probes (noprologue, prequant: timing only) and grid caps
+# that leave room on each SM for the next kernel's blocks under PDL; then session 13's untested cases: the direct
+# kernels' edge shapes with the new default row and the captured decode of a quantized model (both routes).
 # (Run twice: the first run, with "base" first in the variant list and the direct kernels' edge shapes before the
 # captured decode test, stopped at the noprologue edit, which then also matched gemv.cu; its logs are the *_first
 # files: base 550.7 tok/s, and 144 edge-shape cases passed before the 220 s budget ran out.)
-# that leave room on each SM for the next kernel's blocks under PDL; then session 13's untested cases: the direct
-# kernels' edge shapes with the new default row and the captured decode of a quantized model (both routes).
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:. ENGINE_DEVICE=cuda
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee $OUT/gpu.txt
