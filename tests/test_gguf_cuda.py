@@ -344,6 +344,37 @@ def test_qgemv_direct_edge_shapes(monkeypatch, fmt, n, cols, m, dot, blocks, ubp
     _edge_shapes(fmt, n, cols, m, dot, Q.direct_ok)
 
 
+
+@cuda
+@pytest.mark.parametrize("fmt", ["q4_k", "q8_0"])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("cols", [256, 2048, 4352, 11008, 12288, 14336])
+@pytest.mark.parametrize("style", [None, "llama", "gemma", "torch"])
+def test_qgemv_direct_x_in_registers_equals_the_staged_prologue(monkeypatch, fmt, dtype, cols, style):
+    """qgemv_direct's int8 route with one 16-bit x row normed and quantised in registers (cupy_quant's X,
+    stage_quantise_x: from 1 to 6 chunks a thread, 14336 past it) equals the staged prologue (X = 0: stage_x into
+    shared memory, then quantise_x) bit for bit, with and without each norm style and the one-wave settings."""
+    from engine.backends import cupy_quant as Q
+    from engine.backends.fused import QOperand
+    monkeypatch.setitem(Q.QUANT_DOT, "route", "int8")
+    be = engine.backend(DEVICE)
+    dt = getattr(engine, dtype)
+    rng = np.random.default_rng(cols)
+    n = 48
+    w = QOperand(engine.tensor(blocks(fmt, n, cols, seed=cols), device=DEVICE).array, fmt, cols)
+    x = engine.tensor(rng.standard_normal((1, cols)).astype(np.float32), device=DEVICE).to(dt).array
+    x[0, :64] = 0  # a block of zeros (scale 0) beside the rest
+    nw = engine.tensor((1 + 0.1 * rng.standard_normal(cols)).astype(np.float32), device=DEVICE).to(dt).array
+    norm = (nw, 1e-5, style) if style else None
+    assert Q.direct_ok(x, fmt, (w.data,))
+    outs = []
+    for xs in (0, None):
+        monkeypatch.setitem(Q.DIRECT, "x", xs)
+        outs.append(be.linear_fused(x, w, None, dt, norm=norm).get())
+    assert Q._xj(1, cols, 2, Q.direct_settings(fmt)[4]) == (0 if cols > 12288 else -(-cols // 4096) * 2)
+    np.testing.assert_array_equal(outs[1], outs[0])
+
+
 def _edge_shapes(fmt, n, cols, m, dot, takes):
     from engine.backends import cupy_quant as Q
     from engine.backends.fused import FusedOps, QOperand

@@ -38,12 +38,14 @@ if QUANT_DOT["route"] not in ("int8", "float"):
 
 # qgemv_direct (quant_direct.cu): TAPER_QUANT_KERNEL=span keeps every launch on qgemv_span; "blocks" caps its grid;
 # its U (units a lane has in flight: of 32 weights on the float route, 64 on the int8 one), B (blocks an SM: its
-# launch bounds and the grid), P (1: pipelined loads) and L (the weight loads' path, quant_direct.cu's ld_w: 0
-# no-allocate, 1 through L1); None takes the format's or the route's own, the fastest measured on an H200
-# (measurements/h200/NOTES.md, sessions 9 and 11)
-DIRECT_SETTINGS = {"u": None, "b": None, "p": None, "l": None}  # the defaults
-_DIRECT_ROUTE = {"float": {"u": 4, "b": 2, "p": 0, "l": 0}, "int8": {"u": 1, "b": 3, "p": 0, "l": 0}}
-_DIRECT_OWN = {"q8_0": {"u": 1, "b": 2, "p": 0, "l": 1}}  # a format's own (QD_q8_0h: a lane holds 9 chunks of one row)
+# launch bounds and the grid), P (1: pipelined loads), L (the weight loads' path, quant_direct.cu's ld_w: 0
+# no-allocate, 1 through L1) and X (the int8 route's one 16-bit x row staged and quantised in registers,
+# stage_quantise_x, where K <= 2048 X; 0: staged in shared memory, then quantised); None takes the format's or the
+# route's own, the fastest measured on an H200 (measurements/h200/NOTES.md, sessions 9, 11 and 14: X = 6 took the
+# captured decode's Q4_K from 550.8 to 602.7 tok/s in one run, and every int8 launch of a 7B 1-9% faster)
+DIRECT_SETTINGS = {"u": None, "b": None, "p": None, "l": None, "x": None}  # the defaults
+_DIRECT_ROUTE = {"float": {"u": 4, "b": 2, "p": 0, "l": 0, "x": 0}, "int8": {"u": 1, "b": 3, "p": 0, "l": 0, "x": 6}}
+_DIRECT_OWN = {"q8_0": {"u": 1, "b": 2, "p": 0, "l": 1, "x": 6}}  # a format's own (QD_q8_0h: 9 chunks of one row a lane)
 # (format, route) -> settings for a launch whose row pairs fit one wave of `b` blocks an SM (a 7B's o_proj and
 # down_proj: 2048 pairs, 256 blocks): two batches a warp in flight from the start, both loading before pdl_wait,
 # so while the kernel before ends and x is staged; where U, B and P are all left to the defaults. On an H200
@@ -112,7 +114,7 @@ def direct_blocks(qtype: str = "q4_k", pairs: int | None = None) -> int:
 
 
 def direct_settings(qtype: str = "q4_k", pairs: int | None = None) -> tuple:
-    """qgemv_direct's (U, B, P, LA) for a format on the current dot route and a launch of `pairs` row pairs:
+    """qgemv_direct's (U, B, P, LA, X) for a format on the current dot route and a launch of `pairs` row pairs:
     DIRECT's where set, else the one-wave settings where they apply, else the format's own, else the route's."""
     own = _DIRECT_OWN.get(qtype) or _DIRECT_ROUTE[dot_route()]
     wave = _DIRECT_ONE_WAVE.get((qtype, dot_route()))
@@ -121,12 +123,22 @@ def direct_settings(qtype: str = "q4_k", pairs: int | None = None) -> tuple:
         own = {**own, **wave}
     la = DIRECT["l"] if DIRECT["l"] is not None else own["l"]
     p = DIRECT["p"] if DIRECT["p"] is not None else own["p"]
-    return DIRECT["u"] or own["u"], DIRECT["b"] or own["b"], p, la
+    x = DIRECT["x"] if DIRECT["x"] is not None else own["x"]
+    return DIRECT["u"] or own["u"], DIRECT["b"] or own["b"], p, la, x
 
 
-def _direct_fn(dtype, qtype: str, m: int, smem: int, pairs: int | None = None):
+def _xj(m: int, k: int, itemsize: int, x: int) -> int:
+    """quant_direct.cu's XJ: stage_quantise_x's chunks a thread (even), or 0 (x staged in shared memory)."""
+    if not x or dot_route() != "int8" or m != 1 or itemsize != 2 or k > 2048 * x:
+        return 0
+    j = -(-k // 2048)
+    return j + (j & 1)
+
+
+def _direct_fn(dtype, qtype: str, m: int, k: int, smem: int, pairs: int | None = None):
     M = 1 if m == 1 else 2 if m <= 2 else 4 if m <= 4 else 8
-    d = f",{int(dot_route() == 'int8')}," + ",".join(map(str, direct_settings(qtype, pairs)))
+    *ubpl, x = direct_settings(qtype, pairs)
+    d = f",{int(dot_route() == 'int8')}," + ",".join(map(str, ubpl)) + f",{_xj(m, k, dtype.itemsize, x)}"
     fn = K._fn(f"qgemv_direct<{K.type_name(dtype)},{DIRECT_FORMATS[qtype]},{M}{d}>")
     if smem > 48 * 1024 and fn.max_dynamic_shared_size_bytes < smem:
         fn.max_dynamic_shared_size_bytes = K.SMEM_LIMIT - 1024  # past 48 KiB: the opt-in, once
@@ -173,7 +185,7 @@ def qgemv_fused(x2, data, qtype: str, out, bias=None, W2=None, bias2=None, act=N
     if plan is None:
         if direct:
             smem = _direct_smem(m, Kd, isz, qtype)
-            fn = _direct_fn(x2.dtype, qtype, m, smem, pairs)
+            fn = _direct_fn(x2.dtype, qtype, m, Kd, smem, pairs)
             grid = (min(-(-pairs // 8), direct_blocks(qtype, pairs)),)
         else:
             smem = _x_smem(m, Kd, isz)

@@ -241,8 +241,9 @@ __device__ __forceinline__ void widen_x(const T *xs, int K, int rows, float *xf,
 // P = 1 pipelines: a lane's next batch (the rest of the pair's row, or its next pair) loads into a second set of
 // registers while the current one is summed, so each warp keeps loads in flight through its sums; the first two
 // batches load while x is staged.
-// LA: the weight loads' path (ld_w).
-template <typename T, int F, int M, int D = 0, int U = 4, int B = 2, int P = 0, int LA = 0>
+// LA: the weight loads' path (ld_w). XJ > 0 (the integer route, one row of 16-bit T, K <= 2048 XJ, the launcher's
+// choice): x staged and quantised in registers, stage_quantise_x, in place of stage_x then quantise_x.
+template <typename T, int F, int M, int D = 0, int U = 4, int B = 2, int P = 0, int LA = 0, int XJ = 0>
 __global__ void __launch_bounds__(256, B) qgemv_direct(const unsigned char *__restrict__ W,
         const unsigned char *__restrict__ W2, long row_bytes, const T *__restrict__ x, long x_row,
         const T *__restrict__ nw, float eps, int style, const T *__restrict__ bias, const T *__restrict__ bias2,
@@ -345,12 +346,24 @@ __global__ void __launch_bounds__(256, B) qgemv_direct(const unsigned char *__re
             if (np < pairs) issue(b1);
         }
     }
-    pdl_wait();
-    pdl_trigger();
-    stage_x<T>(x, x_row, nw, eps, style, xs, K, rows, red);
-    __syncthreads();
-    if constexpr (D == 1) quantise_x<T>(xs, K, rows, xq, dxs, LI::PAD < 0 ? nullptr : sxs, LI::PAD);
-    else widen_x<T>(xs, K, rows, xf, x16);
+    // (XJ is the launcher's for one row; the bundle's other row counts compile with it and stage x as before)
+    if constexpr (XJ > 0 && D == 1 && sizeof(T) == 2 && M == 1) {  // the norm weight's chunks load with the
+        uint4 nw4[XJ];  // weights (frozen), x's after pdl_wait
+        const bool hw = style != 0 && nw != nullptr;
+        #pragma unroll
+        for (int j = 0; j < XJ; j++)
+            if (hw && threadIdx.x + 256 * j < K / 8) nw4[j] = reinterpret_cast<const uint4 *>(nw)[threadIdx.x + 256 * j];
+        pdl_wait();
+        pdl_trigger();
+        stage_quantise_x<T, XJ>(x, nw4, hw, eps, style, K, xq, dxs, LI::PAD < 0 ? nullptr : sxs, LI::PAD, red);
+    } else {
+        pdl_wait();
+        pdl_trigger();
+        stage_x<T>(x, x_row, nw, eps, style, xs, K, rows, red);
+        __syncthreads();
+        if constexpr (D == 1) quantise_x<T>(xs, K, rows, xq, dxs, LI::PAD < 0 ? nullptr : sxs, LI::PAD);
+        else widen_x<T>(xs, K, rows, xf, x16);
+    }
     __syncthreads();
     // no barriers from here on: each warp walks its own pairs. cp, cu: the batch in b0 (P = 0: loaded at the top)
     int cp = blockIdx.x * 8 + warp, cu = 0;

@@ -364,4 +364,65 @@ __device__ __forceinline__ void quantise_x(const T *xs, int K, int rows, signed 
     }
 }
 
+
+// stage_x then quantise_x for one row of 16-bit T (K <= 2048 XJ, XJ even) with x kept in registers: each thread
+// loads its chunks of 8 values k = tid + 256 j, all at once (and the norm weight's beside them), sums their squares
+// in row_sumsq's order, applies the norm as norm_row does (rounded into T), then quantises them as quantise_x's
+// trips take them (groups tid + 512 t and tid + 256 + 512 t are chunks j = 2t and 2t + 1): the same int8 blocks,
+// scales and sums as the staged path, bit for bit, without x's round trip through shared memory and its barrier.
+// nw4: the norm weight's chunks (hw: there is one; else 1), loaded by the caller (before pdl_wait: a frozen
+// weight). The barrier after it is the caller's.
+template <typename T, int XJ>
+__device__ __forceinline__ void stage_quantise_x(const T *__restrict__ x, const uint4 (&nw4)[XJ], bool hw, float eps,
+                                                 int style, int K, signed char *xq, float *dxs, int *sxs, int pad,
+                                                 float *red) {
+    static_assert(sizeof(T) == 2 && XJ % 2 == 0, "16-bit x, chunk pairs");
+    const int n8 = K / 8;  // chunks of x = groups of 8
+    const uint4 *x4 = reinterpret_cast<const uint4 *>(x);
+    uint4 c[XJ];
+    #pragma unroll
+    for (int j = 0; j < XJ; j++)
+        if (threadIdx.x + 256 * j < n8) c[j] = x4[threadIdx.x + 256 * j];
+    float r = 1.f, s = 1.f;
+    if (style != 0) {
+        float ss = 0.f;
+        #pragma unroll
+        for (int j = 0; j < XJ; j++) {
+            if (threadIdx.x + 256 * j < n8) {
+                float f[8];
+                unpack<T>(c[j], f);
+                #pragma unroll
+                for (int i = 0; i < 8; i++) ss = __fadd_rn(ss, __fmul_rn(f[i], f[i]));
+            }
+        }
+        ss = warp_sum(ss);
+        if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = ss;
+        __syncthreads();
+        float tot = 0.f;
+        #pragma unroll
+        for (int w = 0; w < 8; w++) tot = __fadd_rn(tot, red[w]);
+        s = __fsqrt_rn(__fadd_rn(__fdiv_rn(tot, (float)K), eps));
+        r = __fdiv_rn(1.f, s);
+    }
+    #pragma unroll
+    for (int t = 0; t < XJ / 2; t++) {
+        if (512 * t >= n8) break;  // the same trips for every thread (quantise_groups' shuffles)
+        float v[2][8];
+        const int idx[2] = {(int)threadIdx.x + 512 * t, (int)threadIdx.x + 256 + 512 * t};
+        #pragma unroll
+        for (int h = 0; h < 2; h++) {
+            if (idx[h] < n8) {
+                unpack<T>(c[2 * t + h], v[h]);
+                if (style != 0) {
+                    float g[8];
+                    unpack<T>(nw4[2 * t + h], g);
+                    #pragma unroll
+                    for (int i = 0; i < 8; i++) v[h][i] = norm_apply<T>(v[h][i], r, s, hw ? g[i] : 1.f, style);
+                }
+            }
+        }
+        quantise_groups(v, idx, n8, xq, dxs, sxs, pad);
+    }
+}
+
 #endif
