@@ -201,7 +201,8 @@ class Fused:
     residual: tuple | None = None  # (call, position) of the residual operand
     elided: list = field(default_factory=list)
     group: list = field(default_factory=list)  # linears sharing this input: [(call, weight, bias)] after the first
-    frozen: bool = False  # no call of the step makes or writes any of its weights (the backend may load them early)
+    frozen: bool = False  # no call of the step makes or writes any of its weights, the norm's included (the
+    # backend may load them before the kernel before ends)
 
 
 @dataclass
@@ -465,6 +466,8 @@ def plan(calls: list[Call], escaping=()) -> dict:
         ws = [lin_weight(by[i].name, by[i].args) for i in [f.linear] + ([f.up] if f.up is not None else [])]
         ws += [w for _, w, _ in f.group]
         arrays = [w.data if isinstance(w, QOperand) else w for w in ws]
+        if f.norm is not None and by[f.norm].args[2] is not None:  # rms_norm(x, nd, weight, ...)'s weight
+            arrays.append(by[f.norm].args[2])
         f.frozen = all(g.producer(a) is None and not g.written_between(a, -1, len(calls)) for a in arrays)
         for e in f.elided:
             if e != f.at:

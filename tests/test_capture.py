@@ -109,11 +109,15 @@ def test_fusion_plan_groups(mt, want):
 
 def test_fusion_plan_marks_frozen_weights():
     """Fused.frozen (the GPU backend then loads the weights before the kernel before ends, cupy_launch): a
-    decode's weights, parameters, are frozen; a weight the step computes is not, and the step still equals eager."""
+    decode's weights, parameters, are frozen; a weight the step computes is not (a linear's, or the norm's that the
+    fused launch takes), and the step still equals eager."""
     assert all(f.frozen for f in _plan_fused(model("llama", "float32")))
     rng = np.random.default_rng(0)
     w = engine.tensor(rng.standard_normal((32, 32)).astype(np.float32), device=DEVICE)
-    for fn, frozen in ((lambda x: x + F.linear(x, w), True), (lambda x: x + F.linear(x, w * 2.0), False)):
+    nw = engine.tensor(1 + 0.1 * rng.standard_normal(32).astype(np.float32), device=DEVICE)
+    for fn, frozen in ((lambda x: x + F.linear(x, w), True), (lambda x: x + F.linear(x, w * 2.0), False),
+                       (lambda x: x + F.linear(F.rms_norm(x, (32,), nw, 1e-5), w), True),
+                       (lambda x: x + F.linear(F.rms_norm(x, (32,), nw * 2.0, 1e-5), w), False)):
         step = Captured(fn)
         for i in range(5):
             x = engine.tensor(rng.standard_normal((1, 32)).astype(np.float32), device=DEVICE)
