@@ -126,7 +126,7 @@ def test_adaptive_avg_pool2d(shape, out, dt): helper_test_op([shape], lambda x: 
 
 
 INTERP = [dict(size=(6, 10)), dict(size=(3, 2)), dict(scale_factor=2), dict(scale_factor=1.5), dict(scale_factor=0.5),
-          dict(scale_factor=(2, 0.75)), dict(size=7)]
+          dict(scale_factor=(2, 0.75)), dict(size=7), dict(size=(8, 15)), dict(size=(4, 10)), dict(scale_factor=3)]
 
 
 @pytest.mark.parametrize("kw", INTERP, ids=_id)

@@ -154,7 +154,8 @@ def test_adaptive_pools(nd, out):
 # ---- resampling -------------------------------------------------------------------------------------------------
 INTERP = [("nearest", 3, (5,)), ("nearest-exact", 3, (5,)), ("linear", 3, (7,)), ("area", 3, (2,)), ("nearest", 4, (5, 3)),
           ("nearest-exact", 4, (7, 9)), ("bilinear", 4, (7, 3)), ("bicubic", 4, (7, 9)), ("area", 4, (2, 3)),
-          ("nearest", 5, (3, 5, 2)), ("nearest-exact", 5, (2, 3, 6)), ("trilinear", 5, (3, 5, 4)), ("area", 5, (2, 2, 3))]
+          ("nearest", 5, (3, 5, 2)), ("nearest-exact", 5, (2, 3, 6)), ("nearest-exact", 4, (8, 10)),
+          ("nearest", 5, (8, 10, 6)), ("trilinear", 5, (3, 5, 4)), ("area", 5, (2, 2, 3))]
 
 
 @pytest.mark.parametrize("mode,nd,size", INTERP, ids=_id)
