@@ -19,6 +19,18 @@ __device__ __forceinline__ float act_fn(float x, int act) {
 }
 
 // ---- rms_norm: the row statistic over a block of 256 threads (one order everywhere it is used) ----
+// the total of every thread's ss over a block of 256: each warp's sum, then the 8 warps' in order (red: 8 floats,
+// free to write: a barrier before where it was read)
+__device__ __forceinline__ float block_total(float ss, float *red) {
+    ss = warp_sum(ss);
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = ss;
+    __syncthreads();
+    float tot = 0.f;
+    #pragma unroll
+    for (int w = 0; w < 8; w++) tot = __fadd_rn(tot, red[w]);
+    return tot;
+}
+
 template <typename T>
 __device__ float row_sumsq(const T *__restrict__ x, int K, float *red) {
     constexpr int V = Vec<T>::N;
@@ -30,14 +42,8 @@ __device__ float row_sumsq(const T *__restrict__ x, int K, float *red) {
         #pragma unroll
         for (int i = 0; i < V; i++) ss = __fadd_rn(ss, __fmul_rn(f[i], f[i]));
     }
-    ss = warp_sum(ss);
     __syncthreads();
-    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = ss;
-    __syncthreads();
-    float tot = 0.f;
-    #pragma unroll
-    for (int w = 0; w < 8; w++) tot = __fadd_rn(tot, red[w]);
-    return tot;
+    return block_total(ss, red);
 }
 
 // style 1 llama: round(w * round(x * r)); 2 gemma: round(x * r * (1 + w)); 3 torch: round(x / s * w),

@@ -395,13 +395,7 @@ __device__ __forceinline__ void stage_quantise_x(const T *__restrict__ x, const 
                 for (int i = 0; i < 8; i++) ss = __fadd_rn(ss, __fmul_rn(f[i], f[i]));
             }
         }
-        ss = warp_sum(ss);
-        if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = ss;
-        __syncthreads();
-        float tot = 0.f;
-        #pragma unroll
-        for (int w = 0; w < 8; w++) tot = __fadd_rn(tot, red[w]);
-        s = __fsqrt_rn(__fadd_rn(__fdiv_rn(tot, (float)K), eps));
+        s = __fsqrt_rn(__fadd_rn(__fdiv_rn(block_total(ss, red), (float)K), eps));
         r = __fdiv_rn(1.f, s);
     }
     #pragma unroll
