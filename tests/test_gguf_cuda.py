@@ -350,10 +350,12 @@ def test_qgemv_direct_edge_shapes(monkeypatch, fmt, n, cols, m, dot, blocks, ubp
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize("cols", [256, 2048, 4352, 11008, 12288, 14336])
 @pytest.mark.parametrize("style", [None, "llama", "gemma", "torch"])
-def test_qgemv_direct_x_in_registers_equals_the_staged_prologue(monkeypatch, fmt, dtype, cols, style):
+@pytest.mark.parametrize("merge", [0, 1])
+def test_qgemv_direct_x_in_registers_equals_the_staged_prologue(monkeypatch, fmt, dtype, cols, style, merge):
     """qgemv_direct's int8 route with one 16-bit x row normed and quantised in registers (cupy_quant's X,
     stage_quantise_x: from 1 to 6 chunks a thread, 14336 past it) equals the staged prologue (X = 0: stage_x into
-    shared memory, then quantise_x) bit for bit, with and without each norm style and the one-wave settings."""
+    shared memory, then quantise_x) bit for bit, with and without each norm style and the one-wave settings; also
+    in merged blocks (cupy_quant's M = 1: one block of 8 B warps an SM, the statistic in row_sumsq's order)."""
     from engine.backends import cupy_quant as Q
     from engine.backends.fused import QOperand
     monkeypatch.setitem(Q.QUANT_DOT, "route", "int8")
@@ -368,9 +370,12 @@ def test_qgemv_direct_x_in_registers_equals_the_staged_prologue(monkeypatch, fmt
     norm = (nw, 1e-5, style) if style else None
     assert Q.direct_ok(x, fmt, (w.data,))
     outs = []
-    for xs in (0, None):
+    for xs, m in ((0, 0), (None, merge)):
         monkeypatch.setitem(Q.DIRECT, "x", xs)
+        monkeypatch.setitem(Q.DIRECT, "m", m)
         outs.append(be.linear_fused(x, w, None, dt, norm=norm).get())
+    targs, grid = Q.direct_launch(fmt, n // 2, 1, cols, 2)
+    assert targs[-1] == (8 * Q.direct_settings(fmt, n // 2)[1] if merge and cols <= 12288 else 8)
     assert Q._xj(1, cols, 2, Q.direct_settings(fmt)[4]) == (0 if cols > 12288 else -(-cols // 4096) * 2)
     np.testing.assert_array_equal(outs[1], outs[0])
 

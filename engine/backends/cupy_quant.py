@@ -4,8 +4,8 @@ whole 256-weight units (int8 route), else quant_span.cu's qgemv_span for Q8_0, Q
 one-warp-per-row kernels.
 
 qgemv_direct loads the weight bytes straight into registers, as the fp16 gemv does, with x widened to fp32 in
-shared memory once per block; its grid is at most direct_blocks() (DIRECT["blocks"] to fix it), each warp walking
-its row pairs.
+shared memory once per block; its grid is at most what the GPU holds at once (direct_launch; DIRECT["blocks"] to
+fix it), each warp walking its row pairs.
 
 qgemv_span streams each weight row (ggml's bytes as they lie, no repacked copy) in coalesced 16-byte chunks
 through shared memory and decodes 8 consecutive weights per lane against x staged once per block (numerics:
@@ -43,9 +43,13 @@ if QUANT_DOT["route"] not in ("int8", "float"):
 # stage_quantise_x, where K <= 2048 X; 0: staged in shared memory, then quantised); None takes the format's or the
 # route's own, the fastest measured on an H200 (measurements/h200/NOTES.md, sessions 9, 11 and 14: X = 6 took the
 # captured decode's Q4_K from 550.8 to 602.7 tok/s in one run, and every int8 launch of a 7B 1-9% faster)
-DIRECT_SETTINGS = {"u": None, "b": None, "p": None, "l": None, "x": None}  # the defaults
-_DIRECT_ROUTE = {"float": {"u": 4, "b": 2, "p": 0, "l": 0, "x": 0}, "int8": {"u": 1, "b": 3, "p": 0, "l": 0, "x": 6}}
-_DIRECT_OWN = {"q8_0": {"u": 1, "b": 2, "p": 0, "l": 1, "x": 6}}  # a format's own (QD_q8_0h: 9 chunks of one row a lane)
+# M = 1 merges an SM's B blocks into one of 8 B warps where x is quantised in registers (XJ > 0), so x is normed
+# and quantised once an SM rather than B times: every block on an SM does that work at once, after pdl_wait, while
+# its weights wait in registers (session 15, same run: Q4_K 600.6 -> 621.4 tok/s, Q8_0 354.7 -> 377.7)
+DIRECT_SETTINGS = {"u": None, "b": None, "p": None, "l": None, "x": None, "m": None}  # the defaults
+_DIRECT_ROUTE = {"float": {"u": 4, "b": 2, "p": 0, "l": 0, "x": 0, "m": 0},
+                 "int8": {"u": 1, "b": 3, "p": 0, "l": 0, "x": 6, "m": 1}}
+_DIRECT_OWN = {"q8_0": {"u": 1, "b": 2, "p": 0, "l": 1, "x": 6, "m": 1}}  # a format's own (QD_q8_0h: 9 chunks of one row a lane)
 # (format, route) -> settings for a launch whose row pairs fit one wave of `b` blocks an SM (a 7B's o_proj and
 # down_proj: 2048 pairs, 256 blocks): two batches a warp in flight from the start, both loading before pdl_wait,
 # so while the kernel before ends and x is staged; where U, B and P are all left to the defaults. On an H200
@@ -105,14 +109,6 @@ def _sms() -> int:
     return DIRECT["sms"]
 
 
-def direct_blocks(qtype: str = "q4_k", pairs: int | None = None) -> int:
-    """qgemv_direct's most blocks: DIRECT["blocks"], else as many as the GPU holds at once (B an SM, its launch
-    bounds: direct_settings), so x is staged once per resident block."""
-    if DIRECT["blocks"]:
-        return DIRECT["blocks"]
-    return direct_settings(qtype, pairs)[1] * _sms()
-
-
 def direct_settings(qtype: str = "q4_k", pairs: int | None = None) -> tuple:
     """qgemv_direct's (U, B, P, LA, X) for a format on the current dot route and a launch of `pairs` row pairs:
     DIRECT's where set, else the one-wave settings where they apply, else the format's own, else the route's."""
@@ -127,6 +123,23 @@ def direct_settings(qtype: str = "q4_k", pairs: int | None = None) -> tuple:
     return DIRECT["u"] or own["u"], DIRECT["b"] or own["b"], p, la, x
 
 
+def _own(qtype: str, key: str):
+    """DIRECT[key] where set, else the format's or the route's own."""
+    own = _DIRECT_OWN.get(qtype) or _DIRECT_ROUTE[dot_route()]
+    return DIRECT[key] if DIRECT[key] is not None else own[key]
+
+
+def direct_launch(qtype: str, pairs: int, m: int, k: int, itemsize: int) -> tuple:
+    """qgemv_direct's template arguments after M (D, U, B, P, LA, XJ, NW) and its grid for `pairs` row pairs of m
+    rows of x (K = k, `itemsize` bytes a value): B blocks of NW = 8 warps an SM (M = 1 and XJ > 0: one block of 8 B
+    warps), at most DIRECT["blocks"] or as many as the GPU holds at once (x staged once a resident block), each warp
+    walking pairs."""
+    u, b, p, la, x = direct_settings(qtype, pairs)
+    xj = _xj(m, k, itemsize, x)
+    nw, b = (8 * b, 1) if xj and _own(qtype, "m") else (8, b)
+    return (int(dot_route() == "int8"), u, b, p, la, xj, nw), min(-(-pairs // nw), DIRECT["blocks"] or b * _sms())
+
+
 def _xj(m: int, k: int, itemsize: int, x: int) -> int:
     """quant_direct.cu's XJ: stage_quantise_x's chunks a thread (even), or 0 (x staged in shared memory)."""
     if not x or dot_route() != "int8" or m != 1 or itemsize != 2 or k > 2048 * x:
@@ -135,11 +148,9 @@ def _xj(m: int, k: int, itemsize: int, x: int) -> int:
     return j + (j & 1)
 
 
-def _direct_fn(dtype, qtype: str, m: int, k: int, smem: int, pairs: int | None = None):
+def _direct_fn(dtype, qtype: str, m: int, targs: tuple, smem: int):
     M = 1 if m == 1 else 2 if m <= 2 else 4 if m <= 4 else 8
-    *ubpl, x = direct_settings(qtype, pairs)
-    d = f",{int(dot_route() == 'int8')}," + ",".join(map(str, ubpl)) + f",{_xj(m, k, dtype.itemsize, x)}"
-    fn = K._fn(f"qgemv_direct<{K.type_name(dtype)},{DIRECT_FORMATS[qtype]},{M}{d}>")
+    fn = K._fn(f"qgemv_direct<{K.type_name(dtype)},{DIRECT_FORMATS[qtype]},{M}," + ",".join(map(str, targs)) + ">")
     if smem > 48 * 1024 and fn.max_dynamic_shared_size_bytes < smem:
         fn.max_dynamic_shared_size_bytes = K.SMEM_LIMIT - 1024  # past 48 KiB: the opt-in, once
     return fn
@@ -178,27 +189,28 @@ def qgemv_fused(x2, data, qtype: str, out, bias=None, W2=None, bias2=None, act=N
     res_row = residual.strides[0] // isz if residual is not None else 0
     N = data.shape[0] + sum(segs)
     pairs = N if W2 is not None else -(-N // 2)  # a warp's two rows: GLU's gate and up, else two outputs
-    key = (direct, direct and (DIRECT["blocks"], direct_settings(qtype, pairs)), dot_route(), x2.dtype, qtype, m,
+    dl = direct and direct_launch(qtype, pairs, m, Kd, isz)
+    key = (direct, dl, dot_route(), x2.dtype, qtype, m,
            data.shape[0], Kd, data.strides[0], W2 is not None, segs, act, style, eps, x2.strides[0], out.strides[0],
            res_row)
     plan = _SPAN_LAUNCH.get(key)
     if plan is None:
         if direct:
             smem = _direct_smem(m, Kd, isz, qtype)
-            fn = _direct_fn(x2.dtype, qtype, m, Kd, smem, pairs)
-            grid = (min(-(-pairs // 8), direct_blocks(qtype, pairs)),)
+            (targs, nb) = dl
+            fn, grid, block = _direct_fn(x2.dtype, qtype, m, targs, smem), (nb,), (32 * targs[-1],)
         else:
             smem = _x_smem(m, Kd, isz)
-            fn, grid = _span_fn(x2.dtype, qtype, m, smem), (-(-pairs // 8),)
+            fn, grid, block = _span_fn(x2.dtype, qtype, m, smem), (-(-pairs // 8),), (256,)
         i32, i64 = cupy.int32, cupy.int64
         scalars = (i64(data.strides[0]), i64(x2.strides[0] // isz), cupy.float32(eps), i32(K.NORM_STYLES[style]),
                    i64(res_row), i64(out.strides[0] // isz), i32(N), i32(Kd), i32(m), i32(K.ACTS.get(act, 0)),
                    i32(data.shape[0]), i32(segs[0] if segs else 0))
-        plan = _SPAN_LAUNCH[key] = (fn, grid, smem, scalars)
-    fn, grid, smem, sc = plan
+        plan = _SPAN_LAUNCH[key] = (fn, grid, block, smem, scalars)
+    fn, grid, block, smem, sc = plan
     wb, bb = segments[0] if segments else (None, None)
     wc, bc = segments[1] if segments and len(segments) > 1 else (None, None)
     o = K._opt
     args = (data, o(W2), sc[0], x2, sc[1], o(nw), sc[2], sc[3], o(bias), o(bias2), o(residual), sc[4], out, sc[5],
             sc[6], sc[7], sc[8], sc[9], o(wb), o(wc), o(bb), o(bc), sc[10], sc[11])
-    launch(fn, grid, (256,), args, smem, pdl=pdl and direct)  # qgemv_direct's pdl_wait: after its first weight loads
+    launch(fn, grid, block, args, smem, pdl=pdl and direct)  # qgemv_direct's pdl_wait: after its first weight loads

@@ -20,10 +20,12 @@ __device__ __forceinline__ float act_fn(float x, int act) {
 
 // ---- rms_norm: the row statistic over a block of 256 threads (one order everywhere it is used) ----
 // the total of every thread's ss over a block of 256: each warp's sum, then the 8 warps' in order (red: 8 floats,
-// free to write: a barrier before where it was read)
+// free to write: a barrier before where it was read). NW > 8 warps (a larger block): the first 256 threads' total,
+// every thread at the barrier
+template <int NW = 8>
 __device__ __forceinline__ float block_total(float ss, float *red) {
     ss = warp_sum(ss);
-    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = ss;
+    if ((threadIdx.x & 31) == 0 && (NW == 8 || threadIdx.x < 256)) red[threadIdx.x >> 5] = ss;
     __syncthreads();
     float tot = 0.f;
     #pragma unroll

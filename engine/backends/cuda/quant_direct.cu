@@ -3,8 +3,8 @@
 // is (gemv.cu): weight bytes go straight from global memory into registers, U units a lane in flight, no
 // shared-memory row buffers; a warp takes two virtual rows at a time (two output rows, or GLU's gate and up rows
 // of one output) over the whole of K. The grid is at most what the GPU holds at once (the launcher: B blocks
-// an SM), each warp walking pairs p, p + 8 x grid, ..., so x (or its rms_norm, stage_x: rounded into T) is
-// staged once per block, not once per 16 rows, then widened to fp32 beside it with the sums of each run of 16
+// of NW warps an SM), each warp walking pairs p, p + NW x grid, ..., so x (or its rms_norm, stage_x: rounded into
+// T) is staged once per block, not once per 16 rows, then widened to fp32 beside it with the sums of each run of 16
 // values (Q4_K's mins), so a lane reads its x as fp32 and never converts it. Numerics: qgemv_span's, fp32 sums
 // of a * (q . x) - c * sum(x) per run of 16 weights with every w = a * q - c as decode() gives it (within fp32
 // rounding of the composition). Needs row_bytes % 16 == 0 and W (W2, Wb, Wc) 16-byte aligned (the launcher
@@ -242,9 +242,10 @@ __device__ __forceinline__ void widen_x(const T *xs, int K, int rows, float *xf,
 // registers while the current one is summed, so each warp keeps loads in flight through its sums; the first two
 // batches load while x is staged.
 // LA: the weight loads' path (ld_w). XJ > 0 (the integer route, one row of 16-bit T, K <= 2048 XJ, the launcher's
-// choice): x staged and quantised in registers, stage_quantise_x, in place of stage_x then quantise_x.
-template <typename T, int F, int M, int D = 0, int U = 4, int B = 2, int P = 0, int LA = 0, int XJ = 0>
-__global__ void __launch_bounds__(256, B) qgemv_direct(const unsigned char *__restrict__ W,
+// choice): x staged and quantised in registers, stage_quantise_x, in place of stage_x then quantise_x. NW: warps a
+// block (8; more only with XJ > 0 and M = 1: stage_quantise_x's larger blocks, one an SM in place of NW / 8).
+template <typename T, int F, int M, int D = 0, int U = 4, int B = 2, int P = 0, int LA = 0, int XJ = 0, int NW = 8>
+__global__ void __launch_bounds__(32 * NW, B) qgemv_direct(const unsigned char *__restrict__ W,
         const unsigned char *__restrict__ W2, long row_bytes, const T *__restrict__ x, long x_row,
         const T *__restrict__ nw, float eps, int style, const T *__restrict__ bias, const T *__restrict__ bias2,
         const T *__restrict__ res, long res_row, T *__restrict__ y, long y_row, int N, int K, int rows, int act,
@@ -264,11 +265,11 @@ __global__ void __launch_bounds__(256, B) qgemv_direct(const unsigned char *__re
     __shared__ float red[8];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const bool glu = W2 != nullptr;
-    const int pairs = glu ? N : (N + 1) / 2, units = K / L::BS * L::UPB, stride = gridDim.x * 8;
+    const int pairs = glu ? N : (N + 1) / 2, units = K / L::BS * L::UPB, stride = gridDim.x * NW;
     const int slots = L::SPLIT ? 2 * units : units;  // a pair's unit slots: SPLIT, row r's unit u at r * units + u
     // the batch a lane loads next: pair lp (rows 2lp and 2lp + 1, or GLU's gate and up rows of output lp), units
     // from lu on; the batch it sums: pair cp from cu on
-    int lp = blockIdx.x * 8 + warp, lu = 0;
+    int lp = blockIdx.x * NW + warp, lu = 0;
     const unsigned char *wr[2];
     auto rows_of = [&](int q) {
         const int row = glu ? q : 2 * q;
@@ -348,14 +349,18 @@ __global__ void __launch_bounds__(256, B) qgemv_direct(const unsigned char *__re
     }
     // (XJ is the launcher's for one row; the bundle's other row counts compile with it and stage x as before)
     if constexpr (XJ > 0 && D == 1 && sizeof(T) == 2 && M == 1) {  // the norm weight's chunks load with the
-        uint4 nw4[XJ];  // weights (frozen), x's after pdl_wait
+        constexpr int XQ = XChunks<XJ, NW>::Q;  // weights (frozen), x's after pdl_wait
+        uint4 nw4[XQ];
         const bool hw = style != 0 && nw != nullptr;
         #pragma unroll
-        for (int j = 0; j < XJ; j++)
-            if (hw && threadIdx.x + 256 * j < K / 8) nw4[j] = reinterpret_cast<const uint4 *>(nw)[threadIdx.x + 256 * j];
+        for (int j = 0; j < XQ; j++)
+            if (hw && threadIdx.x + 32 * NW * j < K / 8)
+                nw4[j] = reinterpret_cast<const uint4 *>(nw)[threadIdx.x + 32 * NW * j];
         pdl_wait();
         pdl_trigger();
-        stage_quantise_x<T, XJ>(x, nw4, hw, eps, style, K, xq, dxs, LI::PAD < 0 ? nullptr : sxs, LI::PAD, red);
+        stage_quantise_x<T, XJ, NW>(x, nw4, hw, eps, style, K, xq, dxs, LI::PAD < 0 ? nullptr : sxs, LI::PAD, red);
+    } else if constexpr (NW != 8) {  // (never launched: the launcher's NW > 8 comes with XJ > 0 and one row)
+        __trap();
     } else {
         pdl_wait();
         pdl_trigger();
@@ -366,7 +371,7 @@ __global__ void __launch_bounds__(256, B) qgemv_direct(const unsigned char *__re
     }
     __syncthreads();
     // no barriers from here on: each warp walks its own pairs. cp, cu: the batch in b0 (P = 0: loaded at the top)
-    int cp = blockIdx.x * 8 + warp, cu = 0;
+    int cp = blockIdx.x * NW + warp, cu = 0;
     if constexpr (P == 0) {
         bool loaded = true;
         while (cp < pairs) {

@@ -367,49 +367,67 @@ __device__ __forceinline__ void quantise_x(const T *xs, int K, int rows, signed 
 
 // stage_x then quantise_x for one row of 16-bit T (K <= 2048 XJ, XJ even) with x kept in registers: each thread
 // loads its chunks of 8 values k = tid + 256 j, all at once (and the norm weight's beside them), sums their squares
-// in row_sumsq's order, applies the norm as norm_row does (rounded into T), then quantises them as quantise_x's
+// in row_sumsq's order, applies the norm as norm_row does (rounded into T) then quantises them as quantise_x's
 // trips take them (groups tid + 512 t and tid + 256 + 512 t are chunks j = 2t and 2t + 1): the same int8 blocks,
 // scales and sums as the staged path, bit for bit, without x's round trip through shared memory and its barrier.
-// nw4: the norm weight's chunks (hw: there is one; else 1), loaded by the caller (before pdl_wait: a frozen
-// weight). The barrier after it is the caller's.
-template <typename T, int XJ>
-__device__ __forceinline__ void stage_quantise_x(const T *__restrict__ x, const uint4 (&nw4)[XJ], bool hw, float eps,
-                                                 int style, int K, signed char *xq, float *dxs, int *sxs, int pad,
-                                                 float *red) {
-    static_assert(sizeof(T) == 2 && XJ % 2 == 0, "16-bit x, chunk pairs");
-    const int n8 = K / 8;  // chunks of x = groups of 8
+// A block of NW > 8 warps (one block an SM where there were NW / 8: x quantised once an SM, not once a block)
+// quantises chunks tid + 32 NW j, XChunks' Q a thread, in trips of two likewise, while its first 256 threads also
+// load chunks tid + 256 j for the statistic alone, in row_sumsq's order: the same bits again.
+// nw4: the norm weight's chunks of the thread's quantised ones (hw: there is one; else 1), loaded by the caller
+// (before pdl_wait: a frozen weight). The barrier after it is the caller's.
+template <int XJ, int NW> struct XChunks {
+    static constexpr int Q = (256 * XJ + 32 * NW - 1) / (32 * NW);  // chunks a thread quantises
+};
+
+template <typename T, int XJ, int NW = 8>
+__device__ __forceinline__ void stage_quantise_x(const T *__restrict__ x, const uint4 (&nw4)[XChunks<XJ, NW>::Q],
+                                                 bool hw, float eps, int style, int K, signed char *xq, float *dxs,
+                                                 int *sxs, int pad, float *red) {
+    constexpr int NT = 32 * NW, XQ = XChunks<XJ, NW>::Q;
+    static_assert(sizeof(T) == 2 && XJ % 2 == 0 && NW % 8 == 0, "16-bit x, chunk pairs, whole blocks of 256");
+    const int n8 = K / 8, t = threadIdx.x;  // chunks of x = groups of 8
     const uint4 *x4 = reinterpret_cast<const uint4 *>(x);
-    uint4 c[XJ];
+    uint4 c[XQ];
     #pragma unroll
-    for (int j = 0; j < XJ; j++)
-        if (threadIdx.x + 256 * j < n8) c[j] = x4[threadIdx.x + 256 * j];
+    for (int j = 0; j < XQ; j++)
+        if (t + NT * j < n8) c[j] = x4[t + NT * j];
     float r = 1.f, s = 1.f;
     if (style != 0) {
         float ss = 0.f;
-        #pragma unroll
-        for (int j = 0; j < XJ; j++) {
-            if (threadIdx.x + 256 * j < n8) {
-                float f[8];
-                unpack<T>(c[j], f);
-                #pragma unroll
-                for (int i = 0; i < 8; i++) ss = __fadd_rn(ss, __fmul_rn(f[i], f[i]));
-            }
+        auto add = [&](const uint4 &u) {
+            float f[8];
+            unpack<T>(u, f);
+            #pragma unroll
+            for (int i = 0; i < 8; i++) ss = __fadd_rn(ss, __fmul_rn(f[i], f[i]));
+        };
+        if constexpr (NW == 8) {
+            #pragma unroll
+            for (int j = 0; j < XJ; j++)
+                if (t + 256 * j < n8) add(c[j]);
+        } else if (t < 256) {
+            uint4 e[XJ];
+            #pragma unroll
+            for (int j = 0; j < XJ; j++)
+                if (t + 256 * j < n8) e[j] = x4[t + 256 * j];
+            #pragma unroll
+            for (int j = 0; j < XJ; j++)
+                if (t + 256 * j < n8) add(e[j]);
         }
-        s = __fsqrt_rn(__fadd_rn(__fdiv_rn(block_total(ss, red), (float)K), eps));
+        s = __fsqrt_rn(__fadd_rn(__fdiv_rn(block_total<NW>(ss, red), (float)K), eps));
         r = __fdiv_rn(1.f, s);
     }
     #pragma unroll
-    for (int t = 0; t < XJ / 2; t++) {
-        if (512 * t >= n8) break;  // the same trips for every thread (quantise_groups' shuffles)
+    for (int tr = 0; tr < (XQ + 1) / 2; tr++) {
+        if (2 * NT * tr >= n8) break;  // the same trips for every thread (quantise_groups' shuffles)
         float v[2][8];
-        const int idx[2] = {(int)threadIdx.x + 512 * t, (int)threadIdx.x + 256 + 512 * t};
+        const int idx[2] = {t + 2 * NT * tr, t + NT + 2 * NT * tr};
         #pragma unroll
         for (int h = 0; h < 2; h++) {
-            if (idx[h] < n8) {
-                unpack<T>(c[2 * t + h], v[h]);
+            if (2 * tr + h < XQ && idx[h] < n8) {
+                unpack<T>(c[2 * tr + h], v[h]);
                 if (style != 0) {
                     float g[8];
-                    unpack<T>(nw4[2 * t + h], g);
+                    unpack<T>(nw4[2 * tr + h], g);
                     #pragma unroll
                     for (int i = 0; i < 8; i++) v[h][i] = norm_apply<T>(v[h][i], r, s, hw ? g[i] : 1.f, style);
                 }
