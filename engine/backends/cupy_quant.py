@@ -54,7 +54,8 @@ _DIRECT_OWN = {"q8_0": {"u": 1, "b": 2, "p": 0, "l": 1, "x": 6, "m": 1}}  # a fo
 # down_proj: 2048 pairs, 256 blocks): two batches a warp in flight from the start, both loading before pdl_wait,
 # so while the kernel before ends and x is staged; where U, B and P are all left to the defaults. On an H200
 # (session 13, call 6, same run): the captured decode Q4_K 538.6 -> 550.4 tok/s, Q8_0 341.2 -> 344.8, though
-# each shape alone in a graph of its own launches is 0.3-0.5 us slower (o_proj 6.19 -> 6.47 us)
+# each shape alone in a graph of its own launches is 0.3-0.5 us slower (o_proj 6.19 -> 6.47 us). In merged blocks
+# (M) every launch takes them (session 15, call 5, same run: Q4_K 620.4 -> 626.9 tok/s, Q8_0 376.9 -> 379.9)
 _DIRECT_ONE_WAVE = {("q4_k", "int8"): {"b": 2, "p": 1}, ("q8_0", "int8"): {"b": 2, "p": 1}}
 DIRECT = {"enabled": os.environ.get("TAPER_QUANT_KERNEL", "direct") != "span", "blocks": None, **DIRECT_SETTINGS}
 DIRECT_FORMATS = {"q4_k": 3, "q8_0": 2}  # the F of quant_direct.cu
@@ -109,13 +110,14 @@ def _sms() -> int:
     return DIRECT["sms"]
 
 
-def direct_settings(qtype: str = "q4_k", pairs: int | None = None) -> tuple:
-    """qgemv_direct's (U, B, P, LA, X) for a format on the current dot route and a launch of `pairs` row pairs:
-    DIRECT's where set, else the one-wave settings where they apply, else the format's own, else the route's."""
+def direct_settings(qtype: str = "q4_k", pairs: int | None = None, merged: bool = False) -> tuple:
+    """qgemv_direct's (U, B, P, LA, X) for a format on the current dot route and a launch of `pairs` row pairs
+    (merged: in merged blocks): DIRECT's where set, else the one-wave settings where they apply, else the format's
+    own, else the route's."""
     own = _DIRECT_OWN.get(qtype) or _DIRECT_ROUTE[dot_route()]
     wave = _DIRECT_ONE_WAVE.get((qtype, dot_route()))
     if (wave and pairs is not None and DIRECT["u"] is None and DIRECT["b"] is None and DIRECT["p"] is None
-            and -(-pairs // 8) <= wave["b"] * _sms()):
+            and (merged or -(-pairs // 8) <= wave["b"] * _sms())):
         own = {**own, **wave}
     la = DIRECT["l"] if DIRECT["l"] is not None else own["l"]
     p = DIRECT["p"] if DIRECT["p"] is not None else own["p"]
@@ -134,9 +136,10 @@ def direct_launch(qtype: str, pairs: int, m: int, k: int, itemsize: int) -> tupl
     rows of x (K = k, `itemsize` bytes a value): B blocks of NW = 8 warps an SM (M = 1 and XJ > 0: one block of 8 B
     warps), at most DIRECT["blocks"] or as many as the GPU holds at once (x staged once a resident block), each warp
     walking pairs."""
-    u, b, p, la, x = direct_settings(qtype, pairs)
-    xj = _xj(m, k, itemsize, x)
-    nw, b = (8 * b, 1) if xj and _own(qtype, "m") else (8, b)
+    xj = _xj(m, k, itemsize, _own(qtype, "x"))
+    merged = bool(xj and _own(qtype, "m"))
+    u, b, p, la, _ = direct_settings(qtype, pairs, merged)
+    nw, b = (8 * b, 1) if merged else (8, b)
     return (int(dot_route() == "int8"), u, b, p, la, xj, nw), min(-(-pairs // nw), DIRECT["blocks"] or b * _sms())
 
 
