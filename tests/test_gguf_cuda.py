@@ -355,7 +355,8 @@ def test_qgemv_direct_x_in_registers_equals_the_staged_prologue(monkeypatch, fmt
     """qgemv_direct's int8 route with one 16-bit x row normed and quantised in registers (cupy_quant's X,
     stage_quantise_x: from 1 to 6 chunks a thread, 14336 past it) equals the staged prologue (X = 0: stage_x into
     shared memory, then quantise_x) bit for bit, with and without each norm style and the one-wave settings; also
-    in merged blocks (cupy_quant's M = 1: one block of 8 B warps an SM, the statistic in row_sumsq's order)."""
+    in merged blocks (cupy_quant's M = 1: one block of 8 B warps an SM, the statistic in row_sumsq's order), in a
+    grid of one such block too (warps walking more than one pair)."""
     from engine.backends import cupy_quant as Q
     from engine.backends.fused import QOperand
     monkeypatch.setitem(Q.QUANT_DOT, "route", "int8")
@@ -370,14 +371,17 @@ def test_qgemv_direct_x_in_registers_equals_the_staged_prologue(monkeypatch, fmt
     norm = (nw, 1e-5, style) if style else None
     assert Q.direct_ok(x, fmt, (w.data,))
     outs = []
-    for xs, m in ((0, 0), (None, merge)):
+    # (merged: also in one block, so warps walk two pairs, the second's batch loading under the first's sums)
+    for xs, m, nb in ((0, 0, None), (None, merge, None)) + (((None, 1, 1),) if merge else ()):
         monkeypatch.setitem(Q.DIRECT, "x", xs)
         monkeypatch.setitem(Q.DIRECT, "m", m)
+        monkeypatch.setitem(Q.DIRECT, "blocks", nb)
         outs.append(be.linear_fused(x, w, None, dt, norm=norm).get())
     targs, grid = Q.direct_launch(fmt, n // 2, 1, cols, 2)
     assert targs[-1] == (8 * Q.direct_settings(fmt, n // 2)[1] if merge and cols <= 12288 else 8)
     assert Q._xj(1, cols, 2, Q.direct_settings(fmt)[4]) == (0 if cols > 12288 else -(-cols // 4096) * 2)
-    np.testing.assert_array_equal(outs[1], outs[0])
+    for o in outs[1:]:
+        np.testing.assert_array_equal(o, outs[0])
 
 
 def _edge_shapes(fmt, n, cols, m, dot, takes):
