@@ -1,4 +1,5 @@
-"""Tensor parallelism (engine.distributed) on the CPU: 2 processes over the shared-memory communicator.
+"""Tensor parallelism (engine.distributed) on the CPU: 2 processes over the shared-memory communicator (and 4 and
+8 for one llama config, the world sizes of the 70B runs on 4 and 8 GPUs).
 
 Every LLM family's tiny config, TP=2 against TP=1 in fp32: prefill logits within 1e-5 and greedy tokens
 identical, loading from a safetensors directory (each rank reads its slices) and from random preset
@@ -122,6 +123,22 @@ def test_phi3_fused_qkv_and_gate_up_split_per_part():
     gu = np.arange(2 * i)[:, None].astype(np.float32)
     s = RankPlan(cfg, 2, 0).take("model.layers.0.mlp.gate_up_proj.weight", gu, copy=False)
     np.testing.assert_array_equal(s[:, 0], np.concatenate([np.arange(i // 2), np.arange(i, i + i // 2)]))
+
+
+# TP = 4 and 8 (issue 19's world sizes for Llama-2-70B: 64 heads, 8 KV heads): one KV head a rank at TP = 8
+WIDE = dict(num_attention_heads=8, num_key_value_heads=8, attention_bias=True, mlp_bias=True)
+
+
+def _wide_work(comm):
+    return _outputs(tp_from_preset("llama", "tiny", comm, seed=3, **WIDE))
+
+
+@pytest.mark.parametrize("tp", [4, 8])
+def test_tp4_and_tp8_equal_tp1(tp):
+    one = _outputs(models.from_preset("llama", "tiny", seed=3, device="cpu", **WIDE))
+    ranks = launch(_wide_work, tp, "cpu", timeout=600)
+    assert all(r["tokens"] == one["tokens"] for r in ranks)
+    assert max(np.abs(r["logits"] - one["logits"]).max() for r in ranks) < 1e-5
 
 
 def _reduce_work(comm, dtypes):
