@@ -135,9 +135,11 @@ def _mask(B, S, pos, window, dtype, hole=False):
     (2, 4, 1, 385, 96, 64, True),  # GQA 4:1, S not a multiple of the chunk, window and hole
     (1, 2, 1, 33000, 64, 300, False),  # 258 chunks: the combine's two pieces of 128, live chunks in both
 ])
-def test_fused_attention_equals_two_launches(dtype, B, Hq, Hkv, S, D, window, hole):
-    """attn_fused equals attn_partial + attn_combine bit for bit (masked rows, fully masked chunks that are
-    skipped, no mask), twice in a row (the tickets reset themselves), and leaves every ticket at 0."""
+@pytest.mark.parametrize("cluster", [True, False])
+def test_fused_attention_equals_two_launches(dtype, B, Hq, Hkv, S, D, window, hole, cluster, monkeypatch):
+    """attn_fused, and attn_cluster where the chunks fit a cluster (sm_90+; chunks of 64 positions, or 128 past
+    512), equal attn_partial + attn_combine in chunks of the same size bit for bit (masked rows, fully masked
+    chunks that are skipped, no mask), twice in a row (the tickets reset themselves), and leave every ticket at 0."""
     import cupy
 
     from engine.backends import cupy_decode, cupy_kernels
@@ -145,8 +147,10 @@ def test_fused_attention_equals_two_launches(dtype, B, Hq, Hkv, S, D, window, ho
     mask = None if window is None else cupy.asarray(_mask(B, S, np.array([S // 2 + 3 * b for b in range(B)]), window,
                                                           dtype, hole))
     assert cupy_kernels.attention_ok(q, k, v, mask)
+    monkeypatch.setitem(cupy_decode.CLUSTER_ATTENTION, "enabled", cluster)
+    cc = cupy_decode.cluster_size(S)
     want = cupy.empty((B, 1, Hq * D), q.dtype)
-    cupy_kernels.attention(q, k, v, mask, D ** -0.5, want)
+    cupy_kernels.attention(q, k, v, mask, D ** -0.5, want, chunk=cc[1] if cc else cupy_kernels.ATTN_CHUNK)
     for _ in range(2):
         got = cupy.full((B, 1, Hq * D), 7, q.dtype)
         cupy_decode.attention(q, k, v, mask, D ** -0.5, got)

@@ -10,6 +10,13 @@ so each runs inside a captured CUDA graph.
                 (B * Hq uints per device) are allocated once outside a capture and reset by the kernel
                 itself, so graph replays start from zero; without them (the first call inside a capture)
                 the two-launch path runs.
+                On sm_90 and later, where S fits 8 chunks, one thread-block cluster a (batch, head) instead
+                (attn_cluster, chunks of 32, 64 or 128 positions: the shortest that fit): each block writes
+                its chunk's partial into rank 0's shared memory (distributed shared memory) and exits, rank
+                0 combines them with attn_combine's arithmetic (o equal bit for bit to attn_partial +
+                attn_combine in chunks of that size); no global partials, fence or tickets. On the H200 a
+                Llama-2-7B decode layer's attention (S 264) takes 4.4 us against attn_fused's 6.2
+                (measurements/h200/NOTES.md, session 16).
 Inside a capture both launch as programmatic dependent launches (cupy_launch): each waits (pdl_wait) for the
 kernel before it at its start, so only its launch overlaps that kernel's end.
 """
@@ -41,6 +48,18 @@ def _module(t: str):
 def _fn(expr: str):
     t = expr.partition("<")[2].split(",")[0].rstrip(">")
     return _module(t).get_function(expr)
+
+
+@functools.lru_cache(maxsize=None)
+def _cluster_fn(t: str, per: int, c: int, ch: int):
+    """attn_cluster<t, per, c, ch>, compiled per (t, per) for every cluster size and chunk (sm_90 and later)."""
+    exprs = [f"attn_cluster<{t},{per},{n},{h}>" for n in CLUSTER_SIZES for h in K.ATTN_CHUNKS]
+    return _cluster_module(tuple(exprs)).get_function(f"attn_cluster<{t},{per},{c},{ch}>")
+
+
+@functools.lru_cache(maxsize=None)
+def _cluster_module(exprs: tuple):
+    return cupy.RawModule(code=_SRC, options=("-std=c++17",), name_expressions=list(exprs))
 
 
 def _i64(*xs):
@@ -88,6 +107,10 @@ def rotary_cache(q, k, v, cos, sin, k_cache, v_cache, slots, q_out):
 
 # ---- decode attention with the combine folded in ------------------------------------------------------------
 ONE_LAUNCH_ATTENTION = {"enabled": True}  # False: attn_partial + attn_combine (A/B runs: bench/decode_fuse.py)
+# chunks: the chunk sizes a cluster may take, in order of preference (the first whose chunks fit CLUSTER_SIZES[-1])
+CLUSTER_ATTENTION = {"enabled": True, "chunks": (32, 64, 128)}  # enabled False: attn_fused's tickets
+CLUSTER_SIZES = (1, 2, 4, 8)  # attn_cluster's C: the smallest >= the chunks runs
+_CLUSTER_CAPABLE: dict = {}  # device id -> compute capability >= 9.0
 _COUNTERS: dict = {}  # device id -> zeroed uint32 tickets (attn_fused resets each one it uses)
 _OUTGROWN: list = []  # replaced ticket arrays, kept: graphs captured with them still read them
 MIN_COUNTERS = 4096  # tickets allocated at least (batch x query heads of any decode here)
@@ -108,15 +131,11 @@ def counters(n: int, capturing: bool):
 
 
 def attention(q, k, v, mask, scale: float, out, capturing: bool = False) -> None:
-    """cupy_kernels.attention's contract (check K.attention_ok) in one launch where the tickets exist."""
+    """cupy_kernels.attention's contract (check K.attention_ok) in one launch: a cluster where cluster_size
+    gives one, else attn_fused where the tickets exist, else the two launches."""
     B, Hq, _, D = q.shape
-    tickets = counters(B * Hq, capturing) if ONE_LAUNCH_ATTENTION["enabled"] else None
-    if tickets is None:
-        return K.attention(q, k, v, mask, scale, out)
     Hkv, S = k.shape[1], k.shape[2]
     isz = q.itemsize
-    n_chunks = -(-S // K.ATTN_CHUNK)
-    part = cupy.empty((B * Hq, n_chunks, D + 2), cupy.float32)
     qs = [s // isz for s in q.strides]
     ks = [s // isz for s in k.strides]
     vs = [s // isz for s in v.strides]
@@ -124,6 +143,34 @@ def attention(q, k, v, mask, scale: float, out, capturing: bool = False) -> None
         mb, mstr = (0 if mask.shape[0] == 1 else mask.strides[0] // isz), mask.strides[-1] // isz
     else:
         mb = mstr = 0
-    launch(_fn(f"attn_fused<{K.type_name(q.dtype)},{D // 32}>"), (B * Hq, n_chunks), (128,), (
-        q, *_i64(qs[0], qs[1]), k, *_i64(ks[0], ks[1], ks[2]), v, *_i64(vs[0], vs[1], vs[2]), K._opt(mask),
-        *_i64(mb, mstr), part, cupy.int32(Hq), cupy.int32(Hkv), cupy.int32(S), cupy.float32(scale), out, tickets))
+    operands = (q, *_i64(qs[0], qs[1]), k, *_i64(ks[0], ks[1], ks[2]), v, *_i64(vs[0], vs[1], vs[2]), K._opt(mask),
+                *_i64(mb, mstr))
+    t = K.type_name(q.dtype)
+    if (cc := cluster_size(S)) is not None:
+        c, ch = cc
+        launch(_cluster_fn(t, D // 32, c, ch), (B * Hq, c), (128,),
+               (*operands, cupy.int32(Hq), cupy.int32(Hkv), cupy.int32(S), cupy.float32(scale), out))
+        return
+    tickets = counters(B * Hq, capturing) if ONE_LAUNCH_ATTENTION["enabled"] else None
+    if tickets is None:
+        return K.attention(q, k, v, mask, scale, out)
+    n_chunks = -(-S // K.ATTN_CHUNK)
+    part = cupy.empty((B * Hq, n_chunks, D + 2), cupy.float32)
+    launch(_fn(f"attn_fused<{t},{D // 32}>"), (B * Hq, n_chunks), (128,), (
+        *operands, part, cupy.int32(Hq), cupy.int32(Hkv), cupy.int32(S), cupy.float32(scale), out, tickets))
+
+
+def cluster_size(S: int):
+    """(C, CH): attn_cluster's cluster size and chunk for S cached positions on the current device (the first
+    chunk of CLUSTER_ATTENTION's whose chunks fit a cluster, the smallest cluster that holds them), or None:
+    disabled, a device older than sm_90, or more positions than any cluster takes."""
+    if not (ONE_LAUNCH_ATTENTION["enabled"] and CLUSTER_ATTENTION["enabled"]):
+        return None
+    ch = next((h for h in CLUSTER_ATTENTION["chunks"] if -(-S // h) <= CLUSTER_SIZES[-1]), None)
+    if ch is None:
+        return None
+    dev = cupy.cuda.runtime.getDevice()
+    ok = _CLUSTER_CAPABLE.get(dev)
+    if ok is None:
+        ok = _CLUSTER_CAPABLE[dev] = int(cupy.cuda.Device(dev).compute_capability) >= 90
+    return (next(c for c in CLUSTER_SIZES if c * ch >= S), ch) if ok else None

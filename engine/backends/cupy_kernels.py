@@ -46,7 +46,8 @@ _SRC = "\n".join((_DIR / f).read_text() for f in _FILES)
 _CONV_SRC = "\n".join((_DIR / f).read_text() for f in ("prelude.cuh", "common.cuh", "conv.cu"))
 
 TYPES = {"float16": "__half", "bfloat16": "__nv_bfloat16", "float32": "float"}
-ATTN_CHUNK = 128  # positions per attention block (attention.cu's CHUNK)
+ATTN_CHUNK = 128  # positions per attention block (attention.cu's CH)
+ATTN_CHUNKS = (32, 64, ATTN_CHUNK)  # the chunk sizes compiled (cupy_decode's clusters take the shorter ones)
 SOFTMAX_WARP_E = (1, 2, 4, 8, 16, 32)  # softmax_mask_warp instantiations: up to 32 * E positions a row
 MAX_ROWS = 8  # gemv takes at most this many rows of x (decode batches); more rows go to cuBLAS
 SMEM_LIMIT = 227 * 1024  # dynamic shared memory per block on sm_80 and sm_90 (opt-in above 48 KiB)
@@ -61,7 +62,8 @@ def _bundle(expr: str) -> tuple:
     if name == "gemv" and expr in {f"gemv<{t},{r},{k},{m},{u}>" for r, k in _DEFAULT_RS for m in (1, 2, 4, 8)}:
         return tuple(f"gemv<{t},{r},{k},{m},{u}>" for r, k in _DEFAULT_RS for m in (1, 2, 4, 8))
     if name in ("attn_partial", "attn_combine"):
-        return tuple(f"attn_partial<{t},{per}>" for per in (1, 2, 3, 4, 8)) + (f"attn_combine<{t}>",)
+        return tuple(f"attn_partial<{t},{per},{ch}>" for per in (1, 2, 3, 4, 8) for ch in ATTN_CHUNKS) + (
+            f"attn_combine<{t}>",)
     if name in ("qgemv", "qdequant_rows"):  # one bundle per (dtype, format): every row count and the dequantiser
         f = args.split(",")[1].rstrip(">")
         return tuple(f"qgemv<{t},{f},{m}>" for m in (1, 2, 4, 8)) + (f"qdequant_rows<{t},{f}>",)
@@ -330,12 +332,13 @@ def attention_ok(q, k, v, mask) -> bool:
     return mask is None or (mask.dtype == q.dtype and mask.shape[-2] == 1)
 
 
-def attention(q, k, v, mask, scale: float, out):
-    """out (B, 1, Hq * D) = attention of q (B, Hq, 1, D) over k/v (B, Hkv, S, D) (check attention_ok)."""
+def attention(q, k, v, mask, scale: float, out, chunk: int = ATTN_CHUNK):
+    """out (B, 1, Hq * D) = attention of q (B, Hq, 1, D) over k/v (B, Hkv, S, D) (check attention_ok), in
+    chunks of `chunk` positions (one of ATTN_CHUNKS)."""
     B, Hq, _, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
     isz = q.itemsize
-    n_chunks = -(-S // ATTN_CHUNK)
+    n_chunks = -(-S // chunk)
     part = cupy.empty((B * Hq, n_chunks, D + 2), cupy.float32)
     t = type_name(q.dtype)
     qs = [s // isz for s in q.strides]
@@ -345,7 +348,7 @@ def attention(q, k, v, mask, scale: float, out):
         mstr = mask.strides[-1] // isz
     else:
         mb = mstr = 0
-    _fn(f"attn_partial<{t},{D // 32}>")((B * Hq, n_chunks), (128,), (
+    _fn(f"attn_partial<{t},{D // 32},{chunk}>")((B * Hq, n_chunks), (128,), (
         q, cupy.int64(qs[0]), cupy.int64(qs[1]), k, cupy.int64(ks[0]), cupy.int64(ks[1]), cupy.int64(ks[2]),
         v, cupy.int64(ks[0]), cupy.int64(ks[1]), cupy.int64(ks[2]), _opt(mask), cupy.int64(mb), cupy.int64(mstr),
         part, cupy.int32(Hq), cupy.int32(Hkv), cupy.int32(S), cupy.float32(scale)))

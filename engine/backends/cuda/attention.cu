@@ -2,7 +2,8 @@
 // ---- decode attention: one query row per (b, h) over S cached positions ------------------------------------------
 // Scores follow transformers' eager rounding: s = round(round(round(q.k) * scale) + mask) (float32 when T is
 // float32). A position t >= S or whose mask is <= -1e4 is dead: its K and V rows are not read and it contributes
-// exp(.) = 0 exactly. Grid (B * Hq, n_chunks) over chunks of CHUNK = 128 positions, 128 threads, in four phases:
+// exp(.) = 0 exactly. Grid (B * Hq, n_chunks) over chunks of CH positions (128; attn_cluster's also 64 or 32),
+// 128 threads, in four phases:
 //   A  thread i reads the mask of position t0 + i (which positions are live, into shared memory); a chunk with
 //      nothing live writes its empty partial and stops.
 //   B  K and V rows are split into NC slices of 16 bytes; thread (g, c) (G = 128 / NC row groups, g = tid / NC)
@@ -22,27 +23,26 @@ __device__ __forceinline__ const char *pinned(const char *p) {
     return p;
 }
 
-template <typename T, int PER>
+template <typename T, int PER, int CH = 128>
 __device__ __forceinline__ void attn_chunk(const T *__restrict__ q, long qb, long qh,
         const T *__restrict__ k, long kb, long kh, long ks, const T *__restrict__ v, long vb, long vh, long vs,
-        const T *__restrict__ mask, long mb, long ms, float *__restrict__ part, int Hq, int Hkv, int S,
+        const T *__restrict__ mask, long mb, long ms, float *__restrict__ out, int Hq, int Hkv, int S,
         float scale) {
-    constexpr int CHUNK = 128, D = PER * 32, VN = Vec<T>::N, NC = D / VN, G = CHUNK / NC;
-    constexpr int NJ = (CHUNK + G - 1) / G, UB = NJ < 16 ? NJ : 16;  // positions a thread; loads issued at once
+    constexpr int NT = 128, D = PER * 32, VN = Vec<T>::N, NC = D / VN, G = NT / NC;
+    constexpr int NJ = (CH + G - 1) / G, UB = NJ < 16 ? NJ : 16;  // positions a thread; loads issued at once
     constexpr bool HOLD_V = NJ <= 16;
-    __shared__ float mask_s[CHUNK];  // position i's mask value (0 without a mask), -inf when dead
-    __shared__ float dot_s[CHUNK][NC + 1];  // [position][slice]; + 1: thread i's reads of row i hit distinct banks
-    __shared__ float p_s[CHUNK], red_m[4], red_l[4], acc_s[G][D];
-    const int bh = blockIdx.x, n_chunks = gridDim.y, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int b = bh / Hq, h = bh % Hq, kvh = h / (Hq / Hkv), t0 = blockIdx.y * CHUNK;
+    __shared__ float mask_s[NT];  // position i's mask value (0 without a mask), -inf when dead
+    __shared__ float dot_s[CH][NC + 1];  // [position][slice]; + 1: thread i's reads of row i hit distinct banks
+    __shared__ float p_s[NT], red_m[4], red_l[4], acc_s[G][D];
+    const int bh = blockIdx.x, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int b = bh / Hq, h = bh % Hq, kvh = h / (Hq / Hkv), t0 = blockIdx.y * CH;
     const int g = tid / NC, sc = tid % NC;  // phases B and D: row group and 16-byte slice
     const bool active = g < G;  // G * NC < 128 when NC does not divide 128 (D = 96)
-    float *out = part + ((size_t)bh * n_chunks + blockIdx.y) * (D + 2);
 
     // A: position t0 + tid's mask; thread (g, c)'s slice of q (loads issued together)
     const int t = t0 + tid;
     float mval = 0.f;
-    bool live = t < S;
+    bool live = tid < CH && t < S;
     if (live && mask != nullptr) {
         mval = to_f<T>(mask[b * mb + (long)t * ms]);
         live = mval > -1e4f;
@@ -57,7 +57,7 @@ __device__ __forceinline__ void attn_chunk(const T *__restrict__ q, long qb, lon
     const char *kg = pinned(reinterpret_cast<const char *>(k + b * kb + kvh * kh + (long)(t0 + g) * ks + sc * VN));
     const char *vg = pinned(reinterpret_cast<const char *>(v + b * vb + kvh * vh + (long)(t0 + g) * vs + sc * VN));
     if (!__syncthreads_or(live)) {
-        for (int d = tid; d < D; d += CHUNK) out[2 + d] = 0.f;
+        for (int d = tid; d < D; d += NT) out[2 + d] = 0.f;
         if (tid == 0) { out[0] = -INFINITY; out[1] = 0.f; }
         return;
     }
@@ -72,7 +72,7 @@ __device__ __forceinline__ void attn_chunk(const T *__restrict__ q, long qb, lon
             #pragma unroll
             for (int u = 0; u < UB; u++) {
                 const int j = j0 + u, i = g + G * j;
-                if (j < NJ && i < CHUNK && mask_s[i] != -INFINITY) {
+                if (j < NJ && i < CH && mask_s[i] != -INFINITY) {
                     ok |= 1u << u;
                     kk[u] = __ldg(reinterpret_cast<const uint4 *>(kg));
                     if constexpr (HOLD_V) vkeep[u] = __ldg(reinterpret_cast<const uint4 *>(vg));
@@ -126,7 +126,7 @@ __device__ __forceinline__ void attn_chunk(const T *__restrict__ q, long qb, lon
             #pragma unroll
             for (int u = 0; u < UB; u++) {
                 const int i = g + G * (j0 + u);
-                pj[u] = j0 + u < NJ && i < CHUNK ? p_s[i] : 0.f;
+                pj[u] = j0 + u < NJ && i < CH ? p_s[i] : 0.f;
                 if constexpr (HOLD_V) {
                     vv[u] = vkeep[u];
                 } else {
@@ -147,7 +147,7 @@ __device__ __forceinline__ void attn_chunk(const T *__restrict__ q, long qb, lon
         for (int e = 0; e < VN; e++) acc_s[g][sc * VN + e] = acc[e];
     }
     __syncthreads();
-    for (int d = tid; d < D; d += CHUNK) {
+    for (int d = tid; d < D; d += NT) {
         float a = acc_s[0][d];
         #pragma unroll
         for (int r = 1; r < G; r++) a = __fadd_rn(a, acc_s[r][d]);
@@ -159,12 +159,18 @@ __device__ __forceinline__ void attn_chunk(const T *__restrict__ q, long qb, lon
     }
 }
 
-template <typename T, int PER>
+// Where block (blockIdx.x, blockIdx.y) of a grid (B * Hq, n_chunks) writes its chunk's partial (D + 2 floats).
+__device__ __forceinline__ float *chunk_out(float *part, int D) {
+    return part + ((size_t)blockIdx.x * gridDim.y + blockIdx.y) * (D + 2);
+}
+
+template <typename T, int PER, int CH = 128>
 __global__ void __launch_bounds__(128, 2) attn_partial(const T *__restrict__ q, long qb, long qh,
         const T *__restrict__ k, long kb, long kh, long ks, const T *__restrict__ v, long vb, long vh, long vs,
         const T *__restrict__ mask, long mb, long ms, float *__restrict__ part, int Hq, int Hkv, int S,
         float scale) {
-    attn_chunk<T, PER>(q, qb, qh, k, kb, kh, ks, v, vb, vh, vs, mask, mb, ms, part, Hq, Hkv, S, scale);
+    attn_chunk<T, PER, CH>(q, qb, qh, k, kb, kh, ks, v, vb, vh, vs, mask, mb, ms, chunk_out(part, PER * 32), Hq, Hkv,
+                       S, scale);
 }
 
 // The combine of (b, h)'s n_chunks partials ph (each (m, l, acc[D]): D + 2 floats) into o[D] by a block of 128
@@ -248,7 +254,8 @@ __global__ void __launch_bounds__(128, 2) attn_fused(const T *__restrict__ q, lo
     __shared__ bool last;
     pdl_wait();  // q and this step's K/V row are the kernel before's (a PDL: cupy_decode)
     pdl_trigger();
-    attn_chunk<T, PER>(q, qb, qh, k, kb, kh, ks, v, vb, vh, vs, mask, mb, ms, part, Hq, Hkv, S, scale);
+    attn_chunk<T, PER>(q, qb, qh, k, kb, kh, ks, v, vb, vh, vs, mask, mb, ms, chunk_out(part, PER * 32), Hq, Hkv,
+                       S, scale);
     __threadfence();  // this block's partial is visible device-wide before its ticket is
     __syncthreads();
     const int bh = blockIdx.x, n_chunks = gridDim.y;
