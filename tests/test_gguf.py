@@ -121,6 +121,32 @@ def test_block_dot_path_equals_the_composition(monkeypatch, fmt, m):
     np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_block_dot_keeps_the_scales_of_each_weight_while_it_lives(monkeypatch, fmt):
+    """The block-dot path's float32 scales, converted once per block array and kept (numpy_quant.QSCALES), give
+    the products that converting them per tile gives, bit for bit; the second product reuses them; they go
+    when the weight does."""
+    if DEVICE.type == "cuda":
+        pytest.skip("tests the numpy block-dot path; on CUDA the kernels serve these rows (tests/test_gguf_cuda.py)")
+    import gc
+    monkeypatch.setattr(numpy_quant, "DOT_TILE", 512 * 5)
+    x = engine.tensor(np.random.default_rng(2).standard_normal((2, 512)).astype(np.float32))
+    w = qweight(blocks(fmt, 37, 512, seed=5), fmt, 512)
+    key = id(w.data.array)
+    monkeypatch.setitem(numpy_quant.QSCALES, "enabled", False)
+    per_tile = F.linear(x, w).numpy()
+    assert key not in numpy_quant._SCALES
+    monkeypatch.setitem(numpy_quant.QSCALES, "enabled", True)
+    kept = F.linear(x, w).numpy()
+    first = numpy_quant._SCALES[key][1]
+    np.testing.assert_array_equal(F.linear(x, w).numpy(), kept)
+    assert numpy_quant._SCALES[key][1] is first and all(a.dtype == np.float32 and a.shape[0] == 37 for a in first)
+    np.testing.assert_array_equal(kept, per_tile)
+    del w, first
+    gc.collect()
+    assert key not in numpy_quant._SCALES
+
+
 @pytest.mark.parametrize("fmt,m,K", [(f, m, k) for f in numpy_quant.INT8_FORMATS
                                      for m, k in ((1, 256), (3, 4096), (8, 512))])
 def test_int8_route_reference(fmt, m, K):
