@@ -418,6 +418,9 @@ def test_taper_generate_prints_text_from_a_gguf_file(capsys):
     out = capsys.readouterr().out
     assert out.startswith("The capital of France is Paris"), out
     assert "decode" in out and "tokens/s" in out
+    if DEVICE.type == "cpu":  # the block-dot path's kept float32 scales are reported beside the weights' bytes
+        assert "bytes of block scales kept in float32" in out and int(
+            out.split(" + ")[1].split(" bytes")[0].replace(",", "")) > 0
 
 
 def test_engine_imports_gguf_only_when_a_file_is_opened():

@@ -37,6 +37,13 @@ QSCALES = {"enabled": os.environ.get("TAPER_QSCALES", "1") != "0"}  # keep each 
 _SCALES: dict = {}  # id(blocks array) -> (weakref to it, its scales (_block_scales)), dropped when it dies
 
 
+def kept_scale_bytes(data) -> int:
+    """Bytes of the float32 scales kept for block array `data` (0 when none are: not multiplied yet on the CPU's
+    block-dot path, or QSCALES off)."""
+    hit = _SCALES.get(id(data))
+    return sum(a.nbytes for a in hit[1]) if hit is not None and hit[0]() is data else 0
+
+
 def tile_rows(cols: int) -> int:
     return max(1, TILE_WEIGHTS // max(cols, 1))
 

@@ -99,6 +99,7 @@ def run(args) -> int:
         return run_tp(args)
     import engine
     from engine import models
+    from engine.backends.numpy_quant import kept_scale_bytes
     from engine.generation import TextStreamer, generate, load_tokenizer, validate_sampling
     from impls import sources
 
@@ -153,9 +154,12 @@ def run(args) -> int:
                    seed=args.seed, stop_token_ids=stop, callback=show, capture=args.capture,
                    read_every=args.read_every)
     stats = engine.memory_stats(model.device)
-    weights = sum(p.nbytes for p in {id(p): p for p in model.parameters()}.values())
+    params = list({id(p): p for p in model.parameters()}.values())
+    weights = sum(p.nbytes for p in params)
+    scales = sum(kept_scale_bytes(p.data.array) for p in params if getattr(p, "is_quantized", False))
+    kept = f" + {scales:,} bytes of block scales kept in float32 (TAPER_QSCALES=0: none)" if scales else ""
     print()
     print(f"prefill {res.prefill_ms:.1f} ms ({len(prompt)} tokens), decode {res.decode_tokens_per_s:.2f} tokens/s "
           f"({res.decode_steps} steps), peak memory {stats['peak_bytes']:,} bytes "
-          f"(engine pool; weights {weights:,} bytes), stop: {res.stop_reasons[0]}")
+          f"(engine pool; weights {weights:,} bytes{kept}), stop: {res.stop_reasons[0]}")
     return 0
