@@ -28,7 +28,7 @@ from pathlib import Path
 import cupy
 
 from engine.backends import cupy_kernels as K
-from engine.backends.cupy_launch import launch
+from engine.backends.cupy_launch import launch, sm90
 
 _DIR = Path(__file__).resolve().parent / "cuda"
 _SRC = "\n".join((_DIR / f).read_text() for f in ("prelude.cuh", "attention.cu", "decode.cu"))
@@ -51,15 +51,15 @@ def _fn(expr: str):
 
 
 @functools.lru_cache(maxsize=None)
-def _cluster_fn(t: str, per: int, c: int, ch: int):
-    """attn_cluster<t, per, c, ch>, compiled per (t, per) for every cluster size and chunk (sm_90 and later)."""
+def _cluster_module(t: str, per: int):
+    """attn_cluster<t, per, C, CH> for every cluster size and chunk, compiled together (sm_90 and later)."""
     exprs = [f"attn_cluster<{t},{per},{n},{h}>" for n in CLUSTER_SIZES for h in K.ATTN_CHUNKS]
-    return _cluster_module(tuple(exprs)).get_function(f"attn_cluster<{t},{per},{c},{ch}>")
+    return cupy.RawModule(code=_SRC, options=("-std=c++17",), name_expressions=exprs)
 
 
 @functools.lru_cache(maxsize=None)
-def _cluster_module(exprs: tuple):
-    return cupy.RawModule(code=_SRC, options=("-std=c++17",), name_expressions=list(exprs))
+def _cluster_fn(t: str, per: int, c: int, ch: int):
+    return _cluster_module(t, per).get_function(f"attn_cluster<{t},{per},{c},{ch}>")
 
 
 def _i64(*xs):
@@ -110,7 +110,6 @@ ONE_LAUNCH_ATTENTION = {"enabled": True}  # False: attn_partial + attn_combine (
 # chunks: the chunk sizes a cluster may take, in order of preference (the first whose chunks fit CLUSTER_SIZES[-1])
 CLUSTER_ATTENTION = {"enabled": True, "chunks": (32, 64, 128)}  # enabled False: attn_fused's tickets
 CLUSTER_SIZES = (1, 2, 4, 8)  # attn_cluster's C: the smallest >= the chunks runs
-_CLUSTER_CAPABLE: dict = {}  # device id -> compute capability >= 9.0
 _COUNTERS: dict = {}  # device id -> zeroed uint32 tickets (attn_fused resets each one it uses)
 _OUTGROWN: list = []  # replaced ticket arrays, kept: graphs captured with them still read them
 MIN_COUNTERS = 4096  # tickets allocated at least (batch x query heads of any decode here)
@@ -169,8 +168,4 @@ def cluster_size(S: int):
     ch = next((h for h in CLUSTER_ATTENTION["chunks"] if -(-S // h) <= CLUSTER_SIZES[-1]), None)
     if ch is None:
         return None
-    dev = cupy.cuda.runtime.getDevice()
-    ok = _CLUSTER_CAPABLE.get(dev)
-    if ok is None:
-        ok = _CLUSTER_CAPABLE[dev] = int(cupy.cuda.Device(dev).compute_capability) >= 90
-    return (next(c for c in CLUSTER_SIZES if c * ch >= S), ch) if ok else None
+    return (next(c for c in CLUSTER_SIZES if c * ch >= S), ch) if sm90() else None

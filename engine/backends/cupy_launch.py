@@ -50,15 +50,18 @@ def _driver():
     return _DRIVER[0]
 
 
-def pdl_ok(stream) -> bool:
-    """Whether a launch on `stream` now goes as a PDL: enabled, an sm_90+ device, the stream capturing."""
-    if not PDL["enabled"]:
-        return False
+def sm90() -> bool:
+    """Whether the current device is sm_90 or later (PDL, thread-block clusters)."""
     dev = cupy.cuda.runtime.getDevice()
     ok = _CAPABLE.get(dev)
     if ok is None:
         ok = _CAPABLE[dev] = int(cupy.cuda.Device(dev).compute_capability) >= 90
-    return ok and stream.is_capturing()
+    return ok
+
+
+def pdl_ok(stream) -> bool:
+    """Whether a launch on `stream` now goes as a PDL: enabled, an sm_90+ device, the stream capturing."""
+    return PDL["enabled"] and sm90() and stream.is_capturing()
 
 
 def _c_arg(a):
