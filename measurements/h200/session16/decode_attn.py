@@ -15,7 +15,14 @@ from engine.backends import cupy_quant as Q
 from engine.quant import quantize_module
 
 
-def main(out, formats):
+def _cluster(v):
+    cupy_decode.CLUSTER_ATTENTION["enabled"] = v != "fused"
+    cupy_decode.CLUSTER_ATTENTION["chunks"] = (64, 128) if v == "c64" else (128,)
+
+
+def run(out, formats, variants, switch, reset):
+    """Each format's model built (and quantised) once, then the captured decode under each variant (switch(v)
+    sets it), back to back; reset() restores the defaults; tokens/s to out (JSON)."""
     K.QUANT_KERNELS["enabled"] = True
     Q.QUANT_DOT["route"] = "int8"
     res = {}
@@ -23,18 +30,18 @@ def main(out, formats):
         m = build("llama-2-7b", "cuda", 0)
         if fmt != "fp16":
             quantize_module(m, fmt)
-        for v in ("fused", "c64", "c128"):
-            cupy_decode.CLUSTER_ATTENTION["enabled"] = v != "fused"
-            cupy_decode.CLUSTER_ATTENTION["chunks"] = (64, 128) if v == "c64" else (128,)
+        for v in variants:
+            switch(v)
             r = measure_decode(m, "cuda", 128, 128, 3)
             res[f"{fmt}@{v}"] = r["tokens_per_s"]
             print(f"{fmt:5s} {v:8s} {r['tokens_per_s']:7.1f} tok/s", flush=True)
         del m
         engine.backend("cuda").pool.empty_cache()
-    cupy_decode.CLUSTER_ATTENTION.update(enabled=True, chunks=(64, 128))
+    reset()
     with open(out, "w") as f:
         json.dump(res, f, indent=1)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    run(sys.argv[1], sys.argv[2], ("fused", "c64", "c128"), _cluster,
+        lambda: cupy_decode.CLUSTER_ATTENTION.update(enabled=True, chunks=(64, 128)))
