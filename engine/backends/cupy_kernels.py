@@ -38,7 +38,8 @@ from .cupy_launch import launch
 _DIR = Path(__file__).resolve().parent / "cuda"
 # the sources, in include order (each .cu file relies on the headers before it)
 _FILES = ("prelude.cuh", "common.cuh", "mma.cuh", "gemv.cu", "rows.cu", "attention.cu", "sample.cu",
-          "quant_formats.cuh", "quant.cu", "quant_span.cuh", "quant_span.cu", "quant_direct.cu", "group_norm.cu")
+          "quant_formats.cuh", "quant.cu", "quant_span.cuh", "quant_span.cu", "quant_direct.cu", "quant_ring.cu",
+          "group_norm.cu")
 PRELUDE = (_DIR / "prelude.cuh").read_text()
 _SRC = "\n".join((_DIR / f).read_text() for f in _FILES)
 # the tensor-core conv includes <mma.h>: its own program, so an install without CUDA's crt/ headers loses
@@ -73,6 +74,9 @@ def _bundle(expr: str) -> tuple:
     if name == "qgemv_direct":  # cupy_quant.py's: every row count of one (dtype, format, D)
         f, d = args.split(",")[1], "".join("," + a.rstrip(">") for a in args.split(",")[3:])
         return tuple(f"qgemv_direct<{t},{f},{m}{d}>" for m in (1, 2, 4, 8))
+    if name == "qgemv_ring":  # cupy_quant.py's: every XJ of one (dtype, format, NW)
+        f, nw = args.split(",")[1], args.split(",")[2]
+        return tuple(f"qgemv_ring<{t},{f},{nw},{xj}>" for xj in (2, 4, 6))
     if name == "conv2d_igemm":
         return ("conv2d_igemm<__half>", "conv2d_igemm<__nv_bfloat16>")
     if name.startswith("group_norm_"):

@@ -25,7 +25,7 @@ import os
 import cupy
 
 from . import cupy_kernels as K
-from .cupy_launch import launch
+from .cupy_launch import launch, sm90
 
 SPAN_FORMATS = {"q8_0": 5, "q4_k": 5, "q6_k": 4}  # the kernel's L::CPL: 8 warps x 2 rows x CPL x 512 bytes of buffers
 _SPAN_LAUNCH: dict = {}
@@ -60,6 +60,36 @@ _DIRECT_ONE_WAVE = {("q4_k", "int8"): {"b": 2, "p": 1}, ("q8_0", "int8"): {"b": 
 DIRECT = {"enabled": os.environ.get("TAPER_QUANT_KERNEL", "direct") != "span", "blocks": None, **DIRECT_SETTINGS}
 DIRECT_FORMATS = {"q4_k": 3, "q8_0": 2}  # the F of quant_direct.cu
 _DIRECT_INT8_ONLY = {"q8_0"}  # their float route stays on qgemv_span (measured slower in quant_direct.cu's layout)
+
+
+# qgemv_ring (quant_ring.cu): qgemv_direct's int8 route for one 16-bit x row (X > 0) with the weights brought into
+# shared memory by bulk copies (sm_90), S batches a warp ahead, the first S before pdl_wait; the same numbers bit
+# for bit. "nw": warps a block; "s": slots a warp (None: as many as fit "smem" bytes a block beside x's blocks);
+# "smem": a block's shared memory (None: half an SM's, so two blocks fit an SM and a launch's blocks can start
+# beside the kernel before's); "per_sm": blocks an SM in the grid.
+RING = {"enabled": os.environ.get("TAPER_QUANT_RING", "1") != "0", "nw": 8, "s": None, "smem": None, "per_sm": 1}
+_RING_SLOT = {"q4_k": 2 * 8 * 144, "q8_0": 16 * 272}  # quant_ring.cu's QRing<F>::SLOT
+_SM_SMEM = 228 * 1024  # shared memory an SM on sm_90 (each block's 1 KiB reserve included)
+
+
+def _ring_at(qtype: str, k: int) -> int:
+    """QRing::ring_at: x's int8 blocks (quant_direct.cu's xbytes), their scales and sums, to 128 bytes."""
+    xb = k // 32 * 34 if qtype == "q8_0" else k // 64 * 80
+    return -(-(xb + k // 32 * 8) // 128) * 128
+
+
+def ring_plan(x2, qtype: str, datas):
+    """(S, dynamic shared memory) of qgemv_ring for these (already direct_ok) operands, or None where it does not
+    apply: the int8 route, one 16-bit x row quantised in registers (K <= 12288), sm_90, two slots a warp at least."""
+    m, k = x2.shape
+    if (not RING["enabled"] or qtype not in _RING_SLOT or dot_route() != "int8" or m != 1 or x2.itemsize != 2
+            or not _xj(m, k, 2, 6) or not sm90()):
+        return None
+    nw, slot, at = RING["nw"], _RING_SLOT[qtype], _ring_at(qtype, k)
+    budget = RING["smem"] or _SM_SMEM // 2 - 1024 - 128  # less the static (the norm's slots)
+    s = RING["s"] or (budget - at) // (nw * (slot + 8))
+    smem = at + nw * s * (slot + 8)
+    return (s, smem) if s >= 2 and smem <= K.SMEM_LIMIT - 1024 else None
 
 
 def dot_route() -> str:
@@ -193,12 +223,19 @@ def qgemv_fused(x2, data, qtype: str, out, bias=None, W2=None, bias2=None, act=N
     N = data.shape[0] + sum(segs)
     pairs = N if W2 is not None else -(-N // 2)  # a warp's two rows: GLU's gate and up, else two outputs
     dl = direct and direct_launch(qtype, pairs, m, Kd, isz)
-    key = (direct, dl, dot_route(), x2.dtype, qtype, m,
+    ring = direct and ring_plan(x2, qtype, datas)
+    key = (direct, dl, ring, RING["nw"], RING["per_sm"], dot_route(), x2.dtype, qtype, m,
            data.shape[0], Kd, data.strides[0], W2 is not None, segs, act, style, eps, x2.strides[0], out.strides[0],
            res_row)
     plan = _SPAN_LAUNCH.get(key)
     if plan is None:
-        if direct:
+        if ring:
+            (S, smem), nw = ring, RING["nw"]
+            fn = K._fn(f"qgemv_ring<{K.type_name(x2.dtype)},{DIRECT_FORMATS[qtype]},{nw},{_xj(m, Kd, 2, 6)}>")
+            if smem > 48 * 1024 and fn.max_dynamic_shared_size_bytes < smem:
+                fn.max_dynamic_shared_size_bytes = K.SMEM_LIMIT - 1024
+            grid, block = (min(-(-pairs // nw), RING["per_sm"] * _sms()),), (32 * nw,)
+        elif direct:
             smem = _direct_smem(m, Kd, isz, qtype)
             (targs, nb) = dl
             fn, grid, block = _direct_fn(x2.dtype, qtype, m, targs, smem), (nb,), (32 * targs[-1],)
@@ -208,12 +245,12 @@ def qgemv_fused(x2, data, qtype: str, out, bias=None, W2=None, bias2=None, act=N
         i32, i64 = cupy.int32, cupy.int64
         scalars = (i64(data.strides[0]), i64(x2.strides[0] // isz), cupy.float32(eps), i32(K.NORM_STYLES[style]),
                    i64(res_row), i64(out.strides[0] // isz), i32(N), i32(Kd), i32(m), i32(K.ACTS.get(act, 0)),
-                   i32(data.shape[0]), i32(segs[0] if segs else 0))
+                   i32(data.shape[0]), i32(segs[0] if segs else 0)) + ((i32(ring[0]),) if ring else ())
         plan = _SPAN_LAUNCH[key] = (fn, grid, block, smem, scalars)
     fn, grid, block, smem, sc = plan
     wb, bb = segments[0] if segments else (None, None)
     wc, bc = segments[1] if segments and len(segments) > 1 else (None, None)
     o = K._opt
     args = (data, o(W2), sc[0], x2, sc[1], o(nw), sc[2], sc[3], o(bias), o(bias2), o(residual), sc[4], out, sc[5],
-            sc[6], sc[7], sc[8], sc[9], o(wb), o(wc), o(bb), o(bc), sc[10], sc[11])
+            sc[6], sc[7], sc[8], sc[9], o(wb), o(wc), o(bb), o(bc), *sc[10:])
     launch(fn, grid, block, args, smem, pdl=pdl and direct)  # qgemv_direct's pdl_wait: after its first weight loads

@@ -37,7 +37,12 @@ __device__ __forceinline__ void rotate4(unsigned (&w)[4], int r) {
 // A unit's weight chunk: LA = 0 through the no-allocate path (ld_stream), LA = 1 allocating in L1 (__ldg). On an
 // H200 (bench/read_patterns.py, session 11) a lane's run of 8 to 17 chunks read 2.2-2.3 TB/s no-allocate and
 // 3.1-3.6 TB/s through L1, whatever the blocks an SM; runs of 2 chunks 3.5-4.0 and 3.6-4.2.
-template <int LA> __device__ __forceinline__ uint4 ld_w(const uint4 *p) { return LA ? __ldg(p) : ld_stream(p); }
+// LA = 2: p is in shared memory (qgemv_ring's slots, quant_ring.cu), a plain load.
+template <int LA> __device__ __forceinline__ uint4 ld_w(const uint4 *p) {
+    return LA == 2 ? *p : LA ? __ldg(p) : ld_stream(p);
+}
+// a unit's block header (shared by the block's units): the cached path, or (LA = 2) shared memory
+template <int LA> __device__ __forceinline__ uint4 ld_h(const uint4 *p) { return LA == 2 ? *p : __ldg(p); }
 
 // acc += 4 weights (bytes of q, each q_byte_f(q, e, bias)) . x4
 __device__ __forceinline__ float dot4(unsigned q, float bias, const float4 &x, float acc) {
@@ -59,7 +64,7 @@ struct QD_q4_k {
     static __device__ __forceinline__ Unit load(const unsigned char *row, int u) {
         const unsigned char *b = row + (size_t)(u >> 3) * TS;
         return {ld_w<LA>(reinterpret_cast<const uint4 *>(b + 16 + 16 * (u & 7))),
-                __ldg(reinterpret_cast<const uint4 *>(b))};
+                ld_h<LA>(reinterpret_cast<const uint4 *>(b))};
     }
     static __device__ __forceinline__ void dot2(const Unit (&v)[2], int u, const float *xf, const float *xs16,
                                                 float (&acc)[2]) {
@@ -114,7 +119,7 @@ struct QD_q4_k64 {
     static __device__ __forceinline__ Unit load(const unsigned char *row, int u) {
         const unsigned char *b = row + (size_t)(u >> 2) * TS + 16 + 32 * (u & 3);
         return {ld_w<LA>(reinterpret_cast<const uint4 *>(b)), ld_w<LA>(reinterpret_cast<const uint4 *>(b + 16)),
-                __ldg(reinterpret_cast<const uint4 *>(row + (size_t)(u >> 2) * TS))};
+                ld_h<LA>(reinterpret_cast<const uint4 *>(row + (size_t)(u >> 2) * TS))};
     }
     // xq, dx, sx: x's values (XPAD bytes of padding after every 64: the 8 lanes of a wavefront, blocks b and b + 1
     // and g = 0..3, then read 8 different 4-bank groups), block scales and sums (int) from the unit's block on
