@@ -64,12 +64,23 @@ _DIRECT_INT8_ONLY = {"q8_0"}  # their float route stays on qgemv_span (measured 
 
 # qgemv_ring (quant_ring.cu): qgemv_direct's int8 route for one 16-bit x row (X > 0) with the weights brought into
 # shared memory by bulk copies (sm_90), S batches a warp ahead, the first S before pdl_wait; the same numbers bit
-# for bit. "nw": warps a block; "s": slots a warp (None: as many as fit "smem" bytes a block beside x's blocks);
-# "smem": a block's shared memory (None: half an SM's, so two blocks fit an SM and a launch's blocks can start
-# beside the kernel before's); "per_sm": blocks an SM in the grid.
-RING = {"enabled": os.environ.get("TAPER_QUANT_RING", "1") != "0", "nw": 8, "s": None, "smem": None, "per_sm": 1}
-_RING_SLOT = {"q4_k": 2 * 8 * 144, "q8_0": 16 * 272}  # quant_ring.cu's QRing<F>::SLOT
+# for bit. "formats": those it takes; "nw": warps a block; "u": units a lane a batch; "per_sm": blocks an SM in the
+# grid; "s": slots a warp (None: as many as fit "smem" bytes a block beside x's blocks; None: an SM's shared memory
+# shared by per_sm blocks, at least two). None takes the format's own (_RING_OWN), the fastest measured on an H200
+# (session 17, call 5, the captured decode, same run): Q8_0 387.2 -> 419.1 tok/s at two blocks of 8 warps an SM
+# (two slots a warp in place of the four that fit: 381.9); Q4_K slower at every setting tried (645.6 -> 614.1 at
+# U = 2, 578.7 at U = 1; call 4: one block of 8 warps an SM, U = 1, the other half left to the next kernel:
+# 462.1), so
+# "formats" leaves it on qgemv_direct.
+RING = {"enabled": os.environ.get("TAPER_QUANT_RING", "1") != "0", "formats": ("q8_0",), "nw": None, "u": None,
+        "per_sm": None, "s": None, "smem": None}
+_RING_OWN = {"q8_0": {"nw": 8, "u": 1, "per_sm": 2}, "q4_k": {"nw": 8, "u": 2, "per_sm": 2}}
+_RING_UNIT_BYTES = {"q4_k": 144 // 4, "q8_0": 272 // 2}  # a unit's bytes of a row (quant_direct.cu's TS / UPB)
 _SM_SMEM = 228 * 1024  # shared memory an SM on sm_90 (each block's 1 KiB reserve included)
+
+
+def _ring(qtype: str, key: str) -> int:
+    return RING[key] if RING[key] is not None else _RING_OWN[qtype][key]
 
 
 def _ring_at(qtype: str, k: int) -> int:
@@ -80,13 +91,15 @@ def _ring_at(qtype: str, k: int) -> int:
 
 def ring_plan(x2, qtype: str, datas):
     """(S, dynamic shared memory) of qgemv_ring for these (already direct_ok) operands, or None where it does not
-    apply: the int8 route, one 16-bit x row quantised in registers (K <= 12288), sm_90, two slots a warp at least."""
+    apply: a format in RING["formats"], the int8 route, one 16-bit x row quantised in registers (K <= 12288),
+    sm_90, two slots a warp at least."""
     m, k = x2.shape
-    if (not RING["enabled"] or qtype not in _RING_SLOT or dot_route() != "int8" or m != 1 or x2.itemsize != 2
-            or not _xj(m, k, 2, 6) or not sm90()):
+    if (not RING["enabled"] or qtype not in RING["formats"] or qtype not in _RING_OWN or dot_route() != "int8"
+            or m != 1 or x2.itemsize != 2 or not _xj(m, k, 2, 6) or not sm90()):
         return None
-    nw, slot, at = RING["nw"], _RING_SLOT[qtype], _ring_at(qtype, k)
-    budget = RING["smem"] or _SM_SMEM // 2 - 1024 - 128  # less the static (the norm's slots)
+    nw, u, at = _ring(qtype, "nw"), _ring(qtype, "u"), _ring_at(qtype, k)
+    slot = 32 * u * _RING_UNIT_BYTES[qtype] * (1 if qtype == "q8_0" else 2)  # QRing::SLOT (Q8_0: a split pair)
+    budget = RING["smem"] or _SM_SMEM // max(2, _ring(qtype, "per_sm")) - 1024 - 128  # less the static slots
     s = RING["s"] or (budget - at) // (nw * (slot + 8))
     smem = at + nw * s * (slot + 8)
     return (s, smem) if s >= 2 and smem <= K.SMEM_LIMIT - 1024 else None
@@ -224,17 +237,19 @@ def qgemv_fused(x2, data, qtype: str, out, bias=None, W2=None, bias2=None, act=N
     pairs = N if W2 is not None else -(-N // 2)  # a warp's two rows: GLU's gate and up, else two outputs
     dl = direct and direct_launch(qtype, pairs, m, Kd, isz)
     ring = direct and ring_plan(x2, qtype, datas)
-    key = (direct, dl, ring, RING["nw"], RING["per_sm"], dot_route(), x2.dtype, qtype, m,
+    rs = ring and tuple(_ring(qtype, k) for k in ("nw", "u", "per_sm"))
+    key = (direct, dl, ring, rs, dot_route(), x2.dtype, qtype, m,
            data.shape[0], Kd, data.strides[0], W2 is not None, segs, act, style, eps, x2.strides[0], out.strides[0],
            res_row)
     plan = _SPAN_LAUNCH.get(key)
     if plan is None:
         if ring:
-            (S, smem), nw = ring, RING["nw"]
-            fn = K._fn(f"qgemv_ring<{K.type_name(x2.dtype)},{DIRECT_FORMATS[qtype]},{nw},{_xj(m, Kd, 2, 6)}>")
+            (_, smem), warps = ring, _ring(qtype, "nw")
+            fn = K._fn(f"qgemv_ring<{K.type_name(x2.dtype)},{DIRECT_FORMATS[qtype]},{warps},{_xj(m, Kd, 2, 6)},"
+                       f"{_ring(qtype, 'u')}>")
             if smem > 48 * 1024 and fn.max_dynamic_shared_size_bytes < smem:
                 fn.max_dynamic_shared_size_bytes = K.SMEM_LIMIT - 1024
-            grid, block = (min(-(-pairs // nw), RING["per_sm"] * _sms()),), (32 * nw,)
+            grid, block = (min(-(-pairs // warps), _ring(qtype, "per_sm") * _sms()),), (32 * warps,)
         elif direct:
             smem = _direct_smem(m, Kd, isz, qtype)
             (targs, nb) = dl

@@ -1,13 +1,15 @@
 // quant_ring.cu: CUDA sources of engine/backends/cupy_kernels.py (compiled by cupy's NVRTC, not on their own).
-// qgemv_ring: qgemv_direct's int8 route (quant_direct.cu: the same arguments, layouts QD_q4_k64 / QD_q8_0h, one
-// 16-bit x row normed and quantised in registers by stage_quantise_x, a warp's two rows over the whole of K, lane
-// i summing units i, i + 32, ... in order, store_pairs: the same numbers bit for bit) with the weights brought
+// qgemv_ring: qgemv_direct's int8 route (quant_direct.cu: the same arguments and S, layouts QD_q4_k64 / QD_q8_0h,
+// one 16-bit x row normed and quantised in registers by stage_quantise_x, a warp's two rows over the whole of K,
+// lane i summing units i, i + 32, ... in order, store_pairs: the same numbers bit for bit) with the weights brought
 // into shared memory by the Tensor Memory Accelerator (cp.async.bulk, sm_90) rather than into registers by the
-// warps' own loads. Each warp has a ring of S slots of one batch (32 units of each of its pair's rows, or the 32
-// unit slots of a split pair) and an mbarrier a slot; its lane 0 issues the batches S ahead. The first S batches of
-// every warp load before pdl_wait, so up to S x NW x a slot's bytes an SM (about 100 KB: half an SM's shared
-// memory) stream in while the kernel before ends, where qgemv_direct holds its first batch in registers (16-32 KB
-// an SM). Blocks are sized so two fit an SM: a launch's blocks can start beside the kernel before's (PDL).
+// warps' own loads. Each warp has a ring of S slots of one batch (32 U units of each of its pair's rows, or the
+// 32 U unit slots of a split pair) and an mbarrier a slot; its lane 0 issues the batches S ahead. The first S
+// batches of every warp load before pdl_wait, while the kernel before ends. Loads in flight are bounded by shared
+// memory, not registers: Q8_0's units (144 bytes a lane) held 9 registers x 4 a unit in qgemv_direct.
+// On an H200 (session 17, captured decode, same run): Q8_0 at two blocks of 8 warps an SM, U = 1: 387.2 -> 419.1
+// tok/s; Q4_K (U = 2) 645.6 -> 614.1 (each batch's wait, barrier and issue weigh on its cheaper units), so the
+// launcher keeps Q4_K on qgemv_direct.
 
 __device__ __forceinline__ unsigned smem_u32(const void *p) { return (unsigned)__cvta_generic_to_shared(p); }
 
@@ -50,16 +52,16 @@ __device__ __forceinline__ void mbar_wait(unsigned long long *b, unsigned parity
 
 // Shared memory (dynamic): x's int8 blocks (LI::xbytes(K)), their scales and sums (K / 32 each), then from byte
 // ring_at(K) (128-aligned) the NW warps' rings, S slots of L's SLOT bytes each, then NW x S mbarriers.
-template <int F> struct QRing {
+template <int F, int U> struct QRing {
     using L = typename QDirect<F, 1>::L;
-    static constexpr int SPAN = 32 / L::UPB * L::TS;  // a row's bytes of 32 units (whole blocks: UPB divides 32)
+    static constexpr int SPAN = 32 * U / L::UPB * L::TS;  // a row's bytes of 32 U units (whole blocks: UPB | 32)
     static constexpr int SLOT = L::SPLIT ? SPAN : 2 * SPAN;
     static __device__ __forceinline__ long ring_at(long K) {
         return (L::xbytes(K) + K / 32 * 8 + 127) / 128 * 128;
     }
 };
 
-template <typename T, int F, int NW, int XJ>
+template <typename T, int F, int NW, int XJ, int U>
 __global__ void __launch_bounds__(32 * NW, 2) qgemv_ring(const unsigned char *__restrict__ W,
         const unsigned char *__restrict__ W2, long row_bytes, const T *__restrict__ x, long x_row,
         const T *__restrict__ nw, float eps, int style, const T *__restrict__ bias, const T *__restrict__ bias2,
@@ -67,7 +69,7 @@ __global__ void __launch_bounds__(32 * NW, 2) qgemv_ring(const unsigned char *__
         const unsigned char *__restrict__ Wb, const unsigned char *__restrict__ Wc, const T *__restrict__ biasb,
         const T *__restrict__ biasc, int n0, int n1, int S) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    using R = QRing<F>;
+    using R = QRing<F, U>;
     using L = typename R::L;
     constexpr int UPB = L::UPB, TS = L::TS;
     extern __shared__ __align__(128) unsigned char smem_raw[];
@@ -81,26 +83,27 @@ __global__ void __launch_bounds__(32 * NW, 2) qgemv_ring(const unsigned char *__
                                                                      (size_t)NW * S * R::SLOT) + warp * S;
     const bool glu = W2 != nullptr;
     const int pairs = glu ? N : (N + 1) / 2, units = K / L::BS * UPB, stride = gridDim.x * NW;
-    const int slots = L::SPLIT ? 2 * units : units, nb = (slots + 31) / 32;  // a pair's unit slots, batches
+    constexpr int BU = 32 * U;  // a batch's unit slots: lane i sums slots i, i + 32, ... of it, in order
+    const int slots = L::SPLIT ? 2 * units : units, nb = (slots + BU - 1) / BU;  // a pair's unit slots, batches
     // a split pair's batch from slot a: row 0's units [a, units), row 1's from max(a, units) - units; its row 0
     // bytes come first in the slot
-    auto head = [&](int a) { return a < units ? (min(a + 32, units) - a) / UPB * TS : 0; };
+    auto head = [&](int a) { return a < units ? (min(a + BU, units) - a) / UPB * TS : 0; };
     int lp = blockIdx.x * NW + warp, lb = 0;  // the batch lane 0 issues next: pair lp, batch lb
     auto issue = [&](int s) {  // batch (lp, lb) into slot s, then the cursor to the next batch
         if (lp >= pairs) return;
         if (lane == 0) {
-            const int row = glu ? lp : 2 * lp, a = 32 * lb;
+            const int row = glu ? lp : 2 * lp, a = BU * lb;
             const unsigned char *w0 = qrow<T>(row, row_bytes, W, Wb, Wc, n0, n1);
             const unsigned char *w1 = glu ? W2 + (size_t)lp * row_bytes
                                           : qrow<T>(min(row + 1, N - 1), row_bytes, W, Wb, Wc, n0, n1);
             unsigned char *dst = ring + (size_t)s * R::SLOT;
             if constexpr (L::SPLIT) {
-                const int b = min(a + 32, slots), h = head(a), t = b > units ? (b - max(a, units)) / UPB * TS : 0;
+                const int b = min(a + BU, slots), h = head(a), t = b > units ? (b - max(a, units)) / UPB * TS : 0;
                 mbar_expect(bar + s, h + t);
                 if (h) bulk_load(dst, w0 + (size_t)(a / UPB) * TS, h, bar + s);
                 if (t) bulk_load(dst + h, w1 + (size_t)((max(a, units) - units) / UPB) * TS, t, bar + s);
             } else {
-                const int n = (min(a + 32, units) - a) / UPB * TS;
+                const int n = (min(a + BU, units) - a) / UPB * TS;
                 mbar_expect(bar + s, 2 * n);
                 bulk_load(dst, w0 + (size_t)(a / UPB) * TS, n, bar + s);
                 bulk_load(dst + R::SPAN, w1 + (size_t)(a / UPB) * TS, n, bar + s);
@@ -119,7 +122,8 @@ __global__ void __launch_bounds__(32 * NW, 2) qgemv_ring(const unsigned char *__
     const bool hw = style != 0 && nw != nullptr;
     #pragma unroll
     for (int j = 0; j < XQ; j++)
-        if (hw && threadIdx.x + 32 * NW * j < K / 8) nw4[j] = reinterpret_cast<const uint4 *>(nw)[threadIdx.x + 32 * NW * j];
+        if (hw && threadIdx.x + 32 * NW * j < K / 8)
+            nw4[j] = reinterpret_cast<const uint4 *>(nw)[threadIdx.x + 32 * NW * j];
     pdl_wait();
     pdl_trigger();
     stage_quantise_x<T, XJ, NW>(x, nw4, hw, eps, style, K, xq, dxs, L::PAD < 0 ? nullptr : sxs, L::PAD, red);
@@ -131,25 +135,28 @@ __global__ void __launch_bounds__(32 * NW, 2) qgemv_ring(const unsigned char *__
         for (int cb = 0; cb < nb; cb++) {
             mbar_wait(bar + s, phase);
             const unsigned char *slot = ring + (size_t)s * R::SLOT;
-            const int su = 32 * cb + lane;
-            if (su < slots) {
-                if constexpr (L::SPLIT) {  // one row's unit: its sum goes to row r's accumulator
-                    const int r = su >= units, u = su - r * units, a = 32 * cb;
-                    const typename L::Unit v = r ? L::template load<2>(slot + head(a), u - (max(a, units) - units))
-                                                 : L::template load<2>(slot, u - a);
-                    const int x0 = u / UPB * L::BS;
-                    float t = r ? acc[1][0] : acc[0][0];
-                    L::dot1i(v, u, xq + L::xbytes(x0), dxs + x0 / 32, t);
-                    if (r) acc[1][0] = t;
-                    else acc[0][0] = t;
-                } else {
-                    const typename L::Unit v[2] = {L::template load<2>(slot, lane),
-                                                   L::template load<2>(slot + R::SPAN, lane)};
-                    const int x0 = su / UPB * L::BS;
-                    float a2[2] = {acc[0][0], acc[1][0]};
-                    L::dot2i(v, su, xq + L::xbytes(x0), dxs + x0 / 32, sxs + x0 / 32, a2);
-                    acc[0][0] = a2[0];
-                    acc[1][0] = a2[1];
+            #pragma unroll
+            for (int i = 0; i < U; i++) {
+                const int a = BU * cb, su = a + lane + 32 * i;
+                if (su < slots) {
+                    if constexpr (L::SPLIT) {  // one row's unit: its sum goes to row r's accumulator
+                        const int r = su >= units, u = su - r * units;
+                        const int ua = r ? max(a, units) - units : a;  // the slot's first unit of row r
+                        const typename L::Unit v = L::template load<2>(r ? slot + head(a) : slot, u - ua);
+                        const int x0 = u / UPB * L::BS;
+                        float t = r ? acc[1][0] : acc[0][0];
+                        L::dot1i(v, u, xq + L::xbytes(x0), dxs + x0 / 32, t);
+                        if (r) acc[1][0] = t;
+                        else acc[0][0] = t;
+                    } else {
+                        const typename L::Unit v[2] = {L::template load<2>(slot, su - a),
+                                                       L::template load<2>(slot + R::SPAN, su - a)};
+                        const int x0 = su / UPB * L::BS;
+                        float a2[2] = {acc[0][0], acc[1][0]};
+                        L::dot2i(v, su, xq + L::xbytes(x0), dxs + x0 / 32, sxs + x0 / 32, a2);
+                        acc[0][0] = a2[0];
+                        acc[1][0] = a2[1];
+                    }
                 }
             }
             __syncwarp();  // every lane has read the slot: its next batch may land in it

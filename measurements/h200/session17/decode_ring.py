@@ -3,7 +3,7 @@ converter, batch 1, 128-token prompt, 128 captured steps, median of 3, int8 rout
 qgemv_direct (weights into registers) and as qgemv_ring (weights into shared memory by bulk copies) under
 cupy_quant.RING settings, back to back on one model (session 16's decode_attn.run).
 Usage: python decode_ring.py OUT.json FORMATS VARIANT[,VARIANT...]
-  direct | ring (RING's defaults) | ring:key=value:key=value (nw, s, smem, per_sm)
+  direct | ring (the format's own settings, cupy_quant._RING_OWN) | ring:key=value:... (nw, u, s, smem, per_sm)
 """
 import json
 import sys
@@ -20,6 +20,7 @@ DEFAULT = dict(Q.RING)
 def switch(v):
     Q.RING.update(DEFAULT)
     Q.RING["enabled"] = v != "direct"
+    Q.RING["formats"] = ("q4_k", "q8_0")
     for kv in v.split(":")[1:]:
         k, val = kv.split("=")
         Q.RING[k] = int(val)
