@@ -76,7 +76,6 @@ RING = {"enabled": os.environ.get("TAPER_QUANT_RING", "1") != "0", "formats": ("
         "per_sm": None, "s": None, "smem": None}
 _RING_OWN = {"q8_0": {"nw": 8, "u": 1, "per_sm": 2}, "q4_k": {"nw": 8, "u": 2, "per_sm": 2}}
 _RING_UNIT_BYTES = {"q4_k": 144 // 4, "q8_0": 272 // 2}  # a unit's bytes of a row (quant_direct.cu's TS / UPB)
-_SM_SMEM = 228 * 1024  # shared memory an SM on sm_90 (each block's 1 KiB reserve included)
 
 
 def _ring(qtype: str, key: str) -> int:
@@ -99,10 +98,20 @@ def ring_plan(x2, qtype: str, datas):
         return None
     nw, u, at = _ring(qtype, "nw"), _ring(qtype, "u"), _ring_at(qtype, k)
     slot = 32 * u * _RING_UNIT_BYTES[qtype] * (1 if qtype == "q8_0" else 2)  # QRing::SLOT (Q8_0: a split pair)
-    budget = RING["smem"] or _SM_SMEM // max(2, _ring(qtype, "per_sm")) - 1024 - 128  # less the static slots
+    sm_smem, block_smem = _smem_limits()
+    budget = RING["smem"] or sm_smem // max(2, _ring(qtype, "per_sm")) - 1024 - 128  # less the static slots
     s = RING["s"] or (budget - at) // (nw * (slot + 8))
     smem = at + nw * s * (slot + 8)
-    return (s, smem) if s >= 2 and smem <= K.SMEM_LIMIT - 1024 else None
+    return (s, smem) if s >= 2 and smem <= block_smem - 128 else None
+
+
+def _smem_limits() -> tuple:
+    """The device's shared memory an SM (each block's 1 KiB reserve included: 228 KiB on sm_90) and a block's
+    opt-in maximum (227 KiB there)."""
+    if "smem" not in DIRECT:
+        a = cupy.cuda.Device().attributes
+        DIRECT["smem"] = (a["MaxSharedMemoryPerMultiprocessor"], a["MaxSharedMemoryPerBlockOptin"])
+    return DIRECT["smem"]
 
 
 def dot_route() -> str:
@@ -248,7 +257,7 @@ def qgemv_fused(x2, data, qtype: str, out, bias=None, W2=None, bias2=None, act=N
             fn = K._fn(f"qgemv_ring<{K.type_name(x2.dtype)},{DIRECT_FORMATS[qtype]},{warps},{_xj(m, Kd, 2, 6)},"
                        f"{_ring(qtype, 'u')}>")
             if smem > 48 * 1024 and fn.max_dynamic_shared_size_bytes < smem:
-                fn.max_dynamic_shared_size_bytes = K.SMEM_LIMIT - 1024
+                fn.max_dynamic_shared_size_bytes = _smem_limits()[1] - 128
             grid, block = (min(-(-pairs // warps), _ring(qtype, "per_sm") * _sms()),), (32 * warps,)
         elif direct:
             smem = _direct_smem(m, Kd, isz, qtype)
