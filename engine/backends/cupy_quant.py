@@ -245,13 +245,12 @@ def qgemv_fused(x2, data, qtype: str, out, bias=None, W2=None, bias2=None, act=N
     N = data.shape[0] + sum(segs)
     pairs = N if W2 is not None else -(-N // 2)  # a warp's two rows: GLU's gate and up, else two outputs
     dl = direct and direct_launch(qtype, pairs, m, Kd, isz)
-    ring = direct and ring_plan(x2, qtype, datas)
-    rs = ring and tuple(_ring(qtype, k) for k in ("nw", "u", "per_sm"))
-    key = (direct, dl, ring, rs, dot_route(), x2.dtype, qtype, m,
+    key = (direct, dl, tuple(RING.values()), dot_route(), x2.dtype, qtype, m,
            data.shape[0], Kd, data.strides[0], W2 is not None, segs, act, style, eps, x2.strides[0], out.strides[0],
            res_row)
     plan = _SPAN_LAUNCH.get(key)
     if plan is None:
+        ring = direct and ring_plan(x2, qtype, datas)
         if ring:
             (_, smem), warps = ring, _ring(qtype, "nw")
             fn = K._fn(f"qgemv_ring<{K.type_name(x2.dtype)},{DIRECT_FORMATS[qtype]},{warps},{_xj(m, Kd, 2, 6)},"

@@ -44,7 +44,6 @@ __device__ __forceinline__ void fa_stage(T *dst, const T *__restrict__ src, long
 }
 
 // fa_stage by cp.async (16 bytes a copy; src-size 0 writes zeros), completed by fa_wait and a barrier
-__device__ __forceinline__ unsigned fa_saddr(const void *p) { return (unsigned)__cvta_generic_to_shared(p); }
 template <typename T, int EP>
 __device__ __forceinline__ void fa_stage_async(T *dst, const T *__restrict__ src, long rs, int nrows, int E) {
     constexpr int LD = EP + 8, CH = EP / 8;
@@ -52,7 +51,7 @@ __device__ __forceinline__ void fa_stage_async(T *dst, const T *__restrict__ src
         const int r = c / CH, col = (c % CH) * 8;
         const bool ok = r < nrows && col < E;
         const T *from = ok ? src + (long)r * rs + col : src;
-        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" :: "r"(fa_saddr(dst + r * LD + col)),
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" :: "r"(smem_addr(dst + r * LD + col)),
                      "l"(from), "r"(ok ? 16 : 0) : "memory");
     }
 }
@@ -64,7 +63,7 @@ template <int N> __device__ __forceinline__ void fa_wait() {
 // (g, t) gets rows 2t, 2t+1 of column g of matrix i in register i (the B fragment of row-major [k][n] storage)
 __device__ __forceinline__ void fa_ldsm_t(unsigned &r0, unsigned &r1, unsigned &r2, unsigned &r3, const void *p) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(fa_saddr(p)) : "memory");
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(smem_addr(p)) : "memory");
 }
 
 template <typename T, int EP, bool PIPE>

@@ -353,17 +353,8 @@ __global__ void __launch_bounds__(32 * NW, B) qgemv_direct(const unsigned char *
         }
     }
     // (XJ is the launcher's for one row; the bundle's other row counts compile with it and stage x as before)
-    if constexpr (XJ > 0 && D == 1 && sizeof(T) == 2 && M == 1) {  // the norm weight's chunks load with the
-        constexpr int XQ = XChunks<XJ, NW>::Q;  // weights (frozen), x's after pdl_wait
-        uint4 nw4[XQ];
-        const bool hw = style != 0 && nw != nullptr;
-        #pragma unroll
-        for (int j = 0; j < XQ; j++)
-            if (hw && threadIdx.x + 32 * NW * j < K / 8)
-                nw4[j] = reinterpret_cast<const uint4 *>(nw)[threadIdx.x + 32 * NW * j];
-        pdl_wait();
-        pdl_trigger();
-        stage_quantise_x<T, XJ, NW>(x, nw4, hw, eps, style, K, xq, dxs, LI::PAD < 0 ? nullptr : sxs, LI::PAD, red);
+    if constexpr (XJ > 0 && D == 1 && sizeof(T) == 2 && M == 1) {
+        quantise_x_after_wait<T, XJ, NW>(x, nw, eps, style, K, xq, dxs, LI::PAD < 0 ? nullptr : sxs, LI::PAD, red);
     } else if constexpr (NW != 8) {  // (never launched: the launcher's NW > 8 comes with XJ > 0 and one row)
         __trap();
     } else {

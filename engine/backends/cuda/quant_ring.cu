@@ -11,13 +11,11 @@
 // tok/s; Q4_K (U = 2) 645.6 -> 614.1 (each batch's wait, barrier and issue weigh on its cheaper units), so the
 // launcher keeps Q4_K on qgemv_direct.
 
-__device__ __forceinline__ unsigned smem_u32(const void *p) { return (unsigned)__cvta_generic_to_shared(p); }
-
 // An mbarrier of one arrival (lane 0's, with the transaction bytes to expect), completed by the bulk copies'
 // bytes; try_wait.parity spins on the phase (k & 1 for a slot's k-th batch).
 __device__ __forceinline__ void mbar_init(unsigned long long *b) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_u32(b)) : "memory");
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_addr(b)) : "memory");
 #endif
 }
 __device__ __forceinline__ void mbar_init_fence() {  // the inits visible to the async proxy (the bulk copies)
@@ -27,14 +25,14 @@ __device__ __forceinline__ void mbar_init_fence() {  // the inits visible to the
 }
 __device__ __forceinline__ void mbar_expect(unsigned long long *b, unsigned bytes) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_u32(b)), "r"(bytes) : "memory");
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(b)), "r"(bytes) : "memory");
 #endif
 }
 // bytes (a multiple of 16; src and dst 16-byte aligned) from global src into shared dst, counted on b
 __device__ __forceinline__ void bulk_load(void *dst, const void *src, unsigned bytes, unsigned long long *b) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
-                 ::"r"(smem_u32(dst)), "l"(src), "r"(bytes), "r"(smem_u32(b)) : "memory");
+                 ::"r"(smem_addr(dst)), "l"(src), "r"(bytes), "r"(smem_addr(b)) : "memory");
 #endif
 }
 // (a phase that never completes, a bug, traps after ~2^24 tries rather than hanging the GPU)
@@ -43,7 +41,7 @@ __device__ __forceinline__ void mbar_wait(unsigned long long *b, unsigned parity
     for (unsigned n = 0;; n++) {
         unsigned done;
         asm volatile("{\n\t.reg .pred P;\n\tmbarrier.try_wait.parity.shared::cta.b64 P, [%1], %2;\n\t"
-                     "selp.u32 %0, 1, 0, P;\n\t}" : "=r"(done) : "r"(smem_u32(b)), "r"(parity) : "memory");
+                     "selp.u32 %0, 1, 0, P;\n\t}" : "=r"(done) : "r"(smem_addr(b)), "r"(parity) : "memory");
         if (done) return;
         if (n == (1u << 24)) __trap();
     }
@@ -117,16 +115,7 @@ __global__ void __launch_bounds__(32 * NW, 2) qgemv_ring(const unsigned char *__
     }
     __syncwarp();
     for (int s = 0; s < S; s++) issue(s);  // frozen weights: before pdl_wait
-    constexpr int XQ = XChunks<XJ, NW>::Q;  // the norm weight's chunks load with the weights, x's after pdl_wait
-    uint4 nw4[XQ];
-    const bool hw = style != 0 && nw != nullptr;
-    #pragma unroll
-    for (int j = 0; j < XQ; j++)
-        if (hw && threadIdx.x + 32 * NW * j < K / 8)
-            nw4[j] = reinterpret_cast<const uint4 *>(nw)[threadIdx.x + 32 * NW * j];
-    pdl_wait();
-    pdl_trigger();
-    stage_quantise_x<T, XJ, NW>(x, nw4, hw, eps, style, K, xq, dxs, L::PAD < 0 ? nullptr : sxs, L::PAD, red);
+    quantise_x_after_wait<T, XJ, NW>(x, nw, eps, style, K, xq, dxs, L::PAD < 0 ? nullptr : sxs, L::PAD, red);
     __syncthreads();
     int s = 0;
     unsigned phase = 0;

@@ -437,4 +437,24 @@ __device__ __forceinline__ void stage_quantise_x(const T *__restrict__ x, const 
     }
 }
 
+
+// The int8 route's prologue of a GEMV whose weights are frozen (qgemv_direct's XJ > 0, qgemv_ring): the norm
+// weight's chunks load (before pdl_wait, beside the weights already in flight), then, once the kernel before has
+// ended, x's one 16-bit row is normed and quantised in registers (stage_quantise_x). The barrier after it is the
+// caller's.
+template <typename T, int XJ, int NW>
+__device__ __forceinline__ void quantise_x_after_wait(const T *__restrict__ x, const T *__restrict__ nw, float eps,
+                                                      int style, int K, signed char *xq, float *dxs, int *sxs,
+                                                      int pad, float *red) {
+    constexpr int XQ = XChunks<XJ, NW>::Q;
+    uint4 nw4[XQ];
+    const bool hw = style != 0 && nw != nullptr;
+    #pragma unroll
+    for (int j = 0; j < XQ; j++)
+        if (hw && threadIdx.x + 32 * NW * j < K / 8)
+            nw4[j] = reinterpret_cast<const uint4 *>(nw)[threadIdx.x + 32 * NW * j];
+    pdl_wait();
+    pdl_trigger();
+    stage_quantise_x<T, XJ, NW>(x, nw4, hw, eps, style, K, xq, dxs, sxs, pad, red);
+}
 #endif

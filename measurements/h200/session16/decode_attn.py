@@ -20,9 +20,10 @@ def _cluster(v):
     cupy_decode.CLUSTER_ATTENTION["chunks"] = (64, 128) if v == "c64" else (128,)
 
 
-def run(out, formats, variants, switch, reset):
+def run(out, formats, variants, switch, reset, fp16_once=False):
     """Each format's model built (and quantised) once, then the captured decode under each variant (switch(v)
-    sets it), back to back; reset() restores the defaults; tokens/s to out (JSON)."""
+    sets it), back to back; reset() restores the defaults; tokens/s to out (JSON, rewritten after each
+    measurement). fp16_once: fp16 under the first variant only (variants of the quantized GEMVs)."""
     K.QUANT_KERNELS["enabled"] = True
     Q.QUANT_DOT["route"] = "int8"
     res = {}
@@ -30,16 +31,16 @@ def run(out, formats, variants, switch, reset):
         m = build("llama-2-7b", "cuda", 0)
         if fmt != "fp16":
             quantize_module(m, fmt)
-        for v in variants:
+        for v in variants[:1] if fp16_once and fmt == "fp16" else variants:
             switch(v)
             r = measure_decode(m, "cuda", 128, 128, 3)
             res[f"{fmt}@{v}"] = r["tokens_per_s"]
             print(f"{fmt:5s} {v:8s} {r['tokens_per_s']:7.1f} tok/s", flush=True)
+            with open(out, "w") as f:
+                json.dump(res, f, indent=1)
         del m
         engine.backend("cuda").pool.empty_cache()
     reset()
-    with open(out, "w") as f:
-        json.dump(res, f, indent=1)
 
 
 if __name__ == "__main__":
