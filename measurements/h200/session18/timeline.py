@@ -10,7 +10,8 @@ converter, batch 1, 128-token prompt, int8 route):
   prologue  wait return -> prologue end (median over blocks)
   body      prologue end -> median warp exit
   tail      median warp exit -> last warp exit
-Usage: python timeline.py OUT.json FORMAT[,FORMAT...] [VARIANT ...]   (VARIANT: direct | ring, as decode_ring.py)
+Usage: python timeline.py OUT.json FORMAT[,FORMAT...] [VARIANT ...]
+  VARIANT: direct | ring | ring:key=value... (as decode_ring.py), then +key=value... (cupy_quant.DIRECT settings)
 """
 import ctypes
 import functools
@@ -27,10 +28,11 @@ from engine.backends import cupy_kernels as K
 from engine.backends import cupy_quant as Q
 from engine.quant import quantize_module
 
-CAP = 1 << 21  # records of 4 u64
+SM_CAP = 1 << 14  # records of 4 u64 an SM, a ring (the latest kept)
+CAP = 256 * SM_CAP
 
 TL = r"""
-__device__ unsigned long long *tl_ptr;  // [0]: count, from [8]: records of 4 (set by the host per module)
+__device__ unsigned long long *tl_ptr;  // [sm]: that SM's count; from [256]: SM s's ring of SM_CAP_ records of 4
 __shared__ unsigned long long tl_key, tl_ret;
 __device__ __forceinline__ unsigned long long tl_now() {
     unsigned long long t;
@@ -41,10 +43,10 @@ __device__ __forceinline__ unsigned tl_smid() { unsigned s; asm volatile("mov.u3
 __device__ __forceinline__ void tl_put(unsigned long long tag, unsigned long long a, unsigned long long b,
                                        unsigned long long c) {
     if (tl_ptr == nullptr) return;
-    unsigned long long i = atomicAdd(tl_ptr, 1ull);
-    if (i >= CAP_) return;
-    unsigned long long *r = tl_ptr + 8 + 4 * i;
-    r[0] = tag | ((unsigned long long)blockIdx.x << 8) | ((unsigned long long)tl_smid() << 32) |
+    const unsigned sm = tl_smid() & 255;  // a counter an SM: no contention across the GPU
+    const unsigned long long i = atomicAdd(tl_ptr + sm, 1ull) % SM_CAP_;
+    unsigned long long *r = tl_ptr + 256 + 4 * (SM_CAP_ * sm + i);
+    r[0] = tag | ((unsigned long long)blockIdx.x << 8) | ((unsigned long long)sm << 32) |
            ((unsigned long long)(threadIdx.x >> 5) << 48);
     r[1] = a; r[2] = b; r[3] = c;
 }
@@ -71,7 +73,7 @@ struct TLEnd {  // a GEMV's: its key (weight pointer, N) for pdl_wait's stamp; e
         if ((threadIdx.x & 31) == 0) tl_put(4, t0, tl_now(), key);
     }
 };
-""".replace("CAP_", str(CAP))
+""".replace("SM_CAP_", str(SM_CAP))
 
 WAIT = """__device__ __forceinline__ void pdl_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -111,7 +113,7 @@ def _recording(f):
 
 
 def install():
-    BUF["buf"] = cupy.zeros(8 + 4 * CAP, dtype=cupy.uint64)
+    BUF["buf"] = cupy.zeros(256 + 4 * CAP, dtype=cupy.uint64)
     K._SRC = edit(K._SRC)
     cupy_decode._SRC = edit(cupy_decode._SRC)
     K._module = _recording(K._module)
@@ -147,10 +149,11 @@ def resolution() -> float:
 
 
 def records():
-    b = BUF["buf"]
-    n = min(int(b[0].get()), CAP)
-    r = b[8:8 + 4 * n].get().reshape(n, 4)
-    return r
+    """Every record still in the SMs' rings (the latest SM_CAP an SM), in no order."""
+    b = BUF["buf"].get()
+    n = np.minimum(b[:256], SM_CAP)
+    r = b[256:].reshape(256, SM_CAP, 4)
+    return np.concatenate([r[s, :n[s]] for s in range(256) if n[s]])
 
 
 def analyse(r) -> dict:
@@ -234,16 +237,20 @@ def main(out, formats, variants):
         if fmt != "fp16":
             quantize_module(m, fmt)
         for v in variants if fmt != "fp16" else variants[:1]:
-            switch(v)
+            switch(v.split("+")[0])
+            Q.DIRECT.update(Q.DIRECT_SETTINGS)
+            for kv in v.split("+")[1:]:  # +key=value: cupy_quant.DIRECT settings (qgemv_direct's u, b, p)
+                k, val = kv.split("=")
+                Q.DIRECT[k] = int(val)
             Q._SPAN_LAUNCH.clear()
             lm = impls.get("engine", "cuda", "float16").load(None, module=m)
             ids = np.random.default_rng(0).integers(0, m.config.vocab_size, (1, 128))
-            step_seconds(lm, ids, 16)  # warm-up: eager steps, record, plan, capture
-            t_plain = step_seconds(lm, ids, 64)
+            step_seconds(lm, ids, 128)  # warm-up: eager steps, record, plan, capture (bench.gguf_decode's)
+            t_plain = min(step_seconds(lm, ids, 64) for _ in range(2))  # (call 3: the first run after it is slow)
             print(f"armed {arm()} modules", flush=True)
-            BUF["buf"][0] = 0
+            BUF["buf"][:256] = 0
             cupy.cuda.runtime.deviceSynchronize()
-            t = step_seconds(lm, ids, 4)
+            t = step_seconds(lm, ids, 64)  # the captured steps, stamped; the last full one analysed
             a = analyse(records())
             a["stamped_step_us"], a["plain_step_us"] = t * 1e6, t_plain * 1e6
             res[f"{fmt}@{v}"] = a
