@@ -342,6 +342,9 @@ __global__ void __launch_bounds__(32 * NW, B) qgemv_direct(const unsigned char *
             for (int m = 0; m < M; m++) acc[0][m] = acc[1][m] = 0.f;
         }
     };
+    // (XJ is the launcher's for one row; the bundle's other row counts compile with it and stage x as before)
+    constexpr bool XREG = XJ > 0 && D == 1 && sizeof(T) == 2 && M == 1;
+    const NormChunks<T, XREG ? XJ : 2, NW> nc(XREG ? nw : nullptr, style, K);  // before the weights' batches
     Buf b0, b1;
     int np = 0, nu = 0;  // P = 1: the batch in b1
     if (lp < pairs) {  // the first batch loads while x is staged (P = 1: the second too)
@@ -352,9 +355,8 @@ __global__ void __launch_bounds__(32 * NW, B) qgemv_direct(const unsigned char *
             if (np < pairs) issue(b1);
         }
     }
-    // (XJ is the launcher's for one row; the bundle's other row counts compile with it and stage x as before)
-    if constexpr (XJ > 0 && D == 1 && sizeof(T) == 2 && M == 1) {
-        quantise_x_after_wait<T, XJ, NW>(x, nw, eps, style, K, xq, dxs, LI::PAD < 0 ? nullptr : sxs, LI::PAD, red);
+    if constexpr (XREG) {
+        quantise_x_after_wait<T, XJ, NW>(x, nc, eps, style, K, xq, dxs, LI::PAD < 0 ? nullptr : sxs, LI::PAD, red);
     } else if constexpr (NW != 8) {  // (never launched: the launcher's NW > 8 comes with XJ > 0 and one row)
         __trap();
     } else {

@@ -109,13 +109,14 @@ __global__ void __launch_bounds__(32 * NW, 2) qgemv_ring(const unsigned char *__
         }
         if (++lb == nb) lb = 0, lp += stride;
     };
+    const NormChunks<T, XJ, NW> nc(nw, style, K);  // before the weights' batches
     if (lane == 0) {
         for (int s = 0; s < S; s++) mbar_init(bar + s);
         mbar_init_fence();
     }
     __syncwarp();
     for (int s = 0; s < S; s++) issue(s);  // frozen weights: before pdl_wait
-    quantise_x_after_wait<T, XJ, NW>(x, nw, eps, style, K, xq, dxs, L::PAD < 0 ? nullptr : sxs, L::PAD, red);
+    quantise_x_after_wait<T, XJ, NW>(x, nc, eps, style, K, xq, dxs, L::PAD < 0 ? nullptr : sxs, L::PAD, red);
     __syncthreads();
     int s = 0;
     unsigned phase = 0;

@@ -438,23 +438,32 @@ __device__ __forceinline__ void stage_quantise_x(const T *__restrict__ x, const 
 }
 
 
-// The int8 route's prologue of a GEMV whose weights are frozen (qgemv_direct's XJ > 0, qgemv_ring): the norm
-// weight's chunks load (before pdl_wait, beside the weights already in flight), then, once the kernel before has
-// ended, x's one 16-bit row is normed and quantised in registers (stage_quantise_x). The barrier after it is the
-// caller's.
+// The norm weight's chunks of a thread's quantised ones (XChunks; hw: there is a norm weight), loaded before
+// anything else a frozen-weight GEMV loads (qgemv_direct's XJ > 0, qgemv_ring): the weights' first batches go out
+// after it, so it does not queue behind them. On an H200 (session 18's timeline of the captured decode, the norm
+// weight then loaded after the batches) the prologues of launches with a norm ran ~1 us (qgemv_direct) and ~2.5 us
+// (qgemv_ring, more bytes ahead of it) longer than those without; this order is the fix to try, not yet timed.
+template <typename T, int XJ, int NW> struct NormChunks {
+    uint4 w[XChunks<XJ, NW>::Q];
+    bool hw;
+    __device__ __forceinline__ NormChunks(const T *__restrict__ nw, int style, int K)
+        : hw(style != 0 && nw != nullptr) {
+        #pragma unroll
+        for (int j = 0; j < XChunks<XJ, NW>::Q; j++)
+            if (hw && threadIdx.x + 32 * NW * j < K / 8)
+                w[j] = reinterpret_cast<const uint4 *>(nw)[threadIdx.x + 32 * NW * j];
+    }
+};
+
+// The int8 route's prologue of a GEMV whose weights are frozen, after its loads have gone out: once the kernel
+// before has ended, x's one 16-bit row is normed (nc: NormChunks, loaded first) and quantised in registers
+// (stage_quantise_x). The barrier after it is the caller's.
 template <typename T, int XJ, int NW>
-__device__ __forceinline__ void quantise_x_after_wait(const T *__restrict__ x, const T *__restrict__ nw, float eps,
-                                                      int style, int K, signed char *xq, float *dxs, int *sxs,
-                                                      int pad, float *red) {
-    constexpr int XQ = XChunks<XJ, NW>::Q;
-    uint4 nw4[XQ];
-    const bool hw = style != 0 && nw != nullptr;
-    #pragma unroll
-    for (int j = 0; j < XQ; j++)
-        if (hw && threadIdx.x + 32 * NW * j < K / 8)
-            nw4[j] = reinterpret_cast<const uint4 *>(nw)[threadIdx.x + 32 * NW * j];
+__device__ __forceinline__ void quantise_x_after_wait(const T *__restrict__ x, const NormChunks<T, XJ, NW> &nc,
+                                                      float eps, int style, int K, signed char *xq, float *dxs,
+                                                      int *sxs, int pad, float *red) {
     pdl_wait();
     pdl_trigger();
-    stage_quantise_x<T, XJ, NW>(x, nw4, hw, eps, style, K, xq, dxs, sxs, pad, red);
+    stage_quantise_x<T, XJ, NW>(x, nc.w, nc.hw, eps, style, K, xq, dxs, sxs, pad, red);
 }
 #endif
