@@ -243,11 +243,12 @@ class QuantKernels:
         s = s - 32 * xs.sum(-1)[:, None, :]
         return np.einsum("mrj,rj->mr", s, sc[0])
 
-    def _qdot(self, x2, data, q, cols):
-        """x2 (m, cols) float32 @ W.T for W the blocks `data` (rows, row_bytes): (m, rows) float32."""
+    def _qdot(self, x2, data, q, cols, y=None):
+        """x2 (m, cols) float32 @ W.T for W the blocks `data` (rows, row_bytes): (m, rows) float32, written
+        into y when given."""
         m, rows, nb = x2.shape[0], data.shape[0], cols // q.block_size
         xb = np.ascontiguousarray(x2, dtype=np.float32).reshape(m, nb, q.block_size)
-        y = np.empty((m, rows), np.float32)
+        y = np.empty((m, rows), np.float32) if y is None else y
         blocks = data.reshape(rows, nb, q.type_size)
         dot = getattr(self, "_dot_" + q.name)
         xl = self._xlay(xb, q)
@@ -270,6 +271,11 @@ class QuantKernels:
         x2 = self._f(x, out_dtype).reshape(-1, cols)
         rows = data.shape[0]
         if xp is np and ct == np.float32 and x2.shape[0] <= DOT_ROWS and data.flags.c_contiguous:
+            if out_dtype.np_dtype == np.float32:  # straight into pooled memory (the rounding is a no-op)
+                y = self._qdot(x2, data, q, cols, self.empty((x2.shape[0], rows), out_dtype))
+                if b is not None:
+                    y += self._f(b, out_dtype)
+                return y.reshape(lead + (rows,))
             y = self._qdot(x2, data, q, cols)
             if b is not None:
                 y = y + self._f(b, out_dtype)
