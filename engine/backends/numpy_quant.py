@@ -178,8 +178,8 @@ class QuantKernels:
         sc = self._block_scales(blk, q)
         if q.name not in LEGACY:
             return sc
-        qs = np.ascontiguousarray(blk[..., q.type_size - q.block_size // (2 if q.name != "q8_0" else 1):]
-                                  .transpose(1, 2, 0))
+        head = q.type_size - (q.block_size if q.name == "q8_0" else q.block_size // 2)  # the float16 scale(s)
+        qs = np.ascontiguousarray(blk[..., head:].transpose(1, 2, 0))  # (nb, quant bytes, r)
         return (qs.view(np.int8) if q.name == "q8_0" else qs,) + tuple(np.ascontiguousarray(a.T) for a in sc)
 
     def _layouts(self, data, blocks, q, spans) -> list:
