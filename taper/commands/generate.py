@@ -160,7 +160,9 @@ def run(args) -> int:
     kept = (f" + {layout:,} bytes of decode layout kept: float32 block scales, block-major quants "
             "(TAPER_QSCALES=0: none)") if layout else ""
     print()
-    print(f"prefill {res.prefill_ms:.1f} ms ({len(prompt)} tokens), decode {res.decode_tokens_per_s:.2f} tokens/s "
-          f"({res.decode_steps} steps), peak memory {stats['peak_bytes']:,} bytes "
+    decode = (f"decode {res.decode_tokens_per_s:.2f} tokens/s ({res.decode_steps} steps)" if res.decode_steps
+              else "no decode step")
+    print(f"prefill {res.prefill_ms:.1f} ms ({len(prompt)} tokens), {decode}, "
+          f"peak memory {stats['peak_bytes']:,} bytes "
           f"(engine pool; weights {weights:,} bytes{kept}), stop: {res.stop_reasons[0]}")
     return 0
