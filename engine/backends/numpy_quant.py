@@ -14,14 +14,14 @@ tile of float32 whatever the matrix size. The arithmetic is gguf-py's numpy dequ
 
 The block-dot path reads each block array in a decode layout (_tile_layout), made on its first product and kept while
 the array lives (QSCALES; TAPER_QSCALES=0 makes each tile's layout every product instead, with the same products bit
-for bit): the block scales in float32 (numpy converts float16 slowly, about 1.3 ns a value), and for the legacy
-formats (q8_0, q4_0, q4_1) the quants themselves regrouped block-major, without the header bytes: each tile's
-(nb, bytes a block, rows) array, so that a tile's dots are nb plain GEMVs over long rows (a batched product of
+for bit): the block scales in float32 (numpy converts float16 slowly, about 1.3 ns a value), and for BLOCK_MAJOR
+(q8_0, q4_0, q4_1, q4_k) the quants themselves regrouped block-major, without the header bytes: each tile's
+(nb, bytes a block, rows) array, so that a tile's dots are plain GEMVs over long rows (a batched product of
 (r, 20)-byte runs spent three times as long in OpenBLAS's small GEMVs). Still 4 or 8 bits a weight: 16 bytes a
 32-weight block for Q4_1 (+80% of its bytes beside the file's) and 8 of scales (+40%); Q8_0 32 + 4 (+106%); Q4_0
-16 + 4 (+111%); Q4_K and Q6_K keep only their scales (+44%, +30%). SmolLM2-135M Q4_1: about 110 MB beside the
-file's 97 MB, which `taper generate` reports. The blocks must not be written in place once multiplied (the engine
-never does: quantize_module and the GGUF loader make new arrays).
+16 + 4 (+111%); Q4_K 128 + 64 a 256-weight block (+133%); Q6_K keeps only its scales (+30%). SmolLM2-135M Q4_1:
+about 110 MB beside the file's 97 MB, which `taper generate` reports. The blocks must not be written in place once
+multiplied (the engine never does: quantize_module and the GGUF loader make new arrays).
 """
 from __future__ import annotations
 
@@ -38,12 +38,13 @@ DOT_ROWS = 8  # up to this many rows of x take the block-dot path (numpy, float3
 DOT_TILE = 1 << 19  # weights per tile of the block-dot path (2 MiB of float32 quants; session 18: 256K ~8% slower)
 QSCALES = {"enabled": os.environ.get("TAPER_QSCALES", "1") != "0"}  # keep each block array's decode layout
 _KEPT: dict = {}  # id(blocks array) -> (weakref to it, dot_spans, each span's _tile_layout), dropped when it dies
-LEGACY = ("q8_0", "q4_0", "q4_1")  # formats whose quants the decode layout regroups block-major
+LEGACY = ("q8_0", "q4_0", "q4_1")  # the formats of 32-weight blocks, one scale (and min) each
+BLOCK_MAJOR = LEGACY + ("q4_k",)  # formats whose quants the decode layout regroups block-major
 
 
 def kept_layout_bytes(data) -> int:
-    """Bytes of the decode layout kept for block array `data` (scales, and the regrouped quants of the legacy
-    formats); 0 when none is: not multiplied yet on the CPU's block-dot path, or QSCALES off."""
+    """Bytes of the decode layout kept for block array `data` (scales, and the regrouped quants of the
+    BLOCK_MAJOR formats); 0 when none is: not multiplied yet on the CPU's block-dot path, or QSCALES off."""
     hit = _KEPT.get(id(data))
     return sum(a.nbytes for lay in hit[2] for a in lay) if hit is not None and hit[0]() is data else 0
 
@@ -123,35 +124,23 @@ class QuantKernels:
     # ---- block dot products (decode rows on the CPU) ------------------------------------------------------------
     # W x = sum over blocks of scale * (q . x_block) (+ min * sum(x_block)): the integer quants go into float32
     # once, a cache-sized tile at a time, one batched product per tile gives every (row, block) dot, and the
-    # block scales weigh them; the weights themselves (scale * q + min) are never formed. Legacy formats read
-    # the tile's block-major quants (_tile_layout): (nb, k, r) bytes, so nibbles and floats come out as
-    # (nb, 32, r) and x (nb, m, 32) multiplies them as nb GEMVs over rows of r. The k-quants read the blocks
-    # as they lie, header bytes included, against x laid out like the bytes with zeros under the headers
-    # (_xlay), so nothing is gathered. Each _dot_* takes the tile's blocks (r, nb, type_size), xb (m, nb,
+    # block scales weigh them; the weights themselves (scale * q + min) are never formed. BLOCK_MAJOR formats
+    # read the tile's block-major quants (_tile_layout): (nb, k, r) bytes, so nibbles and floats come out as
+    # (n, 32, r) for n the 32-weight (sub-)blocks and x (n, m, 32) multiplies them as n GEMVs over rows of r.
+    # q6_k reads the blocks as they lie, against xb. Each _dot_* takes the tile's blocks (r, nb, type_size), xb (m, nb,
     # block_size), x's layout and the tile's layout, and returns y (m, r).
     @staticmethod
     def _halves(blk, at: int):
         """The float16 at byte `at` (even) of each block, as float32: (r, nb, type_size) -> (r, nb)."""
         return blk.view(np.float16)[..., at // 2].astype(np.float32)
 
-    @staticmethod
-    def _nibbles_f32(b):
-        """Bytes (..., n) -> (2, ..., n) float32: every byte's low nibble, then its high nibble."""
-        u = np.empty((2,) + b.shape, np.uint8)
-        np.bitwise_and(b, np.uint8(15), out=u[0])
-        np.right_shift(b, np.uint8(4), out=u[1])
-        return u.astype(np.float32)
-
     def _xlay(self, xb, q):
-        """x as the tiles' dots read it: legacy formats (xq (nb, m, 32), the block sums (m, nb)); q4_k
-        (2, nb * 4, 32, m), as the block bytes lie, for the low and high nibbles of each 32-byte group (sub-blocks
-        2g and 2g + 1); None for q6_k (it reads xb)."""
+        """x as the tiles' dots read it: BLOCK_MAJOR formats (xq (n, m, 32), the sums (m, n)) for n its 32-weight
+        blocks, q4_k's sub-blocks (nb * 8); None for q6_k (it reads xb)."""
         m, nb, _ = xb.shape
-        if q.name in LEGACY:
-            return xb.transpose(1, 0, 2), xb.sum(-1)
-        if q.name == "q4_k":
-            xt = xb.transpose(1, 2, 0)  # (nb, block_size, m)
-            return np.ascontiguousarray(xt.reshape(nb, 4, 2, 32, m).transpose(2, 0, 1, 3, 4).reshape(2, nb * 4, 32, m))
+        if q.name in BLOCK_MAJOR:
+            xs = xb.reshape(m, -1, 32)  # q4_k: (m, nb * 8, 32), its 32-weight sub-blocks
+            return xs.transpose(1, 0, 2), xs.sum(-1)
         return None
 
     def _block_scales(self, blk, q) -> tuple:
@@ -173,14 +162,17 @@ class QuantKernels:
         return d[..., None] * scale, dmin[..., None] * mins
 
     def _tile_layout(self, blk, q) -> tuple:
-        """What a tile's dot reads besides its blocks (r, nb, type_size): legacy formats (qs (nb, k, r) the quant
-        bytes block-major (int8 for q8_0), then the scales transposed, each (nb, r)); k-quants _block_scales."""
+        """What a tile's dot reads besides its blocks (r, nb, type_size): BLOCK_MAJOR formats (qs (nb, k, r) the
+        quant bytes block-major (int8 for q8_0), then the scales transposed, each (nb, r), q4_k's (nb * 8, r));
+        q6_k _block_scales."""
         sc = self._block_scales(blk, q)
-        if q.name not in LEGACY:
+        if q.name not in BLOCK_MAJOR:
             return sc
-        head = q.type_size - (q.block_size if q.name == "q8_0" else q.block_size // 2)  # the float16 scale(s)
+        r = blk.shape[0]
+        head = q.type_size - (q.block_size if q.name == "q8_0" else q.block_size // 2)  # the scales (and mins)
         qs = np.ascontiguousarray(blk[..., head:].transpose(1, 2, 0))  # (nb, quant bytes, r)
-        return (qs.view(np.int8) if q.name == "q8_0" else qs,) + tuple(np.ascontiguousarray(a.T) for a in sc)
+        return (qs.view(np.int8) if q.name == "q8_0" else qs,) + tuple(np.ascontiguousarray(a.reshape(r, -1).T)
+                                                                          for a in sc)
 
     def _layouts(self, data, blocks, q, spans) -> list:
         """Every tile's _tile_layout of block array `data`, made on its first product and kept while it lives;
@@ -204,14 +196,16 @@ class QuantKernels:
     def _dot_q8_0(self, blk, xb, xl, lay):
         return self._weigh(np.matmul(xl[0], lay[0].astype(np.float32)), lay[1])
 
-    def _nibble_dots(self, xq, qs):
-        """xq (nb, m, 32) . the tile's nibbles (qs (nb, 16, r) bytes: weight j the low nibble of byte j, weight
-        16 + j its high one) -> (nb, m, r) dots."""
-        nb, _, r = qs.shape
-        u = np.empty((nb, 2, 16, r), np.uint8)
-        np.bitwise_and(qs, np.uint8(15), out=u[:, 0])
-        np.right_shift(qs, np.uint8(4), out=u[:, 1])
-        return np.matmul(xq, u.astype(np.float32).reshape(nb, 32, r))
+    def _nibble_dots(self, xq, qs, width=16):
+        """xq (n, m, 32) . the tile's nibbles -> (n, m, r) dots, qs (nb, k, r) bytes in runs of `width`: byte j of
+        a run holds weight j of it in its low nibble and weight width + j in its high one. q4_0 / q4_1: width 16,
+        k 16, n = nb; q4_k: width 32, k 128, n = nb * 8 (the sub-blocks)."""
+        nb, k, r = qs.shape
+        u = np.empty((nb, k // width, 2, width, r), np.uint8)
+        q = qs.reshape(nb, k // width, width, r)
+        np.bitwise_and(q, np.uint8(15), out=u[:, :, 0])
+        np.right_shift(q, np.uint8(4), out=u[:, :, 1])
+        return np.matmul(xq, u.astype(np.float32).reshape(xq.shape[0], 32, r))
 
     def _dot_q4_0(self, blk, xb, xl, lay):
         s = self._nibble_dots(xl[0], lay[0])
@@ -221,15 +215,8 @@ class QuantKernels:
     def _dot_q4_1(self, blk, xb, xl, lay):
         return self._weigh(self._nibble_dots(xl[0], lay[0]), lay[1]) + xl[1] @ lay[2]
 
-    def _dot_q4_k(self, blk, xb, xl, sc):
-        r, nb, _ = blk.shape
-        f = self._nibbles_f32(blk[..., 16:]).reshape(2, r, nb * 4, 32)  # [h, r, (b, g)]: sub-block 2g + h
-        s = np.matmul(f.transpose(0, 2, 1, 3), xl)  # (2, nb * 4, r, m)
-
-        def by_h(v):  # (r, nb, 8) per sub-block j = 2g + h -> (2, nb * 4, r)
-            return v.reshape(r, nb, 4, 2).transpose(3, 1, 2, 0).reshape(2, nb * 4, r)
-        ds, dm = by_h(sc[0]), by_h(sc[1])
-        return np.einsum("hkrm,hkr->mr", s, ds) - np.einsum("hkm,hkr->mr", xl.sum(2), dm)
+    def _dot_q4_k(self, blk, xb, xl, lay):
+        return self._weigh(self._nibble_dots(xl[0], lay[0], 32), lay[1]) - xl[1] @ lay[2]
 
     def _dot_q6_k(self, blk, xb, xl, sc):
         r, nb, _ = blk.shape
