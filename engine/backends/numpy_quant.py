@@ -17,7 +17,7 @@ the array lives (QSCALES; TAPER_QSCALES=0 makes each tile's layout every product
 for bit): the block scales in float32 (numpy converts float16 slowly, about 1.3 ns a value), and the quants themselves
 regrouped block-major, without the header bytes: each tile's (nb, bytes a block, rows) array, so that a tile's dots
 are plain GEMVs over long rows (a batched product of (r, 20)-byte runs spent three times as long in OpenBLAS's small
-GEMVs; Q4_K and Q6_K read as their blocks lie took 1.3x and 6x as long as now). Still 4 or 8 bits a weight: 16 bytes
+GEMVs; Q4_K and Q6_K read as their blocks lie took 1.4x and 6.5x as long as now). Still 4 or 8 bits a weight: 16 bytes
 a 32-weight block for Q4_1 (+80% of its bytes beside the file's) and 8 of scales (+40%); Q8_0 32 + 4 (+106%); Q4_0
 16 + 4 (+111%); Q4_K 128 + 64 a 256-weight block (+133%); Q6_K, its 6-bit quants a byte each, 256 + 64 (+152%).
 SmolLM2-135M Q4_1: about 110 MB beside the file's 97 MB, which `taper generate` reports. The blocks must not be
