@@ -123,7 +123,7 @@ def test_block_dot_path_equals_the_composition(monkeypatch, fmt, m):
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_block_dot_keeps_the_layout_of_each_weight_while_it_lives(monkeypatch, fmt):
-    """The block-dot path's decode layout (float32 scales; the legacy formats' quants block-major), made once per
+    """The block-dot path's decode layout (every format's quants block-major, beside float32 scales), made once per
     block array and kept (numpy_quant.QSCALES), gives the products that making it per tile gives, bit for bit;
     the second product reuses it; a new DOT_TILE makes it again; it goes when the weight does."""
     if DEVICE.type == "cuda":
@@ -142,9 +142,8 @@ def test_block_dot_keeps_the_layout_of_each_weight_while_it_lives(monkeypatch, f
     np.testing.assert_array_equal(F.linear(x, w).numpy(), kept)
     assert numpy_quant._KEPT[key][2] is first and len(first) == 8  # 8 tiles of 5 rows (the last one 2)
     assert all(a.dtype in (np.float32, np.uint8, np.int8) for lay in first for a in lay)
-    legacy = fmt in numpy_quant.LEGACY  # their quants are kept too: 16 (q4) or 32 (q8) bytes a block
     scale_bytes = {"q4_0": 4, "q4_1": 8, "q8_0": 4, "q4_k": 64, "q6_k": 64}[fmt] * (512 // w.qtype.block_size) * 37
-    quant_bytes = (512 if fmt == "q8_0" else 256) * 37 if legacy else 0
+    quant_bytes = (512 if fmt in ("q8_0", "q6_k") else 256) * 37  # the quants too: 8 or 4 bits a weight
     assert numpy_quant.kept_layout_bytes(w.data.array) == scale_bytes + quant_bytes
     np.testing.assert_array_equal(kept, per_tile)
     monkeypatch.setattr(numpy_quant, "DOT_TILE", 512 * 37)  # one tile: made again, the same products

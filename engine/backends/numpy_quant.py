@@ -14,14 +14,14 @@ tile of float32 whatever the matrix size. The arithmetic is gguf-py's numpy dequ
 
 The block-dot path reads each block array in a decode layout (_tile_layout), made on its first product and kept while
 the array lives (QSCALES; TAPER_QSCALES=0 makes each tile's layout every product instead, with the same products bit
-for bit): the block scales in float32 (numpy converts float16 slowly, about 1.3 ns a value), and for the legacy
-formats (q8_0, q4_0, q4_1) the quants themselves regrouped block-major, without the header bytes: each tile's
-(nb, bytes a block, rows) array, so that a tile's dots are nb plain GEMVs over long rows (a batched product of
-(r, 20)-byte runs spent three times as long in OpenBLAS's small GEMVs). Still 4 or 8 bits a weight: 16 bytes a
-32-weight block for Q4_1 (+80% of its bytes beside the file's) and 8 of scales (+40%); Q8_0 32 + 4 (+106%); Q4_0
-16 + 4 (+111%); Q4_K and Q6_K keep only their scales (+44%, +30%). SmolLM2-135M Q4_1: about 110 MB beside the
-file's 97 MB, which `taper generate` reports. The blocks must not be written in place once multiplied (the engine
-never does: quantize_module and the GGUF loader make new arrays).
+for bit): the block scales in float32 (numpy converts float16 slowly, about 1.3 ns a value), and the quants themselves
+regrouped block-major, without the header bytes: each tile's (nb, bytes a block, rows) array, so that a tile's dots
+are plain GEMVs over long rows (a batched product of (r, 20)-byte runs spent three times as long in OpenBLAS's small
+GEMVs; Q4_K and Q6_K read as their blocks lie took 1.4x and 6.5x as long as now). Still 4 or 8 bits a weight: 16 bytes
+a 32-weight block for Q4_1 (+80% of its bytes beside the file's) and 8 of scales (+40%); Q8_0 32 + 4 (+106%); Q4_0
+16 + 4 (+111%); Q4_K 128 + 64 a 256-weight block (+133%); Q6_K, its 6-bit quants a byte each, 256 + 64 (+152%).
+SmolLM2-135M Q4_1: about 110 MB beside the file's 97 MB, which `taper generate` reports. The blocks must not be
+written in place once multiplied (the engine never does: quantize_module and the GGUF loader make new arrays).
 """
 from __future__ import annotations
 
@@ -38,12 +38,11 @@ DOT_ROWS = 8  # up to this many rows of x take the block-dot path (numpy, float3
 DOT_TILE = 1 << 19  # weights per tile of the block-dot path (2 MiB of float32 quants; session 18: 256K ~8% slower)
 QSCALES = {"enabled": os.environ.get("TAPER_QSCALES", "1") != "0"}  # keep each block array's decode layout
 _KEPT: dict = {}  # id(blocks array) -> (weakref to it, dot_spans, each span's _tile_layout), dropped when it dies
-LEGACY = ("q8_0", "q4_0", "q4_1")  # formats whose quants the decode layout regroups block-major
 
 
 def kept_layout_bytes(data) -> int:
-    """Bytes of the decode layout kept for block array `data` (scales, and the regrouped quants of the legacy
-    formats); 0 when none is: not multiplied yet on the CPU's block-dot path, or QSCALES off."""
+    """Bytes of the decode layout kept for block array `data` (its quants block-major and its scales); 0 when
+    none is: not multiplied yet on the CPU's block-dot path, or QSCALES off."""
     hit = _KEPT.get(id(data))
     return sum(a.nbytes for lay in hit[2] for a in lay) if hit is not None and hit[0]() is data else 0
 
@@ -123,36 +122,21 @@ class QuantKernels:
     # ---- block dot products (decode rows on the CPU) ------------------------------------------------------------
     # W x = sum over blocks of scale * (q . x_block) (+ min * sum(x_block)): the integer quants go into float32
     # once, a cache-sized tile at a time, one batched product per tile gives every (row, block) dot, and the
-    # block scales weigh them; the weights themselves (scale * q + min) are never formed. Legacy formats read
-    # the tile's block-major quants (_tile_layout): (nb, k, r) bytes, so nibbles and floats come out as
-    # (nb, 32, r) and x (nb, m, 32) multiplies them as nb GEMVs over rows of r. The k-quants read the blocks
-    # as they lie, header bytes included, against x laid out like the bytes with zeros under the headers
-    # (_xlay), so nothing is gathered. Each _dot_* takes the tile's blocks (r, nb, type_size), xb (m, nb,
-    # block_size), x's layout and the tile's layout, and returns y (m, r).
+    # block scales weigh them; the weights themselves (scale * q + min) are never formed. Each tile's quants are
+    # read block-major (_tile_layout), so nibbles and floats come out as (n, k, r) for the n runs of k weights that
+    # one scale covers, and x (n, m, k) multiplies them as n GEMVs over rows of r. Each _dot_* takes x's layout
+    # (_xlay) and the tile's (_tile_layout) and returns y (m, r).
     @staticmethod
     def _halves(blk, at: int):
         """The float16 at byte `at` (even) of each block, as float32: (r, nb, type_size) -> (r, nb)."""
         return blk.view(np.float16)[..., at // 2].astype(np.float32)
 
-    @staticmethod
-    def _nibbles_f32(b):
-        """Bytes (..., n) -> (2, ..., n) float32: every byte's low nibble, then its high nibble."""
-        u = np.empty((2,) + b.shape, np.uint8)
-        np.bitwise_and(b, np.uint8(15), out=u[0])
-        np.right_shift(b, np.uint8(4), out=u[1])
-        return u.astype(np.float32)
-
     def _xlay(self, xb, q):
-        """x as the tiles' dots read it: legacy formats (xq (nb, m, 32), the block sums (m, nb)); q4_k
-        (2, nb * 4, 32, m), as the block bytes lie, for the low and high nibbles of each 32-byte group (sub-blocks
-        2g and 2g + 1); None for q6_k (it reads xb)."""
-        m, nb, _ = xb.shape
-        if q.name in LEGACY:
-            return xb.transpose(1, 0, 2), xb.sum(-1)
-        if q.name == "q4_k":
-            xt = xb.transpose(1, 2, 0)  # (nb, block_size, m)
-            return np.ascontiguousarray(xt.reshape(nb, 4, 2, 32, m).transpose(2, 0, 1, 3, 4).reshape(2, nb * 4, 32, m))
-        return None
+        """x as the tiles' dots read it, by the runs of weights that one scale covers (n of them, k weights each: the
+        blocks of 32 of q8_0, q4_0, q4_1; q4_k's sub-blocks of 32, nb * 8; q6_k's of 16, nb * 16): xq (n, m, k) and
+        the sums (m, n)."""
+        xs = xb.reshape(xb.shape[0], -1, 16 if q.name == "q6_k" else 32)  # (m, n, k)
+        return xs.transpose(1, 0, 2), xs.sum(-1)
 
     def _block_scales(self, blk, q) -> tuple:
         """The float32 scales each block's dot is weighed by, per row: blocks (r, nb, type_size) -> q8_0 / q4_0
@@ -173,14 +157,22 @@ class QuantKernels:
         return d[..., None] * scale, dmin[..., None] * mins
 
     def _tile_layout(self, blk, q) -> tuple:
-        """What a tile's dot reads besides its blocks (r, nb, type_size): legacy formats (qs (nb, k, r) the quant
-        bytes block-major (int8 for q8_0), then the scales transposed, each (nb, r)); k-quants _block_scales."""
+        """What a tile's dot reads of its blocks (r, nb, type_size): the quants block-major, then the scales
+        transposed, each (n, r) for n the runs _xlay names. The quants: q8_0, q4_0, q4_1, q4_k their bytes without
+        the header, (nb, k, r) (int8 for q8_0); q6_k its 6-bit quants as int8 less 32, (nb * 16, 16, r)."""
         sc = self._block_scales(blk, q)
-        if q.name not in LEGACY:
-            return sc
-        head = q.type_size - (q.block_size if q.name == "q8_0" else q.block_size // 2)  # the float16 scale(s)
-        qs = np.ascontiguousarray(blk[..., head:].transpose(1, 2, 0))  # (nb, quant bytes, r)
-        return (qs.view(np.int8) if q.name == "q8_0" else qs,) + tuple(np.ascontiguousarray(a.T) for a in sc)
+        r, nb, _ = blk.shape
+        if q.name == "q6_k":  # weight 128h + 32j + e: low 4 bits in ql 64h + 32(j % 2) + e, high 2 in qh 32h + e
+            ql = blk[..., :128].reshape(r, nb, 2, 2, 32)
+            qh = blk[..., 128:192].reshape(r, nb, 2, 1, 32) >> np.array([0, 2, 4, 6], np.uint8).reshape(4, 1)
+            lo = np.concatenate([ql & 0x0F, ql >> 4], axis=3)  # (r, nb, 2, 4, 32): j = 0..3 of each half
+            qi = ((lo | ((qh & 0x03) << 4)).view(np.int8) - np.int8(32)).reshape(r, nb * 16, 16)
+            qs = np.ascontiguousarray(qi.transpose(1, 2, 0))  # (nb * 16, 16, r) int8
+        else:
+            head = q.type_size - (q.block_size if q.name == "q8_0" else q.block_size // 2)  # the scales (and mins)
+            qs = np.ascontiguousarray(blk[..., head:].transpose(1, 2, 0))  # (nb, quant bytes, r)
+        return (qs.view(np.int8) if q.name == "q8_0" else qs,) + tuple(np.ascontiguousarray(a.reshape(r, -1).T)
+                                                                          for a in sc)
 
     def _layouts(self, data, blocks, q, spans) -> list:
         """Every tile's _tile_layout of block array `data`, made on its first product and kept while it lives;
@@ -197,51 +189,36 @@ class QuantKernels:
 
     @staticmethod
     def _weigh(s, d):
-        """s (nb, m, r) dots, d (nb, r) their scales -> (m, r): sum over blocks of d * s (s is overwritten)."""
+        """s (n, m, r) dots, d (n, r) their scales -> (m, r): sum over the n runs of d * s (s is overwritten)."""
         s *= d[:, None, :]
         return s.sum(0)
 
-    def _dot_q8_0(self, blk, xb, xl, lay):
+    def _dot_q8_0(self, xl, lay):
         return self._weigh(np.matmul(xl[0], lay[0].astype(np.float32)), lay[1])
 
-    def _nibble_dots(self, xq, qs):
-        """xq (nb, m, 32) . the tile's nibbles (qs (nb, 16, r) bytes: weight j the low nibble of byte j, weight
-        16 + j its high one) -> (nb, m, r) dots."""
-        nb, _, r = qs.shape
-        u = np.empty((nb, 2, 16, r), np.uint8)
-        np.bitwise_and(qs, np.uint8(15), out=u[:, 0])
-        np.right_shift(qs, np.uint8(4), out=u[:, 1])
-        return np.matmul(xq, u.astype(np.float32).reshape(nb, 32, r))
+    _dot_q6_k = _dot_q8_0  # its layout: int8 quants (nb * 16, 16, r), 32 taken off, and d * scale (nb * 16, r)
 
-    def _dot_q4_0(self, blk, xb, xl, lay):
+    def _nibble_dots(self, xq, qs, width=16):
+        """xq (n, m, 32) . the tile's nibbles -> (n, m, r) dots, qs (nb, k, r) bytes in runs of `width`: byte j of
+        a run holds weight j of it in its low nibble and weight width + j in its high one. q4_0 / q4_1: width 16,
+        k 16, n = nb; q4_k: width 32, k 128, n = nb * 8 (the sub-blocks)."""
+        nb, k, r = qs.shape
+        u = np.empty((nb, k // width, 2, width, r), np.uint8)
+        q = qs.reshape(nb, k // width, width, r)
+        np.bitwise_and(q, np.uint8(15), out=u[:, :, 0])
+        np.right_shift(q, np.uint8(4), out=u[:, :, 1])
+        return np.matmul(xq, u.astype(np.float32).reshape(xq.shape[0], 32, r))
+
+    def _dot_q4_0(self, xl, lay):
         s = self._nibble_dots(xl[0], lay[0])
         s -= 8 * xl[1].T[:, :, None]
         return self._weigh(s, lay[1])
 
-    def _dot_q4_1(self, blk, xb, xl, lay):
+    def _dot_q4_1(self, xl, lay):
         return self._weigh(self._nibble_dots(xl[0], lay[0]), lay[1]) + xl[1] @ lay[2]
 
-    def _dot_q4_k(self, blk, xb, xl, sc):
-        r, nb, _ = blk.shape
-        f = self._nibbles_f32(blk[..., 16:]).reshape(2, r, nb * 4, 32)  # [h, r, (b, g)]: sub-block 2g + h
-        s = np.matmul(f.transpose(0, 2, 1, 3), xl)  # (2, nb * 4, r, m)
-
-        def by_h(v):  # (r, nb, 8) per sub-block j = 2g + h -> (2, nb * 4, r)
-            return v.reshape(r, nb, 4, 2).transpose(3, 1, 2, 0).reshape(2, nb * 4, r)
-        ds, dm = by_h(sc[0]), by_h(sc[1])
-        return np.einsum("hkrm,hkr->mr", s, ds) - np.einsum("hkm,hkr->mr", xl.sum(2), dm)
-
-    def _dot_q6_k(self, blk, xb, xl, sc):
-        r, nb, _ = blk.shape
-        ql = blk[..., :128].reshape(r, nb, 2, 2, 32)  # (half, low 32 / high 32 bytes, l)
-        qh = blk[..., 128:192].reshape(r, nb, 2, 1, 32) >> np.array([0, 2, 4, 6], np.uint8).reshape(4, 1)
-        lo = np.concatenate([ql & 0x0F, ql >> 4], axis=3)  # (r, nb, 2, 4, 32): runs k = 0..3 of each half
-        qf = np.empty((r, nb, 2, 4, 32), np.float32)
-        np.bitwise_or(lo, (qh & 0x03) << 4, out=qf, casting="unsafe")
-        xs = xb.reshape(xb.shape[0], nb * 16, 16)
-        s = np.matmul(qf.reshape(r, nb * 16, 16).transpose(1, 0, 2), xs.transpose(1, 2, 0)).transpose(2, 1, 0)
-        s = s - 32 * xs.sum(-1)[:, None, :]
-        return np.einsum("mrj,rj->mr", s, sc[0])
+    def _dot_q4_k(self, xl, lay):
+        return self._weigh(self._nibble_dots(xl[0], lay[0], 32), lay[1]) - xl[1] @ lay[2]
 
     def _qdot(self, x2, data, q, cols, y=None):
         """x2 (m, cols) float32 @ W.T for W the blocks `data` (rows, row_bytes): (m, rows) float32, written
@@ -255,8 +232,7 @@ class QuantKernels:
         spans = dot_spans(rows, cols)
         kept = self._layouts(data, blocks, q, spans)
         for i, (r0, r1) in enumerate(spans):
-            blk = blocks[r0:r1]
-            y[:, r0:r1] = dot(blk, xb, xl, self._tile_layout(blk, q) if kept is None else kept[i])
+            y[:, r0:r1] = dot(xl, self._tile_layout(blocks[r0:r1], q) if kept is None else kept[i])
         return y
 
     # ---- ops --------------------------------------------------------------------------------------------------
