@@ -1,7 +1,7 @@
 # Decode ms a step (4 runs of 32 steps) of SmolLM2 Q4_1 on the CPU: the default plain step against capture=False (the
 # fusion plan run eagerly, over a StaticCache): `python cap.py plain|false`.
-import sys, time
-sys.path.insert(0, "/work/wt-cpu")
+import os, sys, time
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", ".."))  # this checkout
 from suites.bench_gguf import gguf_path
 from suites.common import get_impl
 from suites.bench_llm import prompt_ids, PROMPT

@@ -1,8 +1,8 @@
 """One process, one implementation: session 10's gguf_one.py with this worktree's (or --src) tree first on
-sys.path. `python gguf_one.py engine|torch [LABEL] [SRC]`: SRC is a checkout of the tree to import (default
-/work/wt-cpu); the JSON line names the engine files actually imported."""
+sys.path. `python gguf_one.py engine|torch [LABEL] [SRC]`: SRC is a checkout of the tree to import (default: this
+checkout); the JSON line names the engine files actually imported."""
 import json, os, sys, time
-src = sys.argv[3] if len(sys.argv) > 3 else "/work/wt-cpu"
+src = sys.argv[3] if len(sys.argv) > 3 else os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..")
 sys.path.insert(0, src)
 impl = sys.argv[1]
 from suites.bench_gguf import measure

@@ -1,7 +1,7 @@
 # Time per decode step and in each quantized linear (by shape) of SmolLM2 Q4_1 on the engine CPU path: the backend's
 # qlinear (and any backend method named on the command line) wrapped in perf_counter; TILE=n sets DOT_TILE.
 import sys, time, os
-sys.path.insert(0, "/work/wt-cpu")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", ".."))  # this checkout
 from suites.bench_gguf import gguf_path
 from suites.common import get_impl
 from suites.bench_llm import prompt_ids, PROMPT

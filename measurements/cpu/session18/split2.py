@@ -1,7 +1,7 @@
 # Time per decode step in every backend method (top-level calls, and calls nested in another method apart),
 # and the rest of the step (Python outside the backend): SmolLM2 Q4_1 on the engine CPU path, 32 steps, 3rd run.
 import sys, time, os
-sys.path.insert(0, "/work/wt-cpu")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", ".."))  # this checkout
 from suites.bench_gguf import gguf_path
 from suites.common import get_impl
 from suites.bench_llm import prompt_ids, PROMPT

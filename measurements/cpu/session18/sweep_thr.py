@@ -1,7 +1,7 @@
 # All 211 quantized linears of SmolLM2 Q4_1 once (one row of x), the block-dot tiles on one thread or on two
 # (ROW_THREADS, OpenBLAS forced to one thread a piece): `python sweep_thr.py plain|thr DOT_TILE`.
 import sys, time, os
-sys.path.insert(0, "/work/wt-cpu")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", ".."))  # this checkout
 import numpy as np
 import engine
 from engine.backends import numpy_quant as nq
@@ -29,7 +29,7 @@ def qdot_thr(self, x2, data, q, cols, y=None):
     def run(lo, hi, piece):
         for i in range(lo, hi):
             r0, r1 = spans[i]
-            y[:, r0:r1] = dot(blocks[r0:r1], xb, xl, kept[i])
+            y[:, r0:r1] = dot(xl, kept[i])  # _qdot's, now
     pieces = 2 if len(spans) > 1 else 1
     if pieces > 1:
         with BLAS_THREADS.forced_one():
