@@ -125,6 +125,21 @@ def test_rms_norm_styles(dtype, rows, K, style):
     compare_reduced(got, t_norm(T(x), T(w), 1e-6, style), ref, scale=2)
 
 
+@pytest.mark.parametrize("shape", [(1, 1, 576), (3, 64), (2, 5, 4096)])
+def test_rms_norm_llama_float32_is_the_general_path_bit_for_bit(shape):
+    """numpy_nn's float32 "llama" rms_norm (in place, one pooled output) against the general path's operations
+    written out in numpy, in their order: x * (1 / sqrt(sum(x^2) / n + eps)), then w times it."""
+    if ON_CUDA:
+        pytest.skip("numpy_nn's float32 rms_norm override is CPU-only; on CUDA the rms_norm kernel is checked "
+                    "against torch by test_rms_norm_styles")
+    x, w = arr(shape, "float32"), arr(shape[-1:], "float32", 0.3, 1)
+    f32 = np.float32
+    r = f32(1.0) / np.sqrt(np.sum(np.square(x), axis=(-1,), keepdims=True) / f32(shape[-1]) + f32(1e-5))
+    want = np.multiply(w, x * r)
+    np.testing.assert_array_equal(run("rms_norm", E(x), 1, E(w), 1e-5, style="llama").numpy(), want)
+    np.testing.assert_array_equal(run("rms_norm", E(x), 1, None, 1e-5, style="llama").numpy(), x * r)
+
+
 @pytest.mark.parametrize("small", [True, False], ids=["small-rows", "chunked"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("rows,K,affine,big", [(5, 768, True, False), (3, 320, False, False), (2, 1280, True, True),
@@ -188,8 +203,8 @@ def test_rotary(dtype, B, H, L, D, rot, cb):
     cos, sin = arr((cb, L, rot), dtype, 1.0, 1), arr((cb, L, rot), dtype, 1.0, 2)
     got = run("rotary", E(xs).transpose(1, 2), E(cos), E(sin))
     compare(got, t_rotary(T(xs).transpose(1, 2), T(cos), T(sin)), scale=1)
-    if ON_CUDA:
-        same(got, composition("rotary", E(xs).transpose(1, 2), E(cos), E(sin)))
+    # the CUDA kernel, and numpy's float32 override (numpy_nn.rotary), equal the composition bit for bit
+    same(got, composition("rotary", E(xs).transpose(1, 2), E(cos), E(sin)))
 
 
 def t_attention(q, k, v, mask, scale):

@@ -174,6 +174,10 @@ def test_cli_generate_with_ids_and_prompt(model_dir, capsys):
     out = capsys.readouterr().out.strip().splitlines()
     words = out[0].split()
     assert words[:3] == ["w3", "w17", "w42"] and len(words) == 7 and FINAL.search(out[-1])
+    assert taper_main(["generate", "--model", str(model_dir), "--ids", "3,17", "--max-new-tokens", "1",
+                       "--stop-ids", ""]) == 0  # one token: prefill alone, no decode rate to report (not nan)
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out[0].split()) == 3 and ", no decode step, peak memory" in out[-1] and "nan" not in out[-1]
 
 
 def test_cli_generate_errors(model_dir, tmp_path, capsys):

@@ -122,10 +122,10 @@ def test_block_dot_path_equals_the_composition(monkeypatch, fmt, m):
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_block_dot_keeps_the_scales_of_each_weight_while_it_lives(monkeypatch, fmt):
-    """The block-dot path's float32 scales, converted once per block array and kept (numpy_quant.QSCALES), give
-    the products that converting them per tile gives, bit for bit; the second product reuses them; they go
-    when the weight does."""
+def test_block_dot_keeps_the_layout_of_each_weight_while_it_lives(monkeypatch, fmt):
+    """The block-dot path's decode layout (every format's quants block-major, beside float32 scales), made once per
+    block array and kept (numpy_quant.QSCALES), gives the products that making it per tile gives, bit for bit;
+    the second product reuses it; a new DOT_TILE makes it again; it goes when the weight does."""
     if DEVICE.type == "cuda":
         pytest.skip("tests the numpy block-dot path; on CUDA the kernels serve these rows (tests/test_gguf_cuda.py)")
     import gc
@@ -135,16 +135,23 @@ def test_block_dot_keeps_the_scales_of_each_weight_while_it_lives(monkeypatch, f
     key = id(w.data.array)
     monkeypatch.setitem(numpy_quant.QSCALES, "enabled", False)
     per_tile = F.linear(x, w).numpy()
-    assert key not in numpy_quant._SCALES
+    assert key not in numpy_quant._KEPT and numpy_quant.kept_layout_bytes(w.data.array) == 0
     monkeypatch.setitem(numpy_quant.QSCALES, "enabled", True)
     kept = F.linear(x, w).numpy()
-    first = numpy_quant._SCALES[key][1]
+    first = numpy_quant._KEPT[key][2]
     np.testing.assert_array_equal(F.linear(x, w).numpy(), kept)
-    assert numpy_quant._SCALES[key][1] is first and all(a.dtype == np.float32 and a.shape[0] == 37 for a in first)
+    assert numpy_quant._KEPT[key][2] is first and len(first) == 8  # 8 tiles of 5 rows (the last one 2)
+    assert all(a.dtype in (np.float32, np.uint8, np.int8) for lay in first for a in lay)
+    scale_bytes = {"q4_0": 4, "q4_1": 8, "q8_0": 4, "q4_k": 64, "q6_k": 64}[fmt] * (512 // w.qtype.block_size) * 37
+    quant_bytes = (512 if fmt in ("q8_0", "q6_k") else 256) * 37  # the quants too: 8 or 4 bits a weight
+    assert numpy_quant.kept_layout_bytes(w.data.array) == scale_bytes + quant_bytes
     np.testing.assert_array_equal(kept, per_tile)
+    monkeypatch.setattr(numpy_quant, "DOT_TILE", 512 * 37)  # one tile: made again, the same products
+    np.testing.assert_allclose(F.linear(x, w).numpy(), kept, rtol=1e-6, atol=1e-6 * np.abs(kept).max())
+    assert len(numpy_quant._KEPT[key][2]) == 1
     del w, first
     gc.collect()
-    assert key not in numpy_quant._SCALES
+    assert key not in numpy_quant._KEPT
 
 
 @pytest.mark.parametrize("fmt,m,K", [(f, m, k) for f in numpy_quant.INT8_FORMATS
@@ -418,8 +425,8 @@ def test_taper_generate_prints_text_from_a_gguf_file(capsys):
     out = capsys.readouterr().out
     assert out.startswith("The capital of France is Paris"), out
     assert "decode" in out and "tokens/s" in out
-    if DEVICE.type == "cpu":  # the block-dot path's kept float32 scales are reported beside the weights' bytes
-        assert "bytes of block scales kept in float32" in out and int(
+    if DEVICE.type == "cpu":  # the block-dot path's kept decode layout is reported beside the weights' bytes
+        assert "bytes of decode layout kept" in out and int(
             out.split(" + ")[1].split(" bytes")[0].replace(",", "")) > 0
 
 

@@ -12,13 +12,16 @@ them with fused CUDA kernels where the operands fit, and inherits them, with xp 
 tile of float32 whatever the matrix size. The arithmetic is gguf-py's numpy dequantiser's
 (gguf/quants.py, itself ggml-quants.c's), op for op, so the values are bit-identical to it.
 
-The block-dot path weighs each block's dot by its scales in float32. numpy converts float16 slowly (about
-1.3 ns a value: a quarter of a Q4_1 block dot), so the scales of a block array are converted once, on its first
-product, and kept while the array lives (QSCALES; TAPER_QSCALES=0 converts them every product instead): float32
-per block, 8 bytes a 32-weight block for Q4_1 and Q4_K (+40% and +44% of their bytes), 4 for Q8_0 and Q4_0
-(+12%, +22%), 64 a 256-weight block for Q6_K (+30%). The products are the same either way, bit for bit. The
-blocks must not be written in place once multiplied (the engine never does: quantize_module and the GGUF
-loader make new arrays).
+The block-dot path reads each block array in a decode layout (_tile_layout), made on its first product and kept while
+the array lives (QSCALES; TAPER_QSCALES=0 makes each tile's layout every product instead, with the same products bit
+for bit): the block scales in float32 (numpy converts float16 slowly, about 1.3 ns a value), and the quants themselves
+regrouped block-major, without the header bytes: each tile's (nb, bytes a block, rows) array, so that a tile's dots
+are plain GEMVs over long rows (a batched product of (r, 20)-byte runs spent three times as long in OpenBLAS's small
+GEMVs; Q4_K and Q6_K read as their blocks lie took 1.4x and 6.5x as long as now). Still 4 or 8 bits a weight: 16 bytes
+a 32-weight block for Q4_1 (+80% of its bytes beside the file's) and 8 of scales (+40%); Q8_0 32 + 4 (+106%); Q4_0
+16 + 4 (+111%); Q4_K 128 + 64 a 256-weight block (+133%); Q6_K, its 6-bit quants a byte each, 256 + 64 (+152%).
+SmolLM2-135M Q4_1: about 110 MB beside the file's 97 MB, which `taper generate` reports. The blocks must not be
+written in place once multiplied (the engine never does: quantize_module and the GGUF loader make new arrays).
 """
 from __future__ import annotations
 
@@ -32,16 +35,24 @@ from engine.quant import qtype as _qtype
 
 TILE_WEIGHTS = 1 << 18  # weights dequantised per tile (1 MiB of float32)
 DOT_ROWS = 8  # up to this many rows of x take the block-dot path (numpy, float32)
-DOT_TILE = 1 << 18  # weights per tile of the block-dot path (1 MiB of float32 quants: stays in cache)
-QSCALES = {"enabled": os.environ.get("TAPER_QSCALES", "1") != "0"}  # keep each block array's float32 scales
-_SCALES: dict = {}  # id(blocks array) -> (weakref to it, its scales (_block_scales)), dropped when it dies
+DOT_TILE = 1 << 19  # weights per tile of the block-dot path (2 MiB of float32 quants; session 18: 256K ~8% slower)
+QSCALES = {"enabled": os.environ.get("TAPER_QSCALES", "1") != "0"}  # keep each block array's decode layout
+_KEPT: dict = {}  # id(blocks array) -> (weakref to it, dot_spans, each span's _tile_layout), dropped when it dies
 
 
-def kept_scale_bytes(data) -> int:
-    """Bytes of the float32 scales kept for block array `data` (0 when none are: not multiplied yet on the CPU's
-    block-dot path, or QSCALES off)."""
-    hit = _SCALES.get(id(data))
-    return sum(a.nbytes for a in hit[1]) if hit is not None and hit[0]() is data else 0
+def kept_layout_bytes(data) -> int:
+    """Bytes of the decode layout kept for block array `data` (its quants block-major and its scales); 0 when
+    none is: not multiplied yet on the CPU's block-dot path, or QSCALES off."""
+    hit = _KEPT.get(id(data))
+    return sum(a.nbytes for lay in hit[2] for a in lay) if hit is not None and hit[0]() is data else 0
+
+
+def dot_spans(rows: int, cols: int) -> list:
+    """The block-dot path's tiles: (r0, r1) row ranges of at most DOT_TILE weights (one row at least), as even
+    as whole rows make them (576 rows of 576 are two tiles of 288, not 455 and 121)."""
+    n = max(1, -(-rows * cols // DOT_TILE))
+    step = -(-rows // n)
+    return [(r0, min(rows, r0 + step)) for r0 in range(0, rows, step)]
 
 
 def tile_rows(cols: int) -> int:
@@ -111,47 +122,21 @@ class QuantKernels:
     # ---- block dot products (decode rows on the CPU) ------------------------------------------------------------
     # W x = sum over blocks of scale * (q . x_block) (+ min * sum(x_block)): the integer quants go into float32
     # once, a cache-sized tile at a time, one batched product per tile gives every (row, block) dot, and the
-    # block scales weigh them; the weights themselves (scale * q + min) are never formed. Cache-friendly:
-    # the bit operations and the float conversion run over whole contiguous tiles of block bytes (header
-    # bytes included), and x is laid out like the bytes with zeros under the headers (_xlay), so nothing
-    # is gathered. Each _dot_* takes blocks (r, nb, type_size), xb (m, nb, block_size) and the layout
-    # of x, and returns y (m, r).
+    # block scales weigh them; the weights themselves (scale * q + min) are never formed. Each tile's quants are
+    # read block-major (_tile_layout), so nibbles and floats come out as (n, k, r) for the n runs of k weights that
+    # one scale covers, and x (n, m, k) multiplies them as n GEMVs over rows of r. Each _dot_* takes x's layout
+    # (_xlay) and the tile's (_tile_layout) and returns y (m, r).
     @staticmethod
     def _halves(blk, at: int):
         """The float16 at byte `at` (even) of each block, as float32: (r, nb, type_size) -> (r, nb)."""
         return blk.view(np.float16)[..., at // 2].astype(np.float32)
 
-    @staticmethod
-    def _nibbles_f32(b):
-        """Bytes (..., n) -> (2, ..., n) float32: every byte's low nibble, then its high nibble."""
-        u = np.empty((2,) + b.shape, np.uint8)
-        np.bitwise_and(b, np.uint8(15), out=u[0])
-        np.right_shift(b, np.uint8(4), out=u[1])
-        return u.astype(np.float32)
-
     def _xlay(self, xb, q):
-        """x as the block bytes lie, (H, nb * k, L, m), zeros under header bytes: q8_0 (1, nb, 34, m); q4_0 and
-        q4_1 (2, nb, 18 | 20, m) for the low and high nibbles; q4_k (2, nb * 4, 32, m) for the low and high
-        nibbles of each 32-byte group (sub-blocks 2g and 2g + 1)."""
-        m, nb, _ = xb.shape
-        xt = xb.transpose(1, 2, 0)  # (nb, block_size, m)
-        if q.name == "q8_0":
-            out = np.zeros((1, nb, 34, m), np.float32)
-            out[0, :, 2:] = xt
-        elif q.name in ("q4_0", "q4_1"):
-            h = q.type_size - 16
-            out = np.zeros((2, nb, q.type_size, m), np.float32)
-            out[0, :, h:], out[1, :, h:] = xt[:, :16], xt[:, 16:]
-        elif q.name == "q4_k":
-            out = np.ascontiguousarray(xt.reshape(nb, 4, 2, 32, m).transpose(2, 0, 1, 3, 4).reshape(2, nb * 4, 32, m))
-        else:
-            return None
-        return out
-
-    @staticmethod
-    def _dots(f, xl):
-        """f (H, r, n, L) float32 quants, xl (H, n, L, m) -> (n, r, m): the dots summed over H."""
-        return np.matmul(f.transpose(0, 2, 1, 3), xl).sum(0)
+        """x as the tiles' dots read it, by the runs of weights that one scale covers (n of them, k weights each: the
+        blocks of 32 of q8_0, q4_0, q4_1; q4_k's sub-blocks of 32, nb * 8; q6_k's of 16, nb * 16): xq (n, m, k) and
+        the sums (m, n)."""
+        xs = xb.reshape(xb.shape[0], -1, 16 if q.name == "q6_k" else 32)  # (m, n, k)
+        return xs.transpose(1, 0, 2), xs.sum(-1)
 
     def _block_scales(self, blk, q) -> tuple:
         """The float32 scales each block's dot is weighed by, per row: blocks (r, nb, type_size) -> q8_0 / q4_0
@@ -171,67 +156,83 @@ class QuantKernels:
         mins = np.concatenate([s1 & 0x3F, (s2 >> 4) | ((s1 >> 2) & 0x30)], axis=-1).astype(np.float32)
         return d[..., None] * scale, dmin[..., None] * mins
 
-    def _kept_scales(self, data, blocks, q):
-        """_block_scales of the whole block array `data`, converted on its first product and kept while it
-        lives; None where QSCALES is off (each tile then converts its own)."""
+    def _tile_layout(self, blk, q) -> tuple:
+        """What a tile's dot reads of its blocks (r, nb, type_size): the quants block-major, then the scales
+        transposed, each (n, r) for n the runs _xlay names. The quants: q8_0, q4_0, q4_1, q4_k their bytes without
+        the header, (nb, k, r) (int8 for q8_0); q6_k its 6-bit quants as int8 less 32, (nb * 16, 16, r)."""
+        sc = self._block_scales(blk, q)
+        r, nb, _ = blk.shape
+        if q.name == "q6_k":  # weight 128h + 32j + e: low 4 bits in ql 64h + 32(j % 2) + e, high 2 in qh 32h + e
+            ql = blk[..., :128].reshape(r, nb, 2, 2, 32)
+            qh = blk[..., 128:192].reshape(r, nb, 2, 1, 32) >> np.array([0, 2, 4, 6], np.uint8).reshape(4, 1)
+            lo = np.concatenate([ql & 0x0F, ql >> 4], axis=3)  # (r, nb, 2, 4, 32): j = 0..3 of each half
+            qi = ((lo | ((qh & 0x03) << 4)).view(np.int8) - np.int8(32)).reshape(r, nb * 16, 16)
+            qs = np.ascontiguousarray(qi.transpose(1, 2, 0))  # (nb * 16, 16, r) int8
+        else:
+            head = q.type_size - (q.block_size if q.name == "q8_0" else q.block_size // 2)  # the scales (and mins)
+            qs = np.ascontiguousarray(blk[..., head:].transpose(1, 2, 0))  # (nb, quant bytes, r)
+        return (qs.view(np.int8) if q.name == "q8_0" else qs,) + tuple(np.ascontiguousarray(a.reshape(r, -1).T)
+                                                                          for a in sc)
+
+    def _layouts(self, data, blocks, q, spans) -> list:
+        """Every tile's _tile_layout of block array `data`, made on its first product and kept while it lives;
+        None where QSCALES is off (each tile then makes its own, every product)."""
         if not QSCALES["enabled"]:
             return None
         key = id(data)
-        hit = _SCALES.get(key)
-        if hit is not None and hit[0]() is data:
-            return hit[1]
-        sc = self._block_scales(blocks, q)
-        _SCALES[key] = (weakref.ref(data, lambda _, k=key: _SCALES.pop(k, None)), sc)
-        return sc
+        hit = _KEPT.get(key)
+        if hit is not None and hit[0]() is data and hit[1] == spans:  # (DOT_TILE may change between products)
+            return hit[2]
+        lays = [self._tile_layout(blocks[r0:r1], q) for r0, r1 in spans]
+        _KEPT[key] = (weakref.ref(data, lambda _, k=key: _KEPT.pop(k, None)), spans, lays)
+        return lays
 
-    def _dot_q8_0(self, blk, xb, xl, sc):
-        s = self._dots(blk.view(np.int8).astype(np.float32)[None], xl)  # (nb, r, m); header bytes meet zeros
-        return np.einsum("brm,rb->mr", s, sc[0])
+    @staticmethod
+    def _weigh(s, d):
+        """s (n, m, r) dots, d (n, r) their scales -> (m, r): sum over the n runs of d * s (s is overwritten)."""
+        s *= d[:, None, :]
+        return s.sum(0)
 
-    def _dot_q4_0(self, blk, xb, xl, sc):
-        s = self._dots(self._nibbles_f32(blk), xl) - 8 * xb.sum(-1).T[:, None, :]
-        return np.einsum("brm,rb->mr", s, sc[0])
+    def _dot_q8_0(self, xl, lay):
+        return self._weigh(np.matmul(xl[0], lay[0].astype(np.float32)), lay[1])
 
-    def _dot_q4_1(self, blk, xb, xl, sc):
-        s = self._dots(self._nibbles_f32(blk), xl)
-        return np.einsum("brm,rb->mr", s, sc[0]) + xb.sum(-1) @ sc[1].T
+    _dot_q6_k = _dot_q8_0  # its layout: int8 quants (nb * 16, 16, r), 32 taken off, and d * scale (nb * 16, r)
 
-    def _dot_q4_k(self, blk, xb, xl, sc):
-        r, nb, _ = blk.shape
-        f = self._nibbles_f32(blk[..., 16:]).reshape(2, r, nb * 4, 32)  # [h, r, (b, g)]: sub-block 2g + h
-        s = np.matmul(f.transpose(0, 2, 1, 3), xl)  # (2, nb * 4, r, m)
+    def _nibble_dots(self, xq, qs, width=16):
+        """xq (n, m, 32) . the tile's nibbles -> (n, m, r) dots, qs (nb, k, r) bytes in runs of `width`: byte j of
+        a run holds weight j of it in its low nibble and weight width + j in its high one. q4_0 / q4_1: width 16,
+        k 16, n = nb; q4_k: width 32, k 128, n = nb * 8 (the sub-blocks)."""
+        nb, k, r = qs.shape
+        u = np.empty((nb, k // width, 2, width, r), np.uint8)
+        q = qs.reshape(nb, k // width, width, r)
+        np.bitwise_and(q, np.uint8(15), out=u[:, :, 0])
+        np.right_shift(q, np.uint8(4), out=u[:, :, 1])
+        return np.matmul(xq, u.astype(np.float32).reshape(xq.shape[0], 32, r))
 
-        def by_h(v):  # (r, nb, 8) per sub-block j = 2g + h -> (2, nb * 4, r)
-            return v.reshape(r, nb, 4, 2).transpose(3, 1, 2, 0).reshape(2, nb * 4, r)
-        ds, dm = by_h(sc[0]), by_h(sc[1])
-        return np.einsum("hkrm,hkr->mr", s, ds) - np.einsum("hkm,hkr->mr", xl.sum(2), dm)
+    def _dot_q4_0(self, xl, lay):
+        s = self._nibble_dots(xl[0], lay[0])
+        s -= 8 * xl[1].T[:, :, None]
+        return self._weigh(s, lay[1])
 
-    def _dot_q6_k(self, blk, xb, xl, sc):
-        r, nb, _ = blk.shape
-        ql = blk[..., :128].reshape(r, nb, 2, 2, 32)  # (half, low 32 / high 32 bytes, l)
-        qh = blk[..., 128:192].reshape(r, nb, 2, 1, 32) >> np.array([0, 2, 4, 6], np.uint8).reshape(4, 1)
-        lo = np.concatenate([ql & 0x0F, ql >> 4], axis=3)  # (r, nb, 2, 4, 32): runs k = 0..3 of each half
-        qf = np.empty((r, nb, 2, 4, 32), np.float32)
-        np.bitwise_or(lo, (qh & 0x03) << 4, out=qf, casting="unsafe")
-        xs = xb.reshape(xb.shape[0], nb * 16, 16)
-        s = np.matmul(qf.reshape(r, nb * 16, 16).transpose(1, 0, 2), xs.transpose(1, 2, 0)).transpose(2, 1, 0)
-        s = s - 32 * xs.sum(-1)[:, None, :]
-        return np.einsum("mrj,rj->mr", s, sc[0])
+    def _dot_q4_1(self, xl, lay):
+        return self._weigh(self._nibble_dots(xl[0], lay[0]), lay[1]) + xl[1] @ lay[2]
 
-    def _qdot(self, x2, data, q, cols):
-        """x2 (m, cols) float32 @ W.T for W the blocks `data` (rows, row_bytes): (m, rows) float32."""
+    def _dot_q4_k(self, xl, lay):
+        return self._weigh(self._nibble_dots(xl[0], lay[0], 32), lay[1]) - xl[1] @ lay[2]
+
+    def _qdot(self, x2, data, q, cols, y=None):
+        """x2 (m, cols) float32 @ W.T for W the blocks `data` (rows, row_bytes): (m, rows) float32, written
+        into y when given."""
         m, rows, nb = x2.shape[0], data.shape[0], cols // q.block_size
         xb = np.ascontiguousarray(x2, dtype=np.float32).reshape(m, nb, q.block_size)
-        y = np.empty((m, rows), np.float32)
+        y = np.empty((m, rows), np.float32) if y is None else y
         blocks = data.reshape(rows, nb, q.type_size)
         dot = getattr(self, "_dot_" + q.name)
         xl = self._xlay(xb, q)
-        kept = self._kept_scales(data, blocks, q)
-        step = max(1, DOT_TILE // cols)
-        for r0 in range(0, rows, step):
-            blk = blocks[r0:r0 + step]
-            sc = self._block_scales(blk, q) if kept is None else tuple(a[r0:r0 + step] for a in kept)
-            y[:, r0:r0 + step] = dot(blk, xb, xl, sc)
+        spans = dot_spans(rows, cols)
+        kept = self._layouts(data, blocks, q, spans)
+        for i, (r0, r1) in enumerate(spans):
+            y[:, r0:r1] = dot(xl, self._tile_layout(blocks[r0:r1], q) if kept is None else kept[i])
         return y
 
     # ---- ops --------------------------------------------------------------------------------------------------
@@ -246,6 +247,11 @@ class QuantKernels:
         x2 = self._f(x, out_dtype).reshape(-1, cols)
         rows = data.shape[0]
         if xp is np and ct == np.float32 and x2.shape[0] <= DOT_ROWS and data.flags.c_contiguous:
+            if out_dtype.np_dtype == np.float32:  # straight into pooled memory (the rounding is a no-op)
+                y = self._qdot(x2, data, q, cols, self.empty((x2.shape[0], rows), out_dtype))
+                if b is not None:
+                    y += self._f(b, out_dtype)
+                return y.reshape(lead + (rows,))
             y = self._qdot(x2, data, q, cols)
             if b is not None:
                 y = y + self._f(b, out_dtype)

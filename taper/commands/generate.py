@@ -99,7 +99,7 @@ def run(args) -> int:
         return run_tp(args)
     import engine
     from engine import models
-    from engine.backends.numpy_quant import kept_scale_bytes
+    from engine.backends.numpy_quant import kept_layout_bytes
     from engine.generation import TextStreamer, generate, load_tokenizer, validate_sampling
     from impls import sources
 
@@ -156,10 +156,13 @@ def run(args) -> int:
     stats = engine.memory_stats(model.device)
     params = list({id(p): p for p in model.parameters()}.values())
     weights = sum(p.nbytes for p in params)
-    scales = sum(kept_scale_bytes(p.data.array) for p in params if getattr(p, "is_quantized", False))
-    kept = f" + {scales:,} bytes of block scales kept in float32 (TAPER_QSCALES=0: none)" if scales else ""
+    layout = sum(kept_layout_bytes(p.data.array) for p in params if getattr(p, "is_quantized", False))
+    kept = (f" + {layout:,} bytes of decode layout kept: float32 block scales, block-major quants "
+            "(TAPER_QSCALES=0: none)") if layout else ""
     print()
-    print(f"prefill {res.prefill_ms:.1f} ms ({len(prompt)} tokens), decode {res.decode_tokens_per_s:.2f} tokens/s "
-          f"({res.decode_steps} steps), peak memory {stats['peak_bytes']:,} bytes "
+    decode = (f"decode {res.decode_tokens_per_s:.2f} tokens/s ({res.decode_steps} steps)" if res.decode_steps
+              else "no decode step")
+    print(f"prefill {res.prefill_ms:.1f} ms ({len(prompt)} tokens), {decode}, "
+          f"peak memory {stats['peak_bytes']:,} bytes "
           f"(engine pool; weights {weights:,} bytes{kept}), stop: {res.stop_reasons[0]}")
     return 0
