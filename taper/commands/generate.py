@@ -4,12 +4,16 @@
     taper generate --model ./tiny-random --ids 1,2,3 --temperature 0.8 --top-p 0.9 --seed 0
     taper generate --model llama:tinyllama-1.1b --ids 1,2,3        # random weights, for timing
     taper generate --model SmolLM2-135M-Instruct.Q4_1.gguf --prompt "The capital of France is"
+    taper generate --model SmolLM2-135M-Instruct.Q4_1.gguf --chat --prompt "What is the capital of France?"
 
 Tokens are printed as they come (text when the directory has tokenizer.json, else ids), then one
 line with prefill ms, decode tokens/s and peak memory (engine.memory_stats()). On CUDA each decode
 step replays a captured CUDA graph (--no-capture launches the same kernels from the host). Sampling settings are
 checked as transformers checks them (engine.generation.validate_sampling); prompt ids must lie in the
-model's vocabulary; a tokenizer's padding is never fed to the model.
+model's vocabulary; a tokenizer's padding is never fed to the model. --chat wraps the prompt as a user message (and
+--system's text as a system message) in the model's own chat template (engine.chat: a GGUF's
+tokenizer.chat_template, a directory's chat_template.jinja or tokenizer_config.json), as transformers'
+apply_chat_template does, and prints only the answer.
 Exit codes: 0 done, 2 bad usage, an unreadable model or an unusable device.
 """
 from __future__ import annotations
@@ -25,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="prompt text (needs tokenizer.json in the model directory, or a .gguf file)")
     src.add_argument("--ids", help="prompt token ids, comma-separated (for tokenizer-less directories)")
+    parser.add_argument("--chat", action="store_true",
+                        help="wrap --prompt as a user message in the model's chat template (instruct models)")
+    parser.add_argument("--system", default=None, help="with --chat: a system message before the prompt")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy")
     parser.add_argument("--top-k", type=int, default=None)
@@ -53,10 +60,11 @@ def _ints(text: str, what: str) -> list:
         raise ValueError(f"{what} must be comma-separated integers, got {text!r}") from None
 
 
-def _prompt_ids(tokenizer, text: str) -> list:
+def _prompt_ids(tokenizer, text: str, add_special_tokens: bool = True) -> list:
     """The prompt's token ids without padding: a tokenizer.json may pad every encoding to a fixed
-    length (its "padding" section); those positions have attention_mask 0 and are not fed."""
-    enc = tokenizer.encode(text)
+    length (its "padding" section); those positions have attention_mask 0 and are not fed. A chat
+    template's text carries its special tokens itself (add_special_tokens False)."""
+    enc = tokenizer.encode(text, add_special_tokens=add_special_tokens)
     return [i for i, m in zip(enc.ids, enc.attention_mask) if m]
 
 
@@ -79,6 +87,8 @@ def run_tp(args) -> int:
         validate_sampling(args.temperature, args.top_k, args.top_p, args.repetition_penalty)
         if args.max_new_tokens < 1:
             raise ValueError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+        if args.chat or args.system is not None:
+            raise ValueError("--chat and --system run on one process; leave out --tp")
         spec = dist.make_spec(args.model.removeprefix("preset:"), args.ids, args.prompt, args.dtype)
         spec.update(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                     top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=dist.fixed_seed(args.seed),
@@ -127,10 +137,20 @@ def run(args) -> int:
                 raise ValueError(f"{args.model} is a {type(model).__name__}, not a language model")
             raise ValueError(f"{args.model}: model_type {mt!r} is an encoder, not a language "
                              "model; taper generate needs a causal LM")
+        if (args.chat or args.system is not None) and args.prompt is None:
+            raise ValueError("--chat and --system need --prompt (the text of the user's message)")
+        if args.system is not None and not args.chat:
+            raise ValueError("--system needs --chat")
         if args.prompt is not None:
             if tokenizer is None:
                 raise ValueError(f"{args.model} has no tokenizer.json; pass --ids instead of --prompt")
-            prompt = _prompt_ids(tokenizer, args.prompt)
+            if args.chat:
+                from engine.chat import chat_template
+                messages = ([{"role": "system", "content": args.system}] if args.system is not None else []) + [
+                    {"role": "user", "content": args.prompt}]
+                prompt = _prompt_ids(tokenizer, chat_template(args.model).render(messages), add_special_tokens=False)
+            else:
+                prompt = _prompt_ids(tokenizer, args.prompt)
         else:
             prompt = _ints(args.ids, "--ids")
         _check_ids(prompt, model, "--ids" if args.prompt is None else "--prompt")
@@ -142,7 +162,7 @@ def run(args) -> int:
         return 2
 
     streamer = TextStreamer(tokenizer, prompt) if tokenizer is not None else None
-    if streamer is not None:  # echo the prompt as text, then stream the continuation
+    if streamer is not None and not args.chat:  # echo the prompt as text, then stream the continuation
         print(streamer.prompt_text, end="", flush=True)
 
     def show(tokens):
