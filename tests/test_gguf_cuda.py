@@ -660,3 +660,22 @@ def test_captured_decode_of_a_gguf_model(tmp_path, quantize):
     got = gm(engine.tensor(ids, device=DEVICE)).float().numpy()
     want = cpu(engine.tensor(ids)).numpy()
     assert np.abs(got - want).max() <= 2e-2 * np.ptp(want)
+
+
+@cuda
+def test_shared_memory_limit_is_the_devices_and_shapes_past_it_fall_back(monkeypatch):
+    """cupy_kernels.smem_limit is the current device's opt-in maximum (227 KiB on an H200, 163 KiB on an A100, 99 KiB
+    on sm_86/sm_89: not sm_90's on every GPU); under a smaller one (an sm_89 part, pretended) the GEMVs whose staged x
+    rows no longer fit are refused and F.linear gives the same product through the fallback."""
+    import cupy
+    from engine.backends import cupy_kernels as K
+    dev = cupy.cuda.runtime.getDevice()
+    assert K.smem_limit() == cupy.cuda.Device().attributes["MaxSharedMemoryPerBlockOptin"]
+    rng = np.random.default_rng(0)
+    x = engine.tensor(rng.standard_normal((8, 8192)).astype(np.float16), device=DEVICE)
+    w = engine.tensor((0.01 * rng.standard_normal((40, 8192))).astype(np.float16), device=DEVICE)
+    assert K.gemv_ok(x.array, w.array)  # 8 rows x 8192 fp16 = 128 KiB staged
+    want = F.linear(x, w).numpy()
+    monkeypatch.setitem(K._SMEM_OPTIN, dev, 99 * 1024)
+    assert not K.gemv_ok(x.array, w.array)
+    np.testing.assert_allclose(F.linear(x, w).numpy().astype(np.float32), want.astype(np.float32), rtol=2e-2, atol=2e-2)

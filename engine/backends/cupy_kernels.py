@@ -51,7 +51,18 @@ ATTN_CHUNK = 128  # positions per attention block (attention.cu's CH)
 ATTN_CHUNKS = (32, 64, ATTN_CHUNK)  # the chunk sizes compiled (cupy_decode's clusters take the shorter ones)
 SOFTMAX_WARP_E = (1, 2, 4, 8, 16, 32)  # softmax_mask_warp instantiations: up to 32 * E positions a row
 MAX_ROWS = 8  # gemv takes at most this many rows of x (decode batches); more rows go to cuBLAS
-SMEM_LIMIT = 227 * 1024  # dynamic shared memory per block on sm_80 and sm_90 (opt-in above 48 KiB)
+_SMEM_OPTIN: dict = {}  # device id -> its dynamic shared memory a block with the opt-in
+
+
+def smem_limit() -> int:
+    """The current device's dynamic shared memory a block with the opt-in above 48 KiB
+    (cudaDevAttrMaxSharedMemoryPerBlockOptin: 227 KiB on sm_90, 163 KiB on sm_80, 99 KiB on sm_86 and sm_89),
+    read once a device: the shapes whose staged rows fit it are the ones the kernels take."""
+    dev = cupy.cuda.runtime.getDevice()
+    v = _SMEM_OPTIN.get(dev)
+    if v is None:
+        v = _SMEM_OPTIN[dev] = int(cupy.cuda.Device(dev).attributes["MaxSharedMemoryPerBlockOptin"])
+    return v
 
 
 def _bundle(expr: str) -> tuple:
@@ -169,7 +180,7 @@ def gemv_ok(x2, W, W2=None) -> bool:
         return False
     if x2.strides[1] != x2.itemsize or x2.strides[0] % 16 or not _aligned(x2):
         return False
-    return x2.shape[0] * K * W.dtype.itemsize <= SMEM_LIMIT - 8 * 1024
+    return x2.shape[0] * K * W.dtype.itemsize <= smem_limit() - 8 * 1024
 
 
 def _allow_smem(fn, smem: int) -> None:
@@ -185,7 +196,7 @@ def _mma_ok(m: int, K: int, dtype) -> bool:
     8 staged x rows fit in shared memory."""
     lo = GEMV_CONFIG["mma_rows"]
     return (lo is not None and m >= lo and dtype.itemsize == 2 and K % 32 == 0
-            and MAX_ROWS * K * dtype.itemsize <= SMEM_LIMIT - 8 * 1024)
+            and MAX_ROWS * K * dtype.itemsize <= smem_limit() - 8 * 1024)
 
 
 _GEMV_LAUNCH: dict = {}  # launch plan by shape: kernel, grid, shared memory and the scalar arguments
@@ -467,7 +478,7 @@ def qgemv_fused_ok(x2, data, qtype: str, others=()) -> bool:
     segments) alike in format and aligned, and the x rows staged in shared memory."""
     if not qgemv_ok(x2, data, qtype) or any(not qdata_ok(o, qtype) or o.strides[0] != data.strides[0] for o in others):
         return False
-    return x2.shape[0] * x2.shape[1] * x2.itemsize <= SMEM_LIMIT - 8 * 1024
+    return x2.shape[0] * x2.shape[1] * x2.itemsize <= smem_limit() - 8 * 1024
 
 
 _QFUSED_LAUNCH: dict = {}

@@ -103,7 +103,7 @@ def lstm_ok(xw, h, c, w_hh, b_hh, w_hr, out_dtype) -> bool:
     dev = xw.device.id
     blocks, units = grid_for(H, sm_count(dev))
     smem = smem_bytes(H, N, units, dt.itemsize)
-    if units * N > THREADS or smem > K.SMEM_LIMIT or L * blocks >= 2 ** 31 or xw.size >= 2 ** 62:
+    if units * N > THREADS or smem > K.smem_limit() or L * blocks >= 2 ** 31 or xw.size >= 2 ** 62:
         return False
     return compiles() and _resident(dev, out_dtype.name, LSTM_KERNEL["mode"], smem)
 

@@ -109,8 +109,7 @@ def _smem_limits() -> tuple:
     """The device's shared memory an SM (each block's 1 KiB reserve included: 228 KiB on sm_90) and a block's
     opt-in maximum (227 KiB there)."""
     if "smem" not in DIRECT:
-        a = cupy.cuda.Device().attributes
-        DIRECT["smem"] = (a["MaxSharedMemoryPerMultiprocessor"], a["MaxSharedMemoryPerBlockOptin"])
+        DIRECT["smem"] = (cupy.cuda.Device().attributes["MaxSharedMemoryPerMultiprocessor"], K.smem_limit())
     return DIRECT["smem"]
 
 
@@ -129,7 +128,7 @@ def span_ok(x2, qtype: str, datas) -> bool:
     cpl = SPAN_FORMATS.get(qtype)
     if cpl is None or any(d.data.ptr % 16 for d in datas):
         return False
-    return _x_smem(x2.shape[0], x2.shape[1], x2.itemsize) <= K.SMEM_LIMIT - 16 * 512 * cpl - 1024
+    return _x_smem(x2.shape[0], x2.shape[1], x2.itemsize) <= K.smem_limit() - 16 * 512 * cpl - 1024
 
 
 def _direct_smem(m: int, k: int, itemsize: int, qtype: str) -> int:
@@ -153,7 +152,7 @@ def direct_ok(x2, qtype: str, datas) -> bool:
         return False
     if datas[0].strides[0] % 16 or any(d.data.ptr % 16 for d in datas):
         return False
-    return _direct_smem(x2.shape[0], x2.shape[1], x2.itemsize, qtype) <= K.SMEM_LIMIT - 1024
+    return _direct_smem(x2.shape[0], x2.shape[1], x2.itemsize, qtype) <= K.smem_limit() - 1024
 
 
 def _sms() -> int:
@@ -207,7 +206,7 @@ def _direct_fn(dtype, qtype: str, m: int, targs: tuple, smem: int):
     M = 1 if m == 1 else 2 if m <= 2 else 4 if m <= 4 else 8
     fn = K._fn(f"qgemv_direct<{K.type_name(dtype)},{DIRECT_FORMATS[qtype]},{M}," + ",".join(map(str, targs)) + ">")
     if smem > 48 * 1024 and fn.max_dynamic_shared_size_bytes < smem:
-        fn.max_dynamic_shared_size_bytes = K.SMEM_LIMIT - 1024  # past 48 KiB: the opt-in, once
+        fn.max_dynamic_shared_size_bytes = K.smem_limit() - 1024  # past 48 KiB: the opt-in, once
     return fn
 
 
@@ -216,8 +215,8 @@ def _span_fn(dtype, qtype: str, m: int, smem: int):
     d = ",1" if dot_route() == "int8" else ""
     fn = K._fn(f"qgemv_span<{K.type_name(dtype)},{K.QFORMATS[qtype]},{M}{d}>")
     static = 16 * 512 * SPAN_FORMATS[qtype] + 64  # the row buffers and the norm's reduction slots
-    if smem + static > 48 * 1024 and fn.max_dynamic_shared_size_bytes < K.SMEM_LIMIT - static:
-        fn.max_dynamic_shared_size_bytes = K.SMEM_LIMIT - static  # past 48 KiB with them: the opt-in, once
+    if smem + static > 48 * 1024 and fn.max_dynamic_shared_size_bytes < K.smem_limit() - static:
+        fn.max_dynamic_shared_size_bytes = K.smem_limit() - static  # past 48 KiB with them: the opt-in, once
     return fn
 
 
