@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.io.gguf import _WRITE_QTYPES, mix_qtype, save_gguf
+from engine.io.gguf import _WRITE_QTYPES, ARCHS, mix_qtype, pre_name, save_gguf
 from migration.source import ConvertError
 
 # what is not offered, and why (asked for by users who know llama.cpp's names)
@@ -86,12 +86,25 @@ def tokenizer_metadata(path: Path) -> tuple[dict | None, str]:
         tokens[i] = t
     types = [(_CONTROL if added[t]["special"] else _USER_DEFINED) if t in added else _NORMAL for t in tokens]
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
-    return {"model": "gpt2", "tokens": tokens, "merges": merges, "token_type": types}, f"byte-level BPE, {n} tokens"
+    meta = {"model": "gpt2", "tokens": tokens, "merges": merges, "token_type": types}
+    pre = pre_name(_split_regex(tj.get("pre_tokenizer")))
+    if pre is not None:  # the split regex its merges were learned with (llama3's, qwen2's), by llama.cpp's name
+        meta["pre"] = pre
+    return meta, f"byte-level BPE, {n} tokens" + (f", pre-tokenizer {pre}" if pre else "")
+
+
+def _split_regex(pre) -> str | None:
+    """The Regex of a tokenizer.json pre_tokenizer's Split step (in a Sequence or alone), or None."""
+    steps = (pre or {}).get("pretokenizers", [pre]) if isinstance(pre, dict) else []
+    for step in steps:
+        if isinstance(step, dict) and step.get("type") == "Split" and isinstance(step.get("pattern"), dict):
+            return step["pattern"].get("Regex")
+    return None
 
 
 def quantize_to_gguf(src, dst, qtype: str, *, overwrite: bool = False) -> QuantizeReport:
-    """Quantise the safetensors LLaMA model directory `src` (config.json + weights) to the GGUF file `dst`.
-    Raises ConvertError for a non-llama model, an unsupported type or an existing output without overwrite."""
+    """Quantise the safetensors LLaMA or Qwen2 model directory `src` (config.json + weights) to the GGUF file `dst`.
+    Raises ConvertError for another model type, an unsupported type or an existing output without overwrite."""
     from engine.io.safetensors import SafetensorsError, open_checkpoint
     start = time.perf_counter()
     q = check_qtype(qtype)
@@ -109,9 +122,9 @@ def quantize_to_gguf(src, dst, qtype: str, *, overwrite: bool = False) -> Quanti
         config = json.loads((src / "config.json").read_text())
     except ValueError as e:
         raise ConvertError(f"{src / 'config.json'}: not valid JSON: {e}") from None
-    if config.get("model_type") != "llama":
+    if config.get("model_type") not in ARCHS:
         raise ConvertError(f"{src}: model_type {config.get('model_type')!r}; --quantize writes GGUF for "
-                           "llama models only (llama.cpp's 'llama' architecture)")
+                           f"{' and '.join(ARCHS)} models only (llama.cpp's architectures of those names)")
     try:
         ck = open_checkpoint(src, mmap=False)  # copy-on-load: one tensor read at a time, when written
     except SafetensorsError as e:

@@ -25,7 +25,7 @@ from engine import functional as F  # noqa: E402
 from engine import models  # noqa: E402
 from engine.backends import numpy_quant  # noqa: E402
 from engine.generation import load_tokenizer  # noqa: E402
-from engine.io.gguf import GGUFError, hf_name, open_gguf, save_gguf  # noqa: E402
+from engine.io.gguf import GGUFError, gguf_name, hf_name, open_gguf, save_gguf  # noqa: E402
 from engine.nn import StateDictError  # noqa: E402
 from engine.nn.linear import Embedding, Linear  # noqa: E402
 from engine.quant import QTYPES, QuantWeight  # noqa: E402
@@ -225,13 +225,18 @@ def test_module_keeps_quantized_weights_as_parameters():
 
 
 # ---- names and the file layout -------------------------------------------------------------------------
-def test_tensor_names_agree_with_gguf_py():
-    """Our GGUF -> HF table inverts gguf-py's own HF -> GGUF map for llama (an oracle we did not write)."""
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 3)
-    m = models.from_preset("llama", "tiny", num_hidden_layers=3)
-    for key in m.state_dict():
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_tensor_names_agree_with_gguf_py(arch):
+    """Our GGUF -> HF table inverts gguf-py's own HF -> GGUF map for each architecture the engine reads (an
+    oracle we did not write), qwen2's q/k/v biases included."""
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch.upper()], 3)
+    m = models.from_preset(arch, "tiny", num_hidden_layers=3)
+    keys = list(m.state_dict())
+    assert any(k.endswith("q_proj.bias") for k in keys) == (arch == "qwen2")
+    for key in keys:
         base, _, leaf = key.rpartition(".")
         assert hf_name(f"{names.get_name(base)}.{leaf}") == key, key
+        assert gguf_name(key) == f"{names.get_name(base)}.{leaf}", key
 
 
 def tiny_hf(tie=False):

@@ -194,3 +194,55 @@ def test_tokenizer_travels_into_the_gguf(tmp_path):
     rep = verify_quantized(d, out)
     assert rep.perplexity["text"].startswith("the fixed text") and rep.perplexity["tokens"] == min(len(want), MAX_TOKENS)
     assert np.isfinite(rep.perplexity["candidate"]) and rep.kl > 0
+
+
+def test_qwen2_converts_loads_and_tokenizes_as_transformers(tmp_path):
+    """A tiny random Qwen2 (q/k/v biases, tied embeddings) with a byte-level BPE tokenizer that splits as Qwen2's
+    does (digits one at a time; transformers' own regex) through `taper convert --quantize q8_0`: llama.cpp's
+    qwen2 architecture (q/k rows not permuted, tokenizer.ggml.pre 'qwen2'); the engine's weights are
+    transformers' dequantised ones bit for bit, logits agree to fp32 rounding, and the engine's and
+    transformers' GGUF tokenizers give the source tokenizer's ids."""
+    import torch
+    from tokenizers import Regex, Tokenizer, decoders, models as tmodels, pre_tokenizers, trainers
+    from transformers import AutoTokenizer
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+    from test_gguf import hf_from_gguf
+    from test_models_llm import hf_model
+    from engine.generation import load_tokenizer
+    from engine.io import gguf as G
+    from migration.verify_quant import FIXED_TEXT
+    assert G._PRE_SPLITS["qwen2"] == PRETOKENIZE_REGEX
+    tok = Tokenizer(tmodels.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator([FIXED_TEXT, "the keeper and the light, 1200 ships and 345 waves"] * 4,
+                            trainers.BpeTrainer(vocab_size=320, special_tokens=["<|endoftext|>"],
+                                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    m = hf_model("qwen2", dict(vocab_size=tok.get_vocab_size(), tie_word_embeddings=True))
+    assert m.model.layers[0].self_attn.q_proj.bias is not None
+    d = tmp_path / "tiny-qwen2"
+    m.save_pretrained(d)
+    tok.save(str(d / "tokenizer.json"))
+    out = tmp_path / "qwen2.gguf"
+    assert main(["convert", str(d), str(out), "--quantize", "q8_0", "--quiet"]) == 0
+    r = gguf.GGUFReader(str(out))
+    assert bytes(r.fields["general.architecture"].parts[-1]).decode() == "qwen2"
+    assert bytes(r.fields["tokenizer.ggml.pre"].parts[-1]).decode() == "qwen2"
+    text = FIXED_TEXT + " 12345 waves"
+    want = tok.encode(text).ids
+    assert load_tokenizer(out).encode(text).ids == want
+    assert AutoTokenizer.from_pretrained(out.parent, gguf_file=out.name)(text, add_special_tokens=False)["input_ids"] == want
+    em, ref = models.from_pretrained(out), hf_from_gguf(out)
+    assert em.config.model_type == "qwen2" and em.config.tie_word_embeddings
+    sd = ref.state_dict()
+    for key in ("model.layers.1.self_attn.q_proj.weight", "model.layers.1.self_attn.k_proj.bias",
+                "model.layers.0.self_attn.v_proj.bias", "model.layers.0.mlp.down_proj.weight"):
+        w = module(em, key)
+        got = w.dequantize().numpy() if isinstance(w, QuantWeight) else w.numpy()
+        np.testing.assert_array_equal(got, sd[key].numpy(), err_msg=key)
+    ids = np.array([want[:12], want[12:24]])
+    with torch.no_grad():
+        ref_logits = ref(torch.tensor(ids)).logits.double().numpy()
+    got = em(engine.tensor(ids)).numpy()
+    assert np.abs(got - ref_logits).max() <= FP32_REL * np.ptp(ref_logits)

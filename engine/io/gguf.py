@@ -37,7 +37,11 @@ class GGUFError(ValueError):
     offset where it goes wrong."""
 
 
-# ---- metadata -> config.json (llama.cpp's llama.* keys; transformers' GGUF_CONFIG_MAPPING["llama"]) ------
+# ---- metadata -> config.json (llama.cpp's ARCH.* keys; transformers' GGUF_CONFIG_MAPPING) ----------------
+# general.architecture -> whether llama.cpp's converter wrote the q/k rows in its rotary order (LlamaModel
+# permutes them; Qwen2Model does not) and whether ARCH.rope.dimension_count is the head size (transformers
+# reads it as head_dim for llama only). The engine model_type is the architecture's name.
+ARCHS = {"llama": {"permuted": True, "head_dim": True}, "qwen2": {"permuted": False, "head_dim": False}}
 _LLAMA_CONFIG = {
     "context_length": "max_position_embeddings",
     "block_count": "num_hidden_layers",
@@ -63,7 +67,7 @@ _BLOCK_RE = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)$")
 
 
 def hf_name(gguf_name: str) -> str:
-    """The state-dict name of a llama GGUF tensor; a name outside the table comes back unchanged
+    """The state-dict name of a llama or qwen2 GGUF tensor (both use llama's names; qwen2 adds q/k/v biases); a name outside the table comes back unchanged
     (so the model's strict key check lists it as unexpected, under the name the file uses)."""
     m = _BLOCK_RE.match(gguf_name)
     if m and m.group(2) in _LLAMA_BLOCK:
@@ -117,23 +121,23 @@ class GGUFFile:
     def config(self) -> dict:
         """The Hugging Face config dict (config.json's keys) the metadata describes."""
         arch, md = self.architecture, self.metadata
-        if arch != "llama":
+        if arch not in ARCHS:
             raise GGUFError(f"{self.path}: architecture {arch!r} (general.architecture) is not one the engine "
-                            "reads from GGUF (known: llama)")
-        cfg = {"model_type": "llama"}
+                            f"reads from GGUF (known: {', '.join(ARCHS)})")
+        cfg = {"model_type": arch}
         for key, name in _LLAMA_CONFIG.items():
-            if f"llama.{key}" in md:
-                cfg[name] = md[f"llama.{key}"]
+            if f"{arch}.{key}" in md and (key != "rope.dimension_count" or ARCHS[arch]["head_dim"]):
+                cfg[name] = md[f"{arch}.{key}"]
         for key in ("embedding_length", "block_count", "attention.head_count"):
-            if f"llama.{key}" not in md:
-                raise GGUFError(f"{self.path}: metadata key llama.{key} is missing")
+            if f"{arch}.{key}" not in md:
+                raise GGUFError(f"{self.path}: metadata key {arch}.{key} is missing")
         if "vocab_size" not in cfg and "tokenizer.ggml.tokens" in md:
             cfg["vocab_size"] = len(md["tokenizer.ggml.tokens"])
-        scaling = md.get("llama.rope.scaling.type")
+        scaling = md.get(f"{arch}.rope.scaling.type")
         if scaling not in (None, "none"):
             if scaling != "linear":
-                raise GGUFError(f"{self.path}: llama.rope.scaling.type {scaling!r} is not supported (none, linear)")
-            cfg["rope_scaling"] = {"rope_type": "linear", "factor": float(md["llama.rope.scaling.factor"])}
+                raise GGUFError(f"{self.path}: {arch}.rope.scaling.type {scaling!r} is not supported (none, linear)")
+            cfg["rope_scaling"] = {"rope_type": "linear", "factor": float(md[f"{arch}.rope.scaling.factor"])}
         cfg["tie_word_embeddings"] = "output.weight" not in self.tensors  # llama.cpp drops a tied head
         for key, name in _TOKEN_IDS.items():
             if f"tokenizer.ggml.{key}" in md:
@@ -177,7 +181,7 @@ class GGUFFile:
         if tt == 30:  # BF16 comes as bytes
             import ml_dtypes
             arr = arr.view(ml_dtypes.bfloat16)
-        if ".self_attn.q_proj." in key or ".self_attn.k_proj." in key:
+        if ARCHS[self.architecture]["permuted"] and (".self_attn.q_proj." in key or ".self_attn.k_proj." in key):
             arr = arr[unpermute_rows(shape[0], self._heads(key))]
         if tt in BY_GGML_TYPE:
             return QuantWeight(ops.from_numpy(np.ascontiguousarray(arr)), BY_GGML_TYPE[tt], shape)
@@ -200,7 +204,17 @@ _LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1
                  r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 # tokenizer.ggml.pre -> the split regex its merges were learned with (transformers'
 # GGUF_PRE_TOKENIZER_SPLITS, the llama3 family); any other keeps GPT-2's ByteLevel regex, as there
-_PRE_SPLITS = {name: _LLAMA3_SPLIT for name in ("llama3", "llama-v3", "llama-bpe", "falcon3", "smaug-bpe", "dbrx")}
+_QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+                r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_PRE_SPLITS = {**{name: _LLAMA3_SPLIT for name in ("llama3", "llama-v3", "llama-bpe", "falcon3", "smaug-bpe", "dbrx")},
+               **{name: _QWEN2_SPLIT for name in ("qwen2", "deepseek-r1-qwen")}}
+_PRE_NAMES = {_LLAMA3_SPLIT: "llama-bpe", _QWEN2_SPLIT: "qwen2"}  # what a converter writes for a split regex
+
+
+def pre_name(split_regex: str | None) -> str | None:
+    """The tokenizer.ggml.pre name of a tokenizer whose pre-tokenizer splits by split_regex (None: GPT-2's
+    ByteLevel regex, or one no name here covers)."""
+    return _PRE_NAMES.get(split_regex)
 _CONTROL, _USER_DEFINED = 3, 4  # tokenizer.ggml.token_type values
 
 
@@ -414,7 +428,7 @@ def quantize_matrix(a, q: str):
 
 
 def gguf_name(hf: str) -> str:
-    """The GGUF name of a llama state-dict name (the inverse of hf_name)."""
+    """The GGUF name of a llama or qwen2 state-dict name (the inverse of hf_name)."""
     inv_block = {v: k for k, v in _LLAMA_BLOCK.items()}
     m = re.match(r"model\.layers\.(\d+)\.(.+)\.(weight|bias)$", hf)
     if m and m.group(2) in inv_block:
@@ -428,9 +442,9 @@ def gguf_name(hf: str) -> str:
 
 def save_gguf(path, config: dict, tensors: dict, quantize: str | None = None, tokenizer: dict | None = None,
               shapes: dict | None = None) -> Path:
-    """Write a llama model as GGUF, as llama.cpp's converter lays it out: llama.* metadata from the HF
-    `config`, tensors {HF name: numpy float array} renamed, q/k rows permuted into llama.cpp's rotary
-    order, 2-d matrices quantised to `quantize` (q8_0, q4_0, q4_1, q4_k, q6_k, or the q4_k_m mix:
+    """Write a llama or qwen2 model as GGUF, as llama.cpp's converter lays it out: ARCH.* metadata from the
+    HF `config`, tensors {HF name: numpy float array} renamed, (llama) q/k rows permuted into llama.cpp's
+    rotary order, 2-d matrices quantised to `quantize` (q8_0, q4_0, q4_1, q4_k, q6_k, or the q4_k_m mix:
     mix_qtype; None keeps float32), vectors F32.
     Streaming: a value may also be a zero-argument callable that returns the array (then `shapes`
     gives its shape), and it is called only when that tensor is written, so at most one tensor (and a
@@ -439,8 +453,9 @@ def save_gguf(path, config: dict, tensors: dict, quantize: str | None = None, to
     Written to a temp file and renamed (engine.io.atomic)."""
     import gguf
     from engine.io.atomic import discard, temp_path
-    if config.get("model_type") != "llama":
-        raise ValueError(f"save_gguf writes llama models, not model_type {config.get('model_type')!r}")
+    arch = config.get("model_type")
+    if arch not in ARCHS:
+        raise ValueError(f"save_gguf writes {' and '.join(ARCHS)} models, not model_type {arch!r}")
     if quantize is not None and quantize not in _WRITE_QTYPES:
         raise ValueError(f"cannot quantise to {quantize!r}: save_gguf quantises to {', '.join(_WRITE_QTYPES)}")
     heads = config["num_attention_heads"]
@@ -457,7 +472,7 @@ def save_gguf(path, config: dict, tensors: dict, quantize: str | None = None, to
         plan.append((name, shape, mix_qtype(name, shape, quantize, n_layers)))
     path = Path(path)
     tmp = temp_path(path)
-    w = gguf.GGUFWriter(str(tmp), "llama")
+    w = gguf.GGUFWriter(str(tmp), arch)
     try:
         w.add_context_length(int(config.get("max_position_embeddings", 2048)))
         w.add_embedding_length(int(config["hidden_size"]))
@@ -465,7 +480,8 @@ def save_gguf(path, config: dict, tensors: dict, quantize: str | None = None, to
         w.add_feed_forward_length(int(config["intermediate_size"]))
         w.add_head_count(int(heads))
         w.add_head_count_kv(int(kv))
-        w.add_rope_dimension_count(int(head_dim))
+        if ARCHS[arch]["head_dim"]:
+            w.add_rope_dimension_count(int(head_dim))
         w.add_rope_freq_base(float(config.get("rope_theta", 10000.0)))
         w.add_layer_norm_rms_eps(float(config.get("rms_norm_eps", 1e-6)))
         w.add_vocab_size(int(config["vocab_size"]))
@@ -483,6 +499,8 @@ def save_gguf(path, config: dict, tensors: dict, quantize: str | None = None, to
                 w.add_token_merges(value)
             elif key == "token_type":
                 w.add_token_types(value)
+            elif key == "pre":
+                w.add_tokenizer_pre(value)
             else:
                 raise ValueError(f"save_gguf: unknown tokenizer metadata {key!r}")
         for name, shape, q in plan:  # every tensor's header first; the data follows one tensor at a time
@@ -501,7 +519,8 @@ def save_gguf(path, config: dict, tensors: dict, quantize: str | None = None, to
             a = v() if callable(v) else v
             if tuple(a.shape) != shape:
                 raise ValueError(f"save_gguf: tensor {name} has shape {tuple(a.shape)}, expected {shape}")
-            if name.endswith(("q_proj.weight", "q_proj.bias", "k_proj.weight", "k_proj.bias")):
+            if ARCHS[arch]["permuted"] and name.endswith(("q_proj.weight", "q_proj.bias", "k_proj.weight",
+                                                          "k_proj.bias")):
                 n = heads if ".q_proj." in name else kv
                 a = a.reshape(n, 2, a.shape[0] // n // 2, *a.shape[1:]).swapaxes(1, 2).reshape(a.shape)
             data = quantize_matrix(a, q) if q is not None else np.ascontiguousarray(a, dtype=np.float32)
