@@ -444,3 +444,68 @@ def test_engine_imports_gguf_only_when_a_file_is_opened():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip() == "[]"
+
+
+# ---- SentencePiece ('llama') vocabularies: LLaMA-2, Mistral, TinyLlama files ---------------------------------------
+def spm_gguf(tmp_path, add_bos=None):
+    """A tiny llama GGUF whose tokenizer is a SentencePiece BPE vocabulary as llama.cpp writes one: <unk>, <s>,
+    </s>, the 256 byte-fallback tokens <0x00>..<0xFF>, then pieces (trained here by tokenizers'
+    SentencePieceBPETokenizer) scored best first."""
+    from tokenizers import SentencePieceBPETokenizer
+    sp = SentencePieceBPETokenizer()
+    sp.train_from_iterator(["The keeper of the lighthouse watched the ships pass in the night.",
+                            "the keeper and the light, the ships and the water, 1200 waves"] * 4, vocab_size=160,
+                           min_frequency=1, show_progress=False)
+    pieces = [t for t, _ in sorted(sp.get_vocab().items(), key=lambda kv: kv[1])]
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + pieces
+    types = [2, 3, 3] + [6] * 256 + [1] * len(pieces)  # UNKNOWN, CONTROL, BYTE, NORMAL
+    scores = [0.0] * 259 + [-float(i) for i in range(len(pieces))]
+    from test_models_llm import hf_model
+    m = hf_model("llama", dict(num_key_value_heads=2, vocab_size=len(tokens)))
+    cfg = {**m.config.to_dict(), "model_type": "llama", "bos_token_id": 1, "eos_token_id": 2}
+    sd = {k: v.detach().numpy() for k, v in m.state_dict().items()}
+    path = save_gguf(tmp_path / "spm.gguf", cfg, sd, "q8_0",
+                     tokenizer={"model": "llama", "tokens": tokens, "scores": scores, "token_type": types})
+    if add_bos is not None:  # rewrite with the flag (gguf-py's writer; save_gguf leaves it out, llama.cpp's default)
+        import shutil
+        r = gguf.GGUFReader(path)
+        w = gguf.GGUFWriter(str(tmp_path / "spm2.gguf"), "llama")
+        for k, f in r.fields.items():
+            if not k.startswith("GGUF.") and k != "general.architecture":
+                w.add_key_value(k, f.contents(), f.types[0], f.types[-1] if f.types[0] == gguf.GGUFValueType.ARRAY else None)
+        w.add_add_bos_token(add_bos)
+        for t in r.tensors:
+            w.add_tensor(t.name, t.data, raw_dtype=t.tensor_type)
+        w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file(), w.close()
+        shutil.move(tmp_path / "spm2.gguf", path)
+    return path
+
+
+SPM_TEXTS = ["The keeper of the light", "  two leading spaces and   three", "line\nbreak\ttab", "Ünïcödé 🙂 bytes",
+             "</s> is special <s>", "1200 waves", "x"]
+
+
+@pytest.mark.parametrize("add_bos", [None, False])
+def test_sentencepiece_tokenizer_matches_transformers(tmp_path, add_bos):
+    """A 'llama' (SentencePiece BPE) vocabulary: the engine's tokenizer (merges from the scores, byte fallback,
+    '\u2581' word boundaries, a BOS first unless the file says not) encodes and decodes as transformers' GGUF
+    tokenizer does, on text with spaces, newlines, characters outside the vocabulary and special tokens."""
+    from transformers import AutoTokenizer
+    path = spm_gguf(tmp_path, add_bos)
+    ours, ref = load_tokenizer(path), AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    for t in SPM_TEXTS:
+        ids = ours.encode(t).ids
+        assert ids == ref(t).input_ids, t
+        assert (ids[0] == 1) == (add_bos is None), t
+        assert ours.decode(ids, skip_special_tokens=True) == ref.decode(ids, skip_special_tokens=True), t
+    assert any(3 <= i < 259 for i in ours.encode("🙂").ids)  # byte fallback, not <unk>
+
+
+def test_generate_prompts_a_sentencepiece_gguf(tmp_path, capsys):
+    """taper generate --prompt on such a file: the prompt's ids with the BOS first, echoed as the prompt text."""
+    from taper.cli import main
+    path = spm_gguf(tmp_path)
+    assert main(["generate", "--model", str(path), "--prompt", "The keeper", "--max-new-tokens", "3"]) == 0
+    out = capsys.readouterr().out
+    ids = load_tokenizer(path).encode("The keeper").ids
+    assert ids[0] == 1 and out.startswith("The keeper") and "prefill" in out and f"({len(ids)} tokens)" in out

@@ -215,6 +215,8 @@ def pre_name(split_regex: str | None) -> str | None:
     """The tokenizer.ggml.pre name of a tokenizer whose pre-tokenizer splits by split_regex (None: GPT-2's
     ByteLevel regex, or one no name here covers)."""
     return _PRE_NAMES.get(split_regex)
+
+
 _CONTROL, _USER_DEFINED = 3, 4  # tokenizer.ggml.token_type values
 
 
@@ -232,12 +234,48 @@ def _bytes_to_unicode() -> dict:
     return dict(zip(bs, map(chr, cs)))
 
 
+def spm_merges(tokens: list, scores: list) -> list:
+    """BPE merges a SentencePiece vocabulary implies (a 'llama' GGUF lists none): every split of a token into
+    two tokens of the vocabulary, best first by the merged token's score, then the longer left piece, then the
+    longer right one; ties in the order of the tokens and of their pieces' ids."""
+    ids = {t: i for i, t in enumerate(tokens)}
+    best = dict(zip(tokens, scores))
+    merges = []
+    for t, score in best.items():
+        pairs = [(t[:i], t[i:]) for i in range(1, len(t)) if t[:i] in ids and t[i:] in ids]
+        merges += [(a, b, score) for a, b in sorted(pairs, key=lambda p: (ids[p[0]], ids[p[1]]))]
+    merges.sort(key=lambda m: (-m[2], -len(m[0]), -len(m[1])))  # stable: ties keep the order above
+    return [(a, b) for a, b, _ in merges]
+
+
+def _spm_tokenizer(md: dict, where: str):
+    """A SentencePiece BPE vocabulary ('llama': LLaMA-2, Mistral, TinyLlama files) as transformers' GGUF
+    loader builds it: merges from the scores (spm_merges), byte fallback (<0x..> tokens), the word boundary
+    spelled '\u2581' with one prepended to the text, a BOS first unless tokenizer.ggml.add_bos_token is false."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    tokens, scores = md["tokenizer.ggml.tokens"], md.get("tokenizer.ggml.scores")
+    if scores is None or len(scores) != len(tokens):
+        raise GGUFError(f"{where}: a 'llama' (SentencePiece) tokenizer needs tokenizer.ggml.scores, one a token "
+                        f"({len(tokens)} tokens, {'no' if scores is None else len(scores)} scores)")
+    tok = Tokenizer(models.BPE({t: i for i, t in enumerate(tokens)}, spm_merges(tokens, scores), fuse_unk=True,
+                               byte_fallback=True))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=False)
+    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    return tok, md.get("tokenizer.ggml.add_bos_token", True)
+
+
 def build_tokenizer(md: dict, where="GGUF metadata"):
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
     kind = md.get("tokenizer.ggml.model")
-    if kind != "gpt2":
+    if kind not in ("gpt2", "llama"):
         raise NotImplementedError(f"{where}: tokenizer.ggml.model {kind!r}; the engine builds byte-level BPE "
-                                  "('gpt2') tokenizers from GGUF")
+                                  "('gpt2') and SentencePiece BPE ('llama') tokenizers from GGUF")
+    if "tokenizer.ggml.tokens" not in md:
+        raise GGUFError(f"{where}: no tokenizer.ggml.tokens")
+    if kind == "llama":
+        tok, add_bos = _spm_tokenizer(md, where)
+        return _finish(tok, md, add_bos, lambda t: True)
     tokens, merges = md["tokenizer.ggml.tokens"], md.get("tokenizer.ggml.merges")
     if merges is None:
         raise GGUFError(f"{where}: a 'gpt2' tokenizer without tokenizer.ggml.merges")
@@ -252,15 +290,27 @@ def build_tokenizer(md: dict, where="GGUF metadata"):
         pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(split), behavior="isolated"),
                                  pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.TemplateProcessing(single="$A", pair="$A $B:1")
-    types = md.get("tokenizer.ggml.token_type") or ()
-    # control tokens (<|im_start|>) stay whole and are special; one spelled outside the byte alphabet
-    # is a llama.cpp mislabel and is left out (as transformers does)
+    # control tokens spelled outside the byte alphabet are a llama.cpp mislabel, left out (as transformers does)
+    return _finish(tok, md, md.get("tokenizer.ggml.add_bos_token", False), lambda t: set(t) <= alphabet)
+
+
+def _finish(tok, md: dict, add_bos: bool, spelled):
+    """The special tokens and the post-processor both kinds share: control tokens (<|im_start|>, <s>) stay whole
+    and are special, user-defined ones stay whole; the BOS token first where add_bos (transformers' rule)."""
+    from tokenizers import AddedToken, processors
+    tokens, types = md["tokenizer.ggml.tokens"], md.get("tokenizer.ggml.token_type") or ()
     tok.add_special_tokens([AddedToken(t, normalized=False, special=True) for t, k in zip(tokens, types)
-                            if k == _CONTROL and set(t) <= alphabet])
+                            if k == _CONTROL and spelled(t)])
     user = [AddedToken(t, normalized=False, special=False) for t, k in zip(tokens, types) if k == _USER_DEFINED]
     if user:
         tok.add_tokens(user)
+    bos = md.get("tokenizer.ggml.bos_token_id")
+    if add_bos and isinstance(bos, int) and 0 <= bos < len(tokens):
+        b = tokens[bos]
+        tok.post_processor = processors.TemplateProcessing(single=f"{b}:0 $A:0", pair=f"{b}:0 $A:0 {b}:1 $B:1",
+                                                           special_tokens=[(b, bos)])
+    else:
+        tok.post_processor = processors.TemplateProcessing(single="$A", pair="$A $B:1")
     return tok
 
 
@@ -449,7 +499,7 @@ def save_gguf(path, config: dict, tensors: dict, quantize: str | None = None, to
     Streaming: a value may also be a zero-argument callable that returns the array (then `shapes`
     gives its shape), and it is called only when that tensor is written, so at most one tensor (and a
     tile of its float32 copy) is in memory at a time, whatever the model size.
-    tokenizer: extra tokenizer.ggml.* metadata {key suffix: value} (tokens, merges, token_type, ...).
+    tokenizer: extra tokenizer.ggml.* metadata {key suffix: value} (model, tokens, merges, token_type, pre, scores).
     Written to a temp file and renamed (engine.io.atomic)."""
     import gguf
     from engine.io.atomic import discard, temp_path
@@ -501,6 +551,8 @@ def save_gguf(path, config: dict, tensors: dict, quantize: str | None = None, to
                 w.add_token_types(value)
             elif key == "pre":
                 w.add_tokenizer_pre(value)
+            elif key == "scores":
+                w.add_token_scores(value)
             else:
                 raise ValueError(f"save_gguf: unknown tokenizer metadata {key!r}")
         for name, shape, q in plan:  # every tensor's header first; the data follows one tensor at a time
