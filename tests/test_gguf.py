@@ -509,3 +509,15 @@ def test_generate_prompts_a_sentencepiece_gguf(tmp_path, capsys):
     out = capsys.readouterr().out
     ids = load_tokenizer(path).encode("The keeper").ids
     assert ids[0] == 1 and out.startswith("The keeper") and "prefill" in out and f"({len(ids)} tokens)" in out
+
+
+def test_tokenizer_metadata_errors():
+    from engine.io.gguf import build_tokenizer
+    with pytest.raises(NotImplementedError, match=r"tokenizer.ggml.model 't5'.*'gpt2'.*'llama'"):
+        build_tokenizer({"tokenizer.ggml.model": "t5", "tokenizer.ggml.tokens": ["a"]}, "x.gguf")
+    with pytest.raises(GGUFError, match=r"x.gguf: a 'llama' \(SentencePiece\) tokenizer needs tokenizer.ggml.scores.*"
+                                        r"\(2 tokens, 1 scores\)"):
+        build_tokenizer({"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": ["a", "b"],
+                         "tokenizer.ggml.scores": [0.0]}, "x.gguf")
+    with pytest.raises(GGUFError, match="x.gguf: no tokenizer.ggml.tokens"):
+        build_tokenizer({"tokenizer.ggml.model": "gpt2"}, "x.gguf")
