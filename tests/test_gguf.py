@@ -447,7 +447,7 @@ def test_engine_imports_gguf_only_when_a_file_is_opened():
 
 
 # ---- SentencePiece ('llama') vocabularies: LLaMA-2, Mistral, TinyLlama files ---------------------------------------
-def spm_gguf(tmp_path, add_bos=None):
+def spm_gguf(tmp_path, add_bos=None, merges=False):
     """A tiny llama GGUF whose tokenizer is a SentencePiece BPE vocabulary as llama.cpp writes one: <unk>, <s>,
     </s>, the 256 byte-fallback tokens <0x00>..<0xFF>, then pieces (trained here by tokenizers'
     SentencePieceBPETokenizer) scored best first."""
@@ -464,8 +464,12 @@ def spm_gguf(tmp_path, add_bos=None):
     m = hf_model("llama", dict(num_key_value_heads=2, vocab_size=len(tokens)))
     cfg = {**m.config.to_dict(), "model_type": "llama", "bos_token_id": 1, "eos_token_id": 2}
     sd = {k: v.detach().numpy() for k, v in m.state_dict().items()}
-    path = save_gguf(tmp_path / "spm.gguf", cfg, sd, "q8_0",
-                     tokenizer={"model": "llama", "tokens": tokens, "scores": scores, "token_type": types})
+    meta = {"model": "llama", "tokens": tokens, "scores": scores, "token_type": types}
+    if merges:  # as llama.cpp's converter writes them from a HF tokenizer.json (the trained ones, in their order)
+        import json
+        meta["merges"] = [m if isinstance(m, str) else " ".join(m)
+                          for m in json.loads(sp._tokenizer.to_str())["model"]["merges"]]
+    path = save_gguf(tmp_path / "spm.gguf", cfg, sd, "q8_0", tokenizer=meta)
     if add_bos is not None:  # rewrite with the flag (gguf-py's writer; save_gguf leaves it out, llama.cpp's default)
         import shutil
         r = gguf.GGUFReader(path)
@@ -485,13 +489,13 @@ SPM_TEXTS = ["The keeper of the light", "  two leading spaces and   three", "lin
              "</s> is special <s>", "1200 waves", "x"]
 
 
-@pytest.mark.parametrize("add_bos", [None, False])
-def test_sentencepiece_tokenizer_matches_transformers(tmp_path, add_bos):
+@pytest.mark.parametrize("add_bos,merges", [(None, False), (False, False), (None, True)])
+def test_sentencepiece_tokenizer_matches_transformers(tmp_path, add_bos, merges):
     """A 'llama' (SentencePiece BPE) vocabulary: the engine's tokenizer (merges from the scores, byte fallback,
     '\u2581' word boundaries, a BOS first unless the file says not) encodes and decodes as transformers' GGUF
     tokenizer does, on text with spaces, newlines, characters outside the vocabulary and special tokens."""
     from transformers import AutoTokenizer
-    path = spm_gguf(tmp_path, add_bos)
+    path = spm_gguf(tmp_path, add_bos, merges)
     ours, ref = load_tokenizer(path), AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     for t in SPM_TEXTS:
         ids = ours.encode(t).ids

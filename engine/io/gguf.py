@@ -250,15 +250,16 @@ def spm_merges(tokens: list, scores: list) -> list:
 
 def _spm_tokenizer(md: dict, where: str):
     """A SentencePiece BPE vocabulary ('llama': LLaMA-2, Mistral, TinyLlama files) as transformers' GGUF
-    loader builds it: merges from the scores (spm_merges), byte fallback (<0x..> tokens), the word boundary
+    loader builds it: merges from the file or else from the scores (spm_merges), byte fallback (<0x..> tokens), the word boundary
     spelled '\u2581' with one prepended to the text, a BOS first unless tokenizer.ggml.add_bos_token is false."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     tokens, scores = md["tokenizer.ggml.tokens"], md.get("tokenizer.ggml.scores")
     if scores is None or len(scores) != len(tokens):
         raise GGUFError(f"{where}: a 'llama' (SentencePiece) tokenizer needs tokenizer.ggml.scores, one a token "
                         f"({len(tokens)} tokens, {'no' if scores is None else len(scores)} scores)")
-    tok = Tokenizer(models.BPE({t: i for i, t in enumerate(tokens)}, spm_merges(tokens, scores), fuse_unk=True,
-                               byte_fallback=True))
+    listed = md.get("tokenizer.ggml.merges")  # llama.cpp's converter writes them for a HF tokenizer.json
+    merges = [tuple(m.split(" ")) for m in listed] if listed is not None else spm_merges(tokens, scores)
+    tok = Tokenizer(models.BPE({t: i for i, t in enumerate(tokens)}, merges, fuse_unk=True, byte_fallback=True))
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=False)
     tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
                                      decoders.Strip(" ", 1, 0)])
