@@ -19,6 +19,7 @@ tokenizer.ggml.* metadata when the directory has one; other tokenizers are left 
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,7 @@ from migration.source import ConvertError
 # what is not offered, and why (asked for by users who know llama.cpp's names)
 _NOT_OFFERED = {"q5_k": "the engine does not compute with Q5_K", "q5_k_m": "the engine does not compute with Q5_K",
                 "q5_0": "the engine does not compute with Q5_0", "q4_k_s": "use q4_k (all Q4_K) or q4_k_m"}
-_CONTROL, _USER_DEFINED, _NORMAL = 3, 4, 1  # llama.cpp token types
+_NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _BYTE = 1, 2, 3, 4, 6  # llama.cpp token types
 
 
 @dataclass
@@ -74,8 +75,10 @@ def tokenizer_metadata(path: Path) -> tuple[dict | None, str]:
     except (OSError, ValueError) as e:
         raise ConvertError(f"{f}: cannot read the tokenizer: {e}") from None
     model = tj.get("model") or {}
-    if model.get("type") != "BPE" or "ByteLevel" not in json.dumps(tj.get("pre_tokenizer")):
-        return None, f"left out ({f.name} is {model.get('type')!r}, not byte-level BPE)"
+    spm = model.get("type") == "BPE" and model.get("byte_fallback") and "\u2581" in json.dumps(
+        [tj.get("pre_tokenizer"), tj.get("normalizer")], ensure_ascii=False)
+    if model.get("type") != "BPE" or not (spm or "ByteLevel" in json.dumps(tj.get("pre_tokenizer"))):
+        return None, f"left out ({f.name} is {model.get('type')!r}, neither byte-level BPE nor SentencePiece BPE)"
     vocab = dict(model["vocab"])
     added = {t["content"]: t for t in tj.get("added_tokens", [])}
     for t in added.values():
@@ -86,11 +89,29 @@ def tokenizer_metadata(path: Path) -> tuple[dict | None, str]:
         tokens[i] = t
     types = [(_CONTROL if added[t]["special"] else _USER_DEFINED) if t in added else _NORMAL for t in tokens]
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+    if spm:
+        return _spm_metadata(tj, tokens, types, merges), f"SentencePiece BPE, {n} tokens"
     meta = {"model": "gpt2", "tokens": tokens, "merges": merges, "token_type": types}
     pre = pre_name(_split_regex(tj.get("pre_tokenizer")))
     if pre is not None:  # the split regex its merges were learned with (llama3's, qwen2's), by llama.cpp's name
         meta["pre"] = pre
     return meta, f"byte-level BPE, {n} tokens" + (f", pre-tokenizer {pre}" if pre else "")
+
+
+def _spm_metadata(tj: dict, tokens: list, types: list, merges: list) -> dict:
+    """A SentencePiece BPE tokenizer.json (byte fallback, '\u2581' word boundaries: LLaMA-2's, Mistral's) as
+    llama.cpp's converter writes it: model 'llama', <0xXX> tokens typed BYTE and the unknown token UNKNOWN, the
+    merges listed, each token scored by the merge that makes it (earlier higher; 0 for the unmerged), and
+    add_bos_token as the post-processor does."""
+    unk = (tj.get("model") or {}).get("unk_token")
+    types = [_BYTE if re.fullmatch(r"<0x[0-9A-F]{2}>", t) else _UNKNOWN if t == unk else k
+             for t, k in zip(tokens, types)]
+    rank = {m.replace(" ", "", 1): -float(i + 1) for i, m in reversed(list(enumerate(merges)))}
+    post = tj.get("post_processor") or {}
+    template = next((p for p in [post, *post.get("processors", [])] if p.get("type") == "TemplateProcessing"), {})
+    single = template.get("single") or [{}]
+    return {"model": "llama", "tokens": tokens, "scores": [rank.get(t, 0.0) for t in tokens], "token_type": types,
+            "merges": merges, "add_bos_token": "SpecialToken" in single[0]}
 
 
 def _split_regex(pre) -> str | None:

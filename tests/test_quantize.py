@@ -246,3 +246,47 @@ def test_qwen2_converts_loads_and_tokenizes_as_transformers(tmp_path):
         ref_logits = ref(torch.tensor(ids)).logits.double().numpy()
     got = em(engine.tensor(ids)).numpy()
     assert np.abs(got - ref_logits).max() <= FP32_REL * np.ptp(ref_logits)
+
+
+@pytest.mark.parametrize("bos", [True, False])
+def test_sentencepiece_tokenizer_travels_into_the_gguf(tmp_path, bos):
+    """A SentencePiece BPE tokenizer.json (byte fallback, Metaspace, <s> first or not: the shape of LLaMA-2's and
+    Mistral's, its pieces trained here) goes into the GGUF as llama.cpp writes one ('llama', BYTE/UNKNOWN types,
+    the merges, add_bos_token): the engine's and transformers' GGUF tokenizers give the source's ids."""
+    import json
+    from tokenizers import AddedToken, SentencePieceBPETokenizer, Tokenizer, decoders, models as tmodels, \
+        pre_tokenizers, processors
+    from transformers import AutoTokenizer
+    from test_gguf import SPM_TEXTS
+    from test_models_llm import hf_model
+    from engine.generation import load_tokenizer
+    sp = SentencePieceBPETokenizer()
+    sp.train_from_iterator(["The keeper of the lighthouse watched the ships pass in the night.",
+                            "the keeper and the light, the ships and the water, 1200 waves"] * 4, vocab_size=160,
+                           min_frequency=1, show_progress=False)
+    trained = json.loads(sp._tokenizer.to_str())["model"]
+    pieces = [t for t, _ in sorted(trained["vocab"].items(), key=lambda kv: kv[1])]
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + pieces
+    src = Tokenizer(tmodels.BPE({t: i for i, t in enumerate(tokens)}, [tuple(m.split(" ")) if isinstance(m, str)
+                                else tuple(m) for m in trained["merges"]], unk_token="<unk>", fuse_unk=True,
+                                byte_fallback=True))
+    src.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=False)
+    src.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    src.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in ("<unk>", "<s>", "</s>")])
+    if bos:
+        src.post_processor = processors.TemplateProcessing(single="<s>:0 $A:0", special_tokens=[("<s>", 1)])
+    d = tmp_path / "spm-llama"
+    hf_model("llama", dict(vocab_size=len(tokens), bos_token_id=1, eos_token_id=2)).save_pretrained(d)
+    src.save(str(d / "tokenizer.json"))
+    out = tmp_path / "spm.gguf"
+    assert main(["convert", str(d), str(out), "--quantize", "q8_0"]) == 0
+    r = gguf.GGUFReader(str(out))
+    assert bytes(r.fields["tokenizer.ggml.model"].parts[-1]).decode() == "llama"
+    assert bool(r.fields["tokenizer.ggml.add_bos_token"].parts[-1][0]) is bos
+    ours, ref = load_tokenizer(out), AutoTokenizer.from_pretrained(out.parent, gguf_file=out.name)
+    for t in SPM_TEXTS:
+        want = src.encode(t).ids
+        assert ours.encode(t).ids == want, t
+        assert ref(t).input_ids == want, t
+        assert ours.decode(want, skip_special_tokens=True) == src.decode(want, skip_special_tokens=True), t

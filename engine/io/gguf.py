@@ -500,7 +500,8 @@ def save_gguf(path, config: dict, tensors: dict, quantize: str | None = None, to
     Streaming: a value may also be a zero-argument callable that returns the array (then `shapes`
     gives its shape), and it is called only when that tensor is written, so at most one tensor (and a
     tile of its float32 copy) is in memory at a time, whatever the model size.
-    tokenizer: extra tokenizer.ggml.* metadata {key suffix: value} (model, tokens, merges, token_type, pre, scores).
+    tokenizer: extra tokenizer.ggml.* metadata {key suffix: value} (model, tokens, merges, token_type, pre, scores,
+    add_bos_token).
     Written to a temp file and renamed (engine.io.atomic)."""
     import gguf
     from engine.io.atomic import discard, temp_path
@@ -554,6 +555,8 @@ def save_gguf(path, config: dict, tensors: dict, quantize: str | None = None, to
                 w.add_tokenizer_pre(value)
             elif key == "scores":
                 w.add_token_scores(value)
+            elif key == "add_bos_token":
+                w.add_add_bos_token(bool(value))
             else:
                 raise ValueError(f"save_gguf: unknown tokenizer metadata {key!r}")
         for name, shape, q in plan:  # every tensor's header first; the data follows one tensor at a time
