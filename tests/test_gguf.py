@@ -225,7 +225,7 @@ def test_module_keeps_quantized_weights_as_parameters():
 
 
 # ---- names and the file layout -------------------------------------------------------------------------
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "phi3"])
 def test_tensor_names_agree_with_gguf_py(arch):
     """Our GGUF -> HF table inverts gguf-py's own HF -> GGUF map for each architecture the engine reads (an
     oracle we did not write), qwen2's q/k/v biases included."""
@@ -235,8 +235,8 @@ def test_tensor_names_agree_with_gguf_py(arch):
     assert any(k.endswith("q_proj.bias") for k in keys) == (arch == "qwen2")
     for key in keys:
         base, _, leaf = key.rpartition(".")
-        assert hf_name(f"{names.get_name(base)}.{leaf}") == key, key
-        assert gguf_name(key) == f"{names.get_name(base)}.{leaf}", key
+        assert hf_name(f"{names.get_name(base)}.{leaf}", arch) == key, key
+        assert gguf_name(key, arch) == f"{names.get_name(base)}.{leaf}", key
 
 
 def tiny_hf(tie=False):
@@ -447,7 +447,7 @@ def test_engine_imports_gguf_only_when_a_file_is_opened():
 
 
 # ---- SentencePiece ('llama') vocabularies: LLaMA-2, Mistral, TinyLlama files ---------------------------------------
-def spm_gguf(tmp_path, add_bos=None, merges=False):
+def spm_gguf(tmp_path, add_bos=None, merges=False, arch="llama", **overrides):
     """A tiny llama GGUF whose tokenizer is a SentencePiece BPE vocabulary as llama.cpp writes one: <unk>, <s>,
     </s>, the 256 byte-fallback tokens <0x00>..<0xFF>, then pieces (trained here by tokenizers'
     SentencePieceBPETokenizer) scored best first."""
@@ -461,8 +461,8 @@ def spm_gguf(tmp_path, add_bos=None, merges=False):
     types = [2, 3, 3] + [6] * 256 + [1] * len(pieces)  # UNKNOWN, CONTROL, BYTE, NORMAL
     scores = [0.0] * 259 + [-float(i) for i in range(len(pieces))]
     from test_models_llm import hf_model
-    m = hf_model("llama", dict(num_key_value_heads=2, vocab_size=len(tokens)))
-    cfg = {**m.config.to_dict(), "model_type": "llama", "bos_token_id": 1, "eos_token_id": 2}
+    m = hf_model(arch, dict(num_key_value_heads=2, vocab_size=len(tokens), **overrides))
+    cfg = {**m.config.to_dict(), "model_type": arch, "bos_token_id": 1, "eos_token_id": 2}
     sd = {k: v.detach().numpy() for k, v in m.state_dict().items()}
     meta = {"model": "llama", "tokens": tokens, "scores": scores, "token_type": types}
     if merges:  # as llama.cpp's converter writes them from a HF tokenizer.json (the trained ones, in their order)
@@ -473,7 +473,7 @@ def spm_gguf(tmp_path, add_bos=None, merges=False):
     if add_bos is not None:  # rewrite with the flag (gguf-py's writer; save_gguf leaves it out, llama.cpp's default)
         import shutil
         r = gguf.GGUFReader(path)
-        w = gguf.GGUFWriter(str(tmp_path / "spm2.gguf"), "llama")
+        w = gguf.GGUFWriter(str(tmp_path / "spm2.gguf"), arch)
         for k, f in r.fields.items():
             if not k.startswith("GGUF.") and k != "general.architecture":
                 w.add_key_value(k, f.contents(), f.types[0], f.types[-1] if f.types[0] == gguf.GGUFValueType.ARRAY else None)
@@ -525,3 +525,37 @@ def test_tokenizer_metadata_errors():
                          "tokenizer.ggml.scores": [0.0]}, "x.gguf")
     with pytest.raises(GGUFError, match="x.gguf: no tokenizer.ggml.tokens"):
         build_tokenizer({"tokenizer.ggml.model": "gpt2"}, "x.gguf")
+
+
+
+def test_phi3_gguf_matches_transformers(tmp_path):
+    """A tiny random Phi-3 (fused qkv_proj and gate_up_proj, as attn_qkv and ffn_up) with a SentencePiece
+    vocabulary: the engine's weights are transformers' dequantised ones bit for bit, logits agree to fp32
+    rounding, and the tokenizer (Phi-3's: the word boundary from a normalizer) gives transformers' ids, leading
+    spaces included; the file's attention window and partial rotary come into the config."""
+    import torch
+    from transformers import AutoTokenizer
+    path = spm_gguf(tmp_path, arch="phi3", pad_token_id=0, sliding_window=None)
+    r = gguf.GGUFReader(path)
+    assert {"blk.0.attn_qkv.weight", "blk.0.ffn_up.weight"} <= {t.name for t in r.tensors}
+    ours, ref_tok = load_tokenizer(path), AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    for t in SPM_TEXTS:
+        assert ours.encode(t).ids == ref_tok(t).input_ids, t
+    em, ref = models.from_pretrained(path, device=DEVICE), hf_from_gguf(path)
+    assert em.config.model_type == "phi3"
+    sd = ref.state_dict()
+    for key in ("model.layers.1.self_attn.qkv_proj.weight", "model.layers.0.mlp.gate_up_proj.weight",
+                "model.layers.0.mlp.down_proj.weight"):
+        w = em
+        for part in key.split("."):
+            w = w[int(part)] if part.isdigit() else getattr(w, part)
+        np.testing.assert_array_equal(w.dequantize().numpy(), sd[key].numpy(), err_msg=key)
+    ids = np.random.default_rng(0).integers(3, 300, (2, 12))
+    with torch.no_grad():
+        want = ref(torch.tensor(ids)).logits.double().numpy()
+    got = em(engine.tensor(ids, device=DEVICE)).numpy()
+    assert np.abs(got - want).max() <= FP32_REL * np.ptp(want)
+    (tmp_path / "w").mkdir()
+    windowed = spm_gguf(tmp_path / "w", arch="phi3", pad_token_id=0, sliding_window=6, partial_rotary_factor=0.5)
+    cfg = open_gguf(windowed).config
+    assert cfg["sliding_window"] == 6 and cfg["partial_rotary_factor"] == 0.5

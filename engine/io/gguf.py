@@ -41,7 +41,11 @@ class GGUFError(ValueError):
 # general.architecture -> whether llama.cpp's converter wrote the q/k rows in its rotary order (LlamaModel
 # permutes them; Qwen2Model does not) and whether ARCH.rope.dimension_count is the head size (transformers
 # reads it as head_dim for llama only). The engine model_type is the architecture's name.
-ARCHS = {"llama": {"permuted": True, "head_dim": True}, "qwen2": {"permuted": False, "head_dim": False}}
+# phi3: the fused q/k/v and gate/up matrices as the engine (and HF) keep them; its SentencePiece tokenizer's
+# word boundary comes from a normalizer (transformers' phi3_tokenizer); rope.dimension_count below the head size
+# is Phi's partial rotary; attention.sliding_window its window
+ARCHS = {"llama": {"permuted": True, "head_dim": True}, "qwen2": {"permuted": False, "head_dim": False},
+         "phi3": {"permuted": False, "head_dim": False}}
 _LLAMA_CONFIG = {
     "context_length": "max_position_embeddings",
     "block_count": "num_hidden_layers",
@@ -63,15 +67,18 @@ _LLAMA_BLOCK = {
     "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj", "ffn_norm": "post_attention_layernorm",
     "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
 }
+_BLOCKS = {"llama": _LLAMA_BLOCK, "qwen2": _LLAMA_BLOCK,
+           "phi3": {**_LLAMA_BLOCK, "attn_qkv": "self_attn.qkv_proj", "ffn_up": "mlp.gate_up_proj"}}
 _BLOCK_RE = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)$")
 
 
-def hf_name(gguf_name: str) -> str:
-    """The state-dict name of a llama or qwen2 GGUF tensor (both use llama's names; qwen2 adds q/k/v biases); a name outside the table comes back unchanged
+def hf_name(gguf_name: str, arch: str = "llama") -> str:
+    """The state-dict name of a GGUF tensor of `arch` (llama's names; qwen2 adds q/k/v biases, phi3 has fused
+    attn_qkv and ffn_up); a name outside the table comes back unchanged
     (so the model's strict key check lists it as unexpected, under the name the file uses)."""
-    m = _BLOCK_RE.match(gguf_name)
-    if m and m.group(2) in _LLAMA_BLOCK:
-        return f"model.layers.{m.group(1)}.{_LLAMA_BLOCK[m.group(2)]}.{m.group(3)}"
+    m, block = _BLOCK_RE.match(gguf_name), _BLOCKS[arch]
+    if m and m.group(2) in block:
+        return f"model.layers.{m.group(1)}.{block[m.group(2)]}.{m.group(3)}"
     base, dot, leaf = gguf_name.rpartition(".")
     if dot and base in _LLAMA_TOP:
         return f"{_LLAMA_TOP[base]}.{leaf}"
@@ -138,6 +145,15 @@ class GGUFFile:
             if scaling != "linear":
                 raise GGUFError(f"{self.path}: {arch}.rope.scaling.type {scaling!r} is not supported (none, linear)")
             cfg["rope_scaling"] = {"rope_type": "linear", "factor": float(md[f"{arch}.rope.scaling.factor"])}
+        if arch == "phi3":
+            if "rope_factors_long.weight" in self.tensors or md.get("phi3.rope.scaling.attn_factor") is not None:
+                raise GGUFError(f"{self.path}: LongRoPE (rope_factors_long/short: Phi-3's 128k variants) is not "
+                                "implemented in the engine's phi3")
+            if md.get("phi3.attention.sliding_window"):
+                cfg["sliding_window"] = int(md["phi3.attention.sliding_window"])
+            rot, head = md.get("phi3.rope.dimension_count"), cfg["hidden_size"] // cfg["num_attention_heads"]
+            if rot is not None and int(rot) != head:
+                cfg["partial_rotary_factor"] = int(rot) / head
         cfg["tie_word_embeddings"] = "output.weight" not in self.tensors  # llama.cpp drops a tied head
         for key, name in _TOKEN_IDS.items():
             if f"tokenizer.ggml.{key}" in md:
@@ -154,7 +170,7 @@ class GGUFFile:
         out = {}
         for name, t in self.tensors.items():
             self._check_type(t)
-            out[hf_name(name)] = (t, tuple(int(s) for s in reversed(t.shape.tolist())))
+            out[hf_name(name, self.architecture)] = (t, tuple(int(s) for s in reversed(t.shape.tolist())))
         return out
 
     def _check_type(self, t):
@@ -252,7 +268,7 @@ def _spm_tokenizer(md: dict, where: str):
     """A SentencePiece BPE vocabulary ('llama': LLaMA-2, Mistral, TinyLlama files) as transformers' GGUF
     loader builds it: merges from the file or else from the scores (spm_merges), byte fallback (<0x..> tokens), the word boundary
     spelled '\u2581' with one prepended to the text, a BOS first unless tokenizer.ggml.add_bos_token is false."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
     tokens, scores = md["tokenizer.ggml.tokens"], md.get("tokenizer.ggml.scores")
     if scores is None or len(scores) != len(tokens):
         raise GGUFError(f"{where}: a 'llama' (SentencePiece) tokenizer needs tokenizer.ggml.scores, one a token "
@@ -260,7 +276,10 @@ def _spm_tokenizer(md: dict, where: str):
     listed = md.get("tokenizer.ggml.merges")  # llama.cpp's converter writes them for a HF tokenizer.json
     merges = [tuple(m.split(" ")) for m in listed] if listed is not None else spm_merges(tokens, scores)
     tok = Tokenizer(models.BPE({t: i for i, t in enumerate(tokens)}, merges, fuse_unk=True, byte_fallback=True))
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=False)
+    if md.get("general.architecture") == "phi3":  # the boundary from a normalizer (transformers' phi3_tokenizer)
+        tok.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+    else:
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=False)
     tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
                                      decoders.Strip(" ", 1, 0)])
     return tok, md.get("tokenizer.ggml.add_bos_token", True)
@@ -478,9 +497,9 @@ def quantize_matrix(a, q: str):
     return out
 
 
-def gguf_name(hf: str) -> str:
-    """The GGUF name of a llama or qwen2 state-dict name (the inverse of hf_name)."""
-    inv_block = {v: k for k, v in _LLAMA_BLOCK.items()}
+def gguf_name(hf: str, arch: str = "llama") -> str:
+    """The GGUF name of a state-dict name of `arch` (the inverse of hf_name)."""
+    inv_block = {v: k for k, v in _BLOCKS[arch].items()}
     m = re.match(r"model\.layers\.(\d+)\.(.+)\.(weight|bias)$", hf)
     if m and m.group(2) in inv_block:
         return f"blk.{m.group(1)}.{inv_block[m.group(2)]}.{m.group(3)}"
@@ -488,7 +507,7 @@ def gguf_name(hf: str) -> str:
     inv_top = {v: k for k, v in _LLAMA_TOP.items()}
     if base in inv_top:
         return f"{inv_top[base]}.{leaf}"
-    raise KeyError(f"{hf}: no GGUF name for this llama tensor")
+    raise KeyError(f"{hf}: no GGUF name for this {arch} tensor")
 
 
 def save_gguf(path, config: dict, tensors: dict, quantize: str | None = None, tokenizer: dict | None = None,
@@ -534,6 +553,10 @@ def save_gguf(path, config: dict, tensors: dict, quantize: str | None = None, to
         w.add_head_count_kv(int(kv))
         if ARCHS[arch]["head_dim"]:
             w.add_rope_dimension_count(int(head_dim))
+        if arch == "phi3":  # n_rot (Phi's partial rotary) and the attention window, as llama.cpp writes them
+            w.add_rope_dimension_count(int(head_dim * (config.get("partial_rotary_factor") or 1.0)))
+            if config.get("sliding_window"):
+                w.add_sliding_window(int(config["sliding_window"]))
         w.add_rope_freq_base(float(config.get("rope_theta", 10000.0)))
         w.add_layer_norm_rms_eps(float(config.get("rms_norm_eps", 1e-6)))
         w.add_vocab_size(int(config["vocab_size"]))
@@ -561,11 +584,11 @@ def save_gguf(path, config: dict, tensors: dict, quantize: str | None = None, to
                 raise ValueError(f"save_gguf: unknown tokenizer metadata {key!r}")
         for name, shape, q in plan:  # every tensor's header first; the data follows one tensor at a time
             if q is None:
-                w.add_tensor_info(gguf_name(name), shape, np.dtype(np.float32), 4 * int(np.prod(shape)))
+                w.add_tensor_info(gguf_name(name, arch), shape, np.dtype(np.float32), 4 * int(np.prod(shape)))
             else:
                 qt = QTYPES[q]
                 nb = shape[0] * shape[1] // qt.block_size * qt.type_size
-                w.add_tensor_info(gguf_name(name), (shape[0], nb // shape[0]), np.dtype(np.uint8), nb,
+                w.add_tensor_info(gguf_name(name, arch), (shape[0], nb // shape[0]), np.dtype(np.uint8), nb,
                                   raw_dtype=gguf.GGMLQuantizationType[q.upper()])
         w.write_header_to_file()
         w.write_kv_data_to_file()
