@@ -7,3 +7,5 @@ timeout 60 python3 -m pytest -q -p no:cacheprovider tests/test_gguf_cuda.py -k "
 echo "rc $?" >> $OUT/test_smem.log; grep -v "excepthook\|Original exc\|^$" $OUT/test_smem.log | tail -3
 timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_gguf_cuda.py -k "captured and (int8 or gguf_model)" > $OUT/test_captured.log 2>&1
 echo "rc $?" >> $OUT/test_captured.log; grep -v "excepthook\|Original exc\|^$" $OUT/test_captured.log | tail -3
+timeout 45 python3 -m pytest -q -p no:cacheprovider tests/test_gguf.py tests/test_quantize.py -k "phi3_gguf or qwen2" > $OUT/test_archs.log 2>&1
+echo "rc $?" >> $OUT/test_archs.log; grep -v "excepthook\|Original exc\|^$" $OUT/test_archs.log | tail -3
