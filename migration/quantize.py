@@ -124,7 +124,8 @@ def _split_regex(pre) -> str | None:
 
 
 def quantize_to_gguf(src, dst, qtype: str, *, overwrite: bool = False) -> QuantizeReport:
-    """Quantise the safetensors LLaMA, Qwen2 or Phi-3 model directory `src` (config.json + weights) to the GGUF file `dst`.
+    """Quantise the safetensors LLaMA, Qwen2 or Phi-3 model directory `src` (config.json + weights) to the GGUF
+    file `dst`.
     Raises ConvertError for another model type, an unsupported type or an existing output without overwrite."""
     from engine.io.safetensors import SafetensorsError, open_checkpoint
     start = time.perf_counter()

@@ -60,7 +60,8 @@ def hf_dir(tmp_path, template, as_list=False):
     chat = [{"name": "default", "template": template}, {"name": "tool_use", "template": "x"}] if as_list else template
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>",
-        "eos_token": {"__type": "AddedToken", "content": "</s>", "special": True}, "unk_token": "<unk>", "chat_template": chat}))
+        "eos_token": {"__type": "AddedToken", "content": "</s>", "special": True}, "unk_token": "<unk>",
+        "chat_template": chat}))
     return tmp_path
 
 

@@ -266,8 +266,9 @@ def spm_merges(tokens: list, scores: list) -> list:
 
 def _spm_tokenizer(md: dict, where: str):
     """A SentencePiece BPE vocabulary ('llama': LLaMA-2, Mistral, TinyLlama files) as transformers' GGUF
-    loader builds it: merges from the file or else from the scores (spm_merges), byte fallback (<0x..> tokens), the word boundary
-    spelled '\u2581' with one prepended to the text, a BOS first unless tokenizer.ggml.add_bos_token is false."""
+    loader builds it: merges from the file or else from the scores (spm_merges), byte fallback (<0x..> tokens),
+    the word boundary spelled '\u2581' with one prepended to the text, a BOS first unless
+    tokenizer.ggml.add_bos_token is false."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
     tokens, scores = md["tokenizer.ggml.tokens"], md.get("tokenizer.ggml.scores")
     if scores is None or len(scores) != len(tokens):
