@@ -105,9 +105,36 @@ def test_taper_generate_chat_answers_on_the_real_file(capsys):
     assert "stop: stop_token" in out  # <|im_end|>, the GGUF's eos
 
 
+def test_taper_generate_chat_interactive_keeps_the_conversation(smol, monkeypatch, capsys):
+    """--interactive: each further line of standard input is a user turn answered with the whole conversation
+    (earlier answers included, without their stop token); each turn's prompt is transformers' apply_chat_template of
+    that history, token for token; an empty line ends it."""
+    import io
+    import re
+    from taper.cli import main
+    path, ref = smol
+    monkeypatch.setattr("sys.stdin", io.StringIO("And of Italy?\n\n"))
+    assert main(["generate", "--model", str(path), "--chat", "--interactive", "--prompt",
+                 "What is the capital of France?", "--max-new-tokens", "16"]) == 0
+    out, err = capsys.readouterr()
+    answers = out.strip().split("\n")
+    assert answers[0] == "The capital of France is Paris." and len(answers) == 2, out
+    history = [{"role": "user", "content": "What is the capital of France?"},
+               {"role": "assistant", "content": answers[0]}, {"role": "user", "content": "And of Italy?"}]
+    want = ref.apply_chat_template(history, tokenize=True, add_generation_prompt=True)
+    want = want["input_ids"] if isinstance(want, dict) or hasattr(want, "keys") else want
+    counts = [int(n) for n in re.findall(r"prefill [0-9.]+ ms \((\d+) tokens\)", err)]
+    assert counts[1] == len(want), (counts, len(want))
+
+
 @pytest.mark.parametrize("args,msg", [
-    (["--chat", "--ids", "1,2"], "--chat and --system need --prompt"),
-    (["--system", "x", "--prompt", "hi"], "--system needs --chat"),
+    (["--chat", "--ids", "1,2"], "--chat takes text (--prompt), not --ids"),
+    (["--chat"], "--chat needs --prompt"),
+    (["--system", "x", "--prompt", "hi"], "--system and --interactive need --chat"),
+    (["--interactive", "--prompt", "hi"], "--system and --interactive need --chat"),
+    ([], "one of --prompt or --ids is required"),
+    (["--tp", "2"], "one of --prompt or --ids is required"),
+    (["--tp", "2", "--chat", "--prompt", "hi"], "leave out --tp"),
 ])
 def test_taper_generate_chat_bad_usage(capsys, args, msg):
     from taper.cli import main

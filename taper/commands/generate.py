@@ -5,6 +5,7 @@
     taper generate --model llama:tinyllama-1.1b --ids 1,2,3        # random weights, for timing
     taper generate --model SmolLM2-135M-Instruct.Q4_1.gguf --prompt "The capital of France is"
     taper generate --model SmolLM2-135M-Instruct.Q4_1.gguf --chat --prompt "What is the capital of France?"
+    taper generate --model SmolLM2-135M-Instruct.Q4_1.gguf --chat --interactive     # a conversation on stdin
 
 Tokens are printed as they come (text when the directory has tokenizer.json, else ids), then one
 line with prefill ms, decode tokens/s and peak memory (engine.memory_stats()). On CUDA each decode
@@ -13,7 +14,8 @@ checked as transformers checks them (engine.generation.validate_sampling); promp
 model's vocabulary; a tokenizer's padding is never fed to the model. --chat wraps the prompt as a user message (and
 --system's text as a system message) in the model's own chat template (engine.chat: a GGUF's
 tokenizer.chat_template, a directory's chat_template.jinja or tokenizer_config.json), as transformers'
-apply_chat_template does, and prints only the answer.
+apply_chat_template does, and prints only the answer; --interactive then reads further user messages from standard
+input, a line each, and answers each with the whole conversation (the stats line then goes to standard error).
 Exit codes: 0 done, 2 bad usage, an unreadable model or an unusable device.
 """
 from __future__ import annotations
@@ -26,12 +28,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True,
                         help="a HF model directory (config.json + safetensors), a .gguf file, or a preset MODEL_TYPE:NAME "
                              "with random weights (e.g. llama:tiny), as every taper command spells it")
-    src = parser.add_mutually_exclusive_group(required=True)
+    src = parser.add_mutually_exclusive_group()  # one of them, except with --chat --interactive
     src.add_argument("--prompt", help="prompt text (needs tokenizer.json in the model directory, or a .gguf file)")
     src.add_argument("--ids", help="prompt token ids, comma-separated (for tokenizer-less directories)")
     parser.add_argument("--chat", action="store_true",
                         help="wrap --prompt as a user message in the model's chat template (instruct models)")
     parser.add_argument("--system", default=None, help="with --chat: a system message before the prompt")
+    parser.add_argument("--interactive", action="store_true",
+                        help="with --chat: then read further user messages from standard input, a line each (an "
+                             "empty line or end of input ends it), each answered with the whole conversation")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy")
     parser.add_argument("--top-k", type=int, default=None)
@@ -87,8 +92,10 @@ def run_tp(args) -> int:
         validate_sampling(args.temperature, args.top_k, args.top_p, args.repetition_penalty)
         if args.max_new_tokens < 1:
             raise ValueError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
-        if args.chat or args.system is not None:
-            raise ValueError("--chat and --system run on one process; leave out --tp")
+        if args.chat or args.system is not None or args.interactive:
+            raise ValueError("--chat, --system and --interactive run on one process; leave out --tp")
+        if args.prompt is None and args.ids is None:
+            raise ValueError("one of --prompt or --ids is required")
         spec = dist.make_spec(args.model.removeprefix("preset:"), args.ids, args.prompt, args.dtype)
         spec.update(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                     top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=dist.fixed_seed(args.seed),
@@ -117,6 +124,14 @@ def run(args) -> int:
         validate_sampling(args.temperature, args.top_k, args.top_p, args.repetition_penalty)
         if args.max_new_tokens < 1:
             raise ValueError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+        if (args.system is not None or args.interactive) and not args.chat:
+            raise ValueError("--system and --interactive need --chat")
+        if args.chat and args.ids is not None:
+            raise ValueError("--chat takes text (--prompt), not --ids")
+        if args.chat and args.prompt is None and not args.interactive:
+            raise ValueError("--chat needs --prompt (the text of the user's message), or --interactive")
+        if args.prompt is None and args.ids is None and not (args.chat and args.interactive):
+            raise ValueError("one of --prompt or --ids is required (or --chat --interactive)")
         dtype = getattr(engine, args.dtype) if args.dtype else None
         source = sources.parse(args.model.removeprefix("preset:"))  # the older spelling still works
         if source.kind == "factory":
@@ -137,23 +152,25 @@ def run(args) -> int:
                 raise ValueError(f"{args.model} is a {type(model).__name__}, not a language model")
             raise ValueError(f"{args.model}: model_type {mt!r} is an encoder, not a language "
                              "model; taper generate needs a causal LM")
-        if (args.chat or args.system is not None) and args.prompt is None:
-            raise ValueError("--chat and --system need --prompt (the text of the user's message)")
-        if args.system is not None and not args.chat:
-            raise ValueError("--system needs --chat")
+        messages, template = [], None
+        if args.chat:
+            from engine.chat import chat_template
+            if tokenizer is None:
+                raise ValueError(f"{args.model} has no tokenizer.json; --chat needs one")
+            template = chat_template(args.model)
+            messages = [{"role": "system", "content": args.system}] if args.system is not None else []
         if args.prompt is not None:
             if tokenizer is None:
                 raise ValueError(f"{args.model} has no tokenizer.json; pass --ids instead of --prompt")
             if args.chat:
-                from engine.chat import chat_template
-                messages = ([{"role": "system", "content": args.system}] if args.system is not None else []) + [
-                    {"role": "user", "content": args.prompt}]
-                prompt = _prompt_ids(tokenizer, chat_template(args.model).render(messages), add_special_tokens=False)
+                messages.append({"role": "user", "content": args.prompt})
+                prompt = _prompt_ids(tokenizer, template.render(messages), add_special_tokens=False)
             else:
                 prompt = _prompt_ids(tokenizer, args.prompt)
         else:
-            prompt = _ints(args.ids, "--ids")
-        _check_ids(prompt, model, "--ids" if args.prompt is None else "--prompt")
+            prompt = _ints(args.ids, "--ids") if args.ids is not None else None
+        if prompt is not None:
+            _check_ids(prompt, model, "--ids" if args.prompt is None else "--prompt")
         stop = _ints(args.stop_ids, "--stop-ids") if args.stop_ids is not None else None
     except (OSError, ValueError, KeyError, NotImplementedError, RuntimeError) as e:
         if getattr(args, "debug", False):
@@ -161,6 +178,37 @@ def run(args) -> int:
         print(f"taper generate: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
         return 2
 
+    if prompt is not None:
+        res = _turn(engine, generate, TextStreamer, kept_layout_bytes, model, tokenizer, prompt, stop, args)
+    while args.interactive:  # the conversation so far, the answer included, then the next user line
+        if prompt is not None:
+            messages.append({"role": "assistant", "content": _answer_text(tokenizer, res)})
+        print("> ", end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline()
+        if not line.strip():
+            break
+        messages.append({"role": "user", "content": line.rstrip("\n")})
+        try:
+            prompt = _prompt_ids(tokenizer, template.render(messages), add_special_tokens=False)
+            _check_ids(prompt, model, "the conversation")
+        except ValueError as e:
+            print(f"taper generate: {e}", file=sys.stderr)
+            return 2
+        res = _turn(engine, generate, TextStreamer, kept_layout_bytes, model, tokenizer, prompt, stop, args)
+    return 0
+
+
+def _answer_text(tokenizer, res) -> str:
+    """An answer's text for the conversation: its tokens without the stop token that ended it."""
+    ids = [int(t) for t in res.tokens[0]]
+    if res.stop_reasons[0] == "stop_token" and ids:
+        ids = ids[:-1]
+    return tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def _turn(engine, generate, TextStreamer, kept_layout_bytes, model, tokenizer, prompt, stop, args):
+    """Generate from prompt ids, streaming (a plain prompt echoed first; a chat answer alone), then the stats
+    line; the GenerationResult."""
     streamer = TextStreamer(tokenizer, prompt) if tokenizer is not None else None
     if streamer is not None and not args.chat:  # echo the prompt as text, then stream the continuation
         print(streamer.prompt_text, end="", flush=True)
@@ -184,5 +232,6 @@ def run(args) -> int:
               else "no decode step")
     print(f"prefill {res.prefill_ms:.1f} ms ({len(prompt)} tokens), {decode}, "
           f"peak memory {stats['peak_bytes']:,} bytes "
-          f"(engine pool; weights {weights:,} bytes{kept}), stop: {res.stop_reasons[0]}")
-    return 0
+          f"(engine pool; weights {weights:,} bytes{kept}), stop: {res.stop_reasons[0]}",
+          file=sys.stderr if args.interactive else sys.stdout)
+    return res
