@@ -13,13 +13,11 @@ encoded without adding special tokens again (the template writes them). Needs ji
 """
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-
-ROLES = ("system", "user", "assistant", "tool")
-
 
 class TemplateError(ValueError):
     """A chat template that is missing, unreadable, or that refused the messages (its raise_exception)."""
@@ -31,17 +29,22 @@ class ChatTemplate:
     text: str  # the Jinja source
     tokens: dict = field(default_factory=dict)  # special tokens as template variables (bos_token, eos_token, ...)
 
+    @functools.cached_property
+    def _compiled(self):
+        """The template compiled once (an interactive chat renders it every turn)."""
+        try:
+            return _environment().from_string(self.text)
+        except TemplateError:
+            raise
+        except Exception as e:  # jinja2.TemplateSyntaxError and kin: the template itself is broken
+            raise TemplateError(f"{self.source}: the chat template does not parse: {e}") from None
+
     def render(self, messages: list, add_generation_prompt: bool = True) -> str:
         """The prompt text for messages ([{"role": ..., "content": ...}, ...]) as the template writes it; with
         add_generation_prompt the assistant's turn is opened, so the model answers next."""
         _check_messages(messages)
-        env = _environment()
         try:
-            compiled = env.from_string(self.text)
-        except Exception as e:  # jinja2.TemplateSyntaxError and kin: the template itself is broken
-            raise TemplateError(f"{self.source}: the chat template does not parse: {e}") from None
-        try:
-            return compiled.render(messages=messages, add_generation_prompt=add_generation_prompt, **self.tokens)
+            return self._compiled.render(messages=messages, add_generation_prompt=add_generation_prompt, **self.tokens)
         except TemplateError as e:
             raise TemplateError(f"{self.source}: the chat template refused the messages: {e}") from None
         except Exception as e:  # an undefined name, a type error inside the template

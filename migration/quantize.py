@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.io.gguf import _WRITE_QTYPES, ARCHS, mix_qtype, pre_name, save_gguf
+from engine.io.gguf import _WRITE_QTYPES, ARCHS, mix_qtype, save_gguf
+from engine.io.gguf_tokenizer import pre_name
 from migration.source import ConvertError
 
 # what is not offered, and why (asked for by users who know llama.cpp's names)

@@ -13,7 +13,7 @@ regex = pytest.importorskip("regex", reason="CLIPTokenizer (the oracle) needs re
 
 from engine.models.clip_tokenizer import SPLIT, clip_tokenizer  # noqa: E402
 from engine.models.stable_diffusion.pipeline import PromptTokenizer  # noqa: E402
-from engine.io.gguf import _bytes_to_unicode  # noqa: E402  (GPT-2's byte alphabet: the test vocabulary's symbols)
+from engine.io.gguf_tokenizer import _bytes_to_unicode  # noqa: E402  (GPT-2's byte alphabet: the test vocabulary's symbols)
 
 CORPUS = """a photo of a cat sitting on the moon, highly detailed, 4k, trending on artstation.
 an oil painting of a red fox in the snow by claude monet; soft light, golden hour!

@@ -530,7 +530,7 @@ def test_generate_prompts_a_sentencepiece_gguf(tmp_path, capsys):
 
 
 def test_tokenizer_metadata_errors():
-    from engine.io.gguf import build_tokenizer
+    from engine.io.gguf_tokenizer import build_tokenizer
     with pytest.raises(NotImplementedError, match=r"tokenizer.ggml.model 't5'.*'gpt2'.*'llama'"):
         build_tokenizer({"tokenizer.ggml.model": "t5", "tokenizer.ggml.tokens": ["a"]}, "x.gguf")
     with pytest.raises(GGUFError, match=r"x.gguf: a 'llama' \(SentencePiece\) tokenizer needs tokenizer.ggml.scores.*"

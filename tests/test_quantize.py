@@ -210,7 +210,7 @@ def test_qwen2_converts_loads_and_tokenizes_as_transformers(tmp_path):
     from test_gguf import hf_from_gguf
     from test_models_llm import hf_model
     from engine.generation import load_tokenizer
-    from engine.io import gguf as G
+    from engine.io import gguf_tokenizer as G
     from migration.verify_quant import FIXED_TEXT
     assert G._PRE_SPLITS["qwen2"] == PRETOKENIZE_REGEX
     tok = Tokenizer(tmodels.BPE())

@@ -6,13 +6,15 @@ names, quantized matrices kept in their blocks (engine.quant.QuantWeight), and t
 
 The file is read by gguf-py's GGUFReader (the reference reader, `pip install gguf`), imported here
 only, when a file is opened. What this module adds is the mapping, once, as data:
-  - metadata keys (llama.*) -> config.json keys (_LLAMA_CONFIG; transformers' GGUF_CONFIG_MAPPING);
+  - metadata keys (ARCH.*: llama, qwen2, phi3) -> config.json keys (_LLAMA_CONFIG; transformers'
+    GGUF_CONFIG_MAPPING);
   - tensor names (blk.N.attn_q.weight) -> state-dict names (model.layers.N.self_attn.q_proj.weight);
   - llama.cpp's rotary layout of q and k undone: its converter permutes the rows of each head from
     HF's (two halves) to interleaved pairs; the inverse is a permutation of whole rows, and a row of a
     quantized matrix is whole blocks, so it is applied to the packed bytes exactly
     (transformers' LlamaTensorProcessor._reverse_permute_weights does the same on floats);
-  - the byte-level BPE tokenizer rebuilt with `tokenizers` (as transformers' GGUF converter builds it).
+  - the tokenizer rebuilt with `tokenizers` (engine/io/gguf_tokenizer.py: byte-level BPE or SentencePiece BPE,
+    as transformers' GGUF converter builds them).
 
 A damaged file gives one GGUFError naming the file and what is wrong where: the key or tensor and
 the byte offset (a truncated file, a corrupt header, a tensor type no reader knows, or one the engine
@@ -205,7 +207,8 @@ class GGUFFile:
 
     # ---- tokenizer -------------------------------------------------------------------------------------------
     def tokenizer(self):
-        """A tokenizers.Tokenizer from the metadata (byte-level BPE: tokenizer.ggml.model 'gpt2')."""
+        """A tokenizers.Tokenizer from the metadata (gguf_tokenizer.build_tokenizer)."""
+        from engine.io.gguf_tokenizer import build_tokenizer
         return build_tokenizer(self.metadata, self.path)
 
 
@@ -213,126 +216,6 @@ def _value(field):
     """A metadata value: a scalar, a string, or a list."""
     v = field.contents()
     return v.item() if isinstance(v, np.generic) else v
-
-
-# ---- tokenizer ---------------------------------------------------------------------------------------------
-_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-# tokenizer.ggml.pre -> the split regex its merges were learned with (transformers'
-# GGUF_PRE_TOKENIZER_SPLITS, the llama3 family); any other keeps GPT-2's ByteLevel regex, as there
-_QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
-                r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-_PRE_SPLITS = {**{name: _LLAMA3_SPLIT for name in ("llama3", "llama-v3", "llama-bpe", "falcon3", "smaug-bpe", "dbrx")},
-               **{name: _QWEN2_SPLIT for name in ("qwen2", "deepseek-r1-qwen")}}
-_PRE_NAMES = {_LLAMA3_SPLIT: "llama-bpe", _QWEN2_SPLIT: "qwen2"}  # what a converter writes for a split regex
-
-
-def pre_name(split_regex: str | None) -> str | None:
-    """The tokenizer.ggml.pre name of a tokenizer whose pre-tokenizer splits by split_regex (None: GPT-2's
-    ByteLevel regex, or one no name here covers)."""
-    return _PRE_NAMES.get(split_regex)
-
-
-_CONTROL, _USER_DEFINED = 3, 4  # tokenizer.ggml.token_type values
-
-
-@functools.lru_cache(maxsize=1)
-def _bytes_to_unicode() -> dict:
-    """GPT-2's reversible byte -> printable character table."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
-
-
-def spm_merges(tokens: list, scores: list) -> list:
-    """BPE merges a SentencePiece vocabulary implies (a 'llama' GGUF lists none): every split of a token into
-    two tokens of the vocabulary, best first by the merged token's score, then the longer left piece, then the
-    longer right one; ties in the order of the tokens and of their pieces' ids."""
-    ids = {t: i for i, t in enumerate(tokens)}
-    best = dict(zip(tokens, scores))
-    merges = []
-    for t, score in best.items():
-        pairs = [(t[:i], t[i:]) for i in range(1, len(t)) if t[:i] in ids and t[i:] in ids]
-        merges += [(a, b, score) for a, b in sorted(pairs, key=lambda p: (ids[p[0]], ids[p[1]]))]
-    merges.sort(key=lambda m: (-m[2], -len(m[0]), -len(m[1])))  # stable: ties keep the order above
-    return [(a, b) for a, b, _ in merges]
-
-
-def _spm_tokenizer(md: dict, where: str):
-    """A SentencePiece BPE vocabulary ('llama': LLaMA-2, Mistral, TinyLlama files) as transformers' GGUF
-    loader builds it: merges from the file or else from the scores (spm_merges), byte fallback (<0x..> tokens),
-    the word boundary spelled '\u2581' with one prepended to the text, a BOS first unless
-    tokenizer.ggml.add_bos_token is false."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
-    tokens, scores = md["tokenizer.ggml.tokens"], md.get("tokenizer.ggml.scores")
-    if scores is None or len(scores) != len(tokens):
-        raise GGUFError(f"{where}: a 'llama' (SentencePiece) tokenizer needs tokenizer.ggml.scores, one a token "
-                        f"({len(tokens)} tokens, {'no' if scores is None else len(scores)} scores)")
-    listed = md.get("tokenizer.ggml.merges")  # llama.cpp's converter writes them for a HF tokenizer.json
-    merges = [tuple(m.split(" ")) for m in listed] if listed is not None else spm_merges(tokens, scores)
-    tok = Tokenizer(models.BPE({t: i for i, t in enumerate(tokens)}, merges, fuse_unk=True, byte_fallback=True))
-    if md.get("general.architecture") == "phi3":  # the boundary from a normalizer (transformers' phi3_tokenizer)
-        tok.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
-    else:
-        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=False)
-    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
-                                     decoders.Strip(" ", 1, 0)])
-    return tok, md.get("tokenizer.ggml.add_bos_token", True)
-
-
-def build_tokenizer(md: dict, where="GGUF metadata"):
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
-    kind = md.get("tokenizer.ggml.model")
-    if kind not in ("gpt2", "llama"):
-        raise NotImplementedError(f"{where}: tokenizer.ggml.model {kind!r}; the engine builds byte-level BPE "
-                                  "('gpt2') and SentencePiece BPE ('llama') tokenizers from GGUF")
-    if "tokenizer.ggml.tokens" not in md:
-        raise GGUFError(f"{where}: no tokenizer.ggml.tokens")
-    if kind == "llama":
-        tok, add_bos = _spm_tokenizer(md, where)
-        return _finish(tok, md, add_bos, lambda t: True)
-    tokens, merges = md["tokenizer.ggml.tokens"], md.get("tokenizer.ggml.merges")
-    if merges is None:
-        raise GGUFError(f"{where}: a 'gpt2' tokenizer without tokenizer.ggml.merges")
-    spelling = _bytes_to_unicode()
-    alphabet = set(spelling.values())
-    vocab = {(t if set(t) <= alphabet else "".join(spelling[b] for b in t.encode("utf-8"))): i
-             for i, t in enumerate(tokens)}
-    tok = Tokenizer(models.BPE(vocab, [tuple(m.split(" ")) for m in merges], continuing_subword_prefix="",
-                               end_of_word_suffix="", fuse_unk=False, byte_fallback=False))
-    split = _PRE_SPLITS.get(md.get("tokenizer.ggml.pre"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True) if split is None else \
-        pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(split), behavior="isolated"),
-                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-    tok.decoder = decoders.ByteLevel()
-    # control tokens spelled outside the byte alphabet are a llama.cpp mislabel, left out (as transformers does)
-    return _finish(tok, md, md.get("tokenizer.ggml.add_bos_token", False), lambda t: set(t) <= alphabet)
-
-
-def _finish(tok, md: dict, add_bos: bool, spelled):
-    """The special tokens and the post-processor both kinds share: control tokens (<|im_start|>, <s>) stay whole
-    and are special, user-defined ones stay whole; the BOS token first where add_bos (transformers' rule)."""
-    from tokenizers import AddedToken, processors
-    tokens, types = md["tokenizer.ggml.tokens"], md.get("tokenizer.ggml.token_type") or ()
-    tok.add_special_tokens([AddedToken(t, normalized=False, special=True) for t, k in zip(tokens, types)
-                            if k == _CONTROL and spelled(t)])
-    user = [AddedToken(t, normalized=False, special=False) for t, k in zip(tokens, types) if k == _USER_DEFINED]
-    if user:
-        tok.add_tokens(user)
-    bos = md.get("tokenizer.ggml.bos_token_id")
-    if add_bos and isinstance(bos, int) and 0 <= bos < len(tokens):
-        b = tokens[bos]
-        tok.post_processor = processors.TemplateProcessing(single=f"{b}:0 $A:0", pair=f"{b}:0 $A:0 {b}:1 $B:1",
-                                                           special_tokens=[(b, bos)])
-    else:
-        tok.post_processor = processors.TemplateProcessing(single="$A", pair="$A $B:1")
-    return tok
 
 
 # ---- diagnosis of a file the reader refused -------------------------------------------------------------------
@@ -513,7 +396,7 @@ def gguf_name(hf: str, arch: str = "llama") -> str:
 
 def save_gguf(path, config: dict, tensors: dict, quantize: str | None = None, tokenizer: dict | None = None,
               shapes: dict | None = None) -> Path:
-    """Write a llama or qwen2 model as GGUF, as llama.cpp's converter lays it out: ARCH.* metadata from the
+    """Write a llama, qwen2 or phi3 model as GGUF, as llama.cpp's converter lays it out: ARCH.* metadata from the
     HF `config`, tensors {HF name: numpy float array} renamed, (llama) q/k rows permuted into llama.cpp's
     rotary order, 2-d matrices quantised to `quantize` (q8_0, q4_0, q4_1, q4_k, q6_k, or the q4_k_m mix:
     mix_qtype; None keeps float32), vectors F32.

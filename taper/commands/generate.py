@@ -116,8 +116,7 @@ def run(args) -> int:
         return run_tp(args)
     import engine
     from engine import models
-    from engine.backends.numpy_quant import kept_layout_bytes
-    from engine.generation import TextStreamer, generate, load_tokenizer, validate_sampling
+    from engine.generation import load_tokenizer, validate_sampling
     from impls import sources
 
     try:
@@ -179,7 +178,7 @@ def run(args) -> int:
         return 2
 
     if prompt is not None:
-        res = _turn(engine, generate, TextStreamer, kept_layout_bytes, model, tokenizer, prompt, stop, args)
+        res = _turn(model, tokenizer, prompt, stop, args)
     while args.interactive:  # the conversation so far, the answer included, then the next user line
         if prompt is not None:
             messages.append({"role": "assistant", "content": _answer_text(tokenizer, res)})
@@ -194,7 +193,7 @@ def run(args) -> int:
         except ValueError as e:
             print(f"taper generate: {e}", file=sys.stderr)
             return 2
-        res = _turn(engine, generate, TextStreamer, kept_layout_bytes, model, tokenizer, prompt, stop, args)
+        res = _turn(model, tokenizer, prompt, stop, args)
     return 0
 
 
@@ -206,9 +205,12 @@ def _answer_text(tokenizer, res) -> str:
     return tokenizer.decode(ids, skip_special_tokens=True)
 
 
-def _turn(engine, generate, TextStreamer, kept_layout_bytes, model, tokenizer, prompt, stop, args):
+def _turn(model, tokenizer, prompt, stop, args):
     """Generate from prompt ids, streaming (a plain prompt echoed first; a chat answer alone), then the stats
     line; the GenerationResult."""
+    import engine
+    from engine.backends.numpy_quant import kept_layout_bytes
+    from engine.generation import TextStreamer, generate
     streamer = TextStreamer(tokenizer, prompt) if tokenizer is not None else None
     if streamer is not None and not args.chat:  # echo the prompt as text, then stream the continuation
         print(streamer.prompt_text, end="", flush=True)
