@@ -162,3 +162,10 @@ def to_float(d: DType) -> DType:
 def compute_dtype(d: DType) -> np.dtype:
     """numpy dtype that arithmetic runs in: reduced floats compute in float32."""
     return d.compute
+
+
+def min_value(d) -> float:
+    """The most negative finite value of a float dtype: the additive mask value, as transformers uses
+    (finite, so a fully masked row gives a uniform softmax rather than NaN)."""
+    dt = get(d)
+    return float((ml_dtypes.finfo if dt.is_reduced else np.finfo)(dt.np_dtype).min)

@@ -43,7 +43,7 @@ import numpy as np
 import engine
 from engine import dtype as D
 from engine.capture import Captured, CaptureError, capture_mode
-from engine.nn.kv_cache import CacheFullError, _write
+from engine.nn.kv_cache import CacheFullError
 from engine.sampling import apply_repetition_penalty, next_tokens, top_k_filter, top_p_filter  # noqa: F401
 
 
@@ -143,9 +143,7 @@ class Decoder:
         b = logits.backend
         s = self.seen.array if self.seen is not None else None
         nxt = engine.Tensor._wrap(b.sample(logits.array, s, pen, t, k, p, seed, self.counter.array), b, D.int64)
-        self.tok.copy_(nxt.unsqueeze(1))
-        _write(self.out, self.n, nxt.unsqueeze(1), dim=1)  # out[:, n] = nxt at a device column
-        self.n.add_(1)
+        b.advance(nxt.array, self.tok.array, self.out.array, self.n.array)  # tok = out[:, n] = nxt; n += 1
         if self.seen is not None:
             self._mark_seen(nxt.unsqueeze(1))
         return nxt

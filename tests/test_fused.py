@@ -1,6 +1,7 @@
 """The fused backend ops (engine/backends/fused.py) against torch with transformers' rounding, on the
 device under test; on CUDA also each kernel against the plain composition it replaces, bit for bit
 (that equality is what lets a captured decode step equal the eager one)."""
+import ml_dtypes
 import numpy as np
 import pytest
 import torch
@@ -205,6 +206,62 @@ def test_rotary(dtype, B, H, L, D, rot, cb):
     compare(got, t_rotary(T(xs).transpose(1, 2), T(cos), T(sin)), scale=1)
     # the CUDA kernel, and numpy's float32 override (numpy_nn.rotary), equal the composition bit for bit
     same(got, composition("rotary", E(xs).transpose(1, 2), E(cos), E(sin)))
+
+
+def t_rope(pos, inv, scale, dtype):
+    """transformers' rotary embedding (LlamaRotaryEmbedding.forward) in torch: cos, sin of cat(freqs, freqs)."""
+    freqs = torch.from_numpy(pos).float()[..., None] * torch.from_numpy(inv)
+    emb = torch.cat([freqs, freqs], -1)
+    return (emb.cos() * scale).to(TORCH[dtype]), (emb.sin() * scale).to(TORCH[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("pos,half,scale", [([[5]], 64, 1.0), ([[0, 1, 2, 4095]], 64, 1.0), ([[7], [300]], 20, 1.0),
+                                            ([[3, 2048, 131071]], 32, 0.5), ([[1]], 1, 1.0)])
+def test_rope(dtype, pos, half, scale):
+    pos = np.array(pos, np.int64)
+    inv = (1.0 / 10000.0 ** (np.arange(0, 2 * half, 2, dtype=np.float32) / np.float32(2 * half))).astype(np.float32)
+    b = engine.backend(DEVICE)
+    p, i = E(pos), E(inv)
+    dt = engine.dtype.get(dtype)
+    for signed in (False, True):
+        got = [engine.Tensor._wrap(a, b, dt) for a in b.rope(p.array, i.array, scale, dt, signed)]
+        want = [engine.Tensor._wrap(a, b, dt) for a in FusedOps.rope(b, p.array, i.array, scale, dt, signed)]
+        same(got[0], want[0])  # the one launch equals the composition bit for bit
+        same(got[1], want[1])
+        tc, ts = t_rope(pos, inv, scale, dtype)
+        if signed:
+            ts = torch.cat([-ts[..., :half], ts[..., half:]], -1)
+        compare(got[0], tc, scale=4)
+        compare(got[1], ts, scale=4)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("q,kp,window", [([5], range(8), None), ([5], range(8), 3), ([0, 1, 2], [2, -1, 0, 1, 7], None),
+                                         ([300], range(520), 64), ([9, 10], [-1] * 4, 2)])
+def test_causal_mask(dtype, q, kp, window):
+    q, kp = np.array(q, np.int64), np.array(list(kp), np.int64)
+    ok = (kp[None] <= q[:, None]) & (kp[None] >= 0) & ((kp[None] > q[:, None] - window) if window else True)
+    lo = {"float32": np.finfo(np.float32).min, "float16": -65504.0, "bfloat16": float(ml_dtypes.finfo(NP["bfloat16"]).min)}
+    want = np.where(ok, 0.0, lo[dtype])[None].astype(NP[dtype])
+    b, dt = engine.backend(DEVICE), engine.dtype.get(dtype)
+    got = b.causal_mask(E(q).array, E(kp).array, window, dt)
+    np.testing.assert_array_equal(b.to_numpy(got), want)
+    np.testing.assert_array_equal(b.to_numpy(FusedOps.causal_mask(b, E(q).array, E(kp).array, window, dt)), want)
+
+
+@pytest.mark.parametrize("B,cols,n", [(1, 64, 0), (1, 64, 63), (3, 10, 4)])
+def test_advance(B, cols, n):
+    b = engine.backend(DEVICE)
+    toks = np.arange(B, dtype=np.int64) * 7 + 3
+    for fn in (b.advance, lambda *a: FusedOps.advance(b, *a)):
+        tok, out, nn = E(np.zeros((B, 1), np.int64)), E(np.full((B, cols), -5, np.int64)), E(np.array([n], np.int64))
+        fn(E(toks).array, tok.array, out.array, nn.array)
+        want = np.full((B, cols), -5, np.int64)
+        want[:, n] = toks
+        np.testing.assert_array_equal(tok.numpy(), toks[:, None])
+        np.testing.assert_array_equal(out.numpy(), want)
+        assert int(nn.item()) == n + 1
 
 
 def t_attention(q, k, v, mask, scale):

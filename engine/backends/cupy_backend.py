@@ -407,6 +407,33 @@ class CupyBackend(NumpyBackend):
             return out
         return super().rotary(x, cos, sin_signed, out_dtype)
 
+    def rope(self, positions, inv_freq, scaling: float, out_dtype, signed: bool = False):  # one launch
+        if (K.STEP_OPS["enabled"] and positions.dtype == np.int64 and positions.flags.c_contiguous and positions.size
+                and inv_freq.ndim == 1 and inv_freq.dtype == np.float32 and inv_freq.flags.c_contiguous
+                and inv_freq.size and out_dtype.name in K.TYPES):
+            shape = positions.shape + (2 * inv_freq.size,)
+            cos, sin = self.empty(shape, out_dtype), self.empty(shape, out_dtype)
+            K.rope(positions, inv_freq, scaling, signed, cos, sin)
+            return cos, sin
+        return super().rope(positions, inv_freq, scaling, out_dtype, signed)
+
+    def causal_mask(self, query_pos, key_pos, window, out_dtype):  # one launch
+        if (K.STEP_OPS["enabled"] and query_pos.dtype == key_pos.dtype == np.int64
+                and query_pos.ndim == key_pos.ndim == 1 and query_pos.size and key_pos.size
+                and out_dtype.name in K.TYPES):
+            m = self.empty((1, query_pos.size, key_pos.size), out_dtype)
+            K.causal_mask(query_pos, key_pos, window, D.min_value(out_dtype), m)
+            return m
+        return super().causal_mask(query_pos, key_pos, window, out_dtype)
+
+    def advance(self, tokens, tok, out, n) -> None:  # one launch
+        if (K.STEP_OPS["enabled"] and tokens.dtype == tok.dtype == out.dtype == n.dtype == np.int64
+                and tokens.ndim == 1 and tokens.flags.c_contiguous and tok.shape == (tokens.shape[0], 1)
+                and out.ndim == 2 and out.shape[0] == tokens.shape[0] and out.strides[1] == 8 and n.size == 1):
+            K.advance(tokens, tok, out, n)
+            return
+        super().advance(tokens, tok, out, n)
+
     def rotary_cache(self, q, k, v, cos, sin_signed, k_cache, v_cache, slots, out_dtype, q_out=None):  # one launch
         if cupy_decode.rotary_cache_ok(q, k, v, cos, sin_signed, k_cache, v_cache, slots, out_dtype.np_dtype, q_out):
             q_out = self.empty(q.shape, out_dtype) if q is not None and q_out is None else q_out

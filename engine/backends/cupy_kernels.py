@@ -93,9 +93,11 @@ def _bundle(expr: str) -> tuple:
     if name.startswith("group_norm_"):
         return tuple(f"{n}<{t}>" for n in ("group_norm_act", "group_norm_stats", "group_norm_apply"))
     misc = ("rms_norm_rows", "rotary", "moe_combine", "sample_rows", "gemm_tiled", "softmax_mask_rows",
-            "layer_norm_rows", "bias_fill")
-    if name in misc or name == "softmax_mask_warp":
-        return tuple(f"{n}<{t}>" for n in misc) + tuple(f"softmax_mask_warp<{t},{e}>" for e in SOFTMAX_WARP_E)
+            "layer_norm_rows", "bias_fill", "rope", "causal_mask")
+    if name in misc or name in ("softmax_mask_warp", "advance"):  # advance: no type, in each dtype's bundle
+        t = t or "float"
+        return tuple(f"{n}<{t}>" for n in misc) + tuple(f"softmax_mask_warp<{t},{e}>" for e in SOFTMAX_WARP_E) + (
+            "advance",)
     return (expr,)
 
 
@@ -381,6 +383,33 @@ def sample(logits, seen, penalty: float, temperature: float, top_k, top_p, seed:
         logits, cupy.int64(logits.strides[0] // logits.itemsize), _opt(seen), cupy.float32(penalty),
         cupy.float32(temperature), cupy.int32(top_k or 0), cupy.float32(1.0 if top_p is None else top_p),
         cupy.uint64(seed & ((1 << 64) - 1)), counter, scratch, out, cupy.int32(V)))
+
+
+STEP_OPS = {"enabled": True}  # False: rope, causal_mask and advance run as fused.py's compositions (A/B runs)
+
+
+def rope(pos, inv, scale: float, signed: bool, cos, sin):
+    """cos, sin (..., 2 len(inv)) contiguous = fused.py's rope of pos (...) int64 contiguous, inv float32."""
+    n, half = pos.size, inv.size
+    _fn(f"rope<{type_name(cos.dtype)}>")((min(-(-n * 2 * half // 256), 1024),), (256,), (
+        pos, inv, cupy.int64(n), cupy.int32(half), cupy.float32(scale), cupy.int32(scale != 1.0),
+        cupy.int32(bool(signed)), cos, sin))
+
+
+def causal_mask(q, kp, window, lo: float, m):
+    """m (1, L, S) contiguous = fused.py's causal_mask of q (L,), kp (S,) int64; lo: the masked value."""
+    L, S = q.size, kp.size
+    _fn(f"causal_mask<{type_name(m.dtype)}>")((min(-(-L * S // 256), 1024),), (256,), (
+        q, cupy.int64(q.strides[0] // 8), kp, cupy.int64(kp.strides[0] // 8), cupy.int32(L), cupy.int32(S),
+        cupy.int32(window is not None), cupy.int64(window or 0), cupy.float32(lo), m))
+
+
+def advance(tokens, tok, out, n):
+    """tok (B, 1) = out[:, n] = tokens (B,), then n += 1, in place (all int64)."""
+    B = tokens.shape[0]
+    _fn("advance")((1,), (min(1024, max(32, B)),), (
+        tokens, tok, cupy.int64(tok.strides[0] // 8), out, cupy.int64(out.strides[0] // 8),
+        cupy.int64(out.shape[1]), n, cupy.int32(B)))
 
 
 def gemm(a3, b3, out, bias=None):

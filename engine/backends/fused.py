@@ -14,6 +14,9 @@ Rounding follows the eager ops op by op, so a fused kernel can equal the ops it 
   moe(x, weights, experts, w_gate, w_up, w_down, act)  routed experts (Mixtral), summed in expert order
   rotary(x, cos, sin_signed, out)                      x * cos + swap_halves(x) * sin_signed on the first
                                                        cos.shape[-1] dims of each head (HF rotate_half)
+  rope(positions, inv_freq, scaling, out, signed)     transformers' rotary cos and sin of positions (B|1, L)
+                                                       (signed: sin with its first half negated, signed_sin)
+  causal_mask(query_pos, key_pos, window, out)         the additive causal mask (1, L, S) of cache positions
   rotary_cache(q, k, v, cos, sin_signed, k_cache, v_cache, slots, out, q_out=)
                                                        a decode step's rotary of q and k and its cache writes
                                                        (k_cache[:, :, slots] = rotary(k), v likewise)
@@ -24,6 +27,8 @@ Rounding follows the eager ops op by op, so a fused kernel can equal the ops it 
                                                        activations' dtype, softmax in float32)
   sample(logits, seen, penalty, temperature, top_k, top_p, seed, counter)
                                                        the next tokens (engine/sampling.py)
+  advance(tokens, tok, out, n)                         a decode step's bookkeeping: tok[:, 0] = out[:, n] =
+                                                       tokens, n += 1 (engine.generation.Decoder)
   random_normal(shape, dtype, seed, std)               N(0, std) weights for presets
   lstm_recurrence(xw, h, c, w_hh, b_hh, w_hr, reverse, out)
                                                        one LSTM layer direction over time (nn.LSTM)
@@ -135,6 +140,40 @@ class FusedOps:
             return out
         return self.concat([out, xp.broadcast_to(x[..., rot:], out.shape[:-1] + (d - rot,))], -1, out_dtype)
 
+    def rope(self, positions, inv_freq, scaling: float, out_dtype, signed: bool = False):
+        """positions (B|1, L) int64, inv_freq (rot / 2,) float32 -> (cos, sin), each (B|1, L, rot) in out_dtype:
+        emb = cat(freqs, freqs) for freqs = float32(positions) * inv_freq, then cos(emb) and sin(emb) in
+        float32, times scaling (when not 1), rounded once (transformers' rotary embedding); signed: sin as
+        signed_sin gives it, cat(-s1, s2) (a sign flip rounds nothing)."""
+        f32 = D.float32
+        p = self.cast(positions, f32)
+        freqs = self.binary("mul", p.reshape(p.shape + (1,)), inv_freq, f32, f32)  # (B|1, L, rot / 2)
+        emb = self.concat([freqs, freqs], freqs.ndim - 1, f32)
+        cos, sin = self.unary("cos", emb, f32), self.unary("sin", emb, f32)
+        if scaling != 1.0:
+            cos, sin = self.binary("mul", cos, scaling, f32, f32), self.binary("mul", sin, scaling, f32, f32)
+        if out_dtype is not f32:
+            cos, sin = self.cast(cos, out_dtype), self.cast(sin, out_dtype)
+        if signed:
+            half = sin.shape[-1] // 2
+            sin = self.concat([self.unary("neg", sin[..., :half], out_dtype), sin[..., half:]], sin.ndim - 1, out_dtype)
+        return cos, sin
+
+    def causal_mask(self, query_pos, key_pos, window, out_dtype):
+        """query_pos (L,), key_pos (S,) int64 cache positions (-1: an empty slot) -> the additive mask (1, L, S)
+        in out_dtype: 0 where key j is not in query i's future, not empty and (window: an int) within the
+        window (key > query - window), else the dtype's most negative finite value."""
+        q, kp = query_pos.reshape(-1, 1), key_pos.reshape(1, -1)
+        i64, b = D.int64, D.bool_
+        ok = self.binary("bitwise_and", self.binary("le", kp, q, i64, b), self.binary("ge", kp, 0, i64, b), b, b)
+        if window is not None:
+            lo = self.binary("sub", q, int(window), i64, i64)
+            ok = self.binary("bitwise_and", ok, self.binary("gt", kp, lo, i64, b), b, b)
+        dt = D.get(out_dtype)
+        m = self.where(ok, 0.0, D.min_value(dt), D.float32)
+        m = m.reshape((1,) + m.shape)
+        return m if dt is D.float32 else self.cast(m, dt)
+
     def rotary_cache(self, q, k, v, cos, sin_signed, k_cache, v_cache, slots, out_dtype, q_out=None):
         """The rotary and KV-cache writes of one attention layer's step (engine.capture's plan fuses the
         model's rotary(q), rotary(k), cache.update into this): k_cache[:, :, slots] = rotary(k) and
@@ -203,6 +242,14 @@ class FusedOps:
         toks = sampling.sample(np.asarray(x, np.float32), s, penalty, temperature, top_k, top_p, seed, c)
         self.copy_(counter, c + 1)
         return self.from_numpy(toks, D.int64)
+
+    def advance(self, tokens, tok, out, n) -> None:
+        """A decode step's bookkeeping, in place: tok (B, 1) = tokens (B,) int64, out[:, n] = tokens for the
+        device column n (1,) int64, then n += 1."""
+        col = tokens.reshape(-1, 1)
+        self.copy_(tok, col)
+        self.setitem(out, (slice(None), n), col)
+        self.copy_(n, self.binary("add", n, 1, D.int64, D.int64))
 
     # ---- collectives --------------------------------------------------------------------------------------------
     def all_reduce(self, x, comm) -> None:

@@ -6,10 +6,8 @@ D head dim. Query head h reads kv head h // rep (transformers' repeat_kv order).
 """
 from __future__ import annotations
 
-import ml_dtypes
-import numpy as np
-
 from engine import dtype as D
+from engine.dtype import min_value  # noqa: F401  (models import it from here)
 from engine import ops
 from engine.layout import ShapeError
 from engine.nn.kv_cache import KVCache, StaticCache
@@ -54,19 +52,16 @@ def attention_keys(k: Tensor) -> Tensor:
     return k.contiguous()
 
 
-def min_value(dtype) -> float:
-    """The most negative finite value of a float dtype: the additive mask value, as transformers uses
-    (finite, so a fully masked row gives a uniform softmax rather than NaN)."""
-    dt = D.get(dtype)
-    return float((ml_dtypes.finfo if dt.is_reduced else np.finfo)(dt.np_dtype).min)
-
-
 def causal_mask(query_pos: Tensor, key_pos: Tensor, attention_mask: Tensor | None = None,
                 sliding_window: int | None = None, dtype=D.float32) -> Tensor:
     """Additive mask (B|1, 1, L, S): 0 where query i may read key j, else the dtype's minimum.
     query_pos (L,), key_pos (S,) are cache positions (key_pos -1: an empty slot). A key is readable
     when it is not in the future, within the window (key > query - window), and not padding
     (attention_mask (B, T) over all T positions so far; 0 marks padding)."""
+    if attention_mask is None:  # one backend op (backends/fused.py: the composition below)
+        b = query_pos.backend
+        m = b.causal_mask(query_pos.array, key_pos.array, sliding_window, D.get(dtype))
+        return Tensor._wrap(m, b, D.get(dtype)).unsqueeze(1)
     q = query_pos.unsqueeze(1)  # (L, 1)
     kp = key_pos.unsqueeze(0)  # (1, S)
     ok = (kp <= q) & (kp >= 0)  # (L, S)

@@ -18,6 +18,7 @@ import math
 
 import numpy as np
 
+from engine import dtype as D
 from engine import ops
 from engine.layout import ShapeError
 from engine.nn.module import Module
@@ -103,19 +104,20 @@ class RotaryEmbedding(Module):
             object.__setattr__(self, "inv_freq", self.original_inv_freq)
             self.max_seq_len_cached = self.max_position_embeddings
 
-    def forward(self, position_ids, dtype):
+    def forward(self, position_ids, dtype, signed: bool = False):
+        """signed: sin comes as signed_sin(sin) (what apply_rotary takes), in the same launch."""
         if self.rope_type == "dynamic":
             self._dynamic_update(position_ids)
         if self.inv_freq.device != position_ids.device:  # the model was moved with Module.to()
             self.device = position_ids.device
             object.__setattr__(self, "original_inv_freq", self.original_inv_freq.to(self.device))
             self._set_freq(self.inv_freq.numpy())
-        freqs = position_ids.unsqueeze(-1).float() * self.inv_freq  # (B, L, 1) * (rot/2,) -> (B, L, rot/2)
-        emb = ops.cat([freqs, freqs], -1)  # (B, L, rot)
-        cos, sin = emb.cos(), emb.sin()
-        if self.attention_scaling != 1.0:
-            cos, sin = cos * self.attention_scaling, sin * self.attention_scaling
-        return cos.to(dtype), sin.to(dtype)
+        # emb = cat(freqs, freqs), freqs = float(position_ids) * inv_freq: (B, L, 1) * (rot/2,) -> (B, L, rot);
+        # cos(emb), sin(emb) [* attention_scaling], rounded to dtype: one backend op (backends/fused.py)
+        dt = D.get(dtype)
+        b = position_ids.backend
+        cos, sin = b.rope(position_ids.array, self.inv_freq.array, self.attention_scaling, dt, signed)
+        return Tensor._wrap(cos, b, dt), Tensor._wrap(sin, b, dt)
 
 
 def rotate_half(x):

@@ -167,6 +167,35 @@ __global__ void rotary(const T *__restrict__ x, long sb, long sh, long sl, const
     }
 }
 
+// ---- a step's positions: rotary cos/sin and the causal mask (fused.py's rope and causal_mask, one launch each) ----
+// pos (n,) int64 (the B|1 x L positions, contiguous), inv (half,) float32 -> cos, sin (n, 2 half) contiguous in T:
+// f = float32(pos) * inv[j mod half] (one rounding), cos(f) and sin(f) in float32 (times scale when scaled),
+// rounded once to T; sgn: sin's first half negated (rounding to nearest is symmetric, so before or after is one).
+template <typename T>
+__global__ void rope(const long long *__restrict__ pos, const float *__restrict__ inv, long n, int half, float scale,
+                     int scaled, int sgn, T *__restrict__ cos_o, T *__restrict__ sin_o) {
+    const int rot = 2 * half;
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n * rot; i += (long)gridDim.x * blockDim.x) {
+        const int j = (int)(i % rot);
+        const float f = __fmul_rn((float)pos[i / rot], inv[j < half ? j : j - half]);
+        float c = cosf(f), s = sinf(f);
+        if (scaled) c = __fmul_rn(c, scale), s = __fmul_rn(s, scale);
+        cos_o[i] = from_f<T>(c);
+        sin_o[i] = from_f<T>(sgn && j < half ? -s : s);
+    }
+}
+// q (L,), kp (S,) int64 with element strides qs, ks -> m (L, S) contiguous in T: 0 where kp <= q and kp >= 0 (and,
+// win, kp > q - window), else lo (the dtype's most negative finite value, exact in float32).
+template <typename T>
+__global__ void causal_mask(const long long *__restrict__ q, long qs, const long long *__restrict__ kp, long ks,
+                            int L, int S, int win, long long window, float lo, T *__restrict__ m) {
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < (long)L * S; i += (long)gridDim.x * blockDim.x) {
+        const long long qi = q[(i / S) * qs], kj = kp[(i % S) * ks];
+        const bool ok = kj <= qi && kj >= 0 && (!win || kj > qi - window);
+        m[i] = from_f<T>(ok ? 0.f : lo);
+    }
+}
+
 // ---- layer_norm over rows: numpy_nn.layer_norm in float32, one block of 256 threads a row (16-byte vectors) ----
 // big = max |x| of the row; a finite big >= 2^64 scales the row by 2^-(floor(log2 big) - 40) first (exact), so
 // the variance cannot overflow; mean, then the mean of squared deviations, y = (x - mean) / sqrt(var + eps) (* w)

@@ -165,3 +165,17 @@ __global__ void __launch_bounds__(1024) sample_rows(const T *__restrict__ logits
     __syncthreads();
     if (tid == 0) out[row] = chosen;
 }
+
+// ---- a decode step's bookkeeping (fused.py's advance; engine.generation.Decoder), one block --------------------
+// tokens (B,) int64 -> tok[b * ts] and out[b * os + n], then n += 1 (a column past cols is not written: the host
+// checks the count before each step)
+__global__ void advance(const long long *__restrict__ tokens, long long *__restrict__ tok, long ts,
+                        long long *__restrict__ out, long os, long cols, long long *__restrict__ n, int B) {
+    const long long c = *n;
+    for (int b = threadIdx.x; b < B; b += blockDim.x) {
+        tok[b * ts] = tokens[b];
+        if (c >= 0 && c < cols) out[b * os + c] = tokens[b];
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) *n = c + 1;
+}
