@@ -224,16 +224,13 @@ def test_rope(dtype, pos, half, scale):
     b = engine.backend(DEVICE)
     p, i = E(pos), E(inv)
     dt = engine.dtype.get(dtype)
-    for signed in (False, True):
-        got = [engine.Tensor._wrap(a, b, dt) for a in b.rope(p.array, i.array, scale, dt, signed)]
-        want = [engine.Tensor._wrap(a, b, dt) for a in FusedOps.rope(b, p.array, i.array, scale, dt, signed)]
-        same(got[0], want[0])  # the one launch equals the composition bit for bit
-        same(got[1], want[1])
-        tc, ts = t_rope(pos, inv, scale, dtype)
-        if signed:
-            ts = torch.cat([-ts[..., :half], ts[..., half:]], -1)
-        compare(got[0], tc, scale=4)
-        compare(got[1], ts, scale=4)
+    got = [engine.Tensor._wrap(a, b, dt) for a in b.rope(p.array, i.array, scale, dt)]
+    want = [engine.Tensor._wrap(a, b, dt) for a in FusedOps.rope(b, p.array, i.array, scale, dt)]
+    same(got[0], want[0])  # the one launch equals the composition bit for bit
+    same(got[1], want[1])
+    tc, ts = t_rope(pos, inv, scale, dtype)
+    compare(got[0], tc, scale=4)
+    compare(got[1], ts, scale=4)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

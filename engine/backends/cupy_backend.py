@@ -407,15 +407,15 @@ class CupyBackend(NumpyBackend):
             return out
         return super().rotary(x, cos, sin_signed, out_dtype)
 
-    def rope(self, positions, inv_freq, scaling: float, out_dtype, signed: bool = False):  # one launch
+    def rope(self, positions, inv_freq, scaling: float, out_dtype):  # one launch
         if (K.STEP_OPS["enabled"] and positions.dtype == np.int64 and positions.flags.c_contiguous and positions.size
                 and inv_freq.ndim == 1 and inv_freq.dtype == np.float32 and inv_freq.flags.c_contiguous
                 and inv_freq.size and out_dtype.name in K.TYPES):
             shape = positions.shape + (2 * inv_freq.size,)
             cos, sin = self.empty(shape, out_dtype), self.empty(shape, out_dtype)
-            K.rope(positions, inv_freq, scaling, signed, cos, sin)
+            K.rope(positions, inv_freq, scaling, cos, sin)
             return cos, sin
-        return super().rope(positions, inv_freq, scaling, out_dtype, signed)
+        return super().rope(positions, inv_freq, scaling, out_dtype)
 
     def causal_mask(self, query_pos, key_pos, window, out_dtype):  # one launch
         if (K.STEP_OPS["enabled"] and query_pos.dtype == key_pos.dtype == np.int64

@@ -388,12 +388,11 @@ def sample(logits, seen, penalty: float, temperature: float, top_k, top_p, seed:
 STEP_OPS = {"enabled": True}  # False: rope, causal_mask and advance run as fused.py's compositions (A/B runs)
 
 
-def rope(pos, inv, scale: float, signed: bool, cos, sin):
+def rope(pos, inv, scale: float, cos, sin):
     """cos, sin (..., 2 len(inv)) contiguous = fused.py's rope of pos (...) int64 contiguous, inv float32."""
     n, half = pos.size, inv.size
     _fn(f"rope<{type_name(cos.dtype)}>")((min(-(-n * 2 * half // 256), 1024),), (256,), (
-        pos, inv, cupy.int64(n), cupy.int32(half), cupy.float32(scale), cupy.int32(scale != 1.0),
-        cupy.int32(bool(signed)), cos, sin))
+        pos, inv, cupy.int64(n), cupy.int32(half), cupy.float32(scale), cupy.int32(scale != 1.0), cos, sin))
 
 
 def causal_mask(q, kp, window, lo: float, m):

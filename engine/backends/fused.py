@@ -14,8 +14,7 @@ Rounding follows the eager ops op by op, so a fused kernel can equal the ops it 
   moe(x, weights, experts, w_gate, w_up, w_down, act)  routed experts (Mixtral), summed in expert order
   rotary(x, cos, sin_signed, out)                      x * cos + swap_halves(x) * sin_signed on the first
                                                        cos.shape[-1] dims of each head (HF rotate_half)
-  rope(positions, inv_freq, scaling, out, signed)     transformers' rotary cos and sin of positions (B|1, L)
-                                                       (signed: sin with its first half negated, signed_sin)
+  rope(positions, inv_freq, scaling, out)             transformers' rotary cos and sin of positions (B|1, L)
   causal_mask(query_pos, key_pos, window, out)         the additive causal mask (1, L, S) of cache positions
   rotary_cache(q, k, v, cos, sin_signed, k_cache, v_cache, slots, out, q_out=)
                                                        a decode step's rotary of q and k and its cache writes
@@ -140,11 +139,10 @@ class FusedOps:
             return out
         return self.concat([out, xp.broadcast_to(x[..., rot:], out.shape[:-1] + (d - rot,))], -1, out_dtype)
 
-    def rope(self, positions, inv_freq, scaling: float, out_dtype, signed: bool = False):
+    def rope(self, positions, inv_freq, scaling: float, out_dtype):
         """positions (B|1, L) int64, inv_freq (rot / 2,) float32 -> (cos, sin), each (B|1, L, rot) in out_dtype:
         emb = cat(freqs, freqs) for freqs = float32(positions) * inv_freq, then cos(emb) and sin(emb) in
-        float32, times scaling (when not 1), rounded once (transformers' rotary embedding); signed: sin as
-        signed_sin gives it, cat(-s1, s2) (a sign flip rounds nothing)."""
+        float32, times scaling (when not 1), rounded once (transformers' rotary embedding)."""
         f32 = D.float32
         p = self.cast(positions, f32)
         freqs = self.binary("mul", p.reshape(p.shape + (1,)), inv_freq, f32, f32)  # (B|1, L, rot / 2)
@@ -154,9 +152,6 @@ class FusedOps:
             cos, sin = self.binary("mul", cos, scaling, f32, f32), self.binary("mul", sin, scaling, f32, f32)
         if out_dtype is not f32:
             cos, sin = self.cast(cos, out_dtype), self.cast(sin, out_dtype)
-        if signed:
-            half = sin.shape[-1] // 2
-            sin = self.concat([self.unary("neg", sin[..., :half], out_dtype), sin[..., half:]], sin.ndim - 1, out_dtype)
         return cos, sin
 
     def causal_mask(self, query_pos, key_pos, window, out_dtype):

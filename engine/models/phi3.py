@@ -13,7 +13,7 @@ from engine.nn import Module, ModuleList
 from engine.nn.attention import attention, positions
 from engine.nn.linear import Embedding, Linear
 from engine.nn.norm import RmsNorm
-from engine.nn.rotary import RotaryEmbedding, apply_rotary, rope_parameters
+from engine.nn.rotary import RotaryEmbedding, apply_rotary, rope_parameters, signed_sin
 from engine.models import config_from_dict
 from engine.models.base import CausalLM
 
@@ -134,8 +134,8 @@ class Phi3Model(Module):
         x = self.embed_tokens(input_ids)  # (B, L, hidden)
         position_ids, mask, step = positions(input_ids, cache, attention_mask, position_ids,
                                              self.config.sliding_window, x.dtype)  # the window lives in the mask
-        # (B|1, L, head_dim) each; sin as signed_sin(sin), (-s1, s2): rotate_half's sign folded in for all layers
-        cos, sin = self.rotary_emb(position_ids, x.dtype, signed=True)
+        cos, sin = self.rotary_emb(position_ids, x.dtype)  # (B|1, L, head_dim) each
+        sin = signed_sin(sin)  # (-s1, s2): the sign of rotate_half folded in once for all layers
         for layer in self.layers:
             x = layer(x, cos, sin, mask, cache, step)
         return self.norm(x)

@@ -12,7 +12,7 @@ from engine.nn import Module, ModuleList
 from engine.nn.attention import attention, causal_mask, positions
 from engine.nn.linear import Embedding, Linear
 from engine.nn.norm import RmsNorm
-from engine.nn.rotary import RotaryEmbedding, apply_rotary, rope_parameters
+from engine.nn.rotary import RotaryEmbedding, apply_rotary, rope_parameters, signed_sin
 from engine.models import config_from_dict
 from engine.models.base import CausalLM
 
@@ -144,8 +144,8 @@ class Qwen2Model(Module):
             q_pos = step.query_pos if step is not None else ops.arange(x.shape[1], dtype=D.int64, device=x.device)
             k_pos = step.key_pos if step is not None else q_pos
             masks["sliding_attention"] = causal_mask(q_pos, k_pos, attention_mask, self.config.sliding_window, x.dtype)
-        # (B|1, L, head_dim) each; sin as signed_sin(sin), (-s1, s2): rotate_half's sign folded in for all layers
-        cos, sin = self.rotary_emb(position_ids, x.dtype, signed=True)
+        cos, sin = self.rotary_emb(position_ids, x.dtype)  # (B|1, L, head_dim) each
+        sin = signed_sin(sin)  # (-s1, s2): the sign of rotate_half folded in once for all layers
         for layer, kind in zip(self.layers, self.config.layer_types):
             x = layer(x, cos, sin, masks[kind], cache, step)
         return self.norm(x)

@@ -14,6 +14,7 @@ seen (as in transformers, the one documented host read).
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -104,8 +105,7 @@ class RotaryEmbedding(Module):
             object.__setattr__(self, "inv_freq", self.original_inv_freq)
             self.max_seq_len_cached = self.max_position_embeddings
 
-    def forward(self, position_ids, dtype, signed: bool = False):
-        """signed: sin comes as signed_sin(sin) (what apply_rotary takes), in the same launch."""
+    def forward(self, position_ids, dtype):
         if self.rope_type == "dynamic":
             self._dynamic_update(position_ids)
         if self.inv_freq.device != position_ids.device:  # the model was moved with Module.to()
@@ -116,7 +116,7 @@ class RotaryEmbedding(Module):
         # cos(emb), sin(emb) [* attention_scaling], rounded to dtype: one backend op (backends/fused.py)
         dt = D.get(dtype)
         b = position_ids.backend
-        cos, sin = b.rope(position_ids.array, self.inv_freq.array, self.attention_scaling, dt, signed)
+        cos, sin = b.rope(position_ids.array, self.inv_freq.array, self.attention_scaling, dt)
         return Tensor._wrap(cos, b, dt), Tensor._wrap(sin, b, dt)
 
 
@@ -128,9 +128,15 @@ def rotate_half(x):
 
 def signed_sin(sin):
     """cat(-s1, s2) for sin = cat(s1, s2): rotate_half(x) * sin == swap_halves(x) * signed_sin(sin)
-    exactly (a sign flip rounds nothing), one op less per rotation. Compute once per forward."""
-    half = sin.shape[-1] // 2
-    return ops.cat([-sin[..., :half], sin[..., half:]], -1)
+    exactly (a sign flip rounds nothing), one op less per rotation. Compute once per forward: one launch,
+    sin times a cached (-1, .., 1, ..) row (exact)."""
+    return sin * _signs(sin.shape[-1], sin.dtype, sin.device)
+
+
+@functools.lru_cache(maxsize=None)
+def _signs(rot: int, dtype, device):
+    half = rot // 2
+    return ops.tensor(np.concatenate([-np.ones(half), np.ones(rot - half)]), dtype=dtype, device=device)
 
 
 def apply_rotary(x, cos, sin_signed):

@@ -170,10 +170,10 @@ __global__ void rotary(const T *__restrict__ x, long sb, long sh, long sl, const
 // ---- a step's positions: rotary cos/sin and the causal mask (fused.py's rope and causal_mask, one launch each) ----
 // pos (n,) int64 (the B|1 x L positions, contiguous), inv (half,) float32 -> cos, sin (n, 2 half) contiguous in T:
 // f = float32(pos) * inv[j mod half] (one rounding), cos(f) and sin(f) in float32 (times scale when scaled),
-// rounded once to T; sgn: sin's first half negated (rounding to nearest is symmetric, so before or after is one).
+// rounded once to T.
 template <typename T>
 __global__ void rope(const long long *__restrict__ pos, const float *__restrict__ inv, long n, int half, float scale,
-                     int scaled, int sgn, T *__restrict__ cos_o, T *__restrict__ sin_o) {
+                     int scaled, T *__restrict__ cos_o, T *__restrict__ sin_o) {
     const int rot = 2 * half;
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n * rot; i += (long)gridDim.x * blockDim.x) {
         const int j = (int)(i % rot);
@@ -181,7 +181,7 @@ __global__ void rope(const long long *__restrict__ pos, const float *__restrict_
         float c = cosf(f), s = sinf(f);
         if (scaled) c = __fmul_rn(c, scale), s = __fmul_rn(s, scale);
         cos_o[i] = from_f<T>(c);
-        sin_o[i] = from_f<T>(sgn && j < half ? -s : s);
+        sin_o[i] = from_f<T>(s);
     }
 }
 // q (L,), kp (S,) int64 with element strides qs, ks -> m (L, S) contiguous in T: 0 where kp <= q and kp >= 0 (and,
