@@ -389,13 +389,14 @@ def test_qgemv_direct_x_in_registers_equals_the_staged_prologue(monkeypatch, fmt
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize("cols", [256, 4096, 11008, 12288])
 @pytest.mark.parametrize("case", ["plain", "norm", "residual", "glu_plain", "glu", "segments", "one_block",
-                                  "two_slots", "other_u"])
+                                  "two_slots", "other_u", "glu_pre0", "norm_pre1"])
 def test_qgemv_ring_equals_qgemv_direct(monkeypatch, fmt, dtype, cols, case):
     """qgemv_ring (cupy_quant's RING: the weights brought into shared memory by bulk copies, S batches a warp
     ahead) equals qgemv_direct's int8 route bit for bit: odd row counts (a pair's second row repeated), the llama
     norm, a residual, GLU with and without the norm, q/k/v segments of other lengths, a grid of one block (each
-    warp walks many pairs, its ring wrapping across them), two slots a warp, one and two units a lane a batch; K
-    from one batch to a split pair's batch across both rows."""
+    warp walks many pairs, its ring wrapping across them), two slots a warp, one and two units a lane a batch, none
+    or one batch issued before the wait (the rest once x's loads are out); K from one batch to a split pair's batch
+    across both rows."""
     from engine.backends import cupy_quant as Q
     from engine.backends.cupy_launch import sm90
     from engine.backends.fused import QOperand
@@ -418,10 +419,14 @@ def test_qgemv_ring_equals_qgemv_direct(monkeypatch, fmt, dtype, cols, case):
             "residual": lambda: be.linear_fused(x, w, None, dt, residual=res),
             "glu_plain": lambda: be.linear_fused(x, w, None, dt, glu=(w2, None, "silu")),
             "glu": lambda: be.linear_fused(x, w, None, dt, norm=(nw, 1e-5, "llama"), glu=(w2, None, "silu")),
+            "glu_pre0": lambda: be.linear_fused(x, w, None, dt, norm=(nw, 1e-5, "llama"), glu=(w2, None, "silu")),
+            "norm_pre1": lambda: be.linear_fused(x, w, None, dt, norm=(nw, 1e-5, "llama")),
             "segments": lambda: be.linear_group(x, [w, op(16, 3), op(21, 4)], [None] * 3, dt,
                                                 norm=(nw, 1e-5, "llama"))}.get(case, call_plain)
     if case == "one_block":
         monkeypatch.setitem(Q.DIRECT, "sms", 1)  # a grid of one block (qgemv_direct's too)
+    if case.endswith(("_pre0", "_pre1")):
+        monkeypatch.setitem(Q.RING, "pre", int(case[-1]))
     if case == "two_slots":
         monkeypatch.setitem(Q.RING, "s", 2)
     if case == "other_u":  # the batch of the format's own units a lane (_RING_OWN's u) and of the other, 1 or 2

@@ -4,8 +4,8 @@
 // lane i summing units i, i + 32, ... in order, store_pairs: the same numbers bit for bit) with the weights brought
 // into shared memory by the Tensor Memory Accelerator (cp.async.bulk, sm_90) rather than into registers by the
 // warps' own loads. Each warp has a ring of S slots of one batch (32 U units of each of its pair's rows, or the
-// 32 U unit slots of a split pair) and an mbarrier a slot; its lane 0 issues the batches S ahead. The first S
-// batches of every warp load before pdl_wait, while the kernel before ends. Loads in flight are bounded by shared
+// 32 U unit slots of a split pair) and an mbarrier a slot; its lane 0 issues the batches S ahead. The first pre
+// (<= S) batches of every warp load before pdl_wait, while the kernel before ends, the rest once x's loads are out. Loads in flight are bounded by shared
 // memory, not registers: Q8_0's units (144 bytes a lane) held 9 registers x 4 a unit in qgemv_direct.
 // On an H200 (session 17, captured decode, same run): Q8_0 at two blocks of 8 warps an SM, U = 1: 387.2 -> 419.1
 // tok/s; Q4_K (U = 2) 645.6 -> 614.1 (each batch's wait, barrier and issue weigh on its cheaper units), so the
@@ -65,7 +65,7 @@ __global__ void __launch_bounds__(32 * NW, 2) qgemv_ring(const unsigned char *__
         const T *__restrict__ nw, float eps, int style, const T *__restrict__ bias, const T *__restrict__ bias2,
         const T *__restrict__ res, long res_row, T *__restrict__ y, long y_row, int N, int K, int rows, int act,
         const unsigned char *__restrict__ Wb, const unsigned char *__restrict__ Wc, const T *__restrict__ biasb,
-        const T *__restrict__ biasc, int n0, int n1, int S) {
+        const T *__restrict__ biasc, int n0, int n1, int S, int pre) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     using R = QRing<F, U>;
     using L = typename R::L;
@@ -115,8 +115,10 @@ __global__ void __launch_bounds__(32 * NW, 2) qgemv_ring(const unsigned char *__
         mbar_init_fence();
     }
     __syncwarp();
-    for (int s = 0; s < S; s++) issue(s);  // frozen weights: before pdl_wait
-    quantise_x_after_wait<T, XJ, NW>(x, nc, eps, style, K, xq, dxs, L::PAD < 0 ? nullptr : sxs, L::PAD, red);
+    // frozen weights: the first pre batches before pdl_wait, the rest once x's loads are out (behind them)
+    for (int s = 0; s < pre; s++) issue(s);
+    quantise_x_after_wait<T, XJ, NW>(x, nc, eps, style, K, xq, dxs, L::PAD < 0 ? nullptr : sxs, L::PAD, red,
+                                     [&] { for (int s = pre; s < S; s++) issue(s); });
     __syncthreads();
     int s = 0;
     unsigned phase = 0;

@@ -379,10 +379,15 @@ template <int XJ, int NW> struct XChunks {
     static constexpr int Q = (256 * XJ + 32 * NW - 1) / (32 * NW);  // chunks a thread quantises
 };
 
-template <typename T, int XJ, int NW = 8>
+struct NoOp {
+    __device__ __forceinline__ void operator()() const {}
+};
+
+// after(): called once x's loads are out (qgemv_ring issues the rest of its weight batches there, behind them)
+template <typename T, int XJ, int NW = 8, typename After = NoOp>
 __device__ __forceinline__ void stage_quantise_x(const T *__restrict__ x, const uint4 (&nw4)[XChunks<XJ, NW>::Q],
                                                  bool hw, float eps, int style, int K, signed char *xq, float *dxs,
-                                                 int *sxs, int pad, float *red) {
+                                                 int *sxs, int pad, float *red, After after = After()) {
     constexpr int NT = 32 * NW, XQ = XChunks<XJ, NW>::Q;
     static_assert(sizeof(T) == 2 && XJ % 2 == 0 && NW % 8 == 0, "16-bit x, chunk pairs, whole blocks of 256");
     const int n8 = K / 8, t = threadIdx.x;  // chunks of x = groups of 8
@@ -391,6 +396,7 @@ __device__ __forceinline__ void stage_quantise_x(const T *__restrict__ x, const 
     #pragma unroll
     for (int j = 0; j < XQ; j++)
         if (t + NT * j < n8) c[j] = x4[t + NT * j];
+    after();
     float r = 1.f, s = 1.f;
     if (style != 0) {
         float ss = 0.f;
@@ -458,12 +464,12 @@ template <typename T, int XJ, int NW> struct NormChunks {
 // The int8 route's prologue of a GEMV whose weights are frozen, after its loads have gone out: once the kernel
 // before has ended, x's one 16-bit row is normed (nc: NormChunks, loaded first) and quantised in registers
 // (stage_quantise_x). The barrier after it is the caller's.
-template <typename T, int XJ, int NW>
+template <typename T, int XJ, int NW, typename After = NoOp>
 __device__ __forceinline__ void quantise_x_after_wait(const T *__restrict__ x, const NormChunks<T, XJ, NW> &nc,
                                                       float eps, int style, int K, signed char *xq, float *dxs,
-                                                      int *sxs, int pad, float *red) {
+                                                      int *sxs, int pad, float *red, After after = After()) {
     pdl_wait();
     pdl_trigger();
-    stage_quantise_x<T, XJ, NW>(x, nc.w, nc.hw, eps, style, K, xq, dxs, sxs, pad, red);
+    stage_quantise_x<T, XJ, NW>(x, nc.w, nc.hw, eps, style, K, xq, dxs, sxs, pad, red, after);
 }
 #endif

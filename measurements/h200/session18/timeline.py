@@ -81,7 +81,7 @@ WAIT = """__device__ __forceinline__ void pdl_wait() {
 #endif
 }
 """
-HEADS = ("const T *__restrict__ biasc, int n0, int n1) {\n", "const T *__restrict__ biasc, int n0, int n1, int S) {\n")
+HEADS = ("const T *__restrict__ biasc, int n0, int n1) {\n", "const T *__restrict__ biasc, int n0, int n1, int S, int pre) {\n")
 MARKS = ("    __syncthreads();\n", "    __syncthreads();\n    int s = 0;\n",
          "    stage_x<T>(x, x_row, nw, eps, style, xs, K, rows, red);\n    __syncthreads();\n",
          "    stage_x8<T>(x, x_row, nw, eps, style, xs, K, rows, red);\n    __syncthreads();\n")
