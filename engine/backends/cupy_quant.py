@@ -72,9 +72,9 @@ _DIRECT_INT8_ONLY = {"q8_0"}  # their float route stays on qgemv_span (measured 
 # U = 2, 578.7 at U = 1; call 4: one block of 8 warps an SM, U = 1, the other half left to the next kernel:
 # 462.1), so
 # "formats" leaves it on qgemv_direct.
-RING = {"enabled": os.environ.get("TAPER_QUANT_RING", "1") != "0", "formats": ("q8_0",), "nw": None, "u": None,
+RING = {"enabled": os.environ.get("TAPER_QUANT_RING", "1") != "0", "formats": ("q8_0", "q4_k"), "nw": None, "u": None,
         "per_sm": None, "s": None, "smem": None, "pre": None}  # pre: batches a warp issues before pdl_wait (None: S)
-_RING_OWN = {"q8_0": {"nw": 8, "u": 1, "per_sm": 2}, "q4_k": {"nw": 8, "u": 2, "per_sm": 2}}
+_RING_OWN = {"q8_0": {"nw": 8, "u": 1, "per_sm": 2, "pre": 1}, "q4_k": {"nw": 8, "u": 2, "per_sm": 2, "pre": 1}}
 _RING_UNIT_BYTES = {"q4_k": 144 // 4, "q8_0": 272 // 2}  # a unit's bytes of a row (quant_direct.cu's TS / UPB)
 
 
@@ -82,9 +82,10 @@ def _ring(qtype: str, key: str) -> int:
     return RING[key] if RING[key] is not None else _RING_OWN[qtype][key]
 
 
-def _ring_pre(s: int) -> int:
-    """Batches a warp issues before pdl_wait: RING["pre"] (at most S), else all S."""
-    return s if RING["pre"] is None else max(0, min(s, RING["pre"]))
+def _ring_pre(qtype: str, s: int) -> int:
+    """Batches a warp issues before pdl_wait (at most S): RING["pre"], else the format's own, else all S."""
+    pre = _ring(qtype, "pre")
+    return s if pre is None else max(0, min(s, pre))
 
 
 def _ring_at(qtype: str, k: int) -> int:
@@ -272,7 +273,7 @@ def qgemv_fused(x2, data, qtype: str, out, bias=None, W2=None, bias2=None, act=N
         i32, i64 = cupy.int32, cupy.int64
         scalars = (i64(data.strides[0]), i64(x2.strides[0] // isz), cupy.float32(eps), i32(K.NORM_STYLES[style]),
                    i64(res_row), i64(out.strides[0] // isz), i32(N), i32(Kd), i32(m), i32(K.ACTS.get(act, 0)),
-                   i32(data.shape[0]), i32(segs[0] if segs else 0)) + ((i32(ring[0]), i32(_ring_pre(ring[0])))
+                   i32(data.shape[0]), i32(segs[0] if segs else 0)) + ((i32(ring[0]), i32(_ring_pre(qtype, ring[0])))
                                                                         if ring else ())
         plan = _SPAN_LAUNCH[key] = (fn, grid, block, smem, scalars)
     fn, grid, block, smem, sc = plan

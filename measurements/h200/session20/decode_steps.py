@@ -4,7 +4,8 @@ one launch each (cupy_kernels.STEP_OPS: rope, causal_mask, advance) or as the co
 ring launches with the last round split by row (split=1, cupy_quant.RING["split"]); variants back to back on one
 model, fp16 in the same run.
 Usage: python decode_steps.py OUT.json FORMATS VARIANT[,VARIANT...] [once]
-  VARIANT: s0 | s1, then :key=value... (cupy_quant.RING settings: split=1 on the glu-split branch, pre=N)
+  VARIANT: s0 | s1, then :key=value... (cupy_quant.RING settings: split=1 on the glu-split branch, pre=N,
+  formats=q4_k+q8_0)
   once: fp16 under the first variant only
 """
 import sys
@@ -23,7 +24,7 @@ def switch(v):
     K.STEP_OPS["enabled"] = v.split(":")[0] == "s1"
     for kv in v.split(":")[1:]:
         k, val = kv.split("=")
-        Q.RING[k] = int(val)
+        Q.RING[k] = tuple(val.split("+")) if k == "formats" else int(val)
 
 
 def reset():
