@@ -66,14 +66,15 @@ _DIRECT_INT8_ONLY = {"q8_0"}  # their float route stays on qgemv_span (measured 
 # shared memory by bulk copies (sm_90), S batches a warp ahead, the first pre before pdl_wait; the same numbers bit
 # for bit. "formats": those it takes; "nw": warps a block; "u": units a lane a batch; "per_sm": blocks an SM in the
 # grid; "s": slots a warp (None: as many as fit "smem" bytes a block beside x's blocks; None: an SM's shared memory
-# shared by per_sm blocks, at least two). None takes the format's own (_RING_OWN), the fastest measured on an H200
-# (session 17, call 5, the captured decode, same run): Q8_0 387.2 -> 419.1 tok/s at two blocks of 8 warps an SM
-# (two slots a warp in place of the four that fit: 381.9); Q4_K slower at every setting tried (645.6 -> 614.1 at
-# U = 2, 578.7 at U = 1; call 4: one block of 8 warps an SM, U = 1, the other half left to the next kernel:
-# 462.1), so
-# "formats" leaves it on qgemv_direct.
+# shared by per_sm blocks, at least two); "pre": batches a warp issues before pdl_wait, the rest once x's loads
+# are out (None: all S). None takes the format's own (_RING_OWN), the fastest measured on an H200: session 17
+# (call 5, the captured decode, same run): Q8_0 387.2 -> 419.1 tok/s at two blocks of 8 warps an SM (two slots a
+# warp in place of the four that fit: 381.9), Q4_K slower then at every setting tried (645.6 -> 614.1 at U = 2);
+# session 20 (calls 2-5): pre = 1 against all S, Q8_0 431.8 -> 454.3 (pre 2: 441.9, 0: 420.8); Q4_K on the ring
+# 651.7 -> 670.5 against 657.7 on qgemv_direct in one run (686.5-686.7 in later ones; u = 1: 640.4; one block of
+# 16 warps an SM: 659.0, Q8_0 392.7).
 RING = {"enabled": os.environ.get("TAPER_QUANT_RING", "1") != "0", "formats": ("q8_0", "q4_k"), "nw": None, "u": None,
-        "per_sm": None, "s": None, "smem": None, "pre": None}  # pre: batches a warp issues before pdl_wait (None: S)
+        "per_sm": None, "s": None, "smem": None, "pre": None}
 _RING_OWN = {"q8_0": {"nw": 8, "u": 1, "per_sm": 2, "pre": 1}, "q4_k": {"nw": 8, "u": 2, "per_sm": 2, "pre": 1}}
 _RING_UNIT_BYTES = {"q4_k": 144 // 4, "q8_0": 272 // 2}  # a unit's bytes of a row (quant_direct.cu's TS / UPB)
 

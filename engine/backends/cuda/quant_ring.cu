@@ -8,8 +8,9 @@
 // (<= S) batches of every warp load before pdl_wait, while the kernel before ends, the rest once x's loads are out. Loads in flight are bounded by shared
 // memory, not registers: Q8_0's units (144 bytes a lane) held 9 registers x 4 a unit in qgemv_direct.
 // On an H200 (session 17, captured decode, same run): Q8_0 at two blocks of 8 warps an SM, U = 1: 387.2 -> 419.1
-// tok/s; Q4_K (U = 2) 645.6 -> 614.1 (each batch's wait, barrier and issue weigh on its cheaper units), so the
-// launcher keeps Q4_K on qgemv_direct.
+// tok/s; Q4_K (U = 2) 645.6 -> 614.1 then. Session 20: with one batch a warp before the wait (pre = 1) and the rest
+// issued once x's loads are out (x no longer queues behind the whole ring's copies), Q8_0 431.8 -> 454.3 and Q4_K
+// 670.5 against qgemv_direct's 657.7 (captured decode, same runs): the launcher takes both formats here.
 
 // An mbarrier of one arrival (lane 0's, with the transaction bytes to expect), completed by the bulk copies'
 // bytes; try_wait.parity spins on the phase (k & 1 for a slot's k-th batch).
