@@ -239,7 +239,8 @@ def test_rope(dtype, pos, half, scale):
 def test_causal_mask(dtype, q, kp, window):
     q, kp = np.array(q, np.int64), np.array(list(kp), np.int64)
     ok = (kp[None] <= q[:, None]) & (kp[None] >= 0) & ((kp[None] > q[:, None] - window) if window else True)
-    lo = {"float32": np.finfo(np.float32).min, "float16": -65504.0, "bfloat16": float(ml_dtypes.finfo(NP["bfloat16"]).min)}
+    lo = {"float32": np.finfo(np.float32).min, "float16": -65504.0,
+          "bfloat16": float(ml_dtypes.finfo(NP["bfloat16"]).min)}
     want = np.where(ok, 0.0, lo[dtype])[None].astype(NP[dtype])
     b, dt = engine.backend(DEVICE), engine.dtype.get(dtype)
     got = b.causal_mask(E(q).array, E(kp).array, window, dt)

@@ -5,8 +5,9 @@
 // into shared memory by the Tensor Memory Accelerator (cp.async.bulk, sm_90) rather than into registers by the
 // warps' own loads. Each warp has a ring of S slots of one batch (32 U units of each of its pair's rows, or the
 // 32 U unit slots of a split pair) and an mbarrier a slot; its lane 0 issues the batches S ahead. The first pre
-// (<= S) batches of every warp load before pdl_wait, while the kernel before ends, the rest once x's loads are out. Loads in flight are bounded by shared
-// memory, not registers: Q8_0's units (144 bytes a lane) held 9 registers x 4 a unit in qgemv_direct.
+// (<= S) batches of every warp load before pdl_wait, while the kernel before ends, the rest once x's loads are out.
+// Loads in flight are bounded by shared memory, not registers: Q8_0's units (144 bytes a lane) held 9 registers x 4
+// a unit in qgemv_direct.
 // On an H200 (session 17, captured decode, same run): Q8_0 at two blocks of 8 warps an SM, U = 1: 387.2 -> 419.1
 // tok/s; Q4_K (U = 2) 645.6 -> 614.1 then. Session 20: with one batch a warp before the wait (pre = 1) and the rest
 // issued once x's loads are out (x no longer queues behind the whole ring's copies), Q8_0 431.8 -> 454.3 and Q4_K
