@@ -19,7 +19,8 @@ import cupy
 import numpy as np
 
 from engine import dtype as D
-from engine.backends import cupy_blas, cupy_cudnn, cupy_decode, cupy_flash, cupy_lstm, cupy_lt, cupy_quant, cupy_upload
+from engine.backends import (cupy_blas, cupy_cudnn, cupy_decode, cupy_flash, cupy_lstm, cupy_lt, cupy_quant, cupy_step,
+                             cupy_upload)
 from engine.backends import cupy_elementwise as EW
 from engine.backends import cupy_kernels as K
 from engine.backends.fused import QOperand
@@ -407,32 +408,17 @@ class CupyBackend(NumpyBackend):
             return out
         return super().rotary(x, cos, sin_signed, out_dtype)
 
-    def rope(self, positions, inv_freq, scaling: float, out_dtype):  # one launch
-        if (K.STEP_OPS["enabled"] and positions.dtype == np.int64 and positions.flags.c_contiguous and positions.size
-                and inv_freq.ndim == 1 and inv_freq.dtype == np.float32 and inv_freq.flags.c_contiguous
-                and inv_freq.size and out_dtype.name in K.TYPES):
-            shape = positions.shape + (2 * inv_freq.size,)
-            cos, sin = self.empty(shape, out_dtype), self.empty(shape, out_dtype)
-            K.rope(positions, inv_freq, scaling, cos, sin)
-            return cos, sin
-        return super().rope(positions, inv_freq, scaling, out_dtype)
+    def rope(self, positions, inv_freq, scaling: float, out_dtype):  # one launch (cupy_step)
+        r = cupy_step.rope(self, positions, inv_freq, scaling, out_dtype)
+        return r if r is not None else super().rope(positions, inv_freq, scaling, out_dtype)
 
-    def causal_mask(self, query_pos, key_pos, window, out_dtype):  # one launch
-        if (K.STEP_OPS["enabled"] and query_pos.dtype == key_pos.dtype == np.int64
-                and query_pos.ndim == key_pos.ndim == 1 and query_pos.size and key_pos.size
-                and out_dtype.name in K.TYPES):
-            m = self.empty((1, query_pos.size, key_pos.size), out_dtype)
-            K.causal_mask(query_pos, key_pos, window, D.min_value(out_dtype), m)
-            return m
-        return super().causal_mask(query_pos, key_pos, window, out_dtype)
+    def causal_mask(self, query_pos, key_pos, window, out_dtype):  # one launch (cupy_step)
+        m = cupy_step.causal_mask(self, query_pos, key_pos, window, out_dtype)
+        return m if m is not None else super().causal_mask(query_pos, key_pos, window, out_dtype)
 
-    def advance(self, tokens, tok, out, n) -> None:  # one launch
-        if (K.STEP_OPS["enabled"] and tokens.dtype == tok.dtype == out.dtype == n.dtype == np.int64
-                and tokens.ndim == 1 and tokens.flags.c_contiguous and tok.shape == (tokens.shape[0], 1)
-                and out.ndim == 2 and out.shape[0] == tokens.shape[0] and out.strides[1] == 8 and n.size == 1):
-            K.advance(tokens, tok, out, n)
-            return
-        super().advance(tokens, tok, out, n)
+    def advance(self, tokens, tok, out, n) -> None:  # one launch (cupy_step)
+        if not cupy_step.advance(tokens, tok, out, n):
+            super().advance(tokens, tok, out, n)
 
     def rotary_cache(self, q, k, v, cos, sin_signed, k_cache, v_cache, slots, out_dtype, q_out=None):  # one launch
         if cupy_decode.rotary_cache_ok(q, k, v, cos, sin_signed, k_cache, v_cache, slots, out_dtype.np_dtype, q_out):

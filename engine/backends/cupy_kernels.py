@@ -385,32 +385,6 @@ def sample(logits, seen, penalty: float, temperature: float, top_k, top_p, seed:
         cupy.uint64(seed & ((1 << 64) - 1)), counter, scratch, out, cupy.int32(V)))
 
 
-STEP_OPS = {"enabled": True}  # False: rope, causal_mask and advance run as fused.py's compositions (A/B runs)
-
-
-def rope(pos, inv, scale: float, cos, sin):
-    """cos, sin (..., 2 len(inv)) contiguous = fused.py's rope of pos (...) int64 contiguous, inv float32."""
-    n, half = pos.size, inv.size
-    _fn(f"rope<{type_name(cos.dtype)}>")((min(-(-n * 2 * half // 256), 1024),), (256,), (
-        pos, inv, cupy.int64(n), cupy.int32(half), cupy.float32(scale), cupy.int32(scale != 1.0), cos, sin))
-
-
-def causal_mask(q, kp, window, lo: float, m):
-    """m (1, L, S) contiguous = fused.py's causal_mask of q (L,), kp (S,) int64; lo: the masked value."""
-    L, S = q.size, kp.size
-    _fn(f"causal_mask<{type_name(m.dtype)}>")((min(-(-L * S // 256), 1024),), (256,), (
-        q, cupy.int64(q.strides[0] // 8), kp, cupy.int64(kp.strides[0] // 8), cupy.int32(L), cupy.int32(S),
-        cupy.int32(window is not None), cupy.int64(window or 0), cupy.float32(lo), m))
-
-
-def advance(tokens, tok, out, n):
-    """tok (B, 1) = out[:, n] = tokens (B,), then n += 1, in place (all int64)."""
-    B = tokens.shape[0]
-    _fn("advance")((1,), (min(1024, max(32, B)),), (
-        tokens, tok, cupy.int64(tok.strides[0] // 8), out, cupy.int64(out.strides[0] // 8),
-        cupy.int64(out.shape[1]), n, cupy.int32(B)))
-
-
 def gemm(a3, b3, out, bias=None):
     """out (batch, M, N) = a3 (batch, M, K) @ b3 (batch, K, N) (+ bias (N,)) with any element strides;
     the capture-safe product (no cuBLAS), a plain tiled kernel."""

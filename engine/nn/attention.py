@@ -58,21 +58,14 @@ def causal_mask(query_pos: Tensor, key_pos: Tensor, attention_mask: Tensor | Non
     query_pos (L,), key_pos (S,) are cache positions (key_pos -1: an empty slot). A key is readable
     when it is not in the future, within the window (key > query - window), and not padding
     (attention_mask (B, T) over all T positions so far; 0 marks padding)."""
-    if attention_mask is None:  # one backend op (backends/fused.py: the composition below)
-        b = query_pos.backend
-        m = b.causal_mask(query_pos.array, key_pos.array, sliding_window, D.get(dtype))
-        return Tensor._wrap(m, b, D.get(dtype)).unsqueeze(1)
-    q = query_pos.unsqueeze(1)  # (L, 1)
-    kp = key_pos.unsqueeze(0)  # (1, S)
-    ok = (kp <= q) & (kp >= 0)  # (L, S)
-    if sliding_window is not None:
-        ok = ok & (kp > q - sliding_window)
-    ok = ok.unsqueeze(0)  # (1, L, S)
+    dt = D.get(dtype)
+    b = query_pos.backend
+    m = Tensor._wrap(b.causal_mask(query_pos.array, key_pos.array, sliding_window, dt), b, dt)  # (1, L, S)
     if attention_mask is not None:
         t = attention_mask.shape[-1]
         valid = attention_mask.index_select(1, key_pos.clamp(0, t - 1)) != 0  # (B, S)
-        ok = ok & valid.unsqueeze(1)  # (B, L, S)
-    return ops.where(ok, 0.0, min_value(dtype)).to(dtype).unsqueeze(1)
+        m = ops.where(valid.unsqueeze(1), m, min_value(dt))  # (B, L, S): padding masked too (0 and min are exact)
+    return m.unsqueeze(1)
 
 
 def positions(input_ids: Tensor, cache=None, attention_mask: Tensor | None = None,

@@ -1,6 +1,6 @@
 """Session 20: the captured decode (bench.gguf_decode's method: Llama-2-7B shape, random weights quantised by our
 converter, batch 1, 128-token prompt, 128 captured steps, median of 3, int8 route) with a step's position work as
-one launch each (cupy_kernels.STEP_OPS: rope, causal_mask, advance) or as the compositions (s0), and Q8_0's GLU
+one launch each (cupy_step.STEP_OPS: rope, causal_mask, advance) or as the compositions (s0), and Q8_0's GLU
 ring launches with the last round split by row (split=1, cupy_quant.RING["split"]); variants back to back on one
 model, fp16 in the same run.
 Usage: python decode_steps.py OUT.json FORMATS VARIANT[,VARIANT...] [once]
@@ -13,7 +13,7 @@ import sys
 sys.path.insert(0, "measurements/h200/session16")
 from decode_attn import run  # noqa: E402
 
-from engine.backends import cupy_kernels as K  # noqa: E402
+from engine.backends import cupy_step as S  # noqa: E402
 from engine.backends import cupy_quant as Q  # noqa: E402
 
 DEFAULT = dict(Q.RING)
@@ -21,7 +21,7 @@ DEFAULT = dict(Q.RING)
 
 def switch(v):
     Q.RING.update(DEFAULT)
-    K.STEP_OPS["enabled"] = v.split(":")[0] == "s1"
+    S.STEP_OPS["enabled"] = v.split(":")[0] == "s1"
     for kv in v.split(":")[1:]:
         k, val = kv.split("=")
         Q.RING[k] = tuple(val.split("+")) if k == "formats" else int(val)
@@ -29,7 +29,7 @@ def switch(v):
 
 def reset():
     Q.RING.update(DEFAULT)
-    K.STEP_OPS["enabled"] = True
+    S.STEP_OPS["enabled"] = True
 
 
 if __name__ == "__main__":
