@@ -51,15 +51,15 @@ def _fn(expr: str):
 
 
 @functools.lru_cache(maxsize=None)
-def _cluster_module(t: str, per: int):
-    """attn_cluster<t, per, C, CH> for every cluster size and chunk, compiled together (sm_90 and later)."""
-    exprs = [f"attn_cluster<{t},{per},{n},{h}>" for n in CLUSTER_SIZES for h in K.ATTN_CHUNKS]
+def _cluster_module(t: str, per: int, early: int):
+    """attn_cluster<t, per, C, CH, early> for every cluster size and chunk, compiled together (sm_90 and later)."""
+    exprs = [f"attn_cluster<{t},{per},{n},{h},{early}>" for n in CLUSTER_SIZES for h in K.ATTN_CHUNKS]
     return cupy.RawModule(code=_SRC, options=("-std=c++17",), name_expressions=exprs)
 
 
 @functools.lru_cache(maxsize=None)
-def _cluster_fn(t: str, per: int, c: int, ch: int):
-    return _cluster_module(t, per).get_function(f"attn_cluster<{t},{per},{c},{ch}>")
+def _cluster_fn(t: str, per: int, c: int, ch: int, early: int):
+    return _cluster_module(t, per, early).get_function(f"attn_cluster<{t},{per},{c},{ch},{early}>")
 
 
 def _i64(*xs):
@@ -108,7 +108,8 @@ def rotary_cache(q, k, v, cos, sin, k_cache, v_cache, slots, q_out):
 # ---- decode attention with the combine folded in ------------------------------------------------------------
 ONE_LAUNCH_ATTENTION = {"enabled": True}  # False: attn_partial + attn_combine (A/B runs: bench/decode_fuse.py)
 # chunks: the chunk sizes a cluster may take, in order of preference (the first whose chunks fit CLUSTER_SIZES[-1])
-CLUSTER_ATTENTION = {"enabled": True, "chunks": (32, 64, 128)}  # enabled False: attn_fused's tickets
+CLUSTER_ATTENTION = {"enabled": True, "chunks": (32, 64, 128), "early": True}  # enabled False: attn_fused's tickets;
+# early: attn_cluster reads the mask and prefetches the live K/V rows into L2 before pdl_wait (attention.cu)
 CLUSTER_SIZES = (1, 2, 4, 8)  # attn_cluster's C: the smallest >= the chunks runs
 _COUNTERS: dict = {}  # device id -> zeroed uint32 tickets (attn_fused resets each one it uses)
 _OUTGROWN: list = []  # replaced ticket arrays, kept: graphs captured with them still read them
@@ -147,7 +148,7 @@ def attention(q, k, v, mask, scale: float, out, capturing: bool = False) -> None
     t = K.type_name(q.dtype)
     if (cc := cluster_size(S)) is not None:
         c, ch = cc
-        launch(_cluster_fn(t, D // 32, c, ch), (B * Hq, c), (128,),
+        launch(_cluster_fn(t, D // 32, c, ch, int(bool(CLUSTER_ATTENTION["early"]))), (B * Hq, c), (128,),
                (*operands, cupy.int32(Hq), cupy.int32(Hkv), cupy.int32(S), cupy.float32(scale), out))
         return
     tickets = counters(B * Hq, capturing) if ONE_LAUNCH_ATTENTION["enabled"] else None

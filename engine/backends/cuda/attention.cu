@@ -23,7 +23,11 @@ __device__ __forceinline__ const char *pinned(const char *p) {
     return p;
 }
 
-template <typename T, int PER, int CH = 128>
+// EARLY (attn_cluster inside a captured step, a programmatic dependent launch): phase A's mask (the step's, written
+// long before) is read before pdl_wait, and the live positions' K and V rows are prefetched into L2 there, while the
+// kernel before (rotary_cache, which writes q and this step's K/V row) ends; q and every K/V load come after the
+// wait (L2 is coherent, so the prefetched lines hold what rotary_cache wrote): the same numbers, sooner.
+template <typename T, int PER, int CH = 128, bool EARLY = false>
 __device__ __forceinline__ void attn_chunk(const T *__restrict__ q, long qb, long qh,
         const T *__restrict__ k, long kb, long kh, long ks, const T *__restrict__ v, long vb, long vh, long vs,
         const T *__restrict__ mask, long mb, long ms, float *__restrict__ out, int Hq, int Hkv, int S,
@@ -49,8 +53,10 @@ __device__ __forceinline__ void attn_chunk(const T *__restrict__ q, long qb, lon
     }
     mask_s[tid] = live ? mval : -INFINITY;
     float qc[VN];
-    #pragma unroll
-    for (int e = 0; e < VN; e++) qc[e] = active ? to_f<T>(q[b * qb + h * qh + sc * VN + e]) : 0.f;
+    if constexpr (!EARLY) {
+        #pragma unroll
+        for (int e = 0; e < VN; e++) qc[e] = active ? to_f<T>(q[b * qb + h * qh + sc * VN + e]) : 0.f;
+    }
     // thread (g, c)'s j-th row is G * j rows after row g: its slice address advances by a fixed step (computed
     // here, before the barrier, and held: no per-row multiply)
     const long kstep = G * ks * (long)sizeof(T), vstep = G * vs * (long)sizeof(T);
@@ -60,6 +66,24 @@ __device__ __forceinline__ void attn_chunk(const T *__restrict__ q, long qb, lon
         for (int d = tid; d < D; d += NT) out[2 + d] = 0.f;
         if (tid == 0) { out[0] = -INFINITY; out[1] = 0.f; }
         return;
+    }
+    if constexpr (EARLY) {  // each 128-byte line of the live rows' K and V once (its first slice's thread)
+        if (active && (sc * VN * (int)sizeof(T)) % 128 == 0) {
+            const char *kp = kg, *vp = vg;
+            for (int j = 0; j < NJ; j++) {
+                const int i = g + G * j;
+                if (i < CH && mask_s[i] != -INFINITY) {
+                    asm volatile("prefetch.global.L2 [%0];" ::"l"(kp));
+                    asm volatile("prefetch.global.L2 [%0];" ::"l"(vp));
+                }
+                kp += kstep;
+                vp += vstep;
+            }
+        }
+        pdl_wait();  // q and this step's K/V row are the kernel before's
+        pdl_trigger();
+        #pragma unroll
+        for (int e = 0; e < VN; e++) qc[e] = active ? to_f<T>(q[b * qb + h * qh + sc * VN + e]) : 0.f;
     }
 
     // B: K slices (and V's where they fit) of the live positions, then the slice dots

@@ -83,7 +83,7 @@ __device__ __forceinline__ float *cluster_map(float *p, unsigned rank) {
     return reinterpret_cast<float *>(r);
 }
 
-template <typename T, int PER, int C, int CH>
+template <typename T, int PER, int C, int CH, int EARLY = 0>
 __global__ void __cluster_dims__(1, C, 1) __launch_bounds__(128, 2) attn_cluster(const T *__restrict__ q, long qb,
         long qh, const T *__restrict__ k, long kb, long kh, long ks, const T *__restrict__ v, long vb, long vh,
         long vs, const T *__restrict__ mask, long mb, long ms, int Hq, int Hkv, int S, float scale,
@@ -91,12 +91,14 @@ __global__ void __cluster_dims__(1, C, 1) __launch_bounds__(128, 2) attn_cluster
     constexpr int D = PER * 32, NT = 128;
     __shared__ float part_s[C][D + 2];  // rank 0's: chunk i's (m, l, acc[D]), written by rank i
     cluster_arrive(false);  // phase 1: this block has started
-    pdl_wait();  // q and this step's K/V row are the kernel before's (a PDL: cupy_decode)
-    pdl_trigger();
+    if constexpr (!EARLY) {  // (EARLY: attn_chunk waits itself, after its mask and its K/V prefetches)
+        pdl_wait();  // q and this step's K/V row are the kernel before's (a PDL: cupy_decode)
+        pdl_trigger();
+    }
     cluster_wait();
     const unsigned rank = cluster_rank();
-    attn_chunk<T, PER, CH>(q, qb, qh, k, kb, kh, ks, v, vb, vh, vs, mask, mb, ms,
-                           cluster_map(&part_s[0][0], 0) + rank * (D + 2), Hq, Hkv, S, scale);
+    attn_chunk<T, PER, CH, EARLY != 0>(q, qb, qh, k, kb, kh, ks, v, vb, vh, vs, mask, mb, ms,
+                                       cluster_map(&part_s[0][0], 0) + rank * (D + 2), Hq, Hkv, S, scale);
     cluster_arrive(true);  // phase 2: this block's partial is in rank 0's part_s
     if (rank != 0) return;
     cluster_wait();
