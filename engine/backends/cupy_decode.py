@@ -18,7 +18,8 @@ so each runs inside a captured CUDA graph.
                 Llama-2-7B decode layer's attention (S 264) takes 4.4 us against attn_fused's 6.2
                 (measurements/h200/NOTES.md, session 16).
 Inside a capture both launch as programmatic dependent launches (cupy_launch): each waits (pdl_wait) for the
-kernel before it at its start, so only its launch overlaps that kernel's end.
+kernel before it at its start, so only its launch overlaps that kernel's end; attn_cluster (CLUSTER_ATTENTION
+"early") first reads the step's mask and prefetches the live K/V rows into L2, which the step made long before.
 """
 from __future__ import annotations
 
