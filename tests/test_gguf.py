@@ -436,6 +436,18 @@ def test_taper_generate_prints_text_from_a_gguf_file(capsys):
             out.split(" + ")[1].split(" bytes")[0].replace(",", "")) > 0
 
 
+@pytest.mark.skipif(DEVICE.type != "cpu", reason="the kept decode layout is the CPU's block-dot path's")
+def test_taper_generate_quant_layout_per_tile_keeps_nothing_and_the_same_text(capsys, monkeypatch):
+    from engine.backends import numpy_quant
+    from taper.cli import main
+    monkeypatch.setitem(numpy_quant.QSCALES, "enabled", True)  # restored after the run sets it
+    args = ["generate", "--model", str(smollm2_path()), "--prompt", "The capital of France is", "--max-new-tokens", "3"]
+    assert main(args + ["--quant-layout", "per-tile"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("The capital of France is Paris"), out
+    assert "decode layout kept" not in out and numpy_quant.QSCALES["enabled"] is False
+
+
 def test_engine_imports_gguf_only_when_a_file_is_opened():
     import subprocess
     import sys

@@ -53,6 +53,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "CUDA graph (for debugging; the tokens are the same)")
     parser.add_argument("--read-every", type=int, default=None, metavar="N",
                         help="read tokens from the device every N steps (default 1: stream each one)")
+    parser.add_argument("--quant-layout", choices=["kept", "per-tile"], default=None,
+                        help="quantized weights on the CPU: keep each block array's decode layout (float32 block "
+                             "scales, block-major quants) beside the file's bytes, made once (kept: the faster; "
+                             "about 1.2-1.5x the file's bytes more), or make it per tile at every product "
+                             "(per-tile: no memory beyond the file, the same numbers). Default: kept, or "
+                             "TAPER_QSCALES=0's per-tile")
     parser.add_argument("--tp", type=int, default=1, metavar="N",
                         help="tensor parallel over N processes (one GPU each with --device cuda; rank 0 prints); "
                              "engine.distributed")
@@ -132,6 +138,9 @@ def run(args) -> int:
         if args.prompt is None and args.ids is None and not (args.chat and args.interactive):
             raise ValueError("one of --prompt or --ids is required (or --chat --interactive)")
         dtype = getattr(engine, args.dtype) if args.dtype else None
+        if getattr(args, "quant_layout", None) is not None:
+            from engine.backends import numpy_quant
+            numpy_quant.QSCALES["enabled"] = args.quant_layout == "kept"
         source = sources.parse(args.model.removeprefix("preset:"))  # the older spelling still works
         if source.kind == "factory":
             raise ValueError(f"{args.model}: not a model directory or a preset MODEL_TYPE:NAME (model types: "
@@ -228,7 +237,7 @@ def _turn(model, tokenizer, prompt, stop, args):
     weights = sum(p.nbytes for p in params)
     layout = sum(kept_layout_bytes(p.data.array) for p in params if getattr(p, "is_quantized", False))
     kept = (f" + {layout:,} bytes of decode layout kept: float32 block scales, block-major quants "
-            "(TAPER_QSCALES=0: none)") if layout else ""
+            "(--quant-layout per-tile: none)") if layout else ""
     print()
     decode = (f"decode {res.decode_tokens_per_s:.2f} tokens/s ({res.decode_steps} steps)" if res.decode_steps
               else "no decode step")
