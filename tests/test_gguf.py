@@ -272,7 +272,7 @@ def test_tiny_gguf_matches_transformers(tmp_path, quantize, tie):
     sd = ref.state_dict()
     for key in ("model.layers.1.self_attn.q_proj.weight", "model.layers.1.self_attn.k_proj.weight",
                 "model.layers.0.mlp.down_proj.weight", "model.embed_tokens.weight"):
-        mod, leaf = em, key
+        mod = em
         for part in key.split(".")[:-1]:
             mod = getattr(mod, part) if not part.isdigit() else mod[int(part)]
         w = getattr(mod, key.rsplit(".", 1)[1])
