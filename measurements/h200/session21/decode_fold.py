@@ -19,6 +19,8 @@ DEFAULT = dict(Q.RING)
 
 def switch(v):  # fold1 | fold0, then :nopf (the fold without K/V prefetches) or :key=value (cupy_quant.RING)
     P.ROTARY_ATTENTION["enabled"] = v.split(":")[0] == "fold1"
+    if "weights" in P.ROTARY_ATTENTION:  # fold_preload.patch: every kind (the per-kind choice is what this measures)
+        P.ROTARY_ATTENTION["weights"] = None
     CD.ROTARY_ATTENTION["prefetch"] = "nopf" not in v.split(":")
     Q.RING.update(DEFAULT)
     for kv in v.split(":")[1:]:
