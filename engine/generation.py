@@ -312,10 +312,14 @@ def _stop_ids(model, stop_token_ids):
 # ---- tokenizers ------------------------------------------------------------------------------------------
 def load_tokenizer(model_dir):
     """A `tokenizers.Tokenizer` from model_dir/tokenizer.json (a .gguf file: from its metadata), or
-    None when the directory has none."""
+    None when the directory has none (a .gguf file: no tokenizer.ggml.model nor tokens, as a converter
+    writes a model alone)."""
     if Path(model_dir).suffix == ".gguf":
         from engine.io.gguf import open_gguf
-        return open_gguf(model_dir).tokenizer()
+        g = open_gguf(model_dir)
+        if "tokenizer.ggml.model" not in g.metadata and "tokenizer.ggml.tokens" not in g.metadata:
+            return None
+        return g.tokenizer()
     path = Path(model_dir) / "tokenizer.json"
     if not path.is_file():
         return None

@@ -24,7 +24,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 
 from engine.io.gguf import _WRITE_QTYPES, ARCHS, mix_qtype, save_gguf
 from engine.io.gguf_tokenizer import pre_name
@@ -125,7 +124,7 @@ def _split_regex(pre) -> str | None:
 
 
 def quantize_to_gguf(src, dst, qtype: str, *, overwrite: bool = False) -> QuantizeReport:
-    """Quantise the safetensors LLaMA, Qwen2 or Phi-3 model directory `src` (config.json + weights) to the GGUF
+    """Quantise the safetensors LLaMA, Qwen2, Phi-3 or Gemma model directory `src` (config.json + weights) to the GGUF
     file `dst`.
     Raises ConvertError for another model type, an unsupported type or an existing output without overwrite."""
     from engine.io.safetensors import SafetensorsError, open_checkpoint
@@ -147,7 +146,7 @@ def quantize_to_gguf(src, dst, qtype: str, *, overwrite: bool = False) -> Quanti
         raise ConvertError(f"{src / 'config.json'}: not valid JSON: {e}") from None
     if config.get("model_type") not in ARCHS:
         raise ConvertError(f"{src}: model_type {config.get('model_type')!r}; --quantize writes GGUF for "
-                           f"{' and '.join(ARCHS)} models only (llama.cpp's architectures of those names)")
+                           f"{', '.join(ARCHS)} models only (llama.cpp's architectures of those names)")
     try:
         ck = open_checkpoint(src, mmap=False)  # copy-on-load: one tensor read at a time, when written
     except SafetensorsError as e:

@@ -226,7 +226,7 @@ def test_module_keeps_quantized_weights_as_parameters():
 
 
 # ---- names and the file layout -------------------------------------------------------------------------
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "phi3"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "phi3", "gemma"])
 def test_tensor_names_agree_with_gguf_py(arch):
     """Our GGUF -> HF table inverts gguf-py's own HF -> GGUF map for each architecture the engine reads (an
     oracle we did not write), qwen2's q/k/v biases included."""
@@ -236,6 +236,9 @@ def test_tensor_names_agree_with_gguf_py(arch):
     assert any(k.endswith("q_proj.bias") for k in keys) == (arch == "qwen2")
     for key in keys:
         base, _, leaf = key.rpartition(".")
+        if arch == "gemma" and base == "lm_head":  # Gemma's head is always the embedding: gguf-py has no name
+            assert names.get_name(base) is None
+            continue
         assert hf_name(f"{names.get_name(base)}.{leaf}", arch) == key, key
         assert gguf_name(key, arch) == f"{names.get_name(base)}.{leaf}", key
 
@@ -356,6 +359,44 @@ def test_metadata_that_does_not_match_the_tensors(tmp_path):
     assert "shape      model.layers.1.mlp.gate_proj.weight: checkpoint (128, 64) vs model (96, 64)" in msg
 
 
+@pytest.mark.parametrize("quantize", [None, "q8_0"])
+def test_gemma_gguf_matches_transformers_gemma(tmp_path, quantize):
+    """A tiny random Gemma (head_dim apart from hidden / heads, norm weights as offsets from 1, a tied head) written
+    as llama.cpp's converter writes Gemma (norms as 1 + w in F32: transformers' Gemma2/3 GGUF loaders take the 1
+    back off; attention.key_length the head size) and read back: the config, the norm weights exactly, the
+    logits of transformers' Gemma on the same weights (dequantised, where quantised) to fp32 rounding."""
+    import torch
+    from test_models_llm import hf_model
+    m = hf_model("gemma", dict(num_key_value_heads=1, tie_word_embeddings=True))
+    cfg = {**m.config.to_dict(), "model_type": "gemma"}
+    sd = {k: v.detach().numpy() for k, v in m.state_dict().items()}
+    path = save_gguf(tmp_path / "gemma.gguf", cfg, sd, quantize)
+    r = gguf.GGUFReader(path)
+    stored = next(t for t in r.tensors if t.name == "blk.0.attn_norm.weight")
+    np.testing.assert_array_equal(stored.data, (sd["model.layers.0.input_layernorm.weight"] + np.float32(1)))
+    assert "output.weight" not in {t.name for t in r.tensors}
+    g = open_gguf(path)
+    assert g.config["head_dim"] == m.config.head_dim != m.config.hidden_size // m.config.num_attention_heads
+    assert g.config["tie_word_embeddings"] is True
+    em = models.from_pretrained(path, device=DEVICE)
+    assert em.config.model_type == "gemma"
+    np.testing.assert_array_equal(1 + em.model.norm.weight.numpy(), 1 + sd["model.norm.weight"])
+    ref = m
+    if quantize is not None:  # transformers' Gemma on the weights as the file holds them
+        with torch.no_grad():
+            for name, p in m.named_parameters():
+                w = em
+                for part in name.split("."):
+                    w = w[int(part)] if part.isdigit() else getattr(w, part)
+                if hasattr(w, "dequantize"):
+                    p.copy_(torch.from_numpy(w.dequantize().numpy()))
+    ids = np.random.default_rng(0).integers(0, m.config.vocab_size, (2, 12))
+    with torch.no_grad():
+        want = ref(torch.tensor(ids)).logits.double().numpy()
+    got = em(engine.tensor(ids, device=DEVICE)).numpy()
+    assert np.abs(got - want).max() <= FP32_REL * np.ptp(want)
+
+
 def test_missing_file_and_other_architectures(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"GGUF file not found: .*nope\.gguf"):
         models.from_pretrained(tmp_path / "nope.gguf")
@@ -446,6 +487,18 @@ def test_taper_generate_quant_layout_per_tile_keeps_nothing_and_the_same_text(ca
     out = capsys.readouterr().out
     assert out.startswith("The capital of France is Paris"), out
     assert "decode layout kept" not in out and numpy_quant.QSCALES["enabled"] is False
+
+
+def test_taper_generate_on_a_gguf_file_without_a_tokenizer(tiny_file, capsys):
+    """A model written without tokenizer metadata (as `taper convert --quantize` writes one): --ids decodes,
+    --prompt is refused naming what is missing."""
+    from taper.cli import main
+    assert main(["generate", "--model", str(tiny_file), "--ids", "1,2,3", "--max-new-tokens", "3"]) == 0
+    out = capsys.readouterr().out
+    assert len(out.splitlines()[0].split()) == 3 and "decode" in out
+    assert main(["generate", "--model", str(tiny_file), "--prompt", "hi"]) == 2
+    err = capsys.readouterr().err
+    assert "has no tokenizer (tokenizer.ggml.* metadata); pass --ids instead of --prompt" in err
 
 
 def test_engine_imports_gguf_only_when_a_file_is_opened():

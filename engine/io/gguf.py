@@ -6,7 +6,7 @@ names, quantized matrices kept in their blocks (engine.quant.QuantWeight), and t
 
 The file is read by gguf-py's GGUFReader (the reference reader, `pip install gguf`), imported here
 only, when a file is opened. What this module adds is the mapping, once, as data:
-  - metadata keys (ARCH.*: llama, qwen2, phi3) -> config.json keys (_LLAMA_CONFIG; transformers'
+  - metadata keys (ARCH.*: llama, qwen2, phi3, gemma) -> config.json keys (_LLAMA_CONFIG; transformers'
     GGUF_CONFIG_MAPPING);
   - tensor names (blk.N.attn_q.weight) -> state-dict names (model.layers.N.self_attn.q_proj.weight);
   - llama.cpp's rotary layout of q and k undone: its converter permutes the rows of each head from
@@ -46,8 +46,11 @@ class GGUFError(ValueError):
 # phi3: the fused q/k/v and gate/up matrices as the engine (and HF) keep them; its SentencePiece tokenizer's
 # word boundary comes from a normalizer (transformers' phi3_tokenizer); rope.dimension_count below the head size
 # is Phi's partial rotary; attention.sliding_window its window
+# gemma: RMSNorm weights are stored as 1 + w (llama.cpp's GemmaModel adds 1, transformers' Gemma2/3 GGUF loaders
+# take it back off: "norm_one"); the head size is attention.key_length; a tied head (llama.cpp drops lm_head)
 ARCHS = {"llama": {"permuted": True, "head_dim": True}, "qwen2": {"permuted": False, "head_dim": False},
-         "phi3": {"permuted": False, "head_dim": False}}
+         "phi3": {"permuted": False, "head_dim": False},
+         "gemma": {"permuted": False, "head_dim": False, "norm_one": True}}
 _LLAMA_CONFIG = {
     "context_length": "max_position_embeddings",
     "block_count": "num_hidden_layers",
@@ -69,7 +72,7 @@ _LLAMA_BLOCK = {
     "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj", "ffn_norm": "post_attention_layernorm",
     "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
 }
-_BLOCKS = {"llama": _LLAMA_BLOCK, "qwen2": _LLAMA_BLOCK,
+_BLOCKS = {"llama": _LLAMA_BLOCK, "qwen2": _LLAMA_BLOCK, "gemma": _LLAMA_BLOCK,
            "phi3": {**_LLAMA_BLOCK, "attn_qkv": "self_attn.qkv_proj", "ffn_up": "mlp.gate_up_proj"}}
 _BLOCK_RE = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)$")
 
@@ -156,6 +159,8 @@ class GGUFFile:
             rot, head = md.get("phi3.rope.dimension_count"), cfg["hidden_size"] // cfg["num_attention_heads"]
             if rot is not None and int(rot) != head:
                 cfg["partial_rotary_factor"] = int(rot) / head
+        if arch == "gemma" and "gemma.attention.key_length" in md:  # Gemma's head size is not hidden / heads
+            cfg["head_dim"] = int(md["gemma.attention.key_length"])
         cfg["tie_word_embeddings"] = "output.weight" not in self.tensors  # llama.cpp drops a tied head
         for key, name in _TOKEN_IDS.items():
             if f"tokenizer.ggml.{key}" in md:
@@ -203,6 +208,8 @@ class GGUFFile:
             arr = arr[unpermute_rows(shape[0], self._heads(key))]
         if tt in BY_GGML_TYPE:
             return QuantWeight(ops.from_numpy(np.ascontiguousarray(arr)), BY_GGML_TYPE[tt], shape)
+        if ARCHS[self.architecture].get("norm_one") and key.endswith("norm.weight"):
+            return arr.reshape(shape).astype(np.float32) - np.float32(1)  # exact: 1 + (stored - 1) is stored
         return arr.reshape(shape)
 
     # ---- tokenizer -------------------------------------------------------------------------------------------
@@ -396,10 +403,10 @@ def gguf_name(hf: str, arch: str = "llama") -> str:
 
 def save_gguf(path, config: dict, tensors: dict, quantize: str | None = None, tokenizer: dict | None = None,
               shapes: dict | None = None) -> Path:
-    """Write a llama, qwen2 or phi3 model as GGUF, as llama.cpp's converter lays it out: ARCH.* metadata from the
-    HF `config`, tensors {HF name: numpy float array} renamed, (llama) q/k rows permuted into llama.cpp's
-    rotary order, 2-d matrices quantised to `quantize` (q8_0, q4_0, q4_1, q4_k, q6_k, or the q4_k_m mix:
-    mix_qtype; None keeps float32), vectors F32.
+    """Write a llama, qwen2, phi3 or gemma model as GGUF, as llama.cpp's converter lays it out: ARCH.* metadata
+    from the HF `config`, tensors {HF name: numpy float array} renamed, (llama) q/k rows permuted into
+    llama.cpp's rotary order, (gemma) norm weights stored as 1 + w, 2-d matrices quantised to `quantize` (q8_0,
+    q4_0, q4_1, q4_k, q6_k, or the q4_k_m mix: mix_qtype; None keeps float32), vectors F32.
     Streaming: a value may also be a zero-argument callable that returns the array (then `shapes`
     gives its shape), and it is called only when that tensor is written, so at most one tensor (and a
     tile of its float32 copy) is in memory at a time, whatever the model size.
@@ -410,7 +417,7 @@ def save_gguf(path, config: dict, tensors: dict, quantize: str | None = None, to
     from engine.io.atomic import discard, temp_path
     arch = config.get("model_type")
     if arch not in ARCHS:
-        raise ValueError(f"save_gguf writes {' and '.join(ARCHS)} models, not model_type {arch!r}")
+        raise ValueError(f"save_gguf writes {', '.join(ARCHS)} models, not model_type {arch!r}")
     if quantize is not None and quantize not in _WRITE_QTYPES:
         raise ValueError(f"cannot quantise to {quantize!r}: save_gguf quantises to {', '.join(_WRITE_QTYPES)}")
     heads = config["num_attention_heads"]
@@ -437,6 +444,9 @@ def save_gguf(path, config: dict, tensors: dict, quantize: str | None = None, to
         w.add_head_count_kv(int(kv))
         if ARCHS[arch]["head_dim"]:
             w.add_rope_dimension_count(int(head_dim))
+        if arch == "gemma":
+            w.add_key_length(int(head_dim))
+            w.add_value_length(int(head_dim))
         if arch == "phi3":  # n_rot (Phi's partial rotary) and the attention window, as llama.cpp writes them
             w.add_rope_dimension_count(int(head_dim * (config.get("partial_rotary_factor") or 1.0)))
             if config.get("sliding_window"):
@@ -486,6 +496,8 @@ def save_gguf(path, config: dict, tensors: dict, quantize: str | None = None, to
                                                           "k_proj.bias")):
                 n = heads if ".q_proj." in name else kv
                 a = a.reshape(n, 2, a.shape[0] // n // 2, *a.shape[1:]).swapaxes(1, 2).reshape(a.shape)
+            if ARCHS[arch].get("norm_one") and name.endswith("norm.weight"):
+                a = np.asarray(a, dtype=np.float32) + np.float32(1)
             data = quantize_matrix(a, q) if q is not None else np.ascontiguousarray(a, dtype=np.float32)
             del a
             w.write_tensor_data(data)

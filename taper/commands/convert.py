@@ -4,8 +4,8 @@ DST is a .safetensors file, or a model directory (created when missing) that get
 or shards + index and the source directory's config and tokenizer files. An existing output is only
 replaced with --overwrite, and then as a whole.
 
-With --quantize q8_0|q4_0|q4_1|q4_k|q6_k|q4_k_m, SRC is a safetensors llama, qwen2 or phi3 model directory and DST a
-.gguf file (migration/quantize.py: norms stay F32, every matrix is quantised; q4_k_m is llama.cpp's mix).
+With --quantize q8_0|q4_0|q4_1|q4_k|q6_k|q4_k_m, SRC is a safetensors llama, qwen2, phi3 or gemma model directory
+and DST a .gguf file (migration/quantize.py: norms stay F32, every matrix is quantised; q4_k_m is llama.cpp's mix).
 
 Exit codes: 0 converted and verified, 1 the output failed verification (it is not put in place),
 2 bad usage, an unreadable or refused (unsafe) source, an existing output, or a write that failed
@@ -43,9 +43,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"kill the --unsafe-pickle process after this long (default {UNSAFE_TIMEOUT_S:g})")
     parser.add_argument("--no-verify", action="store_true", help="skip the bitwise comparison with the source")
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
-    parser.add_argument("--quantize", metavar="TYPE", help="write a GGUF file (DST.gguf) from a safetensors llama, qwen2 or phi3 "
-                                                         "model directory, matrices quantised to q8_0, q4_0, q4_1, q4_k, q6_k "
-                                                         "or q4_k_m (llama.cpp's Q4_K/Q6_K mix)")
+    parser.add_argument("--quantize", metavar="TYPE",
+                        help="write a GGUF file (DST.gguf) from a safetensors llama, qwen2, phi3 or gemma model "
+                             "directory, matrices quantised to q8_0, q4_0, q4_1, q4_k, q6_k or q4_k_m (llama.cpp's "
+                             "Q4_K/Q6_K mix)")
 
 
 def run(args) -> int:

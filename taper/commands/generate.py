@@ -160,16 +160,18 @@ def run(args) -> int:
                 raise ValueError(f"{args.model} is a {type(model).__name__}, not a language model")
             raise ValueError(f"{args.model}: model_type {mt!r} is an encoder, not a language "
                              "model; taper generate needs a causal LM")
+        no_tok = f"{args.model} has no tokenizer (" + ("tokenizer.ggml.* metadata" if source.kind == "gguf" else
+                                                        "tokenizer.json") + ")"
         messages, template = [], None
         if args.chat:
             from engine.chat import chat_template
             if tokenizer is None:
-                raise ValueError(f"{args.model} has no tokenizer.json; --chat needs one")
+                raise ValueError(f"{no_tok}; --chat needs one")
             template = chat_template(args.model)
             messages = [{"role": "system", "content": args.system}] if args.system is not None else []
         if args.prompt is not None:
             if tokenizer is None:
-                raise ValueError(f"{args.model} has no tokenizer.json; pass --ids instead of --prompt")
+                raise ValueError(f"{no_tok}; pass --ids instead of --prompt")
             if args.chat:
                 messages.append({"role": "user", "content": args.prompt})
                 prompt = _prompt_ids(tokenizer, template.render(messages), add_special_tokens=False)
