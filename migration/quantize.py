@@ -24,7 +24,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 from engine.io.gguf import _WRITE_QTYPES, ARCHS, mix_qtype, save_gguf
 from engine.io.gguf_tokenizer import pre_name
 from migration.source import ConvertError
@@ -124,8 +123,8 @@ def _split_regex(pre) -> str | None:
 
 
 def quantize_to_gguf(src, dst, qtype: str, *, overwrite: bool = False) -> QuantizeReport:
-    """Quantise the safetensors LLaMA, Qwen2, Phi-3 or Gemma model directory `src` (config.json + weights) to the GGUF
-    file `dst`.
+    """Quantise the safetensors LLaMA, Qwen2, Phi-3 or Gemma model directory `src` (config.json + weights) to the
+    GGUF file `dst`.
     Raises ConvertError for another model type, an unsupported type or an existing output without overwrite."""
     from engine.io.safetensors import SafetensorsError, open_checkpoint
     start = time.perf_counter()

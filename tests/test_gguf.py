@@ -477,7 +477,8 @@ def test_taper_generate_prints_text_from_a_gguf_file(capsys):
             out.split(" + ")[1].split(" bytes")[0].replace(",", "")) > 0
 
 
-@pytest.mark.skipif(DEVICE.type != "cpu", reason="the kept decode layout is the CPU's block-dot path's")
+@pytest.mark.skipif(DEVICE.type != "cpu", reason="--quant-layout chooses the CPU's decode layout of quantized "
+                    "weights; on a GPU the weights go to the CUDA kernels and no such layout is kept")
 def test_taper_generate_quant_layout_per_tile_keeps_nothing_and_the_same_text(capsys, monkeypatch):
     from engine.backends import numpy_quant
     from taper.cli import main

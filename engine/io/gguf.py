@@ -41,22 +41,24 @@ class GGUFError(ValueError):
 
 # ---- metadata -> config.json (llama.cpp's ARCH.* keys; transformers' GGUF_CONFIG_MAPPING) ----------------
 # general.architecture -> whether llama.cpp's converter wrote the q/k rows in its rotary order (LlamaModel
-# permutes them; Qwen2Model does not) and whether ARCH.rope.dimension_count is the head size (transformers
-# reads it as head_dim for llama only). The engine model_type is the architecture's name.
+# permutes them; Qwen2Model does not) and the ARCH.* keys that hold the head size ("head_dim": read from the first
+# present, all written; llama's rope.dimension_count, as transformers reads it for llama only). The engine
+# model_type is the architecture's name.
 # phi3: the fused q/k/v and gate/up matrices as the engine (and HF) keep them; its SentencePiece tokenizer's
 # word boundary comes from a normalizer (transformers' phi3_tokenizer); rope.dimension_count below the head size
 # is Phi's partial rotary; attention.sliding_window its window
 # gemma: RMSNorm weights are stored as 1 + w (llama.cpp's GemmaModel adds 1, transformers' Gemma2/3 GGUF loaders
-# take it back off: "norm_one"); the head size is attention.key_length; a tied head (llama.cpp drops lm_head)
-ARCHS = {"llama": {"permuted": True, "head_dim": True}, "qwen2": {"permuted": False, "head_dim": False},
-         "phi3": {"permuted": False, "head_dim": False},
-         "gemma": {"permuted": False, "head_dim": False, "norm_one": True}}
+# take it back off: "norm_one"); the head size is attention.key_length (and value_length); a tied head (llama.cpp
+# drops lm_head)
+ARCHS = {"llama": {"permuted": True, "head_dim": ("rope.dimension_count",)},
+         "qwen2": {"permuted": False, "head_dim": ()}, "phi3": {"permuted": False, "head_dim": ()},
+         "gemma": {"permuted": False, "head_dim": ("attention.key_length", "attention.value_length"),
+                   "norm_one": True}}
 _LLAMA_CONFIG = {
     "context_length": "max_position_embeddings",
     "block_count": "num_hidden_layers",
     "feed_forward_length": "intermediate_size",
     "embedding_length": "hidden_size",
-    "rope.dimension_count": "head_dim",  # the rotary width, which is the head size in llama
     "rope.freq_base": "rope_theta",
     "attention.head_count": "num_attention_heads",
     "attention.head_count_kv": "num_key_value_heads",
@@ -138,8 +140,11 @@ class GGUFFile:
                             f"reads from GGUF (known: {', '.join(ARCHS)})")
         cfg = {"model_type": arch}
         for key, name in _LLAMA_CONFIG.items():
-            if f"{arch}.{key}" in md and (key != "rope.dimension_count" or ARCHS[arch]["head_dim"]):
+            if f"{arch}.{key}" in md:
                 cfg[name] = md[f"{arch}.{key}"]
+        head = next((md[f"{arch}.{k}"] for k in ARCHS[arch]["head_dim"] if f"{arch}.{k}" in md), None)
+        if head is not None:
+            cfg["head_dim"] = int(head)
         for key in ("embedding_length", "block_count", "attention.head_count"):
             if f"{arch}.{key}" not in md:
                 raise GGUFError(f"{self.path}: metadata key {arch}.{key} is missing")
@@ -159,8 +164,6 @@ class GGUFFile:
             rot, head = md.get("phi3.rope.dimension_count"), cfg["hidden_size"] // cfg["num_attention_heads"]
             if rot is not None and int(rot) != head:
                 cfg["partial_rotary_factor"] = int(rot) / head
-        if arch == "gemma" and "gemma.attention.key_length" in md:  # Gemma's head size is not hidden / heads
-            cfg["head_dim"] = int(md["gemma.attention.key_length"])
         cfg["tie_word_embeddings"] = "output.weight" not in self.tensors  # llama.cpp drops a tied head
         for key, name in _TOKEN_IDS.items():
             if f"tokenizer.ggml.{key}" in md:
@@ -442,11 +445,8 @@ def save_gguf(path, config: dict, tensors: dict, quantize: str | None = None, to
         w.add_feed_forward_length(int(config["intermediate_size"]))
         w.add_head_count(int(heads))
         w.add_head_count_kv(int(kv))
-        if ARCHS[arch]["head_dim"]:
-            w.add_rope_dimension_count(int(head_dim))
-        if arch == "gemma":
-            w.add_key_length(int(head_dim))
-            w.add_value_length(int(head_dim))
+        for key in ARCHS[arch]["head_dim"]:
+            w.add_uint32(f"{arch}.{key}", int(head_dim))
         if arch == "phi3":  # n_rot (Phi's partial rotary) and the attention window, as llama.cpp writes them
             w.add_rope_dimension_count(int(head_dim * (config.get("partial_rotary_factor") or 1.0)))
             if config.get("sliding_window"):

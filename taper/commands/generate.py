@@ -160,8 +160,8 @@ def run(args) -> int:
                 raise ValueError(f"{args.model} is a {type(model).__name__}, not a language model")
             raise ValueError(f"{args.model}: model_type {mt!r} is an encoder, not a language "
                              "model; taper generate needs a causal LM")
-        no_tok = f"{args.model} has no tokenizer (" + ("tokenizer.ggml.* metadata" if source.kind == "gguf" else
-                                                        "tokenizer.json") + ")"
+        where = "tokenizer.ggml.* metadata" if source.kind == "gguf" else "tokenizer.json"
+        no_tok = f"{args.model} has no tokenizer ({where})"
         messages, template = [], None
         if args.chat:
             from engine.chat import chat_template
