@@ -133,11 +133,11 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--no-profile", action="store_true", help="skip the per-kernel profile")
-    p.add_argument("--dots", default="float,span", help="the quantized kernels' routes to measure (set_route): float "
-                                                       "(qgemv_direct where it applies), int8 (x quantised, __dp4a), "
-                                                       "span / int8span (qgemv_span alone); a "
-                                                       "format's decode runs once per route, keyed FORMAT@ROUTE "
-                                                       "when there are several")
+    p.add_argument("--dots", default="int8", help="the quantized kernels' routes to measure (set_route): int8 (the "
+                                                  "engine's default: x quantised, __dp4a), float "
+                                                  "(qgemv_direct where it applies), span / int8span (qgemv_span "
+                                                  "alone); a format's decode runs once per route, keyed "
+                                                  "FORMAT@ROUTE when there are several")
     p.add_argument("--profile-dots", help="routes of the kernel profile (default: --dots)")
     p.add_argument("--profile-only", action="store_true", help="the per-kernel profile alone (no decode runs)")
     p.add_argument("--out")

@@ -55,6 +55,16 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 
 
 @pytest.fixture
+def exact_dot_route(monkeypatch):
+    """On CUDA, the quantized GEMVs' float dot route (cupy_quant.QUANT_DOT): the dequantise-then-matmul sums within
+    fp32 rounding, for tests that compare quantized models at fp32 tolerance (the default int8 route quantises x
+    per 32, as llama.cpp's mmvq, and moves logits by ~1% of their range)."""
+    if DEVICE.type == "cuda":
+        from engine.backends import cupy_quant
+        monkeypatch.setitem(cupy_quant.QUANT_DOT, "route", "float")
+
+
+@pytest.fixture
 def device():
     """The engine device under test; skips when it cannot run here."""
     reason = device_skip_reason()

@@ -37,6 +37,12 @@ FP32_REL = 1e-4  # as tests/test_models_llm.py: max abs error <= 1e-4 x the refe
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+# on CUDA the quantized GEMVs take the float dot route here (conftest.exact_dot_route): these tests compare with
+# gguf-py's and transformers' dequantised weights at fp32 tolerance; the default int8 route has its own test below
+# (test_smollm2_int8_route_on_cuda) and its kernels theirs (test_gguf_cuda.py)
+pytestmark = pytest.mark.usefixtures("exact_dot_route")
+
+
 def blocks(fmt: str, rows: int, cols: int, seed: int = 0) -> np.ndarray:
     """(rows, row_bytes) uint8 of real blocks: gguf-py's quantiser where it has one (q4_0, q4_1,
     q8_0), else random bytes with finite float16 scales (the k-quants: every bit pattern of the
@@ -465,6 +471,30 @@ def test_smollm2_greedy_generation_matches_transformers(smol):
     assert smol["tok"].decode(list(got)).startswith("The sea is")
 
 
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="the int8 dot route is the CUDA GEMVs' (x quantised per 32, "
+                    "__dp4a); the CPU computes the dequantise-then-matmul sums")
+def test_smollm2_int8_route_on_cuda(smol, monkeypatch):
+    """The CUDA default (cupy_quant.QUANT_DOT "int8", as llama.cpp's mmvq) on the real file: the tied Q8_0 LM head
+    takes it (the Q4_1 layers have no integer route), so the logits move by x's quantisation (about 0.8% of their
+    range, emulated on the CPU with numpy_quant.qdot_int8: 0.36 of 47 on PROMPTS[0], 0.51 of 61 on PROMPTS[1]), never
+    the top-1, and the greedy text is transformers'."""
+    import torch
+    from engine.backends import cupy_quant
+    from engine.generation import generate
+    monkeypatch.setitem(cupy_quant.QUANT_DOT, "route", "int8")
+    ids = smol["tok"].encode(PROMPTS[0]).ids  # 5 rows: the GEMV kernels' (up to 8; more rows take float tiles)
+    with torch.no_grad():
+        want = smol["ref"](torch.tensor([ids])).logits.double().numpy()
+    got = smol["engine"](engine.tensor([ids], device=DEVICE)).numpy()
+    err = np.abs(got - want).max()  # above fp32 rounding (the route was taken), within ~2% of the range
+    assert FP32_REL * np.ptp(want) < err <= 0.02 * np.ptp(want), f"max abs error {err:.3g}, range {np.ptp(want):.3g}"
+    assert (got.argmax(-1) == want.argmax(-1)).all()
+    ids = smol["tok"].encode(PROMPTS[1]).ids  # its decode steps are one row each
+    with torch.no_grad():
+        want = smol["ref"].generate(torch.tensor([ids]), max_new_tokens=GREEDY_TOKENS, do_sample=False)[0, len(ids):]
+    assert list(generate(smol["engine"], [ids], max_new_tokens=GREEDY_TOKENS).tokens[0]) == want.tolist()
+
+
 def test_taper_generate_prints_text_from_a_gguf_file(capsys):
     from taper.cli import main
     path = smollm2_path()
@@ -475,6 +505,19 @@ def test_taper_generate_prints_text_from_a_gguf_file(capsys):
     if DEVICE.type == "cpu":  # the block-dot path's kept decode layout is reported beside the weights' bytes
         assert "bytes of decode layout kept" in out and int(
             out.split(" + ")[1].split(" bytes")[0].replace(",", "")) > 0
+
+
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="--quant-dot chooses the CUDA GEMVs' dot route; the CPU has one")
+@pytest.mark.parametrize("dot", ["int8", "float"])
+def test_taper_generate_quant_dot(capsys, monkeypatch, dot):
+    from engine.backends import cupy_quant
+    from taper.cli import main
+    monkeypatch.setitem(cupy_quant.QUANT_DOT, "route", "int8" if dot == "float" else "float")  # the flag flips it
+    monkeypatch.setenv("TAPER_QUANT_DOT", cupy_quant.QUANT_DOT["route"])  # restored after the run sets it
+    args = ["generate", "--model", str(smollm2_path()), "--prompt", "The capital of France is", "--max-new-tokens", "3"]
+    assert main(args + ["--quant-dot", dot]) == 0
+    assert capsys.readouterr().out.startswith("The capital of France is Paris")
+    assert cupy_quant.QUANT_DOT["route"] == os.environ["TAPER_QUANT_DOT"] == dot
 
 
 @pytest.mark.skipif(DEVICE.type != "cpu", reason="--quant-layout chooses the CPU's decode layout of quantized "

@@ -6,7 +6,6 @@ gguf-py's numpy dequantiser on the file's raw blocks; the float model the file w
 """
 from __future__ import annotations
 
-import math
 import os
 
 import numpy as np
@@ -19,6 +18,8 @@ from engine import models  # noqa: E402
 from engine.quant import QuantWeight  # noqa: E402
 from taper.cli import main  # noqa: E402
 from test_gguf import spm_oracle  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("exact_dot_route")  # engine vs transformers at fp32 tolerance, on CUDA too
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 FP32_REL = 1e-4  # as tests/test_gguf.py: max abs error <= 1e-4 x the reference logits' range

@@ -10,8 +10,9 @@ fix it), each warp walking its row pairs.
 qgemv_span streams each weight row (ggml's bytes as they lie, no repacked copy) in coalesced 16-byte chunks
 through shared memory and decodes 8 consecutive weights per lane against x staged once per block (numerics:
 fp32 sums of a * (q . x) - c * sum(x) per 8 weights, within fp32 rounding of the dequantise-then-matmul
-composition; quant_span.cuh). QUANT_DOT["route"] = "int8" (env TAPER_QUANT_DOT=int8|float) takes its D = 1
-route instead: x (after the norm, rounded into T) quantised into int8 blocks of 32 with an fp32 scale, __dp4a
+composition; quant_span.cuh) on the float route; QUANT_DOT["route"] = "int8" (the default; env
+TAPER_QUANT_DOT=int8|float) takes its D = 1 route instead: x (after the norm, rounded into T) quantised into int8
+blocks of 32 with an fp32 scale, __dp4a
 integer sums per 8 weights, one fp32 FMA each (numerics: numpy_quant.qdot_int8, exactly but for fp32 sum
 order; within the quantisation error of x of the composition, numpy_quant.int8_bound). It needs the weight
 pointers 16-byte aligned and the staged x rows (int8 route: and their int8 blocks) to fit in shared memory
@@ -29,9 +30,11 @@ from .cupy_launch import launch, sm90
 
 SPAN_FORMATS = {"q8_0": 5, "q4_k": 5, "q6_k": 4}  # the kernel's L::CPL: 8 warps x 2 rows x CPL x 512 bytes of buffers
 _SPAN_LAUNCH: dict = {}
-# the dot route of qgemv_span: "float" (decode to fp32, FMA with x as T) or "int8" (x quantised, __dp4a). float by
-# default until the int8 route's CUDA tests have passed on the H200
-QUANT_DOT = {"route": os.environ.get("TAPER_QUANT_DOT", "float")}
+# the dot route of the quantized GEMVs: "int8" (x quantised per 32, __dp4a, as llama.cpp's mmvq; the default since
+# session 22: its CUDA tests have passed on the H200 since session 12, and it is the route the decode benchmarks
+# measure, 1.4-1.5x the float route's tokens/s on a 7B) or "float" (decode to fp32, FMA with x as T: the
+# dequantise-then-matmul composition within fp32 rounding, for comparisons at fp32 tolerance)
+QUANT_DOT = {"route": os.environ.get("TAPER_QUANT_DOT", "int8")}
 if QUANT_DOT["route"] not in ("int8", "float"):
     raise ValueError(f"TAPER_QUANT_DOT={QUANT_DOT['route']!r}: expected int8 or float")
 

@@ -21,6 +21,7 @@ Exit codes: 0 done, 2 bad usage, an unreadable model or an unusable device.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -59,6 +60,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "about 1.2-1.5x the file's bytes more), or make it per tile at every product "
                              "(per-tile: no memory beyond the file, the same numbers). Default: kept, or "
                              "TAPER_QSCALES=0's per-tile")
+    parser.add_argument("--quant-dot", choices=["int8", "float"], default=None,
+                        help="quantized weights on CUDA: x quantised to int8 per 32 for integer dot products (int8, "
+                             "as llama.cpp's mmvq: the faster; logits move by x's quantisation, ~1%% of their range), "
+                             "or the dequantise-then-multiply sums within fp32 rounding (float). Default: int8, or "
+                             "TAPER_QUANT_DOT")
     parser.add_argument("--tp", type=int, default=1, metavar="N",
                         help="tensor parallel over N processes (one GPU each with --device cuda; rank 0 prints); "
                              "engine.distributed")
@@ -141,6 +147,10 @@ def run(args) -> int:
         if getattr(args, "quant_layout", None) is not None:
             from engine.backends import numpy_quant
             numpy_quant.QSCALES["enabled"] = args.quant_layout == "kept"
+        if getattr(args, "quant_dot", None) is not None:  # read when cupy_quant is imported (a CUDA device's first use)
+            os.environ["TAPER_QUANT_DOT"] = args.quant_dot
+            if "engine.backends.cupy_quant" in sys.modules:
+                sys.modules["engine.backends.cupy_quant"].QUANT_DOT["route"] = args.quant_dot
         source = sources.parse(args.model.removeprefix("preset:"))  # the older spelling still works
         if source.kind == "factory":
             raise ValueError(f"{args.model}: not a model directory or a preset MODEL_TYPE:NAME (model types: "
