@@ -1,4 +1,6 @@
 #!/bin/bash
+# Session 22 call 1 (prepared in session 21 as measurements/h200/session22_first_call.sh): run on the tree with
+# `git apply measurements/h200/session21/fold_preload.patch` (reverted after: the fold lost again).
 # For the next session's first call, with `measurements/h200/session21/fold_preload.patch` applied (git apply): the
 # rotary folded into attn_cluster (session 21's vec version) with each block's K and V slices loaded into registers
 # before pdl_wait (PRELOAD, chunks of <= 8 rows a thread), so after the wait only q's, cos/sin's and the step's raw
