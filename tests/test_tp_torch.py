@@ -12,10 +12,10 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run(tmp_path, world: int) -> dict:
-    out = tmp_path / f"tp{world}.json"
+def run(tmp_path, world: int, *extra) -> dict:
+    out = tmp_path / f"tp{world}{''.join(extra)}.json"
     cmd = [sys.executable, "-m", "bench.tp_torch", "--device", "cpu", "--model", "llama:tiny", "--steps", "5",
-           "--warmup", "1", "--out", str(out)]
+           "--warmup", "1", "--out", str(out), *extra]
     if world > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(world),
                "--master-port", "29533", *cmd[1:]]
@@ -32,6 +32,15 @@ def test_torch_tp2_holds_tp1s_model(tmp_path):
     a, b = np.array(one["last_logits"]), np.array(two["last_logits"])
     assert np.abs(a - b).max() <= 1e-5 * np.ptp(a)
     assert two["weight_bytes_per_rank"] < one["weight_bytes_per_rank"] and two["tokens_per_s"] > 0
+
+
+def test_compiled_torch_tp2_gives_eager_tp1s_tokens(tmp_path):
+    """--compile (torch.compile, dynamic shapes: DTensor's dispatch traced away, as torch's TP is meant to run)."""
+    one, two = run(tmp_path, 1), run(tmp_path, 2, "--compile")
+    assert two["compiled"] and not one["compiled"]
+    assert two["tokens"] == one["tokens"]
+    a, b = np.array(one["last_logits"]), np.array(two["last_logits"])
+    assert np.abs(a - b).max() <= 1e-5 * np.ptp(a)
 
 
 def test_unsupported_plan_styles_are_named():
