@@ -49,6 +49,7 @@ from engine.sampling import apply_repetition_penalty, next_tokens, top_k_filter,
 
 PREFILL_GRAPHS = 2  # captured prefill shapes a Decoder keeps (the least recently used graph and its memory go first)
 PREFILL_SHAPES = 64  # prompt shapes a Decoder remembers having prefilled (to capture the ones that recur)
+WARM_STEPS = 3  # a captured step's first calls: eager (kernels compile on first use), recorded, captured (engine.capture)
 
 
 @dataclass
@@ -61,11 +62,19 @@ class GenerationResult:
     peak_bytes: int
     stop_reasons: list = field(default_factory=list)  # per row: "stop_token" or "max_new_tokens"
     capture_ms: float = 0.0  # recording and capturing the decode step (part of decode_ms)
+    steady_ms: float = 0.0  # the decode steps after the first WARM_STEPS (the eager, recorded and captured ones)
+    steady_steps: int = 0
 
     @property
     def decode_tokens_per_s(self) -> float:
         """Decode steps per second (per row; a batch makes B tokens per step)."""
         return self.decode_steps / (self.decode_ms / 1e3) if self.decode_ms > 0 else float("nan")
+
+    @property
+    def steady_tokens_per_s(self) -> float:
+        """Decode steps per second after the first WARM_STEPS (which compile kernels on first use, record and capture
+        the step): the rate a longer generation approaches."""
+        return self.steady_steps / (self.steady_ms / 1e3) if self.steady_ms > 0 else float("nan")
 
 
 def validate_sampling(temperature=0.0, top_k=None, top_p=None, repetition_penalty=1.0) -> None:
@@ -286,7 +295,11 @@ def generate(model, prompts, max_new_tokens: int = 32, temperature: float = 0.0,
     take(first)
     read, steps = 1, 0
     t_dec = time.perf_counter()
+    t_steady = None
     while dec.count < max_new_tokens and not done.all():
+        if steps == WARM_STEPS:
+            engine.synchronize(device)
+            t_steady = time.perf_counter()
         dec.step()
         steps += 1
         if dec.count - read >= every or dec.count == max_new_tokens:
@@ -294,10 +307,13 @@ def generate(model, prompts, max_new_tokens: int = 32, temperature: float = 0.0,
             read = dec.count
     if steps:
         engine.synchronize(device)
-    decode_ms = (time.perf_counter() - t_dec) * 1e3 if steps else 0.0
+    t_end = time.perf_counter()
+    decode_ms = (t_end - t_dec) * 1e3 if steps else 0.0
     cap = dec.capture_s
     return GenerationResult(out, [len(p) for p in prompts], prefill_ms, decode_ms, steps,
-                            int(pool.stats()["peak_bytes"]), reasons, (cap or 0.0) * 1e3)
+                            int(pool.stats()["peak_bytes"]), reasons, (cap or 0.0) * 1e3,
+                            (t_end - t_steady) * 1e3 if t_steady is not None else 0.0,
+                            steps - WARM_STEPS if t_steady is not None else 0)
 
 
 def _stop_ids(model, stop_token_ids):

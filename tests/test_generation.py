@@ -11,8 +11,8 @@ from transformers.generation.logits_process import (RepetitionPenaltyLogitsProce
                                                     TopKLogitsWarper, TopPLogitsWarper)
 
 import engine
-from engine.generation import (TextStreamer, apply_repetition_penalty, generate, load_tokenizer, next_tokens,
-                               top_k_filter, top_p_filter)
+from engine.generation import (WARM_STEPS, TextStreamer, apply_repetition_penalty, generate, load_tokenizer,
+                               next_tokens, top_k_filter, top_p_filter)
 from engine.models import from_pretrained
 from helpers import DEVICE
 from taper.cli import main as taper_main
@@ -104,6 +104,8 @@ def test_greedy_equals_argmax_of_teacher_forced_logits(em, model_dir):
     assert clear.sum() >= 8
     np.testing.assert_array_equal(ref.argmax(-1)[clear], np.array(toks)[clear])
     assert res.prefill_ms > 0 and res.decode_tokens_per_s > 0 and res.decode_steps == 11 and res.peak_bytes > 0
+    # the steady rate: the steps after the first WARM_STEPS (eager, recorded, captured), timed apart
+    assert res.steady_steps == 11 - WARM_STEPS and 0 < res.steady_ms < res.decode_ms and res.steady_tokens_per_s > 0
 
 
 def test_seed_makes_sampling_reproducible(em):
@@ -160,7 +162,9 @@ def test_tokenizer_and_streamer(model_dir):
     assert load_tokenizer(model_dir.parent / "nowhere") is None
 
 
-FINAL = re.compile(r"prefill [\d.]+ ms \(\d+ tokens\), decode [\d.]+ tokens/s \(\d+ steps\), peak memory [\d,]+ bytes")
+FINAL = re.compile(r"prefill [\d.]+ ms \(\d+ tokens\), decode [\d.]+ tokens/s \(\d+ steps(; [\d.]+ tokens/s after the "
+                   r"first \d+, which warm up the step: kernels compiled on first use, recording, capture)?\), "
+                   r"peak memory [\d,]+ bytes")
 
 
 def test_cli_generate_with_ids_and_prompt(model_dir, capsys):
@@ -178,6 +182,10 @@ def test_cli_generate_with_ids_and_prompt(model_dir, capsys):
                        "--stop-ids", ""]) == 0  # one token: prefill alone, no decode rate to report (not nan)
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out[0].split()) == 3 and ", no decode step, peak memory" in out[-1] and "nan" not in out[-1]
+    assert taper_main(["generate", "--model", str(model_dir), "--ids", "3,17", "--max-new-tokens", "8",
+                       "--stop-ids", "", "--no-capture"]) == 0  # a recorded step: the rate after its warm-up apart
+    final = capsys.readouterr().out.strip().splitlines()[-1]
+    assert FINAL.search(final) and "(7 steps; " in final and " tokens/s after the first 3, " in final
 
 
 def test_cli_generate_errors(model_dir, tmp_path, capsys):

@@ -251,8 +251,13 @@ def _turn(model, tokenizer, prompt, stop, args):
     kept = (f" + {layout:,} bytes of decode layout kept: float32 block scales, block-major quants "
             "(--quant-layout per-tile: none)") if layout else ""
     print()
-    decode = (f"decode {res.decode_tokens_per_s:.2f} tokens/s ({res.decode_steps} steps)" if res.decode_steps
+    decode = (f"decode {res.decode_tokens_per_s:.2f} tokens/s ({res.decode_steps} steps" if res.decode_steps
               else "no decode step")
+    if res.decode_steps and res.capture_ms > 0 and res.steady_steps:  # the first steps compile, record, capture
+        decode += (f"; {res.steady_tokens_per_s:.2f} tokens/s after the first {res.decode_steps - res.steady_steps}, "
+                   f"which warm up the step: kernels compiled on first use, recording, capture)")
+    elif res.decode_steps:
+        decode += ")"
     print(f"prefill {res.prefill_ms:.1f} ms ({len(prompt)} tokens), {decode}, "
           f"peak memory {stats['peak_bytes']:,} bytes "
           f"(engine pool; weights {weights:,} bytes{kept}), stop: {res.stop_reasons[0]}",
