@@ -112,6 +112,7 @@ class Decoder:
         # capture_mode): a backend without graphs runs the plan's groups as FusedOps' compositions, the same
         # ops, so the plan only adds its per-call check (1.5 ms of a 14 ms Whisper-tiny step on the CPU)
         self.capture = capture_mode(capture, dev)
+        self.asked = capture  # as given: None and False fall back to an uncaptured step when recording fails
         # a StaticCache (device positions, every step over all max_len slots behind a mask), except by default
         # on a device without graphs (capture=None resolved to "plain", no padding mask): there the model's
         # plain cache, whose one-token step reads just the filled slots and builds no mask (transformers'
@@ -219,7 +220,18 @@ class Decoder:
             raise CacheFullError(
                 f"Decoder: {self.prompt_len} prompt + {self.count} new tokens fill max_len={self.max_len}")
         if self.step_fn is not None:
-            self.step_fn()
+            try:
+                self.step_fn()
+            except CaptureError as e:
+                if self.asked is True or self.step_fn.calls > 3:  # capture=True asked for it; a replay of a
+                    raise                                           # captured step is not retried
+                # the step cannot be recorded or captured (e.g. a quantized mixture of experts routes on the host):
+                # warn once and run it as written from here on (it failed before writing this step's token)
+                import warnings
+                warnings.warn(f"engine.generation: the decode step runs uncaptured: {e}", RuntimeWarning,
+                              stacklevel=2)
+                self.step_fn = None
+                self._step()
         else:
             self._step()
         self.count += 1

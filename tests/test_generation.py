@@ -199,3 +199,24 @@ def test_cli_generate_errors(model_dir, tmp_path, capsys):
                        "--stop-ids", ""]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out[0].split()) == 3 and all(t.isdigit() for t in out[0].split()) and FINAL.search(out[-1])
+
+
+def test_a_step_that_cannot_be_recorded_runs_uncaptured(monkeypatch):
+    """A decode step whose recording fails (CaptureError: here a quantized mixture of experts, which reads its
+    routing on the host, under Captured's check_host as a CUDA graph has it) warns once and runs as written,
+    with the tokens of the plain step; an explicit capture=True raises instead."""
+    import functools
+    import warnings
+    from engine import generation
+    from engine.capture import Captured, CaptureError
+    from engine.quant import quantize_module
+    m = engine.models.from_preset("mixtral", "tiny")
+    quantize_module(m, "q8_0")
+    want = generate(m, [[3, 17, 42]], max_new_tokens=8, capture="plain").tokens[0]
+    monkeypatch.setattr(generation, "Captured", functools.partial(Captured, check_host=True))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert generate(m, [[3, 17, 42]], max_new_tokens=8, capture=False).tokens[0] == want
+    assert [str(w.message) for w in caught if "runs uncaptured" in str(w.message)]
+    with pytest.raises(CaptureError):
+        generate(m, [[3, 17, 42]], max_new_tokens=8, capture=True)
