@@ -123,8 +123,8 @@ def _split_regex(pre) -> str | None:
 
 
 def quantize_to_gguf(src, dst, qtype: str, *, overwrite: bool = False) -> QuantizeReport:
-    """Quantise the safetensors LLaMA, Qwen2, Phi-3 or Gemma model directory `src` (config.json + weights) to the
-    GGUF file `dst`.
+    """Quantise the safetensors LLaMA, Mixtral, Qwen2, Phi-3 or Gemma model directory `src` (config.json + weights)
+    to the GGUF file `dst`.
     Raises ConvertError for another model type, an unsupported type or an existing output without overwrite."""
     from engine.io.safetensors import SafetensorsError, open_checkpoint
     start = time.perf_counter()
@@ -145,7 +145,8 @@ def quantize_to_gguf(src, dst, qtype: str, *, overwrite: bool = False) -> Quanti
         raise ConvertError(f"{src / 'config.json'}: not valid JSON: {e}") from None
     if config.get("model_type") not in ARCHS:
         raise ConvertError(f"{src}: model_type {config.get('model_type')!r}; --quantize writes GGUF for "
-                           f"{', '.join(ARCHS)} models only (llama.cpp's architectures of those names)")
+                           f"{', '.join(ARCHS)} models only (llama.cpp's architectures of those names; a mixtral as "
+                           "llama.cpp writes it, a llama with experts)")
     try:
         ck = open_checkpoint(src, mmap=False)  # copy-on-load: one tensor read at a time, when written
     except SafetensorsError as e:

@@ -403,6 +403,72 @@ def test_gemma_gguf_matches_transformers_gemma(tmp_path, quantize):
     assert np.abs(got - want).max() <= FP32_REL * np.ptp(want)
 
 
+@pytest.mark.parametrize("quantize", [None, "q8_0", "q4_k_m"])
+def test_mixtral_gguf_matches_transformers_mixtral(tmp_path, quantize):
+    """A tiny random Mixtral written as llama.cpp's converter writes one (general.architecture llama with
+    expert_count / expert_used_count, the router as ffn_gate_inp kept F32, each layer's experts stacked into
+    ffn_{gate,up,down}_exps) and read back: gguf-py sees that layout; the engine runs its experts kept quantized
+    (engine.nn.moe's quantized path) and gives the logits of transformers' Mixtral on the same weights
+    (dequantised, where quantised) to fp32 rounding."""
+    import torch
+    from test_models_llm import hf_model, save
+    m = hf_model("mixtral", dict(num_key_value_heads=2))
+    sd = {k: v.numpy() for k, v in models.from_pretrained(save(m, tmp_path)).state_dict().items()}  # engine names
+    path = save_gguf(tmp_path / "mixtral.gguf", {**m.config.to_dict(), "model_type": "mixtral"}, sd, quantize)
+    r = gguf.GGUFReader(path)
+    assert bytes(r.fields["general.architecture"].parts[-1]).decode() == "llama"
+    assert int(r.fields["llama.expert_count"].parts[-1][0]) == m.config.num_local_experts == 4
+    t = {x.name: x for x in r.tensors}
+    E, H, I = 4, m.config.hidden_size, m.config.intermediate_size
+    assert tuple(reversed(t["blk.1.ffn_gate_exps.weight"].shape.tolist())) == (E, I, H)
+    assert tuple(reversed(t["blk.1.ffn_down_exps.weight"].shape.tolist())) == (E, H, I)
+    assert t["blk.1.ffn_gate_inp.weight"].tensor_type == G.F32  # the router stays F32, as llama-quantize keeps it
+    em = models.from_pretrained(path, device=DEVICE)
+    assert em.config.model_type == "mixtral" and em.config.num_experts_per_tok == 2
+    moe = em.model.layers[1].block_sparse_moe
+    assert getattr(moe.experts[3].w2.weight, "is_quantized", False) == (quantize is not None)
+    if quantize is not None:  # transformers' Mixtral on the weights as the file holds them
+        deq = lambda w: torch.from_numpy(w.dequantize().numpy() if hasattr(w, "dequantize") else w.numpy())  # noqa: E731
+        with torch.no_grad():
+            for i, layer in enumerate(m.model.layers):
+                el = em.model.layers[i]
+                for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+                    getattr(layer.self_attn, name).weight.copy_(deq(getattr(el.self_attn, name).weight))
+                for e, ex in enumerate(el.block_sparse_moe.experts):
+                    layer.mlp.experts.gate_up_proj[e].copy_(torch.cat([deq(ex.w1.weight), deq(ex.w3.weight)]))
+                    layer.mlp.experts.down_proj[e].copy_(deq(ex.w2.weight))
+            m.lm_head.weight.copy_(deq(em.lm_head.weight))
+            m.model.embed_tokens.weight.copy_(deq(em.model.embed_tokens.weight))
+    ids = np.random.default_rng(0).integers(0, m.config.vocab_size, (2, 12))
+    with torch.no_grad():
+        want = m(torch.tensor(ids)).logits.double().numpy()
+    got = em(engine.tensor(ids, device=DEVICE)).numpy()
+    assert np.abs(got - want).max() <= FP32_REL * np.ptp(want)
+
+
+def test_rope_parameters_are_written(tmp_path):
+    """transformers 5 keeps rope_theta and scaling in rope_parameters: save_gguf writes them from there (before,
+    such a config came out with llama.cpp's default theta 10000), linear scaling as rope.scaling.*, and refuses a
+    rope type the engine's GGUF reader has no keys for."""
+    m = tiny_hf()
+    rope = {"rope_type": "linear", "factor": 2.0, "rope_theta": 500000.0}
+    cfg = open_gguf(write_tiny(tmp_path, m, None, rope_parameters=rope, rope_theta=None)).config
+    assert cfg["rope_theta"] == 500000.0 and cfg["rope_scaling"] == {"rope_type": "linear", "factor": 2.0}
+    with pytest.raises(ValueError, match="rope type 'llama3' is not written"):
+        write_tiny(tmp_path, m, None, "x.gguf", rope_parameters={"rope_type": "llama3", "factor": 8.0,
+                                                                 "rope_theta": 500000.0})
+
+
+def test_mixtral_tensor_names_agree_with_gguf_py():
+    """The stacked experts' and the router's names: gguf-py's LLAMA map (llama.cpp writes Mixtral as llama)."""
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 2)
+    for w, gname in (("w1", "ffn_gate_exps"), ("w3", "ffn_up_exps"), ("w2", "ffn_down_exps")):
+        assert names.get_name(f"model.layers.1.block_sparse_moe.experts.{w}") == f"blk.1.{gname}"
+    assert names.get_name("model.layers.1.block_sparse_moe.gate") == "blk.1.ffn_gate_inp"
+    assert hf_name("blk.1.ffn_gate_inp.weight", "mixtral") == "model.layers.1.block_sparse_moe.gate.weight"
+    assert gguf_name("model.layers.1.block_sparse_moe.gate.weight", "mixtral") == "blk.1.ffn_gate_inp.weight"
+
+
 def test_missing_file_and_other_architectures(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"GGUF file not found: .*nope\.gguf"):
         models.from_pretrained(tmp_path / "nope.gguf")

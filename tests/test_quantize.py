@@ -6,6 +6,7 @@ gguf-py's numpy dequantiser on the file's raw blocks; the float model the file w
 """
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -293,3 +294,20 @@ def test_sentencepiece_tokenizer_travels_into_the_gguf(tmp_path, bos):
         assert ours.encode(t).ids == want, t
         assert ref(t).input_ids == want, t
         assert ours.decode(want, skip_special_tokens=True) == src.decode(want, skip_special_tokens=True), t
+
+
+def test_mixtral_converts_and_verifies(tmp_path):
+    """A tiny random Mixtral directory through `taper convert --quantize q8_0` (llama.cpp's layout: architecture
+    llama with experts, stacked) and `taper verify --candidate-gguf`: the experts kept quantized, the router F32,
+    the cost of quantising reported and small (8 bits)."""
+    from test_models_llm import hf_model, save
+    d = save(hf_model("mixtral", dict(num_key_value_heads=2)), tmp_path)
+    out = tmp_path / "mixtral.gguf"
+    assert main(["convert", str(d), str(out), "--quantize", "q8_0", "--quiet"]) == 0
+    em = models.from_pretrained(out)
+    assert em.config.model_type == "mixtral" and em.config.num_local_experts == 4
+    moe = em.model.layers[0].block_sparse_moe
+    assert isinstance(moe.experts[2].w3.weight, QuantWeight) and not isinstance(moe.gate.weight, QuantWeight)
+    assert main(["verify", str(d), "--candidate-gguf", str(out), "--quiet", "--json", str(tmp_path / "r.json")]) == 0
+    summary = json.loads((tmp_path / "r.json").read_text())["summary"]
+    assert summary["top1_agreement"] >= 0.9 and 0 < summary["kl"] < 1e-2, summary

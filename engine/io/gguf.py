@@ -6,9 +6,11 @@ names, quantized matrices kept in their blocks (engine.quant.QuantWeight), and t
 
 The file is read by gguf-py's GGUFReader (the reference reader, `pip install gguf`), imported here
 only, when a file is opened. What this module adds is the mapping, once, as data:
-  - metadata keys (ARCH.*: llama, qwen2, phi3, gemma) -> config.json keys (_LLAMA_CONFIG; transformers'
+  - metadata keys (ARCH.*: llama, qwen2, phi3, gemma; a llama with expert_count is a mixtral) -> config.json keys (_LLAMA_CONFIG; transformers'
     GGUF_CONFIG_MAPPING);
-  - tensor names (blk.N.attn_q.weight) -> state-dict names (model.layers.N.self_attn.q_proj.weight);
+  - tensor names (blk.N.attn_q.weight) -> state-dict names (model.layers.N.self_attn.q_proj.weight); a
+    mixtral's stacked experts (blk.N.ffn_gate_exps.weight, (E, rows, cols)) -> one name an expert
+    (model.layers.N.block_sparse_moe.experts.E.w1.weight), each a slice of the file's bytes;
   - llama.cpp's rotary layout of q and k undone: its converter permutes the rows of each head from
     HF's (two halves) to interleaved pairs; the inverse is a permutation of whole rows, and a row of a
     quantized matrix is whole blocks, so it is applied to the packed bytes exactly
@@ -47,10 +49,14 @@ class GGUFError(ValueError):
 # phi3: the fused q/k/v and gate/up matrices as the engine (and HF) keep them; its SentencePiece tokenizer's
 # word boundary comes from a normalizer (transformers' phi3_tokenizer); rope.dimension_count below the head size
 # is Phi's partial rotary; attention.sliding_window its window
+# mixtral: llama.cpp writes it as general.architecture "llama" with llama.expert_count / expert_used_count, each
+# layer's router as ffn_gate_inp (kept F32) and its experts stacked, ffn_{gate,up,down}_exps (E, rows, cols), q/k
+# permuted as llama's ("file": the architecture name in the file and its metadata keys)
 # gemma: RMSNorm weights are stored as 1 + w (llama.cpp's GemmaModel adds 1, transformers' Gemma2/3 GGUF loaders
 # take it back off: "norm_one"); the head size is attention.key_length (and value_length); a tied head (llama.cpp
 # drops lm_head)
 ARCHS = {"llama": {"permuted": True, "head_dim": ("rope.dimension_count",)},
+         "mixtral": {"permuted": True, "head_dim": ("rope.dimension_count",), "file": "llama"},
          "qwen2": {"permuted": False, "head_dim": ()}, "phi3": {"permuted": False, "head_dim": ()},
          "gemma": {"permuted": False, "head_dim": ("attention.key_length", "attention.value_length"),
                    "norm_one": True}}
@@ -75,8 +81,17 @@ _LLAMA_BLOCK = {
     "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
 }
 _BLOCKS = {"llama": _LLAMA_BLOCK, "qwen2": _LLAMA_BLOCK, "gemma": _LLAMA_BLOCK,
-           "phi3": {**_LLAMA_BLOCK, "attn_qkv": "self_attn.qkv_proj", "ffn_up": "mlp.gate_up_proj"}}
+           "phi3": {**_LLAMA_BLOCK, "attn_qkv": "self_attn.qkv_proj", "ffn_up": "mlp.gate_up_proj"},
+           "mixtral": {**{k: v for k, v in _LLAMA_BLOCK.items() if not v.startswith("mlp.")},
+                       "ffn_gate_inp": "block_sparse_moe.gate"}}
+_EXPERTS = {"ffn_gate_exps": "w1", "ffn_up_exps": "w3", "ffn_down_exps": "w2"}  # stacked: one tensor, E experts
 _BLOCK_RE = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)$")
+_EXPERT_RE = re.compile(r"model\.layers\.(\d+)\.block_sparse_moe\.experts\.(\d+)\.(w[123])\.weight$")
+
+
+def file_arch(model_type: str) -> str:
+    """general.architecture (and the metadata keys' prefix) of a model_type in a GGUF file."""
+    return ARCHS[model_type].get("file", model_type)
 
 
 def hf_name(gguf_name: str, arch: str = "llama") -> str:
@@ -129,25 +144,34 @@ class GGUFFile:
         self.metadata = {k: _value(f) for k, f in self.reader.fields.items() if not k.startswith("GGUF.")}
         self.tensors = {t.name: t for t in self.reader.tensors}
         self.architecture = self.metadata.get("general.architecture")
+        # the engine's model_type: the architecture's name, or mixtral for a llama with experts (as llama.cpp writes)
+        self.model_type = "mixtral" if self.architecture == "llama" and self.metadata.get("llama.expert_count") \
+            else self.architecture
 
     # ---- config ---------------------------------------------------------------------------------------------
     @functools.cached_property
     def config(self) -> dict:
         """The Hugging Face config dict (config.json's keys) the metadata describes."""
-        arch, md = self.architecture, self.metadata
-        if arch not in ARCHS:
+        arch, md, mt = self.architecture, self.metadata, self.model_type
+        if mt not in ARCHS or file_arch(mt) != arch:
             raise GGUFError(f"{self.path}: architecture {arch!r} (general.architecture) is not one the engine "
-                            f"reads from GGUF (known: {', '.join(ARCHS)})")
-        cfg = {"model_type": arch}
+                            f"reads from GGUF (known: {', '.join(sorted({file_arch(a) for a in ARCHS}))})")
+        cfg = {"model_type": mt}
         for key, name in _LLAMA_CONFIG.items():
             if f"{arch}.{key}" in md:
                 cfg[name] = md[f"{arch}.{key}"]
-        head = next((md[f"{arch}.{k}"] for k in ARCHS[arch]["head_dim"] if f"{arch}.{k}" in md), None)
+        head = next((md[f"{arch}.{k}"] for k in ARCHS[mt]["head_dim"] if f"{arch}.{k}" in md), None)
         if head is not None:
             cfg["head_dim"] = int(head)
         for key in ("embedding_length", "block_count", "attention.head_count"):
             if f"{arch}.{key}" not in md:
                 raise GGUFError(f"{self.path}: metadata key {arch}.{key} is missing")
+        if mt == "mixtral":
+            if not md.get(f"{arch}.expert_used_count"):
+                raise GGUFError(f"{self.path}: metadata key {arch}.expert_used_count is missing (the file has "
+                                f"{arch}.expert_count = {md[f'{arch}.expert_count']} experts)")
+            cfg["num_local_experts"] = int(md[f"{arch}.expert_count"])
+            cfg["num_experts_per_tok"] = int(md[f"{arch}.expert_used_count"])
         if "vocab_size" not in cfg and "tokenizer.ggml.tokens" in md:
             cfg["vocab_size"] = len(md["tokenizer.ggml.tokens"])
         scaling = md.get(f"{arch}.rope.scaling.type")
@@ -176,11 +200,21 @@ class GGUFFile:
     # ---- tensors --------------------------------------------------------------------------------------------
     @functools.cached_property
     def weights(self) -> dict:
-        """{HF name: (GGUF tensor, logical shape (numpy order))}; every tensor's type checked."""
+        """{HF name: (GGUF tensor, logical shape (numpy order), expert index or None)}; every tensor's type
+        checked. A stacked expert tensor (mixtral's ffn_*_exps, (E, rows, cols)) gives one name an expert."""
         out = {}
         for name, t in self.tensors.items():
             self._check_type(t)
-            out[hf_name(name, self.architecture)] = (t, tuple(int(s) for s in reversed(t.shape.tolist())))
+            shape = tuple(int(s) for s in reversed(t.shape.tolist()))
+            m = _BLOCK_RE.match(name)
+            if self.model_type == "mixtral" and m and m.group(2) in _EXPERTS:
+                if len(shape) != 3:
+                    raise GGUFError(f"{self.path}: tensor {name} has shape {shape}, expected (experts, rows, cols)")
+                for e in range(shape[0]):
+                    out[f"model.layers.{m.group(1)}.block_sparse_moe.experts.{e}.{_EXPERTS[m.group(2)]}.weight"] = \
+                        (t, shape[1:], e)
+                continue
+            out[hf_name(name, self.model_type)] = (t, shape, None)
         return out
 
     def _check_type(self, t):
@@ -201,17 +235,17 @@ class GGUFFile:
         permutation applies) or a host QuantWeight over the packed bytes."""
         from engine import ops
         from engine.quant import QuantWeight
-        t, shape = self.weights[key]
+        t, shape, expert = self.weights[key]
         tt = int(t.tensor_type)
-        arr = t.data
+        arr = t.data if expert is None else t.data[expert]
         if tt == 30:  # BF16 comes as bytes
             import ml_dtypes
             arr = arr.view(ml_dtypes.bfloat16)
-        if ARCHS[self.architecture]["permuted"] and (".self_attn.q_proj." in key or ".self_attn.k_proj." in key):
+        if ARCHS[self.model_type]["permuted"] and (".self_attn.q_proj." in key or ".self_attn.k_proj." in key):
             arr = arr[unpermute_rows(shape[0], self._heads(key))]
         if tt in BY_GGML_TYPE:
             return QuantWeight(ops.from_numpy(np.ascontiguousarray(arr)), BY_GGML_TYPE[tt], shape)
-        if ARCHS[self.architecture].get("norm_one") and key.endswith("norm.weight"):
+        if ARCHS[self.model_type].get("norm_one") and key.endswith("norm.weight"):
             return arr.reshape(shape).astype(np.float32) - np.float32(1)  # exact: 1 + (stored - 1) is stored
         return arr.reshape(shape)
 
@@ -361,12 +395,15 @@ def mix_qtype(name: str, shape, quantize: str | None, n_layers: int) -> str | No
     None keeps it F32 (vectors, and rows that are not whole 32-weight blocks).
     q4_k_m is llama-quantize's Q4_K_M recipe (llama_tensor_get_type, no importance matrix): Q6_K for
     lm_head (output.weight) and for v_proj (attn_v) and down_proj (ffn_down) in the layers _more_bits
-    picks, Q4_K for every other matrix, the token embedding included."""
-    if quantize is None or len(shape) != 2 or shape[1] % 32:
+    picks, Q4_K for every other matrix, the token embedding included; a Mixtral's experts' w2 count as down_proj
+    (llama.cpp's ffn_down_exps; its further bumps for 8-expert models, attn_k to Q8_0, are not reproduced).
+    A Mixtral's router (block_sparse_moe.gate, llama.cpp's ffn_gate_inp) stays F32, as llama-quantize keeps it."""
+    if quantize is None or len(shape) != 2 or shape[1] % 32 or name.endswith("block_sparse_moe.gate.weight"):
         return None
     q = quantize
     if q == "q4_k_m":
-        m = re.match(r"model\.layers\.(\d+)\.(self_attn\.v_proj|mlp\.down_proj)\.weight$", name)
+        m = re.match(r"model\.layers\.(\d+)\.(self_attn\.v_proj|mlp\.down_proj|block_sparse_moe\.experts\.\d+\.w2)"
+                     r"\.weight$", name)
         q = "q6_k" if name == "lm_head.weight" or (m and _more_bits(int(m.group(1)), n_layers)) else "q4_k"
     if q in _FALLBACK and shape[1] % 256:
         q = _FALLBACK[q]
@@ -406,9 +443,10 @@ def gguf_name(hf: str, arch: str = "llama") -> str:
 
 def save_gguf(path, config: dict, tensors: dict, quantize: str | None = None, tokenizer: dict | None = None,
               shapes: dict | None = None) -> Path:
-    """Write a llama, qwen2, phi3 or gemma model as GGUF, as llama.cpp's converter lays it out: ARCH.* metadata
-    from the HF `config`, tensors {HF name: numpy float array} renamed, (llama) q/k rows permuted into
-    llama.cpp's rotary order, (gemma) norm weights stored as 1 + w, 2-d matrices quantised to `quantize` (q8_0,
+    """Write a llama, mixtral, qwen2, phi3 or gemma model as GGUF, as llama.cpp's converter lays it out: ARCH.*
+    metadata from the HF `config`, tensors {HF name: numpy float array} renamed, (llama, mixtral) q/k rows permuted
+    into llama.cpp's rotary order, (mixtral) each layer's experts stacked into ffn_{gate,up,down}_exps, (gemma)
+    norm weights stored as 1 + w, 2-d matrices quantised to `quantize` (q8_0,
     q4_0, q4_1, q4_k, q6_k, or the q4_k_m mix: mix_qtype; None keeps float32), vectors F32.
     Streaming: a value may also be a zero-argument callable that returns the array (then `shapes`
     gives its shape), and it is called only when that tensor is written, so at most one tensor (and a
@@ -423,21 +461,40 @@ def save_gguf(path, config: dict, tensors: dict, quantize: str | None = None, to
         raise ValueError(f"save_gguf writes {', '.join(ARCHS)} models, not model_type {arch!r}")
     if quantize is not None and quantize not in _WRITE_QTYPES:
         raise ValueError(f"cannot quantise to {quantize!r}: save_gguf quantises to {', '.join(_WRITE_QTYPES)}")
+    from engine.nn.rotary import rope_parameters
+    rope = rope_parameters(config)  # rope_theta and scaling, from transformers 5's rope_parameters or the older keys
+    if rope["rope_type"] not in ("default", "linear"):
+        raise ValueError(f"save_gguf: rope type {rope['rope_type']!r} is not written (the engine reads GGUF rope "
+                         "scaling none or linear)")
     heads = config["num_attention_heads"]
     kv = config.get("num_key_value_heads") or heads
     head_dim = config.get("head_dim") or config["hidden_size"] // heads
     n_layers = int(config["num_hidden_layers"])
     tied = config.get("tie_word_embeddings", False)
-    plan = []  # (HF name, numpy shape, block format or None)
+    plan = []  # (GGUF name, [HF names: one, or a stacked tensor's experts in order], numpy shape, format or None)
+    stacks: dict = {}  # (layer, w1|w2|w3) -> {expert: HF name} (mixtral)
     for name in sorted(tensors):
         if tied and name == "lm_head.weight":
             continue  # llama.cpp leaves a tied head out
         v = tensors[name]
         shape = tuple(int(d) for d in (shapes[name] if callable(v) else np.shape(v)))
-        plan.append((name, shape, mix_qtype(name, shape, quantize, n_layers)))
+        m = _EXPERT_RE.match(name) if arch == "mixtral" else None
+        if m:
+            stacks.setdefault((int(m.group(1)), m.group(3)), {})[int(m.group(2))] = (name, shape)
+            continue
+        plan.append((gguf_name(name, arch), [name], shape, mix_qtype(name, shape, quantize, n_layers)))
+    for (layer, wk), by_e in sorted(stacks.items()):
+        n_exp = int(config["num_local_experts"])
+        if sorted(by_e) != list(range(n_exp)) or len({sh for _, sh in by_e.values()}) != 1:
+            raise ValueError(f"save_gguf: layer {layer}'s {wk} experts are {sorted(by_e)} of shapes "
+                             f"{sorted({sh for _, sh in by_e.values()})}; expected experts 0..{n_exp - 1} of one shape")
+        names = [by_e[e][0] for e in range(n_exp)]
+        shape = by_e[0][1]
+        gname = f"blk.{layer}.{ {v: k for k, v in _EXPERTS.items()}[wk]}.weight"
+        plan.append((gname, names, (n_exp, *shape), mix_qtype(names[0], shape, quantize, n_layers)))
     path = Path(path)
     tmp = temp_path(path)
-    w = gguf.GGUFWriter(str(tmp), arch)
+    w = gguf.GGUFWriter(str(tmp), file_arch(arch))
     try:
         w.add_context_length(int(config.get("max_position_embeddings", 2048)))
         w.add_embedding_length(int(config["hidden_size"]))
@@ -446,12 +503,18 @@ def save_gguf(path, config: dict, tensors: dict, quantize: str | None = None, to
         w.add_head_count(int(heads))
         w.add_head_count_kv(int(kv))
         for key in ARCHS[arch]["head_dim"]:
-            w.add_uint32(f"{arch}.{key}", int(head_dim))
+            w.add_uint32(f"{file_arch(arch)}.{key}", int(head_dim))
+        if arch == "mixtral":
+            w.add_expert_count(int(config["num_local_experts"]))
+            w.add_expert_used_count(int(config["num_experts_per_tok"]))
         if arch == "phi3":  # n_rot (Phi's partial rotary) and the attention window, as llama.cpp writes them
             w.add_rope_dimension_count(int(head_dim * (config.get("partial_rotary_factor") or 1.0)))
             if config.get("sliding_window"):
                 w.add_sliding_window(int(config["sliding_window"]))
-        w.add_rope_freq_base(float(config.get("rope_theta", 10000.0)))
+        w.add_rope_freq_base(float(rope["rope_theta"]))
+        if rope["rope_type"] == "linear":
+            w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+            w.add_rope_scaling_factor(float(rope["factor"]))
         w.add_layer_norm_rms_eps(float(config.get("rms_norm_eps", 1e-6)))
         w.add_vocab_size(int(config["vocab_size"]))
         if quantize is not None:
@@ -476,30 +539,35 @@ def save_gguf(path, config: dict, tensors: dict, quantize: str | None = None, to
                 w.add_add_bos_token(bool(value))
             else:
                 raise ValueError(f"save_gguf: unknown tokenizer metadata {key!r}")
-        for name, shape, q in plan:  # every tensor's header first; the data follows one tensor at a time
+        for gname, _, shape, q in plan:  # every tensor's header first; the data follows one tensor at a time
             if q is None:
-                w.add_tensor_info(gguf_name(name, arch), shape, np.dtype(np.float32), 4 * int(np.prod(shape)))
+                w.add_tensor_info(gname, shape, np.dtype(np.float32), 4 * int(np.prod(shape)))
             else:
                 qt = QTYPES[q]
-                nb = shape[0] * shape[1] // qt.block_size * qt.type_size
-                w.add_tensor_info(gguf_name(name, arch), (shape[0], nb // shape[0]), np.dtype(np.uint8), nb,
+                row = shape[-1] // qt.block_size * qt.type_size
+                w.add_tensor_info(gname, (*shape[:-1], row), np.dtype(np.uint8), row * int(np.prod(shape[:-1])),
                                   raw_dtype=gguf.GGMLQuantizationType[q.upper()])
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_ti_data_to_file()
-        for name, shape, q in plan:
-            v = tensors[name]
-            a = v() if callable(v) else v
-            if tuple(a.shape) != shape:
-                raise ValueError(f"save_gguf: tensor {name} has shape {tuple(a.shape)}, expected {shape}")
-            if ARCHS[arch]["permuted"] and name.endswith(("q_proj.weight", "q_proj.bias", "k_proj.weight",
-                                                          "k_proj.bias")):
-                n = heads if ".q_proj." in name else kv
-                a = a.reshape(n, 2, a.shape[0] // n // 2, *a.shape[1:]).swapaxes(1, 2).reshape(a.shape)
-            if ARCHS[arch].get("norm_one") and name.endswith("norm.weight"):
-                a = np.asarray(a, dtype=np.float32) + np.float32(1)
-            data = quantize_matrix(a, q) if q is not None else np.ascontiguousarray(a, dtype=np.float32)
-            del a
+        for _, names, shape, q in plan:
+            parts = []  # one array, or a stacked tensor's experts one at a time (each quantised on its own)
+            for name in names:
+                v = tensors[name]
+                a = v() if callable(v) else v
+                want = shape if len(names) == 1 else shape[1:]
+                if tuple(a.shape) != want:
+                    raise ValueError(f"save_gguf: tensor {name} has shape {tuple(a.shape)}, expected {want}")
+                if ARCHS[arch]["permuted"] and name.endswith(("q_proj.weight", "q_proj.bias", "k_proj.weight",
+                                                              "k_proj.bias")):
+                    n = heads if ".q_proj." in name else kv
+                    a = a.reshape(n, 2, a.shape[0] // n // 2, *a.shape[1:]).swapaxes(1, 2).reshape(a.shape)
+                if ARCHS[arch].get("norm_one") and name.endswith("norm.weight"):
+                    a = np.asarray(a, dtype=np.float32) + np.float32(1)
+                parts.append(quantize_matrix(a, q) if q is not None else np.ascontiguousarray(a, dtype=np.float32))
+                del a
+            data = parts[0] if len(names) == 1 else np.stack(parts)
+            del parts
             w.write_tensor_data(data)
             del data
         w.close()

@@ -23,6 +23,32 @@ def moe(x: Tensor, weights: Tensor, experts: Tensor, w_gate: list, w_up: list, w
                          f"{experts.dtype.name}")
     if act not in ACTIVATIONS:
         raise ValueError(f"moe(): act must be one of {ACTIVATIONS}, got {act!r}")
+    if any(getattr(w, "is_quantized", False) for ws in (w_gate, w_up, w_down) for w in ws):
+        return _quantized_moe(x, weights, experts, w_gate, w_up, w_down, act)
     arrs = [[w.array for w in ws] for ws in (w_gate, w_up, w_down)]
     out = x.backend.moe(x.array, weights.array, experts.array, *arrs, act, x.dtype)
     return Tensor._wrap(out, x.backend, x.dtype)
+
+
+def _quantized_moe(x, weights, experts, w_gate, w_up, w_down, act):
+    """moe() over quantized experts (a GGUF Mixtral): backends/fused.py's composition in tensor ops, each expert's
+    products through F.linear (the quantized GEMVs / block dots), the same order and roundings: for every expert
+    in ascending order, out[t] += round(down(act(gate x) * up x) * weight[t, slot]). The routing is read on the
+    host, so a step with these experts is not captured (a captured decode of quantized experts is not built)."""
+    import numpy as np
+
+    import engine
+    from engine import functional as F
+    chosen, w_host = experts.numpy(), weights.numpy()
+    out = engine.zeros(*x.shape, dtype=x.dtype, device=x.device)
+    fn = (lambda t: F.gelu(t, approximate="tanh")) if act == "gelu_tanh" else getattr(F, act)
+    for e in range(len(w_gate)):
+        tok, slot = np.nonzero(chosen == e)  # tokens routed to e, and where e sits in their top-k
+        if not len(tok):
+            continue
+        idx = engine.tensor(tok.astype(np.int64), device=x.device)
+        xe = x.index_select(0, idx)
+        y = F.linear(fn(F.linear(xe, w_gate[e])) * F.linear(xe, w_up[e]), w_down[e])
+        wt = engine.tensor(w_host[tok, slot][:, None].astype(np.float32), device=x.device)
+        out[idx] = out[idx] + (y.float() * wt).to(x.dtype)  # times fp32, rounded once
+    return out
