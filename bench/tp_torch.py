@@ -8,12 +8,15 @@ by torchrun:
 
 Random weights from a preset's config, each tensor drawn whole from a generator seeded by its name (the same on
 every rank and at every world size) and sliced to the rank's shard, so TP=N holds TP=1's model exactly. Batch-1
-greedy decode, eager with a DynamicCache (sdpa attention): prefill of --prompt-len ids, then --steps steps, timed
-after --warmup steps; tokens/s, weight bytes per rank, the tokens, and the last step's logits (rank 0 writes the
-JSON). --compile runs it through torch.compile (dynamic shapes, default mode), as torch's TP is meant to run.
-On one H200 (session 22) its TP = 1 decode of the 7B shape ran 10.6 tok/s eager, 12.6 compiled, where the llm
-suite's torch eager runner ran 43: a gap not found yet (measurements/h200/NOTES.md), so its figures are not yet fit
-to stand beside the engine's. A config whose plan has styles other than colwise/rowwise (Phi-3's fused projections, Mixtral's experts) is
+greedy decode, eager with a DynamicCache: prefill of --prompt-len ids, then --steps steps, timed after --warmup
+steps; tokens/s, weight bytes per rank, the tokens, and the last step's logits (rank 0 writes the JSON). --compile
+runs it through torch.compile (dynamic shapes, default mode), as torch's TP is meant to run.
+--attn sdpa (the default) runs torch's scaled_dot_product_attention with its cuDNN backend turned off: on one H200
+(torch 2.11, session 23's profile) sdpa chose cuDNN, which builds a new plan for every new sequence length, ~3 ms a
+layer on the host, so each decode step (one position longer than the last) paid ~100 ms: 10.6 tok/s for the 7B
+shape where the llm suite's torch eager runner ran 43. With it off (session 23, same card): 47.7 tok/s sdpa, 43.6
+--attn eager (that runner's attention), 85.5 sdpa --compile.
+A config whose plan has styles other than colwise/rowwise (Phi-3's fused projections, Mixtral's experts) is
 refused with the styles named.
 """
 from __future__ import annotations
@@ -60,15 +63,18 @@ def _fill(model, seed: int, std: float = 0.02) -> int:
     return total
 
 
-def build(model_spec: str, dtype, device, mesh, seed: int = 0):
-    """The transformers model of a preset, split over mesh (None: whole), weights filled (see _fill)."""
+def build(model_spec: str, dtype, device, mesh, seed: int = 0, attn: str = "sdpa"):
+    """The transformers model of a preset, split over mesh (None: whole), weights filled (see _fill); attn: its
+    attention implementation (sdpa: with torch's cuDNN attention backend turned off, the module docstring says why)."""
     import torch
     import transformers
     from torch.distributed.tensor.parallel import parallelize_module
 
     from impls import sources
     cfg = sources.hf_config(sources.parse(model_spec))
-    cfg._attn_implementation = "sdpa"
+    cfg._attn_implementation = attn
+    if attn == "sdpa" and torch.device(device).type == "cuda":
+        torch.backends.cuda.enable_cudnn_sdp(False)
     with torch.device("meta"):
         model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=dtype)
     if mesh is not None and mesh.size() > 1:
@@ -119,6 +125,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=64)
     p.add_argument("--warmup", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"],
+                   help="attention: torch's sdpa without its cuDNN backend (default), or transformers' eager")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (dynamic shapes, default mode: "
                                                             "DTensor's dispatch traced away, the cache growing)")
     p.add_argument("--out", required=True, help="JSON file rank 0 writes")
@@ -144,7 +152,7 @@ def main(argv=None) -> int:
         mesh = init_device_mesh(device.type, (world,))
     dtype = getattr(torch, args.dtype or ("float16" if device.type == "cuda" else "float32"))
     t0 = time.perf_counter()
-    model, cfg, weight_bytes = build(args.model, dtype, device, mesh, args.seed)
+    model, cfg, weight_bytes = build(args.model, dtype, device, mesh, args.seed, args.attn)
     build_s = time.perf_counter() - t0
     if args.compile:  # compiled on the first calls (prefill, then the first steps: inside the warm-up)
         model.forward = torch.compile(model.forward, dynamic=True)
@@ -158,12 +166,12 @@ def main(argv=None) -> int:
                "steps": args.steps, "warmup": args.warmup, "weight_bytes_per_rank": weight_bytes,
                "achieved_gb_per_s_per_rank": (weight_bytes * res["tokens_per_s"] / 1e9
                                               if res["tokens_per_s"] else None),
-               "compiled": args.compile, "build_s": build_s, **res}
+               "attn": args.attn, "compiled": args.compile, "build_s": build_s, **res}
         tmp = f"{args.out}.tmp"
         with open(tmp, "w") as f:
             json.dump(out, f, indent=1)
         os.replace(tmp, args.out)
-        print(f"tp_torch: {args.model} TP={world} {out['dtype']}{' compiled' if args.compile else ''}: "
+        print(f"tp_torch: {args.model} TP={world} {out['dtype']} {args.attn}{' compiled' if args.compile else ''}: "
               f"{res['tokens_per_s'] or 0:.1f} tok/s "
               f"({weight_bytes / 1e9:.2f} GB a rank) -> {args.out}", file=sys.stderr)
     if world > 1:

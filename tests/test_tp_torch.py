@@ -47,3 +47,11 @@ def test_unsupported_plan_styles_are_named():
     from bench.tp_torch import _styles
     with pytest.raises(SystemExit, match="colwise_rep"):
         _styles({"layers.*.self_attn.qkv_proj": "colwise_rep", "layers.*.mlp.down_proj": "rowwise"})
+
+
+def test_eager_attention_gives_sdpas_tokens(tmp_path):
+    """--attn eager (transformers' eager attention, the llm suite's torch runner's) against the default sdpa."""
+    sdpa, eager = run(tmp_path, 1), run(tmp_path, 1, "--attn", "eager")
+    assert (sdpa["attn"], eager["attn"]) == ("sdpa", "eager") and eager["tokens"] == sdpa["tokens"]
+    a, b = np.array(sdpa["last_logits"]), np.array(eager["last_logits"])
+    assert np.abs(a - b).max() <= 1e-5 * np.ptp(a)
