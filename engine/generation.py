@@ -220,21 +220,38 @@ class Decoder:
             raise CacheFullError(
                 f"Decoder: {self.prompt_len} prompt + {self.count} new tokens fill max_len={self.max_len}")
         if self.step_fn is not None:
+            # the recording (call 2) and the capture (call 3) may fail part way, after the step advanced the
+            # cache's position or (a capture, after its eager rehearsal) chose its token: keep what to go back to
+            mark = self._mark() if self.asked is not True and 1 <= self.step_fn.calls <= 2 else None
             try:
                 self.step_fn()
             except CaptureError as e:
-                if self.asked is True or self.step_fn.calls > 3:  # capture=True asked for it; a replay of a
-                    raise                                           # captured step is not retried
+                if mark is None:  # capture=True asked for it; a replay of a captured step is not retried
+                    raise
                 # the step cannot be recorded or captured (e.g. a quantized mixture of experts routes on the host):
-                # warn once and run it as written from here on (it failed before writing this step's token)
+                # warn once, go back to where the step began and run it as written from here on
                 import warnings
                 warnings.warn(f"engine.generation: the decode step runs uncaptured: {e}", RuntimeWarning,
                               stacklevel=2)
                 self.step_fn = None
+                self._rewind(mark)
                 self._step()
         else:
             self._step()
         self.count += 1
+
+    def _mark(self):
+        """The state a decode step changes (the cache's positions, the next token, the count and draws on the
+        device, the tokens seen), copied; the cache's slots and the out column a step writes are not kept:
+        running the step again from here writes them again."""
+        keep = [t.clone() for t in (self.tok, self.n, self.counter, self.seen) if t is not None]
+        return self.cache.mark(), keep
+
+    def _rewind(self, mark) -> None:
+        cache, keep = mark
+        self.cache.rewind(cache)
+        for t, k in zip([t for t in (self.tok, self.n, self.counter, self.seen) if t is not None], keep):
+            t.copy_(k)
 
     def tokens(self, start: int = 0) -> np.ndarray:
         """(B, count - start) host ids of the tokens chosen so far (one read)."""

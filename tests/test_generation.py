@@ -203,8 +203,10 @@ def test_cli_generate_errors(model_dir, tmp_path, capsys):
 
 def test_a_step_that_cannot_be_recorded_runs_uncaptured(monkeypatch):
     """A decode step whose recording fails (CaptureError: here a quantized mixture of experts, which reads its
-    routing on the host, under Captured's check_host as a CUDA graph has it) warns once and runs as written,
-    with the tokens of the plain step; an explicit capture=True raises instead."""
+    routing on the host, under Captured's check_host as a CUDA graph has it) warns once, goes back to where
+    the step began (the recording had advanced the cache's position) and runs as written: every step then
+    runs the model's ops (the first, eager one too), so the tokens are the plain step's; an explicit
+    capture=True raises instead."""
     import functools
     import warnings
     from engine import generation
@@ -217,6 +219,11 @@ def test_a_step_that_cannot_be_recorded_runs_uncaptured(monkeypatch):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert generate(m, [[3, 17, 42]], max_new_tokens=8, capture=False).tokens[0] == want
+        dec = generation.Decoder(m, 1, 3 + 4, capture=False)
+        dec.prefill(engine.tensor([[3, 17, 42]], device=m.device))
+        for _ in range(3):
+            dec.step()
     assert [str(w.message) for w in caught if "runs uncaptured" in str(w.message)]
+    assert dec.step_fn is None and dec.cache.seen == 6 and dec.cache.pos.tolist() == [6]
     with pytest.raises(CaptureError):
         generate(m, [[3, 17, 42]], max_new_tokens=8, capture=True)

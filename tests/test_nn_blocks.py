@@ -11,7 +11,7 @@ from transformers.models.llama import modeling_llama as hf_llama
 
 import engine
 from engine.nn.attention import attention, causal_mask, min_value, positions, repeat_kv
-from engine.nn.kv_cache import CacheFullError, KVCache, SlidingWindowCache
+from engine.nn.kv_cache import CacheFullError, KVCache, SlidingWindowCache, StaticCache
 from engine.nn.linear import Embedding, Linear, input_major
 from engine.nn.norm import LayerNorm, RmsNorm
 from engine.nn.rotary import RotaryEmbedding, apply_rotary, inv_freq, rope_parameters, signed_sin
@@ -280,3 +280,21 @@ def test_sliding_window_cache_is_a_ring():
     np.testing.assert_array_equal(c.slot_pos.numpy(), [4, 5, 6, 3])
     m = causal_mask(s.query_pos, s.key_pos, sliding_window=w).numpy()[0, 0, 0]
     np.testing.assert_array_equal(m == 0, [True, True, True, True])  # positions 3..6 are the window
+
+
+@pytest.mark.parametrize("make", [lambda: KVCache(1, 1, 1, 2, 8, device=DEVICE),
+                                  lambda: StaticCache(1, 1, 1, 2, 8, device=DEVICE),
+                                  lambda: SlidingWindowCache(1, 1, 1, 2, 4, device=DEVICE)])
+def test_a_cache_rewound_to_a_mark_steps_as_from_there(make):
+    c = make()
+    c.step(3)
+    mark = c.mark()
+    s = c.step(1)
+    want = s.slots.numpy().copy(), s.key_pos.numpy().copy()
+    for _ in range(2):  # a step that failed part way (after advancing), then two more
+        c.step(1)
+    c.rewind(mark)
+    s = c.step(1)
+    np.testing.assert_array_equal(s.slots.numpy(), want[0])
+    np.testing.assert_array_equal(s.key_pos.numpy(), want[1])  # a ring's slot positions too
+    assert c.seen == 4

@@ -80,6 +80,15 @@ class KVCache(_Buffers):
     def reset(self) -> None:
         self.seen = 0
 
+    def mark(self):
+        """The positions written so far, for rewind (the buffers' contents are not kept: a step run again
+        from a mark writes the same slots)."""
+        return self.seen
+
+    def rewind(self, mark) -> None:
+        """Back to mark() (a step that failed part way, e.g. a decode step whose capture failed, runs again)."""
+        self.seen = mark
+
     def step(self, n: int) -> CacheStep:
         if self.seen + n > self.max_len:
             raise CacheFullError(f"KVCache holds {self.max_len} positions; {self.seen} are used and {n} more "
@@ -113,6 +122,14 @@ class SlidingWindowCache(_Buffers):
     def reset(self) -> None:
         self.seen = 0
         self.slot_pos.fill_(-1)
+
+    def mark(self):
+        """See KVCache.mark (here also the positions the ring's slots hold, on the device)."""
+        return self.seen, self.slot_pos.clone()
+
+    def rewind(self, mark) -> None:
+        self.seen = mark[0]
+        self.slot_pos.copy_(mark[1])
 
     def step(self, n: int) -> CacheStep:
         w = self.window
@@ -160,6 +177,14 @@ class StaticCache(KVCache):
     def reset(self) -> None:
         super().reset()
         self.pos.zero_()
+
+    def mark(self):
+        """See KVCache.mark (here also the device write position)."""
+        return self.seen, self.pos.clone()
+
+    def rewind(self, mark) -> None:
+        self.seen = mark[0]
+        self.pos.copy_(mark[1])
 
     def step(self, n: int) -> CacheStep:
         if self.seen + n > self.max_len:
