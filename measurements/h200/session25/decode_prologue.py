@@ -1,0 +1,45 @@
+"""Session 25 (timing only, wrong numbers): what the quantized GEMVs' prologue (x's 16-bit row loaded after the
+wait, normed, quantised to int8 per 32 into shared memory: quant_span.cuh's quantise_x_after_wait) costs a captured
+decode step, with the kernels' source edited in memory (the tree is not): "base"; "xonly" (x's chunks loaded after
+the wait as before, nothing normed or quantised: the int8 blocks in shared memory are whatever was there, the cost
+a producer-quantised x would still pay); "nox" (nothing after the wait but the ring's remaining batches). Upper
+bounds of a design where the kernel before writes x already normed-and-quantised. fp16 (no such prologue) once.
+Usage: python decode_prologue.py OUT.json FORMATS VARIANTS
+"""
+import sys
+
+sys.path.insert(0, "measurements/h200/session16")
+from decode_attn import run  # noqa: E402
+
+from engine.backends import cupy_kernels as K  # noqa: E402
+from engine.backends import cupy_quant as Q  # noqa: E402
+
+SRC = K._SRC
+CALL = "    stage_quantise_x<T, XJ, NW>(x, nc.w, nc.hw, eps, style, K, xq, dxs, sxs, pad, red, after);\n"
+assert SRC.count(CALL) == 1
+XONLY = """    {
+        const uint4 *x4 = reinterpret_cast<const uint4 *>(x);
+        uint4 c[XChunks<XJ, NW>::Q];
+        #pragma unroll
+        for (int j = 0; j < XChunks<XJ, NW>::Q; j++)
+            if (threadIdx.x + 32 * NW * j < K / 8) c[j] = x4[threadIdx.x + 32 * NW * j];
+        after();
+        unsigned v = 0;
+        #pragma unroll
+        for (int j = 0; j < XChunks<XJ, NW>::Q; j++)
+            if (threadIdx.x + 32 * NW * j < K / 8) v ^= c[j].x ^ c[j].w;
+        if (v == 0x7fc00123u) xq[threadIdx.x] = 1;  // the loads kept, ~never taken
+    }
+"""
+VARIANTS = {"base": SRC, "xonly": SRC.replace(CALL, XONLY), "nox": SRC.replace(CALL, "    after();\n")}
+
+
+def switch(v):
+    K._SRC = VARIANTS[v]
+    K._module.cache_clear()
+    K._FNS.clear()
+    Q._SPAN_LAUNCH.clear()
+
+
+if __name__ == "__main__":
+    run(sys.argv[1], sys.argv[2], sys.argv[3].split(","), switch, lambda: switch("base"), fp16_once=True)
