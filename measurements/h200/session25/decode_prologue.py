@@ -31,7 +31,17 @@ XONLY = """    {
         if (v == 0x7fc00123u) xq[threadIdx.x] = 1;  // the loads kept, ~never taken
     }
 """
-VARIANTS = {"base": SRC, "xonly": SRC.replace(CALL, XONLY), "nox": SRC.replace(CALL, "    after();\n")}
+# within stage_quantise_x: "nonorm" (no statistic, no norm applied: x quantised as it came), "noquant" (normed, the
+# int8 blocks not written: quantise_groups left out)
+STAT = "    float r = 1.f, s = 1.f;\n    if (style != 0) {\n"
+APPLY = "                if (style != 0) {\n                    float g[8];"
+QG = "        quantise_groups(v, idx, n8, xq, dxs, sxs, pad);\n    }\n}\n\n\n// The norm weight's chunks"
+assert SRC.count(STAT) == 1 and SRC.count(APPLY) == 1 and SRC.count(QG) == 1
+VARIANTS = {"base": SRC, "xonly": SRC.replace(CALL, XONLY), "nox": SRC.replace(CALL, "    after();\n"),
+            "nonorm": SRC.replace(STAT, STAT.replace("style != 0", "false")).replace(
+                APPLY, APPLY.replace("style != 0", "false")),
+            "noquant": SRC.replace(QG, "        if (v[0][0] == 1.2345e-30f) xq[t] = 1;  // v kept, ~never taken\n"
+                                   + QG[QG.index("    }"):])}
 
 
 def switch(v):
