@@ -2,7 +2,8 @@
 wait, normed, quantised to int8 per 32 into shared memory: quant_span.cuh's quantise_x_after_wait) costs a captured
 decode step, with the kernels' source edited in memory (the tree is not): "base"; "xonly" (x's chunks loaded after
 the wait as before, nothing normed or quantised: the int8 blocks in shared memory are whatever was there, the cost
-a producer-quantised x would still pay); "nox" (nothing after the wait but the ring's remaining batches). Upper
+a producer-quantised x would still pay), "xonly_big" / "xonly_small" (that where K > 4096, down_proj's,
+or only where K <= 4096); "nox" (nothing after the wait but the ring's remaining batches). Upper
 bounds of a design where the kernel before writes x already normed-and-quantised. fp16 (no such prologue) once.
 Usage: python decode_prologue.py OUT.json FORMATS VARIANTS
 """
@@ -40,6 +41,9 @@ assert SRC.count(STAT) == 1 and SRC.count(APPLY) == 1 and SRC.count(QG) == 1
 VARIANTS = {"base": SRC, "xonly": SRC.replace(CALL, XONLY), "nox": SRC.replace(CALL, "    after();\n"),
             "nonorm": SRC.replace(STAT, STAT.replace("style != 0", "false")).replace(
                 APPLY, APPLY.replace("style != 0", "false")),
+            # x's prologue gone only where K > 4096 (down_proj) or only where K <= 4096 (the rest)
+            "xonly_big": SRC.replace(CALL, "    if (K > 4096)\n" + XONLY + "    else\n" + CALL),
+            "xonly_small": SRC.replace(CALL, "    if (K <= 4096)\n" + XONLY + "    else\n" + CALL),
             "noquant": SRC.replace(QG, "        if (v[0][0] == 1.2345e-30f) xq[t] = 1;  // v kept, ~never taken\n"
                                    + QG[QG.index("    }"):])}
 
