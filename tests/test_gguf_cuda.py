@@ -389,11 +389,11 @@ def test_qgemv_direct_x_in_registers_equals_the_staged_prologue(monkeypatch, fmt
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize("cols", [256, 4096, 11008, 12288])
 @pytest.mark.parametrize("case", ["plain", "norm", "residual", "glu_plain", "glu", "segments", "one_block",
-                                  "two_slots", "other_u", "glu_pre0", "norm_pre1"])
+                                  "two_slots", "other_u", "glu_pre0", "norm_pre1", "norm_gemma", "norm_torch"])
 def test_qgemv_ring_equals_qgemv_direct(monkeypatch, fmt, dtype, cols, case):
     """qgemv_ring (cupy_quant's RING: the weights brought into shared memory by bulk copies, S batches a warp
-    ahead) equals qgemv_direct's int8 route bit for bit: odd row counts (a pair's second row repeated), the llama
-    norm, a residual, GLU with and without the norm, q/k/v segments of other lengths, a grid of one block (each
+    ahead) equals qgemv_direct's int8 route bit for bit: odd row counts (a pair's second row repeated), the llama,
+    gemma and torch norms (compiled into the ring's prologue, read at run time by qgemv_direct), a residual, GLU with and without the norm, q/k/v segments of other lengths, a grid of one block (each
     warp walks many pairs, its ring wrapping across them), two slots a warp, one and two units a lane a batch, none
     or one batch issued before the wait (the rest once x's loads are out); K from one batch to a split pair's batch
     across both rows."""
@@ -421,6 +421,8 @@ def test_qgemv_ring_equals_qgemv_direct(monkeypatch, fmt, dtype, cols, case):
             "glu": lambda: be.linear_fused(x, w, None, dt, norm=(nw, 1e-5, "llama"), glu=(w2, None, "silu")),
             "glu_pre0": lambda: be.linear_fused(x, w, None, dt, norm=(nw, 1e-5, "llama"), glu=(w2, None, "silu")),
             "norm_pre1": lambda: be.linear_fused(x, w, None, dt, norm=(nw, 1e-5, "llama")),
+            "norm_gemma": lambda: be.linear_fused(x, w, None, dt, norm=(nw, 1e-6, "gemma")),
+            "norm_torch": lambda: be.linear_fused(x, w, None, dt, norm=(nw, 1e-5, "torch")),
             "segments": lambda: be.linear_group(x, [w, op(16, 3), op(21, 4)], [None] * 3, dt,
                                                 norm=(nw, 1e-5, "llama"))}.get(case, call_plain)
     if case == "one_block":
@@ -441,6 +443,39 @@ def test_qgemv_ring_equals_qgemv_direct(monkeypatch, fmt, dtype, cols, case):
         outs.append([o.get() for o in out] if isinstance(out, list) else [out.get()])
     for a, b in zip(*outs):  # (GLU of these random blocks overflows float16 in places: inf for inf)
         np.testing.assert_array_equal(b, a)
+
+
+_DIVS = r"""
+extern "C" __global__ void divs_check(unsigned long long *bad, unsigned *first) {
+    const unsigned long long n = 0x7f800000ull, step = (unsigned long long)gridDim.x * blockDim.x;
+    for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n; i += step) {
+        const float a = __uint_as_float((unsigned)i), d = __fdiv_rn(a, 127.f);
+        if (__float_as_uint(div127_rn(a)) != __float_as_uint(d)) {
+            atomicAdd(bad, 1ull);
+            atomicMin(first, (unsigned)i);
+        }
+        if (__float_as_uint(rcp_rn(d)) != __float_as_uint(__frcp_rn(d))) {
+            atomicAdd(bad + 1, 1ull);
+            atomicMin(first + 1, (unsigned)i);
+        }
+    }
+}
+"""
+
+
+@cuda
+def test_quantise_x_scale_and_reciprocal_are_ieee_for_every_float32():
+    """quant_span.cuh's div127_rn and rcp_rn (x's block scale max|x| / 127 and its reciprocal, without the
+    intrinsics' branches to a slow path) equal __fdiv_rn(a, 127) and __frcp_rn(a / 127) bit for bit for every
+    finite float32 a >= 0, zero and the subnormals included, so x's int8 blocks stay
+    numpy_quant.quantize_x_q8's."""
+    import cupy
+
+    from engine.backends import cupy_kernels as K
+    fn = cupy.RawModule(code=K._SRC + _DIVS, options=("-std=c++17",)).get_function("divs_check")
+    bad, first = cupy.zeros(2, cupy.uint64), cupy.full(2, 0xFFFFFFFF, cupy.uint32)
+    fn((4 * 132 * 8,), (256,), (bad, first))
+    assert bad.get().tolist() == [0, 0], f"mismatches (scale, reciprocal) {bad.get()}, first at a = {first.get()}"
 
 
 def _edge_shapes(fmt, n, cols, m, dot, takes):

@@ -263,7 +263,7 @@ def qgemv_fused(x2, data, qtype: str, out, bias=None, W2=None, bias2=None, act=N
         if ring:
             (_, smem), warps = ring, _ring(qtype, "nw")
             fn = K._fn(f"qgemv_ring<{K.type_name(x2.dtype)},{DIRECT_FORMATS[qtype]},{warps},{_xj(m, Kd, 2, 6)},"
-                       f"{_ring(qtype, 'u')}>")
+                       f"{_ring(qtype, 'u')},{K.NORM_STYLES[style]}>")  # the norm style compiled in
             if smem > 48 * 1024 and fn.max_dynamic_shared_size_bytes < smem:
                 fn.max_dynamic_shared_size_bytes = _smem_limits()[1] - 128
             grid, block = (min(-(-pairs // warps), _ring(qtype, "per_sm") * _sms()),), (32 * warps,)

@@ -61,7 +61,7 @@ template <int F, int U> struct QRing {
     }
 };
 
-template <typename T, int F, int NW, int XJ, int U>
+template <typename T, int F, int NW, int XJ, int U, int ST>  // ST: the norm style (stage_quantise_x's)
 __global__ void __launch_bounds__(32 * NW, 2) qgemv_ring(const unsigned char *__restrict__ W,
         const unsigned char *__restrict__ W2, long row_bytes, const T *__restrict__ x, long x_row,
         const T *__restrict__ nw, float eps, int style, const T *__restrict__ bias, const T *__restrict__ bias2,
@@ -119,8 +119,8 @@ __global__ void __launch_bounds__(32 * NW, 2) qgemv_ring(const unsigned char *__
     __syncwarp();
     // frozen weights: the first pre batches before pdl_wait, the rest once x's loads are out (behind them)
     for (int s = 0; s < pre; s++) issue(s);
-    quantise_x_after_wait<T, XJ, NW>(x, nc, eps, style, K, xq, dxs, L::PAD < 0 ? nullptr : sxs, L::PAD, red,
-                                     [&] { for (int s = pre; s < S; s++) issue(s); });
+    quantise_x_after_wait<T, XJ, NW, ST>(x, nc, eps, style, K, xq, dxs, L::PAD < 0 ? nullptr : sxs, L::PAD, red,
+                                         [&] { for (int s = pre; s < S; s++) issue(s); });
     __syncthreads();
     int s = 0;
     unsigned phase = 0;

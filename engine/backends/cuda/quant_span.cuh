@@ -297,6 +297,33 @@ __device__ __forceinline__ void span_dot_i(unsigned char *const *wb, const int *
 // (quant_direct.cu's QD_q8_0h): each block of 32 behind two zero bytes, 34 bytes a block as a Q8_0 row lies
 // (value v at xq[34 (v / 32) + 2 + v % 32]).
 #ifndef Q_HOST
+// a / 127 and 1 / d rounded to nearest, as __fdiv_rn and __frcp_rn give them, without their branches to a slow path
+// (a branch between the unrolled trips of a prologue keeps their instructions apart; on an H200, session 25, the
+// captured Q4_K decode 679 -> 714 tok/s with quantise_groups' two as a product and an approximate reciprocal).
+// div127_rn: the product by float32(1 / 127), corrected by its residual (exact in an FMA); where the product is
+// not finite it is the answer. rcp_rn: rcp.approx (within an ulp), one Newton step, then that or the float above
+// it, whichever leaves the smaller residual 1 - d y (the step alone rounds a tie the wrong way where d's mantissa
+// is all ones); d scaled by 2^64 first where it lies below 2^-120 (exact, and the result scaled back exactly:
+// powers of two), so the approximation always sees a normal number; 1 / 0 is inf. On the host (std::fmaf), that
+// sequence gives the correctly rounded reciprocal from any start within 4 ulps, for every mantissa.
+// tests/test_gguf_cuda.py compares both with the intrinsics on the card for every finite a >= 0 (an absolute
+// maximum) and d = a / 127 (at most 2^122, where the approximation's input stays below 2^126).
+__device__ __forceinline__ float div127_rn(float a) {
+    const float c = 0.007874015748031496f, q = __fmul_rn(a, c);
+    const float f = __fmaf_rn(__fmaf_rn(-q, 127.f, a), c, q);
+    return fabsf(q) < INFINITY ? f : q;
+}
+__device__ __forceinline__ float rcp_rn(float d) {
+    const bool tiny = d < 7.52316384526264e-37f;  // 2^-120
+    const float k = tiny ? 18446744073709551616.f : 1.f, e = __fmul_rn(d, k);  // 2^64
+    float y;
+    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(e));
+    y = __fmaf_rn(__fmaf_rn(-e, y, 1.f), y, y);
+    const float u = __uint_as_float(__float_as_uint(y) + 1u);
+    y = -__fmaf_rn(-e, u, 1.f) < __fmaf_rn(-e, y, 1.f) ? u : y;
+    return d > 0.f ? __fmul_rn(y, k) : INFINITY;
+}
+
 // quantise_x's arithmetic for two groups of 8 a thread (v: their values; idx: their group numbers, past n8: none)
 __device__ __forceinline__ void quantise_groups(float (&v)[2][8], const int (&idx)[2], int n8, signed char *xq,
                                                 float *dxs, int *sxs, int pad) {
@@ -318,7 +345,7 @@ __device__ __forceinline__ void quantise_groups(float (&v)[2][8], const int (&id
     for (int h = 0; h < 2; h++) {
         const int i = idx[h];
         if (i < n8) {
-            const float dx = __fdiv_rn(amax[h], 127.f), r = __frcp_rn(dx);
+            const float dx = div127_rn(amax[h]), r = rcp_rn(dx);
             unsigned w[2] = {0u, 0u};
             #pragma unroll
             for (int e = 0; e < 8; e++) {  // cvt.rni of NaN is 0, of +-inf the int range (then clamped)
@@ -384,10 +411,14 @@ struct NoOp {
 };
 
 // after(): called once x's loads are out (qgemv_ring issues the rest of its weight batches there, behind them)
-template <typename T, int XJ, int NW = 8, typename After = NoOp>
+// ST: the norm style when compiling (0 none, 1 llama, 2 gemma, 3 torch: cupy_kernels.NORM_STYLES), or -1 for the
+// launch's `style` read at run time. Known when compiling, only its own arithmetic is in the kernel: on an H200
+// (session 25) the captured Q4_K decode 679 -> 709 tok/s on qgemv_ring; the same bits.
+template <typename T, int XJ, int NW = 8, int ST = -1, typename After = NoOp>
 __device__ __forceinline__ void stage_quantise_x(const T *__restrict__ x, const uint4 (&nw4)[XChunks<XJ, NW>::Q],
-                                                 bool hw, float eps, int style, int K, signed char *xq, float *dxs,
+                                                 bool hw, float eps, int style_, int K, signed char *xq, float *dxs,
                                                  int *sxs, int pad, float *red, After after = After()) {
+    const int style = ST >= 0 ? ST : style_;
     constexpr int NT = 32 * NW, XQ = XChunks<XJ, NW>::Q;
     static_assert(sizeof(T) == 2 && XJ % 2 == 0 && NW % 8 == 0, "16-bit x, chunk pairs, whole blocks of 256");
     const int n8 = K / 8, t = threadIdx.x;  // chunks of x = groups of 8
@@ -464,12 +495,12 @@ template <typename T, int XJ, int NW> struct NormChunks {
 // The int8 route's prologue of a GEMV whose weights are frozen, after its loads have gone out: once the kernel
 // before has ended, x's one 16-bit row is normed (nc: NormChunks, loaded first) and quantised in registers
 // (stage_quantise_x). The barrier after it is the caller's.
-template <typename T, int XJ, int NW, typename After = NoOp>
+template <typename T, int XJ, int NW, int ST = -1, typename After = NoOp>
 __device__ __forceinline__ void quantise_x_after_wait(const T *__restrict__ x, const NormChunks<T, XJ, NW> &nc,
                                                       float eps, int style, int K, signed char *xq, float *dxs,
                                                       int *sxs, int pad, float *red, After after = After()) {
     pdl_wait();
     pdl_trigger();
-    stage_quantise_x<T, XJ, NW>(x, nc.w, nc.hw, eps, style, K, xq, dxs, sxs, pad, red, after);
+    stage_quantise_x<T, XJ, NW, ST>(x, nc.w, nc.hw, eps, style, K, xq, dxs, sxs, pad, red, after);
 }
 #endif
