@@ -50,9 +50,13 @@ _HOST = r"""
 #define __forceinline__ inline
 #include <cstring>
 #include <cmath>
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
+#endif
 static inline float __fmul_rn(float a, float b) { return a * b; }
 static inline float __fadd_rn(float a, float b) { return a + b; }
 static inline float __fsub_rn(float a, float b) { return a - b; }
+static inline float __fmaf_rn(float a, float b, float c) { return std::fmaf(a, b, c); }
 static inline float q_h2f(unsigned h) {  // IEEE half -> float
     const unsigned s = (h >> 15) & 1, e = (h >> 10) & 31, m = h & 1023;
     float v = e == 0 ? std::ldexp((float)m, -24) : e == 31 ? (m ? NAN : INFINITY) : std::ldexp((float)(m | 1024), (int)e - 25);
@@ -157,6 +161,25 @@ extern "C" void span_run_i(int fmt, const unsigned char *W, long row_bytes, int 
         case 4: span_rows<QL_q6_k, true>(W, row_bytes, R, K, nullptr, y, nullptr, xq, dx, iout); break;
     }
 }
+// div127_rn (quant_span.cuh) against the host's division with subnormals flushed (x86's FTZ and DAZ: what cupy's
+// -ftz=true makes of the card's arithmetic) for the floats of bits lo .. hi - 1: how many differ, the first in *first
+// (all ones: not an x86 host)
+extern "C" unsigned long long div127_check(unsigned lo, unsigned hi, unsigned *first) {
+#if defined(__x86_64__) || defined(__i386__)
+    const unsigned csr = _mm_getcsr();
+    _mm_setcsr(csr | 0x8040u);  // FTZ | DAZ
+    volatile float d127 = 127.f;
+    unsigned long long bad = 0;
+    for (unsigned long long i = lo; i < hi; i++) {
+        const float a = q_bits((unsigned)i), got = div127_rn(a), want = a / d127;
+        if (std::memcmp(&got, &want, 4) != 0 && !bad++) *first = (unsigned)i;
+    }
+    _mm_setcsr(csr);
+    return bad;
+#else
+    return ~0ull;
+#endif
+}
 extern "C" void run(int fmt, const unsigned char *W, long row_bytes, int R, int K, const float *x, float *y, float *w) {
     switch (fmt) {
         case 0: rows<QF_q4_0>(W, row_bytes, R, K, x, y, w); break;
@@ -184,7 +207,22 @@ def host_lib(tmp_path_factory):
                       ctypes.c_void_p, ctypes.c_void_p]
     lib.span_run_i.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_int] + [
         ctypes.c_void_p] * 4
+    lib.div127_check.argtypes = [ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p]
+    lib.div127_check.restype = ctypes.c_ulonglong
     return lib
+
+
+# every float below 2^-98 (zero, the subnormals, the scaled ones and the boundary), every mantissa of [1, 2) (the
+# unscaled path's rounding depends on the mantissa alone) and the top binade (the product's overflow)
+@pytest.mark.parametrize("lo,hi", [(0, 0x0E800000), (0x3F800000, 0x40000000), (0x7F000000, 0x7F800000)])
+def test_quantise_x_scale_on_the_host_with_subnormals_flushed(host_lib, lo, hi):
+    """quant_span.cuh's div127_rn (x's block scale max|x| / 127, correctly rounded without __fdiv_rn's branch)
+    against the host's float32 division under FTZ and DAZ, the card's arithmetic as cupy compiles it."""
+    first = ctypes.c_uint(0)
+    bad = host_lib.div127_check(lo, hi, ctypes.byref(first))
+    if bad == 2**64 - 1:
+        pytest.skip("flush-to-zero is set through x86's MXCSR; this host is not x86")
+    assert bad == 0, f"{bad} floats differ, the first of bits {first.value:#010x}"
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

@@ -296,23 +296,30 @@ __device__ __forceinline__ void span_dot_i(unsigned char *const *wb, const int *
 // padding after every 64 values (value v at xq[v + pad * (v / 64)]); pad < 0: Q8_0's own layout
 // (quant_direct.cu's QD_q8_0h): each block of 32 behind two zero bytes, 34 bytes a block as a Q8_0 row lies
 // (value v at xq[34 (v / 32) + 2 + v % 32]).
-#ifndef Q_HOST
-// a / 127 and 1 / d rounded to nearest, as __fdiv_rn and __frcp_rn give them, without their branches to a slow path
-// (a branch between the unrolled trips of a prologue keeps their instructions apart; on an H200, session 25, the
-// captured Q4_K decode 679 -> 714 tok/s with quantise_groups' two as a product and an approximate reciprocal).
-// div127_rn: the product by float32(1 / 127), corrected by its residual (exact in an FMA); where the product is
-// not finite it is the answer. rcp_rn: rcp.approx (within an ulp), one Newton step, then that or the float above
-// it, whichever leaves the smaller residual 1 - d y (the step alone rounds a tie the wrong way where d's mantissa
-// is all ones); d scaled by 2^64 first where it lies below 2^-120 (exact, and the result scaled back exactly:
-// powers of two), so the approximation always sees a normal number; 1 / 0 is inf. On the host (std::fmaf), that
-// sequence gives the correctly rounded reciprocal from any start within 4 ulps, for every mantissa.
-// tests/test_gguf_cuda.py compares both with the intrinsics on the card for every finite a >= 0 (an absolute
-// maximum) and d = a / 127 (at most 2^122, where the approximation's input stays below 2^126).
+
+// a / 127 and 1 / d rounded to nearest, as __fdiv_rn and __frcp_rn give them, without their branches to a slow
+// path (a branch between the unrolled trips of a prologue keeps their instructions apart: on an H200, session 25,
+// the captured Q4_K decode went 679 -> 714 tok/s with these two as a product and an approximate reciprocal).
+// div127_rn: the product by float32(1 / 127), corrected by its residual (exact in an FMA); where the product is not
+// finite it is the answer; a below 2^-100 is scaled by 2^64 first and the quotient back (cupy compiles with
+// -ftz=true, which would flush a subnormal residual; a subnormal quotient is flushed, as div.rn.ftz flushes it).
+// rcp_rn: rcp.approx (within an ulp), one Newton step, then that or the float above it, whichever leaves the
+// smaller residual 1 - d y (the step alone rounds a tie the wrong way where d's mantissa is all ones); d below
+// 2^-120 is scaled by 2^64 first and the result back (exact: powers of two), so the approximation sees a normal
+// number; 1 / 0 is inf. With std::fmaf on the host that sequence gives the correctly rounded reciprocal from any
+// start within 4 ulps, for every mantissa. tests/test_gguf_cuda.py compares both with the intrinsics on the card
+// for every finite a >= 0 (an absolute maximum) and d = a / 127 (at most 2^122: the approximation's input stays
+// below 2^126), and div127_rn with the host's division under x86's flush-to-zero (FTZ, DAZ) in CI. Without the
+// scaling, div127_rn differed from the card's __fdiv_rn for 6667196 values of a (the first 0x03fe0001, the last
+// below 2^-100), and from the host's under FTZ for the same count and first.
 __device__ __forceinline__ float div127_rn(float a) {
-    const float c = 0.007874015748031496f, q = __fmul_rn(a, c);
-    const float f = __fmaf_rn(__fmaf_rn(-q, 127.f, a), c, q);
-    return fabsf(q) < INFINITY ? f : q;
+    const bool tiny = a < 7.888609052210118e-31f;  // 2^-100: the residual could be subnormal, flushed (cupy: -ftz)
+    const float b = __fmul_rn(a, tiny ? 18446744073709551616.f : 1.f);  // 2^64
+    const float c = 0.007874015748031496f, q = __fmul_rn(b, c);
+    const float f = __fmaf_rn(__fmaf_rn(-q, 127.f, b), c, q);
+    return __fmul_rn(fabsf(q) < INFINITY ? f : q, tiny ? 5.421010862427522e-20f : 1.f);  // 2^-64
 }
+#ifndef Q_HOST
 __device__ __forceinline__ float rcp_rn(float d) {
     const bool tiny = d < 7.52316384526264e-37f;  // 2^-120
     const float k = tiny ? 18446744073709551616.f : 1.f, e = __fmul_rn(d, k);  // 2^64
