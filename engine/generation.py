@@ -368,7 +368,10 @@ def load_tokenizer(model_dir):
     path = Path(model_dir) / "tokenizer.json"
     if not path.is_file():
         return None
-    from tokenizers import Tokenizer
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        raise ImportError(f"{path}: reading it needs the tokenizers package: pip install tokenizers") from None
     return Tokenizer.from_file(str(path))
 
 

@@ -13,6 +13,7 @@ import importlib.metadata
 import importlib.util
 import os
 import struct
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -714,6 +715,15 @@ def test_tokenizer_metadata_errors():
                          "tokenizer.ggml.scores": [0.0]}, "x.gguf")
     with pytest.raises(GGUFError, match="x.gguf: no tokenizer.ggml.tokens"):
         build_tokenizer({"tokenizer.ggml.model": "gpt2"}, "x.gguf")
+
+
+def test_a_gguf_tokenizer_without_the_tokenizers_package_says_what_to_install(monkeypatch):
+    """`pip install 'taper[gguf]'` brings it; without it one line names the file and the package (a fresh venv
+    with `pip install -e .` once showed a bare ModuleNotFoundError)."""
+    from engine.io.gguf_tokenizer import build_tokenizer
+    monkeypatch.setitem(sys.modules, "tokenizers", None)  # any import of it now fails
+    with pytest.raises(ImportError, match=r"x.gguf: .*pip install tokenizers \(or pip install 'taper\[gguf\]'\)"):
+        build_tokenizer({"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.tokens": ["a"]}, "x.gguf")
 
 
 

@@ -81,7 +81,11 @@ def _spm_tokenizer(md: dict, where: str):
 
 
 def build_tokenizer(md: dict, where="GGUF metadata"):
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+    try:
+        from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    except ImportError:
+        raise ImportError(f"{where}: its tokenizer is built with the tokenizers package: pip install tokenizers "
+                          "(or pip install 'taper[gguf]')") from None
     kind = md.get("tokenizer.ggml.model")
     if kind not in ("gpt2", "llama"):
         raise NotImplementedError(f"{where}: tokenizer.ggml.model {kind!r}; the engine builds byte-level BPE "
