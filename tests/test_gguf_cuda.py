@@ -221,7 +221,8 @@ def test_quantise_x_scale_on_the_host_with_subnormals_flushed(host_lib, lo, hi):
     first = ctypes.c_uint(0)
     bad = host_lib.div127_check(lo, hi, ctypes.byref(first))
     if bad == 2**64 - 1:
-        pytest.skip("flush-to-zero is set through x86's MXCSR; this host is not x86")
+        pytest.skip("this check sets flush-to-zero through x86's MXCSR register and this host is not x86; "
+                    "test_quantise_x_scale_and_reciprocal_are_ieee_for_every_float32 checks the same on a GPU")
     assert bad == 0, f"{bad} floats differ, the first of bits {first.value:#010x}"
 
 
@@ -431,7 +432,8 @@ def test_qgemv_direct_x_in_registers_equals_the_staged_prologue(monkeypatch, fmt
 def test_qgemv_ring_equals_qgemv_direct(monkeypatch, fmt, dtype, cols, case):
     """qgemv_ring (cupy_quant's RING: the weights brought into shared memory by bulk copies, S batches a warp
     ahead) equals qgemv_direct's int8 route bit for bit: odd row counts (a pair's second row repeated), the llama,
-    gemma and torch norms (compiled into the ring's prologue, read at run time by qgemv_direct), a residual, GLU with and without the norm, q/k/v segments of other lengths, a grid of one block (each
+    gemma and torch norms (compiled into the ring's prologue, read at run time by qgemv_direct), a residual, GLU
+    with and without the norm, q/k/v segments of other lengths, a grid of one block (each
     warp walks many pairs, its ring wrapping across them), two slots a warp, one and two units a lane a batch, none
     or one batch issued before the wait (the rest once x's loads are out); K from one batch to a split pair's batch
     across both rows."""
@@ -505,8 +507,8 @@ extern "C" __global__ void divs_check(unsigned long long *bad, unsigned *first) 
 def test_quantise_x_scale_and_reciprocal_are_ieee_for_every_float32():
     """quant_span.cuh's div127_rn and rcp_rn (x's block scale max|x| / 127 and its reciprocal, without the
     intrinsics' branches to a slow path) equal __fdiv_rn(a, 127) and __frcp_rn(a / 127) bit for bit for every
-    finite float32 a >= 0, zero and the subnormals included, so x's int8 blocks stay
-    numpy_quant.quantize_x_q8's."""
+    finite float32 a >= 0, zero and the subnormals included, so x's int8 blocks are bit for bit those the
+    intrinsics gave (numpy_quant.quantize_x_q8's wherever no subnormal is flushed)."""
     import cupy
 
     from engine.backends import cupy_kernels as K

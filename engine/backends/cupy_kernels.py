@@ -86,7 +86,7 @@ def _bundle(expr: str) -> tuple:
         f, d = args.split(",")[1], "".join("," + a.rstrip(">") for a in args.split(",")[3:])
         return tuple(f"qgemv_direct<{t},{f},{m}{d}>" for m in (1, 2, 4, 8))
     if name == "qgemv_ring":  # cupy_quant.py's: every XJ of one (dtype, format, NW, U, norm style)
-        f, nw, u, st = args.split(",")[1], args.split(",")[2], args.split(",")[4], args.split(",")[5].rstrip(">")
+        _, f, nw, _, u, st = args.rstrip(">").split(",")
         return tuple(f"qgemv_ring<{t},{f},{nw},{xj},{u},{st}>" for xj in (2, 4, 6))
     if name == "conv2d_igemm":
         return ("conv2d_igemm<__half>", "conv2d_igemm<__nv_bfloat16>")

@@ -4,6 +4,7 @@ edited in memory: "base"; "fastdiv" (quantise_groups' correctly rounded amax / 1
 sequence with a branch to a slow path, as one multiply and one approximate division: no branches, the bits not
 always the same); "style1" (stage_quantise_x applies the norm as llama's style 1 known when compiling rather than
 the launch's style read at run time: the same bits for a llama); "both".
+The edits anchor on the sources of e2e8db3 (before this session's prologue changes); run on that tree.
 Usage: python decode_divs.py OUT.json FORMATS VARIANTS
 """
 import sys
@@ -12,7 +13,9 @@ sys.path.insert(0, "measurements/h200/session16")
 from decode_attn import run  # noqa: E402
 
 from engine.backends import cupy_kernels as K  # noqa: E402
-from engine.backends import cupy_quant as Q  # noqa: E402
+
+sys.path.insert(0, "measurements/h200/session25")
+from decode_prologue import use  # noqa: E402
 
 SRC = K._SRC
 DIV = "const float dx = __fdiv_rn(amax[h], 127.f), r = __frcp_rn(dx);"
@@ -25,10 +28,7 @@ VARIANTS = {"base": SRC, "fastdiv": SRC.replace(DIV, FAST), "style1": SRC.replac
 
 
 def switch(v):
-    K._SRC = VARIANTS[v]
-    K._module.cache_clear()
-    K._FNS.clear()
-    Q._SPAN_LAUNCH.clear()
+    use(VARIANTS[v])
 
 
 if __name__ == "__main__":

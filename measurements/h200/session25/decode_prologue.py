@@ -5,6 +5,7 @@ the wait as before, nothing normed or quantised: the int8 blocks in shared memor
 a producer-quantised x would still pay), "xonly_big" / "xonly_small" (that where K > 4096, down_proj's,
 or only where K <= 4096); "nox" (nothing after the wait but the ring's remaining batches). Upper
 bounds of a design where the kernel before writes x already normed-and-quantised. fp16 (no such prologue) once.
+The edits anchor on the sources of e2e8db3 (before this session's prologue changes); run on that tree.
 Usage: python decode_prologue.py OUT.json FORMATS VARIANTS
 """
 import sys
@@ -48,11 +49,16 @@ VARIANTS = {"base": SRC, "xonly": SRC.replace(CALL, XONLY), "nox": SRC.replace(C
                                    + QG[QG.index("    }"):])}
 
 
-def switch(v):
-    K._SRC = VARIANTS[v]
+def use(src):
+    """The kernels compiled from src from here on (cupy_kernels' and cupy_quant's caches emptied)."""
+    K._SRC = src
     K._module.cache_clear()
     K._FNS.clear()
     Q._SPAN_LAUNCH.clear()
+
+
+def switch(v):
+    use(VARIANTS[v])
 
 
 if __name__ == "__main__":

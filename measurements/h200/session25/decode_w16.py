@@ -5,6 +5,7 @@ __launch_bounds__(32 NW, 2) then capped a 512-thread block at 64 registers; here
 source edited in memory. Variants: "base" (two blocks of 8 warps an SM), "w16" (one of 16, the whole SM's shared
 memory for its rings), "w16x" (w16 with decode_prologue.py's "xonly": what is left of the prologue's cost).
 bench.gguf_decode's method via session 16's run().
+The edits anchor on the sources of e2e8db3 (before this session's prologue changes); run on that tree.
 Usage: python decode_w16.py OUT.json FORMATS VARIANTS
 """
 import sys
@@ -16,7 +17,7 @@ from engine.backends import cupy_kernels as K  # noqa: E402
 from engine.backends import cupy_quant as Q  # noqa: E402
 
 sys.path.insert(0, "measurements/h200/session25")
-from decode_prologue import VARIANTS  # noqa: E402
+from decode_prologue import VARIANTS, use  # noqa: E402
 
 SRC = K._SRC
 BOUND = "__launch_bounds__(32 * NW, 2) qgemv_ring("
@@ -26,12 +27,9 @@ SOURCES = {"base": SRC, "w16": SRC.replace(BOUND, LB), "w16x": VARIANTS["xonly"]
 
 
 def switch(v):
-    K._SRC = SOURCES[v]
     w16 = v.startswith("w16")
     Q.RING.update(nw=16, per_sm=1, smem=225 * 1024) if w16 else Q.RING.update(nw=None, per_sm=None, smem=None)
-    K._module.cache_clear()
-    K._FNS.clear()
-    Q._SPAN_LAUNCH.clear()
+    use(SOURCES[v])
 
 
 if __name__ == "__main__":
