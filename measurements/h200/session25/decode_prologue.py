@@ -16,9 +16,6 @@ from decode_attn import run  # noqa: E402
 from engine.backends import cupy_kernels as K  # noqa: E402
 from engine.backends import cupy_quant as Q  # noqa: E402
 
-SRC = K._SRC
-CALL = "    stage_quantise_x<T, XJ, NW>(x, nc.w, nc.hw, eps, style, K, xq, dxs, sxs, pad, red, after);\n"
-assert SRC.count(CALL) == 1
 XONLY = """    {
         const uint4 *x4 = reinterpret_cast<const uint4 *>(x);
         uint4 c[XChunks<XJ, NW>::Q];
@@ -33,20 +30,28 @@ XONLY = """    {
         if (v == 0x7fc00123u) xq[threadIdx.x] = 1;  // the loads kept, ~never taken
     }
 """
-# within stage_quantise_x: "nonorm" (no statistic, no norm applied: x quantised as it came), "noquant" (normed, the
-# int8 blocks not written: quantise_groups left out)
-STAT = "    float r = 1.f, s = 1.f;\n    if (style != 0) {\n"
-APPLY = "                if (style != 0) {\n                    float g[8];"
-QG = "        quantise_groups(v, idx, n8, xq, dxs, sxs, pad);\n    }\n}\n\n\n// The norm weight's chunks"
-assert SRC.count(STAT) == 1 and SRC.count(APPLY) == 1 and SRC.count(QG) == 1
-VARIANTS = {"base": SRC, "xonly": SRC.replace(CALL, XONLY), "nox": SRC.replace(CALL, "    after();\n"),
-            "nonorm": SRC.replace(STAT, STAT.replace("style != 0", "false")).replace(
-                APPLY, APPLY.replace("style != 0", "false")),
-            # x's prologue gone only where K > 4096 (down_proj) or only where K <= 4096 (the rest)
-            "xonly_big": SRC.replace(CALL, "    if (K > 4096)\n" + XONLY + "    else\n" + CALL),
-            "xonly_small": SRC.replace(CALL, "    if (K <= 4096)\n" + XONLY + "    else\n" + CALL),
-            "noquant": SRC.replace(QG, "        if (v[0][0] == 1.2345e-30f) xq[t] = 1;  // v kept, ~never taken\n"
-                                   + QG[QG.index("    }"):])}
+
+
+def variants():
+    """The variants' sources (asserting this tree still has the anchors)."""
+    SRC = K._SRC
+    CALL = "    stage_quantise_x<T, XJ, NW>(x, nc.w, nc.hw, eps, style, K, xq, dxs, sxs, pad, red, after);\n"
+    assert SRC.count(CALL) == 1
+    # within stage_quantise_x: "nonorm" (no statistic, no norm applied: x quantised as it came), "noquant" (normed, the
+    # int8 blocks not written: quantise_groups left out)
+    STAT = "    float r = 1.f, s = 1.f;\n    if (style != 0) {\n"
+    APPLY = "                if (style != 0) {\n                    float g[8];"
+    QG = "        quantise_groups(v, idx, n8, xq, dxs, sxs, pad);\n    }\n}\n\n\n// The norm weight's chunks"
+    assert SRC.count(STAT) == 1 and SRC.count(APPLY) == 1 and SRC.count(QG) == 1
+    VARIANTS = {"base": SRC, "xonly": SRC.replace(CALL, XONLY), "nox": SRC.replace(CALL, "    after();\n"),
+                "nonorm": SRC.replace(STAT, STAT.replace("style != 0", "false")).replace(
+                    APPLY, APPLY.replace("style != 0", "false")),
+                # x's prologue gone only where K > 4096 (down_proj) or only where K <= 4096 (the rest)
+                "xonly_big": SRC.replace(CALL, "    if (K > 4096)\n" + XONLY + "    else\n" + CALL),
+                "xonly_small": SRC.replace(CALL, "    if (K <= 4096)\n" + XONLY + "    else\n" + CALL),
+                "noquant": SRC.replace(QG, "        if (v[0][0] == 1.2345e-30f) xq[t] = 1;  // v kept, ~never taken\n"
+                                       + QG[QG.index("    }"):])}
+    return VARIANTS
 
 
 def use(src):
@@ -61,5 +66,9 @@ def switch(v):
     use(VARIANTS[v])
 
 
+VARIANTS = {}
+
+
 if __name__ == "__main__":
+    VARIANTS.update(variants())
     run(sys.argv[1], sys.argv[2], sys.argv[3].split(","), switch, lambda: switch("base"), fp16_once=True)
