@@ -73,12 +73,11 @@ static inline unsigned q_perm(unsigned x, unsigned y, unsigned s) {  // CUDA's _
 }
 static inline float q_bits(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }
 static inline unsigned q_ubits(float f) { unsigned u; std::memcpy(&u, &f, 4); return u; }
-// the card's rsqrt.approx / rcp.approx stand-ins, deliberately off (up to 2 ulps of a float, 2^-20 of a double, the
-// direction from the input's bits): quant_span.cuh's refinement and its choice across midpoints must do the rest
+// the card's rsqrt.approx stand-in, deliberately off (up to 2 ulps, the direction from the input's bits): quant_span.cuh's
+// refinement and its choice across midpoints must do the rest
 static inline float q_rsqrt_approx(float v) {
     return q_bits(q_ubits((float)(1.0 / std::sqrt((double)v))) + q_ubits(v) % 5u - 2u);
 }
-static inline double q_rcp_approx(double k) { return 1.0 / k * (1.0 + ((long long)k % 3 - 1) * 0x1p-20); }
 static inline void q_u64(const unsigned char *p, unsigned &lo, unsigned &hi) {
     std::memcpy(&lo, p, 4);
     std::memcpy(&hi, p + 4, 4);
@@ -176,11 +175,12 @@ extern "C" unsigned long long ieee_check(int fn, unsigned lo, unsigned hi, int K
 #if defined(__x86_64__) || defined(__i386__)
     const unsigned csr = _mm_getcsr();
     _mm_setcsr(csr | 0x8040u);  // FTZ | DAZ
-    volatile float d = fn == 0 ? 127.f : (float)K;
+    volatile float d = fn == 0 ? 127.f : (float)K, one = 1.f;
+    const float rK = one / d;  // __frcp_rn((float)K)
     unsigned long long bad = 0;
     for (unsigned long long i = lo; i < hi; i++) {
         const float a = q_bits((unsigned)i);
-        const float got = fn == 0 ? div127_rn(a) : fn == 1 ? div_rn_k(a, K) : sqrt_rn(a);
+        const float got = fn == 0 ? div127_rn(a) : fn == 1 ? div_rn_k(a, K, rK) : sqrt_rn(a);
         const float want = fn == 2 ? std::sqrt(a) : a / d;
         if (std::memcmp(&got, &want, 4) != 0 && !(got != got && want != want) && !bad++) *first = (unsigned)i;
     }
@@ -536,10 +536,10 @@ extern "C" __global__ void stat_check(int fn, int K, float eps, unsigned long lo
         if (fn == 0) {
             ok = same(sqrt_rn(a), __fsqrt_rn(a));
         } else if (fn == 1) {
-            ok = same(div_rn_k(a, K), __fdiv_rn(a, (float)K));
+            ok = same(div_rn_k(a, K, __frcp_rn((float)K)), __fdiv_rn(a, (float)K));
         } else {
             float s, r;
-            rms_stat_rn(a, K, eps, s, r);
+            rms_stat_rn(a, K, rcp_rn((float)K), eps, s, r);
             const float s0 = __fsqrt_rn(__fadd_rn(__fdiv_rn(a, (float)K), eps));
             ok = same(s, s0) && same(r, __fdiv_rn(1.f, s0));
         }
