@@ -72,12 +72,6 @@ static inline unsigned q_perm(unsigned x, unsigned y, unsigned s) {  // CUDA's _
     return r;
 }
 static inline float q_bits(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }
-static inline unsigned q_ubits(float f) { unsigned u; std::memcpy(&u, &f, 4); return u; }
-// the card's rsqrt.approx stand-in, deliberately off (up to 2 ulps, the direction from the input's bits): quant_span.cuh's
-// refinement and its choice across midpoints must do the rest
-static inline float q_rsqrt_approx(float v) {
-    return q_bits(q_ubits((float)(1.0 / std::sqrt((double)v))) + q_ubits(v) % 5u - 2u);
-}
 static inline void q_u64(const unsigned char *p, unsigned &lo, unsigned &hi) {
     std::memcpy(&lo, p, 4);
     std::memcpy(&hi, p + 4, 4);
@@ -167,22 +161,18 @@ extern "C" void span_run_i(int fmt, const unsigned char *W, long row_bytes, int 
         case 4: span_rows<QL_q6_k, true>(W, row_bytes, R, K, nullptr, y, nullptr, xq, dx, iout); break;
     }
 }
-// quant_span.cuh's correctly rounded functions against the host's arithmetic with subnormals flushed (x86's FTZ
-// and DAZ: what cupy's -ftz=true makes of the card's) for the floats of bits lo .. hi - 1: fn 0 div127_rn(a) against
-// a / 127, 1 div_rn_k(a, K) against a / K, 2 sqrt_rn(a) against sqrt(a) (any NaN equals any NaN); how many differ,
-// the first in *first (all ones: not an x86 host)
-extern "C" unsigned long long ieee_check(int fn, unsigned lo, unsigned hi, int K, unsigned *first) {
+// div127_rn (quant_span.cuh) against the host's division with subnormals flushed (x86's FTZ and DAZ: what cupy's
+// -ftz=true makes of the card's arithmetic) for the floats of bits lo .. hi - 1: how many differ, the first in *first
+// (all ones: not an x86 host)
+extern "C" unsigned long long div127_check(unsigned lo, unsigned hi, unsigned *first) {
 #if defined(__x86_64__) || defined(__i386__)
     const unsigned csr = _mm_getcsr();
     _mm_setcsr(csr | 0x8040u);  // FTZ | DAZ
-    volatile float d = fn == 0 ? 127.f : (float)K, one = 1.f;
-    const float rK = one / d;  // __frcp_rn((float)K)
+    volatile float d127 = 127.f;
     unsigned long long bad = 0;
     for (unsigned long long i = lo; i < hi; i++) {
-        const float a = q_bits((unsigned)i);
-        const float got = fn == 0 ? div127_rn(a) : fn == 1 ? div_rn_k(a, K, rK) : sqrt_rn(a);
-        const float want = fn == 2 ? std::sqrt(a) : a / d;
-        if (std::memcmp(&got, &want, 4) != 0 && !(got != got && want != want) && !bad++) *first = (unsigned)i;
+        const float a = q_bits((unsigned)i), got = div127_rn(a), want = a / d127;
+        if (std::memcmp(&got, &want, 4) != 0 && !bad++) *first = (unsigned)i;
     }
     _mm_setcsr(csr);
     return bad;
@@ -217,36 +207,23 @@ def host_lib(tmp_path_factory):
                       ctypes.c_void_p, ctypes.c_void_p]
     lib.span_run_i.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_int] + [
         ctypes.c_void_p] * 4
-    lib.ieee_check.argtypes = [ctypes.c_int, ctypes.c_uint, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p]
-    lib.ieee_check.restype = ctypes.c_ulonglong
+    lib.div127_check.argtypes = [ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p]
+    lib.div127_check.restype = ctypes.c_ulonglong
     return lib
 
 
-# div127_rn: every float below 2^-98 (zero, the subnormals, the scaled ones and the boundary), every mantissa of
-# [1, 2) (the unscaled path's rounding depends on the mantissa alone) and the top binade (the product's overflow);
-# div_rn_k: the same around its scaling's boundary, at small, model and the largest widths; sqrt_rn: zero and the
-# subnormals, two binades (both exponent parities), the top binade with inf and NaNs, negative zero and subnormals
-IEEE_HOST = ([("div127_rn", 0, lo, hi)
-              for lo, hi in ((0, 0x0E800000), (0x3F800000, 0x40000000), (0x7F000000, 0x7F800000))]
-             + [("div_rn_k", k, lo, hi) for k in (3, 11008, 2**24 - 1)
-                for lo, hi in ((0, 0x00800100), (0x0D800000, 0x0E400000), (0x3F800000, 0x40000000),
-                               (0x7F000000, 0x7F800002))]
-             + [("sqrt_rn", 0, lo, hi) for lo, hi in ((0, 0x00800100), (0x3F000000, 0x40000000),
-                                                      (0x7F000000, 0x80000000), (0x80000000, 0x80800100))])
-
-
-@pytest.mark.parametrize("fn,K,lo,hi", IEEE_HOST)
-def test_correctly_rounded_prologue_arithmetic_on_the_host_with_subnormals_flushed(host_lib, fn, K, lo, hi):
-    """quant_span.cuh's div127_rn (x's block scale max|x| / 127), div_rn_k and sqrt_rn (the norm statistic's
-    tot / K and root), correctly rounded without the intrinsics' branches, against the host's float32 division and
-    root under FTZ and DAZ, the card's arithmetic as cupy compiles it (the card's approximations stood in for by
-    ones up to 2 ulps off)."""
+# every float below 2^-98 (zero, the subnormals, the scaled ones and the boundary), every mantissa of [1, 2) (the
+# unscaled path's rounding depends on the mantissa alone) and the top binade (the product's overflow)
+@pytest.mark.parametrize("lo,hi", [(0, 0x0E800000), (0x3F800000, 0x40000000), (0x7F000000, 0x7F800000)])
+def test_quantise_x_scale_on_the_host_with_subnormals_flushed(host_lib, lo, hi):
+    """quant_span.cuh's div127_rn (x's block scale max|x| / 127, correctly rounded without __fdiv_rn's branch)
+    against the host's float32 division under FTZ and DAZ, the card's arithmetic as cupy compiles it."""
     first = ctypes.c_uint(0)
-    bad = host_lib.ieee_check(("div127_rn", "div_rn_k", "sqrt_rn").index(fn), lo, hi, K, ctypes.byref(first))
+    bad = host_lib.div127_check(lo, hi, ctypes.byref(first))
     if bad == 2**64 - 1:
         pytest.skip("this check sets flush-to-zero through x86's MXCSR register and this host is not x86; "
-                    "test_prologue_arithmetic_is_ieee_for_every_float32 checks the same on a GPU")
-    assert bad == 0, f"{fn}: {bad} floats differ, the first of bits {first.value:#010x}"
+                    "test_quantise_x_scale_and_reciprocal_are_ieee_for_every_float32 checks the same on a GPU")
+    assert bad == 0, f"{bad} floats differ, the first of bits {first.value:#010x}"
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -523,59 +500,22 @@ extern "C" __global__ void divs_check(unsigned long long *bad, unsigned *first) 
         }
     }
 }
-// fn 0: sqrt_rn(a) against __fsqrt_rn(a) for every float; 1: div_rn_k(a, K) against __fdiv_rn(a, K) and 2:
-// rms_stat_rn(a, K, eps) against norm_row's s and r, for every finite a >= 0, inf and a NaN (any NaN equals any)
-__device__ __forceinline__ bool same(float a, float b) {
-    return __float_as_uint(a) == __float_as_uint(b) || (a != a && b != b);
-}
-extern "C" __global__ void stat_check(int fn, int K, float eps, unsigned long long *bad, unsigned *first) {
-    const unsigned long long n = fn ? 0x7f800002ull : 0x100000000ull, step = (unsigned long long)gridDim.x * blockDim.x;
-    for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n; i += step) {
-        const float a = __uint_as_float((unsigned)i);
-        bool ok;
-        if (fn == 0) {
-            ok = same(sqrt_rn(a), __fsqrt_rn(a));
-        } else if (fn == 1) {
-            ok = same(div_rn_k(a, K, __frcp_rn((float)K)), __fdiv_rn(a, (float)K));
-        } else {
-            float s, r;
-            rms_stat_rn(a, K, rcp_rn((float)K), eps, s, r);
-            const float s0 = __fsqrt_rn(__fadd_rn(__fdiv_rn(a, (float)K), eps));
-            ok = same(s, s0) && same(r, __fdiv_rn(1.f, s0));
-        }
-        if (!ok) {
-            atomicAdd(bad, 1ull);
-            atomicMin(first, (unsigned)i);
-        }
-    }
-}
 """
 
 
 @cuda
-def test_prologue_arithmetic_is_ieee_for_every_float32():
+def test_quantise_x_scale_and_reciprocal_are_ieee_for_every_float32():
     """quant_span.cuh's div127_rn and rcp_rn (x's block scale max|x| / 127 and its reciprocal, without the
     intrinsics' branches to a slow path) equal __fdiv_rn(a, 127) and __frcp_rn(a / 127) bit for bit for every
     finite float32 a >= 0, zero and the subnormals included, so x's int8 blocks are bit for bit those the
-    intrinsics gave (numpy_quant.quantize_x_q8's wherever no subnormal is flushed); sqrt_rn equals __fsqrt_rn for
-    every float32, div_rn_k(a, K) __fdiv_rn(a, K) for every a as above at model widths and the extremes of K, and
-    rms_stat_rn norm_row's statistic (s, r), so qgemv_ring's norm is norm_row's bit for bit."""
+    intrinsics gave (numpy_quant.quantize_x_q8's wherever no subnormal is flushed)."""
     import cupy
 
     from engine.backends import cupy_kernels as K
-    mod = cupy.RawModule(code=K._SRC + _DIVS, options=("-std=c++17",))
+    fn = cupy.RawModule(code=K._SRC + _DIVS, options=("-std=c++17",)).get_function("divs_check")
     bad, first = cupy.zeros(2, cupy.uint64), cupy.full(2, 0xFFFFFFFF, cupy.uint32)
-    mod.get_function("divs_check")((4 * 132 * 8,), (256,), (bad, first))
+    fn((4 * 132 * 8,), (256,), (bad, first))
     assert bad.get().tolist() == [0, 0], f"mismatches (scale, reciprocal) {bad.get()}, first at a = {first.get()}"
-    cases = ([(0, 0, 0.0)] + [(1, k, 0.0) for k in (1, 3, 576, 4096, 11008, 14336, 2**24 - 1)]
-             + [(2, k, e) for k, e in ((4096, 1e-5), (11008, 1e-6), (576, 0.0))])
-    for fn, k, eps in cases:
-        bad, first = cupy.zeros(1, cupy.uint64), cupy.full(1, 0xFFFFFFFF, cupy.uint32)
-        mod.get_function("stat_check")((4 * 132 * 8,), (256,), (cupy.int32(fn), cupy.int32(k), cupy.float32(eps),
-                                                                bad, first))
-        name = ("sqrt_rn", "div_rn_k", "rms_stat_rn")[fn]
-        n = int(bad.get()[0])
-        assert n == 0, f"{name} (K {k}, eps {eps}): {n} mismatches, the first a = {int(first.get()[0]):#010x}"
 
 
 def _edge_shapes(fmt, n, cols, m, dot, takes):

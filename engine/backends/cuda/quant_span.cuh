@@ -330,62 +330,6 @@ __device__ __forceinline__ float rcp_rn(float d) {
     y = -__fmaf_rn(-e, u, 1.f) < __fmaf_rn(-e, y, 1.f) ? u : y;
     return d > 0.f ? __fmul_rn(y, k) : INFINITY;
 }
-__device__ __forceinline__ unsigned q_ubits(float f) { return __float_as_uint(f); }
-__device__ __forceinline__ float q_rsqrt_approx(float v) {  // within ~2^-22.9 relative; 0 and subnormals: inf
-    float y;
-    asm("rsqrt.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(v));
-    return y;
-}
-#endif
-
-// The rms norm's statistic s = sqrt(tot / K + eps), r = 1 / s as norm_row computes it (__fdiv_rn, __fsqrt_rn,
-// __fdiv_rn(1, s)), without those intrinsics' slow paths and with a short chain after the block's total: on an
-// H200 (session 26, same run) the captured Q4_K decode went 708.7 -> 728.8 tok/s with the three as approximations
-// in qgemv_ring's prologue, and not at all (708.1) with a first exact version refined in double throughout.
-// div_rn_k: the product by rK = 1 / K (rcp_rn, before the total is known) corrected once by its residual
-// (Markstein: with rK correctly rounded and the product within an ulp, the correction rounds correctly; exact
-// ties cannot occur for an integer K). sqrt_rn: rsqrt.approx, one Newton step in float (within an ulp), then
-// whichever neighbour lies across a midpoint, by an exact comparison in double (a midpoint has 25 significant bits:
-// its square is exact in double, and never a float, so no ties). As cupy compiles (-ftz=true): subnormal inputs
-// count as zero and subnormal results flush to zero; a dividend below 2^-100 is scaled by 2^64 first and the
-// quotient back (as div127_rn: the residual could be subnormal), a root's argument below 2^-100 by 2^64 and the
-// root by 2^-32. tests/test_gguf_cuda.py compares them with the intrinsics on the card (sqrt_rn: every float32;
-// div_rn_k: every finite a >= 0 at model widths and the extremes of K; rms_stat_rn: norm_row's s and r) and on
-// the host (x86 FTZ/DAZ, the approximation's stand-in up to 2 ulps off).
-
-// q, or the neighbour across the midpoint between them where t lies past it (at(m): the midpoint m's image, here
-// m * m, exact in double): the float nearest the value, q (normal, positive, finite) within an ulp of it
-template <typename At>
-__device__ __forceinline__ float nearest_across(float q, double t, At at) {
-    const float up = q_bits(q_ubits(q) + 1u), dn = q_bits(q_ubits(q) - 1u);
-    return t > at(0.5 * ((double)q + (double)up)) ? up : t < at(0.5 * ((double)q + (double)dn)) ? dn : q;
-}
-
-// __fdiv_rn(a, (float)K) for a >= 0 (or NaN) and 0 < K < 2^24, given rK = __frcp_rn((float)K)
-__device__ __forceinline__ float div_rn_k(float a, int K, float rK) {
-    const bool tiny = a < 7.888609052210118e-31f;  // 2^-100 (the residual could be subnormal: see div127_rn)
-    const float b = __fmul_rn(a, tiny ? 18446744073709551616.f : 1.f);  // 2^64 (a subnormal a: 0)
-    const float q = __fmul_rn(b, rK), f = __fmaf_rn(__fmaf_rn(-q, (float)K, b), rK, q);
-    return __fmul_rn(b < INFINITY ? f : b, tiny ? 5.421010862427522e-20f : 1.f);  // 2^-64 (NaN: NaN)
-}
-
-// __fsqrt_rn(v)
-__device__ __forceinline__ float sqrt_rn(float v) {
-    const bool tiny = v < 7.888609052210118e-31f;  // 2^-100
-    const float w = __fmul_rn(v, tiny ? 18446744073709551616.f : 1.f);  // 2^64 (root: 2^32)
-    const float y = q_rsqrt_approx(w), s0 = __fmul_rn(w, y);
-    const float q = __fmaf_rn(__fmaf_rn(-s0, s0, w), __fmul_rn(0.5f, y), s0);  // a Newton step: within an ulp
-    const float n = __fmul_rn(nearest_across(q, (double)w, [](double m) { return m * m; }),
-                              tiny ? 2.3283064365386963e-10f : 1.f);  // 2^-32
-    constexpr float lo = 1.17549435e-38f;  // 2^-126: below it (subnormals, zeros) a signed zero
-    return v >= lo ? (v < INFINITY ? n : v) : v > -lo ? __fmul_rn(v, 0.f) : q_bits(0x7fffffffu);
-}
-#ifndef Q_HOST
-// s and r of norm_row for a row's sum of squares tot (rK: __frcp_rn((float)K))
-__device__ __forceinline__ void rms_stat_rn(float tot, int K, float rK, float eps, float &s, float &r) {
-    s = sqrt_rn(__fadd_rn(div_rn_k(tot, K, rK), eps));
-    r = s < INFINITY ? rcp_rn(s) : s == INFINITY ? 0.f : s;  // rcp_rn: checked for 0 <= s <= 2^121
-}
 
 // quantise_x's arithmetic for two groups of 8 a thread (v: their values; idx: their group numbers, past n8: none)
 __device__ __forceinline__ void quantise_groups(float (&v)[2][8], const int (&idx)[2], int n8, signed char *xq,
@@ -491,7 +435,6 @@ __device__ __forceinline__ void stage_quantise_x(const T *__restrict__ x, const 
     for (int j = 0; j < XQ; j++)
         if (t + NT * j < n8) c[j] = x4[t + NT * j];
     after();
-    const float rK = rcp_rn((float)K);  // while x's loads are out
     float r = 1.f, s = 1.f;
     if (style != 0) {
         float ss = 0.f;
@@ -514,7 +457,8 @@ __device__ __forceinline__ void stage_quantise_x(const T *__restrict__ x, const 
             for (int j = 0; j < XJ; j++)
                 if (t + 256 * j < n8) add(e[j]);
         }
-        rms_stat_rn(block_total<NW>(ss, red), K, rK, eps, s, r);  // norm_row's bits, a short chain
+        s = __fsqrt_rn(__fadd_rn(__fdiv_rn(block_total<NW>(ss, red), (float)K), eps));
+        r = __fdiv_rn(1.f, s);
     }
     #pragma unroll
     for (int tr = 0; tr < (XQ + 1) / 2; tr++) {
