@@ -135,6 +135,21 @@ class QuantWeight:
                 f"device={self.device}, {self.nbytes:,} bytes)")
 
 
+def keep_decode_layouts(module) -> int:
+    """Make the CPU block-dot path's decode layout (numpy_quant: block-major quants, float32 scales) of each
+    quantized Linear weight of `module` that computes in float32 now, rather than inside the first decode step
+    (or a prompt of up to DOT_ROWS tokens) that multiplies it, so timed steps are steady ones; a weight on
+    another device, or with QSCALES off, keeps none. Returns the bytes kept for those weights."""
+    from engine.nn.linear import Linear
+    kept = {}
+    for m in module.modules():
+        w = getattr(m, "weight", None) if isinstance(m, Linear) else None
+        if getattr(w, "is_quantized", False) and D.compute_dtype(w.dtype) == D.float32.np_dtype \
+                and id(w.data.array) not in kept:
+            kept[id(w.data.array)] = w.backend.keep_layout(w.data.array, w.qtype.name, w.shape[1])
+    return sum(kept.values())
+
+
 def quantize_module(module, qtype_: str, n_layers: int | None = None) -> dict:
     """Quantise a llama-style model in memory, as `taper convert --quantize` would write it and loading
     the file would give: every 2-d weight (HF names) becomes a QuantWeight of the format

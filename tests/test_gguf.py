@@ -562,6 +562,27 @@ def test_smollm2_int8_route_on_cuda(smol, monkeypatch):
     assert list(generate(smol["engine"], [ids], max_new_tokens=GREEDY_TOKENS).tokens[0]) == want.tolist()
 
 
+def test_decode_layouts_made_at_load_are_the_ones_the_decode_uses(tiny_file, monkeypatch):
+    """keep_decode_layouts (what taper generate runs after loading, so its timed prefill and first step do not make
+    them) makes every quantized Linear weight's CPU decode layout before any product: the decode then reuses each,
+    the same arrays, and gives the tokens that layouts made per tile give."""
+    if DEVICE.type == "cuda":
+        pytest.skip("the numpy block-dot path's layouts; on CUDA the kernels read the blocks and none is kept")
+    from engine.generation import generate
+    from engine.quant import keep_decode_layouts
+    monkeypatch.setitem(numpy_quant.QSCALES, "enabled", False)
+    want = generate(models.from_pretrained(tiny_file), [[5, 9, 2]], max_new_tokens=4).tokens[0]
+    monkeypatch.setitem(numpy_quant.QSCALES, "enabled", True)
+    m = models.from_pretrained(tiny_file)
+    ws = list({id(w): w for w in (x.weight for x in m.modules() if isinstance(x, Linear))
+               if getattr(w, "is_quantized", False)}.values())
+    assert ws and all(numpy_quant.kept_layout_bytes(w.data.array) == 0 for w in ws)
+    assert keep_decode_layouts(m) == sum(numpy_quant.kept_layout_bytes(w.data.array) for w in ws) > 0
+    made = {id(w.data.array): numpy_quant._KEPT[id(w.data.array)][2] for w in ws}
+    assert list(generate(m, [[5, 9, 2]], max_new_tokens=4).tokens[0]) == list(want)
+    assert all(numpy_quant._KEPT[k][2] is lay for k, lay in made.items())
+
+
 def test_taper_generate_prints_text_from_a_gguf_file(capsys):
     from taper.cli import main
     path = smollm2_path()

@@ -187,6 +187,16 @@ class QuantKernels:
         _KEPT[key] = (weakref.ref(data, lambda _, k=key: _KEPT.pop(k, None)), spans, lays)
         return lays
 
+    def keep_layout(self, data, qtype: str, cols: int) -> int:
+        """Make block array `data`'s decode layout now, as its first block-dot product would (nothing where that
+        path keeps none: QSCALES off, another array module, a strided array); the bytes kept for it."""
+        if self.xp is not np or not QSCALES["enabled"] or not data.flags.c_contiguous:
+            return 0
+        q = _qtype(qtype)
+        rows = data.shape[0]
+        self._layouts(data, data.reshape(rows, cols // q.block_size, q.type_size), q, dot_spans(rows, cols))
+        return kept_layout_bytes(data)
+
     @staticmethod
     def _weigh(s, d):
         """s (n, m, r) dots, d (n, r) their scales -> (m, r): sum over the n runs of d * s (s is overwritten)."""

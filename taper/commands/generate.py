@@ -198,6 +198,8 @@ def run(args) -> int:
         print(f"taper generate: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
         return 2
 
+    from engine.quant import keep_decode_layouts
+    keep_decode_layouts(model)  # on the CPU, made now rather than inside the timed prefill or first step
     if prompt is not None:
         res = _turn(model, tokenizer, prompt, stop, args)
     while args.interactive:  # the conversation so far, the answer included, then the next user line
